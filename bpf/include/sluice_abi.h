@@ -1,0 +1,71 @@
+/* Structs and constants shared by the BPF programs and the C++ agent/proxy.
+ * Includes nothing: the BPF side gets __u32 & co. from vmlinux.h, the C++ side
+ * from <linux/types.h> (see common/bpf_abi.h, which also static_asserts sizes).
+ * Multi-byte IP addresses and ports are stored in NETWORK byte order unless a
+ * field comment says otherwise. */
+#ifndef SLUICE_ABI_H
+#define SLUICE_ABI_H
+
+/* SO_MARK carried by every socket the proxy owns. The BPF programs never
+ * redirect a socket whose mark matches (mark & SLUICE_MARK_MASK). */
+#define SLUICE_MARK_MINE 0x5100
+#define SLUICE_MARK_MASK 0xff00
+/* Proxy -> app sockets on the inbound side (spoofed client source). The pod
+ * netns has `ip rule fwmark 0x5101 lookup 151` + `local 0.0.0.0/0 dev lo table
+ * 151`, and tcp_fwmark_accept=1 so the app's accepted socket inherits this mark:
+ * its replies are delivered locally to the transparent proxy socket. */
+#define SLUICE_MARK_INBOUND_APP 0x5101
+#define SLUICE_INBOUND_ROUTE_TABLE 151
+
+#define SLUICE_OUTBOUND_PORT 15001 /* 127.0.0.1:15001 in each enrolled pod netns */
+#define SLUICE_INBOUND_PORT 15006  /* <pod-ip>:15006, transparent plaintext inbound */
+#define SLUICE_HBONE_PORT 15008    /* <pod-ip>:15008, HBONE (mTLS) inbound */
+
+#define SLUICE_MAX_ENROLLED 4096
+#define SLUICE_MAX_PENDING 65536
+#define SLUICE_MAX_EXCLUDED_PORTS 64
+
+/* sluice_enrolled_v1: key = netns cookie (__u64). */
+struct sluice_enrolled {
+	__u32 pod_ip4; /* pod IPv4 address, network order; never redirected */
+	__u32 flags;   /* SLUICE_ENROLLED_F_* */
+};
+#define SLUICE_ENROLLED_F_INBOUND 0x1 /* tc ingress capture active */
+
+/* Original destination of a redirected connection. Value of
+ * sluice_cookie_dst_v1 (key: socket cookie) and sluice_orig_dst_v1. */
+struct sluice_orig_dst {
+	__u32 ip4;  /* original destination IPv4, network order */
+	__u16 port; /* original destination port, network order */
+	__u16 pad;  /* zero */
+};
+
+/* Key of sluice_orig_dst_v1: the redirected connection as seen from the
+ * client socket inside the pod netns (src = client, dst = 127.0.0.1:15001).
+ * The proxy rebuilds it from an accepted socket as (peer, local). */
+struct sluice_pair_key {
+	__u64 netns_cookie; /* netns the client socket lives in */
+	__u32 src_ip4;      /* network order */
+	__u32 dst_ip4;      /* network order */
+	__u16 src_port;     /* network order */
+	__u16 dst_port;     /* network order */
+	__u32 pad;          /* zero */
+};
+
+/* sluice_excluded_ports_v1: key = port (__u16, network order), value = __u8 1.
+ * Destination ports never redirected by connect4/6 nor captured by tc. */
+
+/* sluice_stats_v1: per-CPU array indexed by enum sluice_stat. */
+enum sluice_stat {
+	SLUICE_STAT_CONNECT_SEEN = 0,       /* connect4/6 runs in enrolled netns */
+	SLUICE_STAT_CONNECT_REDIRECTED = 1, /* rewritten to 127.0.0.1:15001 */
+	SLUICE_STAT_CONNECT_SKIPPED = 2,    /* loopback, own IP, excluded, proxy socket */
+	SLUICE_STAT_SOCKOPS_REKEYED = 3,    /* cookie record re-keyed by 4-tuple */
+	SLUICE_STAT_GETSOCKOPT_ANSWERED = 4,/* SO_ORIGINAL_DST answered */
+	SLUICE_STAT_TC_ASSIGNED = 5,        /* inbound SYN assigned to 15006 */
+	SLUICE_STAT_TC_NO_LISTENER = 6,     /* enrolled pod without a 15006 listener */
+	SLUICE_STAT_TC_PASSED = 7,          /* packets left alone */
+	SLUICE_STAT_MAX = 8,
+};
+
+#endif /* SLUICE_ABI_H */

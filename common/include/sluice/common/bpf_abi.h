@@ -1,0 +1,13 @@
+// C++ view of bpf/include/sluice_abi.h: the one definition of the structs the
+// BPF programs and user space share, with size checks.
+#pragma once
+
+#include <linux/types.h>
+
+extern "C" {
+#include "sluice_abi.h"
+}
+
+static_assert(sizeof(sluice_enrolled) == 8);
+static_assert(sizeof(sluice_orig_dst) == 8);
+static_assert(sizeof(sluice_pair_key) == 24);

@@ -1,0 +1,44 @@
+// Network-namespace helpers. The proxy lives in the node netns but owns
+// sockets inside pod netns: a socket's netns is fixed when it is created, so
+// the thread enters the pod netns only around socket().
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "sluice/common/result.h"
+#include "sluice/common/unique_fd.h"
+
+namespace sluice {
+
+// Opens a netns file (e.g. /var/run/netns/x or /proc/PID/ns/net) O_RDONLY|O_CLOEXEC.
+Result<UniqueFd> openNetns(const std::string& path);
+
+// The kernel's netns cookie (SO_NETNS_COOKIE of a socket created inside it);
+// the same value bpf_get_netns_cookie() returns to BPF programs there.
+Result<uint64_t> netnsCookie(int netns_fd);
+
+// Creates a socket inside the given netns on the calling thread and returns to
+// the thread's original netns before returning (also on failure).
+Result<UniqueFd> socketInNetns(int netns_fd, int domain, int type, int protocol);
+
+// Runs fn() with the calling thread inside netns_fd; restores the original.
+// fn must not block for long: the thread is in the pod's netns meanwhile.
+template <typename Fn>
+Result<void> runInNetns(int netns_fd, Fn&& fn);
+
+// --- implementation details ---
+Result<UniqueFd> enterNetns(int netns_fd);   // returns an fd of the original netns
+void leaveNetns(const UniqueFd& original);   // aborts if restoring fails: a thread
+                                             // stuck in a pod netns is a security bug
+
+template <typename Fn>
+Result<void> runInNetns(int netns_fd, Fn&& fn) {
+  auto original = enterNetns(netns_fd);
+  if (!original) return tl::unexpected(original.error());
+  fn();
+  leaveNetns(*original);
+  return {};
+}
+
+}  // namespace sluice

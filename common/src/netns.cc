@@ -1,0 +1,60 @@
+#include "sluice/common/netns.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/socket.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+namespace sluice {
+
+Result<UniqueFd> openNetns(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return failErrno(fmt::format("cannot open network namespace {}", path));
+  return UniqueFd(fd);
+}
+
+Result<UniqueFd> enterNetns(int netns_fd) {
+  int self = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (self < 0) return failErrno("cannot open /proc/thread-self/ns/net");
+  UniqueFd original(self);
+  if (::setns(netns_fd, CLONE_NEWNET) != 0) return failErrno("setns into pod network namespace failed");
+  return original;
+}
+
+void leaveNetns(const UniqueFd& original) {
+  if (::setns(original.get(), CLONE_NEWNET) != 0) {
+    std::perror("sluice: FATAL: cannot return to the original network namespace");
+    std::abort();
+  }
+}
+
+Result<UniqueFd> socketInNetns(int netns_fd, int domain, int type, int protocol) {
+  auto original = enterNetns(netns_fd);
+  if (!original) return tl::unexpected(original.error());
+  int fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);
+  int saved = errno;
+  leaveNetns(*original);
+  if (fd < 0) {
+    errno = saved;
+    return failErrno("socket() inside pod network namespace failed");
+  }
+  return UniqueFd(fd);
+}
+
+Result<uint64_t> netnsCookie(int netns_fd) {
+  auto sock = socketInNetns(netns_fd, AF_INET, SOCK_DGRAM, 0);
+  if (!sock) return tl::unexpected(sock.error());
+  uint64_t cookie = 0;
+  socklen_t len = sizeof(cookie);
+  if (::getsockopt(sock->get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0)
+    return failErrno("getsockopt(SO_NETNS_COOKIE) failed; kernel 5.14+ is required");
+  return cookie;
+}
+
+}  // namespace sluice

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Idempotent install of everything the build, tests, demo and benchmarks need.
+# Debian 12 packages only.
+set -euo pipefail
+PKGS=(
+  build-essential cmake pkg-config ccache clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
+  liburing-dev libssl-dev openssl libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
+  protobuf-compiler libspdlog-dev libfmt-dev doctest-dev libnghttp2-dev libexpected-dev
+  nlohmann-json3-dev libyaml-cpp-dev libcpp-httplib-dev
+  iproute2 containernetworking-plugins util-linux procps psmisc python3
+  socat iperf3 wrk curl
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps: done"

@@ -1,0 +1,105 @@
+// The ztunnel engine: the node's shared io_uring proxy. The agent hosts it
+// in-process; sluice-ztunnel runs it standalone for tests and benchmarks.
+//
+// Threads: one worker per core (EngineConfig::workers), each with its own
+// io_uring ring and its own connections; no lock on the data path. addPod /
+// removePod / snapshots are called from control threads and are thread-safe.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sluice/common/result.h"
+
+namespace sluice::ztunnel {
+
+struct EngineConfig {
+  unsigned workers = 0;                                  // 0 = one per online CPU
+  std::chrono::milliseconds connect_timeout{5000};       // upstream connect deadline
+  unsigned max_connections_per_pod = 4096;               // accepted beyond this are closed (counted)
+  size_t buffer_bytes = 64 * 1024;                       // per direction per connection
+  bool access_log = true;                                // one line per closed connection
+};
+
+// An enrolled pod as the engine needs it. The engine dup()s netns_fd.
+struct PodSpec {
+  std::string uid;
+  std::string name_namespace;   // "ns/name", for logs and records
+  std::string service_account;
+  uint32_t ip4 = 0;             // network order
+  uint64_t netns_cookie = 0;
+  int netns_fd = -1;
+};
+
+// Finds the original destination of a connection accepted on a pod's 15001
+// listener. peer/local are the accepted socket's getpeername()/getsockname().
+// Implemented by the agent on top of the pinned sluice_orig_dst_v1 map; must be
+// thread-safe and non-blocking (one map lookup + delete).
+class OrigDstResolver {
+ public:
+  virtual ~OrigDstResolver() = default;
+  virtual std::optional<sockaddr_in> originalDst(uint64_t netns_cookie, const sockaddr_in& peer,
+                                                 const sockaddr_in& local) = 0;
+};
+
+struct ListenerInfo {
+  std::string pod_uid;
+  std::string pod;              // ns/name
+  std::string address;          // "127.0.0.1:15001", "10.244.1.5:15006"
+  std::string kind;             // "outbound" | "inbound"
+};
+
+struct ConnectionInfo {
+  uint64_t id = 0;
+  std::string direction;        // "outbound" | "inbound"
+  std::string pod;              // ns/name of the enrolled pod that owns the listener
+  std::string source;           // ip:port of the client
+  std::string destination;      // original destination ip:port
+  uint64_t bytes_sent = 0;      // client -> destination
+  uint64_t bytes_received = 0;  // destination -> client
+  int64_t start_unix_ms = 0;
+  int64_t duration_ms = 0;
+  std::string state;            // "connecting" | "open" | "closed"
+  std::string reason;           // close reason when closed ("eof", "reset", "connect_timeout", ...)
+};
+
+struct EngineStats {
+  uint64_t accepted = 0;
+  uint64_t active = 0;
+  uint64_t closed = 0;
+  uint64_t connect_failures = 0;
+  uint64_t limit_rejected = 0;
+  uint64_t no_original_dst = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // Creates the listeners for pod inside its netns (127.0.0.1:15001 outbound,
+  // <ip>:15006 inbound, transparent). Idempotent per uid: a second call with
+  // the same uid replaces nothing and succeeds. Fails (and leaves nothing
+  // behind) if a listener cannot be created.
+  virtual Result<void> addPod(const PodSpec& pod) = 0;
+  // Closes the pod's listeners and resets its connections. Unknown uid: no-op.
+  virtual void removePod(const std::string& uid) = 0;
+
+  virtual std::vector<ListenerInfo> listeners() const = 0;
+  // Open connections plus the most recently closed ones (bounded history).
+  virtual std::vector<ConnectionInfo> connections() const = 0;
+  virtual EngineStats stats() const = 0;
+
+  // Stops all workers; idempotent; also done by the destructor.
+  virtual void stop() = 0;
+};
+
+Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver);
+
+}  // namespace sluice::ztunnel
