@@ -1,0 +1,246 @@
+#include "agent/bpf/loader.h"
+
+#include <arpa/inet.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "capture.skel.h"
+#include "inbound.skel.h"
+#include "sluice/common/log.h"
+#include "sluice/common/netns.h"
+
+namespace sluice::agent::bpf {
+
+namespace {
+
+int libbpfPrint(enum libbpf_print_level level, const char* format, va_list args) {
+  char buf[1024];
+  int n = vsnprintf(buf, sizeof(buf), format, args);
+  std::string line(buf, n > 0 ? std::min<size_t>(n, sizeof(buf) - 1) : 0);
+  while (!line.empty() && line.back() == '\n') line.pop_back();
+  auto logger = log::get("bpf");
+  if (level == LIBBPF_WARN)
+    logger->warn("libbpf: {}", line);
+  else
+    logger->debug("libbpf: {}", line);
+  return n;
+}
+
+template <typename Key, typename Value>
+Result<BpfMap<Key, Value>> adoptMap(const bpf_map* map) {
+  int fd = fcntl(bpf_map__fd(map), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return failErrno("dup of BPF map fd failed");
+  return BpfMap<Key, Value>::adopt(UniqueFd(fd), bpf_map__name(map));
+}
+
+struct CgroupProgram {
+  bpf_program* prog;
+  bpf_attach_type type;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
+  libbpf_set_print(libbpfPrint);
+  if (auto r = ensureBpffs(config.pin_dir); !r) return tl::unexpected(r.error());
+  std::error_code ec;
+  std::filesystem::create_directories(config.pin_dir, ec);
+  if (ec)
+    return fail(fmt::format("cannot create BPF pin directory {}: {} (is bpffs mounted at /sys/fs/bpf?)",
+                            config.pin_dir, ec.message()));
+
+  std::unique_ptr<Loader> self(new Loader());
+  self->config_ = config;
+
+  LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = config.pin_dir.c_str());
+  self->capture_ = sluice_capture__open_opts(&opts);
+  if (!self->capture_) return failErrno("cannot open the capture BPF object");
+  if (int err = sluice_capture__load(self->capture_); err != 0) {
+    errno = -err;
+    return failErrno(
+        "loading the capture BPF programs failed (the verifier log is above at debug level; "
+        "a pinned map from an incompatible build can also cause this: run `sluice-agent uninstall`)");
+  }
+  self->inbound_ = sluice_inbound__open_opts(&opts);
+  if (!self->inbound_) return failErrno("cannot open the inbound BPF object");
+  if (int err = sluice_inbound__load(self->inbound_); err != 0) {
+    errno = -err;
+    return failErrno("loading the inbound tc BPF program failed");
+  }
+
+  auto enrolled = adoptMap<__u64, sluice_enrolled>(self->capture_->maps.sluice_enrolled_v1);
+  if (!enrolled) return tl::unexpected(enrolled.error());
+  self->enrolled_ = std::move(*enrolled);
+  auto orig = adoptMap<sluice_pair_key, sluice_orig_dst>(self->capture_->maps.sluice_orig_dst_v1);
+  if (!orig) return tl::unexpected(orig.error());
+  self->orig_dst_ = std::move(*orig);
+  auto excluded = adoptMap<__u16, __u8>(self->capture_->maps.sluice_excluded_ports_v1);
+  if (!excluded) return tl::unexpected(excluded.error());
+  self->excluded_ = std::move(*excluded);
+  self->stats_fd_ = UniqueFd(fcntl(bpf_map__fd(self->capture_->maps.sluice_stats_v1), F_DUPFD_CLOEXEC, 0));
+
+  // The excluded-port set is configuration: replace it wholesale.
+  for (auto& [port, v] : self->excluded_.entries()) self->excluded_.erase(port);
+  for (uint16_t port : config.excluded_ports) {
+    __u16 key = htons(port);
+    if (auto r = self->excluded_.update(key, 1); !r) return tl::unexpected(r.error());
+  }
+
+  if (auto r = self->attachCgroupPrograms(); !r) return tl::unexpected(r.error());
+  return self;
+}
+
+Result<void> Loader::attachCgroupPrograms() {
+  cgroup_fd_ = ::open(config_.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cgroup_fd_ < 0)
+    return failErrno(fmt::format("cannot open cgroup-v2 directory {} (pass --cgroup with the cgroup2 mount)",
+                                 config_.cgroup_path));
+  const CgroupProgram programs[] = {
+      {capture_->progs.sluice_connect4, BPF_CGROUP_INET4_CONNECT},
+      {capture_->progs.sluice_connect6, BPF_CGROUP_INET6_CONNECT},
+      {capture_->progs.sluice_sockops, BPF_CGROUP_SOCK_OPS},
+      {capture_->progs.sluice_getsockopt, BPF_CGROUP_GETSOCKOPT},
+  };
+  for (const auto& p : programs) {
+    AttachedLink link;
+    link.program = bpf_program__name(p.prog);
+    link.pin = config_.pin_dir + "/link_" + link.program;
+    int prog_fd = bpf_program__fd(p.prog);
+    int fd = bpf_obj_get(link.pin.c_str());
+    if (fd >= 0) {
+      // Swap the running program under the existing link: no window without capture.
+      if (bpf_link_update(fd, prog_fd, nullptr) == 0) {
+        link.reused = true;
+      } else {
+        log::get("bpf")->warn("pinned link {} cannot be updated ({}); re-attaching", link.pin,
+                              std::strerror(errno));
+        ::close(fd);
+        ::unlink(link.pin.c_str());
+        fd = -1;
+      }
+    }
+    if (fd < 0) {
+      fd = bpf_link_create(prog_fd, cgroup_fd_, p.type, nullptr);
+      if (fd < 0)
+        return failErrno(fmt::format("attaching {} to cgroup {} failed", link.program, config_.cgroup_path));
+      if (bpf_obj_pin(fd, link.pin.c_str()) != 0) {
+        int saved = errno;
+        ::close(fd);
+        errno = saved;
+        return failErrno(fmt::format("pinning link {} failed", link.pin));
+      }
+    }
+    bpf_link_info info{};
+    uint32_t len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) link.link_id = info.id;
+    link_fds_.push_back(fd);
+    links_.push_back(link);
+  }
+  return {};
+}
+
+Loader::~Loader() {
+  for (int fd : link_fds_) ::close(fd);
+  if (cgroup_fd_ >= 0) ::close(cgroup_fd_);
+  if (inbound_) sluice_inbound__destroy(inbound_);
+  if (capture_) sluice_capture__destroy(capture_);
+}
+
+Result<void> Loader::attachTc(int netns_fd, const std::string& ifname) {
+  Result<void> result;
+  auto entered = runInNetns(netns_fd, [&] {
+    unsigned ifindex = if_nametoindex(ifname.c_str());
+    if (ifindex == 0) {
+      result = failErrno(fmt::format("interface {} not found in the pod network namespace", ifname));
+      return;
+    }
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex), .attach_point = BPF_TC_INGRESS);
+    int err = bpf_tc_hook_create(&hook);
+    if (err != 0 && err != -EEXIST) {
+      errno = -err;
+      result = failErrno(fmt::format("creating the clsact qdisc on {} failed", ifname));
+      return;
+    }
+    LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(inbound_->progs.sluice_tc_inbound),
+                .flags = BPF_TC_F_REPLACE, .handle = kTcHandle, .priority = kTcPriority);
+    err = bpf_tc_attach(&hook, &opts);
+    if (err != 0) {
+      errno = -err;
+      result = failErrno(fmt::format("attaching the tc ingress program on {} failed", ifname));
+    }
+  });
+  if (!entered) return entered;
+  return result;
+}
+
+void Loader::detachTc(int netns_fd, const std::string& ifname) {
+  (void)runInNetns(netns_fd, [&] {
+    unsigned ifindex = if_nametoindex(ifname.c_str());
+    if (ifindex == 0) return;
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex), .attach_point = BPF_TC_INGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
+    bpf_tc_detach(&hook, &opts);
+  });
+}
+
+int Loader::tcProgramFd() const { return bpf_program__fd(inbound_->progs.sluice_tc_inbound); }
+
+std::vector<uint64_t> Loader::stats() const {
+  std::vector<uint64_t> out(SLUICE_STAT_MAX, 0);
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0) return out;
+  std::vector<uint64_t> values(ncpu);
+  for (__u32 i = 0; i < SLUICE_STAT_MAX; ++i) {
+    if (bpf_map_lookup_elem(stats_fd_.get(), &i, values.data()) != 0) continue;
+    for (uint64_t v : values) out[i] += v;
+  }
+  return out;
+}
+
+Result<void> Loader::ensureBpffs(const std::string& pin_dir) {
+  constexpr long kBpfFsMagic = 0xcafe4a11;
+  const std::string root = "/sys/fs/bpf";
+  if (pin_dir.rfind(root + "/", 0) != 0) return {};  // custom location: the operator's mount
+  struct statfs st {};
+  if (::statfs(root.c_str(), &st) == 0 && st.f_type == kBpfFsMagic) return {};
+  if (::mount("bpf", root.c_str(), "bpf", 0, "mode=0700") != 0)
+    return failErrno("bpffs is not mounted at /sys/fs/bpf and mounting it failed (mount -t bpf bpf /sys/fs/bpf)");
+  log::get("bpf")->info("mounted bpffs at /sys/fs/bpf");
+  return {};
+}
+
+Result<std::string> Loader::findCgroup2() {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string line;
+  while (std::getline(mounts, line)) {
+    std::istringstream fields(line);
+    std::string dev, dir, type;
+    fields >> dev >> dir >> type;
+    if (type == "cgroup2") return dir;
+  }
+  return fail("no cgroup2 mount found in /proc/self/mounts; mount one or pass --cgroup");
+}
+
+Result<void> Loader::removePinned(const std::string& pin_dir) {
+  std::error_code ec;
+  if (!std::filesystem::exists(pin_dir, ec)) return {};
+  for (const auto& entry : std::filesystem::directory_iterator(pin_dir, ec)) {
+    if (::unlink(entry.path().c_str()) != 0)
+      return failErrno(fmt::format("cannot remove pinned object {}", entry.path().string()));
+  }
+  if (::rmdir(pin_dir.c_str()) != 0 && errno != ENOENT)
+    return failErrno(fmt::format("cannot remove pin directory {}", pin_dir));
+  return {};
+}
+
+}  // namespace sluice::agent::bpf

@@ -1,0 +1,95 @@
+// Loads, attaches and pins Sluice's BPF programs; owns every bpf_object.
+//
+// Pinned state under --bpf-pin-dir survives the agent: the maps (enrolled
+// pods, redirect records, stats) and the cgroup links. On start the loader
+// reuses pinned maps and atomically swaps pinned links to the freshly loaded
+// programs, so capture never stops across an agent restart.
+#pragma once
+
+#include <linux/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/bpf/map.h"
+#include "sluice/common/bpf_abi.h"
+#include "sluice/common/result.h"
+
+struct sluice_capture;
+struct sluice_inbound;
+
+namespace sluice::agent::bpf {
+
+using EnrolledMap = BpfMap<__u64, sluice_enrolled>;
+using OrigDstMap = BpfMap<sluice_pair_key, sluice_orig_dst>;
+using ExcludedPortsMap = BpfMap<__u16, __u8>;
+
+struct LoaderConfig {
+  std::string pin_dir;      // e.g. /sys/fs/bpf/sluice
+  std::string cgroup_path;  // cgroup-v2 root, e.g. /sys/fs/cgroup/unified
+  std::vector<uint16_t> excluded_ports;  // host order
+};
+
+struct AttachedLink {
+  std::string program;  // sluice_connect4 ...
+  std::string pin;      // pinned link path
+  uint32_t link_id = 0;
+  bool reused = false;  // an existing pinned link was updated in place
+};
+
+class Loader {
+ public:
+  static Result<std::unique_ptr<Loader>> create(const LoaderConfig& config);
+  ~Loader();
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  EnrolledMap& enrolled() { return enrolled_; }
+  OrigDstMap& origDst() { return orig_dst_; }
+  const std::vector<AttachedLink>& links() const { return links_; }
+
+  // Attaches the tc ingress program to ifname inside the given netns
+  // (creating the clsact qdisc; replacing an older Sluice filter).
+  Result<void> attachTc(int netns_fd, const std::string& ifname);
+  // Removes Sluice's tc filter from ifname; missing netns/interface is fine.
+  void detachTc(int netns_fd, const std::string& ifname);
+
+  // fd of the tc ingress program (for BPF_PROG_TEST_RUN in tests).
+  int tcProgramFd() const;
+
+  // Sum of the per-CPU stats counters (enum sluice_stat order).
+  std::vector<uint64_t> stats() const;
+
+  // Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet (as on
+  // hosts whose init system does not), so pins under it are shared.
+  static Result<void> ensureBpffs(const std::string& pin_dir);
+  // The cgroup-v2 mount point from /proc/self/mounts (unified or hybrid).
+  static Result<std::string> findCgroup2();
+
+  // Removes every pinned object under pin_dir (links detach when the last fd
+  // closes). Used by `sluice-agent uninstall`.
+  static Result<void> removePinned(const std::string& pin_dir);
+
+ private:
+  Loader() = default;
+  Result<void> attachCgroupPrograms();
+
+  LoaderConfig config_;
+  sluice_capture* capture_ = nullptr;
+  sluice_inbound* inbound_ = nullptr;
+  int cgroup_fd_ = -1;
+  std::vector<int> link_fds_;
+  std::vector<AttachedLink> links_;
+  EnrolledMap enrolled_;
+  OrigDstMap orig_dst_;
+  ExcludedPortsMap excluded_;
+  UniqueFd stats_fd_;
+};
+
+// Name of the tc filter priority/handle Sluice uses in pod netns.
+inline constexpr uint32_t kTcHandle = 0x5100;
+inline constexpr uint32_t kTcPriority = 1;
+
+}  // namespace sluice::agent::bpf

@@ -1,0 +1,153 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <doctest/doctest.h>
+
+#include "agent/bpf/loader.h"
+#include "sluice/common/addr.h"
+#include "support/scratch_netns.h"
+
+using namespace sluice;
+using sluice::agent::bpf::Loader;
+
+namespace {
+
+std::string pinDir() { return "/sys/fs/bpf/sluice-test-" + std::to_string(::getpid()); }
+
+struct LoadedCapture {
+  std::unique_ptr<Loader> loader;
+  std::string pin = pinDir();
+  LoadedCapture() {
+    auto l = Loader::create({pin, "/sys/fs/cgroup/unified", {9999}});
+    REQUIRE_MESSAGE(l.has_value(), (l ? "" : l.error().describe()));
+    loader = std::move(*l);
+  }
+  ~LoadedCapture() {
+    loader.reset();
+    (void)Loader::removePinned(pin);
+  }
+};
+
+UniqueFd listenIn(int netns, const char* ip, uint16_t port, uint32_t mark = 0) {
+  auto s = socketInNetns(netns, AF_INET, SOCK_STREAM, 0);
+  REQUIRE(s.has_value());
+  int one = 1;
+  setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
+  auto sa = makeSockaddr(*parseIp4(ip), port);
+  REQUIRE(::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
+  REQUIRE(::listen(s->get(), 16) == 0);
+  return std::move(*s);
+}
+
+// Connects from inside the netns (blocking; the listener is local).
+UniqueFd connectIn(int netns, const char* ip, uint16_t port, uint32_t mark = 0) {
+  auto s = socketInNetns(netns, AF_INET, SOCK_STREAM, 0);
+  REQUIRE(s.has_value());
+  if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
+  auto sa = makeSockaddr(*parseIp4(ip), port);
+  REQUIRE_MESSAGE(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0,
+                  "connect failed: " << strerror(errno));
+  return std::move(*s);
+}
+
+sockaddr_in localOf(int fd) {
+  sockaddr_in sa{};
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  return sa;
+}
+sockaddr_in peerOf(int fd) {
+  sockaddr_in sa{};
+  socklen_t len = sizeof(sa);
+  getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  return sa;
+}
+
+}  // namespace
+
+TEST_SUITE("capture.bpf") {
+  TEST_CASE("connect4 redirects enrolled pods to 15001 and the original destination is recoverable") {
+    test::ScratchNetns pod;
+    pod.sh("ip addr add 10.77.0.5/32 dev lo && ip addr add 10.77.0.9/32 dev lo");
+    LoadedCapture bpf;
+    auto cookie = netnsCookie(pod.fd());
+    REQUIRE(cookie.has_value());
+    sluice_enrolled e{*parseIp4("10.77.0.5"), 0};
+    REQUIRE(bpf.loader->enrolled().update(*cookie, e).has_value());
+
+    auto proxy = listenIn(pod.fd(), "127.0.0.1", SLUICE_OUTBOUND_PORT, SLUICE_MARK_MINE);
+    auto server = listenIn(pod.fd(), "10.77.0.9", 8080);
+
+    SUBCASE("a pod connection is captured") {
+      auto client = connectIn(pod.fd(), "10.77.0.9", 8080);
+      int accepted = ::accept(proxy.get(), nullptr, nullptr);
+      REQUIRE(accepted >= 0);
+      UniqueFd a(accepted);
+      // The client believes it is connected to the original destination.
+      CHECK(formatEndpoint(peerOf(client.get())) == "127.0.0.1:15001");
+      // Pinned map lookup, as the proxy does it.
+      auto peer = peerOf(a.get());
+      auto local = localOf(a.get());
+      sluice_pair_key k{*cookie, peer.sin_addr.s_addr, local.sin_addr.s_addr, peer.sin_port, local.sin_port, 0};
+      auto d = bpf.loader->origDst().lookup(k);
+      REQUIRE(d.has_value());
+      CHECK(formatEndpoint(makeSockaddr(d->ip4, ntohs(d->port))) == "10.77.0.9:8080");
+      // SO_ORIGINAL_DST from the cgroup/getsockopt program.
+      sockaddr_in orig{};
+      socklen_t len = sizeof(orig);
+      REQUIRE(getsockopt(a.get(), SOL_IP, 80 /*SO_ORIGINAL_DST*/, &orig, &len) == 0);
+      CHECK(formatEndpoint(orig) == "10.77.0.9:8080");
+      auto stats = bpf.loader->stats();
+      CHECK(stats[SLUICE_STAT_CONNECT_REDIRECTED] >= 1);
+      CHECK(stats[SLUICE_STAT_SOCKOPS_REKEYED] >= 1);
+    }
+    SUBCASE("proxy sockets, loopback, own IP and excluded ports go direct") {
+      auto marked = connectIn(pod.fd(), "10.77.0.9", 8080, SLUICE_MARK_MINE);
+      CHECK(formatEndpoint(peerOf(marked.get())) == "10.77.0.9:8080");
+      auto server2 = listenIn(pod.fd(), "10.77.0.9", 9999);
+      auto excluded = connectIn(pod.fd(), "10.77.0.9", 9999);
+      CHECK(formatEndpoint(peerOf(excluded.get())) == "10.77.0.9:9999");
+      auto own = listenIn(pod.fd(), "10.77.0.5", 8081);
+      auto to_own = connectIn(pod.fd(), "10.77.0.5", 8081);
+      CHECK(formatEndpoint(peerOf(to_own.get())) == "10.77.0.5:8081");
+      auto lo = listenIn(pod.fd(), "127.0.0.1", 8082);
+      auto to_lo = connectIn(pod.fd(), "127.0.0.1", 8082);
+      CHECK(formatEndpoint(peerOf(to_lo.get())) == "127.0.0.1:8082");
+    }
+    SUBCASE("a netns that is not enrolled is never redirected") {
+      test::ScratchNetns other;
+      other.sh("ip addr add 10.77.0.9/32 dev lo");
+      auto srv = listenIn(other.fd(), "10.77.0.9", 8080);
+      auto c = connectIn(other.fd(), "10.77.0.9", 8080);
+      CHECK(formatEndpoint(peerOf(c.get())) == "10.77.0.9:8080");
+    }
+    SUBCASE("unenrolling stops capture") {
+      bpf.loader->enrolled().erase(*cookie);
+      auto c = connectIn(pod.fd(), "10.77.0.9", 8080);
+      CHECK(formatEndpoint(peerOf(c.get())) == "10.77.0.9:8080");
+    }
+  }
+
+  TEST_CASE("a second loader re-adopts pinned maps and links in place") {
+    test::ScratchNetns pod;
+    LoadedCapture first;
+    auto cookie = netnsCookie(pod.fd());
+    REQUIRE(first.loader->enrolled().update(*cookie, sluice_enrolled{1, 0}).has_value());
+    auto first_links = first.loader->links();
+    first.loader.reset();  // agent exits; pins remain
+    auto second = Loader::create({first.pin, "/sys/fs/cgroup/unified", {}});
+    REQUIRE_MESSAGE(second.has_value(), (second ? "" : second.error().describe()));
+    CHECK((*second)->enrolled().lookup(*cookie).has_value());
+    REQUIRE((*second)->links().size() == first_links.size());
+    for (size_t i = 0; i < first_links.size(); ++i) {
+      CHECK((*second)->links()[i].reused);
+      CHECK((*second)->links()[i].link_id == first_links[i].link_id);
+    }
+    first.loader = std::move(*second);
+  }
+}
