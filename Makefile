@@ -1,0 +1,39 @@
+# Sluice developer workflow. Every target is safe to re-run.
+#   make deps    install the Debian packages the build, tests, demo and benchmarks need (root)
+#   make build   configure + build everything into build/
+#   make test    deps + build + every test (unit, BPF kernel tests, end-to-end on the lab)
+#   make demo    deps + build + a one-node lab showing capture, then teardown
+#   make bench   deps + build + benchmarks (no mesh vs Sluice), figures printed side by side
+#   make asan    build + test with AddressSanitizer/UBSan in build-asan/
+BUILD ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS ?= $(shell nproc)
+
+.PHONY: deps build test demo bench asan clean format
+
+deps:
+	@bash tools/deps.sh
+
+build:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+test: deps build
+	@bash tools/run-tests.sh $(BUILD)
+
+demo: deps build
+	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash tools/demo.sh
+
+bench: deps build
+	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/run.sh
+
+asan: deps
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON >/dev/null
+	@cmake --build build-asan -j$(JOBS)
+	@bash tools/run-tests.sh build-asan
+
+format:
+	@git ls-files '*.cc' '*.h' | grep -v '^bpf/' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD) build-asan
