@@ -8,7 +8,7 @@ PKGS=(
   protobuf-compiler libspdlog-dev libfmt-dev doctest-dev libnghttp2-dev libexpected-dev
   nlohmann-json3-dev libyaml-cpp-dev libcpp-httplib-dev
   iproute2 containernetworking-plugins util-linux procps psmisc python3
-  socat iperf3 wrk curl
+  socat iperf3 wrk curl nginx-light
 )
 missing=()
 for p in "${PKGS[@]}"; do
