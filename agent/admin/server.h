@@ -1,0 +1,44 @@
+// Admin HTTP API of the agent (default 127.0.0.1:15000): /healthz, /ready,
+// /config_dump, /connections, /stats. Read-only JSON; served from its own
+// thread pool (cpp-httplib), never from a data-plane thread.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "sluice/common/result.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace sluice::agent::admin {
+
+// Each source builds its document on demand, on an admin thread.
+struct Sources {
+  std::function<nlohmann::json()> config_dump;
+  std::function<nlohmann::json()> connections;
+  std::function<nlohmann::json()> stats;
+  // Empty string = ready; otherwise the reason it is not.
+  std::function<std::string()> not_ready_reason;
+};
+
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> create(const std::string& address, Sources sources);
+  ~Server();
+  std::string address() const { return address_; }
+
+ private:
+  Server() = default;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread thread_;
+  std::string address_;
+  Sources sources_;
+};
+
+}  // namespace sluice::agent::admin

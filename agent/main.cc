@@ -1,0 +1,362 @@
+// sluice-agent: the node agent. Wires the parts together; owns no logic.
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/admin/server.h"
+#include "agent/bpf/loader.h"
+#include "agent/bpf/orig_dst_resolver.h"
+#include "agent/cni/server.h"
+#include "agent/discovery/client.h"
+#include "agent/pods/pod_manager.h"
+#include "sluice/common/addr.h"
+#include "sluice/common/log.h"
+#include "sluice/ztunnel/engine.h"
+
+using namespace sluice;
+
+namespace {
+
+constexpr const char* kUsage = R"(Usage: sluice-agent [flags]
+       sluice-agent uninstall [--bpf-pin-dir DIR]
+
+The Sluice node agent: loads the capture BPF programs, enrolls the pods of
+this node that the control plane marks as meshed, and runs the node's shared
+proxy (ztunnel) with listeners inside each enrolled pod's network namespace.
+
+Flags:
+  --node-name NAME          this node's name as the control plane knows it (required)
+  --controlplane HOST:PORT  control plane discovery address (required)
+  --bpf-pin-dir DIR         where BPF maps and links are pinned (default /sys/fs/bpf/sluice)
+  --cni-socket PATH         unix socket for sluice-cni (default /var/run/sluice/cni.sock)
+  --admin-addr IP:PORT      admin HTTP API (default 127.0.0.1:15000)
+  --state-dir DIR           pod table kept across restarts (default /var/run/sluice/state)
+  --cgroup DIR              cgroup-v2 root to attach to (default: the cgroup2 mount)
+  --workers N               proxy worker threads, 0 = one per CPU (default 0)
+  --exclude-ports P1,P2     destination ports never captured (default none)
+  --max-connections-per-pod N   (default 4096)
+  --cni-wait-ms MS          how long CNI ADD waits for the pod to appear in the
+                            control plane's view (default 3000)
+  --log-level LEVEL         trace|debug|info|warn|error (default info)
+  -h, --help                this text
+
+`uninstall` removes everything pinned under --bpf-pin-dir; capture stops.
+)";
+
+struct Flags {
+  std::string node_name;
+  std::string controlplane;
+  std::string pin_dir = "/sys/fs/bpf/sluice";
+  std::string cni_socket = "/var/run/sluice/cni.sock";
+  std::string admin_addr = "127.0.0.1:15000";
+  std::string state_dir = "/var/run/sluice/state";
+  std::string cgroup;
+  unsigned workers = 0;
+  std::vector<uint16_t> excluded_ports;
+  unsigned max_per_pod = 4096;
+  unsigned cni_wait_ms = 3000;
+  std::string log_level = "info";
+  bool uninstall = false;
+};
+
+[[noreturn]] void usageError(const std::string& msg) {
+  std::fprintf(stderr, "sluice-agent: %s\nRun 'sluice-agent --help' for usage.\n", msg.c_str());
+  std::exit(2);
+}
+
+unsigned parseUnsigned(const std::string& flag, const std::string& v) {
+  try {
+    size_t pos = 0;
+    unsigned long n = std::stoul(v, &pos);
+    if (pos != v.size() || n > 1000000) throw std::out_of_range(v);
+    return static_cast<unsigned>(n);
+  } catch (const std::exception&) {
+    usageError(flag + " expects a non-negative number, got '" + v + "'");
+  }
+}
+
+Flags parseFlags(int argc, char** argv) {
+  Flags f;
+  std::map<std::string, std::string*> strings = {
+      {"--node-name", &f.node_name},   {"--controlplane", &f.controlplane}, {"--bpf-pin-dir", &f.pin_dir},
+      {"--cni-socket", &f.cni_socket}, {"--admin-addr", &f.admin_addr},     {"--state-dir", &f.state_dir},
+      {"--cgroup", &f.cgroup},         {"--log-level", &f.log_level},
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    if (i == 1 && arg == "uninstall") {
+      f.uninstall = true;
+      continue;
+    }
+    std::string value;
+    auto eq = arg.find('=');
+    if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    } else if (arg.rfind("--", 0) == 0) {
+      if (i + 1 >= argc) usageError("flag " + arg + " needs a value");
+      value = argv[++i];
+    } else {
+      usageError("unexpected argument '" + arg + "'");
+    }
+    if (auto it = strings.find(arg); it != strings.end()) {
+      *it->second = value;
+    } else if (arg == "--workers") {
+      f.workers = parseUnsigned(arg, value);
+    } else if (arg == "--max-connections-per-pod") {
+      f.max_per_pod = parseUnsigned(arg, value);
+    } else if (arg == "--cni-wait-ms") {
+      f.cni_wait_ms = parseUnsigned(arg, value);
+    } else if (arg == "--exclude-ports") {
+      size_t start = 0;
+      while (start <= value.size() && !value.empty()) {
+        size_t comma = value.find(',', start);
+        std::string p = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        unsigned port = parseUnsigned(arg, p);
+        if (port == 0 || port > 65535) usageError("--exclude-ports: invalid port '" + p + "'");
+        f.excluded_ports.push_back(static_cast<uint16_t>(port));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    } else {
+      usageError("unknown flag " + arg);
+    }
+  }
+  if (f.uninstall) return f;
+  if (f.node_name.empty()) usageError("--node-name is required");
+  if (f.controlplane.empty()) usageError("--controlplane is required");
+  if (!parseEndpoint(f.admin_addr)) usageError("--admin-addr must be IP:PORT, got '" + f.admin_addr + "'");
+  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
+  bool known = false;
+  for (const char* l : kLevels) known = known || f.log_level == l;
+  if (!known) usageError("--log-level must be one of trace|debug|info|warn|error");
+  return f;
+}
+
+// Bridges CNI requests to the pod manager.
+class CniBridge final : public agent::cni::Handler {
+ public:
+  CniBridge(agent::pods::PodManager& pods, std::chrono::milliseconds wait) : pods_(pods), wait_(wait) {}
+
+  agent::cni::CniReply handle(const agent::cni::CniRequest& req) override {
+    agent::cni::CniReply reply;
+    if (req.command == "ADD") {
+      agent::pods::PodRef ref{req.pod_uid, req.pod_namespace, req.pod_name, req.container_id, req.netns,
+                              req.ifname.empty() ? "eth0" : req.ifname, 0};
+      for (const auto& ip : req.ips)
+        if (auto a = parseIp4(ip)) {
+          ref.ip4 = *a;
+          break;
+        }
+      auto r = pods_.add(ref, wait_);
+      reply.ok = r.has_value();
+      if (r) reply.enrolled = *r;
+      else reply.error = r.error().describe();
+    } else if (req.command == "DEL") {
+      pods_.remove(req.container_id, req.pod_uid);
+      reply.ok = true;
+    } else if (req.command == "CHECK") {
+      auto r = pods_.check(req.container_id, req.pod_uid);
+      reply.ok = r.has_value();
+      if (!r) reply.error = r.error().describe();
+    } else {
+      reply.ok = false;
+      reply.error = "unknown command " + req.command;
+    }
+    return reply;
+  }
+
+ private:
+  agent::pods::PodManager& pods_;
+  std::chrono::milliseconds wait_;
+};
+
+class DiscoveryBridge final : public agent::discovery::Listener {
+ public:
+  explicit DiscoveryBridge(agent::pods::PodManager& pods) : pods_(pods) {}
+  void onWorkloads(const std::map<std::string, api::v1::Workload>& all, uint64_t version) override {
+    pods_.onWorkloads(all, version);
+  }
+
+ private:
+  agent::pods::PodManager& pods_;
+};
+
+nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& c : engine.connections()) {
+    out.push_back({{"id", c.id},
+                   {"direction", c.direction},
+                   {"pod", c.pod},
+                   {"source", c.source},
+                   {"destination", c.destination},
+                   {"bytes_sent", c.bytes_sent},
+                   {"bytes_received", c.bytes_received},
+                   {"start_unix_ms", c.start_unix_ms},
+                   {"duration_ms", c.duration_ms},
+                   {"state", c.state},
+                   {"reason", c.reason}});
+  }
+  return {{"connections", out}};
+}
+
+int runAgent(const Flags& flags) {
+  auto logger = log::get("agent");
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  // Block before any thread starts so every thread inherits the mask and
+  // the main thread alone receives them through sigwait.
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  // Two sockets per proxied connection per pod: the default soft limit of
+  // 1024 fds would cap the node at a few hundred connections.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+
+  std::string cgroup = flags.cgroup;
+  if (cgroup.empty()) {
+    auto found = agent::bpf::Loader::findCgroup2();
+    if (!found) {
+      logger->critical("{}", found.error().describe());
+      return 1;
+    }
+    cgroup = *found;
+  }
+  auto loader = agent::bpf::Loader::create({flags.pin_dir, cgroup, flags.excluded_ports});
+  if (!loader) {
+    logger->critical("{}", loader.error().describe());
+    return 1;
+  }
+  for (const auto& l : (*loader)->links())
+    logger->info("{} attached to {} (link {}{})", l.program, cgroup, l.link_id, l.reused ? ", re-adopted" : "");
+
+  agent::bpf::MapOrigDstResolver resolver((*loader)->origDst());
+  ztunnel::EngineConfig engine_config;
+  engine_config.workers = flags.workers;
+  engine_config.max_connections_per_pod = flags.max_per_pod;
+  auto engine = ztunnel::createEngine(engine_config, resolver);
+  if (!engine) {
+    logger->critical("starting the proxy engine failed: {}", engine.error().describe());
+    return 1;
+  }
+
+  agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json");
+  pods.restore();
+
+  DiscoveryBridge discovery_bridge(pods);
+  agent::discovery::ClientConfig discovery_config;
+  discovery_config.target = flags.controlplane;
+  discovery_config.node_name = flags.node_name;
+  auto discovery = agent::discovery::Client::create(discovery_config, discovery_bridge);
+  if (!discovery) {
+    logger->critical("control plane client: {}", discovery.error().describe());
+    return 1;
+  }
+
+  CniBridge cni_bridge(pods, std::chrono::milliseconds(flags.cni_wait_ms));
+  auto cni = agent::cni::Server::create(flags.cni_socket, cni_bridge);
+  if (!cni) {
+    logger->critical("CNI socket: {}", cni.error().describe());
+    return 1;
+  }
+
+  agent::admin::Sources sources;
+  ztunnel::Engine& eng = **engine;
+  agent::bpf::Loader& ld = **loader;
+  agent::discovery::Client& disc = **discovery;
+  sources.config_dump = [&] {
+    nlohmann::json j = pods.dump();
+    j["node"] = flags.node_name;
+    j["controlplane"] = {{"address", flags.controlplane},
+                         {"connected", disc.connected()},
+                         {"synced", disc.synced()},
+                         {"version", disc.version()},
+                         {"last_error", disc.lastError()}};
+    nlohmann::json listeners = nlohmann::json::array();
+    for (const auto& l : eng.listeners())
+      listeners.push_back({{"pod_uid", l.pod_uid}, {"pod", l.pod}, {"address", l.address}, {"kind", l.kind}});
+    j["listeners"] = listeners;
+    nlohmann::json links = nlohmann::json::array();
+    for (const auto& l : ld.links())
+      links.push_back({{"program", l.program}, {"pin", l.pin}, {"link_id", l.link_id}});
+    j["bpf"] = {{"pin_dir", flags.pin_dir}, {"cgroup", cgroup}, {"links", links}};
+    return j;
+  };
+  sources.connections = [&] { return connectionsJson(eng); };
+  sources.stats = [&] {
+    auto s = eng.stats();
+    auto b = ld.stats();
+    return nlohmann::json{{"proxy",
+                           {{"accepted", s.accepted},
+                            {"active", s.active},
+                            {"closed", s.closed},
+                            {"connect_failures", s.connect_failures},
+                            {"limit_rejected", s.limit_rejected},
+                            {"no_original_dst", s.no_original_dst}}},
+                          {"bpf",
+                           {{"connect_seen", b[SLUICE_STAT_CONNECT_SEEN]},
+                            {"connect_redirected", b[SLUICE_STAT_CONNECT_REDIRECTED]},
+                            {"connect_skipped", b[SLUICE_STAT_CONNECT_SKIPPED]},
+                            {"sockops_rekeyed", b[SLUICE_STAT_SOCKOPS_REKEYED]},
+                            {"getsockopt_answered", b[SLUICE_STAT_GETSOCKOPT_ANSWERED]},
+                            {"tc_assigned", b[SLUICE_STAT_TC_ASSIGNED]},
+                            {"tc_no_listener", b[SLUICE_STAT_TC_NO_LISTENER]},
+                            {"tc_passed", b[SLUICE_STAT_TC_PASSED]}}},
+                          {"enrolled_pods", pods.enrolledCount()}};
+  };
+  sources.not_ready_reason = [&]() -> std::string {
+    if (!disc.synced()) return "no snapshot from the control plane at " + flags.controlplane + " yet";
+    return "";
+  };
+  auto admin = agent::admin::Server::create(flags.admin_addr, sources);
+  if (!admin) {
+    logger->critical("{}", admin.error().describe());
+    return 1;
+  }
+  logger->info("sluice-agent running on node {} (pins {}, cni socket {})", flags.node_name, flags.pin_dir,
+               flags.cni_socket);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  logger->info("received {}, shutting down (pinned BPF state stays: capture continues to fail closed "
+               "until an agent is back)",
+               strsignal(sig));
+  admin->reset();
+  cni->reset();
+  discovery->reset();
+  (*engine)->stop();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags = parseFlags(argc, argv);
+  log::setup(flags.log_level);
+  if (flags.uninstall) {
+    if (auto r = agent::bpf::Loader::removePinned(flags.pin_dir); !r) {
+      log::get("agent")->error("{}", r.error().describe());
+      return 1;
+    }
+    log::get("agent")->info("removed pinned BPF state under {}", flags.pin_dir);
+    return 0;
+  }
+  return runAgent(flags);
+}

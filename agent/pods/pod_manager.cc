@@ -1,0 +1,294 @@
+#include "agent/pods/pod_manager.h"
+
+#include <arpa/inet.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/log.h"
+#include "sluice/common/netns.h"
+
+namespace sluice::agent::pods {
+
+namespace {
+auto logger() { return log::get("pods"); }
+
+std::string podName(const PodRef& r) { return r.ns + "/" + r.name; }
+}  // namespace
+
+PodManager::PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file)
+    : loader_(loader), engine_(engine), state_file_(std::move(state_file)) {}
+
+const Workload* PodManager::findWorkload(const PodRef& ref) const {
+  if (!ref.uid.empty()) {
+    auto it = workloads_.find(ref.uid);
+    if (it != workloads_.end()) return &it->second;
+  }
+  for (const auto& [uid, w] : workloads_)
+    if (w.namespace_() == ref.ns && w.name() == ref.name) return &w;
+  return nullptr;
+}
+
+Decision PodManager::decide(const PodRef& ref) const {
+  const Workload* w = findWorkload(ref);
+  if (!w) return {};
+  return {true, w->enrolled()};
+}
+
+Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) {
+  std::unique_lock lk(mu_);
+  if (ref.container_id.empty()) return fail("CNI_CONTAINERID is empty");
+  auto existing = pods_.find(ref.container_id);
+  if (existing == pods_.end()) {
+    auto netns = openNetns(ref.netns_path);
+    if (!netns) return tl::unexpected(netns.error());
+    auto cookie = netnsCookie(netns->get());
+    if (!cookie) return tl::unexpected(cookie.error());
+    LocalPod pod;
+    pod.ref = ref;
+    pod.netns = std::move(*netns);
+    pod.netns_cookie = *cookie;
+    pods_.emplace(ref.container_id, std::move(pod));
+    persist();
+    logger()->info("pod {} added (container {}, ip {}, netns cookie {})", podName(ref), ref.container_id,
+                   formatIp4(ref.ip4), *cookie);
+  }
+  // In Kubernetes the Pod object exists before its sandbox; give the control
+  // plane's view a bounded time to catch up before deciding.
+  workloads_changed_.wait_for(lk, wait, [&] { return findWorkload(ref) != nullptr; });
+  auto it = pods_.find(ref.container_id);
+  if (it == pods_.end()) return fail("pod was deleted while it was being added");
+  reconcile(it->second);
+  if (!it->second.last_error.empty()) return fail("enrolling the pod failed: " + it->second.last_error);
+  if (!decide(ref).known)
+    logger()->warn("pod {} is not known to the control plane yet; it runs unenrolled until it is", podName(ref));
+  return it->second.enrolled;
+}
+
+void PodManager::remove(const std::string& container_id, const std::string& uid) {
+  std::lock_guard lk(mu_);
+  auto it = pods_.find(container_id);
+  if (it == pods_.end() && !uid.empty()) {
+    for (auto p = pods_.begin(); p != pods_.end(); ++p)
+      if (p->second.ref.uid == uid) it = p;
+  }
+  if (it == pods_.end()) return;
+  unenroll(it->second);
+  logger()->info("pod {} removed (container {})", podName(it->second.ref), it->first);
+  pods_.erase(it);
+  persist();
+}
+
+Result<void> PodManager::check(const std::string& container_id, const std::string& uid) {
+  std::lock_guard lk(mu_);
+  auto it = pods_.find(container_id);
+  if (it == pods_.end())
+    return fail(fmt::format("the sluice agent does not know container {} (pod uid {})", container_id, uid));
+  const LocalPod& pod = it->second;
+  Decision d = decide(pod.ref);
+  if (d.known && d.enrolled != pod.enrolled)
+    return fail(fmt::format("pod should be {} but is {}: {}", d.enrolled ? "enrolled" : "unenrolled",
+                            pod.enrolled ? "enrolled" : "unenrolled", pod.last_error));
+  if (pod.enrolled && !loader_.enrolled().lookup(pod.netns_cookie))
+    return fail("pod is enrolled but its netns cookie is missing from the BPF enrolled map");
+  return {};
+}
+
+void PodManager::onWorkloads(const std::map<std::string, Workload>& all, uint64_t version) {
+  std::lock_guard lk(mu_);
+  workloads_ = all;
+  version_ = version;
+  for (auto& [id, pod] : pods_) reconcile(pod);
+  workloads_changed_.notify_all();
+}
+
+void PodManager::reconcile(LocalPod& pod) {
+  Decision d = decide(pod.ref);
+  if (const Workload* w = findWorkload(pod.ref)) pod.service_account = w->service_account();
+  bool want = d.enrolled;
+  if (!d.known) {
+    // Until the first view arrives, keep what we had (restart); once synced,
+    // a pod the control plane does not know is not enrolled.
+    if (version_ == 0) return;
+    want = false;
+  }
+  if (want && !pod.enrolled) {
+    if (auto r = enroll(pod); !r) {
+      pod.last_error = r.error().describe();
+      logger()->error("enrolling pod {} failed: {}", podName(pod.ref), pod.last_error);
+    }
+  } else if (!want && pod.enrolled) {
+    unenroll(pod);
+    persist();
+  }
+}
+
+Result<void> PodManager::enroll(LocalPod& pod) {
+  if (pod.ref.ip4 == 0) return fail("the pod has no IPv4 address in the CNI result");
+  ztunnel::PodSpec spec;
+  spec.uid = pod.ref.container_id;
+  spec.name_namespace = podName(pod.ref);
+  spec.service_account = pod.service_account;
+  spec.ip4 = pod.ref.ip4;
+  spec.netns_cookie = pod.netns_cookie;
+  spec.netns_fd = pod.netns.get();
+  if (auto r = engine_.addPod(spec); !r) return r;
+  if (auto r = loader_.attachTc(pod.netns.get(), pod.ref.ifname); !r) {
+    engine_.removePod(spec.uid);
+    return r;
+  }
+  sluice_enrolled value{pod.ref.ip4, SLUICE_ENROLLED_F_INBOUND};
+  if (auto r = loader_.enrolled().update(pod.netns_cookie, value); !r) {
+    loader_.detachTc(pod.netns.get(), pod.ref.ifname);
+    engine_.removePod(spec.uid);
+    return r;
+  }
+  pod.enrolled = true;
+  pod.last_error.clear();
+  persist();
+  logger()->info("pod {} enrolled (ip {}, netns cookie {})", podName(pod.ref), formatIp4(pod.ref.ip4),
+                 pod.netns_cookie);
+  return {};
+}
+
+void PodManager::unenroll(LocalPod& pod) {
+  if (!pod.enrolled) return;
+  loader_.enrolled().erase(pod.netns_cookie);
+  loader_.detachTc(pod.netns.get(), pod.ref.ifname);
+  engine_.removePod(pod.ref.container_id);
+  pod.enrolled = false;
+  logger()->info("pod {} unenrolled", podName(pod.ref));
+}
+
+void PodManager::persist() const {
+  nlohmann::json pods = nlohmann::json::array();
+  for (const auto& [id, p] : pods_) {
+    pods.push_back({{"uid", p.ref.uid},
+                    {"namespace", p.ref.ns},
+                    {"name", p.ref.name},
+                    {"container_id", p.ref.container_id},
+                    {"netns", p.ref.netns_path},
+                    {"ifname", p.ref.ifname},
+                    {"ip", formatIp4(p.ref.ip4)},
+                    {"netns_cookie", p.netns_cookie},
+                    {"enrolled", p.enrolled}});
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(state_file_).parent_path(), ec);
+  std::string tmp = state_file_ + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << nlohmann::json{{"version", 1}, {"pods", pods}}.dump(2) << "\n";
+    if (!out) {
+      logger()->error("cannot write agent state {}: pods would not be re-adopted after a restart", tmp);
+      return;
+    }
+  }
+  if (std::rename(tmp.c_str(), state_file_.c_str()) != 0)
+    logger()->error("cannot rename {} to {}: {}", tmp, state_file_, std::strerror(errno));
+}
+
+void PodManager::restore() {
+  std::lock_guard lk(mu_);
+  std::ifstream in(state_file_);
+  if (in) {
+    nlohmann::json state = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (state.is_discarded() || !state.contains("pods") || !state["pods"].is_array()) {
+      logger()->error("agent state file {} is unreadable; starting with no pods (CNI CHECK/ADD will repopulate)",
+                      state_file_);
+    } else {
+      for (const auto& j : state["pods"]) {
+        try {
+          PodRef ref;
+          ref.uid = j.at("uid").get<std::string>();
+          ref.ns = j.at("namespace").get<std::string>();
+          ref.name = j.at("name").get<std::string>();
+          ref.container_id = j.at("container_id").get<std::string>();
+          ref.netns_path = j.at("netns").get<std::string>();
+          ref.ifname = j.at("ifname").get<std::string>();
+          ref.ip4 = parseIp4(j.at("ip").get<std::string>()).value_or(0);
+          bool was_enrolled = j.at("enrolled").get<bool>();
+          uint64_t saved_cookie = j.at("netns_cookie").get<uint64_t>();
+          auto netns = openNetns(ref.netns_path);
+          if (!netns) {
+            logger()->info("pod {} is gone ({}); dropping it", podName(ref), netns.error().describe());
+            continue;
+          }
+          auto cookie = netnsCookie(netns->get());
+          if (!cookie || *cookie != saved_cookie) {
+            logger()->info("pod {}: netns {} is not the one enrolled before; dropping it", podName(ref),
+                           ref.netns_path);
+            continue;
+          }
+          LocalPod pod;
+          pod.ref = ref;
+          pod.netns = std::move(*netns);
+          pod.netns_cookie = *cookie;
+          auto [it, inserted] = pods_.emplace(ref.container_id, std::move(pod));
+          if (inserted && was_enrolled) {
+            if (auto r = enroll(it->second); !r) {
+              it->second.last_error = r.error().describe();
+              logger()->error("re-adopting pod {} failed: {}", podName(ref), it->second.last_error);
+            } else {
+              logger()->info("pod {} re-adopted", podName(ref));
+            }
+          }
+        } catch (const std::exception& e) {
+          logger()->error("skipping malformed pod entry in {}: {}", state_file_, e.what());
+        }
+      }
+    }
+  }
+  // Cookies of pods we no longer have would redirect into nothing: drop them.
+  for (const auto& [cookie, value] : loader_.enrolled().entries()) {
+    bool ours = false;
+    for (const auto& [id, pod] : pods_) ours = ours || (pod.enrolled && pod.netns_cookie == cookie);
+    if (!ours) {
+      loader_.enrolled().erase(cookie);
+      logger()->info("removed stale netns cookie {} from the enrolled map", cookie);
+    }
+  }
+  persist();
+}
+
+nlohmann::json PodManager::dump() const {
+  std::lock_guard lk(mu_);
+  nlohmann::json pods = nlohmann::json::array();
+  for (const auto& [id, p] : pods_) {
+    pods.push_back({{"uid", p.ref.uid},
+                    {"namespace", p.ref.ns},
+                    {"name", p.ref.name},
+                    {"container_id", p.ref.container_id},
+                    {"netns", p.ref.netns_path},
+                    {"ip", formatIp4(p.ref.ip4)},
+                    {"netns_cookie", p.netns_cookie},
+                    {"service_account", p.service_account},
+                    {"enrolled", p.enrolled},
+                    {"error", p.last_error}});
+  }
+  nlohmann::json workloads = nlohmann::json::array();
+  for (const auto& [uid, w] : workloads_) {
+    nlohmann::json labels = nlohmann::json::object();
+    for (const auto& [k, v] : w.labels()) labels[k] = v;
+    workloads.push_back({{"uid", w.uid()},
+                         {"name", w.name()},
+                         {"namespace", w.namespace_()},
+                         {"service_account", w.service_account()},
+                         {"node", w.node()},
+                         {"ips", std::vector<std::string>(w.ips().begin(), w.ips().end())},
+                         {"labels", labels},
+                         {"enrolled", w.enrolled()}});
+  }
+  return {{"version", version_}, {"pods", pods}, {"workloads", workloads}};
+}
+
+size_t PodManager::enrolledCount() const {
+  std::lock_guard lk(mu_);
+  size_t n = 0;
+  for (const auto& [id, p] : pods_) n += p.enrolled ? 1 : 0;
+  return n;
+}
+
+}  // namespace sluice::agent::pods

@@ -1,0 +1,99 @@
+// The enrolled-pod table of a node: which local pods exist (learned from CNI
+// ADD, or re-adopted from the state file after a restart) and, from the
+// control plane's view, which of them are enrolled. Enrolling a pod means:
+// proxy listeners in its netns, the tc program on its interface, and its
+// netns cookie in sluice_enrolled_v1 — in that order, so capture never points
+// at a missing listener. Unenrolling undoes it in reverse.
+//
+// Thread-safe: CNI requests, control-plane updates and admin reads arrive on
+// different threads; one mutex serialises them (never on the data path).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/bpf/loader.h"
+#include "sluice.pb.h"
+#include "sluice/common/result.h"
+#include "sluice/common/unique_fd.h"
+#include "sluice/ztunnel/engine.h"
+
+namespace sluice::agent::pods {
+
+using Workload = sluice::api::v1::Workload;
+
+struct PodRef {
+  std::string uid;            // K8S_POD_UID (may be empty with some runtimes)
+  std::string ns;             // K8S_POD_NAMESPACE
+  std::string name;           // K8S_POD_NAME
+  std::string container_id;   // CNI_CONTAINERID
+  std::string netns_path;     // CNI_NETNS
+  std::string ifname;         // CNI_IFNAME
+  uint32_t ip4 = 0;           // from prevResult, network order
+};
+
+struct LocalPod {
+  PodRef ref;
+  UniqueFd netns;
+  uint64_t netns_cookie = 0;
+  bool enrolled = false;
+  std::string service_account;
+  std::string last_error;     // why enrollment failed, for config_dump
+};
+
+// Decision taken for a pod: known to the control plane, and enrolled or not.
+struct Decision {
+  bool known = false;
+  bool enrolled = false;
+};
+
+class PodManager {
+ public:
+  PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file);
+
+  // CNI ADD. Waits up to `wait` for the control plane to know the pod, then
+  // enrolls it if its workload is enrolled. Returns whether it is enrolled.
+  Result<bool> add(const PodRef& ref, std::chrono::milliseconds wait);
+  // CNI DEL: unenrolls and forgets the pod; unknown container: no-op.
+  void remove(const std::string& container_id, const std::string& uid);
+  // CNI CHECK: the pod is known and its enrollment matches the desired state.
+  Result<void> check(const std::string& container_id, const std::string& uid);
+
+  // A new control-plane view: reconciles every local pod.
+  void onWorkloads(const std::map<std::string, Workload>& all, uint64_t version);
+
+  // After a restart: re-opens the pods of the state file and re-enrolls those
+  // that were enrolled, without waiting for the control plane. Stale netns
+  // cookies in the enrolled map are removed.
+  void restore();
+
+  nlohmann::json dump() const;
+  size_t enrolledCount() const;
+
+ private:
+  Decision decide(const PodRef& ref) const;   // needs mu_
+  void reconcile(LocalPod& pod);              // needs mu_
+  Result<void> enroll(LocalPod& pod);         // needs mu_
+  void unenroll(LocalPod& pod);               // needs mu_
+  void persist() const;                       // needs mu_
+  const Workload* findWorkload(const PodRef& ref) const;  // needs mu_
+
+  bpf::Loader& loader_;
+  ztunnel::Engine& engine_;
+  std::string state_file_;
+
+  mutable std::mutex mu_;
+  std::condition_variable workloads_changed_;
+  std::map<std::string, LocalPod> pods_;  // by container id
+  std::map<std::string, Workload> workloads_;
+  uint64_t version_ = 0;
+};
+
+}  // namespace sluice::agent::pods

@@ -1,0 +1,162 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <mutex>
+#include <set>
+
+#include "agent/pods/pod_manager.h"
+#include "sluice/common/addr.h"
+#include "support/scratch_netns.h"
+
+using namespace sluice;
+using namespace sluice::agent;
+
+namespace {
+
+// Records what the pod manager asks of the engine.
+class FakeEngine final : public ztunnel::Engine {
+ public:
+  Result<void> addPod(const ztunnel::PodSpec& pod) override {
+    std::lock_guard lk(mu);
+    if (fail_next) {
+      fail_next = false;
+      return fail("listener creation refused by the fake");
+    }
+    pods.insert(pod.uid);
+    return {};
+  }
+  void removePod(const std::string& uid) override {
+    std::lock_guard lk(mu);
+    pods.erase(uid);
+  }
+  std::vector<ztunnel::ListenerInfo> listeners() const override { return {}; }
+  std::vector<ztunnel::ConnectionInfo> connections() const override { return {}; }
+  ztunnel::EngineStats stats() const override { return {}; }
+  void stop() override {}
+
+  bool has(const std::string& uid) {
+    std::lock_guard lk(mu);
+    return pods.count(uid) != 0;
+  }
+  std::mutex mu;
+  std::set<std::string> pods;
+  bool fail_next = false;
+};
+
+struct Fixture {
+  test::ScratchNetns pod;
+  std::string pin = "/sys/fs/bpf/sluice-test-pods-" + std::to_string(::getpid());
+  std::string state = "/tmp/sluice-test-pods-" + std::to_string(::getpid());
+  std::unique_ptr<bpf::Loader> loader;
+  FakeEngine engine;
+  uint64_t cookie = 0;
+
+  Fixture() {
+    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up && "
+           "ip addr add 10.77.2.5/24 dev eth0");
+    auto l = bpf::Loader::create({pin, "/sys/fs/cgroup/unified", {}});
+    REQUIRE_MESSAGE(l.has_value(), (l ? "" : l.error().describe()));
+    loader = std::move(*l);
+    cookie = *netnsCookie(pod.fd());
+  }
+  ~Fixture() {
+    loader.reset();
+    (void)bpf::Loader::removePinned(pin);
+    std::filesystem::remove_all(state);
+  }
+  pods::PodRef ref() const {
+    return {"uid-1", "shop", "web", "ctr-1", pod.path(), "eth0", *parseIp4("10.77.2.5")};
+  }
+  static std::map<std::string, pods::Workload> view(bool enrolled) {
+    pods::Workload w;
+    w.set_uid("uid-1");
+    w.set_name("web");
+    w.set_namespace_("shop");
+    w.set_service_account("web");
+    w.set_enrolled(enrolled);
+    return {{"uid-1", w}};
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("pod_manager") {
+  TEST_CASE("ADD enrolls a meshed pod: listeners, tc filter, enrolled map; DEL undoes it") {
+    Fixture f;
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+    pm.onWorkloads(Fixture::view(true), 1);
+    auto r = pm.add(f.ref(), std::chrono::milliseconds(100));
+    REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+    CHECK(*r);
+    CHECK(f.engine.has("ctr-1"));
+    auto e = f.loader->enrolled().lookup(f.cookie);
+    REQUIRE(e.has_value());
+    CHECK(formatIp4(e->pod_ip4) == "10.77.2.5");
+    CHECK(pm.check("ctr-1", "uid-1").has_value());
+    // tc filter is really there.
+    int rc = -1;
+    (void)runInNetns(f.pod.fd(), [&] { rc = std::system("tc filter show dev eth0 ingress | grep -q sluice_tc_inbou"); });
+    CHECK(rc == 0);
+
+    pm.remove("ctr-1", "uid-1");
+    CHECK_FALSE(f.engine.has("ctr-1"));
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    pm.remove("ctr-1", "uid-1");  // DEL twice is fine
+    CHECK_FALSE(pm.check("ctr-1", "uid-1").has_value());
+  }
+
+  TEST_CASE("label flips enroll and unenroll a running pod") {
+    Fixture f;
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+    pm.onWorkloads(Fixture::view(false), 1);
+    auto r = pm.add(f.ref(), std::chrono::milliseconds(100));
+    REQUIRE(r.has_value());
+    CHECK_FALSE(*r);
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    pm.onWorkloads(Fixture::view(true), 2);
+    CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
+    CHECK(f.engine.has("ctr-1"));
+    pm.onWorkloads(Fixture::view(false), 3);
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    CHECK_FALSE(f.engine.has("ctr-1"));
+  }
+
+  TEST_CASE("a pod unknown to the control plane waits, then enrolls when it appears") {
+    Fixture f;
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+    pm.onWorkloads({}, 1);
+    auto r = pm.add(f.ref(), std::chrono::milliseconds(50));
+    REQUIRE(r.has_value());
+    CHECK_FALSE(*r);
+    pm.onWorkloads(Fixture::view(true), 2);
+    CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
+  }
+
+  TEST_CASE("an enrollment failure fails ADD and leaves no capture behind") {
+    Fixture f;
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+    pm.onWorkloads(Fixture::view(true), 1);
+    f.engine.fail_next = true;
+    auto r = pm.add(f.ref(), std::chrono::milliseconds(50));
+    CHECK_FALSE(r.has_value());
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+  }
+
+  TEST_CASE("restart: a new manager re-adopts enrolled pods from the state file and drops stale cookies") {
+    Fixture f;
+    {
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+      pm.onWorkloads(Fixture::view(true), 1);
+      REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+    }
+    f.engine.pods.clear();  // the old process and its listeners are gone
+    REQUIRE(f.loader->enrolled().update(424242, sluice_enrolled{1, 0}).has_value());  // stale
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json");
+    again.restore();
+    CHECK(f.engine.has("ctr-1"));
+    CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
+    CHECK_FALSE(f.loader->enrolled().lookup(424242).has_value());
+    CHECK(again.enrolledCount() == 1);
+  }
+}
