@@ -1,0 +1,118 @@
+#include "cni-plugin/config.h"
+
+#include <algorithm>
+
+#include "sluice/common/addr.h"
+
+namespace sluice::cni {
+
+using nlohmann::json;
+
+namespace {
+tl::unexpected<PluginError> err(int code, std::string msg, std::string details = "") {
+  return tl::unexpected<PluginError>(PluginError{code, std::move(msg), std::move(details)});
+}
+constexpr size_t kMaxConfigBytes = 1 << 20;
+}  // namespace
+
+tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result) {
+  std::vector<std::string> ips;
+  if (!result.is_object()) return err(kDecodingFailure, "prevResult is not an object");
+  if (!result.contains("ips")) return ips;
+  if (!result["ips"].is_array()) return err(kDecodingFailure, "prevResult.ips is not an array");
+  for (const auto& ip : result["ips"]) {
+    if (!ip.is_object() || !ip.contains("address") || !ip["address"].is_string())
+      return err(kDecodingFailure, "prevResult.ips[] entry without a string 'address'");
+    std::string addr = ip["address"].get<std::string>();
+    std::string bare = addr.substr(0, addr.find('/'));
+    if (bare.find(':') != std::string::npos) continue;  // IPv6: not captured yet
+    if (!parseIp4(bare)) return err(kDecodingFailure, "prevResult.ips[] has an invalid address", addr);
+    ips.push_back(bare);
+  }
+  return ips;
+}
+
+tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
+  if (text.size() > kMaxConfigBytes) return err(kDecodingFailure, "network configuration larger than 1 MiB");
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return err(kDecodingFailure, "network configuration on stdin is not valid JSON");
+  if (!j.is_object()) return err(kDecodingFailure, "network configuration on stdin is not a JSON object");
+  PluginConfig c;
+  auto str = [&](const char* key, std::string& out, bool required) -> std::optional<PluginError> {
+    if (!j.contains(key)) {
+      if (required) return PluginError{kInvalidConfig, fmt::format("network configuration has no '{}'", key), ""};
+      return std::nullopt;
+    }
+    if (!j[key].is_string()) return PluginError{kInvalidConfig, fmt::format("'{}' must be a string", key), ""};
+    out = j[key].get<std::string>();
+    return std::nullopt;
+  };
+  if (auto e = str("cniVersion", c.cni_version, true)) return tl::unexpected(*e);
+  if (auto e = str("name", c.name, false)) return tl::unexpected(*e);
+  if (auto e = str("agentSocket", c.agent_socket, false)) return tl::unexpected(*e);
+  if (auto e = str("logFile", c.log_file, false)) return tl::unexpected(*e);
+  if (std::find(kSupportedVersions.begin(), kSupportedVersions.end(), c.cni_version) == kSupportedVersions.end())
+    return err(kIncompatibleVersion, fmt::format("unsupported cniVersion '{}'", c.cni_version),
+               "sluice-cni supports 0.4.0 and 1.0.0");
+  if (j.contains("failOpen")) {
+    if (!j["failOpen"].is_boolean()) return err(kInvalidConfig, "'failOpen' must be a boolean");
+    c.fail_open = j["failOpen"].get<bool>();
+  }
+  if (j.contains("timeoutMs")) {
+    if (!j["timeoutMs"].is_number_integer()) return err(kInvalidConfig, "'timeoutMs' must be an integer");
+    long t = j["timeoutMs"].get<long>();
+    if (t < 100 || t > 60000) return err(kInvalidConfig, "'timeoutMs' must be between 100 and 60000");
+    c.timeout_ms = static_cast<int>(t);
+  }
+  if (c.agent_socket.empty()) return err(kInvalidConfig, "'agentSocket' is empty");
+  if (j.contains("prevResult")) {
+    c.has_prev_result = true;
+    c.prev_result = j["prevResult"];
+    auto ips = resultIps(c.prev_result);
+    if (!ips) return tl::unexpected(ips.error());
+    c.ips = *ips;
+  }
+  return c;
+}
+
+tl::expected<Environment, PluginError> parseEnvironment(const std::map<std::string, std::string>& env) {
+  Environment e;
+  auto get = [&](const char* k) {
+    auto it = env.find(k);
+    return it == env.end() ? std::string() : it->second;
+  };
+  e.command = get("CNI_COMMAND");
+  e.container_id = get("CNI_CONTAINERID");
+  e.netns = get("CNI_NETNS");
+  e.ifname = get("CNI_IFNAME");
+  if (e.command.empty()) return err(kInvalidConfig, "CNI_COMMAND is not set");
+  if (e.command != "ADD" && e.command != "DEL" && e.command != "CHECK" && e.command != "VERSION")
+    return err(kInvalidConfig, fmt::format("unknown CNI_COMMAND '{}'", e.command));
+  if (e.command != "VERSION") {
+    if (e.container_id.empty()) return err(kInvalidConfig, "CNI_CONTAINERID is not set");
+    if (e.ifname.empty()) return err(kInvalidConfig, "CNI_IFNAME is not set");
+    if (e.command != "DEL" && e.netns.empty()) return err(kInvalidConfig, "CNI_NETNS is not set");
+  }
+  std::string args = get("CNI_ARGS");
+  size_t start = 0;
+  while (start < args.size()) {
+    size_t semi = args.find(';', start);
+    std::string kv = args.substr(start, semi == std::string::npos ? std::string::npos : semi - start);
+    if (!kv.empty()) {
+      auto eq = kv.find('=');
+      if (eq == std::string::npos) return err(kInvalidConfig, "CNI_ARGS entry without '='", kv);
+      e.args[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    if (semi == std::string::npos) break;
+    start = semi + 1;
+  }
+  return e;
+}
+
+std::string errorJson(const std::string& cni_version, const PluginError& e) {
+  json j{{"cniVersion", cni_version.empty() ? "1.0.0" : cni_version}, {"code", e.code}, {"msg", e.msg}};
+  if (!e.details.empty()) j["details"] = e.details;
+  return j.dump() + "\n";
+}
+
+}  // namespace sluice::cni

@@ -1,0 +1,58 @@
+// Parsing of what a container runtime hands a CNI plugin: the network config
+// on stdin (with prevResult when chained) and the CNI_* environment.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "sluice/common/result.h"
+
+namespace sluice::cni {
+
+// CNI error codes (spec section "Error"), the ones this plugin uses.
+enum ErrorCode : int {
+  kIncompatibleVersion = 1,
+  kDecodingFailure = 6,
+  kInvalidConfig = 7,
+  kTryAgainLater = 11,
+  kInternal = 999,  // plugin-specific codes are 100+; 999 = agent refused
+};
+
+inline const std::vector<std::string> kSupportedVersions = {"0.4.0", "1.0.0"};
+
+struct PluginError {
+  int code = kInternal;
+  std::string msg;
+  std::string details;
+};
+
+struct PluginConfig {
+  std::string cni_version;
+  std::string name;
+  std::string agent_socket = "/var/run/sluice/cni.sock";
+  bool fail_open = false;
+  int timeout_ms = 5000;
+  std::string log_file;
+  bool has_prev_result = false;
+  nlohmann::json prev_result;      // exactly as received
+  std::vector<std::string> ips;    // IPv4 addresses from prevResult, prefix stripped
+};
+
+struct Environment {
+  std::string command;         // CNI_COMMAND
+  std::string container_id;    // CNI_CONTAINERID
+  std::string netns;           // CNI_NETNS
+  std::string ifname;          // CNI_IFNAME
+  std::map<std::string, std::string> args;  // CNI_ARGS, split on ';' and '='
+};
+
+tl::expected<PluginConfig, PluginError> parseConfig(const std::string& stdin_text);
+tl::expected<Environment, PluginError> parseEnvironment(const std::map<std::string, std::string>& env);
+// The IPv4 addresses of a 0.4.0 or 1.0.0 result's "ips" (prefix length stripped).
+tl::expected<std::vector<std::string>, PluginError> resultIps(const nlohmann::json& result);
+std::string errorJson(const std::string& cni_version, const PluginError& e);
+
+}  // namespace sluice::cni

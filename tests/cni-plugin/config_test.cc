@@ -1,0 +1,93 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include "cni-plugin/config.h"
+#include "sluice/common/cni_protocol.h"
+
+using namespace sluice::cni;
+
+TEST_SUITE("config") {
+  TEST_CASE("a chained 1.0.0 config with prevResult") {
+    auto c = parseConfig(R"({"cniVersion":"1.0.0","name":"k8s","type":"sluice-cni","agentSocket":"/run/x.sock",
+      "failOpen":true,"timeoutMs":2000,"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],
+      "ips":[{"address":"10.244.1.5/24","interface":0},{"address":"fd00::5/64"}]}})");
+    REQUIRE(c.has_value());
+    CHECK(c->agent_socket == "/run/x.sock");
+    CHECK(c->fail_open);
+    CHECK(c->timeout_ms == 2000);
+    REQUIRE(c->ips.size() == 1);
+    CHECK(c->ips[0] == "10.244.1.5");
+    CHECK(c->prev_result["interfaces"][0]["name"] == "eth0");
+  }
+  TEST_CASE("a 0.4.0 prevResult (ips carry a version field)") {
+    auto c = parseConfig(R"({"cniVersion":"0.4.0","name":"k8s","prevResult":{"cniVersion":"0.4.0",
+      "ips":[{"version":"4","address":"10.1.2.3/16","gateway":"10.1.0.1"}]}})");
+    REQUIRE(c.has_value());
+    CHECK(c->ips == std::vector<std::string>{"10.1.2.3"});
+    CHECK(c->agent_socket == "/var/run/sluice/cni.sock");
+    CHECK_FALSE(c->fail_open);
+  }
+  TEST_CASE("malformed configs are refused with the right CNI code") {
+    struct Case {
+      const char* text;
+      int code;
+    } cases[] = {
+        {"", kDecodingFailure},
+        {"{", kDecodingFailure},
+        {"[1,2]", kDecodingFailure},
+        {"\"x\"", kDecodingFailure},
+        {R"({"name":"x"})", kInvalidConfig},
+        {R"({"cniVersion":1})", kInvalidConfig},
+        {R"({"cniVersion":"0.3.1"})", kIncompatibleVersion},
+        {R"({"cniVersion":"1.0.0","failOpen":"yes"})", kInvalidConfig},
+        {R"({"cniVersion":"1.0.0","timeoutMs":5})", kInvalidConfig},
+        {R"({"cniVersion":"1.0.0","timeoutMs":"5000"})", kInvalidConfig},
+        {R"({"cniVersion":"1.0.0","agentSocket":""})", kInvalidConfig},
+        {R"({"cniVersion":"1.0.0","prevResult":[]})", kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"ips":{}}})", kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":7}]}})", kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":"300.1.1.1/24"}]}})", kDecodingFailure},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.text);
+      auto r = parseConfig(c.text);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code == c.code);
+      CHECK_FALSE(r.error().msg.empty());
+    }
+    CHECK_FALSE(parseConfig(std::string(2 << 20, ' ')).has_value());
+  }
+  TEST_CASE("environment and CNI_ARGS") {
+    auto e = parseEnvironment({{"CNI_COMMAND", "ADD"}, {"CNI_CONTAINERID", "c1"}, {"CNI_NETNS", "/var/run/netns/p"},
+                               {"CNI_IFNAME", "eth0"},
+                               {"CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_UID=u"}});
+    REQUIRE(e.has_value());
+    CHECK(e->args["K8S_POD_NAMESPACE"] == "shop");
+    CHECK(e->args["K8S_POD_UID"] == "u");
+    CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "ADD"}}).has_value());
+    CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "EXPLODE"}}).has_value());
+    CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "ADD"}, {"CNI_CONTAINERID", "c"}, {"CNI_IFNAME", "eth0"},
+                                  {"CNI_NETNS", "/x"}, {"CNI_ARGS", "novalue"}})
+                    .has_value());
+    CHECK(parseEnvironment({{"CNI_COMMAND", "DEL"}, {"CNI_CONTAINERID", "c"}, {"CNI_IFNAME", "eth0"}}).has_value());
+  }
+}
+
+TEST_SUITE("cni_protocol") {
+  TEST_CASE("requests round-trip and malformed ones are refused") {
+    CniRequest r{"ADD", "c1", "/var/run/netns/p", "eth0", "shop", "web", "u1", {"10.0.0.1"}};
+    auto back = decodeRequest(encode(r));
+    REQUIRE(back.has_value());
+    CHECK(back->pod_uid == "u1");
+    CHECK(back->ips == r.ips);
+    for (const char* bad : {"", "null", "{}", R"({"command":"ADD"})", R"({"command":"NUKE","container_id":"c"})",
+                            R"({"command":"ADD","container_id":"c"})", R"({"command":"DEL","container_id":5})",
+                            R"({"command":"DEL","container_id":"c","ips":"x"})",
+                            R"({"command":"DEL","container_id":"c","ips":[1]})"}) {
+      CAPTURE(bad);
+      CHECK_FALSE(decodeRequest(bad).has_value());
+    }
+    CHECK_FALSE(decodeReply("{}").has_value());
+    CHECK(decodeReply(encode(CniReply{true, true, "", ""}))->enrolled);
+  }
+}

@@ -1,0 +1,147 @@
+// Runs the real sluice-cni binary against the real agent-side Server with a
+// fake Handler, as a container runtime would.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include "agent/cni/server.h"
+
+using namespace sluice;
+using nlohmann::json;
+
+namespace {
+
+struct Run {
+  int status = -1;
+  std::string out;
+};
+
+Run runPlugin(const std::string& command, const std::string& stdin_text, const std::string& extra_env = "") {
+  std::string in = "/tmp/sluice-cni-test-in-" + std::to_string(getpid());
+  FILE* f = std::fopen(in.c_str(), "w");
+  std::fwrite(stdin_text.data(), 1, stdin_text.size(), f);
+  std::fclose(f);
+  std::string cmd = "env -i CNI_COMMAND=" + command +
+                    " CNI_CONTAINERID=ctr1 CNI_NETNS=/var/run/netns/x CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni "
+                    "CNI_ARGS='IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_UID=u1' " +
+                    extra_env + " " SLUICE_CNI_BINARY " < " + in;
+  Run r;
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  r.status = pclose(p);
+  std::filesystem::remove(in);
+  return r;
+}
+
+std::string conf(const std::string& sock, bool fail_open = false) {
+  return json{{"cniVersion", "1.0.0"},
+              {"name", "test"},
+              {"type", "sluice-cni"},
+              {"agentSocket", sock},
+              {"failOpen", fail_open},
+              {"timeoutMs", 1000},
+              {"prevResult",
+               {{"cniVersion", "1.0.0"},
+                {"interfaces", {{{"name", "eth0"}, {"sandbox", "/var/run/netns/x"}}}},
+                {"ips", {{{"address", "10.244.1.9/24"}, {"interface", 0}, {"gateway", "10.244.1.1"}}}},
+                {"dns", json::object()}}}}
+      .dump();
+}
+
+class FakeHandler : public agent::cni::Handler {
+ public:
+  agent::cni::CniReply handle(const agent::cni::CniRequest& r) override {
+    last = r;
+    calls++;
+    if (refuse) return {false, false, "pod refused by policy", ""};
+    return {true, true, "", ""};
+  }
+  agent::cni::CniRequest last;
+  std::atomic<int> calls{0};
+  bool refuse = false;
+};
+
+}  // namespace
+
+TEST_SUITE("plugin") {
+  const std::string sock = "/tmp/sluice-cni-test-" + std::to_string(getpid()) + ".sock";
+
+  TEST_CASE("ADD passes prevResult through unchanged and tells the agent") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    auto r = runPlugin("ADD", conf(sock));
+    CHECK(WEXITSTATUS(r.status) == 0);
+    CHECK(json::parse(r.out) == json::parse(conf(sock))["prevResult"]);
+    CHECK(h.last.pod_namespace == "shop");
+    CHECK(h.last.pod_uid == "u1");
+    CHECK(h.last.ips == std::vector<std::string>{"10.244.1.9"});
+    CHECK(WEXITSTATUS(runPlugin("CHECK", conf(sock)).status) == 0);
+  }
+  TEST_CASE("agent refusal is a CNI error") {
+    FakeHandler h;
+    h.refuse = true;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    auto r = runPlugin("ADD", conf(sock));
+    CHECK(WEXITSTATUS(r.status) != 0);
+    auto err = json::parse(r.out);
+    CHECK(err["msg"].get<std::string>().find("refused by policy") != std::string::npos);
+    CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);  // DEL never blocks cleanup
+  }
+  TEST_CASE("agent unreachable: ADD fails closed (code 11), failOpen passes, DEL succeeds twice") {
+    std::filesystem::remove(sock);
+    auto r = runPlugin("ADD", conf(sock));
+    CHECK(WEXITSTATUS(r.status) != 0);
+    auto err = json::parse(r.out);
+    CHECK(err["code"] == 11);
+    CHECK(err["msg"].get<std::string>().find("unreachable") != std::string::npos);
+    auto open = runPlugin("ADD", conf(sock, true));
+    CHECK(WEXITSTATUS(open.status) == 0);
+    CHECK(json::parse(open.out) == json::parse(conf(sock))["prevResult"]);
+    CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);
+    CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);
+  }
+  TEST_CASE("malformed stdin is a CNI error object; the agent is never called") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    for (std::string bad : {std::string(""), std::string("{"), std::string("\xff\xfe garbage"),
+                            std::string(R"({"cniVersion":"1.0.0"})") /* ADD without prevResult */}) {
+      auto r = runPlugin("ADD", bad);
+      CHECK(WEXITSTATUS(r.status) != 0);
+      auto err = json::parse(r.out, nullptr, false);
+      REQUIRE_FALSE(err.is_discarded());
+      CHECK(err.contains("code"));
+      CHECK(err.contains("msg"));
+    }
+    CHECK(h.calls == 0);
+  }
+  TEST_CASE("VERSION") {
+    auto r = runPlugin("VERSION", "");
+    CHECK(WEXITSTATUS(r.status) == 0);
+    CHECK(json::parse(r.out)["supportedVersions"] == json::array({"0.4.0", "1.0.0"}));
+  }
+  TEST_CASE("garbage on the agent socket gets an error reply and the server keeps serving") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    std::string out;
+    FILE* p = popen(("printf 'garbage\\n' | socat -t2 - UNIX-CONNECT:" + sock).c_str(), "r");
+    char buf[512];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    pclose(p);
+    CHECK(out.find("malformed request") != std::string::npos);
+    CHECK(WEXITSTATUS(runPlugin("ADD", conf(sock)).status) == 0);
+  }
+}
