@@ -1,0 +1,98 @@
+#include "agent/discovery/client.h"
+
+#include <random>
+
+#include <grpcpp/grpcpp.h>
+
+#include "sluice.grpc.pb.h"
+#include "sluice/common/log.h"
+
+namespace sluice::agent::discovery {
+
+Result<std::unique_ptr<Client>> Client::create(const ClientConfig& config, Listener& listener) {
+  if (config.target.empty()) return fail("control plane address is empty");
+  if (config.node_name.empty()) return fail("node name is empty");
+  std::unique_ptr<Client> self(new Client(config, listener));
+  Client* c = self.get();
+  self->thread_ = std::thread([c] { c->run(); });
+  return self;
+}
+
+Client::~Client() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+    if (context_) context_->TryCancel();
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string Client::lastError() const {
+  std::lock_guard lk(mu_);
+  return last_error_;
+}
+
+void Client::setError(const std::string& e) {
+  std::lock_guard lk(mu_);
+  last_error_ = e;
+}
+
+void Client::run() {
+  auto logger = log::get("discovery");
+  auto channel = grpc::CreateChannel(config_.target, grpc::InsecureChannelCredentials());
+  auto stub = sluice::api::v1::Discovery::NewStub(channel);
+  std::mt19937_64 rng(std::random_device{}());
+  auto backoff = config_.initial_backoff;
+  bool was_connected = false;
+  while (!stopping_) {
+    grpc::ClientContext ctx;
+    {
+      std::lock_guard lk(mu_);
+      if (stopping_) break;
+      context_ = &ctx;
+    }
+    sluice::api::v1::WatchRequest req;
+    req.set_node(config_.node_name);
+    req.set_resume_version(version_);
+    auto reader = stub->Watch(&ctx, req);
+    sluice::api::v1::WatchResponse resp;
+    while (reader->Read(&resp)) {
+      if (!connected_) {
+        logger->info("{} control plane at {} (resuming from version {})",
+                     was_connected ? "reconnected to" : "connected to", config_.target, version_.load());
+        connected_ = was_connected = true;
+        setError("");
+        backoff = config_.initial_backoff;
+      }
+      if (resp.full()) view_.clear();
+      for (const auto& w : resp.upserts()) view_[w.uid()] = w;
+      for (const auto& uid : resp.removed_uids()) view_.erase(uid);
+      bool changed = resp.full() || resp.upserts_size() > 0 || resp.removed_uids_size() > 0;
+      version_ = resp.version();
+      synced_ = true;
+      if (changed || resp.version() != 0) listener_.onWorkloads(view_, version_);
+    }
+    grpc::Status status = reader->Finish();
+    {
+      std::lock_guard lk(mu_);
+      context_ = nullptr;
+    }
+    if (stopping_) break;
+    std::string err = status.ok() ? "stream ended" : status.error_message();
+    if (connected_)
+      logger->warn("control plane at {} unreachable ({}); keeping the last view (version {})", config_.target, err,
+                   version_.load());
+    else
+      logger->debug("control plane at {} still unreachable: {}", config_.target, err);
+    connected_ = false;
+    setError(err);
+    // Full jitter over the current backoff window.
+    auto wait = std::chrono::milliseconds(std::uniform_int_distribution<long>(backoff.count() / 2, backoff.count())(rng));
+    backoff = std::min(backoff * 2, config_.max_backoff);
+    std::unique_lock lk(mu_);
+    wake_.wait_for(lk, wait, [&] { return stopping_.load(); });
+  }
+}
+
+}  // namespace sluice::agent::discovery

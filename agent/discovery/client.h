@@ -1,0 +1,71 @@
+// The agent's control-plane client: one Discovery.Watch stream, reconnected
+// with exponential backoff + jitter, resuming from the last applied version.
+// The last good view is kept while the control plane is away.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "sluice.pb.h"
+#include "sluice/common/result.h"
+
+namespace grpc {
+class ClientContext;
+}
+
+namespace sluice::agent::discovery {
+
+using Workload = sluice::api::v1::Workload;
+
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  // Called on the client's thread after every applied message with the whole
+  // view. Must not call back into the Client's stop()/destructor.
+  virtual void onWorkloads(const std::map<std::string, Workload>& all, uint64_t version) = 0;
+};
+
+struct ClientConfig {
+  std::string target;      // host:port
+  std::string node_name;
+  std::chrono::milliseconds initial_backoff{100};
+  std::chrono::milliseconds max_backoff{5000};
+};
+
+class Client {
+ public:
+  static Result<std::unique_ptr<Client>> create(const ClientConfig& config, Listener& listener);
+  ~Client();  // cancels the stream and joins the thread
+
+  bool connected() const { return connected_; }
+  bool synced() const { return synced_; }
+  uint64_t version() const { return version_; }
+  std::string lastError() const;
+
+ private:
+  Client(ClientConfig config, Listener& listener) : config_(std::move(config)), listener_(listener) {}
+  void run();
+  void setError(const std::string& e);
+
+  ClientConfig config_;
+  Listener& listener_;
+  std::map<std::string, Workload> view_;  // client thread only
+  std::atomic<bool> connected_{false};
+  std::atomic<bool> synced_{false};
+  std::atomic<uint64_t> version_{0};
+  std::atomic<bool> stopping_{false};
+  mutable std::mutex mu_;  // guards context_, last_error_
+  std::condition_variable wake_;
+  grpc::ClientContext* context_ = nullptr;
+  std::string last_error_;
+  std::thread thread_;
+};
+
+}  // namespace sluice::agent::discovery

@@ -1,0 +1,49 @@
+#include "controlplane/discovery/service.h"
+
+#include "sluice/common/log.h"
+
+namespace sluice::controlplane::discovery {
+
+using sluice::api::v1::WatchResponse;
+
+bool Service::visibleTo(const std::string&, const model::Workload&) { return true; }
+
+grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::WatchRequest* req,
+                            grpc::ServerWriter<WatchResponse>* writer) {
+  auto logger = log::get("discovery");
+  const std::string node = req->node();
+  if (node.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "WatchRequest.node is required"};
+  logger->info("agent of node {} connected from {} (resume version {})", node, ctx->peer(), req->resume_version());
+  auto toResponse = [&](const model::Delta& d) {
+    WatchResponse r;
+    r.set_version(d.version);
+    r.set_full(d.full);
+    for (const auto& w : d.upserts)
+      if (visibleTo(node, w)) *r.add_upserts() = w;
+    for (const auto& uid : d.removed_uids) r.add_removed_uids(uid);
+    return r;
+  };
+  uint64_t sent;
+  uint64_t current = store_.version();
+  if (req->resume_version() != 0 && req->resume_version() == current) {
+    WatchResponse up_to_date;
+    up_to_date.set_version(current);
+    if (!writer->Write(up_to_date)) return grpc::Status::OK;
+    sent = current;
+  } else {
+    model::Delta snap = store_.snapshot();
+    if (!writer->Write(toResponse(snap))) return grpc::Status::OK;
+    sent = snap.version;
+  }
+  while (!ctx->IsCancelled() && !stopping_) {
+    auto d = store_.waitSince(sent, std::chrono::milliseconds(500));
+    if (!d) continue;
+    if (!writer->Write(toResponse(*d))) break;
+    sent = d->version;
+  }
+  logger->info("agent of node {} disconnected", node);
+  if (stopping_) return {grpc::StatusCode::UNAVAILABLE, "control plane shutting down"};
+  return grpc::Status::OK;
+}
+
+}  // namespace sluice::controlplane::discovery

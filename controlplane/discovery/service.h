@@ -1,0 +1,28 @@
+// Discovery.Watch: a snapshot (or "up to date") then deltas, per agent stream.
+#pragma once
+
+#include <atomic>
+
+#include "controlplane/model/store.h"
+#include "sluice.grpc.pb.h"
+
+namespace sluice::controlplane::discovery {
+
+class Service final : public sluice::api::v1::Discovery::Service {
+ public:
+  explicit Service(model::Store& store) : store_(store) {}
+  grpc::Status Watch(grpc::ServerContext* ctx, const sluice::api::v1::WatchRequest* req,
+                     grpc::ServerWriter<sluice::api::v1::WatchResponse>* writer) override;
+  // Ends every stream promptly (before grpc::Server::Shutdown).
+  void stop() { stopping_ = true; }
+
+ private:
+  // Which workloads a node receives. Today: all of them (remote ones are
+  // needed as destinations); the one place to narrow it later.
+  static bool visibleTo(const std::string& node, const model::Workload& w);
+
+  model::Store& store_;
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace sluice::controlplane::discovery

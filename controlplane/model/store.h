@@ -1,0 +1,86 @@
+// The control plane's model: Kubernetes objects grouped by the source that
+// supplied them (a file in local mode), the workloads derived from them, and a
+// bounded history of versioned deltas so agents can resume.
+//
+// Thread-safe. Sources call setSource/removeSource; discovery streams call
+// snapshot/waitSince from gRPC threads.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sluice.pb.h"
+#include "sluice/common/result.h"
+
+namespace sluice::controlplane::model {
+
+using Workload = sluice::api::v1::Workload;
+
+inline constexpr const char* kMeshLabel = "sluice.dev/mesh";
+
+struct Namespace {
+  std::string name;
+  std::map<std::string, std::string> labels;
+};
+
+struct Pod {
+  std::string uid;
+  std::string name;
+  std::string ns;
+  std::string service_account = "default";
+  std::string node;
+  std::vector<std::string> ips;
+  std::map<std::string, std::string> labels;
+};
+
+struct Objects {
+  std::vector<Namespace> namespaces;
+  std::vector<Pod> pods;
+};
+
+struct Delta {
+  uint64_t version = 0;
+  bool full = false;                     // true: `upserts` is the whole state
+  std::vector<Workload> upserts;
+  std::vector<std::string> removed_uids;
+};
+
+class Store {
+ public:
+  static constexpr size_t kHistory = 4096;
+
+  // Replaces everything `source` supplied. Fails (changing nothing) when an
+  // object collides with one from another source (same pod uid / namespace).
+  Result<void> setSource(const std::string& source, Objects objects);
+  void removeSource(const std::string& source);
+
+  uint64_t version() const;
+  Delta snapshot() const;
+  // Blocks until the version moves past `since` (or timeout / stop()).
+  // Returns the changes since `since` (full snapshot if history is too short),
+  // or nullopt when nothing changed.
+  std::optional<Delta> waitSince(uint64_t since, std::chrono::milliseconds timeout);
+  void stop();
+
+  static bool enrolled(const Pod& pod, const Namespace* ns);
+
+ private:
+  void recompute();  // needs mu_
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  bool stopped_ = false;
+  std::map<std::string, Objects> sources_;
+  std::map<std::string, Workload> workloads_;
+  uint64_t version_ = 0;
+  std::deque<Delta> history_;  // deltas with versions (oldest first)
+};
+
+}  // namespace sluice::controlplane::model
