@@ -1,0 +1,170 @@
+#include "ztunnel/inpod/inpod.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/fib_rules.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "sluice/common/bpf_abi.h"
+#include "sluice/common/netns.h"
+
+namespace sluice::ztunnel::inpod {
+
+namespace {
+
+void addAttr(nlmsghdr* n, size_t cap, uint16_t type, const void* data, size_t len) {
+  size_t alen = RTA_LENGTH(len);
+  size_t at = NLMSG_ALIGN(n->nlmsg_len);
+  if (at + RTA_ALIGN(alen) > cap) return;
+  auto* rta = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(n) + at);
+  rta->rta_type = type;
+  rta->rta_len = static_cast<uint16_t>(alen);
+  std::memcpy(RTA_DATA(rta), data, len);
+  n->nlmsg_len = static_cast<uint32_t>(at + RTA_ALIGN(alen));
+}
+
+// Sends one request and reads its ack; EEXIST counts as success.
+Result<void> talk(int fd, nlmsghdr* n, const char* what) {
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (::sendto(fd, n, n->nlmsg_len, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) < 0)
+    return failErrno(fmt::format("netlink {} send failed", what));
+  char buf[4096];
+  ssize_t len = ::recv(fd, buf, sizeof(buf), 0);
+  if (len < 0) return failErrno(fmt::format("netlink {} ack failed", what));
+  auto* h = reinterpret_cast<nlmsghdr*>(buf);
+  if (NLMSG_OK(h, static_cast<unsigned>(len)) && h->nlmsg_type == NLMSG_ERROR) {
+    auto* err = static_cast<nlmsgerr*>(NLMSG_DATA(h));
+    if (err->error != 0 && err->error != -EEXIST) {
+      errno = -err->error;
+      return failErrno(fmt::format("netlink {} refused", what));
+    }
+  }
+  return {};
+}
+
+Result<void> addRule(int fd) {
+  struct {
+    nlmsghdr n;
+    fib_rule_hdr r;
+    char attrs[128];
+  } req{};
+  req.n.nlmsg_len = NLMSG_LENGTH(sizeof(fib_rule_hdr));
+  req.n.nlmsg_type = RTM_NEWRULE;
+  req.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+  req.r.family = AF_INET;
+  req.r.action = FR_ACT_TO_TBL;
+  req.r.table = SLUICE_INBOUND_ROUTE_TABLE;
+  uint32_t mark = SLUICE_MARK_INBOUND_APP;
+  uint32_t mask = 0xffffffff;
+  uint32_t table = SLUICE_INBOUND_ROUTE_TABLE;
+  uint32_t priority = 100;
+  addAttr(&req.n, sizeof(req), FRA_FWMARK, &mark, sizeof(mark));
+  addAttr(&req.n, sizeof(req), FRA_FWMASK, &mask, sizeof(mask));
+  addAttr(&req.n, sizeof(req), FRA_TABLE, &table, sizeof(table));
+  addAttr(&req.n, sizeof(req), FRA_PRIORITY, &priority, sizeof(priority));
+  return talk(fd, &req.n, "RTM_NEWRULE");
+}
+
+Result<void> addLocalRoute(int fd) {
+  struct {
+    nlmsghdr n;
+    rtmsg r;
+    char attrs[128];
+  } req{};
+  req.n.nlmsg_len = NLMSG_LENGTH(sizeof(rtmsg));
+  req.n.nlmsg_type = RTM_NEWROUTE;
+  req.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+  req.r.rtm_family = AF_INET;
+  req.r.rtm_dst_len = 0;
+  req.r.rtm_table = SLUICE_INBOUND_ROUTE_TABLE;
+  req.r.rtm_protocol = RTPROT_BOOT;
+  req.r.rtm_scope = RT_SCOPE_HOST;
+  req.r.rtm_type = RTN_LOCAL;
+  uint32_t table = SLUICE_INBOUND_ROUTE_TABLE;
+  uint32_t lo = if_nametoindex("lo");
+  addAttr(&req.n, sizeof(req), RTA_TABLE, &table, sizeof(table));
+  addAttr(&req.n, sizeof(req), RTA_OIF, &lo, sizeof(lo));
+  return talk(fd, &req.n, "RTM_NEWROUTE");
+}
+
+}  // namespace
+
+Result<void> prepareNetns(int netns_fd) {
+  Result<void> result;
+  auto entered = runInNetns(netns_fd, [&] {
+    // /proc/sys/net shows the netns of the task that opens it.
+    int fd = ::open("/proc/sys/net/ipv4/tcp_fwmark_accept", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || ::write(fd, "1", 1) != 1) {
+      result = failErrno("cannot set net.ipv4.tcp_fwmark_accept=1 in the pod netns");
+      if (fd >= 0) ::close(fd);
+      return;
+    }
+    ::close(fd);
+    UniqueFd nl(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+    if (!nl) {
+      result = failErrno("cannot open a netlink socket in the pod netns");
+      return;
+    }
+    timeval tv{2, 0};
+    setsockopt(nl.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (auto r = addRule(nl.get()); !r) {
+      result = r;
+      return;
+    }
+    if (auto r = addLocalRoute(nl.get()); !r) result = r;
+  });
+  if (!entered) return entered;
+  return result;
+}
+
+Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool transparent) {
+  auto s = socketInNetns(netns_fd, AF_INET, SOCK_STREAM, 0);
+  if (!s) return s;
+  int one = 1;
+  uint32_t mark = SLUICE_MARK_MINE;
+  setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (setsockopt(s->get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+    return failErrno("SO_REUSEPORT failed");
+  if (setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+    return failErrno("SO_MARK failed (needs CAP_NET_ADMIN)");
+  if (transparent && setsockopt(s->get(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) != 0)
+    return failErrno("IP_TRANSPARENT failed (needs CAP_NET_ADMIN)");
+  setsockopt(s->get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = ip_net;
+  sa.sin_port = htons(port);
+  if (::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0)
+    return failErrno(fmt::format("bind to port {} inside the pod netns failed", port));
+  if (::listen(s->get(), 4096) != 0) return failErrno("listen failed");
+  return s;
+}
+
+Result<UniqueFd> upstreamSocket(int netns_fd, uint32_t mark, uint32_t bind_ip) {
+  auto s = socketInNetns(netns_fd, AF_INET, SOCK_STREAM, 0);
+  if (!s) return s;
+  int one = 1;
+  if (setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) return failErrno("SO_MARK failed");
+  setsockopt(s->get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (bind_ip != 0) {
+    if (setsockopt(s->get(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) != 0)
+      return failErrno("IP_TRANSPARENT failed");
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = bind_ip;
+    if (::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0)
+      return failErrno("binding the upstream socket to the client address failed");
+  }
+  return s;
+}
+
+}  // namespace sluice::ztunnel::inpod

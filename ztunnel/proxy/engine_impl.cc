@@ -1,0 +1,567 @@
+#include "ztunnel/proxy/engine_impl.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <future>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/bpf_abi.h"
+#include "sluice/common/log.h"
+#include "ztunnel/inpod/inpod.h"
+
+namespace sluice::ztunnel::proxy {
+
+namespace {
+
+auto logger() { return log::get("ztunnel"); }
+
+int64_t nowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+enum OpKind : int { kRecvUp, kRecvDown, kSendUp, kSendDown, kShutUp, kShutDown, kConnect, kTimeout, kOpCount };
+enum Dir : int { kUp = 0, kDown = 1 };  // up: client -> upstream; down: upstream -> client
+
+}  // namespace
+
+struct Listener final : uring::Operation {
+  Worker* worker = nullptr;
+  UniqueFd fd;
+  std::shared_ptr<PodState> pod;
+  bool inbound = false;
+  bool armed = false;
+  bool closing = false;
+  void complete(const io_uring_cqe& cqe) override { worker->onAccept(*this, cqe); }
+};
+
+struct ConnOp final : uring::Operation {
+  Conn* conn = nullptr;
+  int kind = 0;
+  void complete(const io_uring_cqe& cqe) override;
+};
+
+struct Direction {
+  std::unique_ptr<char[]> buf;
+  size_t len = 0;
+  size_t off = 0;
+  bool eof = false;          // the source returned EOF
+  bool shut_sent = false;    // shutdown(destination, SHUT_WR) submitted
+  bool shut_done = false;
+  bool recv_inflight = false;
+  bool send_inflight = false;
+};
+
+struct Conn {
+  Worker* worker = nullptr;
+  std::shared_ptr<PodState> pod;
+  std::shared_ptr<Record> rec;
+  UniqueFd client;
+  UniqueFd upstream;
+  sockaddr_in dst{};
+  __kernel_timespec connect_timeout{};
+  Direction dir[2];
+  ConnOp ops[kOpCount];
+  int inflight = 0;
+  bool connected = false;
+  bool closing = false;
+  std::string reason;
+};
+
+void ConnOp::complete(const io_uring_cqe& cqe) { conn->worker->onConn(*conn, kind, cqe); }
+
+void Worker::WakeOp::complete(const io_uring_cqe&) {
+  w->drainCommands();
+  if (!w->stopping_) w->armWake();
+}
+
+// ---------------------------------------------------------------- Registry
+
+void Registry::add(const std::shared_ptr<Record>& r) {
+  std::lock_guard lk(mu_);
+  r->open = true;
+  open_[r->id] = r;
+}
+
+ConnectionInfo Registry::toInfo(const Record& r, const char* state) {
+  ConnectionInfo c;
+  c.id = r.id;
+  c.direction = r.direction;
+  c.pod = r.pod;
+  c.source = r.source;
+  c.destination = r.destination;
+  c.bytes_sent = r.sent.load(std::memory_order_relaxed);
+  c.bytes_received = r.received.load(std::memory_order_relaxed);
+  c.start_unix_ms = r.start_unix_ms;
+  c.duration_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - r.start).count();
+  c.state = state;
+  return c;
+}
+
+void Registry::close(const std::shared_ptr<Record>& r, const std::string& reason) {
+  std::lock_guard lk(mu_);
+  r->open = false;
+  open_.erase(r->id);
+  ConnectionInfo c = toInfo(*r, "closed");
+  c.reason = reason;
+  closed_.push_back(std::move(c));
+  while (closed_.size() > kClosedHistory) closed_.pop_front();
+}
+
+std::vector<ConnectionInfo> Registry::snapshot() const {
+  std::lock_guard lk(mu_);
+  std::vector<ConnectionInfo> out(closed_.begin(), closed_.end());
+  for (const auto& [id, r] : open_) out.push_back(toInfo(*r, "open"));
+  return out;
+}
+
+// ---------------------------------------------------------------- Worker
+
+Worker::~Worker() { stop(); }
+
+Result<void> Worker::start() {
+  wake_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC));
+  if (!wake_fd_) return failErrno("eventfd failed");
+  wake_op_.w = this;
+  std::promise<Result<void>> ready;
+  auto ready_future = ready.get_future();
+  thread_ = std::thread([this, &ready] {
+    // SINGLE_ISSUER binds the ring to the thread that creates it.
+    auto ring = uring::Ring::create(4096);
+    if (!ring) {
+      ready.set_value(tl::unexpected(ring.error()));
+      return;
+    }
+    ring_ = std::move(*ring);
+    armWake();
+    ready.set_value({});
+    loop();
+  });
+  auto r = ready_future.get();
+  if (!r && thread_.joinable()) thread_.join();
+  return r;
+}
+
+void Worker::stop() {
+  if (!thread_.joinable()) return;
+  stopping_ = true;
+  uint64_t one = 1;
+  (void)!::write(wake_fd_.get(), &one, sizeof(one));
+  thread_.join();
+}
+
+void Worker::post(std::function<void()> fn) {
+  {
+    std::lock_guard lk(commands_mu_);
+    commands_.push_back(std::move(fn));
+  }
+  uint64_t one = 1;
+  (void)!::write(wake_fd_.get(), &one, sizeof(one));
+}
+
+void Worker::armWake() {
+  io_uring_sqe* s = ring_->sqe(&wake_op_);
+  io_uring_prep_read(s, wake_fd_.get(), &wake_op_.value, sizeof(wake_op_.value), 0);
+}
+
+void Worker::drainCommands() {
+  std::vector<std::function<void()>> cmds;
+  {
+    std::lock_guard lk(commands_mu_);
+    cmds.swap(commands_);
+  }
+  for (auto& c : cmds) c();
+}
+
+void Worker::loop() {
+  while (!stopping_) ring_->run(1000);
+  // Orderly teardown: wake every pending operation, let them complete (the
+  // kernel must not write into buffers we free), then drop everything.
+  for (auto& l : listeners_) ::shutdown(l->fd.get(), SHUT_RDWR);
+  for (auto& [p, c] : conns_) closeConn(*c, true, "proxy_shutdown");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!conns_.empty() && std::chrono::steady_clock::now() < deadline) ring_->run(50);
+  drainCommands();
+  ring_.reset();
+  conns_.clear();
+  listeners_.clear();
+}
+
+void Worker::addListener(UniqueFd fd, std::shared_ptr<PodState> pod, bool inbound) {
+  auto l = std::make_unique<Listener>();
+  l->worker = this;
+  l->fd = std::move(fd);
+  l->pod = std::move(pod);
+  l->inbound = inbound;
+  armAccept(*l);
+  listeners_.push_back(std::move(l));
+}
+
+void Worker::armAccept(Listener& l) {
+  io_uring_sqe* s = ring_->sqe(&l);
+  // Multishot: one SQE keeps accepting until an error or cancellation.
+  io_uring_prep_multishot_accept(s, l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC);
+  l.armed = true;
+}
+
+void Worker::removePod(const std::string& uid) {
+  for (auto& l : listeners_) {
+    if (l->pod->spec.uid != uid || l->closing) continue;
+    l->closing = true;
+    // shutdown() on a listening socket fails the pending accept, which ends
+    // the multishot request; the listener is freed on that completion.
+    ::shutdown(l->fd.get(), SHUT_RDWR);
+  }
+  for (auto& [p, c] : conns_)
+    if (c->pod->spec.uid == uid) closeConn(*c, true, "pod_removed");
+}
+
+void Worker::onAccept(Listener& l, const io_uring_cqe& cqe) {
+  bool more = cqe.flags & IORING_CQE_F_MORE;
+  if (cqe.res >= 0) {
+    if (l.closing) ::close(cqe.res);
+    else accepted(l, cqe.res);
+  } else if (cqe.res != -ECANCELED && cqe.res != -EINVAL && !l.closing) {
+    logger()->warn("accept on {} listener of {} failed: {}", l.inbound ? "inbound" : "outbound", l.pod->spec.name_namespace,
+                   std::strerror(-cqe.res));
+  }
+  if (more) return;
+  l.armed = false;
+  if (l.closing || stopping_) {
+    listeners_.remove_if([&](const std::unique_ptr<Listener>& x) { return x.get() == &l; });
+    return;
+  }
+  armAccept(l);
+}
+
+void Worker::accepted(Listener& l, int fd) {
+  UniqueFd client(fd);
+  auto& stats = engine_.counters();
+  stats.accepted++;
+  PodState& pod = *l.pod;
+  if (pod.removed) return;
+  if (pod.connections.load() >= engine_.config().max_connections_per_pod) {
+    stats.limit_rejected++;
+    linger lg{1, 0};
+    setsockopt(client.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    logger()->warn("pod {}: connection limit {} reached; refusing a connection", pod.spec.name_namespace,
+                   engine_.config().max_connections_per_pod);
+    return;
+  }
+  sockaddr_in peer{}, local{};
+  socklen_t len = sizeof(peer);
+  getpeername(client.get(), reinterpret_cast<sockaddr*>(&peer), &len);
+  len = sizeof(local);
+  getsockname(client.get(), reinterpret_cast<sockaddr*>(&local), &len);
+  int one = 1;
+  setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+  sockaddr_in dst{};
+  Result<UniqueFd> upstream = fail("unset");
+  if (!l.inbound) {
+    auto orig = engine_.resolver().originalDst(pod.spec.netns_cookie, peer, local);
+    if (!orig) {
+      stats.no_original_dst++;
+      logger()->debug("pod {}: no original destination for {}; closing", pod.spec.name_namespace,
+                      formatEndpoint(peer));
+      return;
+    }
+    dst = *orig;
+    upstream = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_MINE, 0);
+  } else {
+    dst = local;  // tc bpf_sk_assign keeps the original destination as the local address
+    if (ntohs(dst.sin_port) == SLUICE_INBOUND_PORT || ntohs(dst.sin_port) == SLUICE_HBONE_PORT) {
+      logger()->debug("pod {}: direct connection to the proxy port from {}; closing", pod.spec.name_namespace,
+                      formatEndpoint(peer));
+      return;
+    }
+    upstream = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
+  }
+  if (!upstream) {
+    stats.connect_failures++;
+    logger()->error("pod {}: cannot create upstream socket: {}", pod.spec.name_namespace, upstream.error().describe());
+    return;
+  }
+
+  auto c = std::make_unique<Conn>();
+  c->worker = this;
+  c->pod = l.pod;
+  c->client = std::move(client);
+  c->upstream = std::move(*upstream);
+  c->dst = dst;
+  for (int k = 0; k < kOpCount; ++k) {
+    c->ops[k].conn = c.get();
+    c->ops[k].kind = k;
+  }
+  auto rec = std::make_shared<Record>();
+  rec->id = engine_.nextId();
+  rec->direction = l.inbound ? "inbound" : "outbound";
+  rec->pod = pod.spec.name_namespace;
+  rec->source = formatEndpoint(peer);
+  rec->destination = formatEndpoint(dst);
+  rec->start_unix_ms = nowUnixMs();
+  rec->start = std::chrono::steady_clock::now();
+  c->rec = rec;
+  engine_.registry().add(rec);
+  pod.connections++;
+  stats.active++;
+
+  auto ms = engine_.config().connect_timeout.count();
+  c->connect_timeout.tv_sec = ms / 1000;
+  c->connect_timeout.tv_nsec = (ms % 1000) * 1000000;
+  io_uring_sqe* s = ring_->sqe(&c->ops[kConnect]);
+  io_uring_prep_connect(s, c->upstream.get(), reinterpret_cast<sockaddr*>(&c->dst), sizeof(c->dst));
+  s->flags |= IOSQE_IO_LINK;  // the next SQE (timeout) bounds this connect
+  io_uring_sqe* t = ring_->sqe(&c->ops[kTimeout]);
+  io_uring_prep_link_timeout(t, &c->connect_timeout, 0);
+  c->inflight += 2;
+  Conn* raw = c.get();
+  conns_.emplace(raw, std::move(c));
+}
+
+void Worker::onConn(Conn& c, int kind, const io_uring_cqe& cqe) {
+  c.inflight--;
+  int res = cqe.res;
+  switch (kind) {
+    case kTimeout:
+      break;
+    case kConnect:
+      if (res < 0) {
+        if (!c.closing) {
+          engine_.counters().connect_failures++;
+          closeConn(c, true, res == -ECANCELED ? "connect_timeout" : std::string("connect_error: ") + std::strerror(-res));
+        }
+      } else if (!c.closing) {
+        c.connected = true;
+        pump(c, kUp);
+        pump(c, kDown);
+      }
+      break;
+    case kRecvUp:
+    case kRecvDown: {
+      Direction& d = c.dir[kind == kRecvUp ? kUp : kDown];
+      d.recv_inflight = false;
+      if (c.closing) break;
+      if (res > 0) {
+        d.len = static_cast<size_t>(res);
+        d.off = 0;
+        (kind == kRecvUp ? c.rec->sent : c.rec->received).fetch_add(res, std::memory_order_relaxed);
+      } else if (res == 0) {
+        d.eof = true;
+        d.buf.reset();
+      } else {
+        closeConn(c, true, res == -ECONNRESET ? "reset" : std::string("recv_error: ") + std::strerror(-res));
+        break;
+      }
+      pump(c, kind == kRecvUp ? kUp : kDown);
+      break;
+    }
+    case kSendUp:
+    case kSendDown: {
+      Direction& d = c.dir[kind == kSendUp ? kUp : kDown];
+      d.send_inflight = false;
+      if (c.closing) break;
+      if (res <= 0) {
+        closeConn(c, true, res == -ECONNRESET || res == -EPIPE ? "reset" : std::string("send_error: ") + std::strerror(-res));
+        break;
+      }
+      d.off += static_cast<size_t>(res);
+      if (d.off >= d.len) d.len = d.off = 0;
+      pump(c, kind == kSendUp ? kUp : kDown);
+      break;
+    }
+    case kShutUp:
+    case kShutDown: {
+      Direction& d = c.dir[kind == kShutUp ? kUp : kDown];
+      d.shut_done = true;
+      if (!c.closing && c.dir[kUp].shut_done && c.dir[kDown].shut_done) closeConn(c, false, "eof");
+      break;
+    }
+  }
+  if (c.closing && c.inflight == 0) finish(c);
+}
+
+// Moves data one step along direction `which`: send what is buffered, else
+// propagate EOF as shutdown(SHUT_WR), else receive more. At most one receive
+// and one send per direction are in flight: the buffer bounds memory, and a
+// slow reader stops us reading from the writer (backpressure).
+void Worker::pump(Conn& c, int which) {
+  Direction& d = c.dir[which];
+  int src = which == kUp ? c.client.get() : c.upstream.get();
+  int dst = which == kUp ? c.upstream.get() : c.client.get();
+  if (d.recv_inflight || d.send_inflight || d.shut_sent) return;
+  if (d.len > d.off) {
+    io_uring_sqe* s = ring_->sqe(&c.ops[which == kUp ? kSendUp : kSendDown]);
+    io_uring_prep_send(s, dst, d.buf.get() + d.off, d.len - d.off, MSG_NOSIGNAL);
+    d.send_inflight = true;
+    c.inflight++;
+  } else if (d.eof) {
+    io_uring_sqe* s = ring_->sqe(&c.ops[which == kUp ? kShutUp : kShutDown]);
+    io_uring_prep_shutdown(s, dst, SHUT_WR);
+    d.shut_sent = true;
+    c.inflight++;
+  } else {
+    size_t cap = engine_.config().buffer_bytes;
+    if (!d.buf) d.buf.reset(new char[cap]);
+    io_uring_sqe* s = ring_->sqe(&c.ops[which == kUp ? kRecvUp : kRecvDown]);
+    io_uring_prep_recv(s, src, d.buf.get(), cap, 0);
+    d.recv_inflight = true;
+    c.inflight++;
+  }
+}
+
+void Worker::closeConn(Conn& c, bool reset, const std::string& reason) {
+  if (c.closing) return;
+  c.closing = true;
+  c.reason = reason;
+  if (reset) {
+    // SO_LINGER {1, 0}: close() sends RST, so the peer learns of the reset.
+    linger lg{1, 0};
+    setsockopt(c.client.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    setsockopt(c.upstream.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    // Wakes pending receives/sends/connects so they complete promptly.
+    ::shutdown(c.client.get(), SHUT_RDWR);
+    ::shutdown(c.upstream.get(), SHUT_RDWR);
+  }
+}
+
+void Worker::finish(Conn& c) {
+  auto& stats = engine_.counters();
+  stats.active--;
+  stats.closed++;
+  c.pod->connections--;
+  engine_.registry().close(c.rec, c.reason);
+  if (engine_.config().access_log) {
+    auto dur = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - c.rec->start);
+    log::get("access")->info("{} pod={} src={} dst={} sent={} received={} duration_ms={} reason={}", c.rec->direction,
+                             c.rec->pod, c.rec->source, c.rec->destination, c.rec->sent.load(), c.rec->received.load(),
+                             dur.count(), c.reason);
+  }
+  conns_.erase(&c);  // closes both fds
+}
+
+// ---------------------------------------------------------------- Engine
+
+EngineImpl::EngineImpl(const EngineConfig& config, OrigDstResolver& resolver) : config_(config), resolver_(resolver) {}
+
+EngineImpl::~EngineImpl() { stop(); }
+
+Result<void> EngineImpl::start() {
+  unsigned n = config_.workers ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) {
+    auto w = std::make_unique<Worker>(*this, i);
+    if (auto r = w->start(); !r) return r;
+    workers_.push_back(std::move(w));
+  }
+  logger()->info("ztunnel engine started with {} worker(s)", n);
+  return {};
+}
+
+Result<void> EngineImpl::addPod(const PodSpec& spec) {
+  std::lock_guard lk(pods_mu_);
+  if (stopped_) return fail("the proxy engine is stopped");
+  if (pods_.count(spec.uid)) return {};
+  auto pod = std::make_shared<PodState>();
+  pod->spec = spec;
+  int dup = fcntl(spec.netns_fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return failErrno("dup of the pod netns fd failed");
+  pod->netns = UniqueFd(dup);
+  pod->spec.netns_fd = dup;
+  if (auto r = inpod::prepareNetns(dup); !r) return r;
+  // Create every listener first so a failure leaves nothing behind.
+  std::vector<std::pair<UniqueFd, bool>> fds;
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    auto out = inpod::listenIn(dup, htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT, false);
+    if (!out) return fail(fmt::format("outbound listener 127.0.0.1:{} in pod {}: {}", SLUICE_OUTBOUND_PORT,
+                                      spec.name_namespace, out.error().describe()));
+    auto in = inpod::listenIn(dup, spec.ip4, SLUICE_INBOUND_PORT, true);
+    if (!in) return fail(fmt::format("inbound listener {}:{} in pod {}: {}", formatIp4(spec.ip4), SLUICE_INBOUND_PORT,
+                                     spec.name_namespace, in.error().describe()));
+    fds.emplace_back(std::move(*out), false);
+    fds.emplace_back(std::move(*in), true);
+  }
+  for (size_t i = 0; i < fds.size(); ++i) {
+    Worker* w = workers_[i / 2].get();
+    auto fd = std::make_shared<UniqueFd>(std::move(fds[i].first));
+    bool inbound = fds[i].second;
+    w->post([w, fd, pod, inbound] { w->addListener(std::move(*fd), pod, inbound); });
+  }
+  pods_[spec.uid] = pod;
+  return {};
+}
+
+void EngineImpl::removePod(const std::string& uid) {
+  std::shared_ptr<PodState> pod;
+  {
+    std::lock_guard lk(pods_mu_);
+    auto it = pods_.find(uid);
+    if (it == pods_.end()) return;
+    pod = it->second;
+    pods_.erase(it);
+  }
+  pod->removed = true;
+  // Wait until every worker has dropped the listeners: afterwards nothing
+  // accepts for this pod any more.
+  std::vector<std::future<void>> done;
+  for (auto& w : workers_) {
+    auto p = std::make_shared<std::promise<void>>();
+    done.push_back(p->get_future());
+    Worker* raw = w.get();
+    raw->post([raw, uid, p] {
+      raw->removePod(uid);
+      p->set_value();
+    });
+  }
+  for (auto& f : done) f.wait_for(std::chrono::seconds(5));
+}
+
+std::vector<ListenerInfo> EngineImpl::listeners() const {
+  std::lock_guard lk(pods_mu_);
+  std::vector<ListenerInfo> out;
+  for (const auto& [uid, p] : pods_) {
+    out.push_back({uid, p->spec.name_namespace, fmt::format("127.0.0.1:{}", SLUICE_OUTBOUND_PORT), "outbound"});
+    out.push_back({uid, p->spec.name_namespace, fmt::format("{}:{}", formatIp4(p->spec.ip4), SLUICE_INBOUND_PORT),
+                   "inbound"});
+  }
+  return out;
+}
+
+EngineStats EngineImpl::stats() const {
+  EngineStats s;
+  s.accepted = stats_.accepted;
+  s.active = stats_.active;
+  s.closed = stats_.closed;
+  s.connect_failures = stats_.connect_failures;
+  s.limit_rejected = stats_.limit_rejected;
+  s.no_original_dst = stats_.no_original_dst;
+  return s;
+}
+
+void EngineImpl::stop() {
+  {
+    std::lock_guard lk(pods_mu_);
+    if (stopped_) return;
+    stopped_ = true;
+  }
+  for (auto& w : workers_) w->stop();
+  workers_.clear();
+}
+
+}  // namespace sluice::ztunnel::proxy
+
+namespace sluice::ztunnel {
+
+Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver) {
+  auto e = std::make_unique<proxy::EngineImpl>(config, resolver);
+  if (auto r = e->start(); !r) return tl::unexpected(r.error());
+  return std::unique_ptr<Engine>(std::move(e));
+}
+
+}  // namespace sluice::ztunnel

@@ -1,0 +1,139 @@
+// The io_uring engine. Each Worker owns a ring, its listeners (one per pod
+// and port, SO_REUSEPORT, so a connection stays on the worker that accepted
+// it) and its connections; control threads talk to workers only through a
+// command queue + eventfd. Nothing on the data path takes a lock.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "sluice/common/unique_fd.h"
+#include "sluice/ztunnel/engine.h"
+#include "ztunnel/uring/ring.h"
+
+namespace sluice::ztunnel::proxy {
+
+class Worker;
+class EngineImpl;
+
+struct PodState {
+  PodSpec spec;  // spec.netns_fd == netns.get()
+  UniqueFd netns;
+  std::atomic<unsigned> connections{0};
+  std::atomic<bool> removed{false};
+};
+
+// What connections() reports; shared between a worker and the registry.
+struct Record {
+  uint64_t id = 0;
+  std::string direction, pod, source, destination;
+  int64_t start_unix_ms = 0;
+  std::chrono::steady_clock::time_point start;
+  std::atomic<uint64_t> sent{0}, received{0};
+  std::atomic<bool> open{false};
+};
+
+class Registry {
+ public:
+  static constexpr size_t kClosedHistory = 1024;
+  void add(const std::shared_ptr<Record>& r);
+  void close(const std::shared_ptr<Record>& r, const std::string& reason);
+  std::vector<ConnectionInfo> snapshot() const;
+
+ private:
+  static ConnectionInfo toInfo(const Record& r, const char* state);
+  mutable std::mutex mu_;
+  std::map<uint64_t, std::shared_ptr<Record>> open_;
+  std::deque<ConnectionInfo> closed_;
+};
+
+struct Listener;
+struct Conn;
+
+struct Stats {
+  std::atomic<uint64_t> accepted{0}, active{0}, closed{0}, connect_failures{0}, limit_rejected{0},
+      no_original_dst{0};
+};
+
+class Worker {
+ public:
+  Worker(EngineImpl& engine, unsigned index) : engine_(engine), index_(index) {}
+  ~Worker();
+  Result<void> start();
+  void stop();
+  // Runs fn on the worker thread (soon); thread-safe.
+  void post(std::function<void()> fn);
+
+  // --- worker thread only ---
+  void addListener(UniqueFd fd, std::shared_ptr<PodState> pod, bool inbound);
+  void removePod(const std::string& uid);
+  void onAccept(Listener& l, const io_uring_cqe& cqe);
+  void onConn(Conn& c, int kind, const io_uring_cqe& cqe);
+
+ private:
+  void loop();
+  void drainCommands();
+  void armAccept(Listener& l);
+  void armWake();
+  void accepted(Listener& l, int fd);
+  void pump(Conn& c, int dir);
+  void closeConn(Conn& c, bool reset, const std::string& reason);
+  void finish(Conn& c);
+
+  EngineImpl& engine_;
+  unsigned index_;
+  std::unique_ptr<uring::Ring> ring_;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  UniqueFd wake_fd_;
+  struct WakeOp : uring::Operation {
+    Worker* w = nullptr;
+    uint64_t value = 0;
+    void complete(const io_uring_cqe&) override;
+  } wake_op_;
+  std::mutex commands_mu_;
+  std::vector<std::function<void()>> commands_;
+  std::list<std::unique_ptr<Listener>> listeners_;
+  std::unordered_map<Conn*, std::unique_ptr<Conn>> conns_;
+};
+
+class EngineImpl final : public Engine {
+ public:
+  EngineImpl(const EngineConfig& config, OrigDstResolver& resolver);
+  ~EngineImpl() override;
+  Result<void> start();
+
+  Result<void> addPod(const PodSpec& pod) override;
+  void removePod(const std::string& uid) override;
+  std::vector<ListenerInfo> listeners() const override;
+  std::vector<ConnectionInfo> connections() const override { return registry_.snapshot(); }
+  EngineStats stats() const override;
+  void stop() override;
+
+  const EngineConfig& config() const { return config_; }
+  OrigDstResolver& resolver() { return resolver_; }
+  Registry& registry() { return registry_; }
+  Stats& counters() { return stats_; }
+  uint64_t nextId() { return next_id_.fetch_add(1) + 1; }
+
+ private:
+  EngineConfig config_;
+  OrigDstResolver& resolver_;
+  Registry registry_;
+  Stats stats_;
+  std::atomic<uint64_t> next_id_{0};
+  std::vector<std::unique_ptr<Worker>> workers_;
+  mutable std::mutex pods_mu_;  // control plane side only
+  std::map<std::string, std::shared_ptr<PodState>> pods_;
+  bool stopped_ = false;
+};
+
+}  // namespace sluice::ztunnel::proxy
