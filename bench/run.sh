@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# `make bench`: pod -> pod on one node, no mesh vs Sluice plaintext capture,
+# measured side by side in one run on the same lab:
+#   iperf3 throughput (1 and 4 streams), HTTP requests/s and p50/p99 latency
+#   at fixed concurrency (wrk -> nginx, small response), agent RSS idle with
+#   50 enrolled pods.
+# The "no mesh" pair lives in an unenrolled namespace on the same node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
+LAB="python3 tools/lab"
+DUR="${BENCH_SECONDS:-5}"
+CONC="${BENCH_CONCURRENCY:-32}"
+work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+cleanup() { $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+$LAB down >/dev/null 2>&1 || true
+$LAB up --nodes 1 >/dev/null
+$LAB ns label mesh sluice.dev/mesh=enabled
+$LAB ns label plain team=bench
+for ns in mesh plain; do
+  $LAB pod add $ns server --node node1 --sa server >/dev/null
+  $LAB pod add $ns client --node node1 --sa client >/dev/null
+done
+
+cat > "$work/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid $work/nginx-PORT.pid;
+error_log /dev/null;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
+  uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen PORT reuseport; location / { return 200 "ok\n"; } }
+}
+NGINX
+start_servers() {  # ns
+  local ns=$1
+  $LAB exec $ns/server -- iperf3 -s -p 5201 >/dev/null 2>&1 &
+  sed "s/PORT/8080/g" "$work/nginx.conf" > "$work/nginx-$ns.conf"
+  sed -i "s#nginx-8080.pid#nginx-$ns.pid#" "$work/nginx-$ns.conf"
+  $LAB exec $ns/server -- nginx -c "$work/nginx-$ns.conf" -p "$work" >/dev/null 2>&1 &
+}
+start_servers mesh
+start_servers plain
+wait_port() {  # ns ip port
+  for _ in $(seq 100); do
+    $LAB exec "$1/client" -- bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "bench: server $2:$3 in $1 did not come up" >&2; exit 1
+}
+
+declare -A R
+for ns in plain mesh; do
+  ip=$($LAB pod ip $ns server)
+  wait_port $ns "$ip" 5201
+  wait_port $ns "$ip" 8080
+  for streams in 1 4; do
+    gbps=$($LAB exec $ns/client -- iperf3 -c "$ip" -p 5201 -t "$DUR" -P $streams -J |
+      python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+    R[$ns,iperf$streams]=$gbps
+  done
+  out=$($LAB exec $ns/client -- wrk -t2 -c"$CONC" -d"${DUR}s" --latency "http://$ip:8080/")
+  R[$ns,rps]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+  R[$ns,p50]=$(awk '$1=="50%" {print $2}' <<<"$out")
+  R[$ns,p99]=$(awk '$1=="99%" {print $2}' <<<"$out")
+done
+
+# Agent RSS, idle, with 50 enrolled pods (the two above + 48 more).
+for i in $(seq 1 48); do $LAB pod add mesh idle$i --node node1 --sa idle >/dev/null; done
+sleep 1
+agent_pid=$(cat "${SLUICE_LAB_DIR:-/run/sluice-lab}/node1/agent.pid")
+rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status)
+enrolled=$($LAB node exec node1 -- "$SLUICE_BUILD_DIR/tools/sluicectl" -o json stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["enrolled_pods"])')
+
+pct() { python3 -c "print('%.0f%%' % (100.0*float('$1')/float('$2')))"; }
+to_us() { python3 -c "
+v='$1'
+m={'us':1,'ms':1000,'s':1000000}
+for u in ('us','ms','s'):
+    if v.endswith(u): print('%.0f' % (float(v[:-len(u)])*m[u])); break"; }
+echo
+echo "Sluice benchmark — pod -> pod on one node, $(nproc) cores, ${DUR}s per figure, wrk -c$CONC"
+printf '%-34s %14s %14s %10s\n' "figure" "no mesh" "sluice" "ratio"
+printf '%-34s %14s %14s %10s\n' "iperf3 1 stream (Gbit/s)" "${R[plain,iperf1]}" "${R[mesh,iperf1]}" "$(pct ${R[mesh,iperf1]} ${R[plain,iperf1]})"
+printf '%-34s %14s %14s %10s\n' "iperf3 4 streams (Gbit/s)" "${R[plain,iperf4]}" "${R[mesh,iperf4]}" "$(pct ${R[mesh,iperf4]} ${R[plain,iperf4]})"
+printf '%-34s %14s %14s %10s\n' "HTTP requests/s" "${R[plain,rps]}" "${R[mesh,rps]}" "$(pct ${R[mesh,rps]} ${R[plain,rps]})"
+p50p=$(to_us ${R[plain,p50]}); p50m=$(to_us ${R[mesh,p50]})
+p99p=$(to_us ${R[plain,p99]}); p99m=$(to_us ${R[mesh,p99]})
+printf '%-34s %14s %14s %10s\n' "HTTP p50 latency (us)" "$p50p" "$p50m" "+$((p50m - p50p))us"
+printf '%-34s %14s %14s %10s\n' "HTTP p99 latency (us)" "$p99p" "$p99m" "+$((p99m - p99p))us"
+printf '%-34s %14s %14s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$((rss_kib / 1024)) MiB"

@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Test application run inside lab pods (stdlib only).
+
+Servers:
+  tcpapp.py whoami PORT     answer each connection with "peer=IP:PORT local=IP:PORT\\n" and close
+  tcpapp.py stream PORT     header "<up> <down>\\n"; read <up> bytes (hashing) while sending <down>
+                            pattern bytes; after the client's EOF send "sha256=<hex> n=<count>\\n"
+  tcpapp.py echo PORT       asyncio line echo, for many concurrent connections
+  tcpapp.py http PORT       tiny HTTP/1.1 keep-alive server answering "ok\\n" (benchmarks)
+Clients:
+  tcpapp.py get HOST PORT                         print one whoami line
+  tcpapp.py transfer HOST PORT UP DOWN            checksum-verified transfer both ways (half-close)
+  tcpapp.py many HOST PORT N                      N concurrent echo connections held open together
+"""
+import asyncio
+import hashlib
+import os
+import resource
+import socket
+import sys
+import threading
+
+BLOCK = 1 << 20
+_BASE = bytes((i * 131 + 7) & 0xFF for i in range(BLOCK)) * 2
+
+
+def pattern(total):
+    """Deterministic stream: 1 MiB blocks, block i rotated by i bytes."""
+    sent, i = 0, 0
+    while sent < total:
+        off = (i * 4099) % BLOCK
+        chunk = _BASE[off:off + BLOCK]
+        n = min(BLOCK, total - sent)
+        yield chunk[:n]
+        sent += n
+        i += 1
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def listen(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(4096)
+    return s
+
+
+def serve_whoami(port):
+    s = listen(port)
+    print("ready", flush=True)
+    while True:
+        c, peer = s.accept()
+        local = c.getsockname()
+        try:
+            c.sendall(f"peer={peer[0]}:{peer[1]} local={local[0]}:{local[1]}\n".encode())
+        except OSError:
+            pass
+        c.close()
+
+
+def handle_stream(c):
+    try:
+        f = c.makefile("rb")
+        header = f.readline().split()
+        up, down = int(header[0]), int(header[1])
+        h = hashlib.sha256()
+        got = [0]
+
+        def reader():
+            while True:
+                data = f.read1(BLOCK)
+                if not data:
+                    break
+                h.update(data)
+                got[0] += len(data)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        for chunk in pattern(down):
+            c.sendall(chunk)
+        t.join()
+        c.sendall(f"sha256={h.hexdigest()} n={got[0]}\n".encode())
+        c.shutdown(socket.SHUT_WR)
+    except (OSError, ValueError, IndexError):
+        pass
+    finally:
+        c.close()
+
+
+def serve_stream(port):
+    s = listen(port)
+    print("ready", flush=True)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=handle_stream, args=(c,), daemon=True).start()
+
+
+def serve_echo(port):
+    raise_nofile()
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                writer.write(line)
+                await writer.drain()
+        except OSError:
+            pass
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=4096)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def serve_http(port):
+    raise_nofile()
+    body = b"ok\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\n" + body
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head:
+                    break
+                writer.write(resp)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=4096)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def client_get(host, port):
+    with socket.create_connection((host, port), timeout=10) as c:
+        data = b""
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            data += d
+    sys.stdout.write(data.decode())
+
+
+def client_transfer(host, port, up, down):
+    c = socket.create_connection((host, port), timeout=60)
+    c.sendall(f"{up} {down}\n".encode())
+    up_hash = hashlib.sha256()
+
+    def writer():
+        for chunk in pattern(up):
+            up_hash.update(chunk)
+            c.sendall(chunk)
+        c.shutdown(socket.SHUT_WR)  # half-close: we still read the whole answer
+
+    t = threading.Thread(target=writer)
+    t.start()
+    expect = hashlib.sha256()
+    for chunk in pattern(down):
+        expect.update(chunk)
+    got = hashlib.sha256()
+    remaining = down
+    tail = b""
+    while True:
+        d = c.recv(BLOCK)
+        if not d:
+            break
+        if remaining > 0:
+            take = d[:remaining]
+            got.update(take)
+            remaining -= len(take)
+            tail += d[len(take):]
+        else:
+            tail += d
+    t.join()
+    c.close()
+    ok_down = remaining == 0 and got.hexdigest() == expect.hexdigest()
+    ok_up = tail.decode().strip() == f"sha256={up_hash.hexdigest()} n={up}"
+    print(f"down_ok={ok_down} up_ok={ok_up} trailer={tail.decode().strip()!r}")
+    sys.exit(0 if ok_down and ok_up else 1)
+
+
+def client_many(host, port, n):
+    raise_nofile()
+
+    async def main():
+        conns = []
+        for i in range(n):
+            conns.append(await asyncio.wait_for(asyncio.open_connection(host, port), 30))
+        # All n are open at once; now each does a round trip.
+        async def one(i, rw):
+            r, w = rw
+            msg = f"conn {i}\n".encode()
+            w.write(msg)
+            await w.drain()
+            back = await asyncio.wait_for(r.readline(), 30)
+            w.close()
+            return back == msg
+        results = await asyncio.gather(*(one(i, rw) for i, rw in enumerate(conns)), return_exceptions=True)
+        return sum(1 for r in results if r is True)
+
+    ok = asyncio.run(main())
+    print(f"completed={ok} of {n}")
+    sys.exit(0 if ok == n else 1)
+
+
+def main():
+    a = sys.argv[1:]
+    if not a or a[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    cmd = a[0]
+    if cmd == "whoami":
+        serve_whoami(int(a[1]))
+    elif cmd == "stream":
+        serve_stream(int(a[1]))
+    elif cmd == "echo":
+        serve_echo(int(a[1]))
+    elif cmd == "http":
+        serve_http(int(a[1]))
+    elif cmd == "get":
+        client_get(a[1], int(a[2]))
+    elif cmd == "transfer":
+        client_transfer(a[1], int(a[2]), int(a[3]), int(a[4]))
+    elif cmd == "many":
+        client_many(a[1], int(a[2]), int(a[3]))
+    else:
+        sys.exit(f"tcpapp: unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
