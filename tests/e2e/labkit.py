@@ -65,6 +65,7 @@ class Lab:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+            p.stdout.close()
         self.procs = []
         return self.lab("down", check=False)
 

@@ -98,8 +98,7 @@ class CaptureTest(LabTest):
             out = lab.client("shop/client", "get", self.server_ip, "8080", check=False)
             return out.returncode == 0 and len(self.conns_to(f"{self.server_ip}:8080")) > before
         wait_for("capture after agent restart", captured, timeout=10)
-        self.assertLess(time.monotonic() - ready, 2.0 + 3.0,  # 2 s target + the lab's own polling slack
-                        "re-capture after restart took too long")
+        self.assertLess(time.monotonic() - ready, 2.0, "re-capture after the agent was ready took over 2 s")
         self.assertTrue(lab.enrolled("node1", "shop/client"))
 
 
