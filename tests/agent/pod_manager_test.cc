@@ -82,7 +82,7 @@ struct Fixture {
 }  // namespace
 
 TEST_SUITE("pod_manager") {
-  TEST_CASE("ADD enrolls a meshed pod: listeners, tc filter, enrolled map; DEL undoes it") {
+  TEST_CASE("ADD enrolls a meshed pod: listeners - tc filter - enrolled map - DEL undoes it") {
     Fixture f;
     pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
     pm.onWorkloads(Fixture::view(true), 1);
@@ -122,7 +122,7 @@ TEST_SUITE("pod_manager") {
     CHECK_FALSE(f.engine.has("ctr-1"));
   }
 
-  TEST_CASE("a pod unknown to the control plane waits, then enrolls when it appears") {
+  TEST_CASE("a pod unknown to the control plane waits - then enrolls when it appears") {
     Fixture f;
     pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
     pm.onWorkloads({}, 1);

@@ -98,7 +98,7 @@ TEST_SUITE("plugin") {
     CHECK(err["msg"].get<std::string>().find("refused by policy") != std::string::npos);
     CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);  // DEL never blocks cleanup
   }
-  TEST_CASE("agent unreachable: ADD fails closed (code 11), failOpen passes, DEL succeeds twice") {
+  TEST_CASE("agent unreachable: ADD fails closed (code 11) - failOpen passes - DEL succeeds twice") {
     std::filesystem::remove(sock);
     auto r = runPlugin("ADD", conf(sock));
     CHECK(WEXITSTATUS(r.status) != 0);
@@ -111,7 +111,7 @@ TEST_SUITE("plugin") {
     CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);
     CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);
   }
-  TEST_CASE("malformed stdin is a CNI error object; the agent is never called") {
+  TEST_CASE("malformed stdin is a CNI error object - the agent is never called") {
     FakeHandler h;
     auto server = agent::cni::Server::create(sock, h);
     REQUIRE(server.has_value());

@@ -72,7 +72,7 @@ controlplane::model::Objects podObjects(const std::string& name) {
 }  // namespace
 
 TEST_SUITE("discovery") {
-  TEST_CASE("snapshot, deltas, and resume across a control plane restart") {
+  TEST_CASE("snapshot - deltas - and resume across a control plane restart") {
     controlplane::model::Store store;
     REQUIRE(store.setSource("a", podObjects("web")).has_value());
     int port = 0;
@@ -104,7 +104,7 @@ TEST_SUITE("discovery") {
     CHECK((*client)->version() == store.version());
   }
 
-  TEST_CASE("an agent already at the current version gets an up-to-date message, not a snapshot") {
+  TEST_CASE("an agent already at the current version gets an up-to-date message - not a snapshot") {
     controlplane::model::Store store;
     REQUIRE(store.setSource("a", podObjects("web")).has_value());
     int port = 0;

@@ -85,7 +85,7 @@ TEST_SUITE("local.source") {
     }
   }
 
-  TEST_CASE("directory: a malformed file keeps its last good state; deletion removes; label flip re-enrolls") {
+  TEST_CASE("directory: a malformed file keeps its last good state - deletion removes - label flip re-enrolls") {
     TempDir dir;
     dir.write("ns.yaml", kShop);
     dir.write("web.yaml", pod("web", "10.244.1.5"));
@@ -114,7 +114,7 @@ TEST_SUITE("local.source") {
     CHECK(view(store).count("uid-web") == 0);
   }
 
-  TEST_CASE("deltas since a version, and a full snapshot when history does not reach back") {
+  TEST_CASE("deltas since a version - and a full snapshot when history does not reach back") {
     model::Store store;
     REQUIRE(store.setSource("ns", *local::parseYaml(kShop)).has_value());
     REQUIRE(store.setSource("a", *local::parseYaml(pod("a", "10.0.0.1"))).has_value());

@@ -426,9 +426,15 @@ void Worker::closeConn(Conn& c, bool reset, const std::string& reason) {
     linger lg{1, 0};
     setsockopt(c.client.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     setsockopt(c.upstream.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    // Wakes pending receives/sends/connects so they complete promptly.
-    ::shutdown(c.client.get(), SHUT_RDWR);
-    ::shutdown(c.upstream.get(), SHUT_RDWR);
+  }
+  // Cancel whatever is still in flight on either socket; the completions
+  // (-ECANCELED) bring inflight to zero and finish() closes the fds. Not
+  // shutdown(): that would send a FIN ahead of the RST.
+  if (c.inflight > 0) {
+    for (int fd : {c.client.get(), c.upstream.get()}) {
+      io_uring_sqe* s = ring_->sqe(nullptr);
+      io_uring_prep_cancel_fd(s, fd, IORING_ASYNC_CANCEL_ALL);
+    }
   }
 }
 

@@ -1,0 +1,290 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/tcp.h>
+#include <openssl/sha.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/bpf_abi.h"
+#include "sluice/ztunnel/engine.h"
+#include "support/scratch_netns.h"
+
+using namespace sluice;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Maps every outbound connection to one configured destination.
+class FakeResolver final : public ztunnel::OrigDstResolver {
+ public:
+  std::optional<sockaddr_in> originalDst(uint64_t, const sockaddr_in&, const sockaddr_in&) override {
+    if (!dst) return std::nullopt;
+    return *dst;
+  }
+  std::optional<sockaddr_in> dst;
+};
+
+struct Pod {
+  test::ScratchNetns ns;
+  uint64_t cookie = 0;
+  Pod() {
+    ns.sh("ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up && "
+          "ip addr add 10.77.3.5/24 dev eth0");
+    cookie = *netnsCookie(ns.fd());
+  }
+  ztunnel::PodSpec spec() const {
+    ztunnel::PodSpec s;
+    s.uid = "pod-1";
+    s.name_namespace = "test/pod";
+    s.ip4 = *parseIp4("10.77.3.5");
+    s.netns_cookie = cookie;
+    s.netns_fd = ns.fd();
+    return s;
+  }
+  UniqueFd listen(uint16_t port, int backlog = 128) {
+    auto s = socketInNetns(ns.fd(), AF_INET, SOCK_STREAM, 0);
+    REQUIRE(s.has_value());
+    int one = 1;
+    setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    auto sa = makeSockaddr(*parseIp4("10.77.3.5"), port);
+    REQUIRE(::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
+    REQUIRE(::listen(s->get(), backlog) == 0);
+    return std::move(*s);
+  }
+  // A client of the proxy's outbound listener, as a redirected app would be.
+  UniqueFd connectProxy() {
+    auto s = socketInNetns(ns.fd(), AF_INET, SOCK_STREAM, 0);
+    REQUIRE(s.has_value());
+    auto sa = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
+    REQUIRE_MESSAGE(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0, strerror(errno));
+    timeval tv{10, 0};
+    setsockopt(s->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return std::move(*s);
+  }
+};
+
+struct Running {
+  FakeResolver resolver;
+  std::unique_ptr<ztunnel::Engine> engine;
+  explicit Running(Pod& pod, ztunnel::EngineConfig cfg = {}) {
+    cfg.workers = 2;
+    auto e = ztunnel::createEngine(cfg, resolver);
+    REQUIRE_MESSAGE(e.has_value(), (e ? "" : e.error().describe()));
+    engine = std::move(*e);
+    auto r = engine->addPod(pod.spec());
+    REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+  }
+};
+
+std::vector<unsigned char> pattern(size_t n, unsigned seed) {
+  std::vector<unsigned char> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<unsigned char>((i * 131 + seed) ^ (i >> 13));
+  return v;
+}
+
+std::string sha(const unsigned char* p, size_t n) {
+  unsigned char d[SHA256_DIGEST_LENGTH];
+  SHA256(p, n, d);
+  return std::string(reinterpret_cast<char*>(d), sizeof(d));
+}
+
+bool sendAll(int fd, const unsigned char* p, size_t n) {
+  while (n) {
+    ssize_t w = ::send(fd, p, std::min<size_t>(n, 1 << 16), MSG_NOSIGNAL);
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+std::vector<unsigned char> recvAll(int fd) {
+  std::vector<unsigned char> out;
+  unsigned char buf[1 << 16];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.insert(out.end(), buf, buf + n);
+  return out;
+}
+
+template <typename Pred>
+bool eventually(Pred p, std::chrono::milliseconds timeout = 5s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (p()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_SUITE("engine") {
+  TEST_CASE("16 MiB each way arrive intact and half-close is propagated both ways") {
+    Pod pod;
+    Running run(pod);
+    auto server = pod.listen(9000);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9000);
+    const size_t kSize = 16 << 20;
+    auto up = pattern(kSize, 1), down = pattern(kSize, 2);
+    std::string server_got;
+    std::thread srv([&] {
+      int c = ::accept(server.get(), nullptr, nullptr);
+      REQUIRE(c >= 0);
+      std::thread w([&] {
+        sendAll(c, down.data(), down.size());
+      });
+      auto got = recvAll(c);  // until the client's half-close arrives as EOF
+      server_got = sha(got.data(), got.size());
+      w.join();
+      ::shutdown(c, SHUT_WR);
+      ::close(c);
+    });
+    auto client = pod.connectProxy();
+    std::thread w([&] {
+      sendAll(client.get(), up.data(), up.size());
+      ::shutdown(client.get(), SHUT_WR);  // half-close: still reading
+    });
+    auto got = recvAll(client.get());
+    w.join();
+    srv.join();
+    CHECK(got.size() == kSize);
+    CHECK(sha(got.data(), got.size()) == sha(down.data(), down.size()));
+    CHECK(server_got == sha(up.data(), up.size()));
+    CHECK(eventually([&] {
+      auto cs = run.engine->connections();
+      return !cs.empty() && cs.back().state == "closed" && cs.back().reason == "eof" &&
+             cs.back().bytes_sent == kSize && cs.back().bytes_received == kSize;
+    }));
+  }
+
+  TEST_CASE("a reset by the destination is propagated to the client") {
+    Pod pod;
+    Running run(pod);
+    auto server = pod.listen(9001);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9001);
+    auto client = pod.connectProxy();
+    int c = ::accept(server.get(), nullptr, nullptr);
+    REQUIRE(c >= 0);
+    linger lg{1, 0};
+    setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    ::close(c);  // RST
+    char b;
+    ssize_t n = ::recv(client.get(), &b, 1, 0);
+    CHECK(n < 0);
+    CHECK(errno == ECONNRESET);
+    CHECK(eventually([&] { return run.engine->stats().active == 0; }));
+  }
+
+  TEST_CASE("a connect to an unresponsive destination times out and the client is reset") {
+    Pod pod;
+    ztunnel::EngineConfig cfg;
+    cfg.connect_timeout = 300ms;
+    Running run(pod, cfg);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.99"), 80);  // on-link, nobody answers ARP
+    auto client = pod.connectProxy();
+    auto start = std::chrono::steady_clock::now();
+    char b;
+    ssize_t n = ::recv(client.get(), &b, 1, 0);
+    CHECK(n <= 0);
+    CHECK(std::chrono::steady_clock::now() - start < 3s);
+    CHECK(eventually([&] {
+      auto cs = run.engine->connections();
+      return !cs.empty() && cs.back().reason == "connect_timeout";
+    }));
+    CHECK(run.engine->stats().connect_failures == 1);
+  }
+
+  TEST_CASE("the per-pod connection limit refuses extra connections and serves the others") {
+    Pod pod;
+    ztunnel::EngineConfig cfg;
+    cfg.max_connections_per_pod = 2;
+    Running run(pod, cfg);
+    auto server = pod.listen(9002);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9002);
+    auto a = pod.connectProxy();
+    auto b = pod.connectProxy();
+    REQUIRE(eventually([&] { return run.engine->stats().active == 2; }));
+    auto c = pod.connectProxy();
+    char x;
+    CHECK(::recv(c.get(), &x, 1, 0) <= 0);  // closed by the proxy
+    CHECK(run.engine->stats().limit_rejected == 1);
+    CHECK(run.engine->stats().active == 2);
+  }
+
+  TEST_CASE("clients that connect and vanish do not disturb a running transfer") {
+    Pod pod;
+    Running run(pod);
+    auto server = pod.listen(9003);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9003);
+    auto data = pattern(4 << 20, 3);
+    std::atomic<bool> stop{false};
+    std::thread srv([&] {
+      while (!stop) {
+        pollfd p{server.get(), POLLIN, 0};
+        if (::poll(&p, 1, 50) <= 0) continue;
+        int c = ::accept(server.get(), nullptr, nullptr);
+        if (c < 0) continue;
+        std::thread([c, &data] {
+          char hello;
+          if (::recv(c, &hello, 1, 0) == 1) sendAll(c, data.data(), data.size());
+          ::close(c);
+        }).detach();
+      }
+    });
+    auto good = pod.connectProxy();
+    for (int i = 0; i < 50; ++i) {
+      auto junk = pod.connectProxy();
+      if (i % 2) {
+        linger lg{1, 0};
+        setsockopt(junk.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+      }
+    }
+    REQUIRE(::send(good.get(), "h", 1, 0) == 1);
+    auto got = recvAll(good.get());
+    stop = true;
+    srv.join();
+    CHECK(got.size() == data.size());
+    CHECK(sha(got.data(), got.size()) == sha(data.data(), data.size()));
+  }
+
+  TEST_CASE("removePod resets its connections and stops accepting") {
+    Pod pod;
+    Running run(pod);
+    auto server = pod.listen(9004);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9004);
+    auto client = pod.connectProxy();
+    REQUIRE(eventually([&] { return run.engine->stats().active == 1; }));
+    run.engine->removePod("pod-1");
+    char x;
+    CHECK(::recv(client.get(), &x, 1, 0) <= 0);
+    CHECK(eventually([&] { return run.engine->stats().active == 0; }));
+    CHECK(run.engine->listeners().empty());
+    auto s = socketInNetns(pod.ns.fd(), AF_INET, SOCK_STREAM, 0);
+    auto sa = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
+    CHECK(eventually([&] {
+      auto t = socketInNetns(pod.ns.fd(), AF_INET, SOCK_STREAM, 0);
+      return ::connect(t->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 && errno == ECONNREFUSED;
+    }));
+    // and the pod can be added again
+    CHECK(run.engine->addPod(pod.spec()).has_value());
+  }
+
+  TEST_CASE("no original destination: the connection is closed and counted") {
+    Pod pod;
+    Running run(pod);
+    auto client = pod.connectProxy();
+    char x;
+    CHECK(::recv(client.get(), &x, 1, 0) <= 0);
+    CHECK(run.engine->stats().no_original_dst == 1);
+  }
+}
