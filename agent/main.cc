@@ -202,6 +202,7 @@ nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
                    {"pod", c.pod},
                    {"source", c.source},
                    {"destination", c.destination},
+                   {"path", c.path},
                    {"bytes_sent", c.bytes_sent},
                    {"bytes_received", c.bytes_received},
                    {"start_unix_ms", c.start_unix_ms},

@@ -48,12 +48,12 @@ $LAB node exec node1 -- $CTL workloads
 
 step "shop/client -> shop/web: 3 requests (captured by eBPF, carried by the node proxy)"
 for i in 1 2 3; do
-  $LAB exec shop/client -- curl -s -o /dev/null -w "  HTTP %{http_code} from %{remote_ip}:%{remote_port}\n" "http://$SHOP_WEB:8080/"
+  $LAB exec shop/client -- curl -s -o /dev/null -w "  HTTP %{http_code} in %{time_total}s\n" "http://$SHOP_WEB:8080/"
 done
 
 step "legacy/client -> legacy/web: 3 requests (not enrolled: direct)"
 for i in 1 2 3; do
-  $LAB exec legacy/client -- curl -s -o /dev/null -w "  HTTP %{http_code} from %{remote_ip}:%{remote_port}\n" "http://$LEGACY_WEB:8080/"
+  $LAB exec legacy/client -- curl -s -o /dev/null -w "  HTTP %{http_code} in %{time_total}s\n" "http://$LEGACY_WEB:8080/"
 done
 
 step "Connections carried by the proxy (sluicectl connections)"

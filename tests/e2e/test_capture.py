@@ -44,8 +44,16 @@ class CaptureTest(LabTest):
                          self.conns_to(f"{self.server_ip}:8080"))
         self.assertEqual(conns[-1]["pod"], "shop/client")
         self.assertTrue(conns[-1]["source"].startswith("127.0.0.1:"))
-        inbound = wait_for("inbound record", lambda: self.conns_to(f"{self.server_ip}:8080", "inbound"))
-        self.assertTrue(inbound[-1]["source"].startswith(self.client_ip + ":"))
+        # Both pods are meshed and on this node: one hop, handed to the server pod in-process.
+        self.assertEqual(conns[-1]["path"], "local_handoff")
+
+    def test_unenrolled_client_to_enrolled_server_is_captured_inbound(self):
+        out = self.lab.client("legacy/client", "get", self.server_ip, "8080").stdout
+        self.assertIn(f"peer={self.legacy_ip}:", out)
+        inbound = wait_for("inbound record", lambda: [c for c in self.conns_to(f"{self.server_ip}:8080", "inbound")
+                                                      if c["source"].startswith(self.legacy_ip + ":")])
+        self.assertEqual(inbound[-1]["pod"], "shop/server")
+        self.assertEqual(inbound[-1]["path"], "inbound")
 
     def test_unenrolled_pod_goes_direct(self):
         before = [c for c in self.lab.connections("node1") if c["pod"].startswith("legacy/")]

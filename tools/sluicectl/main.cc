@@ -123,9 +123,9 @@ int cmdConnections(const std::string& admin, bool as_json) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  ctl::Table t({"ID", "DIRECTION", "POD", "SOURCE", "DESTINATION", "SENT", "RECEIVED", "DURATION", "STATE", "REASON"});
+  ctl::Table t({"ID", "DIRECTION", "POD", "SOURCE", "DESTINATION", "PATH", "SENT", "RECEIVED", "DURATION", "STATE", "REASON"});
   for (const auto& c : j["connections"]) {
-    t.add({str(c, "id"), str(c, "direction"), str(c, "pod"), str(c, "source"), str(c, "destination"),
+    t.add({str(c, "id"), str(c, "direction"), str(c, "pod"), str(c, "source"), str(c, "destination"), str(c, "path"),
            humanBytes(c.value("bytes_sent", 0ULL)), humanBytes(c.value("bytes_received", 0ULL)),
            std::to_string(c.value("duration_ms", 0LL)) + "ms", str(c, "state"), str(c, "reason")});
   }

@@ -61,6 +61,7 @@ struct Direction {
 struct Conn {
   Worker* worker = nullptr;
   std::shared_ptr<PodState> pod;
+  std::shared_ptr<PodState> target;  // local_handoff: the destination pod
   std::shared_ptr<Record> rec;
   UniqueFd client;
   UniqueFd upstream;
@@ -96,6 +97,7 @@ ConnectionInfo Registry::toInfo(const Record& r, const char* state) {
   c.pod = r.pod;
   c.source = r.source;
   c.destination = r.destination;
+  c.path = r.path;
   c.bytes_sent = r.sent.load(std::memory_order_relaxed);
   c.bytes_received = r.received.load(std::memory_order_relaxed);
   c.start_unix_ms = r.start_unix_ms;
@@ -220,7 +222,7 @@ void Worker::removePod(const std::string& uid) {
     ::shutdown(l->fd.get(), SHUT_RDWR);
   }
   for (auto& [p, c] : conns_)
-    if (c->pod->spec.uid == uid) closeConn(*c, true, "pod_removed");
+    if (c->pod->spec.uid == uid || (c->target && c->target->spec.uid == uid)) closeConn(*c, true, "pod_removed");
 }
 
 void Worker::onAccept(Listener& l, const io_uring_cqe& cqe) {
@@ -264,6 +266,7 @@ void Worker::accepted(Listener& l, int fd) {
   setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
   sockaddr_in dst{};
+  std::shared_ptr<PodState> handoff;
   Result<UniqueFd> upstream = fail("unset");
   if (!l.inbound) {
     auto orig = engine_.resolver().originalDst(pod.spec.netns_cookie, peer, local);
@@ -274,7 +277,18 @@ void Worker::accepted(Listener& l, int fd) {
       return;
     }
     dst = *orig;
-    upstream = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_MINE, 0);
+    auto local_pods = engine_.localPods();
+    auto target = local_pods->find(dst.sin_addr.s_addr);
+    if (target != local_pods->end() && !target->second->removed) {
+      // Meshed destination on this node: hand the connection straight to the
+      // destination pod, as its inbound side would (client pod IP as source,
+      // inside its netns); the bytes never leave the kernel and take one
+      // proxy hop instead of two.
+      handoff = target->second;
+      upstream = inpod::upstreamSocket(handoff->netns.get(), SLUICE_MARK_INBOUND_APP, pod.spec.ip4);
+    } else {
+      upstream = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_MINE, 0);
+    }
   } else {
     dst = local;  // tc bpf_sk_assign keeps the original destination as the local address
     if (ntohs(dst.sin_port) == SLUICE_INBOUND_PORT || ntohs(dst.sin_port) == SLUICE_HBONE_PORT) {
@@ -296,6 +310,7 @@ void Worker::accepted(Listener& l, int fd) {
   c->client = std::move(client);
   c->upstream = std::move(*upstream);
   c->dst = dst;
+  c->target = handoff;
   for (int k = 0; k < kOpCount; ++k) {
     c->ops[k].conn = c.get();
     c->ops[k].kind = k;
@@ -306,6 +321,7 @@ void Worker::accepted(Listener& l, int fd) {
   rec->pod = pod.spec.name_namespace;
   rec->source = formatEndpoint(peer);
   rec->destination = formatEndpoint(dst);
+  rec->path = l.inbound ? "inbound" : handoff ? "local_handoff" : "passthrough";
   rec->start_unix_ms = nowUnixMs();
   rec->start = std::chrono::steady_clock::now();
   c->rec = rec;
@@ -446,8 +462,8 @@ void Worker::finish(Conn& c) {
   engine_.registry().close(c.rec, c.reason);
   if (engine_.config().access_log) {
     auto dur = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - c.rec->start);
-    log::get("access")->info("{} pod={} src={} dst={} sent={} received={} duration_ms={} reason={}", c.rec->direction,
-                             c.rec->pod, c.rec->source, c.rec->destination, c.rec->sent.load(), c.rec->received.load(),
+    log::get("access")->info("{} pod={} src={} dst={} path={} sent={} received={} duration_ms={} reason={}",
+                             c.rec->direction, c.rec->pod, c.rec->source, c.rec->destination, c.rec->path, c.rec->sent.load(), c.rec->received.load(),
                              dur.count(), c.reason);
   }
   conns_.erase(&c);  // closes both fds
@@ -500,7 +516,14 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
     w->post([w, fd, pod, inbound] { w->addListener(std::move(*fd), pod, inbound); });
   }
   pods_[spec.uid] = pod;
+  publishIndex();
   return {};
+}
+
+void EngineImpl::publishIndex() {
+  auto index = std::make_shared<PodIndex>();
+  for (const auto& [uid, p] : pods_) (*index)[p->spec.ip4] = p;
+  by_ip_.store(std::move(index), std::memory_order_release);
 }
 
 void EngineImpl::removePod(const std::string& uid) {
@@ -511,6 +534,7 @@ void EngineImpl::removePod(const std::string& uid) {
     if (it == pods_.end()) return;
     pod = it->second;
     pods_.erase(it);
+    publishIndex();
   }
   pod->removed = true;
   // Wait until every worker has dropped the listeners: afterwards nothing

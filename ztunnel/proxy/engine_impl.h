@@ -34,7 +34,7 @@ struct PodState {
 // What connections() reports; shared between a worker and the registry.
 struct Record {
   uint64_t id = 0;
-  std::string direction, pod, source, destination;
+  std::string direction, pod, source, destination, path;
   int64_t start_unix_ms = 0;
   std::chrono::steady_clock::time_point start;
   std::atomic<uint64_t> sent{0}, received{0};
@@ -123,6 +123,9 @@ class EngineImpl final : public Engine {
   Registry& registry() { return registry_; }
   Stats& counters() { return stats_; }
   uint64_t nextId() { return next_id_.fetch_add(1) + 1; }
+  using PodIndex = std::unordered_map<uint32_t, std::shared_ptr<PodState>>;  // by IPv4 (network order)
+  // Enrolled pods of this node by IP; read lock-free by workers.
+  std::shared_ptr<const PodIndex> localPods() const { return by_ip_.load(std::memory_order_acquire); }
 
  private:
   EngineConfig config_;
@@ -133,6 +136,8 @@ class EngineImpl final : public Engine {
   std::vector<std::unique_ptr<Worker>> workers_;
   mutable std::mutex pods_mu_;  // control plane side only
   std::map<std::string, std::shared_ptr<PodState>> pods_;
+  std::atomic<std::shared_ptr<const PodIndex>> by_ip_{std::make_shared<const PodIndex>()};
+  void publishIndex();  // needs pods_mu_
   bool stopped_ = false;
 };
 

@@ -62,6 +62,8 @@ struct ConnectionInfo {
   std::string pod;              // ns/name of the enrolled pod that owns the listener
   std::string source;           // ip:port of the client
   std::string destination;      // original destination ip:port
+  std::string path;             // "passthrough" (to the network), "local_handoff" (meshed pod on
+                                // this node, one hop), "inbound" (from outside into an enrolled pod)
   uint64_t bytes_sent = 0;      // client -> destination
   uint64_t bytes_received = 0;  // destination -> client
   int64_t start_unix_ms = 0;
