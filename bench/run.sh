@@ -91,6 +91,6 @@ printf '%-34s %14s %14s %10s\n' "iperf3 4 streams (Gbit/s)" "${R[plain,iperf4]}"
 printf '%-34s %14s %14s %10s\n' "HTTP requests/s" "${R[plain,rps]}" "${R[mesh,rps]}" "$(pct ${R[mesh,rps]} ${R[plain,rps]})"
 p50p=$(to_us ${R[plain,p50]}); p50m=$(to_us ${R[mesh,p50]})
 p99p=$(to_us ${R[plain,p99]}); p99m=$(to_us ${R[mesh,p99]})
-printf '%-34s %14s %14s %10s\n' "HTTP p50 latency (us)" "$p50p" "$p50m" "+$((p50m - p50p))us"
-printf '%-34s %14s %14s %10s\n' "HTTP p99 latency (us)" "$p99p" "$p99m" "+$((p99m - p99p))us"
+printf '%-34s %14s %14s %10s\n' "HTTP p50 latency (us)" "$p50p" "$p50m" "$(printf '%+d' $((p50m - p50p)))us"
+printf '%-34s %14s %14s %10s\n' "HTTP p99 latency (us)" "$p99p" "$p99m" "$(printf '%+d' $((p99m - p99p)))us"
 printf '%-34s %14s %14s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$((rss_kib / 1024)) MiB"

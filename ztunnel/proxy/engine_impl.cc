@@ -136,7 +136,7 @@ Result<void> Worker::start() {
   auto ready_future = ready.get_future();
   thread_ = std::thread([this, &ready] {
     // SINGLE_ISSUER binds the ring to the thread that creates it.
-    auto ring = uring::Ring::create(4096);
+    auto ring = uring::Ring::create(1024);  // CQ is twice this; enough for ~500 active connections per worker per batch
     if (!ring) {
       ready.set_value(tl::unexpected(ring.error()));
       return;

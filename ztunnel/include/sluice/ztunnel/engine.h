@@ -24,7 +24,7 @@ struct EngineConfig {
   unsigned workers = 0;                                  // 0 = one per online CPU
   std::chrono::milliseconds connect_timeout{5000};       // upstream connect deadline
   unsigned max_connections_per_pod = 4096;               // accepted beyond this are closed (counted)
-  size_t buffer_bytes = 64 * 1024;                       // per direction per connection
+  size_t buffer_bytes = 128 * 1024;                      // per direction per connection, allocated while active
   bool access_log = true;                                // one line per closed connection
 };
 
