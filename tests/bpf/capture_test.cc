@@ -13,6 +13,7 @@
 
 using namespace sluice;
 using sluice::agent::bpf::Loader;
+namespace agent = sluice::agent;
 
 namespace {
 
@@ -131,6 +132,20 @@ TEST_SUITE("capture.bpf") {
       auto c = connectIn(pod.fd(), "10.77.0.9", 8080);
       CHECK(formatEndpoint(peerOf(c.get())) == "10.77.0.9:8080");
     }
+  }
+
+  TEST_CASE("typed map wrapper: take() deletes and a size mismatch is refused with advice") {
+    LoadedCapture bpf;
+    sluice_pair_key k{7, 1, 2, 3, 4, 0};
+    REQUIRE(bpf.loader->origDst().update(k, sluice_orig_dst{9, 10, 0}).has_value());
+    auto v = bpf.loader->origDst().take(k);
+    REQUIRE(v.has_value());
+    CHECK(v->ip4 == 9);
+    CHECK_FALSE(bpf.loader->origDst().lookup(k).has_value());
+    auto wrong = agent::bpf::BpfMap<__u32, __u32>::openPinned(bpf.pin + "/sluice_orig_dst_v1");
+    REQUIRE_FALSE(wrong.has_value());
+    CHECK(wrong.error().describe().find("incompatible build") != std::string::npos);
+    CHECK_FALSE(agent::bpf::BpfMap<__u32, __u32>::openPinned(bpf.pin + "/no_such_map").has_value());
   }
 
   TEST_CASE("a second loader re-adopts pinned maps and links in place") {
