@@ -18,6 +18,7 @@
 #include "agent/discovery/client.h"
 #include "agent/pods/pod_manager.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/flags.h"
 #include "sluice/common/log.h"
 #include "sluice/ztunnel/engine.h"
 
@@ -86,30 +87,22 @@ unsigned parseUnsigned(const std::string& flag, const std::string& v) {
 Flags parseFlags(int argc, char** argv) {
   Flags f;
   std::map<std::string, std::string*> strings = {
-      {"--node-name", &f.node_name},   {"--controlplane", &f.controlplane}, {"--bpf-pin-dir", &f.pin_dir},
-      {"--cni-socket", &f.cni_socket}, {"--admin-addr", &f.admin_addr},     {"--state-dir", &f.state_dir},
+      {"--node-name", &f.node_name},   {"--controlplane", &f.controlplane},
+      {"--bpf-pin-dir", &f.pin_dir},   {"--cni-socket", &f.cni_socket},
+      {"--admin-addr", &f.admin_addr}, {"--state-dir", &f.state_dir},
       {"--cgroup", &f.cgroup},         {"--log-level", &f.log_level},
   };
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help") {
+  int first = 1;
+  if (argc > 1 && std::string(argv[1]) == "uninstall") {
+    f.uninstall = true;
+    first = 2;
+  }
+  auto args = splitFlags(argc, argv, first);
+  if (!args) usageError(args.error().message);
+  for (const auto& [arg, value] : *args) {
+    if (arg == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
-    }
-    if (i == 1 && arg == "uninstall") {
-      f.uninstall = true;
-      continue;
-    }
-    std::string value;
-    auto eq = arg.find('=');
-    if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-    } else if (arg.rfind("--", 0) == 0) {
-      if (i + 1 >= argc) usageError("flag " + arg + " needs a value");
-      value = argv[++i];
-    } else {
-      usageError("unexpected argument '" + arg + "'");
     }
     if (auto it = strings.find(arg); it != strings.end()) {
       *it->second = value;
@@ -123,7 +116,8 @@ Flags parseFlags(int argc, char** argv) {
       size_t start = 0;
       while (start <= value.size() && !value.empty()) {
         size_t comma = value.find(',', start);
-        std::string p = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        std::string p =
+            value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
         unsigned port = parseUnsigned(arg, p);
         if (port == 0 || port > 65535) usageError("--exclude-ports: invalid port '" + p + "'");
         f.excluded_ports.push_back(static_cast<uint16_t>(port));
@@ -137,7 +131,8 @@ Flags parseFlags(int argc, char** argv) {
   if (f.uninstall) return f;
   if (f.node_name.empty()) usageError("--node-name is required");
   if (f.controlplane.empty()) usageError("--controlplane is required");
-  if (!parseEndpoint(f.admin_addr)) usageError("--admin-addr must be IP:PORT, got '" + f.admin_addr + "'");
+  if (!parseEndpoint(f.admin_addr))
+    usageError("--admin-addr must be IP:PORT, got '" + f.admin_addr + "'");
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
   bool known = false;
   for (const char* l : kLevels) known = known || f.log_level == l;
@@ -148,13 +143,19 @@ Flags parseFlags(int argc, char** argv) {
 // Bridges CNI requests to the pod manager.
 class CniBridge final : public agent::cni::Handler {
  public:
-  CniBridge(agent::pods::PodManager& pods, std::chrono::milliseconds wait) : pods_(pods), wait_(wait) {}
+  CniBridge(agent::pods::PodManager& pods, std::chrono::milliseconds wait)
+      : pods_(pods), wait_(wait) {}
 
   agent::cni::CniReply handle(const agent::cni::CniRequest& req) override {
     agent::cni::CniReply reply;
     if (req.command == "ADD") {
-      agent::pods::PodRef ref{req.pod_uid, req.pod_namespace, req.pod_name, req.container_id, req.netns,
-                              req.ifname.empty() ? "eth0" : req.ifname, 0};
+      agent::pods::PodRef ref{req.pod_uid,
+                              req.pod_namespace,
+                              req.pod_name,
+                              req.container_id,
+                              req.netns,
+                              req.ifname.empty() ? "eth0" : req.ifname,
+                              0};
       for (const auto& ip : req.ips)
         if (auto a = parseIp4(ip)) {
           ref.ip4 = *a;
@@ -162,8 +163,10 @@ class CniBridge final : public agent::cni::Handler {
         }
       auto r = pods_.add(ref, wait_);
       reply.ok = r.has_value();
-      if (r) reply.enrolled = *r;
-      else reply.error = r.error().describe();
+      if (r)
+        reply.enrolled = *r;
+      else
+        reply.error = r.error().describe();
     } else if (req.command == "DEL") {
       pods_.remove(req.container_id, req.pod_uid);
       reply.ok = true;
@@ -246,7 +249,8 @@ int runAgent(const Flags& flags) {
     return 1;
   }
   for (const auto& l : (*loader)->links())
-    logger->info("{} attached to {} (link {}{})", l.program, cgroup, l.link_id, l.reused ? ", re-adopted" : "");
+    logger->info("{} attached to {} (link {}{})", l.program, cgroup, l.link_id,
+                 l.reused ? ", re-adopted" : "");
 
   agent::bpf::MapOrigDstResolver resolver((*loader)->origDst());
   ztunnel::EngineConfig engine_config;
@@ -292,7 +296,8 @@ int runAgent(const Flags& flags) {
                          {"last_error", disc.lastError()}};
     nlohmann::json listeners = nlohmann::json::array();
     for (const auto& l : eng.listeners())
-      listeners.push_back({{"pod_uid", l.pod_uid}, {"pod", l.pod}, {"address", l.address}, {"kind", l.kind}});
+      listeners.push_back(
+          {{"pod_uid", l.pod_uid}, {"pod", l.pod}, {"address", l.address}, {"kind", l.kind}});
     j["listeners"] = listeners;
     nlohmann::json links = nlohmann::json::array();
     for (const auto& l : ld.links())
@@ -323,7 +328,8 @@ int runAgent(const Flags& flags) {
                           {"enrolled_pods", pods.enrolledCount()}};
   };
   sources.not_ready_reason = [&]() -> std::string {
-    if (!disc.synced()) return "no snapshot from the control plane at " + flags.controlplane + " yet";
+    if (!disc.synced())
+      return "no snapshot from the control plane at " + flags.controlplane + " yet";
     return "";
   };
   auto admin = agent::admin::Server::create(flags.admin_addr, sources);
@@ -331,14 +337,15 @@ int runAgent(const Flags& flags) {
     logger->critical("{}", admin.error().describe());
     return 1;
   }
-  logger->info("sluice-agent running on node {} (pins {}, cni socket {})", flags.node_name, flags.pin_dir,
-               flags.cni_socket);
+  logger->info("sluice-agent running on node {} (pins {}, cni socket {})", flags.node_name,
+               flags.pin_dir, flags.cni_socket);
 
   int sig = 0;
   sigwait(&signals, &sig);
-  logger->info("received {}, shutting down (pinned BPF state stays: capture continues to fail closed "
-               "until an agent is back)",
-               strsignal(sig));
+  logger->info(
+      "received {}, shutting down (pinned BPF state stays: capture continues to fail closed "
+      "until an agent is back)",
+      strsignal(sig));
   admin->reset();
   cni->reset();
   discovery->reset();

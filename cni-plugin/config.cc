@@ -26,24 +26,31 @@ tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result
     std::string addr = ip["address"].get<std::string>();
     std::string bare = addr.substr(0, addr.find('/'));
     if (bare.find(':') != std::string::npos) continue;  // IPv6: not captured yet
-    if (!parseIp4(bare)) return err(kDecodingFailure, "prevResult.ips[] has an invalid address", addr);
+    if (!parseIp4(bare))
+      return err(kDecodingFailure, "prevResult.ips[] has an invalid address", addr);
     ips.push_back(bare);
   }
   return ips;
 }
 
 tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
-  if (text.size() > kMaxConfigBytes) return err(kDecodingFailure, "network configuration larger than 1 MiB");
+  if (text.size() > kMaxConfigBytes)
+    return err(kDecodingFailure, "network configuration larger than 1 MiB");
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return err(kDecodingFailure, "network configuration on stdin is not valid JSON");
-  if (!j.is_object()) return err(kDecodingFailure, "network configuration on stdin is not a JSON object");
+  if (j.is_discarded())
+    return err(kDecodingFailure, "network configuration on stdin is not valid JSON");
+  if (!j.is_object())
+    return err(kDecodingFailure, "network configuration on stdin is not a JSON object");
   PluginConfig c;
   auto str = [&](const char* key, std::string& out, bool required) -> std::optional<PluginError> {
     if (!j.contains(key)) {
-      if (required) return PluginError{kInvalidConfig, fmt::format("network configuration has no '{}'", key), ""};
+      if (required)
+        return PluginError{kInvalidConfig, fmt::format("network configuration has no '{}'", key),
+                           ""};
       return std::nullopt;
     }
-    if (!j[key].is_string()) return PluginError{kInvalidConfig, fmt::format("'{}' must be a string", key), ""};
+    if (!j[key].is_string())
+      return PluginError{kInvalidConfig, fmt::format("'{}' must be a string", key), ""};
     out = j[key].get<std::string>();
     return std::nullopt;
   };
@@ -51,7 +58,8 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
   if (auto e = str("name", c.name, false)) return tl::unexpected(*e);
   if (auto e = str("agentSocket", c.agent_socket, false)) return tl::unexpected(*e);
   if (auto e = str("logFile", c.log_file, false)) return tl::unexpected(*e);
-  if (std::find(kSupportedVersions.begin(), kSupportedVersions.end(), c.cni_version) == kSupportedVersions.end())
+  if (std::find(kSupportedVersions.begin(), kSupportedVersions.end(), c.cni_version) ==
+      kSupportedVersions.end())
     return err(kIncompatibleVersion, fmt::format("unsupported cniVersion '{}'", c.cni_version),
                "sluice-cni supports 0.4.0 and 1.0.0");
   if (j.contains("failOpen")) {
@@ -59,9 +67,11 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
     c.fail_open = j["failOpen"].get<bool>();
   }
   if (j.contains("timeoutMs")) {
-    if (!j["timeoutMs"].is_number_integer()) return err(kInvalidConfig, "'timeoutMs' must be an integer");
+    if (!j["timeoutMs"].is_number_integer())
+      return err(kInvalidConfig, "'timeoutMs' must be an integer");
     long t = j["timeoutMs"].get<long>();
-    if (t < 100 || t > 60000) return err(kInvalidConfig, "'timeoutMs' must be between 100 and 60000");
+    if (t < 100 || t > 60000)
+      return err(kInvalidConfig, "'timeoutMs' must be between 100 and 60000");
     c.timeout_ms = static_cast<int>(t);
   }
   if (c.agent_socket.empty()) return err(kInvalidConfig, "'agentSocket' is empty");
@@ -75,7 +85,8 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
   return c;
 }
 
-tl::expected<Environment, PluginError> parseEnvironment(const std::map<std::string, std::string>& env) {
+tl::expected<Environment, PluginError> parseEnvironment(
+    const std::map<std::string, std::string>& env) {
   Environment e;
   auto get = [&](const char* k) {
     auto it = env.find(k);
@@ -97,7 +108,8 @@ tl::expected<Environment, PluginError> parseEnvironment(const std::map<std::stri
   size_t start = 0;
   while (start < args.size()) {
     size_t semi = args.find(';', start);
-    std::string kv = args.substr(start, semi == std::string::npos ? std::string::npos : semi - start);
+    std::string kv =
+        args.substr(start, semi == std::string::npos ? std::string::npos : semi - start);
     if (!kv.empty()) {
       auto eq = kv.find('=');
       if (eq == std::string::npos) return err(kInvalidConfig, "CNI_ARGS entry without '='", kv);
@@ -110,7 +122,9 @@ tl::expected<Environment, PluginError> parseEnvironment(const std::map<std::stri
 }
 
 std::string errorJson(const std::string& cni_version, const PluginError& e) {
-  json j{{"cniVersion", cni_version.empty() ? "1.0.0" : cni_version}, {"code", e.code}, {"msg", e.msg}};
+  json j{{"cniVersion", cni_version.empty() ? "1.0.0" : cni_version},
+         {"code", e.code},
+         {"msg", e.msg}};
   if (!e.details.empty()) j["details"] = e.details;
   return j.dump() + "\n";
 }

@@ -3,10 +3,9 @@
 #pragma once
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "sluice/common/result.h"
 
@@ -37,20 +36,21 @@ struct PluginConfig {
   int timeout_ms = 5000;
   std::string log_file;
   bool has_prev_result = false;
-  nlohmann::json prev_result;      // exactly as received
-  std::vector<std::string> ips;    // IPv4 addresses from prevResult, prefix stripped
+  nlohmann::json prev_result;    // exactly as received
+  std::vector<std::string> ips;  // IPv4 addresses from prevResult, prefix stripped
 };
 
 struct Environment {
-  std::string command;         // CNI_COMMAND
-  std::string container_id;    // CNI_CONTAINERID
-  std::string netns;           // CNI_NETNS
-  std::string ifname;          // CNI_IFNAME
+  std::string command;                      // CNI_COMMAND
+  std::string container_id;                 // CNI_CONTAINERID
+  std::string netns;                        // CNI_NETNS
+  std::string ifname;                       // CNI_IFNAME
   std::map<std::string, std::string> args;  // CNI_ARGS, split on ';' and '='
 };
 
 tl::expected<PluginConfig, PluginError> parseConfig(const std::string& stdin_text);
-tl::expected<Environment, PluginError> parseEnvironment(const std::map<std::string, std::string>& env);
+tl::expected<Environment, PluginError> parseEnvironment(
+    const std::map<std::string, std::string>& env);
 // The IPv4 addresses of a 0.4.0 or 1.0.0 result's "ips" (prefix length stripped).
 tl::expected<std::vector<std::string>, PluginError> resultIps(const nlohmann::json& result);
 std::string errorJson(const std::string& cni_version, const PluginError& e);

@@ -26,7 +26,8 @@ using namespace sluice::cni;
 
 namespace {
 
-constexpr const char* kUsage = R"(sluice-cni — Sluice's CNI plugin (CNI spec 1.0.0; 0.4.0 configs accepted)
+constexpr const char* kUsage =
+    R"(sluice-cni — Sluice's CNI plugin (CNI spec 1.0.0; 0.4.0 configs accepted)
 
 It is run by the container runtime, chained after the cluster's primary CNI,
 with CNI_COMMAND=ADD|DEL|CHECK|VERSION in the environment and the network
@@ -56,7 +57,8 @@ tl::expected<CniReply, std::string> callAgent(const PluginConfig& cfg, const Cni
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return tl::unexpected(std::string("socket(AF_UNIX) failed: ") + std::strerror(errno));
   sockaddr_un addr{};
-  if (cfg.agent_socket.size() >= sizeof(addr.sun_path)) return tl::unexpected(std::string("agentSocket path too long"));
+  if (cfg.agent_socket.size() >= sizeof(addr.sun_path))
+    return tl::unexpected(std::string("agentSocket path too long"));
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, cfg.agent_socket.c_str(), cfg.agent_socket.size());
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg.timeout_ms);
@@ -65,14 +67,15 @@ tl::expected<CniReply, std::string> callAgent(const PluginConfig& cfg, const Cni
                                                  deadline - std::chrono::steady_clock::now())
                                                  .count()));
   };
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 && errno != EINPROGRESS &&
-      errno != EAGAIN)
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 &&
+      errno != EINPROGRESS && errno != EAGAIN)
     return tl::unexpected(std::string(std::strerror(errno)));
   std::string out = encode(req);
   size_t off = 0;
   while (off < out.size()) {
     pollfd p{fd.get(), POLLOUT, 0};
-    if (::poll(&p, 1, left()) <= 0) return tl::unexpected(std::string("timed out sending to the agent"));
+    if (::poll(&p, 1, left()) <= 0)
+      return tl::unexpected(std::string("timed out sending to the agent"));
     ssize_t n = ::send(fd.get(), out.data() + off, out.size() - off, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
@@ -113,7 +116,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     std::fputs(kUsage, stderr);
-    return emitError("1.0.0", {kInvalidConfig, "CNI_COMMAND is not set: sluice-cni is run by a container runtime", ""});
+    return emitError(
+        "1.0.0",
+        {kInvalidConfig, "CNI_COMMAND is not set: sluice-cni is run by a container runtime", ""});
   }
   auto environment = parseEnvironment(env);
   if (!environment) return emitError("1.0.0", environment.error());
@@ -130,8 +135,10 @@ int main(int argc, char** argv) {
   }
   const std::string& cmd = environment->command;
   if (cmd == "ADD" && !cfg->has_prev_result)
-    return emitError(cfg->cni_version, {kInvalidConfig, "sluice-cni is a chained plugin: ADD needs a prevResult "
-                                                        "from the primary CNI plugin before it in the conflist", ""});
+    return emitError(cfg->cni_version, {kInvalidConfig,
+                                        "sluice-cni is a chained plugin: ADD needs a prevResult "
+                                        "from the primary CNI plugin before it in the conflist",
+                                        ""});
 
   CniRequest req;
   req.command = cmd;
@@ -146,9 +153,10 @@ int main(int argc, char** argv) {
 
   auto reply = callAgent(*cfg, req);
   if (!reply) {
-    std::string msg = fmt::format("the sluice agent at {} is unreachable ({}); check that sluice-agent is running on "
-                                  "this node",
-                                  cfg->agent_socket, reply.error());
+    std::string msg = fmt::format(
+        "the sluice agent at {} is unreachable ({}); check that sluice-agent is running on "
+        "this node",
+        cfg->agent_socket, reply.error());
     logLine(&*cfg, cmd + " " + pod + ": " + msg);
     if (cmd == "DEL") return 0;  // the runtime must always be able to clean up
     if (cmd == "ADD" && cfg->fail_open) {
@@ -161,7 +169,8 @@ int main(int argc, char** argv) {
   if (!reply->ok) {
     logLine(&*cfg, cmd + " " + pod + ": agent refused: " + reply->error);
     if (cmd == "DEL") return 0;
-    return emitError(cfg->cni_version, {kInternal, "sluice agent: " + reply->error, reply->details});
+    return emitError(cfg->cni_version,
+                     {kInternal, "sluice agent: " + reply->error, reply->details});
   }
   logLine(&*cfg, cmd + " " + pod + (reply->enrolled ? ": enrolled" : ": ok (not enrolled)"));
   if (cmd == "ADD") std::printf("%s\n", cfg->prev_result.dump().c_str());

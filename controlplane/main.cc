@@ -1,15 +1,15 @@
 // sluice-controlplane: workload discovery (and, later, the CA) for the mesh.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 
 #include <cstdio>
 #include <string>
 
-#include <grpcpp/grpcpp.h>
-
 #include "controlplane/discovery/service.h"
 #include "controlplane/local/source.h"
 #include "controlplane/model/store.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/flags.h"
 #include "sluice/common/log.h"
 
 using namespace sluice;
@@ -27,36 +27,32 @@ Flags:
 )";
 
 [[noreturn]] void usageError(const std::string& msg) {
-  std::fprintf(stderr, "sluice-controlplane: %s\nRun 'sluice-controlplane --help' for usage.\n", msg.c_str());
+  std::fprintf(stderr, "sluice-controlplane: %s\nRun 'sluice-controlplane --help' for usage.\n",
+               msg.c_str());
   std::exit(2);
 }
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string local_dir, listen = "127.0.0.1:15010", level = "info";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-h" || a == "--help") {
+  auto args = splitFlags(argc, argv);
+  if (!args) usageError(args.error().message);
+  for (const auto& [a, v] : *args) {
+    if (a == "--help") {
       std::fputs(kUsage, stdout);
       return 0;
     }
-    std::string v;
-    auto eq = a.find('=');
-    if (a.rfind("--", 0) == 0 && eq != std::string::npos) {
-      v = a.substr(eq + 1);
-      a = a.substr(0, eq);
-    } else if (a.rfind("--", 0) == 0) {
-      if (i + 1 >= argc) usageError("flag " + a + " needs a value");
-      v = argv[++i];
-    } else {
-      usageError("unexpected argument '" + a + "'");
-    }
-    if (a == "--local-config") local_dir = v;
-    else if (a == "--listen") listen = v;
-    else if (a == "--log-level") level = v;
-    else usageError("unknown flag " + a);
+    if (a == "--local-config")
+      local_dir = v;
+    else if (a == "--listen")
+      listen = v;
+    else if (a == "--log-level")
+      level = v;
+    else
+      usageError("unknown flag " + a);
   }
-  if (local_dir.empty()) usageError("--local-config is required (the Kubernetes source comes in a later release)");
+  if (local_dir.empty())
+    usageError("--local-config is required (the Kubernetes source comes in a later release)");
   if (!parseEndpoint(listen)) usageError("--listen must be IP:PORT, got '" + listen + "'");
   log::setup(level);
   auto logger = log::get("controlplane");

@@ -23,7 +23,9 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
   auto& http = *self->http_;
   Server* s = self.get();
   http.new_task_queue = [] { return new httplib::ThreadPool(2); };
-  http.Get("/healthz", [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
+  http.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok\n", "text/plain");
+  });
   http.Get("/ready", [s](const httplib::Request&, httplib::Response& res) {
     std::string reason = s->sources_.not_ready_reason();
     if (reason.empty()) {
@@ -33,9 +35,15 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
       res.set_content("not ready: " + reason + "\n", "text/plain");
     }
   });
-  http.Get("/config_dump", [s](const httplib::Request&, httplib::Response& res) { sendJson(res, s->sources_.config_dump()); });
-  http.Get("/connections", [s](const httplib::Request&, httplib::Response& res) { sendJson(res, s->sources_.connections()); });
-  http.Get("/stats", [s](const httplib::Request&, httplib::Response& res) { sendJson(res, s->sources_.stats()); });
+  http.Get("/config_dump", [s](const httplib::Request&, httplib::Response& res) {
+    sendJson(res, s->sources_.config_dump());
+  });
+  http.Get("/connections", [s](const httplib::Request&, httplib::Response& res) {
+    sendJson(res, s->sources_.connections());
+  });
+  http.Get("/stats", [s](const httplib::Request&, httplib::Response& res) {
+    sendJson(res, s->sources_.stats());
+  });
   http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (res.status == 404) sendJson(res, {{"error", "no such endpoint: " + req.path}}, 404);
   });
@@ -43,7 +51,8 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
   int port = ntohs(ep->sin_port);
   std::string host = formatIp4(ep->sin_addr.s_addr);
   if (!http.bind_to_port(host, port))
-    return failErrno(fmt::format("cannot listen on admin address {} (is another agent running?)", address));
+    return failErrno(
+        fmt::format("cannot listen on admin address {} (is another agent running?)", address));
   self->address_ = address;
   self->thread_ = std::thread([s] { s->http_->listen_after_bind(); });
   log::get("admin")->info("admin API on http://{}", address);

@@ -56,8 +56,9 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   std::error_code ec;
   std::filesystem::create_directories(config.pin_dir, ec);
   if (ec)
-    return fail(fmt::format("cannot create BPF pin directory {}: {} (is bpffs mounted at /sys/fs/bpf?)",
-                            config.pin_dir, ec.message()));
+    return fail(
+        fmt::format("cannot create BPF pin directory {}: {} (is bpffs mounted at /sys/fs/bpf?)",
+                    config.pin_dir, ec.message()));
 
   std::unique_ptr<Loader> self(new Loader());
   self->config_ = config;
@@ -69,7 +70,8 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
     errno = -err;
     return failErrno(
         "loading the capture BPF programs failed (the verifier log is above at debug level; "
-        "a pinned map from an incompatible build can also cause this: run `sluice-agent uninstall`)");
+        "a pinned map from an incompatible build can also cause this: run `sluice-agent "
+        "uninstall`)");
   }
   self->inbound_ = sluice_inbound__open_opts(&opts);
   if (!self->inbound_) return failErrno("cannot open the inbound BPF object");
@@ -87,7 +89,8 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   auto excluded = adoptMap<__u16, __u8>(self->capture_->maps.sluice_excluded_ports_v1);
   if (!excluded) return tl::unexpected(excluded.error());
   self->excluded_ = std::move(*excluded);
-  self->stats_fd_ = UniqueFd(fcntl(bpf_map__fd(self->capture_->maps.sluice_stats_v1), F_DUPFD_CLOEXEC, 0));
+  self->stats_fd_ =
+      UniqueFd(fcntl(bpf_map__fd(self->capture_->maps.sluice_stats_v1), F_DUPFD_CLOEXEC, 0));
 
   // The excluded-port set is configuration: replace it wholesale.
   for (auto& [port, v] : self->excluded_.entries()) self->excluded_.erase(port);
@@ -103,8 +106,9 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
 Result<void> Loader::attachCgroupPrograms() {
   cgroup_fd_ = ::open(config_.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (cgroup_fd_ < 0)
-    return failErrno(fmt::format("cannot open cgroup-v2 directory {} (pass --cgroup with the cgroup2 mount)",
-                                 config_.cgroup_path));
+    return failErrno(
+        fmt::format("cannot open cgroup-v2 directory {} (pass --cgroup with the cgroup2 mount)",
+                    config_.cgroup_path));
   const CgroupProgram programs[] = {
       {capture_->progs.sluice_connect4, BPF_CGROUP_INET4_CONNECT},
       {capture_->progs.sluice_connect6, BPF_CGROUP_INET6_CONNECT},
@@ -132,7 +136,8 @@ Result<void> Loader::attachCgroupPrograms() {
     if (fd < 0) {
       fd = bpf_link_create(prog_fd, cgroup_fd_, p.type, nullptr);
       if (fd < 0)
-        return failErrno(fmt::format("attaching {} to cgroup {} failed", link.program, config_.cgroup_path));
+        return failErrno(
+            fmt::format("attaching {} to cgroup {} failed", link.program, config_.cgroup_path));
       if (bpf_obj_pin(fd, link.pin.c_str()) != 0) {
         int saved = errno;
         ::close(fd);
@@ -161,10 +166,12 @@ Result<void> Loader::attachTc(int netns_fd, const std::string& ifname) {
   auto entered = runInNetns(netns_fd, [&] {
     unsigned ifindex = if_nametoindex(ifname.c_str());
     if (ifindex == 0) {
-      result = failErrno(fmt::format("interface {} not found in the pod network namespace", ifname));
+      result =
+          failErrno(fmt::format("interface {} not found in the pod network namespace", ifname));
       return;
     }
-    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex), .attach_point = BPF_TC_INGRESS);
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex),
+                .attach_point = BPF_TC_INGRESS);
     int err = bpf_tc_hook_create(&hook);
     if (err != 0 && err != -EEXIST) {
       errno = -err;
@@ -187,7 +194,8 @@ void Loader::detachTc(int netns_fd, const std::string& ifname) {
   (void)runInNetns(netns_fd, [&] {
     unsigned ifindex = if_nametoindex(ifname.c_str());
     if (ifindex == 0) return;
-    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex), .attach_point = BPF_TC_INGRESS);
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex),
+                .attach_point = BPF_TC_INGRESS);
     LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
     bpf_tc_detach(&hook, &opts);
   });
@@ -214,7 +222,9 @@ Result<void> Loader::ensureBpffs(const std::string& pin_dir) {
   struct statfs st {};
   if (::statfs(root.c_str(), &st) == 0 && st.f_type == kBpfFsMagic) return {};
   if (::mount("bpf", root.c_str(), "bpf", 0, "mode=0700") != 0)
-    return failErrno("bpffs is not mounted at /sys/fs/bpf and mounting it failed (mount -t bpf bpf /sys/fs/bpf)");
+    return failErrno(
+        "bpffs is not mounted at /sys/fs/bpf and mounting it failed (mount -t bpf bpf "
+        "/sys/fs/bpf)");
   log::get("bpf")->info("mounted bpffs at /sys/fs/bpf");
   return {};
 }

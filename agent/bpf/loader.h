@@ -27,8 +27,8 @@ using OrigDstMap = BpfMap<sluice_pair_key, sluice_orig_dst>;
 using ExcludedPortsMap = BpfMap<__u16, __u8>;
 
 struct LoaderConfig {
-  std::string pin_dir;      // e.g. /sys/fs/bpf/sluice
-  std::string cgroup_path;  // cgroup-v2 root, e.g. /sys/fs/cgroup/unified
+  std::string pin_dir;                   // e.g. /sys/fs/bpf/sluice
+  std::string cgroup_path;               // cgroup-v2 root, e.g. /sys/fs/cgroup/unified
   std::vector<uint16_t> excluded_ports;  // host order
 };
 

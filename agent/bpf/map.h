@@ -26,9 +26,10 @@ class BpfMap {
     if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) != 0)
       return failErrno(fmt::format("cannot query BPF map {}", name));
     if (info.key_size != sizeof(Key) || info.value_size != sizeof(Value))
-      return fail(fmt::format("BPF map {} has key/value size {}/{}, expected {}/{}: the pinned map is from "
-                              "an incompatible build; remove it and restart the agent",
-                              name, info.key_size, info.value_size, sizeof(Key), sizeof(Value)));
+      return fail(
+          fmt::format("BPF map {} has key/value size {}/{}, expected {}/{}: the pinned map is from "
+                      "an incompatible build; remove it and restart the agent",
+                      name, info.key_size, info.value_size, sizeof(Key), sizeof(Value)));
     BpfMap m;
     m.fd_ = std::move(fd);
     m.name_ = name;

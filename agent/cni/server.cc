@@ -83,7 +83,8 @@ void Server::loop() {
     int c = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
     if (c < 0) continue;
     if (in_flight_.load() >= kMaxInFlight) {
-      writeAll(c, sluice::cni::encode(CniReply{false, false, "sluice agent is overloaded with CNI requests; retry", ""}));
+      writeAll(c, sluice::cni::encode(CniReply{
+                      false, false, "sluice agent is overloaded with CNI requests; retry", ""}));
       ::close(c);
       continue;
     }
@@ -101,7 +102,8 @@ void Server::serve(int fd) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kReadDeadlineMs);
   char buf[4096];
   while (line.find('\n') == std::string::npos) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       logger()->warn("CNI client sent no complete request within {} ms; closing", kReadDeadlineMs);
       writeAll(fd, sluice::cni::encode(CniReply{false, false, "request not received in time", ""}));
@@ -120,13 +122,16 @@ void Server::serve(int fd) {
   auto req = sluice::cni::decodeRequest(line.substr(0, line.find('\n')));
   if (!req) {
     logger()->warn("rejected malformed CNI request: {}", req.error().describe());
-    writeAll(fd, sluice::cni::encode(CniReply{false, false, "malformed request: " + req.error().describe(), ""}));
+    writeAll(fd, sluice::cni::encode(
+                     CniReply{false, false, "malformed request: " + req.error().describe(), ""}));
     return;
   }
-  logger()->info("CNI {} container={} pod={}/{}", req->command, req->container_id, req->pod_namespace,
-                 req->pod_name);
+  logger()->info("CNI {} container={} pod={}/{}", req->command, req->container_id,
+                 req->pod_namespace, req->pod_name);
   CniReply reply = handler_.handle(*req);
-  if (!reply.ok) logger()->warn("CNI {} for {}/{} failed: {}", req->command, req->pod_namespace, req->pod_name, reply.error);
+  if (!reply.ok)
+    logger()->warn("CNI {} for {}/{} failed: {}", req->command, req->pod_namespace, req->pod_name,
+                   reply.error);
   writeAll(fd, sluice::cni::encode(reply));
 }
 

@@ -1,8 +1,8 @@
 #include "agent/discovery/client.h"
 
-#include <random>
-
 #include <grpcpp/grpcpp.h>
+
+#include <random>
 
 #include "sluice.grpc.pb.h"
 #include "sluice/common/log.h"
@@ -60,7 +60,8 @@ void Client::run() {
     while (reader->Read(&resp)) {
       if (!connected_) {
         logger->info("{} control plane at {} (resuming from version {})",
-                     was_connected ? "reconnected to" : "connected to", config_.target, version_.load());
+                     was_connected ? "reconnected to" : "connected to", config_.target,
+                     version_.load());
         connected_ = was_connected = true;
         setError("");
         backoff = config_.initial_backoff;
@@ -81,14 +82,15 @@ void Client::run() {
     if (stopping_) break;
     std::string err = status.ok() ? "stream ended" : status.error_message();
     if (connected_)
-      logger->warn("control plane at {} unreachable ({}); keeping the last view (version {})", config_.target, err,
-                   version_.load());
+      logger->warn("control plane at {} unreachable ({}); keeping the last view (version {})",
+                   config_.target, err, version_.load());
     else
       logger->debug("control plane at {} still unreachable: {}", config_.target, err);
     connected_ = false;
     setError(err);
     // Full jitter over the current backoff window.
-    auto wait = std::chrono::milliseconds(std::uniform_int_distribution<long>(backoff.count() / 2, backoff.count())(rng));
+    auto wait = std::chrono::milliseconds(
+        std::uniform_int_distribution<long>(backoff.count() / 2, backoff.count())(rng));
     backoff = std::min(backoff * 2, config_.max_backoff);
     std::unique_lock lk(mu_);
     wake_.wait_for(lk, wait, [&] { return stopping_.load(); });

@@ -33,7 +33,7 @@ class Listener {
 };
 
 struct ClientConfig {
-  std::string target;      // host:port
+  std::string target;  // host:port
   std::string node_name;
   std::chrono::milliseconds initial_backoff{100};
   std::chrono::milliseconds max_backoff{5000};
@@ -50,7 +50,8 @@ class Client {
   std::string lastError() const;
 
  private:
-  Client(ClientConfig config, Listener& listener) : config_(std::move(config)), listener_(listener) {}
+  Client(ClientConfig config, Listener& listener)
+      : config_(std::move(config)), listener_(listener) {}
   void run();
   void setError(const std::string& e);
 

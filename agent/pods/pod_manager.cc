@@ -15,6 +15,15 @@ namespace sluice::agent::pods {
 namespace {
 auto logger() { return log::get("pods"); }
 
+// The persisted form of a pod (also the base of its config_dump entry).
+nlohmann::json podJson(const LocalPod& p) {
+  return {{"uid", p.ref.uid},           {"namespace", p.ref.ns},
+          {"name", p.ref.name},         {"container_id", p.ref.container_id},
+          {"netns", p.ref.netns_path},  {"ifname", p.ref.ifname},
+          {"ip", formatIp4(p.ref.ip4)}, {"netns_cookie", p.netns_cookie},
+          {"enrolled", p.enrolled}};
+}
+
 std::string podName(const PodRef& r) { return r.ns + "/" + r.name; }
 }  // namespace
 
@@ -52,8 +61,8 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
     pod.netns_cookie = *cookie;
     pods_.emplace(ref.container_id, std::move(pod));
     persist();
-    logger()->info("pod {} added (container {}, ip {}, netns cookie {})", podName(ref), ref.container_id,
-                   formatIp4(ref.ip4), *cookie);
+    logger()->info("pod {} added (container {}, ip {}, netns cookie {})", podName(ref),
+                   ref.container_id, formatIp4(ref.ip4), *cookie);
   }
   // In Kubernetes the Pod object exists before its sandbox; give the control
   // plane's view a bounded time to catch up before deciding.
@@ -61,9 +70,11 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
   auto it = pods_.find(ref.container_id);
   if (it == pods_.end()) return fail("pod was deleted while it was being added");
   reconcile(it->second);
-  if (!it->second.last_error.empty()) return fail("enrolling the pod failed: " + it->second.last_error);
+  if (!it->second.last_error.empty())
+    return fail("enrolling the pod failed: " + it->second.last_error);
   if (!decide(ref).known)
-    logger()->warn("pod {} is not known to the control plane yet; it runs unenrolled until it is", podName(ref));
+    logger()->warn("pod {} is not known to the control plane yet; it runs unenrolled until it is",
+                   podName(ref));
   return it->second.enrolled;
 }
 
@@ -85,11 +96,13 @@ Result<void> PodManager::check(const std::string& container_id, const std::strin
   std::lock_guard lk(mu_);
   auto it = pods_.find(container_id);
   if (it == pods_.end())
-    return fail(fmt::format("the sluice agent does not know container {} (pod uid {})", container_id, uid));
+    return fail(
+        fmt::format("the sluice agent does not know container {} (pod uid {})", container_id, uid));
   const LocalPod& pod = it->second;
   Decision d = decide(pod.ref);
   if (d.known && d.enrolled != pod.enrolled)
-    return fail(fmt::format("pod should be {} but is {}: {}", d.enrolled ? "enrolled" : "unenrolled",
+    return fail(fmt::format("pod should be {} but is {}: {}",
+                            d.enrolled ? "enrolled" : "unenrolled",
                             pod.enrolled ? "enrolled" : "unenrolled", pod.last_error));
   if (pod.enrolled && !loader_.enrolled().lookup(pod.netns_cookie))
     return fail("pod is enrolled but its netns cookie is missing from the BPF enrolled map");
@@ -148,8 +161,8 @@ Result<void> PodManager::enroll(LocalPod& pod) {
   pod.enrolled = true;
   pod.last_error.clear();
   persist();
-  logger()->info("pod {} enrolled (ip {}, netns cookie {})", podName(pod.ref), formatIp4(pod.ref.ip4),
-                 pod.netns_cookie);
+  logger()->info("pod {} enrolled (ip {}, netns cookie {})", podName(pod.ref),
+                 formatIp4(pod.ref.ip4), pod.netns_cookie);
   return {};
 }
 
@@ -164,17 +177,7 @@ void PodManager::unenroll(LocalPod& pod) {
 
 void PodManager::persist() const {
   nlohmann::json pods = nlohmann::json::array();
-  for (const auto& [id, p] : pods_) {
-    pods.push_back({{"uid", p.ref.uid},
-                    {"namespace", p.ref.ns},
-                    {"name", p.ref.name},
-                    {"container_id", p.ref.container_id},
-                    {"netns", p.ref.netns_path},
-                    {"ifname", p.ref.ifname},
-                    {"ip", formatIp4(p.ref.ip4)},
-                    {"netns_cookie", p.netns_cookie},
-                    {"enrolled", p.enrolled}});
-  }
+  for (const auto& [id, p] : pods_) pods.push_back(podJson(p));
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(state_file_).parent_path(), ec);
   std::string tmp = state_file_ + ".tmp";
@@ -182,7 +185,8 @@ void PodManager::persist() const {
     std::ofstream out(tmp, std::ios::trunc);
     out << nlohmann::json{{"version", 1}, {"pods", pods}}.dump(2) << "\n";
     if (!out) {
-      logger()->error("cannot write agent state {}: pods would not be re-adopted after a restart", tmp);
+      logger()->error("cannot write agent state {}: pods would not be re-adopted after a restart",
+                      tmp);
       return;
     }
   }
@@ -196,8 +200,10 @@ void PodManager::restore() {
   if (in) {
     nlohmann::json state = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
     if (state.is_discarded() || !state.contains("pods") || !state["pods"].is_array()) {
-      logger()->error("agent state file {} is unreadable; starting with no pods (CNI CHECK/ADD will repopulate)",
-                      state_file_);
+      logger()->error(
+          "agent state file {} is unreadable; starting with no pods (CNI CHECK/ADD will "
+          "repopulate)",
+          state_file_);
     } else {
       for (const auto& j : state["pods"]) {
         try {
@@ -213,13 +219,14 @@ void PodManager::restore() {
           uint64_t saved_cookie = j.at("netns_cookie").get<uint64_t>();
           auto netns = openNetns(ref.netns_path);
           if (!netns) {
-            logger()->info("pod {} is gone ({}); dropping it", podName(ref), netns.error().describe());
+            logger()->info("pod {} is gone ({}); dropping it", podName(ref),
+                           netns.error().describe());
             continue;
           }
           auto cookie = netnsCookie(netns->get());
           if (!cookie || *cookie != saved_cookie) {
-            logger()->info("pod {}: netns {} is not the one enrolled before; dropping it", podName(ref),
-                           ref.netns_path);
+            logger()->info("pod {}: netns {} is not the one enrolled before; dropping it",
+                           podName(ref), ref.netns_path);
             continue;
           }
           LocalPod pod;
@@ -257,16 +264,10 @@ nlohmann::json PodManager::dump() const {
   std::lock_guard lk(mu_);
   nlohmann::json pods = nlohmann::json::array();
   for (const auto& [id, p] : pods_) {
-    pods.push_back({{"uid", p.ref.uid},
-                    {"namespace", p.ref.ns},
-                    {"name", p.ref.name},
-                    {"container_id", p.ref.container_id},
-                    {"netns", p.ref.netns_path},
-                    {"ip", formatIp4(p.ref.ip4)},
-                    {"netns_cookie", p.netns_cookie},
-                    {"service_account", p.service_account},
-                    {"enrolled", p.enrolled},
-                    {"error", p.last_error}});
+    nlohmann::json j = podJson(p);
+    j["service_account"] = p.service_account;
+    j["error"] = p.last_error;
+    pods.push_back(std::move(j));
   }
   nlohmann::json workloads = nlohmann::json::array();
   for (const auto& [uid, w] : workloads_) {

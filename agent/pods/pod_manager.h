@@ -14,10 +14,9 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/bpf/loader.h"
 #include "sluice.pb.h"
@@ -30,13 +29,13 @@ namespace sluice::agent::pods {
 using Workload = sluice::api::v1::Workload;
 
 struct PodRef {
-  std::string uid;            // K8S_POD_UID (may be empty with some runtimes)
-  std::string ns;             // K8S_POD_NAMESPACE
-  std::string name;           // K8S_POD_NAME
-  std::string container_id;   // CNI_CONTAINERID
-  std::string netns_path;     // CNI_NETNS
-  std::string ifname;         // CNI_IFNAME
-  uint32_t ip4 = 0;           // from prevResult, network order
+  std::string uid;           // K8S_POD_UID (may be empty with some runtimes)
+  std::string ns;            // K8S_POD_NAMESPACE
+  std::string name;          // K8S_POD_NAME
+  std::string container_id;  // CNI_CONTAINERID
+  std::string netns_path;    // CNI_NETNS
+  std::string ifname;        // CNI_IFNAME
+  uint32_t ip4 = 0;          // from prevResult, network order
 };
 
 struct LocalPod {
@@ -45,7 +44,7 @@ struct LocalPod {
   uint64_t netns_cookie = 0;
   bool enrolled = false;
   std::string service_account;
-  std::string last_error;     // why enrollment failed, for config_dump
+  std::string last_error;  // why enrollment failed, for config_dump
 };
 
 // Decision taken for a pod: known to the control plane, and enrolled or not.
@@ -78,11 +77,11 @@ class PodManager {
   size_t enrolledCount() const;
 
  private:
-  Decision decide(const PodRef& ref) const;   // needs mu_
-  void reconcile(LocalPod& pod);              // needs mu_
-  Result<void> enroll(LocalPod& pod);         // needs mu_
-  void unenroll(LocalPod& pod);               // needs mu_
-  void persist() const;                       // needs mu_
+  Decision decide(const PodRef& ref) const;               // needs mu_
+  void reconcile(LocalPod& pod);                          // needs mu_
+  Result<void> enroll(LocalPod& pod);                     // needs mu_
+  void unenroll(LocalPod& pod);                           // needs mu_
+  void persist() const;                                   // needs mu_
   const Workload* findWorkload(const PodRef& ref) const;  // needs mu_
 
   bpf::Loader& loader_;

@@ -1,11 +1,10 @@
 #include "sluice/common/addr.h"
 
 #include <arpa/inet.h>
+#include <fmt/format.h>
 
 #include <charconv>
 #include <cstring>
-
-#include <fmt/format.h>
 
 namespace sluice {
 

@@ -7,15 +7,22 @@ namespace sluice::cni {
 using nlohmann::json;
 
 std::string encode(const CniRequest& r) {
-  return json{{"command", r.command},         {"container_id", r.container_id}, {"netns", r.netns},
-              {"ifname", r.ifname},           {"pod_namespace", r.pod_namespace}, {"pod_name", r.pod_name},
-              {"pod_uid", r.pod_uid},         {"ips", r.ips}}
+  return json{{"command", r.command},
+              {"container_id", r.container_id},
+              {"netns", r.netns},
+              {"ifname", r.ifname},
+              {"pod_namespace", r.pod_namespace},
+              {"pod_name", r.pod_name},
+              {"pod_uid", r.pod_uid},
+              {"ips", r.ips}}
              .dump() +
          "\n";
 }
 
 std::string encode(const CniReply& r) {
-  return json{{"ok", r.ok}, {"enrolled", r.enrolled}, {"error", r.error}, {"details", r.details}}.dump() + "\n";
+  return json{{"ok", r.ok}, {"enrolled", r.enrolled}, {"error", r.error}, {"details", r.details}}
+             .dump() +
+         "\n";
 }
 
 namespace {
@@ -45,9 +52,12 @@ Result<CniRequest> decodeRequest(const std::string& line) {
     const char* key;
     std::string* out;
     bool required;
-  } fields[] = {{"command", &r.command, true},           {"container_id", &r.container_id, true},
-                {"netns", &r.netns, false},              {"ifname", &r.ifname, false},
-                {"pod_namespace", &r.pod_namespace, false}, {"pod_name", &r.pod_name, false},
+  } fields[] = {{"command", &r.command, true},
+                {"container_id", &r.container_id, true},
+                {"netns", &r.netns, false},
+                {"ifname", &r.ifname, false},
+                {"pod_namespace", &r.pod_namespace, false},
+                {"pod_name", &r.pod_name, false},
                 {"pod_uid", &r.pod_uid, false}};
   for (auto& f : fields) {
     auto v = str(*j, f.key, f.required);
@@ -74,7 +84,8 @@ Result<CniReply> decodeReply(const std::string& line) {
   if (!j->contains("ok") || !(*j)["ok"].is_boolean()) return fail("reply without a boolean 'ok'");
   CniReply r;
   r.ok = (*j)["ok"].get<bool>();
-  if (j->contains("enrolled") && (*j)["enrolled"].is_boolean()) r.enrolled = (*j)["enrolled"].get<bool>();
+  if (j->contains("enrolled") && (*j)["enrolled"].is_boolean())
+    r.enrolled = (*j)["enrolled"].get<bool>();
   if (auto e = str(*j, "error", false)) r.error = *e;
   if (auto d = str(*j, "details", false)) r.details = *d;
   return r;

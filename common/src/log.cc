@@ -1,8 +1,8 @@
 #include "sluice/common/log.h"
 
-#include <mutex>
-
 #include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <mutex>
 
 namespace sluice::log {
 
@@ -19,9 +19,7 @@ void setup(const std::string& level, bool json) {
     g_pattern = R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","component":"%n","msg":"%v"})";
   spdlog::set_pattern(g_pattern, spdlog::pattern_time_type::utc);
   spdlog::set_level(g_level);
-  spdlog::apply_all([](const std::shared_ptr<spdlog::logger>& l) {
-    l->set_level(g_level);
-  });
+  spdlog::apply_all([](const std::shared_ptr<spdlog::logger>& l) { l->set_level(g_level); });
 }
 
 std::shared_ptr<spdlog::logger> get(const std::string& component) {

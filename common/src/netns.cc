@@ -23,7 +23,8 @@ Result<UniqueFd> enterNetns(int netns_fd) {
   int self = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
   if (self < 0) return failErrno("cannot open /proc/thread-self/ns/net");
   UniqueFd original(self);
-  if (::setns(netns_fd, CLONE_NEWNET) != 0) return failErrno("setns into pod network namespace failed");
+  if (::setns(netns_fd, CLONE_NEWNET) != 0)
+    return failErrno("setns into pod network namespace failed");
   return original;
 }
 

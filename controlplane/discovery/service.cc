@@ -13,7 +13,8 @@ grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::Wat
   auto logger = log::get("discovery");
   const std::string node = req->node();
   if (node.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "WatchRequest.node is required"};
-  logger->info("agent of node {} connected from {} (resume version {})", node, ctx->peer(), req->resume_version());
+  logger->info("agent of node {} connected from {} (resume version {})", node, ctx->peer(),
+               req->resume_version());
   auto toResponse = [&](const model::Delta& d) {
     WatchResponse r;
     r.set_version(d.version);

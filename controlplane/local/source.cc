@@ -4,13 +4,12 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include <yaml-cpp/yaml.h>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
@@ -28,7 +27,8 @@ std::string where(const YAML::Node& n) {
   return m.is_null() ? "" : fmt::format(" (line {})", m.line + 1);
 }
 
-Result<std::string> scalar(const YAML::Node& parent, const char* key, bool required, const std::string& ctx) {
+Result<std::string> scalar(const YAML::Node& parent, const char* key, bool required,
+                           const std::string& ctx) {
   YAML::Node n = parent[key];
   if (!n || n.IsNull()) {
     if (required) return fail(fmt::format("{}: '{}' is required", ctx, key));
@@ -43,7 +43,8 @@ Result<std::map<std::string, std::string>> stringMap(const YAML::Node& parent, c
   std::map<std::string, std::string> out;
   YAML::Node n = parent[key];
   if (!n || n.IsNull()) return out;
-  if (!n.IsMap()) return fail(fmt::format("{}: '{}' must be a map of strings{}", ctx, key, where(n)));
+  if (!n.IsMap())
+    return fail(fmt::format("{}: '{}' must be a map of strings{}", ctx, key, where(n)));
   for (const auto& kv : n) {
     if (!kv.first.IsScalar() || !kv.second.IsScalar())
       return fail(fmt::format("{}: '{}' must be a map of strings{}", ctx, key, where(kv.first)));
@@ -60,7 +61,8 @@ Result<model::Objects> parseYaml(const std::string& text) {
   try {
     docs = YAML::LoadAll(text);
   } catch (const YAML::Exception& e) {
-    return fail(fmt::format("YAML syntax error at line {}, column {}: {}", e.mark.line + 1, e.mark.column + 1, e.msg));
+    return fail(fmt::format("YAML syntax error at line {}, column {}: {}", e.mark.line + 1,
+                            e.mark.column + 1, e.msg));
   }
   std::set<std::string> uids;
   int index = 0;
@@ -77,7 +79,8 @@ Result<model::Objects> parseYaml(const std::string& text) {
         logger()->debug("{}: kind {} ignored", ctx, *kind);
         continue;
       }
-      if (!meta || !meta.IsMap()) return fail(fmt::format("{} ({}): 'metadata' must be a mapping", ctx, *kind));
+      if (!meta || !meta.IsMap())
+        return fail(fmt::format("{} ({}): 'metadata' must be a mapping", ctx, *kind));
       auto name = scalar(meta, "name", true, ctx + " metadata");
       if (!name) return tl::unexpected(name.error());
       if (name->empty()) return fail(ctx + ": metadata.name is empty");
@@ -97,7 +100,8 @@ Result<model::Objects> parseYaml(const std::string& text) {
       auto uid = scalar(meta, "uid", false, ctx + " metadata");
       if (!uid) return tl::unexpected(uid.error());
       pod.uid = uid->empty() ? pod.ns + "/" + pod.name : *uid;
-      if (!uids.insert(pod.uid).second) return fail(fmt::format("{}: duplicate uid {}", ctx, pod.uid));
+      if (!uids.insert(pod.uid).second)
+        return fail(fmt::format("{}: duplicate uid {}", ctx, pod.uid));
       YAML::Node spec = doc["spec"];
       if (spec && !spec.IsNull()) {
         if (!spec.IsMap()) return fail(ctx + ": 'spec' must be a mapping");
@@ -121,7 +125,8 @@ Result<model::Objects> parseYaml(const std::string& text) {
             if (!e.IsMap()) return fail(ctx + ": status.podIPs entries must be {ip: ...}");
             auto v = scalar(e, "ip", true, ctx + " status.podIPs[]");
             if (!v) return tl::unexpected(v.error());
-            if (std::find(pod.ips.begin(), pod.ips.end(), *v) == pod.ips.end()) pod.ips.push_back(*v);
+            if (std::find(pod.ips.begin(), pod.ips.end(), *v) == pod.ips.end())
+              pod.ips.push_back(*v);
           }
         }
         for (const auto& a : pod.ips)
@@ -136,15 +141,18 @@ Result<model::Objects> parseYaml(const std::string& text) {
   return objs;
 }
 
-Result<std::unique_ptr<DirectorySource>> DirectorySource::create(const std::string& dir, model::Store& store) {
+Result<std::unique_ptr<DirectorySource>> DirectorySource::create(const std::string& dir,
+                                                                 model::Store& store) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (!fs::is_directory(dir, ec)) return fail(fmt::format("--local-config {} is not a directory", dir));
+  if (!fs::is_directory(dir, ec))
+    return fail(fmt::format("--local-config {} is not a directory", dir));
   std::unique_ptr<DirectorySource> self(new DirectorySource(dir, store));
   self->inotify_ = UniqueFd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
   if (!self->inotify_) return failErrno("inotify_init1 failed");
-  if (inotify_add_watch(self->inotify_.get(), dir.c_str(),
-                        IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_MODIFY) < 0)
+  if (inotify_add_watch(
+          self->inotify_.get(), dir.c_str(),
+          IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_MODIFY) < 0)
     return failErrno(fmt::format("cannot watch {}", dir));
   self->wake_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   self->rescan();
@@ -191,11 +199,12 @@ void DirectorySource::rescan() {
     if (old != contents_.end() && old->second == text) continue;
     contents_[file] = text;
     auto objs = parseYaml(text);
-    Result<void> applied = objs ? store_.setSource(file, std::move(*objs)) : tl::unexpected(objs.error());
+    Result<void> applied =
+        objs ? store_.setSource(file, std::move(*objs)) : tl::unexpected(objs.error());
     if (!applied) {
       rejected_[file] = applied.error().describe();
-      logger()->warn("rejected {}: {}; its last good content stays in effect", (fs::path(dir_) / file).string(),
-                     rejected_[file]);
+      logger()->warn("rejected {}: {}; its last good content stays in effect",
+                     (fs::path(dir_) / file).string(), rejected_[file]);
     } else {
       rejected_.erase(file);
       logger()->info("loaded {}", (fs::path(dir_) / file).string());

@@ -22,7 +22,8 @@ Result<model::Objects> parseYaml(const std::string& text);
 class DirectorySource {
  public:
   // Loads the directory once (synchronously) and then watches it.
-  static Result<std::unique_ptr<DirectorySource>> create(const std::string& dir, model::Store& store);
+  static Result<std::unique_ptr<DirectorySource>> create(const std::string& dir,
+                                                         model::Store& store);
   ~DirectorySource();
 
   // Re-reads every file; applies what changed. Called by the watcher thread;

@@ -18,10 +18,12 @@ Result<void> Store::setSource(const std::string& source, Objects objects) {
     if (other == source) continue;
     for (const auto& p : objs.pods)
       for (const auto& q : objects.pods)
-        if (p.uid == q.uid) return fail(fmt::format("pod uid {} is already defined by {}", q.uid, other));
+        if (p.uid == q.uid)
+          return fail(fmt::format("pod uid {} is already defined by {}", q.uid, other));
     for (const auto& n : objs.namespaces)
       for (const auto& m : objects.namespaces)
-        if (n.name == m.name) return fail(fmt::format("namespace {} is already defined by {}", m.name, other));
+        if (n.name == m.name)
+          return fail(fmt::format("namespace {} is already defined by {}", m.name, other));
   }
   sources_[source] = std::move(objects);
   recompute();
@@ -56,7 +58,8 @@ void Store::recompute() {
   Delta d;
   for (const auto& [uid, w] : next) {
     auto old = workloads_.find(uid);
-    if (old == workloads_.end() || !google::protobuf::util::MessageDifferencer::Equals(old->second, w))
+    if (old == workloads_.end() ||
+        !google::protobuf::util::MessageDifferencer::Equals(old->second, w))
       d.upserts.push_back(w);
   }
   for (const auto& [uid, w] : workloads_)

@@ -47,7 +47,7 @@ struct Objects {
 
 struct Delta {
   uint64_t version = 0;
-  bool full = false;                     // true: `upserts` is the whole state
+  bool full = false;  // true: `upserts` is the whole state
   std::vector<Workload> upserts;
   std::vector<std::string> removed_uids;
 };

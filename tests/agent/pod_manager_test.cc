@@ -1,11 +1,12 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include "agent/pods/pod_manager.h"
+
 #include <doctest/doctest.h>
 
 #include <filesystem>
 #include <mutex>
 #include <set>
 
-#include "agent/pods/pod_manager.h"
 #include "sluice/common/addr.h"
 #include "support/scratch_netns.h"
 
@@ -53,8 +54,10 @@ struct Fixture {
   uint64_t cookie = 0;
 
   Fixture() {
-    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up && "
-           "ip addr add 10.77.2.5/24 dev eth0");
+    pod.sh(
+        "ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up "
+        "&& "
+        "ip addr add 10.77.2.5/24 dev eth0");
     auto l = bpf::Loader::create({pin, "/sys/fs/cgroup/unified", {}});
     REQUIRE_MESSAGE(l.has_value(), (l ? "" : l.error().describe()));
     loader = std::move(*l);
@@ -96,7 +99,9 @@ TEST_SUITE("pod_manager") {
     CHECK(pm.check("ctr-1", "uid-1").has_value());
     // tc filter is really there.
     int rc = -1;
-    (void)runInNetns(f.pod.fd(), [&] { rc = std::system("tc filter show dev eth0 ingress | grep -q sluice_tc_inbou"); });
+    (void)runInNetns(f.pod.fd(), [&] {
+      rc = std::system("tc filter show dev eth0 ingress | grep -q sluice_tc_inbou");
+    });
     CHECK(rc == 0);
 
     pm.remove("ctr-1", "uid-1");
@@ -143,7 +148,9 @@ TEST_SUITE("pod_manager") {
     CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
   }
 
-  TEST_CASE("restart: a new manager re-adopts enrolled pods from the state file and drops stale cookies") {
+  TEST_CASE(
+      "restart: a new manager re-adopts enrolled pods from the state file and drops stale "
+      "cookies") {
     Fixture f;
     {
       pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");

@@ -1,11 +1,10 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <arpa/inet.h>
+#include <doctest/doctest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <doctest/doctest.h>
 
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
@@ -72,7 +71,8 @@ sockaddr_in peerOf(int fd) {
 }  // namespace
 
 TEST_SUITE("capture.bpf") {
-  TEST_CASE("connect4 redirects enrolled pods to 15001 and the original destination is recoverable") {
+  TEST_CASE(
+      "connect4 redirects enrolled pods to 15001 and the original destination is recoverable") {
     test::ScratchNetns pod;
     pod.sh("ip addr add 10.77.0.5/32 dev lo && ip addr add 10.77.0.9/32 dev lo");
     LoadedCapture bpf;
@@ -94,7 +94,8 @@ TEST_SUITE("capture.bpf") {
       // Pinned map lookup, as the proxy does it.
       auto peer = peerOf(a.get());
       auto local = localOf(a.get());
-      sluice_pair_key k{*cookie, peer.sin_addr.s_addr, local.sin_addr.s_addr, peer.sin_port, local.sin_port, 0};
+      sluice_pair_key k{*cookie,       peer.sin_addr.s_addr, local.sin_addr.s_addr,
+                        peer.sin_port, local.sin_port,       0};
       auto d = bpf.loader->origDst().lookup(k);
       REQUIRE(d.has_value());
       CHECK(formatEndpoint(makeSockaddr(d->ip4, ntohs(d->port))) == "10.77.0.9:8080");

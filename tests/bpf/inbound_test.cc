@@ -1,5 +1,6 @@
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <doctest/doctest.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
@@ -8,8 +9,6 @@
 
 #include <cstring>
 #include <vector>
-
-#include <doctest/doctest.h>
 
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
@@ -58,8 +57,8 @@ std::pair<int, std::vector<uint64_t>> run(Loader& loader, int netns, const Packe
   int verdict = -1;
   int err = 0;
   auto r = runInNetns(netns, [&] {
-    LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt.data(), .data_size_in = static_cast<__u32>(pkt.size()),
-                .repeat = 1);
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt.data(),
+                .data_size_in = static_cast<__u32>(pkt.size()), .repeat = 1);
     err = bpf_prog_test_run_opts(loader.tcProgramFd(), &opts);
     verdict = static_cast<int>(opts.retval);
   });
@@ -96,12 +95,19 @@ TEST_SUITE("inbound.bpf") {
       sluice_stat expect;
     };
     const Case cases[] = {
-        {"udp passes", {"10.77.1.9", "10.77.1.5", 8080, false, false, IPPROTO_UDP}, SLUICE_STAT_TC_PASSED},
+        {"udp passes",
+         {"10.77.1.9", "10.77.1.5", 8080, false, false, IPPROTO_UDP},
+         SLUICE_STAT_TC_PASSED},
         {"syn-ack passes", {"10.77.1.9", "10.77.1.5", 8080, true, true}, SLUICE_STAT_TC_PASSED},
         {"plain ack passes", {"10.77.1.9", "10.77.1.5", 8080, false, true}, SLUICE_STAT_TC_PASSED},
-        {"syn to hbone port passes", {"10.77.1.9", "10.77.1.5", 15008, true, false}, SLUICE_STAT_TC_PASSED},
-        {"syn to excluded port passes", {"10.77.1.9", "10.77.1.5", 9999, true, false}, SLUICE_STAT_TC_PASSED},
-        {"syn without a 15006 listener is counted", {"10.77.1.9", "10.77.1.5", 8080, true, false},
+        {"syn to hbone port passes",
+         {"10.77.1.9", "10.77.1.5", 15008, true, false},
+         SLUICE_STAT_TC_PASSED},
+        {"syn to excluded port passes",
+         {"10.77.1.9", "10.77.1.5", 9999, true, false},
+         SLUICE_STAT_TC_PASSED},
+        {"syn without a 15006 listener is counted",
+         {"10.77.1.9", "10.77.1.5", 8080, true, false},
          SLUICE_STAT_TC_NO_LISTENER},
     };
     for (const auto& c : cases) {

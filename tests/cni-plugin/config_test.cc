@@ -1,14 +1,16 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include "cni-plugin/config.h"
+
 #include <doctest/doctest.h>
 
-#include "cni-plugin/config.h"
 #include "sluice/common/cni_protocol.h"
 
 using namespace sluice::cni;
 
 TEST_SUITE("config") {
   TEST_CASE("a chained 1.0.0 config with prevResult") {
-    auto c = parseConfig(R"({"cniVersion":"1.0.0","name":"k8s","type":"sluice-cni","agentSocket":"/run/x.sock",
+    auto c = parseConfig(
+        R"({"cniVersion":"1.0.0","name":"k8s","type":"sluice-cni","agentSocket":"/run/x.sock",
       "failOpen":true,"timeoutMs":2000,"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],
       "ips":[{"address":"10.244.1.5/24","interface":0},{"address":"fd00::5/64"}]}})");
     REQUIRE(c.has_value());
@@ -46,7 +48,8 @@ TEST_SUITE("config") {
         {R"({"cniVersion":"1.0.0","prevResult":[]})", kDecodingFailure},
         {R"({"cniVersion":"1.0.0","prevResult":{"ips":{}}})", kDecodingFailure},
         {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":7}]}})", kDecodingFailure},
-        {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":"300.1.1.1/24"}]}})", kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":"300.1.1.1/24"}]}})",
+         kDecodingFailure},
     };
     for (const auto& c : cases) {
       CAPTURE(c.text);
@@ -58,18 +61,26 @@ TEST_SUITE("config") {
     CHECK_FALSE(parseConfig(std::string(2 << 20, ' ')).has_value());
   }
   TEST_CASE("environment and CNI_ARGS") {
-    auto e = parseEnvironment({{"CNI_COMMAND", "ADD"}, {"CNI_CONTAINERID", "c1"}, {"CNI_NETNS", "/var/run/netns/p"},
-                               {"CNI_IFNAME", "eth0"},
-                               {"CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_UID=u"}});
+    auto e = parseEnvironment(
+        {{"CNI_COMMAND", "ADD"},
+         {"CNI_CONTAINERID", "c1"},
+         {"CNI_NETNS", "/var/run/netns/p"},
+         {"CNI_IFNAME", "eth0"},
+         {"CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_UID=u"}});
     REQUIRE(e.has_value());
     CHECK(e->args["K8S_POD_NAMESPACE"] == "shop");
     CHECK(e->args["K8S_POD_UID"] == "u");
     CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "ADD"}}).has_value());
     CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "EXPLODE"}}).has_value());
-    CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "ADD"}, {"CNI_CONTAINERID", "c"}, {"CNI_IFNAME", "eth0"},
-                                  {"CNI_NETNS", "/x"}, {"CNI_ARGS", "novalue"}})
+    CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "ADD"},
+                                  {"CNI_CONTAINERID", "c"},
+                                  {"CNI_IFNAME", "eth0"},
+                                  {"CNI_NETNS", "/x"},
+                                  {"CNI_ARGS", "novalue"}})
                     .has_value());
-    CHECK(parseEnvironment({{"CNI_COMMAND", "DEL"}, {"CNI_CONTAINERID", "c"}, {"CNI_IFNAME", "eth0"}}).has_value());
+    CHECK(
+        parseEnvironment({{"CNI_COMMAND", "DEL"}, {"CNI_CONTAINERID", "c"}, {"CNI_IFNAME", "eth0"}})
+            .has_value());
   }
 }
 
@@ -80,10 +91,11 @@ TEST_SUITE("cni_protocol") {
     REQUIRE(back.has_value());
     CHECK(back->pod_uid == "u1");
     CHECK(back->ips == r.ips);
-    for (const char* bad : {"", "null", "{}", R"({"command":"ADD"})", R"({"command":"NUKE","container_id":"c"})",
-                            R"({"command":"ADD","container_id":"c"})", R"({"command":"DEL","container_id":5})",
-                            R"({"command":"DEL","container_id":"c","ips":"x"})",
-                            R"({"command":"DEL","container_id":"c","ips":[1]})"}) {
+    for (const char* bad :
+         {"", "null", "{}", R"({"command":"ADD"})", R"({"command":"NUKE","container_id":"c"})",
+          R"({"command":"ADD","container_id":"c"})", R"({"command":"DEL","container_id":5})",
+          R"({"command":"DEL","container_id":"c","ips":"x"})",
+          R"({"command":"DEL","container_id":"c","ips":[1]})"}) {
       CAPTURE(bad);
       CHECK_FALSE(decodeRequest(bad).has_value());
     }

@@ -1,15 +1,14 @@
 // Runs the real sluice-cni binary against the real agent-side Server with a
 // fake Handler, as a container runtime would.
+#include <doctest/doctest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
-#include <string>
-
-#include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "agent/cni/server.h"
 
@@ -23,15 +22,17 @@ struct Run {
   std::string out;
 };
 
-Run runPlugin(const std::string& command, const std::string& stdin_text, const std::string& extra_env = "") {
+Run runPlugin(const std::string& command, const std::string& stdin_text,
+              const std::string& extra_env = "") {
   std::string in = "/tmp/sluice-cni-test-in-" + std::to_string(getpid());
   FILE* f = std::fopen(in.c_str(), "w");
   std::fwrite(stdin_text.data(), 1, stdin_text.size(), f);
   std::fclose(f);
-  std::string cmd = "env -i CNI_COMMAND=" + command +
-                    " CNI_CONTAINERID=ctr1 CNI_NETNS=/var/run/netns/x CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni "
-                    "CNI_ARGS='IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_UID=u1' " +
-                    extra_env + " " SLUICE_CNI_BINARY " < " + in;
+  std::string cmd =
+      "env -i CNI_COMMAND=" + command +
+      " CNI_CONTAINERID=ctr1 CNI_NETNS=/var/run/netns/x CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni "
+      "CNI_ARGS='IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_UID=u1' " +
+      extra_env + " " SLUICE_CNI_BINARY " < " + in;
   Run r;
   FILE* p = popen(cmd.c_str(), "r");
   char buf[4096];
@@ -43,17 +44,18 @@ Run runPlugin(const std::string& command, const std::string& stdin_text, const s
 }
 
 std::string conf(const std::string& sock, bool fail_open = false) {
-  return json{{"cniVersion", "1.0.0"},
-              {"name", "test"},
-              {"type", "sluice-cni"},
-              {"agentSocket", sock},
-              {"failOpen", fail_open},
-              {"timeoutMs", 1000},
-              {"prevResult",
-               {{"cniVersion", "1.0.0"},
-                {"interfaces", {{{"name", "eth0"}, {"sandbox", "/var/run/netns/x"}}}},
-                {"ips", {{{"address", "10.244.1.9/24"}, {"interface", 0}, {"gateway", "10.244.1.1"}}}},
-                {"dns", json::object()}}}}
+  return json{
+      {"cniVersion", "1.0.0"},
+      {"name", "test"},
+      {"type", "sluice-cni"},
+      {"agentSocket", sock},
+      {"failOpen", fail_open},
+      {"timeoutMs", 1000},
+      {"prevResult",
+       {{"cniVersion", "1.0.0"},
+        {"interfaces", {{{"name", "eth0"}, {"sandbox", "/var/run/netns/x"}}}},
+        {"ips", {{{"address", "10.244.1.9/24"}, {"interface", 0}, {"gateway", "10.244.1.1"}}}},
+        {"dns", json::object()}}}}
       .dump();
 }
 
@@ -98,7 +100,8 @@ TEST_SUITE("plugin") {
     CHECK(err["msg"].get<std::string>().find("refused by policy") != std::string::npos);
     CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);  // DEL never blocks cleanup
   }
-  TEST_CASE("agent unreachable: ADD fails closed (code 11) - failOpen passes - DEL succeeds twice") {
+  TEST_CASE(
+      "agent unreachable: ADD fails closed (code 11) - failOpen passes - DEL succeeds twice") {
     std::filesystem::remove(sock);
     auto r = runPlugin("ADD", conf(sock));
     CHECK(WEXITSTATUS(r.status) != 0);
@@ -115,8 +118,9 @@ TEST_SUITE("plugin") {
     FakeHandler h;
     auto server = agent::cni::Server::create(sock, h);
     REQUIRE(server.has_value());
-    for (std::string bad : {std::string(""), std::string("{"), std::string("\xff\xfe garbage"),
-                            std::string(R"({"cniVersion":"1.0.0"})") /* ADD without prevResult */}) {
+    for (std::string bad :
+         {std::string(""), std::string("{"), std::string("\xff\xfe garbage"),
+          std::string(R"({"cniVersion":"1.0.0"})") /* ADD without prevResult */}) {
       auto r = runPlugin("ADD", bad);
       CHECK(WEXITSTATUS(r.status) != 0);
       auto err = json::parse(r.out, nullptr, false);

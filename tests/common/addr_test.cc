@@ -1,7 +1,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include "sluice/common/addr.h"
+
 #include <doctest/doctest.h>
 
-#include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 
 TEST_SUITE("addr") {
@@ -24,5 +25,26 @@ TEST_SUITE("bpf_abi") {
     CHECK(offsetof(sluice_pair_key, src_port) == 16);
     CHECK(sizeof(sluice_orig_dst) == 8);
     CHECK((SLUICE_MARK_INBOUND_APP & SLUICE_MARK_MASK) == SLUICE_MARK_MINE);
+  }
+}
+
+#include "sluice/common/flags.h"
+
+TEST_SUITE("flags") {
+  TEST_CASE("both flag spellings and the errors operators see") {
+    const char* argv[] = {"x", "--a", "1", "--b=2", "-h", "--c="};
+    auto r = sluice::splitFlags(6, const_cast<char**>(argv));
+    REQUIRE(r.has_value());
+    REQUIRE(r->size() == 4);
+    CHECK((*r)[0].name == "--a");
+    CHECK((*r)[0].value == "1");
+    CHECK((*r)[1].value == "2");
+    CHECK((*r)[2].name == "--help");
+    CHECK((*r)[3].value.empty());
+    const char* dangling[] = {"x", "--a"};
+    CHECK(sluice::splitFlags(2, const_cast<char**>(dangling)).error().message ==
+          "flag --a needs a value");
+    const char* positional[] = {"x", "oops"};
+    CHECK_FALSE(sluice::splitFlags(2, const_cast<char**>(positional)).has_value());
   }
 }

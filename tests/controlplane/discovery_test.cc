@@ -1,5 +1,4 @@
 #include <doctest/doctest.h>
-
 #include <grpcpp/grpcpp.h>
 
 #include <thread>
@@ -15,7 +14,8 @@ namespace {
 
 class Recorder : public agent::discovery::Listener {
  public:
-  void onWorkloads(const std::map<std::string, agent::discovery::Workload>& all, uint64_t version) override {
+  void onWorkloads(const std::map<std::string, agent::discovery::Workload>& all,
+                   uint64_t version) override {
     std::lock_guard lk(mu);
     view = all;
     this->version = version;
@@ -45,7 +45,8 @@ struct ControlPlane {
   std::unique_ptr<grpc::Server> server;
   ControlPlane(controlplane::model::Store& s, int& port) : store(s) {
     grpc::ServerBuilder b;
-    b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(), &port);
+    b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
+                       &port);
     b.RegisterService(&service);
     server = b.BuildAndStart();
     REQUIRE(server);
@@ -79,7 +80,8 @@ TEST_SUITE("discovery") {
     auto cp = std::make_unique<ControlPlane>(store, port);
     REQUIRE(port != 0);
     Recorder rec;
-    auto client = agent::discovery::Client::create({"127.0.0.1:" + std::to_string(port), "node1", 50ms, 200ms}, rec);
+    auto client = agent::discovery::Client::create(
+        {"127.0.0.1:" + std::to_string(port), "node1", 50ms, 200ms}, rec);
     REQUIRE(client.has_value());
     CHECK(rec.waitUntil([](Recorder& r) { return r.view.count("uid-web") == 1; }));
     CHECK(rec.view["uid-web"].enrolled());
@@ -109,7 +111,8 @@ TEST_SUITE("discovery") {
     REQUIRE(store.setSource("a", podObjects("web")).has_value());
     int port = 0;
     ControlPlane cp(store, port);
-    auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+    auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                       grpc::InsecureChannelCredentials());
     auto stub = api::v1::Discovery::NewStub(channel);
     grpc::ClientContext ctx;
     api::v1::WatchRequest req;
@@ -129,8 +132,8 @@ TEST_SUITE("discovery") {
     controlplane::model::Store store;
     int port = 0;
     ControlPlane cp(store, port);
-    auto stub = api::v1::Discovery::NewStub(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+    auto stub = api::v1::Discovery::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
     api::v1::WatchRequest req;
     auto reader = stub->Watch(&ctx, req);

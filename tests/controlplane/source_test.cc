@@ -1,12 +1,11 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
-#include <doctest/doctest.h>
+#include "controlplane/local/source.h"
 
+#include <doctest/doctest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include "controlplane/local/source.h"
 
 using namespace sluice::controlplane;
 namespace fs = std::filesystem;
@@ -30,10 +29,12 @@ metadata:
   labels: {sluice.dev/mesh: enabled}
 )";
 
-std::string pod(const std::string& name, const std::string& ip, const std::string& extra_labels = "") {
-  return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name + "\n  namespace: shop\n  uid: uid-" + name +
-         "\n  labels: {app: " + name + extra_labels + "}\nspec:\n  nodeName: node1\n  serviceAccountName: sa-" +
-         name + "\nstatus:\n  podIP: " + ip + "\n";
+std::string pod(const std::string& name, const std::string& ip,
+                const std::string& extra_labels = "") {
+  return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name +
+         "\n  namespace: shop\n  uid: uid-" + name + "\n  labels: {app: " + name + extra_labels +
+         "}\nspec:\n  nodeName: node1\n  serviceAccountName: sa-" + name +
+         "\nstatus:\n  podIP: " + ip + "\n";
 }
 
 std::map<std::string, model::Workload> view(const model::Store& s) {
@@ -70,7 +71,8 @@ TEST_SUITE("local.source") {
         {"kind: Pod\nmetadata:\n  name: [1]\n  namespace: x\n", "name"},
         {"kind: [Pod]\n", "kind"},
         {"kind: Pod\n", "metadata"},
-        {"kind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.999}\n", "not an IP"},
+        {"kind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.999}\n",
+         "not an IP"},
         {"kind: Pod\nmetadata: {name: a, namespace: x, labels: [a]}\n", "labels"},
         {"kind: Pod\nmetadata: {name: a, namespace: x}\nspec: 7\n", "spec"},
         {"kind: Pod\nmetadata: {name: a, namespace: x\n", "syntax"},
@@ -85,7 +87,9 @@ TEST_SUITE("local.source") {
     }
   }
 
-  TEST_CASE("directory: a malformed file keeps its last good state - deletion removes - label flip re-enrolls") {
+  TEST_CASE(
+      "directory: a malformed file keeps its last good state - deletion removes - label flip "
+      "re-enrolls") {
     TempDir dir;
     dir.write("ns.yaml", kShop);
     dir.write("web.yaml", pod("web", "10.244.1.5"));
@@ -128,7 +132,8 @@ TEST_SUITE("local.source") {
     CHECK(d->upserts[0].uid() == "uid-b");
     CHECK(d->removed_uids == std::vector<std::string>{"uid-a"});
     CHECK_FALSE(store.waitSince(store.version(), std::chrono::milliseconds(10)).has_value());
-    auto full = store.waitSince(store.version() + 100, std::chrono::milliseconds(10));  // from another incarnation
+    auto full = store.waitSince(store.version() + 100,
+                                std::chrono::milliseconds(10));  // from another incarnation
     REQUIRE(full.has_value());
     CHECK(full->full);
   }

@@ -3,6 +3,7 @@
 // so a failing test cannot leak it.
 #pragma once
 
+#include <doctest/doctest.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
@@ -11,15 +12,14 @@
 #include <stdexcept>
 #include <string>
 
-#include <doctest/doctest.h>
-
 #include "sluice/common/netns.h"
 
 namespace sluice::test {
 
 // Fails the test (never skips) when not root: kernel tests must really run.
 inline void requireRoot() {
-  REQUIRE_MESSAGE(geteuid() == 0, "this test loads BPF programs / creates namespaces and must run as root");
+  REQUIRE_MESSAGE(geteuid() == 0,
+                  "this test loads BPF programs / creates namespaces and must run as root");
 }
 
 class ScratchNetns {
@@ -35,7 +35,9 @@ class ScratchNetns {
     sh("ip link set lo up");
   }
   int fd() const { return fd_.get(); }
-  std::string path() const { return "/proc/" + std::to_string(::getpid()) + "/fd/" + std::to_string(fd_.get()); }
+  std::string path() const {
+    return "/proc/" + std::to_string(::getpid()) + "/fd/" + std::to_string(fd_.get());
+  }
 
   // Runs a shell command inside the namespace; fails the test on non-zero exit.
   void sh(const std::string& cmd) const {

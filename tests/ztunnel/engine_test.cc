@@ -1,7 +1,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
-#include <doctest/doctest.h>
+#include "sluice/ztunnel/engine.h"
 
 #include <arpa/inet.h>
+#include <doctest/doctest.h>
 #include <netinet/tcp.h>
 #include <openssl/sha.h>
 #include <poll.h>
@@ -16,7 +17,6 @@
 
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
-#include "sluice/ztunnel/engine.h"
 #include "support/scratch_netns.h"
 
 using namespace sluice;
@@ -27,7 +27,8 @@ namespace {
 // Maps every outbound connection to one configured destination.
 class FakeResolver final : public ztunnel::OrigDstResolver {
  public:
-  std::optional<sockaddr_in> originalDst(uint64_t, const sockaddr_in&, const sockaddr_in&) override {
+  std::optional<sockaddr_in> originalDst(uint64_t, const sockaddr_in&,
+                                         const sockaddr_in&) override {
     if (!dst) return std::nullopt;
     return *dst;
   }
@@ -38,8 +39,10 @@ struct Pod {
   test::ScratchNetns ns;
   uint64_t cookie = 0;
   Pod() {
-    ns.sh("ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up && "
-          "ip addr add 10.77.3.5/24 dev eth0");
+    ns.sh(
+        "ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up "
+        "&& "
+        "ip addr add 10.77.3.5/24 dev eth0");
     cookie = *netnsCookie(ns.fd());
   }
   ztunnel::PodSpec spec() const {
@@ -66,7 +69,8 @@ struct Pod {
     auto s = socketInNetns(ns.fd(), AF_INET, SOCK_STREAM, 0);
     REQUIRE(s.has_value());
     auto sa = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
-    REQUIRE_MESSAGE(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0, strerror(errno));
+    REQUIRE_MESSAGE(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0,
+                    strerror(errno));
     timeval tv{10, 0};
     setsockopt(s->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     return std::move(*s);
@@ -140,9 +144,7 @@ TEST_SUITE("engine") {
     std::thread srv([&] {
       int c = ::accept(server.get(), nullptr, nullptr);
       REQUIRE(c >= 0);
-      std::thread w([&] {
-        sendAll(c, down.data(), down.size());
-      });
+      std::thread w([&] { sendAll(c, down.data(), down.size()); });
       auto got = recvAll(c);  // until the client's half-close arrives as EOF
       server_got = sha(got.data(), got.size());
       w.join();
@@ -273,7 +275,8 @@ TEST_SUITE("engine") {
     auto sa = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
     CHECK(eventually([&] {
       auto t = socketInNetns(pod.ns.fd(), AF_INET, SOCK_STREAM, 0);
-      return ::connect(t->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 && errno == ECONNREFUSED;
+      return ::connect(t->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 &&
+             errno == ECONNREFUSED;
     }));
     // and the pod can be added again
     CHECK(run.engine->addPod(pod.spec()).has_value());

@@ -1,10 +1,9 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
-#include <doctest/doctest.h>
+#include "ztunnel/uring/ring.h"
 
+#include <doctest/doctest.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
-
-#include "ztunnel/uring/ring.h"
 
 using namespace sluice::ztunnel::uring;
 

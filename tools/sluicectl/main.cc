@@ -7,10 +7,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/bpf/map.h"
 #include "sluice/common/addr.h"
@@ -55,17 +54,20 @@ json adminGet(const std::string& admin, const std::string& path) {
     die("cannot reach the agent admin API at " + admin + " (" + strerror(errno) +
         "): is sluice-agent running on this node? (--admin selects another address)");
   std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + admin + "\r\n\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) die("sending to the admin API failed");
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size()))
+    die("sending to the admin API failed");
   std::string resp;
   char buf[65536];
   ssize_t n;
   while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, n);
   close(fd);
   auto body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos) die("malformed answer from the admin API at " + admin);
+  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos)
+    die("malformed answer from the admin API at " + admin);
   int status = std::atoi(resp.c_str() + resp.find(' ') + 1);
   std::string payload = resp.substr(body + 4);
-  if (status != 200) die("admin API " + path + " answered " + std::to_string(status) + ": " + payload);
+  if (status != 200)
+    die("admin API " + path + " answered " + std::to_string(status) + ": " + payload);
   json j = json::parse(payload, nullptr, false);
   if (j.is_discarded()) die("admin API " + path + " returned invalid JSON");
   return j;
@@ -95,13 +97,15 @@ std::string humanBytes(uint64_t b) {
 int cmdWorkloads(const std::string& admin, bool as_json) {
   json dump = adminGet(admin, "/config_dump");
   if (as_json) {
-    std::printf("%s\n", json{{"workloads", dump["workloads"]}, {"pods", dump["pods"]}}.dump(2).c_str());
+    std::printf("%s\n",
+                json{{"workloads", dump["workloads"]}, {"pods", dump["pods"]}}.dump(2).c_str());
     return 0;
   }
   // Local pods carry enrollment state and netns cookies; remote ones come from the view.
   std::map<std::string, json> local;
   for (const auto& p : dump["pods"]) local[str(p, "namespace") + "/" + str(p, "name")] = p;
-  ctl::Table t({"NAMESPACE", "NAME", "NODE", "IP", "SERVICE-ACCOUNT", "MESHED", "LOCAL", "CAPTURED", "NETNS-COOKIE"});
+  ctl::Table t({"NAMESPACE", "NAME", "NODE", "IP", "SERVICE-ACCOUNT", "MESHED", "LOCAL", "CAPTURED",
+                "NETNS-COOKIE"});
   for (const auto& w : dump["workloads"]) {
     std::string key = str(w, "namespace") + "/" + str(w, "name");
     std::string ips;
@@ -109,7 +113,8 @@ int cmdWorkloads(const std::string& admin, bool as_json) {
     auto it = local.find(key);
     bool is_local = it != local.end();
     t.add({str(w, "namespace"), str(w, "name"), str(w, "node"), ips.empty() ? "<none>" : ips,
-           str(w, "service_account"), w.value("enrolled", false) ? "yes" : "no", is_local ? "yes" : "no",
+           str(w, "service_account"), w.value("enrolled", false) ? "yes" : "no",
+           is_local ? "yes" : "no",
            is_local ? (it->second.value("enrolled", false) ? "yes" : "no") : "-",
            is_local ? std::to_string(it->second.value("netns_cookie", 0ULL)) : "-"});
   }
@@ -123,10 +128,12 @@ int cmdConnections(const std::string& admin, bool as_json) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  ctl::Table t({"ID", "DIRECTION", "POD", "SOURCE", "DESTINATION", "PATH", "SENT", "RECEIVED", "DURATION", "STATE", "REASON"});
+  ctl::Table t({"ID", "DIRECTION", "POD", "SOURCE", "DESTINATION", "PATH", "SENT", "RECEIVED",
+                "DURATION", "STATE", "REASON"});
   for (const auto& c : j["connections"]) {
-    t.add({str(c, "id"), str(c, "direction"), str(c, "pod"), str(c, "source"), str(c, "destination"), str(c, "path"),
-           humanBytes(c.value("bytes_sent", 0ULL)), humanBytes(c.value("bytes_received", 0ULL)),
+    t.add({str(c, "id"), str(c, "direction"), str(c, "pod"), str(c, "source"),
+           str(c, "destination"), str(c, "path"), humanBytes(c.value("bytes_sent", 0ULL)),
+           humanBytes(c.value("bytes_received", 0ULL)),
            std::to_string(c.value("duration_ms", 0LL)) + "ms", str(c, "state"), str(c, "reason")});
   }
   std::fputs(t.render().c_str(), stdout);
@@ -150,7 +157,9 @@ int cmdStats(const std::string& admin, bool as_json) {
 int cmdBpf(const std::string& pin_dir, bool as_json) {
   using agent::bpf::BpfMap;
   auto enrolled = BpfMap<__u64, sluice_enrolled>::openPinned(pin_dir + "/sluice_enrolled_v1");
-  if (!enrolled) die(enrolled.error().describe() + " — is the agent installed with --bpf-pin-dir " + pin_dir + "?");
+  if (!enrolled)
+    die(enrolled.error().describe() + " — is the agent installed with --bpf-pin-dir " + pin_dir +
+        "?");
   auto orig = BpfMap<sluice_pair_key, sluice_orig_dst>::openPinned(pin_dir + "/sluice_orig_dst_v1");
   auto pending = BpfMap<__u64, sluice_orig_dst>::openPinned(pin_dir + "/sluice_cookie_dst_v1");
   auto excluded = BpfMap<__u16, __u8>::openPinned(pin_dir + "/sluice_excluded_ports_v1");
@@ -159,14 +168,16 @@ int cmdBpf(const std::string& pin_dir, bool as_json) {
   out["pin_dir"] = pin_dir;
   out["enrolled"] = json::array();
   for (const auto& [cookie, v] : enrolled->entries())
-    out["enrolled"].push_back({{"netns_cookie", cookie}, {"pod_ip", formatIp4(v.pod_ip4)}, {"flags", v.flags}});
+    out["enrolled"].push_back(
+        {{"netns_cookie", cookie}, {"pod_ip", formatIp4(v.pod_ip4)}, {"flags", v.flags}});
   out["orig_dst"] = json::array();
   if (orig)
     for (const auto& [k, v] : orig->entries())
-      out["orig_dst"].push_back({{"netns_cookie", k.netns_cookie},
-                                 {"client", formatEndpoint(makeSockaddr(k.src_ip4, ntohs(k.src_port)))},
-                                 {"listener", formatEndpoint(makeSockaddr(k.dst_ip4, ntohs(k.dst_port)))},
-                                 {"original_dst", formatEndpoint(makeSockaddr(v.ip4, ntohs(v.port)))}});
+      out["orig_dst"].push_back(
+          {{"netns_cookie", k.netns_cookie},
+           {"client", formatEndpoint(makeSockaddr(k.src_ip4, ntohs(k.src_port)))},
+           {"listener", formatEndpoint(makeSockaddr(k.dst_ip4, ntohs(k.dst_port)))},
+           {"original_dst", formatEndpoint(makeSockaddr(v.ip4, ntohs(v.port)))}});
   out["pending_connects"] = pending ? pending->entries().size() : 0;
   out["excluded_ports"] = json::array();
   if (excluded)
@@ -177,14 +188,16 @@ int cmdBpf(const std::string& pin_dir, bool as_json) {
   }
   std::printf("MAP sluice_enrolled_v1 (%zu entries)\n", out["enrolled"].size());
   ctl::Table e({"NETNS-COOKIE", "POD-IP", "FLAGS"});
-  for (const auto& r : out["enrolled"]) e.add({r["netns_cookie"].dump(), str(r, "pod_ip"), r["flags"].dump()});
+  for (const auto& r : out["enrolled"])
+    e.add({r["netns_cookie"].dump(), str(r, "pod_ip"), r["flags"].dump()});
   std::fputs(e.render().c_str(), stdout);
   std::printf("\nMAP sluice_orig_dst_v1 (%zu entries awaiting accept)\n", out["orig_dst"].size());
   ctl::Table o({"NETNS-COOKIE", "CLIENT", "LISTENER", "ORIGINAL-DST"});
   for (const auto& r : out["orig_dst"])
     o.add({r["netns_cookie"].dump(), str(r, "client"), str(r, "listener"), str(r, "original_dst")});
   std::fputs(o.render().c_str(), stdout);
-  std::printf("\nMAP sluice_cookie_dst_v1: %s connects awaiting establishment\n", out["pending_connects"].dump().c_str());
+  std::printf("\nMAP sluice_cookie_dst_v1: %s connects awaiting establishment\n",
+              out["pending_connects"].dump().c_str());
   std::printf("MAP sluice_excluded_ports_v1: %s\n", out["excluded_ports"].dump().c_str());
   return 0;
 }
@@ -193,7 +206,8 @@ int cmdBpf(const std::string& pin_dir, bool as_json) {
 
 int main(int argc, char** argv) {
   std::string admin = getenv("SLUICE_ADMIN") ? getenv("SLUICE_ADMIN") : "127.0.0.1:15000";
-  std::string pin_dir = getenv("SLUICE_BPF_PIN_DIR") ? getenv("SLUICE_BPF_PIN_DIR") : "/sys/fs/bpf/sluice";
+  std::string pin_dir =
+      getenv("SLUICE_BPF_PIN_DIR") ? getenv("SLUICE_BPF_PIN_DIR") : "/sys/fs/bpf/sluice";
   std::string output = "table";
   std::string command;
   for (int i = 1; i < argc; ++i) {
@@ -221,7 +235,8 @@ int main(int argc, char** argv) {
       die("unexpected argument '" + a + "'", 2);
     }
   }
-  if (output != "table" && output != "json") die("-o must be 'table' or 'json', got '" + output + "'", 2);
+  if (output != "table" && output != "json")
+    die("-o must be 'table' or 'json', got '" + output + "'", 2);
   bool as_json = output == "json";
   if (command == "workloads") return cmdWorkloads(admin, as_json);
   if (command == "connections") return cmdConnections(admin, as_json);

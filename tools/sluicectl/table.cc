@@ -8,7 +8,8 @@ std::string Table::render() const {
   std::vector<size_t> width(headers_.size(), 0);
   for (size_t i = 0; i < headers_.size(); ++i) width[i] = headers_[i].size();
   for (const auto& r : rows_)
-    for (size_t i = 0; i < r.size() && i < width.size(); ++i) width[i] = std::max(width[i], r[i].size());
+    for (size_t i = 0; i < r.size() && i < width.size(); ++i)
+      width[i] = std::max(width[i], r[i].size());
   std::string out;
   auto line = [&](const std::vector<std::string>& cells) {
     std::string l;

@@ -153,7 +153,8 @@ Result<UniqueFd> upstreamSocket(int netns_fd, uint32_t mark, uint32_t bind_ip) {
   auto s = socketInNetns(netns_fd, AF_INET, SOCK_STREAM, 0);
   if (!s) return s;
   int one = 1;
-  if (setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) return failErrno("SO_MARK failed");
+  if (setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+    return failErrno("SO_MARK failed");
   setsockopt(s->get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (bind_ip != 0) {
     if (setsockopt(s->get(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) != 0)

@@ -22,11 +22,22 @@ namespace {
 auto logger() { return log::get("ztunnel"); }
 
 int64_t nowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
-enum OpKind : int { kRecvUp, kRecvDown, kSendUp, kSendDown, kShutUp, kShutDown, kConnect, kTimeout, kOpCount };
+enum OpKind : int {
+  kRecvUp,
+  kRecvDown,
+  kSendUp,
+  kSendDown,
+  kShutUp,
+  kShutDown,
+  kConnect,
+  kTimeout,
+  kOpCount
+};
 enum Dir : int { kUp = 0, kDown = 1 };  // up: client -> upstream; down: upstream -> client
 
 }  // namespace
@@ -51,8 +62,8 @@ struct Direction {
   std::unique_ptr<char[]> buf;
   size_t len = 0;
   size_t off = 0;
-  bool eof = false;          // the source returned EOF
-  bool shut_sent = false;    // shutdown(destination, SHUT_WR) submitted
+  bool eof = false;        // the source returned EOF
+  bool shut_sent = false;  // shutdown(destination, SHUT_WR) submitted
   bool shut_done = false;
   bool recv_inflight = false;
   bool send_inflight = false;
@@ -101,8 +112,9 @@ ConnectionInfo Registry::toInfo(const Record& r, const char* state) {
   c.bytes_sent = r.sent.load(std::memory_order_relaxed);
   c.bytes_received = r.received.load(std::memory_order_relaxed);
   c.start_unix_ms = r.start_unix_ms;
-  c.duration_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - r.start).count();
+  c.duration_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - r.start)
+                      .count();
   c.state = state;
   return c;
 }
@@ -136,7 +148,8 @@ Result<void> Worker::start() {
   auto ready_future = ready.get_future();
   thread_ = std::thread([this, &ready] {
     // SINGLE_ISSUER binds the ring to the thread that creates it.
-    auto ring = uring::Ring::create(1024);  // CQ is twice this; enough for ~500 active connections per worker per batch
+    auto ring = uring::Ring::create(
+        1024);  // CQ is twice this; enough for ~500 active connections per worker per batch
     if (!ring) {
       ready.set_value(tl::unexpected(ring.error()));
       return;
@@ -222,17 +235,20 @@ void Worker::removePod(const std::string& uid) {
     ::shutdown(l->fd.get(), SHUT_RDWR);
   }
   for (auto& [p, c] : conns_)
-    if (c->pod->spec.uid == uid || (c->target && c->target->spec.uid == uid)) closeConn(*c, true, "pod_removed");
+    if (c->pod->spec.uid == uid || (c->target && c->target->spec.uid == uid))
+      closeConn(*c, true, "pod_removed");
 }
 
 void Worker::onAccept(Listener& l, const io_uring_cqe& cqe) {
   bool more = cqe.flags & IORING_CQE_F_MORE;
   if (cqe.res >= 0) {
-    if (l.closing) ::close(cqe.res);
-    else accepted(l, cqe.res);
+    if (l.closing)
+      ::close(cqe.res);
+    else
+      accepted(l, cqe.res);
   } else if (cqe.res != -ECANCELED && cqe.res != -EINVAL && !l.closing) {
-    logger()->warn("accept on {} listener of {} failed: {}", l.inbound ? "inbound" : "outbound", l.pod->spec.name_namespace,
-                   std::strerror(-cqe.res));
+    logger()->warn("accept on {} listener of {} failed: {}", l.inbound ? "inbound" : "outbound",
+                   l.pod->spec.name_namespace, std::strerror(-cqe.res));
   }
   if (more) return;
   l.armed = false;
@@ -253,8 +269,8 @@ void Worker::accepted(Listener& l, int fd) {
     stats.limit_rejected++;
     linger lg{1, 0};
     setsockopt(client.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    logger()->warn("pod {}: connection limit {} reached; refusing a connection", pod.spec.name_namespace,
-                   engine_.config().max_connections_per_pod);
+    logger()->warn("pod {}: connection limit {} reached; refusing a connection",
+                   pod.spec.name_namespace, engine_.config().max_connections_per_pod);
     return;
   }
   sockaddr_in peer{}, local{};
@@ -292,15 +308,17 @@ void Worker::accepted(Listener& l, int fd) {
   } else {
     dst = local;  // tc bpf_sk_assign keeps the original destination as the local address
     if (ntohs(dst.sin_port) == SLUICE_INBOUND_PORT || ntohs(dst.sin_port) == SLUICE_HBONE_PORT) {
-      logger()->debug("pod {}: direct connection to the proxy port from {}; closing", pod.spec.name_namespace,
-                      formatEndpoint(peer));
+      logger()->debug("pod {}: direct connection to the proxy port from {}; closing",
+                      pod.spec.name_namespace, formatEndpoint(peer));
       return;
     }
-    upstream = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
+    upstream =
+        inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
   }
   if (!upstream) {
     stats.connect_failures++;
-    logger()->error("pod {}: cannot create upstream socket: {}", pod.spec.name_namespace, upstream.error().describe());
+    logger()->error("pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
+                    upstream.error().describe());
     return;
   }
 
@@ -352,7 +370,9 @@ void Worker::onConn(Conn& c, int kind, const io_uring_cqe& cqe) {
       if (res < 0) {
         if (!c.closing) {
           engine_.counters().connect_failures++;
-          closeConn(c, true, res == -ECANCELED ? "connect_timeout" : std::string("connect_error: ") + std::strerror(-res));
+          closeConn(c, true,
+                    res == -ECANCELED ? "connect_timeout"
+                                      : std::string("connect_error: ") + std::strerror(-res));
         }
       } else if (!c.closing) {
         c.connected = true;
@@ -373,7 +393,8 @@ void Worker::onConn(Conn& c, int kind, const io_uring_cqe& cqe) {
         d.eof = true;
         d.buf.reset();
       } else {
-        closeConn(c, true, res == -ECONNRESET ? "reset" : std::string("recv_error: ") + std::strerror(-res));
+        closeConn(c, true,
+                  res == -ECONNRESET ? "reset" : std::string("recv_error: ") + std::strerror(-res));
         break;
       }
       pump(c, kind == kRecvUp ? kUp : kDown);
@@ -385,7 +406,10 @@ void Worker::onConn(Conn& c, int kind, const io_uring_cqe& cqe) {
       d.send_inflight = false;
       if (c.closing) break;
       if (res <= 0) {
-        closeConn(c, true, res == -ECONNRESET || res == -EPIPE ? "reset" : std::string("send_error: ") + std::strerror(-res));
+        closeConn(c, true,
+                  res == -ECONNRESET || res == -EPIPE
+                      ? "reset"
+                      : std::string("send_error: ") + std::strerror(-res));
         break;
       }
       d.off += static_cast<size_t>(res);
@@ -461,22 +485,26 @@ void Worker::finish(Conn& c) {
   c.pod->connections--;
   engine_.registry().close(c.rec, c.reason);
   if (engine_.config().access_log) {
-    auto dur = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - c.rec->start);
-    log::get("access")->info("{} pod={} src={} dst={} path={} sent={} received={} duration_ms={} reason={}",
-                             c.rec->direction, c.rec->pod, c.rec->source, c.rec->destination, c.rec->path, c.rec->sent.load(), c.rec->received.load(),
-                             dur.count(), c.reason);
+    auto dur = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - c.rec->start);
+    log::get("access")->info(
+        "{} pod={} src={} dst={} path={} sent={} received={} duration_ms={} reason={}",
+        c.rec->direction, c.rec->pod, c.rec->source, c.rec->destination, c.rec->path,
+        c.rec->sent.load(), c.rec->received.load(), dur.count(), c.reason);
   }
   conns_.erase(&c);  // closes both fds
 }
 
 // ---------------------------------------------------------------- Engine
 
-EngineImpl::EngineImpl(const EngineConfig& config, OrigDstResolver& resolver) : config_(config), resolver_(resolver) {}
+EngineImpl::EngineImpl(const EngineConfig& config, OrigDstResolver& resolver)
+    : config_(config), resolver_(resolver) {}
 
 EngineImpl::~EngineImpl() { stop(); }
 
 Result<void> EngineImpl::start() {
-  unsigned n = config_.workers ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
+  unsigned n =
+      config_.workers ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) {
     auto w = std::make_unique<Worker>(*this, i);
     if (auto r = w->start(); !r) return r;
@@ -501,11 +529,13 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
   std::vector<std::pair<UniqueFd, bool>> fds;
   for (size_t i = 0; i < workers_.size(); ++i) {
     auto out = inpod::listenIn(dup, htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT, false);
-    if (!out) return fail(fmt::format("outbound listener 127.0.0.1:{} in pod {}: {}", SLUICE_OUTBOUND_PORT,
-                                      spec.name_namespace, out.error().describe()));
+    if (!out)
+      return fail(fmt::format("outbound listener 127.0.0.1:{} in pod {}: {}", SLUICE_OUTBOUND_PORT,
+                              spec.name_namespace, out.error().describe()));
     auto in = inpod::listenIn(dup, spec.ip4, SLUICE_INBOUND_PORT, true);
-    if (!in) return fail(fmt::format("inbound listener {}:{} in pod {}: {}", formatIp4(spec.ip4), SLUICE_INBOUND_PORT,
-                                     spec.name_namespace, in.error().describe()));
+    if (!in)
+      return fail(fmt::format("inbound listener {}:{} in pod {}: {}", formatIp4(spec.ip4),
+                              SLUICE_INBOUND_PORT, spec.name_namespace, in.error().describe()));
     fds.emplace_back(std::move(*out), false);
     fds.emplace_back(std::move(*in), true);
   }
@@ -556,9 +586,10 @@ std::vector<ListenerInfo> EngineImpl::listeners() const {
   std::lock_guard lk(pods_mu_);
   std::vector<ListenerInfo> out;
   for (const auto& [uid, p] : pods_) {
-    out.push_back({uid, p->spec.name_namespace, fmt::format("127.0.0.1:{}", SLUICE_OUTBOUND_PORT), "outbound"});
-    out.push_back({uid, p->spec.name_namespace, fmt::format("{}:{}", formatIp4(p->spec.ip4), SLUICE_INBOUND_PORT),
-                   "inbound"});
+    out.push_back({uid, p->spec.name_namespace, fmt::format("127.0.0.1:{}", SLUICE_OUTBOUND_PORT),
+                   "outbound"});
+    out.push_back({uid, p->spec.name_namespace,
+                   fmt::format("{}:{}", formatIp4(p->spec.ip4), SLUICE_INBOUND_PORT), "inbound"});
   }
   return out;
 }
@@ -588,7 +619,8 @@ void EngineImpl::stop() {
 
 namespace sluice::ztunnel {
 
-Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver) {
+Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config,
+                                             OrigDstResolver& resolver) {
   auto e = std::make_unique<proxy::EngineImpl>(config, resolver);
   if (auto r = e->start(); !r) return tl::unexpected(r.error());
   return std::unique_ptr<Engine>(std::move(e));

@@ -123,9 +123,12 @@ class EngineImpl final : public Engine {
   Registry& registry() { return registry_; }
   Stats& counters() { return stats_; }
   uint64_t nextId() { return next_id_.fetch_add(1) + 1; }
-  using PodIndex = std::unordered_map<uint32_t, std::shared_ptr<PodState>>;  // by IPv4 (network order)
+  using PodIndex =
+      std::unordered_map<uint32_t, std::shared_ptr<PodState>>;  // by IPv4 (network order)
   // Enrolled pods of this node by IP; read lock-free by workers.
-  std::shared_ptr<const PodIndex> localPods() const { return by_ip_.load(std::memory_order_acquire); }
+  std::shared_ptr<const PodIndex> localPods() const {
+    return by_ip_.load(std::memory_order_acquire);
+  }
 
  private:
   EngineConfig config_;

@@ -13,12 +13,15 @@ Result<std::unique_ptr<Ring>> Ring::create(unsigned entries) {
   //   completions cannot preempt the loop mid-batch (requires SINGLE_ISSUER).
   // SUBMIT_ALL: keep submitting the rest of a batch when one SQE fails early.
   // CQSIZE: twice the SQ so multishot accept/recv bursts do not overflow.
-  p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+  p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
+            IORING_SETUP_CQSIZE;
   p.cq_entries = entries * 2;
   int rc = io_uring_queue_init_params(entries, &r->ring_, &p);
   if (rc < 0) {
     errno = -rc;
-    return failErrno("io_uring_queue_init_params failed (is io_uring disabled by sysctl kernel.io_uring_disabled?)");
+    return failErrno(
+        "io_uring_queue_init_params failed (is io_uring disabled by sysctl "
+        "kernel.io_uring_disabled?)");
   }
   r->initialised_ = true;
   return r;

@@ -12,13 +12,13 @@ namespace sluice::cni {
 inline constexpr size_t kMaxMessageBytes = 64 * 1024;
 
 struct CniRequest {
-  std::string command;         // ADD | DEL | CHECK
-  std::string container_id;    // CNI_CONTAINERID
-  std::string netns;           // CNI_NETNS (may be empty on DEL)
-  std::string ifname;          // CNI_IFNAME
-  std::string pod_namespace;   // K8S_POD_NAMESPACE
-  std::string pod_name;        // K8S_POD_NAME
-  std::string pod_uid;         // K8S_POD_UID
+  std::string command;           // ADD | DEL | CHECK
+  std::string container_id;      // CNI_CONTAINERID
+  std::string netns;             // CNI_NETNS (may be empty on DEL)
+  std::string ifname;            // CNI_IFNAME
+  std::string pod_namespace;     // K8S_POD_NAMESPACE
+  std::string pod_name;          // K8S_POD_NAME
+  std::string pod_uid;           // K8S_POD_UID
   std::vector<std::string> ips;  // IPv4 addresses of the pod, from prevResult
 };
 

@@ -2,10 +2,10 @@
 // main() calls setup() once with the level from the command line.
 #pragma once
 
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <string>
-
-#include <spdlog/spdlog.h>
 
 namespace sluice::log {
 

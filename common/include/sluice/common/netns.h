@@ -28,9 +28,9 @@ template <typename Fn>
 Result<void> runInNetns(int netns_fd, Fn&& fn);
 
 // --- implementation details ---
-Result<UniqueFd> enterNetns(int netns_fd);   // returns an fd of the original netns
-void leaveNetns(const UniqueFd& original);   // aborts if restoring fails: a thread
-                                             // stuck in a pod netns is a security bug
+Result<UniqueFd> enterNetns(int netns_fd);  // returns an fd of the original netns
+void leaveNetns(const UniqueFd& original);  // aborts if restoring fails: a thread
+                                            // stuck in a pod netns is a security bug
 
 template <typename Fn>
 Result<void> runInNetns(int netns_fd, Fn&& fn) {

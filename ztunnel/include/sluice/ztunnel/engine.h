@@ -21,19 +21,19 @@
 namespace sluice::ztunnel {
 
 struct EngineConfig {
-  unsigned workers = 0;                                  // 0 = one per online CPU
-  std::chrono::milliseconds connect_timeout{5000};       // upstream connect deadline
-  unsigned max_connections_per_pod = 4096;               // accepted beyond this are closed (counted)
-  size_t buffer_bytes = 128 * 1024;                      // per direction per connection, allocated while active
-  bool access_log = true;                                // one line per closed connection
+  unsigned workers = 0;                             // 0 = one per online CPU
+  std::chrono::milliseconds connect_timeout{5000};  // upstream connect deadline
+  unsigned max_connections_per_pod = 4096;          // accepted beyond this are closed (counted)
+  size_t buffer_bytes = 128 * 1024;  // per direction per connection, allocated while active
+  bool access_log = true;            // one line per closed connection
 };
 
 // An enrolled pod as the engine needs it. The engine dup()s netns_fd.
 struct PodSpec {
   std::string uid;
-  std::string name_namespace;   // "ns/name", for logs and records
+  std::string name_namespace;  // "ns/name", for logs and records
   std::string service_account;
-  uint32_t ip4 = 0;             // network order
+  uint32_t ip4 = 0;  // network order
   uint64_t netns_cookie = 0;
   int netns_fd = -1;
 };
@@ -51,25 +51,25 @@ class OrigDstResolver {
 
 struct ListenerInfo {
   std::string pod_uid;
-  std::string pod;              // ns/name
-  std::string address;          // "127.0.0.1:15001", "10.244.1.5:15006"
-  std::string kind;             // "outbound" | "inbound"
+  std::string pod;      // ns/name
+  std::string address;  // "127.0.0.1:15001", "10.244.1.5:15006"
+  std::string kind;     // "outbound" | "inbound"
 };
 
 struct ConnectionInfo {
   uint64_t id = 0;
-  std::string direction;        // "outbound" | "inbound"
-  std::string pod;              // ns/name of the enrolled pod that owns the listener
-  std::string source;           // ip:port of the client
-  std::string destination;      // original destination ip:port
-  std::string path;             // "passthrough" (to the network), "local_handoff" (meshed pod on
-                                // this node, one hop), "inbound" (from outside into an enrolled pod)
-  uint64_t bytes_sent = 0;      // client -> destination
+  std::string direction;    // "outbound" | "inbound"
+  std::string pod;          // ns/name of the enrolled pod that owns the listener
+  std::string source;       // ip:port of the client
+  std::string destination;  // original destination ip:port
+  std::string path;         // "passthrough" (to the network), "local_handoff" (meshed pod on
+                            // this node, one hop), "inbound" (from outside into an enrolled pod)
+  uint64_t bytes_sent = 0;  // client -> destination
   uint64_t bytes_received = 0;  // destination -> client
   int64_t start_unix_ms = 0;
   int64_t duration_ms = 0;
-  std::string state;            // "connecting" | "open" | "closed"
-  std::string reason;           // close reason when closed ("eof", "reset", "connect_timeout", ...)
+  std::string state;   // "connecting" | "open" | "closed"
+  std::string reason;  // close reason when closed ("eof", "reset", "connect_timeout", ...)
 };
 
 struct EngineStats {
