@@ -97,7 +97,10 @@ Flags parseFlags(int argc, char** argv) {
     f.uninstall = true;
     first = 2;
   }
-  auto args = splitFlags(argc, argv, first);
+  std::vector<std::string> known_flags = {"--workers", "--max-connections-per-pod", "--cni-wait-ms",
+                                    "--exclude-ports"};
+  for (const auto& [name, ptr] : strings) known_flags.push_back(name);
+  auto args = splitFlags(argc, argv, first, known_flags);
   if (!args) usageError(args.error().message);
   for (const auto& [arg, value] : *args) {
     if (arg == "--help") {
@@ -218,14 +221,7 @@ nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
 
 int runAgent(const Flags& flags) {
   auto logger = log::get("agent");
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  // Block before any thread starts so every thread inherits the mask and
-  // the main thread alone receives them through sigwait.
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  blockTerminationSignals();  // before any thread starts: all inherit the mask
   // Two sockets per proxied connection per pod: the default soft limit of
   // 1024 fds would cap the node at a few hundred connections.
   rlimit nofile{};
@@ -340,12 +336,11 @@ int runAgent(const Flags& flags) {
   logger->info("sluice-agent running on node {} (pins {}, cni socket {})", flags.node_name,
                flags.pin_dir, flags.cni_socket);
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  std::string sig = waitForTermination();
   logger->info(
       "received {}, shutting down (pinned BPF state stays: capture continues to fail closed "
       "until an agent is back)",
-      strsignal(sig));
+      sig);
   admin->reset();
   cni->reset();
   discovery->reset();

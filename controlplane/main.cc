@@ -35,7 +35,7 @@ Flags:
 
 int main(int argc, char** argv) {
   std::string local_dir, listen = "127.0.0.1:15010", level = "info";
-  auto args = splitFlags(argc, argv);
+  auto args = splitFlags(argc, argv, 1, {"--local-config", "--listen", "--log-level"});
   if (!args) usageError(args.error().message);
   for (const auto& [a, v] : *args) {
     if (a == "--help") {
@@ -57,11 +57,7 @@ int main(int argc, char** argv) {
   log::setup(level);
   auto logger = log::get("controlplane");
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  blockTerminationSignals();
 
   controlplane::model::Store store;
   auto source = controlplane::local::DirectorySource::create(local_dir, store);
@@ -80,9 +76,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   logger->info("serving discovery on {} from {} (version {})", listen, local_dir, store.version());
-  int sig = 0;
-  sigwait(&signals, &sig);
-  logger->info("received {}, shutting down", strsignal(sig));
+  logger->info("received {}, shutting down", waitForTermination());
   discovery.stop();
   store.stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

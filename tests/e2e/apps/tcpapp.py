@@ -99,9 +99,20 @@ def serve_stream(port):
         threading.Thread(target=handle_stream, args=(c,), daemon=True).start()
 
 
-def serve_echo(port):
+def serve_asyncio(port, handle):
+    """Runs an asyncio TCP server calling handle(reader, writer) per connection."""
     raise_nofile()
 
+    async def main():
+        server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=4096)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def serve_echo(port):
     async def handle(reader, writer):
         try:
             while True:
@@ -114,39 +125,23 @@ def serve_echo(port):
             pass
         writer.close()
 
-    async def main():
-        server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=4096)
-        print("ready", flush=True)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_asyncio(port, handle)
 
 
 def serve_http(port):
-    raise_nofile()
-    body = b"ok\n"
-    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\n" + body
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n"
 
     async def handle(reader, writer):
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                if not head:
-                    break
+                await reader.readuntil(b"\r\n\r\n")
                 writer.write(resp)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         writer.close()
 
-    async def main():
-        server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=4096)
-        print("ready", flush=True)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_asyncio(port, handle)
 
 
 def client_get(host, port):

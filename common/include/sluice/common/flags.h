@@ -14,8 +14,15 @@ struct FlagArg {
   std::string value;  // empty for --help
 };
 
-// Splits argv[start..]. Positional arguments are errors; a flag without a
-// value is an error naming it.
-Result<std::vector<FlagArg>> splitFlags(int argc, char** argv, int start = 1);
+// Splits argv[start..]. Positional arguments, flags not in `known` (when
+// given) and flags without a value are errors naming the argument.
+Result<std::vector<FlagArg>> splitFlags(int argc, char** argv, int start = 1,
+                                        const std::vector<std::string>& known = {});
+
+// Blocks SIGTERM/SIGINT in the calling thread (call before starting any
+// thread, so all inherit the mask); waitForTermination() then returns the
+// signal's name when one arrives. SIGPIPE is ignored.
+void blockTerminationSignals();
+std::string waitForTermination();
 
 }  // namespace sluice
