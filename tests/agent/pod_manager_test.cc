@@ -8,6 +8,7 @@
 #include <set>
 
 #include "sluice/common/addr.h"
+#include "support/bpf_env.h"
 #include "support/scratch_netns.h"
 
 using namespace sluice;
@@ -58,7 +59,7 @@ struct Fixture {
         "ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up "
         "&& "
         "ip addr add 10.77.2.5/24 dev eth0");
-    auto l = bpf::Loader::create({pin, "/sys/fs/cgroup/unified", {}});
+    auto l = bpf::Loader::create({pin, test::cgroup2(), {}});
     REQUIRE_MESSAGE(l.has_value(), (l ? "" : l.error().describe()));
     loader = std::move(*l);
     cookie = *netnsCookie(pod.fd());

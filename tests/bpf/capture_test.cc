@@ -8,6 +8,7 @@
 
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
+#include "support/bpf_env.h"
 #include "support/scratch_netns.h"
 
 using namespace sluice;
@@ -22,7 +23,7 @@ struct LoadedCapture {
   std::unique_ptr<Loader> loader;
   std::string pin = pinDir();
   LoadedCapture() {
-    auto l = Loader::create({pin, "/sys/fs/cgroup/unified", {9999}});
+    auto l = Loader::create({pin, test::cgroup2(), {9999}});
     REQUIRE_MESSAGE(l.has_value(), (l ? "" : l.error().describe()));
     loader = std::move(*l);
   }
@@ -156,7 +157,7 @@ TEST_SUITE("capture.bpf") {
     REQUIRE(first.loader->enrolled().update(*cookie, sluice_enrolled{1, 0}).has_value());
     auto first_links = first.loader->links();
     first.loader.reset();  // agent exits; pins remain
-    auto second = Loader::create({first.pin, "/sys/fs/cgroup/unified", {}});
+    auto second = Loader::create({first.pin, test::cgroup2(), {}});
     REQUIRE_MESSAGE(second.has_value(), (second ? "" : second.error().describe()));
     CHECK((*second)->enrolled().lookup(*cookie).has_value());
     REQUIRE((*second)->links().size() == first_links.size());

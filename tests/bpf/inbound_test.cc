@@ -12,6 +12,7 @@
 
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
+#include "support/bpf_env.h"
 #include "support/scratch_netns.h"
 
 using namespace sluice;
@@ -77,7 +78,7 @@ TEST_SUITE("inbound.bpf") {
     test::ScratchNetns pod;
     pod.sh("ip addr add 10.77.1.5/32 dev lo");
     std::string pin = "/sys/fs/bpf/sluice-test-tc-" + std::to_string(::getpid());
-    auto loaded = Loader::create({pin, "/sys/fs/cgroup/unified", {9999}});
+    auto loaded = Loader::create({pin, test::cgroup2(), {9999}});
     REQUIRE_MESSAGE(loaded.has_value(), (loaded ? "" : loaded.error().describe()));
     struct Cleanup {
       std::string pin;

@@ -171,7 +171,8 @@ class TeardownTest(unittest.TestCase):
         links = run(["ip", "-o", "link"]).stdout
         self.assertNotIn("slb", links)
         # No Sluice program is still attached to the cgroup root.
-        progs = run(["bpftool", "cgroup", "show", "/sys/fs/cgroup/unified"], check=False).stdout
+        cgroup2 = next(l.split()[1] for l in open("/proc/self/mounts") if l.split()[2] == "cgroup2")
+        progs = run(["bpftool", "cgroup", "show", cgroup2], check=False).stdout
         self.assertNotIn("sluice_", progs)
 
 
