@@ -5,9 +5,13 @@
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,10 +20,12 @@
 #include "agent/bpf/orig_dst_resolver.h"
 #include "agent/cni/server.h"
 #include "agent/discovery/client.h"
+#include "agent/identity/cert_manager.h"
 #include "agent/pods/pod_manager.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/log.h"
+#include "sluice/common/x509.h"
 #include "sluice/ztunnel/engine.h"
 
 using namespace sluice;
@@ -35,7 +41,11 @@ proxy (ztunnel) with listeners inside each enrolled pod's network namespace.
 
 Flags:
   --node-name NAME          this node's name as the control plane knows it (required)
-  --controlplane HOST:PORT  control plane discovery address (required)
+  --controlplane HOST:PORT  control plane address (required; gRPC over TLS)
+  --ca-bundle FILE          trust anchor(s) that the control plane's certificate chains to (required)
+  --token-file FILE         this node's bootstrap token, sent to the control plane
+  --trust-domain NAME       SPIFFE trust domain of workload identities (default cluster.local)
+  --cert-ttl SECONDS        requested workload certificate lifetime (default: the control plane's)
   --bpf-pin-dir DIR         where BPF maps and links are pinned (default /sys/fs/bpf/sluice)
   --cni-socket PATH         unix socket for sluice-cni (default /var/run/sluice/cni.sock)
   --admin-addr IP:PORT      admin HTTP API (default 127.0.0.1:15000)
@@ -65,8 +75,20 @@ struct Flags {
   unsigned max_per_pod = 4096;
   unsigned cni_wait_ms = 3000;
   std::string log_level = "info";
+  std::string ca_bundle;
+  std::string token_file;
+  std::string trust_domain = "cluster.local";
+  unsigned cert_ttl = 0;
   bool uninstall = false;
 };
+
+Result<std::string> readFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return failErrno("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 [[noreturn]] void usageError(const std::string& msg) {
   std::fprintf(stderr, "sluice-agent: %s\nRun 'sluice-agent --help' for usage.\n", msg.c_str());
@@ -90,7 +112,9 @@ Flags parseFlags(int argc, char** argv) {
       {"--node-name", &f.node_name},   {"--controlplane", &f.controlplane},
       {"--bpf-pin-dir", &f.pin_dir},   {"--cni-socket", &f.cni_socket},
       {"--admin-addr", &f.admin_addr}, {"--state-dir", &f.state_dir},
-      {"--cgroup", &f.cgroup},         {"--log-level", &f.log_level},
+      {"--cgroup", &f.cgroup},         {"--ca-bundle", &f.ca_bundle},
+      {"--token-file", &f.token_file}, {"--trust-domain", &f.trust_domain},
+      {"--log-level", &f.log_level},
   };
   int first = 1;
   if (argc > 1 && std::string(argv[1]) == "uninstall") {
@@ -98,7 +122,7 @@ Flags parseFlags(int argc, char** argv) {
     first = 2;
   }
   std::vector<std::string> known_flags = {"--workers", "--max-connections-per-pod", "--cni-wait-ms",
-                                    "--exclude-ports"};
+                                          "--exclude-ports"};
   for (const auto& [name, ptr] : strings) known_flags.push_back(name);
   auto args = splitFlags(argc, argv, first, known_flags);
   if (!args) usageError(args.error().message);
@@ -113,6 +137,9 @@ Flags parseFlags(int argc, char** argv) {
       f.workers = parseUnsigned(arg, value);
     } else if (arg == "--max-connections-per-pod") {
       f.max_per_pod = parseUnsigned(arg, value);
+    } else if (arg == "--cert-ttl") {
+      f.cert_ttl = parseUnsigned(arg, value);
+      if (f.cert_ttl != 0 && f.cert_ttl < 60) usageError("--cert-ttl must be at least 60 seconds");
     } else if (arg == "--cni-wait-ms") {
       f.cni_wait_ms = parseUnsigned(arg, value);
     } else if (arg == "--exclude-ports") {
@@ -134,6 +161,8 @@ Flags parseFlags(int argc, char** argv) {
   if (f.uninstall) return f;
   if (f.node_name.empty()) usageError("--node-name is required");
   if (f.controlplane.empty()) usageError("--controlplane is required");
+  if (f.ca_bundle.empty())
+    usageError("--ca-bundle is required: the control plane is only trusted through it");
   if (!parseEndpoint(f.admin_addr))
     usageError("--admin-addr must be IP:PORT, got '" + f.admin_addr + "'");
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
@@ -146,8 +175,9 @@ Flags parseFlags(int argc, char** argv) {
 // Bridges CNI requests to the pod manager.
 class CniBridge final : public agent::cni::Handler {
  public:
-  CniBridge(agent::pods::PodManager& pods, std::chrono::milliseconds wait)
-      : pods_(pods), wait_(wait) {}
+  CniBridge(agent::pods::PodManager& pods, std::chrono::milliseconds wait,
+            std::function<void()> changed)
+      : pods_(pods), wait_(wait), changed_(std::move(changed)) {}
 
   agent::cni::CniReply handle(const agent::cni::CniRequest& req) override {
     agent::cni::CniReply reply;
@@ -181,23 +211,28 @@ class CniBridge final : public agent::cni::Handler {
       reply.ok = false;
       reply.error = "unknown command " + req.command;
     }
+    if (req.command != "CHECK") changed_();
     return reply;
   }
 
  private:
   agent::pods::PodManager& pods_;
   std::chrono::milliseconds wait_;
+  std::function<void()> changed_;
 };
 
 class DiscoveryBridge final : public agent::discovery::Listener {
  public:
-  explicit DiscoveryBridge(agent::pods::PodManager& pods) : pods_(pods) {}
+  DiscoveryBridge(agent::pods::PodManager& pods, std::function<void()> changed)
+      : pods_(pods), changed_(std::move(changed)) {}
   void onWorkloads(const std::map<std::string, api::v1::Workload>& all, uint64_t version) override {
     pods_.onWorkloads(all, version);
+    changed_();
   }
 
  private:
   agent::pods::PodManager& pods_;
+  std::function<void()> changed_;
 };
 
 nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
@@ -261,17 +296,47 @@ int runAgent(const Flags& flags) {
   agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json");
   pods.restore();
 
-  DiscoveryBridge discovery_bridge(pods);
+  auto trust_anchor = readFile(flags.ca_bundle);
+  if (!trust_anchor) {
+    logger->critical("--ca-bundle: {}", trust_anchor.error().describe());
+    return 1;
+  }
+  std::string token;
+  if (!flags.token_file.empty()) {
+    auto t = readFile(flags.token_file);
+    if (!t) {
+      logger->critical("--token-file: {}", t.error().describe());
+      return 1;
+    }
+    token = *t;
+    while (!token.empty() && (token.back() == '\n' || token.back() == ' ')) token.pop_back();
+  }
+  agent::identity::GrpcSigner signer(flags.controlplane, *trust_anchor, token);
+  agent::identity::CertManagerConfig cert_config;
+  cert_config.ttl = std::chrono::seconds(flags.cert_ttl);
+  agent::identity::CertManager certs(signer, cert_config);
+  // Fetch ahead: every enrolled pod's identity gets a certificate before it is needed.
+  auto sync_identities = [&] {
+    std::set<std::string> uris;
+    for (const auto& [ns, sa] : pods.enrolledServiceAccounts())
+      uris.insert(x509::SpiffeId{flags.trust_domain, ns, sa}.uri());
+    certs.setIdentities(uris);
+  };
+  sync_identities();
+
+  DiscoveryBridge discovery_bridge(pods, sync_identities);
   agent::discovery::ClientConfig discovery_config;
   discovery_config.target = flags.controlplane;
   discovery_config.node_name = flags.node_name;
+  discovery_config.trust_anchor_pem = *trust_anchor;
+  discovery_config.token = token;
   auto discovery = agent::discovery::Client::create(discovery_config, discovery_bridge);
   if (!discovery) {
     logger->critical("control plane client: {}", discovery.error().describe());
     return 1;
   }
 
-  CniBridge cni_bridge(pods, std::chrono::milliseconds(flags.cni_wait_ms));
+  CniBridge cni_bridge(pods, std::chrono::milliseconds(flags.cni_wait_ms), sync_identities);
   auto cni = agent::cni::Server::create(flags.cni_socket, cni_bridge);
   if (!cni) {
     logger->critical("CNI socket: {}", cni.error().describe());
@@ -302,6 +367,7 @@ int runAgent(const Flags& flags) {
     return j;
   };
   sources.connections = [&] { return connectionsJson(eng); };
+  sources.certs = [&] { return certs.dump(); };
   sources.stats = [&] {
     auto s = eng.stats();
     auto b = ld.stats();

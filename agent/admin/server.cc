@@ -41,6 +41,9 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
   http.Get("/connections", [s](const httplib::Request&, httplib::Response& res) {
     sendJson(res, s->sources_.connections());
   });
+  http.Get("/certs", [s](const httplib::Request&, httplib::Response& res) {
+    sendJson(res, s->sources_.certs());
+  });
   http.Get("/stats", [s](const httplib::Request&, httplib::Response& res) {
     sendJson(res, s->sources_.stats());
   });

@@ -1,5 +1,5 @@
 // Admin HTTP API of the agent (default 127.0.0.1:15000): /healthz, /ready,
-// /config_dump, /connections, /stats. Read-only JSON; served from its own
+// /config_dump, /connections, /stats, /certs. Read-only JSON; served from its own
 // thread pool (cpp-httplib), never from a data-plane thread.
 #pragma once
 
@@ -22,6 +22,7 @@ struct Sources {
   std::function<nlohmann::json()> config_dump;
   std::function<nlohmann::json()> connections;
   std::function<nlohmann::json()> stats;
+  std::function<nlohmann::json()> certs;
   // Empty string = ready; otherwise the reason it is not.
   std::function<std::string()> not_ready_reason;
 };

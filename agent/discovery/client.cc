@@ -12,6 +12,8 @@ namespace sluice::agent::discovery {
 Result<std::unique_ptr<Client>> Client::create(const ClientConfig& config, Listener& listener) {
   if (config.target.empty()) return fail("control plane address is empty");
   if (config.node_name.empty()) return fail("node name is empty");
+  if (config.trust_anchor_pem.empty())
+    return fail("no trust anchor to verify the control plane with");
   std::unique_ptr<Client> self(new Client(config, listener));
   Client* c = self.get();
   self->thread_ = std::thread([c] { c->run(); });
@@ -40,13 +42,16 @@ void Client::setError(const std::string& e) {
 
 void Client::run() {
   auto logger = log::get("discovery");
-  auto channel = grpc::CreateChannel(config_.target, grpc::InsecureChannelCredentials());
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = config_.trust_anchor_pem;
+  auto channel = grpc::CreateChannel(config_.target, grpc::SslCredentials(tls));
   auto stub = sluice::api::v1::Discovery::NewStub(channel);
   std::mt19937_64 rng(std::random_device{}());
   auto backoff = config_.initial_backoff;
   bool was_connected = false;
   while (!stopping_) {
     grpc::ClientContext ctx;
+    if (!config_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + config_.token);
     {
       std::lock_guard lk(mu_);
       if (stopping_) break;

@@ -35,6 +35,8 @@ class Listener {
 struct ClientConfig {
   std::string target;  // host:port
   std::string node_name;
+  std::string trust_anchor_pem;  // verifies the control plane's TLS certificate
+  std::string token;             // node bootstrap token (empty: none sent)
   std::chrono::milliseconds initial_backoff{100};
   std::chrono::milliseconds max_backoff{5000};
 };

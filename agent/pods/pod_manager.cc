@@ -293,3 +293,15 @@ size_t PodManager::enrolledCount() const {
 }
 
 }  // namespace sluice::agent::pods
+
+namespace sluice::agent::pods {
+
+std::set<std::pair<std::string, std::string>> PodManager::enrolledServiceAccounts() const {
+  std::lock_guard lk(mu_);
+  std::set<std::pair<std::string, std::string>> out;
+  for (const auto& [id, p] : pods_)
+    if (p.enrolled && !p.service_account.empty()) out.emplace(p.ref.ns, p.service_account);
+  return out;
+}
+
+}  // namespace sluice::agent::pods

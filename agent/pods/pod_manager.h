@@ -15,6 +15,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,8 @@ class PodManager {
 
   nlohmann::json dump() const;
   size_t enrolledCount() const;
+  // {namespace, service account} of every enrolled pod (their identities).
+  std::set<std::pair<std::string, std::string>> enrolledServiceAccounts() const;
 
  private:
   Decision decide(const PodRef& ref) const;               // needs mu_

@@ -13,6 +13,18 @@ grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::Wat
   auto logger = log::get("discovery");
   const std::string node = req->node();
   if (node.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "WatchRequest.node is required"};
+  if (authenticate_) {
+    auto who = authenticate_(ctx);
+    if (!who) {
+      logger->warn("refused a Watch for node {} from {}: {}", node, ctx->peer(),
+                   who.error().describe());
+      return {grpc::StatusCode::UNAUTHENTICATED, who.error().describe()};
+    }
+    if (*who != node) {
+      logger->warn("refused a Watch: the token of node {} asked for node {}", *who, node);
+      return {grpc::StatusCode::PERMISSION_DENIED, "this token belongs to node " + *who};
+    }
+  }
   logger->info("agent of node {} connected from {} (resume version {})", node, ctx->peer(),
                req->resume_version());
   auto toResponse = [&](const model::Delta& d) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 
 #include "controlplane/model/store.h"
 #include "sluice.grpc.pb.h"
@@ -15,6 +16,9 @@ class Service final : public sluice::api::v1::Discovery::Service {
                      grpc::ServerWriter<sluice::api::v1::WatchResponse>* writer) override;
   // Ends every stream promptly (before grpc::Server::Shutdown).
   void stop() { stopping_ = true; }
+  // When set, a stream must authenticate as the node it asks for.
+  using Authenticator = std::function<Result<std::string>(grpc::ServerContext*)>;
+  void setAuthenticator(Authenticator a) { authenticate_ = std::move(a); }
 
  private:
   // Which workloads a node receives. Today: all of them (remote ones are
@@ -23,6 +27,7 @@ class Service final : public sluice::api::v1::Discovery::Service {
 
   model::Store& store_;
   std::atomic<bool> stopping_{false};
+  Authenticator authenticate_;
 };
 
 }  // namespace sluice::controlplane::discovery

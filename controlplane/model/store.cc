@@ -72,6 +72,14 @@ void Store::recompute() {
   changed_.notify_all();
 }
 
+bool Store::runsOn(const std::string& node, const std::string& ns, const std::string& sa) const {
+  std::lock_guard lk(mu_);
+  for (const auto& [uid, w] : workloads_)
+    if (w.node() == node && w.namespace_() == ns && w.service_account() == sa && w.ips_size() > 0)
+      return true;
+  return false;
+}
+
 uint64_t Store::version() const {
   std::lock_guard lk(mu_);
   return version_;

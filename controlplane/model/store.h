@@ -71,6 +71,11 @@ class Store {
 
   static bool enrolled(const Pod& pod, const Namespace* ns);
 
+  // Node authorization: a pod with this namespace and service account is
+  // scheduled on `node` and running (has an IP) in the current view.
+  bool runsOn(const std::string& node, const std::string& ns,
+              const std::string& service_account) const;
+
  private:
   void recompute();  // needs mu_
 

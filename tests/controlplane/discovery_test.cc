@@ -1,9 +1,14 @@
 #include <doctest/doctest.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <thread>
 
 #include "agent/discovery/client.h"
+#include "agent/identity/cert_manager.h"
+#include "controlplane/ca/authority.h"
+#include "controlplane/ca/service.h"
 #include "controlplane/discovery/service.h"
 #include "controlplane/local/source.h"
 
@@ -39,15 +44,48 @@ class Recorder : public agent::discovery::Listener {
   int calls = 0;
 };
 
+// A development CA shared by the tests of this file (generated once).
+const controlplane::ca::Authority& testCa() {
+  static std::unique_ptr<controlplane::ca::Authority> ca = [] {
+    auto dir = std::filesystem::temp_directory_path() /
+               ("sluice-discovery-ca-" + std::to_string(getpid()));
+    bool created = false;
+    auto a = controlplane::ca::Authority::development(dir.string(), "cluster.local", &created);
+    REQUIRE(a.has_value());
+    std::filesystem::remove_all(dir);
+    return std::move(*a);
+  }();
+  return *ca;
+}
+
+const std::string kNode1Token = "node1-token-0123456789abcdef";
+const std::string kNode2Token = "node2-token-0123456789abcdef";
+
+std::shared_ptr<grpc::Channel> tlsChannel(int port) {
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = testCa().trustAnchorPem();
+  return grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::SslCredentials(tls));
+}
+
 struct ControlPlane {
   controlplane::model::Store& store;
   controlplane::discovery::Service service{store};
+  controlplane::ca::CertificateService certificates;
   std::unique_ptr<grpc::Server> server;
-  ControlPlane(controlplane::model::Store& s, int& port) : store(s) {
+  ControlPlane(controlplane::model::Store& s, int& port)
+      : store(s),
+        certificates(testCa(), s, {{"node1", kNode1Token}, {"node2", kNode2Token}},
+                     std::chrono::hours(1)) {
+    service.setAuthenticator(
+        [this](grpc::ServerContext* ctx) { return certificates.authenticate(ctx); });
+    auto serving = testCa().issueServing({"127.0.0.1"}, std::chrono::hours(1));
+    REQUIRE(serving.has_value());
+    grpc::SslServerCredentialsOptions tls(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    tls.pem_key_cert_pairs.push_back({serving->first, serving->second});
     grpc::ServerBuilder b;
-    b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
-                       &port);
+    b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::SslServerCredentials(tls), &port);
     b.RegisterService(&service);
+    b.RegisterService(&certificates);
     server = b.BuildAndStart();
     REQUIRE(server);
   }
@@ -56,6 +94,18 @@ struct ControlPlane {
     server->Shutdown(std::chrono::system_clock::now() + 1s);
   }
 };
+
+agent::discovery::ClientConfig clientConfig(int port, const std::string& node = "node1",
+                                            const std::string& token = kNode1Token) {
+  agent::discovery::ClientConfig c;
+  c.target = "127.0.0.1:" + std::to_string(port);
+  c.node_name = node;
+  c.trust_anchor_pem = testCa().trustAnchorPem();
+  c.token = token;
+  c.initial_backoff = 50ms;
+  c.max_backoff = 200ms;
+  return c;
+}
 
 controlplane::model::Objects podObjects(const std::string& name) {
   controlplane::model::Objects o;
@@ -80,8 +130,7 @@ TEST_SUITE("discovery") {
     auto cp = std::make_unique<ControlPlane>(store, port);
     REQUIRE(port != 0);
     Recorder rec;
-    auto client = agent::discovery::Client::create(
-        {"127.0.0.1:" + std::to_string(port), "node1", 50ms, 200ms}, rec);
+    auto client = agent::discovery::Client::create(clientConfig(port), rec);
     REQUIRE(client.has_value());
     CHECK(rec.waitUntil([](Recorder& r) { return r.view.count("uid-web") == 1; }));
     CHECK(rec.view["uid-web"].enrolled());
@@ -111,10 +160,9 @@ TEST_SUITE("discovery") {
     REQUIRE(store.setSource("a", podObjects("web")).has_value());
     int port = 0;
     ControlPlane cp(store, port);
-    auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                       grpc::InsecureChannelCredentials());
-    auto stub = api::v1::Discovery::NewStub(channel);
+    auto stub = api::v1::Discovery::NewStub(tlsChannel(port));
     grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + kNode1Token);
     api::v1::WatchRequest req;
     req.set_node("node1");
     req.set_resume_version(store.version());
@@ -132,13 +180,126 @@ TEST_SUITE("discovery") {
     controlplane::model::Store store;
     int port = 0;
     ControlPlane cp(store, port);
-    auto stub = api::v1::Discovery::NewStub(grpc::CreateChannel(
-        "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+    auto stub = api::v1::Discovery::NewStub(tlsChannel(port));
     grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + kNode1Token);
     api::v1::WatchRequest req;
     auto reader = stub->Watch(&ctx, req);
     api::v1::WatchResponse resp;
     CHECK_FALSE(reader->Read(&resp));
     CHECK(reader->Finish().error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  }
+
+  TEST_CASE("a node token only watches as its own node and unknown tokens are refused") {
+    controlplane::model::Store store;
+    int port = 0;
+    ControlPlane cp(store, port);
+    auto stub = api::v1::Discovery::NewStub(tlsChannel(port));
+    auto watch = [&](const std::string& node, const std::string& token) {
+      grpc::ClientContext ctx;
+      if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+      api::v1::WatchRequest req;
+      req.set_node(node);
+      auto reader = stub->Watch(&ctx, req);
+      api::v1::WatchResponse resp;
+      while (reader->Read(&resp)) ctx.TryCancel();
+      return reader->Finish().error_code();
+    };
+    CHECK(watch("node2", kNode1Token) == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK(watch("node1", "not-a-token-at-all-00000") == grpc::StatusCode::UNAUTHENTICATED);
+    CHECK(watch("node1", "") == grpc::StatusCode::UNAUTHENTICATED);
+  }
+
+  TEST_CASE("a client that does not trust the control plane's CA cannot connect") {
+    controlplane::model::Store store;
+    int port = 0;
+    ControlPlane cp(store, port);
+    auto dir =
+        std::filesystem::temp_directory_path() / ("sluice-other-ca-" + std::to_string(getpid()));
+    bool created = false;
+    auto other = controlplane::ca::Authority::development(dir.string(), "cluster.local", &created);
+    std::filesystem::remove_all(dir);
+    REQUIRE(other.has_value());
+    Recorder rec;
+    auto cfg = clientConfig(port);
+    cfg.trust_anchor_pem = (*other)->trustAnchorPem();
+    auto client = agent::discovery::Client::create(cfg, rec);
+    REQUIRE(client.has_value());
+    CHECK_FALSE(rec.waitUntil([&](Recorder&) { return (*client)->synced(); }, 1500ms));
+    CHECK_FALSE((*client)->lastError().empty());
+  }
+}
+
+TEST_SUITE("certificates") {
+  TEST_CASE("node authorization: a node gets identities of pods it runs - and nothing else") {
+    controlplane::model::Store store;
+    REQUIRE(
+        store.setSource("a", podObjects("web")).has_value());  // shop/default on node1 with an IP
+    int port = 0;
+    ControlPlane cp(store, port);
+    auto target = "127.0.0.1:" + std::to_string(port);
+    agent::identity::GrpcSigner node1(target, testCa().trustAnchorPem(), kNode1Token);
+    agent::identity::GrpcSigner node2(target, testCa().trustAnchorPem(), kNode2Token);
+    agent::identity::GrpcSigner stranger(target, testCa().trustAnchorPem(),
+                                         "unknown-token-0000000000");
+    auto key = x509::generateP256();
+    auto csr = *x509::makeCsr(key->get(), "spiffe://cluster.local/ns/shop/sa/default");
+
+    auto ok = node1.sign(csr, 120s);
+    REQUIRE_MESSAGE(ok.has_value(), (ok ? "" : ok.error().describe()));
+    auto chain = x509::parseChain(*ok);
+    CHECK(x509::uriSan((*chain)[0].get()) == "spiffe://cluster.local/ns/shop/sa/default");
+
+    auto refused = node2.sign(csr, 120s);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().describe().find("runs no pod") != std::string::npos);
+    CHECK(stranger.sign(csr, 120s).error().describe().find("unknown node token") !=
+          std::string::npos);
+    auto other_sa = *x509::makeCsr(key->get(), "spiffe://cluster.local/ns/shop/sa/admin");
+    CHECK_FALSE(node1.sign(other_sa, 120s).has_value());
+    CHECK_FALSE(node1.sign("garbage", 120s).has_value());
+  }
+
+  TEST_CASE(
+      "the agent's certificate manager fetches ahead - renews and keeps serving while the CA is "
+      "away") {
+    controlplane::model::Store store;
+    REQUIRE(store.setSource("a", podObjects("web")).has_value());
+    int port = 0;
+    auto cp = std::make_unique<ControlPlane>(store, port);
+    agent::identity::GrpcSigner signer("127.0.0.1:" + std::to_string(port),
+                                       testCa().trustAnchorPem(), kNode1Token);
+    agent::identity::CertManagerConfig cfg;
+    cfg.ttl = 60s;  // renews at ~30 s +/- 6 s
+    cfg.initial_backoff = 50ms;
+    cfg.max_backoff = 200ms;
+    agent::identity::CertManager certs(signer, cfg);
+    const std::string id = "spiffe://cluster.local/ns/shop/sa/default";
+    const std::string denied = "spiffe://cluster.local/ns/shop/sa/nobody";
+    certs.setIdentities({id, denied});
+    Recorder wait;  // for its polling helper
+    REQUIRE(wait.waitUntil([&](Recorder&) { return certs.get(id) != nullptr; }));
+    auto first = certs.get(id);
+    CHECK(first->not_after - std::chrono::system_clock::now() <= 61s);
+    CHECK(x509::parsePrivateKey(first->key_pem).has_value());
+    auto dump = certs.dump()["certificates"];
+    REQUIRE(dump.size() == 2);
+    bool saw_denied = false;
+    for (const auto& c : dump) {
+      if (c["identity"] == denied) {
+        saw_denied = true;
+        CHECK(c["state"] == "pending");
+        CHECK(c["error"].get<std::string>().find("runs no pod") != std::string::npos);
+      } else {
+        CHECK(c["state"] == "valid");
+        CHECK(c["renews_in_seconds"].get<long>() >= 20);
+        CHECK(c["renews_in_seconds"].get<long>() <= 37);
+      }
+    }
+    CHECK(saw_denied);
+    cp.reset();  // the CA goes away: the certificate keeps serving
+    CHECK(certs.get(id) == first);
+    certs.setIdentities({});
+    CHECK(certs.get(id) == nullptr);
   }
 }

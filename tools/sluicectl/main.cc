@@ -28,6 +28,7 @@ Commands:
   connections   proxied connections (open and recently closed)
   bpf           Sluice's pinned BPF maps and links on this node, decoded
   stats         proxy and BPF counters
+  certs         workload certificates of this node: identity, serial, validity, renewal, state
 
 Flags:
   --admin IP:PORT      agent admin API (default 127.0.0.1:15000, or $SLUICE_ADMIN)
@@ -140,6 +141,30 @@ int cmdConnections(const std::string& admin, bool as_json) {
   return 0;
 }
 
+std::string humanSeconds(long long s) {
+  if (s < 0) return "now";
+  if (s < 120) return std::to_string(s) + "s";
+  if (s < 7200) return std::to_string(s / 60) + "m";
+  return std::to_string(s / 3600) + "h" + std::to_string((s % 3600) / 60) + "m";
+}
+
+int cmdCerts(const std::string& admin, bool as_json) {
+  json j = adminGet(admin, "/certs");
+  if (as_json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  ctl::Table t({"IDENTITY", "SERIAL", "NOT-BEFORE", "NOT-AFTER", "RENEWS-IN", "STATE"});
+  for (const auto& c : j["certificates"]) {
+    std::string state = str(c, "state");
+    if (!str(c, "error").empty()) state += " (" + str(c, "error") + ")";
+    t.add({str(c, "identity"), str(c, "serial"), str(c, "not_before"), str(c, "not_after"),
+           humanSeconds(c.value("renews_in_seconds", 0LL)), state});
+  }
+  std::fputs(t.render().c_str(), stdout);
+  return 0;
+}
+
 int cmdStats(const std::string& admin, bool as_json) {
   json j = adminGet(admin, "/stats");
   if (as_json) {
@@ -241,6 +266,7 @@ int main(int argc, char** argv) {
   if (command == "workloads") return cmdWorkloads(admin, as_json);
   if (command == "connections") return cmdConnections(admin, as_json);
   if (command == "stats") return cmdStats(admin, as_json);
+  if (command == "certs") return cmdCerts(admin, as_json);
   if (command == "bpf") return cmdBpf(pin_dir, as_json);
   if (command.empty()) die("no command given\nRun 'sluicectl --help' for usage.", 2);
   die("unknown command '" + command + "'\nRun 'sluicectl --help' for usage.", 2);
