@@ -20,6 +20,7 @@
 #include "agent/bpf/orig_dst_resolver.h"
 #include "agent/cni/server.h"
 #include "agent/discovery/client.h"
+#include "agent/discovery/mesh_directory.h"
 #include "agent/identity/cert_manager.h"
 #include "agent/pods/pod_manager.h"
 #include "sluice/common/addr.h"
@@ -223,15 +224,18 @@ class CniBridge final : public agent::cni::Handler {
 
 class DiscoveryBridge final : public agent::discovery::Listener {
  public:
-  DiscoveryBridge(agent::pods::PodManager& pods, std::function<void()> changed)
-      : pods_(pods), changed_(std::move(changed)) {}
+  DiscoveryBridge(agent::pods::PodManager& pods, agent::discovery::MeshDirectory& directory,
+                  std::function<void()> changed)
+      : pods_(pods), directory_(directory), changed_(std::move(changed)) {}
   void onWorkloads(const std::map<std::string, api::v1::Workload>& all, uint64_t version) override {
+    directory_.update(all);
     pods_.onWorkloads(all, version);
     changed_();
   }
 
  private:
   agent::pods::PodManager& pods_;
+  agent::discovery::MeshDirectory& directory_;
   std::function<void()> changed_;
 };
 
@@ -244,6 +248,9 @@ nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
                    {"source", c.source},
                    {"destination", c.destination},
                    {"path", c.path},
+                   {"source_principal", c.source_principal},
+                   {"destination_principal", c.destination_principal},
+                   {"mutual_tls", c.mutual_tls},
                    {"bytes_sent", c.bytes_sent},
                    {"bytes_received", c.bytes_received},
                    {"start_unix_ms", c.start_unix_ms},
@@ -283,19 +290,6 @@ int runAgent(const Flags& flags) {
     logger->info("{} attached to {} (link {}{})", l.program, cgroup, l.link_id,
                  l.reused ? ", re-adopted" : "");
 
-  agent::bpf::MapOrigDstResolver resolver((*loader)->origDst());
-  ztunnel::EngineConfig engine_config;
-  engine_config.workers = flags.workers;
-  engine_config.max_connections_per_pod = flags.max_per_pod;
-  auto engine = ztunnel::createEngine(engine_config, resolver);
-  if (!engine) {
-    logger->critical("starting the proxy engine failed: {}", engine.error().describe());
-    return 1;
-  }
-
-  agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json");
-  pods.restore();
-
   auto trust_anchor = readFile(flags.ca_bundle);
   if (!trust_anchor) {
     logger->critical("--ca-bundle: {}", trust_anchor.error().describe());
@@ -315,6 +309,22 @@ int runAgent(const Flags& flags) {
   agent::identity::CertManagerConfig cert_config;
   cert_config.ttl = std::chrono::seconds(flags.cert_ttl);
   agent::identity::CertManager certs(signer, cert_config);
+  agent::discovery::MeshDirectory directory(flags.trust_domain);
+
+  agent::bpf::MapOrigDstResolver resolver((*loader)->origDst());
+  ztunnel::EngineConfig engine_config;
+  engine_config.workers = flags.workers;
+  engine_config.max_connections_per_pod = flags.max_per_pod;
+  engine_config.trust_domain = flags.trust_domain;
+  engine_config.trust_anchor_pem = *trust_anchor;
+  auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory);
+  if (!engine) {
+    logger->critical("starting the proxy engine failed: {}", engine.error().describe());
+    return 1;
+  }
+
+  agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json");
+  pods.restore();
   // Fetch ahead: every enrolled pod's identity gets a certificate before it is needed.
   auto sync_identities = [&] {
     std::set<std::string> uris;
@@ -324,7 +334,7 @@ int runAgent(const Flags& flags) {
   };
   sync_identities();
 
-  DiscoveryBridge discovery_bridge(pods, sync_identities);
+  DiscoveryBridge discovery_bridge(pods, directory, sync_identities);
   agent::discovery::ClientConfig discovery_config;
   discovery_config.target = flags.controlplane;
   discovery_config.node_name = flags.node_name;
@@ -377,7 +387,15 @@ int runAgent(const Flags& flags) {
                             {"closed", s.closed},
                             {"connect_failures", s.connect_failures},
                             {"limit_rejected", s.limit_rejected},
-                            {"no_original_dst", s.no_original_dst}}},
+                            {"no_original_dst", s.no_original_dst},
+                            {"no_certificate", s.no_certificate}}},
+                          {"hbone",
+                           {{"tunnels_opened", s.hbone_tunnels_opened},
+                            {"tunnels_active", s.hbone_tunnels_active},
+                            {"handshake_failures", s.hbone_handshake_failures},
+                            {"timeouts", s.hbone_timeouts},
+                            {"bad_requests", s.hbone_bad_requests},
+                            {"refused", s.hbone_refused}}},
                           {"bpf",
                            {{"connect_seen", b[SLUICE_STAT_CONNECT_SEEN]},
                             {"connect_redirected", b[SLUICE_STAT_CONNECT_REDIRECTED]},

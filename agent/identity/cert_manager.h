@@ -18,6 +18,7 @@
 
 #include "sluice/common/result.h"
 #include "sluice/common/x509.h"
+#include "sluice/ztunnel/engine.h"
 
 namespace sluice::agent::identity {
 
@@ -29,10 +30,8 @@ class Signer {
                                    std::chrono::seconds ttl) = 0;  // chain PEM
 };
 
-struct Certified {
-  std::string identity;
-  std::string key_pem;
-  std::string chain_pem;
+// What the proxy presents (identity, chain, key) plus the validity.
+struct Certified : ztunnel::WorkloadCredential {
   std::chrono::system_clock::time_point not_before, not_after;
 };
 
@@ -42,14 +41,18 @@ struct CertManagerConfig {
   std::chrono::milliseconds max_backoff{30000};
 };
 
-class CertManager {
+class CertManager final : public ztunnel::CredentialSource {
  public:
   CertManager(Signer& signer, CertManagerConfig config);
-  ~CertManager();
+  ~CertManager() override;
 
   // The identities (SPIFFE URIs) that must have certificates; others are dropped.
   void setIdentities(const std::set<std::string>& uris);
   std::shared_ptr<const Certified> get(const std::string& uri) const;
+  // For the proxy: the current certificate (the old one until a renewal lands).
+  std::shared_ptr<const ztunnel::WorkloadCredential> credential(const std::string& uri) override {
+    return get(uri);
+  }
   nlohmann::json dump() const;
 
  private:

@@ -13,7 +13,9 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/log.h"
+#include "sluice/common/x509.h"
 #include "ztunnel/inpod/inpod.h"
+#include "ztunnel/proxy/hbone.h"
 
 namespace sluice::ztunnel::proxy {
 
@@ -40,13 +42,25 @@ enum OpKind : int {
 };
 enum Dir : int { kUp = 0, kDown = 1 };  // up: client -> upstream; down: upstream -> client
 
+const char* kindName(ListenerKind k) {
+  switch (k) {
+    case ListenerKind::kOutbound:
+      return "outbound";
+    case ListenerKind::kInbound:
+      return "inbound";
+    case ListenerKind::kHbone:
+      return "hbone";
+  }
+  return "?";
+}
+
 }  // namespace
 
 struct Listener final : uring::Operation {
   Worker* worker = nullptr;
   UniqueFd fd;
   std::shared_ptr<PodState> pod;
-  bool inbound = false;
+  ListenerKind kind = ListenerKind::kOutbound;
   bool armed = false;
   bool closing = false;
   void complete(const io_uring_cqe& cqe) override { worker->onAccept(*this, cqe); }
@@ -109,6 +123,9 @@ ConnectionInfo Registry::toInfo(const Record& r, const char* state) {
   c.source = r.source;
   c.destination = r.destination;
   c.path = r.path;
+  c.source_principal = r.source_principal;
+  c.destination_principal = r.destination_principal;
+  c.mutual_tls = r.mutual_tls;
   c.bytes_sent = r.sent.load(std::memory_order_relaxed);
   c.bytes_received = r.received.load(std::memory_order_relaxed);
   c.start_unix_ms = r.start_unix_ms;
@@ -138,6 +155,8 @@ std::vector<ConnectionInfo> Registry::snapshot() const {
 
 // ---------------------------------------------------------------- Worker
 
+Worker::Worker(EngineImpl& engine, unsigned index) : engine_(engine), index_(index) {}
+
 Worker::~Worker() { stop(); }
 
 Result<void> Worker::start() {
@@ -155,6 +174,7 @@ Result<void> Worker::start() {
       return;
     }
     ring_ = std::move(*ring);
+    if (engine_.hbone()) hbone_ = std::make_unique<HboneWorker>(*this, engine_, *ring_);
     armWake();
     ready.set_value({});
     loop();
@@ -196,25 +216,36 @@ void Worker::drainCommands() {
 }
 
 void Worker::loop() {
-  while (!stopping_) ring_->run(1000);
+  while (!stopping_) {
+    ring_->run(1000);
+    auto now = std::chrono::steady_clock::now();
+    if (hbone_ && now - last_tick_ >= std::chrono::seconds(1)) {
+      last_tick_ = now;
+      hbone_->tick();
+    }
+  }
   // Orderly teardown: wake every pending operation, let them complete (the
   // kernel must not write into buffers we free), then drop everything.
   for (auto& l : listeners_) ::shutdown(l->fd.get(), SHUT_RDWR);
   for (auto& [p, c] : conns_) closeConn(*c, true, "proxy_shutdown");
+  if (hbone_) hbone_->shutdown();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (!conns_.empty() && std::chrono::steady_clock::now() < deadline) ring_->run(50);
+  while ((!conns_.empty() || (hbone_ && !hbone_->idle())) &&
+         std::chrono::steady_clock::now() < deadline)
+    ring_->run(50);
   drainCommands();
+  hbone_.reset();
   ring_.reset();
   conns_.clear();
   listeners_.clear();
 }
 
-void Worker::addListener(UniqueFd fd, std::shared_ptr<PodState> pod, bool inbound) {
+void Worker::addListener(UniqueFd fd, std::shared_ptr<PodState> pod, ListenerKind kind) {
   auto l = std::make_unique<Listener>();
   l->worker = this;
   l->fd = std::move(fd);
   l->pod = std::move(pod);
-  l->inbound = inbound;
+  l->kind = kind;
   armAccept(*l);
   listeners_.push_back(std::move(l));
 }
@@ -237,6 +268,7 @@ void Worker::removePod(const std::string& uid) {
   for (auto& [p, c] : conns_)
     if (c->pod->spec.uid == uid || (c->target && c->target->spec.uid == uid))
       closeConn(*c, true, "pod_removed");
+  if (hbone_) hbone_->removePod(uid);
 }
 
 void Worker::onAccept(Listener& l, const io_uring_cqe& cqe) {
@@ -247,7 +279,7 @@ void Worker::onAccept(Listener& l, const io_uring_cqe& cqe) {
     else
       accepted(l, cqe.res);
   } else if (cqe.res != -ECANCELED && cqe.res != -EINVAL && !l.closing) {
-    logger()->warn("accept on {} listener of {} failed: {}", l.inbound ? "inbound" : "outbound",
+    logger()->warn("accept on {} listener of {} failed: {}", kindName(l.kind),
                    l.pod->spec.name_namespace, std::strerror(-cqe.res));
   }
   if (more) return;
@@ -278,13 +310,18 @@ void Worker::accepted(Listener& l, int fd) {
   getpeername(client.get(), reinterpret_cast<sockaddr*>(&peer), &len);
   len = sizeof(local);
   getsockname(client.get(), reinterpret_cast<sockaddr*>(&local), &len);
+  if (l.kind == ListenerKind::kHbone) {
+    hbone_->inbound(l.pod, std::move(client), peer);
+    return;
+  }
   int one = 1;
   setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
   sockaddr_in dst{};
   std::shared_ptr<PodState> handoff;
   Result<UniqueFd> upstream = fail("unset");
-  if (!l.inbound) {
+  bool inbound = l.kind == ListenerKind::kInbound;
+  if (!inbound) {
     auto orig = engine_.resolver().originalDst(pod.spec.netns_cookie, peer, local);
     if (!orig) {
       stats.no_original_dst++;
@@ -295,13 +332,25 @@ void Worker::accepted(Listener& l, int fd) {
     dst = *orig;
     auto local_pods = engine_.localPods();
     auto target = local_pods->find(dst.sin_addr.s_addr);
+    std::optional<MeshWorkload> remote;
     if (target != local_pods->end() && !target->second->removed) {
       // Meshed destination on this node: hand the connection straight to the
       // destination pod, as its inbound side would (client pod IP as source,
       // inside its netns); the bytes never leave the kernel and take one
       // proxy hop instead of two.
       handoff = target->second;
+      uint16_t port = ntohs(dst.sin_port);
+      if (port == SLUICE_INBOUND_PORT || port == SLUICE_HBONE_PORT || port == SLUICE_OUTBOUND_PORT) {
+        engine_.counters().hbone_refused++;
+        logger()->warn("pod {}: refused a connection to the proxy port {} of pod {}",
+                       pod.spec.name_namespace, formatEndpoint(dst), handoff->spec.name_namespace);
+        return;
+      }
       upstream = inpod::upstreamSocket(handoff->netns.get(), SLUICE_MARK_INBOUND_APP, pod.spec.ip4);
+    } else if (hbone_ && (remote = engine_.directory()->meshed(dst.sin_addr.s_addr))) {
+      // Meshed destination on another node: mutual TLS through a tunnel.
+      hbone_->outbound(l.pod, std::move(client), peer, dst, *remote);
+      return;
     } else {
       upstream = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_MINE, 0);
     }
@@ -333,17 +382,15 @@ void Worker::accepted(Listener& l, int fd) {
     c->ops[k].conn = c.get();
     c->ops[k].kind = k;
   }
-  auto rec = std::make_shared<Record>();
-  rec->id = engine_.nextId();
-  rec->direction = l.inbound ? "inbound" : "outbound";
-  rec->pod = pod.spec.name_namespace;
-  rec->source = formatEndpoint(peer);
-  rec->destination = formatEndpoint(dst);
-  rec->path = l.inbound ? "inbound" : handoff ? "local_handoff" : "passthrough";
-  rec->start_unix_ms = nowUnixMs();
-  rec->start = std::chrono::steady_clock::now();
-  c->rec = rec;
-  engine_.registry().add(rec);
+  c->rec = engine_.openRecord(inbound ? "inbound" : "outbound", pod.spec.name_namespace,
+                              formatEndpoint(peer), formatEndpoint(dst),
+                              inbound ? "inbound" : handoff ? "local_handoff" : "passthrough");
+  if (handoff) {
+    // Same node: the source identity is known from the listener's netns;
+    // no TLS because the bytes never leave the kernel.
+    c->rec->source_principal = pod.identity;
+    c->rec->destination_principal = handoff->identity;
+  }
   pod.connections++;
   stats.active++;
 
@@ -483,26 +530,63 @@ void Worker::finish(Conn& c) {
   stats.active--;
   stats.closed++;
   c.pod->connections--;
-  engine_.registry().close(c.rec, c.reason);
-  if (engine_.config().access_log) {
-    auto dur = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::steady_clock::now() - c.rec->start);
-    log::get("access")->info(
-        "{} pod={} src={} dst={} path={} sent={} received={} duration_ms={} reason={}",
-        c.rec->direction, c.rec->pod, c.rec->source, c.rec->destination, c.rec->path,
-        c.rec->sent.load(), c.rec->received.load(), dur.count(), c.reason);
-  }
+  engine_.closeRecord(c.rec, c.reason);
   conns_.erase(&c);  // closes both fds
 }
 
 // ---------------------------------------------------------------- Engine
 
-EngineImpl::EngineImpl(const EngineConfig& config, OrigDstResolver& resolver)
-    : config_(config), resolver_(resolver) {}
+EngineImpl::EngineImpl(const EngineConfig& config, OrigDstResolver& resolver,
+                       CredentialSource* credentials, MeshDirectory* directory)
+    : config_(config), resolver_(resolver), credentials_(credentials), directory_(directory) {}
 
 EngineImpl::~EngineImpl() { stop(); }
 
+std::string EngineImpl::identityOf(const PodSpec& spec) const {
+  auto slash = spec.name_namespace.find('/');
+  return x509::SpiffeId{config_.trust_domain, spec.name_namespace.substr(0, slash),
+                        spec.service_account}
+      .uri();
+}
+
+std::shared_ptr<Record> EngineImpl::openRecord(const char* direction, const std::string& pod,
+                                               const std::string& source,
+                                               const std::string& destination, const char* path) {
+  auto rec = std::make_shared<Record>();
+  rec->id = nextId();
+  rec->direction = direction;
+  rec->pod = pod;
+  rec->source = source;
+  rec->destination = destination;
+  rec->path = path;
+  rec->start_unix_ms = nowUnixMs();
+  rec->start = std::chrono::steady_clock::now();
+  registry_.add(rec);
+  return rec;
+}
+
+void EngineImpl::closeRecord(const std::shared_ptr<Record>& rec, const std::string& reason) {
+  registry_.close(rec, reason);
+  if (!config_.access_log) return;
+  auto dur = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - rec->start);
+  log::get("access")->info(
+      "{} pod={} src={} dst={} path={} src_principal={} dst_principal={} mutual_tls={} sent={} "
+      "received={} duration_ms={} reason={}",
+      rec->direction, rec->pod, rec->source, rec->destination, rec->path,
+      rec->source_principal.empty() ? "-" : rec->source_principal,
+      rec->destination_principal.empty() ? "-" : rec->destination_principal, rec->mutual_tls,
+      rec->sent.load(), rec->received.load(), dur.count(), reason);
+}
+
 Result<void> EngineImpl::start() {
+  if ((credentials_ == nullptr) != (directory_ == nullptr))
+    return fail("HBONE needs both a credential source and a mesh directory");
+  if (credentials_) {
+    auto contexts = tls::Contexts::create(config_.trust_anchor_pem);
+    if (!contexts) return fail("HBONE trust anchor: " + contexts.error().describe());
+    tls_ = std::move(*contexts);
+  }
   unsigned n =
       config_.workers ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) {
@@ -524,9 +608,10 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
   if (dup < 0) return failErrno("dup of the pod netns fd failed");
   pod->netns = UniqueFd(dup);
   pod->spec.netns_fd = dup;
+  pod->identity = identityOf(spec);
   if (auto r = inpod::prepareNetns(dup); !r) return r;
   // Create every listener first so a failure leaves nothing behind.
-  std::vector<std::pair<UniqueFd, bool>> fds;
+  std::vector<std::pair<UniqueFd, ListenerKind>> fds;
   for (size_t i = 0; i < workers_.size(); ++i) {
     auto out = inpod::listenIn(dup, htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT, false);
     if (!out)
@@ -536,14 +621,22 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
     if (!in)
       return fail(fmt::format("inbound listener {}:{} in pod {}: {}", formatIp4(spec.ip4),
                               SLUICE_INBOUND_PORT, spec.name_namespace, in.error().describe()));
-    fds.emplace_back(std::move(*out), false);
-    fds.emplace_back(std::move(*in), true);
+    fds.emplace_back(std::move(*out), ListenerKind::kOutbound);
+    fds.emplace_back(std::move(*in), ListenerKind::kInbound);
+    if (hbone()) {
+      auto hb = inpod::listenIn(dup, spec.ip4, SLUICE_HBONE_PORT, false);
+      if (!hb)
+        return fail(fmt::format("HBONE listener {}:{} in pod {}: {}", formatIp4(spec.ip4),
+                                SLUICE_HBONE_PORT, spec.name_namespace, hb.error().describe()));
+      fds.emplace_back(std::move(*hb), ListenerKind::kHbone);
+    }
   }
+  size_t per_worker = fds.size() / workers_.size();
   for (size_t i = 0; i < fds.size(); ++i) {
-    Worker* w = workers_[i / 2].get();
+    Worker* w = workers_[i / per_worker].get();
     auto fd = std::make_shared<UniqueFd>(std::move(fds[i].first));
-    bool inbound = fds[i].second;
-    w->post([w, fd, pod, inbound] { w->addListener(std::move(*fd), pod, inbound); });
+    ListenerKind kind = fds[i].second;
+    w->post([w, fd, pod, kind] { w->addListener(std::move(*fd), pod, kind); });
   }
   pods_[spec.uid] = pod;
   publishIndex();
@@ -590,6 +683,9 @@ std::vector<ListenerInfo> EngineImpl::listeners() const {
                    "outbound"});
     out.push_back({uid, p->spec.name_namespace,
                    fmt::format("{}:{}", formatIp4(p->spec.ip4), SLUICE_INBOUND_PORT), "inbound"});
+    if (hbone())
+      out.push_back({uid, p->spec.name_namespace,
+                     fmt::format("{}:{}", formatIp4(p->spec.ip4), SLUICE_HBONE_PORT), "hbone"});
   }
   return out;
 }
@@ -602,6 +698,13 @@ EngineStats EngineImpl::stats() const {
   s.connect_failures = stats_.connect_failures;
   s.limit_rejected = stats_.limit_rejected;
   s.no_original_dst = stats_.no_original_dst;
+  s.hbone_tunnels_opened = stats_.hbone_opened;
+  s.hbone_tunnels_active = stats_.hbone_active;
+  s.hbone_handshake_failures = stats_.hbone_handshake_failures;
+  s.hbone_timeouts = stats_.hbone_timeouts;
+  s.hbone_bad_requests = stats_.hbone_bad_requests;
+  s.hbone_refused = stats_.hbone_refused;
+  s.no_certificate = stats_.no_certificate;
   return s;
 }
 
@@ -619,9 +722,10 @@ void EngineImpl::stop() {
 
 namespace sluice::ztunnel {
 
-Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config,
-                                             OrigDstResolver& resolver) {
-  auto e = std::make_unique<proxy::EngineImpl>(config, resolver);
+Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver,
+                                             CredentialSource* credentials,
+                                             MeshDirectory* directory) {
+  auto e = std::make_unique<proxy::EngineImpl>(config, resolver, credentials, directory);
   if (auto r = e->start(); !r) return tl::unexpected(r.error());
   return std::unique_ptr<Engine>(std::move(e));
 }

@@ -17,15 +17,18 @@
 
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
+#include "ztunnel/tls/tls.h"
 #include "ztunnel/uring/ring.h"
 
 namespace sluice::ztunnel::proxy {
 
 class Worker;
 class EngineImpl;
+class HboneWorker;
 
 struct PodState {
-  PodSpec spec;  // spec.netns_fd == netns.get()
+  PodSpec spec;          // spec.netns_fd == netns.get()
+  std::string identity;  // SPIFFE URI
   UniqueFd netns;
   std::atomic<unsigned> connections{0};
   std::atomic<bool> removed{false};
@@ -35,6 +38,8 @@ struct PodState {
 struct Record {
   uint64_t id = 0;
   std::string direction, pod, source, destination, path;
+  std::string source_principal, destination_principal;
+  bool mutual_tls = false;
   int64_t start_unix_ms = 0;
   std::chrono::steady_clock::time_point start;
   std::atomic<uint64_t> sent{0}, received{0};
@@ -57,15 +62,17 @@ class Registry {
 
 struct Listener;
 struct Conn;
+enum class ListenerKind { kOutbound, kInbound, kHbone };
 
 struct Stats {
   std::atomic<uint64_t> accepted{0}, active{0}, closed{0}, connect_failures{0}, limit_rejected{0},
-      no_original_dst{0};
+      no_original_dst{0}, hbone_opened{0}, hbone_active{0}, hbone_handshake_failures{0},
+      hbone_timeouts{0}, hbone_bad_requests{0}, hbone_refused{0}, no_certificate{0};
 };
 
 class Worker {
  public:
-  Worker(EngineImpl& engine, unsigned index) : engine_(engine), index_(index) {}
+  Worker(EngineImpl& engine, unsigned index);
   ~Worker();
   Result<void> start();
   void stop();
@@ -73,7 +80,7 @@ class Worker {
   void post(std::function<void()> fn);
 
   // --- worker thread only ---
-  void addListener(UniqueFd fd, std::shared_ptr<PodState> pod, bool inbound);
+  void addListener(UniqueFd fd, std::shared_ptr<PodState> pod, ListenerKind kind);
   void removePod(const std::string& uid);
   void onAccept(Listener& l, const io_uring_cqe& cqe);
   void onConn(Conn& c, int kind, const io_uring_cqe& cqe);
@@ -87,6 +94,8 @@ class Worker {
   void pump(Conn& c, int dir);
   void closeConn(Conn& c, bool reset, const std::string& reason);
   void finish(Conn& c);
+  std::unique_ptr<HboneWorker> hbone_;  // when mTLS is on
+  std::chrono::steady_clock::time_point last_tick_{};
 
   EngineImpl& engine_;
   unsigned index_;
@@ -107,7 +116,8 @@ class Worker {
 
 class EngineImpl final : public Engine {
  public:
-  EngineImpl(const EngineConfig& config, OrigDstResolver& resolver);
+  EngineImpl(const EngineConfig& config, OrigDstResolver& resolver, CredentialSource* credentials,
+             MeshDirectory* directory);
   ~EngineImpl() override;
   Result<void> start();
 
@@ -120,6 +130,16 @@ class EngineImpl final : public Engine {
 
   const EngineConfig& config() const { return config_; }
   OrigDstResolver& resolver() { return resolver_; }
+  bool hbone() const { return credentials_ != nullptr; }
+  CredentialSource* credentials() { return credentials_; }
+  MeshDirectory* directory() { return directory_; }
+  tls::Contexts& tls() { return *tls_; }
+  std::string identityOf(const PodSpec& spec) const;
+  // A connection record, registered as open; closeRecord also writes the access log line.
+  std::shared_ptr<Record> openRecord(const char* direction, const std::string& pod,
+                                     const std::string& source, const std::string& destination,
+                                     const char* path);
+  void closeRecord(const std::shared_ptr<Record>& rec, const std::string& reason);
   Registry& registry() { return registry_; }
   Stats& counters() { return stats_; }
   uint64_t nextId() { return next_id_.fetch_add(1) + 1; }
@@ -133,6 +153,9 @@ class EngineImpl final : public Engine {
  private:
   EngineConfig config_;
   OrigDstResolver& resolver_;
+  CredentialSource* credentials_;
+  MeshDirectory* directory_;
+  std::unique_ptr<tls::Contexts> tls_;
   Registry registry_;
   Stats stats_;
   std::atomic<uint64_t> next_id_{0};

@@ -26,6 +26,17 @@ struct EngineConfig {
   unsigned max_connections_per_pod = 4096;          // accepted beyond this are closed (counted)
   size_t buffer_bytes = 128 * 1024;  // per direction per connection, allocated while active
   bool access_log = true;            // one line per closed connection
+
+  // HBONE (mutual TLS between nodes); active when createEngine gets a
+  // CredentialSource and a MeshDirectory.
+  std::string trust_domain = "cluster.local";
+  std::string trust_anchor_pem;  // peers' chains must end here
+  std::chrono::milliseconds hbone_handshake_timeout{10000};  // TCP+TLS+first CONNECT
+  std::chrono::milliseconds hbone_idle_timeout{60000};       // pooled tunnel without streams
+  std::chrono::milliseconds hbone_keepalive{30000};          // PING after this much silence
+  uint32_t hbone_max_streams = 100;                          // per tunnel, both directions
+  uint32_t hbone_stream_window = 1u << 20;                   // HTTP/2 flow control, per stream
+  uint32_t hbone_connection_window = 16u << 20;              // and per tunnel
 };
 
 // An enrolled pod as the engine needs it. The engine dup()s netns_fd.
@@ -36,6 +47,35 @@ struct PodSpec {
   uint32_t ip4 = 0;  // network order
   uint64_t netns_cookie = 0;
   int netns_fd = -1;
+};
+
+// A workload certificate chain (leaf first, then its issuers) and its key.
+struct WorkloadCredential {
+  std::string identity;  // the SPIFFE URI in the leaf
+  std::string chain_pem;
+  std::string key_pem;
+};
+
+// Certificates of this node's workloads; a renewal returns a new object.
+// Thread-safe and non-blocking (the agent's certificate manager).
+class CredentialSource {
+ public:
+  virtual ~CredentialSource() = default;
+  virtual std::shared_ptr<const WorkloadCredential> credential(const std::string& spiffe_uri) = 0;
+};
+
+// A meshed (enrolled) workload anywhere in the cluster, by pod IP.
+struct MeshWorkload {
+  std::string identity;  // SPIFFE URI
+  std::string name;      // ns/name
+  std::string node;
+};
+
+// The control plane's view, by IP. Thread-safe and non-blocking.
+class MeshDirectory {
+ public:
+  virtual ~MeshDirectory() = default;
+  virtual std::optional<MeshWorkload> meshed(uint32_t ip4) = 0;  // network order
 };
 
 // Finds the original destination of a connection accepted on a pod's 15001
@@ -53,7 +93,7 @@ struct ListenerInfo {
   std::string pod_uid;
   std::string pod;      // ns/name
   std::string address;  // "127.0.0.1:15001", "10.244.1.5:15006"
-  std::string kind;     // "outbound" | "inbound"
+  std::string kind;     // "outbound" | "inbound" | "hbone"
 };
 
 struct ConnectionInfo {
@@ -62,8 +102,12 @@ struct ConnectionInfo {
   std::string pod;          // ns/name of the enrolled pod that owns the listener
   std::string source;       // ip:port of the client
   std::string destination;  // original destination ip:port
-  std::string path;         // "passthrough" (to the network), "local_handoff" (meshed pod on
-                            // this node, one hop), "inbound" (from outside into an enrolled pod)
+  std::string path;  // "passthrough" (to the network), "local_handoff" (meshed pod on this
+                     // node, one hop), "hbone" (mTLS tunnel to/from another node),
+                     // "inbound" (plaintext from outside the mesh into an enrolled pod)
+  std::string source_principal;       // SPIFFE ID of the client workload, when known
+  std::string destination_principal;  // SPIFFE ID of the destination workload, when meshed
+  bool mutual_tls = false;            // carried over an mTLS (HBONE) tunnel
   uint64_t bytes_sent = 0;  // client -> destination
   uint64_t bytes_received = 0;  // destination -> client
   int64_t start_unix_ms = 0;
@@ -79,6 +123,13 @@ struct EngineStats {
   uint64_t connect_failures = 0;
   uint64_t limit_rejected = 0;
   uint64_t no_original_dst = 0;
+  uint64_t hbone_tunnels_opened = 0;      // outbound + inbound
+  uint64_t hbone_tunnels_active = 0;
+  uint64_t hbone_handshake_failures = 0;  // TLS refused: bad/absent cert, wrong peer, not TLS 1.3
+  uint64_t hbone_timeouts = 0;            // handshake or first CONNECT not within the deadline
+  uint64_t hbone_bad_requests = 0;        // not a valid CONNECT (protocol errors)
+  uint64_t hbone_refused = 0;             // CONNECT answered 401 (target not this pod)
+  uint64_t no_certificate = 0;            // the source workload had no certificate yet
 };
 
 class Engine {
@@ -86,7 +137,7 @@ class Engine {
   virtual ~Engine() = default;
 
   // Creates the listeners for pod inside its netns (127.0.0.1:15001 outbound,
-  // <ip>:15006 inbound, transparent). Idempotent per uid: a second call with
+  // <ip>:15006 inbound, transparent, and <ip>:15008 HBONE when mTLS is on). Idempotent per uid: a second call with
   // the same uid replaces nothing and succeeds. Fails (and leaves nothing
   // behind) if a listener cannot be created.
   virtual Result<void> addPod(const PodSpec& pod) = 0;
@@ -102,6 +153,10 @@ class Engine {
   virtual void stop() = 0;
 };
 
-Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver);
+// credentials + directory (both or neither) turn on HBONE: remote meshed
+// destinations go through mTLS tunnels, and each pod gets a 15008 listener.
+Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver,
+                                             CredentialSource* credentials = nullptr,
+                                             MeshDirectory* directory = nullptr);
 
 }  // namespace sluice::ztunnel

@@ -1,0 +1,105 @@
+#include "ztunnel/tls/tls.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
+#include <cstring>
+
+#include "sluice/common/x509.h"
+
+namespace sluice::ztunnel::tls {
+
+namespace {
+
+constexpr unsigned char kAlpnH2[] = {2, 'h', '2'};
+
+// Server side ALPN: h2 or the handshake fails (no_application_protocol).
+int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+               unsigned inlen, void*) {
+  unsigned char* sel = nullptr;
+  if (SSL_select_next_proto(&sel, outlen, kAlpnH2, sizeof(kAlpnH2), in, inlen) !=
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  *out = sel;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Contexts>> Contexts::create(const std::string& trust_anchor_pem) {
+  auto anchors = x509::parseChain(trust_anchor_pem);
+  if (!anchors) return fail("trust anchor: " + anchors.error().describe());
+  if (anchors->empty()) return fail("trust anchor: no certificate in the PEM");
+  std::unique_ptr<Contexts> c(new Contexts());
+  c->store_ = X509_STORE_new();
+  if (!c->store_) return fail("X509_STORE_new failed");
+  for (auto& a : *anchors)
+    if (X509_STORE_add_cert(c->store_, a.get()) != 1)
+      return fail("trust anchor: " + x509::opensslError());
+  return c;
+}
+
+Contexts::~Contexts() {
+  cache_.clear();
+  X509_STORE_free(store_);
+}
+
+Result<SslCtx> Contexts::build(const WorkloadCredential& cred, bool server) const {
+  SslCtx ctx(SSL_CTX_new(TLS_method()));
+  if (!ctx) return fail("SSL_CTX_new: " + x509::opensslError());
+  SSL_CTX* c = ctx.get();
+  SSL_CTX_set_min_proto_version(c, TLS1_3_VERSION);
+  SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION);
+  SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);
+  auto chain = x509::parseChain(cred.chain_pem);
+  if (!chain || chain->empty())
+    return fail("certificate chain of " + cred.identity + ": " +
+                (chain ? std::string("empty") : chain.error().describe()));
+  auto key = x509::parsePrivateKey(cred.key_pem);
+  if (!key) return fail("private key of " + cred.identity + ": " + key.error().describe());
+  if (SSL_CTX_use_certificate(c, (*chain)[0].get()) != 1 ||
+      SSL_CTX_use_PrivateKey(c, key->get()) != 1 || SSL_CTX_check_private_key(c) != 1)
+    return fail("certificate/key of " + cred.identity + ": " + x509::opensslError());
+  for (size_t i = 1; i < chain->size(); ++i)
+    if (SSL_CTX_add1_chain_cert(c, (*chain)[i].get()) != 1)
+      return fail("chain of " + cred.identity + ": " + x509::opensslError());
+  SSL_CTX_set1_cert_store(c, store_);
+  SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  if (server) {
+    SSL_CTX_set_alpn_select_cb(c, selectAlpn, nullptr);
+    SSL_CTX_set_num_tickets(c, 0);  // pooled tunnels, no resumption
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  } else {
+    SSL_CTX_set_alpn_protos(c, kAlpnH2, sizeof(kAlpnH2));
+  }
+  return ctx;
+}
+
+Result<SSL_CTX*> Contexts::get(const std::shared_ptr<const WorkloadCredential>& cred, bool server) {
+  std::lock_guard lk(mu_);
+  auto it = cache_.find(cred.get());
+  if (it != cache_.end() && it->second.cred.lock() != cred) {
+    cache_.erase(it);  // an old credential's address, reused
+    it = cache_.end();
+  }
+  if (it == cache_.end()) {
+    for (auto i = cache_.begin(); i != cache_.end();)  // drop renewed-away credentials
+      i = i->second.cred.expired() ? cache_.erase(i) : std::next(i);
+    it = cache_.emplace(cred.get(), Entry{cred, nullptr, nullptr}).first;
+  }
+  SslCtx& slot = server ? it->second.server : it->second.client;
+  if (!slot) {
+    auto built = build(*cred, server);
+    if (!built) return tl::unexpected(built.error());
+    slot = std::move(*built);
+  }
+  return slot.get();
+}
+
+std::string peerIdentity(SSL* ssl) {
+  X509* peer = SSL_get0_peer_certificate(ssl);
+  if (!peer || SSL_get_verify_result(ssl) != X509_V_OK) return {};
+  return x509::uriSan(peer).value_or("");
+}
+
+}  // namespace sluice::ztunnel::tls
