@@ -9,6 +9,7 @@ PKGS=(
   nlohmann-json3-dev libyaml-cpp-dev libcpp-httplib-dev
   iproute2 containernetworking-plugins util-linux procps psmisc python3
   socat iperf3 wrk curl nginx-light
+  python3-h2 tcpdump haproxy
 )
 missing=()
 for p in "${PKGS[@]}"; do

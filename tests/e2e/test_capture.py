@@ -43,7 +43,10 @@ class CaptureTest(LabTest):
         conns = wait_for("outbound record", lambda: len(self.conns_to(f"{self.server_ip}:8080")) > before and
                          self.conns_to(f"{self.server_ip}:8080"))
         self.assertEqual(conns[-1]["pod"], "shop/client")
-        self.assertTrue(conns[-1]["source"].startswith("127.0.0.1:"))
+        self.assertTrue(conns[-1]["source"].startswith(f"{self.client_ip}:"))
+        self.assertEqual(conns[-1]["source_principal"], "spiffe://cluster.local/ns/shop/sa/client")
+        self.assertEqual(conns[-1]["destination_principal"], "spiffe://cluster.local/ns/shop/sa/server")
+        self.assertFalse(conns[-1]["mutual_tls"])
         # Both pods are meshed and on this node: one hop, handed to the server pod in-process.
         self.assertEqual(conns[-1]["path"], "local_handoff")
 

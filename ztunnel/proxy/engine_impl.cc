@@ -330,6 +330,9 @@ void Worker::accepted(Listener& l, int fd) {
       return;
     }
     dst = *orig;
+    // The app's socket is bound to loopback (it connected to 127.0.0.1:15001
+    // after the rewrite); records and Forwarded show the pod's address.
+    peer.sin_addr.s_addr = pod.spec.ip4;
     auto local_pods = engine_.localPods();
     auto target = local_pods->find(dst.sin_addr.s_addr);
     std::optional<MeshWorkload> remote;

@@ -70,6 +70,16 @@ int cbHeader(nghttp2_session*, const nghttp2_frame* f, const uint8_t* name, size
 int cbFrameRecv(nghttp2_session*, const nghttp2_frame* f, void* ud) {
   return tunnelOf(ud).hw->onFrameRecv(tunnelOf(ud), f);
 }
+// A refusal (401/503) is a complete response; the client's half of the
+// stream is then closed with RST_STREAM(NO_ERROR) (RFC 9113 8.1) — after the
+// HEADERS went out, or nghttp2 would drop them.
+int cbFrameSend(nghttp2_session* session, const nghttp2_frame* f, void*) {
+  if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, f->hd.stream_id));
+  if (s && s->rst_after_response)
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+  return 0;
+}
 int cbDataChunk(nghttp2_session*, uint8_t, int32_t id, const uint8_t* data, size_t len, void* ud) {
   return tunnelOf(ud).hw->onDataChunk(tunnelOf(ud), id, data, len);
 }
@@ -93,6 +103,7 @@ HboneWorker::HboneWorker(Worker& worker, EngineImpl& engine, uring::Ring& ring)
   nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks_, cbBeginHeaders);
   nghttp2_session_callbacks_set_on_header_callback(callbacks_, cbHeader);
   nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks_, cbFrameRecv);
+  nghttp2_session_callbacks_set_on_frame_send_callback(callbacks_, cbFrameSend);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks_, cbDataChunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks_, cbStreamClose);
   nghttp2_option_new(&options_);
@@ -683,8 +694,8 @@ void HboneWorker::respond(Tunnel& t, Stream& s, int status, bool with_data) {
   nghttp2_data_provider prd{};
   prd.source.ptr = &s;
   prd.read_callback = cbReadData;
+  s.rst_after_response = !with_data;
   nghttp2_submit_response(t.h2, s.id, nva, 1, with_data ? &prd : nullptr);
-  if (!with_data) nghttp2_submit_rst_stream(t.h2, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_NO_ERROR);
 }
 
 // ------------------------------------------------------------ streams
@@ -702,7 +713,7 @@ Stream* HboneWorker::newStream(Tunnel* t, const std::shared_ptr<PodState>& pod, 
   }
   pod->connections++;
   engine_.counters().active++;
-  engine_.counters().accepted++;
+  if (t && t->server) engine_.counters().accepted++;  // client side: counted at accept
   Stream* raw = s.get();
   streams_.emplace(raw, std::move(s));
   return raw;

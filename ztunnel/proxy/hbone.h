@@ -105,6 +105,7 @@ struct Stream {
   bool h2_open = false;  // nghttp2 knows the stream (so it may call back with it)
   bool established = false;  // 200 sent / received
   bool app_ready = false;    // the app socket is connected
+  bool rst_after_response = false;  // server: refused, close the client's half too
   // app -> tunnel
   std::unique_ptr<char[]> up;
   size_t up_len = 0, up_off = 0;

@@ -11,6 +11,9 @@ Clients:
   tcpapp.py get HOST PORT                         print one whoami line
   tcpapp.py transfer HOST PORT UP DOWN            checksum-verified transfer both ways (half-close)
   tcpapp.py many HOST PORT N                      N concurrent echo connections held open together
+  tcpapp.py say HOST PORT TEXT                    send one line to an echo server, print the answer
+  tcpapp.py hold HOST PORT SECONDS                one echo connection, a round trip every 0.2 s for
+                                                  SECONDS; prints "ready" once connected, "ok n=.."
 """
 import asyncio
 import hashlib
@@ -217,6 +220,31 @@ def client_many(host, port, n):
     sys.exit(0 if ok == n else 1)
 
 
+def client_say(host, port, text):
+    with socket.create_connection((host, port), timeout=10) as c:
+        c.sendall(text.encode() + b"\n")
+        f = c.makefile("rb")
+        sys.stdout.write(f.readline().decode())
+
+
+def client_hold(host, port, seconds):
+    import time
+    c = socket.create_connection((host, port), timeout=10)
+    f = c.makefile("rb")
+    print("ready", flush=True)
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        msg = f"hold {n}\n".encode()
+        c.sendall(msg)
+        if f.readline() != msg:
+            print(f"broken after n={n}", flush=True)
+            sys.exit(1)
+        n += 1
+        time.sleep(0.2)
+    c.close()
+    print(f"ok n={n}", flush=True)
+
+
 def main():
     a = sys.argv[1:]
     if not a or a[0] in ("-h", "--help"):
@@ -237,6 +265,10 @@ def main():
         client_transfer(a[1], int(a[2]), int(a[3]), int(a[4]))
     elif cmd == "many":
         client_many(a[1], int(a[2]), int(a[3]))
+    elif cmd == "say":
+        client_say(a[1], int(a[2]), a[3])
+    elif cmd == "hold":
+        client_hold(a[1], int(a[2]), float(a[3]))
     else:
         sys.exit(f"tcpapp: unknown command {cmd}")
 

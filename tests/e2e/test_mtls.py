@@ -1,0 +1,276 @@
+"""End to end: workload identity and mutual TLS (HBONE) between two lab nodes.
+
+node1: shop/client (sa web, meshed), legacy/tester (not meshed)
+node2: shop/server (sa api, meshed), shop/other (sa other, meshed)
+Certificates live two minutes, so renewals happen while the tests run.
+"""
+import json
+import os
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+from labkit import LabTest, run, wait_for, REPO
+
+MESH = "sluice.dev/mesh"
+H2APP = os.path.join(REPO, "tests", "e2e", "apps", "h2connect.py")
+SYS_PY = "/usr/bin/python3"  # Debian's, with python3-h2
+LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
+CERT_TTL = 120
+MARKER = "SLUICE-PLAINTEXT-MARKER-7f3a9c"
+
+
+def tcp_payloads(pcap_path):
+    """(src, sport, dst, dport, payload) for every TCP segment with data (pcap, Ethernet)."""
+    out = []
+    with open(pcap_path, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return out
+    magic = struct.unpack("<I", data[:4])[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    off = 24
+    while off + 16 <= len(data):
+        _, _, incl, _ = struct.unpack(endian + "IIII", data[off:off + 16])
+        pkt = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(pkt) < 14 or pkt[12:14] != b"\x08\x00":
+            continue
+        ip = pkt[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        if ip[9] != 6:
+            continue
+        total = struct.unpack("!H", ip[2:4])[0]
+        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
+        tcp = ip[ihl:total]
+        sport, dport = struct.unpack("!HH", tcp[:4])
+        doff = (tcp[12] >> 4) * 4
+        payload = tcp[doff:]
+        if payload:
+            out.append((src, sport, dst, dport, payload))
+    return out
+
+
+def server_hello_version(payload):
+    """The negotiated version in a ServerHello record (supported_versions, else legacy)."""
+    if len(payload) < 6 or payload[0] != 0x16 or payload[5] != 0x02:
+        return None
+    hs = payload[5:]
+    p = 4 + 2 + 32  # type+len, legacy_version, random
+    sid_len = hs[p]
+    p += 1 + sid_len + 2 + 1  # session id, cipher suite, compression
+    ext_end = p + 2 + struct.unpack("!H", hs[p:p + 2])[0]
+    p += 2
+    version = struct.unpack("!H", hs[4:6])[0]
+    while p + 4 <= ext_end:
+        etype, elen = struct.unpack("!HH", hs[p:p + 4])
+        if etype == 0x002B:
+            version = struct.unpack("!H", hs[p + 4:p + 6])[0]
+        p += 4 + elen
+    return version
+
+
+class MtlsTest(LabTest):
+    NODES = 2
+
+    @classmethod
+    def setUpClass(cls):
+        os.environ["SLUICE_CERT_TTL"] = str(CERT_TTL)
+        try:
+            super().setUpClass()
+        finally:
+            del os.environ["SLUICE_CERT_TTL"]
+
+    @classmethod
+    def setUpLab(cls):
+        lab = cls.lab
+        lab.lab("ns", "label", "shop", f"{MESH}=enabled")
+        cls.client_ip = lab.pod("shop", "client", node="node1", sa="web")
+        cls.tester_ip = lab.pod("legacy", "tester", node="node1", sa="tester")
+        cls.server_ip = lab.pod("shop", "server", node="node2", sa="api")
+        cls.other_ip = lab.pod("shop", "other", node="node2", sa="other")
+        for node, pod in (("node1", "shop/client"), ("node2", "shop/server"), ("node2", "shop/other")):
+            wait_for(f"{pod} enrolled", lambda node=node, pod=pod: lab.enrolled(node, pod))
+        for node, sa in (("node1", "web"), ("node2", "api"), ("node2", "other")):
+            wait_for(f"certificate of {sa}", lambda node=node, sa=sa: cls.cert(node, sa)["state"] == "valid")
+        lab.server("shop/server", "whoami", 8080)
+        lab.server("shop/server", "echo", 8082)
+        lab.server("shop/other", "echo", 8082)
+        cls.tmp = tempfile.mkdtemp(prefix="sluice-mtls-")
+        cls.anchor = os.path.join(LAB_DIR, "ca", "trust-anchor.pem")
+        # A client certificate issued by the mesh CA (as the agent would get one).
+        cls.mesh_cert = cls.issue("mesh", os.path.join(LAB_DIR, "ca", "ca.pem"),
+                                  os.path.join(LAB_DIR, "ca", "ca-key.pem"),
+                                  "spiffe://cluster.local/ns/legacy/sa/tester")
+        # And one from a CA the mesh does not trust, with a plausible identity.
+        evil_key = os.path.join(cls.tmp, "evil-ca-key.pem")
+        evil_ca = os.path.join(cls.tmp, "evil-ca.pem")
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", evil_key, "-out", evil_ca, "-days", "1", "-subj", "/O=not-the-mesh",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"])
+        cls.evil_cert = cls.issue("evil", evil_ca, evil_key, "spiffe://cluster.local/ns/shop/sa/web")
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        if getattr(cls, "tmp", None):
+            subprocess.run(["rm", "-rf", cls.tmp])
+
+    @classmethod
+    def issue(cls, name, ca, ca_key, uri):
+        key = os.path.join(cls.tmp, f"{name}-key.pem")
+        csr = os.path.join(cls.tmp, f"{name}.csr")
+        leaf = os.path.join(cls.tmp, f"{name}-leaf.pem")
+        ext = os.path.join(cls.tmp, f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=critical,URI:{uri}\nextendedKeyUsage=clientAuth,serverAuth\n"
+                    "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", key, "-subj", "/O=sluice-test", "-out", csr])
+        run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-days", "1",
+             "-extfile", ext, "-out", leaf])
+        chain = os.path.join(cls.tmp, f"{name}-chain.pem")
+        with open(chain, "w") as f:
+            f.write(open(leaf).read() + open(ca).read())
+        return chain, key
+
+    @classmethod
+    def cert(cls, node, sa):
+        for c in cls.lab.ctl(node, "certs")["certificates"]:
+            if c["identity"] == f"spiffe://cluster.local/ns/shop/sa/{sa}":
+                return c
+        return {"state": "absent"}
+
+    def h2(self, *args, timeout=120):
+        out = self.lab.exec("legacy/tester", SYS_PY, H2APP, *args, timeout=timeout).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def hbone_stats(self, node):
+        return self.lab.ctl(node, "stats")["hbone"]
+
+    def test_a_cross_node_is_mutual_tls_and_server_sees_client_ip(self):
+        # First test of the class: its tunnel is new, so the handshake is on the capture.
+        pcap = os.path.join(self.tmp, "link.pcap")
+        dump = subprocess.Popen(["ip", "netns", "exec", "slb-hub", "tcpdump", "-i", "slbr0", "-U", "-n",
+                                 "-w", pcap, "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertIn("listening", dump.stderr.readline())
+            out = self.lab.client("shop/client", "say", self.server_ip, "8082", MARKER).stdout
+            self.assertEqual(out.strip(), MARKER)
+            who = self.lab.client("shop/client", "get", self.server_ip, "8080").stdout
+            self.assertIn(f"peer={self.client_ip}:", who)  # the app sees the client's pod IP
+            self.assertIn(f"local={self.server_ip}:8080", who)
+            time.sleep(0.5)  # let tcpdump write the last segments (-U: per packet)
+        finally:
+            dump.send_signal(signal.SIGINT)
+            dump.wait(timeout=10)
+        segments = tcp_payloads(pcap)
+        between = [s for s in segments if {s[0], s[2]} == {self.client_ip, self.server_ip}]
+        self.assertTrue(between, "no traffic between the pods on the link")
+        for src, sport, dst, dport, payload in between:
+            self.assertIn(15008, (sport, dport), f"plaintext flow {src}:{sport} -> {dst}:{dport} on the link")
+            self.assertNotIn(MARKER.encode(), payload)
+        hellos = [server_hello_version(p) for src, sport, dst, dport, p in between if sport == 15008]
+        hellos = [v for v in hellos if v is not None]
+        self.assertTrue(hellos, "no ServerHello seen")
+        self.assertEqual(set(hellos), {0x0304}, "only TLS 1.3")
+
+        def inbound():
+            return [c for c in self.lab.connections("node2")
+                    if c["direction"] == "inbound" and c["destination"] == f"{self.server_ip}:8082"]
+        rec = wait_for("inbound record on node2", inbound)[-1]
+        self.assertEqual(rec["path"], "hbone")
+        self.assertTrue(rec["mutual_tls"])
+        self.assertEqual(rec["source_principal"], "spiffe://cluster.local/ns/shop/sa/web")
+        self.assertEqual(rec["destination_principal"], "spiffe://cluster.local/ns/shop/sa/api")
+        self.assertTrue(rec["source"].startswith(f"{self.client_ip}:"))
+        out = [c for c in self.lab.connections("node1") if c["destination"] == f"{self.server_ip}:8082"][-1]
+        self.assertEqual(out["path"], "hbone")
+        self.assertEqual(out["destination_principal"], "spiffe://cluster.local/ns/shop/sa/api")
+
+    def test_bulk_transfer_and_many_streams(self):
+        self.lab.server("shop/server", "stream", 8081)
+        out = self.lab.client("shop/client", "transfer", self.server_ip, "8081", str(64 << 20), str(64 << 20)).stdout
+        self.assertIn("down_ok=True up_ok=True", out)
+        out = self.lab.client("shop/client", "many", self.server_ip, "8082", "500").stdout
+        self.assertIn("completed=500 of 500", out)
+
+    def test_untrusted_or_missing_client_certificate_is_refused(self):
+        before = self.hbone_stats("node2")["handshake_failures"]
+        r = self.h2("bad", self.server_ip, "15008", "nocert")
+        self.assertIsNotNone(r["closed_after"])
+        self.assertLess(r["closed_after"], 5)
+        chain, key = self.evil_cert
+        r = self.h2("bad", self.server_ip, "15008", "cert", chain, key, self.anchor)
+        self.assertIsNotNone(r["closed_after"])
+        self.assertLess(r["closed_after"], 5)
+        wait_for("handshake failures counted", lambda: self.hbone_stats("node2")["handshake_failures"] >= before + 2)
+
+    def test_interop_with_a_third_party_http2_stack(self):
+        chain, key = self.mesh_cert
+        r = self.h2("connect", self.server_ip, "15008", f"{self.server_ip}:8082", chain, key, self.anchor,
+                    "through-python-h2")
+        self.assertEqual((r["tls_version"], r["alpn"], r["status"]), ("TLSv1.3", "h2", "200"))
+        self.assertEqual(r["echo"], "through-python-h2")
+        rec = wait_for("record of the python client", lambda: [
+            c for c in self.lab.connections("node2")
+            if c["source_principal"] == "spiffe://cluster.local/ns/legacy/sa/tester"
+            and c["destination"] == f"{self.server_ip}:8082"])
+        self.assertTrue(rec[-1]["source"].startswith(f"{self.tester_ip}:"))
+        self.assertTrue(rec[-1]["mutual_tls"])
+
+    def test_bad_input_on_15008_is_closed_bounded_counted_and_harmless(self):
+        holder = self.lab.spawn("shop/client", "python3", os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py"),
+                                "hold", self.server_ip, "8082", "25")
+        before = self.hbone_stats("node2")
+        chain, key = self.mesh_cert
+        r = self.h2("bad", self.server_ip, "15008", "random")
+        self.assertIsNotNone(r["closed_after"])
+        self.assertLess(r["closed_after"], 5)
+        r = self.h2("bad", self.server_ip, "15008", "tls12")
+        self.assertIn("handshake_error", r)
+        r = self.h2("bad", self.server_ip, "15008", "stall")
+        self.assertIsNotNone(r["closed_after"])
+        self.assertLess(r["closed_after"], 15)  # handshake deadline: 10 s
+        r = self.h2("bad", self.server_ip, "15008", "preface", chain, key, self.anchor)
+        self.assertIsNotNone(r["closed_after"])
+        self.assertLess(r["closed_after"], 15)  # no CONNECT within the deadline
+        r = self.h2("bad", self.server_ip, "15008", "get", chain, key, self.anchor)
+        self.assertIsNotNone(r["closed_after"])
+        self.assertLess(r["closed_after"], 5)
+        self.assertTrue(r["goaway"])
+        r = self.h2("connect", self.server_ip, "15008", f"{self.other_ip}:8082", chain, key, self.anchor, "x")
+        self.assertEqual(r["status"], "401")
+        after = wait_for("counters", lambda: (lambda a: a if a["timeouts"] >= before["timeouts"] + 2 else None)(
+            self.hbone_stats("node2")))
+        self.assertGreaterEqual(after["handshake_failures"], before["handshake_failures"] + 2)  # random, tls12
+        self.assertGreaterEqual(after["bad_requests"], before["bad_requests"] + 1)  # GET
+        self.assertGreaterEqual(after["refused"], before["refused"] + 1)  # other pod's port
+        # The mesh connection held open through all of it never missed a round trip.
+        self.assertIn("ok n=", holder.stdout.read())
+        self.assertEqual(holder.wait(timeout=60), 0)
+
+    def test_zz_rotation_keeps_old_and_new_connections_working(self):
+        serials = {self.cert("node1", "web")["serial"]}
+        holder = self.lab.spawn("shop/client", "python3", os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py"),
+                                "hold", self.server_ip, "8082", str(4 * CERT_TTL // 2 - 20))
+        failures, attempts = [], 0
+        deadline = time.monotonic() + 4 * CERT_TTL // 2
+        while time.monotonic() < deadline and len(serials) < 4:
+            p = self.lab.client("shop/client", "say", self.server_ip, "8082", f"new-{attempts}", check=False)
+            attempts += 1
+            if p.stdout.strip() != f"new-{attempts - 1}":
+                failures.append(p.stdout + p.stderr)
+            serials.add(self.cert("node1", "web")["serial"])
+            time.sleep(1)
+        self.assertGreaterEqual(len(serials), 4, f"fewer than three renewals seen: {serials}")
+        self.assertEqual(failures, [], f"{len(failures)} of {attempts} new connections failed")
+        self.assertIn("ok n=", holder.stdout.read())
+        self.assertEqual(holder.wait(timeout=60), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
