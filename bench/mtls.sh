@@ -69,7 +69,7 @@ node2_ip=10.99.0.12
 node1_gw=10.244.1.1
 cat > "$work/haproxy-node1.cfg" <<CFG
 global
-  maxconn 20000
+  maxconn 8000
   nbthread 2
 defaults
   mode tcp
@@ -85,7 +85,7 @@ listen http
 CFG
 cat > "$work/haproxy-node2.cfg" <<CFG
 global
-  maxconn 20000
+  maxconn 8000
   nbthread 2
 defaults
   mode tcp
@@ -100,7 +100,7 @@ listen http
   server app $plain_server:8080
 CFG
 for n in node1 node2; do
-  $LAB node exec $n -- haproxy -q -D -f "$work/haproxy-$n.cfg" -p "$work/haproxy-$n.pid"
+  $LAB node exec $n -- haproxy -D -f "$work/haproxy-$n.cfg" -p "$work/haproxy-$n.pid"
 done
 
 wait_port() {  # client-pod ip port
@@ -133,10 +133,15 @@ measure plain plain/client "$plain_server" 5201 8080
 measure sluice mesh/client "$($LAB pod ip mesh server)" 5201 8080
 measure haproxy plain/client "$node1_gw" 15201 18080
 
-rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+# RSS once the load is over (both release memory when idle), total and
+# anonymous (the process's own memory, without shared library text).
+sleep 6
+rss() { awk -v k="$2:" '$1==k {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 for n in 1 2; do
-  R[sluice,rss$n]=$(rss "$(cat "$LAB_DIR/node$n/agent.pid")")
-  R[haproxy,rss$n]=$(rss "$(cat "$work/haproxy-node$n.pid")")
+  for kind in VmRSS RssAnon; do
+    R[sluice,$kind$n]=$(rss "$(cat "$LAB_DIR/node$n/agent.pid")" $kind)
+    R[haproxy,$kind$n]=$(rss "$(cat "$work/haproxy-node$n.pid")" $kind)
+  done
 done
 
 to_us() { python3 -c "
@@ -158,5 +163,7 @@ row "HTTP requests/s (keep-alive)" "${R[plain,rps]}" "${R[sluice,rps]}" "${R[hap
 row "HTTP p50 latency (us)" "${R[plain,p50]}" "${R[sluice,p50]}" "${R[haproxy,p50]}"
 row "HTTP p99 latency (us)" "${R[plain,p99]}" "${R[sluice,p99]}" "${R[haproxy,p99]}"
 row "new connections/s" "${R[plain,cps]}" "${R[sluice,cps]}" "${R[haproxy,cps]}"
-row "RSS node1 (MiB)" "-" "${R[sluice,rss1]}" "${R[haproxy,rss1]}"
-row "RSS node2 (MiB)" "-" "${R[sluice,rss2]}" "${R[haproxy,rss2]}"
+for n in 1 2; do
+  row "RSS node$n (MiB)" "-" "${R[sluice,VmRSS$n]}" "${R[haproxy,VmRSS$n]}"
+  row "  of which anonymous (MiB)" "-" "${R[sluice,RssAnon$n]}" "${R[haproxy,RssAnon$n]}"
+done

@@ -111,7 +111,8 @@ void CertManager::refresh(const std::string& uri) {
     auto life = fresh->not_after - std::max(now, fresh->not_before);
     auto jitter_range = std::chrono::duration_cast<std::chrono::milliseconds>(life / 10).count();
     auto jitter = std::chrono::milliseconds(
-        jitter_range > 0 ? std::uniform_int_distribution<long>(-jitter_range, jitter_range)(rng) : 0);
+        jitter_range > 0 ? std::uniform_int_distribution<long>(-jitter_range, jitter_range)(rng)
+                         : 0);
     e.renew_at = std::max(now, fresh->not_before) + life / 2 + jitter;
     auto certs = x509::parseChain(fresh->chain_pem);
     e.serial = x509::serialHex((*certs)[0].get());

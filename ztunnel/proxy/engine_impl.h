@@ -96,6 +96,7 @@ class Worker {
   void finish(Conn& c);
   std::unique_ptr<HboneWorker> hbone_;  // when mTLS is on
   std::chrono::steady_clock::time_point last_tick_{};
+  unsigned ticks_ = 0;
 
   EngineImpl& engine_;
   unsigned index_;

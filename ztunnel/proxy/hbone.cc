@@ -189,8 +189,8 @@ void HboneWorker::handshakeDone(Tunnel& t) {
   else if (t.server) {
     auto id = x509::SpiffeId::parse(peer);
     if (!id || id->trust_domain != engine_.config().trust_domain)
-      problem = "client identity " + peer + " is not in trust domain " +
-                engine_.config().trust_domain;
+      problem =
+          "client identity " + peer + " is not in trust domain " + engine_.config().trust_domain;
   }
   if (!problem.empty()) {
     engine_.counters().hbone_handshake_failures++;
@@ -238,8 +238,8 @@ void HboneWorker::progress(Tunnel& t) {
       int err = SSL_get_error(t.ssl, rc);
       if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
         engine_.counters().hbone_handshake_failures++;
-        logger()->warn("tunnel {} {} {}: TLS handshake failed: {}", t.id,
-                       t.server ? "from" : "to", formatEndpoint(t.remote), sslError(t.ssl, rc));
+        logger()->warn("tunnel {} {} {}: TLS handshake failed: {}", t.id, t.server ? "from" : "to",
+                       formatEndpoint(t.remote), sslError(t.ssl, rc));
         closeAfterFlush(t, "tls_handshake_failed");  // the alert, if any, goes out first
         return;
       }
@@ -326,8 +326,7 @@ void HboneWorker::flush(Tunnel& t) {
     if (t.sbuf.empty()) return;
   }
   io_uring_sqe* s = ring_.sqe(&t.ops[kTSend]);
-  io_uring_prep_send(s, t.fd.get(), t.sbuf.data() + t.soff, t.sbuf.size() - t.soff,
-                     MSG_NOSIGNAL);
+  io_uring_prep_send(s, t.fd.get(), t.sbuf.data() + t.soff, t.sbuf.size() - t.soff, MSG_NOSIGNAL);
   t.send_inflight = true;
   t.inflight++;
 }
@@ -447,8 +446,8 @@ void HboneWorker::unpool(Tunnel& t) {
   t.pool_key.clear();
 }
 
-Tunnel* HboneWorker::pooledTunnel(const std::shared_ptr<PodState>& pod,
-                                  const MeshWorkload& target, const sockaddr_in& dst,
+Tunnel* HboneWorker::pooledTunnel(const std::shared_ptr<PodState>& pod, const MeshWorkload& target,
+                                  const sockaddr_in& dst,
                                   const std::shared_ptr<const WorkloadCredential>& cred) {
   std::string key = pod->spec.uid + '|' + target.identity + '|' + formatIp4(dst.sin_addr.s_addr);
   auto& tunnels = pool_[key];
@@ -476,8 +475,7 @@ Tunnel* HboneWorker::pooledTunnel(const std::shared_ptr<PodState>& pod,
   tunnels.push_back(t);
   t->connect_timeout = toTimespec(engine_.config().connect_timeout);
   io_uring_sqe* s = ring_.sqe(&t->ops[kTConnect]);
-  io_uring_prep_connect(s, t->fd.get(), reinterpret_cast<sockaddr*>(&t->remote),
-                        sizeof(t->remote));
+  io_uring_prep_connect(s, t->fd.get(), reinterpret_cast<sockaddr*>(&t->remote), sizeof(t->remote));
   s->flags |= IOSQE_IO_LINK;
   io_uring_sqe* to = ring_.sqe(&t->ops[kTTimeout]);
   io_uring_prep_link_timeout(to, &t->connect_timeout, 0);
@@ -609,8 +607,8 @@ int HboneWorker::onFrameRecv(Tunnel& t, const nghttp2_frame* f) {
         s->established = true;
         nghttp2_session_resume_data(t.h2, s->id);
       } else {
-        logger()->warn("tunnel {}: {} refused CONNECT {} with status {}", t.id,
-                       t.peer_identity, s->rec->destination, s->method);
+        logger()->warn("tunnel {}: {} refused CONNECT {} with status {}", t.id, t.peer_identity,
+                       s->rec->destination, s->method);
         nghttp2_submit_rst_stream(t.h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
         closeStream(*s, true, "refused_" + s->method);
         return 0;
@@ -651,8 +649,7 @@ void HboneWorker::authorizeConnect(Tunnel& t, Stream& s) {
       port == SLUICE_INBOUND_PORT || port == SLUICE_OUTBOUND_PORT) {
     stats.hbone_refused++;
     logger()->warn("pod {}: refused CONNECT {} from {} ({}): not a port of this pod",
-                   pod.spec.name_namespace, s.authority, t.peer_identity,
-                   formatEndpoint(t.remote));
+                   pod.spec.name_namespace, s.authority, t.peer_identity, formatEndpoint(t.remote));
     respond(t, s, 401, false);
     closeStream(s, false, "refused_not_this_pod");
     return;
@@ -668,8 +665,8 @@ void HboneWorker::authorizeConnect(Tunnel& t, Stream& s) {
   }
   // The app sees the client's address: the tunnel comes from the source pod's
   // IP (its socket lives in the source pod's netns), which TCP vouches for.
-  auto sock = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP,
-                                    t.remote.sin_addr.s_addr);
+  auto sock =
+      inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP, t.remote.sin_addr.s_addr);
   if (!sock) {
     logger()->error("pod {}: cannot create an upstream socket: {}", pod.spec.name_namespace,
                     sock.error().describe());
@@ -853,8 +850,9 @@ void HboneWorker::onStream(Stream& s, int kind, const io_uring_cqe& cqe) {
         s.up.reset();
       } else {
         if (t) nghttp2_submit_rst_stream(t->h2, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_CONNECT_ERROR);
-        closeStream(s, true, res == -ECONNRESET ? "reset" : std::string("recv_error: ") +
-                                                                std::strerror(-res));
+        closeStream(
+            s, true,
+            res == -ECONNRESET ? "reset" : std::string("recv_error: ") + std::strerror(-res));
         if (t) progress(*t);
         break;
       }

@@ -70,10 +70,10 @@ struct Tunnel {
   SSL* ssl = nullptr;
   nghttp2_session* h2 = nullptr;
   State state = kConnecting;
-  bool draining = false;     // no new streams (GOAWAY either way, rotated certificate)
+  bool draining = false;        // no new streams (GOAWAY either way, rotated certificate)
   bool close_on_flush = false;  // graceful close once every byte is written
   bool peer_eof = false;
-  bool had_stream = false;   // server: a CONNECT arrived (ends the handshake deadline)
+  bool had_stream = false;  // server: a CONNECT arrived (ends the handshake deadline)
   TunnelOp ops[kTOpCount];
   int inflight = 0;
   __kernel_timespec connect_timeout{};
@@ -97,14 +97,14 @@ struct Stream {
   int32_t id = -1;
   std::shared_ptr<PodState> pod;  // whose connection limit it counts against
   std::shared_ptr<Record> rec;
-  UniqueFd app;      // client side: the accepted app socket; server side: the socket to the app
+  UniqueFd app;       // client side: the accepted app socket; server side: the socket to the app
   sockaddr_in dst{};  // server: the app address (this pod's IP + CONNECT port)
   StreamOp ops[kSOpCount];
   int inflight = 0;
   __kernel_timespec connect_timeout{};
-  bool h2_open = false;  // nghttp2 knows the stream (so it may call back with it)
-  bool established = false;  // 200 sent / received
-  bool app_ready = false;    // the app socket is connected
+  bool h2_open = false;             // nghttp2 knows the stream (so it may call back with it)
+  bool established = false;         // 200 sent / received
+  bool app_ready = false;           // the app socket is connected
   bool rst_after_response = false;  // server: refused, close the client's half too
   // app -> tunnel
   std::unique_ptr<char[]> up;
@@ -113,8 +113,7 @@ struct Stream {
   // tunnel -> app
   std::string sending, pending;
   size_t sending_off = 0;
-  bool down_send_inflight = false, down_eof = false, down_shut_sent = false,
-       down_shut_done = false;
+  bool down_send_inflight = false, down_eof = false, down_shut_sent = false, down_shut_done = false;
   // server: the request
   std::string method, authority, forwarded;
   bool closing = false;
@@ -134,7 +133,7 @@ class HboneWorker {
   void inbound(const std::shared_ptr<PodState>& pod, UniqueFd fd, const sockaddr_in& peer);
 
   void removePod(const std::string& uid);  // resets its tunnels and streams
-  void shutdown();                          // resets everything (engine stop)
+  void shutdown();                         // resets everything (engine stop)
   bool idle() const { return tunnels_.empty() && streams_.empty(); }
   void tick();  // deadlines, keepalive, idle release; about once a second
 
@@ -150,7 +149,8 @@ class HboneWorker {
 
  private:
   Tunnel* pooledTunnel(const std::shared_ptr<PodState>& pod, const MeshWorkload& target,
-                       const sockaddr_in& dst, const std::shared_ptr<const WorkloadCredential>& cred);
+                       const sockaddr_in& dst,
+                       const std::shared_ptr<const WorkloadCredential>& cred);
   Tunnel* newTunnel(bool server, const std::shared_ptr<PodState>& pod,
                     std::shared_ptr<const WorkloadCredential> cred);
   bool startTls(Tunnel& t);

@@ -30,7 +30,7 @@ struct EngineConfig {
   // HBONE (mutual TLS between nodes); active when createEngine gets a
   // CredentialSource and a MeshDirectory.
   std::string trust_domain = "cluster.local";
-  std::string trust_anchor_pem;  // peers' chains must end here
+  std::string trust_anchor_pem;                              // peers' chains must end here
   std::chrono::milliseconds hbone_handshake_timeout{10000};  // TCP+TLS+first CONNECT
   std::chrono::milliseconds hbone_idle_timeout{60000};       // pooled tunnel without streams
   std::chrono::milliseconds hbone_keepalive{30000};          // PING after this much silence
@@ -102,14 +102,14 @@ struct ConnectionInfo {
   std::string pod;          // ns/name of the enrolled pod that owns the listener
   std::string source;       // ip:port of the client
   std::string destination;  // original destination ip:port
-  std::string path;  // "passthrough" (to the network), "local_handoff" (meshed pod on this
-                     // node, one hop), "hbone" (mTLS tunnel to/from another node),
-                     // "inbound" (plaintext from outside the mesh into an enrolled pod)
+  std::string path;         // "passthrough" (to the network), "local_handoff" (meshed pod on this
+                            // node, one hop), "hbone" (mTLS tunnel to/from another node),
+                            // "inbound" (plaintext from outside the mesh into an enrolled pod)
   std::string source_principal;       // SPIFFE ID of the client workload, when known
   std::string destination_principal;  // SPIFFE ID of the destination workload, when meshed
   bool mutual_tls = false;            // carried over an mTLS (HBONE) tunnel
-  uint64_t bytes_sent = 0;  // client -> destination
-  uint64_t bytes_received = 0;  // destination -> client
+  uint64_t bytes_sent = 0;            // client -> destination
+  uint64_t bytes_received = 0;        // destination -> client
   int64_t start_unix_ms = 0;
   int64_t duration_ms = 0;
   std::string state;   // "connecting" | "open" | "closed"
@@ -123,7 +123,7 @@ struct EngineStats {
   uint64_t connect_failures = 0;
   uint64_t limit_rejected = 0;
   uint64_t no_original_dst = 0;
-  uint64_t hbone_tunnels_opened = 0;      // outbound + inbound
+  uint64_t hbone_tunnels_opened = 0;  // outbound + inbound
   uint64_t hbone_tunnels_active = 0;
   uint64_t hbone_handshake_failures = 0;  // TLS refused: bad/absent cert, wrong peer, not TLS 1.3
   uint64_t hbone_timeouts = 0;            // handshake or first CONNECT not within the deadline
@@ -137,9 +137,9 @@ class Engine {
   virtual ~Engine() = default;
 
   // Creates the listeners for pod inside its netns (127.0.0.1:15001 outbound,
-  // <ip>:15006 inbound, transparent, and <ip>:15008 HBONE when mTLS is on). Idempotent per uid: a second call with
-  // the same uid replaces nothing and succeeds. Fails (and leaves nothing
-  // behind) if a listener cannot be created.
+  // <ip>:15006 inbound, transparent, and <ip>:15008 HBONE when mTLS is on). Idempotent per uid: a
+  // second call with the same uid replaces nothing and succeeds. Fails (and leaves nothing behind)
+  // if a listener cannot be created.
   virtual Result<void> addPod(const PodSpec& pod) = 0;
   // Closes the pod's listeners and resets its connections. Unknown uid: no-op.
   virtual void removePod(const std::string& uid) = 0;
