@@ -227,9 +227,13 @@ class DiscoveryBridge final : public agent::discovery::Listener {
   DiscoveryBridge(agent::pods::PodManager& pods, agent::discovery::MeshDirectory& directory,
                   std::function<void()> changed)
       : pods_(pods), directory_(directory), changed_(std::move(changed)) {}
-  void onWorkloads(const std::map<std::string, api::v1::Workload>& all, uint64_t version) override {
-    directory_.update(all);
-    pods_.onWorkloads(all, version);
+  void onView(const agent::discovery::View& view, uint64_t version) override {
+    directory_.update(view);
+    {
+      std::lock_guard lk(mu_);
+      services_ = view.services;
+    }
+    pods_.onWorkloads(view.workloads, version);
     changed_();
   }
 
@@ -237,6 +241,32 @@ class DiscoveryBridge final : public agent::discovery::Listener {
   agent::pods::PodManager& pods_;
   agent::discovery::MeshDirectory& directory_;
   std::function<void()> changed_;
+  mutable std::mutex mu_;
+  std::map<std::string, api::v1::Service> services_;
+
+ public:
+  // The Services of the last view, for /config_dump.
+  nlohmann::json servicesJson() const {
+    std::lock_guard lk(mu_);
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& [key, svc] : services_) {
+      nlohmann::json ports = nlohmann::json::array(), endpoints = nlohmann::json::array();
+      for (const auto& p : svc.ports())
+        ports.push_back({{"name", p.name()}, {"port", p.port()}, {"protocol", p.protocol()}});
+      for (const auto& e : svc.endpoints()) {
+        nlohmann::json targets = nlohmann::json::object();
+        for (const auto& [name, port] : e.ports()) targets[name] = port;
+        endpoints.push_back(
+            {{"ip", e.ip()}, {"workload_uid", e.workload_uid()}, {"ports", targets}});
+      }
+      out.push_back({{"namespace", svc.namespace_()},
+                     {"name", svc.name()},
+                     {"vips", std::vector<std::string>(svc.vips().begin(), svc.vips().end())},
+                     {"ports", ports},
+                     {"endpoints", endpoints}});
+    }
+    return out;
+  }
 };
 
 nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
@@ -247,6 +277,7 @@ nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
                    {"pod", c.pod},
                    {"source", c.source},
                    {"destination", c.destination},
+                   {"destination_service", c.destination_service},
                    {"path", c.path},
                    {"source_principal", c.source_principal},
                    {"destination_principal", c.destination_principal},
@@ -370,6 +401,7 @@ int runAgent(const Flags& flags) {
       listeners.push_back(
           {{"pod_uid", l.pod_uid}, {"pod", l.pod}, {"address", l.address}, {"kind", l.kind}});
     j["listeners"] = listeners;
+    j["services"] = discovery_bridge.servicesJson();
     nlohmann::json links = nlohmann::json::array();
     for (const auto& l : ld.links())
       links.push_back({{"program", l.program}, {"pin", l.pin}, {"link_id", l.link_id}});
@@ -396,6 +428,11 @@ int runAgent(const Flags& flags) {
                             {"timeouts", s.hbone_timeouts},
                             {"bad_requests", s.hbone_bad_requests},
                             {"refused", s.hbone_refused}}},
+                          {"lb",
+                           {{"picks", s.lb_picks},
+                            {"retries", s.lb_retries},
+                            {"no_endpoint", s.lb_no_endpoint},
+                            {"ejections", s.lb_ejections}}},
                           {"bpf",
                            {{"connect_seen", b[SLUICE_STAT_CONNECT_SEEN]},
                             {"connect_redirected", b[SLUICE_STAT_CONNECT_REDIRECTED]},
@@ -411,6 +448,19 @@ int runAgent(const Flags& flags) {
     if (!disc.synced())
       return "no snapshot from the control plane at " + flags.controlplane + " yet";
     return "";
+  };
+  // Once synced the agent stays ready without the control plane: it keeps
+  // serving its last view (and says so here) while it reconnects.
+  sources.ready_note = [&]() -> std::string {
+    if (disc.connected()) return "";
+    auto since = disc.disconnectedSince();
+    auto secs = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::system_clock::now() - since)
+                    .count();
+    return fmt::format(
+        "control plane at {} unreachable for {}s ({}); serving the last known state (version "
+        "{}), reconnecting",
+        flags.controlplane, secs, disc.lastError(), disc.version());
   };
   auto admin = agent::admin::Server::create(flags.admin_addr, sources);
   if (!admin) {

@@ -29,7 +29,8 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
   http.Get("/ready", [s](const httplib::Request&, httplib::Response& res) {
     std::string reason = s->sources_.not_ready_reason();
     if (reason.empty()) {
-      res.set_content("ready\n", "text/plain");
+      std::string note = s->sources_.ready_note ? s->sources_.ready_note() : "";
+      res.set_content(note.empty() ? "ready\n" : "ready: " + note + "\n", "text/plain");
     } else {
       res.status = 503;
       res.set_content("not ready: " + reason + "\n", "text/plain");

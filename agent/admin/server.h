@@ -25,6 +25,9 @@ struct Sources {
   std::function<nlohmann::json()> certs;
   // Empty string = ready; otherwise the reason it is not.
   std::function<std::string()> not_ready_reason;
+  // When ready: an operator-facing note appended to "ready" (e.g. serving
+  // the last known state while the control plane is unreachable). Optional.
+  std::function<std::string()> ready_note;
 };
 
 class Server {

@@ -30,6 +30,24 @@ Client::~Client() {
   if (thread_.joinable()) thread_.join();
 }
 
+bool View::apply(const sluice::api::v1::WatchResponse& resp) {
+  if (resp.full()) {
+    workloads.clear();
+    services.clear();
+  }
+  for (const auto& w : resp.upserts()) workloads[w.uid()] = w;
+  for (const auto& uid : resp.removed_uids()) workloads.erase(uid);
+  for (const auto& s : resp.services()) services[s.namespace_() + "/" + s.name()] = s;
+  for (const auto& key : resp.removed_services()) services.erase(key);
+  return resp.full() || resp.upserts_size() > 0 || resp.removed_uids_size() > 0 ||
+         resp.services_size() > 0 || resp.removed_services_size() > 0;
+}
+
+std::chrono::system_clock::time_point Client::disconnectedSince() const {
+  std::lock_guard lk(mu_);
+  return disconnected_since_;
+}
+
 std::string Client::lastError() const {
   std::lock_guard lk(mu_);
   return last_error_;
@@ -71,13 +89,10 @@ void Client::run() {
         setError("");
         backoff = config_.initial_backoff;
       }
-      if (resp.full()) view_.clear();
-      for (const auto& w : resp.upserts()) view_[w.uid()] = w;
-      for (const auto& uid : resp.removed_uids()) view_.erase(uid);
-      bool changed = resp.full() || resp.upserts_size() > 0 || resp.removed_uids_size() > 0;
+      bool changed = view_.apply(resp);
       version_ = resp.version();
       synced_ = true;
-      if (changed || resp.version() != 0) listener_.onWorkloads(view_, version_);
+      if (changed || resp.version() != 0) listener_.onView(view_, version_);
     }
     grpc::Status status = reader->Finish();
     {
@@ -86,6 +101,10 @@ void Client::run() {
     }
     if (stopping_) break;
     std::string err = status.ok() ? "stream ended" : status.error_message();
+    if (connected_) {
+      std::lock_guard lk(mu_);
+      disconnected_since_ = std::chrono::system_clock::now();
+    }
     if (connected_)
       logger->warn("control plane at {} unreachable ({}); keeping the last view (version {})",
                    config_.target, err, version_.load());

@@ -23,13 +23,23 @@ class ClientContext;
 namespace sluice::agent::discovery {
 
 using Workload = sluice::api::v1::Workload;
+using Service = sluice::api::v1::Service;
+
+// The agent's whole view of the mesh, as the control plane last sent it.
+struct View {
+  std::map<std::string, Workload> workloads;  // by uid
+  std::map<std::string, Service> services;    // by "namespace/name"
+  // Applies one Watch message (a snapshot replaces everything). Returns
+  // whether anything changed.
+  bool apply(const sluice::api::v1::WatchResponse& resp);
+};
 
 class Listener {
  public:
   virtual ~Listener() = default;
   // Called on the client's thread after every applied message with the whole
   // view. Must not call back into the Client's stop()/destructor.
-  virtual void onWorkloads(const std::map<std::string, Workload>& all, uint64_t version) = 0;
+  virtual void onView(const View& view, uint64_t version) = 0;
 };
 
 struct ClientConfig {
@@ -50,6 +60,9 @@ class Client {
   bool synced() const { return synced_; }
   uint64_t version() const { return version_; }
   std::string lastError() const;
+  // When the stream to the control plane was last lost (connected() false);
+  // epoch when it never was.
+  std::chrono::system_clock::time_point disconnectedSince() const;
 
  private:
   Client(ClientConfig config, Listener& listener)
@@ -59,7 +72,7 @@ class Client {
 
   ClientConfig config_;
   Listener& listener_;
-  std::map<std::string, Workload> view_;  // client thread only
+  View view_;  // client thread only
   std::atomic<bool> connected_{false};
   std::atomic<bool> synced_{false};
   std::atomic<uint64_t> version_{0};
@@ -68,6 +81,7 @@ class Client {
   std::condition_variable wake_;
   grpc::ClientContext* context_ = nullptr;
   std::string last_error_;
+  std::chrono::system_clock::time_point disconnected_since_{};
   std::thread thread_;
 };
 

@@ -1,6 +1,7 @@
-// The proxy's view of meshed workloads by IP, built from the control
-// plane's snapshot: enrolled workloads only, each with its SPIFFE ID. Updated
-// by the discovery thread, read lock-free by the proxy workers.
+// The proxy's view of the mesh, built from the control plane's snapshot:
+// meshed (enrolled) workloads by IP, each with its SPIFFE ID, and Services by
+// VIP:port with their ready endpoints. Rebuilt by the discovery thread and
+// swapped atomically; read lock-free by the proxy workers.
 #pragma once
 
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "agent/discovery/client.h"
 #include "sluice.pb.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/x509.h"
@@ -20,9 +22,9 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
  public:
   explicit MeshDirectory(std::string trust_domain) : trust_domain_(std::move(trust_domain)) {}
 
-  void update(const std::map<std::string, api::v1::Workload>& all) {
+  void update(const View& view) {
     auto next = std::make_shared<Index>();
-    for (const auto& [uid, w] : all) {
+    for (const auto& [uid, w] : view.workloads) {
       if (!w.enrolled()) continue;
       ztunnel::MeshWorkload m{
           x509::SpiffeId{trust_domain_, w.namespace_(), w.service_account()}.uri(),
@@ -30,8 +32,39 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
       for (const auto& ip : w.ips())
         if (auto a = parseIp4(ip)) (*next)[*a] = m;
     }
+    auto services = std::make_shared<ServiceIndex>();
+    for (const auto& [key, svc] : view.services) {
+      for (const auto& port : svc.ports()) {
+        if (!port.protocol().empty() && port.protocol() != "TCP") continue;
+        auto target = std::make_shared<ztunnel::ServiceTarget>();
+        target->name = key;
+        for (const auto& ep : svc.endpoints()) {
+          auto ip = parseIp4(ep.ip());
+          auto p = ep.ports().find(port.name());
+          if (!ip || p == ep.ports().end() || p->second == 0 || p->second > 65535) continue;
+          sockaddr_in a{};
+          a.sin_family = AF_INET;
+          a.sin_addr.s_addr = *ip;
+          a.sin_port = htons(static_cast<uint16_t>(p->second));
+          target->endpoints.push_back(a);
+        }
+        if (target->endpoints.empty()) continue;
+        for (const auto& vip : svc.vips())
+          if (auto a = parseIp4(vip))
+            (*services)[serviceKey(*a, htons(static_cast<uint16_t>(port.port())))] = target;
+      }
+    }
     index_.store(std::move(next), std::memory_order_release);
+    services_.store(std::move(services), std::memory_order_release);
   }
+
+  std::shared_ptr<const ztunnel::ServiceTarget> service(uint32_t ip4, uint16_t port) override {
+    auto index = services_.load(std::memory_order_acquire);
+    auto it = index->find(serviceKey(ip4, port));
+    return it == index->end() ? nullptr : it->second;
+  }
+
+  size_t serviceCount() const { return services_.load(std::memory_order_acquire)->size(); }
 
   std::optional<ztunnel::MeshWorkload> meshed(uint32_t ip4) override {
     auto index = index_.load(std::memory_order_acquire);
@@ -42,8 +75,14 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
 
  private:
   using Index = std::unordered_map<uint32_t, ztunnel::MeshWorkload>;
+  // (VIP, port), both network order -> endpoints
+  using ServiceIndex =
+      std::unordered_map<uint64_t, std::shared_ptr<const ztunnel::ServiceTarget>>;
+  static uint64_t serviceKey(uint32_t ip4, uint16_t port) { return (uint64_t(ip4) << 16) | port; }
   std::string trust_domain_;
   std::atomic<std::shared_ptr<const Index>> index_{std::make_shared<const Index>()};
+  std::atomic<std::shared_ptr<const ServiceIndex>> services_{
+      std::make_shared<const ServiceIndex>()};
 };
 
 }  // namespace sluice::agent::discovery

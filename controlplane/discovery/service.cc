@@ -34,6 +34,8 @@ grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::Wat
     for (const auto& w : d.upserts)
       if (visibleTo(node, w)) *r.add_upserts() = w;
     for (const auto& uid : d.removed_uids) r.add_removed_uids(uid);
+    for (const auto& s : d.services) *r.add_services() = s;
+    for (const auto& key : d.removed_services) r.add_removed_services(key);
     return r;
   };
   uint64_t sent;

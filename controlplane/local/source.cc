@@ -11,7 +11,7 @@
 #include <set>
 #include <sstream>
 
-#include "sluice/common/addr.h"
+#include "controlplane/model/objects.h"
 #include "sluice/common/log.h"
 
 namespace sluice::controlplane::local {
@@ -22,35 +22,36 @@ namespace {
 
 auto logger() { return log::get("local-source"); }
 
-std::string where(const YAML::Node& n) {
-  auto m = n.Mark();
-  return m.is_null() ? "" : fmt::format(" (line {})", m.line + 1);
-}
-
-Result<std::string> scalar(const YAML::Node& parent, const char* key, bool required,
-                           const std::string& ctx) {
-  YAML::Node n = parent[key];
-  if (!n || n.IsNull()) {
-    if (required) return fail(fmt::format("{}: '{}' is required", ctx, key));
-    return std::string();
+// YAML -> JSON with the YAML 1.2 core schema for plain scalars (quoted
+// scalars stay strings), so both sources share one object parser.
+nlohmann::json toJson(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map: {
+      auto out = nlohmann::json::object();
+      for (const auto& kv : n) out[kv.first.Scalar()] = toJson(kv.second);
+      return out;
+    }
+    case YAML::NodeType::Sequence: {
+      auto out = nlohmann::json::array();
+      for (const auto& e : n) out.push_back(toJson(e));
+      return out;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string& v = n.Scalar();
+      if (n.Tag() == "!") return v;  // quoted
+      if (v == "true" || v == "True" || v == "TRUE") return true;
+      if (v == "false" || v == "False" || v == "FALSE") return false;
+      if (v == "null" || v == "Null" || v == "NULL" || v == "~") return nullptr;
+      if (!v.empty() && v.size() < 19 &&
+          v.find_first_not_of("0123456789", v[0] == '-' || v[0] == '+' ? 1 : 0) ==
+              std::string::npos &&
+          v != "-" && v != "+")
+        return std::stoll(v);
+      return v;
+    }
+    default:
+      return nullptr;
   }
-  if (!n.IsScalar()) return fail(fmt::format("{}: '{}' must be a string{}", ctx, key, where(n)));
-  return n.as<std::string>();
-}
-
-Result<std::map<std::string, std::string>> stringMap(const YAML::Node& parent, const char* key,
-                                                     const std::string& ctx) {
-  std::map<std::string, std::string> out;
-  YAML::Node n = parent[key];
-  if (!n || n.IsNull()) return out;
-  if (!n.IsMap())
-    return fail(fmt::format("{}: '{}' must be a map of strings{}", ctx, key, where(n)));
-  for (const auto& kv : n) {
-    if (!kv.first.IsScalar() || !kv.second.IsScalar())
-      return fail(fmt::format("{}: '{}' must be a map of strings{}", ctx, key, where(kv.first)));
-    out[kv.first.as<std::string>()] = kv.second.as<std::string>();
-  }
-  return out;
 }
 
 }  // namespace
@@ -71,72 +72,14 @@ Result<model::Objects> parseYaml(const std::string& text) {
     if (!doc || doc.IsNull()) continue;
     std::string ctx = fmt::format("document {}", index);
     if (!doc.IsMap()) return fail(ctx + ": not a mapping");
-    try {
-      auto kind = scalar(doc, "kind", true, ctx);
-      if (!kind) return tl::unexpected(kind.error());
-      YAML::Node meta = doc["metadata"];
-      if (*kind != "Namespace" && *kind != "Pod") {
-        logger()->debug("{}: kind {} ignored", ctx, *kind);
-        continue;
-      }
-      if (!meta || !meta.IsMap())
-        return fail(fmt::format("{} ({}): 'metadata' must be a mapping", ctx, *kind));
-      auto name = scalar(meta, "name", true, ctx + " metadata");
-      if (!name) return tl::unexpected(name.error());
-      if (name->empty()) return fail(ctx + ": metadata.name is empty");
-      ctx = fmt::format("{} ({} {})", ctx, *kind, *name);
-      auto labels = stringMap(meta, "labels", ctx + " metadata");
-      if (!labels) return tl::unexpected(labels.error());
-      if (*kind == "Namespace") {
-        objs.namespaces.push_back({*name, *labels});
-        continue;
-      }
-      model::Pod pod;
-      pod.name = *name;
-      pod.labels = *labels;
-      auto ns = scalar(meta, "namespace", true, ctx + " metadata");
-      if (!ns) return tl::unexpected(ns.error());
-      pod.ns = *ns;
-      auto uid = scalar(meta, "uid", false, ctx + " metadata");
-      if (!uid) return tl::unexpected(uid.error());
-      pod.uid = uid->empty() ? pod.ns + "/" + pod.name : *uid;
-      if (!uids.insert(pod.uid).second)
-        return fail(fmt::format("{}: duplicate uid {}", ctx, pod.uid));
-      YAML::Node spec = doc["spec"];
-      if (spec && !spec.IsNull()) {
-        if (!spec.IsMap()) return fail(ctx + ": 'spec' must be a mapping");
-        auto node = scalar(spec, "nodeName", false, ctx + " spec");
-        if (!node) return tl::unexpected(node.error());
-        pod.node = *node;
-        auto sa = scalar(spec, "serviceAccountName", false, ctx + " spec");
-        if (!sa) return tl::unexpected(sa.error());
-        if (!sa->empty()) pod.service_account = *sa;
-      }
-      YAML::Node status = doc["status"];
-      if (status && !status.IsNull()) {
-        if (!status.IsMap()) return fail(ctx + ": 'status' must be a mapping");
-        auto ip = scalar(status, "podIP", false, ctx + " status");
-        if (!ip) return tl::unexpected(ip.error());
-        if (!ip->empty()) pod.ips.push_back(*ip);
-        YAML::Node ips = status["podIPs"];
-        if (ips && !ips.IsNull()) {
-          if (!ips.IsSequence()) return fail(ctx + ": status.podIPs must be a list");
-          for (const auto& e : ips) {
-            if (!e.IsMap()) return fail(ctx + ": status.podIPs entries must be {ip: ...}");
-            auto v = scalar(e, "ip", true, ctx + " status.podIPs[]");
-            if (!v) return tl::unexpected(v.error());
-            if (std::find(pod.ips.begin(), pod.ips.end(), *v) == pod.ips.end())
-              pod.ips.push_back(*v);
-          }
-        }
-        for (const auto& a : pod.ips)
-          if (!parseIp4(a) && a.find(':') == std::string::npos)
-            return fail(fmt::format("{}: '{}' is not an IP address", ctx, a));
-      }
-      objs.pods.push_back(std::move(pod));
-    } catch (const YAML::Exception& e) {
-      return fail(fmt::format("{}: {}", ctx, e.what()));
-    }
+    if (doc.Mark().line >= 0) ctx += fmt::format(" (line {})", doc.Mark().line + 1);
+    if (doc["kind"] && !doc["kind"].IsScalar())
+      return fail(ctx + ": 'kind' must be a string");
+    size_t pods_before = objs.pods.size();
+    auto added = model::addObject(toJson(doc), objs, ctx);
+    if (!added) return tl::unexpected(added.error());
+    if (objs.pods.size() > pods_before && !uids.insert(objs.pods.back().uid).second)
+      return fail(fmt::format("{}: duplicate uid {}", ctx, objs.pods.back().uid));
   }
   return objs;
 }

@@ -2,6 +2,8 @@
 
 #include <google/protobuf/util/message_differencer.h>
 
+#include <algorithm>
+
 namespace sluice::controlplane::model {
 
 bool Store::enrolled(const Pod& pod, const Namespace* ns) {
@@ -24,6 +26,11 @@ Result<void> Store::setSource(const std::string& source, Objects objects) {
       for (const auto& m : objects.namespaces)
         if (n.name == m.name)
           return fail(fmt::format("namespace {} is already defined by {}", m.name, other));
+    for (const auto& a : objs.services)
+      for (const auto& b : objects.services)
+        if (a.ns == b.ns && a.name == b.name)
+          return fail(
+              fmt::format("service {}/{} is already defined by {}", b.ns, b.name, other));
   }
   sources_[source] = std::move(objects);
   recompute();
@@ -56,6 +63,15 @@ void Store::recompute() {
     }
   }
   Delta d;
+  auto services = computeServices();
+  for (const auto& [key, svc] : services) {
+    auto old = services_.find(key);
+    if (old == services_.end() ||
+        !google::protobuf::util::MessageDifferencer::Equals(old->second, svc))
+      d.services.push_back(svc);
+  }
+  for (const auto& [key, svc] : services_)
+    if (!services.count(key)) d.removed_services.push_back(key);
   for (const auto& [uid, w] : next) {
     auto old = workloads_.find(uid);
     if (old == workloads_.end() ||
@@ -64,12 +80,95 @@ void Store::recompute() {
   }
   for (const auto& [uid, w] : workloads_)
     if (!next.count(uid)) d.removed_uids.push_back(uid);
-  if (d.upserts.empty() && d.removed_uids.empty()) return;
+  if (d.upserts.empty() && d.removed_uids.empty() && d.services.empty() &&
+      d.removed_services.empty())
+    return;
   workloads_ = std::move(next);
+  services_ = std::move(services);
   d.version = ++version_;
   history_.push_back(std::move(d));
   while (history_.size() > kHistory) history_.pop_front();
   changed_.notify_all();
+}
+
+namespace {
+
+bool selects(const std::map<std::string, std::string>& selector,
+             const std::map<std::string, std::string>& labels) {
+  for (const auto& [k, v] : selector) {
+    auto it = labels.find(k);
+    if (it == labels.end() || it->second != v) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// Services with their ready endpoints. O(services + slices + pods of the
+// namespaces that have selector Services).
+std::map<std::string, ServiceView> Store::computeServices() const {
+  std::map<std::string, ServiceView> out;
+  std::map<std::string, std::vector<const EndpointSlice*>> slices;  // by "ns/service"
+  std::map<std::string, std::vector<const Pod*>> pods_by_ns;
+  for (const auto& [src, objs] : sources_) {
+    for (const auto& es : objs.endpoint_slices)
+      if (!es.service.empty()) slices[es.ns + "/" + es.service].push_back(&es);
+    for (const auto& p : objs.pods) pods_by_ns[p.ns].push_back(&p);
+  }
+  for (const auto& [src, objs] : sources_) {
+    for (const auto& svc : objs.services) {
+      std::string key = svc.ns + "/" + svc.name;
+      ServiceView v;
+      v.set_namespace_(svc.ns);
+      v.set_name(svc.name);
+      for (const auto& ip : svc.vips) v.add_vips(ip);
+      for (const auto& p : svc.ports) {
+        auto* sp = v.add_ports();
+        sp->set_name(p.name);
+        sp->set_port(p.port);
+        sp->set_protocol(p.protocol);
+      }
+      auto own = slices.find(key);
+      if (own != slices.end()) {
+        for (const EndpointSlice* es : own->second)
+          for (const auto& e : es->endpoints) {
+            if (!e.ready) continue;
+            for (const auto& addr : e.addresses) {
+              auto* ep = v.add_endpoints();
+              ep->set_ip(addr);
+              ep->set_workload_uid(e.target_uid);
+              for (const auto& [name, port] : es->ports) (*ep->mutable_ports())[name] = port;
+            }
+          }
+      } else if (mode_ == EndpointsMode::kSlicesOrSelector && svc.has_selector &&
+                 !svc.selector.empty()) {
+        for (const Pod* p : pods_by_ns[svc.ns]) {
+          if (!p->ready || p->ips.empty() || !selects(svc.selector, p->labels)) continue;
+          sluice::api::v1::Endpoint ep;
+          for (const auto& sp : svc.ports) {
+            uint32_t target = sp.target_port ? sp.target_port : sp.port;
+            if (!sp.target_port_name.empty()) {
+              auto np = p->named_ports.find(sp.target_port_name);
+              if (np == p->named_ports.end()) continue;  // this pod does not serve it
+              target = np->second;
+            }
+            (*ep.mutable_ports())[sp.name] = target;
+          }
+          if (ep.ports().empty()) continue;
+          for (const auto& ip : p->ips) {
+            ep.set_ip(ip);
+            ep.set_workload_uid(p->uid);
+            *v.add_endpoints() = ep;
+          }
+        }
+      }
+      // Deterministic order: equal views compare equal.
+      std::sort(v.mutable_endpoints()->begin(), v.mutable_endpoints()->end(),
+                [](const auto& a, const auto& b) { return a.ip() < b.ip(); });
+      out[key] = std::move(v);
+    }
+  }
+  return out;
 }
 
 bool Store::runsOn(const std::string& node, const std::string& ns, const std::string& sa) const {
@@ -91,6 +190,7 @@ Delta Store::snapshot() const {
   d.version = version_;
   d.full = true;
   for (const auto& [uid, w] : workloads_) d.upserts.push_back(w);
+  for (const auto& [key, svc] : services_) d.services.push_back(svc);
   return d;
 }
 
@@ -105,6 +205,8 @@ std::optional<Delta> Store::waitSince(uint64_t since, std::chrono::milliseconds 
   }
   std::map<std::string, Workload> upserts;
   std::map<std::string, bool> removed;
+  std::map<std::string, ServiceView> svc_upserts;
+  std::map<std::string, bool> svc_removed;
   for (const auto& d : history_) {
     if (d.version <= since) continue;
     for (const auto& w : d.upserts) {
@@ -115,11 +217,22 @@ std::optional<Delta> Store::waitSince(uint64_t since, std::chrono::milliseconds 
       upserts.erase(uid);
       removed[uid] = true;
     }
+    for (const auto& s : d.services) {
+      std::string key = s.namespace_() + "/" + s.name();
+      svc_upserts[key] = s;
+      svc_removed.erase(key);
+    }
+    for (const auto& key : d.removed_services) {
+      svc_upserts.erase(key);
+      svc_removed[key] = true;
+    }
   }
   Delta out;
   out.version = version_;
   for (auto& [uid, w] : upserts) out.upserts.push_back(std::move(w));
   for (auto& [uid, r] : removed) out.removed_uids.push_back(uid);
+  for (auto& [key, s] : svc_upserts) out.services.push_back(std::move(s));
+  for (auto& [key, r] : svc_removed) out.removed_services.push_back(key);
   return out;
 }
 

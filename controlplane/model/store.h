@@ -22,6 +22,7 @@
 namespace sluice::controlplane::model {
 
 using Workload = sluice::api::v1::Workload;
+using ServiceView = sluice::api::v1::Service;  // what agents receive
 
 inline constexpr const char* kMeshLabel = "sluice.dev/mesh";
 
@@ -38,23 +39,73 @@ struct Pod {
   std::string node;
   std::vector<std::string> ips;
   std::map<std::string, std::string> labels;
+  // Ready condition True (local mode: no conditions given counts as ready
+  // unless the phase says otherwise); false while terminating.
+  bool ready = true;
+  std::map<std::string, uint32_t> named_ports;  // containers[].ports[] by name
+};
+
+struct ServicePort {
+  std::string name;
+  uint32_t port = 0;
+  std::string protocol = "TCP";
+  uint32_t target_port = 0;      // 0 and no name: same as port
+  std::string target_port_name;  // a named container port
+};
+
+struct Service {
+  std::string ns;
+  std::string name;
+  std::vector<std::string> vips;  // empty: headless
+  std::vector<ServicePort> ports;
+  bool has_selector = false;
+  std::map<std::string, std::string> selector;
+};
+
+struct EndpointSlice {
+  struct Endpoint {
+    std::vector<std::string> addresses;
+    bool ready = true;  // conditions.ready; unset means ready (API semantics)
+    std::string target_uid;
+  };
+  std::string ns;
+  std::string name;
+  std::string service;  // label kubernetes.io/service-name
+  std::vector<std::pair<std::string, uint32_t>> ports;  // name -> port
+  std::vector<Endpoint> endpoints;
 };
 
 struct Objects {
   std::vector<Namespace> namespaces;
   std::vector<Pod> pods;
+  std::vector<Service> services;
+  std::vector<EndpointSlice> endpoint_slices;
 };
 
 struct Delta {
   uint64_t version = 0;
-  bool full = false;  // true: `upserts` is the whole state
+  bool full = false;  // true: `upserts` and `services` are the whole state
   std::vector<Workload> upserts;
   std::vector<std::string> removed_uids;
+  std::vector<ServiceView> services;
+  std::vector<std::string> removed_services;  // "namespace/name"
+};
+
+// How a Service's endpoints are found.
+enum class EndpointsMode {
+  // From EndpointSlices; a selector Service without slices gets its
+  // endpoints from the selector and pod readiness, as the endpoints
+  // controller would (local mode, where there is no such controller).
+  kSlicesOrSelector,
+  // From EndpointSlices only (Kubernetes: the cluster's controller writes them).
+  kSlicesOnly,
 };
 
 class Store {
  public:
   static constexpr size_t kHistory = 4096;
+
+  explicit Store(EndpointsMode mode = EndpointsMode::kSlicesOrSelector) : mode_(mode) {}
 
   // Replaces everything `source` supplied. Fails (changing nothing) when an
   // object collides with one from another source (same pod uid / namespace).
@@ -78,12 +129,15 @@ class Store {
 
  private:
   void recompute();  // needs mu_
+  std::map<std::string, ServiceView> computeServices() const;  // needs mu_
 
+  const EndpointsMode mode_;
   mutable std::mutex mu_;
   std::condition_variable changed_;
   bool stopped_ = false;
   std::map<std::string, Objects> sources_;
   std::map<std::string, Workload> workloads_;
+  std::map<std::string, ServiceView> services_;  // by "namespace/name"
   uint64_t version_ = 0;
   std::deque<Delta> history_;  // deltas with versions (oldest first)
 };

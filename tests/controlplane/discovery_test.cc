@@ -19,13 +19,14 @@ namespace {
 
 class Recorder : public agent::discovery::Listener {
  public:
-  void onWorkloads(const std::map<std::string, agent::discovery::Workload>& all,
-                   uint64_t version) override {
+  void onView(const agent::discovery::View& all, uint64_t version) override {
     std::lock_guard lk(mu);
-    view = all;
+    view = all.workloads;
+    services = all.services;
     this->version = version;
     calls++;
   }
+  std::map<std::string, agent::discovery::Service> services;
   template <typename Pred>
   bool waitUntil(Pred pred, std::chrono::milliseconds timeout = 5s) {
     auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <future>
+#include <random>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
@@ -92,6 +93,7 @@ struct Conn {
   UniqueFd client;
   UniqueFd upstream;
   sockaddr_in dst{};
+  std::unique_ptr<ServiceRoute> route;  // connected to a Service VIP
   __kernel_timespec connect_timeout{};
   Direction dir[2];
   ConnOp ops[kOpCount];
@@ -120,6 +122,7 @@ ConnectionInfo Registry::toInfo(const Record& r, const char* state) {
   ConnectionInfo c;
   c.id = r.id;
   c.direction = r.direction;
+  c.destination_service = r.service;
   c.pod = r.pod;
   c.source = r.source;
   c.destination = r.destination;
@@ -156,7 +159,19 @@ std::vector<ConnectionInfo> Registry::snapshot() const {
 
 // ---------------------------------------------------------------- Worker
 
-Worker::Worker(EngineImpl& engine, unsigned index) : engine_(engine), index_(index) {}
+namespace {
+Balancer::Config balancerConfig(const EngineConfig& c) {
+  Balancer::Config b;
+  b.eject_after = std::max(1u, c.lb_eject_after);
+  b.eject_for = c.lb_eject_for;
+  return b;
+}
+}  // namespace
+
+Worker::Worker(EngineImpl& engine, unsigned index)
+    : balancer_(balancerConfig(engine.config()), std::random_device{}() ^ index),
+      engine_(engine),
+      index_(index) {}
 
 Worker::~Worker() { stop(); }
 
@@ -223,6 +238,7 @@ void Worker::loop() {
     if (now - last_tick_ >= std::chrono::seconds(1)) {
       last_tick_ = now;
       if (hbone_) hbone_->tick();
+      balancer_.prune(now);
       // Connection buffers come and go in bursts; hand freed pages back so
       // the node's RSS follows the load instead of its peak.
       if (index_ == 0 && ++ticks_ % 5 == 0) malloc_trim(0);
@@ -321,11 +337,7 @@ void Worker::accepted(Listener& l, int fd) {
   int one = 1;
   setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
-  sockaddr_in dst{};
-  std::shared_ptr<PodState> handoff;
-  Result<UniqueFd> upstream = fail("unset");
-  bool inbound = l.kind == ListenerKind::kInbound;
-  if (!inbound) {
+  if (l.kind == ListenerKind::kOutbound) {
     auto orig = engine_.resolver().originalDst(pod.spec.netns_cookie, peer, local);
     if (!orig) {
       stats.no_original_dst++;
@@ -333,57 +345,115 @@ void Worker::accepted(Listener& l, int fd) {
                       formatEndpoint(peer));
       return;
     }
-    dst = *orig;
     // The app's socket is bound to loopback (it connected to 127.0.0.1:15001
     // after the rewrite); records and Forwarded show the pod's address.
     peer.sin_addr.s_addr = pod.spec.ip4;
-    auto local_pods = engine_.localPods();
-    auto target = local_pods->find(dst.sin_addr.s_addr);
-    std::optional<MeshWorkload> remote;
-    if (target != local_pods->end() && !target->second->removed) {
-      // Meshed destination on this node: hand the connection straight to the
-      // destination pod, as its inbound side would (client pod IP as source,
-      // inside its netns); the bytes never leave the kernel and take one
-      // proxy hop instead of two.
-      handoff = target->second;
-      uint16_t port = ntohs(dst.sin_port);
-      if (port == SLUICE_INBOUND_PORT || port == SLUICE_HBONE_PORT ||
-          port == SLUICE_OUTBOUND_PORT) {
-        engine_.counters().hbone_refused++;
-        logger()->warn("pod {}: refused a connection to the proxy port {} of pod {}",
-                       pod.spec.name_namespace, formatEndpoint(dst), handoff->spec.name_namespace);
-        return;
-      }
-      upstream = inpod::upstreamSocket(handoff->netns.get(), SLUICE_MARK_INBOUND_APP, pod.spec.ip4);
-    } else if (hbone_ && (remote = engine_.directory()->meshed(dst.sin_addr.s_addr))) {
-      // Meshed destination on another node: mutual TLS through a tunnel.
-      hbone_->outbound(l.pod, std::move(client), peer, dst, *remote);
-      return;
-    } else {
-      upstream = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_MINE, 0);
-    }
-  } else {
-    dst = local;  // tc bpf_sk_assign keeps the original destination as the local address
-    if (ntohs(dst.sin_port) == SLUICE_INBOUND_PORT || ntohs(dst.sin_port) == SLUICE_HBONE_PORT) {
-      logger()->debug("pod {}: direct connection to the proxy port from {}; closing",
-                      pod.spec.name_namespace, formatEndpoint(peer));
-      return;
-    }
-    upstream =
-        inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
+    routeOutbound(l.pod, std::move(client), peer, *orig, nullptr);
+    return;
   }
+  // Inbound plaintext: tc bpf_sk_assign keeps the original destination as
+  // the local address.
+  sockaddr_in dst = local;
+  if (ntohs(dst.sin_port) == SLUICE_INBOUND_PORT || ntohs(dst.sin_port) == SLUICE_HBONE_PORT) {
+    logger()->debug("pod {}: direct connection to the proxy port from {}; closing",
+                    pod.spec.name_namespace, formatEndpoint(peer));
+    return;
+  }
+  auto upstream =
+      inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
   if (!upstream) {
     stats.connect_failures++;
     logger()->error("pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
                     upstream.error().describe());
     return;
   }
+  startConn(l.pod, std::move(client), std::move(*upstream), peer, dst, true, nullptr, nullptr);
+}
 
+void Worker::routeOutbound(const std::shared_ptr<PodState>& pod_ptr, UniqueFd client,
+                           const sockaddr_in& peer, sockaddr_in dst,
+                           std::unique_ptr<ServiceRoute> route) {
+  PodState& pod = *pod_ptr;
+  auto& stats = engine_.counters();
+  if (pod.removed) return;
+  MeshDirectory* directory = engine_.directory();
+  if (!route && directory) {
+    if (auto svc = directory->service(dst.sin_addr.s_addr, dst.sin_port)) {
+      route = std::make_unique<ServiceRoute>();
+      route->service = std::move(svc);
+      route->vip = dst;
+      route->peer = peer;
+    }
+  }
+  if (route) {
+    auto now = std::chrono::steady_clock::now();
+    auto ep = balancer_.pick(*route->service, route->tried, now);
+    if (!ep) {
+      stats.lb_no_endpoint++;
+      logger()->warn("pod {}: no endpoint of service {} left for {} (tried {}); resetting",
+                     pod.spec.name_namespace, route->service->name, formatEndpoint(route->vip),
+                     route->tried.size());
+      setLinger0(client.get());
+      return;
+    }
+    stats.lb_picks++;
+    route->tried.push_back(*ep);
+    route->endpoint = *ep;
+    route->attempt_start = now;
+    route->reported = false;
+    dst = *ep;
+  }
+
+  std::shared_ptr<PodState> handoff;
+  Result<UniqueFd> upstream = fail("unset");
+  auto local_pods = engine_.localPods();
+  auto target = local_pods->find(dst.sin_addr.s_addr);
+  std::optional<MeshWorkload> remote;
+  if (target != local_pods->end() && !target->second->removed) {
+    // Meshed destination on this node: hand the connection straight to the
+    // destination pod, as its inbound side would (client pod IP as source,
+    // inside its netns); the bytes never leave the kernel and take one
+    // proxy hop instead of two.
+    handoff = target->second;
+    uint16_t port = ntohs(dst.sin_port);
+    if (port == SLUICE_INBOUND_PORT || port == SLUICE_HBONE_PORT ||
+        port == SLUICE_OUTBOUND_PORT) {
+      stats.hbone_refused++;
+      logger()->warn("pod {}: refused a connection to the proxy port {} of pod {}",
+                     pod.spec.name_namespace, formatEndpoint(dst), handoff->spec.name_namespace);
+      if (route) lbClosed(*route);
+      return;
+    }
+    upstream = inpod::upstreamSocket(handoff->netns.get(), SLUICE_MARK_INBOUND_APP, pod.spec.ip4);
+  } else if (hbone_ && directory && (remote = directory->meshed(dst.sin_addr.s_addr))) {
+    // Meshed destination on another node: mutual TLS through a tunnel.
+    hbone_->outbound(pod_ptr, std::move(client), peer, dst, *remote, std::move(route));
+    return;
+  } else {
+    upstream = inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_MINE, 0);
+  }
+  if (!upstream) {
+    stats.connect_failures++;
+    logger()->error("pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
+                    upstream.error().describe());
+    if (route) lbClosed(*route);
+    return;
+  }
+  startConn(pod_ptr, std::move(client), std::move(*upstream), peer, dst, false, handoff,
+            std::move(route));
+}
+
+void Worker::startConn(const std::shared_ptr<PodState>& pod_ptr, UniqueFd client,
+                       UniqueFd upstream, const sockaddr_in& peer, const sockaddr_in& dst,
+                       bool inbound, std::shared_ptr<PodState> handoff,
+                       std::unique_ptr<ServiceRoute> route) {
+  PodState& pod = *pod_ptr;
+  auto& stats = engine_.counters();
   auto c = std::make_unique<Conn>();
   c->worker = this;
-  c->pod = l.pod;
+  c->pod = pod_ptr;
   c->client = std::move(client);
-  c->upstream = std::move(*upstream);
+  c->upstream = std::move(upstream);
   c->dst = dst;
   c->target = handoff;
   for (int k = 0; k < kOpCount; ++k) {
@@ -395,6 +465,8 @@ void Worker::accepted(Listener& l, int fd) {
                               inbound   ? "inbound"
                               : handoff ? "local_handoff"
                                         : "passthrough");
+  if (route) c->rec->service = route->service->name;
+  c->route = std::move(route);
   if (handoff) {
     // Same node: the source identity is known from the listener's netns;
     // no TLS because the bytes never leave the kernel.
@@ -417,6 +489,44 @@ void Worker::accepted(Listener& l, int fd) {
   conns_.emplace(raw, std::move(c));
 }
 
+void Worker::lbResult(ServiceRoute& route, bool ok) {
+  if (route.reported) return;
+  route.reported = true;
+  auto now = std::chrono::steady_clock::now();
+  auto latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(now - route.attempt_start);
+  if (balancer_.result(route.endpoint, ok, latency, now)) {
+    engine_.counters().lb_ejections++;
+    logger()->warn("service {}: endpoint {} ejected after {} consecutive connect failures",
+                   route.service->name, formatEndpoint(route.endpoint),
+                   engine_.config().lb_eject_after);
+  }
+}
+
+bool Worker::retryService(const std::shared_ptr<PodState>& pod, UniqueFd& client,
+                          std::unique_ptr<ServiceRoute>& route, const std::string& why) {
+  if (!route || !client) return false;
+  lbResult(*route, false);
+  if (route->tried.size() >= std::max(1u, engine_.config().lb_max_attempts) ||
+      route->tried.size() >= route->service->endpoints.size()) {
+    logger()->warn("service {}: connect to {} failed ({}); no attempts left",
+                   route->service->name, formatEndpoint(route->endpoint), why);
+    return false;
+  }
+  balancer_.closed(route->endpoint);
+  engine_.counters().lb_retries++;
+  logger()->info("service {}: connect to {} failed ({}); retrying on another endpoint",
+                 route->service->name, formatEndpoint(route->endpoint), why);
+  // Not from inside the failing connection's completion: run it next.
+  auto shared_client = std::make_shared<UniqueFd>(std::move(client));
+  auto shared_route = std::make_shared<std::unique_ptr<ServiceRoute>>(std::move(route));
+  post([this, pod, shared_client, shared_route] {
+    sockaddr_in peer = (*shared_route)->peer, vip = (*shared_route)->vip;
+    routeOutbound(pod, std::move(*shared_client), peer, vip, std::move(*shared_route));
+  });
+  return true;
+}
+
 void Worker::onConn(Conn& c, int kind, const io_uring_cqe& cqe) {
   c.inflight--;
   int res = cqe.res;
@@ -427,11 +537,16 @@ void Worker::onConn(Conn& c, int kind, const io_uring_cqe& cqe) {
       if (res < 0) {
         if (!c.closing) {
           engine_.counters().connect_failures++;
-          closeConn(c, true,
-                    res == -ECANCELED ? "connect_timeout"
-                                      : std::string("connect_error: ") + std::strerror(-res));
+          std::string why = res == -ECANCELED
+                                ? "connect_timeout"
+                                : std::string("connect_error: ") + std::strerror(-res);
+          // A Service connection moves to another endpoint; the app never
+          // notices (nothing was read from it yet).
+          if (c.route && retryService(c.pod, c.client, c.route, why)) why += " (retried)";
+          closeConn(c, true, why);
         }
       } else if (!c.closing) {
+        if (c.route) lbResult(*c.route, true);
         c.connected = true;
         pump(c, kUp);
         pump(c, kDown);
@@ -537,6 +652,7 @@ void Worker::closeConn(Conn& c, bool reset, const std::string& reason) {
 
 void Worker::finish(Conn& c) {
   auto& stats = engine_.counters();
+  if (c.route) balancer_.closed(c.route->endpoint);
   stats.active--;
   stats.closed++;
   c.pod->connections--;
@@ -581,17 +697,18 @@ void EngineImpl::closeRecord(const std::shared_ptr<Record>& rec, const std::stri
   auto dur = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - rec->start);
   log::get("access")->info(
-      "{} pod={} src={} dst={} path={} src_principal={} dst_principal={} mutual_tls={} sent={} "
+      "{} pod={} src={} dst={} service={} path={} src_principal={} dst_principal={} mutual_tls={} sent={} "
       "received={} duration_ms={} reason={}",
-      rec->direction, rec->pod, rec->source, rec->destination, rec->path,
+      rec->direction, rec->pod, rec->source, rec->destination,
+      rec->service.empty() ? "-" : rec->service, rec->path,
       rec->source_principal.empty() ? "-" : rec->source_principal,
       rec->destination_principal.empty() ? "-" : rec->destination_principal, rec->mutual_tls,
       rec->sent.load(), rec->received.load(), dur.count(), reason);
 }
 
 Result<void> EngineImpl::start() {
-  if ((credentials_ == nullptr) != (directory_ == nullptr))
-    return fail("HBONE needs both a credential source and a mesh directory");
+  if (credentials_ && !directory_)
+    return fail("HBONE needs a mesh directory as well as a credential source");
   if (credentials_) {
     auto contexts = tls::Contexts::create(config_.trust_anchor_pem);
     if (!contexts) return fail("HBONE trust anchor: " + contexts.error().describe());
@@ -715,6 +832,10 @@ EngineStats EngineImpl::stats() const {
   s.hbone_bad_requests = stats_.hbone_bad_requests;
   s.hbone_refused = stats_.hbone_refused;
   s.no_certificate = stats_.no_certificate;
+  s.lb_picks = stats_.lb_picks;
+  s.lb_retries = stats_.lb_retries;
+  s.lb_no_endpoint = stats_.lb_no_endpoint;
+  s.lb_ejections = stats_.lb_ejections;
   return s;
 }
 

@@ -4,6 +4,8 @@
 // command queue + eventfd. Nothing on the data path takes a lock.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <deque>
 #include <functional>
@@ -17,10 +19,17 @@
 
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
+#include "ztunnel/proxy/balancer.h"
 #include "ztunnel/tls/tls.h"
 #include "ztunnel/uring/ring.h"
 
 namespace sluice::ztunnel::proxy {
+
+// close() then sends RST: the peer learns of a reset, not an orderly end.
+inline void setLinger0(int fd) {
+  linger lg{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
 
 class Worker;
 class EngineImpl;
@@ -37,7 +46,7 @@ struct PodState {
 // What connections() reports; shared between a worker and the registry.
 struct Record {
   uint64_t id = 0;
-  std::string direction, pod, source, destination, path;
+  std::string direction, pod, source, destination, path, service;
   std::string source_principal, destination_principal;
   bool mutual_tls = false;
   int64_t start_unix_ms = 0;
@@ -67,7 +76,20 @@ enum class ListenerKind { kOutbound, kInbound, kHbone };
 struct Stats {
   std::atomic<uint64_t> accepted{0}, active{0}, closed{0}, connect_failures{0}, limit_rejected{0},
       no_original_dst{0}, hbone_opened{0}, hbone_active{0}, hbone_handshake_failures{0},
-      hbone_timeouts{0}, hbone_bad_requests{0}, hbone_refused{0}, no_certificate{0};
+      hbone_timeouts{0}, hbone_bad_requests{0}, hbone_refused{0}, no_certificate{0}, lb_picks{0},
+      lb_retries{0}, lb_no_endpoint{0}, lb_ejections{0};
+};
+
+// An outbound connection to a Service VIP: what is needed to pick another
+// endpoint when the connect to the chosen one fails before any byte moved.
+struct ServiceRoute {
+  std::shared_ptr<const ServiceTarget> service;  // the view it was picked from
+  sockaddr_in vip{};                             // what the app connected to
+  sockaddr_in peer{};                            // the app's address (pod IP:port)
+  sockaddr_in endpoint{};                        // the current attempt
+  std::vector<sockaddr_in> tried;
+  std::chrono::steady_clock::time_point attempt_start{};
+  bool reported = false;  // the current attempt's outcome went to the balancer
 };
 
 class Worker {
@@ -84,6 +106,20 @@ class Worker {
   void removePod(const std::string& uid);
   void onAccept(Listener& l, const io_uring_cqe& cqe);
   void onConn(Conn& c, int kind, const io_uring_cqe& cqe);
+  // Routes an app connection accepted on pod's 15001 to `dst`: a Service
+  // VIP (an endpoint is chosen), a meshed pod on this node (handoff), on
+  // another node (HBONE), or anything else (passthrough). `route` carries a
+  // retry's earlier attempts.
+  void routeOutbound(const std::shared_ptr<PodState>& pod, UniqueFd client, const sockaddr_in& peer,
+                     sockaddr_in dst, std::unique_ptr<ServiceRoute> route);
+  // A Service connection's attempt ended: report it to the balancer.
+  void lbResult(ServiceRoute& route, bool ok);
+  // After a failed attempt (nothing sent to the app yet): retries on another
+  // endpoint (soon, on this worker) and returns true, or returns false when
+  // the attempts are used up (the caller resets the client).
+  bool retryService(const std::shared_ptr<PodState>& pod, UniqueFd& client,
+                    std::unique_ptr<ServiceRoute>& route, const std::string& why);
+  void lbClosed(const ServiceRoute& route) { balancer_.closed(route.endpoint); }
 
  private:
   void loop();
@@ -91,10 +127,14 @@ class Worker {
   void armAccept(Listener& l);
   void armWake();
   void accepted(Listener& l, int fd);
+  void startConn(const std::shared_ptr<PodState>& pod, UniqueFd client, UniqueFd upstream,
+                 const sockaddr_in& peer, const sockaddr_in& dst, bool inbound,
+                 std::shared_ptr<PodState> handoff, std::unique_ptr<ServiceRoute> route);
   void pump(Conn& c, int dir);
   void closeConn(Conn& c, bool reset, const std::string& reason);
   void finish(Conn& c);
   std::unique_ptr<HboneWorker> hbone_;  // when mTLS is on
+  Balancer balancer_;
   std::chrono::steady_clock::time_point last_tick_{};
   unsigned ticks_ = 0;
 

@@ -33,11 +33,6 @@ nghttp2_nv header(std::string_view name, std::string_view value) {
                     value.size(), NGHTTP2_NV_FLAG_NONE};
 }
 
-void setLinger0(int fd) {
-  linger lg{1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-}
-
 __kernel_timespec toTimespec(std::chrono::milliseconds ms) {
   __kernel_timespec ts{};
   ts.tv_sec = ms.count() / 1000;
@@ -386,12 +381,12 @@ void HboneWorker::closeTunnel(Tunnel& t, const std::string& reason) {
   // They stay attached while nghttp2 may still call back with them.
   std::vector<Stream*> open;
   for (auto& [id, s] : t.streams) open.push_back(s);
-  for (Stream* s : open) closeStream(*s, true, "tunnel_closed: " + t.reason);
+  for (Stream* s : open) failStream(*s, "tunnel_closed: " + t.reason);
   auto waiting = std::move(t.waiting);
   t.waiting.clear();
   for (Stream* s : waiting) {
     s->tunnel = nullptr;
-    closeStream(*s, true, "tunnel_failed: " + t.reason);
+    failStream(*s, "tunnel_failed: " + t.reason);
   }
   bool flushing = t.close_on_flush && (t.send_inflight || t.soff < t.sbuf.size() ||
                                        (t.ssl && BIO_ctrl_pending(SSL_get_wbio(t.ssl)) > 0));
@@ -487,18 +482,21 @@ Tunnel* HboneWorker::pooledTunnel(const std::shared_ptr<PodState>& pod, const Me
 
 void HboneWorker::outbound(const std::shared_ptr<PodState>& pod, UniqueFd client,
                            const sockaddr_in& peer, const sockaddr_in& dst,
-                           const MeshWorkload& target) {
+                           const MeshWorkload& target, std::unique_ptr<ServiceRoute> route) {
   auto cred = engine_.credentials()->credential(pod->identity);
   if (!cred) {
     engine_.counters().no_certificate++;
     logger()->warn("pod {}: no certificate for {} yet; refusing a connection to {}",
                    pod->spec.name_namespace, pod->identity, formatEndpoint(dst));
+    if (route) worker_.lbClosed(*route);
     setLinger0(client.get());
     return;
   }
   Tunnel* t = pooledTunnel(pod, target, dst, cred);
   if (!t) {
     engine_.counters().connect_failures++;
+    if (route && worker_.retryService(pod, client, route, "no tunnel")) return;
+    if (route) worker_.lbClosed(*route);
     setLinger0(client.get());
     return;
   }
@@ -506,6 +504,8 @@ void HboneWorker::outbound(const std::shared_ptr<PodState>& pod, UniqueFd client
   s->dst = dst;
   s->rec = engine_.openRecord("outbound", pod->spec.name_namespace, formatEndpoint(peer),
                               formatEndpoint(dst), "hbone");
+  if (route) s->rec->service = route->service->name;
+  s->route = std::move(route);
   s->rec->source_principal = pod->identity;
   s->rec->destination_principal = target.identity;
   s->rec->mutual_tls = true;
@@ -529,14 +529,17 @@ void HboneWorker::submitRequest(Tunnel& t, Stream& s) {
     logger()->warn("tunnel {}: cannot open a stream: {}", t.id, nghttp2_strerror(id));
     t.draining = true;
     s.tunnel = nullptr;
-    closeStream(s, true, "stream_refused");
+    failStream(s, "stream_refused");
     return;
   }
   s.id = id;
   s.h2_open = true;
   t.streams[id] = &s;
   t.had_stream = true;
-  pumpUp(s);
+  // A Service connection reads nothing from the app before the 200, so a
+  // refused attempt can move to another endpoint with nothing lost. (Bytes
+  // read earlier would wait for the 200 anyway: readData defers until then.)
+  if (!s.route) pumpUp(s);
   progress(t);
 }
 
@@ -605,12 +608,16 @@ int HboneWorker::onFrameRecv(Tunnel& t, const nghttp2_frame* f) {
     if (!t.server && f->headers.cat == NGHTTP2_HCAT_RESPONSE) {
       if (s->method == "200") {
         s->established = true;
+        if (s->route) {
+          worker_.lbResult(*s->route, true);
+          pumpUp(*s);
+        }
         nghttp2_session_resume_data(t.h2, s->id);
       } else {
         logger()->warn("tunnel {}: {} refused CONNECT {} with status {}", t.id, t.peer_identity,
                        s->rec->destination, s->method);
         nghttp2_submit_rst_stream(t.h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
-        closeStream(*s, true, "refused_" + s->method);
+        failStream(*s, "refused_" + s->method);
         return 0;
       }
     }
@@ -796,9 +803,9 @@ int HboneWorker::onStreamClose(Tunnel& t, int32_t stream_id, uint32_t error_code
   if (s->closing) {
     dead_streams_.push_back(s);
   } else if (error_code != NGHTTP2_NO_ERROR) {
-    closeStream(*s, true, std::string("stream_reset: ") + nghttp2_http2_strerror(error_code));
+    failStream(*s, std::string("stream_reset: ") + nghttp2_http2_strerror(error_code));
   } else if (!s->down_eof || !s->up_done) {
-    closeStream(*s, true, "stream_closed_early");
+    failStream(*s, "stream_closed_early");
   }
   // else: both directions ended; the stream finishes when the app has all bytes.
   else if (s->down_shut_done) {
@@ -884,6 +891,19 @@ void HboneWorker::onStream(Stream& s, int kind, const io_uring_cqe& cqe) {
   reap();
 }
 
+// An outbound stream failed. Before its 200 a Service connection tries
+// another endpoint (the app's socket moves to the new attempt); anything else
+// is reset.
+void HboneWorker::failStream(Stream& s, const std::string& reason) {
+  if (s.closing) return;
+  if (s.route && !s.established && s.rec && s.rec->sent == 0 &&
+      worker_.retryService(s.pod, s.app, s.route, reason)) {
+    closeStream(s, true, reason + " (retried)");
+    return;
+  }
+  closeStream(s, true, reason);
+}
+
 void HboneWorker::closeStream(Stream& s, bool reset, const std::string& reason) {
   if (s.closing) return;
   s.closing = true;
@@ -915,6 +935,7 @@ void HboneWorker::reap() {
       Stream& s = *it->second;
       if (!s.closing || s.inflight > 0 || (s.h2_open && s.tunnel)) continue;
       if (s.tunnel) std::erase(s.tunnel->waiting, &s);
+      if (s.route) worker_.lbClosed(*s.route);
       engine_.counters().active--;
       engine_.counters().closed++;
       s.pod->connections--;

@@ -36,6 +36,7 @@ class Worker;
 class EngineImpl;
 struct PodState;
 struct Record;
+struct ServiceRoute;
 struct Tunnel;
 struct Stream;
 class HboneWorker;
@@ -114,6 +115,7 @@ struct Stream {
   std::string sending, pending;
   size_t sending_off = 0;
   bool down_send_inflight = false, down_eof = false, down_shut_sent = false, down_shut_done = false;
+  std::unique_ptr<ServiceRoute> route;  // client: connected to a Service VIP
   // server: the request
   std::string method, authority, forwarded;
   bool closing = false;
@@ -128,7 +130,8 @@ class HboneWorker {
   // An app connection from `pod` (accepted on 15001) to a meshed workload on
   // another node. Takes the client socket; answers it with a reset on failure.
   void outbound(const std::shared_ptr<PodState>& pod, UniqueFd client, const sockaddr_in& peer,
-                const sockaddr_in& dst, const MeshWorkload& target);
+                const sockaddr_in& dst, const MeshWorkload& target,
+                std::unique_ptr<ServiceRoute> route);
   // A TCP connection accepted on pod's 15008 listener.
   void inbound(const std::shared_ptr<PodState>& pod, UniqueFd fd, const sockaddr_in& peer);
 
@@ -167,6 +170,7 @@ class HboneWorker {
   void pumpUp(Stream& s);
   void pumpDown(Stream& s);
   void closeStream(Stream& s, bool reset, const std::string& reason);
+  void failStream(Stream& s, const std::string& reason);
   Stream* newStream(Tunnel* t, const std::shared_ptr<PodState>& pod, UniqueFd app);
   void reap();
 

@@ -37,6 +37,11 @@ struct EngineConfig {
   uint32_t hbone_max_streams = 100;                          // per tunnel, both directions
   uint32_t hbone_stream_window = 1u << 20;                   // HTTP/2 flow control, per stream
   uint32_t hbone_connection_window = 16u << 20;              // and per tunnel
+
+  // Load balancing of connections to Service VIPs (needs a MeshDirectory).
+  unsigned lb_max_attempts = 3;                 // endpoints tried per connection
+  unsigned lb_eject_after = 3;                  // consecutive connect failures
+  std::chrono::milliseconds lb_eject_for{5000};  // first ejection; doubles, up to 60 s
 };
 
 // An enrolled pod as the engine needs it. The engine dup()s netns_fd.
@@ -71,11 +76,21 @@ struct MeshWorkload {
   std::string node;
 };
 
+// A Service VIP:port as the proxy balances it: the ready endpoints (IP and
+// target port), from the control plane's latest view.
+struct ServiceTarget {
+  std::string name;                    // namespace/name
+  std::vector<sockaddr_in> endpoints;  // never empty
+};
+
 // The control plane's view, by IP. Thread-safe and non-blocking.
 class MeshDirectory {
  public:
   virtual ~MeshDirectory() = default;
   virtual std::optional<MeshWorkload> meshed(uint32_t ip4) = 0;  // network order
+  // The Service behind ip4:port (network order) with at least one ready
+  // endpoint, or null.
+  virtual std::shared_ptr<const ServiceTarget> service(uint32_t ip4, uint16_t port) = 0;
 };
 
 // Finds the original destination of a connection accepted on a pod's 15001
@@ -101,7 +116,8 @@ struct ConnectionInfo {
   std::string direction;    // "outbound" | "inbound"
   std::string pod;          // ns/name of the enrolled pod that owns the listener
   std::string source;       // ip:port of the client
-  std::string destination;  // original destination ip:port
+  std::string destination;  // destination ip:port (for a Service: the chosen endpoint)
+  std::string destination_service;  // ns/name when the client connected to a Service VIP
   std::string path;         // "passthrough" (to the network), "local_handoff" (meshed pod on this
                             // node, one hop), "hbone" (mTLS tunnel to/from another node),
                             // "inbound" (plaintext from outside the mesh into an enrolled pod)
@@ -130,6 +146,10 @@ struct EngineStats {
   uint64_t hbone_bad_requests = 0;        // not a valid CONNECT (protocol errors)
   uint64_t hbone_refused = 0;             // CONNECT answered 401 (target not this pod)
   uint64_t no_certificate = 0;            // the source workload had no certificate yet
+  uint64_t lb_picks = 0;                  // endpoint choices for Service connections
+  uint64_t lb_retries = 0;                // connects retried on another endpoint
+  uint64_t lb_no_endpoint = 0;            // Service connections with no endpoint left
+  uint64_t lb_ejections = 0;              // endpoints ejected after consecutive failures
 };
 
 class Engine {
@@ -153,8 +173,9 @@ class Engine {
   virtual void stop() = 0;
 };
 
-// credentials + directory (both or neither) turn on HBONE: remote meshed
-// destinations go through mTLS tunnels, and each pod gets a 15008 listener.
+// A directory turns on Service load balancing; credentials + directory turn
+// on HBONE: remote meshed destinations go through mTLS tunnels, and each pod
+// gets a 15008 listener.
 Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver,
                                              CredentialSource* credentials = nullptr,
                                              MeshDirectory* directory = nullptr);

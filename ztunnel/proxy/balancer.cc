@@ -1,0 +1,90 @@
+#include "ztunnel/proxy/balancer.h"
+
+#include <algorithm>
+
+namespace sluice::ztunnel::proxy {
+
+namespace {
+bool same(const sockaddr_in& a, const sockaddr_in& b) {
+  return a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port == b.sin_port;
+}
+}  // namespace
+
+double Balancer::score(const sockaddr_in& ep) const {
+  double floor = static_cast<double>(config_.latency_floor.count());
+  auto it = states_.find(key(ep));
+  if (it == states_.end()) return floor;
+  double latency = std::max(it->second.ewma_us, floor);
+  return latency * (it->second.open + 1);
+}
+
+std::optional<sockaddr_in> Balancer::pick(const ServiceTarget& svc,
+                                          const std::vector<sockaddr_in>& tried,
+                                          Clock::time_point now) {
+  std::vector<const sockaddr_in*> healthy, ejected_ones;
+  for (const auto& ep : svc.endpoints) {
+    if (std::any_of(tried.begin(), tried.end(), [&](const sockaddr_in& t) { return same(t, ep); }))
+      continue;
+    (ejected(ep, now) ? ejected_ones : healthy).push_back(&ep);
+  }
+  auto& pool = healthy.empty() ? ejected_ones : healthy;
+  if (pool.empty()) return std::nullopt;
+  const sockaddr_in* chosen = pool[0];
+  if (pool.size() > 1) {
+    std::uniform_int_distribution<size_t> d(0, pool.size() - 1);
+    size_t i = d(rng_), j = d(rng_);
+    while (j == i) j = d(rng_);
+    double si = score(*pool[i]), sj = score(*pool[j]);
+    if (si == sj)
+      chosen = (rng_() & 1) ? pool[i] : pool[j];
+    else
+      chosen = si < sj ? pool[i] : pool[j];
+  }
+  State& st = states_[key(*chosen)];
+  st.open++;
+  st.last_used = now;
+  return *chosen;
+}
+
+void Balancer::closed(const sockaddr_in& ep) {
+  auto it = states_.find(key(ep));
+  if (it != states_.end() && it->second.open > 0) it->second.open--;
+}
+
+bool Balancer::result(const sockaddr_in& ep, bool ok, std::chrono::microseconds latency,
+                      Clock::time_point now) {
+  State& st = states_[key(ep)];
+  st.last_used = now;
+  if (ok) {
+    double sample = static_cast<double>(latency.count());
+    st.ewma_us = st.ewma_us < 0 ? sample : config_.alpha * sample + (1 - config_.alpha) * st.ewma_us;
+    st.failures = 0;
+    st.ejections = 0;
+    return false;
+  }
+  if (++st.failures < config_.eject_after) return false;
+  st.failures = 0;
+  auto base = config_.eject_for * (1u << std::min(st.ejections, 4u));
+  st.ejected_until = now + std::min(base, config_.max_eject_for);
+  st.ejections++;
+  return true;
+}
+
+bool Balancer::ejected(const sockaddr_in& ep, Clock::time_point now) const {
+  auto it = states_.find(key(ep));
+  return it != states_.end() && it->second.ejected_until > now;
+}
+
+unsigned Balancer::open(const sockaddr_in& ep) const {
+  auto it = states_.find(key(ep));
+  return it == states_.end() ? 0 : it->second.open;
+}
+
+void Balancer::prune(Clock::time_point now) {
+  std::erase_if(states_, [&](const auto& kv) {
+    const State& st = kv.second;
+    return st.open == 0 && st.ejected_until <= now && now - st.last_used > std::chrono::minutes(1);
+  });
+}
+
+}  // namespace sluice::ztunnel::proxy

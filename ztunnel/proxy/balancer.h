@@ -1,0 +1,73 @@
+// Per-worker load balancing state for Service connections: power of two
+// choices over (open connections + 1) x EWMA of connect latency, with
+// consecutive-failure ejection. One Balancer per worker thread, so nothing
+// here takes a lock; each worker balances its own share of connections.
+//
+// Latencies below `latency_floor` count as equal: a same-node endpoint
+// (tens of microseconds) must not starve remote ones (hundreds) when both
+// are healthy; a slow endpoint (milliseconds) is avoided.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "sluice/ztunnel/engine.h"
+
+namespace sluice::ztunnel::proxy {
+
+class Balancer {
+ public:
+  using Clock = std::chrono::steady_clock;
+  struct Config {
+    unsigned eject_after = 3;
+    std::chrono::milliseconds eject_for{5000};
+    std::chrono::milliseconds max_eject_for{60000};
+    std::chrono::microseconds latency_floor{1000};
+    double alpha = 0.3;  // EWMA weight of the newest sample
+  };
+
+  Balancer(Config config, uint64_t seed) : config_(config), rng_(seed) {}
+
+  // An endpoint of `svc` not in `tried`: healthy ones first; when every
+  // remaining one is ejected, the ejected ones (trying beats refusing).
+  // Counts the choice as an open connection until closed().
+  std::optional<sockaddr_in> pick(const ServiceTarget& svc, const std::vector<sockaddr_in>& tried,
+                                  Clock::time_point now);
+  void closed(const sockaddr_in& ep);
+  // The outcome of a connect attempt. Returns true when this failure ejected
+  // the endpoint.
+  bool result(const sockaddr_in& ep, bool ok, std::chrono::microseconds latency,
+              Clock::time_point now);
+  // Forgets endpoints idle for a minute (removed from the view long ago).
+  void prune(Clock::time_point now);
+
+  // For tests and stats.
+  bool ejected(const sockaddr_in& ep, Clock::time_point now) const;
+  unsigned open(const sockaddr_in& ep) const;
+  size_t tracked() const { return states_.size(); }
+
+ private:
+  struct State {
+    double ewma_us = -1;  // <0: no sample yet
+    unsigned open = 0;
+    unsigned failures = 0;  // consecutive
+    unsigned ejections = 0;
+    Clock::time_point ejected_until{}, last_used{};
+  };
+  static uint64_t key(const sockaddr_in& a) {
+    return (uint64_t(a.sin_addr.s_addr) << 16) | a.sin_port;
+  }
+  double score(const sockaddr_in& ep) const;
+
+  Config config_;
+  std::mt19937_64 rng_;
+  std::unordered_map<uint64_t, State> states_;
+};
+
+}  // namespace sluice::ztunnel::proxy
