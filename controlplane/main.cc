@@ -1,4 +1,5 @@
 // sluice-controlplane: workload discovery (and, later, the CA) for the mesh.
+#include <curl/curl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
@@ -8,6 +9,9 @@
 #include "controlplane/ca/authority.h"
 #include "controlplane/ca/service.h"
 #include "controlplane/discovery/service.h"
+#include "controlplane/kube/client.h"
+#include "controlplane/kube/source.h"
+#include "controlplane/kube/token_review.h"
 #include "controlplane/local/source.h"
 #include "controlplane/model/store.h"
 #include "sluice/common/addr.h"
@@ -17,20 +21,30 @@
 using namespace sluice;
 
 namespace {
-constexpr const char* kUsage = R"(Usage: sluice-controlplane --local-config DIR [flags]
+constexpr const char* kUsage = R"(Usage: sluice-controlplane (--local-config DIR | --kubernetes | --kubeconfig FILE) [flags]
 
 Serves Discovery.Watch and Certificates.Sign (gRPC over TLS) to the node
-agents from a source of truth.
+agents from a source of truth: a directory of YAML (local mode) or the
+Kubernetes API (list + watch of Namespaces, Pods, Services, EndpointSlices).
 
 Flags:
-  --local-config DIR       directory of Kubernetes-shaped YAML (Namespace, Pod), re-read on change
+  --local-config DIR       directory of Kubernetes-shaped YAML (Namespace, Pod, Service,
+                           EndpointSlice), re-read on change
+  --kubernetes             watch the cluster this runs in (service account token + CA,
+                           KUBERNETES_SERVICE_HOST/PORT)
+  --kubeconfig FILE        watch the cluster of FILE's current context
+  --agent-service-account NS:NAME
+                           Kubernetes: agents authenticate with a projected token of this
+                           service account (audience "sluice"), checked by TokenReview
+  --serving-dns NAMES      comma-separated DNS names for the serving certificate (e.g.
+                           sluice-controlplane.sluice-system.svc)
   --listen IP:PORT         gRPC address (default 127.0.0.1:15010)
   --trust-domain NAME      SPIFFE trust domain (default cluster.local)
   --trust-anchor PEM       trust anchor(s); with --ca-cert and --ca-key: the issuing CA
   --ca-cert PEM            issuing CA certificate (chains to the trust anchor)
   --ca-key PEM             issuing CA private key
   --ca-dir DIR             without the three above: where the development CA is generated once and
-                           kept (default: DIR-ca next to --local-config)
+                           kept (default: DIR-ca next to --local-config; required otherwise)
   --bootstrap-tokens FILE  `node: token` lines; a node authenticates with its token
   --cert-ttl SECONDS       default workload certificate lifetime (default 86400, minimum 60)
   --log-level LEVEL        trace|debug|info|warn|error (default info)
@@ -47,11 +61,15 @@ Flags:
 int main(int argc, char** argv) {
   std::string local_dir, listen = "127.0.0.1:15010", level = "info", trust_domain = "cluster.local";
   std::string anchor_path, ca_cert_path, ca_key_path, ca_dir, tokens_path;
+  std::string kubeconfig, agent_sa, serving_dns;
+  bool in_cluster = false;
   long cert_ttl = 86400;
   auto args =
       splitFlags(argc, argv, 1,
                  {"--local-config", "--listen", "--log-level", "--trust-domain", "--trust-anchor",
-                  "--ca-cert", "--ca-key", "--ca-dir", "--bootstrap-tokens", "--cert-ttl"});
+                  "--ca-cert", "--ca-key", "--ca-dir", "--bootstrap-tokens", "--cert-ttl",
+                  "--kubeconfig", "--agent-service-account", "--serving-dns"},
+                 {"--kubernetes"});
   if (!args) usageError(args.error().message);
   for (const auto& [a, v] : *args) {
     if (a == "--help") {
@@ -76,6 +94,14 @@ int main(int argc, char** argv) {
       ca_dir = v;
     else if (a == "--bootstrap-tokens")
       tokens_path = v;
+    else if (a == "--kubernetes")
+      in_cluster = true;
+    else if (a == "--kubeconfig")
+      kubeconfig = v;
+    else if (a == "--agent-service-account")
+      agent_sa = v;
+    else if (a == "--serving-dns")
+      serving_dns = v;
     else if (a == "--cert-ttl") {
       try {
         cert_ttl = std::stol(v);
@@ -86,19 +112,51 @@ int main(int argc, char** argv) {
     } else
       usageError("unknown flag " + a);
   }
-  if (local_dir.empty())
-    usageError("--local-config is required (the Kubernetes source comes in a later release)");
+  int sources_given = !local_dir.empty() + in_cluster + !kubeconfig.empty();
+  if (sources_given != 1)
+    usageError("give exactly one source: --local-config DIR, --kubernetes or --kubeconfig FILE");
+  if (!agent_sa.empty() && agent_sa.find(':') == std::string::npos)
+    usageError("--agent-service-account must be NAMESPACE:NAME, got '" + agent_sa + "'");
+  if (!agent_sa.empty() && !local_dir.empty())
+    usageError("--agent-service-account needs the Kubernetes API (--kubernetes or --kubeconfig)");
   if (!parseEndpoint(listen)) usageError("--listen must be IP:PORT, got '" + listen + "'");
   log::setup(level);
   auto logger = log::get("controlplane");
 
   blockTerminationSignals();
 
-  controlplane::model::Store store;
-  auto source = controlplane::local::DirectorySource::create(local_dir, store);
-  if (!source) {
-    logger->critical("{}", source.error().describe());
-    return 1;
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  // Kubernetes: EndpointSlices come from the cluster's controller; local
+  // mode computes endpoints from selectors as that controller would.
+  controlplane::model::Store store(local_dir.empty()
+                                       ? controlplane::model::EndpointsMode::kSlicesOnly
+                                       : controlplane::model::EndpointsMode::kSlicesOrSelector);
+  std::unique_ptr<controlplane::local::DirectorySource> directory_source;
+  std::unique_ptr<controlplane::kube::Client> kube_client;
+  std::unique_ptr<controlplane::kube::Source> kube_source;
+  std::string source_name = local_dir;
+  if (!local_dir.empty()) {
+    auto source = controlplane::local::DirectorySource::create(local_dir, store);
+    if (!source) {
+      logger->critical("{}", source.error().describe());
+      return 1;
+    }
+    directory_source = std::move(*source);
+  } else {
+    auto config = in_cluster ? controlplane::kube::Config::inCluster()
+                             : controlplane::kube::Config::fromKubeconfig(kubeconfig);
+    if (!config) {
+      logger->critical("{}", config.error().describe());
+      return 1;
+    }
+    source_name = config->server;
+    kube_client = std::make_unique<controlplane::kube::Client>(*config);
+    auto source = controlplane::kube::Source::create(*kube_client, store);
+    if (!source) {
+      logger->critical("{}", source.error().describe());
+      return 1;
+    }
+    kube_source = std::move(*source);
   }
   bool files = !anchor_path.empty() || !ca_cert_path.empty() || !ca_key_path.empty();
   if (files && (anchor_path.empty() || ca_cert_path.empty() || ca_key_path.empty()))
@@ -108,6 +166,10 @@ int main(int argc, char** argv) {
     authority = controlplane::ca::Authority::fromFiles(anchor_path, ca_cert_path, ca_key_path,
                                                        trust_domain);
   } else {
+    if (ca_dir.empty() && local_dir.empty())
+      usageError(
+          "with the Kubernetes source, give the CA (--trust-anchor, --ca-cert, --ca-key) or "
+          "--ca-dir for a development CA");
     if (ca_dir.empty()) {
       std::string base = local_dir;
       while (base.size() > 1 && base.back() == '/') base.pop_back();
@@ -134,14 +196,23 @@ int main(int argc, char** argv) {
       return 1;
     }
     tokens = std::move(*t);
-  } else {
-    logger->warn("no --bootstrap-tokens: no node can obtain workload certificates");
+  } else if (agent_sa.empty()) {
+    logger->warn(
+        "no --bootstrap-tokens and no --agent-service-account: no node can obtain workload "
+        "certificates");
   }
   auto ep = parseEndpoint(listen);
   std::vector<std::string> ips = {"127.0.0.1"};
   if (ep->sin_addr.s_addr != 0 && formatIp4(ep->sin_addr.s_addr) != "127.0.0.1")
     ips.push_back(formatIp4(ep->sin_addr.s_addr));
-  auto serving = (*authority)->issueServing(ips, std::chrono::hours(24 * 365));
+  std::vector<std::string> dns_names;
+  for (size_t start = 0; start < serving_dns.size();) {
+    size_t comma = serving_dns.find(',', start);
+    if (comma == std::string::npos) comma = serving_dns.size();
+    if (comma > start) dns_names.push_back(serving_dns.substr(start, comma - start));
+    start = comma + 1;
+  }
+  auto serving = (*authority)->issueServing(ips, std::chrono::hours(24 * 365), dns_names);
   if (!serving) {
     logger->critical("issuing the control plane's serving certificate: {}",
                      serving.error().describe());
@@ -153,7 +224,14 @@ int main(int argc, char** argv) {
   controlplane::discovery::Service discovery(store);
   controlplane::ca::CertificateService certificates(**authority, store, tokens,
                                                     std::chrono::seconds(cert_ttl));
-  if (!tokens.empty())
+  std::unique_ptr<controlplane::kube::TokenReviewer> reviewer;
+  if (!agent_sa.empty()) {
+    reviewer = std::make_unique<controlplane::kube::TokenReviewer>(*kube_client, *kube_source,
+                                                                   agent_sa);
+    certificates.setTokenVerifier(
+        [&reviewer](const std::string& token) { return reviewer->nodeOf(token); });
+  }
+  if (certificates.authenticates())
     discovery.setAuthenticator(
         [&certificates](grpc::ServerContext* ctx) { return certificates.authenticate(ctx); });
   grpc::ServerBuilder builder;
@@ -168,10 +246,11 @@ int main(int argc, char** argv) {
   }
   logger->info(
       "serving discovery and certificates (TLS, trust domain {}) on {} from {} (version {})",
-      trust_domain, listen, local_dir, store.version());
+      trust_domain, listen, source_name, store.version());
   logger->info("received {}, shutting down", waitForTermination());
   discovery.stop();
   store.stop();
+  kube_source.reset();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;
 }

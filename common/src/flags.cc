@@ -8,7 +8,8 @@
 namespace sluice {
 
 Result<std::vector<FlagArg>> splitFlags(int argc, char** argv, int start,
-                                        const std::vector<std::string>& known) {
+                                        const std::vector<std::string>& known,
+                                        const std::vector<std::string>& switches) {
   std::vector<FlagArg> out;
   for (int i = start; i < argc; ++i) {
     std::string arg = argv[i];
@@ -19,6 +20,12 @@ Result<std::vector<FlagArg>> splitFlags(int argc, char** argv, int start,
     if (arg.rfind("--", 0) != 0) return fail("unexpected argument '" + arg + "'");
     auto eq = arg.find('=');
     std::string name = arg.substr(0, eq);
+    bool is_switch = std::find(switches.begin(), switches.end(), name) != switches.end();
+    if (is_switch) {
+      if (eq != std::string::npos) return fail("flag " + name + " takes no value");
+      out.push_back({name, ""});
+      continue;
+    }
     if (!known.empty() && std::find(known.begin(), known.end(), name) == known.end())
       return fail("unknown flag " + name);
     if (eq != std::string::npos) {

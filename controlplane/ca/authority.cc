@@ -207,12 +207,14 @@ Result<Signed> Authority::sign(const std::string& csr_pem, std::chrono::seconds 
 }
 
 Result<std::pair<std::string, std::string>> Authority::issueServing(
-    const std::vector<std::string>& ip_sans, std::chrono::seconds ttl) const {
+    const std::vector<std::string>& ip_sans, std::chrono::seconds ttl,
+    const std::vector<std::string>& dns_sans) const {
   auto key = x509::generateP256();
   if (!key) return tl::unexpected(key.error());
   std::vector<std::string> sans = {"URI:spiffe://" + trust_domain_ +
                                    "/ns/sluice-system/sa/sluice-controlplane"};
   for (const auto& ip : ip_sans) sans.push_back("IP:" + ip);
+  for (const auto& dns : dns_sans) sans.push_back("DNS:" + dns);
   auto cert = issue(key->get(), sans, ttl, false);
   if (!cert) return tl::unexpected(cert.error());
   return std::make_pair(x509::privateKeyPem(key->get()),

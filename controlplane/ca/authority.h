@@ -39,10 +39,11 @@ class Authority {
   // Signs a CSR for a SPIFFE ID of this trust domain; ttl >= kMinLeafTtl,
   // capped at the issuer's own expiry.
   Result<Signed> sign(const std::string& csr_pem, std::chrono::seconds ttl) const;
-  // A serving certificate for the control plane itself (IP SANs + a SPIFFE
-  // ID of the control plane), with a fresh key: {key_pem, chain_pem}.
-  Result<std::pair<std::string, std::string>> issueServing(const std::vector<std::string>& ip_sans,
-                                                           std::chrono::seconds ttl) const;
+  // A serving certificate for the control plane itself (IP and DNS SANs + a
+  // SPIFFE ID of the control plane), with a fresh key: {key_pem, chain_pem}.
+  Result<std::pair<std::string, std::string>> issueServing(
+      const std::vector<std::string>& ip_sans, std::chrono::seconds ttl,
+      const std::vector<std::string>& dns_sans = {}) const;
 
   const std::string& trustAnchorPem() const { return anchor_pem_; }
   const std::string& trustDomain() const { return trust_domain_; }

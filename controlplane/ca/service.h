@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -33,11 +34,18 @@ class CertificateService final : public sluice::api::v1::Certificates::Service {
   // The node a request authenticates as, or an error status.
   Result<std::string> authenticate(grpc::ServerContext* ctx) const;
 
+  // Tokens that are not bootstrap tokens go here (Kubernetes: TokenReview of
+  // the agent's projected service account token); returns the node.
+  using TokenVerifier = std::function<Result<std::string>(const std::string& token)>;
+  void setTokenVerifier(TokenVerifier v) { verify_ = std::move(v); }
+  bool authenticates() const { return !tokens_.empty() || verify_ != nullptr; }
+
  private:
   const Authority& authority_;
   const model::Store& store_;
   std::map<std::string, std::string> tokens_;
   std::chrono::seconds default_ttl_;
+  TokenVerifier verify_;
 };
 
 }  // namespace sluice::controlplane::ca

@@ -279,7 +279,12 @@ TEST_SUITE("certificates") {
     const std::string denied = "spiffe://cluster.local/ns/shop/sa/nobody";
     certs.setIdentities({id, denied});
     Recorder wait;  // for its polling helper
-    REQUIRE(wait.waitUntil([&](Recorder&) { return certs.get(id) != nullptr; }));
+    REQUIRE(wait.waitUntil([&](Recorder&) {
+      if (!certs.get(id)) return false;
+      for (const auto& c : certs.dump()["certificates"])
+        if (c["identity"] == denied && !c["error"].get<std::string>().empty()) return true;
+      return false;
+    }));
     auto first = certs.get(id);
     CHECK(first->not_after - std::chrono::system_clock::now() <= 61s);
     CHECK(x509::parsePrivateKey(first->key_pem).has_value());

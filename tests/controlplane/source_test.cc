@@ -138,3 +138,106 @@ TEST_SUITE("local.source") {
     CHECK(full->full);
   }
 }
+
+TEST_SUITE("local.services") {
+  TEST_CASE("endpoints from the selector, ready pods only, named target ports; slices win") {
+    std::string text = std::string(kShop) + R"(---
+kind: Service
+apiVersion: v1
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {tier: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: admin, port: 9000, targetPort: 9001}
+---
+kind: Pod
+metadata: {name: a, namespace: shop, uid: a, labels: {tier: web}}
+spec:
+  containers:
+  - name: c
+    ports: [{name: http, containerPort: 8080}]
+status: {podIP: 10.244.1.1}
+---
+kind: Pod
+metadata: {name: b, namespace: shop, uid: b, labels: {tier: web}}
+spec:
+  containers: [{name: c, ports: [{name: http, containerPort: 8081}]}]
+status:
+  podIP: 10.244.1.2
+  conditions: [{type: Ready, status: "False"}]
+---
+kind: Pod
+metadata: {name: c, namespace: shop, uid: c, labels: {tier: db}}
+status: {podIP: 10.244.1.3}
+---
+kind: Pod
+metadata: {name: d, namespace: shop, uid: d, labels: {tier: web}, deletionTimestamp: "2026-01-01T00:00:00Z"}
+status: {podIP: 10.244.1.4}
+)";
+    auto objs = local::parseYaml(text);
+    REQUIRE_MESSAGE(objs.has_value(), (objs ? "" : objs.error().describe()));
+    model::Store store;
+    REQUIRE(store.setSource("f", *objs).has_value());
+    auto snap = store.snapshot();
+    REQUIRE(snap.services.size() == 1);
+    const auto& svc = snap.services[0];
+    CHECK(svc.vips(0) == "10.96.0.10");
+    REQUIRE(svc.endpoints_size() == 1);  // b not ready, c not selected, d terminating
+    CHECK(svc.endpoints(0).ip() == "10.244.1.1");
+    CHECK(svc.endpoints(0).ports().at("http") == 8080);
+    CHECK(svc.endpoints(0).ports().at("admin") == 9001);
+
+    // An EndpointSlice for the service takes precedence over the selector.
+    auto slice = local::parseYaml(R"(kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 7000}]
+endpoints:
+- addresses: [10.244.9.9]
+- addresses: [10.244.9.8]
+  conditions: {ready: false}
+)");
+    REQUIRE_MESSAGE(slice.has_value(), (slice ? "" : slice.error().describe()));
+    uint64_t v = store.version();
+    REQUIRE(store.setSource("g", *slice).has_value());
+    auto delta = store.waitSince(v, std::chrono::milliseconds(100));
+    REQUIRE(delta.has_value());
+    REQUIRE(delta->services.size() == 1);
+    REQUIRE(delta->services[0].endpoints_size() == 1);
+    CHECK(delta->services[0].endpoints(0).ip() == "10.244.9.9");
+    CHECK(delta->services[0].endpoints(0).ports().at("http") == 7000);
+    store.removeSource("f");
+    auto gone = store.waitSince(store.version() - 1, std::chrono::milliseconds(100));
+    REQUIRE(gone.has_value());
+    CHECK(gone->removed_services == std::vector<std::string>{"shop/web"});
+  }
+
+  TEST_CASE("invalid services are rejected with a reason") {
+    struct Case {
+      std::string text;
+      const char* expect;
+    } cases[] = {
+        {"kind: Service\nmetadata: {name: s, namespace: x}\n", "spec"},
+        {"kind: Service\nmetadata: {name: s, namespace: x}\nspec: {ports: [{port: 99999}]}\n",
+         "port number"},
+        {"kind: Service\nmetadata: {name: s, namespace: x}\nspec: {clusterIP: nope}\n",
+         "not an IP"},
+        {"kind: Service\nmetadata: {name: s, namespace: x}\nspec: {ports: [{port: 1}, {port: "
+         "2}]}\n",
+         "needs a name"},
+        {"kind: EndpointSlice\nmetadata: {name: s, namespace: x}\nendpoints: [{addresses: "
+         "[300.1.1.1]}]\n",
+         "not an IP"},
+        {"kind: EndpointSlice\nmetadata: {name: s, namespace: x}\nendpoints: [{}]\n",
+         "addresses"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.text);
+      auto r = local::parseYaml(c.text);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().describe().find(c.expect) != std::string::npos);
+    }
+  }
+}

@@ -16,8 +16,10 @@ struct FlagArg {
 
 // Splits argv[start..]. Positional arguments, flags not in `known` (when
 // given) and flags without a value are errors naming the argument.
+// `switches` take no value (reported with an empty value).
 Result<std::vector<FlagArg>> splitFlags(int argc, char** argv, int start = 1,
-                                        const std::vector<std::string>& known = {});
+                                        const std::vector<std::string>& known = {},
+                                        const std::vector<std::string>& switches = {});
 
 // Blocks SIGTERM/SIGINT in the calling thread (call before starting any
 // thread, so all inherit the mask); waitForTermination() then returns the

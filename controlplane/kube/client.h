@@ -1,0 +1,64 @@
+// A small Kubernetes API client over libcurl: where the API server is and
+// how to authenticate (in-cluster service account or a kubeconfig file),
+// plain requests, and streaming watches (one JSON event per line).
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "sluice/common/result.h"
+
+namespace sluice::controlplane::kube {
+
+struct Config {
+  std::string server;  // https://host:port
+  std::string ca_pem;  // verifies the API server; empty: the system store
+  bool insecure = false;
+  std::string token;       // bearer token, or
+  std::string token_file;  // re-read on every request (projected tokens rotate)
+  std::string client_cert_pem, client_key_pem;
+
+  // KUBERNETES_SERVICE_HOST/PORT plus the pod's service account token and CA.
+  static Result<Config> inCluster(
+      const std::string& dir = "/var/run/secrets/kubernetes.io/serviceaccount");
+  // The current context of a kubeconfig file (certificate-authority[-data],
+  // insecure-skip-tls-verify, token, tokenFile, client-certificate[-data],
+  // client-key[-data]); relative paths are relative to the file.
+  static Result<Config> fromKubeconfig(const std::string& path);
+};
+
+struct Response {
+  long status = 0;  // HTTP status; 0 when no response arrived
+  std::string body;
+};
+
+class Client {
+ public:
+  explicit Client(Config config) : config_(std::move(config)) {}
+
+  // GET/POST path (with query); fails only when no HTTP response arrived.
+  Result<Response> get(const std::string& path, long timeout_ms = 30000) const;
+  Result<Response> post(const std::string& path, const std::string& json_body,
+                        long timeout_ms = 30000) const;
+
+  // Streams a watch: calls on_line for every complete line of the body
+  // while the status is 200 (a non-200 body is returned whole). Ends when
+  // the server ends the stream, the connection breaks, on_line returns
+  // false, or `stop` turns true (checked at least once a second).
+  Result<Response> stream(const std::string& path,
+                          const std::function<bool(std::string_view)>& on_line,
+                          const std::atomic<bool>& stop) const;
+
+  const Config& config() const { return config_; }
+
+ private:
+  Result<Response> perform(const std::string& method, const std::string& path,
+                           const std::string* body, long timeout_ms,
+                           const std::function<bool(std::string_view)>* on_line,
+                           const std::atomic<bool>* stop) const;
+  Config config_;
+};
+
+}  // namespace sluice::controlplane::kube

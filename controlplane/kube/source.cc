@@ -1,0 +1,342 @@
+#include "controlplane/kube/source.h"
+
+#include <fmt/format.h>
+
+#include <random>
+
+#include "controlplane/model/objects.h"
+#include "sluice/common/log.h"
+
+namespace sluice::controlplane::kube {
+
+using json = nlohmann::json;
+
+namespace {
+
+auto logger() { return log::get("kubernetes"); }
+
+void append(model::Objects& into, const model::Objects& one) {
+  into.namespaces.insert(into.namespaces.end(), one.namespaces.begin(), one.namespaces.end());
+  into.pods.insert(into.pods.end(), one.pods.begin(), one.pods.end());
+  into.services.insert(into.services.end(), one.services.begin(), one.services.end());
+  into.endpoint_slices.insert(into.endpoint_slices.end(), one.endpoint_slices.begin(),
+                              one.endpoint_slices.end());
+}
+
+std::string resourceVersionOf(const json& obj) {
+  auto meta = obj.find("metadata");
+  if (meta == obj.end() || !meta->is_object()) return "";
+  auto rv = meta->find("resourceVersion");
+  return rv != meta->end() && rv->is_string() ? rv->get<std::string>() : "";
+}
+
+std::string statusMessage(const std::string& body) {
+  auto j = json::parse(body, nullptr, false);
+  if (j.is_object() && j.contains("message") && j["message"].is_string())
+    return j["message"].get<std::string>();
+  return body.substr(0, 200);
+}
+
+}  // namespace
+
+struct Source::Resource {
+  std::string kind;
+  std::string path;  // collection path
+  std::map<std::string, model::Objects> objects;  // by objectKey, one object each
+  Status status;
+  bool listed = false;
+};
+
+Source::Source(Client client, model::Store& store, SourceOptions options)
+    : client_(std::move(client)), store_(store), options_(options) {
+  for (auto [kind, path] : {std::pair{"Namespace", "/api/v1/namespaces"},
+                            std::pair{"Pod", "/api/v1/pods"},
+                            std::pair{"Service", "/api/v1/services"},
+                            std::pair{"EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"}}) {
+    auto r = std::make_unique<Resource>();
+    r->kind = kind;
+    r->path = path;
+    resources_.push_back(std::move(r));
+  }
+}
+
+Result<std::unique_ptr<Source>> Source::create(Client client, model::Store& store,
+                                               SourceOptions options) {
+  if (client.config().server.empty()) return fail("no Kubernetes API server address");
+  std::unique_ptr<Source> self(new Source(std::move(client), store, options));
+  Source* s = self.get();
+  for (auto& r : self->resources_) {
+    Resource* res = r.get();
+    self->threads_.emplace_back([s, res] { s->run(*res); });
+  }
+  self->threads_.emplace_back([s] { s->flushLoop(); });
+  logger()->info("watching Namespaces, Pods, Services and EndpointSlices at {}",
+                 self->client_.config().server);
+  return self;
+}
+
+Source::~Source() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+bool Source::synced() const { return synced_; }
+
+Source::Status Source::status(const std::string& kind) const {
+  std::lock_guard lk(mu_);
+  for (const auto& r : resources_)
+    if (r->kind == kind) return r->status;
+  return {};
+}
+
+std::string Source::nodeOfPod(const std::string& uid) const {
+  std::lock_guard lk(mu_);
+  for (const auto& r : resources_) {
+    if (r->kind != "Pod") continue;
+    auto it = r->objects.find("Pod " + uid);
+    if (it != r->objects.end() && !it->second.pods.empty()) return it->second.pods[0].node;
+  }
+  return "";
+}
+
+bool Source::sleepFor(std::chrono::milliseconds d) {
+  std::unique_lock lk(mu_);
+  cv_.wait_for(lk, d, [&] { return stopping_.load(); });
+  return !stopping_;
+}
+
+void Source::setError(Resource& r, const std::string& e) {
+  std::lock_guard lk(mu_);
+  r.status.last_error = e;
+}
+
+void Source::markDirty() {
+  dirty_ = true;  // under mu_
+  cv_.notify_all();
+}
+
+void Source::run(Resource& r) {
+  std::mt19937_64 rng(std::random_device{}());
+  auto backoff = options_.initial_backoff;
+  auto rest = [&]() {
+    // Full jitter over the current window, then widen it.
+    auto wait = std::chrono::milliseconds(
+        std::uniform_int_distribution<long>(backoff.count() / 2, backoff.count())(rng));
+    backoff = std::min(backoff * 2, options_.max_backoff);
+    return sleepFor(wait);
+  };
+  while (!stopping_) {
+    bool need_list;
+    {
+      std::lock_guard lk(mu_);
+      need_list = r.status.resource_version.empty();
+    }
+    if (need_list) {
+      if (!list(r)) {
+        if (!rest()) return;
+        continue;
+      }
+      backoff = options_.initial_backoff;
+    }
+    bool got_any = false;
+    if (!watch(r, got_any)) {
+      std::lock_guard lk(mu_);
+      r.status.resource_version.clear();  // relist
+      r.status.expired++;
+      continue;
+    }
+    if (stopping_) return;
+    if (got_any) {
+      backoff = options_.initial_backoff;
+    } else if (!rest()) {
+      return;
+    }
+  }
+}
+
+bool Source::list(Resource& r) {
+  std::map<std::string, model::Objects> fresh;
+  std::string cont, rv;
+  do {
+    std::string path = fmt::format("{}?limit={}", r.path, options_.page_size);
+    if (!cont.empty()) path += "&continue=" + cont;
+    auto resp = client_.get(path);
+    if (!resp) {
+      setError(r, resp.error().describe());
+      logger()->warn("listing {}s: {}", r.kind, resp.error().describe());
+      return false;
+    }
+    if (resp->status == 410) {  // the continue token expired: start over
+      cont.clear();
+      fresh.clear();
+      continue;
+    }
+    if (resp->status != 200) {
+      std::string e = fmt::format("listing {}s: HTTP {}: {}{}", r.kind, resp->status,
+                                  statusMessage(resp->body),
+                                  resp->status == 401 || resp->status == 403
+                                      ? " (check the token and the RBAC rules in deploy/)"
+                                      : "");
+      setError(r, e);
+      logger()->warn("{}", e);
+      return false;
+    }
+    auto j = json::parse(resp->body, nullptr, false);
+    if (!j.is_object() || !j.contains("items") || !j["items"].is_array()) {
+      setError(r, "listing " + r.kind + "s: the response is not a list");
+      logger()->warn("listing {}s: the response is not a list", r.kind);
+      return false;
+    }
+    for (auto& item : j["items"]) {
+      if (!item.is_object()) continue;
+      item["kind"] = r.kind;  // list items carry no kind
+      model::Objects one;
+      auto added = model::addObject(item, one, r.kind);
+      if (!added) {
+        logger()->warn("skipping a {}: {}", r.kind, added.error().describe());
+        continue;
+      }
+      fresh[model::objectKey(item)] = std::move(one);
+    }
+    rv = j["metadata"].value("resourceVersion", "");
+    cont = j["metadata"].value("continue", "");
+  } while (!cont.empty());
+  std::lock_guard lk(mu_);
+  r.objects = std::move(fresh);
+  r.status.resource_version = rv;
+  r.status.lists++;
+  r.status.last_error.clear();
+  r.listed = true;
+  markDirty();
+  logger()->info("listed {} {}s (resourceVersion {})", r.objects.size(), r.kind, rv);
+  return true;
+}
+
+bool Source::watch(Resource& r, bool& got_any) {
+  std::string rv;
+  {
+    std::lock_guard lk(mu_);
+    rv = r.status.resource_version;
+    r.status.watches++;
+  }
+  std::string path = fmt::format("{}?watch=1&allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}",
+                                 r.path, rv, options_.watch_timeout_seconds);
+  bool expired = false;
+  auto on_line = [&](std::string_view line) -> bool {
+    got_any = true;
+    auto ev = json::parse(line, nullptr, false);
+    std::string type = ev.is_object() ? ev.value("type", "") : "";
+    if (type.empty() || !ev.contains("object") || !ev["object"].is_object()) {
+      std::lock_guard lk(mu_);
+      r.status.malformed++;
+      logger()->warn("{} watch: skipped a malformed event: {}", r.kind,
+                     std::string(line.substr(0, 120)));
+      return true;
+    }
+    if (type == "ERROR") {
+      auto& st = ev["object"];
+      int code = st.value("code", 0);
+      if (code == 410) {
+        logger()->info("{} watch: resourceVersion {} expired (410 Gone); relisting", r.kind, rv);
+        expired = true;
+        return false;
+      }
+      std::string e = fmt::format("{} watch: error event: {}", r.kind, st.dump().substr(0, 200));
+      logger()->warn("{}", e);
+      setError(r, e);
+      return false;  // reconnect
+    }
+    return apply(r, type, ev["object"]);
+  };
+  auto resp = client_.stream(path, on_line, stopping_);
+  if (expired) return false;
+  if (!resp) {
+    setError(r, resp.error().describe());
+    logger()->warn("{} watch: {}; reconnecting", r.kind, resp.error().describe());
+    return true;
+  }
+  if (resp->status == 410) {
+    logger()->info("{} watch: resourceVersion {} expired (HTTP 410); relisting", r.kind, rv);
+    return false;
+  }
+  if (resp->status != 200) {
+    got_any = false;
+    std::string e = fmt::format("{} watch: HTTP {}: {}{}", r.kind, resp->status,
+                                statusMessage(resp->body),
+                                resp->status == 401 || resp->status == 403
+                                    ? " (check the token and the RBAC rules in deploy/)"
+                                    : "");
+    setError(r, e);
+    logger()->warn("{}", e);
+  }
+  return true;
+}
+
+bool Source::apply(Resource& r, const std::string& type, json& object) {
+  std::string rv = resourceVersionOf(object);
+  std::lock_guard lk(mu_);
+  if (type == "BOOKMARK") {
+    if (!rv.empty()) r.status.resource_version = rv;
+    r.status.bookmarks++;
+    return true;
+  }
+  if (type != "ADDED" && type != "MODIFIED" && type != "DELETED") {
+    r.status.malformed++;
+    logger()->warn("{} watch: skipped an event of unknown type {}", r.kind, type);
+    return true;
+  }
+  if (!object.contains("kind")) object["kind"] = r.kind;
+  std::string key = model::objectKey(object);
+  if (type == "DELETED") {
+    r.objects.erase(key);
+  } else {
+    model::Objects one;
+    auto added = model::addObject(object, one, r.kind + " watch");
+    if (!added) {
+      r.status.malformed++;
+      logger()->warn("{} watch: skipped an invalid object: {}", r.kind, added.error().describe());
+      if (!rv.empty()) r.status.resource_version = rv;
+      return true;
+    }
+    r.objects[key] = std::move(one);
+  }
+  if (!rv.empty()) r.status.resource_version = rv;
+  r.status.events++;
+  markDirty();
+  return true;
+}
+
+void Source::flushLoop() {
+  while (true) {
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || dirty_; });
+      if (stopping_) return;
+    }
+    // Let a burst of events settle into one Store update.
+    if (!sleepFor(options_.flush_delay)) return;
+    model::Objects all;
+    {
+      std::lock_guard lk(mu_);
+      bool ready = true;
+      for (const auto& r : resources_) ready = ready && r->listed;
+      if (!ready) {
+        dirty_ = false;  // the last list marks it dirty again
+        continue;
+      }
+      dirty_ = false;
+      for (const auto& r : resources_)
+        for (const auto& [key, one] : r->objects) append(all, one);
+    }
+    auto applied = store_.setSource(kSourceName, std::move(all));
+    if (!applied)
+      logger()->error("the cluster's objects were not applied: {}", applied.error().describe());
+    if (!synced_.exchange(true)) logger()->info("initial view of the cluster applied");
+  }
+}
+
+}  // namespace sluice::controlplane::kube

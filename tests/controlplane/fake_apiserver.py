@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""A local HTTPS server speaking the Kubernetes API's list/watch protocol for
+the resources Sluice's control plane watches. It stands in for an API server
+(there is none on these machines) and is driven by the test through
+/_control/* endpoints.
+
+Faithful where the client depends on it:
+  * lists: {"kind": "<Kind>List", "metadata": {"resourceVersion", "continue"},
+    "items": [...]} with items carrying no kind; limit/continue paging;
+  * watches: HTTP/1.1 chunked, one JSON event per line ({"type", "object"}),
+    replay from ?resourceVersion=, BOOKMARK events when allowWatchBookmarks=true,
+    an ERROR event with a 410 Status when the version was compacted away,
+    the stream ends after timeoutSeconds;
+  * bearer-token authentication: 401 with a Status body otherwise;
+  * TokenReview (authentication.k8s.io/v1) for configured tokens.
+Fault injection: /_control/cut ends every watch stream in the middle of an
+event; /_control/malformed sends a line that is not JSON; /_control/compact
+drops the history (next resume gets 410); /_control/token changes the
+accepted token.
+
+Prints "PORT <n>" on stdout once listening.
+"""
+import argparse
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+RESOURCES = {
+    "/api/v1/namespaces": ("namespaces", "Namespace", "v1"),
+    "/api/v1/pods": ("pods", "Pod", "v1"),
+    "/api/v1/services": ("services", "Service", "v1"),
+    "/apis/discovery.k8s.io/v1/endpointslices": ("endpointslices", "EndpointSlice",
+                                                  "discovery.k8s.io/v1"),
+}
+BY_NAME = {v[0]: (k, v[1], v[2]) for k, v in RESOURCES.items()}
+
+
+class State:
+    def __init__(self, token, bookmark_interval):
+        self.cv = threading.Condition()
+        self.rv = 100
+        self.objects = {name: {} for name in BY_NAME}  # resource -> key -> object
+        self.history = []  # (rv, resource, type, object)
+        self.compacted = 0  # events with rv <= compacted are gone
+        self.token = token
+        self.bookmark_interval = bookmark_interval
+        self.cut_generation = 0
+        self.malformed_generation = 0
+        self.requests = []
+        self.reviews = {}  # token -> {"username", "pod_uid", "node"}
+
+    def key(self, obj):
+        m = obj.get("metadata", {})
+        return f'{m.get("namespace", "")}/{m["name"]}'
+
+    def upsert(self, resource, obj):
+        with self.cv:
+            self.rv += 1
+            _, kind, api = BY_NAME[resource]
+            obj = dict(obj)
+            obj["kind"], obj["apiVersion"] = kind, api
+            obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
+            k = self.key(obj)
+            typ = "MODIFIED" if k in self.objects[resource] else "ADDED"
+            self.objects[resource][k] = obj
+            self.history.append((self.rv, resource, typ, obj))
+            self.cv.notify_all()
+            return self.rv
+
+    def delete(self, resource, namespace, name):
+        with self.cv:
+            k = f"{namespace}/{name}"
+            obj = self.objects[resource].pop(k, None)
+            if obj is None:
+                return None
+            self.rv += 1
+            obj = json.loads(json.dumps(obj))
+            obj["metadata"]["resourceVersion"] = str(self.rv)
+            self.history.append((self.rv, resource, "DELETED", obj))
+            self.cv.notify_all()
+            return self.rv
+
+
+def status(code, reason, message):
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: State = None
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def send_json(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def read_body(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        return json.loads(self.rfile.read(n) or b"{}")
+
+    def authorized(self):
+        st = self.state
+        if self.headers.get("Authorization", "") != f"Bearer {st.token}":
+            self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
+            return False
+        return True
+
+    def do_POST(self):
+        st = self.state
+        url = urllib.parse.urlparse(self.path)
+        if url.path.startswith("/_control/"):
+            return self.control(url.path[len("/_control/"):], self.read_body())
+        with st.cv:
+            st.requests.append("POST " + self.path)
+        if not self.authorized():
+            return
+        if url.path == "/apis/authentication.k8s.io/v1/tokenreviews":
+            review = self.read_body()
+            token = review.get("spec", {}).get("token", "")
+            who = st.reviews.get(token)
+            out = dict(review)
+            if who is None:
+                out["status"] = {"authenticated": False, "error": "invalid bearer token"}
+            else:
+                extra = {"authentication.kubernetes.io/pod-uid": [who["pod_uid"]]}
+                if who.get("node"):
+                    extra["authentication.kubernetes.io/node-name"] = [who["node"]]
+                out["status"] = {"authenticated": True,
+                                 "audiences": review.get("spec", {}).get("audiences", []),
+                                 "user": {"username": who["username"], "extra": extra}}
+            return self.send_json(201, out)
+        self.send_json(404, status(404, "NotFound", "not found"))
+
+    def control(self, what, body):
+        st = self.state
+        if what == "upsert":
+            return self.send_json(200, {"rv": st.upsert(body["resource"], body["object"])})
+        if what == "delete":
+            return self.send_json(200, {"rv": st.delete(body["resource"], body.get("namespace", ""),
+                                                        body["name"])})
+        with st.cv:
+            if what == "compact":
+                st.compacted = st.rv
+                st.history = []
+            elif what == "cut":
+                st.cut_generation += 1
+            elif what == "malformed":
+                st.malformed_generation += 1
+            elif what == "token":
+                st.token = body["token"]
+            elif what == "review":
+                st.reviews[body["token"]] = body
+            elif what == "clear-requests":
+                st.requests = []
+            else:
+                return self.send_json(404, {"error": what})
+            st.cv.notify_all()
+        self.send_json(200, {})
+
+    def do_GET(self):
+        st = self.state
+        url = urllib.parse.urlparse(self.path)
+        if url.path == "/_control/requests":
+            with st.cv:
+                return self.send_json(200, {"requests": list(st.requests)})
+        with st.cv:
+            st.requests.append("GET " + self.path)
+        if not self.authorized():
+            return
+        if url.path not in RESOURCES:
+            return self.send_json(404, status(404, "NotFound", "the server could not find the "
+                                                               "requested resource"))
+        resource, kind, api = RESOURCES[url.path]
+        q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+        if q.get("watch") in ("1", "true"):
+            return self.watch(resource, kind, api, q)
+        limit = int(q.get("limit", "0") or 0)
+        start = int(q.get("continue", "0") or 0)
+        with st.cv:
+            items = sorted(st.objects[resource].items())
+            rv = st.rv
+        page = items[start:start + limit] if limit else items[start:]
+        cont = str(start + limit) if limit and start + limit < len(items) else ""
+        out_items = []
+        for _, obj in page:
+            o = dict(obj)
+            o.pop("kind", None)
+            o.pop("apiVersion", None)
+            out_items.append(o)
+        self.send_json(200, {"kind": kind + "List", "apiVersion": api,
+                             "metadata": {"resourceVersion": str(rv), "continue": cont},
+                             "items": out_items})
+
+    def chunk(self, data: bytes):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def watch(self, resource, kind, api, q):
+        st = self.state
+        since = int(q.get("resourceVersion", "0") or 0)
+        timeout = float(q.get("timeoutSeconds", "300"))
+        bookmarks = q.get("allowWatchBookmarks") == "true"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        deadline = time.time() + timeout
+        last_bookmark = time.time()
+        with st.cv:
+            cut_gen, bad_gen = st.cut_generation, st.malformed_generation
+            if since and since < st.compacted:
+                expired = True
+            else:
+                expired = False
+        try:
+            if expired:
+                ev = {"type": "ERROR", "object": status(
+                    410, "Expired", f"too old resource version: {since} ({st.compacted})")}
+                self.chunk(json.dumps(ev).encode() + b"\n")
+                self.chunk(b"")
+                return
+            sent = since
+            while time.time() < deadline:
+                with st.cv:
+                    pending = [e for e in st.history if e[0] > sent and e[1] == resource]
+                    if not pending and st.cut_generation == cut_gen and \
+                            st.malformed_generation == bad_gen:
+                        st.cv.wait(0.1)
+                        pending = [e for e in st.history if e[0] > sent and e[1] == resource]
+                    cut = st.cut_generation != cut_gen
+                    bad = st.malformed_generation != bad_gen
+                    bad_gen = st.malformed_generation
+                    rv_now = st.rv
+                if bad:
+                    self.chunk(b'{"type": "ADDED", "object": {not json at all\n')
+                for rv, _, typ, obj in pending:
+                    line = json.dumps({"type": typ, "object": obj}).encode() + b"\n"
+                    if cut:
+                        # Half an event, then the connection drops.
+                        self.chunk(line[: len(line) // 2])
+                        raise ConnectionAbortedError
+                    self.chunk(line)
+                    sent = rv
+                if cut:
+                    raise ConnectionAbortedError
+                if bookmarks and time.time() - last_bookmark >= st.bookmark_interval:
+                    last_bookmark = time.time()
+                    sent = max(sent, rv_now)
+                    ev = {"type": "BOOKMARK", "object": {
+                        "kind": kind, "apiVersion": api,
+                        "metadata": {"resourceVersion": str(sent)}}}
+                    self.chunk(json.dumps(ev).encode() + b"\n")
+            self.chunk(b"")
+        except (ConnectionAbortedError, BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.close_connection = True
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cert", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--bookmark-interval", type=float, default=1.0)
+    args = ap.parse_args()
+    Handler.state = State(args.token, args.bookmark_interval)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.cert, args.key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    print(f"PORT {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+// The Kubernetes source against a local HTTPS server speaking the API's
+// list/watch protocol (tests/controlplane/fake_apiserver.py): list, watch,
+// bookmarks, resume, 410 relist, 401, a stream cut mid-event, a malformed
+// event, kubeconfig parsing and TokenReview.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "controlplane/kube/client.h"
+#include "controlplane/kube/source.h"
+#include "controlplane/kube/token_review.h"
+#include "controlplane/model/store.h"
+
+using namespace sluice;
+using namespace sluice::controlplane;
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+
+namespace {
+
+std::string b64(const std::string& in) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    for (int k = 18; k >= 0; k -= 6) out += t[(v >> k) & 63];
+  }
+  if (i + 1 == in.size()) {
+    uint32_t v = uint8_t(in[i]) << 16;
+    out += t[(v >> 18) & 63];
+    out += t[(v >> 12) & 63];
+    out += "==";
+  } else if (i + 2 == in.size()) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
+    out += t[(v >> 18) & 63];
+    out += t[(v >> 12) & 63];
+    out += t[(v >> 6) & 63];
+    out += '=';
+  }
+  return out;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The fake API server as a child process; killed and its files removed on
+// destruction, whatever happens in the test.
+class FakeApiServer {
+ public:
+  FakeApiServer() {
+    char tmpl[] = "/tmp/sluice-kube-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                      "-keyout " + dir_ + "/key.pem -out " + dir_ +
+                      "/cert.pem -subj /CN=fake-apiserver -addext subjectAltName=IP:127.0.0.1 "
+                      "-days 1 2>/dev/null";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    int out[2];
+    REQUIRE(pipe(out) == 0);
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(out[1], 1);
+      close(out[0]);
+      std::string script = std::string(SLUICE_TESTS_DIR) + "/controlplane/fake_apiserver.py";
+      std::string cert = dir_ + "/cert.pem", key = dir_ + "/key.pem";
+      execlp("python3", "python3", script.c_str(), "--cert", cert.c_str(), "--key", key.c_str(),
+             "--token", "good-token", "--bookmark-interval", "0.3", nullptr);
+      _exit(127);
+    }
+    close(out[1]);
+    FILE* f = fdopen(out[0], "r");
+    char line[128] = {0};
+    REQUIRE(fgets(line, sizeof(line), f) != nullptr);
+    fclose(f);
+    REQUIRE(std::sscanf(line, "PORT %d", &port_) == 1);
+    ca_ = slurp(dir_ + "/cert.pem");
+  }
+  ~FakeApiServer() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+  std::string server() const { return "https://127.0.0.1:" + std::to_string(port_); }
+  const std::string& ca() const { return ca_; }
+  const std::string& dir() const { return dir_; }
+
+  kube::Client control() const {
+    kube::Config c;
+    c.server = server();
+    c.ca_pem = ca_;
+    return kube::Client(c);
+  }
+  json call(const std::string& what, const json& body = json::object()) const {
+    auto r = control().post("/_control/" + what, body.dump());
+    REQUIRE(r.has_value());
+    REQUIRE(r->status == 200);
+    return json::parse(r->body);
+  }
+  std::vector<std::string> requests() const {
+    auto r = control().get("/_control/requests");
+    REQUIRE(r.has_value());
+    return json::parse(r->body)["requests"].get<std::vector<std::string>>();
+  }
+
+ private:
+  std::string dir_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::string ca_;
+};
+
+json ns(const std::string& name, bool enrolled) {
+  json o = {{"metadata", {{"name", name}, {"uid", "ns-" + name}}}};
+  if (enrolled) o["metadata"]["labels"] = {{"sluice.dev/mesh", "enabled"}};
+  return o;
+}
+
+json pod(const std::string& name, const std::string& ip, const std::string& node = "node1") {
+  return {{"metadata", {{"name", name}, {"namespace", "shop"}, {"uid", "uid-" + name},
+                        {"labels", {{"app", "web"}}}}},
+          {"spec", {{"nodeName", node}, {"serviceAccountName", "web"},
+                    {"containers", {{{"name", "c"}, {"ports", {{{"name", "http"},
+                                                               {"containerPort", 8080}}}}}}}}},
+          {"status", {{"podIP", ip}, {"phase", "Running"},
+                      {"conditions", {{{"type", "Ready"}, {"status", "True"}}}}}}};
+}
+
+json service() {
+  return {{"metadata", {{"name", "web"}, {"namespace", "shop"}}},
+          {"spec", {{"clusterIP", "10.96.0.10"}, {"selector", {{"app", "web"}}},
+                    {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", "http"}}}}}}};
+}
+
+json slice(const std::vector<std::string>& ips) {
+  json eps = json::array();
+  for (const auto& ip : ips)
+    eps.push_back({{"addresses", {ip}}, {"conditions", {{"ready", true}}},
+                   {"targetRef", {{"kind", "Pod"}, {"uid", "uid-" + ip}}}});
+  return {{"metadata", {{"name", "web-abc"}, {"namespace", "shop"},
+                        {"labels", {{"kubernetes.io/service-name", "web"}}}}},
+          {"addressType", "IPv4"},
+          {"ports", {{{"name", "http"}, {"port", 8080}, {"protocol", "TCP"}}}},
+          {"endpoints", eps}};
+}
+
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return pred();
+}
+
+std::map<std::string, model::Workload> workloads(const model::Store& store) {
+  std::map<std::string, model::Workload> out;
+  for (auto& w : store.snapshot().upserts) out[w.uid()] = w;
+  return out;
+}
+
+std::vector<std::string> endpointsOf(const model::Store& store) {
+  std::vector<std::string> out;
+  for (auto& s : store.snapshot().services)
+    for (auto& e : s.endpoints()) out.push_back(e.ip());
+  return out;
+}
+
+// A kubeconfig file pointing at the fake server (CA inline, token).
+std::string writeKubeconfig(const FakeApiServer& api, const std::string& token) {
+  std::string path = api.dir() + "/kubeconfig";
+  std::ofstream(path) << "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+                      << "clusters:\n- name: fake\n  cluster:\n    server: " << api.server()
+                      << "\n    certificate-authority-data: " << b64(api.ca()) << "\n"
+                      << "users:\n- name: me\n  user:\n    token: " << token << "\n"
+                      << "contexts:\n- name: test\n  context: {cluster: fake, user: me}\n";
+  return path;
+}
+
+kube::SourceOptions fastOptions() {
+  kube::SourceOptions o;
+  o.initial_backoff = 50ms;
+  o.max_backoff = 400ms;
+  o.flush_delay = 20ms;
+  o.page_size = 2;  // exercise paging
+  return o;
+}
+
+}  // namespace
+
+TEST_SUITE("controlplane/kubernetes") {
+  TEST_CASE("kubeconfig: current context, inline CA, token; bad files are explained") {
+    FakeApiServer api;
+    auto c = kube::Config::fromKubeconfig(writeKubeconfig(api, "good-token"));
+    REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().describe()));
+    CHECK(c->server == api.server());
+    CHECK(c->ca_pem == api.ca());
+    CHECK(c->token == "good-token");
+    std::ofstream(api.dir() + "/bad") << "current-context: nope\ncontexts: []\n";
+    auto bad = kube::Config::fromKubeconfig(api.dir() + "/bad");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().describe().find("current-context 'nope' not found") != std::string::npos);
+    CHECK_FALSE(kube::Config::fromKubeconfig(api.dir() + "/missing").has_value());
+  }
+
+  TEST_CASE("list then watch: paging, events, bookmarks, resume, endpoints from slices") {
+    FakeApiServer api;
+    api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
+    for (int i = 1; i <= 3; ++i)
+      api.call("upsert", {{"resource", "pods"},
+                          {"object", pod("web" + std::to_string(i), "10.244.1." + std::to_string(i))}});
+    api.call("upsert", {{"resource", "services"}, {"object", service()}});
+    api.call("upsert",
+             {{"resource", "endpointslices"}, {"object", slice({"10.244.1.1", "10.244.1.2"})}});
+
+    model::Store store(model::EndpointsMode::kSlicesOnly);
+    auto config = kube::Config::fromKubeconfig(writeKubeconfig(api, "good-token"));
+    REQUIRE(config.has_value());
+    kube::Client client(*config);
+    auto source = kube::Source::create(client, store, fastOptions());
+    REQUIRE(source.has_value());
+    REQUIRE(eventually([&] { return (*source)->synced(); }));
+    auto v = workloads(store);
+    REQUIRE(v.size() == 3);
+    CHECK(v["uid-web1"].enrolled());
+    CHECK(v["uid-web1"].node() == "node1");
+    CHECK(endpointsOf(store) == std::vector<std::string>{"10.244.1.1", "10.244.1.2"});
+
+    // Events: add, modify, delete.
+    api.call("upsert", {{"resource", "pods"}, {"object", pod("web4", "10.244.1.4")}});
+    CHECK(eventually([&] { return workloads(store).count("uid-web4") == 1; }));
+    api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", false)}});
+    CHECK(eventually([&] { return !workloads(store)["uid-web1"].enrolled(); }));
+    api.call("delete", {{"resource", "pods"}, {"namespace", "shop"}, {"name", "web2"}});
+    CHECK(eventually([&] { return workloads(store).count("uid-web2") == 0; }));
+    api.call("upsert", {{"resource", "endpointslices"}, {"object", slice({"10.244.1.3"})}});
+    CHECK(eventually([&] { return endpointsOf(store) == std::vector<std::string>{"10.244.1.3"}; }));
+
+    // Bookmarks advance the resume point of quiet resources.
+    auto before = (*source)->status("Service");
+    CHECK(eventually([&] { return (*source)->status("Service").bookmarks >= before.bookmarks + 2; }));
+    std::string rv = (*source)->status("Service").resource_version;
+    CHECK(std::stoll(rv) > std::stoll(before.resource_version));
+
+    // A cut stream resumes from the last version (no relist).
+    api.call("clear-requests");
+    uint64_t lists = (*source)->status("Pod").lists;
+    api.call("cut");
+    api.call("upsert", {{"resource", "pods"}, {"object", pod("web5", "10.244.1.5")}});
+    CHECK(eventually([&] { return workloads(store).count("uid-web5") == 1; }));
+    CHECK((*source)->status("Pod").lists == lists);
+    bool resumed = false;
+    for (const auto& r : api.requests())
+      if (r.find("/api/v1/pods?watch=1") != std::string::npos &&
+          r.find("resourceVersion=") != std::string::npos && r.find("resourceVersion=&") == std::string::npos)
+        resumed = true;
+    CHECK(resumed);
+  }
+
+  TEST_CASE("410 Gone relists; an object deleted during the gap disappears") {
+    FakeApiServer api;
+    api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
+    api.call("upsert", {{"resource", "pods"}, {"object", pod("a", "10.244.1.1")}});
+    api.call("upsert", {{"resource", "pods"}, {"object", pod("b", "10.244.1.2")}});
+    model::Store store(model::EndpointsMode::kSlicesOnly);
+    kube::Config c;
+    c.server = api.server();
+    c.ca_pem = api.ca();
+    c.token = "good-token";
+    kube::Client client(c);
+    auto source = kube::Source::create(client, store, fastOptions());
+    REQUIRE(source.has_value());
+    REQUIRE(eventually([&] { return (*source)->synced() && workloads(store).size() == 2; }));
+    // Drop the watch, change things, compact the history: the resume point
+    // is gone, the client must relist and converge.
+    api.call("token", {{"token", "other"}});  // keep the client away meanwhile
+    api.call("cut");
+    api.call("delete", {{"resource", "pods"}, {"namespace", "shop"}, {"name", "a"}});
+    api.call("upsert", {{"resource", "pods"}, {"object", pod("c", "10.244.1.3")}});
+    api.call("compact");
+    // 401 while the token is wrong: the error is reported, the state kept.
+    CHECK(eventually([&] {
+      return (*source)->status("Pod").last_error.find("401") != std::string::npos;
+    }));
+    CHECK(workloads(store).count("uid-a") == 1);
+    uint64_t lists = (*source)->status("Pod").lists;
+    api.call("token", {{"token", "good-token"}});
+    CHECK(eventually([&] {
+      auto v = workloads(store);
+      return v.count("uid-a") == 0 && v.count("uid-c") == 1 && v.count("uid-b") == 1;
+    }));
+    CHECK((*source)->status("Pod").lists > lists);
+    CHECK((*source)->status("Pod").expired >= 1);
+  }
+
+  TEST_CASE("a malformed event is logged and skipped; the next one applies") {
+    FakeApiServer api;
+    api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
+    model::Store store(model::EndpointsMode::kSlicesOnly);
+    kube::Config c;
+    c.server = api.server();
+    c.ca_pem = api.ca();
+    c.token = "good-token";
+    kube::Client client(c);
+    auto source = kube::Source::create(client, store, fastOptions());
+    REQUIRE(source.has_value());
+    REQUIRE(eventually([&] { return (*source)->synced(); }));
+    api.call("malformed");
+    CHECK(eventually([&] { return (*source)->status("Pod").malformed >= 1; }));
+    // An object that does not validate is skipped too.
+    json bad = pod("bad", "not-an-ip");
+    api.call("upsert", {{"resource", "pods"}, {"object", bad}});
+    api.call("upsert", {{"resource", "pods"}, {"object", pod("good", "10.244.1.9")}});
+    CHECK(eventually([&] { return workloads(store).count("uid-good") == 1; }));
+    CHECK(workloads(store).count("uid-bad") == 0);
+    CHECK((*source)->status("Pod").malformed >= 2);
+  }
+
+  TEST_CASE("TokenReview: the agent's service account on a node; anything else refused") {
+    FakeApiServer api;
+    api.call("upsert", {{"resource", "namespaces"}, {"object", ns("sluice-system", false)}});
+    json agent = pod("agent-x", "192.168.0.2", "node7");
+    agent["metadata"]["namespace"] = "sluice-system";
+    api.call("upsert", {{"resource", "pods"}, {"object", agent}});
+    api.call("review", {{"token", "agent-token"},
+                        {"username", "system:serviceaccount:sluice-system:sluice-agent"},
+                        {"pod_uid", "uid-agent-x"}});
+    api.call("review", {{"token", "app-token"},
+                        {"username", "system:serviceaccount:shop:web"},
+                        {"pod_uid", "uid-web1"}});
+    model::Store store(model::EndpointsMode::kSlicesOnly);
+    kube::Config c;
+    c.server = api.server();
+    c.ca_pem = api.ca();
+    c.token = "good-token";
+    kube::Client client(c);
+    auto source = kube::Source::create(client, store, fastOptions());
+    REQUIRE(source.has_value());
+    REQUIRE(eventually([&] { return (*source)->synced(); }));
+    kube::TokenReviewer reviewer(client, **source, "sluice-system:sluice-agent");
+    auto node = reviewer.nodeOf("agent-token");
+    REQUIRE_MESSAGE(node.has_value(), (node ? "" : node.error().describe()));
+    CHECK(*node == "node7");
+    auto other = reviewer.nodeOf("app-token");
+    REQUIRE_FALSE(other.has_value());
+    CHECK(other.error().describe().find("not the agent's service account") != std::string::npos);
+    auto unknown = reviewer.nodeOf("forged");
+    REQUIRE_FALSE(unknown.has_value());
+    CHECK(unknown.error().describe().find("not authenticated") != std::string::npos);
+  }
+}

@@ -1,0 +1,110 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include "ztunnel/proxy/balancer.h"
+
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+
+#include <map>
+
+using namespace sluice::ztunnel;
+using namespace sluice::ztunnel::proxy;
+using namespace std::chrono_literals;
+
+namespace {
+sockaddr_in ep(const char* ip, uint16_t port = 8080) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  inet_pton(AF_INET, ip, &a.sin_addr);
+  a.sin_port = htons(port);
+  return a;
+}
+std::string str(const sockaddr_in& a) {
+  char buf[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &a.sin_addr, buf, sizeof(buf));
+  return buf;
+}
+ServiceTarget three() {
+  return ServiceTarget{"shop/web", {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}};
+}
+}  // namespace
+
+TEST_SUITE("ztunnel/balancer") {
+  TEST_CASE("healthy endpoints with sub-floor latency share the load") {
+    Balancer b({}, 1);
+    auto svc = three();
+    auto now = Balancer::Clock::now();
+    std::map<std::string, int> count;
+    for (int i = 0; i < 3000; ++i) {
+      auto e = b.pick(svc, {}, now);
+      REQUIRE(e.has_value());
+      // One endpoint is "local" (fast), the others slower but under the floor.
+      b.result(*e, true, str(*e) == "10.0.0.1" ? 50us : 600us, now);
+      b.closed(*e);
+      count[str(*e)]++;
+    }
+    for (auto& [ip, n] : count) {
+      CAPTURE(ip);
+      CHECK(n > 3000 * 0.25);
+    }
+  }
+
+  TEST_CASE("slow and busy endpoints get fewer new connections") {
+    Balancer b({}, 2);
+    auto svc = three();
+    auto now = Balancer::Clock::now();
+    for (int i = 0; i < 10; ++i) b.result(ep("10.0.0.3"), true, 20ms, now);
+    std::map<std::string, int> count;
+    for (int i = 0; i < 3000; ++i) {
+      auto e = b.pick(svc, {}, now);
+      count[str(*e)]++;
+      b.closed(*e);
+    }
+    CHECK(count["10.0.0.3"] < 3000 / 10);
+    // Open connections count: the endpoint holding many is avoided.
+    Balancer c({}, 3);
+    std::vector<sockaddr_in> held;
+    for (int i = 0; i < 50; ++i) {
+      auto e = c.pick(ServiceTarget{"s", {ep("10.0.0.1")}}, {}, now);
+      held.push_back(*e);
+    }
+    CHECK(c.open(ep("10.0.0.1")) == 50);
+    int first = 0;
+    for (int i = 0; i < 300; ++i) {
+      auto e = c.pick(svc, {}, now);
+      first += str(*e) == "10.0.0.1";
+      c.closed(*e);
+    }
+    CHECK(first == 0);  // any pair containing it picks the other one
+  }
+
+  TEST_CASE("consecutive failures eject for a while; tried endpoints are skipped") {
+    Balancer::Config cfg;
+    cfg.eject_after = 3;
+    cfg.eject_for = 5s;
+    Balancer b(cfg, 4);
+    auto svc = three();
+    auto now = Balancer::Clock::now();
+    CHECK_FALSE(b.result(ep("10.0.0.2"), false, 0us, now));
+    CHECK_FALSE(b.result(ep("10.0.0.2"), false, 0us, now));
+    CHECK(b.result(ep("10.0.0.2"), false, 0us, now));
+    CHECK(b.ejected(ep("10.0.0.2"), now + 4s));
+    CHECK_FALSE(b.ejected(ep("10.0.0.2"), now + 6s));
+    for (int i = 0; i < 200; ++i) {
+      auto e = b.pick(svc, {}, now + 1s);
+      CHECK(str(*e) != "10.0.0.2");
+      b.closed(*e);
+    }
+    // Retries never repeat an endpoint; with all tried there is none left.
+    std::vector<sockaddr_in> tried = {ep("10.0.0.1"), ep("10.0.0.3")};
+    auto last = b.pick(svc, tried, now + 1s);
+    REQUIRE(last.has_value());  // only the ejected one is left: trying beats refusing
+    CHECK(str(*last) == "10.0.0.2");
+    tried.push_back(*last);
+    CHECK_FALSE(b.pick(svc, tried, now).has_value());
+    // A success resets the failure count.
+    b.result(ep("10.0.0.1"), false, 0us, now);
+    b.result(ep("10.0.0.1"), false, 0us, now);
+    b.result(ep("10.0.0.1"), true, 100us, now);
+    CHECK_FALSE(b.result(ep("10.0.0.1"), false, 0us, now));
+  }
+}
