@@ -12,6 +12,8 @@ Clients:
   tcpapp.py transfer HOST PORT UP DOWN            checksum-verified transfer both ways (half-close)
   tcpapp.py many HOST PORT N                      N concurrent echo connections held open together
   tcpapp.py say HOST PORT TEXT                    send one line to an echo server, print the answer
+  tcpapp.py spread HOST PORT N CONC               N whoami connections, CONC at a time; prints JSON
+                                                  {"by_server": {ip: count}, "failures": [...]}
   tcpapp.py hold HOST PORT SECONDS                one echo connection, a round trip every 0.2 s for
                                                   SECONDS; prints "ready" once connected, "ok n=.."
 """
@@ -245,6 +247,37 @@ def client_hold(host, port, seconds):
     print(f"ok n={n}", flush=True)
 
 
+def client_spread(host, port, n, conc):
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        try:
+            with socket.create_connection((host, port), timeout=10) as c:
+                data = b""
+                while True:
+                    d = c.recv(4096)
+                    if not d:
+                        break
+                    data += d
+            line = data.decode().strip()
+            local = [f for f in line.split() if f.startswith("local=")]
+            if not local:
+                return None, f"#{i}: bad reply {line!r}"
+            return local[0][len("local="):].rsplit(":", 1)[0], None
+        except OSError as e:
+            return None, f"#{i}: {e}"
+
+    by_server, failures = {}, []
+    with ThreadPoolExecutor(conc) as pool:
+        for server, err in pool.map(one, range(n)):
+            if err:
+                failures.append(err)
+            else:
+                by_server[server] = by_server.get(server, 0) + 1
+    print(json.dumps({"by_server": by_server, "failures": failures}))
+
+
 def main():
     a = sys.argv[1:]
     if not a or a[0] in ("-h", "--help"):
@@ -267,6 +300,8 @@ def main():
         client_many(a[1], int(a[2]), int(a[3]))
     elif cmd == "say":
         client_say(a[1], int(a[2]), a[3])
+    elif cmd == "spread":
+        client_spread(a[1], int(a[2]), int(a[3]), int(a[4]))
     elif cmd == "hold":
         client_hold(a[1], int(a[2]), float(a[3]))
     else:

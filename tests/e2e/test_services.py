@@ -1,0 +1,163 @@
+"""Services on a two-node lab: connections to a Service VIP are balanced over
+its ready endpoints on both nodes (power of two choices), an endpoint that
+leaves the view gets no new connections, a connect to a just-dead endpoint is
+retried on another one without the client noticing, and the mesh keeps
+working while the control plane is down."""
+import json
+import sys
+import time
+
+from labkit import LabTest, run, wait_for
+
+MESH = "sluice.dev/mesh"
+
+
+class ServicesTest(LabTest):
+    NODES = 2
+
+    @classmethod
+    def setUpLab(cls):
+        lab = cls.lab
+        lab.lab("ns", "label", "shop", f"{MESH}=enabled")
+        cls.client_ip = lab.pod("shop", "client", node="node1", sa="client")
+        cls.ips = {}
+        cls.apps = {}
+        for name, node in (("web1", "node1"), ("web2", "node2"), ("web3", "node2")):
+            cls.ips[name] = lab.pod("shop", name, node=node, sa="web", labels=["app=web"])
+        for node, pod in (("node1", "shop/client"), ("node1", "shop/web1"), ("node2", "shop/web2"),
+                          ("node2", "shop/web3")):
+            wait_for(f"{pod} enrolled", lambda node=node, pod=pod: lab.enrolled(node, pod))
+        for name in cls.ips:
+            cls.apps[name] = lab.server(f"shop/{name}", "whoami", 8080)
+        cls.vip = lab.lab("svc", "add", "shop", "web", "--selector", "app=web",
+                          "--port", "80:8080").stdout.strip()
+        wait_for("the service's three endpoints on node1",
+                 lambda: sorted(cls.endpoints("node1")) == sorted(cls.ips.values()))
+        # Certificates are fetched ahead; the first cross-node connections need them.
+        wait_for("certificates", lambda: all(
+            c["state"] == "valid" for n in ("node1", "node2")
+            for c in cls.lab.ctl(n, "certs")["certificates"]), timeout=30)
+
+    # ---------------------------------------------------------------- helpers
+
+    @classmethod
+    def admin(cls, node, path):
+        p = cls.lab.lab("node", "exec", node, "--", "curl", "-s", f"http://127.0.0.1:15000{path}")
+        return p.stdout
+
+    @classmethod
+    def endpoints(cls, node):
+        dump = json.loads(cls.admin(node, "/config_dump"))
+        for s in dump["services"]:
+            if s["namespace"] == "shop" and s["name"] == "web":
+                return [e["ip"] for e in s["endpoints"]]
+        return []
+
+    def spread(self, n, conc=20):
+        out = self.lab.client("shop/client", "spread", self.vip, "80", str(n), str(conc), timeout=300)
+        return json.loads(out.stdout)
+
+    def lb_stats(self, node="node1"):
+        return json.loads(self.admin(node, "/stats"))["lb"]
+
+    # ------------------------------------------------------------------ tests
+
+    def test_1_balanced_over_all_endpoints_on_both_nodes(self):
+        r = self.spread(1000)
+        self.assertEqual(r["failures"], [])
+        counts = r["by_server"]
+        self.assertEqual(sorted(counts), sorted(self.ips.values()), counts)
+        for ip, n in counts.items():
+            self.assertGreaterEqual(n, 200, f"{ip} got {n} of 1000 connections: {counts}")
+        # The client's agent recorded the service and the chosen endpoint,
+        # cross-node ones over HBONE, the same-node one handed off locally.
+        conns = [c for c in self.lab.connections("node1")
+                 if c.get("destination_service") == "shop/web" and c["reason"] == "eof"]
+        paths = {c["destination"].rsplit(":", 1)[0]: c["path"] for c in conns}
+        self.assertEqual(paths.get(self.ips["web1"]), "local_handoff")
+        self.assertEqual(paths.get(self.ips["web2"]), "hbone")
+        self.assertGreater(self.lb_stats()["picks"], 1000 - 1)
+
+    def test_2_dead_endpoint_is_retried_transparently(self):
+        # The app behind one remote endpoint dies; the pod stays in the view.
+        before = self.lb_stats()
+        app = self.apps.pop("web2")
+        app.kill()
+        app.wait()
+        try:
+            r = self.spread(300)
+            self.assertEqual(r["failures"], [], "a client noticed the dead endpoint")
+            self.assertNotIn(self.ips["web2"], r["by_server"])
+            after = self.lb_stats()
+            self.assertGreater(after["retries"], before["retries"])
+            self.assertGreater(after["ejections"], before["ejections"])
+        finally:
+            self.apps["web2"] = self.lab.server("shop/web2", "whoami", 8080)
+        # Same node: the handoff's connect fails and is retried as well.
+        app = self.apps.pop("web1")
+        app.kill()
+        app.wait()
+        try:
+            r = self.spread(100)
+            self.assertEqual(r["failures"], [])
+            self.assertNotIn(self.ips["web1"], r["by_server"])
+        finally:
+            self.apps["web1"] = self.lab.server("shop/web1", "whoami", 8080)
+
+    def test_3_removed_endpoint_gets_no_new_connections(self):
+        self.lab.lab("pod", "del", "shop", "web3")
+        gone = self.ips.pop("web3")
+        self.apps.pop("web3", None)
+        t0 = time.monotonic()
+        wait_for("web3 gone from node1's view", lambda: gone not in self.endpoints("node1"))
+        self.assertLess(time.monotonic() - t0, 5.0)
+        r = self.spread(300)
+        self.assertEqual(r["failures"], [])
+        self.assertNotIn(gone, r["by_server"])
+        self.assertEqual(sorted(r["by_server"]), sorted(self.ips.values()))
+
+    def test_4_control_plane_down_for_30s(self):
+        lab = self.lab
+        lab.server("shop/web2", "echo", 8082)
+        # A long-lived connection opened before the outage, across nodes.
+        hold = lab.spawn("shop/client", sys.executable, "-u", "-c", HOLD, self.ips["web2"], "8082",
+                         "40")
+        lab.lab("controlplane", "stop")
+        try:
+            wait_for("node1 /ready to note the lost control plane",
+                     lambda: "unreachable" in self.admin("node1", "/ready"), timeout=10)
+            self.assertTrue(self.admin("node1", "/ready").startswith("ready"))
+            deadline = time.monotonic() + 30
+            rounds = 0
+            while time.monotonic() < deadline:
+                r = self.spread(20, conc=5)
+                self.assertEqual(r["failures"], [], "new connections failed without a control plane")
+                out = lab.client("shop/client", "get", self.ips["web2"], "8080").stdout
+                self.assertIn(f"local={self.ips['web2']}:8080", out)
+                rounds += 1
+                time.sleep(2)
+            self.assertGreater(rounds, 5)
+        finally:
+            lab.lab("controlplane", "start")
+        out = hold.stdout.read()
+        hold.wait(timeout=30)
+        self.assertIn("ok", out, out)
+        wait_for("node1 reconnected", lambda: self.admin("node1", "/ready").strip() == "ready", timeout=20)
+
+
+# A client holding one connection for SECONDS, a round trip every 0.5 s.
+HOLD = r"""
+import socket, sys, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+c = socket.create_connection((host, port), timeout=10)
+print("ready", flush=True)
+n, end = 0, time.monotonic() + secs
+f = c.makefile("rwb")
+while time.monotonic() < end:
+    f.write(b"ping %d\n" % n); f.flush()
+    if f.readline() != b"ping %d\n" % n:
+        print("mismatch at", n, flush=True); sys.exit(1)
+    n += 1
+    time.sleep(0.5)
+print("ok rounds=%d" % n, flush=True)
+"""
