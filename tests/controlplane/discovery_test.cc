@@ -281,7 +281,8 @@ TEST_SUITE("certificates") {
     Recorder wait;  // for its polling helper
     REQUIRE(wait.waitUntil([&](Recorder&) {
       if (!certs.get(id)) return false;
-      for (const auto& c : certs.dump()["certificates"])
+      auto dump = certs.dump();
+      for (const auto& c : dump["certificates"])
         if (c["identity"] == denied && !c["error"].get<std::string>().empty()) return true;
       return false;
     }));

@@ -47,8 +47,7 @@ class ServicesTest(LabTest):
 
     @classmethod
     def endpoints(cls, node):
-        dump = json.loads(cls.admin(node, "/config_dump"))
-        for s in dump["services"]:
+        for s in cls.lab.ctl(node, "services")["services"]:
             if s["namespace"] == "shop" and s["name"] == "web":
                 return [e["ip"] for e in s["endpoints"]]
         return []

@@ -29,6 +29,7 @@ Commands:
   bpf           Sluice's pinned BPF maps and links on this node, decoded
   stats         proxy and BPF counters
   certs         workload certificates of this node: identity, serial, validity, renewal, state
+  services      Services in this node's view: VIPs, ports, ready endpoints
 
 Flags:
   --admin IP:PORT      agent admin API (default 127.0.0.1:15000, or $SLUICE_ADMIN)
@@ -165,6 +166,26 @@ int cmdCerts(const std::string& admin, bool as_json) {
   return 0;
 }
 
+int cmdServices(const std::string& admin, bool as_json) {
+  json services = adminGet(admin, "/config_dump")["services"];
+  if (as_json) {
+    std::printf("%s\n", json{{"services", services}}.dump(2).c_str());
+    return 0;
+  }
+  ctl::Table t({"NAMESPACE", "NAME", "VIPS", "PORTS", "ENDPOINTS"});
+  for (const auto& s : services) {
+    std::string vips, ports, eps;
+    for (const auto& v : s["vips"]) vips += (vips.empty() ? "" : ",") + v.get<std::string>();
+    for (const auto& p : s["ports"])
+      ports += (ports.empty() ? "" : ",") + std::to_string(p.value("port", 0)) +
+               (str(p, "name").empty() ? "" : "/" + str(p, "name"));
+    for (const auto& e : s["endpoints"]) eps += (eps.empty() ? "" : ",") + str(e, "ip");
+    t.add({str(s, "namespace"), str(s, "name"), vips, ports, eps.empty() ? "<none>" : eps});
+  }
+  std::fputs(t.render().c_str(), stdout);
+  return 0;
+}
+
 int cmdStats(const std::string& admin, bool as_json) {
   json j = adminGet(admin, "/stats");
   if (as_json) {
@@ -172,7 +193,7 @@ int cmdStats(const std::string& admin, bool as_json) {
     return 0;
   }
   ctl::Table t({"COUNTER", "VALUE"});
-  for (const auto& section : {"proxy", "bpf"})
+  for (const auto& section : {"proxy", "hbone", "lb", "bpf"})
     for (const auto& [k, v] : j[section].items()) t.add({std::string(section) + "." + k, v.dump()});
   t.add({"enrolled_pods", j["enrolled_pods"].dump()});
   std::fputs(t.render().c_str(), stdout);
@@ -267,6 +288,7 @@ int main(int argc, char** argv) {
   if (command == "connections") return cmdConnections(admin, as_json);
   if (command == "stats") return cmdStats(admin, as_json);
   if (command == "certs") return cmdCerts(admin, as_json);
+  if (command == "services") return cmdServices(admin, as_json);
   if (command == "bpf") return cmdBpf(pin_dir, as_json);
   if (command.empty()) die("no command given\nRun 'sluicectl --help' for usage.", 2);
   die("unknown command '" + command + "'\nRun 'sluicectl --help' for usage.", 2);
