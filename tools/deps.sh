@@ -10,7 +10,7 @@ PKGS=(
   iproute2 containernetworking-plugins util-linux procps psmisc python3
   socat iperf3 wrk curl nginx-light
   python3-h2 tcpdump haproxy
-  kubernetes-client python3-jsonschema python3-yaml golang-k8s-kube-openapi-dev
+  kubernetes-client python3-jsonschema python3-yaml golang-k8s-kube-openapi-dev buildah
 )
 missing=()
 for p in "${PKGS[@]}"; do
