@@ -288,6 +288,11 @@ Result<ChainStatus> Installer::ensureChained() {
                       primary.string()));
     list = conflistFromConf(*parsed, primary.filename().string());
   }
+  if (unchainedConflist(list)["plugins"].empty())
+    return unusable(
+        fmt::format("{} lists no plugin but sluice-cni; sluice-cni is a chained "
+                    "plugin and needs a primary CNI before it",
+                    primary.string()));
   std::string version = cniVersionOf(list);
   if (std::find(kSupportedVersions.begin(), kSupportedVersions.end(), version) ==
       kSupportedVersions.end()) {
@@ -363,6 +368,13 @@ Result<int> Installer::removeChain() {
         parsed->contains(kConvertedFromKey) && (*parsed)[kConvertedFromKey].is_string();
     if (!hasOurEntry(*parsed) && !converted) continue;
     ordered_json plain = unchainedConflist(*parsed);
+    if (plain["plugins"].empty()) {
+      log_->warn(
+          "{} lists no plugin but sluice-cni; it is left untouched (delete it if nothing "
+          "else uses it)",
+          file.string());
+      continue;
+    }
     auto mode = fileMode(file);
     if (!mode) return tl::unexpected(mode.error());
     if (converted) {

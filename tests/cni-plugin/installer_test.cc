@@ -345,6 +345,16 @@ TEST_SUITE("installer") {
     writeFile(file, "");
     CHECK(inst.ensureChained()->state == ChainState::kUnusable);
     CHECK(readFile(file).empty());
+
+    // Only sluice-cni in it: nothing to chain after, and nothing left after removal.
+    const std::string alone =
+        R"({"cniVersion":"1.0.0","name":"x","plugins":[{"type":"sluice-cni"}]})";
+    writeFile(file, alone);
+    st = inst.ensureChained();
+    CHECK(st->state == ChainState::kUnusable);
+    CHECK(st->detail.find("no plugin but sluice-cni") != std::string::npos);
+    REQUIRE(inst.removeChain().has_value());
+    CHECK(readFile(file) == alone);
   }
 
   TEST_CASE("a cniVersion sluice-cni does not speak is left untouched") {
