@@ -420,7 +420,7 @@ Result<InstallerOptions> parseInstallerFlags(Subcommand cmd, int argc, char** ar
   if (!flags) return tl::unexpected(flags.error());
   InstallerOptions o;
   for (const auto& f : *flags) {
-    if (f.name == "--help") return fail("--help");
+    if (f.name == "--help") return fail("--help is answered by `sluice-cni --help`");
     if (f.value.empty()) return fail("flag " + f.name + " needs a non-empty value");
     if (f.name == "--cni-bin-dir") {
       o.bin_dir = f.value;
