@@ -13,9 +13,11 @@
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "cni-plugin/config.h"
+#include "cni-plugin/installer.h"
 #include "sluice/common/cni_protocol.h"
 #include "sluice/common/unique_fd.h"
 
@@ -27,15 +29,28 @@ using namespace sluice::cni;
 namespace {
 
 constexpr const char* kUsage =
-    R"(sluice-cni — Sluice's CNI plugin (CNI spec 1.0.0; 0.4.0 configs accepted)
+    R"(sluice-cni — Sluice's CNI plugin (CNI spec 1.0.0; 0.4.0 configs accepted) and its installer
 
-It is run by the container runtime, chained after the cluster's primary CNI,
-with CNI_COMMAND=ADD|DEL|CHECK|VERSION in the environment and the network
-configuration on stdin. Configuration fields:
+As a CNI plugin (no arguments) it is run by the container runtime, chained
+after the cluster's primary CNI, with CNI_COMMAND=ADD|DEL|CHECK|VERSION in the
+environment and the network configuration on stdin. Configuration fields:
   agentSocket   the node agent's socket (default /var/run/sluice/cni.sock)
   failOpen      on agent unreachable, let ADD succeed unmeshed (default false)
   timeoutMs     bound on every call to the agent (default 5000)
   logFile       append a line per call here (optional)
+
+As the node's installer (the CNI container of the sluice-agent DaemonSet):
+  sluice-cni install --cni-bin-dir DIR --cni-conf-dir DIR
+                     [--source-binary PATH] [--plugin-config JSON]
+                     [--recheck-interval-ms N] [--log-level LEVEL]
+      Copies PATH (default: this executable) to DIR/sluice-cni (mode 0755) and
+      appends {"type":"sluice-cni", ...JSON} to the "plugins" of the primary CNI
+      config (the first *.conflist/*.conf/*.json in the conf dir; a single .conf
+      or .json becomes a .conflist). Keeps running and restores the entry when
+      the primary CNI rewrites its file (inotify, and every N ms, default 5000);
+      on SIGTERM/SIGINT removes the entry and the binary and exits 0.
+  sluice-cni uninstall --cni-bin-dir DIR --cni-conf-dir DIR [--log-level LEVEL]
+      Removes the entry (restoring a converted .conf) and the binary once.
 )";
 
 void logLine(const PluginConfig* cfg, const std::string& msg) {
@@ -100,9 +115,32 @@ tl::expected<CniReply, std::string> callAgent(const PluginConfig& cfg, const Cni
   return *reply;
 }
 
+// "sluice-cni install|uninstall ...": the installer; returns nullopt otherwise.
+std::optional<int> runInstallerCommand(int argc, char** argv) {
+  if (argc < 2) return std::nullopt;
+  std::string sub = argv[1];
+  if (sub != "install" && sub != "uninstall") return std::nullopt;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+  }
+  auto cmd = sub == "install" ? Subcommand::kInstall : Subcommand::kUninstall;
+  auto options = parseInstallerFlags(cmd, argc, argv);
+  if (!options) {
+    std::fprintf(stderr, "sluice-cni %s: %s (see sluice-cni --help)\n", sub.c_str(),
+                 options.error().describe().c_str());
+    return 2;
+  }
+  return cmd == Subcommand::kInstall ? runInstall(*options) : runUninstall(*options);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (auto rc = runInstallerCommand(argc, argv)) return *rc;
   std::map<std::string, std::string> env;
   for (char** e = environ; *e; ++e) {
     std::string kv = *e;

@@ -10,9 +10,13 @@ PKGS=(
   iproute2 containernetworking-plugins util-linux procps psmisc python3
   socat iperf3 wrk curl nginx-light
   python3-h2 tcpdump haproxy
+  kubernetes-client python3-jsonschema python3-yaml golang-k8s-kube-openapi-dev buildah
 )
 missing=()
 for p in "${PKGS[@]}"; do
+  # Some machine images ship another kubectl package owning /usr/bin/kubectl, which
+  # kubernetes-client cannot overwrite; any kubectl with built-in kustomize will do.
+  if [ "$p" = kubernetes-client ] && command -v kubectl >/dev/null; then continue; fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then

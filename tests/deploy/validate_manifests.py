@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""Validates what `kubectl apply -k deploy/` would send to the API server.
+
+Renders a temporary copy of deploy/ with a throwaway CA (tools/gen-ca.sh),
+then checks every rendered object in strict mode against the Kubernetes
+OpenAPI v2 definitions that Debian ships in golang-k8s-kube-openapi-dev
+(Kubernetes v1.14, or v1.13 if v1.14 lacks a kind we render):
+
+  * the object's apiVersion/kind must map to a definition through
+    x-kubernetes-group-version-kind (a kind without a schema fails);
+  * unknown fields fail (additionalProperties: false wherever a definition has
+    properties and says nothing about additional ones), wrong types fail,
+    missing required fields fail; IntOrString and Quantity take strings and
+    integers.
+
+It also checks a few properties of the install that no schema can express
+(the CA key stays off the nodes, the agent's capabilities and API access),
+and proves the validator can fail: mutated copies (a typo'd field, a wrong
+type, a missing required field, an unknown kind) must be rejected.
+
+Usage: validate_manifests.py [--repo DIR] [--kubectl PATH] [--schema FILE]
+"""
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+try:
+    import jsonschema
+    import yaml
+except ImportError as e:  # pragma: no cover - environment problem, said plainly
+    sys.exit(f"validate_manifests: {e}; run `bash tools/deps.sh` (python3-jsonschema python3-yaml)")
+
+OPENAPI_ROOT = "/usr/share/gocode/src/k8s.io/kube-openapi"
+SCHEMAS = [  # newest first
+    f"{OPENAPI_ROOT}/test/integration/testdata/aggregator/openapi.json",
+    f"{OPENAPI_ROOT}/pkg/schemaconv/testdata/swagger.json",
+]
+INT_OR_STRING = "io.k8s.apimachinery.pkg.util.intstr.IntOrString"
+QUANTITY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
+AGENT_CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"}
+
+
+def gvk_key(api_version, kind):
+    group, _, version = api_version.rpartition("/")
+    return (group, version, kind)
+
+
+class Schema:
+    """The definitions of one swagger file, made strict, indexed by GVK."""
+
+    def __init__(self, path):
+        with open(path) as f:
+            doc = json.load(f)
+        self.path = path
+        self.version = doc.get("info", {}).get("version", "unknown")
+        self.definitions = doc["definitions"]
+        self.by_gvk = {}
+        for name, definition in self.definitions.items():
+            for gvk in definition.get("x-kubernetes-group-version-kind", []):
+                self.by_gvk[(gvk["group"], gvk["version"], gvk["kind"])] = name
+        for name in (INT_OR_STRING, QUANTITY):
+            if name in self.definitions:
+                self.definitions[name] = {
+                    "description": self.definitions[name].get("description", ""),
+                    "type": ["string", "integer"],
+                }
+        for definition in self.definitions.values():
+            _make_strict(definition)
+        self._validators = {}
+
+    def definition_for(self, obj):
+        return self.by_gvk.get(gvk_key(obj.get("apiVersion", ""), obj.get("kind", "")))
+
+    def errors(self, obj):
+        """Every violation of obj, as 'path: message' strings; [] when valid."""
+        if not isinstance(obj, dict):
+            return ["<root>: not an object"]
+        name = self.definition_for(obj)
+        if name is None:
+            return [
+                f"<root>: no schema for apiVersion {obj.get('apiVersion')!r} kind {obj.get('kind')!r} "
+                f"in Kubernetes {self.version} ({self.path})"
+            ]
+        validator = self._validators.get(name)
+        if validator is None:
+            root = {"$ref": f"#/definitions/{name}", "definitions": self.definitions}
+            validator = jsonschema.Draft4Validator(root)
+            self._validators[name] = validator
+        out = []
+        for err in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
+            path = ".".join(str(p) for p in err.absolute_path) or "<root>"
+            out.append(f"{path}: {err.message}")
+        return out
+
+
+def _make_strict(node):
+    if isinstance(node, dict):
+        if "properties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _make_strict(value)
+    elif isinstance(node, list):
+        for value in node:
+            _make_strict(value)
+
+
+def render(repo, kubectl, workdir):
+    """kubectl kustomize on a copy of deploy/ with a fresh CA; returns the objects."""
+    deploy = os.path.join(workdir, "deploy")
+    shutil.copytree(os.path.join(repo, "deploy"), deploy,
+                    ignore=lambda d, names: [n for n in names if n.endswith(".pem")])
+    subprocess.run(["bash", os.path.join(repo, "tools", "gen-ca.sh"), os.path.join(deploy, "ca")],
+                   check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run([kubectl, "kustomize", deploy], check=True, capture_output=True, text=True)
+    return [o for o in yaml.safe_load_all(out.stdout) if o is not None]
+
+
+def describe(obj):
+    meta = obj.get("metadata", {})
+    where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+    return f"{obj.get('apiVersion')} {obj.get('kind')} {where}{meta.get('name')}"
+
+
+def pod_spec(obj):
+    return obj.get("spec", {}).get("template", {}).get("spec", {})
+
+
+def find(objects, kind, name_prefix):
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].startswith(name_prefix)]
+    if len(found) != 1:
+        raise AssertionError(f"expected one {kind} named {name_prefix}*, found {len(found)}")
+    return found[0]
+
+
+def invariants(objects):
+    """Properties of the install that a schema cannot check; returns failures."""
+    failures = []
+
+    def expect(cond, message):
+        if not cond:
+            failures.append(message)
+
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    agent = find(objects, "DaemonSet", "sluice-agent")
+    cp = find(objects, "Deployment", "sluice-controlplane")
+    ca_secret = find(objects, "Secret", "sluice-ca")["metadata"]["name"]
+
+    # Every Secret/ConfigMap a pod mounts exists under its generated (hashed) name.
+    for workload in (agent, cp):
+        for vol in pod_spec(workload).get("volumes", []):
+            if "secret" in vol:
+                expect(("Secret", vol["secret"]["secretName"]) in names,
+                       f"{describe(workload)} mounts missing Secret {vol['secret']['secretName']}")
+            if "configMap" in vol:
+                expect(("ConfigMap", vol["configMap"]["name"]) in names,
+                       f"{describe(workload)} mounts missing ConfigMap {vol['configMap']['name']}")
+
+    # The CA key never reaches a node: only the control plane mounts the CA Secret,
+    # and the agent mounts no Secret at all.
+    for o in objects:
+        spec = pod_spec(o)
+        for vol in spec.get("volumes", []):
+            secret = vol.get("secret", {}).get("secretName")
+            if secret == ca_secret:
+                expect(o is cp, f"{describe(o)} mounts the CA Secret {ca_secret}")
+    expect(not any("secret" in v for v in pod_spec(agent).get("volumes", [])),
+           "the agent DaemonSet mounts a Secret")
+
+    # The agent has no API access: no token mounted, no binding names it.
+    expect(pod_spec(agent).get("automountServiceAccountToken") is False,
+           "the agent pod must set automountServiceAccountToken: false")
+    for o in objects:
+        if o["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+            for s in o.get("subjects", []):
+                expect(s.get("name") != "sluice-agent", f"{describe(o)} grants the agent API access")
+
+    # The agent container: drop ALL, add exactly the four, never privileged.
+    containers = {c["name"]: c for c in pod_spec(agent)["containers"]}
+    sc = containers.get("agent", {}).get("securityContext", {})
+    caps = sc.get("capabilities", {})
+    expect(caps.get("drop") == ["ALL"], "the agent container must drop ALL capabilities")
+    expect(set(caps.get("add", [])) == AGENT_CAPABILITIES,
+           f"the agent container adds {caps.get('add')}, expected {sorted(AGENT_CAPABILITIES)}")
+    expect(not sc.get("privileged"), "the agent container must not be privileged")
+    installer = containers.get("cni-installer", {})
+    expect(installer.get("command", [])[1:2] == ["install"],
+           "the DaemonSet must run `sluice-cni install` as its cni-installer container")
+    expect(pod_spec(agent).get("hostNetwork") is True, "the agent must use the host network")
+    return failures
+
+
+def self_checks(schema, objects):
+    """Proves the validator rejects what it must and accepts what it should."""
+    agent = find(objects, "DaemonSet", "sluice-agent")
+    failures = []
+
+    def mutated(fn):
+        obj = copy.deepcopy(agent)
+        fn(obj)
+        return obj
+
+    def typo(o):
+        o["spec"]["template"]["spec"]["hostNetwrok"] = True
+
+    def nested_typo(o):
+        o["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["mountPropogation"] = "None"
+
+    def wrong_type(o):
+        o["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "30"
+
+    def wrong_type_list(o):
+        o["spec"]["template"]["spec"]["containers"][0]["args"] = "--node-name x"
+
+    def missing_required(o):
+        del o["spec"]["template"]["spec"]["containers"][0]["name"]
+
+    def missing_selector(o):
+        del o["spec"]["selector"]
+
+    must_fail = {
+        "a typo'd pod spec field (hostNetwrok)": (mutated(typo), "hostNetwrok"),
+        "a typo'd nested field (mountPropogation)": (mutated(nested_typo), "mountPropogation"),
+        "a string where an integer belongs": (mutated(wrong_type), "terminationGracePeriodSeconds"),
+        "a string where a list belongs": (mutated(wrong_type_list), "args"),
+        "a container without its required name": (mutated(missing_required), "name"),
+        "a DaemonSet without its required selector": (mutated(missing_selector), "selector"),
+        "a kind with no schema": ({"apiVersion": "example.com/v1", "kind": "Widget",
+                                   "metadata": {"name": "w"}}, "no schema"),
+        "a known kind under a wrong apiVersion": (dict(mutated(lambda o: None), apiVersion="apps/v9"),
+                                                  "no schema"),
+    }
+    for what, (obj, needle) in must_fail.items():
+        errs = schema.errors(obj)
+        if not errs:
+            failures.append(f"self-check: {what} was accepted")
+        elif not any(needle in e for e in errs):
+            failures.append(f"self-check: {what} was rejected for another reason: {errs}")
+        else:
+            print(f"rejected (as it must) {what}: {errs[0]}")
+
+    # The invariants must be able to fail too.
+    def leak_ca_key(objs):
+        secret = find(objs, "Secret", "sluice-ca")["metadata"]["name"]
+        pod_spec(find(objs, "DaemonSet", "sluice-agent"))["volumes"].append(
+            {"name": "leak", "secret": {"secretName": secret}})
+
+    def extra_capability(objs):
+        agent_pod = pod_spec(find(objs, "DaemonSet", "sluice-agent"))
+        agent_pod["containers"][0]["securityContext"]["capabilities"]["add"].append("SYS_PTRACE")
+
+    def agent_binding(objs):
+        find(objs, "ClusterRoleBinding", "sluice-controlplane")["subjects"].append(
+            {"kind": "ServiceAccount", "name": "sluice-agent", "namespace": "sluice-system"})
+
+    for what, fn, needle in [
+            ("the agent mounting the CA Secret", leak_ca_key, "CA Secret"),
+            ("an extra agent capability", extra_capability, "SYS_PTRACE"),
+            ("a binding granting the agent API access", agent_binding, "grants the agent")]:
+        objs = copy.deepcopy(objects)
+        fn(objs)
+        found = [f for f in invariants(objs) if needle in f]
+        if found:
+            print(f"rejected (as it must) {what}: {found[0]}")
+        else:
+            failures.append(f"self-check: invariants accepted {what}")
+
+    def port_name(o):
+        o["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = "admin"
+
+    def int_quantity(o):
+        o["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = 1073741824
+
+    must_pass = {
+        "IntOrString as a string (port: admin)": mutated(port_name),
+        "Quantity as an integer (memory: 1073741824)": mutated(int_quantity),
+    }
+    for what, obj in must_pass.items():
+        errs = schema.errors(obj)
+        if errs:
+            failures.append(f"self-check: {what} was rejected: {errs}")
+        else:
+            print(f"accepted (as it must) {what}")
+    return failures
+
+
+def pick_schema(objects, override):
+    candidates = [override] if override else SCHEMAS
+    last = None
+    for path in candidates:
+        if not os.path.exists(path):
+            continue
+        schema = Schema(path)
+        last = schema
+        if all(schema.definition_for(o) for o in objects):
+            return schema
+    if last is None:
+        sys.exit(f"validate_manifests: no OpenAPI schema at {', '.join(candidates)}; "
+                 "run `bash tools/deps.sh` (golang-k8s-kube-openapi-dev)")
+    return last  # validation then reports the kinds it lacks
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repo", default=os.path.normpath(os.path.join(here, "..", "..")))
+    ap.add_argument("--kubectl", default=os.environ.get("KUBECTL") or shutil.which("kubectl"))
+    ap.add_argument("--schema", help="a Kubernetes OpenAPI v2 (swagger) JSON file")
+    args = ap.parse_args()
+    if not args.kubectl:
+        sys.exit("validate_manifests: kubectl not found; run `bash tools/deps.sh` (kubernetes-client)")
+
+    workdir = tempfile.mkdtemp(prefix="sluice-deploy-test-")
+    try:
+        objects = render(args.repo, args.kubectl, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    version = subprocess.run([args.kubectl, "version", "--client"], capture_output=True,
+                             text=True).stdout.strip().replace("\n", "; ")
+    schema = pick_schema(objects, args.schema)
+    print(f"rendered {len(objects)} objects with {args.kubectl} ({version})")
+    print(f"schema: Kubernetes {schema.version} ({schema.path}), strict")
+
+    failures = []
+    if not objects:
+        failures.append("kubectl kustomize rendered nothing")
+    for obj in objects:
+        errs = schema.errors(obj)
+        name = schema.definition_for(obj) or "no schema"
+        if errs:
+            print(f"FAIL {describe(obj)} ({name})")
+            for e in errs:
+                print(f"     {e}")
+            failures.append(f"{describe(obj)}: {len(errs)} schema error(s)")
+        else:
+            print(f"ok   {describe(obj)} ({name})")
+
+    try:
+        inv = invariants(objects)
+    except (AssertionError, KeyError, TypeError) as e:
+        inv = [f"cannot check the install's invariants: {e!r}"]
+    for f in inv:
+        print(f"FAIL invariant: {f}")
+    if not inv:
+        print("ok   invariants: CA key only in the control plane, agent without API access, "
+              "agent capabilities, CNI installer")
+    failures += inv
+    try:
+        failures += self_checks(schema, objects)
+    except (AssertionError, KeyError, IndexError) as e:
+        failures.append(f"self-checks could not run: {e!r}")
+
+    if failures:
+        print(f"\n{len(failures)} problem(s):")
+        for f in failures:
+            print(f"  - {f}")
+        return 1
+    print(f"\nall {len(objects)} objects valid against Kubernetes {schema.version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
