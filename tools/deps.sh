@@ -12,6 +12,8 @@ PKGS=(
   python3-h2 tcpdump haproxy
   kubernetes-client python3-jsonschema python3-yaml golang-k8s-kube-openapi-dev buildah
 )
+# A previous interrupted install must be finished before apt can add anything.
+dpkg --configure -a >/dev/null 2>&1 || true
 missing=()
 for p in "${PKGS[@]}"; do
   # Some machine images ship another kubectl package owning /usr/bin/kubectl, which
