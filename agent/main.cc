@@ -44,7 +44,8 @@ Flags:
   --node-name NAME          this node's name as the control plane knows it (required)
   --controlplane HOST:PORT  control plane address (required; gRPC over TLS)
   --ca-bundle FILE          trust anchor(s) that the control plane's certificate chains to (required)
-  --token-file FILE         this node's bootstrap token, sent to the control plane
+  --token-file FILE         token sent to the control plane, re-read on every use: the
+                            node bootstrap token, or a projected service account token
   --trust-domain NAME       SPIFFE trust domain of workload identities (default cluster.local)
   --cert-ttl SECONDS        requested workload certificate lifetime (default: the control plane's)
   --bpf-pin-dir DIR         where BPF maps and links are pinned (default /sys/fs/bpf/sluice)
@@ -326,15 +327,14 @@ int runAgent(const Flags& flags) {
     logger->critical("--ca-bundle: {}", trust_anchor.error().describe());
     return 1;
   }
-  std::string token;
+  // Read on every use: a projected service account token is rotated in place.
+  BearerToken token;
   if (!flags.token_file.empty()) {
-    auto t = readFile(flags.token_file);
-    if (!t) {
+    if (auto t = readFile(flags.token_file); !t) {
       logger->critical("--token-file: {}", t.error().describe());
       return 1;
     }
-    token = *t;
-    while (!token.empty() && (token.back() == '\n' || token.back() == ' ')) token.pop_back();
+    token.file = flags.token_file;
   }
   agent::identity::GrpcSigner signer(flags.controlplane, *trust_anchor, token);
   agent::identity::CertManagerConfig cert_config;

@@ -69,7 +69,7 @@ void Client::run() {
   bool was_connected = false;
   while (!stopping_) {
     grpc::ClientContext ctx;
-    if (!config_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + config_.token);
+    if (!config_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + config_.token.get());
     {
       std::lock_guard lk(mu_);
       if (stopping_) break;

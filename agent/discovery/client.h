@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "sluice.pb.h"
+#include "sluice/common/bearer_token.h"
 #include "sluice/common/result.h"
 
 namespace grpc {
@@ -46,7 +47,7 @@ struct ClientConfig {
   std::string target;  // host:port
   std::string node_name;
   std::string trust_anchor_pem;  // verifies the control plane's TLS certificate
-  std::string token;             // node bootstrap token (empty: none sent)
+  BearerToken token;             // node bootstrap / service account token (empty: none sent)
   std::chrono::milliseconds initial_backoff{100};
   std::chrono::milliseconds max_backoff{5000};
 };

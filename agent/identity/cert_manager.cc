@@ -153,11 +153,11 @@ nlohmann::json CertManager::dump() const {
 
 struct GrpcSigner::Impl {
   std::unique_ptr<sluice::api::v1::Certificates::Stub> stub;
-  std::string token;
+  BearerToken token;
 };
 
 GrpcSigner::GrpcSigner(const std::string& target, const std::string& trust_anchor_pem,
-                       std::string token)
+                       BearerToken token)
     : impl_(std::make_unique<Impl>()) {
   grpc::SslCredentialsOptions tls;
   tls.pem_root_certs = trust_anchor_pem;
@@ -171,7 +171,7 @@ GrpcSigner::~GrpcSigner() = default;
 Result<std::string> GrpcSigner::sign(const std::string& csr_pem, std::chrono::seconds ttl) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  if (!impl_->token.empty()) ctx.AddMetadata("authorization", "Bearer " + impl_->token);
+  if (!impl_->token.empty()) ctx.AddMetadata("authorization", "Bearer " + impl_->token.get());
   sluice::api::v1::SignRequest req;
   req.set_csr_pem(csr_pem);
   req.set_ttl_seconds(ttl.count());

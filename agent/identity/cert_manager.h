@@ -6,6 +6,8 @@
 // enrolled. Thread-safe; renewals run on the manager's own thread.
 #pragma once
 
+#include "sluice/common/bearer_token.h"
+
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -79,7 +81,7 @@ class CertManager final : public ztunnel::CredentialSource {
 // Certificates.Sign over the control plane's TLS channel with the node token.
 class GrpcSigner final : public Signer {
  public:
-  GrpcSigner(const std::string& target, const std::string& trust_anchor_pem, std::string token);
+  GrpcSigner(const std::string& target, const std::string& trust_anchor_pem, BearerToken token);
   ~GrpcSigner() override;
   Result<std::string> sign(const std::string& csr_pem, std::chrono::seconds ttl) override;
 

@@ -114,6 +114,15 @@ void Source::setError(Resource& r, const std::string& e) {
   r.status.last_error = e;
 }
 
+void Source::httpError(Resource& r, const std::string& what, const Response& resp) {
+  std::string e = fmt::format("{}: HTTP {}: {}{}", what, resp.status, statusMessage(resp.body),
+                              resp.status == 401 || resp.status == 403
+                                  ? " (check the token and the RBAC rules in deploy/)"
+                                  : "");
+  setError(r, e);
+  logger()->warn("{}", e);
+}
+
 void Source::markDirty() {
   dirty_ = true;  // under mu_
   cv_.notify_all();
@@ -176,13 +185,7 @@ bool Source::list(Resource& r) {
       continue;
     }
     if (resp->status != 200) {
-      std::string e = fmt::format("listing {}s: HTTP {}: {}{}", r.kind, resp->status,
-                                  statusMessage(resp->body),
-                                  resp->status == 401 || resp->status == 403
-                                      ? " (check the token and the RBAC rules in deploy/)"
-                                      : "");
-      setError(r, e);
-      logger()->warn("{}", e);
+      httpError(r, "listing " + r.kind + "s", *resp);
       return false;
     }
     auto j = json::parse(resp->body, nullptr, false);
@@ -265,13 +268,7 @@ bool Source::watch(Resource& r, bool& got_any) {
   }
   if (resp->status != 200) {
     got_any = false;
-    std::string e = fmt::format("{} watch: HTTP {}: {}{}", r.kind, resp->status,
-                                statusMessage(resp->body),
-                                resp->status == 401 || resp->status == 403
-                                    ? " (check the token and the RBAC rules in deploy/)"
-                                    : "");
-    setError(r, e);
-    logger()->warn("{}", e);
+    httpError(r, r.kind + " watch", *resp);
   }
   return true;
 }

@@ -62,6 +62,7 @@ class Source {
   void flushLoop();
   void markDirty();
   void setError(Resource& r, const std::string& e);
+  void httpError(Resource& r, const std::string& what, const Response& resp);
   bool sleepFor(std::chrono::milliseconds d);  // false when stopping
 
   Client client_;

@@ -3,6 +3,12 @@
 
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "sluice/common/bearer_token.h"
 #include "sluice/common/bpf_abi.h"
 
 TEST_SUITE("addr") {
@@ -46,5 +52,24 @@ TEST_SUITE("flags") {
           "flag --a needs a value");
     const char* positional[] = {"x", "oops"};
     CHECK_FALSE(sluice::splitFlags(2, const_cast<char**>(positional)).has_value());
+  }
+}
+
+TEST_SUITE("bearer_token") {
+  TEST_CASE("a token file is re-read on every use, so a rotated token is picked up") {
+    CHECK(sluice::BearerToken().empty());
+    CHECK(sluice::BearerToken("literal").get() == "literal");
+    char path[] = "/tmp/sluice-token-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+    sluice::BearerToken t({}, path);
+    CHECK_FALSE(t.empty());
+    std::ofstream(path) << "first\n";
+    CHECK(t.get() == "first");
+    std::ofstream(path) << "second \r\n";
+    CHECK(t.get() == "second");
+    std::remove(path);
+    CHECK(t.get().empty());
   }
 }

@@ -242,7 +242,7 @@ TEST_SUITE("certificates") {
     agent::identity::GrpcSigner node1(target, testCa().trustAnchorPem(), kNode1Token);
     agent::identity::GrpcSigner node2(target, testCa().trustAnchorPem(), kNode2Token);
     agent::identity::GrpcSigner stranger(target, testCa().trustAnchorPem(),
-                                         "unknown-token-0000000000");
+                                         std::string("unknown-token-0000000000"));
     auto key = x509::generateP256();
     auto csr = *x509::makeCsr(key->get(), "spiffe://cluster.local/ns/shop/sa/default");
 

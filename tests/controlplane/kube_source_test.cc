@@ -201,6 +201,25 @@ kube::SourceOptions fastOptions() {
   return o;
 }
 
+// A Store fed by a Source watching the fake server with a plain token.
+struct Watching {
+  model::Store store{model::EndpointsMode::kSlicesOnly};
+  kube::Client client;
+  std::unique_ptr<kube::Source> source;
+  explicit Watching(const FakeApiServer& api) : client(config(api)) {
+    auto s = kube::Source::create(client, store, fastOptions());
+    REQUIRE(s.has_value());
+    source = std::move(*s);
+  }
+  static kube::Config config(const FakeApiServer& api) {
+    kube::Config c;
+    c.server = api.server();
+    c.ca_pem = api.ca();
+    c.token = "good-token";
+    return c;
+  }
+};
+
 }  // namespace
 
 TEST_SUITE("controlplane/kubernetes") {
@@ -232,9 +251,10 @@ TEST_SUITE("controlplane/kubernetes") {
     auto config = kube::Config::fromKubeconfig(writeKubeconfig(api, "good-token"));
     REQUIRE(config.has_value());
     kube::Client client(*config);
-    auto source = kube::Source::create(client, store, fastOptions());
-    REQUIRE(source.has_value());
-    REQUIRE(eventually([&] { return (*source)->synced(); }));
+    auto created = kube::Source::create(client, store, fastOptions());
+    REQUIRE(created.has_value());
+    auto source = std::move(*created);
+    REQUIRE(eventually([&] { return source->synced(); }));
     auto v = workloads(store);
     REQUIRE(v.size() == 3);
     CHECK(v["uid-web1"].enrolled());
@@ -252,18 +272,18 @@ TEST_SUITE("controlplane/kubernetes") {
     CHECK(eventually([&] { return endpointsOf(store) == std::vector<std::string>{"10.244.1.3"}; }));
 
     // Bookmarks advance the resume point of quiet resources.
-    auto before = (*source)->status("Service");
-    CHECK(eventually([&] { return (*source)->status("Service").bookmarks >= before.bookmarks + 2; }));
-    std::string rv = (*source)->status("Service").resource_version;
+    auto before = source->status("Service");
+    CHECK(eventually([&] { return source->status("Service").bookmarks >= before.bookmarks + 2; }));
+    std::string rv = source->status("Service").resource_version;
     CHECK(std::stoll(rv) > std::stoll(before.resource_version));
 
     // A cut stream resumes from the last version (no relist).
     api.call("clear-requests");
-    uint64_t lists = (*source)->status("Pod").lists;
+    uint64_t lists = source->status("Pod").lists;
     api.call("cut");
     api.call("upsert", {{"resource", "pods"}, {"object", pod("web5", "10.244.1.5")}});
     CHECK(eventually([&] { return workloads(store).count("uid-web5") == 1; }));
-    CHECK((*source)->status("Pod").lists == lists);
+    CHECK(source->status("Pod").lists == lists);
     bool resumed = false;
     for (const auto& r : api.requests())
       if (r.find("/api/v1/pods?watch=1") != std::string::npos &&
@@ -277,15 +297,10 @@ TEST_SUITE("controlplane/kubernetes") {
     api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
     api.call("upsert", {{"resource", "pods"}, {"object", pod("a", "10.244.1.1")}});
     api.call("upsert", {{"resource", "pods"}, {"object", pod("b", "10.244.1.2")}});
-    model::Store store(model::EndpointsMode::kSlicesOnly);
-    kube::Config c;
-    c.server = api.server();
-    c.ca_pem = api.ca();
-    c.token = "good-token";
-    kube::Client client(c);
-    auto source = kube::Source::create(client, store, fastOptions());
-    REQUIRE(source.has_value());
-    REQUIRE(eventually([&] { return (*source)->synced() && workloads(store).size() == 2; }));
+    Watching w(api);
+    auto& store = w.store;
+    auto& source = w.source;
+    REQUIRE(eventually([&] { return source->synced() && workloads(store).size() == 2; }));
     // Drop the watch, change things, compact the history: the resume point
     // is gone, the client must relist and converge.
     api.call("token", {{"token", "other"}});  // keep the client away meanwhile
@@ -295,40 +310,35 @@ TEST_SUITE("controlplane/kubernetes") {
     api.call("compact");
     // 401 while the token is wrong: the error is reported, the state kept.
     CHECK(eventually([&] {
-      return (*source)->status("Pod").last_error.find("401") != std::string::npos;
+      return source->status("Pod").last_error.find("401") != std::string::npos;
     }));
     CHECK(workloads(store).count("uid-a") == 1);
-    uint64_t lists = (*source)->status("Pod").lists;
+    uint64_t lists = source->status("Pod").lists;
     api.call("token", {{"token", "good-token"}});
     CHECK(eventually([&] {
       auto v = workloads(store);
       return v.count("uid-a") == 0 && v.count("uid-c") == 1 && v.count("uid-b") == 1;
     }));
-    CHECK((*source)->status("Pod").lists > lists);
-    CHECK((*source)->status("Pod").expired >= 1);
+    CHECK(source->status("Pod").lists > lists);
+    CHECK(source->status("Pod").expired >= 1);
   }
 
   TEST_CASE("a malformed event is logged and skipped; the next one applies") {
     FakeApiServer api;
     api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
-    model::Store store(model::EndpointsMode::kSlicesOnly);
-    kube::Config c;
-    c.server = api.server();
-    c.ca_pem = api.ca();
-    c.token = "good-token";
-    kube::Client client(c);
-    auto source = kube::Source::create(client, store, fastOptions());
-    REQUIRE(source.has_value());
-    REQUIRE(eventually([&] { return (*source)->synced(); }));
+    Watching w(api);
+    auto& store = w.store;
+    auto& source = w.source;
+    REQUIRE(eventually([&] { return source->synced(); }));
     api.call("malformed");
-    CHECK(eventually([&] { return (*source)->status("Pod").malformed >= 1; }));
+    CHECK(eventually([&] { return source->status("Pod").malformed >= 1; }));
     // An object that does not validate is skipped too.
     json bad = pod("bad", "not-an-ip");
     api.call("upsert", {{"resource", "pods"}, {"object", bad}});
     api.call("upsert", {{"resource", "pods"}, {"object", pod("good", "10.244.1.9")}});
     CHECK(eventually([&] { return workloads(store).count("uid-good") == 1; }));
     CHECK(workloads(store).count("uid-bad") == 0);
-    CHECK((*source)->status("Pod").malformed >= 2);
+    CHECK(source->status("Pod").malformed >= 2);
   }
 
   TEST_CASE("TokenReview: the agent's service account on a node; anything else refused") {
@@ -343,16 +353,10 @@ TEST_SUITE("controlplane/kubernetes") {
     api.call("review", {{"token", "app-token"},
                         {"username", "system:serviceaccount:shop:web"},
                         {"pod_uid", "uid-web1"}});
-    model::Store store(model::EndpointsMode::kSlicesOnly);
-    kube::Config c;
-    c.server = api.server();
-    c.ca_pem = api.ca();
-    c.token = "good-token";
-    kube::Client client(c);
-    auto source = kube::Source::create(client, store, fastOptions());
-    REQUIRE(source.has_value());
-    REQUIRE(eventually([&] { return (*source)->synced(); }));
-    kube::TokenReviewer reviewer(client, **source, "sluice-system:sluice-agent");
+    Watching w(api);
+    auto& source = w.source;
+    REQUIRE(eventually([&] { return source->synced(); }));
+    kube::TokenReviewer reviewer(w.client, *source, "sluice-system:sluice-agent");
     auto node = reviewer.nodeOf("agent-token");
     REQUIRE_MESSAGE(node.has_value(), (node ? "" : node.error().describe()));
     CHECK(*node == "node7");

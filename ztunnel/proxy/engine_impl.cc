@@ -375,7 +375,10 @@ void Worker::routeOutbound(const std::shared_ptr<PodState>& pod_ptr, UniqueFd cl
                            std::unique_ptr<ServiceRoute> route) {
   PodState& pod = *pod_ptr;
   auto& stats = engine_.counters();
-  if (pod.removed) return;
+  if (pod.removed || stopping_) {
+    setLinger0(client.get());
+    return;
+  }
   MeshDirectory* directory = engine_.directory();
   if (!route && directory) {
     if (auto svc = directory->service(dst.sin_addr.s_addr, dst.sin_port)) {

@@ -149,7 +149,8 @@ def serve_http(port):
     serve_asyncio(port, handle)
 
 
-def client_get(host, port):
+def read_reply(host, port):
+    """Connects, reads until the server closes, returns the text."""
     with socket.create_connection((host, port), timeout=10) as c:
         data = b""
         while True:
@@ -157,7 +158,11 @@ def client_get(host, port):
             if not d:
                 break
             data += d
-    sys.stdout.write(data.decode())
+    return data.decode()
+
+
+def client_get(host, port):
+    sys.stdout.write(read_reply(host, port))
 
 
 def client_transfer(host, port, up, down):
@@ -253,14 +258,7 @@ def client_spread(host, port, n, conc):
 
     def one(i):
         try:
-            with socket.create_connection((host, port), timeout=10) as c:
-                data = b""
-                while True:
-                    d = c.recv(4096)
-                    if not d:
-                        break
-                    data += d
-            line = data.decode().strip()
+            line = read_reply(host, port).strip()
             local = [f for f in line.split() if f.startswith("local=")]
             if not local:
                 return None, f"#{i}: bad reply {line!r}"
