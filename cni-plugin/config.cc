@@ -61,7 +61,7 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
   if (std::find(kSupportedVersions.begin(), kSupportedVersions.end(), c.cni_version) ==
       kSupportedVersions.end())
     return err(kIncompatibleVersion, fmt::format("unsupported cniVersion '{}'", c.cni_version),
-               "sluice-cni supports 0.4.0 and 1.0.0");
+               fmt::format("sluice-cni supports {}", fmt::join(kSupportedVersions, ", ")));
   if (j.contains("failOpen")) {
     if (!j["failOpen"].is_boolean()) return err(kInvalidConfig, "'failOpen' must be a boolean");
     c.fail_open = j["failOpen"].get<bool>();

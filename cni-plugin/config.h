@@ -20,7 +20,9 @@ enum ErrorCode : int {
   kInternal = 999,  // plugin-specific codes are 100+; 999 = agent refused
 };
 
-inline const std::vector<std::string> kSupportedVersions = {"0.4.0", "1.0.0"};
+// 0.3.x results have the same shape as 0.4.0 ones; CHECK does not exist before 0.4.0.
+inline const std::vector<std::string> kSupportedVersions = {"0.3.0", "0.3.1", "0.4.0", "1.0.0"};
+inline bool versionHasCheck(const std::string& v) { return v != "0.3.0" && v != "0.3.1"; }
 
 struct PluginError {
   int code = kInternal;

@@ -300,8 +300,8 @@ Result<ChainStatus> Installer::ensureChained() {
     st.detail = fmt::format(
         "{} declares cniVersion '{}' but sluice-cni speaks {}; it is left untouched and pods on "
         "this node start WITHOUT the mesh (chaining would make every pod creation fail). "
-        "Configure the primary CNI to write cniVersion 0.4.0 or 1.0.0",
-        primary.string(), version, fmt::join(kSupportedVersions, " and "));
+        "Configure the primary CNI to write one of those",
+        primary.string(), version, fmt::join(kSupportedVersions, ", "));
     return st;
   }
   ordered_json desired = chainedConflist(list, options_.plugin_entry);

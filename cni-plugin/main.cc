@@ -25,11 +25,12 @@ extern char** environ;
 
 using namespace sluice;
 using namespace sluice::cni;
+using nlohmann::json;
 
 namespace {
 
 constexpr const char* kUsage =
-    R"(sluice-cni — Sluice's CNI plugin (CNI spec 1.0.0; 0.4.0 configs accepted) and its installer
+    R"(sluice-cni — Sluice's CNI plugin (CNI spec 1.0.0; 0.3.x and 0.4.0 configs accepted) and its installer
 
 As a CNI plugin (no arguments) it is run by the container runtime, chained
 after the cluster's primary CNI, with CNI_COMMAND=ADD|DEL|CHECK|VERSION in the
@@ -161,7 +162,9 @@ int main(int argc, char** argv) {
   auto environment = parseEnvironment(env);
   if (!environment) return emitError("1.0.0", environment.error());
   if (environment->command == "VERSION") {
-    std::printf("{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}\n");
+    std::printf("%s\n", json{{"cniVersion", "1.0.0"}, {"supportedVersions", kSupportedVersions}}
+                           .dump()
+                           .c_str());
     return 0;
   }
   std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
@@ -177,6 +180,13 @@ int main(int argc, char** argv) {
                                         "sluice-cni is a chained plugin: ADD needs a prevResult "
                                         "from the primary CNI plugin before it in the conflist",
                                         ""});
+
+  if (cmd == "CHECK" && !versionHasCheck(cfg->cni_version))
+    return emitError(cfg->cni_version,
+                     {kIncompatibleVersion,
+                      fmt::format("CHECK is not defined for cniVersion {}; it exists from 0.4.0 on",
+                                  cfg->cni_version),
+                      ""});
 
   CniRequest req;
   req.command = cmd;

@@ -40,7 +40,7 @@ TEST_SUITE("config") {
         {"\"x\"", kDecodingFailure},
         {R"({"name":"x"})", kInvalidConfig},
         {R"({"cniVersion":1})", kInvalidConfig},
-        {R"({"cniVersion":"0.3.1"})", kIncompatibleVersion},
+        {R"({"cniVersion":"0.2.0"})", kIncompatibleVersion},
         {R"({"cniVersion":"1.0.0","failOpen":"yes"})", kInvalidConfig},
         {R"({"cniVersion":"1.0.0","timeoutMs":5})", kInvalidConfig},
         {R"({"cniVersion":"1.0.0","timeoutMs":"5000"})", kInvalidConfig},

@@ -357,17 +357,33 @@ TEST_SUITE("installer") {
     CHECK(readFile(file) == alone);
   }
 
-  TEST_CASE("a cniVersion sluice-cni does not speak is left untouched") {
+  TEST_CASE("flannel's and Calico's stock cniVersion 0.3.1 conflists are chained") {
     TempNode node;
-    auto file = node.conf / "10-calico.conflist";
+    auto file = node.conf / "10-flannel.conflist";
     auto old = ordered_json::parse(kFlannel);
     old["cniVersion"] = "0.3.1";
     writeFile(file, old.dump());
     Installer inst(node.options());
     auto st = inst.ensureChained();
     REQUIRE(st.has_value());
+    CHECK(st->state == ChainState::kChained);
+    auto after = readJson(file);
+    CHECK(after["cniVersion"] == "0.3.1");
+    REQUIRE(after["plugins"].size() == 3);
+    CHECK(after["plugins"][2]["type"] == "sluice-cni");
+  }
+
+  TEST_CASE("a cniVersion sluice-cni does not speak is left untouched") {
+    TempNode node;
+    auto file = node.conf / "10-calico.conflist";
+    auto old = ordered_json::parse(kFlannel);
+    old["cniVersion"] = "0.2.0";
+    writeFile(file, old.dump());
+    Installer inst(node.options());
+    auto st = inst.ensureChained();
+    REQUIRE(st.has_value());
     CHECK(st->state == ChainState::kUnsupportedVersion);
-    CHECK(st->detail.find("0.3.1") != std::string::npos);
+    CHECK(st->detail.find("0.2.0") != std::string::npos);
     CHECK(readFile(file) == old.dump());
   }
 

@@ -130,10 +130,31 @@ TEST_SUITE("plugin") {
     }
     CHECK(h.calls == 0);
   }
+  TEST_CASE("cniVersion 0.3.1 (flannel, Calico): ADD and DEL work, CHECK is refused as undefined") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    auto c = json::parse(conf(sock));
+    c["cniVersion"] = "0.3.1";
+    c["prevResult"] = {
+        {"cniVersion", "0.3.1"},
+        {"interfaces", {{{"name", "eth0"}, {"sandbox", "/var/run/netns/x"}}}},
+        {"ips", {{{"version", "4"}, {"address", "10.244.1.7/24"}, {"interface", 0}}}},
+        {"dns", json::object()}};
+    auto r = runPlugin("ADD", c.dump());
+    CHECK(WEXITSTATUS(r.status) == 0);
+    CHECK(json::parse(r.out) == c["prevResult"]);
+    CHECK(h.last.ips == std::vector<std::string>{"10.244.1.7"});
+    auto check = runPlugin("CHECK", c.dump());
+    CHECK(WEXITSTATUS(check.status) != 0);
+    CHECK(json::parse(check.out)["code"] == 1);  // "Incompatible CNI version"
+    CHECK(h.calls == 1);
+    CHECK(WEXITSTATUS(runPlugin("DEL", c.dump()).status) == 0);
+  }
   TEST_CASE("VERSION") {
     auto r = runPlugin("VERSION", "");
     CHECK(WEXITSTATUS(r.status) == 0);
-    CHECK(json::parse(r.out)["supportedVersions"] == json::array({"0.4.0", "1.0.0"}));
+    CHECK(json::parse(r.out)["supportedVersions"] == json::array({"0.3.0", "0.3.1", "0.4.0", "1.0.0"}));
   }
   TEST_CASE("garbage on the agent socket gets an error reply and the server keeps serving") {
     FakeHandler h;
