@@ -17,6 +17,7 @@ DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
 work=$(mktemp -d /tmp/sluice-bench-mtls.XXXXXX)
 cleanup() {
+  disown -a 2>/dev/null || true  # servers die with the lab; no job notices
   for f in "$work"/haproxy-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   $LAB down >/dev/null 2>&1 || true
   rm -rf "$work"

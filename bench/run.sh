@@ -12,7 +12,7 @@ LAB="python3 tools/lab"
 DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
-cleanup() { $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 $LAB down >/dev/null 2>&1 || true

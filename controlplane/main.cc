@@ -237,6 +237,12 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::SslServerCredentials(tls), &port);
+  // Keepalive PINGs every 20 s on every connection, also while a Watch is
+  // idle: agents presume the control plane gone after 60 s of silence
+  // (agent/discovery/client.h) and the server drops agents that vanished.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.RegisterService(&discovery);
   builder.RegisterService(&certificates);
   auto server = builder.BuildAndStart();

@@ -1,10 +1,7 @@
 #include "agent/discovery/client.h"
 
-#include <grpcpp/grpcpp.h>
-
 #include <random>
 
-#include "sluice.grpc.pb.h"
 #include "sluice/common/log.h"
 
 namespace sluice::agent::discovery {
@@ -24,8 +21,8 @@ Client::~Client() {
   {
     std::lock_guard lk(mu_);
     stopping_ = true;
-    if (context_) context_->TryCancel();
   }
+  cancel_.cancel();
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
@@ -60,47 +57,49 @@ void Client::setError(const std::string& e) {
 
 void Client::run() {
   auto logger = log::get("discovery");
-  grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = config_.trust_anchor_pem;
-  auto channel = grpc::CreateChannel(config_.target, grpc::SslCredentials(tls));
-  auto stub = sluice::api::v1::Discovery::NewStub(channel);
+  rpc::CallOptions call;
+  call.target = config_.target;
+  call.trust_anchor_pem = config_.trust_anchor_pem;
+  call.path = "/sluice.api.v1.Discovery/Watch";
+  call.idle_timeout = config_.idle_timeout;
   std::mt19937_64 rng(std::random_device{}());
   auto backoff = config_.initial_backoff;
   bool was_connected = false;
   while (!stopping_) {
-    grpc::ClientContext ctx;
-    if (!config_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + config_.token.get());
-    {
-      std::lock_guard lk(mu_);
-      if (stopping_) break;
-      context_ = &ctx;
-    }
+    call.metadata.clear();
+    if (!config_.token.empty())
+      call.metadata.emplace_back("authorization", "Bearer " + config_.token.get());
     sluice::api::v1::WatchRequest req;
     req.set_node(config_.node_name);
     req.set_resume_version(version_);
-    auto reader = stub->Watch(&ctx, req);
     sluice::api::v1::WatchResponse resp;
-    while (reader->Read(&resp)) {
-      if (!connected_) {
-        logger->info("{} control plane at {} (resuming from version {})",
-                     was_connected ? "reconnected to" : "connected to", config_.target,
-                     version_.load());
-        connected_ = was_connected = true;
-        setError("");
-        backoff = config_.initial_backoff;
-      }
-      bool changed = view_.apply(resp);
-      version_ = resp.version();
-      synced_ = true;
-      if (changed || resp.version() != 0) listener_.onView(view_, version_);
-    }
-    grpc::Status status = reader->Finish();
-    {
-      std::lock_guard lk(mu_);
-      context_ = nullptr;
-    }
+    std::string undecodable;
+    rpc::Status status = rpc::call(
+        call, req.SerializeAsString(),
+        [&](const std::string& bytes) {
+          if (!resp.ParseFromString(bytes)) {
+            undecodable = "a Watch message from the control plane does not decode";
+            return false;
+          }
+          if (!connected_) {
+            logger->info("{} control plane at {} (resuming from version {})",
+                         was_connected ? "reconnected to" : "connected to", config_.target,
+                         version_.load());
+            connected_ = was_connected = true;
+            setError("");
+            backoff = config_.initial_backoff;
+          }
+          bool changed = view_.apply(resp);
+          version_ = resp.version();
+          synced_ = true;
+          if (changed || resp.version() != 0) listener_.onView(view_, version_);
+          return true;
+        },
+        &cancel_);
     if (stopping_) break;
-    std::string err = status.ok() ? "stream ended" : status.error_message();
+    std::string err = !undecodable.empty() ? undecodable
+                      : status.ok()        ? "stream ended"
+                                           : status.message;
     if (connected_) {
       std::lock_guard lk(mu_);
       disconnected_since_ = std::chrono::system_clock::now();

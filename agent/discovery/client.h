@@ -13,13 +13,10 @@
 #include <string>
 #include <thread>
 
+#include "agent/rpc/call.h"
 #include "sluice.pb.h"
 #include "sluice/common/bearer_token.h"
 #include "sluice/common/result.h"
-
-namespace grpc {
-class ClientContext;
-}
 
 namespace sluice::agent::discovery {
 
@@ -50,6 +47,9 @@ struct ClientConfig {
   BearerToken token;             // node bootstrap / service account token (empty: none sent)
   std::chrono::milliseconds initial_backoff{100};
   std::chrono::milliseconds max_backoff{5000};
+  // Nothing from the control plane for this long (it sends keepalive PINGs
+  // every 20 s) and the stream is presumed dead and redialled.
+  std::chrono::milliseconds idle_timeout{60000};
 };
 
 class Client {
@@ -78,9 +78,9 @@ class Client {
   std::atomic<bool> synced_{false};
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> stopping_{false};
-  mutable std::mutex mu_;  // guards context_, last_error_
+  mutable std::mutex mu_;  // guards last_error_, disconnected_since_
   std::condition_variable wake_;
-  grpc::ClientContext* context_ = nullptr;
+  rpc::Canceller cancel_;
   std::string last_error_;
   std::chrono::system_clock::time_point disconnected_since_{};
   std::thread thread_;

@@ -1,10 +1,10 @@
 #include "agent/identity/cert_manager.h"
 
-#include <grpcpp/grpcpp.h>
 
 #include <random>
 
-#include "sluice.grpc.pb.h"
+#include "agent/rpc/call.h"
+#include "sluice.pb.h"
 #include "sluice/common/log.h"
 
 namespace sluice::agent::identity {
@@ -152,32 +152,37 @@ nlohmann::json CertManager::dump() const {
 }
 
 struct GrpcSigner::Impl {
-  std::unique_ptr<sluice::api::v1::Certificates::Stub> stub;
+  rpc::CallOptions call;
   BearerToken token;
 };
 
 GrpcSigner::GrpcSigner(const std::string& target, const std::string& trust_anchor_pem,
                        BearerToken token)
     : impl_(std::make_unique<Impl>()) {
-  grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = trust_anchor_pem;
-  impl_->stub = sluice::api::v1::Certificates::NewStub(
-      grpc::CreateChannel(target, grpc::SslCredentials(tls)));
+  impl_->call.target = target;
+  impl_->call.trust_anchor_pem = trust_anchor_pem;
+  impl_->call.path = "/sluice.api.v1.Certificates/Sign";
+  impl_->call.deadline = std::chrono::seconds(10);
   impl_->token = std::move(token);
 }
 
 GrpcSigner::~GrpcSigner() = default;
 
 Result<std::string> GrpcSigner::sign(const std::string& csr_pem, std::chrono::seconds ttl) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  if (!impl_->token.empty()) ctx.AddMetadata("authorization", "Bearer " + impl_->token.get());
+  rpc::CallOptions call = impl_->call;
+  if (!impl_->token.empty())
+    call.metadata.emplace_back("authorization", "Bearer " + impl_->token.get());
   sluice::api::v1::SignRequest req;
   req.set_csr_pem(csr_pem);
   req.set_ttl_seconds(ttl.count());
   sluice::api::v1::SignResponse resp;
-  grpc::Status status = impl_->stub->Sign(&ctx, req, &resp);
-  if (!status.ok()) return fail("Certificates.Sign: " + status.error_message());
+  int answers = 0;
+  rpc::Status status = rpc::call(call, req.SerializeAsString(), [&](const std::string& bytes) {
+    ++answers;
+    return resp.ParseFromString(bytes);
+  });
+  if (!status.ok()) return fail("Certificates.Sign: " + status.message);
+  if (answers != 1) return fail(fmt::format("Certificates.Sign: {} answers, expected one", answers));
   return resp.chain_pem();
 }
 

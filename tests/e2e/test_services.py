@@ -102,6 +102,12 @@ class ServicesTest(LabTest):
             self.assertNotIn(self.ips["web1"], r["by_server"])
         finally:
             self.apps["web1"] = self.lab.server("shop/web1", "whoami", 8080)
+        # Ejections are temporary: once they lapse (5 s, doubling on repeat)
+        # the restarted endpoints are picked again.
+        for name in ("web1", "web2"):
+            wait_for(f"{name} back in rotation after its ejection",
+                     lambda: self.ips[name] in self.spread(20, conc=5)["by_server"], timeout=70,
+                     interval=0.5)
 
     def test_3_removed_endpoint_gets_no_new_connections(self):
         self.lab.lab("pod", "del", "shop", "web3")
