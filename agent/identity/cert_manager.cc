@@ -1,6 +1,5 @@
 #include "agent/identity/cert_manager.h"
 
-
 #include <random>
 
 #include "agent/rpc/call.h"
@@ -182,7 +181,8 @@ Result<std::string> GrpcSigner::sign(const std::string& csr_pem, std::chrono::se
     return resp.ParseFromString(bytes);
   });
   if (!status.ok()) return fail("Certificates.Sign: " + status.message);
-  if (answers != 1) return fail(fmt::format("Certificates.Sign: {} answers, expected one", answers));
+  if (answers != 1)
+    return fail(fmt::format("Certificates.Sign: {} answers, expected one", answers));
   return resp.chain_pem();
 }
 

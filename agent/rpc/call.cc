@@ -76,15 +76,21 @@ std::string percentDecode(const std::string& s) {
 // What gRPC makes of a non-200 HTTP status (gRPC's HTTP-to-gRPC mapping).
 int codeOfHttpStatus(int status) {
   switch (status) {
-    case 400: return kInternal;
-    case 401: return kUnauthenticated;
-    case 403: return kPermissionDenied;
-    case 404: return kUnimplemented;
+    case 400:
+      return kInternal;
+    case 401:
+      return kUnauthenticated;
+    case 403:
+      return kPermissionDenied;
+    case 404:
+      return kUnimplemented;
     case 429:
     case 502:
     case 503:
-    case 504: return kUnavailable;
-    default: return kUnknown;
+    case 504:
+      return kUnavailable;
+    default:
+      return kUnknown;
   }
 }
 
@@ -122,12 +128,6 @@ class Call {
     return {kDeadlineExceeded,
             fmt::format("deadline of {} ms exceeded {}", o_.deadline.count(), during)};
   }
-  bool cancelled() const {
-    if (!cancel_) return false;
-    pollfd p{cancel_->fd(), POLLIN, 0};
-    return ::poll(&p, 1, 0) > 0;
-  }
-
   // Waits until fd_ is ready for `events` (or the cancel token fires). Returns
   // 1 ready, 0 timeout, -1 cancelled.
   int wait(short events, Clock::time_point limit) const {
@@ -183,12 +183,13 @@ class Call {
     if (!ctx_) return {kInternal, "TLS: " + opensslError()};
     SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_PEER, nullptr);
-    SSL_CTX_set_mode(ctx_.get(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_mode(ctx_.get(),
+                     SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     static const unsigned char kAlpn[] = {2, 'h', '2'};
     SSL_CTX_set_alpn_protos(ctx_.get(), kAlpn, sizeof(kAlpn));
     {
-      BIO* bio = BIO_new_mem_buf(o_.trust_anchor_pem.data(),
-                                 static_cast<int>(o_.trust_anchor_pem.size()));
+      BIO* bio =
+          BIO_new_mem_buf(o_.trust_anchor_pem.data(), static_cast<int>(o_.trust_anchor_pem.size()));
       int anchors = 0;
       while (X509* x = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
         X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx_.get()), x);
@@ -197,8 +198,7 @@ class Call {
       }
       BIO_free(bio);
       ERR_clear_error();
-      if (anchors == 0)
-        return {kUnavailable, "the trust anchor bundle holds no PEM certificate"};
+      if (anchors == 0) return {kUnavailable, "the trust anchor bundle holds no PEM certificate"};
     }
     ssl_.reset(SSL_new(ctx_.get()));
     SSL_set_fd(ssl_.get(), fd_.get());
@@ -216,10 +216,9 @@ class Call {
       int err = SSL_get_error(ssl_.get(), rc);
       if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
         long verify = SSL_get_verify_result(ssl_.get());
-        std::string why = verify != X509_V_OK
-                              ? fmt::format("certificate verification failed: {}",
-                                            X509_verify_cert_error_string(verify))
-                              : opensslError();
+        std::string why = verify != X509_V_OK ? fmt::format("certificate verification failed: {}",
+                                                            X509_verify_cert_error_string(verify))
+                                              : opensslError();
         return {kUnavailable, fmt::format("TLS handshake with {}: {}", o_.target, why)};
       }
       int w = wait(err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, limit);
@@ -240,8 +239,8 @@ class Call {
 
   static nghttp2_nv header(const std::string& name, const std::string& value) {
     return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-            reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
-            value.size(), NGHTTP2_NV_FLAG_NONE};
+            reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
+            NGHTTP2_NV_FLAG_NONE};
   }
 
   Status startStream(const std::string& request) {
@@ -267,11 +266,15 @@ class Call {
     std::memcpy(&body_[1], &len, 4);
     body_ += request;
 
-    std::vector<std::pair<std::string, std::string>> hs = {
-        {":method", "POST"},       {":scheme", "https"},         {":path", o_.path},
-        {":authority", o_.target}, {"content-type", "application/grpc"}, {"te", "trailers"},
-        {"user-agent", "sluice-agent"}};
-    if (o_.deadline.count() > 0) hs.emplace_back("grpc-timeout", fmt::format("{}m", o_.deadline.count()));
+    std::vector<std::pair<std::string, std::string>> hs = {{":method", "POST"},
+                                                           {":scheme", "https"},
+                                                           {":path", o_.path},
+                                                           {":authority", o_.target},
+                                                           {"content-type", "application/grpc"},
+                                                           {"te", "trailers"},
+                                                           {"user-agent", "sluice-agent"}};
+    if (o_.deadline.count() > 0)
+      hs.emplace_back("grpc-timeout", fmt::format("{}m", o_.deadline.count()));
     for (const auto& m : o_.metadata) hs.push_back(m);
     std::vector<nghttp2_nv> nva;
     for (const auto& [k, v] : hs) nva.push_back(header(k, v));
@@ -293,7 +296,8 @@ class Call {
         if (out_.empty()) {
           const uint8_t* data = nullptr;
           ssize_t n = nghttp2_session_mem_send(session_.get(), &data);
-          if (n < 0) return {kInternal, "HTTP/2: " + std::string(nghttp2_strerror(static_cast<int>(n)))};
+          if (n < 0)
+            return {kInternal, "HTTP/2: " + std::string(nghttp2_strerror(static_cast<int>(n)))};
           if (n == 0) break;
           out_.assign(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
         }
@@ -335,9 +339,8 @@ class Call {
       if (nghttp2_session_want_read(session_.get()) == 0 &&
           nghttp2_session_want_write(session_.get()) == 0 && out_.empty())
         return {kUnavailable, fmt::format("{} ended the HTTP/2 session", o_.target)};
-      Clock::time_point idle_limit = o_.idle_timeout.count() > 0
-                                         ? last_rx + o_.idle_timeout
-                                         : Clock::time_point::max();
+      Clock::time_point idle_limit =
+          o_.idle_timeout.count() > 0 ? last_rx + o_.idle_timeout : Clock::time_point::max();
       int w = wait(static_cast<short>(POLLIN | (out_.empty() ? 0 : POLLOUT)), idle_limit);
       if (w < 0) {
         nghttp2_submit_rst_stream(session_.get(), NGHTTP2_FLAG_NONE, stream_id_, NGHTTP2_CANCEL);
@@ -386,8 +389,8 @@ class Call {
     SSL_shutdown(ssl_.get());
   }
 
-  static ssize_t readBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
-                          uint32_t* flags, nghttp2_data_source*, void* user) {
+  static ssize_t readBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
+                          nghttp2_data_source*, void* user) {
     auto* self = static_cast<Call*>(user);
     size_t n = std::min(length, self->body_.size() - self->body_off_);
     std::memcpy(buf, self->body_.data() + self->body_off_, n);
@@ -397,8 +400,7 @@ class Call {
   }
 
   static int onHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
-                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t,
-                      void* user) {
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t, void* user) {
     auto* self = static_cast<Call*>(user);
     if (frame->hd.type != NGHTTP2_HEADERS || frame->hd.stream_id != self->stream_id_) return 0;
     std::string_view n(reinterpret_cast<const char*>(name), namelen);

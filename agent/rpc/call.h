@@ -52,7 +52,7 @@ struct CallOptions {
   std::string trust_anchor_pem;  // the control plane's certificate must chain to it
   std::string path;              // "/package.Service/Method"
   std::vector<std::pair<std::string, std::string>> metadata;  // lower-case names
-  std::chrono::milliseconds deadline{0};      // whole call; 0: none
+  std::chrono::milliseconds deadline{0};                      // whole call; 0: none
   std::chrono::milliseconds connect_timeout{10000};
   // Nothing at all received (messages, the server's keepalive PINGs) for this
   // long: the control plane is presumed gone (kUnavailable). 0: never.
