@@ -1,6 +1,10 @@
 #include "agent/admin/server.h"
 
-#include <httplib.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <sys/eventfd.h>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
@@ -8,64 +12,93 @@
 namespace sluice::agent::admin {
 
 namespace {
-void sendJson(httplib::Response& res, const nlohmann::json& j, int status = 200) {
-  res.status = status;
-  res.set_content(j.dump(2) + "\n", "application/json");
+
+void reply(evhttp_request* req, int status, const char* reason, const std::string& body,
+           const char* content_type) {
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type);
+  evbuffer* buf = evbuffer_new();
+  evbuffer_add(buf, body.data(), body.size());
+  evhttp_send_reply(req, status, reason, buf);
+  evbuffer_free(buf);
 }
+
+void replyJson(evhttp_request* req, const nlohmann::json& j, int status = 200,
+               const char* reason = "OK") {
+  reply(req, status, reason, j.dump(2) + "\n", "application/json");
+}
+
 }  // namespace
+
+// One libevent loop on the server's own thread: evhttp parses the requests
+// (bounded headers, no bodies, timeouts; malformed ones get 400, methods
+// other than GET/HEAD 405) and the handler builds each document on demand.
+void Server::handle(evhttp_request* req) {
+  std::string path = evhttp_request_get_uri(req);
+  path = path.substr(0, path.find('?'));
+  if (path == "/healthz") {
+    reply(req, 200, "OK", "ok\n", "text/plain");
+  } else if (path == "/ready") {
+    std::string reason = sources_.not_ready_reason();
+    if (reason.empty()) {
+      std::string note = sources_.ready_note ? sources_.ready_note() : "";
+      reply(req, 200, "OK", note.empty() ? "ready\n" : "ready: " + note + "\n", "text/plain");
+    } else {
+      reply(req, 503, "Service Unavailable", "not ready: " + reason + "\n", "text/plain");
+    }
+  } else if (path == "/config_dump") {
+    replyJson(req, sources_.config_dump());
+  } else if (path == "/connections") {
+    replyJson(req, sources_.connections());
+  } else if (path == "/certs") {
+    replyJson(req, sources_.certs());
+  } else if (path == "/stats") {
+    replyJson(req, sources_.stats());
+  } else {
+    replyJson(req, {{"error", "no such endpoint: " + path}}, 404, "Not Found");
+  }
+}
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sources sources) {
   auto ep = parseEndpoint(address);
   if (!ep) return fail(fmt::format("invalid admin address '{}': expected IP:PORT", address));
   std::unique_ptr<Server> self(new Server());
   self->sources_ = std::move(sources);
-  self->http_ = std::make_unique<httplib::Server>();
-  auto& http = *self->http_;
-  Server* s = self.get();
-  http.new_task_queue = [] { return new httplib::ThreadPool(2); };
-  http.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok\n", "text/plain");
-  });
-  http.Get("/ready", [s](const httplib::Request&, httplib::Response& res) {
-    std::string reason = s->sources_.not_ready_reason();
-    if (reason.empty()) {
-      std::string note = s->sources_.ready_note ? s->sources_.ready_note() : "";
-      res.set_content(note.empty() ? "ready\n" : "ready: " + note + "\n", "text/plain");
-    } else {
-      res.status = 503;
-      res.set_content("not ready: " + reason + "\n", "text/plain");
-    }
-  });
-  http.Get("/config_dump", [s](const httplib::Request&, httplib::Response& res) {
-    sendJson(res, s->sources_.config_dump());
-  });
-  http.Get("/connections", [s](const httplib::Request&, httplib::Response& res) {
-    sendJson(res, s->sources_.connections());
-  });
-  http.Get("/certs", [s](const httplib::Request&, httplib::Response& res) {
-    sendJson(res, s->sources_.certs());
-  });
-  http.Get("/stats", [s](const httplib::Request&, httplib::Response& res) {
-    sendJson(res, s->sources_.stats());
-  });
-  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (res.status == 404) sendJson(res, {{"error", "no such endpoint: " + req.path}}, 404);
-  });
-
-  int port = ntohs(ep->sin_port);
+  self->base_ = event_base_new();
+  if (!self->base_) return fail("admin API: cannot create an event loop");
+  self->http_ = evhttp_new(self->base_);
+  evhttp_set_allowed_methods(self->http_, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+  evhttp_set_max_headers_size(self->http_, 16 * 1024);
+  evhttp_set_max_body_size(self->http_, 0);
+  evhttp_set_timeout(self->http_, 10);
+  evhttp_set_gencb(
+      self->http_, [](evhttp_request* req, void* s) { static_cast<Server*>(s)->handle(req); },
+      self.get());
   std::string host = formatIp4(ep->sin_addr.s_addr);
-  if (!http.bind_to_port(host, port))
+  if (!evhttp_bind_socket_with_handle(self->http_, host.c_str(), ntohs(ep->sin_port)))
     return failErrno(
         fmt::format("cannot listen on admin address {} (is another agent running?)", address));
+  self->stop_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  self->stop_event_ = event_new(
+      self->base_, self->stop_fd_.get(), EV_READ,
+      [](evutil_socket_t, short, void* base) { event_base_loopbreak(static_cast<event_base*>(base)); },
+      self->base_);
+  event_add(self->stop_event_, nullptr);
   self->address_ = address;
-  self->thread_ = std::thread([s] { s->http_->listen_after_bind(); });
+  Server* s = self.get();
+  self->thread_ = std::thread([s] { event_base_dispatch(s->base_); });
   log::get("admin")->info("admin API on http://{}", address);
   return self;
 }
 
 Server::~Server() {
-  if (http_) http_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable()) {
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(stop_fd_.get(), &one, sizeof(one));
+    thread_.join();
+  }
+  if (stop_event_) event_free(stop_event_);
+  if (http_) evhttp_free(http_);
+  if (base_) event_base_free(base_);
 }
 
 }  // namespace sluice::agent::admin

@@ -1,6 +1,6 @@
 // Admin HTTP API of the agent (default 127.0.0.1:15000): /healthz, /ready,
 // /config_dump, /connections, /stats, /certs. Read-only JSON; served from its own
-// thread pool (cpp-httplib), never from a data-plane thread.
+// thread (libevent's evhttp), never from a data-plane thread.
 #pragma once
 
 #include <functional>
@@ -11,9 +11,12 @@
 
 #include "sluice/common/result.h"
 
-namespace httplib {
-class Server;
-}
+#include "sluice/common/unique_fd.h"
+
+struct event;
+struct event_base;
+struct evhttp;
+struct evhttp_request;
 
 namespace sluice::agent::admin {
 
@@ -38,7 +41,11 @@ class Server {
 
  private:
   Server() = default;
-  std::unique_ptr<httplib::Server> http_;
+  void handle(evhttp_request* req);
+  event_base* base_ = nullptr;
+  evhttp* http_ = nullptr;
+  event* stop_event_ = nullptr;
+  UniqueFd stop_fd_;  // written to stop the loop
   std::thread thread_;
   std::string address_;
   Sources sources_;
