@@ -1,10 +1,29 @@
 #include "controlplane/model/store.h"
 
-#include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include <algorithm>
 
 namespace sluice::controlplane::model {
+
+namespace {
+// Equality of two messages of the lite runtime (no reflection): their
+// deterministic serializations (map entries sorted by key) are equal.
+std::string canonical(const google::protobuf::MessageLite& m) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream sink(&out);
+    google::protobuf::io::CodedOutputStream coded(&sink);
+    coded.SetSerializationDeterministic(true);
+    m.SerializeToCodedStream(&coded);
+  }
+  return out;
+}
+bool sameMessage(const google::protobuf::MessageLite& a, const google::protobuf::MessageLite& b) {
+  return canonical(a) == canonical(b);
+}
+}  // namespace
 
 bool Store::enrolled(const Pod& pod, const Namespace* ns) {
   auto opt_out = pod.labels.find(kMeshLabel);
@@ -67,7 +86,7 @@ void Store::recompute() {
   for (const auto& [key, svc] : services) {
     auto old = services_.find(key);
     if (old == services_.end() ||
-        !google::protobuf::util::MessageDifferencer::Equals(old->second, svc))
+        !sameMessage(old->second, svc))
       d.services.push_back(svc);
   }
   for (const auto& [key, svc] : services_)
@@ -75,7 +94,7 @@ void Store::recompute() {
   for (const auto& [uid, w] : next) {
     auto old = workloads_.find(uid);
     if (old == workloads_.end() ||
-        !google::protobuf::util::MessageDifferencer::Equals(old->second, w))
+        !sameMessage(old->second, w))
       d.upserts.push_back(w);
   }
   for (const auto& [uid, w] : workloads_)
