@@ -12,6 +12,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
@@ -132,8 +134,10 @@ class Call {
   // 1 ready, 0 timeout, -1 cancelled.
   int wait(short events, Clock::time_point limit) const {
     pollfd p[2] = {{fd_.get(), events, 0}, {cancel_ ? cancel_->fd() : -1, POLLIN, 0}};
-    int n = ::poll(p, 2, pollTimeout(limit));
-    if (n < 0 && errno != EINTR) return 0;
+    int n;
+    do n = ::poll(p, 2, pollTimeout(limit));  // a signal is not a timeout
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return 0;
     if (p[1].revents) return -1;
     return p[0].revents ? 1 : 0;
   }
@@ -489,6 +493,28 @@ class Call {
   Status failure_;
 };
 
+// OpenSSL writes to the socket with write(2): a peer that has gone away
+// raises SIGPIPE in this thread. Blocked for the call and drained after it,
+// so the caller never depends on the process ignoring SIGPIPE.
+class SigpipeBlock {
+ public:
+  SigpipeBlock() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+  }
+  ~SigpipeBlock() {
+    if (sigismember(&old_, SIGPIPE)) return;  // blocked before us: not ours to drain
+    timespec zero{0, 0};
+    while (sigtimedwait(&pipe_, nullptr, &zero) > 0) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+
+ private:
+  sigset_t pipe_, old_;
+};
+
 }  // namespace
 
 Canceller::Canceller() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
@@ -500,6 +526,7 @@ void Canceller::cancel() const {
 
 Status call(const CallOptions& options, const std::string& request,
             const std::function<bool(const std::string&)>& on_message, const Canceller* cancel) {
+  SigpipeBlock no_sigpipe;
   return Call(options, on_message, cancel).run(request);
 }
 
