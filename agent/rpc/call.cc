@@ -8,7 +8,6 @@
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
@@ -23,6 +22,8 @@
 #include <cstring>
 #include <memory>
 
+#include "sluice/common/x509.h"
+
 namespace sluice::agent::rpc {
 
 namespace {
@@ -36,15 +37,6 @@ struct Deleter {
 using SslCtxPtr = std::unique_ptr<SSL_CTX, Deleter<SSL_CTX, SSL_CTX_free>>;
 using SslPtr = std::unique_ptr<SSL, Deleter<SSL, SSL_free>>;
 using SessionPtr = std::unique_ptr<nghttp2_session, Deleter<nghttp2_session, nghttp2_session_del>>;
-
-std::string opensslError() {
-  unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  if (e == 0) return "unknown TLS error";
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof(buf));
-  return buf;
-}
 
 // "host:port" or "[v6]:port".
 bool splitTarget(const std::string& target, std::string& host, std::string& port) {
@@ -184,26 +176,17 @@ class Call {
 
   Status handshake() {
     ctx_.reset(SSL_CTX_new(TLS_client_method()));
-    if (!ctx_) return {kInternal, "TLS: " + opensslError()};
+    if (!ctx_) return {kInternal, "TLS: " + x509::opensslError()};
     SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_PEER, nullptr);
     SSL_CTX_set_mode(ctx_.get(),
                      SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     static const unsigned char kAlpn[] = {2, 'h', '2'};
     SSL_CTX_set_alpn_protos(ctx_.get(), kAlpn, sizeof(kAlpn));
-    {
-      BIO* bio =
-          BIO_new_mem_buf(o_.trust_anchor_pem.data(), static_cast<int>(o_.trust_anchor_pem.size()));
-      int anchors = 0;
-      while (X509* x = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
-        X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx_.get()), x);
-        X509_free(x);
-        ++anchors;
-      }
-      BIO_free(bio);
-      ERR_clear_error();
-      if (anchors == 0) return {kUnavailable, "the trust anchor bundle holds no PEM certificate"};
-    }
+    auto anchors = x509::parseChain(o_.trust_anchor_pem);
+    if (!anchors) return {kUnavailable, "trust anchor bundle: " + anchors.error().describe()};
+    for (auto& anchor : *anchors)
+      X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx_.get()), anchor.get());
     ssl_.reset(SSL_new(ctx_.get()));
     SSL_set_fd(ssl_.get(), fd_.get());
     // The control plane's certificate must name the address we dialled.
@@ -222,7 +205,7 @@ class Call {
         long verify = SSL_get_verify_result(ssl_.get());
         std::string why = verify != X509_V_OK ? fmt::format("certificate verification failed: {}",
                                                             X509_verify_cert_error_string(verify))
-                                              : opensslError();
+                                              : x509::opensslError();
         return {kUnavailable, fmt::format("TLS handshake with {}: {}", o_.target, why)};
       }
       int w = wait(err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, limit);
