@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <set>
 
@@ -26,11 +27,14 @@ class FakeEngine final : public ztunnel::Engine {
       return fail("listener creation refused by the fake");
     }
     pods.insert(pod.uid);
+    service_accounts[pod.uid] = pod.service_account;
+    ++adds;
     return {};
   }
   void removePod(const std::string& uid) override {
     std::lock_guard lk(mu);
     pods.erase(uid);
+    service_accounts.erase(uid);
   }
   std::vector<ztunnel::ListenerInfo> listeners() const override { return {}; }
   std::vector<ztunnel::ConnectionInfo> connections() const override { return {}; }
@@ -41,8 +45,21 @@ class FakeEngine final : public ztunnel::Engine {
     std::lock_guard lk(mu);
     return pods.count(uid) != 0;
   }
+  // The service account the engine was given for uid (its identity).
+  std::string serviceAccount(const std::string& uid) {
+    std::lock_guard lk(mu);
+    auto it = service_accounts.find(uid);
+    return it == service_accounts.end() ? "<not registered>" : it->second;
+  }
+  void forget() {  // the old process and its listeners are gone
+    std::lock_guard lk(mu);
+    pods.clear();
+    service_accounts.clear();
+  }
   std::mutex mu;
   std::set<std::string> pods;
+  std::map<std::string, std::string> service_accounts;
+  int adds = 0;
   bool fail_next = false;
 };
 
@@ -166,5 +183,62 @@ TEST_SUITE("pod_manager") {
     CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
     CHECK_FALSE(f.loader->enrolled().lookup(424242).has_value());
     CHECK(again.enrolledCount() == 1);
+  }
+
+  TEST_CASE("restart: the pod keeps its service account - the engine gets its real identity") {
+    Fixture f;
+    {
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+      pm.onWorkloads(Fixture::view(true), 1);
+      REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+      CHECK(f.engine.serviceAccount("ctr-1") == "web");
+    }
+    f.engine.forget();
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json");
+    again.restore();  // no control plane yet
+    CHECK(f.engine.serviceAccount("ctr-1") == "web");
+    CHECK(again.enrolledServiceAccounts() ==
+          std::set<std::pair<std::string, std::string>>{{"shop", "web"}});
+    // The first view changes nothing for it.
+    int adds = f.engine.adds;
+    again.onWorkloads(Fixture::view(true), 2);
+    CHECK(f.engine.adds == adds);
+    CHECK(f.engine.serviceAccount("ctr-1") == "web");
+  }
+
+  TEST_CASE(
+      "restart from a state file without service accounts: the first view re-registers the pod "
+      "with the engine under its identity - capture stays in place") {
+    Fixture f;
+    {
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+      pm.onWorkloads(Fixture::view(true), 1);
+      REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+    }
+    // What an older agent wrote: no service_account in the entries.
+    nlohmann::json state;
+    {
+      std::ifstream in(f.state + "/pods.json");
+      state = nlohmann::json::parse(in);
+    }
+    for (auto& p : state["pods"]) p.erase("service_account");
+    {
+      std::ofstream out(f.state + "/pods.json", std::ios::trunc);
+      out << state.dump();
+    }
+    f.engine.forget();
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json");
+    again.restore();
+    REQUIRE(f.engine.has("ctr-1"));  // re-adopted: capture fails closed, never open
+    CHECK(f.engine.serviceAccount("ctr-1") == "");
+    again.onWorkloads(Fixture::view(true), 2);
+    CHECK(f.engine.serviceAccount("ctr-1") == "web");
+    CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
+    CHECK(again.check("ctr-1", "uid-1").has_value());
+    CHECK(again.enrolledServiceAccounts() ==
+          std::set<std::pair<std::string, std::string>>{{"shop", "web"}});
+    // And the state file has it now.
+    std::ifstream in(f.state + "/pods.json");
+    CHECK(nlohmann::json::parse(in)["pods"][0]["service_account"] == "web");
   }
 }

@@ -162,6 +162,33 @@ TEST_SUITE("discovery") {
     CHECK((*client)->version() == store.version());
   }
 
+  TEST_CASE(
+      "a restarted control plane at the same version number sends a snapshot - not 'up to "
+      "date'") {
+    // The first instance: the namespace is meshed (version 1).
+    auto store = std::make_unique<controlplane::model::Store>();
+    REQUIRE(store->setSource("a", podObjects("web")).has_value());
+    int port = 0;
+    auto cp = std::make_unique<ControlPlane>(*store, port);
+    Recorder rec;
+    auto client = agent::discovery::Client::create(clientConfig(port), rec);
+    REQUIRE(client.has_value());
+    REQUIRE(rec.waitUntil([](Recorder& r) { return r.view["uid-web"].enrolled(); }));
+    const uint64_t before = (*client)->version();
+    cp.reset();
+    REQUIRE(rec.waitUntil([&](Recorder&) { return !(*client)->connected(); }));
+    // A new instance, with a change made while it was down, happens to be at
+    // the same version: it has counted its changes from zero again.
+    store = std::make_unique<controlplane::model::Store>();
+    auto unlabelled = podObjects("web");
+    unlabelled.namespaces[0].labels.clear();
+    REQUIRE(store->setSource("a", unlabelled).has_value());
+    REQUIRE(store->version() == before);
+    cp = std::make_unique<ControlPlane>(*store, port);
+    CHECK(rec.waitUntil([](Recorder& r) { return !r.view["uid-web"].enrolled(); }));
+    CHECK((*client)->connected());
+  }
+
   TEST_CASE("an agent already at the current version gets an up-to-date message - not a snapshot") {
     controlplane::model::Store store;
     REQUIRE(store.setSource("a", podObjects("web")).has_value());

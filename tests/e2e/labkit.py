@@ -4,8 +4,11 @@ Every test class brings a lab up in setUpClass and tears it down in
 tearDownClass (also when a test fails); background processes started with
 spawn() are killed first. Tests poll with deadlines; they never sleep to wait.
 """
+import contextlib
 import json
 import os
+import signal
+import struct
 import subprocess
 import sys
 import time
@@ -47,7 +50,54 @@ def wait_for(what, fn, timeout=15.0, interval=0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-class Lab:
+def tcp_payloads(pcap_path):
+    """(src, sport, dst, dport, payload) for every TCP segment with data (pcap, Ethernet)."""
+    out = []
+    with open(pcap_path, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return out
+    magic = struct.unpack("<I", data[:4])[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    off = 24
+    while off + 16 <= len(data):
+        _, _, incl, _ = struct.unpack(endian + "IIII", data[off:off + 16])
+        pkt = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(pkt) < 14 or pkt[12:14] != b"\x08\x00":
+            continue
+        ip = pkt[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        if ip[9] != 6:
+            continue
+        total = struct.unpack("!H", ip[2:4])[0]
+        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
+        tcp = ip[ihl:total]
+        sport, dport = struct.unpack("!HH", tcp[:4])
+        doff = (tcp[12] >> 4) * 4
+        payload = tcp[doff:]
+        if payload:
+            out.append((src, sport, dst, dport, payload))
+    return out
+
+
+@contextlib.contextmanager
+def capture_hub(pcap_path):
+    """tcpdump of every TCP segment on the lab's bridge (the link between nodes) while the block runs."""
+    dump = subprocess.Popen(["ip", "netns", "exec", "slb-hub", "tcpdump", "-i", "slbr0", "-U", "-n", "-w",
+                             pcap_path, "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = dump.stderr.readline()
+        if "listening" not in line:
+            raise AssertionError(f"tcpdump did not start: {line}")
+        yield
+        time.sleep(0.5)  # let tcpdump write the last segments (-U: per packet)
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(timeout=10)
+
+
+
     def __init__(self, nodes=1):
         self.nodes = nodes
         self.procs = []

@@ -13,7 +13,7 @@ import tempfile
 import time
 import unittest
 
-from labkit import LabTest, run, wait_for, REPO
+from labkit import LabTest, run, tcp_payloads, wait_for, REPO
 
 MESH = "sluice.dev/mesh"
 H2APP = os.path.join(REPO, "tests", "e2e", "apps", "h2connect.py")
@@ -21,37 +21,6 @@ SYS_PY = "/usr/bin/python3"  # Debian's, with python3-h2
 LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 CERT_TTL = 120
 MARKER = "SLUICE-PLAINTEXT-MARKER-7f3a9c"
-
-
-def tcp_payloads(pcap_path):
-    """(src, sport, dst, dport, payload) for every TCP segment with data (pcap, Ethernet)."""
-    out = []
-    with open(pcap_path, "rb") as f:
-        data = f.read()
-    if len(data) < 24:
-        return out
-    magic = struct.unpack("<I", data[:4])[0]
-    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    off = 24
-    while off + 16 <= len(data):
-        _, _, incl, _ = struct.unpack(endian + "IIII", data[off:off + 16])
-        pkt = data[off + 16:off + 16 + incl]
-        off += 16 + incl
-        if len(pkt) < 14 or pkt[12:14] != b"\x08\x00":
-            continue
-        ip = pkt[14:]
-        ihl = (ip[0] & 0x0F) * 4
-        if ip[9] != 6:
-            continue
-        total = struct.unpack("!H", ip[2:4])[0]
-        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
-        tcp = ip[ihl:total]
-        sport, dport = struct.unpack("!HH", tcp[:4])
-        doff = (tcp[12] >> 4) * 4
-        payload = tcp[doff:]
-        if payload:
-            out.append((src, sport, dst, dport, payload))
-    return out
 
 
 def server_hello_version(payload):

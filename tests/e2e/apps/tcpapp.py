@@ -16,6 +16,11 @@ Clients:
                                                   {"by_server": {ip: count}, "failures": [...]}
   tcpapp.py hold HOST PORT SECONDS                one echo connection, a round trip every 0.2 s for
                                                   SECONDS; prints "ready" once connected, "ok n=.."
+  tcpapp.py loop HOST PORT CONC TEXT              CONC threads each opening NEW echo connections back
+                                                  to back (one line "TEXT <n>", reply checked) until
+                                                  stdin closes; prints "ready" after the first success,
+                                                  then JSON {"buckets": [{"t": unix second, "ok", "fail"}],
+                                                  "failures": [[unix time, error], ...] (the last 300)}
 """
 import asyncio
 import hashlib
@@ -252,6 +257,61 @@ def client_hold(host, port, seconds):
     print(f"ok n={n}", flush=True)
 
 
+def client_loop(host, port, conc, text):
+    import collections
+    import json
+    import time
+
+    lock = threading.Lock()
+    buckets, failures = {}, collections.deque(maxlen=300)
+    first_ok = threading.Event()
+    stop = threading.Event()
+
+    def record(start, err):
+        with lock:
+            b = buckets.setdefault(int(start), [0, 0])
+            b[0 if err is None else 1] += 1
+            if err is not None:
+                failures.append([round(start, 3), err])
+
+    def worker(w):
+        n = 0
+        while not stop.is_set():
+            msg = f"{text} {w}-{n}\n".encode()
+            n += 1
+            start = time.time()
+            err = None
+            try:
+                with socket.create_connection((host, port), timeout=2) as c:
+                    c.sendall(msg)
+                    back = c.makefile("rb").readline()
+                    if back != msg:
+                        err = f"bad reply {back[:60]!r}"
+            except OSError as e:
+                err = f"{type(e).__name__}: {e}"
+            record(start, err)
+            if err is None:
+                first_ok.set()
+            else:
+                time.sleep(0.005)  # a refused connect returns at once: do not spin
+
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(conc)]
+    for t in threads:
+        t.start()
+    if not first_ok.wait(30):
+        stop.set()
+        sys.exit(f"loop: no connection to {host}:{port} succeeded in 30 s: {list(failures)[-3:]}")
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+    stop.set()
+    for t in threads:
+        t.join(5)
+    with lock:
+        out = {"buckets": [{"t": t, "ok": b[0], "fail": b[1]} for t, b in sorted(buckets.items())],
+               "failures": list(failures)}
+    print(json.dumps(out), flush=True)
+
+
 def client_spread(host, port, n, conc):
     import json
     from concurrent.futures import ThreadPoolExecutor
@@ -300,6 +360,8 @@ def main():
         client_say(a[1], int(a[2]), a[3])
     elif cmd == "spread":
         client_spread(a[1], int(a[2]), int(a[3]), int(a[4]))
+    elif cmd == "loop":
+        client_loop(a[1], int(a[2]), int(a[3]), a[4])
     elif cmd == "hold":
         client_hold(a[1], int(a[2]), float(a[3]))
     else:
