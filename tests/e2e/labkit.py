@@ -97,7 +97,7 @@ def capture_hub(pcap_path):
         dump.wait(timeout=10)
 
 
-
+class Lab:
     def __init__(self, nodes=1):
         self.nodes = nodes
         self.procs = []
