@@ -21,7 +21,7 @@ nlohmann::json podJson(const LocalPod& p) {
           {"name", p.ref.name},         {"container_id", p.ref.container_id},
           {"netns", p.ref.netns_path},  {"ifname", p.ref.ifname},
           {"ip", formatIp4(p.ref.ip4)}, {"netns_cookie", p.netns_cookie},
-          {"enrolled", p.enrolled}};
+          {"enrolled", p.enrolled},     {"service_account", p.service_account}};
 }
 
 std::string podName(const PodRef& r) { return r.ns + "/" + r.name; }
@@ -117,9 +117,19 @@ void PodManager::onWorkloads(const std::map<std::string, Workload>& all, uint64_
   workloads_changed_.notify_all();
 }
 
+void PodManager::seedWorkloads(const std::map<std::string, Workload>& all) {
+  std::lock_guard lk(mu_);
+  workloads_ = all;  // version_ stays 0: not the control plane's word yet
+  for (auto& [id, pod] : pods_) reconcile(pod);
+  workloads_changed_.notify_all();
+}
+
 void PodManager::reconcile(LocalPod& pod) {
   Decision d = decide(pod.ref);
-  if (const Workload* w = findWorkload(pod.ref)) pod.service_account = w->service_account();
+  if (const Workload* w = findWorkload(pod.ref); w && w->service_account() != pod.service_account) {
+    pod.service_account = w->service_account();
+    persist();
+  }
   bool want = d.enrolled;
   if (!d.known) {
     // Until the first view arrives, keep what we had (restart); once synced,
@@ -127,7 +137,9 @@ void PodManager::reconcile(LocalPod& pod) {
     if (version_ == 0) return;
     want = false;
   }
-  if (want && !pod.enrolled) {
+  if (want && pod.enrolled && pod.engine_service_account != pod.service_account) {
+    reregister(pod);
+  } else if (want && !pod.enrolled) {
     if (auto r = enroll(pod); !r) {
       pod.last_error = r.error().describe();
       logger()->error("enrolling pod {} failed: {}", podName(pod.ref), pod.last_error);
@@ -148,6 +160,7 @@ Result<void> PodManager::enroll(LocalPod& pod) {
   spec.netns_cookie = pod.netns_cookie;
   spec.netns_fd = pod.netns.get();
   if (auto r = engine_.addPod(spec); !r) return r;
+  pod.engine_service_account = pod.service_account;
   if (auto r = loader_.attachTc(pod.netns.get(), pod.ref.ifname); !r) {
     engine_.removePod(spec.uid);
     return r;
@@ -164,6 +177,37 @@ Result<void> PodManager::enroll(LocalPod& pod) {
   logger()->info("pod {} enrolled (ip {}, netns cookie {})", podName(pod.ref),
                  formatIp4(pod.ref.ip4), pod.netns_cookie);
   return {};
+}
+
+// The engine keeps a pod's identity from addPod on; a pod re-adopted under
+// the wrong service account (a state file from before it was kept there)
+// is registered again. Only the engine's side: capture stays in place, so
+// in between the pod's connections are refused (nothing listens), never
+// let through. A pod's service account cannot change in Kubernetes, so this
+// happens at most once per pod, right after such a restart.
+void PodManager::reregister(LocalPod& pod) {
+  logger()->info("pod {}: service account '{}' instead of '{}': registering it again", podName(pod.ref),
+                 pod.service_account, pod.engine_service_account);
+  engine_.removePod(pod.ref.container_id);
+  ztunnel::PodSpec spec;
+  spec.uid = pod.ref.container_id;
+  spec.name_namespace = podName(pod.ref);
+  spec.service_account = pod.service_account;
+  spec.ip4 = pod.ref.ip4;
+  spec.netns_cookie = pod.netns_cookie;
+  spec.netns_fd = pod.netns.get();
+  if (auto r = engine_.addPod(spec); !r) {
+    // Without listeners the capture would only refuse: take it out too, and
+    // let the next view try the whole enrollment again.
+    pod.last_error = r.error().describe();
+    logger()->error("registering pod {} again failed: {}", podName(pod.ref), pod.last_error);
+    loader_.enrolled().erase(pod.netns_cookie);
+    loader_.detachTc(pod.netns.get(), pod.ref.ifname);
+    pod.enrolled = false;
+    persist();
+    return;
+  }
+  pod.engine_service_account = pod.service_account;
 }
 
 void PodManager::unenroll(LocalPod& pod) {
@@ -217,6 +261,8 @@ void PodManager::restore() {
           ref.ip4 = parseIp4(j.at("ip").get<std::string>()).value_or(0);
           bool was_enrolled = j.at("enrolled").get<bool>();
           uint64_t saved_cookie = j.at("netns_cookie").get<uint64_t>();
+          // Absent from state files of agents before it was kept.
+          std::string service_account = j.value("service_account", std::string());
           auto netns = openNetns(ref.netns_path);
           if (!netns) {
             logger()->info("pod {} is gone ({}); dropping it", podName(ref),
@@ -233,6 +279,9 @@ void PodManager::restore() {
           pod.ref = ref;
           pod.netns = std::move(*netns);
           pod.netns_cookie = *cookie;
+          pod.service_account = service_account;
+          if (const Workload* w = findWorkload(ref); w && pod.service_account.empty())
+            pod.service_account = w->service_account();
           auto [it, inserted] = pods_.emplace(ref.container_id, std::move(pod));
           if (inserted && was_enrolled) {
             if (auto r = enroll(it->second); !r) {
@@ -265,7 +314,6 @@ nlohmann::json PodManager::dump() const {
   nlohmann::json pods = nlohmann::json::array();
   for (const auto& [id, p] : pods_) {
     nlohmann::json j = podJson(p);
-    j["service_account"] = p.service_account;
     j["error"] = p.last_error;
     pods.push_back(std::move(j));
   }

@@ -44,7 +44,12 @@ struct LocalPod {
   UniqueFd netns;
   uint64_t netns_cookie = 0;
   bool enrolled = false;
+  // From the control plane's view (persisted: a restarted agent needs the
+  // pod's identity before the control plane answers).
   std::string service_account;
+  // What the engine was given at addPod while enrolled: its identity for the
+  // pod is fixed there, so a different service_account needs a re-register.
+  std::string engine_service_account;
   std::string last_error;  // why enrollment failed, for config_dump
 };
 
@@ -68,10 +73,16 @@ class PodManager {
 
   // A new control-plane view: reconciles every local pod.
   void onWorkloads(const std::map<std::string, Workload>& all, uint64_t version);
+  // At start, before restore(): the workloads of the view persisted by the
+  // previous process. An interim: pods follow it where it knows them, but
+  // (as before any view) a pod it does not know keeps its state until the
+  // control plane's own view arrives through onWorkloads.
+  void seedWorkloads(const std::map<std::string, Workload>& all);
 
   // After a restart: re-opens the pods of the state file and re-enrolls those
-  // that were enrolled, without waiting for the control plane. Stale netns
-  // cookies in the enrolled map are removed.
+  // that were enrolled, under the service account kept there (or, from an
+  // older state file, the seeded view's), without waiting for the control
+  // plane. Stale netns cookies in the enrolled map are removed.
   void restore();
 
   nlohmann::json dump() const;
@@ -84,6 +95,7 @@ class PodManager {
   void reconcile(LocalPod& pod);                          // needs mu_
   Result<void> enroll(LocalPod& pod);                     // needs mu_
   void unenroll(LocalPod& pod);                           // needs mu_
+  void reregister(LocalPod& pod);                         // needs mu_
   void persist() const;                                   // needs mu_
   const Workload* findWorkload(const PodRef& ref) const;  // needs mu_
 
