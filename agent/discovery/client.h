@@ -1,6 +1,8 @@
 // The agent's control-plane client: one Discovery.Watch stream, reconnected
-// with exponential backoff + jitter, resuming from the last applied version.
-// The last good view is kept while the control plane is away.
+// with exponential backoff + jitter, resuming from the last applied (epoch,
+// version). The last good view is kept while the control plane is away, and
+// written to a file (ClientConfig::view_file) so that a restarted agent has
+// it before the control plane answers (loadView).
 #pragma once
 
 #include <atomic>
@@ -32,6 +34,21 @@ struct View {
   bool apply(const sluice::api::v1::WatchResponse& resp);
 };
 
+// A view as it was written to disk: the whole view as one snapshot message
+// (a serialized WatchResponse, full=true, with its version and epoch).
+struct PersistedView {
+  View view;
+  uint64_t version = 0;
+  uint64_t epoch = 0;
+};
+sluice::api::v1::WatchResponse snapshotOf(const View& view, uint64_t version, uint64_t epoch);
+// Writes atomically (temporary file + rename): a crash leaves the old file or
+// the new one, never a mix.
+Result<void> saveView(const std::string& path, const std::string& bytes);
+// Fails with errno ENOENT when there is no file; any other failure means the
+// file is unusable (and should be ignored, not trusted in part).
+Result<PersistedView> loadView(const std::string& path);
+
 class Listener {
  public:
   virtual ~Listener() = default;
@@ -50,6 +67,12 @@ struct ClientConfig {
   // Nothing from the control plane for this long (it sends keepalive PINGs
   // every 20 s) and the stream is presumed dead and redialled.
   std::chrono::milliseconds idle_timeout{60000};
+  // Where the last good view is kept across restarts (empty: nowhere). It is
+  // written after a change, at most once per persist_interval, by a thread of
+  // its own: the whole view is serialized each time, so a burst of deltas
+  // costs one write, not one per message.
+  std::string view_file;
+  std::chrono::milliseconds persist_interval{1000};
 };
 
 class Client {
@@ -58,8 +81,11 @@ class Client {
   ~Client();  // cancels the stream and joins the thread
 
   bool connected() const { return connected_; }
+  // A view from the control plane has been applied (on this process's
+  // stream; a view loaded from disk does not count).
   bool synced() const { return synced_; }
   uint64_t version() const { return version_; }
+  uint64_t epoch() const { return epoch_; }
   std::string lastError() const;
   // When the stream to the control plane was last lost (connected() false);
   // epoch when it never was.
@@ -69,21 +95,30 @@ class Client {
   Client(ClientConfig config, Listener& listener)
       : config_(std::move(config)), listener_(listener) {}
   void run();
+  void persistLoop();
   void setError(const std::string& e);
 
   ClientConfig config_;
   Listener& listener_;
-  View view_;  // client thread only
+  // Changed by the client thread only, under view_mu_; read by it without the
+  // lock, and by the persister under it.
+  View view_;
+  std::mutex view_mu_;
   std::atomic<bool> connected_{false};
   std::atomic<bool> synced_{false};
   std::atomic<uint64_t> version_{0};
+  std::atomic<uint64_t> epoch_{0};
   std::atomic<bool> stopping_{false};
-  mutable std::mutex mu_;  // guards last_error_, disconnected_since_
+  mutable std::mutex mu_;  // guards last_error_, disconnected_since_, view_dirty_
   std::condition_variable wake_;
+  std::condition_variable persist_wake_;
+  bool view_dirty_ = false;    // view_ changed since the persister last wrote it
+  bool persist_stop_ = false;  // set once the client thread has ended
   rpc::Canceller cancel_;
   std::string last_error_;
   std::chrono::system_clock::time_point disconnected_since_{};
   std::thread thread_;
+  std::thread persister_;
 };
 
 }  // namespace sluice::agent::discovery

@@ -25,11 +25,13 @@ grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::Wat
       return {grpc::StatusCode::PERMISSION_DENIED, "this token belongs to node " + *who};
     }
   }
-  logger->info("agent of node {} connected from {} (resume version {})", node, ctx->peer(),
-               req->resume_version());
+  const uint64_t epoch = store_.epoch();
+  logger->info("agent of node {} connected from {} (resume version {} of epoch {:x}; this is {:x})",
+               node, ctx->peer(), req->resume_version(), req->resume_epoch(), epoch);
   auto toResponse = [&](const model::Delta& d) {
     WatchResponse r;
     r.set_version(d.version);
+    r.set_epoch(epoch);
     r.set_full(d.full);
     for (const auto& w : d.upserts)
       if (visibleTo(node, w)) *r.add_upserts() = w;
@@ -40,9 +42,13 @@ grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::Wat
   };
   uint64_t sent;
   uint64_t current = store_.version();
-  if (req->resume_version() != 0 && req->resume_version() == current) {
+  // A version only means something in its epoch: after a restart the
+  // counter starts again, and an agent at the same number has another view.
+  if (req->resume_version() != 0 && req->resume_version() == current &&
+      req->resume_epoch() == epoch) {
     WatchResponse up_to_date;
     up_to_date.set_version(current);
+    up_to_date.set_epoch(epoch);
     if (!writer->Write(up_to_date)) return grpc::Status::OK;
     sent = current;
   } else {

@@ -4,6 +4,7 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include <algorithm>
+#include <random>
 
 namespace sluice::controlplane::model {
 
@@ -23,7 +24,16 @@ std::string canonical(const google::protobuf::MessageLite& m) {
 bool sameMessage(const google::protobuf::MessageLite& a, const google::protobuf::MessageLite& b) {
   return canonical(a) == canonical(b);
 }
+
+uint64_t randomEpoch() {
+  std::random_device rd;
+  uint64_t e = 0;
+  while (e == 0) e = (uint64_t(rd()) << 32) | rd();
+  return e;
+}
 }  // namespace
+
+Store::Store(EndpointsMode mode) : mode_(mode), epoch_(randomEpoch()) {}
 
 bool Store::enrolled(const Pod& pod, const Namespace* ns) {
   auto opt_out = pod.labels.find(kMeshLabel);

@@ -105,7 +105,7 @@ class Store {
  public:
   static constexpr size_t kHistory = 4096;
 
-  explicit Store(EndpointsMode mode = EndpointsMode::kSlicesOrSelector) : mode_(mode) {}
+  explicit Store(EndpointsMode mode = EndpointsMode::kSlicesOrSelector);
 
   // Replaces everything `source` supplied. Fails (changing nothing) when an
   // object collides with one from another source (same pod uid / namespace).
@@ -113,6 +113,10 @@ class Store {
   void removeSource(const std::string& source);
 
   uint64_t version() const;
+  // Random and non-zero, fixed for the life of this Store: versions of two
+  // Stores (a control plane and its restarted self) are only comparable
+  // when their epochs are equal.
+  uint64_t epoch() const { return epoch_; }
   Delta snapshot() const;
   // Blocks until the version moves past `since` (or timeout / stop()).
   // Returns the changes since `since` (full snapshot if history is too short),
@@ -132,6 +136,7 @@ class Store {
   std::map<std::string, ServiceView> computeServices() const;  // needs mu_
 
   const EndpointsMode mode_;
+  const uint64_t epoch_;
   mutable std::mutex mu_;
   std::condition_variable changed_;
   bool stopped_ = false;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "agent/discovery/client.h"
@@ -200,14 +201,107 @@ TEST_SUITE("discovery") {
     api::v1::WatchRequest req;
     req.set_node("node1");
     req.set_resume_version(store.version());
+    req.set_resume_epoch(store.epoch());
     auto reader = stub->Watch(&ctx, req);
     api::v1::WatchResponse resp;
     REQUIRE(reader->Read(&resp));
     CHECK_FALSE(resp.full());
     CHECK(resp.upserts_size() == 0);
     CHECK(resp.version() == store.version());
+    CHECK(resp.epoch() == store.epoch());
     ctx.TryCancel();
     reader->Finish();
+  }
+
+  TEST_CASE("a resume at the current version number of another epoch - or of none - gets a snapshot") {
+    controlplane::model::Store store;
+    REQUIRE(store.setSource("a", podObjects("web")).has_value());
+    CHECK(store.epoch() != 0);
+    CHECK(controlplane::model::Store().epoch() != store.epoch());
+    int port = 0;
+    ControlPlane cp(store, port);
+    auto stub = api::v1::Discovery::NewStub(tlsChannel(port));
+    for (uint64_t epoch : {store.epoch() ^ 1, uint64_t{0}}) {
+      CAPTURE(epoch);
+      grpc::ClientContext ctx;
+      ctx.AddMetadata("authorization", "Bearer " + kNode1Token);
+      api::v1::WatchRequest req;
+      req.set_node("node1");
+      req.set_resume_version(store.version());
+      req.set_resume_epoch(epoch);
+      auto reader = stub->Watch(&ctx, req);
+      api::v1::WatchResponse resp;
+      REQUIRE(reader->Read(&resp));
+      CHECK(resp.full());
+      CHECK(resp.upserts_size() == 1);
+      CHECK(resp.version() == store.version());
+      CHECK(resp.epoch() == store.epoch());
+      ctx.TryCancel();
+      reader->Finish();
+    }
+  }
+
+  TEST_CASE("the client keeps its view in a file: written after changes - read back whole") {
+    controlplane::model::Store store;
+    REQUIRE(store.setSource("a", podObjects("web")).has_value());
+    int port = 0;
+    ControlPlane cp(store, port);
+    auto file = (std::filesystem::temp_directory_path() /
+                 ("sluice-view-" + std::to_string(getpid()) + ".pb"))
+                    .string();
+    std::filesystem::remove(file);
+    auto missing = agent::discovery::loadView(file);
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code == ENOENT);
+    Recorder rec;
+    auto cfg = clientConfig(port);
+    cfg.view_file = file;
+    cfg.persist_interval = 200ms;
+    auto client = agent::discovery::Client::create(cfg, rec);
+    REQUIRE(client.has_value());
+    auto persisted = [&](auto pred) {
+      return rec.waitUntil([&](Recorder&) {
+        auto v = agent::discovery::loadView(file);
+        return v && pred(*v);
+      });
+    };
+    CHECK(persisted([&](const agent::discovery::PersistedView& v) {
+      return v.view.workloads.count("uid-web") && v.view.workloads.at("uid-web").enrolled() &&
+             v.version == store.version() && v.epoch == store.epoch();
+    }));
+    // A burst of changes: the last one is written (within the interval).
+    for (int i = 0; i < 5; ++i) {
+      auto objs = podObjects("web");
+      objs.pods[0].labels["round"] = std::to_string(i);
+      REQUIRE(store.setSource("a", objs).has_value());
+    }
+    CHECK(persisted([&](const agent::discovery::PersistedView& v) {
+      return v.version == store.version() && v.view.workloads.count("uid-web") &&
+             v.view.workloads.at("uid-web").labels().at("round") == "4";
+    }));
+    // Services come back too; and the last change is written on shutdown.
+    auto objs = podObjects("web");
+    controlplane::model::Service svc;
+    svc.ns = "shop";
+    svc.name = "web";
+    svc.vips = {"10.96.0.10"};
+    svc.ports = {{"http", 80, "TCP", 8080, ""}};
+    svc.has_selector = true;
+    objs.services.push_back(svc);
+    REQUIRE(store.setSource("a", objs).has_value());
+    REQUIRE(rec.waitUntil([](Recorder& r) { return r.services.count("shop/web") == 1; }));
+    client->reset();
+    auto last = agent::discovery::loadView(file);
+    REQUIRE(last.has_value());
+    CHECK(last->version == store.version());
+    CHECK(last->view.services.count("shop/web") == 1);
+    // Garbage is refused as a whole, never half trusted.
+    {
+      std::ofstream out(file, std::ios::trunc | std::ios::binary);
+      out << "not a view";
+    }
+    CHECK_FALSE(agent::discovery::loadView(file).has_value());
+    std::filesystem::remove(file);
   }
 
   TEST_CASE("a request without a node name is refused") {
