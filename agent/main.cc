@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -51,7 +52,8 @@ Flags:
   --bpf-pin-dir DIR         where BPF maps and links are pinned (default /sys/fs/bpf/sluice)
   --cni-socket PATH         unix socket for sluice-cni (default /var/run/sluice/cni.sock)
   --admin-addr IP:PORT      admin HTTP API (default 127.0.0.1:15000)
-  --state-dir DIR           pod table kept across restarts (default /var/run/sluice/state)
+  --state-dir DIR           pod table and last view of the mesh kept across restarts
+                            (default /var/run/sluice/state)
   --cgroup DIR              cgroup-v2 root to attach to (default: the cgroup2 mount)
   --workers N               proxy worker threads, 0 = one per CPU (default 0)
   --exclude-ports P1,P2     destination ports never captured (default none)
@@ -233,9 +235,27 @@ class DiscoveryBridge final : public agent::discovery::Listener {
     {
       std::lock_guard lk(mu_);
       services_ = view.services;
+      source_ = "live";
     }
     pods_.onWorkloads(view.workloads, version);
     changed_();
+  }
+  // At start, before the pods are re-adopted: the view the previous process
+  // kept, so that the proxy routes by it from the first connection.
+  void seed(const agent::discovery::View& view) {
+    directory_.update(view);
+    {
+      std::lock_guard lk(mu_);
+      services_ = view.services;
+      source_ = "persisted";
+    }
+    pods_.seedWorkloads(view.workloads);
+  }
+  // Where the view in use came from: "none" (outbound is refused),
+  // "persisted" (the last process's, until the control plane answers), "live".
+  std::string source() const {
+    std::lock_guard lk(mu_);
+    return source_;
   }
 
  private:
@@ -244,6 +264,7 @@ class DiscoveryBridge final : public agent::discovery::Listener {
   std::function<void()> changed_;
   mutable std::mutex mu_;
   std::map<std::string, api::v1::Service> services_;
+  std::string source_ = "none";
 
  public:
   // The Services of the last view, for /config_dump.
@@ -355,7 +376,6 @@ int runAgent(const Flags& flags) {
   }
 
   agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json");
-  pods.restore();
   // Fetch ahead: every enrolled pod's identity gets a certificate before it is needed.
   auto sync_identities = [&] {
     std::set<std::string> uris;
@@ -363,14 +383,40 @@ int runAgent(const Flags& flags) {
       uris.insert(x509::SpiffeId{flags.trust_domain, ns, sa}.uri());
     certs.setIdentities(uris);
   };
+  DiscoveryBridge discovery_bridge(pods, directory, sync_identities);
+
+  // The last good view first, then the pods: a re-adopted pod's first
+  // connection is routed by it (a meshed destination over mTLS, never in
+  // plaintext). Without any view the proxy refuses outbound connections
+  // until the control plane's arrives.
+  const std::string view_file = flags.state_dir + "/view.pb";
+  std::optional<agent::discovery::PersistedView> persisted;
+  if (auto v = agent::discovery::loadView(view_file)) {
+    persisted = std::move(*v);
+    discovery_bridge.seed(persisted->view);
+    logger->info(
+        "using the view kept in {} (version {} of epoch {:x}: {} workloads, {} services) until "
+        "the control plane answers",
+        view_file, persisted->version, persisted->epoch, persisted->view.workloads.size(),
+        persisted->view.services.size());
+  } else if (v.error().code == ENOENT) {
+    logger->info("no view kept in {}: outbound connections of enrolled pods are refused until "
+                 "the control plane answers",
+                 view_file);
+  } else {
+    logger->warn("ignoring the kept view: {}; outbound connections of enrolled pods are refused "
+                 "until the control plane answers",
+                 v.error().describe());
+  }
+  pods.restore();
   sync_identities();
 
-  DiscoveryBridge discovery_bridge(pods, directory, sync_identities);
   agent::discovery::ClientConfig discovery_config;
   discovery_config.target = flags.controlplane;
   discovery_config.node_name = flags.node_name;
   discovery_config.trust_anchor_pem = *trust_anchor;
   discovery_config.token = token;
+  discovery_config.view_file = view_file;
   auto discovery = agent::discovery::Client::create(discovery_config, discovery_bridge);
   if (!discovery) {
     logger->critical("control plane client: {}", discovery.error().describe());
@@ -395,7 +441,13 @@ int runAgent(const Flags& flags) {
                          {"connected", disc.connected()},
                          {"synced", disc.synced()},
                          {"version", disc.version()},
+                         {"epoch", fmt::format("{:x}", disc.epoch())},
+                         {"view_source", discovery_bridge.source()},
                          {"last_error", disc.lastError()}};
+    if (persisted)
+      j["controlplane"]["persisted_view"] = {{"file", view_file},
+                                             {"version", persisted->version},
+                                             {"epoch", fmt::format("{:x}", persisted->epoch)}};
     nlohmann::json listeners = nlohmann::json::array();
     for (const auto& l : eng.listeners())
       listeners.push_back(
@@ -420,7 +472,8 @@ int runAgent(const Flags& flags) {
                             {"connect_failures", s.connect_failures},
                             {"limit_rejected", s.limit_rejected},
                             {"no_original_dst", s.no_original_dst},
-                            {"no_certificate", s.no_certificate}}},
+                            {"no_certificate", s.no_certificate},
+                            {"no_view", s.no_view}}},
                           {"hbone",
                            {{"tunnels_opened", s.hbone_tunnels_opened},
                             {"tunnels_active", s.hbone_tunnels_active},
@@ -446,7 +499,9 @@ int runAgent(const Flags& flags) {
   };
   sources.not_ready_reason = [&]() -> std::string {
     if (!disc.synced())
-      return "no snapshot from the control plane at " + flags.controlplane + " yet";
+      return "no snapshot from the control plane at " + flags.controlplane + " yet" +
+             (persisted ? " (routing by the view kept from the last run)"
+                        : " (outbound connections of enrolled pods are refused)");
     return "";
   };
   // Once synced the agent stays ready without the control plane: it keeps

@@ -1,7 +1,9 @@
 // The proxy's view of the mesh, built from the control plane's snapshot:
 // meshed (enrolled) workloads by IP, each with its SPIFFE ID, and Services by
 // VIP:port with their ready endpoints. Rebuilt by the discovery thread and
-// swapped atomically; read lock-free by the proxy workers.
+// swapped atomically; read lock-free by the proxy workers. Until the first
+// update() (a view from disk or from the control plane) it has no view, and
+// the proxy refuses outbound connections rather than guess.
 #pragma once
 
 #include <atomic>
@@ -56,7 +58,10 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     }
     index_.store(std::move(next), std::memory_order_release);
     services_.store(std::move(services), std::memory_order_release);
+    has_view_.store(true, std::memory_order_release);
   }
+
+  bool hasView() override { return has_view_.load(std::memory_order_acquire); }
 
   std::shared_ptr<const ztunnel::ServiceTarget> service(uint32_t ip4, uint16_t port) override {
     auto index = services_.load(std::memory_order_acquire);
@@ -80,6 +85,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
       std::unordered_map<uint64_t, std::shared_ptr<const ztunnel::ServiceTarget>>;
   static uint64_t serviceKey(uint32_t ip4, uint16_t port) { return (uint64_t(ip4) << 16) | port; }
   std::string trust_domain_;
+  std::atomic<bool> has_view_{false};
   std::atomic<std::shared_ptr<const Index>> index_{std::make_shared<const Index>()};
   std::atomic<std::shared_ptr<const ServiceIndex>> services_{
       std::make_shared<const ServiceIndex>()};

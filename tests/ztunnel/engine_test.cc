@@ -120,6 +120,17 @@ std::vector<unsigned char> recvAll(int fd) {
   return out;
 }
 
+// Nothing is meshed; there is no view until has_view is set.
+class FakeDirectory final : public ztunnel::MeshDirectory {
+ public:
+  std::optional<ztunnel::MeshWorkload> meshed(uint32_t) override { return std::nullopt; }
+  std::shared_ptr<const ztunnel::ServiceTarget> service(uint32_t, uint16_t) override {
+    return nullptr;
+  }
+  bool hasView() override { return has_view; }
+  std::atomic<bool> has_view{false};
+};
+
 template <typename Pred>
 bool eventually(Pred p, std::chrono::milliseconds timeout = 5s) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -280,6 +291,32 @@ TEST_SUITE("engine") {
     }));
     // and the pod can be added again
     CHECK(run.engine->addPod(pod.spec()).has_value());
+  }
+
+  TEST_CASE("without a view of the mesh outbound connections are reset - not passed through") {
+    Pod pod;
+    FakeResolver resolver;
+    FakeDirectory directory;
+    ztunnel::EngineConfig cfg;
+    cfg.workers = 2;
+    auto engine = ztunnel::createEngine(cfg, resolver, nullptr, &directory);
+    REQUIRE_MESSAGE(engine.has_value(), (engine ? "" : engine.error().describe()));
+    REQUIRE((*engine)->addPod(pod.spec()).has_value());
+    auto server = pod.listen(9005);
+    resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9005);
+    auto refused = pod.connectProxy();
+    char x;
+    CHECK(::recv(refused.get(), &x, 1, 0) < 0);
+    CHECK(errno == ECONNRESET);
+    CHECK((*engine)->stats().no_view == 1);
+    pollfd p{server.get(), POLLIN, 0};
+    CHECK(::poll(&p, 1, 100) == 0);  // nothing reached the destination
+    directory.has_view = true;
+    auto client = pod.connectProxy();
+    CHECK(::poll(&p, 1, 5000) == 1);
+    UniqueFd accepted(::accept(server.get(), nullptr, nullptr));
+    CHECK(accepted.valid());
+    CHECK((*engine)->stats().no_view == 1);
   }
 
   TEST_CASE("no original destination: the connection is closed and counted") {

@@ -56,6 +56,17 @@ const char* kindName(ListenerKind k) {
   return "?";
 }
 
+// At most one "no view" line per second across all workers: any app can
+// trigger it at will (the count is in Stats::no_view).
+bool admitNoViewLog() {
+  static std::atomic<int64_t> last_ms{INT64_MIN / 2};
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now().time_since_epoch())
+                    .count();
+  int64_t last = last_ms.load(std::memory_order_relaxed);
+  return now - last >= 1000 && last_ms.compare_exchange_strong(last, now);
+}
+
 }  // namespace
 
 struct Listener final : uring::Operation {
@@ -380,6 +391,16 @@ void Worker::routeOutbound(const std::shared_ptr<PodState>& pod_ptr, UniqueFd cl
     return;
   }
   MeshDirectory* directory = engine_.directory();
+  if (directory && !directory->hasView()) {
+    // No view yet (an agent just started): a meshed destination would look
+    // unknown and go out in plaintext. Fail closed.
+    stats.no_view++;
+    if (admitNoViewLog())
+      logger()->warn("pod {}: no view of the mesh yet; refusing the connection to {} ({} so far)",
+                     pod.spec.name_namespace, formatEndpoint(dst), stats.no_view.load());
+    setLinger0(client.get());
+    return;
+  }
   if (!route && directory) {
     if (auto svc = directory->service(dst.sin_addr.s_addr, dst.sin_port)) {
       route = std::make_unique<ServiceRoute>();
@@ -835,6 +856,7 @@ EngineStats EngineImpl::stats() const {
   s.hbone_bad_requests = stats_.hbone_bad_requests;
   s.hbone_refused = stats_.hbone_refused;
   s.no_certificate = stats_.no_certificate;
+  s.no_view = stats_.no_view;
   s.lb_picks = stats_.lb_picks;
   s.lb_retries = stats_.lb_retries;
   s.lb_no_endpoint = stats_.lb_no_endpoint;

@@ -77,7 +77,7 @@ struct Stats {
   std::atomic<uint64_t> accepted{0}, active{0}, closed{0}, connect_failures{0}, limit_rejected{0},
       no_original_dst{0}, hbone_opened{0}, hbone_active{0}, hbone_handshake_failures{0},
       hbone_timeouts{0}, hbone_bad_requests{0}, hbone_refused{0}, no_certificate{0}, lb_picks{0},
-      lb_retries{0}, lb_no_endpoint{0}, lb_ejections{0};
+      lb_retries{0}, lb_no_endpoint{0}, lb_ejections{0}, no_view{0};
 };
 
 // An outbound connection to a Service VIP: what is needed to pick another

@@ -91,6 +91,10 @@ class MeshDirectory {
   // The Service behind ip4:port (network order) with at least one ready
   // endpoint, or null.
   virtual std::shared_ptr<const ServiceTarget> service(uint32_t ip4, uint16_t port) = 0;
+  // Whether there is a view at all (once true, stays true). Without one,
+  // every destination looks unmeshed: the engine refuses outbound
+  // connections instead of sending them out in plaintext.
+  virtual bool hasView() = 0;
 };
 
 // Finds the original destination of a connection accepted on a pod's 15001
@@ -146,6 +150,7 @@ struct EngineStats {
   uint64_t hbone_bad_requests = 0;        // not a valid CONNECT (protocol errors)
   uint64_t hbone_refused = 0;             // CONNECT answered 401 (target not this pod)
   uint64_t no_certificate = 0;            // the source workload had no certificate yet
+  uint64_t no_view = 0;                   // outbound refused: no view of the mesh yet
   uint64_t lb_picks = 0;                  // endpoint choices for Service connections
   uint64_t lb_retries = 0;                // connects retried on another endpoint
   uint64_t lb_no_endpoint = 0;            // Service connections with no endpoint left
