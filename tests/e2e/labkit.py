@@ -95,6 +95,7 @@ def capture_hub(pcap_path):
     finally:
         dump.send_signal(signal.SIGINT)
         dump.wait(timeout=10)
+        dump.stderr.close()
 
 
 class Lab:
@@ -115,7 +116,9 @@ class Lab:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-            p.stdout.close()
+            for f in (p.stdin, p.stdout):
+                if f:
+                    f.close()
         self.procs = []
         return self.lab("down", check=False)
 

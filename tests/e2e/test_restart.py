@@ -76,6 +76,7 @@ class RestartTest(LabTest):
         p.stdin.close()
         out = p.stdout.read()
         p.wait(timeout=30)
+        p.stdout.close()
         return json.loads(out.strip().splitlines()[-1])
 
     def restart_under_load(self, node):
@@ -90,6 +91,11 @@ class RestartTest(LabTest):
                     time.sleep(0.2)
             finally:
                 result = self.stop_loop(loop)
+        ok = sum(b["ok"] for b in result["buckets"])
+        fail = sum(b["fail"] for b in result["buckets"])
+        last_fail = max((f[0] for f in result["failures"]), default=None)
+        print(f"\n  {node} restart: {ok} connections succeeded, {fail} failed; last failure "
+              f"{'none' if last_fail is None else f'{last_fail - ready:+.3f}s'} from ready", file=sys.stderr)
         # 1. Never plaintext between the pods, at any moment of the restart.
         leaked = [(src, sport, dst, dport) for src, sport, dst, dport, payload in tcp_payloads(pcap)
                   if MARKER.encode() in payload]

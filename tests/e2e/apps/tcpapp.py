@@ -16,9 +16,10 @@ Clients:
                                                   {"by_server": {ip: count}, "failures": [...]}
   tcpapp.py hold HOST PORT SECONDS                one echo connection, a round trip every 0.2 s for
                                                   SECONDS; prints "ready" once connected, "ok n=.."
-  tcpapp.py loop HOST PORT CONC TEXT              CONC threads each opening NEW echo connections back
-                                                  to back (one line "TEXT <n>", reply checked) until
-                                                  stdin closes; prints "ready" after the first success,
+  tcpapp.py loop HOST PORT CONC TEXT [PAUSE_MS]   CONC threads each opening NEW echo connections, one
+                                                  after another with PAUSE_MS (default 5) in between
+                                                  (one line "TEXT <n>", reply checked) until stdin
+                                                  closes; prints "ready" after the first success,
                                                   then JSON {"buckets": [{"t": unix second, "ok", "fail"}],
                                                   "failures": [[unix time, error], ...] (the last 300)}
 """
@@ -257,7 +258,7 @@ def client_hold(host, port, seconds):
     print(f"ok n={n}", flush=True)
 
 
-def client_loop(host, port, conc, text):
+def client_loop(host, port, conc, text, pause_ms=5):
     import collections
     import json
     import time
@@ -292,8 +293,9 @@ def client_loop(host, port, conc, text):
             record(start, err)
             if err is None:
                 first_ok.set()
-            else:
-                time.sleep(0.005)  # a refused connect returns at once: do not spin
+            # A pause also after a refused connect, which returns at once. And
+            # the closed connections' TIME_WAIT ports are only reused after 60 s.
+            time.sleep(pause_ms / 1000)
 
     threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(conc)]
     for t in threads:
@@ -361,7 +363,7 @@ def main():
     elif cmd == "spread":
         client_spread(a[1], int(a[2]), int(a[3]), int(a[4]))
     elif cmd == "loop":
-        client_loop(a[1], int(a[2]), int(a[3]), a[4])
+        client_loop(a[1], int(a[2]), int(a[3]), a[4], float(a[5]) if len(a) > 5 else 5)
     elif cmd == "hold":
         client_hold(a[1], int(a[2]), float(a[3]))
     else:
