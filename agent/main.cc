@@ -400,13 +400,15 @@ int runAgent(const Flags& flags) {
         view_file, persisted->version, persisted->epoch, persisted->view.workloads.size(),
         persisted->view.services.size());
   } else if (v.error().code == ENOENT) {
-    logger->info("no view kept in {}: outbound connections of enrolled pods are refused until "
-                 "the control plane answers",
-                 view_file);
+    logger->info(
+        "no view kept in {}: outbound connections of enrolled pods are refused until "
+        "the control plane answers",
+        view_file);
   } else {
-    logger->warn("ignoring the kept view: {}; outbound connections of enrolled pods are refused "
-                 "until the control plane answers",
-                 v.error().describe());
+    logger->warn(
+        "ignoring the kept view: {}; outbound connections of enrolled pods are refused "
+        "until the control plane answers",
+        v.error().describe());
   }
   pods.restore();
   sync_identities();

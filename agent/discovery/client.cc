@@ -162,11 +162,12 @@ void Client::run() {
             return false;
           }
           if (!connected_) {
-            logger->info("{} control plane at {} (resuming from version {} of epoch {:x}; it is at "
-                         "version {} of epoch {:x}{})",
-                         was_connected ? "reconnected to" : "connected to", config_.target,
-                         version_.load(), epoch_.load(), resp.version(), resp.epoch(),
-                         resp.full() ? ", snapshot" : ", up to date");
+            logger->info(
+                "{} control plane at {} (resuming from version {} of epoch {:x}; it is at "
+                "version {} of epoch {:x}{})",
+                was_connected ? "reconnected to" : "connected to", config_.target, version_.load(),
+                epoch_.load(), resp.version(), resp.epoch(),
+                resp.full() ? ", snapshot" : ", up to date");
             connected_ = was_connected = true;
             setError("");
             backoff = config_.initial_backoff;

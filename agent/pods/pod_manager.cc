@@ -186,8 +186,8 @@ Result<void> PodManager::enroll(LocalPod& pod) {
 // let through. A pod's service account cannot change in Kubernetes, so this
 // happens at most once per pod, right after such a restart.
 void PodManager::reregister(LocalPod& pod) {
-  logger()->info("pod {}: service account '{}' instead of '{}': registering it again", podName(pod.ref),
-                 pod.service_account, pod.engine_service_account);
+  logger()->info("pod {}: service account '{}' instead of '{}': registering it again",
+                 podName(pod.ref), pod.service_account, pod.engine_service_account);
   engine_.removePod(pod.ref.container_id);
   ztunnel::PodSpec spec;
   spec.uid = pod.ref.container_id;

@@ -213,7 +213,8 @@ TEST_SUITE("discovery") {
     reader->Finish();
   }
 
-  TEST_CASE("a resume at the current version number of another epoch - or of none - gets a snapshot") {
+  TEST_CASE(
+      "a resume at the current version number of another epoch - or of none - gets a snapshot") {
     controlplane::model::Store store;
     REQUIRE(store.setSource("a", podObjects("web")).has_value());
     CHECK(store.epoch() != 0);

@@ -103,8 +103,7 @@ class RestartTest(LabTest):
         # 2. Every connection started RECOVERY s after /ready succeeded.
         cutoff = math.ceil(ready + RECOVERY)
         late = [b for b in result["buckets"] if b["t"] >= cutoff]
-        self.assertTrue(late and sum(b["ok"] for b in late) > 0,
-                        f"no connection attempts after ready+{RECOVERY}s: {result['buckets']}")
+        self.assertTrue(late, f"no connection attempts after ready+{RECOVERY}s: {result['buckets']}")
         failed = [b for b in late if b["fail"]]
         late_errors = [f for f in result["failures"] if f[0] >= cutoff][:10]
         self.assertEqual(failed, [], f"connections failed more than {RECOVERY}s after {node}'s agent was ready "
