@@ -148,9 +148,17 @@ class HardeningTest(LabTest):
         self.assertEqual(after["proxy"]["accepted"] - before["proxy"]["accepted"], 5)
         self.assertLessEqual(after["hbone"]["tunnels_accepted"] - before["hbone"]["tunnels_accepted"], 1)
 
-    def test_no_libbpf_exclusivity_warning_on_enroll(self):
-        for node in ("node1", "node2"):
-            self.assertNotIn("Exclusivity flag on", agent_log(node))
+    def test_no_libbpf_warning_when_a_pod_is_enrolled_again(self):
+        # The pod's clsact qdisc stays after unenrolling; enrolling again finds it.
+        lab = self.lab
+        lab.pod("flip", "again", node="node1", sa="default")
+        for value in ("enabled", "disabled", "enabled"):
+            lab.lab("ns", "label", "flip", f"{MESH}={value}")
+            wait_for(f"flip/again enrolled={value}",
+                     lambda: lab.enrolled("node1", "flip/again") == (value == "enabled"))
+        log = agent_log("node1")
+        self.assertEqual(len(re.findall(r"pod flip/again enrolled", log)), 2)
+        self.assertNotIn("Exclusivity flag on", log)
 
     def test_zz_namespace_enrolled_under_load_loses_nothing(self):
         """A namespace is labelled while its pods talk across nodes and on one node: every
