@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="python3 tools/lab"
+LAB="/usr/bin/python3 tools/lab"
 LAB_DIR="${SLUICE_LAB_DIR:-/run/sluice-lab}"
 DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
@@ -120,7 +120,7 @@ measure() {  # key client-pod ip iperf-port http-port
   wait_port "$pod" "$ip" "$hport"
   for streams in 1 8; do
     R[$key,iperf$streams]=$($LAB exec "$pod" -- iperf3 -c "$ip" -p "$iport" -t "$DUR" -P $streams -J |
-      python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+      /usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
   done
   local out
   out=$($LAB exec "$pod" -- wrk -t2 -c"$CONC" -d"${DUR}s" --latency "http://$ip:$hport/")
@@ -145,7 +145,7 @@ for n in 1 2; do
   done
 done
 
-to_us() { python3 -c "
+to_us() { /usr/bin/python3 -c "
 v='$1'
 m={'us':1,'ms':1000,'s':1000000}
 for u in ('us','ms','s'):

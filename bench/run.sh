@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="python3 tools/lab"
+LAB="/usr/bin/python3 tools/lab"
 DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
@@ -61,7 +61,7 @@ for ns in plain mesh; do
   wait_port $ns "$ip" 8080
   for streams in 1 4; do
     gbps=$($LAB exec $ns/client -- iperf3 -c "$ip" -p 5201 -t "$DUR" -P $streams -J |
-      python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+      /usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
     R[$ns,iperf$streams]=$gbps
   done
   # Latency twice: with one connection (what the mesh adds to a request)
@@ -80,10 +80,10 @@ for i in $(seq 1 48); do $LAB pod add mesh idle$i --node node1 --sa idle >/dev/n
 sleep 1
 agent_pid=$(cat "${SLUICE_LAB_DIR:-/run/sluice-lab}/node1/agent.pid")
 rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status)
-enrolled=$($LAB node exec node1 -- "$SLUICE_BUILD_DIR/tools/sluicectl" -o json stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["enrolled_pods"])')
+enrolled=$($LAB node exec node1 -- "$SLUICE_BUILD_DIR/tools/sluicectl" -o json stats | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["enrolled_pods"])')
 
-pct() { python3 -c "print('%.0f%%' % (100.0*float('$1')/float('$2')))"; }
-to_us() { python3 -c "
+pct() { /usr/bin/python3 -c "print('%.0f%%' % (100.0*float('$1')/float('$2')))"; }
+to_us() { /usr/bin/python3 -c "
 v='$1'
 m={'us':1,'ms':1000,'s':1000000}
 for u in ('us','ms','s'):

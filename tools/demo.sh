@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="python3 tools/lab"
-APP="python3 tests/e2e/apps/tcpapp.py"
+LAB="/usr/bin/python3 tools/lab"
+APP="/usr/bin/python3 tests/e2e/apps/tcpapp.py"
 CTL="$SLUICE_BUILD_DIR/tools/sluicectl --bpf-pin-dir /sys/fs/bpf/sluice-lab/node1"
 pids=()
 cleanup() {
@@ -33,7 +33,7 @@ LEGACY_WEB=$($LAB pod ip legacy web)
 
 step "Starting an HTTP server in shop/web and legacy/web (port 8080)"
 for pod in shop/web legacy/web; do
-  $LAB exec "$pod" -- python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &
+  $LAB exec "$pod" -- /usr/bin/python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &
   pids+=($!)
 done
 for ip in "$SHOP_WEB" "$LEGACY_WEB"; do
@@ -58,8 +58,8 @@ done
 
 step "Connections carried by the proxy (sluicectl connections)"
 $LAB node exec node1 -- $CTL connections
-n_shop=$($LAB node exec node1 -- $CTL -o json connections | python3 -c 'import json,sys; print(sum(1 for c in json.load(sys.stdin)["connections"] if c["pod"]=="shop/client"))')
-n_legacy=$($LAB node exec node1 -- $CTL -o json connections | python3 -c 'import json,sys; print(sum(1 for c in json.load(sys.stdin)["connections"] if c["pod"].startswith("legacy/")))')
+n_shop=$($LAB node exec node1 -- $CTL -o json connections | /usr/bin/python3 -c 'import json,sys; print(sum(1 for c in json.load(sys.stdin)["connections"] if c["pod"]=="shop/client"))')
+n_legacy=$($LAB node exec node1 -- $CTL -o json connections | /usr/bin/python3 -c 'import json,sys; print(sum(1 for c in json.load(sys.stdin)["connections"] if c["pod"].startswith("legacy/")))')
 
 step "Pinned BPF state (sluicectl bpf)"
 $LAB node exec node1 -- $CTL bpf

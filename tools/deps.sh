@@ -21,7 +21,18 @@ for p in "${PKGS[@]}"; do
   if [ "$p" = kubernetes-client ] && command -v kubectl >/dev/null; then continue; fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The scripts and tests run Debian's interpreter (/usr/bin/python3), never
+# whichever interpreter comes first in PATH: that is where these modules are.
+check_python() {
+  if ! /usr/bin/python3 -c 'import h2, yaml, jsonschema' 2>/dev/null; then
+    echo "deps: /usr/bin/python3 cannot import h2, yaml and jsonschema although python3-h2," \
+      "python3-yaml and python3-jsonschema are installed; reinstall them (apt-get install" \
+      "--reinstall python3-h2 python3-yaml python3-jsonschema)" >&2
+    exit 1
+  fi
+}
 if [ ${#missing[@]} -eq 0 ]; then
+  check_python
   echo "deps: all ${#PKGS[@]} packages present"
   exit 0
 fi
@@ -29,4 +40,5 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+check_python
 echo "deps: done"

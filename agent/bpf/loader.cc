@@ -23,12 +23,19 @@ namespace sluice::agent::bpf {
 
 namespace {
 
+// Set around calls whose EEXIST is expected (the clsact qdisc of a pod that
+// was enrolled before): libbpf prints the kernel's extended ack for it
+// ("Exclusivity flag on, cannot modify") as a warning, which it is not.
+thread_local bool tc_hook_may_exist = false;
+
 int libbpfPrint(enum libbpf_print_level level, const char* format, va_list args) {
   char buf[1024];
   int n = vsnprintf(buf, sizeof(buf), format, args);
   std::string line(buf, n > 0 ? std::min<size_t>(n, sizeof(buf) - 1) : 0);
   while (!line.empty() && line.back() == '\n') line.pop_back();
   auto logger = log::get("bpf");
+  if (tc_hook_may_exist && line.find("Exclusivity flag on") != std::string::npos)
+    level = LIBBPF_DEBUG;
   if (level == LIBBPF_WARN)
     logger->warn("libbpf: {}", line);
   else
@@ -172,7 +179,9 @@ Result<void> Loader::attachTc(int netns_fd, const std::string& ifname) {
     }
     LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex),
                 .attach_point = BPF_TC_INGRESS);
+    tc_hook_may_exist = true;
     int err = bpf_tc_hook_create(&hook);
+    tc_hook_may_exist = false;
     if (err != 0 && err != -EEXIST) {
       errno = -err;
       result = failErrno(fmt::format("creating the clsact qdisc on {} failed", ifname));

@@ -73,3 +73,24 @@ TEST_SUITE("bearer_token") {
     CHECK(t.get().empty());
   }
 }
+
+#include "sluice/common/log_limiter.h"
+
+TEST_SUITE("log limiter") {
+  TEST_CASE("one line per interval, and the next one says how many were suppressed") {
+    using namespace std::chrono_literals;
+    sluice::log::Limiter limiter(1000ms);
+    auto t0 = sluice::log::Limiter::Clock::time_point{} + 1h;
+    auto first = limiter.admit(t0);
+    REQUIRE(first.has_value());
+    CHECK(*first == 0);
+    for (int i = 1; i <= 7750; ++i) CHECK_FALSE(limiter.admit(t0 + std::chrono::microseconds(i)));
+    auto next = limiter.admit(t0 + 1001ms);
+    REQUIRE(next.has_value());
+    CHECK(*next == 7750);
+    CHECK_FALSE(limiter.admit(t0 + 1500ms));
+    auto later = limiter.admit(t0 + 10s);
+    REQUIRE(later.has_value());
+    CHECK(*later == 1);
+  }
+}

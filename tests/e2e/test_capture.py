@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Issue 2 end to end on a one-node lab: capture, direct path, label flips,
 byte-stream correctness, concurrency, half-close, agent restart, CNI errors."""
 import json

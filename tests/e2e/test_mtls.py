@@ -9,6 +9,7 @@ import os
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -192,7 +193,7 @@ class MtlsTest(LabTest):
         self.assertTrue(rec[-1]["mutual_tls"])
 
     def test_bad_input_on_15008_is_closed_bounded_counted_and_harmless(self):
-        holder = self.lab.spawn("shop/client", "python3", os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py"),
+        holder = self.lab.spawn("shop/client", sys.executable, os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py"),
                                 "hold", self.server_ip, "8082", "25")
         before = self.hbone_stats("node2")
         chain, key = self.mesh_cert
@@ -224,7 +225,7 @@ class MtlsTest(LabTest):
 
     def test_zz_rotation_keeps_old_and_new_connections_working(self):
         serials = {self.cert("node1", "web")["serial"]}
-        holder = self.lab.spawn("shop/client", "python3", os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py"),
+        holder = self.lab.spawn("shop/client", sys.executable, os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py"),
                                 "hold", self.server_ip, "8082", str(4 * CERT_TTL // 2 - 20))
         failures, attempts = [], 0
         deadline = time.monotonic() + 4 * CERT_TTL // 2

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <string>
 
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/netns.h"
@@ -102,13 +103,22 @@ Result<void> prepareNetns(int netns_fd) {
   Result<void> result;
   auto entered = runInNetns(netns_fd, [&] {
     // /proc/sys/net shows the netns of the task that opens it.
-    int fd = ::open("/proc/sys/net/ipv4/tcp_fwmark_accept", O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || ::write(fd, "1", 1) != 1) {
-      result = failErrno("cannot set net.ipv4.tcp_fwmark_accept=1 in the pod netns");
-      if (fd >= 0) ::close(fd);
-      return;
+    //  tcp_fwmark_accept: the app's accepted socket inherits the mark of the
+    //    proxy's SYN, so its replies take the policy route back to the proxy.
+    //  fwmark_reflect: so do replies the kernel makes on its own (a RST from a
+    //    closed port, ICMP); without it the RST to the proxy's transparent SYN
+    //    leaves toward the real client, and the proxy waits for its connect
+    //    timeout instead of seeing "connection refused".
+    for (const char* name : {"tcp_fwmark_accept", "fwmark_reflect"}) {
+      std::string path = std::string("/proc/sys/net/ipv4/") + name;
+      int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0 || ::write(fd, "1", 1) != 1) {
+        result = failErrno(fmt::format("cannot set net.ipv4.{}=1 in the pod netns", name));
+        if (fd >= 0) ::close(fd);
+        return;
+      }
+      ::close(fd);
     }
-    ::close(fd);
     UniqueFd nl(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
     if (!nl) {
       result = failErrno("cannot open a netlink socket in the pod netns");

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <future>
 #include <random>
@@ -56,17 +57,6 @@ const char* kindName(ListenerKind k) {
   return "?";
 }
 
-// At most one "no view" line per second across all workers: any app can
-// trigger it at will (the count is in Stats::no_view).
-bool admitNoViewLog() {
-  static std::atomic<int64_t> last_ms{INT64_MIN / 2};
-  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::steady_clock::now().time_since_epoch())
-                    .count();
-  int64_t last = last_ms.load(std::memory_order_relaxed);
-  return now - last >= 1000 && last_ms.compare_exchange_strong(last, now);
-}
-
 }  // namespace
 
 struct Listener final : uring::Operation {
@@ -76,6 +66,10 @@ struct Listener final : uring::Operation {
   ListenerKind kind = ListenerKind::kOutbound;
   bool armed = false;
   bool closing = false;
+  // Accept failed for lack of file descriptors: re-armed at retry_at (by the
+  // fine tick), the delay doubling while it keeps failing.
+  std::chrono::steady_clock::time_point retry_at{};
+  std::chrono::milliseconds backoff{0};
   void complete(const io_uring_cqe& cqe) override { worker->onAccept(*this, cqe); }
 };
 
@@ -296,6 +290,8 @@ void Worker::removePod(const std::string& uid) {
     // the multishot request; the listener is freed on that completion.
     ::shutdown(l->fd.get(), SHUT_RDWR);
   }
+  // A listener backing off has no accept in flight: nothing will complete.
+  listeners_.remove_if([](const std::unique_ptr<Listener>& l) { return l->closing && !l->armed; });
   for (auto& [p, c] : conns_)
     if (c->pod->spec.uid == uid || (c->target && c->target->spec.uid == uid))
       closeConn(*c, true, "pod_removed");
@@ -305,13 +301,33 @@ void Worker::removePod(const std::string& uid) {
 void Worker::onAccept(Listener& l, const io_uring_cqe& cqe) {
   bool more = cqe.flags & IORING_CQE_F_MORE;
   if (cqe.res >= 0) {
+    l.backoff = std::chrono::milliseconds(0);
     if (l.closing)
       ::close(cqe.res);
     else
       accepted(l, cqe.res);
   } else if (cqe.res != -ECANCELED && cqe.res != -EINVAL && !l.closing) {
-    logger()->warn("accept on {} listener of {} failed: {}", kindName(l.kind),
-                   l.pod->spec.name_namespace, std::strerror(-cqe.res));
+    engine_.counters().accept_errors++;
+    int err = -cqe.res;
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+      // Out of descriptors or memory: the connection stays in the backlog, so
+      // an immediate re-arm fails again at once (a busy loop). Free what can
+      // be freed (a pending handshake) and come back later.
+      l.backoff = std::clamp(l.backoff * 2, std::chrono::milliseconds(10),
+                             std::chrono::milliseconds(1000));
+      l.retry_at = std::chrono::steady_clock::now() + l.backoff;
+      bool evicted = hbone_ && hbone_->evictOldestPending("accept failed: out of file descriptors");
+      SLUICE_LOG_LIMITED(accept_log_, logger(), spdlog::level::warn,
+                         "accept on {} listener of {} failed: {}; {}retrying in {} ms (raise the "
+                         "agent's RLIMIT_NOFILE if this is legitimate load)",
+                         kindName(l.kind), l.pod->spec.name_namespace, std::strerror(err),
+                         evicted ? "closed the oldest pending handshake, " : "",
+                         l.backoff.count());
+    } else {
+      SLUICE_LOG_LIMITED(accept_log_, logger(), spdlog::level::warn,
+                         "accept on {} listener of {} failed: {}", kindName(l.kind),
+                         l.pod->spec.name_namespace, std::strerror(err));
+    }
   }
   if (more) return;
   l.armed = false;
@@ -319,21 +335,45 @@ void Worker::onAccept(Listener& l, const io_uring_cqe& cqe) {
     listeners_.remove_if([&](const std::unique_ptr<Listener>& x) { return x.get() == &l; });
     return;
   }
+  if (l.retry_at > std::chrono::steady_clock::now()) {
+    wantFineTick();
+    return;
+  }
   armAccept(l);
+}
+
+void Worker::fineTick() {
+  if (stopping_) return;
+  auto now = std::chrono::steady_clock::now();
+  bool again = false;
+  for (auto& l : listeners_) {
+    if (l->armed || l->closing || l->retry_at == std::chrono::steady_clock::time_point{})
+      continue;
+    if (now >= l->retry_at) {
+      l->retry_at = {};
+      armAccept(*l);
+    } else {
+      again = true;
+    }
+  }
+  if (hbone_ && hbone_->fineTick(now)) again = true;
+  if (again) wantFineTick();
 }
 
 void Worker::accepted(Listener& l, int fd) {
   UniqueFd client(fd);
   auto& stats = engine_.counters();
-  stats.accepted++;
+  // A 15008 connection is a tunnel; its streams count as connections.
+  (l.kind == ListenerKind::kHbone ? stats.hbone_accepted : stats.accepted)++;
   PodState& pod = *l.pod;
   if (pod.removed) return;
-  if (pod.connections.load() >= engine_.config().max_connections_per_pod) {
+  if (l.kind != ListenerKind::kHbone &&
+      pod.connections.load() >= engine_.config().max_connections_per_pod) {
     stats.limit_rejected++;
-    linger lg{1, 0};
-    setsockopt(client.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    logger()->warn("pod {}: connection limit {} reached; refusing a connection",
-                   pod.spec.name_namespace, engine_.config().max_connections_per_pod);
+    setLinger0(client.get());
+    SLUICE_LOG_LIMITED(limit_log_, logger(), spdlog::level::warn,
+                       "pod {}: connection limit {} reached; refusing a connection",
+                       pod.spec.name_namespace, engine_.config().max_connections_per_pod);
     return;
   }
   sockaddr_in peer{}, local{};
@@ -366,8 +406,11 @@ void Worker::accepted(Listener& l, int fd) {
   // the local address.
   sockaddr_in dst = local;
   if (ntohs(dst.sin_port) == SLUICE_INBOUND_PORT || ntohs(dst.sin_port) == SLUICE_HBONE_PORT) {
-    logger()->debug("pod {}: direct connection to the proxy port from {}; closing",
-                    pod.spec.name_namespace, formatEndpoint(peer));
+    stats.direct_refused++;
+    setLinger0(client.get());
+    SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+                       "pod {}: refused a direct connection from {} to the proxy port {}",
+                       pod.spec.name_namespace, formatEndpoint(peer), formatEndpoint(dst));
     return;
   }
   auto upstream =
@@ -395,9 +438,9 @@ void Worker::routeOutbound(const std::shared_ptr<PodState>& pod_ptr, UniqueFd cl
     // No view yet (an agent just started): a meshed destination would look
     // unknown and go out in plaintext. Fail closed.
     stats.no_view++;
-    if (admitNoViewLog())
-      logger()->warn("pod {}: no view of the mesh yet; refusing the connection to {} ({} so far)",
-                     pod.spec.name_namespace, formatEndpoint(dst), stats.no_view.load());
+    SLUICE_LOG_LIMITED(no_view_log_, logger(), spdlog::level::warn,
+                       "pod {}: no view of the mesh yet; refusing the connection to {}",
+                       pod.spec.name_namespace, formatEndpoint(dst));
     setLinger0(client.get());
     return;
   }
@@ -442,9 +485,12 @@ void Worker::routeOutbound(const std::shared_ptr<PodState>& pod_ptr, UniqueFd cl
     uint16_t port = ntohs(dst.sin_port);
     if (port == SLUICE_INBOUND_PORT || port == SLUICE_HBONE_PORT ||
         port == SLUICE_OUTBOUND_PORT) {
-      stats.hbone_refused++;
-      logger()->warn("pod {}: refused a connection to the proxy port {} of pod {}",
-                     pod.spec.name_namespace, formatEndpoint(dst), handoff->spec.name_namespace);
+      stats.direct_refused++;
+      setLinger0(client.get());
+      SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+                         "pod {}: refused a connection to the proxy port {} of pod {}",
+                         pod.spec.name_namespace, formatEndpoint(dst),
+                         handoff->spec.name_namespace);
       if (route) lbClosed(*route);
       return;
     }
@@ -740,6 +786,7 @@ Result<void> EngineImpl::start() {
   }
   unsigned n =
       config_.workers ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
+  worker_count_ = n;
   for (unsigned i = 0; i < n; ++i) {
     auto w = std::make_unique<Worker>(*this, i);
     if (auto r = w->start(); !r) return r;
@@ -849,7 +896,13 @@ EngineStats EngineImpl::stats() const {
   s.connect_failures = stats_.connect_failures;
   s.limit_rejected = stats_.limit_rejected;
   s.no_original_dst = stats_.no_original_dst;
+  s.direct_refused = stats_.direct_refused;
+  s.accept_errors = stats_.accept_errors;
+  s.certificate_waits = stats_.certificate_waits;
   s.hbone_tunnels_opened = stats_.hbone_opened;
+  s.hbone_tunnels_accepted = stats_.hbone_accepted;
+  s.hbone_pending_evicted = stats_.hbone_pending_evicted;
+  s.hbone_connect_retries = stats_.hbone_connect_retries;
   s.hbone_tunnels_active = stats_.hbone_active;
   s.hbone_handshake_failures = stats_.hbone_handshake_failures;
   s.hbone_timeouts = stats_.hbone_timeouts;

@@ -17,11 +17,13 @@
 #include <unordered_map>
 #include <vector>
 
+#include "sluice/common/log_limiter.h"
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
 #include "ztunnel/proxy/balancer.h"
 #include "ztunnel/tls/tls.h"
 #include "ztunnel/uring/ring.h"
+#include "ztunnel/uring/timer.h"
 
 namespace sluice::ztunnel::proxy {
 
@@ -75,9 +77,11 @@ enum class ListenerKind { kOutbound, kInbound, kHbone };
 
 struct Stats {
   std::atomic<uint64_t> accepted{0}, active{0}, closed{0}, connect_failures{0}, limit_rejected{0},
-      no_original_dst{0}, hbone_opened{0}, hbone_active{0}, hbone_handshake_failures{0},
-      hbone_timeouts{0}, hbone_bad_requests{0}, hbone_refused{0}, no_certificate{0}, lb_picks{0},
-      lb_retries{0}, lb_no_endpoint{0}, lb_ejections{0}, no_view{0};
+      no_original_dst{0}, direct_refused{0}, accept_errors{0}, certificate_waits{0},
+      hbone_opened{0}, hbone_accepted{0}, hbone_active{0}, hbone_handshake_failures{0},
+      hbone_timeouts{0}, hbone_bad_requests{0}, hbone_refused{0}, hbone_pending_evicted{0},
+      hbone_connect_retries{0}, no_certificate{0}, lb_picks{0}, lb_retries{0}, lb_no_endpoint{0},
+      lb_ejections{0}, no_view{0};
 };
 
 // An outbound connection to a Service VIP: what is needed to pick another
@@ -120,8 +124,13 @@ class Worker {
   bool retryService(const std::shared_ptr<PodState>& pod, UniqueFd& client,
                     std::unique_ptr<ServiceRoute>& route, const std::string& why);
   void lbClosed(const ServiceRoute& route) { balancer_.closed(route.endpoint); }
+  // Something waits on a short deadline (a certificate, a redial, an accept
+  // backoff): run fineTick() soon, every kFineTick while it returns true.
+  void wantFineTick() { fine_timer_.arm(*ring_, kFineTick); }
+  static constexpr std::chrono::milliseconds kFineTick{10};
 
  private:
+  void fineTick();
   void loop();
   void drainCommands();
   void armAccept(Listener& l);
@@ -135,6 +144,8 @@ class Worker {
   void finish(Conn& c);
   std::unique_ptr<HboneWorker> hbone_;  // when mTLS is on
   Balancer balancer_;
+  uring::Timer fine_timer_{[this] { fineTick(); }};
+  log::Limiter accept_log_, refused_log_, limit_log_, no_view_log_;
   std::chrono::steady_clock::time_point last_tick_{};
   unsigned ticks_ = 0;
 
@@ -170,6 +181,7 @@ class EngineImpl final : public Engine {
   void stop() override;
 
   const EngineConfig& config() const { return config_; }
+  unsigned workerCount() const { return worker_count_; }
   OrigDstResolver& resolver() { return resolver_; }
   bool hbone() const { return credentials_ != nullptr; }
   CredentialSource* credentials() { return credentials_; }
@@ -201,6 +213,7 @@ class EngineImpl final : public Engine {
   Stats stats_;
   std::atomic<uint64_t> next_id_{0};
   std::vector<std::unique_ptr<Worker>> workers_;
+  unsigned worker_count_ = 1;  // set before the first worker starts
   mutable std::mutex pods_mu_;  // control plane side only
   std::map<std::string, std::shared_ptr<PodState>> pods_;
   std::atomic<std::shared_ptr<const PodIndex>> by_ip_{std::make_shared<const PodIndex>()};

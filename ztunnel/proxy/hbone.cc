@@ -22,6 +22,11 @@ namespace {
 auto logger() { return log::get("hbone"); }
 
 constexpr size_t kCipherRecv = 64 * 1024;        // one socket read
+// One socket read before the handshake is done: a ClientHello or a
+// certificate chain fits in a few reads, and a flood of idle or stalled
+// handshakes costs little memory each.
+constexpr size_t kHandshakeRecv = 4 * 1024;
+constexpr size_t kMaxEarlyBytes = 64 * 1024;  // ciphertext held while waiting for a certificate
 constexpr size_t kCipherHighWater = 256 * 1024;  // stop producing frames above this
 constexpr size_t kCipherSendChunk = 256 * 1024;  // one socket write
 
@@ -38,6 +43,20 @@ __kernel_timespec toTimespec(std::chrono::milliseconds ms) {
   ts.tv_sec = ms.count() / 1000;
   ts.tv_nsec = (ms.count() % 1000) * 1000000;
   return ts;
+}
+
+// The client's address from `Forwarded: for="ip:port"` (RFC 7239).
+std::optional<sockaddr_in> forwardedFor(std::string_view v) {
+  auto p = v.find("for=");
+  if (p == std::string_view::npos) return std::nullopt;
+  v.remove_prefix(p + 4);
+  if (!v.empty() && v.front() == '"') {
+    v.remove_prefix(1);
+    v = v.substr(0, v.find('"'));
+  } else {
+    v = v.substr(0, v.find_first_of(";, "));
+  }
+  return parseEndpoint(std::string(v));
 }
 
 std::string sslError(SSL* ssl, int rc) {
@@ -126,14 +145,13 @@ Tunnel* HboneWorker::newTunnel(bool server, const std::shared_ptr<PodState>& pod
   t->server = server;
   t->pod = pod;
   t->cred = std::move(cred);
-  t->rbuf.reset(new uint8_t[kCipherRecv]);
   for (int k = 0; k < kTOpCount; ++k) {
     t->ops[k].t = t.get();
     t->ops[k].kind = k;
   }
   auto now = Clock::now();
   t->deadline = now + engine_.config().hbone_handshake_timeout;
-  t->last_rx = t->idle_since = now;
+  t->created = t->last_rx = t->idle_since = now;
   engine_.counters().hbone_opened++;
   engine_.counters().hbone_active++;
   Tunnel* raw = t.get();
@@ -160,6 +178,10 @@ bool HboneWorker::startTls(Tunnel& t) {
   }
   BIO_set_mem_eof_return(rbio, -1);  // empty = "want read", not EOF
   SSL_set_bio(t.ssl, rbio, wbio);
+  if (!t.early.empty()) {
+    BIO_write(rbio, t.early.data(), static_cast<int>(t.early.size()));
+    std::string().swap(t.early);
+  }
   if (t.server)
     SSL_set_accept_state(t.ssl);
   else
@@ -189,8 +211,8 @@ void HboneWorker::handshakeDone(Tunnel& t) {
   }
   if (!problem.empty()) {
     engine_.counters().hbone_handshake_failures++;
-    logger()->warn("tunnel {} {} {}: refused: {}", t.id, t.server ? "from" : "to",
-                   formatEndpoint(t.remote), problem);
+    SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn, "tunnel {} {} {}: refused: {}",
+                       t.id, t.server ? "from" : "to", formatEndpoint(t.remote), problem);
     closeTunnel(t, "peer_refused");
     return;
   }
@@ -233,8 +255,10 @@ void HboneWorker::progress(Tunnel& t) {
       int err = SSL_get_error(t.ssl, rc);
       if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
         engine_.counters().hbone_handshake_failures++;
-        logger()->warn("tunnel {} {} {}: TLS handshake failed: {}", t.id, t.server ? "from" : "to",
-                       formatEndpoint(t.remote), sslError(t.ssl, rc));
+        SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+                           "tunnel {} {} {}: TLS handshake failed: {}", t.id,
+                           t.server ? "from" : "to", formatEndpoint(t.remote),
+                           sslError(t.ssl, rc));
         closeAfterFlush(t, "tls_handshake_failed");  // the alert, if any, goes out first
         return;
       }
@@ -295,11 +319,42 @@ void HboneWorker::progress(Tunnel& t) {
     closeTunnel(t, t.streams.empty() ? "peer_closed" : "peer_closed_with_open_streams");
     return;
   }
-  if (!t.recv_inflight && t.state != Tunnel::kConnecting) {
-    io_uring_sqe* s = ring_.sqe(&t.ops[kTRecv]);
-    io_uring_prep_recv(s, t.fd.get(), t.rbuf.get(), kCipherRecv, 0);
-    t.recv_inflight = true;
-    t.inflight++;
+  armRecv(t);
+}
+
+void HboneWorker::armRecv(Tunnel& t) {
+  if (t.recv_inflight || t.awaiting_credential || t.state == Tunnel::kConnecting ||
+      t.state == Tunnel::kClosed)
+    return;
+  size_t want = t.state == Tunnel::kReady ? kCipherRecv : kHandshakeRecv;
+  if (t.rbuf_size != want) {  // no receive in flight: the buffer is ours
+    t.rbuf.reset(new uint8_t[want]);
+    t.rbuf_size = want;
+  }
+  io_uring_sqe* s = ring_.sqe(&t.ops[kTRecv]);
+  io_uring_prep_recv(s, t.fd.get(), t.rbuf.get(), t.rbuf_size, 0);
+  t.recv_inflight = true;
+  t.inflight++;
+}
+
+// Server side: TLS starts when the first bytes are in and the pod has a
+// certificate; a pod enrolled a moment ago may still be waiting for its
+// first one, and then so does the tunnel (bounded by the handshake deadline).
+void HboneWorker::acceptTls(Tunnel& t) {
+  if (!t.cred) t.cred = engine_.credentials()->credential(t.pod->identity);
+  if (t.cred) {
+    startTls(t);
+    return;
+  }
+  if (t.early.size() > kMaxEarlyBytes) {
+    closeTunnel(t, "handshake_too_large");
+    return;
+  }
+  if (!t.awaiting_credential) {
+    t.awaiting_credential = true;
+    cert_tunnels_.push_back(&t);
+    engine_.counters().certificate_waits++;
+    worker_.wantFineTick();
   }
 }
 
@@ -334,10 +389,27 @@ void HboneWorker::onTunnel(Tunnel& t, int kind, const io_uring_cqe& cqe) {
       break;
     case kTConnect:
       if (t.state != Tunnel::kConnecting) break;
+      if (res == -ECONNREFUSED && !t.waiting.empty()) {
+        // Nothing listens on 15008 yet: the destination was enrolled a moment
+        // ago and its node is still creating its listeners. Redial shortly.
+        auto now = Clock::now();
+        auto backoff = std::clamp(t.redial_backoff * 2, std::chrono::milliseconds(10),
+                                  std::chrono::milliseconds(200));
+        if (now + backoff < t.created + engine_.config().hbone_refused_retry) {
+          engine_.counters().hbone_connect_retries++;
+          t.redial_backoff = backoff;
+          t.redial_at = now + backoff;
+          t.fd.reset();
+          redials_.push_back(&t);
+          worker_.wantFineTick();
+          break;
+        }
+      }
       if (res < 0) {
         engine_.counters().connect_failures++;
-        logger()->warn("tunnel {} to {}: connect failed: {}", t.id, formatEndpoint(t.remote),
-                       res == -ECANCELED ? "timed out" : std::strerror(-res));
+        SLUICE_LOG_LIMITED(connect_log_, logger(), spdlog::level::warn,
+                           "tunnel {} to {}: connect failed: {}", t.id, formatEndpoint(t.remote),
+                           res == -ECANCELED ? "timed out" : std::strerror(-res));
         closeTunnel(t, res == -ECANCELED ? "connect_timeout" : "connect_error");
       } else {
         startTls(t);
@@ -349,6 +421,11 @@ void HboneWorker::onTunnel(Tunnel& t, int kind, const io_uring_cqe& cqe) {
       if (res > 0) {
         t.last_rx = Clock::now();
         t.ping_outstanding = false;
+        if (!t.ssl) {  // server: the first bytes of the handshake
+          t.early.append(reinterpret_cast<const char*>(t.rbuf.get()), static_cast<size_t>(res));
+          acceptTls(t);
+          break;
+        }
         BIO_write(SSL_get_rbio(t.ssl), t.rbuf.get(), res);
       } else if (res == 0) {
         t.peer_eof = true;
@@ -377,6 +454,9 @@ void HboneWorker::closeTunnel(Tunnel& t, const std::string& reason) {
   if (t.state == Tunnel::kClosed) return;
   if (t.reason.empty()) t.reason = reason;
   unpool(t);
+  dropPending(t);
+  std::erase(cert_tunnels_, &t);
+  std::erase(redials_, &t);
   // Streams cannot outlive their tunnel: reset them (their apps see RST).
   // They stay attached while nghttp2 may still call back with them.
   std::vector<Stream*> open;
@@ -456,26 +536,34 @@ Tunnel* HboneWorker::pooledTunnel(const std::shared_ptr<PodState>& pod, const Me
   }
   std::erase_if(tunnels, [](Tunnel* t) { return t->draining; });
 
-  auto sock = inpod::upstreamSocket(pod->netns.get(), SLUICE_MARK_MINE, 0);
-  if (!sock) {
-    logger()->error("pod {}: cannot create a tunnel socket: {}", pod->spec.name_namespace,
-                    sock.error().describe());
-    return nullptr;
-  }
   Tunnel* t = newTunnel(false, pod, cred);
-  t->fd = std::move(*sock);
   t->expected_peer = target.identity;
   t->remote = makeSockaddr(dst.sin_addr.s_addr, SLUICE_HBONE_PORT);
   t->pool_key = key;
   tunnels.push_back(t);
-  t->connect_timeout = toTimespec(engine_.config().connect_timeout);
-  io_uring_sqe* s = ring_.sqe(&t->ops[kTConnect]);
-  io_uring_prep_connect(s, t->fd.get(), reinterpret_cast<sockaddr*>(&t->remote), sizeof(t->remote));
-  s->flags |= IOSQE_IO_LINK;
-  io_uring_sqe* to = ring_.sqe(&t->ops[kTTimeout]);
-  io_uring_prep_link_timeout(to, &t->connect_timeout, 0);
-  t->inflight += 2;
+  if (!dial(*t)) return nullptr;
   return t;
+}
+
+// Client side: a TCP connect from the source pod's netns to <dst>:15008,
+// bounded by the connect timeout.
+bool HboneWorker::dial(Tunnel& t) {
+  auto sock = inpod::upstreamSocket(t.pod->netns.get(), SLUICE_MARK_MINE, 0);
+  if (!sock) {
+    logger()->error("pod {}: cannot create a tunnel socket: {}", t.pod->spec.name_namespace,
+                    sock.error().describe());
+    closeTunnel(t, "socket_error");
+    return false;
+  }
+  t.fd = std::move(*sock);
+  t.connect_timeout = toTimespec(engine_.config().connect_timeout);
+  io_uring_sqe* s = ring_.sqe(&t.ops[kTConnect]);
+  io_uring_prep_connect(s, t.fd.get(), reinterpret_cast<sockaddr*>(&t.remote), sizeof(t.remote));
+  s->flags |= IOSQE_IO_LINK;
+  io_uring_sqe* to = ring_.sqe(&t.ops[kTTimeout]);
+  io_uring_prep_link_timeout(to, &t.connect_timeout, 0);
+  t.inflight += 2;
+  return true;
 }
 
 // ------------------------------------------------------------ outbound
@@ -484,14 +572,22 @@ void HboneWorker::outbound(const std::shared_ptr<PodState>& pod, UniqueFd client
                            const sockaddr_in& peer, const sockaddr_in& dst,
                            const MeshWorkload& target, std::unique_ptr<ServiceRoute> route) {
   auto cred = engine_.credentials()->credential(pod->identity);
-  if (!cred) {
-    engine_.counters().no_certificate++;
-    logger()->warn("pod {}: no certificate for {} yet; refusing a connection to {}",
-                   pod->spec.name_namespace, pod->identity, formatEndpoint(dst));
-    if (route) worker_.lbClosed(*route);
-    setLinger0(client.get());
+  if (cred) {
+    openStream(pod, std::move(client), peer, dst, target, std::move(route), cred);
     return;
   }
+  // Enrolled a moment ago, or the agent just started: the pod's certificate
+  // is on its way. The app's connection waits for it (bounded).
+  engine_.counters().certificate_waits++;
+  cert_waiters_.push_back(CertWaiter{pod, std::move(client), peer, dst, target, std::move(route),
+                                     Clock::now() + engine_.config().certificate_wait});
+  worker_.wantFineTick();
+}
+
+void HboneWorker::openStream(const std::shared_ptr<PodState>& pod, UniqueFd client,
+                             const sockaddr_in& peer, const sockaddr_in& dst,
+                             const MeshWorkload& target, std::unique_ptr<ServiceRoute> route,
+                             const std::shared_ptr<const WorkloadCredential>& cred) {
   Tunnel* t = pooledTunnel(pod, target, dst, cred);
   if (!t) {
     engine_.counters().connect_failures++;
@@ -547,21 +643,64 @@ void HboneWorker::submitRequest(Tunnel& t, Stream& s) {
 
 void HboneWorker::inbound(const std::shared_ptr<PodState>& pod, UniqueFd fd,
                           const sockaddr_in& peer) {
-  auto cred = engine_.credentials()->credential(pod->identity);
-  if (!cred) {
-    engine_.counters().no_certificate++;
-    logger()->warn("pod {}: no certificate for {} yet; refusing an HBONE connection from {}",
-                   pod->spec.name_namespace, pod->identity, formatEndpoint(peer));
-    setLinger0(fd.get());
-    return;
-  }
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  Tunnel* t = newTunnel(true, pod, std::move(cred));
+  makeRoomForHandshake(*pod);
+  // TLS (and its memory) waits for the first bytes: an idle connection costs
+  // a descriptor and a few hundred bytes until it says something.
+  Tunnel* t = newTunnel(true, pod, nullptr);
   t->fd = std::move(fd);
   t->remote = peer;
-  startTls(*t);
+  t->state = Tunnel::kAccepted;
+  t->pending = true;
+  t->pending_at = pending_.insert(pending_.end(), t);
+  armRecv(*t);
   reap();
+}
+
+// Inbound tunnels that have not sent a CONNECT yet are bounded per pod and
+// per node (each worker enforces its share): beyond a bound the oldest one
+// goes, so a flood of idle or stalled handshakes cannot exhaust descriptors
+// or memory, and a legitimate handshake, which completes in milliseconds, is
+// never the oldest for long.
+void HboneWorker::makeRoomForHandshake(const PodState& pod) {
+  const auto& cfg = engine_.config();
+  unsigned workers = std::max(1u, engine_.workerCount());
+  size_t node_limit = std::max(1u, cfg.hbone_max_pending_handshakes / workers);
+  size_t pod_limit = std::max(1u, cfg.hbone_max_pending_handshakes_per_pod / workers);
+  size_t of_pod = 0;
+  Tunnel* oldest_of_pod = nullptr;
+  for (Tunnel* t : pending_) {
+    if (t->pod.get() != &pod) continue;
+    if (!oldest_of_pod) oldest_of_pod = t;
+    ++of_pod;
+  }
+  if (of_pod >= pod_limit)
+    evictPending(*oldest_of_pod, "the pod's bound on pending handshakes is reached");
+  else if (pending_.size() >= node_limit)
+    evictPending(*pending_.front(), "the node's bound on pending handshakes is reached");
+}
+
+bool HboneWorker::evictOldestPending(const char* why) {
+  if (pending_.empty()) return false;
+  evictPending(*pending_.front(), why);
+  return true;
+}
+
+void HboneWorker::evictPending(Tunnel& t, const char* why) {
+  engine_.counters().hbone_pending_evicted++;
+  auto age = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t.created);
+  SLUICE_LOG_LIMITED(pending_log_, logger(), spdlog::level::warn,
+                     "pod {}: closed the pending HBONE handshake from {} ({} ms old): {}",
+                     t.pod->spec.name_namespace, formatEndpoint(t.remote), age.count(), why);
+  setLinger0(t.fd.get());
+  closeTunnel(t, "evicted");
+}
+
+void HboneWorker::dropPending(Tunnel& t) {
+  if (!t.pending) return;
+  pending_.erase(t.pending_at);
+  t.pending = false;
 }
 
 int HboneWorker::onBeginHeaders(Tunnel& t, const nghttp2_frame* f) {
@@ -633,17 +772,24 @@ int HboneWorker::onFrameRecv(Tunnel& t, const nghttp2_frame* f) {
 // A CONNECT arrived on one of this pod's tunnels: check and connect to the app.
 void HboneWorker::authorizeConnect(Tunnel& t, Stream& s) {
   t.had_stream = true;
+  dropPending(t);
   auto& stats = engine_.counters();
   PodState& pod = *t.pod;
-  s.rec = engine_.openRecord("inbound", pod.spec.name_namespace, formatEndpoint(t.remote),
+  // The app's own port comes from Forwarded; the IP is the one TCP vouches
+  // for (the tunnel leaves from the source pod's address).
+  sockaddr_in source = t.remote;
+  if (auto f = forwardedFor(s.forwarded); f && f->sin_addr.s_addr == t.remote.sin_addr.s_addr)
+    source = *f;
+  s.rec = engine_.openRecord("inbound", pod.spec.name_namespace, formatEndpoint(source),
                              s.authority, "hbone");
   s.rec->source_principal = t.peer_identity;
   s.rec->destination_principal = pod.identity;
   s.rec->mutual_tls = true;
   if (s.method != "CONNECT") {
     stats.hbone_bad_requests++;
-    logger()->warn("tunnel {} from {} ({}): {} is not CONNECT; closing the tunnel", t.id,
-                   formatEndpoint(t.remote), t.peer_identity, s.method);
+    SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+                       "tunnel {} from {} ({}): {} is not CONNECT; closing the tunnel", t.id,
+                       formatEndpoint(t.remote), t.peer_identity, s.method);
     closeStream(s, true, "bad_request");
     nghttp2_session_terminate_session(t.h2, NGHTTP2_PROTOCOL_ERROR);
     t.reason = "bad_request";
@@ -655,17 +801,20 @@ void HboneWorker::authorizeConnect(Tunnel& t, Stream& s) {
   if (!target || target->sin_addr.s_addr != pod.spec.ip4 || port == SLUICE_HBONE_PORT ||
       port == SLUICE_INBOUND_PORT || port == SLUICE_OUTBOUND_PORT) {
     stats.hbone_refused++;
-    logger()->warn("pod {}: refused CONNECT {} from {} ({}): not a port of this pod",
-                   pod.spec.name_namespace, s.authority, t.peer_identity, formatEndpoint(t.remote));
+    SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+                       "pod {}: refused CONNECT {} from {} ({}): not a port of this pod",
+                       pod.spec.name_namespace, s.authority, t.peer_identity,
+                       formatEndpoint(t.remote));
     respond(t, s, 401, false);
     closeStream(s, false, "refused_not_this_pod");
     return;
   }
   if (pod.connections.load() >= engine_.config().max_connections_per_pod) {
     stats.limit_rejected++;
-    logger()->warn("pod {}: connection limit {} reached; refusing CONNECT from {}",
-                   pod.spec.name_namespace, engine_.config().max_connections_per_pod,
-                   t.peer_identity);
+    SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+                       "pod {}: connection limit {} reached; refusing CONNECT from {}",
+                       pod.spec.name_namespace, engine_.config().max_connections_per_pod,
+                       t.peer_identity);
     respond(t, s, 503, false);
     closeStream(s, false, "connection_limit");
     return;
@@ -979,10 +1128,11 @@ void HboneWorker::tick() {
     bool unestablished = t->state != Tunnel::kReady || (t->server && !t->had_stream);
     if (unestablished && now > t->deadline) {
       engine_.counters().hbone_timeouts++;
-      logger()->warn("tunnel {} {} {}: {} not done within {} ms; closing", t->id,
-                     t->server ? "from" : "to", formatEndpoint(t->remote),
-                     t->state == Tunnel::kReady ? "first CONNECT" : "handshake",
-                     cfg.hbone_handshake_timeout.count());
+      SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+                         "tunnel {} {} {}: {} not done within {} ms; closing", t->id,
+                         t->server ? "from" : "to", formatEndpoint(t->remote),
+                         t->state == Tunnel::kReady ? "first CONNECT" : "handshake",
+                         cfg.hbone_handshake_timeout.count());
       closeTunnel(*t, "handshake_timeout");
       continue;
     }
@@ -1012,6 +1162,12 @@ void HboneWorker::tick() {
 }
 
 void HboneWorker::removePod(const std::string& uid) {
+  std::erase_if(cert_waiters_, [&](CertWaiter& w) {
+    if (w.pod->spec.uid != uid) return false;
+    if (w.route) worker_.lbClosed(*w.route);
+    setLinger0(w.client.get());
+    return true;
+  });
   std::vector<Tunnel*> hit;
   for (auto& [p, t] : tunnels_)
     if (t->pod->spec.uid == uid) hit.push_back(p);
@@ -1020,6 +1176,8 @@ void HboneWorker::removePod(const std::string& uid) {
 }
 
 void HboneWorker::shutdown() {
+  for (auto& w : cert_waiters_) setLinger0(w.client.get());
+  cert_waiters_.clear();
   std::vector<Tunnel*> all;
   for (auto& [p, t] : tunnels_) all.push_back(p);
   for (Tunnel* t : all) closeTunnel(*t, "proxy_shutdown");
@@ -1027,6 +1185,69 @@ void HboneWorker::shutdown() {
   for (auto& [p, s] : streams_) rest.push_back(p);
   for (Stream* s : rest) closeStream(*s, true, "proxy_shutdown");
   reap();
+}
+
+}  // namespace sluice::ztunnel::proxy
+
+namespace sluice::ztunnel::proxy {
+
+bool HboneWorker::fineTick(Clock::time_point now) {
+  if (!cert_waiters_.empty()) {
+    auto waiters = std::move(cert_waiters_);
+    cert_waiters_.clear();
+    for (auto& w : waiters) {
+      auto cred = w.pod->removed ? nullptr : engine_.credentials()->credential(w.pod->identity);
+      if (cred) {
+        openStream(w.pod, std::move(w.client), w.peer, w.dst, w.target, std::move(w.route), cred);
+        continue;
+      }
+      if (!w.pod->removed && now < w.deadline) {
+        cert_waiters_.push_back(std::move(w));
+        continue;
+      }
+      if (!w.pod->removed) {
+        engine_.counters().no_certificate++;
+        SLUICE_LOG_LIMITED(cert_log_, logger(), spdlog::level::warn,
+                           "pod {}: no certificate for {} after {} ms; resetting a connection to "
+                           "{} (is the control plane's CA reachable? see 'sluicectl certs')",
+                           w.pod->spec.name_namespace, w.pod->identity,
+                           engine_.config().certificate_wait.count(), formatEndpoint(w.dst));
+      }
+      if (w.route) worker_.lbClosed(*w.route);
+      setLinger0(w.client.get());
+    }
+  }
+  if (!cert_tunnels_.empty()) {
+    auto tunnels = std::move(cert_tunnels_);
+    cert_tunnels_.clear();
+    for (Tunnel* t : tunnels) {
+      if (t->state == Tunnel::kClosed || !t->awaiting_credential) continue;
+      auto cred = engine_.credentials()->credential(t->pod->identity);
+      if (!cred) {
+        cert_tunnels_.push_back(t);
+        continue;
+      }
+      t->awaiting_credential = false;
+      t->cred = std::move(cred);
+      startTls(*t);
+    }
+  }
+  if (!redials_.empty()) {
+    auto due = std::move(redials_);
+    redials_.clear();
+    for (Tunnel* t : due) {
+      if (t->state != Tunnel::kConnecting) continue;
+      if (now < t->redial_at) {
+        redials_.push_back(t);
+      } else if (t->waiting.empty()) {
+        closeTunnel(*t, "connect_error");
+      } else {
+        dial(*t);
+      }
+    }
+  }
+  reap();
+  return !cert_waiters_.empty() || !cert_tunnels_.empty() || !redials_.empty();
 }
 
 }  // namespace sluice::ztunnel::proxy

@@ -20,12 +20,14 @@
 #include <openssl/ssl.h>
 
 #include <chrono>
+#include <list>
 #include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "sluice/common/log_limiter.h"
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
 #include "ztunnel/uring/ring.h"
@@ -57,7 +59,9 @@ enum TunnelOpKind : int { kTConnect, kTTimeout, kTRecv, kTSend, kTOpCount };
 enum StreamOpKind : int { kSRecv, kSSend, kSShut, kSConnect, kSTimeout, kSOpCount };
 
 struct Tunnel {
-  enum State { kConnecting, kHandshaking, kReady, kClosed };
+  // kAccepted: server side before TLS starts — no bytes yet, or no
+  // certificate for the pod yet; nothing large is allocated until then.
+  enum State { kConnecting, kAccepted, kHandshaking, kReady, kClosed };
   HboneWorker* hw = nullptr;
   uint64_t id = 0;
   bool server = false;
@@ -75,10 +79,19 @@ struct Tunnel {
   bool close_on_flush = false;  // graceful close once every byte is written
   bool peer_eof = false;
   bool had_stream = false;  // server: a CONNECT arrived (ends the handshake deadline)
+  bool awaiting_credential = false;  // server: bytes arrived before the pod's certificate
+  std::string early;                 // server: ciphertext received before TLS started
+  // server: in HboneWorker::pending_ (no CONNECT yet), for the bound on those
+  bool pending = false;
+  std::list<Tunnel*>::iterator pending_at;
+  // client: 15008 refused; redialled at redial_at, the delay doubling
+  Clock::time_point created{}, redial_at{};
+  std::chrono::milliseconds redial_backoff{0};
   TunnelOp ops[kTOpCount];
   int inflight = 0;
   __kernel_timespec connect_timeout{};
-  std::unique_ptr<uint8_t[]> rbuf;
+  std::unique_ptr<uint8_t[]> rbuf;  // small until the handshake is done
+  size_t rbuf_size = 0;
   bool recv_inflight = false;
   std::string sbuf;  // ciphertext being sent; never touched while a send is in flight
   size_t soff = 0;
@@ -137,8 +150,14 @@ class HboneWorker {
 
   void removePod(const std::string& uid);  // resets its tunnels and streams
   void shutdown();                         // resets everything (engine stop)
-  bool idle() const { return tunnels_.empty() && streams_.empty(); }
+  bool idle() const { return tunnels_.empty() && streams_.empty() && cert_waiters_.empty(); }
   void tick();  // deadlines, keepalive, idle release; about once a second
+  // Certificates that arrived, redials that are due. Returns whether
+  // anything still waits (call again in a few ms).
+  bool fineTick(Clock::time_point now);
+  // Closes the oldest inbound tunnel still in its handshake (to free a file
+  // descriptor); returns whether there was one.
+  bool evictOldestPending(const char* why);
 
   // --- completions and nghttp2 callbacks ---
   void onTunnel(Tunnel& t, int kind, const io_uring_cqe& cqe);
@@ -173,6 +192,31 @@ class HboneWorker {
   void failStream(Stream& s, const std::string& reason);
   Stream* newStream(Tunnel* t, const std::shared_ptr<PodState>& pod, UniqueFd app);
   void reap();
+  void armRecv(Tunnel& t);
+  void acceptTls(Tunnel& t);  // server: start TLS once the pod's certificate is here
+  void openStream(const std::shared_ptr<PodState>& pod, UniqueFd client, const sockaddr_in& peer,
+                  const sockaddr_in& dst, const MeshWorkload& target,
+                  std::unique_ptr<ServiceRoute> route,
+                  const std::shared_ptr<const WorkloadCredential>& cred);
+  bool dial(Tunnel& t);  // false: failed, the tunnel is closed
+  void makeRoomForHandshake(const PodState& pod);
+  void evictPending(Tunnel& t, const char* why);
+  void dropPending(Tunnel& t);
+
+  // An outbound connection waiting for its pod's first certificate.
+  struct CertWaiter {
+    std::shared_ptr<PodState> pod;
+    UniqueFd client;
+    sockaddr_in peer{}, dst{};
+    MeshWorkload target;
+    std::unique_ptr<ServiceRoute> route;
+    Clock::time_point deadline;
+  };
+  std::vector<CertWaiter> cert_waiters_;
+  std::vector<Tunnel*> cert_tunnels_;  // server tunnels with awaiting_credential
+  std::vector<Tunnel*> redials_;       // client tunnels waiting to redial
+  std::list<Tunnel*> pending_;         // server tunnels without a CONNECT yet, oldest first
+  log::Limiter refused_log_, pending_log_, cert_log_, connect_log_;
 
   Worker& worker_;
   EngineImpl& engine_;

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """HBONE peers for the end-to-end tests, built on third-party stacks only:
 Python's ssl (OpenSSL) and the `h2` package (python3-h2), not on Sluice code.
 

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Test application run inside lab pods (stdlib only).
 
 Servers:
@@ -22,6 +22,15 @@ Clients:
                                                   closes; prints "ready" after the first success,
                                                   then JSON {"buckets": [{"t": unix second, "ok", "fail"}],
                                                   "failures": [[unix time, error], ...] (the last 300)}
+  tcpapp.py probe HOST PORT                       one connection, read until EOF or error; prints JSON
+                                                  {"local", "reply", "error", "ms"}
+  tcpapp.py churn HOST PORT SECONDS [CONC]        new whoami connections back to back (CONC at a time)
+                                                  for SECONDS; prints "ready" at once, then JSON
+                                                  {"ok": n, "failures": [[t, error], ...]} (t: unix time)
+  tcpapp.py flood HOST PORT N                     opens N idle connections and holds them (never sends);
+                                                  prints "ready opened=.. failed=.." and holds until killed
+  tcpapp.py garbage HOST PORT N                   N connections, each sends a line of garbage and waits
+                                                  for the close; prints "done closed=.."
 """
 import asyncio
 import hashlib
@@ -338,6 +347,89 @@ def client_spread(host, port, n, conc):
     print(json.dumps({"by_server": by_server, "failures": failures}))
 
 
+def client_probe(host, port):
+    import json
+    import time
+    start = time.monotonic()
+    out = {"local": None, "reply": "", "error": None}
+    try:
+        with socket.create_connection((host, port), timeout=15) as c:
+            out["local"] = "%s:%d" % c.getsockname()
+            data = b""
+            while True:
+                d = c.recv(4096)
+                if not d:
+                    break
+                data += d
+            out["reply"] = data.decode(errors="replace")
+    except OSError as e:
+        out["error"] = type(e).__name__ if not e.strerror else e.strerror
+    out["ms"] = round((time.monotonic() - start) * 1000, 1)
+    print(json.dumps(out))
+
+
+def client_churn(host, port, seconds, conc=1):
+    import json
+    import time
+    print("ready", flush=True)
+    end = time.monotonic() + seconds
+    lock = threading.Lock()
+    result = {"ok": 0, "failures": []}
+
+    def worker():
+        while time.monotonic() < end:
+            t = time.time()
+            try:
+                line = read_reply(host, port)
+                if not line.startswith("peer="):
+                    raise OSError(f"bad reply {line!r}")
+                with lock:
+                    result["ok"] += 1
+            except OSError as e:
+                with lock:
+                    result["failures"].append([t, str(e)])
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=worker) for _ in range(conc)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    print(json.dumps(result), flush=True)
+
+
+def client_flood(host, port, n):
+    import time
+    raise_nofile()
+    socks, failed = [], 0
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(5)
+        try:
+            s.connect((host, port))
+            socks.append(s)
+        except OSError:
+            failed += 1
+            s.close()
+    print(f"ready opened={len(socks)} failed={failed}", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def client_garbage(host, port, n):
+    closed = 0
+    for i in range(n):
+        try:
+            with socket.create_connection((host, port), timeout=10) as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: garbage\r\n\r\n")
+                while c.recv(4096):
+                    pass
+                closed += 1
+        except OSError:
+            closed += 1
+    print(f"done closed={closed}")
+
+
 def main():
     a = sys.argv[1:]
     if not a or a[0] in ("-h", "--help"):
@@ -366,6 +458,14 @@ def main():
         client_loop(a[1], int(a[2]), int(a[3]), a[4], float(a[5]) if len(a) > 5 else 5)
     elif cmd == "hold":
         client_hold(a[1], int(a[2]), float(a[3]))
+    elif cmd == "probe":
+        client_probe(a[1], int(a[2]))
+    elif cmd == "churn":
+        client_churn(a[1], int(a[2]), float(a[3]), int(a[4]) if len(a) > 4 else 1)
+    elif cmd == "flood":
+        client_flood(a[1], int(a[2]), int(a[3]))
+    elif cmd == "garbage":
+        client_garbage(a[1], int(a[2]), int(a[3]))
     else:
         sys.exit(f"tcpapp: unknown command {cmd}")
 

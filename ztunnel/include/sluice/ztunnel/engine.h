@@ -37,6 +37,17 @@ struct EngineConfig {
   uint32_t hbone_max_streams = 100;                          // per tunnel, both directions
   uint32_t hbone_stream_window = 1u << 20;                   // HTTP/2 flow control, per stream
   uint32_t hbone_connection_window = 16u << 20;              // and per tunnel
+  // Inbound tunnels still in their handshake (TCP accepted, no CONNECT yet)
+  // are bounded per node and per pod; beyond a bound the oldest is closed.
+  // Each worker enforces its share (bound / workers).
+  unsigned hbone_max_pending_handshakes = 1024;
+  unsigned hbone_max_pending_handshakes_per_pod = 256;
+  // A connection of a pod whose certificate has not arrived yet (just
+  // enrolled, agent just restarted) waits this long for it, then is reset.
+  std::chrono::milliseconds certificate_wait{5000};
+  // A tunnel refused by the destination's 15008 (its node is still enrolling
+  // it) is redialled with backoff within this window.
+  std::chrono::milliseconds hbone_refused_retry{1000};
 
   // Load balancing of connections to Service VIPs (needs a MeshDirectory).
   unsigned lb_max_attempts = 3;                 // endpoints tried per connection
@@ -137,13 +148,19 @@ struct ConnectionInfo {
 };
 
 struct EngineStats {
-  uint64_t accepted = 0;
+  uint64_t accepted = 0;  // app connections: 15001, 15006, and CONNECT streams on 15008
   uint64_t active = 0;
   uint64_t closed = 0;
   uint64_t connect_failures = 0;
   uint64_t limit_rejected = 0;
   uint64_t no_original_dst = 0;
+  uint64_t direct_refused = 0;    // connections addressed to a proxy port itself (15006/15008)
+  uint64_t accept_errors = 0;     // accept failed (fd exhaustion: EMFILE/ENFILE), backed off
+  uint64_t certificate_waits = 0;  // connections that waited for their pod's certificate
   uint64_t hbone_tunnels_opened = 0;  // outbound + inbound
+  uint64_t hbone_tunnels_accepted = 0;  // inbound TCP connections on 15008
+  uint64_t hbone_pending_evicted = 0;   // handshakes closed to stay within the pending bound
+  uint64_t hbone_connect_retries = 0;   // tunnel dials retried after 15008 refused
   uint64_t hbone_tunnels_active = 0;
   uint64_t hbone_handshake_failures = 0;  // TLS refused: bad/absent cert, wrong peer, not TLS 1.3
   uint64_t hbone_timeouts = 0;            // handshake or first CONNECT not within the deadline
