@@ -417,8 +417,9 @@ void Worker::accepted(Listener& l, int fd) {
       inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
   if (!upstream) {
     stats.connect_failures++;
-    logger()->error("pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
-                    upstream.error().describe());
+    SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,
+                       "pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
+                       upstream.error().describe());
     return;
   }
   startConn(l.pod, std::move(client), std::move(*upstream), peer, dst, true, nullptr, nullptr);
@@ -504,8 +505,9 @@ void Worker::routeOutbound(const std::shared_ptr<PodState>& pod_ptr, UniqueFd cl
   }
   if (!upstream) {
     stats.connect_failures++;
-    logger()->error("pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
-                    upstream.error().describe());
+    SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,
+                       "pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
+                       upstream.error().describe());
     if (route) lbClosed(*route);
     return;
   }

@@ -145,7 +145,7 @@ class Worker {
   std::unique_ptr<HboneWorker> hbone_;  // when mTLS is on
   Balancer balancer_;
   uring::Timer fine_timer_{[this] { fineTick(); }};
-  log::Limiter accept_log_, refused_log_, limit_log_, no_view_log_;
+  log::Limiter accept_log_, refused_log_, limit_log_, socket_log_, no_view_log_;
   std::chrono::steady_clock::time_point last_tick_{};
   unsigned ticks_ = 0;
 

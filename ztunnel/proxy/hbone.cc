@@ -550,8 +550,9 @@ Tunnel* HboneWorker::pooledTunnel(const std::shared_ptr<PodState>& pod, const Me
 bool HboneWorker::dial(Tunnel& t) {
   auto sock = inpod::upstreamSocket(t.pod->netns.get(), SLUICE_MARK_MINE, 0);
   if (!sock) {
-    logger()->error("pod {}: cannot create a tunnel socket: {}", t.pod->spec.name_namespace,
-                    sock.error().describe());
+    SLUICE_LOG_LIMITED(connect_log_, logger(), spdlog::level::err,
+                       "pod {}: cannot create a tunnel socket: {}", t.pod->spec.name_namespace,
+                       sock.error().describe());
     closeTunnel(t, "socket_error");
     return false;
   }
@@ -824,8 +825,9 @@ void HboneWorker::authorizeConnect(Tunnel& t, Stream& s) {
   auto sock =
       inpod::upstreamSocket(pod.netns.get(), SLUICE_MARK_INBOUND_APP, t.remote.sin_addr.s_addr);
   if (!sock) {
-    logger()->error("pod {}: cannot create an upstream socket: {}", pod.spec.name_namespace,
-                    sock.error().describe());
+    SLUICE_LOG_LIMITED(connect_log_, logger(), spdlog::level::err,
+                       "pod {}: cannot create an upstream socket: {}", pod.spec.name_namespace,
+                       sock.error().describe());
     respond(t, s, 503, false);
     closeStream(s, false, "upstream_socket_error");
     return;
