@@ -383,7 +383,13 @@ int runAgent(const Flags& flags) {
       uris.insert(x509::SpiffeId{flags.trust_domain, ns, sa}.uri());
     certs.setIdentities(uris);
   };
-  DiscoveryBridge discovery_bridge(pods, directory, sync_identities);
+  // A message from the control plane also says its CA is reachable again:
+  // identities waiting out a retry backoff (an agent started while it was
+  // down) are requested at once rather than when the backoff ends.
+  DiscoveryBridge discovery_bridge(pods, directory, [&] {
+    sync_identities();
+    certs.retryNow();
+  });
 
   // The last good view first, then the pods: a re-adopted pod's first
   // connection is routed by it (a meshed destination over mTLS, never in

@@ -41,6 +41,18 @@ void CertManager::setIdentities(const std::set<std::string>& uris) {
   wake_.notify_all();
 }
 
+void CertManager::retryNow() {
+  std::lock_guard lk(mu_);
+  auto now = std::chrono::system_clock::now();
+  bool any = false;
+  for (auto& [uri, e] : entries_) {
+    if (e.state == "valid" || e.renew_at <= now) continue;
+    e.renew_at = now;
+    any = true;
+  }
+  if (any) wake_.notify_all();
+}
+
 std::shared_ptr<const Certified> CertManager::get(const std::string& uri) const {
   std::lock_guard lk(mu_);
   auto it = entries_.find(uri);

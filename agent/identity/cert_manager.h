@@ -50,6 +50,9 @@ class CertManager final : public ztunnel::CredentialSource {
 
   // The identities (SPIFFE URIs) that must have certificates; others are dropped.
   void setIdentities(const std::set<std::string>& uris);
+  // The control plane answers again: identities still waiting out a retry
+  // backoff are requested now (the next failure backs off further).
+  void retryNow();
   std::shared_ptr<const Certified> get(const std::string& uri) const;
   // For the proxy: the current certificate (the old one until a renewal lands).
   std::shared_ptr<const ztunnel::WorkloadCredential> credential(const std::string& uri) override {

@@ -437,6 +437,31 @@ TEST_SUITE("certificates") {
     certs.setIdentities({});
     CHECK(certs.get(id) == nullptr);
   }
+
+  TEST_CASE("an identity waiting out a long retry backoff is requested at once by retryNow") {
+    controlplane::model::Store store;
+    REQUIRE(store.setSource("a", podObjects("web")).has_value());
+    int port = 0;
+    auto cp = std::make_unique<ControlPlane>(store, port);
+    const std::string target = "127.0.0.1:" + std::to_string(port);
+    cp.reset();  // the agent starts while the control plane is down
+    agent::identity::GrpcSigner signer(target, testCa().trustAnchorPem(), kNode1Token);
+    agent::identity::CertManagerConfig cfg;
+    cfg.initial_backoff = 60s;  // the first failure would wait a minute
+    agent::identity::CertManager certs(signer, cfg);
+    const std::string id = "spiffe://cluster.local/ns/shop/sa/default";
+    certs.setIdentities({id});
+    Recorder wait;
+    REQUIRE(wait.waitUntil([&](Recorder&) {
+      auto dump = certs.dump();
+      for (const auto& c : dump["certificates"])
+        if (!c["error"].get<std::string>().empty()) return true;
+      return false;
+    }));
+    cp = std::make_unique<ControlPlane>(store, port);  // back, on the same port
+    certs.retryNow();
+    CHECK(wait.waitUntil([&](Recorder&) { return certs.get(id) != nullptr; }));
+  }
 }
 
 // The agent's own gRPC client (agent/rpc) against the real gRPC server.

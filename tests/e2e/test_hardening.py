@@ -184,8 +184,16 @@ class HardeningTest(LabTest):
         for r in results:
             self.assertEqual(r["failures"], [], f"connections failed while enrolling: {r}")
             self.assertGreater(r["ok"], 20, r)
-        recs = [c for c in lab.connections("node1") if c["pod"] == "late/lclient" and c["path"] == "hbone"]
-        self.assertTrue(recs and all(c["mutual_tls"] for c in recs), "the cross-node load went over mTLS")
+        # The enrolled pods now talk over mTLS across nodes (the record history is
+        # bounded, so look at a fresh connection rather than the load's).
+        r = self.probe("late/lclient", lserver, 8080)
+        self.assertIsNone(r["error"], r)
+        recs = wait_for("the probe's record on node1", lambda: [
+            c for c in lab.connections("node1")
+            if c["pod"] == "late/lclient" and c["destination"] == f"{lserver}:8080" and c["state"] == "closed"
+            and c["source"].endswith(":" + r["local"].rsplit(":", 1)[1])])
+        self.assertEqual(recs[-1]["path"], "hbone", recs[-1])
+        self.assertTrue(recs[-1]["mutual_tls"], recs[-1])
 
 
 if __name__ == "__main__":
