@@ -126,7 +126,7 @@ Flags parseFlags(int argc, char** argv) {
     first = 2;
   }
   std::vector<std::string> known_flags = {"--workers", "--max-connections-per-pod", "--cni-wait-ms",
-                                          "--exclude-ports"};
+                                          "--exclude-ports", "--cert-ttl"};
   for (const auto& [name, ptr] : strings) known_flags.push_back(name);
   auto args = splitFlags(argc, argv, first, known_flags);
   if (!args) usageError(args.error().message);
