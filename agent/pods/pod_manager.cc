@@ -25,6 +25,18 @@ nlohmann::json podJson(const LocalPod& p) {
 }
 
 std::string podName(const PodRef& r) { return r.ns + "/" + r.name; }
+
+// The pod as the proxy engine knows it (its identity included).
+ztunnel::PodSpec engineSpec(const LocalPod& pod) {
+  ztunnel::PodSpec spec;
+  spec.uid = pod.ref.container_id;
+  spec.name_namespace = podName(pod.ref);
+  spec.service_account = pod.service_account;
+  spec.ip4 = pod.ref.ip4;
+  spec.netns_cookie = pod.netns_cookie;
+  spec.netns_fd = pod.netns.get();
+  return spec;
+}
 }  // namespace
 
 PodManager::PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file)
@@ -152,13 +164,7 @@ void PodManager::reconcile(LocalPod& pod) {
 
 Result<void> PodManager::enroll(LocalPod& pod) {
   if (pod.ref.ip4 == 0) return fail("the pod has no IPv4 address in the CNI result");
-  ztunnel::PodSpec spec;
-  spec.uid = pod.ref.container_id;
-  spec.name_namespace = podName(pod.ref);
-  spec.service_account = pod.service_account;
-  spec.ip4 = pod.ref.ip4;
-  spec.netns_cookie = pod.netns_cookie;
-  spec.netns_fd = pod.netns.get();
+  ztunnel::PodSpec spec = engineSpec(pod);
   if (auto r = engine_.addPod(spec); !r) return r;
   pod.engine_service_account = pod.service_account;
   if (auto r = loader_.attachTc(pod.netns.get(), pod.ref.ifname); !r) {
@@ -189,13 +195,7 @@ void PodManager::reregister(LocalPod& pod) {
   logger()->info("pod {}: service account '{}' instead of '{}': registering it again",
                  podName(pod.ref), pod.service_account, pod.engine_service_account);
   engine_.removePod(pod.ref.container_id);
-  ztunnel::PodSpec spec;
-  spec.uid = pod.ref.container_id;
-  spec.name_namespace = podName(pod.ref);
-  spec.service_account = pod.service_account;
-  spec.ip4 = pod.ref.ip4;
-  spec.netns_cookie = pod.netns_cookie;
-  spec.netns_fd = pod.netns.get();
+  ztunnel::PodSpec spec = engineSpec(pod);
   if (auto r = engine_.addPod(spec); !r) {
     // Without listeners the capture would only refuse: take it out too, and
     // let the next view try the whole enrollment again.

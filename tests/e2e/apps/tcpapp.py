@@ -164,16 +164,18 @@ def serve_http(port):
     serve_asyncio(port, handle)
 
 
-def read_reply(host, port):
+def read_reply(host, port, timeout=10, on_connect=None):
     """Connects, reads until the server closes, returns the text."""
-    with socket.create_connection((host, port), timeout=10) as c:
+    with socket.create_connection((host, port), timeout=timeout) as c:
+        if on_connect:
+            on_connect(c)
         data = b""
         while True:
             d = c.recv(4096)
             if not d:
                 break
             data += d
-    return data.decode()
+    return data.decode(errors="replace")
 
 
 def client_get(host, port):
@@ -353,15 +355,8 @@ def client_probe(host, port):
     start = time.monotonic()
     out = {"local": None, "reply": "", "error": None}
     try:
-        with socket.create_connection((host, port), timeout=15) as c:
-            out["local"] = "%s:%d" % c.getsockname()
-            data = b""
-            while True:
-                d = c.recv(4096)
-                if not d:
-                    break
-                data += d
-            out["reply"] = data.decode(errors="replace")
+        out["reply"] = read_reply(host, port, timeout=15,
+                                  on_connect=lambda c: out.update(local="%s:%d" % c.getsockname()))
     except OSError as e:
         out["error"] = type(e).__name__ if not e.strerror else e.strerror
     out["ms"] = round((time.monotonic() - start) * 1000, 1)
