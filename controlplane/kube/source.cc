@@ -168,9 +168,17 @@ void Source::run(Resource& r) {
 }
 
 bool Source::list(Resource& r) {
+  // A paged list is one consistent snapshot only if every page comes from
+  // the revision of the first one. When the API server has compacted that
+  // revision away, a continue page gets 410 Gone (reason Expired): the
+  // pages read so far cannot be completed, so the list starts over without
+  // `continue`. Only a complete list replaces the cache; until then the
+  // previous one stays served.
+  constexpr int kMaxRestarts = 3;
   std::map<std::string, model::Objects> fresh;
   std::string cont, rv;
-  do {
+  int restarts = 0;
+  while (true) {
     std::string path = fmt::format("{}?limit={}", r.path, options_.page_size);
     if (!cont.empty()) path += "&continue=" + cont;
     auto resp = client_.get(path);
@@ -179,9 +187,28 @@ bool Source::list(Resource& r) {
       logger()->warn("listing {}s: {}", r.kind, resp.error().describe());
       return false;
     }
-    if (resp->status == 410) {  // the continue token expired: start over
-      cont.clear();
+    if (resp->status == 410 && !cont.empty()) {
+      {
+        std::lock_guard lk(mu_);
+        r.status.expired++;
+      }
+      if (++restarts > kMaxRestarts) {
+        std::string e = fmt::format(
+            "listing {}s: the API server expired the list's continue token {} times in a row "
+            "(HTTP 410 Gone: it compacted the list's revision before all pages were read); "
+            "the last complete list of {}s stays in use; retrying",
+            r.kind, restarts, r.kind);
+        setError(r, e);
+        logger()->warn("{}", e);
+        return false;
+      }
+      logger()->info(
+          "listing {}s: the continue token expired after {} {}s (HTTP 410 Gone); starting the "
+          "list over from the first page",
+          r.kind, fresh.size(), r.kind);
       fresh.clear();
+      cont.clear();
+      rv.clear();
       continue;
     }
     if (resp->status != 200) {
@@ -207,7 +234,8 @@ bool Source::list(Resource& r) {
     }
     rv = j["metadata"].value("resourceVersion", "");
     cont = j["metadata"].value("continue", "");
-  } while (!cont.empty());
+    if (cont.empty()) break;
+  }
   std::lock_guard lk(mu_);
   r.objects = std::move(fresh);
   r.status.resource_version = rv;
@@ -215,7 +243,10 @@ bool Source::list(Resource& r) {
   r.status.last_error.clear();
   r.listed = true;
   markDirty();
-  logger()->info("listed {} {}s (resourceVersion {})", r.objects.size(), r.kind, rv);
+  logger()->info("listed {} {}s (resourceVersion {}{})", r.objects.size(), r.kind, rv,
+                 restarts ? fmt::format(", started over {} time{} after an expired continue token",
+                                        restarts, restarts == 1 ? "" : "s")
+                          : std::string());
   return true;
 }
 

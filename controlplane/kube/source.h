@@ -1,8 +1,10 @@
 // The Kubernetes source of truth: list + watch of Namespaces, Pods, Services
 // and EndpointSlices (discovery.k8s.io/v1), one thread per resource, into
 // the model Store. Watches resume from the last resourceVersion (bookmarks
-// keep it fresh); 410 Gone relists; a dropped stream reconnects with
-// exponential backoff and jitter; a malformed event is logged and skipped.
+// keep it fresh); 410 Gone relists; a list whose continue token expires
+// (410 on a later page) starts over from the first page, and only a complete
+// list replaces what is served; a dropped stream reconnects with exponential
+// backoff and jitter; a malformed event is logged and skipped.
 // Memory: the parsed model objects of the cluster, nothing more (no raw JSON
 // is kept). Changes reach the Store in batches (at most every flush_delay).
 #pragma once
@@ -44,7 +46,8 @@ class Source {
 
   struct Status {
     std::string resource_version;
-    uint64_t lists = 0, watches = 0, events = 0, bookmarks = 0, malformed = 0, expired = 0;
+    uint64_t lists = 0, watches = 0, events = 0, bookmarks = 0, malformed = 0;
+    uint64_t expired = 0;  // 410 Gone: a watch's resourceVersion or a list's continue token
     std::string last_error;
   };
   Status status(const std::string& kind) const;  // "Pod", "Namespace", ...

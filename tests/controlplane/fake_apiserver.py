@@ -15,8 +15,12 @@ Faithful where the client depends on it:
   * TokenReview (authentication.k8s.io/v1) for configured tokens.
 Fault injection: /_control/cut ends every watch stream in the middle of an
 event; /_control/malformed sends a line that is not JSON; /_control/compact
-drops the history (next resume gets 410); /_control/token changes the
-accepted token.
+drops the history (next resume gets 410); /_control/expire-continue
+{"resource", "count"} answers the next `count` list requests of that resource
+that carry a continue token with 410 Gone, reason Expired, as an API server
+does once the list's revision is compacted away (the Status carries the
+"inconsistent" remainder token in metadata.continue, like the real one);
+/_control/token changes the accepted token.
 
 Prints "PORT <n>" on stdout once listening.
 """
@@ -51,6 +55,7 @@ class State:
         self.bookmark_interval = bookmark_interval
         self.cut_generation = 0
         self.malformed_generation = 0
+        self.expire_continue = {}  # resource -> continue pages still to answer 410
         self.requests = []
         self.reviews = {}  # token -> {"username", "pod_uid", "node"}
 
@@ -158,6 +163,8 @@ class Handler(BaseHTTPRequestHandler):
                 st.cut_generation += 1
             elif what == "malformed":
                 st.malformed_generation += 1
+            elif what == "expire-continue":
+                st.expire_continue[body["resource"]] = int(body.get("count", 1))
             elif what == "token":
                 st.token = body["token"]
             elif what == "review":
@@ -191,6 +198,22 @@ class Handler(BaseHTTPRequestHandler):
         with st.cv:
             items = sorted(st.objects[resource].items())
             rv = st.rv
+            expire = q.get("continue") and st.expire_continue.get(resource, 0) > 0
+            if expire:
+                st.expire_continue[resource] -= 1
+        if expire:
+            # What the API server answers when the revision of a paged list
+            # has been compacted (k8s.io/apiserver, storage/etcd3).
+            body = status(410, "Expired",
+                          "The provided continue parameter is too old to display a consistent "
+                          "list result. You can start a new list without the continue "
+                          "parameter, or use the continue token in this response to retrieve "
+                          "the remainder of the results. Continuing with the provided token "
+                          "results in an inconsistent list - objects that were created, "
+                          "modified, or deleted between the time the first chunk was returned "
+                          "and now may show up in the list.")
+            body["metadata"]["continue"] = str(start)
+            return self.send_json(410, body)
         page = items[start:start + limit] if limit else items[start:]
         cont = str(start + limit) if limit and start + limit < len(items) else ""
         out_items = []

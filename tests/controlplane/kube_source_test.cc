@@ -1,16 +1,21 @@
 // The Kubernetes source against a local HTTPS server speaking the API's
 // list/watch protocol (tests/controlplane/fake_apiserver.py): list, watch,
-// bookmarks, resume, 410 relist, 401, a stream cut mid-event, a malformed
-// event, kubeconfig parsing and TokenReview.
+// bookmarks, resume, 410 relist, 410 on a continue page, 401, a stream cut
+// mid-event, a malformed event, kubeconfig parsing and TokenReview.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -220,6 +225,30 @@ struct Watching {
   }
 };
 
+// A shop namespace and five pods: three pages at fastOptions().page_size.
+void seedPagedPods(const FakeApiServer& api) {
+  api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
+  for (int i = 1; i <= 5; ++i)
+    api.call("upsert",
+             {{"resource", "pods"},
+              {"object", pod("web" + std::to_string(i), "10.244.1." + std::to_string(i))}});
+}
+
+// The Pod lists (requests without `watch`) the fake has seen, oldest first.
+std::vector<std::string> podLists(const FakeApiServer& api) {
+  std::vector<std::string> out;
+  for (const auto& r : api.requests())
+    if (r.rfind("GET /api/v1/pods?limit=", 0) == 0) out.push_back(r.substr(4));
+  return out;
+}
+
+// A first page, a continue page (answered 410 Expired), then the first page
+// again: the list started over instead of keeping what it had.
+bool startedOver(const std::vector<std::string>& lists) {
+  return lists.size() >= 3 && lists[0] == "/api/v1/pods?limit=2" &&
+         lists[1] == "/api/v1/pods?limit=2&continue=2" && lists[2] == "/api/v1/pods?limit=2";
+}
+
 }  // namespace
 
 TEST_SUITE("controlplane/kubernetes") {
@@ -321,6 +350,91 @@ TEST_SUITE("controlplane/kubernetes") {
     }));
     CHECK(source->status("Pod").lists > lists);
     CHECK(source->status("Pod").expired >= 1);
+  }
+
+  TEST_CASE("kube list: 410 on a continue page starts the list over - the first view is whole") {
+    FakeApiServer api;
+    seedPagedPods(api);
+    api.call("expire-continue", {{"resource", "pods"}, {"count", 1}});
+    Watching w(api);
+    auto& store = w.store;
+    auto& source = w.source;
+    REQUIRE(eventually([&] { return source->synced(); }));
+    CHECK(workloads(store).size() == 5);  // the first view applied is already complete
+    auto lists = podLists(api);
+    CHECK_MESSAGE(startedOver(lists), fmt::format("{}", fmt::join(lists, " | ")));
+    CHECK(source->status("Pod").last_error.empty());
+  }
+
+  TEST_CASE("kube relist: 410 on a continue page - no pod leaves the view - the list converges") {
+    FakeApiServer api;
+    seedPagedPods(api);
+    Watching w(api);
+    auto& store = w.store;
+    auto& source = w.source;
+    REQUIRE(eventually([&] { return source->synced() && workloads(store).size() == 5; }));
+
+    // Every change the Store publishes from here on is recorded: no pod may
+    // leave the view, not even for one version.
+    std::mutex mu;
+    std::vector<std::string> removed;
+    size_t fewest = SIZE_MAX;
+    std::jthread monitor([&](std::stop_token stop) {
+      uint64_t v = store.version();
+      while (!stop.stop_requested()) {
+        auto d = store.waitSince(v, 20ms);
+        if (!d) continue;
+        v = d->version;
+        size_t now = workloads(store).size();
+        std::lock_guard lk(mu);
+        removed.insert(removed.end(), d->removed_uids.begin(), d->removed_uids.end());
+        fewest = std::min(fewest, now);
+      }
+    });
+
+    // The watch's resourceVersion is compacted away while the client is kept
+    // out, and the relist's second page is answered 410: the client starts
+    // over from the first page and converges, the pod added meanwhile
+    // included.
+    uint64_t lists = source->status("Pod").lists;
+    api.call("token", {{"token", "other"}});
+    api.call("cut");
+    api.call("upsert", {{"resource", "pods"}, {"object", pod("web6", "10.244.1.6")}});
+    api.call("compact");
+    api.call("expire-continue", {{"resource", "pods"}, {"count", 1}});
+    api.call("clear-requests");
+    api.call("token", {{"token", "good-token"}});
+    CHECK(eventually([&] {
+      auto v = workloads(store);
+      return v.size() == 6 && v.count("uid-web6") == 1;
+    }));
+    CHECK(source->status("Pod").lists > lists);
+    auto requested = podLists(api);
+    CHECK_MESSAGE(startedOver(requested), fmt::format("{}", fmt::join(requested, " | ")));
+
+    // Continue pages that keep expiring: the list gives up for a while with
+    // an explanation, the last complete list stays served, and the client
+    // converges once the pages come through again.
+    api.call("token", {{"token", "other"}});
+    api.call("cut");
+    api.call("upsert", {{"resource", "pods"}, {"object", pod("web7", "10.244.1.7")}});
+    api.call("compact");
+    api.call("expire-continue", {{"resource", "pods"}, {"count", 1000}});
+    api.call("token", {{"token", "good-token"}});
+    CHECK(eventually([&] {
+      return source->status("Pod").last_error.find("expired the list's continue token") !=
+             std::string::npos;
+    }));
+    CHECK(workloads(store).size() == 6);
+    api.call("expire-continue", {{"resource", "pods"}, {"count", 0}});
+    CHECK(eventually(
+        [&] { return workloads(store).size() == 7 && source->status("Pod").last_error.empty(); }));
+
+    monitor.request_stop();
+    monitor.join();
+    std::lock_guard lk(mu);
+    CHECK_MESSAGE(removed.empty(), fmt::format("removed: {}", fmt::join(removed, " ")));
+    CHECK(fewest >= 5);
   }
 
   TEST_CASE("a malformed event is logged and skipped; the next one applies") {
