@@ -23,12 +23,16 @@ void append(model::Objects& into, const model::Objects& one) {
                               one.endpoint_slices.end());
 }
 
-std::string resourceVersionOf(const json& obj) {
+// metadata.<field> of an object or list when it is a string, else "" (a
+// malformed response never throws).
+std::string metadataField(const json& obj, const char* field) {
   auto meta = obj.find("metadata");
   if (meta == obj.end() || !meta->is_object()) return "";
-  auto rv = meta->find("resourceVersion");
-  return rv != meta->end() && rv->is_string() ? rv->get<std::string>() : "";
+  auto v = meta->find(field);
+  return v != meta->end() && v->is_string() ? v->get<std::string>() : "";
 }
+
+std::string resourceVersionOf(const json& obj) { return metadataField(obj, "resourceVersion"); }
 
 std::string statusMessage(const std::string& body) {
   auto j = json::parse(body, nullptr, false);
@@ -232,8 +236,8 @@ bool Source::list(Resource& r) {
       }
       fresh[model::objectKey(item)] = std::move(one);
     }
-    rv = j["metadata"].value("resourceVersion", "");
-    cont = j["metadata"].value("continue", "");
+    rv = metadataField(j, "resourceVersion");
+    cont = metadataField(j, "continue");
     if (cont.empty()) break;
   }
   std::lock_guard lk(mu_);

@@ -252,7 +252,7 @@ bool startedOver(const std::vector<std::string>& lists) {
 }  // namespace
 
 TEST_SUITE("controlplane/kubernetes") {
-  TEST_CASE("kubeconfig: current context, inline CA, token; bad files are explained") {
+  TEST_CASE("kubeconfig: current context, inline CA, token - bad files are explained") {
     FakeApiServer api;
     auto c = kube::Config::fromKubeconfig(writeKubeconfig(api, "good-token"));
     REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().describe()));
@@ -321,7 +321,7 @@ TEST_SUITE("controlplane/kubernetes") {
     CHECK(resumed);
   }
 
-  TEST_CASE("410 Gone relists; an object deleted during the gap disappears") {
+  TEST_CASE("410 Gone relists - an object deleted during the gap disappears") {
     FakeApiServer api;
     api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
     api.call("upsert", {{"resource", "pods"}, {"object", pod("a", "10.244.1.1")}});
@@ -437,7 +437,7 @@ TEST_SUITE("controlplane/kubernetes") {
     CHECK(fewest >= 5);
   }
 
-  TEST_CASE("a malformed event is logged and skipped; the next one applies") {
+  TEST_CASE("a malformed event is logged and skipped - the next one applies") {
     FakeApiServer api;
     api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
     Watching w(api);
@@ -455,7 +455,7 @@ TEST_SUITE("controlplane/kubernetes") {
     CHECK(source->status("Pod").malformed >= 2);
   }
 
-  TEST_CASE("TokenReview: the agent's service account on a node; anything else refused") {
+  TEST_CASE("TokenReview: the agent's service account on a node - anything else refused") {
     FakeApiServer api;
     api.call("upsert", {{"resource", "namespaces"}, {"object", ns("sluice-system", false)}});
     json agent = pod("agent-x", "192.168.0.2", "node7");

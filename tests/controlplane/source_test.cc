@@ -140,7 +140,7 @@ TEST_SUITE("local.source") {
 }
 
 TEST_SUITE("local.services") {
-  TEST_CASE("endpoints from the selector, ready pods only, named target ports; slices win") {
+  TEST_CASE("endpoints from the selector, ready pods only, named target ports - slices win") {
     std::string text = std::string(kShop) + R"(---
 kind: Service
 apiVersion: v1

@@ -77,7 +77,7 @@ TEST_SUITE("ztunnel/balancer") {
     CHECK(first == 0);  // any pair containing it picks the other one
   }
 
-  TEST_CASE("consecutive failures eject for a while; tried endpoints are skipped") {
+  TEST_CASE("consecutive failures eject for a while - tried endpoints are skipped") {
     Balancer::Config cfg;
     cfg.eject_after = 3;
     cfg.eject_for = 5s;
