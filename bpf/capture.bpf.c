@@ -43,7 +43,7 @@ static __always_inline int is_proxy_socket(void *ctx)
 }
 
 /* Decides whether an IPv4 connect from an enrolled netns is redirected.
- * Returns the enrolled record to redirect, or NULL to leave it alone. */
+ * Returns 1 to redirect it, 0 to leave it alone. */
 static __always_inline int should_redirect(void *ctx, __u32 dst_ip, __u16 dst_port)
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);

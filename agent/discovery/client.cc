@@ -204,7 +204,7 @@ void Client::run() {
       logger->debug("control plane at {} still unreachable: {}", config_.target, err);
     connected_ = false;
     setError(err);
-    // Full jitter over the current backoff window.
+    // Equal jitter: a uniform wait in the upper half of the backoff window.
     auto wait = std::chrono::milliseconds(
         std::uniform_int_distribution<long>(backoff.count() / 2, backoff.count())(rng));
     backoff = std::min(backoff * 2, config_.max_backoff);

@@ -171,7 +171,7 @@ Result<void> PodManager::enroll(LocalPod& pod) {
     engine_.removePod(spec.uid);
     return r;
   }
-  sluice_enrolled value{pod.ref.ip4, SLUICE_ENROLLED_F_INBOUND};
+  sluice_enrolled value{pod.ref.ip4, 0};
   if (auto r = loader_.enrolled().update(pod.netns_cookie, value); !r) {
     loader_.detachTc(pod.netns.get(), pod.ref.ifname);
     engine_.removePod(spec.uid);

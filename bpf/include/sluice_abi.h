@@ -28,9 +28,8 @@
 /* sluice_enrolled_v1: key = netns cookie (__u64). */
 struct sluice_enrolled {
 	__u32 pod_ip4; /* pod IPv4 address, network order; never redirected */
-	__u32 flags;   /* SLUICE_ENROLLED_F_* */
+	__u32 flags;   /* reserved, zero */
 };
-#define SLUICE_ENROLLED_F_INBOUND 0x1 /* tc ingress capture active */
 
 /* Original destination of a redirected connection. Value of
  * sluice_cookie_dst_v1 (key: socket cookie) and sluice_orig_dst_v1. */

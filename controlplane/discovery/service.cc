@@ -6,8 +6,6 @@ namespace sluice::controlplane::discovery {
 
 using sluice::api::v1::WatchResponse;
 
-bool Service::visibleTo(const std::string&, const model::Workload&) { return true; }
-
 grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::WatchRequest* req,
                             grpc::ServerWriter<WatchResponse>* writer) {
   auto logger = log::get("discovery");
@@ -34,7 +32,7 @@ grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::Wat
     r.set_epoch(epoch);
     r.set_full(d.full);
     for (const auto& w : d.upserts)
-      if (visibleTo(node, w)) *r.add_upserts() = w;
+      *r.add_upserts() = w;  // every node sees every workload (destinations)
     for (const auto& uid : d.removed_uids) r.add_removed_uids(uid);
     for (const auto& s : d.services) *r.add_services() = s;
     for (const auto& key : d.removed_services) r.add_removed_services(key);

@@ -23,7 +23,6 @@ class Service final : public sluice::api::v1::Discovery::Service {
  private:
   // Which workloads a node receives. Today: all of them (remote ones are
   // needed as destinations); the one place to narrow it later.
-  static bool visibleTo(const std::string& node, const model::Workload& w);
 
   model::Store& store_;
   std::atomic<bool> stopping_{false};

@@ -136,7 +136,7 @@ void Source::run(Resource& r) {
   std::mt19937_64 rng(std::random_device{}());
   auto backoff = options_.initial_backoff;
   auto rest = [&]() {
-    // Full jitter over the current window, then widen it.
+    // Equal jitter (a uniform wait in the upper half of the window), then widen it.
     auto wait = std::chrono::milliseconds(
         std::uniform_int_distribution<long>(backoff.count() / 2, backoff.count())(rng));
     backoff = std::min(backoff * 2, options_.max_backoff);

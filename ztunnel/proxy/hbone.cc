@@ -1156,7 +1156,6 @@ void HboneWorker::tick() {
     } else if (silent > cfg.hbone_keepalive && !t->ping_outstanding) {
       nghttp2_submit_ping(t->h2, NGHTTP2_FLAG_NONE, nullptr);
       t->ping_outstanding = true;
-      t->ping_sent = now;
       progress(*t);
     }
   }

@@ -99,7 +99,7 @@ struct Tunnel {
   std::map<int32_t, Stream*> streams;  // open HTTP/2 streams
   std::vector<Stream*> waiting;        // client: accepted, waiting for the handshake
   Clock::time_point deadline{};        // of the handshake (and, server, the first CONNECT)
-  Clock::time_point last_rx{}, idle_since{}, ping_sent{};
+  Clock::time_point last_rx{}, idle_since{};
   bool ping_outstanding = false;
   std::string reason;  // why it closed
   size_t load() const { return streams.size() + waiting.size(); }

@@ -1,9 +1,11 @@
 // The ztunnel engine: the node's shared io_uring proxy. The agent hosts it
-// in-process; sluice-ztunnel runs it standalone for tests and benchmarks.
+// in-process; its tests drive it directly (there is no standalone binary).
 //
 // Threads: one worker per core (EngineConfig::workers), each with its own
-// io_uring ring and its own connections; no lock on the data path. addPod /
-// removePod / snapshots are called from control threads and are thread-safe.
+// io_uring ring and its own connections; moving bytes takes no lock, but
+// opening and closing a connection takes the connection registry's mutex
+// (for connections()). addPod / removePod / snapshots are called from
+// control threads and are thread-safe.
 #pragma once
 
 #include <netinet/in.h>
