@@ -34,7 +34,7 @@ using namespace sluice;
 
 namespace {
 
-constexpr const char* kUsage = R"(Usage: sluice-agent [flags]
+constexpr const char* kUsageHead = R"(Usage: sluice-agent [flags]
        sluice-agent uninstall [--bpf-pin-dir DIR]
 
 The Sluice node agent: loads the capture BPF programs, enrolls the pods of
@@ -42,27 +42,8 @@ this node that the control plane marks as meshed, and runs the node's shared
 proxy (ztunnel) with listeners inside each enrolled pod's network namespace.
 
 Flags:
-  --node-name NAME          this node's name as the control plane knows it (required)
-  --controlplane HOST:PORT  control plane address (required; gRPC over TLS)
-  --ca-bundle FILE          trust anchor(s) that the control plane's certificate chains to (required)
-  --token-file FILE         token sent to the control plane, re-read on every use: the
-                            node bootstrap token, or a projected service account token
-  --trust-domain NAME       SPIFFE trust domain of workload identities (default cluster.local)
-  --cert-ttl SECONDS        requested workload certificate lifetime (default: the control plane's)
-  --bpf-pin-dir DIR         where BPF maps and links are pinned (default /sys/fs/bpf/sluice)
-  --cni-socket PATH         unix socket for sluice-cni (default /var/run/sluice/cni.sock)
-  --admin-addr IP:PORT      admin HTTP API (default 127.0.0.1:15000)
-  --state-dir DIR           pod table and last view of the mesh kept across restarts
-                            (default /var/run/sluice/state)
-  --cgroup DIR              cgroup-v2 root to attach to (default: the cgroup2 mount)
-  --workers N               proxy worker threads, 0 = one per CPU (default 0)
-  --exclude-ports P1,P2     destination ports never captured (default none)
-  --max-connections-per-pod N   (default 4096)
-  --cni-wait-ms MS          how long CNI ADD waits for the pod to appear in the
-                            control plane's view (default 3000)
-  --log-level LEVEL         trace|debug|info|warn|error (default info)
-  -h, --help                this text
-
+)";
+constexpr const char* kUsageTail = R"(
 `uninstall` removes everything pinned under --bpf-pin-dir; capture stops.
 )";
 
@@ -99,80 +80,103 @@ Result<std::string> readFile(const std::string& path) {
   std::exit(2);
 }
 
-unsigned parseUnsigned(const std::string& flag, const std::string& v) {
-  try {
-    size_t pos = 0;
-    unsigned long n = std::stoul(v, &pos);
-    if (pos != v.size() || n > 1000000) throw std::out_of_range(v);
-    return static_cast<unsigned>(n);
-  } catch (const std::exception&) {
-    usageError(flag + " expects a non-negative number, got '" + v + "'");
-  }
+// The one declaration of the agent's flags: --help and the parser.
+FlagTable flagTable(Flags& f) {
+  FlagTable t;
+  t.value("--node-name", "NAME", "this node's name as the control plane knows it (required)",
+          FlagTable::into(&f.node_name))
+      .value("--controlplane", "HOST:PORT", "control plane address (required; gRPC over TLS)",
+             FlagTable::into(&f.controlplane))
+      .value("--ca-bundle", "FILE",
+             "trust anchor(s) that the control plane's certificate chains to\n(required)",
+             FlagTable::into(&f.ca_bundle))
+      .value("--token-file", "FILE",
+             "token sent to the control plane, re-read on every use: the\n"
+             "node bootstrap token, or a projected service account token",
+             FlagTable::into(&f.token_file))
+      .value("--trust-domain", "NAME",
+             "SPIFFE trust domain of workload identities (default cluster.local)",
+             FlagTable::into(&f.trust_domain))
+      .value("--cert-ttl", "SECONDS",
+             "requested workload certificate lifetime, at least 60 (default:\n"
+             "the control plane's)",
+             [&f](const std::string& v) -> std::string {
+               if (auto err = FlagTable::number(&f.cert_ttl)(v); !err.empty()) return err;
+               if (f.cert_ttl != 0 && f.cert_ttl < 60) return "must be at least 60 seconds";
+               return "";
+             })
+      .value("--bpf-pin-dir", "DIR",
+             "where BPF maps and links are pinned (default /sys/fs/bpf/sluice)",
+             FlagTable::into(&f.pin_dir))
+      .value("--cni-socket", "PATH", "unix socket for sluice-cni (default /var/run/sluice/cni.sock)",
+             FlagTable::into(&f.cni_socket))
+      .value("--admin-addr", "IP:PORT", "admin HTTP API (default 127.0.0.1:15000)",
+             [&f](const std::string& v) -> std::string {
+               if (!parseEndpoint(v)) return "must be IP:PORT, got '" + v + "'";
+               f.admin_addr = v;
+               return "";
+             })
+      .value("--state-dir", "DIR",
+             "pod table and last view kept across restarts (default\n/var/run/sluice/state)",
+             FlagTable::into(&f.state_dir))
+      .value("--cgroup", "DIR", "cgroup-v2 root to attach to (default: the cgroup2 mount)",
+             FlagTable::into(&f.cgroup))
+      .value("--workers", "N", "proxy worker threads, 0 = one per CPU (default 0)",
+             FlagTable::number(&f.workers, 0, 1024))
+      .value("--exclude-ports", "P1,P2", "destination ports never captured (default none)",
+             [&f](const std::string& v) -> std::string {
+               size_t start = 0;
+               while (true) {
+                 size_t comma = v.find(',', start);
+                 std::string p = v.substr(start, comma == std::string::npos ? comma : comma - start);
+                 unsigned port = 0;
+                 if (!FlagTable::number(&port, 1, 65535)(p).empty())
+                   return "invalid port '" + p + "' (ports are 1-65535, comma-separated)";
+                 f.excluded_ports.push_back(static_cast<uint16_t>(port));
+                 if (comma == std::string::npos) return "";
+                 start = comma + 1;
+               }
+             })
+      .value("--max-connections-per-pod", "N",
+             "open connections per pod beyond which new ones are refused\n(default 4096)",
+             FlagTable::number(&f.max_per_pod, 1))
+      .value("--cni-wait-ms", "MS",
+             "how long CNI ADD waits for the pod to appear in the control\n"
+             "plane's view (default 3000)",
+             FlagTable::number(&f.cni_wait_ms))
+      .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
+             [&f](const std::string& v) -> std::string {
+               for (const char* l : {"trace", "debug", "info", "warn", "error"})
+                 if (v == l) {
+                   f.log_level = v;
+                   return "";
+                 }
+               return "must be one of trace|debug|info|warn|error, got '" + v + "'";
+             });
+  return t;
 }
 
 Flags parseFlags(int argc, char** argv) {
   Flags f;
-  std::map<std::string, std::string*> strings = {
-      {"--node-name", &f.node_name},   {"--controlplane", &f.controlplane},
-      {"--bpf-pin-dir", &f.pin_dir},   {"--cni-socket", &f.cni_socket},
-      {"--admin-addr", &f.admin_addr}, {"--state-dir", &f.state_dir},
-      {"--cgroup", &f.cgroup},         {"--ca-bundle", &f.ca_bundle},
-      {"--token-file", &f.token_file}, {"--trust-domain", &f.trust_domain},
-      {"--log-level", &f.log_level},
-  };
   int first = 1;
   if (argc > 1 && std::string(argv[1]) == "uninstall") {
     f.uninstall = true;
     first = 2;
   }
-  std::vector<std::string> known_flags = {"--workers", "--max-connections-per-pod", "--cni-wait-ms",
-                                          "--exclude-ports", "--cert-ttl"};
-  for (const auto& [name, ptr] : strings) known_flags.push_back(name);
-  auto args = splitFlags(argc, argv, first, known_flags);
-  if (!args) usageError(args.error().message);
-  for (const auto& [arg, value] : *args) {
-    if (arg == "--help") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    }
-    if (auto it = strings.find(arg); it != strings.end()) {
-      *it->second = value;
-    } else if (arg == "--workers") {
-      f.workers = parseUnsigned(arg, value);
-    } else if (arg == "--max-connections-per-pod") {
-      f.max_per_pod = parseUnsigned(arg, value);
-    } else if (arg == "--cert-ttl") {
-      f.cert_ttl = parseUnsigned(arg, value);
-      if (f.cert_ttl != 0 && f.cert_ttl < 60) usageError("--cert-ttl must be at least 60 seconds");
-    } else if (arg == "--cni-wait-ms") {
-      f.cni_wait_ms = parseUnsigned(arg, value);
-    } else if (arg == "--exclude-ports") {
-      size_t start = 0;
-      while (start <= value.size() && !value.empty()) {
-        size_t comma = value.find(',', start);
-        std::string p =
-            value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-        unsigned port = parseUnsigned(arg, p);
-        if (port == 0 || port > 65535) usageError("--exclude-ports: invalid port '" + p + "'");
-        f.excluded_ports.push_back(static_cast<uint16_t>(port));
-        if (comma == std::string::npos) break;
-        start = comma + 1;
-      }
-    } else {
-      usageError("unknown flag " + arg);
-    }
+  FlagTable table = flagTable(f);
+  auto help = table.parse(argc, argv, first);
+  if (!help) usageError(help.error().message);
+  if (*help) {
+    std::fputs(kUsageHead, stdout);
+    std::fputs(table.help().c_str(), stdout);
+    std::fputs(kUsageTail, stdout);
+    std::exit(0);
   }
   if (f.uninstall) return f;
   if (f.node_name.empty()) usageError("--node-name is required");
   if (f.controlplane.empty()) usageError("--controlplane is required");
   if (f.ca_bundle.empty())
     usageError("--ca-bundle is required: the control plane is only trusted through it");
-  if (!parseEndpoint(f.admin_addr))
-    usageError("--admin-addr must be IP:PORT, got '" + f.admin_addr + "'");
-  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
-  bool known = false;
-  for (const char* l : kLevels) known = known || f.log_level == l;
-  if (!known) usageError("--log-level must be one of trace|debug|info|warn|error");
   return f;
 }
 

@@ -21,34 +21,13 @@
 using namespace sluice;
 
 namespace {
-constexpr const char* kUsage = R"(Usage: sluice-controlplane (--local-config DIR | --kubernetes | --kubeconfig FILE) [flags]
+constexpr const char* kUsageHead = R"(Usage: sluice-controlplane (--local-config DIR | --kubernetes | --kubeconfig FILE) [flags]
 
 Serves Discovery.Watch and Certificates.Sign (gRPC over TLS) to the node
 agents from a source of truth: a directory of YAML (local mode) or the
 Kubernetes API (list + watch of Namespaces, Pods, Services, EndpointSlices).
 
 Flags:
-  --local-config DIR       directory of Kubernetes-shaped YAML (Namespace, Pod, Service,
-                           EndpointSlice), re-read on change
-  --kubernetes             watch the cluster this runs in (service account token + CA,
-                           KUBERNETES_SERVICE_HOST/PORT)
-  --kubeconfig FILE        watch the cluster of FILE's current context
-  --agent-service-account NS:NAME
-                           Kubernetes: agents authenticate with a projected token of this
-                           service account (audience "sluice"), checked by TokenReview
-  --serving-dns NAMES      comma-separated DNS names for the serving certificate (e.g.
-                           sluice-controlplane.sluice-system.svc)
-  --listen IP:PORT         gRPC address (default 127.0.0.1:15010)
-  --trust-domain NAME      SPIFFE trust domain (default cluster.local)
-  --trust-anchor PEM       trust anchor(s); with --ca-cert and --ca-key: the issuing CA
-  --ca-cert PEM            issuing CA certificate (chains to the trust anchor)
-  --ca-key PEM             issuing CA private key
-  --ca-dir DIR             without the three above: where the development CA is generated once and
-                           kept (default: DIR-ca next to --local-config; required otherwise)
-  --bootstrap-tokens FILE  `node: token` lines; a node authenticates with its token
-  --cert-ttl SECONDS       default workload certificate lifetime (default 86400, minimum 60)
-  --log-level LEVEL        trace|debug|info|warn|error (default info)
-  -h, --help               this text
 )";
 
 [[noreturn]] void usageError(const std::string& msg) {
@@ -64,54 +43,57 @@ int main(int argc, char** argv) {
   std::string kubeconfig, agent_sa, serving_dns;
   bool in_cluster = false;
   long cert_ttl = 86400;
-  auto args =
-      splitFlags(argc, argv, 1,
-                 {"--local-config", "--listen", "--log-level", "--trust-domain", "--trust-anchor",
-                  "--ca-cert", "--ca-key", "--ca-dir", "--bootstrap-tokens", "--cert-ttl",
-                  "--kubeconfig", "--agent-service-account", "--serving-dns"},
-                 {"--kubernetes"});
-  if (!args) usageError(args.error().message);
-  for (const auto& [a, v] : *args) {
-    if (a == "--help") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (a == "--local-config")
-      local_dir = v;
-    else if (a == "--listen")
-      listen = v;
-    else if (a == "--log-level")
-      level = v;
-    else if (a == "--trust-domain")
-      trust_domain = v;
-    else if (a == "--trust-anchor")
-      anchor_path = v;
-    else if (a == "--ca-cert")
-      ca_cert_path = v;
-    else if (a == "--ca-key")
-      ca_key_path = v;
-    else if (a == "--ca-dir")
-      ca_dir = v;
-    else if (a == "--bootstrap-tokens")
-      tokens_path = v;
-    else if (a == "--kubernetes")
-      in_cluster = true;
-    else if (a == "--kubeconfig")
-      kubeconfig = v;
-    else if (a == "--agent-service-account")
-      agent_sa = v;
-    else if (a == "--serving-dns")
-      serving_dns = v;
-    else if (a == "--cert-ttl") {
-      try {
-        cert_ttl = std::stol(v);
-      } catch (const std::exception&) {
-        cert_ttl = -1;
-      }
-      if (cert_ttl < 60) usageError("--cert-ttl must be a number of seconds >= 60");
-    } else
-      usageError("unknown flag " + a);
+  unsigned ttl_seconds = 86400;
+  FlagTable flags;
+  flags
+      .value("--local-config", "DIR",
+             "directory of Kubernetes-shaped YAML (Namespace, Pod, Service,\n"
+             "EndpointSlice), re-read on change",
+             FlagTable::into(&local_dir))
+      .toggle("--kubernetes",
+              "watch the cluster this runs in (service account token + CA,\n"
+              "KUBERNETES_SERVICE_HOST/PORT)",
+              [&] { in_cluster = true; })
+      .value("--kubeconfig", "FILE", "watch the cluster of FILE's current context",
+             FlagTable::into(&kubeconfig))
+      .value("--agent-service-account", "NS:NAME",
+             "Kubernetes: agents authenticate with a projected token of this\n"
+             "service account (audience \"sluice\"), checked by TokenReview",
+             FlagTable::into(&agent_sa))
+      .value("--serving-dns", "NAMES",
+             "comma-separated DNS names for the serving certificate (e.g.\n"
+             "sluice-controlplane.sluice-system.svc)",
+             FlagTable::into(&serving_dns))
+      .value("--listen", "IP:PORT", "gRPC address (default 127.0.0.1:15010)",
+             FlagTable::into(&listen))
+      .value("--trust-domain", "NAME", "SPIFFE trust domain (default cluster.local)",
+             FlagTable::into(&trust_domain))
+      .value("--trust-anchor", "PEM",
+             "trust anchor(s); with --ca-cert and --ca-key: the issuing CA",
+             FlagTable::into(&anchor_path))
+      .value("--ca-cert", "PEM", "issuing CA certificate (chains to the trust anchor)",
+             FlagTable::into(&ca_cert_path))
+      .value("--ca-key", "PEM", "issuing CA private key", FlagTable::into(&ca_key_path))
+      .value("--ca-dir", "DIR",
+             "without the three above: where the development CA is generated\n"
+             "once and kept (default: DIR-ca next to --local-config; required\n"
+             "otherwise)",
+             FlagTable::into(&ca_dir))
+      .value("--bootstrap-tokens", "FILE", "`node: token` lines; a node authenticates with its token",
+             FlagTable::into(&tokens_path))
+      .value("--cert-ttl", "SECONDS",
+             "default workload certificate lifetime (default 86400, minimum 60)",
+             FlagTable::number(&ttl_seconds, 60, 10u * 365 * 86400))
+      .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
+             FlagTable::into(&level));
+  auto help = flags.parse(argc, argv, 1);
+  if (!help) usageError(help.error().message);
+  if (*help) {
+    std::fputs(kUsageHead, stdout);
+    std::fputs(flags.help().c_str(), stdout);
+    return 0;
   }
+  cert_ttl = ttl_seconds;
   int sources_given = !local_dir.empty() + in_cluster + !kubeconfig.empty();
   if (sources_given != 1)
     usageError("give exactly one source: --local-config DIR, --kubernetes or --kubeconfig FILE");

@@ -94,3 +94,56 @@ TEST_SUITE("log limiter") {
     CHECK(*later == 1);
   }
 }
+
+#include "sluice/common/flags.h"
+
+TEST_SUITE("flag table") {
+  struct Argv {
+    std::vector<std::string> words;
+    std::vector<char*> ptrs;
+    explicit Argv(std::vector<std::string> w) : words(std::move(w)) {
+      for (auto& s : words) ptrs.push_back(s.data());
+    }
+    int argc() const { return static_cast<int>(ptrs.size()); }
+    char** argv() { return ptrs.data(); }
+  };
+
+  TEST_CASE("every documented flag is parsed - values are checked - --help wins") {
+    std::string name;
+    unsigned n = 7;
+    bool on = false;
+    sluice::FlagTable t;
+    t.value("--name", "NAME", "a name\nover two lines", sluice::FlagTable::into(&name))
+        .value("--count", "N", "a number", sluice::FlagTable::number(&n, 1, 10))
+        .toggle("--on", "a switch", [&] { on = true; });
+    std::string help = t.help();
+    CHECK(help.find("  --name NAME") != std::string::npos);
+    CHECK(help.find("\n                           over two lines\n") != std::string::npos);
+    CHECK(help.find("  --count N") != std::string::npos);
+    CHECK(help.find("  --on") != std::string::npos);
+    CHECK(help.find("  -h, --help") != std::string::npos);
+
+    Argv ok({"prog", "--name", "x", "--count=3", "--on"});
+    auto r = t.parse(ok.argc(), ok.argv());
+    REQUIRE(r.has_value());
+    CHECK_FALSE(*r);
+    CHECK(name == "x");
+    CHECK(n == 3);
+    CHECK(on);
+
+    Argv bad({"prog", "--count", "11"});
+    auto e = t.parse(bad.argc(), bad.argv());
+    REQUIRE_FALSE(e.has_value());
+    CHECK(e.error().message.find("--count expects a number from 1 to 10") != std::string::npos);
+
+    Argv unknown({"prog", "--nope", "1"});
+    auto u = t.parse(unknown.argc(), unknown.argv());
+    REQUIRE_FALSE(u.has_value());
+    CHECK(u.error().message == "unknown flag --nope");
+
+    Argv help_wins({"prog", "--count", "99", "-h"});
+    auto h = t.parse(help_wins.argc(), help_wins.argv());
+    REQUIRE(h.has_value());
+    CHECK(*h);
+  }
+}

@@ -67,7 +67,9 @@ class ServicesTest(LabTest):
         counts = r["by_server"]
         self.assertEqual(sorted(counts), sorted(self.ips.values()), counts)
         for ip, n in counts.items():
-            self.assertGreaterEqual(n, 200, f"{ip} got {n} of 1000 connections: {counts}")
+            # P2C over load x latency: the same-node endpoint is faster and gets more,
+            # but every endpoint gets a fair share (a third would be 333).
+            self.assertGreaterEqual(n, 150, f"{ip} got {n} of 1000 connections: {counts}")
         # The client's agent recorded the service and the chosen endpoint,
         # cross-node ones over HBONE, the same-node one handed off locally.
         conns = [c for c in self.lab.connections("node1")
