@@ -211,7 +211,7 @@ void HboneWorker::handshakeDone(Tunnel& t) {
   }
   if (!problem.empty()) {
     engine_.counters().hbone_handshake_failures++;
-    SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn, "tunnel {} {} {}: refused: {}",
+    SLUICE_LOG_LIMITED(peer_log_, logger(), spdlog::level::warn, "tunnel {} {} {}: refused: {}",
                        t.id, t.server ? "from" : "to", formatEndpoint(t.remote), problem);
     closeTunnel(t, "peer_refused");
     return;
@@ -255,10 +255,11 @@ void HboneWorker::progress(Tunnel& t) {
       int err = SSL_get_error(t.ssl, rc);
       if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
         engine_.counters().hbone_handshake_failures++;
-        SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+        SLUICE_LOG_LIMITED(handshake_log_, logger(), spdlog::level::warn,
                            "tunnel {} {} {}: TLS handshake failed: {}", t.id,
                            t.server ? "from" : "to", formatEndpoint(t.remote),
                            sslError(t.ssl, rc));
+        ERR_clear_error();  // sslError() drains the queue only when the line is written
         closeAfterFlush(t, "tls_handshake_failed");  // the alert, if any, goes out first
         return;
       }
@@ -323,9 +324,7 @@ void HboneWorker::progress(Tunnel& t) {
 }
 
 void HboneWorker::armRecv(Tunnel& t) {
-  if (t.recv_inflight || t.awaiting_credential || t.state == Tunnel::kConnecting ||
-      t.state == Tunnel::kClosed)
-    return;
+  if (t.recv_inflight || t.state == Tunnel::kConnecting || t.state == Tunnel::kClosed) return;
   size_t want = t.state == Tunnel::kReady ? kCipherRecv : kHandshakeRecv;
   if (t.rbuf_size != want) {  // no receive in flight: the buffer is ours
     t.rbuf.reset(new uint8_t[want]);
@@ -389,6 +388,17 @@ void HboneWorker::onTunnel(Tunnel& t, int kind, const io_uring_cqe& cqe) {
       break;
     case kTConnect:
       if (t.state != Tunnel::kConnecting) break;
+      if (res == -ECONNREFUSED) {
+        // A Service connection tries another endpoint at once rather than
+        // wait for this one.
+        auto waiting = t.waiting;
+        for (Stream* s : waiting)
+          if (s->route) {
+            s->tunnel = nullptr;
+            std::erase(t.waiting, s);
+            failStream(*s, "connect_error: 15008 refused");
+          }
+      }
       if (res == -ECONNREFUSED && !t.waiting.empty()) {
         // Nothing listens on 15008 yet: the destination was enrolled a moment
         // ago and its node is still creating its listeners. Redial shortly.
@@ -424,6 +434,7 @@ void HboneWorker::onTunnel(Tunnel& t, int kind, const io_uring_cqe& cqe) {
         if (!t.ssl) {  // server: the first bytes of the handshake
           t.early.append(reinterpret_cast<const char*>(t.rbuf.get()), static_cast<size_t>(res));
           acceptTls(t);
+          if (!t.ssl) armRecv(t);  // still waiting for the certificate: keep reading (EOF, cap)
           break;
         }
         BIO_write(SSL_get_rbio(t.ssl), t.rbuf.get(), res);
@@ -580,6 +591,7 @@ void HboneWorker::outbound(const std::shared_ptr<PodState>& pod, UniqueFd client
   // Enrolled a moment ago, or the agent just started: the pod's certificate
   // is on its way. The app's connection waits for it (bounded).
   engine_.counters().certificate_waits++;
+  pod->connections++;  // a waiting connection counts against the pod's limit
   cert_waiters_.push_back(CertWaiter{pod, std::move(client), peer, dst, target, std::move(route),
                                      Clock::now() + engine_.config().certificate_wait});
   worker_.wantFineTick();
@@ -589,6 +601,8 @@ void HboneWorker::openStream(const std::shared_ptr<PodState>& pod, UniqueFd clie
                              const sockaddr_in& peer, const sockaddr_in& dst,
                              const MeshWorkload& target, std::unique_ptr<ServiceRoute> route,
                              const std::shared_ptr<const WorkloadCredential>& cred) {
+  // The attempt's connect latency starts now, not before a certificate wait.
+  if (route) route->attempt_start = Clock::now();
   Tunnel* t = pooledTunnel(pod, target, dst, cred);
   if (!t) {
     engine_.counters().connect_failures++;
@@ -683,9 +697,13 @@ void HboneWorker::makeRoomForHandshake(const PodState& pod) {
 }
 
 bool HboneWorker::evictOldestPending(const char* why) {
-  if (pending_.empty()) return false;
-  evictPending(*pending_.front(), why);
-  return true;
+  for (Tunnel* t : pending_) {
+    if (t->close_on_flush) continue;  // already closing
+    evictPending(*t, why);
+    reap();
+    return true;
+  }
+  return false;
 }
 
 void HboneWorker::evictPending(Tunnel& t, const char* why) {
@@ -788,7 +806,7 @@ void HboneWorker::authorizeConnect(Tunnel& t, Stream& s) {
   s.rec->mutual_tls = true;
   if (s.method != "CONNECT") {
     stats.hbone_bad_requests++;
-    SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+    SLUICE_LOG_LIMITED(bad_request_log_, logger(), spdlog::level::warn,
                        "tunnel {} from {} ({}): {} is not CONNECT; closing the tunnel", t.id,
                        formatEndpoint(t.remote), t.peer_identity, s.method);
     closeStream(s, true, "bad_request");
@@ -812,7 +830,7 @@ void HboneWorker::authorizeConnect(Tunnel& t, Stream& s) {
   }
   if (pod.connections.load() >= engine_.config().max_connections_per_pod) {
     stats.limit_rejected++;
-    SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+    SLUICE_LOG_LIMITED(limit_log_, logger(), spdlog::level::warn,
                        "pod {}: connection limit {} reached; refusing CONNECT from {}",
                        pod.spec.name_namespace, engine_.config().max_connections_per_pod,
                        t.peer_identity);
@@ -1130,7 +1148,7 @@ void HboneWorker::tick() {
     bool unestablished = t->state != Tunnel::kReady || (t->server && !t->had_stream);
     if (unestablished && now > t->deadline) {
       engine_.counters().hbone_timeouts++;
-      SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
+      SLUICE_LOG_LIMITED(timeout_log_, logger(), spdlog::level::warn,
                          "tunnel {} {} {}: {} not done within {} ms; closing", t->id,
                          t->server ? "from" : "to", formatEndpoint(t->remote),
                          t->state == Tunnel::kReady ? "first CONNECT" : "handshake",
@@ -1165,6 +1183,7 @@ void HboneWorker::tick() {
 void HboneWorker::removePod(const std::string& uid) {
   std::erase_if(cert_waiters_, [&](CertWaiter& w) {
     if (w.pod->spec.uid != uid) return false;
+    w.pod->connections--;
     if (w.route) worker_.lbClosed(*w.route);
     setLinger0(w.client.get());
     return true;
@@ -1177,7 +1196,10 @@ void HboneWorker::removePod(const std::string& uid) {
 }
 
 void HboneWorker::shutdown() {
-  for (auto& w : cert_waiters_) setLinger0(w.client.get());
+  for (auto& w : cert_waiters_) {
+    w.pod->connections--;
+    setLinger0(w.client.get());
+  }
   cert_waiters_.clear();
   std::vector<Tunnel*> all;
   for (auto& [p, t] : tunnels_) all.push_back(p);
@@ -1198,6 +1220,7 @@ bool HboneWorker::fineTick(Clock::time_point now) {
     cert_waiters_.clear();
     for (auto& w : waiters) {
       auto cred = w.pod->removed ? nullptr : engine_.credentials()->credential(w.pod->identity);
+      if (cred || w.pod->removed || now >= w.deadline) w.pod->connections--;  // leaves the queue
       if (cred) {
         openStream(w.pod, std::move(w.client), w.peer, w.dst, w.target, std::move(w.route), cred);
         continue;

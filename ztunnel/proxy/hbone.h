@@ -216,7 +216,9 @@ class HboneWorker {
   std::vector<Tunnel*> cert_tunnels_;  // server tunnels with awaiting_credential
   std::vector<Tunnel*> redials_;       // client tunnels waiting to redial
   std::list<Tunnel*> pending_;         // server tunnels without a CONNECT yet, oldest first
-  log::Limiter refused_log_, pending_log_, cert_log_, connect_log_;
+  // One limiter per kind of line, so a flood of one kind hides no other.
+  log::Limiter peer_log_, handshake_log_, bad_request_log_, refused_log_, limit_log_,
+      timeout_log_, pending_log_, cert_log_, connect_log_;
 
   Worker& worker_;
   EngineImpl& engine_;
