@@ -5,11 +5,12 @@
 #   make demo    deps + build + a one-node lab showing capture, then teardown
 #   make bench   deps + build + benchmarks (no mesh vs Sluice), figures printed side by side
 #   make asan    build + test with AddressSanitizer/UBSan in build-asan/
+#   make format  apply .clang-format (make test fails on unformatted C++: format-check)
 BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: deps build test demo bench asan clean format
+.PHONY: deps build test demo bench asan clean format format-check
 
 deps:
 	@bash tools/deps.sh
@@ -36,6 +37,9 @@ asan: deps
 
 format:
 	@git ls-files '*.cc' '*.h' | grep -v '^bpf/' | xargs clang-format -i
+
+format-check:
+	@bash tools/format-check.sh
 
 clean:
 	rm -rf $(BUILD) build-asan

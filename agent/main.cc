@@ -108,7 +108,8 @@ FlagTable flagTable(Flags& f) {
       .value("--bpf-pin-dir", "DIR",
              "where BPF maps and links are pinned (default /sys/fs/bpf/sluice)",
              FlagTable::into(&f.pin_dir))
-      .value("--cni-socket", "PATH", "unix socket for sluice-cni (default /var/run/sluice/cni.sock)",
+      .value("--cni-socket", "PATH",
+             "unix socket for sluice-cni (default /var/run/sluice/cni.sock)",
              FlagTable::into(&f.cni_socket))
       .value("--admin-addr", "IP:PORT", "admin HTTP API (default 127.0.0.1:15000)",
              [&f](const std::string& v) -> std::string {
@@ -128,7 +129,8 @@ FlagTable flagTable(Flags& f) {
                size_t start = 0;
                while (true) {
                  size_t comma = v.find(',', start);
-                 std::string p = v.substr(start, comma == std::string::npos ? comma : comma - start);
+                 std::string p =
+                     v.substr(start, comma == std::string::npos ? comma : comma - start);
                  unsigned port = 0;
                  if (!FlagTable::number(&port, 1, 65535)(p).empty())
                    return "invalid port '" + p + "' (ports are 1-65535, comma-separated)";
@@ -527,9 +529,9 @@ int runAgent(const Flags& flags) {
   sources.ready_note = [&]() -> std::string {
     if (disc.connected()) return "";
     auto since = disc.disconnectedSince();
-    auto secs = std::chrono::duration_cast<std::chrono::seconds>(
-                    std::chrono::system_clock::now() - since)
-                    .count();
+    auto secs =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - since)
+            .count();
     return fmt::format(
         "control plane at {} unreachable for {}s ({}); serving the last known state (version "
         "{}), reconnecting",

@@ -162,9 +162,9 @@ int main(int argc, char** argv) {
   auto environment = parseEnvironment(env);
   if (!environment) return emitError("1.0.0", environment.error());
   if (environment->command == "VERSION") {
-    std::printf("%s\n", json{{"cniVersion", "1.0.0"}, {"supportedVersions", kSupportedVersions}}
-                           .dump()
-                           .c_str());
+    std::printf(
+        "%s\n",
+        json{{"cniVersion", "1.0.0"}, {"supportedVersions", kSupportedVersions}}.dump().c_str());
     return 0;
   }
   std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());

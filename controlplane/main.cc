@@ -21,7 +21,8 @@
 using namespace sluice;
 
 namespace {
-constexpr const char* kUsageHead = R"(Usage: sluice-controlplane (--local-config DIR | --kubernetes | --kubeconfig FILE) [flags]
+constexpr const char* kUsageHead =
+    R"(Usage: sluice-controlplane (--local-config DIR | --kubernetes | --kubeconfig FILE) [flags]
 
 Serves Discovery.Watch and Certificates.Sign (gRPC over TLS) to the node
 agents from a source of truth: a directory of YAML (local mode) or the
@@ -79,7 +80,8 @@ int main(int argc, char** argv) {
              "once and kept (default: DIR-ca next to --local-config; required\n"
              "otherwise)",
              FlagTable::into(&ca_dir))
-      .value("--bootstrap-tokens", "FILE", "`node: token` lines; a node authenticates with its token",
+      .value("--bootstrap-tokens", "FILE",
+             "`node: token` lines; a node authenticates with its token",
              FlagTable::into(&tokens_path))
       .value("--cert-ttl", "SECONDS",
              "default workload certificate lifetime (default 86400, minimum 60)",
@@ -208,8 +210,8 @@ int main(int argc, char** argv) {
                                                     std::chrono::seconds(cert_ttl));
   std::unique_ptr<controlplane::kube::TokenReviewer> reviewer;
   if (!agent_sa.empty()) {
-    reviewer = std::make_unique<controlplane::kube::TokenReviewer>(*kube_client, *kube_source,
-                                                                   agent_sa);
+    reviewer =
+        std::make_unique<controlplane::kube::TokenReviewer>(*kube_client, *kube_source, agent_sa);
     certificates.setTokenVerifier(
         [&reviewer](const std::string& token) { return reviewer->nodeOf(token); });
   }

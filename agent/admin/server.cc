@@ -80,7 +80,9 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
   self->stop_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   self->stop_event_ = event_new(
       self->base_, self->stop_fd_.get(), EV_READ,
-      [](evutil_socket_t, short, void* base) { event_base_loopbreak(static_cast<event_base*>(base)); },
+      [](evutil_socket_t, short, void* base) {
+        event_base_loopbreak(static_cast<event_base*>(base));
+      },
       self->base_);
   event_add(self->stop_event_, nullptr);
   self->address_ = address;

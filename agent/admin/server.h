@@ -10,7 +10,6 @@
 #include <thread>
 
 #include "sluice/common/result.h"
-
 #include "sluice/common/unique_fd.h"
 
 struct event;

@@ -81,8 +81,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
  private:
   using Index = std::unordered_map<uint32_t, ztunnel::MeshWorkload>;
   // (VIP, port), both network order -> endpoints
-  using ServiceIndex =
-      std::unordered_map<uint64_t, std::shared_ptr<const ztunnel::ServiceTarget>>;
+  using ServiceIndex = std::unordered_map<uint64_t, std::shared_ptr<const ztunnel::ServiceTarget>>;
   static uint64_t serviceKey(uint32_t ip4, uint16_t port) { return (uint64_t(ip4) << 16) | port; }
   std::string trust_domain_;
   std::atomic<bool> has_view_{false};

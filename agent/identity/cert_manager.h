@@ -6,8 +6,6 @@
 // enrolled. Thread-safe; renewals run on the manager's own thread.
 #pragma once
 
-#include "sluice/common/bearer_token.h"
-
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -18,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "sluice/common/bearer_token.h"
 #include "sluice/common/result.h"
 #include "sluice/common/x509.h"
 #include "sluice/ztunnel/engine.h"

@@ -18,7 +18,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-std::string ip(int i) { return fmt::format("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256); }
+std::string ip(int i) {
+  return fmt::format("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -77,7 +79,8 @@ int main(int argc, char** argv) {
     dir.update(view);
     auto t5 = Clock::now();
     if (dir.serviceCount() != static_cast<size_t>(services) * 2) {
-      std::fprintf(stderr, "expected %d service ports, got %zu\n", services * 2, dir.serviceCount());
+      std::fprintf(stderr, "expected %d service ports, got %zu\n", services * 2,
+                   dir.serviceCount());
       return 1;
     }
     best_cp = std::min(best_cp, ms(t1 - t0));

@@ -39,8 +39,7 @@ Result<std::vector<FlagArg>> splitFlags(int argc, char** argv, int start,
   return out;
 }
 
-FlagTable& FlagTable::value(std::string name, std::string metavar, std::string help,
-                            Apply apply) {
+FlagTable& FlagTable::value(std::string name, std::string metavar, std::string help, Apply apply) {
   flags_.push_back({std::move(name), std::move(metavar), std::move(help), std::move(apply), {}});
   return *this;
 }

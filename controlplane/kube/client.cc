@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 #include <fmt/format.h>
+#include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cstdlib>
@@ -9,8 +10,6 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
-
-#include <openssl/evp.h>
 
 namespace sluice::controlplane::kube {
 
@@ -149,8 +148,7 @@ Result<Config> Config::fromKubeconfig(const std::string& path) {
     if (u) {
       c.token = u["token"].as<std::string>("");
       if (u["tokenFile"]) c.token_file = resolve(u["tokenFile"].as<std::string>());
-      auto pem = [&](const char* data_key, const char* file_key,
-                     std::string& out) -> Result<void> {
+      auto pem = [&](const char* data_key, const char* file_key, std::string& out) -> Result<void> {
         if (u[data_key]) {
           auto v = base64Decode(u[data_key].as<std::string>(), data_key);
           if (!v) return tl::unexpected(v.error());
@@ -167,10 +165,11 @@ Result<Config> Config::fromKubeconfig(const std::string& path) {
       if (auto r = pem("client-key-data", "client-key", c.client_key_pem); !r)
         return tl::unexpected(r.error());
       if (u["exec"] || u["auth-provider"])
-        return fail(fmt::format(
-            "kubeconfig {}: user '{}' uses an exec/auth-provider plugin, which sluice does not run; "
-            "use a token or client certificate",
-            path, user_name));
+        return fail(
+            fmt::format("kubeconfig {}: user '{}' uses an exec/auth-provider plugin, which sluice "
+                        "does not run; "
+                        "use a token or client certificate",
+                        path, user_name));
     }
     return c;
   } catch (const YAML::Exception& e) {
@@ -236,7 +235,7 @@ Result<Response> Client::perform(const std::string& method, const std::string& p
   if (!token.empty()) headers = curl_slist_append(headers, auth.c_str());
   if (body) headers = curl_slist_append(headers, "Content-Type: application/json");
   std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> header_guard(headers,
-                                                                         curl_slist_free_all);
+                                                                           curl_slist_free_all);
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
   if (body) {
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body->c_str());

@@ -45,7 +45,7 @@ std::string statusMessage(const std::string& body) {
 
 struct Source::Resource {
   std::string kind;
-  std::string path;  // collection path
+  std::string path;                               // collection path
   std::map<std::string, model::Objects> objects;  // by objectKey, one object each
   Status status;
   bool listed = false;
@@ -53,10 +53,10 @@ struct Source::Resource {
 
 Source::Source(Client client, model::Store& store, SourceOptions options)
     : client_(std::move(client)), store_(store), options_(options) {
-  for (auto [kind, path] : {std::pair{"Namespace", "/api/v1/namespaces"},
-                            std::pair{"Pod", "/api/v1/pods"},
-                            std::pair{"Service", "/api/v1/services"},
-                            std::pair{"EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"}}) {
+  for (auto [kind, path] :
+       {std::pair{"Namespace", "/api/v1/namespaces"}, std::pair{"Pod", "/api/v1/pods"},
+        std::pair{"Service", "/api/v1/services"},
+        std::pair{"EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"}}) {
     auto r = std::make_unique<Resource>();
     r->kind = kind;
     r->path = path;
@@ -261,8 +261,9 @@ bool Source::watch(Resource& r, bool& got_any) {
     rv = r.status.resource_version;
     r.status.watches++;
   }
-  std::string path = fmt::format("{}?watch=1&allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}",
-                                 r.path, rv, options_.watch_timeout_seconds);
+  std::string path =
+      fmt::format("{}?watch=1&allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}",
+                  r.path, rv, options_.watch_timeout_seconds);
   bool expired = false;
   auto on_line = [&](std::string_view line) -> bool {
     got_any = true;

@@ -13,9 +13,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>

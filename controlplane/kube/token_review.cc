@@ -20,9 +20,10 @@ Result<std::string> TokenReviewer::nodeOf(const std::string& token) {
   auto resp = client_.post("/apis/authentication.k8s.io/v1/tokenreviews", review.dump(), 10000);
   if (!resp) return fail("TokenReview: " + resp.error().describe());
   if (resp->status != 201 && resp->status != 200)
-    return fail(fmt::format("TokenReview: HTTP {} (does the control plane's RBAC allow creating "
-                            "tokenreviews?)",
-                            resp->status));
+    return fail(
+        fmt::format("TokenReview: HTTP {} (does the control plane's RBAC allow creating "
+                    "tokenreviews?)",
+                    resp->status));
   auto j = nlohmann::json::parse(resp->body, nullptr, false);
   if (!j.is_object() || !j.contains("status") || !j["status"].is_object())
     return fail("TokenReview: malformed response");
@@ -31,8 +32,8 @@ Result<std::string> TokenReviewer::nodeOf(const std::string& token) {
     return fail("token not authenticated: " + st.value("error", std::string("no reason given")));
   std::string user = st.contains("user") ? st["user"].value("username", "") : "";
   if (user != username_)
-    return fail(fmt::format("token belongs to {}, not the agent's service account {}", user,
-                            username_));
+    return fail(
+        fmt::format("token belongs to {}, not the agent's service account {}", user, username_));
   auto claim = [&](const char* key) -> std::string {
     if (!st["user"].contains("extra") || !st["user"]["extra"].contains(key)) return "";
     const auto& v = st["user"]["extra"][key];

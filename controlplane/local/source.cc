@@ -73,8 +73,7 @@ Result<model::Objects> parseYaml(const std::string& text) {
     std::string ctx = fmt::format("document {}", index);
     if (!doc.IsMap()) return fail(ctx + ": not a mapping");
     if (doc.Mark().line >= 0) ctx += fmt::format(" (line {})", doc.Mark().line + 1);
-    if (doc["kind"] && !doc["kind"].IsScalar())
-      return fail(ctx + ": 'kind' must be a string");
+    if (doc["kind"] && !doc["kind"].IsScalar()) return fail(ctx + ": 'kind' must be a string");
     size_t pods_before = objs.pods.size();
     auto added = model::addObject(toJson(doc), objs, ctx);
     if (!added) return tl::unexpected(added.error());

@@ -1,7 +1,7 @@
 // Local mode's source of truth: a directory of Kubernetes-shaped YAML files
-// (Namespace, Pod, Service, EndpointSlice; other kinds are ignored). Each file is parsed and validated
-// as a whole: a bad file is rejected with one log line naming it and the
-// problem, and its last good content stays in effect.
+// (Namespace, Pod, Service, EndpointSlice; other kinds are ignored). Each file is parsed and
+// validated as a whole: a bad file is rejected with one log line naming it and the problem, and its
+// last good content stays in effect.
 #pragma once
 
 #include <atomic>

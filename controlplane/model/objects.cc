@@ -66,8 +66,8 @@ Result<void> checkIp(const std::string& ip, const std::string& ctx) {
   return {};
 }
 
-#define TRY_ASSIGN(var, expr)                          \
-  auto var##_r = (expr);                               \
+#define TRY_ASSIGN(var, expr)                           \
+  auto var##_r = (expr);                                \
   if (!var##_r) return tl::unexpected(var##_r.error()); \
   auto var = std::move(*var##_r)
 
@@ -188,8 +188,9 @@ Result<void> parseService(const json& doc, const json& meta, Service& svc, const
   return {};
 }
 
-Result<void> parseSlice(const json& doc, const json& meta, const std::map<std::string, std::string>& labels,
-                        EndpointSlice& es, const std::string& ctx) {
+Result<void> parseSlice(const json& doc, const json& meta,
+                        const std::map<std::string, std::string>& labels, EndpointSlice& es,
+                        const std::string& ctx) {
   TRY_ASSIGN(ns, str(meta, "namespace", true, ctx + " metadata"));
   es.ns = ns;
   auto svc = labels.find("kubernetes.io/service-name");

@@ -58,8 +58,7 @@ Result<void> Store::setSource(const std::string& source, Objects objects) {
     for (const auto& a : objs.services)
       for (const auto& b : objects.services)
         if (a.ns == b.ns && a.name == b.name)
-          return fail(
-              fmt::format("service {}/{} is already defined by {}", b.ns, b.name, other));
+          return fail(fmt::format("service {}/{} is already defined by {}", b.ns, b.name, other));
   }
   sources_[source] = std::move(objects);
   recompute();
@@ -95,17 +94,13 @@ void Store::recompute() {
   auto services = computeServices();
   for (const auto& [key, svc] : services) {
     auto old = services_.find(key);
-    if (old == services_.end() ||
-        !sameMessage(old->second, svc))
-      d.services.push_back(svc);
+    if (old == services_.end() || !sameMessage(old->second, svc)) d.services.push_back(svc);
   }
   for (const auto& [key, svc] : services_)
     if (!services.count(key)) d.removed_services.push_back(key);
   for (const auto& [uid, w] : next) {
     auto old = workloads_.find(uid);
-    if (old == workloads_.end() ||
-        !sameMessage(old->second, w))
-      d.upserts.push_back(w);
+    if (old == workloads_.end() || !sameMessage(old->second, w)) d.upserts.push_back(w);
   }
   for (const auto& [uid, w] : workloads_)
     if (!next.count(uid)) d.removed_uids.push_back(uid);

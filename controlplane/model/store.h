@@ -70,7 +70,7 @@ struct EndpointSlice {
   };
   std::string ns;
   std::string name;
-  std::string service;  // label kubernetes.io/service-name
+  std::string service;                                  // label kubernetes.io/service-name
   std::vector<std::pair<std::string, uint32_t>> ports;  // name -> port
   std::vector<Endpoint> endpoints;
 };
@@ -132,7 +132,7 @@ class Store {
               const std::string& service_account) const;
 
  private:
-  void recompute();  // needs mu_
+  void recompute();                                            // needs mu_
   std::map<std::string, ServiceView> computeServices() const;  // needs mu_
 
   const EndpointsMode mode_;

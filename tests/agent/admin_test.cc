@@ -1,6 +1,4 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
-#include "agent/admin/server.h"
-
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>
@@ -9,6 +7,8 @@
 
 #include <atomic>
 #include <string>
+
+#include "agent/admin/server.h"
 
 using namespace sluice;
 

@@ -154,7 +154,8 @@ TEST_SUITE("plugin") {
   TEST_CASE("VERSION") {
     auto r = runPlugin("VERSION", "");
     CHECK(WEXITSTATUS(r.status) == 0);
-    CHECK(json::parse(r.out)["supportedVersions"] == json::array({"0.3.0", "0.3.1", "0.4.0", "1.0.0"}));
+    CHECK(json::parse(r.out)["supportedVersions"] ==
+          json::array({"0.3.0", "0.3.1", "0.4.0", "1.0.0"}));
   }
   TEST_CASE("garbage on the agent socket gets an error reply and the server keeps serving") {
     FakeHandler h;

@@ -2,7 +2,6 @@
 #include "sluice/common/addr.h"
 
 #include <doctest/doctest.h>
-
 #include <unistd.h>
 
 #include <cstdio>

@@ -1,9 +1,9 @@
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <grpcpp/grpcpp.h>
-#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -489,10 +489,11 @@ TEST_SUITE("agent rpc") {
     auto denied = agent::rpc::call(watchCall(port), watchRequest("node2"), never);
     CHECK(denied.code == agent::rpc::kPermissionDenied);
     CHECK(denied.message == "this token belongs to node node1");
-    CHECK(agent::rpc::call(watchCall(port, "not-a-token-at-all-00000"), watchRequest("node1"),
-                           never)
-              .code == agent::rpc::kUnauthenticated);
-    CHECK(agent::rpc::call(watchCall(port), watchRequest(""), never).code == 3);  // INVALID_ARGUMENT
+    CHECK(
+        agent::rpc::call(watchCall(port, "not-a-token-at-all-00000"), watchRequest("node1"), never)
+            .code == agent::rpc::kUnauthenticated);
+    CHECK(agent::rpc::call(watchCall(port), watchRequest(""), never).code ==
+          3);  // INVALID_ARGUMENT
     auto missing = watchCall(port);
     missing.path = "/sluice.api.v1.Discovery/NoSuchMethod";
     CHECK(agent::rpc::call(missing, watchRequest("node1"), never).code ==
@@ -506,18 +507,18 @@ TEST_SUITE("agent rpc") {
     ControlPlane cp(store, port);
     // The snapshot, then the caller ends the call by returning false.
     int messages = 0;
-    auto first = agent::rpc::call(watchCall(port), watchRequest("node1"),
-                                  [&](const std::string& bytes) {
-                                    api::v1::WatchResponse r;
-                                    CHECK(r.ParseFromString(bytes));
-                                    CHECK(r.full());
-                                    CHECK(r.upserts_size() == 1);
-                                    ++messages;
-                                    // What OpenSSL's write to a vanished peer does: it
-                                    // must not kill a process that keeps SIGPIPE's default.
-                                    ::raise(SIGPIPE);
-                                    return false;
-                                  });
+    auto first =
+        agent::rpc::call(watchCall(port), watchRequest("node1"), [&](const std::string& bytes) {
+          api::v1::WatchResponse r;
+          CHECK(r.ParseFromString(bytes));
+          CHECK(r.full());
+          CHECK(r.upserts_size() == 1);
+          ++messages;
+          // What OpenSSL's write to a vanished peer does: it
+          // must not kill a process that keeps SIGPIPE's default.
+          ::raise(SIGPIPE);
+          return false;
+        });
     CHECK(first.code == agent::rpc::kCancelled);
     CHECK(messages == 1);
     sigset_t mask;
@@ -538,8 +539,9 @@ TEST_SUITE("agent rpc") {
     // A deadline (sent as grpc-timeout; either side may end it).
     auto o = watchCall(port);
     o.deadline = 300ms;
-    CHECK(agent::rpc::call(o, watchRequest("node1"), [](const std::string&) { return true; })
-              .code == agent::rpc::kDeadlineExceeded);
+    CHECK(agent::rpc::call(o, watchRequest("node1"), [](const std::string&) {
+            return true;
+          }).code == agent::rpc::kDeadlineExceeded);
     // Nothing heard for idle_timeout (this test server sends no keepalive PINGs).
     o = watchCall(port);
     o.idle_timeout = 300ms;
@@ -559,11 +561,13 @@ TEST_SUITE("agent rpc") {
     CHECK(s.message.find("certificate verification failed") != std::string::npos);
     o = watchCall(port);
     o.trust_anchor_pem = "not PEM";
-    CHECK(agent::rpc::call(o, watchRequest("node1"), [](const std::string&) { return true; })
-              .message.find("no PEM certificate") != std::string::npos);
+    CHECK(agent::rpc::call(o, watchRequest("node1"), [](const std::string&) {
+            return true;
+          }).message.find("no PEM certificate") != std::string::npos);
   }
 
-  TEST_CASE("a peer that is not a TLS server, or says nothing, gets a clear error in bounded time") {
+  TEST_CASE(
+      "a peer that is not a TLS server, or says nothing, gets a clear error in bounded time") {
     int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     REQUIRE(lfd >= 0);
     sockaddr_in a{};
@@ -578,7 +582,8 @@ TEST_SUITE("agent rpc") {
     o.connect_timeout = 300ms;
     // Silent: accepted by the kernel, never answers the ClientHello.
     auto started = std::chrono::steady_clock::now();
-    auto silent = agent::rpc::call(o, watchRequest("node1"), [](const std::string&) { return true; });
+    auto silent =
+        agent::rpc::call(o, watchRequest("node1"), [](const std::string&) { return true; });
     CHECK(silent.code == agent::rpc::kUnavailable);
     CHECK(silent.message.find("TLS handshake") != std::string::npos);
     CHECK(std::chrono::steady_clock::now() - started < 3s);
@@ -600,7 +605,8 @@ TEST_SUITE("agent rpc") {
     ::close(lfd);
     server.join();
     // Nobody listening.
-    CHECK(agent::rpc::call(o, watchRequest("node1"), [](const std::string&) { return true; })
-              .message.find("connect to") != std::string::npos);
+    CHECK(agent::rpc::call(o, watchRequest("node1"), [](const std::string&) {
+            return true;
+          }).message.find("connect to") != std::string::npos);
   }
 }

@@ -68,10 +68,12 @@ class FakeApiServer {
   FakeApiServer() {
     char tmpl[] = "/tmp/sluice-kube-XXXXXX";
     dir_ = mkdtemp(tmpl);
-    std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-                      "-keyout " + dir_ + "/key.pem -out " + dir_ +
-                      "/cert.pem -subj /CN=fake-apiserver -addext subjectAltName=IP:127.0.0.1 "
-                      "-days 1 2>/dev/null";
+    std::string cmd =
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        "-keyout " +
+        dir_ + "/key.pem -out " + dir_ +
+        "/cert.pem -subj /CN=fake-apiserver -addext subjectAltName=IP:127.0.0.1 "
+        "-days 1 2>/dev/null";
     REQUIRE(std::system(cmd.c_str()) == 0);
     int out[2];
     REQUIRE(pipe(out) == 0);
@@ -136,28 +138,40 @@ json ns(const std::string& name, bool enrolled) {
 }
 
 json pod(const std::string& name, const std::string& ip, const std::string& node = "node1") {
-  return {{"metadata", {{"name", name}, {"namespace", "shop"}, {"uid", "uid-" + name},
-                        {"labels", {{"app", "web"}}}}},
-          {"spec", {{"nodeName", node}, {"serviceAccountName", "web"},
-                    {"containers", {{{"name", "c"}, {"ports", {{{"name", "http"},
-                                                               {"containerPort", 8080}}}}}}}}},
-          {"status", {{"podIP", ip}, {"phase", "Running"},
-                      {"conditions", {{{"type", "Ready"}, {"status", "True"}}}}}}};
+  return {{"metadata",
+           {{"name", name},
+            {"namespace", "shop"},
+            {"uid", "uid-" + name},
+            {"labels", {{"app", "web"}}}}},
+          {"spec",
+           {{"nodeName", node},
+            {"serviceAccountName", "web"},
+            {"containers",
+             {{{"name", "c"}, {"ports", {{{"name", "http"}, {"containerPort", 8080}}}}}}}}},
+          {"status",
+           {{"podIP", ip},
+            {"phase", "Running"},
+            {"conditions", {{{"type", "Ready"}, {"status", "True"}}}}}}};
 }
 
 json service() {
   return {{"metadata", {{"name", "web"}, {"namespace", "shop"}}},
-          {"spec", {{"clusterIP", "10.96.0.10"}, {"selector", {{"app", "web"}}},
-                    {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", "http"}}}}}}};
+          {"spec",
+           {{"clusterIP", "10.96.0.10"},
+            {"selector", {{"app", "web"}}},
+            {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", "http"}}}}}}};
 }
 
 json slice(const std::vector<std::string>& ips) {
   json eps = json::array();
   for (const auto& ip : ips)
-    eps.push_back({{"addresses", {ip}}, {"conditions", {{"ready", true}}},
+    eps.push_back({{"addresses", {ip}},
+                   {"conditions", {{"ready", true}}},
                    {"targetRef", {{"kind", "Pod"}, {"uid", "uid-" + ip}}}});
-  return {{"metadata", {{"name", "web-abc"}, {"namespace", "shop"},
-                        {"labels", {{"kubernetes.io/service-name", "web"}}}}},
+  return {{"metadata",
+           {{"name", "web-abc"},
+            {"namespace", "shop"},
+            {"labels", {{"kubernetes.io/service-name", "web"}}}}},
           {"addressType", "IPv4"},
           {"ports", {{{"name", "http"}, {"port", 8080}, {"protocol", "TCP"}}}},
           {"endpoints", eps}};
@@ -270,8 +284,9 @@ TEST_SUITE("controlplane/kubernetes") {
     FakeApiServer api;
     api.call("upsert", {{"resource", "namespaces"}, {"object", ns("shop", true)}});
     for (int i = 1; i <= 3; ++i)
-      api.call("upsert", {{"resource", "pods"},
-                          {"object", pod("web" + std::to_string(i), "10.244.1." + std::to_string(i))}});
+      api.call("upsert",
+               {{"resource", "pods"},
+                {"object", pod("web" + std::to_string(i), "10.244.1." + std::to_string(i))}});
     api.call("upsert", {{"resource", "services"}, {"object", service()}});
     api.call("upsert",
              {{"resource", "endpointslices"}, {"object", slice({"10.244.1.1", "10.244.1.2"})}});
@@ -316,7 +331,8 @@ TEST_SUITE("controlplane/kubernetes") {
     bool resumed = false;
     for (const auto& r : api.requests())
       if (r.find("/api/v1/pods?watch=1") != std::string::npos &&
-          r.find("resourceVersion=") != std::string::npos && r.find("resourceVersion=&") == std::string::npos)
+          r.find("resourceVersion=") != std::string::npos &&
+          r.find("resourceVersion=&") == std::string::npos)
         resumed = true;
     CHECK(resumed);
   }
@@ -338,9 +354,8 @@ TEST_SUITE("controlplane/kubernetes") {
     api.call("upsert", {{"resource", "pods"}, {"object", pod("c", "10.244.1.3")}});
     api.call("compact");
     // 401 while the token is wrong: the error is reported, the state kept.
-    CHECK(eventually([&] {
-      return source->status("Pod").last_error.find("401") != std::string::npos;
-    }));
+    CHECK(eventually(
+        [&] { return source->status("Pod").last_error.find("401") != std::string::npos; }));
     CHECK(workloads(store).count("uid-a") == 1);
     uint64_t lists = source->status("Pod").lists;
     api.call("token", {{"token", "good-token"}});

@@ -230,8 +230,7 @@ endpoints:
         {"kind: EndpointSlice\nmetadata: {name: s, namespace: x}\nendpoints: [{addresses: "
          "[300.1.1.1]}]\n",
          "not an IP"},
-        {"kind: EndpointSlice\nmetadata: {name: s, namespace: x}\nendpoints: [{}]\n",
-         "addresses"},
+        {"kind: EndpointSlice\nmetadata: {name: s, namespace: x}\nendpoints: [{}]\n", "addresses"},
     };
     for (const auto& c : cases) {
       CAPTURE(c.text);

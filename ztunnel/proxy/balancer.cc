@@ -57,7 +57,8 @@ bool Balancer::result(const sockaddr_in& ep, bool ok, std::chrono::microseconds 
   st.last_used = now;
   if (ok) {
     double sample = static_cast<double>(latency.count());
-    st.ewma_us = st.ewma_us < 0 ? sample : config_.alpha * sample + (1 - config_.alpha) * st.ewma_us;
+    st.ewma_us =
+        st.ewma_us < 0 ? sample : config_.alpha * sample + (1 - config_.alpha) * st.ewma_us;
     st.failures = 0;
     st.ejections = 0;
     return false;

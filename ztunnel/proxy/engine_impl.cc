@@ -313,16 +313,15 @@ void Worker::onAccept(Listener& l, const io_uring_cqe& cqe) {
       // Out of descriptors or memory: the connection stays in the backlog, so
       // an immediate re-arm fails again at once (a busy loop). Free what can
       // be freed (a pending handshake) and come back later.
-      l.backoff = std::clamp(l.backoff * 2, std::chrono::milliseconds(10),
-                             std::chrono::milliseconds(1000));
+      l.backoff =
+          std::clamp(l.backoff * 2, std::chrono::milliseconds(10), std::chrono::milliseconds(1000));
       l.retry_at = std::chrono::steady_clock::now() + l.backoff;
       bool evicted = hbone_ && hbone_->evictOldestPending("accept failed: out of file descriptors");
       SLUICE_LOG_LIMITED(accept_log_, logger(), spdlog::level::warn,
                          "accept on {} listener of {} failed: {}; {}retrying in {} ms (raise the "
                          "agent's RLIMIT_NOFILE if this is legitimate load)",
                          kindName(l.kind), l.pod->spec.name_namespace, std::strerror(err),
-                         evicted ? "closed the oldest pending handshake, " : "",
-                         l.backoff.count());
+                         evicted ? "closed the oldest pending handshake, " : "", l.backoff.count());
     } else {
       SLUICE_LOG_LIMITED(accept_log_, logger(), spdlog::level::warn,
                          "accept on {} listener of {} failed: {}", kindName(l.kind),
@@ -347,8 +346,7 @@ void Worker::fineTick() {
   auto now = std::chrono::steady_clock::now();
   bool again = false;
   for (auto& l : listeners_) {
-    if (l->armed || l->closing || l->retry_at == std::chrono::steady_clock::time_point{})
-      continue;
+    if (l->armed || l->closing || l->retry_at == std::chrono::steady_clock::time_point{}) continue;
     if (now >= l->retry_at) {
       l->retry_at = {};
       armAccept(*l);
@@ -484,8 +482,7 @@ void Worker::routeOutbound(const std::shared_ptr<PodState>& pod_ptr, UniqueFd cl
     // proxy hop instead of two.
     handoff = target->second;
     uint16_t port = ntohs(dst.sin_port);
-    if (port == SLUICE_INBOUND_PORT || port == SLUICE_HBONE_PORT ||
-        port == SLUICE_OUTBOUND_PORT) {
+    if (port == SLUICE_INBOUND_PORT || port == SLUICE_HBONE_PORT || port == SLUICE_OUTBOUND_PORT) {
       stats.direct_refused++;
       setLinger0(client.get());
       SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
@@ -515,10 +512,9 @@ void Worker::routeOutbound(const std::shared_ptr<PodState>& pod_ptr, UniqueFd cl
             std::move(route));
 }
 
-void Worker::startConn(const std::shared_ptr<PodState>& pod_ptr, UniqueFd client,
-                       UniqueFd upstream, const sockaddr_in& peer, const sockaddr_in& dst,
-                       bool inbound, std::shared_ptr<PodState> handoff,
-                       std::unique_ptr<ServiceRoute> route) {
+void Worker::startConn(const std::shared_ptr<PodState>& pod_ptr, UniqueFd client, UniqueFd upstream,
+                       const sockaddr_in& peer, const sockaddr_in& dst, bool inbound,
+                       std::shared_ptr<PodState> handoff, std::unique_ptr<ServiceRoute> route) {
   PodState& pod = *pod_ptr;
   auto& stats = engine_.counters();
   auto c = std::make_unique<Conn>();
@@ -565,8 +561,7 @@ void Worker::lbResult(ServiceRoute& route, bool ok) {
   if (route.reported) return;
   route.reported = true;
   auto now = std::chrono::steady_clock::now();
-  auto latency =
-      std::chrono::duration_cast<std::chrono::microseconds>(now - route.attempt_start);
+  auto latency = std::chrono::duration_cast<std::chrono::microseconds>(now - route.attempt_start);
   if (balancer_.result(route.endpoint, ok, latency, now)) {
     engine_.counters().lb_ejections++;
     logger()->warn("service {}: endpoint {} ejected after {} consecutive connect failures",
@@ -581,8 +576,8 @@ bool Worker::retryService(const std::shared_ptr<PodState>& pod, UniqueFd& client
   lbResult(*route, false);
   if (route->tried.size() >= std::max(1u, engine_.config().lb_max_attempts) ||
       route->tried.size() >= route->service->endpoints.size()) {
-    logger()->warn("service {}: connect to {} failed ({}); no attempts left",
-                   route->service->name, formatEndpoint(route->endpoint), why);
+    logger()->warn("service {}: connect to {} failed ({}); no attempts left", route->service->name,
+                   formatEndpoint(route->endpoint), why);
     return false;
   }
   balancer_.closed(route->endpoint);
@@ -769,7 +764,8 @@ void EngineImpl::closeRecord(const std::shared_ptr<Record>& rec, const std::stri
   auto dur = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - rec->start);
   log::get("access")->info(
-      "{} pod={} src={} dst={} service={} path={} src_principal={} dst_principal={} mutual_tls={} sent={} "
+      "{} pod={} src={} dst={} service={} path={} src_principal={} dst_principal={} mutual_tls={} "
+      "sent={} "
       "received={} duration_ms={} reason={}",
       rec->direction, rec->pod, rec->source, rec->destination,
       rec->service.empty() ? "-" : rec->service, rec->path,

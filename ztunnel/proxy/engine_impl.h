@@ -213,7 +213,7 @@ class EngineImpl final : public Engine {
   Stats stats_;
   std::atomic<uint64_t> next_id_{0};
   std::vector<std::unique_ptr<Worker>> workers_;
-  unsigned worker_count_ = 1;  // set before the first worker starts
+  unsigned worker_count_ = 1;   // set before the first worker starts
   mutable std::mutex pods_mu_;  // control plane side only
   std::map<std::string, std::shared_ptr<PodState>> pods_;
   std::atomic<std::shared_ptr<const PodIndex>> by_ip_{std::make_shared<const PodIndex>()};

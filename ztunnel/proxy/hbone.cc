@@ -21,12 +21,12 @@ namespace {
 
 auto logger() { return log::get("hbone"); }
 
-constexpr size_t kCipherRecv = 64 * 1024;        // one socket read
+constexpr size_t kCipherRecv = 64 * 1024;  // one socket read
 // One socket read before the handshake is done: a ClientHello or a
 // certificate chain fits in a few reads, and a flood of idle or stalled
 // handshakes costs little memory each.
 constexpr size_t kHandshakeRecv = 4 * 1024;
-constexpr size_t kMaxEarlyBytes = 64 * 1024;  // ciphertext held while waiting for a certificate
+constexpr size_t kMaxEarlyBytes = 64 * 1024;     // ciphertext held while waiting for a certificate
 constexpr size_t kCipherHighWater = 256 * 1024;  // stop producing frames above this
 constexpr size_t kCipherSendChunk = 256 * 1024;  // one socket write
 
@@ -257,8 +257,7 @@ void HboneWorker::progress(Tunnel& t) {
         engine_.counters().hbone_handshake_failures++;
         SLUICE_LOG_LIMITED(handshake_log_, logger(), spdlog::level::warn,
                            "tunnel {} {} {}: TLS handshake failed: {}", t.id,
-                           t.server ? "from" : "to", formatEndpoint(t.remote),
-                           sslError(t.ssl, rc));
+                           t.server ? "from" : "to", formatEndpoint(t.remote), sslError(t.ssl, rc));
         ERR_clear_error();  // sslError() drains the queue only when the line is written
         closeAfterFlush(t, "tls_handshake_failed");  // the alert, if any, goes out first
         return;

@@ -78,7 +78,7 @@ struct Tunnel {
   bool draining = false;        // no new streams (GOAWAY either way, rotated certificate)
   bool close_on_flush = false;  // graceful close once every byte is written
   bool peer_eof = false;
-  bool had_stream = false;  // server: a CONNECT arrived (ends the handshake deadline)
+  bool had_stream = false;           // server: a CONNECT arrived (ends the handshake deadline)
   bool awaiting_credential = false;  // server: bytes arrived before the pod's certificate
   std::string early;                 // server: ciphertext received before TLS started
   // server: in HboneWorker::pending_ (no CONNECT yet), for the bound on those
@@ -217,8 +217,8 @@ class HboneWorker {
   std::vector<Tunnel*> redials_;       // client tunnels waiting to redial
   std::list<Tunnel*> pending_;         // server tunnels without a CONNECT yet, oldest first
   // One limiter per kind of line, so a flood of one kind hides no other.
-  log::Limiter peer_log_, handshake_log_, bad_request_log_, refused_log_, limit_log_,
-      timeout_log_, pending_log_, cert_log_, connect_log_;
+  log::Limiter peer_log_, handshake_log_, bad_request_log_, refused_log_, limit_log_, timeout_log_,
+      pending_log_, cert_log_, connect_log_;
 
   Worker& worker_;
   EngineImpl& engine_;

@@ -7,11 +7,11 @@
 // only keeps the log readable.
 #pragma once
 
+#include <spdlog/spdlog.h>
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
-
-#include <spdlog/spdlog.h>
 
 namespace sluice::log {
 
@@ -46,13 +46,13 @@ class Limiter {
 
 // Logs at `level` through `logger` when `limiter` admits the line. The
 // format string and arguments are those of spdlog.
-#define SLUICE_LOG_LIMITED(limiter, logger, level, ...)                              \
-  do {                                                                               \
-    if (auto sluice_suppressed_ = (limiter).admit()) {                               \
-      if (*sluice_suppressed_ == 0)                                                  \
-        (logger)->log(level, __VA_ARGS__);                                           \
-      else                                                                           \
-        (logger)->log(level, "{} ({} similar lines suppressed)",                     \
-                      fmt::format(__VA_ARGS__), *sluice_suppressed_);                \
-    }                                                                                \
+#define SLUICE_LOG_LIMITED(limiter, logger, level, ...)                                    \
+  do {                                                                                     \
+    if (auto sluice_suppressed_ = (limiter).admit()) {                                     \
+      if (*sluice_suppressed_ == 0)                                                        \
+        (logger)->log(level, __VA_ARGS__);                                                 \
+      else                                                                                 \
+        (logger)->log(level, "{} ({} similar lines suppressed)", fmt::format(__VA_ARGS__), \
+                      *sluice_suppressed_);                                                \
+    }                                                                                      \
   } while (0)

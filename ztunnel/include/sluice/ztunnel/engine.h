@@ -52,8 +52,8 @@ struct EngineConfig {
   std::chrono::milliseconds hbone_refused_retry{1000};
 
   // Load balancing of connections to Service VIPs (needs a MeshDirectory).
-  unsigned lb_max_attempts = 3;                 // endpoints tried per connection
-  unsigned lb_eject_after = 3;                  // consecutive connect failures
+  unsigned lb_max_attempts = 3;                  // endpoints tried per connection
+  unsigned lb_eject_after = 3;                   // consecutive connect failures
   std::chrono::milliseconds lb_eject_for{5000};  // first ejection; doubles, up to 60 s
 };
 
@@ -130,14 +130,14 @@ struct ListenerInfo {
 
 struct ConnectionInfo {
   uint64_t id = 0;
-  std::string direction;    // "outbound" | "inbound"
-  std::string pod;          // ns/name of the enrolled pod that owns the listener
-  std::string source;       // ip:port of the client
-  std::string destination;  // destination ip:port (for a Service: the chosen endpoint)
+  std::string direction;            // "outbound" | "inbound"
+  std::string pod;                  // ns/name of the enrolled pod that owns the listener
+  std::string source;               // ip:port of the client
+  std::string destination;          // destination ip:port (for a Service: the chosen endpoint)
   std::string destination_service;  // ns/name when the client connected to a Service VIP
-  std::string path;         // "passthrough" (to the network), "local_handoff" (meshed pod on this
-                            // node, one hop), "hbone" (mTLS tunnel to/from another node),
-                            // "inbound" (plaintext from outside the mesh into an enrolled pod)
+  std::string path;  // "passthrough" (to the network), "local_handoff" (meshed pod on this
+                     // node, one hop), "hbone" (mTLS tunnel to/from another node),
+                     // "inbound" (plaintext from outside the mesh into an enrolled pod)
   std::string source_principal;       // SPIFFE ID of the client workload, when known
   std::string destination_principal;  // SPIFFE ID of the destination workload, when meshed
   bool mutual_tls = false;            // carried over an mTLS (HBONE) tunnel
@@ -156,9 +156,9 @@ struct EngineStats {
   uint64_t connect_failures = 0;
   uint64_t limit_rejected = 0;
   uint64_t no_original_dst = 0;
-  uint64_t direct_refused = 0;    // connections addressed to a proxy port itself (15006/15008)
-  uint64_t accept_errors = 0;     // accept failed (fd exhaustion: EMFILE/ENFILE), backed off
-  uint64_t certificate_waits = 0;  // connections that waited for their pod's certificate
+  uint64_t direct_refused = 0;        // connections addressed to a proxy port itself (15006/15008)
+  uint64_t accept_errors = 0;         // accept failed (fd exhaustion: EMFILE/ENFILE), backed off
+  uint64_t certificate_waits = 0;     // connections that waited for their pod's certificate
   uint64_t hbone_tunnels_opened = 0;  // outbound + inbound
   uint64_t hbone_tunnels_accepted = 0;  // inbound TCP connections on 15008
   uint64_t hbone_pending_evicted = 0;   // handshakes closed to stay within the pending bound
