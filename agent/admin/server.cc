@@ -87,7 +87,7 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
   event_add(self->stop_event_, nullptr);
   self->address_ = address;
   Server* s = self.get();
-  self->thread_ = std::thread([s] { event_base_dispatch(s->base_); });
+  self->thread_ = std::jthread([s] { event_base_dispatch(s->base_); });
   log::get("admin")->info("admin API on http://{}", address);
   return self;
 }

@@ -45,7 +45,7 @@ class Server {
   evhttp* http_ = nullptr;
   event* stop_event_ = nullptr;
   UniqueFd stop_fd_;  // written to stop the loop
-  std::thread thread_;
+  std::jthread thread_;
   std::string address_;
   Sources sources_;
 };

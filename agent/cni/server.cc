@@ -53,7 +53,7 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, H
   self->wake_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!self->wake_fd_) return failErrno("eventfd failed");
   Server* s = self.get();
-  self->thread_ = std::thread([s] { s->loop(); });
+  self->thread_ = std::jthread([s] { s->loop(); });
   logger()->info("listening for sluice-cni on {}", socket_path);
   return self;
 }

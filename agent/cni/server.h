@@ -43,7 +43,7 @@ class Server {
   std::string path_;
   UniqueFd listen_fd_;
   UniqueFd wake_fd_;  // eventfd: tells the loop to stop
-  std::thread thread_;
+  std::jthread thread_;
   std::atomic<int> in_flight_{0};
 };
 

@@ -18,8 +18,8 @@ Result<std::unique_ptr<Client>> Client::create(const ClientConfig& config, Liste
     return fail("no trust anchor to verify the control plane with");
   std::unique_ptr<Client> self(new Client(config, listener));
   Client* c = self.get();
-  if (!config.view_file.empty()) self->persister_ = std::thread([c] { c->persistLoop(); });
-  self->thread_ = std::thread([c] { c->run(); });
+  if (!config.view_file.empty()) self->persister_ = std::jthread([c] { c->persistLoop(); });
+  self->thread_ = std::jthread([c] { c->run(); });
   return self;
 }
 

@@ -117,8 +117,8 @@ class Client {
   rpc::Canceller cancel_;
   std::string last_error_;
   std::chrono::system_clock::time_point disconnected_since_{};
-  std::thread thread_;
-  std::thread persister_;
+  std::jthread thread_;
+  std::jthread persister_;
 };
 
 }  // namespace sluice::agent::discovery

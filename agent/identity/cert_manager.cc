@@ -21,7 +21,7 @@ std::string isoTime(std::chrono::system_clock::time_point t) {
 
 CertManager::CertManager(Signer& signer, CertManagerConfig config)
     : signer_(signer), config_(config) {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::jthread([this] { run(); });
 }
 
 CertManager::~CertManager() {

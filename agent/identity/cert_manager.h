@@ -77,7 +77,7 @@ class CertManager final : public ztunnel::CredentialSource {
   std::condition_variable wake_;
   std::map<std::string, Entry> entries_;
   bool stopping_ = false;
-  std::thread thread_;
+  std::jthread thread_;
 };
 
 // Certificates.Sign over the control plane's TLS channel with the node token.

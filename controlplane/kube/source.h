@@ -77,7 +77,7 @@ class Source {
   bool dirty_ = false;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> synced_{false};
-  std::vector<std::thread> threads_;
+  std::vector<std::jthread> threads_;
 };
 
 }  // namespace sluice::controlplane::kube

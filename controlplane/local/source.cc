@@ -99,7 +99,7 @@ Result<std::unique_ptr<DirectorySource>> DirectorySource::create(const std::stri
   self->wake_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   self->rescan();
   DirectorySource* s = self.get();
-  self->thread_ = std::thread([s] { s->watch(); });
+  self->thread_ = std::jthread([s] { s->watch(); });
   return self;
 }
 

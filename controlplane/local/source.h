@@ -43,7 +43,7 @@ class DirectorySource {
   mutable std::mutex mu_;
   UniqueFd inotify_;
   UniqueFd wake_;
-  std::thread thread_;
+  std::jthread thread_;
 };
 
 }  // namespace sluice::controlplane::local

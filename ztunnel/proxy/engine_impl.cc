@@ -186,7 +186,7 @@ Result<void> Worker::start() {
   wake_op_.w = this;
   std::promise<Result<void>> ready;
   auto ready_future = ready.get_future();
-  thread_ = std::thread([this, &ready] {
+  thread_ = std::jthread([this, &ready] {
     // SINGLE_ISSUER binds the ring to the thread that creates it.
     auto ring = uring::Ring::create(
         1024);  // CQ is twice this; enough for ~500 active connections per worker per batch

@@ -152,7 +152,7 @@ class Worker {
   EngineImpl& engine_;
   unsigned index_;
   std::unique_ptr<uring::Ring> ring_;
-  std::thread thread_;
+  std::jthread thread_;
   std::atomic<bool> stopping_{false};
   UniqueFd wake_fd_;
   struct WakeOp : uring::Operation {

@@ -36,8 +36,13 @@ template <typename Fn>
 Result<void> runInNetns(int netns_fd, Fn&& fn) {
   auto original = enterNetns(netns_fd);
   if (!original) return tl::unexpected(original.error());
+  // Back to the original netns however fn() ends (an exception included):
+  // a thread left in a pod's netns would open the next socket there.
+  struct Restore {
+    const UniqueFd& fd;
+    ~Restore() { leaveNetns(fd); }
+  } restore{*original};
   fn();
-  leaveNetns(*original);
   return {};
 }
 
