@@ -84,8 +84,11 @@ def tcp_payloads(pcap_path):
 @contextlib.contextmanager
 def capture_hub(pcap_path):
     """tcpdump of every TCP segment on the lab's bridge (the link between nodes) while the block runs."""
-    dump = subprocess.Popen(["ip", "netns", "exec", "slb-hub", "tcpdump", "-i", "slbr0", "-U", "-n", "-w",
-                             pcap_path, "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # --immediate-mode: packets reach tcpdump at once, not when a capture block
+    # fills or times out (up to 1 s), so a short exchange is never lost at SIGINT.
+    dump = subprocess.Popen(["ip", "netns", "exec", "slb-hub", "tcpdump", "-i", "slbr0", "--immediate-mode",
+                             "-U", "-n", "-w", pcap_path, "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         line = dump.stderr.readline()
         if "listening" not in line:

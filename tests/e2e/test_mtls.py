@@ -124,8 +124,9 @@ class MtlsTest(LabTest):
     def test_a_cross_node_is_mutual_tls_and_server_sees_client_ip(self):
         # First test of the class: its tunnel is new, so the handshake is on the capture.
         pcap = os.path.join(self.tmp, "link.pcap")
-        dump = subprocess.Popen(["ip", "netns", "exec", "slb-hub", "tcpdump", "-i", "slbr0", "-U", "-n",
-                                 "-w", pcap, "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        dump = subprocess.Popen(["ip", "netns", "exec", "slb-hub", "tcpdump", "-i", "slbr0", "--immediate-mode",
+                                 "-U", "-n", "-w", pcap, "tcp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             self.assertIn("listening", dump.stderr.readline())
             out = self.lab.client("shop/client", "say", self.server_ip, "8082", MARKER).stdout
