@@ -237,26 +237,13 @@ class DiscoveryBridge final : public agent::discovery::Listener {
                   std::function<void()> changed)
       : pods_(pods), directory_(directory), changed_(std::move(changed)) {}
   void onView(const agent::discovery::View& view, uint64_t version) override {
-    directory_.update(view);
-    {
-      std::lock_guard lk(mu_);
-      services_ = view.services;
-      source_ = "live";
-    }
-    pods_.onWorkloads(view.workloads, version);
+    use(view, version, "live");
     changed_();
   }
   // At start, before the pods are re-adopted: the view the previous process
-  // kept, so that the proxy routes by it from the first connection.
-  void seed(const agent::discovery::View& view) {
-    directory_.update(view);
-    {
-      std::lock_guard lk(mu_);
-      services_ = view.services;
-      source_ = "persisted";
-    }
-    pods_.seedWorkloads(view.workloads);
-  }
+  // kept, so that the proxy routes by it from the first connection. Version
+  // 0: not the control plane's word yet (pods it does not name are kept).
+  void seed(const agent::discovery::View& view) { use(view, 0, "persisted"); }
   // Where the view in use came from: "none" (outbound is refused),
   // "persisted" (the last process's, until the control plane answers), "live".
   std::string source() const {
@@ -265,6 +252,16 @@ class DiscoveryBridge final : public agent::discovery::Listener {
   }
 
  private:
+  void use(const agent::discovery::View& view, uint64_t version, const char* source) {
+    directory_.update(view);
+    {
+      std::lock_guard lk(mu_);
+      services_ = view.services;
+      source_ = source;
+    }
+    pods_.onWorkloads(view.workloads, version);
+  }
+
   agent::pods::PodManager& pods_;
   agent::discovery::MeshDirectory& directory_;
   std::function<void()> changed_;

@@ -129,13 +129,6 @@ void PodManager::onWorkloads(const std::map<std::string, Workload>& all, uint64_
   workloads_changed_.notify_all();
 }
 
-void PodManager::seedWorkloads(const std::map<std::string, Workload>& all) {
-  std::lock_guard lk(mu_);
-  workloads_ = all;  // version_ stays 0: not the control plane's word yet
-  for (auto& [id, pod] : pods_) reconcile(pod);
-  workloads_changed_.notify_all();
-}
-
 void PodManager::reconcile(LocalPod& pod) {
   Decision d = decide(pod.ref);
   if (const Workload* w = findWorkload(pod.ref); w && w->service_account() != pod.service_account) {

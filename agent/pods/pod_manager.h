@@ -71,13 +71,11 @@ class PodManager {
   // CNI CHECK: the pod is known and its enrollment matches the desired state.
   Result<void> check(const std::string& container_id, const std::string& uid);
 
-  // A new control-plane view: reconciles every local pod.
+  // A view: reconciles every local pod. Version 0 is an interim (the view
+  // the previous process kept, loaded before restore()): pods follow it where
+  // it knows them, but a pod it does not know keeps its state until the
+  // control plane's own view arrives.
   void onWorkloads(const std::map<std::string, Workload>& all, uint64_t version);
-  // At start, before restore(): the workloads of the view persisted by the
-  // previous process. An interim: pods follow it where it knows them, but
-  // (as before any view) a pod it does not know keeps its state until the
-  // control plane's own view arrives through onWorkloads.
-  void seedWorkloads(const std::map<std::string, Workload>& all);
 
   // After a restart: re-opens the pods of the state file and re-enrolls those
   // that were enrolled, under the service account kept there (or, from an
