@@ -24,7 +24,7 @@ TEST_SUITE("ring") {
     REQUIRE_MESSAGE(ring.has_value(), (ring ? "" : ring.error().describe()));
     Counter nop;
     io_uring_prep_nop((*ring)->sqe(&nop));
-    CHECK((*ring)->run(1000) == 1);
+    CHECK(*(*ring)->run(1000) == 1);
     CHECK(nop.completions == 1);
     CHECK(nop.last_res == 0);
   }
@@ -34,7 +34,7 @@ TEST_SUITE("ring") {
     Counter op;
     for (int i = 0; i < 20; ++i) io_uring_prep_nop((*ring)->sqe(&op));
     int done = 0;
-    for (int i = 0; i < 20 && done < 20; ++i) done += static_cast<int>((*ring)->run(100));
+    for (int i = 0; i < 20 && done < 20; ++i) done += static_cast<int>(*(*ring)->run(100));
     CHECK(op.completions == 20);
   }
   TEST_CASE("run() returns after its timeout when nothing completes") {
@@ -44,11 +44,11 @@ TEST_SUITE("ring") {
     Counter rd;
     uint64_t value = 0;
     io_uring_prep_read((*ring)->sqe(&rd), efd, &value, sizeof(value), 0);
-    CHECK((*ring)->run(20) == 0);
+    CHECK(*(*ring)->run(20) == 0);
     CHECK(rd.completions == 0);
     uint64_t one = 7;
     REQUIRE(write(efd, &one, sizeof(one)) == 8);
-    CHECK((*ring)->run(1000) == 1);
+    CHECK(*(*ring)->run(1000) == 1);
     CHECK(value == 7);
     close(efd);
   }

@@ -1,8 +1,13 @@
 #include "ztunnel/uring/ring.h"
 
 #include <cerrno>
+#include <cstring>
 
 namespace sluice::ztunnel::uring {
+
+namespace {
+constexpr int kSubmitTries = 8;
+}
 
 Result<std::unique_ptr<Ring>> Ring::create(unsigned entries) {
   std::unique_ptr<Ring> r(new Ring());
@@ -31,34 +36,90 @@ Ring::~Ring() {
   if (initialised_) io_uring_queue_exit(&ring_);
 }
 
-io_uring_sqe* Ring::sqe(Operation* op) {
-  io_uring_sqe* s = io_uring_get_sqe(&ring_);
-  while (!s) {
-    io_uring_submit(&ring_);
-    s = io_uring_get_sqe(&ring_);
+void Ring::stash() {
+  io_uring_cqe* cqe = nullptr;
+  unsigned head;
+  unsigned n = 0;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    backlog_.push_back(*cqe);
+    ++n;
   }
-  io_uring_sqe_set_data(s, op);
+  io_uring_cq_advance(&ring_, n);
+}
+
+bool Ring::makeRoom(unsigned n) {
+  for (int i = 0; i < kSubmitTries && io_uring_sq_space_left(&ring_) < n; ++i) {
+    int rc = io_uring_submit(&ring_);
+    // -EBUSY/-EAGAIN: the completion queue is full (or overflowed) and the
+    // kernel holds submissions back until it is reaped. Take the completions
+    // out (they are dispatched by the next run(), not from inside the caller)
+    // and try again.
+    if (rc == -EBUSY || rc == -EAGAIN) {
+      io_uring_get_events(&ring_);
+      stash();
+    } else if (rc < 0 && rc != -EINTR) {
+      break;
+    }
+  }
+  return io_uring_sq_space_left(&ring_) >= n;
+}
+
+io_uring_sqe* Ring::sqe(Operation* op) {
+  io_uring_sqe* s = nullptr;
+  sqes(&s, &op, 1);
   return s;
 }
 
-unsigned Ring::run(unsigned wait_ms) {
+void Ring::sqes(io_uring_sqe** out, Operation* const* ops, unsigned n) {
+  if (makeRoom(n)) {
+    for (unsigned i = 0; i < n; ++i) {
+      out[i] = io_uring_get_sqe(&ring_);
+      io_uring_sqe_set_data(out[i], ops[i]);
+    }
+    return;
+  }
+  // The kernel takes nothing: each op completes with -EAGAIN instead, and
+  // the caller prepares a scratch entry that is never submitted.
+  errors_.fetch_add(n, std::memory_order_relaxed);
+  for (unsigned i = 0; i < n; ++i) {
+    out[i] = &scratch_[i % 2];
+    std::memset(out[i], 0, sizeof(io_uring_sqe));
+    if (!ops[i]) continue;
+    io_uring_cqe failed{};
+    failed.user_data = reinterpret_cast<uint64_t>(ops[i]);
+    failed.res = -EAGAIN;
+    backlog_.push_back(failed);
+  }
+}
+
+void Ring::cancelFd(int fd) {
+  if (fd < 0) return;
+  io_uring_prep_cancel_fd(sqe(nullptr), fd, IORING_ASYNC_CANCEL_ALL);
+}
+
+Result<unsigned> Ring::run(unsigned wait_ms) {
   __kernel_timespec ts{};
   ts.tv_sec = wait_ms / 1000;
   ts.tv_nsec = static_cast<long long>(wait_ms % 1000) * 1000000;
   io_uring_cqe* cqe = nullptr;
+  // Completions already taken out must not wait for the timeout.
+  if (!backlog_.empty()) ts = {};
   int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
-  if (rc < 0 && rc != -ETIME && rc != -EINTR) return 0;
-  unsigned n = 0;
-  unsigned head;
-  // Completing may queue new SQEs but never reaps CQEs, so iterating is safe.
-  io_uring_for_each_cqe(&ring_, head, cqe) {
-    auto* op = static_cast<Operation*>(io_uring_cqe_get_data(cqe));
-    io_uring_cqe c = *cqe;
-    ++n;
-    if (op) op->complete(c);
+  Result<unsigned> outcome = 0u;
+  if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
+    errors_.fetch_add(1, std::memory_order_relaxed);
+    errno = -rc;
+    outcome = failErrno("io_uring_submit_and_wait_timeout");
   }
-  io_uring_cq_advance(&ring_, n);
-  return n;
+  // Completing may queue new submissions (and so stash more completions) but
+  // never dispatches any: take everything out first, then dispatch.
+  stash();
+  batch_.clear();
+  batch_.swap(backlog_);  // both keep their capacity: no allocation per run
+  for (const io_uring_cqe& c : batch_)
+    if (auto* op = reinterpret_cast<Operation*>(c.user_data)) op->complete(c);
+  if (!outcome) return outcome;
+  return static_cast<unsigned>(batch_.size());
 }
 
 }  // namespace sluice::ztunnel::uring

@@ -1,17 +1,24 @@
 // One io_uring instance, owned by one thread. Created on the thread that will
 // use it (IORING_SETUP_SINGLE_ISSUER binds the ring to its creator); never moved.
+//
+// Every request is an Operation: user_data points at it and the ring hands
+// the completion back to it (ops.h has the concrete ones). The ring never
+// fails a caller: when no submission entry can be had (the kernel refuses
+// submissions even after the completion queue is drained), the request
+// completes with -EAGAIN on the next run() instead, and errors() counts it.
 #pragma once
 
 #include <liburing.h>
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "sluice/common/result.h"
 
 namespace sluice::ztunnel::uring {
 
-// Something with an outstanding request on the ring: user_data points at it,
-// and the ring hands the completion back to it.
 class Operation {
  public:
   virtual ~Operation() = default;
@@ -25,16 +32,32 @@ class Ring {
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
 
-  // A free submission entry, submitting queued ones first if the SQ is full.
+  // A submission entry for op (null: a request nobody waits for, such as a
+  // cancellation). Never null: see the header comment.
   io_uring_sqe* sqe(Operation* op);
+  // `n` adjacent entries (a linked chain), all for real or all failed with
+  // -EAGAIN; ops[i] gets entry i.
+  void sqes(io_uring_sqe** out, Operation* const* ops, unsigned n);
+  // Cancels every request on fd; their completions say -ECANCELED.
+  void cancelFd(int fd);
   // Submits and waits for at least one completion (or the timeout), then
-  // completes every available CQE. Returns the number completed.
-  unsigned run(unsigned wait_ms);
+  // completes every available one. Returns the number completed, or the
+  // ring's error (anything but a timeout or a signal).
+  Result<unsigned> run(unsigned wait_ms);
+
+  // Submissions refused by the kernel and turned into -EAGAIN completions.
+  uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
 
  private:
   Ring() = default;
+  bool makeRoom(unsigned n);  // n free entries; false when the kernel refuses
+  void stash();               // moves ready completions to backlog_ (not dispatched)
   io_uring ring_{};
   bool initialised_ = false;
+  std::vector<io_uring_cqe> backlog_;  // taken out of the CQ, not dispatched yet
+  std::vector<io_uring_cqe> batch_;    // being dispatched by run()
+  io_uring_sqe scratch_[2]{};          // prepared and dropped when the kernel refuses
+  std::atomic<uint64_t> errors_{0};
 };
 
 }  // namespace sluice::ztunnel::uring

@@ -5,17 +5,19 @@
 // io_uring ring and its own connections; moving bytes takes no lock, but
 // opening and closing a connection takes the connection registry's mutex
 // (for connections()). addPod / removePod / snapshots are called from
-// control threads and are thread-safe.
+// control threads and are thread-safe. docs/architecture.md has the layers.
 #pragma once
 
 #include <netinet/in.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sluice/common/result.h"
@@ -128,16 +130,50 @@ struct ListenerInfo {
   std::string kind;     // "outbound" | "inbound" | "hbone"
 };
 
-struct ConnectionInfo {
+// --- connection records ---------------------------------------------------
+
+enum class Direction : uint8_t { kOutbound, kInbound };
+// passthrough: to the network; local_handoff: meshed pod on this node, one
+// hop; hbone: mTLS tunnel to/from another node; inbound: plaintext from
+// outside the mesh into an enrolled pod.
+enum class Path : uint8_t { kPassthrough, kLocalHandoff, kHbone, kInbound };
+enum class ConnState : uint8_t { kOpen, kClosed };
+enum class CloseReason : uint8_t {
+  kNone,            // still open
+  kEof,             // both sides ended in order
+  kReset,           // a side reset
+  kConnectTimeout,  // the destination did not answer in time
+  kConnectError,    // the destination refused (detail: why)
+  kRecvError,
+  kSendError,
+  kSocketError,        // no socket for the upstream
+  kNoTunnel,           // no tunnel to the destination's node
+  kTunnelClosed,       // the tunnel carrying the stream went away (detail: why)
+  kStreamReset,        // RST_STREAM (detail: the HTTP/2 error)
+  kStreamClosedEarly,  // the stream ended before both directions did
+  kRefused,            // the destination's node refused the CONNECT (detail: status)
+  kNotThisPod,         // a CONNECT for an address that is not the pod's
+  kBadRequest,         // not a CONNECT
+  kConnectionLimit,    // the pod's connection limit
+  kDenied,             // refused by the authorization hook
+  kPodRemoved,
+  kProxyShutdown,
+};
+const char* toString(Direction d);
+const char* toString(Path p);
+const char* toString(ConnState s);
+const char* toString(CloseReason r);
+
+// One proxied app connection (a plaintext relay or one HBONE stream): what
+// connections(), the access log, the admin API and the observer all see.
+struct ConnectionRecord {
   uint64_t id = 0;
-  std::string direction;            // "outbound" | "inbound"
-  std::string pod;                  // ns/name of the enrolled pod that owns the listener
-  std::string source;               // ip:port of the client
-  std::string destination;          // destination ip:port (for a Service: the chosen endpoint)
-  std::string destination_service;  // ns/name when the client connected to a Service VIP
-  std::string path;  // "passthrough" (to the network), "local_handoff" (meshed pod on this
-                     // node, one hop), "hbone" (mTLS tunnel to/from another node),
-                     // "inbound" (plaintext from outside the mesh into an enrolled pod)
+  Direction direction = Direction::kOutbound;
+  Path path = Path::kPassthrough;
+  std::string pod;                    // ns/name of the enrolled pod that owns the listener
+  std::string source;                 // ip:port of the client
+  std::string destination;            // ip:port (for a Service: the chosen endpoint)
+  std::string destination_service;    // ns/name when the client connected to a Service VIP
   std::string source_principal;       // SPIFFE ID of the client workload, when known
   std::string destination_principal;  // SPIFFE ID of the destination workload, when meshed
   bool mutual_tls = false;            // carried over an mTLS (HBONE) tunnel
@@ -145,35 +181,101 @@ struct ConnectionInfo {
   uint64_t bytes_received = 0;        // destination -> client
   int64_t start_unix_ms = 0;
   int64_t duration_ms = 0;
-  std::string state;   // "connecting" | "open" | "closed"
-  std::string reason;  // close reason when closed ("eof", "reset", "connect_timeout", ...)
+  ConnState state = ConnState::kOpen;
+  CloseReason reason = CloseReason::kNone;
+  std::string reason_detail;  // e.g. strerror of a connect error
+  bool retried = false;       // a Service connection moved to another endpoint after this
+  // "connect_error: Connection refused (retried)"
+  std::string reasonText() const;
 };
 
+// --- counters ---------------------------------------------------------------
+
+// Every counter of the engine, defined once: describe() gives its group,
+// name and meaning, which the admin API, `sluicectl stats` and metrics use.
+enum class Counter : uint8_t {
+  kAccepted,  // app connections: 15001, 15006, and CONNECT streams on 15008
+  kActive,
+  kClosed,
+  kConnectFailures,
+  kLimitRejected,
+  kNoOriginalDst,
+  kDirectRefused,
+  kAcceptErrors,
+  kCertificateWaits,
+  kNoCertificate,
+  kNoView,
+  kRingErrors,
+  kDenied,
+  kTunnelsOpened,
+  kTunnelsAccepted,
+  kPendingEvicted,
+  kConnectRetries,
+  kTunnelsActive,
+  kHandshakeFailures,
+  kHboneTimeouts,
+  kBadRequests,
+  kRefused,
+  kLbPicks,
+  kLbRetries,
+  kLbNoEndpoint,
+  kLbEjections,
+  kCount
+};
+struct CounterInfo {
+  const char* group;  // "proxy" | "hbone" | "lb"
+  const char* name;   // within the group
+  const char* help;
+};
+const CounterInfo& describe(Counter c);
+
 struct EngineStats {
-  uint64_t accepted = 0;  // app connections: 15001, 15006, and CONNECT streams on 15008
-  uint64_t active = 0;
-  uint64_t closed = 0;
-  uint64_t connect_failures = 0;
-  uint64_t limit_rejected = 0;
-  uint64_t no_original_dst = 0;
-  uint64_t direct_refused = 0;        // connections addressed to a proxy port itself (15006/15008)
-  uint64_t accept_errors = 0;         // accept failed (fd exhaustion: EMFILE/ENFILE), backed off
-  uint64_t certificate_waits = 0;     // connections that waited for their pod's certificate
-  uint64_t hbone_tunnels_opened = 0;  // outbound + inbound
-  uint64_t hbone_tunnels_accepted = 0;  // inbound TCP connections on 15008
-  uint64_t hbone_pending_evicted = 0;   // handshakes closed to stay within the pending bound
-  uint64_t hbone_connect_retries = 0;   // tunnel dials retried after 15008 refused
-  uint64_t hbone_tunnels_active = 0;
-  uint64_t hbone_handshake_failures = 0;  // TLS refused: bad/absent cert, wrong peer, not TLS 1.3
-  uint64_t hbone_timeouts = 0;            // handshake or first CONNECT not within the deadline
-  uint64_t hbone_bad_requests = 0;        // not a valid CONNECT (protocol errors)
-  uint64_t hbone_refused = 0;             // CONNECT answered 401 (target not this pod)
-  uint64_t no_certificate = 0;            // the source workload had no certificate yet
-  uint64_t no_view = 0;                   // outbound refused: no view of the mesh yet
-  uint64_t lb_picks = 0;                  // endpoint choices for Service connections
-  uint64_t lb_retries = 0;                // connects retried on another endpoint
-  uint64_t lb_no_endpoint = 0;            // Service connections with no endpoint left
-  uint64_t lb_ejections = 0;              // endpoints ejected after consecutive failures
+  std::array<uint64_t, static_cast<size_t>(Counter::kCount)> values{};
+  uint64_t operator[](Counter c) const { return values[static_cast<size_t>(c)]; }
+};
+
+// --- hooks --------------------------------------------------------------------
+
+// An inbound connection asking to reach an enrolled pod of this node: on
+// 15006 (plaintext from outside the mesh), on 15008 (a CONNECT over mTLS)
+// or handed over from a pod of the same node.
+struct InboundRequest {
+  Path path = Path::kInbound;       // kInbound | kHbone | kLocalHandoff
+  std::string_view pod_uid;         // the destination pod
+  std::string_view pod;             // its ns/name
+  std::string_view pod_principal;   // its SPIFFE ID
+  sockaddr_in source{};             // the client (pod IP for meshed clients)
+  sockaddr_in destination{};        // the pod's IP and the app's port
+  std::string_view source_principal;  // verified SPIFFE ID; empty: not authenticated
+  bool mutual_tls = false;
+};
+enum class Verdict : uint8_t { kAllow, kDeny };
+
+// Decides every inbound connection before a byte reaches the app, and again
+// for open ones when Engine::reauthorize() is called. Called on worker
+// threads: thread-safe and non-blocking (policy issue: a snapshot lookup).
+class InboundAuthorizer {
+ public:
+  virtual ~InboundAuthorizer() = default;
+  virtual Verdict authorize(const InboundRequest& request) = 0;
+};
+
+// Sees every proxied connection. Called on the worker thread that owns the
+// connection (`worker` is its index, for per-worker aggregation without a
+// lock); must not block. The record's byte counts are final in closed().
+class ConnectionObserver {
+ public:
+  virtual ~ConnectionObserver() = default;
+  virtual void opened(unsigned worker, const ConnectionRecord& record) = 0;
+  // More bytes moved: client -> destination and back.
+  virtual void transferred(unsigned worker, const ConnectionRecord& record, uint64_t sent,
+                           uint64_t received) = 0;
+  virtual void closed(unsigned worker, const ConnectionRecord& record) = 0;
+};
+
+struct EngineHooks {
+  InboundAuthorizer* authorizer = nullptr;  // null: allow everything
+  ConnectionObserver* observer = nullptr;
 };
 
 class Engine {
@@ -190,8 +292,11 @@ class Engine {
 
   virtual std::vector<ListenerInfo> listeners() const = 0;
   // Open connections plus the most recently closed ones (bounded history).
-  virtual std::vector<ConnectionInfo> connections() const = 0;
+  virtual std::vector<ConnectionRecord> connections() const = 0;
   virtual EngineStats stats() const = 0;
+  // Asks the authorizer again about every open inbound connection and
+  // resets those it now denies (after a policy change). Thread-safe.
+  virtual void reauthorize() = 0;
 
   // Stops all workers; idempotent; also done by the destructor.
   virtual void stop() = 0;
@@ -202,6 +307,7 @@ class Engine {
 // gets a 15008 listener.
 Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver,
                                              CredentialSource* credentials = nullptr,
-                                             MeshDirectory* directory = nullptr);
+                                             MeshDirectory* directory = nullptr,
+                                             EngineHooks hooks = {});
 
 }  // namespace sluice::ztunnel

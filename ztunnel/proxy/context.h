@@ -1,0 +1,52 @@
+// What a worker lends the parts that run on its thread (router, upstreams,
+// HBONE client and server): its ring, the engine's records and settings,
+// and the hooks. Worker thread only.
+#pragma once
+
+#include <functional>
+
+#include "sluice/ztunnel/engine.h"
+#include "sluice/common/result.h"
+#include "sluice/common/unique_fd.h"
+#include "ztunnel/proxy/pod.h"
+#include "ztunnel/proxy/records.h"
+#include "ztunnel/uring/ring.h"
+
+namespace sluice::ztunnel::proxy {
+
+// Sockets for upstream connections, made inside a pod's netns (the engine's
+// is inpod::upstreamSocket); tests without root make plain ones.
+class SocketFactory {
+ public:
+  // An unconnected TCP socket in pod's netns carrying `mark`; bound to
+  // bind_ip (network order, transparent) unless 0.
+  virtual Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, uint32_t bind_ip) = 0;
+
+ protected:
+  ~SocketFactory() = default;
+};
+
+struct WorkerContext {
+  const EngineConfig& config;
+  uring::Ring& ring;
+  Records& records;
+  unsigned worker = 0;   // this worker's index
+  unsigned workers = 1;  // how many there are (bounds are shared out)
+  SocketFactory& sockets;
+  InboundAuthorizer* authorizer = nullptr;
+  uint16_t hbone_port = 15008;  // SLUICE_HBONE_PORT; tests run tunnels elsewhere
+  // Something waits on a short deadline (a certificate, a redial, a backoff):
+  // the worker calls its parts' fineTick() every ~10 ms until none waits.
+  std::function<void()> want_fine_tick;
+
+  Counters& counters() { return records.counters(); }
+  // The authorization hook; no authorizer allows everything.
+  Verdict authorize(const InboundRequest& r) const {
+    return authorizer ? authorizer->authorize(r) : Verdict::kAllow;
+  }
+};
+
+// close() then sends RST: the peer learns of a reset, not an orderly end.
+void setLinger0(int fd);
+
+}  // namespace sluice::ztunnel::proxy

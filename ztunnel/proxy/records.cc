@@ -1,0 +1,201 @@
+#include "ztunnel/proxy/records.h"
+
+#include <sys/socket.h>
+
+#include "sluice/common/log.h"
+#include "ztunnel/proxy/context.h"
+
+namespace sluice::ztunnel {
+
+const char* toString(Direction d) { return d == Direction::kInbound ? "inbound" : "outbound"; }
+
+const char* toString(Path p) {
+  switch (p) {
+    case Path::kPassthrough:
+      return "passthrough";
+    case Path::kLocalHandoff:
+      return "local_handoff";
+    case Path::kHbone:
+      return "hbone";
+    case Path::kInbound:
+      return "inbound";
+  }
+  return "?";
+}
+
+const char* toString(ConnState s) { return s == ConnState::kOpen ? "open" : "closed"; }
+
+const char* toString(CloseReason r) {
+  switch (r) {
+    case CloseReason::kNone:
+      return "";
+    case CloseReason::kEof:
+      return "eof";
+    case CloseReason::kReset:
+      return "reset";
+    case CloseReason::kConnectTimeout:
+      return "connect_timeout";
+    case CloseReason::kConnectError:
+      return "connect_error";
+    case CloseReason::kRecvError:
+      return "recv_error";
+    case CloseReason::kSendError:
+      return "send_error";
+    case CloseReason::kSocketError:
+      return "socket_error";
+    case CloseReason::kNoTunnel:
+      return "no_tunnel";
+    case CloseReason::kTunnelClosed:
+      return "tunnel_closed";
+    case CloseReason::kStreamReset:
+      return "stream_reset";
+    case CloseReason::kStreamClosedEarly:
+      return "stream_closed_early";
+    case CloseReason::kRefused:
+      return "refused";
+    case CloseReason::kNotThisPod:
+      return "refused_not_this_pod";
+    case CloseReason::kBadRequest:
+      return "bad_request";
+    case CloseReason::kConnectionLimit:
+      return "connection_limit";
+    case CloseReason::kDenied:
+      return "denied";
+    case CloseReason::kPodRemoved:
+      return "pod_removed";
+    case CloseReason::kProxyShutdown:
+      return "proxy_shutdown";
+  }
+  return "?";
+}
+
+std::string ConnectionRecord::reasonText() const {
+  std::string s = toString(reason);
+  if (!reason_detail.empty()) s += ": " + reason_detail;
+  if (retried) s += " (retried)";
+  return s;
+}
+
+namespace {
+constexpr CounterInfo kCounters[] = {
+    {"proxy", "accepted", "app connections accepted (15001, 15006, CONNECT streams on 15008)"},
+    {"proxy", "active", "app connections open now"},
+    {"proxy", "closed", "app connections closed"},
+    {"proxy", "connect_failures", "upstream connects that failed or timed out"},
+    {"proxy", "limit_rejected", "connections refused by the per-pod connection limit"},
+    {"proxy", "no_original_dst", "outbound connections without an original destination"},
+    {"proxy", "direct_refused", "connections addressed to a proxy port itself"},
+    {"proxy", "accept_errors", "accepts that failed (descriptor exhaustion: backed off)"},
+    {"proxy", "certificate_waits", "connections that waited for their pod's certificate"},
+    {"proxy", "no_certificate", "connections reset: the pod's certificate did not come"},
+    {"proxy", "no_view", "outbound connections refused: no view of the mesh yet"},
+    {"proxy", "ring_errors", "io_uring submissions the kernel refused (failed with EAGAIN)"},
+    {"proxy", "denied", "inbound connections refused or reset by the authorization hook"},
+    {"hbone", "tunnels_opened", "tunnels opened, outbound and inbound"},
+    {"hbone", "tunnels_accepted", "TCP connections accepted on 15008"},
+    {"hbone", "pending_evicted", "inbound handshakes closed to stay within the pending bound"},
+    {"hbone", "connect_retries", "tunnel dials retried after 15008 refused"},
+    {"hbone", "tunnels_active", "tunnels open now"},
+    {"hbone", "handshake_failures", "TLS refused: bad or absent certificate, wrong peer"},
+    {"hbone", "timeouts", "handshake or first CONNECT not within the deadline"},
+    {"hbone", "bad_requests", "HTTP/2 protocol errors and requests that are not CONNECT"},
+    {"hbone", "refused", "CONNECTs refused: not an address of the destination pod"},
+    {"lb", "picks", "endpoint choices for Service connections"},
+    {"lb", "retries", "Service connects retried on another endpoint"},
+    {"lb", "no_endpoint", "Service connections with no endpoint left"},
+    {"lb", "ejections", "endpoints ejected after consecutive connect failures"},
+};
+static_assert(std::size(kCounters) == static_cast<size_t>(Counter::kCount),
+              "every Counter needs a row in kCounters");
+}  // namespace
+
+const CounterInfo& describe(Counter c) { return kCounters[static_cast<size_t>(c)]; }
+
+namespace proxy {
+
+void setLinger0(int fd) {
+  linger lg{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+EngineStats Counters::snapshot() const {
+  EngineStats s;
+  for (size_t i = 0; i < s.values.size(); ++i) s.values[i] = v_[i].load(std::memory_order_relaxed);
+  return s;
+}
+
+namespace {
+int64_t nowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+ConnectionRecord Records::view(const LiveRecord& live) {
+  ConnectionRecord r = live.rec;
+  r.bytes_sent = live.sent.load(std::memory_order_relaxed);
+  r.bytes_received = live.received.load(std::memory_order_relaxed);
+  r.duration_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - live.start)
+                      .count();
+  return r;
+}
+
+void Records::open(const std::shared_ptr<LiveRecord>& live) {
+  live->rec.id = nextId();
+  live->rec.state = ConnState::kOpen;
+  live->rec.start_unix_ms = nowUnixMs();
+  live->start = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lk(mu_);
+    open_[live->rec.id] = live;
+  }
+  if (observer_) observer_->opened(live->worker, live->rec);
+}
+
+void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bool retried) {
+  if (live.closed) return;
+  live.closed = true;
+  live.owner = nullptr;
+  ConnectionRecord r;
+  {
+    std::lock_guard lk(mu_);
+    live.rec.state = ConnState::kClosed;
+    live.rec.reason = reason;
+    live.rec.reason_detail = std::move(detail);
+    live.rec.retried = retried;
+    r = view(live);
+    open_.erase(live.rec.id);
+    closed_.push_back(r);
+    while (closed_.size() > kClosedHistory) closed_.pop_front();
+  }
+  if (observer_) observer_->closed(live.worker, r);
+  if (!access_log_) return;
+  log::get("access")->info(
+      "{} pod={} src={} dst={} service={} path={} src_principal={} dst_principal={} mutual_tls={} "
+      "sent={} received={} duration_ms={} reason={}",
+      toString(r.direction), r.pod, r.source, r.destination,
+      r.destination_service.empty() ? "-" : r.destination_service, toString(r.path),
+      r.source_principal.empty() ? "-" : r.source_principal,
+      r.destination_principal.empty() ? "-" : r.destination_principal, r.mutual_tls, r.bytes_sent,
+      r.bytes_received, r.duration_ms, r.reasonText());
+}
+
+std::vector<ConnectionRecord> Records::snapshot() const {
+  std::lock_guard lk(mu_);
+  std::vector<ConnectionRecord> out(closed_.begin(), closed_.end());
+  for (const auto& [id, live] : open_) out.push_back(view(*live));
+  return out;
+}
+
+std::vector<std::shared_ptr<LiveRecord>> Records::openInbound(unsigned worker) const {
+  std::lock_guard lk(mu_);
+  std::vector<std::shared_ptr<LiveRecord>> out;
+  for (const auto& [id, live] : open_)
+    if (live->worker == worker && live->rec.direction == Direction::kInbound) out.push_back(live);
+  return out;
+}
+
+}  // namespace proxy
+}  // namespace sluice::ztunnel

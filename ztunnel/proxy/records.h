@@ -1,0 +1,92 @@
+// Connection records and counters, defined once (engine.h has the types):
+// the registry behind connections(), the access log and the observer hook
+// are all fed from here.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "sluice/ztunnel/engine.h"
+
+namespace sluice::ztunnel::proxy {
+
+class Counters {
+ public:
+  void add(Counter c, uint64_t n = 1) {
+    v_[static_cast<size_t>(c)].fetch_add(n, std::memory_order_relaxed);
+  }
+  void sub(Counter c) { v_[static_cast<size_t>(c)].fetch_sub(1, std::memory_order_relaxed); }
+  uint64_t get(Counter c) const { return v_[static_cast<size_t>(c)].load(); }
+  EngineStats snapshot() const;
+
+ private:
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(Counter::kCount)> v_{};
+};
+
+// Something that owns an open connection and can reset it (worker thread).
+class Abortable {
+ public:
+  virtual void abort(CloseReason reason) = 0;
+
+ protected:
+  ~Abortable() = default;
+};
+
+// An open connection's record. `rec` is fixed once open() returns, except
+// the byte counts (the atomics here) and the close fields (set by close()).
+struct LiveRecord {
+  ConnectionRecord rec;
+  std::string pod_uid;
+  sockaddr_in source{}, destination{};  // what the authorizer is asked about
+  unsigned worker = 0;
+  Abortable* owner = nullptr;  // worker thread only
+  std::atomic<uint64_t> sent{0}, received{0};
+  std::chrono::steady_clock::time_point start{};
+  bool closed = false;
+};
+
+class Records {
+ public:
+  static constexpr size_t kClosedHistory = 1024;
+  Records(bool access_log, ConnectionObserver* observer)
+      : access_log_(access_log), observer_(observer) {}
+
+  Counters& counters() { return counters_; }
+  uint64_t nextId() { return next_id_.fetch_add(1) + 1; }
+
+  // Registers `live` (rec filled in by the caller: everything but id, start
+  // and state) as open, and tells the observer.
+  void open(const std::shared_ptr<LiveRecord>& live);
+  // Bytes moved (worker thread): client -> destination and back.
+  void moved(LiveRecord& live, uint64_t sent, uint64_t received) {
+    if (sent) live.sent.fetch_add(sent, std::memory_order_relaxed);
+    if (received) live.received.fetch_add(received, std::memory_order_relaxed);
+    if (observer_) observer_->transferred(live.worker, live.rec, sent, received);
+  }
+  // Closes it once: history, access log line, observer.
+  void close(LiveRecord& live, CloseReason reason, std::string detail = {}, bool retried = false);
+
+  std::vector<ConnectionRecord> snapshot() const;
+  // The open inbound connections of one worker (for reauthorize).
+  std::vector<std::shared_ptr<LiveRecord>> openInbound(unsigned worker) const;
+
+ private:
+  static ConnectionRecord view(const LiveRecord& live);
+  bool access_log_;
+  ConnectionObserver* observer_;
+  Counters counters_;
+  std::atomic<uint64_t> next_id_{0};
+  mutable std::mutex mu_;
+  std::map<uint64_t, std::shared_ptr<LiveRecord>> open_;
+  std::deque<ConnectionRecord> closed_;
+};
+
+}  // namespace sluice::ztunnel::proxy

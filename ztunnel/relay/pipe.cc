@@ -1,0 +1,123 @@
+#include "ztunnel/relay/pipe.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace sluice::ztunnel::relay {
+
+Pipe::Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes)
+    : ring_(ring), owner_(owner), cap_(std::max<size_t>(buffer_bytes, 1024)) {}
+
+void Pipe::start(int source_fd, int sink_fd) {
+  src_ = source_fd;
+  dst_ = sink_fd;
+  started_ = true;
+  pump();
+}
+
+size_t Pipe::available() const {
+  return src_ >= 0 ? len_ - off_ : (sending_.size() - sending_off_) + queue_.size();
+}
+
+void Pipe::push(const char* data, size_t n) {
+  if (eof_) return;
+  queue_.append(data, n);
+  bytes_ += n;
+  owner_.pipeMoved(*this, n);
+  pump();
+}
+
+void Pipe::pushEnd() {
+  eof_ = true;
+  pump();
+}
+
+size_t Pipe::pull(char* out, size_t n) {
+  size_t k = std::min(n, len_ - off_);
+  if (k == 0) return 0;
+  std::memcpy(out, buf_.get() + off_, k);
+  off_ += k;
+  if (off_ == len_) {
+    len_ = off_ = 0;
+    pump();  // room again: read more
+  }
+  return k;
+}
+
+// One step: write what is buffered, else propagate EOF, else read more. At
+// most one receive and one send are in flight, so a slow sink stops reads
+// from the source (backpressure) and the buffer bounds memory.
+void Pipe::pump() {
+  if (!started_ || stopped_) return;
+  if (dst_ >= 0) {  // socket sink
+    if (send_.busy() || shut_.busy() || shut_done_) return;
+    if (src_ >= 0 && len_ > off_) {
+      send_.send(ring_, dst_, buf_.get() + off_, len_ - off_);
+      return;
+    }
+    if (src_ < 0) {
+      if (sending_off_ >= sending_.size()) {
+        sending_.clear();
+        sending_off_ = 0;
+        std::swap(sending_, queue_);
+      }
+      if (!sending_.empty()) {
+        send_.send(ring_, dst_, sending_.data() + sending_off_, sending_.size() - sending_off_);
+        return;
+      }
+    }
+    if (eof_) {
+      shut_.shutdown(ring_, dst_, SHUT_WR);
+      return;
+    }
+  }
+  if (src_ >= 0 && !recv_.busy() && !eof_ && len_ == off_) {
+    if (!buf_) buf_.reset(new char[cap_]);
+    recv_.recv(ring_, src_, buf_.get(), cap_);
+  }
+}
+
+void Pipe::onRecv(const io_uring_cqe& cqe) {
+  if (stopped_) return;
+  if (cqe.res > 0) {
+    len_ = static_cast<size_t>(cqe.res);
+    off_ = 0;
+    bytes_ += len_;
+    owner_.pipeMoved(*this, len_);
+  } else if (cqe.res == 0) {
+    eof_ = true;
+    buf_.reset();  // an idle half-closed connection keeps no buffer
+  } else {
+    owner_.pipeFailed(*this, cqe.res, false);
+    return;
+  }
+  if (dst_ < 0)
+    owner_.pipeReadable(*this);
+  else
+    pump();
+}
+
+void Pipe::onSend(const io_uring_cqe& cqe) {
+  if (stopped_) return;
+  if (cqe.res <= 0) {
+    owner_.pipeFailed(*this, cqe.res == 0 ? -EPIPE : cqe.res, true);
+    return;
+  }
+  auto n = static_cast<size_t>(cqe.res);
+  if (src_ >= 0) {
+    off_ += n;
+    if (off_ >= len_) len_ = off_ = 0;
+  } else {
+    sending_off_ += n;
+  }
+  owner_.pipeSent(*this, n);
+  pump();
+}
+
+void Pipe::onShutdown(const io_uring_cqe&) {
+  shut_done_ = true;
+  if (stopped_) return;
+  owner_.pipeEnded(*this);
+}
+
+}  // namespace sluice::ztunnel::relay

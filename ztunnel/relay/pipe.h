@@ -1,0 +1,89 @@
+// One direction of a relay: bytes from a source to a sink, with
+// backpressure (at most one buffer ahead of the sink), half-close (the
+// source's EOF becomes shutdown(SHUT_WR) or END_STREAM at the sink) and
+// error reporting (a failed recv or send goes to the owner, which resets).
+//
+// Source: a socket (read through the ring) or pushed by the owner (HTTP/2
+// DATA of an HBONE stream). Sink: a socket (written through the ring) or
+// pulled by the owner (HTTP/2 DATA it produces). A plaintext connection is
+// two socket->socket pipes; an HBONE stream is a socket->pulled pipe
+// (app -> tunnel) and a pushed->socket pipe (tunnel -> app).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ztunnel/uring/ops.h"
+
+namespace sluice::ztunnel::relay {
+
+class Pipe;
+
+// Worker thread only. Calls come from ring completions (never from inside a
+// Pipe method the owner called, except pipeMoved from push()).
+class PipeOwner {
+ public:
+  virtual void pipeMoved(Pipe& p, size_t n) = 0;  // n more bytes came from the source
+  virtual void pipeReadable(Pipe&) {}             // pulled sink: bytes or EOF to pull
+  virtual void pipeSent(Pipe&, size_t) {}         // socket sink: bytes written
+  virtual void pipeEnded(Pipe& p) = 0;            // EOF reached the sink (shutdown done)
+  virtual void pipeFailed(Pipe& p, int err, bool sending) = 0;  // -errno of recv or send
+
+ protected:
+  ~PipeOwner() = default;
+};
+
+class Pipe {
+ public:
+  // source_fd < 0: the owner pushes; sink_fd < 0: the owner pulls.
+  Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes);
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+
+  // Starts moving bytes (the fds stay owned by the caller and outlive the
+  // pipe's requests: cancel them and wait for !busy() before closing).
+  void start(int source_fd, int sink_fd);
+  // No new requests from now on (the connection is closing).
+  void stop() { stopped_ = true; }
+
+  // Pushed source: bytes to write (copied) and the end of them.
+  void push(const char* data, size_t n);
+  void pushEnd();
+  // Pulled sink: copies up to n bytes out. Returns 0 when nothing is there;
+  // ended() then tells whether that is the end.
+  size_t pull(char* out, size_t n);
+  size_t available() const;
+  bool ended() const { return eof_ && available() == 0; }  // source done, all taken
+
+  bool started() const { return started_; }
+  bool sinkDone() const { return shut_done_; }  // socket sink: EOF propagated
+  bool busy() const { return recv_.busy() || send_.busy() || shut_.busy(); }
+  uint64_t bytes() const { return bytes_; }  // read from the source so far
+
+ private:
+  void pump();
+  void onRecv(const io_uring_cqe& cqe);
+  void onSend(const io_uring_cqe& cqe);
+  void onShutdown(const io_uring_cqe& cqe);
+
+  uring::Ring& ring_;
+  PipeOwner& owner_;
+  size_t cap_;
+  int src_ = -1, dst_ = -1;
+  bool started_ = false, stopped_ = false;
+  bool eof_ = false, shut_done_ = false;
+  uint64_t bytes_ = 0;
+  // Socket source: one buffer, read into when empty, drained by the sink.
+  std::unique_ptr<char[]> buf_;
+  size_t len_ = 0, off_ = 0;
+  // Pushed source: queued while a send of `sending_` is in flight.
+  std::string queue_, sending_;
+  size_t sending_off_ = 0;
+  uring::Op<&Pipe::onRecv> recv_{this};
+  uring::Op<&Pipe::onSend> send_{this};
+  uring::Op<&Pipe::onShutdown> shut_{this};
+};
+
+}  // namespace sluice::ztunnel::relay

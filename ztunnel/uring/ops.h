@@ -1,0 +1,147 @@
+// Operations that complete themselves: each is a member of the object that
+// waits for it and calls one of that object's methods back. An owner may be
+// freed only when none of its operations is busy() (the kernel still holds
+// a pointer to a busy one).
+#pragma once
+
+#include <linux/time_types.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <chrono>
+#include <functional>
+
+#include "ztunnel/uring/ring.h"
+
+namespace sluice::ztunnel::uring {
+
+inline __kernel_timespec toTimespec(std::chrono::milliseconds ms) {
+  __kernel_timespec ts{};
+  ts.tv_sec = ms.count() / 1000;
+  ts.tv_nsec = (ms.count() % 1000) * 1000000;
+  return ts;
+}
+
+// One request at a time (a multishot one stays busy while the kernel says
+// more completions follow); its completion calls (owner->*Method)(cqe).
+template <auto Method>
+class Op;
+template <class Owner, void (Owner::*Method)(const io_uring_cqe&)>
+class Op<Method> final : public Operation {
+ public:
+  explicit Op(Owner* owner) : owner_(owner) {}
+  Op(const Op&) = delete;
+  Op& operator=(const Op&) = delete;
+
+  bool busy() const { return busy_; }
+  void recv(Ring& r, int fd, void* buf, size_t len) { io_uring_prep_recv(start(r), fd, buf, len, 0); }
+  void send(Ring& r, int fd, const void* buf, size_t len) {
+    io_uring_prep_send(start(r), fd, buf, len, MSG_NOSIGNAL);
+  }
+  void shutdown(Ring& r, int fd, int how) { io_uring_prep_shutdown(start(r), fd, how); }
+  void read(Ring& r, int fd, void* buf, unsigned len) {
+    io_uring_prep_read(start(r), fd, buf, len, 0);
+  }
+  // Keeps accepting until an error or a cancellation (SOCK_CLOEXEC sockets).
+  void acceptMultishot(Ring& r, int fd) {
+    io_uring_prep_multishot_accept(start(r), fd, nullptr, nullptr, SOCK_CLOEXEC);
+  }
+  // Completes on the next run(): work deferred out of the current completion.
+  void soon(Ring& r) { io_uring_prep_nop(start(r)); }
+
+  void complete(const io_uring_cqe& cqe) override {
+    busy_ = (cqe.flags & IORING_CQE_F_MORE) != 0;
+    (owner_->*Method)(cqe);
+  }
+
+ private:
+  io_uring_sqe* start(Ring& r) {
+    busy_ = true;
+    return r.sqe(this);
+  }
+  Owner* owner_;
+  bool busy_ = false;
+};
+
+// A TCP connect bounded by a deadline (connect linked to a link timeout).
+// Calls (owner->*Done)(res) once both requests are back: res is 0,
+// -ETIMEDOUT when the deadline passed, -ECANCELED when cancelled, or the
+// connect's -errno.
+template <auto Done>
+class Connect;
+template <class Owner, void (Owner::*Done)(int)>
+class Connect<Done> final {
+ public:
+  explicit Connect(Owner* owner) : owner_(owner) {}
+  Connect(const Connect&) = delete;
+  Connect& operator=(const Connect&) = delete;
+
+  bool busy() const { return pending_ > 0; }
+  void start(Ring& r, int fd, const sockaddr_in& dst, std::chrono::milliseconds deadline) {
+    addr_ = dst;
+    timeout_ = toTimespec(deadline);
+    io_uring_sqe* s[2];
+    Operation* ops[2] = {&connect_, &timer_};
+    r.sqes(s, ops, 2);
+    io_uring_prep_connect(s[0], fd, reinterpret_cast<sockaddr*>(&addr_), sizeof(addr_));
+    s[0]->flags |= IOSQE_IO_LINK;  // the next entry bounds this one
+    io_uring_prep_link_timeout(s[1], &timeout_, 0);
+    pending_ = 2;
+    connect_res_ = 0;
+    expired_ = false;
+  }
+
+ private:
+  struct Part final : Operation {
+    Connect* c;
+    bool timer;
+    Part(Connect* c_, bool t) : c(c_), timer(t) {}
+    void complete(const io_uring_cqe& cqe) override { c->part(timer, cqe.res); }
+  };
+  void part(bool timer, int res) {
+    if (timer)
+      expired_ = res == -ETIME;
+    else
+      connect_res_ = res;
+    if (--pending_ > 0) return;
+    int out = connect_res_;
+    if (out == -ECANCELED && expired_) out = -ETIMEDOUT;
+    (owner_->*Done)(out);
+  }
+  Owner* owner_;
+  Part connect_{this, false}, timer_{this, true};
+  sockaddr_in addr_{};           // read by the kernel until the connect completes
+  __kernel_timespec timeout_{};  // likewise
+  int pending_ = 0;
+  int connect_res_ = 0;
+  bool expired_ = false;
+};
+
+// A one-shot timer that calls its owner back. The owner outlives it (a
+// worker member), and the ring is torn down first.
+class Timer final : public Operation {
+ public:
+  explicit Timer(std::function<void()> fire) : fire_(std::move(fire)) {}
+
+  // Fires once after `after`, unless already armed (then the earlier
+  // deadline stands).
+  void arm(Ring& ring, std::chrono::milliseconds after) {
+    if (armed_) return;
+    ts_ = toTimespec(after);
+    io_uring_prep_timeout(ring.sqe(this), &ts_, 0, 0);
+    armed_ = true;
+  }
+  bool armed() const { return armed_; }
+  void complete(const io_uring_cqe&) override {
+    armed_ = false;
+    fire_();
+  }
+
+ private:
+  std::function<void()> fire_;
+  __kernel_timespec ts_{};  // read by the kernel until completion
+  bool armed_ = false;
+};
+
+}  // namespace sluice::ztunnel::uring
