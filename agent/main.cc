@@ -298,12 +298,12 @@ nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& c : engine.connections()) {
     out.push_back({{"id", c.id},
-                   {"direction", c.direction},
+                   {"direction", ztunnel::toString(c.direction)},
                    {"pod", c.pod},
                    {"source", c.source},
                    {"destination", c.destination},
                    {"destination_service", c.destination_service},
-                   {"path", c.path},
+                   {"path", ztunnel::toString(c.path)},
                    {"source_principal", c.source_principal},
                    {"destination_principal", c.destination_principal},
                    {"mutual_tls", c.mutual_tls},
@@ -311,8 +311,8 @@ nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
                    {"bytes_received", c.bytes_received},
                    {"start_unix_ms", c.start_unix_ms},
                    {"duration_ms", c.duration_ms},
-                   {"state", c.state},
-                   {"reason", c.reason}});
+                   {"state", ztunnel::toString(c.state)},
+                   {"reason", c.reasonText()}});
   }
   return {{"connections", out}};
 }
@@ -378,7 +378,8 @@ int runAgent(const Flags& flags) {
     return 1;
   }
 
-  agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json");
+  agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json",
+                               flags.trust_domain);
   // Fetch ahead: every enrolled pod's identity gets a certificate before it is needed.
   auto sync_identities = [&] {
     std::set<std::string> uris;
@@ -476,43 +477,22 @@ int runAgent(const Flags& flags) {
   sources.stats = [&] {
     auto s = eng.stats();
     auto b = ld.stats();
-    return nlohmann::json{{"proxy",
-                           {{"accepted", s.accepted},
-                            {"active", s.active},
-                            {"closed", s.closed},
-                            {"connect_failures", s.connect_failures},
-                            {"limit_rejected", s.limit_rejected},
-                            {"no_original_dst", s.no_original_dst},
-                            {"direct_refused", s.direct_refused},
-                            {"accept_errors", s.accept_errors},
-                            {"certificate_waits", s.certificate_waits},
-                            {"no_certificate", s.no_certificate},
-                            {"no_view", s.no_view}}},
-                          {"hbone",
-                           {{"tunnels_opened", s.hbone_tunnels_opened},
-                            {"tunnels_accepted", s.hbone_tunnels_accepted},
-                            {"pending_evicted", s.hbone_pending_evicted},
-                            {"connect_retries", s.hbone_connect_retries},
-                            {"tunnels_active", s.hbone_tunnels_active},
-                            {"handshake_failures", s.hbone_handshake_failures},
-                            {"timeouts", s.hbone_timeouts},
-                            {"bad_requests", s.hbone_bad_requests},
-                            {"refused", s.hbone_refused}}},
-                          {"lb",
-                           {{"picks", s.lb_picks},
-                            {"retries", s.lb_retries},
-                            {"no_endpoint", s.lb_no_endpoint},
-                            {"ejections", s.lb_ejections}}},
-                          {"bpf",
-                           {{"connect_seen", b[SLUICE_STAT_CONNECT_SEEN]},
-                            {"connect_redirected", b[SLUICE_STAT_CONNECT_REDIRECTED]},
-                            {"connect_skipped", b[SLUICE_STAT_CONNECT_SKIPPED]},
-                            {"sockops_rekeyed", b[SLUICE_STAT_SOCKOPS_REKEYED]},
-                            {"getsockopt_answered", b[SLUICE_STAT_GETSOCKOPT_ANSWERED]},
-                            {"tc_assigned", b[SLUICE_STAT_TC_ASSIGNED]},
-                            {"tc_no_listener", b[SLUICE_STAT_TC_NO_LISTENER]},
-                            {"tc_passed", b[SLUICE_STAT_TC_PASSED]}}},
-                          {"enrolled_pods", pods.enrolledCount()}};
+    // Every engine counter by its group and name (one table: ztunnel::describe).
+    nlohmann::json j;
+    for (size_t i = 0; i < s.values.size(); ++i) {
+      const auto& info = ztunnel::describe(static_cast<ztunnel::Counter>(i));
+      j[info.group][info.name] = s.values[i];
+    }
+    j["bpf"] = {{"connect_seen", b[SLUICE_STAT_CONNECT_SEEN]},
+                {"connect_redirected", b[SLUICE_STAT_CONNECT_REDIRECTED]},
+                {"connect_skipped", b[SLUICE_STAT_CONNECT_SKIPPED]},
+                {"sockops_rekeyed", b[SLUICE_STAT_SOCKOPS_REKEYED]},
+                {"getsockopt_answered", b[SLUICE_STAT_GETSOCKOPT_ANSWERED]},
+                {"tc_assigned", b[SLUICE_STAT_TC_ASSIGNED]},
+                {"tc_no_listener", b[SLUICE_STAT_TC_NO_LISTENER]},
+                {"tc_passed", b[SLUICE_STAT_TC_PASSED]}};
+    j["enrolled_pods"] = pods.enrolledCount();
+    return j;
   };
   sources.not_ready_reason = [&]() -> std::string {
     if (!disc.synced())

@@ -9,6 +9,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
 #include "sluice/common/netns.h"
+#include "sluice/common/x509.h"
 
 namespace sluice::agent::pods {
 
@@ -26,12 +27,13 @@ nlohmann::json podJson(const LocalPod& p) {
 
 std::string podName(const PodRef& r) { return r.ns + "/" + r.name; }
 
-// The pod as the proxy engine knows it (its identity included).
-ztunnel::PodSpec engineSpec(const LocalPod& pod) {
+// The pod as the proxy engine knows it, its SPIFFE ID computed here once.
+ztunnel::PodSpec engineSpec(const LocalPod& pod, const std::string& trust_domain) {
   ztunnel::PodSpec spec;
   spec.uid = pod.ref.container_id;
   spec.name_namespace = podName(pod.ref);
   spec.service_account = pod.service_account;
+  spec.identity = x509::SpiffeId{trust_domain, pod.ref.ns, pod.service_account}.uri();
   spec.ip4 = pod.ref.ip4;
   spec.netns_cookie = pod.netns_cookie;
   spec.netns_fd = pod.netns.get();
@@ -39,8 +41,12 @@ ztunnel::PodSpec engineSpec(const LocalPod& pod) {
 }
 }  // namespace
 
-PodManager::PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file)
-    : loader_(loader), engine_(engine), state_file_(std::move(state_file)) {}
+PodManager::PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file,
+                       std::string trust_domain)
+    : loader_(loader),
+      engine_(engine),
+      state_file_(std::move(state_file)),
+      trust_domain_(std::move(trust_domain)) {}
 
 const Workload* PodManager::findWorkload(const PodRef& ref) const {
   if (!ref.uid.empty()) {
@@ -157,7 +163,7 @@ void PodManager::reconcile(LocalPod& pod) {
 
 Result<void> PodManager::enroll(LocalPod& pod) {
   if (pod.ref.ip4 == 0) return fail("the pod has no IPv4 address in the CNI result");
-  ztunnel::PodSpec spec = engineSpec(pod);
+  ztunnel::PodSpec spec = engineSpec(pod, trust_domain_);
   if (auto r = engine_.addPod(spec); !r) return r;
   pod.engine_service_account = pod.service_account;
   if (auto r = loader_.attachTc(pod.netns.get(), pod.ref.ifname); !r) {
@@ -188,7 +194,7 @@ void PodManager::reregister(LocalPod& pod) {
   logger()->info("pod {}: service account '{}' instead of '{}': registering it again",
                  podName(pod.ref), pod.service_account, pod.engine_service_account);
   engine_.removePod(pod.ref.container_id);
-  ztunnel::PodSpec spec = engineSpec(pod);
+  ztunnel::PodSpec spec = engineSpec(pod, trust_domain_);
   if (auto r = engine_.addPod(spec); !r) {
     // Without listeners the capture would only refuse: take it out too, and
     // let the next view try the whole enrollment again.

@@ -61,7 +61,9 @@ struct Decision {
 
 class PodManager {
  public:
-  PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file);
+  // trust_domain: the SPIFFE trust domain pods' identities are in.
+  PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file,
+             std::string trust_domain = "cluster.local");
 
   // CNI ADD. Waits up to `wait` for the control plane to know the pod, then
   // enrolls it if its workload is enrolled. Returns whether it is enrolled.
@@ -100,6 +102,7 @@ class PodManager {
   bpf::Loader& loader_;
   ztunnel::Engine& engine_;
   std::string state_file_;
+  std::string trust_domain_;
 
   mutable std::mutex mu_;
   std::condition_variable workloads_changed_;

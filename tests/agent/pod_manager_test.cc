@@ -37,8 +37,9 @@ class FakeEngine final : public ztunnel::Engine {
     service_accounts.erase(uid);
   }
   std::vector<ztunnel::ListenerInfo> listeners() const override { return {}; }
-  std::vector<ztunnel::ConnectionInfo> connections() const override { return {}; }
+  std::vector<ztunnel::ConnectionRecord> connections() const override { return {}; }
   ztunnel::EngineStats stats() const override { return {}; }
+  void reauthorize() override {}
   void stop() override {}
 
   bool has(const std::string& uid) {

@@ -51,6 +51,8 @@ struct Pod {
     ztunnel::PodSpec s;
     s.uid = "pod-1";
     s.name_namespace = "test/pod";
+    s.service_account = "default";
+    s.identity = "spiffe://cluster.local/ns/test/sa/default";
     s.ip4 = *parseIp4("10.77.3.5");
     s.netns_cookie = cookie;
     s.netns_fd = ns.fd();
@@ -177,8 +179,9 @@ TEST_SUITE("engine") {
     CHECK(server_got == sha(up.data(), up.size()));
     CHECK(eventually([&] {
       auto cs = run.engine->connections();
-      return !cs.empty() && cs.back().state == "closed" && cs.back().reason == "eof" &&
-             cs.back().bytes_sent == kSize && cs.back().bytes_received == kSize;
+      return !cs.empty() && cs.back().state == ztunnel::ConnState::kClosed &&
+             cs.back().reason == ztunnel::CloseReason::kEof && cs.back().bytes_sent == kSize &&
+             cs.back().bytes_received == kSize;
     }));
   }
 
@@ -217,7 +220,7 @@ TEST_SUITE("engine") {
       for (auto& c : clients)
         CHECK(::connect(c.get(), reinterpret_cast<sockaddr*>(&proxy), sizeof(proxy)) == 0);
       std::this_thread::sleep_for(500ms);
-      uint64_t errors = run.engine->stats().accept_errors;
+      uint64_t errors = run.engine->stats()[ztunnel::Counter::kAcceptErrors];
       filling = false;
       filler.join();
       fillers.clear();
@@ -226,7 +229,8 @@ TEST_SUITE("engine") {
       CHECK(errors < 40);
       // With descriptors back, every queued connection is taken off the backlog
       // and a new one goes through to the destination.
-      CHECK(eventually([&] { return run.engine->stats().accepted >= kClients; }, 5s));
+      CHECK(eventually([&] { return run.engine->stats()[ztunnel::Counter::kAccepted] >= kClients; },
+                       5s));
       auto again = pod.connectProxy();
       pollfd p{server.get(), POLLIN, 0};
       CHECK(::poll(&p, 1, 5000) == 1);
@@ -252,7 +256,7 @@ TEST_SUITE("engine") {
     ssize_t n = ::recv(client.get(), &b, 1, 0);
     CHECK(n < 0);
     CHECK(errno == ECONNRESET);
-    CHECK(eventually([&] { return run.engine->stats().active == 0; }));
+    CHECK(eventually([&] { return run.engine->stats()[ztunnel::Counter::kActive] == 0; }));
   }
 
   TEST_CASE("a connect to an unresponsive destination times out and the client is reset") {
@@ -269,9 +273,9 @@ TEST_SUITE("engine") {
     CHECK(std::chrono::steady_clock::now() - start < 3s);
     CHECK(eventually([&] {
       auto cs = run.engine->connections();
-      return !cs.empty() && cs.back().reason == "connect_timeout";
+      return !cs.empty() && cs.back().reason == ztunnel::CloseReason::kConnectTimeout;
     }));
-    CHECK(run.engine->stats().connect_failures == 1);
+    CHECK(run.engine->stats()[ztunnel::Counter::kConnectFailures] == 1);
   }
 
   TEST_CASE("the per-pod connection limit refuses extra connections and serves the others") {
@@ -283,12 +287,12 @@ TEST_SUITE("engine") {
     run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9002);
     auto a = pod.connectProxy();
     auto b = pod.connectProxy();
-    REQUIRE(eventually([&] { return run.engine->stats().active == 2; }));
+    REQUIRE(eventually([&] { return run.engine->stats()[ztunnel::Counter::kActive] == 2; }));
     auto c = pod.connectProxy();
     char x;
     CHECK(::recv(c.get(), &x, 1, 0) <= 0);  // closed by the proxy
-    CHECK(run.engine->stats().limit_rejected == 1);
-    CHECK(run.engine->stats().active == 2);
+    CHECK(run.engine->stats()[ztunnel::Counter::kLimitRejected] == 1);
+    CHECK(run.engine->stats()[ztunnel::Counter::kActive] == 2);
   }
 
   TEST_CASE("clients that connect and vanish do not disturb a running transfer") {
@@ -333,11 +337,11 @@ TEST_SUITE("engine") {
     auto server = pod.listen(9004);
     run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9004);
     auto client = pod.connectProxy();
-    REQUIRE(eventually([&] { return run.engine->stats().active == 1; }));
+    REQUIRE(eventually([&] { return run.engine->stats()[ztunnel::Counter::kActive] == 1; }));
     run.engine->removePod("pod-1");
     char x;
     CHECK(::recv(client.get(), &x, 1, 0) <= 0);
-    CHECK(eventually([&] { return run.engine->stats().active == 0; }));
+    CHECK(eventually([&] { return run.engine->stats()[ztunnel::Counter::kActive] == 0; }));
     CHECK(run.engine->listeners().empty());
     auto s = socketInNetns(pod.ns.fd(), AF_INET, SOCK_STREAM, 0);
     auto sa = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
@@ -365,7 +369,7 @@ TEST_SUITE("engine") {
     char x;
     CHECK(::recv(refused.get(), &x, 1, 0) < 0);
     CHECK(errno == ECONNRESET);
-    CHECK((*engine)->stats().no_view == 1);
+    CHECK((*engine)->stats()[ztunnel::Counter::kNoView] == 1);
     pollfd p{server.get(), POLLIN, 0};
     CHECK(::poll(&p, 1, 100) == 0);  // nothing reached the destination
     directory.has_view = true;
@@ -373,7 +377,7 @@ TEST_SUITE("engine") {
     CHECK(::poll(&p, 1, 5000) == 1);
     UniqueFd accepted(::accept(server.get(), nullptr, nullptr));
     CHECK(accepted.valid());
-    CHECK((*engine)->stats().no_view == 1);
+    CHECK((*engine)->stats()[ztunnel::Counter::kNoView] == 1);
   }
 
   TEST_CASE("no original destination: the connection is closed and counted") {
@@ -382,6 +386,6 @@ TEST_SUITE("engine") {
     auto client = pod.connectProxy();
     char x;
     CHECK(::recv(client.get(), &x, 1, 0) <= 0);
-    CHECK(run.engine->stats().no_original_dst == 1);
+    CHECK(run.engine->stats()[ztunnel::Counter::kNoOriginalDst] == 1);
   }
 }

@@ -5,9 +5,9 @@
 
 #include <functional>
 
-#include "sluice/ztunnel/engine.h"
 #include "sluice/common/result.h"
 #include "sluice/common/unique_fd.h"
+#include "sluice/ztunnel/engine.h"
 #include "ztunnel/proxy/pod.h"
 #include "ztunnel/proxy/records.h"
 #include "ztunnel/uring/ring.h"

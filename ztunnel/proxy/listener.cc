@@ -1,1 +1,85 @@
-// placeholder
+#include "ztunnel/proxy/listener.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "sluice/common/log.h"
+
+namespace sluice::ztunnel::proxy {
+
+const char* toString(ListenerKind k) {
+  switch (k) {
+    case ListenerKind::kOutbound:
+      return "outbound";
+    case ListenerKind::kInbound:
+      return "inbound";
+    case ListenerKind::kHbone:
+      return "hbone";
+  }
+  return "?";
+}
+
+Listener::Listener(WorkerContext& ctx, Handler& handler, UniqueFd fd, std::shared_ptr<PodState> pod,
+                   ListenerKind kind)
+    : ctx_(ctx), handler_(handler), fd_(std::move(fd)), pod_(std::move(pod)), kind_(kind) {}
+
+void Listener::arm() {
+  if (closing_ || accept_.busy()) return;
+  accept_.acceptMultishot(ctx_.ring, fd_.get());
+}
+
+bool Listener::retry(Clock::time_point now) {
+  if (closing_ || accept_.busy() || retry_at_ == Clock::time_point{}) return false;
+  if (now < retry_at_) return true;
+  retry_at_ = {};
+  arm();
+  return false;
+}
+
+void Listener::close() {
+  if (closing_) return;
+  closing_ = true;
+  // shutdown() on a listening socket fails the pending accept, which ends
+  // the multishot request (a listener backing off has none).
+  ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
+void Listener::onAccept(const io_uring_cqe& cqe) {
+  if (cqe.res >= 0) {
+    backoff_ = std::chrono::milliseconds(0);
+    UniqueFd fd(cqe.res);
+    if (!closing_) handler_.accepted(*this, std::move(fd));
+  } else if (cqe.res != -ECANCELED && cqe.res != -EINVAL && !closing_) {
+    ctx_.counters().add(Counter::kAcceptErrors);
+    int err = -cqe.res;
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+      // Out of descriptors or memory: the connection stays in the backlog, so
+      // an immediate re-arm fails again at once (a busy loop). Free what can
+      // be freed (a pending handshake) and come back later.
+      backoff_ =
+          std::clamp(backoff_ * 2, std::chrono::milliseconds(10), std::chrono::milliseconds(1000));
+      retry_at_ = Clock::now() + backoff_;
+      bool freed = handler_.outOfDescriptors(*this);
+      SLUICE_LOG_LIMITED(log_, log::get("ztunnel"), spdlog::level::warn,
+                         "accept on {} listener of {} failed: {}; {}retrying in {} ms (raise the "
+                         "agent's RLIMIT_NOFILE if this is legitimate load)",
+                         toString(kind_), pod_->spec.name_namespace, std::strerror(err),
+                         freed ? "closed the oldest pending handshake, " : "", backoff_.count());
+    } else {
+      SLUICE_LOG_LIMITED(log_, log::get("ztunnel"), spdlog::level::warn,
+                         "accept on {} listener of {} failed: {}", toString(kind_),
+                         pod_->spec.name_namespace, std::strerror(err));
+    }
+  }
+  if (accept_.busy() || closing_) return;  // more to come, or done
+  if (retry_at_ > Clock::now()) {
+    handler_.backingOff(*this);
+    return;
+  }
+  arm();
+}
+
+}  // namespace sluice::ztunnel::proxy

@@ -1,1 +1,157 @@
-// placeholder
+#include "ztunnel/proxy/plain.h"
+
+#include <cstring>
+
+#include "sluice/common/log.h"
+
+namespace sluice::ztunnel::proxy {
+
+class PlainConnection final : public relay::PipeOwner, public Abortable {
+ public:
+  PlainConnection(PlainUpstream& set, std::shared_ptr<LiveRecord> live,
+                  std::shared_ptr<PodState> pod, std::shared_ptr<PodState> target, UniqueFd client,
+                  UniqueFd upstream, std::unique_ptr<Attempt> attempt)
+      : set_(set),
+        ctx_(set.ctx_),
+        live_(std::move(live)),
+        pod_(std::move(pod)),
+        target_(std::move(target)),
+        client_(std::move(client)),
+        upstream_(std::move(upstream)),
+        attempt_(std::move(attempt)),
+        up_(ctx_.ring, *this, ctx_.config.buffer_bytes),
+        down_(ctx_.ring, *this, ctx_.config.buffer_bytes) {}
+
+  void start(const sockaddr_in& dst) {
+    live_->owner = this;
+    connect_.start(ctx_.ring, upstream_.get(), dst, ctx_.config.connect_timeout);
+  }
+  bool closing() const { return closing_; }
+  bool busy() const { return connect_.busy() || up_.busy() || down_.busy(); }
+  bool involves(const std::string& uid) const {
+    return pod_->spec.uid == uid || (target_ && target_->spec.uid == uid);
+  }
+  // The ring is done with it: count it closed and write its record.
+  void finish() {
+    ctx_.counters().sub(Counter::kActive);
+    ctx_.counters().add(Counter::kClosed);
+    pod_->connections--;
+    ctx_.records.close(*live_, reason_, std::move(detail_), retried_);
+  }
+
+  void abort(CloseReason reason) override { close(true, reason); }
+
+  void close(bool reset, CloseReason reason, std::string detail = {}) {
+    if (closing_) return;
+    closing_ = true;
+    reason_ = reason;
+    detail_ = std::move(detail);
+    up_.stop();
+    down_.stop();
+    if (reset) {
+      // RST rather than FIN: the peer learns of the reset. (Not shutdown():
+      // that would send a FIN ahead of the RST.)
+      setLinger0(client_.get());
+      setLinger0(upstream_.get());
+    }
+    // Whatever is still in flight completes with -ECANCELED; reap() frees
+    // the connection (closing both fds) once nothing is.
+    if (busy()) {
+      ctx_.ring.cancelFd(client_.get());
+      ctx_.ring.cancelFd(upstream_.get());
+    }
+    set_.closing_.push_back(this);
+  }
+
+ private:
+  void onConnected(int res) {
+    if (closing_) return;
+    if (res < 0) {
+      ctx_.counters().add(Counter::kConnectFailures);
+      CloseReason why =
+          res == -ETIMEDOUT ? CloseReason::kConnectTimeout : CloseReason::kConnectError;
+      std::string detail = res == -ETIMEDOUT ? "" : std::strerror(-res);
+      // A Service connection moves to another endpoint; the app never
+      // notices (nothing was read from it yet).
+      if (attempt_ && attempt_->isService()) {
+        attempt_->client = std::move(client_);  // the retry takes the app's socket along
+        retried_ = Attempt::retry(attempt_, res == -ETIMEDOUT ? "connect timeout" : detail);
+        if (!retried_) client_ = std::move(attempt_->client);
+      }
+      close(true, why, std::move(detail));
+      return;
+    }
+    if (attempt_) attempt_->succeeded();
+    up_.start(client_.get(), upstream_.get());
+    down_.start(upstream_.get(), client_.get());
+  }
+
+  // relay::PipeOwner
+  void pipeMoved(relay::Pipe& p, size_t n) override {
+    if (&p == &up_)
+      ctx_.records.moved(*live_, n, 0);
+    else
+      ctx_.records.moved(*live_, 0, n);
+  }
+  void pipeEnded(relay::Pipe&) override {
+    if (up_.sinkDone() && down_.sinkDone()) close(false, CloseReason::kEof);
+  }
+  void pipeFailed(relay::Pipe&, int err, bool sending) override {
+    if (err == -ECONNRESET || (sending && err == -EPIPE))
+      close(true, CloseReason::kReset);
+    else
+      close(true, sending ? CloseReason::kSendError : CloseReason::kRecvError, std::strerror(-err));
+  }
+
+  PlainUpstream& set_;
+  WorkerContext& ctx_;
+  std::shared_ptr<LiveRecord> live_;
+  std::shared_ptr<PodState> pod_, target_;
+  UniqueFd client_, upstream_;
+  std::unique_ptr<Attempt> attempt_;  // released (balancer slot) when freed
+  relay::Pipe up_, down_;             // client -> upstream, upstream -> client
+  uring::Connect<&PlainConnection::onConnected> connect_{this};
+  bool closing_ = false;
+  bool retried_ = false;
+  CloseReason reason_ = CloseReason::kNone;
+  std::string detail_;
+};
+
+PlainUpstream::PlainUpstream(WorkerContext& ctx) : ctx_(ctx) {}
+PlainUpstream::~PlainUpstream() = default;
+
+void PlainUpstream::open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodState> pod,
+                         std::shared_ptr<PodState> target, UniqueFd client, UniqueFd upstream,
+                         const sockaddr_in& dst, std::unique_ptr<Attempt> attempt) {
+  live->worker = ctx_.worker;
+  ctx_.records.open(live);
+  pod->connections++;
+  ctx_.counters().add(Counter::kActive);
+  auto c =
+      std::make_unique<PlainConnection>(*this, std::move(live), std::move(pod), std::move(target),
+                                        std::move(client), std::move(upstream), std::move(attempt));
+  PlainConnection* raw = c.get();
+  conns_.emplace(raw, std::move(c));
+  raw->start(dst);
+}
+
+void PlainUpstream::removePod(const std::string& uid) {
+  for (auto& [p, c] : conns_)
+    if (c->involves(uid)) c->close(true, CloseReason::kPodRemoved);
+}
+
+void PlainUpstream::shutdown() {
+  for (auto& [p, c] : conns_) c->close(true, CloseReason::kProxyShutdown);
+}
+
+void PlainUpstream::reap() {
+  if (closing_.empty()) return;
+  std::erase_if(closing_, [this](PlainConnection* c) {
+    if (c->busy()) return false;
+    c->finish();
+    conns_.erase(c);  // closes both fds; the attempt releases its endpoint
+    return true;
+  });
+}
+
+}  // namespace sluice::ztunnel::proxy

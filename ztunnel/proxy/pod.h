@@ -2,7 +2,10 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
+#include <memory>
 #include <string>
+#include <unordered_map>
 
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
@@ -15,5 +18,10 @@ struct PodState {
   std::atomic<unsigned> connections{0};  // open + waiting, against max_connections_per_pod
   std::atomic<bool> removed{false};
 };
+
+// Enrolled pods of this node by IPv4 (network order): published by the
+// engine, read lock-free by workers.
+using PodIndex = std::unordered_map<uint32_t, std::shared_ptr<PodState>>;
+using PodIndexRef = std::atomic<std::shared_ptr<const PodIndex>>;
 
 }  // namespace sluice::ztunnel::proxy

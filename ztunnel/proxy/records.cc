@@ -193,8 +193,21 @@ std::vector<std::shared_ptr<LiveRecord>> Records::openInbound(unsigned worker) c
   std::lock_guard lk(mu_);
   std::vector<std::shared_ptr<LiveRecord>> out;
   for (const auto& [id, live] : open_)
-    if (live->worker == worker && live->rec.direction == Direction::kInbound) out.push_back(live);
+    if (live->worker == worker && !live->dest_pod_uid.empty()) out.push_back(live);
   return out;
+}
+
+InboundRequest inboundRequestOf(const LiveRecord& live) {
+  InboundRequest r;
+  r.path = live.rec.path;
+  r.pod_uid = live.dest_pod_uid;
+  r.pod = live.dest_pod;
+  r.pod_principal = live.rec.destination_principal;
+  r.source = live.source;
+  r.destination = live.destination;
+  r.source_principal = live.rec.source_principal;
+  r.mutual_tls = live.rec.mutual_tls;
+  return r;
 }
 
 }  // namespace proxy

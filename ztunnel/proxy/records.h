@@ -44,8 +44,10 @@ class Abortable {
 // the byte counts (the atomics here) and the close fields (set by close()).
 struct LiveRecord {
   ConnectionRecord rec;
-  std::string pod_uid;
-  sockaddr_in source{}, destination{};  // what the authorizer is asked about
+  // Inbound and same-node handoff: what the authorizer is asked about again
+  // (reauthorize): the destination pod and both addresses.
+  std::string dest_pod_uid, dest_pod;
+  sockaddr_in source{}, destination{};
   unsigned worker = 0;
   Abortable* owner = nullptr;  // worker thread only
   std::atomic<uint64_t> sent{0}, received{0};
@@ -60,6 +62,7 @@ class Records {
       : access_log_(access_log), observer_(observer) {}
 
   Counters& counters() { return counters_; }
+  const Counters& counters() const { return counters_; }
   uint64_t nextId() { return next_id_.fetch_add(1) + 1; }
 
   // Registers `live` (rec filled in by the caller: everything but id, start
@@ -75,7 +78,8 @@ class Records {
   void close(LiveRecord& live, CloseReason reason, std::string detail = {}, bool retried = false);
 
   std::vector<ConnectionRecord> snapshot() const;
-  // The open inbound connections of one worker (for reauthorize).
+  // The open connections of one worker that the authorizer decided
+  // (inbound and same-node handoff), for reauthorize.
   std::vector<std::shared_ptr<LiveRecord>> openInbound(unsigned worker) const;
 
  private:
@@ -88,5 +92,8 @@ class Records {
   std::map<uint64_t, std::shared_ptr<LiveRecord>> open_;
   std::deque<ConnectionRecord> closed_;
 };
+
+// The question the authorizer was asked about this connection.
+InboundRequest inboundRequestOf(const LiveRecord& live);
 
 }  // namespace sluice::ztunnel::proxy

@@ -1,1 +1,256 @@
-// placeholder
+#include "ztunnel/proxy/worker.h"
+
+#include <malloc.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <future>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/bpf_abi.h"
+#include "sluice/common/log.h"
+#include "ztunnel/hbone/client.h"
+#include "ztunnel/hbone/server.h"
+#include "ztunnel/proxy/plain.h"
+#include "ztunnel/proxy/router.h"
+
+namespace sluice::ztunnel::proxy {
+
+namespace {
+auto logger() { return log::get("ztunnel"); }
+constexpr std::chrono::milliseconds kFineTick{10};
+}  // namespace
+
+// Everything that lives on the worker thread, in dependency order: each part
+// only knows the ones declared before it.
+struct Worker::Parts {
+  WorkerContext ctx;
+  PlainUpstream plain{ctx};
+  std::unique_ptr<hbone::Client> client;
+  std::unique_ptr<hbone::Server> server;
+  Router router;
+
+  Parts(const EngineShared& s, uring::Ring& ring, unsigned index, std::function<void()> fine)
+      : ctx{s.config,  ring,         s.records,         index,          s.workers,
+            s.sockets, s.authorizer, SLUICE_HBONE_PORT, std::move(fine)},
+        client(s.tls ? std::make_unique<hbone::Client>(ctx, *s.credentials, *s.tls) : nullptr),
+        server(s.tls ? std::make_unique<hbone::Server>(ctx, *s.credentials, *s.tls) : nullptr),
+        router(ctx, s.local_pods, s.directory, plain, client.get()) {}
+};
+
+Worker::Worker(const EngineShared& shared, unsigned index) : shared_(shared), index_(index) {}
+
+Worker::~Worker() { stop(); }
+
+Result<void> Worker::start() {
+  wake_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC));
+  if (!wake_fd_) return failErrno("eventfd failed");
+  std::promise<Result<void>> ready;
+  auto ready_future = ready.get_future();
+  thread_ = std::jthread([this, &ready] {
+    // SINGLE_ISSUER binds the ring to the thread that creates it. The CQ is
+    // twice this: enough for ~500 active connections per worker per batch.
+    auto ring = uring::Ring::create(1024);
+    if (!ring) {
+      ready.set_value(tl::unexpected(ring.error()));
+      return;
+    }
+    ring_ = std::move(*ring);
+    parts_ = std::make_unique<Parts>(shared_, *ring_, index_,
+                                     [this] { fine_timer_.arm(*ring_, kFineTick); });
+    wake_.read(*ring_, wake_fd_.get(), &wake_value_, sizeof(wake_value_));
+    ready.set_value({});
+    loop();
+  });
+  auto r = ready_future.get();
+  if (!r && thread_.joinable()) thread_.join();
+  return r;
+}
+
+void Worker::stop() {
+  if (!thread_.joinable()) return;
+  stopping_ = true;
+  uint64_t one = 1;
+  (void)!::write(wake_fd_.get(), &one, sizeof(one));
+  thread_.join();
+}
+
+void Worker::post(std::function<void()> fn) {
+  {
+    std::lock_guard lk(commands_mu_);
+    commands_.push_back(std::move(fn));
+  }
+  uint64_t one = 1;
+  (void)!::write(wake_fd_.get(), &one, sizeof(one));
+}
+
+void Worker::onWake(const io_uring_cqe&) {
+  drainCommands();
+  if (!stopping_) wake_.read(*ring_, wake_fd_.get(), &wake_value_, sizeof(wake_value_));
+}
+
+void Worker::drainCommands() {
+  std::vector<std::function<void()>> cmds;
+  {
+    std::lock_guard lk(commands_mu_);
+    cmds.swap(commands_);
+  }
+  for (auto& c : cmds) c();
+}
+
+void Worker::reap() {
+  parts_->plain.reap();
+  listeners_.remove_if([](const std::unique_ptr<Listener>& l) { return l->done(); });
+}
+
+bool Worker::idle() const {
+  return parts_->plain.idle() && parts_->router.idle() &&
+         (!parts_->client || parts_->client->idle()) && (!parts_->server || parts_->server->idle());
+}
+
+void Worker::loop() {
+  while (!stopping_) {
+    if (auto r = ring_->run(1000); !r)
+      SLUICE_LOG_LIMITED(ring_log_, logger(), spdlog::level::err, "worker {}: io_uring: {}", index_,
+                         r.error().describe());
+    reap();
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_tick_ >= std::chrono::seconds(1)) tick(now);
+  }
+  // Orderly teardown: wake every pending operation, let them complete (the
+  // kernel must not write into buffers we free), then drop everything.
+  for (auto& l : listeners_) l->close();
+  backing_off_.clear();
+  parts_->router.shutdown();
+  parts_->plain.shutdown();
+  if (parts_->client) parts_->client->shutdown();
+  if (parts_->server) parts_->server->shutdown();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while ((!idle() || !listeners_.empty()) && std::chrono::steady_clock::now() < deadline) {
+    (void)ring_->run(50);
+    reap();
+  }
+  drainCommands();
+  parts_.reset();
+  ring_.reset();
+  listeners_.clear();
+}
+
+void Worker::tick(std::chrono::steady_clock::time_point now) {
+  last_tick_ = now;
+  if (parts_->client) parts_->client->tick(now);
+  if (parts_->server) parts_->server->tick(now);
+  parts_->router.tick(now);
+  if (uint64_t errors = ring_->errors(); errors != ring_errors_seen_) {
+    parts_->ctx.counters().add(Counter::kRingErrors, errors - ring_errors_seen_);
+    logger()->error(
+        "worker {}: the kernel refused {} io_uring submissions (they failed with "
+        "EAGAIN); is the node out of memory?",
+        index_, errors - ring_errors_seen_);
+    ring_errors_seen_ = errors;
+  }
+  // Connection buffers come and go in bursts; hand freed pages back so the
+  // node's RSS follows the load instead of its peak.
+  if (index_ == 0 && ++ticks_ % 5 == 0) malloc_trim(0);
+}
+
+void Worker::fineTick() {
+  if (stopping_) return;
+  auto now = std::chrono::steady_clock::now();
+  std::erase_if(backing_off_, [now](Listener* l) { return !l->retry(now); });
+  bool again = !backing_off_.empty();
+  if (parts_->client && parts_->client->fineTick(now)) again = true;
+  if (parts_->server && parts_->server->fineTick(now)) again = true;
+  if (again) fine_timer_.arm(*ring_, kFineTick);
+}
+
+void Worker::addListener(UniqueFd fd, std::shared_ptr<PodState> pod, ListenerKind kind) {
+  auto l = std::make_unique<Listener>(parts_->ctx, *this, std::move(fd), std::move(pod), kind);
+  l->arm();
+  listeners_.push_back(std::move(l));
+}
+
+void Worker::removePod(const std::string& uid) {
+  for (auto& l : listeners_)
+    if (l->pod()->spec.uid == uid) {
+      l->close();
+      std::erase(backing_off_, l.get());
+    }
+  parts_->plain.removePod(uid);
+  if (parts_->client) parts_->client->removePod(uid);
+  if (parts_->server) parts_->server->removePod(uid);
+  reap();
+}
+
+void Worker::reauthorize() {
+  for (const auto& live : shared_.records.openInbound(index_)) {
+    if (!live->owner || live->closed) continue;
+    if (parts_->ctx.authorize(inboundRequestOf(*live)) == Verdict::kAllow) continue;
+    parts_->ctx.counters().add(Counter::kDenied);
+    logger()->info(
+        "pod {}: connection {} from {} ({}) is denied now; resetting it", live->dest_pod,
+        live->rec.id, live->rec.source,
+        live->rec.source_principal.empty() ? "unauthenticated" : live->rec.source_principal);
+    live->owner->abort(CloseReason::kDenied);
+  }
+  reap();
+}
+
+bool Worker::outOfDescriptors(Listener&) {
+  return parts_->server &&
+         parts_->server->evictOldestPending("accept failed: out of file descriptors");
+}
+
+void Worker::backingOff(Listener& l) {
+  if (std::find(backing_off_.begin(), backing_off_.end(), &l) == backing_off_.end())
+    backing_off_.push_back(&l);
+  fine_timer_.arm(*ring_, kFineTick);
+}
+
+void Worker::accepted(Listener& l, UniqueFd client) {
+  auto& counters = parts_->ctx.counters();
+  // A 15008 connection is a tunnel; its streams count as connections.
+  counters.add(l.kind() == ListenerKind::kHbone ? Counter::kTunnelsAccepted : Counter::kAccepted);
+  const auto& pod = l.pod();
+  if (pod->removed) return;
+  const unsigned limit = shared_.config.max_connections_per_pod;
+  if (l.kind() != ListenerKind::kHbone && pod->connections.load() >= limit) {
+    counters.add(Counter::kLimitRejected);
+    setLinger0(client.get());
+    SLUICE_LOG_LIMITED(limit_log_, logger(), spdlog::level::warn,
+                       "pod {}: connection limit {} reached; refusing a connection",
+                       pod->spec.name_namespace, limit);
+    return;
+  }
+  sockaddr_in peer{}, local{};
+  socklen_t len = sizeof(peer);
+  getpeername(client.get(), reinterpret_cast<sockaddr*>(&peer), &len);
+  len = sizeof(local);
+  getsockname(client.get(), reinterpret_cast<sockaddr*>(&local), &len);
+  if (l.kind() == ListenerKind::kHbone) {
+    parts_->server->accept(pod, std::move(client), peer);
+    return;
+  }
+  int one = 1;
+  setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (l.kind() == ListenerKind::kInbound) {
+    // Inbound plaintext: tc bpf_sk_assign keeps the original destination as
+    // the local address.
+    parts_->router.inbound(pod, std::move(client), peer, local);
+    return;
+  }
+  auto orig = shared_.resolver.originalDst(pod->spec.netns_cookie, peer, local);
+  if (!orig) {
+    counters.add(Counter::kNoOriginalDst);
+    logger()->debug("pod {}: no original destination for {}; closing", pod->spec.name_namespace,
+                    formatEndpoint(peer));
+    return;
+  }
+  // The app's socket is bound to loopback (it connected to 127.0.0.1:15001
+  // after the rewrite); records and Forwarded show the pod's address.
+  peer.sin_addr.s_addr = pod->spec.ip4;
+  parts_->router.outbound(std::make_unique<Attempt>(pod, std::move(client), peer, *orig));
+}
+
+}  // namespace sluice::ztunnel::proxy

@@ -35,7 +35,9 @@ class Op<Method> final : public Operation {
   Op& operator=(const Op&) = delete;
 
   bool busy() const { return busy_; }
-  void recv(Ring& r, int fd, void* buf, size_t len) { io_uring_prep_recv(start(r), fd, buf, len, 0); }
+  void recv(Ring& r, int fd, void* buf, size_t len) {
+    io_uring_prep_recv(start(r), fd, buf, len, 0);
+  }
   void send(Ring& r, int fd, const void* buf, size_t len) {
     io_uring_prep_send(start(r), fd, buf, len, MSG_NOSIGNAL);
   }

@@ -64,7 +64,8 @@ struct PodSpec {
   std::string uid;
   std::string name_namespace;  // "ns/name", for logs and records
   std::string service_account;
-  uint32_t ip4 = 0;  // network order
+  std::string identity;  // SPIFFE URI (computed once by the agent)
+  uint32_t ip4 = 0;      // network order
   uint64_t netns_cookie = 0;
   int netns_fd = -1;
 };
@@ -240,12 +241,12 @@ struct EngineStats {
 // 15006 (plaintext from outside the mesh), on 15008 (a CONNECT over mTLS)
 // or handed over from a pod of the same node.
 struct InboundRequest {
-  Path path = Path::kInbound;       // kInbound | kHbone | kLocalHandoff
-  std::string_view pod_uid;         // the destination pod
-  std::string_view pod;             // its ns/name
-  std::string_view pod_principal;   // its SPIFFE ID
-  sockaddr_in source{};             // the client (pod IP for meshed clients)
-  sockaddr_in destination{};        // the pod's IP and the app's port
+  Path path = Path::kInbound;         // kInbound | kHbone | kLocalHandoff
+  std::string_view pod_uid;           // the destination pod
+  std::string_view pod;               // its ns/name
+  std::string_view pod_principal;     // its SPIFFE ID
+  sockaddr_in source{};               // the client (pod IP for meshed clients)
+  sockaddr_in destination{};          // the pod's IP and the app's port
   std::string_view source_principal;  // verified SPIFFE ID; empty: not authenticated
   bool mutual_tls = false;
 };

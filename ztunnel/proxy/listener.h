@@ -1,0 +1,64 @@
+// A pod's listening socket on one worker (SO_REUSEPORT: each worker has its
+// own, and a connection stays on the worker that accepted it). One
+// multishot accept stays armed; when accepting fails for lack of
+// descriptors or memory it backs off (10 ms doubling to 1 s) instead of
+// spinning on the backlog. Worker thread only.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include "sluice/common/log_limiter.h"
+#include "sluice/common/unique_fd.h"
+#include "ztunnel/proxy/context.h"
+#include "ztunnel/proxy/pod.h"
+#include "ztunnel/uring/ops.h"
+
+namespace sluice::ztunnel::proxy {
+
+enum class ListenerKind : uint8_t { kOutbound, kInbound, kHbone };
+const char* toString(ListenerKind k);
+
+class Listener {
+ public:
+  using Clock = std::chrono::steady_clock;
+  class Handler {
+   public:
+    virtual void accepted(Listener& l, UniqueFd fd) = 0;
+    // Accepting failed for lack of descriptors: free one if possible
+    // (returns whether something was freed).
+    virtual bool outOfDescriptors(Listener& l) = 0;
+    // The listener waits to re-arm: call retry() from the fine tick.
+    virtual void backingOff(Listener& l) = 0;
+
+   protected:
+    ~Handler() = default;
+  };
+
+  Listener(WorkerContext& ctx, Handler& handler, UniqueFd fd, std::shared_ptr<PodState> pod,
+           ListenerKind kind);
+  void arm();
+  // Re-arms when the backoff is over; returns whether it still waits.
+  bool retry(Clock::time_point now);
+  // Stops accepting; done() once the kernel gave the request back.
+  void close();
+  bool done() const { return closing_ && !accept_.busy(); }
+
+  const std::shared_ptr<PodState>& pod() const { return pod_; }
+  ListenerKind kind() const { return kind_; }
+
+ private:
+  void onAccept(const io_uring_cqe& cqe);
+  WorkerContext& ctx_;
+  Handler& handler_;
+  UniqueFd fd_;
+  std::shared_ptr<PodState> pod_;
+  ListenerKind kind_;
+  bool closing_ = false;
+  Clock::time_point retry_at_{};
+  std::chrono::milliseconds backoff_{0};
+  log::Limiter log_;
+  uring::Op<&Listener::onAccept> accept_{this};
+};
+
+}  // namespace sluice::ztunnel::proxy

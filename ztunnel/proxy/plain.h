@@ -1,0 +1,47 @@
+// The plaintext upstream: an app socket relayed to an upstream socket by two
+// relay::Pipes, after a connect bounded by connect_timeout. Serves outbound
+// passthrough, the same-node handoff and inbound connections from outside
+// the mesh (15006). Worker thread only.
+#pragma once
+
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "sluice/common/unique_fd.h"
+#include "ztunnel/proxy/attempt.h"
+#include "ztunnel/proxy/context.h"
+#include "ztunnel/proxy/pod.h"
+#include "ztunnel/proxy/records.h"
+#include "ztunnel/relay/pipe.h"
+
+namespace sluice::ztunnel::proxy {
+
+class PlainConnection;
+
+class PlainUpstream {
+ public:
+  explicit PlainUpstream(WorkerContext& ctx);
+  ~PlainUpstream();
+
+  // Relays `client` to `dst` through `upstream` (unconnected, made in the
+  // right netns). `live` is the record, filled in but not opened yet.
+  // `pod` is the listener's pod; `target` the destination pod of a handoff.
+  // An outbound connection carries its attempt (a Service may retry).
+  void open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodState> pod,
+            std::shared_ptr<PodState> target, UniqueFd client, UniqueFd upstream,
+            const sockaddr_in& dst, std::unique_ptr<Attempt> attempt);
+
+  void removePod(const std::string& uid);  // resets its connections (either end)
+  void shutdown();                         // resets everything
+  void reap();                             // frees closed connections the ring is done with
+  bool idle() const { return conns_.empty(); }
+
+ private:
+  friend class PlainConnection;
+  WorkerContext& ctx_;
+  std::unordered_map<PlainConnection*, std::unique_ptr<PlainConnection>> conns_;
+  std::vector<PlainConnection*> closing_;
+};
+
+}  // namespace sluice::ztunnel::proxy
