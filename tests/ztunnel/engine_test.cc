@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -84,9 +85,9 @@ struct Pod {
 struct Running {
   FakeResolver resolver;
   std::unique_ptr<ztunnel::Engine> engine;
-  explicit Running(Pod& pod, ztunnel::EngineConfig cfg = {}) {
+  explicit Running(Pod& pod, ztunnel::EngineConfig cfg = {}, ztunnel::EngineHooks hooks = {}) {
     cfg.workers = 2;
-    auto e = ztunnel::createEngine(cfg, resolver);
+    auto e = ztunnel::createEngine(cfg, resolver, nullptr, nullptr, hooks);
     REQUIRE_MESSAGE(e.has_value(), (e ? "" : e.error().describe()));
     engine = std::move(*e);
     auto r = engine->addPod(pod.spec());
@@ -133,6 +134,45 @@ class FakeDirectory final : public ztunnel::MeshDirectory {
   }
   bool hasView() override { return has_view; }
   std::atomic<bool> has_view{false};
+};
+
+// Denies while `deny` is set; remembers what it was asked.
+class FakeAuthorizer final : public ztunnel::InboundAuthorizer {
+ public:
+  ztunnel::Verdict authorize(const ztunnel::InboundRequest& r) override {
+    std::lock_guard lk(mu);
+    asked++;
+    last_path = r.path;
+    last_pod = std::string(r.pod);
+    last_principal = std::string(r.source_principal);
+    last_port = ntohs(r.destination.sin_port);
+    return deny ? ztunnel::Verdict::kDeny : ztunnel::Verdict::kAllow;
+  }
+  std::atomic<bool> deny{false};
+  std::mutex mu;
+  int asked = 0;
+  ztunnel::Path last_path{};
+  std::string last_pod, last_principal;
+  uint16_t last_port = 0;
+};
+
+// Sums what it is told, per event.
+class CountingObserver final : public ztunnel::ConnectionObserver {
+ public:
+  void opened(unsigned, const ztunnel::ConnectionRecord&) override { opened_n++; }
+  void transferred(unsigned, const ztunnel::ConnectionRecord&, uint64_t sent,
+                   uint64_t received) override {
+    sent_n += sent;
+    received_n += received;
+  }
+  void closed(unsigned, const ztunnel::ConnectionRecord& r) override {
+    std::lock_guard lk(mu);
+    closed_records.push_back(r);
+  }
+  std::atomic<int> opened_n{0};
+  std::atomic<uint64_t> sent_n{0}, received_n{0};
+  std::mutex mu;
+  std::vector<ztunnel::ConnectionRecord> closed_records;
 };
 
 template <typename Pred>
@@ -387,5 +427,107 @@ TEST_SUITE("engine") {
     char x;
     CHECK(::recv(client.get(), &x, 1, 0) <= 0);
     CHECK(run.engine->stats()[ztunnel::Counter::kNoOriginalDst] == 1);
+  }
+
+  TEST_CASE("the authorization hook refuses a same-node connection before the app sees it") {
+    Pod pod;
+    FakeAuthorizer authz;
+    authz.deny = true;
+    Running run(pod, {}, {&authz, nullptr});
+    auto server = pod.listen(9006);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9006);
+    auto client = pod.connectProxy();
+    char x;
+    CHECK(::recv(client.get(), &x, 1, 0) < 0);  // reset
+    CHECK(errno == ECONNRESET);
+    pollfd p{server.get(), POLLIN, 0};
+    CHECK(::poll(&p, 1, 200) == 0);  // the app never got a connection
+    CHECK(run.engine->stats()[ztunnel::Counter::kDenied] == 1);
+    {
+      std::lock_guard lk(authz.mu);
+      CHECK(std::string(ztunnel::toString(authz.last_path)) == "local_handoff");
+      CHECK(authz.last_pod == "test/pod");
+      CHECK(authz.last_principal == "spiffe://cluster.local/ns/test/sa/default");
+      CHECK(authz.last_port == 9006);
+    }
+    auto cs = run.engine->connections();
+    REQUIRE(cs.size() == 1);
+    CHECK(cs[0].reasonText() == "denied");
+    CHECK(std::string(ztunnel::toString(cs[0].path)) == "local_handoff");
+  }
+
+  TEST_CASE("reauthorize resets open connections the authorizer denies now, and only those") {
+    Pod pod;
+    FakeAuthorizer authz;
+    Running run(pod, {}, {&authz, nullptr});
+    auto server = pod.listen(9007);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9007);
+    auto client = pod.connectProxy();
+    UniqueFd app(::accept(server.get(), nullptr, nullptr));
+    REQUIRE(app.valid());
+    REQUIRE(::send(client.get(), "ping", 4, 0) == 4);
+    char buf[8];
+    REQUIRE(::recv(app.get(), buf, sizeof(buf), 0) == 4);
+    run.engine->reauthorize();  // still allowed: nothing happens
+    REQUIRE(::send(app.get(), "pong", 4, 0) == 4);
+    REQUIRE(::recv(client.get(), buf, sizeof(buf), 0) == 4);
+    authz.deny = true;
+    run.engine->reauthorize();
+    CHECK(::recv(client.get(), buf, sizeof(buf), 0) < 0);
+    CHECK(errno == ECONNRESET);
+    CHECK(eventually([&] { return run.engine->stats()[ztunnel::Counter::kActive] == 0; }));
+    CHECK(run.engine->stats()[ztunnel::Counter::kDenied] == 1);
+    auto cs = run.engine->connections();
+    REQUIRE(cs.size() == 1);
+    CHECK(cs[0].reasonText() == "denied");
+    CHECK(cs[0].bytes_sent == 4);
+    CHECK(cs[0].bytes_received == 4);
+  }
+
+  TEST_CASE("the connection observer sees opened, every byte, and the closed record") {
+    Pod pod;
+    CountingObserver obs;
+    Running run(pod, {}, {nullptr, &obs});
+    auto server = pod.listen(9008);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9008);
+    auto up = pattern(300000, 1);
+    auto client = pod.connectProxy();
+    UniqueFd app(::accept(server.get(), nullptr, nullptr));
+    REQUIRE(app.valid());
+    REQUIRE(sendAll(client.get(), up.data(), up.size()));
+    ::shutdown(client.get(), SHUT_WR);
+    auto got = recvAll(app.get());
+    CHECK(got.size() == up.size());
+    REQUIRE(::send(app.get(), "0123456789", 10, 0) == 10);
+    app.reset();
+    (void)recvAll(client.get());
+    REQUIRE(eventually([&] {
+      std::lock_guard lk(obs.mu);
+      return obs.closed_records.size() == 1;
+    }));
+    CHECK(obs.opened_n == 1);
+    CHECK(obs.sent_n == up.size());
+    CHECK(obs.received_n == 10);
+    std::lock_guard lk(obs.mu);
+    const auto& r = obs.closed_records[0];
+    CHECK(r.bytes_sent == up.size());
+    CHECK(r.bytes_received == 10);
+    CHECK(std::string(ztunnel::toString(r.state)) == "closed");
+    CHECK(r.reasonText() == "eof");
+    CHECK(r.source_principal == "spiffe://cluster.local/ns/test/sa/default");
+    CHECK(r.destination_principal == "spiffe://cluster.local/ns/test/sa/default");
+  }
+
+  TEST_CASE("a pod without a SPIFFE ID is refused with a clear error") {
+    Pod pod;
+    FakeResolver resolver;
+    auto e = ztunnel::createEngine({}, resolver);
+    REQUIRE(e.has_value());
+    auto spec = pod.spec();
+    spec.identity.clear();
+    auto r = (*e)->addPod(spec);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("SPIFFE ID") != std::string::npos);
+    CHECK((*e)->listeners().empty());
   }
 }
