@@ -24,6 +24,9 @@
 #include "agent/discovery/mesh_directory.h"
 #include "agent/identity/cert_manager.h"
 #include "agent/pods/pod_manager.h"
+#include "agent/wiring/admin_json.h"
+#include "agent/wiring/cni_bridge.h"
+#include "agent/wiring/discovery_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/log.h"
@@ -183,140 +186,6 @@ Flags parseFlags(int argc, char** argv) {
 }
 
 // Bridges CNI requests to the pod manager.
-class CniBridge final : public agent::cni::Handler {
- public:
-  CniBridge(agent::pods::PodManager& pods, std::chrono::milliseconds wait,
-            std::function<void()> changed)
-      : pods_(pods), wait_(wait), changed_(std::move(changed)) {}
-
-  agent::cni::CniReply handle(const agent::cni::CniRequest& req) override {
-    agent::cni::CniReply reply;
-    if (req.command == "ADD") {
-      agent::pods::PodRef ref{req.pod_uid,
-                              req.pod_namespace,
-                              req.pod_name,
-                              req.container_id,
-                              req.netns,
-                              req.ifname.empty() ? "eth0" : req.ifname,
-                              0};
-      for (const auto& ip : req.ips)
-        if (auto a = parseIp4(ip)) {
-          ref.ip4 = *a;
-          break;
-        }
-      auto r = pods_.add(ref, wait_);
-      reply.ok = r.has_value();
-      if (r)
-        reply.enrolled = *r;
-      else
-        reply.error = r.error().describe();
-    } else if (req.command == "DEL") {
-      pods_.remove(req.container_id, req.pod_uid);
-      reply.ok = true;
-    } else if (req.command == "CHECK") {
-      auto r = pods_.check(req.container_id, req.pod_uid);
-      reply.ok = r.has_value();
-      if (!r) reply.error = r.error().describe();
-    } else {
-      reply.ok = false;
-      reply.error = "unknown command " + req.command;
-    }
-    if (req.command != "CHECK") changed_();
-    return reply;
-  }
-
- private:
-  agent::pods::PodManager& pods_;
-  std::chrono::milliseconds wait_;
-  std::function<void()> changed_;
-};
-
-class DiscoveryBridge final : public agent::discovery::Listener {
- public:
-  DiscoveryBridge(agent::pods::PodManager& pods, agent::discovery::MeshDirectory& directory,
-                  std::function<void()> changed)
-      : pods_(pods), directory_(directory), changed_(std::move(changed)) {}
-  void onView(const agent::discovery::View& view, uint64_t version) override {
-    use(view, version, "live");
-    changed_();
-  }
-  // At start, before the pods are re-adopted: the view the previous process
-  // kept, so that the proxy routes by it from the first connection. Version
-  // 0: not the control plane's word yet (pods it does not name are kept).
-  void seed(const agent::discovery::View& view) { use(view, 0, "persisted"); }
-  // Where the view in use came from: "none" (outbound is refused),
-  // "persisted" (the last process's, until the control plane answers), "live".
-  std::string source() const {
-    std::lock_guard lk(mu_);
-    return source_;
-  }
-
- private:
-  void use(const agent::discovery::View& view, uint64_t version, const char* source) {
-    directory_.update(view);
-    {
-      std::lock_guard lk(mu_);
-      services_ = view.services;
-      source_ = source;
-    }
-    pods_.onWorkloads(view.workloads, version);
-  }
-
-  agent::pods::PodManager& pods_;
-  agent::discovery::MeshDirectory& directory_;
-  std::function<void()> changed_;
-  mutable std::mutex mu_;
-  std::map<std::string, api::v1::Service> services_;
-  std::string source_ = "none";
-
- public:
-  // The Services of the last view, for /config_dump.
-  nlohmann::json servicesJson() const {
-    std::lock_guard lk(mu_);
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& [key, svc] : services_) {
-      nlohmann::json ports = nlohmann::json::array(), endpoints = nlohmann::json::array();
-      for (const auto& p : svc.ports())
-        ports.push_back({{"name", p.name()}, {"port", p.port()}, {"protocol", p.protocol()}});
-      for (const auto& e : svc.endpoints()) {
-        nlohmann::json targets = nlohmann::json::object();
-        for (const auto& [name, port] : e.ports()) targets[name] = port;
-        endpoints.push_back(
-            {{"ip", e.ip()}, {"workload_uid", e.workload_uid()}, {"ports", targets}});
-      }
-      out.push_back({{"namespace", svc.namespace_()},
-                     {"name", svc.name()},
-                     {"vips", std::vector<std::string>(svc.vips().begin(), svc.vips().end())},
-                     {"ports", ports},
-                     {"endpoints", endpoints}});
-    }
-    return out;
-  }
-};
-
-nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
-  nlohmann::json out = nlohmann::json::array();
-  for (const auto& c : engine.connections()) {
-    out.push_back({{"id", c.id},
-                   {"direction", ztunnel::toString(c.direction)},
-                   {"pod", c.pod},
-                   {"source", c.source},
-                   {"destination", c.destination},
-                   {"destination_service", c.destination_service},
-                   {"path", ztunnel::toString(c.path)},
-                   {"source_principal", c.source_principal},
-                   {"destination_principal", c.destination_principal},
-                   {"mutual_tls", c.mutual_tls},
-                   {"bytes_sent", c.bytes_sent},
-                   {"bytes_received", c.bytes_received},
-                   {"start_unix_ms", c.start_unix_ms},
-                   {"duration_ms", c.duration_ms},
-                   {"state", ztunnel::toString(c.state)},
-                   {"reason", c.reasonText()}});
-  }
-  return {{"connections", out}};
-}
-
 int runAgent(const Flags& flags) {
   auto logger = log::get("agent");
   blockTerminationSignals();  // before any thread starts: all inherit the mask
@@ -390,7 +259,7 @@ int runAgent(const Flags& flags) {
   // A message from the control plane also says its CA is reachable again:
   // identities waiting out a retry backoff (an agent started while it was
   // down) are requested at once rather than when the backoff ends.
-  DiscoveryBridge discovery_bridge(pods, directory, [&] {
+  agent::wiring::DiscoveryBridge discovery_bridge(pods, directory, [&] {
     sync_identities();
     certs.retryNow();
   });
@@ -435,7 +304,8 @@ int runAgent(const Flags& flags) {
     return 1;
   }
 
-  CniBridge cni_bridge(pods, std::chrono::milliseconds(flags.cni_wait_ms), sync_identities);
+  agent::wiring::CniBridge cni_bridge(pods, std::chrono::milliseconds(flags.cni_wait_ms),
+                                      sync_identities);
   auto cni = agent::cni::Server::create(flags.cni_socket, cni_bridge);
   if (!cni) {
     logger->critical("CNI socket: {}", cni.error().describe());
@@ -460,37 +330,15 @@ int runAgent(const Flags& flags) {
       j["controlplane"]["persisted_view"] = {{"file", view_file},
                                              {"version", persisted->version},
                                              {"epoch", fmt::format("{:x}", persisted->epoch)}};
-    nlohmann::json listeners = nlohmann::json::array();
-    for (const auto& l : eng.listeners())
-      listeners.push_back(
-          {{"pod_uid", l.pod_uid}, {"pod", l.pod}, {"address", l.address}, {"kind", l.kind}});
-    j["listeners"] = listeners;
+    j["listeners"] = agent::wiring::listenersJson(eng);
     j["services"] = discovery_bridge.servicesJson();
-    nlohmann::json links = nlohmann::json::array();
-    for (const auto& l : ld.links())
-      links.push_back({{"program", l.program}, {"pin", l.pin}, {"link_id", l.link_id}});
-    j["bpf"] = {{"pin_dir", flags.pin_dir}, {"cgroup", cgroup}, {"links", links}};
+    j["bpf"] = agent::wiring::bpfJson(ld, flags.pin_dir, cgroup);
     return j;
   };
-  sources.connections = [&] { return connectionsJson(eng); };
+  sources.connections = [&] { return agent::wiring::connectionsJson(eng); };
   sources.certs = [&] { return certs.dump(); };
   sources.stats = [&] {
-    auto s = eng.stats();
-    auto b = ld.stats();
-    // Every engine counter by its group and name (one table: ztunnel::describe).
-    nlohmann::json j;
-    for (size_t i = 0; i < s.values.size(); ++i) {
-      const auto& info = ztunnel::describe(static_cast<ztunnel::Counter>(i));
-      j[info.group][info.name] = s.values[i];
-    }
-    j["bpf"] = {{"connect_seen", b[SLUICE_STAT_CONNECT_SEEN]},
-                {"connect_redirected", b[SLUICE_STAT_CONNECT_REDIRECTED]},
-                {"connect_skipped", b[SLUICE_STAT_CONNECT_SKIPPED]},
-                {"sockops_rekeyed", b[SLUICE_STAT_SOCKOPS_REKEYED]},
-                {"getsockopt_answered", b[SLUICE_STAT_GETSOCKOPT_ANSWERED]},
-                {"tc_assigned", b[SLUICE_STAT_TC_ASSIGNED]},
-                {"tc_no_listener", b[SLUICE_STAT_TC_NO_LISTENER]},
-                {"tc_passed", b[SLUICE_STAT_TC_PASSED]}};
+    nlohmann::json j = agent::wiring::statsJson(eng.stats(), ld.stats());
     j["enrolled_pods"] = pods.enrolledCount();
     return j;
   };

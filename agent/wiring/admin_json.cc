@@ -1,0 +1,64 @@
+#include "agent/wiring/admin_json.h"
+
+#include "sluice/common/bpf_abi.h"
+
+namespace sluice::agent::wiring {
+
+nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& c : engine.connections()) {
+    out.push_back({{"id", c.id},
+                   {"direction", ztunnel::toString(c.direction)},
+                   {"pod", c.pod},
+                   {"source", c.source},
+                   {"destination", c.destination},
+                   {"destination_service", c.destination_service},
+                   {"path", ztunnel::toString(c.path)},
+                   {"source_principal", c.source_principal},
+                   {"destination_principal", c.destination_principal},
+                   {"mutual_tls", c.mutual_tls},
+                   {"bytes_sent", c.bytes_sent},
+                   {"bytes_received", c.bytes_received},
+                   {"start_unix_ms", c.start_unix_ms},
+                   {"duration_ms", c.duration_ms},
+                   {"state", ztunnel::toString(c.state)},
+                   {"reason", c.reasonText()}});
+  }
+  return {{"connections", out}};
+}
+
+nlohmann::json statsJson(const ztunnel::EngineStats& engine, const std::vector<uint64_t>& b) {
+  nlohmann::json j;
+  for (size_t i = 0; i < engine.values.size(); ++i) {
+    const auto& info = ztunnel::describe(static_cast<ztunnel::Counter>(i));
+    j[info.group][info.name] = engine.values[i];
+  }
+  auto at = [&b](size_t i) { return i < b.size() ? b[i] : 0; };
+  j["bpf"] = {{"connect_seen", at(SLUICE_STAT_CONNECT_SEEN)},
+              {"connect_redirected", at(SLUICE_STAT_CONNECT_REDIRECTED)},
+              {"connect_skipped", at(SLUICE_STAT_CONNECT_SKIPPED)},
+              {"sockops_rekeyed", at(SLUICE_STAT_SOCKOPS_REKEYED)},
+              {"getsockopt_answered", at(SLUICE_STAT_GETSOCKOPT_ANSWERED)},
+              {"tc_assigned", at(SLUICE_STAT_TC_ASSIGNED)},
+              {"tc_no_listener", at(SLUICE_STAT_TC_NO_LISTENER)},
+              {"tc_passed", at(SLUICE_STAT_TC_PASSED)}};
+  return j;
+}
+
+nlohmann::json listenersJson(const ztunnel::Engine& engine) {
+  nlohmann::json listeners = nlohmann::json::array();
+  for (const auto& l : engine.listeners())
+    listeners.push_back(
+        {{"pod_uid", l.pod_uid}, {"pod", l.pod}, {"address", l.address}, {"kind", l.kind}});
+  return listeners;
+}
+
+nlohmann::json bpfJson(const bpf::Loader& loader, const std::string& pin_dir,
+                       const std::string& cgroup) {
+  nlohmann::json links = nlohmann::json::array();
+  for (const auto& l : loader.links())
+    links.push_back({{"program", l.program}, {"pin", l.pin}, {"link_id", l.link_id}});
+  return {{"pin_dir", pin_dir}, {"cgroup", cgroup}, {"links", links}};
+}
+
+}  // namespace sluice::agent::wiring
