@@ -9,6 +9,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
 #include "sluice/common/netns.h"
+#include "sluice/common/x509.h"
 
 namespace sluice::agent::pods {
 
@@ -39,8 +40,19 @@ ztunnel::PodSpec engineSpec(const LocalPod& pod) {
 }
 }  // namespace
 
-PodManager::PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file)
-    : loader_(loader), engine_(engine), state_file_(std::move(state_file)) {}
+PodManager::PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file,
+                       std::string trust_domain)
+    : loader_(loader),
+      engine_(engine),
+      state_file_(std::move(state_file)),
+      trust_domain_(std::move(trust_domain)) {}
+
+void PodManager::setServiceAccount(LocalPod& pod, std::string sa) {
+  pod.service_account = std::move(sa);
+  pod.identity = pod.service_account.empty()
+                     ? std::string()
+                     : x509::workloadUri(trust_domain_, pod.ref.ns, pod.service_account);
+}
 
 const Workload* PodManager::findWorkload(const PodRef& ref) const {
   if (!ref.uid.empty()) {
@@ -132,7 +144,7 @@ void PodManager::onWorkloads(const std::map<std::string, Workload>& all, uint64_
 void PodManager::reconcile(LocalPod& pod) {
   Decision d = decide(pod.ref);
   if (const Workload* w = findWorkload(pod.ref); w && w->service_account() != pod.service_account) {
-    pod.service_account = w->service_account();
+    setServiceAccount(pod, w->service_account());
     persist();
   }
   bool want = d.enrolled;
@@ -272,9 +284,9 @@ void PodManager::restore() {
           pod.ref = ref;
           pod.netns = std::move(*netns);
           pod.netns_cookie = *cookie;
-          pod.service_account = service_account;
-          if (const Workload* w = findWorkload(ref); w && pod.service_account.empty())
-            pod.service_account = w->service_account();
+          if (const Workload* w = findWorkload(ref); w && service_account.empty())
+            service_account = w->service_account();
+          setServiceAccount(pod, service_account);
           auto [it, inserted] = pods_.emplace(ref.container_id, std::move(pod));
           if (inserted && was_enrolled) {
             if (auto r = enroll(it->second); !r) {
@@ -337,11 +349,11 @@ size_t PodManager::enrolledCount() const {
 
 namespace sluice::agent::pods {
 
-std::set<std::pair<std::string, std::string>> PodManager::enrolledServiceAccounts() const {
+std::set<std::string> PodManager::enrolledIdentities() const {
   std::lock_guard lk(mu_);
-  std::set<std::pair<std::string, std::string>> out;
+  std::set<std::string> out;
   for (const auto& [id, p] : pods_)
-    if (p.enrolled && !p.service_account.empty()) out.emplace(p.ref.ns, p.service_account);
+    if (p.enrolled && !p.identity.empty()) out.insert(p.identity);
   return out;
 }
 
