@@ -11,7 +11,6 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -30,7 +29,6 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/log.h"
-#include "sluice/common/x509.h"
 #include "sluice/ztunnel/engine.h"
 
 using namespace sluice;
@@ -250,12 +248,7 @@ int runAgent(const Flags& flags) {
   agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json",
                                flags.trust_domain);
   // Fetch ahead: every enrolled pod's identity gets a certificate before it is needed.
-  auto sync_identities = [&] {
-    std::set<std::string> uris;
-    for (const auto& [ns, sa] : pods.enrolledServiceAccounts())
-      uris.insert(x509::SpiffeId{flags.trust_domain, ns, sa}.uri());
-    certs.setIdentities(uris);
-  };
+  auto sync_identities = [&] { certs.setIdentities(pods.enrolledIdentities()); };
   // A message from the control plane also says its CA is reachable again:
   // identities waiting out a retry backoff (an agent started while it was
   // down) are requested at once rather than when the backoff ends.

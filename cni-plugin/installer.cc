@@ -412,52 +412,100 @@ Result<bool> Installer::removeBinary() {
   return failErrno("cannot remove " + dest.string());
 }
 
-Result<InstallerOptions> parseInstallerFlags(Subcommand cmd, int argc, char** argv) {
-  std::vector<std::string> known = {"--cni-bin-dir", "--cni-conf-dir", "--log-level"};
-  if (cmd == Subcommand::kInstall)
-    known.insert(known.end(), {"--source-binary", "--plugin-config", "--recheck-interval-ms"});
-  auto flags = splitFlags(argc, argv, 2, known);
-  if (!flags) return tl::unexpected(flags.error());
-  InstallerOptions o;
-  for (const auto& f : *flags) {
-    if (f.name == "--help") return fail("--help is answered by `sluice-cni --help`");
-    if (f.value.empty()) return fail("flag " + f.name + " needs a non-empty value");
-    if (f.name == "--cni-bin-dir") {
-      o.bin_dir = f.value;
-    } else if (f.name == "--cni-conf-dir") {
-      o.conf_dir = f.value;
-    } else if (f.name == "--source-binary") {
-      o.source_binary = f.value;
-    } else if (f.name == "--log-level") {
-      o.log_level = f.value;
-    } else if (f.name == "--recheck-interval-ms") {
-      char* end = nullptr;
-      long ms = std::strtol(f.value.c_str(), &end, 10);
-      if (*end != '\0' || ms < 10 || ms > 3600000)
-        return fail("--recheck-interval-ms must be an integer between 10 and 3600000");
-      o.recheck_interval = std::chrono::milliseconds(ms);
-    } else if (f.name == "--plugin-config") {
-      auto j = ordered_json::parse(f.value, nullptr, /*allow_exceptions=*/false);
-      if (j.is_discarded() || !j.is_object())
-        return fail("--plugin-config must be a JSON object, e.g. '{\"failOpen\":false}'");
-      if (j.contains("type") && j["type"] != kPluginType)
-        return fail("--plugin-config: 'type' can only be \"sluice-cni\"");
-      ordered_json entry = {{"type", kPluginType}};
-      for (auto it = j.begin(); it != j.end(); ++it)
-        if (it.key() != "type") entry[it.key()] = it.value();
-      // The same checks the plugin makes at every pod creation, now instead of then.
-      nlohmann::json probe = nlohmann::json::parse(entry.dump());
-      probe["cniVersion"] = "1.0.0";
-      probe["name"] = "probe";
-      if (auto c = parseConfig(probe.dump()); !c) return fail("--plugin-config: " + c.error().msg);
-      o.plugin_entry = std::move(entry);
-    }
+FlagTable installerFlags(Subcommand cmd, InstallerOptions& o) {
+  // Every installer flag names something: an empty value is a mistake.
+  auto nonEmpty = [](std::string flag, FlagTable::Apply apply) -> FlagTable::Apply {
+    return [flag, apply](const std::string& v) -> std::string {
+      if (v.empty()) return "flag " + flag + " needs a non-empty value";
+      return apply(v);
+    };
+  };
+  auto path = [](fs::path* out) -> FlagTable::Apply {
+    return [out](const std::string& v) {
+      *out = v;
+      return std::string();
+    };
+  };
+  FlagTable t;
+  t.value("--cni-bin-dir", "DIR",
+          "the node's CNI bin dir as mounted here, e.g. /opt/cni/bin\n(required)",
+          nonEmpty("--cni-bin-dir", path(&o.bin_dir)))
+      .value("--cni-conf-dir", "DIR",
+             "the node's CNI config dir as mounted here, e.g.\n/etc/cni/net.d (required)",
+             nonEmpty("--cni-conf-dir", path(&o.conf_dir)));
+  if (cmd == Subcommand::kInstall) {
+    t.value("--source-binary", "PATH", "the plugin to copy (default: this executable)",
+            nonEmpty("--source-binary", path(&o.source_binary)))
+        .value("--plugin-config", "JSON",
+               "fields of the chained entry besides \"type\", e.g.\n"
+               "'{\"failOpen\":true}' (the fields: sluice-cni --help)",
+               nonEmpty("--plugin-config",
+                        [&o](const std::string& v) -> std::string {
+                          auto j = ordered_json::parse(v, nullptr, /*allow_exceptions=*/false);
+                          if (j.is_discarded() || !j.is_object())
+                            return "--plugin-config must be a JSON object, e.g. "
+                                   "'{\"failOpen\":false}'";
+                          if (j.contains("type") && j["type"] != kPluginType)
+                            return "--plugin-config: 'type' can only be \"sluice-cni\"";
+                          ordered_json entry = {{"type", kPluginType}};
+                          for (auto it = j.begin(); it != j.end(); ++it)
+                            if (it.key() != "type") entry[it.key()] = it.value();
+                          // The same checks the plugin makes at every pod
+                          // creation, now instead of then.
+                          nlohmann::json probe = nlohmann::json::parse(entry.dump());
+                          probe["cniVersion"] = "1.0.0";
+                          probe["name"] = "probe";
+                          if (auto c = parseConfig(probe.dump()); !c)
+                            return "--plugin-config: " + c.error().msg;
+                          o.plugin_entry = std::move(entry);
+                          return "";
+                        }))
+        .value("--recheck-interval-ms", "N",
+               "re-check the primary config every N ms besides inotify\n"
+               "(10 to 3600000, default 5000)",
+               nonEmpty("--recheck-interval-ms", [&o](const std::string& v) -> std::string {
+                 char* end = nullptr;
+                 long ms = std::strtol(v.c_str(), &end, 10);
+                 if (*end != '\0' || ms < 10 || ms > 3600000)
+                   return "--recheck-interval-ms must be an integer between 10 and 3600000";
+                 o.recheck_interval = std::chrono::milliseconds(ms);
+                 return "";
+               }));
   }
+  t.value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
+          nonEmpty("--log-level", FlagTable::into(&o.log_level)));
+  return t;
+}
+
+Result<InstallerOptions> parseInstallerFlags(Subcommand cmd, int argc, char** argv) {
+  InstallerOptions o;
+  auto help = installerFlags(cmd, o).parse(argc, argv, 2);
+  if (!help) return tl::unexpected(help.error());
+  if (*help) return fail("--help is answered by `sluice-cni --help`");
   if (o.bin_dir.empty())
     return fail("--cni-bin-dir is required (the node's /opt/cni/bin, as mounted)");
   if (o.conf_dir.empty())
     return fail("--cni-conf-dir is required (the node's /etc/cni/net.d, as mounted)");
   return o;
+}
+
+std::string installerUsage(Subcommand cmd) {
+  InstallerOptions unused;
+  std::string flags = installerFlags(cmd, unused).help();
+  if (cmd == Subcommand::kInstall)
+    return R"(sluice-cni install --cni-bin-dir DIR --cni-conf-dir DIR [flags]
+  Copies the plugin (--source-binary) to DIR/sluice-cni (mode 0755) and
+  appends {"type":"sluice-cni", ...JSON} to the "plugins" of the primary CNI
+  config (the first *.conflist/*.conf/*.json in the conf dir; a single .conf
+  or .json becomes a .conflist). Keeps running and restores the entry when
+  the primary CNI rewrites its file (inotify, and every N ms, default 5000);
+  on SIGTERM/SIGINT removes the entry and the binary and exits 0.
+Flags:
+)" + flags;
+  return R"(sluice-cni uninstall --cni-bin-dir DIR --cni-conf-dir DIR [flags]
+  Removes the entry (restoring a converted .conf) and the binary once.
+Flags:
+)" + flags;
 }
 
 namespace {

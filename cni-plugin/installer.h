@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 
+#include "sluice/common/flags.h"
 #include "sluice/common/result.h"
 
 namespace spdlog {
@@ -39,9 +40,14 @@ struct InstallerOptions {
 
 enum class Subcommand { kInstall, kUninstall };
 
+// The flags of a subcommand, applied to `options`: its parser and its --help
+// both come from this table.
+FlagTable installerFlags(Subcommand cmd, InstallerOptions& options);
 // Parses "sluice-cni install|uninstall --flag value ..." (argv[1] is the
 // subcommand). Errors name the offending flag.
 Result<InstallerOptions> parseInstallerFlags(Subcommand cmd, int argc, char** argv);
+// What the subcommand does and its flags, for --help.
+std::string installerUsage(Subcommand cmd);
 
 // The network configuration a container runtime uses: the lexicographically
 // first *.conflist, *.conf or *.json file in dir (libcni's ConfFiles, sorted, as

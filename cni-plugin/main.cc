@@ -29,7 +29,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kUsage =
+constexpr const char* kPluginUsage =
     R"(sluice-cni — Sluice's CNI plugin (CNI spec 1.0.0; 0.3.x and 0.4.0 configs accepted) and its installer
 
 As a CNI plugin (no arguments) it is run by the container runtime, chained
@@ -41,18 +41,14 @@ environment and the network configuration on stdin. Configuration fields:
   logFile       append a line per call here (optional)
 
 As the node's installer (the CNI container of the sluice-agent DaemonSet):
-  sluice-cni install --cni-bin-dir DIR --cni-conf-dir DIR
-                     [--source-binary PATH] [--plugin-config JSON]
-                     [--recheck-interval-ms N] [--log-level LEVEL]
-      Copies PATH (default: this executable) to DIR/sluice-cni (mode 0755) and
-      appends {"type":"sluice-cni", ...JSON} to the "plugins" of the primary CNI
-      config (the first *.conflist/*.conf/*.json in the conf dir; a single .conf
-      or .json becomes a .conflist). Keeps running and restores the entry when
-      the primary CNI rewrites its file (inotify, and every N ms, default 5000);
-      on SIGTERM/SIGINT removes the entry and the binary and exits 0.
-  sluice-cni uninstall --cni-bin-dir DIR --cni-conf-dir DIR [--log-level LEVEL]
-      Removes the entry (restoring a converted .conf) and the binary once.
+
 )";
+
+// Everything: the plugin and both installer subcommands.
+std::string usage() {
+  return kPluginUsage + installerUsage(Subcommand::kInstall) + "\n" +
+         installerUsage(Subcommand::kUninstall);
+}
 
 void logLine(const PluginConfig* cfg, const std::string& msg) {
   if (!cfg || cfg->log_file.empty()) return;
@@ -121,14 +117,16 @@ std::optional<int> runInstallerCommand(int argc, char** argv) {
   if (argc < 2) return std::nullopt;
   std::string sub = argv[1];
   if (sub != "install" && sub != "uninstall") return std::nullopt;
+  auto cmd = sub == "install" ? Subcommand::kInstall : Subcommand::kUninstall;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
+      // Only this subcommand's flags: each one listed is one it accepts.
+      std::printf("Usage: %s\nRun 'sluice-cni --help' for the CNI plugin itself.\n",
+                  installerUsage(cmd).c_str());
       return 0;
     }
   }
-  auto cmd = sub == "install" ? Subcommand::kInstall : Subcommand::kUninstall;
   auto options = parseInstallerFlags(cmd, argc, argv);
   if (!options) {
     std::fprintf(stderr, "sluice-cni %s: %s (see sluice-cni --help)\n", sub.c_str(),
@@ -151,10 +149,10 @@ int main(int argc, char** argv) {
   if (!env.count("CNI_COMMAND")) {
     if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
                      std::string(argv[1]) == "--version")) {
-      std::fputs(kUsage, stdout);
+      std::fputs(usage().c_str(), stdout);
       return 0;
     }
-    std::fputs(kUsage, stderr);
+    std::fputs(usage().c_str(), stderr);
     return emitError(
         "1.0.0",
         {kInvalidConfig, "CNI_COMMAND is not set: sluice-cni is run by a container runtime", ""});

@@ -45,9 +45,9 @@ int libbpfPrint(enum libbpf_print_level level, const char* format, va_list args)
 
 template <typename Key, typename Value>
 Result<BpfMap<Key, Value>> adoptMap(const bpf_map* map) {
-  int fd = fcntl(bpf_map__fd(map), F_DUPFD_CLOEXEC, 0);
-  if (fd < 0) return failErrno("dup of BPF map fd failed");
-  return BpfMap<Key, Value>::adopt(UniqueFd(fd), bpf_map__name(map));
+  UniqueFd fd(fcntl(bpf_map__fd(map), F_DUPFD_CLOEXEC, 0));
+  if (!fd) return failErrno("dup of BPF map fd failed");
+  return BpfMap<Key, Value>::adopt(std::move(fd), bpf_map__name(map));
 }
 
 struct CgroupProgram {
@@ -71,18 +71,18 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   self->config_ = config;
 
   LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = config.pin_dir.c_str());
-  self->capture_ = sluice_capture__open_opts(&opts);
+  self->capture_.reset(sluice_capture__open_opts(&opts));
   if (!self->capture_) return failErrno("cannot open the capture BPF object");
-  if (int err = sluice_capture__load(self->capture_); err != 0) {
+  if (int err = sluice_capture__load(self->capture_.get()); err != 0) {
     errno = -err;
     return failErrno(
         "loading the capture BPF programs failed (the verifier log is above at debug level; "
         "a pinned map from an incompatible build can also cause this: run `sluice-agent "
         "uninstall`)");
   }
-  self->inbound_ = sluice_inbound__open_opts(&opts);
+  self->inbound_.reset(sluice_inbound__open_opts(&opts));
   if (!self->inbound_) return failErrno("cannot open the inbound BPF object");
-  if (int err = sluice_inbound__load(self->inbound_); err != 0) {
+  if (int err = sluice_inbound__load(self->inbound_.get()); err != 0) {
     errno = -err;
     return failErrno("loading the inbound tc BPF program failed");
   }
@@ -111,8 +111,8 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
 }
 
 Result<void> Loader::attachCgroupPrograms() {
-  cgroup_fd_ = ::open(config_.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (cgroup_fd_ < 0)
+  cgroup_fd_.reset(::open(config_.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cgroup_fd_)
     return failErrno(
         fmt::format("cannot open cgroup-v2 directory {} (pass --cgroup with the cgroup2 mount)",
                     config_.cgroup_path));
@@ -127,45 +127,41 @@ Result<void> Loader::attachCgroupPrograms() {
     link.program = bpf_program__name(p.prog);
     link.pin = config_.pin_dir + "/link_" + link.program;
     int prog_fd = bpf_program__fd(p.prog);
-    int fd = bpf_obj_get(link.pin.c_str());
-    if (fd >= 0) {
+    UniqueFd fd(bpf_obj_get(link.pin.c_str()));
+    if (fd) {
       // Swap the running program under the existing link: no window without capture.
-      if (bpf_link_update(fd, prog_fd, nullptr) == 0) {
+      if (bpf_link_update(fd.get(), prog_fd, nullptr) == 0) {
         link.reused = true;
       } else {
         log::get("bpf")->warn("pinned link {} cannot be updated ({}); re-attaching", link.pin,
                               std::strerror(errno));
-        ::close(fd);
+        fd.reset();
         ::unlink(link.pin.c_str());
-        fd = -1;
       }
     }
-    if (fd < 0) {
-      fd = bpf_link_create(prog_fd, cgroup_fd_, p.type, nullptr);
-      if (fd < 0)
+    if (!fd) {
+      fd.reset(bpf_link_create(prog_fd, cgroup_fd_.get(), p.type, nullptr));
+      if (!fd)
         return failErrno(
             fmt::format("attaching {} to cgroup {} failed", link.program, config_.cgroup_path));
-      if (bpf_obj_pin(fd, link.pin.c_str()) != 0) {
-        int saved = errno;
-        ::close(fd);
-        errno = saved;
+      if (bpf_obj_pin(fd.get(), link.pin.c_str()) != 0)
         return failErrno(fmt::format("pinning link {} failed", link.pin));
-      }
     }
     bpf_link_info info{};
     uint32_t len = sizeof(info);
-    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) link.link_id = info.id;
-    link_fds_.push_back(fd);
+    if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0) link.link_id = info.id;
+    link_fds_.push_back(std::move(fd));
     links_.push_back(link);
   }
   return {};
 }
 
-Loader::~Loader() {
-  for (int fd : link_fds_) ::close(fd);
-  if (cgroup_fd_ >= 0) ::close(cgroup_fd_);
-  if (inbound_) sluice_inbound__destroy(inbound_);
-  if (capture_) sluice_capture__destroy(capture_);
+void Loader::CaptureDestroy::operator()(sluice_capture* skel) const {
+  sluice_capture__destroy(skel);
+}
+
+void Loader::InboundDestroy::operator()(sluice_inbound* skel) const {
+  sluice_inbound__destroy(skel);
 }
 
 Result<void> Loader::attachTc(int netns_fd, const std::string& ifname) {

@@ -16,6 +16,7 @@
 #include "agent/bpf/map.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/result.h"
+#include "sluice/common/unique_fd.h"
 
 struct sluice_capture;
 struct sluice_inbound;
@@ -42,7 +43,6 @@ struct AttachedLink {
 class Loader {
  public:
   static Result<std::unique_ptr<Loader>> create(const LoaderConfig& config);
-  ~Loader();
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
 
@@ -76,11 +76,21 @@ class Loader {
   Loader() = default;
   Result<void> attachCgroupPrograms();
 
+  // The skeletons' __destroy (defined where the skeleton headers are).
+  struct CaptureDestroy {
+    void operator()(sluice_capture* skel) const;
+  };
+  struct InboundDestroy {
+    void operator()(sluice_inbound* skel) const;
+  };
+
+  // Destroyed in reverse: our link fds first (pinned links stay attached),
+  // then the cgroup, then the programs and maps.
   LoaderConfig config_;
-  sluice_capture* capture_ = nullptr;
-  sluice_inbound* inbound_ = nullptr;
-  int cgroup_fd_ = -1;
-  std::vector<int> link_fds_;
+  std::unique_ptr<sluice_capture, CaptureDestroy> capture_;
+  std::unique_ptr<sluice_inbound, InboundDestroy> inbound_;
+  UniqueFd cgroup_fd_;
+  std::vector<UniqueFd> link_fds_;
   std::vector<AttachedLink> links_;
   EnrolledMap enrolled_;
   OrigDstMap orig_dst_;

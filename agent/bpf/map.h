@@ -37,9 +37,9 @@ class BpfMap {
   }
   // Opens a pinned map.
   static Result<BpfMap> openPinned(const std::string& path) {
-    int fd = bpf_obj_get(path.c_str());
-    if (fd < 0) return failErrno(fmt::format("cannot open pinned BPF map {}", path));
-    return adopt(UniqueFd(fd), path);
+    UniqueFd fd(bpf_obj_get(path.c_str()));
+    if (!fd) return failErrno(fmt::format("cannot open pinned BPF map {}", path));
+    return adopt(std::move(fd), path);
   }
 
   bool valid() const { return fd_.valid(); }

@@ -38,9 +38,9 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, H
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
   if (ec) return fail(fmt::format("cannot create {}: {}", parent.string(), ec.message()));
   ::unlink(socket_path.c_str());  // stale socket of a previous agent
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return failErrno("socket(AF_UNIX) failed");
-  self->listen_fd_ = UniqueFd(fd);
+  self->listen_fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!self->listen_fd_) return failErrno("socket(AF_UNIX) failed");
+  int fd = self->listen_fd_.get();
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size());
   // Root-only: the socket decides which pods get a proxy.
@@ -80,18 +80,18 @@ void Server::loop() {
     }
     if (fds[1].revents) return;
     if (!(fds[0].revents & POLLIN)) continue;
-    int c = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (c < 0) continue;
+    UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) continue;
     if (in_flight_.load() >= kMaxInFlight) {
-      writeAll(c, sluice::cni::encode(CniReply{
-                      false, false, "sluice agent is overloaded with CNI requests; retry", ""}));
-      ::close(c);
+      writeAll(conn.get(),
+               sluice::cni::encode(CniReply{
+                   false, false, "sluice agent is overloaded with CNI requests; retry", ""}));
       continue;
     }
     in_flight_.fetch_add(1);
-    std::thread([this, c] {
-      serve(c);
-      ::close(c);
+    std::thread([this, conn = std::move(conn)]() mutable {
+      serve(conn.get());
+      conn.reset();  // closed before ~Server may stop waiting for this request
       in_flight_.fetch_sub(1);
     }).detach();
   }

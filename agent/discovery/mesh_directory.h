@@ -28,9 +28,8 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     auto next = std::make_shared<Index>();
     for (const auto& [uid, w] : view.workloads) {
       if (!w.enrolled()) continue;
-      ztunnel::MeshWorkload m{
-          x509::SpiffeId{trust_domain_, w.namespace_(), w.service_account()}.uri(),
-          w.namespace_() + "/" + w.name(), w.node()};
+      ztunnel::MeshWorkload m{x509::workloadUri(trust_domain_, w.namespace_(), w.service_account()),
+                              w.namespace_() + "/" + w.name(), w.node()};
       for (const auto& ip : w.ips())
         if (auto a = parseIp4(ip)) (*next)[*a] = m;
     }

@@ -27,13 +27,14 @@ nlohmann::json podJson(const LocalPod& p) {
 
 std::string podName(const PodRef& r) { return r.ns + "/" + r.name; }
 
-// The pod as the proxy engine knows it, its SPIFFE ID computed here once.
-ztunnel::PodSpec engineSpec(const LocalPod& pod, const std::string& trust_domain) {
+// The pod as the proxy engine knows it, with the SPIFFE ID computed once
+// (setServiceAccount).
+ztunnel::PodSpec engineSpec(const LocalPod& pod) {
   ztunnel::PodSpec spec;
   spec.uid = pod.ref.container_id;
   spec.name_namespace = podName(pod.ref);
   spec.service_account = pod.service_account;
-  spec.identity = x509::SpiffeId{trust_domain, pod.ref.ns, pod.service_account}.uri();
+  spec.identity = pod.identity;
   spec.ip4 = pod.ref.ip4;
   spec.netns_cookie = pod.netns_cookie;
   spec.netns_fd = pod.netns.get();
@@ -47,6 +48,13 @@ PodManager::PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string
       engine_(engine),
       state_file_(std::move(state_file)),
       trust_domain_(std::move(trust_domain)) {}
+
+void PodManager::setServiceAccount(LocalPod& pod, std::string sa) {
+  pod.service_account = std::move(sa);
+  pod.identity = pod.service_account.empty()
+                     ? std::string()
+                     : x509::workloadUri(trust_domain_, pod.ref.ns, pod.service_account);
+}
 
 const Workload* PodManager::findWorkload(const PodRef& ref) const {
   if (!ref.uid.empty()) {
@@ -138,7 +146,7 @@ void PodManager::onWorkloads(const std::map<std::string, Workload>& all, uint64_
 void PodManager::reconcile(LocalPod& pod) {
   Decision d = decide(pod.ref);
   if (const Workload* w = findWorkload(pod.ref); w && w->service_account() != pod.service_account) {
-    pod.service_account = w->service_account();
+    setServiceAccount(pod, w->service_account());
     persist();
   }
   bool want = d.enrolled;
@@ -163,7 +171,7 @@ void PodManager::reconcile(LocalPod& pod) {
 
 Result<void> PodManager::enroll(LocalPod& pod) {
   if (pod.ref.ip4 == 0) return fail("the pod has no IPv4 address in the CNI result");
-  ztunnel::PodSpec spec = engineSpec(pod, trust_domain_);
+  ztunnel::PodSpec spec = engineSpec(pod);
   if (auto r = engine_.addPod(spec); !r) return r;
   pod.engine_service_account = pod.service_account;
   if (auto r = loader_.attachTc(pod.netns.get(), pod.ref.ifname); !r) {
@@ -194,7 +202,7 @@ void PodManager::reregister(LocalPod& pod) {
   logger()->info("pod {}: service account '{}' instead of '{}': registering it again",
                  podName(pod.ref), pod.service_account, pod.engine_service_account);
   engine_.removePod(pod.ref.container_id);
-  ztunnel::PodSpec spec = engineSpec(pod, trust_domain_);
+  ztunnel::PodSpec spec = engineSpec(pod);
   if (auto r = engine_.addPod(spec); !r) {
     // Without listeners the capture would only refuse: take it out too, and
     // let the next view try the whole enrollment again.
@@ -278,9 +286,9 @@ void PodManager::restore() {
           pod.ref = ref;
           pod.netns = std::move(*netns);
           pod.netns_cookie = *cookie;
-          pod.service_account = service_account;
-          if (const Workload* w = findWorkload(ref); w && pod.service_account.empty())
-            pod.service_account = w->service_account();
+          if (const Workload* w = findWorkload(ref); w && service_account.empty())
+            service_account = w->service_account();
+          setServiceAccount(pod, service_account);
           auto [it, inserted] = pods_.emplace(ref.container_id, std::move(pod));
           if (inserted && was_enrolled) {
             if (auto r = enroll(it->second); !r) {
@@ -343,11 +351,11 @@ size_t PodManager::enrolledCount() const {
 
 namespace sluice::agent::pods {
 
-std::set<std::pair<std::string, std::string>> PodManager::enrolledServiceAccounts() const {
+std::set<std::string> PodManager::enrolledIdentities() const {
   std::lock_guard lk(mu_);
-  std::set<std::pair<std::string, std::string>> out;
+  std::set<std::string> out;
   for (const auto& [id, p] : pods_)
-    if (p.enrolled && !p.service_account.empty()) out.emplace(p.ref.ns, p.service_account);
+    if (p.enrolled && !p.identity.empty()) out.insert(p.identity);
   return out;
 }
 

@@ -47,6 +47,9 @@ struct LocalPod {
   // From the control plane's view (persisted: a restarted agent needs the
   // pod's identity before the control plane answers).
   std::string service_account;
+  // Its SPIFFE URI, from the namespace and service_account and computed only
+  // where those are set; empty while the service account is unknown.
+  std::string identity;
   // What the engine was given at addPod while enrolled: its identity for the
   // pod is fixed there, so a different service_account needs a re-register.
   std::string engine_service_account;
@@ -61,9 +64,9 @@ struct Decision {
 
 class PodManager {
  public:
-  // trust_domain: the SPIFFE trust domain pods' identities are in.
+  // Pod identities are SPIFFE URIs in trust_domain.
   PodManager(bpf::Loader& loader, ztunnel::Engine& engine, std::string state_file,
-             std::string trust_domain = "cluster.local");
+             std::string trust_domain);
 
   // CNI ADD. Waits up to `wait` for the control plane to know the pod, then
   // enrolls it if its workload is enrolled. Returns whether it is enrolled.
@@ -87,8 +90,8 @@ class PodManager {
 
   nlohmann::json dump() const;
   size_t enrolledCount() const;
-  // {namespace, service account} of every enrolled pod (their identities).
-  std::set<std::pair<std::string, std::string>> enrolledServiceAccounts() const;
+  // The SPIFFE URIs of the enrolled pods whose service account is known.
+  std::set<std::string> enrolledIdentities() const;
 
  private:
   Decision decide(const PodRef& ref) const;               // needs mu_
@@ -96,6 +99,7 @@ class PodManager {
   Result<void> enroll(LocalPod& pod);                     // needs mu_
   void unenroll(LocalPod& pod);                           // needs mu_
   void reregister(LocalPod& pod);                         // needs mu_
+  void setServiceAccount(LocalPod& pod, std::string sa);  // needs mu_
   void persist() const;                                   // needs mu_
   const Workload* findWorkload(const PodRef& ref) const;  // needs mu_
 

@@ -8,44 +8,24 @@
 
 namespace sluice {
 
-Result<std::vector<FlagArg>> splitFlags(int argc, char** argv, int start,
-                                        const std::vector<std::string>& known,
-                                        const std::vector<std::string>& switches) {
-  std::vector<FlagArg> out;
-  for (int i = start; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help") {
-      out.push_back({"--help", ""});
-      continue;
-    }
-    if (arg.rfind("--", 0) != 0) return fail("unexpected argument '" + arg + "'");
-    auto eq = arg.find('=');
-    std::string name = arg.substr(0, eq);
-    bool is_switch = std::find(switches.begin(), switches.end(), name) != switches.end();
-    if (is_switch) {
-      if (eq != std::string::npos) return fail("flag " + name + " takes no value");
-      out.push_back({name, ""});
-      continue;
-    }
-    if (!known.empty() && std::find(known.begin(), known.end(), name) == known.end())
-      return fail("unknown flag " + name);
-    if (eq != std::string::npos) {
-      out.push_back({arg.substr(0, eq), arg.substr(eq + 1)});
-      continue;
-    }
-    if (i + 1 >= argc) return fail("flag " + arg + " needs a value");
-    out.push_back({arg, argv[++i]});
-  }
-  return out;
-}
-
 FlagTable& FlagTable::value(std::string name, std::string metavar, std::string help, Apply apply) {
-  flags_.push_back({std::move(name), std::move(metavar), std::move(help), std::move(apply), {}});
+  flags_.push_back(
+      {std::move(name), "", std::move(metavar), std::move(help), std::move(apply), {}});
   return *this;
 }
 
 FlagTable& FlagTable::toggle(std::string name, std::string help, std::function<void()> apply) {
-  flags_.push_back({std::move(name), "", std::move(help), nullptr, std::move(apply)});
+  flags_.push_back({std::move(name), "", "", std::move(help), nullptr, std::move(apply)});
+  return *this;
+}
+
+FlagTable& FlagTable::alias(std::string short_name) {
+  flags_.back().short_name = std::move(short_name);
+  return *this;
+}
+
+FlagTable& FlagTable::positional(Apply apply) {
+  positional_ = std::move(apply);
   return *this;
 }
 
@@ -95,27 +75,62 @@ std::string FlagTable::help() const {
       start = nl + 1;
     }
   };
-  for (const auto& f : flags_) entry(f.metavar.empty() ? f.name : f.name + " " + f.metavar, f.help);
+  for (const auto& f : flags_) {
+    std::string head = f.short_name.empty() ? f.name : f.short_name + ", " + f.name;
+    entry(f.metavar.empty() ? head : head + " " + f.metavar, f.help);
+  }
   entry("-h, --help", "this text");
   return out;
 }
 
 Result<bool> FlagTable::parse(int argc, char** argv, int start) const {
-  std::vector<std::string> known, switches;
-  for (const auto& f : flags_) (f.apply ? known : switches).push_back(f.name);
-  known.insert(known.end(), switches.begin(), switches.end());
-  auto args = splitFlags(argc, argv, start, known, switches);
-  if (!args) return tl::unexpected(args.error());
-  for (const auto& a : *args)
-    if (a.name == "--help") return true;
-  for (const auto& a : *args) {
-    for (const auto& f : flags_) {
-      if (f.name != a.name) continue;
-      if (!f.apply) {
-        f.on();
-      } else if (auto err = f.apply(a.value); !err.empty()) {
-        return fail(f.name + " " + err);
-      }
+  // Every argument is checked before any is applied: a mistake anywhere on
+  // the command line changes nothing, and --help anywhere wins.
+  struct Given {
+    const Flag* flag;  // null: a positional argument
+    std::string value;
+  };
+  std::vector<Given> given;
+  bool help = false;
+  for (int i = start; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      help = true;
+      continue;
+    }
+    if (arg.size() < 2 || arg[0] != '-') {
+      if (!positional_) return fail("unexpected argument '" + arg + "'");
+      given.push_back({nullptr, arg});
+      continue;
+    }
+    bool is_long = arg.rfind("--", 0) == 0;
+    // The flag as spelled, and its value when given in the same argument.
+    size_t split = is_long ? arg.find('=') : 2;
+    std::string spelled = arg.substr(0, split);
+    auto flag = std::find_if(flags_.begin(), flags_.end(), [&](const Flag& f) {
+      return is_long ? f.name == spelled : f.short_name == spelled;
+    });
+    if (flag == flags_.end()) return fail("unknown flag " + (is_long ? spelled : arg));
+    bool inline_value = split < arg.size();
+    if (!flag->apply) {
+      if (inline_value) return fail("flag " + spelled + " takes no value");
+      given.push_back({&*flag, ""});
+    } else if (inline_value) {
+      given.push_back({&*flag, arg.substr(is_long ? split + 1 : split)});
+    } else if (i + 1 < argc) {
+      given.push_back({&*flag, argv[++i]});
+    } else {
+      return fail("flag " + arg + " needs a value");
+    }
+  }
+  if (help) return true;
+  for (const auto& g : given) {
+    if (!g.flag) {
+      if (auto err = positional_(g.value); !err.empty()) return fail(err);
+    } else if (!g.flag->apply) {
+      g.flag->on();
+    } else if (auto err = g.flag->apply(g.value); !err.empty()) {
+      return fail(err.find(g.flag->name) == std::string::npos ? g.flag->name + " " + err : err);
     }
   }
   return false;

@@ -106,12 +106,14 @@ struct Fixture {
 TEST_SUITE("pod_manager") {
   TEST_CASE("ADD enrolls a meshed pod: listeners - tc filter - enrolled map - DEL undoes it") {
     Fixture f;
-    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "mesh.example");
     pm.onWorkloads(Fixture::view(true), 1);
     auto r = pm.add(f.ref(), std::chrono::milliseconds(100));
     REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
     CHECK(*r);
     CHECK(f.engine.has("ctr-1"));
+    // Its identity, in the manager's trust domain.
+    CHECK(pm.enrolledIdentities() == std::set<std::string>{"spiffe://mesh.example/ns/shop/sa/web"});
     auto e = f.loader->enrolled().lookup(f.cookie);
     REQUIRE(e.has_value());
     CHECK(formatIp4(e->pod_ip4) == "10.77.2.5");
@@ -124,6 +126,7 @@ TEST_SUITE("pod_manager") {
     CHECK(rc == 0);
 
     pm.remove("ctr-1", "uid-1");
+    CHECK(pm.enrolledIdentities().empty());
     CHECK_FALSE(f.engine.has("ctr-1"));
     CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
     pm.remove("ctr-1", "uid-1");  // DEL twice is fine
@@ -132,7 +135,7 @@ TEST_SUITE("pod_manager") {
 
   TEST_CASE("label flips enroll and unenroll a running pod") {
     Fixture f;
-    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     pm.onWorkloads(Fixture::view(false), 1);
     auto r = pm.add(f.ref(), std::chrono::milliseconds(100));
     REQUIRE(r.has_value());
@@ -148,7 +151,7 @@ TEST_SUITE("pod_manager") {
 
   TEST_CASE("a pod unknown to the control plane waits - then enrolls when it appears") {
     Fixture f;
-    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     pm.onWorkloads({}, 1);
     auto r = pm.add(f.ref(), std::chrono::milliseconds(50));
     REQUIRE(r.has_value());
@@ -159,7 +162,7 @@ TEST_SUITE("pod_manager") {
 
   TEST_CASE("an enrollment failure fails ADD and leaves no capture behind") {
     Fixture f;
-    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     pm.onWorkloads(Fixture::view(true), 1);
     f.engine.fail_next = true;
     auto r = pm.add(f.ref(), std::chrono::milliseconds(50));
@@ -172,13 +175,13 @@ TEST_SUITE("pod_manager") {
       "cookies") {
     Fixture f;
     {
-      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
       pm.onWorkloads(Fixture::view(true), 1);
       REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
     }
     f.engine.pods.clear();  // the old process and its listeners are gone
     REQUIRE(f.loader->enrolled().update(424242, sluice_enrolled{1, 0}).has_value());  // stale
-    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json");
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     again.restore();
     CHECK(f.engine.has("ctr-1"));
     CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
@@ -189,17 +192,17 @@ TEST_SUITE("pod_manager") {
   TEST_CASE("restart: the pod keeps its service account - the engine gets its real identity") {
     Fixture f;
     {
-      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
       pm.onWorkloads(Fixture::view(true), 1);
       REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
       CHECK(f.engine.serviceAccount("ctr-1") == "web");
     }
     f.engine.forget();
-    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json");
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     again.restore();  // no control plane yet
     CHECK(f.engine.serviceAccount("ctr-1") == "web");
-    CHECK(again.enrolledServiceAccounts() ==
-          std::set<std::pair<std::string, std::string>>{{"shop", "web"}});
+    CHECK(again.enrolledIdentities() ==
+          std::set<std::string>{"spiffe://cluster.local/ns/shop/sa/web"});
     // The first view changes nothing for it.
     int adds = f.engine.adds;
     again.onWorkloads(Fixture::view(true), 2);
@@ -212,7 +215,7 @@ TEST_SUITE("pod_manager") {
       "with the engine under its identity - capture stays in place") {
     Fixture f;
     {
-      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json");
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
       pm.onWorkloads(Fixture::view(true), 1);
       REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
     }
@@ -228,16 +231,17 @@ TEST_SUITE("pod_manager") {
       out << state.dump();
     }
     f.engine.forget();
-    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json");
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     again.restore();
     REQUIRE(f.engine.has("ctr-1"));  // re-adopted: capture fails closed, never open
     CHECK(f.engine.serviceAccount("ctr-1") == "");
+    CHECK(again.enrolledIdentities().empty());  // no service account, no identity yet
     again.onWorkloads(Fixture::view(true), 2);
     CHECK(f.engine.serviceAccount("ctr-1") == "web");
     CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
     CHECK(again.check("ctr-1", "uid-1").has_value());
-    CHECK(again.enrolledServiceAccounts() ==
-          std::set<std::pair<std::string, std::string>>{{"shop", "web"}});
+    CHECK(again.enrolledIdentities() ==
+          std::set<std::string>{"spiffe://cluster.local/ns/shop/sa/web"});
     // And the state file has it now.
     std::ifstream in(f.state + "/pods.json");
     CHECK(nlohmann::json::parse(in)["pods"][0]["service_account"] == "web");

@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
+
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
 #include "support/bpf_env.h"
@@ -148,6 +150,33 @@ TEST_SUITE("capture.bpf") {
     REQUIRE_FALSE(wrong.has_value());
     CHECK(wrong.error().describe().find("incompatible build") != std::string::npos);
     CHECK_FALSE(agent::bpf::BpfMap<__u32, __u32>::openPinned(bpf.pin + "/no_such_map").has_value());
+  }
+
+  TEST_CASE("a loader that fails halfway leaves no descriptor behind") {
+    auto openFds = [] {
+      size_t n = 0;
+      for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd"))
+        ++n;
+      return n;
+    };
+    std::string pin = pinDir();
+    // Not a cgroup at all: fails after both objects are loaded and the maps adopted.
+    std::string missing = pin + "-no-such-cgroup";
+    // A directory that is not a cgroup: the cgroup fd is open when attaching fails.
+    std::string plain = "/tmp/sluice-test-not-a-cgroup-" + std::to_string(::getpid());
+    std::filesystem::create_directories(plain);
+    for (const auto& cgroup : {missing, plain}) {
+      CAPTURE(cgroup);
+      // Once first: libbpf may keep a descriptor open for good on first use.
+      CHECK_FALSE(Loader::create({pin, cgroup, {}}).has_value());
+      size_t before = openFds();
+      auto failed = Loader::create({pin, cgroup, {}});
+      REQUIRE_FALSE(failed.has_value());
+      CHECK(failed.error().describe().find(cgroup) != std::string::npos);
+      CHECK(openFds() == before);
+    }
+    std::filesystem::remove(plain);
+    (void)Loader::removePinned(pin);
   }
 
   TEST_CASE("a second loader re-adopts pinned maps and links in place") {

@@ -451,8 +451,30 @@ TEST_SUITE("installer") {
     CHECK_FALSE(
         parse({"uninstall", "--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--plugin-config", "{}"})
             .has_value());  // install-only flag
-    CHECK_FALSE(parse({"install", "--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--bogus", "1"})
-                    .has_value());
+    // The messages operators see, unchanged since the installer has had flags.
+    auto error = [&](std::vector<std::string> args) {
+      auto r = parse(std::move(args));
+      return r ? std::string("<accepted>") : r.error().describe();
+    };
+    CHECK(error({"install", "--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--bogus", "1"}) ==
+          "unknown flag --bogus");
+    CHECK(error({"install", "--cni-bin-dir=", "--cni-conf-dir", "/c"}) ==
+          "flag --cni-bin-dir needs a non-empty value");
+    CHECK(error({"install", "--cni-bin-dir", "/b", "--cni-conf-dir"}) ==
+          "flag --cni-conf-dir needs a value");
+    CHECK(error({"install", "--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--recheck-interval-ms",
+                 "5"}) == "--recheck-interval-ms must be an integer between 10 and 3600000");
+    CHECK(error({"uninstall", "--cni-bin-dir", "/b"}) ==
+          "--cni-conf-dir is required (the node's /etc/cni/net.d, as mounted)");
+    CHECK(error({"install", "--cni-bin-dir", "/b", "--help"}) ==
+          "--help is answered by `sluice-cni --help`");
+    auto interval =
+        parse({"install", "--cni-bin-dir", "/b", "--cni-conf-dir", "/c",
+               "--recheck-interval-ms=250", "--source-binary", "/s", "--log-level", "debug"});
+    REQUIRE(interval.has_value());
+    CHECK(interval->recheck_interval == std::chrono::milliseconds(250));
+    CHECK(interval->source_binary == "/s");
+    CHECK(interval->log_level == "debug");
   }
 
   TEST_CASE("sluice-cni install chains and restores after a rewrite and cleans up on SIGTERM") {
@@ -500,8 +522,15 @@ TEST_SUITE("installer") {
     CHECK(readFile(log).find("does not exist") != std::string::npos);
     CHECK(runToEnd({"install", "--cni-conf-dir", node.conf.string()}, log) == 2);
     CHECK(readFile(log).find("--cni-bin-dir is required") != std::string::npos);
+    // A subcommand's --help lists exactly the flags it accepts; --help lists both.
     CHECK(runToEnd({"install", "--help"}, log) == 0);
+    CHECK(readFile(log).find("--source-binary PATH") != std::string::npos);
+    CHECK(runToEnd({"uninstall", "--help"}, log) == 0);
+    CHECK(readFile(log).find("--cni-conf-dir DIR") != std::string::npos);
+    CHECK(readFile(log).find("--source-binary") == std::string::npos);
+    CHECK(runToEnd({"--help"}, log) == 0);
     CHECK(readFile(log).find("sluice-cni uninstall") != std::string::npos);
+    CHECK(readFile(log).find("--recheck-interval-ms N") != std::string::npos);
   }
 
   TEST_CASE("the sluice-cni executable is static because it runs with the host libraries") {

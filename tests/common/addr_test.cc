@@ -33,27 +33,6 @@ TEST_SUITE("bpf_abi") {
   }
 }
 
-#include "sluice/common/flags.h"
-
-TEST_SUITE("flags") {
-  TEST_CASE("both flag spellings and the errors operators see") {
-    const char* argv[] = {"x", "--a", "1", "--b=2", "-h", "--c="};
-    auto r = sluice::splitFlags(6, const_cast<char**>(argv));
-    REQUIRE(r.has_value());
-    REQUIRE(r->size() == 4);
-    CHECK((*r)[0].name == "--a");
-    CHECK((*r)[0].value == "1");
-    CHECK((*r)[1].value == "2");
-    CHECK((*r)[2].name == "--help");
-    CHECK((*r)[3].value.empty());
-    const char* dangling[] = {"x", "--a"};
-    CHECK(sluice::splitFlags(2, const_cast<char**>(dangling)).error().message ==
-          "flag --a needs a value");
-    const char* positional[] = {"x", "oops"};
-    CHECK_FALSE(sluice::splitFlags(2, const_cast<char**>(positional)).has_value());
-  }
-}
-
 TEST_SUITE("bearer_token") {
   TEST_CASE("a token file is re-read on every use, so a rotated token is picked up") {
     CHECK(sluice::BearerToken().empty());
@@ -144,5 +123,59 @@ TEST_SUITE("flag table") {
     auto h = t.parse(help_wins.argc(), help_wins.argv());
     REQUIRE(h.has_value());
     CHECK(*h);
+  }
+
+  TEST_CASE("spellings - aliases - positional arguments - the errors operators see") {
+    std::string out, command;
+    bool verbose = false;
+    sluice::FlagTable t;
+    t.value("--output", "FORMAT", "table or json", sluice::FlagTable::into(&out))
+        .alias("-o")
+        .value("--dir", "DIR", "a directory",
+               [](const std::string& v) -> std::string {
+                 if (v.empty()) return "flag --dir needs a non-empty value";
+                 return "";
+               })
+        .toggle("--verbose", "more", [&] { verbose = true; })
+        .positional([&](const std::string& v) -> std::string {
+          if (!command.empty()) return "unexpected argument '" + v + "'";
+          command = v;
+          return "";
+        });
+    CHECK(t.help().find("  -o, --output FORMAT") != std::string::npos);
+
+    Argv ok({"prog", "certs", "--output=json", "--verbose"});
+    REQUIRE(t.parse(ok.argc(), ok.argv()).has_value());
+    CHECK(command == "certs");
+    CHECK(out == "json");
+    CHECK(verbose);
+    Argv glued({"prog", "-otable"});
+    REQUIRE(t.parse(glued.argc(), glued.argv()).has_value());
+    CHECK(out == "table");
+    Argv spaced({"prog", "-o", "json"});
+    REQUIRE(t.parse(spaced.argc(), spaced.argv()).has_value());
+    CHECK(out == "json");
+
+    auto error = [&](std::vector<std::string> words) {
+      words.insert(words.begin(), "prog");
+      command.clear();
+      Argv a(std::move(words));
+      auto r = t.parse(a.argc(), a.argv());
+      return r ? std::string("<accepted>") : r.error().message;
+    };
+    CHECK(error({"--output"}) == "flag --output needs a value");
+    CHECK(error({"-o"}) == "flag -o needs a value");
+    CHECK(error({"-x"}) == "unknown flag -x");
+    CHECK(error({"--nope=1"}) == "unknown flag --nope");
+    CHECK(error({"--verbose=yes"}) == "flag --verbose takes no value");
+    CHECK(error({"a", "b"}) == "unexpected argument 'b'");
+    // An applier's message that names the flag is kept as it is.
+    CHECK(error({"--dir="}) == "flag --dir needs a non-empty value");
+
+    sluice::FlagTable no_positional;
+    Argv stray({"prog", "oops"});
+    auto p = no_positional.parse(stray.argc(), stray.argv());
+    REQUIRE_FALSE(p.has_value());
+    CHECK(p.error().message == "unexpected argument 'oops'");
   }
 }

@@ -140,6 +140,8 @@ TEST_SUITE("spiffe") {
     CHECK(id->ns == "shop");
     CHECK(id->sa == "web");
     CHECK(id->uri() == "spiffe://cluster.local/ns/shop/sa/web");
+    // What the agent derives for a pod is what the CA accepts for it.
+    CHECK(x509::workloadUri("cluster.local", "shop", "web") == id->uri());
     for (const char* bad :
          {"spiffe://cluster.local", "spiffe:///ns/a/sa/b", "spiffe://td/ns//sa/b",
           "spiffe://td/ns/a/sa/", "spiffe://td/ns/a b/sa/c", "http://td/ns/a/sa/b"}) {

@@ -159,6 +159,13 @@ class Lab:
         p = self.lab("node", "exec", node, "--", SLUICECTL, "--bpf-pin-dir", pin, "-o", "json", *args)
         return json.loads(p.stdout)
 
+    def cert(self, node, uri):
+        """The node's certificate entry (`sluicectl certs`) for identity `uri`, else {"state": "absent"}."""
+        for c in self.ctl(node, "certs")["certificates"]:
+            if c["identity"] == uri:
+                return c
+        return {"state": "absent"}
+
     def pods_of(self, node):
         return {f"{p['namespace']}/{p['name']}": p for p in self.ctl(node, "workloads")["pods"]}
 

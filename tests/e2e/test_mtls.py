@@ -22,6 +22,7 @@ SYS_PY = "/usr/bin/python3"  # Debian's, with python3-h2
 LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 CERT_TTL = 120
 MARKER = "SLUICE-PLAINTEXT-MARKER-7f3a9c"
+TD = "spiffe://cluster.local/ns/shop/sa"
 
 
 def server_hello_version(payload):
@@ -65,7 +66,7 @@ class MtlsTest(LabTest):
         for node, pod in (("node1", "shop/client"), ("node2", "shop/server"), ("node2", "shop/other")):
             wait_for(f"{pod} enrolled", lambda node=node, pod=pod: lab.enrolled(node, pod))
         for node, sa in (("node1", "web"), ("node2", "api"), ("node2", "other")):
-            wait_for(f"certificate of {sa}", lambda node=node, sa=sa: cls.cert(node, sa)["state"] == "valid")
+            wait_for(f"certificate of {sa}", lambda node=node, sa=sa: lab.cert(node, f"{TD}/{sa}")["state"] == "valid")
         lab.server("shop/server", "whoami", 8080)
         lab.server("shop/server", "echo", 8082)
         lab.server("shop/other", "echo", 8082)
@@ -106,13 +107,6 @@ class MtlsTest(LabTest):
         with open(chain, "w") as f:
             f.write(open(leaf).read() + open(ca).read())
         return chain, key
-
-    @classmethod
-    def cert(cls, node, sa):
-        for c in cls.lab.ctl(node, "certs")["certificates"]:
-            if c["identity"] == f"spiffe://cluster.local/ns/shop/sa/{sa}":
-                return c
-        return {"state": "absent"}
 
     def h2(self, *args, timeout=120):
         out = self.lab.exec("legacy/tester", SYS_PY, H2APP, *args, timeout=timeout).stdout
@@ -225,7 +219,7 @@ class MtlsTest(LabTest):
         self.assertEqual(holder.wait(timeout=60), 0)
 
     def test_zz_rotation_keeps_old_and_new_connections_working(self):
-        serials = {self.cert("node1", "web")["serial"]}
+        serials = {self.lab.cert("node1", f"{TD}/web")["serial"]}
         holder = self.lab.spawn("shop/client", sys.executable, os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py"),
                                 "hold", self.server_ip, "8082", str(4 * CERT_TTL // 2 - 20))
         failures, attempts = [], 0
@@ -235,7 +229,7 @@ class MtlsTest(LabTest):
             attempts += 1
             if p.stdout.strip() != f"new-{attempts - 1}":
                 failures.append(p.stdout + p.stderr)
-            serials.add(self.cert("node1", "web")["serial"])
+            serials.add(self.lab.cert("node1", f"{TD}/web")["serial"])
             time.sleep(1)
         self.assertGreaterEqual(len(serials), 4, f"fewer than three renewals seen: {serials}")
         self.assertEqual(failures, [], f"{len(failures)} of {attempts} new connections failed")

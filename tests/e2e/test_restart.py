@@ -41,7 +41,7 @@ class RestartTest(LabTest):
         for node, pod in (("node1", "shop/client"), ("node2", "shop/server")):
             wait_for(f"{pod} enrolled", lambda node=node, pod=pod: lab.enrolled(node, pod))
         for node, sa in (("node1", "web"), ("node2", "api")):
-            wait_for(f"certificate of {sa}", lambda node=node, sa=sa: cls.cert_state(node, sa) == "valid",
+            wait_for(f"certificate of {sa}", lambda node=node, sa=sa: lab.cert(node, f"{TD}/{sa}")["state"] == "valid",
                      timeout=30)
         lab.server("shop/server", "echo", 8082)
         cls.tmp = tempfile.mkdtemp(prefix="sluice-restart-")
@@ -51,13 +51,6 @@ class RestartTest(LabTest):
         super().tearDownClass()
         if getattr(cls, "tmp", None):
             subprocess.run(["rm", "-rf", cls.tmp])
-
-    @classmethod
-    def cert_state(cls, node, sa):
-        for c in cls.lab.ctl(node, "certs")["certificates"]:
-            if c["identity"] == f"{TD}/{sa}":
-                return c["state"]
-        return "absent"
 
     def start_loop(self):
         """The load: new connections from shop/client to the server, back to back, until stdin closes."""

@@ -14,6 +14,7 @@
 #include "agent/bpf/map.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
+#include "sluice/common/flags.h"
 #include "tools/sluicectl/table.h"
 
 using namespace sluice;
@@ -21,7 +22,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kUsage = R"(Usage: sluicectl [flags] COMMAND
+constexpr const char* kUsageHead = R"(Usage: sluicectl [flags] COMMAND
 
 Commands:
   workloads     workloads known to this node's agent, and which local pods are enrolled
@@ -32,10 +33,6 @@ Commands:
   services      Services in this node's view: VIPs, ports, ready endpoints
 
 Flags:
-  --admin IP:PORT      agent admin API (default 127.0.0.1:15000, or $SLUICE_ADMIN)
-  --bpf-pin-dir DIR    pinned BPF state for `bpf` (default /sys/fs/bpf/sluice, or $SLUICE_BPF_PIN_DIR)
-  -o, --output FORMAT  table (default) or json
-  -h, --help           this text
 )";
 
 [[noreturn]] void die(const std::string& msg, int code = 1) {
@@ -193,9 +190,14 @@ int cmdStats(const std::string& admin, bool as_json) {
     return 0;
   }
   ctl::Table t({"COUNTER", "VALUE"});
-  for (const auto& section : {"proxy", "hbone", "lb", "bpf"})
-    for (const auto& [k, v] : j[section].items()) t.add({std::string(section) + "." + k, v.dump()});
-  t.add({"enrolled_pods", j["enrolled_pods"].dump()});
+  // Groups of counters as the agent sends them (its table defines them once).
+  for (const auto& [group, counters] : j.items()) {
+    if (!counters.is_object()) {
+      t.add({group, counters.dump()});
+      continue;
+    }
+    for (const auto& [k, v] : counters.items()) t.add({group + "." + k, v.dump()});
+  }
   std::fputs(t.render().c_str(), stdout);
   return 0;
 }
@@ -256,30 +258,27 @@ int main(int argc, char** argv) {
       getenv("SLUICE_BPF_PIN_DIR") ? getenv("SLUICE_BPF_PIN_DIR") : "/sys/fs/bpf/sluice";
   std::string output = "table";
   std::string command;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&](const std::string& flag) -> std::string {
-      if (i + 1 >= argc) die("flag " + flag + " needs a value", 2);
-      return argv[++i];
-    };
-    if (a == "-h" || a == "--help") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else if (a == "--admin") {
-      admin = value(a);
-    } else if (a == "--bpf-pin-dir") {
-      pin_dir = value(a);
-    } else if (a == "-o" || a == "--output") {
-      output = value(a);
-    } else if (a.rfind("-o", 0) == 0 && a.size() > 2) {
-      output = a.substr(2);
-    } else if (a.rfind("-", 0) == 0) {
-      die("unknown flag " + a + "\nRun 'sluicectl --help' for usage.", 2);
-    } else if (command.empty()) {
-      command = a;
-    } else {
-      die("unexpected argument '" + a + "'", 2);
-    }
+  FlagTable flags;
+  flags
+      .value("--admin", "IP:PORT", "agent admin API (default 127.0.0.1:15000, or $SLUICE_ADMIN)",
+             FlagTable::into(&admin))
+      .value("--bpf-pin-dir", "DIR",
+             "pinned BPF state for `bpf` (default /sys/fs/bpf/sluice, or\n"
+             "$SLUICE_BPF_PIN_DIR)",
+             FlagTable::into(&pin_dir))
+      .value("--output", "FORMAT", "table (default) or json", FlagTable::into(&output))
+      .alias("-o")
+      .positional([&](const std::string& arg) -> std::string {
+        if (!command.empty()) return "unexpected argument '" + arg + "'";
+        command = arg;
+        return "";
+      });
+  auto help = flags.parse(argc, argv);
+  if (!help) die(help.error().message + "\nRun 'sluicectl --help' for usage.", 2);
+  if (*help) {
+    std::fputs(kUsageHead, stdout);
+    std::fputs(flags.help().c_str(), stdout);
+    return 0;
   }
   if (output != "table" && output != "json")
     die("-o must be 'table' or 'json', got '" + output + "'", 2);

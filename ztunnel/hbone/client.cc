@@ -4,7 +4,9 @@ namespace sluice::ztunnel::hbone {
 struct Client::Impl {};
 Client::Client(proxy::WorkerContext&, CredentialSource&, tls::Contexts&) {}
 Client::~Client() = default;
-void Client::open(std::unique_ptr<proxy::Attempt> a, const MeshWorkload&) { proxy::setLinger0(a->client.get()); }
+void Client::open(std::unique_ptr<proxy::Attempt> a, const MeshWorkload&) {
+  proxy::setLinger0(a->client.get());
+}
 void Client::removePod(const std::string&) {}
 void Client::shutdown() {}
 bool Client::idle() const { return true; }

@@ -1,5 +1,5 @@
-// Command-line splitting shared by the binaries: "--name value" or
-// "--name=value"; -h/--help is reported as the flag "--help".
+// Command-line flags shared by the binaries: "--name value" or "--name=value",
+// a one-letter alias as "-o value" or "-ovalue"; -h/--help asks for the usage.
 #pragma once
 
 #include <functional>
@@ -10,30 +10,24 @@
 
 namespace sluice {
 
-struct FlagArg {
-  std::string name;   // "--node-name"
-  std::string value;  // empty for --help
-};
-
-// Splits argv[start..]. Positional arguments, flags not in `known` (when
-// given) and flags without a value are errors naming the argument.
-// `switches` take no value (reported with an empty value).
-Result<std::vector<FlagArg>> splitFlags(int argc, char** argv, int start = 1,
-                                        const std::vector<std::string>& known = {},
-                                        const std::vector<std::string>& switches = {});
-
 // A binary's flags, declared once: the parser and the flag list of --help
 // both come from this table, so a documented flag is always accepted and an
 // accepted one always documented.
 class FlagTable {
  public:
-  // Applies a flag's value; returns an error message, empty when fine.
+  // Applies a flag's value; returns an error message, empty when fine. A
+  // message that does not name the flag is reported as "--flag <message>".
   using Apply = std::function<std::string(const std::string& value)>;
 
   // "--name METAVAR": takes a value. `help` may span lines ('\n').
   FlagTable& value(std::string name, std::string metavar, std::string help, Apply apply);
   // "--name": takes no value.
   FlagTable& toggle(std::string name, std::string help, std::function<void()> apply);
+  // A one-letter spelling ("-o") of the flag declared last.
+  FlagTable& alias(std::string short_name);
+  // Arguments that are not flags (a COMMAND) go to `apply` in order, its
+  // message reported as it is; without this they are errors.
+  FlagTable& positional(Apply apply);
 
   // Appliers for the common cases.
   static Apply into(std::string* out);
@@ -41,17 +35,19 @@ class FlagTable {
 
   // The flag list for --help: one aligned entry per flag, "-h, --help" last.
   std::string help() const;
-  // Parses argv[start..] and applies each flag in order. Returns true when
-  // -h/--help was given (then nothing is applied). Errors name the flag.
+  // Parses argv[start..] and applies each argument in order. Returns true
+  // when -h/--help was given (then nothing is applied). Errors name the
+  // argument: an unknown flag, a missing value, a value the flag refused.
   Result<bool> parse(int argc, char** argv, int start = 1) const;
 
  private:
   struct Flag {
-    std::string name, metavar, help;
+    std::string name, short_name, metavar, help;
     Apply apply;  // null for a toggle
     std::function<void()> on;
   };
   std::vector<Flag> flags_;
+  Apply positional_;
 };
 
 // Blocks SIGTERM/SIGINT in the calling thread (call before starting any

@@ -25,12 +25,18 @@ struct X509Free {
 using PKey = std::unique_ptr<EVP_PKEY, PKeyFree>;
 using Cert = std::unique_ptr<X509, X509Free>;
 
-// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>
+// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>: the identity
+// of the pods of a service account. The one place that spells it.
+inline std::string workloadUri(const std::string& trust_domain, const std::string& ns,
+                               const std::string& service_account) {
+  return "spiffe://" + trust_domain + "/ns/" + ns + "/sa/" + service_account;
+}
+
 struct SpiffeId {
   std::string trust_domain;
   std::string ns;
   std::string sa;
-  std::string uri() const { return "spiffe://" + trust_domain + "/ns/" + ns + "/sa/" + sa; }
+  std::string uri() const { return workloadUri(trust_domain, ns, sa); }
   static std::optional<SpiffeId> parse(const std::string& uri);
 };
 
