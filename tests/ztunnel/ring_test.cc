@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "ztunnel/uring/ops.h"
@@ -382,5 +383,66 @@ TEST_SUITE("op") {
     CHECK(a.last_res == -ECANCELED);
     CHECK(a.calls == 4);
     CHECK(a.busy_in_callback.back() == false);
+  }
+}
+
+TEST_SUITE("refused") {
+  TEST_CASE("a chain the kernel refuses fails all its entries with EAGAIN on the next run") {
+    // IORING_SETUP_SINGLE_ISSUER: a ring created on another thread refuses
+    // this thread's submissions (-EEXIST), the one refusal a test can cause.
+    std::unique_ptr<Ring> ring;
+    std::thread([&] { ring = makeRing(4); }).join();
+    REQUIRE(ring);
+    Counter nops;
+    for (int i = 0; i < 3; ++i) io_uring_prep_nop(ring->sqe(&nops));  // one entry left
+    CHECK(ring->errors() == 0);
+
+    sockaddr_in dst{};
+    Fd server = boundSocket(dst, 4);
+    Fd fd = tcpSocket();
+    Dialer d;
+    d.connect.start(*ring, fd.get(), dst, 1000ms);  // two entries: refused together
+    CHECK(ring->errors() == 2);
+    CHECK(d.connect.busy());
+    CHECK(d.calls == 0);  // completes from run(), never from inside start()
+
+    auto r = ring->run(1000);
+    CHECK_FALSE(r.has_value());  // the ring's own error is surfaced ...
+    CHECK(d.calls == 1);         // ... after the refused chain was completed
+    CHECK_MESSAGE(d.res == -EAGAIN, "got ", errName(d.res));
+    CHECK_FALSE(d.connect.busy());
+    CHECK(nops.completions == 0);
+  }
+}
+
+TEST_SUITE("timer") {
+  TEST_CASE("Timer fires once after its delay and a second arm keeps the first deadline") {
+    auto ring = makeRing(4);
+    int fired = 0;
+    Clock::time_point at{};
+    Timer* self = nullptr;
+    bool armed_in_callback = true;
+    Timer timer([&] {
+      fired++;
+      at = Clock::now();
+      armed_in_callback = self->armed();
+    });
+    self = &timer;
+    CHECK_FALSE(timer.armed());
+    const auto start = Clock::now();
+    timer.arm(*ring, 80ms);
+    timer.arm(*ring, 1ms);  // ignored: already armed
+    CHECK(timer.armed());
+    REQUIRE(runUntil(*ring, [&] { return fired > 0; }));
+    CHECK(at - start >= 75ms);
+    CHECK(at - start < 2000ms);
+    CHECK_FALSE(armed_in_callback);
+    CHECK_FALSE(timer.armed());
+    (void)*ring->run(120);
+    CHECK(fired == 1);
+
+    timer.arm(*ring, 1ms);  // armed again once fired
+    CHECK(timer.armed());
+    REQUIRE(runUntil(*ring, [&] { return fired == 2; }));
   }
 }
