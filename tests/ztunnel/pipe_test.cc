@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -217,7 +218,11 @@ struct Recorder final : relay::PipeOwner {
   }
 };
 
-const char* errName(int res) { return res <= 0 ? strerrorname_np(-res) : "positive"; }
+// "-111 ECONNREFUSED": a result as the failure message shows it.
+std::string errName(int res) {
+  const char* name = res < 0 ? strerrorname_np(-res) : nullptr;
+  return std::to_string(res) + (name ? std::string(" ") + name : std::string());
+}
 
 constexpr uint32_t kUpSeed = 0x11223344, kDownSeed = 0xa5a5a5a5;
 

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -140,7 +141,11 @@ struct Dialer {
   Clock::time_point finished{};
 };
 
-const char* errName(int res) { return res <= 0 ? strerrorname_np(-res) : "positive"; }
+// "-111 ECONNREFUSED": a result as the failure message shows it.
+std::string errName(int res) {
+  const char* name = res < 0 ? strerrorname_np(-res) : nullptr;
+  return std::to_string(res) + (name ? std::string(" ") + name : std::string());
+}
 }  // namespace
 
 TEST_SUITE("ring") {
