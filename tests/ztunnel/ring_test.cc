@@ -1,11 +1,28 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include "ztunnel/uring/ring.h"
 
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ztunnel/uring/ops.h"
+
 using namespace sluice::ztunnel::uring;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
 
 namespace {
 struct Counter final : Operation {
@@ -16,6 +33,119 @@ struct Counter final : Operation {
     last_res = cqe.res;
   }
 };
+
+// Closes on scope exit: every socket a test opens is closed when it ends.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) reset(o.release());
+    return *this;
+  }
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  int release() {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+std::unique_ptr<Ring> makeRing(unsigned entries) {
+  auto r = Ring::create(entries);
+  REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+  return std::move(*r);
+}
+
+// Runs the ring until done() holds or the budget is spent; false on timeout.
+template <class Pred>
+bool runUntil(Ring& ring, Pred done, std::chrono::milliseconds budget = 5s) {
+  const auto deadline = Clock::now() + budget;
+  while (!done()) {
+    if (Clock::now() >= deadline) return false;
+    auto n = ring.run(10);
+    REQUIRE_MESSAGE(n.has_value(), (n ? "" : n.error().describe()));
+  }
+  return true;
+}
+
+Fd tcpSocket(bool nonblocking = false) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0);
+  REQUIRE(fd >= 0);
+  return Fd(fd);
+}
+
+sockaddr_in loopback(uint16_t port_be = 0) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = port_be;
+  return a;
+}
+
+// A socket bound to a loopback port; listening when backlog >= 0. A bound
+// socket that does not listen keeps the port from being reused, so a
+// connect to it is refused.
+Fd boundSocket(sockaddr_in& addr, int backlog) {
+  Fd fd = tcpSocket();
+  addr = loopback();
+  REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  if (backlog >= 0) REQUIRE(::listen(fd.get(), backlog) == 0);
+  return fd;
+}
+
+// A listener whose accept queue is full (listen(fd, 0), connections never
+// accepted): a further SYN is dropped and a connect to it hangs.
+struct Blackhole {
+  sockaddr_in addr{};
+  Fd listener;
+  std::vector<Fd> fillers;
+
+  Blackhole() {
+    listener = boundSocket(addr, 0);
+    for (int i = 0; i < 64; ++i) {
+      Fd c = tcpSocket(/*nonblocking=*/true);
+      int rc = ::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+      REQUIRE((rc == 0 || errno == EINPROGRESS));
+      pollfd p{c.get(), POLLOUT, 0};
+      bool connected = rc == 0 || ::poll(&p, 1, 300) == 1;
+      fillers.push_back(std::move(c));
+      if (!connected) return;  // this SYN was dropped: the queue is full
+    }
+    FAIL("the listener's accept queue never filled up");
+  }
+};
+
+struct Dialer {
+  void done(int r) {
+    calls++;
+    res = r;
+    busy_in_callback = connect.busy();
+    finished = Clock::now();
+  }
+  Connect<&Dialer::done> connect{this};
+  int calls = 0;
+  int res = 1;
+  bool busy_in_callback = true;
+  Clock::time_point finished{};
+};
+
+// "-111 ECONNREFUSED": a result as the failure message shows it.
+std::string errName(int res) {
+  const char* name = res < 0 ? strerrorname_np(-res) : nullptr;
+  return std::to_string(res) + (name ? std::string(" ") + name : std::string());
+}
 }  // namespace
 
 TEST_SUITE("ring") {
@@ -51,5 +181,273 @@ TEST_SUITE("ring") {
     CHECK(*(*ring)->run(1000) == 1);
     CHECK(value == 7);
     close(efd);
+  }
+}
+
+TEST_SUITE("connect") {
+  enum class Target { kListening, kRefusing, kBlackhole };
+  struct Case {
+    const char* name;
+    Target target;
+    std::chrono::milliseconds deadline;
+    bool cancel;  // Ring::cancelFd on the socket 50 ms after the start
+    int expected;
+    std::chrono::milliseconds min_elapsed, max_elapsed;
+  };
+
+  TEST_CASE("Connect completes once with the outcome of connect and deadline") {
+    const Case cases[] = {
+        {"listening", Target::kListening, 2000ms, false, 0, 0ms, 1000ms},
+        {"refused", Target::kRefusing, 2000ms, false, -ECONNREFUSED, 0ms, 1000ms},
+        {"deadline", Target::kBlackhole, 100ms, false, -ETIMEDOUT, 95ms, 2000ms},
+        {"cancelled", Target::kBlackhole, 10000ms, true, -ECANCELED, 45ms, 2000ms},
+    };
+    auto ring = makeRing(8);
+    for (const Case& c : cases) {
+      CAPTURE(c.name);
+      sockaddr_in dst{};
+      Fd server;
+      std::unique_ptr<Blackhole> hole;
+      switch (c.target) {
+        case Target::kListening:
+          server = boundSocket(dst, 16);
+          break;
+        case Target::kRefusing:
+          server = boundSocket(dst, -1);
+          break;
+        case Target::kBlackhole:
+          hole = std::make_unique<Blackhole>();
+          dst = hole->addr;
+          break;
+      }
+      Fd fd = tcpSocket();
+      Dialer d;
+      CHECK_FALSE(d.connect.busy());
+      const auto started = Clock::now();
+      d.connect.start(*ring, fd.get(), dst, c.deadline);
+      CHECK(d.connect.busy());
+      if (c.cancel) {
+        REQUIRE(runUntil(*ring, [&] { return Clock::now() - started >= 50ms; }));
+        CHECK(d.calls == 0);  // still hanging
+        CHECK(d.connect.busy());
+        ring->cancelFd(fd.get());
+      }
+      REQUIRE(runUntil(*ring, [&] { return d.calls > 0; }));
+      const auto elapsed = d.finished - started;
+      CHECK_MESSAGE(d.res == c.expected, "got ", errName(d.res));
+      CHECK_FALSE(d.busy_in_callback);  // both CQEs were in before the callback
+      CHECK_FALSE(d.connect.busy());
+      CHECK(elapsed >= c.min_elapsed);
+      CHECK(elapsed < c.max_elapsed);
+      // Nothing else arrives for it later.
+      (void)*ring->run(50);
+      CHECK(d.calls == 1);
+
+      if (c.target == Target::kListening) {  // a real connection was made
+        Fd accepted(::accept4(server.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+        CHECK(accepted.get() >= 0);
+        sockaddr_in peer{};
+        socklen_t len = sizeof(peer);
+        REQUIRE(::getpeername(fd.get(), reinterpret_cast<sockaddr*>(&peer), &len) == 0);
+        CHECK(peer.sin_port == dst.sin_port);
+      }
+    }
+  }
+
+  TEST_CASE("connect chains on a full 4-entry SQ are never split") {
+    // Far more Connects (each a linked connect + link timeout) than the SQ
+    // holds, started without running the ring in between, to listening,
+    // refusing and blackholed targets mixed: each must get its own result
+    // (a split pair would leave a connect unbounded or fail the timeout).
+    auto ring = makeRing(4);
+    sockaddr_in listening{}, refusing{};
+    Fd server = boundSocket(listening, 64);
+    Fd closed = boundSocket(refusing, -1);
+    Blackhole hole;
+    constexpr int kConnects = 30;
+    std::vector<Fd> fds;
+    std::vector<std::unique_ptr<Dialer>> dialers;
+    std::vector<int> expected;
+    for (int i = 0; i < kConnects; ++i) {
+      fds.push_back(tcpSocket());
+      dialers.push_back(std::make_unique<Dialer>());
+      const sockaddr_in* dst = nullptr;
+      switch (i % 3) {
+        case 0:
+          dst = &listening;
+          expected.push_back(0);
+          break;
+        case 1:
+          dst = &refusing;
+          expected.push_back(-ECONNREFUSED);
+          break;
+        default:
+          dst = &hole.addr;
+          expected.push_back(-ETIMEDOUT);
+          break;
+      }
+      dialers.back()->connect.start(*ring, fds.back().get(), *dst, 200ms);
+    }
+    auto allDone = [&] {
+      for (auto& d : dialers)
+        if (d->calls == 0) return false;
+      return true;
+    };
+    REQUIRE(runUntil(*ring, allDone));
+    (void)*ring->run(50);
+    for (int i = 0; i < kConnects; ++i) {
+      CAPTURE(i);
+      CHECK_MESSAGE(dialers[i]->res == expected[i], "got ", errName(dialers[i]->res));
+      CHECK(dialers[i]->calls == 1);
+      CHECK_FALSE(dialers[i]->connect.busy());
+    }
+    CHECK(ring->errors() == 0);
+  }
+}
+
+TEST_SUITE("op") {
+  struct Deferred {
+    void fired(const io_uring_cqe& cqe) {
+      calls++;
+      CHECK(cqe.res == 0);
+      busy_in_callback = op.busy();
+      if (again > 0) {
+        --again;
+        op.soon(*ring);
+      }
+    }
+    Op<&Deferred::fired> op{this};
+    Ring* ring = nullptr;
+    int calls = 0;
+    int again = 0;  // how many more times to re-arm from the callback
+    bool busy_in_callback = true;
+  };
+
+  TEST_CASE("Op soon completes on the next run and busy() holds until the callback") {
+    auto ring = makeRing(4);
+    Deferred d;
+    d.ring = ring.get();
+    CHECK_FALSE(d.op.busy());
+    d.op.soon(*ring);
+    CHECK(d.op.busy());
+    CHECK(d.calls == 0);  // never synchronous
+    CHECK(*ring->run(1000) == 1);
+    CHECK(d.calls == 1);
+    CHECK_FALSE(d.busy_in_callback);
+    CHECK_FALSE(d.op.busy());
+
+    // Re-armed from inside its callback: one completion per run(), not a
+    // loop inside a single run().
+    d.again = 3;
+    d.op.soon(*ring);
+    for (int i = 1; i <= 4; ++i) {
+      CAPTURE(i);
+      CHECK(*ring->run(1000) == 1);
+      CHECK(d.calls == 1 + i);
+      CHECK(d.op.busy() == (i < 4));
+    }
+    CHECK(*ring->run(20) == 0);
+    CHECK(d.calls == 5);
+  }
+
+  struct Acceptor {
+    void accepted(const io_uring_cqe& cqe) {
+      calls++;
+      last_res = cqe.res;
+      busy_in_callback.push_back(op.busy());
+      CHECK(op.busy() == ((cqe.flags & IORING_CQE_F_MORE) != 0));
+      if (cqe.res >= 0) fds.emplace_back(cqe.res);
+    }
+    Op<&Acceptor::accepted> op{this};
+    std::vector<Fd> fds;
+    std::vector<bool> busy_in_callback;
+    int last_res = 0;
+    int calls = 0;
+  };
+
+  TEST_CASE("a multishot accept stays busy while more completions follow") {
+    auto ring = makeRing(4);
+    sockaddr_in addr{};
+    Fd listener = boundSocket(addr, 16);
+    Acceptor a;
+    a.op.acceptMultishot(*ring, listener.get());
+    CHECK(a.op.busy());
+    std::vector<Fd> clients;
+    for (int i = 0; i < 3; ++i) {
+      clients.push_back(tcpSocket());
+      REQUIRE(::connect(clients.back().get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) ==
+              0);
+      REQUIRE(runUntil(*ring, [&] { return a.fds.size() == clients.size(); }));
+      CHECK(a.op.busy());
+    }
+    CHECK(a.busy_in_callback == std::vector<bool>{true, true, true});
+    for (const Fd& f : a.fds) CHECK((::fcntl(f.get(), F_GETFD) & FD_CLOEXEC) != 0);
+
+    ring->cancelFd(listener.get());
+    REQUIRE(runUntil(*ring, [&] { return !a.op.busy(); }));
+    CHECK(a.last_res == -ECANCELED);
+    CHECK(a.calls == 4);
+    CHECK(a.busy_in_callback.back() == false);
+  }
+}
+
+TEST_SUITE("refused") {
+  TEST_CASE("a chain the kernel refuses fails all its entries with EAGAIN on the next run") {
+    // IORING_SETUP_SINGLE_ISSUER: a ring created on another thread refuses
+    // this thread's submissions (-EEXIST), the one refusal a test can cause.
+    std::unique_ptr<Ring> ring;
+    std::thread([&] { ring = makeRing(4); }).join();
+    REQUIRE(ring);
+    Counter nops;
+    for (int i = 0; i < 3; ++i) io_uring_prep_nop(ring->sqe(&nops));  // one entry left
+    CHECK(ring->errors() == 0);
+
+    sockaddr_in dst{};
+    Fd server = boundSocket(dst, 4);
+    Fd fd = tcpSocket();
+    Dialer d;
+    d.connect.start(*ring, fd.get(), dst, 1000ms);  // two entries: refused together
+    CHECK(ring->errors() == 2);
+    CHECK(d.connect.busy());
+    CHECK(d.calls == 0);  // completes from run(), never from inside start()
+
+    auto r = ring->run(1000);
+    CHECK_FALSE(r.has_value());  // the ring's own error is surfaced ...
+    CHECK(d.calls == 1);         // ... after the refused chain was completed
+    CHECK_MESSAGE(d.res == -EAGAIN, "got ", errName(d.res));
+    CHECK_FALSE(d.connect.busy());
+    CHECK(nops.completions == 0);
+  }
+}
+
+TEST_SUITE("timer") {
+  TEST_CASE("Timer fires once after its delay and a second arm keeps the first deadline") {
+    auto ring = makeRing(4);
+    int fired = 0;
+    Clock::time_point at{};
+    Timer* self = nullptr;
+    bool armed_in_callback = true;
+    Timer timer([&] {
+      fired++;
+      at = Clock::now();
+      armed_in_callback = self->armed();
+    });
+    self = &timer;
+    CHECK_FALSE(timer.armed());
+    const auto start = Clock::now();
+    timer.arm(*ring, 80ms);
+    timer.arm(*ring, 1ms);  // ignored: already armed
+    CHECK(timer.armed());
+    REQUIRE(runUntil(*ring, [&] { return fired > 0; }));
+    CHECK(at - start >= 75ms);
+    CHECK(at - start < 2000ms);
+    CHECK_FALSE(armed_in_callback);
+    CHECK_FALSE(timer.armed());
+    (void)*ring->run(120);
+    CHECK(fired == 1);
+
+    timer.arm(*ring, 1ms);  // armed again once fired
+    CHECK(timer.armed());
+    REQUIRE(runUntil(*ring, [&] { return fired == 2; }));
   }
 }

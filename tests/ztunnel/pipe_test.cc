@@ -1,0 +1,572 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include "ztunnel/relay/pipe.h"
+
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+using namespace sluice::ztunnel;
+using relay::Pipe;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Closes on scope exit: every socket a test opens is closed when it ends.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) reset(o.release());
+    return *this;
+  }
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  int release() {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+std::unique_ptr<uring::Ring> makeRing(unsigned entries = 64) {
+  auto r = uring::Ring::create(entries);
+  REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+  return std::move(*r);
+}
+
+// Runs the ring (and `step`, the test's side of the sockets, between runs)
+// until done() holds or the budget is spent; false on timeout.
+bool runUntil(uring::Ring& ring, const std::function<bool()>& done,
+              const std::function<void()>& step = {}, std::chrono::milliseconds budget = 10s) {
+  const auto deadline = Clock::now() + budget;
+  for (;;) {
+    if (step) step();
+    if (done()) return true;
+    if (Clock::now() >= deadline) return false;
+    auto n = ring.run(1);
+    REQUIRE_MESSAGE(n.has_value(), (n ? "" : n.error().describe()));
+  }
+}
+
+// Runs the ring for a while; returns the number of completions dispatched.
+unsigned runFor(uring::Ring& ring, std::chrono::milliseconds d,
+                const std::function<void()>& step = {}) {
+  unsigned total = 0;
+  const auto deadline = Clock::now() + d;
+  while (Clock::now() < deadline) {
+    if (step) step();
+    auto n = ring.run(5);
+    REQUIRE(n.has_value());
+    total += *n;
+  }
+  return total;
+}
+
+void setInt(int fd, int level, int opt, int v) {
+  REQUIRE(::setsockopt(fd, level, opt, &v, sizeof(v)) == 0);
+}
+int getInt(int fd, int level, int opt) {
+  int v = 0;
+  socklen_t len = sizeof(v);
+  REQUIRE(::getsockopt(fd, level, opt, &v, &len) == 0);
+  return v;
+}
+
+// A connected loopback TCP pair: {test end (non-blocking), proxy end}.
+std::pair<Fd, Fd> tcpPair() {
+  Fd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(listener.get() >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  REQUIRE(::listen(listener.get(), 1) == 0);
+  Fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(client.get() >= 0);
+  REQUIRE(::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  Fd server(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  REQUIRE(server.get() >= 0);
+  REQUIRE(::fcntl(client.get(), F_SETFL, O_NONBLOCK) == 0);
+  return {std::move(client), std::move(server)};
+}
+
+// The byte at `off` of a stream: a little-endian 32-bit counter, xored with
+// a per-direction seed (a lost, repeated or reordered chunk shows).
+char patternAt(uint64_t off, uint32_t seed) {
+  uint32_t word = static_cast<uint32_t>(off / 4) ^ seed;
+  return static_cast<char>(word >> (8 * (off % 4)));
+}
+void fillPattern(char* out, size_t n, uint64_t off, uint32_t seed) {
+  for (size_t i = 0; i < n; ++i) out[i] = patternAt(off + i, seed);
+}
+// Offset of the first byte of `data` (at stream offset `off`) that is wrong, or -1.
+int64_t firstMismatch(const char* data, size_t n, uint64_t off, uint32_t seed) {
+  for (size_t i = 0; i < n; ++i)
+    if (data[i] != patternAt(off + i, seed)) return static_cast<int64_t>(off + i);
+  return -1;
+}
+
+// The test's end of a connection, driven between ring runs with
+// non-blocking calls: sends the pattern up to `send_limit` (then shuts down
+// its write side when `shut_when_done`), reads and checks the peer's.
+struct Peer {
+  int fd = -1;
+  uint32_t out_seed = 0, in_seed = 0;
+  uint64_t send_limit = 0;
+  bool shut_when_done = false;
+  bool reading = true;
+
+  uint64_t sent = 0, received = 0;
+  bool shut = false, eof = false;
+  int64_t mismatch = -1;
+  int error = 0;
+
+  void step() {
+    char buf[64 * 1024];
+    while (sent < send_limit && error == 0) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(sizeof(buf), send_limit - sent));
+      fillPattern(buf, n, sent, out_seed);
+      ssize_t k = ::send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) error = errno;
+        break;
+      }
+      sent += static_cast<uint64_t>(k);
+    }
+    if (shut_when_done && !shut && sent == send_limit) {
+      REQUIRE(::shutdown(fd, SHUT_WR) == 0);
+      shut = true;
+    }
+    while (reading && !eof && error == 0) {
+      ssize_t k = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+      if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) error = errno;
+        break;
+      }
+      if (k == 0) {
+        eof = true;
+        break;
+      }
+      if (mismatch < 0) mismatch = firstMismatch(buf, static_cast<size_t>(k), received, in_seed);
+      received += static_cast<uint64_t>(k);
+    }
+  }
+};
+
+// Records every callback, per pipe.
+struct Recorder final : relay::PipeOwner {
+  struct Events {
+    uint64_t moved = 0, sent = 0;
+    int readable = 0, ended = 0, failed = 0;
+    int err = 0;
+    bool sending = false;
+  };
+  std::map<const Pipe*, Events> events;
+  int callbacks = 0;
+  std::vector<const Pipe*> ended_order;
+
+  Events& of(const Pipe& p) { return events[&p]; }
+  void pipeMoved(Pipe& p, size_t n) override {
+    callbacks++;
+    of(p).moved += n;
+  }
+  void pipeReadable(Pipe& p) override {
+    callbacks++;
+    of(p).readable++;
+  }
+  void pipeSent(Pipe& p, size_t n) override {
+    callbacks++;
+    of(p).sent += n;
+  }
+  void pipeEnded(Pipe& p) override {
+    callbacks++;
+    of(p).ended++;
+    ended_order.push_back(&p);
+  }
+  void pipeFailed(Pipe& p, int err, bool sending) override {
+    callbacks++;
+    of(p).failed++;
+    of(p).err = err;
+    of(p).sending = sending;
+  }
+};
+
+// "-111 ECONNREFUSED": a result as the failure message shows it.
+std::string errName(int res) {
+  const char* name = res < 0 ? strerrorname_np(-res) : nullptr;
+  return std::to_string(res) + (name ? std::string(" ") + name : std::string());
+}
+
+constexpr uint32_t kUpSeed = 0x11223344, kDownSeed = 0xa5a5a5a5;
+
+// A <-> proxy <-> B over two loopback TCP connections, relayed by two
+// socket->socket pipes (up: A's bytes to B, down: B's bytes to A).
+struct Proxy {
+  std::unique_ptr<uring::Ring> ring = makeRing();
+  Recorder rec;
+  Fd a, pa, pb, b;
+  Pipe up, down;
+  Peer A, B;
+
+  explicit Proxy(size_t buffer) : up(*ring, rec, buffer), down(*ring, rec, buffer) {
+    std::tie(a, pa) = tcpPair();
+    std::tie(b, pb) = tcpPair();
+    A.fd = a.get();
+    A.out_seed = B.in_seed = kUpSeed;
+    B.fd = b.get();
+    B.out_seed = A.in_seed = kDownSeed;
+  }
+  void start() {
+    up.start(pa.get(), pb.get());
+    down.start(pb.get(), pa.get());
+  }
+  void step() {
+    A.step();
+    B.step();
+  }
+  // The proxy's fds outlive the pipes' requests.
+  void drain() {
+    ring->cancelFd(pa.get());
+    ring->cancelFd(pb.get());
+    CHECK(runUntil(*ring, [&] { return !up.busy() && !down.busy(); }));
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("pipe") {
+  TEST_CASE("socket to socket relays 8 MiB each way intact with half-close") {
+    constexpr uint64_t kTotal = 8ull << 20;
+    Proxy p(64 * 1024);
+    p.A.send_limit = kTotal;
+    p.A.shut_when_done = true;
+    // B holds its last MiB back until it has read A's EOF: B -> A must keep
+    // flowing after A -> B was half-closed.
+    p.B.send_limit = kTotal - (1u << 20);
+    bool a_eof_when_b_eof = true;
+    uint64_t b_sent_when_b_eof = 0;
+    p.start();
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.A.eof && p.B.eof && p.rec.ended_order.size() == 2; },
+        [&] {
+          p.step();
+          if (p.B.eof && p.B.send_limit < kTotal) {
+            a_eof_when_b_eof = p.A.eof;
+            b_sent_when_b_eof = p.B.sent;
+            p.B.send_limit = kTotal;
+            p.B.shut_when_done = true;
+          }
+        },
+        30s));
+    CHECK(p.A.error == 0);
+    CHECK(p.B.error == 0);
+    CHECK(p.B.received == kTotal);
+    CHECK(p.A.received == kTotal);
+    CHECK(p.B.mismatch == -1);
+    CHECK(p.A.mismatch == -1);
+    CHECK_FALSE(a_eof_when_b_eof);  // half-close: A -> B ended, B -> A still open
+    CHECK(b_sent_when_b_eof <= kTotal - (1u << 20));
+
+    for (Pipe* pipe : {&p.up, &p.down}) {
+      const auto& e = p.rec.of(*pipe);
+      CHECK(pipe->bytes() == kTotal);
+      CHECK(e.moved == kTotal);
+      CHECK(e.sent == kTotal);
+      CHECK(e.ended == 1);
+      CHECK(e.failed == 0);
+      CHECK(e.readable == 0);  // socket sinks are never pulled
+      CHECK(pipe->sinkDone());
+      CHECK_FALSE(pipe->busy());  // nothing more to read after EOF
+    }
+    CHECK(p.rec.ended_order == std::vector<const Pipe*>{&p.up, &p.down});
+    p.drain();
+  }
+
+  TEST_CASE("backpressure: a sink that does not read stops the source then resumes") {
+    constexpr size_t kBuffer = 64 * 1024;
+    constexpr uint64_t kTotal = 8ull << 20;
+    Proxy p(kBuffer);
+    // Fixed (not autotuned) buffers between the pipe and B.
+    setInt(p.pb.get(), SOL_SOCKET, SO_SNDBUF, 64 * 1024);
+    setInt(p.b.get(), SOL_SOCKET, SO_RCVBUF, 64 * 1024);
+    const uint64_t bound = static_cast<uint64_t>(getInt(p.pb.get(), SOL_SOCKET, SO_SNDBUF)) +
+                           static_cast<uint64_t>(getInt(p.b.get(), SOL_SOCKET, SO_RCVBUF)) +
+                           kBuffer + 64 * 1024;  // slack for the kernel's accounting
+    p.A.send_limit = kTotal;
+    p.A.shut_when_done = true;
+    p.B.reading = false;
+    p.start();
+
+    // Run until the pipe has read nothing new for 300 ms.
+    uint64_t last = 0;
+    auto changed = Clock::now();
+    REQUIRE(runUntil(
+        *p.ring,
+        [&] {
+          if (p.up.bytes() != last) {
+            last = p.up.bytes();
+            changed = Clock::now();
+          }
+          return last > 0 && Clock::now() - changed >= 300ms;
+        },
+        [&] { p.step(); }));
+    const uint64_t stalled = p.up.bytes();
+    MESSAGE("stalled after ", stalled, " bytes (bound ", bound, ")");
+    CHECK(stalled >= kBuffer);
+    CHECK(stalled <= bound);
+    CHECK(p.A.sent < kTotal);  // A is held back too
+    CHECK(p.up.busy());        // a send to B is waiting for room
+    CHECK(p.rec.of(p.up).sent <= stalled);
+    CHECK(p.rec.of(p.up).failed == 0);
+
+    // B reads again: everything arrives, intact, with A's EOF.
+    p.B.reading = true;
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.B.eof; }, [&] { p.step(); }, 30s));
+    CHECK(p.up.bytes() == kTotal);
+    CHECK(p.B.received == kTotal);
+    CHECK(p.B.mismatch == -1);
+    CHECK(p.rec.of(p.up).ended == 1);
+    p.drain();
+  }
+
+  TEST_CASE("a reset by the peer reaches the owner as pipeFailed") {
+    Proxy p(16 * 1024);
+    p.start();
+    CHECK(runFor(*p.ring, 20ms) == 0);  // both pipes idle, waiting to read
+    // B resets: SO_LINGER 0 then close sends an RST.
+    linger lg{1, 0};
+    REQUIRE(::setsockopt(p.b.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+    p.b.reset();
+    REQUIRE(runUntil(*p.ring, [&] { return p.rec.of(p.down).failed > 0; }));
+    const auto& down = p.rec.of(p.down);
+    CHECK_MESSAGE((down.err == -ECONNRESET || down.err == -EPIPE), "got ", errName(down.err));
+    CHECK_FALSE(down.sending);  // the receive from B failed
+    CHECK(p.rec.of(p.up).failed == 0);
+
+    // A's next bytes cannot be written to B.
+    p.A.send_limit = 4096;
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.rec.of(p.up).failed > 0; }, [&] { p.A.step(); }));
+    const auto& up = p.rec.of(p.up);
+    CHECK_MESSAGE((up.err == -ECONNRESET || up.err == -EPIPE), "got ", errName(up.err));
+    CHECK(up.sending);
+    CHECK(up.sent == 0);
+    CHECK(down.failed == 1);
+    CHECK(up.failed == 1);
+    p.drain();
+  }
+
+  TEST_CASE("pushed source to socket delivers every chunk in order then EOF") {
+    auto ring = makeRing();
+    Recorder rec;
+    auto [b, pb] = tcpPair();
+    setInt(pb.get(), SOL_SOCKET, SO_SNDBUF, 16 * 1024);  // many partial sends
+    Pipe pipe(*ring, rec, 4096);
+    pipe.start(-1, pb.get());
+    CHECK_FALSE(pipe.busy());  // nothing to send yet
+    Peer B{.fd = b.get(), .in_seed = kUpSeed};
+
+    // Chunks of varied sizes, the first half pushed at once: all but the
+    // first queue behind its send.
+    std::vector<size_t> sizes;
+    uint64_t total = 0;
+    for (size_t i = 0; total < (2u << 20); ++i) {
+      sizes.push_back(1 + (i * 977) % 8191);
+      total += sizes.back();
+    }
+    uint64_t pushed = 0;
+    size_t next = 0;
+    auto pushOne = [&] {
+      std::vector<char> chunk(sizes[next]);
+      fillPattern(chunk.data(), chunk.size(), pushed, kUpSeed);
+      pipe.push(chunk.data(), chunk.size());
+      pushed += chunk.size();
+      ++next;
+    };
+    pushOne();
+    CHECK(pipe.busy());  // the first chunk is being sent
+    while (next < sizes.size() / 2) pushOne();
+    CHECK(pipe.busy());
+    CHECK(pipe.bytes() == pushed);
+    CHECK(rec.of(pipe).moved == pushed);  // pipeMoved comes from push() itself
+    CHECK(pipe.available() == pushed);    // nothing completed yet
+    CHECK(rec.of(pipe).sent == 0);
+
+    // The rest is pushed while sends are in flight, a chunk per round.
+    REQUIRE(runUntil(
+        *ring, [&] { return B.eof; },
+        [&] {
+          if (next < sizes.size()) {
+            pushOne();
+            if (next == sizes.size()) {
+              pipe.pushEnd();
+              CHECK_FALSE(pipe.ended());  // bytes still to go
+            }
+          }
+          B.step();
+        },
+        30s));
+    CHECK(pushed == total);
+    CHECK(B.received == total);
+    CHECK(B.mismatch == -1);
+    CHECK(B.error == 0);
+    const auto& e = rec.of(pipe);
+    CHECK(e.sent == total);
+    CHECK(e.moved == total);
+    CHECK(e.ended == 1);
+    CHECK(e.failed == 0);
+    CHECK(pipe.sinkDone());
+    CHECK(pipe.available() == 0);
+    CHECK(pipe.ended());
+    CHECK_FALSE(pipe.busy());
+
+    // Nothing is taken after the end.
+    const char late[] = "late";
+    pipe.push(late, sizeof(late));
+    CHECK(pipe.bytes() == total);
+    CHECK(rec.of(pipe).moved == total);
+    CHECK_FALSE(pipe.busy());
+  }
+
+  TEST_CASE("socket source to pulled sink re-reads only after a full pull") {
+    constexpr size_t kBuffer = 4096;
+    constexpr uint64_t kTotal = 10000;
+    auto ring = makeRing();
+    Recorder rec;
+    auto [a, pa] = tcpPair();
+    Pipe pipe(*ring, rec, kBuffer);
+    pipe.start(pa.get(), -1);
+    CHECK(pipe.busy());  // reading
+    CHECK(pipe.available() == 0);
+    CHECK_FALSE(pipe.ended());
+    Peer A{.fd = a.get(), .out_seed = kUpSeed, .send_limit = kTotal};
+    A.step();
+    REQUIRE(A.sent == kTotal);
+
+    REQUIRE(runUntil(*ring, [&] { return rec.of(pipe).readable == 1; }));
+    CHECK(pipe.available() == kBuffer);
+    CHECK(pipe.bytes() == kBuffer);
+    CHECK(rec.of(pipe).moved == kBuffer);
+    CHECK_FALSE(pipe.busy());  // the buffer is full: no read
+    CHECK_FALSE(pipe.ended());
+    CHECK(runFor(*ring, 30ms) == 0);
+    CHECK(rec.of(pipe).readable == 1);
+
+    std::vector<char> got;
+    auto pullSome = [&](size_t n) {
+      std::vector<char> tmp(n);
+      size_t k = pipe.pull(tmp.data(), n);
+      got.insert(got.end(), tmp.begin(), tmp.begin() + static_cast<long>(k));
+      return k;
+    };
+    // A partial pull leaves the rest and still does not read.
+    CHECK(pullSome(100) == 100);
+    CHECK(pipe.available() == kBuffer - 100);
+    CHECK_FALSE(pipe.busy());
+    CHECK(runFor(*ring, 30ms) == 0);
+    CHECK(pipe.bytes() == kBuffer);
+    // Pulling more than is there takes exactly what is there, then reads.
+    CHECK(pullSome(kBuffer) == kBuffer - 100);
+    CHECK(pipe.available() == 0);
+    CHECK(pipe.busy());
+    CHECK_FALSE(pipe.ended());  // empty, but not the end
+
+    // Drain the rest in odd sizes, pulling only when told.
+    REQUIRE(runUntil(*ring, [&] {
+      while (pullSome(777) > 0) {
+      }
+      return got.size() == kTotal;
+    }));
+    CHECK(pipe.bytes() == kTotal);
+    CHECK(firstMismatch(got.data(), got.size(), 0, kUpSeed) == -1);
+    CHECK_FALSE(pipe.ended());
+    CHECK(pipe.busy());
+
+    // EOF: readable once more, nothing to pull and ended().
+    const int readable_before = rec.of(pipe).readable;
+    REQUIRE(::shutdown(a.get(), SHUT_WR) == 0);
+    REQUIRE(runUntil(*ring, [&] { return rec.of(pipe).readable > readable_before; }));
+    CHECK(pipe.available() == 0);
+    CHECK(pipe.ended());
+    char c;
+    CHECK(pipe.pull(&c, 1) == 0);
+    CHECK_FALSE(pipe.busy());  // no read after EOF
+    CHECK(rec.of(pipe).failed == 0);
+    CHECK(rec.of(pipe).ended == 0);  // pipeEnded is for socket sinks
+    CHECK(pipe.bytes() == kTotal);
+  }
+
+  TEST_CASE("after stop() no owner callback happens while completions still arrive") {
+    Proxy p(16 * 1024);
+    // A third pipe, pulled, with a full buffer when stopped.
+    auto [c, pc] = tcpPair();
+    Pipe pulled(*p.ring, p.rec, 4096);
+    pulled.start(pc.get(), -1);
+    p.A.send_limit = 1u << 20;
+    p.B.send_limit = 1u << 20;
+    p.start();
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.up.bytes() > 0 && p.down.bytes() > 0; }, [&] { p.step(); }));
+    Peer C{.fd = c.get(), .out_seed = kUpSeed, .send_limit = 8192};
+    C.step();
+    REQUIRE(runUntil(*p.ring, [&] { return p.rec.of(pulled).readable > 0; }));
+    CHECK(pulled.available() > 0);
+
+    p.up.stop();
+    p.down.stop();
+    pulled.stop();
+    const int callbacks = p.rec.callbacks;
+    const uint64_t up_bytes = p.up.bytes(), down_bytes = p.down.bytes();
+
+    // More traffic and an EOF from A: the receives in flight complete.
+    p.A.send_limit += 64 * 1024;
+    p.A.shut_when_done = true;
+    const unsigned completions = runFor(*p.ring, 100ms, [&] { p.step(); });
+    CHECK(completions > 0);  // completions did arrive ...
+    // A full pull would read more if the pipe were not stopped.
+    std::vector<char> tmp(8192);
+    CHECK(pulled.pull(tmp.data(), tmp.size()) > 0);
+    CHECK_FALSE(pulled.busy());
+
+    p.ring->cancelFd(p.pa.get());
+    p.ring->cancelFd(p.pb.get());
+    p.ring->cancelFd(pc.get());
+    const auto drained = Clock::now() + 5s;
+    while ((p.up.busy() || p.down.busy() || pulled.busy()) && Clock::now() < drained)
+      REQUIRE(p.ring->run(10).has_value());
+    CHECK_FALSE(p.up.busy());
+    CHECK_FALSE(p.down.busy());
+    CHECK_FALSE(pulled.busy());
+    CHECK(p.rec.callbacks == callbacks);  // ... and none reached the owner
+    CHECK(p.up.bytes() == up_bytes);
+    CHECK(p.down.bytes() == down_bytes);
+  }
+}
