@@ -64,6 +64,7 @@ struct PodSpec {
   std::string uid;
   std::string name_namespace;  // "ns/name", for logs and records
   std::string service_account;
+  std::string identity;  // SPIFFE URI (computed once by the agent)
   uint32_t ip4 = 0;  // network order
   uint64_t netns_cookie = 0;
   int netns_fd = -1;
