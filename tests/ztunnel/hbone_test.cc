@@ -167,6 +167,8 @@ class TestSockets final : public proxy::SocketFactory {
     UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return failErrno("socket");
     if (buffer_bytes) setBuffers(fd.get(), buffer_bytes);
+    int one = 1;  // as inpod::upstreamSocket
+    setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     sockaddr_in b = makeSockaddr(bind_ip ? bind_ip : pod.spec.ip4, 0);
     if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&b), sizeof(b)) != 0) return failErrno("bind");
     return fd;
@@ -211,6 +213,10 @@ class App {
   ~App() {
     ::shutdown(listener_.get(), SHUT_RDWR);
     thread_.join();
+    {
+      std::lock_guard lk(mu_);
+      for (int fd : open_) ::shutdown(fd, SHUT_RDWR);  // the test is over: no waiting
+    }
     for (auto& t : conns_) t.join();
   }
   uint16_t port = 0;
@@ -233,8 +239,14 @@ class App {
       if (fd < 0) return;
       accepted++;
       setTimeouts(fd, 20s);
+      {
+        std::lock_guard lk(mu_);
+        open_.push_back(fd);
+      }
       conns_.emplace_back([this, fd] {
         handler_(fd);
+        std::lock_guard lk(mu_);
+        std::erase(open_, fd);
         ::close(fd);
       });
     }
@@ -243,6 +255,8 @@ class App {
   Handler handler_;
   std::thread thread_;
   std::vector<std::thread> conns_;
+  std::mutex mu_;
+  std::vector<int> open_;
 };
 
 // ------------------------------------------------------------ the two sides
@@ -364,7 +378,7 @@ struct Mesh {
     }
     client->tick(now);
     client->fineTick(now);
-    if (n == 0) (void)cs->ring->run(1);
+    if (n == 0) std::this_thread::sleep_for(100us);
   }
   bool pumpUntil(const std::function<bool()>& done, std::chrono::milliseconds limit) {
     auto end = Clock::now() + limit;
@@ -420,6 +434,219 @@ bool allDone(const std::vector<std::unique_ptr<Worker>>& ws) {
   for (auto& w : ws)
     if (!w->done) return false;
   return true;
+}
+
+// ------------------------------------------------------------ odd peers
+
+struct SslFree {
+  void operator()(SSL* s) const { SSL_free(s); }
+};
+using Ssl = std::unique_ptr<SSL, SslFree>;
+
+// A blocking TLS end on fd, presenting cred (server: accepting).
+Ssl tlsOn(tls::Contexts& contexts, const std::shared_ptr<const WorkloadCredential>& cred, int fd,
+          bool server) {
+  auto ctx = contexts.get(cred, server);
+  if (!ctx) return nullptr;
+  Ssl ssl(SSL_new(*ctx));
+  SSL_set_fd(ssl.get(), fd);
+  if ((server ? SSL_accept(ssl.get()) : SSL_connect(ssl.get())) != 1) return nullptr;
+  return ssl;
+}
+
+struct SessionFree {
+  void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
+};
+
+// Drives an nghttp2 session over a blocking TLS connection: writes all it
+// wants to, then reads. Returns when the session is done or the peer closed.
+void runSession(nghttp2_session* s, SSL* ssl) {
+  uint8_t buf[16384];
+  for (;;) {
+    for (;;) {
+      const uint8_t* data = nullptr;
+      ssize_t n = nghttp2_session_mem_send(s, &data);
+      if (n <= 0) break;
+      if (SSL_write(ssl, data, static_cast<int>(n)) <= 0) return;
+    }
+    if (!nghttp2_session_want_read(s) && !nghttp2_session_want_write(s)) return;
+    int n = SSL_read(ssl, buf, sizeof(buf));
+    if (n <= 0) return;
+    if (nghttp2_session_mem_recv(s, buf, static_cast<size_t>(n)) < 0) return;
+  }
+}
+
+// An HTTP/2 client that sends one request and notes what comes back.
+struct RawClient {
+  std::string status;
+  bool goaway = false;
+  uint32_t goaway_error = 0;
+
+  void run(SSL* ssl, const char* method, const std::string& authority) {
+    nghttp2_session_callbacks* cbs = nullptr;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(
+        cbs, [](nghttp2_session*, const nghttp2_frame* f, void* ud) {
+          auto* self = static_cast<RawClient*>(ud);
+          if (f->hd.type == NGHTTP2_GOAWAY) {
+            self->goaway = true;
+            self->goaway_error = f->goaway.error_code;
+          }
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_header_callback(
+        cbs, [](nghttp2_session*, const nghttp2_frame*, const uint8_t* name, size_t namelen,
+                const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
+          if (std::string_view(reinterpret_cast<const char*>(name), namelen) == ":status")
+            static_cast<RawClient*>(ud)->status.assign(reinterpret_cast<const char*>(value),
+                                                       valuelen);
+          return 0;
+        });
+    nghttp2_session* raw = nullptr;
+    nghttp2_session_client_new(&raw, cbs, this);
+    nghttp2_session_callbacks_del(cbs);
+    std::unique_ptr<nghttp2_session, SessionFree> s(raw);
+    nghttp2_submit_settings(raw, NGHTTP2_FLAG_NONE, nullptr, 0);
+    auto nv = [](const char* n, const std::string& v) {
+      return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n)),
+                        reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), strlen(n),
+                        v.size(), NGHTTP2_NV_FLAG_NONE};
+    };
+    std::string m = method, scheme = "https", path = "/";
+    nghttp2_nv hdrs[] = {nv(":method", m), nv(":scheme", scheme), nv(":path", path),
+                         nv(":authority", authority)};
+    nghttp2_submit_request(raw, nullptr, hdrs, 4, nullptr, nullptr);
+    runSession(raw, ssl);
+  }
+};
+
+// An HBONE server made of plain nghttp2: answers every CONNECT with 200 and
+// echoes its bytes; the first connection sends GOAWAY(NO_ERROR, last stream
+// = the Nth) once N streams are open, and goes on serving them.
+class RawServer {
+ public:
+  RawServer(int listener, tls::Contexts& contexts, std::shared_ptr<const WorkloadCredential> cred,
+            int goaway_after)
+      : listener_(listener), tls_(contexts), cred_(std::move(cred)), goaway_after_(goaway_after) {
+    thread_ = std::thread([this] { acceptLoop(); });
+  }
+  ~RawServer() {
+    stop_ = true;
+    thread_.join();
+    for (auto& t : conns_) t.join();
+  }
+  std::atomic<int> connections{0}, streams{0};
+  std::atomic<bool> goaway_sent{false};
+
+ private:
+  struct Echo {
+    std::string buf;
+    bool eof = false;
+  };
+  struct Conn {
+    RawServer* server = nullptr;
+    bool first = false;
+    nghttp2_session* s = nullptr;
+    std::map<int32_t, Echo> echo;
+    int seen = 0;
+  };
+
+  void acceptLoop() {
+    while (!stop_) {
+      pollfd p{listener_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      bool first = connections++ == 0;
+      conns_.emplace_back([this, fd, first] {
+        setTimeouts(fd, 10s);
+        if (Ssl ssl = tlsOn(tls_, cred_, fd, true)) serve(ssl.get(), first);
+        ::close(fd);
+      });
+    }
+  }
+
+  static ssize_t read(nghttp2_session*, int32_t id, uint8_t* buf, size_t len, uint32_t* flags,
+                      nghttp2_data_source* src, void*) {
+    Echo& e = static_cast<Conn*>(src->ptr)->echo[id];
+    if (!e.buf.empty()) {
+      size_t n = std::min(len, e.buf.size());
+      memcpy(buf, e.buf.data(), n);
+      e.buf.erase(0, n);
+      return static_cast<ssize_t>(n);
+    }
+    if (e.eof) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return 0;
+    }
+    return NGHTTP2_ERR_DEFERRED;
+  }
+
+  void serve(SSL* ssl, bool first) {
+    Conn c;
+    c.server = this;
+    c.first = first;
+    nghttp2_session_callbacks* cbs = nullptr;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(
+        cbs, [](nghttp2_session* s, const nghttp2_frame* f, void* ud) {
+          auto* c = static_cast<Conn*>(ud);
+          int32_t id = f->hd.stream_id;
+          if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            c->server->streams++;
+            std::string code = "200";
+            nghttp2_nv st{reinterpret_cast<uint8_t*>(const_cast<char*>(":status")),
+                          reinterpret_cast<uint8_t*>(code.data()), 7, 3, NGHTTP2_NV_FLAG_NONE};
+            nghttp2_data_provider prd{};
+            prd.source.ptr = c;
+            prd.read_callback = read;
+            nghttp2_submit_response(s, id, &st, 1, &prd);
+            if (c->first && ++c->seen == c->server->goaway_after_) {
+              nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR, nullptr, 0);
+              c->server->goaway_sent = true;
+            }
+          }
+          if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) &&
+              (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            c->echo[id].eof = true;
+            nghttp2_session_resume_data(s, id);
+          }
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+        cbs,
+        [](nghttp2_session* s, uint8_t, int32_t id, const uint8_t* data, size_t len, void* ud) {
+          static_cast<Conn*>(ud)->echo[id].buf.append(reinterpret_cast<const char*>(data), len);
+          nghttp2_session_resume_data(s, id);
+          return 0;
+        });
+    nghttp2_session_server_new(&c.s, cbs, &c);
+    nghttp2_session_callbacks_del(cbs);
+    std::unique_ptr<nghttp2_session, SessionFree> owned(c.s);
+    nghttp2_submit_settings(c.s, NGHTTP2_FLAG_NONE, nullptr, 0);
+    runSession(c.s, ssl);
+  }
+
+  int listener_;
+  tls::Contexts& tls_;
+  std::shared_ptr<const WorkloadCredential> cred_;
+  int goaway_after_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::vector<std::thread> conns_;
+};
+
+// One short exchange through the mesh: true when the echo came back whole.
+bool roundTrip(Mesh& m, const sockaddr_in& dst, const std::string& text) {
+  UniqueFd app = m.open(dst);
+  std::vector<unsigned char> got;
+  Worker w([&] {
+    sendAll(app.get(), reinterpret_cast<const unsigned char*>(text.data()), text.size());
+    ::shutdown(app.get(), SHUT_WR);
+    recvAll(app.get(), got);
+  });
+  if (!m.pumpUntil([&] { return w.done.load(); }, 10s)) return false;
+  return std::string(got.begin(), got.end()) == text;
 }
 
 }  // namespace
@@ -543,6 +770,7 @@ TEST_SUITE("hbone") {
     // bounded by the stream window and the socket buffers, not the payload.
     uint64_t pushed = 0;
     for (auto& r : m.ss->records.snapshot()) pushed += r.bytes_sent;
+    MESSAGE("stalled after ", written.load(), " bytes written, ", pushed, " pushed to the app");
     CHECK(pushed > 0);
     CHECK(pushed < 2 * 1024 * 1024);
     read_now = true;
@@ -630,6 +858,163 @@ TEST_SUITE("hbone") {
     REQUIRE(out.size() == 1);
     CHECK(why(out[0].reason) == "no_tunnel");
     CHECK(out[0].reason_detail == "peer_refused");
+    CHECK(echo.accepted == 0);
+  }
+  TEST_CASE("keepalive: PINGs keep a quiet tunnel, a silent peer is closed within 2x keepalive") {
+    Mesh m([](EngineConfig& c) { c.hbone_keepalive = 200ms; });
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    REQUIRE(m.pumpUntil([&] { return echo.accepted == 1; }, 5s));
+    // Nothing moves, but the peer answers PINGs: the tunnel stays.
+    m.pumpFor(900ms);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);
+    CHECK(m.cs->count(Counter::kActive) == 1);
+    // The server side goes silent (its ring no longer runs).
+    m.server_paused = true;
+    auto t0 = Clock::now();
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 0; }, 3s));
+    auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
+    MESSAGE("closed after ", took.count(), " ms");
+    // The last PING answer came at most one keepalive before the pause.
+    CHECK(took >= 190ms);
+    CHECK(took < 800ms);
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 2s));
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK(why(out[0].reason) == "tunnel_closed");
+    CHECK(out[0].reason_detail == "keepalive_timeout");
+    std::vector<unsigned char> got;
+    bool orderly = true;
+    Worker reader([&] { orderly = recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 5s));
+    CHECK_FALSE(orderly);  // the app sees a reset
+    m.server_paused = false;
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+  }
+
+  TEST_CASE("a pooled tunnel whose peer restarted: the next connection gets a fresh tunnel") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    CHECK(roundTrip(m, dst, "before"));
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);  // pooled, idle
+    // The server side goes away and comes back (a restarted node proxy).
+    m.server->shutdown();
+    REQUIRE(m.pumpUntil([&] { return m.server->idle(); }, 5s));
+    m.server = std::make_unique<hbone::Server>(*m.ss->ctx, m.creds, *m.tls);
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(roundTrip(m, dst, "after"));
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 2);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);
+    CHECK(echo.accepted == 2);
+  }
+
+  TEST_CASE("GOAWAY from the server: open streams finish, new ones take a new tunnel") {
+    Mesh m;
+    m.server.reset();  // plain nghttp2 answers on pod B's 15008 instead
+    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 3);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), 8080);
+    std::atomic<bool> go{false};
+    std::atomic<int> intact{0};
+    std::vector<std::unique_ptr<Worker>> apps;
+    auto start = [&](int i) {
+      auto app = std::make_shared<UniqueFd>(m.open(dst));
+      apps.push_back(std::make_unique<Worker>([app, i, &go, &intact] {
+        auto data = pattern(200 * 1024, static_cast<unsigned>(i));
+        if (!sendAll(app->get(), data.data(), 1000)) return;
+        while (!go) std::this_thread::sleep_for(2ms);
+        std::thread rest([&] {
+          sendAll(app->get(), data.data() + 1000, data.size() - 1000);
+          ::shutdown(app->get(), SHUT_WR);
+        });
+        std::vector<unsigned char> back;
+        bool ok = recvAll(app->get(), back);
+        rest.join();
+        if (ok && back == data) intact++;
+      }));
+    };
+    for (int i = 0; i < 3; ++i) start(i);
+    REQUIRE(m.pumpUntil([&] { return raw.goaway_sent.load(); }, 5s));
+    m.pumpFor(100ms);  // the client reads the GOAWAY
+    start(3);
+    REQUIRE(m.pumpUntil([&] { return raw.streams == 4; }, 5s));
+    CHECK(raw.connections == 2);
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 2);
+    go = true;
+    REQUIRE(m.pumpUntil([&] { return allDone(apps); }, 20s));
+    CHECK(intact == 4);
+    // The first tunnel closes once its streams are done; the second stays pooled.
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 1; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 4; }, 5s));
+    for (auto& r : m.closed(*m.cs)) CHECK(why(r.reason) == "eof");
+    m.client->shutdown();
+    CHECK(m.pumpUntil([&] { return m.client->idle(); }, 5s));
+  }
+
+  TEST_CASE("bad preface: not TLS at all -> handshake failure, the tunnel is closed") {
+    Mesh m;
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    std::string junk = "GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+    REQUIRE(sendAll(raw.get(), reinterpret_cast<const unsigned char*>(junk.data()), junk.size()));
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(raw.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(m.ss->count(Counter::kHandshakeFailures) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(m.ss->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.ss->count(Counter::kAccepted) == 0);
+    CHECK(m.authorizer.calls == 0);
+  }
+
+  TEST_CASE("bad preface: TLS, then no HTTP/2 preface -> bad request, the tunnel is closed") {
+    Mesh m;
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    std::atomic<bool> handshake{false};
+    Worker peer([&] {
+      Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
+      if (!ssl) return;
+      handshake = true;
+      std::string junk = "this is not the HTTP/2 client preface\r\n\r\n";
+      SSL_write(ssl.get(), junk.data(), static_cast<int>(junk.size()));
+      char buf[4096];
+      while (SSL_read(ssl.get(), buf, sizeof(buf)) > 0) {
+      }
+    });
+    REQUIRE(m.pumpUntil([&] { return peer.done.load(); }, 10s));
+    CHECK(handshake);
+    CHECK(m.ss->count(Counter::kBadRequests) == 1);
+    CHECK(m.ss->count(Counter::kHandshakeFailures) == 0);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+  }
+
+  TEST_CASE("a request that is not CONNECT -> bad request, GOAWAY, the tunnel is closed") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    RawClient h2;
+    bool handshake = false;
+    Worker peer([&] {
+      Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
+      if (!ssl) return;
+      handshake = true;
+      h2.run(ssl.get(), "GET", formatEndpoint(makeSockaddr(ip(kAddrB), echo.port)));
+    });
+    REQUIRE(m.pumpUntil([&] { return peer.done.load(); }, 10s));
+    CHECK(handshake);
+    CHECK(h2.goaway);
+    CHECK(h2.goaway_error == NGHTTP2_PROTOCOL_ERROR);
+    CHECK(h2.status.empty());
+    CHECK(m.ss->count(Counter::kBadRequests) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+    auto in = m.closed(*m.ss);
+    REQUIRE(in.size() == 1);
+    CHECK(why(in[0].reason) == "bad_request");
+    CHECK(m.authorizer.calls == 0);
     CHECK(echo.accepted == 0);
   }
 }
