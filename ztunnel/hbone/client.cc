@@ -1,15 +1,344 @@
-// TEMPORARY stub until the hbone/ rewrite lands (replaced by the real one).
 #include "ztunnel/hbone/client.h"
+
+#include <algorithm>
+#include <cstring>
+#include <list>
+#include <unordered_map>
+#include <vector>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/bpf_abi.h"
+#include "sluice/common/log.h"
+#include "ztunnel/hbone/stream.h"
+#include "ztunnel/hbone/tunnel.h"
+
 namespace sluice::ztunnel::hbone {
-struct Client::Impl {};
-Client::Client(proxy::WorkerContext&, CredentialSource&, tls::Contexts&) {}
+
+namespace {
+auto logger() { return log::get("hbone"); }
+}  // namespace
+
+struct Client::Impl final : StreamOwner {
+  // One outbound tunnel with what the pool keeps about it.
+  struct Link final : TunnelOwner {
+    Link(Impl& i, std::shared_ptr<proxy::PodState> pod, const sockaddr_in& remote)
+        : impl(i), tunnel(i.env, *this, false, std::move(pod), remote) {}
+    Impl& impl;
+    Tunnel tunnel;
+    std::string key;               // in the pool under this key (empty: not pooled)
+    std::vector<Stream*> waiting;  // accepted, waiting for the handshake
+    // 15008 refused: redialled at redial_at, the delay doubling
+    Clock::time_point redial_at{};
+    std::chrono::milliseconds backoff{0};
+    bool redialing = false;
+
+    void tunnelDialFailed(Tunnel&, int res) override { impl.dialFailed(*this, res); }
+    void tunnelReady(Tunnel&) override { impl.ready(*this); }
+    void tunnelDraining(Tunnel&) override { impl.unpool(*this); }
+    void tunnelClosing(Tunnel&) override { impl.closing(*this); }
+    void tunnelFinished(Tunnel&) override { impl.scheduleReap(); }
+  };
+  // An outbound connection waiting for its pod's first certificate.
+  struct CertWaiter {
+    std::unique_ptr<proxy::Attempt> attempt;
+    MeshWorkload target;
+    Clock::time_point deadline;
+  };
+
+  Impl(proxy::WorkerContext& c, CredentialSource& cr, tls::Contexts& t)
+      : ctx(c), creds(cr), env(c, t) {}
+
+  proxy::WorkerContext& ctx;
+  CredentialSource& creds;
+  TunnelEnv env;
+  std::unordered_map<Link*, std::unique_ptr<Link>> links;
+  std::unordered_map<Stream*, std::unique_ptr<Stream>> streams;
+  std::unordered_map<std::string, std::vector<Link*>> pool;
+  std::vector<CertWaiter> waiters;
+  std::vector<Link*> redials;
+  log::Limiter cert_log, connect_log;
+
+  // --- streams ---
+  void openStream(std::unique_ptr<proxy::Attempt> attempt, const MeshWorkload& target,
+                  const std::shared_ptr<const WorkloadCredential>& cred) {
+    auto pod = attempt->pod;
+    Link* l = pooled(pod, target, attempt->dst, cred);
+    if (!l) {
+      ctx.counters().add(Counter::kConnectFailures);
+      if (proxy::Attempt::retry(attempt, "no tunnel")) return;
+      proxy::setLinger0(attempt->client.get());
+      return;
+    }
+    auto owned = std::make_unique<Stream>(ctx, *this, &l->tunnel, pod, false);
+    Stream* s = owned.get();
+    streams.emplace(s, std::move(owned));
+    auto live = std::make_shared<proxy::LiveRecord>();
+    ConnectionRecord& r = live->rec;
+    r.direction = Direction::kOutbound;
+    r.path = Path::kHbone;
+    r.pod = pod->spec.name_namespace;
+    r.source = formatEndpoint(attempt->peer);
+    r.destination = formatEndpoint(attempt->dst);
+    r.destination_service = attempt->serviceName();
+    r.source_principal = pod->spec.identity;
+    r.destination_principal = target.identity;
+    r.mutual_tls = true;
+    live->source = attempt->peer;
+    live->destination = attempt->dst;
+    s->setAttempt(std::move(attempt));
+    s->openRecord(std::move(live));
+    if (l->tunnel.ready()) {
+      if (s->submit()) l->tunnel.progress();
+    } else {
+      l->waiting.push_back(s);
+    }
+  }
+
+  void streamFinished(Stream& s) override {
+    if (Tunnel* t = s.tunnel()) std::erase(static_cast<Link&>(t->owner()).waiting, &s);
+    s.setTunnel(nullptr);
+    scheduleReap();
+  }
+
+  // --- tunnels ---
+  Link* pooled(const std::shared_ptr<proxy::PodState>& pod, const MeshWorkload& target,
+               const sockaddr_in& dst, const std::shared_ptr<const WorkloadCredential>& cred) {
+    std::string key = pod->spec.uid + '|' + target.identity + '|' + formatIp4(dst.sin_addr.s_addr);
+    auto& list = pool[key];
+    for (Link* l : list) {
+      Tunnel& t = l->tunnel;
+      if (t.draining() || t.closed()) continue;
+      if (t.credential() != cred) {  // renewed certificate: new streams go to a new tunnel
+        t.drain();
+        continue;
+      }
+      if (t.streams() + l->waiting.size() < ctx.config.hbone_max_streams) return l;
+    }
+    std::erase_if(list, [](Link* l) { return l->tunnel.draining() || l->tunnel.closed(); });
+    if (list.empty()) pool.erase(key);
+
+    auto owned =
+        std::make_unique<Link>(*this, pod, makeSockaddr(dst.sin_addr.s_addr, ctx.hbone_port));
+    Link* l = owned.get();
+    links.emplace(l, std::move(owned));
+    auto sock = ctx.sockets.upstream(*pod, SLUICE_MARK_MINE, 0);
+    if (!sock) {
+      SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
+                         "pod {}: cannot create a tunnel socket: {}", pod->spec.name_namespace,
+                         sock.error().describe());
+      l->tunnel.close("socket_error");
+      return nullptr;
+    }
+    l->key = key;
+    pool[key].push_back(l);
+    l->tunnel.dial(std::move(*sock), cred, target.identity);
+    return l;
+  }
+
+  void unpool(Link& l) {
+    if (l.key.empty()) return;
+    auto it = pool.find(l.key);
+    if (it != pool.end()) {
+      std::erase(it->second, &l);
+      if (it->second.empty()) pool.erase(it);
+    }
+    l.key.clear();
+  }
+
+  void ready(Link& l) {
+    auto waiting = std::move(l.waiting);
+    l.waiting.clear();
+    for (Stream* s : waiting) s->submit();  // the tunnel writes once this returns
+  }
+
+  void dialFailed(Link& l, int res) {
+    if (res == -ECONNREFUSED) {
+      // A Service connection tries another endpoint at once rather than
+      // wait for this one.
+      auto waiting = l.waiting;
+      for (Stream* s : waiting) {
+        if (!s->isService()) continue;
+        std::erase(l.waiting, s);
+        s->setTunnel(nullptr);
+        s->fail(CloseReason::kConnectError, "15008 refused");
+      }
+    }
+    if (res == -ECONNREFUSED && !l.waiting.empty()) {
+      // Nothing listens on 15008 yet: the destination was enrolled a moment
+      // ago and its node is still creating its listeners. Redial shortly.
+      auto now = Clock::now();
+      auto backoff =
+          std::clamp(l.backoff * 2, std::chrono::milliseconds(10), std::chrono::milliseconds(200));
+      if (now + backoff < l.tunnel.created() + ctx.config.hbone_refused_retry) {
+        ctx.counters().add(Counter::kConnectRetries);
+        l.backoff = backoff;
+        l.redial_at = now + backoff;
+        l.redialing = true;
+        redials.push_back(&l);
+        if (ctx.want_fine_tick) ctx.want_fine_tick();
+        return;
+      }
+    }
+    ctx.counters().add(Counter::kConnectFailures);
+    bool timeout = res == -ETIMEDOUT;
+    SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::warn,
+                       "tunnel {} to {}: connect failed: {}", l.tunnel.id(),
+                       formatEndpoint(l.tunnel.remote()),
+                       timeout ? "timed out" : std::strerror(-res));
+    l.tunnel.close(timeout ? "connect_timeout" : "connect_error");
+  }
+
+  void closing(Link& l) {
+    unpool(l);
+    std::erase(redials, &l);
+    auto waiting = std::move(l.waiting);
+    l.waiting.clear();
+    for (Stream* s : waiting) {
+      s->setTunnel(nullptr);
+      s->fail(CloseReason::kNoTunnel, l.tunnel.reason());
+    }
+  }
+
+  void redial(Link& l) {
+    l.redialing = false;
+    if (l.waiting.empty()) {
+      l.tunnel.close("connect_error");
+      return;
+    }
+    auto sock = ctx.sockets.upstream(*l.tunnel.pod(), SLUICE_MARK_MINE, 0);
+    if (!sock) {
+      l.tunnel.close("socket_error");
+      return;
+    }
+    l.tunnel.redial(std::move(*sock));
+  }
+
+  // --- freeing: what is finished goes on the next ring run ---
+  void scheduleReap() {
+    if (!reap_op.busy()) reap_op.soon(ctx.ring);
+  }
+  void reap(const io_uring_cqe&) {
+    std::erase_if(streams, [](auto& p) { return p.second->finished(); });
+    std::erase_if(links, [](auto& p) {
+      Tunnel& t = p.second->tunnel;
+      return t.closed() && !t.busy();
+    });
+  }
+  uring::Op<&Impl::reap> reap_op{this};
+
+  template <class F>
+  void eachLink(F f) {
+    std::vector<Link*> all;
+    all.reserve(links.size());
+    for (auto& [p, l] : links) all.push_back(p);
+    for (Link* l : all) f(*l);
+  }
+  void dropWaiter(CertWaiter& w) {
+    w.attempt->pod->connections--;
+    proxy::setLinger0(w.attempt->client.get());
+  }
+};
+
+Client::Client(proxy::WorkerContext& ctx, CredentialSource& credentials, tls::Contexts& tls)
+    : impl_(std::make_unique<Impl>(ctx, credentials, tls)) {}
+
 Client::~Client() = default;
-void Client::open(std::unique_ptr<proxy::Attempt> a, const MeshWorkload&) {
-  proxy::setLinger0(a->client.get());
+
+void Client::open(std::unique_ptr<proxy::Attempt> attempt, const MeshWorkload& target) {
+  Impl& m = *impl_;
+  auto pod = attempt->pod;
+  if (auto cred = m.creds.credential(pod->spec.identity)) {
+    m.openStream(std::move(attempt), target, cred);
+    return;
+  }
+  // Enrolled a moment ago, or the agent just started: the pod's certificate
+  // is on its way. The app's connection waits for it (bounded).
+  m.ctx.counters().add(Counter::kCertificateWaits);
+  pod->connections++;  // a waiting connection counts against the pod's limit
+  m.waiters.push_back(
+      Impl::CertWaiter{std::move(attempt), target, Clock::now() + m.ctx.config.certificate_wait});
+  if (m.ctx.want_fine_tick) m.ctx.want_fine_tick();
 }
-void Client::removePod(const std::string&) {}
-void Client::shutdown() {}
-bool Client::idle() const { return true; }
-void Client::tick(Clock::time_point) {}
-bool Client::fineTick(Clock::time_point) { return false; }
+
+void Client::removePod(const std::string& uid) {
+  Impl& m = *impl_;
+  std::erase_if(m.waiters, [&](Impl::CertWaiter& w) {
+    if (w.attempt->pod->spec.uid != uid) return false;
+    m.dropWaiter(w);
+    return true;
+  });
+  m.eachLink([&](Impl::Link& l) {
+    if (l.tunnel.pod()->spec.uid == uid) l.tunnel.close("pod_removed");
+  });
+}
+
+void Client::shutdown() {
+  Impl& m = *impl_;
+  auto waiters = std::move(m.waiters);
+  m.waiters.clear();
+  for (auto& w : waiters) m.dropWaiter(w);
+  m.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
+  std::vector<Stream*> rest;
+  for (auto& [p, s] : m.streams) rest.push_back(p);
+  for (Stream* s : rest) s->close(true, CloseReason::kProxyShutdown);
+}
+
+bool Client::idle() const {
+  const Impl& m = *impl_;
+  return m.links.empty() && m.streams.empty() && m.waiters.empty() && !m.reap_op.busy();
+}
+
+void Client::tick(Clock::time_point now) {
+  Impl& m = *impl_;
+  m.eachLink([&](Impl::Link& l) {
+    Tunnel& t = l.tunnel;
+    if (t.ready() && !t.draining() && !t.flushingClose() &&
+        t.credential() != m.creds.credential(t.pod()->spec.identity))
+      t.drain();  // the certificate was renewed
+    t.tick(now, l.waiting.size());
+  });
+}
+
+bool Client::fineTick(Clock::time_point now) {
+  Impl& m = *impl_;
+  if (!m.waiters.empty()) {
+    auto waiters = std::move(m.waiters);
+    m.waiters.clear();
+    for (auto& w : waiters) {
+      auto& pod = w.attempt->pod;
+      auto cred = pod->removed ? nullptr : m.creds.credential(pod->spec.identity);
+      if (cred) {
+        pod->connections--;  // leaves the queue
+        m.openStream(std::move(w.attempt), w.target, cred);
+        continue;
+      }
+      if (!pod->removed && now < w.deadline) {
+        m.waiters.push_back(std::move(w));
+        continue;
+      }
+      if (!pod->removed) {
+        m.ctx.counters().add(Counter::kNoCertificate);
+        SLUICE_LOG_LIMITED(m.cert_log, logger(), spdlog::level::warn,
+                           "pod {}: no certificate for {} after {} ms; resetting a connection to "
+                           "{} (is the control plane's CA reachable? see 'sluicectl certs')",
+                           pod->spec.name_namespace, pod->spec.identity,
+                           m.ctx.config.certificate_wait.count(), formatEndpoint(w.attempt->dst));
+      }
+      m.dropWaiter(w);
+    }
+  }
+  if (!m.redials.empty()) {
+    auto due = std::move(m.redials);
+    m.redials.clear();
+    for (Impl::Link* l : due) {
+      if (l->tunnel.state() != Tunnel::State::kConnecting || !l->redialing) continue;
+      if (now < l->redial_at)
+        m.redials.push_back(l);
+      else
+        m.redial(*l);
+    }
+  }
+  return !m.waiters.empty() || !m.redials.empty();
+}
+
 }  // namespace sluice::ztunnel::hbone

@@ -1,14 +1,311 @@
-// TEMPORARY stub until the hbone/ rewrite lands (replaced by the real one).
 #include "ztunnel/hbone/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <list>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/bpf_abi.h"
+#include "sluice/common/log.h"
+#include "ztunnel/hbone/stream.h"
+#include "ztunnel/hbone/tunnel.h"
+
 namespace sluice::ztunnel::hbone {
-struct Server::Impl {};
-Server::Server(proxy::WorkerContext&, CredentialSource&, tls::Contexts&) {}
+
+namespace {
+
+auto logger() { return log::get("hbone"); }
+
+// The client's address from `Forwarded: for="ip:port"` (RFC 7239).
+std::optional<sockaddr_in> forwardedFor(std::string_view v) {
+  auto p = v.find("for=");
+  if (p == std::string_view::npos) return std::nullopt;
+  v.remove_prefix(p + 4);
+  if (!v.empty() && v.front() == '"') {
+    v.remove_prefix(1);
+    v = v.substr(0, v.find('"'));
+  } else {
+    v = v.substr(0, v.find_first_of(";, "));
+  }
+  return parseEndpoint(std::string(v));
+}
+
+}  // namespace
+
+struct Server::Impl final : StreamOwner {
+  // One inbound tunnel with what the server side keeps about it.
+  struct Link final : TunnelOwner {
+    Link(Impl& i, std::shared_ptr<proxy::PodState> pod, const sockaddr_in& peer)
+        : impl(i), tunnel(i.env, *this, true, std::move(pod), peer) {}
+    Impl& impl;
+    Tunnel tunnel;
+    // In Impl::pending (no CONNECT yet), for the bound on those.
+    bool pending = false;
+    std::list<Link*>::iterator pending_at;
+    bool awaiting_credential = false;  // bytes arrived before the pod's certificate
+
+    std::shared_ptr<const WorkloadCredential> tunnelCredential(Tunnel&) override {
+      return impl.credentialFor(*this);
+    }
+    StreamEnd* tunnelRequest(Tunnel&, int32_t id) override { return impl.newStream(*this, id); }
+    void tunnelClosing(Tunnel&) override { impl.closing(*this); }
+    void tunnelFinished(Tunnel&) override { impl.scheduleReap(); }
+  };
+
+  Impl(proxy::WorkerContext& c, CredentialSource& cr, tls::Contexts& t)
+      : ctx(c), creds(cr), env(c, t) {}
+
+  proxy::WorkerContext& ctx;
+  CredentialSource& creds;
+  TunnelEnv env;
+  std::unordered_map<Link*, std::unique_ptr<Link>> links;
+  std::unordered_map<Stream*, std::unique_ptr<Stream>> streams;
+  std::list<Link*> pending;       // tunnels without a CONNECT yet, oldest first
+  std::vector<Link*> cert_links;  // tunnels waiting for their pod's certificate
+  log::Limiter bad_request_log, refused_log, limit_log, denied_log, pending_log, connect_log;
+
+  std::shared_ptr<const WorkloadCredential> credentialFor(Link& l) {
+    auto cred = creds.credential(l.tunnel.pod()->spec.identity);
+    if (!cred && !l.awaiting_credential) {
+      l.awaiting_credential = true;
+      cert_links.push_back(&l);
+      ctx.counters().add(Counter::kCertificateWaits);
+      if (ctx.want_fine_tick) ctx.want_fine_tick();
+    }
+    return cred;
+  }
+
+  Stream* newStream(Link& l, int32_t id) {
+    auto owned = std::make_unique<Stream>(ctx, *this, &l.tunnel, l.tunnel.pod(), true);
+    Stream* s = owned.get();
+    streams.emplace(s, std::move(owned));
+    s->setId(id);
+    return s;
+  }
+
+  void streamFinished(Stream&) override { scheduleReap(); }
+
+  // A request arrived on one of this pod's tunnels: check, authorize, and
+  // connect to the app.
+  void streamRequest(Stream& s) override {
+    Tunnel& t = *s.tunnel();
+    dropPending(static_cast<Link&>(t.owner()));
+    proxy::PodState& pod = *t.pod();
+    // The app's own port comes from Forwarded; the IP is the one TCP vouches
+    // for (the tunnel leaves from the source pod's address).
+    sockaddr_in source = t.remote();
+    if (auto f = forwardedFor(s.forwarded); f && f->sin_addr.s_addr == t.remote().sin_addr.s_addr)
+      source = *f;
+    auto target = parseEndpoint(s.authority);
+    auto live = std::make_shared<proxy::LiveRecord>();
+    ConnectionRecord& r = live->rec;
+    r.direction = Direction::kInbound;
+    r.path = Path::kHbone;
+    r.pod = pod.spec.name_namespace;
+    r.source = formatEndpoint(source);
+    r.destination = s.authority;
+    r.source_principal = t.peerIdentity();
+    r.destination_principal = pod.spec.identity;
+    r.mutual_tls = true;
+    live->dest_pod_uid = pod.spec.uid;
+    live->dest_pod = pod.spec.name_namespace;
+    live->source = source;
+    if (target) live->destination = *target;
+    s.openRecord(live);
+
+    if (s.method != "CONNECT") {
+      ctx.counters().add(Counter::kBadRequests);
+      SLUICE_LOG_LIMITED(bad_request_log, logger(), spdlog::level::warn,
+                         "tunnel {} from {} ({}): {} is not CONNECT; closing the tunnel", t.id(),
+                         formatEndpoint(t.remote()), t.peerIdentity(), s.method);
+      s.close(true, CloseReason::kBadRequest);
+      t.terminate(NGHTTP2_PROTOCOL_ERROR, "bad_request");
+      return;
+    }
+    uint16_t port = target ? ntohs(target->sin_port) : 0;
+    if (!target || target->sin_addr.s_addr != pod.spec.ip4 || port == SLUICE_HBONE_PORT ||
+        port == ctx.hbone_port || port == SLUICE_INBOUND_PORT || port == SLUICE_OUTBOUND_PORT) {
+      ctx.counters().add(Counter::kRefused);
+      SLUICE_LOG_LIMITED(refused_log, logger(), spdlog::level::warn,
+                         "pod {}: refused CONNECT {} from {} ({}): not a port of this pod",
+                         pod.spec.name_namespace, s.authority, t.peerIdentity(),
+                         formatEndpoint(t.remote()));
+      s.refuse(401, CloseReason::kNotThisPod);
+      return;
+    }
+    if (pod.connections.load() >= ctx.config.max_connections_per_pod) {
+      ctx.counters().add(Counter::kLimitRejected);
+      SLUICE_LOG_LIMITED(limit_log, logger(), spdlog::level::warn,
+                         "pod {}: connection limit {} reached; refusing CONNECT from {}",
+                         pod.spec.name_namespace, ctx.config.max_connections_per_pod,
+                         t.peerIdentity());
+      s.refuse(503, CloseReason::kConnectionLimit);
+      return;
+    }
+    if (ctx.authorize(proxy::inboundRequestOf(*live)) == Verdict::kDeny) {
+      ctx.counters().add(Counter::kDenied);
+      SLUICE_LOG_LIMITED(denied_log, logger(), spdlog::level::info,
+                         "pod {}: denied CONNECT {} from {} ({})", pod.spec.name_namespace,
+                         s.authority, formatEndpoint(source), t.peerIdentity());
+      s.refuse(403, CloseReason::kDenied);
+      return;
+    }
+    // The app sees the client's address: the tunnel comes from the source
+    // pod's IP (its socket lives in the source pod's netns), which TCP vouches for.
+    auto sock = ctx.sockets.upstream(pod, SLUICE_MARK_INBOUND_APP, t.remote().sin_addr.s_addr);
+    if (!sock) {
+      SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
+                         "pod {}: cannot create an upstream socket: {}", pod.spec.name_namespace,
+                         sock.error().describe());
+      s.refuse(503, CloseReason::kSocketError, sock.error().describe());
+      return;
+    }
+    live->owner = &s;  // the authorization hook may reset it later
+    s.connectApp(std::move(*sock), *target);
+  }
+
+  // --- pending handshakes ---
+  // Inbound tunnels that have not sent a CONNECT yet are bounded per pod and
+  // per node (each worker enforces its share): beyond a bound the oldest one
+  // goes, so a flood of idle or stalled handshakes cannot exhaust descriptors
+  // or memory, and a legitimate handshake, which completes in milliseconds,
+  // is never the oldest for long.
+  void makeRoomForHandshake(const proxy::PodState& pod) {
+    unsigned workers = std::max(1u, ctx.workers);
+    size_t node_limit = std::max(1u, ctx.config.hbone_max_pending_handshakes / workers);
+    size_t pod_limit = std::max(1u, ctx.config.hbone_max_pending_handshakes_per_pod / workers);
+    size_t of_pod = 0;
+    Link* oldest_of_pod = nullptr;
+    for (Link* l : pending) {
+      if (l->tunnel.pod().get() != &pod) continue;
+      if (!oldest_of_pod) oldest_of_pod = l;
+      ++of_pod;
+    }
+    if (of_pod >= pod_limit)
+      evict(*oldest_of_pod, "the pod's bound on pending handshakes is reached");
+    else if (pending.size() >= node_limit)
+      evict(*pending.front(), "the node's bound on pending handshakes is reached");
+  }
+
+  void evict(Link& l, const char* why) {
+    ctx.counters().add(Counter::kPendingEvicted);
+    auto age =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - l.tunnel.created());
+    SLUICE_LOG_LIMITED(pending_log, logger(), spdlog::level::warn,
+                       "pod {}: closed the pending HBONE handshake from {} ({} ms old): {}",
+                       l.tunnel.pod()->spec.name_namespace, formatEndpoint(l.tunnel.remote()),
+                       age.count(), why);
+    proxy::setLinger0(l.tunnel.fd());
+    l.tunnel.close("evicted");
+  }
+
+  void dropPending(Link& l) {
+    if (!l.pending) return;
+    pending.erase(l.pending_at);
+    l.pending = false;
+  }
+
+  void closing(Link& l) {
+    dropPending(l);
+    std::erase(cert_links, &l);
+    l.awaiting_credential = false;
+  }
+
+  // --- freeing: what is finished goes on the next ring run ---
+  void scheduleReap() {
+    if (!reap_op.busy()) reap_op.soon(ctx.ring);
+  }
+  void reap(const io_uring_cqe&) {
+    std::erase_if(streams, [](auto& p) { return p.second->finished(); });
+    std::erase_if(links, [](auto& p) {
+      Tunnel& t = p.second->tunnel;
+      return t.closed() && !t.busy();
+    });
+  }
+  uring::Op<&Impl::reap> reap_op{this};
+
+  template <class F>
+  void eachLink(F f) {
+    std::vector<Link*> all;
+    all.reserve(links.size());
+    for (auto& [p, l] : links) all.push_back(p);
+    for (Link* l : all) f(*l);
+  }
+};
+
+Server::Server(proxy::WorkerContext& ctx, CredentialSource& credentials, tls::Contexts& tls)
+    : impl_(std::make_unique<Impl>(ctx, credentials, tls)) {}
+
 Server::~Server() = default;
-void Server::accept(const std::shared_ptr<proxy::PodState>&, UniqueFd, const sockaddr_in&) {}
-bool Server::evictOldestPending(const char*) { return false; }
-void Server::removePod(const std::string&) {}
-void Server::shutdown() {}
-bool Server::idle() const { return true; }
-void Server::tick(Clock::time_point) {}
-bool Server::fineTick(Clock::time_point) { return false; }
+
+void Server::accept(const std::shared_ptr<proxy::PodState>& pod, UniqueFd fd,
+                    const sockaddr_in& peer) {
+  Impl& m = *impl_;
+  int one = 1;
+  setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  m.makeRoomForHandshake(*pod);
+  auto owned = std::make_unique<Impl::Link>(m, pod, peer);
+  Impl::Link* l = owned.get();
+  m.links.emplace(l, std::move(owned));
+  l->pending = true;
+  l->pending_at = m.pending.insert(m.pending.end(), l);
+  l->tunnel.accept(std::move(fd));
+}
+
+bool Server::evictOldestPending(const char* why) {
+  Impl& m = *impl_;
+  for (Impl::Link* l : m.pending) {
+    if (l->tunnel.flushingClose()) continue;  // already closing
+    m.evict(*l, why);
+    return true;
+  }
+  return false;
+}
+
+void Server::removePod(const std::string& uid) {
+  impl_->eachLink([&](Impl::Link& l) {
+    if (l.tunnel.pod()->spec.uid == uid) l.tunnel.close("pod_removed");
+  });
+}
+
+void Server::shutdown() {
+  Impl& m = *impl_;
+  m.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
+  std::vector<Stream*> rest;
+  for (auto& [p, s] : m.streams) rest.push_back(p);
+  for (Stream* s : rest) s->close(true, CloseReason::kProxyShutdown);
+}
+
+bool Server::idle() const {
+  const Impl& m = *impl_;
+  return m.links.empty() && m.streams.empty() && !m.reap_op.busy();
+}
+
+void Server::tick(Clock::time_point now) {
+  impl_->eachLink([&](Impl::Link& l) { l.tunnel.tick(now, 0); });
+}
+
+bool Server::fineTick(Clock::time_point) {
+  Impl& m = *impl_;
+  auto waiting = std::move(m.cert_links);
+  m.cert_links.clear();
+  for (Impl::Link* l : waiting) {
+    if (l->tunnel.closed() || !l->awaiting_credential) continue;
+    auto cred = m.creds.credential(l->tunnel.pod()->spec.identity);
+    if (!cred) {
+      m.cert_links.push_back(l);
+      continue;
+    }
+    l->awaiting_credential = false;
+    l->tunnel.startTls(std::move(cred));
+  }
+  return !m.cert_links.empty();
+}
+
 }  // namespace sluice::ztunnel::hbone

@@ -1,1 +1,288 @@
-// placeholder
+#include "ztunnel/hbone/stream.h"
+
+#include <cstring>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/log.h"
+
+namespace sluice::ztunnel::hbone {
+
+namespace {
+auto logger() { return log::get("hbone"); }
+}  // namespace
+
+Stream::Stream(proxy::WorkerContext& ctx, StreamOwner& owner, Tunnel* tunnel,
+               std::shared_ptr<proxy::PodState> pod, bool server)
+    : ctx_(ctx),
+      owner_(owner),
+      tunnel_(tunnel),
+      pod_(std::move(pod)),
+      server_(server),
+      up_(ctx.ring, *this, ctx.config.buffer_bytes),
+      down_(ctx.ring, *this, ctx.config.buffer_bytes) {
+  pod_->connections++;
+  ctx_.counters().add(Counter::kActive);
+  if (server_) ctx_.counters().add(Counter::kAccepted);  // client side: counted at accept
+}
+
+Stream::~Stream() {
+  if (finished_) return;
+  // Torn down with the worker (it waited for the ring): count it closed.
+  ctx_.counters().sub(Counter::kActive);
+  ctx_.counters().add(Counter::kClosed);
+  pod_->connections--;
+  if (live_) ctx_.records.close(*live_, CloseReason::kProxyShutdown);
+}
+
+void Stream::openRecord(std::shared_ptr<proxy::LiveRecord> live) {
+  live_ = std::move(live);
+  live_->worker = ctx_.worker;
+  ctx_.records.open(live_);
+}
+
+int Stream::appFd() const {
+  if (server_) return app_.get();
+  return attempt_ ? attempt_->client.get() : -1;
+}
+
+void Stream::setAttempt(std::unique_ptr<proxy::Attempt> attempt) {
+  attempt_ = std::move(attempt);
+  attempt_->restartClock();  // the connect latency starts now, not before a certificate wait
+}
+
+void Stream::start() {
+  if (started_ || closing_) return;
+  started_ = true;
+  up_.start(appFd(), -1);
+  down_.start(-1, appFd());
+}
+
+// ------------------------------------------------------------ client
+
+bool Stream::submit() {
+  if (!tunnel_ || closing_) return false;
+  std::string authority = formatEndpoint(attempt_->dst);
+  std::string forwarded = "for=\"" + live_->rec.source + "\"";
+  int32_t id = tunnel_->request(*this, authority, forwarded);
+  if (id < 0) {
+    tunnel_ = nullptr;
+    fail(CloseReason::kNoTunnel, "stream_refused");
+    return false;
+  }
+  id_ = id;
+  h2_open_ = true;
+  // A Service connection reads nothing from the app before the 200, so a
+  // refused attempt can move to another endpoint with nothing lost. (Bytes
+  // read earlier wait for the 200 anyway: h2Read defers until then.)
+  if (!isService()) start();
+  return true;
+}
+
+void Stream::fail(CloseReason reason, std::string detail) {
+  if (closing_) return;
+  if (isService() && !established_ && !started_ && live_ &&
+      live_->sent.load(std::memory_order_relaxed) == 0 && !busy()) {
+    std::string why = toString(reason);
+    if (!detail.empty()) why += ": " + detail;
+    if (proxy::Attempt::retry(attempt_, why)) {  // the app's socket went with it
+      close(true, reason, std::move(detail), true);
+      return;
+    }
+  }
+  close(true, reason, std::move(detail));
+}
+
+// ------------------------------------------------------------ server
+
+void Stream::connectApp(UniqueFd sock, const sockaddr_in& dst) {
+  app_ = std::move(sock);
+  dst_ = dst;
+  connect_.start(ctx_.ring, app_.get(), dst_, ctx_.config.connect_timeout);
+}
+
+void Stream::onConnected(int res) {
+  if (closing_) {
+    maybeFinish();
+    return;
+  }
+  if (!attached()) {
+    close(true, CloseReason::kTunnelClosed);
+    return;
+  }
+  if (res < 0) {
+    ctx_.counters().add(Counter::kConnectFailures);
+    bool timeout = res == -ETIMEDOUT;
+    std::string detail = timeout ? "" : std::strerror(-res);
+    logger()->info("pod {}: app {} not reachable: {}", pod_->spec.name_namespace,
+                   formatEndpoint(dst_), timeout ? "connect_timeout" : detail);
+    refuse(503, timeout ? CloseReason::kConnectTimeout : CloseReason::kConnectError,
+           std::move(detail));
+    return;
+  }
+  established_ = true;
+  start();
+  tunnel_->respond(id_, 200, false);
+}
+
+void Stream::refuse(int status, CloseReason reason, std::string detail) {
+  Tunnel* t = attached() ? tunnel_ : nullptr;
+  int32_t id = id_;
+  // Closing first: the RST after the response ends the stream in order.
+  close(false, reason, std::move(detail));
+  if (t) t->respond(id, status, true);
+}
+
+// ------------------------------------------------------------ both
+
+void Stream::close(bool reset, CloseReason reason, std::string detail, bool retried) {
+  if (closing_) return;
+  closing_ = true;
+  reason_ = reason;
+  detail_ = std::move(detail);
+  retried_ = retried;
+  if (reset && attached() && !rst_sent_) {
+    rst_sent_ = true;
+    tunnel_->reset(id_, NGHTTP2_CONNECT_ERROR);
+  }
+  up_.stop();
+  down_.stop();
+  int fd = appFd();
+  if (fd >= 0) {
+    if (reset) proxy::setLinger0(fd);
+    if (busy()) ctx_.ring.cancelFd(fd);
+  }
+  maybeFinish();
+}
+
+void Stream::maybeFinish() {
+  if (!closing_ || finished_ || busy() || attached()) return;
+  finished_ = true;
+  ctx_.counters().sub(Counter::kActive);
+  ctx_.counters().add(Counter::kClosed);
+  pod_->connections--;
+  if (live_) ctx_.records.close(*live_, reason_, detail_, retried_);
+  owner_.streamFinished(*this);
+}
+
+// ------------------------------------------------------------ HTTP/2
+
+void Stream::h2Header(std::string_view name, std::string_view value) {
+  if (server_) {
+    if (name == ":method")
+      method = value;
+    else if (name == ":authority")
+      authority = value;
+    else if (name == "forwarded")
+      forwarded = value;
+  } else if (name == ":status") {
+    status = value;
+  }
+}
+
+void Stream::h2Headers() {
+  if (server_) {
+    owner_.streamRequest(*this);
+    return;
+  }
+  if (closing_ || !attached()) return;
+  if (status == "200") {
+    established_ = true;
+    if (attempt_) attempt_->succeeded();
+    start();
+    tunnel_->resume(id_);
+    return;
+  }
+  logger()->warn("tunnel {}: {} refused CONNECT {} with status {}", tunnel_->id(),
+                 tunnel_->peerIdentity(), live_ ? live_->rec.destination : "?", status);
+  rst_sent_ = true;
+  tunnel_->reset(id_, NGHTTP2_CANCEL);
+  fail(CloseReason::kRefused, status);
+}
+
+bool Stream::h2Data(const uint8_t* data, size_t len) {
+  if (closing_) return false;
+  down_.push(reinterpret_cast<const char*>(data), len);
+  return true;
+}
+
+void Stream::h2End() {
+  if (closing_) return;
+  down_eof_ = true;
+  down_.pushEnd();
+}
+
+void Stream::h2Closed(uint32_t error_code) {
+  h2_open_ = false;
+  tunnel_ = nullptr;
+  if (closing_)
+    maybeFinish();
+  else if (error_code != NGHTTP2_NO_ERROR)
+    fail(CloseReason::kStreamReset, nghttp2_http2_strerror(error_code));
+  else if (!down_eof_ || !up_done_)
+    fail(CloseReason::kStreamClosedEarly);
+  else if (down_.sinkDone())
+    close(false, CloseReason::kEof);
+  // else: both directions ended; done when the app has every byte (pipeEnded)
+}
+
+ssize_t Stream::h2Read(uint8_t* buf, size_t len, uint32_t* flags) {
+  if (closing_) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  if (!established_) return NGHTTP2_ERR_DEFERRED;
+  size_t n = up_.pull(reinterpret_cast<char*>(buf), len);
+  if (n > 0) return static_cast<ssize_t>(n);
+  if (up_.ended()) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;  // half-close: END_STREAM
+    up_done_ = true;
+    return 0;
+  }
+  return NGHTTP2_ERR_DEFERRED;  // the pipe says when there is more (pipeReadable)
+}
+
+void Stream::tunnelLost(const std::string& reason) {
+  if (reason == "pod_removed")
+    fail(CloseReason::kPodRemoved);
+  else if (reason == "proxy_shutdown")
+    fail(CloseReason::kProxyShutdown);
+  else
+    fail(CloseReason::kTunnelClosed, reason);
+}
+
+void Stream::tunnelDetached() {
+  h2_open_ = false;
+  tunnel_ = nullptr;
+  if (!closing_) close(true, CloseReason::kTunnelClosed);
+  maybeFinish();
+}
+
+// ------------------------------------------------------------ pipes
+
+void Stream::pipeMoved(relay::Pipe& p, size_t n) {
+  if (!live_) return;
+  // client -> destination is "sent", whichever side we are
+  bool to_destination = (&p == &up_) != server_;
+  ctx_.records.moved(*live_, to_destination ? n : 0, to_destination ? 0 : n);
+}
+
+void Stream::pipeReadable(relay::Pipe&) {
+  if (attached()) tunnel_->resume(id_);
+}
+
+void Stream::pipeSent(relay::Pipe& p, size_t n) {
+  if (&p == &down_ && attached()) tunnel_->consume(id_, n);
+}
+
+void Stream::pipeEnded(relay::Pipe&) {
+  if (!closing_ && !h2_open_ && up_done_) close(false, CloseReason::kEof);
+}
+
+void Stream::pipeFailed(relay::Pipe&, int err, bool sending) {
+  if (closing_) return;
+  if (sending || err == -ECONNRESET)
+    close(true, CloseReason::kReset);
+  else
+    close(true, CloseReason::kRecvError, std::strerror(-err));
+}
+
+void Stream::pipeIdle(relay::Pipe&) { maybeFinish(); }
+
+}  // namespace sluice::ztunnel::hbone

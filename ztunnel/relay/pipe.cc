@@ -77,8 +77,12 @@ void Pipe::pump() {
   }
 }
 
+void Pipe::settle() {
+  if (!busy()) owner_.pipeIdle(*this);
+}
+
 void Pipe::onRecv(const io_uring_cqe& cqe) {
-  if (stopped_) return;
+  if (stopped_) return settle();
   if (cqe.res > 0) {
     len_ = static_cast<size_t>(cqe.res);
     off_ = 0;
@@ -98,7 +102,7 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
 }
 
 void Pipe::onSend(const io_uring_cqe& cqe) {
-  if (stopped_) return;
+  if (stopped_) return settle();
   if (cqe.res <= 0) {
     owner_.pipeFailed(*this, cqe.res == 0 ? -EPIPE : cqe.res, true);
     return;
@@ -116,7 +120,7 @@ void Pipe::onSend(const io_uring_cqe& cqe) {
 
 void Pipe::onShutdown(const io_uring_cqe&) {
   shut_done_ = true;
-  if (stopped_) return;
+  if (stopped_) return settle();
   owner_.pipeEnded(*this);
 }
 

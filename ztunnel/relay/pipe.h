@@ -30,6 +30,7 @@ class PipeOwner {
   virtual void pipeSent(Pipe&, size_t) {}         // socket sink: bytes written
   virtual void pipeEnded(Pipe& p) = 0;            // EOF reached the sink (shutdown done)
   virtual void pipeFailed(Pipe& p, int err, bool sending) = 0;  // -errno of recv or send
+  virtual void pipeIdle(Pipe&) {}  // stopped, and its last request just completed
 
  protected:
   ~PipeOwner() = default;
@@ -67,6 +68,7 @@ class Pipe {
   void onRecv(const io_uring_cqe& cqe);
   void onSend(const io_uring_cqe& cqe);
   void onShutdown(const io_uring_cqe& cqe);
+  void settle();  // stopped: tells the owner once nothing is in flight
 
   uring::Ring& ring_;
   PipeOwner& owner_;

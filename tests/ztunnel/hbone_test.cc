@@ -1,0 +1,1020 @@
+// HBONE in-process, without root: a Client and a Server, each with its own
+// ring and records, on the test thread; pods are 127.0.0.x addresses in the
+// current netns; certificates come from an in-process CA. Odd peers are
+// plain OpenSSL + nghttp2 on threads.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/x509.h"
+#include "ztunnel/hbone/client.h"
+#include "ztunnel/hbone/server.h"
+
+using namespace sluice;
+using namespace sluice::ztunnel;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// ------------------------------------------------------------ certificates
+
+bool addExt(X509* cert, X509* issuer, int nid, const char* value) {
+  X509V3_CTX v3;
+  X509V3_set_ctx_nodb(&v3);
+  X509V3_set_ctx(&v3, issuer, cert, nullptr, nullptr, 0);
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
+  if (!ext) return false;
+  X509_add_ext(cert, ext, -1);
+  X509_EXTENSION_free(ext);
+  return true;
+}
+
+struct TestCa {
+  x509::PKey key;
+  x509::Cert cert;
+  std::string pem;
+  long serial = 1;
+
+  TestCa() {
+    key = std::move(*x509::generateP256());
+    cert.reset(X509_new());
+    X509_set_version(cert.get(), 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), serial++);
+    X509_NAME* name = X509_get_subject_name(cert.get());
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>("hbone test CA"), -1, -1, 0);
+    X509_set_issuer_name(cert.get(), name);
+    X509_gmtime_adj(X509_getm_notBefore(cert.get()), -60);
+    X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
+    X509_set_pubkey(cert.get(), key.get());
+    addExt(cert.get(), cert.get(), NID_basic_constraints, "critical,CA:TRUE");
+    addExt(cert.get(), cert.get(), NID_key_usage, "critical,keyCertSign,cRLSign");
+    addExt(cert.get(), cert.get(), NID_subject_key_identifier, "hash");
+    X509_sign(cert.get(), key.get(), EVP_sha256());
+    pem = x509::certPem(cert.get());
+  }
+
+  std::shared_ptr<const WorkloadCredential> issue(const std::string& uri) {
+    auto k = std::move(*x509::generateP256());
+    x509::Cert c(X509_new());
+    X509_set_version(c.get(), 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(c.get()), serial++);
+    X509_set_issuer_name(c.get(), X509_get_subject_name(cert.get()));
+    X509_gmtime_adj(X509_getm_notBefore(c.get()), -60);
+    X509_gmtime_adj(X509_getm_notAfter(c.get()), 3600);
+    X509_set_pubkey(c.get(), k.get());
+    std::string san = "critical,URI:" + uri;
+    bool ok = addExt(c.get(), cert.get(), NID_basic_constraints, "critical,CA:FALSE") &&
+              addExt(c.get(), cert.get(), NID_key_usage, "critical,digitalSignature") &&
+              addExt(c.get(), cert.get(), NID_ext_key_usage, "serverAuth,clientAuth") &&
+              addExt(c.get(), cert.get(), NID_subject_alt_name, san.c_str()) &&
+              addExt(c.get(), cert.get(), NID_authority_key_identifier, "keyid:always");
+    REQUIRE(ok);
+    REQUIRE(X509_sign(c.get(), key.get(), EVP_sha256()) > 0);
+    auto cred = std::make_shared<WorkloadCredential>();
+    cred->identity = uri;
+    cred->chain_pem = x509::certPem(c.get()) + pem;
+    cred->key_pem = x509::privateKeyPem(k.get());
+    return cred;
+  }
+};
+
+class FakeCredentials final : public CredentialSource {
+ public:
+  std::shared_ptr<const WorkloadCredential> credential(const std::string& uri) override {
+    std::lock_guard lk(mu_);
+    auto it = creds_.find(uri);
+    return it == creds_.end() ? nullptr : it->second;
+  }
+  void set(const std::string& uri, std::shared_ptr<const WorkloadCredential> c) {
+    std::lock_guard lk(mu_);
+    creds_[uri] = std::move(c);
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<const WorkloadCredential>> creds_;
+};
+
+// ------------------------------------------------------------ sockets
+
+uint32_t ip(const char* s) { return *parseIp4(s); }
+
+sockaddr_in localOf(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return a;
+}
+
+UniqueFd listenOn(uint32_t addr, uint16_t port = 0, bool nonblock = false) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0));
+  int one = 1;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a = makeSockaddr(addr, port);
+  REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  REQUIRE(::listen(fd.get(), 256) == 0);
+  return fd;
+}
+
+UniqueFd connectTo(const sockaddr_in& dst, uint32_t from = 0) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (from) {
+    sockaddr_in b = makeSockaddr(from, 0);
+    REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&b), sizeof(b)) == 0);
+  }
+  REQUIRE(::connect(fd.get(), reinterpret_cast<const sockaddr*>(&dst), sizeof(dst)) == 0);
+  return fd;
+}
+
+void setTimeouts(int fd, std::chrono::milliseconds t) {
+  timeval tv{static_cast<time_t>(t.count() / 1000),
+             static_cast<suseconds_t>(t.count() % 1000 * 1000)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+void setBuffers(int fd, int bytes) {
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+}
+
+// Upstream sockets in the current netns: bound to bind_ip, or else to the
+// pod's own address (what its netns would give it). The mark is ignored.
+class TestSockets final : public proxy::SocketFactory {
+ public:
+  int buffer_bytes = 0;  // SO_SNDBUF/SO_RCVBUF when set
+  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, uint32_t bind_ip) override {
+    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) return failErrno("socket");
+    if (buffer_bytes) setBuffers(fd.get(), buffer_bytes);
+    int one = 1;  // as inpod::upstreamSocket
+    setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    sockaddr_in b = makeSockaddr(bind_ip ? bind_ip : pod.spec.ip4, 0);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&b), sizeof(b)) != 0) return failErrno("bind");
+    return fd;
+  }
+};
+
+std::vector<unsigned char> pattern(size_t n, unsigned seed) {
+  std::vector<unsigned char> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<unsigned char>((i * 131 + seed) ^ (i >> 13));
+  return v;
+}
+
+bool sendAll(int fd, const unsigned char* p, size_t n) {
+  while (n > 0) {
+    ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (k <= 0) return false;
+    p += k;
+    n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+// Everything until EOF; false on an error (a reset, a timeout).
+bool recvAll(int fd, std::vector<unsigned char>& out) {
+  unsigned char buf[1 << 16];
+  for (;;) {
+    ssize_t k = ::recv(fd, buf, sizeof(buf), 0);
+    if (k == 0) return true;
+    if (k < 0) return false;
+    out.insert(out.end(), buf, buf + k);
+  }
+}
+
+// An app in a pod: accepts on addr:port, one thread per connection.
+class App {
+ public:
+  using Handler = std::function<void(int fd)>;
+  App(uint32_t addr, Handler h) : listener_(listenOn(addr)), handler_(std::move(h)) {
+    port = ntohs(localOf(listener_.get()).sin_port);
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~App() {
+    ::shutdown(listener_.get(), SHUT_RDWR);
+    thread_.join();
+    {
+      std::lock_guard lk(mu_);
+      for (int fd : open_) ::shutdown(fd, SHUT_RDWR);  // the test is over: no waiting
+    }
+    for (auto& t : conns_) t.join();
+  }
+  uint16_t port = 0;
+  std::atomic<int> accepted{0};
+
+  static void echo(int fd) {
+    std::vector<unsigned char> buf(1 << 16);
+    for (;;) {
+      ssize_t k = ::recv(fd, buf.data(), buf.size(), 0);
+      if (k <= 0) break;
+      if (!sendAll(fd, buf.data(), static_cast<size_t>(k))) break;
+    }
+    ::shutdown(fd, SHUT_WR);  // half-close after the peer's
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;
+      accepted++;
+      setTimeouts(fd, 20s);
+      {
+        std::lock_guard lk(mu_);
+        open_.push_back(fd);
+      }
+      conns_.emplace_back([this, fd] {
+        handler_(fd);
+        std::lock_guard lk(mu_);
+        std::erase(open_, fd);
+        ::close(fd);
+      });
+    }
+  }
+  UniqueFd listener_;
+  Handler handler_;
+  std::thread thread_;
+  std::vector<std::thread> conns_;
+  std::mutex mu_;
+  std::vector<int> open_;
+};
+
+// ------------------------------------------------------------ the two sides
+
+constexpr const char* kIdA = "spiffe://cluster.local/ns/a/sa/client";
+constexpr const char* kIdB = "spiffe://cluster.local/ns/b/sa/server";
+
+std::shared_ptr<proxy::PodState> makePod(const char* uid, const char* name, const char* id,
+                                         const char* addr) {
+  auto p = std::make_shared<proxy::PodState>();
+  p->spec.uid = uid;
+  p->spec.name_namespace = name;
+  p->spec.identity = id;
+  p->spec.ip4 = ip(addr);
+  return p;
+}
+
+class RecordingAuthorizer final : public InboundAuthorizer {
+ public:
+  Verdict verdict = Verdict::kAllow;
+  int calls = 0;
+  std::string source_principal, pod_uid;
+  sockaddr_in source{}, destination{};
+  Path path = Path::kInbound;
+  bool mutual_tls = false;
+  Verdict authorize(const InboundRequest& r) override {
+    calls++;
+    source_principal = r.source_principal;
+    pod_uid = r.pod_uid;
+    source = r.source;
+    destination = r.destination;
+    path = r.path;
+    mutual_tls = r.mutual_tls;
+    return verdict;
+  }
+};
+
+struct Side {
+  explicit Side(const EngineConfig& cfg, InboundAuthorizer* authorizer = nullptr) {
+    auto r = uring::Ring::create(512);
+    REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+    ring = std::move(*r);
+    ctx = std::make_unique<proxy::WorkerContext>(proxy::WorkerContext{.config = cfg,
+                                                                      .ring = *ring,
+                                                                      .records = records,
+                                                                      .worker = 0,
+                                                                      .workers = 1,
+                                                                      .sockets = sockets,
+                                                                      .authorizer = authorizer,
+                                                                      .hbone_port = 15008,
+                                                                      .want_fine_tick = {}});
+  }
+  uint64_t count(Counter c) { return records.counters().get(c); }
+  proxy::Records records{false, nullptr};
+  TestSockets sockets;
+  std::unique_ptr<uring::Ring> ring;
+  std::unique_ptr<proxy::WorkerContext> ctx;
+};
+
+const char* const kAddrA = "127.0.0.2";  // the client pod
+const char* const kAddrB = "127.0.0.3";  // the server pod
+
+struct Mesh {
+  EngineConfig cfg;
+  TestCa ca;
+  FakeCredentials creds;
+  std::unique_ptr<tls::Contexts> tls;
+  RecordingAuthorizer authorizer;
+  std::unique_ptr<Side> cs, ss;  // client side, server side
+  std::unique_ptr<hbone::Client> client;
+  std::unique_ptr<hbone::Server> server;
+  std::shared_ptr<proxy::PodState> pod_a = makePod("uid-a", "a/client", kIdA, kAddrA);
+  std::shared_ptr<proxy::PodState> pod_b = makePod("uid-b", "b/server", kIdB, kAddrB);
+  UniqueFd hbone_listener;  // pod B's 15008, on another port
+  UniqueFd app_listener;    // pod A's 15001 stand-in
+  bool server_paused = false;
+
+  explicit Mesh(std::function<void(EngineConfig&)> tune = {}) {
+    cfg.trust_anchor_pem = ca.pem;
+    cfg.connect_timeout = 2000ms;
+    if (tune) tune(cfg);
+    auto t = tls::Contexts::create(ca.pem);
+    REQUIRE(t.has_value());
+    tls = std::move(*t);
+    creds.set(kIdA, ca.issue(kIdA));
+    creds.set(kIdB, ca.issue(kIdB));
+    hbone_listener = listenOn(ip(kAddrB), 0, true);
+    app_listener = listenOn(ip(kAddrA));
+    cs = std::make_unique<Side>(cfg);
+    ss = std::make_unique<Side>(cfg, &authorizer);
+    cs->ctx->hbone_port = ss->ctx->hbone_port = ntohs(localOf(hbone_listener.get()).sin_port);
+    client = std::make_unique<hbone::Client>(*cs->ctx, creds, *tls);
+    server = std::make_unique<hbone::Server>(*ss->ctx, creds, *tls);
+  }
+  ~Mesh() {
+    client->shutdown();
+    if (server) server->shutdown();
+    server_paused = false;
+    pumpUntil([&] { return client->idle() && (!server || server->idle()); }, 5s);
+  }
+
+  void step() {
+    auto now = Clock::now();
+    unsigned n = *cs->ring->run(0);
+    if (!server_paused && server) {
+      for (;;) {
+        sockaddr_in peer{};
+        socklen_t len = sizeof(peer);
+        int fd =
+            ::accept4(hbone_listener.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC);
+        if (fd < 0) break;
+        ss->records.counters().add(Counter::kTunnelsAccepted);
+        server->accept(pod_b, UniqueFd(fd), peer);
+        ++n;
+      }
+      n += *ss->ring->run(0);
+      server->tick(now);
+      server->fineTick(now);
+    }
+    client->tick(now);
+    client->fineTick(now);
+    if (n == 0) std::this_thread::sleep_for(100us);
+  }
+  bool pumpUntil(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+    auto end = Clock::now() + limit;
+    while (!done()) {
+      if (Clock::now() > end) return false;
+      step();
+    }
+    return true;
+  }
+  void pumpFor(std::chrono::milliseconds d) {
+    auto end = Clock::now() + d;
+    while (Clock::now() < end) step();
+  }
+
+  // An app connection of pod A to dst (through the HBONE client); returns
+  // the app's end of it.
+  UniqueFd open(const sockaddr_in& dst, const char* identity = kIdB) {
+    UniqueFd app = connectTo(localOf(app_listener.get()), ip(kAddrA));
+    setTimeouts(app.get(), 20s);
+    sockaddr_in peer{};
+    socklen_t len = sizeof(peer);
+    UniqueFd proxy_end(
+        ::accept4(app_listener.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC));
+    REQUIRE(proxy_end);
+    auto attempt = std::make_unique<proxy::Attempt>(pod_a, std::move(proxy_end), peer, dst);
+    client->open(std::move(attempt), MeshWorkload{identity, "b/server", "node-b"});
+    return app;
+  }
+
+  std::vector<ConnectionRecord> closed(Side& s) {
+    std::vector<ConnectionRecord> out;
+    for (auto& r : s.records.snapshot())
+      if (r.state == ConnState::kClosed) out.push_back(r);
+    return out;
+  }
+};
+
+std::string why(CloseReason r) { return toString(r); }
+
+// Runs fn on a thread while the test thread pumps the rings.
+struct Worker {
+  std::thread t;
+  std::atomic<bool> done{false};
+  explicit Worker(std::function<void()> fn)
+      : t([this, fn = std::move(fn)] {
+          fn();
+          done = true;
+        }) {}
+  ~Worker() { t.join(); }
+};
+
+bool allDone(const std::vector<std::unique_ptr<Worker>>& ws) {
+  for (auto& w : ws)
+    if (!w->done) return false;
+  return true;
+}
+
+// ------------------------------------------------------------ odd peers
+
+struct SslFree {
+  void operator()(SSL* s) const { SSL_free(s); }
+};
+using Ssl = std::unique_ptr<SSL, SslFree>;
+
+// A blocking TLS end on fd, presenting cred (server: accepting).
+Ssl tlsOn(tls::Contexts& contexts, const std::shared_ptr<const WorkloadCredential>& cred, int fd,
+          bool server) {
+  auto ctx = contexts.get(cred, server);
+  if (!ctx) return nullptr;
+  Ssl ssl(SSL_new(*ctx));
+  SSL_set_fd(ssl.get(), fd);
+  if ((server ? SSL_accept(ssl.get()) : SSL_connect(ssl.get())) != 1) return nullptr;
+  return ssl;
+}
+
+struct SessionFree {
+  void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
+};
+
+// Drives an nghttp2 session over a blocking TLS connection: writes all it
+// wants to, then reads. Returns when the session is done or the peer closed.
+void runSession(nghttp2_session* s, SSL* ssl) {
+  uint8_t buf[16384];
+  for (;;) {
+    for (;;) {
+      const uint8_t* data = nullptr;
+      ssize_t n = nghttp2_session_mem_send(s, &data);
+      if (n <= 0) break;
+      if (SSL_write(ssl, data, static_cast<int>(n)) <= 0) return;
+    }
+    if (!nghttp2_session_want_read(s) && !nghttp2_session_want_write(s)) return;
+    int n = SSL_read(ssl, buf, sizeof(buf));
+    if (n <= 0) return;
+    if (nghttp2_session_mem_recv(s, buf, static_cast<size_t>(n)) < 0) return;
+  }
+}
+
+// An HTTP/2 client that sends one request and notes what comes back.
+struct RawClient {
+  std::string status;
+  bool goaway = false;
+  uint32_t goaway_error = 0;
+
+  void run(SSL* ssl, const char* method, const std::string& authority) {
+    nghttp2_session_callbacks* cbs = nullptr;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(
+        cbs, [](nghttp2_session*, const nghttp2_frame* f, void* ud) {
+          auto* self = static_cast<RawClient*>(ud);
+          if (f->hd.type == NGHTTP2_GOAWAY) {
+            self->goaway = true;
+            self->goaway_error = f->goaway.error_code;
+          }
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_header_callback(
+        cbs, [](nghttp2_session*, const nghttp2_frame*, const uint8_t* name, size_t namelen,
+                const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
+          if (std::string_view(reinterpret_cast<const char*>(name), namelen) == ":status")
+            static_cast<RawClient*>(ud)->status.assign(reinterpret_cast<const char*>(value),
+                                                       valuelen);
+          return 0;
+        });
+    nghttp2_session* raw = nullptr;
+    nghttp2_session_client_new(&raw, cbs, this);
+    nghttp2_session_callbacks_del(cbs);
+    std::unique_ptr<nghttp2_session, SessionFree> s(raw);
+    nghttp2_submit_settings(raw, NGHTTP2_FLAG_NONE, nullptr, 0);
+    auto nv = [](const char* n, const std::string& v) {
+      return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n)),
+                        reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), strlen(n),
+                        v.size(), NGHTTP2_NV_FLAG_NONE};
+    };
+    std::string m = method, scheme = "https", path = "/";
+    nghttp2_nv hdrs[] = {nv(":method", m), nv(":scheme", scheme), nv(":path", path),
+                         nv(":authority", authority)};
+    nghttp2_submit_request(raw, nullptr, hdrs, 4, nullptr, nullptr);
+    runSession(raw, ssl);
+  }
+};
+
+// An HBONE server made of plain nghttp2: answers every CONNECT with 200 and
+// echoes its bytes; the first connection sends GOAWAY(NO_ERROR, last stream
+// = the Nth) once N streams are open, and goes on serving them.
+class RawServer {
+ public:
+  RawServer(int listener, tls::Contexts& contexts, std::shared_ptr<const WorkloadCredential> cred,
+            int goaway_after)
+      : listener_(listener), tls_(contexts), cred_(std::move(cred)), goaway_after_(goaway_after) {
+    thread_ = std::thread([this] { acceptLoop(); });
+  }
+  ~RawServer() {
+    stop_ = true;
+    thread_.join();
+    for (auto& t : conns_) t.join();
+  }
+  std::atomic<int> connections{0}, streams{0};
+  std::atomic<bool> goaway_sent{false};
+
+ private:
+  struct Echo {
+    std::string buf;
+    bool eof = false;
+  };
+  struct Conn {
+    RawServer* server = nullptr;
+    bool first = false;
+    nghttp2_session* s = nullptr;
+    std::map<int32_t, Echo> echo;
+    int seen = 0;
+  };
+
+  void acceptLoop() {
+    while (!stop_) {
+      pollfd p{listener_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      bool first = connections++ == 0;
+      conns_.emplace_back([this, fd, first] {
+        setTimeouts(fd, 10s);
+        if (Ssl ssl = tlsOn(tls_, cred_, fd, true)) serve(ssl.get(), first);
+        ::close(fd);
+      });
+    }
+  }
+
+  static ssize_t read(nghttp2_session*, int32_t id, uint8_t* buf, size_t len, uint32_t* flags,
+                      nghttp2_data_source* src, void*) {
+    Echo& e = static_cast<Conn*>(src->ptr)->echo[id];
+    if (!e.buf.empty()) {
+      size_t n = std::min(len, e.buf.size());
+      memcpy(buf, e.buf.data(), n);
+      e.buf.erase(0, n);
+      return static_cast<ssize_t>(n);
+    }
+    if (e.eof) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return 0;
+    }
+    return NGHTTP2_ERR_DEFERRED;
+  }
+
+  void serve(SSL* ssl, bool first) {
+    Conn c;
+    c.server = this;
+    c.first = first;
+    nghttp2_session_callbacks* cbs = nullptr;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(
+        cbs, [](nghttp2_session* s, const nghttp2_frame* f, void* ud) {
+          auto* c = static_cast<Conn*>(ud);
+          int32_t id = f->hd.stream_id;
+          if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            c->server->streams++;
+            std::string code = "200";
+            nghttp2_nv st{reinterpret_cast<uint8_t*>(const_cast<char*>(":status")),
+                          reinterpret_cast<uint8_t*>(code.data()), 7, 3, NGHTTP2_NV_FLAG_NONE};
+            nghttp2_data_provider prd{};
+            prd.source.ptr = c;
+            prd.read_callback = read;
+            nghttp2_submit_response(s, id, &st, 1, &prd);
+            if (c->first && ++c->seen == c->server->goaway_after_) {
+              nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR, nullptr, 0);
+              c->server->goaway_sent = true;
+            }
+          }
+          if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) &&
+              (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            c->echo[id].eof = true;
+            nghttp2_session_resume_data(s, id);
+          }
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+        cbs,
+        [](nghttp2_session* s, uint8_t, int32_t id, const uint8_t* data, size_t len, void* ud) {
+          static_cast<Conn*>(ud)->echo[id].buf.append(reinterpret_cast<const char*>(data), len);
+          nghttp2_session_resume_data(s, id);
+          return 0;
+        });
+    nghttp2_session_server_new(&c.s, cbs, &c);
+    nghttp2_session_callbacks_del(cbs);
+    std::unique_ptr<nghttp2_session, SessionFree> owned(c.s);
+    nghttp2_submit_settings(c.s, NGHTTP2_FLAG_NONE, nullptr, 0);
+    runSession(c.s, ssl);
+  }
+
+  int listener_;
+  tls::Contexts& tls_;
+  std::shared_ptr<const WorkloadCredential> cred_;
+  int goaway_after_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::vector<std::thread> conns_;
+};
+
+// One short exchange through the mesh: true when the echo came back whole.
+bool roundTrip(Mesh& m, const sockaddr_in& dst, const std::string& text) {
+  UniqueFd app = m.open(dst);
+  std::vector<unsigned char> got;
+  Worker w([&] {
+    sendAll(app.get(), reinterpret_cast<const unsigned char*>(text.data()), text.size());
+    ::shutdown(app.get(), SHUT_WR);
+    recvAll(app.get(), got);
+  });
+  if (!m.pumpUntil([&] { return w.done.load(); }, 10s)) return false;
+  return std::string(got.begin(), got.end()) == text;
+}
+
+}  // namespace
+
+TEST_SUITE("hbone") {
+  TEST_CASE("many concurrent streams share one tunnel; bytes intact both ways, half-close") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    constexpr int kStreams = 40;
+    constexpr size_t kBytes = 300 * 1024;
+    std::vector<std::unique_ptr<Worker>> apps;
+    std::atomic<int> intact{0};
+    for (int i = 0; i < kStreams; ++i) {
+      auto app = std::make_shared<UniqueFd>(m.open(dst));
+      apps.push_back(std::make_unique<Worker>([app, i, &intact] {
+        auto data = pattern(kBytes, static_cast<unsigned>(i));
+        std::thread writer([&] {
+          sendAll(app->get(), data.data(), data.size());
+          ::shutdown(app->get(), SHUT_WR);  // half-close: the echo still answers
+        });
+        std::vector<unsigned char> back;
+        bool ok = recvAll(app->get(), back);
+        writer.join();
+        if (ok && back == data) intact++;
+      }));
+    }
+    REQUIRE(m.pumpUntil([&] { return allDone(apps); }, 30s));
+    CHECK(intact == kStreams);
+    CHECK(echo.accepted == kStreams);
+    // Everything closes in order and is counted once.
+    CHECK(m.pumpUntil(
+        [&] {
+          return m.cs->count(Counter::kClosed) == kStreams &&
+                 m.ss->count(Counter::kClosed) == kStreams;
+        },
+        5s));
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.ss->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.cs->count(Counter::kActive) == 0);
+    CHECK(m.ss->count(Counter::kActive) == 0);
+    CHECK(m.cs->count(Counter::kAccepted) == 0);  // the listener counts client streams
+    CHECK(m.ss->count(Counter::kAccepted) == kStreams);
+    CHECK(m.pod_a->connections == 0);
+    CHECK(m.pod_b->connections == 0);
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == kStreams);
+    for (auto& r : out) {
+      CHECK(why(r.reason) == "eof");
+      CHECK(r.bytes_sent == kBytes);
+      CHECK(r.bytes_received == kBytes);
+      CHECK((r.direction == Direction::kOutbound));
+      CHECK((r.path == Path::kHbone));
+      CHECK(r.mutual_tls);
+      CHECK(r.source_principal == kIdA);
+      CHECK(r.destination_principal == kIdB);
+      CHECK(r.destination == formatEndpoint(dst));
+    }
+    auto in = m.closed(*m.ss);
+    REQUIRE(in.size() == kStreams);
+    for (auto& r : in) {
+      CHECK(why(r.reason) == "eof");
+      CHECK((r.direction == Direction::kInbound));
+      CHECK(r.source_principal == kIdA);
+      CHECK(r.source.rfind(std::string(kAddrA) + ":", 0) == 0);  // from Forwarded
+      CHECK(r.bytes_sent == kBytes);
+      CHECK(r.bytes_received == kBytes);
+    }
+    CHECK(m.authorizer.calls == kStreams);
+    CHECK((m.authorizer.path == Path::kHbone));
+    CHECK(m.authorizer.source_principal == kIdA);
+    CHECK(m.authorizer.mutual_tls);
+  }
+
+  TEST_CASE("a slow reader stalls the sender with bounded buffering, then gets everything") {
+    Mesh m([](EngineConfig& c) {
+      c.hbone_stream_window = 64 * 1024;
+      c.buffer_bytes = 16 * 1024;
+    });
+    m.ss->sockets.buffer_bytes = 32 * 1024;
+    std::atomic<bool> read_now{false};
+    std::vector<unsigned char> got;
+    App sink(ip(kAddrB), [&](int fd) {
+      setBuffers(fd, 32 * 1024);
+      while (!read_now) std::this_thread::sleep_for(5ms);
+      recvAll(fd, got);
+    });
+    constexpr size_t kBytes = 24 << 20;
+    auto data = pattern(kBytes, 7);
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), sink.port));
+    setBuffers(app.get(), 32 * 1024);
+    std::atomic<size_t> written{0};
+    Worker writer([&] {
+      const unsigned char* p = data.data();
+      size_t left = kBytes;
+      while (left > 0) {
+        ssize_t k = ::send(app.get(), p, std::min<size_t>(left, 16384), MSG_NOSIGNAL);
+        if (k <= 0) return;
+        p += k;
+        left -= static_cast<size_t>(k);
+        written += static_cast<size_t>(k);
+      }
+      ::shutdown(app.get(), SHUT_WR);
+    });
+    // The writer stalls: nothing moves for a while, far from the end.
+    size_t last = 0;
+    auto still_since = Clock::now();
+    bool stalled = m.pumpUntil(
+        [&] {
+          size_t w = written;
+          if (w != last) {
+            last = w;
+            still_since = Clock::now();
+          }
+          return w > 0 && Clock::now() - still_since > 400ms;
+        },
+        10s);
+    CHECK(stalled);
+    CHECK(written < kBytes / 4);
+    // What the server side took from the tunnel but the app has not read is
+    // bounded by the stream window and the socket buffers, not the payload.
+    uint64_t pushed = 0;
+    for (auto& r : m.ss->records.snapshot()) pushed += r.bytes_sent;
+    MESSAGE("stalled after ", written.load(), " bytes written, ", pushed, " pushed to the app");
+    CHECK(pushed > 0);
+    CHECK(pushed < 2 * 1024 * 1024);
+    read_now = true;
+    REQUIRE(m.pumpUntil([&] { return writer.done.load() && sink.accepted == 1; }, 30s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 30s));
+    CHECK(got.size() == kBytes);
+    CHECK((got == data));
+  }
+
+  TEST_CASE("the authorization hook denies: 403, the app is never connected") {
+    Mesh m;
+    m.authorizer.verdict = Verdict::kDeny;
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(got.empty());
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(echo.accepted == 0);
+    CHECK(m.ss->count(Counter::kDenied) == 1);
+    CHECK(m.authorizer.calls == 1);
+    CHECK(m.authorizer.pod_uid == "uid-b");
+    CHECK(m.authorizer.source_principal == kIdA);
+    CHECK(m.authorizer.source.sin_addr.s_addr == ip(kAddrA));
+    CHECK(ntohs(m.authorizer.destination.sin_port) == echo.port);
+    auto in = m.closed(*m.ss);
+    REQUIRE(in.size() == 1);
+    CHECK(why(in[0].reason) == "denied");
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK(why(out[0].reason) == "refused");
+    CHECK(out[0].reason_detail == "403");
+    // The tunnel survives a refused stream and carries the next one.
+    m.authorizer.verdict = Verdict::kAllow;
+    UniqueFd app2 = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    Worker ok([&] {
+      sendAll(app2.get(), reinterpret_cast<const unsigned char*>("ping"), 4);
+      ::shutdown(app2.get(), SHUT_WR);
+      got.clear();
+      recvAll(app2.get(), got);
+    });
+    REQUIRE(m.pumpUntil([&] { return ok.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "ping");
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+  }
+
+  TEST_CASE("a CONNECT to a port that is not the pod's is refused with 401") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    // The pod's IP but a proxy port; then another address entirely.
+    for (auto dst :
+         {makeSockaddr(ip(kAddrB), 15006), makeSockaddr(ip(kAddrB), m.cs->ctx->hbone_port)}) {
+      UniqueFd app = m.open(dst);
+      std::vector<unsigned char> got;
+      Worker reader([&] { recvAll(app.get(), got); });
+      REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+      CHECK(got.empty());
+    }
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 2; }, 5s));
+    CHECK(m.ss->count(Counter::kRefused) == 2);
+    CHECK(m.authorizer.calls == 0);  // refused before the hook is asked
+    for (auto& r : m.closed(*m.cs)) {
+      CHECK(why(r.reason) == "refused");
+      CHECK(r.reason_detail == "401");
+    }
+    for (auto& r : m.closed(*m.ss)) CHECK(why(r.reason) == "refused_not_this_pod");
+    CHECK(echo.accepted == 0);
+  }
+
+  TEST_CASE("a server presenting another identity than expected is refused") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd app =
+        m.open(makeSockaddr(ip(kAddrB), echo.port), "spiffe://cluster.local/ns/b/sa/other");
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(got.empty());
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(m.cs->count(Counter::kHandshakeFailures) == 1);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 0);
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK(why(out[0].reason) == "no_tunnel");
+    CHECK(out[0].reason_detail == "peer_refused");
+    CHECK(echo.accepted == 0);
+  }
+  TEST_CASE("keepalive: PINGs keep a quiet tunnel, a silent peer is closed within 2x keepalive") {
+    Mesh m([](EngineConfig& c) { c.hbone_keepalive = 200ms; });
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    REQUIRE(m.pumpUntil([&] { return echo.accepted == 1; }, 5s));
+    // Nothing moves, but the peer answers PINGs: the tunnel stays.
+    m.pumpFor(900ms);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);
+    CHECK(m.cs->count(Counter::kActive) == 1);
+    // The server side goes silent (its ring no longer runs).
+    m.server_paused = true;
+    auto t0 = Clock::now();
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 0; }, 3s));
+    auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
+    MESSAGE("closed after ", took.count(), " ms");
+    // The last PING answer came at most one keepalive before the pause.
+    CHECK(took >= 190ms);
+    CHECK(took < 800ms);
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 2s));
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK(why(out[0].reason) == "tunnel_closed");
+    CHECK(out[0].reason_detail == "keepalive_timeout");
+    std::vector<unsigned char> got;
+    bool orderly = true;
+    Worker reader([&] { orderly = recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 5s));
+    CHECK_FALSE(orderly);  // the app sees a reset
+    m.server_paused = false;
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+  }
+
+  TEST_CASE("a pooled tunnel whose peer restarted: the next connection gets a fresh tunnel") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    CHECK(roundTrip(m, dst, "before"));
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);  // pooled, idle
+    // The server side goes away and comes back (a restarted node proxy).
+    m.server->shutdown();
+    REQUIRE(m.pumpUntil([&] { return m.server->idle(); }, 5s));
+    m.server = std::make_unique<hbone::Server>(*m.ss->ctx, m.creds, *m.tls);
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(roundTrip(m, dst, "after"));
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 2);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);
+    CHECK(echo.accepted == 2);
+  }
+
+  TEST_CASE("GOAWAY from the server: open streams finish, new ones take a new tunnel") {
+    Mesh m;
+    m.server.reset();  // plain nghttp2 answers on pod B's 15008 instead
+    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 3);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), 8080);
+    std::atomic<bool> go{false};
+    std::atomic<int> intact{0};
+    std::vector<std::unique_ptr<Worker>> apps;
+    auto start = [&](int i) {
+      auto app = std::make_shared<UniqueFd>(m.open(dst));
+      apps.push_back(std::make_unique<Worker>([app, i, &go, &intact] {
+        auto data = pattern(200 * 1024, static_cast<unsigned>(i));
+        if (!sendAll(app->get(), data.data(), 1000)) return;
+        while (!go) std::this_thread::sleep_for(2ms);
+        std::thread rest([&] {
+          sendAll(app->get(), data.data() + 1000, data.size() - 1000);
+          ::shutdown(app->get(), SHUT_WR);
+        });
+        std::vector<unsigned char> back;
+        bool ok = recvAll(app->get(), back);
+        rest.join();
+        if (ok && back == data) intact++;
+      }));
+    };
+    for (int i = 0; i < 3; ++i) start(i);
+    REQUIRE(m.pumpUntil([&] { return raw.goaway_sent.load(); }, 5s));
+    m.pumpFor(100ms);  // the client reads the GOAWAY
+    start(3);
+    REQUIRE(m.pumpUntil([&] { return raw.streams == 4; }, 5s));
+    CHECK(raw.connections == 2);
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 2);
+    go = true;
+    REQUIRE(m.pumpUntil([&] { return allDone(apps); }, 20s));
+    CHECK(intact == 4);
+    // The first tunnel closes once its streams are done; the second stays pooled.
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 1; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 4; }, 5s));
+    for (auto& r : m.closed(*m.cs)) CHECK(why(r.reason) == "eof");
+    m.client->shutdown();
+    CHECK(m.pumpUntil([&] { return m.client->idle(); }, 5s));
+  }
+
+  TEST_CASE("bad preface: not TLS at all -> handshake failure, the tunnel is closed") {
+    Mesh m;
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    std::string junk = "GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+    REQUIRE(sendAll(raw.get(), reinterpret_cast<const unsigned char*>(junk.data()), junk.size()));
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(raw.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(m.ss->count(Counter::kHandshakeFailures) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(m.ss->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.ss->count(Counter::kAccepted) == 0);
+    CHECK(m.authorizer.calls == 0);
+  }
+
+  TEST_CASE("bad preface: TLS, then no HTTP/2 preface -> bad request, the tunnel is closed") {
+    Mesh m;
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    std::atomic<bool> handshake{false};
+    Worker peer([&] {
+      Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
+      if (!ssl) return;
+      handshake = true;
+      std::string junk = "this is not the HTTP/2 client preface\r\n\r\n";
+      SSL_write(ssl.get(), junk.data(), static_cast<int>(junk.size()));
+      char buf[4096];
+      while (SSL_read(ssl.get(), buf, sizeof(buf)) > 0) {
+      }
+    });
+    REQUIRE(m.pumpUntil([&] { return peer.done.load(); }, 10s));
+    CHECK(handshake);
+    CHECK(m.ss->count(Counter::kBadRequests) == 1);
+    CHECK(m.ss->count(Counter::kHandshakeFailures) == 0);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+  }
+
+  TEST_CASE("a request that is not CONNECT -> bad request, GOAWAY, the tunnel is closed") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    RawClient h2;
+    bool handshake = false;
+    Worker peer([&] {
+      Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
+      if (!ssl) return;
+      handshake = true;
+      h2.run(ssl.get(), "GET", formatEndpoint(makeSockaddr(ip(kAddrB), echo.port)));
+    });
+    REQUIRE(m.pumpUntil([&] { return peer.done.load(); }, 10s));
+    CHECK(handshake);
+    CHECK(h2.goaway);
+    CHECK(h2.goaway_error == NGHTTP2_PROTOCOL_ERROR);
+    CHECK(h2.status.empty());
+    CHECK(m.ss->count(Counter::kBadRequests) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+    auto in = m.closed(*m.ss);
+    REQUIRE(in.size() == 1);
+    CHECK(why(in[0].reason) == "bad_request");
+    CHECK(m.authorizer.calls == 0);
+    CHECK(echo.accepted == 0);
+  }
+}

@@ -1,0 +1,132 @@
+// One HBONE stream: an app connection carried as one CONNECT stream of a
+// tunnel. Two relay pipes around the app socket: app -> tunnel (a socket
+// source pulled by the tunnel's DATA provider) and tunnel -> app (DATA
+// chunks pushed into a socket sink). The stream owns its record and counts
+// itself; it is abortable (the authorization hook can reset it later).
+// Worker thread only.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <memory>
+#include <string>
+
+#include "sluice/common/unique_fd.h"
+#include "ztunnel/hbone/tunnel.h"
+#include "ztunnel/proxy/attempt.h"
+#include "ztunnel/proxy/context.h"
+#include "ztunnel/proxy/records.h"
+#include "ztunnel/relay/pipe.h"
+#include "ztunnel/uring/ops.h"
+
+namespace sluice::ztunnel::hbone {
+
+class Stream;
+
+// The client pool or the server side.
+class StreamOwner {
+ public:
+  virtual void streamRequest(Stream&) {}  // server: the request headers are complete
+  // Closed, nothing in flight, off its tunnel: free it (not from inside).
+  virtual void streamFinished(Stream&) = 0;
+
+ protected:
+  ~StreamOwner() = default;
+};
+
+class Stream final : public StreamEnd, public relay::PipeOwner, public proxy::Abortable {
+ public:
+  // Counts itself active (and, server side, accepted) until it finishes.
+  Stream(proxy::WorkerContext& ctx, StreamOwner& owner, Tunnel* tunnel,
+         std::shared_ptr<proxy::PodState> pod, bool server);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  // Registers the record (filled in by the caller) as open.
+  void openRecord(std::shared_ptr<proxy::LiveRecord> live);
+  proxy::LiveRecord* record() { return live_.get(); }
+
+  // --- client ---
+  // The app connection (its socket stays in the attempt until the stream
+  // is done with it, so a Service attempt can move on to another endpoint).
+  void setAttempt(std::unique_ptr<proxy::Attempt> attempt);
+  proxy::Attempt* attempt() { return attempt_.get(); }
+  bool isService() const { return attempt_ && attempt_->isService(); }
+  // On a ready tunnel: the CONNECT goes out (false: it could not; failed).
+  bool submit();
+  void setTunnel(Tunnel* t) { tunnel_ = t; }  // the tunnel it waits for (or none)
+  // Failed before or after its 200: before, with nothing sent, a Service
+  // connection moves to another endpoint; anything else is reset.
+  void fail(CloseReason reason, std::string detail = {});
+
+  // --- server ---
+  int32_t id() const { return id_; }
+  void setId(int32_t id) { id_ = id, h2_open_ = true; }
+  // Connects to the app (sock made in the pod's netns), then answers 200.
+  void connectApp(UniqueFd sock, const sockaddr_in& dst);
+  // Answers `status` without a body, then RST_STREAM(NO_ERROR); closes.
+  void refuse(int status, CloseReason reason, std::string detail = {});
+  std::string method, authority, forwarded;  // the request
+  std::string status;                        // client: the response status
+
+  void close(bool reset, CloseReason reason, std::string detail = {}, bool retried = false);
+  void abort(CloseReason reason) override { close(true, reason); }
+
+  Tunnel* tunnel() const { return tunnel_; }
+  const std::shared_ptr<proxy::PodState>& pod() const { return pod_; }
+  bool closing() const { return closing_; }
+  bool busy() const { return up_.busy() || down_.busy() || connect_.busy(); }
+  bool finished() const { return finished_; }
+
+  // StreamEnd
+  void h2Header(std::string_view name, std::string_view value) override;
+  void h2Headers() override;
+  bool h2Data(const uint8_t* data, size_t len) override;
+  void h2End() override;
+  void h2Closed(uint32_t error_code) override;
+  ssize_t h2Read(uint8_t* buf, size_t len, uint32_t* flags) override;
+  void tunnelLost(const std::string& reason) override;
+  void tunnelDetached() override;
+
+  // PipeOwner
+  void pipeMoved(relay::Pipe& p, size_t n) override;
+  void pipeReadable(relay::Pipe& p) override;
+  void pipeSent(relay::Pipe& p, size_t n) override;
+  void pipeEnded(relay::Pipe& p) override;
+  void pipeFailed(relay::Pipe& p, int err, bool sending) override;
+  void pipeIdle(relay::Pipe& p) override;
+
+ private:
+  int appFd() const;
+  void start();  // both pipes
+  void onConnected(int res);
+  void maybeFinish();
+  bool attached() const { return tunnel_ && h2_open_; }
+
+  proxy::WorkerContext& ctx_;
+  StreamOwner& owner_;
+  Tunnel* tunnel_;  // null once the tunnel is gone
+  std::shared_ptr<proxy::PodState> pod_;
+  bool server_;
+  int32_t id_ = -1;
+  bool h2_open_ = false;      // nghttp2 knows the stream (so it may call back with it)
+  bool established_ = false;  // 200 sent / received
+  bool started_ = false;      // the pipes run
+  bool down_eof_ = false;     // the peer's END_STREAM
+  bool up_done_ = false;      // our END_STREAM went out
+  bool rst_sent_ = false;     // RST_STREAM submitted
+  bool closing_ = false, finished_ = false;
+  std::shared_ptr<proxy::LiveRecord> live_;
+  CloseReason reason_ = CloseReason::kNone;
+  std::string detail_;
+  bool retried_ = false;
+  std::unique_ptr<proxy::Attempt> attempt_;  // client
+  UniqueFd app_;                             // server: the socket to the app
+  sockaddr_in dst_{};                        // server: the app address
+  relay::Pipe up_;                           // app -> tunnel
+  relay::Pipe down_;                         // tunnel -> app
+  uring::Connect<&Stream::onConnected> connect_{this};
+};
+
+}  // namespace sluice::ztunnel::hbone

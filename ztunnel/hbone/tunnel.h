@@ -1,0 +1,202 @@
+// One HBONE tunnel: a TCP connection carrying HTTP/2 over mutual TLS 1.3,
+// driven by the worker's ring. Per tunnel:
+//
+//   socket <-ring recv/send-> ciphertext <-SSL (memory BIOs)-> plaintext
+//   <-nghttp2 (mem_recv / mem_send)-> streams (StreamEnd)
+//
+// The tunnel owns its socket, SSL and HTTP/2 session (freed by RAII when the
+// tunnel is) and its ring operations; it checks the peer's identity, keeps
+// itself alive (PING) and bounded (handshake deadline, idle close), and
+// reports to its owner (the client pool or the server side) through
+// TunnelOwner. Streams see it through StreamEnd. Worker thread only.
+#pragma once
+
+#include <netinet/in.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
+
+#include <array>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sluice/common/log_limiter.h"
+#include "sluice/common/unique_fd.h"
+#include "sluice/ztunnel/engine.h"
+#include "ztunnel/proxy/context.h"
+#include "ztunnel/tls/tls.h"
+#include "ztunnel/uring/ops.h"
+
+namespace sluice::ztunnel::hbone {
+
+using Clock = std::chrono::steady_clock;
+class Tunnel;
+
+// One HTTP/2 stream as its tunnel sees it (implemented by Stream). Calls
+// come from inside nghttp2 (so they may not call Tunnel::progress()
+// themselves: the tunnel runs again after the callback) or from close().
+class StreamEnd {
+ public:
+  virtual void h2Header(std::string_view name, std::string_view value) = 0;
+  virtual void h2Headers() = 0;  // the request (server) or response (client) is complete
+  // A DATA chunk; false: not taken (the tunnel gives the window back).
+  virtual bool h2Data(const uint8_t* data, size_t len) = 0;
+  virtual void h2End() = 0;                        // the peer's END_STREAM
+  virtual void h2Closed(uint32_t error_code) = 0;  // nghttp2 and the tunnel forgot the stream
+  // DATA to send: bytes, 0 with NGHTTP2_DATA_FLAG_EOF, or NGHTTP2_ERR_DEFERRED.
+  virtual ssize_t h2Read(uint8_t* buf, size_t len, uint32_t* flags) = 0;
+  // The tunnel is closing under the stream (reason: why): it must end.
+  virtual void tunnelLost(const std::string& reason) = 0;
+  // The tunnel is closed and forgot the stream.
+  virtual void tunnelDetached() = 0;
+
+ protected:
+  ~StreamEnd() = default;
+};
+
+// The client pool or the server side, per tunnel.
+class TunnelOwner {
+ public:
+  // Client: the connect failed (-errno, -ETIMEDOUT): redial() or close().
+  virtual void tunnelDialFailed(Tunnel&, int) {}
+  // Server: the first bytes arrived; the pod's certificate, or null while
+  // it has none (the owner calls startTls() once it comes).
+  virtual std::shared_ptr<const WorkloadCredential> tunnelCredential(Tunnel&) { return nullptr; }
+  // Server: a request begins on stream `id`; the end that takes it (or null: reset).
+  virtual StreamEnd* tunnelRequest(Tunnel&, int32_t) { return nullptr; }
+  virtual void tunnelReady(Tunnel&) {}       // HTTP/2 is up: requests may go out
+  virtual void tunnelDraining(Tunnel&) {}    // no new streams here (GOAWAY, closing)
+  virtual void tunnelClosing(Tunnel&) = 0;   // closes (once): forget it, fail what waits on it
+  virtual void tunnelFinished(Tunnel&) = 0;  // closed and idle: free it (not from inside)
+
+ protected:
+  ~TunnelOwner() = default;
+};
+
+// What the tunnels of one side of a worker share.
+struct TunnelEnv {
+  TunnelEnv(proxy::WorkerContext& c, tls::Contexts& t) : ctx(c), tls(t) {}
+  proxy::WorkerContext& ctx;
+  tls::Contexts& tls;
+  // One limiter per kind of line, so a flood of one kind hides no other.
+  log::Limiter peer_log, handshake_log, timeout_log;
+  std::array<uint8_t, 16384> plain{};  // SSL_read scratch
+};
+
+class Tunnel {
+ public:
+  // kAccepted: server side before TLS starts (no bytes yet, or no
+  // certificate for the pod yet); nothing large is allocated until then.
+  enum class State : uint8_t { kConnecting, kAccepted, kHandshaking, kReady, kClosed };
+
+  Tunnel(TunnelEnv& env, TunnelOwner& owner, bool server, std::shared_ptr<proxy::PodState> pod,
+         const sockaddr_in& remote);
+  ~Tunnel();
+  Tunnel(const Tunnel&) = delete;
+  Tunnel& operator=(const Tunnel&) = delete;
+
+  // Client: connects fd to remote (connect_timeout), then TLS presenting
+  // cred; the peer must prove expected_peer.
+  void dial(UniqueFd fd, std::shared_ptr<const WorkloadCredential> cred, std::string expected_peer);
+  void redial(UniqueFd fd);  // after tunnelDialFailed
+  // Server: an accepted connection; TLS starts with the first bytes.
+  void accept(UniqueFd fd);
+  void startTls(std::shared_ptr<const WorkloadCredential> cred);  // server, after a wait
+
+  // Client: a CONNECT on a ready tunnel; the stream id, or < 0 (nghttp2 error).
+  int32_t request(StreamEnd& s, const std::string& authority, const std::string& forwarded);
+  // Server: the response; refuse: no body, then RST_STREAM(NO_ERROR) after it.
+  void respond(int32_t id, int status, bool refuse);
+  void resume(int32_t id);             // the stream has DATA to send again
+  void consume(int32_t id, size_t n);  // n bytes of it were delivered: open the window
+  void reset(int32_t id, uint32_t error_code);
+  // A protocol violation: GOAWAY(code) now, then close once it is written.
+  void terminate(uint32_t error_code, const std::string& reason);
+  void drain();                                   // no new streams (a renewed certificate)
+  void gracefulClose(const std::string& reason);  // GOAWAY, then close
+  void close(const std::string& reason);          // resets the streams
+  // Runs TLS and HTTP/2 as far as the bytes at hand allow, then writes.
+  void progress();
+  // About once a second: deadlines, idle close, keepalive. queued: streams
+  // waiting for this tunnel that it does not know yet.
+  void tick(Clock::time_point now, size_t queued);
+
+  uint64_t id() const { return id_; }
+  bool server() const { return server_; }
+  const std::shared_ptr<proxy::PodState>& pod() const { return pod_; }
+  const sockaddr_in& remote() const { return remote_; }
+  int fd() const { return fd_.get(); }
+  const std::shared_ptr<const WorkloadCredential>& credential() const { return cred_; }
+  const std::string& peerIdentity() const { return peer_identity_; }
+  const std::string& reason() const { return reason_; }
+  State state() const { return state_; }
+  bool ready() const { return state_ == State::kReady; }
+  bool closed() const { return state_ == State::kClosed; }
+  bool draining() const { return draining_; }
+  bool flushingClose() const { return close_on_flush_; }  // closes once written
+  size_t streams() const { return streams_.size(); }
+  Clock::time_point created() const { return created_; }
+  bool busy() const { return recv_.busy() || send_.busy() || connect_.busy(); }
+  TunnelOwner& owner() { return owner_; }
+  const char* side() const { return server_ ? "from" : "to"; }
+
+ private:
+  friend struct H2Glue;
+  struct SslFree {
+    void operator()(SSL* s) const { SSL_free(s); }
+  };
+  struct H2Free {
+    void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
+  };
+
+  void step();
+  void handshakeDone();
+  void closeAfterFlush(const std::string& reason);
+  void flush();
+  void armRecv();
+  void firstBytes();
+  void finishIfIdle();
+  void onConnect(int res);
+  void onRecv(const io_uring_cqe& cqe);
+  void onSend(const io_uring_cqe& cqe);
+  StreamEnd* streamOf(int32_t id) const;
+
+  TunnelEnv& env_;
+  TunnelOwner& owner_;
+  uint64_t id_;
+  bool server_;
+  std::shared_ptr<proxy::PodState> pod_;  // client: the source pod; server: the destination
+  std::shared_ptr<const WorkloadCredential> cred_;  // what this side presents
+  std::string expected_peer_;                       // client: the destination's identity
+  std::string peer_identity_;                       // verified in the handshake
+  sockaddr_in remote_{};
+  UniqueFd fd_;
+  std::unique_ptr<SSL, SslFree> ssl_;
+  std::unique_ptr<nghttp2_session, H2Free> h2_;
+  State state_;
+  bool draining_ = false;        // no new streams
+  bool close_on_flush_ = false;  // graceful close once every byte is written
+  bool closing_ = false;         // close() began
+  bool finished_ = false;        // tunnelFinished() was said
+  bool peer_eof_ = false;
+  bool had_stream_ = false;  // server: a CONNECT arrived (ends the handshake deadline)
+  bool ping_outstanding_ = false;
+  bool in_progress_ = false, again_ = false;
+  std::string early_;   // server: ciphertext received before TLS started
+  std::string reason_;  // why it closed
+  Clock::time_point created_, deadline_, last_rx_, idle_since_;
+  std::unique_ptr<uint8_t[]> rbuf_;  // small until the handshake is done
+  size_t rbuf_size_ = 0;
+  std::string sbuf_;  // ciphertext being sent; untouched while a send is in flight
+  size_t soff_ = 0;
+  std::map<int32_t, StreamEnd*> streams_;  // open HTTP/2 streams
+  std::vector<int32_t> refused_;           // RST_STREAM(NO_ERROR) once the response is out
+  uring::Connect<&Tunnel::onConnect> connect_{this};
+  uring::Op<&Tunnel::onRecv> recv_{this};
+  uring::Op<&Tunnel::onSend> send_{this};
+};
+
+}  // namespace sluice::ztunnel::hbone
