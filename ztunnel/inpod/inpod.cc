@@ -136,7 +136,8 @@ Result<void> prepareNetns(int netns_fd) {
   return result;
 }
 
-Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool transparent) {
+Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool transparent,
+                          int backlog) {
   auto s = socketInNetns(netns_fd, AF_INET, SOCK_STREAM, 0);
   if (!s) return s;
   int one = 1;
@@ -155,7 +156,7 @@ Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool tra
   sa.sin_port = htons(port);
   if (::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0)
     return failErrno(fmt::format("bind to port {} inside the pod netns failed", port));
-  if (::listen(s->get(), 4096) != 0) return failErrno("listen failed");
+  if (::listen(s->get(), backlog) != 0) return failErrno("listen failed");
   return s;
 }
 

@@ -18,7 +18,9 @@ Result<void> prepareNetns(int netns_fd);
 
 // A listening TCP socket inside the netns, SO_REUSEPORT (one per worker),
 // carrying the proxy mark. transparent=true sets IP_TRANSPARENT.
-Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool transparent);
+// backlog: connections the kernel completes before the proxy accepts them.
+Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool transparent,
+                          int backlog = 4096);
 
 // An unconnected TCP socket inside the netns for an upstream connection:
 // mark, TCP_NODELAY; with bind_ip (network order, non-zero) bound to that

@@ -16,6 +16,7 @@ namespace sluice::ztunnel::proxy {
 
 namespace {
 auto logger() { return log::get("ztunnel"); }
+constexpr int kHboneBacklog = 128;  // per worker's 15008 listener
 }  // namespace
 
 Result<UniqueFd> NetnsSockets::upstream(const PodState& pod, uint32_t mark, uint32_t bind_ip) {
@@ -85,7 +86,11 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
     fds.emplace_back(std::move(*out), ListenerKind::kOutbound);
     fds.emplace_back(std::move(*in), ListenerKind::kInbound);
     if (hbone()) {
-      auto hb = inpod::listenIn(dup, spec.ip4, SLUICE_HBONE_PORT, false);
+      // A short queue: a tunnel carries many connections, so 15008 sees few
+      // legitimate new ones, and every connection accepted in one batch
+      // holds a descriptor beyond the pending-handshake bound until the
+      // oldest are evicted (a flood of idle connections is bounded by it).
+      auto hb = inpod::listenIn(dup, spec.ip4, SLUICE_HBONE_PORT, false, kHboneBacklog);
       if (!hb)
         return fail(fmt::format("HBONE listener {}:{} in pod {}: {}", formatIp4(spec.ip4),
                                 SLUICE_HBONE_PORT, spec.name_namespace, hb.error().describe()));

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 
+
 namespace sluice::ztunnel::uring {
 
 namespace {
@@ -95,6 +96,37 @@ void Ring::sqes(io_uring_sqe** out, Operation* const* ops, unsigned n) {
 void Ring::cancelFd(int fd) {
   if (fd < 0) return;
   io_uring_prep_cancel_fd(sqe(nullptr), fd, IORING_ASYNC_CANCEL_ALL);
+}
+
+void Ring::closeNow(UniqueFd& owned) {
+  int fd = owned.get();
+  if (fd < 0) return;
+  // Queued entries on fd must reach the kernel first: once the number is
+  // closed it may be reused, and a late submission would act on another file.
+  for (int i = 0; i < kSubmitTries; ++i) {
+    int rc = io_uring_submit(&ring_);
+    if (rc >= 0) break;
+    if (rc == -EBUSY || rc == -EAGAIN) {
+      io_uring_get_events(&ring_);
+      stash();
+    } else if (rc != -EINTR) {
+      errors_.fetch_add(1, std::memory_order_relaxed);
+      break;
+    }
+  }
+  io_uring_sync_cancel_reg reg{};
+  reg.fd = fd;
+  reg.flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+  reg.timeout.tv_sec = -1;
+  reg.timeout.tv_nsec = -1;
+  int rc = io_uring_register_sync_cancel(&ring_, &reg);
+  if (rc < 0 && rc != -ENOENT && rc != -EALREADY) {
+    // Could not cancel: fall back to the asynchronous way and keep the fd.
+    errors_.fetch_add(1, std::memory_order_relaxed);
+    cancelFd(fd);
+    return;
+  }
+  owned.reset();
 }
 
 Result<unsigned> Ring::run(unsigned wait_ms) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sluice/common/result.h"
+#include "sluice/common/unique_fd.h"
 
 namespace sluice::ztunnel::uring {
 
@@ -40,6 +41,12 @@ class Ring {
   void sqes(io_uring_sqe** out, Operation* const* ops, unsigned n);
   // Cancels every request on fd; their completions say -ECANCELED.
   void cancelFd(int fd);
+  // Closes fd at once, safely although requests on it may be in flight:
+  // submits what is queued, cancels every request on fd synchronously (their
+  // completions still come, -ECANCELED) and closes the descriptor. For
+  // forced closes under a flood, where waiting a ring round trip per
+  // descriptor lets the flood outrun the bound.
+  void closeNow(UniqueFd& fd);
   // Submits and waits for at least one completion (or the timeout), then
   // completes every available one. Returns the number completed, or the
   // ring's error (anything but a timeout or a signal).
