@@ -21,7 +21,10 @@ bool acceptedApiVersion(const std::string& v) {
   return std::find(std::begin(kApiVersions), std::end(kApiVersions), v) != std::end(kApiVersions);
 }
 
+// yaml-cpp: a missing key of a const node is an invalid node that throws on
+// anything but IsDefined(); these never throw.
 bool absent(const YAML::Node& n) { return !n.IsDefined() || n.IsNull(); }
+bool scalar(const YAML::Node& n) { return n.IsDefined() && n.IsScalar(); }
 
 // A plain (unquoted) scalar that YAML's core schema reads as something other
 // than a string: the Kubernetes API server refuses it for a string field.
@@ -154,20 +157,20 @@ class Parser {
   }
 
   Result<void> metadata(const YAML::Node& obj) {
-    if (!obj.IsMap()) return err("", "not a mapping");
+    if (!obj.IsDefined() || !obj.IsMap()) return err("", "not a mapping");
     const YAML::Node kind = obj["kind"];
     const YAML::Node meta = obj["metadata"];
     if (!absent(meta) && meta.IsMap()) {
       // Name the object as soon as possible, even if the rest is bad.
-      if (meta["name"].IsScalar()) name_ = meta["name"].Scalar();
-      if (meta["namespace"].IsScalar()) ns_ = meta["namespace"].Scalar();
+      if (scalar(meta["name"])) name_ = meta["name"].Scalar();
+      if (scalar(meta["namespace"])) ns_ = meta["namespace"].Scalar();
     }
-    if (!kind.IsScalar() || kind.Scalar() != kind_)
+    if (!scalar(kind) || kind.Scalar() != kind_)
       return err("kind", fmt::format("expected {}", kind_));
     const YAML::Node api = obj["apiVersion"];
-    if (!api.IsScalar() || !acceptedApiVersion(api.Scalar()))
+    if (!scalar(api) || !acceptedApiVersion(api.Scalar()))
       return err("apiVersion",
-                 fmt::format("\"{}\" is not accepted; use {}", api.IsScalar() ? api.Scalar() : "",
+                 fmt::format("\"{}\" is not accepted; use {}", scalar(api) ? api.Scalar() : "",
                              join({kApiVersions[0], kApiVersions[1], kApiVersions[2]}, " or ")));
     if (auto ok = mapping(obj, "", {"apiVersion", "kind", "metadata", "spec", "status"}); !ok)
       return ok;
@@ -180,9 +183,9 @@ class Parser {
                                         : string(meta["namespace"], "metadata.namespace");
     if (!ns) return tl::unexpected(ns.error());
     if (ns->empty()) return err("metadata.namespace", "is required");
-    if (meta["creationTimestamp"].IsScalar()) created_ = meta["creationTimestamp"].Scalar();
+    if (scalar(meta["creationTimestamp"])) created_ = meta["creationTimestamp"].Scalar();
     const YAML::Node ann = meta["annotations"];
-    if (!absent(ann) && ann.IsMap() && ann["istio.io/dry-run"].IsScalar()) {
+    if (!absent(ann) && ann.IsMap() && scalar(ann["istio.io/dry-run"])) {
       std::string v = ann["istio.io/dry-run"].Scalar();
       dry_run_ = v == "true" || v == "True" || v == "TRUE" || v == "1" || v == "t" || v == "T";
     }
@@ -193,6 +196,13 @@ class Parser {
     LabelMap out;
     const YAML::Node sel = spec["selector"];
     if (absent(sel)) return out;
+    if (sel.IsMap())
+      for (const auto& kv : sel)
+        if (kv.first.IsScalar() && kv.first.Scalar() != "matchLabels")
+          return err("spec.selector",
+                     fmt::format("unknown field \"{}\": labels go under matchLabels "
+                                 "(selector: {{matchLabels: {{{}: ...}}}})",
+                                 kv.first.Scalar(), kv.first.Scalar()));
     if (auto ok = mapping(sel, "spec.selector", {"matchLabels"}); !ok)
       return tl::unexpected(ok.error());
     const YAML::Node ml = sel["matchLabels"];
@@ -650,9 +660,9 @@ class Parser {
 };
 
 bool isKind(const YAML::Node& obj, const char* kind) {
-  if (!obj.IsMap()) return false;
+  if (!obj.IsDefined() || !obj.IsMap()) return false;
   const YAML::Node k = obj["kind"], a = obj["apiVersion"];
-  return k.IsScalar() && k.Scalar() == kind && a.IsScalar() &&
+  return scalar(k) && k.Scalar() == kind && scalar(a) &&
          (a.Scalar().starts_with("security.sluice.dev/") ||
           a.Scalar().starts_with("security.istio.io/"));
 }
