@@ -748,7 +748,7 @@ TEST_SUITE("policy") {
     }
   }
 
-  TEST_CASE("Istio's apiVersions are accepted; the model keeps what was written") {
+  TEST_CASE("Istio apiVersions are accepted and the model keeps what was written") {
     for (const char* version : {"security.istio.io/v1", "security.istio.io/v1beta1"}) {
       std::string yaml = std::string("apiVersion: ") + version + R"(
 kind: AuthorizationPolicy
