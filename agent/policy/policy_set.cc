@@ -144,14 +144,6 @@ bool selects(const LabelMap& selector, std::span<const Label> labels) {
   return true;
 }
 
-// Index of policies (by action) that share a scope.
-struct Lists {
-  std::vector<uint32_t> deny, allow, audit;
-  std::vector<uint32_t>& of(Action a) {
-    return a == Action::kDeny ? deny : a == Action::kAllow ? allow : audit;
-  }
-};
-
 struct SvHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
@@ -168,14 +160,73 @@ bool olderThan(const PeerAuthentication* a, const PeerAuthentication* b) {
   return a->name < b->name;
 }
 
+// Policies of one action that share a scope. Most ALLOW policies name their
+// callers by principal: a policy each of whose rules needs the peer to be one
+// of a few exact principals is found by the peer's principal instead of
+// being examined (the key is necessary, not sufficient: it is still matched).
+struct Group {
+  std::vector<uint32_t> scan;  // examined for every connection
+  std::unordered_map<std::string, std::vector<uint32_t>, SvHash, std::equal_to<>> by_principal;
+  uint32_t size = 0;  // policies in the group (an ALLOW applies even if it can never match)
+};
+
+// The policies that share one scope: namespace-wide, or one selector.
+struct Scoped {
+  Group deny, allow, audit;
+  Group& of(Action a) { return a == Action::kDeny ? deny : a == Action::kAllow ? allow : audit; }
+};
+
+// The exact principals one of which a compiled policy needs, or nullopt if it
+// has no such key (then it is scanned). A policy without rules never
+// matches: an empty key set.
+std::optional<std::vector<std::string>> principalKeys(const CompiledPolicy& p) {
+  std::vector<std::string> keys;
+  for (const auto& r : p.rules) {
+    const std::vector<std::string>* best = nullptr;
+    std::vector<std::string> clause_keys;
+    for (const auto& cl : r.all) {
+      std::vector<std::string> k;
+      bool keyed = !cl.any.empty();
+      for (const auto& m : cl.any) {
+        auto t = std::find_if(m.tests.begin(), m.tests.end(), [](const Test& t) {
+          return t.field == Field::kPrincipal && !t.negate &&
+                 std::all_of(t.strings.begin(), t.strings.end(), [](const StringMatch& s) {
+                   return s.kind == StringMatch::Kind::kExact;
+                 });
+        });
+        if (t == m.tests.end()) {
+          keyed = false;
+          break;
+        }
+        for (const auto& s : t->strings) k.push_back(s.value);
+      }
+      if (keyed && (!best || k.size() < best->size())) {
+        clause_keys = std::move(k);
+        best = &clause_keys;
+      }
+    }
+    if (!best) return std::nullopt;  // this rule can match without a listed principal
+    keys.insert(keys.end(), best->begin(), best->end());
+  }
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  return keys;
+}
+
 }  // namespace
 
 // --- the index ----------------------------------------------------------------
 
 struct PolicySet::Index {
+  struct SelectorScope {
+    const LabelMap* selector;  // never empty; its first label is the by_label key
+    Scoped policies;
+  };
   struct Bucket {
-    Lists namespace_wide;                          // no selector
-    std::unordered_map<uint64_t, Lists> by_label;  // selector policies by their first label
+    Scoped namespace_wide;
+    // Selector policies grouped by identical selector, found through the
+    // selector's first label (a hash of key and value: checked on use).
+    std::unordered_map<uint64_t, std::vector<SelectorScope>> by_label;
     const PeerAuthentication* namespace_pa = nullptr;
     std::vector<const PeerAuthentication*> workload_pas;  // oldest first
   };
@@ -188,33 +239,61 @@ struct PolicySet::Index {
     return it == namespaces.end() ? nullptr : &it->second;
   }
 
-  // Calls fn(const std::vector<uint32_t>& deny, allow, audit) for every list
-  // that may apply to the workload, then leaves it to the caller to check
-  // the selector of policies that have one (selectorChecked=false).
+  void add(uint32_t id) {
+    const CompiledPolicy& p = policies[id];
+    const AuthorizationPolicy& m = *p.model;
+    Bucket& b = namespaces[m.ns];
+    Scoped* scoped = &b.namespace_wide;
+    if (!m.selector.empty()) {
+      auto& scopes = b.by_label[labelHash(m.selector.front().first, m.selector.front().second)];
+      auto it = std::find_if(scopes.begin(), scopes.end(),
+                             [&](const SelectorScope& s) { return *s.selector == m.selector; });
+      if (it == scopes.end()) it = scopes.insert(scopes.end(), SelectorScope{&m.selector, {}});
+      scoped = &it->policies;
+    }
+    Group& g = scoped->of(m.action);
+    ++g.size;
+    if (auto keys = principalKeys(p)) {
+      for (auto& k : *keys) g.by_principal[std::move(k)].push_back(id);
+    } else {
+      g.scan.push_back(id);
+    }
+  }
+
+  // Calls fn(const Scoped&) for every scope that contains the workload.
   template <typename Fn>
-  void forEachList(const Workload& w, Fn&& fn) const {
+  void forEachScope(const Workload& w, Fn&& fn) const {
     const Bucket* own = bucket(w.ns);
-    const Bucket* scopes[2] = {root, own == root ? nullptr : own};
-    for (const Bucket* b : scopes) {
+    const Bucket* buckets[2] = {root, own == root ? nullptr : own};
+    for (const Bucket* b : buckets) {
       if (!b) continue;
-      fn(b->namespace_wide, std::string_view{}, std::string_view{});
+      fn(b->namespace_wide);
       if (b->by_label.empty()) continue;
       for (const auto& l : w.labels) {
         auto it = b->by_label.find(labelHash(l.key, l.value));
-        if (it != b->by_label.end()) fn(it->second, l.key, l.value);
+        if (it == b->by_label.end()) continue;
+        for (const auto& s : it->second) {
+          // Reached through its first label only (a hash collision is not it).
+          const auto& first = s.selector->front();
+          if (first.first == l.key && first.second == l.value && selects(*s.selector, w.labels))
+            fn(s.policies);
+        }
       }
     }
   }
 
-  // Whether policy p (found through the label key=value, or namespace-wide
-  // when key is empty) applies to the workload.
-  bool applies(const CompiledPolicy& p, std::string_view key, std::string_view value,
-               const Workload& w) const {
-    const LabelMap& sel = p.model->selector;
-    if (key.empty()) return true;
-    // Reached once, through its first label; anything else is a hash collision.
-    if (sel.front().first != key || sel.front().second != value) return false;
-    return selects(sel, w.labels);
+  // Calls fn(policy) for the policies of g that may match c, until it returns true.
+  template <typename Fn>
+  bool anyCandidate(const Group& g, const Conn& c, Fn&& fn) const {
+    for (uint32_t id : g.scan)
+      if (fn(policies[id])) return true;
+    if (c.peer.authenticated && !g.by_principal.empty()) {
+      auto it = g.by_principal.find(c.peer.principal);
+      if (it != g.by_principal.end())
+        for (uint32_t id : it->second)
+          if (fn(policies[id])) return true;
+    }
+    return false;
   }
 };
 
@@ -453,16 +532,11 @@ Result<std::shared_ptr<const PolicySet>> PolicySet::build(
     if (ap.dry_run) continue;  // displayed, not enforced
     auto c = Compiler{ap}.compile();
     if (!c) return tl::unexpected(c.error());
-    auto id = static_cast<uint32_t>(index->policies.size());
     index->policies.push_back(std::move(*c));
-    auto& bucket = index->namespaces[ap.ns];
-    if (ap.selector.empty())
-      bucket.namespace_wide.of(ap.action).push_back(id);
-    else
-      bucket.by_label[labelHash(ap.selector.front().first, ap.selector.front().second)]
-          .of(ap.action)
-          .push_back(id);
   }
+
+  // Then the index over them (by namespace, selector, principal).
+  for (uint32_t id = 0; id < index->policies.size(); ++id) index->add(id);
 
   // PeerAuthentication scopes (istiod convertedSelectorPeerAuthentications):
   // no selector = the namespace (the mesh in the root namespace); a selector
@@ -542,37 +616,36 @@ Decision PolicySet::evaluate(const Request& req) const {
     return d;
   }
 
-  // One pass over the lists that may apply: the first matching DENY, whether
-  // any ALLOW applies and the first that matches, and every matching AUDIT.
+  // One pass over the scopes that contain the workload: the first matching
+  // DENY, whether any ALLOW applies and the first that matches, and every
+  // matching AUDIT.
   const CompiledPolicy* deny = nullptr;
   const CompiledPolicy* allowed = nullptr;
   bool allow_applies = false;
   auto ref = [](const CompiledPolicy& p) { return PolicyRef{p.model->ns, p.model->name}; };
-  index_->forEachList(req.destination, [&](const Lists& l, std::string_view k, std::string_view v) {
-    for (uint32_t id : l.audit) {
-      const auto& p = index_->policies[id];
-      if (!index_->applies(p, k, v, req.destination) || !p.matches(c)) continue;
-      if (d.audit_count < Decision::kMaxAudits) d.audits[d.audit_count] = ref(p);
-      if (d.audit_count < 255) ++d.audit_count;
-    }
+  const Index& index = *index_;
+  index.forEachScope(req.destination, [&](const Scoped& s) {
+    if (s.audit.size)
+      index.anyCandidate(s.audit, c, [&](const CompiledPolicy& p) {
+        if (!p.matches(c)) return false;
+        if (d.audit_count < Decision::kMaxAudits) d.audits[d.audit_count] = ref(p);
+        if (d.audit_count < 255) ++d.audit_count;
+        return false;  // all of them
+      });
     if (deny) return;
-    for (uint32_t id : l.deny) {
-      const auto& p = index_->policies[id];
-      if (index_->applies(p, k, v, req.destination) && p.matches(c)) {
-        deny = &p;
-        return;
-      }
-    }
-    if (allowed) return;
-    for (uint32_t id : l.allow) {
-      const auto& p = index_->policies[id];
-      if (!index_->applies(p, k, v, req.destination)) continue;
-      allow_applies = true;
-      if (p.matches(c)) {
-        allowed = &p;
-        return;
-      }
-    }
+    if (s.deny.size && index.anyCandidate(s.deny, c, [&](const CompiledPolicy& p) {
+          if (!p.matches(c)) return false;
+          deny = &p;
+          return true;
+        }))
+      return;
+    if (allowed || !s.allow.size) return;
+    allow_applies = true;
+    index.anyCandidate(s.allow, c, [&](const CompiledPolicy& p) {
+      if (!p.matches(c)) return false;
+      allowed = &p;
+      return true;
+    });
   });
 
   if (!c.peer.authenticated) {

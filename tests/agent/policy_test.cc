@@ -537,6 +537,97 @@ TEST_SUITE("policy") {
     });
   }
 
+  // Policies whose every rule needs an exact principal are found by the
+  // peer's principal; selector policies are grouped by selector. Neither
+  // may change an answer.
+  TEST_CASE("index: principal keys and selector groups answer as a scan would") {
+    const std::string front = R"("cluster.local/ns/front/sa/frontend")";
+    const std::string ops = R"("cluster.local/ns/ops/sa/admin")";
+    const std::string web = "selector: {matchLabels: {app: web}}, ";
+    run({
+        {"a principal rule OR an address rule: not keyed, plaintext from the address allowed",
+         ap("prod", "p",
+            "{rules: [{from: [{source: {principals: [" + ops +
+                "]}}]}, {from: [{source: {ipBlocks: [\"10.0.1.0/24\"]}}]}]}"),
+         plain(), true, kAllowed, "prod/p"},
+        {"sources OR'd, one without principals: not keyed",
+         rule("p",
+              "{from: [{source: {principals: [" + ops + "]}}, {source: {namespaces: [front]}}]}"),
+         {},
+         true,
+         kAllowed,
+         "prod/p"},
+        {"keyed, and the rest of the rule still has to match",
+         rule("p", "{from: [{source: {principals: [" + front +
+                       "]}}], to: [{operation: {ports: [\"9090\"]}}]}"),
+         {},
+         false,
+         kNoAllow},
+        {"two keyed policies under one principal: the second matches",
+         rule("a", "{from: [{source: {principals: [" + front +
+                       "]}}], to: [{operation: {ports: [\"9090\"]}}]}") +
+             rule("b", "{from: [{source: {principals: [" + front +
+                           "]}}], to: [{operation: {ports: [\"8080\"]}}]}"),
+         {},
+         true,
+         kAllowed,
+         "prod/b"},
+        {"keyed by a source.principal condition",
+         rule("p", "{when: [{key: source.principal, values: [" + front + "]}]}"),
+         {},
+         true,
+         kAllowed,
+         "prod/p"},
+        {"a keyed ALLOW never matches plaintext", rule("p", from("{principals: [" + front + "]}")),
+         plain(), false, kNoAllow},
+        {"keyed DENY",
+         rule("d", from("{principals: [" + front + "]}"), "DENY"),
+         {},
+         false,
+         kDenied,
+         "prod/d"},
+        {"keyed DENY, another peer", rule("d", from("{principals: [" + front + "]}"), "DENY"),
+         admin(), true, kNoPolicy},
+        {"keyed AUDIT",
+         rule("a", from("{principals: [" + front + "]}"), "AUDIT"),
+         {},
+         true,
+         kNoPolicy,
+         "",
+         {"prod/a"}},
+        {"an ALLOW with an HTTP-only rule applies though it has no key and no rule",
+         rule("p", R"({to: [{operation: {methods: [GET]}}]})") +
+             ap("prod", "q",
+                "{" + web + "rules: [{from: [{source: {principals: [" + ops + "]}}]}]}"),
+         {},
+         false,
+         kNoAllow},
+        {"policies sharing a selector are grouped",
+         ap("prod", "a", "{" + web + "rules: [{from: [{source: {principals: [" + ops + "]}}]}]}") +
+             ap("prod", "b",
+                "{" + web + "rules: [{from: [{source: {principals: [" + front + "]}}]}]}"),
+         {},
+         true,
+         kAllowed,
+         "prod/b"},
+        {"same first label, a longer selector the workload does not match",
+         ap("prod", "a", "{" + web + "action: DENY, rules: [{}]}") +
+             ap("prod", "v2", "{selector: {matchLabels: {app: web, version: v2}}, rules: [{}]}"),
+         {},
+         false,
+         kDenied,
+         "prod/a"},
+        {"... and one it does",
+         ap("prod", "v1",
+            "{selector: {matchLabels: {app: web, version: v1}}, action: DENY, rules: [{}]}") +
+             ap("prod", "web", "{" + web + "rules: [{}]}"),
+         {},
+         false,
+         kDenied,
+         "prod/v1"},
+    });
+  }
+
   TEST_CASE("PeerAuthentication: STRICT, PERMISSIVE, precedence, port level") {
     const std::string mesh_strict = pa("sluice-system", "default", "{mtls: {mode: STRICT}}");
     const std::string web = "selector: {matchLabels: {app: web}}, ";
