@@ -396,8 +396,23 @@ struct Compiler {
                      [](const Test& a, const Test& b) { return a.field < b.field; });
   }
 
+  // What the parser refuses must not reach matching from the wire either: an
+  // empty source or value would match plaintext (its namespace is "").
+  Result<void> nonEmpty(const std::vector<std::string>& values) const {
+    for (const auto& v : values)
+      if (v.empty()) return fail(where() + ": empty value");
+    return {};
+  }
+
   Result<Match> source(const Source& s) {
     Match m;
+    for (const auto* v : {&s.principals, &s.not_principals, &s.namespaces, &s.not_namespaces,
+                          &s.service_accounts, &s.not_service_accounts})
+      if (auto ok = nonEmpty(*v); !ok) return tl::unexpected(ok.error());
+    if (s.principals.empty() && s.not_principals.empty() && s.namespaces.empty() &&
+        s.not_namespaces.empty() && s.service_accounts.empty() && s.not_service_accounts.empty() &&
+        s.ip_blocks.empty() && s.not_ip_blocks.empty() && s.l7_fields.empty())
+      return fail(where() + ": empty source");
     strings(Field::kPrincipal, false, s.principals, m.tests);
     strings(Field::kPrincipal, true, s.not_principals, m.tests);
     strings(Field::kNamespace, false, s.namespaces, m.tests);
@@ -414,6 +429,8 @@ struct Compiler {
 
   Result<Match> operation(const Operation& o) {
     Match m;
+    if (o.ports.empty() && o.not_ports.empty() && o.l7_fields.empty())
+      return fail(where() + ": empty operation");
     if (auto r = ports(false, o.ports, m.tests); !r) return tl::unexpected(r.error());
     if (auto r = ports(true, o.not_ports, m.tests); !r) return tl::unexpected(r.error());
     return m;
@@ -421,6 +438,10 @@ struct Compiler {
 
   Result<Match> condition(const Condition& c) {
     Match m;
+    if (c.values.empty() && c.not_values.empty())
+      return fail(fmt::format("{}: condition on {} without values", where(), c.key));
+    if (auto ok = nonEmpty(c.values); !ok) return tl::unexpected(ok.error());
+    if (auto ok = nonEmpty(c.not_values); !ok) return tl::unexpected(ok.error());
     for (bool negate : {false, true}) {
       const auto& values = negate ? c.not_values : c.values;
       Result<void> ok;

@@ -884,6 +884,20 @@ status: {}
     CHECK(dup.error().message.find("AuthorizationPolicy prod/p is defined twice") !=
           std::string::npos);
 
+    // Objects off the wire skip the parser: what it refuses, build refuses.
+    AuthorizationPolicy empty_value;
+    empty_value.ns = "prod";
+    empty_value.name = "wire";
+    empty_value.rules = {Rule{{Source{}}, {}, {}}};
+    empty_value.rules[0].from[0].namespaces = {""};
+    auto refused = PolicySet::build({empty_value}, {});
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().message == "AuthorizationPolicy prod/wire: empty value");
+    empty_value.rules[0].from[0].namespaces.clear();
+    refused = PolicySet::build({empty_value}, {});
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().message == "AuthorizationPolicy prod/wire: empty source");
+
     auto set =
         build(pa("prod", "web",
                  "{selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}, "
