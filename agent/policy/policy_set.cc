@@ -1,0 +1,709 @@
+#include "agent/policy/policy_set.h"
+
+#include <arpa/inet.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <functional>
+#include <unordered_map>
+
+#include "agent/policy/match.h"
+
+namespace sluice::agent::policy {
+
+namespace {
+
+// --- compiled matchers ------------------------------------------------------
+//
+// The shape of ztunnel's RbacMatch (src/rbac.rs): a rule is clauses AND'd,
+// a clause is matches OR'd, a match is tests AND'd, a test is values OR'd,
+// negated for the not-forms. Cheap tests come first in a match.
+
+enum class Field : uint8_t {
+  kDestinationPort,
+  kSourceIp,
+  kDestinationIp,
+  kNamespace,
+  kServiceAccount,
+  kPrincipal,
+};
+
+struct ServiceAccountMatch {
+  std::string ns;
+  std::string name;
+};
+
+struct Test {
+  Field field = Field::kDestinationPort;
+  bool negate = false;  // the not-form: none of the values
+  std::vector<uint16_t> ports;
+  std::vector<IpBlock> blocks;
+  std::vector<StringMatch> strings;
+  std::vector<ServiceAccountMatch> accounts;
+};
+
+// The connection as the tests see it: host-order addresses, the peer's
+// identity split once.
+struct Conn {
+  PeerIdentity peer;
+  uint32_t source_ip = 0;
+  uint32_t destination_ip = 0;
+  uint16_t port = 0;
+};
+
+bool anyValue(const Test& t, const Conn& c) {
+  switch (t.field) {
+    case Field::kDestinationPort:
+      return std::find(t.ports.begin(), t.ports.end(), c.port) != t.ports.end();
+    case Field::kSourceIp:
+      for (const auto& b : t.blocks)
+        if (b.contains(c.source_ip)) return true;
+      return false;
+    case Field::kDestinationIp:
+      for (const auto& b : t.blocks)
+        if (b.contains(c.destination_ip)) return true;
+      return false;
+    // The identity fields compare with what the peer's certificate says;
+    // plaintext has none, so a value never matches it and a not-form always
+    // does (ISTIO-SECURITY-2021-004: "The mTLS-only field notNamespaces will
+    // be compared to an empty value when mTLS is not used, resulting in a
+    // match"; ztunnel rbac.rs compares with "" the same way).
+    case Field::kNamespace:
+      for (const auto& s : t.strings)
+        if (s.matches(c.peer.ns)) return true;
+      return false;
+    case Field::kServiceAccount:
+      for (const auto& a : t.accounts)
+        if (c.peer.ns == a.ns && c.peer.service_account == a.name && !a.name.empty()) return true;
+      return false;
+    case Field::kPrincipal:
+      if (!c.peer.authenticated) return false;
+      for (const auto& s : t.strings)
+        if (s.matches(c.peer.principal)) return true;
+      return false;
+  }
+  return false;
+}
+
+struct Match {
+  std::vector<Test> tests;  // empty: matches everything (only DENY rules with HTTP fields dropped)
+  bool matches(const Conn& c) const {
+    for (const auto& t : tests)
+      if (anyValue(t, c) == t.negate) return false;
+    return true;
+  }
+};
+
+struct Clause {
+  std::vector<Match> any;
+  bool matches(const Conn& c) const {
+    for (const auto& m : any)
+      if (m.matches(c)) return true;
+    return false;
+  }
+};
+
+struct CompiledRule {
+  std::vector<Clause> all;  // empty: `rules: [{}]`, matches everything
+  bool matches(const Conn& c) const {
+    for (const auto& cl : all)
+      if (!cl.matches(c)) return false;
+    return true;
+  }
+};
+
+struct CompiledPolicy {
+  const AuthorizationPolicy* model = nullptr;
+  std::vector<CompiledRule> rules;  // empty: matches nothing
+  bool matches(const Conn& c) const {
+    for (const auto& r : rules)
+      if (r.matches(c)) return true;
+    return false;
+  }
+};
+
+// --- selector pre-filter ------------------------------------------------------
+
+uint64_t labelHash(std::string_view key, std::string_view value) {
+  uint64_t k = std::hash<std::string_view>{}(key);
+  uint64_t v = std::hash<std::string_view>{}(value);
+  return (k * 0x9E3779B97F4A7C15ull) ^ v;
+}
+
+const std::string_view* findLabel(std::span<const Label> labels, std::string_view key) {
+  for (const auto& l : labels)
+    if (l.key == key) return &l.value;
+  return nullptr;
+}
+
+bool selects(const LabelMap& selector, std::span<const Label> labels) {
+  for (const auto& [k, v] : selector) {
+    const std::string_view* have = findLabel(labels, k);
+    if (!have || *have != v) return false;
+  }
+  return true;
+}
+
+struct SvHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+MtlsMode effective(MtlsMode m) { return m == MtlsMode::kDisable ? MtlsMode::kPermissive : m; }
+
+bool olderThan(const PeerAuthentication* a, const PeerAuthentication* b) {
+  // Istio: the oldest policy of a scope wins. Timestamps without one sort
+  // last; ties by name (RFC 3339 in UTC, as the API server writes it,
+  // compares as text).
+  if (a->created.empty() != b->created.empty()) return !a->created.empty();
+  if (a->created != b->created) return a->created < b->created;
+  return a->name < b->name;
+}
+
+// Policies of one action that share a scope. Most ALLOW policies name their
+// callers by principal: a policy each of whose rules needs the peer to be one
+// of a few exact principals is found by the peer's principal instead of
+// being examined (the key is necessary, not sufficient: it is still matched).
+struct Group {
+  std::vector<uint32_t> scan;  // examined for every connection
+  std::unordered_map<std::string, std::vector<uint32_t>, SvHash, std::equal_to<>> by_principal;
+  uint32_t size = 0;  // policies in the group (an ALLOW applies even if it can never match)
+};
+
+// The policies that share one scope: namespace-wide, or one selector.
+struct Scoped {
+  Group deny, allow, audit;
+  Group& of(Action a) { return a == Action::kDeny ? deny : a == Action::kAllow ? allow : audit; }
+};
+
+// The exact principals one of which a compiled policy needs, or nullopt if it
+// has no such key (then it is scanned). A policy without rules never
+// matches: an empty key set.
+std::optional<std::vector<std::string>> principalKeys(const CompiledPolicy& p) {
+  std::vector<std::string> keys;
+  for (const auto& r : p.rules) {
+    const std::vector<std::string>* best = nullptr;
+    std::vector<std::string> clause_keys;
+    for (const auto& cl : r.all) {
+      std::vector<std::string> k;
+      bool keyed = !cl.any.empty();
+      for (const auto& m : cl.any) {
+        auto t = std::find_if(m.tests.begin(), m.tests.end(), [](const Test& t) {
+          return t.field == Field::kPrincipal && !t.negate &&
+                 std::all_of(t.strings.begin(), t.strings.end(), [](const StringMatch& s) {
+                   return s.kind == StringMatch::Kind::kExact;
+                 });
+        });
+        if (t == m.tests.end()) {
+          keyed = false;
+          break;
+        }
+        for (const auto& s : t->strings) k.push_back(s.value);
+      }
+      if (keyed && (!best || k.size() < best->size())) {
+        clause_keys = std::move(k);
+        best = &clause_keys;
+      }
+    }
+    if (!best) return std::nullopt;  // this rule can match without a listed principal
+    keys.insert(keys.end(), best->begin(), best->end());
+  }
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  return keys;
+}
+
+}  // namespace
+
+// --- the index ----------------------------------------------------------------
+
+struct PolicySet::Index {
+  struct SelectorScope {
+    const LabelMap* selector;  // never empty; its first label is the by_label key
+    Scoped policies;
+  };
+  struct Bucket {
+    Scoped namespace_wide;
+    // Selector policies grouped by identical selector, found through the
+    // selector's first label (a hash of key and value: checked on use).
+    std::unordered_map<uint64_t, std::vector<SelectorScope>> by_label;
+    const PeerAuthentication* namespace_pa = nullptr;
+    std::vector<const PeerAuthentication*> workload_pas;  // oldest first
+  };
+  std::vector<CompiledPolicy> policies;
+  std::unordered_map<std::string, Bucket, SvHash, std::equal_to<>> namespaces;
+  const Bucket* root = nullptr;
+
+  const Bucket* bucket(std::string_view ns) const {
+    auto it = namespaces.find(ns);
+    return it == namespaces.end() ? nullptr : &it->second;
+  }
+
+  void add(uint32_t id) {
+    const CompiledPolicy& p = policies[id];
+    const AuthorizationPolicy& m = *p.model;
+    Bucket& b = namespaces[m.ns];
+    Scoped* scoped = &b.namespace_wide;
+    if (!m.selector.empty()) {
+      auto& scopes = b.by_label[labelHash(m.selector.front().first, m.selector.front().second)];
+      auto it = std::find_if(scopes.begin(), scopes.end(),
+                             [&](const SelectorScope& s) { return *s.selector == m.selector; });
+      if (it == scopes.end()) it = scopes.insert(scopes.end(), SelectorScope{&m.selector, {}});
+      scoped = &it->policies;
+    }
+    Group& g = scoped->of(m.action);
+    ++g.size;
+    if (auto keys = principalKeys(p)) {
+      for (auto& k : *keys) g.by_principal[std::move(k)].push_back(id);
+    } else {
+      g.scan.push_back(id);
+    }
+  }
+
+  // Calls fn(const Scoped&) for every scope that contains the workload.
+  template <typename Fn>
+  void forEachScope(const Workload& w, Fn&& fn) const {
+    const Bucket* own = bucket(w.ns);
+    const Bucket* buckets[2] = {root, own == root ? nullptr : own};
+    for (const Bucket* b : buckets) {
+      if (!b) continue;
+      fn(b->namespace_wide);
+      if (b->by_label.empty()) continue;
+      for (const auto& l : w.labels) {
+        auto it = b->by_label.find(labelHash(l.key, l.value));
+        if (it == b->by_label.end()) continue;
+        for (const auto& s : it->second) {
+          // Reached through its first label only (a hash collision is not it).
+          const auto& first = s.selector->front();
+          if (first.first == l.key && first.second == l.value && selects(*s.selector, w.labels))
+            fn(s.policies);
+        }
+      }
+    }
+  }
+
+  // Calls fn(policy) for the policies of g that may match c, until it returns true.
+  template <typename Fn>
+  bool anyCandidate(const Group& g, const Conn& c, Fn&& fn) const {
+    for (uint32_t id : g.scan)
+      if (fn(policies[id])) return true;
+    if (c.peer.authenticated && !g.by_principal.empty()) {
+      auto it = g.by_principal.find(c.peer.principal);
+      if (it != g.by_principal.end())
+        for (uint32_t id : it->second)
+          if (fn(policies[id])) return true;
+    }
+    return false;
+  }
+};
+
+// --- PolicySet ------------------------------------------------------------------
+
+const char* toString(Reason r) {
+  switch (r) {
+    case Reason::kNoPolicy:
+      return "no policy";
+    case Reason::kAllowMatched:
+      return "ALLOW matched";
+    case Reason::kNodeProbe:
+      return "node probe";
+    case Reason::kDenyMatched:
+      return "DENY matched";
+    case Reason::kNoAllowMatched:
+      return "no ALLOW matched";
+    case Reason::kStrictMtls:
+      return "STRICT mTLS";
+  }
+  return "?";
+}
+
+std::string Decision::describe() const {
+  std::string out = allow ? "allow: " : "deny: ";
+  out += toString(reason);
+  if (!policy.empty()) out += fmt::format(" ({}/{})", policy.ns, policy.name);
+  for (size_t i = 0; i < audit_count && i < kMaxAudits; ++i)
+    out += fmt::format("{}{}/{}", i == 0 ? "; audit " : ", ", audits[i].ns, audits[i].name);
+  if (audit_count > kMaxAudits) out += fmt::format(" and {} more", audit_count - kMaxAudits);
+  return out;
+}
+
+PolicySet::PolicySet(std::vector<AuthorizationPolicy> a, std::vector<PeerAuthentication> p,
+                     Options o)
+    : authorization_(std::move(a)), peer_(std::move(p)), options_(std::move(o)) {}
+
+PolicySet::~PolicySet() = default;
+
+std::shared_ptr<const PolicySet> PolicySet::empty() {
+  auto set = build({}, {});
+  return set ? *set : nullptr;  // nothing to fail on
+}
+
+namespace {
+
+struct Compiler {
+  const AuthorizationPolicy& policy;
+
+  std::string where() const {
+    return fmt::format("AuthorizationPolicy {}/{}", policy.ns, policy.name);
+  }
+
+  Result<void> ips(Field field, bool negate, const std::vector<std::string>& values,
+                   std::vector<Test>& out) {
+    if (values.empty()) return {};
+    Test t{field, negate, {}, {}, {}, {}};
+    for (const auto& v : values) {
+      auto b = parseIpBlock(v);
+      if (!b) return fail(fmt::format("{}: \"{}\" is not an IP address or CIDR block", where(), v));
+      t.blocks.push_back(*b);
+    }
+    out.push_back(std::move(t));
+    return {};
+  }
+  Result<void> ports(bool negate, const std::vector<std::string>& values, std::vector<Test>& out) {
+    if (values.empty()) return {};
+    Test t{Field::kDestinationPort, negate, {}, {}, {}, {}};
+    for (const auto& v : values) {
+      auto p = parsePort(v);
+      if (!p) return fail(fmt::format("{}: \"{}\" is not a port number", where(), v));
+      t.ports.push_back(*p);
+    }
+    out.push_back(std::move(t));
+    return {};
+  }
+  static void strings(Field field, bool negate, const std::vector<std::string>& values,
+                      std::vector<Test>& out) {
+    if (values.empty()) return;
+    Test t{field, negate, {}, {}, {}, {}};
+    for (const auto& v : values) t.strings.push_back(StringMatch::compile(v));
+    out.push_back(std::move(t));
+  }
+  void accounts(bool negate, const std::vector<std::string>& values, std::vector<Test>& out) {
+    if (values.empty()) return;
+    Test t{Field::kServiceAccount, negate, {}, {}, {}, {}};
+    for (const auto& v : values) {
+      // istiod stringToServiceAccountMatch: "ns/sa", or "sa" in the policy's namespace.
+      auto slash = v.find('/');
+      if (slash == std::string::npos)
+        t.accounts.push_back({policy.ns, v});
+      else
+        t.accounts.push_back({v.substr(0, slash), v.substr(slash + 1)});
+    }
+    out.push_back(std::move(t));
+  }
+
+  static void order(Match& m) {
+    std::stable_sort(m.tests.begin(), m.tests.end(),
+                     [](const Test& a, const Test& b) { return a.field < b.field; });
+  }
+
+  // What the parser refuses must not reach matching from the wire either: an
+  // empty source or value would match plaintext (its namespace is "").
+  Result<void> nonEmpty(const std::vector<std::string>& values) const {
+    for (const auto& v : values)
+      if (v.empty()) return fail(where() + ": empty value");
+    return {};
+  }
+
+  Result<Match> source(const Source& s) {
+    Match m;
+    for (const auto* v : {&s.principals, &s.not_principals, &s.namespaces, &s.not_namespaces,
+                          &s.service_accounts, &s.not_service_accounts})
+      if (auto ok = nonEmpty(*v); !ok) return tl::unexpected(ok.error());
+    if (s.principals.empty() && s.not_principals.empty() && s.namespaces.empty() &&
+        s.not_namespaces.empty() && s.service_accounts.empty() && s.not_service_accounts.empty() &&
+        s.ip_blocks.empty() && s.not_ip_blocks.empty() && s.l7_fields.empty())
+      return fail(where() + ": empty source");
+    strings(Field::kPrincipal, false, s.principals, m.tests);
+    strings(Field::kPrincipal, true, s.not_principals, m.tests);
+    strings(Field::kNamespace, false, s.namespaces, m.tests);
+    strings(Field::kNamespace, true, s.not_namespaces, m.tests);
+    accounts(false, s.service_accounts, m.tests);
+    accounts(true, s.not_service_accounts, m.tests);
+    if (auto r = ips(Field::kSourceIp, false, s.ip_blocks, m.tests); !r)
+      return tl::unexpected(r.error());
+    if (auto r = ips(Field::kSourceIp, true, s.not_ip_blocks, m.tests); !r)
+      return tl::unexpected(r.error());
+    order(m);
+    return m;
+  }
+
+  Result<Match> operation(const Operation& o) {
+    Match m;
+    if (o.ports.empty() && o.not_ports.empty() && o.l7_fields.empty())
+      return fail(where() + ": empty operation");
+    if (auto r = ports(false, o.ports, m.tests); !r) return tl::unexpected(r.error());
+    if (auto r = ports(true, o.not_ports, m.tests); !r) return tl::unexpected(r.error());
+    return m;
+  }
+
+  Result<Match> condition(const Condition& c) {
+    Match m;
+    if (c.values.empty() && c.not_values.empty())
+      return fail(fmt::format("{}: condition on {} without values", where(), c.key));
+    if (auto ok = nonEmpty(c.values); !ok) return tl::unexpected(ok.error());
+    if (auto ok = nonEmpty(c.not_values); !ok) return tl::unexpected(ok.error());
+    for (bool negate : {false, true}) {
+      const auto& values = negate ? c.not_values : c.values;
+      Result<void> ok;
+      if (c.key == "source.ip")
+        ok = ips(Field::kSourceIp, negate, values, m.tests);
+      else if (c.key == "destination.ip")
+        ok = ips(Field::kDestinationIp, negate, values, m.tests);
+      else if (c.key == "destination.port")
+        ok = ports(negate, values, m.tests);
+      else if (c.key == "source.namespace")
+        strings(Field::kNamespace, negate, values, m.tests);
+      else if (c.key == "source.principal")
+        strings(Field::kPrincipal, negate, values, m.tests);
+      if (!ok) return tl::unexpected(ok.error());
+    }
+    return m;
+  }
+
+  // Sluice enforces at L4. Rules that use HTTP fields (istiod handleRule):
+  //  - ALLOW (and AUDIT): the whole rule is dropped, it matches nothing; the
+  //    policy still applies, so the default deny of step 5 still does.
+  //  - DENY: the HTTP fields are dropped and the rest is enforced, which
+  //    denies more than written: "For a DENY rule, missing attributes are
+  //    treated as matches" (authorization_policy.proto, on TCP traffic). A
+  //    source or operation left with nothing matches every connection, and
+  //    so does a `when` on an HTTP key. (ztunnel instead turns such an empty
+  //    match into match-nothing, i.e. a DENY that silently does nothing;
+  //    Sluice keeps the documented, fail-closed reading.)
+  Result<std::optional<CompiledRule>> rule(const Rule& r) {
+    if (policy.action != Action::kDeny && r.hasL7()) return std::optional<CompiledRule>{};
+    CompiledRule out;
+    if (!r.from.empty()) {
+      Clause cl;
+      for (const auto& s : r.from) {
+        auto m = source(s);
+        if (!m) return tl::unexpected(m.error());
+        cl.any.push_back(std::move(*m));
+      }
+      out.all.push_back(std::move(cl));
+    }
+    if (!r.to.empty()) {
+      Clause cl;
+      for (const auto& o : r.to) {
+        auto m = operation(o);
+        if (!m) return tl::unexpected(m.error());
+        cl.any.push_back(std::move(*m));
+      }
+      out.all.push_back(std::move(cl));
+    }
+    for (const auto& c : r.when) {
+      if (!isL4ConditionKey(c.key)) continue;  // DENY: dropped (treated as a match)
+      auto m = condition(c);
+      if (!m) return tl::unexpected(m.error());
+      out.all.push_back(Clause{{std::move(*m)}});
+    }
+    // Put clauses with a single test first: usually a port or an address.
+    std::stable_sort(out.all.begin(), out.all.end(), [](const Clause& a, const Clause& b) {
+      return a.any.size() == 1 && a.any[0].tests.size() == 1 &&
+             !(b.any.size() == 1 && b.any[0].tests.size() == 1);
+    });
+    return std::optional<CompiledRule>{std::move(out)};
+  }
+
+  Result<CompiledPolicy> compile() {
+    CompiledPolicy p;
+    p.model = &policy;
+    // "If not set, the match will never occur" (authorization_policy.proto,
+    // rules): no rules = matches nothing.
+    for (const auto& r : policy.rules) {
+      auto c = rule(r);
+      if (!c) return tl::unexpected(c.error());
+      if (*c) p.rules.push_back(std::move(**c));
+    }
+    return p;
+  }
+};
+
+template <typename T>
+bool byName(const T& a, const T& b) {
+  return std::tie(a.ns, a.name) < std::tie(b.ns, b.name);
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const PolicySet>> PolicySet::build(
+    std::vector<AuthorizationPolicy> authorization, std::vector<PeerAuthentication> peer,
+    Options options) {
+  std::sort(authorization.begin(), authorization.end(), byName<AuthorizationPolicy>);
+  std::sort(peer.begin(), peer.end(), byName<PeerAuthentication>);
+  for (size_t i = 1; i < authorization.size(); ++i)
+    if (!byName(authorization[i - 1], authorization[i]))
+      return fail(fmt::format("AuthorizationPolicy {}/{} is defined twice", authorization[i].ns,
+                              authorization[i].name));
+  for (size_t i = 1; i < peer.size(); ++i)
+    if (!byName(peer[i - 1], peer[i]))
+      return fail(
+          fmt::format("PeerAuthentication {}/{} is defined twice", peer[i].ns, peer[i].name));
+
+  std::shared_ptr<PolicySet> set(
+      new PolicySet(std::move(authorization), std::move(peer), std::move(options)));
+  auto index = std::make_unique<Index>();
+  const std::string& root_ns = set->options_.root_namespace;
+
+  for (const auto& ap : set->authorization_) {
+    for (const auto& [k, v] : ap.selector)
+      if (k.empty())
+        return fail(
+            fmt::format("AuthorizationPolicy {}/{}: empty selector label key", ap.ns, ap.name));
+    if (ap.dry_run) continue;  // displayed, not enforced
+    auto c = Compiler{ap}.compile();
+    if (!c) return tl::unexpected(c.error());
+    index->policies.push_back(std::move(*c));
+  }
+
+  // Then the index over them (by namespace, selector, principal).
+  for (uint32_t id = 0; id < index->policies.size(); ++id) index->add(id);
+
+  // PeerAuthentication scopes (istiod convertedSelectorPeerAuthentications):
+  // no selector = the namespace (the mesh in the root namespace); a selector
+  // = the workloads it selects in its namespace; a selector in the root
+  // namespace is ignored, as ambient Istio does.
+  std::unordered_map<std::string, std::vector<const PeerAuthentication*>> workload_pas;
+  for (auto& pa : set->peer_) {
+    if (pa.selector.empty()) {
+      auto& slot = index->namespaces[pa.ns].namespace_pa;
+      if (!slot || olderThan(&pa, slot)) slot = &pa;
+    } else if (pa.ns == root_ns) {
+      pa.warnings.push_back(fmt::format(
+          "a PeerAuthentication with a selector in the root namespace {} is ignored: "
+          "remove the selector to make it mesh-wide, or move it to the workloads' namespace",
+          root_ns));
+    } else {
+      workload_pas[pa.ns].push_back(&pa);
+    }
+  }
+  for (auto& [ns, list] : workload_pas) {
+    std::sort(list.begin(), list.end(), olderThan);
+    index->namespaces[ns].workload_pas = std::move(list);
+  }
+  // Of two namespace-scope policies only the oldest counts: say so on the other.
+  for (auto& pa : set->peer_) {
+    if (!pa.selector.empty()) continue;
+    const auto* winner = index->namespaces[pa.ns].namespace_pa;
+    if (winner != &pa)
+      pa.warnings.push_back(
+          fmt::format("ignored: {} is older and also sets the {} mode; keep one policy per scope",
+                      winner->name, pa.ns == root_ns ? "mesh-wide" : "namespace-wide"));
+  }
+
+  if (auto it = index->namespaces.find(root_ns); it != index->namespaces.end())
+    index->root = &it->second;
+  set->index_ = std::move(index);
+  return std::shared_ptr<const PolicySet>(std::move(set));
+}
+
+MtlsMode PolicySet::mtlsMode(const Workload& w, uint16_t port, PolicyRef* from) const {
+  MtlsMode mode = MtlsMode::kPermissive;
+  const PeerAuthentication* by = nullptr;
+  auto inherit = [&](const PeerAuthentication* pa, MtlsMode m) {
+    if (m == MtlsMode::kUnset) return;
+    mode = effective(m);
+    by = pa;
+  };
+  if (const auto* root = index_->root; root && root->namespace_pa)
+    inherit(root->namespace_pa, root->namespace_pa->mode);
+  if (const auto* b = index_->bucket(w.ns)) {
+    if (b != index_->root && b->namespace_pa) inherit(b->namespace_pa, b->namespace_pa->mode);
+    for (const auto* pa : b->workload_pas) {
+      if (!selects(pa->selector, w.labels)) continue;
+      inherit(pa, pa->mode);
+      auto it = std::lower_bound(pa->port_level.begin(), pa->port_level.end(), port,
+                                 [](const auto& e, uint16_t p) { return e.first < p; });
+      if (it != pa->port_level.end() && it->first == port) inherit(pa, it->second);
+      break;  // only the oldest matching workload policy counts
+    }
+  }
+  if (from) *from = by ? PolicyRef{by->ns, by->name} : PolicyRef{};
+  return mode;
+}
+
+Decision PolicySet::evaluate(const Request& req) const {
+  Decision d;
+  Conn c;
+  c.peer = parsePeerIdentity(req.source_principal);
+  c.source_ip = ntohl(req.source_ip);
+  c.destination_ip = ntohl(req.destination_ip);
+  c.port = req.destination_port;
+
+  if (options_.allow_node_probes && !c.peer.authenticated && req.node_ip != 0 &&
+      req.source_ip == req.node_ip) {
+    d.allow = true;
+    d.reason = Reason::kNodeProbe;
+    return d;
+  }
+
+  // One pass over the scopes that contain the workload: the first matching
+  // DENY, whether any ALLOW applies and the first that matches, and every
+  // matching AUDIT.
+  const CompiledPolicy* deny = nullptr;
+  const CompiledPolicy* allowed = nullptr;
+  bool allow_applies = false;
+  auto ref = [](const CompiledPolicy& p) { return PolicyRef{p.model->ns, p.model->name}; };
+  const Index& index = *index_;
+  index.forEachScope(req.destination, [&](const Scoped& s) {
+    if (s.audit.size)
+      index.anyCandidate(s.audit, c, [&](const CompiledPolicy& p) {
+        if (!p.matches(c)) return false;
+        if (d.audit_count < Decision::kMaxAudits) d.audits[d.audit_count] = ref(p);
+        if (d.audit_count < 255) ++d.audit_count;
+        return false;  // all of them
+      });
+    if (deny) return;
+    if (s.deny.size && index.anyCandidate(s.deny, c, [&](const CompiledPolicy& p) {
+          if (!p.matches(c)) return false;
+          deny = &p;
+          return true;
+        }))
+      return;
+    if (allowed || !s.allow.size) return;
+    allow_applies = true;
+    index.anyCandidate(s.allow, c, [&](const CompiledPolicy& p) {
+      if (!p.matches(c)) return false;
+      allowed = &p;
+      return true;
+    });
+  });
+
+  if (!c.peer.authenticated) {
+    PolicyRef by;
+    if (mtlsMode(req.destination, req.destination_port, &by) == MtlsMode::kStrict) {
+      d.reason = Reason::kStrictMtls;
+      d.policy = by;
+      return d;
+    }
+  }
+  if (deny) {
+    d.reason = Reason::kDenyMatched;
+    d.policy = ref(*deny);
+  } else if (allowed) {
+    d.allow = true;
+    d.reason = Reason::kAllowMatched;
+    d.policy = ref(*allowed);
+  } else if (!allow_applies) {
+    d.allow = true;
+    d.reason = Reason::kNoPolicy;
+  } else {
+    d.reason = Reason::kNoAllowMatched;
+  }
+  return d;
+}
+
+std::vector<const AuthorizationPolicy*> PolicySet::applicable(const Workload& w) const {
+  std::vector<const AuthorizationPolicy*> out;
+  for (bool mesh : {true, false}) {
+    for (const auto& ap : authorization_) {
+      if (ap.dry_run) continue;
+      bool in_scope = mesh ? ap.ns == options_.root_namespace
+                           : ap.ns == w.ns && ap.ns != options_.root_namespace;
+      if (in_scope && selects(ap.selector, w.labels)) out.push_back(&ap);
+    }
+  }
+  return out;
+}
+
+}  // namespace sluice::agent::policy
