@@ -660,7 +660,7 @@ bool roundTrip(Mesh& m, const sockaddr_in& dst, const std::string& text) {
 }  // namespace
 
 TEST_SUITE("hbone") {
-  TEST_CASE("many concurrent streams share one tunnel; bytes intact both ways, half-close") {
+  TEST_CASE("many concurrent streams share one tunnel with bytes intact both ways and half-close") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
     sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
@@ -729,7 +729,7 @@ TEST_SUITE("hbone") {
     CHECK(m.authorizer.mutual_tls);
   }
 
-  TEST_CASE("a slow reader stalls the sender with bounded buffering, then gets everything") {
+  TEST_CASE("a slow reader stalls the sender with bounded buffering and then gets everything") {
     Mesh m([](EngineConfig& c) {
       c.hbone_stream_window = 64 * 1024;
       c.buffer_bytes = 16 * 1024;
@@ -788,7 +788,7 @@ TEST_SUITE("hbone") {
     CHECK((got == data));
   }
 
-  TEST_CASE("the authorization hook denies: 403, the app is never connected") {
+  TEST_CASE("an authorization deny answers 403 and the app is never connected") {
     Mesh m;
     m.authorizer.verdict = Verdict::kDeny;
     App echo(ip(kAddrB), App::echo);
@@ -868,7 +868,7 @@ TEST_SUITE("hbone") {
     CHECK(out[0].reason_detail == "peer_refused");
     CHECK(echo.accepted == 0);
   }
-  TEST_CASE("keepalive: PINGs keep a quiet tunnel, a silent peer is closed within 2x keepalive") {
+  TEST_CASE("keepalive PINGs keep a quiet tunnel and a silent peer is closed within 2x keepalive") {
     Mesh m([](EngineConfig& c) { c.hbone_keepalive = 200ms; });
     App echo(ip(kAddrB), App::echo);
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
@@ -901,7 +901,7 @@ TEST_SUITE("hbone") {
     CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
   }
 
-  TEST_CASE("a pooled tunnel whose peer restarted: the next connection gets a fresh tunnel") {
+  TEST_CASE("a pooled tunnel whose peer restarted is replaced by a fresh one") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
     sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
@@ -918,7 +918,7 @@ TEST_SUITE("hbone") {
     CHECK(echo.accepted == 2);
   }
 
-  TEST_CASE("GOAWAY from the server: open streams finish, new ones take a new tunnel") {
+  TEST_CASE("GOAWAY from the server lets open streams finish and new ones take a new tunnel") {
     Mesh m;
     m.server.reset();  // plain nghttp2 answers on pod B's 15008 instead
     RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 3);
@@ -960,7 +960,7 @@ TEST_SUITE("hbone") {
     CHECK(m.pumpUntil([&] { return m.client->idle(); }, 5s));
   }
 
-  TEST_CASE("bad preface: not TLS at all -> handshake failure, the tunnel is closed") {
+  TEST_CASE("bad preface that is not TLS is a handshake failure and closes the tunnel") {
     Mesh m;
     UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
     setTimeouts(raw.get(), 10s);
@@ -976,7 +976,7 @@ TEST_SUITE("hbone") {
     CHECK(m.authorizer.calls == 0);
   }
 
-  TEST_CASE("bad preface: TLS, then no HTTP/2 preface -> bad request, the tunnel is closed") {
+  TEST_CASE("bad preface after TLS is a bad request and closes the tunnel") {
     Mesh m;
     UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
     setTimeouts(raw.get(), 10s);
@@ -998,7 +998,7 @@ TEST_SUITE("hbone") {
     CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
   }
 
-  TEST_CASE("a request that is not CONNECT -> bad request, GOAWAY, the tunnel is closed") {
+  TEST_CASE("a request that is not CONNECT is a bad request with GOAWAY and closes the tunnel") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
     UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
