@@ -739,7 +739,8 @@ TEST_SUITE("hbone") {
     std::vector<unsigned char> got;
     App sink(ip(kAddrB), [&](int fd) {
       setBuffers(fd, 32 * 1024);
-      while (!read_now) std::this_thread::sleep_for(5ms);
+      auto give_up = Clock::now() + 20s;
+      while (!read_now && Clock::now() < give_up) std::this_thread::sleep_for(5ms);
       recvAll(fd, got);
     });
     constexpr size_t kBytes = 24 << 20;
@@ -931,7 +932,8 @@ TEST_SUITE("hbone") {
       apps.push_back(std::make_unique<Worker>([app, i, &go, &intact] {
         auto data = pattern(200 * 1024, static_cast<unsigned>(i));
         if (!sendAll(app->get(), data.data(), 1000)) return;
-        while (!go) std::this_thread::sleep_for(2ms);
+        auto give_up = Clock::now() + 20s;  // a failed check must not hang the test
+        while (!go && Clock::now() < give_up) std::this_thread::sleep_for(2ms);
         std::thread rest([&] {
           sendAll(app->get(), data.data() + 1000, data.size() - 1000);
           ::shutdown(app->get(), SHUT_WR);
