@@ -1227,4 +1227,22 @@ TEST_SUITE("hbone") {
     CHECK(m.pumpUntil([&] { return m.server->idle() && m.cs->count(Counter::kTunnelsActive) == 0; },
                       5s));
   }
+  TEST_CASE("an idle pooled tunnel is closed and a renewed certificate drains the old tunnel") {
+    Mesh m([](EngineConfig& c) { c.hbone_idle_timeout = 300ms; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    CHECK(roundTrip(m, dst, "one"));
+    m.pumpFor(100ms);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);  // pooled
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 0; }, 3s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 3s));
+    CHECK(roundTrip(m, dst, "two"));
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 2);
+    // Pod A's certificate is renewed: new streams take a new tunnel, and the
+    // old one (idle) goes.
+    m.creds.set(kIdA, m.ca.issue(kIdA));
+    CHECK(roundTrip(m, dst, "three"));
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 3);
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 1; }, 3s));
+  }
 }
