@@ -195,7 +195,7 @@ int32_t Tunnel::request(StreamEnd& s, const std::string& authority, const std::s
   int32_t id = nghttp2_submit_request(h2_.get(), nullptr, nva, 3, &prd, &s);
   if (id < 0) {
     logger()->warn("tunnel {}: cannot open a stream: {}", id_, nghttp2_strerror(id));
-    draining_ = true;
+    drain();  // leaves the pool
     return id;
   }
   streams_[id] = &s;
