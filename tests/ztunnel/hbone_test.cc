@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -34,6 +35,13 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+// The odd peers write with SSL_write (plain write()): a peer that closed
+// first must fail the write, not kill the test.
+const bool kNoSigpipe = [] {
+  signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
 
 // ------------------------------------------------------------ certificates
 
@@ -649,10 +657,26 @@ bool roundTrip(Mesh& m, const sockaddr_in& dst, const std::string& text) {
   return std::string(got.begin(), got.end()) == text;
 }
 
+// The router's side of Service attempts: notes outcomes, keeps retried ones.
+class TestSink final : public proxy::AttemptSink {
+ public:
+  std::vector<bool> results;
+  int released = 0;
+  std::vector<std::string> whys;
+  std::unique_ptr<proxy::Attempt> retried;
+  void attemptResult(proxy::Attempt&, bool ok) override { results.push_back(ok); }
+  void attemptReleased(proxy::Attempt&) override { released++; }
+  bool attemptRetry(std::unique_ptr<proxy::Attempt>& a, std::string_view why) override {
+    whys.emplace_back(why);
+    retried = std::move(a);
+    return true;
+  }
+};
+
 }  // namespace
 
 TEST_SUITE("hbone") {
-  TEST_CASE("many concurrent streams share one tunnel; bytes intact both ways, half-close") {
+  TEST_CASE("many concurrent streams share one tunnel with bytes intact both ways and half-close") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
     sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
@@ -721,7 +745,7 @@ TEST_SUITE("hbone") {
     CHECK(m.authorizer.mutual_tls);
   }
 
-  TEST_CASE("a slow reader stalls the sender with bounded buffering, then gets everything") {
+  TEST_CASE("a slow reader stalls the sender with bounded buffering and then gets everything") {
     Mesh m([](EngineConfig& c) {
       c.hbone_stream_window = 64 * 1024;
       c.buffer_bytes = 16 * 1024;
@@ -731,7 +755,8 @@ TEST_SUITE("hbone") {
     std::vector<unsigned char> got;
     App sink(ip(kAddrB), [&](int fd) {
       setBuffers(fd, 32 * 1024);
-      while (!read_now) std::this_thread::sleep_for(5ms);
+      auto give_up = Clock::now() + 20s;
+      while (!read_now && Clock::now() < give_up) std::this_thread::sleep_for(5ms);
       recvAll(fd, got);
     });
     constexpr size_t kBytes = 24 << 20;
@@ -780,7 +805,7 @@ TEST_SUITE("hbone") {
     CHECK((got == data));
   }
 
-  TEST_CASE("the authorization hook denies: 403, the app is never connected") {
+  TEST_CASE("an authorization deny answers 403 and the app is never connected") {
     Mesh m;
     m.authorizer.verdict = Verdict::kDeny;
     App echo(ip(kAddrB), App::echo);
@@ -860,7 +885,7 @@ TEST_SUITE("hbone") {
     CHECK(out[0].reason_detail == "peer_refused");
     CHECK(echo.accepted == 0);
   }
-  TEST_CASE("keepalive: PINGs keep a quiet tunnel, a silent peer is closed within 2x keepalive") {
+  TEST_CASE("keepalive PINGs keep a quiet tunnel and a silent peer is closed within 2x keepalive") {
     Mesh m([](EngineConfig& c) { c.hbone_keepalive = 200ms; });
     App echo(ip(kAddrB), App::echo);
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
@@ -893,7 +918,7 @@ TEST_SUITE("hbone") {
     CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
   }
 
-  TEST_CASE("a pooled tunnel whose peer restarted: the next connection gets a fresh tunnel") {
+  TEST_CASE("a pooled tunnel whose peer restarted is replaced by a fresh one") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
     sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
@@ -910,7 +935,7 @@ TEST_SUITE("hbone") {
     CHECK(echo.accepted == 2);
   }
 
-  TEST_CASE("GOAWAY from the server: open streams finish, new ones take a new tunnel") {
+  TEST_CASE("GOAWAY from the server lets open streams finish and new ones take a new tunnel") {
     Mesh m;
     m.server.reset();  // plain nghttp2 answers on pod B's 15008 instead
     RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 3);
@@ -923,7 +948,8 @@ TEST_SUITE("hbone") {
       apps.push_back(std::make_unique<Worker>([app, i, &go, &intact] {
         auto data = pattern(200 * 1024, static_cast<unsigned>(i));
         if (!sendAll(app->get(), data.data(), 1000)) return;
-        while (!go) std::this_thread::sleep_for(2ms);
+        auto give_up = Clock::now() + 20s;  // a failed check must not hang the test
+        while (!go && Clock::now() < give_up) std::this_thread::sleep_for(2ms);
         std::thread rest([&] {
           sendAll(app->get(), data.data() + 1000, data.size() - 1000);
           ::shutdown(app->get(), SHUT_WR);
@@ -952,7 +978,7 @@ TEST_SUITE("hbone") {
     CHECK(m.pumpUntil([&] { return m.client->idle(); }, 5s));
   }
 
-  TEST_CASE("bad preface: not TLS at all -> handshake failure, the tunnel is closed") {
+  TEST_CASE("bad preface that is not TLS is a handshake failure and closes the tunnel") {
     Mesh m;
     UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
     setTimeouts(raw.get(), 10s);
@@ -968,7 +994,7 @@ TEST_SUITE("hbone") {
     CHECK(m.authorizer.calls == 0);
   }
 
-  TEST_CASE("bad preface: TLS, then no HTTP/2 preface -> bad request, the tunnel is closed") {
+  TEST_CASE("bad preface after TLS is a bad request and closes the tunnel") {
     Mesh m;
     UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
     setTimeouts(raw.get(), 10s);
@@ -990,7 +1016,7 @@ TEST_SUITE("hbone") {
     CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
   }
 
-  TEST_CASE("a request that is not CONNECT -> bad request, GOAWAY, the tunnel is closed") {
+  TEST_CASE("a request that is not CONNECT is a bad request with GOAWAY and closes the tunnel") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
     UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
@@ -1016,5 +1042,207 @@ TEST_SUITE("hbone") {
     CHECK(why(in[0].reason) == "bad_request");
     CHECK(m.authorizer.calls == 0);
     CHECK(echo.accepted == 0);
+  }
+  TEST_CASE(
+      "a Service attempt refused by 15008 or by the CONNECT moves on without the app noticing") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    TestSink sink;
+    auto svc = std::make_shared<ServiceTarget>();
+    svc->name = "b/echo";
+    svc->endpoints = {makeSockaddr(ip("127.0.0.6"), 8080), makeSockaddr(ip(kAddrB), 15006),
+                      makeSockaddr(ip(kAddrB), echo.port)};
+    sockaddr_in vip = makeSockaddr(ip("10.96.0.10"), 80);
+    UniqueFd app = connectTo(localOf(m.app_listener.get()), ip(kAddrA));
+    setTimeouts(app.get(), 20s);
+    sockaddr_in peer{};
+    socklen_t len = sizeof(peer);
+    UniqueFd proxy_end(
+        ::accept4(m.app_listener.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC));
+    auto attempt = std::make_unique<proxy::Attempt>(m.pod_a, std::move(proxy_end), peer, vip);
+    attempt->setService(&sink, svc, vip);
+    MeshWorkload target{kIdB, "b/server", "node-b"};
+    // The app sends first; nothing may be read from it before a 200.
+    REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>("hello"), 5));
+    ::shutdown(app.get(), SHUT_WR);
+    for (size_t i = 0; i < 2; ++i) {  // nothing listens on 127.0.0.6; 15006 is refused (401)
+      attempt->pick(svc->endpoints[i]);
+      m.client->open(std::move(attempt), target);
+      REQUIRE(m.pumpUntil([&] { return sink.retried != nullptr; }, 5s));
+      attempt = std::move(sink.retried);
+    }
+    attempt->pick(svc->endpoints[2]);
+    m.client->open(std::move(attempt), target);
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "hello");
+    REQUIRE(sink.whys.size() == 2);
+    CHECK(sink.whys[0] == "connect_error: 15008 refused");
+    CHECK(sink.whys[1] == "refused: 401");
+    CHECK(sink.results == std::vector<bool>{false, false, true});
+    CHECK(m.cs->count(Counter::kConnectRetries) == 0);  // a Service does not wait for a redial
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 3; }, 5s));
+    // every endpoint's slot was given back (the last when its stream was freed)
+    CHECK(m.pumpUntil([&] { return sink.released == 3; }, 5s));
+    int retried = 0;
+    for (auto& r : m.closed(*m.cs)) {
+      CHECK(r.destination_service == "b/echo");
+      if (r.retried)
+        retried++;
+      else
+        CHECK(why(r.reason) == "eof");
+    }
+    CHECK(retried == 2);
+  }
+
+  TEST_CASE("connections wait for a certificate on both sides and give up after certificate_wait") {
+    Mesh m([](EngineConfig& c) { c.certificate_wait = 300ms; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    auto cred_a = m.creds.credential(kIdA), cred_b = m.creds.credential(kIdB);
+    m.creds.set(kIdA, nullptr);
+    m.creds.set(kIdB, nullptr);
+    UniqueFd app = m.open(dst);
+    std::vector<unsigned char> got;
+    Worker w([&] {
+      sendAll(app.get(), reinterpret_cast<const unsigned char*>("late"), 4);
+      ::shutdown(app.get(), SHUT_WR);
+      recvAll(app.get(), got);
+    });
+    m.pumpFor(100ms);
+    CHECK(m.cs->count(Counter::kCertificateWaits) == 1);
+    CHECK(m.pod_a->connections == 1);  // a waiting connection counts against the limit
+    m.creds.set(kIdA, cred_a);         // the client's comes; the server's pod still has none
+    REQUIRE(m.pumpUntil([&] { return m.ss->count(Counter::kCertificateWaits) == 1; }, 5s));
+    m.creds.set(kIdB, cred_b);
+    REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "late");
+    // No certificate at all: reset after certificate_wait.
+    m.creds.set(kIdA, nullptr);
+    UniqueFd app2 = m.open(dst);
+    bool orderly = true;
+    auto t0 = Clock::now();
+    Worker r([&] {
+      std::vector<unsigned char> none;
+      orderly = recvAll(app2.get(), none);
+    });
+    REQUIRE(m.pumpUntil([&] { return r.done.load(); }, 5s));
+    CHECK(Clock::now() - t0 >= 250ms);
+    CHECK_FALSE(orderly);
+    CHECK(m.cs->count(Counter::kNoCertificate) == 1);
+    CHECK(m.pod_a->connections == 0);
+  }
+
+  TEST_CASE("a refused 15008 is redialled within hbone_refused_retry") {
+    Mesh m([](EngineConfig& c) { c.hbone_refused_retry = 2000ms; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in hbone = localOf(m.hbone_listener.get());
+    m.hbone_listener.reset();  // pod B's 15008 is not there yet
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    std::vector<unsigned char> got;
+    Worker w([&] {
+      sendAll(app.get(), reinterpret_cast<const unsigned char*>("again"), 5);
+      ::shutdown(app.get(), SHUT_WR);
+      recvAll(app.get(), got);
+    });
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kConnectRetries) >= 2; }, 5s));
+    m.hbone_listener = listenOn(hbone.sin_addr.s_addr, ntohs(hbone.sin_port), true);
+    REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "again");
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.cs->count(Counter::kConnectFailures) == 0);
+  }
+
+  TEST_CASE("pending handshakes are bounded per pod and time out") {
+    Mesh m([](EngineConfig& c) {
+      c.hbone_max_pending_handshakes_per_pod = 2;
+      c.hbone_handshake_timeout = 300ms;
+    });
+    std::vector<UniqueFd> idle;
+    for (int i = 0; i < 3; ++i) {
+      idle.push_back(connectTo(localOf(m.hbone_listener.get()), ip(kAddrA)));
+      REQUIRE(
+          m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsOpened) == unsigned(i + 1); }, 5s));
+    }
+    CHECK(m.ss->count(Counter::kPendingEvicted) == 1);
+    CHECK(m.ss->count(Counter::kTunnelsActive) == 2);
+    int err = 0;  // the oldest was reset
+    CHECK(m.pumpUntil(
+        [&] {
+          char c;
+          ssize_t k = ::recv(idle[0].get(), &c, 1, MSG_DONTWAIT);
+          err = k < 0 ? errno : 0;
+          return k == 0 || (k < 0 && err != EAGAIN);
+        },
+        2s));
+    CHECK(err == ECONNRESET);
+    REQUIRE(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 3s));
+    CHECK(m.ss->count(Counter::kHboneTimeouts) == 2);
+  }
+
+  TEST_CASE("the connection limit answers 503 and an abort by the authorizer resets the stream") {
+    Mesh m([](EngineConfig& c) { c.max_connections_per_pod = 2; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    UniqueFd first = m.open(dst);
+    REQUIRE(m.pumpUntil([&] { return echo.accepted == 1; }, 5s));
+    UniqueFd second = m.open(dst);  // its own stream makes two: at the limit
+    std::vector<unsigned char> got;
+    Worker r([&] { recvAll(second.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return r.done.load(); }, 5s));
+    CHECK(m.ss->count(Counter::kLimitRejected) == 1);
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(m.closed(*m.cs)[0].reason_detail == "503");
+    // Later the policy says no to the open one (Engine::reauthorize).
+    auto open = m.ss->records.openInbound(0);
+    REQUIRE(open.size() == 1);
+    REQUIRE(open[0]->owner != nullptr);
+    open[0]->owner->abort(CloseReason::kDenied);
+    bool orderly = true;
+    Worker r2([&] { orderly = recvAll(first.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return r2.done.load(); }, 5s));
+    CHECK_FALSE(orderly);
+    REQUIRE(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 2; }, 5s));
+    bool denied = false;
+    for (auto& rec : m.closed(*m.ss))
+      if (why(rec.reason) == "denied") denied = true;
+    CHECK(denied);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);  // the tunnel carries on
+  }
+
+  TEST_CASE("removing the pod resets its tunnels and streams") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    REQUIRE(m.pumpUntil([&] { return echo.accepted == 1; }, 5s));
+    m.server->removePod("uid-b");
+    bool orderly = true;
+    std::vector<unsigned char> got;
+    Worker r([&] { orderly = recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return r.done.load(); }, 5s));
+    CHECK_FALSE(orderly);
+    REQUIRE(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(why(m.closed(*m.ss)[0].reason) == "pod_removed");
+    CHECK(m.pumpUntil([&] { return m.server->idle() && m.cs->count(Counter::kTunnelsActive) == 0; },
+                      5s));
+  }
+  TEST_CASE("an idle pooled tunnel is closed and a renewed certificate drains the old tunnel") {
+    Mesh m([](EngineConfig& c) { c.hbone_idle_timeout = 300ms; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    CHECK(roundTrip(m, dst, "one"));
+    m.pumpFor(100ms);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);  // pooled
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 0; }, 3s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 3s));
+    CHECK(roundTrip(m, dst, "two"));
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 2);
+    // Pod A's certificate is renewed: new streams take a new tunnel, and the
+    // old one (idle) goes.
+    m.creds.set(kIdA, m.ca.issue(kIdA));
+    CHECK(roundTrip(m, dst, "three"));
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 3);
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 1; }, 3s));
   }
 }

@@ -104,18 +104,19 @@ struct Client::Impl final : StreamOwner {
   Link* pooled(const std::shared_ptr<proxy::PodState>& pod, const MeshWorkload& target,
                const sockaddr_in& dst, const std::shared_ptr<const WorkloadCredential>& cred) {
     std::string key = pod->spec.uid + '|' + target.identity + '|' + formatIp4(dst.sin_addr.s_addr);
-    auto& list = pool[key];
-    for (Link* l : list) {
-      Tunnel& t = l->tunnel;
-      if (t.draining() || t.closed()) continue;
-      if (t.credential() != cred) {  // renewed certificate: new streams go to a new tunnel
-        t.drain();
-        continue;
+    if (auto it = pool.find(key); it != pool.end()) {
+      // A copy: draining a tunnel takes it out of the pool.
+      std::vector<Link*> list = it->second;
+      for (Link* l : list) {
+        Tunnel& t = l->tunnel;
+        if (t.draining() || t.closed()) continue;
+        if (t.credential() != cred) {  // renewed certificate: new streams go to a new tunnel
+          t.drain();
+          continue;
+        }
+        if (t.streams() + l->waiting.size() < ctx.config.hbone_max_streams) return l;
       }
-      if (t.streams() + l->waiting.size() < ctx.config.hbone_max_streams) return l;
     }
-    std::erase_if(list, [](Link* l) { return l->tunnel.draining() || l->tunnel.closed(); });
-    if (list.empty()) pool.erase(key);
 
     auto owned =
         std::make_unique<Link>(*this, pod, makeSockaddr(dst.sin_addr.s_addr, ctx.hbone_port));

@@ -62,7 +62,10 @@ class Stream final : public StreamEnd, public relay::PipeOwner, public proxy::Ab
 
   // --- server ---
   int32_t id() const { return id_; }
-  void setId(int32_t id) { id_ = id, h2_open_ = true; }
+  void setId(int32_t id) {  // the request's stream, known to the tunnel
+    id_ = id;
+    h2_open_ = true;
+  }
   // Connects to the app (sock made in the pod's netns), then answers 200.
   void connectApp(UniqueFd sock, const sockaddr_in& dst);
   // Answers `status` without a body, then RST_STREAM(NO_ERROR); closes.

@@ -25,12 +25,6 @@ constexpr size_t kMaxEarlyBytes = 64 * 1024;     // ciphertext held while waitin
 constexpr size_t kCipherHighWater = 256 * 1024;  // stop producing frames above this
 constexpr size_t kCipherSendChunk = 256 * 1024;  // one socket write
 
-nghttp2_nv header(std::string_view name, std::string_view value) {
-  return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-                    reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
-                    value.size(), NGHTTP2_NV_FLAG_NONE};
-}
-
 std::string sslError(SSL* ssl, int rc) {
   int err = SSL_get_error(ssl, rc);
   std::string detail = x509::opensslError();
@@ -43,109 +37,6 @@ std::string sslError(SSL* ssl, int rc) {
 }
 
 }  // namespace
-
-// nghttp2 callbacks: to the tunnel (user data) and its streams (stream user data).
-struct H2Glue {
-  static Tunnel& of(void* ud) { return *static_cast<Tunnel*>(ud); }
-  static int beginHeaders(nghttp2_session*, const nghttp2_frame* f, void* ud) {
-    Tunnel& t = of(ud);
-    if (!t.server_ || f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
-      return 0;
-    StreamEnd* s = t.owner_.tunnelRequest(t, f->hd.stream_id);
-    if (!s) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // resets the stream
-    t.streams_[f->hd.stream_id] = s;
-    t.had_stream_ = true;
-    nghttp2_session_set_stream_user_data(t.h2_.get(), f->hd.stream_id, s);
-    return 0;
-  }
-  static int header(nghttp2_session*, const nghttp2_frame* f, const uint8_t* name, size_t namelen,
-                    const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
-    StreamEnd* s = of(ud).streamOf(f->hd.stream_id);
-    if (s && f->hd.type == NGHTTP2_HEADERS)
-      s->h2Header(std::string_view(reinterpret_cast<const char*>(name), namelen),
-                  std::string_view(reinterpret_cast<const char*>(value), valuelen));
-    return 0;
-  }
-  static int frameRecv(nghttp2_session*, const nghttp2_frame* f, void* ud) {
-    Tunnel& t = of(ud);
-    if (f->hd.type == NGHTTP2_GOAWAY) {
-      t.draining_ = true;  // finish what runs, start nothing new here
-      t.owner_.tunnelDraining(t);
-      return 0;
-    }
-    StreamEnd* s = t.streamOf(f->hd.stream_id);
-    if (!s) return 0;
-    if (f->hd.type == NGHTTP2_HEADERS) {
-      if (t.server_ && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
-        s->h2Headers();
-        return 0;
-      }
-      if (!t.server_ && f->headers.cat == NGHTTP2_HCAT_RESPONSE) s->h2Headers();
-    }
-    if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
-        (f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS))
-      s->h2End();
-    return 0;
-  }
-  // A refusal is a complete response; the client's half of the stream is
-  // then closed with RST_STREAM(NO_ERROR) (RFC 9113 8.1) — after the
-  // HEADERS went out, or nghttp2 would drop them.
-  static int frameSend(nghttp2_session* session, const nghttp2_frame* f, void* ud) {
-    if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
-    auto& refused = of(ud).refused_;
-    auto it = std::find(refused.begin(), refused.end(), f->hd.stream_id);
-    if (it == refused.end()) return 0;
-    refused.erase(it);
-    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
-    return 0;
-  }
-  static int dataChunk(nghttp2_session* session, uint8_t, int32_t id, const uint8_t* data,
-                       size_t len, void* ud) {
-    StreamEnd* s = of(ud).streamOf(id);
-    // Nobody takes it: give the window back so the tunnel does not stall.
-    if (!s || !s->h2Data(data, len)) nghttp2_session_consume(session, id, len);
-    return 0;
-  }
-  static int streamClose(nghttp2_session*, int32_t id, uint32_t error_code, void* ud) {
-    Tunnel& t = of(ud);
-    std::erase(t.refused_, id);
-    auto it = t.streams_.find(id);
-    if (it == t.streams_.end()) return 0;
-    StreamEnd* s = it->second;
-    t.streams_.erase(it);
-    if (t.streams_.empty()) t.idle_since_ = Clock::now();
-    s->h2Closed(error_code);
-    return 0;
-  }
-  static ssize_t readData(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
-                          nghttp2_data_source* source, void*) {
-    return static_cast<StreamEnd*>(source->ptr)->h2Read(buf, length, flags);
-  }
-
-  struct CallbacksFree {
-    void operator()(nghttp2_session_callbacks* c) const { nghttp2_session_callbacks_del(c); }
-  };
-  static const nghttp2_session_callbacks* callbacks() {
-    static const std::unique_ptr<nghttp2_session_callbacks, CallbacksFree> cbs = [] {
-      nghttp2_session_callbacks* c = nullptr;
-      nghttp2_session_callbacks_new(&c);
-      nghttp2_session_callbacks_set_on_begin_headers_callback(c, beginHeaders);
-      nghttp2_session_callbacks_set_on_header_callback(c, header);
-      nghttp2_session_callbacks_set_on_frame_recv_callback(c, frameRecv);
-      nghttp2_session_callbacks_set_on_frame_send_callback(c, frameSend);
-      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, dataChunk);
-      nghttp2_session_callbacks_set_on_stream_close_callback(c, streamClose);
-      return std::unique_ptr<nghttp2_session_callbacks, CallbacksFree>(c);
-    }();
-    return cbs.get();
-  }
-  static nghttp2_data_provider provider(StreamEnd& s) {
-    nghttp2_data_provider prd{};
-    prd.source.ptr = &s;
-    prd.read_callback = readData;
-    return prd;
-  }
-};
 
 Tunnel::Tunnel(TunnelEnv& env, TunnelOwner& owner, bool server,
                std::shared_ptr<proxy::PodState> pod, const sockaddr_in& remote)
@@ -164,11 +55,6 @@ Tunnel::Tunnel(TunnelEnv& env, TunnelOwner& owner, bool server,
 
 Tunnel::~Tunnel() {
   if (state_ != State::kClosed) env_.ctx.counters().sub(Counter::kTunnelsActive);
-}
-
-StreamEnd* Tunnel::streamOf(int32_t id) const {
-  return h2_ ? static_cast<StreamEnd*>(nghttp2_session_get_stream_user_data(h2_.get(), id))
-             : nullptr;
 }
 
 // ------------------------------------------------------------ start
@@ -248,121 +134,6 @@ void Tunnel::startTls(std::shared_ptr<const WorkloadCredential> cred) {
     SSL_set_connect_state(ssl_.get());  // no SNI: identities are checked by SPIFFE ID
   state_ = State::kHandshaking;
   progress();
-}
-
-void Tunnel::handshakeDone() {
-  const unsigned char* alpn = nullptr;
-  unsigned alpn_len = 0;
-  SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_len);
-  std::string peer = tls::peerIdentity(ssl_.get());
-  const auto& cfg = env_.ctx.config;
-  std::string problem;
-  if (std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != "h2") {
-    problem = "ALPN h2 was not negotiated";
-  } else if (peer.empty()) {
-    problem = "the peer certificate carries no SPIFFE ID";
-  } else if (!server_ && peer != expected_peer_) {
-    problem = "the peer is " + peer + ", expected " + expected_peer_;
-  } else if (server_) {
-    auto id = x509::SpiffeId::parse(peer);
-    if (!id || id->trust_domain != cfg.trust_domain)
-      problem = "client identity " + peer + " is not in trust domain " + cfg.trust_domain;
-  }
-  if (!problem.empty()) {
-    env_.ctx.counters().add(Counter::kHandshakeFailures);
-    SLUICE_LOG_LIMITED(env_.peer_log, logger(), spdlog::level::warn, "tunnel {} {} {}: refused: {}",
-                       id_, side(), formatEndpoint(remote_), problem);
-    close("peer_refused");
-    return;
-  }
-  peer_identity_ = peer;
-  nghttp2_option* opt = nullptr;
-  nghttp2_option_new(&opt);
-  // Window updates follow what the app has actually taken (backpressure).
-  nghttp2_option_set_no_auto_window_update(opt, 1);
-  nghttp2_option_set_peer_max_concurrent_streams(opt, cfg.hbone_max_streams);
-  nghttp2_session* s = nullptr;
-  int rv = server_ ? nghttp2_session_server_new2(&s, H2Glue::callbacks(), this, opt)
-                   : nghttp2_session_client_new2(&s, H2Glue::callbacks(), this, opt);
-  nghttp2_option_del(opt);
-  if (rv != 0) {
-    close("h2_init_failed");
-    return;
-  }
-  h2_.reset(s);
-  nghttp2_settings_entry settings[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg.hbone_max_streams},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg.hbone_stream_window},
-      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-  };
-  nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, settings, server_ ? 2 : 3);
-  nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0,
-                                        static_cast<int32_t>(cfg.hbone_connection_window));
-  state_ = State::kReady;
-  logger()->debug("tunnel {} {} {} ready: local {} peer {}", id_, side(), formatEndpoint(remote_),
-                  cred_->identity, peer);
-  owner_.tunnelReady(*this);
-}
-
-// ------------------------------------------------------------ streams
-
-int32_t Tunnel::request(StreamEnd& s, const std::string& authority, const std::string& forwarded) {
-  if (!ready() || closing_) return NGHTTP2_ERR_INVALID_STATE;
-  nghttp2_nv nva[] = {header(":method", "CONNECT"), header(":authority", authority),
-                      header("forwarded", forwarded)};
-  nghttp2_data_provider prd = H2Glue::provider(s);
-  int32_t id = nghttp2_submit_request(h2_.get(), nullptr, nva, 3, &prd, &s);
-  if (id < 0) {
-    logger()->warn("tunnel {}: cannot open a stream: {}", id_, nghttp2_strerror(id));
-    draining_ = true;
-    return id;
-  }
-  streams_[id] = &s;
-  had_stream_ = true;
-  return id;
-}
-
-void Tunnel::respond(int32_t id, int status, bool refuse) {
-  StreamEnd* s = streamOf(id);
-  if (!s || !h2_ || closed()) return;
-  std::string code = std::to_string(status);
-  nghttp2_nv nva[] = {header(":status", code)};
-  nghttp2_data_provider prd = H2Glue::provider(*s);
-  if (refuse) refused_.push_back(id);
-  nghttp2_submit_response(h2_.get(), id, nva, 1, refuse ? nullptr : &prd);
-  progress();
-}
-
-void Tunnel::resume(int32_t id) {
-  if (!h2_ || closed()) return;
-  nghttp2_session_resume_data(h2_.get(), id);
-  progress();
-}
-
-void Tunnel::consume(int32_t id, size_t n) {
-  if (!h2_ || closed()) return;
-  nghttp2_session_consume(h2_.get(), id, n);
-  progress();
-}
-
-void Tunnel::reset(int32_t id, uint32_t error_code) {
-  if (!h2_ || closed()) return;
-  nghttp2_submit_rst_stream(h2_.get(), NGHTTP2_FLAG_NONE, id, error_code);
-  if (!closing_) progress();
-}
-
-void Tunnel::terminate(uint32_t error_code, const std::string& reason) {
-  if (!h2_ || closed()) return;
-  nghttp2_session_terminate_session(h2_.get(), error_code);
-  reason_ = reason;
-  draining_ = true;
-  owner_.tunnelDraining(*this);
-  progress();
-}
-
-void Tunnel::drain() {
-  draining_ = true;
-  owner_.tunnelDraining(*this);
 }
 
 // ------------------------------------------------------------ the loop
