@@ -201,8 +201,7 @@ struct Server::Impl final : StreamOwner {
                        "pod {}: closed the pending HBONE handshake from {} ({} ms old): {}",
                        l.tunnel.pod()->spec.name_namespace, formatEndpoint(l.tunnel.remote()),
                        age.count(), why);
-    proxy::setLinger0(l.tunnel.fd());
-    l.tunnel.close("evicted");
+    l.tunnel.abortNow("evicted");
   }
 
   void dropPending(Link& l) {

@@ -337,6 +337,12 @@ void Tunnel::close(const std::string& reason) {
   finishIfIdle();
 }
 
+void Tunnel::abortNow(const std::string& reason) {
+  proxy::setLinger0(fd_.get());
+  close(reason);
+  if (closed()) env_.ctx.ring.closeNow(fd_);  // in-flight requests end with -ECANCELED
+}
+
 // Closes once the bytes already produced (an alert, a GOAWAY) are written;
 // bounded by the handshake timeout in tick().
 void Tunnel::closeAfterFlush(const std::string& reason) {

@@ -118,6 +118,9 @@ class Tunnel {
   void drain();                                   // no new streams (a renewed certificate)
   void gracefulClose(const std::string& reason);  // GOAWAY, then close
   void close(const std::string& reason);          // resets the streams
+  // Resets the connection and frees its descriptor at once (a flood's
+  // eviction: the bound on descriptors must hold between ring rounds).
+  void abortNow(const std::string& reason);
   // Runs TLS and HTTP/2 as far as the bytes at hand allow, then writes.
   void progress();
   // About once a second: deadlines, idle close, keepalive. queued: streams
