@@ -3,7 +3,6 @@
 #include <cerrno>
 #include <cstring>
 
-
 namespace sluice::ztunnel::uring {
 
 namespace {
