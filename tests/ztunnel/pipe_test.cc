@@ -20,6 +20,8 @@
 #include <utility>
 #include <vector>
 
+#include "sluice/common/unique_fd.h"
+
 using namespace sluice::ztunnel;
 using relay::Pipe;
 using namespace std::chrono_literals;
@@ -28,30 +30,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 // Closes on scope exit: every socket a test opens is closed when it ends.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(o.release()) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) reset(o.release());
-    return *this;
-  }
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  int release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
+using Fd = sluice::UniqueFd;
 
 std::unique_ptr<uring::Ring> makeRing(unsigned entries = 64) {
   auto r = uring::Ring::create(entries);

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "sluice/common/unique_fd.h"
 #include "ztunnel/uring/ops.h"
 
 using namespace sluice::ztunnel::uring;
@@ -35,30 +36,7 @@ struct Counter final : Operation {
 };
 
 // Closes on scope exit: every socket a test opens is closed when it ends.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(o.release()) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) reset(o.release());
-    return *this;
-  }
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  int release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
+using Fd = sluice::UniqueFd;
 
 std::unique_ptr<Ring> makeRing(unsigned entries) {
   auto r = Ring::create(entries);

@@ -9,6 +9,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/log.h"
+#include "ztunnel/hbone/owned.h"
 #include "ztunnel/hbone/stream.h"
 #include "ztunnel/hbone/tunnel.h"
 
@@ -36,7 +37,7 @@ struct Client::Impl final : StreamOwner {
     void tunnelReady(Tunnel&) override { impl.ready(*this); }
     void tunnelDraining(Tunnel&) override { impl.unpool(*this); }
     void tunnelClosing(Tunnel&) override { impl.closing(*this); }
-    void tunnelFinished(Tunnel&) override { impl.scheduleReap(); }
+    void tunnelFinished(Tunnel&) override { impl.owned.scheduleReap(); }
   };
   // An outbound connection waiting for its pod's first certificate.
   struct CertWaiter {
@@ -51,8 +52,7 @@ struct Client::Impl final : StreamOwner {
   proxy::WorkerContext& ctx;
   CredentialSource& creds;
   TunnelEnv env;
-  std::unordered_map<Link*, std::unique_ptr<Link>> links;
-  std::unordered_map<Stream*, std::unique_ptr<Stream>> streams;
+  Owned<Link> owned{ctx.ring};
   std::unordered_map<std::string, std::vector<Link*>> pool;
   std::vector<CertWaiter> waiters;
   std::vector<Link*> redials;
@@ -69,9 +69,7 @@ struct Client::Impl final : StreamOwner {
       proxy::setLinger0(attempt->client.get());
       return;
     }
-    auto owned = std::make_unique<Stream>(ctx, *this, &l->tunnel, pod, false);
-    Stream* s = owned.get();
-    streams.emplace(s, std::move(owned));
+    Stream* s = owned.add(std::make_unique<Stream>(ctx, *this, &l->tunnel, pod, false));
     auto live = std::make_shared<proxy::LiveRecord>();
     ConnectionRecord& r = live->rec;
     r.direction = Direction::kOutbound;
@@ -97,7 +95,7 @@ struct Client::Impl final : StreamOwner {
   void streamFinished(Stream& s) override {
     if (Tunnel* t = s.tunnel()) std::erase(static_cast<Link&>(t->owner()).waiting, &s);
     s.setTunnel(nullptr);
-    scheduleReap();
+    owned.scheduleReap();
   }
 
   // --- tunnels ---
@@ -118,10 +116,8 @@ struct Client::Impl final : StreamOwner {
       }
     }
 
-    auto owned =
-        std::make_unique<Link>(*this, pod, makeSockaddr(dst.sin_addr.s_addr, ctx.hbone_port));
-    Link* l = owned.get();
-    links.emplace(l, std::move(owned));
+    Link* l = owned.add(
+        std::make_unique<Link>(*this, pod, makeSockaddr(dst.sin_addr.s_addr, ctx.hbone_port)));
     auto sock = ctx.sockets.upstream(*pod, SLUICE_MARK_MINE, 0);
     if (!sock) {
       SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
@@ -214,26 +210,6 @@ struct Client::Impl final : StreamOwner {
     l.tunnel.redial(std::move(*sock));
   }
 
-  // --- freeing: what is finished goes on the next ring run ---
-  void scheduleReap() {
-    if (!reap_op.busy()) reap_op.soon(ctx.ring);
-  }
-  void reap(const io_uring_cqe&) {
-    std::erase_if(streams, [](auto& p) { return p.second->finished(); });
-    std::erase_if(links, [](auto& p) {
-      Tunnel& t = p.second->tunnel;
-      return t.closed() && !t.busy();
-    });
-  }
-  uring::Op<&Impl::reap> reap_op{this};
-
-  template <class F>
-  void eachLink(F f) {
-    std::vector<Link*> all;
-    all.reserve(links.size());
-    for (auto& [p, l] : links) all.push_back(p);
-    for (Link* l : all) f(*l);
-  }
   void dropWaiter(CertWaiter& w) {
     w.attempt->pod->connections--;
     proxy::setLinger0(w.attempt->client.get());
@@ -268,7 +244,7 @@ void Client::removePod(const std::string& uid) {
     m.dropWaiter(w);
     return true;
   });
-  m.eachLink([&](Impl::Link& l) {
+  m.owned.eachLink([&](Impl::Link& l) {
     if (l.tunnel.pod()->spec.uid == uid) l.tunnel.close("pod_removed");
   });
 }
@@ -278,20 +254,18 @@ void Client::shutdown() {
   auto waiters = std::move(m.waiters);
   m.waiters.clear();
   for (auto& w : waiters) m.dropWaiter(w);
-  m.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
-  std::vector<Stream*> rest;
-  for (auto& [p, s] : m.streams) rest.push_back(p);
-  for (Stream* s : rest) s->close(true, CloseReason::kProxyShutdown);
+  m.owned.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
+  m.owned.eachStream([](Stream& s) { s.close(true, CloseReason::kProxyShutdown); });
 }
 
 bool Client::idle() const {
   const Impl& m = *impl_;
-  return m.links.empty() && m.streams.empty() && m.waiters.empty() && !m.reap_op.busy();
+  return m.owned.idle() && m.waiters.empty();
 }
 
 void Client::tick(Clock::time_point now) {
   Impl& m = *impl_;
-  m.eachLink([&](Impl::Link& l) {
+  m.owned.eachLink([&](Impl::Link& l) {
     Tunnel& t = l.tunnel;
     if (t.ready() && !t.draining() && !t.flushingClose() &&
         t.credential() != m.creds.credential(t.pod()->spec.identity))

@@ -13,6 +13,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/log.h"
+#include "ztunnel/hbone/owned.h"
 #include "ztunnel/hbone/stream.h"
 #include "ztunnel/hbone/tunnel.h"
 
@@ -55,7 +56,7 @@ struct Server::Impl final : StreamOwner {
     }
     StreamEnd* tunnelRequest(Tunnel&, int32_t id) override { return impl.newStream(*this, id); }
     void tunnelClosing(Tunnel&) override { impl.closing(*this); }
-    void tunnelFinished(Tunnel&) override { impl.scheduleReap(); }
+    void tunnelFinished(Tunnel&) override { impl.owned.scheduleReap(); }
   };
 
   Impl(proxy::WorkerContext& c, CredentialSource& cr, tls::Contexts& t)
@@ -64,8 +65,7 @@ struct Server::Impl final : StreamOwner {
   proxy::WorkerContext& ctx;
   CredentialSource& creds;
   TunnelEnv env;
-  std::unordered_map<Link*, std::unique_ptr<Link>> links;
-  std::unordered_map<Stream*, std::unique_ptr<Stream>> streams;
+  Owned<Link> owned{ctx.ring};
   std::list<Link*> pending;       // tunnels without a CONNECT yet, oldest first
   std::vector<Link*> cert_links;  // tunnels waiting for their pod's certificate
   log::Limiter bad_request_log, refused_log, limit_log, denied_log, pending_log, connect_log;
@@ -82,14 +82,12 @@ struct Server::Impl final : StreamOwner {
   }
 
   Stream* newStream(Link& l, int32_t id) {
-    auto owned = std::make_unique<Stream>(ctx, *this, &l.tunnel, l.tunnel.pod(), true);
-    Stream* s = owned.get();
-    streams.emplace(s, std::move(owned));
+    Stream* s = owned.add(std::make_unique<Stream>(ctx, *this, &l.tunnel, l.tunnel.pod(), true));
     s->setId(id);
     return s;
   }
 
-  void streamFinished(Stream&) override { scheduleReap(); }
+  void streamFinished(Stream&) override { owned.scheduleReap(); }
 
   // A request arrived on one of this pod's tunnels: check, authorize, and
   // connect to the app.
@@ -215,27 +213,6 @@ struct Server::Impl final : StreamOwner {
     std::erase(cert_links, &l);
     l.awaiting_credential = false;
   }
-
-  // --- freeing: what is finished goes on the next ring run ---
-  void scheduleReap() {
-    if (!reap_op.busy()) reap_op.soon(ctx.ring);
-  }
-  void reap(const io_uring_cqe&) {
-    std::erase_if(streams, [](auto& p) { return p.second->finished(); });
-    std::erase_if(links, [](auto& p) {
-      Tunnel& t = p.second->tunnel;
-      return t.closed() && !t.busy();
-    });
-  }
-  uring::Op<&Impl::reap> reap_op{this};
-
-  template <class F>
-  void eachLink(F f) {
-    std::vector<Link*> all;
-    all.reserve(links.size());
-    for (auto& [p, l] : links) all.push_back(p);
-    for (Link* l : all) f(*l);
-  }
 };
 
 Server::Server(proxy::WorkerContext& ctx, CredentialSource& credentials, tls::Contexts& tls)
@@ -249,9 +226,7 @@ void Server::accept(const std::shared_ptr<proxy::PodState>& pod, UniqueFd fd,
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   m.makeRoomForHandshake(*pod);
-  auto owned = std::make_unique<Impl::Link>(m, pod, peer);
-  Impl::Link* l = owned.get();
-  m.links.emplace(l, std::move(owned));
+  Impl::Link* l = m.owned.add(std::make_unique<Impl::Link>(m, pod, peer));
   l->pending = true;
   l->pending_at = m.pending.insert(m.pending.end(), l);
   l->tunnel.accept(std::move(fd));
@@ -268,26 +243,24 @@ bool Server::evictOldestPending(const char* why) {
 }
 
 void Server::removePod(const std::string& uid) {
-  impl_->eachLink([&](Impl::Link& l) {
+  impl_->owned.eachLink([&](Impl::Link& l) {
     if (l.tunnel.pod()->spec.uid == uid) l.tunnel.close("pod_removed");
   });
 }
 
 void Server::shutdown() {
   Impl& m = *impl_;
-  m.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
-  std::vector<Stream*> rest;
-  for (auto& [p, s] : m.streams) rest.push_back(p);
-  for (Stream* s : rest) s->close(true, CloseReason::kProxyShutdown);
+  m.owned.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
+  m.owned.eachStream([](Stream& s) { s.close(true, CloseReason::kProxyShutdown); });
 }
 
 bool Server::idle() const {
   const Impl& m = *impl_;
-  return m.links.empty() && m.streams.empty() && !m.reap_op.busy();
+  return m.owned.idle();
 }
 
 void Server::tick(Clock::time_point now) {
-  impl_->eachLink([&](Impl::Link& l) { l.tunnel.tick(now, 0); });
+  impl_->owned.eachLink([&](Impl::Link& l) { l.tunnel.tick(now, 0); });
 }
 
 bool Server::fineTick(Clock::time_point) {

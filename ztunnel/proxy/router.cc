@@ -65,6 +65,17 @@ bool Router::deny(const std::shared_ptr<LiveRecord>& live) {
   return true;
 }
 
+std::optional<UniqueFd> Router::upstreamSocket(const PodState& in, uint32_t mark,
+                                               uint32_t bind_ip) {
+  auto sock = ctx_.sockets.upstream(in, mark, bind_ip);
+  if (sock) return std::move(*sock);
+  ctx_.counters().add(Counter::kConnectFailures);
+  SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,
+                     "pod {}: cannot create an upstream socket: {}", in.spec.name_namespace,
+                     sock.error().describe());
+  return std::nullopt;
+}
+
 void Router::outbound(std::unique_ptr<Attempt> a) { route(std::move(a)); }
 
 void Router::route(std::unique_ptr<Attempt> a) {
@@ -120,14 +131,8 @@ void Router::route(std::unique_ptr<Attempt> a) {
     live->dest_pod_uid = target->spec.uid;
     live->dest_pod = target->spec.name_namespace;
     if (deny(live)) return reset();
-    auto upstream = ctx_.sockets.upstream(*target, SLUICE_MARK_INBOUND_APP, pod.spec.ip4);
-    if (!upstream) {
-      ctx_.counters().add(Counter::kConnectFailures);
-      SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,
-                         "pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
-                         upstream.error().describe());
-      return reset();
-    }
+    auto upstream = upstreamSocket(*target, SLUICE_MARK_INBOUND_APP, pod.spec.ip4);
+    if (!upstream) return reset();
     UniqueFd client = std::move(a->client);
     auto source = a->pod;  // (arguments are evaluated in any order: not a-> next to move(a))
     plain_.open(std::move(live), std::move(source), target, std::move(client), std::move(*upstream),
@@ -141,14 +146,8 @@ void Router::route(std::unique_ptr<Attempt> a) {
       return;
     }
   }
-  auto upstream = ctx_.sockets.upstream(pod, SLUICE_MARK_MINE, 0);
-  if (!upstream) {
-    ctx_.counters().add(Counter::kConnectFailures);
-    SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,
-                       "pod {}: cannot create upstream socket: {}", pod.spec.name_namespace,
-                       upstream.error().describe());
-    return reset();
-  }
+  auto upstream = upstreamSocket(pod, SLUICE_MARK_MINE, 0);
+  if (!upstream) return reset();
   auto live = record(Direction::kOutbound, Path::kPassthrough, pod, a->peer, dst);
   live->rec.destination_service = a->serviceName();
   UniqueFd client = std::move(a->client);
@@ -175,14 +174,8 @@ void Router::inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, cons
     setLinger0(client.get());
     return;
   }
-  auto upstream = ctx_.sockets.upstream(*pod, SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
-  if (!upstream) {
-    ctx_.counters().add(Counter::kConnectFailures);
-    SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,
-                       "pod {}: cannot create upstream socket: {}", pod->spec.name_namespace,
-                       upstream.error().describe());
-    return;
-  }
+  auto upstream = upstreamSocket(*pod, SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
+  if (!upstream) return;
   plain_.open(std::move(live), pod, nullptr, std::move(client), std::move(*upstream), dst, nullptr);
 }
 

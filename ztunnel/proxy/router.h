@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "sluice/common/log_limiter.h"
@@ -52,6 +53,8 @@ class Router final : public AttemptSink {
   void runDeferred(const io_uring_cqe&);
   // Asks the hook; on deny writes the record, counts and logs. True: denied.
   bool deny(const std::shared_ptr<LiveRecord>& live);
+  // A socket in `in`'s netns; a failure is counted and logged (rate-limited).
+  std::optional<UniqueFd> upstreamSocket(const PodState& in, uint32_t mark, uint32_t bind_ip);
   std::shared_ptr<LiveRecord> record(Direction d, Path p, const PodState& pod,
                                      const sockaddr_in& source, const sockaddr_in& dst);
 

@@ -1,0 +1,67 @@
+// What one side (client or server) of a worker's HBONE owns: its tunnels
+// (each in a side-specific Link) and its streams. Something finished is
+// freed from a `soon` completion after the one that finished it, never
+// from inside a callback that may still be using it.
+#pragma once
+
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "ztunnel/hbone/stream.h"
+#include "ztunnel/uring/ops.h"
+
+namespace sluice::ztunnel::hbone {
+
+template <class Link>  // has a `Tunnel tunnel`
+class Owned {
+ public:
+  explicit Owned(uring::Ring& ring) : ring_(ring) {}
+
+  Link* add(std::unique_ptr<Link> l) {
+    Link* raw = l.get();
+    links_.emplace(raw, std::move(l));
+    return raw;
+  }
+  Stream* add(std::unique_ptr<Stream> s) {
+    Stream* raw = s.get();
+    streams_.emplace(raw, std::move(s));
+    return raw;
+  }
+  // Something finished: free it (and whatever else is) on the next run.
+  void scheduleReap() {
+    if (!reap_op_.busy()) reap_op_.soon(ring_);
+  }
+  // Visits each one; f may close (not free) what it visits.
+  template <class F>
+  void eachLink(F f) {
+    for (Link* l : snapshot(links_)) f(*l);
+  }
+  template <class F>
+  void eachStream(F f) {
+    for (Stream* s : snapshot(streams_)) f(*s);
+  }
+  bool idle() const { return links_.empty() && streams_.empty() && !reap_op_.busy(); }
+
+ private:
+  template <class Map>
+  static auto snapshot(const Map& m) {
+    std::vector<typename Map::key_type> all;
+    all.reserve(m.size());
+    for (const auto& [p, owned] : m) all.push_back(p);
+    return all;
+  }
+  void reap(const io_uring_cqe&) {
+    std::erase_if(streams_, [](auto& p) { return p.second->finished(); });
+    std::erase_if(links_, [](auto& p) {
+      const Tunnel& t = p.second->tunnel;
+      return t.closed() && !t.busy();
+    });
+  }
+  uring::Ring& ring_;
+  std::unordered_map<Link*, std::unique_ptr<Link>> links_;
+  std::unordered_map<Stream*, std::unique_ptr<Stream>> streams_;
+  uring::Op<&Owned::reap> reap_op_{this};
+};
+
+}  // namespace sluice::ztunnel::hbone
