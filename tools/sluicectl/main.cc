@@ -1,253 +1,23 @@
-// sluicectl: the operator CLI. Reads the agent's admin API (and, for `bpf`,
-// the pinned maps directly) and prints kubectl-style tables or JSON.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
+// sluicectl: the operator CLI. Parses flags and runs one command
+// (commands.h); the commands list of --help comes from the same table.
 #include <cstdio>
 #include <cstdlib>
-#include <nlohmann/json.hpp>
 #include <string>
-#include <vector>
 
-#include "agent/bpf/map.h"
-#include "sluice/common/addr.h"
-#include "sluice/common/bpf_abi.h"
 #include "sluice/common/flags.h"
-#include "tools/sluicectl/table.h"
+#include "tools/sluicectl/commands.h"
 
 using namespace sluice;
-using nlohmann::json;
 
 namespace {
 
-constexpr const char* kUsageHead = R"(Usage: sluicectl [flags] COMMAND
-
-Commands:
-  workloads     workloads known to this node's agent, and which local pods are enrolled
-  connections   proxied connections (open and recently closed)
-  bpf           Sluice's pinned BPF maps and links on this node, decoded
-  stats         proxy and BPF counters
-  certs         workload certificates of this node: identity, serial, validity, renewal, state
-  services      Services in this node's view: VIPs, ports, ready endpoints
-
-Flags:
-)";
-
-[[noreturn]] void die(const std::string& msg, int code = 1) {
-  std::fprintf(stderr, "sluicectl: %s\n", msg.c_str());
-  std::exit(code);
-}
-
-// Minimal HTTP/1.0 GET over a blocking socket: the admin API is local and
-// small; a timeout bounds every call.
-json adminGet(const std::string& admin, const std::string& path) {
-  auto ep = parseEndpoint(admin);
-  if (!ep) die("invalid --admin address '" + admin + "': expected IP:PORT", 2);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&*ep), sizeof(*ep)) != 0)
-    die("cannot reach the agent admin API at " + admin + " (" + strerror(errno) +
-        "): is sluice-agent running on this node? (--admin selects another address)");
-  std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + admin + "\r\n\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size()))
-    die("sending to the admin API failed");
-  std::string resp;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, n);
-  close(fd);
-  auto body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos)
-    die("malformed answer from the admin API at " + admin);
-  int status = std::atoi(resp.c_str() + resp.find(' ') + 1);
-  std::string payload = resp.substr(body + 4);
-  if (status != 200)
-    die("admin API " + path + " answered " + std::to_string(status) + ": " + payload);
-  json j = json::parse(payload, nullptr, false);
-  if (j.is_discarded()) die("admin API " + path + " returned invalid JSON");
-  return j;
-}
-
-std::string str(const json& j, const char* key) {
-  if (!j.contains(key)) return "";
-  const auto& v = j[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  return v.dump();
-}
-
-std::string humanBytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
+std::string usageHead() {
+  std::string s = "Usage: sluicectl [flags] COMMAND\n\nCommands:\n";
+  for (const auto& c : ctl::commands()) {
+    std::string name = c.name;
+    s += "  " + name + std::string(name.size() < 14 ? 14 - name.size() : 1, ' ') + c.summary + "\n";
   }
-  char out[32];
-  std::snprintf(out, sizeof(out), u == 0 ? "%.0f%s" : "%.1f%s", v, units[u]);
-  return out;
-}
-
-int cmdWorkloads(const std::string& admin, bool as_json) {
-  json dump = adminGet(admin, "/config_dump");
-  if (as_json) {
-    std::printf("%s\n",
-                json{{"workloads", dump["workloads"]}, {"pods", dump["pods"]}}.dump(2).c_str());
-    return 0;
-  }
-  // Local pods carry enrollment state and netns cookies; remote ones come from the view.
-  std::map<std::string, json> local;
-  for (const auto& p : dump["pods"]) local[str(p, "namespace") + "/" + str(p, "name")] = p;
-  ctl::Table t({"NAMESPACE", "NAME", "NODE", "IP", "SERVICE-ACCOUNT", "MESHED", "LOCAL", "CAPTURED",
-                "NETNS-COOKIE"});
-  for (const auto& w : dump["workloads"]) {
-    std::string key = str(w, "namespace") + "/" + str(w, "name");
-    std::string ips;
-    for (const auto& ip : w["ips"]) ips += (ips.empty() ? "" : ",") + ip.get<std::string>();
-    auto it = local.find(key);
-    bool is_local = it != local.end();
-    t.add({str(w, "namespace"), str(w, "name"), str(w, "node"), ips.empty() ? "<none>" : ips,
-           str(w, "service_account"), w.value("enrolled", false) ? "yes" : "no",
-           is_local ? "yes" : "no",
-           is_local ? (it->second.value("enrolled", false) ? "yes" : "no") : "-",
-           is_local ? std::to_string(it->second.value("netns_cookie", 0ULL)) : "-"});
-  }
-  std::fputs(t.render().c_str(), stdout);
-  return 0;
-}
-
-int cmdConnections(const std::string& admin, bool as_json) {
-  json j = adminGet(admin, "/connections");
-  if (as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
-    return 0;
-  }
-  ctl::Table t({"ID", "DIRECTION", "POD", "SOURCE", "DESTINATION", "PATH", "SENT", "RECEIVED",
-                "DURATION", "STATE", "REASON"});
-  for (const auto& c : j["connections"]) {
-    t.add({str(c, "id"), str(c, "direction"), str(c, "pod"), str(c, "source"),
-           str(c, "destination"), str(c, "path"), humanBytes(c.value("bytes_sent", 0ULL)),
-           humanBytes(c.value("bytes_received", 0ULL)),
-           std::to_string(c.value("duration_ms", 0LL)) + "ms", str(c, "state"), str(c, "reason")});
-  }
-  std::fputs(t.render().c_str(), stdout);
-  return 0;
-}
-
-std::string humanSeconds(long long s) {
-  if (s < 0) return "now";
-  if (s < 120) return std::to_string(s) + "s";
-  if (s < 7200) return std::to_string(s / 60) + "m";
-  return std::to_string(s / 3600) + "h" + std::to_string((s % 3600) / 60) + "m";
-}
-
-int cmdCerts(const std::string& admin, bool as_json) {
-  json j = adminGet(admin, "/certs");
-  if (as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
-    return 0;
-  }
-  ctl::Table t({"IDENTITY", "SERIAL", "NOT-BEFORE", "NOT-AFTER", "RENEWS-IN", "STATE"});
-  for (const auto& c : j["certificates"]) {
-    std::string state = str(c, "state");
-    if (!str(c, "error").empty()) state += " (" + str(c, "error") + ")";
-    t.add({str(c, "identity"), str(c, "serial"), str(c, "not_before"), str(c, "not_after"),
-           humanSeconds(c.value("renews_in_seconds", 0LL)), state});
-  }
-  std::fputs(t.render().c_str(), stdout);
-  return 0;
-}
-
-int cmdServices(const std::string& admin, bool as_json) {
-  json services = adminGet(admin, "/config_dump")["services"];
-  if (as_json) {
-    std::printf("%s\n", json{{"services", services}}.dump(2).c_str());
-    return 0;
-  }
-  ctl::Table t({"NAMESPACE", "NAME", "VIPS", "PORTS", "ENDPOINTS"});
-  for (const auto& s : services) {
-    std::string vips, ports, eps;
-    for (const auto& v : s["vips"]) vips += (vips.empty() ? "" : ",") + v.get<std::string>();
-    for (const auto& p : s["ports"])
-      ports += (ports.empty() ? "" : ",") + std::to_string(p.value("port", 0)) +
-               (str(p, "name").empty() ? "" : "/" + str(p, "name"));
-    for (const auto& e : s["endpoints"]) eps += (eps.empty() ? "" : ",") + str(e, "ip");
-    t.add({str(s, "namespace"), str(s, "name"), vips, ports, eps.empty() ? "<none>" : eps});
-  }
-  std::fputs(t.render().c_str(), stdout);
-  return 0;
-}
-
-int cmdStats(const std::string& admin, bool as_json) {
-  json j = adminGet(admin, "/stats");
-  if (as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
-    return 0;
-  }
-  ctl::Table t({"COUNTER", "VALUE"});
-  // Groups of counters as the agent sends them (its table defines them once).
-  for (const auto& [group, counters] : j.items()) {
-    if (!counters.is_object()) {
-      t.add({group, counters.dump()});
-      continue;
-    }
-    for (const auto& [k, v] : counters.items()) t.add({group + "." + k, v.dump()});
-  }
-  std::fputs(t.render().c_str(), stdout);
-  return 0;
-}
-
-int cmdBpf(const std::string& pin_dir, bool as_json) {
-  using agent::bpf::BpfMap;
-  auto enrolled = BpfMap<__u64, sluice_enrolled>::openPinned(pin_dir + "/sluice_enrolled_v1");
-  if (!enrolled)
-    die(enrolled.error().describe() + " — is the agent installed with --bpf-pin-dir " + pin_dir +
-        "?");
-  auto orig = BpfMap<sluice_pair_key, sluice_orig_dst>::openPinned(pin_dir + "/sluice_orig_dst_v1");
-  auto pending = BpfMap<__u64, sluice_orig_dst>::openPinned(pin_dir + "/sluice_cookie_dst_v1");
-  auto excluded = BpfMap<__u16, __u8>::openPinned(pin_dir + "/sluice_excluded_ports_v1");
-
-  json out;
-  out["pin_dir"] = pin_dir;
-  out["enrolled"] = json::array();
-  for (const auto& [cookie, v] : enrolled->entries())
-    out["enrolled"].push_back(
-        {{"netns_cookie", cookie}, {"pod_ip", formatIp4(v.pod_ip4)}, {"flags", v.flags}});
-  out["orig_dst"] = json::array();
-  if (orig)
-    for (const auto& [k, v] : orig->entries())
-      out["orig_dst"].push_back(
-          {{"netns_cookie", k.netns_cookie},
-           {"client", formatEndpoint(makeSockaddr(k.src_ip4, ntohs(k.src_port)))},
-           {"listener", formatEndpoint(makeSockaddr(k.dst_ip4, ntohs(k.dst_port)))},
-           {"original_dst", formatEndpoint(makeSockaddr(v.ip4, ntohs(v.port)))}});
-  out["pending_connects"] = pending ? pending->entries().size() : 0;
-  out["excluded_ports"] = json::array();
-  if (excluded)
-    for (const auto& [port, v] : excluded->entries()) out["excluded_ports"].push_back(ntohs(port));
-  if (as_json) {
-    std::printf("%s\n", out.dump(2).c_str());
-    return 0;
-  }
-  std::printf("MAP sluice_enrolled_v1 (%zu entries)\n", out["enrolled"].size());
-  ctl::Table e({"NETNS-COOKIE", "POD-IP", "FLAGS"});
-  for (const auto& r : out["enrolled"])
-    e.add({r["netns_cookie"].dump(), str(r, "pod_ip"), r["flags"].dump()});
-  std::fputs(e.render().c_str(), stdout);
-  std::printf("\nMAP sluice_orig_dst_v1 (%zu entries awaiting accept)\n", out["orig_dst"].size());
-  ctl::Table o({"NETNS-COOKIE", "CLIENT", "LISTENER", "ORIGINAL-DST"});
-  for (const auto& r : out["orig_dst"])
-    o.add({r["netns_cookie"].dump(), str(r, "client"), str(r, "listener"), str(r, "original_dst")});
-  std::fputs(o.render().c_str(), stdout);
-  std::printf("\nMAP sluice_cookie_dst_v1: %s connects awaiting establishment\n",
-              out["pending_connects"].dump().c_str());
-  std::printf("MAP sluice_excluded_ports_v1: %s\n", out["excluded_ports"].dump().c_str());
-  return 0;
+  return s + "\nFlags:\n";
 }
 
 }  // namespace
@@ -274,21 +44,17 @@ int main(int argc, char** argv) {
         return "";
       });
   auto help = flags.parse(argc, argv);
-  if (!help) die(help.error().message + "\nRun 'sluicectl --help' for usage.", 2);
+  if (!help) ctl::die(help.error().message + "\nRun 'sluicectl --help' for usage.", 2);
   if (*help) {
-    std::fputs(kUsageHead, stdout);
+    std::fputs(usageHead().c_str(), stdout);
     std::fputs(flags.help().c_str(), stdout);
     return 0;
   }
   if (output != "table" && output != "json")
-    die("-o must be 'table' or 'json', got '" + output + "'", 2);
-  bool as_json = output == "json";
-  if (command == "workloads") return cmdWorkloads(admin, as_json);
-  if (command == "connections") return cmdConnections(admin, as_json);
-  if (command == "stats") return cmdStats(admin, as_json);
-  if (command == "certs") return cmdCerts(admin, as_json);
-  if (command == "services") return cmdServices(admin, as_json);
-  if (command == "bpf") return cmdBpf(pin_dir, as_json);
-  if (command.empty()) die("no command given\nRun 'sluicectl --help' for usage.", 2);
-  die("unknown command '" + command + "'\nRun 'sluicectl --help' for usage.", 2);
+    ctl::die("-o must be 'table' or 'json', got '" + output + "'", 2);
+  ctl::Options options{admin, pin_dir, output == "json"};
+  for (const auto& c : ctl::commands())
+    if (command == c.name) return c.run(options);
+  if (command.empty()) ctl::die("no command given\nRun 'sluicectl --help' for usage.", 2);
+  ctl::die("unknown command '" + command + "'\nRun 'sluicectl --help' for usage.", 2);
 }

@@ -1,0 +1,27 @@
+// sluicectl's commands: each reads the agent's admin API (or, for `bpf`, the
+// pinned maps) and prints a kubectl-style table or JSON. One table lists
+// them, and `sluicectl --help` is generated from it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace sluice::ctl {
+
+struct Options {
+  std::string admin;    // the agent's admin API, IP:PORT
+  std::string pin_dir;  // pinned BPF state
+  bool as_json = false;
+};
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(const Options&);
+};
+
+const std::vector<Command>& commands();
+
+[[noreturn]] void die(const std::string& msg, int code = 1);
+
+}  // namespace sluice::ctl
