@@ -530,4 +530,16 @@ TEST_SUITE("engine") {
     CHECK(r.error().describe().find("SPIFFE ID") != std::string::npos);
     CHECK((*e)->listeners().empty());
   }
+
+  TEST_CASE("a pod whose loopback is still down is enrolled: the engine brings lo up") {
+    Pod pod;
+    pod.ns.sh("ip link set lo down && ip addr flush dev lo");  // as a netns never brought up
+    Running run(pod);  // addPod must succeed (binding 127.0.0.1:15001 needs lo up)
+    pod.ns.sh("ip -o link show lo | grep -q '<LOOPBACK,UP'");  // fails the test unless up
+    auto server = pod.listen(9009);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9009);
+    auto client = pod.connectProxy();
+    UniqueFd app(::accept(server.get(), nullptr, nullptr));
+    CHECK(app.valid());
+  }
 }

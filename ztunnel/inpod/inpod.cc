@@ -8,6 +8,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -97,6 +98,23 @@ Result<void> addLocalRoute(int fd) {
   return talk(fd, &req.n, "RTM_NEWROUTE");
 }
 
+// The pod's loopback may still be down when its CNI ADD arrives (containerd
+// brings up lo and the pod network concurrently): 127.0.0.1:15001 cannot be
+// bound and the local route cannot be added until it is up.
+Result<void> bringLoopbackUp() {
+  UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s) return failErrno("cannot open a socket in the pod netns");
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0)
+    return failErrno("cannot read the flags of lo in the pod netns");
+  if (ifr.ifr_flags & IFF_UP) return {};
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+  if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0)
+    return failErrno("cannot bring lo up in the pod netns");
+  return {};
+}
+
 }  // namespace
 
 Result<void> prepareNetns(int netns_fd) {
@@ -118,6 +136,10 @@ Result<void> prepareNetns(int netns_fd) {
         return;
       }
       ::close(fd);
+    }
+    if (auto r = bringLoopbackUp(); !r) {
+      result = r;
+      return;
     }
     UniqueFd nl(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
     if (!nl) {
