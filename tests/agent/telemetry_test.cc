@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <sstream>
 #include <string>
@@ -498,6 +500,45 @@ TEST_SUITE("telemetry") {
     while (std::getline(in, line))
       if (line.starts_with("# TYPE ")) ++types[line.substr(7, line.find(' ', 7) - 7)];
     for (const auto& [name, n] : types) CHECK_MESSAGE(n == 1, name);
+  }
+
+  TEST_CASE("promtool check metrics accepts a scrape (Debian's prometheus package)") {
+    if (::access("/usr/bin/promtool", X_OK) != 0) {
+      const char* ci = std::getenv("CI");
+      REQUIRE_MESSAGE((ci == nullptr || std::string(ci) != "true"),
+                      "promtool is not installed (tools/deps.sh installs prometheus)");
+      MESSAGE("skipped: promtool is not installed (tools/deps.sh installs prometheus)");
+      return;
+    }
+    TcpMetrics tcp({.workers = 2}, &meshIndex());
+    auto r = outboundHbone(1);
+    r.destination_service = "shop/say \"hi\"\\";  // escaping exercised
+    tcp.opened(1, r);
+    tcp.transferred(1, r, 5, 6);
+    r.reason = CloseReason::kConnectTimeout;
+    tcp.closed(1, r);
+    tcp.opened(0, inboundHbone(2));
+    AgentSources src;
+    src.version = "test";
+    src.pods_enrolled = [] { return size_t{1}; };
+    src.controlplane_connected = [] { return true; };
+    src.engine_stats = [] { return ztunnel::EngineStats{}; };
+    AgentMetrics metrics(tcp, src);
+    char path[] = "/tmp/sluice-telemetry-test-XXXXXX";
+    int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    std::string text = metrics.scrape();
+    REQUIRE(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+    ::close(fd);
+    std::string cmd = std::string("/usr/bin/promtool check metrics < ") + path + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    std::string out;
+    char buf[512];
+    while (size_t n = std::fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+    int status = ::pclose(p);
+    ::unlink(path);
+    CHECK_MESSAGE(status == 0, out);
   }
 
   TEST_CASE("served on /metrics and /stats/prometheus as text format 0.0.4") {
