@@ -211,7 +211,7 @@ class Lab:
         Prometheus would): (response headers, body)."""
         url = f"http://10.99.0.{10 + int(node[4:])}:15020{path}"
         p = run(["ip", "netns", "exec", "slb-hub", "curl", "-sf", "-m", "10", "-D", "-", url])
-        head, _, body = p.stdout.partition("\r\n\r\n")
+        head, _, body = p.stdout.partition("\n\n")  # text mode: CRLF is already "\n"
         return head, body
 
     def enrolled(self, node, pod):
