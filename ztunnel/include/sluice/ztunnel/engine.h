@@ -229,7 +229,7 @@ struct CounterInfo {
   const char* group;  // "proxy" | "hbone" | "lb"
   const char* name;   // within the group
   const char* help;
-  CounterKind kind;
+  CounterKind kind = CounterKind::kCounter;
 };
 const CounterInfo& describe(Counter c);
 
