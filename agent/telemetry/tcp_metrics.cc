@@ -31,15 +31,6 @@ enum LabelIndex : size_t {
 
 constexpr const char* kUnknown = "unknown";
 
-std::string keyOf(const std::vector<std::string>& values) {
-  std::string key;
-  for (const auto& v : values) {
-    key += v;
-    key += '\0';  // never in a label value taken from Kubernetes names or SPIFFE IDs
-  }
-  return key;
-}
-
 // The 8 labels of one end, from `first`: workload, canonical service and
 // revision, namespace, principal, app, version, cluster. Istio's app/version
 // labels carry the canonical service and revision, not the raw pod labels.
@@ -91,12 +82,16 @@ struct alignas(64) Cell {
 };
 
 struct TcpMetrics::Series {
-  Series(std::vector<std::string> v, unsigned workers)
-      : values(std::move(v)), cells(std::make_unique<Cell[]>(workers)), workers(workers) {
+  Series(std::vector<std::string> v, std::string r, unsigned workers)
+      : values(std::move(v)),
+        rendered(std::move(r)),
+        cells(std::make_unique<Cell[]>(workers)),
+        workers(workers) {}
+  static std::string render(const std::vector<std::string>& values) {
     std::vector<Label> labels;
     labels.reserve(values.size());
     for (size_t i = 0; i < values.size(); ++i) labels.emplace_back(labelNames()[i], values[i]);
-    rendered = renderLabels(labels);
+    return renderLabels(labels);
   }
   uint64_t total(std::atomic<uint64_t> Cell::*field) const {
     uint64_t sum = 0;
@@ -105,7 +100,7 @@ struct TcpMetrics::Series {
   }
 
   const std::vector<std::string> values;
-  std::string rendered;  // {reporter="source",...}
+  const std::string rendered;  // {reporter="source",...}: also the series' key
   std::unique_ptr<Cell[]> cells;
   const unsigned workers;
   std::atomic<uint32_t> open{0};        // connections holding this series (never evicted then)
@@ -205,10 +200,9 @@ std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
   return v;
 }
 
-std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(
-    std::vector<std::string> values) {
-  std::string key = keyOf(values);
-  if (auto it = series_.find(key); it != series_.end()) return it->second;
+std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(std::vector<std::string> values,
+                                                                   std::string rendered) {
+  if (auto it = series_.find(rendered); it != series_.end()) return it->second;
   if (series_.size() >= config_.max_series) {
     // At the cap: make room from idle series, at most once a second (a scan
     // of every series), before refusing.
@@ -222,8 +216,8 @@ std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(
       return nullptr;
     }
   }
-  auto s = std::make_shared<Series>(std::move(values), config_.workers);
-  series_.emplace(std::move(key), s);
+  auto s = std::make_shared<Series>(std::move(values), std::move(rendered), config_.workers);
+  series_.emplace(s->rendered, s);  // the key views the series' own text
   return s;
 }
 
@@ -244,8 +238,9 @@ void TcpMetrics::opened(unsigned worker, const ConnectionRecord& record) {
   int64_t now = ticks(now_());
   for (size_t i = 0; i < n; ++i) {
     auto values = labelValues(record, reporters[i]);
+    std::string rendered = Series::render(values);
     std::lock_guard lk(mu_);
-    auto s = findOrCreateLocked(std::move(values));
+    auto s = findOrCreateLocked(std::move(values), std::move(rendered));
     if (!s) continue;
     // Under mu_: eviction (also under mu_) sees the connection from here on.
     s->open.fetch_add(1, std::memory_order_relaxed);
@@ -289,8 +284,9 @@ void TcpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
       // under the flags the connection ended with.
       auto values = s->values;
       values[kResponseFlags] = flags;
+      std::string rendered = Series::render(values);
       std::lock_guard lk(mu_);
-      if (auto f = findOrCreateLocked(std::move(values))) {
+      if (auto f = findOrCreateLocked(std::move(values), std::move(rendered))) {
         f->cells[worker].closed.fetch_add(1, std::memory_order_relaxed);
         f->cells[worker].failed.fetch_add(1, std::memory_order_relaxed);
         f->last_active.store(now, std::memory_order_relaxed);

@@ -78,8 +78,9 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
  private:
   struct Series;
   struct Worker;
-  // Under mu_: the series of `values`, created if the cap allows; null when not.
-  std::shared_ptr<Series> findOrCreateLocked(std::vector<std::string> values);
+  // Under mu_: the series of `values` (`rendered`: their text), created if
+  // the cap allows; null when not.
+  std::shared_ptr<Series> findOrCreateLocked(std::vector<std::string> values, std::string rendered);
   void evictIdleLocked(Clock::time_point now);
   int64_t ticks(Clock::time_point t) const;
 
@@ -90,7 +91,8 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
   std::vector<std::unique_ptr<Worker>> workers_;
 
   mutable std::mutex mu_;
-  std::unordered_map<std::string, std::shared_ptr<Series>> series_;  // by joined label values
+  // By rendered labels (a view of the series' own text).
+  std::unordered_map<std::string_view, std::shared_ptr<Series>> series_;
   Clock::time_point last_cap_eviction_{};
   std::atomic<uint64_t> dropped_{0}, evicted_{0};
 };
