@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agent/admin/server.h"
@@ -23,9 +25,13 @@
 #include "agent/discovery/mesh_directory.h"
 #include "agent/identity/cert_manager.h"
 #include "agent/pods/pod_manager.h"
+#include "agent/telemetry/agent_metrics.h"
+#include "agent/telemetry/tcp_metrics.h"
+#include "agent/telemetry/workloads.h"
 #include "agent/wiring/admin_json.h"
 #include "agent/wiring/cni_bridge.h"
 #include "agent/wiring/discovery_bridge.h"
+#include "agent/wiring/telemetry_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/log.h"
@@ -54,6 +60,7 @@ struct Flags {
   std::string pin_dir = "/sys/fs/bpf/sluice";
   std::string cni_socket = "/var/run/sluice/cni.sock";
   std::string admin_addr = "127.0.0.1:15000";
+  std::string metrics_addr = "0.0.0.0:15020";
   std::string state_dir = "/var/run/sluice/state";
   std::string cgroup;
   unsigned workers = 0;
@@ -116,6 +123,15 @@ FlagTable flagTable(Flags& f) {
              [&f](const std::string& v) -> std::string {
                if (!parseEndpoint(v)) return "must be IP:PORT, got '" + v + "'";
                f.admin_addr = v;
+               return "";
+             })
+      .value("--metrics-addr", "IP:PORT",
+             "Prometheus metrics (/metrics, /stats/prometheus) on the node's\n"
+             "network; \"\" turns them off (default 0.0.0.0:15020)",
+             [&f](const std::string& v) -> std::string {
+               if (!v.empty() && !parseEndpoint(v))
+                 return "must be IP:PORT or \"\", got '" + v + "'";
+               f.metrics_addr = v;
                return "";
              })
       .value("--state-dir", "DIR",
@@ -235,11 +251,20 @@ int runAgent(const Flags& flags) {
 
   agent::bpf::MapOrigDstResolver resolver((*loader)->origDst());
   ztunnel::EngineConfig engine_config;
-  engine_config.workers = flags.workers;
+  // Fixed here: the metrics keep a shard per worker.
+  engine_config.workers =
+      flags.workers ? flags.workers : std::max(1u, std::thread::hardware_concurrency());
   engine_config.max_connections_per_pod = flags.max_per_pod;
   engine_config.trust_domain = flags.trust_domain;
   engine_config.trust_anchor_pem = *trust_anchor;
-  auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory);
+  // Outlives the engine: the workers report to it until they stop.
+  agent::telemetry::WorkloadIndex workload_index;
+  agent::telemetry::TcpMetricsConfig metrics_config;
+  metrics_config.workers = engine_config.workers;
+  agent::telemetry::TcpMetrics tcp_metrics(metrics_config, &workload_index);
+  ztunnel::EngineHooks hooks;
+  hooks.observer = &tcp_metrics;
+  auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
   if (!engine) {
     logger->critical("starting the proxy engine failed: {}", engine.error().describe());
     return 1;
@@ -252,10 +277,15 @@ int runAgent(const Flags& flags) {
   // A message from the control plane also says its CA is reachable again:
   // identities waiting out a retry backoff (an agent started while it was
   // down) are requested at once rather than when the backoff ends.
-  agent::wiring::DiscoveryBridge discovery_bridge(pods, directory, [&] {
-    sync_identities();
-    certs.retryNow();
-  });
+  agent::wiring::DiscoveryBridge discovery_bridge(
+      pods, directory,
+      [&] {
+        sync_identities();
+        certs.retryNow();
+      },
+      [&](const agent::discovery::View& view) {
+        workload_index.update(agent::wiring::workloadSnapshot(view, metrics_config.cluster_id));
+      });
 
   // The last good view first, then the pods: a re-adopted pod's first
   // connection is routed by it (a meshed destination over mTLS, never in
@@ -360,6 +390,22 @@ int runAgent(const Flags& flags) {
     logger->critical("{}", admin.error().describe());
     return 1;
   }
+  agent::telemetry::AgentSources metric_sources;
+  metric_sources.version = SLUICE_VERSION;
+  metric_sources.engine_stats = [&] { return eng.stats(); };
+  metric_sources.pods_enrolled = [&] { return pods.enrolledCount(); };
+  metric_sources.controlplane_connected = [&] { return disc.connected(); };
+  agent::telemetry::AgentMetrics agent_metrics(tcp_metrics, metric_sources);
+  std::unique_ptr<agent::admin::Server> metrics_server;
+  if (!flags.metrics_addr.empty()) {
+    auto m = agent::admin::Server::create(flags.metrics_addr, "metrics endpoint",
+                                          agent_metrics.routes());
+    if (!m) {
+      logger->critical("{} (--metrics-addr \"\" turns the endpoint off)", m.error().describe());
+      return 1;
+    }
+    metrics_server = std::move(*m);
+  }
   logger->info("sluice-agent running on node {} (pins {}, cni socket {})", flags.node_name,
                flags.pin_dir, flags.cni_socket);
 
@@ -368,6 +414,7 @@ int runAgent(const Flags& flags) {
       "received {}, shutting down (pinned BPF state stays: capture continues to fail closed "
       "until an agent is back)",
       sig);
+  metrics_server.reset();
   admin->reset();
   cni->reset();
   discovery->reset();

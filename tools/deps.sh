@@ -11,6 +11,7 @@ PKGS=(
   socat iperf3 wrk curl nginx-light
   python3-h2 tcpdump haproxy
   kubernetes-client python3-jsonschema python3-yaml golang-k8s-kube-openapi-dev buildah
+  prometheus  # promtool: the metrics e2e test checks a real scrape with it
 )
 # A previous interrupted install must be finished before apt can add anything.
 dpkg --configure -a >/dev/null 2>&1 || true

@@ -22,9 +22,39 @@ void reply(evhttp_request* req, int status, const char* reason, const std::strin
   evbuffer_free(buf);
 }
 
-void replyJson(evhttp_request* req, const nlohmann::json& j, int status = 200,
-               const char* reason = "OK") {
-  reply(req, status, reason, j.dump(2) + "\n", "application/json");
+Response jsonResponse(const nlohmann::json& j, int status = 200) {
+  return {status, "application/json", j.dump(2) + "\n"};
+}
+
+Routes adminRoutes(Sources sources) {
+  auto src = std::make_shared<const Sources>(std::move(sources));
+  Routes r;
+  r["/healthz"] = [] { return Response{200, "text/plain", "ok\n"}; };
+  r["/ready"] = [src] {
+    std::string reason = src->not_ready_reason();
+    if (!reason.empty()) return Response{503, "text/plain", "not ready: " + reason + "\n"};
+    std::string note = src->ready_note ? src->ready_note() : "";
+    return Response{200, "text/plain", note.empty() ? "ready\n" : "ready: " + note + "\n"};
+  };
+  r["/config_dump"] = [src] { return jsonResponse(src->config_dump()); };
+  r["/connections"] = [src] { return jsonResponse(src->connections()); };
+  r["/certs"] = [src] { return jsonResponse(src->certs()); };
+  r["/stats"] = [src] { return jsonResponse(src->stats()); };
+  return r;
+}
+
+const char* reasonPhrase(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 404:
+      return "Not Found";
+    case 500:
+      return "Internal Server Error";
+    case 503:
+      return "Service Unavailable";
+  }
+  return "";
 }
 
 }  // namespace
@@ -35,36 +65,24 @@ void replyJson(evhttp_request* req, const nlohmann::json& j, int status = 200,
 void Server::handle(evhttp_request* req) {
   std::string path = evhttp_request_get_uri(req);
   path = path.substr(0, path.find('?'));
-  if (path == "/healthz") {
-    reply(req, 200, "OK", "ok\n", "text/plain");
-  } else if (path == "/ready") {
-    std::string reason = sources_.not_ready_reason();
-    if (reason.empty()) {
-      std::string note = sources_.ready_note ? sources_.ready_note() : "";
-      reply(req, 200, "OK", note.empty() ? "ready\n" : "ready: " + note + "\n", "text/plain");
-    } else {
-      reply(req, 503, "Service Unavailable", "not ready: " + reason + "\n", "text/plain");
-    }
-  } else if (path == "/config_dump") {
-    replyJson(req, sources_.config_dump());
-  } else if (path == "/connections") {
-    replyJson(req, sources_.connections());
-  } else if (path == "/certs") {
-    replyJson(req, sources_.certs());
-  } else if (path == "/stats") {
-    replyJson(req, sources_.stats());
-  } else {
-    replyJson(req, {{"error", "no such endpoint: " + path}}, 404, "Not Found");
-  }
+  auto it = routes_.find(path);
+  Response r = it == routes_.end() ? jsonResponse({{"error", "no such endpoint: " + path}}, 404)
+                                   : it->second();
+  reply(req, r.status, reasonPhrase(r.status), r.body, r.content_type.c_str());
 }
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sources sources) {
+  return create(address, "admin API", adminRoutes(std::move(sources)));
+}
+
+Result<std::unique_ptr<Server>> Server::create(const std::string& address, std::string name,
+                                               Routes routes) {
   auto ep = parseEndpoint(address);
-  if (!ep) return fail(fmt::format("invalid admin address '{}': expected IP:PORT", address));
+  if (!ep) return fail(fmt::format("invalid {} address '{}': expected IP:PORT", name, address));
   std::unique_ptr<Server> self(new Server());
-  self->sources_ = std::move(sources);
+  self->routes_ = std::move(routes);
   self->base_ = event_base_new();
-  if (!self->base_) return fail("admin API: cannot create an event loop");
+  if (!self->base_) return fail(name + ": cannot create an event loop");
   self->http_ = evhttp_new(self->base_);
   evhttp_set_allowed_methods(self->http_, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
   evhttp_set_max_headers_size(self->http_, 16 * 1024);
@@ -76,7 +94,7 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
   std::string host = formatIp4(ep->sin_addr.s_addr);
   if (!evhttp_bind_socket_with_handle(self->http_, host.c_str(), ntohs(ep->sin_port)))
     return failErrno(
-        fmt::format("cannot listen on admin address {} (is another agent running?)", address));
+        fmt::format("cannot listen on {} address {} (is another agent running?)", name, address));
   self->stop_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   self->stop_event_ = event_new(
       self->base_, self->stop_fd_.get(), EV_READ,
@@ -88,7 +106,7 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
   self->address_ = address;
   Server* s = self.get();
   self->thread_ = std::jthread([s] { event_base_dispatch(s->base_); });
-  log::get("admin")->info("admin API on http://{}", address);
+  log::get("admin")->info("{} on http://{}", name, address);
   return self;
 }
 

@@ -1,9 +1,12 @@
 // Admin HTTP API of the agent (default 127.0.0.1:15000): /healthz, /ready,
 // /config_dump, /connections, /stats, /certs. Read-only JSON; served from its own
-// thread (libevent's evhttp), never from a data-plane thread.
+// thread (libevent's evhttp), never from a data-plane thread. The same server
+// serves other read-only documents by path (Routes): the agent's metrics
+// endpoint (:15020) is a second instance.
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -32,9 +35,23 @@ struct Sources {
   std::function<std::string()> ready_note;
 };
 
+// A document built on demand for one GET (or HEAD) of a path.
+struct Response {
+  int status = 200;
+  std::string content_type = "text/plain";
+  std::string body;
+};
+// Exact path (query string ignored) -> its document, built on the server's thread.
+using Routes = std::map<std::string, std::function<Response()>>;
+
 class Server {
  public:
+  // The admin API.
   static Result<std::unique_ptr<Server>> create(const std::string& address, Sources sources);
+  // Any read-only documents; `name` names the server in logs and errors
+  // ("metrics endpoint"). Unknown paths get 404.
+  static Result<std::unique_ptr<Server>> create(const std::string& address, std::string name,
+                                                Routes routes);
   ~Server();
   std::string address() const { return address_; }
 
@@ -47,7 +64,7 @@ class Server {
   UniqueFd stop_fd_;  // written to stop the loop
   std::jthread thread_;
   std::string address_;
-  Sources sources_;
+  Routes routes_;
 };
 
 }  // namespace sluice::agent::admin

@@ -1,5 +1,6 @@
-// Discovery views -> the MeshDirectory the proxy reads and PodManager's
-// enrollment; remembers where the view in use came from.
+// Discovery views -> the MeshDirectory the proxy reads, PodManager's
+// enrollment and any other reader of the whole view (telemetry's workload
+// index); remembers where the view in use came from.
 #pragma once
 
 #include <functional>
@@ -16,9 +17,14 @@ namespace sluice::agent::wiring {
 
 class DiscoveryBridge final : public discovery::Listener {
  public:
+  // `on_view` (optional) gets every view in use, on the discovery thread.
   DiscoveryBridge(pods::PodManager& pods, discovery::MeshDirectory& directory,
-                  std::function<void()> changed)
-      : pods_(pods), directory_(directory), changed_(std::move(changed)) {}
+                  std::function<void()> changed,
+                  std::function<void(const discovery::View&)> on_view = {})
+      : pods_(pods),
+        directory_(directory),
+        changed_(std::move(changed)),
+        on_view_(std::move(on_view)) {}
   void onView(const discovery::View& view, uint64_t version) override {
     use(view, version, "live");
     changed_();
@@ -37,6 +43,7 @@ class DiscoveryBridge final : public discovery::Listener {
  private:
   void use(const discovery::View& view, uint64_t version, const char* source) {
     directory_.update(view);
+    if (on_view_) on_view_(view);
     {
       std::lock_guard lk(mu_);
       services_ = view.services;
@@ -48,6 +55,7 @@ class DiscoveryBridge final : public discovery::Listener {
   pods::PodManager& pods_;
   discovery::MeshDirectory& directory_;
   std::function<void()> changed_;
+  std::function<void(const discovery::View&)> on_view_;
   mutable std::mutex mu_;
   std::map<std::string, api::v1::Service> services_;
   std::string source_ = "none";

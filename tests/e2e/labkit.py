@@ -50,6 +50,40 @@ def wait_for(what, fn, timeout=15.0, interval=0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def parse_metrics(text):
+    """Prometheus text exposition -> [(name, {label: value}, float value)]."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, labels = head, {}
+        if "{" in head:
+            name, _, rest = head.partition("{")
+            i = 0
+            while rest[i] != "}":
+                eq = rest.index('="', i)
+                key, i, val = rest[i:eq], eq + 2, ""
+                while rest[i] != '"':
+                    if rest[i] == "\\":
+                        i += 1
+                        val += "\n" if rest[i] == "n" else rest[i]
+                    else:
+                        val += rest[i]
+                    i += 1
+                labels[key] = val
+                i += 1
+                if rest[i] == ",":
+                    i += 1
+        out.append((name, labels, float(value)))
+    return out
+
+
+def metric_sum(samples, name, **want):
+    """Sum of the samples of `name` whose labels include `want`."""
+    return sum(v for n, labels, v in samples if n == name and all(labels.get(k) == w for k, w in want.items()))
+
+
 def tcp_payloads(pcap_path):
     """(src, sport, dst, dport, payload) for every TCP segment with data (pcap, Ethernet)."""
     out = []
@@ -171,6 +205,14 @@ class Lab:
 
     def connections(self, node):
         return self.ctl(node, "connections")["connections"]
+
+    def scrape(self, node, path="/metrics"):
+        """The node agent's metrics endpoint, fetched over the lab network from the hub (as a
+        Prometheus would): (response headers, body)."""
+        url = f"http://10.99.0.{10 + int(node[4:])}:15020{path}"
+        p = run(["ip", "netns", "exec", "slb-hub", "curl", "-sf", "-m", "10", "-D", "-", url])
+        head, _, body = p.stdout.partition("\n\n")  # text mode: CRLF is already "\n"
+        return head, body
 
     def enrolled(self, node, pod):
         p = self.pods_of(node).get(pod)

@@ -79,7 +79,7 @@ std::string ConnectionRecord::reasonText() const {
 namespace {
 constexpr CounterInfo kCounters[] = {
     {"proxy", "accepted", "app connections accepted (15001, 15006, CONNECT streams on 15008)"},
-    {"proxy", "active", "app connections open now"},
+    {"proxy", "active", "app connections open now", CounterKind::kGauge},
     {"proxy", "closed", "app connections closed"},
     {"proxy", "connect_failures", "upstream connects that failed or timed out"},
     {"proxy", "limit_rejected", "connections refused by the per-pod connection limit"},
@@ -95,7 +95,7 @@ constexpr CounterInfo kCounters[] = {
     {"hbone", "tunnels_accepted", "TCP connections accepted on 15008"},
     {"hbone", "pending_evicted", "inbound handshakes closed to stay within the pending bound"},
     {"hbone", "connect_retries", "tunnel dials retried after 15008 refused"},
-    {"hbone", "tunnels_active", "tunnels open now"},
+    {"hbone", "tunnels_active", "tunnels open now", CounterKind::kGauge},
     {"hbone", "handshake_failures", "TLS refused: bad or absent certificate, wrong peer"},
     {"hbone", "timeouts", "handshake or first CONNECT not within the deadline"},
     {"hbone", "bad_requests", "HTTP/2 protocol errors and requests that are not CONNECT"},

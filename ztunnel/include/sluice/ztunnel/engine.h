@@ -223,10 +223,13 @@ enum class Counter : uint8_t {
   kLbEjections,
   kCount
 };
+// kGauge: a level that goes down too ("open now"); kCounter only grows.
+enum class CounterKind : uint8_t { kCounter, kGauge };
 struct CounterInfo {
   const char* group;  // "proxy" | "hbone" | "lb"
   const char* name;   // within the group
   const char* help;
+  CounterKind kind = CounterKind::kCounter;
 };
 const CounterInfo& describe(Counter c);
 

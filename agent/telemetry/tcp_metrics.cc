@@ -1,0 +1,373 @@
+#include "agent/telemetry/tcp_metrics.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cstring>
+
+#include "sluice/common/addr.h"
+
+namespace sluice::agent::telemetry {
+
+namespace {
+
+using ztunnel::CloseReason;
+using ztunnel::ConnectionRecord;
+
+// Positions in labelNames(). Each end has 8 labels from its first one
+// (fillPeer): workload, canonical service, canonical revision, namespace,
+// principal, app, version, cluster.
+enum LabelIndex : size_t {
+  kReporter = 0,
+  kSourceWorkload = 1,
+  kDestinationService = 9,
+  kDestinationServiceNamespace = 10,
+  kDestinationServiceName = 11,
+  kDestinationWorkload = 12,
+  kRequestProtocol = 20,
+  kResponseFlags = 21,
+  kSecurityPolicy = 22,
+  kLabelCount = 23,
+};
+
+constexpr const char* kUnknown = "unknown";
+
+// The 8 labels of one end, from `first`: workload, canonical service and
+// revision, namespace, principal, app, version, cluster. Istio's app/version
+// labels carry the canonical service and revision, not the raw pod labels.
+void fillPeer(std::vector<std::string>& v, size_t first, const WorkloadInfo* w,
+              const std::string& principal) {
+  if (w) {
+    v[first + 0] = w->workload;
+    v[first + 1] = w->canonical_service;
+    v[first + 2] = w->canonical_revision;
+    v[first + 3] = w->namespace_;
+    v[first + 5] = w->canonical_service;
+    v[first + 6] = w->canonical_revision;
+    v[first + 7] = w->cluster;
+  }
+  v[first + 4] = principal;
+}
+
+}  // namespace
+
+const char* responseFlags(const ConnectionRecord& r) {
+  switch (r.reason) {
+    case CloseReason::kDenied:
+      return "DENY";
+    case CloseReason::kRefused:  // the destination's node answered the CONNECT with this status
+      return r.reason_detail == "403" ? "DENY" : "CONNECT";
+    case CloseReason::kNoTunnel:  // detail: why the tunnel closed before carrying the stream
+      if (r.reason_detail.starts_with("tls_") || r.reason_detail == "peer_refused")
+        return "TLS_FAILURE";
+      if (r.reason_detail.starts_with("h2_")) return "H2_HANDSHAKE_FAILURE";
+      return "CONNECT";
+    case CloseReason::kConnectTimeout:
+    case CloseReason::kConnectError:
+    case CloseReason::kSocketError:
+    case CloseReason::kNotThisPod:
+    case CloseReason::kBadRequest:
+    case CloseReason::kConnectionLimit:
+      return "CONNECT";
+    default:
+      return "-";
+  }
+}
+
+// One worker's counts for a series, alone on its cache line: a worker adds
+// to its own cell only, a scrape reads them all.
+struct alignas(64) Cell {
+  std::atomic<uint64_t> opened{0}, closed{0}, failed{0};
+  std::atomic<uint64_t> sent{0};      // server -> client (istio_tcp_sent_bytes_total)
+  std::atomic<uint64_t> received{0};  // client -> server (istio_tcp_received_bytes_total)
+};
+
+struct TcpMetrics::Series {
+  Series(std::vector<std::string> v, std::string r, unsigned workers)
+      : values(std::move(v)),
+        rendered(std::move(r)),
+        cells(std::make_unique<Cell[]>(workers)),
+        workers(workers) {}
+  static std::string render(const std::vector<std::string>& values) {
+    std::vector<Label> labels;
+    labels.reserve(values.size());
+    for (size_t i = 0; i < values.size(); ++i) labels.emplace_back(labelNames()[i], values[i]);
+    return renderLabels(labels);
+  }
+  uint64_t total(std::atomic<uint64_t> Cell::*field) const {
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < workers; ++i) sum += (cells[i].*field).load(std::memory_order_relaxed);
+    return sum;
+  }
+
+  const std::vector<std::string> values;
+  const std::string rendered;  // {reporter="source",...}: also the series' key
+  std::unique_ptr<Cell[]> cells;
+  const unsigned workers;
+  std::atomic<uint32_t> open{0};        // connections holding this series (never evicted then)
+  std::atomic<int64_t> last_active{0};  // ticks() of the last open or close
+};
+
+struct alignas(64) TcpMetrics::Worker {
+  struct Conn {
+    std::shared_ptr<Series> series[2];  // by reporter; null: not reported (or over the cap)
+  };
+  std::unordered_map<uint64_t, Conn> conns;  // open connections of this worker, by record id
+};
+
+TcpMetrics::TcpMetrics(TcpMetricsConfig config, const WorkloadIndex* workloads,
+                       std::function<Clock::time_point()> now)
+    : config_(std::move(config)), workloads_(workloads), now_(std::move(now)), epoch_(now_()) {
+  config_.workers = std::max(1u, config_.workers);
+  for (unsigned i = 0; i < config_.workers; ++i) workers_.push_back(std::make_unique<Worker>());
+}
+
+TcpMetrics::~TcpMetrics() = default;
+
+int64_t TcpMetrics::ticks(Clock::time_point t) const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t - epoch_).count();
+}
+
+const std::vector<std::string_view>& TcpMetrics::labelNames() {
+  static const std::vector<std::string_view> names = {
+      "reporter",
+      "source_workload",
+      "source_canonical_service",
+      "source_canonical_revision",
+      "source_workload_namespace",
+      "source_principal",
+      "source_app",
+      "source_version",
+      "source_cluster",
+      "destination_service",
+      "destination_service_namespace",
+      "destination_service_name",
+      "destination_workload",
+      "destination_canonical_service",
+      "destination_canonical_revision",
+      "destination_workload_namespace",
+      "destination_principal",
+      "destination_app",
+      "destination_version",
+      "destination_cluster",
+      "request_protocol",
+      "response_flags",
+      "connection_security_policy",
+  };
+  return names;
+}
+
+std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
+                                                 Reporter reporter) const {
+  std::shared_ptr<const WorkloadSnapshot> snap = workloads_ ? workloads_->current() : nullptr;
+  auto byIp = [&](const std::string& endpoint) -> const WorkloadInfo* {
+    auto ep = parseEndpoint(endpoint);
+    if (!snap || !ep) return nullptr;
+    auto it = snap->by_ip.find(ep->sin_addr.s_addr);
+    return it == snap->by_ip.end() ? nullptr : it->second.get();
+  };
+  // The pod that owns the listener is enrolled on this node: named from the
+  // record ("ns/name") even when the view does not describe it.
+  WorkloadInfo own_fallback;
+  auto own = [&]() -> const WorkloadInfo* {
+    if (snap)
+      if (auto it = snap->by_pod.find(r.pod); it != snap->by_pod.end()) return it->second.get();
+    auto slash = r.pod.find('/');
+    if (slash == std::string::npos) return nullptr;
+    own_fallback =
+        describeWorkload(r.pod.substr(slash + 1), r.pod.substr(0, slash), {}, config_.cluster_id);
+    return &own_fallback;
+  };
+  bool outbound = r.direction == ztunnel::Direction::kOutbound;
+  const WorkloadInfo* src = outbound ? own() : byIp(r.source);
+  const WorkloadInfo* dst = outbound ? byIp(r.destination) : own();
+
+  std::vector<std::string> v(kLabelCount);
+  v[kReporter] = reporter == Reporter::kSource ? "source" : "destination";
+  fillPeer(v, kSourceWorkload, src, r.source_principal);
+  if (auto slash = r.destination_service.find('/'); slash != std::string::npos) {
+    std::string ns = r.destination_service.substr(0, slash);
+    std::string name = r.destination_service.substr(slash + 1);
+    v[kDestinationService] = name + "." + ns + ".svc." + config_.cluster_domain;
+    v[kDestinationServiceNamespace] = ns;
+    v[kDestinationServiceName] = name;
+  }
+  fillPeer(v, kDestinationWorkload, dst, r.destination_principal);
+  v[kRequestProtocol] = "tcp";
+  v[kResponseFlags] = "-";
+  v[kSecurityPolicy] = r.mutual_tls ? "mutual_tls" : kUnknown;
+  for (auto& s : v)
+    if (s.empty()) s = kUnknown;
+  return v;
+}
+
+std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(std::vector<std::string> values,
+                                                                   std::string rendered) {
+  if (auto it = series_.find(rendered); it != series_.end()) return it->second;
+  if (series_.size() >= config_.max_series) {
+    // At the cap: make room from idle series, at most once a second (a scan
+    // of every series), before refusing.
+    auto now = now_();
+    if (now - last_cap_eviction_ >= std::chrono::seconds(1)) {
+      last_cap_eviction_ = now;
+      evictIdleLocked(now);
+    }
+    if (series_.size() >= config_.max_series) {
+      dropped_.fetch_add(1, std::memory_order_relaxed);
+      return nullptr;
+    }
+  }
+  auto s = std::make_shared<Series>(std::move(values), std::move(rendered), config_.workers);
+  series_.emplace(s->rendered, s);  // the key views the series' own text
+  return s;
+}
+
+void TcpMetrics::opened(unsigned worker, const ConnectionRecord& record) {
+  assert(worker < workers_.size());
+  if (worker >= workers_.size()) return;
+  Reporter reporters[2] = {};
+  size_t n = 0;
+  if (record.path == ztunnel::Path::kLocalHandoff) {
+    // One proxy hop serves both ends: report it as each would.
+    reporters[n++] = Reporter::kSource;
+    reporters[n++] = Reporter::kDestination;
+  } else {
+    reporters[n++] = record.direction == ztunnel::Direction::kOutbound ? Reporter::kSource
+                                                                       : Reporter::kDestination;
+  }
+  Worker::Conn conn;
+  int64_t now = ticks(now_());
+  for (size_t i = 0; i < n; ++i) {
+    auto values = labelValues(record, reporters[i]);
+    std::string rendered = Series::render(values);
+    std::lock_guard lk(mu_);
+    auto s = findOrCreateLocked(std::move(values), std::move(rendered));
+    if (!s) continue;
+    // Under mu_: eviction (also under mu_) sees the connection from here on.
+    s->open.fetch_add(1, std::memory_order_relaxed);
+    s->last_active.store(now, std::memory_order_relaxed);
+    s->cells[worker].opened.fetch_add(1, std::memory_order_relaxed);
+    conn.series[i] = std::move(s);
+  }
+  workers_[worker]->conns.insert_or_assign(record.id, std::move(conn));
+}
+
+void TcpMetrics::transferred(unsigned worker, const ConnectionRecord& record, uint64_t sent,
+                             uint64_t received) {
+  if (worker >= workers_.size()) return;
+  auto& conns = workers_[worker]->conns;
+  auto it = conns.find(record.id);
+  if (it == conns.end()) return;
+  // The record's "sent" is client -> destination: Istio's received bytes
+  // (the request direction), and its "received" Istio's sent bytes.
+  for (const auto& s : it->second.series) {
+    if (!s) continue;
+    Cell& c = s->cells[worker];
+    if (sent) c.received.fetch_add(sent, std::memory_order_relaxed);
+    if (received) c.sent.fetch_add(received, std::memory_order_relaxed);
+  }
+}
+
+void TcpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
+  if (worker >= workers_.size()) return;
+  auto& conns = workers_[worker]->conns;
+  auto it = conns.find(record.id);
+  if (it == conns.end()) return;
+  const char* flags = responseFlags(record);
+  bool failed = std::strcmp(flags, "-") != 0;
+  int64_t now = ticks(now_());
+  for (auto& s : it->second.series) {
+    if (!s) continue;
+    if (!failed) {
+      s->cells[worker].closed.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      // As ztunnel: opened (and bytes) under "-", the close and the failure
+      // under the flags the connection ended with.
+      auto values = s->values;
+      values[kResponseFlags] = flags;
+      std::string rendered = Series::render(values);
+      std::lock_guard lk(mu_);
+      if (auto f = findOrCreateLocked(std::move(values), std::move(rendered))) {
+        f->cells[worker].closed.fetch_add(1, std::memory_order_relaxed);
+        f->cells[worker].failed.fetch_add(1, std::memory_order_relaxed);
+        f->last_active.store(now, std::memory_order_relaxed);
+      }
+    }
+    s->last_active.store(now, std::memory_order_relaxed);
+    s->open.fetch_sub(1, std::memory_order_release);
+  }
+  conns.erase(it);
+}
+
+void TcpMetrics::evictIdleLocked(Clock::time_point now) {
+  int64_t horizon = ticks(now) - config_.idle.count();
+  std::erase_if(series_, [&](const auto& kv) {
+    const Series& s = *kv.second;
+    bool idle = s.open.load(std::memory_order_acquire) == 0 &&
+                s.last_active.load(std::memory_order_relaxed) <= horizon;
+    if (idle) evicted_.fetch_add(1, std::memory_order_relaxed);
+    return idle;
+  });
+}
+
+void TcpMetrics::evictIdle() {
+  std::lock_guard lk(mu_);
+  evictIdleLocked(now_());
+}
+
+size_t TcpMetrics::seriesCount() const {
+  std::lock_guard lk(mu_);
+  return series_.size();
+}
+
+void TcpMetrics::write(TextWriter& out) {
+  std::vector<std::shared_ptr<Series>> snap;
+  {
+    // Only the copy of the list under the lock: formatting thousands of
+    // series must not hold up connections opening on the workers.
+    std::lock_guard lk(mu_);
+    evictIdleLocked(now_());
+    snap.reserve(series_.size());
+    for (const auto& [key, s] : series_) snap.push_back(s);
+  }
+  std::sort(snap.begin(), snap.end(),
+            [](const auto& a, const auto& b) { return a->rendered < b->rendered; });
+  struct Family {
+    const char* name;
+    const char* help;
+    std::atomic<uint64_t> Cell::*field;
+    bool only_nonzero;  // created by ztunnel at the first failure only
+  };
+  static constexpr Family kFamilies[] = {
+      {"istio_tcp_connections_opened_total", "The total number of TCP connections opened",
+       &Cell::opened, false},
+      {"istio_tcp_connections_closed_total", "The total number of TCP connections closed",
+       &Cell::closed, false},
+      {"istio_tcp_connections_failed_total", "The total number of TCP connections that failed",
+       &Cell::failed, true},
+      {"istio_tcp_sent_bytes_total",
+       "The size of total bytes sent during response in case of a TCP connection", &Cell::sent,
+       false},
+      {"istio_tcp_received_bytes_total",
+       "The size of total bytes received during request in case of a TCP connection",
+       &Cell::received, false},
+  };
+  for (const auto& f : kFamilies) {
+    out.family(f.name, MetricType::kCounter, f.help);
+    for (const auto& s : snap) {
+      uint64_t v = s->total(f.field);
+      if (v == 0 && f.only_nonzero) continue;
+      out.sample(f.name, s->rendered, v);
+    }
+  }
+  out.family("sluice_telemetry_series", MetricType::kGauge,
+             "Label sets of the istio_tcp_* metrics held now");
+  out.sample("sluice_telemetry_series", "", static_cast<uint64_t>(snap.size()));
+  out.family("sluice_telemetry_series_dropped_total", MetricType::kCounter,
+             "Label sets not created because the series cap was reached (their counts are lost)");
+  out.sample("sluice_telemetry_series_dropped_total", "", seriesDropped());
+  out.family("sluice_telemetry_series_evicted_total", MetricType::kCounter,
+             "Label sets dropped after being idle (no open connection, no change)");
+  out.sample("sluice_telemetry_series_evicted_total", "", seriesEvicted());
+}
+
+}  // namespace sluice::agent::telemetry

@@ -1,0 +1,560 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "agent/telemetry/agent_metrics.h"
+#include "agent/telemetry/exposition.h"
+#include "agent/telemetry/tcp_metrics.h"
+#include "agent/telemetry/workloads.h"
+#include "sluice/common/addr.h"
+
+using namespace sluice;
+using namespace sluice::agent::telemetry;
+using ztunnel::CloseReason;
+using ztunnel::ConnectionRecord;
+using ztunnel::Direction;
+using ztunnel::Path;
+
+namespace {
+
+constexpr const char* kWeb = "spiffe://cluster.local/ns/shop/sa/web";
+constexpr const char* kApi = "spiffe://cluster.local/ns/shop/sa/api";
+
+// A scrape, parsed back: every sample line as (name, labels, value).
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  std::string value;
+};
+
+std::vector<Sample> parse(const std::string& text) {
+  std::vector<Sample> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    Sample s;
+    size_t brace = line.find('{');
+    size_t space = line.rfind(' ');
+    REQUIRE(space != std::string::npos);
+    s.value = line.substr(space + 1);
+    if (brace == std::string::npos || brace > space) {
+      s.name = line.substr(0, space);
+      out.push_back(s);
+      continue;
+    }
+    s.name = line.substr(0, brace);
+    size_t i = brace + 1;
+    while (line[i] != '}') {
+      size_t eq = line.find("=\"", i);
+      std::string key = line.substr(i, eq - i);
+      std::string value;
+      for (i = eq + 2; line[i] != '"'; ++i) {
+        if (line[i] == '\\') {
+          ++i;
+          value += line[i] == 'n' ? '\n' : line[i];
+        } else {
+          value += line[i];
+        }
+      }
+      s.labels[key] = value;
+      ++i;
+      if (line[i] == ',') ++i;
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+// Samples of `name` whose labels include every one of `want`.
+std::vector<Sample> find(const std::vector<Sample>& all, const std::string& name,
+                         const std::map<std::string, std::string>& want = {}) {
+  std::vector<Sample> out;
+  for (const auto& s : all) {
+    if (s.name != name) continue;
+    bool match = true;
+    for (const auto& [k, v] : want) {
+      auto it = s.labels.find(k);
+      match = match && it != s.labels.end() && it->second == v;
+    }
+    if (match) out.push_back(s);
+  }
+  return out;
+}
+
+uint64_t value(const std::vector<Sample>& all, const std::string& name,
+               const std::map<std::string, std::string>& want = {}) {
+  auto found = find(all, name, want);
+  REQUIRE_MESSAGE(found.size() == 1, name << ": " << found.size() << " matching samples");
+  return std::stoull(found[0].value);
+}
+
+std::vector<Sample> scrape(TcpMetrics& m) {
+  TextWriter w;
+  m.write(w);
+  return parse(w.take());
+}
+
+uint32_t ip(const char* text) { return *parseIp4(text); }
+
+// client (shop, node1, Deployment "client") -> server (shop, node2, StatefulSet "db").
+WorkloadIndex& meshIndex() {
+  static WorkloadIndex idx;
+  static bool once = [] {
+    auto snap = std::make_shared<WorkloadSnapshot>();
+    auto client = std::make_shared<const WorkloadInfo>(describeWorkload(
+        "client-7d9f8b6c5-x2x4z", "shop",
+        {{"pod-template-hash", "7d9f8b6c5"}, {"app", "web"}, {"version", "v1"}}, "Kubernetes"));
+    auto server = std::make_shared<const WorkloadInfo>(
+        describeWorkload("db-0", "shop",
+                         {{"statefulset.kubernetes.io/pod-name", "db-0"},
+                          {"service.istio.io/canonical-name", "database"},
+                          {"app.kubernetes.io/version", "14"}},
+                         "Kubernetes"));
+    snap->by_ip[ip("10.244.1.5")] = client;
+    snap->by_pod["shop/client-7d9f8b6c5-x2x4z"] = client;
+    snap->by_ip[ip("10.244.2.7")] = server;
+    snap->by_pod["shop/db-0"] = server;
+    idx.update(snap);
+    return true;
+  }();
+  (void)once;
+  return idx;
+}
+
+ConnectionRecord outboundHbone(uint64_t id) {
+  ConnectionRecord r;
+  r.id = id;
+  r.direction = Direction::kOutbound;
+  r.path = Path::kHbone;
+  r.pod = "shop/client-7d9f8b6c5-x2x4z";
+  r.source = "10.244.1.5:40000";
+  r.destination = "10.244.2.7:5432";
+  r.destination_service = "shop/db";
+  r.source_principal = kWeb;
+  r.destination_principal = kApi;
+  r.mutual_tls = true;
+  return r;
+}
+
+ConnectionRecord inboundHbone(uint64_t id) {
+  ConnectionRecord r = outboundHbone(id);
+  r.direction = Direction::kInbound;
+  r.pod = "shop/db-0";
+  r.destination_service.clear();  // the server side does not know the Service
+  return r;
+}
+
+struct FakeClock {
+  TcpMetrics::Clock::time_point t{std::chrono::hours(1)};
+  std::function<TcpMetrics::Clock::time_point()> fn() {
+    return [this] { return t; };
+  }
+};
+
+int freePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string httpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  [[maybe_unused]] auto n = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string out;
+  char buf[4096];
+  ssize_t r;
+  while ((r = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(r));
+  ::close(fd);
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("telemetry") {
+  TEST_CASE("exposition: escaping, HELP and TYPE lines, samples") {
+    CHECK(escapeLabelValue("a\"b\\c\nd") == "a\\\"b\\\\c\\nd");
+    CHECK(renderLabels({}) == "");
+    CHECK(renderLabels({{"a", "x"}, {"b", "say \"hi\"\n"}}) == "{a=\"x\",b=\"say \\\"hi\\\"\\n\"}");
+    TextWriter w;
+    w.family("x_total", MetricType::kCounter, "Help with \\ and\nnewline");
+    w.sample("x_total", renderLabels({{"k", "v"}}), uint64_t{42});
+    w.family("y", MetricType::kGauge, "A gauge");
+    w.sample("y", "", 1.5);
+    CHECK(w.take() ==
+          "# HELP x_total Help with \\\\ and\\nnewline\n# TYPE x_total counter\n"
+          "x_total{k=\"v\"} 42\n# HELP y A gauge\n# TYPE y gauge\ny 1.5\n");
+  }
+
+  TEST_CASE("workload names and canonical labels as Istio derives them, without owners") {
+    CHECK(workloadName("client-7d9f8b6c5-x2x4z", {{"pod-template-hash", "7d9f8b6c5"}}) == "client");
+    CHECK(workloadName("db-12", {{"statefulset.kubernetes.io/pod-name", "db-12"}}) == "db");
+    CHECK(workloadName("migrate-abcde", {{"job-name", "migrate"}}) == "migrate");
+    CHECK(workloadName("agent-x7k2p", {{"controller-revision-hash", "5c9"},
+                                       {"pod-template-generation", "1"}}) == "agent");
+    CHECK(workloadName("client", {}) == "client");
+    CHECK(workloadName("odd-name", {{"pod-template-hash", "zzz"}}) == "odd-name");
+    CHECK(canonicalService({{"app", "a"}, {"app.kubernetes.io/name", "b"}}, "w") == "b");
+    CHECK(canonicalService({}, "w") == "w");
+    CHECK(canonicalRevision({{"version", "v2"}}) == "v2");
+    CHECK(canonicalRevision({}) == "latest");
+  }
+
+  TEST_CASE("outbound over HBONE: reporter source, principals, mutual_tls, service FQDN") {
+    TcpMetrics m({}, &meshIndex());
+    m.opened(0, outboundHbone(1));
+    auto all = scrape(m);
+    auto s = find(all, "istio_tcp_connections_opened_total");
+    REQUIRE(s.size() == 1);
+    std::map<std::string, std::string> want = {
+        {"reporter", "source"},
+        {"source_workload", "client"},
+        {"source_canonical_service", "web"},
+        {"source_canonical_revision", "v1"},
+        {"source_workload_namespace", "shop"},
+        {"source_principal", kWeb},
+        {"source_app", "web"},
+        {"source_version", "v1"},
+        {"source_cluster", "Kubernetes"},
+        {"destination_service", "db.shop.svc.cluster.local"},
+        {"destination_service_namespace", "shop"},
+        {"destination_service_name", "db"},
+        {"destination_workload", "db"},
+        {"destination_canonical_service", "database"},
+        {"destination_canonical_revision", "14"},
+        {"destination_workload_namespace", "shop"},
+        {"destination_principal", kApi},
+        {"destination_app", "database"},
+        {"destination_version", "14"},
+        {"destination_cluster", "Kubernetes"},
+        {"request_protocol", "tcp"},
+        {"response_flags", "-"},
+        {"connection_security_policy", "mutual_tls"},
+    };
+    CHECK(s[0].labels == want);
+    CHECK(s[0].value == "1");
+    // Labels in Istio's order.
+    auto names = TcpMetrics::labelNames();
+    CHECK(names.size() == want.size());
+    CHECK(names.front() == "reporter");
+    CHECK(names.back() == "connection_security_policy");
+  }
+
+  TEST_CASE("inbound: reporter destination; plaintext is unknown security, unknown principal") {
+    TcpMetrics m({}, &meshIndex());
+    m.opened(0, inboundHbone(1));
+    ConnectionRecord plain = inboundHbone(2);
+    plain.path = Path::kInbound;
+    plain.mutual_tls = false;
+    plain.source = "192.0.2.9:5555";  // outside the mesh, unknown
+    plain.source_principal.clear();
+    m.opened(0, plain);
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"source_workload", "client"},
+                 {"source_principal", kWeb},
+                 {"destination_workload", "db"},
+                 {"destination_principal", kApi},
+                 {"destination_service", "unknown"},
+                 {"connection_security_policy", "mutual_tls"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"source_workload", "unknown"},
+                 {"source_workload_namespace", "unknown"},
+                 {"source_cluster", "unknown"},
+                 {"source_principal", "unknown"},
+                 {"destination_workload", "db"},
+                 {"connection_security_policy", "unknown"}}) == 1);
+    CHECK(find(all, "istio_tcp_connections_opened_total", {{"reporter", "source"}}).empty());
+  }
+
+  TEST_CASE("a same-node handoff is reported by both ends; a pod absent from the view is named") {
+    TcpMetrics m({.workers = 2}, nullptr);  // no view at all
+    ConnectionRecord r;
+    r.id = 7;
+    r.direction = Direction::kOutbound;
+    r.path = Path::kLocalHandoff;
+    r.pod = "shop/client";
+    r.source = "10.244.1.5:40000";
+    r.destination = "10.244.1.6:8080";
+    r.source_principal = kWeb;
+    r.destination_principal = kApi;
+    m.opened(1, r);
+    m.transferred(1, r, 10, 20);
+    auto all = scrape(m);
+    for (const char* reporter : {"source", "destination"}) {
+      std::map<std::string, std::string> want = {{"reporter", reporter},
+                                                 {"source_workload", "client"},
+                                                 {"source_workload_namespace", "shop"},
+                                                 {"source_canonical_revision", "latest"},
+                                                 {"source_principal", kWeb},
+                                                 {"destination_principal", kApi},
+                                                 {"destination_workload", "unknown"},
+                                                 {"connection_security_policy", "unknown"}};
+      CHECK(value(all, "istio_tcp_connections_opened_total", want) == 1);
+      CHECK(value(all, "istio_tcp_received_bytes_total", want) == 10);
+      CHECK(value(all, "istio_tcp_sent_bytes_total", want) == 20);
+    }
+  }
+
+  TEST_CASE("bytes advance while the connection is open; request bytes are 'received'") {
+    TcpMetrics m({.workers = 2}, &meshIndex());
+    auto r = outboundHbone(1);
+    m.opened(1, r);
+    m.transferred(1, r, 100, 0);  // client -> server
+    m.transferred(1, r, 0, 7000);
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_received_bytes_total") == 100);
+    CHECK(value(all, "istio_tcp_sent_bytes_total") == 7000);
+    CHECK(value(all, "istio_tcp_connections_closed_total") == 0);
+    m.transferred(1, r, 1, 1);
+    r.reason = CloseReason::kEof;
+    m.closed(1, r);
+    all = scrape(m);
+    CHECK(value(all, "istio_tcp_received_bytes_total") == 101);
+    CHECK(value(all, "istio_tcp_sent_bytes_total") == 7001);
+    CHECK(value(all, "istio_tcp_connections_closed_total") == 1);
+    CHECK(find(all, "istio_tcp_connections_failed_total").empty());
+    // Unknown connections (opened before the observer, or on a bad worker) are ignored.
+    m.transferred(0, outboundHbone(99), 5, 5);
+    m.closed(5, outboundHbone(99));
+  }
+
+  TEST_CASE("one series per label set; workers merge at scrape time") {
+    TcpMetrics m({.workers = 3}, &meshIndex());
+    for (unsigned w = 0; w < 3; ++w) {
+      auto r = outboundHbone(10 + w);
+      m.opened(w, r);
+      m.transferred(w, r, w + 1, 10 * (w + 1));
+    }
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total") == 3);
+    CHECK(value(all, "istio_tcp_received_bytes_total") == 6);
+    CHECK(value(all, "istio_tcp_sent_bytes_total") == 60);
+    CHECK(m.seriesCount() == 1);
+  }
+
+  TEST_CASE("denied and failed connections: opened under '-', closed and failed under the flags") {
+    TcpMetrics m({}, &meshIndex());
+    auto denied = inboundHbone(1);
+    m.opened(0, denied);
+    denied.reason = CloseReason::kDenied;
+    m.closed(0, denied);
+    auto refused = outboundHbone(2);
+    m.opened(0, refused);
+    refused.reason = CloseReason::kConnectError;
+    refused.reason_detail = "Connection refused";
+    m.closed(0, refused);
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"}, {"response_flags", "-"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_closed_total",
+                {{"reporter", "destination"}, {"response_flags", "DENY"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_failed_total",
+                {{"reporter", "destination"}, {"response_flags", "DENY"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_failed_total",
+                {{"reporter", "source"}, {"response_flags", "CONNECT"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_closed_total",
+                {{"reporter", "source"}, {"response_flags", "-"}}) == 0);
+
+    ConnectionRecord r;
+    r.reason = CloseReason::kRefused;
+    r.reason_detail = "403";
+    CHECK(std::string(responseFlags(r)) == "DENY");
+    r.reason_detail = "503";
+    CHECK(std::string(responseFlags(r)) == "CONNECT");
+    r.reason = CloseReason::kNoTunnel;
+    r.reason_detail = "tls_handshake_failed";
+    CHECK(std::string(responseFlags(r)) == "TLS_FAILURE");
+    r.reason = CloseReason::kConnectTimeout;
+    CHECK(std::string(responseFlags(r)) == "CONNECT");
+    for (auto ok : {CloseReason::kEof, CloseReason::kReset, CloseReason::kPodRemoved,
+                    CloseReason::kStreamReset}) {
+      r.reason = ok;
+      CHECK(std::string(responseFlags(r)) == "-");
+    }
+  }
+
+  TEST_CASE("idle series are dropped after the idle time, never while a connection is open") {
+    FakeClock clock;
+    TcpMetrics m({.workers = 1, .idle = std::chrono::minutes(10)}, &meshIndex(), clock.fn());
+    auto open = outboundHbone(1);
+    m.opened(0, open);
+    auto done = inboundHbone(2);
+    m.opened(0, done);
+    done.reason = CloseReason::kEof;
+    m.closed(0, done);
+    CHECK(m.seriesCount() == 2);
+    clock.t += std::chrono::minutes(9);
+    m.evictIdle();
+    CHECK(m.seriesCount() == 2);
+    clock.t += std::chrono::minutes(2);
+    auto all = scrape(m);  // a scrape evicts
+    CHECK(m.seriesCount() == 1);
+    CHECK(m.seriesEvicted() == 1);
+    CHECK(value(all, "sluice_telemetry_series_evicted_total") == 1);
+    CHECK(find(all, "istio_tcp_connections_opened_total", {{"reporter", "destination"}}).empty());
+    // The long-lived connection keeps its series, and keeps counting.
+    clock.t += std::chrono::hours(5);
+    m.transferred(0, open, 3, 4);
+    all = scrape(m);
+    CHECK(value(all, "istio_tcp_received_bytes_total", {{"reporter", "source"}}) == 3);
+    open.reason = CloseReason::kEof;
+    m.closed(0, open);
+    clock.t += std::chrono::minutes(10);
+    m.evictIdle();
+    CHECK(m.seriesCount() == 0);
+  }
+
+  TEST_CASE("the series cap: new label sets are dropped and counted; idle ones make room") {
+    FakeClock clock;
+    TcpMetrics m({.workers = 1, .max_series = 2, .idle = std::chrono::minutes(10)}, &meshIndex(),
+                 clock.fn());
+    auto a = outboundHbone(1);
+    auto b = inboundHbone(2);
+    ConnectionRecord c = outboundHbone(3);
+    c.destination_service = "shop/other";
+    m.opened(0, a);
+    m.opened(0, b);
+    m.opened(0, c);  // a third label set
+    m.transferred(0, c, 5, 5);
+    CHECK(m.seriesCount() == 2);
+    CHECK(m.seriesDropped() == 1);
+    auto all = scrape(m);
+    CHECK(value(all, "sluice_telemetry_series_dropped_total") == 1);
+    CHECK(value(all, "sluice_telemetry_series") == 2);
+    CHECK(find(all, "istio_tcp_connections_opened_total", {{"destination_service_name", "other"}})
+              .empty());
+    // Once `b` has been idle long enough, a new label set takes its place.
+    b.reason = CloseReason::kEof;
+    m.closed(0, b);
+    m.closed(0, c);  // was never counted: ignored
+    clock.t += std::chrono::minutes(11);
+    ConnectionRecord d = outboundHbone(4);
+    d.destination_service = "shop/other";
+    m.opened(0, d);
+    CHECK(m.seriesDropped() == 1);
+    all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"destination_service_name", "other"}}) == 1);
+  }
+
+  TEST_CASE("agent health: build info, process metrics, every engine counter from the table") {
+    TcpMetrics tcp({}, nullptr);
+    AgentSources src;
+    src.version = "v1.2.3";
+    src.pods_enrolled = [] { return size_t{4}; };
+    src.engine_stats = [] {
+      ztunnel::EngineStats s;
+      for (size_t i = 0; i < s.values.size(); ++i) s.values[i] = i + 1;
+      return s;
+    };
+    AgentMetrics metrics(tcp, src);
+    std::string text = metrics.scrape();
+    auto all = parse(text);
+    CHECK(value(all, "sluice_build_info", {{"version", "v1.2.3"}}) == 1);
+    CHECK(value(all, "sluice_pods_enrolled") == 4);
+    CHECK(value(all, "process_resident_memory_bytes") > 0);
+    CHECK(value(all, "process_open_fds") > 0);
+    CHECK(find(all, "process_cpu_seconds_total").size() == 1);
+    CHECK(value(all, "sluice_proxy_accepted_total") == 1);
+    CHECK(value(all, "sluice_proxy_active") == 2);  // a gauge: no _total
+    CHECK(text.find("# TYPE sluice_proxy_active gauge\n") != std::string::npos);
+    CHECK(text.find("# TYPE sluice_hbone_tunnels_opened_total counter\n") != std::string::npos);
+    size_t engine = 0;
+    for (const auto& s : all)
+      if (s.name.starts_with("sluice_proxy_") || s.name.starts_with("sluice_hbone_") ||
+          s.name.starts_with("sluice_lb_"))
+        ++engine;
+    CHECK(engine == static_cast<size_t>(ztunnel::Counter::kCount));
+    // Every family once: HELP and TYPE once per name.
+    std::map<std::string, int> types;
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line))
+      if (line.starts_with("# TYPE ")) ++types[line.substr(7, line.find(' ', 7) - 7)];
+    for (const auto& [name, n] : types) CHECK_MESSAGE(n == 1, name);
+  }
+
+  TEST_CASE("promtool check metrics accepts a scrape (Debian's prometheus package)") {
+    if (::access("/usr/bin/promtool", X_OK) != 0) {
+      const char* ci = std::getenv("CI");
+      REQUIRE_MESSAGE((ci == nullptr || std::string(ci) != "true"),
+                      "promtool is not installed (tools/deps.sh installs prometheus)");
+      MESSAGE("skipped: promtool is not installed (tools/deps.sh installs prometheus)");
+      return;
+    }
+    TcpMetrics tcp({.workers = 2}, &meshIndex());
+    auto r = outboundHbone(1);
+    r.destination_service = "shop/say \"hi\"\\";  // escaping exercised
+    tcp.opened(1, r);
+    tcp.transferred(1, r, 5, 6);
+    r.reason = CloseReason::kConnectTimeout;
+    tcp.closed(1, r);
+    tcp.opened(0, inboundHbone(2));
+    AgentSources src;
+    src.version = "test";
+    src.pods_enrolled = [] { return size_t{1}; };
+    src.controlplane_connected = [] { return true; };
+    src.engine_stats = [] { return ztunnel::EngineStats{}; };
+    AgentMetrics metrics(tcp, src);
+    char path[] = "/tmp/sluice-telemetry-test-XXXXXX";
+    int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    std::string text = metrics.scrape();
+    REQUIRE(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+    ::close(fd);
+    std::string cmd = std::string("/usr/bin/promtool check metrics < ") + path + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    std::string out;
+    char buf[512];
+    while (size_t n = std::fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+    int status = ::pclose(p);
+    ::unlink(path);
+    CHECK_MESSAGE(status == 0, out);
+  }
+
+  TEST_CASE("served on /metrics and /stats/prometheus as text format 0.0.4") {
+    TcpMetrics tcp({}, &meshIndex());
+    tcp.opened(0, outboundHbone(1));
+    AgentMetrics metrics(tcp, {});
+    int port = freePort();
+    auto server = agent::admin::Server::create("127.0.0.1:" + std::to_string(port),
+                                               "metrics endpoint", metrics.routes());
+    REQUIRE(server.has_value());
+    for (const char* path : {"/metrics", "/stats/prometheus"}) {
+      auto r = httpGet(port, path);
+      CHECK(r.find("200 OK") != std::string::npos);
+      CHECK(r.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+      CHECK(r.find("istio_tcp_connections_opened_total{reporter=\"source\"") != std::string::npos);
+    }
+    CHECK(httpGet(port, "/ready").find("404") != std::string::npos);
+  }
+}
