@@ -44,14 +44,20 @@ Result<ListPage> decodeListPage(std::string_view body, const std::string& kind) 
 
 Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& kind) {
   auto ev = json::parse(line, nullptr, false);
-  std::string type = ev.is_object() ? ev.value("type", "") : "";
+  // Not json::value(): it throws when the field has another type, and a
+  // throw here would end the control plane from inside the HTTP client.
+  auto type_it = ev.is_object() ? ev.find("type") : ev.end();
+  std::string type =
+      type_it != ev.end() && type_it->is_string() ? type_it->get<std::string>() : "";
   if (type.empty() || !ev.contains("object") || !ev["object"].is_object())
     return fail("not a watch event");
   WatchEvent out;
   out.type = type;
   json& object = ev["object"];
   if (type == "ERROR") {
-    out.error_code = object.value("code", 0);
+    auto code = object.find("code");
+    out.error_code =
+        code != object.end() && code->is_number_integer() ? code->get<int>() : 0;
     out.error = object.dump().substr(0, 200);
     return out;
   }
