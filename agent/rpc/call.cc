@@ -389,8 +389,8 @@ class Call {
                     size_t len, void* user) {
     auto* self = static_cast<Call*>(user);
     if (stream_id != self->stream_id_ || !self->failure_.ok()) return 0;
-    self->failure_ = self->reader_.feed(
-        std::string_view(reinterpret_cast<const char*>(data), len), self->on_message_);
+    self->failure_ = self->reader_.feed(std::string_view(reinterpret_cast<const char*>(data), len),
+                                        self->on_message_);
     if (!self->failure_.ok())
       nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_CANCEL);
     return 0;
@@ -416,7 +416,7 @@ class Call {
   int32_t stream_id_ = -1;
   std::string body_;
   size_t body_off_ = 0;
-  std::string out_;  // bytes nghttp2 produced that TLS has not taken yet
+  std::string out_;                             // bytes nghttp2 produced that TLS has not taken yet
   MessageReader reader_{o_.max_message_bytes};  // response DATA into messages
   int http_status_ = 0;
   std::string grpc_status_, grpc_message_;

@@ -47,8 +47,7 @@ Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& ki
   // Not json::value(): it throws when the field has another type, and a
   // throw here would end the control plane from inside the HTTP client.
   auto type_it = ev.is_object() ? ev.find("type") : ev.end();
-  std::string type =
-      type_it != ev.end() && type_it->is_string() ? type_it->get<std::string>() : "";
+  std::string type = type_it != ev.end() && type_it->is_string() ? type_it->get<std::string>() : "";
   if (type.empty() || !ev.contains("object") || !ev["object"].is_object())
     return fail("not a watch event");
   WatchEvent out;
@@ -56,8 +55,7 @@ Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& ki
   json& object = ev["object"];
   if (type == "ERROR") {
     auto code = object.find("code");
-    out.error_code =
-        code != object.end() && code->is_number_integer() ? code->get<int>() : 0;
+    out.error_code = code != object.end() && code->is_number_integer() ? code->get<int>() : 0;
     out.error = object.dump().substr(0, 200);
     return out;
   }

@@ -21,9 +21,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t messages = 0;
   Status s;
   for (size_t off = 0; off < body.size() && s.ok(); off += chunk)
-    s = reader.feed(body.substr(off, chunk), [&](const std::string& m) {
-      return ++messages < 50 || m.empty();
-    });
+    s = reader.feed(body.substr(off, chunk),
+                    [&](const std::string& m) { return ++messages < 50 || m.empty(); });
   size_t nl = trailers.find('\n');
   std::string status(trailers.substr(0, nl));
   std::string message(nl == std::string_view::npos ? "" : trailers.substr(nl + 1));
