@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -230,19 +231,28 @@ Rig& rig() {
 
 // Connects from 127.0.0.2 and hands the accepted end to the server.
 UniqueFd connectPeer(Rig& r) {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  reuse(fd.get());
   // The peer half-closes first, so its side of each connection stays in
   // TIME_WAIT for a minute: thousands of inputs a second would run one
   // address's ephemeral ports dry. Each input comes from the next address of
-  // 127.2.0.0/16 instead.
+  // 127.2.0.0/16, the port chosen by connect() (IP_BIND_ADDRESS_NO_PORT) so
+  // that it avoids a 4-tuple still in TIME_WAIT; a refusal tries the next.
   static uint32_t next = 0;
-  next = next % 65534 + 1;
-  sockaddr_in from = makeSockaddr(htonl((127u << 24) | (2u << 16) | next), 0);
   sockaddr_in to = localOf(r.listener.get());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0 ||
-      ::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0)
-    die("connect");
+  UniqueFd fd;
+  for (int attempt = 0; !fd; ++attempt) {
+    if (attempt == 16) {
+      std::fprintf(stderr, "fuzz_hbone: connect: %s\n", std::strerror(errno));
+      die("connect");
+    }
+    next = next % 65534 + 1;
+    UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    int one = 1;
+    setsockopt(s.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+    sockaddr_in from = makeSockaddr(htonl((127u << 24) | (2u << 16) | next), 0);
+    if (::bind(s.get(), reinterpret_cast<sockaddr*>(&from), sizeof(from)) == 0 &&
+        ::connect(s.get(), reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0)
+      fd = std::move(s);
+  }
   sockaddr_in peer{};
   socklen_t len = sizeof(peer);
   UniqueFd accepted(
