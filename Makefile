@@ -5,12 +5,13 @@
 #   make demo    deps + build + a one-node lab showing capture, then teardown
 #   make bench   deps + build + benchmarks (no mesh vs Sluice), figures printed side by side
 #   make asan    build + test with AddressSanitizer/UBSan in build-asan/
+#   make fuzz    deps + every libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 300) each
 #   make format  apply .clang-format (make test fails on unformatted C++: format-check)
 BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: deps build test demo bench asan clean format format-check
+.PHONY: deps build test demo bench asan fuzz clean format format-check
 
 deps:
 	@bash tools/deps.sh
@@ -36,6 +37,9 @@ asan: deps
 	@cmake --build build-asan -j$(JOBS)
 	@bash tools/run-tests.sh build-asan
 
+fuzz: deps
+	@bash tools/fuzz.sh
+
 format:
 	@git ls-files '*.cc' '*.h' | grep -v '^bpf/' | xargs clang-format -i
 
@@ -43,4 +47,4 @@ format-check:
 	@bash tools/format-check.sh
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

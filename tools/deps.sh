@@ -3,7 +3,7 @@
 # Debian 12 packages only.
 set -euo pipefail
 PKGS=(
-  build-essential cmake pkg-config ccache clang clang-format llvm bpftool libbpf-dev libelf-dev zlib1g-dev
+  build-essential cmake pkg-config ccache clang clang-14 libfuzzer-14-dev clang-format llvm bpftool libbpf-dev libelf-dev zlib1g-dev
   liburing-dev libssl-dev openssl libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler libspdlog-dev libfmt-dev doctest-dev libnghttp2-dev libexpected-dev
   nlohmann-json3-dev libyaml-cpp-dev libevent-dev libcurl4-openssl-dev

@@ -19,6 +19,13 @@ if [ -n "$left" ]; then
   echo "run-tests: FAIL: network namespaces left behind: $left"
   rc=1
 fi
+# The fuzz targets, briefly (tests/fuzz; `make fuzz` runs them longer). Their
+# own clang build in build-fuzz/, whichever build the suite above used.
+if [ "${SLUICE_TEST_FUZZ:-1}" = 1 ]; then
+  bash tools/fuzz.sh --smoke 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
 summary=$(grep -E '^[0-9]+% tests passed' "$log" | tail -1)
-echo "TEST SUMMARY: ${summary:-no ctest summary} ($(( $(date +%s) - start ))s, exit $rc)"
+fuzz=$(grep -E '^FUZZ SUMMARY' "$log" | tail -1 | sed 's/^FUZZ SUMMARY: /; fuzz: /')
+echo "TEST SUMMARY: ${summary:-no ctest summary}${fuzz} ($(( $(date +%s) - start ))s, exit $rc)"
 exit $rc

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <memory>
 
+#include "agent/rpc/framing.h"
 #include "sluice/common/x509.h"
 
 namespace sluice::agent::rpc {
@@ -51,20 +52,6 @@ bool splitTarget(const std::string& target, std::string& host, std::string& port
 bool isIpLiteral(const std::string& host) {
   unsigned char buf[sizeof(in6_addr)];
   return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
-}
-
-std::string percentDecode(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out.push_back(static_cast<char>(std::stoi(s.substr(i + 1, 2), nullptr, 16)));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
 }
 
 // What gRPC makes of a non-200 HTTP status (gRPC's HTTP-to-gRPC mapping).
@@ -356,14 +343,7 @@ class Call {
                             nghttp2_http2_strerror(reset_code_))};
       return {kInternal, fmt::format("{} ended {} without a grpc-status", o_.target, o_.path)};
     }
-    int code = kUnknown;
-    try {
-      code = std::stoi(grpc_status_);
-    } catch (...) {
-    }
-    if (code == kOk && rx_.size() > rx_off_)
-      return {kInternal, "the answer ended inside a message"};
-    return {code, percentDecode(grpc_message_)};
+    return trailerStatus(grpc_status_, grpc_message_, reader_.midMessage());
   }
 
   void shutdown() {
@@ -409,40 +389,10 @@ class Call {
                     size_t len, void* user) {
     auto* self = static_cast<Call*>(user);
     if (stream_id != self->stream_id_ || !self->failure_.ok()) return 0;
-    self->rx_.append(reinterpret_cast<const char*>(data), len);
-    while (self->rx_.size() - self->rx_off_ >= 5) {
-      const char* p = self->rx_.data() + self->rx_off_;
-      uint32_t mlen;
-      std::memcpy(&mlen, p + 1, 4);
-      mlen = ntohl(mlen);
-      if (p[0] != 0) {
-        self->failure_ = {kInternal, "compressed message from the control plane"};
-        break;
-      }
-      if (mlen > self->o_.max_message_bytes) {
-        self->failure_ = {kResourceExhausted,
-                          fmt::format("message of {} bytes from the control plane exceeds the "
-                                      "limit of {}",
-                                      mlen, self->o_.max_message_bytes)};
-        break;
-      }
-      if (self->rx_.size() - self->rx_off_ < 5 + size_t{mlen}) break;
-      std::string msg(p + 5, mlen);
-      self->rx_off_ += 5 + mlen;
-      if (!self->on_message_(msg)) {
-        self->failure_ = {kCancelled, "ended by the caller"};
-        break;
-      }
-    }
+    self->failure_ = self->reader_.feed(std::string_view(reinterpret_cast<const char*>(data), len),
+                                        self->on_message_);
     if (!self->failure_.ok())
       nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_CANCEL);
-    if (self->rx_off_ == self->rx_.size()) {
-      self->rx_.clear();
-      self->rx_off_ = 0;
-    } else if (self->rx_off_ > (1u << 20)) {
-      self->rx_.erase(0, self->rx_off_);
-      self->rx_off_ = 0;
-    }
     return 0;
   }
 
@@ -466,9 +416,8 @@ class Call {
   int32_t stream_id_ = -1;
   std::string body_;
   size_t body_off_ = 0;
-  std::string out_;  // bytes nghttp2 produced that TLS has not taken yet
-  std::string rx_;   // response DATA not yet cut into messages (from rx_off_)
-  size_t rx_off_ = 0;
+  std::string out_;                             // bytes nghttp2 produced that TLS has not taken yet
+  MessageReader reader_{o_.max_message_bytes};  // response DATA into messages
   int http_status_ = 0;
   std::string grpc_status_, grpc_message_;
   uint32_t reset_code_ = 0;

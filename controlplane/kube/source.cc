@@ -4,6 +4,7 @@
 
 #include <random>
 
+#include "controlplane/kube/decode.h"
 #include "controlplane/model/objects.h"
 #include "sluice/common/log.h"
 
@@ -22,17 +23,6 @@ void append(model::Objects& into, const model::Objects& one) {
   into.endpoint_slices.insert(into.endpoint_slices.end(), one.endpoint_slices.begin(),
                               one.endpoint_slices.end());
 }
-
-// metadata.<field> of an object or list when it is a string, else "" (a
-// malformed response never throws).
-std::string metadataField(const json& obj, const char* field) {
-  auto meta = obj.find("metadata");
-  if (meta == obj.end() || !meta->is_object()) return "";
-  auto v = meta->find(field);
-  return v != meta->end() && v->is_string() ? v->get<std::string>() : "";
-}
-
-std::string resourceVersionOf(const json& obj) { return metadataField(obj, "resourceVersion"); }
 
 std::string statusMessage(const std::string& body) {
   auto j = json::parse(body, nullptr, false);
@@ -219,25 +209,16 @@ bool Source::list(Resource& r) {
       httpError(r, "listing " + r.kind + "s", *resp);
       return false;
     }
-    auto j = json::parse(resp->body, nullptr, false);
-    if (!j.is_object() || !j.contains("items") || !j["items"].is_array()) {
-      setError(r, "listing " + r.kind + "s: the response is not a list");
-      logger()->warn("listing {}s: the response is not a list", r.kind);
+    auto page = decodeListPage(resp->body, r.kind);
+    if (!page) {
+      setError(r, "listing " + r.kind + "s: " + page.error().describe());
+      logger()->warn("listing {}s: {}", r.kind, page.error().describe());
       return false;
     }
-    for (auto& item : j["items"]) {
-      if (!item.is_object()) continue;
-      item["kind"] = r.kind;  // list items carry no kind
-      model::Objects one;
-      auto added = model::addObject(item, one, r.kind);
-      if (!added) {
-        logger()->warn("skipping a {}: {}", r.kind, added.error().describe());
-        continue;
-      }
-      fresh[model::objectKey(item)] = std::move(one);
-    }
-    rv = metadataField(j, "resourceVersion");
-    cont = metadataField(j, "continue");
+    for (const auto& why : page->skipped) logger()->warn("skipping a {}: {}", r.kind, why);
+    for (auto& [key, one] : page->objects) fresh[key] = std::move(one);
+    rv = page->resource_version;
+    cont = page->continue_token;
     if (cont.empty()) break;
   }
   std::lock_guard lk(mu_);
@@ -267,29 +248,26 @@ bool Source::watch(Resource& r, bool& got_any) {
   bool expired = false;
   auto on_line = [&](std::string_view line) -> bool {
     got_any = true;
-    auto ev = json::parse(line, nullptr, false);
-    std::string type = ev.is_object() ? ev.value("type", "") : "";
-    if (type.empty() || !ev.contains("object") || !ev["object"].is_object()) {
+    auto ev = decodeWatchEvent(line, r.kind);
+    if (!ev) {
       std::lock_guard lk(mu_);
       r.status.malformed++;
       logger()->warn("{} watch: skipped a malformed event: {}", r.kind,
                      std::string(line.substr(0, 120)));
       return true;
     }
-    if (type == "ERROR") {
-      auto& st = ev["object"];
-      int code = st.value("code", 0);
-      if (code == 410) {
+    if (ev->type == "ERROR") {
+      if (ev->error_code == 410) {
         logger()->info("{} watch: resourceVersion {} expired (410 Gone); relisting", r.kind, rv);
         expired = true;
         return false;
       }
-      std::string e = fmt::format("{} watch: error event: {}", r.kind, st.dump().substr(0, 200));
+      std::string e = fmt::format("{} watch: error event: {}", r.kind, ev->error);
       logger()->warn("{}", e);
       setError(r, e);
       return false;  // reconnect
     }
-    return apply(r, type, ev["object"]);
+    return apply(r, *ev);
   };
   auto resp = client_.stream(path, on_line, stopping_);
   if (expired) return false;
@@ -309,33 +287,29 @@ bool Source::watch(Resource& r, bool& got_any) {
   return true;
 }
 
-bool Source::apply(Resource& r, const std::string& type, json& object) {
-  std::string rv = resourceVersionOf(object);
+bool Source::apply(Resource& r, WatchEvent& ev) {
+  const std::string& rv = ev.resource_version;
   std::lock_guard lk(mu_);
-  if (type == "BOOKMARK") {
+  if (ev.type == "BOOKMARK") {
     if (!rv.empty()) r.status.resource_version = rv;
     r.status.bookmarks++;
     return true;
   }
-  if (type != "ADDED" && type != "MODIFIED" && type != "DELETED") {
+  if (ev.type != "ADDED" && ev.type != "MODIFIED" && ev.type != "DELETED") {
     r.status.malformed++;
-    logger()->warn("{} watch: skipped an event of unknown type {}", r.kind, type);
+    logger()->warn("{} watch: skipped an event of unknown type {}", r.kind, ev.type);
     return true;
   }
-  if (!object.contains("kind")) object["kind"] = r.kind;
-  std::string key = model::objectKey(object);
-  if (type == "DELETED") {
-    r.objects.erase(key);
+  if (ev.type == "DELETED") {
+    r.objects.erase(ev.key);
   } else {
-    model::Objects one;
-    auto added = model::addObject(object, one, r.kind + " watch");
-    if (!added) {
+    if (!ev.invalid.empty()) {
       r.status.malformed++;
-      logger()->warn("{} watch: skipped an invalid object: {}", r.kind, added.error().describe());
+      logger()->warn("{} watch: skipped an invalid object: {}", r.kind, ev.invalid);
       if (!rv.empty()) r.status.resource_version = rv;
       return true;
     }
-    r.objects[key] = std::move(one);
+    r.objects[ev.key] = std::move(ev.objects);
   }
   if (!rv.empty()) r.status.resource_version = rv;
   r.status.events++;

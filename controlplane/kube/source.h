@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "controlplane/kube/client.h"
+#include "controlplane/kube/decode.h"
 #include "controlplane/model/store.h"
 
 namespace sluice::controlplane::kube {
@@ -61,7 +62,7 @@ class Source {
   bool list(Resource& r);
   // Returns false when the resource must be relisted.
   bool watch(Resource& r, bool& got_any);
-  bool apply(Resource& r, const std::string& type, nlohmann::json& object);
+  bool apply(Resource& r, WatchEvent& ev);
   void flushLoop();
   void markDirty();
   void setError(Resource& r, const std::string& e);

@@ -4,6 +4,8 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
@@ -21,6 +23,40 @@ namespace fs = std::filesystem;
 namespace {
 
 auto logger() { return log::get("local-source"); }
+
+// yaml-cpp 0.7 (Debian 12) never ends YAML::LoadAll on a ',' where a
+// document's node should start (",", "[a] ,b", "---\n,"): the parser
+// returns an empty document without consuming the token, forever, and
+// LoadAll keeps them all until memory runs out (found by tests/fuzz). A dry
+// run with a handler that keeps nothing counts the documents: a real one
+// consumes at least one character, so more documents than characters is that
+// loop, refused as a syntax error.
+struct DiscardEvents : YAML::EventHandler {
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// YAML::LoadAll, or a YAML::Exception.
+std::vector<YAML::Node> loadAll(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DiscardEvents discard;
+  for (size_t docs = 0; parser.HandleNextDocument(discard);)
+    if (++docs > text.size() + 1)
+      throw YAML::ParserException(YAML::Mark::null_mark(),
+                                  "',' where a document should start (yaml-cpp cannot parse this)");
+  return YAML::LoadAll(text);
+}
 
 // YAML -> JSON with the YAML 1.2 core schema for plain scalars (quoted
 // scalars stay strings), so both sources share one object parser.
@@ -60,7 +96,7 @@ Result<model::Objects> parseYaml(const std::string& text) {
   model::Objects objs;
   std::vector<YAML::Node> docs;
   try {
-    docs = YAML::LoadAll(text);
+    docs = loadAll(text);
   } catch (const YAML::Exception& e) {
     return fail(fmt::format("YAML syntax error at line {}, column {}: {}", e.mark.line + 1,
                             e.mark.column + 1, e.msg));

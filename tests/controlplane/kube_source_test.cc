@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "controlplane/kube/client.h"
+#include "controlplane/kube/decode.h"
 #include "controlplane/kube/source.h"
 #include "controlplane/kube/token_review.h"
 #include "controlplane/model/store.h"
@@ -495,5 +496,34 @@ TEST_SUITE("controlplane/kubernetes") {
     auto unknown = reviewer.nodeOf("forged");
     REQUIRE_FALSE(unknown.has_value());
     CHECK(unknown.error().describe().find("not authenticated") != std::string::npos);
+  }
+}
+
+TEST_SUITE("controlplane/kubernetes/decode") {
+  TEST_CASE("watch lines of the wrong shape are malformed, never a throw") {
+    for (const char* line : {"", "[]", "{\"type\":1,\"object\":{}}", "{\"type\":\"ADDED\"}",
+                             "{\"type\":\"ADDED\",\"object\":[]}"}) {
+      CAPTURE(line);
+      CHECK_FALSE(kube::decodeWatchEvent(line, "Pod").has_value());
+    }
+    auto err = kube::decodeWatchEvent(R"({"type":"ERROR","object":{"code":"410"}})", "Pod");
+    REQUIRE(err.has_value());
+    CHECK(err->error_code == 0);  // not a number: not taken for 410
+    auto gone = kube::decodeWatchEvent(R"({"type":"ERROR","object":{"code":410}})", "Pod");
+    REQUIRE(gone.has_value());
+    CHECK(gone->error_code == 410);
+  }
+  TEST_CASE("a list page: items by key, invalid ones skipped with a reason, continue token") {
+    auto page = kube::decodeListPage(
+        R"({"metadata":{"resourceVersion":"7","continue":"c1"},"items":[
+          {"metadata":{"name":"shop"}},{"metadata":{"name":[1]}},3]})",
+        "Namespace");
+    REQUIRE(page.has_value());
+    CHECK(page->objects.size() == 1);
+    CHECK(page->objects.count("Namespace shop") == 1);
+    CHECK(page->skipped.size() == 1);
+    CHECK(page->resource_version == "7");
+    CHECK(page->continue_token == "c1");
+    CHECK_FALSE(kube::decodeListPage(R"({"items":{}})", "Pod").has_value());
   }
 }

@@ -77,6 +77,8 @@ TEST_SUITE("local.source") {
         {"kind: Pod\nmetadata: {name: a, namespace: x}\nspec: 7\n", "spec"},
         {"kind: Pod\nmetadata: {name: a, namespace: x\n", "syntax"},
         {"- 1\n- 2\n", "mapping"},
+        {",I", "syntax"},  // yaml-cpp 0.7 alone would loop until out of memory
+        {"[a] ,b\n", "syntax"},
         {pod("a", "10.0.0.1") + "---\n" + pod("a", "10.0.0.2"), "duplicate uid"},
     };
     for (const auto& c : cases) {

@@ -1,0 +1,355 @@
+// The HBONE server side (hbone::Server on its own io_uring ring, as
+// tests/ztunnel/hbone_test.cc runs it): per input, one TCP connection from
+// 127.2.x.y accepted on pod B's (127.0.0.3) 15008 stand-in.
+//   fuzz_hbone_raw: the input is the raw bytes the peer sends (mostly the TLS
+//     record layer and handshake parser).
+//   fuzz_hbone_h2 (SLUICE_FUZZ_HBONE_TLS): a real mutual-TLS handshake with a
+//     client holding pod A's certificate first; the input is then the
+//     decrypted HTTP/2 byte stream (preface, SETTINGS, HEADERS with a CONNECT
+//     authority, DATA...). CONNECTs go to an echo-less listener on 127.0.0.3.
+// The peer then half-closes; the input is done when the server holds nothing
+// for the connection any more. A connection still held after 10 s is a hang.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/log.h"
+#include "sluice/common/x509.h"
+#include "ztunnel/hbone/server.h"
+
+using namespace sluice;
+using namespace sluice::ztunnel;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+[[noreturn]] void die(const char* what) {
+  std::fprintf(stderr, "fuzz_hbone: setup failed: %s\n", what);
+  std::abort();
+}
+
+void addExt(X509* cert, X509* issuer, int nid, const char* value) {
+  X509V3_CTX v3;
+  X509V3_set_ctx_nodb(&v3);
+  X509V3_set_ctx(&v3, issuer, cert, nullptr, nullptr, 0);
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
+  if (!ext) die("X509V3_EXT_conf_nid");
+  X509_add_ext(cert, ext, -1);
+  X509_EXTENSION_free(ext);
+}
+
+// An in-process CA and its workload certificates (as hbone_test.cc's TestCa).
+struct TestCa {
+  x509::PKey key = std::move(*x509::generateP256());
+  x509::Cert cert{X509_new()};
+  std::string pem;
+  long serial = 1;
+
+  TestCa() {
+    X509_set_version(cert.get(), 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), serial++);
+    X509_NAME* name = X509_get_subject_name(cert.get());
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>("fuzz CA"), -1, -1, 0);
+    X509_set_issuer_name(cert.get(), name);
+    X509_gmtime_adj(X509_getm_notBefore(cert.get()), -60);
+    X509_gmtime_adj(X509_getm_notAfter(cert.get()), 86400 * 365);
+    X509_set_pubkey(cert.get(), key.get());
+    addExt(cert.get(), cert.get(), NID_basic_constraints, "critical,CA:TRUE");
+    addExt(cert.get(), cert.get(), NID_key_usage, "critical,keyCertSign,cRLSign");
+    addExt(cert.get(), cert.get(), NID_subject_key_identifier, "hash");
+    X509_sign(cert.get(), key.get(), EVP_sha256());
+    pem = x509::certPem(cert.get());
+  }
+
+  std::shared_ptr<const WorkloadCredential> issue(const std::string& uri) {
+    auto k = std::move(*x509::generateP256());
+    x509::Cert c(X509_new());
+    X509_set_version(c.get(), 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(c.get()), serial++);
+    X509_set_issuer_name(c.get(), X509_get_subject_name(cert.get()));
+    X509_gmtime_adj(X509_getm_notBefore(c.get()), -60);
+    X509_gmtime_adj(X509_getm_notAfter(c.get()), 86400 * 365);
+    X509_set_pubkey(c.get(), k.get());
+    std::string san = "critical,URI:" + uri;
+    addExt(c.get(), cert.get(), NID_basic_constraints, "critical,CA:FALSE");
+    addExt(c.get(), cert.get(), NID_key_usage, "critical,digitalSignature");
+    addExt(c.get(), cert.get(), NID_ext_key_usage, "serverAuth,clientAuth");
+    addExt(c.get(), cert.get(), NID_subject_alt_name, san.c_str());
+    addExt(c.get(), cert.get(), NID_authority_key_identifier, "keyid:always");
+    X509_sign(c.get(), key.get(), EVP_sha256());
+    auto cred = std::make_shared<WorkloadCredential>();
+    cred->identity = uri;
+    cred->chain_pem = x509::certPem(c.get()) + pem;
+    cred->key_pem = x509::privateKeyPem(k.get());
+    return cred;
+  }
+};
+
+constexpr const char* kIdA = "spiffe://cluster.local/ns/a/sa/client";
+constexpr const char* kIdB = "spiffe://cluster.local/ns/b/sa/server";
+
+class Credentials final : public CredentialSource {
+ public:
+  std::shared_ptr<const WorkloadCredential> b;
+  std::shared_ptr<const WorkloadCredential> credential(const std::string& uri) override {
+    return uri == kIdB ? b : nullptr;
+  }
+};
+
+// Thousands of connections a second between the same two addresses: ports
+// in TIME_WAIT must not run the ephemeral range dry.
+void reuse(int fd) {
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+}
+
+// Upstream sockets bound to the pod's own address (what its netns would give).
+class Sockets final : public proxy::SocketFactory {
+ public:
+  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, uint32_t bind_ip) override {
+    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) return failErrno("socket");
+    reuse(fd.get());
+    sockaddr_in b = makeSockaddr(bind_ip ? bind_ip : pod.spec.ip4, 0);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&b), sizeof(b)) != 0) return failErrno("bind");
+    return fd;
+  }
+};
+
+UniqueFd listenOn(uint32_t addr) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a = makeSockaddr(addr, 0);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::listen(fd.get(), 64) != 0)
+    die("listen");
+  return fd;
+}
+
+sockaddr_in localOf(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return a;
+}
+
+struct Rig {
+  EngineConfig cfg;
+  TestCa ca;
+  Credentials creds;
+  std::unique_ptr<tls::Contexts> tls;
+  proxy::Records records{false, nullptr};
+  Sockets sockets;
+  std::unique_ptr<uring::Ring> ring;
+  std::unique_ptr<proxy::WorkerContext> ctx;
+  std::unique_ptr<hbone::Server> server;
+  std::shared_ptr<proxy::PodState> pod_b = std::make_shared<proxy::PodState>();
+  UniqueFd listener;  // pod B's 15008 stand-in
+  UniqueFd app;       // an app port in pod B that never accepts
+  SSL_CTX* client_tls = nullptr;
+
+  Rig() {
+    signal(SIGPIPE, SIG_IGN);
+    log::setup("error");  // a warning per refused tunnel would be most of the run's time
+    cfg.trust_anchor_pem = ca.pem;
+    cfg.connect_timeout = 200ms;
+    cfg.access_log = false;
+    auto t = tls::Contexts::create(ca.pem);
+    if (!t) die("tls::Contexts::create");
+    tls = std::move(*t);
+    creds.b = ca.issue(kIdB);
+    auto r = uring::Ring::create(256);
+    if (!r) die("Ring::create");
+    ring = std::move(*r);
+    listener = listenOn(*parseIp4("127.0.0.3"));
+    app = listenOn(*parseIp4("127.0.0.3"));
+    ctx = std::make_unique<proxy::WorkerContext>(
+        proxy::WorkerContext{.config = cfg,
+                             .ring = *ring,
+                             .records = records,
+                             .worker = 0,
+                             .workers = 1,
+                             .sockets = sockets,
+                             .authorizer = nullptr,
+                             .hbone_port = ntohs(localOf(listener.get()).sin_port),
+                             .want_fine_tick = {}});
+    server = std::make_unique<hbone::Server>(*ctx, creds, *tls);
+    pod_b->spec.uid = "uid-b";
+    pod_b->spec.name_namespace = "b/server";
+    pod_b->spec.identity = kIdB;
+    pod_b->spec.ip4 = *parseIp4("127.0.0.3");
+
+    auto a = ca.issue(kIdA);
+    client_tls = SSL_CTX_new(TLS_client_method());
+    BIO* cb = BIO_new_mem_buf(a->chain_pem.data(), static_cast<int>(a->chain_pem.size()));
+    X509* leaf = PEM_read_bio_X509(cb, nullptr, nullptr, nullptr);
+    SSL_CTX_use_certificate(client_tls, leaf);
+    while (X509* extra = PEM_read_bio_X509(cb, nullptr, nullptr, nullptr))
+      SSL_CTX_add_extra_chain_cert(client_tls, extra);  // owned by the context
+    X509_free(leaf);
+    BIO_free(cb);
+    BIO* kb = BIO_new_mem_buf(a->key_pem.data(), static_cast<int>(a->key_pem.size()));
+    EVP_PKEY* key = PEM_read_bio_PrivateKey(kb, nullptr, nullptr, nullptr);
+    SSL_CTX_use_PrivateKey(client_tls, key);
+    EVP_PKEY_free(key);
+    BIO_free(kb);
+    static const unsigned char kH2[] = {2, 'h', '2'};
+    SSL_CTX_set_alpn_protos(client_tls, kH2, sizeof(kH2));
+  }
+
+  void step() {
+    auto now = Clock::now();
+    (void)ring->run(0);
+    server->tick(now);
+    server->fineTick(now);
+  }
+};
+
+Rig& rig() {
+  static Rig* r = new Rig();  // never destroyed: libFuzzer exits without unwinding
+  return *r;
+}
+
+// Connects from 127.0.0.2 and hands the accepted end to the server.
+UniqueFd connectPeer(Rig& r) {
+  // The peer half-closes first, so its side of each connection stays in
+  // TIME_WAIT for a minute: thousands of inputs a second would run one
+  // address's ephemeral ports dry. Each input comes from the next address of
+  // 127.2.0.0/16, the port chosen by connect() (IP_BIND_ADDRESS_NO_PORT) so
+  // that it avoids a 4-tuple still in TIME_WAIT; a refusal tries the next.
+  static uint32_t next = 0;
+  sockaddr_in to = localOf(r.listener.get());
+  UniqueFd fd;
+  for (int attempt = 0; !fd; ++attempt) {
+    if (attempt == 16) {
+      std::fprintf(stderr, "fuzz_hbone: connect: %s\n", std::strerror(errno));
+      die("connect");
+    }
+    next = next % 65534 + 1;
+    UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    int one = 1;
+    setsockopt(s.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+    sockaddr_in from = makeSockaddr(htonl((127u << 24) | (2u << 16) | next), 0);
+    if (::bind(s.get(), reinterpret_cast<sockaddr*>(&from), sizeof(from)) == 0 &&
+        ::connect(s.get(), reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0)
+      fd = std::move(s);
+  }
+  sockaddr_in peer{};
+  socklen_t len = sizeof(peer);
+  UniqueFd accepted(
+      ::accept4(r.listener.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC));
+  if (!accepted) die("accept");
+  r.server->accept(r.pod_b, std::move(accepted), peer);
+  return fd;
+}
+
+// Reads and drops what the server sent, without blocking.
+void drain(int fd) {
+  char buf[16384];
+  while (::recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
+  }
+}
+
+size_t openFds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// A connection's descriptors must all be closed once the server is idle:
+// every 64 inputs the count of open ones is compared with the first.
+void checkFds() {
+  static size_t inputs = 0, baseline = 0;
+  if (inputs++ % 64 != 0) return;
+  size_t now = openFds();
+  if (baseline == 0) baseline = now;
+  if (now > baseline + 4) {
+    std::fprintf(stderr, "fuzz_hbone: %zu descriptors open, %zu after the first input\n", now,
+                 baseline);
+    std::abort();
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  Rig& r = rig();
+  UniqueFd peer = connectPeer(r);
+  auto deadline = Clock::now() + 10s;
+#ifdef SLUICE_FUZZ_HBONE_TLS
+  SSL* ssl = SSL_new(r.client_tls);
+  SSL_set_fd(ssl, peer.get());
+  ::fcntl(peer.get(), F_SETFL, O_NONBLOCK);
+  bool up = false;
+  while (Clock::now() < deadline) {
+    int rc = SSL_connect(ssl);
+    if (rc == 1) {
+      up = true;
+      break;
+    }
+    int e = SSL_get_error(ssl, rc);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) break;
+    r.step();
+  }
+  if (!up) die("the TLS handshake with the server did not complete");
+  size_t off = 0;
+  while (off < size && Clock::now() < deadline) {
+    int n = SSL_write(ssl, data + off, static_cast<int>(std::min<size_t>(size - off, 16384)));
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+      continue;
+    }
+    int e = SSL_get_error(ssl, n);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) break;  // the server closed
+    char buf[16384];
+    while (SSL_read(ssl, buf, sizeof(buf)) > 0) {
+    }
+    r.step();
+  }
+  SSL_shutdown(ssl);
+  SSL_free(ssl);
+#else
+  size_t off = 0;
+  while (off < size) {
+    ssize_t n = ::send(peer.get(), data + off, size - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno != EAGAIN) break;  // the server closed
+    drain(peer.get());
+    r.step();
+  }
+#endif
+  ::shutdown(peer.get(), SHUT_WR);
+  while (!r.server->idle()) {
+    if (Clock::now() > deadline) {
+      std::fprintf(stderr, "fuzz_hbone: the server still holds the connection after 10 s\n");
+      std::abort();
+    }
+    drain(peer.get());
+    r.step();
+  }
+  peer.reset();
+  checkFds();
+  return 0;
+}
