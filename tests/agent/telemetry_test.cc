@@ -17,6 +17,7 @@
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
 #include "sluice/common/addr.h"
+#include "support/free_port.h"
 
 using namespace sluice;
 using namespace sluice::agent::telemetry;
@@ -162,17 +163,7 @@ struct FakeClock {
   }
 };
 
-int freePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using test::freePort;
 
 std::string httpGet(int port, const std::string& path) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -26,6 +26,7 @@
 
 #include "sluice/common/addr.h"
 #include "sluice/common/x509.h"
+#include "support/test_ca.h"
 #include "ztunnel/hbone/client.h"
 #include "ztunnel/hbone/server.h"
 
@@ -45,65 +46,9 @@ const bool kNoSigpipe = [] {
 
 // ------------------------------------------------------------ certificates
 
-bool addExt(X509* cert, X509* issuer, int nid, const char* value) {
-  X509V3_CTX v3;
-  X509V3_set_ctx_nodb(&v3);
-  X509V3_set_ctx(&v3, issuer, cert, nullptr, nullptr, 0);
-  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
-  if (!ext) return false;
-  X509_add_ext(cert, ext, -1);
-  X509_EXTENSION_free(ext);
-  return true;
-}
-
-struct TestCa {
-  x509::PKey key;
-  x509::Cert cert;
-  std::string pem;
-  long serial = 1;
-
-  TestCa() {
-    key = std::move(*x509::generateP256());
-    cert.reset(X509_new());
-    X509_set_version(cert.get(), 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), serial++);
-    X509_NAME* name = X509_get_subject_name(cert.get());
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>("hbone test CA"), -1, -1, 0);
-    X509_set_issuer_name(cert.get(), name);
-    X509_gmtime_adj(X509_getm_notBefore(cert.get()), -60);
-    X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
-    X509_set_pubkey(cert.get(), key.get());
-    addExt(cert.get(), cert.get(), NID_basic_constraints, "critical,CA:TRUE");
-    addExt(cert.get(), cert.get(), NID_key_usage, "critical,keyCertSign,cRLSign");
-    addExt(cert.get(), cert.get(), NID_subject_key_identifier, "hash");
-    X509_sign(cert.get(), key.get(), EVP_sha256());
-    pem = x509::certPem(cert.get());
-  }
-
-  std::shared_ptr<const WorkloadCredential> issue(const std::string& uri) {
-    auto k = std::move(*x509::generateP256());
-    x509::Cert c(X509_new());
-    X509_set_version(c.get(), 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(c.get()), serial++);
-    X509_set_issuer_name(c.get(), X509_get_subject_name(cert.get()));
-    X509_gmtime_adj(X509_getm_notBefore(c.get()), -60);
-    X509_gmtime_adj(X509_getm_notAfter(c.get()), 3600);
-    X509_set_pubkey(c.get(), k.get());
-    std::string san = "critical,URI:" + uri;
-    bool ok = addExt(c.get(), cert.get(), NID_basic_constraints, "critical,CA:FALSE") &&
-              addExt(c.get(), cert.get(), NID_key_usage, "critical,digitalSignature") &&
-              addExt(c.get(), cert.get(), NID_ext_key_usage, "serverAuth,clientAuth") &&
-              addExt(c.get(), cert.get(), NID_subject_alt_name, san.c_str()) &&
-              addExt(c.get(), cert.get(), NID_authority_key_identifier, "keyid:always");
-    REQUIRE(ok);
-    REQUIRE(X509_sign(c.get(), key.get(), EVP_sha256()) > 0);
-    auto cred = std::make_shared<WorkloadCredential>();
-    cred->identity = uri;
-    cred->chain_pem = x509::certPem(c.get()) + pem;
-    cred->key_pem = x509::privateKeyPem(k.get());
-    return cred;
-  }
+// An in-process CA (tests/support/test_ca.h).
+struct TestCa : test::TestCa {
+  TestCa() : test::TestCa("hbone test CA", 3600) {}
 };
 
 class FakeCredentials final : public CredentialSource {
@@ -343,10 +288,10 @@ struct Mesh {
   bool server_paused = false;
 
   explicit Mesh(std::function<void(EngineConfig&)> tune = {}) {
-    cfg.trust_anchor_pem = ca.pem;
+    cfg.trust_anchor_pem = ca.pem();
     cfg.connect_timeout = 2000ms;
     if (tune) tune(cfg);
-    auto t = tls::Contexts::create(ca.pem);
+    auto t = tls::Contexts::create(ca.pem());
     REQUIRE(t.has_value());
     tls = std::move(*t);
     creds.set(kIdA, ca.issue(kIdA));
