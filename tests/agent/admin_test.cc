@@ -9,37 +9,16 @@
 #include <string>
 
 #include "agent/admin/server.h"
-#include "support/free_port.h"
+#include "support/local_http.h"
 
 using namespace sluice;
 
 namespace {
 
-// One request on a fresh connection; returns everything the server sent.
-std::string roundTrip(int port, const std::string& request) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  [[maybe_unused]] auto n = ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-  std::string out;
-  char buf[4096];
-  ssize_t r;
-  while ((r = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(r));
-  ::close(fd);
-  return out;
-}
-
-std::string get(int port, const std::string& path) {
-  return roundTrip(port, "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-}
-
 using test::freePort;
+using test::roundTrip;
+
+std::string get(int port, const std::string& path) { return test::httpGet(port, path); }
 
 }  // namespace
 

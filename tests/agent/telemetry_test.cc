@@ -17,7 +17,7 @@
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
 #include "sluice/common/addr.h"
-#include "support/free_port.h"
+#include "support/local_http.h"
 
 using namespace sluice;
 using namespace sluice::agent::telemetry;
@@ -165,25 +165,7 @@ struct FakeClock {
 
 using test::freePort;
 
-std::string httpGet(int port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  [[maybe_unused]] auto n = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-  std::string out;
-  char buf[4096];
-  ssize_t r;
-  while ((r = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(r));
-  ::close(fd);
-  return out;
-}
+using test::httpGet;
 
 }  // namespace
 
