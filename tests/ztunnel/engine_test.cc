@@ -246,16 +246,20 @@ TEST_SUITE("engine") {
         clients.push_back(std::move(*s));
       }
       // Take every free descriptor, and any that another thread frees meanwhile.
+      // Growing a shared descriptor table waits for an RCU grace period, which
+      // can take longer than any fixed sleep on a busy machine: the clients
+      // connect only once the table is really full.
       std::vector<UniqueFd> fillers;
-      std::atomic<bool> filling{true};
+      std::atomic<bool> filling{true}, full{false};
       std::thread filler([&] {
         while (filling) {
           int fd;
           while ((fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0) fillers.emplace_back(fd);
+          if (errno == EMFILE) full = true;
           std::this_thread::sleep_for(200us);
         }
       });
-      std::this_thread::sleep_for(50ms);
+      REQUIRE(eventually([&] { return full.load(); }, 10s));
       auto proxy = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
       for (auto& c : clients)
         CHECK(::connect(c.get(), reinterpret_cast<sockaddr*>(&proxy), sizeof(proxy)) == 0);
