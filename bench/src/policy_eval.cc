@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "agent/policy/policy_set.h"
+#include "common/policy/policy_set.h"
 
-using namespace sluice::agent::policy;
+using namespace sluice::policy;
 using Clock = std::chrono::steady_clock;
 
 namespace {

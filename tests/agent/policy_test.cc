@@ -5,12 +5,12 @@
 #include <string>
 #include <vector>
 
-#include "agent/policy/parse.h"
-#include "agent/policy/policy_set.h"
+#include "common/policy/parse.h"
+#include "common/policy/policy_set.h"
 #include "sluice/common/addr.h"
 
 using namespace sluice;
-using namespace sluice::agent::policy;
+using namespace sluice::policy;
 
 namespace {
 

@@ -7,10 +7,10 @@
 #include <cstdint>
 #include <string>
 
-#include "agent/policy/parse.h"
+#include "common/policy/parse.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace sluice::agent::policy;
+  using namespace sluice::policy;
   YAML::Node node;
   try {
     node = YAML::Load(std::string(reinterpret_cast<const char*>(data), size));

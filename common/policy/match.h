@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-namespace sluice::agent::policy {
+namespace sluice::policy {
 
 // A principal / namespace value: "*" is presence (any non-empty value),
 // "*x" a suffix, "x*" a prefix, anything else exact. A leading "*" wins over a
@@ -64,4 +64,4 @@ struct PeerIdentity {
 };
 PeerIdentity parsePeerIdentity(std::string_view spiffe_uri);
 
-}  // namespace sluice::agent::policy
+}  // namespace sluice::policy

@@ -1,4 +1,4 @@
-#include "agent/policy/policy_set.h"
+#include "common/policy/policy_set.h"
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
@@ -7,9 +7,9 @@
 #include <functional>
 #include <unordered_map>
 
-#include "agent/policy/match.h"
+#include "common/policy/match.h"
 
-namespace sluice::agent::policy {
+namespace sluice::policy {
 
 namespace {
 
@@ -706,4 +706,4 @@ std::vector<const AuthorizationPolicy*> PolicySet::applicable(const Workload& w)
   return out;
 }
 
-}  // namespace sluice::agent::policy
+}  // namespace sluice::policy

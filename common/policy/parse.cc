@@ -1,4 +1,4 @@
-#include "agent/policy/parse.h"
+#include "common/policy/parse.h"
 
 #include <fmt/format.h>
 
@@ -8,9 +8,9 @@
 #include <map>
 #include <set>
 
-#include "agent/policy/match.h"
+#include "common/policy/match.h"
 
-namespace sluice::agent::policy {
+namespace sluice::policy {
 
 namespace {
 
@@ -688,4 +688,4 @@ Result<PeerAuthentication> parsePeerAuthentication(const YAML::Node& object) {
   }
 }
 
-}  // namespace sluice::agent::policy
+}  // namespace sluice::policy

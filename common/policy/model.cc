@@ -1,8 +1,8 @@
-#include "agent/policy/model.h"
+#include "common/policy/model.h"
 
 #include <algorithm>
 
-namespace sluice::agent::policy {
+namespace sluice::policy {
 
 const char* toString(Action a) {
   switch (a) {
@@ -57,4 +57,4 @@ std::vector<std::string> Rule::l7Fields() const {
   return out;
 }
 
-}  // namespace sluice::agent::policy
+}  // namespace sluice::policy

@@ -1,10 +1,10 @@
-#include "agent/policy/match.h"
+#include "common/policy/match.h"
 
 #include <arpa/inet.h>
 
 #include <charconv>
 
-namespace sluice::agent::policy {
+namespace sluice::policy {
 
 StringMatch StringMatch::compile(std::string_view pattern) {
   if (pattern == "*") return {Kind::kPresence, ""};
@@ -76,4 +76,4 @@ PeerIdentity parsePeerIdentity(std::string_view uri) {
   return id;
 }
 
-}  // namespace sluice::agent::policy
+}  // namespace sluice::policy

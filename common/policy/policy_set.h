@@ -26,10 +26,10 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/policy/model.h"
+#include "common/policy/model.h"
 #include "sluice/common/result.h"
 
-namespace sluice::agent::policy {
+namespace sluice::policy {
 
 struct Label {
   std::string_view key;
@@ -147,4 +147,4 @@ class PolicySet {
   std::unique_ptr<const Index> index_;
 };
 
-}  // namespace sluice::agent::policy
+}  // namespace sluice::policy

@@ -17,10 +17,10 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "agent/policy/model.h"
+#include "common/policy/model.h"
 #include "sluice/common/result.h"
 
-namespace sluice::agent::policy {
+namespace sluice::policy {
 
 // Whether the document is a kind this file parses ("AuthorizationPolicy" or
 // "PeerAuthentication" in an accepted group), so a caller can route it.
@@ -30,4 +30,4 @@ bool isPeerAuthentication(const YAML::Node& object);
 Result<AuthorizationPolicy> parseAuthorizationPolicy(const YAML::Node& object);
 Result<PeerAuthentication> parsePeerAuthentication(const YAML::Node& object);
 
-}  // namespace sluice::agent::policy
+}  // namespace sluice::policy

@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-namespace sluice::agent::policy {
+namespace sluice::policy {
 
 // Policies here apply to every namespace (Istio's root namespace, istio-system).
 inline constexpr const char* kRootNamespace = "sluice-system";
@@ -95,4 +95,4 @@ struct PeerAuthentication {
   std::vector<std::string> warnings;
 };
 
-}  // namespace sluice::agent::policy
+}  // namespace sluice::policy
