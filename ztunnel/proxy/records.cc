@@ -9,6 +9,20 @@ namespace sluice::ztunnel {
 
 const char* toString(Direction d) { return d == Direction::kInbound ? "inbound" : "outbound"; }
 
+const char* toString(AppProtocol p) {
+  switch (p) {
+    case AppProtocol::kTcp:
+      return "tcp";
+    case AppProtocol::kHttp1:
+      return "http/1.1";
+    case AppProtocol::kHttp2:
+      return "http/2";
+    case AppProtocol::kGrpc:
+      return "grpc";
+  }
+  return "?";
+}
+
 const char* toString(Path p) {
   switch (p) {
     case Path::kPassthrough:

@@ -264,6 +264,27 @@ class InboundAuthorizer {
   virtual Verdict authorize(const InboundRequest& request) = 0;
 };
 
+// The application protocol the engine detected on a connection.
+enum class AppProtocol : uint8_t { kTcp, kHttp1, kHttp2, kGrpc };
+const char* toString(AppProtocol p);  // "tcp" | "http/1.1" | "http/2" | "grpc"
+
+// One HTTP request and its response, seen on a connection whose protocol was
+// detected as HTTP (request_protocol "http" or "grpc" in Istio's metrics).
+// The views point into the engine's parse state: valid during the call only.
+// Never bodies, never header values other than these.
+struct RequestRecord {
+  AppProtocol protocol = AppProtocol::kHttp1;
+  std::string_view method;
+  std::string_view authority;   // :authority or Host
+  std::string_view path;        // without the query string
+  int status = 0;               // HTTP status; 0: no response (reset, connection closed)
+  int grpc_status = -1;         // grpc-status; -1: absent (not gRPC, or no trailers)
+  uint64_t request_bytes = 0;   // request body bytes
+  uint64_t response_bytes = 0;  // response body bytes
+  int64_t start_unix_ms = 0;    // first request byte
+  int64_t duration_us = 0;      // first request byte -> last response byte
+};
+
 // Sees every proxied connection. Called on the worker thread that owns the
 // connection (`worker` is its index, for per-worker aggregation without a
 // lock); must not block. The record's byte counts are final in closed().
@@ -274,6 +295,13 @@ class ConnectionObserver {
   // More bytes moved: client -> destination and back.
   virtual void transferred(unsigned worker, const ConnectionRecord& record, uint64_t sent,
                            uint64_t received) = 0;
+  // One HTTP exchange completed (or ended without a response) on `connection`.
+  virtual void request(unsigned worker, const ConnectionRecord& connection,
+                       const RequestRecord& request) {
+    (void)worker;
+    (void)connection;
+    (void)request;
+  }
   virtual void closed(unsigned worker, const ConnectionRecord& record) = 0;
 };
 
