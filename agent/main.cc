@@ -342,6 +342,7 @@ int runAgent(const Flags& flags) {
   sources.config_dump = [&] {
     nlohmann::json j = pods.dump();
     j["node"] = flags.node_name;
+    j["trust_domain"] = flags.trust_domain;
     j["controlplane"] = {{"address", flags.controlplane},
                          {"connected", disc.connected()},
                          {"synced", disc.synced()},
@@ -359,7 +360,16 @@ int runAgent(const Flags& flags) {
     return j;
   };
   sources.connections = [&] { return agent::wiring::connectionsJson(eng); };
-  sources.certs = [&] { return certs.dump(); };
+  // The trust anchors this agent verifies peers and the control plane with.
+  nlohmann::json trust_anchors = nlohmann::json::array();
+  if (auto anchors = x509::parseChain(*trust_anchor); anchors)
+    for (const auto& a : *anchors)
+      trust_anchors.push_back(agent::identity::certificateJson(a.get()));
+  sources.certs = [&] {
+    nlohmann::json j = certs.dump();
+    j["trust_anchors"] = trust_anchors;
+    return j;
+  };
   sources.stats = [&] {
     nlohmann::json j = agent::wiring::statsJson(eng.stats(), ld.stats());
     j["enrolled_pods"] = pods.enrolledCount();

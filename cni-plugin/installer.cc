@@ -245,17 +245,18 @@ Result<bool> Installer::installBinary(bool force) {
   return true;
 }
 
-Result<ChainStatus> Installer::ensureChained() {
+Result<ChainPlan> Installer::plan() const {
   auto files = listConfigs(options_.conf_dir);
   if (!files) return tl::unexpected(files.error());
-  ChainStatus st;
+  ChainPlan plan;
+  ChainStatus& st = plan.status;
   if (files->empty()) {
     st.state = ChainState::kNoPrimaryConfig;
     st.detail = fmt::format(
         "no CNI network configuration (*.conflist, *.conf, *.json) in {} yet; waiting for the "
         "cluster's primary CNI to write one",
         options_.conf_dir.string());
-    return st;
+    return plan;
   }
   const fs::path primary = files->front();
   st.file = primary;
@@ -264,7 +265,7 @@ Result<ChainStatus> Installer::ensureChained() {
     st.detail = std::move(why) +
                 "; it is left untouched and sluice-cni is NOT chained until it "
                 "is fixed (pods on this node start without the mesh)";
-    return st;
+    return plan;
   };
   auto parsed = readJson(primary);
   if (!parsed) return unusable(parsed.error().describe());
@@ -302,51 +303,64 @@ Result<ChainStatus> Installer::ensureChained() {
         "this node start WITHOUT the mesh (chaining would make every pod creation fail). "
         "Configure the primary CNI to write one of those",
         primary.string(), version, fmt::join(kSupportedVersions, ", "));
-    return st;
+    return plan;
   }
-  ordered_json desired = chainedConflist(list, options_.plugin_entry);
-  auto mode = fileMode(primary);
-  if (!mode) return tl::unexpected(mode.error());
-
+  st.state = ChainState::kChained;
+  plan.desired = chainedConflist(list, options_.plugin_entry);
   if (is_list) {
-    st.state = ChainState::kChained;
-    if (desired == *parsed) return st;
-    if (auto w = writeAtomic(primary, render(desired), *mode); !w) return tl::unexpected(w.error());
-    st.changed = true;
-    return st;
+    plan.target = primary;
+    // Chained exactly once, as the last plugin (its options may differ).
+    const auto& plugins = (*parsed)["plugins"];
+    plan.already_chained = hasOurEntry(*parsed) &&
+                           unchainedConflist(*parsed)["plugins"].size() + 1 == plugins.size() &&
+                           plugins.back().value("type", "") == kPluginType;
+    plan.up_to_date = plan.desired == *parsed;
+    return plan;
   }
-
-  // A single-plugin file cannot chain: write the equivalent conflist under the
-  // same name with the extension ".conflist", then remove the original.
+  // A single-plugin file cannot chain: the equivalent conflist under the
+  // same name with the extension ".conflist" replaces it.
   std::string name = primary.filename().string();
-  fs::path target =
+  plan.target =
       options_.conf_dir / (name.substr(0, name.size() - goExt(primary).size()) + ".conflist");
+  plan.remove = primary;
   std::vector<std::string> after;
   for (const auto& f : *files)
-    if (f != primary && f != target) after.push_back(f.filename().string());
-  after.push_back(target.filename().string());
+    if (f != primary && f != plan.target) after.push_back(f.filename().string());
+  after.push_back(plan.target.filename().string());
   std::sort(after.begin(), after.end());
-  if (after.front() != target.filename().string())
+  if (after.front() != plan.target.filename().string())
     return unusable(
         fmt::format("{} is a single-plugin config and its conflist form {} would not "
                     "be the first config in the directory ({} sorts before it)",
-                    primary.string(), target.string(), after.front()));
+                    primary.string(), plan.target.string(), after.front()));
   std::error_code ec;
-  if (fs::exists(target, ec)) {
-    auto existing = readJson(target);
+  if (fs::exists(plan.target, ec)) {
+    auto existing = readJson(plan.target);
     if (!existing || !existing->is_object() || !existing->contains(kConvertedFromKey))
       return unusable(
           fmt::format("{} is a single-plugin config and {} exists too but was not "
                       "written by sluice-cni; remove one of them",
-                      primary.string(), target.string()));
+                      primary.string(), plan.target.string()));
   }
-  if (auto w = writeAtomic(target, render(desired), *mode); !w) return tl::unexpected(w.error());
-  if (::unlink(primary.c_str()) != 0 && errno != ENOENT)
-    return failErrno(
-        fmt::format("wrote {} but cannot remove {}", target.string(), primary.string()));
-  if (auto r = fsyncDir(options_.conf_dir); !r) return tl::unexpected(r.error());
-  st.state = ChainState::kChained;
-  st.file = target;
+  return plan;
+}
+
+Result<ChainStatus> Installer::ensureChained() {
+  auto plan = this->plan();
+  if (!plan) return tl::unexpected(plan.error());
+  ChainStatus st = plan->status;
+  if (st.state != ChainState::kChained || plan->up_to_date) return st;
+  auto mode = fileMode(st.file);
+  if (!mode) return tl::unexpected(mode.error());
+  if (auto w = writeAtomic(plan->target, render(plan->desired), *mode); !w)
+    return tl::unexpected(w.error());
+  if (!plan->remove.empty()) {
+    if (::unlink(plan->remove.c_str()) != 0 && errno != ENOENT)
+      return failErrno(fmt::format("wrote {} but cannot remove {}", plan->target.string(),
+                                   plan->remove.string()));
+    if (auto r = fsyncDir(options_.conf_dir); !r) return tl::unexpected(r.error());
+  }
+  st.file = plan->target;
   st.changed = true;
   return st;
 }

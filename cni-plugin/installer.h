@@ -80,6 +80,17 @@ struct ChainStatus {
   std::string detail;          // what is wrong and what to do, for the other states
 };
 
+// What one chaining pass would do, read without writing anything (also what
+// `sluicectl check` reports).
+struct ChainPlan {
+  ChainStatus status;              // kChained: the primary config can chain sluice-cni
+  nlohmann::ordered_json desired;  // the chained conflist (for kChained)
+  std::filesystem::path target;    // where it goes (the primary, or its .conflist form)
+  std::filesystem::path remove;    // a single-plugin file the conflist replaces; empty: none
+  bool up_to_date = false;         // the primary already is `desired`: nothing to write
+  bool already_chained = false;    // the primary chains sluice-cni exactly once, last
+};
+
 // Every file operation is atomic (temporary file in the same directory, fsync,
 // rename) and keeps the mode of the file it replaces.
 class Installer {
@@ -89,6 +100,8 @@ class Installer {
   // Copies source_binary to bin_dir/sluice-cni (mode 0755). Without `force`
   // only when that file is missing or differs in size. Returns whether it copied.
   Result<bool> installBinary(bool force);
+  // Reads the primary config and decides; writes nothing.
+  Result<ChainPlan> plan() const;
   // One pass: makes the primary config chain sluice-cni exactly once, converting
   // a .conf/.json into a .conflist when needed. Never writes when nothing changes.
   Result<ChainStatus> ensureChained();

@@ -10,9 +10,11 @@
 #include <unistd.h>
 
 #include <cstdarg>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 
 #include "capture.skel.h"
 #include "inbound.skel.h"
@@ -56,6 +58,59 @@ struct CgroupProgram {
 };
 
 }  // namespace
+
+namespace {
+
+// Loads the object with only `only` set to autoload and no map pinned.
+template <typename Skel>
+std::string probeOne(Skel* (*open)(const bpf_object_open_opts*), int (*load)(Skel*),
+                     void (*destroy)(Skel*), const char* only) {
+  Skel* skel = open(nullptr);
+  if (skel == nullptr) return fmt::format("cannot open the BPF object ({})", std::strerror(errno));
+  bpf_program* p;
+  bpf_object__for_each_program(p, skel->obj) {
+    bpf_program__set_autoload(p, std::string_view(bpf_program__name(p)) == only);
+  }
+  bpf_map* m;
+  bpf_object__for_each_map(m, skel->obj) { bpf_map__set_pin_path(m, nullptr); }
+  int err = load(skel);
+  destroy(skel);
+  if (err == 0) return "";
+  return fmt::format(
+      "the kernel refused it: {} (run as root; the verifier log is printed with "
+      "SLUICE_LOG_LEVEL=debug)",
+      std::strerror(-err));
+}
+
+template <typename Skel>
+void probeAll(Skel* (*open)(const bpf_object_open_opts*), int (*load)(Skel*),
+              void (*destroy)(Skel*), std::vector<Loader::ProgramProbe>& out) {
+  Skel* skel = open(nullptr);
+  if (skel == nullptr) {
+    out.push_back({"?", "?", fmt::format("cannot open a BPF object ({})", std::strerror(errno))});
+    return;
+  }
+  std::vector<std::pair<std::string, std::string>> programs;
+  bpf_program* p;
+  bpf_object__for_each_program(p, skel->obj) {
+    programs.emplace_back(bpf_program__name(p), bpf_program__section_name(p));
+  }
+  destroy(skel);
+  for (const auto& [name, section] : programs)
+    out.push_back({name, section, probeOne(open, load, destroy, name.c_str())});
+}
+
+}  // namespace
+
+std::vector<Loader::ProgramProbe> Loader::probePrograms() {
+  libbpf_set_print(libbpfPrint);
+  std::vector<ProgramProbe> out;
+  probeAll<sluice_capture>(sluice_capture__open_opts, sluice_capture__load, sluice_capture__destroy,
+                           out);
+  probeAll<sluice_inbound>(sluice_inbound__open_opts, sluice_inbound__load, sluice_inbound__destroy,
+                           out);
+  return out;
+}
 
 Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   libbpf_set_print(libbpfPrint);

@@ -68,6 +68,15 @@ class Loader {
   // The cgroup-v2 mount point from /proc/self/mounts (unified or hybrid).
   static Result<std::string> findCgroup2();
 
+  // Loads each of Sluice's BPF programs on its own (nothing pinned, nothing
+  // attached, everything freed again): what `sluicectl check --pre` reports.
+  struct ProgramProbe {
+    std::string program;  // sluice_connect4 ...
+    std::string section;  // cgroup/connect4 ...
+    std::string error;    // empty: the verifier accepted it
+  };
+  static std::vector<ProgramProbe> probePrograms();
+
   // Removes every pinned object under pin_dir (links detach when the last fd
   // closes). Used by `sluice-agent uninstall`.
   static Result<void> removePinned(const std::string& pin_dir);

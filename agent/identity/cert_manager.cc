@@ -17,6 +17,10 @@ std::string isoTime(std::chrono::system_clock::time_point t) {
   std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
   return buf;
 }
+
+int64_t unixSeconds(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
 }  // namespace
 
 CertManager::CertManager(Signer& signer, CertManagerConfig config)
@@ -144,6 +148,12 @@ void CertManager::refresh(const std::string& uri) {
   }
 }
 
+nlohmann::json certificateJson(X509* cert) {
+  return {{"subject", x509::subjectText(cert)},
+          {"not_after", isoTime(x509::notAfter(cert))},
+          {"not_after_unix", unixSeconds(x509::notAfter(cert))}};
+}
+
 nlohmann::json CertManager::dump() const {
   std::lock_guard lk(mu_);
   nlohmann::json out = nlohmann::json::array();
@@ -154,6 +164,13 @@ nlohmann::json CertManager::dump() const {
     if (e.current) {
       j["not_before"] = isoTime(e.current->not_before);
       j["not_after"] = isoTime(e.current->not_after);
+      j["not_after_unix"] = unixSeconds(e.current->not_after);
+      // The issuers the leaf was sent with (sluicectl check: CA expiry).
+      nlohmann::json chain = nlohmann::json::array();
+      if (auto certs = x509::parseChain(e.current->chain_pem); certs)
+        for (size_t i = 1; i < certs->size(); ++i)
+          chain.push_back(certificateJson((*certs)[i].get()));
+      j["chain"] = chain;
     }
     j["renews_in_seconds"] =
         std::chrono::duration_cast<std::chrono::seconds>(e.renew_at - now).count();

@@ -23,6 +23,10 @@
 
 namespace sluice::agent::identity {
 
+// A certificate as the admin API's /certs shows an issuer or trust anchor:
+// subject, not_after (RFC 3339) and not_after_unix.
+nlohmann::json certificateJson(X509* cert);
+
 // Sends a CSR to the CA. Implemented over gRPC (GrpcSigner) and by fakes.
 class Signer {
  public:

@@ -204,4 +204,15 @@ std::chrono::system_clock::time_point notAfter(X509* cert) {
   return toTimePoint(X509_get0_notAfter(cert));
 }
 
+std::string subjectText(X509* cert) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  if (bio == nullptr) return "";
+  X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253);
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio, &data);
+  std::string out(data, n > 0 ? static_cast<size_t>(n) : 0);
+  BIO_free(bio);
+  return out;
+}
+
 }  // namespace sluice::x509

@@ -234,6 +234,39 @@ TEST_SUITE("installer") {
     CHECK(fixed["plugins"].back() == ordered_json{{"type", "sluice-cni"}});
   }
 
+  TEST_CASE("plan() reads and decides without writing, and says whether the chain is in place") {
+    TempNode node;
+    auto file = node.conf / "10-flannel.conflist";
+    writeFile(file, kFlannel);
+    Installer inst(node.options());
+    auto before = inst.plan();
+    REQUIRE(before.has_value());
+    CHECK(before->status.state == ChainState::kChained);  // chainable
+    CHECK_FALSE(before->already_chained);
+    CHECK_FALSE(before->up_to_date);
+    CHECK(readFile(file) == kFlannel);  // nothing written
+    REQUIRE(inst.ensureChained()->changed);
+    auto after = inst.plan();
+    REQUIRE(after.has_value());
+    CHECK(after->already_chained);
+    CHECK(after->up_to_date);
+    // Chained twice, or not last: not in place.
+    auto doubled = readJson(file);
+    doubled["plugins"].insert(doubled["plugins"].begin(),
+                              ordered_json::object({{"type", "sluice-cni"}}));
+    writeFile(file, doubled.dump());
+    CHECK_FALSE(inst.plan()->already_chained);
+    // A single-plugin .conf is chainable through its conflist form.
+    fs::remove(file);
+    writeFile(node.conf / "10-bridge.conf", kBridgeConf);
+    auto conf = inst.plan();
+    REQUIRE(conf.has_value());
+    CHECK(conf->status.state == ChainState::kChained);
+    CHECK_FALSE(conf->already_chained);
+    CHECK(conf->target.filename() == "10-bridge.conflist");
+    CHECK(conf->remove.filename() == "10-bridge.conf");
+  }
+
   TEST_CASE("a single .conf becomes a .conflist and comes back on removal") {
     TempNode node;
     writeFile(node.conf / "10-bridge.conf", kBridgeConf, 0600);

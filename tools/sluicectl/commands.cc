@@ -15,6 +15,8 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/flags.h"
+#include "tools/sluicectl/admin_client.h"
+#include "tools/sluicectl/check.h"
 #include "tools/sluicectl/table.h"
 
 using nlohmann::json;
@@ -28,36 +30,10 @@ void die(const std::string& msg, int code) {
 
 namespace {
 
-// Minimal HTTP/1.0 GET over a blocking socket: the admin API is local and
-// small; a timeout bounds every call.
 json adminGet(const std::string& admin, const std::string& path) {
-  auto ep = parseEndpoint(admin);
-  if (!ep) die("invalid --admin address '" + admin + "': expected IP:PORT", 2);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&*ep), sizeof(*ep)) != 0)
-    die("cannot reach the agent admin API at " + admin + " (" + strerror(errno) +
-        "): is sluice-agent running on this node? (--admin selects another address)");
-  std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + admin + "\r\n\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size()))
-    die("sending to the admin API failed");
-  std::string resp;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, n);
-  close(fd);
-  auto body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos)
-    die("malformed answer from the admin API at " + admin);
-  int status = std::atoi(resp.c_str() + resp.find(' ') + 1);
-  std::string payload = resp.substr(body + 4);
-  if (status != 200)
-    die("admin API " + path + " answered " + std::to_string(status) + ": " + payload);
-  json j = json::parse(payload, nullptr, false);
-  if (j.is_discarded()) die("admin API " + path + " returned invalid JSON");
-  return j;
+  auto j = adminJson(admin, path);
+  if (!j) die(j.error().describe());
+  return *j;
 }
 
 std::string str(const json& j, const char* key) {
@@ -250,6 +226,17 @@ int cmdBpf(const Options& opts) {
   return 0;
 }
 
+int cmdCheck(const Options& opts) {
+  const check::NodePaths paths{opts.admin, opts.pin_dir, opts.cni_conf_dir, opts.cni_bin_dir};
+  auto results =
+      check::runAll(opts.pre ? check::preInstallChecks(paths) : check::installChecks(paths));
+  if (opts.as_json)
+    std::printf("%s\n", check::toJson(results).dump(2).c_str());
+  else
+    std::fputs(check::render(results).c_str(), stdout);
+  return check::exitStatus(results);
+}
+
 }  // namespace
 
 const std::vector<Command>& commands() {
@@ -262,6 +249,9 @@ const std::vector<Command>& commands() {
       {"certs", "workload certificates of this node: identity, serial, validity, renewal, state",
        cmdCerts},
       {"services", "Services in this node's view: VIPs, ports, ready endpoints", cmdServices},
+      {"check",
+       "is Sluice on this node healthy (or, with --pre, can this node run it)? Exit 1 on failure",
+       cmdCheck},
   };
   return table;
 }

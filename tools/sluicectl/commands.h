@@ -12,6 +12,10 @@ struct Options {
   std::string admin;    // the agent's admin API, IP:PORT
   std::string pin_dir;  // pinned BPF state
   bool as_json = false;
+  // `check`
+  bool pre = false;                             // --pre: before install
+  std::string cni_conf_dir = "/etc/cni/net.d";  // the container runtime's CNI config
+  std::string cni_bin_dir = "/opt/cni/bin";     // where sluice-cni is installed
 };
 
 struct Command {

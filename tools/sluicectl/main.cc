@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
       getenv("SLUICE_BPF_PIN_DIR") ? getenv("SLUICE_BPF_PIN_DIR") : "/sys/fs/bpf/sluice";
   std::string output = "table";
   std::string command;
+  ctl::Options options;
   FlagTable flags;
   flags
       .value("--admin", "IP:PORT", "agent admin API (default 127.0.0.1:15000, or $SLUICE_ADMIN)",
@@ -38,6 +39,13 @@ int main(int argc, char** argv) {
              FlagTable::into(&pin_dir))
       .value("--output", "FORMAT", "table (default) or json", FlagTable::into(&output))
       .alias("-o")
+      .toggle("--pre", "`check`: can this node run Sluice (before installing it)?",
+              [&] { options.pre = true; })
+      .value("--cni-conf-dir", "DIR",
+             "`check`: the container runtime's CNI config dir (default /etc/cni/net.d)",
+             FlagTable::into(&options.cni_conf_dir))
+      .value("--cni-bin-dir", "DIR", "`check`: the CNI plugin dir (default /opt/cni/bin)",
+             FlagTable::into(&options.cni_bin_dir))
       .positional([&](const std::string& arg) -> std::string {
         if (!command.empty()) return "unexpected argument '" + arg + "'";
         command = arg;
@@ -52,7 +60,9 @@ int main(int argc, char** argv) {
   }
   if (output != "table" && output != "json")
     ctl::die("-o must be 'table' or 'json', got '" + output + "'", 2);
-  ctl::Options options{admin, pin_dir, output == "json"};
+  options.admin = admin;
+  options.pin_dir = pin_dir;
+  options.as_json = output == "json";
   for (const auto& c : ctl::commands())
     if (command == c.name) return c.run(options);
   if (command.empty()) ctl::die("no command given\nRun 'sluicectl --help' for usage.", 2);

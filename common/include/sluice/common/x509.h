@@ -64,6 +64,8 @@ std::optional<std::string> uriSan(X509* cert);
 std::string serialHex(X509* cert);
 std::chrono::system_clock::time_point notBefore(X509* cert);
 std::chrono::system_clock::time_point notAfter(X509* cert);
+// The subject as one line ("CN=Sluice Mesh CA,O=sluice"), for operators.
+std::string subjectText(X509* cert);
 
 // OpenSSL's error queue as text (and cleared), for error messages.
 std::string opensslError();
