@@ -7,6 +7,7 @@
 #include <string>
 
 #include "controlplane/ca/authority.h"
+#include "controlplane/ca/ca_secret.h"
 #include "controlplane/ca/service.h"
 #include "controlplane/discovery/service.h"
 #include "controlplane/kube/client.h"
@@ -41,7 +42,7 @@ Flags:
 int main(int argc, char** argv) {
   std::string local_dir, listen = "127.0.0.1:15010", level = "info", trust_domain = "cluster.local";
   std::string anchor_path, ca_cert_path, ca_key_path, ca_dir, tokens_path;
-  std::string kubeconfig, agent_sa, serving_dns;
+  std::string kubeconfig, agent_sa, serving_dns, ca_secret, anchor_configmap;
   bool in_cluster = false;
   long cert_ttl = 86400;
   unsigned ttl_seconds = 86400;
@@ -80,6 +81,14 @@ int main(int argc, char** argv) {
              "once and kept (default: DIR-ca next to --local-config; required\n"
              "otherwise)",
              FlagTable::into(&ca_dir))
+      .value("--ca-secret", "NS/NAME",
+             "Kubernetes: the CA lives in this Secret (root-cert.pem, ca-cert.pem,\n"
+             "ca-key.pem); absent, a self-signed CA is generated once and stored there",
+             FlagTable::into(&ca_secret))
+      .value("--trust-anchor-configmap", "NS/NAME",
+             "Kubernetes: publish the trust anchor (root-cert.pem) in this\n"
+             "ConfigMap for the agents to mount; created or updated at start",
+             FlagTable::into(&anchor_configmap))
       .value("--bootstrap-tokens", "FILE",
              "`node: token` lines; a node authenticates with its token",
              FlagTable::into(&tokens_path))
@@ -145,14 +154,39 @@ int main(int argc, char** argv) {
   bool files = !anchor_path.empty() || !ca_cert_path.empty() || !ca_key_path.empty();
   if (files && (anchor_path.empty() || ca_cert_path.empty() || ca_key_path.empty()))
     usageError("--trust-anchor, --ca-cert and --ca-key go together");
+  if ((!ca_secret.empty() || !anchor_configmap.empty()) && !kube_client)
+    usageError(
+        "--ca-secret and --trust-anchor-configmap need the Kubernetes API (--kubernetes "
+        "or --kubeconfig)");
+  if (!ca_secret.empty() && (files || !ca_dir.empty()))
+    usageError("give the CA one way: --ca-secret, the three PEM files, or --ca-dir");
   Result<std::unique_ptr<controlplane::ca::Authority>> authority = fail("unset");
-  if (files) {
+  if (!ca_secret.empty()) {
+    auto ref = controlplane::ca::parseObjectRef(ca_secret, "--ca-secret");
+    if (!ref) usageError(ref.error().message);
+    auto stored = controlplane::ca::loadOrCreateCa(*kube_client, *ref);
+    if (!stored) {
+      authority = tl::unexpected(stored.error());
+    } else {
+      authority = controlplane::ca::Authority::fromPem(stored->material, trust_domain,
+                                                       "Secret " + ref->text());
+      if (authority && stored->created)
+        logger->warn(
+            "generated a SELF-SIGNED mesh CA and stored it in Secret {} (restarts and replicas "
+            "keep it). A production install should bring its own: tools/gen-ca.sh, then "
+            "create that Secret from its files before installing (docs/install.md)",
+            ref->text());
+      else if (authority)
+        logger->info("mesh CA loaded from Secret {}", ref->text());
+    }
+  } else if (files) {
     authority = controlplane::ca::Authority::fromFiles(anchor_path, ca_cert_path, ca_key_path,
                                                        trust_domain);
   } else {
     if (ca_dir.empty() && local_dir.empty())
       usageError(
-          "with the Kubernetes source, give the CA (--trust-anchor, --ca-cert, --ca-key) or "
+          "with the Kubernetes source, give the CA (--ca-secret, or --trust-anchor, --ca-cert, "
+          "--ca-key) or "
           "--ca-dir for a development CA");
     if (ca_dir.empty()) {
       std::string base = local_dir;
@@ -171,6 +205,18 @@ int main(int argc, char** argv) {
   if (!authority) {
     logger->critical("certificate authority: {}", authority.error().describe());
     return 1;
+  }
+  if (!anchor_configmap.empty()) {
+    auto ref = controlplane::ca::parseObjectRef(anchor_configmap, "--trust-anchor-configmap");
+    if (!ref) usageError(ref.error().message);
+    auto published =
+        controlplane::ca::publishTrustAnchor(*kube_client, *ref, (*authority)->trustAnchorPem());
+    if (!published) {
+      logger->critical("{}", published.error().describe());
+      return 1;
+    }
+    logger->info("trust anchor {} in ConfigMap {}", *published ? "published" : "already",
+                 ref->text());
   }
   std::map<std::string, std::string> tokens;
   if (!tokens_path.empty()) {

@@ -1,5 +1,6 @@
 #include "controlplane/ca/authority.h"
 
+#include <fmt/format.h>
 #include <openssl/bn.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
@@ -73,25 +74,37 @@ Result<std::unique_ptr<Authority>> Authority::fromFiles(const std::string& ancho
                                                         const std::string& cert_path,
                                                         const std::string& key_path,
                                                         const std::string& td) {
+  CaMaterial m;
+  for (auto [path, out] :
+       {std::pair{&anchor_path, &m.trust_anchor_pem}, std::pair{&cert_path, &m.ca_cert_pem},
+        std::pair{&key_path, &m.ca_key_pem}}) {
+    auto text = readFile(*path);
+    if (!text) return tl::unexpected(text.error());
+    *out = std::move(*text);
+  }
+  return fromPem(m, td,
+                 fmt::format("--trust-anchor {}, --ca-cert {}, --ca-key {}", anchor_path, cert_path,
+                             key_path));
+}
+
+Result<std::unique_ptr<Authority>> Authority::fromPem(const CaMaterial& m, const std::string& td,
+                                                      const std::string& origin) {
   std::unique_ptr<Authority> a(new Authority());
   a->trust_domain_ = td;
-  auto anchor = readFile(anchor_path);
-  if (!anchor) return tl::unexpected(anchor.error());
-  if (auto parsed = x509::parseChain(*anchor); !parsed)
-    return fail("--trust-anchor " + anchor_path + ": " + parsed.error().describe());
-  a->anchor_pem_ = *anchor;
-  auto cert = readFile(cert_path);
-  if (!cert) return tl::unexpected(cert.error());
-  auto issuer = x509::parseCert(*cert);
-  if (!issuer) return fail("--ca-cert " + cert_path + ": " + issuer.error().describe());
-  auto key_pem = readFile(key_path);
-  if (!key_pem) return tl::unexpected(key_pem.error());
-  auto key = x509::parsePrivateKey(*key_pem);
-  if (!key) return fail("--ca-key " + key_path + ": " + key.error().describe());
+  if (auto parsed = x509::parseChain(m.trust_anchor_pem); !parsed)
+    return fail(fmt::format("the trust anchor ({}): {}", origin, parsed.error().describe()));
+  a->anchor_pem_ = m.trust_anchor_pem;
+  auto issuer = x509::parseCert(m.ca_cert_pem);
+  if (!issuer)
+    return fail(
+        fmt::format("the issuing CA certificate ({}): {}", origin, issuer.error().describe()));
+  auto key = x509::parsePrivateKey(m.ca_key_pem);
+  if (!key) return fail(fmt::format("the issuing CA key ({}): {}", origin, key.error().describe()));
   if (X509_check_private_key(issuer->get(), key->get()) != 1)
-    return fail("--ca-key does not match --ca-cert (" + x509::opensslError() + ")");
+    return fail(fmt::format("the issuing CA key does not match its certificate ({}): {}", origin,
+                            x509::opensslError()));
   if (X509_check_ca(issuer->get()) == 0)
-    return fail("--ca-cert " + cert_path + " is not a CA certificate");
+    return fail(fmt::format("the issuing CA certificate is not a CA certificate ({})", origin));
   a->issuer_ = std::move(*issuer);
   a->issuer_key_ = std::move(*key);
   // The issuer must chain to the anchor.
@@ -102,9 +115,26 @@ Result<std::unique_ptr<Authority>> Authority::fromFiles(const std::string& ancho
                                                                       X509_STORE_CTX_free);
   X509_STORE_CTX_init(ctx.get(), store.get(), a->issuer_.get(), nullptr);
   if (X509_verify_cert(ctx.get()) != 1)
-    return fail(std::string("--ca-cert does not chain to --trust-anchor: ") +
-                X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx.get())));
+    return fail(fmt::format("the issuing CA does not chain to the trust anchor ({}): {}", origin,
+                            X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx.get()))));
   return a;
+}
+
+Result<CaMaterial> Authority::generateSelfSigned() {
+  auto root_key = x509::generateP256();
+  if (!root_key) return tl::unexpected(root_key.error());
+  auto root = selfSigned(root_key->get(), "sluice self-signed trust anchor", 3650);
+  if (!root) return tl::unexpected(root.error());
+  // The issuing CA is signed by the root; the root's key is not kept.
+  std::unique_ptr<Authority> rootca(new Authority());
+  rootca->issuer_ = std::move(*root);
+  rootca->issuer_key_ = std::move(*root_key);
+  auto issuing_key = x509::generateP256();
+  if (!issuing_key) return tl::unexpected(issuing_key.error());
+  auto issuing = rootca->issue(issuing_key->get(), {}, std::chrono::hours(24 * 365 * 5), true);
+  if (!issuing) return tl::unexpected(issuing.error());
+  return CaMaterial{x509::certPem(rootca->issuer_.get()), x509::certPem(issuing->get()),
+                    x509::privateKeyPem(issuing_key->get())};
 }
 
 Result<std::unique_ptr<Authority>> Authority::development(const std::string& dir,
@@ -117,24 +147,11 @@ Result<std::unique_ptr<Authority>> Authority::development(const std::string& dir
     fs::create_directories(dir, ec);
     if (ec) return fail("cannot create the development CA directory " + dir + ": " + ec.message());
     ::chmod(dir.c_str(), 0700);
-    auto root_key = x509::generateP256();
-    if (!root_key) return tl::unexpected(root_key.error());
-    auto root = selfSigned(root_key->get(), "sluice development trust anchor", 3650);
-    if (!root) return tl::unexpected(root.error());
-    // The issuing CA is signed by the root; the root's key is not kept.
-    std::unique_ptr<Authority> rootca(new Authority());
-    rootca->issuer_ = std::move(*root);
-    rootca->issuer_key_ = std::move(*root_key);
-    auto issuing_key = x509::generateP256();
-    if (!issuing_key) return tl::unexpected(issuing_key.error());
-    auto issuing = rootca->issue(issuing_key->get(), {}, std::chrono::hours(24 * 365 * 5), true);
-    if (!issuing) return tl::unexpected(issuing.error());
-    if (auto r = writeFile(anchor, x509::certPem(rootca->issuer_.get()), 0644); !r)
-      return tl::unexpected(r.error());
-    if (auto r = writeFile(key, x509::privateKeyPem(issuing_key->get()), 0600); !r)
-      return tl::unexpected(r.error());
-    if (auto r = writeFile(cert, x509::certPem(issuing->get()), 0644); !r)
-      return tl::unexpected(r.error());
+    auto m = generateSelfSigned();
+    if (!m) return tl::unexpected(m.error());
+    if (auto r = writeFile(anchor, m->trust_anchor_pem, 0644); !r) return tl::unexpected(r.error());
+    if (auto r = writeFile(key, m->ca_key_pem, 0600); !r) return tl::unexpected(r.error());
+    if (auto r = writeFile(cert, m->ca_cert_pem, 0644); !r) return tl::unexpected(r.error());
     *created = true;
   }
   return fromFiles(anchor, cert, key, td);

@@ -23,8 +23,24 @@ struct Signed {
   std::chrono::system_clock::time_point not_after;
 };
 
+// A mesh CA as PEM text: the trust anchor(s), the issuing CA and its key.
+struct CaMaterial {
+  std::string trust_anchor_pem;
+  std::string ca_cert_pem;
+  std::string ca_key_pem;
+};
+
 class Authority {
  public:
+  // A fresh self-signed trust anchor (10 years; its key is not kept) and an
+  // issuing CA it signed (5 years). Callers must warn that a production mesh
+  // should bring its own.
+  static Result<CaMaterial> generateSelfSigned();
+  // Checks the material (key matches, issuer is a CA and chains to the
+  // anchor); `origin` names where it came from in errors.
+  static Result<std::unique_ptr<Authority>> fromPem(const CaMaterial& material,
+                                                    const std::string& trust_domain,
+                                                    const std::string& origin);
   // trust_anchor_pem may equal the issuer (a root acting as its own issuer).
   static Result<std::unique_ptr<Authority>> fromFiles(const std::string& trust_anchor_path,
                                                       const std::string& ca_cert_path,

@@ -186,6 +186,11 @@ Result<Response> Client::post(const std::string& path, const std::string& body,
   return perform("POST", path, &body, timeout_ms, nullptr, nullptr);
 }
 
+Result<Response> Client::put(const std::string& path, const std::string& body,
+                             long timeout_ms) const {
+  return perform("PUT", path, &body, timeout_ms, nullptr, nullptr);
+}
+
 Result<Response> Client::stream(const std::string& path,
                                 const std::function<bool(std::string_view)>& on_line,
                                 const std::atomic<bool>& stop) const {

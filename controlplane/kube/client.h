@@ -38,10 +38,12 @@ class Client {
  public:
   explicit Client(Config config) : config_(std::move(config)) {}
 
-  // GET/POST path (with query); fails only when no HTTP response arrived.
+  // GET/POST/PUT path (with query); fails only when no HTTP response arrived.
   Result<Response> get(const std::string& path, long timeout_ms = 30000) const;
   Result<Response> post(const std::string& path, const std::string& json_body,
                         long timeout_ms = 30000) const;
+  Result<Response> put(const std::string& path, const std::string& json_body,
+                       long timeout_ms = 30000) const;
 
   // Streams a watch: calls on_line for every complete line of the body
   // while the status is 200 (a non-200 body is returned whole). Ends when

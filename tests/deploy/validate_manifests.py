@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Validates what `kubectl apply -k deploy/` would send to the API server.
 
-Renders a temporary copy of deploy/ with a throwaway CA (tools/gen-ca.sh),
-then checks every rendered object in strict mode against the Kubernetes
+Renders deploy/ exactly as checked in (no generated files: the control plane
+creates the mesh CA Secret and the trust-anchor ConfigMap itself), then checks every rendered object in strict mode against the Kubernetes
 OpenAPI v2 definitions that Debian ships in golang-k8s-kube-openapi-dev
 (Kubernetes v1.14, or v1.13 if v1.14 lacks a kind we render):
 
@@ -110,12 +110,10 @@ def _make_strict(node):
 
 
 def render(repo, kubectl, workdir):
-    """kubectl kustomize on a copy of deploy/ with a fresh CA; returns the objects."""
+    """kubectl kustomize on a copy of deploy/ without any CA files; returns the objects."""
     deploy = os.path.join(workdir, "deploy")
     shutil.copytree(os.path.join(repo, "deploy"), deploy,
                     ignore=lambda d, names: [n for n in names if n.endswith(".pem")])
-    subprocess.run(["bash", os.path.join(repo, "tools", "gen-ca.sh"), os.path.join(deploy, "ca")],
-                   check=True, stdout=subprocess.DEVNULL)
     out = subprocess.run([kubectl, "kustomize", deploy], check=True, capture_output=True, text=True)
     return [o for o in yaml.safe_load_all(out.stdout) if o is not None]
 
@@ -148,28 +146,46 @@ def invariants(objects):
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     agent = find(objects, "DaemonSet", "sluice-agent")
     cp = find(objects, "Deployment", "sluice-controlplane")
-    ca_secret = find(objects, "Secret", "sluice-ca")["metadata"]["name"]
+    cp_args = pod_spec(cp)["containers"][0].get("args", [])
 
-    # Every Secret/ConfigMap a pod mounts exists under its generated (hashed) name.
+    def arg(flag):
+        return cp_args[cp_args.index(flag) + 1] if flag in cp_args else None
+
+    # The control plane keeps the CA in a Secret and publishes the trust
+    # anchor in a ConfigMap, both through the API: nothing is generated first.
+    ca_secret = (arg("--ca-secret") or "/").split("/")[1]
+    anchor_cm = (arg("--trust-anchor-configmap") or "/").split("/")[1]
+    expect(ca_secret == "sluice-ca", f"the control plane must keep the CA in Secret sluice-ca, got {arg('--ca-secret')}")
+    expect(anchor_cm == "sluice-ca-root",
+           f"the control plane must publish the trust anchor in sluice-ca-root, got {arg('--trust-anchor-configmap')}")
+
+    # Every Secret/ConfigMap a pod mounts exists, or is the one the control plane writes.
     for workload in (agent, cp):
         for vol in pod_spec(workload).get("volumes", []):
             if "secret" in vol:
                 expect(("Secret", vol["secret"]["secretName"]) in names,
                        f"{describe(workload)} mounts missing Secret {vol['secret']['secretName']}")
             if "configMap" in vol:
-                expect(("ConfigMap", vol["configMap"]["name"]) in names,
+                expect(("ConfigMap", vol["configMap"]["name"]) in names or vol["configMap"]["name"] == anchor_cm,
                        f"{describe(workload)} mounts missing ConfigMap {vol['configMap']['name']}")
 
-    # The CA key never reaches a node: only the control plane mounts the CA Secret,
-    # and the agent mounts no Secret at all.
+    # The CA key never reaches a node: no pod mounts the CA Secret (the control
+    # plane reads it through the API), the agent mounts no Secret at all, and
+    # only the control plane may read it, by name.
     for o in objects:
         spec = pod_spec(o)
         for vol in spec.get("volumes", []):
             secret = vol.get("secret", {}).get("secretName")
-            if secret == ca_secret:
-                expect(o is cp, f"{describe(o)} mounts the CA Secret {ca_secret}")
+            expect(secret != ca_secret, f"{describe(o)} mounts the CA Secret {ca_secret}")
     expect(not any("secret" in v for v in pod_spec(agent).get("volumes", [])),
            "the agent DaemonSet mounts a Secret")
+    for o in objects:
+        if o["kind"] in ("Role", "ClusterRole"):
+            for rule in o.get("rules", []):
+                if "secrets" in rule.get("resources", []) and set(rule.get("verbs", [])) & {"get", "list", "watch"}:
+                    expect(o["kind"] == "Role" and rule.get("resourceNames") == [ca_secret]
+                           and "list" not in rule["verbs"] and "watch" not in rule["verbs"],
+                           f"{describe(o)} may read Secrets beyond {ca_secret}")
 
     # The agent has no API access: no token mounted, no binding names it.
     expect(pod_spec(agent).get("automountServiceAccountToken") is False,
@@ -245,9 +261,12 @@ def self_checks(schema, objects):
 
     # The invariants must be able to fail too.
     def leak_ca_key(objs):
-        secret = find(objs, "Secret", "sluice-ca")["metadata"]["name"]
         pod_spec(find(objs, "DaemonSet", "sluice-agent"))["volumes"].append(
-            {"name": "leak", "secret": {"secretName": secret}})
+            {"name": "leak", "secret": {"secretName": "sluice-ca"}})
+
+    def read_all_secrets(objs):
+        find(objs, "ClusterRole", "sluice-controlplane")["rules"].append(
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]})
 
     def extra_capability(objs):
         agent_pod = pod_spec(find(objs, "DaemonSet", "sluice-agent"))
@@ -260,7 +279,8 @@ def self_checks(schema, objects):
     for what, fn, needle in [
             ("the agent mounting the CA Secret", leak_ca_key, "CA Secret"),
             ("an extra agent capability", extra_capability, "SYS_PTRACE"),
-            ("a binding granting the agent API access", agent_binding, "grants the agent")]:
+            ("a binding granting the agent API access", agent_binding, "grants the agent"),
+            ("a role reading every Secret", read_all_secrets, "may read Secrets")]:
         objs = copy.deepcopy(objects)
         fn(objs)
         found = [f for f in invariants(objs) if needle in f]
