@@ -474,17 +474,24 @@ FlagTable installerFlags(Subcommand cmd, InstallerOptions& o) {
                           o.plugin_entry = std::move(entry);
                           return "";
                         }))
-        .value("--recheck-interval-ms", "N",
-               "re-check the primary config every N ms besides inotify\n"
-               "(10 to 3600000, default 5000)",
-               nonEmpty("--recheck-interval-ms", [&o](const std::string& v) -> std::string {
-                 char* end = nullptr;
-                 long ms = std::strtol(v.c_str(), &end, 10);
-                 if (*end != '\0' || ms < 10 || ms > 3600000)
-                   return "--recheck-interval-ms must be an integer between 10 and 3600000";
-                 o.recheck_interval = std::chrono::milliseconds(ms);
-                 return "";
-               }));
+        .value(
+            "--recheck-interval-ms", "N",
+            "re-check the primary config every N ms besides inotify\n"
+            "(10 to 3600000, default 5000)",
+            nonEmpty("--recheck-interval-ms",
+                     [&o](const std::string& v) -> std::string {
+                       char* end = nullptr;
+                       long ms = std::strtol(v.c_str(), &end, 10);
+                       if (*end != '\0' || ms < 10 || ms > 3600000)
+                         return "--recheck-interval-ms must be an integer between 10 and 3600000";
+                       o.recheck_interval = std::chrono::milliseconds(ms);
+                       return "";
+                     }))
+        .toggle("--uninstall-on-exit",
+                "on SIGTERM/SIGINT remove the chain entry and the binary (default:\n"
+                "leave them, so that restarts and rolling updates never let a pod\n"
+                "start without the mesh; `sluice-cni uninstall` removes them)",
+                [&o] { o.uninstall_on_exit = true; });
   }
   t.value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
           nonEmpty("--log-level", FlagTable::into(&o.log_level)));
@@ -680,9 +687,18 @@ int runInstall(const InstallerOptions& options) {
     }
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo si{};
-      if (::read(sigfd.get(), &si, sizeof(si)) == sizeof(si))
-        log->info("{}: removing sluice-cni from the node",
-                  strsignal(static_cast<int>(si.ssi_signo)));
+      const char* sig = ::read(sigfd.get(), &si, sizeof(si)) == sizeof(si)
+                            ? strsignal(static_cast<int>(si.ssi_signo))
+                            : "signal";
+      if (!options.uninstall_on_exit) {
+        log->info(
+            "{}: leaving sluice-cni chained and installed: a pod created while the agent is "
+            "away is refused (unless failOpen) and retried by its runtime, never started "
+            "without the mesh; `sluice-cni uninstall` removes it when Sluice is removed",
+            sig);
+        return 0;
+      }
+      log->info("{}: removing sluice-cni from the node (--uninstall-on-exit)", sig);
       break;
     }
     if (watch.wd >= 0 && (fds[1].revents & POLLIN)) {

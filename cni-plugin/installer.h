@@ -2,8 +2,9 @@
 // binary into the node's CNI bin dir and chains a {"type":"sluice-cni"} entry
 // into the primary CNI network configuration (the file the container runtime
 // uses), keeps it chained while it runs (the primary CNI may rewrite its file at
-// any time), and takes both out again on SIGTERM/SIGINT; `sluice-cni uninstall`
-// takes them out once.
+// any time), and leaves both in place when it stops (an upgrade must not
+// open a window without the mesh) unless --uninstall-on-exit; `sluice-cni
+// uninstall` takes them out once.
 #pragma once
 
 #include <chrono>
@@ -36,6 +37,11 @@ struct InstallerOptions {
   // Fallback re-check period; inotify on conf_dir triggers a check sooner.
   std::chrono::milliseconds recheck_interval{5000};
   std::string log_level = "info";
+  // On SIGTERM/SIGINT: take the chain entry and the binary out again. Off by
+  // default: an agent restart or a rolling update of the DaemonSet must never
+  // leave a window in which new pods start without the mesh. Removing Sluice
+  // runs `sluice-cni uninstall` on each node (`sluicectl uninstall`).
+  bool uninstall_on_exit = false;
 };
 
 enum class Subcommand { kInstall, kUninstall };
@@ -120,7 +126,8 @@ class Installer {
 };
 
 // The two subcommands, run from main(); return the process exit code.
-// runInstall returns only after SIGTERM/SIGINT (0 when the removal succeeded).
+// runInstall returns only after SIGTERM/SIGINT (0 when it stopped cleanly and,
+// with uninstall_on_exit, the removal succeeded).
 int runInstall(const InstallerOptions& options);
 int runUninstall(const InstallerOptions& options);
 

@@ -510,12 +510,37 @@ TEST_SUITE("installer") {
     CHECK(interval->log_level == "debug");
   }
 
-  TEST_CASE("sluice-cni install chains and restores after a rewrite and cleans up on SIGTERM") {
+  TEST_CASE("sluice-cni install leaves the chain in place on SIGTERM: a restart opens no window") {
+    TempNode node;
+    auto file = node.conf / "10-flannel.conflist";
+    writeFile(file, kFlannel);
+    auto log = node.root / "install.log";
+    Child c = spawn(
+        {"install", "--cni-bin-dir", node.bin.string(), "--cni-conf-dir", node.conf.string()}, log);
+    CHECK(pollUntil([&] { return countOurs(readJson(file)) == 1; }));
+    ::kill(c.pid, SIGTERM);
+    CHECK(c.wait() == 0);
+    CHECK(countOurs(readJson(file)) == 1);
+    CHECK(fs::exists(node.bin / "sluice-cni"));
+    CHECK(readFile(log).find("leaving sluice-cni chained") != std::string::npos);
+    // The next installer (the new DaemonSet pod) finds it in place and writes nothing.
+    auto before = readFile(file);
+    Child next = spawn(
+        {"install", "--cni-bin-dir", node.bin.string(), "--cni-conf-dir", node.conf.string()}, log);
+    CHECK(pollUntil([&] { return readFile(log).find("already chains") != std::string::npos; }));
+    ::kill(next.pid, SIGTERM);
+    CHECK(next.wait() == 0);
+    CHECK(readFile(file) == before);
+  }
+
+  TEST_CASE(
+      "sluice-cni install chains and restores after a rewrite and, with --uninstall-on-exit, "
+      "cleans up on SIGTERM") {
     TempNode node;
     auto file = node.conf / "10-flannel.conflist";
     auto log = node.root / "install.log";
     Child c = spawn({"install", "--cni-bin-dir", node.bin.string(), "--cni-conf-dir",
-                     node.conf.string(), "--recheck-interval-ms", "60000"},
+                     node.conf.string(), "--recheck-interval-ms", "60000", "--uninstall-on-exit"},
                     log);
     // No primary config yet: it waits and says so.
     CHECK(pollUntil([&] { return readFile(log).find("waiting for") != std::string::npos; }));
