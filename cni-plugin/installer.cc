@@ -493,6 +493,11 @@ FlagTable installerFlags(Subcommand cmd, InstallerOptions& o) {
                 "start without the mesh; `sluice-cni uninstall` removes them)",
                 [&o] { o.uninstall_on_exit = true; });
   }
+  if (cmd == Subcommand::kUninstall)
+    t.toggle("--wait",
+             "after removing, wait for SIGTERM/SIGINT (for a DaemonSet that\n"
+             "un-chains every node: sluicectl uninstall)",
+             [&o] { o.wait_after_uninstall = true; });
   t.value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
           nonEmpty("--log-level", FlagTable::into(&o.log_level)));
   return t;
@@ -602,6 +607,7 @@ bool removeAll(Installer& installer, spdlog::logger& log) {
 }  // namespace
 
 int runUninstall(const InstallerOptions& options) {
+  if (options.wait_after_uninstall) blockTerminationSignals();
   log::setup(options.log_level);
   auto log = log::get("cni-installer");
   if (auto r = checkDir(options.conf_dir, "--cni-conf-dir", "/etc/cni/net.d"); !r) {
@@ -609,7 +615,13 @@ int runUninstall(const InstallerOptions& options) {
     return 1;
   }
   Installer installer(options);
-  return removeAll(installer, *log) ? 0 : 1;
+  const bool removed = removeAll(installer, *log);
+  if (options.wait_after_uninstall) {
+    log->info("{}; waiting for SIGTERM (--wait)",
+              removed ? "sluice-cni removed from this node" : "removal failed (see above)");
+    waitForTermination();
+  }
+  return removed ? 0 : 1;
 }
 
 int runInstall(const InstallerOptions& options) {

@@ -42,6 +42,9 @@ struct InstallerOptions {
   // leave a window in which new pods start without the mesh. Removing Sluice
   // runs `sluice-cni uninstall` on each node (`sluicectl uninstall`).
   bool uninstall_on_exit = false;
+  // `uninstall --wait`: after removing, wait for SIGTERM/SIGINT (a DaemonSet
+  // that un-chains every node reports each one done through readiness).
+  bool wait_after_uninstall = false;
 };
 
 enum class Subcommand { kInstall, kUninstall };

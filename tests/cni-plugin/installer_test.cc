@@ -559,6 +559,24 @@ TEST_SUITE("installer") {
     CHECK(listDir(node.conf) == std::vector<std::string>{"10-flannel.conflist"});
   }
 
+  TEST_CASE("sluice-cni uninstall --wait removes, then waits for SIGTERM") {
+    TempNode node;
+    auto file = node.conf / "10-flannel.conflist";
+    writeFile(file, kFlannel);
+    Installer inst(node.options());
+    REQUIRE(inst.ensureChained()->changed);
+    auto log = node.root / "uninstall.log";
+    Child c = spawn({"uninstall", "--cni-bin-dir", node.bin.string(), "--cni-conf-dir",
+                     node.conf.string(), "--wait"},
+                    log);
+    CHECK(
+        pollUntil([&] { return readFile(log).find("waiting for SIGTERM") != std::string::npos; }));
+    CHECK(countOurs(readJson(file)) == 0);
+    CHECK(::kill(c.pid, 0) == 0);  // still there
+    ::kill(c.pid, SIGTERM);
+    CHECK(c.wait() == 0);
+  }
+
   TEST_CASE("sluice-cni uninstall removes what an installer left and errors are clear") {
     TempNode node;
     writeFile(node.conf / "10-bridge.conf", kBridgeConf);

@@ -324,12 +324,79 @@ def pick_schema(objects, override):
     return last  # validation then reports the kinds it lacks
 
 
+def canonical(objs):
+    return sorted(json.dumps(o, sort_keys=True) for o in objs)
+
+
+def sluicectl_manifests(sluicectl, repo, objects, schema):
+    """`sluicectl install` prints what `kubectl apply -k deploy/` applies; with --ca-dir
+    the CA Secret besides; `sluicectl uninstall` a valid DaemonSet running a real
+    `sluice-cni uninstall` command line. Returns failures."""
+    failures = []
+
+    def objs_of(*args):
+        out = subprocess.run([sluicectl, *args], check=True, capture_output=True, text=True).stdout
+        return [o for o in yaml.safe_load_all(out) if o is not None]
+
+    plain = objs_of("install")
+    if canonical(plain) != canonical(objects):
+        failures.append("`sluicectl install` differs from `kubectl kustomize deploy/`: "
+                        f"{sorted(describe(o) for o in plain)} vs {sorted(describe(o) for o in objects)}")
+    else:
+        print(f"ok   sluicectl install: the same {len(plain)} objects as kubectl kustomize deploy/")
+    workdir = tempfile.mkdtemp(prefix="sluice-ca-")
+    try:
+        subprocess.run(["bash", os.path.join(repo, "tools", "gen-ca.sh"), workdir], check=True,
+                       stdout=subprocess.DEVNULL)
+        with_ca = objs_of("install", "--ca-dir", workdir)
+        secrets = [o for o in with_ca if o["kind"] == "Secret"]
+        if len(secrets) != 1 or secrets[0]["metadata"] != {
+                "name": "sluice-ca", "namespace": "sluice-system",
+                "labels": {"app.kubernetes.io/part-of": "sluice"}}:
+            failures.append(f"`sluicectl install --ca-dir` must add the Secret sluice-system/sluice-ca: {secrets}")
+        else:
+            import base64
+            for key in ("root-cert.pem", "ca-cert.pem", "ca-key.pem"):
+                with open(os.path.join(workdir, key)) as f:
+                    if base64.b64decode(secrets[0]["data"][key]).decode() != f.read():
+                        failures.append(f"`sluicectl install --ca-dir`: {key} is not the file's content")
+            errs = schema.errors(secrets[0])
+            failures += [f"the --ca-dir Secret: {e}" for e in errs]
+            if [o["kind"] for o in with_ca][:2] != ["Namespace", "Secret"]:
+                failures.append("`sluicectl install --ca-dir`: the Secret must follow the Namespace")
+            if canonical([o for o in with_ca if o["kind"] != "Secret"]) != canonical(objects):
+                failures.append("`sluicectl install --ca-dir` changed more than the Secret")
+            if not failures:
+                print("ok   sluicectl install --ca-dir: the Secret sluice-ca with the CA's three files")
+        bad = subprocess.run([sluicectl, "install", "--ca-dir", os.path.join(workdir, "absent")],
+                             capture_output=True, text=True)
+        if bad.returncode == 0 or "gen-ca.sh" not in bad.stderr:
+            failures.append(f"`sluicectl install --ca-dir <missing>` must fail with a hint: {bad.stderr}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    uninstall = objs_of("uninstall")
+    for o in uninstall:
+        errs = schema.errors(o)
+        failures += [f"sluicectl uninstall {describe(o)}: {e}" for e in errs]
+    ds = [o for o in uninstall if o["kind"] == "DaemonSet"]
+    if len(ds) != 1:
+        failures.append("`sluicectl uninstall` must print one DaemonSet")
+    else:
+        cmd = pod_spec(ds[0])["containers"][0]["command"]
+        if cmd[1:2] != ["uninstall"] or "--wait" not in cmd:
+            failures.append(f"`sluicectl uninstall` must run `sluice-cni uninstall ... --wait`: {cmd}")
+        else:
+            print("ok   sluicectl uninstall: a DaemonSet running sluice-cni uninstall --wait")
+    return failures
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", default=os.path.normpath(os.path.join(here, "..", "..")))
     ap.add_argument("--kubectl", default=os.environ.get("KUBECTL") or shutil.which("kubectl"))
     ap.add_argument("--schema", help="a Kubernetes OpenAPI v2 (swagger) JSON file")
+    ap.add_argument("--sluicectl", help="also check `sluicectl install` / `uninstall` of this binary")
     args = ap.parse_args()
     if not args.kubectl:
         sys.exit("validate_manifests: kubectl not found; run `bash tools/deps.sh` (kubernetes-client)")
@@ -369,6 +436,8 @@ def main():
         print("ok   invariants: CA key only in the control plane, agent without API access, "
               "agent capabilities, CNI installer")
     failures += inv
+    if args.sluicectl:
+        failures += sluicectl_manifests(args.sluicectl, args.repo, objects, schema)
     try:
         failures += self_checks(schema, objects)
     except (AssertionError, KeyError, IndexError) as e:

@@ -17,6 +17,7 @@
 #include "sluice/common/flags.h"
 #include "tools/sluicectl/admin_client.h"
 #include "tools/sluicectl/check.h"
+#include "tools/sluicectl/install.h"
 #include "tools/sluicectl/table.h"
 
 using nlohmann::json;
@@ -237,6 +238,18 @@ int cmdCheck(const Options& opts) {
   return check::exitStatus(results);
 }
 
+int cmdInstall(const Options& opts) {
+  auto m = installManifests(opts.ca_dir);
+  if (!m) die(m.error().describe(), 2);
+  std::fputs(m->c_str(), stdout);
+  return 0;
+}
+
+int cmdUninstall(const Options&) {
+  std::fputs(uninstallManifests().c_str(), stdout);
+  return 0;
+}
+
 }  // namespace
 
 const std::vector<Command>& commands() {
@@ -252,6 +265,11 @@ const std::vector<Command>& commands() {
       {"check",
        "is Sluice on this node healthy (or, with --pre, can this node run it)? Exit 1 on failure",
        cmdCheck},
+      {"install", "print the manifests that install Sluice, to pipe into kubectl apply (--ca-dir)",
+       cmdInstall},
+      {"uninstall",
+       "print what un-chains sluice-cni from every node, and the steps to remove Sluice",
+       cmdUninstall},
   };
   return table;
 }

@@ -46,6 +46,10 @@ int main(int argc, char** argv) {
              FlagTable::into(&options.cni_conf_dir))
       .value("--cni-bin-dir", "DIR", "`check`: the CNI plugin dir (default /opt/cni/bin)",
              FlagTable::into(&options.cni_bin_dir))
+      .value("--ca-dir", "DIR",
+             "`install`: embed this mesh CA (root-cert.pem, ca-cert.pem, ca-key.pem,\n"
+             "as tools/gen-ca.sh writes them) as the Secret sluice-ca",
+             FlagTable::into(&options.ca_dir))
       .positional([&](const std::string& arg) -> std::string {
         if (!command.empty()) return "unexpected argument '" + arg + "'";
         command = arg;
