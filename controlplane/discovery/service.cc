@@ -7,6 +7,27 @@ namespace sluice::controlplane::discovery {
 
 using sluice::api::v1::WatchResponse;
 
+namespace {
+
+// One line per change of a node's set (what an operator checks first when a
+// policy seems not to apply: did the node get it?).
+void logPolicies(const std::string& node, uint64_t version, const sluice::api::v1::PolicySet& s) {
+  constexpr int kNamesShown = 20;
+  std::string names;
+  int shown = 0;
+  auto add = [&](const char* kind, const auto& p) {
+    if (shown++ < kNamesShown) names += fmt::format(" {} {}/{}", kind, p.namespace_(), p.name());
+  };
+  for (const auto& p : s.authorization()) add("AuthorizationPolicy", p);
+  for (const auto& p : s.peer()) add("PeerAuthentication", p);
+  if (shown > kNamesShown) names += fmt::format(" (and {} more)", shown - kNamesShown);
+  log::get("discovery")
+      ->info("node {} policies at version {}: {} in force{}{}", node, version, shown,
+             shown ? ":" : "", names);
+}
+
+}  // namespace
+
 grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::WatchRequest* req,
                             grpc::ServerWriter<WatchResponse>* writer) {
   auto logger = log::get("discovery");
@@ -43,6 +64,7 @@ grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::Wat
     if (d.policies) {
       std::string now = model::canonical(*d.policies);
       if (first || d.full || now != sent_policies) {
+        if (now != sent_policies) logPolicies(node, d.version, *d.policies);
         *r.mutable_policies() = *d.policies;
         sent_policies = std::move(now);
       }
