@@ -44,7 +44,12 @@ void writeStatus(const Client& client, const std::string& collection_path,
     logger->warn("could not write the status of {}: HTTP {}: {}", what, resp->status,
                  resp->body.substr(0, 200));
   } else {
-    logger->info("status of {}/{}: {}", write.ns, write.name, write.summary);
+    // Once per change of the outcome: this is where a policy's warnings or
+    // its rejection reach the log in Kubernetes mode.
+    auto level = write.summary.starts_with("Accepted=True (Accepted)") ? spdlog::level::info
+                                                                       : spdlog::level::warn;
+    logger->log(level, "{} {}/{}: {}", collection_path.substr(collection_path.rfind('/') + 1),
+                write.ns, write.name, write.summary);
   }
 }
 
