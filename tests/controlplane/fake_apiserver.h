@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "controlplane/kube/client.h"
+#include "controlplane/kube/source.h"
+#include "controlplane/model/store.h"
 
 namespace sluice::testing {
 
@@ -101,6 +103,14 @@ class FakeApiServer {
   const std::string& ca() const { return ca_; }
   const std::string& dir() const { return dir_; }
 
+  // A client configuration the fake accepts (its CA, the good token).
+  kube::Config clientConfig() const {
+    kube::Config c;
+    c.server = server();
+    c.ca_pem = ca_;
+    c.token = "good-token";
+    return c;
+  }
   kube::Client control() const {
     kube::Config c;
     c.server = server();
@@ -141,5 +151,19 @@ bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
   }
   return pred();
 }
+
+// A Store fed by a Source watching the fake server.
+struct WatchingSource {
+  model::Store store;
+  kube::Client client;
+  std::unique_ptr<kube::Source> source;
+  WatchingSource(const FakeApiServer& api, kube::SourceOptions options,
+                 model::EndpointsMode mode = model::EndpointsMode::kSlicesOnly)
+      : store(mode), client(api.clientConfig()) {
+    auto s = kube::Source::create(client, store, options);
+    REQUIRE(s.has_value());
+    source = std::move(*s);
+  }
+};
 
 }  // namespace sluice::testing

@@ -38,26 +38,15 @@ json peer(const std::string& name, const std::string& mode, const std::string& a
 const char* kSluice = "security.sluice.dev/v1";
 const char* kIstio = "security.istio.io/v1";
 
-struct Watching {
-  model::Store store;
-  kube::Client client;
-  std::unique_ptr<kube::Source> source;
-  Watching(const FakeApiServer& api, bool istio) : client(config(api)) {
+struct Watching : WatchingSource {
+  Watching(const FakeApiServer& api, bool istio) : WatchingSource(api, options(istio)) {}
+  static kube::SourceOptions options(bool istio) {
     kube::SourceOptions o;
     o.initial_backoff = 50ms;
     o.max_backoff = 200ms;
     o.flush_delay = 20ms;
     o.watch_istio_policies = istio;
-    auto s = kube::Source::create(client, store, o);
-    REQUIRE(s.has_value());
-    source = std::move(*s);
-  }
-  static kube::Config config(const FakeApiServer& api) {
-    kube::Config c;
-    c.server = api.server();
-    c.ca_pem = api.ca();
-    c.token = "good-token";
-    return c;
+    return o;
   }
 };
 

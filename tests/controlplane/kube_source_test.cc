@@ -113,23 +113,8 @@ kube::SourceOptions fastOptions() {
   return o;
 }
 
-// A Store fed by a Source watching the fake server with a plain token.
-struct Watching {
-  model::Store store{model::EndpointsMode::kSlicesOnly};
-  kube::Client client;
-  std::unique_ptr<kube::Source> source;
-  explicit Watching(const FakeApiServer& api) : client(config(api)) {
-    auto s = kube::Source::create(client, store, fastOptions());
-    REQUIRE(s.has_value());
-    source = std::move(*s);
-  }
-  static kube::Config config(const FakeApiServer& api) {
-    kube::Config c;
-    c.server = api.server();
-    c.ca_pem = api.ca();
-    c.token = "good-token";
-    return c;
-  }
+struct Watching : WatchingSource {
+  explicit Watching(const FakeApiServer& api) : WatchingSource(api, fastOptions()) {}
 };
 
 // A shop namespace and five pods: three pages at fastOptions().page_size.
