@@ -49,6 +49,7 @@ Result<void> addPolicy(const nlohmann::json& doc, Objects& into) {
   } catch (const YAML::Exception& e) {  // cannot happen for valid JSON; never throw anyway
     return fail(fmt::format("policy object: {}", e.what()));
   }
+  if (!isPolicy(node)) return {};  // same kind name, another group: not ours, ignored
   return addPolicy(node, into);
 }
 

@@ -24,8 +24,10 @@ std::string policyKey(const YAML::Node& doc);
 // Parses one policy and appends it to `into`. The error names the object and
 // the field (parse.h's message).
 Result<void> addPolicy(const YAML::Node& doc, Objects& into);
-// The same for the JSON form (the Kubernetes API): JSON is YAML, and its
-// quoted strings stay strings, so the parser's type checks hold.
+// The same for the JSON form (the Kubernetes API, and local mode's documents
+// that isPolicy did not take): JSON is YAML, and its quoted strings stay
+// strings, so the parser's type checks hold. A kind of the same name in
+// another API group is ignored, as other kinds are.
 Result<void> addPolicy(const nlohmann::json& doc, Objects& into);
 
 }  // namespace sluice::controlplane::model

@@ -201,6 +201,15 @@ TEST_SUITE("policy.local") {
     CHECK(store.policies().authorization_size() == 0);
   }
 
+  TEST_CASE("a kind of the same name in another API group is ignored") {
+    auto o = parse(
+        "apiVersion: example.com/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: "
+        "shop}\nspec: {whatever: 1}\n---\n" +
+        peer("shop", "mtls", "STRICT"));
+    CHECK(o.authorization_policies.empty());
+    CHECK(o.peer_authentications.size() == 1);
+  }
+
   TEST_CASE("the same policy in two files - the second file is refused whole") {
     model::Store store;
     REQUIRE(store.setSource("a.yaml", parse(peer("shop", "mtls", "STRICT"))).has_value());
