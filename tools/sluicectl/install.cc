@@ -60,9 +60,9 @@ Result<std::string> installManifests(const std::string& ca_dir) {
       "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sluice-ca\n  namespace: sluice-system\n"
       "  labels:\n    app.kubernetes.io/part-of: sluice\ntype: Opaque\ndata:\n{}",
       ca_dir, data);
-  // Right after the Namespace, which comes first.
-  const std::string marker = "---\n# deploy/rbac.yaml";
-  auto at = manifests.find(marker);
+  // Right after the Namespace, deploy/'s first resource.
+  const std::string marker = "---\n# deploy/";
+  auto at = manifests.find(marker, manifests.find(marker) + 1);
   if (at == std::string::npos) at = manifests.size();
   manifests.insert(at, secret);
   out += "# With the mesh CA from " + ca_dir + ".\n";
