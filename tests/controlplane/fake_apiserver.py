@@ -27,6 +27,14 @@ counts spec changes, PATCH .../namespaces/NS/PLURAL/NAME/status with a JSON
 merge patch (application/merge-patch+json; other types get 415) replaces the
 status only and is recorded for /_control/patches.
 
+Single objects (Secrets, ConfigMaps): GET/PUT .../namespaces/NS/PLURAL/NAME and
+POST .../namespaces/NS/PLURAL as the API server answers them (404 NotFound,
+201 on create, 409 AlreadyExists, 409 Conflict on a stale resourceVersion);
+/_control/put-object {"plural", "object"} stores one, /_control/forbid
+{"method", "plural"} answers 403 to that verb, /_control/race-create
+{"plural", "object"} stores the object just before the next create of its
+name and answers that create 409 (another writer was faster).
+
 Prints "PORT <n>" on stdout once listening.
 """
 import argparse
@@ -59,6 +67,8 @@ RESOURCES = {
 CUSTOM = {"authorizationpolicies", "peerauthentications", "istio-authorizationpolicies",
           "istio-peerauthentications"}
 BY_NAME = {v[0]: (k, v[1], v[2]) for k, v in RESOURCES.items()}
+# Namespaced objects read and written one by one (not listed or watched).
+NAMED_KINDS = {"secrets": "Secret", "configmaps": "ConfigMap"}
 
 
 class State:
@@ -76,6 +86,9 @@ class State:
         self.requests = []
         self.reviews = {}  # token -> {"username", "pod_uid", "node"}
         self.patches = []  # (path, body) of every status PATCH
+        self.named = {}  # (plural, namespace, name) -> object (Secrets, ConfigMaps)
+        self.forbidden = set()  # (method, plural)
+        self.races = {}  # (plural, namespace, name) -> object stored before the next create
         self.unserved = set()  # resources answering 404
 
     def key(self, obj):
@@ -176,6 +189,75 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
+    def single(self, method, path):
+        """Secrets and ConfigMaps by name; True when the request was answered."""
+        parts = path.strip("/").split("/")
+        # api/v1/namespaces/NS/PLURAL[/NAME]
+        if len(parts) not in (5, 6) or parts[:3] != ["api", "v1", "namespaces"] or \
+                parts[4] not in NAMED_KINDS:
+            return False
+        st = self.state
+        ns, plural = parts[3], parts[4]
+        if (method, plural) in st.forbidden:
+            self.send_json(403, status(403, "Forbidden",
+                                       f'{plural} is forbidden: cannot {method.lower()} {plural} '
+                                       f'in the namespace "{ns}"'))
+            return True
+        with st.cv:
+            if method == "GET" and len(parts) == 6:
+                obj = st.named.get((plural, ns, parts[5]))
+                if obj is None:
+                    self.send_json(404, status(404, "NotFound", f'{plural} "{parts[5]}" not found'))
+                else:
+                    self.send_json(200, obj)
+                return True
+            if method == "POST" and len(parts) == 5:
+                obj = self.read_body()
+                key = (plural, ns, obj.get("metadata", {}).get("name", ""))
+                if key in st.races:
+                    st.named[key] = self.stored(plural, ns, st.races.pop(key))
+                if key in st.named:
+                    self.send_json(409, status(409, "AlreadyExists",
+                                               f'{plural} "{key[2]}" already exists'))
+                else:
+                    st.named[key] = self.stored(plural, ns, obj)
+                    self.send_json(201, st.named[key])
+                return True
+            if method == "PUT" and len(parts) == 6:
+                obj = self.read_body()
+                key = (plural, ns, parts[5])
+                cur = st.named.get(key)
+                if cur is None:
+                    self.send_json(404, status(404, "NotFound", f'{plural} "{parts[5]}" not found'))
+                elif obj.get("metadata", {}).get("resourceVersion") != \
+                        cur["metadata"]["resourceVersion"]:
+                    self.send_json(409, status(409, "Conflict", "the object has been modified"))
+                else:
+                    st.named[key] = self.stored(plural, ns, obj)
+                    self.send_json(200, st.named[key])
+                return True
+        return False
+
+    def stored(self, plural, ns, obj):
+        st = self.state
+        st.rv += 1
+        obj = json.loads(json.dumps(obj))
+        obj["kind"], obj["apiVersion"] = NAMED_KINDS[plural], "v1"
+        meta = obj.setdefault("metadata", {})
+        meta["namespace"] = ns
+        meta["resourceVersion"] = str(st.rv)
+        meta.setdefault("uid", f"uid-{st.rv}")
+        return obj
+
+    def do_PUT(self):
+        st = self.state
+        with st.cv:
+            st.requests.append("PUT " + self.path)
+        if not self.authorized():
+            return
+        if not self.single("PUT", urllib.parse.urlparse(self.path).path):
+            self.send_json(404, status(404, "NotFound", "not found"))
+
     def do_POST(self):
         st = self.state
         url = urllib.parse.urlparse(self.path)
@@ -184,6 +266,8 @@ class Handler(BaseHTTPRequestHandler):
         with st.cv:
             st.requests.append("POST " + self.path)
         if not self.authorized():
+            return
+        if self.single("POST", url.path):
             return
         if url.path == "/apis/authentication.k8s.io/v1/tokenreviews":
             review = self.read_body()
@@ -227,6 +311,15 @@ class Handler(BaseHTTPRequestHandler):
                 st.unserved.add(body["resource"])
             elif what == "serve":
                 st.unserved.discard(body["resource"])
+            elif what == "put-object":
+                m = body["object"]["metadata"]
+                st.named[(body["plural"], m["namespace"], m["name"])] = \
+                    self.stored(body["plural"], m["namespace"], body["object"])
+            elif what == "forbid":
+                st.forbidden.add((body["method"], body["plural"]))
+            elif what == "race-create":
+                m = body["object"]["metadata"]
+                st.races[(body["plural"], m["namespace"], m["name"])] = body["object"]
             elif what == "clear-requests":
                 st.requests = []
             else:
@@ -247,6 +340,8 @@ class Handler(BaseHTTPRequestHandler):
         with st.cv:
             st.requests.append("GET " + self.path)
         if not self.authorized():
+            return
+        if self.single("GET", url.path):
             return
         if url.path not in RESOURCES or RESOURCES[url.path][0] in st.unserved:
             return self.send_json(404, status(404, "NotFound", "the server could not find the "
