@@ -63,7 +63,8 @@ def serve_conn(conn):
                          % (status, reason, len(body), body))
 
 
-def server(port):
+def listen_forever(port, handler):
+    """Accepts on PORT, one thread per connection running handler(conn); prints "ready"."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port))
@@ -71,7 +72,7 @@ def server(port):
     print("ready", flush=True)
     while True:
         conn, _ = s.accept()
-        threading.Thread(target=serve_conn, args=(conn,), daemon=True).start()
+        threading.Thread(target=handler, args=(conn,), daemon=True).start()
 
 
 def client(host, port, connections, ok, fail):
@@ -127,14 +128,7 @@ def h2server(port):
                         h2c.send_data(ev.stream_id, body, end_stream=True)
                 conn.sendall(h2c.data_to_send())
 
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(64)
-    print("ready", flush=True)
-    while True:
-        conn, _ = s.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    listen_forever(port, serve)
 
 
 def h2client(host, port, ok, fail):
@@ -171,7 +165,7 @@ def h2client(host, port, ok, fail):
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "server":
-        server(int(args[0]))
+        listen_forever(int(args[0]), serve_conn)
     elif mode == "client":
         client(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))
     elif mode == "h2server":
