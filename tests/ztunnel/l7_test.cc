@@ -205,6 +205,15 @@ TEST_SUITE("l7/http1") {
     CHECK_FALSE(in.clientBytes("GET / HTTP/1.1\r\n\r\n"));
   }
 
+  TEST_CASE("a response before the request's headers end gives up (fuzz finding)") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in, "GET /a HTTP/1.1\r\nHost: h", true));
+    CHECK_FALSE(feed(in, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false));
+    CHECK_FALSE(in.clientBytes("Conn: x\r\n\r\n"));
+    CHECK(sink.seen.empty());
+  }
+
   TEST_CASE("garbage after a good request gives up without reporting nonsense") {
     Sink sink;
     l7::Inspector in(sink, 10s);

@@ -35,6 +35,7 @@ struct Exchange {
   Clock::time_point start{};
   int64_t start_unix_ms = 0;
   bool head = false;  // HEAD: the response has no body whatever its headers say
+  bool sent = false;  // HTTP/1: the request's headers are complete
 
   void begin() {
     start = Clock::now();

@@ -47,17 +47,21 @@ int Http1Observer::onRequestHeaders(http_parser* p) {
   Exchange& e = self(p).pending_.back();
   e.method = http_method_str(static_cast<http_method>(p->method));
   e.head = p->method == HTTP_HEAD;
+  e.sent = true;
   return 0;
 }
 
 int Http1Observer::onRequestBody(http_parser* p, const char*, size_t n) {
-  self(p).pending_.back().request_bytes += n;
+  // Empty when the server answered before the body ended (413): not counted.
+  if (!self(p).pending_.empty()) self(p).pending_.back().request_bytes += n;
   return 0;
 }
 
 int Http1Observer::onResponseHeaders(http_parser* p) {
   Http1Observer& o = self(p);
-  if (o.pending_.empty()) return -1;  // an answer to nothing: not HTTP after all
+  // An answer to nothing, or to a request whose headers are still coming:
+  // not HTTP after all (and the exchange being parsed must stay).
+  if (o.pending_.empty() || !o.pending_.front().sent) return -1;
   Exchange& e = o.pending_.front();
   e.status = p->status_code;
   if (p->status_code == 101) {
