@@ -159,10 +159,12 @@ class Lab:
         self.procs = []
         return self.lab("down", check=False)
 
-    def pod(self, ns, name, node="node1", sa="default", labels=()):
+    def pod(self, ns, name, node="node1", sa="default", labels=(), owner=None):
         args = ["pod", "add", ns, name, "--node", node, "--sa", sa]
         for l in labels:
             args += ["--label", l]
+        if owner:
+            args += ["--owner", owner]
         self.lab(*args)
         return self.ip(ns, name)
 
