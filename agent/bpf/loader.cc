@@ -225,7 +225,8 @@ std::vector<MapFill> Loader::mapFill() const {
   for (const bpf_map* map :
        {capture_->maps.sluice_enrolled_v1, capture_->maps.sluice_cookie_dst_v1,
         capture_->maps.sluice_orig_dst_v1, capture_->maps.sluice_excluded_ports_v1})
-    if (auto fill = bpf::mapFill(bpf_map__fd(map))) out.push_back(std::move(*fill));
+    if (auto fill = bpf::mapFill(bpf_map__fd(map), bpf_map__name(map)))
+      out.push_back(std::move(*fill));
   return out;
 }
 

@@ -7,13 +7,13 @@
 
 namespace sluice::agent::bpf {
 
-Result<MapFill> mapFill(int fd) {
+Result<MapFill> mapFill(int fd, std::string name) {
   bpf_map_info info{};
   uint32_t len = sizeof(info);
   if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0)
-    return failErrno("cannot query a BPF map for its fill level");
+    return failErrno(fmt::format("cannot query BPF map {} for its fill level", name));
   MapFill fill;
-  fill.name = info.name;
+  fill.name = std::move(name);
   fill.max_entries = info.max_entries;
   // Two key buffers: get_next_key reads one and writes the other.
   std::vector<unsigned char> cur(info.key_size), next(info.key_size);

@@ -11,14 +11,15 @@
 namespace sluice::agent::bpf {
 
 struct MapFill {
-  std::string name;  // the kernel's map name, e.g. sluice_orig_dst_v1
+  std::string name;  // e.g. sluice_orig_dst_v1
   uint64_t entries = 0;
   uint64_t max_entries = 0;
 };
 
 // Counts the entries of the hash map `fd` by walking its keys: one syscall
 // per key, so a full 65536-entry map costs tens of milliseconds. Keys added
-// or removed during the walk may or may not be counted.
-Result<MapFill> mapFill(int fd);
+// or removed during the walk may or may not be counted. `name` is the map's
+// name in the BPF object (the kernel keeps only its first 15 characters).
+Result<MapFill> mapFill(int fd, std::string name);
 
 }  // namespace sluice::agent::bpf

@@ -171,7 +171,7 @@ TEST_SUITE("capture.bpf") {
       REQUIRE(bpf.loader->origDst().update(k, sluice_orig_dst{9, 10, 0}).has_value());
     }
     CHECK(fillOf("sluice_orig_dst_v1").entries == 3);
-    CHECK_FALSE(agent::bpf::mapFill(-1).has_value());
+    CHECK_FALSE(agent::bpf::mapFill(-1, "none").has_value());
   }
 
   TEST_CASE("a loader that fails halfway leaves no descriptor behind") {
