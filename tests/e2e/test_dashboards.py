@@ -10,7 +10,7 @@ node1: shop/client-7d9f8b6c5-x2x4z (Deployment "client": ReplicaSet owner + pod-
        shop/db-q8m2p (DaemonSet "db"), shop/backup-28391040-zk2vh (CronJob "backup", from its Job)
 node2: shop/web-0 (StatefulSet "web")
 Traffic: client -> web (HTTP through Service web:80, a known share of 503s), web -> db (HTTP through
-Service db:8080, TCP echo through db:5432).
+Service db:8080, TCP echo through db:5432), one refused connection client -> web-0:9999.
 """
 import json
 import math
@@ -107,6 +107,10 @@ class DashboardsTest(LabTest):
         out = lab.exec(f"shop/{BACKUP}", sys.executable, HTTPMIX, "get", cls.web_vip, "80", "/").stdout
         if out.strip() != "200":
             raise AssertionError(f"backup -> web: {out}")
+        # One failed connection: nothing listens on web-0:9999 (the failure panels).
+        probe = json.loads(lab.client(f"shop/{CLIENT}", "probe", cls.web_ip, "9999").stdout)
+        if probe["reply"]:
+            raise AssertionError(f"something answers on web-0:9999: {probe}")
 
     # ------------------------------------------------------------------ Prometheus
 
@@ -231,6 +235,12 @@ class DashboardsTest(LabTest):
         wait_for("the CronJob's pod named after the CronJob",
                  lambda: (self.value(series(reporter="destination", source_workload="backup",
                                             destination_workload="web")) or 0) > 0, timeout=30)
+        # The refused connection to web-0:9999: opened under "-", failed under CONNECT, on both sides.
+        for reporter in ("source", "destination"):
+            wait_for(f"the failed connection reported by the {reporter}",
+                     lambda r=reporter: (self.value(
+                         f'sum(istio_tcp_connections_failed_total{{reporter="{r}",source_workload="client",'
+                         f'destination_workload="web",response_flags="CONNECT"}})') or 0) > 0, timeout=30)
         # No pod name leaks into a workload label.
         for label in ("source_workload", "destination_workload"):
             names = {s["metric"][label] for s in self.query(
@@ -240,19 +250,21 @@ class DashboardsTest(LabTest):
     def test_tcp_bytes_advance_while_the_connection_is_open(self):
         """A connection held open (a round trip every 0.2 s) moves both byte counters on both
         nodes before it closes."""
-        hold = subprocess.Popen([sys.executable, LAB, "exec", f"shop/{CLIENT}", "--", sys.executable, APP, "hold",
+        # From the CronJob's pod: its only other connection (one GET) is long closed, so the
+        # series holds this connection alone.
+        hold = subprocess.Popen([sys.executable, LAB, "exec", f"shop/{BACKUP}", "--", sys.executable, APP, "hold",
                                  self.web_vip, "9000", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         self.lab.procs.append(hold)
         self.assertIn("ready", hold.stdout.readline())
-        want = dict(source_workload="client", destination_workload="web", destination_service_name="web")
+        want = dict(source_workload="backup", destination_workload="web", destination_service_name="web")
         for node, reporter in (("node1", "source"), ("node2", "destination")):
             def counts(node=node, reporter=reporter):
                 m = parse_metrics(self.lab.scrape(node)[1])
                 return {n: metric_sum(m, f"istio_tcp_{n}_total", reporter=reporter, **want)
                         for n in ("connections_opened", "connections_closed", "received_bytes", "sent_bytes")}
             first = wait_for(f"the held connection on {node}",
-                             lambda: (lambda c: c if c["connections_opened"] - c["connections_closed"] >= 1
+                             lambda: (lambda c: c if c["connections_opened"] - c["connections_closed"] == 1
                                       and c["received_bytes"] > 0 else None)(counts()), timeout=15)
 
             def advanced(first=first, counts=counts):
