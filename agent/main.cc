@@ -26,6 +26,7 @@
 #include "agent/identity/cert_manager.h"
 #include "agent/pods/pod_manager.h"
 #include "agent/telemetry/agent_metrics.h"
+#include "agent/telemetry/http_metrics.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
 #include "agent/wiring/admin_json.h"
@@ -72,6 +73,7 @@ struct Flags {
   std::string token_file;
   std::string trust_domain = "cluster.local";
   unsigned cert_ttl = 0;
+  bool http_detection = true;
   bool uninstall = false;
 };
 
@@ -163,6 +165,10 @@ FlagTable flagTable(Flags& f) {
              "how long CNI ADD waits for the pod to appear in the control\n"
              "plane's view (default 3000)",
              FlagTable::number(&f.cni_wait_ms))
+      .toggle("--no-http-detection",
+              "relay every connection as bytes: no HTTP detection, no\n"
+              "istio_requests_total and request histograms",
+              [&f] { f.http_detection = false; })
       .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
              [&f](const std::string& v) -> std::string {
                for (const char* l : {"trace", "debug", "info", "warn", "error"})
@@ -257,13 +263,18 @@ int runAgent(const Flags& flags) {
   engine_config.max_connections_per_pod = flags.max_per_pod;
   engine_config.trust_domain = flags.trust_domain;
   engine_config.trust_anchor_pem = *trust_anchor;
+  engine_config.http_detection = flags.http_detection;
   // Outlives the engine: the workers report to it until they stop.
   agent::telemetry::WorkloadIndex workload_index;
   agent::telemetry::TcpMetricsConfig metrics_config;
   metrics_config.workers = engine_config.workers;
   agent::telemetry::TcpMetrics tcp_metrics(metrics_config, &workload_index);
+  agent::telemetry::HttpMetricsConfig http_metrics_config;
+  http_metrics_config.workers = engine_config.workers;
+  agent::telemetry::HttpMetrics http_metrics(http_metrics_config, tcp_metrics);
+  agent::telemetry::ObserverFanout observers({&tcp_metrics, &http_metrics});
   ztunnel::EngineHooks hooks;
-  hooks.observer = &tcp_metrics;
+  hooks.observer = &observers;
   auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
   if (!engine) {
     logger->critical("starting the proxy engine failed: {}", engine.error().describe());
@@ -400,6 +411,7 @@ int runAgent(const Flags& flags) {
   metric_sources.bpf_stats = [&] { return ld.stats(); };
   metric_sources.bpf_maps = [&] { return ld.mapFill(); };
   metric_sources.cert_expiry = [&] { return certs.expiries(); };
+  metric_sources.http = [&](agent::telemetry::TextWriter& out) { http_metrics.write(out); };
   agent::telemetry::AgentMetrics agent_metrics(tcp_metrics, metric_sources);
   std::unique_ptr<agent::admin::Server> metrics_server;
   if (!flags.metrics_addr.empty()) {
