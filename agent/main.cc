@@ -415,7 +415,12 @@ int runAgent(const Flags& flags) {
   metric_sources.version = SLUICE_VERSION;
   metric_sources.engine_stats = [&] { return eng.stats(); };
   metric_sources.pods_enrolled = [&] { return pods.enrolledCount(); };
-  metric_sources.controlplane_connected = [&] { return disc.connected(); };
+  metric_sources.controlplane = [&] {
+    return agent::telemetry::ControlPlaneState{disc.connected(), disc.synced(), disc.version()};
+  };
+  metric_sources.bpf_stats = [&] { return ld.stats(); };
+  metric_sources.bpf_maps = [&] { return ld.mapFill(); };
+  metric_sources.cert_expiry = [&] { return certs.expiries(); };
   metric_sources.http = [&](agent::telemetry::TextWriter& out) { http_metrics.write(out); };
   agent::telemetry::AgentMetrics agent_metrics(tcp_metrics, metric_sources);
   std::unique_ptr<agent::admin::Server> metrics_server;

@@ -275,6 +275,16 @@ std::vector<uint64_t> Loader::stats() const {
   return out;
 }
 
+std::vector<MapFill> Loader::mapFill() const {
+  std::vector<MapFill> out;
+  for (const bpf_map* map :
+       {capture_->maps.sluice_enrolled_v1, capture_->maps.sluice_cookie_dst_v1,
+        capture_->maps.sluice_orig_dst_v1, capture_->maps.sluice_excluded_ports_v1})
+    if (auto fill = bpf::mapFill(bpf_map__fd(map), bpf_map__name(map)))
+      out.push_back(std::move(*fill));
+  return out;
+}
+
 Result<void> Loader::ensureBpffs(const std::string& pin_dir) {
   constexpr long kBpfFsMagic = 0xcafe4a11;
   const std::string root = "/sys/fs/bpf";

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "agent/bpf/map.h"
+#include "agent/bpf/map_fill.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/result.h"
 #include "sluice/common/unique_fd.h"
@@ -61,6 +62,9 @@ class Loader {
 
   // Sum of the per-CPU stats counters (enum sluice_stat order).
   std::vector<uint64_t> stats() const;
+  // Fill level of every hash map (enrolled pods, pending and re-keyed
+  // redirect records, excluded ports); a map that cannot be read is left out.
+  std::vector<MapFill> mapFill() const;
 
   // Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet (as on
   // hosts whose init system does not), so pins under it are shared.

@@ -179,6 +179,14 @@ nlohmann::json CertManager::dump() const {
   return {{"certificates", out}};
 }
 
+std::map<std::string, std::chrono::system_clock::time_point> CertManager::expiries() const {
+  std::lock_guard lk(mu_);
+  std::map<std::string, std::chrono::system_clock::time_point> out;
+  for (const auto& [uri, e] : entries_)
+    if (e.current) out.emplace(uri, e.current->not_after);
+  return out;
+}
+
 struct GrpcSigner::Impl {
   rpc::CallOptions call;
   BearerToken token;

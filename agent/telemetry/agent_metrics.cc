@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 
 namespace sluice::agent::telemetry {
 
@@ -18,6 +19,39 @@ uint64_t residentBytes() {
   int n = std::fscanf(f, "%lu %lu", &size, &resident);
   std::fclose(f);
   return n == 2 ? uint64_t(resident) * uint64_t(sysconf(_SC_PAGESIZE)) : 0;
+}
+
+// Seconds since the epoch at which this process started: its start in clock
+// ticks after boot (/proc/self/stat field 22) plus the boot time (/proc/stat
+// btime). 0 when either cannot be read.
+double startTimeSeconds() {
+  FILE* f = std::fopen("/proc/self/stat", "re");
+  if (!f) return 0;
+  char buf[1024];
+  size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // The command name (field 2) may hold spaces and parentheses: count
+  // fields from the last ')'.
+  const char* p = std::strrchr(buf, ')');
+  if (!p) return 0;
+  unsigned long long start_ticks = 0;
+  // After ")": state is field 3, starttime field 22, so skip 19 fields.
+  if (std::sscanf(
+          p + 1,
+          " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+          &start_ticks) != 1)
+    return 0;
+  FILE* st = std::fopen("/proc/stat", "re");
+  if (!st) return 0;
+  unsigned long long btime = 0;
+  char line[256];
+  while (std::fgets(line, sizeof(line), st))
+    if (std::sscanf(line, "btime %llu", &btime) == 1) break;
+  std::fclose(st);
+  long hz = sysconf(_SC_CLK_TCK);
+  if (btime == 0 || hz <= 0) return 0;
+  return double(btime) + double(start_ticks) / double(hz);
 }
 
 uint64_t openFds() {
@@ -56,6 +90,9 @@ void writeProcessMetrics(TextWriter& out) {
     out.family("process_max_fds", MetricType::kGauge, "Maximum number of open file descriptors.");
     out.sample("process_max_fds", "", static_cast<uint64_t>(nofile.rlim_cur));
   }
+  out.family("process_start_time_seconds", MetricType::kGauge,
+             "Start time of the process since unix epoch in seconds.");
+  out.sample("process_start_time_seconds", "", startTimeSeconds());
 }
 
 void writeEngineCounters(TextWriter& out, const ztunnel::EngineStats& stats) {
@@ -80,12 +117,11 @@ std::string AgentMetrics::scrape() {
                "Pods of this node whose traffic the mesh carries");
     out.sample("sluice_pods_enrolled", "", static_cast<uint64_t>(sources_.pods_enrolled()));
   }
-  if (sources_.controlplane_connected) {
-    out.family("sluice_controlplane_connected", MetricType::kGauge,
-               "1 while the discovery stream to the control plane is up");
-    out.sample("sluice_controlplane_connected", "",
-               uint64_t{sources_.controlplane_connected() ? 1u : 0u});
-  }
+  if (sources_.controlplane) writeControlPlane(out, sources_.controlplane());
+  if (sources_.bpf_stats || sources_.bpf_maps)
+    writeBpfMetrics(out, sources_.bpf_stats ? sources_.bpf_stats() : std::vector<uint64_t>{},
+                    sources_.bpf_maps ? sources_.bpf_maps() : std::vector<bpf::MapFill>{});
+  if (sources_.cert_expiry) writeCertificateExpiry(out, sources_.cert_expiry());
   if (sources_.engine_stats) writeEngineCounters(out, sources_.engine_stats());
   return out.take();
 }

@@ -1,14 +1,19 @@
 // The agent's metrics endpoint (:15020, /metrics and /stats/prometheus): the
 // Istio TCP metrics plus the agent's own health (build, process, enrolled
-// pods, every engine counter of ztunnel::describe()).
+// pods, BPF capture and map fill, control-plane stream, certificate expiry,
+// every engine counter of ztunnel::describe()).
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "agent/admin/server.h"
 #include "agent/telemetry/exposition.h"
+#include "agent/telemetry/node_health.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "sluice/ztunnel/engine.h"
 
@@ -19,14 +24,18 @@ struct AgentSources {
   std::string version;
   std::function<ztunnel::EngineStats()> engine_stats;
   std::function<size_t()> pods_enrolled;
-  std::function<bool()> controlplane_connected;
+  std::function<ControlPlaneState()> controlplane;
+  std::function<std::vector<uint64_t>()> bpf_stats;  // enum sluice_stat order
+  std::function<std::vector<bpf::MapFill>()> bpf_maps;
+  std::function<std::map<std::string, std::chrono::system_clock::time_point>()> cert_expiry;
   std::function<void(TextWriter&)> http;  // the istio_request* families (HttpMetrics)
 };
 
 // sluice_build_info{version=...} 1
 void writeBuildInfo(TextWriter& out, const std::string& version);
 // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds,
-// process_max_fds, as Prometheus's client libraries name them (from /proc).
+// process_max_fds, process_start_time_seconds, as Prometheus's client
+// libraries name them (from /proc).
 void writeProcessMetrics(TextWriter& out);
 // Every engine counter as sluice_<group>_<name>, "_total" on counters (not on
 // gauges), its help from ztunnel::describe().

@@ -1,5 +1,7 @@
 #include "agent/telemetry/tcp_metrics.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cassert>
 #include <cstring>
@@ -173,8 +175,8 @@ std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
       if (auto it = snap->by_pod.find(r.pod); it != snap->by_pod.end()) return it->second.get();
     auto slash = r.pod.find('/');
     if (slash == std::string::npos) return nullptr;
-    own_fallback =
-        describeWorkload(r.pod.substr(slash + 1), r.pod.substr(0, slash), {}, config_.cluster_id);
+    own_fallback = describeWorkload(r.pod.substr(slash + 1), r.pod.substr(0, slash), {}, {},
+                                    config_.cluster_id);
     return &own_fallback;
   };
   bool outbound = r.direction == ztunnel::Direction::kOutbound;
@@ -184,12 +186,18 @@ std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
   std::vector<std::string> v(kLabelCount);
   v[kReporter] = reporter == Reporter::kSource ? "source" : "destination";
   fillPeer(v, kSourceWorkload, src, r.source_principal);
-  if (auto slash = r.destination_service.find('/'); slash != std::string::npos) {
-    std::string ns = r.destination_service.substr(0, slash);
-    std::string name = r.destination_service.substr(slash + 1);
+  auto setService = [&](const std::string& ns, const std::string& name) {
     v[kDestinationService] = name + "." + ns + ".svc." + config_.cluster_domain;
     v[kDestinationServiceNamespace] = ns;
     v[kDestinationServiceName] = name;
+  };
+  if (auto slash = r.destination_service.find('/'); slash != std::string::npos) {
+    setService(r.destination_service.substr(0, slash), r.destination_service.substr(slash + 1));
+  } else if (reporter == Reporter::kDestination && snap) {
+    // The server side reached a pod address: the Service is a guess.
+    if (auto ep = parseEndpoint(r.destination))
+      if (const auto* svc = guessInboundService(*snap, ep->sin_addr.s_addr, ntohs(ep->sin_port)))
+        setService(svc->namespace_, svc->name);
   }
   fillPeer(v, kDestinationWorkload, dst, r.destination_principal);
   v[kRequestProtocol] = "tcp";

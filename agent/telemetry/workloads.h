@@ -11,38 +11,69 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 namespace sluice::agent::telemetry {
 
 using PodLabels = std::map<std::string, std::string>;
 
 struct WorkloadInfo {
-  std::string workload;  // the controller's name (see workloadName), else the pod's
+  std::string workload;  // workloadOf(...).name: the controller's name, else the pod's
   std::string namespace_;
   std::string canonical_service;
   std::string canonical_revision;
   std::string cluster;
 };
 
-// Istio's workload name without owner references (the discovery model does
-// not carry them yet), from the labels controllers put on their pods:
-// pod-template-hash (Deployment: "<deploy>-<hash>-<suffix>"), statefulset
-// pod-name ("<sts>-<ordinal>"), job-name, controller-revision-hash with
-// pod-template-generation (DaemonSet: "<ds>-<suffix>"); otherwise the pod name.
-std::string workloadName(std::string_view pod, const PodLabels& labels);
+// The pod's controller, from metadata.ownerReferences (controller: true);
+// empty kind and name when it has none.
+struct Owner {
+  std::string kind;
+  std::string name;
+};
+
+// The workload a pod belongs to, named as Istio names it
+// (pkg/kube GetDeployMetaFromPod): a ReplicaSet owner whose name ends with
+// "-<pod-template-hash label>" is its Deployment; a Job owner named
+// "<name>-<8 to 10 digits>" is the CronJob <name>; an OpenShift
+// ReplicationController with a deploymentconfig label is that
+// DeploymentConfig; any other controller (StatefulSet, DaemonSet, Job,
+// ReplicaSet without the hash) is itself; no controller: the Pod.
+struct WorkloadRef {
+  std::string kind;  // "Deployment", "CronJob", "StatefulSet", ..., "Pod"
+  std::string name;
+};
+WorkloadRef workloadOf(std::string_view pod, const Owner& owner, const PodLabels& labels);
 // service.istio.io/canonical-name, app.kubernetes.io/name, app, else `workload`.
 std::string canonicalService(const PodLabels& labels, std::string_view workload);
 // service.istio.io/canonical-revision, app.kubernetes.io/version, version, else "latest".
 std::string canonicalRevision(const PodLabels& labels);
 
-WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_,
+WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_, const Owner& owner,
                               const PodLabels& labels, std::string cluster);
 
-// Workloads by pod IP (network order) and by "namespace/pod".
+// A Service with a pod among its endpoints, and the ports it forwards to on
+// that pod.
+struct ServiceRef {
+  std::string namespace_;
+  std::string name;
+  std::vector<uint16_t> target_ports;  // host order
+};
+
+// Workloads by pod IP (network order) and by "namespace/pod"; the Services
+// that have a pod IP among their endpoints, ordered by namespace/name.
 struct WorkloadSnapshot {
   std::unordered_map<uint32_t, std::shared_ptr<const WorkloadInfo>> by_ip;
   std::unordered_map<std::string, std::shared_ptr<const WorkloadInfo>> by_pod;
+  std::unordered_map<uint32_t, std::vector<ServiceRef>> services_by_endpoint;
 };
+
+// The destination reporter's destination_service, guessed as ztunnel does
+// (guess_inbound_service): the server side is told a pod address, not the
+// Service the client dialled, so it takes the first Service with the pod
+// among its endpoints that forwards to the port the connection reached.
+// Null when none does.
+const ServiceRef* guessInboundService(const WorkloadSnapshot& snap, uint32_t ip, uint16_t port);
 
 class WorkloadIndex {
  public:

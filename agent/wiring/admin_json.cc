@@ -1,6 +1,6 @@
 #include "agent/wiring/admin_json.h"
 
-#include "sluice/common/bpf_abi.h"
+#include "agent/bpf/stat_names.h"
 
 namespace sluice::agent::wiring {
 
@@ -33,15 +33,8 @@ nlohmann::json statsJson(const ztunnel::EngineStats& engine, const std::vector<u
     const auto& info = ztunnel::describe(static_cast<ztunnel::Counter>(i));
     j[info.group][info.name] = engine.values[i];
   }
-  auto at = [&b](size_t i) { return i < b.size() ? b[i] : 0; };
-  j["bpf"] = {{"connect_seen", at(SLUICE_STAT_CONNECT_SEEN)},
-              {"connect_redirected", at(SLUICE_STAT_CONNECT_REDIRECTED)},
-              {"connect_skipped", at(SLUICE_STAT_CONNECT_SKIPPED)},
-              {"sockops_rekeyed", at(SLUICE_STAT_SOCKOPS_REKEYED)},
-              {"getsockopt_answered", at(SLUICE_STAT_GETSOCKOPT_ANSWERED)},
-              {"tc_assigned", at(SLUICE_STAT_TC_ASSIGNED)},
-              {"tc_no_listener", at(SLUICE_STAT_TC_NO_LISTENER)},
-              {"tc_passed", at(SLUICE_STAT_TC_PASSED)}};
+  for (size_t i = 0; i < bpf::kStats.size(); ++i)
+    j["bpf"][bpf::kStats[i].name] = i < b.size() ? b[i] : 0;
   return j;
 }
 

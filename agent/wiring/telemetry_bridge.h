@@ -1,5 +1,6 @@
 // The discovery view -> telemetry's workload index (names and labels of every
-// workload by IP and by namespace/pod, for the Istio metric labels).
+// workload by IP and by namespace/pod, and the Services in front of each pod
+// IP, for the Istio metric labels).
 #pragma once
 
 #include <memory>
@@ -17,11 +18,22 @@ inline std::shared_ptr<const telemetry::WorkloadSnapshot> workloadSnapshot(
   for (const auto& [uid, w] : view.workloads) {
     telemetry::PodLabels labels;
     for (const auto& [key, value] : w.labels()) labels.emplace(key, value);
-    auto info = std::make_shared<const telemetry::WorkloadInfo>(
-        telemetry::describeWorkload(w.name(), w.namespace_(), labels, cluster_id));
+    auto info = std::make_shared<const telemetry::WorkloadInfo>(telemetry::describeWorkload(
+        w.name(), w.namespace_(), {w.owner_kind(), w.owner_name()}, labels, cluster_id));
     snap->by_pod[w.namespace_() + "/" + w.name()] = info;
     for (const auto& ip : w.ips())
       if (auto a = parseIp4(ip)) snap->by_ip[*a] = info;
+  }
+  // view.services is ordered by namespace/name: so is each endpoint's list.
+  for (const auto& [key, svc] : view.services) {
+    for (const auto& ep : svc.endpoints()) {
+      auto a = parseIp4(ep.ip());
+      if (!a) continue;
+      telemetry::ServiceRef ref{svc.namespace_(), svc.name(), {}};
+      for (const auto& [port_name, target] : ep.ports())
+        if (target > 0 && target <= 65535) ref.target_ports.push_back(uint16_t(target));
+      snap->services_by_endpoint[*a].push_back(std::move(ref));
+    }
   }
   return snap;
 }

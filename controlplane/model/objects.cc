@@ -72,11 +72,31 @@ Result<void> checkIp(const std::string& ip, const std::string& ctx) {
   if (!var##_r) return tl::unexpected(var##_r.error()); \
   auto var = std::move(*var##_r)
 
+// metadata.ownerReferences: the controller (controller: true), as Istio
+// reads it; other owners (garbage-collection only) name no workload.
+Result<void> parseOwner(const json& meta, Pod& pod, const std::string& ctx) {
+  TRY_ASSIGN(refs, list(meta, "ownerReferences", ctx + " metadata"));
+  if (!refs) return {};
+  for (const auto& ref : *refs) {
+    if (!ref.is_object()) return fail(ctx + ": metadata.ownerReferences entries must be mappings");
+    auto controller = ref.find("controller");
+    if (controller == ref.end() || !controller->is_boolean() || !controller->get<bool>()) continue;
+    TRY_ASSIGN(kind, str(ref, "kind", true, ctx + " metadata.ownerReferences[]"));
+    TRY_ASSIGN(name, str(ref, "name", true, ctx + " metadata.ownerReferences[]"));
+    pod.owner_kind = kind;
+    pod.owner_name = name;
+    return {};
+  }
+  return {};
+}
+
 Result<void> parsePod(const json& doc, const json& meta, Pod& pod, const std::string& ctx) {
   TRY_ASSIGN(ns, str(meta, "namespace", true, ctx + " metadata"));
   pod.ns = ns;
   TRY_ASSIGN(uid, str(meta, "uid", false, ctx + " metadata"));
   pod.uid = uid.empty() ? pod.ns + "/" + pod.name : uid;
+  auto owner = parseOwner(meta, pod, ctx);
+  if (!owner) return owner;
   bool terminating = meta.contains("deletionTimestamp") && !meta["deletionTimestamp"].is_null();
   TRY_ASSIGN(spec, obj(doc, "spec", ctx));
   if (spec) {

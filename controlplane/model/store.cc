@@ -84,6 +84,8 @@ void Store::recompute() {
       w.set_node(p.node);
       for (const auto& ip : p.ips) w.add_ips(ip);
       for (const auto& [k, v] : p.labels) (*w.mutable_labels())[k] = v;
+      w.set_owner_kind(p.owner_kind);
+      w.set_owner_name(p.owner_name);
       w.set_enrolled(enrolled(p, ns == namespaces.end() ? nullptr : ns->second));
       next[p.uid] = std::move(w);
     }

@@ -40,6 +40,10 @@ struct Pod {
   std::string node;
   std::vector<std::string> ips;
   std::map<std::string, std::string> labels;
+  // The controller from metadata.ownerReferences (the entry with controller:
+  // true, as Istio reads it). Empty when the pod has none.
+  std::string owner_kind;
+  std::string owner_name;
   // Ready condition True (local mode: no conditions given counts as ready
   // unless the phase says otherwise); false while terminating.
   bool ready = true;

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -15,9 +16,11 @@
 #include "agent/telemetry/agent_metrics.h"
 #include "agent/telemetry/exposition.h"
 #include "agent/telemetry/http_metrics.h"
+#include "agent/telemetry/node_health.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/bpf_abi.h"
 #include "support/local_http.h"
 
 using namespace sluice;
@@ -115,10 +118,10 @@ WorkloadIndex& meshIndex() {
   static bool once = [] {
     auto snap = std::make_shared<WorkloadSnapshot>();
     auto client = std::make_shared<const WorkloadInfo>(describeWorkload(
-        "client-7d9f8b6c5-x2x4z", "shop",
+        "client-7d9f8b6c5-x2x4z", "shop", {"ReplicaSet", "client-7d9f8b6c5"},
         {{"pod-template-hash", "7d9f8b6c5"}, {"app", "web"}, {"version", "v1"}}, "Kubernetes"));
     auto server = std::make_shared<const WorkloadInfo>(
-        describeWorkload("db-0", "shop",
+        describeWorkload("db-0", "shop", {"StatefulSet", "db"},
                          {{"statefulset.kubernetes.io/pod-name", "db-0"},
                           {"service.istio.io/canonical-name", "database"},
                           {"app.kubernetes.io/version", "14"}},
@@ -185,14 +188,66 @@ TEST_SUITE("telemetry") {
           "x_total{k=\"v\"} 42\n# HELP y A gauge\n# TYPE y gauge\ny 1.5\n");
   }
 
-  TEST_CASE("workload names and canonical labels as Istio derives them, without owners") {
-    CHECK(workloadName("client-7d9f8b6c5-x2x4z", {{"pod-template-hash", "7d9f8b6c5"}}) == "client");
-    CHECK(workloadName("db-12", {{"statefulset.kubernetes.io/pod-name", "db-12"}}) == "db");
-    CHECK(workloadName("migrate-abcde", {{"job-name", "migrate"}}) == "migrate");
-    CHECK(workloadName("agent-x7k2p", {{"controller-revision-hash", "5c9"},
-                                       {"pod-template-generation", "1"}}) == "agent");
-    CHECK(workloadName("client", {}) == "client");
-    CHECK(workloadName("odd-name", {{"pod-template-hash", "zzz"}}) == "odd-name");
+  TEST_CASE("workload names from the pod's controller as Istio derives them") {
+    const PodLabels hash = {{"pod-template-hash", "7d9f8b6c5"}};
+    struct Case {
+      const char* pod;
+      Owner owner;
+      PodLabels labels;
+      const char* kind;
+      const char* name;
+    } cases[] = {
+        // A Deployment's pods are owned by its ReplicaSet "<deployment>-<hash>".
+        {"web-7d9f8b6c5-x2x4z", {"ReplicaSet", "web-7d9f8b6c5"}, hash, "Deployment", "web"},
+        {"a-b-c-7d9f8b6c5-q", {"ReplicaSet", "a-b-c-7d9f8b6c5"}, hash, "Deployment", "a-b-c"},
+        // A bare ReplicaSet (no hash label, or a name without the hash).
+        {"rs-x2x4z", {"ReplicaSet", "rs"}, {}, "ReplicaSet", "rs"},
+        {"rs-x2x4z", {"ReplicaSet", "rs"}, hash, "ReplicaSet", "rs"},
+        // Istio's letter: the hash without its dash still means a Deployment.
+        {"rs7d9f8b6c5-q", {"ReplicaSet", "rs7d9f8b6c5"}, hash, "Deployment", "rs7d9f8b6c5"},
+        {"db-12", {"StatefulSet", "db"}, {}, "StatefulSet", "db"},
+        {"agent-x7k2p", {"DaemonSet", "agent"}, {}, "DaemonSet", "agent"},
+        {"migrate-abcde", {"Job", "migrate"}, {}, "Job", "migrate"},
+        // A CronJob's Jobs are "<cronjob>-<scheduled minute, 8 to 10 digits>".
+        {"backup-28391040-zk2", {"Job", "backup-28391040"}, {}, "CronJob", "backup"},
+        {"r-1-2839104012-a", {"Job", "r-1-2839104012"}, {}, "CronJob", "r-1"},
+        {"j-1234567-a", {"Job", "j-1234567"}, {}, "Job", "j-1234567"},              // 7 digits
+        {"j-12345678901-a", {"Job", "j-12345678901"}, {}, "Job", "j-12345678901"},  // 11
+        {"j-1234x678-a", {"Job", "j-1234x678"}, {}, "Job", "j-1234x678"},
+        {"dc-1-x",
+         {"ReplicationController", "dc-1"},
+         {{"deploymentconfig", "dc"}},
+         "DeploymentConfig",
+         "dc"},
+        {"rc-x", {"ReplicationController", "rc"}, {}, "ReplicationController", "rc"},
+        {"node-agent-x", {"Node", "n1"}, {}, "Node", "n1"},
+        // No controller: the pod is its own workload, whatever its labels say.
+        {"client", {}, {}, "Pod", "client"},
+        {"client-7d9f8b6c5-x2x4z", {}, hash, "Pod", "client-7d9f8b6c5-x2x4z"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.pod);
+      auto w = workloadOf(c.pod, c.owner, c.labels);
+      CHECK(w.kind == std::string(c.kind));
+      CHECK(w.name == std::string(c.name));
+    }
+  }
+
+  TEST_CASE("canonical service and revision from Istio's label precedence") {
+    CHECK(canonicalService({{"app", "a"},
+                            {"app.kubernetes.io/name", "b"},
+                            {"service.istio.io/canonical-name", "c"}},
+                           "w") == "c");
+    CHECK(canonicalService({{"app", "a"}, {"version", "v"}}, "w") == "a");
+    CHECK(canonicalService({{"app", ""}}, "w") == "w");  // empty values do not count
+    CHECK(canonicalRevision({{"version", "v2"}, {"app.kubernetes.io/version", "3"}}) == "3");
+    CHECK(canonicalRevision(
+              {{"service.istio.io/canonical-revision", "canary"}, {"version", "v2"}}) == "canary");
+    auto w = describeWorkload("web-7d9f8b6c5-x2x4z", "shop", {"ReplicaSet", "web-7d9f8b6c5"},
+                              {{"pod-template-hash", "7d9f8b6c5"}}, "Kubernetes");
+    CHECK(w.workload == "web");
+    CHECK(w.canonical_service == "web");  // no label: the workload's name
+    CHECK(w.canonical_revision == "latest");
     CHECK(canonicalService({{"app", "a"}, {"app.kubernetes.io/name", "b"}}, "w") == "b");
     CHECK(canonicalService({}, "w") == "w");
     CHECK(canonicalRevision({{"version", "v2"}}) == "v2");
@@ -266,6 +321,43 @@ TEST_SUITE("telemetry") {
                  {"destination_workload", "db"},
                  {"connection_security_policy", "unknown"}}) == 1);
     CHECK(find(all, "istio_tcp_connections_opened_total", {{"reporter", "source"}}).empty());
+  }
+
+  TEST_CASE("the destination reporter guesses the Service from the pod's target port") {
+    auto snap = std::make_shared<WorkloadSnapshot>(*meshIndex().current());
+    // Ordered by namespace/name, as the bridge builds it: the first that
+    // forwards to the port wins.
+    snap->services_by_endpoint[ip("10.244.2.7")] = {{"shop", "db-admin", {9187}},
+                                                    {"shop", "db-primary", {5432, 9187}},
+                                                    {"shop", "db-replicas", {5432}}};
+    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 5432)->name == "db-primary");
+    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 9187)->name == "db-admin");
+    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 80) == nullptr);
+    CHECK(guessInboundService(*snap, ip("10.244.2.8"), 5432) == nullptr);
+
+    WorkloadIndex idx;
+    idx.update(snap);
+    TcpMetrics m({}, &idx);
+    m.opened(0, inboundHbone(1));
+    ConnectionRecord other_port = inboundHbone(2);
+    other_port.destination = "10.244.2.7:6000";
+    m.opened(0, other_port);
+    ConnectionRecord via_vip = outboundHbone(3);  // the source side knows what was dialled
+    via_vip.destination_service = "shop/db";
+    m.opened(0, via_vip);
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"destination_service", "db-primary.shop.svc.cluster.local"},
+                 {"destination_service_namespace", "shop"},
+                 {"destination_service_name", "db-primary"},
+                 {"destination_workload", "db"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"destination_service", "unknown"},
+                 {"destination_service_name", "unknown"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "source"}, {"destination_service_name", "db"}}) == 1);
   }
 
   TEST_CASE("a same-node handoff is reported by both ends; a pod absent from the view is named") {
@@ -457,6 +549,12 @@ TEST_SUITE("telemetry") {
     CHECK(value(all, "process_resident_memory_bytes") > 0);
     CHECK(value(all, "process_open_fds") > 0);
     CHECK(find(all, "process_cpu_seconds_total").size() == 1);
+    auto started = find(all, "process_start_time_seconds");
+    REQUIRE(started.size() == 1);
+    double now =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    CHECK(std::stod(started[0].value) > 1e9);  // read from /proc, not 0
+    CHECK(std::stod(started[0].value) <= now + 1);
     CHECK(value(all, "sluice_proxy_accepted_total") == 1);
     CHECK(value(all, "sluice_proxy_active") == 2);  // a gauge: no _total
     CHECK(text.find("# TYPE sluice_proxy_active gauge\n") != std::string::npos);
@@ -474,6 +572,49 @@ TEST_SUITE("telemetry") {
     while (std::getline(in, line))
       if (line.starts_with("# TYPE ")) ++types[line.substr(7, line.find(' ', 7) - 7)];
     for (const auto& [name, n] : types) CHECK_MESSAGE(n == 1, name);
+  }
+
+  TEST_CASE("node health: BPF capture and map fill, control-plane stream, certificate expiry") {
+    TcpMetrics tcp({}, nullptr);
+    AgentSources src;
+    src.controlplane = [] { return ControlPlaneState{false, true, 42}; };
+    src.bpf_stats = [] {
+      std::vector<uint64_t> v(SLUICE_STAT_MAX);
+      v[SLUICE_STAT_CONNECT_REDIRECTED] = 17;
+      v[SLUICE_STAT_TC_ASSIGNED] = 5;
+      return v;
+    };
+    src.bpf_maps = [] {
+      return std::vector<agent::bpf::MapFill>{{"sluice_enrolled_v1", 3, 4096},
+                                              {"sluice_orig_dst_v1", 0, 65536}};
+    };
+    auto expiry = std::chrono::system_clock::time_point(std::chrono::seconds(1900000000));
+    src.cert_expiry = [&] {
+      return std::map<std::string, std::chrono::system_clock::time_point>{
+          {kWeb, expiry}, {kApi, expiry + std::chrono::hours(1)}};
+    };
+    AgentMetrics metrics(tcp, src);
+    std::string text = metrics.scrape();
+    auto all = parse(text);
+    CHECK(value(all, "sluice_controlplane_connected") == 0);
+    CHECK(value(all, "sluice_controlplane_synced") == 1);
+    CHECK(value(all, "sluice_controlplane_view_version") == 42);
+    CHECK(value(all, "sluice_bpf_connect_redirected_total") == 17);
+    CHECK(value(all, "sluice_bpf_tc_assigned_total") == 5);
+    CHECK(value(all, "sluice_bpf_connect_seen_total") == 0);
+    size_t bpf_counters = 0;
+    for (const auto& s : all)
+      if (s.name.starts_with("sluice_bpf_") && s.name.ends_with("_total")) ++bpf_counters;
+    CHECK(bpf_counters == SLUICE_STAT_MAX);  // every counter of the table, each once
+    CHECK(value(all, "sluice_bpf_map_entries", {{"map", "sluice_enrolled_v1"}}) == 3);
+    CHECK(value(all, "sluice_bpf_map_max_entries", {{"map", "sluice_enrolled_v1"}}) == 4096);
+    CHECK(value(all, "sluice_bpf_map_entries", {{"map", "sluice_orig_dst_v1"}}) == 0);
+    CHECK(value(all, "sluice_certificate_expiration_timestamp_seconds", {{"identity", kWeb}}) ==
+          1900000000);
+    CHECK(value(all, "sluice_certificate_expiration_timestamp_seconds", {{"identity", kApi}}) ==
+          1900003600);
+    CHECK(text.find("# TYPE sluice_bpf_map_entries gauge\n") != std::string::npos);
+    CHECK(text.find("# TYPE sluice_bpf_connect_redirected_total counter\n") != std::string::npos);
   }
 
   TEST_CASE("promtool check metrics accepts a scrape (Debian's prometheus package)") {
@@ -495,8 +636,16 @@ TEST_SUITE("telemetry") {
     AgentSources src;
     src.version = "test";
     src.pods_enrolled = [] { return size_t{1}; };
-    src.controlplane_connected = [] { return true; };
+    src.controlplane = [] { return ControlPlaneState{true, true, 7}; };
     src.engine_stats = [] { return ztunnel::EngineStats{}; };
+    src.bpf_stats = [] { return std::vector<uint64_t>{1, 2, 3}; };
+    src.bpf_maps = [] {
+      return std::vector<agent::bpf::MapFill>{{"sluice_orig_dst_v1", 3, 65536}};
+    };
+    src.cert_expiry = [] {
+      return std::map<std::string, std::chrono::system_clock::time_point>{
+          {kWeb, std::chrono::system_clock::now()}};
+    };
     AgentMetrics metrics(tcp, src);
     char path[] = "/tmp/sluice-telemetry-test-XXXXXX";
     int fd = ::mkstemp(path);

@@ -152,6 +152,28 @@ TEST_SUITE("capture.bpf") {
     CHECK_FALSE(agent::bpf::BpfMap<__u32, __u32>::openPinned(bpf.pin + "/no_such_map").has_value());
   }
 
+  TEST_CASE("map fill levels: entries counted against max_entries for every hash map") {
+    LoadedCapture bpf;
+    auto fillOf = [&](const std::string& name) {
+      for (const auto& f : bpf.loader->mapFill())
+        if (f.name == name) return f;
+      FAIL("no fill level for " << name);
+      return agent::bpf::MapFill{};
+    };
+    CHECK(bpf.loader->mapFill().size() == 4);
+    CHECK(fillOf("sluice_orig_dst_v1").entries == 0);
+    CHECK(fillOf("sluice_orig_dst_v1").max_entries == SLUICE_MAX_PENDING);
+    CHECK(fillOf("sluice_cookie_dst_v1").max_entries == SLUICE_MAX_PENDING);
+    CHECK(fillOf("sluice_enrolled_v1").max_entries == SLUICE_MAX_ENROLLED);
+    CHECK(fillOf("sluice_excluded_ports_v1").entries == 1);  // port 9999
+    for (__u32 i = 0; i < 3; ++i) {
+      sluice_pair_key k{i, 1, 2, 3, 4, 0};
+      REQUIRE(bpf.loader->origDst().update(k, sluice_orig_dst{9, 10, 0}).has_value());
+    }
+    CHECK(fillOf("sluice_orig_dst_v1").entries == 3);
+    CHECK_FALSE(agent::bpf::mapFill(-1, "none").has_value());
+  }
+
   TEST_CASE("a loader that fails halfway leaves no descriptor behind") {
     auto openFds = [] {
       size_t n = 0;

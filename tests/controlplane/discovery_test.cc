@@ -432,6 +432,10 @@ TEST_SUITE("certificates") {
       }
     }
     CHECK(saw_denied);
+    // Expiry per identity (for the metrics): the served certificate only.
+    auto expiries = certs.expiries();
+    CHECK(expiries.size() == 1);
+    CHECK(expiries[id] == first->not_after);
     cp.reset();  // the CA goes away: the certificate keeps serving
     CHECK(certs.get(id) == first);
     certs.setIdentities({});

@@ -45,7 +45,14 @@ json pod(const std::string& name, const std::string& ip, const std::string& node
            {{"name", name},
             {"namespace", "shop"},
             {"uid", "uid-" + name},
-            {"labels", {{"app", "web"}}}}},
+            {"labels", {{"app", "web"}, {"pod-template-hash", "5d8f7c9b4"}}},
+            {"ownerReferences",
+             {{{"apiVersion", "apps/v1"},
+               {"kind", "ReplicaSet"},
+               {"name", "web-5d8f7c9b4"},
+               {"uid", "rs-uid"},
+               {"controller", true},
+               {"blockOwnerDeletion", true}}}}}},
           {"spec",
            {{"nodeName", node},
             {"serviceAccountName", "web"},
@@ -181,6 +188,8 @@ TEST_SUITE("controlplane/kubernetes") {
     REQUIRE(v.size() == 3);
     CHECK(v["uid-web1"].enrolled());
     CHECK(v["uid-web1"].node() == "node1");
+    CHECK(v["uid-web1"].owner_kind() == "ReplicaSet");  // metadata.ownerReferences
+    CHECK(v["uid-web1"].owner_name() == "web-5d8f7c9b4");
     CHECK(endpointsOf(store) == std::vector<std::string>{"10.244.1.1", "10.244.1.2"});
 
     // Events: add, modify, delete.

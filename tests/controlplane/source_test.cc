@@ -62,6 +62,31 @@ TEST_SUITE("local.source") {
     CHECK_FALSE(v["uid-db"].enrolled());  // the pod opted out
   }
 
+  TEST_CASE("the pod's controller from metadata.ownerReferences travels in the Workload") {
+    auto owned = [](const std::string& name, const std::string& refs) {
+      return "kind: Pod\nmetadata:\n  name: " + name + "\n  namespace: shop\n  uid: uid-" + name +
+             "\n  ownerReferences:\n" + refs +
+             "spec: {nodeName: node1}\nstatus: {podIP: 10.244.1.9}\n";
+    };
+    std::string text =
+        std::string(kShop) + "---\n" +
+        owned("web-5d8f7c9b4-x2x7q",
+              "  - {apiVersion: v1, kind: Node, name: n, uid: u1}\n"
+              "  - {apiVersion: apps/v1, kind: ReplicaSet, name: web-5d8f7c9b4, uid: u2, "
+              "controller: true}\n") +
+        "---\n" + owned("loose", "  - {apiVersion: v1, kind: ConfigMap, name: c, uid: u3}\n") +
+        "---\n" + pod("plain", "10.244.1.10");
+    auto objs = local::parseYaml(text);
+    REQUIRE_MESSAGE(objs.has_value(), (objs ? "" : objs.error().describe()));
+    model::Store store;
+    REQUIRE(store.setSource("all.yaml", *objs).has_value());
+    auto v = view(store);
+    CHECK(v["uid-web-5d8f7c9b4-x2x7q"].owner_kind() == "ReplicaSet");
+    CHECK(v["uid-web-5d8f7c9b4-x2x7q"].owner_name() == "web-5d8f7c9b4");
+    CHECK(v["uid-loose"].owner_kind().empty());  // an owner that is not the controller
+    CHECK(v["uid-plain"].owner_name().empty());
+  }
+
   TEST_CASE("invalid documents are rejected with a reason") {
     struct Case {
       std::string text;
@@ -80,6 +105,10 @@ TEST_SUITE("local.source") {
         {",I", "syntax"},  // yaml-cpp 0.7 alone would loop until out of memory
         {"[a] ,b\n", "syntax"},
         {pod("a", "10.0.0.1") + "---\n" + pod("a", "10.0.0.2"), "duplicate uid"},
+        {"kind: Pod\nmetadata: {name: a, namespace: x, ownerReferences: {kind: Job}}\n",
+         "ownerReferences"},
+        {"kind: Pod\nmetadata: {name: a, namespace: x, ownerReferences: [{controller: true}]}\n",
+         "'kind' is required"},
     };
     for (const auto& c : cases) {
       CAPTURE(c.text);

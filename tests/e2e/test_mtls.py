@@ -15,7 +15,7 @@ import tempfile
 import time
 import unittest
 
-from labkit import LabTest, metric_sum, parse_metrics, run, tcp_payloads, wait_for, REPO
+from labkit import LabTest, metric_sum, parse_metrics, promtool_check_metrics, run, tcp_payloads, wait_for, REPO
 
 MESH = "sluice.dev/mesh"
 H2APP = os.path.join(REPO, "tests", "e2e", "apps", "h2connect.py")
@@ -217,8 +217,7 @@ class MtlsTest(LabTest):
             if os.environ.get("CI") == "true":
                 self.fail("promtool not installed (tools/deps.sh installs prometheus)")
             self.skipTest("promtool not installed (tools/deps.sh installs prometheus)")
-        p = run([promtool, "check", "metrics"], check=False, input=body)
-        self.assertEqual(p.returncode, 0, f"promtool check metrics:\n{p.stdout}{p.stderr}")
+        self.assertEqual(promtool_check_metrics(promtool, body), [], "promtool check metrics")
 
     def test_untrusted_or_missing_client_certificate_is_refused(self):
         before = self.hbone_stats("node2")["handshake_failures"]

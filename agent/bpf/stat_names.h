@@ -1,0 +1,29 @@
+// The BPF programs' counters (sluice_stats_v1, indexed by enum sluice_stat),
+// named once for the admin API (/stats "bpf") and the metrics endpoint
+// (sluice_bpf_<name>_total).
+#pragma once
+
+#include <array>
+
+#include "sluice/common/bpf_abi.h"
+
+namespace sluice::agent::bpf {
+
+struct StatInfo {
+  const char* name;
+  const char* help;
+};
+
+inline constexpr std::array<StatInfo, SLUICE_STAT_MAX> kStats = {{
+    {"connect_seen", "connect() calls seen in enrolled pods (cgroup/connect4 and connect6)"},
+    {"connect_redirected", "Outbound connects captured: rewritten to the pod's 127.0.0.1:15001"},
+    {"connect_skipped",
+     "Connects left alone: loopback, the pod's own IP, an excluded port, or the proxy's own"},
+    {"sockops_rekeyed", "Captured connections re-keyed by 4-tuple for the proxy (sockops)"},
+    {"getsockopt_answered", "SO_ORIGINAL_DST answers given by the cgroup/getsockopt program"},
+    {"tc_assigned", "Inbound connections steered to the pod's 15006 listener (tc ingress)"},
+    {"tc_no_listener", "Inbound SYNs to an enrolled pod without a 15006 listener (passed)"},
+    {"tc_passed", "Packets the tc ingress program left alone"},
+}};
+
+}  // namespace sluice::agent::bpf
