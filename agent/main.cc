@@ -26,11 +26,15 @@
 #include "agent/identity/cert_manager.h"
 #include "agent/pods/pod_manager.h"
 #include "agent/telemetry/agent_metrics.h"
+#include "agent/telemetry/live_stats.h"
+#include "agent/telemetry/observer_fanout.h"
+#include "agent/telemetry/tap.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
 #include "agent/wiring/admin_json.h"
 #include "agent/wiring/cni_bridge.h"
 #include "agent/wiring/discovery_bridge.h"
+#include "agent/wiring/live_inspection.h"
 #include "agent/wiring/telemetry_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
@@ -262,8 +266,14 @@ int runAgent(const Flags& flags) {
   agent::telemetry::TcpMetricsConfig metrics_config;
   metrics_config.workers = engine_config.workers;
   agent::telemetry::TcpMetrics tcp_metrics(metrics_config, &workload_index);
+  // Live inspection (sluicectl stat / top / tap): the last minute per pod, and tap sessions.
+  agent::telemetry::LiveStats live_stats(
+      {.workers = engine_config.workers, .cluster_id = metrics_config.cluster_id}, &workload_index);
+  agent::telemetry::TapHub tap_hub(
+      {.workers = engine_config.workers, .cluster_id = metrics_config.cluster_id}, &workload_index);
+  agent::telemetry::ObserverFanout observers({&tcp_metrics, &live_stats, &tap_hub});
   ztunnel::EngineHooks hooks;
-  hooks.observer = &tcp_metrics;
+  hooks.observer = &observers;
   auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
   if (!engine) {
     logger->critical("starting the proxy engine failed: {}", engine.error().describe());
@@ -385,6 +395,8 @@ int runAgent(const Flags& flags) {
         "{}), reconnecting",
         flags.controlplane, secs, disc.lastError(), disc.version());
   };
+  agent::wiring::addLiveInspection(sources, live_stats, tap_hub, pods, workload_index,
+                                   metrics_config.cluster_id);
   auto admin = agent::admin::Server::create(flags.admin_addr, sources);
   if (!admin) {
     logger->critical("{}", admin.error().describe());

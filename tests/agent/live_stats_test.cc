@@ -7,9 +7,11 @@
 #include <thread>
 #include <vector>
 
+#include "agent/admin/server.h"
 #include "agent/telemetry/latency_histogram.h"
 #include "agent/telemetry/stat_table.h"
 #include "sluice/common/addr.h"
+#include "support/local_http.h"
 
 using namespace sluice;
 using namespace sluice::agent::telemetry;
@@ -301,5 +303,34 @@ TEST_SUITE("stat_table") {
     CHECK(web["outbound"]["latency_ms_p99"].is_null());
     CHECK(j["ns"][0]["name"] == "other");
     CHECK_FALSE(j["ns"][0].contains("namespace"));
+  }
+}
+
+TEST_SUITE("live_stat_endpoint") {
+  TEST_CASE("the admin API serves /live/stat next to its own documents") {
+    LiveStats live({.workers = 1}, &index());
+    live.opened(0, inbound(1, "shop/db-0", "10.244.1.9:5432"));
+    live.request(0, inbound(1, "", ""), req(200, 3000));
+    agent::admin::Sources src;
+    src.config_dump = [] { return nlohmann::json::object(); };
+    src.connections = src.stats = src.certs = src.config_dump;
+    src.not_ready_reason = [] { return std::string(); };
+    src.routes["/live/stat"] = [&] {
+      return agent::admin::Response{
+          200, "application/json",
+          statJson(live.snapshot(), {{"shop", "db-0", "db", true}}).dump()};
+    };
+    int port = test::freePort();
+    auto server = agent::admin::Server::create("127.0.0.1:" + std::to_string(port), src);
+    REQUIRE(server.has_value());
+    std::string r = test::httpGet(port, "/live/stat?ignored=1");
+    CHECK(r.find("200 OK") != std::string::npos);
+    auto body = nlohmann::json::parse(r.substr(r.find("\r\n\r\n") + 4));
+    REQUIRE(body["deploy"].size() == 1);
+    CHECK(body["deploy"][0]["name"] == "db");
+    CHECK(body["deploy"][0]["pods_enrolled"] == 1);
+    CHECK(body["deploy"][0]["inbound"]["requests"] == 1);
+    CHECK(test::httpGet(port, "/healthz").find("200 OK") != std::string::npos);
+    CHECK(test::httpGet(port, "/live/tap").find("404") != std::string::npos);  // not wired here
   }
 }
