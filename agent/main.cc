@@ -26,8 +26,8 @@
 #include "agent/identity/cert_manager.h"
 #include "agent/pods/pod_manager.h"
 #include "agent/telemetry/agent_metrics.h"
+#include "agent/telemetry/http_metrics.h"
 #include "agent/telemetry/live_stats.h"
-#include "agent/telemetry/observer_fanout.h"
 #include "agent/telemetry/tap.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
@@ -76,6 +76,7 @@ struct Flags {
   std::string token_file;
   std::string trust_domain = "cluster.local";
   unsigned cert_ttl = 0;
+  bool http_detection = true;
   bool uninstall = false;
 };
 
@@ -167,6 +168,10 @@ FlagTable flagTable(Flags& f) {
              "how long CNI ADD waits for the pod to appear in the control\n"
              "plane's view (default 3000)",
              FlagTable::number(&f.cni_wait_ms))
+      .toggle("--no-http-detection",
+              "relay every connection as bytes: no HTTP detection, no\n"
+              "istio_requests_total and request histograms",
+              [&f] { f.http_detection = false; })
       .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
              [&f](const std::string& v) -> std::string {
                for (const char* l : {"trace", "debug", "info", "warn", "error"})
@@ -261,17 +266,21 @@ int runAgent(const Flags& flags) {
   engine_config.max_connections_per_pod = flags.max_per_pod;
   engine_config.trust_domain = flags.trust_domain;
   engine_config.trust_anchor_pem = *trust_anchor;
+  engine_config.http_detection = flags.http_detection;
   // Outlives the engine: the workers report to it until they stop.
   agent::telemetry::WorkloadIndex workload_index;
   agent::telemetry::TcpMetricsConfig metrics_config;
   metrics_config.workers = engine_config.workers;
   agent::telemetry::TcpMetrics tcp_metrics(metrics_config, &workload_index);
+  agent::telemetry::HttpMetricsConfig http_metrics_config;
+  http_metrics_config.workers = engine_config.workers;
+  agent::telemetry::HttpMetrics http_metrics(http_metrics_config, tcp_metrics);
   // Live inspection (sluicectl stat / top / tap): the last minute per pod, and tap sessions.
   agent::telemetry::LiveStats live_stats(
       {.workers = engine_config.workers, .cluster_id = metrics_config.cluster_id}, &workload_index);
   agent::telemetry::TapHub tap_hub(
       {.workers = engine_config.workers, .cluster_id = metrics_config.cluster_id}, &workload_index);
-  agent::telemetry::ObserverFanout observers({&tcp_metrics, &live_stats, &tap_hub});
+  agent::telemetry::ObserverFanout observers({&tcp_metrics, &http_metrics, &live_stats, &tap_hub});
   ztunnel::EngineHooks hooks;
   hooks.observer = &observers;
   auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
@@ -407,6 +416,7 @@ int runAgent(const Flags& flags) {
   metric_sources.engine_stats = [&] { return eng.stats(); };
   metric_sources.pods_enrolled = [&] { return pods.enrolledCount(); };
   metric_sources.controlplane_connected = [&] { return disc.connected(); };
+  metric_sources.http = [&](agent::telemetry::TextWriter& out) { http_metrics.write(out); };
   agent::telemetry::AgentMetrics agent_metrics(tcp_metrics, metric_sources);
   std::unique_ptr<agent::admin::Server> metrics_server;
   if (!flags.metrics_addr.empty()) {

@@ -72,6 +72,7 @@ void writeEngineCounters(TextWriter& out, const ztunnel::EngineStats& stats) {
 std::string AgentMetrics::scrape() {
   TextWriter out;
   tcp_.write(out);
+  if (sources_.http) sources_.http(out);
   writeBuildInfo(out, sources_.version);
   writeProcessMetrics(out);
   if (sources_.pods_enrolled) {

@@ -20,6 +20,7 @@ struct AgentSources {
   std::function<ztunnel::EngineStats()> engine_stats;
   std::function<size_t()> pods_enrolled;
   std::function<bool()> controlplane_connected;
+  std::function<void(TextWriter&)> http;  // the istio_request* families (HttpMetrics)
 };
 
 // sluice_build_info{version=...} 1

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -12,7 +13,7 @@ namespace sluice::agent::telemetry {
 
 inline constexpr const char* kContentType = "text/plain; version=0.0.4; charset=utf-8";
 
-enum class MetricType : uint8_t { kCounter, kGauge };
+enum class MetricType : uint8_t { kCounter, kGauge, kHistogram };
 
 using Label = std::pair<std::string_view, std::string_view>;  // name, value
 
@@ -30,6 +31,11 @@ class TextWriter {
   // labels once, not at every scrape).
   void sample(std::string_view name, std::string_view labels, uint64_t value);
   void sample(std::string_view name, std::string_view labels, double value);
+  // One histogram series: <name>_bucket{...,le="b"} for each bound (counts
+  // are per bucket, not cumulative: counts.size() == bounds.size() + 1, the
+  // last one +Inf), then <name>_sum and <name>_count.
+  void histogram(std::string_view name, std::string_view labels, std::span<const double> bounds,
+                 std::span<const uint64_t> counts, double sum);
   std::string& text() { return out_; }
   std::string take() { return std::move(out_); }
 

@@ -4,6 +4,7 @@
 
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
+#include "ztunnel/l7/inspect_policy.h"
 
 namespace sluice::ztunnel::hbone {
 
@@ -53,6 +54,14 @@ void Stream::setAttempt(std::unique_ptr<proxy::Attempt> attempt) {
 void Stream::start() {
   if (started_ || closing_) return;
   started_ = true;
+  const sockaddr_in* dst = server_ ? &dst_ : attempt_ ? &attempt_->dst : nullptr;
+  if (live_ && dst && l7::shouldInspect(ctx_.config, ctx_.directory, *dst)) {
+    l7_ = std::make_unique<l7::Inspector>(*this, ctx_.config.http_detect_timeout);
+    if (server_)
+      l7_->attach(down_, up_);
+    else
+      l7_->attach(up_, down_);
+  }
   up_.start(appFd(), -1);
   down_.start(-1, appFd());
 }
@@ -146,6 +155,7 @@ void Stream::close(bool reset, CloseReason reason, std::string detail, bool retr
   }
   up_.stop();
   down_.stop();
+  if (l7_) l7_->finish();  // requests without a response are reported now
   int fd = appFd();
   if (fd >= 0) {
     if (reset) proxy::setLinger0(fd);
@@ -284,5 +294,9 @@ void Stream::pipeFailed(relay::Pipe&, int err, bool sending) {
 }
 
 void Stream::pipeIdle(relay::Pipe&) { maybeFinish(); }
+
+void Stream::l7Request(const RequestRecord& r) {
+  if (live_) ctx_.records.request(*live_, r);
+}
 
 }  // namespace sluice::ztunnel::hbone

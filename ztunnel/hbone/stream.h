@@ -13,6 +13,7 @@
 
 #include "sluice/common/unique_fd.h"
 #include "ztunnel/hbone/tunnel.h"
+#include "ztunnel/l7/inspector.h"
 #include "ztunnel/proxy/attempt.h"
 #include "ztunnel/proxy/context.h"
 #include "ztunnel/proxy/records.h"
@@ -34,7 +35,10 @@ class StreamOwner {
   ~StreamOwner() = default;
 };
 
-class Stream final : public StreamEnd, public relay::PipeOwner, public proxy::Abortable {
+class Stream final : public StreamEnd,
+                     public relay::PipeOwner,
+                     public proxy::Abortable,
+                     public l7::RequestSink {
  public:
   // Counts itself active (and, server side, accepted) until it finishes.
   Stream(proxy::WorkerContext& ctx, StreamOwner& owner, Tunnel* tunnel,
@@ -100,6 +104,9 @@ class Stream final : public StreamEnd, public relay::PipeOwner, public proxy::Ab
   void pipeFailed(relay::Pipe& p, int err, bool sending) override;
   void pipeIdle(relay::Pipe& p) override;
 
+  // l7::RequestSink
+  void l7Request(const RequestRecord& r) override;
+
  private:
   int appFd() const;
   void start();  // both pipes
@@ -129,6 +136,9 @@ class Stream final : public StreamEnd, public relay::PipeOwner, public proxy::Ab
   sockaddr_in dst_{};                        // server: the app address
   relay::Pipe up_;                           // app -> tunnel
   relay::Pipe down_;                         // tunnel -> app
+  // HTTP inspection of the app's bytes (client side: up_ carries the
+  // client's; server side: down_ does); null: bytes only.
+  std::unique_ptr<l7::Inspector> l7_;
   uring::Connect<&Stream::onConnected> connect_{this};
 };
 

@@ -38,6 +38,7 @@ struct WorkerContext {
   // Something waits on a short deadline (a certificate, a redial, a backoff):
   // the worker calls its parts' fineTick() every ~10 ms until none waits.
   std::function<void()> want_fine_tick;
+  MeshDirectory* directory = nullptr;  // null: no view (HTTP inspection uses the defaults)
 
   Counters& counters() { return records.counters(); }
   // The authorization hook; no authorizer allows everything.

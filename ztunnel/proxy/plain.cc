@@ -3,10 +3,12 @@
 #include <cstring>
 
 #include "sluice/common/log.h"
+#include "ztunnel/l7/inspect_policy.h"
+#include "ztunnel/l7/inspector.h"
 
 namespace sluice::ztunnel::proxy {
 
-class PlainConnection final : public relay::PipeOwner, public Abortable {
+class PlainConnection final : public relay::PipeOwner, public Abortable, public l7::RequestSink {
  public:
   PlainConnection(PlainUpstream& set, std::shared_ptr<LiveRecord> live,
                   std::shared_ptr<PodState> pod, std::shared_ptr<PodState> target, UniqueFd client,
@@ -24,6 +26,10 @@ class PlainConnection final : public relay::PipeOwner, public Abortable {
 
   void start(const sockaddr_in& dst) {
     live_->owner = this;
+    if (l7::shouldInspect(ctx_.config, ctx_.directory, dst)) {
+      l7_ = std::make_unique<l7::Inspector>(*this, ctx_.config.http_detect_timeout);
+      l7_->attach(up_, down_);
+    }
     connect_.start(ctx_.ring, upstream_.get(), dst, ctx_.config.connect_timeout);
   }
   bool closing() const { return closing_; }
@@ -48,6 +54,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable {
     detail_ = std::move(detail);
     up_.stop();
     down_.stop();
+    if (l7_) l7_->finish();  // requests without a response are reported now
     if (reset) {
       // RST rather than FIN: the peer learns of the reset. (Not shutdown():
       // that would send a FIN ahead of the RST.)
@@ -86,6 +93,9 @@ class PlainConnection final : public relay::PipeOwner, public Abortable {
     down_.start(upstream_.get(), client_.get());
   }
 
+  // l7::RequestSink
+  void l7Request(const RequestRecord& r) override { ctx_.records.request(*live_, r); }
+
   // relay::PipeOwner
   void pipeMoved(relay::Pipe& p, size_t n) override {
     if (&p == &up_)
@@ -108,8 +118,9 @@ class PlainConnection final : public relay::PipeOwner, public Abortable {
   std::shared_ptr<LiveRecord> live_;
   std::shared_ptr<PodState> pod_, target_;
   UniqueFd client_, upstream_;
-  std::unique_ptr<Attempt> attempt_;  // released (balancer slot) when freed
-  relay::Pipe up_, down_;             // client -> upstream, upstream -> client
+  std::unique_ptr<Attempt> attempt_;   // released (balancer slot) when freed
+  relay::Pipe up_, down_;              // client -> upstream, upstream -> client
+  std::unique_ptr<l7::Inspector> l7_;  // HTTP inspection (taps both pipes); null: bytes only
   uring::Connect<&PlainConnection::onConnected> connect_{this};
   bool closing_ = false;
   bool retried_ = false;

@@ -74,6 +74,10 @@ class Records {
     if (received) live.received.fetch_add(received, std::memory_order_relaxed);
     if (observer_) observer_->transferred(live.worker, live.rec, sent, received);
   }
+  // One HTTP exchange seen on the connection (worker thread): to the observer.
+  void request(const LiveRecord& live, const RequestRecord& r) {
+    if (observer_ && !live.closed) observer_->request(live.worker, live.rec, r);
+  }
   // Closes it once: history, access log line, observer.
   void close(LiveRecord& live, CloseReason reason, std::string detail = {}, bool retried = false);
 

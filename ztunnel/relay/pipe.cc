@@ -21,6 +21,7 @@ size_t Pipe::available() const {
 
 void Pipe::push(const char* data, size_t n) {
   if (eof_) return;
+  if (tap_ && !tap_->tapped(*this, data, n)) tap_ = nullptr;
   queue_.append(data, n);
   bytes_ += n;
   owner_.pipeMoved(*this, n);
@@ -28,6 +29,7 @@ void Pipe::push(const char* data, size_t n) {
 }
 
 void Pipe::pushEnd() {
+  if (!eof_) tapEnd();
   eof_ = true;
   pump();
 }
@@ -77,6 +79,12 @@ void Pipe::pump() {
   }
 }
 
+void Pipe::tapEnd() {
+  if (!tap_) return;
+  tap_->tapEnded(*this);
+  tap_ = nullptr;
+}
+
 void Pipe::settle() {
   if (!busy()) owner_.pipeIdle(*this);
 }
@@ -87,8 +95,10 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
     len_ = static_cast<size_t>(cqe.res);
     off_ = 0;
     bytes_ += len_;
+    if (tap_ && !tap_->tapped(*this, buf_.get(), len_)) tap_ = nullptr;
     owner_.pipeMoved(*this, len_);
   } else if (cqe.res == 0) {
+    tapEnd();
     eof_ = true;
     buf_.reset();  // an idle half-closed connection keeps no buffer
   } else {

@@ -21,6 +21,18 @@ namespace sluice::ztunnel::relay {
 
 class Pipe;
 
+// Sees the bytes a pipe moves as they arrive, before they are passed on
+// (HTTP inspection). It can neither change nor hold them. Returning false
+// ends the tapping: the pipe stops calling. Worker thread only.
+class Tap {
+ public:
+  virtual bool tapped(const Pipe& p, const char* data, size_t n) = 0;
+  virtual void tapEnded(const Pipe& p) = 0;  // the source's EOF
+
+ protected:
+  ~Tap() = default;
+};
+
 // Worker thread only. Calls come from ring completions (never from inside a
 // Pipe method the owner called, except pipeMoved from push()).
 class PipeOwner {
@@ -46,6 +58,8 @@ class Pipe {
   // Starts moving bytes (the fds stay owned by the caller and outlive the
   // pipe's requests: cancel them and wait for !busy() before closing).
   void start(int source_fd, int sink_fd);
+  // Shows every chunk read from the source to `tap` from now on (null: none).
+  void setTap(Tap* tap) { tap_ = tap; }
   // No new requests from now on (the connection is closing).
   void stop() { stopped_ = true; }
 
@@ -68,6 +82,7 @@ class Pipe {
   void onRecv(const io_uring_cqe& cqe);
   void onSend(const io_uring_cqe& cqe);
   void onShutdown(const io_uring_cqe& cqe);
+  void tapEnd();
   void settle();  // stopped: tells the owner once nothing is in flight
 
   uring::Ring& ring_;
@@ -77,6 +92,7 @@ class Pipe {
   bool started_ = false, stopped_ = false;
   bool eof_ = false, shut_done_ = false;
   uint64_t bytes_ = 0;
+  Tap* tap_ = nullptr;
   // Socket source: one buffer, read into when empty, drained by the sink.
   std::unique_ptr<char[]> buf_;
   size_t len_ = 0, off_ = 0;

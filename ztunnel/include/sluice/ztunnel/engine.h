@@ -53,6 +53,18 @@ struct EngineConfig {
   // it) is redialled with backoff within this window.
   std::chrono::milliseconds hbone_refused_retry{1000};
 
+  // HTTP golden metrics: app connections are inspected (never delayed or
+  // changed) for HTTP/1.x and HTTP/2 prior knowledge, and each request goes
+  // to ConnectionObserver::request(). Off: every connection is bytes only.
+  bool http_detection = true;
+  // Destination ports never inspected: server-first protocols (SMTP,
+  // MySQL, PostgreSQL, Redis, ...), as Linkerd's defaults. A workload adds
+  // its own (MeshDirectory::opaquePort).
+  std::vector<uint16_t> opaque_ports = {25, 587, 3306, 4444, 5432, 6379, 9300, 11211};
+  // Detection gives up on a connection whose client has not sent a request
+  // line within this time (its bytes flow regardless).
+  std::chrono::milliseconds http_detect_timeout{10000};
+
   // Load balancing of connections to Service VIPs (needs a MeshDirectory).
   unsigned lb_max_attempts = 3;                  // endpoints tried per connection
   unsigned lb_eject_after = 3;                   // consecutive connect failures
@@ -107,6 +119,14 @@ class MeshDirectory {
   // The Service behind ip4:port (network order) with at least one ready
   // endpoint, or null.
   virtual std::shared_ptr<const ServiceTarget> service(uint32_t ip4, uint16_t port) = 0;
+  // Whether the workload at ip4 (network order) declares `port` (host order)
+  // opaque: never inspected for HTTP (the sluice.dev/opaque-ports annotation
+  // of the pod or of a Service selecting it; a Service port's appProtocol).
+  virtual bool opaquePort(uint32_t ip4, uint16_t port) {
+    (void)ip4;
+    (void)port;
+    return false;
+  }
   // Whether there is a view at all (once true, stays true). Without one,
   // every destination looks unmeshed: the engine refuses outbound
   // connections instead of sending them out in plaintext.

@@ -1,0 +1,215 @@
+#include "agent/telemetry/http_metrics.h"
+
+#include <algorithm>
+
+namespace sluice::agent::telemetry {
+
+namespace {
+
+using ztunnel::AppProtocol;
+using ztunnel::ConnectionRecord;
+using ztunnel::RequestRecord;
+
+constexpr size_t kBuckets = kEnvoyBuckets.size() + 1;  // + Inf
+constexpr size_t kRequestProtocolLabel = 20;           // in TcpMetrics::labelNames()
+
+// One worker's counts for a series (only that worker writes it).
+struct alignas(64) Cell {
+  std::atomic<uint64_t> duration[kBuckets]{}, request_bytes[kBuckets]{}, response_bytes[kBuckets]{};
+  std::atomic<uint64_t> duration_us{0}, request_sum{0}, response_sum{0};
+};
+
+void bump(std::atomic<uint64_t>& a, uint64_t n) {
+  a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// What distinguishes the series of one connection from each other.
+uint64_t outcomeKey(const RequestRecord& r) {
+  return (uint64_t(r.protocol) << 48) | (uint64_t(uint32_t(r.status) & 0xffff) << 32) |
+         uint32_t(r.grpc_status);
+}
+
+}  // namespace
+
+size_t bucketOf(double v) {
+  return std::lower_bound(kEnvoyBuckets.begin(), kEnvoyBuckets.end(), v) - kEnvoyBuckets.begin();
+}
+
+struct HttpMetrics::Series {
+  Series(std::string r, unsigned workers)
+      : rendered(std::move(r)), cells(std::make_unique<Cell[]>(workers)), workers(workers) {}
+  void sum(std::atomic<uint64_t> (Cell::*field)[kBuckets], uint64_t out[kBuckets]) const {
+    for (unsigned w = 0; w < workers; ++w)
+      for (size_t b = 0; b < kBuckets; ++b)
+        out[b] += (cells[w].*field)[b].load(std::memory_order_relaxed);
+  }
+  uint64_t total(std::atomic<uint64_t> Cell::*field) const {
+    uint64_t s = 0;
+    for (unsigned w = 0; w < workers; ++w) s += (cells[w].*field).load(std::memory_order_relaxed);
+    return s;
+  }
+  const std::string rendered;  // also its key
+  std::unique_ptr<Cell[]> cells;
+  const unsigned workers;
+  std::atomic<uint32_t> cached{0};      // connections holding it (never evicted then)
+  std::atomic<int64_t> last_active{0};  // ticks() of the last request
+};
+
+struct alignas(64) HttpMetrics::Worker {
+  struct Conn {
+    struct Entry {
+      uint64_t key;
+      std::shared_ptr<Series> series[2];  // by reporter; null: not reported (or over the cap)
+    };
+    std::vector<Entry> outcomes;  // a handful: 200, 503, ...
+  };
+  std::unordered_map<uint64_t, Conn> conns;  // by connection id
+};
+
+HttpMetrics::HttpMetrics(HttpMetricsConfig config, const TcpMetrics& labels,
+                         std::function<Clock::time_point()> now)
+    : config_(config), labels_(labels), now_(std::move(now)), epoch_(now_()) {
+  config_.workers = std::max(1u, config_.workers);
+  for (unsigned i = 0; i < config_.workers; ++i) workers_.push_back(std::make_unique<Worker>());
+}
+
+HttpMetrics::~HttpMetrics() = default;
+
+int64_t HttpMetrics::ticks(Clock::time_point t) const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t - epoch_).count();
+}
+
+std::shared_ptr<HttpMetrics::Series> HttpMetrics::seriesFor(const ConnectionRecord& c,
+                                                            Reporter reporter,
+                                                            const RequestRecord& r) {
+  auto values = labels_.labelValues(c, reporter);
+  values[kRequestProtocolLabel] = r.protocol == AppProtocol::kGrpc ? "grpc" : "http";
+  std::vector<Label> labels;
+  const auto& names = TcpMetrics::labelNames();
+  for (size_t i = 0; i < values.size(); ++i) labels.emplace_back(names[i], values[i]);
+  std::string code = std::to_string(r.status);
+  std::string grpc = r.grpc_status >= 0 ? std::to_string(r.grpc_status) : "";
+  labels.emplace_back("response_code", code);
+  labels.emplace_back("grpc_response_status", grpc);
+  std::string rendered = renderLabels(labels);
+
+  std::lock_guard lk(mu_);
+  if (auto it = series_.find(rendered); it != series_.end()) return it->second;
+  if (series_.size() >= config_.max_series) {
+    evictIdleLocked(now_());
+    if (series_.size() >= config_.max_series) {
+      dropped_.fetch_add(1, std::memory_order_relaxed);
+      return nullptr;
+    }
+  }
+  auto s = std::make_shared<Series>(std::move(rendered), config_.workers);
+  series_.emplace(s->rendered, s);
+  return s;
+}
+
+void HttpMetrics::request(unsigned worker, const ConnectionRecord& c, const RequestRecord& r) {
+  if (worker >= workers_.size()) return;
+  auto& conn = workers_[worker]->conns[c.id];
+  uint64_t key = outcomeKey(r);
+  auto it = std::find_if(conn.outcomes.begin(), conn.outcomes.end(),
+                         [&](const auto& e) { return e.key == key; });
+  if (it == conn.outcomes.end()) {
+    Worker::Conn::Entry e{key, {}};
+    bool handoff = c.path == ztunnel::Path::kLocalHandoff;
+    bool outbound = c.direction == ztunnel::Direction::kOutbound;
+    if (handoff || outbound) e.series[0] = seriesFor(c, Reporter::kSource, r);
+    if (handoff || !outbound) e.series[1] = seriesFor(c, Reporter::kDestination, r);
+    for (auto& s : e.series)
+      if (s) s->cached.fetch_add(1, std::memory_order_relaxed);
+    conn.outcomes.push_back(std::move(e));
+    it = conn.outcomes.end() - 1;
+  }
+  int64_t now = ticks(now_());
+  double ms = static_cast<double>(r.duration_us) / 1000.0;
+  for (const auto& s : it->series) {
+    if (!s) continue;
+    Cell& cell = s->cells[worker];
+    bump(cell.duration[bucketOf(ms)], 1);
+    bump(cell.request_bytes[bucketOf(static_cast<double>(r.request_bytes))], 1);
+    bump(cell.response_bytes[bucketOf(static_cast<double>(r.response_bytes))], 1);
+    bump(cell.duration_us, static_cast<uint64_t>(std::max<int64_t>(r.duration_us, 0)));
+    bump(cell.request_sum, r.request_bytes);
+    bump(cell.response_sum, r.response_bytes);
+    s->last_active.store(now, std::memory_order_relaxed);
+  }
+}
+
+void HttpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
+  if (worker >= workers_.size()) return;
+  auto& conns = workers_[worker]->conns;
+  auto it = conns.find(record.id);
+  if (it == conns.end()) return;
+  for (auto& e : it->second.outcomes)
+    for (auto& s : e.series)
+      if (s) s->cached.fetch_sub(1, std::memory_order_release);
+  conns.erase(it);
+}
+
+void HttpMetrics::evictIdleLocked(Clock::time_point now) {
+  int64_t horizon = ticks(now) - config_.idle.count();
+  std::erase_if(series_, [&](const auto& kv) {
+    return kv.second->cached.load(std::memory_order_acquire) == 0 &&
+           kv.second->last_active.load(std::memory_order_relaxed) <= horizon;
+  });
+}
+
+size_t HttpMetrics::seriesCount() const {
+  std::lock_guard lk(mu_);
+  return series_.size();
+}
+
+void HttpMetrics::write(TextWriter& out) {
+  std::vector<std::shared_ptr<Series>> snap;
+  {
+    std::lock_guard lk(mu_);
+    evictIdleLocked(now_());
+    for (const auto& [key, s] : series_) snap.push_back(s);
+  }
+  std::sort(snap.begin(), snap.end(),
+            [](const auto& a, const auto& b) { return a->rendered < b->rendered; });
+  out.family("istio_requests_total", MetricType::kCounter, "The total number of requests");
+  for (const auto& s : snap) {
+    uint64_t counts[kBuckets] = {};
+    s->sum(&Cell::duration, counts);
+    uint64_t n = 0;
+    for (uint64_t c : counts) n += c;
+    out.sample("istio_requests_total", s->rendered, n);
+  }
+  struct Family {
+    const char* name;
+    const char* help;
+    std::atomic<uint64_t> (Cell::*buckets)[kBuckets];
+    std::atomic<uint64_t> Cell::*sum;
+    double scale;  // sum's unit -> the family's
+  };
+  static constexpr Family kFamilies[] = {
+      {"istio_request_duration_milliseconds", "Request duration in milliseconds", &Cell::duration,
+       &Cell::duration_us, 1e-3},
+      {"istio_request_bytes", "Request body size in bytes", &Cell::request_bytes,
+       &Cell::request_sum, 1},
+      {"istio_response_bytes", "Response body size in bytes", &Cell::response_bytes,
+       &Cell::response_sum, 1},
+  };
+  for (const auto& f : kFamilies) {
+    out.family(f.name, MetricType::kHistogram, f.help);
+    for (const auto& s : snap) {
+      uint64_t counts[kBuckets] = {};
+      s->sum(f.buckets, counts);
+      out.histogram(f.name, s->rendered, kEnvoyBuckets, counts,
+                    static_cast<double>(s->total(f.sum)) * f.scale);
+    }
+  }
+  out.family("sluice_telemetry_http_series", MetricType::kGauge,
+             "Label sets of the istio_request* metrics held now");
+  out.sample("sluice_telemetry_http_series", "", static_cast<uint64_t>(snap.size()));
+  out.family("sluice_telemetry_http_series_dropped_total", MetricType::kCounter,
+             "HTTP label sets not created because the series cap was reached");
+  out.sample("sluice_telemetry_http_series_dropped_total", "", seriesDropped());
+}
+
+}  // namespace sluice::agent::telemetry

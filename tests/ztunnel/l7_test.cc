@@ -1,0 +1,406 @@
+// The HTTP detection table and the passive HTTP/1 + HTTP/2 observers, fed
+// byte strings directly (no sockets, no root).
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <nghttp2/nghttp2.h>
+
+#include <string>
+#include <vector>
+
+#include "ztunnel/l7/detect.h"
+#include "ztunnel/l7/inspector.h"
+
+using namespace sluice::ztunnel;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Seen {
+  std::string method, authority, path;
+  int status, grpc_status;
+  uint64_t request_bytes, response_bytes;
+  std::string protocol;
+};
+
+struct Sink final : l7::RequestSink {
+  std::vector<Seen> seen;
+  void l7Request(const RequestRecord& r) override {
+    seen.push_back({std::string(r.method), std::string(r.authority), std::string(r.path), r.status,
+                    r.grpc_status, r.request_bytes, r.response_bytes, toString(r.protocol)});
+  }
+};
+
+// Feeds `s` in pieces of `step` bytes (0: all at once).
+bool feed(l7::Inspector& in, std::string_view s, bool client, size_t step = 0) {
+  if (step == 0) step = s.size();
+  for (size_t i = 0; i < s.size(); i += step) {
+    auto piece = s.substr(i, step);
+    if (!(client ? in.clientBytes(piece) : in.serverBytes(piece))) return false;
+  }
+  return true;
+}
+
+const std::string kTlsClientHello = std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11);
+
+}  // namespace
+
+TEST_SUITE("l7/detect") {
+  TEST_CASE("the detection table") {
+    struct Row {
+      std::string bytes;
+      const char* want;
+    };
+    const Row rows[] = {
+        {"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "http1"},
+        {"GET / HTTP/1.0\r\n\r\n", "http1"},
+        {"POST /x?y=1 HTTP/1.1\r\n", "http1"},
+        {"DELETE /a HTTP/1.1\r\n", "http1"},
+        {"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http2"},
+        {"PRI * HTTP/2.0\r\n", "need_more"},
+        {"GET", "need_more"},
+        {"GET /index.html HTT", "need_more"},
+        {"GET / HTTP/1.1", "need_more"},
+        {"CONNECT a:443 HTTP/1.1\r\n\r\n", "opaque"},  // a tunnel
+        {"GET / HTTP/2.0\r\n", "opaque"},
+        {"GET / HTTP/1.1\n", "opaque"},
+        {"get / HTTP/1.1\r\n", "opaque"},
+        {"GET  / HTTP/1.1\r\n", "opaque"},
+        {kTlsClientHello, "opaque"},                                     // TLS from the app
+        {std::string("\x00\x00\x00\x08\x04\xd2\x16\x2f", 8), "opaque"},  // PostgreSQL SSLRequest
+        {"*1\r\n$4\r\nPING\r\n", "opaque"},                              // Redis
+        {"SSH-2.0-OpenSSH_9.2\r\n", "opaque"},
+        {std::string("\xff\xfe\x00garbage", 10), "opaque"},
+        {"GET /" + std::string(2000, 'a'), "opaque"},  // no request line within the bound
+    };
+    for (const auto& r : rows) {
+      CAPTURE(r.bytes);
+      CHECK(l7::toString(l7::detect(r.bytes)) == std::string(r.want));
+    }
+  }
+}
+
+TEST_SUITE("l7/http1") {
+  TEST_CASE("one HTTP/1.1 exchange") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in, "GET /a/b?q=1 HTTP/1.1\r\nHost: svc:8080\r\n\r\n", true));
+    CHECK(toString(in.protocol()) == std::string("http/1.1"));
+    CHECK(sink.seen.empty());
+    CHECK(feed(in, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false));
+    REQUIRE(sink.seen.size() == 1);
+    CHECK(sink.seen[0].method == "GET");
+    CHECK(sink.seen[0].authority == "svc:8080");
+    CHECK(sink.seen[0].path == "/a/b");
+    CHECK(sink.seen[0].status == 200);
+    CHECK(sink.seen[0].grpc_status == -1);
+    CHECK(sink.seen[0].response_bytes == 5);
+  }
+
+  TEST_CASE("HTTP/1.0 with a body read to the end of the connection") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in, "GET / HTTP/1.0\r\n\r\n", true));
+    CHECK(feed(in, "HTTP/1.0 503 Service Unavailable\r\n\r\nbusy!", false));
+    CHECK(sink.seen.empty());
+    in.serverEnd();
+    REQUIRE(sink.seen.size() == 1);
+    CHECK(sink.seen[0].status == 503);
+    CHECK(sink.seen[0].response_bytes == 5);
+  }
+
+  TEST_CASE("keep-alive with several requests, each with a body") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    for (int i = 0; i < 3; ++i) {
+      CHECK(feed(in, "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc", true));
+      CHECK(feed(
+          in,
+          "HTTP/1.1 " + std::string(i == 1 ? "503" : "200") + " X\r\nContent-Length: 2\r\n\r\nok",
+          false));
+    }
+    REQUIRE(sink.seen.size() == 3);
+    CHECK(sink.seen[1].status == 503);
+    CHECK(sink.seen[2].request_bytes == 3);
+    CHECK(sink.seen[2].response_bytes == 2);
+  }
+
+  TEST_CASE("pipelining: responses matched to requests in order") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in,
+               "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+               "GET /3 HTTP/1.1\r\nHost: h\r\n\r\n",
+               true));
+    // The HEAD response announces a body it does not carry.
+    CHECK(feed(in,
+               "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
+               "HTTP/1.1 404 NF\r\nContent-Length: 100\r\n\r\n"
+               "HTTP/1.1 500 E\r\nContent-Length: 0\r\n\r\n",
+               false));
+    REQUIRE(sink.seen.size() == 3);
+    CHECK(sink.seen[0].path == "/1");
+    CHECK(sink.seen[1].method == "HEAD");
+    CHECK(sink.seen[1].status == 404);
+    CHECK(sink.seen[1].response_bytes == 0);
+    CHECK(sink.seen[2].path == "/3");
+    CHECK(sink.seen[2].status == 500);
+  }
+
+  TEST_CASE("chunked bodies both ways, and 100 Continue") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in,
+               "PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: "
+               "100-continue\r\n\r\n",
+               true));
+    CHECK(feed(in, "HTTP/1.1 100 Continue\r\n\r\n", false));
+    CHECK(feed(in, "4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n", true));
+    CHECK(feed(in,
+               "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n",
+               false));
+    REQUIRE(sink.seen.size() == 1);
+    CHECK(sink.seen[0].status == 201);
+    CHECK(sink.seen[0].request_bytes == 7);
+    CHECK(sink.seen[0].response_bytes == 6);
+  }
+
+  TEST_CASE("split across many tiny reads") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    std::string req = "GET /tiny HTTP/1.1\r\nHost: tiny.example\r\nContent-Length: 2\r\n\r\nhi";
+    std::string resp = "HTTP/1.1 204 No Content\r\n\r\n";
+    for (int i = 0; i < 2; ++i) {
+      CHECK(feed(in, req, true, 1));
+      CHECK(feed(in, resp, false, 1));
+    }
+    REQUIRE(sink.seen.size() == 2);
+    CHECK(sink.seen[1].authority == "tiny.example");
+    CHECK(sink.seen[1].status == 204);
+    CHECK(sink.seen[1].request_bytes == 2);
+  }
+
+  TEST_CASE("a WebSocket upgrade is reported once with 101, then left alone") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in,
+               "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+               true));
+    CHECK_FALSE(feed(in,
+                     "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "
+                     "websocket\r\n\r\n\x81\x02hi",
+                     false));
+    CHECK_FALSE(in.observing());
+    CHECK_FALSE(in.clientBytes("\x81\x82garbage frames"));
+    REQUIRE(sink.seen.size() == 1);
+    CHECK(sink.seen[0].status == 101);
+  }
+
+  TEST_CASE("a request without an answer is reported with status 0 at the end") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in, "GET /slow HTTP/1.1\r\nHost: h\r\n\r\n", true));
+    in.finish();
+    REQUIRE(sink.seen.size() == 1);
+    CHECK(sink.seen[0].status == 0);
+    CHECK_FALSE(in.clientBytes("GET / HTTP/1.1\r\n\r\n"));
+  }
+
+  TEST_CASE("garbage after a good request gives up without reporting nonsense") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in, "GET / HTTP/1.1\r\nHost: h\r\n\r\n", true));
+    CHECK_FALSE(feed(in, "\x01\x02\x03 not a response", false));
+    CHECK_FALSE(in.observing());
+    CHECK(sink.seen.empty());
+  }
+}
+
+TEST_SUITE("l7/opaque") {
+  TEST_CASE("TLS, binary protocols and garbage are opaque at once") {
+    for (std::string first : {kTlsClientHello, std::string("*1\r\n$4\r\nPING\r\n"),
+                              std::string("\x00\x01\x02\x03", 4)}) {
+      Sink sink;
+      l7::Inspector in(sink, 10s);
+      CHECK_FALSE(in.clientBytes(first));
+      CHECK_FALSE(in.detecting());
+      CHECK(toString(in.protocol()) == std::string("tcp"));
+    }
+  }
+
+  TEST_CASE("a server-first protocol: the server's banner ends detection") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK_FALSE(in.serverBytes("220 mail.example ESMTP\r\n"));
+    CHECK_FALSE(in.detecting());
+    CHECK_FALSE(in.clientBytes("GET / HTTP/1.1\r\n\r\n"));  // too late: the connection is opaque
+    CHECK(sink.seen.empty());
+  }
+
+  TEST_CASE("a client that sends nothing in time is opaque") {
+    Sink sink;
+    l7::Inspector in(sink, 0ms);
+    CHECK_FALSE(in.clientBytes("GET / HTTP/1.1\r\n\r\n"));
+    CHECK_FALSE(in.observing());
+  }
+}
+
+// --- HTTP/2: frames built with a real nghttp2 client and server ------------
+
+namespace {
+
+// A real nghttp2 session whose output is collected.
+struct Peer {
+  nghttp2_session* s = nullptr;
+  std::string out;
+  explicit Peer(bool server) {
+    nghttp2_session_callbacks* cb;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_send_callback(
+        cb, [](nghttp2_session*, const uint8_t* d, size_t n, int, void* ud) -> ssize_t {
+          static_cast<Peer*>(ud)->out.append(reinterpret_cast<const char*>(d), n);
+          return static_cast<ssize_t>(n);
+        });
+    if (server)
+      nghttp2_session_server_new(&s, cb, this);
+    else
+      nghttp2_session_client_new(&s, cb, this);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100},
+                                   {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
+    nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, iv, 2);
+  }
+  ~Peer() { nghttp2_session_del(s); }
+  std::string take() {
+    nghttp2_session_send(s);
+    return std::move(out);
+  }
+  void recv(const std::string& b) {
+    nghttp2_session_mem_recv(s, reinterpret_cast<const uint8_t*>(b.data()), b.size());
+  }
+};
+
+nghttp2_nv nv(const char* n, const char* v) {
+  return {(uint8_t*)n, (uint8_t*)v, strlen(n), strlen(v), NGHTTP2_NV_FLAG_NONE};
+}
+
+struct Body {
+  std::string data;
+  size_t off = 0;
+};
+
+nghttp2_data_provider provider(Body& b) {
+  nghttp2_data_provider p;
+  p.source.ptr = &b;
+  p.read_callback = [](nghttp2_session*, int32_t, uint8_t* buf, size_t len, uint32_t* flags,
+                       nghttp2_data_source* src, void*) -> ssize_t {
+    auto* body = static_cast<Body*>(src->ptr);
+    size_t n = std::min(len, body->data.size() - body->off);
+    memcpy(buf, body->data.data() + body->off, n);
+    body->off += n;
+    if (body->off == body->data.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return static_cast<ssize_t>(n);
+  };
+  return p;
+}
+
+}  // namespace
+
+TEST_SUITE("l7/http2") {
+  TEST_CASE("h2c prior knowledge: several streams, a server preface first, tiny reads") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    Peer client(false), server(true);
+    // The server may speak first: its SETTINGS are kept until the client's preface.
+    std::string s0 = server.take();
+    CHECK(feed(in, s0, false));
+    CHECK(in.detecting());
+    const char* codes[] = {"200", "503", "404"};
+    std::vector<int32_t> ids;
+    for (int i = 0; i < 3; ++i) {
+      nghttp2_nv req[] = {nv(":method", "GET"), nv(":scheme", "http"), nv(":path", "/h2?x"),
+                          nv(":authority", "svc.ns:80")};
+      ids.push_back(nghttp2_submit_request(client.s, nullptr, req, 4, nullptr, nullptr));
+    }
+    client.recv(s0);
+    std::string c = client.take();
+    CHECK(feed(in, c, true, 7));
+    CHECK(toString(in.protocol()) == std::string("http/2"));
+    server.recv(c);
+    for (int i = 0; i < 3; ++i) {
+      Body body{std::string(10 * (i + 1), 'x')};
+      auto p = provider(body);
+      nghttp2_nv resp[] = {nv(":status", codes[i])};
+      nghttp2_submit_response(server.s, ids[i], resp, 1, &p);
+      std::string s = server.take();
+      CHECK(feed(in, s, false, 5));
+      client.recv(s);
+    }
+    CHECK(feed(in, client.take(), true));  // ACKs, WINDOW_UPDATEs
+    REQUIRE(sink.seen.size() == 3);
+    CHECK(sink.seen[0].method == "GET");
+    CHECK(sink.seen[0].path == "/h2");
+    CHECK(sink.seen[0].authority == "svc.ns:80");
+    CHECK(sink.seen[0].protocol == "http/2");
+    CHECK(sink.seen[1].status == 503);
+    CHECK(sink.seen[2].status == 404);
+    CHECK(sink.seen[2].response_bytes == 30);
+  }
+
+  TEST_CASE("gRPC: content-type, a request body and grpc-status in the trailers") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    Peer client(false), server(true);
+    Body req_body{
+        std::string("\0\0\0\0\x03"
+                    "abc",
+                    8)};
+    auto rp = provider(req_body);
+    nghttp2_nv req[] = {nv(":method", "POST"),
+                        nv(":scheme", "http"),
+                        nv(":path", "/pkg.Svc/Method"),
+                        nv(":authority", "grpc:50051"),
+                        nv("content-type", "application/grpc+proto"),
+                        nv("te", "trailers")};
+    int32_t id = nghttp2_submit_request(client.s, nullptr, req, 6, &rp, nullptr);
+    std::string c = client.take();
+    CHECK(feed(in, c, true));
+    server.recv(c);
+    std::string s = server.take();  // the server's SETTINGS + ACK
+    CHECK(feed(in, s, false));
+    client.recv(s);
+    CHECK(feed(in, client.take(), true));
+    nghttp2_nv head[] = {nv(":status", "200"), nv("content-type", "application/grpc")};
+    nghttp2_submit_headers(server.s, NGHTTP2_FLAG_NONE, id, nullptr, head, 2, nullptr);
+    nghttp2_nv trailers[] = {nv("grpc-status", "14"), nv("grpc-message", "unavailable")};
+    nghttp2_submit_trailer(server.s, id, trailers, 2);
+    CHECK(feed(in, server.take(), false));
+    REQUIRE(sink.seen.size() == 1);
+    CHECK(sink.seen[0].protocol == "grpc");
+    CHECK(sink.seen[0].status == 200);
+    CHECK(sink.seen[0].grpc_status == 14);
+    CHECK(sink.seen[0].request_bytes == 8);
+    CHECK(sink.seen[0].path == "/pkg.Svc/Method");
+  }
+
+  TEST_CASE("a stream the client resets is reported without a response") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    Peer client(false);
+    nghttp2_nv req[] = {nv(":method", "GET"), nv(":scheme", "http"), nv(":path", "/"),
+                        nv(":authority", "a")};
+    int32_t id = nghttp2_submit_request(client.s, nullptr, req, 4, nullptr, nullptr);
+    CHECK(feed(in, client.take(), true));
+    nghttp2_submit_rst_stream(client.s, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+    CHECK(feed(in, client.take(), true));
+    REQUIRE(sink.seen.size() == 1);
+    CHECK(sink.seen[0].status == 0);
+  }
+
+  TEST_CASE("garbage after the preface gives up") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(in.clientBytes("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+    CHECK_FALSE(feed(in, std::string(64, '\xff'), true));
+    CHECK_FALSE(in.observing());
+  }
+}

@@ -1,0 +1,147 @@
+#include "ztunnel/l7/http1.h"
+
+#include <strings.h>
+
+namespace sluice::ztunnel::l7 {
+
+Http1Observer::Http1Observer(RequestSink& sink) : sink_(sink) {
+  http_parser_init(&req_, HTTP_REQUEST);
+  http_parser_init(&resp_, HTTP_RESPONSE);
+  req_.data = this;
+  resp_.data = this;
+}
+
+int Http1Observer::onRequestBegin(http_parser* p) {
+  Http1Observer& o = self(p);
+  if (o.pending_.size() >= kMaxPipelined) return -1;
+  o.pending_.emplace_back().begin();
+  o.field_.clear();
+  o.in_host_ = false;
+  o.last_was_value_ = false;
+  return 0;
+}
+
+int Http1Observer::onUrl(http_parser* p, const char* at, size_t n) {
+  Exchange::append(self(p).pending_.back().path, {at, n});
+  return 0;
+}
+
+int Http1Observer::onRequestHeaderField(http_parser* p, const char* at, size_t n) {
+  Http1Observer& o = self(p);
+  if (o.last_was_value_) o.field_.clear();
+  o.last_was_value_ = false;
+  if (o.field_.size() < 16) o.field_.append(at, std::min<size_t>(n, 16 - o.field_.size()));
+  return 0;
+}
+
+int Http1Observer::onRequestHeaderValue(http_parser* p, const char* at, size_t n) {
+  Http1Observer& o = self(p);
+  if (!o.last_was_value_) o.in_host_ = strcasecmp(o.field_.c_str(), "host") == 0;
+  o.last_was_value_ = true;
+  if (o.in_host_) Exchange::append(o.pending_.back().authority, {at, n});
+  return 0;
+}
+
+int Http1Observer::onRequestHeaders(http_parser* p) {
+  if (p->method == HTTP_CONNECT) return -1;  // a tunnel: what follows is not HTTP
+  Exchange& e = self(p).pending_.back();
+  e.method = http_method_str(static_cast<http_method>(p->method));
+  e.head = p->method == HTTP_HEAD;
+  return 0;
+}
+
+int Http1Observer::onRequestBody(http_parser* p, const char*, size_t n) {
+  self(p).pending_.back().request_bytes += n;
+  return 0;
+}
+
+int Http1Observer::onResponseHeaders(http_parser* p) {
+  Http1Observer& o = self(p);
+  if (o.pending_.empty()) return -1;  // an answer to nothing: not HTTP after all
+  Exchange& e = o.pending_.front();
+  e.status = p->status_code;
+  if (p->status_code == 101) {
+    o.upgraded_ = true;
+    return 0;
+  }
+  // 1 skips the body: a HEAD response, and 1xx / 204 / 304 have none.
+  return e.head ? 1 : 0;
+}
+
+int Http1Observer::onResponseBody(http_parser* p, const char*, size_t n) {
+  Http1Observer& o = self(p);
+  if (!o.pending_.empty()) o.pending_.front().response_bytes += n;
+  return 0;
+}
+
+int Http1Observer::onResponseComplete(http_parser* p) {
+  Http1Observer& o = self(p);
+  if (o.pending_.empty()) return -1;
+  // An interim response (100 Continue, 103 Early Hints): the final one follows.
+  if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101) return 0;
+  o.pending_.front().report(o.sink_);
+  o.pending_.pop_front();
+  return 0;
+}
+
+const http_parser_settings& Http1Observer::requestSettings() {
+  static const http_parser_settings s = [] {
+    http_parser_settings r{};
+    r.on_message_begin = &Http1Observer::onRequestBegin;
+    r.on_url = &Http1Observer::onUrl;
+    r.on_header_field = &Http1Observer::onRequestHeaderField;
+    r.on_header_value = &Http1Observer::onRequestHeaderValue;
+    r.on_headers_complete = &Http1Observer::onRequestHeaders;
+    r.on_body = &Http1Observer::onRequestBody;
+    return r;
+  }();
+  return s;
+}
+
+const http_parser_settings& Http1Observer::responseSettings() {
+  static const http_parser_settings s = [] {
+    http_parser_settings r{};
+    r.on_headers_complete = &Http1Observer::onResponseHeaders;
+    r.on_body = &Http1Observer::onResponseBody;
+    r.on_message_complete = &Http1Observer::onResponseComplete;
+    return r;
+  }();
+  return s;
+}
+
+bool Http1Observer::client(std::string_view bytes) {
+  if (upgraded_) return false;
+  if (req_.upgrade) return true;  // waiting for the answer to an Upgrade request
+  size_t n = http_parser_execute(&req_, &requestSettings(), bytes.data(), bytes.size());
+  if (HTTP_PARSER_ERRNO(&req_) != HPE_OK) return false;
+  // An Upgrade request (WebSocket) stops the parser at the end of its
+  // headers; its answer decides (101: another protocol from then on).
+  return req_.upgrade ? !pending_.empty() : n == bytes.size();
+}
+
+bool Http1Observer::server(std::string_view bytes) {
+  size_t n = http_parser_execute(&resp_, &responseSettings(), bytes.data(), bytes.size());
+  if (upgraded_) {
+    // Reported at once: the "response" lasts as long as the upgraded connection.
+    if (!pending_.empty()) pending_.front().report(sink_);
+    pending_.clear();
+    return false;
+  }
+  if (HTTP_PARSER_ERRNO(&resp_) != HPE_OK || n != bytes.size()) return false;
+  // The answer to an Upgrade request was not 101: the request parser stopped
+  // at its headers and cannot go on.
+  if (req_.upgrade && pending_.empty()) return false;
+  return true;
+}
+
+bool Http1Observer::serverEnd() {
+  http_parser_execute(&resp_, &responseSettings(), nullptr, 0);  // a body read to EOF ends
+  return HTTP_PARSER_ERRNO(&resp_) == HPE_OK;
+}
+
+void Http1Observer::finish() {
+  for (auto& e : pending_) e.report(sink_);  // status 0 unless its headers came
+  pending_.clear();
+}
+
+}  // namespace sluice::ztunnel::l7
