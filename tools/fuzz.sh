@@ -18,7 +18,7 @@ if [ "${1:-}" = "--smoke" ]; then
   seconds="${FUZZ_SMOKE_SECONDS:-10}"
   shift
 fi
-all=(fuzz_cni_config fuzz_cni_protocol fuzz_local_yaml fuzz_kube fuzz_policy fuzz_rpc_frames
+all=(fuzz_cni_config fuzz_cni_protocol fuzz_local_yaml fuzz_kube fuzz_policy fuzz_rpc_frames fuzz_l7
   fuzz_hbone_raw fuzz_hbone_h2)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")

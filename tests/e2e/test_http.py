@@ -1,0 +1,112 @@
+"""End to end: HTTP golden metrics at the node (no sidecar, no waypoint).
+
+node1: shop/client (sa web, meshed); node2: shop/server (sa api, meshed).
+The server answers a known mix of 200 and 503 (tests/e2e/apps/httpapp.py);
+both agents must count exactly what the client saw: reporter=source on node1
+(the outbound side of the HBONE stream), reporter=destination on node2 (the
+server side), and the TCP byte counters must equal the bytes the apps
+exchanged. A server-first default port (6379) stays opaque.
+"""
+import json
+import os
+import unittest
+
+from labkit import LabTest, metric_sum, parse_metrics, wait_for, REPO
+
+MESH = "sluice.dev/mesh"
+APP = os.path.join(REPO, "tests", "e2e", "apps", "httpapp.py")
+SYS_PY = "/usr/bin/python3"  # Debian's, with python3-h2
+TD = "spiffe://cluster.local/ns/shop/sa"
+REPORTERS = (("node1", "source"), ("node2", "destination"))
+
+
+class HttpTest(LabTest):
+    NODES = 2
+
+    @classmethod
+    def setUpLab(cls):
+        lab = cls.lab
+        lab.lab("ns", "label", "shop", f"{MESH}=enabled")
+        lab.pod("shop", "client", node="node1", sa="web")
+        cls.server_ip = lab.pod("shop", "server", node="node2", sa="api")
+        for node, pod in (("node1", "shop/client"), ("node2", "shop/server")):
+            wait_for(f"{pod} enrolled", lambda node=node, pod=pod: lab.enrolled(node, pod))
+        for node, sa in (("node1", "web"), ("node2", "api")):
+            wait_for(f"certificate of {sa}",
+                     lambda node=node, sa=sa: lab.cert(node, f"{TD}/{sa}")["state"] == "valid")
+        lab.spawn("shop/server", SYS_PY, APP, "server", "8080")
+        lab.spawn("shop/server", SYS_PY, APP, "h2server", "8081")
+        lab.spawn("shop/server", SYS_PY, APP, "server", "6379")
+
+    def samples(self, node):
+        return parse_metrics(self.lab.scrape(node)[1])
+
+    def requests(self, node, reporter, code, protocol="http"):
+        return metric_sum(self.samples(node), "istio_requests_total", reporter=reporter,
+                          response_code=str(code), request_protocol=protocol,
+                          source_principal=f"{TD}/web", destination_principal=f"{TD}/api")
+
+    def tcp_bytes(self, node, reporter):
+        s = self.samples(node)
+        return (metric_sum(s, "istio_tcp_received_bytes_total", reporter=reporter),
+                metric_sum(s, "istio_tcp_sent_bytes_total", reporter=reporter))
+
+    def client(self, *args):
+        out = self.lab.exec("shop/client", SYS_PY, APP, *args).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    def before(self):
+        return {(node, rep, code): self.requests(node, rep, code)
+                for node, rep in REPORTERS for code in (200, 503)}, \
+               {(node, rep): self.tcp_bytes(node, rep) for node, rep in REPORTERS}
+
+    def test_http1_keepalive_codes_and_bytes_on_both_reporters(self):
+        reqs, tcp = self.before()
+        seen = self.client("client", self.server_ip, "8080", "3", "4", "2")
+        self.assertEqual(seen["codes"], {"200": 12, "503": 6})
+        for node, rep in REPORTERS:
+            for code in (200, 503):
+                want = reqs[(node, rep, code)] + seen["codes"][str(code)]
+                wait_for(f"{rep} requests {code} on {node} == {want}",
+                         lambda node=node, rep=rep, code=code, want=want:
+                         self.requests(node, rep, code) == want)
+            # Request direction = received, response direction = sent (Istio's naming).
+            want = (tcp[(node, rep)][0] + seen["sent"], tcp[(node, rep)][1] + seen["received"])
+            wait_for(f"{rep} TCP bytes on {node} == {want}",
+                     lambda node=node, rep=rep, want=want: self.tcp_bytes(node, rep) == want)
+        # The histograms count the same requests; the response bodies are known.
+        s = self.samples("node1")
+        count = metric_sum(s, "istio_request_duration_milliseconds_count", reporter="source",
+                           response_code="503")
+        self.assertEqual(count, reqs[("node1", "source", 503)] + 6)
+        inf = metric_sum(s, "istio_request_duration_milliseconds_bucket", reporter="source",
+                         response_code="503", le="+Inf")
+        self.assertEqual(inf, count)
+        self.assertGreaterEqual(metric_sum(s, "istio_response_bytes_sum", reporter="source",
+                                           response_code="503"), 6 * len("unavailable\n"))
+
+    def test_h2c_prior_knowledge(self):
+        reqs, _ = self.before()
+        seen = self.client("h2client", self.server_ip, "8081", "5", "3")
+        self.assertEqual(seen["codes"], {"200": 5, "503": 3})
+        for node, rep in REPORTERS:
+            for code in (200, 503):
+                want = reqs[(node, rep, code)] + seen["codes"][str(code)]
+                wait_for(f"{rep} h2c requests {code} on {node} == {want}",
+                         lambda node=node, rep=rep, code=code, want=want:
+                         self.requests(node, rep, code) == want)
+
+    def test_opaque_port_is_relayed_as_bytes(self):
+        reqs, tcp = self.before()
+        seen = self.client("client", self.server_ip, "6379", "1", "3", "0")
+        self.assertEqual(seen["codes"], {"200": 3})
+        for node, rep in REPORTERS:
+            want = (tcp[(node, rep)][0] + seen["sent"], tcp[(node, rep)][1] + seen["received"])
+            wait_for(f"{rep} TCP bytes on {node} == {want}",
+                     lambda node=node, rep=rep, want=want: self.tcp_bytes(node, rep) == want)
+            for code in (200, 503):
+                self.assertEqual(self.requests(node, rep, code), reqs[(node, rep, code)])
+
+
+if __name__ == "__main__":
+    unittest.main()
