@@ -12,6 +12,7 @@
 #include "agent/telemetry/stat_table.h"
 #include "sluice/common/addr.h"
 #include "support/local_http.h"
+#include "support/workload_index.h"
 
 using namespace sluice;
 using namespace sluice::agent::telemetry;
@@ -34,17 +35,10 @@ struct FakeClock {
 WorkloadIndex& index() {
   static WorkloadIndex idx;
   static bool once = [] {
-    auto snap = std::make_shared<WorkloadSnapshot>();
-    auto add = [&](const char* pod, const char* ip, PodLabels labels) {
-      auto w =
-          std::make_shared<const WorkloadInfo>(describeWorkload(pod, "shop", labels, "Kubernetes"));
-      snap->by_pod[std::string("shop/") + pod] = w;
-      snap->by_ip[*parseIp4(ip)] = w;
-    };
-    add("web-5d4f-aaaaa", "10.244.1.5", {{"pod-template-hash", "5d4f"}});
-    add("web-5d4f-bbbbb", "10.244.1.6", {{"pod-template-hash", "5d4f"}});
-    add("db-0", "10.244.1.9", {{"statefulset.kubernetes.io/pod-name", "db-0"}});
-    idx.update(snap);
+    idx.update(test::workloadSnapshot(
+        "shop", {{"web-5d4f-aaaaa", "10.244.1.5", {{"pod-template-hash", "5d4f"}}},
+                 {"web-5d4f-bbbbb", "10.244.1.6", {{"pod-template-hash", "5d4f"}}},
+                 {"db-0", "10.244.1.9", {{"statefulset.kubernetes.io/pod-name", "db-0"}}}}));
     return true;
   }();
   (void)once;

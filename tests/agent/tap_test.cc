@@ -17,6 +17,7 @@
 #include "agent/telemetry/tap_stream.h"
 #include "sluice/common/addr.h"
 #include "support/local_http.h"
+#include "support/workload_index.h"
 
 using namespace sluice;
 using namespace sluice::agent::telemetry;
@@ -33,16 +34,9 @@ constexpr const char* kDb = "spiffe://cluster.local/ns/shop/sa/db";
 WorkloadIndex& index() {
   static WorkloadIndex idx;
   static bool once = [] {
-    auto snap = std::make_shared<WorkloadSnapshot>();
-    auto add = [&](const char* pod, const char* ip, PodLabels labels) {
-      auto w =
-          std::make_shared<const WorkloadInfo>(describeWorkload(pod, "shop", labels, "Kubernetes"));
-      snap->by_pod[std::string("shop/") + pod] = w;
-      snap->by_ip[*parseIp4(ip)] = w;
-    };
-    add("web-5d4f-aaaaa", "10.244.1.5", {{"pod-template-hash", "5d4f"}});
-    add("db-0", "10.244.2.9", {{"statefulset.kubernetes.io/pod-name", "db-0"}});
-    idx.update(snap);
+    idx.update(test::workloadSnapshot(
+        "shop", {{"web-5d4f-aaaaa", "10.244.1.5", {{"pod-template-hash", "5d4f"}}},
+                 {"db-0", "10.244.2.9", {{"statefulset.kubernetes.io/pod-name", "db-0"}}}}));
     return true;
   }();
   (void)once;
