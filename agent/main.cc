@@ -27,11 +27,14 @@
 #include "agent/pods/pod_manager.h"
 #include "agent/telemetry/agent_metrics.h"
 #include "agent/telemetry/http_metrics.h"
+#include "agent/telemetry/live_stats.h"
+#include "agent/telemetry/tap.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
 #include "agent/wiring/admin_json.h"
 #include "agent/wiring/cni_bridge.h"
 #include "agent/wiring/discovery_bridge.h"
+#include "agent/wiring/live_inspection.h"
 #include "agent/wiring/telemetry_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
@@ -272,7 +275,12 @@ int runAgent(const Flags& flags) {
   agent::telemetry::HttpMetricsConfig http_metrics_config;
   http_metrics_config.workers = engine_config.workers;
   agent::telemetry::HttpMetrics http_metrics(http_metrics_config, tcp_metrics);
-  agent::telemetry::ObserverFanout observers({&tcp_metrics, &http_metrics});
+  // Live inspection (sluicectl stat / top / tap): the last minute per pod, and tap sessions.
+  agent::telemetry::LiveStats live_stats(
+      {.workers = engine_config.workers, .cluster_id = metrics_config.cluster_id}, &workload_index);
+  agent::telemetry::TapHub tap_hub(
+      {.workers = engine_config.workers, .cluster_id = metrics_config.cluster_id}, &workload_index);
+  agent::telemetry::ObserverFanout observers({&tcp_metrics, &http_metrics, &live_stats, &tap_hub});
   ztunnel::EngineHooks hooks;
   hooks.observer = &observers;
   auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
@@ -406,6 +414,8 @@ int runAgent(const Flags& flags) {
         "{}), reconnecting",
         flags.controlplane, secs, disc.lastError(), disc.version());
   };
+  agent::wiring::addLiveInspection(sources, live_stats, tap_hub, pods, workload_index,
+                                   metrics_config.cluster_id);
   auto admin = agent::admin::Server::create(flags.admin_addr, sources);
   if (!admin) {
     logger->critical("{}", admin.error().describe());

@@ -1,10 +1,13 @@
 #include "agent/admin/server.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <sys/eventfd.h>
+
+#include <cerrno>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
@@ -40,6 +43,7 @@ Routes adminRoutes(Sources sources) {
   r["/connections"] = [src] { return jsonResponse(src->connections()); };
   r["/certs"] = [src] { return jsonResponse(src->certs()); };
   r["/stats"] = [src] { return jsonResponse(src->stats()); };
+  for (const auto& [path, route] : src->routes) r[path] = route;
   return r;
 }
 
@@ -47,6 +51,8 @@ const char* reasonPhrase(int status) {
   switch (status) {
     case 200:
       return "OK";
+    case 400:
+      return "Bad Request";
     case 404:
       return "Not Found";
     case 500:
@@ -57,7 +63,98 @@ const char* reasonPhrase(int status) {
   return "";
 }
 
+Query parseQuery(evhttp_request* req) {
+  Query out;
+  const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req);
+  const char* query = uri ? evhttp_uri_get_query(uri) : nullptr;
+  if (!query) return out;
+  evkeyvalq params{};  // evhttp_parse_query_str initialises it
+  if (evhttp_parse_query_str(query, &params) == 0)
+    for (evkeyval* kv = params.tqh_first; kv; kv = kv->next.tqe_next) out[kv->key] = kv->value;
+  evhttp_clear_headers(&params);
+  return out;
+}
+
+constexpr timeval kStreamPoll{0, 100 * 1000};
+constexpr size_t kStreamBacklog = 1 << 20;  // bytes sent but not yet taken by the client
+
 }  // namespace
+
+// A streamed response in progress. `req` belongs to evhttp: it is freed
+// when the reply ends or the connection fails (then the close callback
+// ends the session first).
+struct Server::Session {
+  Server* server = nullptr;
+  evhttp_request* req = nullptr;
+  evhttp_connection* conn = nullptr;
+  event* timer = nullptr;
+  std::unique_ptr<Stream> stream;
+  ~Session() {
+    if (timer) event_free(timer);
+  }
+};
+
+void Server::startStream(evhttp_request* req, const StreamOpener& open) {
+  auto stream = open(parseQuery(req));
+  if (!stream) {
+    int status = stream.error().code == EBUSY ? 503 : 400;
+    Response r = jsonResponse({{"error", stream.error().message}}, status);
+    reply(req, r.status, reasonPhrase(r.status), r.body, r.content_type.c_str());
+    return;
+  }
+  auto session = std::make_unique<Session>();
+  Session* s = session.get();
+  s->server = this;
+  s->req = req;
+  s->conn = evhttp_request_get_connection(req);
+  s->stream = std::move(*stream);
+  s->timer = event_new(
+      base_, -1, EV_PERSIST,
+      [](evutil_socket_t, short, void* arg) {
+        auto* s = static_cast<Session*>(arg);
+        s->server->pollStream(s);
+      },
+      s);
+  sessions_.emplace(s, std::move(session));
+  stream_count_.store(sessions_.size(), std::memory_order_relaxed);
+  // The client went away (or the write timeout hit): end the session; evhttp frees the request.
+  evhttp_connection_set_closecb(
+      s->conn,
+      [](evhttp_connection*, void* arg) {
+        auto* s = static_cast<Session*>(arg);
+        s->req = nullptr;
+        s->server->endSession(s);
+      },
+      s);
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/x-ndjson");
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-cache");
+  evhttp_send_reply_start(req, 200, "OK");
+  event_add(s->timer, &kStreamPoll);
+}
+
+void Server::pollStream(Session* s) {
+  // A client that does not read: stop producing (the stream's own queue drops).
+  if (bufferevent* bev = evhttp_connection_get_bufferevent(s->conn))
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > kStreamBacklog) return;
+  StreamStep step = s->stream->poll();
+  if (!step.data.empty()) {
+    evbuffer* buf = evbuffer_new();
+    evbuffer_add(buf, step.data.data(), step.data.size());
+    evhttp_send_reply_chunk(s->req, buf);
+    evbuffer_free(buf);
+  }
+  if (step.done) {
+    evhttp_connection_set_closecb(s->conn, nullptr, nullptr);
+    evhttp_send_reply_end(s->req);
+    s->req = nullptr;
+    endSession(s);
+  }
+}
+
+void Server::endSession(Session* s) {
+  sessions_.erase(s);
+  stream_count_.store(sessions_.size(), std::memory_order_relaxed);
+}
 
 // One libevent loop on the server's own thread: evhttp parses the requests
 // (bounded headers, no bodies, timeouts; malformed ones get 400, methods
@@ -65,6 +162,10 @@ const char* reasonPhrase(int status) {
 void Server::handle(evhttp_request* req) {
   std::string path = evhttp_request_get_uri(req);
   path = path.substr(0, path.find('?'));
+  if (auto st = stream_routes_.find(path); st != stream_routes_.end()) {
+    startStream(req, st->second);
+    return;
+  }
   auto it = routes_.find(path);
   Response r = it == routes_.end() ? jsonResponse({{"error", "no such endpoint: " + path}}, 404)
                                    : it->second();
@@ -72,15 +173,17 @@ void Server::handle(evhttp_request* req) {
 }
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sources sources) {
-  return create(address, "admin API", adminRoutes(std::move(sources)));
+  StreamRoutes streams = std::move(sources.streams);
+  return create(address, "admin API", adminRoutes(std::move(sources)), std::move(streams));
 }
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, std::string name,
-                                               Routes routes) {
+                                               Routes routes, StreamRoutes streams) {
   auto ep = parseEndpoint(address);
   if (!ep) return fail(fmt::format("invalid {} address '{}': expected IP:PORT", name, address));
   std::unique_ptr<Server> self(new Server());
   self->routes_ = std::move(routes);
+  self->stream_routes_ = std::move(streams);
   self->base_ = event_base_new();
   if (!self->base_) return fail(name + ": cannot create an event loop");
   self->http_ = evhttp_new(self->base_);
@@ -116,6 +219,11 @@ Server::~Server() {
     [[maybe_unused]] auto n = ::write(stop_fd_.get(), &one, sizeof(one));
     thread_.join();
   }
+  // evhttp_free closes the streams' connections: their close callbacks must
+  // not find sessions that are gone.
+  for (auto& [s, session] : sessions_)
+    if (session->req) evhttp_connection_set_closecb(session->conn, nullptr, nullptr);
+  sessions_.clear();
   if (stop_event_) event_free(stop_event_);
   if (http_) evhttp_free(http_);
   if (base_) event_base_free(base_);

@@ -1,10 +1,18 @@
 // Admin HTTP API of the agent (default 127.0.0.1:15000): /healthz, /ready,
-// /config_dump, /connections, /stats, /certs. Read-only JSON; served from its own
+// /config_dump, /connections, /stats, /certs, and what the agent adds (the
+// live inspection: /live/stat, /live/tap). Read-only; served from its own
 // thread (libevent's evhttp), never from a data-plane thread. The same server
 // serves other read-only documents by path (Routes): the agent's metrics
 // endpoint (:15020) is a second instance.
+//
+// Streams (StreamRoutes): a response that goes on until its Stream says it is
+// done or the client goes away (chunked for HTTP/1.1 clients, until close for
+// HTTP/1.0). The server polls each stream every 100 ms on its thread, and
+// stops polling while the client has not taken 1 MiB already sent, so a
+// client that stops reading costs bounded memory (and the stream drops).
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -22,6 +30,33 @@ struct evhttp_request;
 
 namespace sluice::agent::admin {
 
+// A document built on demand for one GET (or HEAD) of a path.
+struct Response {
+  int status = 200;
+  std::string content_type = "text/plain";
+  std::string body;
+};
+// Exact path (query string ignored) -> its document, built on the server's thread.
+using Routes = std::map<std::string, std::function<Response()>>;
+
+// A query string's parameters, decoded.
+using Query = std::map<std::string, std::string>;
+struct StreamStep {
+  std::string data;   // the next bytes of the body, may be empty
+  bool done = false;  // end the response after `data`
+};
+// One streamed response; polled on the server's thread, destroyed there when
+// it is done or its client has gone.
+class Stream {
+ public:
+  virtual ~Stream() = default;
+  virtual StreamStep poll() = 0;
+};
+// Opens a stream for a request; an error is answered with its message as 400
+// (code EBUSY: 503, try later).
+using StreamOpener = std::function<Result<std::unique_ptr<Stream>>(const Query&)>;
+using StreamRoutes = std::map<std::string, StreamOpener>;
+
 // Each source builds its document on demand, on an admin thread.
 struct Sources {
   std::function<nlohmann::json()> config_dump;
@@ -33,16 +68,10 @@ struct Sources {
   // When ready: an operator-facing note appended to "ready" (e.g. serving
   // the last known state while the control plane is unreachable). Optional.
   std::function<std::string()> ready_note;
+  // More documents and streams by path. Optional.
+  Routes routes;
+  StreamRoutes streams;
 };
-
-// A document built on demand for one GET (or HEAD) of a path.
-struct Response {
-  int status = 200;
-  std::string content_type = "text/plain";
-  std::string body;
-};
-// Exact path (query string ignored) -> its document, built on the server's thread.
-using Routes = std::map<std::string, std::function<Response()>>;
 
 class Server {
  public:
@@ -51,13 +80,19 @@ class Server {
   // Any read-only documents; `name` names the server in logs and errors
   // ("metrics endpoint"). Unknown paths get 404.
   static Result<std::unique_ptr<Server>> create(const std::string& address, std::string name,
-                                                Routes routes);
+                                                Routes routes, StreamRoutes streams = {});
   ~Server();
   std::string address() const { return address_; }
+  // Streams being served now.
+  size_t streams() const { return stream_count_.load(std::memory_order_relaxed); }
 
  private:
+  struct Session;
   Server() = default;
   void handle(evhttp_request* req);
+  void startStream(evhttp_request* req, const StreamOpener& open);
+  void pollStream(Session* s);
+  void endSession(Session* s);
   event_base* base_ = nullptr;
   evhttp* http_ = nullptr;
   event* stop_event_ = nullptr;
@@ -65,6 +100,9 @@ class Server {
   std::jthread thread_;
   std::string address_;
   Routes routes_;
+  StreamRoutes stream_routes_;
+  std::map<Session*, std::unique_ptr<Session>> sessions_;  // the server's thread only
+  std::atomic<size_t> stream_count_{0};
 };
 
 }  // namespace sluice::agent::admin

@@ -6,6 +6,7 @@
 #include <cassert>
 #include <cstring>
 
+#include "agent/telemetry/peers.h"
 #include "sluice/common/addr.h"
 
 namespace sluice::agent::telemetry {
@@ -160,28 +161,10 @@ const std::vector<std::string_view>& TcpMetrics::labelNames() {
 
 std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
                                                  Reporter reporter) const {
-  std::shared_ptr<const WorkloadSnapshot> snap = workloads_ ? workloads_->current() : nullptr;
-  auto byIp = [&](const std::string& endpoint) -> const WorkloadInfo* {
-    auto ep = parseEndpoint(endpoint);
-    if (!snap || !ep) return nullptr;
-    auto it = snap->by_ip.find(ep->sin_addr.s_addr);
-    return it == snap->by_ip.end() ? nullptr : it->second.get();
-  };
-  // The pod that owns the listener is enrolled on this node: named from the
-  // record ("ns/name") even when the view does not describe it.
-  WorkloadInfo own_fallback;
-  auto own = [&]() -> const WorkloadInfo* {
-    if (snap)
-      if (auto it = snap->by_pod.find(r.pod); it != snap->by_pod.end()) return it->second.get();
-    auto slash = r.pod.find('/');
-    if (slash == std::string::npos) return nullptr;
-    own_fallback = describeWorkload(r.pod.substr(slash + 1), r.pod.substr(0, slash), {}, {},
-                                    config_.cluster_id);
-    return &own_fallback;
-  };
-  bool outbound = r.direction == ztunnel::Direction::kOutbound;
-  const WorkloadInfo* src = outbound ? own() : byIp(r.source);
-  const WorkloadInfo* dst = outbound ? byIp(r.destination) : own();
+  Peers peers(workloads_ ? workloads_->current() : nullptr, r, config_.cluster_id);
+  const WorkloadInfo* src = peers.source();
+  const WorkloadInfo* dst = peers.destination();
+  const WorkloadSnapshot* snap = peers.snapshot();
 
   std::vector<std::string> v(kLabelCount);
   v[kReporter] = reporter == Reporter::kSource ? "source" : "destination";

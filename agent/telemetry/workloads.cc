@@ -65,6 +65,7 @@ std::string canonicalRevision(const PodLabels& labels) {
 WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_, const Owner& owner,
                               const PodLabels& labels, std::string cluster) {
   WorkloadInfo w;
+  w.pod = std::string(pod);
   w.workload = workloadOf(pod, owner, labels).name;
   w.namespace_ = std::string(namespace_);
   w.canonical_service = canonicalService(labels, w.workload);

@@ -18,6 +18,7 @@ namespace sluice::agent::telemetry {
 using PodLabels = std::map<std::string, std::string>;
 
 struct WorkloadInfo {
+  std::string pod;       // the pod's own name
   std::string workload;  // workloadOf(...).name: the controller's name, else the pod's
   std::string namespace_;
   std::string canonical_service;

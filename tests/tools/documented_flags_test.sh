@@ -23,6 +23,11 @@ check() {  # check BINARY [SUBCOMMAND]
 check "$build/agent/sluice-agent"
 check "$build/controlplane/sluice-controlplane"
 check "$build/tools/sluicectl"
+check "$build/tools/sluicectl" stat
+check "$build/tools/sluicectl" top
+check "$build/tools/sluicectl" tap
+check "$build/tools/sluicectl" check
+check "$build/tools/sluicectl" install
 check "$build/cni-plugin/sluice-cni" install
 check "$build/cni-plugin/sluice-cni" uninstall
 check "$build/agent/sluice-agent" uninstall

@@ -1,50 +1,146 @@
 #include "tools/sluicectl/admin_client.h"
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
 #include "sluice/common/addr.h"
-#include "sluice/common/unique_fd.h"
+#include "tools/sluicectl/commands.h"
+
+using nlohmann::json;
 
 namespace sluice::ctl {
 
-Result<AdminResponse> adminFetch(const std::string& admin, const std::string& path) {
+namespace {
+
+// Connected, request sent, a 5 s bound on sending (and, for `timed`, reading).
+Result<UniqueFd> request(const std::string& admin, const std::string& path, bool timed) {
   auto ep = parseEndpoint(admin);
   if (!ep) return fail("invalid --admin address '" + admin + "': expected IP:PORT");
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return failErrno("cannot create a socket");
   timeval tv{5, 0};
-  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (timed) setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*ep), sizeof(*ep)) != 0)
     return failErrno("cannot reach the agent admin API at " + admin +
                      ": is sluice-agent running on this node? (--admin selects another address)");
   std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + admin + "\r\n\r\n";
   if (::write(fd.get(), req.data(), req.size()) != static_cast<ssize_t>(req.size()))
     return failErrno("sending to the admin API at " + admin + " failed");
+  return fd;
+}
+
+// "HTTP/1.x NNN ..." -> NNN; 0 for anything else.
+int statusOf(const std::string& head) {
+  if (head.rfind("HTTP/1.", 0) != 0) return 0;
+  return std::atoi(head.c_str() + head.find(' ') + 1);
+}
+
+std::string olderAgent(const std::string& admin, const std::string& path) {
+  return "the agent at " + admin + " has no " + path +
+         ": it is older than this sluicectl (upgrade the agent)";
+}
+
+}  // namespace
+
+Result<AdminResponse> adminFetch(const std::string& admin, const std::string& path) {
+  auto fd = request(admin, path, /*timed=*/true);
+  if (!fd) return tl::unexpected(fd.error());
   std::string resp;
   char buf[65536];
   ssize_t n;
-  while ((n = ::read(fd.get(), buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
+  while ((n = ::read(fd->get(), buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
   if (n < 0) return failErrno("reading from the admin API at " + admin + " failed");
   auto body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos)
+  int status = statusOf(resp);
+  if (status == 0 || body == std::string::npos)
     return fail("malformed answer from the admin API at " + admin);
-  return AdminResponse{std::atoi(resp.c_str() + resp.find(' ') + 1), resp.substr(body + 4)};
+  return AdminResponse{status, resp.substr(body + 4)};
 }
 
-Result<nlohmann::json> adminJson(const std::string& admin, const std::string& path) {
+Result<json> adminJson(const std::string& admin, const std::string& path) {
   auto r = adminFetch(admin, path);
   if (!r) return tl::unexpected(r.error());
+  if (r->status == 404) return fail(olderAgent(admin, path));
   if (r->status != 200)
     return fail("admin API " + path + " answered " + std::to_string(r->status) + ": " + r->body);
-  auto j = nlohmann::json::parse(r->body, nullptr, false);
+  auto j = json::parse(r->body, nullptr, false);
   if (j.is_discarded()) return fail("admin API " + path + " returned invalid JSON");
   return j;
+}
+
+json adminGet(const std::string& admin, const std::string& path) {
+  auto j = adminJson(admin, path);
+  if (!j) die(j.error().describe());
+  return *j;
+}
+
+AdminStream::AdminStream(const std::string& admin, const std::string& path) {
+  auto fd = request(admin, path, /*timed=*/false);
+  if (!fd) die(fd.error().describe(), fd.error().message.find("invalid --admin") == 0 ? 2 : 1);
+  fd_ = std::move(*fd);
+  size_t end;
+  while ((end = buffer_.find("\r\n\r\n")) == std::string::npos)
+    if (!fill(5000)) die("no answer from the admin API at " + admin + " for " + path);
+  int status = statusOf(buffer_);
+  if (status == 0) die("malformed answer from the admin API at " + admin);
+  buffer_.erase(0, end + 4);
+  if (status == 200) return;
+  while (fill(5000)) {
+  }
+  if (status == 404) die(olderAgent(admin, path));
+  json err = json::parse(buffer_, nullptr, false);
+  std::string msg =
+      !err.is_discarded() && err.contains("error") ? err["error"].get<std::string>() : buffer_;
+  die("the agent refused " + path + " (" + std::to_string(status) + "): " + msg);
+}
+
+bool AdminStream::fill(int timeout_ms) {
+  if (closed_) return false;
+  pollfd p{fd_.get(), POLLIN, 0};
+  int r = ::poll(&p, 1, timeout_ms);
+  if (r <= 0) return false;
+  char buf[65536];
+  ssize_t n = ::read(fd_.get(), buf, sizeof(buf));
+  if (n <= 0) {
+    closed_ = true;
+    return false;
+  }
+  buffer_.append(buf, static_cast<size_t>(n));
+  return true;
+}
+
+AdminStream::Next AdminStream::next(std::string& line, int timeout_ms) {
+  while (true) {
+    if (auto nl = buffer_.find('\n'); nl != std::string::npos) {
+      line = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      return Next::kLine;
+    }
+    if (!fill(timeout_ms)) return closed_ ? Next::kClosed : Next::kTimeout;
+  }
+}
+
+std::string urlEncode(const std::string& s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
 }
 
 }  // namespace sluice::ctl

@@ -1,9 +1,6 @@
 #include "tools/sluicectl/commands.h"
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -30,12 +27,6 @@ void die(const std::string& msg, int code) {
 }
 
 namespace {
-
-json adminGet(const std::string& admin, const std::string& path) {
-  auto j = adminJson(admin, path);
-  if (!j) die(j.error().describe());
-  return *j;
-}
 
 std::string str(const json& j, const char* key) {
   if (!j.contains(key)) return "";
@@ -238,6 +229,24 @@ int cmdCheck(const Options& opts) {
   return check::exitStatus(results);
 }
 
+void declareCheck(FlagTable& flags, Options& opts) {
+  flags
+      .toggle("--pre", "can this node run Sluice (before installing it)?",
+              [&opts] { opts.pre = true; })
+      .value("--cni-conf-dir", "DIR",
+             "the container runtime's CNI config dir (default /etc/cni/net.d)",
+             FlagTable::into(&opts.cni_conf_dir))
+      .value("--cni-bin-dir", "DIR", "the CNI plugin dir (default /opt/cni/bin)",
+             FlagTable::into(&opts.cni_bin_dir));
+}
+
+void declareInstall(FlagTable& flags, Options& opts) {
+  flags.value("--ca-dir", "DIR",
+              "embed this mesh CA (root-cert.pem, ca-cert.pem, ca-key.pem, as\n"
+              "tools/gen-ca.sh writes them) as the Secret sluice-ca",
+              FlagTable::into(&opts.ca_dir));
+}
+
 int cmdInstall(const Options& opts) {
   auto m = installManifests(opts.ca_dir);
   if (!m) die(m.error().describe(), 2);
@@ -263,13 +272,20 @@ const std::vector<Command>& commands() {
        cmdCerts},
       {"services", "Services in this node's view: VIPs, ports, ready endpoints", cmdServices},
       {"check",
-       "is Sluice on this node healthy (or, with --pre, can this node run it)? Exit 1 on failure",
-       cmdCheck},
-      {"install", "print the manifests that install Sluice, to pipe into kubectl apply (--ca-dir)",
-       cmdInstall},
+       "is Sluice on this node healthy, or (pre-install) can this node run it? Exit 1 on failure",
+       cmdCheck, declareCheck, "[--pre] [flags]"},
+      {"install", "print the manifests that install Sluice, to pipe into kubectl apply", cmdInstall,
+       declareInstall, "[--ca-dir DIR]"},
       {"uninstall",
        "print what un-chains sluice-cni from every node, and the steps to remove Sluice",
        cmdUninstall},
+      {"stat",
+       "per workload, pod or namespace over the last minute: MESHED, SUCCESS, RPS, "
+       "latency percentiles, TCP_CONN",
+       cmdStat, declareStat, "[deploy|pod|ns] [flags]", 1},
+      {"top", "live table of the busiest (source, destination, method, path)", cmdTop, declareTop,
+       "[flags]"},
+      {"tap", "a live stream of this node's HTTP requests", cmdTap, declareTap, "[flags]"},
   };
   return table;
 }

@@ -2,6 +2,7 @@
 // (commands.h); the commands list of --help comes from the same table.
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "sluice/common/flags.h"
@@ -12,63 +13,77 @@ using namespace sluice;
 namespace {
 
 std::string usageHead() {
-  std::string s = "Usage: sluicectl [flags] COMMAND\n\nCommands:\n";
+  std::string s = "Usage: sluicectl [flags] COMMAND [command flags]\n\nCommands:\n";
   for (const auto& c : ctl::commands()) {
     std::string name = c.name;
     s += "  " + name + std::string(name.size() < 14 ? 14 - name.size() : 1, ' ') + c.summary + "\n";
   }
-  return s + "\nFlags:\n";
+  return s + "\n'sluicectl COMMAND --help' shows a command's own flags.\n\nFlags:\n";
+}
+
+std::string commandUsage(const ctl::Command& c) {
+  return std::string("Usage: sluicectl ") + c.name + (*c.usage ? " " : "") + c.usage + "\n\n" +
+         c.summary + "\n\nFlags:\n";
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string admin = getenv("SLUICE_ADMIN") ? getenv("SLUICE_ADMIN") : "127.0.0.1:15000";
-  std::string pin_dir =
-      getenv("SLUICE_BPF_PIN_DIR") ? getenv("SLUICE_BPF_PIN_DIR") : "/sys/fs/bpf/sluice";
-  std::string output = "table";
-  std::string command;
   ctl::Options options;
+  options.admin = getenv("SLUICE_ADMIN") ? getenv("SLUICE_ADMIN") : "127.0.0.1:15000";
+  options.pin_dir =
+      getenv("SLUICE_BPF_PIN_DIR") ? getenv("SLUICE_BPF_PIN_DIR") : "/sys/fs/bpf/sluice";
+  // The command is the first argument that names one: its flags are
+  // accepted before and after it, with the global ones.
+  const ctl::Command* command = nullptr;
+  for (int i = 1; i < argc && !command; ++i)
+    for (const auto& c : ctl::commands())
+      if (std::strcmp(argv[i], c.name) == 0) command = &c;
+
+  std::string output = "table";
+  std::string unknown;
+  bool named = false;
   FlagTable flags;
   flags
       .value("--admin", "IP:PORT", "agent admin API (default 127.0.0.1:15000, or $SLUICE_ADMIN)",
-             FlagTable::into(&admin))
+             FlagTable::into(&options.admin))
       .value("--bpf-pin-dir", "DIR",
              "pinned BPF state for `bpf` (default /sys/fs/bpf/sluice, or\n"
              "$SLUICE_BPF_PIN_DIR)",
-             FlagTable::into(&pin_dir))
+             FlagTable::into(&options.pin_dir))
       .value("--output", "FORMAT", "table (default) or json", FlagTable::into(&output))
-      .alias("-o")
-      .toggle("--pre", "`check`: can this node run Sluice (before installing it)?",
-              [&] { options.pre = true; })
-      .value("--cni-conf-dir", "DIR",
-             "`check`: the container runtime's CNI config dir (default /etc/cni/net.d)",
-             FlagTable::into(&options.cni_conf_dir))
-      .value("--cni-bin-dir", "DIR", "`check`: the CNI plugin dir (default /opt/cni/bin)",
-             FlagTable::into(&options.cni_bin_dir))
-      .value("--ca-dir", "DIR",
-             "`install`: embed this mesh CA (root-cert.pem, ca-cert.pem, ca-key.pem,\n"
-             "as tools/gen-ca.sh writes them) as the Secret sluice-ca",
-             FlagTable::into(&options.ca_dir))
-      .positional([&](const std::string& arg) -> std::string {
-        if (!command.empty()) return "unexpected argument '" + arg + "'";
-        command = arg;
-        return "";
-      });
+      .alias("-o");
+  if (command && command->declare) command->declare(flags, options);
+  flags.positional([&](const std::string& arg) -> std::string {
+    if (command && !named && arg == command->name) {
+      named = true;
+      return "";
+    }
+    if (!command) {
+      unknown = arg;
+      return "";
+    }
+    if (options.args.size() >= command->max_args)
+      return std::string("unexpected argument '") + arg + "' for " + command->name;
+    options.args.push_back(arg);
+    return "";
+  });
   auto help = flags.parse(argc, argv);
-  if (!help) ctl::die(help.error().message + "\nRun 'sluicectl --help' for usage.", 2);
+  if (!help)
+    ctl::die(help.error().message + "\nRun 'sluicectl " +
+                 (command ? std::string(command->name) + " " : std::string()) +
+                 "--help' for usage.",
+             2);
   if (*help) {
-    std::fputs(usageHead().c_str(), stdout);
+    std::fputs((command ? commandUsage(*command) : usageHead()).c_str(), stdout);
     std::fputs(flags.help().c_str(), stdout);
     return 0;
   }
   if (output != "table" && output != "json")
     ctl::die("-o must be 'table' or 'json', got '" + output + "'", 2);
-  options.admin = admin;
-  options.pin_dir = pin_dir;
   options.as_json = output == "json";
-  for (const auto& c : ctl::commands())
-    if (command == c.name) return c.run(options);
-  if (command.empty()) ctl::die("no command given\nRun 'sluicectl --help' for usage.", 2);
-  ctl::die("unknown command '" + command + "'\nRun 'sluicectl --help' for usage.", 2);
+  if (!unknown.empty())
+    ctl::die("unknown command '" + unknown + "'\nRun 'sluicectl --help' for usage.", 2);
+  if (!command) ctl::die("no command given\nRun 'sluicectl --help' for usage.", 2);
+  return command->run(options);
 }

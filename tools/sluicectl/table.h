@@ -11,6 +11,7 @@ class Table {
   explicit Table(std::vector<std::string> headers) : headers_(std::move(headers)) {}
   void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
   std::string render() const;
+  bool empty() const { return rows_.empty(); }
 
  private:
   std::vector<std::string> headers_;
