@@ -21,8 +21,14 @@ int Http1Observer::onRequestBegin(http_parser* p) {
   return 0;
 }
 
+// The request whose headers are being read; null for trailers (after a
+// chunked body), whose exchange may already be answered and gone.
+Exchange* Http1Observer::parsing() {
+  return pending_.empty() || pending_.back().sent ? nullptr : &pending_.back();
+}
+
 int Http1Observer::onUrl(http_parser* p, const char* at, size_t n) {
-  Exchange::append(self(p).pending_.back().path, {at, n});
+  if (Exchange* e = self(p).parsing()) Exchange::append(e->path, {at, n});
   return 0;
 }
 
@@ -38,13 +44,16 @@ int Http1Observer::onRequestHeaderValue(http_parser* p, const char* at, size_t n
   Http1Observer& o = self(p);
   if (!o.last_was_value_) o.in_host_ = strcasecmp(o.field_.c_str(), "host") == 0;
   o.last_was_value_ = true;
-  if (o.in_host_) Exchange::append(o.pending_.back().authority, {at, n});
+  Exchange* e = o.parsing();
+  if (e && o.in_host_) Exchange::append(e->authority, {at, n});
   return 0;
 }
 
 int Http1Observer::onRequestHeaders(http_parser* p) {
   if (p->method == HTTP_CONNECT) return -1;  // a tunnel: what follows is not HTTP
-  Exchange& e = self(p).pending_.back();
+  Exchange* ep = self(p).parsing();
+  if (!ep) return -1;
+  Exchange& e = *ep;
   e.method = http_method_str(static_cast<http_method>(p->method));
   e.head = p->method == HTTP_HEAD;
   e.sent = true;

@@ -37,6 +37,7 @@ class Http1Observer final : public ProtocolObserver {
   static int onResponseComplete(http_parser* p);
   static const http_parser_settings& requestSettings();
   static const http_parser_settings& responseSettings();
+  Exchange* parsing();
   static Http1Observer& self(http_parser* p) { return *static_cast<Http1Observer*>(p->data); }
 
   RequestSink& sink_;
