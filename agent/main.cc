@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "agent/admin/server.h"
+#include "agent/authz/policy_authorizer.h"
 #include "agent/bpf/loader.h"
 #include "agent/bpf/orig_dst_resolver.h"
 #include "agent/cni/server.h"
@@ -29,8 +30,11 @@
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
 #include "agent/wiring/admin_json.h"
+#include "agent/wiring/authz_bridge.h"
 #include "agent/wiring/cni_bridge.h"
 #include "agent/wiring/discovery_bridge.h"
+#include "agent/wiring/policy_json.h"
+#include "agent/wiring/policy_metrics.h"
 #include "agent/wiring/telemetry_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
@@ -72,6 +76,7 @@ struct Flags {
   std::string token_file;
   std::string trust_domain = "cluster.local";
   unsigned cert_ttl = 0;
+  bool allow_node_probes = true;
   bool uninstall = false;
 };
 
@@ -163,6 +168,17 @@ FlagTable flagTable(Flags& f) {
              "how long CNI ADD waits for the pod to appear in the control\n"
              "plane's view (default 3000)",
              FlagTable::number(&f.cni_wait_ms))
+      .value("--node-probes", "allow|policy",
+             "plaintext from this node's own address to its pods (kubelet\n"
+             "probes): allow = always allowed, even under STRICT mTLS and\n"
+             "whatever AuthorizationPolicies say (as Istio ambient does);\n"
+             "policy = treated like any plaintext client (default allow)",
+             [&f](const std::string& v) -> std::string {
+               if (v != "allow" && v != "policy")
+                 return "must be 'allow' or 'policy', got '" + v + "'";
+               f.allow_node_probes = v == "allow";
+               return "";
+             })
       .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
              [&f](const std::string& v) -> std::string {
                for (const char* l : {"trace", "debug", "info", "warn", "error"})
@@ -262,13 +278,19 @@ int runAgent(const Flags& flags) {
   agent::telemetry::TcpMetricsConfig metrics_config;
   metrics_config.workers = engine_config.workers;
   agent::telemetry::TcpMetrics tcp_metrics(metrics_config, &workload_index);
+  // Every inbound connection is decided by the policies in the view; until
+  // the view holds a pod's workload, connections to it are refused.
+  agent::authz::PolicyAuthorizer authorizer({.allow_node_probes = flags.allow_node_probes});
+  agent::wiring::AuthzBridge authz_bridge(authorizer, flags.node_name, flags.trust_domain);
   ztunnel::EngineHooks hooks;
   hooks.observer = &tcp_metrics;
+  hooks.authorizer = &authorizer;
   auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
   if (!engine) {
     logger->critical("starting the proxy engine failed: {}", engine.error().describe());
     return 1;
   }
+  authz_bridge.setEngine(engine->get());
 
   agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json",
                                flags.trust_domain);
@@ -284,6 +306,7 @@ int runAgent(const Flags& flags) {
         certs.retryNow();
       },
       [&](const agent::discovery::View& view) {
+        authz_bridge.onView(view);
         workload_index.update(agent::wiring::workloadSnapshot(view, metrics_config.cluster_id));
       });
 
@@ -297,19 +320,20 @@ int runAgent(const Flags& flags) {
     persisted = std::move(*v);
     discovery_bridge.seed(persisted->view);
     logger->info(
-        "using the view kept in {} (version {} of epoch {:x}: {} workloads, {} services) until "
-        "the control plane answers",
+        "using the view kept in {} (version {} of epoch {:x}: {} workloads, {} services, {} "
+        "AuthorizationPolicies, {} PeerAuthentications) until the control plane answers",
         view_file, persisted->version, persisted->epoch, persisted->view.workloads.size(),
-        persisted->view.services.size());
+        persisted->view.services.size(), persisted->view.policies->authorizationPolicies().size(),
+        persisted->view.policies->peerAuthentications().size());
   } else if (v.error().code == ENOENT) {
     logger->info(
-        "no view kept in {}: outbound connections of enrolled pods are refused until "
-        "the control plane answers",
+        "no view kept in {}: connections of enrolled pods are refused until the control "
+        "plane answers",
         view_file);
   } else {
     logger->warn(
-        "ignoring the kept view: {}; outbound connections of enrolled pods are refused "
-        "until the control plane answers",
+        "ignoring the kept view: {}; connections of enrolled pods are refused until the "
+        "control plane answers",
         v.error().describe());
   }
   pods.restore();
@@ -363,7 +387,21 @@ int runAgent(const Flags& flags) {
   sources.stats = [&] {
     nlohmann::json j = agent::wiring::statsJson(eng.stats(), ld.stats());
     j["enrolled_pods"] = pods.enrolledCount();
+    auto authz_stats = authorizer.stats();
+    nlohmann::json denied = nlohmann::json::object();
+    for (size_t i = 0; i < authz_stats.denied.size(); ++i)
+      denied[agent::authz::toString(static_cast<agent::authz::DenyReason>(i))] =
+          authz_stats.denied[i];
+    j["policy"] = {{"denied", denied},
+                   {"audit_matches", authz_stats.audit_matches},
+                   {"updates_rejected", authz_bridge.rejected().count}};
     return j;
+  };
+  sources.policies = [&] {
+    return agent::wiring::policiesJson(authorizer, authz_bridge.rejected().error);
+  };
+  sources.authz_check = [&](const std::map<std::string, std::string>& query) {
+    return agent::wiring::authzCheckJson(authorizer, flags.trust_domain, query);
   };
   sources.not_ready_reason = [&]() -> std::string {
     if (!disc.synced())
@@ -395,6 +433,9 @@ int runAgent(const Flags& flags) {
   metric_sources.engine_stats = [&] { return eng.stats(); };
   metric_sources.pods_enrolled = [&] { return pods.enrolledCount(); };
   metric_sources.controlplane_connected = [&] { return disc.connected(); };
+  metric_sources.more = [&](agent::telemetry::TextWriter& out) {
+    agent::wiring::writePolicyMetrics(out, authorizer, authz_bridge.rejected().count);
+  };
   agent::telemetry::AgentMetrics agent_metrics(tcp_metrics, metric_sources);
   std::unique_ptr<agent::admin::Server> metrics_server;
   if (!flags.metrics_addr.empty()) {

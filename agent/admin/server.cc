@@ -26,7 +26,29 @@ Response jsonResponse(const nlohmann::json& j, int status = 200) {
   return {status, "application/json", j.dump(2) + "\n"};
 }
 
-Routes adminRoutes(Sources sources) {
+using QueryRoutes = std::map<std::string, std::function<Response(const Query&)>>;
+
+QueryRoutes withQueries(Routes routes) {
+  QueryRoutes out;
+  for (auto& [path, fn] : routes) out[path] = [fn = std::move(fn)](const Query&) { return fn(); };
+  return out;
+}
+
+Query parseQuery(evhttp_request* req) {
+  Query q;
+  const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req);
+  const char* raw = uri ? evhttp_uri_get_query(uri) : nullptr;
+  if (!raw) return q;
+  evkeyvalq kv;
+  kv.tqh_first = nullptr;  // TAILQ_INIT, without <sys/queue.h>
+  kv.tqh_last = &kv.tqh_first;
+  if (evhttp_parse_query_str(raw, &kv) != 0) return q;
+  for (evkeyval* e = kv.tqh_first; e; e = e->next.tqe_next) q[e->key] = e->value;
+  evhttp_clear_headers(&kv);
+  return q;
+}
+
+QueryRoutes adminRoutes(Sources sources) {
   auto src = std::make_shared<const Sources>(std::move(sources));
   Routes r;
   r["/healthz"] = [] { return Response{200, "text/plain", "ok\n"}; };
@@ -40,13 +62,22 @@ Routes adminRoutes(Sources sources) {
   r["/connections"] = [src] { return jsonResponse(src->connections()); };
   r["/certs"] = [src] { return jsonResponse(src->certs()); };
   r["/stats"] = [src] { return jsonResponse(src->stats()); };
-  return r;
+  if (src->policies) r["/policies"] = [src] { return jsonResponse(src->policies()); };
+  QueryRoutes out = withQueries(std::move(r));
+  if (src->authz_check)
+    out["/authz"] = [src](const Query& q) {
+      auto [status, doc] = src->authz_check(q);
+      return jsonResponse(doc, status);
+    };
+  return out;
 }
 
 const char* reasonPhrase(int status) {
   switch (status) {
     case 200:
       return "OK";
+    case 400:
+      return "Bad Request";
     case 404:
       return "Not Found";
     case 500:
@@ -67,7 +98,7 @@ void Server::handle(evhttp_request* req) {
   path = path.substr(0, path.find('?'));
   auto it = routes_.find(path);
   Response r = it == routes_.end() ? jsonResponse({{"error", "no such endpoint: " + path}}, 404)
-                                   : it->second();
+                                   : it->second(parseQuery(req));
   reply(req, r.status, reasonPhrase(r.status), r.body, r.content_type.c_str());
 }
 
@@ -77,6 +108,12 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sourc
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, std::string name,
                                                Routes routes) {
+  return create(address, std::move(name), withQueries(std::move(routes)));
+}
+
+Result<std::unique_ptr<Server>> Server::create(
+    const std::string& address, std::string name,
+    std::map<std::string, std::function<Response(const Query&)>> routes) {
   auto ep = parseEndpoint(address);
   if (!ep) return fail(fmt::format("invalid {} address '{}': expected IP:PORT", name, address));
   std::unique_ptr<Server> self(new Server());

@@ -1,8 +1,7 @@
 // Admin HTTP API of the agent (default 127.0.0.1:15000): /healthz, /ready,
-// /config_dump, /connections, /stats, /certs. Read-only JSON; served from its own
-// thread (libevent's evhttp), never from a data-plane thread. The same server
-// serves other read-only documents by path (Routes): the agent's metrics
-// endpoint (:15020) is a second instance.
+// /config_dump, /connections, /stats, /certs, /policies, /authz. Read-only JSON; served from its
+// own thread (libevent's evhttp), never from a data-plane thread. The same server serves other
+// read-only documents by path (Routes): the agent's metrics endpoint (:15020) is a second instance.
 #pragma once
 
 #include <functional>
@@ -33,6 +32,10 @@ struct Sources {
   // When ready: an operator-facing note appended to "ready" (e.g. serving
   // the last known state while the control plane is unreachable). Optional.
   std::function<std::string()> ready_note;
+  // /policies, and /authz?from=...&to=... (status and document). Optional.
+  std::function<nlohmann::json()> policies;
+  std::function<std::pair<int, nlohmann::json>(const std::map<std::string, std::string>&)>
+      authz_check;
 };
 
 // A document built on demand for one GET (or HEAD) of a path.
@@ -43,6 +46,8 @@ struct Response {
 };
 // Exact path (query string ignored) -> its document, built on the server's thread.
 using Routes = std::map<std::string, std::function<Response()>>;
+// The decoded query parameters of a request (the last value of a repeated one).
+using Query = std::map<std::string, std::string>;
 
 class Server {
  public:
@@ -52,6 +57,10 @@ class Server {
   // ("metrics endpoint"). Unknown paths get 404.
   static Result<std::unique_ptr<Server>> create(const std::string& address, std::string name,
                                                 Routes routes);
+  // Documents that read the request's query parameters.
+  static Result<std::unique_ptr<Server>> create(
+      const std::string& address, std::string name,
+      std::map<std::string, std::function<Response(const Query&)>> routes);
   ~Server();
   std::string address() const { return address_; }
 
@@ -64,7 +73,7 @@ class Server {
   UniqueFd stop_fd_;  // written to stop the loop
   std::jthread thread_;
   std::string address_;
-  Routes routes_;
+  std::map<std::string, std::function<Response(const Query&)>> routes_;
 };
 
 }  // namespace sluice::agent::admin

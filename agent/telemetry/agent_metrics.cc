@@ -86,6 +86,7 @@ std::string AgentMetrics::scrape() {
                uint64_t{sources_.controlplane_connected() ? 1u : 0u});
   }
   if (sources_.engine_stats) writeEngineCounters(out, sources_.engine_stats());
+  if (sources_.more) sources_.more(out);
   return out.take();
 }
 

@@ -20,6 +20,8 @@ struct AgentSources {
   std::function<ztunnel::EngineStats()> engine_stats;
   std::function<size_t()> pods_enrolled;
   std::function<bool()> controlplane_connected;
+  // More families written by another part (policy decisions: wiring/policy_metrics.h).
+  std::function<void(TextWriter&)> more;
 };
 
 // sluice_build_info{version=...} 1

@@ -15,6 +15,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/flags.h"
+#include "tools/sluicectl/admin_client.h"
 #include "tools/sluicectl/table.h"
 
 using nlohmann::json;
@@ -27,46 +28,6 @@ void die(const std::string& msg, int code) {
 }
 
 namespace {
-
-// Minimal HTTP/1.0 GET over a blocking socket: the admin API is local and
-// small; a timeout bounds every call.
-json adminGet(const std::string& admin, const std::string& path) {
-  auto ep = parseEndpoint(admin);
-  if (!ep) die("invalid --admin address '" + admin + "': expected IP:PORT", 2);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&*ep), sizeof(*ep)) != 0)
-    die("cannot reach the agent admin API at " + admin + " (" + strerror(errno) +
-        "): is sluice-agent running on this node? (--admin selects another address)");
-  std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + admin + "\r\n\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size()))
-    die("sending to the admin API failed");
-  std::string resp;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, n);
-  close(fd);
-  auto body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos)
-    die("malformed answer from the admin API at " + admin);
-  int status = std::atoi(resp.c_str() + resp.find(' ') + 1);
-  std::string payload = resp.substr(body + 4);
-  if (status != 200)
-    die("admin API " + path + " answered " + std::to_string(status) + ": " + payload);
-  json j = json::parse(payload, nullptr, false);
-  if (j.is_discarded()) die("admin API " + path + " returned invalid JSON");
-  return j;
-}
-
-std::string str(const json& j, const char* key) {
-  if (!j.contains(key)) return "";
-  const auto& v = j[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  return v.dump();
-}
 
 std::string humanBytes(uint64_t b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -262,6 +223,14 @@ const std::vector<Command>& commands() {
       {"certs", "workload certificates of this node: identity, serial, validity, renewal, state",
        cmdCerts},
       {"services", "Services in this node's view: VIPs, ports, ready endpoints", cmdServices},
+      {"policies",
+       "AuthorizationPolicies and PeerAuthentications in force, and the local workloads each "
+       "applies to",
+       cmdPolicies},
+      {"authz",
+       "authz check --from NS/SA|IP --to NS/POD:PORT: the decision for one connection and the "
+       "policy that made it",
+       cmdAuthz},
   };
   return table;
 }

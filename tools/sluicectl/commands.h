@@ -12,6 +12,8 @@ struct Options {
   std::string admin;    // the agent's admin API, IP:PORT
   std::string pin_dir;  // pinned BPF state
   bool as_json = false;
+  std::vector<std::string> args;  // after the command (`authz check`)
+  std::string from, to;           // `authz check --from ... --to ...`
 };
 
 struct Command {
@@ -21,6 +23,10 @@ struct Command {
 };
 
 const std::vector<Command>& commands();
+
+// tools/sluicectl/policy_commands.cc
+int cmdPolicies(const Options& opts);
+int cmdAuthz(const Options& opts);
 
 [[noreturn]] void die(const std::string& msg, int code = 1);
 
