@@ -1,4 +1,8 @@
 // Discovery.Watch: a snapshot (or "up to date") then deltas, per agent stream.
+// Every node receives every workload and service (remote ones are
+// destinations) and only the policies that select one of its own workloads
+// (model/policy_filter.h): the whole set in the first message of a stream
+// and again in every later message in which it changed.
 #pragma once
 
 #include <atomic>
@@ -21,9 +25,6 @@ class Service final : public sluice::api::v1::Discovery::Service {
   void setAuthenticator(Authenticator a) { authenticate_ = std::move(a); }
 
  private:
-  // Which workloads a node receives. Today: all of them (remote ones are
-  // needed as destinations); the one place to narrow it later.
-
   model::Store& store_;
   std::atomic<bool> stopping_{false};
   Authenticator authenticate_;

@@ -13,7 +13,10 @@
 #include <set>
 #include <sstream>
 
+#include "common/policy/wire.h"
 #include "controlplane/model/objects.h"
+#include "controlplane/model/policies.h"
+#include "controlplane/model/proto_equal.h"
 #include "sluice/common/log.h"
 
 namespace sluice::controlplane::local {
@@ -93,7 +96,15 @@ nlohmann::json toJson(const YAML::Node& n) {
 }  // namespace
 
 Result<model::Objects> parseYaml(const std::string& text) {
-  model::Objects objs;
+  auto parsed = parseFile(text);
+  if (!parsed) return tl::unexpected(parsed.error());
+  if (!parsed->rejected_policies.empty()) return fail(parsed->rejected_policies[0].second);
+  return std::move(parsed->objects);
+}
+
+Result<ParsedFile> parseFile(const std::string& text) {
+  ParsedFile out;
+  model::Objects& objs = out.objects;
   std::vector<YAML::Node> docs;
   try {
     docs = loadAll(text);
@@ -110,13 +121,19 @@ Result<model::Objects> parseYaml(const std::string& text) {
     if (!doc.IsMap()) return fail(ctx + ": not a mapping");
     if (doc.Mark().line >= 0) ctx += fmt::format(" (line {})", doc.Mark().line + 1);
     if (doc["kind"] && !doc["kind"].IsScalar()) return fail(ctx + ": 'kind' must be a string");
+    if (model::isPolicy(doc)) {
+      if (auto ok = model::addPolicy(doc, objs); !ok)
+        out.rejected_policies.emplace_back(model::policyKey(doc),
+                                           fmt::format("{}: {}", ctx, ok.error().describe()));
+      continue;
+    }
     size_t pods_before = objs.pods.size();
     auto added = model::addObject(toJson(doc), objs, ctx);
     if (!added) return tl::unexpected(added.error());
     if (objs.pods.size() > pods_before && !uids.insert(objs.pods.back().uid).second)
       return fail(fmt::format("{}: duplicate uid {}", ctx, objs.pods.back().uid));
   }
-  return objs;
+  return out;
 }
 
 Result<std::unique_ptr<DirectorySource>> DirectorySource::create(const std::string& dir,
@@ -176,28 +193,104 @@ void DirectorySource::rescan() {
     auto old = contents_.find(file);
     if (old != contents_.end() && old->second == text) continue;
     contents_[file] = text;
-    auto objs = parseYaml(text);
-    Result<void> applied =
-        objs ? store_.setSource(file, std::move(*objs)) : tl::unexpected(objs.error());
-    if (!applied) {
-      rejected_[file] = applied.error().describe();
+    auto parsed = parseFile(text);
+    if (!parsed) {
+      rejected_[file] = parsed.error().describe();
       logger()->warn("rejected {}: {}; its last good content stays in effect",
                      (fs::path(dir_) / file).string(), rejected_[file]);
-    } else {
-      rejected_.erase(file);
-      logger()->info("loaded {}", (fs::path(dir_) / file).string());
+      continue;
     }
+    apply(file, std::move(*parsed));
   }
   for (auto it = contents_.begin(); it != contents_.end();) {
     if (!seen.count(it->first)) {
       store_.removeSource(it->first);
       rejected_.erase(it->first);
+      for (auto* m : {&rejected_policies_, &warned_})
+        std::erase_if(*m, [&](const auto& kv) { return kv.first.starts_with(it->first + " "); });
+      applied_policies_.erase(it->first);
       logger()->info("removed {}", (fs::path(dir_) / it->first).string());
       it = contents_.erase(it);
     } else {
       ++it;
     }
   }
+}
+
+namespace {
+
+template <typename Policy>
+const Policy* findPolicy(const std::vector<Policy>& in, const std::string& key) {
+  for (const auto& p : in)
+    if (key.ends_with(" " + p.ns + "/" + p.name)) return &p;
+  return nullptr;
+}
+
+}  // namespace
+
+void DirectorySource::apply(const std::string& file, ParsedFile parsed) {
+  const std::string path = (fs::path(dir_) / file).string();
+  std::erase_if(rejected_policies_,
+                [&](const auto& kv) { return kv.first.starts_with(file + " "); });
+  model::Objects& objs = parsed.objects;
+  const model::Objects& last = applied_policies_[file];
+  for (const auto& [key, why] : parsed.rejected_policies) {
+    bool kept = false;
+    if (key.starts_with("AuthorizationPolicy ")) {
+      if (const auto* p = findPolicy(last.authorization_policies, key)) {
+        objs.authorization_policies.push_back(*p);
+        kept = true;
+      }
+    } else if (const auto* p = findPolicy(last.peer_authentications, key)) {
+      objs.peer_authentications.push_back(*p);
+      kept = true;
+    }
+    rejected_policies_[file + " " + key] = why;
+    logger()->warn("rejected a policy in {}: {}; {}", path, why,
+                   kept ? "its last good version stays in force"
+                        : "it had no good version, so nothing of it is enforced; fix the field "
+                          "and save the file again");
+  }
+  model::Objects policies;
+  policies.authorization_policies = objs.authorization_policies;
+  policies.peer_authentications = objs.peer_authentications;
+  Result<void> applied = store_.setSource(file, std::move(objs));
+  if (!applied) {
+    rejected_[file] = applied.error().describe();
+    logger()->warn("rejected {}: {}; its last good content stays in effect", path, rejected_[file]);
+    return;
+  }
+  rejected_.erase(file);
+  logWarnings(file, policies);
+  applied_policies_[file] = std::move(policies);
+  logger()->info("loaded {}", path);
+}
+
+void DirectorySource::logWarnings(const std::string& file, const model::Objects& objects) {
+  const std::string path = (fs::path(dir_) / file).string();
+  auto once = [&](const char* kind, const auto& p, const google::protobuf::MessageLite& wire) {
+    std::string key = fmt::format("{} {} {}/{}", file, kind, p.ns, p.name);
+    std::string version = model::canonical(wire);
+    if (p.warnings.empty() || warned_[key] == version) return;
+    warned_[key] = version;
+    for (const auto& w : p.warnings)
+      logger()->warn("{} {}/{} in {}: {}", kind, p.ns, p.name, path, w);
+  };
+  for (const auto& p : objects.authorization_policies) {
+    api::v1::AuthorizationPolicy wire;
+    policy::toProto(p, &wire);
+    once("AuthorizationPolicy", p, wire);
+  }
+  for (const auto& p : objects.peer_authentications) {
+    api::v1::PeerAuthentication wire;
+    policy::toProto(p, &wire);
+    once("PeerAuthentication", p, wire);
+  }
+}
+
+std::map<std::string, std::string> DirectorySource::rejectedPolicies() const {
+  std::lock_guard lk(mu_);
+  return rejected_policies_;
 }
 
 std::map<std::string, std::string> DirectorySource::rejected() const {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "controlplane/model/policies.h"
 #include "sluice/common/addr.h"
 
 namespace sluice::controlplane::model {
@@ -242,7 +243,8 @@ Result<void> parseSlice(const json& doc, const json& meta,
 }  // namespace
 
 bool knownKind(const std::string& kind) {
-  return kind == "Namespace" || kind == "Pod" || kind == "Service" || kind == "EndpointSlice";
+  return kind == "Namespace" || kind == "Pod" || kind == "Service" || kind == "EndpointSlice" ||
+         isPolicyKind(kind);
 }
 
 std::string objectKey(const nlohmann::json& o) {
@@ -266,6 +268,7 @@ Result<void> addObject(const json& doc, Objects& into, const std::string& where)
   std::string ctx = where;
   TRY_ASSIGN(kind, str(doc, "kind", true, ctx));
   if (!knownKind(kind)) return {};
+  if (isPolicyKind(kind)) return addPolicy(doc, into);  // its parser names object and field
   auto meta_it = doc.find("metadata");
   if (meta_it == doc.end() || !meta_it->is_object())
     return fail(fmt::format("{} ({}): 'metadata' must be a mapping", ctx, kind));

@@ -1,4 +1,5 @@
-// Kubernetes objects (Namespace, Pod, Service, EndpointSlice) from their JSON
+// Kubernetes objects (Namespace, Pod, Service, EndpointSlice, and the
+// policies through model/policies.h) from their JSON
 // form into the model. One parser for both sources: the Kubernetes API
 // (JSON) and local mode's YAML files (converted to JSON first). Errors name
 // the object and the field.

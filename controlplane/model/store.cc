@@ -1,29 +1,17 @@
 #include "controlplane/model/store.h"
 
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <random>
 
+#include "common/policy/wire.h"
+#include "controlplane/model/policy_filter.h"
+#include "controlplane/model/proto_equal.h"
+
 namespace sluice::controlplane::model {
 
 namespace {
-// Equality of two messages of the lite runtime (no reflection): their
-// deterministic serializations (map entries sorted by key) are equal.
-std::string canonical(const google::protobuf::MessageLite& m) {
-  std::string out;
-  {
-    google::protobuf::io::StringOutputStream sink(&out);
-    google::protobuf::io::CodedOutputStream coded(&sink);
-    coded.SetSerializationDeterministic(true);
-    m.SerializeToCodedStream(&coded);
-  }
-  return out;
-}
-bool sameMessage(const google::protobuf::MessageLite& a, const google::protobuf::MessageLite& b) {
-  return canonical(a) == canonical(b);
-}
 
 uint64_t randomEpoch() {
   std::random_device rd;
@@ -59,6 +47,16 @@ Result<void> Store::setSource(const std::string& source, Objects objects) {
       for (const auto& b : objects.services)
         if (a.ns == b.ns && a.name == b.name)
           return fail(fmt::format("service {}/{} is already defined by {}", b.ns, b.name, other));
+    for (const auto& a : objs.authorization_policies)
+      for (const auto& b : objects.authorization_policies)
+        if (a.ns == b.ns && a.name == b.name)
+          return fail(fmt::format("AuthorizationPolicy {}/{} is already defined by {}", b.ns,
+                                  b.name, other));
+    for (const auto& a : objs.peer_authentications)
+      for (const auto& b : objects.peer_authentications)
+        if (a.ns == b.ns && a.name == b.name)
+          return fail(fmt::format("PeerAuthentication {}/{} is already defined by {}", b.ns, b.name,
+                                  other));
   }
   sources_[source] = std::move(objects);
   recompute();
@@ -104,11 +102,14 @@ void Store::recompute() {
   }
   for (const auto& [uid, w] : workloads_)
     if (!next.count(uid)) d.removed_uids.push_back(uid);
+  auto policies = computePolicies();
+  d.policies_changed = !sameMessage(policies, policies_);
   if (d.upserts.empty() && d.removed_uids.empty() && d.services.empty() &&
-      d.removed_services.empty())
+      d.removed_services.empty() && !d.policies_changed)
     return;
   workloads_ = std::move(next);
   services_ = std::move(services);
+  policies_ = std::move(policies);
   d.version = ++version_;
   history_.push_back(std::move(d));
   while (history_.size() > kHistory) history_.pop_front();
@@ -195,6 +196,28 @@ std::map<std::string, ServiceView> Store::computeServices() const {
   return out;
 }
 
+// Every source's policies, ordered by (namespace, name) within a kind so
+// that equal sets compare equal. One source may hold the same name twice
+// (the Kubernetes source, reading Sluice's and Istio's groups): the first
+// one read wins, which is Sluice's group.
+sluice::api::v1::PolicySet Store::computePolicies() const {
+  std::map<std::pair<std::string, std::string>, const policy::AuthorizationPolicy*> authz;
+  std::map<std::pair<std::string, std::string>, const policy::PeerAuthentication*> peer;
+  for (const auto& [src, objs] : sources_) {
+    for (const auto& p : objs.authorization_policies) authz.emplace(std::pair{p.ns, p.name}, &p);
+    for (const auto& p : objs.peer_authentications) peer.emplace(std::pair{p.ns, p.name}, &p);
+  }
+  sluice::api::v1::PolicySet out;
+  for (const auto& [key, p] : authz) policy::toProto(*p, out.add_authorization());
+  for (const auto& [key, p] : peer) policy::toProto(*p, out.add_peer());
+  return out;
+}
+
+sluice::api::v1::PolicySet Store::policies() const {
+  std::lock_guard lk(mu_);
+  return policies_;
+}
+
 bool Store::runsOn(const std::string& node, const std::string& ns, const std::string& sa) const {
   std::lock_guard lk(mu_);
   for (const auto& [uid, w] : workloads_)
@@ -208,31 +231,38 @@ uint64_t Store::version() const {
   return version_;
 }
 
-Delta Store::snapshot() const {
+Delta Store::snapshot(const std::string& node) const {
   std::lock_guard lk(mu_);
+  return snapshotLocked(node);
+}
+
+Delta Store::snapshotLocked(const std::string& node) const {
   Delta d;
   d.version = version_;
   d.full = true;
+  d.policies_changed = true;
   for (const auto& [uid, w] : workloads_) d.upserts.push_back(w);
   for (const auto& [key, svc] : services_) d.services.push_back(svc);
+  if (!node.empty()) d.policies = policiesForNode(node, workloads_, policies_);
   return d;
 }
 
-std::optional<Delta> Store::waitSince(uint64_t since, std::chrono::milliseconds timeout) {
+std::optional<Delta> Store::waitSince(uint64_t since, std::chrono::milliseconds timeout,
+                                      const std::string& node) {
   std::unique_lock lk(mu_);
   changed_.wait_for(lk, timeout, [&] { return stopped_ || version_ != since; });
   if (version_ == since || stopped_) return std::nullopt;
   // Merge the deltas after `since`, if the history still holds all of them.
-  if (since > version_ || history_.empty() || history_.front().version > since + 1) {
-    lk.unlock();
-    return snapshot();
-  }
+  if (since > version_ || history_.empty() || history_.front().version > since + 1)
+    return snapshotLocked(node);
   std::map<std::string, Workload> upserts;
   std::map<std::string, bool> removed;
   std::map<std::string, ServiceView> svc_upserts;
   std::map<std::string, bool> svc_removed;
+  bool policies_changed = false;
   for (const auto& d : history_) {
     if (d.version <= since) continue;
+    policies_changed = policies_changed || d.policies_changed;
     for (const auto& w : d.upserts) {
       upserts[w.uid()] = w;
       removed.erase(w.uid());
@@ -257,6 +287,8 @@ std::optional<Delta> Store::waitSince(uint64_t since, std::chrono::milliseconds 
   for (auto& [uid, r] : removed) out.removed_uids.push_back(uid);
   for (auto& [key, s] : svc_upserts) out.services.push_back(std::move(s));
   for (auto& [key, r] : svc_removed) out.removed_services.push_back(key);
+  out.policies_changed = policies_changed;
+  if (!node.empty()) out.policies = policiesForNode(node, workloads_, policies_);
   return out;
 }
 

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/policy/model.h"
 #include "sluice.pb.h"
 #include "sluice/common/result.h"
 
@@ -80,6 +81,8 @@ struct Objects {
   std::vector<Pod> pods;
   std::vector<Service> services;
   std::vector<EndpointSlice> endpoint_slices;
+  std::vector<policy::AuthorizationPolicy> authorization_policies;
+  std::vector<policy::PeerAuthentication> peer_authentications;
 };
 
 struct Delta {
@@ -89,6 +92,11 @@ struct Delta {
   std::vector<std::string> removed_uids;
   std::vector<ServiceView> services;
   std::vector<std::string> removed_services;  // "namespace/name"
+  bool policies_changed = false;              // some policy was added, changed or removed
+  // Asked for a node: the complete set of policies that select a workload on
+  // it (model/policy_filter.h), at `version` (computed under the same lock
+  // as the workloads, so a workload never arrives before its policies).
+  std::optional<sluice::api::v1::PolicySet> policies;
 };
 
 // How a Service's endpoints are found.
@@ -117,11 +125,15 @@ class Store {
   // Stores (a control plane and its restarted self) are only comparable
   // when their epochs are equal.
   uint64_t epoch() const { return epoch_; }
-  Delta snapshot() const;
+  // With a node name, the result also carries that node's policies.
+  Delta snapshot(const std::string& node = "") const;
   // Blocks until the version moves past `since` (or timeout / stop()).
   // Returns the changes since `since` (full snapshot if history is too short),
   // or nullopt when nothing changed.
-  std::optional<Delta> waitSince(uint64_t since, std::chrono::milliseconds timeout);
+  std::optional<Delta> waitSince(uint64_t since, std::chrono::milliseconds timeout,
+                                 const std::string& node = "");
+  // Every policy of every source, ordered by kind, namespace and name.
+  sluice::api::v1::PolicySet policies() const;
   void stop();
 
   static bool enrolled(const Pod& pod, const Namespace* ns);
@@ -134,6 +146,8 @@ class Store {
  private:
   void recompute();                                            // needs mu_
   std::map<std::string, ServiceView> computeServices() const;  // needs mu_
+  sluice::api::v1::PolicySet computePolicies() const;          // needs mu_
+  Delta snapshotLocked(const std::string& node) const;         // needs mu_
 
   const EndpointsMode mode_;
   const uint64_t epoch_;
@@ -143,6 +157,7 @@ class Store {
   std::map<std::string, Objects> sources_;
   std::map<std::string, Workload> workloads_;
   std::map<std::string, ServiceView> services_;  // by "namespace/name"
+  sluice::api::v1::PolicySet policies_;
   uint64_t version_ = 0;
   std::deque<Delta> history_;  // deltas with versions (oldest first)
 };

@@ -1,0 +1,55 @@
+#include "controlplane/model/policies.h"
+
+#include <fmt/format.h>
+
+#include "common/policy/parse.h"
+
+namespace sluice::controlplane::model {
+
+bool isPolicyKind(const std::string& kind) {
+  return kind == "AuthorizationPolicy" || kind == "PeerAuthentication";
+}
+
+bool isPolicy(const YAML::Node& doc) {
+  return policy::isAuthorizationPolicy(doc) || policy::isPeerAuthentication(doc);
+}
+
+std::string policyKey(const YAML::Node& doc) {
+  if (!doc.IsMap()) return "";
+  const YAML::Node kind = doc["kind"], meta = doc["metadata"];
+  if (!kind.IsDefined() || !kind.IsScalar() || !meta.IsDefined() || !meta.IsMap()) return "";
+  const YAML::Node ns = meta["namespace"], name = meta["name"];
+  if (!name.IsDefined() || !name.IsScalar()) return "";
+  std::string n = ns.IsDefined() && ns.IsScalar() ? ns.Scalar() : "";
+  return fmt::format("{} {}/{}", kind.Scalar(), n, name.Scalar());
+}
+
+Result<void> addPolicy(const YAML::Node& doc, Objects& into) {
+  if (policy::isAuthorizationPolicy(doc)) {
+    auto p = policy::parseAuthorizationPolicy(doc);
+    if (!p) return tl::unexpected(p.error());
+    into.authorization_policies.push_back(std::move(*p));
+    return {};
+  }
+  if (policy::isPeerAuthentication(doc)) {
+    auto p = policy::parsePeerAuthentication(doc);
+    if (!p) return tl::unexpected(p.error());
+    into.peer_authentications.push_back(std::move(*p));
+    return {};
+  }
+  return fail(
+      "not a policy: kind must be AuthorizationPolicy or PeerAuthentication and apiVersion "
+      "security.sluice.dev/v1 (or security.istio.io/v1, v1beta1)");
+}
+
+Result<void> addPolicy(const nlohmann::json& doc, Objects& into) {
+  YAML::Node node;
+  try {
+    node = YAML::Load(doc.dump());
+  } catch (const YAML::Exception& e) {  // cannot happen for valid JSON; never throw anyway
+    return fail(fmt::format("policy object: {}", e.what()));
+  }
+  return addPolicy(node, into);
+}
+
+}  // namespace sluice::controlplane::model

@@ -1,0 +1,31 @@
+// AuthorizationPolicy and PeerAuthentication objects into the model, through
+// the shared parser (common/policy/parse.h). Used by both sources: local
+// mode's YAML documents and the Kubernetes API's JSON objects.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "controlplane/model/store.h"
+#include "sluice/common/result.h"
+
+namespace sluice::controlplane::model {
+
+// An AuthorizationPolicy or PeerAuthentication of an accepted apiVersion.
+bool isPolicy(const YAML::Node& doc);
+bool isPolicyKind(const std::string& kind);
+
+// "AuthorizationPolicy ns/name" from the document's metadata (the same key
+// objectKey gives its JSON form); "" when kind or name is not a string.
+std::string policyKey(const YAML::Node& doc);
+
+// Parses one policy and appends it to `into`. The error names the object and
+// the field (parse.h's message).
+Result<void> addPolicy(const YAML::Node& doc, Objects& into);
+// The same for the JSON form (the Kubernetes API): JSON is YAML, and its
+// quoted strings stay strings, so the parser's type checks hold.
+Result<void> addPolicy(const nlohmann::json& doc, Objects& into);
+
+}  // namespace sluice::controlplane::model

@@ -1,0 +1,302 @@
+// Policies on the control plane: per-node filtering, local mode's policy
+// files (a malformed policy alone is rejected, its last good version stays),
+// and the Watch stream's `policies` field (snapshot, deltas, resume).
+#include <doctest/doctest.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "controlplane/discovery/service.h"
+#include "controlplane/local/source.h"
+#include "controlplane/model/policy_filter.h"
+
+using namespace sluice;
+using namespace sluice::controlplane;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+api::v1::Workload workload(const std::string& ns, const std::string& node,
+                           std::map<std::string, std::string> labels) {
+  api::v1::Workload w;
+  w.set_uid(ns + "-" + node);
+  w.set_namespace_(ns);
+  w.set_node(node);
+  for (const auto& [k, v] : labels) (*w.mutable_labels())[k] = v;
+  return w;
+}
+
+std::string names(const api::v1::PolicySet& s) {
+  std::string out;
+  for (const auto& p : s.authorization()) out += "A:" + p.namespace_() + "/" + p.name() + " ";
+  for (const auto& p : s.peer()) out += "P:" + p.namespace_() + "/" + p.name() + " ";
+  return out;
+}
+
+std::string authz(const std::string& ns, const std::string& name, const std::string& selector,
+                  const std::string& principal = "spiffe-less/ns/shop/sa/web") {
+  std::string out =
+      "apiVersion: security.sluice.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+      "  name: " +
+      name + "\n  namespace: " + ns + "\nspec:\n";
+  if (!selector.empty()) out += "  selector:\n    matchLabels: {" + selector + "}\n";
+  return out + "  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"" +
+         principal + "\"]\n";
+}
+
+std::string peer(const std::string& ns, const std::string& name, const std::string& mode) {
+  return "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: " + name +
+         "\n  namespace: " + ns + "\nspec:\n  mtls:\n    mode: " + mode + "\n";
+}
+
+std::string namespaceDoc(const std::string& ns) {
+  return "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: " + ns +
+         "\n  labels: {sluice.dev/mesh: enabled}\n";
+}
+
+std::string podDoc(const std::string& name, const std::string& node, const std::string& app) {
+  return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name +
+         "\n  namespace: shop\n  uid: uid-" + name + "\n  labels: {app: " + app +
+         "}\nspec:\n  nodeName: " + node + "\nstatus:\n  podIP: 10.244.1." +
+         std::to_string(name.size()) + "\n";
+}
+
+model::Objects parse(const std::string& text) {
+  auto o = local::parseYaml(text);
+  REQUIRE_MESSAGE(o.has_value(), o.error().describe());
+  return std::move(*o);
+}
+
+struct TempDir {
+  fs::path path = fs::temp_directory_path() / ("sluice-policy-test-" + std::to_string(getpid()));
+  TempDir() { fs::create_directories(path); }
+  ~TempDir() { fs::remove_all(path); }
+  void write(const std::string& name, const std::string& text) const {
+    std::ofstream(path / (name + ".tmp")) << text;
+    fs::rename(path / (name + ".tmp"), path / name);
+  }
+};
+
+// A Discovery server without authentication, and a raw stream reader.
+struct Server {
+  discovery::Service service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  explicit Server(model::Store& store) : service(store) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(&service);
+    server = b.BuildAndStart();
+    REQUIRE(server);
+  }
+  ~Server() {
+    service.stop();
+    server->Shutdown(std::chrono::system_clock::now() + 1s);
+  }
+};
+
+struct Stream {
+  grpc::ClientContext ctx;
+  std::unique_ptr<api::v1::Discovery::Stub> stub;
+  std::unique_ptr<grpc::ClientReader<api::v1::WatchResponse>> reader;
+  Stream(int port, const std::string& node, uint64_t version = 0, uint64_t epoch = 0) {
+    stub = api::v1::Discovery::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                                           grpc::InsecureChannelCredentials()));
+    api::v1::WatchRequest req;
+    req.set_node(node);
+    req.set_resume_version(version);
+    req.set_resume_epoch(epoch);
+    reader = stub->Watch(&ctx, req);
+  }
+  api::v1::WatchResponse next() {
+    api::v1::WatchResponse r;
+    REQUIRE(reader->Read(&r));
+    return r;
+  }
+  ~Stream() {
+    ctx.TryCancel();
+    reader->Finish();
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("policy.filter") {
+  TEST_CASE("mesh root - namespace - selector - both kinds - only workloads on the node") {
+    std::map<std::string, api::v1::Workload> ws;
+    ws["a"] = workload("shop", "node1", {{"app", "web"}});
+    ws["b"] = workload("bank", "node2", {{"app", "vault"}});
+    auto all = [&] {
+      model::Store store;
+      auto o = parse(
+          authz("sluice-system", "mesh-wide", "") + "---\n" +
+          authz("sluice-system", "root-selector", "app: web") + "---\n" +
+          authz("shop", "ns-wide", "") + "---\n" + authz("shop", "web-only", "app: web") + "---\n" +
+          authz("shop", "api-only", "app: api") + "---\n" + authz("bank", "vault", "app: vault") +
+          "---\n" + authz("shop", "two-labels", "app: web, tier: front") + "---\n" +
+          peer("shop", "strict", "STRICT") + "---\n" + peer("bank", "strict", "STRICT"));
+      REQUIRE(store.setSource("f", std::move(o)).has_value());
+      return store.policies();
+    }();
+    REQUIRE(all.authorization_size() == 7);
+    // A root-namespace policy with a selector selects in the root namespace only (Istio).
+    CHECK(names(model::policiesForNode("node1", ws, all)) ==
+          "A:shop/ns-wide A:shop/web-only A:sluice-system/mesh-wide P:shop/strict ");
+    CHECK(names(model::policiesForNode("node2", ws, all)) ==
+          "A:bank/vault A:sluice-system/mesh-wide P:bank/strict ");
+    CHECK(names(model::policiesForNode("node3", ws, all)).empty());
+    ws["a"] = workload("shop", "node1", {{"app", "web"}, {"tier", "front"}});
+    CHECK(names(model::policiesForNode("node1", ws, all)) ==
+          "A:shop/ns-wide A:shop/two-labels A:shop/web-only A:sluice-system/mesh-wide "
+          "P:shop/strict ");
+  }
+}
+
+TEST_SUITE("policy.local") {
+  TEST_CASE("a malformed policy is rejected alone - its last good version stays in force") {
+    TempDir dir;
+    model::Store store;
+    dir.write("p.yaml",
+              authz("shop", "good", "app: web") + "---\n" + authz("shop", "changing", "app: web"));
+    auto src = local::DirectorySource::create(dir.path.string(), store);
+    REQUIRE(src.has_value());
+    REQUIRE(store.policies().authorization_size() == 2);
+    CHECK((*src)->rejectedPolicies().empty());
+
+    // `changing` gets a bad CIDR and `good` a new selector, `fresh` is born bad.
+    std::string bad = authz("shop", "changing", "app: web");
+    bad.replace(bad.find("principals: [\"spiffe-less/ns/shop/sa/web\"]"), std::string::npos,
+                "ipBlocks: [\"10.0.0.0/33\"]\n");
+    std::string fresh = authz("shop", "fresh", "");
+    fresh.replace(fresh.find("action: ALLOW"), 13, "action: MAYBE");
+    dir.write("p.yaml", authz("shop", "good", "app: api") + "---\n" + bad + "---\n" + fresh);
+    (*src)->rescan();
+    auto rejected = (*src)->rejectedPolicies();
+    REQUIRE(rejected.size() == 2);
+    const std::string& why = rejected["p.yaml AuthorizationPolicy shop/changing"];
+    CHECK(why.find("document 2") != std::string::npos);
+    CHECK(why.find("AuthorizationPolicy shop/changing") != std::string::npos);
+    CHECK(why.find("ipBlocks") != std::string::npos);
+    CHECK(rejected.count("p.yaml AuthorizationPolicy shop/fresh") == 1);
+    CHECK((*src)->rejected().empty());  // the file itself applied
+    auto now = store.policies();
+    REQUIRE(now.authorization_size() == 2);
+    CHECK(now.authorization(0).name() == "changing");
+    REQUIRE(now.authorization(0).rules_size() == 1);
+    CHECK(now.authorization(0).rules(0).from(0).principals(0) == "spiffe-less/ns/shop/sa/web");
+    CHECK(now.authorization(1).name() == "good");
+    CHECK(now.authorization(1).selector().at("app") == "api");
+
+    // Fixed: it applies; the file taken away: its policies go.
+    dir.write("p.yaml", authz("shop", "changing", "app: web", "x/ns/shop/sa/api"));
+    (*src)->rescan();
+    CHECK((*src)->rejectedPolicies().empty());
+    REQUIRE(store.policies().authorization_size() == 1);
+    CHECK(store.policies().authorization(0).rules(0).from(0).principals(0) == "x/ns/shop/sa/api");
+    fs::remove(dir.path / "p.yaml");
+    (*src)->rescan();
+    CHECK(store.policies().authorization_size() == 0);
+  }
+
+  TEST_CASE("the same policy in two files - the second file is refused whole") {
+    model::Store store;
+    REQUIRE(store.setSource("a.yaml", parse(peer("shop", "mtls", "STRICT"))).has_value());
+    auto again = store.setSource("b.yaml", parse(peer("shop", "mtls", "PERMISSIVE")));
+    REQUIRE_FALSE(again.has_value());
+    CHECK(again.error().describe().find(
+              "PeerAuthentication shop/mtls is already defined by a.yaml") != std::string::npos);
+    CHECK(store.policies().peer(0).mode() == "STRICT");
+  }
+}
+
+TEST_SUITE("policy.stream") {
+  TEST_CASE("snapshot - deltas on policy add change delete - label change - resume") {
+    model::Store store;
+    REQUIRE(store.setSource("ns", parse(namespaceDoc("shop"))).has_value());
+    REQUIRE(store.setSource("web", parse(podDoc("web", "node1", "web"))).has_value());
+    REQUIRE(store.setSource("p1", parse(authz("shop", "web-only", "app: web"))).has_value());
+    Server server(store);
+    Stream s(server.port, "node1");
+    auto snap = s.next();
+    CHECK(snap.full());
+    REQUIRE(snap.has_policies());
+    CHECK(names(snap.policies()) == "A:shop/web-only ");
+
+    // Add: a namespace-wide STRICT.
+    REQUIRE(store.setSource("p2", parse(peer("shop", "strict", "STRICT"))).has_value());
+    auto d = s.next();
+    CHECK_FALSE(d.full());
+    REQUIRE(d.has_policies());
+    CHECK(names(d.policies()) == "A:shop/web-only P:shop/strict ");
+
+    // Change.
+    REQUIRE(store.setSource("p2", parse(peer("shop", "strict", "PERMISSIVE"))).has_value());
+    d = s.next();
+    REQUIRE(d.has_policies());
+    CHECK(d.policies().peer(0).mode() == "PERMISSIVE");
+
+    // A policy that selects nothing on node1: a new version, no policies.
+    REQUIRE(store.setSource("p3", parse(authz("shop", "api-only", "app: api"))).has_value());
+    d = s.next();
+    CHECK_FALSE(d.has_policies());
+    CHECK(d.version() == store.version());
+
+    // Delete.
+    store.removeSource("p2");
+    d = s.next();
+    REQUIRE(d.has_policies());
+    CHECK(names(d.policies()) == "A:shop/web-only ");
+
+    // The pod's label changes: api-only now selects it, web-only no more,
+    // in the same message as the workload's new labels.
+    REQUIRE(store.setSource("web", parse(podDoc("web", "node1", "api"))).has_value());
+    d = s.next();
+    REQUIRE(d.upserts_size() == 1);
+    CHECK(d.upserts(0).labels().at("app") == "api");
+    REQUIRE(d.has_policies());
+    CHECK(names(d.policies()) == "A:shop/api-only ");
+
+    // A pod appearing on node1 arrives with the policies that select it.
+    REQUIRE(store.setSource("p4", parse(authz("shop", "db-only", "app: db"))).has_value());
+    d = s.next();
+    CHECK_FALSE(d.has_policies());
+    REQUIRE(store.setSource("db", parse(podDoc("db", "node1", "db"))).has_value());
+    d = s.next();
+    REQUIRE(d.upserts_size() == 1);
+    CHECK(d.upserts(0).uid() == "uid-db");
+    REQUIRE(d.has_policies());
+    CHECK(names(d.policies()) == "A:shop/api-only A:shop/db-only ");
+
+    // A pod on another node changes nothing for node1's policies.
+    REQUIRE(store.setSource("x", parse(podDoc("other", "node2", "web"))).has_value());
+    d = s.next();
+    CHECK(d.upserts_size() == 1);
+    CHECK_FALSE(d.has_policies());
+
+    // Resume at the current version: "up to date", with the whole set.
+    Stream resumed(server.port, "node1", store.version(), store.epoch());
+    auto r = resumed.next();
+    CHECK_FALSE(r.full());
+    CHECK(r.upserts_size() == 0);
+    REQUIRE(r.has_policies());
+    CHECK(names(r.policies()) == "A:shop/api-only A:shop/db-only ");
+    // Node2's stream: its own set only.
+    Stream other(server.port, "node2");
+    r = other.next();
+    REQUIRE(r.has_policies());
+    CHECK(names(r.policies()) == "A:shop/web-only ");
+  }
+
+  TEST_CASE("a snapshot of a node without workloads carries an empty set - present") {
+    model::Store store;
+    REQUIRE(store.setSource("p1", parse(authz("shop", "web-only", "app: web"))).has_value());
+    Server server(store);
+    Stream s(server.port, "node9");
+    auto snap = s.next();
+    CHECK(snap.has_policies());
+    CHECK(snap.policies().authorization_size() == 0);
+  }
+}
