@@ -28,8 +28,7 @@ AuthzView::AuthzView(std::shared_ptr<const policy::PolicySet> policies,
                      std::vector<LocalWorkload> workloads)
     : policies_(policies ? std::move(policies) : policy::PolicySet::empty()) {
   for (auto& w : workloads) {
-    std::string uid = w.uid;
-    auto [it, inserted] = workloads_.try_emplace(std::move(uid));
+    auto [it, inserted] = workloads_.try_emplace(w.ns + "/" + w.name);
     if (!inserted) continue;
     it->second.workload = std::move(w);
     // Views into the strings' final home (the map's node never moves).
@@ -37,15 +36,11 @@ AuthzView::AuthzView(std::shared_ptr<const policy::PolicySet> policies,
   }
 }
 
-const AuthzView::Entry* AuthzView::find(std::string_view uid) const {
-  auto it = workloads_.find(uid);
-  return it == workloads_.end() ? nullptr : &it->second;
-}
-
-const AuthzView::Entry* AuthzView::findByName(std::string_view ns, std::string_view name) const {
-  for (const auto& [uid, e] : workloads_)
-    if (e.workload.ns == ns && e.workload.name == name) return &e;
-  return nullptr;
+const AuthzView::Entry* AuthzView::find(std::string_view pod, uint32_t ip4) const {
+  auto it = workloads_.find(pod);
+  if (it == workloads_.end()) return nullptr;
+  uint32_t known = it->second.workload.ip4;
+  return known == 0 || ip4 == 0 || known == ip4 ? &it->second : nullptr;
 }
 
 PolicyAuthorizer::PolicyAuthorizer(Options options) : options_(options) {}
@@ -56,10 +51,9 @@ bool PolicyAuthorizer::update(std::shared_ptr<const policy::PolicySet> policies,
   auto prev = view_.exchange(next, std::memory_order_acq_rel);
   if (!prev) return true;
   if (prev->policySet() != next->policySet()) return true;
-  for (const auto& [uid, e] : next->workloads()) {
-    const auto* old = prev->find(uid);
-    if (old && (old->workload.labels != e.workload.labels || old->workload.ns != e.workload.ns ||
-                old->workload.name != e.workload.name))
+  for (const auto& [pod, e] : next->workloads()) {
+    const auto* old = prev->find(pod, 0);
+    if (old && (old->workload.labels != e.workload.labels || old->workload.uid != e.workload.uid))
       return true;
   }
   return false;
@@ -94,7 +88,7 @@ ztunnel::Authorization PolicyAuthorizer::deny(DenyReason r, std::string why) {
 ztunnel::Authorization PolicyAuthorizer::authorize(const ztunnel::InboundRequest& r) {
   // Keeps the set alive while the Decision's PolicyRefs point into it.
   auto view = view_.load(std::memory_order_acquire);
-  const AuthzView::Entry* entry = view ? view->find(r.pod_uid) : nullptr;
+  const AuthzView::Entry* entry = view ? view->find(r.pod, r.destination.sin_addr.s_addr) : nullptr;
   if (!entry)
     return deny(DenyReason::kNoPolicyView,
                 "no policy view: the control plane has not sent this pod's workload yet");

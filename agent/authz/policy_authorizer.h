@@ -5,9 +5,10 @@
 // authenticated (never anything the pod says).
 //
 // Complete-view gating: a pod is served only once the view holds its
-// workload; the control plane sends the policies that select a workload in
-// the message that first carries it (or earlier), so from then on its
-// policies are here. Before that every connection to it is refused
+// workload (by namespace/name; and by IP once the view has the pod's IP, so
+// a pod recreated under the same name is not judged by its predecessor); the control plane sends
+// the policies that select a workload in the message that first carries it (or earlier), so from
+// then on its policies are here. Before that every connection to it is refused
 // ("no policy view").
 //
 // Threads: update() on the discovery thread swaps one immutable snapshot
@@ -34,8 +35,8 @@ namespace sluice::agent::authz {
 
 // A workload of this node as its policies see it.
 struct LocalWorkload {
-  std::string uid, ns, name;
-  std::string identity;  // SPIFFE URI
+  std::string uid, ns, name;  // uid: the Kubernetes pod uid (shown, not matched)
+  std::string identity;       // SPIFFE URI
   std::vector<std::pair<std::string, std::string>> labels;
   uint32_t ip4 = 0;  // network order; 0: none yet
   // The address this node's own connections to the pod come from (kubelet
@@ -44,7 +45,7 @@ struct LocalWorkload {
 };
 
 // What the authorizer decides by: the policy set and this node's workloads
-// by uid. Immutable once published.
+// by "namespace/name". Immutable once published.
 class AuthzView {
  public:
   AuthzView(std::shared_ptr<const policy::PolicySet> policies,
@@ -59,10 +60,10 @@ class AuthzView {
       return {workload.ns, workload.name, labels, workload.identity};
     }
   };
-  const Entry* find(std::string_view uid) const;
+  // The workload "namespace/name" at ip4 (network order; the view may not
+  // have the pod's IP yet: then any), or null.
+  const Entry* find(std::string_view pod, uint32_t ip4) const;
   const std::map<std::string, Entry, std::less<>>& workloads() const { return workloads_; }
-  // The entry whose workload is ns/name, or null.
-  const Entry* findByName(std::string_view ns, std::string_view name) const;
 
  private:
   std::shared_ptr<const policy::PolicySet> policies_;

@@ -46,8 +46,7 @@ json policiesJson(const authz::PolicyAuthorizer& authorizer, const std::string& 
   const std::string& root = set.options().root_namespace;
   std::map<const policy::AuthorizationPolicy*, std::vector<std::string>> applies;
   json peer_workloads = json::object();
-  for (const auto& [uid, e] : view->workloads()) {
-    std::string name = e.workload.ns + "/" + e.workload.name;
+  for (const auto& [name, e] : view->workloads()) {
     for (const auto* p : set.applicable(e.view())) applies[p].push_back(name);
     policy::PolicyRef from;
     set.mtlsMode(e.view(), 0, &from);
@@ -115,7 +114,7 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   std::string ns = to.substr(0, slash), pod = to.substr(slash + 1, colon - slash - 1);
 
   auto view = authorizer.view();
-  const authz::AuthzView::Entry* entry = view ? view->findByName(ns, pod) : nullptr;
+  const authz::AuthzView::Entry* entry = view ? view->find(ns + "/" + pod, 0) : nullptr;
   if (!entry)
     return {400, error("pod " + ns + "/" + pod +
                        " is not a workload of this node in the control plane's view "

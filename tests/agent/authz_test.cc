@@ -63,12 +63,12 @@ struct Ask {
   std::string principal;  // empty: plaintext
   std::string source = "10.244.2.7";
   uint16_t port = 8080;
-  std::string uid = "uid-api";
+  std::string pod = "prod/api-0";
   InboundRequest req() const {
     InboundRequest r;
     r.path = principal.empty() ? Path::kInbound : Path::kHbone;
-    r.pod_uid = uid;
-    r.pod = "prod/api-0";
+    r.pod_uid = "container-1";
+    r.pod = pod;
     r.source = makeSockaddr(ip(source.c_str()), 40000);
     r.destination = makeSockaddr(ip(kPodIp), port);
     r.source_principal = principal;
@@ -94,10 +94,19 @@ TEST_SUITE("policy authorizer") {
     CHECK(r.why.find("no policy view") != std::string::npos);
     a.update(set({}), {api()});
     Ask other{kWeb};
-    other.uid = "uid-unknown";
+    other.pod = "prod/api-1";
     CHECK(a.authorize(other.req()).verdict == Verdict::kDeny);
     CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
     CHECK(denied(a, DenyReason::kNoPolicyView) == 2);
+    // A pod of the same name at another address (recreated): not this workload.
+    auto moved = api();
+    moved.ip4 = ip("10.244.1.99");
+    a.update(set({}), {moved});
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kDeny);
+    // The view does not have the pod's IP yet: the name decides.
+    moved.ip4 = 0;
+    a.update(set({}), {moved});
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
   }
 
   TEST_CASE("DENY by namespace names the policy, ALLOW by principal lets others through") {
