@@ -42,14 +42,15 @@ int main(int argc, char** argv) {
   std::string local_dir, listen = "127.0.0.1:15010", level = "info", trust_domain = "cluster.local";
   std::string anchor_path, ca_cert_path, ca_key_path, ca_dir, tokens_path;
   std::string kubeconfig, agent_sa, serving_dns;
-  bool in_cluster = false;
+  bool in_cluster = false, watch_istio = false;
   long cert_ttl = 86400;
   unsigned ttl_seconds = 86400;
   FlagTable flags;
   flags
       .value("--local-config", "DIR",
              "directory of Kubernetes-shaped YAML (Namespace, Pod, Service,\n"
-             "EndpointSlice), re-read on change",
+             "EndpointSlice, AuthorizationPolicy, PeerAuthentication), re-read\n"
+             "on change",
              FlagTable::into(&local_dir))
       .toggle("--kubernetes",
               "watch the cluster this runs in (service account token + CA,\n"
@@ -57,6 +58,10 @@ int main(int argc, char** argv) {
               [&] { in_cluster = true; })
       .value("--kubeconfig", "FILE", "watch the cluster of FILE's current context",
              FlagTable::into(&kubeconfig))
+      .toggle("--watch-istio-policies",
+              "Kubernetes: also read security.istio.io/v1 AuthorizationPolicy and\n"
+              "PeerAuthentication (needs deploy/optional/istio-policies-rbac.yaml)",
+              [&] { watch_istio = true; })
       .value("--agent-service-account", "NS:NAME",
              "Kubernetes: agents authenticate with a projected token of this\n"
              "service account (audience \"sluice\"), checked by TokenReview",
@@ -103,6 +108,8 @@ int main(int argc, char** argv) {
     usageError("--agent-service-account must be NAMESPACE:NAME, got '" + agent_sa + "'");
   if (!agent_sa.empty() && !local_dir.empty())
     usageError("--agent-service-account needs the Kubernetes API (--kubernetes or --kubeconfig)");
+  if (watch_istio && !in_cluster && kubeconfig.empty())
+    usageError("--watch-istio-policies needs the Kubernetes API (--kubernetes or --kubeconfig)");
   if (!parseEndpoint(listen)) usageError("--listen must be IP:PORT, got '" + listen + "'");
   log::setup(level);
   auto logger = log::get("controlplane");
@@ -135,7 +142,9 @@ int main(int argc, char** argv) {
     }
     source_name = config->server;
     kube_client = std::make_unique<controlplane::kube::Client>(*config);
-    auto source = controlplane::kube::Source::create(*kube_client, store);
+    controlplane::kube::SourceOptions kube_options;
+    kube_options.watch_istio_policies = watch_istio;
+    auto source = controlplane::kube::Source::create(*kube_client, store, kube_options);
     if (!source) {
       logger->critical("{}", source.error().describe());
       return 1;

@@ -186,6 +186,11 @@ Result<Response> Client::post(const std::string& path, const std::string& body,
   return perform("POST", path, &body, timeout_ms, nullptr, nullptr);
 }
 
+Result<Response> Client::mergePatch(const std::string& path, const std::string& body,
+                                    long timeout_ms) const {
+  return perform("PATCH", path, &body, timeout_ms, nullptr, nullptr);
+}
+
 Result<Response> Client::stream(const std::string& path,
                                 const std::function<bool(std::string_view)>& on_line,
                                 const std::atomic<bool>& stop) const {
@@ -233,7 +238,10 @@ Result<Response> Client::perform(const std::string& method, const std::string& p
   headers = curl_slist_append(headers, "Accept: application/json");
   std::string auth = "Authorization: Bearer " + token;
   if (!token.empty()) headers = curl_slist_append(headers, auth.c_str());
-  if (body) headers = curl_slist_append(headers, "Content-Type: application/json");
+  if (body)
+    headers =
+        curl_slist_append(headers, method == "PATCH" ? "Content-Type: application/merge-patch+json"
+                                                     : "Content-Type: application/json");
   std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> header_guard(headers,
                                                                            curl_slist_free_all);
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);

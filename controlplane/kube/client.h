@@ -42,6 +42,9 @@ class Client {
   Result<Response> get(const std::string& path, long timeout_ms = 30000) const;
   Result<Response> post(const std::string& path, const std::string& json_body,
                         long timeout_ms = 30000) const;
+  // PATCH with a JSON merge patch (RFC 7386).
+  Result<Response> mergePatch(const std::string& path, const std::string& json_patch,
+                              long timeout_ms = 30000) const;
 
   // Streams a watch: calls on_line for every complete line of the body
   // while the status is 200 (a non-200 body is returned whole). Ends when

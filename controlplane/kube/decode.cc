@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "controlplane/model/objects.h"
+#include "controlplane/model/policies.h"
 
 namespace sluice::controlplane::kube {
 
@@ -19,20 +20,34 @@ std::string metadataField(const json& obj, const char* field) {
   return v != meta->end() && v->is_string() ? v->get<std::string>() : "";
 }
 
+// The object's Accepted condition, for the policy kinds.
+std::optional<StatusWrite> policyStatus(const std::string& kind, const json& object,
+                                        const Result<void>& added, const model::Objects& one) {
+  if (!model::isPolicyKind(kind)) return std::nullopt;
+  std::vector<std::string> warnings;
+  for (const auto& p : one.authorization_policies) warnings = p.warnings;
+  for (const auto& p : one.peer_authentications) warnings = p.warnings;
+  return acceptedStatus(object, added ? "" : added.error().describe(), warnings);
+}
+
 }  // namespace
 
-Result<ListPage> decodeListPage(std::string_view body, const std::string& kind) {
+Result<ListPage> decodeListPage(std::string_view body, const std::string& kind,
+                                const std::string& api_version) {
   auto j = json::parse(body, nullptr, false);
   if (!j.is_object() || !j.contains("items") || !j["items"].is_array())
     return fail("the response is not a list");
   ListPage page;
   for (auto& item : j["items"]) {
     if (!item.is_object()) continue;
-    item["kind"] = kind;  // list items carry no kind
+    item["kind"] = kind;  // items of built-in kinds carry no kind
+    if (!api_version.empty() && !item.contains("apiVersion")) item["apiVersion"] = api_version;
     model::Objects one;
     auto added = model::addObject(item, one, kind);
+    if (auto w = policyStatus(kind, item, added, one)) page.status_writes.push_back(std::move(*w));
     if (!added) {
       page.skipped.push_back(added.error().describe());
+      page.invalid_keys.push_back(model::objectKey(item));
       continue;
     }
     page.objects[model::objectKey(item)] = std::move(one);
@@ -42,7 +57,8 @@ Result<ListPage> decodeListPage(std::string_view body, const std::string& kind) 
   return page;
 }
 
-Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& kind) {
+Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& kind,
+                                    const std::string& api_version) {
   auto ev = json::parse(line, nullptr, false);
   // Not json::value(): it throws when the field has another type, and a
   // throw here would end the control plane from inside the HTTP client.
@@ -62,10 +78,12 @@ Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& ki
   out.resource_version = metadataField(object, "resourceVersion");
   if (type != "ADDED" && type != "MODIFIED" && type != "DELETED") return out;
   if (!object.contains("kind")) object["kind"] = kind;
+  if (!api_version.empty() && !object.contains("apiVersion")) object["apiVersion"] = api_version;
   out.key = model::objectKey(object);
   if (type != "DELETED") {
     auto added = model::addObject(object, out.objects, kind + " watch");
     if (!added) out.invalid = added.error().describe();
+    out.status_write = policyStatus(kind, object, added, out.objects);
   }
   return out;
 }

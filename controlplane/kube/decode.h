@@ -5,10 +5,12 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "controlplane/kube/policy_status.h"
 #include "controlplane/model/store.h"
 #include "sluice/common/result.h"
 
@@ -17,13 +19,17 @@ namespace sluice::controlplane::kube {
 struct ListPage {
   std::map<std::string, model::Objects> objects;  // by model::objectKey, one object each
   std::vector<std::string> skipped;               // why an item was skipped, one line each
+  std::vector<std::string> invalid_keys;          // the keys of the skipped items that have one
+  std::vector<StatusWrite> status_writes;         // policies whose Accepted condition is stale
   std::string resource_version;                   // the list's, "" if none
   std::string continue_token;                     // "" on the last page
 };
 
-// A page of GET <collection>?limit=N; `kind` is the resource's (list items
-// carry none). Fails when the body is not a list.
-Result<ListPage> decodeListPage(std::string_view body, const std::string& kind);
+// A page of GET <collection>?limit=N; `kind` and `api_version` are the
+// resource's (items of built-in kinds carry neither). Fails when the body is
+// not a list.
+Result<ListPage> decodeListPage(std::string_view body, const std::string& kind,
+                                const std::string& api_version = "");
 
 struct WatchEvent {
   std::string type;              // as sent: ADDED, MODIFIED, DELETED, BOOKMARK, ERROR or other
@@ -33,10 +39,12 @@ struct WatchEvent {
   std::string key;               // ADDED / MODIFIED / DELETED: model::objectKey of the object
   model::Objects objects;        // ADDED / MODIFIED: the object in the model
   std::string invalid;           // ADDED / MODIFIED: why the object is not usable ("" if it is)
+  std::optional<StatusWrite> status_write;  // ADDED / MODIFIED policy: its Accepted condition
 };
 
 // One line of a watch stream of `kind`. Fails when the line is not an event
 // (not JSON, no type, no object).
-Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& kind);
+Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& kind,
+                                    const std::string& api_version = "");
 
 }  // namespace sluice::controlplane::kube

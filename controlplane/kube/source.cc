@@ -5,6 +5,7 @@
 #include <random>
 
 #include "controlplane/kube/decode.h"
+#include "controlplane/kube/policy_resources.h"
 #include "controlplane/model/objects.h"
 #include "sluice/common/log.h"
 
@@ -22,6 +23,12 @@ void append(model::Objects& into, const model::Objects& one) {
   into.services.insert(into.services.end(), one.services.begin(), one.services.end());
   into.endpoint_slices.insert(into.endpoint_slices.end(), one.endpoint_slices.begin(),
                               one.endpoint_slices.end());
+  into.authorization_policies.insert(into.authorization_policies.end(),
+                                     one.authorization_policies.begin(),
+                                     one.authorization_policies.end());
+  into.peer_authentications.insert(into.peer_authentications.end(),
+                                   one.peer_authentications.begin(),
+                                   one.peer_authentications.end());
 }
 
 std::string statusMessage(const std::string& body) {
@@ -36,6 +43,9 @@ std::string statusMessage(const std::string& body) {
 struct Source::Resource {
   std::string kind;
   std::string path;                               // collection path
+  std::string api_version;                        // custom resources: for items without one
+  bool optional = false;                          // a CRD: 404 (not installed) counts as empty
+  bool write_status = false;                      // write the Accepted condition (policies)
   std::map<std::string, model::Objects> objects;  // by objectKey, one object each
   Status status;
   bool listed = false;
@@ -52,6 +62,15 @@ Source::Source(Client client, model::Store& store, SourceOptions options)
     r->path = path;
     resources_.push_back(std::move(r));
   }
+  for (const auto& p : policyResources(options.watch_istio_policies)) {
+    auto r = std::make_unique<Resource>();
+    r->kind = p.kind;
+    r->path = p.path;
+    r->api_version = p.api_version;
+    r->optional = true;
+    r->write_status = p.write_status;
+    resources_.push_back(std::move(r));
+  }
 }
 
 Result<std::unique_ptr<Source>> Source::create(Client client, model::Store& store,
@@ -64,8 +83,12 @@ Result<std::unique_ptr<Source>> Source::create(Client client, model::Store& stor
     self->threads_.emplace_back([s, res] { s->run(*res); });
   }
   self->threads_.emplace_back([s] { s->flushLoop(); });
-  logger()->info("watching Namespaces, Pods, Services and EndpointSlices at {}",
-                 self->client_.config().server);
+  logger()->info(
+      "watching Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies and "
+      "PeerAuthentications ({}) at {}",
+      options.watch_istio_policies ? "security.sluice.dev and security.istio.io"
+                                   : "security.sluice.dev",
+      self->client_.config().server);
   return self;
 }
 
@@ -205,11 +228,24 @@ bool Source::list(Resource& r) {
       rv.clear();
       continue;
     }
+    if (resp->status == 404 && r.optional) {
+      // The CRD is not installed: no such objects. Checked again after a backoff.
+      std::lock_guard lk(mu_);
+      if (!r.listed || !r.objects.empty())
+        logger()->warn(
+            "{} is not served (HTTP 404): no {}s until its CRD is installed "
+            "(kubectl apply -k deploy/)",
+            r.path, r.kind);
+      r.objects.clear();
+      r.listed = true;
+      markDirty();
+      return false;
+    }
     if (resp->status != 200) {
       httpError(r, "listing " + r.kind + "s", *resp);
       return false;
     }
-    auto page = decodeListPage(resp->body, r.kind);
+    auto page = decodeListPage(resp->body, r.kind, r.api_version);
     if (!page) {
       setError(r, "listing " + r.kind + "s: " + page.error().describe());
       logger()->warn("listing {}s: {}", r.kind, page.error().describe());
@@ -217,6 +253,14 @@ bool Source::list(Resource& r) {
     }
     for (const auto& why : page->skipped) logger()->warn("skipping a {}: {}", r.kind, why);
     for (auto& [key, one] : page->objects) fresh[key] = std::move(one);
+    {
+      // An object that became invalid keeps its last good version, as in a watch.
+      std::lock_guard lk(mu_);
+      for (const auto& key : page->invalid_keys)
+        if (auto old = r.objects.find(key); old != r.objects.end()) fresh[key] = old->second;
+    }
+    if (r.write_status)
+      for (const auto& w : page->status_writes) writeStatus(client_, r.path, w);
     rv = page->resource_version;
     cont = page->continue_token;
     if (cont.empty()) break;
@@ -248,7 +292,7 @@ bool Source::watch(Resource& r, bool& got_any) {
   bool expired = false;
   auto on_line = [&](std::string_view line) -> bool {
     got_any = true;
-    auto ev = decodeWatchEvent(line, r.kind);
+    auto ev = decodeWatchEvent(line, r.kind, r.api_version);
     if (!ev) {
       std::lock_guard lk(mu_);
       r.status.malformed++;
@@ -267,7 +311,10 @@ bool Source::watch(Resource& r, bool& got_any) {
       setError(r, e);
       return false;  // reconnect
     }
-    return apply(r, *ev);
+    auto status_write = std::move(ev->status_write);
+    bool go_on = apply(r, *ev);
+    if (r.write_status && status_write) writeStatus(client_, r.path, *status_write);
+    return go_on;
   };
   auto resp = client_.stream(path, on_line, stopping_);
   if (expired) return false;
@@ -305,7 +352,8 @@ bool Source::apply(Resource& r, WatchEvent& ev) {
   } else {
     if (!ev.invalid.empty()) {
       r.status.malformed++;
-      logger()->warn("{} watch: skipped an invalid object: {}", r.kind, ev.invalid);
+      logger()->warn("{} watch: skipped an invalid object (its last good version stays): {}",
+                     r.kind, ev.invalid);
       if (!rv.empty()) r.status.resource_version = rv;
       return true;
     }

@@ -1,7 +1,8 @@
 // The Kubernetes source of truth: list + watch of Namespaces, Pods, Services
-// and EndpointSlices (discovery.k8s.io/v1), one thread per resource, into
-// the model Store. Watches resume from the last resourceVersion (bookmarks
-// keep it fresh); 410 Gone relists; a list whose continue token expires
+// and EndpointSlices (discovery.k8s.io/v1), and the policy resources
+// (policy_resources.h), one thread per resource, into the model Store. A
+// policy resource whose CRD is not installed (404) counts as empty. Watches resume from the last
+// resourceVersion (bookmarks keep it fresh); 410 Gone relists; a list whose continue token expires
 // (410 on a later page) starts over from the first page, and only a complete
 // list replaces what is served; a dropped stream reconnects with exponential
 // backoff and jitter; a malformed event is logged and skipped.
@@ -32,6 +33,8 @@ struct SourceOptions {
   int watch_timeout_seconds = 300;  // the server ends a watch after this; we re-watch
   std::chrono::milliseconds flush_delay{100};
   int page_size = 500;
+  // Also read security.istio.io/v1 AuthorizationPolicy and PeerAuthentication.
+  bool watch_istio_policies = false;
 };
 
 class Source {

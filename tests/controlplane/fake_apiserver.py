@@ -20,7 +20,12 @@ drops the history (next resume gets 410); /_control/expire-continue
 that carry a continue token with 410 Gone, reason Expired, as an API server
 does once the list's revision is compacted away (the Status carries the
 "inconsistent" remainder token in metadata.continue, like the real one);
-/_control/token changes the accepted token.
+/_control/token changes the accepted token; /_control/unserve {"resource"}
+answers 404 for a resource (its CRD is not installed).
+Custom resources: list items keep apiVersion and kind, metadata.generation
+counts spec changes, PATCH .../namespaces/NS/PLURAL/NAME/status with a JSON
+merge patch (application/merge-patch+json; other types get 415) replaces the
+status only and is recorded for /_control/patches.
 
 Prints "PORT <n>" on stdout once listening.
 """
@@ -40,7 +45,19 @@ RESOURCES = {
     "/api/v1/services": ("services", "Service", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("endpointslices", "EndpointSlice",
                                                   "discovery.k8s.io/v1"),
+    # Custom resources (deploy/crds.yaml; Istio's with --watch-istio-policies).
+    "/apis/security.sluice.dev/v1/authorizationpolicies": (
+        "authorizationpolicies", "AuthorizationPolicy", "security.sluice.dev/v1"),
+    "/apis/security.sluice.dev/v1/peerauthentications": (
+        "peerauthentications", "PeerAuthentication", "security.sluice.dev/v1"),
+    "/apis/security.istio.io/v1/authorizationpolicies": (
+        "istio-authorizationpolicies", "AuthorizationPolicy", "security.istio.io/v1"),
+    "/apis/security.istio.io/v1/peerauthentications": (
+        "istio-peerauthentications", "PeerAuthentication", "security.istio.io/v1"),
 }
+# Items of a list of custom resources carry apiVersion and kind; built-in ones do not.
+CUSTOM = {"authorizationpolicies", "peerauthentications", "istio-authorizationpolicies",
+          "istio-peerauthentications"}
 BY_NAME = {v[0]: (k, v[1], v[2]) for k, v in RESOURCES.items()}
 
 
@@ -58,6 +75,8 @@ class State:
         self.expire_continue = {}  # resource -> continue pages still to answer 410
         self.requests = []
         self.reviews = {}  # token -> {"username", "pod_uid", "node"}
+        self.patches = []  # (path, body) of every status PATCH
+        self.unserved = set()  # resources answering 404
 
     def key(self, obj):
         m = obj.get("metadata", {})
@@ -71,11 +90,33 @@ class State:
             obj["kind"], obj["apiVersion"] = kind, api
             obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
             k = self.key(obj)
+            if resource in CUSTOM:  # generation counts spec changes; the status is kept
+                old = self.objects[resource].get(k)
+                gen = old["metadata"].get("generation", 1) if old else 0
+                changed = old is None or old.get("spec") != obj.get("spec")
+                obj["metadata"]["generation"] = gen + 1 if changed else gen
+                if old is not None and "status" in old:
+                    obj["status"] = old["status"]
             typ = "MODIFIED" if k in self.objects[resource] else "ADDED"
             self.objects[resource][k] = obj
             self.history.append((self.rv, resource, typ, obj))
             self.cv.notify_all()
             return self.rv
+
+    def patch_status(self, resource, namespace, name, patch):
+        with self.cv:
+            k = f"{namespace}/{name}"
+            old = self.objects[resource].get(k)
+            if old is None:
+                return None
+            self.rv += 1
+            obj = json.loads(json.dumps(old))
+            obj["status"] = merge_patch(obj.get("status", {}), patch.get("status", {}))
+            obj["metadata"]["resourceVersion"] = str(self.rv)
+            self.objects[resource][k] = obj
+            self.history.append((self.rv, resource, "MODIFIED", obj))
+            self.cv.notify_all()
+            return obj
 
     def delete(self, resource, namespace, name):
         with self.cv:
@@ -89,6 +130,19 @@ class State:
             self.history.append((self.rv, resource, "DELETED", obj))
             self.cv.notify_all()
             return self.rv
+
+
+def merge_patch(target, patch):
+    """RFC 7386."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
 
 
 def status(code, reason, message):
@@ -169,6 +223,10 @@ class Handler(BaseHTTPRequestHandler):
                 st.token = body["token"]
             elif what == "review":
                 st.reviews[body["token"]] = body
+            elif what == "unserve":
+                st.unserved.add(body["resource"])
+            elif what == "serve":
+                st.unserved.discard(body["resource"])
             elif what == "clear-requests":
                 st.requests = []
             else:
@@ -182,11 +240,15 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/_control/requests":
             with st.cv:
                 return self.send_json(200, {"requests": list(st.requests)})
+        if url.path == "/_control/patches":
+            with st.cv:
+                return self.send_json(200, {"patches": [{"path": p, "body": b}
+                                                        for p, b in st.patches]})
         with st.cv:
             st.requests.append("GET " + self.path)
         if not self.authorized():
             return
-        if url.path not in RESOURCES:
+        if url.path not in RESOURCES or RESOURCES[url.path][0] in st.unserved:
             return self.send_json(404, status(404, "NotFound", "the server could not find the "
                                                                "requested resource"))
         resource, kind, api = RESOURCES[url.path]
@@ -219,12 +281,40 @@ class Handler(BaseHTTPRequestHandler):
         out_items = []
         for _, obj in page:
             o = dict(obj)
-            o.pop("kind", None)
-            o.pop("apiVersion", None)
+            if resource not in CUSTOM:
+                o.pop("kind", None)
+                o.pop("apiVersion", None)
             out_items.append(o)
         self.send_json(200, {"kind": kind + "List", "apiVersion": api,
                              "metadata": {"resourceVersion": str(rv), "continue": cont},
                              "items": out_items})
+
+    def do_PATCH(self):
+        st = self.state
+        url = urllib.parse.urlparse(self.path)
+        with st.cv:
+            st.requests.append("PATCH " + self.path)
+        n = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(n)
+        if not self.authorized():
+            return
+        # /apis/G/V/namespaces/NS/PLURAL/NAME/status
+        parts = url.path.split("/")
+        if len(parts) != 9 or parts[1] != "apis" or parts[4] != "namespaces" or parts[8] != "status":
+            return self.send_json(404, status(404, "NotFound", "not found"))
+        collection = "/".join(parts[:4] + [parts[6]])
+        if collection not in RESOURCES or RESOURCES[collection][0] not in CUSTOM:
+            return self.send_json(404, status(404, "NotFound", "not found"))
+        if self.headers.get("Content-Type") != "application/merge-patch+json":
+            return self.send_json(415, status(415, "UnsupportedMediaType",
+                                              "the body of the request was in an unknown format"))
+        body = json.loads(raw or b"{}")
+        with st.cv:
+            st.patches.append((url.path, body))
+        obj = st.patch_status(RESOURCES[collection][0], parts[5], parts[7], body)
+        if obj is None:
+            return self.send_json(404, status(404, "NotFound", f"{parts[7]} not found"))
+        self.send_json(200, obj)
 
     def chunk(self, data: bytes):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
