@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "agent/admin/server.h"
+#include "agent/authz/policy_authorizer.h"
 #include "agent/bpf/loader.h"
 #include "agent/bpf/orig_dst_resolver.h"
 #include "agent/cni/server.h"
@@ -32,9 +33,12 @@
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
 #include "agent/wiring/admin_json.h"
+#include "agent/wiring/authz_bridge.h"
 #include "agent/wiring/cni_bridge.h"
 #include "agent/wiring/discovery_bridge.h"
 #include "agent/wiring/live_inspection.h"
+#include "agent/wiring/policy_json.h"
+#include "agent/wiring/policy_metrics.h"
 #include "agent/wiring/telemetry_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
@@ -77,6 +81,7 @@ struct Flags {
   std::string trust_domain = "cluster.local";
   unsigned cert_ttl = 0;
   bool http_detection = true;
+  bool allow_node_probes = true;
   bool uninstall = false;
 };
 
@@ -172,6 +177,17 @@ FlagTable flagTable(Flags& f) {
               "relay every connection as bytes: no HTTP detection, no\n"
               "istio_requests_total and request histograms",
               [&f] { f.http_detection = false; })
+      .value("--node-probes", "allow|policy",
+             "plaintext from this node's own address to its pods (kubelet\n"
+             "probes): allow = always allowed, even under STRICT mTLS and\n"
+             "whatever AuthorizationPolicies say (as Istio ambient does);\n"
+             "policy = treated like any plaintext client (default allow)",
+             [&f](const std::string& v) -> std::string {
+               if (v != "allow" && v != "policy")
+                 return "must be 'allow' or 'policy', got '" + v + "'";
+               f.allow_node_probes = v == "allow";
+               return "";
+             })
       .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
              [&f](const std::string& v) -> std::string {
                for (const char* l : {"trace", "debug", "info", "warn", "error"})
@@ -283,11 +299,17 @@ int runAgent(const Flags& flags) {
   agent::telemetry::ObserverFanout observers({&tcp_metrics, &http_metrics, &live_stats, &tap_hub});
   ztunnel::EngineHooks hooks;
   hooks.observer = &observers;
+  // Every inbound connection is decided by the policies in the view; until
+  // the view holds a pod's workload, connections to it are refused.
+  agent::authz::PolicyAuthorizer authorizer({.allow_node_probes = flags.allow_node_probes});
+  agent::wiring::AuthzBridge authz_bridge(authorizer, flags.node_name, flags.trust_domain);
+  hooks.authorizer = &authorizer;
   auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
   if (!engine) {
     logger->critical("starting the proxy engine failed: {}", engine.error().describe());
     return 1;
   }
+  authz_bridge.setEngine(engine->get());
 
   agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json",
                                flags.trust_domain);
@@ -303,6 +325,7 @@ int runAgent(const Flags& flags) {
         certs.retryNow();
       },
       [&](const agent::discovery::View& view) {
+        authz_bridge.onView(view);
         workload_index.update(agent::wiring::workloadSnapshot(view, metrics_config.cluster_id));
       });
 
@@ -316,19 +339,20 @@ int runAgent(const Flags& flags) {
     persisted = std::move(*v);
     discovery_bridge.seed(persisted->view);
     logger->info(
-        "using the view kept in {} (version {} of epoch {:x}: {} workloads, {} services) until "
-        "the control plane answers",
+        "using the view kept in {} (version {} of epoch {:x}: {} workloads, {} services, {} "
+        "AuthorizationPolicies, {} PeerAuthentications) until the control plane answers",
         view_file, persisted->version, persisted->epoch, persisted->view.workloads.size(),
-        persisted->view.services.size());
+        persisted->view.services.size(), persisted->view.policies->authorizationPolicies().size(),
+        persisted->view.policies->peerAuthentications().size());
   } else if (v.error().code == ENOENT) {
     logger->info(
-        "no view kept in {}: outbound connections of enrolled pods are refused until "
-        "the control plane answers",
+        "no view kept in {}: connections of enrolled pods are refused until the control "
+        "plane answers",
         view_file);
   } else {
     logger->warn(
-        "ignoring the kept view: {}; outbound connections of enrolled pods are refused "
-        "until the control plane answers",
+        "ignoring the kept view: {}; connections of enrolled pods are refused until the "
+        "control plane answers",
         v.error().describe());
   }
   pods.restore();
@@ -392,7 +416,21 @@ int runAgent(const Flags& flags) {
   sources.stats = [&] {
     nlohmann::json j = agent::wiring::statsJson(eng.stats(), ld.stats());
     j["enrolled_pods"] = pods.enrolledCount();
+    auto authz_stats = authorizer.stats();
+    nlohmann::json denied = nlohmann::json::object();
+    for (size_t i = 0; i < authz_stats.denied.size(); ++i)
+      denied[agent::authz::toString(static_cast<agent::authz::DenyReason>(i))] =
+          authz_stats.denied[i];
+    j["policy"] = {{"denied", denied},
+                   {"audit_matches", authz_stats.audit_matches},
+                   {"updates_rejected", authz_bridge.rejected().count}};
     return j;
+  };
+  sources.policies = [&] {
+    return agent::wiring::policiesJson(authorizer, authz_bridge.rejected().error);
+  };
+  sources.authz_check = [&](const std::map<std::string, std::string>& query) {
+    return agent::wiring::authzCheckJson(authorizer, flags.trust_domain, query);
   };
   sources.not_ready_reason = [&]() -> std::string {
     if (!disc.synced())
@@ -432,6 +470,9 @@ int runAgent(const Flags& flags) {
   metric_sources.bpf_maps = [&] { return ld.mapFill(); };
   metric_sources.cert_expiry = [&] { return certs.expiries(); };
   metric_sources.http = [&](agent::telemetry::TextWriter& out) { http_metrics.write(out); };
+  metric_sources.more = [&](agent::telemetry::TextWriter& out) {
+    agent::wiring::writePolicyMetrics(out, authorizer, authz_bridge.rejected().count);
+  };
   agent::telemetry::AgentMetrics agent_metrics(tcp_metrics, metric_sources);
   std::unique_ptr<agent::admin::Server> metrics_server;
   if (!flags.metrics_addr.empty()) {

@@ -43,6 +43,7 @@ Routes adminRoutes(Sources sources) {
   r["/connections"] = [src] { return jsonResponse(src->connections()); };
   r["/certs"] = [src] { return jsonResponse(src->certs()); };
   r["/stats"] = [src] { return jsonResponse(src->stats()); };
+  if (src->policies) r["/policies"] = [src] { return jsonResponse(src->policies()); };
   for (const auto& [path, route] : src->routes) r[path] = route;
   return r;
 }
@@ -166,23 +167,37 @@ void Server::handle(evhttp_request* req) {
     startStream(req, st->second);
     return;
   }
-  auto it = routes_.find(path);
-  Response r = it == routes_.end() ? jsonResponse({{"error", "no such endpoint: " + path}}, 404)
-                                   : it->second();
+  Response r;
+  if (auto q = query_routes_.find(path); q != query_routes_.end()) {
+    r = q->second(parseQuery(req));
+  } else {
+    auto it = routes_.find(path);
+    r = it == routes_.end() ? jsonResponse({{"error", "no such endpoint: " + path}}, 404)
+                            : it->second();
+  }
   reply(req, r.status, reasonPhrase(r.status), r.body, r.content_type.c_str());
 }
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sources sources) {
   StreamRoutes streams = std::move(sources.streams);
-  return create(address, "admin API", adminRoutes(std::move(sources)), std::move(streams));
+  QueryRoutes queries;
+  if (sources.authz_check)
+    queries["/authz"] = [check = sources.authz_check](const Query& q) {
+      auto [status, doc] = check(q);
+      return jsonResponse(doc, status);
+    };
+  return create(address, "admin API", adminRoutes(std::move(sources)), std::move(streams),
+                std::move(queries));
 }
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, std::string name,
-                                               Routes routes, StreamRoutes streams) {
+                                               Routes routes, StreamRoutes streams,
+                                               QueryRoutes query_routes) {
   auto ep = parseEndpoint(address);
   if (!ep) return fail(fmt::format("invalid {} address '{}': expected IP:PORT", name, address));
   std::unique_ptr<Server> self(new Server());
   self->routes_ = std::move(routes);
+  self->query_routes_ = std::move(query_routes);
   self->stream_routes_ = std::move(streams);
   self->base_ = event_base_new();
   if (!self->base_) return fail(name + ": cannot create an event loop");

@@ -1,6 +1,6 @@
 // Admin HTTP API of the agent (default 127.0.0.1:15000): /healthz, /ready,
-// /config_dump, /connections, /stats, /certs, and what the agent adds (the
-// live inspection: /live/stat, /live/tap). Read-only; served from its own
+// /config_dump, /connections, /stats, /certs, /policies, /authz, and what the
+// agent adds (the live inspection: /live/stat, /live/tap). Read-only; served from its own
 // thread (libevent's evhttp), never from a data-plane thread. The same server
 // serves other read-only documents by path (Routes): the agent's metrics
 // endpoint (:15020) is a second instance.
@@ -39,8 +39,10 @@ struct Response {
 // Exact path (query string ignored) -> its document, built on the server's thread.
 using Routes = std::map<std::string, std::function<Response()>>;
 
-// A query string's parameters, decoded.
+// A query string's parameters, decoded (the last value of a repeated one).
 using Query = std::map<std::string, std::string>;
+// Exact path -> a document that reads the request's query parameters.
+using QueryRoutes = std::map<std::string, std::function<Response(const Query&)>>;
 struct StreamStep {
   std::string data;   // the next bytes of the body, may be empty
   bool done = false;  // end the response after `data`
@@ -68,6 +70,9 @@ struct Sources {
   // When ready: an operator-facing note appended to "ready" (e.g. serving
   // the last known state while the control plane is unreachable). Optional.
   std::function<std::string()> ready_note;
+  // /policies, and /authz?from=...&to=... (status and document). Optional.
+  std::function<nlohmann::json()> policies;
+  std::function<std::pair<int, nlohmann::json>(const Query&)> authz_check;
   // More documents and streams by path. Optional.
   Routes routes;
   StreamRoutes streams;
@@ -80,7 +85,8 @@ class Server {
   // Any read-only documents; `name` names the server in logs and errors
   // ("metrics endpoint"). Unknown paths get 404.
   static Result<std::unique_ptr<Server>> create(const std::string& address, std::string name,
-                                                Routes routes, StreamRoutes streams = {});
+                                                Routes routes, StreamRoutes streams = {},
+                                                QueryRoutes query_routes = {});
   ~Server();
   std::string address() const { return address_; }
   // Streams being served now.
@@ -100,6 +106,7 @@ class Server {
   std::jthread thread_;
   std::string address_;
   Routes routes_;
+  QueryRoutes query_routes_;
   StreamRoutes stream_routes_;
   std::map<Session*, std::unique_ptr<Session>> sessions_;  // the server's thread only
   std::atomic<size_t> stream_count_{0};

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <random>
 
+#include "common/policy/wire.h"
 #include "sluice/common/log.h"
 #include "sluice/common/unique_fd.h"
 
@@ -46,12 +47,44 @@ bool View::apply(const sluice::api::v1::WatchResponse& resp) {
     workloads.clear();
     services.clear();
   }
+  // Policies first: the control plane sends those that select a workload in
+  // the message that first carries it (or earlier), and whoever sees the
+  // workload in this view may serve it.
+  bool policies_changed = false;
+  if (resp.has_policies())
+    policies_changed = applyPolicies(resp.policies());
+  else if (resp.full())
+    // A snapshot always carries the set; a control plane that sends none
+    // (older than policies) has none.
+    policies_changed = applyPolicies({});
   for (const auto& w : resp.upserts()) workloads[w.uid()] = w;
   for (const auto& uid : resp.removed_uids()) workloads.erase(uid);
   for (const auto& s : resp.services()) services[s.namespace_() + "/" + s.name()] = s;
   for (const auto& key : resp.removed_services()) services.erase(key);
-  return resp.full() || resp.upserts_size() > 0 || resp.removed_uids_size() > 0 ||
-         resp.services_size() > 0 || resp.removed_services_size() > 0;
+  return resp.full() || policies_changed || resp.upserts_size() > 0 ||
+         resp.removed_uids_size() > 0 || resp.services_size() > 0 ||
+         resp.removed_services_size() > 0;
+}
+
+bool View::applyPolicies(const sluice::api::v1::PolicySet& set) {
+  if (set.SerializeAsString() == policies_message.SerializeAsString()) return false;
+  auto compiled = policy::buildFromProto(set, {});
+  if (!compiled) {
+    ++policy_sets_rejected;
+    policy_error = compiled.error().describe();
+    log::get("discovery")
+        ->error(
+            "rejected the control plane's policy set ({} AuthorizationPolicies, {} "
+            "PeerAuthentications): {}; still enforcing the previous set ({} + {}). Fix or remove "
+            "the object on the control plane's side",
+            set.authorization_size(), set.peer_size(), policy_error,
+            policies->authorizationPolicies().size(), policies->peerAuthentications().size());
+    return false;
+  }
+  policies = std::move(*compiled);
+  policies_message = set;
+  policy_error.clear();
+  return true;
 }
 
 sluice::api::v1::WatchResponse snapshotOf(const View& view, uint64_t version, uint64_t epoch) {
@@ -63,6 +96,7 @@ sluice::api::v1::WatchResponse snapshotOf(const View& view, uint64_t version, ui
   for (const auto& [uid, w] : view.workloads) *r.add_upserts() = w;
   r.mutable_services()->Reserve(static_cast<int>(view.services.size()));
   for (const auto& [key, svc] : view.services) *r.add_services() = svc;
+  *r.mutable_policies() = view.policies_message;
   return r;
 }
 

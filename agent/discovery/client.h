@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "agent/rpc/call.h"
+#include "common/policy/policy_set.h"
 #include "sluice.pb.h"
 #include "sluice/common/bearer_token.h"
 #include "sluice/common/result.h"
@@ -29,9 +30,20 @@ using Service = sluice::api::v1::Service;
 struct View {
   std::map<std::string, Workload> workloads;  // by uid
   std::map<std::string, Service> services;    // by "namespace/name"
+  // The policies that can apply to this node's workloads: the last complete
+  // set that compiled (WatchResponse.policies replaces it; a set that does
+  // not compile is logged, naming the object, and ignored), and the message
+  // it came from (kept in the persisted view). Never null.
+  std::shared_ptr<const policy::PolicySet> policies = policy::PolicySet::empty();
+  sluice::api::v1::PolicySet policies_message;
+  uint64_t policy_sets_rejected = 0;  // sets that did not compile (this process)
+  std::string policy_error;           // why the last one was rejected; empty: it was not
   // Applies one Watch message (a snapshot replaces everything). Returns
   // whether anything changed.
   bool apply(const sluice::api::v1::WatchResponse& resp);
+
+ private:
+  bool applyPolicies(const sluice::api::v1::PolicySet& set);
 };
 
 // A view as it was written to disk: the whole view as one snapshot message

@@ -123,6 +123,7 @@ std::string AgentMetrics::scrape() {
                     sources_.bpf_maps ? sources_.bpf_maps() : std::vector<bpf::MapFill>{});
   if (sources_.cert_expiry) writeCertificateExpiry(out, sources_.cert_expiry());
   if (sources_.engine_stats) writeEngineCounters(out, sources_.engine_stats());
+  if (sources_.more) sources_.more(out);
   return out.take();
 }
 

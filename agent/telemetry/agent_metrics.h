@@ -29,6 +29,8 @@ struct AgentSources {
   std::function<std::vector<bpf::MapFill>()> bpf_maps;
   std::function<std::map<std::string, std::chrono::system_clock::time_point>()> cert_expiry;
   std::function<void(TextWriter&)> http;  // the istio_request* families (HttpMetrics)
+  // More families written by another part (policy decisions: wiring/policy_metrics.h).
+  std::function<void(TextWriter&)> more;
 };
 
 // sluice_build_info{version=...} 1

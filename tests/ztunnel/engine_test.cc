@@ -139,14 +139,15 @@ class FakeDirectory final : public ztunnel::MeshDirectory {
 // Denies while `deny` is set; remembers what it was asked.
 class FakeAuthorizer final : public ztunnel::InboundAuthorizer {
  public:
-  ztunnel::Verdict authorize(const ztunnel::InboundRequest& r) override {
+  ztunnel::Authorization authorize(const ztunnel::InboundRequest& r) override {
     std::lock_guard lk(mu);
     asked++;
     last_path = r.path;
     last_pod = std::string(r.pod);
     last_principal = std::string(r.source_principal);
     last_port = ntohs(r.destination.sin_port);
-    return deny ? ztunnel::Verdict::kDeny : ztunnel::Verdict::kAllow;
+    if (deny) return {ztunnel::Verdict::kDeny, "fake policy"};
+    return {};
   }
   std::atomic<bool> deny{false};
   std::mutex mu;
@@ -456,7 +457,7 @@ TEST_SUITE("engine") {
     }
     auto cs = run.engine->connections();
     REQUIRE(cs.size() == 1);
-    CHECK(cs[0].reasonText() == "denied");
+    CHECK(cs[0].reasonText() == "denied: fake policy");
     CHECK(std::string(ztunnel::toString(cs[0].path)) == "local_handoff");
   }
 
@@ -483,7 +484,7 @@ TEST_SUITE("engine") {
     CHECK(run.engine->stats()[ztunnel::Counter::kDenied] == 1);
     auto cs = run.engine->connections();
     REQUIRE(cs.size() == 1);
-    CHECK(cs[0].reasonText() == "denied");
+    CHECK(cs[0].reasonText() == "denied: fake policy");
     CHECK(cs[0].bytes_sent == 4);
     CHECK(cs[0].bytes_received == 4);
   }

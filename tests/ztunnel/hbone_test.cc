@@ -235,7 +235,7 @@ class RecordingAuthorizer final : public InboundAuthorizer {
   sockaddr_in source{}, destination{};
   Path path = Path::kInbound;
   bool mutual_tls = false;
-  Verdict authorize(const InboundRequest& r) override {
+  Authorization authorize(const InboundRequest& r) override {
     calls++;
     source_principal = r.source_principal;
     pod_uid = r.pod_uid;
@@ -243,7 +243,7 @@ class RecordingAuthorizer final : public InboundAuthorizer {
     destination = r.destination;
     path = r.path;
     mutual_tls = r.mutual_tls;
-    return verdict;
+    return {verdict, verdict == Verdict::kDeny ? "test says no" : ""};
   }
 };
 
@@ -750,7 +750,7 @@ TEST_SUITE("hbone") {
     CHECK((got == data));
   }
 
-  TEST_CASE("an authorization deny answers 403 and the app is never connected") {
+  TEST_CASE("an authorization deny answers 401 and the app is never connected") {
     Mesh m;
     m.authorizer.verdict = Verdict::kDeny;
     App echo(ip(kAddrB), App::echo);
@@ -771,10 +771,11 @@ TEST_SUITE("hbone") {
     auto in = m.closed(*m.ss);
     REQUIRE(in.size() == 1);
     CHECK(why(in[0].reason) == "denied");
+    CHECK(in[0].reason_detail == "test says no");
     auto out = m.closed(*m.cs);
     REQUIRE(out.size() == 1);
     CHECK(why(out[0].reason) == "refused");
-    CHECK(out[0].reason_detail == "403");
+    CHECK(out[0].reason_detail == "401");
     // The tunnel survives a refused stream and carries the next one.
     m.authorizer.verdict = Verdict::kAllow;
     UniqueFd app2 = m.open(makeSockaddr(ip(kAddrB), echo.port));

@@ -143,4 +143,12 @@ std::string urlEncode(const std::string& s) {
   return out;
 }
 
+std::string str(const json& j, const char* key) {
+  if (!j.contains(key)) return "";
+  const auto& v = j[key];
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
+  return v.dump();
+}
+
 }  // namespace sluice::ctl

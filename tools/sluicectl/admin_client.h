@@ -46,4 +46,7 @@ class AdminStream {
 // An HTTP query string value, percent-encoded.
 std::string urlEncode(const std::string& s);
 
+// A JSON field as text ("" when absent; booleans and numbers printed).
+std::string str(const nlohmann::json& j, const char* key);
+
 }  // namespace sluice::ctl

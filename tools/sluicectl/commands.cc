@@ -28,14 +28,6 @@ void die(const std::string& msg, int code) {
 
 namespace {
 
-std::string str(const json& j, const char* key) {
-  if (!j.contains(key)) return "";
-  const auto& v = j[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  return v.dump();
-}
-
 std::string humanBytes(uint64_t b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(b);
@@ -286,6 +278,12 @@ const std::vector<Command>& commands() {
       {"top", "live table of the busiest (source, destination, method, path)", cmdTop, declareTop,
        "[flags]"},
       {"tap", "a live stream of this node's HTTP requests", cmdTap, declareTap, "[flags]"},
+      {"policies",
+       "authorization and peer authentication policies in force on this node, and the local "
+       "workloads each applies to",
+       cmdPolicies},
+      {"authz", "the decision for a connection, by the agent's own policy code", cmdAuthz,
+       declareAuthz, "check --from NS/SA|IP --to NS/POD:PORT", 1},
   };
   return table;
 }

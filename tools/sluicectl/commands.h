@@ -20,7 +20,7 @@ struct Options {
   // stat, top, tap
   std::string namespace_;
   bool outbound = false;                          // stat: what the workloads sent
-  std::string from, to, method, path, authority;  // top, tap: the tap filter
+  std::string from, to, method, path, authority;  // top, tap: the tap filter; authz check: from, to
   unsigned count = 0;                             // tap: stop after this many requests
   unsigned interval = 2;                          // top: seconds between refreshes
   bool once = false;                              // top: one table after one interval
@@ -52,6 +52,11 @@ int cmdTap(const Options& opts);
 void declareStat(FlagTable& flags, Options& opts);
 void declareTap(FlagTable& flags, Options& opts);
 void declareTop(FlagTable& flags, Options& opts);
+
+// policies, authz check (policy_commands.cc).
+int cmdPolicies(const Options& opts);
+int cmdAuthz(const Options& opts);
+void declareAuthz(FlagTable& flags, Options& opts);
 
 [[noreturn]] void die(const std::string& msg, int code = 1);
 

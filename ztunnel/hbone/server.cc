@@ -68,7 +68,7 @@ struct Server::Impl final : StreamOwner {
   Owned<Link> owned{ctx.ring};
   std::list<Link*> pending;       // tunnels without a CONNECT yet, oldest first
   std::vector<Link*> cert_links;  // tunnels waiting for their pod's certificate
-  log::Limiter bad_request_log, refused_log, limit_log, denied_log, pending_log, connect_log;
+  log::Limiter bad_request_log, refused_log, limit_log, pending_log, connect_log;
 
   std::shared_ptr<const WorkloadCredential> credentialFor(Link& l) {
     auto cred = creds.credential(l.tunnel.pod()->spec.identity);
@@ -146,12 +146,8 @@ struct Server::Impl final : StreamOwner {
       s.refuse(503, CloseReason::kConnectionLimit);
       return;
     }
-    if (ctx.authorize(proxy::inboundRequestOf(*live)) == Verdict::kDeny) {
-      ctx.counters().add(Counter::kDenied);
-      SLUICE_LOG_LIMITED(denied_log, logger(), spdlog::level::info,
-                         "pod {}: denied CONNECT {} from {} ({})", pod.spec.name_namespace,
-                         s.authority, formatEndpoint(source), t.peerIdentity());
-      s.refuse(403, CloseReason::kDenied);
+    if (auto why = ctx.denied(*live)) {
+      s.refuse(401, CloseReason::kDenied, std::move(*why));
       return;
     }
     // The app sees the client's address: the tunnel comes from the source

@@ -78,7 +78,9 @@ class Stream final : public StreamEnd,
   std::string status;                        // client: the response status
 
   void close(bool reset, CloseReason reason, std::string detail = {}, bool retried = false);
-  void abort(CloseReason reason) override { close(true, reason); }
+  void abort(CloseReason reason, std::string detail = {}) override {
+    close(true, reason, std::move(detail));
+  }
 
   Tunnel* tunnel() const { return tunnel_; }
   const std::shared_ptr<proxy::PodState>& pod() const { return pod_; }

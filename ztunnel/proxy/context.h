@@ -4,7 +4,10 @@
 #pragma once
 
 #include <functional>
+#include <optional>
+#include <string>
 
+#include "sluice/common/log_limiter.h"
 #include "sluice/common/result.h"
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
@@ -40,11 +43,17 @@ struct WorkerContext {
   std::function<void()> want_fine_tick;
   MeshDirectory* directory = nullptr;  // null: no view (HTTP inspection uses the defaults)
 
+  // Refusals by the authorization hook are logged at most once a second
+  // per worker (each is counted and has its access log line).
+  log::Limiter denied_log{};
+
   Counters& counters() { return records.counters(); }
-  // The authorization hook; no authorizer allows everything.
-  Verdict authorize(const InboundRequest& r) const {
-    return authorizer ? authorizer->authorize(r) : Verdict::kAllow;
-  }
+  // The one place the authorization hook is asked (15006, 15008 CONNECT,
+  // same-node handoff, reauthorize): about `live`'s inboundRequestOf. On a
+  // deny counts proxy.denied, logs (rate limited) and returns why (for the
+  // close record); nullopt: allowed (no authorizer allows everything). What
+  // a deny does to the connection (reset, 401, abort) stays with the caller.
+  std::optional<std::string> denied(const LiveRecord& live);
 };
 
 // close() then sends RST: the peer learns of a reset, not an orderly end.

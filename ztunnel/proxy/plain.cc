@@ -45,7 +45,9 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     ctx_.records.close(*live_, reason_, std::move(detail_), retried_);
   }
 
-  void abort(CloseReason reason) override { close(true, reason); }
+  void abort(CloseReason reason, std::string detail = {}) override {
+    close(true, reason, std::move(detail));
+  }
 
   void close(bool reset, CloseReason reason, std::string detail = {}) {
     if (closing_) return;

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "sluice/ztunnel/engine.h"
@@ -34,7 +35,7 @@ class Counters {
 // Something that owns an open connection and can reset it (worker thread).
 class Abortable {
  public:
-  virtual void abort(CloseReason reason) = 0;
+  virtual void abort(CloseReason reason, std::string detail = {}) = 0;
 
  protected:
   ~Abortable() = default;

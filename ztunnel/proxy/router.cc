@@ -52,16 +52,10 @@ std::shared_ptr<LiveRecord> Router::record(Direction d, Path p, const PodState& 
 }
 
 bool Router::deny(const std::shared_ptr<LiveRecord>& live) {
-  if (ctx_.authorize(inboundRequestOf(*live)) == Verdict::kAllow) return false;
-  ctx_.counters().add(Counter::kDenied);
-  SLUICE_LOG_LIMITED(
-      denied_log_, logger(), spdlog::level::info,
-      "pod {}: denied a {} connection from {} ({}) to {}", live->dest_pod, toString(live->rec.path),
-      live->rec.source,
-      live->rec.source_principal.empty() ? "unauthenticated" : live->rec.source_principal,
-      live->rec.destination);
+  auto why = ctx_.denied(*live);
+  if (!why) return false;
   ctx_.records.open(live);
-  ctx_.records.close(*live, CloseReason::kDenied);
+  ctx_.records.close(*live, CloseReason::kDenied, std::move(*why));
   return true;
 }
 

@@ -51,7 +51,7 @@ class Router final : public AttemptSink {
  private:
   void route(std::unique_ptr<Attempt> a);
   void runDeferred(const io_uring_cqe&);
-  // Asks the hook; on deny writes the record, counts and logs. True: denied.
+  // Asks the hook (WorkerContext::denied); on deny writes the record. True: denied.
   bool deny(const std::shared_ptr<LiveRecord>& live);
   // A socket in `in`'s netns; a failure is counted and logged (rate-limited).
   std::optional<UniqueFd> upstreamSocket(const PodState& in, uint32_t mark, uint32_t bind_ip);
@@ -67,7 +67,7 @@ class Router final : public AttemptSink {
   bool stopping_ = false;
   std::vector<std::unique_ptr<Attempt>> deferred_;  // retries, routed on the next completion
   uring::Op<&Router::runDeferred> soon_{this};
-  log::Limiter refused_log_, socket_log_, no_view_log_, denied_log_;
+  log::Limiter refused_log_, socket_log_, no_view_log_;
 };
 
 }  // namespace sluice::ztunnel::proxy

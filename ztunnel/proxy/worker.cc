@@ -186,13 +186,9 @@ void Worker::removePod(const std::string& uid) {
 void Worker::reauthorize() {
   for (const auto& live : shared_.records.openInbound(index_)) {
     if (!live->owner || live->closed) continue;
-    if (parts_->ctx.authorize(inboundRequestOf(*live)) == Verdict::kAllow) continue;
-    parts_->ctx.counters().add(Counter::kDenied);
-    logger()->info(
-        "pod {}: connection {} from {} ({}) is denied now; resetting it", live->dest_pod,
-        live->rec.id, live->rec.source,
-        live->rec.source_principal.empty() ? "unauthenticated" : live->rec.source_principal);
-    live->owner->abort(CloseReason::kDenied);
+    auto why = parts_->ctx.denied(*live);
+    if (!why) continue;
+    live->owner->abort(CloseReason::kDenied, std::move(*why));
   }
   reap();
 }

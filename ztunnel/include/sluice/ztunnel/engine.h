@@ -275,13 +275,25 @@ struct InboundRequest {
 };
 enum class Verdict : uint8_t { kAllow, kDeny };
 
+// The answer about one inbound connection. `why` says, on a deny, what
+// refused it ("policy ns/name (DENY matched)", "no ALLOW matched"): the
+// engine puts it in the close record (the access log line's reason) and its
+// log. Left empty on an allow (no allocation on the data path).
+struct Authorization {
+  Verdict verdict = Verdict::kAllow;
+  std::string why;
+};
+
 // Decides every inbound connection before a byte reaches the app, and again
 // for open ones when Engine::reauthorize() is called. Called on worker
-// threads: thread-safe and non-blocking (policy issue: a snapshot lookup).
+// threads: thread-safe and non-blocking (the agent's: a snapshot lookup).
+// What a deny does is the engine's, per path: 15006 resets the client,
+// 15008 answers the CONNECT 401, a same-node handoff resets the client,
+// and an open connection now denied is reset.
 class InboundAuthorizer {
  public:
   virtual ~InboundAuthorizer() = default;
-  virtual Verdict authorize(const InboundRequest& request) = 0;
+  virtual Authorization authorize(const InboundRequest& request) = 0;
 };
 
 // The application protocol the engine detected on a connection.
@@ -347,7 +359,8 @@ class Engine {
   virtual std::vector<ConnectionRecord> connections() const = 0;
   virtual EngineStats stats() const = 0;
   // Asks the authorizer again about every open inbound connection and
-  // resets those it now denies (after a policy change). Thread-safe.
+  // resets those it now denies (after a policy change). Thread-safe; returns
+  // once every worker has done so.
   virtual void reauthorize() = 0;
 
   // Stops all workers; idempotent; also done by the destructor.

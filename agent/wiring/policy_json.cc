@@ -1,0 +1,141 @@
+#include "agent/wiring/policy_json.h"
+
+#include <fmt/format.h>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/x509.h"
+
+namespace sluice::agent::wiring {
+
+namespace {
+
+using nlohmann::json;
+
+std::string labelsText(const policy::LabelMap& labels) {
+  std::string out;
+  for (const auto& [k, v] : labels) out += fmt::format("{}{}={}", out.empty() ? "" : ",", k, v);
+  return out;
+}
+
+// "mesh", "namespace", or "workload (app=x)".
+std::string scopeOf(const std::string& ns, const policy::LabelMap& selector,
+                    const std::string& root) {
+  if (!selector.empty()) return "workload (" + labelsText(selector) + ")";
+  return ns == root ? "mesh" : "namespace";
+}
+
+json refJson(const policy::PolicyRef& r) {
+  if (r.empty()) return nullptr;
+  return fmt::format("{}/{}", r.ns, r.name);
+}
+
+json error(const std::string& msg) { return {{"error", msg}}; }
+
+}  // namespace
+
+json policiesJson(const authz::PolicyAuthorizer& authorizer, const std::string& rejected) {
+  json out = {{"authorization_policies", json::array()},
+              {"peer_authentications", json::array()},
+              {"rejected_update", rejected.empty() ? json(nullptr) : json(rejected)}};
+  auto view = authorizer.view();
+  if (!view) {
+    out["note"] = "no view from the control plane yet: every inbound connection is refused";
+    return out;
+  }
+  const auto& set = view->policies();
+  const std::string& root = set.options().root_namespace;
+  std::map<const policy::AuthorizationPolicy*, std::vector<std::string>> applies;
+  json peer_workloads = json::object();
+  for (const auto& [name, e] : view->workloads()) {
+    for (const auto* p : set.applicable(e.view())) applies[p].push_back(name);
+    policy::PolicyRef from;
+    set.mtlsMode(e.view(), 0, &from);
+    if (!from.empty()) peer_workloads[fmt::format("{}/{}", from.ns, from.name)].push_back(name);
+  }
+  for (const auto& p : set.authorizationPolicies()) {
+    auto it = applies.find(&p);
+    out["authorization_policies"].push_back(
+        {{"namespace", p.ns},
+         {"name", p.name},
+         {"action", policy::toString(p.action)},
+         {"scope", scopeOf(p.ns, p.selector, root)},
+         {"rules", p.rules.size()},
+         {"dry_run", p.dry_run},
+         {"warnings", p.warnings},
+         {"workloads", it == applies.end() ? json::array() : json(it->second)}});
+  }
+  for (const auto& p : set.peerAuthentications()) {
+    json ports = json::object();
+    for (const auto& [port, mode] : p.port_level)
+      ports[std::to_string(port)] = policy::toString(mode);
+    auto key = p.ns + "/" + p.name;
+    out["peer_authentications"].push_back(
+        {{"namespace", p.ns},
+         {"name", p.name},
+         {"mode", policy::toString(p.mode)},
+         {"port_level", ports},
+         {"scope", scopeOf(p.ns, p.selector, root)},
+         {"warnings", p.warnings},
+         {"workloads", peer_workloads.contains(key) ? peer_workloads[key] : json::array()}});
+  }
+  return out;
+}
+
+std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
+                                    const std::string& trust_domain,
+                                    const std::map<std::string, std::string>& query) {
+  auto from_it = query.find("from");
+  auto to_it = query.find("to");
+  if (from_it == query.end() || to_it == query.end())
+    return {400, error("both from (NS/SA or IP) and to (NS/POD:PORT) are required")};
+  const std::string& from = from_it->second;
+  const std::string& to = to_it->second;
+
+  std::string principal;
+  uint32_t source_ip = 0;
+  if (auto ip = parseIp4(from)) {
+    source_ip = *ip;
+  } else if (auto slash = from.find('/'); slash != std::string::npos && slash > 0 &&
+                                          slash + 1 < from.size() &&
+                                          from.find('/', slash + 1) == std::string::npos) {
+    principal = x509::workloadUri(trust_domain, from.substr(0, slash), from.substr(slash + 1));
+  } else {
+    return {400,
+            error("from '" + from + "' is neither NAMESPACE/SERVICEACCOUNT nor an IPv4 address")};
+  }
+  auto slash = to.find('/');
+  auto colon = to.rfind(':');
+  unsigned long port = 0;
+  if (slash == std::string::npos || colon == std::string::npos || colon < slash || slash == 0 ||
+      colon == slash + 1 || colon + 1 == to.size() ||
+      to.find_first_not_of("0123456789", colon + 1) != std::string::npos ||
+      (port = std::stoul(to.substr(colon + 1))) == 0 || port > 65535)
+    return {400, error("to '" + to + "' is not NAMESPACE/POD:PORT (port 1-65535)")};
+  std::string ns = to.substr(0, slash), pod = to.substr(slash + 1, colon - slash - 1);
+
+  auto view = authorizer.view();
+  const authz::AuthzView::Entry* entry = view ? view->find(ns + "/" + pod, 0) : nullptr;
+  if (!entry)
+    return {400, error("pod " + ns + "/" + pod +
+                       " is not a workload of this node in the control plane's view "
+                       "(sluicectl workloads lists them; ask the agent of the pod's node)")};
+  auto q = authorizer.requestFor(*entry, source_ip, principal, entry->workload.ip4,
+                                 static_cast<uint16_t>(port), !principal.empty());
+  auto d = view->policies().evaluate(q);
+  json audits = json::array();
+  for (size_t i = 0; i < d.audit_count && i < policy::Decision::kMaxAudits; ++i)
+    audits.push_back(refJson(d.audits[i]));
+  return {200,
+          {{"from", from},
+           {"to", to},
+           {"source_principal", principal.empty() ? json(nullptr) : json(principal)},
+           {"source_ip", source_ip ? json(formatIp4(source_ip)) : json(nullptr)},
+           {"destination", fmt::format("{}:{}", formatIp4(entry->workload.ip4), port)},
+           {"decision", d.allow ? "ALLOW" : "DENY"},
+           {"reason", policy::toString(d.reason)},
+           {"policy", refJson(d.policy)},
+           {"audits", audits},
+           {"explanation", authz::PolicyAuthorizer::explain(d)}}};
+}
+
+}  // namespace sluice::agent::wiring

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# `make bench` (policy, through the mesh): new connections/s from a pod on
+# node1 to a pod on node2 over HBONE, side by side in one run:
+#   none          the destination has no AuthorizationPolicy in scope
+#   100 policies  the destination (app=guarded) has 100 in scope: 50 DENY by
+#                 namespace and 50 ALLOW by principal, the client's the last
+# wrk with "Connection: close" -> nginx: every request is a new connection,
+# so every request is one authorization decision at node2. Rounds alternate
+# (none, policies, none, ...) and the median of each is reported.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
+LAB="/usr/bin/python3 tools/lab"
+DUR="${BENCH_SECONDS:-5}"
+CONC="${BENCH_CONCURRENCY:-32}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+CTL="$SLUICE_BUILD_DIR/tools/sluicectl"
+work=$(mktemp -d /tmp/sluice-bench-policy.XXXXXX)
+cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+$LAB down >/dev/null 2>&1 || true
+$LAB up --nodes 2 >/dev/null
+$LAB ns label mesh sluice.dev/mesh=enabled
+$LAB pod add mesh client --node node1 --sa client >/dev/null
+$LAB pod add mesh open --node node2 --sa server --label app=open >/dev/null
+$LAB pod add mesh guarded --node node2 --sa server --label app=guarded >/dev/null
+
+cat > "$work/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+error_log /dev/null;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_timeout 0;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
+  uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 8080 reuseport; location / { return 200 "ok\n"; } }
+}
+NGINX
+for pod in open guarded; do
+  sed "s#^daemon off;#daemon off;\npid $work/nginx-$pod.pid;#" "$work/nginx.conf" > "$work/nginx-$pod.conf"
+  $LAB exec mesh/$pod -- nginx -c "$work/nginx-$pod.conf" -p "$work" >/dev/null 2>&1 &
+done
+
+{
+  for i in $(seq 1 50); do
+    cat <<YAML
+---
+apiVersion: security.sluice.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-$i, namespace: mesh}
+spec:
+  selector: {matchLabels: {app: guarded}}
+  action: DENY
+  rules:
+  - from:
+    - source: {namespaces: ["blocked-$i"]}
+YAML
+  done
+  for i in $(seq 1 50); do
+    principal="cluster.local/ns/other-$i/sa/app"
+    [ "$i" = 50 ] && principal="cluster.local/ns/mesh/sa/client"
+    cat <<YAML
+---
+apiVersion: security.sluice.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-$i, namespace: mesh}
+spec:
+  selector: {matchLabels: {app: guarded}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["$principal"]}
+    to:
+    - operation: {ports: ["8080"]}
+YAML
+  done
+} > "$work/policies.yaml"
+$LAB apply "$work/policies.yaml" >/dev/null
+in_force() {
+  $LAB node exec node2 -- "$CTL" -o json policies |
+    /usr/bin/python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin)["authorization_policies"] if p["workloads"] == ["mesh/guarded"]))'
+}
+for _ in $(seq 200); do [ "$(in_force)" = 100 ] && break; sleep 0.1; done
+[ "$(in_force)" = 100 ] || { echo "bench: the 100 policies did not reach node2" >&2; exit 1; }
+
+wait_http() {  # ip
+  for _ in $(seq 100); do
+    $LAB exec mesh/client -- curl -sf -m 1 -o /dev/null "http://$1:8080/" && return 0
+    sleep 0.1
+  done
+  echo "bench: nginx at $1 did not answer through the mesh" >&2; exit 1
+}
+open_ip=$($LAB pod ip mesh open)
+guarded_ip=$($LAB pod ip mesh guarded)
+wait_http "$open_ip"
+wait_http "$guarded_ip"
+
+denied_before=$($LAB node exec node2 -- "$CTL" -o json stats | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["proxy"]["denied"])')
+declare -a A B
+for r in $(seq 1 "$ROUNDS"); do
+  for which in open guarded; do
+    ip=$open_ip; [ $which = guarded ] && ip=$guarded_ip
+    out=$($LAB exec mesh/client -- wrk -t2 -c"$CONC" -d"${DUR}s" -H "Connection: close" "http://$ip:8080/")
+    rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+    errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+    [ -n "$errs" ] && echo "  ($which round $r: $errs)" >&2
+    if [ $which = open ]; then A+=("$rps"); else B+=("$rps"); fi
+  done
+done
+denied_after=$($LAB node exec node2 -- "$CTL" -o json stats | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["proxy"]["denied"])')
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+none=$(median "${A[@]}"); with=$(median "${B[@]}")
+echo
+echo "Sluice policy benchmark — new connections/s, pod on node1 -> pod on node2 (HBONE), $(nproc) cores,"
+echo "wrk -c$CONC Connection: close, ${DUR}s per round, median of $ROUNDS alternating rounds"
+printf '%-34s %14s %14s %10s\n' "figure" "no policy" "100 policies" "ratio"
+printf '%-34s %14s %14s %10s\n' "new connections/s" "$none" "$with" \
+  "$(/usr/bin/python3 -c "print('%.1f%%' % (100.0*$with/$none))")"
+echo "rounds: no policy ${A[*]}; 100 policies ${B[*]}; connections denied meanwhile: $((denied_after - denied_before))"

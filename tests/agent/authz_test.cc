@@ -1,0 +1,188 @@
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "agent/authz/policy_authorizer.h"
+#include "sluice/common/addr.h"
+
+using namespace sluice;
+using namespace sluice::agent::authz;
+using sluice::ztunnel::InboundRequest;
+using sluice::ztunnel::Path;
+using sluice::ztunnel::Verdict;
+
+namespace {
+
+constexpr const char* kPodIp = "10.244.1.5";
+constexpr const char* kProbeSource = "10.244.1.1";
+
+uint32_t ip(const char* s) { return *parseIp4(s); }
+
+LocalWorkload api() {
+  LocalWorkload w;
+  w.uid = "uid-api";
+  w.ns = "prod";
+  w.name = "api-0";
+  w.identity = "spiffe://cluster.local/ns/prod/sa/api";
+  w.labels = {{"app", "api"}};
+  w.ip4 = ip(kPodIp);
+  w.probe_source = ip(kProbeSource);
+  return w;
+}
+
+policy::AuthorizationPolicy policyOf(const char* name, policy::Action action,
+                                     std::vector<policy::Rule> rules) {
+  policy::AuthorizationPolicy p;
+  p.ns = "prod";
+  p.name = name;
+  p.selector = {{"app", "api"}};
+  p.action = action;
+  p.rules = std::move(rules);
+  return p;
+}
+
+policy::Rule fromNamespace(const char* ns) {
+  policy::Rule r;
+  policy::Source s;
+  s.namespaces = {ns};
+  r.from.push_back(s);
+  return r;
+}
+
+std::shared_ptr<const policy::PolicySet> set(std::vector<policy::AuthorizationPolicy> a,
+                                             std::vector<policy::PeerAuthentication> p = {}) {
+  auto s = policy::PolicySet::build(std::move(a), std::move(p));
+  REQUIRE(s.has_value());
+  return *s;
+}
+
+// An inbound request to the api pod's port 8080.
+struct Ask {
+  std::string principal;  // empty: plaintext
+  std::string source = "10.244.2.7";
+  uint16_t port = 8080;
+  std::string pod = "prod/api-0";
+  InboundRequest req() const {
+    InboundRequest r;
+    r.path = principal.empty() ? Path::kInbound : Path::kHbone;
+    r.pod_uid = "container-1";
+    r.pod = pod;
+    r.source = makeSockaddr(ip(source.c_str()), 40000);
+    r.destination = makeSockaddr(ip(kPodIp), port);
+    r.source_principal = principal;
+    r.mutual_tls = !principal.empty();
+    return r;
+  }
+};
+
+const char* kWeb = "spiffe://cluster.local/ns/front/sa/web";
+const char* kEvil = "spiffe://cluster.local/ns/evil/sa/x";
+
+uint64_t denied(const PolicyAuthorizer& a, DenyReason r) {
+  return a.stats().denied[static_cast<size_t>(r)];
+}
+
+}  // namespace
+
+TEST_SUITE("policy authorizer") {
+  TEST_CASE("before any view and for a pod the view does not hold: refused, no policy view") {
+    PolicyAuthorizer a({});
+    auto r = a.authorize(Ask{kWeb}.req());
+    CHECK(r.verdict == Verdict::kDeny);
+    CHECK(r.why.find("no policy view") != std::string::npos);
+    a.update(set({}), {api()});
+    Ask other{kWeb};
+    other.pod = "prod/api-1";
+    CHECK(a.authorize(other.req()).verdict == Verdict::kDeny);
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
+    CHECK(denied(a, DenyReason::kNoPolicyView) == 2);
+    // A pod of the same name at another address (recreated): not this workload.
+    auto moved = api();
+    moved.ip4 = ip("10.244.1.99");
+    a.update(set({}), {moved});
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kDeny);
+    // The view does not have the pod's IP yet: the name decides.
+    moved.ip4 = 0;
+    a.update(set({}), {moved});
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
+  }
+
+  TEST_CASE("DENY by namespace names the policy, ALLOW by principal lets others through") {
+    PolicyAuthorizer a({});
+    policy::Rule by_principal;
+    policy::Source s;
+    s.principals = {"cluster.local/ns/front/sa/web", "cluster.local/ns/evil/sa/x"};
+    by_principal.from.push_back(s);
+    a.update(set({policyOf("deny-evil", policy::Action::kDeny, {fromNamespace("evil")}),
+                  policyOf("allow-web", policy::Action::kAllow, {by_principal})}),
+             {api()});
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
+    auto r = a.authorize(Ask{kEvil}.req());
+    CHECK(r.verdict == Verdict::kDeny);
+    CHECK(r.why == "DENY matched by policy prod/deny-evil");
+    auto other = a.authorize(Ask{"spiffe://cluster.local/ns/front/sa/other"}.req());
+    CHECK(other.verdict == Verdict::kDeny);
+    CHECK(other.why == "no ALLOW matched");
+    // Plaintext never matches `namespaces` nor principals.
+    CHECK(a.authorize(Ask{}.req()).verdict == Verdict::kDeny);
+    CHECK(denied(a, DenyReason::kDenyMatched) == 1);
+    CHECK(denied(a, DenyReason::kNoAllowMatched) == 2);
+  }
+
+  TEST_CASE("STRICT refuses plaintext, not peers, and node probes pass unless turned off") {
+    policy::PeerAuthentication strict;
+    strict.ns = "prod";
+    strict.name = "strict";
+    strict.mode = policy::MtlsMode::kStrict;
+    for (bool probes : {true, false}) {
+      CAPTURE(probes);
+      PolicyAuthorizer a({.allow_node_probes = probes});
+      a.update(set({}, {strict}), {api()});
+      auto plain = a.authorize(Ask{}.req());
+      CHECK(plain.verdict == Verdict::kDeny);
+      CHECK(plain.why == "STRICT mTLS by policy prod/strict");
+      CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
+      Ask probe;
+      probe.source = kProbeSource;
+      CHECK((a.authorize(probe.req()).verdict == Verdict::kAllow) == probes);
+      CHECK(denied(a, DenyReason::kStrictMtls) == (probes ? 1u : 2u));
+    }
+  }
+
+  TEST_CASE("AUDIT allows and counts") {
+    PolicyAuthorizer a({});
+    a.update(set({policyOf("audit-all", policy::Action::kAudit, {policy::Rule{}})}), {api()});
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
+    CHECK(a.authorize(Ask{}.req()).verdict == Verdict::kAllow);
+    CHECK(a.stats().audit_matches == 2);
+  }
+
+  TEST_CASE("port rules") {
+    PolicyAuthorizer a({});
+    policy::Rule r;
+    policy::Operation op;
+    op.ports = {"8080"};
+    r.to.push_back(op);
+    a.update(set({policyOf("only-8080", policy::Action::kAllow, {r})}), {api()});
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
+    Ask other{kWeb};
+    other.port = 9090;
+    CHECK(a.authorize(other.req()).verdict == Verdict::kDeny);
+  }
+
+  TEST_CASE("update says when open connections must be asked again") {
+    PolicyAuthorizer a({});
+    auto s = set({});
+    CHECK(a.update(s, {api()}));
+    CHECK_FALSE(a.update(s, {api()}));  // same set, same labels
+    auto relabelled = api();
+    relabelled.labels = {{"app", "web"}};
+    CHECK(a.update(s, {relabelled}));
+    CHECK(a.update(set({}), {relabelled}));  // another set
+    auto deny_all = set({policyOf("deny-all", policy::Action::kDeny, {policy::Rule{}})});
+    CHECK(a.update(deny_all, {api()}));
+    CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kDeny);
+  }
+}

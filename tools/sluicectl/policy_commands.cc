@@ -1,0 +1,79 @@
+// `sluicectl policies` and `sluicectl authz check`: the agent's /policies and
+// /authz documents (agent/wiring/policy_json.h).
+#include <cctype>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "tools/sluicectl/admin_client.h"
+#include "tools/sluicectl/commands.h"
+#include "tools/sluicectl/table.h"
+
+using nlohmann::json;
+
+namespace sluice::ctl {
+
+namespace {
+
+std::string joined(const json& list) {
+  std::string out;
+  for (const auto& v : list) out += (out.empty() ? "" : ",") + v.get<std::string>();
+  return out.empty() ? "<none>" : out;
+}
+
+}  // namespace
+
+int cmdPolicies(const Options& opts) {
+  json j = adminGet(opts.admin, "/policies");
+  if (opts.as_json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  Table t({"NAMESPACE", "NAME", "ACTION", "SCOPE", "WORKLOADS"});
+  for (const auto& p : j["authorization_policies"]) {
+    std::string action = str(p, "action");
+    if (p.value("dry_run", false)) action += " (dry-run)";
+    t.add({str(p, "namespace"), str(p, "name"), action, str(p, "scope"), joined(p["workloads"])});
+  }
+  for (const auto& p : j["peer_authentications"])
+    t.add({str(p, "namespace"), str(p, "name"), "mTLS " + str(p, "mode"), str(p, "scope"),
+           joined(p["workloads"])});
+  std::fputs(t.render().c_str(), stdout);
+  if (j.contains("note")) std::printf("note: %s\n", str(j, "note").c_str());
+  if (j.contains("rejected_update") && j["rejected_update"].is_string())
+    std::printf(
+        "warning: the control plane's last policy set was rejected (the set above stays in "
+        "force): %s\n",
+        str(j, "rejected_update").c_str());
+  return 0;
+}
+
+int cmdAuthz(const Options& opts) {
+  if (opts.args.size() != 1 || opts.args[0] != "check")
+    die("usage: sluicectl authz check --from NS/SA|IP --to NS/POD:PORT", 2);
+  if (opts.from.empty() || opts.to.empty())
+    die("authz check needs --from NS/SA|IP and --to NS/POD:PORT", 2);
+  json j =
+      adminGet(opts.admin, "/authz?from=" + urlEncode(opts.from) + "&to=" + urlEncode(opts.to));
+  if (opts.as_json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  Table t({"FROM", "TO", "DECISION", "REASON", "POLICY"});
+  t.add({str(j, "from"), str(j, "to") + " (" + str(j, "destination") + ")", str(j, "decision"),
+         str(j, "reason"), j["policy"].is_string() ? str(j, "policy") : "-"});
+  std::fputs(t.render().c_str(), stdout);
+  if (!j["audits"].empty()) std::printf("audited by: %s\n", joined(j["audits"]).c_str());
+  return 0;
+}
+
+void declareAuthz(FlagTable& flags, Options& opts) {
+  flags
+      .value("--from", "NS/SA|IP",
+             "the client: a service account's identity, or a plaintext source\n"
+             "address",
+             FlagTable::into(&opts.from))
+      .value("--to", "NS/POD:PORT", "a pod of this node and a port", FlagTable::into(&opts.to));
+}
+
+}  // namespace sluice::ctl
