@@ -41,6 +41,7 @@
 #include "agent/wiring/policy_metrics.h"
 #include "agent/wiring/telemetry_bridge.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/files.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/log.h"
 #include "sluice/ztunnel/engine.h"
@@ -84,14 +85,6 @@ struct Flags {
   bool allow_node_probes = true;
   bool uninstall = false;
 };
-
-Result<std::string> readFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return failErrno("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 [[noreturn]] void usageError(const std::string& msg) {
   std::fprintf(stderr, "sluice-agent: %s\nRun 'sluice-agent --help' for usage.\n", msg.c_str());

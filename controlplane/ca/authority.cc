@@ -10,17 +10,11 @@
 #include <fstream>
 #include <sstream>
 
+#include "sluice/common/files.h"
+
 namespace sluice::controlplane::ca {
 
 namespace {
-
-Result<std::string> readFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return failErrno("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 Result<void> writeFile(const std::string& path, const std::string& data, mode_t mode) {
   std::string tmp = path + ".tmp";

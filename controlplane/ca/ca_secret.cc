@@ -1,9 +1,10 @@
 #include "controlplane/ca/ca_secret.h"
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 
 #include <nlohmann/json.hpp>
+
+#include "sluice/common/base64.h"
 
 namespace sluice::controlplane::ca {
 namespace {
@@ -13,28 +14,6 @@ using nlohmann::json;
 constexpr const char* kAnchorKey = "root-cert.pem";
 constexpr const char* kCertKey = "ca-cert.pem";
 constexpr const char* kKeyKey = "ca-key.pem";
-
-std::string base64(const std::string& in) {
-  std::string out(4 * ((in.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
-  out.resize(n > 0 ? static_cast<size_t>(n) : 0);
-  return out;
-}
-
-std::optional<std::string> unbase64(const std::string& in) {
-  if (in.size() % 4 != 0) return std::nullopt;
-  std::string out(3 * in.size() / 4, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
-  if (n < 0) return std::nullopt;
-  size_t pad = 0;
-  for (size_t i = in.size(); i > 0 && in[i - 1] == '='; --i) ++pad;
-  out.resize(static_cast<size_t>(n) - pad);
-  return out;
-}
 
 std::string apiError(const kube::Response& r) {
   auto j = json::parse(r.body, nullptr, false);
@@ -60,7 +39,7 @@ Result<CaMaterial> fromSecret(const json& secret, const ObjectRef& ref) {
           "(tools/gen-ca.sh writes them; kubectl -n {} create secret generic {} --from-file=...), "
           "or delete it and the control plane generates a self-signed CA",
           ref.text(), key, ref.ns, ref.name));
-    auto text = unbase64(data[key].get<std::string>());
+    auto text = base64Decode(data[key].get<std::string>());
     if (!text) return fail(fmt::format("Secret {}: {} is not valid base64", ref.text(), key));
     *out = std::move(*text);
   }
@@ -116,9 +95,9 @@ Result<StoredCa> loadOrCreateCa(const kube::Client& client, const ObjectRef& sec
                {"metadata", meta},
                {"type", "Opaque"},
                {"data",
-                {{kAnchorKey, base64(generated->trust_anchor_pem)},
-                 {kCertKey, base64(generated->ca_cert_pem)},
-                 {kKeyKey, base64(generated->ca_key_pem)}}}};
+                {{kAnchorKey, base64Encode(generated->trust_anchor_pem)},
+                 {kCertKey, base64Encode(generated->ca_cert_pem)},
+                 {kKeyKey, base64Encode(generated->ca_key_pem)}}}};
   auto r = client.post(secretPath(secret), body.dump());
   if (!r) return tl::unexpected(r.error());
   if (r->status == 201 || r->status == 200) return StoredCa{std::move(*generated), true};

@@ -1,10 +1,12 @@
 #include "tools/sluicectl/install.h"
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 
 #include <fstream>
 #include <sstream>
+
+#include "sluice/common/base64.h"
+#include "sluice/common/files.h"
 
 namespace sluice::ctl {
 namespace {
@@ -12,23 +14,6 @@ namespace {
 constexpr const char* kManifests =
 #include "sluice_manifests.inc"
     ;
-
-std::string base64(const std::string& in) {
-  std::string out(4 * ((in.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
-  out.resize(n > 0 ? static_cast<size_t>(n) : 0);
-  return out;
-}
-
-Result<std::string> readFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return failErrno("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 }  // namespace
 
@@ -53,7 +38,7 @@ Result<std::string> installManifests(const std::string& ca_dir) {
                       text.error().describe()));
     if (text->find("-----BEGIN ") == std::string::npos)
       return fail(fmt::format("--ca-dir: {}/{} is not PEM", ca_dir, key));
-    data += fmt::format("  {}: {}\n", key, base64(*text));
+    data += fmt::format("  {}: {}\n", key, base64Encode(*text));
   }
   const std::string secret = fmt::format(
       "---\n# The mesh CA from {} (--ca-dir); the control plane reads it through the API.\n"
