@@ -170,7 +170,11 @@ class TeardownTest(unittest.TestCase):
             lab.down()
         self.assertEqual([l for l in run(["ip", "netns", "list"]).stdout.splitlines() if l.startswith("slb-")], [])
         self.assertFalse(os.path.exists("/sys/fs/bpf/sluice-lab"))
-        self.assertEqual(run(["pgrep", "-f", "sluice-(agent|controlplane)"], check=False).stdout.strip(), "")
+        # The lab's processes: their command lines start with the binaries it runs
+        # (a build whose command line merely names the targets is not one).
+        from labkit import BUILD
+        lab_procs = f"^{BUILD}/(agent/sluice-agent|controlplane/sluice-controlplane) "
+        self.assertEqual(run(["pgrep", "-f", lab_procs], check=False).stdout.strip(), "")
         links = run(["ip", "-o", "link"]).stdout
         self.assertNotIn("slb", links)
         # No Sluice program is still attached to the cgroup root.
