@@ -237,6 +237,19 @@ class Lab:
         p = self.pods_of(node).get(pod)
         return bool(p and p["enrolled"])
 
+    def meshed_pair(self, ns="shop"):
+        """ns/client (service account web) on node1 and ns/server (api) on node2, in an
+        enrolled namespace, both enrolled and holding their certificates; the server's IP."""
+        self.lab("ns", "label", ns, "sluice.dev/mesh=enabled")
+        self.pod(ns, "client", node="node1", sa="web")
+        server_ip = self.pod(ns, "server", node="node2", sa="api")
+        for node, pod in (("node1", f"{ns}/client"), ("node2", f"{ns}/server")):
+            wait_for(f"{pod} enrolled", lambda node=node, pod=pod: self.enrolled(node, pod))
+        for node, sa in (("node1", "web"), ("node2", "api")):
+            uri = f"spiffe://cluster.local/ns/{ns}/sa/{sa}"
+            wait_for(f"certificate of {sa}", lambda node=node, uri=uri: self.cert(node, uri)["state"] == "valid")
+        return server_ip
+
 
 class LabTest(unittest.TestCase):
     NODES = 1

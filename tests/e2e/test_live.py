@@ -26,15 +26,8 @@ class LiveTest(LabTest):
     @classmethod
     def setUpLab(cls):
         lab = cls.lab
-        lab.lab("ns", "label", "shop", f"{MESH}=enabled")
-        lab.pod("shop", "client", node="node1", sa="web")
-        cls.server_ip = lab.pod("shop", "server", node="node2", sa="api")
+        cls.server_ip = lab.meshed_pair("shop")
         lab.pod("shop", "legacy", node="node2", labels=[f"{MESH}=disabled"])
-        for node, pod in (("node1", "shop/client"), ("node2", "shop/server")):
-            wait_for(f"{pod} enrolled", lambda node=node, pod=pod: lab.enrolled(node, pod))
-        for node, sa in (("node1", "web"), ("node2", "api")):
-            wait_for(f"certificate of {sa}",
-                     lambda node=node, sa=sa: lab.cert(node, f"{TD}/{sa}")["state"] == "valid")
         lab.spawn("shop/server", SYS_PY, APP, "server", "8080")
 
     # ---------------------------------------------------------------- helpers
