@@ -6,15 +6,17 @@
 #                 namespace and 50 ALLOW by principal, the client's the last
 # wrk with "Connection: close" -> nginx: every request is a new connection,
 # so every request is one authorization decision at node2. Rounds alternate
-# (none first in odd rounds, policies first in even ones) and the median of
-# each is reported.
+# (none first in odd rounds, policies first in even ones); printed: the
+# median of each, the median of the per-round ratios, and node2's agent CPU
+# time per connection (/proc/<pid>/stat around each run), the direct measure
+# of what the decisions cost. BENCH_ROUNDS (default 8), BENCH_SECONDS (4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
 LAB="/usr/bin/python3 tools/lab"
-DUR="${BENCH_SECONDS:-5}"
+DUR="${BENCH_SECONDS:-4}"
 CONC="${BENCH_CONCURRENCY:-32}"
-ROUNDS="${BENCH_ROUNDS:-3}"
+ROUNDS="${BENCH_ROUNDS:-8}"
 CTL="$SLUICE_BUILD_DIR/tools/sluicectl"
 work=$(mktemp -d /tmp/sluice-bench-policy.XXXXXX)
 cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
@@ -99,28 +101,45 @@ guarded_ip=$($LAB pod ip mesh guarded)
 wait_http "$open_ip"
 wait_http "$guarded_ip"
 
+node2_pid=$(cat "${SLUICE_LAB_DIR:-/run/sluice-lab}/node2/agent.pid")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$node2_pid/stat"; }  # utime + stime
+TICK=$(getconf CLK_TCK)
 denied_before=$($LAB node exec node2 -- "$CTL" -o json stats | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["proxy"]["denied"])')
-declare -a A B
+declare -a A B R CA CB
 for r in $(seq 1 "$ROUNDS"); do
   # Which goes first alternates: a run leaves ~40k client sockets in
   # TIME_WAIT, which slows the run right after it.
   order="open guarded"; [ $((r % 2)) = 0 ] && order="guarded open"
   for which in $order; do
     ip=$open_ip; [ $which = guarded ] && ip=$guarded_ip
+    t0=$(cpu_ticks)
     out=$($LAB exec mesh/client -- wrk -t2 -c"$CONC" -d"${DUR}s" -H "Connection: close" "http://$ip:8080/")
+    t1=$(cpu_ticks)
     rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    # node2's agent CPU per connection, in µs (every request is a connection).
+    cpu=$(/usr/bin/python3 -c "print('%.1f' % (($t1 - $t0) * 1e6 / $TICK / max($n, 1)))")
     errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
     [ -n "$errs" ] && echo "  ($which round $r: $errs)" >&2
-    if [ $which = open ]; then A+=("$rps"); else B+=("$rps"); fi
+    if [ $which = open ]; then A+=("$rps"); CA+=("$cpu"); else B+=("$rps"); CB+=("$cpu"); fi
   done
+  # The two destinations of one round ran seconds apart, under the same
+  # load from the rest of the machine: their ratio is the steadier figure.
+  R+=("$(/usr/bin/python3 -c "print('%.4f' % (${B[-1]} / ${A[-1]}))")")
 done
 denied_after=$($LAB node exec node2 -- "$CTL" -o json stats | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["proxy"]["denied"])')
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 none=$(median "${A[@]}"); with=$(median "${B[@]}")
+ratio=$(median "${R[@]}")
+cpu_none=$(median "${CA[@]}"); cpu_with=$(median "${CB[@]}")
 echo
 echo "Sluice policy benchmark — new connections/s, pod on node1 -> pod on node2 (HBONE), $(nproc) cores,"
 echo "wrk -c$CONC Connection: close, ${DUR}s per round, median of $ROUNDS alternating rounds"
 printf '%-34s %14s %14s %10s\n' "figure" "no policy" "100 policies" "ratio"
 printf '%-34s %14s %14s %10s\n' "new connections/s" "$none" "$with" \
   "$(/usr/bin/python3 -c "print('%.1f%%' % (100.0*$with/$none))")"
+printf '%-34s %14s %14s %10s\n' "  median of per-round ratios" "" "" \
+  "$(/usr/bin/python3 -c "print('%.1f%%' % (100.0*$ratio))")"
+printf '%-34s %14s %14s %10s\n' "node2 agent CPU per connection" "${cpu_none} µs" "${cpu_with} µs" \
+  "$(/usr/bin/python3 -c "print('%+.1f µs' % ($cpu_with - $cpu_none))")"
 echo "rounds: no policy ${A[*]}; 100 policies ${B[*]}; connections denied meanwhile: $((denied_after - denied_before))"
