@@ -343,9 +343,10 @@ struct Mesh {
     while (Clock::now() < end) step();
   }
 
-  // An app connection of pod A to dst (through the HBONE client); returns
-  // the app's end of it.
-  UniqueFd open(const sockaddr_in& dst, const char* identity = kIdB) {
+  // An app connection of pod A (or `from`, another pod of the client's node)
+  // to dst (through the HBONE client); returns the app's end of it.
+  UniqueFd open(const sockaddr_in& dst, const char* identity = kIdB,
+                std::shared_ptr<proxy::PodState> from = nullptr) {
     UniqueFd app = connectTo(localOf(app_listener.get()), ip(kAddrA));
     setTimeouts(app.get(), 20s);
     sockaddr_in peer{};
@@ -353,7 +354,8 @@ struct Mesh {
     UniqueFd proxy_end(
         ::accept4(app_listener.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC));
     REQUIRE(proxy_end);
-    auto attempt = std::make_unique<proxy::Attempt>(pod_a, std::move(proxy_end), peer, dst);
+    auto attempt =
+        std::make_unique<proxy::Attempt>(from ? from : pod_a, std::move(proxy_end), peer, dst);
     client->open(std::move(attempt), MeshWorkload{identity, "b/server", "node-b"});
     return app;
   }
