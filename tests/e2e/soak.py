@@ -228,6 +228,9 @@ class SoakTest(LabTest):
 
 
 def main():
+    if len(sys.argv) > 1:
+        print(__doc__)
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
     require_root()
     lab = Lab(2)
     try:

@@ -115,6 +115,9 @@ async def main(host, port, n, seconds, rate):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0)
     if len(sys.argv) != 6:
         sys.exit(__doc__)
     raise_nofile()
