@@ -129,6 +129,7 @@ int cmdServices(const Options& opts) {
   for (const auto& s : services) {
     std::string vips, ports, eps;
     for (const auto& v : s["vips"]) vips += (vips.empty() ? "" : ",") + v.get<std::string>();
+    if (s.value("headless", false)) vips = "None";  // as kubectl shows clusterIP
     for (const auto& p : s["ports"])
       ports += (ports.empty() ? "" : ",") + std::to_string(p.value("port", 0)) +
                (str(p, "name").empty() ? "" : "/" + str(p, "name"));
