@@ -8,7 +8,10 @@
  *    the record is re-keyed by (netns cookie, 4-tuple) so the proxy can find
  *    it from the accepted socket with one map lookup.
  *  - cgroup/getsockopt: answers SOL_IP/SO_ORIGINAL_DST from the same record,
- *    for tools that expect the iptables-REDIRECT interface. */
+ *    for tools that expect the iptables-REDIRECT interface.
+ *  - cgroup/getpeername4, cgroup/getpeername6: the client's getpeername()
+ *    returns the original destination, not 127.0.0.1:15001, from a record
+ *    kept in the client socket's own storage (freed with the socket). */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -31,6 +34,18 @@ struct {
 	__type(value, struct sluice_orig_dst);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_orig_dst_v1 SEC(".maps");
+
+/* Written by connect4/6 on the client socket, read by getpeername4/6. Socket
+ * local storage lives and dies with the socket: nothing to expire, nothing
+ * leaks. Pinned so that sockets redirected before an agent restart keep
+ * answering. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sluice_orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sk_orig_dst_v1 SEC(".maps");
 
 /* Returns 1 when the socket belongs to the proxy. Why a getsockopt and not
  * ctx->sk->mark: bpf_sock.mark is only readable from cgroup/sock programs. */
@@ -59,14 +74,33 @@ static __always_inline int should_redirect(void *ctx, __u32 dst_ip, __u16 dst_po
 	return 1;
 }
 
-static __always_inline int remember(void *ctx, __u32 dst_ip, __u16 dst_port)
+static __always_inline int remember(struct bpf_sock_addr *ctx, __u32 dst_ip, __u16 dst_port)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct sluice_orig_dst d = { .ip4 = dst_ip, .port = dst_port };
-	if (bpf_map_update_elem(&sluice_cookie_dst_v1, &cookie, &d, BPF_ANY) != 0)
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
 		return -1;
+	struct sluice_orig_dst *stored = bpf_sk_storage_get(&sluice_sk_orig_dst_v1, sk, 0,
+							    BPF_SK_STORAGE_GET_F_CREATE);
+	if (!stored)
+		return -1;
+	*stored = d;
+	if (bpf_map_update_elem(&sluice_cookie_dst_v1, &cookie, &d, BPF_ANY) != 0) {
+		bpf_sk_storage_delete(&sluice_sk_orig_dst_v1, sk);
+		return -1;
+	}
 	sluice_count(SLUICE_STAT_CONNECT_REDIRECTED);
 	return 0;
+}
+
+/* A socket connect()s again after a failed attempt: a record from the earlier,
+ * redirected attempt must not make getpeername() lie about this one. */
+static __always_inline void forget(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (sk)
+		bpf_sk_storage_delete(&sluice_sk_orig_dst_v1, sk);
 }
 
 SEC("cgroup/connect4")
@@ -76,8 +110,10 @@ int sluice_connect4(struct bpf_sock_addr *ctx)
 		return 1;
 	__u32 dst_ip = ctx->user_ip4;
 	__u16 dst_port = (__u16)ctx->user_port; /* network order in the low 16 bits */
-	if (!should_redirect(ctx, dst_ip, dst_port))
+	if (!should_redirect(ctx, dst_ip, dst_port)) {
+		forget(ctx);
 		return 1;
+	}
 	if (remember(ctx, dst_ip, dst_port) != 0)
 		return 1; /* no record => the proxy could not route it: leave it direct */
 	ctx->user_ip4 = bpf_htonl(0x7f000001);
@@ -93,12 +129,16 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	if (ctx->type != SOCK_STREAM)
 		return 1;
 	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 ||
-	    ctx->user_ip6[2] != bpf_htonl(0x0000ffff))
+	    ctx->user_ip6[2] != bpf_htonl(0x0000ffff)) {
+		forget(ctx);
 		return 1;
+	}
 	__u32 dst_ip = ctx->user_ip6[3];
 	__u16 dst_port = (__u16)ctx->user_port;
-	if (!should_redirect(ctx, dst_ip, dst_port))
+	if (!should_redirect(ctx, dst_ip, dst_port)) {
+		forget(ctx);
 		return 1;
+	}
 	if (remember(ctx, dst_ip, dst_port) != 0)
 		return 1;
 	ctx->user_ip6[3] = bpf_htonl(0x7f000001);
@@ -167,5 +207,42 @@ int sluice_getsockopt(struct bpf_sockopt *ctx)
 	ctx->optlen = sizeof(*out);
 	ctx->retval = 0;
 	sluice_count(SLUICE_STAT_GETSOCKOPT_ANSWERED);
+	return 1;
+}
+
+/* The client's own view of its redirected socket: its peer is the original
+ * destination. Only sockets connect4/6 redirected carry a record; every other
+ * socket (the proxy's, accepted ones, pods not enrolled) is left alone. */
+static __always_inline struct sluice_orig_dst *redirected_to(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || ctx->type != SOCK_STREAM)
+		return 0;
+	return bpf_sk_storage_get(&sluice_sk_orig_dst_v1, sk, 0, 0);
+}
+
+SEC("cgroup/getpeername4")
+int sluice_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct sluice_orig_dst *d = redirected_to(ctx);
+	if (!d)
+		return 1;
+	ctx->user_ip4 = d->ip4;
+	ctx->user_port = d->port;
+	return 1;
+}
+
+/* connect6 redirects only IPv4-mapped destinations: answer in that form. */
+SEC("cgroup/getpeername6")
+int sluice_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct sluice_orig_dst *d = redirected_to(ctx);
+	if (!d)
+		return 1;
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+	ctx->user_ip6[3] = d->ip4;
+	ctx->user_port = d->port;
 	return 1;
 }

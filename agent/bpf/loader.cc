@@ -52,11 +52,6 @@ Result<BpfMap<Key, Value>> adoptMap(const bpf_map* map) {
   return BpfMap<Key, Value>::adopt(std::move(fd), bpf_map__name(map));
 }
 
-struct CgroupProgram {
-  bpf_program* prog;
-  bpf_attach_type type;
-};
-
 }  // namespace
 
 namespace {
@@ -171,17 +166,15 @@ Result<void> Loader::attachCgroupPrograms() {
     return failErrno(
         fmt::format("cannot open cgroup-v2 directory {} (pass --cgroup with the cgroup2 mount)",
                     config_.cgroup_path));
-  const CgroupProgram programs[] = {
-      {capture_->progs.sluice_connect4, BPF_CGROUP_INET4_CONNECT},
-      {capture_->progs.sluice_connect6, BPF_CGROUP_INET6_CONNECT},
-      {capture_->progs.sluice_sockops, BPF_CGROUP_SOCK_OPS},
-      {capture_->progs.sluice_getsockopt, BPF_CGROUP_GETSOCKOPT},
-  };
-  for (const auto& p : programs) {
+  for (const auto& p : kCgroupPrograms) {
+    const bpf_program* prog = bpf_object__find_program_by_name(capture_->obj, p.program);
+    if (prog == nullptr)
+      return fail(
+          fmt::format("the capture BPF object has no program {} (a build mismatch)", p.program));
     AttachedLink link;
-    link.program = bpf_program__name(p.prog);
-    link.pin = config_.pin_dir + "/link_" + link.program;
-    int prog_fd = bpf_program__fd(p.prog);
+    link.program = p.program;
+    link.pin = linkPin(config_.pin_dir, link.program);
+    int prog_fd = bpf_program__fd(prog);
     UniqueFd fd(bpf_obj_get(link.pin.c_str()));
     if (fd) {
       // Swap the running program under the existing link: no window without capture.

@@ -6,6 +6,7 @@
 // programs, so capture never stops across an agent restart.
 #pragma once
 
+#include <linux/bpf.h>
 #include <linux/types.h>
 
 #include <cstdint>
@@ -33,6 +34,24 @@ struct LoaderConfig {
   std::string cgroup_path;               // cgroup-v2 root, e.g. /sys/fs/cgroup/unified
   std::vector<uint16_t> excluded_ports;  // host order
 };
+
+// The programs attached at the cgroup-v2 root, each through a link pinned as
+// linkPin(pin_dir, program). `sluicectl check` verifies every one of them.
+struct CgroupProgram {
+  const char* program;  // name in capture.bpf.c
+  bpf_attach_type type;
+};
+inline constexpr CgroupProgram kCgroupPrograms[] = {
+    {"sluice_connect4", BPF_CGROUP_INET4_CONNECT},
+    {"sluice_connect6", BPF_CGROUP_INET6_CONNECT},
+    {"sluice_sockops", BPF_CGROUP_SOCK_OPS},
+    {"sluice_getsockopt", BPF_CGROUP_GETSOCKOPT},
+    {"sluice_getpeername4", BPF_CGROUP_INET4_GETPEERNAME},
+    {"sluice_getpeername6", BPF_CGROUP_INET6_GETPEERNAME},
+};
+inline std::string linkPin(const std::string& pin_dir, const std::string& program) {
+  return pin_dir + "/link_" + program;
+}
 
 struct AttachedLink {
   std::string program;  // sluice_connect4 ...

@@ -78,6 +78,7 @@ class DiscoveryBridge final : public discovery::Listener {
       out.push_back({{"namespace", svc.namespace_()},
                      {"name", svc.name()},
                      {"vips", std::vector<std::string>(svc.vips().begin(), svc.vips().end())},
+                     {"headless", svc.headless()},
                      {"ports", ports},
                      {"endpoints", endpoints}});
     }

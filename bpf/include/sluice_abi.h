@@ -32,7 +32,9 @@ struct sluice_enrolled {
 };
 
 /* Original destination of a redirected connection. Value of
- * sluice_cookie_dst_v1 (key: socket cookie) and sluice_orig_dst_v1. */
+ * sluice_cookie_dst_v1 (key: socket cookie), sluice_orig_dst_v1 and
+ * sluice_sk_orig_dst_v1 (BPF_MAP_TYPE_SK_STORAGE: the client socket's own
+ * record, written by connect4/6 and read by getpeername4/6). */
 struct sluice_orig_dst {
 	__u32 ip4;  /* original destination IPv4, network order */
 	__u16 port; /* original destination port, network order */
@@ -54,7 +56,9 @@ struct sluice_pair_key {
 /* sluice_excluded_ports_v1: key = port (__u16, network order), value = __u8 1.
  * Destination ports never redirected by connect4/6 nor captured by tc. */
 
-/* sluice_stats_v1: per-CPU array indexed by enum sluice_stat. */
+/* sluice_stats_v1: per-CPU array indexed by enum sluice_stat. Its size is
+ * part of the pinned map: growing it makes a restarted agent refuse the pin
+ * left by the previous build (libbpf compares max_entries). */
 enum sluice_stat {
 	SLUICE_STAT_CONNECT_SEEN = 0,       /* connect4/6 runs in enrolled netns */
 	SLUICE_STAT_CONNECT_REDIRECTED = 1, /* rewritten to 127.0.0.1:15001 */

@@ -163,7 +163,8 @@ Result<void> parseService(const json& doc, const json& meta, Service& svc, const
   TRY_ASSIGN(type, str(*spec, "type", false, ctx + " spec"));
   if (type == "ExternalName") return {};  // no VIP, nothing to balance
   TRY_ASSIGN(cluster_ip, str(*spec, "clusterIP", false, ctx + " spec"));
-  if (!cluster_ip.empty() && cluster_ip != "None") svc.vips.push_back(cluster_ip);
+  svc.headless = cluster_ip == "None";
+  if (!cluster_ip.empty() && !svc.headless) svc.vips.push_back(cluster_ip);
   TRY_ASSIGN(cluster_ips, list(*spec, "clusterIPs", ctx + " spec"));
   if (cluster_ips)
     for (const auto& v : *cluster_ips) {

@@ -149,6 +149,7 @@ std::map<std::string, ServiceView> Store::computeServices() const {
       v.set_namespace_(svc.ns);
       v.set_name(svc.name);
       for (const auto& ip : svc.vips) v.add_vips(ip);
+      v.set_headless(svc.headless);
       for (const auto& p : svc.ports) {
         auto* sp = v.add_ports();
         sp->set_name(p.name);
@@ -181,7 +182,8 @@ std::map<std::string, ServiceView> Store::computeServices() const {
             }
             (*ep.mutable_ports())[sp.name] = target;
           }
-          if (ep.ports().empty()) continue;
+          // A headless Service without ports still names its endpoints (by IP).
+          if (ep.ports().empty() && !(svc.headless && svc.ports.empty())) continue;
           for (const auto& ip : p->ips) {
             ep.set_ip(ip);
             ep.set_workload_uid(p->uid);

@@ -61,7 +61,8 @@ struct ServicePort {
 struct Service {
   std::string ns;
   std::string name;
-  std::vector<std::string> vips;  // empty: headless
+  std::vector<std::string> vips;  // empty: headless or ExternalName
+  bool headless = false;          // spec.clusterIP: None
   std::vector<ServicePort> ports;
   bool has_selector = false;
   std::map<std::string, std::string> selector;

@@ -1,10 +1,14 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <unistd.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "agent/discovery/client.h"
+#include "agent/discovery/mesh_directory.h"
 #include "common/policy/wire.h"
 
 using namespace sluice;
@@ -86,5 +90,54 @@ TEST_SUITE("discovery view policies") {
     REQUIRE(loaded.has_value());
     REQUIRE(loaded->view.policies->authorizationPolicies().size() == 1);
     CHECK(loaded->view.policies->authorizationPolicies()[0].name == "kept");
+  }
+}
+
+TEST_SUITE("mesh directory") {
+  TEST_CASE("headless Services are found by endpoint IP and target port, not balanced") {
+    auto service = [](const char* ns, const char* name, bool headless,
+                      std::vector<std::pair<std::string, uint32_t>> ports,
+                      std::vector<std::pair<std::string, uint32_t>> endpoints) {
+      api::v1::Service s;
+      s.set_namespace_(ns);
+      s.set_name(name);
+      s.set_headless(headless);
+      if (!headless) s.add_vips("10.96.0.10");
+      for (const auto& [pname, port] : ports) {
+        auto* p = s.add_ports();
+        p->set_name(pname);
+        p->set_port(port);
+        p->set_protocol("TCP");
+      }
+      for (const auto& [ip, target] : endpoints) {
+        auto* e = s.add_endpoints();
+        e->set_ip(ip);
+        for (const auto& [pname, port] : ports) (*e->mutable_ports())[pname] = target;
+      }
+      return s;
+    };
+    View v;
+    v.services["shop/db"] =
+        service("shop", "db", true, {{"pg", 5432}}, {{"10.244.1.7", 5433}, {"10.244.2.8", 5433}});
+    v.services["shop/peers"] = service("shop", "peers", true, {}, {{"10.244.3.9", 0}});
+    v.services["shop/web"] = service("shop", "web", false, {{"", 80}}, {{"10.244.1.7", 8080}});
+    agent::discovery::MeshDirectory dir("cluster.local");
+    dir.update(v);
+    auto ip = [](const char* text) { return *parseIp4(text); };
+    CHECK(dir.headlessService(ip("10.244.1.7"), htons(5433)) == "shop/db");
+    CHECK(dir.headlessService(ip("10.244.2.8"), htons(5433)) == "shop/db");
+    // The Service port is not the endpoint's: only the target port is.
+    CHECK_FALSE(dir.headlessService(ip("10.244.1.7"), htons(5432)).has_value());
+    // A ClusterIP Service's endpoint is not headless; its VIP balances.
+    CHECK_FALSE(dir.headlessService(ip("10.244.1.7"), htons(8080)).has_value());
+    CHECK(dir.service(ip("10.96.0.10"), htons(80)) != nullptr);
+    // A headless Service has no VIP to balance.
+    CHECK(dir.serviceCount() == 1);
+    // Without ports, any port of the endpoint.
+    CHECK(dir.headlessService(ip("10.244.3.9"), htons(9000)) == "shop/peers");
+    // Gone from the view: gone from the directory.
+    v.services.erase("shop/db");
+    dir.update(v);
+    CHECK_FALSE(dir.headlessService(ip("10.244.1.7"), htons(5433)).has_value());
   }
 }

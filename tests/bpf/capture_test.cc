@@ -1,6 +1,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -93,7 +94,7 @@ TEST_SUITE("capture.bpf") {
       REQUIRE(accepted >= 0);
       UniqueFd a(accepted);
       // The client believes it is connected to the original destination.
-      CHECK(formatEndpoint(peerOf(client.get())) == "127.0.0.1:15001");
+      CHECK(formatEndpoint(peerOf(client.get())) == "10.77.0.9:8080");
       // Pinned map lookup, as the proxy does it.
       auto peer = peerOf(a.get());
       auto local = localOf(a.get());
@@ -135,6 +136,102 @@ TEST_SUITE("capture.bpf") {
       bpf.loader->enrolled().erase(*cookie);
       auto c = connectIn(pod.fd(), "10.77.0.9", 8080);
       CHECK(formatEndpoint(peerOf(c.get())) == "10.77.0.9:8080");
+    }
+  }
+
+  TEST_CASE("getpeername4/6 give a captured client its original destination, and nobody else") {
+    test::ScratchNetns pod;
+    pod.sh("ip addr add 10.77.0.5/32 dev lo && ip addr add 10.77.0.9/32 dev lo");
+    LoadedCapture bpf;
+    auto cookie = netnsCookie(pod.fd());
+    REQUIRE(cookie.has_value());
+    REQUIRE(bpf.loader->enrolled()
+                .update(*cookie, sluice_enrolled{*parseIp4("10.77.0.5"), 0})
+                .has_value());
+    auto proxy = listenIn(pod.fd(), "127.0.0.1", SLUICE_OUTBOUND_PORT, SLUICE_MARK_MINE);
+    auto server = listenIn(pod.fd(), "10.77.0.9", 8080);
+    auto lo = listenIn(pod.fd(), "127.0.0.1", 8082);
+
+    struct Case {
+      const char* name;
+      int family;       // of the client socket
+      const char* dst;  // what the client connects to (v4-mapped for AF_INET6)
+      uint16_t port;
+      uint32_t mark;     // SO_MARK of the client
+      const char* peer;  // what its getpeername() says
+    };
+    const Case cases[] = {
+        {"captured IPv4", AF_INET, "10.77.0.9", 8080, 0, "10.77.0.9:8080"},
+        {"captured v4-mapped IPv6", AF_INET6, "::ffff:10.77.0.9", 8080, 0,
+         "[::ffff:10.77.0.9]:8080"},
+        {"the proxy's own socket", AF_INET, "10.77.0.9", 8080, SLUICE_MARK_MINE, "10.77.0.9:8080"},
+        {"loopback", AF_INET, "127.0.0.1", 8082, 0, "127.0.0.1:8082"},
+        {"loopback over IPv6", AF_INET6, "::ffff:127.0.0.1", 8082, 0, "[::ffff:127.0.0.1]:8082"},
+    };
+    auto peerText = [](int fd) {
+      sockaddr_storage ss{};
+      socklen_t len = sizeof(ss);
+      REQUIRE(getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0);
+      char ip[INET6_ADDRSTRLEN] = {};
+      if (ss.ss_family == AF_INET) return formatEndpoint(*reinterpret_cast<sockaddr_in*>(&ss));
+      auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+      return fmt::format("[{}]:{}", ip, ntohs(s6->sin6_port));
+    };
+    auto connectFamily = [&](const Case& c) {
+      auto s = socketInNetns(pod.fd(), c.family, SOCK_STREAM, 0);
+      REQUIRE(s.has_value());
+      if (c.mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &c.mark, sizeof(c.mark)) == 0);
+      int rc;
+      if (c.family == AF_INET) {
+        auto sa = makeSockaddr(*parseIp4(c.dst), c.port);
+        rc = ::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+      } else {
+        sockaddr_in6 sa{};
+        sa.sin6_family = AF_INET6;
+        sa.sin6_port = htons(c.port);
+        REQUIRE(inet_pton(AF_INET6, c.dst, &sa.sin6_addr) == 1);
+        rc = ::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+      }
+      REQUIRE_MESSAGE(rc == 0, "connect failed: " << strerror(errno));
+      return std::move(*s);
+    };
+    SUBCASE("each kind of client socket") {
+      for (const auto& c : cases) {
+        CAPTURE(c.name);
+        auto client = connectFamily(c);
+        CHECK(peerText(client.get()) == c.peer);
+      }
+    }
+
+    SUBCASE("the proxy's accepted socket still sees the client's real address") {
+      auto client = connectIn(pod.fd(), "10.77.0.9", 8080);
+      UniqueFd a(::accept(proxy.get(), nullptr, nullptr));
+      REQUIRE(a);
+      auto local = localOf(client.get());
+      CHECK(formatEndpoint(local).rfind("127.0.0.1:", 0) == 0);
+      CHECK(formatEndpoint(peerOf(a.get())) == formatEndpoint(local));
+    }
+    SUBCASE("a socket that reconnects after a failed captured attempt is not lied about") {
+      proxy.reset();  // nothing listens on 15001: the captured attempt is refused
+      auto s = socketInNetns(pod.fd(), AF_INET, SOCK_STREAM, 0);
+      REQUIRE(s.has_value());
+      auto first = makeSockaddr(*parseIp4("10.77.0.9"), 8080);
+      REQUIRE(::connect(s->get(), reinterpret_cast<sockaddr*>(&first), sizeof(first)) != 0);
+      CHECK(errno == ECONNREFUSED);
+      auto second = makeSockaddr(*parseIp4("127.0.0.1"), 8082);
+      REQUIRE(::connect(s->get(), reinterpret_cast<sockaddr*>(&second), sizeof(second)) == 0);
+      CHECK(formatEndpoint(peerOf(s->get())) == "127.0.0.1:8082");
+    }
+    SUBCASE("sockets captured before an agent restart keep their answer") {
+      auto client = connectIn(pod.fd(), "10.77.0.9", 8080);
+      bpf.loader.reset();  // the agent exits; pinned maps and links remain
+      auto again = Loader::create({bpf.pin, test::cgroup2(), {9999}});
+      REQUIRE_MESSAGE(again.has_value(), (again ? "" : again.error().describe()));
+      bpf.loader = std::move(*again);
+      CHECK(formatEndpoint(peerOf(client.get())) == "10.77.0.9:8080");
+      auto later = connectIn(pod.fd(), "10.77.0.9", 8080);
+      CHECK(formatEndpoint(peerOf(later.get())) == "10.77.0.9:8080");
     }
   }
 

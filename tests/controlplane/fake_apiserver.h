@@ -142,6 +142,17 @@ class FakeApiServer {
   std::string ca_;
 };
 
+// A kubeconfig file pointing at the fake server (CA inline, token).
+inline std::string writeKubeconfig(const FakeApiServer& api, const std::string& token) {
+  std::string path = api.dir() + "/kubeconfig";
+  std::ofstream(path) << "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+                      << "clusters:\n- name: fake\n  cluster:\n    server: " << api.server()
+                      << "\n    certificate-authority-data: " << b64(api.ca()) << "\n"
+                      << "users:\n- name: me\n  user:\n    token: " << token << "\n"
+                      << "contexts:\n- name: test\n  context: {cluster: fake, user: me}\n";
+  return path;
+}
+
 template <typename Pred>
 bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
   auto deadline = std::chrono::steady_clock::now() + timeout;

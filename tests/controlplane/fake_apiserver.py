@@ -27,7 +27,11 @@ counts spec changes, PATCH .../namespaces/NS/PLURAL/NAME/status with a JSON
 merge patch (application/merge-patch+json; other types get 415) replaces the
 status only and is recorded for /_control/patches.
 
-Single objects (Secrets, ConfigMaps): GET/PUT .../namespaces/NS/PLURAL/NAME and
+Namespaced lists of pods (GET /api/v1/namespaces/NS/pods) honour an equality
+labelSelector (k=v[,k2=v2]), as `sluicectl check --kubeconfig` asks for them.
+
+Single objects (Secrets, ConfigMaps; apps/v1 DaemonSets and Deployments, read
+only by sluicectl): GET/PUT .../namespaces/NS/PLURAL/NAME and
 POST .../namespaces/NS/PLURAL as the API server answers them (404 NotFound,
 201 on create, 409 AlreadyExists, 409 Conflict on a stale resourceVersion);
 /_control/put-object {"plural", "object"} stores one, /_control/forbid
@@ -67,8 +71,10 @@ RESOURCES = {
 CUSTOM = {"authorizationpolicies", "peerauthentications", "istio-authorizationpolicies",
           "istio-peerauthentications"}
 BY_NAME = {v[0]: (k, v[1], v[2]) for k, v in RESOURCES.items()}
-# Namespaced objects read and written one by one (not listed or watched).
-NAMED_KINDS = {"secrets": "Secret", "configmaps": "ConfigMap"}
+# Namespaced objects read and written one by one (not listed or watched):
+# plural -> (kind, apiVersion); the path prefix is /api/v1 or /apis/<group>/v1.
+NAMED_KINDS = {"secrets": ("Secret", "v1"), "configmaps": ("ConfigMap", "v1"),
+               "daemonsets": ("DaemonSet", "apps/v1"), "deployments": ("Deployment", "apps/v1")}
 
 
 class State:
@@ -190,11 +196,14 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def single(self, method, path):
-        """Secrets and ConfigMaps by name; True when the request was answered."""
+        """NAMED_KINDS objects by name; True when the request was answered."""
         parts = path.strip("/").split("/")
-        # api/v1/namespaces/NS/PLURAL[/NAME]
+        # api/v1/namespaces/NS/PLURAL[/NAME] or apis/GROUP/v1/namespaces/NS/PLURAL[/NAME]
+        if parts[:1] == ["apis"] and len(parts) > 1:
+            parts = ["api"] + parts[2:]
         if len(parts) not in (5, 6) or parts[:3] != ["api", "v1", "namespaces"] or \
-                parts[4] not in NAMED_KINDS:
+                parts[4] not in NAMED_KINDS or \
+                path.strip("/").startswith("apis/") != ("/" in NAMED_KINDS[parts[4]][1]):
             return False
         st = self.state
         ns, plural = parts[3], parts[4]
@@ -242,7 +251,7 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         st.rv += 1
         obj = json.loads(json.dumps(obj))
-        obj["kind"], obj["apiVersion"] = NAMED_KINDS[plural], "v1"
+        obj["kind"], obj["apiVersion"] = NAMED_KINDS[plural]
         meta = obj.setdefault("metadata", {})
         meta["namespace"] = ns
         meta["resourceVersion"] = str(st.rv)
@@ -343,6 +352,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.single("GET", url.path):
             return
+        parts = url.path.strip("/").split("/")
+        if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
+            return self.pods_in(parts[3], urllib.parse.parse_qs(url.query))
         if url.path not in RESOURCES or RESOURCES[url.path][0] in st.unserved:
             return self.send_json(404, status(404, "NotFound", "the server could not find the "
                                                                "requested resource"))
@@ -383,6 +395,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, {"kind": kind + "List", "apiVersion": api,
                              "metadata": {"resourceVersion": str(rv), "continue": cont},
                              "items": out_items})
+
+    def pods_in(self, ns, query):
+        want = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if kv)
+        with self.state.cv:
+            items = [dict(o) for _, o in sorted(self.state.objects["pods"].items())
+                     if o.get("metadata", {}).get("namespace") == ns and
+                     all(o["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
+            rv = self.state.rv
+        for o in items:
+            o.pop("kind", None)
+            o.pop("apiVersion", None)
+        self.send_json(200, {"kind": "PodList", "apiVersion": "v1",
+                             "metadata": {"resourceVersion": str(rv)}, "items": items})
 
     def do_PATCH(self):
         st = self.state

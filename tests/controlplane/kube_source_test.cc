@@ -100,17 +100,6 @@ std::vector<std::string> endpointsOf(const model::Store& store) {
   return out;
 }
 
-// A kubeconfig file pointing at the fake server (CA inline, token).
-std::string writeKubeconfig(const FakeApiServer& api, const std::string& token) {
-  std::string path = api.dir() + "/kubeconfig";
-  std::ofstream(path) << "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
-                      << "clusters:\n- name: fake\n  cluster:\n    server: " << api.server()
-                      << "\n    certificate-authority-data: " << b64(api.ca()) << "\n"
-                      << "users:\n- name: me\n  user:\n    token: " << token << "\n"
-                      << "contexts:\n- name: test\n  context: {cluster: fake, user: me}\n";
-  return path;
-}
-
 kube::SourceOptions fastOptions() {
   kube::SourceOptions o;
   o.initial_backoff = 50ms;

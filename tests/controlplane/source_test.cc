@@ -245,6 +245,43 @@ endpoints:
     CHECK(gone->removed_services == std::vector<std::string>{"shop/web"});
   }
 
+  TEST_CASE("a headless Service has no VIP, is marked headless and names its endpoints") {
+    auto objs = local::parseYaml(std::string(kShop) + R"(---
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432, targetPort: 5433}]
+---
+kind: Service
+metadata: {name: peers, namespace: shop}
+spec: {clusterIP: None, selector: {app: db}}
+---
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.10, selector: {app: db}, ports: [{port: 80}]}
+---
+)" + pod("db", "10.244.1.7"));
+    REQUIRE_MESSAGE(objs.has_value(), (objs ? "" : objs.error().describe()));
+    model::Store store;
+    REQUIRE(store.setSource("f", *objs).has_value());
+    std::map<std::string, model::ServiceView> by_name;
+    for (const auto& s : store.snapshot().services) by_name[s.name()] = s;
+    REQUIRE(by_name.size() == 3);
+    const auto& db = by_name["db"];
+    CHECK(db.headless());
+    CHECK(db.vips_size() == 0);
+    REQUIRE(db.endpoints_size() == 1);
+    CHECK(db.endpoints(0).ip() == "10.244.1.7");
+    CHECK(db.endpoints(0).ports().at("pg") == 5433);
+    // Without ports (DNS only), the endpoint is still named, by IP.
+    CHECK(by_name["peers"].headless());
+    REQUIRE(by_name["peers"].endpoints_size() == 1);
+    CHECK(by_name["peers"].endpoints(0).ports().empty());
+    CHECK_FALSE(by_name["web"].headless());
+  }
+
   TEST_CASE("invalid services are rejected with a reason") {
     struct Case {
       std::string text;

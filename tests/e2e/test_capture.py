@@ -20,7 +20,7 @@ class CaptureTest(LabTest):
         lab = cls.lab
         lab.lab("ns", "label", "shop", f"{MESH}=enabled")
         lab.lab("ns", "label", "legacy", "team=old")
-        cls.server_ip = lab.pod("shop", "server", sa="server")
+        cls.server_ip = lab.pod("shop", "server", sa="server", labels=["app=server"])
         cls.client_ip = lab.pod("shop", "client", sa="client")
         cls.legacy_ip = lab.pod("legacy", "client", sa="legacy")
         cls.legacy_srv_ip = lab.pod("legacy", "server", sa="legacy")
@@ -30,6 +30,8 @@ class CaptureTest(LabTest):
         lab.server("shop/server", "stream", 8081)
         lab.server("shop/server", "echo", 8082)
         lab.server("legacy/server", "whoami", 8080)
+        cls.vip = lab.lab("svc", "add", "shop", "server", "--selector", "app=server",
+                          "--port", "80:8080").stdout.strip()
 
     def conns_to(self, dst, direction="outbound"):
         return [c for c in self.lab.connections("node1") if c["destination"] == dst and c["direction"] == direction]
@@ -49,6 +51,27 @@ class CaptureTest(LabTest):
         self.assertFalse(conns[-1]["mutual_tls"])
         # Both pods are meshed and on this node: one hop, handed to the server pod in-process.
         self.assertEqual(conns[-1]["path"], "local_handoff")
+
+    def test_captured_client_getpeername_is_the_original_destination(self):
+        # Not 127.0.0.1:15001, where connect4/6 sent it: cgroup/getpeername4/6
+        # answer from the socket's own record, for IPv4 and v4-mapped IPv6 sockets.
+        wait_for("the service's endpoint in the agent's view", lambda: [
+            [e["ip"] for e in s["endpoints"]] for s in self.lab.ctl("node1", "services")["services"]
+            if s["name"] == "server"] == [[self.server_ip]])
+        for dst, port, family, expect in (
+                (self.server_ip, 8080, "4", f"{self.server_ip}:8080"),
+                (self.server_ip, 8080, "6", f"::ffff:{self.server_ip}:8080"),
+                (self.vip, 80, "4", f"{self.vip}:80")):
+            out = json.loads(self.lab.client("shop/client", "peername", dst, str(port),
+                                             family).stdout)
+            self.assertEqual(out["peername"], expect, (dst, family))
+            # It really went through the proxy: the server saw the client pod, on 8080.
+            self.assertIn(f"peer={self.client_ip}:", out["reply"])
+            self.assertIn(f"local={self.server_ip}:8080", out["reply"])
+        # A pod that is not meshed is left alone.
+        out = json.loads(self.lab.client("legacy/client", "peername", self.legacy_srv_ip,
+                                         "8080").stdout)
+        self.assertEqual(out["peername"], f"{self.legacy_srv_ip}:8080")
 
     def test_unenrolled_client_to_enrolled_server_is_captured_inbound(self):
         out = self.lab.client("legacy/client", "get", self.server_ip, "8080").stdout

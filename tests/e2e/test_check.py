@@ -82,7 +82,7 @@ class CheckTest(LabTest):
         rc, results = self.check("--pre")
         self.assertEqual(rc, 0, results)
         for program in ("sluice_connect4", "sluice_sockops", "sluice_getsockopt",
-                        "sluice_tc_inbound"):
+                        "sluice_getpeername4", "sluice_getpeername6", "sluice_tc_inbound"):
             loads = [r for t, r in results.items() if t.startswith(program + " ")]
             self.assertEqual([r["result"] for r in loads], ["ok"], program)
         self.assertEqual(results["io_uring works with the proxy's setup"]["result"], "ok")
@@ -128,12 +128,17 @@ class CheckTest(LabTest):
         self.waitHealthy()
 
     def test_6_a_missing_pinned_link_is_an_error_with_its_hint(self):
-        link = os.path.join(PIN_DIR, "link_sluice_connect4")
-        self.assertTrue(os.path.exists(link), os.listdir(PIN_DIR))
-        os.unlink(link)
+        for program in ("sluice_connect4", "sluice_getpeername6"):
+            link = os.path.join(PIN_DIR, "link_" + program)
+            self.assertTrue(os.path.exists(link), os.listdir(PIN_DIR))
+            os.unlink(link)
         try:
-            self.assertFailed("BPF programs are pinned and attached", "is missing",
-                              "restart sluice-agent")
+            results = self.assertFailed("BPF programs are pinned and attached", "is missing",
+                                        "restart sluice-agent")
+            detail = results["BPF programs are pinned and attached"]["detail"]
+            self.assertIn("sluice_connect4: pinned link", detail)
+            self.assertIn("sluice_getpeername6: pinned link", detail)
+            self.assertNotIn("sluice_getpeername4", detail)
         finally:
             self.lab.lab("agent", "restart", "node1")
         self.waitHealthy()

@@ -4,10 +4,13 @@ leaves the view gets no new connections, a connect to a just-dead endpoint is
 retried on another one without the client noticing, and the mesh keeps
 working while the control plane is down."""
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 
-from labkit import LabTest, run, wait_for
+from labkit import LabTest, metric_sum, parse_metrics, run, wait_for
 
 MESH = "sluice.dev/mesh"
 
@@ -151,6 +154,90 @@ class ServicesTest(LabTest):
         self.assertIn("ok", out, out)
         wait_for("node1 reconnected", lambda: self.admin("node1", "/ready").strip() == "ready", timeout=20)
 
+    def test_5_headless_service_endpoints_are_meshed_and_named(self):
+        """clusterIP: None: the client connects to a pod IP itself; the mesh treats
+        it as any pod-to-pod connection (mTLS across nodes, identities, policy) and
+        records it under the Service."""
+        lab = self.lab
+        self.assertEqual(lab.lab("svc", "add", "shop", "web-hl", "--headless", "--selector",
+                                 "app=web", "--port", "8080").stdout.strip(), "None")
+        try:
+            self.check_headless()
+        finally:
+            lab.lab("svc", "del", "shop", "web-hl")
+
+    def check_headless(self):
+        lab = self.lab
+        remote, local = self.ips["web2"], self.ips["web1"]
+
+        def headless_view():
+            for s in lab.ctl("node1", "services")["services"]:
+                if s["name"] == "web-hl":
+                    return s["headless"], s["vips"], sorted(e["ip"] for e in s["endpoints"])
+        wait_for("the headless service's endpoints on node1",
+                 lambda: headless_view() == (True, [], sorted(self.ips.values())))
+        since = int(time.time() * 1000)
+        for ip in (remote, local):
+            out = lab.client("shop/client", "get", ip, "8080").stdout
+            self.assertIn(f"local={ip}:8080", out)
+            self.assertIn(f"peer={self.client_ip}:", out)
+
+        def records():
+            return {c["destination"]: c for c in lab.connections("node1")
+                    if c["start_unix_ms"] >= since and c["reason"] == "eof"
+                    and c.get("destination_service") == "shop/web-hl"}
+        conns = wait_for("both connections recorded under shop/web-hl",
+                         lambda: len(records()) == 2 and records())
+        hop = conns[f"{remote}:8080"]
+        self.assertEqual(hop["path"], "hbone")
+        self.assertTrue(hop["mutual_tls"])
+        self.assertEqual(hop["source_principal"], "spiffe://cluster.local/ns/shop/sa/client")
+        self.assertEqual(hop["destination_principal"], "spiffe://cluster.local/ns/shop/sa/web")
+        self.assertEqual(conns[f"{local}:8080"]["path"], "local_handoff")
+        # A port the Service does not name is not the Service's.
+        lab.server("shop/web2", "whoami", 8090)
+        lab.client("shop/client", "get", remote, "8090")
+        other = wait_for("the 8090 connection recorded", lambda: [
+            c for c in lab.connections("node1")
+            if c["destination"] == f"{remote}:8090" and c["reason"] == "eof"])
+        self.assertEqual(other[-1].get("destination_service", ""), "")
+        # Metrics name the Service, as for a VIP.
+        samples = parse_metrics(lab.scrape("node1")[1])
+        self.assertGreaterEqual(metric_sum(
+            samples, "istio_tcp_connections_opened_total", reporter="source",
+            destination_service="web-hl.shop.svc.cluster.local", destination_service_name="web-hl",
+            destination_service_namespace="shop", connection_security_policy="mutual_tls"), 1)
+        # Policy applies as to the pod: a DENY on the endpoints refuses the client.
+        tmp = tempfile.mkdtemp(prefix="sluice-services-")
+        path = os.path.join(tmp, "deny-client.yaml")
+        with open(path, "w") as f:
+            f.write(DENY_CLIENT)
+        lab.lab("apply", path)
+        try:
+            wait_for("the policy in force on node2", lambda: "shop/deny-client" in {
+                f"{p['namespace']}/{p['name']}"
+                for p in lab.ctl("node2", "policies")["authorization_policies"]})
+            out = lab.client("shop/client", "probe", remote, "8080").stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            self.assertEqual(r["reply"], "", r)
+        finally:
+            lab.lab("delete", path)
+            shutil.rmtree(tmp)
+        wait_for("the policy gone from node2",
+                 lambda: lab.ctl("node2", "policies")["authorization_policies"] == [])
+
+
+DENY_CLIENT = """apiVersion: security.sluice.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: web}
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/shop/sa/client"]}
+"""
 
 # A client holding one connection for SECONDS, a round trip every 0.5 s.
 HOLD = r"""

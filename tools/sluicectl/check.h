@@ -5,8 +5,11 @@
 
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "controlplane/kube/client.h"
 
 namespace sluice::ctl::check {
 
@@ -60,5 +63,17 @@ struct NodePaths {
 std::vector<Check> preInstallChecks(const NodePaths& paths);
 // After install: agent, control plane, identities, BPF, CNI (check_install.cc).
 std::vector<Check> installChecks(const NodePaths& paths);
+
+// The Kubernetes API, for the cluster-wide checks (check_cluster.cc).
+namespace kube = controlplane::kube;
+struct ClusterAccess {
+  sluice::Result<kube::Config> config;  // an error is reported by the first check
+  std::string where;                    // "kubeconfig PATH", for messages
+};
+// --kubeconfig PATH, else $KUBECONFIG (its first file), else the pod's service
+// account when KUBERNETES_SERVICE_HOST is set; nullopt: none (no cluster checks).
+std::optional<ClusterAccess> findCluster(const std::string& kubeconfig);
+// The agent DaemonSet on every node and the control-plane Deployment in `ns`.
+std::vector<Check> clusterChecks(ClusterAccess access, const std::string& ns);
 
 }  // namespace sluice::ctl::check

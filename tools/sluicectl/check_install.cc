@@ -1,12 +1,14 @@
 // `sluicectl check`: is Sluice on this node healthy? Reads the agent's admin
 // API, the pinned BPF state and the CNI configuration, as an operator would.
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <set>
 
+#include "agent/bpf/loader.h"
 #include "agent/bpf/map.h"
 #include "cni-plugin/installer.h"
 #include "sluice/common/bpf_abi.h"
@@ -198,18 +200,19 @@ Outcome trustAnchor(AgentState& s) {
                 "(docs/install.md)");
 }
 
+// Every program of agent::bpf::kCgroupPrograms, through its pinned link (the
+// agent's own list could lack one that an older agent does not attach).
 Outcome bpfLinks(AgentState& s) {
   if (!s.load()) return s.notChecked();
-  const auto& links = s.dump["bpf"]["links"];
+  const std::string pin_dir = s.dump["bpf"].value("pin_dir", "");
   const std::string hint =
       "restart sluice-agent on this node: it loads and attaches its programs again, and capture "
       "continues across the restart";
-  if (!links.is_array() || links.empty())
-    return Outcome::failed("the agent reports no attached BPF programs", hint);
+  if (pin_dir.empty()) return Outcome::failed("the agent reports no BPF pin directory", hint);
   std::vector<std::string> bad;
-  for (const auto& l : links) {
-    const std::string pin = l.value("pin", "");
-    const std::string program = l.value("program", "");
+  for (const auto& p : agent::bpf::kCgroupPrograms) {
+    const std::string program = p.program;
+    const std::string pin = agent::bpf::linkPin(pin_dir, program);
     int fd = bpf_obj_get(pin.c_str());
     if (fd < 0) {
       bad.push_back(
@@ -224,6 +227,12 @@ Outcome bpfLinks(AgentState& s) {
       bad.push_back(fmt::format("{}: link {} has no program attached", program, pin));
     else if (info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id == 0)
       bad.push_back(fmt::format("{}: link {} is detached from its cgroup", program, pin));
+    else if (info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.attach_type != p.type) {
+      const char* hook =
+          libbpf_bpf_attach_type_str(static_cast<bpf_attach_type>(info.cgroup.attach_type));
+      bad.push_back(fmt::format("{}: link {} is attached at another hook ({})", program, pin,
+                                hook ? hook : std::to_string(info.cgroup.attach_type)));
+    }
   }
   if (!bad.empty()) {
     std::string detail;
@@ -231,7 +240,7 @@ Outcome bpfLinks(AgentState& s) {
     return Outcome::failed(detail, hint);
   }
   return Outcome::ok(
-      fmt::format("{} links under {}", links.size(), s.dump["bpf"].value("pin_dir", "")));
+      fmt::format("{} links under {}", std::size(agent::bpf::kCgroupPrograms), pin_dir));
 }
 
 Outcome podsCaptured(AgentState& s) {

@@ -129,6 +129,7 @@ int cmdServices(const Options& opts) {
   for (const auto& s : services) {
     std::string vips, ports, eps;
     for (const auto& v : s["vips"]) vips += (vips.empty() ? "" : ",") + v.get<std::string>();
+    if (s.value("headless", false)) vips = "None";  // as kubectl shows clusterIP
     for (const auto& p : s["ports"])
       ports += (ports.empty() ? "" : ",") + std::to_string(p.value("port", 0)) +
                (str(p, "name").empty() ? "" : "/" + str(p, "name"));
@@ -212,8 +213,13 @@ int cmdBpf(const Options& opts) {
 
 int cmdCheck(const Options& opts) {
   const check::NodePaths paths{opts.admin, opts.pin_dir, opts.cni_conf_dir, opts.cni_bin_dir};
-  auto results =
-      check::runAll(opts.pre ? check::preInstallChecks(paths) : check::installChecks(paths));
+  auto checks = opts.pre ? check::preInstallChecks(paths) : check::installChecks(paths);
+  if (!opts.pre)
+    if (auto cluster = check::findCluster(opts.kubeconfig)) {
+      auto more = check::clusterChecks(std::move(*cluster), opts.sluice_namespace);
+      checks.insert(checks.end(), more.begin(), more.end());
+    }
+  auto results = check::runAll(checks);
   if (opts.as_json)
     std::printf("%s\n", check::toJson(results).dump(2).c_str());
   else
@@ -229,7 +235,14 @@ void declareCheck(FlagTable& flags, Options& opts) {
              "the container runtime's CNI config dir (default /etc/cni/net.d)",
              FlagTable::into(&opts.cni_conf_dir))
       .value("--cni-bin-dir", "DIR", "the CNI plugin dir (default /opt/cni/bin)",
-             FlagTable::into(&opts.cni_bin_dir));
+             FlagTable::into(&opts.cni_bin_dir))
+      .value("--kubeconfig", "PATH",
+             "also check the cluster through this kubeconfig: the agent\n"
+             "DaemonSet on every node, the control-plane Deployment (default:\n"
+             "$KUBECONFIG, else the pod's service account in a cluster)",
+             FlagTable::into(&opts.kubeconfig))
+      .value("--sluice-namespace", "NS", "where Sluice is installed (default sluice-system)",
+             FlagTable::into(&opts.sluice_namespace));
 }
 
 void declareInstall(FlagTable& flags, Options& opts) {
@@ -265,7 +278,7 @@ const std::vector<Command>& commands() {
       {"services", "Services in this node's view: VIPs, ports, ready endpoints", cmdServices},
       {"check",
        "is Sluice on this node healthy, or (pre-install) can this node run it? Exit 1 on failure",
-       cmdCheck, declareCheck, "[--pre] [flags]"},
+       cmdCheck, declareCheck, "[--pre] [--kubeconfig PATH] [flags]"},
       {"install", "print the manifests that install Sluice, to pipe into kubectl apply", cmdInstall,
        declareInstall, "[--ca-dir DIR]"},
       {"uninstall",

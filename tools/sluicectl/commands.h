@@ -29,6 +29,8 @@ struct Options {
   bool pre = false;                             // --pre: before install
   std::string cni_conf_dir = "/etc/cni/net.d";  // the container runtime's CNI config
   std::string cni_bin_dir = "/opt/cni/bin";     // where sluice-cni is installed
+  std::string kubeconfig;                       // --kubeconfig: also check the cluster
+  std::string sluice_namespace = "sluice-system";
   // `install`
   std::string ca_dir;  // --ca-dir: embed this CA as the Secret sluice-ca
 };

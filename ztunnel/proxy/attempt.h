@@ -52,7 +52,8 @@ class Attempt {
 
   // --- Service VIPs ---
   bool isService() const { return service_ != nullptr; }
-  const std::string& serviceName() const;  // "" when not a Service
+  // "" when neither a Service VIP nor an endpoint of a headless Service.
+  const std::string& serviceName() const;
   const std::shared_ptr<const ServiceTarget>& service() const { return service_; }
   const sockaddr_in& vip() const { return vip_; }
   const std::vector<sockaddr_in>& tried() const { return tried_; }
@@ -95,20 +96,22 @@ class Attempt {
     restartClock();
   }
   void unpick() { picked_ = false; }  // the endpoint was released by the router
+  // dst is an endpoint of this headless Service: named, not balanced.
+  void setHeadless(std::string name) { headless_ = std::move(name); }
 
  private:
   AttemptSink* sink_ = nullptr;
   std::shared_ptr<const ServiceTarget> service_;
   sockaddr_in vip_{};
   std::vector<sockaddr_in> tried_;
+  std::string headless_;
   std::chrono::steady_clock::time_point attempt_start_{};
   bool picked_ = false;    // dst holds a balancer slot (released once)
   bool reported_ = false;  // the current endpoint's outcome went to the balancer
 };
 
 inline const std::string& Attempt::serviceName() const {
-  static const std::string none;
-  return service_ ? service_->name : none;
+  return service_ ? service_->name : headless_;
 }
 
 }  // namespace sluice::ztunnel::proxy

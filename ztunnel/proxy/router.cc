@@ -88,6 +88,8 @@ void Router::route(std::unique_ptr<Attempt> a) {
   if (!a->isService() && directory_) {
     if (auto svc = directory_->service(a->dst.sin_addr.s_addr, a->dst.sin_port))
       a->setService(this, std::move(svc), a->dst);
+    else if (auto headless = directory_->headlessService(a->dst.sin_addr.s_addr, a->dst.sin_port))
+      a->setHeadless(std::move(*headless));
   }
   if (a->isService()) {
     auto ep = balancer_.pick(*a->service(), a->tried(), std::chrono::steady_clock::now());

@@ -22,6 +22,9 @@ Clients:
                                                   closes; prints "ready" after the first success,
                                                   then JSON {"buckets": [{"t": unix second, "ok", "fail"}],
                                                   "failures": [[unix time, error], ...] (the last 300)}
+  tcpapp.py peername HOST PORT [4|6]              one whoami connection (6: an AF_INET6 socket to
+                                                  ::ffff:HOST); prints JSON {"peername": what the
+                                                  client's getpeername() says as "IP:PORT", "reply"}
   tcpapp.py probe HOST PORT                       one connection, read until EOF or error; prints JSON
                                                   {"local", "reply", "error", "ms"}
   tcpapp.py churn HOST PORT SECONDS [CONC]        new whoami connections back to back (CONC at a time)
@@ -34,6 +37,7 @@ Clients:
 """
 import asyncio
 import hashlib
+import json
 import os
 import resource
 import socket
@@ -180,6 +184,24 @@ def read_reply(host, port, timeout=10, on_connect=None):
 
 def client_get(host, port):
     sys.stdout.write(read_reply(host, port))
+
+
+def client_peername(host, port, family):
+    if family == "6":
+        c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        c.settimeout(60)
+        c.connect(("::ffff:" + host, port))
+    else:
+        c = socket.create_connection((host, port), timeout=60)
+    peer = c.getpeername()
+    data = b""
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        data += d
+    c.close()
+    print(json.dumps({"peername": f"{peer[0]}:{peer[1]}", "reply": data.decode(errors="replace")}))
 
 
 def client_transfer(host, port, up, down):
@@ -453,6 +475,8 @@ def main():
         client_loop(a[1], int(a[2]), int(a[3]), a[4], float(a[5]) if len(a) > 5 else 5)
     elif cmd == "hold":
         client_hold(a[1], int(a[2]), float(a[3]))
+    elif cmd == "peername":
+        client_peername(a[1], int(a[2]), a[3] if len(a) > 3 else "4")
     elif cmd == "probe":
         client_probe(a[1], int(a[2]))
     elif cmd == "churn":

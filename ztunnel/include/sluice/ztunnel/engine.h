@@ -131,6 +131,13 @@ class MeshDirectory {
   // The Service behind ip4:port (network order) with at least one ready
   // endpoint, or null.
   virtual std::shared_ptr<const ServiceTarget> service(uint32_t ip4, uint16_t port) = 0;
+  // The headless Service ("namespace/name") that has ip4:port (network order)
+  // as a ready endpoint, if any: a connection to it is recorded under it.
+  virtual std::optional<std::string> headlessService(uint32_t ip4, uint16_t port) {
+    (void)ip4;
+    (void)port;
+    return std::nullopt;
+  }
   // Whether the workload at ip4 (network order) declares `port` (host order)
   // opaque: never inspected for HTTP (the sluice.dev/opaque-ports annotation
   // of the pod or of a Service selecting it; a Service port's appProtocol).
@@ -206,7 +213,7 @@ struct ConnectionRecord {
   std::string pod;                    // ns/name of the enrolled pod that owns the listener
   std::string source;                 // ip:port of the client
   std::string destination;            // ip:port (for a Service: the chosen endpoint)
-  std::string destination_service;    // ns/name when the client connected to a Service VIP
+  std::string destination_service;    // ns/name: a Service VIP, or an endpoint of a headless one
   std::string source_principal;       // SPIFFE ID of the client workload, when known
   std::string destination_principal;  // SPIFFE ID of the destination workload, when meshed
   bool mutual_tls = false;            // carried over an mTLS (HBONE) tunnel
