@@ -241,9 +241,9 @@ class CaAwayAtRenewalTest(LabTest):
             self.assertIn(f"certificate of {uri} not renewed", ready)
             self.assertIn("the current one serves until", ready)
             with open(os.path.join(LAB_DIR, "node1", "agent.log"), errors="replace") as f:
-                self.assertIn(f"certificate for {uri} not obtained", f.read())
-            self.assertIn("while the current one keeps serving", open(os.path.join(LAB_DIR, "node1", "agent.log"),
-                                                                       errors="replace").read())
+                log = f.read()
+            self.assertIn(f"certificate for {uri} not obtained", log)
+            self.assertIn("while the current one keeps serving", log)
             # The old certificate still serves: a new connection, mutual TLS with it.
             since = time.time()
             self.assertEqual(lab.client("shop/client", "say", self.server_ip, "8082", "hello").stdout.strip(),
@@ -280,7 +280,7 @@ class IpReuseTest(LabTest):
         rec = wait_for("a record", lambda: records_since(lab, "node1", "outbound", dst, 0))[0]
         self.assertEqual(rec["destination_principal"], f"{TD}/api")
         tunnels = lab.ctl("node1", "stats")["hbone"]
-        say(f"node1 HBONE before the delete: {json.dumps(tunnels)}")
+        self.assertEqual(tunnels["tunnels_active"], 1)  # pooled, idle: it outlives the connection
         # The pod goes; another with another service account gets its address.
         lab.lab("pod", "del", "shop", "server")
         deleted = time.time()
@@ -307,8 +307,11 @@ class IpReuseTest(LabTest):
             self.assertEqual(r["destination_principal"], f"{TD}/billing", r)
             self.assertEqual(r["source_principal"], f"{TD}/web", r)
             self.assertTrue(r["mutual_tls"], r)
+        # A tunnel of its own: the pooled one (to the old identity) was not used for the new pod.
+        now = lab.ctl("node1", "stats")["hbone"]
+        self.assertGreater(now["tunnels_opened"], tunnels["tunnels_opened"], now)
         say(f"records since the delete: {len(out)} outbound on node1, {len(inbound)} inbound on node2, "
-            f"all naming {TD}/billing")
+            f"all naming {TD}/billing; node1 tunnels opened {tunnels['tunnels_opened']} -> {now['tunnels_opened']}")
 
 
 if __name__ == "__main__":
