@@ -142,7 +142,8 @@ void Source::httpError(Resource& r, const std::string& what, const Response& res
   logger()->warn("{}", e);
   // 429 Too Many Requests, 503 and the like: the server says when to come back.
   if (resp.retry_after_seconds >= 0)
-    r.retry_after = std::max(r.retry_after, std::chrono::milliseconds(resp.retry_after_seconds * 1000));
+    r.retry_after =
+        std::max(r.retry_after, std::chrono::milliseconds(resp.retry_after_seconds * 1000));
 }
 
 void Source::markDirty() {

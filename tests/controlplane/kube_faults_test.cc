@@ -48,8 +48,9 @@ kube::SourceOptions faultOptions() {
 }
 
 void seed(const FakeApiServer& api, int pods) {
-  json shop = {{"metadata",
-                {{"name", "shop"}, {"uid", "ns-shop"}, {"labels", {{"sluice.dev/mesh", "enabled"}}}}}};
+  json shop = {
+      {"metadata",
+       {{"name", "shop"}, {"uid", "ns-shop"}, {"labels", {{"sluice.dev/mesh", "enabled"}}}}}};
   api.call("upsert", {{"resource", "namespaces"}, {"object", shop}});
   for (int i = 1; i <= pods; ++i) {
     auto p = minimalPod("p" + std::to_string(i), "10.244.1." + std::to_string(i));
@@ -113,9 +114,7 @@ TEST_SUITE("kube faults") {
     // The open watch sends nothing: it is dropped after timeoutSeconds plus
     // the grace, and the new requests time out too.
     CHECK(eventually(
-        [&] {
-          return w.source->status("Pod").last_error.find("timed out") != std::string::npos;
-        },
+        [&] { return w.source->status("Pod").last_error.find("timed out") != std::string::npos; },
         15s));
     CHECK(podCount(w.store) == 3);  // the last view is served whole meanwhile
     CHECK_FALSE(hasPod(w.store, "uid-p4"));
@@ -124,9 +123,7 @@ TEST_SUITE("kube faults") {
     api.call("slow", {{"seconds", 2}});
     api.call("upsert", {{"resource", "pods"}, {"object", minimalPod("p5", "10.244.1.5")}});
     CHECK(eventually(
-        [&] {
-          return w.source->status("Pod").last_error.find("timed out") != std::string::npos;
-        },
+        [&] { return w.source->status("Pod").last_error.find("timed out") != std::string::npos; },
         15s));
     api.call("slow", {{"seconds", 0}});
     CHECK(eventually([&] { return hasPod(w.store, "uid-p4") && hasPod(w.store, "uid-p5"); }, 15s));
