@@ -52,6 +52,7 @@ def records_since(lab, node, direction, dst, since):
 
 class AgentKillTest(LabTest):
     NODES = 2
+    maxDiff = None  # a leak shows whole
 
     @classmethod
     def setUpLab(cls):
@@ -138,8 +139,7 @@ class AgentKillTest(LabTest):
         try:
             wait_for("the state from before the kills", lambda: self.snapshot() == before, timeout=10, interval=0.5)
         except AssertionError:
-            after = self.snapshot()
-            self.assertEqual({k: v for k, v in after.items()}, before)
+            self.assertEqual(self.snapshot(), before, "left behind by the kills")
         say(f"after {KILLS} kills: {len(before['pins'])} pins, map entries {before['map_entries']}, "
             f"listeners per pod and agents as before")
         self.assertEqual(problems, [], f"failures: {cross.failures[-5:]} {same.failures[-5:]}")
