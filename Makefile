@@ -6,12 +6,13 @@
 #   make bench   deps + build + benchmarks (no mesh vs Sluice), figures printed side by side
 #   make asan    build + test with AddressSanitizer/UBSan in build-asan/
 #   make fuzz    deps + every libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 300) each
+#   make soak    deps + build + 10,000 connections across two lab nodes for SOAK_SECONDS (default 3600)
 #   make format  apply .clang-format (make test fails on unformatted C++: format-check)
 BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: deps build test demo bench asan fuzz clean format format-check
+.PHONY: deps build test demo bench asan fuzz soak clean format format-check
 
 deps:
 	@bash tools/deps.sh
@@ -41,6 +42,10 @@ asan: deps
 
 fuzz: deps
 	@bash tools/fuzz.sh
+
+SOAK_SECONDS ?= 3600
+soak: deps build
+	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) SOAK_SECONDS=$(SOAK_SECONDS) /usr/bin/python3 tests/e2e/soak.py
 
 format:
 	@git ls-files '*.cc' '*.h' | grep -v '^bpf/' | xargs clang-format -i

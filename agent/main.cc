@@ -75,6 +75,9 @@ struct Flags {
   unsigned workers = 0;
   std::vector<uint16_t> excluded_ports;
   unsigned max_per_pod = 4096;
+  unsigned max_pending_handshakes = 1024;
+  unsigned max_outbound_handshakes = 1024;
+  unsigned max_tunnels_per_peer = 64;
   unsigned cni_wait_ms = 3000;
   std::string log_level = "info";
   std::string ca_bundle;
@@ -162,6 +165,19 @@ FlagTable flagTable(Flags& f) {
       .value("--max-connections-per-pod", "N",
              "open connections per pod beyond which new ones are refused\n(default 4096)",
              FlagTable::number(&f.max_per_pod, 1))
+      .value("--max-pending-handshakes", "N",
+             "inbound HBONE tunnels without a CONNECT yet, per node (a pod\n"
+             "at most a quarter); beyond it the oldest is reset (default 1024)",
+             FlagTable::number(&f.max_pending_handshakes, 1))
+      .value("--max-outbound-handshakes", "N",
+             "outbound HBONE tunnels still in their handshake, per node (a\n"
+             "pod at most a quarter); a connection needing one more is reset\n"
+             "(default 1024)",
+             FlagTable::number(&f.max_outbound_handshakes, 1))
+      .value("--max-tunnels-per-peer", "N",
+             "pooled HBONE tunnels from one pod to one destination; when all\n"
+             "are full a new connection is reset (default 64)",
+             FlagTable::number(&f.max_tunnels_per_peer, 1))
       .value("--cni-wait-ms", "MS",
              "how long CNI ADD waits for the pod to appear in the control\n"
              "plane's view (default 3000)",
@@ -273,6 +289,13 @@ int runAgent(const Flags& flags) {
   engine_config.workers =
       flags.workers ? flags.workers : std::max(1u, std::thread::hardware_concurrency());
   engine_config.max_connections_per_pod = flags.max_per_pod;
+  engine_config.hbone_max_pending_handshakes = flags.max_pending_handshakes;
+  engine_config.hbone_max_pending_handshakes_per_pod =
+      std::max(1u, flags.max_pending_handshakes / 4);
+  engine_config.hbone_max_outbound_handshakes = flags.max_outbound_handshakes;
+  engine_config.hbone_max_outbound_handshakes_per_pod =
+      std::max(1u, flags.max_outbound_handshakes / 4);
+  engine_config.hbone_max_tunnels_per_peer = flags.max_tunnels_per_peer;
   engine_config.trust_domain = flags.trust_domain;
   engine_config.trust_anchor_pem = *trust_anchor;
   engine_config.http_detection = flags.http_detection;

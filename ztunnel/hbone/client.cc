@@ -32,6 +32,7 @@ struct Client::Impl final : StreamOwner {
     Clock::time_point redial_at{};
     std::chrono::milliseconds backoff{0};
     bool redialing = false;
+    bool handshaking = false;  // counted in Impl::handshakes until ready or closed
 
     void tunnelDialFailed(Tunnel&, int res) override { impl.dialFailed(*this, res); }
     void tunnelReady(Tunnel&) override { impl.ready(*this); }
@@ -56,16 +57,24 @@ struct Client::Impl final : StreamOwner {
   std::unordered_map<std::string, std::vector<Link*>> pool;
   std::vector<CertWaiter> waiters;
   std::vector<Link*> redials;
-  log::Limiter cert_log, connect_log;
+  // Tunnels dialled and not ready yet, in all and per source pod.
+  size_t handshakes = 0;
+  std::unordered_map<const proxy::PodState*, size_t> pod_handshakes;
+  log::Limiter cert_log, connect_log, bound_log;
+
+  // Why pooled() gave no tunnel.
+  enum class NoTunnel : uint8_t { kNoSocket, kHandshakes, kPeerTunnels };
 
   // --- streams ---
   void openStream(std::unique_ptr<proxy::Attempt> attempt, const MeshWorkload& target,
                   const std::shared_ptr<const WorkloadCredential>& cred) {
     auto pod = attempt->pod;
-    Link* l = pooled(pod, target, attempt->dst, cred);
+    NoTunnel why = NoTunnel::kNoSocket;
+    Link* l = pooled(pod, target, attempt->dst, cred, why);
     if (!l) {
-      ctx.counters().add(Counter::kConnectFailures);
-      if (proxy::Attempt::retry(attempt, "no tunnel")) return;
+      if (why == NoTunnel::kNoSocket) ctx.counters().add(Counter::kConnectFailures);
+      if (proxy::Attempt::retry(attempt, why == NoTunnel::kNoSocket ? "no tunnel" : "tunnel bound"))
+        return;
       proxy::setLinger0(attempt->client.get());
       return;
     }
@@ -100,9 +109,12 @@ struct Client::Impl final : StreamOwner {
 
   // --- tunnels ---
   Link* pooled(const std::shared_ptr<proxy::PodState>& pod, const MeshWorkload& target,
-               const sockaddr_in& dst, const std::shared_ptr<const WorkloadCredential>& cred) {
+               const sockaddr_in& dst, const std::shared_ptr<const WorkloadCredential>& cred,
+               NoTunnel& why) {
     std::string key = pod->spec.uid + '|' + target.identity + '|' + formatIp4(dst.sin_addr.s_addr);
+    size_t pooled_now = 0;
     if (auto it = pool.find(key); it != pool.end()) {
+      pooled_now = it->second.size();
       // A copy: draining a tunnel takes it out of the pool.
       std::vector<Link*> list = it->second;
       for (Link* l : list) {
@@ -115,6 +127,7 @@ struct Client::Impl final : StreamOwner {
         if (t.streams() + l->waiting.size() < ctx.config.hbone_max_streams) return l;
       }
     }
+    if (!withinBounds(*pod, target, dst, pooled_now, why)) return nullptr;
 
     Link* l = owned.add(
         std::make_unique<Link>(*this, pod, makeSockaddr(dst.sin_addr.s_addr, ctx.hbone_port)));
@@ -128,8 +141,62 @@ struct Client::Impl final : StreamOwner {
     }
     l->key = key;
     pool[key].push_back(l);
+    l->handshaking = true;
+    ++handshakes;
+    ++pod_handshakes[pod.get()];
     l->tunnel.dial(std::move(*sock), cred, target.identity);
     return l;
+  }
+
+  // A new tunnel from `pod` to `target` (which has `pooled_now` tunnels from
+  // it, all full) stays within this worker's share of the bounds; else the
+  // refusal is counted and logged (rate limited) and `why` says which.
+  bool withinBounds(const proxy::PodState& pod, const MeshWorkload& target, const sockaddr_in& dst,
+                    size_t pooled_now, NoTunnel& why) {
+    auto share = [&](unsigned bound) { return std::max(1u, bound / std::max(1u, ctx.workers)); };
+    const char* what = nullptr;
+    const char* flag = nullptr;
+    const char* per = nullptr;
+    unsigned bound = 0;
+    if (pooled_now >= share(ctx.config.hbone_max_tunnels_per_peer)) {
+      why = NoTunnel::kPeerTunnels;
+      what = "its tunnels to this destination are all full and at the bound";
+      flag = "--max-tunnels-per-peer";
+      per = "pod and destination";
+      bound = ctx.config.hbone_max_tunnels_per_peer;
+    } else if (auto it = pod_handshakes.find(&pod);
+               it != pod_handshakes.end() &&
+               it->second >= share(ctx.config.hbone_max_outbound_handshakes_per_pod)) {
+      why = NoTunnel::kHandshakes;
+      what = "the pod's bound on outbound tunnel handshakes is reached";
+      flag = "--max-outbound-handshakes (a pod gets a quarter)";
+      per = "pod";
+      bound = ctx.config.hbone_max_outbound_handshakes_per_pod;
+    } else if (handshakes >= share(ctx.config.hbone_max_outbound_handshakes)) {
+      why = NoTunnel::kHandshakes;
+      what = "the node's bound on outbound tunnel handshakes is reached";
+      flag = "--max-outbound-handshakes";
+      per = "node";
+      bound = ctx.config.hbone_max_outbound_handshakes;
+    } else {
+      return true;
+    }
+    ctx.counters().add(why == NoTunnel::kPeerTunnels ? Counter::kPeerTunnelRefused
+                                                     : Counter::kOutboundHandshakeRefused);
+    SLUICE_LOG_LIMITED(bound_log, logger(), spdlog::level::warn,
+                       "pod {}: reset a connection to {} ({}): {} ({} per {}, each of {} "
+                       "workers its share; {} raises it)",
+                       pod.spec.name_namespace, formatEndpoint(dst), target.identity, what, bound,
+                       per, std::max(1u, ctx.workers), flag);
+    return false;
+  }
+
+  void endHandshake(Link& l) {
+    if (!l.handshaking) return;
+    l.handshaking = false;
+    --handshakes;
+    auto it = pod_handshakes.find(l.tunnel.pod().get());
+    if (it != pod_handshakes.end() && --it->second == 0) pod_handshakes.erase(it);
   }
 
   void unpool(Link& l) {
@@ -143,6 +210,7 @@ struct Client::Impl final : StreamOwner {
   }
 
   void ready(Link& l) {
+    endHandshake(l);
     auto waiting = std::move(l.waiting);
     l.waiting.clear();
     for (Stream* s : waiting) s->submit();  // the tunnel writes once this returns
@@ -186,6 +254,7 @@ struct Client::Impl final : StreamOwner {
   }
 
   void closing(Link& l) {
+    endHandshake(l);
     unpool(l);
     std::erase(redials, &l);
     auto waiting = std::move(l.waiting);

@@ -46,6 +46,18 @@ struct EngineConfig {
   // Each worker enforces its share (bound / workers).
   unsigned hbone_max_pending_handshakes = 1024;
   unsigned hbone_max_pending_handshakes_per_pod = 256;
+  // Outbound tunnels still in their handshake (TCP connect + TLS, not ready)
+  // are bounded per node and per source pod, each worker enforcing its
+  // share: a connection that needs a new tunnel beyond a bound is reset
+  // (hbone.outbound_handshake_refused); one that fits on a tunnel being
+  // set up waits on it as before.
+  unsigned hbone_max_outbound_handshakes = 1024;
+  unsigned hbone_max_outbound_handshakes_per_pod = 256;
+  // Pooled tunnels from one pod to one destination (identity and address),
+  // each worker its share: when all are full (hbone_max_streams each), a new
+  // connection is reset (hbone.peer_tunnel_refused), a Service connection
+  // tries another endpoint first.
+  unsigned hbone_max_tunnels_per_peer = 64;
   // A connection of a pod whose certificate has not arrived yet (just
   // enrolled, agent just restarted) waits this long for it, then is reset.
   std::chrono::milliseconds certificate_wait{5000};
@@ -237,6 +249,8 @@ enum class Counter : uint8_t {
   kHboneTimeouts,
   kBadRequests,
   kRefused,
+  kOutboundHandshakeRefused,
+  kPeerTunnelRefused,
   kLbPicks,
   kLbRetries,
   kLbNoEndpoint,
