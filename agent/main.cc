@@ -457,16 +457,20 @@ int runAgent(const Flags& flags) {
   };
   // Once synced the agent stays ready without the control plane: it keeps
   // serving its last view (and says so here) while it reconnects.
+  // Certificates past their renewal time that the CA did not renew yet are
+  // said too: the old ones serve until they expire.
   sources.ready_note = [&]() -> std::string {
-    if (disc.connected()) return "";
+    std::string certs_note = certs.renewalNote();
+    if (disc.connected()) return certs_note;
+    if (!certs_note.empty()) certs_note = "; " + certs_note;
     auto since = disc.disconnectedSince();
     auto secs =
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - since)
             .count();
     return fmt::format(
         "control plane at {} unreachable for {}s ({}); serving the last known state (version "
-        "{}), reconnecting",
-        flags.controlplane, secs, disc.lastError(), disc.version());
+        "{}), reconnecting{}",
+        flags.controlplane, secs, disc.lastError(), disc.version(), certs_note);
   };
   agent::wiring::addLiveInspection(sources, live_stats, tap_hub, pods, workload_index,
                                    metrics_config.cluster_id);

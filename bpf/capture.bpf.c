@@ -6,7 +6,9 @@
  *    same netns); the original destination is remembered by socket cookie.
  *  - sockops: once the client socket is established its 4-tuple is known;
  *    the record is re-keyed by (netns cookie, 4-tuple) so the proxy can find
- *    it from the accepted socket with one map lookup.
+ *    it from the accepted socket with one map lookup. A redirected socket
+ *    also asks for state callbacks, so that its records go when it closes
+ *    without the proxy having taken them (refused or reset: no agent).
  *  - cgroup/getsockopt: answers SOL_IP/SO_ORIGINAL_DST from the same record,
  *    for tools that expect the iptables-REDIRECT interface.
  *  - cgroup/getpeername4, cgroup/getpeername6: the client's getpeername()
@@ -146,18 +148,11 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-SEC("sockops")
-int sluice_sockops(struct bpf_sock_ops *skops)
+/* The record's key as sockops sees the client socket. Byte order:
+ * remote_port holds the be16 port shifted left by 16; local_port is in host
+ * order. */
+static __always_inline struct sluice_pair_key pair_key(struct bpf_sock_ops *skops)
 {
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-		return 1;
-	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct sluice_orig_dst *d = bpf_map_lookup_elem(&sluice_cookie_dst_v1, &cookie);
-	if (!d)
-		return 1;
-	struct sluice_orig_dst copy = *d;
-	/* Byte order: remote_port holds the be16 port shifted left by 16;
-	 * local_port is in host order. */
 	struct sluice_pair_key k = {
 		.netns_cookie = bpf_get_netns_cookie(skops),
 		.src_ip4 = skops->local_ip4,
@@ -165,6 +160,55 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		.src_port = bpf_htons((__u16)skops->local_port),
 		.dst_port = (__u16)(skops->remote_port >> 16),
 	};
+	return k;
+}
+
+/* A redirected client socket closes (new state TCP_CLOSE). Its cookie record
+ * goes in every case (left only when it never established: refused, no
+ * agent). The 4-tuple record goes when the socket closes from ESTABLISHED,
+ * CLOSE_WAIT or LAST_ACK: reset before the proxy accepted it (the agent was
+ * killed), or the proxy closed first (it took the record already). A client
+ * that closed first (FIN_WAIT*, CLOSING) may still sit in the proxy's accept
+ * queue with its bytes: that record stays for the proxy, and LRU eviction is
+ * the cleanup when nobody ever accepts it. */
+static __always_inline void forget(struct bpf_sock_ops *skops, __u32 old_state)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	bpf_map_delete_elem(&sluice_cookie_dst_v1, &cookie);
+	if (old_state == BPF_TCP_ESTABLISHED || old_state == BPF_TCP_CLOSE_WAIT ||
+	    old_state == BPF_TCP_LAST_ACK) {
+		struct sluice_pair_key k = pair_key(skops);
+		bpf_map_delete_elem(&sluice_orig_dst_v1, &k);
+	}
+}
+
+SEC("sockops")
+int sluice_sockops(struct bpf_sock_ops *skops)
+{
+	__u64 cookie;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		/* Before the SYN: a redirected socket wants to hear of its close. */
+		cookie = bpf_get_socket_cookie(skops);
+		if (bpf_map_lookup_elem(&sluice_cookie_dst_v1, &cookie))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+								 BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			forget(skops, skops->args[0]);
+		return 1;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		break;
+	default:
+		return 1;
+	}
+	cookie = bpf_get_socket_cookie(skops);
+	struct sluice_orig_dst *d = bpf_map_lookup_elem(&sluice_cookie_dst_v1, &cookie);
+	if (!d)
+		return 1;
+	struct sluice_orig_dst copy = *d;
+	struct sluice_pair_key k = pair_key(skops);
 	bpf_map_update_elem(&sluice_orig_dst_v1, &k, &copy, BPF_ANY);
 	bpf_map_delete_elem(&sluice_cookie_dst_v1, &cookie);
 	sluice_count(SLUICE_STAT_SOCKOPS_REKEYED);

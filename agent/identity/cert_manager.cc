@@ -179,6 +179,20 @@ nlohmann::json CertManager::dump() const {
   return {{"certificates", out}};
 }
 
+std::string CertManager::renewalNote() const {
+  std::lock_guard lk(mu_);
+  std::string out;
+  size_t n = 0;
+  for (const auto& [uri, e] : entries_) {
+    if (e.state != "retrying" || !e.current) continue;
+    if (n++ == 0)
+      out = fmt::format("certificate of {} not renewed ({}); the current one serves until {}", uri,
+                        e.last_error, isoTime(e.current->not_after));
+  }
+  if (n > 1) out += fmt::format(" (and {} more identities)", n - 1);
+  return out;
+}
+
 std::map<std::string, std::chrono::system_clock::time_point> CertManager::expiries() const {
   std::lock_guard lk(mu_);
   std::map<std::string, std::chrono::system_clock::time_point> out;

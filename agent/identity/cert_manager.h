@@ -62,6 +62,9 @@ class CertManager final : public ztunnel::CredentialSource {
     return get(uri);
   }
   nlohmann::json dump() const;
+  // One line for /ready when renewals fail: which identities keep serving an
+  // old certificate, until when, and why ("" when every renewal is on time).
+  std::string renewalNote() const;
   // not_after of the certificate each identity serves now (identities still
   // waiting for their first certificate are left out).
   std::map<std::string, std::chrono::system_clock::time_point> expiries() const;

@@ -5,6 +5,8 @@
 #include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -50,6 +52,7 @@ struct Transfer {
   std::string body;
   std::string pending;  // partial line
   long status = 0;
+  long retry_after = -1;
   CURL* curl = nullptr;
   const std::function<bool(std::string_view)>* on_line = nullptr;
   const std::atomic<bool>* stop = nullptr;
@@ -72,6 +75,23 @@ size_t onWrite(char* data, size_t size, size_t n, void* user) {
   t->pending.erase(0, start);
   if (t->pending.size() > (16u << 20)) return 0;  // one event larger than 16 MiB: give up
   return len;
+}
+
+// Retry-After: <seconds> (the HTTP-date form is not used by API servers).
+size_t onHeader(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  std::string_view line(data, size * n);
+  constexpr std::string_view kName = "retry-after:";
+  if (line.size() > kName.size() &&
+      std::equal(kName.begin(), kName.end(), line.begin(),
+                 [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); })) {
+    std::string v = trim(std::string(line.substr(kName.size())));
+    while (!v.empty() && std::isspace(static_cast<unsigned char>(v.front()))) v.erase(0, 1);
+    char* end = nullptr;
+    long secs = std::strtol(v.c_str(), &end, 10);
+    if (!v.empty() && end && *end == '\0' && secs >= 0) t->retry_after = std::min(secs, 3600L);
+  }
+  return size * n;
 }
 
 int onProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
@@ -198,8 +218,8 @@ Result<Response> Client::mergePatch(const std::string& path, const std::string& 
 
 Result<Response> Client::stream(const std::string& path,
                                 const std::function<bool(std::string_view)>& on_line,
-                                const std::atomic<bool>& stop) const {
-  return perform("GET", path, nullptr, 0, &on_line, &stop);
+                                const std::atomic<bool>& stop, long timeout_ms) const {
+  return perform("GET", path, nullptr, timeout_ms, &on_line, &stop);
 }
 
 Result<Response> Client::perform(const std::string& method, const std::string& path,
@@ -261,6 +281,8 @@ Result<Response> Client::perform(const std::string& method, const std::string& p
   t.stop = stop;
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, onWrite);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
+  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, onHeader);
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
   if (stop) {
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, onProgress);
@@ -273,8 +295,12 @@ Result<Response> Client::perform(const std::string& method, const std::string& p
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
   if (rc != CURLE_OK && status == 0)
     return fail(fmt::format("{} {}: {}", method, url, *err ? err : curl_easy_strerror(rc)));
-  // A stream that breaks after the headers is a normal end of a watch.
-  return Response{status, std::move(t.body)};
+  // A stream that breaks after the headers is a normal end of a watch; why
+  // it broke is kept (a timeout says the server hung).
+  Response out{status, std::move(t.body), t.retry_after, {}};
+  if (rc != CURLE_OK && rc != CURLE_WRITE_ERROR && rc != CURLE_ABORTED_BY_CALLBACK)
+    out.broken = *err ? err : curl_easy_strerror(rc);
+  return out;
 }
 
 }  // namespace sluice::controlplane::kube

@@ -32,6 +32,8 @@ struct Config {
 struct Response {
   long status = 0;  // HTTP status; 0 when no response arrived
   std::string body;
+  long retry_after_seconds = -1;  // Retry-After (delay-seconds form) of a 429/5xx; -1: none
+  std::string broken;  // why the transfer ended early after the response began (e.g. timeout)
 };
 
 class Client {
@@ -51,10 +53,11 @@ class Client {
   // Streams a watch: calls on_line for every complete line of the body
   // while the status is 200 (a non-200 body is returned whole). Ends when
   // the server ends the stream, the connection breaks, on_line returns
-  // false, or `stop` turns true (checked at least once a second).
+  // false, `stop` turns true (checked at least once a second), or after
+  // timeout_ms (0: never) — a server that hangs is noticed.
   Result<Response> stream(const std::string& path,
                           const std::function<bool(std::string_view)>& on_line,
-                          const std::atomic<bool>& stop) const;
+                          const std::atomic<bool>& stop, long timeout_ms = 0) const;
 
   const Config& config() const { return config_; }
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <random>
 
 #include "controlplane/kube/decode.h"
@@ -49,6 +50,7 @@ struct Source::Resource {
   std::map<std::string, model::Objects> objects;  // by objectKey, one object each
   Status status;
   bool listed = false;
+  std::chrono::milliseconds retry_after{0};  // the server's Retry-After; the run thread only
 };
 
 Source::Source(Client client, model::Store& store, SourceOptions options)
@@ -138,6 +140,10 @@ void Source::httpError(Resource& r, const std::string& what, const Response& res
                                   : "");
   setError(r, e);
   logger()->warn("{}", e);
+  // 429 Too Many Requests, 503 and the like: the server says when to come back.
+  if (resp.retry_after_seconds >= 0)
+    r.retry_after =
+        std::max(r.retry_after, std::chrono::milliseconds(resp.retry_after_seconds * 1000));
 }
 
 void Source::markDirty() {
@@ -153,6 +159,8 @@ void Source::run(Resource& r) {
     auto wait = std::chrono::milliseconds(
         std::uniform_int_distribution<long>(backoff.count() / 2, backoff.count())(rng));
     backoff = std::min(backoff * 2, options_.max_backoff);
+    wait = std::max(wait, r.retry_after);  // never earlier than the server asked
+    r.retry_after = std::chrono::milliseconds(0);
     return sleepFor(wait);
   };
   while (!stopping_) {
@@ -198,7 +206,7 @@ bool Source::list(Resource& r) {
   while (true) {
     std::string path = fmt::format("{}?limit={}", r.path, options_.page_size);
     if (!cont.empty()) path += "&continue=" + cont;
-    auto resp = client_.get(path);
+    auto resp = client_.get(path, options_.request_timeout.count());
     if (!resp) {
       setError(r, resp.error().describe());
       logger()->warn("listing {}s: {}", r.kind, resp.error().describe());
@@ -316,12 +324,20 @@ bool Source::watch(Resource& r, bool& got_any) {
     if (r.write_status && status_write) writeStatus(client_, r.path, *status_write);
     return go_on;
   };
-  auto resp = client_.stream(path, on_line, stopping_);
+  // The server ends the watch after timeoutSeconds; still open watch_grace
+  // later (or no answer at all), it hangs.
+  long timeout_ms = options_.watch_timeout_seconds * 1000L + options_.watch_grace.count();
+  auto resp = client_.stream(path, on_line, stopping_, timeout_ms);
   if (expired) return false;
   if (!resp) {
     setError(r, resp.error().describe());
     logger()->warn("{} watch: {}; reconnecting", r.kind, resp.error().describe());
     return true;
+  }
+  if (!resp->broken.empty() && !stopping_) {
+    std::string e = fmt::format("{} watch: {}", r.kind, resp->broken);
+    setError(r, e);
+    logger()->warn("{}; reconnecting", e);
   }
   if (resp->status == 410) {
     logger()->info("{} watch: resourceVersion {} expired (HTTP 410); relisting", r.kind, rv);

@@ -5,7 +5,9 @@
 // resourceVersion (bookmarks keep it fresh); 410 Gone relists; a list whose continue token expires
 // (410 on a later page) starts over from the first page, and only a complete
 // list replaces what is served; a dropped stream reconnects with exponential
-// backoff and jitter; a malformed event is logged and skipped.
+// backoff and jitter (at least the Retry-After of a 429 or 5xx); a server that
+// hangs is noticed by request and watch timeouts; a malformed event is logged
+// and skipped.
 // Memory: the parsed model objects of the cluster, nothing more (no raw JSON
 // is kept). Changes reach the Store in batches (at most every flush_delay).
 #pragma once
@@ -31,6 +33,11 @@ struct SourceOptions {
   std::chrono::milliseconds initial_backoff{250};
   std::chrono::milliseconds max_backoff{30000};
   int watch_timeout_seconds = 300;  // the server ends a watch after this; we re-watch
+  // A list page not answered within request_timeout, or a watch still open
+  // watch_grace after its timeoutSeconds, means the server hangs: the
+  // request is dropped and retried (the view served meanwhile stays).
+  std::chrono::milliseconds request_timeout{30000};
+  std::chrono::milliseconds watch_grace{30000};
   std::chrono::milliseconds flush_delay{100};
   int page_size = 500;
   // Also read security.istio.io/v1 AuthorizationPolicy and PeerAuthentication.

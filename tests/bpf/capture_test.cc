@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <vector>
 
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
@@ -232,6 +233,61 @@ TEST_SUITE("capture.bpf") {
       CHECK(formatEndpoint(peerOf(client.get())) == "10.77.0.9:8080");
       auto later = connectIn(pod.fd(), "10.77.0.9", 8080);
       CHECK(formatEndpoint(peerOf(later.get())) == "10.77.0.9:8080");
+    }
+  }
+
+  TEST_CASE("records of sockets that close without the proxy taking them are removed") {
+    test::ScratchNetns pod;
+    pod.sh("ip addr add 10.77.0.5/32 dev lo && ip addr add 10.77.0.9/32 dev lo");
+    LoadedCapture bpf;
+    auto cookie = netnsCookie(pod.fd());
+    REQUIRE(cookie.has_value());
+    REQUIRE(bpf.loader->enrolled()
+                .update(*cookie, sluice_enrolled{*parseIp4("10.77.0.5"), 0})
+                .has_value());
+    auto entries = [&](const std::string& name) {
+      for (const auto& f : bpf.loader->mapFill())
+        if (f.name == name) return f.entries;
+      FAIL("no fill level for " << name);
+      return uint64_t{0};
+    };
+    SUBCASE("refused: nothing listens on 15001 (no agent) - no cookie record stays") {
+      for (int i = 0; i < 20; ++i) {
+        auto s = socketInNetns(pod.fd(), AF_INET, SOCK_STREAM, 0);
+        REQUIRE(s.has_value());
+        auto sa = makeSockaddr(*parseIp4("10.77.0.9"), 8080);
+        CHECK(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0);
+        CHECK(errno == ECONNREFUSED);
+      }
+      CHECK(entries("sluice_cookie_dst_v1") == 0);
+      CHECK(entries("sluice_orig_dst_v1") == 0);
+    }
+    SUBCASE("reset in the accept queue (the agent died) - no 4-tuple record stays") {
+      std::vector<UniqueFd> clients;
+      {
+        auto proxy = listenIn(pod.fd(), "127.0.0.1", SLUICE_OUTBOUND_PORT, SLUICE_MARK_MINE);
+        for (int i = 0; i < 10; ++i) clients.push_back(connectIn(pod.fd(), "10.77.0.9", 8080));
+        CHECK(entries("sluice_orig_dst_v1") == 10);
+      }  // the listener closes with 10 connections never accepted: each is reset
+      for (auto& c : clients) {
+        char b;
+        CHECK(::recv(c.get(), &b, 1, 0) < 0);  // ECONNRESET: the socket is closed
+      }
+      CHECK(entries("sluice_orig_dst_v1") == 0);
+      CHECK(entries("sluice_cookie_dst_v1") == 0);
+    }
+    SUBCASE("a client that closes first keeps its record for the proxy to take") {
+      auto proxy = listenIn(pod.fd(), "127.0.0.1", SLUICE_OUTBOUND_PORT, SLUICE_MARK_MINE);
+      {
+        auto c = connectIn(pod.fd(), "10.77.0.9", 8080);
+        CHECK(::send(c.get(), "x", 1, 0) == 1);
+      }  // closed before the proxy accepted
+      UniqueFd a(::accept(proxy.get(), nullptr, nullptr));
+      REQUIRE(a.get() >= 0);
+      sockaddr_in orig{};
+      socklen_t len = sizeof(orig);
+      REQUIRE(getsockopt(a.get(), SOL_IP, 80 /*SO_ORIGINAL_DST*/, &orig, &len) == 0);
+      CHECK(formatEndpoint(orig) == "10.77.0.9:8080");
     }
   }
 

@@ -22,6 +22,13 @@ does once the list's revision is compacted away (the Status carries the
 "inconsistent" remainder token in metadata.continue, like the real one);
 /_control/token changes the accepted token; /_control/unserve {"resource"}
 answers 404 for a resource (its CRD is not installed).
+Slow and failing servers: /_control/fail {"status", "count", "resource" (default: every
+listed/watched one), "retry_after"} answers the next `count` list or watch requests with
+that status (a Status body, and Retry-After: <retry_after> when given), as an overloaded
+API server answers 429 or 500; /_control/slow {"seconds"} delays every list and watch
+answer by that long; /_control/hang {"on": true} stops answering: new requests get nothing
+(their connection is dropped when the hang ends) and open watches send nothing, not even
+bookmarks, until {"on": false}.
 Custom resources: list items keep apiVersion and kind, metadata.generation
 counts spec changes, PATCH .../namespaces/NS/PLURAL/NAME/status with a JSON
 merge patch (application/merge-patch+json; other types get 415) replaces the
@@ -96,6 +103,9 @@ class State:
         self.forbidden = set()  # (method, plural)
         self.races = {}  # (plural, namespace, name) -> object stored before the next create
         self.unserved = set()  # resources answering 404
+        self.fail = {}  # resource or "*" -> {"status", "count", "retry_after"}
+        self.slow = 0.0  # seconds before each list/watch answer
+        self.hang = False
 
     def key(self, obj):
         m = obj.get("metadata", {})
@@ -176,9 +186,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet
         pass
 
-    def send_json(self, code, body):
+    def send_json(self, code, body, headers=()):
         data = json.dumps(body).encode()
         self.send_response(code)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -329,6 +341,14 @@ class Handler(BaseHTTPRequestHandler):
             elif what == "race-create":
                 m = body["object"]["metadata"]
                 st.races[(body["plural"], m["namespace"], m["name"])] = body["object"]
+            elif what == "fail":
+                st.fail[body.get("resource", "*")] = {"status": int(body["status"]),
+                                                      "count": int(body.get("count", 1)),
+                                                      "retry_after": body.get("retry_after")}
+            elif what == "slow":
+                st.slow = float(body.get("seconds", 0))
+            elif what == "hang":
+                st.hang = bool(body.get("on", True))
             elif what == "clear-requests":
                 st.requests = []
             else:
@@ -359,6 +379,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(404, status(404, "NotFound", "the server could not find the "
                                                                "requested resource"))
         resource, kind, api = RESOURCES[url.path]
+        if self.fault(resource):
+            return
         q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
         if q.get("watch") in ("1", "true"):
             return self.watch(resource, kind, api, q)
@@ -408,6 +430,37 @@ class Handler(BaseHTTPRequestHandler):
             o.pop("apiVersion", None)
         self.send_json(200, {"kind": "PodList", "apiVersion": "v1",
                              "metadata": {"resourceVersion": str(rv)}, "items": items})
+
+    def fault(self, resource):
+        """A hang, a delay or a failure set by /_control; True when the request is answered
+        (or dropped) here."""
+        st = self.state
+        with st.cv:
+            hang, delay = st.hang, st.slow
+            fail = st.fail.get(resource) or st.fail.get("*")
+            if fail and fail["count"] > 0:
+                fail["count"] -= 1
+            else:
+                fail = None
+        if hang:
+            with st.cv:
+                while st.hang:
+                    st.cv.wait(0.2)
+            self.close_connection = True  # a hung request never gets an answer
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return True
+        if delay:
+            time.sleep(delay)
+        if fail:
+            code = fail["status"]
+            reason = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}.get(code, "Failure")
+            headers = [("Retry-After", str(fail["retry_after"]))] if fail["retry_after"] is not None else []
+            self.send_json(code, status(code, reason, f"injected {code}"), headers)
+            return True
+        return False
 
     def do_PATCH(self):
         st = self.state
@@ -467,6 +520,10 @@ class Handler(BaseHTTPRequestHandler):
             sent = since
             while time.time() < deadline:
                 with st.cv:
+                    if st.hang:  # a hung server sends nothing at all, nor ends the watch
+                        st.cv.wait(0.1)
+                        deadline = max(deadline, time.time() + 1)
+                        continue
                     pending = [e for e in st.history if e[0] > sent and e[1] == resource]
                     if not pending and st.cut_generation == cut_gen and \
                             st.malformed_generation == bad_gen:

@@ -152,6 +152,59 @@ def capture_hub(pcap_path):
         dump.stderr.close()
 
 
+LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
+PIN_ROOT = "/sys/fs/bpf/sluice-lab"
+
+
+class LoadLoop:
+    """Steady new-connection load in the background: `tcpapp.py loop` in a pod (CONC threads,
+    each opening new echo connections back to back) until stop(). stop() returns the
+    per-connection records [(start, end, ok, error)] (unix times; ok 1 or 0), also kept in self.conns."""
+
+    def __init__(self, lab, pod, host, port, conc=2, text="LOAD", pause_ms=5):
+        self.lab = lab
+        self.p = subprocess.Popen([sys.executable, LAB, "exec", pod, "--", sys.executable, APP, "loop", host,
+                                   str(port), str(conc), text, str(pause_ms)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lab.procs.append(self.p)
+        line = self.p.stdout.readline()
+        if "ready" not in line:
+            self.p.kill()
+            raise AssertionError(f"the load loop in {pod} did not start: {line}{self.p.stdout.read()}")
+        self.conns, self.failures = [], []
+
+    def stop(self):
+        self.p.stdin.close()
+        out = self.p.stdout.read()
+        self.p.wait(timeout=30)
+        self.p.stdout.close()
+        result = json.loads(out.strip().splitlines()[-1])
+        self.conns = [tuple(c) for c in result["conns"]]
+        self.failures = result["failures"]
+        return self.conns
+
+    def window(self, t0, t1, ended_by=None):
+        """(ok, failed) counts of the connections started in [t0, t1) (and ended before
+        `ended_by`, when given)."""
+        inside = [c for c in self.conns if t0 <= c[0] < t1 and (ended_by is None or c[1] < ended_by)]
+        return sum(c[2] for c in inside), sum(1 - c[2] for c in inside)
+
+    def first_ok_after(self, t0, t1):
+        """Start time of the first connection in [t0, t1) that succeeded with no failure started
+        after it (the load is steady again), else None; connections still going at t1 are left out."""
+        inside = [c for c in self.conns if t0 <= c[0] and c[1] < t1]
+        last_fail = max((c[0] for c in inside if not c[2]), default=None)
+        oks = [c[0] for c in inside if c[2] and (last_fail is None or c[0] > last_fail)]
+        return min(oks) if oks else None
+
+
+def pid_of(what):
+    """The pid the lab recorded for the control plane ("controlplane") or a node's agent ("node1")."""
+    path = os.path.join(LAB_DIR, "controlplane.pid" if what == "controlplane" else os.path.join(what, "agent.pid"))
+    with open(path) as f:
+        return int(f.read().strip())
+
+
 class Lab:
     def __init__(self, nodes=1):
         self.nodes = nodes
@@ -176,8 +229,10 @@ class Lab:
         self.procs = []
         return self.lab("down", check=False)
 
-    def pod(self, ns, name, node="node1", sa="default", labels=(), owner=None):
+    def pod(self, ns, name, node="node1", sa="default", labels=(), owner=None, ip=None):
         args = ["pod", "add", ns, name, "--node", node, "--sa", sa]
+        if ip:
+            args += ["--ip", ip]
         for l in labels:
             args += ["--label", l]
         if owner:

@@ -21,7 +21,8 @@ Clients:
                                                   (one line "TEXT <n>", reply checked) until stdin
                                                   closes; prints "ready" after the first success,
                                                   then JSON {"buckets": [{"t": unix second, "ok", "fail"}],
-                                                  "failures": [[unix time, error], ...] (the last 300)}
+                                                  "failures": [[unix time, error], ...] (the last 300),
+                                                  "conns": [[start, end, ok 1|0, error], ...] (every one)}
   tcpapp.py peername HOST PORT [4|6]              one whoami connection (6: an AF_INET6 socket to
                                                   ::ffff:HOST); prints JSON {"peername": what the
                                                   client's getpeername() says as "IP:PORT", "reply"}
@@ -297,14 +298,16 @@ def client_loop(host, port, conc, text, pause_ms=5):
     import time
 
     lock = threading.Lock()
-    buckets, failures = {}, collections.deque(maxlen=300)
+    buckets, failures, conns = {}, collections.deque(maxlen=300), []
     first_ok = threading.Event()
     stop = threading.Event()
 
     def record(start, err):
+        end = time.time()
         with lock:
             b = buckets.setdefault(int(start), [0, 0])
             b[0 if err is None else 1] += 1
+            conns.append([round(start, 4), round(end, 4), 1 if err is None else 0, err or ""])
             if err is not None:
                 failures.append([round(start, 3), err])
 
@@ -343,7 +346,7 @@ def client_loop(host, port, conc, text, pause_ms=5):
         t.join(5)
     with lock:
         out = {"buckets": [{"t": t, "ok": b[0], "fail": b[1]} for t, b in sorted(buckets.items())],
-               "failures": list(failures)}
+               "failures": list(failures), "conns": sorted(conns)}
     print(json.dumps(out), flush=True)
 
 

@@ -1,0 +1,318 @@
+"""End to end: faults under load (issue 13, "Faults"). Each test prints its figures.
+
+AgentKillTest — `kill -9` of an agent under steady new-connection load, ten times
+(node1 and node2 in turn), with two loads running: shop/client (node1) to shop/server
+(node2, cross-node HBONE) and to shop/local (node1, same node). Counts the failed
+connections of each kill; every connection started 2 s after the restarted agent is
+/ready succeeds (from the load's own per-connection timestamps); a kill of node2 costs
+the same-node load nothing; afterwards no pin, BPF map entry, pod listener or agent
+process is left over.
+
+ControlPlaneFaultTest — `kill -9` and restart of the control plane, and a control plane
+stopped with SIGSTOP (a hang) then resumed, under cross-node load: zero failed
+connections.
+
+CaAwayAtRenewalTest — 60 s certificates; the control plane (the CA) is away when they
+reach renewal: the old certificate keeps serving (same serial, connections succeed),
+`sluicectl certs` says "retrying" with the error, `/ready` and the log say it; once the
+CA is back the renewal lands.
+
+IpReuseTest — a server pod is deleted while node1 holds a pooled HBONE tunnel to it; a
+pod with another service account gets its IP: connections reach the new pod with its
+own identity checked (records on both nodes name the new principal), never the old one.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+from labkit import LAB_DIR, PIN_ROOT, LabTest, LoadLoop, pid_of, run, wait_for
+
+MESH = "sluice.dev/mesh"
+TD = "spiffe://cluster.local/ns/shop/sa"
+RECOVERY = 2.0  # seconds after /ready by which new connections are captured again
+KILLS = 10
+
+
+def say(msg):
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+def wait_gone(pid, timeout=10):
+    wait_for(f"pid {pid} to exit", lambda: not os.path.exists(f"/proc/{pid}"), timeout=timeout)
+
+
+def records_since(lab, node, direction, dst, since):
+    return [c for c in lab.connections(node)
+            if c["direction"] == direction and c["destination"] == dst and c["start_unix_ms"] >= since * 1000]
+
+
+class AgentKillTest(LabTest):
+    NODES = 2
+    maxDiff = None  # a leak shows whole
+
+    @classmethod
+    def setUpLab(cls):
+        lab = cls.lab
+        cls.server_ip = lab.meshed_pair()
+        cls.local_ip = lab.pod("shop", "local", node="node1", sa="db")
+        wait_for("shop/local enrolled", lambda: lab.enrolled("node1", "shop/local"))
+        wait_for("certificate of db", lambda: lab.cert("node1", f"{TD}/db")["state"] == "valid")
+        lab.server("shop/server", "echo", 8082)
+        lab.server("shop/local", "echo", 8083)
+
+    def snapshot(self):
+        """What an agent's kill could leave behind: pins, map entries, pod listeners, agents."""
+        pins, entries = [], {}
+        for root, _, files in os.walk(PIN_ROOT):
+            for f in files:
+                path = os.path.join(root, f)
+                pins.append(os.path.relpath(path, PIN_ROOT))
+                if f.startswith("sluice_"):  # maps (programs and links are link_*/prog_*)
+                    p = run(["bpftool", "-j", "map", "dump", "pinned", path], check=False)
+                    entries[os.path.relpath(path, PIN_ROOT)] = len(json.loads(p.stdout)) if p.returncode == 0 \
+                        else p.stderr.strip()
+        listeners = {}
+        for pod in ("shop/client", "shop/server", "shop/local"):
+            out = self.lab.exec(pod, "ss", "-Hltn").stdout
+            listeners[pod] = sorted(line.split()[3] for line in out.splitlines() if line.strip())
+        agents = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"sluice-agent") and b"--node-name" in argv:
+                agents.append(argv[argv.index(b"--node-name") + 1].decode())
+        return {"pins": sorted(pins), "map_entries": entries, "listeners": listeners, "agents": sorted(agents)}
+
+    def test_kill_9_under_load(self):
+        lab = self.lab
+        before = self.snapshot()
+        self.assertEqual(before["agents"], ["node1", "node2"])
+        cross = LoadLoop(lab, "shop/client", self.server_ip, 8082, conc=2, text="CROSS")
+        same = LoadLoop(lab, "shop/client", self.local_ip, 8083, conc=2, text="SAME")
+        kills = []
+        try:
+            for i in range(KILLS):
+                node = ("node1", "node2")[i % 2]
+                time.sleep(0.5)  # load before the kill
+                pid = pid_of(node)
+                killed = time.time()
+                os.kill(pid, signal.SIGKILL)
+                wait_gone(pid)
+                lab.lab("agent", "start", node)  # returns once /ready answers 200
+                ready = time.time()
+                kills.append((node, killed, ready))
+                while time.time() < ready + RECOVERY + 1.0:  # load after recovery, to check it
+                    time.sleep(0.1)
+        finally:
+            cross.stop()
+            same.stop()
+        end = cross.conns[-1][0] + 0.001
+        say(f"{len(cross.conns)} cross-node and {len(same.conns)} same-node connections during {KILLS} kills")
+        problems = []
+        for k, (node, killed, ready) in enumerate(kills):
+            nxt = kills[k + 1][1] if k + 1 < len(kills) else end
+            line = f"kill {k + 1} ({node}): ready {ready - killed:.2f}s after the kill;"
+            for name, load in (("cross-node", cross), ("same-node", same)):
+                affected = name == "cross-node" or node == "node1"
+                # This kill's failures: in flight at the kill or started before ready + RECOVERY.
+                failed = sum(1 for c in load.conns if not c[2] and c[1] >= killed and c[0] < ready + RECOVERY)
+                back = load.first_ok_after(killed, nxt)
+                line += f" {name} {failed} failed" + (f", ok again {back - ready:+.2f}s from ready" if back else "")
+                # Started RECOVERY s after ready and over before the next kill: every one succeeded.
+                late_ok, late_failed = load.window(ready + RECOVERY, nxt, ended_by=nxt)
+                if late_failed or not late_ok:
+                    errors = [f"{c[0] - ready:+.3f}s..{c[1] - ready:+.3f}s {c[3]}" for c in load.conns
+                              if ready + RECOVERY <= c[0] and c[1] < nxt and not c[2]]
+                    problems.append(f"{name}, kill {k + 1} ({node}): {late_failed} failed / {late_ok} ok among the "
+                                    f"connections started {RECOVERY}s after ready: {errors[:5]}")
+                if not affected and failed:
+                    problems.append(f"same-node load lost {failed} connections to a kill of node2's agent")
+            say(line)
+        # Nothing left behind: the same pins, map entries, listeners and agents as before.
+        try:
+            wait_for("the state from before the kills", lambda: self.snapshot() == before, timeout=10, interval=0.5)
+        except AssertionError:
+            self.assertEqual(self.snapshot(), before, "left behind by the kills")
+        say(f"after {KILLS} kills: {len(before['pins'])} pins, map entries {before['map_entries']}, "
+            f"listeners per pod and agents as before")
+        self.assertEqual(problems, [], f"failures: {cross.failures[-5:]} {same.failures[-5:]}")
+
+        # The connections after the last restart were captured: meshed, with both identities.
+        since = kills[-1][2] + RECOVERY
+        for dst, sa in ((f"{self.server_ip}:8082", "api"), (f"{self.local_ip}:8083", "db")):
+            recs = wait_for(f"records to {dst}", lambda dst=dst: records_since(lab, "node1", "outbound", dst, since))
+            for r in recs:
+                self.assertEqual((r["source_principal"], r["destination_principal"]), (f"{TD}/web", f"{TD}/{sa}"), r)
+
+
+class ControlPlaneFaultTest(LabTest):
+    NODES = 2
+
+    @classmethod
+    def setUpLab(cls):
+        cls.server_ip = cls.lab.meshed_pair()
+        cls.lab.server("shop/server", "echo", 8082)
+
+    def ready_body(self, node):
+        return self.lab.lab("node", "exec", node, "--", "curl", "-s", "http://127.0.0.1:15000/ready").stdout
+
+    def assertNoneFailed(self, load, what):
+        ok, failed = len([c for c in load.conns if c[2]]), len([c for c in load.conns if not c[2]])
+        say(f"{what}: {ok} connections succeeded, {failed} failed")
+        self.assertGreater(ok, 0)
+        self.assertEqual(failed, 0, load.failures[:10])
+
+    def test_1_kill_9_and_restart(self):
+        lab = self.lab
+        load = LoadLoop(lab, "shop/client", self.server_ip, 8082, conc=2, text="CPKILL")
+        try:
+            time.sleep(0.5)
+            pid = pid_of("controlplane")
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid)
+            wait_for("the agents to notice", lambda: "unreachable" in self.ready_body("node1"), timeout=30)
+            time.sleep(1.0)  # load while it is away
+            lab.lab("controlplane", "start")
+            for node in ("node1", "node2"):
+                wait_for(f"{node} reconnected", lambda node=node: self.ready_body(node) == "ready\n", timeout=30)
+            time.sleep(0.5)
+        finally:
+            load.stop()
+        self.assertNoneFailed(load, "control plane kill -9 and restart")
+
+    def test_2_hang(self):
+        lab = self.lab
+        load = LoadLoop(lab, "shop/client", self.server_ip, 8082, conc=2, text="CPHANG")
+        pid = pid_of("controlplane")
+        try:
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(5.0)  # a hung control plane: connections keep going
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            load.stop()
+        self.assertNoneFailed(load, "control plane SIGSTOP 5 s then SIGCONT")
+        # It answers again: a new pod reaches the agents' view.
+        lab.pod("shop", "late", node="node2", sa="api")
+        wait_for("shop/late enrolled", lambda: lab.enrolled("node2", "shop/late"), timeout=30)
+
+
+class CaAwayAtRenewalTest(LabTest):
+    NODES = 2
+
+    @classmethod
+    def setUpClass(cls):
+        os.environ["SLUICE_AGENT_ARGS"] = "--cert-ttl 60"  # the shortest: renewal after ~30 s
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        os.environ.pop("SLUICE_AGENT_ARGS", None)
+        super().tearDownClass()
+
+    @classmethod
+    def setUpLab(cls):
+        cls.server_ip = cls.lab.meshed_pair()
+        cls.lab.server("shop/server", "echo", 8082)
+
+    def test_old_certificate_serves_until_the_ca_is_back(self):
+        lab = self.lab
+        uri = f"{TD}/web"
+        old = lab.cert("node1", uri)
+        lab.lab("controlplane", "stop")
+        try:
+            cert = wait_for("the renewal to fail", lambda: (lambda c: c if c["state"] == "retrying" else None)(
+                lab.cert("node1", uri)), timeout=60, interval=0.5)
+            due = time.time()
+            say(f"renewal due {old['not_after_unix'] - due:.0f}s before expiry; CA away: {cert['error']}")
+            self.assertEqual(cert["serial"], old["serial"])
+            self.assertLess(time.time(), old["not_after_unix"])
+            self.assertTrue(cert["error"])
+            ready = lab.lab("node", "exec", "node1", "--", "curl", "-sf", "http://127.0.0.1:15000/ready").stdout
+            self.assertIn(f"certificate of {uri} not renewed", ready)
+            self.assertIn("the current one serves until", ready)
+            with open(os.path.join(LAB_DIR, "node1", "agent.log"), errors="replace") as f:
+                log = f.read()
+            self.assertIn(f"certificate for {uri} not obtained", log)
+            self.assertIn("while the current one keeps serving", log)
+            # The old certificate still serves: a new connection, mutual TLS with it.
+            since = time.time()
+            self.assertEqual(lab.client("shop/client", "say", self.server_ip, "8082", "hello").stdout.strip(),
+                             "hello")
+            recs = wait_for("the inbound record", lambda: records_since(lab, "node2", "inbound",
+                                                                         f"{self.server_ip}:8082", since - 1))
+            self.assertEqual(recs[0]["source_principal"], uri)
+            self.assertTrue(recs[0]["mutual_tls"])
+            self.assertEqual(lab.cert("node1", uri)["serial"], old["serial"])
+        finally:
+            lab.lab("controlplane", "start")
+        back = time.time()
+        new = wait_for("the renewal", lambda: (lambda c: c if c["state"] == "valid" and c["serial"] != old["serial"]
+                                                else None)(lab.cert("node1", uri)), timeout=30, interval=0.2)
+        say(f"renewed {time.time() - back:.1f}s after the CA came back, "
+            f"{old['not_after_unix'] - time.time():.0f}s before the old one expired")
+        self.assertGreater(new["not_after_unix"], old["not_after_unix"])
+        wait_for("/ready without the note", lambda: lab.lab("node", "exec", "node1", "--", "curl", "-sf",
+                                                            "http://127.0.0.1:15000/ready").stdout == "ready\n")
+
+
+class IpReuseTest(LabTest):
+    NODES = 2
+
+    @classmethod
+    def setUpLab(cls):
+        cls.server_ip = cls.lab.meshed_pair()
+        cls.lab.server("shop/server", "echo", 8082)
+
+    def test_reused_ip_is_reached_with_its_own_identity(self):
+        lab = self.lab
+        dst = f"{self.server_ip}:8082"
+        self.assertEqual(lab.client("shop/client", "say", self.server_ip, "8082", "old").stdout.strip(), "old")
+        rec = wait_for("a record", lambda: records_since(lab, "node1", "outbound", dst, 0))[0]
+        self.assertEqual(rec["destination_principal"], f"{TD}/api")
+        tunnels = lab.ctl("node1", "stats")["hbone"]
+        self.assertEqual(tunnels["tunnels_active"], 1)  # pooled, idle: it outlives the connection
+        # The pod goes; another with another service account gets its address.
+        lab.lab("pod", "del", "shop", "server")
+        deleted = time.time()
+        ip = lab.pod("shop", "other", node="node2", sa="billing", ip=self.server_ip)
+        self.assertEqual(ip, self.server_ip)
+        wait_for("shop/other enrolled", lambda: lab.enrolled("node2", "shop/other"))
+        wait_for("certificate of billing", lambda: lab.cert("node2", f"{TD}/billing")["state"] == "valid")
+        lab.server("shop/other", "echo", 8082)
+        attempts = []
+
+        def reached():
+            p = lab.client("shop/client", "say", self.server_ip, "8082", "new", check=False)
+            attempts.append(p.returncode)
+            return p.returncode == 0 and p.stdout.strip() == "new"
+        wait_for("the new pod reached", reached, timeout=30, interval=0.2)
+        say(f"new pod reached after {len(attempts)} attempt(s) ({attempts.count(0)} ok), "
+            f"{time.time() - deleted:.1f}s after the delete")
+        out = records_since(lab, "node1", "outbound", dst, deleted)
+        inbound = wait_for("inbound records", lambda: records_since(lab, "node2", "inbound", dst, deleted))
+        self.assertTrue(out)
+        for r in out:
+            self.assertNotEqual(r["destination_principal"], f"{TD}/api", r)  # never the old identity
+        for r in [r for r in out if r["destination_principal"]] + inbound:
+            self.assertEqual(r["destination_principal"], f"{TD}/billing", r)
+            self.assertEqual(r["source_principal"], f"{TD}/web", r)
+            self.assertTrue(r["mutual_tls"], r)
+        # A tunnel of its own: the pooled one (to the old identity) was not used for the new pod.
+        now = lab.ctl("node1", "stats")["hbone"]
+        self.assertGreater(now["tunnels_opened"], tunnels["tunnels_opened"], now)
+        say(f"records since the delete: {len(out)} outbound on node1, {len(inbound)} inbound on node2, "
+            f"all naming {TD}/billing; node1 tunnels opened {tunnels['tunnels_opened']} -> {now['tunnels_opened']}")
+
+
+if __name__ == "__main__":
+    unittest.main()
