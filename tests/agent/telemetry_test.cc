@@ -549,6 +549,42 @@ TEST_SUITE("telemetry") {
     CHECK(m.seriesCount() == 0);
   }
 
+  TEST_CASE("series created between scrapes join the label order, evicted ones leave it") {
+    FakeClock clock;
+    TcpMetrics m({.workers = 1, .idle = std::chrono::minutes(10)}, &meshIndex(), clock.fn());
+    auto opened = [&] {  // the istio_tcp_connections_opened_total lines, in page order
+      TextWriter w;
+      m.write(w);
+      std::vector<std::string> lines;
+      std::istringstream in(w.take());
+      for (std::string line; std::getline(in, line);)
+        if (line.starts_with("istio_tcp_connections_opened_total{")) lines.push_back(line);
+      return lines;
+    };
+    uint64_t id = 1;
+    auto connect = [&](const char* service) {
+      auto r = outboundHbone(id++);
+      r.destination_service = service;
+      r.reason = CloseReason::kEof;
+      m.opened(0, r);
+      m.closed(0, r);
+    };
+    connect("shop/m");
+    CHECK(opened().size() == 1);
+    for (const char* s : {"shop/z", "shop/a", "shop/q"}) connect(s);
+    clock.t += std::chrono::minutes(5);
+    connect("shop/b");  // newer than the others: outlives them below
+    auto lines = opened();
+    REQUIRE(lines.size() == 5);
+    CHECK(std::is_sorted(lines.begin(), lines.end()));
+    clock.t += std::chrono::minutes(6);  // all but shop/b idle for 10 minutes
+    connect("shop/c");
+    lines = opened();
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0].find("destination_service_name=\"b\"") != std::string::npos);
+    CHECK(lines[1].find("destination_service_name=\"c\"") != std::string::npos);
+  }
+
   TEST_CASE("the series cap: new label sets are dropped and counted; idle ones make room") {
     FakeClock clock;
     TcpMetrics m({.workers = 1, .max_series = 2, .idle = std::chrono::minutes(10)}, &meshIndex(),
