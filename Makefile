@@ -34,6 +34,7 @@ bench: deps build
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/policy.sh
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/http.sh
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/policy_mesh.sh
+	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/metrics.sh
 
 asan: deps
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON >/dev/null

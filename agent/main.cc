@@ -415,6 +415,9 @@ int runAgent(const Flags& flags) {
                                              {"epoch", fmt::format("{:x}", persisted->epoch)}};
     j["listeners"] = agent::wiring::listenersJson(eng);
     j["services"] = discovery_bridge.servicesJson();
+    // HTTP inspection: the default opaque ports and what workloads declare.
+    j["opaque_ports"] = {{"default", engine_config.opaque_ports},
+                         {"declared", directory.opaqueJson()}};
     j["bpf"] = agent::wiring::bpfJson(ld, flags.pin_dir, cgroup);
     return j;
   };

@@ -35,6 +35,10 @@ struct Response {
   int status = 200;
   std::string content_type = "text/plain";
   std::string body;
+  // When set, sent instead of `body`, without a copy: the server holds a
+  // reference until the bytes are on the socket (a scraper can tell from
+  // use_count() whether it may reuse the buffer for the next page).
+  std::shared_ptr<const std::string> shared_body = nullptr;
 };
 // Exact path (query string ignored) -> its document, built on the server's thread.
 using Routes = std::map<std::string, std::function<Response()>>;

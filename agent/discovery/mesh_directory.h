@@ -5,13 +5,20 @@
 // swapped atomically; read lock-free by the proxy workers. Until the first
 // update() (a view from disk or from the control plane) it has no view, and
 // the proxy refuses outbound connections rather than guess.
+//
+// Opaque ports (HTTP inspection off) by destination IP:port: a pod's
+// sluice.dev/opaque-ports annotation on its IPs; a Service's annotation and
+// its ports' appProtocol on the VIP:port and on each endpoint's target port.
+// When declarations disagree, opaque wins.
 #pragma once
 
 #include <atomic>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "agent/discovery/client.h"
 #include "sluice.pb.h"
@@ -27,7 +34,23 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
 
   void update(const View& view) {
     auto next = std::make_shared<Index>();
+    auto ports = std::make_shared<PortIndex>();
     for (const auto& [uid, w] : view.workloads) {
+      if (!w.opaque_ports().empty()) {
+        std::vector<Range> ranges;
+        for (const auto& r : w.opaque_ports())
+          if (r.first() >= 1 && r.first() <= r.last() && r.last() <= 65535)
+            ranges.push_back({uint16_t(r.first()), uint16_t(r.last())});
+        for (const auto& ip : w.ips())
+          if (auto a = parseIp4(ip)) {
+            auto& mine = ports->pods[*a];
+            mine.insert(mine.end(), ranges.begin(), ranges.end());
+          }
+        ports->dump.push_back({{"pod", w.namespace_() + "/" + w.name()},
+                               {"ips", std::vector<std::string>(w.ips().begin(), w.ips().end())},
+                               {"opaque_ports", rangesText(ranges)},
+                               {"from", "annotation"}});
+      }
       if (!w.enrolled()) continue;
       ztunnel::MeshWorkload m{x509::workloadUri(trust_domain_, w.namespace_(), w.service_account()),
                               w.namespace_() + "/" + w.name(), w.node()};
@@ -37,6 +60,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     auto services = std::make_shared<ServiceIndex>();
     auto headless = std::make_shared<HeadlessIndex>();
     for (const auto& [key, svc] : view.services) {
+      for (const auto& port : svc.ports()) declare(*ports, key, svc, port);
       if (svc.headless()) {
         indexHeadless(key, svc, *headless);
         continue;
@@ -62,6 +86,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
       }
     }
     index_.store(std::move(next), std::memory_order_release);
+    ports_.store(std::move(ports), std::memory_order_release);
     services_.store(std::move(services), std::memory_order_release);
     headless_.store(std::move(headless), std::memory_order_release);
     has_view_.store(true, std::memory_order_release);
@@ -83,6 +108,19 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     return it->second;
   }
 
+  std::optional<bool> opaquePort(uint32_t ip4, uint16_t port) override {
+    auto index = ports_.load(std::memory_order_acquire);
+    if (auto pod = index->pods.find(ip4); pod != index->pods.end())
+      for (const auto& r : pod->second)
+        if (port >= r.first && port <= r.last) return true;
+    auto it = index->declared.find(serviceKey(ip4, htons(port)));
+    if (it == index->declared.end()) return std::nullopt;
+    return it->second;
+  }
+
+  // The declared opaque / inspected ports, for /config_dump.
+  nlohmann::json opaqueJson() const { return ports_.load(std::memory_order_acquire)->dump; }
+
   size_t serviceCount() const { return services_.load(std::memory_order_acquire)->size(); }
 
   std::optional<ztunnel::MeshWorkload> meshed(uint32_t ip4) override {
@@ -93,6 +131,60 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
   }
 
  private:
+  struct Range {
+    uint16_t first, last;
+  };
+  struct PortIndex {
+    std::unordered_map<uint32_t, std::vector<Range>> pods;  // pod IP -> annotated ranges
+    std::unordered_map<uint64_t, bool> declared;            // serviceKey -> opaque
+    nlohmann::json dump = nlohmann::json::array();
+  };
+
+  static std::string rangesText(const std::vector<Range>& ranges) {
+    std::string out;
+    for (const auto& r : ranges) {
+      if (!out.empty()) out += ",";
+      out += std::to_string(r.first);
+      if (r.last != r.first) out += "-" + std::to_string(r.last);
+    }
+    return out;
+  }
+
+  // A Service port's declaration (annotation, else appProtocol) on its VIPs
+  // and on its endpoints' target ports; opaque wins over inspect.
+  static void declare(PortIndex& index, const std::string& key, const api::v1::Service& svc,
+                      const api::v1::ServicePort& port) {
+    std::optional<bool> opaque;
+    std::string from;
+    for (const auto& r : svc.opaque_ports())
+      if (port.port() >= r.first() && port.port() <= r.last()) {
+        opaque = true;
+        from = "annotation";
+      }
+    if (!opaque && (opaque = ztunnel::appProtocolOpaque(port.app_protocol())))
+      from = "appProtocol " + port.app_protocol();
+    if (!opaque || port.port() == 0 || port.port() > 65535) return;
+    auto set = [&](uint32_t ip, uint32_t p) {
+      auto [it, fresh] = index.declared.emplace(serviceKey(ip, htons(uint16_t(p))), *opaque);
+      if (!fresh) it->second = it->second || *opaque;
+    };
+    nlohmann::json targets = nlohmann::json::array();
+    for (const auto& vip : svc.vips())
+      if (auto a = parseIp4(vip)) set(*a, port.port());
+    for (const auto& ep : svc.endpoints()) {
+      auto ip = parseIp4(ep.ip());
+      auto p = ep.ports().find(port.name());
+      if (!ip || p == ep.ports().end() || p->second == 0 || p->second > 65535) continue;
+      set(*ip, p->second);
+      targets.push_back(ep.ip() + ":" + std::to_string(p->second));
+    }
+    index.dump.push_back({{"service", key},
+                          {"port", port.port()},
+                          {"opaque", *opaque},
+                          {"from", from},
+                          {"endpoints", targets}});
+  }
+
   using Index = std::unordered_map<uint32_t, ztunnel::MeshWorkload>;
   // (VIP, port), both network order -> endpoints
   using ServiceIndex = std::unordered_map<uint64_t, std::shared_ptr<const ztunnel::ServiceTarget>>;
@@ -120,6 +212,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
   std::string trust_domain_;
   std::atomic<bool> has_view_{false};
   std::atomic<std::shared_ptr<const Index>> index_{std::make_shared<const Index>()};
+  std::atomic<std::shared_ptr<const PortIndex>> ports_{std::make_shared<const PortIndex>()};
   std::atomic<std::shared_ptr<const ServiceIndex>> services_{
       std::make_shared<const ServiceIndex>()};
   std::atomic<std::shared_ptr<const HeadlessIndex>> headless_{

@@ -107,7 +107,13 @@ void writeEngineCounters(TextWriter& out, const ztunnel::EngineStats& stats) {
 }
 
 std::string AgentMetrics::scrape() {
-  TextWriter out;
+  std::string page;
+  render(page);
+  return page;
+}
+
+void AgentMetrics::render(std::string& into) {
+  TextWriter out(into);
   tcp_.write(out);
   if (sources_.http) sources_.http(out);
   writeBuildInfo(out, sources_.version);
@@ -124,11 +130,22 @@ std::string AgentMetrics::scrape() {
   if (sources_.cert_expiry) writeCertificateExpiry(out, sources_.cert_expiry());
   if (sources_.engine_stats) writeEngineCounters(out, sources_.engine_stats());
   if (sources_.more) sources_.more(out);
-  return out.take();
 }
 
 admin::Routes AgentMetrics::routes() {
-  auto serve = [this] { return admin::Response{200, kContentType, scrape()}; };
+  auto serve = [this] {
+    // Still being sent (a scrape that has not finished reading): a new one.
+    if (!page_ || page_.use_count() > 1) {
+      size_t expect = page_ ? page_->size() + page_->size() / 8 : 0;
+      page_ = std::make_shared<std::string>();
+      page_->reserve(expect);
+    }
+    size_t expect = page_->size() + page_->size() / 8;  // this page may have grown
+    page_->clear();
+    if (page_->capacity() < expect) page_->reserve(expect);
+    render(*page_);
+    return admin::Response{200, kContentType, "", page_};
+  };
   return {{"/metrics", serve}, {"/stats/prometheus", serve}};
 }
 

@@ -45,17 +45,13 @@ void TextWriter::family(std::string_view name, MetricType type, std::string_view
   const char* t = type == MetricType::kCounter ? "counter"
                   : type == MetricType::kGauge ? "gauge"
                                                : "histogram";
-  fmt::format_to(std::back_inserter(out_), "# HELP {} {}\n# TYPE {} {}\n", name,
+  fmt::format_to(std::back_inserter(*out_), "# HELP {} {}\n# TYPE {} {}\n", name,
                  escape(help, false), name, t);
-}
-
-void TextWriter::sample(std::string_view name, std::string_view labels, uint64_t value) {
-  fmt::format_to(std::back_inserter(out_), "{}{} {}\n", name, labels, value);
 }
 
 void TextWriter::sample(std::string_view name, std::string_view labels, double value) {
   // Shortest representation that reads back as the same double.
-  fmt::format_to(std::back_inserter(out_), "{}{} {}\n", name, labels, value);
+  fmt::format_to(std::back_inserter(*out_), "{}{} {}\n", name, labels, value);
 }
 
 void TextWriter::histogram(std::string_view name, std::string_view labels,
@@ -69,14 +65,14 @@ void TextWriter::histogram(std::string_view name, std::string_view labels,
     cumulative += counts[i];
     // Bounds as Envoy and the Go client print them: 0.5, 1, 1.8e+06.
     if (i < bounds.size())
-      fmt::format_to(std::back_inserter(out_), "{}_bucket{{{}{}le=\"{:g}\"}} {}\n", name, inner,
+      fmt::format_to(std::back_inserter(*out_), "{}_bucket{{{}{}le=\"{:g}\"}} {}\n", name, inner,
                      sep, bounds[i], cumulative);
     else
-      fmt::format_to(std::back_inserter(out_), "{}_bucket{{{}{}le=\"+Inf\"}} {}\n", name, inner,
+      fmt::format_to(std::back_inserter(*out_), "{}_bucket{{{}{}le=\"+Inf\"}} {}\n", name, inner,
                      sep, cumulative);
   }
-  fmt::format_to(std::back_inserter(out_), "{}_sum{} {}\n", name, labels, sum);
-  fmt::format_to(std::back_inserter(out_), "{}_count{} {}\n", name, labels, cumulative);
+  fmt::format_to(std::back_inserter(*out_), "{}_sum{} {}\n", name, labels, sum);
+  fmt::format_to(std::back_inserter(*out_), "{}_count{} {}\n", name, labels, cumulative);
 }
 
 }  // namespace sluice::agent::telemetry

@@ -28,8 +28,8 @@ const WorkloadInfo* Peers::own(const ztunnel::ConnectionRecord& record,
       return it->second.get();
   auto slash = record.pod.find('/');
   if (slash == std::string::npos) return nullptr;
-  own_fallback_ =
-      describeWorkload(record.pod.substr(slash + 1), record.pod.substr(0, slash), {}, {}, cluster);
+  own_fallback_ = describeWorkload(record.pod.substr(slash + 1), record.pod.substr(0, slash), {},
+                                   {}, {}, cluster);
   return &*own_fallback_;
 }
 

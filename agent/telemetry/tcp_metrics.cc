@@ -108,6 +108,7 @@ struct TcpMetrics::Series {
   const unsigned workers;
   std::atomic<uint32_t> open{0};        // connections holding this series (never evicted then)
   std::atomic<int64_t> last_active{0};  // ticks() of the last open or close
+  std::atomic<bool> evicted{false};     // gone from series_ (write() drops it from its list)
 };
 
 struct alignas(64) TcpMetrics::Worker {
@@ -209,6 +210,7 @@ std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(std::vector<s
   }
   auto s = std::make_shared<Series>(std::move(values), std::move(rendered), config_.workers);
   series_.emplace(s->rendered, s);  // the key views the series' own text
+  added_.push_back(s);
   return s;
 }
 
@@ -295,7 +297,11 @@ void TcpMetrics::evictIdleLocked(Clock::time_point now) {
     const Series& s = *kv.second;
     bool idle = s.open.load(std::memory_order_acquire) == 0 &&
                 s.last_active.load(std::memory_order_relaxed) <= horizon;
-    if (idle) evicted_.fetch_add(1, std::memory_order_relaxed);
+    if (idle) {
+      evicted_.fetch_add(1, std::memory_order_relaxed);
+      kv.second->evicted.store(true, std::memory_order_relaxed);
+      removed_ = true;
+    }
     return idle;
   });
 }
@@ -311,17 +317,31 @@ size_t TcpMetrics::seriesCount() const {
 }
 
 void TcpMetrics::write(TextWriter& out) {
-  std::vector<std::shared_ptr<Series>> snap;
+  std::lock_guard render(render_mu_);
+  std::vector<std::shared_ptr<Series>> fresh;
+  bool removed;
   {
-    // Only the copy of the list under the lock: formatting thousands of
-    // series must not hold up connections opening on the workers.
+    // Under mu_ only what changed since the last scrape: formatting
+    // thousands of series must not hold up connections opening on workers.
     std::lock_guard lk(mu_);
-    evictIdleLocked(now_());
-    snap.reserve(series_.size());
-    for (const auto& [key, s] : series_) snap.push_back(s);
+    // The idle scan walks every series under mu_: at most once a second.
+    if (auto now = now_(); now - last_scrape_eviction_ >= std::chrono::seconds(1)) {
+      last_scrape_eviction_ = now;
+      evictIdleLocked(now);
+    }
+    fresh.swap(added_);
+    removed = std::exchange(removed_, false);
   }
-  std::sort(snap.begin(), snap.end(),
-            [](const auto& a, const auto& b) { return a->rendered < b->rendered; });
+  auto byLabels = [](const auto& a, const auto& b) { return a->rendered < b->rendered; };
+  if (!fresh.empty()) {
+    std::sort(fresh.begin(), fresh.end(), byLabels);
+    auto middle = sorted_.insert(sorted_.end(), fresh.begin(), fresh.end());
+    std::inplace_merge(sorted_.begin(), middle, sorted_.end(), byLabels);
+  }
+  if (removed)
+    std::erase_if(sorted_,
+                  [](const auto& s) { return s->evicted.load(std::memory_order_relaxed); });
+  const auto& snap = sorted_;
   struct Family {
     const char* name;
     const char* help;

@@ -9,9 +9,14 @@
 // transferred() then takes no lock and allocates nothing: it adds to the
 // worker's own cells of those series. A scrape sums the cells.
 //
+// Scrape: write() takes mu_ only to evict idle series and collect the ones
+// created since the last scrape; the label-ordered list of series lives on
+// between scrapes (render_mu_), and the samples are appended from each
+// series' pre-rendered label text.
+//
 // Cardinality: a series without open connections and untouched for
-// `idle` is dropped at the next scrape (or when the cap is reached); beyond
-// `max_series` new series are not created and counted in
+// `idle` is dropped at the next scrape (idle scans: at most one a second) (or when the cap is
+// reached); beyond `max_series` new series are not created and counted in
 // sluice_telemetry_series_dropped_total.
 #pragma once
 
@@ -93,7 +98,16 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
   mutable std::mutex mu_;
   // By rendered labels (a view of the series' own text).
   std::unordered_map<std::string_view, std::shared_ptr<Series>> series_;
+  std::vector<std::shared_ptr<Series>> added_;  // created since the last write()
+  bool removed_ = false;                        // some series evicted since then
+
+  // write() only (one at a time): every series in label order, kept between
+  // scrapes and merged with the new ones, so that a scrape neither sorts
+  // 10,000 label strings nor holds mu_ (which opened() needs) while it renders.
+  std::mutex render_mu_;
+  std::vector<std::shared_ptr<Series>> sorted_;
   Clock::time_point last_cap_eviction_{};
+  Clock::time_point last_scrape_eviction_{};
   std::atomic<uint64_t> dropped_{0}, evicted_{0};
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <optional>
 
 namespace sluice::agent::telemetry {
 
@@ -25,21 +26,29 @@ std::string_view cronJobOf(std::string_view job) {
   return job.substr(0, dash);
 }
 
+// ReplicaSet "<name>-<hash>" where the pods carry the hash as `label`:
+// <name> (Istio tests the name's suffix for the hash, then trims "-<hash>",
+// nothing when the dash is missing: the same here, to the letter).
+std::optional<std::string> trimHash(const std::string& owner, const PodLabels& labels,
+                                    const char* label_key) {
+  const auto* hash = label(labels, label_key);
+  if (!hash || !owner.ends_with(*hash)) return std::nullopt;
+  std::string_view name = owner;
+  if (std::string suffix = "-" + *hash; name.ends_with(suffix)) name.remove_suffix(suffix.size());
+  return std::string(name);
+}
+
 }  // namespace
 
-WorkloadRef workloadOf(std::string_view pod, const Owner& owner, const PodLabels& labels) {
-  if (owner.name.empty()) return {"Pod", std::string(pod)};
+WorkloadRef workloadOf(std::string_view pod, std::string_view generate_name, const Owner& owner,
+                       const PodLabels& labels) {
+  // A pod named by hand is its own workload, even with a controller owner.
+  if (generate_name.empty() || owner.name.empty()) return {"Pod", std::string(pod)};
   if (owner.kind == "ReplicaSet") {
-    // ReplicaSet "<deployment>-<hash>": the hash is the pods' label. Istio
-    // tests the name's suffix for the hash, then trims "-<hash>" (nothing
-    // when the dash is missing): the same here, to the letter.
-    if (const auto* hash = label(labels, "pod-template-hash");
-        hash && owner.name.ends_with(*hash)) {
-      std::string suffix = "-" + *hash;
-      std::string_view name = owner.name;
-      if (name.ends_with(suffix)) name.remove_suffix(suffix.size());
-      return {"Deployment", std::string(name)};
-    }
+    if (auto name = trimHash(owner.name, labels, "pod-template-hash"))
+      return {"Deployment", std::move(*name)};
+    if (auto name = trimHash(owner.name, labels, "rollouts-pod-template-hash"))
+      return {"Rollout", std::move(*name)};
     return {"ReplicaSet", owner.name};
   }
   if (owner.kind == "ReplicationController")
@@ -62,11 +71,12 @@ std::string canonicalRevision(const PodLabels& labels) {
   return "latest";
 }
 
-WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_, const Owner& owner,
+WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_,
+                              std::string_view generate_name, const Owner& owner,
                               const PodLabels& labels, std::string cluster) {
   WorkloadInfo w;
   w.pod = std::string(pod);
-  w.workload = workloadOf(pod, owner, labels).name;
+  w.workload = workloadOf(pod, generate_name, owner, labels).name;
   w.namespace_ = std::string(namespace_);
   w.canonical_service = canonicalService(labels, w.workload);
   w.canonical_revision = canonicalRevision(labels);

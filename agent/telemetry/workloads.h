@@ -34,23 +34,28 @@ struct Owner {
 };
 
 // The workload a pod belongs to, named as Istio names it
-// (pkg/kube GetDeployMetaFromPod): a ReplicaSet owner whose name ends with
-// "-<pod-template-hash label>" is its Deployment; a Job owner named
-// "<name>-<8 to 10 digits>" is the CronJob <name>; an OpenShift
-// ReplicationController with a deploymentconfig label is that
-// DeploymentConfig; any other controller (StatefulSet, DaemonSet, Job,
-// ReplicaSet without the hash) is itself; no controller: the Pod.
+// (pkg/kube GetDeployMetaFromPod). Only a pod whose name was generated
+// (metadata.generateName set, as every controller does) is named after its
+// controller; any other pod is its own workload, whatever its owners say.
+// Then: a ReplicaSet owner whose name ends with "-<pod-template-hash label>"
+// is its Deployment (with "-<rollouts-pod-template-hash>": its Argo
+// Rollout); a Job owner named "<name>-<8 to 10 digits>" is the CronJob
+// <name>; an OpenShift ReplicationController with a deploymentconfig label
+// is that DeploymentConfig; any other controller (StatefulSet, DaemonSet,
+// Job, ReplicaSet without the hash) is itself; no controller: the Pod.
 struct WorkloadRef {
   std::string kind;  // "Deployment", "CronJob", "StatefulSet", ..., "Pod"
   std::string name;
 };
-WorkloadRef workloadOf(std::string_view pod, const Owner& owner, const PodLabels& labels);
+WorkloadRef workloadOf(std::string_view pod, std::string_view generate_name, const Owner& owner,
+                       const PodLabels& labels);
 // service.istio.io/canonical-name, app.kubernetes.io/name, app, else `workload`.
 std::string canonicalService(const PodLabels& labels, std::string_view workload);
 // service.istio.io/canonical-revision, app.kubernetes.io/version, version, else "latest".
 std::string canonicalRevision(const PodLabels& labels);
 
-WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_, const Owner& owner,
+WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_,
+                              std::string_view generate_name, const Owner& owner,
                               const PodLabels& labels, std::string cluster);
 
 // A Service with a pod among its endpoints, and the ports it forwards to on

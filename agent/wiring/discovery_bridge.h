@@ -68,7 +68,10 @@ class DiscoveryBridge final : public discovery::Listener {
     for (const auto& [key, svc] : services_) {
       nlohmann::json ports = nlohmann::json::array(), endpoints = nlohmann::json::array();
       for (const auto& p : svc.ports())
-        ports.push_back({{"name", p.name()}, {"port", p.port()}, {"protocol", p.protocol()}});
+        ports.push_back({{"name", p.name()},
+                         {"port", p.port()},
+                         {"protocol", p.protocol()},
+                         {"app_protocol", p.app_protocol()}});
       for (const auto& e : svc.endpoints()) {
         nlohmann::json targets = nlohmann::json::object();
         for (const auto& [name, port] : e.ports()) targets[name] = port;

@@ -30,7 +30,7 @@ inline std::vector<telemetry::LocalPod> localPods(const nlohmann::json& pods_dum
     pod.workload =
         it != view.by_pod.end()
             ? it->second->workload
-            : telemetry::describeWorkload(pod.pod, pod.namespace_, {}, {}, cluster_id).workload;
+            : telemetry::describeWorkload(pod.pod, pod.namespace_, {}, {}, {}, cluster_id).workload;
     out.push_back(std::move(pod));
   }
   return out;

@@ -18,8 +18,9 @@ inline std::shared_ptr<const telemetry::WorkloadSnapshot> workloadSnapshot(
   for (const auto& [uid, w] : view.workloads) {
     telemetry::PodLabels labels;
     for (const auto& [key, value] : w.labels()) labels.emplace(key, value);
-    auto info = std::make_shared<const telemetry::WorkloadInfo>(telemetry::describeWorkload(
-        w.name(), w.namespace_(), {w.owner_kind(), w.owner_name()}, labels, cluster_id));
+    auto info = std::make_shared<const telemetry::WorkloadInfo>(
+        telemetry::describeWorkload(w.name(), w.namespace_(), w.generate_name(),
+                                    {w.owner_kind(), w.owner_name()}, labels, cluster_id));
     snap->by_pod[w.namespace_() + "/" + w.name()] = info;
     for (const auto& ip : w.ips())
       if (auto a = parseIp4(ip)) snap->by_ip[*a] = info;

@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
     svc.ns = fmt::format("ns{}", s % 20);
     svc.name = fmt::format("svc{}", s);
     svc.vips = {fmt::format("10.96.{}.{}", s / 250, s % 250 + 1)};
-    svc.ports = {{"http", 80, "TCP", 8080, ""}, {"grpc", 9090, "TCP", 9090, ""}};
+    svc.ports = {{"http", 80, "TCP", 8080, "", ""}, {"grpc", 9090, "TCP", 9090, "", ""}};
     svc.has_selector = true;
     svc.selector = {{"app", fmt::format("app{}", s)}};
     objs.services.push_back(std::move(svc));

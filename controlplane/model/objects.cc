@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include "controlplane/model/opaque_ports.h"
 #include "controlplane/model/policies.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/log.h"
 
 namespace sluice::controlplane::model {
 
@@ -67,6 +69,36 @@ Result<void> checkIp(const std::string& ip, const std::string& ctx) {
   return {};
 }
 
+// metadata.annotations["sluice.dev/opaque-ports"]: a bad value (or bad
+// annotations) is a warning in the log and the annotation is ignored — the
+// object itself is still accepted, as a typo must not take a pod off the
+// mesh.
+std::vector<PortRange> opaquePortsOf(const json& meta, const std::string& ctx) {
+  auto annotations = meta.find("annotations");
+  if (annotations == meta.end() || !annotations->is_object()) return {};
+  auto value = annotations->find(kOpaquePortsAnnotation);
+  if (value == annotations->end() || value->is_null()) return {};
+  // Local YAML may leave one port unquoted (`sluice.dev/opaque-ports: 3306`).
+  if (value->is_number_integer())
+    return opaquePortsOf(
+        json{{"annotations", {{kOpaquePortsAnnotation, std::to_string(value->get<int64_t>())}}}},
+        ctx);
+  if (!value->is_string()) {
+    log::get("controlplane")
+        ->warn("{}: annotation {} must be a string such as \"3306,5000-5010\"; ignored", ctx,
+               kOpaquePortsAnnotation);
+    return {};
+  }
+  auto ports = parseOpaquePorts(value->get<std::string>());
+  if (!ports) {
+    log::get("controlplane")
+        ->warn("{}: annotation {}: {}; the annotation is ignored", ctx, kOpaquePortsAnnotation,
+               ports.error().describe());
+    return {};
+  }
+  return std::move(*ports);
+}
+
 #define TRY_ASSIGN(var, expr)                           \
   auto var##_r = (expr);                                \
   if (!var##_r) return tl::unexpected(var##_r.error()); \
@@ -95,6 +127,9 @@ Result<void> parsePod(const json& doc, const json& meta, Pod& pod, const std::st
   pod.ns = ns;
   TRY_ASSIGN(uid, str(meta, "uid", false, ctx + " metadata"));
   pod.uid = uid.empty() ? pod.ns + "/" + pod.name : uid;
+  TRY_ASSIGN(generate_name, str(meta, "generateName", false, ctx + " metadata"));
+  pod.generate_name = generate_name;
+  pod.opaque_ports = opaquePortsOf(meta, ctx);
   auto owner = parseOwner(meta, pod, ctx);
   if (!owner) return owner;
   bool terminating = meta.contains("deletionTimestamp") && !meta["deletionTimestamp"].is_null();
@@ -158,6 +193,7 @@ Result<void> parsePod(const json& doc, const json& meta, Pod& pod, const std::st
 Result<void> parseService(const json& doc, const json& meta, Service& svc, const std::string& ctx) {
   TRY_ASSIGN(ns, str(meta, "namespace", true, ctx + " metadata"));
   svc.ns = ns;
+  svc.opaque_ports = opaquePortsOf(meta, ctx);
   TRY_ASSIGN(spec, obj(doc, "spec", ctx));
   if (!spec) return fail(ctx + ": 'spec' is required");
   TRY_ASSIGN(type, str(*spec, "type", false, ctx + " spec"));
@@ -192,6 +228,8 @@ Result<void> parseService(const json& doc, const json& meta, Service& svc, const
       sp.port = number;
       TRY_ASSIGN(protocol, str(p, "protocol", false, pctx));
       if (!protocol.empty()) sp.protocol = protocol;
+      TRY_ASSIGN(app_protocol, str(p, "appProtocol", false, pctx));
+      sp.app_protocol = app_protocol;
       auto tp = p.find("targetPort");
       if (tp != p.end() && !tp->is_null()) {
         if (tp->is_string()) {

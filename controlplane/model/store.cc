@@ -86,6 +86,12 @@ void Store::recompute() {
       for (const auto& [k, v] : p.labels) (*w.mutable_labels())[k] = v;
       w.set_owner_kind(p.owner_kind);
       w.set_owner_name(p.owner_name);
+      w.set_generate_name(p.generate_name);
+      for (const auto& r : p.opaque_ports) {
+        auto* o = w.add_opaque_ports();
+        o->set_first(r.first);
+        o->set_last(r.last);
+      }
       w.set_enrolled(enrolled(p, ns == namespaces.end() ? nullptr : ns->second));
       next[p.uid] = std::move(w);
     }
@@ -155,6 +161,12 @@ std::map<std::string, ServiceView> Store::computeServices() const {
         sp->set_name(p.name);
         sp->set_port(p.port);
         sp->set_protocol(p.protocol);
+        sp->set_app_protocol(p.app_protocol);
+      }
+      for (const auto& r : svc.opaque_ports) {
+        auto* o = v.add_opaque_ports();
+        o->set_first(r.first);
+        o->set_last(r.last);
       }
       auto own = slices.find(key);
       if (own != slices.end()) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/policy/model.h"
+#include "controlplane/model/opaque_ports.h"
 #include "sluice.pb.h"
 #include "sluice/common/result.h"
 
@@ -44,6 +45,9 @@ struct Pod {
   // true, as Istio reads it). Empty when the pod has none.
   std::string owner_kind;
   std::string owner_name;
+  std::string generate_name;  // metadata.generateName
+  // sluice.dev/opaque-ports (model/opaque_ports.h); a bad value is ignored.
+  std::vector<PortRange> opaque_ports;
   // Ready condition True (local mode: no conditions given counts as ready
   // unless the phase says otherwise); false while terminating.
   bool ready = true;
@@ -56,6 +60,7 @@ struct ServicePort {
   std::string protocol = "TCP";
   uint32_t target_port = 0;      // 0 and no name: same as port
   std::string target_port_name;  // a named container port
+  std::string app_protocol;      // spec.ports[].appProtocol, as written
 };
 
 struct Service {
@@ -66,6 +71,7 @@ struct Service {
   std::vector<ServicePort> ports;
   bool has_selector = false;
   std::map<std::string, std::string> selector;
+  std::vector<PortRange> opaque_ports;  // sluice.dev/opaque-ports: Service ports
 };
 
 struct EndpointSlice {

@@ -118,10 +118,10 @@ WorkloadIndex& meshIndex() {
   static bool once = [] {
     auto snap = std::make_shared<WorkloadSnapshot>();
     auto client = std::make_shared<const WorkloadInfo>(describeWorkload(
-        "client-7d9f8b6c5-x2x4z", "shop", {"ReplicaSet", "client-7d9f8b6c5"},
+        "client-7d9f8b6c5-x2x4z", "shop", "client-7d9f8b6c5-", {"ReplicaSet", "client-7d9f8b6c5"},
         {{"pod-template-hash", "7d9f8b6c5"}, {"app", "web"}, {"version", "v1"}}, "Kubernetes"));
     auto server = std::make_shared<const WorkloadInfo>(
-        describeWorkload("db-0", "shop", {"StatefulSet", "db"},
+        describeWorkload("db-0", "shop", "db-", {"StatefulSet", "db"},
                          {{"statefulset.kubernetes.io/pod-name", "db-0"},
                           {"service.istio.io/canonical-name", "database"},
                           {"app.kubernetes.io/version", "14"}},
@@ -227,7 +227,57 @@ TEST_SUITE("telemetry") {
     };
     for (const auto& c : cases) {
       CAPTURE(c.pod);
-      auto w = workloadOf(c.pod, c.owner, c.labels);
+      // Controllers give their pods a generateName "<controller>-".
+      std::string generate_name = c.owner.name.empty() ? "" : c.owner.name + "-";
+      auto w = workloadOf(c.pod, generate_name, c.owner, c.labels);
+      CHECK(w.kind == std::string(c.kind));
+      CHECK(w.name == std::string(c.name));
+    }
+  }
+
+  TEST_CASE("only a pod with a generateName is named after its controller (Istio)") {
+    const PodLabels hash = {{"pod-template-hash", "7d9f8b6c5"}};
+    struct Case {
+      const char* pod;
+      const char* generate_name;
+      Owner owner;
+      PodLabels labels;
+      const char* kind;
+      const char* name;
+    } cases[] = {
+        {"web-7d9f8b6c5-x2x4z",
+         "web-7d9f8b6c5-",
+         {"ReplicaSet", "web-7d9f8b6c5"},
+         hash,
+         "Deployment",
+         "web"},
+        // Named by hand (no generateName): its own workload despite the owner.
+        {"web-manual", "", {"ReplicaSet", "web-7d9f8b6c5"}, hash, "Pod", "web-manual"},
+        {"db-0", "db-", {"StatefulSet", "db"}, {}, "StatefulSet", "db"},
+        {"db-0", "", {"StatefulSet", "db"}, {}, "Pod", "db-0"},
+        {"backup-28391040-zk2",
+         "backup-28391040-",
+         {"Job", "backup-28391040"},
+         {},
+         "CronJob",
+         "backup"},
+        {"backup-28391040-zk2", "", {"Job", "backup-28391040"}, {}, "Pod", "backup-28391040-zk2"},
+        // A generateName but no controller: the pod.
+        {"adhoc-k2x9q", "adhoc-", {}, hash, "Pod", "adhoc-k2x9q"},
+        // The generateName is not compared with the owner (Istio does not).
+        {"x-q", "other-", {"ReplicaSet", "web-7d9f8b6c5"}, hash, "Deployment", "web"},
+        // An Argo Rollout's ReplicaSet: "<rollout>-<rollouts-pod-template-hash>".
+        {"checkout-6f7d8-abcde",
+         "checkout-6f7d8-",
+         {"ReplicaSet", "checkout-6f7d8"},
+         {{"rollouts-pod-template-hash", "6f7d8"}},
+         "Rollout",
+         "checkout"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.pod);
+      CAPTURE(c.generate_name);
+      auto w = workloadOf(c.pod, c.generate_name, c.owner, c.labels);
       CHECK(w.kind == std::string(c.kind));
       CHECK(w.name == std::string(c.name));
     }
@@ -243,8 +293,9 @@ TEST_SUITE("telemetry") {
     CHECK(canonicalRevision({{"version", "v2"}, {"app.kubernetes.io/version", "3"}}) == "3");
     CHECK(canonicalRevision(
               {{"service.istio.io/canonical-revision", "canary"}, {"version", "v2"}}) == "canary");
-    auto w = describeWorkload("web-7d9f8b6c5-x2x4z", "shop", {"ReplicaSet", "web-7d9f8b6c5"},
-                              {{"pod-template-hash", "7d9f8b6c5"}}, "Kubernetes");
+    auto w = describeWorkload("web-7d9f8b6c5-x2x4z", "shop", "web-7d9f8b6c5-",
+                              {"ReplicaSet", "web-7d9f8b6c5"}, {{"pod-template-hash", "7d9f8b6c5"}},
+                              "Kubernetes");
     CHECK(w.workload == "web");
     CHECK(w.canonical_service == "web");  // no label: the workload's name
     CHECK(w.canonical_revision == "latest");
@@ -496,6 +547,42 @@ TEST_SUITE("telemetry") {
     clock.t += std::chrono::minutes(10);
     m.evictIdle();
     CHECK(m.seriesCount() == 0);
+  }
+
+  TEST_CASE("series created between scrapes join the label order, evicted ones leave it") {
+    FakeClock clock;
+    TcpMetrics m({.workers = 1, .idle = std::chrono::minutes(10)}, &meshIndex(), clock.fn());
+    auto opened = [&] {  // the istio_tcp_connections_opened_total lines, in page order
+      TextWriter w;
+      m.write(w);
+      std::vector<std::string> lines;
+      std::istringstream in(w.take());
+      for (std::string line; std::getline(in, line);)
+        if (line.starts_with("istio_tcp_connections_opened_total{")) lines.push_back(line);
+      return lines;
+    };
+    uint64_t id = 1;
+    auto connect = [&](const char* service) {
+      auto r = outboundHbone(id++);
+      r.destination_service = service;
+      r.reason = CloseReason::kEof;
+      m.opened(0, r);
+      m.closed(0, r);
+    };
+    connect("shop/m");
+    CHECK(opened().size() == 1);
+    for (const char* s : {"shop/z", "shop/a", "shop/q"}) connect(s);
+    clock.t += std::chrono::minutes(5);
+    connect("shop/b");  // newer than the others: outlives them below
+    auto lines = opened();
+    REQUIRE(lines.size() == 5);
+    CHECK(std::is_sorted(lines.begin(), lines.end()));
+    clock.t += std::chrono::minutes(6);  // all but shop/b idle for 10 minutes
+    connect("shop/c");
+    lines = opened();
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0].find("destination_service_name=\"b\"") != std::string::npos);
+    CHECK(lines[1].find("destination_service_name=\"c\"") != std::string::npos);
   }
 
   TEST_CASE("the series cap: new label sets are dropped and counted; idle ones make room") {

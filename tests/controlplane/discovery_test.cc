@@ -286,7 +286,7 @@ TEST_SUITE("discovery") {
     svc.ns = "shop";
     svc.name = "web";
     svc.vips = {"10.96.0.10"};
-    svc.ports = {{"http", 80, "TCP", 8080, ""}};
+    svc.ports = {{"http", 80, "TCP", 8080, "", ""}};
     svc.has_selector = true;
     objs.services.push_back(svc);
     REQUIRE(store.setSource("a", objs).has_value());

@@ -229,12 +229,15 @@ class Lab:
         self.procs = []
         return self.lab("down", check=False)
 
-    def pod(self, ns, name, node="node1", sa="default", labels=(), owner=None, ip=None):
+    def pod(self, ns, name, node="node1", sa="default", labels=(), owner=None, ip=None,
+            annotations=()):
         args = ["pod", "add", ns, name, "--node", node, "--sa", sa]
         if ip:
             args += ["--ip", ip]
         for l in labels:
             args += ["--label", l]
+        for a in annotations:
+            args += ["--annotation", a]
         if owner:
             args += ["--owner", owner]
         self.lab(*args)
@@ -266,6 +269,11 @@ class Lab:
         pin = f"/sys/fs/bpf/sluice-lab/{node}"
         p = self.lab("node", "exec", node, "--", SLUICECTL, "--bpf-pin-dir", pin, "-o", "json", *args)
         return json.loads(p.stdout)
+
+    def config_dump(self, node):
+        """The node agent's admin /config_dump (JSON)."""
+        return json.loads(self.lab("node", "exec", node, "--", "curl", "-sf",
+                                   "http://127.0.0.1:15000/config_dump").stdout)
 
     def cert(self, node, uri):
         """The node's certificate entry (`sluicectl certs`) for identity `uri`, else {"state": "absent"}."""

@@ -6,6 +6,13 @@ both agents must count exactly what the client saw: reporter=source on node1
 (the outbound side of the HBONE stream), reporter=destination on node2 (the
 server side), and the TCP byte counters must equal the bytes the apps
 exchanged. A server-first default port (6379) stays opaque.
+
+Declared ports (shop/decl on node2, sa api, runs HTTP servers on 9090-9092
+and 6379): 9090 is opaque by the pod's sluice.dev/opaque-ports annotation,
+9091 by a Service's annotation, 9092 by a Service port's appProtocol tcp;
+6379, a default opaque port, is inspected because a Service port says
+appProtocol http. Connections go to the Service VIPs (the annotated pod's
+port directly). Opaque ones count TCP bytes and no requests.
 """
 import json
 import os
@@ -30,6 +37,24 @@ class HttpTest(LabTest):
         lab.spawn("shop/server", SYS_PY, APP, "server", "8080")
         lab.spawn("shop/server", SYS_PY, APP, "h2server", "8081")
         lab.spawn("shop/server", SYS_PY, APP, "server", "6379")
+        cls.decl_ip = lab.pod("shop", "decl", node="node2", sa="api", labels=["app=decl"],
+                              annotations=["sluice.dev/opaque-ports=9090,7000-7010"])
+        vip = lambda *args: lab.lab("svc", "add", "shop", *args).stdout.strip()
+        cls.vips = {
+            9091: vip("decl-annotated", "--selector", "app=decl", "--port", "9091",
+                      "--annotation", "sluice.dev/opaque-ports=9091"),
+            9092: vip("decl-tcp", "--selector", "app=decl", "--port", "9092/tcp"),
+            6379: vip("decl-http", "--selector", "app=decl", "--port", "6379:6379/http"),
+        }
+        for port in (9090, 9091, 9092, 6379):
+            lab.spawn("shop/decl", SYS_PY, APP, "server", str(port))
+        wait_for("shop/decl enrolled", lambda: lab.enrolled("node2", "shop/decl"))
+        # node1's view holds the three Services with their endpoint.
+        def declared():
+            dump = lab.config_dump("node1")
+            return len([d for d in dump.get("opaque_ports", {}).get("declared", [])
+                        if "service" in d and d["endpoints"] == [f"{cls.decl_ip}:{d['port']}"]]) == 3
+        wait_for("node1's opaque ports", declared)
 
     def samples(self, node):
         return parse_metrics(self.lab.scrape(node)[1])
@@ -99,6 +124,46 @@ class HttpTest(LabTest):
                      lambda node=node, rep=rep, want=want: self.tcp_bytes(node, rep) == want)
             for code in (200, 503):
                 self.assertEqual(self.requests(node, rep, code), reqs[(node, rep, code)])
+
+    def declared(self, dst, port, inspected):
+        """A request-response run to dst:port: TCP bytes counted on both reporters; requests
+        counted (inspected) or not at all (opaque)."""
+        reqs, tcp = self.before()
+        decl = {(node, rep): metric_sum(self.samples(node), "istio_requests_total", reporter=rep,
+                                        destination_workload="decl") for node, rep in REPORTERS}
+        seen = self.client("client", dst, str(port), "1", "3", "0")
+        self.assertEqual(seen["codes"], {"200": 3})
+        for node, rep in REPORTERS:
+            want = (tcp[(node, rep)][0] + seen["sent"], tcp[(node, rep)][1] + seen["received"])
+            wait_for(f"{rep} TCP bytes on {node} == {want}",
+                     lambda node=node, rep=rep, want=want: self.tcp_bytes(node, rep) == want)
+            want = decl[(node, rep)] + (3 if inspected else 0)
+            wait_for(f"{rep} requests to decl on {node} == {want}",
+                     lambda node=node, rep=rep, want=want: metric_sum(
+                         self.samples(node), "istio_requests_total", reporter=rep,
+                         destination_workload="decl") == want)
+
+    def test_pod_annotation_makes_a_port_opaque(self):
+        self.declared(self.decl_ip, 9090, inspected=False)
+
+    def test_service_annotation_makes_a_port_opaque(self):
+        self.declared(self.vips[9091], 9091, inspected=False)
+
+    def test_app_protocol_tcp_makes_a_port_opaque(self):
+        self.declared(self.vips[9092], 9092, inspected=False)
+
+    def test_app_protocol_http_inspects_a_default_opaque_port(self):
+        self.declared(self.vips[6379], 6379, inspected=True)
+
+    def test_config_dump_shows_the_opaque_ports(self):
+        dump = self.lab.config_dump("node2")["opaque_ports"]
+        self.assertIn(6379, dump["default"])
+        pods = [d for d in dump["declared"] if d.get("pod") == "shop/decl"]
+        self.assertEqual([(d["opaque_ports"], d["ips"]) for d in pods], [("9090,7000-7010", [self.decl_ip])])
+        services = {d["service"]: (d["port"], d["opaque"], d["from"]) for d in dump["declared"] if "service" in d}
+        self.assertEqual(services, {"shop/decl-annotated": (9091, True, "annotation"),
+                                    "shop/decl-tcp": (9092, True, "appProtocol tcp"),
+                                    "shop/decl-http": (6379, False, "appProtocol http")})
 
 
 if __name__ == "__main__":

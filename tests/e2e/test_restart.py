@@ -123,8 +123,7 @@ class RestartTest(LabTest):
         self.restart_under_load("node2")
 
     def test_3_view_persisted_and_reported(self):
-        dump = json.loads(self.lab.lab("node", "exec", "node1", "--", "curl", "-sf",
-                                       "http://127.0.0.1:15000/config_dump").stdout)
+        dump = self.lab.config_dump("node1")
         self.assertEqual(dump["controlplane"]["view_source"], "live")
         self.assertTrue(os.path.getsize(os.path.join(LAB_DIR, "node1", "state", "view.pb")) > 0)
         stats = self.lab.ctl("node1", "stats")
@@ -145,8 +144,7 @@ class ControlPlaneRestartTest(LabTest):
 
     @classmethod
     def config_dump(cls, node):
-        return json.loads(cls.lab.lab("node", "exec", node, "--", "curl", "-sf",
-                                      "http://127.0.0.1:15000/config_dump").stdout)
+        return cls.lab.config_dump(node)
 
     @staticmethod
     def serving_version():

@@ -18,12 +18,19 @@ struct IndexedPod {
   agent::telemetry::Owner owner;  // the pod's controller; empty: none
 };
 
+// A pod with a controller has the generateName the controller gives it
+// ("<owner>-"); a pod without one was named by hand.
+inline std::string generateName(const IndexedPod& p) {
+  return p.owner.name.empty() ? std::string() : p.owner.name + "-";
+}
+
 inline std::shared_ptr<const agent::telemetry::WorkloadSnapshot> workloadSnapshot(
     const std::string& ns, const std::vector<IndexedPod>& pods) {
   auto snap = std::make_shared<agent::telemetry::WorkloadSnapshot>();
   for (const auto& p : pods) {
-    auto w = std::make_shared<const agent::telemetry::WorkloadInfo>(
-        agent::telemetry::describeWorkload(p.name, ns, p.owner, p.labels, "Kubernetes"));
+    auto w =
+        std::make_shared<const agent::telemetry::WorkloadInfo>(agent::telemetry::describeWorkload(
+            p.name, ns, generateName(p), p.owner, p.labels, "Kubernetes"));
     snap->by_pod[ns + "/" + p.name] = w;
     snap->by_ip[*parseIp4(p.ip)] = w;
   }

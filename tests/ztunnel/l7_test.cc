@@ -1,13 +1,16 @@
 // The HTTP detection table and the passive HTTP/1 + HTTP/2 observers, fed
 // byte strings directly (no sockets, no root).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <nghttp2/nghttp2.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
 #include "ztunnel/l7/detect.h"
+#include "ztunnel/l7/inspect_policy.h"
 #include "ztunnel/l7/inspector.h"
 
 using namespace sluice::ztunnel;
@@ -221,6 +224,60 @@ TEST_SUITE("l7/http1") {
     CHECK_FALSE(feed(in, "\x01\x02\x03 not a response", false));
     CHECK_FALSE(in.observing());
     CHECK(sink.seen.empty());
+  }
+}
+
+// Declarations by port, as the agent's directory would answer.
+class PortsDirectory final : public MeshDirectory {
+ public:
+  std::map<uint16_t, bool> declared;
+  std::optional<MeshWorkload> meshed(uint32_t) override { return std::nullopt; }
+  std::shared_ptr<const ServiceTarget> service(uint32_t, uint16_t) override { return nullptr; }
+  bool hasView() override { return true; }
+  std::optional<bool> opaquePort(uint32_t, uint16_t port) override {
+    auto it = declared.find(port);
+    if (it == declared.end()) return std::nullopt;
+    return it->second;
+  }
+};
+
+TEST_SUITE("l7/opaque-ports") {
+  TEST_CASE("appProtocol values: opaque, inspected, or unknown (as if unset)") {
+    for (const char* v : {"tcp", "TCP", "tls", "https", "opaque", "linkerd.io/opaque",
+                          "linkerd.io/tcp", "mysql", "mongo", "redis", "kubernetes.io/wss"}) {
+      CAPTURE(v);
+      CHECK(appProtocolOpaque(v) == std::optional<bool>(true));
+    }
+    for (const char* v : {"http", "HTTP", "http2", "h2c", "grpc", "grpc-web", "kubernetes.io/h2c",
+                          "kubernetes.io/ws"}) {
+      CAPTURE(v);
+      CHECK(appProtocolOpaque(v) == std::optional<bool>(false));
+    }
+    for (const char* v : {"", "foo", "example.com/custom", "tcpx", "http "}) {
+      CAPTURE(v);
+      CHECK_FALSE(appProtocolOpaque(v).has_value());
+    }
+  }
+
+  TEST_CASE("a declaration beats the default opaque ports, both ways") {
+    EngineConfig config;
+    PortsDirectory dir;
+    dir.declared = {{9090, true}, {6379, false}};
+    auto dst = [](uint16_t port) {
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(0x0af40105);
+      a.sin_port = htons(port);
+      return a;
+    };
+    CHECK(l7::shouldInspect(config, &dir, dst(8080)));           // nothing declared
+    CHECK_FALSE(l7::shouldInspect(config, &dir, dst(9090)));     // annotation / appProtocol tcp
+    CHECK(l7::shouldInspect(config, &dir, dst(6379)));           // appProtocol http on a default
+    CHECK_FALSE(l7::shouldInspect(config, &dir, dst(3306)));     // a default, undeclared
+    CHECK_FALSE(l7::shouldInspect(config, nullptr, dst(6379)));  // no directory: defaults
+    CHECK(l7::shouldInspect(config, nullptr, dst(9090)));
+    config.http_detection = false;
+    CHECK_FALSE(l7::shouldInspect(config, &dir, dst(6379)));  // off is off
   }
 }
 

@@ -1,16 +1,35 @@
 #include "ztunnel/l7/inspect_policy.h"
 
 #include <arpa/inet.h>
+#include <strings.h>
 
 #include <algorithm>
+#include <string>
 
-namespace sluice::ztunnel::l7 {
+namespace sluice::ztunnel {
+
+std::optional<bool> appProtocolOpaque(std::string_view app_protocol) {
+  static constexpr const char* kOpaque[] = {
+      "tcp",   "tls",   "https", "opaque",           "linkerd.io/opaque", "linkerd.io/tcp",
+      "mysql", "mongo", "redis", "kubernetes.io/wss"};
+  static constexpr const char* kInspect[] = {
+      "http", "http2", "h2c", "grpc", "grpc-web", "kubernetes.io/h2c", "kubernetes.io/ws"};
+  std::string v(app_protocol);
+  auto is = [&](const char* name) { return strcasecmp(v.c_str(), name) == 0; };
+  if (std::ranges::any_of(kOpaque, is)) return true;
+  if (std::ranges::any_of(kInspect, is)) return false;
+  return std::nullopt;
+}
+
+namespace l7 {
 
 bool shouldInspect(const EngineConfig& config, MeshDirectory* directory, const sockaddr_in& dst) {
   if (!config.http_detection) return false;
   uint16_t port = ntohs(dst.sin_port);
-  if (std::ranges::find(config.opaque_ports, port) != config.opaque_ports.end()) return false;
-  return !directory || !directory->opaquePort(dst.sin_addr.s_addr, port);
+  if (directory)
+    if (auto opaque = directory->opaquePort(dst.sin_addr.s_addr, port)) return !*opaque;
+  return std::ranges::find(config.opaque_ports, port) == config.opaque_ports.end();
 }
 
-}  // namespace sluice::ztunnel::l7
+}  // namespace l7
+}  // namespace sluice::ztunnel

@@ -1,7 +1,8 @@
 // Which app connections get HTTP inspection: all, unless it is turned off
-// (EngineConfig::http_detection) or the destination port is opaque — by
-// default (server-first protocols) or for the destination workload
-// (MeshDirectory::opaquePort: annotation, appProtocol).
+// (EngineConfig::http_detection) or the destination port is opaque. The
+// destination's own declaration (MeshDirectory::opaquePort: annotation,
+// appProtocol) comes first; without one, the default opaque ports
+// (server-first protocols, EngineConfig::opaque_ports) are not inspected.
 #pragma once
 
 #include <netinet/in.h>

@@ -138,19 +138,29 @@ class MeshDirectory {
     (void)port;
     return std::nullopt;
   }
-  // Whether the workload at ip4 (network order) declares `port` (host order)
-  // opaque: never inspected for HTTP (the sluice.dev/opaque-ports annotation
-  // of the pod or of a Service selecting it; a Service port's appProtocol).
-  virtual bool opaquePort(uint32_t ip4, uint16_t port) {
+  // What the destination ip4:port (network order; host-order port)
+  // declares about HTTP inspection: true = opaque, relayed as bytes only (the
+  // sluice.dev/opaque-ports annotation of the pod or of a Service in front of
+  // it; a Service port's opaque appProtocol); false = inspected even on a
+  // default opaque port (an HTTP appProtocol); nullopt = nothing declared
+  // (EngineConfig::opaque_ports decides).
+  virtual std::optional<bool> opaquePort(uint32_t ip4, uint16_t port) {
     (void)ip4;
     (void)port;
-    return false;
+    return std::nullopt;
   }
   // Whether there is a view at all (once true, stays true). Without one,
   // every destination looks unmeshed: the engine refuses outbound
   // connections instead of sending them out in plaintext.
   virtual bool hasView() = 0;
 };
+
+// A Service port's appProtocol as the inspection decision: true (opaque) for
+// tcp, tls, https, opaque, linkerd.io/opaque, linkerd.io/tcp, mysql, mongo,
+// redis, kubernetes.io/wss; false (inspect) for http, http2, h2c, grpc,
+// grpc-web, kubernetes.io/h2c, kubernetes.io/ws; nullopt for an empty or
+// unknown value (as if unset). Case-insensitive.
+std::optional<bool> appProtocolOpaque(std::string_view app_protocol);
 
 // Finds the original destination of a connection accepted on a pod's 15001
 // listener. peer/local are the accepted socket's getpeername()/getsockname().
