@@ -98,7 +98,7 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, __u32 dst_ip, __u
 
 /* A socket connect()s again after a failed attempt: a record from the earlier,
  * redirected attempt must not make getpeername() lie about this one. */
-static __always_inline void forget(struct bpf_sock_addr *ctx)
+static __always_inline void forget_peer(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	if (sk)
@@ -113,7 +113,7 @@ int sluice_connect4(struct bpf_sock_addr *ctx)
 	__u32 dst_ip = ctx->user_ip4;
 	__u16 dst_port = (__u16)ctx->user_port; /* network order in the low 16 bits */
 	if (!should_redirect(ctx, dst_ip, dst_port)) {
-		forget(ctx);
+		forget_peer(ctx);
 		return 1;
 	}
 	if (remember(ctx, dst_ip, dst_port) != 0)
@@ -132,13 +132,13 @@ int sluice_connect6(struct bpf_sock_addr *ctx)
 		return 1;
 	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 ||
 	    ctx->user_ip6[2] != bpf_htonl(0x0000ffff)) {
-		forget(ctx);
+		forget_peer(ctx);
 		return 1;
 	}
 	__u32 dst_ip = ctx->user_ip6[3];
 	__u16 dst_port = (__u16)ctx->user_port;
 	if (!should_redirect(ctx, dst_ip, dst_port)) {
-		forget(ctx);
+		forget_peer(ctx);
 		return 1;
 	}
 	if (remember(ctx, dst_ip, dst_port) != 0)
@@ -171,7 +171,7 @@ static __always_inline struct sluice_pair_key pair_key(struct bpf_sock_ops *skop
  * that closed first (FIN_WAIT*, CLOSING) may still sit in the proxy's accept
  * queue with its bytes: that record stays for the proxy, and LRU eviction is
  * the cleanup when nobody ever accepts it. */
-static __always_inline void forget(struct bpf_sock_ops *skops, __u32 old_state)
+static __always_inline void forget_records(struct bpf_sock_ops *skops, __u32 old_state)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	bpf_map_delete_elem(&sluice_cookie_dst_v1, &cookie);
@@ -196,7 +196,7 @@ int sluice_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE)
-			forget(skops, skops->args[0]);
+			forget_records(skops, skops->args[0]);
 		return 1;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		break;
