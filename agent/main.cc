@@ -7,10 +7,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -40,6 +42,7 @@
 #include "agent/wiring/policy_json.h"
 #include "agent/wiring/policy_metrics.h"
 #include "agent/wiring/telemetry_bridge.h"
+#include "agent/wiring/upgrade_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/files.h"
 #include "sluice/common/flags.h"
@@ -81,6 +84,7 @@ struct Flags {
   std::string token_file;
   std::string trust_domain = "cluster.local";
   unsigned cert_ttl = 0;
+  unsigned drain_seconds = 25;
   bool http_detection = true;
   bool allow_node_probes = true;
   bool uninstall = false;
@@ -140,6 +144,12 @@ FlagTable flagTable(Flags& f) {
       .value("--state-dir", "DIR",
              "pod table and last view kept across restarts (default\n/var/run/sluice/state)",
              FlagTable::into(&f.state_dir))
+      .value("--drain-seconds", "SECONDS",
+             "after handing over to a successor (an upgrade), how long HBONE\n"
+             "tunnels and connections may run on before they are closed\n"
+             "(default 25; the DaemonSet keeps it below\n"
+             "terminationGracePeriodSeconds)",
+             FlagTable::number(&f.drain_seconds, 0, 3600))
       .value("--cgroup", "DIR", "cgroup-v2 root to attach to (default: the cgroup2 mount)",
              FlagTable::into(&f.cgroup))
       .value("--workers", "N", "proxy worker threads, 0 = one per CPU (default 0)",
@@ -304,6 +314,26 @@ int runAgent(const Flags& flags) {
   }
   authz_bridge.setEngine(engine->get());
 
+  // An agent already running with this state dir (an upgrade): take over
+  // its listeners before enrolling anything, so every pod keeps the same
+  // sockets and no connection waiting in their queues is lost.
+  std::error_code mkdir_error;
+  std::filesystem::create_directories(flags.state_dir, mkdir_error);
+  const std::string handover_path = flags.state_dir + "/handover.sock";
+  auto predecessor = agent::upgrade::HandoverClient::connect(handover_path);
+  if (!predecessor) {
+    logger->critical("taking over from the agent running on {}: {} (stop it, or remove a stale "
+                     "socket, and start again)",
+                     handover_path, predecessor.error().describe());
+    return 1;
+  }
+  if (*predecessor) {
+    auto listeners = (*predecessor)->takeListeners();
+    logger->info("taking over from the running agent: {} listener(s) handed over",
+                 listeners.size());
+    (*engine)->adoptListeners(std::move(listeners));
+  }
+
   agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json",
                                flags.trust_domain);
   // Fetch ahead: every enrolled pod's identity gets a certificate before it is needed.
@@ -350,6 +380,20 @@ int runAgent(const Flags& flags) {
   }
   pods.restore();
   sync_identities();
+  if (*predecessor) {
+    (*engine)->adoptListeners({});  // sockets of pods that were not restored
+    // New connections may land here from now on: the pods' certificates
+    // first (bounded; a connection without one waits for it).
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (const auto& id : pods.enrolledIdentities())
+      while (!certs.credential(id) && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (auto r = (*predecessor)->release(); !r)
+      logger->warn("the previous agent did not confirm the handover: {}", r.error().describe());
+    else
+      logger->info("the previous agent stopped accepting; this one serves every pod");
+    predecessor->reset();
+  }
 
   agent::discovery::ClientConfig discovery_config;
   discovery_config.target = flags.controlplane;
@@ -480,14 +524,59 @@ int runAgent(const Flags& flags) {
   logger->info("sluice-agent running on node {} (pins {}, cni socket {})", flags.node_name,
                flags.pin_dir, flags.cni_socket);
 
-  std::string sig = waitForTermination();
+  // A successor started with the same state dir takes over through this
+  // socket (an upgrade); the hooks run on its thread.
+  std::mutex parts_mu;  // cni, admin, metrics_server: the handover and the shutdown
+  agent::wiring::UpgradeBridge upgrade_bridge(
+      eng, {.freeze =
+                [&] {
+                  pods.freeze();
+                  std::lock_guard lk(parts_mu);
+                  cni->reset();
+                },
+            .thaw =
+                [&] {
+                  pods.thaw();
+                  std::lock_guard lk(parts_mu);
+                  if (auto again = agent::cni::Server::create(flags.cni_socket, cni_bridge))
+                    *cni = std::move(*again);
+                  else
+                    logger->error("CNI socket: {}", again.error().describe());
+                },
+            .release =
+                [&] {
+                  std::lock_guard lk(parts_mu);
+                  metrics_server.reset();
+                  admin->reset();
+                }});
+  auto handover = agent::upgrade::HandoverServer::create(handover_path, upgrade_bridge);
+  if (!handover) logger->error("no upgrades without a restart: {}", handover.error().describe());
+
+  std::optional<std::string> sig;
+  while (!sig && !(handover && (*handover)->handedOver()))
+    sig = waitForTermination(std::chrono::milliseconds(100));
+  if (!sig) {
+    // Handed over: the successor accepts everything new. What runs here
+    // ends by itself, or at the drain deadline (a SIGTERM meanwhile waits).
+    discovery->reset();
+    logger->info("handed over to the successor; draining for up to {} s", flags.drain_seconds);
+    size_t closed = eng.drain(std::chrono::seconds(flags.drain_seconds));
+    logger->info("drained ({} connection(s) closed at the deadline); exiting", closed);
+    handover->reset();
+    (*engine)->stop();
+    return 0;
+  }
   logger->info(
       "received {}, shutting down (pinned BPF state stays: capture continues to fail closed "
       "until an agent is back)",
-      sig);
-  metrics_server.reset();
-  admin->reset();
-  cni->reset();
+      *sig);
+  if (handover) handover->reset();
+  {
+    std::lock_guard lk(parts_mu);
+    metrics_server.reset();
+    admin->reset();
+    cni->reset();
+  }
   discovery->reset();
   (*engine)->stop();
   return 0;
