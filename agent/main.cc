@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -469,7 +470,11 @@ int runAgent(const Flags& flags) {
   sources.authz_check = [&](const std::map<std::string, std::string>& query) {
     return agent::wiring::authzCheckJson(authorizer, flags.trust_domain, query);
   };
+  // A successor is taking over (an upgrade): not ready, so that its pod,
+  // probed on this agent's admin port until the handover, is not either.
+  std::atomic<bool> handing_over{false};
   sources.not_ready_reason = [&]() -> std::string {
+    if (handing_over) return "handing over to a successor agent (an upgrade)";
     if (!disc.synced())
       return "no snapshot from the control plane at " + flags.controlplane + " yet" +
              (persisted ? " (routing by the view kept from the last run)"
@@ -530,12 +535,14 @@ int runAgent(const Flags& flags) {
   agent::wiring::UpgradeBridge upgrade_bridge(
       eng, {.freeze =
                 [&] {
+                  handing_over = true;
                   pods.freeze();
                   std::lock_guard lk(parts_mu);
                   cni->reset();
                 },
             .thaw =
                 [&] {
+                  handing_over = false;
                   pods.thaw();
                   std::lock_guard lk(parts_mu);
                   if (auto again = agent::cni::Server::create(flags.cni_socket, cni_bridge))
@@ -553,12 +560,17 @@ int runAgent(const Flags& flags) {
   if (!handover) logger->error("no upgrades without a restart: {}", handover.error().describe());
 
   std::optional<std::string> sig;
-  while (!sig && !(handover && (*handover)->handedOver()))
-    sig = waitForTermination(std::chrono::milliseconds(100));
-  if (!sig) {
+  auto handed_over = [&] { return handover && (*handover)->handedOver(); };
+  while (!sig && !handed_over()) sig = waitForTermination(std::chrono::milliseconds(100));
+  // A signal in the middle of a handover waits for its end: the successor
+  // already holds the listeners and relies on this agent's answer.
+  while (sig && handing_over && !handed_over())
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (handed_over()) {
     // Handed over: the successor accepts everything new. What runs here
     // ends by itself, or at the drain deadline (a SIGTERM meanwhile waits).
     discovery->reset();
+    if (sig) logger->info("received {} during the handover; draining before exiting", *sig);
     logger->info("handed over to the successor; draining for up to {} s", flags.drain_seconds);
     size_t closed = eng.drain(std::chrono::seconds(flags.drain_seconds));
     logger->info("drained ({} connection(s) closed at the deadline); exiting", closed);

@@ -3,7 +3,6 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -133,8 +132,6 @@ Result<std::unique_ptr<HandoverServer>> HandoverServer::create(const std::string
   int rc = ::bind(self->listen_fd_.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr));
   ::umask(old);
   if (rc != 0) return failErrno(fmt::format("cannot bind the handover socket {}", path));
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0) self->inode_ = st.st_ino;
   if (::listen(self->listen_fd_.get(), 4) != 0) return failErrno("listen on the handover socket");
   self->wake_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!self->wake_fd_) return failErrno("eventfd failed");
@@ -150,10 +147,8 @@ HandoverServer::~HandoverServer() {
     (void)!::write(wake_fd_.get(), &one, sizeof(one));
   }
   if (thread_.joinable()) thread_.join();
-  // The successor binds its own socket at the same path: leave that one.
-  struct stat st {};
-  if (!path_.empty() && ::stat(path_.c_str(), &st) == 0 && st.st_ino == inode_)
-    ::unlink(path_.c_str());
+  // After a handover the path is the successor's socket: leave it.
+  if (!path_.empty() && !handed_over_) ::unlink(path_.c_str());
 }
 
 void HandoverServer::loop() {
@@ -180,6 +175,9 @@ void HandoverServer::serve(UniqueFd peer) {
                           : uid.error().describe();
     logger()->warn("refused a handover: {}", why);
     (void)sendMessage(peer.get(), nlohmann::json{{"op", "refused"}, {"error", why}}.dump());
+    // Closing with its hello unread would reset the connection before the
+    // peer reads why.
+    (void)recvMessage(peer.get(), std::chrono::seconds(1));
     return;
   }
   auto hello = recvMessage(peer.get(), std::chrono::seconds(10));
@@ -250,8 +248,13 @@ Result<std::unique_ptr<HandoverClient>> HandoverClient::connect(const std::strin
   std::unique_ptr<HandoverClient> self(new HandoverClient(std::move(fd), timeout));
   int sock = self->fd_.get();
   if (auto r = sendMessage(sock, nlohmann::json{{"op", "hello"}, {"version", kProtocolVersion}}.dump());
-      !r)
+      !r) {
+    // Refused at once: the reason is still queued for us.
+    auto m = recvMessage(sock, std::chrono::milliseconds(100));
+    if (!m) return tl::unexpected(r.error());
+    if (auto j = parse(*m, "listeners"); !j) return tl::unexpected(j.error());
     return tl::unexpected(r.error());
+  }
   while (true) {
     auto m = recvMessage(sock, timeout);
     if (!m) return tl::unexpected(m.error());

@@ -54,7 +54,7 @@ class HandoverServer {
   // is not `allowed_uid` are refused.
   static Result<std::unique_ptr<HandoverServer>> create(const std::string& path, Handler& handler,
                                                         uid_t allowed_uid = 0);
-  ~HandoverServer();  // stops the thread; removes the socket file if it is still this one's
+  ~HandoverServer();  // stops the thread; removes the socket file unless it handed over
   HandoverServer(const HandoverServer&) = delete;
   HandoverServer& operator=(const HandoverServer&) = delete;
 
@@ -68,7 +68,6 @@ class HandoverServer {
   Handler& handler_;
   uid_t allowed_uid_;
   std::string path_;
-  ino_t inode_ = 0;  // of the socket file this server bound
   UniqueFd listen_fd_, wake_fd_;
   std::atomic<bool> handed_over_{false};
   std::jthread thread_;
