@@ -323,9 +323,10 @@ int runAgent(const Flags& flags) {
   const std::string handover_path = flags.state_dir + "/handover.sock";
   auto predecessor = agent::upgrade::HandoverClient::connect(handover_path);
   if (!predecessor) {
-    logger->critical("taking over from the agent running on {}: {} (stop it, or remove a stale "
-                     "socket, and start again)",
-                     handover_path, predecessor.error().describe());
+    logger->critical(
+        "taking over from the agent running on {}: {} (stop it, or remove a stale "
+        "socket, and start again)",
+        handover_path, predecessor.error().describe());
     return 1;
   }
   if (*predecessor) {

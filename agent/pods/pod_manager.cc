@@ -75,8 +75,7 @@ Decision PodManager::decide(const PodRef& ref) const {
 Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) {
   std::unique_lock lk(mu_);
   if (ref.container_id.empty()) return fail("CNI_CONTAINERID is empty");
-  if (frozen_)
-    return fail("the sluice agent is handing over to its successor (an upgrade); retry");
+  if (frozen_) return fail("the sluice agent is handing over to its successor (an upgrade); retry");
   auto existing = pods_.find(ref.container_id);
   if (existing == pods_.end()) {
     auto netns = openNetns(ref.netns_path);
@@ -97,8 +96,7 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
   workloads_changed_.wait_for(lk, wait, [&] { return findWorkload(ref) != nullptr; });
   auto it = pods_.find(ref.container_id);
   if (it == pods_.end()) return fail("pod was deleted while it was being added");
-  if (frozen_)
-    return fail("the sluice agent is handing over to its successor (an upgrade); retry");
+  if (frozen_) return fail("the sluice agent is handing over to its successor (an upgrade); retry");
   reconcile(it->second);
   if (!it->second.last_error.empty())
     return fail("enrolling the pod failed: " + it->second.last_error);

@@ -171,8 +171,9 @@ void HandoverServer::loop() {
 void HandoverServer::serve(UniqueFd peer) {
   auto uid = peerUid(peer.get());
   if (!uid || *uid != allowed_uid_) {
-    std::string why = uid ? fmt::format("uid {} may not take over (only uid {})", *uid, allowed_uid_)
-                          : uid.error().describe();
+    std::string why =
+        uid ? fmt::format("uid {} may not take over (only uid {})", *uid, allowed_uid_)
+            : uid.error().describe();
     logger()->warn("refused a handover: {}", why);
     (void)sendMessage(peer.get(), nlohmann::json{{"op", "refused"}, {"error", why}}.dump());
     // Closing with its hello unread would reset the connection before the
@@ -196,8 +197,9 @@ void HandoverServer::serve(UniqueFd peer) {
   logger()->info("a successor agent is taking over: freezing the pod set");
   auto listeners = handler_.freeze();
   if (!listeners) {
-    (void)sendMessage(peer.get(),
-                      nlohmann::json{{"op", "refused"}, {"error", listeners.error().describe()}}.dump());
+    (void)sendMessage(
+        peer.get(),
+        nlohmann::json{{"op", "refused"}, {"error", listeners.error().describe()}}.dump());
     handler_.thaw(listeners.error().describe());
     return;
   }
@@ -247,7 +249,8 @@ Result<std::unique_ptr<HandoverClient>> HandoverClient::connect(const std::strin
                             path, *uid, allowed_uid));
   std::unique_ptr<HandoverClient> self(new HandoverClient(std::move(fd), timeout));
   int sock = self->fd_.get();
-  if (auto r = sendMessage(sock, nlohmann::json{{"op", "hello"}, {"version", kProtocolVersion}}.dump());
+  if (auto r =
+          sendMessage(sock, nlohmann::json{{"op", "hello"}, {"version", kProtocolVersion}}.dump());
       !r) {
     // Refused at once: the reason is still queued for us.
     auto m = recvMessage(sock, std::chrono::milliseconds(100));

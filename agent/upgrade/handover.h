@@ -62,7 +62,8 @@ class HandoverServer {
   bool handedOver() const { return handed_over_.load(); }
 
  private:
-  HandoverServer(Handler& handler, uid_t allowed_uid) : handler_(handler), allowed_uid_(allowed_uid) {}
+  HandoverServer(Handler& handler, uid_t allowed_uid)
+      : handler_(handler), allowed_uid_(allowed_uid) {}
   void loop();
   void serve(UniqueFd peer);
   Handler& handler_;

@@ -4,16 +4,15 @@
 #include "agent/upgrade/handover.h"
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <fcntl.h>
-
 #include <atomic>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <mutex>
 #include <string>
@@ -162,7 +161,8 @@ TEST_SUITE("handover") {
     }
   }
 
-  TEST_CASE("a successor that goes away before adopting thaws the old one - the next one takes over") {
+  TEST_CASE(
+      "a successor that goes away before adopting thaws the old one - the next one takes over") {
     Dir dir;
     FakeAgent old_agent(4);
     auto server = HandoverServer::create(dir.sock(), old_agent, ::getuid());

@@ -14,7 +14,8 @@ OpenAPI v2 definitions that Debian ships in golang-k8s-kube-openapi-dev
     integers.
 
 It also checks a few properties of the install that no schema can express
-(the CA key stays off the nodes, the agent's capabilities and API access),
+(the CA key stays off the nodes, the agent's capabilities and API access, an
+agent rollout that surges without host ports and drains within the grace period),
 and proves the validator can fail: mutated copies (a typo'd field, a wrong
 type, a missing required field, an unknown kind) must be rejected.
 
@@ -71,6 +72,13 @@ class Schema:
                     "description": self.definitions[name].get("description", ""),
                     "type": ["string", "integer"],
                 }
+        # Fields newer than the schema Debian ships, as Kubernetes defines them:
+        # a DaemonSet's rollingUpdate.maxSurge (v1.21, GA in v1.25), which the
+        # agent's upgrade rollout needs.
+        rolling = self.definitions.get("io.k8s.api.apps.v1.RollingUpdateDaemonSet")
+        if rolling is not None:
+            rolling.setdefault("properties", {}).setdefault(
+                "maxSurge", {"$ref": f"#/definitions/{INT_OR_STRING}"})
         for definition in self.definitions.values():
             _make_strict(definition)
         self._validators = {}

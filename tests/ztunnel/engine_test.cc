@@ -108,7 +108,6 @@ class CountingObserver final : public ztunnel::ConnectionObserver {
   std::vector<ztunnel::ConnectionRecord> closed_records;
 };
 
-
 }  // namespace
 
 TEST_SUITE("engine") {

@@ -22,7 +22,8 @@ namespace {
 // Answers each connection's byte and closes it; `hold` keeps them open.
 class EchoServer {
  public:
-  EchoServer(Pod& pod, uint16_t port, bool hold = false) : fd_(pod.listen(port, 1024)), hold_(hold) {
+  EchoServer(Pod& pod, uint16_t port, bool hold = false)
+      : fd_(pod.listen(port, 1024)), hold_(hold) {
     thread_ = std::thread([this] {
       while (!stop_) {
         pollfd p{fd_.get(), POLLIN, 0};

@@ -115,7 +115,7 @@ class Tunnel {
   void reset(int32_t id, uint32_t error_code);
   // A protocol violation: GOAWAY(code) now, then close once it is written.
   void terminate(uint32_t error_code, const std::string& reason);
-  void drain();                                   // no new streams (a renewed certificate)
+  void drain();  // no new streams (a renewed certificate)
   // An upgrade: the peer is told to open new streams elsewhere (GOAWAY; a
   // server sends the shutdown notice, so CONNECTs already on their way are
   // still served), the streams here finish, and the tunnel closes once they
@@ -199,7 +199,7 @@ class Tunnel {
   std::string reason_;  // why it closed
   Clock::time_point created_, deadline_, last_rx_, idle_since_;
   Clock::time_point linger_until_{};  // goAway(): a drained tunnel stays until then
-  std::unique_ptr<uint8_t[]> rbuf_;  // small until the handshake is done
+  std::unique_ptr<uint8_t[]> rbuf_;   // small until the handshake is done
   size_t rbuf_size_ = 0;
   std::string sbuf_;  // ciphertext being sent; untouched while a send is in flight
   size_t soff_ = 0;

@@ -194,8 +194,9 @@ size_t EngineImpl::drain(std::chrono::milliseconds deadline) {
   while (open() > 0 && std::chrono::steady_clock::now() < until)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::atomic<size_t> closed{0};
-  std::string detail = fmt::format("drain deadline of {} s passed (agent upgrade)",
-                                   std::chrono::duration_cast<std::chrono::seconds>(deadline).count());
+  std::string detail =
+      fmt::format("drain deadline of {} s passed (agent upgrade)",
+                  std::chrono::duration_cast<std::chrono::seconds>(deadline).count());
   onEveryWorker([&](Worker& w) { closed += w.abortOpen(detail); });
   if (closed > 0)
     logger()->warn("drain: {} connection(s) still open after {} ms; closed them", closed.load(),
