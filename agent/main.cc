@@ -4,13 +4,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -40,6 +43,7 @@
 #include "agent/wiring/policy_json.h"
 #include "agent/wiring/policy_metrics.h"
 #include "agent/wiring/telemetry_bridge.h"
+#include "agent/wiring/upgrade_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/files.h"
 #include "sluice/common/flags.h"
@@ -84,6 +88,7 @@ struct Flags {
   std::string token_file;
   std::string trust_domain = "cluster.local";
   unsigned cert_ttl = 0;
+  unsigned drain_seconds = 25;
   bool http_detection = true;
   bool allow_node_probes = true;
   bool uninstall = false;
@@ -143,6 +148,12 @@ FlagTable flagTable(Flags& f) {
       .value("--state-dir", "DIR",
              "pod table and last view kept across restarts (default\n/var/run/sluice/state)",
              FlagTable::into(&f.state_dir))
+      .value("--drain-seconds", "SECONDS",
+             "after handing over to a successor (an upgrade), how long HBONE\n"
+             "tunnels and connections may run on before they are closed\n"
+             "(default 25; the DaemonSet keeps it below\n"
+             "terminationGracePeriodSeconds)",
+             FlagTable::number(&f.drain_seconds, 0, 3600))
       .value("--cgroup", "DIR", "cgroup-v2 root to attach to (default: the cgroup2 mount)",
              FlagTable::into(&f.cgroup))
       .value("--workers", "N", "proxy worker threads, 0 = one per CPU (default 0)",
@@ -327,6 +338,27 @@ int runAgent(const Flags& flags) {
   }
   authz_bridge.setEngine(engine->get());
 
+  // An agent already running with this state dir (an upgrade): take over
+  // its listeners before enrolling anything, so every pod keeps the same
+  // sockets and no connection waiting in their queues is lost.
+  std::error_code mkdir_error;
+  std::filesystem::create_directories(flags.state_dir, mkdir_error);
+  const std::string handover_path = flags.state_dir + "/handover.sock";
+  auto predecessor = agent::upgrade::HandoverClient::connect(handover_path);
+  if (!predecessor) {
+    logger->critical(
+        "taking over from the agent running on {}: {} (stop it, or remove a stale "
+        "socket, and start again)",
+        handover_path, predecessor.error().describe());
+    return 1;
+  }
+  if (*predecessor) {
+    auto listeners = (*predecessor)->takeListeners();
+    logger->info("taking over from the running agent: {} listener(s) handed over",
+                 listeners.size());
+    (*engine)->adoptListeners(std::move(listeners));
+  }
+
   agent::pods::PodManager pods(**loader, **engine, flags.state_dir + "/pods.json",
                                flags.trust_domain);
   // Fetch ahead: every enrolled pod's identity gets a certificate before it is needed.
@@ -373,6 +405,20 @@ int runAgent(const Flags& flags) {
   }
   pods.restore();
   sync_identities();
+  if (*predecessor) {
+    (*engine)->adoptListeners({});  // sockets of pods that were not restored
+    // New connections may land here from now on: the pods' certificates
+    // first (bounded; a connection without one waits for it).
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (const auto& id : pods.enrolledIdentities())
+      while (!certs.credential(id) && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (auto r = (*predecessor)->release(); !r)
+      logger->warn("the previous agent did not confirm the handover: {}", r.error().describe());
+    else
+      logger->info("the previous agent stopped accepting; this one serves every pod");
+    predecessor->reset();
+  }
 
   agent::discovery::ClientConfig discovery_config;
   discovery_config.target = flags.controlplane;
@@ -451,7 +497,11 @@ int runAgent(const Flags& flags) {
   sources.authz_check = [&](const std::map<std::string, std::string>& query) {
     return agent::wiring::authzCheckJson(authorizer, flags.trust_domain, query);
   };
+  // A successor is taking over (an upgrade): not ready, so that its pod,
+  // probed on this agent's admin port until the handover, is not either.
+  std::atomic<bool> handing_over{false};
   sources.not_ready_reason = [&]() -> std::string {
+    if (handing_over) return "handing over to a successor agent (an upgrade)";
     if (!disc.synced())
       return "no snapshot from the control plane at " + flags.controlplane + " yet" +
              (persisted ? " (routing by the view kept from the last run)"
@@ -510,14 +560,66 @@ int runAgent(const Flags& flags) {
   logger->info("sluice-agent running on node {} (pins {}, cni socket {})", flags.node_name,
                flags.pin_dir, flags.cni_socket);
 
-  std::string sig = waitForTermination();
+  // A successor started with the same state dir takes over through this
+  // socket (an upgrade); the hooks run on its thread.
+  std::mutex parts_mu;  // cni, admin, metrics_server: the handover and the shutdown
+  agent::wiring::UpgradeBridge upgrade_bridge(
+      eng, {.freeze =
+                [&] {
+                  handing_over = true;
+                  pods.freeze();
+                  std::lock_guard lk(parts_mu);
+                  cni->reset();
+                },
+            .thaw =
+                [&] {
+                  handing_over = false;
+                  pods.thaw();
+                  std::lock_guard lk(parts_mu);
+                  if (auto again = agent::cni::Server::create(flags.cni_socket, cni_bridge))
+                    *cni = std::move(*again);
+                  else
+                    logger->error("CNI socket: {}", again.error().describe());
+                },
+            .release =
+                [&] {
+                  std::lock_guard lk(parts_mu);
+                  metrics_server.reset();
+                  admin->reset();
+                }});
+  auto handover = agent::upgrade::HandoverServer::create(handover_path, upgrade_bridge);
+  if (!handover) logger->error("no upgrades without a restart: {}", handover.error().describe());
+
+  std::optional<std::string> sig;
+  auto handed_over = [&] { return handover && (*handover)->handedOver(); };
+  while (!sig && !handed_over()) sig = waitForTermination(std::chrono::milliseconds(100));
+  // A signal in the middle of a handover waits for its end: the successor
+  // already holds the listeners and relies on this agent's answer.
+  while (sig && handing_over && !handed_over())
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (handed_over()) {
+    // Handed over: the successor accepts everything new. What runs here
+    // ends by itself, or at the drain deadline (a SIGTERM meanwhile waits).
+    discovery->reset();
+    if (sig) logger->info("received {} during the handover; draining before exiting", *sig);
+    logger->info("handed over to the successor; draining for up to {} s", flags.drain_seconds);
+    size_t closed = eng.drain(std::chrono::seconds(flags.drain_seconds));
+    logger->info("drained ({} connection(s) closed at the deadline); exiting", closed);
+    handover->reset();
+    (*engine)->stop();
+    return 0;
+  }
   logger->info(
       "received {}, shutting down (pinned BPF state stays: capture continues to fail closed "
       "until an agent is back)",
-      sig);
-  metrics_server.reset();
-  admin->reset();
-  cni->reset();
+      *sig);
+  if (handover) handover->reset();
+  {
+    std::lock_guard lk(parts_mu);
+    metrics_server.reset();
+    admin->reset();
+    cni->reset();
+  }
   discovery->reset();
   (*engine)->stop();
   return 0;

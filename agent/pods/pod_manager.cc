@@ -75,6 +75,7 @@ Decision PodManager::decide(const PodRef& ref) const {
 Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) {
   std::unique_lock lk(mu_);
   if (ref.container_id.empty()) return fail("CNI_CONTAINERID is empty");
+  if (frozen_) return fail("the sluice agent is handing over to its successor (an upgrade); retry");
   auto existing = pods_.find(ref.container_id);
   if (existing == pods_.end()) {
     auto netns = openNetns(ref.netns_path);
@@ -95,6 +96,7 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
   workloads_changed_.wait_for(lk, wait, [&] { return findWorkload(ref) != nullptr; });
   auto it = pods_.find(ref.container_id);
   if (it == pods_.end()) return fail("pod was deleted while it was being added");
+  if (frozen_) return fail("the sluice agent is handing over to its successor (an upgrade); retry");
   reconcile(it->second);
   if (!it->second.last_error.empty())
     return fail("enrolling the pod failed: " + it->second.last_error);
@@ -106,6 +108,7 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
 
 void PodManager::remove(const std::string& container_id, const std::string& uid) {
   std::lock_guard lk(mu_);
+  if (frozen_) return;  // the CNI server is off; the successor's restore() drops a gone pod
   auto it = pods_.find(container_id);
   if (it == pods_.end() && !uid.empty()) {
     for (auto p = pods_.begin(); p != pods_.end(); ++p)
@@ -139,8 +142,20 @@ void PodManager::onWorkloads(const std::map<std::string, Workload>& all, uint64_
   std::lock_guard lk(mu_);
   workloads_ = all;
   version_ = version;
-  for (auto& [id, pod] : pods_) reconcile(pod);
+  if (!frozen_)
+    for (auto& [id, pod] : pods_) reconcile(pod);
   workloads_changed_.notify_all();
+}
+
+void PodManager::freeze() {
+  std::lock_guard lk(mu_);
+  frozen_ = true;
+}
+
+void PodManager::thaw() {
+  std::lock_guard lk(mu_);
+  frozen_ = false;
+  for (auto& [id, pod] : pods_) reconcile(pod);
 }
 
 void PodManager::reconcile(LocalPod& pod) {

@@ -88,6 +88,13 @@ class PodManager {
   // plane. Stale netns cookies in the enrolled map are removed.
   void restore();
 
+  // An upgrade: while frozen, nothing is enrolled, unenrolled or persisted
+  // (the successor takes the pods over from the state file); views are
+  // only recorded and CNI ADD is refused (retry). thaw() (a handover that
+  // did not finish) reconciles every pod with the latest view.
+  void freeze();
+  void thaw();
+
   nlohmann::json dump() const;
   size_t enrolledCount() const;
   // The SPIFFE URIs of the enrolled pods whose service account is known.
@@ -113,6 +120,7 @@ class PodManager {
   std::map<std::string, LocalPod> pods_;  // by container id
   std::map<std::string, Workload> workloads_;
   uint64_t version_ = 0;
+  bool frozen_ = false;
 };
 
 }  // namespace sluice::agent::pods

@@ -159,4 +159,13 @@ std::string waitForTermination() {
   return strsignal(sig);
 }
 
+std::optional<std::string> waitForTermination(std::chrono::milliseconds timeout) {
+  sigset_t set = terminationSignals();
+  timespec ts{static_cast<time_t>(timeout.count() / 1000),
+              static_cast<long>(timeout.count() % 1000) * 1000000};
+  int sig = sigtimedwait(&set, nullptr, &ts);
+  if (sig < 0) return std::nullopt;
+  return std::string(strsignal(sig));
+}
+
 }  // namespace sluice

@@ -40,6 +40,10 @@ class FakeEngine final : public ztunnel::Engine {
   std::vector<ztunnel::ConnectionRecord> connections() const override { return {}; }
   ztunnel::EngineStats stats() const override { return {}; }
   void reauthorize() override {}
+  std::vector<ztunnel::ListenerFd> exportListeners() override { return {}; }
+  void adoptListeners(std::vector<ztunnel::ListenerFd>) override {}
+  void stopAccepting() override {}
+  size_t drain(std::chrono::milliseconds) override { return 0; }
   void stop() override {}
 
   bool has(const std::string& uid) {
@@ -147,6 +151,28 @@ TEST_SUITE("pod_manager") {
     pm.onWorkloads(Fixture::view(false), 3);
     CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
     CHECK_FALSE(f.engine.has("ctr-1"));
+  }
+
+  TEST_CASE("frozen for a handover: views and CNI change nothing - thaw catches up") {
+    Fixture f;
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+    pm.onWorkloads(Fixture::view(true), 1);
+    REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(100)).has_value());
+    REQUIRE(f.engine.has("ctr-1"));
+    pm.freeze();
+    pm.onWorkloads(Fixture::view(false), 2);  // would unenroll
+    CHECK(f.engine.has("ctr-1"));
+    CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
+    pods::PodRef other = f.ref();
+    other.container_id = "ctr-2";
+    auto refused = pm.add(other, std::chrono::milliseconds(10));
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().describe().find("handing over") != std::string::npos);
+    pm.remove("ctr-1", "uid-1");  // the successor owns the pod now
+    CHECK(f.engine.has("ctr-1"));
+    pm.thaw();  // the handover did not finish: the latest view applies
+    CHECK_FALSE(f.engine.has("ctr-1"));
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
   }
 
   TEST_CASE("a pod unknown to the control plane waits - then enrolls when it appears") {

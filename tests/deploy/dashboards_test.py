@@ -131,13 +131,19 @@ class DashboardsTest(unittest.TestCase):
         self.assertEqual(meta["annotations"]["prometheus.io/port"], "15020")
         self.assertEqual(meta["annotations"]["prometheus.io/path"], "/metrics")
         agent = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
-        self.assertIn({"name": "http-metrics", "containerPort": 15020, "protocol": "TCP"}, agent["ports"])
+        # No declared port: on the host network it would be a host port and keep the
+        # surge pod of a rolling update (maxSurge) off the node.
+        self.assertNotIn("ports", agent)
         with open(os.path.join(DIR, "podmonitor.yaml")) as f:
             pm = yaml.safe_load(f)
         self.assertEqual(pm["kind"], "PodMonitor")
         for k, v in pm["spec"]["selector"]["matchLabels"].items():
             self.assertEqual(meta["labels"].get(k), v)
-        self.assertEqual(pm["spec"]["podMetricsEndpoints"][0]["port"], "http-metrics")
+        endpoint = pm["spec"]["podMetricsEndpoints"][0]
+        self.assertNotIn("port", endpoint)
+        relabel = {r["sourceLabels"][0]: r for r in endpoint["relabelings"]}
+        self.assertEqual(relabel["__meta_kubernetes_pod_container_name"]["regex"], "agent")
+        self.assertEqual(relabel["__meta_kubernetes_pod_ip"]["replacement"], "$1:15020")
         with open(os.path.join(DIR, "prometheus-scrape.yaml")) as f:
             job = yaml.safe_load(f)["scrape_configs"][0]
         keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]

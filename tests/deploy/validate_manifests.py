@@ -14,7 +14,8 @@ OpenAPI v2 definitions that Debian ships in golang-k8s-kube-openapi-dev
     integers.
 
 It also checks a few properties of the install that no schema can express
-(the CA key stays off the nodes, the agent's capabilities and API access),
+(the CA key stays off the nodes, the agent's capabilities and API access, an
+agent rollout that surges without host ports and drains within the grace period),
 and proves the validator can fail: mutated copies (a typo'd field, a wrong
 type, a missing required field, an unknown kind) must be rejected.
 
@@ -71,6 +72,13 @@ class Schema:
                     "description": self.definitions[name].get("description", ""),
                     "type": ["string", "integer"],
                 }
+        # Fields newer than the schema Debian ships, as Kubernetes defines them:
+        # a DaemonSet's rollingUpdate.maxSurge (v1.21, GA in v1.25), which the
+        # agent's upgrade rollout needs.
+        rolling = self.definitions.get("io.k8s.api.apps.v1.RollingUpdateDaemonSet")
+        if rolling is not None:
+            rolling.setdefault("properties", {}).setdefault(
+                "maxSurge", {"$ref": f"#/definitions/{INT_OR_STRING}"})
         for definition in self.definitions.values():
             _make_strict(definition)
         self._validators = {}
@@ -209,6 +217,20 @@ def invariants(objects):
     expect(installer.get("command", [])[1:2] == ["install"],
            "the DaemonSet must run `sluice-cni install` as its cni-installer container")
     expect(pod_spec(agent).get("hostNetwork") is True, "the agent must use the host network")
+
+    # Upgrades (docs/install.md): the new agent pod starts beside the old one
+    # (no host port may keep it off the node), and the old one's drain ends
+    # before kubelet's grace period does.
+    rolling = agent["spec"].get("updateStrategy", {}).get("rollingUpdate", {})
+    expect(rolling.get("maxSurge") == 1 and rolling.get("maxUnavailable") == 0,
+           f"the agent DaemonSet must roll with maxSurge 1, maxUnavailable 0, got {rolling}")
+    for c in pod_spec(agent)["containers"]:
+        ports = [p for p in c.get("ports", []) if p.get("hostPort") or pod_spec(agent).get("hostNetwork")]
+        expect(not ports, f"container {c['name']} declares host ports {ports}: a surge pod cannot start beside the old one")
+    agent_args = containers.get("agent", {}).get("args", [])
+    drain = int(agent_args[agent_args.index("--drain-seconds") + 1]) if "--drain-seconds" in agent_args else 25
+    grace = pod_spec(agent).get("terminationGracePeriodSeconds", 30)
+    expect(drain < grace, f"--drain-seconds {drain} must stay below terminationGracePeriodSeconds {grace}")
     return failures
 
 
@@ -300,7 +322,15 @@ def self_checks(schema, objects):
         find(objs, "ClusterRoleBinding", "sluice-controlplane")["subjects"].append(
             {"kind": "ServiceAccount", "name": "sluice-agent", "namespace": "sluice-system"})
 
+    def host_port(objs):
+        pod_spec(find(objs, "DaemonSet", "sluice-agent"))["containers"][0]["ports"] = [{"containerPort": 15020}]
+
+    def long_drain(objs):
+        pod_spec(find(objs, "DaemonSet", "sluice-agent"))["terminationGracePeriodSeconds"] = 20
+
     for what, fn, needle in [
+            ("a host port on the agent", host_port, "declares host ports"),
+            ("a drain longer than the grace period", long_drain, "must stay below"),
             ("the agent mounting the CA Secret", leak_ca_key, "CA Secret"),
             ("an extra agent capability", extra_capability, "SYS_PTRACE"),
             ("a binding granting the agent API access", agent_binding, "grants the agent"),

@@ -20,80 +20,12 @@
 
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
-#include "support/scratch_netns.h"
+#include "support/engine_pod.h"
 
 using namespace sluice;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Maps every outbound connection to one configured destination.
-class FakeResolver final : public ztunnel::OrigDstResolver {
- public:
-  std::optional<sockaddr_in> originalDst(uint64_t, const sockaddr_in&,
-                                         const sockaddr_in&) override {
-    if (!dst) return std::nullopt;
-    return *dst;
-  }
-  std::optional<sockaddr_in> dst;
-};
-
-struct Pod {
-  test::ScratchNetns ns;
-  uint64_t cookie = 0;
-  Pod() {
-    ns.sh(
-        "ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up "
-        "&& "
-        "ip addr add 10.77.3.5/24 dev eth0");
-    cookie = *netnsCookie(ns.fd());
-  }
-  ztunnel::PodSpec spec() const {
-    ztunnel::PodSpec s;
-    s.uid = "pod-1";
-    s.name_namespace = "test/pod";
-    s.service_account = "default";
-    s.identity = "spiffe://cluster.local/ns/test/sa/default";
-    s.ip4 = *parseIp4("10.77.3.5");
-    s.netns_cookie = cookie;
-    s.netns_fd = ns.fd();
-    return s;
-  }
-  UniqueFd listen(uint16_t port, int backlog = 128) {
-    auto s = socketInNetns(ns.fd(), AF_INET, SOCK_STREAM, 0);
-    REQUIRE(s.has_value());
-    int one = 1;
-    setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    auto sa = makeSockaddr(*parseIp4("10.77.3.5"), port);
-    REQUIRE(::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
-    REQUIRE(::listen(s->get(), backlog) == 0);
-    return std::move(*s);
-  }
-  // A client of the proxy's outbound listener, as a redirected app would be.
-  UniqueFd connectProxy() {
-    auto s = socketInNetns(ns.fd(), AF_INET, SOCK_STREAM, 0);
-    REQUIRE(s.has_value());
-    auto sa = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
-    REQUIRE_MESSAGE(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0,
-                    strerror(errno));
-    timeval tv{10, 0};
-    setsockopt(s->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    return std::move(*s);
-  }
-};
-
-struct Running {
-  FakeResolver resolver;
-  std::unique_ptr<ztunnel::Engine> engine;
-  explicit Running(Pod& pod, ztunnel::EngineConfig cfg = {}, ztunnel::EngineHooks hooks = {}) {
-    cfg.workers = 2;
-    auto e = ztunnel::createEngine(cfg, resolver, nullptr, nullptr, hooks);
-    REQUIRE_MESSAGE(e.has_value(), (e ? "" : e.error().describe()));
-    engine = std::move(*e);
-    auto r = engine->addPod(pod.spec());
-    REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
-  }
-};
 
 std::vector<unsigned char> pattern(size_t n, unsigned seed) {
   std::vector<unsigned char> v(n);
@@ -175,16 +107,6 @@ class CountingObserver final : public ztunnel::ConnectionObserver {
   std::mutex mu;
   std::vector<ztunnel::ConnectionRecord> closed_records;
 };
-
-template <typename Pred>
-bool eventually(Pred p, std::chrono::milliseconds timeout = 5s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (p()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return false;
-}
 
 }  // namespace
 

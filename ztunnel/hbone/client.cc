@@ -327,6 +327,10 @@ void Client::shutdown() {
   m.owned.eachStream([](Stream& s) { s.close(true, CloseReason::kProxyShutdown); });
 }
 
+void Client::goAway() {
+  impl_->owned.eachLink([](Impl::Link& l) { l.tunnel.goAway(); });
+}
+
 bool Client::idle() const {
   const Impl& m = *impl_;
   return m.owned.idle() && m.waiters.empty();

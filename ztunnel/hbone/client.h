@@ -33,6 +33,7 @@ class Client {
 
   void removePod(const std::string& uid);  // resets its tunnels, streams and waiters
   void shutdown();                         // resets everything (engine stop)
+  void goAway();                           // every tunnel: Tunnel::goAway (an upgrade)
   bool idle() const;                       // nothing left that the ring may complete
   void tick(Clock::time_point now);        // about once a second: deadlines, keepalive, idle
   bool fineTick(Clock::time_point now);    // certificates and redials; true: call again soon

@@ -250,6 +250,10 @@ void Server::shutdown() {
   m.owned.eachStream([](Stream& s) { s.close(true, CloseReason::kProxyShutdown); });
 }
 
+void Server::goAway() {
+  impl_->owned.eachLink([](Impl::Link& l) { l.tunnel.goAway(); });
+}
+
 bool Server::idle() const {
   const Impl& m = *impl_;
   return m.owned.idle();

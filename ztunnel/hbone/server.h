@@ -36,6 +36,7 @@ class Server {
 
   void removePod(const std::string& uid);
   void shutdown();
+  void goAway();  // every tunnel: Tunnel::goAway (an upgrade)
   bool idle() const;
   void tick(Clock::time_point now);
   bool fineTick(Clock::time_point now);  // tunnels waiting for their pod's certificate

@@ -38,6 +38,9 @@ Stream::~Stream() {
 void Stream::openRecord(std::shared_ptr<proxy::LiveRecord> live) {
   live_ = std::move(live);
   live_->worker = ctx_.worker;
+  // A client stream may be reset from the start (a drain deadline); a
+  // server one once the authorization hook allowed it (server.cc).
+  if (!server_) live_->owner = this;
   ctx_.records.open(live_);
 }
 

@@ -392,7 +392,8 @@ void Tunnel::tick(Clock::time_point now, size_t queued) {
   }
   if (!ready()) return;
   auto idle_limit = server_ ? 2 * cfg.hbone_idle_timeout : cfg.hbone_idle_timeout;
-  if (streams_.size() + queued == 0 && (draining_ || now - idle_since_ > idle_limit)) {
+  if (streams_.size() + queued == 0 &&
+      ((draining_ && now >= linger_until_) || now - idle_since_ > idle_limit)) {
     gracefulClose(draining_ ? "drained" : "idle");
     return;
   }

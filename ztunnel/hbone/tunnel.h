@@ -115,7 +115,13 @@ class Tunnel {
   void reset(int32_t id, uint32_t error_code);
   // A protocol violation: GOAWAY(code) now, then close once it is written.
   void terminate(uint32_t error_code, const std::string& reason);
-  void drain();                                   // no new streams (a renewed certificate)
+  void drain();  // no new streams (a renewed certificate)
+  // An upgrade: the peer is told to open new streams elsewhere (GOAWAY; a
+  // server sends the shutdown notice, so CONNECTs already on their way are
+  // still served), the streams here finish, and the tunnel closes once they
+  // have but not before kGoAwayGrace (the final GOAWAY then refuses nothing).
+  void goAway();
+  static constexpr std::chrono::seconds kGoAwayGrace{2};
   void gracefulClose(const std::string& reason);  // GOAWAY, then close
   void close(const std::string& reason);          // resets the streams
   // Resets the connection and frees its descriptor at once (a flood's
@@ -181,6 +187,7 @@ class Tunnel {
   std::unique_ptr<nghttp2_session, H2Free> h2_;
   State state_;
   bool draining_ = false;        // no new streams
+  bool going_away_ = false;      // goAway() before the handshake ended: say it once ready
   bool close_on_flush_ = false;  // graceful close once every byte is written
   bool closing_ = false;         // close() began
   bool finished_ = false;        // tunnelFinished() was said
@@ -191,7 +198,8 @@ class Tunnel {
   std::string early_;   // server: ciphertext received before TLS started
   std::string reason_;  // why it closed
   Clock::time_point created_, deadline_, last_rx_, idle_since_;
-  std::unique_ptr<uint8_t[]> rbuf_;  // small until the handshake is done
+  Clock::time_point linger_until_{};  // goAway(): a drained tunnel stays until then
+  std::unique_ptr<uint8_t[]> rbuf_;   // small until the handshake is done
   size_t rbuf_size_ = 0;
   std::string sbuf_;  // ciphertext being sent; untouched while a send is in flight
   size_t soff_ = 0;

@@ -180,6 +180,10 @@ void Tunnel::handshakeDone() {
   nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0,
                                         static_cast<int32_t>(cfg.hbone_connection_window));
   state_ = State::kReady;
+  if (going_away_) {  // goAway() came during the handshake
+    going_away_ = false;
+    goAway();
+  }
   logger()->debug("tunnel {} {} {} ready: local {} peer {}", id_, side(), formatEndpoint(remote_),
                   cred_->identity, peer);
   owner_.tunnelReady(*this);
@@ -244,6 +248,23 @@ void Tunnel::terminate(uint32_t error_code, const std::string& reason) {
 void Tunnel::drain() {
   draining_ = true;
   owner_.tunnelDraining(*this);
+}
+
+void Tunnel::goAway() {
+  if (closed() || draining_) return;
+  if (!ready()) {  // said once the handshake is done
+    going_away_ = true;
+    return;
+  }
+  linger_until_ = Clock::now() + kGoAwayGrace;
+  if (server_)
+    nghttp2_submit_shutdown_notice(h2_.get());
+  else
+    nghttp2_submit_goaway(h2_.get(), NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(h2_.get()), NGHTTP2_NO_ERROR,
+                          nullptr, 0);
+  drain();
+  progress();
 }
 
 }  // namespace sluice::ztunnel::hbone

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <future>
 #include <thread>
 
@@ -72,20 +73,36 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
   pod->netns = UniqueFd(dup);
   pod->spec.netns_fd = dup;
   if (auto r = inpod::prepareNetns(dup); !r) return r;
-  // Create every listener first so a failure leaves nothing behind.
+  // The predecessor's sockets for this pod (an upgrade) first; every
+  // listener missing is created before any is handed to a worker, so a
+  // failure leaves nothing behind.
   std::vector<std::pair<UniqueFd, ListenerKind>> fds;
+  if (auto it = adopted_.find(spec.uid); it != adopted_.end()) {
+    for (auto& [fd, kind] : it->second)
+      if (kind != ListenerKind::kHbone || hbone()) fds.emplace_back(std::move(fd), kind);
+    adopted_.erase(it);
+  }
+  auto have = [&fds](ListenerKind kind) {
+    return std::any_of(fds.begin(), fds.end(), [kind](const auto& f) { return f.second == kind; });
+  };
+  const bool make_out = !have(ListenerKind::kOutbound), make_in = !have(ListenerKind::kInbound),
+             make_hb = hbone() && !have(ListenerKind::kHbone);
   for (size_t i = 0; i < workers_.size(); ++i) {
-    auto out = inpod::listenIn(dup, htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT, false);
-    if (!out)
-      return fail(fmt::format("outbound listener 127.0.0.1:{} in pod {}: {}", SLUICE_OUTBOUND_PORT,
-                              spec.name_namespace, out.error().describe()));
-    auto in = inpod::listenIn(dup, spec.ip4, SLUICE_INBOUND_PORT, true);
-    if (!in)
-      return fail(fmt::format("inbound listener {}:{} in pod {}: {}", formatIp4(spec.ip4),
-                              SLUICE_INBOUND_PORT, spec.name_namespace, in.error().describe()));
-    fds.emplace_back(std::move(*out), ListenerKind::kOutbound);
-    fds.emplace_back(std::move(*in), ListenerKind::kInbound);
-    if (hbone()) {
+    if (make_out) {
+      auto out = inpod::listenIn(dup, htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT, false);
+      if (!out)
+        return fail(fmt::format("outbound listener 127.0.0.1:{} in pod {}: {}",
+                                SLUICE_OUTBOUND_PORT, spec.name_namespace, out.error().describe()));
+      fds.emplace_back(std::move(*out), ListenerKind::kOutbound);
+    }
+    if (make_in) {
+      auto in = inpod::listenIn(dup, spec.ip4, SLUICE_INBOUND_PORT, true);
+      if (!in)
+        return fail(fmt::format("inbound listener {}:{} in pod {}: {}", formatIp4(spec.ip4),
+                                SLUICE_INBOUND_PORT, spec.name_namespace, in.error().describe()));
+      fds.emplace_back(std::move(*in), ListenerKind::kInbound);
+    }
+    if (make_hb) {
       // A short queue: a tunnel carries many connections, so 15008 sees few
       // legitimate new ones, and every connection accepted in one batch
       // holds a descriptor beyond the pending-handshake bound until the
@@ -97,12 +114,13 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
       fds.emplace_back(std::move(*hb), ListenerKind::kHbone);
     }
   }
-  size_t per_worker = fds.size() / workers_.size();
-  for (size_t i = 0; i < fds.size(); ++i) {
-    Worker* w = workers_[i / per_worker].get();
-    auto fd = std::make_shared<UniqueFd>(std::move(fds[i].first));  // std::function copies
-    ListenerKind kind = fds[i].second;
-    w->post([w, fd, pod, kind] { w->addListener(std::move(*fd), pod, kind); });
+  // The n-th listener of each kind goes to worker n (mod workers).
+  std::map<ListenerKind, size_t> next;
+  for (auto& [sock, kind] : fds) {
+    Worker* w = workers_[next[kind]++ % workers_.size()].get();
+    auto fd = std::make_shared<UniqueFd>(std::move(sock));  // std::function copies
+    ListenerKind k = kind;
+    w->post([w, fd, pod, k] { w->addListener(std::move(*fd), pod, k); });
   }
   pods_[spec.uid] = pod;
   publishIndex();
@@ -134,6 +152,56 @@ void EngineImpl::removePod(const std::string& uid) {
 void EngineImpl::reauthorize() {
   if (!hooks_.authorizer) return;
   onEveryWorker([](Worker& w) { w.reauthorize(); });
+}
+
+std::vector<ListenerFd> EngineImpl::exportListeners() {
+  std::mutex mu;
+  std::vector<ListenerFd> out;
+  onEveryWorker([&](Worker& w) {
+    std::vector<ListenerFd> mine;
+    w.exportListeners(mine);
+    std::lock_guard lk(mu);
+    for (auto& l : mine) out.push_back(std::move(l));
+  });
+  return out;
+}
+
+void EngineImpl::adoptListeners(std::vector<ListenerFd> listeners) {
+  std::lock_guard lk(pods_mu_);
+  adopted_.clear();
+  for (auto& l : listeners) {
+    auto kind = listenerKindOf(l.kind);
+    if (!kind || !l.fd) {
+      logger()->warn("ignoring a handed-over listener of pod {} of unknown kind '{}'", l.pod_uid,
+                     l.kind);
+      continue;
+    }
+    adopted_[l.pod_uid].emplace_back(std::move(l.fd), *kind);
+  }
+}
+
+void EngineImpl::stopAccepting() {
+  onEveryWorker([](Worker& w) { w.stopAccepting(); });
+}
+
+size_t EngineImpl::drain(std::chrono::milliseconds deadline) {
+  auto until = std::chrono::steady_clock::now() + deadline;
+  onEveryWorker([](Worker& w) { w.goAway(); });
+  auto open = [this] {
+    auto s = stats();
+    return s[Counter::kActive] + s[Counter::kTunnelsActive];
+  };
+  while (open() > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::atomic<size_t> closed{0};
+  std::string detail =
+      fmt::format("drain deadline of {} s passed (agent upgrade)",
+                  std::chrono::duration_cast<std::chrono::seconds>(deadline).count());
+  onEveryWorker([&](Worker& w) { closed += w.abortOpen(detail); });
+  if (closed > 0)
+    logger()->warn("drain: {} connection(s) still open after {} ms; closed them", closed.load(),
+                   deadline.count());
+  return closed;
 }
 
 void EngineImpl::onEveryWorker(const std::function<void(Worker&)>& fn) {

@@ -36,6 +36,10 @@ class EngineImpl final : public Engine {
   std::vector<ConnectionRecord> connections() const override { return records_.snapshot(); }
   EngineStats stats() const override { return records_.counters().snapshot(); }
   void reauthorize() override;
+  std::vector<ListenerFd> exportListeners() override;
+  void adoptListeners(std::vector<ListenerFd> listeners) override;
+  void stopAccepting() override;
+  size_t drain(std::chrono::milliseconds deadline) override;
   void stop() override;
 
  private:
@@ -57,6 +61,8 @@ class EngineImpl final : public Engine {
   std::vector<std::unique_ptr<Worker>> workers_;
   mutable std::mutex pods_mu_;  // control plane side only
   std::map<std::string, std::shared_ptr<PodState>> pods_;
+  // Handed over by the predecessor, by pod uid, until addPod takes them.
+  std::map<std::string, std::vector<std::pair<UniqueFd, ListenerKind>>> adopted_;
   bool stopped_ = false;
 };
 

@@ -22,6 +22,12 @@ const char* toString(ListenerKind k) {
   return "?";
 }
 
+std::optional<ListenerKind> listenerKindOf(std::string_view name) {
+  for (auto k : {ListenerKind::kOutbound, ListenerKind::kInbound, ListenerKind::kHbone})
+    if (name == toString(k)) return k;
+  return std::nullopt;
+}
+
 Listener::Listener(WorkerContext& ctx, Handler& handler, UniqueFd fd, std::shared_ptr<PodState> pod,
                    ListenerKind kind)
     : ctx_(ctx), handler_(handler), fd_(std::move(fd)), pod_(std::move(pod)), kind_(kind) {}
@@ -39,6 +45,13 @@ bool Listener::retry(Clock::time_point now) {
   return false;
 }
 
+void Listener::stopAccepting() {
+  if (closing_) return;
+  closing_ = true;
+  shared_ = true;
+  if (accept_.busy()) ctx_.ring.cancelFd(fd_.get());
+}
+
 void Listener::close() {
   if (closing_) return;
   closing_ = true;
@@ -51,7 +64,7 @@ void Listener::onAccept(const io_uring_cqe& cqe) {
   if (cqe.res >= 0) {
     backoff_ = std::chrono::milliseconds(0);
     UniqueFd fd(cqe.res);
-    if (!closing_) handler_.accepted(*this, std::move(fd));
+    if (!closing_ || shared_) handler_.accepted(*this, std::move(fd));
   } else if (cqe.res != -ECANCELED && cqe.res != -EINVAL && !closing_) {
     ctx_.counters().add(Counter::kAcceptErrors);
     int err = -cqe.res;

@@ -7,6 +7,8 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
+#include <string_view>
 
 #include "sluice/common/log_limiter.h"
 #include "sluice/common/unique_fd.h"
@@ -18,6 +20,7 @@ namespace sluice::ztunnel::proxy {
 
 enum class ListenerKind : uint8_t { kOutbound, kInbound, kHbone };
 const char* toString(ListenerKind k);
+std::optional<ListenerKind> listenerKindOf(std::string_view name);  // toString's inverse
 
 class Listener {
  public:
@@ -42,6 +45,12 @@ class Listener {
   bool retry(Clock::time_point now);
   // Stops accepting; done() once the kernel gave the request back.
   void close();
+  // Stops accepting without shutting the socket down (another process
+  // accepts on it after an upgrade); a connection the kernel had already
+  // accepted for this one is still handed to the handler. close() after
+  // it leaves the socket alone.
+  void stopAccepting();
+  int fd() const { return fd_.get(); }
   bool done() const { return closing_ && !accept_.busy(); }
 
   const std::shared_ptr<PodState>& pod() const { return pod_; }
@@ -55,6 +64,7 @@ class Listener {
   std::shared_ptr<PodState> pod_;
   ListenerKind kind_;
   bool closing_ = false;
+  bool shared_ = false;  // stopAccepting(): the socket is the successor's now
   Clock::time_point retry_at_{};
   std::chrono::milliseconds backoff_{0};
   log::Limiter log_;

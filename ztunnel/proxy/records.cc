@@ -215,6 +215,14 @@ std::vector<std::shared_ptr<LiveRecord>> Records::openInbound(unsigned worker) c
   return out;
 }
 
+std::vector<std::shared_ptr<LiveRecord>> Records::openOn(unsigned worker) const {
+  std::lock_guard lk(mu_);
+  std::vector<std::shared_ptr<LiveRecord>> out;
+  for (const auto& [id, live] : open_)
+    if (live->worker == worker) out.push_back(live);
+  return out;
+}
+
 InboundRequest inboundRequestOf(const LiveRecord& live) {
   InboundRequest r;
   r.path = live.rec.path;

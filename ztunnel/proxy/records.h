@@ -86,6 +86,8 @@ class Records {
   // The open connections of one worker that the authorizer decided
   // (inbound and same-node handoff), for reauthorize.
   std::vector<std::shared_ptr<LiveRecord>> openInbound(unsigned worker) const;
+  // Every open connection of one worker (an upgrade's drain deadline).
+  std::vector<std::shared_ptr<LiveRecord>> openOn(unsigned worker) const;
 
  private:
   static ConnectionRecord view(const LiveRecord& live);

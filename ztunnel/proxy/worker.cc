@@ -1,10 +1,12 @@
 #include "ztunnel/proxy/worker.h"
 
+#include <fcntl.h>
 #include <malloc.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <future>
 
 #include "sluice/common/addr.h"
@@ -191,6 +193,40 @@ void Worker::reauthorize() {
     live->owner->abort(CloseReason::kDenied, std::move(*why));
   }
   reap();
+}
+
+void Worker::exportListeners(std::vector<ListenerFd>& out) const {
+  for (const auto& l : listeners_) {
+    if (l->done()) continue;
+    int dup = fcntl(l->fd(), F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) {
+      logger()->error("worker {}: cannot duplicate a {} listener of {}: {}", index_,
+                      toString(l->kind()), l->pod()->spec.name_namespace, std::strerror(errno));
+      continue;
+    }
+    out.push_back({l->pod()->spec.uid, toString(l->kind()), UniqueFd(dup)});
+  }
+}
+
+void Worker::stopAccepting() {
+  for (auto& l : listeners_) l->stopAccepting();
+  backing_off_.clear();
+}
+
+void Worker::goAway() {
+  if (parts_->client) parts_->client->goAway();
+  if (parts_->server) parts_->server->goAway();
+}
+
+size_t Worker::abortOpen(const std::string& detail) {
+  size_t n = 0;
+  for (const auto& live : shared_.records.openOn(index_)) {
+    if (!live->owner || live->closed) continue;
+    live->owner->abort(CloseReason::kProxyShutdown, detail);
+    ++n;
+  }
+  reap();
+  return n;
 }
 
 bool Worker::outOfDescriptors(Listener&) {

@@ -51,6 +51,12 @@ class Worker final : public Listener::Handler {
   void addListener(UniqueFd fd, std::shared_ptr<PodState> pod, ListenerKind kind);
   void removePod(const std::string& uid);
   void reauthorize();  // resets open connections the authorizer now denies
+  // Upgrades (Engine::exportListeners, stopAccepting, drain).
+  void exportListeners(std::vector<ListenerFd>& out) const;
+  void stopAccepting();
+  void goAway();  // GOAWAY on every HBONE tunnel
+  // Closes every open connection of this worker; returns how many.
+  size_t abortOpen(const std::string& detail);
 
  private:
   struct Parts;

@@ -2,7 +2,9 @@
 // a one-letter alias as "-o value" or "-ovalue"; -h/--help asks for the usage.
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,5 +57,7 @@ class FlagTable {
 // signal's name when one arrives. SIGPIPE is ignored.
 void blockTerminationSignals();
 std::string waitForTermination();
+// The same, bounded: nullopt when no signal came within `timeout`.
+std::optional<std::string> waitForTermination(std::chrono::milliseconds timeout);
 
 }  // namespace sluice

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "sluice/common/result.h"
+#include "sluice/common/unique_fd.h"
 
 namespace sluice::ztunnel {
 
@@ -178,6 +179,14 @@ struct ListenerInfo {
   std::string pod;      // ns/name
   std::string address;  // "127.0.0.1:15001", "10.244.1.5:15006"
   std::string kind;     // "outbound" | "inbound" | "hbone"
+};
+
+// A pod's listening socket handed from one engine to another (an agent
+// upgrade): the same socket, so connections in its queue are not lost.
+struct ListenerFd {
+  std::string pod_uid;
+  std::string kind;  // "outbound" | "inbound" | "hbone", as ListenerInfo
+  UniqueFd fd;
 };
 
 // --- connection records ---------------------------------------------------
@@ -393,6 +402,25 @@ class Engine {
   // resets those it now denies (after a policy change). Thread-safe; returns
   // once every worker has done so.
   virtual void reauthorize() = 0;
+
+  // --- upgrades (the agent's handover to its successor) ---
+  // A duplicate of every listening socket, per pod and kind (the engine
+  // keeps accepting on its own).
+  virtual std::vector<ListenerFd> exportListeners() = 0;
+  // Sockets exported by the predecessor: addPod of those pods takes them
+  // instead of making new ones (a kind missing is made). Replaces what an
+  // earlier call left unused; an empty vector drops it.
+  virtual void adoptListeners(std::vector<ListenerFd> listeners) = 0;
+  // Stops accepting on every listener without shutting the sockets down
+  // (the successor accepts on them); what was already accepted is served.
+  // Returns once every worker has stopped. removePod and stop() after it
+  // leave the sockets working too.
+  virtual void stopAccepting() = 0;
+  // After stopAccepting: tells HBONE peers to open new streams elsewhere
+  // (GOAWAY), waits until every connection and tunnel has ended or until
+  // `deadline`, then closes what is still open (reason proxy_shutdown, the
+  // deadline in the detail). Returns how many connections it closed.
+  virtual size_t drain(std::chrono::milliseconds deadline) = 0;
 
   // Stops all workers; idempotent; also done by the destructor.
   virtual void stop() = 0;

@@ -1,0 +1,116 @@
+// The handover from a running agent to its successor (an upgrade), over a
+// unix socket in the state directory (<state-dir>/handover.sock). Only root
+// may use it: each end checks the other's SO_PEERCRED. SOCK_SEQPACKET keeps
+// message boundaries; each message is one JSON object, sockets ride along
+// with SCM_RIGHTS:
+//
+//   new -> old  {"op":"hello","version":1}
+//   old -> new  {"op":"listeners","items":[{"pod":UID,"kind":K},...],"more":B}
+//               + one socket per item; batches until "more" is false
+//               (or {"op":"refused","error":...})
+//   new -> old  {"op":"adopted"}    the new engine accepts on them too
+//   old -> new  {"op":"released"}   the old one stopped accepting
+//
+// Between "hello" and "released" the old agent's pod set is frozen (the
+// handler's freeze()); a successor that goes away before "adopted" thaws it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sluice/common/result.h"
+#include "sluice/common/unique_fd.h"
+#include "sluice/ztunnel/engine.h"
+
+namespace sluice::agent::upgrade {
+
+constexpr int kProtocolVersion = 1;
+
+// The running agent's side: one thread, one successor at a time.
+class HandoverServer {
+ public:
+  class Handler {
+   public:
+    // A successor asks to take over: freeze the pod set (no enrolment
+    // changes until release() or thaw()) and give the listeners to hand over.
+    virtual Result<std::vector<ztunnel::ListenerFd>> freeze() = 0;
+    // The successor accepts on them: stop accepting (connections already
+    // accepted keep running). The server answers "released" afterwards.
+    virtual void release() = 0;
+    // The successor went away before adopting them: undo freeze().
+    virtual void thaw(const std::string& why) = 0;
+
+   protected:
+    ~Handler() = default;
+  };
+
+  // Listens on `path` (a stale socket there is replaced). Peers whose uid
+  // is not `allowed_uid` are refused.
+  static Result<std::unique_ptr<HandoverServer>> create(const std::string& path, Handler& handler,
+                                                        uid_t allowed_uid = 0);
+  ~HandoverServer();  // stops the thread; removes the socket file unless it handed over
+  HandoverServer(const HandoverServer&) = delete;
+  HandoverServer& operator=(const HandoverServer&) = delete;
+
+  // A successor took over (release() returned); the server listens no more.
+  bool handedOver() const { return handed_over_.load(); }
+
+ private:
+  HandoverServer(Handler& handler, uid_t allowed_uid)
+      : handler_(handler), allowed_uid_(allowed_uid) {}
+  void loop();
+  void serve(UniqueFd peer);
+  Handler& handler_;
+  uid_t allowed_uid_;
+  std::string path_;
+  UniqueFd listen_fd_, wake_fd_;
+  std::atomic<bool> handed_over_{false};
+  std::jthread thread_;
+};
+
+// The successor's side.
+class HandoverClient {
+ public:
+  // Connects to the agent listening at `path` and takes its listeners (it
+  // freezes its pod set meanwhile). Null: nobody to take over from (no
+  // socket, or nothing listening on it) — a fresh start. Errors: a peer that
+  // is not `allowed_uid`, a refusal, a broken exchange.
+  static Result<std::unique_ptr<HandoverClient>> connect(
+      const std::string& path, std::chrono::milliseconds timeout = std::chrono::seconds(10),
+      uid_t allowed_uid = 0);
+
+  std::vector<ztunnel::ListenerFd> takeListeners() { return std::move(listeners_); }
+  // Tells the old agent that the listeners are adopted; returns once it has
+  // stopped accepting.
+  Result<void> release();
+
+ private:
+  explicit HandoverClient(UniqueFd fd, std::chrono::milliseconds timeout)
+      : fd_(std::move(fd)), timeout_(timeout) {}
+  UniqueFd fd_;
+  std::chrono::milliseconds timeout_;
+  std::vector<ztunnel::ListenerFd> listeners_;
+};
+
+// --- the wire, for both sides and their tests ---------------------------
+
+// One message and the descriptors that came with it.
+struct Message {
+  std::string text;
+  std::vector<UniqueFd> fds;
+};
+// Sends `text` with `fds` (at most kMaxFdsPerMessage) as one message.
+Result<void> sendMessage(int sock, const std::string& text, const std::vector<int>& fds = {});
+// Receives one message within `timeout`; an orderly close is an error.
+Result<Message> recvMessage(int sock, std::chrono::milliseconds timeout);
+constexpr size_t kMaxFdsPerMessage = 64;
+// The uid of the process at the other end of a unix socket.
+Result<uid_t> peerUid(int sock);
+
+}  // namespace sluice::agent::upgrade

@@ -1,0 +1,134 @@
+"""End to end: agent upgrades without dropped connections (issue 13, "Upgrades").
+
+UpgradeTest — node1: shop/client (sa web); node2: shop/server (sa api, echo on
+8082) and shop/local (sa web), all meshed. Two loops open new connections back
+to back, cross-node (client -> server, HBONE) and same-node (local -> server,
+handoff), while `lab agent upgrade` replaces an agent: the new one takes the
+pods' listeners over from the old one (handover.sock), which stops accepting,
+sends GOAWAY on its tunnels and drains (--drain-seconds 6 here). Not one new
+connection fails. An HBONE connection shorter than the drain finishes; one
+longer than it is closed at the deadline with the reason in the old agent's
+access log, and the client's next connection succeeds. A second upgrade of
+the same node (the successor hands over in turn) and an upgrade of the
+client's node behave the same.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from labkit import APP, LAB, LabTest, wait_for
+
+MESH = "sluice.dev/mesh"
+LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
+TD = "spiffe://cluster.local/ns/shop/sa"
+DRAIN = 6  # --drain-seconds of every agent of this lab
+
+
+class UpgradeTest(LabTest):
+    NODES = 2
+
+    @classmethod
+    def setUpClass(cls):
+        cls.saved_args = os.environ.get("SLUICE_AGENT_ARGS")
+        os.environ["SLUICE_AGENT_ARGS"] = f"{cls.saved_args or ''} --drain-seconds {DRAIN}".strip()
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        if cls.saved_args is None:
+            os.environ.pop("SLUICE_AGENT_ARGS", None)
+        else:
+            os.environ["SLUICE_AGENT_ARGS"] = cls.saved_args
+
+    @classmethod
+    def setUpLab(cls):
+        lab = cls.lab
+        lab.lab("ns", "label", "shop", f"{MESH}=enabled")
+        lab.pod("shop", "client", node="node1", sa="web")
+        cls.server_ip = lab.pod("shop", "server", node="node2", sa="api")
+        lab.pod("shop", "local", node="node2", sa="web")
+        for node, pod in (("node1", "shop/client"), ("node2", "shop/server"), ("node2", "shop/local")):
+            wait_for(f"{pod} enrolled", lambda node=node, pod=pod: lab.enrolled(node, pod))
+        for node, sa in (("node1", "web"), ("node2", "api"), ("node2", "web")):
+            wait_for(f"certificate of {sa} on {node}",
+                     lambda node=node, sa=sa: lab.cert(node, f"{TD}/{sa}")["state"] == "valid", timeout=30)
+        lab.server("shop/server", "echo", 8082)
+
+    def start(self, pod, *args):
+        """A client in `pod` that prints 'ready' first (loop, hold)."""
+        p = subprocess.Popen([sys.executable, LAB, "exec", pod, "--", sys.executable, APP, *args],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lab.procs.append(p)
+        line = p.stdout.readline()
+        if "ready" not in line:
+            p.kill()
+            raise AssertionError(f"{args} did not start in {pod}: {line}{p.stdout.read()}")
+        return p
+
+    @staticmethod
+    def finish(p, timeout=60):
+        if p.stdin:
+            p.stdin.close()
+        out = p.stdout.read()
+        p.wait(timeout=timeout)
+        p.stdout.close()
+        return p.returncode, out
+
+    def agent_pid(self, node):
+        with open(os.path.join(LAB_DIR, node, "agent.pid")) as f:
+            return int(f.read().strip())
+
+    def upgrade_under_load(self, node):
+        old_pid = self.agent_pid(node)
+        log = os.path.join(LAB_DIR, node, "agent.log")
+        log_start = os.path.getsize(log)
+        loops = {"cross-node": self.start("shop/client", "loop", self.server_ip, "8082", "2", "upgrade"),
+                 "same-node": self.start("shop/local", "loop", self.server_ip, "8082", "2", "upgrade")}
+        short = self.start("shop/client", "hold", self.server_ip, "8082", str(DRAIN / 2))
+        long = self.start("shop/client", "hold", self.server_ip, "8082", str(DRAIN * 6))
+        time.sleep(0.5)  # load before the upgrade
+        started = time.monotonic()
+        self.lab.lab("agent", "upgrade", node)  # the old agent exited, the new one is ready
+        took = time.monotonic() - started
+        time.sleep(1.0)  # load after it
+        results = {name: json.loads(self.finish(p)[1].strip().splitlines()[-1]) for name, p in loops.items()}
+        for name, r in results.items():
+            ok = sum(b["ok"] for b in r["buckets"])
+            fail = sum(b["fail"] for b in r["buckets"])
+            print(f"\n  {node} upgrade ({took:.1f} s): {name}: {ok} new connections succeeded, {fail} failed",
+                  file=sys.stderr)
+            self.assertGreater(ok, 0, r)
+            self.assertEqual(fail, 0, f"{name} connections failed during the upgrade of {node}: {r['failures'][:10]}")
+        self.assertNotEqual(self.agent_pid(node), old_pid)
+        # An HBONE connection that ends within the drain finishes normally.
+        code, out = self.finish(short)
+        self.assertEqual(code, 0, out)
+        self.assertIn("ok n=", out)
+        # One that outlives it is closed at the deadline, with the reason
+        # logged by the old agent; the client's next connection succeeds.
+        code, out = self.finish(long, timeout=DRAIN * 6 + 30)
+        self.assertNotEqual(code, 0, f"a connection outlived the drain deadline: {out}")
+        with open(log, errors="replace") as f:
+            f.seek(log_start)
+            closed = [l for l in f if "drain deadline of" in l and f"dst={self.server_ip}:8082" in l]
+        self.assertTrue(closed, "no access log line of a connection closed at the drain deadline")
+        reply = self.lab.client("shop/client", "say", self.server_ip, "8082", "after").stdout
+        self.assertIn("after", reply)
+
+    def test_1_server_node_upgrade(self):
+        self.upgrade_under_load("node2")
+
+    def test_2_server_node_second_upgrade(self):
+        # The successor hands over in turn.
+        self.upgrade_under_load("node2")
+
+    def test_3_client_node_upgrade(self):
+        self.upgrade_under_load("node1")
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()

@@ -1,0 +1,200 @@
+// Root-only: the engine's side of an agent upgrade — a successor engine
+// adopts a pod's listening sockets (Engine::exportListeners /
+// adoptListeners), the predecessor stops accepting and goes away, and not
+// one connection of a client connecting in a loop meanwhile fails; the
+// predecessor's drain closes what outlives its deadline, with the reason.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/engine_pod.h"
+
+namespace {
+
+// Answers each connection's byte and closes it; `hold` keeps them open.
+class EchoServer {
+ public:
+  EchoServer(Pod& pod, uint16_t port, bool hold = false)
+      : fd_(pod.listen(port, 1024)), hold_(hold) {
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        pollfd p{fd_.get(), POLLIN, 0};
+        if (::poll(&p, 1, 50) <= 0) continue;
+        UniqueFd c(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        if (!c) continue;
+        char b;
+        timeval tv{5, 0};
+        setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        if (::recv(c.get(), &b, 1, 0) == 1) (void)!::send(c.get(), &b, 1, MSG_NOSIGNAL);
+        if (hold_) held_.push_back(std::move(c));
+      }
+    });
+  }
+  ~EchoServer() {
+    stop_ = true;
+    thread_.join();
+  }
+
+ private:
+  UniqueFd fd_;
+  bool hold_;
+  std::vector<UniqueFd> held_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// A client connecting through the pod's outbound listener over and over,
+// one byte there and back each time; counts what worked and what did not.
+class Load {
+ public:
+  explicit Load(Pod& pod) {
+    thread_ = std::thread([this, &pod] {
+      while (!stop_) {
+        (oneConnection(pod) ? ok : failed)++;
+      }
+    });
+  }
+  ~Load() { finish(); }
+  void finish() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  std::atomic<int> ok{0}, failed{0};
+  std::mutex mu;
+  std::string last_error;
+
+ private:
+  bool oneConnection(Pod& pod) {
+    auto s = socketInNetns(pod.ns.fd(), AF_INET, SOCK_STREAM, 0);
+    if (!s) return error("socket");
+    timeval tv{5, 0};
+    setsockopt(s->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    auto sa = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
+    if (::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0)
+      return error("connect");
+    char b = 'x';
+    if (::send(s->get(), &b, 1, MSG_NOSIGNAL) != 1) return error("send");
+    char r = 0;
+    if (::recv(s->get(), &r, 1, 0) != 1 || r != 'x') return error("recv");
+    return true;
+  }
+  bool error(const char* what) {
+    std::lock_guard lk(mu);
+    last_error = std::string(what) + ": " + std::strerror(errno);
+    return false;
+  }
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+struct Successor {
+  FakeResolver resolver;
+  std::unique_ptr<ztunnel::Engine> engine;
+  // Adopts what `from` exports, then enrolls the pod (as a restarted agent's
+  // restore() does).
+  Successor(Pod& pod, ztunnel::Engine& from, const sockaddr_in& dst) {
+    resolver.dst = dst;
+    ztunnel::EngineConfig cfg;
+    cfg.workers = 2;
+    auto e = ztunnel::createEngine(cfg, resolver);
+    REQUIRE(e.has_value());
+    engine = std::move(*e);
+    auto exported = from.exportListeners();
+    CHECK(exported.size() == 4);  // outbound + inbound, one per worker
+    engine->adoptListeners(std::move(exported));
+    auto r = engine->addPod(pod.spec());
+    REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+    engine->adoptListeners({});
+  }
+};
+
+// The listening sockets on `port` in the pod: the same ones all along, so
+// their number never changes.
+void checkListening(Pod& pod, uint16_t port, int n) {
+  pod.ns.sh("test \"$(ss -Hltn 'sport = :" + std::to_string(port) + "' | wc -l)\" -eq " +
+            std::to_string(n));
+}
+
+// Remembers closed records.
+class Closed final : public ztunnel::ConnectionObserver {
+ public:
+  void opened(unsigned, const ztunnel::ConnectionRecord&) override {}
+  void transferred(unsigned, const ztunnel::ConnectionRecord&, uint64_t, uint64_t) override {}
+  void closed(unsigned, const ztunnel::ConnectionRecord& r) override {
+    std::lock_guard lk(mu);
+    records.push_back(r);
+  }
+  std::mutex mu;
+  std::vector<ztunnel::ConnectionRecord> records;
+};
+
+}  // namespace
+
+TEST_SUITE("engine upgrade") {
+  TEST_CASE("two handovers in a row under load: the same sockets, not one connection fails") {
+    Pod pod;
+    const auto dst = makeSockaddr(*parseIp4("10.77.3.5"), 9000);
+    EchoServer echo(pod, 9000);
+    auto first = std::make_unique<Running>(pod);
+    first->resolver.dst = dst;
+    checkListening(pod, SLUICE_OUTBOUND_PORT, 2);
+    Load load(pod);
+    REQUIRE(eventually([&] { return load.ok.load() > 50; }));
+
+    auto second = std::make_unique<Successor>(pod, *first->engine, dst);
+    CHECK(second->engine->listeners().size() == 2);
+    checkListening(pod, SLUICE_OUTBOUND_PORT, 2);  // adopted, none made
+    first->engine->stopAccepting();
+    auto accepted = second->engine->stats()[ztunnel::Counter::kAccepted];
+    int before = load.ok;
+    REQUIRE(eventually([&] { return load.ok.load() > before + 50; }));
+    CHECK(second->engine->stats()[ztunnel::Counter::kAccepted] > accepted);
+    // The old process drains what it accepted (as the agent does), then exits:
+    // its sockets are the successor's.
+    CHECK(first->engine->drain(10s) == 0);
+    first.reset();
+    before = load.ok;
+    REQUIRE(eventually([&] { return load.ok.load() > before + 50; }));
+
+    // The successor hands over in turn.
+    auto third = std::make_unique<Successor>(pod, *second->engine, dst);
+    second->engine->stopAccepting();
+    CHECK(second->engine->drain(10s) == 0);
+    second.reset();
+    before = load.ok;
+    REQUIRE(eventually([&] { return load.ok.load() > before + 50; }));
+    checkListening(pod, SLUICE_OUTBOUND_PORT, 2);
+    load.finish();
+    std::lock_guard lk(load.mu);
+    CHECK_MESSAGE(load.failed.load() == 0, load.last_error);
+  }
+
+  TEST_CASE("drain: what ends in time ends, what outlives the deadline is closed with the reason") {
+    Pod pod;
+    EchoServer held(pod, 9001, /*hold=*/true);
+    Closed closed;
+    Running run(pod, {}, {.observer = &closed});
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9001);
+    UniqueFd c = pod.connectProxy();
+    char b = 'y';
+    REQUIRE(::send(c.get(), &b, 1, MSG_NOSIGNAL) == 1);
+    REQUIRE(::recv(c.get(), &b, 1, 0) == 1);
+    REQUIRE(run.engine->stats()[ztunnel::Counter::kActive] == 1);
+    run.engine->stopAccepting();
+    CHECK(run.engine->drain(1s) == 1);
+    CHECK(::recv(c.get(), &b, 1, 0) <= 0);  // closed under the client
+    std::lock_guard lk(closed.mu);
+    REQUIRE(closed.records.size() == 1);
+    CHECK(std::string(toString(closed.records[0].reason)) == "proxy_shutdown");
+    CHECK(closed.records[0].reasonText().find("drain deadline of 1 s passed") != std::string::npos);
+    CHECK(run.engine->drain(1s) == 0);  // nothing open
+  }
+}
