@@ -316,18 +316,30 @@ class Lab:
 
 class LabTest(unittest.TestCase):
     NODES = 1
+    AGENT_ARGS = ""  # extra sluice-agent flags for this class's lab (added to $SLUICE_AGENT_ARGS)
     lab = None
 
     @classmethod
     def setUpClass(cls):
         require_root()
+        cls.saved_agent_args = os.environ.get("SLUICE_AGENT_ARGS")
+        if cls.AGENT_ARGS:
+            os.environ["SLUICE_AGENT_ARGS"] = f"{cls.saved_agent_args or ''} {cls.AGENT_ARGS}".strip()
         cls.lab = Lab(cls.NODES)
         try:
             cls.lab.up()
             cls.setUpLab()
         except BaseException:
             cls.lab.down()
+            cls.restore_agent_args()
             raise
+
+    @classmethod
+    def restore_agent_args(cls):
+        if cls.saved_agent_args is None:
+            os.environ.pop("SLUICE_AGENT_ARGS", None)
+        else:
+            os.environ["SLUICE_AGENT_ARGS"] = cls.saved_agent_args
 
     @classmethod
     def setUpLab(cls):
@@ -337,3 +349,4 @@ class LabTest(unittest.TestCase):
     def tearDownClass(cls):
         if cls.lab:
             cls.lab.down()
+        cls.restore_agent_args()

@@ -17,16 +17,8 @@ PIN_DIR = "/sys/fs/bpf/sluice-lab/node1"
 class CheckTest(LabTest):
     NODES = 1
 
-    @classmethod
-    def setUpClass(cls):
-        # Short-lived certificates, so that one can expire within the test.
-        os.environ["SLUICE_AGENT_ARGS"] = "--cert-ttl 60"
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        os.environ.pop("SLUICE_AGENT_ARGS", None)
-        super().tearDownClass()
+    # Short-lived certificates, so that one can expire within the test.
+    AGENT_ARGS = "--cert-ttl 60"
 
     @classmethod
     def setUpLab(cls):

@@ -209,15 +209,7 @@ class ControlPlaneFaultTest(LabTest):
 class CaAwayAtRenewalTest(LabTest):
     NODES = 2
 
-    @classmethod
-    def setUpClass(cls):
-        os.environ["SLUICE_AGENT_ARGS"] = "--cert-ttl 60"  # the shortest: renewal after ~30 s
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        os.environ.pop("SLUICE_AGENT_ARGS", None)
-        super().tearDownClass()
+    AGENT_ARGS = "--cert-ttl 60"  # the shortest: renewal after ~30 s
 
     @classmethod
     def setUpLab(cls):
