@@ -182,6 +182,22 @@ void EngineImpl::adoptListeners(std::vector<ListenerFd> listeners) {
 
 void EngineImpl::stopAccepting() {
   onEveryWorker([](Worker& w) { w.stopAccepting(); });
+  // The cancels complete on the workers' rings: until a listener's multishot
+  // accept has ended, it can still hand this process a connection. Return
+  // once none can, so that drain() sees every connection this process will
+  // ever serve (one accepted after drain() found nothing open would be cut
+  // when the process exits).
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    std::atomic<size_t> busy{0};
+    onEveryWorker([&busy](Worker& w) { busy += w.acceptsInFlight(); });
+    if (busy == 0) return;
+    if (std::chrono::steady_clock::now() >= until) {
+      logger()->warn("stop accepting: {} accept(s) not cancelled after 2 s", busy.load());
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 size_t EngineImpl::drain(std::chrono::milliseconds deadline) {

@@ -213,6 +213,12 @@ void Worker::stopAccepting() {
   backing_off_.clear();
 }
 
+size_t Worker::acceptsInFlight() const {
+  size_t n = 0;
+  for (const auto& l : listeners_) n += !l->done();
+  return n;
+}
+
 void Worker::goAway() {
   if (parts_->client) parts_->client->goAway();
   if (parts_->server) parts_->server->goAway();

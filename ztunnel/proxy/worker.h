@@ -54,6 +54,8 @@ class Worker final : public Listener::Handler {
   // Upgrades (Engine::exportListeners, stopAccepting, drain).
   void exportListeners(std::vector<ListenerFd>& out) const;
   void stopAccepting();
+  // Listeners told to stop whose accept the kernel has not ended yet.
+  size_t acceptsInFlight() const;
   void goAway();  // GOAWAY on every HBONE tunnel
   // Closes every open connection of this worker; returns how many.
   size_t abortOpen(const std::string& detail);
