@@ -55,6 +55,12 @@ class Worker final : public Listener::Handler {
   void exportListeners(std::vector<ListenerFd>& out) const;
   void stopAccepting();
   void goAway();  // GOAWAY on every HBONE tunnel
+  // Plaintext connections (Engine::exportConnections, adoptConnections).
+  size_t freezePlain();
+  // Moves the frozen connections the ring is done with into `out`; returns
+  // how many are still freezing.
+  size_t takeFrozen(std::vector<ConnectionFd>& out);
+  void adoptPlain(ConnectionFd c, std::shared_ptr<PodState> pod, std::shared_ptr<PodState> target);
   // Closes every open connection of this worker; returns how many.
   size_t abortOpen(const std::string& detail);
 
