@@ -6,6 +6,12 @@
 
 namespace sluice::ztunnel::relay {
 
+namespace {
+// A request the cancel stopped before it moved a byte: -ECANCELED, or
+// -EINTR when it was already blocked in an io-wq worker.
+bool cancelled(int res) { return res == -ECANCELED || res == -EINTR; }
+}  // namespace
+
 Pipe::Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes)
     : ring_(ring), owner_(owner), cap_(std::max<size_t>(buffer_bytes, 1024)) {}
 
@@ -118,7 +124,7 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
       owner_.pipeMoved(*this, len_);
     } else if (cqe.res == 0) {
       eof_ = true;
-    } else if (cqe.res != -ECANCELED && !frozen_error_) {
+    } else if (!cancelled(cqe.res) && !frozen_error_) {
       frozen_error_ = cqe.res;
     }
     return settle();
@@ -150,7 +156,7 @@ void Pipe::onSend(const io_uring_cqe& cqe) {
     if (cqe.res > 0) {
       off_ += static_cast<size_t>(cqe.res);
       if (off_ >= len_) len_ = off_ = 0;
-    } else if (cqe.res != -ECANCELED && !frozen_error_) {
+    } else if (!cancelled(cqe.res) && !frozen_error_) {
       frozen_error_ = cqe.res == 0 ? -EPIPE : cqe.res;
     }
     return settle();
@@ -172,7 +178,7 @@ void Pipe::onSend(const io_uring_cqe& cqe) {
 }
 
 void Pipe::onShutdown(const io_uring_cqe& cqe) {
-  if (frozen_ && cqe.res == -ECANCELED) return settle();  // not shut down: the successor does it
+  if (frozen_ && cancelled(cqe.res)) return settle();  // not shut down: the successor does it
   shut_done_ = true;
   if (stopped_) return settle();
   owner_.pipeEnded(*this);
