@@ -324,6 +324,8 @@ void HandoverServer::serve(UniqueFd peer) {
   if (j->value("connections", false)) connections = handler_.exportConnections();
   nlohmann::json released{{"op", "released"}};
   if (j->value("connections", false)) released["connections"] = connections.size();
+  // The agent drains from now on; its destructor waits for this thread.
+  handed_over_ = true;
   (void)sendMessage(peer.get(), released.dump());
   size_t moved = 0;
   for (const auto& c : connections) {
@@ -335,7 +337,6 @@ void HandoverServer::serve(UniqueFd peer) {
     ++moved;
   }
   connections.clear();  // the successor holds them now (or they are lost)
-  handed_over_ = true;
   logger()->info(
       "handed over {} listener(s) and {} plaintext connection(s) to the successor; this agent no "
       "longer accepts",
