@@ -363,11 +363,10 @@ Result<std::unique_ptr<HandoverClient>> HandoverClient::connect(const std::strin
                             path, *uid, allowed_uid));
   std::unique_ptr<HandoverClient> self(new HandoverClient(std::move(fd), timeout));
   int sock = self->fd_.get();
-  if (auto r =
-          sendMessage(sock, nlohmann::json{{"op", "hello"},
-                                           {"version", kProtocolVersion},
-                                           {"connections", true}}
-                                .dump());
+  if (auto r = sendMessage(
+          sock,
+          nlohmann::json{{"op", "hello"}, {"version", kProtocolVersion}, {"connections", true}}
+              .dump());
       !r) {
     // Refused at once: the reason is still queued for us.
     auto m = recvMessage(sock, std::chrono::milliseconds(100));
@@ -405,8 +404,8 @@ Result<void> HandoverClient::release() {
   for (size_t i = 0; i < n; ++i) {
     auto c = recvConnection(fd_.get(), timeout_);
     if (!c)
-      return fail(fmt::format("connection {} of {} in the handover: {}", i + 1, n,
-                              c.error().describe()));
+      return fail(
+          fmt::format("connection {} of {} in the handover: {}", i + 1, n, c.error().describe()));
     connections_.push_back(std::move(*c));
   }
   return {};

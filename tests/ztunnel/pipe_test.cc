@@ -549,7 +549,8 @@ TEST_SUITE("pipe") {
     CHECK(p.down.bytes() == down_bytes);
   }
 
-  TEST_CASE("freeze keeps what was read and a resumed pipe delivers it once then the rest and EOF") {
+  TEST_CASE(
+      "freeze keeps what was read and a resumed pipe delivers it once then the rest and EOF") {
     constexpr uint64_t kTotal = 64ull << 20;  // more than every buffer on the way holds
     Proxy p(64 * 1024);
     p.A.send_limit = kTotal;
@@ -580,10 +581,10 @@ TEST_SUITE("pipe") {
     Recorder rec2;
     Pipe up2(*p.ring, rec2, 64 * 1024), down2(*p.ring, rec2, 64 * 1024);
     up2.resume(p.pa.get(), p.pb.get(), pending, p.up.sourceEnded(), p.up.sinkDone());
-    down2.resume(p.pb.get(), p.pa.get(), p.down.pending(), p.down.sourceEnded(),
-                 p.down.sinkDone());
+    down2.resume(p.pb.get(), p.pa.get(), p.down.pending(), p.down.sourceEnded(), p.down.sinkDone());
     p.B.reading = true;
-    REQUIRE(runUntil(*p.ring, [&] { return p.B.eof; }, [&] { p.step(); }, 30s));
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.B.eof; }, [&] { p.step(); }, 30s));
     CHECK(p.A.error == 0);
     CHECK(p.B.error == 0);
     CHECK(p.B.received == kTotal);  // nothing lost, nothing twice

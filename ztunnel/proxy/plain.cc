@@ -4,7 +4,6 @@
 #include <optional>
 
 #include "sluice/common/addr.h"
-
 #include "sluice/common/log.h"
 #include "ztunnel/l7/inspect_policy.h"
 #include "ztunnel/l7/inspector.h"
@@ -221,9 +220,9 @@ void PlainUpstream::adopt(ConnectionFd c, std::shared_ptr<PodState> pod,
   ctx_.records.open(live);
   pod->connections++;
   ctx_.counters().add(Counter::kActive);
-  auto conn = std::make_unique<PlainConnection>(*this, std::move(live), std::move(pod),
-                                                std::move(target), std::move(c.client),
-                                                std::move(c.upstream), nullptr);
+  auto conn =
+      std::make_unique<PlainConnection>(*this, std::move(live), std::move(pod), std::move(target),
+                                        std::move(c.client), std::move(c.upstream), nullptr);
   PlainConnection* raw = conn.get();
   conns_.emplace(raw, std::move(conn));
   raw->resume(c);
