@@ -94,7 +94,7 @@ class UpgradeTest(LabTest):
         short = self.start("shop/client", "hold", self.server_ip, "8082", str(DRAIN / 2))
         long = self.start("shop/client", "hold", self.server_ip, "8082", str(DRAIN * 6))
         # Same node: handed over to the new agent, so it outlives the drain.
-        same = self.start("shop/local", "hold", self.server_ip, "8082", str(DRAIN * 3)) if node == "node2" else None
+        same = self.start("shop/local", "hold", self.server_ip, "8082", str(DRAIN * 2)) if node == "node2" else None
         time.sleep(0.5)  # load before the upgrade
         started = time.monotonic()
         self.lab.lab("agent", "upgrade", node)  # the old agent exited, the new one is ready
@@ -124,7 +124,7 @@ class UpgradeTest(LabTest):
         reply = self.lab.client("shop/client", "say", self.server_ip, "8082", "after").stdout
         self.assertIn("after", reply)
         if same:
-            code, out = self.finish(same, timeout=DRAIN * 3 + 30)
+            code, out = self.finish(same, timeout=DRAIN * 2 + 30)
             self.assertEqual(code, 0, f"the same-node connection broke across the upgrade: {out}")
             self.assertIn("ok n=", out)
             with open(log, errors="replace") as f:
