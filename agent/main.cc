@@ -413,10 +413,18 @@ int runAgent(const Flags& flags) {
     for (const auto& id : pods.enrolledIdentities())
       while (!certs.credential(id) && std::chrono::steady_clock::now() < until)
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (auto r = (*predecessor)->release(); !r)
-      logger->warn("the previous agent did not confirm the handover: {}", r.error().describe());
+    auto released = (*predecessor)->release();
+    // Its plaintext connections, frozen: relayed here from now on (those
+    // that came before a failure, if any).
+    size_t adopted = (*engine)->adoptConnections((*predecessor)->takeConnections());
+    if (!released)
+      logger->warn("the previous agent did not confirm the handover: {}",
+                   released.error().describe());
     else
-      logger->info("the previous agent stopped accepting; this one serves every pod");
+      logger->info(
+          "the previous agent stopped accepting; this one serves every pod and relays {} "
+          "plaintext connection(s) it handed over",
+          adopted);
     predecessor->reset();
   }
 

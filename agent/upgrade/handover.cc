@@ -43,6 +43,13 @@ Result<nlohmann::json> parse(const Message& m, const char* want) {
   return j;
 }
 
+// Raw bytes per message after a connection's header (within kMaxMessageBytes).
+constexpr size_t kChunkBytes = 60 * 1024;
+
+// Direction and Path on the wire: their values (both ends are builds of
+// this code; a value out of range is refused).
+constexpr int kDirections = 2, kPaths = 4;
+
 }  // namespace
 
 // ------------------------------------------------------------------ wire
@@ -114,6 +121,95 @@ Result<uid_t> peerUid(int sock) {
   if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
     return failErrno("SO_PEERCRED on the handover socket failed");
   return cred.uid;
+}
+
+Result<void> sendConnection(int sock, const ztunnel::ConnectionFd& c) {
+  const auto& r = c.record;
+  std::string bytes = c.to_upstream + c.to_client;
+  size_t chunks = (bytes.size() + kChunkBytes - 1) / kChunkBytes;
+  nlohmann::json m{{"op", "connection"},
+                   {"pod_uid", c.pod_uid},
+                   {"target_uid", c.target_uid},
+                   {"dest_pod_uid", c.dest_pod_uid},
+                   {"dest_pod", c.dest_pod},
+                   {"direction", static_cast<int>(r.direction)},
+                   {"path", static_cast<int>(r.path)},
+                   {"pod", r.pod},
+                   {"source", r.source},
+                   {"destination", r.destination},
+                   {"destination_service", r.destination_service},
+                   {"source_principal", r.source_principal},
+                   {"destination_principal", r.destination_principal},
+                   {"bytes_sent", r.bytes_sent},
+                   {"bytes_received", r.bytes_received},
+                   {"start_unix_ms", r.start_unix_ms},
+                   {"client_eof", c.client_eof},
+                   {"upstream_eof", c.upstream_eof},
+                   {"upstream_shut", c.upstream_shut},
+                   {"client_shut", c.client_shut},
+                   {"to_upstream", c.to_upstream.size()},
+                   {"to_client", c.to_client.size()},
+                   {"chunks", chunks}};
+  if (auto ok = sendMessage(sock, m.dump(), {c.client.get(), c.upstream.get()}); !ok) return ok;
+  for (size_t i = 0; i < chunks; ++i)
+    if (auto ok = sendMessage(sock, bytes.substr(i * kChunkBytes, kChunkBytes)); !ok) return ok;
+  return {};
+}
+
+Result<ztunnel::ConnectionFd> recvConnection(int sock, std::chrono::milliseconds timeout) {
+  auto m = recvMessage(sock, timeout);
+  if (!m) return tl::unexpected(m.error());
+  auto j = parse(*m, "connection");
+  if (!j) return tl::unexpected(j.error());
+  if (m->fds.size() != 2) return fail("a handed-over connection came without its two sockets");
+  ztunnel::ConnectionFd c;
+  c.client = std::move(m->fds[0]);
+  c.upstream = std::move(m->fds[1]);
+  size_t to_upstream = 0, to_client = 0, chunks = 0;
+  try {
+    const auto& h = *j;
+    int dir = h.at("direction").get<int>(), path = h.at("path").get<int>();
+    if (dir < 0 || dir >= kDirections || path < 0 || path >= kPaths)
+      return fail("a handed-over connection has an unknown direction or path");
+    auto& r = c.record;
+    r.direction = static_cast<ztunnel::Direction>(dir);
+    r.path = static_cast<ztunnel::Path>(path);
+    c.pod_uid = h.at("pod_uid").get<std::string>();
+    c.target_uid = h.at("target_uid").get<std::string>();
+    c.dest_pod_uid = h.at("dest_pod_uid").get<std::string>();
+    c.dest_pod = h.at("dest_pod").get<std::string>();
+    r.pod = h.at("pod").get<std::string>();
+    r.source = h.at("source").get<std::string>();
+    r.destination = h.at("destination").get<std::string>();
+    r.destination_service = h.at("destination_service").get<std::string>();
+    r.source_principal = h.at("source_principal").get<std::string>();
+    r.destination_principal = h.at("destination_principal").get<std::string>();
+    r.bytes_sent = h.at("bytes_sent").get<uint64_t>();
+    r.bytes_received = h.at("bytes_received").get<uint64_t>();
+    r.start_unix_ms = h.at("start_unix_ms").get<int64_t>();
+    c.client_eof = h.at("client_eof").get<bool>();
+    c.upstream_eof = h.at("upstream_eof").get<bool>();
+    c.upstream_shut = h.at("upstream_shut").get<bool>();
+    c.client_shut = h.at("client_shut").get<bool>();
+    to_upstream = h.at("to_upstream").get<size_t>();
+    to_client = h.at("to_client").get<size_t>();
+    chunks = h.at("chunks").get<size_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return fail(fmt::format("malformed handed-over connection: {}", e.what()));
+  }
+  if (chunks != (to_upstream + to_client + kChunkBytes - 1) / kChunkBytes)
+    return fail("a handed-over connection's byte counts do not match its chunks");
+  std::string bytes;
+  for (size_t i = 0; i < chunks; ++i) {
+    auto d = recvMessage(sock, timeout);
+    if (!d) return tl::unexpected(d.error());
+    bytes += d->text;
+  }
+  if (bytes.size() != to_upstream + to_client)
+    return fail("a handed-over connection's buffered bytes are incomplete");
+  c.to_upstream = bytes.substr(0, to_upstream);
+  c.to_client = bytes.substr(to_upstream);
+  return c;
 }
 
 // ------------------------------------------------------------------ server
@@ -224,9 +320,27 @@ void HandoverServer::serve(UniqueFd peer) {
   Result<nlohmann::json> a = adopted ? parse(*adopted, "adopted") : tl::unexpected(adopted.error());
   if (!a) return fail_with(a.error().describe());
   handler_.release();
+  std::vector<ztunnel::ConnectionFd> connections;
+  if (j->value("connections", false)) connections = handler_.exportConnections();
+  nlohmann::json released{{"op", "released"}};
+  if (j->value("connections", false)) released["connections"] = connections.size();
+  // The agent drains from now on; its destructor waits for this thread.
   handed_over_ = true;
-  (void)sendMessage(peer.get(), nlohmann::json{{"op", "released"}}.dump());
-  logger()->info("handed over {} listener(s) to the successor; this agent no longer accepts", sent);
+  (void)sendMessage(peer.get(), released.dump());
+  size_t moved = 0;
+  for (const auto& c : connections) {
+    if (auto r = sendConnection(peer.get(), c); !r) {
+      logger()->error("handing over a connection failed: {}; {} connection(s) lost",
+                      r.error().describe(), connections.size() - moved);
+      break;
+    }
+    ++moved;
+  }
+  connections.clear();  // the successor holds them now (or they are lost)
+  logger()->info(
+      "handed over {} listener(s) and {} plaintext connection(s) to the successor; this agent no "
+      "longer accepts",
+      sent, moved);
 }
 
 // ------------------------------------------------------------------ client
@@ -249,8 +363,10 @@ Result<std::unique_ptr<HandoverClient>> HandoverClient::connect(const std::strin
                             path, *uid, allowed_uid));
   std::unique_ptr<HandoverClient> self(new HandoverClient(std::move(fd), timeout));
   int sock = self->fd_.get();
-  if (auto r =
-          sendMessage(sock, nlohmann::json{{"op", "hello"}, {"version", kProtocolVersion}}.dump());
+  if (auto r = sendMessage(
+          sock,
+          nlohmann::json{{"op", "hello"}, {"version", kProtocolVersion}, {"connections", true}}
+              .dump());
       !r) {
     // Refused at once: the reason is still queued for us.
     auto m = recvMessage(sock, std::chrono::milliseconds(100));
@@ -282,7 +398,16 @@ Result<void> HandoverClient::release() {
   if (auto r = sendMessage(fd_.get(), nlohmann::json{{"op", "adopted"}}.dump()); !r) return r;
   auto m = recvMessage(fd_.get(), timeout_);
   if (!m) return tl::unexpected(m.error());
-  if (auto j = parse(*m, "released"); !j) return tl::unexpected(j.error());
+  auto j = parse(*m, "released");
+  if (!j) return tl::unexpected(j.error());
+  auto n = j->value("connections", size_t{0});
+  for (size_t i = 0; i < n; ++i) {
+    auto c = recvConnection(fd_.get(), timeout_);
+    if (!c)
+      return fail(
+          fmt::format("connection {} of {} in the handover: {}", i + 1, n, c.error().describe()));
+    connections_.push_back(std::move(*c));
+  }
   return {};
 }
 

@@ -4,12 +4,20 @@
 // message boundaries; each message is one JSON object, sockets ride along
 // with SCM_RIGHTS:
 //
-//   new -> old  {"op":"hello","version":1}
+//   new -> old  {"op":"hello","version":1,"connections":true}
 //   old -> new  {"op":"listeners","items":[{"pod":UID,"kind":K},...],"more":B}
 //               + one socket per item; batches until "more" is false
 //               (or {"op":"refused","error":...})
 //   new -> old  {"op":"adopted"}    the new engine accepts on them too
-//   old -> new  {"op":"released"}   the old one stopped accepting
+//   old -> new  {"op":"released","connections":N}   the old one stopped accepting
+//   old -> new  N times: {"op":"connection",...record and state...,
+//               "to_upstream":BYTES,"to_client":BYTES,"chunks":K} + the client
+//               and upstream sockets, then K messages of raw bytes (the
+//               buffered bytes, to_upstream's first)
+//
+// "connections" in the hello asks for the frozen plaintext connections
+// (an agent without it, or one answering without "connections", hands
+// over listeners only).
 //
 // Between "hello" and "released" the old agent's pod set is frozen (the
 // handler's freeze()); a successor that goes away before "adopted" thaws it.
@@ -45,6 +53,9 @@ class HandoverServer {
     virtual void release() = 0;
     // The successor went away before adopting them: undo freeze().
     virtual void thaw(const std::string& why) = 0;
+    // After release(), if the successor takes them: the plaintext
+    // connections to hand over (frozen; their records closed here).
+    virtual std::vector<ztunnel::ConnectionFd> exportConnections() { return {}; }
 
    protected:
     ~Handler() = default;
@@ -87,8 +98,9 @@ class HandoverClient {
 
   std::vector<ztunnel::ListenerFd> takeListeners() { return std::move(listeners_); }
   // Tells the old agent that the listeners are adopted; returns once it has
-  // stopped accepting.
+  // stopped accepting and handed over its plaintext connections.
   Result<void> release();
+  std::vector<ztunnel::ConnectionFd> takeConnections() { return std::move(connections_); }
 
  private:
   explicit HandoverClient(UniqueFd fd, std::chrono::milliseconds timeout)
@@ -96,7 +108,13 @@ class HandoverClient {
   UniqueFd fd_;
   std::chrono::milliseconds timeout_;
   std::vector<ztunnel::ListenerFd> listeners_;
+  std::vector<ztunnel::ConnectionFd> connections_;
 };
+
+// One frozen connection as messages (its header, then its buffered bytes),
+// and back; for both sides and their tests.
+Result<void> sendConnection(int sock, const ztunnel::ConnectionFd& c);
+Result<ztunnel::ConnectionFd> recvConnection(int sock, std::chrono::milliseconds timeout);
 
 // --- the wire, for both sides and their tests ---------------------------
 

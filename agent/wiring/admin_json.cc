@@ -22,7 +22,8 @@ nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
                    {"start_unix_ms", c.start_unix_ms},
                    {"duration_ms", c.duration_ms},
                    {"state", ztunnel::toString(c.state)},
-                   {"reason", c.reasonText()}});
+                   {"reason", c.reasonText()},
+                   {"adopted", c.adopted}});
   }
   return {{"connections", out}};
 }

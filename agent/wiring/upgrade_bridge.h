@@ -31,6 +31,9 @@ class UpgradeBridge final : public upgrade::HandoverServer::Handler {
     engine_.stopAccepting();
     hooks_.release();
   }
+  std::vector<ztunnel::ConnectionFd> exportConnections() override {
+    return engine_.exportConnections();
+  }
   void thaw(const std::string& why) override {
     log::get("upgrade")->warn("the handover did not finish ({}); carrying on", why);
     hooks_.thaw();

@@ -45,13 +45,18 @@ class FakeAgent final : public HandoverServer::Handler {
     return out;
   }
   void release() override { releases++; }
+  std::vector<ztunnel::ConnectionFd> exportConnections() override {
+    exports++;
+    return std::move(connections);
+  }
   void thaw(const std::string& why) override {
     std::lock_guard lk(mu);
     thawed.push_back(why);
     thaws++;
   }
   std::vector<UniqueFd> mine, peers;
-  std::atomic<int> freezes{0}, releases{0}, thaws{0};
+  std::vector<ztunnel::ConnectionFd> connections;  // handed over after release
+  std::atomic<int> freezes{0}, releases{0}, thaws{0}, exports{0};
   std::mutex mu;
   std::vector<std::string> thawed;
 };
@@ -222,5 +227,96 @@ TEST_SUITE("handover") {
     CHECK(none.error().describe().find("no handover message") != std::string::npos);
     a.reset();
     CHECK_FALSE(recvMessage(b.get(), 1s).has_value());  // closed
+  }
+
+  TEST_CASE("frozen connections follow the release: both sockets, buffered bytes, state, record") {
+    Dir dir;
+    FakeAgent old_agent(3);
+    std::vector<UniqueFd> far;  // the other ends of the handed-over sockets
+    auto pairOf = [&] {
+      int pair[2];
+      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+      far.emplace_back(pair[1]);
+      return UniqueFd(pair[0]);
+    };
+    std::string big(200 * 1024, '\0');  // several messages' worth
+    for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i % 253);
+    for (int i = 0; i < 2; ++i) {
+      ztunnel::ConnectionFd c;
+      c.record.direction = i == 0 ? ztunnel::Direction::kOutbound : ztunnel::Direction::kInbound;
+      c.record.path = i == 0 ? ztunnel::Path::kLocalHandoff : ztunnel::Path::kInbound;
+      c.record.pod = "ns/pod-" + std::to_string(i);
+      c.record.source = "10.1.0.1:4000";
+      c.record.destination = "10.1.0.2:80";
+      c.record.source_principal = "spiffe://cluster.local/ns/ns/sa/a";
+      c.record.bytes_sent = 1000 + i;
+      c.record.bytes_received = 7;
+      c.record.start_unix_ms = 1234;
+      c.pod_uid = "pod-" + std::to_string(i);
+      c.target_uid = i == 0 ? "pod-1" : "";
+      c.client = pairOf();
+      c.upstream = pairOf();
+      if (i == 0) {
+        c.to_upstream = big;
+        c.to_client = "hello";
+        c.client_eof = true;
+      } else {
+        c.upstream_eof = c.client_shut = true;
+      }
+      old_agent.connections.push_back(std::move(c));
+    }
+    std::vector<ino_t> inodes;
+    for (const auto& c : old_agent.connections) {
+      inodes.push_back(inodeOf(c.client.get()));
+      inodes.push_back(inodeOf(c.upstream.get()));
+    }
+    auto server = HandoverServer::create(dir.sock(), old_agent, ::getuid());
+    REQUIRE(server.has_value());
+    auto client = HandoverClient::connect(dir.sock(), 5s, ::getuid());
+    REQUIRE_MESSAGE(client.has_value(), (client ? "" : client.error().describe()));
+    REQUIRE(*client != nullptr);
+    auto released = (*client)->release();
+    REQUIRE_MESSAGE(released.has_value(), (released ? "" : released.error().describe()));
+    CHECK(old_agent.exports == 1);
+    auto got = (*client)->takeConnections();
+    REQUIRE(got.size() == 2);
+    CHECK(got[0].to_upstream == big);
+    CHECK(got[0].to_client == "hello");
+    CHECK(got[0].client_eof);
+    CHECK_FALSE(got[0].upstream_eof);
+    CHECK(got[0].target_uid == "pod-1");
+    CHECK((got[0].record.path == ztunnel::Path::kLocalHandoff));
+    CHECK(got[0].record.pod == "ns/pod-0");
+    CHECK(got[0].record.source_principal == "spiffe://cluster.local/ns/ns/sa/a");
+    CHECK(got[0].record.bytes_sent == 1000);
+    CHECK(got[0].record.start_unix_ms == 1234);
+    CHECK(got[1].to_upstream.empty());
+    CHECK(got[1].upstream_eof);
+    CHECK(got[1].client_shut);
+    CHECK_FALSE(got[1].upstream_shut);
+    CHECK((got[1].record.direction == ztunnel::Direction::kInbound));
+    CHECK((got[1].record.path == ztunnel::Path::kInbound));
+    CHECK(got[1].record.bytes_sent == 1001);
+    CHECK(got[1].target_uid.empty());
+    for (size_t i = 0; i < 2; ++i) {
+      CHECK(inodeOf(got[i].client.get()) == inodes[2 * i]);
+      CHECK(inodeOf(got[i].upstream.get()) == inodes[2 * i + 1]);
+    }
+    CHECK((*server)->handedOver());
+  }
+
+  TEST_CASE("a malformed handed-over connection is refused, not adopted") {
+    int pair[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0);
+    UniqueFd a(pair[0]), b(pair[1]);
+    REQUIRE(sendMessage(a.get(), "{\"op\":\"connection\",\"pod_uid\":\"x\"}", {a.get(), b.get()})
+                .has_value());
+    auto r = recvConnection(b.get(), 1s);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("malformed handed-over connection") != std::string::npos);
+    REQUIRE(sendMessage(a.get(), "{\"op\":\"connection\"}").has_value());  // no sockets
+    r = recvConnection(b.get(), 1s);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("two sockets") != std::string::npos);
   }
 }

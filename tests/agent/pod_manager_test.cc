@@ -42,6 +42,8 @@ class FakeEngine final : public ztunnel::Engine {
   void reauthorize() override {}
   std::vector<ztunnel::ListenerFd> exportListeners() override { return {}; }
   void adoptListeners(std::vector<ztunnel::ListenerFd>) override {}
+  std::vector<ztunnel::ConnectionFd> exportConnections() override { return {}; }
+  size_t adoptConnections(std::vector<ztunnel::ConnectionFd>) override { return 0; }
   void stopAccepting() override {}
   size_t drain(std::chrono::milliseconds) override { return 0; }
   void stop() override {}

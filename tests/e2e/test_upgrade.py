@@ -8,9 +8,13 @@ pods' listeners over from the old one (handover.sock), which stops accepting,
 sends GOAWAY on its tunnels and drains (--drain-seconds 6 here). Not one new
 connection fails. An HBONE connection shorter than the drain finishes; one
 longer than it is closed at the deadline with the reason in the old agent's
-access log, and the client's next connection succeeds. A second upgrade of
-the same node (the successor hands over in turn) and an upgrade of the
-client's node behave the same.
+access log, and the client's next connection succeeds. A long-lived
+same-node connection (plaintext handoff) is handed over to the new agent
+(frozen, its sockets and buffered bytes sent over handover.sock): it keeps
+exchanging data — every round trip's numbered line echoed byte for byte —
+through the upgrade and past the drain deadline, and the old agent logs it
+as handed_over. A second upgrade of the same node (the successor hands over
+in turn) and an upgrade of the client's node behave the same.
 """
 import json
 import os
@@ -89,6 +93,8 @@ class UpgradeTest(LabTest):
                  "same-node": self.start("shop/local", "loop", self.server_ip, "8082", "2", "upgrade")}
         short = self.start("shop/client", "hold", self.server_ip, "8082", str(DRAIN / 2))
         long = self.start("shop/client", "hold", self.server_ip, "8082", str(DRAIN * 6))
+        # Same node: handed over to the new agent, so it outlives the drain.
+        same = self.start("shop/local", "hold", self.server_ip, "8082", str(DRAIN * 2)) if node == "node2" else None
         time.sleep(0.5)  # load before the upgrade
         started = time.monotonic()
         self.lab.lab("agent", "upgrade", node)  # the old agent exited, the new one is ready
@@ -117,6 +123,18 @@ class UpgradeTest(LabTest):
         self.assertTrue(closed, "no access log line of a connection closed at the drain deadline")
         reply = self.lab.client("shop/client", "say", self.server_ip, "8082", "after").stdout
         self.assertIn("after", reply)
+        if same:
+            code, out = self.finish(same, timeout=DRAIN * 2 + 30)
+            self.assertEqual(code, 0, f"the same-node connection broke across the upgrade: {out}")
+            self.assertIn("ok n=", out)
+            with open(log, errors="replace") as f:
+                f.seek(log_start)
+                lines = f.readlines()
+            handed = [l for l in lines if "reason=handed_over" in l and "path=local_handoff" in l
+                      and f"dst={self.server_ip}:8082" in l]
+            self.assertTrue(handed, "the old agent did not log the same-node connection as handed over")
+            adopted = [l for l in lines if "adopted=true" in l and f"dst={self.server_ip}:8082" in l]
+            self.assertTrue(adopted, "the new agent did not log the end of the adopted connection")
 
     def test_1_server_node_upgrade(self):
         self.upgrade_under_load("node2")

@@ -2,9 +2,12 @@
 // adopts a pod's listening sockets (Engine::exportListeners /
 // adoptListeners), the predecessor stops accepting and goes away, and not
 // one connection of a client connecting in a loop meanwhile fails; the
-// predecessor's drain closes what outlives its deadline, with the reason.
+// predecessor's drain closes what outlives its deadline, with the reason;
+// a relaying plaintext connection is frozen, exported and adopted with its
+// buffered bytes and half-close, and no byte is lost or duplicated.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -136,6 +139,20 @@ class Closed final : public ztunnel::ConnectionObserver {
   std::vector<ztunnel::ConnectionRecord> records;
 };
 
+// The byte at offset i of the stream the test sends.
+char patternAt(uint64_t i) { return static_cast<char>(i % 251); }
+
+std::string recvSome(int fd, size_t n) {
+  std::string out;
+  char buf[4096];
+  while (out.size() < n) {
+    ssize_t k = ::recv(fd, buf, std::min(sizeof(buf), n - out.size()), 0);
+    if (k <= 0) break;
+    out.append(buf, static_cast<size_t>(k));
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_SUITE("engine upgrade") {
@@ -196,5 +213,91 @@ TEST_SUITE("engine upgrade") {
     CHECK(std::string(toString(closed.records[0].reason)) == "proxy_shutdown");
     CHECK(closed.records[0].reasonText().find("drain deadline of 1 s passed") != std::string::npos);
     CHECK(run.engine->drain(1s) == 0);  // nothing open
+  }
+
+  TEST_CASE("a relaying plaintext connection moves to the successor: no byte lost, FIN kept") {
+    Pod pod;
+    const auto dst = makeSockaddr(*parseIp4("10.77.3.5"), 9002);
+    UniqueFd server_listen = pod.listen(9002);
+    Closed closed_first;
+    auto first = std::make_unique<Running>(pod, ztunnel::EngineConfig{},
+                                           ztunnel::EngineHooks{.observer = &closed_first});
+    first->resolver.dst = dst;
+    UniqueFd c = pod.connectProxy();
+    pollfd p{server_listen.get(), POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 5000) == 1);
+    UniqueFd s(::accept4(server_listen.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(s);
+    timeval tv{10, 0};
+    setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    REQUIRE(::send(c.get(), "ping", 4, MSG_NOSIGNAL) == 4);
+    CHECK(recvSome(s.get(), 4) == "ping");
+    REQUIRE(::send(s.get(), "pong", 4, MSG_NOSIGNAL) == 4);
+    CHECK(recvSome(c.get(), 4) == "pong");
+
+    // The client writes until every buffer on the way is full (the server
+    // reads nothing), so the relay holds bytes it has read but not written;
+    // then it half-closes.
+    int flags = fcntl(c.get(), F_GETFL);
+    fcntl(c.get(), F_SETFL, flags | O_NONBLOCK);
+    uint64_t sent = 0;
+    std::string chunk(64 * 1024, '\0');
+    for (int idle = 0; idle < 20;) {
+      for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = patternAt(sent + i);
+      ssize_t n = ::send(c.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        sent += static_cast<uint64_t>(n);
+        idle = 0;
+      } else {
+        REQUIRE(errno == EAGAIN);
+        ++idle;  // the relay may still be reading: a few tries 10 ms apart
+        std::this_thread::sleep_for(10ms);
+      }
+    }
+    fcntl(c.get(), F_SETFL, flags);
+    REQUIRE(::shutdown(c.get(), SHUT_WR) == 0);
+
+    auto second = std::make_unique<Successor>(pod, *first->engine, dst);
+    first->engine->stopAccepting();
+    auto frozen = first->engine->exportConnections();
+    REQUIRE(frozen.size() == 1);
+    CHECK(frozen[0].to_upstream.size() > 0);  // read from the client, not yet written
+    CHECK(frozen[0].to_client.empty());
+    CHECK(frozen[0].record.pod == "test/pod");
+    CHECK(frozen[0].record.bytes_received == 4);
+    CHECK_FALSE(frozen[0].upstream_shut);
+    CHECK_FALSE(frozen[0].client_shut);
+    {
+      std::lock_guard lk(closed_first.mu);
+      REQUIRE(closed_first.records.size() == 1);
+      CHECK(std::string(toString(closed_first.records[0].reason)) == "handed_over");
+    }
+    CHECK(first->engine->stats()[ztunnel::Counter::kActive] == 0);
+    CHECK(second->engine->adoptConnections(std::move(frozen)) == 1);
+    CHECK(first->engine->drain(1s) == 0);  // nothing of it left to close
+    first.reset();                         // its process goes away: the connection does not
+
+    // Everything the client sent arrives once and in order, then its FIN.
+    std::string got = recvSome(s.get(), 4 + sent + 1);
+    REQUIRE(got.size() == sent);
+    uint64_t bad = 0;
+    for (uint64_t i = 0; i < sent; ++i)
+      if (got[i] != patternAt(i)) ++bad;
+    CHECK(bad == 0);
+    char b;
+    CHECK(::recv(s.get(), &b, 1, 0) == 0);
+    // The other direction still flows, and its FIN too.
+    REQUIRE(::send(s.get(), "after the upgrade", 17, MSG_NOSIGNAL) == 17);
+    CHECK(recvSome(c.get(), 17) == "after the upgrade");
+    REQUIRE(::shutdown(s.get(), SHUT_WR) == 0);
+    CHECK(::recv(c.get(), &b, 1, 0) == 0);
+
+    REQUIRE(eventually([&] { return second->engine->stats()[ztunnel::Counter::kActive] == 0; }));
+    auto records = second->engine->connections();
+    REQUIRE(records.size() == 1);
+    CHECK(records[0].adopted);
+    CHECK(std::string(toString(records[0].reason)) == "eof");
+    CHECK(records[0].bytes_sent == 4 + sent);
+    CHECK(records[0].bytes_received == 4 + 17);
   }
 }

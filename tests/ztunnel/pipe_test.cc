@@ -548,4 +548,53 @@ TEST_SUITE("pipe") {
     CHECK(p.up.bytes() == up_bytes);
     CHECK(p.down.bytes() == down_bytes);
   }
+
+  TEST_CASE(
+      "freeze keeps what was read and a resumed pipe delivers it once then the rest and EOF") {
+    constexpr uint64_t kTotal = 64ull << 20;  // more than every buffer on the way holds
+    Proxy p(64 * 1024);
+    p.A.send_limit = kTotal;
+    p.A.shut_when_done = true;
+    p.B.reading = false;  // A -> B backs up: the pipe holds bytes it cannot write
+    p.B.send_limit = 1000;
+    p.B.shut_when_done = true;  // B -> A ends before the freeze
+    p.start();
+    runFor(*p.ring, 300ms, [&] { p.step(); });
+    REQUIRE(p.down.sinkDone());
+    REQUIRE(p.A.eof);
+    REQUIRE(p.A.sent < kTotal);
+
+    p.up.freeze();
+    p.down.freeze();
+    p.drain();  // cancels what is in flight; the frozen pipes keep its results
+    CHECK(p.up.frozenError() == 0);
+    CHECK(p.down.frozenError() == 0);
+    std::string pending = p.up.pending();
+    CHECK(pending.size() > 0);
+    CHECK(p.down.pending().empty());
+    CHECK_FALSE(p.up.sourceEnded());
+    CHECK(p.down.sourceEnded());
+    for (Pipe* pipe : {&p.up, &p.down}) CHECK(p.rec.of(*pipe).failed == 0);
+    const uint64_t read_before = p.up.bytes();
+
+    // A successor's pipes over the same sockets.
+    Recorder rec2;
+    Pipe up2(*p.ring, rec2, 64 * 1024), down2(*p.ring, rec2, 64 * 1024);
+    up2.resume(p.pa.get(), p.pb.get(), pending, p.up.sourceEnded(), p.up.sinkDone());
+    down2.resume(p.pb.get(), p.pa.get(), p.down.pending(), p.down.sourceEnded(), p.down.sinkDone());
+    p.B.reading = true;
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.B.eof; }, [&] { p.step(); }, 30s));
+    CHECK(p.A.error == 0);
+    CHECK(p.B.error == 0);
+    CHECK(p.B.received == kTotal);  // nothing lost, nothing twice
+    CHECK(p.B.mismatch == -1);
+    CHECK(read_before + up2.bytes() == kTotal);
+    CHECK(rec2.of(up2).ended == 1);
+    CHECK(rec2.of(down2).ended == 0);  // its EOF was passed on before the freeze, not again
+    CHECK(rec2.of(up2).failed + rec2.of(down2).failed == 0);
+    p.ring->cancelFd(p.pa.get());
+    p.ring->cancelFd(p.pb.get());
+    CHECK(runUntil(*p.ring, [&] { return !up2.busy() && !down2.busy(); }));
+  }
 }

@@ -220,6 +220,59 @@ size_t EngineImpl::drain(std::chrono::milliseconds deadline) {
   return closed;
 }
 
+std::vector<ConnectionFd> EngineImpl::exportConnections() {
+  std::atomic<size_t> frozen{0};
+  onEveryWorker([&](Worker& w) { frozen += w.freezePlain(); });
+  // Cancelled requests complete at once; a few seconds bound a stuck ring.
+  std::mutex mu;
+  std::vector<ConnectionFd> out;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (true) {
+    std::atomic<size_t> left{0};
+    onEveryWorker([&](Worker& w) {
+      std::vector<ConnectionFd> mine;
+      left += w.takeFrozen(mine);
+      std::lock_guard lk(mu);
+      for (auto& c : mine) out.push_back(std::move(c));
+    });
+    if (left == 0 || std::chrono::steady_clock::now() >= until) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (out.size() != frozen)
+    logger()->warn("upgrade: {} of {} plaintext connection(s) could not be frozen cleanly",
+                   frozen - out.size(), frozen.load());
+  return out;
+}
+
+size_t EngineImpl::adoptConnections(std::vector<ConnectionFd> connections) {
+  std::lock_guard lk(pods_mu_);
+  size_t taken = 0, next = 0;
+  for (auto& c : connections) {
+    auto it = pods_.find(c.pod_uid);
+    if (it == pods_.end() || !c.client || !c.upstream) {
+      logger()->warn("upgrade: closing a handed-over connection of pod {} ({}): not enrolled here",
+                     c.record.pod, c.pod_uid);
+      continue;
+    }
+    std::shared_ptr<PodState> target;
+    if (!c.target_uid.empty()) {
+      auto t = pods_.find(c.target_uid);
+      if (t == pods_.end()) {
+        logger()->warn("upgrade: closing a handed-over connection to pod {}: not enrolled here",
+                       c.target_uid);
+        continue;
+      }
+      target = t->second;
+    }
+    Worker* w = workers_[next++ % workers_.size()].get();
+    auto conn = std::make_shared<ConnectionFd>(std::move(c));  // std::function copies
+    auto pod = it->second;
+    w->post([w, conn, pod, target] { w->adoptPlain(std::move(*conn), pod, target); });
+    ++taken;
+  }
+  return taken;
+}
+
 void EngineImpl::onEveryWorker(const std::function<void(Worker&)>& fn) {
   std::vector<std::future<void>> done;
   for (auto& w : workers_) {

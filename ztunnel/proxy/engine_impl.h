@@ -40,6 +40,8 @@ class EngineImpl final : public Engine {
   void adoptListeners(std::vector<ListenerFd> listeners) override;
   void stopAccepting() override;
   size_t drain(std::chrono::milliseconds deadline) override;
+  std::vector<ConnectionFd> exportConnections() override;
+  size_t adoptConnections(std::vector<ConnectionFd> connections) override;
   void stop() override;
 
  private:

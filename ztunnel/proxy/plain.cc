@@ -1,7 +1,9 @@
 #include "ztunnel/proxy/plain.h"
 
 #include <cstring>
+#include <optional>
 
+#include "sluice/common/addr.h"
 #include "sluice/common/log.h"
 #include "ztunnel/l7/inspect_policy.h"
 #include "ztunnel/l7/inspector.h"
@@ -31,6 +33,56 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
       l7_->attach(up_, down_);
     }
     connect_.start(ctx_.ring, upstream_.get(), dst, ctx_.config.connect_timeout);
+  }
+  // Continues a connection frozen by the predecessor agent.
+  void resume(ConnectionFd& c) {
+    live_->owner = this;
+    up_.resume(client_.get(), upstream_.get(), std::move(c.to_upstream), c.client_eof,
+               c.upstream_shut);
+    down_.resume(upstream_.get(), client_.get(), std::move(c.to_client), c.upstream_eof,
+                 c.client_shut);
+    if (up_.sinkDone() && down_.sinkDone()) close(false, CloseReason::kEof);
+  }
+  // Relaying (connected, not closing): it can be frozen.
+  bool freezable() const { return !closing_ && up_.started() && down_.started(); }
+  void freeze() {
+    closing_ = frozen_ = true;
+    up_.freeze();
+    down_.freeze();
+    if (busy()) {
+      ctx_.ring.cancelFd(client_.get());
+      ctx_.ring.cancelFd(upstream_.get());
+    }
+    set_.closing_.push_back(this);
+  }
+  bool frozen() const { return frozen_; }
+  // The ring is done with a frozen connection: its state, sockets and
+  // record; its own record closes as handed over. Null: the freeze met an
+  // error, and the connection is reset instead.
+  std::optional<ConnectionFd> thaw() {
+    if (int err = up_.frozenError() ? up_.frozenError() : down_.frozenError(); err) {
+      setLinger0(client_.get());
+      setLinger0(upstream_.get());
+      reason_ = CloseReason::kReset;
+      detail_ = fmt::format("while freezing for an upgrade: {}", std::strerror(-err));
+      return std::nullopt;
+    }
+    ConnectionFd c;
+    c.record = ctx_.records.snapshotOf(*live_);
+    c.pod_uid = pod_->spec.uid;
+    if (target_) c.target_uid = target_->spec.uid;
+    c.dest_pod_uid = live_->dest_pod_uid;
+    c.dest_pod = live_->dest_pod;
+    c.client = std::move(client_);
+    c.upstream = std::move(upstream_);
+    c.to_upstream = up_.pending();
+    c.to_client = down_.pending();
+    c.client_eof = up_.sourceEnded();
+    c.upstream_eof = down_.sourceEnded();
+    c.upstream_shut = up_.sinkDone();
+    c.client_shut = down_.sinkDone();
+    reason_ = CloseReason::kHandedOver;
+    return c;
   }
   bool closing() const { return closing_; }
   bool busy() const { return connect_.busy() || up_.busy() || down_.busy(); }
@@ -125,6 +177,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   std::unique_ptr<l7::Inspector> l7_;  // HTTP inspection (taps both pipes); null: bytes only
   uring::Connect<&PlainConnection::onConnected> connect_{this};
   bool closing_ = false;
+  bool frozen_ = false;
   bool retried_ = false;
   CloseReason reason_ = CloseReason::kNone;
   std::string detail_;
@@ -148,6 +201,44 @@ void PlainUpstream::open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodSt
   raw->start(dst);
 }
 
+void PlainUpstream::adopt(ConnectionFd c, std::shared_ptr<PodState> pod,
+                          std::shared_ptr<PodState> target) {
+  auto live = std::make_shared<LiveRecord>();
+  live->rec = c.record;
+  live->rec.adopted = true;
+  live->rec.state = ConnState::kOpen;
+  live->rec.reason = CloseReason::kNone;
+  live->rec.reason_detail.clear();
+  live->rec.retried = false;
+  live->dest_pod_uid = c.dest_pod_uid;
+  live->dest_pod = c.dest_pod;
+  if (auto a = parseEndpoint(c.record.source)) live->source = *a;
+  if (auto a = parseEndpoint(c.record.destination)) live->destination = *a;
+  live->sent = c.record.bytes_sent;
+  live->received = c.record.bytes_received;
+  live->worker = ctx_.worker;
+  ctx_.records.open(live);
+  pod->connections++;
+  ctx_.counters().add(Counter::kActive);
+  auto conn =
+      std::make_unique<PlainConnection>(*this, std::move(live), std::move(pod), std::move(target),
+                                        std::move(c.client), std::move(c.upstream), nullptr);
+  PlainConnection* raw = conn.get();
+  conns_.emplace(raw, std::move(conn));
+  raw->resume(c);
+}
+
+size_t PlainUpstream::freeze() {
+  size_t n = 0;
+  for (auto& [p, c] : conns_)
+    if (c->freezable()) {
+      c->freeze();
+      ++n;
+    }
+  freezing_ += n;
+  return n;
+}
+
 void PlainUpstream::removePod(const std::string& uid) {
   for (auto& [p, c] : conns_)
     if (c->involves(uid)) c->close(true, CloseReason::kPodRemoved);
@@ -161,6 +252,10 @@ void PlainUpstream::reap() {
   if (closing_.empty()) return;
   std::erase_if(closing_, [this](PlainConnection* c) {
     if (c->busy()) return false;
+    if (c->frozen()) {
+      --freezing_;
+      if (auto out = c->thaw()) frozen_.push_back(std::move(*out));
+    }
     c->finish();
     conns_.erase(c);  // closes both fds; the attempt releases its endpoint
     return true;

@@ -32,6 +32,15 @@ class PlainUpstream {
             std::shared_ptr<PodState> target, UniqueFd client, UniqueFd upstream,
             const sockaddr_in& dst, std::unique_ptr<Attempt> attempt);
 
+  // An upgrade: continues a connection frozen by the predecessor (`pod`,
+  // `target` are this engine's; the record is filled in from it).
+  void adopt(ConnectionFd c, std::shared_ptr<PodState> pod, std::shared_ptr<PodState> target);
+  // An upgrade: freezes every relaying connection (Engine::exportConnections);
+  // returns how many. reap() moves each into frozen() once the ring is done.
+  size_t freeze();
+  std::vector<ConnectionFd>& frozen() { return frozen_; }
+  size_t freezing() const { return freezing_; }  // frozen, not reaped yet
+
   void removePod(const std::string& uid);  // resets its connections (either end)
   void shutdown();                         // resets everything
   void reap();                             // frees closed connections the ring is done with
@@ -42,6 +51,8 @@ class PlainUpstream {
   WorkerContext& ctx_;
   std::unordered_map<PlainConnection*, std::unique_ptr<PlainConnection>> conns_;
   std::vector<PlainConnection*> closing_;
+  std::vector<ConnectionFd> frozen_;
+  size_t freezing_ = 0;
 };
 
 }  // namespace sluice::ztunnel::proxy

@@ -79,6 +79,8 @@ const char* toString(CloseReason r) {
       return "pod_removed";
     case CloseReason::kProxyShutdown:
       return "proxy_shutdown";
+    case CloseReason::kHandedOver:
+      return "handed_over";
   }
   return "?";
 }
@@ -163,8 +165,12 @@ ConnectionRecord Records::view(const LiveRecord& live) {
 void Records::open(const std::shared_ptr<LiveRecord>& live) {
   live->rec.id = nextId();
   live->rec.state = ConnState::kOpen;
-  live->rec.start_unix_ms = nowUnixMs();
+  int64_t now = nowUnixMs();
   live->start = std::chrono::steady_clock::now();
+  if (live->rec.adopted && live->rec.start_unix_ms > 0 && live->rec.start_unix_ms <= now)
+    live->start -= std::chrono::milliseconds(now - live->rec.start_unix_ms);
+  else
+    live->rec.start_unix_ms = now;
   {
     std::lock_guard lk(mu_);
     open_[live->rec.id] = live;
@@ -192,12 +198,12 @@ void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bo
   if (!access_log_) return;
   log::get("access")->info(
       "{} pod={} src={} dst={} service={} path={} src_principal={} dst_principal={} mutual_tls={} "
-      "sent={} received={} duration_ms={} reason={}",
+      "sent={} received={} duration_ms={} reason={}{}",
       toString(r.direction), r.pod, r.source, r.destination,
       r.destination_service.empty() ? "-" : r.destination_service, toString(r.path),
       r.source_principal.empty() ? "-" : r.source_principal,
       r.destination_principal.empty() ? "-" : r.destination_principal, r.mutual_tls, r.bytes_sent,
-      r.bytes_received, r.duration_ms, r.reasonText());
+      r.bytes_received, r.duration_ms, r.reasonText(), r.adopted ? " adopted=true" : "");
 }
 
 std::vector<ConnectionRecord> Records::snapshot() const {

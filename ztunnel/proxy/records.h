@@ -67,7 +67,8 @@ class Records {
   uint64_t nextId() { return next_id_.fetch_add(1) + 1; }
 
   // Registers `live` (rec filled in by the caller: everything but id, start
-  // and state) as open, and tells the observer.
+  // and state) as open, and tells the observer. An adopted record keeps its
+  // start (the predecessor's).
   void open(const std::shared_ptr<LiveRecord>& live);
   // Bytes moved (worker thread): client -> destination and back.
   void moved(LiveRecord& live, uint64_t sent, uint64_t received) {
@@ -83,6 +84,11 @@ class Records {
   void close(LiveRecord& live, CloseReason reason, std::string detail = {}, bool retried = false);
 
   std::vector<ConnectionRecord> snapshot() const;
+  // One open connection's record as it stands (an upgrade hands it over).
+  ConnectionRecord snapshotOf(const LiveRecord& live) const {
+    std::lock_guard lk(mu_);
+    return view(live);
+  }
   // The open connections of one worker that the authorizer decided
   // (inbound and same-node handoff), for reauthorize.
   std::vector<std::shared_ptr<LiveRecord>> openInbound(unsigned worker) const;

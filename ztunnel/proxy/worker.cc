@@ -224,6 +224,20 @@ void Worker::goAway() {
   if (parts_->server) parts_->server->goAway();
 }
 
+size_t Worker::freezePlain() { return parts_->plain.freeze(); }
+
+size_t Worker::takeFrozen(std::vector<ConnectionFd>& out) {
+  reap();
+  for (auto& c : parts_->plain.frozen()) out.push_back(std::move(c));
+  parts_->plain.frozen().clear();
+  return parts_->plain.freezing();
+}
+
+void Worker::adoptPlain(ConnectionFd c, std::shared_ptr<PodState> pod,
+                        std::shared_ptr<PodState> target) {
+  parts_->plain.adopt(std::move(c), std::move(pod), std::move(target));
+}
+
 size_t Worker::abortOpen(const std::string& detail) {
   size_t n = 0;
   for (const auto& live : shared_.records.openOn(index_)) {

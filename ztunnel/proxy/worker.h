@@ -57,6 +57,12 @@ class Worker final : public Listener::Handler {
   // Listeners told to stop whose accept the kernel has not ended yet.
   size_t acceptsInFlight() const;
   void goAway();  // GOAWAY on every HBONE tunnel
+  // Plaintext connections (Engine::exportConnections, adoptConnections).
+  size_t freezePlain();
+  // Moves the frozen connections the ring is done with into `out`; returns
+  // how many are still freezing.
+  size_t takeFrozen(std::vector<ConnectionFd>& out);
+  void adoptPlain(ConnectionFd c, std::shared_ptr<PodState> pod, std::shared_ptr<PodState> target);
   // Closes every open connection of this worker; returns how many.
   size_t abortOpen(const std::string& detail);
 

@@ -1,9 +1,16 @@
 #include "ztunnel/relay/pipe.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 namespace sluice::ztunnel::relay {
+
+namespace {
+// A request the cancel stopped before it moved a byte: -ECANCELED, or
+// -EINTR when it was already blocked in an io-wq worker.
+bool cancelled(int res) { return res == -ECANCELED || res == -EINTR; }
+}  // namespace
 
 Pipe::Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes)
     : ring_(ring), owner_(owner), cap_(std::max<size_t>(buffer_bytes, 1024)) {}
@@ -13,6 +20,24 @@ void Pipe::start(int source_fd, int sink_fd) {
   dst_ = sink_fd;
   started_ = true;
   pump();
+}
+
+std::string Pipe::pending() const {
+  if (src_ < 0 || !buf_ || len_ <= off_) return {};
+  return std::string(buf_.get() + off_, len_ - off_);
+}
+
+void Pipe::resume(int source_fd, int sink_fd, std::string pending, bool eof, bool sink_done) {
+  cap_ = std::max(cap_, pending.size());
+  if (!pending.empty()) {
+    buf_.reset(new char[cap_]);
+    std::memcpy(buf_.get(), pending.data(), pending.size());
+    len_ = pending.size();
+    off_ = 0;
+  }
+  eof_ = eof;
+  shut_done_ = sink_done;
+  start(source_fd, sink_fd);
 }
 
 size_t Pipe::available() const {
@@ -90,6 +115,20 @@ void Pipe::settle() {
 }
 
 void Pipe::onRecv(const io_uring_cqe& cqe) {
+  if (frozen_) {
+    // Bytes that arrived before the cancel are kept for the successor.
+    if (cqe.res > 0) {
+      len_ = static_cast<size_t>(cqe.res);
+      off_ = 0;
+      bytes_ += len_;
+      owner_.pipeMoved(*this, len_);
+    } else if (cqe.res == 0) {
+      eof_ = true;
+    } else if (!cancelled(cqe.res) && !frozen_error_) {
+      frozen_error_ = cqe.res;
+    }
+    return settle();
+  }
   if (stopped_) return settle();
   if (cqe.res > 0) {
     len_ = static_cast<size_t>(cqe.res);
@@ -112,6 +151,16 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
 }
 
 void Pipe::onSend(const io_uring_cqe& cqe) {
+  if (frozen_) {
+    // A cancelled send wrote nothing; a completed one (maybe partly) counts.
+    if (cqe.res > 0) {
+      off_ += static_cast<size_t>(cqe.res);
+      if (off_ >= len_) len_ = off_ = 0;
+    } else if (!cancelled(cqe.res) && !frozen_error_) {
+      frozen_error_ = cqe.res == 0 ? -EPIPE : cqe.res;
+    }
+    return settle();
+  }
   if (stopped_) return settle();
   if (cqe.res <= 0) {
     owner_.pipeFailed(*this, cqe.res == 0 ? -EPIPE : cqe.res, true);
@@ -128,7 +177,8 @@ void Pipe::onSend(const io_uring_cqe& cqe) {
   pump();
 }
 
-void Pipe::onShutdown(const io_uring_cqe&) {
+void Pipe::onShutdown(const io_uring_cqe& cqe) {
+  if (frozen_ && cancelled(cqe.res)) return settle();  // not shut down: the successor does it
   shut_done_ = true;
   if (stopped_) return settle();
   owner_.pipeEnded(*this);

@@ -62,6 +62,19 @@ class Pipe {
   void setTap(Tap* tap) { tap_ = tap; }
   // No new requests from now on (the connection is closing).
   void stop() { stopped_ = true; }
+  // An upgrade (socket -> socket only): no new requests, but what a request
+  // still in flight delivers is kept (a receive's bytes, a send's progress)
+  // instead of dropped. The owner cancels the fds; once !busy(), pending(),
+  // sourceEnded() and sinkDone() are the state to hand over, and
+  // frozenError() says whether the freeze met an error (-errno; 0: clean).
+  void freeze() { stopped_ = frozen_ = true; }
+  std::string pending() const;
+  bool sourceEnded() const { return eof_; }
+  int frozenError() const { return frozen_error_; }
+  // Starts a socket -> socket pipe that continues a frozen one: `pending`
+  // is written first; `eof`: the source has ended (shut the sink down after
+  // it, unless `sink_done` says that happened already).
+  void resume(int source_fd, int sink_fd, std::string pending, bool eof, bool sink_done);
 
   // Pushed source: bytes to write (copied) and the end of them.
   void push(const char* data, size_t n);
@@ -89,7 +102,8 @@ class Pipe {
   PipeOwner& owner_;
   size_t cap_;
   int src_ = -1, dst_ = -1;
-  bool started_ = false, stopped_ = false;
+  bool started_ = false, stopped_ = false, frozen_ = false;
+  int frozen_error_ = 0;
   bool eof_ = false, shut_done_ = false;
   uint64_t bytes_ = 0;
   Tap* tap_ = nullptr;

@@ -217,6 +217,7 @@ enum class CloseReason : uint8_t {
   kDenied,             // refused by the authorization hook
   kPodRemoved,
   kProxyShutdown,
+  kHandedOver,  // an upgrade: the successor agent relays it from now on (not an error)
 };
 const char* toString(Direction d);
 const char* toString(Path p);
@@ -244,8 +245,26 @@ struct ConnectionRecord {
   CloseReason reason = CloseReason::kNone;
   std::string reason_detail;  // e.g. strerror of a connect error
   bool retried = false;       // a Service connection moved to another endpoint after this
+  bool adopted = false;       // handed over by the previous agent (an upgrade): relayed as bytes
   // "connect_error: Connection refused (retried)"
   std::string reasonText() const;
+};
+
+// A plaintext connection frozen for an upgrade (Engine::exportConnections):
+// both sockets, the bytes read but not yet written in each direction and
+// which side has ended, and the record it continues.
+struct ConnectionFd {
+  ConnectionRecord record;   // direction, path, pod, addresses, principals, bytes so far
+  std::string pod_uid;       // the listener's pod
+  std::string target_uid;    // same-node handoff: the destination pod ("" otherwise)
+  std::string dest_pod_uid;  // what the authorizer was asked about (LiveRecord)
+  std::string dest_pod;
+  UniqueFd client, upstream;
+  std::string to_upstream, to_client;  // read, not yet written
+  bool client_eof = false;             // the client sent FIN (nothing more to read from it)
+  bool upstream_eof = false;           // the upstream sent FIN
+  bool upstream_shut = false;          // the client's FIN was passed on (shutdown(SHUT_WR) done)
+  bool client_shut = false;            // the upstream's FIN was passed on
 };
 
 // --- counters ---------------------------------------------------------------
@@ -421,6 +440,19 @@ class Engine {
   // `deadline`, then closes what is still open (reason proxy_shutdown, the
   // deadline in the detail). Returns how many connections it closed.
   virtual size_t drain(std::chrono::milliseconds deadline) = 0;
+  // After stopAccepting: freezes every relaying plaintext connection
+  // (outbound passthrough, same-node handoff, inbound plaintext) without
+  // resetting it — receives and sends cancelled, what was read but not
+  // written kept — and hands it out; its record closes as handed_over. A
+  // connection still connecting, an HBONE stream and one that cannot be
+  // frozen cleanly stay here (drain). Bounded (a few seconds).
+  virtual std::vector<ConnectionFd> exportConnections() = 0;
+  // Relays connections exported by the predecessor (their pods added
+  // first): the buffered bytes are written first, the half-closes kept; the
+  // record says adopted and starts from the carried byte counts. HTTP
+  // inspection does not carry over. Returns how many it took (a connection
+  // of an unknown pod is closed).
+  virtual size_t adoptConnections(std::vector<ConnectionFd> connections) = 0;
 
   // Stops all workers; idempotent; also done by the destructor.
   virtual void stop() = 0;
