@@ -33,19 +33,7 @@ DRAIN = 6  # --drain-seconds of every agent of this lab
 class UpgradeTest(LabTest):
     NODES = 2
 
-    @classmethod
-    def setUpClass(cls):
-        cls.saved_args = os.environ.get("SLUICE_AGENT_ARGS")
-        os.environ["SLUICE_AGENT_ARGS"] = f"{cls.saved_args or ''} --drain-seconds {DRAIN}".strip()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        if cls.saved_args is None:
-            os.environ.pop("SLUICE_AGENT_ARGS", None)
-        else:
-            os.environ["SLUICE_AGENT_ARGS"] = cls.saved_args
+    AGENT_ARGS = f"--drain-seconds {DRAIN}"
 
     @classmethod
     def setUpLab(cls):
