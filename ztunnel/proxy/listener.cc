@@ -87,7 +87,23 @@ void Listener::onAccept(const io_uring_cqe& cqe) {
                          pod_->spec.name_namespace, std::strerror(err));
     }
   }
-  if (accept_.busy() || closing_) return;  // more to come, or done
+  if (accept_.busy()) return;  // more to come
+  if (shared_) {
+    // The multishot accept waited as an exclusive waiter on the socket
+    // (io_uring arms accept polls EPOLLEXCLUSIVE, like the successor's):
+    // a connection's wakeup goes to one waiter only. When it went to this
+    // one just before the cancel removed it, nothing accepted that
+    // connection and the successor is never woken for it: it sits in the
+    // queue until another connection arrives (a client connecting one at a
+    // time waits for ever). So take what is queued now, without waiting;
+    // once this waiter is gone, every new connection wakes the successor.
+    if (cqe.res >= 0 || (cqe.res == -ECANCELED && !swept_)) {
+      swept_ = true;
+      accept_.acceptNoWait(ctx_.ring, fd_.get());
+    }
+    return;
+  }
+  if (closing_) return;  // done
   if (retry_at_ > Clock::now()) {
     handler_.backingOff(*this);
     return;

@@ -47,8 +47,9 @@ class Listener {
   void close();
   // Stops accepting without shutting the socket down (another process
   // accepts on it after an upgrade); a connection the kernel had already
-  // accepted for this one is still handed to the handler. close() after
-  // it leaves the socket alone.
+  // accepted for this one, or that is still queued once the accept has
+  // ended (see onAccept), is still handed to the handler; done() after
+  // that. close() after it leaves the socket alone.
   void stopAccepting();
   int fd() const { return fd_.get(); }
   bool done() const { return closing_ && !accept_.busy(); }
@@ -65,6 +66,7 @@ class Listener {
   ListenerKind kind_;
   bool closing_ = false;
   bool shared_ = false;  // stopAccepting(): the socket is the successor's now
+  bool swept_ = false;   // stopAccepting(): the queue is being taken (acceptNoWait)
   Clock::time_point retry_at_{};
   std::chrono::milliseconds backoff_{0};
   log::Limiter log_;

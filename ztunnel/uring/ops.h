@@ -49,6 +49,13 @@ class Op<Method> final : public Operation {
   void acceptMultishot(Ring& r, int fd) {
     io_uring_prep_multishot_accept(start(r), fd, nullptr, nullptr, SOCK_CLOEXEC);
   }
+  // One accept that completes with -EAGAIN at once when no connection is
+  // queued instead of waiting for one (kernel 6.10+; older ones: -EINVAL).
+  void acceptNoWait(Ring& r, int fd) {
+    io_uring_sqe* s = start(r);
+    io_uring_prep_accept(s, fd, nullptr, nullptr, SOCK_CLOEXEC);
+    s->ioprio |= kAcceptDontWait;
+  }
   // Completes on the next run(): work deferred out of the current completion.
   void soon(Ring& r) { io_uring_prep_nop(start(r)); }
 
@@ -62,6 +69,7 @@ class Op<Method> final : public Operation {
     busy_ = true;
     return r.sqe(this);
   }
+  static constexpr uint16_t kAcceptDontWait = 1U << 1;  // IORING_ACCEPT_DONTWAIT (6.10)
   Owner* owner_;
   bool busy_ = false;
 };
