@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/eventually.h"
+
 using namespace sluice;
 using namespace sluice::agent::upgrade;
 using namespace std::chrono_literals;
@@ -67,15 +69,7 @@ ino_t inodeOf(int fd) {
   return st.st_ino;
 }
 
-template <typename Pred>
-bool eventually(Pred p, std::chrono::milliseconds timeout = 5s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (p()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return false;
-}
+using sluice::testing::eventually;
 
 struct Dir {
   std::string path = "/tmp/sluice-handover-test-" + std::to_string(::getpid());

@@ -16,6 +16,7 @@
 #include "agent/admin/server.h"
 #include "agent/telemetry/tap_stream.h"
 #include "sluice/common/addr.h"
+#include "support/eventually.h"
 #include "support/local_http.h"
 #include "support/workload_index.h"
 
@@ -139,15 +140,7 @@ class StreamClient {
   std::string received_;
 };
 
-template <typename F>
-bool eventually(F f) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!f()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return true;
-}
+using sluice::testing::eventually;
 
 }  // namespace
 

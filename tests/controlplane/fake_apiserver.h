@@ -21,6 +21,7 @@
 #include "controlplane/kube/client.h"
 #include "controlplane/kube/source.h"
 #include "controlplane/model/store.h"
+#include "support/eventually.h"
 
 namespace sluice::testing {
 
@@ -151,16 +152,6 @@ inline std::string writeKubeconfig(const FakeApiServer& api, const std::string& 
                       << "users:\n- name: me\n  user:\n    token: " << token << "\n"
                       << "contexts:\n- name: test\n  context: {cluster: fake, user: me}\n";
   return path;
-}
-
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return pred();
 }
 
 // A Store fed by a Source watching the fake server.

@@ -17,6 +17,7 @@
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/netns.h"
 #include "sluice/ztunnel/engine.h"
+#include "support/eventually.h"
 #include "support/scratch_netns.h"
 
 using namespace sluice;  // NOLINT: test support, included by test files only
@@ -92,14 +93,6 @@ struct Running {
   }
 };
 
-template <typename Pred>
-bool eventually(Pred p, std::chrono::milliseconds timeout = 5s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (p()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return false;
-}
+using sluice::testing::eventually;
 
 }  // namespace
