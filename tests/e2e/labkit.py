@@ -156,6 +156,19 @@ LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 PIN_ROOT = "/sys/fs/bpf/sluice-lab"
 
 
+def start_app(lab, pod, *args):
+    """tcpapp.py `args` in `pod` through `lab exec`, stdin/stdout piped, once it printed 'ready'
+    (its first line); stopped with the lab (lab.procs) if the test does not stop it first."""
+    p = subprocess.Popen([sys.executable, LAB, "exec", pod, "--", sys.executable, APP, *args],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lab.procs.append(p)
+    line = p.stdout.readline()
+    if "ready" not in line:
+        p.kill()
+        raise AssertionError(f"tcpapp {' '.join(args)} did not start in {pod}: {line}{p.stdout.read()}")
+    return p
+
+
 class LoadLoop:
     """Steady new-connection load in the background: `tcpapp.py loop` in a pod (CONC threads,
     each opening new echo connections back to back) until stop(). stop() returns the
@@ -163,14 +176,7 @@ class LoadLoop:
 
     def __init__(self, lab, pod, host, port, conc=2, text="LOAD", pause_ms=5):
         self.lab = lab
-        self.p = subprocess.Popen([sys.executable, LAB, "exec", pod, "--", sys.executable, APP, "loop", host,
-                                   str(port), str(conc), text, str(pause_ms)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lab.procs.append(self.p)
-        line = self.p.stdout.readline()
-        if "ready" not in line:
-            self.p.kill()
-            raise AssertionError(f"the load loop in {pod} did not start: {line}{self.p.stdout.read()}")
+        self.p = start_app(lab, pod, "loop", host, str(port), str(conc), text, str(pause_ms))
         self.conns, self.failures = [], []
 
     def stop(self):

@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 
-from labkit import APP, LAB, LabTest, capture_hub, tcp_payloads, wait_for
+from labkit import LabTest, capture_hub, start_app, tcp_payloads, wait_for
 
 MESH = "sluice.dev/mesh"
 LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
@@ -54,15 +54,7 @@ class RestartTest(LabTest):
 
     def start_loop(self):
         """The load: new connections from shop/client to the server, back to back, until stdin closes."""
-        p = subprocess.Popen([sys.executable, LAB, "exec", "shop/client", "--", sys.executable, APP, "loop",
-                              self.server_ip, "8082", "4", MARKER],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lab.procs.append(p)
-        line = p.stdout.readline()
-        if "ready" not in line:
-            p.kill()
-            raise AssertionError(f"the client loop did not start: {line}{p.stdout.read()}")
-        return p
+        return start_app(self.lab, "shop/client", "loop", self.server_ip, "8082", "4", MARKER)
 
     @staticmethod
     def stop_loop(p):

@@ -18,11 +18,10 @@ in turn) and an upgrade of the client's node behave the same.
 """
 import json
 import os
-import subprocess
 import sys
 import time
 
-from labkit import APP, LAB, LabTest, wait_for
+from labkit import LabTest, start_app, wait_for
 
 MESH = "sluice.dev/mesh"
 LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
@@ -51,14 +50,7 @@ class UpgradeTest(LabTest):
 
     def start(self, pod, *args):
         """A client in `pod` that prints 'ready' first (loop, hold)."""
-        p = subprocess.Popen([sys.executable, LAB, "exec", pod, "--", sys.executable, APP, *args],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lab.procs.append(p)
-        line = p.stdout.readline()
-        if "ready" not in line:
-            p.kill()
-            raise AssertionError(f"{args} did not start in {pod}: {line}{p.stdout.read()}")
-        return p
+        return start_app(self.lab, pod, *args)
 
     @staticmethod
     def finish(p, timeout=60):
