@@ -27,11 +27,10 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labkit import REPO, Lab, LabTest, metric_sum, parse_metrics, require_root, wait_for  # noqa: E402
+from labkit import LAB_DIR, REPO, Lab, LabTest, metric_sum, parse_metrics, require_root, wait_for  # noqa: E402
 
 SOAKAPP = os.path.join(REPO, "tests", "e2e", "apps", "soakapp.py")
 TCPAPP = os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py")
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 PORT = 7100
 NODES = ("node1", "node2")
 # Each server pod receives half the connections: above the default per-pod limit (4096).

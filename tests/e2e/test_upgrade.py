@@ -22,10 +22,9 @@ import subprocess
 import sys
 import time
 
-from labkit import APP, LAB, LabTest, wait_for
+from labkit import LAB_DIR, APP, LAB, LabTest, wait_for
 
 MESH = "sluice.dev/mesh"
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 TD = "spiffe://cluster.local/ns/shop/sa"
 DRAIN = 6  # --drain-seconds of every agent of this lab
 
