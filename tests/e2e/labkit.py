@@ -36,10 +36,10 @@ def lab_env(prefix=None):
 def lab_names(prefix=None):
     """tools/lab as a module, for instance `prefix` (default: this process's,
     SLUICE_LAB_PREFIX): the instance's names come from the one place that makes them."""
-    saved = dict(os.environ)
+    saved, env = dict(os.environ), lab_env(prefix)
     try:
         os.environ.clear()
-        os.environ.update(lab_env(prefix))
+        os.environ.update(env)
         loader = importlib.machinery.SourceFileLoader("sluice_lab", LAB)
         mod = importlib.util.module_from_spec(importlib.util.spec_from_loader("sluice_lab", loader))
         loader.exec_module(mod)
