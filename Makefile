@@ -7,6 +7,7 @@
 #   make asan    build + test with AddressSanitizer/UBSan in build-asan/
 #   make fuzz    deps + every libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 300) each
 #   make soak    deps + build + 10,000 connections across two lab nodes for SOAK_SECONDS (default 3600)
+#                (SLUICE_LAB_PREFIX=soak: in its own lab instance, beside other labs)
 #   make format  apply .clang-format (make test fails on unformatted C++: format-check)
 BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo

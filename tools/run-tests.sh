@@ -13,8 +13,9 @@ log="$build/test-output.log"
 start=$(date +%s)
 ctest --test-dir "$build" --output-on-failure --timeout 600 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
-# Leftover check: the suite must leave nothing behind.
-left=$(ip netns list 2>/dev/null | grep -E '^(slb-|sluice-test)' || true)
+# Leftover check: the suite must leave nothing behind (in its own lab instance:
+# SLUICE_LAB_PREFIX, tools/lab --help; another lab beside it is not its business).
+left=$(ip netns list 2>/dev/null | grep -E "^(${SLUICE_LAB_PREFIX:-slb}-|sluice-test)" || true)
 if [ -n "$left" ]; then
   echo "run-tests: FAIL: network namespaces left behind: $left"
   rc=1

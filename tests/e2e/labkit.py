@@ -5,6 +5,8 @@ tearDownClass (also when a test fails); background processes started with
 spawn() are killed first. Tests poll with deadlines; they never sleep to wait.
 """
 import contextlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import signal
@@ -22,14 +24,50 @@ SLUICECTL = os.path.join(BUILD, "tools", "sluicectl")
 CNI = os.path.join(BUILD, "cni-plugin", "sluice-cni")
 
 
+def lab_env(prefix=None):
+    """The environment tools/lab runs with: this process's, or instance `prefix`'s."""
+    env = dict(os.environ, SLUICE_BUILD_DIR=BUILD)
+    if prefix:
+        env["SLUICE_LAB_PREFIX"] = prefix
+        env.pop("SLUICE_LAB_DIR", None)  # the instance's own (derived from the prefix)
+    return env
+
+
+def lab_names(prefix=None):
+    """tools/lab as a module, for instance `prefix` (default: this process's,
+    SLUICE_LAB_PREFIX): the instance's names come from the one place that makes them."""
+    saved, env = dict(os.environ), lab_env(prefix)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        loader = importlib.machinery.SourceFileLoader("sluice_lab", LAB)
+        mod = importlib.util.module_from_spec(importlib.util.spec_from_loader("sluice_lab", loader))
+        loader.exec_module(mod)
+        return mod
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+_lab = lab_names()
+# This lab instance (SLUICE_LAB_PREFIX; tools/lab --help): its lab directory, BPF pin
+# root and hub namespace. Every leak check looks at these only, so a second lab
+# beside this one (another prefix) neither fails it nor is torn down by it.
+PREFIX = _lab.PREFIX
+LAB_DIR = _lab.LAB
+PIN_ROOT = _lab.PIN_ROOT
+HUB_NETNS = _lab.HUB
+BRIDGE = _lab.BRIDGE
+
+
 def require_root():
     if os.geteuid() != 0:
         raise unittest.SkipTest("needs root") if os.environ.get("CI") != "true" else AssertionError(
             "end-to-end tests must run as root under CI")
 
 
-def run(args, check=True, timeout=120, input=None):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input)
+def run(args, check=True, timeout=120, input=None, env=None):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input, env=env)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -137,7 +175,7 @@ def capture_hub(pcap_path):
     """tcpdump of every TCP segment on the lab's bridge (the link between nodes) while the block runs."""
     # --immediate-mode: packets reach tcpdump at once, not when a capture block
     # fills or times out (up to 1 s), so a short exchange is never lost at SIGINT.
-    dump = subprocess.Popen(["ip", "netns", "exec", "slb-hub", "tcpdump", "-i", "slbr0", "--immediate-mode",
+    dump = subprocess.Popen(["ip", "netns", "exec", HUB_NETNS, "tcpdump", "-i", BRIDGE, "--immediate-mode",
                              "-U", "-n", "-w", pcap_path, "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -152,15 +190,13 @@ def capture_hub(pcap_path):
         dump.stderr.close()
 
 
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
-PIN_ROOT = "/sys/fs/bpf/sluice-lab"
-
 
 def start_app(lab, pod, *args):
     """tcpapp.py `args` in `pod` through `lab exec`, stdin/stdout piped, once it printed 'ready'
     (its first line); stopped with the lab (lab.procs) if the test does not stop it first."""
     p = subprocess.Popen([sys.executable, LAB, "exec", pod, "--", sys.executable, APP, *args],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=lab.env)
     lab.procs.append(p)
     line = p.stdout.readline()
     if "ready" not in line:
@@ -212,13 +248,18 @@ def pid_of(what):
 
 
 class Lab:
-    def __init__(self, nodes=1):
+    """A lab instance: this process's (SLUICE_LAB_PREFIX), or `prefix`'s (a second lab
+    beside it)."""
+
+    def __init__(self, nodes=1, prefix=None):
         self.nodes = nodes
         self.procs = []
-        self.env = dict(os.environ, SLUICE_BUILD_DIR=BUILD)
+        self.env = lab_env(prefix) if prefix else None  # None: this process's environment
+        names = lab_names(prefix) if prefix else _lab
+        self.prefix, self.dir, self.pin_root, self.hub = names.PREFIX, names.LAB, names.PIN_ROOT, names.HUB
 
     def lab(self, *args, check=True, timeout=120):
-        return run([sys.executable, LAB, *args], check=check, timeout=timeout)
+        return run([sys.executable, LAB, *args], check=check, timeout=timeout, env=self.env)
 
     def up(self):
         self.lab("down", check=False)
@@ -258,7 +299,7 @@ class Lab:
     def spawn(self, pod, *cmd):
         """Starts a long-running process in a pod; waits for it to print 'ready'."""
         p = subprocess.Popen([sys.executable, LAB, "exec", pod, "--", *cmd], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+                             stderr=subprocess.STDOUT, text=True, env=self.env)
         self.procs.append(p)
         line = p.stdout.readline()
         if "ready" not in line:
@@ -272,7 +313,7 @@ class Lab:
         return self.exec(pod, sys.executable, APP, *args, check=check, timeout=timeout)
 
     def ctl(self, node, *args):
-        pin = f"/sys/fs/bpf/sluice-lab/{node}"
+        pin = os.path.join(self.pin_root, node)
         p = self.lab("node", "exec", node, "--", SLUICECTL, "--bpf-pin-dir", pin, "-o", "json", *args)
         return json.loads(p.stdout)
 
@@ -298,7 +339,7 @@ class Lab:
         """The node agent's metrics endpoint, fetched over the lab network from the hub (as a
         Prometheus would): (response headers, body)."""
         url = f"http://10.99.0.{10 + int(node[4:])}:15020{path}"
-        p = run(["ip", "netns", "exec", "slb-hub", "curl", "-sf", "-m", "10", "-D", "-", url])
+        p = run(["ip", "netns", "exec", self.hub, "curl", "-sf", "-m", "10", "-D", "-", url])
         head, _, body = p.stdout.partition("\n\n")  # text mode: CRLF is already "\n"
         return head, body
 

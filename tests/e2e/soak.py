@@ -7,8 +7,9 @@ each agent carries half the connections outbound and half inbound), exchanging a
 checked line every 5-15 s, while each client pod also opens SOAK_CHURN new
 connections a second. Every minute it prints, per node: the agent's RSS and open
 descriptors (/proc), its open app connections, pooled tunnels and BPF map entries
-(/metrics). At the end it fails unless no connection failed, no bound of the node
-refused one (the limit counters of docs/architecture.md are 0 in /metrics) and, after the warm-up,
+(/metrics), and the machine's load average. At the end it fails unless no connection
+failed, no bound of the node refused one (the limit counters of docs/architecture.md are
+0 in /metrics) and, after the warm-up,
 the agents' RSS and descriptors stayed flat: growth (least-squares slope over the
 samples after warm-up, taken every 10 s) at most SOAK_MAX_GROWTH (default 1%) per
 hour extrapolated.
@@ -18,7 +19,8 @@ hour extrapolated.
 
 Environment: SOAK_SECONDS, SOAK_CONNECTIONS (10000), SOAK_CHURN (10), SOAK_WARMUP
 (seconds; default a quarter of the run, 30 s to 10 min), SOAK_MAX_GROWTH (percent
-per hour, 1), SLUICE_BUILD_DIR.
+per hour, 1), SLUICE_BUILD_DIR, SLUICE_LAB_PREFIX (the lab instance, tools/lab --help: a
+soak in its own instance runs beside other labs).
 """
 import json
 import os
@@ -27,11 +29,10 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labkit import REPO, Lab, LabTest, metric_sum, parse_metrics, require_root, wait_for  # noqa: E402
+from labkit import LAB_DIR, REPO, Lab, LabTest, metric_sum, parse_metrics, require_root, wait_for  # noqa: E402
 
 SOAKAPP = os.path.join(REPO, "tests", "e2e", "apps", "soakapp.py")
 TCPAPP = os.path.join(REPO, "tests", "e2e", "apps", "tcpapp.py")
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 PORT = 7100
 NODES = ("node1", "node2")
 # Each server pod receives half the connections: above the default per-pod limit (4096).
@@ -116,6 +117,8 @@ class Soak:
                 "tunnels": int(metric_sum(m, "sluice_hbone_tunnels_active")), "maps": maps}
 
     def print_minute(self, elapsed):
+        # The machine's load (1/5/15 min): the figures depend on what else runs beside the soak.
+        self.log(f"[{elapsed:6.0f} s] load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
         for node in NODES:
             f = self.figures(node)
             maps = " ".join(f"{k}={v}" for k, v in sorted(f["maps"].items()))

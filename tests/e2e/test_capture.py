@@ -7,7 +7,7 @@ import subprocess
 import time
 import unittest
 
-from labkit import APP, CNI, LabTest, run, wait_for
+from labkit import APP, CNI, LAB_DIR, LabTest, run, wait_for
 
 MESH = "sluice.dev/mesh"
 
@@ -146,7 +146,7 @@ class CniErrorsTest(LabTest):
         return subprocess.run([CNI], input=stdin, capture_output=True, text=True, env=env, timeout=30)
 
     def conf(self):
-        sock = os.path.join(os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab"), "node1", "cni.sock")
+        sock = os.path.join(LAB_DIR, "node1", "cni.sock")
         return {"cniVersion": "1.0.0", "name": "sluice-lab", "type": "sluice-cni", "agentSocket": sock,
                 "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
                                "ips": [{"address": "10.244.1.200/24", "interface": 0}]}}
@@ -174,36 +174,117 @@ class CniErrorsTest(LabTest):
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("agent", (p.stdout + p.stderr).lower())
             netns = run(["ip", "netns", "list"]).stdout
-            self.assertNotIn("orphan", netns)
+            self.assertNotIn(f"{lab.prefix}-p-shop-orphan", netns)
         finally:
             lab.lab("agent", "start", "node1")
 
 
+def netns_of(prefix):
+    """The network namespaces of lab instance `prefix` (its names all start "PREFIX-")."""
+    return sorted(l.split()[0] for l in run(["ip", "netns", "list"]).stdout.splitlines()
+                  if l.startswith(f"{prefix}-"))
+
+
+def instance_procs(lab):
+    """pids of the agents and control plane of one lab instance: their command lines start with
+    the binaries it runs (a build whose command line merely names the targets is not one) and
+    name a file of its lab directory (--cni-socket, --local-config)."""
+    from labkit import BUILD
+    pattern = f"^{BUILD}/(agent/sluice-agent|controlplane/sluice-controlplane) .*{lab.dir}/"
+    return run(["pgrep", "-f", pattern], check=False).stdout.split()
+
+
+def agent_links(lab, node):
+    """The BPF link ids of a node's agent (its admin /config_dump)."""
+    return [l["link_id"] for l in lab.config_dump(node)["bpf"]["links"]]
+
+
+def link_exists(link_id):
+    return run(["bpftool", "link", "show", "id", str(link_id)], check=False).returncode == 0
+
+
 class TeardownTest(unittest.TestCase):
-    def test_nothing_left_after_lab_down(self):
-        from labkit import Lab, require_root
+    """`lab down` removes everything its instance made, and only that: every check looks at
+    this instance (SLUICE_LAB_PREFIX), so a second lab beside it neither fails it nor is touched."""
+
+    def setUp(self):
+        from labkit import require_root
         require_root()
+
+    def test_nothing_left_after_lab_down(self):
+        from labkit import Lab
         lab = Lab(2)
         try:
             lab.up()
             lab.lab("ns", "label", "shop", f"{MESH}=enabled")
             lab.pod("shop", "a", node="node1")
             lab.pod("shop", "b", node="node2")
+            links = agent_links(lab, "node1") + agent_links(lab, "node2")
+            self.assertTrue(links and all(link_exists(i) for i in links), links)
         finally:
             lab.down()
-        self.assertEqual([l for l in run(["ip", "netns", "list"]).stdout.splitlines() if l.startswith("slb-")], [])
-        self.assertFalse(os.path.exists("/sys/fs/bpf/sluice-lab"))
-        # The lab's processes: their command lines start with the binaries it runs
-        # (a build whose command line merely names the targets is not one).
-        from labkit import BUILD
-        lab_procs = f"^{BUILD}/(agent/sluice-agent|controlplane/sluice-controlplane) "
-        self.assertEqual(run(["pgrep", "-f", lab_procs], check=False).stdout.strip(), "")
-        links = run(["ip", "-o", "link"]).stdout
-        self.assertNotIn("slb", links)
-        # No Sluice program is still attached to the cgroup root.
-        cgroup2 = next(l.split()[1] for l in open("/proc/self/mounts") if l.split()[2] == "cgroup2")
-        progs = run(["bpftool", "cgroup", "show", cgroup2], check=False).stdout
-        self.assertNotIn("sluice_", progs)
+        self.assertEqual(netns_of(lab.prefix), [])
+        self.assertFalse(os.path.exists(lab.pin_root))
+        self.assertFalse(os.path.exists(lab.dir))
+        self.assertEqual(instance_procs(lab), [])
+        # Its agents' cgroup programs are detached: their links are gone.
+        self.assertEqual([i for i in links if link_exists(i)], [])
+
+    def test_two_instances_side_by_side_and_down_removes_only_its_own(self):
+        """This lab and a second one (another SLUICE_LAB_PREFIX), each with the same pods (and
+        so the same pod addresses): no name collides, each agent (all attached at the cgroup2
+        root) captures its own pods' connections only, and `lab down` of the second leaves this
+        one whole and working."""
+        from labkit import Lab
+        mine = Lab(1)
+        other = Lab(1, prefix=mine.prefix[:5] + "two")
+        labs = (mine, other)
+        try:
+            for lab in labs:
+                lab.up()
+                lab.lab("ns", "label", "shop", f"{MESH}=enabled")
+                lab.pod("shop", "server", sa="server")
+                lab.pod("shop", "client", sa="client")
+                for pod in ("shop/client", "shop/server"):
+                    wait_for(f"{pod} enrolled in {lab.prefix}", lambda lab=lab, pod=pod: lab.enrolled("node1", pod))
+                lab.server("shop/server", "whoami", 8080)
+            for lab in labs:
+                self.assertEqual(netns_of(lab.prefix), sorted(f"{lab.prefix}-{n}" for n in
+                                                              ("hub", "n1", "p-shop-client", "p-shop-server")))
+            self.assertNotEqual(mine.pin_root, other.pin_root)
+            self.assertNotEqual(mine.dir, other.dir)
+
+            # host-local in each lab's node1 hands out the same addresses.
+            self.assertEqual(mine.ip("shop", "server"), other.ip("shop", "server"))
+
+            def captured(lab, labs):
+                """Connects lab's client to its server; the new records of it in each lab's agent."""
+                server = lab.ip("shop", "server")
+
+                def records(l):
+                    return len([c for c in l.connections("node1") if c["destination"] == f"{server}:8080"])
+                before = {l.prefix: records(l) for l in labs}
+                out = lab.client("shop/client", "get", server, "8080").stdout
+                self.assertIn(f"peer={lab.ip('shop', 'client')}:", out)
+                wait_for(f"the record in {lab.prefix}", lambda: records(lab) > before[lab.prefix])
+                return {l.prefix: records(l) - before[l.prefix] for l in labs}
+
+            for lab in labs:
+                # Recorded by its own agent once, by the other lab's not at all.
+                self.assertEqual(captured(lab, labs), {l.prefix: 1 if l is lab else 0 for l in labs})
+            other.down()
+            self.assertEqual(netns_of(other.prefix), [])
+            self.assertFalse(os.path.exists(other.pin_root))
+            self.assertFalse(os.path.exists(other.dir))
+            self.assertEqual(instance_procs(other), [])
+            # This lab is whole: its namespaces, pins, processes, and capture.
+            self.assertEqual(len(netns_of(mine.prefix)), 4)
+            self.assertTrue(os.path.isdir(os.path.join(mine.pin_root, "node1")))
+            self.assertEqual(len(instance_procs(mine)), 2)
+            self.assertEqual(captured(mine, (mine,)), {mine.prefix: 1})
+        finally:
+            other.down()
+            mine.down()
 
 
 if __name__ == "__main__":

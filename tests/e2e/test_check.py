@@ -6,12 +6,11 @@ import os
 import time
 import unittest
 
-from labkit import SLUICECTL, LabTest, wait_for
+from labkit import LAB_DIR, PIN_ROOT, SLUICECTL, LabTest, wait_for
 
 MESH = "sluice.dev/mesh"
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 CONFLIST = os.path.join(LAB_DIR, "node1", "net.d", "10-sluice-lab.conflist")
-PIN_DIR = "/sys/fs/bpf/sluice-lab/node1"
+PIN_DIR = os.path.join(PIN_ROOT, "node1")
 
 
 class CheckTest(LabTest):

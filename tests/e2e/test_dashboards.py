@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+import labkit
 from labkit import LAB, APP, LabTest, REPO, metric_sum, parse_metrics, promtool_check_metrics, run, wait_for
 
 sys.path.insert(0, os.path.join(REPO, "tests", "support"))
@@ -30,7 +31,7 @@ import dashboards  # noqa: E402
 
 MESH = "sluice.dev/mesh"
 HTTPMIX = os.path.join(REPO, "tests", "e2e", "apps", "httpmix.py")
-HUB_NETNS = "/var/run/netns/slb-hub"
+HUB_NETNS = f"/var/run/netns/{labkit.HUB_NETNS}"
 PROM_ADDR = "127.0.0.1:9090"  # inside the hub namespace (the lab's own: nothing else listens)
 TD = "spiffe://cluster.local/ns/shop/sa"
 CLIENT = "client-7d9f8b6c5-x2x4z"

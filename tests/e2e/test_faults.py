@@ -50,6 +50,12 @@ def records_since(lab, node, direction, dst, since):
             if c["direction"] == direction and c["destination"] == dst and c["start_unix_ms"] >= since * 1000]
 
 
+def own_agent(argv):
+    """An agent command line of this lab instance: its --bpf-pin-dir is under PIN_ROOT."""
+    pin = argv[argv.index(b"--bpf-pin-dir") + 1].decode() if b"--bpf-pin-dir" in argv[:-1] else ""
+    return os.path.dirname(pin) == PIN_ROOT
+
+
 class AgentKillTest(LabTest):
     NODES = 2
     maxDiff = None  # a leak shows whole
@@ -86,7 +92,9 @@ class AgentKillTest(LabTest):
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
-            if argv and argv[0].endswith(b"sluice-agent") and b"--node-name" in argv:
+            # This lab's agents only (their pins are under its PIN_ROOT), not another lab's.
+            if argv and argv[0].endswith(b"sluice-agent") and b"--node-name" in argv and \
+                    own_agent(argv):
                 agents.append(argv[argv.index(b"--node-name") + 1].decode())
         return {"pins": sorted(pins), "map_entries": entries, "listeners": listeners, "agents": sorted(agents)}
 

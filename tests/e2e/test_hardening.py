@@ -12,10 +12,9 @@ import re
 import sys
 import time
 
-from labkit import LabTest, APP, wait_for
+from labkit import LAB_DIR, LabTest, APP, wait_for
 
 MESH = "sluice.dev/mesh"
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 CLOSED_PORT = 9  # nobody listens there
 
 

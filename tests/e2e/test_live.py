@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from labkit import LAB, SLUICECTL, LabTest, REPO, wait_for
+from labkit import LAB, PIN_ROOT, SLUICECTL, LabTest, REPO, wait_for
 
 MESH = "sluice.dev/mesh"
 APP = os.path.join(REPO, "tests", "e2e", "apps", "httpapp.py")
@@ -47,7 +47,7 @@ class LiveTest(LabTest):
         return None
 
     def ctl_text(self, node, *args):
-        pin = f"/sys/fs/bpf/sluice-lab/{node}"
+        pin = os.path.join(PIN_ROOT, node)
         return self.lab.lab("node", "exec", node, "--", SLUICECTL, "--bpf-pin-dir", pin,
                             *args).stdout
 

@@ -15,12 +15,11 @@ import tempfile
 import time
 import unittest
 
-from labkit import LabTest, metric_sum, parse_metrics, promtool_check_metrics, run, tcp_payloads, wait_for, REPO
+from labkit import BRIDGE, HUB_NETNS, LAB_DIR, LabTest, metric_sum, parse_metrics, promtool_check_metrics, run, tcp_payloads, wait_for, REPO
 
 MESH = "sluice.dev/mesh"
 H2APP = os.path.join(REPO, "tests", "e2e", "apps", "h2connect.py")
 SYS_PY = "/usr/bin/python3"  # Debian's, with python3-h2
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 CERT_TTL = 120
 MARKER = "SLUICE-PLAINTEXT-MARKER-7f3a9c"
 TD = "spiffe://cluster.local/ns/shop/sa"
@@ -119,7 +118,7 @@ class MtlsTest(LabTest):
     def test_a_cross_node_is_mutual_tls_and_server_sees_client_ip(self):
         # First test of the class: its tunnel is new, so the handshake is on the capture.
         pcap = os.path.join(self.tmp, "link.pcap")
-        dump = subprocess.Popen(["ip", "netns", "exec", "slb-hub", "tcpdump", "-i", "slbr0", "--immediate-mode",
+        dump = subprocess.Popen(["ip", "netns", "exec", HUB_NETNS, "tcpdump", "-i", BRIDGE, "--immediate-mode",
                                  "-U", "-n", "-w", pcap, "tcp"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:

@@ -16,10 +16,9 @@ import sys
 import tempfile
 import time
 
-from labkit import APP, LAB, LabTest, metric_sum, parse_metrics, wait_for
+from labkit import LAB_DIR, APP, LAB, LabTest, metric_sum, parse_metrics, wait_for
 
 MESH = "sluice.dev/mesh"
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 TD = "cluster.local"
 
 MESHED = {"web": ("shop/web1", "shop/web2"), "bad": ("evil/bad1", "evil/bad2")}

@@ -11,10 +11,9 @@ import os
 import re
 import tempfile
 
-from labkit import LabTest, wait_for
+from labkit import LAB_DIR, LabTest, wait_for
 
 MESH = "sluice.dev/mesh"
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 
 
 def authz(name, selector=None, extra=""):

@@ -19,10 +19,9 @@ import tempfile
 import time
 import uuid
 
-from labkit import LabTest, capture_hub, start_app, tcp_payloads, wait_for
+from labkit import LAB_DIR, LabTest, capture_hub, start_app, tcp_payloads, wait_for
 
 MESH = "sluice.dev/mesh"
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 MARKER = "SLUICE-RESTART-PLAINTEXT-MARKER-51c9e2"
 TD = "spiffe://cluster.local/ns/shop/sa"
 RECOVERY = 2.0  # seconds after /ready by which every new connection must succeed

@@ -21,10 +21,9 @@ import os
 import sys
 import time
 
-from labkit import LabTest, start_app, wait_for
+from labkit import LAB_DIR, LabTest, start_app, wait_for
 
 MESH = "sluice.dev/mesh"
-LAB_DIR = os.environ.get("SLUICE_LAB_DIR", "/run/sluice-lab")
 TD = "spiffe://cluster.local/ns/shop/sa"
 DRAIN = 6  # --drain-seconds of every agent of this lab
 
