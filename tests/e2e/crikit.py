@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 from labkit import BUILD, LAB_DIR, REPO, run, wait_for
 
@@ -45,6 +44,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   sandbox_image = "{image}"
   stream_server_address = "127.0.0.1"
   netns_mounts_under_state_dir = true
+  # The sandbox's oom_score_adj (-998) no lower than containerd's own: without
+  # CAP_SYS_RESOURCE (this machine's root lacks it) runc cannot lower it.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "{snapshotter}"
     default_runtime_name = "runc"
@@ -209,11 +211,3 @@ class Containerd:
                 except OSError:
                     pass
 
-
-def wait_gone(what, path, timeout=10):
-    wait_for(f"{what} {path} gone", lambda: not os.path.exists(path), timeout=timeout)
-    return True
-
-
-def elapsed(t0):
-    return f"{time.monotonic() - t0:.1f}s"

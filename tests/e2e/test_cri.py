@@ -70,6 +70,8 @@ class CriTest(LabTest):
             sid = cri.run_sandbox("web", "shop", uid)
             status = cri.status(sid)
             self.assertEqual(status["state"], "SANDBOX_READY")
+            self.assertEqual(status["info"]["info"]["processStatus"], "running")  # our pause, from our image
+            self.assertEqual(status["info"]["info"]["image"], "sluice.local/pause:1")
             self.assertEqual((status["namespace"], status["name"], status["uid"]), ("shop", "web", uid))
             self.assertTrue(status["ip"].startswith("10.244.1."), status["ip"])
             netns = cri.netns_path(status)
@@ -99,17 +101,21 @@ class CriTest(LabTest):
             self.assertEqual(conns[-1]["source_principal"], "spiffe://cluster.local/ns/shop/sa/web")
             self.assertEqual(conns[-1]["destination_principal"], "spiffe://cluster.local/ns/shop/sa/api")
 
-            # The kubelet's teardown: the runtime's own DEL takes the pod out of the agent.
+            # The kubelet's teardown: the runtime's own DEL (on StopPodSandbox, with the
+            # same CNI_ARGS) takes the pod out of the agent and the BPF maps.
             cri.stop(sid)
             dels = cni_log_lines("DEL shop/web ")
             self.assertTrue(dels, "containerd sent no DEL on StopPodSandbox")
             self.assertEqual(cni_args_of(dels[0]), cni_args_of(adds[0]))
-            cri.remove(sid)
             self.assertNotIn("shop/web", lab.pods_of("node1"))
             self.assertNotIn(cookie, [e["netns_cookie"] for e in lab.ctl("node1", "bpf")["enrolled"]])
             self.assertFalse(os.path.exists(netns), f"{netns} outlived its sandbox")
+            # RemovePodSandbox (containerd DELs again: a no-op for the agent) forgets it.
+            cri.remove(sid)
             self.assertNotEqual(cri.cri("status", sid, check=False).returncode, 0)
+            self.assertNotIn("shop/web", lab.pods_of("node1"))
             self.assertEqual(len(cni_log_lines("ADD shop/web ")), 1)
+            self.assertTrue(all(cni_args_of(d) == cni_args_of(adds[0]) for d in cni_log_lines("DEL shop/web ")))
         finally:
             lab.lab("pod", "del", "shop", "web")
         # The lab's own pod is untouched by all of it.
