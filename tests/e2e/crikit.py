@@ -210,4 +210,3 @@ class Containerd:
                     os.rmdir(sub)
                 except OSError:
                     pass
-
