@@ -131,17 +131,17 @@ int main(int argc, char** argv) {
   Options o;
   sluice::FlagTable flags;
   flags
-      .value("endpoint", "unix:///PATH", "the runtime's CRI socket",
+      .value("--endpoint", "unix:///PATH", "the runtime's CRI socket",
              sluice::FlagTable::into(&o.endpoint))
-      .value("name", "NAME", "run: the pod's name (metadata.name)",
+      .value("--name", "NAME", "run: the pod's name (metadata.name)",
              sluice::FlagTable::into(&o.name))
-      .value("namespace", "NS", "run: the pod's namespace", sluice::FlagTable::into(&o.ns))
-      .value("uid", "UID", "run: the pod's uid", sluice::FlagTable::into(&o.uid))
-      .value("log-dir", "DIR", "run: the sandbox's log directory",
+      .value("--namespace", "NS", "run: the pod's namespace", sluice::FlagTable::into(&o.ns))
+      .value("--uid", "UID", "run: the pod's uid", sluice::FlagTable::into(&o.uid))
+      .value("--log-dir", "DIR", "run: the sandbox's log directory",
              sluice::FlagTable::into(&o.log_dir))
-      .value("cgroup-parent", "PATH", "run: the sandbox's cgroup parent (cgroupfs path)",
+      .value("--cgroup-parent", "PATH", "run: the sandbox's cgroup parent (cgroupfs path)",
              sluice::FlagTable::into(&o.cgroup_parent))
-      .value("timeout", "SECONDS", "deadline of each call (default 60)",
+      .value("--timeout", "SECONDS", "deadline of each call (default 60)",
              sluice::FlagTable::number(&o.timeout_s, 1, 600))
       .positional([&](const std::string& a) {
         o.args.push_back(a);
