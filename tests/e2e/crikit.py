@@ -11,6 +11,8 @@ pause_image.py) and imported with `ctr`; no registry is involved. cleanup()
 removes everything it made, also after a failure: sandboxes, runc containers,
 shims, mounts, network namespaces, cgroups, the directory.
 """
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +29,7 @@ PAUSE_IMAGE = os.path.join(REPO, "tests", "cri", "pause_image.py")
 SANDBOX_IMAGE = "sluice.local/pause:1"
 CGROUP_PARENT = "sluice-cri-test"
 SNAPSHOTTER = "overlayfs"
+SHIM_SOCKETS = "/run/containerd/s"
 
 CONFIG = """version = 2
 root = "{d}/root"
@@ -150,15 +153,21 @@ class Containerd:
                 self.proc.wait()
         # Containers the shims still run (containerd was killed, or a remove failed).
         runc_root = os.path.join(self.dir, "runc", "k8s.io")
-        if os.path.isdir(runc_root):
-            for cid in os.listdir(runc_root):
-                run(["runc", "--root", runc_root, "kill", cid, "KILL"], check=False)
-                run(["runc", "--root", runc_root, "delete", "--force", cid], check=False)
+        containers = os.listdir(runc_root) if os.path.isdir(runc_root) else []
+        for cid in containers:
+            run(["runc", "--root", runc_root, "kill", cid, "KILL"], check=False)
+            run(["runc", "--root", runc_root, "delete", "--force", cid], check=False)
         for pid in self.shims():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # A killed shim leaves its socket where containerd 1.6 puts every shim's:
+        # /run/containerd/s/<sha256 of "<our socket>/<namespace>/<id>">.
+        for cid in set(containers) | set(self.sandboxes):
+            digest = hashlib.sha256(os.path.join(self.sock, "k8s.io", cid).encode()).hexdigest()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(SHIM_SOCKETS, digest))
         self.unmount_all()
         self.remove_cgroups()
         shutil.rmtree(self.dir, ignore_errors=True)

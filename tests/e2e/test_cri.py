@@ -50,13 +50,16 @@ class CriTest(LabTest):
 
     @classmethod
     def tearDownClass(cls):
-        if cls.cri:
-            cls.cri.cleanup()
-            leftovers = cls.cri.mounts() + cls.cri.shims() + cls.cri.cgroup_dirs()
-            if os.path.exists(cls.cri.dir):
-                leftovers.append(cls.cri.dir)
-        super().tearDownClass()
-        if cls.cri and leftovers:
+        leftovers = []
+        try:
+            if cls.cri:
+                cls.cri.cleanup()
+                leftovers = cls.cri.mounts() + cls.cri.shims() + cls.cri.cgroup_dirs()
+                if os.path.exists(cls.cri.dir):
+                    leftovers.append(cls.cri.dir)
+        finally:
+            super().tearDownClass()
+        if leftovers:
             raise AssertionError(f"containerd left behind: {leftovers}")
 
     def test_kubelet_sandbox_is_enrolled_captured_and_deleted(self):
