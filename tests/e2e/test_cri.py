@@ -123,3 +123,31 @@ class CriTest(LabTest):
             lab.lab("pod", "del", "shop", "web")
         # The lab's own pod is untouched by all of it.
         self.assertTrue(lab.enrolled("node1", "shop/server"))
+
+    def test_sandbox_in_a_namespace_not_enrolled_runs_unmeshed(self):
+        lab, cri = self.lab, self.cri
+        uid = str(uuid.uuid4())
+        lab.lab("pod", "object", "legacy", "old", "--uid", uid, "--node", "node1")
+        try:
+            sid = cri.run_sandbox("old", "legacy", uid)
+            status = cri.status(sid)
+            adds = cni_log_lines("ADD legacy/old ")
+            self.assertEqual(len(adds), 1, adds)
+            self.assertTrue(adds[0].endswith(": ok (not enrolled)"), adds[0])
+            pod = lab.pods_of("node1")["legacy/old"]
+            self.assertFalse(pod["enrolled"])
+            self.assertEqual((pod["uid"], pod["container_id"]), (uid, sid))
+            outbound = lambda: [c for c in lab.connections("node1")  # noqa: E731
+                                if c["pod"] == "legacy/old" and c["direction"] == "outbound"]
+            before = len(outbound())
+            out = subprocess.run(["nsenter", f"--net={cri.netns_path(status)}", sys.executable, APP, "get",
+                                  self.server_ip, "8080"], capture_output=True, text=True, timeout=60,
+                                 check=True).stdout
+            self.assertIn(f"peer={status['ip']}:", out)
+            # Not through the outbound proxy (the enrolled server's side may still see it inbound).
+            self.assertEqual(before, len(outbound()))
+            cri.stop(sid)
+            cri.remove(sid)
+            self.assertNotIn("legacy/old", lab.pods_of("node1"))
+        finally:
+            lab.lab("pod", "del", "legacy", "old")
