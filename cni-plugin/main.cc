@@ -37,6 +37,9 @@ environment and the network configuration on stdin. Configuration fields:
   failOpen      on agent unreachable, let ADD succeed unmeshed (default false)
   timeoutMs     bound on every call to the agent (default 5000)
   logFile       append a line per call here (optional)
+A container whose CNI_ARGS has no K8S_POD_NAMESPACE or K8S_POD_NAME (not a pod
+of a Kubernetes runtime: podman passes only K8S_POD_NAME) is passed through
+without the mesh; a line on stderr (the runtime's log) and in logFile says so.
 
 As the node's installer (the CNI container of the sluice-agent DaemonSet):
 
@@ -60,6 +63,27 @@ void logLine(const PluginConfig* cfg, const std::string& msg) {
 int emitError(const std::string& version, const PluginError& e) {
   std::fputs(errorJson(version, e).c_str(), stdout);
   return 1;
+}
+
+// A runtime that is not a kubelet's (podman's CNI backend passes only K8S_POD_NAME)
+// runs a container that is no Kubernetes pod: it has no namespace, so no service
+// account, identity or policy. It is left out of the mesh, visibly: the agent is not
+// told (it would keep a pod it can never enroll), ADD passes prevResult through, and
+// a line says so in the runtime's log (stderr) and in logFile.
+int notAPod(const PluginConfig& cfg, const std::string& cmd, const CniRequest& req,
+            const std::string& cni_args) {
+  if (cmd == "ADD") {
+    std::string msg = fmt::format(
+        "ADD container {}: CNI_ARGS has no {} (CNI_ARGS {}): not a pod sandbox of a "
+        "Kubernetes runtime (podman passes only K8S_POD_NAME), so it runs WITHOUT the mesh. "
+        "Sluice meshes the pods a kubelet's runtime (containerd, CRI-O) starts",
+        req.container_id, req.pod_namespace.empty() ? "K8S_POD_NAMESPACE" : "K8S_POD_NAME",
+        cni_args);
+    logLine(&cfg, msg);
+    std::fprintf(stderr, "sluice-cni: %s\n", msg.c_str());
+    std::printf("%s\n", cfg.prev_result.dump().c_str());
+  }
+  return 0;  // DEL and CHECK: nothing of it is in the mesh
 }
 
 // "sluice-cni install|uninstall ...": the installer; returns nullopt otherwise.
@@ -145,7 +169,11 @@ int main(int argc, char** argv) {
   req.pod_name = environment->args["K8S_POD_NAME"];
   req.pod_uid = environment->args["K8S_POD_UID"];
   req.ips = cfg->ips;
-  std::string pod = req.pod_namespace + "/" + req.pod_name;
+  if (req.pod_namespace.empty() || req.pod_name.empty())
+    return notAPod(*cfg, cmd, req, env["CNI_ARGS"]);
+  // The log names the pod as its runtime passed it: every CNI_ARGS key, unfiltered.
+  std::string pod = fmt::format("{}/{} (container {}; CNI_ARGS {})", req.pod_namespace,
+                                req.pod_name, req.container_id, env["CNI_ARGS"]);
 
   auto reply = callAgent(*cfg, req);
   if (!reply) {

@@ -12,6 +12,7 @@ PKGS=(
   python3-h2 tcpdump haproxy
   kubernetes-client python3-jsonschema python3-yaml golang-k8s-kube-openapi-dev buildah
   prometheus  # promtool: the metrics e2e test checks a real scrape with it
+  containerd  # with runc: sluice-cni under a real CRI runtime (tests/e2e/test_cri.py)
 )
 # A previous interrupted install must be finished before apt can add anything.
 dpkg --configure -a >/dev/null 2>&1 || true

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -150,6 +151,36 @@ TEST_SUITE("plugin") {
     CHECK(json::parse(check.out)["code"] == 1);  // "Incompatible CNI version"
     CHECK(h.calls == 1);
     CHECK(WEXITSTATUS(runPlugin("DEL", c.dump()).status) == 0);
+  }
+  TEST_CASE(
+      "no K8S_POD_NAMESPACE (podman's CNI backend): ADD passes through unmeshed, says so, and "
+      "never tells the agent") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    std::string log = "/tmp/sluice-cni-test-log-" + std::to_string(getpid());
+    std::filesystem::remove(log);
+    auto c = json::parse(conf(sock));
+    c["logFile"] = log;
+    // What podman's CNI backend passes: the container's name, nothing of Kubernetes.
+    const std::string podman = "CNI_ARGS='IgnoreUnknown=1;K8S_POD_NAME=web' 2>/dev/null";
+    auto r = runPlugin("ADD", c.dump(), podman);
+    CHECK(WEXITSTATUS(r.status) == 0);
+    CHECK(json::parse(r.out) == c["prevResult"]);
+    CHECK(WEXITSTATUS(runPlugin("CHECK", c.dump(), podman).status) == 0);
+    CHECK(WEXITSTATUS(runPlugin("DEL", c.dump(), podman).status) == 0);
+    CHECK(h.calls == 0);  // no pod the agent would keep and could never enroll
+    std::ifstream in(log);
+    std::string line;
+    REQUIRE(std::getline(in, line));
+    CHECK(line.find("ADD container ctr1: CNI_ARGS has no K8S_POD_NAMESPACE") != std::string::npos);
+    CHECK(line.find("WITHOUT the mesh") != std::string::npos);
+    CHECK_FALSE(std::getline(in, line));  // one line: the ADD (DEL and CHECK have nothing to say)
+    // A namespace without a name is not a pod either.
+    auto no_name = runPlugin("ADD", c.dump(), "CNI_ARGS='K8S_POD_NAMESPACE=shop' 2>/dev/null");
+    CHECK(WEXITSTATUS(no_name.status) == 0);
+    CHECK(h.calls == 0);
+    std::filesystem::remove(log);
   }
   TEST_CASE("VERSION") {
     auto r = runPlugin("VERSION", "");
