@@ -206,8 +206,9 @@ def pid_of(what):
 
 
 class Lab:
-    def __init__(self, nodes=1):
+    def __init__(self, nodes=1, ip_family="ipv4"):
         self.nodes = nodes
+        self.ip_family = ip_family
         self.procs = []
         self.env = dict(os.environ, SLUICE_BUILD_DIR=BUILD)
 
@@ -216,7 +217,8 @@ class Lab:
 
     def up(self):
         self.lab("down", check=False)
-        self.lab("up", "--nodes", str(self.nodes), timeout=180)
+        family = ["--ip-family", self.ip_family] if self.ip_family != "ipv4" else []
+        self.lab("up", "--nodes", str(self.nodes), *family, timeout=180)
 
     def down(self):
         for p in self.procs:
@@ -243,8 +245,10 @@ class Lab:
         self.lab(*args)
         return self.ip(ns, name)
 
-    def ip(self, ns, name):
-        return self.lab("pod", "ip", ns, name).stdout.strip()
+    def ip(self, ns, name, family=None):
+        """The pod's first address, or its address of family 4 or 6."""
+        extra = ["--family", str(family)] if family else []
+        return self.lab("pod", "ip", ns, name, *extra).stdout.strip()
 
     def exec(self, pod, *cmd, check=True, timeout=120):
         return self.lab("exec", pod, "--", *cmd, check=check, timeout=timeout)
@@ -316,6 +320,7 @@ class Lab:
 
 class LabTest(unittest.TestCase):
     NODES = 1
+    IP_FAMILY = "ipv4"  # the lab's pod address families: ipv4, ipv6 or dual (lab up --ip-family)
     AGENT_ARGS = ""  # extra sluice-agent flags for this class's lab (added to $SLUICE_AGENT_ARGS)
     lab = None
 
@@ -325,7 +330,7 @@ class LabTest(unittest.TestCase):
         cls.saved_agent_args = os.environ.get("SLUICE_AGENT_ARGS")
         if cls.AGENT_ARGS:
             os.environ["SLUICE_AGENT_ARGS"] = f"{cls.saved_agent_args or ''} {cls.AGENT_ARGS}".strip()
-        cls.lab = Lab(cls.NODES)
+        cls.lab = Lab(cls.NODES, cls.IP_FAMILY)
         try:
             cls.lab.up()
             cls.setUpLab()
