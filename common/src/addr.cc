@@ -22,6 +22,18 @@ std::string formatIp4(uint32_t ip_net) {
   return buf;
 }
 
+std::optional<in6_addr> parseIp6(const std::string& text) {
+  in6_addr a{};
+  if (::inet_pton(AF_INET6, text.c_str(), &a) != 1) return std::nullopt;
+  return a;
+}
+
+std::string formatIp6(const in6_addr& a) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET6, &a, buf, sizeof(buf));
+  return buf;
+}
+
 std::string formatEndpoint(const sockaddr_in& sa) {
   return fmt::format("{}:{}", formatIp4(sa.sin_addr.s_addr), ntohs(sa.sin_port));
 }

@@ -293,5 +293,11 @@ class MtlsTest(LabTest):
         self.assertEqual(holder.wait(timeout=60), 0)
 
 
+class MtlsDualStackTest(MtlsTest):
+    """The same suite on a dual-stack lab (lab up --ip-family dual): pods have an IPv6
+    address beside the IPv4 one the mesh carries, and nothing of this changes."""
+    IP_FAMILY = "dual"
+
+
 if __name__ == "__main__":
     unittest.main()
