@@ -106,6 +106,35 @@ class DualStackTest(LabTest):
         pods = [p for p in self.lab.config_dump("node2")["pods"] if p["name"] == "server"]
         self.assertEqual([(p["ip"], p["ip6"], p["enrolled"]) for p in pods], [(server4, server6, True)])
 
+    def test_a_dual_stack_service_is_balanced_on_its_ipv4_vip(self):
+        lab = self.lab
+        vip = lab.lab("svc", "add", "shop", "both", "--selector", "app=server", "--port", "80:8080",
+                      "--ip-family-policy", "PreferDualStack").stdout.strip()
+        single = lab.lab("svc", "add", "shop", "single", "--selector", "app=server", "--port", "80:8080").stdout.strip()
+        self.assertTrue(in_net(vip, "10.96.0.0/16") and in_net(single, "10.96.0.0/16"), (vip, single))
+        server6 = lab.ip("shop", "server", 6)
+
+        def services():
+            return {s["name"]: (s["vips"], sorted(e["ip"] for e in s["endpoints"]))
+                    for s in lab.ctl("node1", "services")["services"] if s["namespace"] == "shop"}
+        # A VIP of each family, and the endpoints of each family (the endpoints controller's
+        # per-family slices); a SingleStack Service has IPv4 ones only.
+        def ready():
+            s = services()
+            return (s.get("single") == ([single], [self.server_ip]) and "both" in s and
+                    s["both"][1] == sorted([self.server_ip, server6]) and s)
+        vips = wait_for("both services in node1's view", ready)["both"][0]
+        self.assertEqual(len(vips), 2, vips)
+        self.assertEqual(vips[0], vip)
+        self.assertTrue(in_net(vips[1], "fd00:96::/112"), vips)
+        out = lab.client("shop/client", "get", vip, "80").stdout
+        self.assertIn(f"peer={self.client_ip}:", out)
+        self.assertIn(f"local={self.server_ip}:8080", out)
+        bad = lab.lab("svc", "add", "shop", "x", "--selector", "app=server", "--port", "80",
+                      "--ip-family-policy", "DualStack", check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("SingleStack, PreferDualStack, RequireDualStack", bad.stderr)
+
     def test_ipv4_mesh_is_unchanged_on_a_dual_stack_lab(self):
         out = self.lab.client("shop/client", "get", self.server_ip, "8080").stdout
         self.assertIn(f"peer={self.client_ip}:", out)
