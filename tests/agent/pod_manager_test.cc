@@ -206,6 +206,7 @@ TEST_SUITE("pod_manager") {
     again.restore();
     CHECK(again.dump()["pods"][0]["ip6"] == "fd00:244:1::5");
     again.remove("ctr-1", "uid-1");
+    again.onWorkloads(Fixture::view(true), 2);
 
     pods::PodRef v6only = dual;
     v6only.ip4 = 0;
