@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 
 namespace sluice::cni {
 

@@ -8,6 +8,7 @@
 #include "agent/cni/server.h"
 #include "agent/pods/pod_manager.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 
 namespace sluice::agent::wiring {
 

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 #include "sluice/common/x509.h"
 
 namespace sluice::agent::wiring {

@@ -1,4 +1,5 @@
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 
 #include <arpa/inet.h>
 #include <fmt/format.h>

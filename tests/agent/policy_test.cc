@@ -9,6 +9,7 @@
 #include "common/policy/parse.h"
 #include "common/policy/policy_set.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 
 using namespace sluice;
 using namespace sluice::policy;

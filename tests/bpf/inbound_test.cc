@@ -13,6 +13,7 @@
 
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 #include "support/bpf_env.h"
 #include "support/scratch_netns.h"
 

@@ -9,6 +9,7 @@
 
 #include "sluice/common/bearer_token.h"
 #include "sluice/common/bpf_abi.h"
+#include "sluice/common/ip6.h"
 
 TEST_SUITE("addr") {
   TEST_CASE("endpoints round-trip and malformed ones are refused") {
