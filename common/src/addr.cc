@@ -1,11 +1,12 @@
 #include "sluice/common/addr.h"
-#include "sluice/common/ip6.h"
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
 #include <charconv>
 #include <cstring>
+
+#include "sluice/common/ip6.h"
 
 namespace sluice {
 
