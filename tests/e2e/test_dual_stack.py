@@ -103,7 +103,7 @@ class DualStackTest(LabTest):
             w for w in self.lab.ctl("node1", "workloads")["workloads"]
             if w["name"] == "server" and w["namespace"] == "shop" and w["ips"] == [server4, server6]])
         # The CNI result's IPv6 address reached the agent that runs the pod.
-        pods = [p for p in self.lab.config_dump("node2")["pods"] if p["name"] == "server"]
+        pods = [p for p in self.lab.config_dump("node2")["pods"] if (p["namespace"], p["name"]) == ("shop", "server")]
         self.assertEqual([(p["ip"], p["ip6"], p["enrolled"]) for p in pods], [(server4, server6, True)])
 
     def test_a_dual_stack_service_is_balanced_on_its_ipv4_vip(self):
