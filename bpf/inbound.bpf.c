@@ -4,7 +4,12 @@
  * not addressed to the proxy's own ports is assigned to the transparent
  * <dst-ip>:15006 listener (bpf_sk_assign), so plaintext from outside the mesh
  * meets the proxy. The accepted socket's getsockname() is the original
- * destination. Everything else passes untouched. */
+ * destination. Everything else passes untouched.
+ *
+ * IPv6: the proxy has no IPv6 listeners yet, so an IPv6 connection to an
+ * enrolled pod would reach the app around the mesh (no mTLS, no policy). Its
+ * SYN is dropped instead (fail closed) unless the port is excluded; replies
+ * to the pod's own IPv6 connections (SYN-ACK and later) pass. */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -39,10 +44,29 @@ static __always_inline int parse(struct __sk_buff *skb, struct sluice_ip4_tcp *o
 	return 0;
 }
 
+/* 1 for an IPv6 TCP SYN (no ACK) to a port that is not excluded. Extension
+ * headers are not walked: a SYN behind one is not TCP here, and passes. */
+static __always_inline int ip6_syn_to_refuse(struct __sk_buff *skb)
+{
+	struct ipv6hdr ip6;
+	struct tcphdr tcp;
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return 0;
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) != 0)
+		return 0;
+	if (ip6.nexthdr != IPPROTO_TCP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(ip6), &tcp, sizeof(tcp)) != 0)
+		return 0;
+	return tcp.syn && !tcp.ack && !sluice_port_excluded(tcp.dest);
+}
+
 SEC("tc")
 int sluice_tc_inbound(struct __sk_buff *skb)
 {
 	struct sluice_ip4_tcp p = {};
+	if (ip6_syn_to_refuse(skb))
+		return TC_ACT_SHOT;
 	if (parse(skb, &p) != 0 || !p.syn || p.ack)
 		goto pass;
 	if (p.dport == bpf_htons(SLUICE_HBONE_PORT) || p.dport == bpf_htons(SLUICE_INBOUND_PORT) ||

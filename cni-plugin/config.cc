@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 
 namespace sluice::cni {
 
@@ -25,10 +26,17 @@ tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result
       return err(kDecodingFailure, "prevResult.ips[] entry without a string 'address'");
     std::string addr = ip["address"].get<std::string>();
     std::string bare = addr.substr(0, addr.find('/'));
-    if (bare.find(':') != std::string::npos) continue;  // IPv6: not captured yet
-    if (!parseIp4(bare))
+    // Both families go to the agent: it meshes the IPv4 one and knows the
+    // IPv6 one (canonical text, so that it compares with the control plane's).
+    if (bare.find(':') != std::string::npos) {
+      auto a6 = parseIp6(bare);
+      if (!a6) return err(kDecodingFailure, "prevResult.ips[] has an invalid address", addr);
+      ips.push_back(formatIp6(*a6));
+    } else if (parseIp4(bare)) {
+      ips.push_back(bare);
+    } else {
       return err(kDecodingFailure, "prevResult.ips[] has an invalid address", addr);
-    ips.push_back(bare);
+    }
   }
   return ips;
 }

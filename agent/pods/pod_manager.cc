@@ -18,11 +18,17 @@ auto logger() { return log::get("pods"); }
 
 // The persisted form of a pod (also the base of its config_dump entry).
 nlohmann::json podJson(const LocalPod& p) {
-  return {{"uid", p.ref.uid},           {"namespace", p.ref.ns},
-          {"name", p.ref.name},         {"container_id", p.ref.container_id},
-          {"netns", p.ref.netns_path},  {"ifname", p.ref.ifname},
-          {"ip", formatIp4(p.ref.ip4)}, {"netns_cookie", p.netns_cookie},
-          {"enrolled", p.enrolled},     {"service_account", p.service_account}};
+  return {{"uid", p.ref.uid},
+          {"namespace", p.ref.ns},
+          {"name", p.ref.name},
+          {"container_id", p.ref.container_id},
+          {"netns", p.ref.netns_path},
+          {"ifname", p.ref.ifname},
+          {"ip", formatIp4(p.ref.ip4)},
+          {"ip6", p.ref.ip6},
+          {"netns_cookie", p.netns_cookie},
+          {"enrolled", p.enrolled},
+          {"service_account", p.service_account}};
 }
 
 std::string podName(const PodRef& r) { return r.ns + "/" + r.name; }
@@ -88,8 +94,9 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
     pod.netns_cookie = *cookie;
     pods_.emplace(ref.container_id, std::move(pod));
     persist();
-    logger()->info("pod {} added (container {}, ip {}, netns cookie {})", podName(ref),
-                   ref.container_id, formatIp4(ref.ip4), *cookie);
+    logger()->info("pod {} added (container {}, ip {}{}{}, netns cookie {})", podName(ref),
+                   ref.container_id, formatIp4(ref.ip4), ref.ip6.empty() ? "" : ", ip6 ", ref.ip6,
+                   *cookie);
   }
   // In Kubernetes the Pod object exists before its sandbox; give the control
   // plane's view a bounded time to catch up before deciding.
@@ -185,6 +192,10 @@ void PodManager::reconcile(LocalPod& pod) {
 }
 
 Result<void> PodManager::enroll(LocalPod& pod) {
+  if (pod.ref.ip4 == 0 && !pod.ref.ip6.empty())
+    return fail("the pod has only an IPv6 address (" + pod.ref.ip6 +
+                "): Sluice meshes pods over IPv4, IPv6-only pods are not supported yet; give the "
+                "pod an IPv4 address too (dual stack) or take its namespace out of the mesh");
   if (pod.ref.ip4 == 0) return fail("the pod has no IPv4 address in the CNI result");
   ztunnel::PodSpec spec = engineSpec(pod);
   if (auto r = engine_.addPod(spec); !r) return r;
@@ -281,6 +292,7 @@ void PodManager::restore() {
           ref.netns_path = j.at("netns").get<std::string>();
           ref.ifname = j.at("ifname").get<std::string>();
           ref.ip4 = parseIp4(j.at("ip").get<std::string>()).value_or(0);
+          ref.ip6 = j.value("ip6", std::string());  // absent from older agents' state files
           bool was_enrolled = j.at("enrolled").get<bool>();
           uint64_t saved_cookie = j.at("netns_cookie").get<uint64_t>();
           // Absent from state files of agents before it was kept.

@@ -37,6 +37,7 @@ struct PodRef {
   std::string netns_path;    // CNI_NETNS
   std::string ifname;        // CNI_IFNAME
   uint32_t ip4 = 0;          // from prevResult, network order
+  std::string ip6;           // from prevResult, canonical text; empty when none
 };
 
 struct LocalPod {

@@ -8,6 +8,7 @@
 #include "agent/cni/server.h"
 #include "agent/pods/pod_manager.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 
 namespace sluice::agent::wiring {
 
@@ -25,12 +26,13 @@ class CniBridge final : public cni::Handler {
                        req.container_id,
                        req.netns,
                        req.ifname.empty() ? "eth0" : req.ifname,
-                       0};
-      for (const auto& ip : req.ips)
-        if (auto a = parseIp4(ip)) {
-          ref.ip4 = *a;
-          break;
-        }
+                       0,
+                       {}};
+      // The first address of each family (a runtime lists the primary first).
+      for (const auto& ip : req.ips) {
+        if (auto a = parseIp4(ip); a && ref.ip4 == 0) ref.ip4 = *a;
+        if (auto a6 = parseIp6(ip); a6 && ref.ip6.empty()) ref.ip6 = formatIp6(*a6);
+      }
       auto r = pods_.add(ref, wait_);
       reply.ok = r.has_value();
       if (r)

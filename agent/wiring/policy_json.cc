@@ -2,7 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+#include <optional>
+
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 #include "sluice/common/x509.h"
 
 namespace sluice::agent::wiring {
@@ -93,15 +97,18 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
 
   std::string principal;
   uint32_t source_ip = 0;
+  std::optional<in6_addr> source_ip6;
   if (auto ip = parseIp4(from)) {
     source_ip = *ip;
+  } else if ((source_ip6 = parseIp6(from))) {
+    // What a policy's ipBlocks say of an IPv6 client (none reaches a pod yet).
   } else if (auto slash = from.find('/'); slash != std::string::npos && slash > 0 &&
                                           slash + 1 < from.size() &&
                                           from.find('/', slash + 1) == std::string::npos) {
     principal = x509::workloadUri(trust_domain, from.substr(0, slash), from.substr(slash + 1));
   } else {
     return {400,
-            error("from '" + from + "' is neither NAMESPACE/SERVICEACCOUNT nor an IPv4 address")};
+            error("from '" + from + "' is neither NAMESPACE/SERVICEACCOUNT nor an IP address")};
   }
   auto slash = to.find('/');
   auto colon = to.rfind(':');
@@ -121,6 +128,10 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
                        "(sluicectl workloads lists them; ask the agent of the pod's node)")};
   auto q = authorizer.requestFor(*entry, source_ip, principal, entry->workload.ip4,
                                  static_cast<uint16_t>(port), !principal.empty());
+  if (source_ip6) {
+    q.source_ip6.emplace();
+    std::memcpy(q.source_ip6->data(), source_ip6->s6_addr, 16);
+  }
   auto d = view->policies().evaluate(q);
   json audits = json::array();
   for (size_t i = 0; i < d.audit_count && i < policy::Decision::kMaxAudits; ++i)
@@ -129,7 +140,9 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
           {{"from", from},
            {"to", to},
            {"source_principal", principal.empty() ? json(nullptr) : json(principal)},
-           {"source_ip", source_ip ? json(formatIp4(source_ip)) : json(nullptr)},
+           {"source_ip", source_ip    ? json(formatIp4(source_ip))
+                         : source_ip6 ? json(formatIp6(*source_ip6))
+                                      : json(nullptr)},
            {"destination", fmt::format("{}:{}", formatIp4(entry->workload.ip4), port)},
            {"decision", d.allow ? "ALLOW" : "DENY"},
            {"reason", policy::toString(d.reason)},

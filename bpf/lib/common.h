@@ -19,6 +19,7 @@
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 #define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
 #define BPF_F_CURRENT_NETNS (-1)
 
 /* Maps shared by several programs are declared once per object with

@@ -56,6 +56,8 @@ struct Test {
 struct Conn {
   PeerIdentity peer;
   uint32_t source_ip = 0;
+  bool source_v6 = false;  // the source is source_ip6, not source_ip
+  Ip6 source_ip6{};
   uint32_t destination_ip = 0;
   uint16_t port = 0;
 };
@@ -66,7 +68,7 @@ inline bool anyValue(const Test& t, const Conn& c) {
       return std::find(t.ports.begin(), t.ports.end(), c.port) != t.ports.end();
     case Field::kSourceIp:
       for (const auto& b : t.blocks)
-        if (b.contains(c.source_ip)) return true;
+        if (c.source_v6 ? b.contains6(c.source_ip6) : b.contains(c.source_ip)) return true;
       return false;
     case Field::kDestinationIp:
       for (const auto& b : t.blocks)

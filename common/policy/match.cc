@@ -37,9 +37,15 @@ std::optional<IpBlock> parseIpBlock(std::string_view text) {
   }
   in6_addr v6{};
   if (inet_pton(AF_INET6, a.c_str(), &v6) == 1) {
-    if (prefix.value_or(128) > 128) return std::nullopt;
+    unsigned bits = prefix.value_or(128);
+    if (bits > 128) return std::nullopt;
     IpBlock b;
     b.v6 = true;
+    b.prefix6 = static_cast<uint8_t>(bits);
+    for (unsigned i = 0; i < 16; ++i) {  // "fd00::1/8" is accepted as fd00::/8
+      unsigned keep = bits >= 8 * (i + 1) ? 8 : (bits > 8 * i ? bits - 8 * i : 0);
+      b.network6[i] = v6.s6_addr[i] & uint8_t(keep == 0 ? 0 : 0xff << (8 - keep));
+    }
     return b;
   }
   return std::nullopt;

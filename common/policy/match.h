@@ -5,6 +5,7 @@
 // ztunnel's StringMatch / IpNet matching (src/rbac.rs).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -36,14 +37,27 @@ struct StringMatch {
   }
 };
 
-// An ipBlocks entry: "10.1.0.0/16" or a single address ("10.1.2.3" = /32).
-// IPv6 blocks are valid Istio input but never match: Sluice carries IPv4 only.
+using Ip6 = std::array<uint8_t, 16>;  // an IPv6 address, network order
+
+// An ipBlocks entry: "10.1.0.0/16" or a single address ("10.1.2.3" = /32),
+// or an IPv6 one ("fd00:244::/48", "fd00::5" = /128). A block matches
+// addresses of its own family only.
 struct IpBlock {
   uint32_t network = 0;  // host order, already masked
   uint32_t mask = 0;     // host order
   bool v6 = false;
+  Ip6 network6{};       // v6: already masked
+  uint8_t prefix6 = 0;  // v6: prefix length, 0..128
 
   bool contains(uint32_t ip_host) const { return !v6 && (ip_host & mask) == network; }
+  bool contains6(const Ip6& ip) const {
+    if (!v6) return false;
+    for (unsigned i = 0, bits = prefix6; bits > 0; ++i, bits = bits > 8 ? bits - 8 : 0) {
+      uint8_t m = bits >= 8 ? 0xff : uint8_t(0xff << (8 - bits));
+      if ((ip[i] & m) != network6[i]) return false;
+    }
+    return true;
+  }
 };
 
 // nullopt: not an IPv4/IPv6 address or CIDR (the caller names the field).

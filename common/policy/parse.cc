@@ -239,8 +239,9 @@ class Parser {
             fmt::format("\"{}\" is not an IP address or CIDR block (like 10.1.0.0/16)", values[i]));
       if (b->v6)
         warnings.push_back(
-            fmt::format("{}: {} is an IPv6 block and never matches: Sluice carries IPv4 only", path,
-                        values[i]));
+            fmt::format("{}: {} is an IPv6 block: it matches IPv6 sources only, and IPv6 "
+                        "connections do not reach enrolled pods yet (Sluice meshes IPv4)",
+                        path, values[i]));
     }
     return {};
   }

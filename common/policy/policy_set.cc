@@ -359,6 +359,17 @@ Decision PolicySet::evaluate(const Request& req) const {
   Conn c;
   c.peer = parsePeerIdentity(req.source_principal);
   c.source_ip = ntohl(req.source_ip);
+  if (req.source_ip6) {
+    static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    const Ip6& a = *req.source_ip6;
+    if (std::equal(a.begin(), a.begin() + 12, kMapped)) {
+      c.source_ip =
+          (uint32_t(a[12]) << 24) | (uint32_t(a[13]) << 16) | (uint32_t(a[14]) << 8) | a[15];
+    } else {
+      c.source_v6 = true;
+      c.source_ip6 = a;
+    }
+  }
   c.destination_ip = ntohl(req.destination_ip);
   c.port = req.destination_port;
 

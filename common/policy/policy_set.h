@@ -21,6 +21,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -50,6 +51,8 @@ struct Request {
   uint32_t destination_ip = 0;  // network order
   uint16_t destination_port = 0;
   uint32_t source_ip = 0;  // network order
+  // An IPv6 source instead (source_ip 0); IPv4-mapped ones count as IPv4.
+  std::optional<std::array<uint8_t, 16>> source_ip6;
   // The peer's verified SPIFFE ID (mTLS handshake, or the node itself for a
   // same-node handoff); empty: plaintext, not authenticated. Never anything
   // the client claims about itself.

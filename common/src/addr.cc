@@ -6,6 +6,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "sluice/common/ip6.h"
+
 namespace sluice {
 
 std::optional<uint32_t> parseIp4(const std::string& text) {
@@ -19,6 +21,18 @@ std::string formatIp4(uint32_t ip_net) {
   in_addr a{};
   a.s_addr = ip_net;
   ::inet_ntop(AF_INET, &a, buf, sizeof(buf));
+  return buf;
+}
+
+std::optional<in6_addr> parseIp6(const std::string& text) {
+  in6_addr a{};
+  if (::inet_pton(AF_INET6, text.c_str(), &a) != 1) return std::nullopt;
+  return a;
+}
+
+std::string formatIp6(const in6_addr& a) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET6, &a, buf, sizeof(buf));
   return buf;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
 
 #include "common/policy/wire.h"
 #include "controlplane/model/policy_filter.h"
@@ -12,6 +13,9 @@
 namespace sluice::controlplane::model {
 
 namespace {
+
+// Address text is validated at parse time: an IPv6 one has a colon.
+bool isIp6(const std::string& ip) { return ip.find(':') != std::string::npos; }
 
 uint64_t randomEpoch() {
   std::random_device rd;
@@ -182,6 +186,12 @@ std::map<std::string, ServiceView> Store::computeServices() const {
           }
       } else if (mode_ == EndpointsMode::kSlicesOrSelector && svc.has_selector &&
                  !svc.selector.empty()) {
+        // As the endpoints controller: a Service's endpoints are the pod
+        // addresses of its own families (those of its VIPs; headless, none:
+        // the pod's primary address), so a dual-stack pod is an IPv4 endpoint
+        // of an IPv4 Service and an IPv6 one of an IPv6 Service.
+        std::set<bool> families;  // is IPv6
+        for (const auto& vip : svc.vips) families.insert(isIp6(vip));
         for (const Pod* p : pods_by_ns[svc.ns]) {
           if (!p->ready || p->ips.empty() || !selects(svc.selector, p->labels)) continue;
           sluice::api::v1::Endpoint ep;
@@ -197,6 +207,7 @@ std::map<std::string, ServiceView> Store::computeServices() const {
           // A headless Service without ports still names its endpoints (by IP).
           if (ep.ports().empty() && !(svc.headless && svc.ports.empty())) continue;
           for (const auto& ip : p->ips) {
+            if (!families.count(isIp6(ip)) && !(families.empty() && ip == p->ips.front())) continue;
             ep.set_ip(ip);
             ep.set_workload_uid(p->uid);
             *v.add_endpoints() = ep;

@@ -94,7 +94,7 @@ struct Fixture {
     std::filesystem::remove_all(state);
   }
   pods::PodRef ref() const {
-    return {"uid-1", "shop", "web", "ctr-1", pod.path(), "eth0", *parseIp4("10.77.2.5")};
+    return {"uid-1", "shop", "web", "ctr-1", pod.path(), "eth0", *parseIp4("10.77.2.5"), ""};
   }
   static std::map<std::string, pods::Workload> view(bool enrolled) {
     pods::Workload w;
@@ -186,6 +186,36 @@ TEST_SUITE("pod_manager") {
     CHECK_FALSE(*r);
     pm.onWorkloads(Fixture::view(true), 2);
     CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
+  }
+
+  TEST_CASE("dual stack: the IPv6 address is kept and survives a restart - IPv6-only is refused") {
+    Fixture f;
+    pods::PodRef dual = f.ref();
+    dual.ip6 = "fd00:244:1::5";
+    {
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+      pm.onWorkloads(Fixture::view(true), 1);
+      REQUIRE(pm.add(dual, std::chrono::milliseconds(50)).value_or(false));
+      auto dump = pm.dump();
+      REQUIRE(dump["pods"].size() == 1);
+      CHECK(dump["pods"][0]["ip"] == "10.77.2.5");
+      CHECK(dump["pods"][0]["ip6"] == "fd00:244:1::5");
+    }
+    f.engine.forget();
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+    again.restore();
+    CHECK(again.dump()["pods"][0]["ip6"] == "fd00:244:1::5");
+    again.remove("ctr-1", "uid-1");
+    again.onWorkloads(Fixture::view(true), 2);
+
+    pods::PodRef v6only = dual;
+    v6only.ip4 = 0;
+    v6only.container_id = "ctr-6";
+    auto r = again.add(v6only, std::chrono::milliseconds(50));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("only an IPv6 address (fd00:244:1::5)") != std::string::npos);
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    CHECK_FALSE(f.engine.has("ctr-6"));
   }
 
   TEST_CASE("an enrollment failure fails ADD and leaves no capture behind") {

@@ -2,12 +2,14 @@
 #include <doctest/doctest.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "common/policy/parse.h"
 #include "common/policy/policy_set.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 
 using namespace sluice;
 using namespace sluice::policy;
@@ -103,7 +105,14 @@ Evaluated evaluate(std::shared_ptr<const PolicySet> set, const Conn& c) {
   r.destination = {c.ns, "web-0", labels, "spiffe://cluster.local/ns/prod/sa/web"};
   r.destination_ip = ip(c.destination);
   r.destination_port = c.port;
-  r.source_ip = ip(c.source);
+  if (std::strchr(c.source, ':')) {  // an IPv6 source
+    auto a6 = parseIp6(c.source);
+    REQUIRE(a6.has_value());
+    r.source_ip6.emplace();
+    std::memcpy(r.source_ip6->data(), a6->s6_addr, 16);
+  } else {
+    r.source_ip = ip(c.source);
+  }
   r.source_principal = c.principal;
   r.mutual_tls = *c.principal != 0;
   r.node_ip = ip(c.node);
@@ -261,6 +270,27 @@ TEST_SUITE("policy") {
          kAllowed,
          "prod/p"},
         {"notIpBlocks", rule("p", from(R"({notIpBlocks: ["10.0.1.0/24"]})")), {}, false, kNoAllow},
+        {"ipBlocks: IPv6 CIDR, IPv6 source", rule("p", from(R"({ipBlocks: ["fd00:244::/32"]})")),
+         from_ip("fd00:244:1::5", plain()), true, kAllowed, "prod/p"},
+        {"ipBlocks: IPv6 CIDR, IPv6 source outside it",
+         rule("p", from(R"({ipBlocks: ["fd00:244:1::/56"]})")), from_ip("fd00:244:1:100::5"), false,
+         kNoAllow},
+        {"ipBlocks: an odd IPv6 prefix", rule("p", from(R"({ipBlocks: ["fd00:244:1::/57"]})")),
+         from_ip("fd00:244:1:7f::5"), true, kAllowed, "prod/p"},
+        {"ipBlocks: a single IPv6 address", rule("p", from(R"({ipBlocks: ["fd00::5"]})")),
+         from_ip("fd00::5"), true, kAllowed, "prod/p"},
+        {"ipBlocks: an IPv6 block never matches an IPv4 source",
+         rule("p", from(R"({ipBlocks: ["::/0"]})")),
+         {},
+         false,
+         kNoAllow},
+        {"ipBlocks: an IPv4 block never matches an IPv6 source",
+         rule("p", from(R"({ipBlocks: ["0.0.0.0/0"]})")), from_ip("fd00::5"), false, kNoAllow},
+        {"ipBlocks: an IPv4-mapped source is IPv4",
+         rule("p", from(R"({ipBlocks: ["10.0.1.0/24"]})")), from_ip("::ffff:10.0.1.5"), true,
+         kAllowed, "prod/p"},
+        {"notIpBlocks: IPv6", rule("p", from(R"({notIpBlocks: ["fd00:244::/32"]})")),
+         from_ip("fd00:244:1::5"), false, kNoAllow},
         {"fields in a source are AND'd",
          rule("p", from(R"({namespaces: [front], ipBlocks: ["10.0.9.0/24"]})")),
          {},
@@ -815,7 +845,7 @@ TEST_SUITE("policy") {
         {rule("p", R"({when: [{key: "request.headers[x]", values: [a]}]})"),
          {"request.headers[x]", "matches nothing"}},
         {rule("p", from("{notNamespaces: [bad]}")), {"notNamespaces", "plaintext", "STRICT"}},
-        {rule("p", from(R"({ipBlocks: ["fd00::/8"]})")), {"IPv6", "never matches"}},
+        {rule("p", from(R"({ipBlocks: ["fd00::/8"]})")), {"IPv6", "do not reach enrolled pods"}},
         {rule("p", from(R"({principals: ["spiffe://cluster.local/ns/a/sa/b"]})")),
          {"without spiffe://"}},
         {ap("prod", "d", "{action: DENY, rules: [{}]}",

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -12,6 +13,7 @@
 
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 #include "support/bpf_env.h"
 #include "support/scratch_netns.h"
 
@@ -29,7 +31,30 @@ struct Packet {
   uint8_t proto = IPPROTO_TCP;
 };
 
+// An Ethernet/IPv6/TCP (or UDP-numbered) packet when p.src is an IPv6 address.
+std::vector<uint8_t> build6(const Packet& p) {
+  std::vector<uint8_t> buf(sizeof(ethhdr) + sizeof(ipv6hdr) + sizeof(tcphdr), 0);
+  auto* eth = reinterpret_cast<ethhdr*>(buf.data());
+  eth->h_proto = htons(ETH_P_IPV6);
+  auto* ip = reinterpret_cast<ipv6hdr*>(buf.data() + sizeof(ethhdr));
+  ip->version = 6;
+  ip->hop_limit = 64;
+  ip->nexthdr = p.proto;
+  ip->payload_len = htons(sizeof(tcphdr));
+  ip->saddr = *parseIp6(p.src);
+  ip->daddr = *parseIp6(p.dst);
+  auto* tcp = reinterpret_cast<tcphdr*>(buf.data() + sizeof(ethhdr) + sizeof(ipv6hdr));
+  tcp->source = htons(40000);
+  tcp->dest = htons(p.dport);
+  tcp->doff = 5;
+  tcp->syn = p.syn;
+  tcp->ack = p.ack;
+  tcp->window = htons(65535);
+  return buf;
+}
+
 std::vector<uint8_t> build(const Packet& p) {
+  if (std::strchr(p.src, ':') != nullptr) return build6(p);
   std::vector<uint8_t> buf(sizeof(ethhdr) + sizeof(iphdr) + sizeof(tcphdr), 0);
   auto* eth = reinterpret_cast<ethhdr*>(buf.data());
   eth->h_proto = htons(ETH_P_IP);
@@ -117,6 +142,29 @@ TEST_SUITE("inbound.bpf") {
       CHECK(verdict == 0 /*TC_ACT_OK*/);
       CHECK(delta[c.expect] == 1);
       CHECK(delta[SLUICE_STAT_TC_ASSIGNED] == 0);
+    }
+
+    // IPv6: no proxy listener takes it, so a SYN to an enrolled pod is dropped
+    // (fail closed: it would bypass mTLS and policy); the rest passes.
+    struct Case6 {
+      const char* name;
+      Packet pkt;
+      int verdict;
+    };
+    const Case6 cases6[] = {
+        {"ipv6 syn is dropped", {"fd00:77::9", "fd00:77::5", 8080, true, false}, 2 /*SHOT*/},
+        {"ipv6 syn to hbone port is dropped", {"fd00:77::9", "fd00:77::5", 15008, true, false}, 2},
+        {"ipv6 syn-ack passes", {"fd00:77::9", "fd00:77::5", 8080, true, true}, 0},
+        {"ipv6 ack passes", {"fd00:77::9", "fd00:77::5", 8080, false, true}, 0},
+        {"ipv6 syn to excluded port passes", {"fd00:77::9", "fd00:77::5", 9999, true, false}, 0},
+        {"ipv6 udp passes", {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_UDP}, 0},
+    };
+    for (const auto& c : cases6) {
+      CAPTURE(c.name);
+      auto [verdict, delta] = run(loader, pod.fd(), c.pkt);
+      CHECK(verdict == c.verdict);
+      CHECK(delta[SLUICE_STAT_TC_ASSIGNED] == 0);
+      CHECK(delta[SLUICE_STAT_TC_NO_LISTENER] == 0);
     }
 
     // With the proxy's transparent listener present the SYN is steered to it.

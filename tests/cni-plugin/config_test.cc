@@ -12,13 +12,13 @@ TEST_SUITE("config") {
     auto c = parseConfig(
         R"({"cniVersion":"1.0.0","name":"k8s","type":"sluice-cni","agentSocket":"/run/x.sock",
       "failOpen":true,"timeoutMs":2000,"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],
-      "ips":[{"address":"10.244.1.5/24","interface":0},{"address":"fd00::5/64"}]}})");
+      "ips":[{"address":"10.244.1.5/24","interface":0},{"address":"fd00:0::05/64"}]}})");
     REQUIRE(c.has_value());
     CHECK(c->agent_socket == "/run/x.sock");
     CHECK(c->fail_open);
     CHECK(c->timeout_ms == 2000);
-    REQUIRE(c->ips.size() == 1);
-    CHECK(c->ips[0] == "10.244.1.5");
+    // Both families reach the agent; IPv6 in its canonical form.
+    CHECK(c->ips == std::vector<std::string>{"10.244.1.5", "fd00::5"});
     CHECK(c->prev_result["interfaces"][0]["name"] == "eth0");
   }
   TEST_CASE("a 0.4.0 prevResult (ips carry a version field)") {
@@ -49,6 +49,10 @@ TEST_SUITE("config") {
         {R"({"cniVersion":"1.0.0","prevResult":{"ips":{}}})", kDecodingFailure},
         {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":7}]}})", kDecodingFailure},
         {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":"300.1.1.1/24"}]}})",
+         kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":"fd00::5::6/64"}]}})",
+         kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":"fd00:zz::5/64"}]}})",
          kDecodingFailure},
     };
     for (const auto& c : cases) {

@@ -9,6 +9,7 @@
 
 #include "sluice/common/bearer_token.h"
 #include "sluice/common/bpf_abi.h"
+#include "sluice/common/ip6.h"
 
 TEST_SUITE("addr") {
   TEST_CASE("endpoints round-trip and malformed ones are refused") {
@@ -20,6 +21,16 @@ TEST_SUITE("addr") {
     CHECK_FALSE(sluice::parseEndpoint("10.244.1:80").has_value());
     CHECK_FALSE(sluice::parseEndpoint("10.244.1.5:8o").has_value());
     CHECK_FALSE(sluice::parseEndpoint(":80").has_value());
+  }
+  TEST_CASE("IPv6 addresses parse to their canonical text; malformed ones are refused") {
+    auto a = sluice::parseIp6("fd00:0244:0001:0000::0005");
+    REQUIRE(a.has_value());
+    CHECK(sluice::formatIp6(*a) == "fd00:244:1::5");
+    CHECK(sluice::formatIp6(*sluice::parseIp6("::ffff:10.0.0.1")) == "::ffff:10.0.0.1");
+    CHECK_FALSE(sluice::parseIp6("10.0.0.1").has_value());
+    CHECK_FALSE(sluice::parseIp6("fd00::1::2").has_value());
+    CHECK_FALSE(sluice::parseIp6("fd00::1/64").has_value());
+    CHECK_FALSE(sluice::parseIp6("").has_value());
   }
 }
 

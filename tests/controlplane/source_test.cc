@@ -282,6 +282,45 @@ spec: {clusterIP: 10.96.0.10, selector: {app: db}, ports: [{port: 80}]}
     CHECK_FALSE(by_name["web"].headless());
   }
 
+  TEST_CASE("dual-stack pods are endpoints in the families of each Service") {
+    auto objs = local::parseYaml(std::string(kShop) + R"(---
+kind: Service
+metadata: {name: v4, namespace: shop}
+spec: {clusterIP: 10.96.0.10, selector: {app: db}, ports: [{port: 80}]}
+---
+kind: Service
+metadata: {name: v6, namespace: shop}
+spec: {clusterIP: "fd00:96::a", selector: {app: db}, ports: [{port: 80}]}
+---
+kind: Service
+metadata: {name: both, namespace: shop}
+spec: {clusterIP: 10.96.0.11, clusterIPs: [10.96.0.11, "fd00:96::b"], selector: {app: db},
+       ports: [{port: 80}]}
+---
+kind: Service
+metadata: {name: headless, namespace: shop}
+spec: {clusterIP: None, selector: {app: db}, ports: [{port: 80}]}
+---
+kind: Pod
+metadata: {name: db, namespace: shop, uid: db, labels: {app: db}}
+status: {podIP: 10.244.1.7, podIPs: [{ip: 10.244.1.7}, {ip: "fd00:244:1::7"}]}
+)");
+    REQUIRE_MESSAGE(objs.has_value(), (objs ? "" : objs.error().describe()));
+    model::Store store;
+    REQUIRE(store.setSource("f", *objs).has_value());
+    std::map<std::string, std::vector<std::string>> eps;
+    for (const auto& s : store.snapshot().services)
+      for (const auto& e : s.endpoints()) eps[s.name()].push_back(e.ip());
+    CHECK(eps["v4"] == std::vector<std::string>{"10.244.1.7"});
+    CHECK(eps["v6"] == std::vector<std::string>{"fd00:244:1::7"});
+    CHECK(eps["both"] == std::vector<std::string>{"10.244.1.7", "fd00:244:1::7"});
+    CHECK(eps["headless"] == std::vector<std::string>{"10.244.1.7"});  // the primary family
+    // The workload itself carries both addresses, primary first.
+    auto w = view(store).at("db");
+    CHECK(std::vector<std::string>(w.ips().begin(), w.ips().end()) ==
+          std::vector<std::string>{"10.244.1.7", "fd00:244:1::7"});
+  }
+
   TEST_CASE("invalid services are rejected with a reason") {
     struct Case {
       std::string text;

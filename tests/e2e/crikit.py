@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-from labkit import BUILD, LAB_DIR, REPO, run, wait_for
+from labkit import BUILD, LAB_DIR, REPO, _lab, run, wait_for
 
 CRI_CLIENT = os.path.join(BUILD, "tests", "cri", "cri_client")
 PAUSE = os.path.join(BUILD, "tests", "cri", "sluice-pause")
@@ -67,7 +67,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 class Containerd:
     def __init__(self, node_index):
         self.node = node_index
-        self.netns = f"/var/run/netns/slb-n{node_index}"
+        self.netns = _lab.netns_path(_lab.node_netns(node_index))
         self.dir = tempfile.mkdtemp(prefix="sluice-cri-", dir="/tmp")
         self.sock = os.path.join(self.dir, "containerd.sock")
         self.log = os.path.join(self.dir, "containerd.log")

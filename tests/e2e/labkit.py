@@ -251,8 +251,9 @@ class Lab:
     """A lab instance: this process's (SLUICE_LAB_PREFIX), or `prefix`'s (a second lab
     beside it)."""
 
-    def __init__(self, nodes=1, prefix=None):
+    def __init__(self, nodes=1, ip_family="ipv4", prefix=None):
         self.nodes = nodes
+        self.ip_family = ip_family
         self.procs = []
         self.env = lab_env(prefix) if prefix else None  # None: this process's environment
         names = lab_names(prefix) if prefix else _lab
@@ -263,7 +264,8 @@ class Lab:
 
     def up(self):
         self.lab("down", check=False)
-        self.lab("up", "--nodes", str(self.nodes), timeout=180)
+        family = ["--ip-family", self.ip_family] if self.ip_family != "ipv4" else []
+        self.lab("up", "--nodes", str(self.nodes), *family, timeout=180)
 
     def down(self):
         for p in self.procs:
@@ -290,8 +292,10 @@ class Lab:
         self.lab(*args)
         return self.ip(ns, name)
 
-    def ip(self, ns, name):
-        return self.lab("pod", "ip", ns, name).stdout.strip()
+    def ip(self, ns, name, family=None):
+        """The pod's first address, or its address of family 4 or 6."""
+        extra = ["--family", str(family)] if family else []
+        return self.lab("pod", "ip", ns, name, *extra).stdout.strip()
 
     def exec(self, pod, *cmd, check=True, timeout=120):
         return self.lab("exec", pod, "--", *cmd, check=check, timeout=timeout)
@@ -363,6 +367,7 @@ class Lab:
 
 class LabTest(unittest.TestCase):
     NODES = 1
+    IP_FAMILY = "ipv4"  # the lab's pod address families: ipv4, ipv6 or dual (lab up --ip-family)
     AGENT_ARGS = ""  # extra sluice-agent flags for this class's lab (added to $SLUICE_AGENT_ARGS)
     lab = None
 
@@ -372,7 +377,7 @@ class LabTest(unittest.TestCase):
         cls.saved_agent_args = os.environ.get("SLUICE_AGENT_ARGS")
         if cls.AGENT_ARGS:
             os.environ["SLUICE_AGENT_ARGS"] = f"{cls.saved_agent_args or ''} {cls.AGENT_ARGS}".strip()
-        cls.lab = Lab(cls.NODES)
+        cls.lab = Lab(cls.NODES, cls.IP_FAMILY)
         try:
             cls.lab.up()
             cls.setUpLab()

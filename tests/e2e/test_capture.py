@@ -287,5 +287,11 @@ class TeardownTest(unittest.TestCase):
             mine.down()
 
 
+class CaptureDualStackTest(CaptureTest):
+    """The same suite on a dual-stack lab (lab up --ip-family dual): pods have an IPv6
+    address beside the IPv4 one the mesh carries, and nothing of this changes."""
+    IP_FAMILY = "dual"
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

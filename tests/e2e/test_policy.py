@@ -279,6 +279,12 @@ class PolicyTest(LabTest):
             self.assert_reaches(client)
 
 
+class PolicyDualStackTest(PolicyTest):
+    """The same suite on a dual-stack lab (lab up --ip-family dual): pods have an IPv6
+    address beside the IPv4 one the mesh carries, and nothing of this changes."""
+    IP_FAMILY = "dual"
+
+
 if __name__ == "__main__":
     import unittest
     unittest.main()

@@ -255,3 +255,9 @@ while time.monotonic() < end:
     time.sleep(0.5)
 print("ok rounds=%d" % n, flush=True)
 """
+
+
+class ServicesDualStackTest(ServicesTest):
+    """The same suite on a dual-stack lab (lab up --ip-family dual): pods have an IPv6
+    address beside the IPv4 one the mesh carries, and nothing of this changes."""
+    IP_FAMILY = "dual"

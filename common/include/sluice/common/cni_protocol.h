@@ -19,7 +19,7 @@ struct CniRequest {
   std::string pod_namespace;     // K8S_POD_NAMESPACE
   std::string pod_name;          // K8S_POD_NAME
   std::string pod_uid;           // K8S_POD_UID
-  std::vector<std::string> ips;  // IPv4 addresses of the pod, from prevResult
+  std::vector<std::string> ips;  // the pod's addresses from prevResult, both families (text)
 };
 
 struct CniReply {
