@@ -6,6 +6,8 @@
 // report from a child process is never lost in a log nobody reads.
 // ASAN_OPTIONS / UBSAN_OPTIONS / LSAN_OPTIONS in the environment still
 // override these.
+#include <dlfcn.h>
+
 #ifndef SLUICE_SANITIZER_LOG_DIR
 #error "SLUICE_SANITIZER_LOG_DIR must name the report directory"
 #endif
@@ -26,11 +28,27 @@ const char* __asan_default_options() {
 }
 
 const char* __ubsan_default_options() {
-  return "print_stacktrace=1:halt_on_error=1:"
-         "log_path=" SLUICE_SANITIZER_LOG_DIR "/ubsan";
+  return "print_stacktrace=1:halt_on_error=1";  // log path: ubsanReportPath below
 }
 
 const char* __lsan_default_options() {
   return "suppressions=" SLUICE_LSAN_SUPPRESSIONS;
 }
 }
+
+namespace {
+
+// GCC links ASan and UBSan as two runtimes, each with its own report file.
+// libubsan's own setup sets the report path through the dynamic symbol,
+// which resolves to libasan's copy: UBSan would keep writing to stderr (a
+// child's log nobody reads). Point libubsan's own copy at the directory.
+__attribute__((constructor)) void ubsanReportPath() {
+  void* ubsan = ::dlopen("libubsan.so.1", RTLD_NOW | RTLD_NOLOAD);
+  if (!ubsan) return;
+  using SetPath = void (*)(const char*);
+  if (auto set = reinterpret_cast<SetPath>(::dlsym(ubsan, "__sanitizer_set_report_path")))
+    set(SLUICE_SANITIZER_LOG_DIR "/ubsan");
+  ::dlclose(ubsan);
+}
+
+}  // namespace
