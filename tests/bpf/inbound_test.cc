@@ -29,25 +29,30 @@ struct Packet {
   uint8_t proto = IPPROTO_TCP;
 };
 
+// The headers are built as objects and copied in: past the 14-byte Ethernet
+// header the IP header is not 4-byte aligned, so it cannot be written in place.
 std::vector<uint8_t> build(const Packet& p) {
-  std::vector<uint8_t> buf(sizeof(ethhdr) + sizeof(iphdr) + sizeof(tcphdr), 0);
-  auto* eth = reinterpret_cast<ethhdr*>(buf.data());
-  eth->h_proto = htons(ETH_P_IP);
-  auto* ip = reinterpret_cast<iphdr*>(buf.data() + sizeof(ethhdr));
-  ip->version = 4;
-  ip->ihl = 5;
-  ip->ttl = 64;
-  ip->protocol = p.proto;
-  ip->tot_len = htons(sizeof(iphdr) + sizeof(tcphdr));
-  ip->saddr = *parseIp4(p.src);
-  ip->daddr = *parseIp4(p.dst);
-  auto* tcp = reinterpret_cast<tcphdr*>(buf.data() + sizeof(ethhdr) + sizeof(iphdr));
-  tcp->source = htons(40000);
-  tcp->dest = htons(p.dport);
-  tcp->doff = 5;
-  tcp->syn = p.syn;
-  tcp->ack = p.ack;
-  tcp->window = htons(65535);
+  ethhdr eth{};
+  eth.h_proto = htons(ETH_P_IP);
+  iphdr ip{};
+  ip.version = 4;
+  ip.ihl = 5;
+  ip.ttl = 64;
+  ip.protocol = p.proto;
+  ip.tot_len = htons(sizeof(iphdr) + sizeof(tcphdr));
+  ip.saddr = *parseIp4(p.src);
+  ip.daddr = *parseIp4(p.dst);
+  tcphdr tcp{};
+  tcp.source = htons(40000);
+  tcp.dest = htons(p.dport);
+  tcp.doff = 5;
+  tcp.syn = p.syn;
+  tcp.ack = p.ack;
+  tcp.window = htons(65535);
+  std::vector<uint8_t> buf(sizeof(eth) + sizeof(ip) + sizeof(tcp));
+  std::memcpy(buf.data(), &eth, sizeof(eth));
+  std::memcpy(buf.data() + sizeof(eth), &ip, sizeof(ip));
+  std::memcpy(buf.data() + sizeof(eth) + sizeof(ip), &tcp, sizeof(tcp));
   return buf;
 }
 
