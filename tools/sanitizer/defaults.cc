@@ -31,9 +31,7 @@ const char* __ubsan_default_options() {
   return "print_stacktrace=1:halt_on_error=1";  // log path: ubsanReportPath below
 }
 
-const char* __lsan_default_options() {
-  return "suppressions=" SLUICE_LSAN_SUPPRESSIONS;
-}
+const char* __lsan_default_options() { return "suppressions=" SLUICE_LSAN_SUPPRESSIONS; }
 }
 
 namespace {
