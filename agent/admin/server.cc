@@ -105,9 +105,10 @@ constexpr size_t kStreamBacklog = 1 << 20;  // bytes sent but not yet taken by t
 
 }  // namespace
 
-// A streamed response in progress. `req` belongs to evhttp: it is freed
-// when the reply ends or the connection fails (then the close callback
-// ends the session first).
+// A streamed response in progress. `req` belongs to evhttp until the
+// connection fails (client gone, write timeout) while the reply is still
+// open: evhttp then detaches it from the connection and leaves it to us (the
+// close callback frees it and ends the session).
 struct Server::Session {
   Server* server = nullptr;
   evhttp_request* req = nullptr;
@@ -142,11 +143,14 @@ void Server::startStream(evhttp_request* req, const StreamOpener& open) {
       s);
   sessions_.emplace(s, std::move(session));
   stream_count_.store(sessions_.size(), std::memory_order_relaxed);
-  // The client went away (or the write timeout hit): end the session; evhttp frees the request.
+  // The client went away (or the write timeout hit): end the session. A
+  // request evhttp detached from the failed connection (its reply never
+  // ended) is ours to free; one still attached, evhttp frees with it.
   evhttp_connection_set_closecb(
       s->conn,
       [](evhttp_connection*, void* arg) {
         auto* s = static_cast<Session*>(arg);
+        if (s->req && !evhttp_request_get_connection(s->req)) evhttp_request_free(s->req);
         s->req = nullptr;
         s->server->endSession(s);
       },

@@ -31,48 +31,47 @@ struct Packet {
   uint8_t proto = IPPROTO_TCP;
 };
 
-// An Ethernet/IPv6/TCP (or UDP-numbered) packet when p.src is an IPv6 address.
-std::vector<uint8_t> build6(const Packet& p) {
-  std::vector<uint8_t> buf(sizeof(ethhdr) + sizeof(ipv6hdr) + sizeof(tcphdr), 0);
-  auto* eth = reinterpret_cast<ethhdr*>(buf.data());
-  eth->h_proto = htons(ETH_P_IPV6);
-  auto* ip = reinterpret_cast<ipv6hdr*>(buf.data() + sizeof(ethhdr));
-  ip->version = 6;
-  ip->hop_limit = 64;
-  ip->nexthdr = p.proto;
-  ip->payload_len = htons(sizeof(tcphdr));
-  ip->saddr = *parseIp6(p.src);
-  ip->daddr = *parseIp6(p.dst);
-  auto* tcp = reinterpret_cast<tcphdr*>(buf.data() + sizeof(ethhdr) + sizeof(ipv6hdr));
-  tcp->source = htons(40000);
-  tcp->dest = htons(p.dport);
-  tcp->doff = 5;
-  tcp->syn = p.syn;
-  tcp->ack = p.ack;
-  tcp->window = htons(65535);
-  return buf;
-}
-
+// The headers are built as objects and copied in: past the 14-byte Ethernet
+// header the IP header is not 4-byte aligned, so it cannot be written in place.
+// An Ethernet/IPv6 packet when p.src is an IPv6 address, else Ethernet/IPv4.
 std::vector<uint8_t> build(const Packet& p) {
-  if (std::strchr(p.src, ':') != nullptr) return build6(p);
-  std::vector<uint8_t> buf(sizeof(ethhdr) + sizeof(iphdr) + sizeof(tcphdr), 0);
-  auto* eth = reinterpret_cast<ethhdr*>(buf.data());
-  eth->h_proto = htons(ETH_P_IP);
-  auto* ip = reinterpret_cast<iphdr*>(buf.data() + sizeof(ethhdr));
-  ip->version = 4;
-  ip->ihl = 5;
-  ip->ttl = 64;
-  ip->protocol = p.proto;
-  ip->tot_len = htons(sizeof(iphdr) + sizeof(tcphdr));
-  ip->saddr = *parseIp4(p.src);
-  ip->daddr = *parseIp4(p.dst);
-  auto* tcp = reinterpret_cast<tcphdr*>(buf.data() + sizeof(ethhdr) + sizeof(iphdr));
-  tcp->source = htons(40000);
-  tcp->dest = htons(p.dport);
-  tcp->doff = 5;
-  tcp->syn = p.syn;
-  tcp->ack = p.ack;
-  tcp->window = htons(65535);
+  const bool v6 = std::strchr(p.src, ':') != nullptr;
+  ethhdr eth{};
+  eth.h_proto = htons(v6 ? ETH_P_IPV6 : ETH_P_IP);
+  iphdr ip{};
+  ip.version = 4;
+  ip.ihl = 5;
+  ip.ttl = 64;
+  ip.protocol = p.proto;
+  ip.tot_len = htons(sizeof(iphdr) + sizeof(tcphdr));
+  ipv6hdr ip6{};
+  ip6.version = 6;
+  ip6.hop_limit = 64;
+  ip6.nexthdr = p.proto;
+  ip6.payload_len = htons(sizeof(tcphdr));
+  if (v6) {
+    ip6.saddr = *parseIp6(p.src);
+    ip6.daddr = *parseIp6(p.dst);
+  } else {
+    ip.saddr = *parseIp4(p.src);
+    ip.daddr = *parseIp4(p.dst);
+  }
+  tcphdr tcp{};
+  tcp.source = htons(40000);
+  tcp.dest = htons(p.dport);
+  tcp.doff = 5;
+  tcp.syn = p.syn;
+  tcp.ack = p.ack;
+  tcp.window = htons(65535);
+  const size_t ip_len = v6 ? sizeof(ip6) : sizeof(ip);
+  std::vector<uint8_t> buf(sizeof(eth) + ip_len + sizeof(tcp));
+  std::memcpy(buf.data(), &eth, sizeof(eth));
+  if (v6) {
+    std::memcpy(buf.data() + sizeof(eth), &ip6, sizeof(ip6));
+  } else {
+    std::memcpy(buf.data() + sizeof(eth), &ip, sizeof(ip));
+  }
+  std::memcpy(buf.data() + sizeof(eth) + ip_len, &tcp, sizeof(tcp));
   return buf;
 }
 
