@@ -64,6 +64,17 @@ static __always_inline int hop_end(struct bpf_sock_ops *skops, int active)
 	return -1;
 }
 
+/* IPv4, or an IPv6 socket talking IPv4 (v4-mapped: what a dual-stack [::]
+ * listener accepts, or an app's AF_INET6 socket captured by connect6); the
+ * IPv4 fields of both program contexts hold its addresses then. */
+static __always_inline int talks_ipv4(struct bpf_sock_ops *skops)
+{
+	if (skops->family == AF_INET)
+		return 1;
+	return skops->family == AF_INET6 && skops->remote_ip6[0] == 0 &&
+	       skops->remote_ip6[1] == 0 && skops->remote_ip6[2] == bpf_htonl(0x0000ffff);
+}
+
 SEC("sockops")
 int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
 {
@@ -74,7 +85,7 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
 		active = 0;
 	else
 		return 1;
-	if (skops->family != AF_INET)
+	if (!talks_ipv4(skops))
 		return 1;
 	__u64 netns = bpf_get_netns_cookie(skops);
 	if (!bpf_map_lookup_elem(&sluice_enrolled_v1, &netns))

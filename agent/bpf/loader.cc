@@ -108,6 +108,14 @@ std::vector<Loader::ProgramProbe> Loader::probePrograms() {
   return out;
 }
 
+std::vector<Loader::ProgramProbe> Loader::probeSockmapPrograms() {
+  libbpf_set_print(libbpfPrint);
+  std::vector<ProgramProbe> out;
+  probeAll<sluice_sockmap>(sluice_sockmap__open_opts, sluice_sockmap__load, sluice_sockmap__destroy,
+                           out);
+  return out;
+}
+
 Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   libbpf_set_print(libbpfPrint);
   if (auto r = ensureBpffs(config.pin_dir); !r) return tl::unexpected(r.error());

@@ -119,6 +119,8 @@ class Loader {
     std::string error;    // empty: the verifier accepted it
   };
   static std::vector<ProgramProbe> probePrograms();
+  // The same for the optional sockmap programs (--sockmap=on).
+  static std::vector<ProgramProbe> probeSockmapPrograms();
 
   // Removes every pinned object under pin_dir (links detach when the last fd
   // closes). Used by `sluice-agent uninstall`.

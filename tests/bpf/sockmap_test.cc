@@ -80,6 +80,7 @@ struct Transfer {
   uint64_t sent = 0, received = 0;
   uint64_t sent_sum = kFnvBasis, received_sum = kFnvBasis;
   uint64_t partial_writes = 0;
+  uint64_t empty_reads = 0;  // readable by poll(), EAGAIN by recv()
   bool eof = false;
   int read_error = 0;
 };
@@ -124,13 +125,26 @@ Transfer transfer(int from, int to, uint64_t bytes, uint64_t pause_every = 0) {
   std::vector<uint8_t> buf(256 * 1024);
   uint64_t since_pause = 0;
   for (;;) {
-    ssize_t n = ::recv(to, buf.data(), buf.size(), 0);
+    // Wait for readiness, then read without blocking, as the proxy (io_uring)
+    // and event-driven apps do: on a sockhash socket a blocking recv() can
+    // return EAGAIN after a wakeup that brought no data (tcp_bpf_recvmsg
+    // waits once; docs/architecture.md).
+    pollfd p{to, POLLIN, 0};
+    ::poll(&p, 1, 30000);
+    ssize_t n = ::recv(to, buf.data(), buf.size(), MSG_DONTWAIT);
     if (n == 0) {
       t.eof = true;
       break;
     }
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || errno == EAGAIN) {
+        ++t.empty_reads;
+        if (t.empty_reads > 1000000) {
+          t.read_error = errno;
+          break;
+        }
+        continue;
+      }
       t.read_error = errno;
       break;
     }
@@ -297,6 +311,26 @@ TEST_SUITE("sockmap.bpf") {
     checkComplete(transfer(delivering.get(), app.get(), 4 * kMiB), 4 * kMiB);
     checkComplete(transfer(app.get(), delivering.get(), 4 * kMiB), 4 * kMiB);
     CHECK(outSegs(pod.ns.fd()) - segs_before < 32);
+    // An app listening dual-stack on [::] accepts a v4-mapped AF_INET6 socket.
+    auto v6 = socketInNetns(pod.ns.fd(), AF_INET6, SOCK_STREAM, 0);
+    REQUIRE(v6.has_value());
+    sockaddr_in6 any6{};
+    any6.sin6_family = AF_INET6;
+    any6.sin6_port = htons(8081);
+    REQUIRE(::bind(v6->get(), reinterpret_cast<sockaddr*>(&any6), sizeof(any6)) == 0);
+    REQUIRE(::listen(v6->get(), 4) == 0);
+    auto delivering6 = connectIn(pod.ns.fd(), "10.77.0.5", 8081, SLUICE_MARK_INBOUND_APP);
+    UniqueFd app6(::accept(v6->get(), nullptr, nullptr));
+    REQUIRE(app6);
+    guard(app6.get());
+    guard(delivering6.get());
+    CHECK(bpf.loader->sockmapStats()[SLUICE_SOCKMAP_ADDED_IN_APP] == 2);
+    segs_before = outSegs(pod.ns.fd());
+    checkComplete(transfer(delivering6.get(), app6.get(), 4 * kMiB), 4 * kMiB);
+    checkComplete(transfer(app6.get(), delivering6.get(), 4 * kMiB), 4 * kMiB);
+    CHECK(outSegs(pod.ns.fd()) - segs_before < 32);
+    delivering6.reset();
+    app6.reset();
     // An unmarked connection inside the pod is no hop of ours.
     auto plain = connectIn(pod.ns.fd(), "10.77.0.5", 8080);
     UniqueFd plain_accepted(::accept(app_listener.get(), nullptr, nullptr));
