@@ -63,6 +63,14 @@ sluice_pair_key keyOf(int fd, uint64_t netns_cookie) {
           local.sin_port, peer.sin_port,         0};
 }
 
+// A captured app socket's key: its getpeername() answers the original
+// destination (getpeername4), its real peer is the proxy's 127.0.0.1:15001.
+sluice_pair_key appKey(int fd, uint64_t netns_cookie) {
+  auto local = localOf(fd);
+  return {netns_cookie,   local.sin_addr.s_addr,       htonl(INADDR_LOOPBACK),
+          local.sin_port, htons(SLUICE_OUTBOUND_PORT), 0};
+}
+
 // A hung stream fails the test instead of hanging it (not a timing check).
 void guard(int fd) {
   timeval tv{30, 0};
@@ -210,7 +218,7 @@ TEST_SUITE("sockmap.bpf") {
     Pod pod(*bpf.loader);
     auto [app, proxied] = pod.outbound();
     auto map = sockhash(bpf);
-    CHECK(map.lookup(keyOf(app.get(), pod.cookie)).has_value());
+    CHECK(map.lookup(appKey(app.get(), pod.cookie)).has_value());
     CHECK(map.lookup(keyOf(proxied.get(), pod.cookie)).has_value());
     auto stats = bpf.loader->sockmapStats();
     CHECK(stats[SLUICE_SOCKMAP_ADDED_OUT_APP] == 1);
@@ -359,7 +367,8 @@ TEST_SUITE("sockmap.bpf") {
     bpf.loader = std::move(*off);
     CHECK_FALSE(bpf.loader->sockmap().active);
     auto [app2, proxied2] = pod.outbound();
-    CHECK(sockhash(bpf).lookup(keyOf(app2.get(), pod.cookie)) == std::nullopt);
+    CHECK(sockhash(bpf).lookup(appKey(app2.get(), pod.cookie)) == std::nullopt);
+    CHECK(sockhash(bpf).lookup(keyOf(proxied2.get(), pod.cookie)) == std::nullopt);
     CHECK(sockhashEntries(bpf) == 2);  // the live pair from before only
     app.reset();
     proxied.reset();
