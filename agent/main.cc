@@ -91,6 +91,7 @@ struct Flags {
   unsigned drain_seconds = 25;
   bool http_detection = true;
   bool allow_node_probes = true;
+  bool sockmap = false;
   bool uninstall = false;
 };
 
@@ -208,6 +209,16 @@ FlagTable flagTable(Flags& f) {
                f.allow_node_probes = v == "allow";
                return "";
              })
+      .value("--sockmap", "on|off",
+             "same-node acceleration: the app <-> proxy hops inside a pod\n"
+             "skip loopback TCP (sockhash + sk_msg); a kernel that refuses\n"
+             "it falls back to off, logged and shown in /config_dump\n"
+             "(default off)",
+             [&f](const std::string& v) -> std::string {
+               if (v != "on" && v != "off") return "must be 'on' or 'off', got '" + v + "'";
+               f.sockmap = v == "on";
+               return "";
+             })
       .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
              [&f](const std::string& v) -> std::string {
                for (const char* l : {"trace", "debug", "info", "warn", "error"})
@@ -265,7 +276,8 @@ int runAgent(const Flags& flags) {
     }
     cgroup = *found;
   }
-  auto loader = agent::bpf::Loader::create({flags.pin_dir, cgroup, flags.excluded_ports});
+  auto loader =
+      agent::bpf::Loader::create({flags.pin_dir, cgroup, flags.excluded_ports, flags.sockmap});
   if (!loader) {
     logger->critical("{}", loader.error().describe());
     return 1;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: pod -> pod on one node, no mesh vs Sluice plaintext capture,
-# measured side by side in one run on the same lab:
+# `make bench`: pod -> pod on one node, no mesh vs Sluice plaintext capture
+# with --sockmap=off and then (the agent restarted) --sockmap=on, measured
+# side by side in one run on the same lab:
 #   iperf3 throughput (1 and 4 streams), HTTP requests/s at fixed concurrency
 #   (wrk -> nginx, small response), p50/p99 latency with one connection and
 #   at that concurrency, agent RSS idle with 50 enrolled pods.
@@ -55,25 +56,37 @@ wait_port() {  # ns ip port
 }
 
 declare -A R
-for ns in plain mesh; do
+measure() {  # ns column
+  local ns=$1 col=$2 ip
   ip=$($LAB pod ip $ns server)
   wait_port $ns "$ip" 5201
   wait_port $ns "$ip" 8080
   for streams in 1 4; do
     gbps=$($LAB exec $ns/client -- iperf3 -c "$ip" -p 5201 -t "$DUR" -P $streams -J |
       /usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
-    R[$ns,iperf$streams]=$gbps
+    R[$col,iperf$streams]=$gbps
   done
   # Latency twice: with one connection (what the mesh adds to a request)
   # and at $CONC connections (saturated: wrk, nginx and the proxy share the
   # cores, so latency there is mostly queueing behind CPU).
   for c in 1 "$CONC"; do
     out=$($LAB exec $ns/client -- wrk -t"$(( c < 2 ? 1 : 2 ))" -c"$c" -d"${DUR}s" --latency "http://$ip:8080/")
-    R[$ns,rps$c]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-    R[$ns,p50_$c]=$(awk '$1=="50%" {print $2}' <<<"$out")
-    R[$ns,p99_$c]=$(awk '$1=="99%" {print $2}' <<<"$out")
+    R[$col,rps$c]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+    R[$col,p50_$c]=$(awk '$1=="50%" {print $2}' <<<"$out")
+    R[$col,p99_$c]=$(awk '$1=="99%" {print $2}' <<<"$out")
   done
-done
+}
+measure plain plain
+measure mesh mesh
+# The same mesh pair with the pod-local hops on sockmap: the agent restarted
+# with --sockmap=on (capture continues across the restart).
+SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart node1 >/dev/null
+sockmap_mode=$($LAB node exec node1 -- curl -sf http://127.0.0.1:15000/config_dump |
+  /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["bpf"]["sockmap"]["mode"])')
+if [ "$sockmap_mode" != on ]; then
+  echo "bench: the agent runs with sockmap '$sockmap_mode' after --sockmap=on (see its log)" >&2; exit 1
+fi
+measure mesh sockmap
 
 # Agent RSS, idle, with 50 enrolled pods (the two above + 48 more).
 for i in $(seq 1 48); do $LAB pod add mesh idle$i --node node1 --sa idle >/dev/null; done
@@ -89,15 +102,21 @@ m={'us':1,'ms':1000,'s':1000000}
 for u in ('us','ms','s'):
     if v.endswith(u): print('%.0f' % (float(v[:-len(u)])*m[u])); break"; }
 echo
-echo "Sluice benchmark — pod -> pod on one node, $(nproc) cores, ${DUR}s per figure"
-printf '%-34s %14s %14s %10s\n' "figure" "no mesh" "sluice" "ratio"
-printf '%-34s %14s %14s %10s\n' "iperf3 1 stream (Gbit/s)" "${R[plain,iperf1]}" "${R[mesh,iperf1]}" "$(pct ${R[mesh,iperf1]} ${R[plain,iperf1]})"
-printf '%-34s %14s %14s %10s\n' "iperf3 4 streams (Gbit/s)" "${R[plain,iperf4]}" "${R[mesh,iperf4]}" "$(pct ${R[mesh,iperf4]} ${R[plain,iperf4]})"
-printf '%-34s %14s %14s %10s\n' "HTTP requests/s (wrk -c$CONC)" "${R[plain,rps$CONC]}" "${R[mesh,rps$CONC]}" "$(pct ${R[mesh,rps$CONC]} ${R[plain,rps$CONC]})"
+echo "Sluice benchmark — pod -> pod on one node, $(nproc) cores, ${DUR}s per figure, load $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+echo "columns: no mesh | Sluice (sockmap off) | Sluice (sockmap on); ratios to no mesh"
+row() {  # label plain off on
+  printf '%-34s %12s %12s %8s %12s %8s\n' "$1" "$2" "$3" "$(pct $3 $2)" "$4" "$(pct $4 $2)"
+}
+printf '%-34s %12s %12s %8s %12s %8s\n' "figure" "no mesh" "sockmap off" "ratio" "sockmap on" "ratio"
+row "iperf3 1 stream (Gbit/s)" "${R[plain,iperf1]}" "${R[mesh,iperf1]}" "${R[sockmap,iperf1]}"
+row "iperf3 4 streams (Gbit/s)" "${R[plain,iperf4]}" "${R[mesh,iperf4]}" "${R[sockmap,iperf4]}"
+row "HTTP requests/s (wrk -c$CONC)" "${R[plain,rps$CONC]}" "${R[mesh,rps$CONC]}" "${R[sockmap,rps$CONC]}"
+row "HTTP requests/s (wrk -c1)" "${R[plain,rps1]}" "${R[mesh,rps1]}" "${R[sockmap,rps1]}"
+added() { printf '%+dus' $(($1 - $2)); }
 for c in 1 "$CONC"; do
-  p50p=$(to_us ${R[plain,p50_$c]}); p50m=$(to_us ${R[mesh,p50_$c]})
-  p99p=$(to_us ${R[plain,p99_$c]}); p99m=$(to_us ${R[mesh,p99_$c]})
-  printf '%-34s %14s %14s %10s\n' "HTTP p50 latency, -c$c (us)" "$p50p" "$p50m" "$(printf '%+d' $((p50m - p50p)))us"
-  printf '%-34s %14s %14s %10s\n' "HTTP p99 latency, -c$c (us)" "$p99p" "$p99m" "$(printf '%+d' $((p99m - p99p)))us"
+  for q in p50 p99; do
+    p=$(to_us ${R[plain,${q}_$c]}); m=$(to_us ${R[mesh,${q}_$c]}); s=$(to_us ${R[sockmap,${q}_$c]})
+    printf '%-34s %12s %12s %8s %12s %8s\n' "HTTP $q latency, -c$c (us)" "$p" "$m" "$(added $m $p)" "$s" "$(added $s $p)"
+  done
 done
-printf '%-34s %14s %14s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$((rss_kib / 1024)) MiB"
+printf '%-34s %12s %12s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$((rss_kib / 1024)) MiB (sockmap on)"

@@ -20,6 +20,7 @@
 #include "inbound.skel.h"
 #include "sluice/common/log.h"
 #include "sluice/common/netns.h"
+#include "sockmap.skel.h"
 
 namespace sluice::agent::bpf {
 
@@ -107,6 +108,14 @@ std::vector<Loader::ProgramProbe> Loader::probePrograms() {
   return out;
 }
 
+std::vector<Loader::ProgramProbe> Loader::probeSockmapPrograms() {
+  libbpf_set_print(libbpfPrint);
+  std::vector<ProgramProbe> out;
+  probeAll<sluice_sockmap>(sluice_sockmap__open_opts, sluice_sockmap__load, sluice_sockmap__destroy,
+                           out);
+  return out;
+}
+
 Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   libbpf_set_print(libbpfPrint);
   if (auto r = ensureBpffs(config.pin_dir); !r) return tl::unexpected(r.error());
@@ -157,6 +166,7 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   }
 
   if (auto r = self->attachCgroupPrograms(); !r) return tl::unexpected(r.error());
+  self->configureSockmap(&opts);
   return self;
 }
 
@@ -171,36 +181,90 @@ Result<void> Loader::attachCgroupPrograms() {
     if (prog == nullptr)
       return fail(
           fmt::format("the capture BPF object has no program {} (a build mismatch)", p.program));
-    AttachedLink link;
-    link.program = p.program;
-    link.pin = linkPin(config_.pin_dir, link.program);
-    int prog_fd = bpf_program__fd(prog);
-    UniqueFd fd(bpf_obj_get(link.pin.c_str()));
-    if (fd) {
-      // Swap the running program under the existing link: no window without capture.
-      if (bpf_link_update(fd.get(), prog_fd, nullptr) == 0) {
-        link.reused = true;
-      } else {
-        log::get("bpf")->warn("pinned link {} cannot be updated ({}); re-attaching", link.pin,
-                              std::strerror(errno));
-        fd.reset();
-        ::unlink(link.pin.c_str());
-      }
-    }
-    if (!fd) {
-      fd.reset(bpf_link_create(prog_fd, cgroup_fd_.get(), p.type, nullptr));
-      if (!fd)
-        return failErrno(
-            fmt::format("attaching {} to cgroup {} failed", link.program, config_.cgroup_path));
-      if (bpf_obj_pin(fd.get(), link.pin.c_str()) != 0)
-        return failErrno(fmt::format("pinning link {} failed", link.pin));
-    }
-    bpf_link_info info{};
-    uint32_t len = sizeof(info);
-    if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0) link.link_id = info.id;
-    link_fds_.push_back(std::move(fd));
-    links_.push_back(link);
+    auto link = attachLink(bpf_program__fd(prog), p.program, p.type);
+    if (!link) return tl::unexpected(link.error());
+    links_.push_back(std::move(*link));
   }
+  return {};
+}
+
+Result<AttachedLink> Loader::attachLink(int prog_fd, const char* program, bpf_attach_type type) {
+  AttachedLink link;
+  link.program = program;
+  link.pin = linkPin(config_.pin_dir, link.program);
+  UniqueFd fd(bpf_obj_get(link.pin.c_str()));
+  if (fd) {
+    // Swap the running program under the existing link: no window without capture.
+    if (bpf_link_update(fd.get(), prog_fd, nullptr) == 0) {
+      link.reused = true;
+    } else {
+      log::get("bpf")->warn("pinned link {} cannot be updated ({}); re-attaching", link.pin,
+                            std::strerror(errno));
+      fd.reset();
+      ::unlink(link.pin.c_str());
+    }
+  }
+  if (!fd) {
+    fd.reset(bpf_link_create(prog_fd, cgroup_fd_.get(), type, nullptr));
+    if (!fd)
+      return failErrno(
+          fmt::format("attaching {} to cgroup {} failed", link.program, config_.cgroup_path));
+    if (bpf_obj_pin(fd.get(), link.pin.c_str()) != 0)
+      return failErrno(fmt::format("pinning link {} failed", link.pin));
+  }
+  bpf_link_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0) link.link_id = info.id;
+  link_fds_.push_back(std::move(fd));
+  return link;
+}
+
+void Loader::configureSockmap(const bpf_object_open_opts* opts) {
+  auto logger = log::get("bpf");
+  const std::string pin = linkPin(config_.pin_dir, kSockmapSockops);
+  sockmap_state_.requested = config_.sockmap;
+  if (config_.sockmap) {
+    if (auto r = enableSockmap(opts); r) {
+      sockmap_state_.active = true;
+      sockmap_state_.detail =
+          "on: pod-local app <-> proxy hops are redirected between sockets (sockhash + sk_msg)";
+      logger->info("sockmap {}", sockmap_state_.detail);
+      return;
+    } else {
+      sockmap_state_.detail = "off: --sockmap=on was asked but " + r.error().describe() +
+                              "; the app <-> proxy hops use loopback TCP";
+      logger->warn("sockmap {}", sockmap_state_.detail);
+      sockmap_.reset();
+    }
+  } else {
+    sockmap_state_.detail = "off (--sockmap=off)";
+  }
+  // Off: no new socket enters the sockhash. Pairs redirected by an earlier
+  // run keep their redirect until they close (the sockhash stays pinned).
+  if (::unlink(pin.c_str()) == 0)
+    logger->info("sockmap off: detached the sockops link {} of an earlier run", pin);
+  std::erase_if(links_, [](const AttachedLink& l) { return l.program == kSockmapSockops; });
+}
+
+Result<void> Loader::enableSockmap(const bpf_object_open_opts* opts) {
+  sockmap_.reset(sluice_sockmap__open_opts(opts));
+  if (!sockmap_) return failErrno("the sockmap BPF object cannot be opened");
+  if (int err = sluice_sockmap__load(sockmap_.get()); err != 0) {
+    errno = -err;
+    return failErrno(
+        "the kernel refused the sockmap BPF programs (sockhash, sk_msg; the verifier log is "
+        "printed with SLUICE_LOG_LEVEL=debug)");
+  }
+  // Replaces the sk_msg program an earlier run attached to the pinned map.
+  if (bpf_prog_attach(bpf_program__fd(sockmap_->progs.sluice_sk_msg),
+                      bpf_map__fd(sockmap_->maps.sluice_sockhash_v1), BPF_SK_MSG_VERDICT, 0) != 0)
+    return failErrno("attaching sluice_sk_msg to the sockhash failed");
+  auto link = attachLink(bpf_program__fd(sockmap_->progs.sluice_sockmap_sockops), kSockmapSockops,
+                         BPF_CGROUP_SOCK_OPS);
+  if (!link) return tl::unexpected(link.error());
+  links_.push_back(std::move(*link));
+  sockmap_stats_fd_ =
+      UniqueFd(fcntl(bpf_map__fd(sockmap_->maps.sluice_sockmap_stats_v1), F_DUPFD_CLOEXEC, 0));
   return {};
 }
 
@@ -210,6 +274,10 @@ void Loader::CaptureDestroy::operator()(sluice_capture* skel) const {
 
 void Loader::InboundDestroy::operator()(sluice_inbound* skel) const {
   sluice_inbound__destroy(skel);
+}
+
+void Loader::SockmapDestroy::operator()(sluice_sockmap* skel) const {
+  sluice_sockmap__destroy(skel);
 }
 
 Result<void> Loader::attachTc(int netns_fd, const std::string& ifname) {
@@ -256,16 +324,26 @@ void Loader::detachTc(int netns_fd, const std::string& ifname) {
 
 int Loader::tcProgramFd() const { return bpf_program__fd(inbound_->progs.sluice_tc_inbound); }
 
-std::vector<uint64_t> Loader::stats() const {
-  std::vector<uint64_t> out(SLUICE_STAT_MAX, 0);
+namespace {
+
+std::vector<uint64_t> perCpuSums(int fd, __u32 count) {
+  std::vector<uint64_t> out(count, 0);
   int ncpu = libbpf_num_possible_cpus();
-  if (ncpu <= 0) return out;
+  if (ncpu <= 0 || fd < 0) return out;
   std::vector<uint64_t> values(ncpu);
-  for (__u32 i = 0; i < SLUICE_STAT_MAX; ++i) {
-    if (bpf_map_lookup_elem(stats_fd_.get(), &i, values.data()) != 0) continue;
+  for (__u32 i = 0; i < count; ++i) {
+    if (bpf_map_lookup_elem(fd, &i, values.data()) != 0) continue;
     for (uint64_t v : values) out[i] += v;
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<uint64_t> Loader::stats() const { return perCpuSums(stats_fd_.get(), SLUICE_STAT_MAX); }
+
+std::vector<uint64_t> Loader::sockmapStats() const {
+  return perCpuSums(sockmap_stats_fd_.get(), SLUICE_SOCKMAP_STAT_MAX);
 }
 
 std::vector<MapFill> Loader::mapFill() const {
@@ -274,6 +352,10 @@ std::vector<MapFill> Loader::mapFill() const {
        {capture_->maps.sluice_enrolled_v1, capture_->maps.sluice_cookie_dst_v1,
         capture_->maps.sluice_orig_dst_v1, capture_->maps.sluice_excluded_ports_v1})
     if (auto fill = bpf::mapFill(bpf_map__fd(map), bpf_map__name(map)))
+      out.push_back(std::move(*fill));
+  if (sockmap_)
+    if (auto fill = bpf::mapFill(bpf_map__fd(sockmap_->maps.sluice_sockhash_v1),
+                                 bpf_map__name(sockmap_->maps.sluice_sockhash_v1)))
       out.push_back(std::move(*fill));
   return out;
 }

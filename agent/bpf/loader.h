@@ -22,6 +22,8 @@
 
 struct sluice_capture;
 struct sluice_inbound;
+struct sluice_sockmap;
+struct bpf_object_open_opts;
 
 namespace sluice::agent::bpf {
 
@@ -33,6 +35,20 @@ struct LoaderConfig {
   std::string pin_dir;                   // e.g. /sys/fs/bpf/sluice
   std::string cgroup_path;               // cgroup-v2 root, e.g. /sys/fs/cgroup/unified
   std::vector<uint16_t> excluded_ports;  // host order
+  bool sockmap = false;                  // --sockmap=on: same-node acceleration
+};
+
+// Same-node acceleration (bpf/sockmap.bpf.c): its sockops program is attached
+// through a link pinned as linkPin(pin_dir, kSockmapSockops) only while
+// --sockmap=on; its sk_msg program is attached to the pinned sockhash.
+inline constexpr const char* kSockmapSockops = "sluice_sockmap_sockops";
+
+// Which mode runs. A kernel that refuses the programs turns a requested "on"
+// into "off" with the reason, never silently.
+struct SockmapState {
+  bool requested = false;
+  bool active = false;
+  std::string detail;  // why it is off when requested, or what runs
 };
 
 // The programs attached at the cgroup-v2 root, each through a link pinned as
@@ -69,6 +85,10 @@ class Loader {
   EnrolledMap& enrolled() { return enrolled_; }
   OrigDstMap& origDst() { return orig_dst_; }
   const std::vector<AttachedLink>& links() const { return links_; }
+  const SockmapState& sockmap() const { return sockmap_state_; }
+  // Sum of the per-CPU sockmap counters (enum sluice_sockmap_stat order);
+  // zeros while sockmap is off.
+  std::vector<uint64_t> sockmapStats() const;
 
   // Attaches the tc ingress program to ifname inside the given netns
   // (creating the clsact qdisc; replacing an older Sluice filter).
@@ -99,6 +119,8 @@ class Loader {
     std::string error;    // empty: the verifier accepted it
   };
   static std::vector<ProgramProbe> probePrograms();
+  // The same for the optional sockmap programs (--sockmap=on).
+  static std::vector<ProgramProbe> probeSockmapPrograms();
 
   // Removes every pinned object under pin_dir (links detach when the last fd
   // closes). Used by `sluice-agent uninstall`.
@@ -107,6 +129,14 @@ class Loader {
  private:
   Loader() = default;
   Result<void> attachCgroupPrograms();
+  // Attaches prog_fd at the cgroup through the link pinned for `program`,
+  // swapping the program of an existing pinned link in place.
+  Result<AttachedLink> attachLink(int prog_fd, const char* program, bpf_attach_type type);
+  // Loads and attaches the sockmap programs (--sockmap=on), or removes the
+  // sockops link an earlier run left (off). Never fails the agent: a refusal
+  // is logged and recorded in sockmap_state_.
+  void configureSockmap(const bpf_object_open_opts* opts);
+  Result<void> enableSockmap(const bpf_object_open_opts* opts);
 
   // The skeletons' __destroy (defined where the skeleton headers are).
   struct CaptureDestroy {
@@ -115,12 +145,17 @@ class Loader {
   struct InboundDestroy {
     void operator()(sluice_inbound* skel) const;
   };
+  struct SockmapDestroy {
+    void operator()(sluice_sockmap* skel) const;
+  };
 
   // Destroyed in reverse: our link fds first (pinned links stay attached),
   // then the cgroup, then the programs and maps.
   LoaderConfig config_;
   std::unique_ptr<sluice_capture, CaptureDestroy> capture_;
   std::unique_ptr<sluice_inbound, InboundDestroy> inbound_;
+  std::unique_ptr<sluice_sockmap, SockmapDestroy> sockmap_;
+  SockmapState sockmap_state_;
   UniqueFd cgroup_fd_;
   std::vector<UniqueFd> link_fds_;
   std::vector<AttachedLink> links_;
@@ -128,6 +163,7 @@ class Loader {
   OrigDstMap orig_dst_;
   ExcludedPortsMap excluded_;
   UniqueFd stats_fd_;
+  UniqueFd sockmap_stats_fd_;
 };
 
 // Name of the tc filter priority/handle Sluice uses in pod netns.

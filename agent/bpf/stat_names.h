@@ -26,4 +26,17 @@ inline constexpr std::array<StatInfo, SLUICE_STAT_MAX> kStats = {{
     {"tc_passed", "Packets the tc ingress program left alone"},
 }};
 
+// sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"
+// "sockmap" "stats" while --sockmap=on runs.
+inline constexpr std::array<StatInfo, SLUICE_SOCKMAP_STAT_MAX> kSockmapStats = {{
+    {"added_outbound_app", "App sockets to 127.0.0.1:15001 put in the sockhash"},
+    {"added_outbound_proxy", "Proxy's accepted 127.0.0.1:15001 sockets put in the sockhash"},
+    {"added_inbound_proxy", "Proxy's delivering sockets (inbound) put in the sockhash"},
+    {"added_inbound_app", "App's accepted inbound sockets put in the sockhash"},
+    {"add_failed", "Sockets the kernel refused to put in the sockhash (left on TCP)"},
+    {"msg_redirected", "Sends moved straight to the peer socket (sk_msg ingress redirect)"},
+    {"bytes_redirected", "Bytes of those sends"},
+    {"msg_tcp", "Sends of sockhash sockets left on loopback TCP (peer not in the sockhash)"},
+}};
+
 }  // namespace sluice::agent::bpf

@@ -52,7 +52,17 @@ nlohmann::json bpfJson(const bpf::Loader& loader, const std::string& pin_dir,
   nlohmann::json links = nlohmann::json::array();
   for (const auto& l : loader.links())
     links.push_back({{"program", l.program}, {"pin", l.pin}, {"link_id", l.link_id}});
-  return {{"pin_dir", pin_dir}, {"cgroup", cgroup}, {"links", links}};
+  const auto& sm = loader.sockmap();
+  nlohmann::json sockmap = {{"requested", sm.requested ? "on" : "off"},
+                            {"mode", sm.active ? "on" : "off"},
+                            {"fallback", sm.requested && !sm.active},
+                            {"detail", sm.detail}};
+  if (sm.active) {
+    auto stats = loader.sockmapStats();
+    for (size_t i = 0; i < bpf::kSockmapStats.size(); ++i)
+      sockmap["stats"][bpf::kSockmapStats[i].name] = stats[i];
+  }
+  return {{"pin_dir", pin_dir}, {"cgroup", cgroup}, {"links", links}, {"sockmap", sockmap}};
 }
 
 }  // namespace sluice::agent::wiring

@@ -71,4 +71,37 @@ enum sluice_stat {
 	SLUICE_STAT_MAX = 8,
 };
 
+/* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).
+ * sluice_sockhash_v1: BPF_MAP_TYPE_SOCKHASH keyed by struct sluice_pair_key
+ * read from the socket itself: src = its own end, dst = its peer (both in
+ * the socket's netns). Holds the two ends of each pod-local hop: outbound the
+ * app's socket to 127.0.0.1:15001 and the proxy's accepted one; inbound the
+ * proxy's delivering socket and the app's accepted one (both carry
+ * SLUICE_MARK_INBOUND_APP). Entries leave with their socket. */
+#define SLUICE_MAX_SOCKHASH 65536
+
+/* sluice_sk_msg_path_v1 (SK_STORAGE, __u8): which path a sending socket's
+ * bytes take, decided at its first send and kept for the socket's life, so a
+ * byte stream never mixes the two (a reader takes redirected bytes before
+ * TCP-queued ones). */
+enum sluice_msg_path {
+	SLUICE_PATH_UNDECIDED = 0,
+	SLUICE_PATH_REDIRECT = 1, /* peer was in the sockhash: ingress redirect */
+	SLUICE_PATH_TCP = 2,      /* peer was not (yet) in it: loopback TCP */
+};
+
+/* sluice_sockmap_stats_v1: per-CPU array indexed by enum sluice_sockmap_stat
+ * (its own map: sluice_stats_v1 cannot grow, see above). */
+enum sluice_sockmap_stat {
+	SLUICE_SOCKMAP_ADDED_OUT_APP = 0,   /* app socket to 127.0.0.1:15001 added */
+	SLUICE_SOCKMAP_ADDED_OUT_PROXY = 1, /* proxy's accepted 15001 socket added */
+	SLUICE_SOCKMAP_ADDED_IN_PROXY = 2,  /* proxy's delivering socket added */
+	SLUICE_SOCKMAP_ADDED_IN_APP = 3,    /* app's accepted inbound socket added */
+	SLUICE_SOCKMAP_ADD_FAILED = 4,      /* bpf_sock_hash_update refused */
+	SLUICE_SOCKMAP_MSG_REDIRECTED = 5,  /* sendmsg calls redirected to the peer */
+	SLUICE_SOCKMAP_BYTES_REDIRECTED = 6,/* bytes of those */
+	SLUICE_SOCKMAP_MSG_TCP = 7,         /* sendmsg calls left on loopback TCP */
+	SLUICE_SOCKMAP_STAT_MAX = 8,
+};
+
 #endif /* SLUICE_ABI_H */

@@ -17,63 +17,8 @@
 
 using namespace sluice;
 using sluice::agent::bpf::Loader;
+using namespace sluice::test;
 namespace agent = sluice::agent;
-
-namespace {
-
-std::string pinDir() { return "/sys/fs/bpf/sluice-test-" + std::to_string(::getpid()); }
-
-struct LoadedCapture {
-  std::unique_ptr<Loader> loader;
-  std::string pin = pinDir();
-  LoadedCapture() {
-    auto l = Loader::create({pin, test::cgroup2(), {9999}});
-    REQUIRE_MESSAGE(l.has_value(), (l ? "" : l.error().describe()));
-    loader = std::move(*l);
-  }
-  ~LoadedCapture() {
-    loader.reset();
-    (void)Loader::removePinned(pin);
-  }
-};
-
-UniqueFd listenIn(int netns, const char* ip, uint16_t port, uint32_t mark = 0) {
-  auto s = socketInNetns(netns, AF_INET, SOCK_STREAM, 0);
-  REQUIRE(s.has_value());
-  int one = 1;
-  setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
-  auto sa = makeSockaddr(*parseIp4(ip), port);
-  REQUIRE(::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
-  REQUIRE(::listen(s->get(), 16) == 0);
-  return std::move(*s);
-}
-
-// Connects from inside the netns (blocking; the listener is local).
-UniqueFd connectIn(int netns, const char* ip, uint16_t port, uint32_t mark = 0) {
-  auto s = socketInNetns(netns, AF_INET, SOCK_STREAM, 0);
-  REQUIRE(s.has_value());
-  if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
-  auto sa = makeSockaddr(*parseIp4(ip), port);
-  REQUIRE_MESSAGE(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0,
-                  "connect failed: " << strerror(errno));
-  return std::move(*s);
-}
-
-sockaddr_in localOf(int fd) {
-  sockaddr_in sa{};
-  socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  return sa;
-}
-sockaddr_in peerOf(int fd) {
-  sockaddr_in sa{};
-  socklen_t len = sizeof(sa);
-  getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  return sa;
-}
-
-}  // namespace
 
 TEST_SUITE("capture.bpf") {
   TEST_CASE(

@@ -3,10 +3,17 @@
 #pragma once
 
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstring>
+#include <memory>
 #include <string>
 
 #include "agent/bpf/loader.h"
+#include "sluice/common/addr.h"
+#include "sluice/common/netns.h"
 
 namespace sluice::test {
 
@@ -14,6 +21,60 @@ inline std::string cgroup2() {
   auto c = agent::bpf::Loader::findCgroup2();
   REQUIRE_MESSAGE(c.has_value(), "no cgroup2 mount: the BPF programs cannot be attached");
   return *c;
+}
+
+inline std::string pinDir() { return "/sys/fs/bpf/sluice-test-" + std::to_string(::getpid()); }
+
+// The BPF programs loaded and attached under a per-process pin dir, removed
+// again (pins and links) when the test ends, even on failure.
+struct LoadedCapture {
+  std::unique_ptr<agent::bpf::Loader> loader;
+  std::string pin = pinDir();
+  explicit LoadedCapture(bool sockmap = false) {
+    auto l = agent::bpf::Loader::create({pin, cgroup2(), {9999}, sockmap});
+    REQUIRE_MESSAGE(l.has_value(), (l ? "" : l.error().describe()));
+    loader = std::move(*l);
+  }
+  ~LoadedCapture() {
+    loader.reset();
+    (void)agent::bpf::Loader::removePinned(pin);
+  }
+};
+
+inline UniqueFd listenIn(int netns, const char* ip, uint16_t port, uint32_t mark = 0) {
+  auto s = socketInNetns(netns, AF_INET, SOCK_STREAM, 0);
+  REQUIRE(s.has_value());
+  int one = 1;
+  setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
+  auto sa = makeSockaddr(*parseIp4(ip), port);
+  REQUIRE(::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
+  REQUIRE(::listen(s->get(), 16) == 0);
+  return std::move(*s);
+}
+
+// Connects from inside the netns (blocking; the listener is local).
+inline UniqueFd connectIn(int netns, const char* ip, uint16_t port, uint32_t mark = 0) {
+  auto s = socketInNetns(netns, AF_INET, SOCK_STREAM, 0);
+  REQUIRE(s.has_value());
+  if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
+  auto sa = makeSockaddr(*parseIp4(ip), port);
+  REQUIRE_MESSAGE(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0,
+                  "connect failed: " << strerror(errno));
+  return std::move(*s);
+}
+
+inline sockaddr_in localOf(int fd) {
+  sockaddr_in sa{};
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  return sa;
+}
+inline sockaddr_in peerOf(int fd) {
+  sockaddr_in sa{};
+  socklen_t len = sizeof(sa);
+  getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  return sa;
 }
 
 }  // namespace sluice::test

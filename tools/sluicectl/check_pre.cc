@@ -76,6 +76,11 @@ Outcome sockhash() {
         "same-node socket acceleration (sockmap) needs it; run as root on a "
         "kernel with CONFIG_BPF_STREAM_PARSER=y");
   ::close(fd);
+  for (const auto& probe : agent::bpf::Loader::probeSockmapPrograms())
+    if (!probe.error.empty())
+      return Outcome::warn(fmt::format("{} ({}): {}", probe.program, probe.section, probe.error),
+                           "--sockmap=on would fall back to off on this kernel (the agent logs "
+                           "it and shows it in /config_dump bpf.sockmap)");
   return Outcome::ok();
 }
 
@@ -159,7 +164,9 @@ std::vector<Check> preInstallChecks(const NodePaths& paths) {
                                                      "kernel; run as root, check lockdown/LSM "
                                                      "policy, or upgrade the kernel");
                       }});
-  checks.push_back({"bpf", "sockmap (BPF_MAP_TYPE_SOCKHASH) is available", sockhash});
+  checks.push_back({"bpf",
+                    "sockmap (BPF_MAP_TYPE_SOCKHASH, the sk_msg/sockops programs) is available",
+                    sockhash});
   checks.push_back({"io_uring", "io_uring works with the proxy's setup", ioUring});
   checks.push_back({"cni", "the primary CNI configuration is found and can chain sluice-cni",
                     [paths] { return cniChainable(paths); }});

@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Same-node acceleration (--sockmap=on): the pod-local hops between an app
+ * and the proxy skip the loopback TCP stack.
+ *  - sockops (a second program at the cgroup-v2 root, beside capture's):
+ *    when a socket of a pod-local hop is established it goes into
+ *    sluice_sockhash_v1, keyed by its own 4-tuple and netns.
+ *  - sk_msg (attached to that sockhash): a send on such a socket is moved
+ *    straight into its peer's receive queue (ingress redirect). The proxy
+ *    still reads every byte from its socket; only the kernel path changes.
+ * Only data is redirected: handshake, FIN and RST still travel over TCP, and
+ * a socket leaves the sockhash when it closes. */
+#include "lib/common.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SLUICE_MAX_SOCKHASH);
+	__type(key, struct sluice_pair_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sockhash_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8); /* enum sluice_msg_path */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sk_msg_path_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_SOCKMAP_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sockmap_stats_v1 SEC(".maps");
+
+static __always_inline void sockmap_count(__u32 stat, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&sluice_sockmap_stats_v1, &stat);
+	if (v)
+		*v += n;
+}
+
+/* Which end of a pod-local hop this just-established socket is, as the stat
+ * counting its insertion; -1 when it is none. Outbound: the app's socket to
+ * 127.0.0.1:15001 (active) and the proxy's accepted one (passive). Inbound:
+ * both ends carry SLUICE_MARK_INBOUND_APP (the proxy sets it on its
+ * delivering socket; the app's accepted socket inherits it from the SYN). */
+static __always_inline int hop_end(struct bpf_sock_ops *skops, int active)
+{
+	const __u32 loopback = bpf_htonl(0x7f000001);
+	if (active && skops->remote_ip4 == loopback &&
+	    (__u16)(skops->remote_port >> 16) == bpf_htons(SLUICE_OUTBOUND_PORT))
+		return SLUICE_SOCKMAP_ADDED_OUT_APP;
+	if (!active && skops->local_ip4 == loopback && skops->local_port == SLUICE_OUTBOUND_PORT)
+		return SLUICE_SOCKMAP_ADDED_OUT_PROXY;
+	__u32 mark = 0;
+	if (bpf_getsockopt(skops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0 &&
+	    mark == SLUICE_MARK_INBOUND_APP)
+		return active ? SLUICE_SOCKMAP_ADDED_IN_PROXY : SLUICE_SOCKMAP_ADDED_IN_APP;
+	return -1;
+}
+
+/* IPv4, or an IPv6 socket talking IPv4 (v4-mapped: what a dual-stack [::]
+ * listener accepts, or an app's AF_INET6 socket captured by connect6); the
+ * IPv4 fields of both program contexts hold its addresses then. */
+static __always_inline int talks_ipv4(struct bpf_sock_ops *skops)
+{
+	if (skops->family == AF_INET)
+		return 1;
+	return skops->family == AF_INET6 && skops->remote_ip6[0] == 0 &&
+	       skops->remote_ip6[1] == 0 && skops->remote_ip6[2] == bpf_htonl(0x0000ffff);
+}
+
+SEC("sockops")
+int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
+{
+	int active;
+	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+		active = 1;
+	else if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		active = 0;
+	else
+		return 1;
+	if (!talks_ipv4(skops))
+		return 1;
+	__u64 netns = bpf_get_netns_cookie(skops);
+	if (!bpf_map_lookup_elem(&sluice_enrolled_v1, &netns))
+		return 1;
+	int end = hop_end(skops, active);
+	if (end < 0)
+		return 1;
+	/* Byte order: local_port is host order, remote_port the be16 port
+	 * shifted left by 16 (PLATFORM.md). */
+	struct sluice_pair_key k = {
+		.netns_cookie = netns,
+		.src_ip4 = skops->local_ip4,
+		.dst_ip4 = skops->remote_ip4,
+		.src_port = bpf_htons((__u16)skops->local_port),
+		.dst_port = (__u16)(skops->remote_port >> 16),
+	};
+	if (bpf_sock_hash_update(skops, &sluice_sockhash_v1, &k, BPF_ANY) != 0) {
+		sockmap_count(SLUICE_SOCKMAP_ADD_FAILED, 1);
+		return 1;
+	}
+	sockmap_count(end, 1);
+	return 1;
+}
+
+/* Runs on every send of a socket in the sockhash. The peer's key is this
+ * socket's own 4-tuple reversed (same netns). A socket's first send decides
+ * its path for good: when the peer is not in the sockhash yet (the app wrote
+ * before the proxy's side finished its handshake), that stream stays on TCP,
+ * since the reader would otherwise take later redirected bytes before the
+ * earlier TCP ones. */
+SEC("sk_msg")
+int sluice_sk_msg(struct sk_msg_md *msg)
+{
+	__u8 *path = 0;
+	struct bpf_sock *sk = msg->sk;
+	if (sk)
+		path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
+					  BPF_SK_STORAGE_GET_F_CREATE);
+	if (!path || *path == SLUICE_PATH_TCP) {
+		sockmap_count(SLUICE_SOCKMAP_MSG_TCP, 1);
+		return SK_PASS;
+	}
+	struct sluice_pair_key peer = {
+		.netns_cookie = bpf_get_netns_cookie(msg),
+		.src_ip4 = msg->remote_ip4,
+		.dst_ip4 = msg->local_ip4,
+		.src_port = (__u16)(msg->remote_port >> 16),
+		.dst_port = bpf_htons((__u16)msg->local_port),
+	};
+	__u32 size = msg->size;
+	if (bpf_msg_redirect_hash(msg, &sluice_sockhash_v1, &peer, BPF_F_INGRESS) == SK_PASS) {
+		*path = SLUICE_PATH_REDIRECT;
+		sockmap_count(SLUICE_SOCKMAP_MSG_REDIRECTED, 1);
+		sockmap_count(SLUICE_SOCKMAP_BYTES_REDIRECTED, size);
+		return SK_PASS;
+	}
+	/* Not redirected: SK_PASS without a redirect target sends over TCP.
+	 * A socket that redirected before and whose peer has gone (closed)
+	 * lands here too: TCP then answers with a reset, as it should. */
+	if (*path == SLUICE_PATH_UNDECIDED)
+		*path = SLUICE_PATH_TCP;
+	sockmap_count(SLUICE_SOCKMAP_MSG_TCP, 1);
+	return SK_PASS;
+}
