@@ -9,7 +9,7 @@ import ipaddress
 import sys
 import unittest
 
-from labkit import LabTest, wait_for
+from labkit import APP, LabTest, wait_for
 
 MESH = "sluice.dev/mesh"
 
@@ -28,22 +28,6 @@ while True:
     c.sendall(f"peer={peer[0]} local={local[0]}:{local[1]}\n".encode())
     c.close()
 """
-
-# Connects to [IP]:PORT over IPv6 (connect timeout argv[3] s, default 10) and prints what
-# the server says.
-GET6 = r"""
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])),
-                             timeout=float(sys.argv[3]) if len(sys.argv) > 3 else 10)
-data = b""
-while True:
-    d = c.recv(4096)
-    if not d:
-        break
-    data += d
-print(data.decode())
-"""
-
 
 def in_net(ip, net):
     return ipaddress.ip_address(ip) in ipaddress.ip_network(net)
@@ -79,7 +63,7 @@ class DualStackTest(LabTest):
 
     def test_ipv6_is_routed_between_nodes(self):
         server6 = self.lab.ip("legacy", "server", 6)
-        out = self.lab.exec("legacy/client", sys.executable, "-c", GET6, server6, "8086").stdout
+        out = self.lab.exec("legacy/client", sys.executable, APP, "get", server6, "8086").stdout
         self.assertIn(f"peer={self.lab.ip('legacy', 'client', 6)} ", out)
         self.assertIn(f"local={server6}:8086", out)
 
@@ -87,13 +71,13 @@ class DualStackTest(LabTest):
         # No proxy listener takes IPv6 yet: the SYN is dropped at the enrolled pod's
         # interface rather than let to the app around mTLS and policy.
         server6 = self.lab.ip("shop", "server", 6)
-        refused = self.lab.exec("legacy/client", sys.executable, "-c", GET6, server6, "8086", "3", check=False)
+        refused = self.lab.exec("legacy/client", sys.executable, APP, "get", server6, "8086", "3", check=False)
         self.assertNotEqual(refused.returncode, 0, refused.stdout)
         self.assertIn("timed out", refused.stderr)
         # The enrolled pod's own IPv6 connections are not captured: they go direct, and their
         # replies pass its interface.
         legacy6 = self.lab.ip("legacy", "server", 6)
-        out = self.lab.exec("shop/client", sys.executable, "-c", GET6, legacy6, "8086").stdout
+        out = self.lab.exec("shop/client", sys.executable, APP, "get", legacy6, "8086").stdout
         self.assertIn(f"peer={self.lab.ip('shop', 'client', 6)} ", out)
 
     def test_discovery_carries_both_addresses(self):
@@ -162,7 +146,7 @@ class Ipv6OnlyTest(LabTest):
         self.assertNotEqual(no4.returncode, 0)
         self.assertIn("has no IPv4 address", no4.stderr)
         lab.spawn("legacy/server", sys.executable, "-c", WHOAMI6, "8086")
-        out = lab.exec("legacy/client", sys.executable, "-c", GET6, server6, "8086").stdout
+        out = lab.exec("legacy/client", sys.executable, APP, "get", server6, "8086").stdout
         self.assertIn(f"peer={client6} ", out)
 
         # Sluice meshes pods over IPv4: an IPv6-only pod in an enrolled namespace fails its

@@ -8,7 +8,8 @@ Servers:
   tcpapp.py echo PORT       asyncio line echo, for many concurrent connections
   tcpapp.py http PORT       tiny HTTP/1.1 keep-alive server answering "ok\\n" (benchmarks)
 Clients:
-  tcpapp.py get HOST PORT                         print one whoami line
+  tcpapp.py get HOST PORT [TIMEOUT]               print one whoami line (IPv4 or IPv6 HOST;
+                                                  connect timeout TIMEOUT s, default 10)
   tcpapp.py transfer HOST PORT UP DOWN            checksum-verified transfer both ways (half-close)
   tcpapp.py many HOST PORT N                      N concurrent echo connections held open together
   tcpapp.py say HOST PORT TEXT                    send one line to an echo server, print the answer
@@ -183,8 +184,8 @@ def read_reply(host, port, timeout=10, on_connect=None):
     return data.decode(errors="replace")
 
 
-def client_get(host, port):
-    sys.stdout.write(read_reply(host, port))
+def client_get(host, port, timeout=10):
+    sys.stdout.write(read_reply(host, port, timeout=timeout))
 
 
 def client_peername(host, port, family):
@@ -465,7 +466,7 @@ def main():
     elif cmd == "http":
         serve_http(int(a[1]))
     elif cmd == "get":
-        client_get(a[1], int(a[2]))
+        client_get(a[1], int(a[2]), float(a[3]) if len(a) > 3 else 10)
     elif cmd == "transfer":
         client_transfer(a[1], int(a[2]), int(a[3]), int(a[4]))
     elif cmd == "many":
