@@ -172,6 +172,15 @@ class OrigDstResolver {
   virtual ~OrigDstResolver() = default;
   virtual std::optional<sockaddr_in> originalDst(uint64_t netns_cookie, const sockaddr_in& peer,
                                                  const sockaddr_in& local) = 0;
+  // The same for a connection accepted on a pod's [::1]:15001 listener (an
+  // IPv6 destination captured by connect6), on top of sluice_orig_dst6_v1.
+  virtual std::optional<sockaddr_in6> originalDst6(uint64_t netns_cookie, const sockaddr_in6& peer,
+                                                   const sockaddr_in6& local) {
+    (void)netns_cookie;
+    (void)peer;
+    (void)local;
+    return std::nullopt;
+  }
 };
 
 struct ListenerInfo {
