@@ -1,0 +1,156 @@
+#include "agent/telemetry/http_metrics.h"
+
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "telemetry_scrape.h"
+
+using namespace sluice;
+using namespace sluice::agent::telemetry;
+using namespace sluice::agent::telemetry::test_scrape;
+using ztunnel::ConnectionRecord;
+using ztunnel::Direction;
+using ztunnel::Path;
+
+namespace {
+
+ztunnel::RequestRecord httpRequest(int status, int64_t duration_us, uint64_t req_bytes = 0,
+                                   uint64_t resp_bytes = 0) {
+  ztunnel::RequestRecord r;
+  r.protocol = ztunnel::AppProtocol::kHttp1;
+  r.method = "GET";
+  r.path = "/";
+  r.status = status;
+  r.duration_us = duration_us;
+  r.request_bytes = req_bytes;
+  r.response_bytes = resp_bytes;
+  return r;
+}
+
+std::vector<Sample> scrapeHttp(HttpMetrics& m) {
+  TextWriter w;
+  m.write(w);
+  return parse(w.take());
+}
+
+}  // namespace
+
+// Istio's HTTP metrics (agent/telemetry/http_metrics.cc).
+TEST_SUITE("telemetry/http") {
+  TEST_CASE("histogram boundaries are Envoy's defaults, in Istio's le spelling") {
+    CHECK(kEnvoyBuckets.size() == 19);
+    CHECK(kEnvoyBuckets.front() == 0.5);
+    CHECK(kEnvoyBuckets.back() == 3600000);
+    CHECK(bucketOf(0) == 0);
+    CHECK(bucketOf(0.5) == 0);
+    CHECK(bucketOf(0.6) == 1);
+    CHECK(bucketOf(1000) == 9);
+    CHECK(bucketOf(3600000) == 18);
+    CHECK(bucketOf(3600001) == 19);  // +Inf
+    TextWriter w;
+    std::vector<uint64_t> counts(kEnvoyBuckets.size() + 1, 0);
+    counts[0] = 2;
+    counts[17] = 1;
+    counts[19] = 1;
+    w.histogram("h", "{a=\"b\"}", kEnvoyBuckets, counts, 12.5);
+    std::string text = w.take();
+    CHECK(text.find("h_bucket{a=\"b\",le=\"0.5\"} 2\n") != std::string::npos);
+    CHECK(text.find("h_bucket{a=\"b\",le=\"600000\"} 2\n") != std::string::npos);
+    CHECK(text.find("h_bucket{a=\"b\",le=\"1.8e+06\"} 3\n") != std::string::npos);
+    CHECK(text.find("h_bucket{a=\"b\",le=\"3.6e+06\"} 3\n") != std::string::npos);
+    CHECK(text.find("h_bucket{a=\"b\",le=\"+Inf\"} 4\n") != std::string::npos);
+    CHECK(text.find("h_sum{a=\"b\"} 12.5\n") != std::string::npos);
+    CHECK(text.find("h_count{a=\"b\"} 4\n") != std::string::npos);
+    TextWriter bare;
+    bare.histogram("x", "", kEnvoyBuckets, counts, 0);
+    CHECK(bare.take().starts_with("x_bucket{le=\"0.5\"} 2\n"));
+  }
+
+  TEST_CASE("requests by response code on both reporters, with the TCP labels") {
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics m({.workers = 2}, tcp);
+    auto out = outboundHbone(1);
+    auto in = inboundHbone(2);
+    for (int i = 0; i < 5; ++i) m.request(i % 2, out, httpRequest(i < 3 ? 200 : 503, 2000, 10, 5));
+    m.request(0, in, httpRequest(200, 700));
+    auto all = scrapeHttp(m);
+    CHECK(value(all, "istio_requests_total", {{"reporter", "source"}, {"response_code", "200"}}) ==
+          3);
+    CHECK(value(all, "istio_requests_total", {{"reporter", "source"}, {"response_code", "503"}}) ==
+          2);
+    CHECK(value(all, "istio_requests_total",
+                {{"reporter", "destination"}, {"response_code", "200"}}) == 1);
+    auto s = find(all, "istio_requests_total", {{"reporter", "source"}, {"response_code", "200"}});
+    CHECK(s[0].labels["request_protocol"] == "http");
+    CHECK(s[0].labels["grpc_response_status"] == "");
+    CHECK(s[0].labels["source_workload"] == "client");
+    CHECK(s[0].labels["destination_service"] == "db.shop.svc.cluster.local");
+    CHECK(s[0].labels["connection_security_policy"] == "mutual_tls");
+    CHECK(s[0].labels["response_flags"] == "-");
+    // 2 ms falls in le=5 (not le=1); sums in milliseconds and bytes.
+    std::map<std::string, std::string> src200 = {{"reporter", "source"}, {"response_code", "200"}};
+    auto le = [&](const char* name, const char* bound) {
+      auto want = src200;
+      want["le"] = bound;
+      return value(all, name, want);
+    };
+    CHECK(le("istio_request_duration_milliseconds_bucket", "1") == 0);
+    CHECK(le("istio_request_duration_milliseconds_bucket", "5") == 3);
+    CHECK(le("istio_request_duration_milliseconds_bucket", "+Inf") == 3);
+    CHECK(find(all, "istio_request_duration_milliseconds_sum", src200)[0].value == "6");
+    CHECK(value(all, "istio_request_duration_milliseconds_count", src200) == 3);
+    CHECK(le("istio_request_bytes_bucket", "10") == 3);
+    CHECK(le("istio_request_bytes_bucket", "5") == 0);
+    CHECK(value(all, "istio_request_bytes_sum", src200) == 30);
+    CHECK(value(all, "istio_response_bytes_sum", src200) == 15);
+  }
+
+  TEST_CASE("gRPC: request_protocol grpc and grpc_response_status") {
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics m({}, tcp);
+    auto r = httpRequest(200, 100);
+    r.protocol = ztunnel::AppProtocol::kGrpc;
+    r.grpc_status = 14;
+    m.request(0, outboundHbone(1), r);
+    auto all = scrapeHttp(m);
+    auto s = find(all, "istio_requests_total");
+    REQUIRE(s.size() == 1);
+    CHECK(s[0].labels["request_protocol"] == "grpc");
+    CHECK(s[0].labels["grpc_response_status"] == "14");
+  }
+
+  TEST_CASE("a same-node handoff reports both ends; closed connections let series go idle") {
+    FakeClock clock;
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics m({.workers = 1, .max_series = 2, .idle = std::chrono::minutes(10)}, tcp,
+                  clock.fn());
+    ConnectionRecord h = outboundHbone(1);
+    h.path = Path::kLocalHandoff;
+    m.request(0, h, httpRequest(200, 10));
+    CHECK(m.seriesCount() == 2);
+    // At the cap: a new outcome is dropped (counted) while the others are held.
+    m.request(0, h, httpRequest(404, 10));
+    CHECK(m.seriesDropped() == 2);
+    clock.t += std::chrono::minutes(11);
+    CHECK(m.seriesCount() == 2);  // still held by the open connection
+    scrapeHttp(m);
+    CHECK(m.seriesCount() == 2);
+    m.closed(0, h);
+    scrapeHttp(m);
+    CHECK(m.seriesCount() == 0);
+  }
+
+  TEST_CASE("the fan-out hands every call to each observer") {
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics http({}, tcp);
+    ObserverFanout both({&tcp, &http});
+    auto r = outboundHbone(7);
+    both.opened(0, r);
+    both.request(0, r, httpRequest(200, 10));
+    both.closed(0, r);
+    CHECK(tcp.seriesCount() == 1);
+    CHECK(http.seriesCount() == 1);
+  }
+}

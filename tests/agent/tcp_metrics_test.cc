@@ -1,0 +1,333 @@
+#include "agent/telemetry/tcp_metrics.h"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "telemetry_scrape.h"
+
+using namespace sluice;
+using namespace sluice::agent::telemetry;
+using namespace sluice::agent::telemetry::test_scrape;
+using ztunnel::CloseReason;
+using ztunnel::ConnectionRecord;
+using ztunnel::Direction;
+using ztunnel::Path;
+
+// Istio's TCP metrics (agent/telemetry/tcp_metrics.cc).
+TEST_SUITE("telemetry") {
+  TEST_CASE("outbound over HBONE: reporter source, principals, mutual_tls, service FQDN") {
+    TcpMetrics m({}, &meshIndex());
+    m.opened(0, outboundHbone(1));
+    auto all = scrape(m);
+    auto s = find(all, "istio_tcp_connections_opened_total");
+    REQUIRE(s.size() == 1);
+    std::map<std::string, std::string> want = {
+        {"reporter", "source"},
+        {"source_workload", "client"},
+        {"source_canonical_service", "web"},
+        {"source_canonical_revision", "v1"},
+        {"source_workload_namespace", "shop"},
+        {"source_principal", kWeb},
+        {"source_app", "web"},
+        {"source_version", "v1"},
+        {"source_cluster", "Kubernetes"},
+        {"destination_service", "db.shop.svc.cluster.local"},
+        {"destination_service_namespace", "shop"},
+        {"destination_service_name", "db"},
+        {"destination_workload", "db"},
+        {"destination_canonical_service", "database"},
+        {"destination_canonical_revision", "14"},
+        {"destination_workload_namespace", "shop"},
+        {"destination_principal", kApi},
+        {"destination_app", "database"},
+        {"destination_version", "14"},
+        {"destination_cluster", "Kubernetes"},
+        {"request_protocol", "tcp"},
+        {"response_flags", "-"},
+        {"connection_security_policy", "mutual_tls"},
+    };
+    CHECK(s[0].labels == want);
+    CHECK(s[0].value == "1");
+    // Labels in Istio's order.
+    auto names = TcpMetrics::labelNames();
+    CHECK(names.size() == want.size());
+    CHECK(names.front() == "reporter");
+    CHECK(names.back() == "connection_security_policy");
+  }
+
+  TEST_CASE("inbound: reporter destination; plaintext is unknown security, unknown principal") {
+    TcpMetrics m({}, &meshIndex());
+    m.opened(0, inboundHbone(1));
+    ConnectionRecord plain = inboundHbone(2);
+    plain.path = Path::kInbound;
+    plain.mutual_tls = false;
+    plain.source = "192.0.2.9:5555";  // outside the mesh, unknown
+    plain.source_principal.clear();
+    m.opened(0, plain);
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"source_workload", "client"},
+                 {"source_principal", kWeb},
+                 {"destination_workload", "db"},
+                 {"destination_principal", kApi},
+                 {"destination_service", "unknown"},
+                 {"connection_security_policy", "mutual_tls"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"source_workload", "unknown"},
+                 {"source_workload_namespace", "unknown"},
+                 {"source_cluster", "unknown"},
+                 {"source_principal", "unknown"},
+                 {"destination_workload", "db"},
+                 {"connection_security_policy", "unknown"}}) == 1);
+    CHECK(find(all, "istio_tcp_connections_opened_total", {{"reporter", "source"}}).empty());
+  }
+
+  TEST_CASE("the destination reporter guesses the Service from the pod's target port") {
+    auto snap = std::make_shared<WorkloadSnapshot>(*meshIndex().current());
+    // Ordered by namespace/name, as the bridge builds it: the first that
+    // forwards to the port wins.
+    snap->services_by_endpoint[ip("10.244.2.7")] = {{"shop", "db-admin", {9187}},
+                                                    {"shop", "db-primary", {5432, 9187}},
+                                                    {"shop", "db-replicas", {5432}}};
+    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 5432)->name == "db-primary");
+    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 9187)->name == "db-admin");
+    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 80) == nullptr);
+    CHECK(guessInboundService(*snap, ip("10.244.2.8"), 5432) == nullptr);
+
+    WorkloadIndex idx;
+    idx.update(snap);
+    TcpMetrics m({}, &idx);
+    m.opened(0, inboundHbone(1));
+    ConnectionRecord other_port = inboundHbone(2);
+    other_port.destination = "10.244.2.7:6000";
+    m.opened(0, other_port);
+    ConnectionRecord via_vip = outboundHbone(3);  // the source side knows what was dialled
+    via_vip.destination_service = "shop/db";
+    m.opened(0, via_vip);
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"destination_service", "db-primary.shop.svc.cluster.local"},
+                 {"destination_service_namespace", "shop"},
+                 {"destination_service_name", "db-primary"},
+                 {"destination_workload", "db"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"destination_service", "unknown"},
+                 {"destination_service_name", "unknown"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "source"}, {"destination_service_name", "db"}}) == 1);
+  }
+
+  TEST_CASE("a same-node handoff is reported by both ends; a pod absent from the view is named") {
+    TcpMetrics m({.workers = 2}, nullptr);  // no view at all
+    ConnectionRecord r;
+    r.id = 7;
+    r.direction = Direction::kOutbound;
+    r.path = Path::kLocalHandoff;
+    r.pod = "shop/client";
+    r.source = "10.244.1.5:40000";
+    r.destination = "10.244.1.6:8080";
+    r.source_principal = kWeb;
+    r.destination_principal = kApi;
+    m.opened(1, r);
+    m.transferred(1, r, 10, 20);
+    auto all = scrape(m);
+    for (const char* reporter : {"source", "destination"}) {
+      std::map<std::string, std::string> want = {{"reporter", reporter},
+                                                 {"source_workload", "client"},
+                                                 {"source_workload_namespace", "shop"},
+                                                 {"source_canonical_revision", "latest"},
+                                                 {"source_principal", kWeb},
+                                                 {"destination_principal", kApi},
+                                                 {"destination_workload", "unknown"},
+                                                 {"connection_security_policy", "unknown"}};
+      CHECK(value(all, "istio_tcp_connections_opened_total", want) == 1);
+      CHECK(value(all, "istio_tcp_received_bytes_total", want) == 10);
+      CHECK(value(all, "istio_tcp_sent_bytes_total", want) == 20);
+    }
+  }
+
+  TEST_CASE("bytes advance while the connection is open; request bytes are 'received'") {
+    TcpMetrics m({.workers = 2}, &meshIndex());
+    auto r = outboundHbone(1);
+    m.opened(1, r);
+    m.transferred(1, r, 100, 0);  // client -> server
+    m.transferred(1, r, 0, 7000);
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_received_bytes_total") == 100);
+    CHECK(value(all, "istio_tcp_sent_bytes_total") == 7000);
+    CHECK(value(all, "istio_tcp_connections_closed_total") == 0);
+    m.transferred(1, r, 1, 1);
+    r.reason = CloseReason::kEof;
+    m.closed(1, r);
+    all = scrape(m);
+    CHECK(value(all, "istio_tcp_received_bytes_total") == 101);
+    CHECK(value(all, "istio_tcp_sent_bytes_total") == 7001);
+    CHECK(value(all, "istio_tcp_connections_closed_total") == 1);
+    CHECK(find(all, "istio_tcp_connections_failed_total").empty());
+    // Unknown connections (opened before the observer, or on a bad worker) are ignored.
+    m.transferred(0, outboundHbone(99), 5, 5);
+    m.closed(5, outboundHbone(99));
+  }
+
+  TEST_CASE("one series per label set; workers merge at scrape time") {
+    TcpMetrics m({.workers = 3}, &meshIndex());
+    for (unsigned w = 0; w < 3; ++w) {
+      auto r = outboundHbone(10 + w);
+      m.opened(w, r);
+      m.transferred(w, r, w + 1, 10 * (w + 1));
+    }
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total") == 3);
+    CHECK(value(all, "istio_tcp_received_bytes_total") == 6);
+    CHECK(value(all, "istio_tcp_sent_bytes_total") == 60);
+    CHECK(m.seriesCount() == 1);
+  }
+
+  TEST_CASE("denied and failed connections: opened under '-', closed and failed under the flags") {
+    TcpMetrics m({}, &meshIndex());
+    auto denied = inboundHbone(1);
+    m.opened(0, denied);
+    denied.reason = CloseReason::kDenied;
+    m.closed(0, denied);
+    auto refused = outboundHbone(2);
+    m.opened(0, refused);
+    refused.reason = CloseReason::kConnectError;
+    refused.reason_detail = "Connection refused";
+    m.closed(0, refused);
+    auto all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"}, {"response_flags", "-"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_closed_total",
+                {{"reporter", "destination"}, {"response_flags", "DENY"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_failed_total",
+                {{"reporter", "destination"}, {"response_flags", "DENY"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_failed_total",
+                {{"reporter", "source"}, {"response_flags", "CONNECT"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_closed_total",
+                {{"reporter", "source"}, {"response_flags", "-"}}) == 0);
+
+    ConnectionRecord r;
+    r.reason = CloseReason::kRefused;
+    r.reason_detail = "403";
+    CHECK(std::string(responseFlags(r)) == "DENY");
+    r.reason_detail = "503";
+    CHECK(std::string(responseFlags(r)) == "CONNECT");
+    r.reason = CloseReason::kNoTunnel;
+    r.reason_detail = "tls_handshake_failed";
+    CHECK(std::string(responseFlags(r)) == "TLS_FAILURE");
+    r.reason = CloseReason::kConnectTimeout;
+    CHECK(std::string(responseFlags(r)) == "CONNECT");
+    for (auto ok : {CloseReason::kEof, CloseReason::kReset, CloseReason::kPodRemoved,
+                    CloseReason::kStreamReset}) {
+      r.reason = ok;
+      CHECK(std::string(responseFlags(r)) == "-");
+    }
+  }
+
+  TEST_CASE("idle series are dropped after the idle time, never while a connection is open") {
+    FakeClock clock;
+    TcpMetrics m({.workers = 1, .idle = std::chrono::minutes(10)}, &meshIndex(), clock.fn());
+    auto open = outboundHbone(1);
+    m.opened(0, open);
+    auto done = inboundHbone(2);
+    m.opened(0, done);
+    done.reason = CloseReason::kEof;
+    m.closed(0, done);
+    CHECK(m.seriesCount() == 2);
+    clock.t += std::chrono::minutes(9);
+    m.evictIdle();
+    CHECK(m.seriesCount() == 2);
+    clock.t += std::chrono::minutes(2);
+    auto all = scrape(m);  // a scrape evicts
+    CHECK(m.seriesCount() == 1);
+    CHECK(m.seriesEvicted() == 1);
+    CHECK(value(all, "sluice_telemetry_series_evicted_total") == 1);
+    CHECK(find(all, "istio_tcp_connections_opened_total", {{"reporter", "destination"}}).empty());
+    // The long-lived connection keeps its series, and keeps counting.
+    clock.t += std::chrono::hours(5);
+    m.transferred(0, open, 3, 4);
+    all = scrape(m);
+    CHECK(value(all, "istio_tcp_received_bytes_total", {{"reporter", "source"}}) == 3);
+    open.reason = CloseReason::kEof;
+    m.closed(0, open);
+    clock.t += std::chrono::minutes(10);
+    m.evictIdle();
+    CHECK(m.seriesCount() == 0);
+  }
+
+  TEST_CASE("series created between scrapes join the label order, evicted ones leave it") {
+    FakeClock clock;
+    TcpMetrics m({.workers = 1, .idle = std::chrono::minutes(10)}, &meshIndex(), clock.fn());
+    auto opened = [&] {  // the istio_tcp_connections_opened_total lines, in page order
+      TextWriter w;
+      m.write(w);
+      std::vector<std::string> lines;
+      std::istringstream in(w.take());
+      for (std::string line; std::getline(in, line);)
+        if (line.starts_with("istio_tcp_connections_opened_total{")) lines.push_back(line);
+      return lines;
+    };
+    uint64_t id = 1;
+    auto connect = [&](const char* service) {
+      auto r = outboundHbone(id++);
+      r.destination_service = service;
+      r.reason = CloseReason::kEof;
+      m.opened(0, r);
+      m.closed(0, r);
+    };
+    connect("shop/m");
+    CHECK(opened().size() == 1);
+    for (const char* s : {"shop/z", "shop/a", "shop/q"}) connect(s);
+    clock.t += std::chrono::minutes(5);
+    connect("shop/b");  // newer than the others: outlives them below
+    auto lines = opened();
+    REQUIRE(lines.size() == 5);
+    CHECK(std::is_sorted(lines.begin(), lines.end()));
+    clock.t += std::chrono::minutes(6);  // all but shop/b idle for 10 minutes
+    connect("shop/c");
+    lines = opened();
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0].find("destination_service_name=\"b\"") != std::string::npos);
+    CHECK(lines[1].find("destination_service_name=\"c\"") != std::string::npos);
+  }
+
+  TEST_CASE("the series cap: new label sets are dropped and counted; idle ones make room") {
+    FakeClock clock;
+    TcpMetrics m({.workers = 1, .max_series = 2, .idle = std::chrono::minutes(10)}, &meshIndex(),
+                 clock.fn());
+    auto a = outboundHbone(1);
+    auto b = inboundHbone(2);
+    ConnectionRecord c = outboundHbone(3);
+    c.destination_service = "shop/other";
+    m.opened(0, a);
+    m.opened(0, b);
+    m.opened(0, c);  // a third label set
+    m.transferred(0, c, 5, 5);
+    CHECK(m.seriesCount() == 2);
+    CHECK(m.seriesDropped() == 1);
+    auto all = scrape(m);
+    CHECK(value(all, "sluice_telemetry_series_dropped_total") == 1);
+    CHECK(value(all, "sluice_telemetry_series") == 2);
+    CHECK(find(all, "istio_tcp_connections_opened_total", {{"destination_service_name", "other"}})
+              .empty());
+    // Once `b` has been idle long enough, a new label set takes its place.
+    b.reason = CloseReason::kEof;
+    m.closed(0, b);
+    m.closed(0, c);  // was never counted: ignored
+    clock.t += std::chrono::minutes(11);
+    ConnectionRecord d = outboundHbone(4);
+    d.destination_service = "shop/other";
+    m.opened(0, d);
+    CHECK(m.seriesDropped() == 1);
+    all = scrape(m);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"destination_service_name", "other"}}) == 1);
+  }
+}
