@@ -198,27 +198,18 @@ FlagTable flagTable(Flags& f) {
               "relay every connection as bytes: no HTTP detection, no\n"
               "istio_requests_total and request histograms",
               [&f] { f.http_detection = false; })
-      .value("--node-probes", "allow|policy",
-             "plaintext from this node's own address to its pods (kubelet\n"
-             "probes): allow = always allowed, even under STRICT mTLS and\n"
-             "whatever AuthorizationPolicies say (as Istio ambient does);\n"
-             "policy = treated like any plaintext client (default allow)",
-             [&f](const std::string& v) -> std::string {
-               if (v != "allow" && v != "policy")
-                 return "must be 'allow' or 'policy', got '" + v + "'";
-               f.allow_node_probes = v == "allow";
-               return "";
-             })
-      .value("--sockmap", "on|off",
-             "same-node acceleration: the app <-> proxy hops inside a pod\n"
-             "skip loopback TCP (sockhash + sk_msg); a kernel that refuses\n"
-             "it falls back to off, logged and shown in /config_dump\n"
-             "(default off)",
-             [&f](const std::string& v) -> std::string {
-               if (v != "on" && v != "off") return "must be 'on' or 'off', got '" + v + "'";
-               f.sockmap = v == "on";
-               return "";
-             })
+      .choice("--node-probes", {"allow", "policy"},
+              "plaintext from this node's own address to its pods (kubelet\n"
+              "probes): allow = always allowed, even under STRICT mTLS and\n"
+              "whatever AuthorizationPolicies say (as Istio ambient does);\n"
+              "policy = treated like any plaintext client (default allow)",
+              [&f](const std::string& v) { f.allow_node_probes = v == "allow"; })
+      .choice("--sockmap", {"on", "off"},
+              "same-node acceleration: the app <-> proxy hops inside a pod\n"
+              "skip loopback TCP (sockhash + sk_msg); a kernel that refuses\n"
+              "it falls back to off, logged and shown in /config_dump\n"
+              "(default off)",
+              [&f](const std::string& v) { f.sockmap = v == "on"; })
       .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
              [&f](const std::string& v) -> std::string {
                for (const char* l : {"trace", "debug", "info", "warn", "error"})

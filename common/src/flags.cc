@@ -14,6 +14,23 @@ FlagTable& FlagTable::value(std::string name, std::string metavar, std::string h
   return *this;
 }
 
+FlagTable& FlagTable::choice(std::string name, std::vector<std::string> words, std::string help,
+                             std::function<void(const std::string& word)> apply) {
+  std::string metavar, allowed;  // "a|b|c" and "'a', 'b' or 'c'"
+  for (size_t i = 0; i < words.size(); ++i) {
+    metavar += (i ? "|" : "") + words[i];
+    allowed += (i == 0 ? "" : i + 1 == words.size() ? " or " : ", ") + ("'" + words[i] + "'");
+  }
+  return value(std::move(name), metavar, std::move(help),
+               [words = std::move(words), allowed,
+                apply = std::move(apply)](const std::string& v) -> std::string {
+                 if (std::find(words.begin(), words.end(), v) == words.end())
+                   return "must be " + allowed + ", got '" + v + "'";
+                 apply(v);
+                 return "";
+               });
+}
+
 FlagTable& FlagTable::toggle(std::string name, std::string help, std::function<void()> apply) {
   flags_.push_back({std::move(name), "", "", std::move(help), nullptr, std::move(apply)});
   return *this;

@@ -96,6 +96,13 @@ TEST_SUITE("flag table") {
     int argc() const { return static_cast<int>(ptrs.size()); }
     char** argv() { return ptrs.data(); }
   };
+  // What `t` says to "prog WORDS...": its error message, or "<accepted>".
+  std::string parseError(const sluice::FlagTable& t, std::vector<std::string> words) {
+    words.insert(words.begin(), "prog");
+    Argv a(std::move(words));
+    auto r = t.parse(a.argc(), a.argv());
+    return r ? std::string("<accepted>") : r.error().message;
+  }
 
   TEST_CASE("every documented flag is parsed - values are checked - --help wins") {
     std::string name;
@@ -168,11 +175,8 @@ TEST_SUITE("flag table") {
     CHECK(out == "json");
 
     auto error = [&](std::vector<std::string> words) {
-      words.insert(words.begin(), "prog");
       command.clear();
-      Argv a(std::move(words));
-      auto r = t.parse(a.argc(), a.argv());
-      return r ? std::string("<accepted>") : r.error().message;
+      return parseError(t, std::move(words));
     };
     CHECK(error({"--output"}) == "flag --output needs a value");
     CHECK(error({"-o"}) == "flag -o needs a value");
@@ -188,5 +192,29 @@ TEST_SUITE("flag table") {
     auto p = no_positional.parse(stray.argc(), stray.argv());
     REQUIRE_FALSE(p.has_value());
     CHECK(p.error().message == "unexpected argument 'oops'");
+  }
+
+  TEST_CASE("a choice takes one of its words and names them all when refusing another") {
+    std::string mode = "unset";
+    bool probes = true;
+    sluice::FlagTable t;
+    t.choice("--mode", {"fast", "safe", "off"}, "how to run",
+             [&](const std::string& v) { mode = v; });
+    t.choice("--probes", {"allow", "policy"}, "kubelet probes",
+             [&](const std::string& v) { probes = v == "allow"; });
+    CHECK(t.help().find("  --mode fast|safe|off     how to run\n") != std::string::npos);
+    CHECK(t.help().find("  --probes allow|policy") != std::string::npos);
+
+    Argv ok({"prog", "--mode", "safe", "--probes=policy"});
+    REQUIRE(t.parse(ok.argc(), ok.argv()).has_value());
+    CHECK(mode == "safe");
+    CHECK_FALSE(probes);
+
+    CHECK(parseError(t, {"--probes", "deny"}) ==
+          "--probes must be 'allow' or 'policy', got 'deny'");
+    CHECK(parseError(t, {"--mode=Fast"}) == "--mode must be 'fast', 'safe' or 'off', got 'Fast'");
+    CHECK(parseError(t, {"--mode="}) == "--mode must be 'fast', 'safe' or 'off', got ''");
+    CHECK(mode == "safe");  // a refused value changes nothing
+    CHECK_FALSE(probes);
   }
 }

@@ -23,6 +23,10 @@ class FlagTable {
 
   // "--name METAVAR": takes a value. `help` may span lines ('\n').
   FlagTable& value(std::string name, std::string metavar, std::string help, Apply apply);
+  // "--name a|b|c": takes one of `words` (listed as the METAVAR) and hands it
+  // to `apply`; any other value is refused with a message naming them all.
+  FlagTable& choice(std::string name, std::vector<std::string> words, std::string help,
+                    std::function<void(const std::string& word)> apply);
   // "--name": takes no value.
   FlagTable& toggle(std::string name, std::string help, std::function<void()> apply);
   // A one-letter spelling ("-o") of the flag declared last.
