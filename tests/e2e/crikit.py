@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-from labkit import BUILD, LAB_DIR, REPO, _lab, run, wait_for
+from labkit import BUILD, LAB_DIR, REPO, _lab, run, stop_process, wait_for
 
 CRI_CLIENT = os.path.join(BUILD, "tests", "cri", "cri_client")
 PAUSE = os.path.join(BUILD, "tests", "cri", "sluice-pause")
@@ -145,12 +145,7 @@ class Containerd:
             for sid in list(self.sandboxes):  # as the kubelet would: stop, then remove
                 self.cri("--timeout", "20", "stop", sid, check=False, timeout=30)
                 self.cri("--timeout", "20", "remove", sid, check=False, timeout=30)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         # Containers the shims still run (containerd was killed, or a remove failed).
         runc_root = os.path.join(self.dir, "runc", "k8s.io")
         containers = os.listdir(runc_root) if os.path.isdir(runc_root) else []

@@ -73,6 +73,18 @@ def run(args, check=True, timeout=120, input=None, env=None):
     return p
 
 
+def stop_process(p, timeout=15):
+    """Stops a Popen politely: SIGTERM, up to `timeout` seconds to exit, then SIGKILL.
+    Returns its exit status; one that already exited is only reaped."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return p.wait()
+
+
 def wait_for(what, fn, timeout=15.0, interval=0.05):
     """Polls fn() until it returns a truthy value; fails with `what` on timeout."""
     deadline = time.monotonic() + timeout

@@ -17,14 +17,14 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 import labkit
-from labkit import LAB, APP, LabTest, REPO, metric_sum, parse_metrics, promtool_check_metrics, run, wait_for
+from labkit import (LAB, APP, LabTest, REPO, metric_sum, parse_metrics, promtool_check_metrics, run, stop_process,
+                    wait_for)
 
 sys.path.insert(0, os.path.join(REPO, "tests", "support"))
 import dashboards  # noqa: E402
@@ -159,13 +159,7 @@ class DashboardsTest(LabTest):
     @classmethod
     def stop_prometheus(cls):
         if cls.prom is not None:
-            if cls.prom.poll() is None:
-                cls.prom.send_signal(signal.SIGTERM)
-                try:
-                    cls.prom.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    cls.prom.kill()
-                    cls.prom.wait()
+            stop_process(cls.prom)
             cls.prom = None
             cls.prom_log.close()
         if cls.prom_dir:
