@@ -21,7 +21,6 @@ using namespace sluice::agent::telemetry;
 using namespace sluice::agent::telemetry::test_scrape;
 using test::freePort;
 using test::httpGet;
-using ztunnel::CloseReason;
 
 // Agent and node health metrics, promtool, and the /metrics endpoint.
 TEST_SUITE("telemetry") {

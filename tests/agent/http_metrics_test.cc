@@ -10,9 +10,6 @@
 using namespace sluice;
 using namespace sluice::agent::telemetry;
 using namespace sluice::agent::telemetry::test_scrape;
-using ztunnel::ConnectionRecord;
-using ztunnel::Direction;
-using ztunnel::Path;
 
 namespace {
 

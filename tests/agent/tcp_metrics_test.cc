@@ -11,10 +11,6 @@
 using namespace sluice;
 using namespace sluice::agent::telemetry;
 using namespace sluice::agent::telemetry::test_scrape;
-using ztunnel::CloseReason;
-using ztunnel::ConnectionRecord;
-using ztunnel::Direction;
-using ztunnel::Path;
 
 // Istio's TCP metrics (agent/telemetry/tcp_metrics.cc).
 TEST_SUITE("telemetry") {

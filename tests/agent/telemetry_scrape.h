@@ -20,6 +20,11 @@
 
 namespace sluice::agent::telemetry::test_scrape {
 
+using ztunnel::CloseReason;
+using ztunnel::ConnectionRecord;
+using ztunnel::Direction;
+using ztunnel::Path;
+
 inline constexpr const char* kWeb = "spiffe://cluster.local/ns/shop/sa/web";
 inline constexpr const char* kApi = "spiffe://cluster.local/ns/shop/sa/api";
 
@@ -125,11 +130,11 @@ inline WorkloadIndex& meshIndex() {
   return idx;
 }
 
-inline ztunnel::ConnectionRecord outboundHbone(uint64_t id) {
-  ztunnel::ConnectionRecord r;
+inline ConnectionRecord outboundHbone(uint64_t id) {
+  ConnectionRecord r;
   r.id = id;
-  r.direction = ztunnel::Direction::kOutbound;
-  r.path = ztunnel::Path::kHbone;
+  r.direction = Direction::kOutbound;
+  r.path = Path::kHbone;
   r.pod = "shop/client-7d9f8b6c5-x2x4z";
   r.source = "10.244.1.5:40000";
   r.destination = "10.244.2.7:5432";
@@ -140,9 +145,9 @@ inline ztunnel::ConnectionRecord outboundHbone(uint64_t id) {
   return r;
 }
 
-inline ztunnel::ConnectionRecord inboundHbone(uint64_t id) {
-  ztunnel::ConnectionRecord r = outboundHbone(id);
-  r.direction = ztunnel::Direction::kInbound;
+inline ConnectionRecord inboundHbone(uint64_t id) {
+  ConnectionRecord r = outboundHbone(id);
+  r.direction = Direction::kInbound;
   r.pod = "shop/db-0";
   r.destination_service.clear();  // the server side does not know the Service
   return r;
