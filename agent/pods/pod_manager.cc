@@ -42,6 +42,7 @@ ztunnel::PodSpec engineSpec(const LocalPod& pod) {
   spec.service_account = pod.service_account;
   spec.identity = pod.identity;
   spec.ip4 = pod.ref.ip4;
+  if (auto a6 = IpAddr::parse(pod.ref.ip6)) spec.ip6 = *a6;
   spec.netns_cookie = pod.netns_cookie;
   spec.netns_fd = pod.netns.get();
   return spec;

@@ -123,7 +123,7 @@ TEST_SUITE("mesh directory") {
     v.services["shop/web"] = service("shop", "web", false, {{"", 80}}, {{"10.244.1.7", 8080}});
     agent::discovery::MeshDirectory dir("cluster.local");
     dir.update(v);
-    auto ip = [](const char* text) { return *parseIp4(text); };
+    auto ip = [](const char* text) { return *IpAddr::parse(text); };
     CHECK(dir.headlessService(ip("10.244.1.7"), htons(5433)) == "shop/db");
     CHECK(dir.headlessService(ip("10.244.2.8"), htons(5433)) == "shop/db");
     // The Service port is not the endpoint's: only the target port is.

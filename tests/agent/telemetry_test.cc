@@ -110,7 +110,7 @@ std::vector<Sample> scrape(TcpMetrics& m) {
   return parse(w.take());
 }
 
-uint32_t ip(const char* text) { return *parseIp4(text); }
+IpAddr ip(const char* text) { return *IpAddr::parse(text); }
 
 // client (shop, node1, Deployment "client") -> server (shop, node2, StatefulSet "db").
 WorkloadIndex& meshIndex() {

@@ -18,11 +18,7 @@ sockaddr_in ep(const char* ip, uint16_t port = 8080) {
   a.sin_port = htons(port);
   return a;
 }
-std::string str(const sockaddr_in& a) {
-  char buf[INET_ADDRSTRLEN];
-  inet_ntop(AF_INET, &a.sin_addr, buf, sizeof(buf));
-  return buf;
-}
+std::string str(const sluice::SockAddr& a) { return a.ip().str(); }
 ServiceTarget three() {
   return ServiceTarget{"shop/web", {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}};
 }
@@ -62,7 +58,7 @@ TEST_SUITE("ztunnel/balancer") {
     CHECK(count["10.0.0.3"] < 3000 / 10);
     // Open connections count: the endpoint holding many is avoided.
     Balancer c({}, 3);
-    std::vector<sockaddr_in> held;
+    std::vector<sluice::SockAddr> held;
     for (int i = 0; i < 50; ++i) {
       auto e = c.pick(ServiceTarget{"s", {ep("10.0.0.1")}}, {}, now);
       held.push_back(*e);
@@ -95,7 +91,7 @@ TEST_SUITE("ztunnel/balancer") {
       b.closed(*e);
     }
     // Retries never repeat an endpoint; with all tried there is none left.
-    std::vector<sockaddr_in> tried = {ep("10.0.0.1"), ep("10.0.0.3")};
+    std::vector<sluice::SockAddr> tried = {ep("10.0.0.1"), ep("10.0.0.3")};
     auto last = b.pick(svc, tried, now + 1s);
     REQUIRE(last.has_value());  // only the ejected one is left: trying beats refusing
     CHECK(str(*last) == "10.0.0.2");

@@ -60,8 +60,8 @@ std::vector<unsigned char> recvAll(int fd) {
 // Nothing is meshed; there is no view until has_view is set.
 class FakeDirectory final : public ztunnel::MeshDirectory {
  public:
-  std::optional<ztunnel::MeshWorkload> meshed(uint32_t) override { return std::nullopt; }
-  std::shared_ptr<const ztunnel::ServiceTarget> service(uint32_t, uint16_t) override {
+  std::optional<ztunnel::MeshWorkload> meshed(const IpAddr&) override { return std::nullopt; }
+  std::shared_ptr<const ztunnel::ServiceTarget> service(const IpAddr&, uint16_t) override {
     return nullptr;
   }
   bool hasView() override { return has_view; }
@@ -77,7 +77,7 @@ class FakeAuthorizer final : public ztunnel::InboundAuthorizer {
     last_path = r.path;
     last_pod = std::string(r.pod);
     last_principal = std::string(r.source_principal);
-    last_port = ntohs(r.destination.sin_port);
+    last_port = r.destination.port();
     if (deny) return {ztunnel::Verdict::kDeny, "fake policy"};
     return {};
   }
