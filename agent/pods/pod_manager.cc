@@ -206,7 +206,7 @@ Result<void> PodManager::enroll(LocalPod& pod) {
     return r;
   }
   sluice_enrolled value{pod.ref.ip4, 0};
-  if (auto r = loader_.enrolled().update(pod.netns_cookie, value); !r) {
+  if (auto r = loader_.enroll(pod.netns_cookie, value, pod.ref.ip6); !r) {
     loader_.detachTc(pod.netns.get(), pod.ref.ifname);
     engine_.removePod(spec.uid);
     return r;
@@ -235,7 +235,7 @@ void PodManager::reregister(LocalPod& pod) {
     // let the next view try the whole enrollment again.
     pod.last_error = r.error().describe();
     logger()->error("registering pod {} again failed: {}", podName(pod.ref), pod.last_error);
-    loader_.enrolled().erase(pod.netns_cookie);
+    loader_.unenroll(pod.netns_cookie);
     loader_.detachTc(pod.netns.get(), pod.ref.ifname);
     pod.enrolled = false;
     persist();
@@ -246,7 +246,7 @@ void PodManager::reregister(LocalPod& pod) {
 
 void PodManager::unenroll(LocalPod& pod) {
   if (!pod.enrolled) return;
-  loader_.enrolled().erase(pod.netns_cookie);
+  loader_.unenroll(pod.netns_cookie);
   loader_.detachTc(pod.netns.get(), pod.ref.ifname);
   engine_.removePod(pod.ref.container_id);
   pod.enrolled = false;
@@ -337,7 +337,7 @@ void PodManager::restore() {
     bool ours = false;
     for (const auto& [id, pod] : pods_) ours = ours || (pod.enrolled && pod.netns_cookie == cookie);
     if (!ours) {
-      loader_.enrolled().erase(cookie);
+      loader_.unenroll(cookie);
       logger()->info("removed stale netns cookie {} from the enrolled map", cookie);
     }
   }

@@ -3,12 +3,14 @@
 
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <set>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 #include "support/bpf_env.h"
 #include "support/scratch_netns.h"
 
@@ -201,11 +203,22 @@ TEST_SUITE("pod_manager") {
       CHECK(dump["pods"][0]["ip"] == "10.77.2.5");
       CHECK(dump["pods"][0]["ip6"] == "fd00:244:1::5");
     }
+    // connect6 knows the pod's own IPv6 address (never captured towards it).
+    auto own6 = [&] {
+      auto v = f.loader->enrolled6().lookup(f.cookie);
+      if (!v) return std::string("none");
+      in6_addr a{};
+      std::memcpy(&a, v->pod_ip6, sizeof(a));
+      return formatIp6(a);
+    };
+    CHECK(own6() == "fd00:244:1::5");
     f.engine.forget();
     pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     again.restore();
     CHECK(again.dump()["pods"][0]["ip6"] == "fd00:244:1::5");
+    CHECK(own6() == "fd00:244:1::5");
     again.remove("ctr-1", "uid-1");
+    CHECK(own6() == "none");
     again.onWorkloads(Fixture::view(true), 2);
 
     pods::PodRef v6only = dual;

@@ -67,18 +67,22 @@ class DualStackTest(LabTest):
         self.assertIn(f"peer={self.lab.ip('legacy', 'client', 6)} ", out)
         self.assertIn(f"local={server6}:8086", out)
 
-    def test_ipv6_to_an_enrolled_pod_is_dropped_and_from_it_goes_direct(self):
-        # No proxy listener takes IPv6 yet: the SYN is dropped at the enrolled pod's
-        # interface rather than let to the app around mTLS and policy.
-        server6 = self.lab.ip("shop", "server", 6)
-        refused = self.lab.exec("legacy/client", sys.executable, APP, "get", server6, "8086", "3", check=False)
+    def test_ipv6_to_an_enrolled_pod_is_dropped_and_from_it_is_captured(self):
+        # No proxy listener takes IPv6 on this branch: the SYN is dropped at the enrolled
+        # pod's interface rather than let to the app around mTLS and policy, and counted.
+        lab = self.lab
+        server6 = lab.ip("shop", "server", 6)
+        refused = lab.exec("legacy/client", sys.executable, APP, "get", server6, "8086", "3", check=False)
         self.assertNotEqual(refused.returncode, 0, refused.stdout)
         self.assertIn("timed out", refused.stderr)
-        # The enrolled pod's own IPv6 connections are not captured: they go direct, and their
-        # replies pass its interface.
-        legacy6 = self.lab.ip("legacy", "server", 6)
-        out = self.lab.exec("shop/client", sys.executable, APP, "get", legacy6, "8086").stdout
-        self.assertIn(f"peer={self.lab.ip('shop', 'client', 6)} ", out)
+        self.assertGreater(lab.ctl("node2", "stats")["bpf"]["ip6_tc_no_listener_dropped"], 0)
+        # The enrolled pod's own IPv6 connections are captured by connect6 (to its [::1]:15001):
+        # with no proxy listener there they are refused, never sent around the mesh.
+        legacy6 = lab.ip("legacy", "server", 6)
+        out = lab.exec("shop/client", sys.executable, APP, "get", legacy6, "8086", "3", check=False)
+        self.assertNotEqual(out.returncode, 0, out.stdout)
+        self.assertIn("refused", out.stderr)
+        self.assertGreater(lab.ctl("node1", "stats")["bpf"]["ip6_connect_redirected"], 0)
 
     def test_discovery_carries_both_addresses(self):
         server4, server6 = self.server_ip, self.lab.ip("shop", "server", 6)
