@@ -103,4 +103,31 @@ TEST_SUITE("ztunnel/balancer") {
     b.result(ep("10.0.0.1"), true, 100us, now);
     CHECK_FALSE(b.result(ep("10.0.0.1"), false, 0us, now));
   }
+
+  TEST_CASE("IPv6 endpoints are kept apart by address and port") {
+    auto now = Balancer::Clock::now();
+    auto e6 = [](const char* text) { return *sluice::SockAddr::parse(text); };
+    ServiceTarget svc{"shop/six", {e6("[fd00:244:1::7]:8080"), e6("[fd00:244:2::8]:8080")}};
+    Balancer b({}, 11);
+    std::vector<sluice::SockAddr> tried;
+    auto first = b.pick(svc, tried, now);
+    REQUIRE(first.has_value());
+    tried.push_back(*first);
+    auto second = b.pick(svc, tried, now);
+    REQUIRE(second.has_value());
+    CHECK(*second != *first);
+    tried.push_back(*second);
+    CHECK_FALSE(b.pick(svc, tried, now).has_value());
+    CHECK(b.open(e6("[fd00:244:1::7]:8080")) == 1);
+    CHECK(b.open(e6("[fd00:244:1::7]:8081")) == 0);
+    for (int i = 0; i < 3; ++i) b.result(e6("[fd00:244:2::8]:8080"), false, 0us, now);
+    CHECK(b.ejected(e6("[fd00:244:2::8]:8080"), now));
+    CHECK_FALSE(b.ejected(e6("[fd00:244:1::7]:8080"), now));
+    for (int i = 0; i < 5; ++i) {
+      auto p = b.pick(svc, {}, now);
+      REQUIRE(p.has_value());
+      CHECK(p->str() == "[fd00:244:1::7]:8080");  // the healthy one
+      b.closed(*p);
+    }
+  }
 }

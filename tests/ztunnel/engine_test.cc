@@ -15,6 +15,8 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -468,5 +470,45 @@ TEST_SUITE("engine") {
     auto client = pod.connectProxy();
     UniqueFd app(::accept(server.get(), nullptr, nullptr));
     CHECK(app.valid());
+  }
+
+  TEST_CASE("a dual-stack pod: IPv6 listeners, and [::1]:15001 relays to the IPv6 destination") {
+    Pod pod(true);
+    Running run(pod);
+    std::set<std::pair<std::string, std::string>> listeners;
+    for (const auto& l : run.engine->listeners()) listeners.emplace(l.kind, l.address);
+    CHECK(listeners ==
+          std::set<std::pair<std::string, std::string>>{{"outbound", "127.0.0.1:15001"},
+                                                        {"inbound", "10.77.3.5:15006"},
+                                                        {"outbound6", "[::1]:15001"},
+                                                        {"inbound6", "[fd00:77:3::5]:15006"}});
+    auto server = pod.listen6(9006);
+    run.resolver.dst6 = SockAddr(*IpAddr::parse(kPodIp6), 9006).in6();
+    std::string peer;
+    std::thread srv([&] {
+      sockaddr_in6 from{};
+      socklen_t len = sizeof(from);
+      int c = ::accept(server.get(), reinterpret_cast<sockaddr*>(&from), &len);
+      REQUIRE(c >= 0);
+      peer = SockAddr(from).ip().str();
+      const char reply[] = "six";
+      ::send(c, reply, 3, 0);
+      ::shutdown(c, SHUT_WR);
+      recvAll(c);
+      ::close(c);
+    });
+    auto client = pod.connectProxy(true);
+    ::shutdown(client.get(), SHUT_WR);
+    auto got = recvAll(client.get());
+    srv.join();
+    CHECK(std::string(got.begin(), got.end()) == "six");
+    CHECK(peer == kPodIp6);  // passthrough leaves from the pod's own IPv6 address
+    CHECK(eventually([&] {
+      for (const auto& c : run.engine->connections())
+        if (c.destination == "[fd00:77:3::5]:9006" && c.state == ztunnel::ConnState::kClosed)
+          return c.path == ztunnel::Path::kPassthrough && c.source.starts_with("[fd00:77:3::5]:") &&
+                 c.reason == ztunnel::CloseReason::kEof && c.bytes_received == 3;
+      return false;
+    }));
   }
 }
