@@ -193,11 +193,8 @@ void PodManager::reconcile(LocalPod& pod) {
 }
 
 Result<void> PodManager::enroll(LocalPod& pod) {
-  if (pod.ref.ip4 == 0 && !pod.ref.ip6.empty())
-    return fail("the pod has only an IPv6 address (" + pod.ref.ip6 +
-                "): Sluice meshes pods over IPv4, IPv6-only pods are not supported yet; give the "
-                "pod an IPv4 address too (dual stack) or take its namespace out of the mesh");
-  if (pod.ref.ip4 == 0) return fail("the pod has no IPv4 address in the CNI result");
+  if (pod.ref.ip4 == 0 && pod.ref.ip6.empty())
+    return fail("the pod has no IP address in the CNI result (prevResult.ips)");
   ztunnel::PodSpec spec = engineSpec(pod);
   if (auto r = engine_.addPod(spec); !r) return r;
   pod.engine_service_account = pod.service_account;
@@ -214,8 +211,9 @@ Result<void> PodManager::enroll(LocalPod& pod) {
   pod.enrolled = true;
   pod.last_error.clear();
   persist();
-  logger()->info("pod {} enrolled (ip {}, netns cookie {})", podName(pod.ref),
-                 formatIp4(pod.ref.ip4), pod.netns_cookie);
+  logger()->info("pod {} enrolled (ip {}{}{}, netns cookie {})", podName(pod.ref),
+                 pod.ref.ip4 ? formatIp4(pod.ref.ip4) : "none", pod.ref.ip6.empty() ? "" : ", ip6 ",
+                 pod.ref.ip6, pod.netns_cookie);
   return {};
 }
 

@@ -190,7 +190,9 @@ TEST_SUITE("pod_manager") {
     CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
   }
 
-  TEST_CASE("dual stack: the IPv6 address is kept and survives a restart - IPv6-only is refused") {
+  TEST_CASE(
+      "dual stack: the IPv6 address is kept and survives a restart - an IPv6-only pod is "
+      "enrolled") {
     Fixture f;
     pods::PodRef dual = f.ref();
     dual.ip6 = "fd00:244:1::5";
@@ -224,11 +226,23 @@ TEST_SUITE("pod_manager") {
     pods::PodRef v6only = dual;
     v6only.ip4 = 0;
     v6only.container_id = "ctr-6";
+    // An IPv6-only pod is meshed too (the proxy listens on its IPv6 address).
     auto r = again.add(v6only, std::chrono::milliseconds(50));
-    REQUIRE_FALSE(r.has_value());
-    CHECK(r.error().describe().find("only an IPv6 address (fd00:244:1::5)") != std::string::npos);
-    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    REQUIRE(r.value_or(false));
+    CHECK(f.engine.has("ctr-6"));
+    CHECK(own6() == "fd00:244:1::5");
+    again.remove("ctr-6", "uid-1");
     CHECK_FALSE(f.engine.has("ctr-6"));
+    CHECK(own6() == "none");
+    // Without any address there is nothing to mesh: refused, nothing left behind.
+    pods::PodRef none = v6only;
+    none.ip6.clear();
+    none.container_id = "ctr-0";
+    auto r0 = again.add(none, std::chrono::milliseconds(50));
+    REQUIRE_FALSE(r0.has_value());
+    CHECK(r0.error().describe().find("no IP address") != std::string::npos);
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    CHECK_FALSE(f.engine.has("ctr-0"));
   }
 
   TEST_CASE("an enrollment failure fails ADD and leaves no capture behind") {
