@@ -472,7 +472,7 @@ TEST_SUITE("engine") {
     CHECK(app.valid());
   }
 
-  TEST_CASE("a dual-stack pod: IPv6 listeners, and [::1]:15001 relays to the IPv6 destination") {
+  TEST_CASE("a dual-stack pod: IPv6 listeners, and [::1]:15001 hands an IPv6 connection off") {
     Pod pod(true);
     Running run(pod);
     std::set<std::pair<std::string, std::string>> listeners;
@@ -502,11 +502,14 @@ TEST_SUITE("engine") {
     auto got = recvAll(client.get());
     srv.join();
     CHECK(std::string(got.begin(), got.end()) == "six");
-    CHECK(peer == kPodIp6);  // passthrough leaves from the pod's own IPv6 address
+    // The destination is an enrolled pod of this node (the pod itself): handed
+    // off inside its netns, from the client pod's IPv6 address (IPV6_TRANSPARENT).
+    CHECK(peer == kPodIp6);
     CHECK(eventually([&] {
       for (const auto& c : run.engine->connections())
         if (c.destination == "[fd00:77:3::5]:9006" && c.state == ztunnel::ConnState::kClosed)
-          return c.path == ztunnel::Path::kPassthrough && c.source.starts_with("[fd00:77:3::5]:") &&
+          return c.path == ztunnel::Path::kLocalHandoff &&
+                 c.source.starts_with("[fd00:77:3::5]:") &&
                  c.reason == ztunnel::CloseReason::kEof && c.bytes_received == 3;
       return false;
     }));
