@@ -189,14 +189,14 @@ struct ListenerInfo {
   std::string pod_uid;
   std::string pod;      // ns/name
   std::string address;  // "127.0.0.1:15001", "10.244.1.5:15006", "[::1]:15001"
-  std::string kind;     // "outbound" | "inbound" | "hbone" (either family)
+  std::string kind;     // "outbound" | "inbound" | "hbone"; IPv6: "outbound6", ...
 };
 
 // A pod's listening socket handed from one engine to another (an agent
 // upgrade): the same socket, so connections in its queue are not lost.
 struct ListenerFd {
   std::string pod_uid;
-  std::string kind;  // "outbound" | "inbound" | "hbone", as ListenerInfo
+  std::string kind;  // "outbound" | "inbound" | "hbone" (+ "6" for IPv6), as ListenerInfo
   UniqueFd fd;
 };
 
@@ -417,7 +417,8 @@ class Engine {
   virtual ~Engine() = default;
 
   // Creates the listeners for pod inside its netns (127.0.0.1:15001 outbound,
-  // <ip>:15006 inbound, transparent, and <ip>:15008 HBONE when mTLS is on). Idempotent per uid: a
+  // <ip>:15006 inbound, transparent, and <ip>:15008 HBONE when mTLS is on;
+  // with an ip6 also [::1]:15001, [<ip6>]:15006, [<ip6>]:15008). Idempotent per uid: a
   // second call with the same uid replaces nothing and succeeds. Fails (and leaves nothing behind)
   // if a listener cannot be created.
   virtual Result<void> addPod(const PodSpec& pod) = 0;
