@@ -297,7 +297,7 @@ int runAgent(const Flags& flags) {
   agent::identity::CertManager certs(signer, cert_config);
   agent::discovery::MeshDirectory directory(flags.trust_domain);
 
-  agent::bpf::MapOrigDstResolver resolver((*loader)->origDst());
+  agent::bpf::MapOrigDstResolver resolver((*loader)->origDst(), (*loader)->origDst6());
   ztunnel::EngineConfig engine_config;
   // Fixed here: the metrics keep a shard per worker.
   engine_config.workers =

@@ -6,10 +6,12 @@
  * meets the proxy. The accepted socket's getsockname() is the original
  * destination. Everything else passes untouched.
  *
- * IPv6: the proxy has no IPv6 listeners yet, so an IPv6 connection to an
- * enrolled pod would reach the app around the mesh (no mTLS, no policy). Its
- * SYN is dropped instead (fail closed) unless the port is excluded; replies
- * to the pod's own IPv6 connections (SYN-ACK and later) pass. */
+ * IPv6 works the same way towards the proxy's transparent [dst-v6]:15006
+ * listener, with one difference: an IPv6 SYN no listener takes (an agent or
+ * engine without IPv6 listeners for the pod) is dropped, not passed, so it
+ * cannot reach the app around the mesh (no mTLS, no policy): fail closed, and
+ * counted (sluice_stats6_v1). Replies to the pod's own connections (SYN-ACK
+ * and later) pass. */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -44,33 +46,119 @@ static __always_inline int parse(struct __sk_buff *skb, struct sluice_ip4_tcp *o
 	return 0;
 }
 
-/* 1 for an IPv6 TCP SYN (no ACK) to a port that is not excluded. Extension
- * headers are not walked: a SYN behind one is not TCP here, and passes. */
-static __always_inline int ip6_syn_to_refuse(struct __sk_buff *skb)
+struct sluice_ip6_tcp {
+	__u32 saddr[4], daddr[4]; /* network order */
+	__u16 sport, dport;       /* network order */
+	__u8 syn, ack;
+};
+
+#define SLUICE_IP6_MAX_EXT_HEADERS 4
+
+/* Parses an Ethernet/IPv6/TCP header, walking up to
+ * SLUICE_IP6_MAX_EXT_HEADERS hop-by-hop, routing and destination-options
+ * headers; negative when the packet is not one. A fragment header (or any
+ * other) before TCP: not TCP here, left to the stack (as IPv4 fragments). */
+static __always_inline int parse6(struct __sk_buff *skb, struct sluice_ip6_tcp *out)
 {
 	struct ipv6hdr ip6;
 	struct tcphdr tcp;
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return -1;
+	__u32 off = sizeof(struct ethhdr);
+	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) != 0)
+		return -1;
+	off += sizeof(ip6);
+	__u8 next = ip6.nexthdr;
+	for (int i = 0; i < SLUICE_IP6_MAX_EXT_HEADERS; i++) {
+		if (next != 0 /* hop-by-hop */ && next != 43 /* routing */ &&
+		    next != 60 /* destination options */)
+			break;
+		__u8 ext[2]; /* next header, length in 8-octet units past the first 8 */
+		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) != 0)
+			return -1;
+		next = ext[0];
+		off += ((__u32)ext[1] + 1) * 8;
+	}
+	if (next != IPPROTO_TCP)
+		return -1;
+	if (bpf_skb_load_bytes(skb, off, &tcp, sizeof(tcp)) != 0)
+		return -1;
+	__builtin_memcpy(out->saddr, &ip6.saddr, sizeof(out->saddr));
+	__builtin_memcpy(out->daddr, &ip6.daddr, sizeof(out->daddr));
+	out->sport = tcp.source;
+	out->dport = tcp.dest;
+	out->syn = tcp.syn;
+	out->ack = tcp.ack;
+	return 0;
+}
+
+/* 1 when a SYN to this port is left alone: the proxy's own ports (HBONE
+ * arrives on 15008 and is the proxy's; 15006 directly is too) and excluded
+ * ports. */
+static __always_inline int port_passes(__u16 dport)
+{
+	return dport == bpf_htons(SLUICE_HBONE_PORT) || dport == bpf_htons(SLUICE_INBOUND_PORT) ||
+	       sluice_port_excluded(dport);
+}
+
+/* 1 when an established or request socket already owns the SYN's own tuple
+ * (a retransmitted SYN of a connection already assigned): the stack finds it
+ * by itself. */
+static __always_inline int tuple_owned(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 len)
+{
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
 		return 0;
-	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) != 0)
-		return 0;
-	if (ip6.nexthdr != IPPROTO_TCP)
-		return 0;
-	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(ip6), &tcp, sizeof(tcp)) != 0)
-		return 0;
-	return tcp.syn && !tcp.ack && !sluice_port_excluded(tcp.dest);
+	int listening = sk->state == BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return !listening;
+}
+
+/* IPv6 SYN to an enrolled pod: assigned to [dst]:15006, or dropped. */
+static __always_inline int inbound6(struct __sk_buff *skb, struct sluice_ip6_tcp *p)
+{
+	if (!p->syn || p->ack || port_passes(p->dport))
+		goto pass;
+	struct bpf_sock_tuple t = {};
+	__builtin_memcpy(t.ipv6.saddr, p->saddr, sizeof(t.ipv6.saddr));
+	__builtin_memcpy(t.ipv6.daddr, p->daddr, sizeof(t.ipv6.daddr));
+	t.ipv6.sport = p->sport;
+	t.ipv6.dport = p->dport;
+	if (tuple_owned(skb, &t, sizeof(t.ipv6)))
+		goto pass;
+	t.ipv6.dport = bpf_htons(SLUICE_INBOUND_PORT);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk) {
+		sluice_count6(SLUICE_STAT6_TC_NO_LISTENER);
+		return TC_ACT_SHOT;
+	}
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		sluice_count6(SLUICE_STAT6_TC_NO_LISTENER);
+		return TC_ACT_SHOT;
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err != 0) {
+		sluice_count6(SLUICE_STAT6_TC_ASSIGN_FAILED);
+		return TC_ACT_SHOT;
+	}
+	sluice_count(SLUICE_STAT_TC_ASSIGNED);
+	sluice_count6(SLUICE_STAT6_TC_ASSIGNED);
+	return TC_ACT_OK;
+pass:
+	sluice_count(SLUICE_STAT_TC_PASSED);
+	return TC_ACT_OK;
 }
 
 SEC("tc")
 int sluice_tc_inbound(struct __sk_buff *skb)
 {
 	struct sluice_ip4_tcp p = {};
-	if (ip6_syn_to_refuse(skb))
-		return TC_ACT_SHOT;
-	if (parse(skb, &p) != 0 || !p.syn || p.ack)
-		goto pass;
-	if (p.dport == bpf_htons(SLUICE_HBONE_PORT) || p.dport == bpf_htons(SLUICE_INBOUND_PORT) ||
-	    sluice_port_excluded(p.dport))
+	struct sluice_ip6_tcp p6 = {};
+	if (parse6(skb, &p6) == 0)
+		return inbound6(skb, &p6);
+	if (parse(skb, &p) != 0 || !p.syn || p.ack || port_passes(p.dport))
 		goto pass;
 
 	struct bpf_sock_tuple t = {};
@@ -78,18 +166,11 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 	t.ipv4.daddr = p.daddr;
 	t.ipv4.sport = p.sport;
 	t.ipv4.dport = p.dport;
-	/* A retransmitted SYN of a connection already assigned has a request or
-	 * established socket on its own tuple: the stack finds it by itself. */
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (sk) {
-		int listening = sk->state == BPF_TCP_LISTEN;
-		bpf_sk_release(sk);
-		if (!listening)
-			goto pass;
-	}
+	if (tuple_owned(skb, &t, sizeof(t.ipv4)))
+		goto pass;
 
 	t.ipv4.dport = bpf_htons(SLUICE_INBOUND_PORT);
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk) {
 		sluice_count(SLUICE_STAT_TC_NO_LISTENER);
 		goto pass;

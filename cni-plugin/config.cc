@@ -26,8 +26,8 @@ tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result
       return err(kDecodingFailure, "prevResult.ips[] entry without a string 'address'");
     std::string addr = ip["address"].get<std::string>();
     std::string bare = addr.substr(0, addr.find('/'));
-    // Both families go to the agent: it meshes the IPv4 one and knows the
-    // IPv6 one (canonical text, so that it compares with the control plane's).
+    // Both families go to the agent, which meshes both (IPv6 in canonical
+    // text, so that it compares with the control plane's).
     if (bare.find(':') != std::string::npos) {
       auto a6 = parseIp6(bare);
       if (!a6) return err(kDecodingFailure, "prevResult.ips[] has an invalid address", addr);

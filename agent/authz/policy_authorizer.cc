@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
+#include <cstring>
+
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
 
@@ -36,11 +38,13 @@ AuthzView::AuthzView(std::shared_ptr<const policy::PolicySet> policies,
   }
 }
 
-const AuthzView::Entry* AuthzView::find(std::string_view pod, uint32_t ip4) const {
+const AuthzView::Entry* AuthzView::find(std::string_view pod, const IpAddr& ip) const {
   auto it = workloads_.find(pod);
   if (it == workloads_.end()) return nullptr;
-  uint32_t known = it->second.workload.ip4;
-  return known == 0 || ip4 == 0 || known == ip4 ? &it->second : nullptr;
+  const LocalWorkload& w = it->second.workload;
+  bool match = ip.empty() || (ip.isV4() && (w.ip4 == 0 || w.ip4 == ip.v4net())) ||
+               (ip.isV6() && (w.ip6.empty() || w.ip6 == ip));
+  return match ? &it->second : nullptr;
 }
 
 PolicyAuthorizer::PolicyAuthorizer(Options options) : options_(options) {}
@@ -52,22 +56,27 @@ bool PolicyAuthorizer::update(std::shared_ptr<const policy::PolicySet> policies,
   if (!prev) return true;
   if (prev->policySet() != next->policySet()) return true;
   for (const auto& [pod, e] : next->workloads()) {
-    const auto* old = prev->find(pod, 0);
+    const auto* old = prev->find(pod, {});
     if (old && (old->workload.labels != e.workload.labels || old->workload.uid != e.workload.uid))
       return true;
   }
   return false;
 }
 
-policy::Request PolicyAuthorizer::requestFor(const AuthzView::Entry& entry, uint32_t source_ip,
+policy::Request PolicyAuthorizer::requestFor(const AuthzView::Entry& entry, const IpAddr& source_ip,
                                              std::string_view source_principal,
-                                             uint32_t destination_ip, uint16_t destination_port,
-                                             bool mutual_tls) const {
+                                             const IpAddr& destination_ip,
+                                             uint16_t destination_port, bool mutual_tls) const {
   policy::Request q;
   q.destination = entry.view();
-  q.destination_ip = destination_ip;
+  q.destination_ip = destination_ip.v4net();  // 0 for IPv6
   q.destination_port = destination_port;
-  q.source_ip = source_ip;
+  q.source_ip = source_ip.v4net();
+  if (source_ip.isV6()) {
+    in6_addr a = source_ip.v6addr();
+    q.source_ip6.emplace();
+    std::memcpy(q.source_ip6->data(), a.s6_addr, 16);
+  }
   q.source_principal = source_principal;
   q.mutual_tls = mutual_tls;
   q.node_ip = options_.allow_node_probes ? entry.workload.probe_source : 0;
@@ -88,13 +97,13 @@ ztunnel::Authorization PolicyAuthorizer::deny(DenyReason r, std::string why) {
 ztunnel::Authorization PolicyAuthorizer::authorize(const ztunnel::InboundRequest& r) {
   // Keeps the set alive while the Decision's PolicyRefs point into it.
   auto view = view_.load(std::memory_order_acquire);
-  const AuthzView::Entry* entry = view ? view->find(r.pod, r.destination.sin_addr.s_addr) : nullptr;
+  const AuthzView::Entry* entry = view ? view->find(r.pod, r.destination.ip()) : nullptr;
   if (!entry)
     return deny(DenyReason::kNoPolicyView,
                 "no policy view: the control plane has not sent this pod's workload yet");
-  auto d = view->policies().evaluate(requestFor(*entry, r.source.sin_addr.s_addr,
-                                                r.source_principal, r.destination.sin_addr.s_addr,
-                                                ntohs(r.destination.sin_port), r.mutual_tls));
+  auto d =
+      view->policies().evaluate(requestFor(*entry, r.source.ip(), r.source_principal,
+                                           r.destination.ip(), r.destination.port(), r.mutual_tls));
   if (d.audit_count > 0) {
     audit_matches_.fetch_add(1, std::memory_order_relaxed);
     // The operator asked for these lines by writing an AUDIT policy.

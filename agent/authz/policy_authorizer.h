@@ -39,6 +39,7 @@ struct LocalWorkload {
   std::string identity;       // SPIFFE URI
   std::vector<std::pair<std::string, std::string>> labels;
   uint32_t ip4 = 0;  // network order; 0: none yet
+  IpAddr ip6;        // empty: none (yet)
   // The address this node's own connections to the pod come from (kubelet
   // probes): what the node's routing picks towards the pod's IP. 0: unknown.
   uint32_t probe_source = 0;
@@ -60,9 +61,9 @@ class AuthzView {
       return {workload.ns, workload.name, labels, workload.identity};
     }
   };
-  // The workload "namespace/name" at ip4 (network order; the view may not
-  // have the pod's IP yet: then any), or null.
-  const Entry* find(std::string_view pod, uint32_t ip4) const;
+  // The workload "namespace/name" at ip (either family; the view may not
+  // have the pod's IP of that family yet: then any; empty: any), or null.
+  const Entry* find(std::string_view pod, const IpAddr& ip) const;
   const std::map<std::string, Entry, std::less<>>& workloads() const { return workloads_; }
 
  private:
@@ -107,8 +108,8 @@ class PolicyAuthorizer final : public ztunnel::InboundAuthorizer {
 
   // The question authorize() asks the PolicySet, for a workload of `view`
   // (used by the admin API's authz check, so it is the data path's code).
-  policy::Request requestFor(const AuthzView::Entry& entry, uint32_t source_ip,
-                             std::string_view source_principal, uint32_t destination_ip,
+  policy::Request requestFor(const AuthzView::Entry& entry, const IpAddr& source_ip,
+                             std::string_view source_principal, const IpAddr& destination_ip,
                              uint16_t destination_port, bool mutual_tls) const;
   // "DENY matched by policy ns/name", "no ALLOW matched", ...
   static std::string explain(const policy::Decision& d);

@@ -18,6 +18,7 @@
 
 #include "capture.skel.h"
 #include "inbound.skel.h"
+#include "sluice/common/ip6.h"
 #include "sluice/common/log.h"
 #include "sluice/common/netns.h"
 #include "sockmap.skel.h"
@@ -157,6 +158,7 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   self->excluded_ = std::move(*excluded);
   self->stats_fd_ =
       UniqueFd(fcntl(bpf_map__fd(self->capture_->maps.sluice_stats_v1), F_DUPFD_CLOEXEC, 0));
+  if (auto r = self->adoptIp6Maps(); !r) return tl::unexpected(r.error());
 
   // The excluded-port set is configuration: replace it wholesale.
   for (auto& [port, v] : self->excluded_.entries()) self->excluded_.erase(port);
@@ -168,6 +170,45 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   if (auto r = self->attachCgroupPrograms(); !r) return tl::unexpected(r.error());
   self->configureSockmap(&opts);
   return self;
+}
+
+Result<void> Loader::adoptIp6Maps() {
+  auto enrolled6 = adoptMap<__u64, sluice_enrolled6>(capture_->maps.sluice_enrolled6_v1);
+  if (!enrolled6) return tl::unexpected(enrolled6.error());
+  enrolled6_ = std::move(*enrolled6);
+  auto orig6 = adoptMap<sluice_pair_key6, sluice_orig_dst6>(capture_->maps.sluice_orig_dst6_v1);
+  if (!orig6) return tl::unexpected(orig6.error());
+  orig_dst6_ = std::move(*orig6);
+  stats6_fd_ = UniqueFd(fcntl(bpf_map__fd(capture_->maps.sluice_stats6_v1), F_DUPFD_CLOEXEC, 0));
+  // An address left by a run that stopped between the two updates of enroll().
+  for (const auto& [cookie, v] : enrolled6_.entries())
+    if (!enrolled_.lookup(cookie)) enrolled6_.erase(cookie);
+  return {};
+}
+
+Result<void> Loader::enroll(uint64_t netns_cookie, const sluice_enrolled& value,
+                            const std::string& ip6) {
+  if (ip6.empty()) {
+    enrolled6_.erase(netns_cookie);
+  } else {
+    auto a = parseIp6(ip6);
+    if (!a)
+      return fail(
+          fmt::format("the pod's IPv6 address '{}' is not an IPv6 address (CNI result)", ip6));
+    sluice_enrolled6 v6{};
+    std::memcpy(v6.pod_ip6, a->s6_addr, sizeof(v6.pod_ip6));
+    if (auto r = enrolled6_.update(netns_cookie, v6); !r) return r;
+  }
+  if (auto r = enrolled_.update(netns_cookie, value); !r) {
+    enrolled6_.erase(netns_cookie);
+    return r;
+  }
+  return {};
+}
+
+void Loader::unenroll(uint64_t netns_cookie) {
+  enrolled_.erase(netns_cookie);
+  enrolled6_.erase(netns_cookie);
 }
 
 Result<void> Loader::attachCgroupPrograms() {
@@ -340,7 +381,12 @@ std::vector<uint64_t> perCpuSums(int fd, __u32 count) {
 
 }  // namespace
 
-std::vector<uint64_t> Loader::stats() const { return perCpuSums(stats_fd_.get(), SLUICE_STAT_MAX); }
+std::vector<uint64_t> Loader::stats() const {
+  auto out = perCpuSums(stats_fd_.get(), SLUICE_STAT_MAX);
+  auto six = perCpuSums(stats6_fd_.get(), SLUICE_STAT6_MAX);
+  out.insert(out.end(), six.begin(), six.end());
+  return out;
+}
 
 std::vector<uint64_t> Loader::sockmapStats() const {
   return perCpuSums(sockmap_stats_fd_.get(), SLUICE_SOCKMAP_STAT_MAX);
@@ -350,7 +396,9 @@ std::vector<MapFill> Loader::mapFill() const {
   std::vector<MapFill> out;
   for (const bpf_map* map :
        {capture_->maps.sluice_enrolled_v1, capture_->maps.sluice_cookie_dst_v1,
-        capture_->maps.sluice_orig_dst_v1, capture_->maps.sluice_excluded_ports_v1})
+        capture_->maps.sluice_orig_dst_v1, capture_->maps.sluice_excluded_ports_v1,
+        capture_->maps.sluice_enrolled6_v1, capture_->maps.sluice_cookie_dst6_v1,
+        capture_->maps.sluice_orig_dst6_v1})
     if (auto fill = bpf::mapFill(bpf_map__fd(map), bpf_map__name(map)))
       out.push_back(std::move(*fill));
   if (sockmap_)

@@ -30,6 +30,9 @@ namespace sluice::agent::bpf {
 using EnrolledMap = BpfMap<__u64, sluice_enrolled>;
 using OrigDstMap = BpfMap<sluice_pair_key, sluice_orig_dst>;
 using ExcludedPortsMap = BpfMap<__u16, __u8>;
+// The IPv6 twins (their own pins beside the IPv4 maps, see sluice_abi.h).
+using Enrolled6Map = BpfMap<__u64, sluice_enrolled6>;
+using OrigDst6Map = BpfMap<sluice_pair_key6, sluice_orig_dst6>;
 
 struct LoaderConfig {
   std::string pin_dir;                   // e.g. /sys/fs/bpf/sluice
@@ -84,6 +87,16 @@ class Loader {
 
   EnrolledMap& enrolled() { return enrolled_; }
   OrigDstMap& origDst() { return orig_dst_; }
+  // An enrolled pod's IPv6 address (only pods that have one): connect6
+  // captures real IPv6 destinations only from those pods.
+  Enrolled6Map& enrolled6() { return enrolled6_; }
+  OrigDst6Map& origDst6() { return orig_dst6_; }
+  // Enrolls a pod netns: its IPv6 address (canonical text, empty when it has
+  // none) into sluice_enrolled6_v1 first, then `value` into
+  // sluice_enrolled_v1, so connect6 never sees the pod without its own
+  // address. unenroll() removes both.
+  Result<void> enroll(uint64_t netns_cookie, const sluice_enrolled& value, const std::string& ip6);
+  void unenroll(uint64_t netns_cookie);
   const std::vector<AttachedLink>& links() const { return links_; }
   const SockmapState& sockmap() const { return sockmap_state_; }
   // Sum of the per-CPU sockmap counters (enum sluice_sockmap_stat order);
@@ -99,7 +112,9 @@ class Loader {
   // fd of the tc ingress program (for BPF_PROG_TEST_RUN in tests).
   int tcProgramFd() const;
 
-  // Sum of the per-CPU stats counters (enum sluice_stat order).
+  // Sum of the per-CPU stats counters: enum sluice_stat order, then the
+  // IPv6 ones of sluice_stats6_v1 from index kStat6Base (enum sluice_stat6,
+  // stat_names.h).
   std::vector<uint64_t> stats() const;
   // Fill level of every hash map (enrolled pods, pending and re-keyed
   // redirect records, excluded ports); a map that cannot be read is left out.
@@ -129,6 +144,8 @@ class Loader {
  private:
   Loader() = default;
   Result<void> attachCgroupPrograms();
+  // Adopts the IPv6 twins of the capture maps and sluice_stats6_v1.
+  Result<void> adoptIp6Maps();
   // Attaches prog_fd at the cgroup through the link pinned for `program`,
   // swapping the program of an existing pinned link in place.
   Result<AttachedLink> attachLink(int prog_fd, const char* program, bpf_attach_type type);
@@ -162,7 +179,10 @@ class Loader {
   EnrolledMap enrolled_;
   OrigDstMap orig_dst_;
   ExcludedPortsMap excluded_;
+  Enrolled6Map enrolled6_;
+  OrigDst6Map orig_dst6_;
   UniqueFd stats_fd_;
+  UniqueFd stats6_fd_;
   UniqueFd sockmap_stats_fd_;
 };
 

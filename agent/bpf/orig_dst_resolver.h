@@ -1,6 +1,9 @@
-// The engine's OrigDstResolver on top of the pinned sluice_orig_dst_v1 map:
-// one lookup-and-delete per accepted outbound connection.
+// The engine's OrigDstResolver on top of the pinned sluice_orig_dst_v1 and
+// sluice_orig_dst6_v1 maps: one lookup-and-delete per accepted outbound
+// connection.
 #pragma once
+
+#include <cstring>
 
 #include "agent/bpf/loader.h"
 #include "sluice/ztunnel/engine.h"
@@ -9,7 +12,7 @@ namespace sluice::agent::bpf {
 
 class MapOrigDstResolver final : public ztunnel::OrigDstResolver {
  public:
-  explicit MapOrigDstResolver(OrigDstMap& map) : map_(map) {}
+  MapOrigDstResolver(OrigDstMap& map, OrigDst6Map& map6) : map_(map), map6_(map6) {}
 
   std::optional<sockaddr_in> originalDst(uint64_t netns_cookie, const sockaddr_in& peer,
                                          const sockaddr_in& local) override {
@@ -28,8 +31,26 @@ class MapOrigDstResolver final : public ztunnel::OrigDstResolver {
     return out;
   }
 
+  std::optional<sockaddr_in6> originalDst6(uint64_t netns_cookie, const sockaddr_in6& peer,
+                                           const sockaddr_in6& local) override {
+    sluice_pair_key6 key{};
+    key.netns_cookie = netns_cookie;
+    std::memcpy(key.src_ip6, &peer.sin6_addr, sizeof(key.src_ip6));
+    std::memcpy(key.dst_ip6, &local.sin6_addr, sizeof(key.dst_ip6));
+    key.src_port = peer.sin6_port;
+    key.dst_port = local.sin6_port;
+    auto d = map6_.take(key);
+    if (!d) return std::nullopt;
+    sockaddr_in6 out{};
+    out.sin6_family = AF_INET6;
+    std::memcpy(&out.sin6_addr, d->ip6, sizeof(out.sin6_addr));
+    out.sin6_port = d->port;
+    return out;
+  }
+
  private:
   OrigDstMap& map_;  // bpf(2) map syscalls are thread-safe
+  OrigDst6Map& map6_;
 };
 
 }  // namespace sluice::agent::bpf

@@ -1,29 +1,43 @@
-// The BPF programs' counters (sluice_stats_v1, indexed by enum sluice_stat),
-// named once for the admin API (/stats "bpf") and the metrics endpoint
-// (sluice_bpf_<name>_total).
+// The BPF programs' counters (sluice_stats_v1, indexed by enum sluice_stat,
+// then sluice_stats6_v1 from kStat6Base, indexed by enum sluice_stat6: the
+// order of Loader::stats()), named once for the admin API (/stats "bpf") and
+// the metrics endpoint (sluice_bpf_<name>_total).
 #pragma once
 
 #include <array>
+#include <cstddef>
 
 #include "sluice/common/bpf_abi.h"
 
 namespace sluice::agent::bpf {
+
+// Index of enum sluice_stat6's first counter in Loader::stats().
+inline constexpr size_t kStat6Base = SLUICE_STAT_MAX;
 
 struct StatInfo {
   const char* name;
   const char* help;
 };
 
-inline constexpr std::array<StatInfo, SLUICE_STAT_MAX> kStats = {{
+inline constexpr std::array<StatInfo, kStat6Base + SLUICE_STAT6_MAX> kStats = {{
     {"connect_seen", "connect() calls seen in enrolled pods (cgroup/connect4 and connect6)"},
-    {"connect_redirected", "Outbound connects captured: rewritten to the pod's 127.0.0.1:15001"},
+    {"connect_redirected",
+     "Outbound connects captured: rewritten to the pod's 127.0.0.1:15001 or [::1]:15001"},
     {"connect_skipped",
      "Connects left alone: loopback, the pod's own IP, an excluded port, or the proxy's own"},
     {"sockops_rekeyed", "Captured connections re-keyed by 4-tuple for the proxy (sockops)"},
     {"getsockopt_answered", "SO_ORIGINAL_DST answers given by the cgroup/getsockopt program"},
     {"tc_assigned", "Inbound connections steered to the pod's 15006 listener (tc ingress)"},
-    {"tc_no_listener", "Inbound SYNs to an enrolled pod without a 15006 listener (passed)"},
+    {"tc_no_listener", "Inbound IPv4 SYNs to an enrolled pod without a 15006 listener (passed)"},
     {"tc_passed", "Packets the tc ingress program left alone"},
+    // sluice_stats6_v1 (kStat6Base + enum sluice_stat6)
+    {"ip6_connect_redirected",
+     "Outbound connects to real IPv6 destinations captured ([::1]:15001)"},
+    {"ip6_tc_assigned", "Inbound IPv6 connections steered to the pod's [pod-v6]:15006 listener"},
+    {"ip6_tc_no_listener_dropped",
+     "Inbound IPv6 SYNs to an enrolled pod dropped: no [pod-v6]:15006 listener (fail closed)"},
+    {"ip6_tc_assign_failed_dropped",
+     "Inbound IPv6 SYNs dropped: the kernel refused to assign them to the 15006 listener"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

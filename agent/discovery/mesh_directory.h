@@ -42,7 +42,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
           if (r.first() >= 1 && r.first() <= r.last() && r.last() <= 65535)
             ranges.push_back({uint16_t(r.first()), uint16_t(r.last())});
         for (const auto& ip : w.ips())
-          if (auto a = parseIp4(ip)) {
+          if (auto a = IpAddr::parse(ip)) {
             auto& mine = ports->pods[*a];
             mine.insert(mine.end(), ranges.begin(), ranges.end());
           }
@@ -55,7 +55,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
       ztunnel::MeshWorkload m{x509::workloadUri(trust_domain_, w.namespace_(), w.service_account()),
                               w.namespace_() + "/" + w.name(), w.node()};
       for (const auto& ip : w.ips())
-        if (auto a = parseIp4(ip)) (*next)[*a] = m;
+        if (auto a = IpAddr::parse(ip)) (*next)[*a] = m;
     }
     auto services = std::make_shared<ServiceIndex>();
     auto headless = std::make_shared<HeadlessIndex>();
@@ -67,22 +67,21 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
       }
       for (const auto& port : svc.ports()) {
         if (!port.protocol().empty() && port.protocol() != "TCP") continue;
-        auto target = std::make_shared<ztunnel::ServiceTarget>();
-        target->name = key;
+        // One target per family: a VIP balances over the endpoints of its own.
+        std::shared_ptr<ztunnel::ServiceTarget> by_family[2];
         for (const auto& ep : svc.endpoints()) {
-          auto ip = parseIp4(ep.ip());
+          auto ip = IpAddr::parse(ep.ip());
           auto p = ep.ports().find(port.name());
           if (!ip || p == ep.ports().end() || p->second == 0 || p->second > 65535) continue;
-          sockaddr_in a{};
-          a.sin_family = AF_INET;
-          a.sin_addr.s_addr = *ip;
-          a.sin_port = htons(static_cast<uint16_t>(p->second));
-          target->endpoints.push_back(a);
+          auto& target = by_family[ip->isV6()];
+          if (!target)
+            target = std::make_shared<ztunnel::ServiceTarget>(ztunnel::ServiceTarget{key, {}});
+          target->endpoints.emplace_back(*ip, static_cast<uint16_t>(p->second));
         }
-        if (target->endpoints.empty()) continue;
         for (const auto& vip : svc.vips())
-          if (auto a = parseIp4(vip))
-            (*services)[serviceKey(*a, htons(static_cast<uint16_t>(port.port())))] = target;
+          if (auto a = IpAddr::parse(vip); a && by_family[a->isV6()])
+            (*services)[serviceKey(*a, htons(static_cast<uint16_t>(port.port())))] =
+                by_family[a->isV6()];
       }
     }
     index_.store(std::move(next), std::memory_order_release);
@@ -94,26 +93,26 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
 
   bool hasView() override { return has_view_.load(std::memory_order_acquire); }
 
-  std::shared_ptr<const ztunnel::ServiceTarget> service(uint32_t ip4, uint16_t port) override {
+  std::shared_ptr<const ztunnel::ServiceTarget> service(const IpAddr& ip, uint16_t port) override {
     auto index = services_.load(std::memory_order_acquire);
-    auto it = index->find(serviceKey(ip4, port));
+    auto it = index->find(serviceKey(ip, port));
     return it == index->end() ? nullptr : it->second;
   }
 
-  std::optional<std::string> headlessService(uint32_t ip4, uint16_t port) override {
+  std::optional<std::string> headlessService(const IpAddr& ip, uint16_t port) override {
     auto index = headless_.load(std::memory_order_acquire);
-    auto it = index->find(serviceKey(ip4, port));
-    if (it == index->end()) it = index->find(serviceKey(ip4, 0));  // a Service without ports
+    auto it = index->find(serviceKey(ip, port));
+    if (it == index->end()) it = index->find(serviceKey(ip, 0));  // a Service without ports
     if (it == index->end()) return std::nullopt;
     return it->second;
   }
 
-  std::optional<bool> opaquePort(uint32_t ip4, uint16_t port) override {
+  std::optional<bool> opaquePort(const IpAddr& ip, uint16_t port) override {
     auto index = ports_.load(std::memory_order_acquire);
-    if (auto pod = index->pods.find(ip4); pod != index->pods.end())
+    if (auto pod = index->pods.find(ip); pod != index->pods.end())
       for (const auto& r : pod->second)
         if (port >= r.first && port <= r.last) return true;
-    auto it = index->declared.find(serviceKey(ip4, htons(port)));
+    auto it = index->declared.find(serviceKey(ip, htons(port)));
     if (it == index->declared.end()) return std::nullopt;
     return it->second;
   }
@@ -123,9 +122,9 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
 
   size_t serviceCount() const { return services_.load(std::memory_order_acquire)->size(); }
 
-  std::optional<ztunnel::MeshWorkload> meshed(uint32_t ip4) override {
+  std::optional<ztunnel::MeshWorkload> meshed(const IpAddr& ip) override {
     auto index = index_.load(std::memory_order_acquire);
-    auto it = index->find(ip4);
+    auto it = index->find(ip);
     if (it == index->end()) return std::nullopt;
     return it->second;
   }
@@ -135,8 +134,8 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     uint16_t first, last;
   };
   struct PortIndex {
-    std::unordered_map<uint32_t, std::vector<Range>> pods;  // pod IP -> annotated ranges
-    std::unordered_map<uint64_t, bool> declared;            // serviceKey -> opaque
+    std::unordered_map<IpAddr, std::vector<Range>> pods;  // pod IP -> annotated ranges
+    std::unordered_map<SockAddr, bool> declared;          // serviceKey -> opaque
     nlohmann::json dump = nlohmann::json::array();
   };
 
@@ -164,19 +163,19 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     if (!opaque && (opaque = ztunnel::appProtocolOpaque(port.app_protocol())))
       from = "appProtocol " + port.app_protocol();
     if (!opaque || port.port() == 0 || port.port() > 65535) return;
-    auto set = [&](uint32_t ip, uint32_t p) {
+    auto set = [&](const IpAddr& ip, uint32_t p) {
       auto [it, fresh] = index.declared.emplace(serviceKey(ip, htons(uint16_t(p))), *opaque);
       if (!fresh) it->second = it->second || *opaque;
     };
     nlohmann::json targets = nlohmann::json::array();
     for (const auto& vip : svc.vips())
-      if (auto a = parseIp4(vip)) set(*a, port.port());
+      if (auto a = IpAddr::parse(vip)) set(*a, port.port());
     for (const auto& ep : svc.endpoints()) {
-      auto ip = parseIp4(ep.ip());
+      auto ip = IpAddr::parse(ep.ip());
       auto p = ep.ports().find(port.name());
       if (!ip || p == ep.ports().end() || p->second == 0 || p->second > 65535) continue;
       set(*ip, p->second);
-      targets.push_back(ep.ip() + ":" + std::to_string(p->second));
+      targets.push_back(SockAddr(*ip, uint16_t(p->second)).str());
     }
     index.dump.push_back({{"service", key},
                           {"port", port.port()},
@@ -185,12 +184,15 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
                           {"endpoints", targets}});
   }
 
-  using Index = std::unordered_map<uint32_t, ztunnel::MeshWorkload>;
-  // (VIP, port), both network order -> endpoints
-  using ServiceIndex = std::unordered_map<uint64_t, std::shared_ptr<const ztunnel::ServiceTarget>>;
-  // (endpoint IP, target port), both network order; port 0: any port -> "ns/name"
-  using HeadlessIndex = std::unordered_map<uint64_t, std::string>;
-  static uint64_t serviceKey(uint32_t ip4, uint16_t port) { return (uint64_t(ip4) << 16) | port; }
+  using Index = std::unordered_map<IpAddr, ztunnel::MeshWorkload>;
+  // (VIP, port) -> endpoints of the VIP's family
+  using ServiceIndex = std::unordered_map<SockAddr, std::shared_ptr<const ztunnel::ServiceTarget>>;
+  // (endpoint IP, target port); port 0: any port -> "ns/name"
+  using HeadlessIndex = std::unordered_map<SockAddr, std::string>;
+  // port in network order (as the engine asks)
+  static SockAddr serviceKey(const IpAddr& ip, uint16_t port_net) {
+    return SockAddr(ip, ntohs(port_net));
+  }
 
   // Every TCP target port of every ready endpoint. An endpoint of two
   // headless Services on the same port belongs to the first by name (the
@@ -198,7 +200,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
   static void indexHeadless(const std::string& key, const api::v1::Service& svc,
                             HeadlessIndex& out) {
     for (const auto& ep : svc.endpoints()) {
-      auto ip = parseIp4(ep.ip());
+      auto ip = IpAddr::parse(ep.ip());
       if (!ip) continue;
       if (svc.ports().empty()) out.emplace(serviceKey(*ip, 0), key);
       for (const auto& port : svc.ports()) {

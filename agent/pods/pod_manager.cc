@@ -42,6 +42,7 @@ ztunnel::PodSpec engineSpec(const LocalPod& pod) {
   spec.service_account = pod.service_account;
   spec.identity = pod.identity;
   spec.ip4 = pod.ref.ip4;
+  if (auto a6 = IpAddr::parse(pod.ref.ip6)) spec.ip6 = *a6;
   spec.netns_cookie = pod.netns_cookie;
   spec.netns_fd = pod.netns.get();
   return spec;
@@ -192,11 +193,8 @@ void PodManager::reconcile(LocalPod& pod) {
 }
 
 Result<void> PodManager::enroll(LocalPod& pod) {
-  if (pod.ref.ip4 == 0 && !pod.ref.ip6.empty())
-    return fail("the pod has only an IPv6 address (" + pod.ref.ip6 +
-                "): Sluice meshes pods over IPv4, IPv6-only pods are not supported yet; give the "
-                "pod an IPv4 address too (dual stack) or take its namespace out of the mesh");
-  if (pod.ref.ip4 == 0) return fail("the pod has no IPv4 address in the CNI result");
+  if (pod.ref.ip4 == 0 && pod.ref.ip6.empty())
+    return fail("the pod has no IP address in the CNI result (prevResult.ips)");
   ztunnel::PodSpec spec = engineSpec(pod);
   if (auto r = engine_.addPod(spec); !r) return r;
   pod.engine_service_account = pod.service_account;
@@ -205,7 +203,7 @@ Result<void> PodManager::enroll(LocalPod& pod) {
     return r;
   }
   sluice_enrolled value{pod.ref.ip4, 0};
-  if (auto r = loader_.enrolled().update(pod.netns_cookie, value); !r) {
+  if (auto r = loader_.enroll(pod.netns_cookie, value, pod.ref.ip6); !r) {
     loader_.detachTc(pod.netns.get(), pod.ref.ifname);
     engine_.removePod(spec.uid);
     return r;
@@ -213,8 +211,9 @@ Result<void> PodManager::enroll(LocalPod& pod) {
   pod.enrolled = true;
   pod.last_error.clear();
   persist();
-  logger()->info("pod {} enrolled (ip {}, netns cookie {})", podName(pod.ref),
-                 formatIp4(pod.ref.ip4), pod.netns_cookie);
+  logger()->info("pod {} enrolled (ip {}{}{}, netns cookie {})", podName(pod.ref),
+                 pod.ref.ip4 ? formatIp4(pod.ref.ip4) : "none", pod.ref.ip6.empty() ? "" : ", ip6 ",
+                 pod.ref.ip6, pod.netns_cookie);
   return {};
 }
 
@@ -234,7 +233,7 @@ void PodManager::reregister(LocalPod& pod) {
     // let the next view try the whole enrollment again.
     pod.last_error = r.error().describe();
     logger()->error("registering pod {} again failed: {}", podName(pod.ref), pod.last_error);
-    loader_.enrolled().erase(pod.netns_cookie);
+    loader_.unenroll(pod.netns_cookie);
     loader_.detachTc(pod.netns.get(), pod.ref.ifname);
     pod.enrolled = false;
     persist();
@@ -245,7 +244,7 @@ void PodManager::reregister(LocalPod& pod) {
 
 void PodManager::unenroll(LocalPod& pod) {
   if (!pod.enrolled) return;
-  loader_.enrolled().erase(pod.netns_cookie);
+  loader_.unenroll(pod.netns_cookie);
   loader_.detachTc(pod.netns.get(), pod.ref.ifname);
   engine_.removePod(pod.ref.container_id);
   pod.enrolled = false;
@@ -336,7 +335,7 @@ void PodManager::restore() {
     bool ours = false;
     for (const auto& [id, pod] : pods_) ours = ours || (pod.enrolled && pod.netns_cookie == cookie);
     if (!ours) {
-      loader_.enrolled().erase(cookie);
+      loader_.unenroll(cookie);
       logger()->info("removed stale netns cookie {} from the enrolled map", cookie);
     }
   }

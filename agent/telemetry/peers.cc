@@ -13,9 +13,9 @@ Peers::Peers(std::shared_ptr<const WorkloadSnapshot> snapshot,
 }
 
 const WorkloadInfo* Peers::byEndpoint(const std::string& endpoint) const {
-  auto ep = parseEndpoint(endpoint);
+  auto ep = SockAddr::parse(endpoint);
   if (!snapshot_ || !ep) return nullptr;
-  auto it = snapshot_->by_ip.find(ep->sin_addr.s_addr);
+  auto it = snapshot_->by_ip.find(ep->ip());
   return it == snapshot_->by_ip.end() ? nullptr : it->second.get();
 }
 

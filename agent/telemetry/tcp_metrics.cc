@@ -179,8 +179,8 @@ std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
     setService(r.destination_service.substr(0, slash), r.destination_service.substr(slash + 1));
   } else if (reporter == Reporter::kDestination && snap) {
     // The server side reached a pod address: the Service is a guess.
-    if (auto ep = parseEndpoint(r.destination))
-      if (const auto* svc = guessInboundService(*snap, ep->sin_addr.s_addr, ntohs(ep->sin_port)))
+    if (auto ep = SockAddr::parse(r.destination))
+      if (const auto* svc = guessInboundService(*snap, ep->ip(), ep->port()))
         setService(svc->namespace_, svc->name);
   }
   fillPeer(v, kDestinationWorkload, dst, r.destination_principal);

@@ -84,7 +84,8 @@ WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_,
   return w;
 }
 
-const ServiceRef* guessInboundService(const WorkloadSnapshot& snap, uint32_t ip, uint16_t port) {
+const ServiceRef* guessInboundService(const WorkloadSnapshot& snap, const IpAddr& ip,
+                                      uint16_t port) {
   auto it = snap.services_by_endpoint.find(ip);
   if (it == snap.services_by_endpoint.end()) return nullptr;
   for (const auto& svc : it->second)

@@ -13,6 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "sluice/common/addr.h"
+
 namespace sluice::agent::telemetry {
 
 using PodLabels = std::map<std::string, std::string>;
@@ -66,12 +68,12 @@ struct ServiceRef {
   std::vector<uint16_t> target_ports;  // host order
 };
 
-// Workloads by pod IP (network order) and by "namespace/pod"; the Services
+// Workloads by pod IP (either family) and by "namespace/pod"; the Services
 // that have a pod IP among their endpoints, ordered by namespace/name.
 struct WorkloadSnapshot {
-  std::unordered_map<uint32_t, std::shared_ptr<const WorkloadInfo>> by_ip;
+  std::unordered_map<IpAddr, std::shared_ptr<const WorkloadInfo>> by_ip;
   std::unordered_map<std::string, std::shared_ptr<const WorkloadInfo>> by_pod;
-  std::unordered_map<uint32_t, std::vector<ServiceRef>> services_by_endpoint;
+  std::unordered_map<IpAddr, std::vector<ServiceRef>> services_by_endpoint;
 };
 
 // The destination reporter's destination_service, guessed as ztunnel does
@@ -79,7 +81,8 @@ struct WorkloadSnapshot {
 // Service the client dialled, so it takes the first Service with the pod
 // among its endpoints that forwards to the port the connection reached.
 // Null when none does.
-const ServiceRef* guessInboundService(const WorkloadSnapshot& snap, uint32_t ip, uint16_t port);
+const ServiceRef* guessInboundService(const WorkloadSnapshot& snap, const IpAddr& ip,
+                                      uint16_t port);
 
 class WorkloadIndex {
  public:

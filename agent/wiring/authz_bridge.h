@@ -38,11 +38,12 @@ class AuthzBridge {
       l.identity = x509::workloadUri(trust_domain_, w.namespace_(), w.service_account());
       for (const auto& [k, v] : w.labels()) l.labels.emplace_back(k, v);
       std::sort(l.labels.begin(), l.labels.end());
-      for (const auto& ip : w.ips())
-        if (auto a = parseIp4(ip)) {
-          l.ip4 = *a;
-          break;
-        }
+      // The first address of each family.
+      for (const auto& ip : w.ips()) {
+        auto a = IpAddr::parse(ip);
+        if (a && a->isV4() && l.ip4 == 0) l.ip4 = a->v4net();
+        if (a && a->isV6() && l.ip6.empty()) l.ip6 = *a;
+      }
       l.probe_source = probes_.forPod(l.ip4);
       local.push_back(std::move(l));
     }

@@ -96,12 +96,9 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   const std::string& to = to_it->second;
 
   std::string principal;
-  uint32_t source_ip = 0;
-  std::optional<in6_addr> source_ip6;
-  if (auto ip = parseIp4(from)) {
+  IpAddr source_ip;
+  if (auto ip = IpAddr::parse(from)) {
     source_ip = *ip;
-  } else if ((source_ip6 = parseIp6(from))) {
-    // What a policy's ipBlocks say of an IPv6 client (none reaches a pod yet).
   } else if (auto slash = from.find('/'); slash != std::string::npos && slash > 0 &&
                                           slash + 1 < from.size() &&
                                           from.find('/', slash + 1) == std::string::npos) {
@@ -121,17 +118,18 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   std::string ns = to.substr(0, slash), pod = to.substr(slash + 1, colon - slash - 1);
 
   auto view = authorizer.view();
-  const authz::AuthzView::Entry* entry = view ? view->find(ns + "/" + pod, 0) : nullptr;
+  const authz::AuthzView::Entry* entry = view ? view->find(ns + "/" + pod, {}) : nullptr;
   if (!entry)
     return {400, error("pod " + ns + "/" + pod +
                        " is not a workload of this node in the control plane's view "
                        "(sluicectl workloads lists them; ask the agent of the pod's node)")};
-  auto q = authorizer.requestFor(*entry, source_ip, principal, entry->workload.ip4,
+  // The destination of the source's family (an IPv6 client reaches the
+  // pod's IPv6 address).
+  IpAddr destination = source_ip.isV6() && !entry->workload.ip6.empty()
+                           ? entry->workload.ip6
+                           : IpAddr::v4(entry->workload.ip4);
+  auto q = authorizer.requestFor(*entry, source_ip, principal, destination,
                                  static_cast<uint16_t>(port), !principal.empty());
-  if (source_ip6) {
-    q.source_ip6.emplace();
-    std::memcpy(q.source_ip6->data(), source_ip6->s6_addr, 16);
-  }
   auto d = view->policies().evaluate(q);
   json audits = json::array();
   for (size_t i = 0; i < d.audit_count && i < policy::Decision::kMaxAudits; ++i)
@@ -140,10 +138,8 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
           {{"from", from},
            {"to", to},
            {"source_principal", principal.empty() ? json(nullptr) : json(principal)},
-           {"source_ip", source_ip    ? json(formatIp4(source_ip))
-                         : source_ip6 ? json(formatIp6(*source_ip6))
-                                      : json(nullptr)},
-           {"destination", fmt::format("{}:{}", formatIp4(entry->workload.ip4), port)},
+           {"source_ip", source_ip.empty() ? json(nullptr) : json(source_ip.str())},
+           {"destination", SockAddr(destination, static_cast<uint16_t>(port)).str()},
            {"decision", d.allow ? "ALLOW" : "DENY"},
            {"reason", policy::toString(d.reason)},
            {"policy", refJson(d.policy)},

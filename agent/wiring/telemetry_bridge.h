@@ -23,12 +23,12 @@ inline std::shared_ptr<const telemetry::WorkloadSnapshot> workloadSnapshot(
                                     {w.owner_kind(), w.owner_name()}, labels, cluster_id));
     snap->by_pod[w.namespace_() + "/" + w.name()] = info;
     for (const auto& ip : w.ips())
-      if (auto a = parseIp4(ip)) snap->by_ip[*a] = info;
+      if (auto a = IpAddr::parse(ip)) snap->by_ip[*a] = info;
   }
   // view.services is ordered by namespace/name: so is each endpoint's list.
   for (const auto& [key, svc] : view.services) {
     for (const auto& ep : svc.endpoints()) {
-      auto a = parseIp4(ep.ip());
+      auto a = IpAddr::parse(ep.ip());
       if (!a) continue;
       telemetry::ServiceRef ref{svc.namespace_(), svc.name(), {}};
       for (const auto& [port_name, target] : ep.ports())

@@ -109,7 +109,7 @@ std::shared_ptr<const WorkloadSnapshot> cluster(int clients) {
         pod, "shop", deploy + "-7d9f8b6c5-", {"ReplicaSet", deploy + "-7d9f8b6c5"},
         {{"pod-template-hash", "7d9f8b6c5"}, {"app", deploy}, {"version", "v1"}}, "Kubernetes"));
     snap->by_pod["shop/" + pod] = w;
-    snap->by_ip[*parseIp4(ip(side, i))] = w;
+    snap->by_ip[*IpAddr::parse(ip(side, i))] = w;
   };
   for (int i = 0; i < clients; ++i) add(0, i, fmt::format("frontend-{:03}", i));
   for (int i = 0; i < kPerSide; ++i) add(1, i, fmt::format("backend-{:03}", i));

@@ -53,6 +53,38 @@ struct sluice_pair_key {
 	__u32 pad;          /* zero */
 };
 
+/* IPv6 capture: twins of the maps above as maps of their own (new pins), so
+ * an agent upgrade hands the IPv4 maps over unchanged. Addresses are four
+ * 32-bit words in network order (the layout of struct in6_addr). */
+
+/* sluice_enrolled6_v1: key = netns cookie (__u64), for an enrolled pod with
+ * an IPv6 address (the proxy then listens on [::1]:15001, [pod-v6]:15006 and
+ * [pod-v6]:15008). connect6 captures real IPv6 destinations only from such a
+ * pod, and never its own address. */
+struct sluice_enrolled6 {
+	__u32 pod_ip6[4]; /* network order */
+};
+
+/* Original IPv6 destination: value of sluice_cookie_dst6_v1 (key: socket
+ * cookie), sluice_orig_dst6_v1 and sluice_sk_orig_dst6_v1 (SK_STORAGE of the
+ * client socket, read by getpeername6). */
+struct sluice_orig_dst6 {
+	__u32 ip6[4]; /* network order */
+	__u16 port;   /* network order */
+	__u16 pad;    /* zero */
+};
+
+/* Key of sluice_orig_dst6_v1: the connection from the client socket to
+ * [::1]:15001 inside the pod netns; the proxy rebuilds it as (peer, local). */
+struct sluice_pair_key6 {
+	__u64 netns_cookie;
+	__u32 src_ip6[4]; /* network order */
+	__u32 dst_ip6[4]; /* network order */
+	__u16 src_port;   /* network order */
+	__u16 dst_port;   /* network order */
+	__u32 pad;        /* zero */
+};
+
 /* sluice_excluded_ports_v1: key = port (__u16, network order), value = __u8 1.
  * Destination ports never redirected by connect4/6 nor captured by tc. */
 
@@ -69,6 +101,20 @@ enum sluice_stat {
 	SLUICE_STAT_TC_NO_LISTENER = 6,     /* enrolled pod without a 15006 listener */
 	SLUICE_STAT_TC_PASSED = 7,          /* packets left alone */
 	SLUICE_STAT_MAX = 8,
+};
+
+/* sluice_stats6_v1: per-CPU array of SLUICE_STATS6_SLOTS counters indexed by
+ * enum sluice_stat6 (its own map: sluice_stats_v1 cannot grow). IPv6 events
+ * are also counted in sluice_stats_v1 as IPv4 ones are (seen, redirected,
+ * skipped, re-keyed, answered, assigned); these are the IPv6-only ones. The
+ * spare slots let later counters come without changing the pin. */
+#define SLUICE_STATS6_SLOTS 16
+enum sluice_stat6 {
+	SLUICE_STAT6_CONNECT_REDIRECTED = 0, /* real IPv6 rewritten to [::1]:15001 */
+	SLUICE_STAT6_TC_ASSIGNED = 1,        /* IPv6 SYN assigned to [pod-v6]:15006 */
+	SLUICE_STAT6_TC_NO_LISTENER = 2,     /* IPv6 SYN, no 15006 listener: dropped */
+	SLUICE_STAT6_TC_ASSIGN_FAILED = 3,   /* IPv6 SYN, bpf_sk_assign refused: dropped */
+	SLUICE_STAT6_MAX = 4,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).

@@ -11,6 +11,7 @@
 #define SOL_SOCKET 1
 #define SO_MARK 36
 #define SOL_IP 0
+#define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80
 #define AF_INET 2
 #define AF_INET6 10
@@ -53,6 +54,21 @@ struct {
 static __always_inline void sluice_count(__u32 stat)
 {
 	__u64 *v = bpf_map_lookup_elem(&sluice_stats_v1, &stat);
+	if (v)
+		*v += 1;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_STATS6_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_stats6_v1 SEC(".maps");
+
+static __always_inline void sluice_count6(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&sluice_stats6_v1, &stat);
 	if (v)
 		*v += 1;
 }

@@ -229,19 +229,13 @@ class Parser {
 
   // --- AuthorizationPolicy ---
 
-  Result<void> ipValues(const std::vector<std::string>& values, const std::string& path,
-                        std::vector<std::string>& warnings) const {
+  Result<void> ipValues(const std::vector<std::string>& values, const std::string& path) const {
     for (size_t i = 0; i < values.size(); ++i) {
       auto b = parseIpBlock(values[i]);
       if (!b)
         return err(
             fmt::format("{}[{}]", path, i),
             fmt::format("\"{}\" is not an IP address or CIDR block (like 10.1.0.0/16)", values[i]));
-      if (b->v6)
-        warnings.push_back(
-            fmt::format("{}: {} is an IPv6 block: it matches IPv6 sources only, and IPv6 "
-                        "connections do not reach enrolled pods yet (Sluice meshes IPv4)",
-                        path, values[i]));
     }
     return {};
   }
@@ -317,8 +311,7 @@ class Parser {
       any = true;
       s.l7_fields.push_back(f);
       if (std::string_view(f).ends_with("IpBlocks")) {
-        std::vector<std::string> ignored;
-        if (auto ok = ipValues(*v, path + "." + f, ignored); !ok) return tl::unexpected(ok.error());
+        if (auto ok = ipValues(*v, path + "." + f); !ok) return tl::unexpected(ok.error());
       }
     }
     if (!any) return err(path, "must not be empty: set principals, namespaces, ipBlocks...");
@@ -327,9 +320,8 @@ class Parser {
           !s.not_namespaces.empty())
         return err(path, "cannot set serviceAccounts with namespaces or principals");
     }
-    if (auto ok = ipValues(s.ip_blocks, path + ".ipBlocks", warnings); !ok)
-      return tl::unexpected(ok.error());
-    if (auto ok = ipValues(s.not_ip_blocks, path + ".notIpBlocks", warnings); !ok)
+    if (auto ok = ipValues(s.ip_blocks, path + ".ipBlocks"); !ok) return tl::unexpected(ok.error());
+    if (auto ok = ipValues(s.not_ip_blocks, path + ".notIpBlocks"); !ok)
       return tl::unexpected(ok.error());
     if (auto ok = accountValues(s.service_accounts, path + ".serviceAccounts"); !ok)
       return tl::unexpected(ok.error());
@@ -378,9 +370,8 @@ class Parser {
       if (auto ok = check(c.values, path + ".values"); !ok) return ok;
       return check(c.not_values, path + ".notValues");
     };
-    std::vector<std::string> ignored;
     if (key == "source.ip" || key == "destination.ip" || key == "remote.ip")
-      return values([&](const auto& v, const std::string& p) { return ipValues(v, p, ignored); });
+      return values([&](const auto& v, const std::string& p) { return ipValues(v, p); });
     if (key == "destination.port")
       return values([&](const auto& v, const std::string& p) { return portValues(v, p); });
     if (key == "source.serviceAccount")

@@ -1,3 +1,4 @@
+#include "agent/bpf/stat_names.h"
 #include "agent/telemetry/agent_metrics.h"
 
 #include <doctest/doctest.h>
@@ -72,9 +73,10 @@ TEST_SUITE("telemetry") {
     AgentSources src;
     src.controlplane = [] { return ControlPlaneState{false, true, 42}; };
     src.bpf_stats = [] {
-      std::vector<uint64_t> v(SLUICE_STAT_MAX);
+      std::vector<uint64_t> v(agent::bpf::kStats.size());
       v[SLUICE_STAT_CONNECT_REDIRECTED] = 17;
       v[SLUICE_STAT_TC_ASSIGNED] = 5;
+      v[agent::bpf::kStat6Base + SLUICE_STAT6_TC_NO_LISTENER] = 3;
       return v;
     };
     src.bpf_maps = [] {
@@ -98,7 +100,9 @@ TEST_SUITE("telemetry") {
     size_t bpf_counters = 0;
     for (const auto& s : all)
       if (s.name.starts_with("sluice_bpf_") && s.name.ends_with("_total")) ++bpf_counters;
-    CHECK(bpf_counters == SLUICE_STAT_MAX);  // every counter of the table, each once
+    CHECK(value(all, "sluice_bpf_ip6_tc_no_listener_dropped_total") == 3);
+    // every counter of the table (sluice_stats_v1 and sluice_stats6_v1), each once
+    CHECK(bpf_counters == agent::bpf::kStats.size());
     CHECK(value(all, "sluice_bpf_map_entries", {{"map", "sluice_enrolled_v1"}}) == 3);
     CHECK(value(all, "sluice_bpf_map_max_entries", {{"map", "sluice_enrolled_v1"}}) == 4096);
     CHECK(value(all, "sluice_bpf_map_entries", {{"map", "sluice_orig_dst_v1"}}) == 0);

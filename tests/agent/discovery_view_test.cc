@@ -123,7 +123,7 @@ TEST_SUITE("mesh directory") {
     v.services["shop/web"] = service("shop", "web", false, {{"", 80}}, {{"10.244.1.7", 8080}});
     agent::discovery::MeshDirectory dir("cluster.local");
     dir.update(v);
-    auto ip = [](const char* text) { return *parseIp4(text); };
+    auto ip = [](const char* text) { return *IpAddr::parse(text); };
     CHECK(dir.headlessService(ip("10.244.1.7"), htons(5433)) == "shop/db");
     CHECK(dir.headlessService(ip("10.244.2.8"), htons(5433)) == "shop/db");
     // The Service port is not the endpoint's: only the target port is.
@@ -139,5 +139,58 @@ TEST_SUITE("mesh directory") {
     v.services.erase("shop/db");
     dir.update(v);
     CHECK_FALSE(dir.headlessService(ip("10.244.1.7"), htons(5433)).has_value());
+  }
+
+  TEST_CASE("a dual-stack Service balances each VIP over the endpoints of its family") {
+    api::v1::Service s;
+    s.set_namespace_("shop");
+    s.set_name("web");
+    s.add_vips("10.96.0.10");
+    s.add_vips("fd00:96::a");
+    auto* port = s.add_ports();
+    port->set_name("http");
+    port->set_port(80);
+    port->set_protocol("TCP");
+    for (const char* ip : {"10.244.1.7", "fd00:244:1::7", "fd00:244:2::8"}) {
+      auto* e = s.add_endpoints();
+      e->set_ip(ip);
+      (*e->mutable_ports())["http"] = 8080;
+    }
+    api::v1::Workload w;
+    w.set_namespace_("shop");
+    w.set_name("api");
+    w.set_service_account("api");
+    w.set_node("node2");
+    w.set_enrolled(true);
+    w.add_ips("10.244.2.8");
+    w.add_ips("fd00:244:2::8");
+    View v;
+    v.services["shop/web"] = s;
+    v.workloads["uid-api"] = w;
+    agent::discovery::MeshDirectory dir("cluster.local");
+    dir.update(v);
+    auto ip = [](const char* text) { return *IpAddr::parse(text); };
+    auto endpoints = [](const std::shared_ptr<const ztunnel::ServiceTarget>& t) {
+      std::vector<std::string> out;
+      for (const auto& e : t->endpoints) out.push_back(e.str());
+      return out;
+    };
+    auto v4 = dir.service(ip("10.96.0.10"), htons(80));
+    auto v6 = dir.service(ip("fd00:96::a"), htons(80));
+    REQUIRE(v4 != nullptr);
+    REQUIRE(v6 != nullptr);
+    CHECK(v6->name == "shop/web");
+    CHECK(endpoints(v4) == std::vector<std::string>{"10.244.1.7:8080"});
+    CHECK(endpoints(v6) ==
+          std::vector<std::string>{"[fd00:244:1::7]:8080", "[fd00:244:2::8]:8080"});
+    CHECK(dir.service(ip("fd00:96::a"), htons(81)) == nullptr);
+    CHECK(dir.service(ip("fd00:96::b"), htons(80)) == nullptr);
+    // A meshed workload by either of its addresses; an IPv4-mapped one is the IPv4 one.
+    auto by6 = dir.meshed(ip("fd00:244:2::8"));
+    REQUIRE(by6.has_value());
+    CHECK(by6->identity == "spiffe://cluster.local/ns/shop/sa/api");
+    CHECK(dir.meshed(ip("10.244.2.8")).has_value());
+    CHECK(dir.meshed(ip("::ffff:10.244.2.8")).has_value());
+    CHECK_FALSE(dir.meshed(ip("fd00:244:2::9")).has_value());
   }
 }

@@ -3,12 +3,14 @@
 
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <set>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 #include "support/bpf_env.h"
 #include "support/scratch_netns.h"
 
@@ -188,7 +190,9 @@ TEST_SUITE("pod_manager") {
     CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
   }
 
-  TEST_CASE("dual stack: the IPv6 address is kept and survives a restart - IPv6-only is refused") {
+  TEST_CASE(
+      "dual stack: the IPv6 address is kept and survives a restart - an IPv6-only pod is "
+      "enrolled") {
     Fixture f;
     pods::PodRef dual = f.ref();
     dual.ip6 = "fd00:244:1::5";
@@ -201,21 +205,44 @@ TEST_SUITE("pod_manager") {
       CHECK(dump["pods"][0]["ip"] == "10.77.2.5");
       CHECK(dump["pods"][0]["ip6"] == "fd00:244:1::5");
     }
+    // connect6 knows the pod's own IPv6 address (never captured towards it).
+    auto own6 = [&] {
+      auto v = f.loader->enrolled6().lookup(f.cookie);
+      if (!v) return std::string("none");
+      in6_addr a{};
+      std::memcpy(&a, v->pod_ip6, sizeof(a));
+      return formatIp6(a);
+    };
+    CHECK(own6() == "fd00:244:1::5");
     f.engine.forget();
     pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     again.restore();
     CHECK(again.dump()["pods"][0]["ip6"] == "fd00:244:1::5");
+    CHECK(own6() == "fd00:244:1::5");
     again.remove("ctr-1", "uid-1");
+    CHECK(own6() == "none");
     again.onWorkloads(Fixture::view(true), 2);
 
     pods::PodRef v6only = dual;
     v6only.ip4 = 0;
     v6only.container_id = "ctr-6";
+    // An IPv6-only pod is meshed too (the proxy listens on its IPv6 address).
     auto r = again.add(v6only, std::chrono::milliseconds(50));
-    REQUIRE_FALSE(r.has_value());
-    CHECK(r.error().describe().find("only an IPv6 address (fd00:244:1::5)") != std::string::npos);
-    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    REQUIRE(r.value_or(false));
+    CHECK(f.engine.has("ctr-6"));
+    CHECK(own6() == "fd00:244:1::5");
+    again.remove("ctr-6", "uid-1");
     CHECK_FALSE(f.engine.has("ctr-6"));
+    CHECK(own6() == "none");
+    // Without any address there is nothing to mesh: refused, nothing left behind.
+    pods::PodRef none = v6only;
+    none.ip6.clear();
+    none.container_id = "ctr-0";
+    auto r0 = again.add(none, std::chrono::milliseconds(50));
+    REQUIRE_FALSE(r0.has_value());
+    CHECK(r0.error().describe().find("no IP address") != std::string::npos);
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    CHECK_FALSE(f.engine.has("ctr-0"));
   }
 
   TEST_CASE("an enrollment failure fails ADD and leaves no capture behind") {

@@ -103,7 +103,7 @@ TEST_SUITE("policy") {
         {rule("p", R"({when: [{key: "request.headers[x]", values: [a]}]})"),
          {"request.headers[x]", "matches nothing"}},
         {rule("p", from("{notNamespaces: [bad]}")), {"notNamespaces", "plaintext", "STRICT"}},
-        {rule("p", from(R"({ipBlocks: ["fd00::/8"]})")), {"IPv6", "do not reach enrolled pods"}},
+        {rule("p", from(R"({ipBlocks: ["fd00::/8"]})")), {}},  // IPv6 connections are meshed
         {rule("p", from(R"({principals: ["spiffe://cluster.local/ns/a/sa/b"]})")),
          {"without spiffe://"}},
         {ap("prod", "d", "{action: DENY, rules: [{}]}",

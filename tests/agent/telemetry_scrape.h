@@ -103,7 +103,7 @@ inline std::vector<Sample> scrape(TcpMetrics& m) {
   return parse(w.take());
 }
 
-inline uint32_t ip(const char* text) { return *parseIp4(text); }
+inline IpAddr ip(const char* text) { return *IpAddr::parse(text); }
 
 // client (shop, node1, Deployment "client") -> server (shop, node2, StatefulSet "db").
 inline WorkloadIndex& meshIndex() {

@@ -1,9 +1,11 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,6 +13,8 @@
 #include <vector>
 
 #include "agent/bpf/loader.h"
+#include "agent/bpf/orig_dst_resolver.h"
+#include "agent/bpf/stat_names.h"
 #include "sluice/common/addr.h"
 #include "support/bpf_env.h"
 #include "support/scratch_netns.h"
@@ -258,7 +262,7 @@ TEST_SUITE("capture.bpf") {
       FAIL("no fill level for " << name);
       return agent::bpf::MapFill{};
     };
-    CHECK(bpf.loader->mapFill().size() == 4);
+    CHECK(bpf.loader->mapFill().size() == 7);  // with the IPv6 twins
     CHECK(fillOf("sluice_orig_dst_v1").entries == 0);
     CHECK(fillOf("sluice_orig_dst_v1").max_entries == SLUICE_MAX_PENDING);
     CHECK(fillOf("sluice_cookie_dst_v1").max_entries == SLUICE_MAX_PENDING);
@@ -315,5 +319,197 @@ TEST_SUITE("capture.bpf") {
       CHECK((*second)->links()[i].link_id == first_links[i].link_id);
     }
     first.loader = std::move(*second);
+  }
+}
+
+// IPv6 capture (issue 15): real IPv6 destinations of a pod with an IPv6
+// address go to its [::1]:15001, with records in the *6_v1 maps.
+TEST_SUITE("capture.bpf ipv6") {
+  struct Pod6 {
+    test::ScratchNetns ns;
+    LoadedCapture bpf;
+    uint64_t cookie = 0;
+    UniqueFd proxy;
+    explicit Pod6(const std::string& ip6 = "fd00:77::5") {
+      ns.sh(
+          "ip addr add 10.77.0.5/32 dev lo && ip addr add 10.77.0.9/32 dev lo && "
+          "ip -6 addr add fd00:77::5/128 dev lo nodad && ip -6 addr add fd00:77::9/128 dev lo "
+          "nodad");
+      auto c = netnsCookie(ns.fd());
+      REQUIRE(c.has_value());
+      cookie = *c;
+      auto r = bpf.loader->enroll(cookie, sluice_enrolled{*parseIp4("10.77.0.5"), 0}, ip6);
+      REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+      proxy = listen6In(ns.fd(), "::1", SLUICE_OUTBOUND_PORT, SLUICE_MARK_MINE);
+      int flags = fcntl(proxy.get(), F_GETFL);
+      REQUIRE(fcntl(proxy.get(), F_SETFL, flags | O_NONBLOCK) == 0);
+    }
+    // The next connection of [::1]:15001's queue; none when nothing was
+    // captured (a captured connect() has completed its handshake, so it is
+    // queued already: the wait only covers a slow softirq).
+    UniqueFd accepted(bool expect = false) {
+      if (expect) {
+        pollfd p{proxy.get(), POLLIN, 0};
+        ::poll(&p, 1, 5000);
+      }
+      return UniqueFd(::accept(proxy.get(), nullptr, nullptr));
+    }
+    uint64_t entries(const std::string& name) {
+      for (const auto& f : bpf.loader->mapFill())
+        if (f.name == name) return f.entries;
+      FAIL("no fill level for " << name);
+      return 0;
+    }
+    uint64_t stat(size_t i) { return bpf.loader->stats().at(i); }
+  };
+
+  TEST_CASE("connect6: which IPv6 connects are captured, and what the proxy and the client see") {
+    Pod6 pod;
+    auto server = listen6In(pod.ns.fd(), "fd00:77::9", 8080);
+    auto excluded = listen6In(pod.ns.fd(), "fd00:77::9", 9999);
+    auto own = listen6In(pod.ns.fd(), "fd00:77::5", 8081);
+    auto lo = listen6In(pod.ns.fd(), "::1", 8082);
+    struct Case {
+      const char* name;
+      const char* dst;
+      uint16_t port;
+      uint32_t mark;
+      bool captured;
+    };
+    const Case cases[] = {
+        {"a real IPv6 destination is captured", "fd00:77::9", 8080, 0, true},
+        {"the pod's own IPv6 address goes direct", "fd00:77::5", 8081, 0, false},
+        {"::1 goes direct", "::1", 8082, 0, false},
+        {"an excluded port goes direct", "fd00:77::9", 9999, 0, false},
+        {"the proxy's own socket goes direct", "fd00:77::9", 8080, SLUICE_MARK_MINE, false},
+    };
+    agent::bpf::MapOrigDstResolver resolver(pod.bpf.loader->origDst(), pod.bpf.loader->origDst6());
+    for (const auto& c : cases) {
+      CAPTURE(c.name);
+      auto redirected = pod.stat(SLUICE_STAT_CONNECT_REDIRECTED);
+      auto redirected6 = pod.stat(agent::bpf::kStat6Base + SLUICE_STAT6_CONNECT_REDIRECTED);
+      auto skipped = pod.stat(SLUICE_STAT_CONNECT_SKIPPED);
+      auto client = connect6In(pod.ns.fd(), c.dst, c.port, c.mark);
+      std::string want = fmt::format("[{}]:{}", c.dst, c.port);
+      // Captured or not, the client's getpeername() is where it connected to.
+      CHECK(formatEndpoint6(peer6Of(client.get())) == want);
+      auto a = pod.accepted(c.captured);
+      CHECK(a.valid() == c.captured);
+      CHECK(pod.stat(SLUICE_STAT_CONNECT_REDIRECTED) - redirected == (c.captured ? 1 : 0));
+      CHECK(pod.stat(agent::bpf::kStat6Base + SLUICE_STAT6_CONNECT_REDIRECTED) - redirected6 ==
+            (c.captured ? 1 : 0));
+      CHECK(pod.stat(SLUICE_STAT_CONNECT_SKIPPED) - skipped == (c.captured ? 0 : 1));
+      if (!c.captured) continue;
+      CHECK(formatEndpoint6(local6Of(client.get())).rfind("[::1]:", 0) == 0);
+      // IP6T_SO_ORIGINAL_DST on the accepted socket (cgroup/getsockopt).
+      sockaddr_in6 orig{};
+      socklen_t len = sizeof(orig);
+      REQUIRE(getsockopt(a.get(), SOL_IPV6, 80 /*IP6T_SO_ORIGINAL_DST*/, &orig, &len) == 0);
+      CHECK(len == sizeof(sockaddr_in6));
+      CHECK(orig.sin6_family == AF_INET6);
+      CHECK(formatEndpoint6(orig) == want);
+      // The proxy's one lookup-and-delete: the record is gone after it.
+      auto peer = peer6Of(a.get());
+      auto local = local6Of(a.get());
+      auto d = resolver.originalDst6(pod.cookie, peer, local);
+      REQUIRE(d.has_value());
+      CHECK(formatEndpoint6(*d) == want);
+      CHECK_FALSE(resolver.originalDst6(pod.cookie, peer, local).has_value());
+      CHECK(pod.entries("sluice_orig_dst6_v1") == 0);
+      CHECK(pod.entries("sluice_cookie_dst6_v1") == 0);
+    }
+  }
+
+  TEST_CASE("connect6: pods without an IPv6 address, netns not enrolled, IPv4 records untouched") {
+    SUBCASE("an enrolled pod with no IPv6 address is not captured over IPv6") {
+      Pod6 pod("");
+      auto server = listen6In(pod.ns.fd(), "fd00:77::9", 8080);
+      auto client = connect6In(pod.ns.fd(), "fd00:77::9", 8080);
+      CHECK_FALSE(pod.accepted().valid());
+      CHECK(pod.entries("sluice_enrolled6_v1") == 0);
+    }
+    SUBCASE("a netns that is not enrolled is never redirected") {
+      Pod6 pod;
+      test::ScratchNetns other;
+      other.sh("ip -6 addr add fd00:77::9/128 dev lo nodad");
+      auto srv = listen6In(other.fd(), "fd00:77::9", 8080);
+      auto c = connect6In(other.fd(), "fd00:77::9", 8080);
+      // Connected at all: redirected, it would have met no [::1]:15001 there.
+      CHECK(formatEndpoint6(peer6Of(c.get())) == "[fd00:77::9]:8080");
+    }
+    SUBCASE("v4-mapped destinations keep the IPv4 path and records") {
+      Pod6 pod;
+      auto proxy4 = listenIn(pod.ns.fd(), "127.0.0.1", SLUICE_OUTBOUND_PORT, SLUICE_MARK_MINE);
+      auto server = listenIn(pod.ns.fd(), "10.77.0.9", 8080);
+      auto client = connect6In(pod.ns.fd(), "::ffff:10.77.0.9", 8080);
+      CHECK(formatEndpoint6(peer6Of(client.get())) == "[::ffff:10.77.0.9]:8080");
+      CHECK(formatEndpoint6(local6Of(client.get())).rfind("[::ffff:127.0.0.1]:", 0) == 0);
+      CHECK(pod.entries("sluice_orig_dst_v1") == 1);
+      CHECK(pod.entries("sluice_orig_dst6_v1") == 0);
+      CHECK_FALSE(pod.accepted().valid());  // not on [::1]:15001
+    }
+    SUBCASE("unenrolling removes the pod's IPv6 address too") {
+      Pod6 pod;
+      CHECK(pod.entries("sluice_enrolled6_v1") == 1);
+      pod.bpf.loader->unenroll(pod.cookie);
+      CHECK(pod.entries("sluice_enrolled6_v1") == 0);
+      CHECK(pod.entries("sluice_enrolled_v1") == 0);
+      auto bad = pod.bpf.loader->enroll(pod.cookie, sluice_enrolled{1, 0}, "not-an-address");
+      REQUIRE_FALSE(bad.has_value());
+      CHECK(bad.error().describe().find("not-an-address") != std::string::npos);
+      CHECK(pod.entries("sluice_enrolled_v1") == 0);
+    }
+  }
+
+  TEST_CASE("getpeername6 answers the original IPv6 destination, also across a reconnect") {
+    Pod6 pod;
+    auto server = listen6In(pod.ns.fd(), "fd00:77::9", 8080);
+    auto lo = listen6In(pod.ns.fd(), "::1", 8082);
+    SUBCASE("captured") {
+      auto client = connect6In(pod.ns.fd(), "fd00:77::9", 8080);
+      CHECK(formatEndpoint6(peer6Of(client.get())) == "[fd00:77::9]:8080");
+      auto a = pod.accepted(true);
+      REQUIRE(a.valid());
+      // The proxy's accepted socket sees the client's real address.
+      CHECK(formatEndpoint6(peer6Of(a.get())) == formatEndpoint6(local6Of(client.get())));
+    }
+    SUBCASE("a socket that reconnects after a failed captured attempt is not lied about") {
+      pod.proxy.reset();  // nothing listens on [::1]:15001: the captured attempt is refused
+      auto s = socketInNetns(pod.ns.fd(), AF_INET6, SOCK_STREAM, 0);
+      REQUIRE(s.has_value());
+      auto first = makeSockaddr6("fd00:77::9", 8080);
+      REQUIRE(::connect(s->get(), reinterpret_cast<sockaddr*>(&first), sizeof(first)) != 0);
+      CHECK(errno == ECONNREFUSED);
+      auto second = makeSockaddr6("::1", 8082);
+      REQUIRE(::connect(s->get(), reinterpret_cast<sockaddr*>(&second), sizeof(second)) == 0);
+      CHECK(formatEndpoint6(peer6Of(s->get())) == "[::1]:8082");
+    }
+  }
+
+  TEST_CASE("sockops: IPv6 records of sockets that close without the proxy taking them go") {
+    Pod6 pod;
+    SUBCASE("refused: nothing listens on [::1]:15001 - no cookie record stays") {
+      pod.proxy.reset();
+      for (int i = 0; i < 20; ++i) {
+        auto [s, err] = tryConnect6In(pod.ns.fd(), "fd00:77::9", 8080);
+        CHECK(err == ECONNREFUSED);
+      }
+      CHECK(pod.entries("sluice_cookie_dst6_v1") == 0);
+      CHECK(pod.entries("sluice_orig_dst6_v1") == 0);
+    }
+    SUBCASE("re-keyed by 4-tuple, then reset in the accept queue - no record stays") {
+      auto rekeyed = pod.stat(SLUICE_STAT_SOCKOPS_REKEYED);
+      std::vector<UniqueFd> clients;
+      for (int i = 0; i < 10; ++i) clients.push_back(connect6In(pod.ns.fd(), "fd00:77::9", 8080));
+      CHECK(pod.entries("sluice_orig_dst6_v1") == 10);
+      CHECK(pod.entries("sluice_cookie_dst6_v1") == 0);
+      CHECK(pod.stat(SLUICE_STAT_SOCKOPS_REKEYED) - rekeyed == 10);
+      pod.proxy.reset();  // 10 connections never accepted: each is reset
+      for (auto& c : clients) {
+        char b;
+        CHECK(::recv(c.get(), &b, 1, 0) < 0);
+      }
+      CHECK(pod.entries("sluice_orig_dst6_v1") == 0);
+    }
   }
 }

@@ -1,6 +1,7 @@
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
@@ -12,9 +13,11 @@
 #include <vector>
 
 #include "agent/bpf/loader.h"
+#include "agent/bpf/stat_names.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/ip6.h"
 #include "support/bpf_env.h"
+#include "support/eventually.h"
 #include "support/scratch_netns.h"
 
 using namespace sluice;
@@ -29,6 +32,7 @@ struct Packet {
   bool syn;
   bool ack;
   uint8_t proto = IPPROTO_TCP;
+  bool hop_by_hop = false;  // IPv6: an 8-byte hop-by-hop header before the L4 one
 };
 
 // The headers are built as objects and copied in: past the 14-byte Ethernet
@@ -47,8 +51,11 @@ std::vector<uint8_t> build(const Packet& p) {
   ipv6hdr ip6{};
   ip6.version = 6;
   ip6.hop_limit = 64;
-  ip6.nexthdr = p.proto;
-  ip6.payload_len = htons(sizeof(tcphdr));
+  ip6.nexthdr = p.hop_by_hop ? 0 : p.proto;
+  // Hop-by-hop: next header, length 0 (8 bytes), a PadN option of 4 bytes.
+  const uint8_t hbh[8] = {p.proto, 0, 1, 4, 0, 0, 0, 0};
+  const size_t ext_len = p.hop_by_hop ? sizeof(hbh) : 0;
+  ip6.payload_len = htons(static_cast<uint16_t>(ext_len + sizeof(tcphdr)));
   if (v6) {
     ip6.saddr = *parseIp6(p.src);
     ip6.daddr = *parseIp6(p.dst);
@@ -63,11 +70,12 @@ std::vector<uint8_t> build(const Packet& p) {
   tcp.syn = p.syn;
   tcp.ack = p.ack;
   tcp.window = htons(65535);
-  const size_t ip_len = v6 ? sizeof(ip6) : sizeof(ip);
+  const size_t ip_len = v6 ? sizeof(ip6) + ext_len : sizeof(ip);
   std::vector<uint8_t> buf(sizeof(eth) + ip_len + sizeof(tcp));
   std::memcpy(buf.data(), &eth, sizeof(eth));
   if (v6) {
     std::memcpy(buf.data() + sizeof(eth), &ip6, sizeof(ip6));
+    if (ext_len) std::memcpy(buf.data() + sizeof(eth) + sizeof(ip6), hbh, ext_len);
   } else {
     std::memcpy(buf.data() + sizeof(eth), &ip, sizeof(ip));
   }
@@ -143,27 +151,58 @@ TEST_SUITE("inbound.bpf") {
       CHECK(delta[SLUICE_STAT_TC_ASSIGNED] == 0);
     }
 
-    // IPv6: no proxy listener takes it, so a SYN to an enrolled pod is dropped
-    // (fail closed: it would bypass mTLS and policy); the rest passes.
+    // IPv6: a SYN to the pod that no [pod-v6]:15006 listener takes is
+    // dropped (fail closed: it would bypass mTLS and policy) and counted;
+    // the proxy's ports, excluded ports and everything but a SYN pass.
+    constexpr size_t kNoListener6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_NO_LISTENER;
     struct Case6 {
       const char* name;
       Packet pkt;
       int verdict;
+      size_t expect;  // the one counter that moves
     };
     const Case6 cases6[] = {
-        {"ipv6 syn is dropped", {"fd00:77::9", "fd00:77::5", 8080, true, false}, 2 /*SHOT*/},
-        {"ipv6 syn to hbone port is dropped", {"fd00:77::9", "fd00:77::5", 15008, true, false}, 2},
-        {"ipv6 syn-ack passes", {"fd00:77::9", "fd00:77::5", 8080, true, true}, 0},
-        {"ipv6 ack passes", {"fd00:77::9", "fd00:77::5", 8080, false, true}, 0},
-        {"ipv6 syn to excluded port passes", {"fd00:77::9", "fd00:77::5", 9999, true, false}, 0},
-        {"ipv6 udp passes", {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_UDP}, 0},
+        {"ipv6 syn without a listener is dropped and counted",
+         {"fd00:77::9", "fd00:77::5", 8080, true, false},
+         2 /*SHOT*/,
+         kNoListener6},
+        {"ipv6 syn to hbone port passes",
+         {"fd00:77::9", "fd00:77::5", 15008, true, false},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"ipv6 syn to 15006 passes",
+         {"fd00:77::9", "fd00:77::5", 15006, true, false},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"ipv6 syn to excluded port passes",
+         {"fd00:77::9", "fd00:77::5", 9999, true, false},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"ipv6 syn-ack passes",
+         {"fd00:77::9", "fd00:77::5", 8080, true, true},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"ipv6 ack passes",
+         {"fd00:77::9", "fd00:77::5", 8080, false, true},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"ipv6 udp passes",
+         {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_UDP},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"ipv6 syn behind a hop-by-hop header is dropped too",
+         {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_TCP, true},
+         2,
+         kNoListener6},
     };
     for (const auto& c : cases6) {
       CAPTURE(c.name);
       auto [verdict, delta] = run(loader, pod.fd(), c.pkt);
       CHECK(verdict == c.verdict);
-      CHECK(delta[SLUICE_STAT_TC_ASSIGNED] == 0);
-      CHECK(delta[SLUICE_STAT_TC_NO_LISTENER] == 0);
+      for (size_t i = 0; i < delta.size(); ++i) {
+        CAPTURE(i);
+        CHECK(delta[i] == (i == c.expect ? 1u : 0u));
+      }
     }
 
     // With the proxy's transparent listener present the SYN is steered to it.
@@ -181,5 +220,72 @@ TEST_SUITE("inbound.bpf") {
     // have succeeded (no NO_LISTENER). Real assignment is covered end to end.
     CHECK(delta[SLUICE_STAT_TC_NO_LISTENER] == 0);
     CHECK(delta[SLUICE_STAT_TC_ASSIGNED] + delta[SLUICE_STAT_TC_PASSED] == 1);
+
+    // IPv6: [pod-v6]:15006 (IPV6_TRANSPARENT) is found; outside tc ingress
+    // bpf_sk_assign refuses, and an IPv6 SYN that cannot be assigned is
+    // dropped (counted as such), never passed to the app.
+    pod.sh("ip -6 addr add fd00:77::5/128 dev lo nodad");
+    auto l6 = test::listen6In(pod.fd(), "fd00:77::5", SLUICE_INBOUND_PORT, 0, true);
+    auto [verdict6, delta6] =
+        run(loader, pod.fd(), {"fd00:77::9", "fd00:77::5", 8080, true, false});
+    CHECK(delta6[kNoListener6] == 0);
+    const size_t assigned6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_ASSIGNED;
+    const size_t failed6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_ASSIGN_FAILED;
+    CHECK(delta6[assigned6] + delta6[failed6] == 1);
+    CHECK(verdict6 == (delta6[assigned6] ? 0 : 2));
+  }
+}
+
+TEST_SUITE("inbound.bpf ipv6") {
+  // Real sockets across a veth: the tc program at the pod interface's ingress
+  // assigns an IPv6 SYN to [pod-v6]:15006, or drops it when nobody listens.
+  TEST_CASE("an IPv6 SYN to the pod is assigned to [pod-v6]:15006, else dropped and counted") {
+    test::ScratchNetns pod;
+    test::ScratchNetns peer;
+    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " + peer.path() +
+           " && ip link set eth0 up && ip -6 addr add fd00:78::5/64 dev eth0 nodad");
+    peer.sh("ip link set peer0 up && ip -6 addr add fd00:78::9/64 dev peer0 nodad");
+    test::LoadedCapture bpf;
+    auto attached = bpf.loader->attachTc(pod.fd(), "eth0");
+    REQUIRE_MESSAGE(attached.has_value(), (attached ? "" : attached.error().describe()));
+    auto app = test::listen6In(pod.fd(), "fd00:78::5", 8080);
+    int flags = fcntl(app.get(), F_GETFL);
+    REQUIRE(fcntl(app.get(), F_SETFL, flags | O_NONBLOCK) == 0);
+    auto stat = [&](size_t i) { return bpf.loader->stats().at(i); };
+    const size_t assigned6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_ASSIGNED;
+    const size_t dropped6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_NO_LISTENER;
+
+    SUBCASE("assigned: the proxy accepts it, with the original destination as its local end") {
+      auto proxy = test::listen6In(pod.fd(), "fd00:78::5", SLUICE_INBOUND_PORT, 0, true);
+      auto client = test::connect6In(peer.fd(), "fd00:78::5", 8080);
+      UniqueFd a(::accept(proxy.get(), nullptr, nullptr));
+      REQUIRE(a.valid());
+      CHECK(test::formatEndpoint6(test::local6Of(a.get())) == "[fd00:78::5]:8080");
+      CHECK(test::formatEndpoint6(test::peer6Of(a.get())) ==
+            test::formatEndpoint6(test::local6Of(client.get())));
+      CHECK(::accept(app.get(), nullptr, nullptr) < 0);  // the app never saw it
+      CHECK(stat(assigned6) == 1);
+      CHECK(stat(SLUICE_STAT_TC_ASSIGNED) == 1);
+      CHECK(stat(dropped6) == 0);
+    }
+    SUBCASE("no listener: dropped (the app never sees it) and counted") {
+      auto s = socketInNetns(peer.fd(), AF_INET6, SOCK_STREAM, 0);
+      REQUIRE(s.has_value());
+      int fl = fcntl(s->get(), F_GETFL);
+      REQUIRE(fcntl(s->get(), F_SETFL, fl | O_NONBLOCK) == 0);
+      auto sa = test::makeSockaddr6("fd00:78::5", 8080);
+      CHECK(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0);
+      CHECK(errno == EINPROGRESS);
+      CHECK(testing::eventually([&] { return stat(dropped6) >= 1; }));
+      CHECK(::accept(app.get(), nullptr, nullptr) < 0);
+      CHECK(stat(assigned6) == 0);
+    }
+    SUBCASE("an excluded port passes to the app") {
+      auto excluded = test::listen6In(pod.fd(), "fd00:78::5", 9999);
+      auto client = test::connect6In(peer.fd(), "fd00:78::5", 9999);
+      UniqueFd a(::accept(excluded.get(), nullptr, nullptr));
+      CHECK(a.valid());
+      CHECK(stat(dropped6) == 0);
+    }
   }
 }

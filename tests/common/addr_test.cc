@@ -34,6 +34,73 @@ TEST_SUITE("addr") {
   }
 }
 
+TEST_SUITE("IpAddr and SockAddr") {
+  using sluice::IpAddr;
+  using sluice::SockAddr;
+  TEST_CASE("both families parse, format and compare; IPv4-mapped is IPv4") {
+    auto v4 = IpAddr::parse("10.244.1.5");
+    auto v6 = IpAddr::parse("fd00:0244:0001::0005");
+    REQUIRE(v4.has_value());
+    REQUIRE(v6.has_value());
+    CHECK(v4->isV4());
+    CHECK(v4->v4net() == *sluice::parseIp4("10.244.1.5"));
+    CHECK(v4->str() == "10.244.1.5");
+    CHECK(v6->isV6());
+    CHECK(v6->v4net() == 0);
+    CHECK(v6->str() == "fd00:244:1::5");
+    auto mapped = IpAddr::parse("::ffff:10.244.1.5");
+    REQUIRE(mapped.has_value());
+    CHECK(mapped->isV4());
+    CHECK(*mapped == *v4);
+    CHECK(std::hash<IpAddr>()(*mapped) == std::hash<IpAddr>()(*v4));
+    CHECK(*v4 != *v6);
+    CHECK(IpAddr() != *v4);
+    CHECK(IpAddr().empty());
+    CHECK(IpAddr().str().empty());
+    CHECK(sluice::formatIp6(v4->v6addr()) == "::ffff:10.244.1.5");
+    CHECK_FALSE(IpAddr::parse("10.244.1").has_value());
+    CHECK_FALSE(IpAddr::parse("fd00::1::2").has_value());
+    CHECK_FALSE(IpAddr::parse("").has_value());
+  }
+  TEST_CASE("endpoints of both families round-trip as 1.2.3.4:80 and [fd00::1]:80") {
+    auto a = SockAddr::parse("10.244.1.5:8080");
+    REQUIRE(a.has_value());
+    CHECK(a->isV4());
+    CHECK(a->port() == 8080);
+    CHECK(a->portNet() == htons(8080));
+    CHECK(a->len() == sizeof(sockaddr_in));
+    CHECK(a->str() == "10.244.1.5:8080");
+    CHECK(*a == SockAddr(*sluice::parseEndpoint("10.244.1.5:8080")));
+    auto b = SockAddr::parse("[fd00:244:1:0::5]:15008");
+    REQUIRE(b.has_value());
+    CHECK(b->isV6());
+    CHECK(b->len() == sizeof(sockaddr_in6));
+    CHECK(b->str() == "[fd00:244:1::5]:15008");
+    CHECK(b->ip() == *IpAddr::parse("fd00:244:1::5"));
+    b->setPort(80);
+    CHECK(b->str() == "[fd00:244:1::5]:80");
+    CHECK(*b == *SockAddr::parse("[fd00:244:1::5]:80"));
+    CHECK(*b != *SockAddr::parse("[fd00:244:1::5]:81"));
+    CHECK(std::hash<SockAddr>()(*b) ==
+          std::hash<SockAddr>()(*SockAddr::parse("[fd00:244:1::5]:80")));
+    // A v4-mapped socket address (a dual-stack socket's peer) is the IPv4 one.
+    sockaddr_in6 m{};
+    m.sin6_family = AF_INET6;
+    m.sin6_addr = IpAddr::parse("10.244.1.5")->v6addr();
+    m.sin6_port = htons(8080);
+    SockAddr from6(m);
+    CHECK(from6.isV4());
+    CHECK(from6 == *a);
+    CHECK(from6.str() == "10.244.1.5:8080");
+    CHECK(SockAddr::fromRaw(b->sa(), b->len()) == *b);
+    CHECK(SockAddr::fromRaw(b->sa(), sizeof(sockaddr_in)).empty());
+    CHECK(SockAddr().str().empty());
+    for (const char* bad : {"fd00::1:80", "[fd00::1]", "[fd00::1]:", "[10.0.0.1]:80",
+                            "10.0.0.1:65536", "[fd00::1]:8o", ":80", "[]:80"})
+      CHECK_MESSAGE(!SockAddr::parse(bad).has_value(), bad);
+  }
+}
+
 TEST_SUITE("bpf_abi") {
   TEST_CASE("ABI structs have the sizes the BPF programs use") {
     CHECK(sizeof(sluice_pair_key) == 24);

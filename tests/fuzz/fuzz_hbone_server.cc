@@ -74,12 +74,13 @@ void reuse(int fd) {
 // Upstream sockets bound to the pod's own address (what its netns would give).
 class Sockets final : public proxy::SocketFactory {
  public:
-  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, uint32_t bind_ip) override {
-    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, int family,
+                            const IpAddr& bind) override {
+    UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return failErrno("socket");
     reuse(fd.get());
-    sockaddr_in b = makeSockaddr(bind_ip ? bind_ip : pod.spec.ip4, 0);
-    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&b), sizeof(b)) != 0) return failErrno("bind");
+    SockAddr b(bind.empty() ? IpAddr::v4(pod.spec.ip4) : bind, 0);
+    if (::bind(fd.get(), b.sa(), b.len()) != 0) return failErrno("bind");
     return fd;
   }
 };

@@ -10,9 +10,11 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "agent/bpf/loader.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/ip6.h"
 #include "sluice/common/netns.h"
 
 namespace sluice::test {
@@ -72,6 +74,63 @@ inline sockaddr_in localOf(int fd) {
 }
 inline sockaddr_in peerOf(int fd) {
   sockaddr_in sa{};
+  socklen_t len = sizeof(sa);
+  getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  return sa;
+}
+
+// IPv6 twins of the helpers above; endpoints as "[addr]:port" text.
+inline sockaddr_in6 makeSockaddr6(const char* ip, uint16_t port) {
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_port = htons(port);
+  auto a = parseIp6(ip);
+  REQUIRE_MESSAGE(a.has_value(), ip);
+  sa.sin6_addr = *a;
+  return sa;
+}
+inline std::string formatEndpoint6(const sockaddr_in6& sa) {
+  return "[" + formatIp6(sa.sin6_addr) + "]:" + std::to_string(ntohs(sa.sin6_port));
+}
+inline UniqueFd listen6In(int netns, const char* ip, uint16_t port, uint32_t mark = 0,
+                          bool transparent = false) {
+  auto s = socketInNetns(netns, AF_INET6, SOCK_STREAM, 0);
+  REQUIRE(s.has_value());
+  int one = 1;
+  setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  REQUIRE(setsockopt(s->get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == 0);
+  if (transparent)
+    REQUIRE(setsockopt(s->get(), SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one)) == 0);
+  if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
+  auto sa = makeSockaddr6(ip, port);
+  REQUIRE_MESSAGE(::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0,
+                  "bind [" << ip << "]:" << port << ": " << strerror(errno));
+  REQUIRE(::listen(s->get(), 16) == 0);
+  return std::move(*s);
+}
+// connect() of a fresh IPv6 socket; returns it with the connect's errno (0: connected).
+inline std::pair<UniqueFd, int> tryConnect6In(int netns, const char* ip, uint16_t port,
+                                              uint32_t mark = 0) {
+  auto s = socketInNetns(netns, AF_INET6, SOCK_STREAM, 0);
+  REQUIRE(s.has_value());
+  if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
+  auto sa = makeSockaddr6(ip, port);
+  int rc = ::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+  return {std::move(*s), rc == 0 ? 0 : errno};
+}
+inline UniqueFd connect6In(int netns, const char* ip, uint16_t port, uint32_t mark = 0) {
+  auto [s, err] = tryConnect6In(netns, ip, port, mark);
+  REQUIRE_MESSAGE(err == 0, "connect to [" << ip << "]:" << port << " failed: " << strerror(err));
+  return std::move(s);
+}
+inline sockaddr_in6 local6Of(int fd) {
+  sockaddr_in6 sa{};
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  return sa;
+}
+inline sockaddr_in6 peer6Of(int fd) {
+  sockaddr_in6 sa{};
   socklen_t len = sizeof(sa);
   getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len);
   return sa;

@@ -1,6 +1,7 @@
 // A pod netns with the real engine's listeners in it, for the root-only
 // engine tests: a fake original-destination resolver, the pod (10.77.3.5 on
-// a veth), and an engine with two workers serving it.
+// a veth, and fd00:77:3::5 when dual stack), and an engine with two workers
+// serving it.
 #pragma once
 
 #include <arpa/inet.h>
@@ -33,17 +34,26 @@ class FakeResolver final : public ztunnel::OrigDstResolver {
     if (!dst) return std::nullopt;
     return *dst;
   }
+  std::optional<sockaddr_in6> originalDst6(uint64_t, const sockaddr_in6&,
+                                           const sockaddr_in6&) override {
+    return dst6;
+  }
   std::optional<sockaddr_in> dst;
+  std::optional<sockaddr_in6> dst6;
 };
+
+inline const char* const kPodIp6 = "fd00:77:3::5";
 
 struct Pod {
   test::ScratchNetns ns;
   uint64_t cookie = 0;
-  Pod() {
+  bool dual = false;
+  explicit Pod(bool dual_stack = false) : dual(dual_stack) {
     ns.sh(
         "ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 up "
         "&& "
         "ip addr add 10.77.3.5/24 dev eth0");
+    if (dual) ns.sh(std::string("ip -6 addr add ") + kPodIp6 + "/64 dev eth0 nodad");
     cookie = *netnsCookie(ns.fd());
   }
   ztunnel::PodSpec spec() const {
@@ -53,6 +63,7 @@ struct Pod {
     s.service_account = "default";
     s.identity = "spiffe://cluster.local/ns/test/sa/default";
     s.ip4 = *parseIp4("10.77.3.5");
+    if (dual) s.ip6 = *IpAddr::parse(kPodIp6);
     s.netns_cookie = cookie;
     s.netns_fd = ns.fd();
     return s;
@@ -67,13 +78,23 @@ struct Pod {
     REQUIRE(::listen(s->get(), backlog) == 0);
     return std::move(*s);
   }
-  // A client of the proxy's outbound listener, as a redirected app would be.
-  UniqueFd connectProxy() {
-    auto s = socketInNetns(ns.fd(), AF_INET, SOCK_STREAM, 0);
+  // A server on the pod's IPv6 address.
+  UniqueFd listen6(uint16_t port) {
+    auto s = socketInNetns(ns.fd(), AF_INET6, SOCK_STREAM, 0);
     REQUIRE(s.has_value());
-    auto sa = makeSockaddr(htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT);
-    REQUIRE_MESSAGE(::connect(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0,
-                    strerror(errno));
+    SockAddr sa(*IpAddr::parse(kPodIp6), port);
+    REQUIRE(::bind(s->get(), sa.sa(), sa.len()) == 0);
+    REQUIRE(::listen(s->get(), 128) == 0);
+    return std::move(*s);
+  }
+  // A client of the proxy's outbound listener (127.0.0.1:15001, or
+  // [::1]:15001 with ipv6), as a redirected app would be.
+  UniqueFd connectProxy(bool ipv6 = false) {
+    auto s = socketInNetns(ns.fd(), ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    REQUIRE(s.has_value());
+    SockAddr sa(ipv6 ? IpAddr::v6(in6addr_loopback) : IpAddr::v4(htonl(INADDR_LOOPBACK)),
+                SLUICE_OUTBOUND_PORT);
+    REQUIRE_MESSAGE(::connect(s->get(), sa.sa(), sa.len()) == 0, strerror(errno));
     timeval tv{10, 0};
     setsockopt(s->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     return std::move(*s);

@@ -32,7 +32,7 @@ inline std::shared_ptr<const agent::telemetry::WorkloadSnapshot> workloadSnapsho
         std::make_shared<const agent::telemetry::WorkloadInfo>(agent::telemetry::describeWorkload(
             p.name, ns, generateName(p), p.owner, p.labels, "Kubernetes"));
     snap->by_pod[ns + "/" + p.name] = w;
-    snap->by_ip[*parseIp4(p.ip)] = w;
+    snap->by_ip[*IpAddr::parse(p.ip)] = w;
   }
   return snap;
 }

@@ -18,11 +18,7 @@ sockaddr_in ep(const char* ip, uint16_t port = 8080) {
   a.sin_port = htons(port);
   return a;
 }
-std::string str(const sockaddr_in& a) {
-  char buf[INET_ADDRSTRLEN];
-  inet_ntop(AF_INET, &a.sin_addr, buf, sizeof(buf));
-  return buf;
-}
+std::string str(const sluice::SockAddr& a) { return a.ip().str(); }
 ServiceTarget three() {
   return ServiceTarget{"shop/web", {ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")}};
 }
@@ -62,7 +58,7 @@ TEST_SUITE("ztunnel/balancer") {
     CHECK(count["10.0.0.3"] < 3000 / 10);
     // Open connections count: the endpoint holding many is avoided.
     Balancer c({}, 3);
-    std::vector<sockaddr_in> held;
+    std::vector<sluice::SockAddr> held;
     for (int i = 0; i < 50; ++i) {
       auto e = c.pick(ServiceTarget{"s", {ep("10.0.0.1")}}, {}, now);
       held.push_back(*e);
@@ -95,7 +91,7 @@ TEST_SUITE("ztunnel/balancer") {
       b.closed(*e);
     }
     // Retries never repeat an endpoint; with all tried there is none left.
-    std::vector<sockaddr_in> tried = {ep("10.0.0.1"), ep("10.0.0.3")};
+    std::vector<sluice::SockAddr> tried = {ep("10.0.0.1"), ep("10.0.0.3")};
     auto last = b.pick(svc, tried, now + 1s);
     REQUIRE(last.has_value());  // only the ejected one is left: trying beats refusing
     CHECK(str(*last) == "10.0.0.2");
@@ -106,5 +102,32 @@ TEST_SUITE("ztunnel/balancer") {
     b.result(ep("10.0.0.1"), false, 0us, now);
     b.result(ep("10.0.0.1"), true, 100us, now);
     CHECK_FALSE(b.result(ep("10.0.0.1"), false, 0us, now));
+  }
+
+  TEST_CASE("IPv6 endpoints are kept apart by address and port") {
+    auto now = Balancer::Clock::now();
+    auto e6 = [](const char* text) { return *sluice::SockAddr::parse(text); };
+    ServiceTarget svc{"shop/six", {e6("[fd00:244:1::7]:8080"), e6("[fd00:244:2::8]:8080")}};
+    Balancer b({}, 11);
+    std::vector<sluice::SockAddr> tried;
+    auto first = b.pick(svc, tried, now);
+    REQUIRE(first.has_value());
+    tried.push_back(*first);
+    auto second = b.pick(svc, tried, now);
+    REQUIRE(second.has_value());
+    CHECK(*second != *first);
+    tried.push_back(*second);
+    CHECK_FALSE(b.pick(svc, tried, now).has_value());
+    CHECK(b.open(e6("[fd00:244:1::7]:8080")) == 1);
+    CHECK(b.open(e6("[fd00:244:1::7]:8081")) == 0);
+    for (int i = 0; i < 3; ++i) b.result(e6("[fd00:244:2::8]:8080"), false, 0us, now);
+    CHECK(b.ejected(e6("[fd00:244:2::8]:8080"), now));
+    CHECK_FALSE(b.ejected(e6("[fd00:244:1::7]:8080"), now));
+    for (int i = 0; i < 5; ++i) {
+      auto p = b.pick(svc, {}, now);
+      REQUIRE(p.has_value());
+      CHECK(p->str() == "[fd00:244:1::7]:8080");  // the healthy one
+      b.closed(*p);
+    }
   }
 }

@@ -15,6 +15,8 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -60,8 +62,8 @@ std::vector<unsigned char> recvAll(int fd) {
 // Nothing is meshed; there is no view until has_view is set.
 class FakeDirectory final : public ztunnel::MeshDirectory {
  public:
-  std::optional<ztunnel::MeshWorkload> meshed(uint32_t) override { return std::nullopt; }
-  std::shared_ptr<const ztunnel::ServiceTarget> service(uint32_t, uint16_t) override {
+  std::optional<ztunnel::MeshWorkload> meshed(const IpAddr&) override { return std::nullopt; }
+  std::shared_ptr<const ztunnel::ServiceTarget> service(const IpAddr&, uint16_t) override {
     return nullptr;
   }
   bool hasView() override { return has_view; }
@@ -77,7 +79,7 @@ class FakeAuthorizer final : public ztunnel::InboundAuthorizer {
     last_path = r.path;
     last_pod = std::string(r.pod);
     last_principal = std::string(r.source_principal);
-    last_port = ntohs(r.destination.sin_port);
+    last_port = r.destination.port();
     if (deny) return {ztunnel::Verdict::kDeny, "fake policy"};
     return {};
   }
@@ -468,5 +470,48 @@ TEST_SUITE("engine") {
     auto client = pod.connectProxy();
     UniqueFd app(::accept(server.get(), nullptr, nullptr));
     CHECK(app.valid());
+  }
+
+  TEST_CASE("a dual-stack pod: IPv6 listeners, and [::1]:15001 hands an IPv6 connection off") {
+    Pod pod(true);
+    Running run(pod);
+    std::set<std::pair<std::string, std::string>> listeners;
+    for (const auto& l : run.engine->listeners()) listeners.emplace(l.kind, l.address);
+    CHECK(listeners ==
+          std::set<std::pair<std::string, std::string>>{{"outbound", "127.0.0.1:15001"},
+                                                        {"inbound", "10.77.3.5:15006"},
+                                                        {"outbound6", "[::1]:15001"},
+                                                        {"inbound6", "[fd00:77:3::5]:15006"}});
+    auto server = pod.listen6(9006);
+    run.resolver.dst6 = SockAddr(*IpAddr::parse(kPodIp6), 9006).in6();
+    std::string peer;
+    std::thread srv([&] {
+      sockaddr_in6 from{};
+      socklen_t len = sizeof(from);
+      int c = ::accept(server.get(), reinterpret_cast<sockaddr*>(&from), &len);
+      REQUIRE(c >= 0);
+      peer = SockAddr(from).ip().str();
+      const char reply[] = "six";
+      ::send(c, reply, 3, 0);
+      ::shutdown(c, SHUT_WR);
+      recvAll(c);
+      ::close(c);
+    });
+    auto client = pod.connectProxy(true);
+    ::shutdown(client.get(), SHUT_WR);
+    auto got = recvAll(client.get());
+    srv.join();
+    CHECK(std::string(got.begin(), got.end()) == "six");
+    // The destination is an enrolled pod of this node (the pod itself): handed
+    // off inside its netns, from the client pod's IPv6 address (IPV6_TRANSPARENT).
+    CHECK(peer == kPodIp6);
+    CHECK(eventually([&] {
+      for (const auto& c : run.engine->connections())
+        if (c.destination == "[fd00:77:3::5]:9006" && c.state == ztunnel::ConnState::kClosed)
+          return c.path == ztunnel::Path::kLocalHandoff &&
+                 c.source.starts_with("[fd00:77:3::5]:") &&
+                 c.reason == ztunnel::CloseReason::kEof && c.bytes_received == 3;
+      return false;
+    }));
   }
 }

@@ -113,14 +113,18 @@ inline void setBuffers(int fd, int bytes) {
 class TestSockets final : public proxy::SocketFactory {
  public:
   int buffer_bytes = 0;  // SO_SNDBUF/SO_RCVBUF when set
-  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, uint32_t bind_ip) override {
-    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, int family,
+                            const IpAddr& bind) override {
+    UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return failErrno("socket");
     if (buffer_bytes) setBuffers(fd.get(), buffer_bytes);
     int one = 1;  // as inpod::upstreamSocket
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    sockaddr_in b = makeSockaddr(bind_ip ? bind_ip : pod.spec.ip4, 0);
-    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&b), sizeof(b)) != 0) return failErrno("bind");
+    SockAddr b(!bind.empty()        ? bind
+               : family == AF_INET6 ? pod.spec.ip6
+                                    : IpAddr::v4(pod.spec.ip4),
+               0);
+    if (::bind(fd.get(), b.sa(), b.len()) != 0) return failErrno("bind");
     return fd;
   }
 };
@@ -229,7 +233,7 @@ class RecordingAuthorizer final : public InboundAuthorizer {
   Verdict verdict = Verdict::kAllow;
   int calls = 0;
   std::string source_principal, pod_uid;
-  sockaddr_in source{}, destination{};
+  SockAddr source, destination;
   Path path = Path::kInbound;
   bool mutual_tls = false;
   Authorization authorize(const InboundRequest& r) override {

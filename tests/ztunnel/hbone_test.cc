@@ -397,8 +397,8 @@ TEST_SUITE("hbone") {
     CHECK(m.authorizer.calls == 1);
     CHECK(m.authorizer.pod_uid == "uid-b");
     CHECK(m.authorizer.source_principal == kIdA);
-    CHECK(m.authorizer.source.sin_addr.s_addr == ip(kAddrA));
-    CHECK(ntohs(m.authorizer.destination.sin_port) == echo.port);
+    CHECK(m.authorizer.source.ip().v4net() == ip(kAddrA));
+    CHECK(m.authorizer.destination.port() == echo.port);
     auto in = m.closed(*m.ss);
     REQUIRE(in.size() == 1);
     CHECK(why(in[0].reason) == "denied");

@@ -14,6 +14,7 @@
 #include "ztunnel/l7/inspector.h"
 
 using namespace sluice::ztunnel;
+using sluice::IpAddr;
 using namespace std::chrono_literals;
 
 namespace {
@@ -231,10 +232,10 @@ TEST_SUITE("l7/http1") {
 class PortsDirectory final : public MeshDirectory {
  public:
   std::map<uint16_t, bool> declared;
-  std::optional<MeshWorkload> meshed(uint32_t) override { return std::nullopt; }
-  std::shared_ptr<const ServiceTarget> service(uint32_t, uint16_t) override { return nullptr; }
+  std::optional<MeshWorkload> meshed(const IpAddr&) override { return std::nullopt; }
+  std::shared_ptr<const ServiceTarget> service(const IpAddr&, uint16_t) override { return nullptr; }
   bool hasView() override { return true; }
-  std::optional<bool> opaquePort(uint32_t, uint16_t port) override {
+  std::optional<bool> opaquePort(const IpAddr&, uint16_t port) override {
     auto it = declared.find(port);
     if (it == declared.end()) return std::nullopt;
     return it->second;

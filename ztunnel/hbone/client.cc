@@ -22,7 +22,7 @@ auto logger() { return log::get("hbone"); }
 struct Client::Impl final : StreamOwner {
   // One outbound tunnel with what the pool keeps about it.
   struct Link final : TunnelOwner {
-    Link(Impl& i, std::shared_ptr<proxy::PodState> pod, const sockaddr_in& remote)
+    Link(Impl& i, std::shared_ptr<proxy::PodState> pod, const SockAddr& remote)
         : impl(i), tunnel(i.env, *this, false, std::move(pod), remote) {}
     Impl& impl;
     Tunnel tunnel;
@@ -109,9 +109,9 @@ struct Client::Impl final : StreamOwner {
 
   // --- tunnels ---
   Link* pooled(const std::shared_ptr<proxy::PodState>& pod, const MeshWorkload& target,
-               const sockaddr_in& dst, const std::shared_ptr<const WorkloadCredential>& cred,
+               const SockAddr& dst, const std::shared_ptr<const WorkloadCredential>& cred,
                NoTunnel& why) {
-    std::string key = pod->spec.uid + '|' + target.identity + '|' + formatIp4(dst.sin_addr.s_addr);
+    std::string key = pod->spec.uid + '|' + target.identity + '|' + dst.ip().str();
     size_t pooled_now = 0;
     if (auto it = pool.find(key); it != pool.end()) {
       pooled_now = it->second.size();
@@ -129,9 +129,8 @@ struct Client::Impl final : StreamOwner {
     }
     if (!withinBounds(*pod, target, dst, pooled_now, why)) return nullptr;
 
-    Link* l = owned.add(
-        std::make_unique<Link>(*this, pod, makeSockaddr(dst.sin_addr.s_addr, ctx.hbone_port)));
-    auto sock = ctx.sockets.upstream(*pod, SLUICE_MARK_MINE, 0);
+    Link* l = owned.add(std::make_unique<Link>(*this, pod, SockAddr(dst.ip(), ctx.hbone_port)));
+    auto sock = ctx.sockets.upstream(*pod, SLUICE_MARK_MINE, dst.family(), {});
     if (!sock) {
       SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
                          "pod {}: cannot create a tunnel socket: {}", pod->spec.name_namespace,
@@ -151,7 +150,7 @@ struct Client::Impl final : StreamOwner {
   // A new tunnel from `pod` to `target` (which has `pooled_now` tunnels from
   // it, all full) stays within this worker's share of the bounds; else the
   // refusal is counted and logged (rate limited) and `why` says which.
-  bool withinBounds(const proxy::PodState& pod, const MeshWorkload& target, const sockaddr_in& dst,
+  bool withinBounds(const proxy::PodState& pod, const MeshWorkload& target, const SockAddr& dst,
                     size_t pooled_now, NoTunnel& why) {
     auto share = [&](unsigned bound) { return std::max(1u, bound / std::max(1u, ctx.workers)); };
     const char* what = nullptr;
@@ -271,7 +270,8 @@ struct Client::Impl final : StreamOwner {
       l.tunnel.close("connect_error");
       return;
     }
-    auto sock = ctx.sockets.upstream(*l.tunnel.pod(), SLUICE_MARK_MINE, 0);
+    auto sock =
+        ctx.sockets.upstream(*l.tunnel.pod(), SLUICE_MARK_MINE, l.tunnel.remote().family(), {});
     if (!sock) {
       l.tunnel.close("socket_error");
       return;

@@ -24,7 +24,7 @@ namespace {
 auto logger() { return log::get("hbone"); }
 
 // The client's address from `Forwarded: for="ip:port"` (RFC 7239).
-std::optional<sockaddr_in> forwardedFor(std::string_view v) {
+std::optional<SockAddr> forwardedFor(std::string_view v) {
   auto p = v.find("for=");
   if (p == std::string_view::npos) return std::nullopt;
   v.remove_prefix(p + 4);
@@ -34,7 +34,12 @@ std::optional<sockaddr_in> forwardedFor(std::string_view v) {
   } else {
     v = v.substr(0, v.find_first_of(";, "));
   }
-  return parseEndpoint(std::string(v));
+  return SockAddr::parse(v);  // "ip:port", "[v6]:port"
+}
+
+// One of the pod's own addresses (a CONNECT for another is refused).
+bool ownAddress(const PodSpec& pod, const IpAddr& ip) {
+  return (ip.isV4() && ip.v4net() == pod.ip4 && pod.ip4 != 0) || (ip.isV6() && ip == pod.ip6);
 }
 
 }  // namespace
@@ -42,7 +47,7 @@ std::optional<sockaddr_in> forwardedFor(std::string_view v) {
 struct Server::Impl final : StreamOwner {
   // One inbound tunnel with what the server side keeps about it.
   struct Link final : TunnelOwner {
-    Link(Impl& i, std::shared_ptr<proxy::PodState> pod, const sockaddr_in& peer)
+    Link(Impl& i, std::shared_ptr<proxy::PodState> pod, const SockAddr& peer)
         : impl(i), tunnel(i.env, *this, true, std::move(pod), peer) {}
     Impl& impl;
     Tunnel tunnel;
@@ -97,10 +102,9 @@ struct Server::Impl final : StreamOwner {
     proxy::PodState& pod = *t.pod();
     // The app's own port comes from Forwarded; the IP is the one TCP vouches
     // for (the tunnel leaves from the source pod's address).
-    sockaddr_in source = t.remote();
-    if (auto f = forwardedFor(s.forwarded); f && f->sin_addr.s_addr == t.remote().sin_addr.s_addr)
-      source = *f;
-    auto target = parseEndpoint(s.authority);
+    SockAddr source = t.remote();
+    if (auto f = forwardedFor(s.forwarded); f && f->ip() == t.remote().ip()) source = *f;
+    auto target = SockAddr::parse(s.authority);  // "ip:port", "[v6]:port"
     auto live = std::make_shared<proxy::LiveRecord>();
     ConnectionRecord& r = live->rec;
     r.direction = Direction::kInbound;
@@ -126,8 +130,8 @@ struct Server::Impl final : StreamOwner {
       t.terminate(NGHTTP2_PROTOCOL_ERROR, "bad_request");
       return;
     }
-    uint16_t port = target ? ntohs(target->sin_port) : 0;
-    if (!target || target->sin_addr.s_addr != pod.spec.ip4 || port == SLUICE_HBONE_PORT ||
+    uint16_t port = target ? target->port() : 0;
+    if (!target || !ownAddress(pod.spec, target->ip()) || port == SLUICE_HBONE_PORT ||
         port == ctx.hbone_port || port == SLUICE_INBOUND_PORT || port == SLUICE_OUTBOUND_PORT) {
       ctx.counters().add(Counter::kRefused);
       SLUICE_LOG_LIMITED(refused_log, logger(), spdlog::level::warn,
@@ -152,7 +156,8 @@ struct Server::Impl final : StreamOwner {
     }
     // The app sees the client's address: the tunnel comes from the source
     // pod's IP (its socket lives in the source pod's netns), which TCP vouches for.
-    auto sock = ctx.sockets.upstream(pod, SLUICE_MARK_INBOUND_APP, t.remote().sin_addr.s_addr);
+    auto sock =
+        ctx.sockets.upstream(pod, SLUICE_MARK_INBOUND_APP, target->family(), t.remote().ip());
     if (!sock) {
       SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
                          "pod {}: cannot create an upstream socket: {}", pod.spec.name_namespace,
@@ -217,7 +222,7 @@ Server::Server(proxy::WorkerContext& ctx, CredentialSource& credentials, tls::Co
 Server::~Server() = default;
 
 void Server::accept(const std::shared_ptr<proxy::PodState>& pod, UniqueFd fd,
-                    const sockaddr_in& peer) {
+                    const SockAddr& peer) {
   Impl& m = *impl_;
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

@@ -29,7 +29,7 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   // A TCP connection accepted on pod's 15008 listener.
-  void accept(const std::shared_ptr<proxy::PodState>& pod, UniqueFd fd, const sockaddr_in& peer);
+  void accept(const std::shared_ptr<proxy::PodState>& pod, UniqueFd fd, const SockAddr& peer);
   // Closes the oldest tunnel still in its handshake (to free a descriptor);
   // returns whether there was one.
   bool evictOldestPending(const char* why);

@@ -57,7 +57,7 @@ void Stream::setAttempt(std::unique_ptr<proxy::Attempt> attempt) {
 void Stream::start() {
   if (started_ || closing_) return;
   started_ = true;
-  const sockaddr_in* dst = server_ ? &dst_ : attempt_ ? &attempt_->dst : nullptr;
+  const SockAddr* dst = server_ ? &dst_ : attempt_ ? &attempt_->dst : nullptr;
   if (live_ && dst && l7::shouldInspect(ctx_.config, ctx_.directory, *dst)) {
     l7_ = std::make_unique<l7::Inspector>(*this, ctx_.config.http_detect_timeout);
     if (server_)
@@ -106,7 +106,7 @@ void Stream::fail(CloseReason reason, std::string detail) {
 
 // ------------------------------------------------------------ server
 
-void Stream::connectApp(UniqueFd sock, const sockaddr_in& dst) {
+void Stream::connectApp(UniqueFd sock, const SockAddr& dst) {
   app_ = std::move(sock);
   dst_ = dst;
   connect_.start(ctx_.ring, app_.get(), dst_, ctx_.config.connect_timeout);

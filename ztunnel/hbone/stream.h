@@ -71,7 +71,7 @@ class Stream final : public StreamEnd,
     h2_open_ = true;
   }
   // Connects to the app (sock made in the pod's netns), then answers 200.
-  void connectApp(UniqueFd sock, const sockaddr_in& dst);
+  void connectApp(UniqueFd sock, const SockAddr& dst);
   // Answers `status` without a body, then RST_STREAM(NO_ERROR); closes.
   void refuse(int status, CloseReason reason, std::string detail = {});
   std::string method, authority, forwarded;  // the request
@@ -135,7 +135,7 @@ class Stream final : public StreamEnd,
   bool retried_ = false;
   std::unique_ptr<proxy::Attempt> attempt_;  // client
   UniqueFd app_;                             // server: the socket to the app
-  sockaddr_in dst_{};                        // server: the app address
+  SockAddr dst_;                             // server: the app address
   relay::Pipe up_;                           // app -> tunnel
   relay::Pipe down_;                         // tunnel -> app
   // HTTP inspection of the app's bytes (client side: up_ carries the

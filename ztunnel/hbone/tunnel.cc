@@ -39,7 +39,7 @@ std::string sslError(SSL* ssl, int rc) {
 }  // namespace
 
 Tunnel::Tunnel(TunnelEnv& env, TunnelOwner& owner, bool server,
-               std::shared_ptr<proxy::PodState> pod, const sockaddr_in& remote)
+               std::shared_ptr<proxy::PodState> pod, const SockAddr& remote)
     : env_(env),
       owner_(owner),
       id_(env.ctx.records.nextId()),

@@ -93,7 +93,7 @@ class Tunnel {
   enum class State : uint8_t { kConnecting, kAccepted, kHandshaking, kReady, kClosed };
 
   Tunnel(TunnelEnv& env, TunnelOwner& owner, bool server, std::shared_ptr<proxy::PodState> pod,
-         const sockaddr_in& remote);
+         const SockAddr& remote);
   ~Tunnel();
   Tunnel(const Tunnel&) = delete;
   Tunnel& operator=(const Tunnel&) = delete;
@@ -136,7 +136,7 @@ class Tunnel {
   uint64_t id() const { return id_; }
   bool server() const { return server_; }
   const std::shared_ptr<proxy::PodState>& pod() const { return pod_; }
-  const sockaddr_in& remote() const { return remote_; }
+  const SockAddr& remote() const { return remote_; }
   int fd() const { return fd_.get(); }
   const std::shared_ptr<const WorkloadCredential>& credential() const { return cred_; }
   const std::string& peerIdentity() const { return peer_identity_; }
@@ -181,7 +181,7 @@ class Tunnel {
   std::shared_ptr<const WorkloadCredential> cred_;  // what this side presents
   std::string expected_peer_;                       // client: the destination's identity
   std::string peer_identity_;                       // verified in the handshake
-  sockaddr_in remote_{};
+  SockAddr remote_;
   UniqueFd fd_;
   std::unique_ptr<SSL, SslFree> ssl_;
   std::unique_ptr<nghttp2_session, H2Free> h2_;

@@ -53,7 +53,7 @@ Result<void> talk(int fd, nlmsghdr* n, const char* what) {
   return {};
 }
 
-Result<void> addRule(int fd) {
+Result<void> addRule(int fd, uint8_t family) {
   struct {
     nlmsghdr n;
     fib_rule_hdr r;
@@ -62,7 +62,7 @@ Result<void> addRule(int fd) {
   req.n.nlmsg_len = NLMSG_LENGTH(sizeof(fib_rule_hdr));
   req.n.nlmsg_type = RTM_NEWRULE;
   req.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-  req.r.family = AF_INET;
+  req.r.family = family;
   req.r.action = FR_ACT_TO_TBL;
   req.r.table = SLUICE_INBOUND_ROUTE_TABLE;
   uint32_t mark = SLUICE_MARK_INBOUND_APP;
@@ -76,7 +76,7 @@ Result<void> addRule(int fd) {
   return talk(fd, &req.n, "RTM_NEWRULE");
 }
 
-Result<void> addLocalRoute(int fd) {
+Result<void> addLocalRoute(int fd, uint8_t family) {
   struct {
     nlmsghdr n;
     rtmsg r;
@@ -85,7 +85,7 @@ Result<void> addLocalRoute(int fd) {
   req.n.nlmsg_len = NLMSG_LENGTH(sizeof(rtmsg));
   req.n.nlmsg_type = RTM_NEWROUTE;
   req.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-  req.r.rtm_family = AF_INET;
+  req.r.rtm_family = family;
   req.r.rtm_dst_len = 0;
   req.r.rtm_table = SLUICE_INBOUND_ROUTE_TABLE;
   req.r.rtm_protocol = RTPROT_BOOT;
@@ -115,9 +115,22 @@ Result<void> bringLoopbackUp() {
   return {};
 }
 
+// Writes "1" to /proc/sys/net/<path> (of the calling thread's netns).
+Result<void> setSysctl(const std::string& path) {
+  std::string file = "/proc/sys/net/" + path;
+  int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || ::write(fd, "1", 1) != 1) {
+    auto r = failErrno(fmt::format("cannot set net.{}=1 in the pod netns", path));
+    if (fd >= 0) ::close(fd);
+    return r;
+  }
+  ::close(fd);
+  return {};
+}
+
 }  // namespace
 
-Result<void> prepareNetns(int netns_fd) {
+Result<void> prepareNetns(int netns_fd, bool ipv6) {
   Result<void> result;
   auto entered = runInNetns(netns_fd, [&] {
     // /proc/sys/net shows the netns of the task that opens it.
@@ -127,15 +140,15 @@ Result<void> prepareNetns(int netns_fd) {
     //    closed port, ICMP); without it the RST to the proxy's transparent SYN
     //    leaves toward the real client, and the proxy waits for its connect
     //    timeout instead of seeing "connection refused".
-    for (const char* name : {"tcp_fwmark_accept", "fwmark_reflect"}) {
-      std::string path = std::string("/proc/sys/net/ipv4/") + name;
-      int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-      if (fd < 0 || ::write(fd, "1", 1) != 1) {
-        result = failErrno(fmt::format("cannot set net.ipv4.{}=1 in the pod netns", name));
-        if (fd >= 0) ::close(fd);
+    //  There is no net.ipv6.tcp_fwmark_accept: the IPv4 one covers IPv6
+    //    (inet_request_mark), but IPv6 has its own fwmark_reflect.
+    for (const char* path :
+         {"ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect", "ipv6/fwmark_reflect"}) {
+      if (!ipv6 && std::string_view(path).starts_with("ipv6")) continue;
+      if (auto r = setSysctl(path); !r) {
+        result = r;
         return;
       }
-      ::close(fd);
     }
     if (auto r = bringLoopbackUp(); !r) {
       result = r;
@@ -148,19 +161,25 @@ Result<void> prepareNetns(int netns_fd) {
     }
     timeval tv{2, 0};
     setsockopt(nl.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (auto r = addRule(nl.get()); !r) {
-      result = r;
-      return;
+    for (uint8_t family : {uint8_t(AF_INET), uint8_t(AF_INET6)}) {
+      if (family == AF_INET6 && !ipv6) break;
+      if (auto r = addRule(nl.get(), family); !r) {
+        result = r;
+        return;
+      }
+      if (auto r = addLocalRoute(nl.get(), family); !r) {
+        result = r;
+        return;
+      }
     }
-    if (auto r = addLocalRoute(nl.get()); !r) result = r;
   });
   if (!entered) return entered;
   return result;
 }
 
-Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool transparent,
-                          int backlog) {
-  auto s = socketInNetns(netns_fd, AF_INET, SOCK_STREAM, 0);
+Result<UniqueFd> listenIn(int netns_fd, const SockAddr& addr, bool transparent, int backlog) {
+  const bool v6 = addr.isV6();
+  auto s = socketInNetns(netns_fd, addr.family(), SOCK_STREAM, 0);
   if (!s) return s;
   int one = 1;
   uint32_t mark = SLUICE_MARK_MINE;
@@ -169,33 +188,36 @@ Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool tra
     return failErrno("SO_REUSEPORT failed");
   if (setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
     return failErrno("SO_MARK failed (needs CAP_NET_ADMIN)");
-  if (transparent && setsockopt(s->get(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) != 0)
-    return failErrno("IP_TRANSPARENT failed (needs CAP_NET_ADMIN)");
+  if (v6 && setsockopt(s->get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)
+    return failErrno("IPV6_V6ONLY failed");
+  if (transparent && setsockopt(s->get(), v6 ? SOL_IPV6 : SOL_IP,
+                                v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one, sizeof(one)) != 0)
+    return failErrno(
+        fmt::format("{} failed (needs CAP_NET_ADMIN)", v6 ? "IPV6_TRANSPARENT" : "IP_TRANSPARENT"));
   setsockopt(s->get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = ip_net;
-  sa.sin_port = htons(port);
-  if (::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0)
-    return failErrno(fmt::format("bind to port {} inside the pod netns failed", port));
+  if (::bind(s->get(), addr.sa(), addr.len()) != 0)
+    return failErrno(fmt::format("bind to {} inside the pod netns failed", addr.str()));
   if (::listen(s->get(), backlog) != 0) return failErrno("listen failed");
   return s;
 }
 
-Result<UniqueFd> upstreamSocket(int netns_fd, uint32_t mark, uint32_t bind_ip) {
-  auto s = socketInNetns(netns_fd, AF_INET, SOCK_STREAM, 0);
+Result<UniqueFd> upstreamSocket(int netns_fd, uint32_t mark, int family, const IpAddr& bind) {
+  if (!bind.empty() && bind.family() != family)
+    return fail(
+        fmt::format("cannot bind an upstream socket of family {} to {}", family, bind.str()));
+  auto s = socketInNetns(netns_fd, family, SOCK_STREAM, 0);
   if (!s) return s;
   int one = 1;
   if (setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
     return failErrno("SO_MARK failed");
   setsockopt(s->get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (bind_ip != 0) {
-    if (setsockopt(s->get(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) != 0)
-      return failErrno("IP_TRANSPARENT failed");
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = bind_ip;
-    if (::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0)
+  if (!bind.empty()) {
+    bool v6 = family == AF_INET6;
+    if (setsockopt(s->get(), v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one,
+                   sizeof(one)) != 0)
+      return failErrno(v6 ? "IPV6_TRANSPARENT failed" : "IP_TRANSPARENT failed");
+    SockAddr sa(bind, 0);
+    if (::bind(s->get(), sa.sa(), sa.len()) != 0)
       return failErrno("binding the upstream socket to the client address failed");
   }
   return s;

@@ -5,26 +5,30 @@
 
 #include <cstdint>
 
+#include "sluice/common/addr.h"
 #include "sluice/common/result.h"
 #include "sluice/common/unique_fd.h"
 
 namespace sluice::ztunnel::inpod {
 
 // Prepares the pod netns for transparent inbound proxying (idempotent):
-// tcp_fwmark_accept=1 and `ip rule fwmark 0x5101 lookup 151` +
-// `local 0.0.0.0/0 dev lo table 151` so the app's replies to a spoofed
-// client address come back to the proxy's socket.
-Result<void> prepareNetns(int netns_fd);
+// tcp_fwmark_accept=1 (net.ipv4's covers IPv6 too) and
+// `ip rule fwmark 0x5101 lookup 151` + `local 0.0.0.0/0 dev lo table 151`
+// so the app's replies to a spoofed client address come back to the
+// proxy's socket; with ipv6 also their IPv6 twins (`ip -6 rule ...`,
+// `local ::/0 dev lo table 151`) and net.ipv6.fwmark_reflect=1.
+Result<void> prepareNetns(int netns_fd, bool ipv6 = false);
 
-// A listening TCP socket inside the netns, SO_REUSEPORT (one per worker),
-// carrying the proxy mark. transparent=true sets IP_TRANSPARENT.
-// backlog: connections the kernel completes before the proxy accepts them.
-Result<UniqueFd> listenIn(int netns_fd, uint32_t ip_net, uint16_t port, bool transparent,
-                          int backlog = 4096);
+// A listening TCP socket on `addr` inside the netns, SO_REUSEPORT (one per
+// worker), carrying the proxy mark; IPv6 ones IPV6_V6ONLY.
+// transparent=true sets IP_TRANSPARENT (IPV6_TRANSPARENT). backlog:
+// connections the kernel completes before the proxy accepts them.
+Result<UniqueFd> listenIn(int netns_fd, const SockAddr& addr, bool transparent, int backlog = 4096);
 
-// An unconnected TCP socket inside the netns for an upstream connection:
-// mark, TCP_NODELAY; with bind_ip (network order, non-zero) bound to that
-// address with IP_TRANSPARENT (the client's address on the inbound side).
-Result<UniqueFd> upstreamSocket(int netns_fd, uint32_t mark, uint32_t bind_ip);
+// An unconnected TCP socket of `family` inside the netns for an upstream
+// connection: mark, TCP_NODELAY; with `bind` (not empty, of `family`) bound
+// to that address with IP_TRANSPARENT / IPV6_TRANSPARENT (the client's
+// address on the inbound side).
+Result<UniqueFd> upstreamSocket(int netns_fd, uint32_t mark, int family, const IpAddr& bind);
 
 }  // namespace sluice::ztunnel::inpod

@@ -23,11 +23,11 @@ std::optional<bool> appProtocolOpaque(std::string_view app_protocol) {
 
 namespace l7 {
 
-bool shouldInspect(const EngineConfig& config, MeshDirectory* directory, const sockaddr_in& dst) {
+bool shouldInspect(const EngineConfig& config, MeshDirectory* directory, const SockAddr& dst) {
   if (!config.http_detection) return false;
-  uint16_t port = ntohs(dst.sin_port);
+  uint16_t port = dst.port();
   if (directory)
-    if (auto opaque = directory->opaquePort(dst.sin_addr.s_addr, port)) return !*opaque;
+    if (auto opaque = directory->opaquePort(dst.ip(), port)) return !*opaque;
   return std::ranges::find(config.opaque_ports, port) == config.opaque_ports.end();
 }
 

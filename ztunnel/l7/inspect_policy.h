@@ -12,6 +12,6 @@
 namespace sluice::ztunnel::l7 {
 
 // `directory` may be null (no view: the defaults only). Non-blocking.
-bool shouldInspect(const EngineConfig& config, MeshDirectory* directory, const sockaddr_in& dst);
+bool shouldInspect(const EngineConfig& config, MeshDirectory* directory, const SockAddr& dst);
 
 }  // namespace sluice::ztunnel::l7

@@ -36,8 +36,7 @@ class AttemptSink {
 
 class Attempt {
  public:
-  Attempt(std::shared_ptr<PodState> pod, UniqueFd client, const sockaddr_in& peer,
-          const sockaddr_in& dst)
+  Attempt(std::shared_ptr<PodState> pod, UniqueFd client, const SockAddr& peer, const SockAddr& dst)
       : pod(std::move(pod)), client(std::move(client)), peer(peer), dst(dst) {}
   ~Attempt() {
     if (sink_ && picked_) sink_->attemptReleased(*this);
@@ -47,16 +46,16 @@ class Attempt {
 
   std::shared_ptr<PodState> pod;  // the source pod
   UniqueFd client;                // the app's socket
-  sockaddr_in peer{};             // the app's address (pod IP:port)
-  sockaddr_in dst{};              // where it goes (a Service: the endpoint picked)
+  SockAddr peer;                  // the app's address (pod IP:port)
+  SockAddr dst;                   // where it goes (a Service: the endpoint picked)
 
   // --- Service VIPs ---
   bool isService() const { return service_ != nullptr; }
   // "" when neither a Service VIP nor an endpoint of a headless Service.
   const std::string& serviceName() const;
   const std::shared_ptr<const ServiceTarget>& service() const { return service_; }
-  const sockaddr_in& vip() const { return vip_; }
-  const std::vector<sockaddr_in>& tried() const { return tried_; }
+  const SockAddr& vip() const { return vip_; }
+  const std::vector<SockAddr>& tried() const { return tried_; }
   std::chrono::steady_clock::time_point attemptStart() const { return attempt_start_; }
 
   // The connect latency starts now (not before a certificate wait).
@@ -82,12 +81,12 @@ class Attempt {
 
   // --- router only ---
   void setService(AttemptSink* sink, std::shared_ptr<const ServiceTarget> svc,
-                  const sockaddr_in& vip) {
+                  const SockAddr& vip) {
     sink_ = sink;
     service_ = std::move(svc);
     vip_ = vip;
   }
-  void pick(const sockaddr_in& endpoint) {
+  void pick(const SockAddr& endpoint) {
     if (sink_ && picked_) sink_->attemptReleased(*this);
     dst = endpoint;
     tried_.push_back(endpoint);
@@ -102,8 +101,8 @@ class Attempt {
  private:
   AttemptSink* sink_ = nullptr;
   std::shared_ptr<const ServiceTarget> service_;
-  sockaddr_in vip_{};
-  std::vector<sockaddr_in> tried_;
+  SockAddr vip_;
+  std::vector<SockAddr> tried_;
   std::string headless_;
   std::chrono::steady_clock::time_point attempt_start_{};
   bool picked_ = false;    // dst holds a balancer slot (released once)

@@ -4,32 +4,25 @@
 
 namespace sluice::ztunnel::proxy {
 
-namespace {
-bool same(const sockaddr_in& a, const sockaddr_in& b) {
-  return a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port == b.sin_port;
-}
-}  // namespace
-
-double Balancer::score(const sockaddr_in& ep) const {
+double Balancer::score(const SockAddr& ep) const {
   double floor = static_cast<double>(config_.latency_floor.count());
-  auto it = states_.find(key(ep));
+  auto it = states_.find(ep);
   if (it == states_.end()) return floor;
   double latency = std::max(it->second.ewma_us, floor);
   return latency * (it->second.open + 1);
 }
 
-std::optional<sockaddr_in> Balancer::pick(const ServiceTarget& svc,
-                                          const std::vector<sockaddr_in>& tried,
-                                          Clock::time_point now) {
-  std::vector<const sockaddr_in*> healthy, ejected_ones;
+std::optional<SockAddr> Balancer::pick(const ServiceTarget& svc, const std::vector<SockAddr>& tried,
+                                       Clock::time_point now) {
+  std::vector<const SockAddr*> healthy, ejected_ones;
   for (const auto& ep : svc.endpoints) {
-    if (std::any_of(tried.begin(), tried.end(), [&](const sockaddr_in& t) { return same(t, ep); }))
+    if (std::any_of(tried.begin(), tried.end(), [&](const SockAddr& t) { return t == ep; }))
       continue;
     (ejected(ep, now) ? ejected_ones : healthy).push_back(&ep);
   }
   auto& pool = healthy.empty() ? ejected_ones : healthy;
   if (pool.empty()) return std::nullopt;
-  const sockaddr_in* chosen = pool[0];
+  const SockAddr* chosen = pool[0];
   if (pool.size() > 1) {
     std::uniform_int_distribution<size_t> d(0, pool.size() - 1);
     size_t i = d(rng_), j = d(rng_);
@@ -40,20 +33,20 @@ std::optional<sockaddr_in> Balancer::pick(const ServiceTarget& svc,
     else
       chosen = si < sj ? pool[i] : pool[j];
   }
-  State& st = states_[key(*chosen)];
+  State& st = states_[*chosen];
   st.open++;
   st.last_used = now;
   return *chosen;
 }
 
-void Balancer::closed(const sockaddr_in& ep) {
-  auto it = states_.find(key(ep));
+void Balancer::closed(const SockAddr& ep) {
+  auto it = states_.find(ep);
   if (it != states_.end() && it->second.open > 0) it->second.open--;
 }
 
-bool Balancer::result(const sockaddr_in& ep, bool ok, std::chrono::microseconds latency,
+bool Balancer::result(const SockAddr& ep, bool ok, std::chrono::microseconds latency,
                       Clock::time_point now) {
-  State& st = states_[key(ep)];
+  State& st = states_[ep];
   st.last_used = now;
   if (ok) {
     double sample = static_cast<double>(latency.count());
@@ -71,13 +64,13 @@ bool Balancer::result(const sockaddr_in& ep, bool ok, std::chrono::microseconds 
   return true;
 }
 
-bool Balancer::ejected(const sockaddr_in& ep, Clock::time_point now) const {
-  auto it = states_.find(key(ep));
+bool Balancer::ejected(const SockAddr& ep, Clock::time_point now) const {
+  auto it = states_.find(ep);
   return it != states_.end() && it->second.ejected_until > now;
 }
 
-unsigned Balancer::open(const sockaddr_in& ep) const {
-  auto it = states_.find(key(ep));
+unsigned Balancer::open(const SockAddr& ep) const {
+  auto it = states_.find(ep);
   return it == states_.end() ? 0 : it->second.open;
 }
 

@@ -37,19 +37,19 @@ class Balancer {
   // An endpoint of `svc` not in `tried`: healthy ones first; when every
   // remaining one is ejected, the ejected ones (trying beats refusing).
   // Counts the choice as an open connection until closed().
-  std::optional<sockaddr_in> pick(const ServiceTarget& svc, const std::vector<sockaddr_in>& tried,
-                                  Clock::time_point now);
-  void closed(const sockaddr_in& ep);
+  std::optional<SockAddr> pick(const ServiceTarget& svc, const std::vector<SockAddr>& tried,
+                               Clock::time_point now);
+  void closed(const SockAddr& ep);
   // The outcome of a connect attempt. Returns true when this failure ejected
   // the endpoint.
-  bool result(const sockaddr_in& ep, bool ok, std::chrono::microseconds latency,
+  bool result(const SockAddr& ep, bool ok, std::chrono::microseconds latency,
               Clock::time_point now);
   // Forgets endpoints idle for a minute (removed from the view long ago).
   void prune(Clock::time_point now);
 
   // For tests and stats.
-  bool ejected(const sockaddr_in& ep, Clock::time_point now) const;
-  unsigned open(const sockaddr_in& ep) const;
+  bool ejected(const SockAddr& ep, Clock::time_point now) const;
+  unsigned open(const SockAddr& ep) const;
   size_t tracked() const { return states_.size(); }
 
  private:
@@ -60,14 +60,11 @@ class Balancer {
     unsigned ejections = 0;
     Clock::time_point ejected_until{}, last_used{};
   };
-  static uint64_t key(const sockaddr_in& a) {
-    return (uint64_t(a.sin_addr.s_addr) << 16) | a.sin_port;
-  }
-  double score(const sockaddr_in& ep) const;
+  double score(const SockAddr& ep) const;
 
   Config config_;
   std::mt19937_64 rng_;
-  std::unordered_map<uint64_t, State> states_;
+  std::unordered_map<SockAddr, State> states_;  // by endpoint, either family
 };
 
 }  // namespace sluice::ztunnel::proxy

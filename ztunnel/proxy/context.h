@@ -21,9 +21,10 @@ namespace sluice::ztunnel::proxy {
 // is inpod::upstreamSocket); tests without root make plain ones.
 class SocketFactory {
  public:
-  // An unconnected TCP socket in pod's netns carrying `mark`; bound to
-  // bind_ip (network order, transparent) unless 0.
-  virtual Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, uint32_t bind_ip) = 0;
+  // An unconnected TCP socket of `family` (AF_INET, AF_INET6) in pod's
+  // netns carrying `mark`; bound to `bind` (transparent) unless empty.
+  virtual Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, int family,
+                                    const IpAddr& bind) = 0;
 
  protected:
   ~SocketFactory() = default;

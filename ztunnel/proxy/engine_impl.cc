@@ -18,10 +18,35 @@ namespace sluice::ztunnel::proxy {
 namespace {
 auto logger() { return log::get("ztunnel"); }
 constexpr int kHboneBacklog = 128;  // per worker's 15008 listener
+constexpr ListenerKind kAllKinds[] = {ListenerKind::kOutbound, ListenerKind::kInbound,
+                                      ListenerKind::kHbone,    ListenerKind::kOutbound6,
+                                      ListenerKind::kInbound6, ListenerKind::kHbone6};
+
+// 127.0.0.1:15001 / [::1]:15001, <pod-ip>:15006, <pod-ip>:15008.
+SockAddr listenAddress(const PodSpec& spec, ListenerKind kind) {
+  const bool v6 = isIpv6(kind);
+  switch (roleOf(kind)) {
+    case ListenerKind::kOutbound:
+      return v6 ? SockAddr(IpAddr::v6(in6addr_loopback), SLUICE_OUTBOUND_PORT)
+                : SockAddr(IpAddr::v4(htonl(INADDR_LOOPBACK)), SLUICE_OUTBOUND_PORT);
+    case ListenerKind::kInbound:
+      return SockAddr(v6 ? spec.ip6 : IpAddr::v4(spec.ip4), SLUICE_INBOUND_PORT);
+    default:
+      return SockAddr(v6 ? spec.ip6 : IpAddr::v4(spec.ip4), SLUICE_HBONE_PORT);
+  }
+}
 }  // namespace
 
-Result<UniqueFd> NetnsSockets::upstream(const PodState& pod, uint32_t mark, uint32_t bind_ip) {
-  return inpod::upstreamSocket(pod.netns.get(), mark, bind_ip);
+// A listener of `kind` for this pod: one per family it has an address of;
+// HBONE ones when mTLS is on.
+bool EngineImpl::wanted(const PodSpec& spec, ListenerKind kind) const {
+  if (roleOf(kind) == ListenerKind::kHbone && !hbone()) return false;
+  return isIpv6(kind) ? !spec.ip6.empty() : spec.ip4 != 0;
+}
+
+Result<UniqueFd> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int family,
+                                        const IpAddr& bind) {
+  return inpod::upstreamSocket(pod.netns.get(), mark, family, bind);
 }
 
 // ---------------------------------------------------------------- Engine
@@ -72,46 +97,39 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
   if (dup < 0) return failErrno("dup of the pod netns fd failed");
   pod->netns = UniqueFd(dup);
   pod->spec.netns_fd = dup;
-  if (auto r = inpod::prepareNetns(dup); !r) return r;
+  const bool ipv6 = !spec.ip6.empty();
+  if (spec.ip4 == 0 && !ipv6)
+    return fail(fmt::format("pod {}: no IP address in its spec", spec.name_namespace));
+  if (auto r = inpod::prepareNetns(dup, ipv6); !r) return r;
   // The predecessor's sockets for this pod (an upgrade) first; every
   // listener missing is created before any is handed to a worker, so a
   // failure leaves nothing behind.
   std::vector<std::pair<UniqueFd, ListenerKind>> fds;
   if (auto it = adopted_.find(spec.uid); it != adopted_.end()) {
     for (auto& [fd, kind] : it->second)
-      if (kind != ListenerKind::kHbone || hbone()) fds.emplace_back(std::move(fd), kind);
+      if (wanted(spec, kind)) fds.emplace_back(std::move(fd), kind);
     adopted_.erase(it);
   }
   auto have = [&fds](ListenerKind kind) {
     return std::any_of(fds.begin(), fds.end(), [kind](const auto& f) { return f.second == kind; });
   };
-  const bool make_out = !have(ListenerKind::kOutbound), make_in = !have(ListenerKind::kInbound),
-             make_hb = hbone() && !have(ListenerKind::kHbone);
+  std::vector<ListenerKind> make;
+  for (auto kind : kAllKinds)
+    if (wanted(spec, kind) && !have(kind)) make.push_back(kind);
   for (size_t i = 0; i < workers_.size(); ++i) {
-    if (make_out) {
-      auto out = inpod::listenIn(dup, htonl(INADDR_LOOPBACK), SLUICE_OUTBOUND_PORT, false);
-      if (!out)
-        return fail(fmt::format("outbound listener 127.0.0.1:{} in pod {}: {}",
-                                SLUICE_OUTBOUND_PORT, spec.name_namespace, out.error().describe()));
-      fds.emplace_back(std::move(*out), ListenerKind::kOutbound);
-    }
-    if (make_in) {
-      auto in = inpod::listenIn(dup, spec.ip4, SLUICE_INBOUND_PORT, true);
-      if (!in)
-        return fail(fmt::format("inbound listener {}:{} in pod {}: {}", formatIp4(spec.ip4),
-                                SLUICE_INBOUND_PORT, spec.name_namespace, in.error().describe()));
-      fds.emplace_back(std::move(*in), ListenerKind::kInbound);
-    }
-    if (make_hb) {
-      // A short queue: a tunnel carries many connections, so 15008 sees few
-      // legitimate new ones, and every connection accepted in one batch
-      // holds a descriptor beyond the pending-handshake bound until the
-      // oldest are evicted (a flood of idle connections is bounded by it).
-      auto hb = inpod::listenIn(dup, spec.ip4, SLUICE_HBONE_PORT, false, kHboneBacklog);
-      if (!hb)
-        return fail(fmt::format("HBONE listener {}:{} in pod {}: {}", formatIp4(spec.ip4),
-                                SLUICE_HBONE_PORT, spec.name_namespace, hb.error().describe()));
-      fds.emplace_back(std::move(*hb), ListenerKind::kHbone);
+    for (auto kind : make) {
+      // A short 15008 queue: a tunnel carries many connections, so 15008
+      // sees few legitimate new ones, and every connection accepted in one
+      // batch holds a descriptor beyond the pending-handshake bound until
+      // the oldest are evicted (a flood of idle connections is bounded by it).
+      ListenerKind role = roleOf(kind);
+      SockAddr addr = listenAddress(spec, kind);
+      auto l = inpod::listenIn(dup, addr, role == ListenerKind::kInbound,
+                               role == ListenerKind::kHbone ? kHboneBacklog : 4096);
+      if (!l)
+        return fail(fmt::format("{} listener {} in pod {}: {}", toString(kind), addr.str(),
+                                spec.name_namespace, l.error().describe()));
+      fds.emplace_back(std::move(*l), kind);
     }
   }
   // The n-th listener of each kind goes to worker n (mod workers).
@@ -129,7 +147,10 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
 
 void EngineImpl::publishIndex() {
   auto index = std::make_shared<PodIndex>();
-  for (const auto& [uid, p] : pods_) (*index)[p->spec.ip4] = p;
+  for (const auto& [uid, p] : pods_) {
+    if (p->spec.ip4 != 0) (*index)[IpAddr::v4(p->spec.ip4)] = p;
+    if (!p->spec.ip6.empty()) (*index)[p->spec.ip6] = p;
+  }
   by_ip_.store(std::move(index), std::memory_order_release);
 }
 
@@ -291,13 +312,10 @@ std::vector<ListenerInfo> EngineImpl::listeners() const {
   std::lock_guard lk(pods_mu_);
   std::vector<ListenerInfo> out;
   for (const auto& [uid, p] : pods_) {
-    out.push_back({uid, p->spec.name_namespace, fmt::format("127.0.0.1:{}", SLUICE_OUTBOUND_PORT),
-                   "outbound"});
-    out.push_back({uid, p->spec.name_namespace,
-                   fmt::format("{}:{}", formatIp4(p->spec.ip4), SLUICE_INBOUND_PORT), "inbound"});
-    if (hbone())
-      out.push_back({uid, p->spec.name_namespace,
-                     fmt::format("{}:{}", formatIp4(p->spec.ip4), SLUICE_HBONE_PORT), "hbone"});
+    for (auto kind : kAllKinds)
+      if (wanted(p->spec, kind))
+        out.push_back(
+            {uid, p->spec.name_namespace, listenAddress(p->spec, kind).str(), toString(kind)});
   }
   return out;
 }

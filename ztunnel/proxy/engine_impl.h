@@ -20,7 +20,8 @@ namespace sluice::ztunnel::proxy {
 // Upstream sockets inside the pod's netns (inpod::upstreamSocket).
 class NetnsSockets final : public SocketFactory {
  public:
-  Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, uint32_t bind_ip) override;
+  Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, int family,
+                            const IpAddr& bind) override;
 };
 
 class EngineImpl final : public Engine {
@@ -46,6 +47,7 @@ class EngineImpl final : public Engine {
 
  private:
   bool hbone() const { return credentials_ != nullptr; }
+  bool wanted(const PodSpec& spec, ListenerKind kind) const;
   void publishIndex();  // needs pods_mu_
   // Runs fn(worker) on every worker and waits (bounded) until all are done.
   void onEveryWorker(const std::function<void(Worker&)>& fn);

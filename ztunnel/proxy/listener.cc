@@ -18,14 +18,34 @@ const char* toString(ListenerKind k) {
       return "inbound";
     case ListenerKind::kHbone:
       return "hbone";
+    case ListenerKind::kOutbound6:
+      return "outbound6";
+    case ListenerKind::kInbound6:
+      return "inbound6";
+    case ListenerKind::kHbone6:
+      return "hbone6";
   }
   return "?";
 }
 
 std::optional<ListenerKind> listenerKindOf(std::string_view name) {
-  for (auto k : {ListenerKind::kOutbound, ListenerKind::kInbound, ListenerKind::kHbone})
+  for (auto k : {ListenerKind::kOutbound, ListenerKind::kInbound, ListenerKind::kHbone,
+                 ListenerKind::kOutbound6, ListenerKind::kInbound6, ListenerKind::kHbone6})
     if (name == toString(k)) return k;
   return std::nullopt;
+}
+
+ListenerKind roleOf(ListenerKind k) {
+  switch (k) {
+    case ListenerKind::kOutbound6:
+      return ListenerKind::kOutbound;
+    case ListenerKind::kInbound6:
+      return ListenerKind::kInbound;
+    case ListenerKind::kHbone6:
+      return ListenerKind::kHbone;
+    default:
+      return k;
+  }
 }
 
 Listener::Listener(WorkerContext& ctx, Handler& handler, UniqueFd fd, std::shared_ptr<PodState> pod,

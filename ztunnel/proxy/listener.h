@@ -18,9 +18,16 @@
 
 namespace sluice::ztunnel::proxy {
 
-enum class ListenerKind : uint8_t { kOutbound, kInbound, kHbone };
+// Each role has an IPv4 listener and, for a pod with an IPv6 address, an
+// IPv6 twin ([::1]:15001, [pod-v6]:15006, [pod-v6]:15008).
+enum class ListenerKind : uint8_t { kOutbound, kInbound, kHbone, kOutbound6, kInbound6, kHbone6 };
+// "outbound", "inbound", "hbone", "outbound6", "inbound6", "hbone6": also
+// the kind an upgrade's handover carries (an older agent sends the first three).
 const char* toString(ListenerKind k);
 std::optional<ListenerKind> listenerKindOf(std::string_view name);  // toString's inverse
+// The role (kOutbound, kInbound, kHbone) whatever the family.
+ListenerKind roleOf(ListenerKind k);
+inline bool isIpv6(ListenerKind k) { return k >= ListenerKind::kOutbound6; }
 
 class Listener {
  public:

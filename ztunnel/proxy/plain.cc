@@ -26,7 +26,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
         up_(ctx_.ring, *this, ctx_.config.buffer_bytes),
         down_(ctx_.ring, *this, ctx_.config.buffer_bytes) {}
 
-  void start(const sockaddr_in& dst) {
+  void start(const SockAddr& dst) {
     live_->owner = this;
     if (l7::shouldInspect(ctx_.config, ctx_.directory, dst)) {
       l7_ = std::make_unique<l7::Inspector>(*this, ctx_.config.http_detect_timeout);
@@ -188,7 +188,7 @@ PlainUpstream::~PlainUpstream() = default;
 
 void PlainUpstream::open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodState> pod,
                          std::shared_ptr<PodState> target, UniqueFd client, UniqueFd upstream,
-                         const sockaddr_in& dst, std::unique_ptr<Attempt> attempt) {
+                         const SockAddr& dst, std::unique_ptr<Attempt> attempt) {
   live->worker = ctx_.worker;
   ctx_.records.open(live);
   pod->connections++;

@@ -19,9 +19,9 @@ struct PodState {
   std::atomic<bool> removed{false};
 };
 
-// Enrolled pods of this node by IPv4 (network order): published by the
-// engine, read lock-free by workers.
-using PodIndex = std::unordered_map<uint32_t, std::shared_ptr<PodState>>;
+// Enrolled pods of this node by each of their addresses (IPv4, IPv6):
+// published by the engine, read lock-free by workers.
+using PodIndex = std::unordered_map<IpAddr, std::shared_ptr<PodState>>;
 using PodIndexRef = std::atomic<std::shared_ptr<const PodIndex>>;
 
 }  // namespace sluice::ztunnel::proxy

@@ -48,7 +48,7 @@ struct LiveRecord {
   // Inbound and same-node handoff: what the authorizer is asked about again
   // (reauthorize): the destination pod and both addresses.
   std::string dest_pod_uid, dest_pod;
-  sockaddr_in source{}, destination{};
+  SockAddr source, destination;
   unsigned worker = 0;
   Abortable* owner = nullptr;  // worker thread only
   std::atomic<uint64_t> sent{0}, received{0};

@@ -38,7 +38,7 @@ Router::Router(WorkerContext& ctx, const PodIndexRef& local_pods, MeshDirectory*
       balancer_(balancerConfig(ctx.config), std::random_device{}() ^ ctx.worker) {}
 
 std::shared_ptr<LiveRecord> Router::record(Direction d, Path p, const PodState& pod,
-                                           const sockaddr_in& source, const sockaddr_in& dst) {
+                                           const SockAddr& source, const SockAddr& dst) {
   auto live = std::make_shared<LiveRecord>();
   live->worker = ctx_.worker;
   live->rec.direction = d;
@@ -59,9 +59,9 @@ bool Router::deny(const std::shared_ptr<LiveRecord>& live) {
   return true;
 }
 
-std::optional<UniqueFd> Router::upstreamSocket(const PodState& in, uint32_t mark,
-                                               uint32_t bind_ip) {
-  auto sock = ctx_.sockets.upstream(in, mark, bind_ip);
+std::optional<UniqueFd> Router::upstreamSocket(const PodState& in, uint32_t mark, int family,
+                                               const IpAddr& bind) {
+  auto sock = ctx_.sockets.upstream(in, mark, family, bind);
   if (sock) return std::move(*sock);
   ctx_.counters().add(Counter::kConnectFailures);
   SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,
@@ -86,9 +86,9 @@ void Router::route(std::unique_ptr<Attempt> a) {
     return reset();
   }
   if (!a->isService() && directory_) {
-    if (auto svc = directory_->service(a->dst.sin_addr.s_addr, a->dst.sin_port))
+    if (auto svc = directory_->service(a->dst.ip(), a->dst.portNet()))
       a->setService(this, std::move(svc), a->dst);
-    else if (auto headless = directory_->headlessService(a->dst.sin_addr.s_addr, a->dst.sin_port))
+    else if (auto headless = directory_->headlessService(a->dst.ip(), a->dst.portNet()))
       a->setHeadless(std::move(*headless));
   }
   if (a->isService()) {
@@ -103,17 +103,17 @@ void Router::route(std::unique_ptr<Attempt> a) {
     ctx_.counters().add(Counter::kLbPicks);
     a->pick(*ep);
   }
-  const sockaddr_in dst = a->dst;
+  const SockAddr dst = a->dst;
 
   auto local = local_pods_.load(std::memory_order_acquire);
-  if (auto it = local->find(dst.sin_addr.s_addr); it != local->end() && !it->second->removed) {
+  if (auto it = local->find(dst.ip()); it != local->end() && !it->second->removed) {
     // Meshed destination on this node: hand the connection straight to the
     // destination pod, as its inbound side would (client pod IP as source,
     // inside its netns); the bytes never leave the kernel and take one
     // proxy hop instead of two. The source identity is known from the
     // listener's netns; no TLS because the bytes never leave the node.
     const auto& target = it->second;
-    if (isProxyPort(ntohs(dst.sin_port))) {
+    if (isProxyPort(dst.port())) {
       ctx_.counters().add(Counter::kDirectRefused);
       SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
                          "pod {}: refused a connection to the proxy port {} of pod {}",
@@ -127,7 +127,9 @@ void Router::route(std::unique_ptr<Attempt> a) {
     live->dest_pod_uid = target->spec.uid;
     live->dest_pod = target->spec.name_namespace;
     if (deny(live)) return reset();
-    auto upstream = upstreamSocket(*target, SLUICE_MARK_INBOUND_APP, pod.spec.ip4);
+    // The client's address of the destination's family (a.peer is the
+    // source pod's address of that family).
+    auto upstream = upstreamSocket(*target, SLUICE_MARK_INBOUND_APP, dst.family(), a->peer.ip());
     if (!upstream) return reset();
     UniqueFd client = std::move(a->client);
     auto source = a->pod;  // (arguments are evaluated in any order: not a-> next to move(a))
@@ -136,13 +138,13 @@ void Router::route(std::unique_ptr<Attempt> a) {
     return;
   }
   if (hbone_ && directory_) {
-    if (auto remote = directory_->meshed(dst.sin_addr.s_addr)) {
+    if (auto remote = directory_->meshed(dst.ip())) {
       // Meshed destination on another node: mutual TLS through a tunnel.
       hbone_->open(std::move(a), *remote);
       return;
     }
   }
-  auto upstream = upstreamSocket(pod, SLUICE_MARK_MINE, 0);
+  auto upstream = upstreamSocket(pod, SLUICE_MARK_MINE, dst.family(), {});
   if (!upstream) return reset();
   auto live = record(Direction::kOutbound, Path::kPassthrough, pod, a->peer, dst);
   live->rec.destination_service = a->serviceName();
@@ -152,9 +154,9 @@ void Router::route(std::unique_ptr<Attempt> a) {
               dst, std::move(a));
 }
 
-void Router::inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, const sockaddr_in& peer,
-                     const sockaddr_in& dst) {
-  if (isProxyPort(ntohs(dst.sin_port))) {
+void Router::inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, const SockAddr& peer,
+                     const SockAddr& dst) {
+  if (isProxyPort(dst.port())) {
     ctx_.counters().add(Counter::kDirectRefused);
     setLinger0(client.get());
     SLUICE_LOG_LIMITED(refused_log_, logger(), spdlog::level::warn,
@@ -170,7 +172,7 @@ void Router::inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, cons
     setLinger0(client.get());
     return;
   }
-  auto upstream = upstreamSocket(*pod, SLUICE_MARK_INBOUND_APP, peer.sin_addr.s_addr);
+  auto upstream = upstreamSocket(*pod, SLUICE_MARK_INBOUND_APP, dst.family(), peer.ip());
   if (!upstream) return;
   plain_.open(std::move(live), pod, nullptr, std::move(client), std::move(*upstream), dst, nullptr);
 }

@@ -36,8 +36,8 @@ class Router final : public AttemptSink {
   // destination.
   void outbound(std::unique_ptr<Attempt> a);
   // A connection from outside the mesh accepted on pod's 15006 for `dst`.
-  void inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, const sockaddr_in& peer,
-               const sockaddr_in& dst);
+  void inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, const SockAddr& peer,
+               const SockAddr& dst);
 
   void tick(std::chrono::steady_clock::time_point now) { balancer_.prune(now); }
   void shutdown();  // refuses what comes next, drops queued retries
@@ -53,10 +53,12 @@ class Router final : public AttemptSink {
   void runDeferred(const io_uring_cqe&);
   // Asks the hook (WorkerContext::denied); on deny writes the record. True: denied.
   bool deny(const std::shared_ptr<LiveRecord>& live);
-  // A socket in `in`'s netns; a failure is counted and logged (rate-limited).
-  std::optional<UniqueFd> upstreamSocket(const PodState& in, uint32_t mark, uint32_t bind_ip);
+  // A socket of `family` in `in`'s netns, bound to `bind` unless empty; a
+  // failure is counted and logged (rate-limited).
+  std::optional<UniqueFd> upstreamSocket(const PodState& in, uint32_t mark, int family,
+                                         const IpAddr& bind);
   std::shared_ptr<LiveRecord> record(Direction d, Path p, const PodState& pod,
-                                     const sockaddr_in& source, const sockaddr_in& dst);
+                                     const SockAddr& source, const SockAddr& dst);
 
   WorkerContext& ctx_;
   const PodIndexRef& local_pods_;

@@ -21,6 +21,23 @@ namespace sluice::ztunnel::proxy {
 
 namespace {
 auto logger() { return log::get("ztunnel"); }
+
+// Where a connection accepted on 127.0.0.1:15001 or [::1]:15001 was going.
+std::optional<SockAddr> originalDst(OrigDstResolver& resolver, const PodState& pod,
+                                    const sockaddr_storage& peer, const sockaddr_storage& local) {
+  if (peer.ss_family == AF_INET6 && local.ss_family == AF_INET6) {
+    auto dst =
+        resolver.originalDst6(pod.spec.netns_cookie, reinterpret_cast<const sockaddr_in6&>(peer),
+                              reinterpret_cast<const sockaddr_in6&>(local));
+    if (!dst) return std::nullopt;
+    return SockAddr(*dst);
+  }
+  if (peer.ss_family != AF_INET || local.ss_family != AF_INET) return std::nullopt;
+  auto dst = resolver.originalDst(pod.spec.netns_cookie, reinterpret_cast<const sockaddr_in&>(peer),
+                                  reinterpret_cast<const sockaddr_in&>(local));
+  if (!dst) return std::nullopt;
+  return SockAddr(*dst);
+}
 constexpr std::chrono::milliseconds kFineTick{10};
 }  // namespace
 
@@ -263,11 +280,12 @@ void Worker::backingOff(Listener& l) {
 void Worker::accepted(Listener& l, UniqueFd client) {
   auto& counters = parts_->ctx.counters();
   // A 15008 connection is a tunnel; its streams count as connections.
-  counters.add(l.kind() == ListenerKind::kHbone ? Counter::kTunnelsAccepted : Counter::kAccepted);
+  const ListenerKind role = roleOf(l.kind());
+  counters.add(role == ListenerKind::kHbone ? Counter::kTunnelsAccepted : Counter::kAccepted);
   const auto& pod = l.pod();
   if (pod->removed) return;
   const unsigned limit = shared_.config.max_connections_per_pod;
-  if (l.kind() != ListenerKind::kHbone && pod->connections.load() >= limit) {
+  if (role != ListenerKind::kHbone && pod->connections.load() >= limit) {
     counters.add(Counter::kLimitRejected);
     setLinger0(client.get());
     SLUICE_LOG_LIMITED(limit_log_, logger(), spdlog::level::warn,
@@ -275,24 +293,25 @@ void Worker::accepted(Listener& l, UniqueFd client) {
                        pod->spec.name_namespace, limit);
     return;
   }
-  sockaddr_in peer{}, local{};
-  socklen_t len = sizeof(peer);
-  getpeername(client.get(), reinterpret_cast<sockaddr*>(&peer), &len);
-  len = sizeof(local);
-  getsockname(client.get(), reinterpret_cast<sockaddr*>(&local), &len);
-  if (l.kind() == ListenerKind::kHbone) {
+  sockaddr_storage peer_raw{}, local_raw{};
+  socklen_t peer_len = sizeof(peer_raw), local_len = sizeof(local_raw);
+  getpeername(client.get(), reinterpret_cast<sockaddr*>(&peer_raw), &peer_len);
+  getsockname(client.get(), reinterpret_cast<sockaddr*>(&local_raw), &local_len);
+  SockAddr peer = SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&peer_raw), peer_len);
+  SockAddr local = SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&local_raw), local_len);
+  if (role == ListenerKind::kHbone) {
     parts_->server->accept(pod, std::move(client), peer);
     return;
   }
   int one = 1;
   setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (l.kind() == ListenerKind::kInbound) {
+  if (role == ListenerKind::kInbound) {
     // Inbound plaintext: tc bpf_sk_assign keeps the original destination as
     // the local address.
     parts_->router.inbound(pod, std::move(client), peer, local);
     return;
   }
-  auto orig = shared_.resolver.originalDst(pod->spec.netns_cookie, peer, local);
+  auto orig = originalDst(shared_.resolver, *pod, peer_raw, local_raw);
   if (!orig) {
     counters.add(Counter::kNoOriginalDst);
     logger()->debug("pod {}: no original destination for {}; closing", pod->spec.name_namespace,
@@ -300,8 +319,9 @@ void Worker::accepted(Listener& l, UniqueFd client) {
     return;
   }
   // The app's socket is bound to loopback (it connected to 127.0.0.1:15001
-  // after the rewrite); records and Forwarded show the pod's address.
-  peer.sin_addr.s_addr = pod->spec.ip4;
+  // or [::1]:15001 after the rewrite); records and Forwarded show the pod's
+  // address of the destination's family.
+  peer = SockAddr(orig->isV6() ? pod->spec.ip6 : IpAddr::v4(pod->spec.ip4), peer.port());
   parts_->router.outbound(std::make_unique<Attempt>(pod, std::move(client), peer, *orig));
 }
 

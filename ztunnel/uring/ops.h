@@ -12,6 +12,7 @@
 #include <chrono>
 #include <functional>
 
+#include "sluice/common/addr.h"
 #include "ztunnel/uring/ring.h"
 
 namespace sluice::ztunnel::uring {
@@ -88,13 +89,13 @@ class Connect<Done> final {
   Connect& operator=(const Connect&) = delete;
 
   bool busy() const { return pending_ > 0; }
-  void start(Ring& r, int fd, const sockaddr_in& dst, std::chrono::milliseconds deadline) {
+  void start(Ring& r, int fd, const SockAddr& dst, std::chrono::milliseconds deadline) {
     addr_ = dst;
     timeout_ = toTimespec(deadline);
     io_uring_sqe* s[2];
     Operation* ops[2] = {&connect_, &timer_};
     r.sqes(s, ops, 2);
-    io_uring_prep_connect(s[0], fd, reinterpret_cast<sockaddr*>(&addr_), sizeof(addr_));
+    io_uring_prep_connect(s[0], fd, addr_.sa(), addr_.len());
     s[0]->flags |= IOSQE_IO_LINK;  // the next entry bounds this one
     io_uring_prep_link_timeout(s[1], &timeout_, 0);
     pending_ = 2;
@@ -121,7 +122,7 @@ class Connect<Done> final {
   }
   Owner* owner_;
   Part connect_{this, false}, timer_{this, true};
-  sockaddr_in addr_{};           // read by the kernel until the connect completes
+  SockAddr addr_;                // read by the kernel until the connect completes
   __kernel_timespec timeout_{};  // likewise
   int pending_ = 0;
   int connect_res_ = 0;

@@ -11,3 +11,7 @@ extern "C" {
 static_assert(sizeof(sluice_enrolled) == 8);
 static_assert(sizeof(sluice_orig_dst) == 8);
 static_assert(sizeof(sluice_pair_key) == 24);
+static_assert(sizeof(sluice_enrolled6) == 16);
+static_assert(sizeof(sluice_orig_dst6) == 20);
+static_assert(sizeof(sluice_pair_key6) == 48);
+static_assert(SLUICE_STAT6_MAX <= SLUICE_STATS6_SLOTS);

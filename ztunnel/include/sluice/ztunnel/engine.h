@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sluice/common/addr.h"
 #include "sluice/common/result.h"
 #include "sluice/common/unique_fd.h"
 
@@ -90,7 +91,8 @@ struct PodSpec {
   std::string name_namespace;  // "ns/name", for logs and records
   std::string service_account;
   std::string identity;  // SPIFFE URI (computed once by the agent)
-  uint32_t ip4 = 0;      // network order
+  uint32_t ip4 = 0;      // network order; 0: none
+  IpAddr ip6;            // empty: none
   uint64_t netns_cookie = 0;
   int netns_fd = -1;
 };
@@ -118,35 +120,35 @@ struct MeshWorkload {
 };
 
 // A Service VIP:port as the proxy balances it: the ready endpoints (IP and
-// target port), from the control plane's latest view.
+// target port, of the VIP's family), from the control plane's latest view.
 struct ServiceTarget {
-  std::string name;                    // namespace/name
-  std::vector<sockaddr_in> endpoints;  // never empty
+  std::string name;                 // namespace/name
+  std::vector<SockAddr> endpoints;  // never empty
 };
 
 // The control plane's view, by IP. Thread-safe and non-blocking.
 class MeshDirectory {
  public:
   virtual ~MeshDirectory() = default;
-  virtual std::optional<MeshWorkload> meshed(uint32_t ip4) = 0;  // network order
-  // The Service behind ip4:port (network order) with at least one ready
+  virtual std::optional<MeshWorkload> meshed(const IpAddr& ip) = 0;
+  // The Service behind ip:port (network-order port) with at least one ready
   // endpoint, or null.
-  virtual std::shared_ptr<const ServiceTarget> service(uint32_t ip4, uint16_t port) = 0;
-  // The headless Service ("namespace/name") that has ip4:port (network order)
-  // as a ready endpoint, if any: a connection to it is recorded under it.
-  virtual std::optional<std::string> headlessService(uint32_t ip4, uint16_t port) {
-    (void)ip4;
+  virtual std::shared_ptr<const ServiceTarget> service(const IpAddr& ip, uint16_t port) = 0;
+  // The headless Service ("namespace/name") that has ip:port (network-order
+  // port) as a ready endpoint, if any: a connection to it is recorded under it.
+  virtual std::optional<std::string> headlessService(const IpAddr& ip, uint16_t port) {
+    (void)ip;
     (void)port;
     return std::nullopt;
   }
-  // What the destination ip4:port (network order; host-order port)
+  // What the destination ip:port (host-order port)
   // declares about HTTP inspection: true = opaque, relayed as bytes only (the
   // sluice.dev/opaque-ports annotation of the pod or of a Service in front of
   // it; a Service port's opaque appProtocol); false = inspected even on a
   // default opaque port (an HTTP appProtocol); nullopt = nothing declared
   // (EngineConfig::opaque_ports decides).
-  virtual std::optional<bool> opaquePort(uint32_t ip4, uint16_t port) {
-    (void)ip4;
+  virtual std::optional<bool> opaquePort(const IpAddr& ip, uint16_t port) {
+    (void)ip;
     (void)port;
     return std::nullopt;
   }
@@ -186,15 +188,15 @@ class OrigDstResolver {
 struct ListenerInfo {
   std::string pod_uid;
   std::string pod;      // ns/name
-  std::string address;  // "127.0.0.1:15001", "10.244.1.5:15006"
-  std::string kind;     // "outbound" | "inbound" | "hbone"
+  std::string address;  // "127.0.0.1:15001", "10.244.1.5:15006", "[::1]:15001"
+  std::string kind;     // "outbound" | "inbound" | "hbone"; IPv6: "outbound6", ...
 };
 
 // A pod's listening socket handed from one engine to another (an agent
 // upgrade): the same socket, so connections in its queue are not lost.
 struct ListenerFd {
   std::string pod_uid;
-  std::string kind;  // "outbound" | "inbound" | "hbone", as ListenerInfo
+  std::string kind;  // "outbound" | "inbound" | "hbone" (+ "6" for IPv6), as ListenerInfo
   UniqueFd fd;
 };
 
@@ -240,7 +242,7 @@ struct ConnectionRecord {
   Direction direction = Direction::kOutbound;
   Path path = Path::kPassthrough;
   std::string pod;                    // ns/name of the enrolled pod that owns the listener
-  std::string source;                 // ip:port of the client
+  std::string source;                 // ip:port of the client ("[v6]:port" for IPv6)
   std::string destination;            // ip:port (for a Service: the chosen endpoint)
   std::string destination_service;    // ns/name: a Service VIP, or an endpoint of a headless one
   std::string source_principal;       // SPIFFE ID of the client workload, when known
@@ -336,8 +338,8 @@ struct InboundRequest {
   std::string_view pod_uid;           // the destination pod
   std::string_view pod;               // its ns/name
   std::string_view pod_principal;     // its SPIFFE ID
-  sockaddr_in source{};               // the client (pod IP for meshed clients)
-  sockaddr_in destination{};          // the pod's IP and the app's port
+  SockAddr source;                    // the client (pod IP for meshed clients)
+  SockAddr destination;               // the pod's IP and the app's port
   std::string_view source_principal;  // verified SPIFFE ID; empty: not authenticated
   bool mutual_tls = false;
 };
@@ -415,7 +417,8 @@ class Engine {
   virtual ~Engine() = default;
 
   // Creates the listeners for pod inside its netns (127.0.0.1:15001 outbound,
-  // <ip>:15006 inbound, transparent, and <ip>:15008 HBONE when mTLS is on). Idempotent per uid: a
+  // <ip>:15006 inbound, transparent, and <ip>:15008 HBONE when mTLS is on;
+  // with an ip6 also [::1]:15001, [<ip6>]:15006, [<ip6>]:15008). Idempotent per uid: a
   // second call with the same uid replaces nothing and succeeds. Fails (and leaves nothing behind)
   // if a listener cannot be created.
   virtual Result<void> addPod(const PodSpec& pod) = 0;
