@@ -179,6 +179,9 @@ class DualStackTest(LabTest):
         # The CNI result's IPv6 address reached the agent that runs the pod.
         pods = [p for p in self.lab.config_dump("node2")["pods"] if (p["namespace"], p["name"]) == ("shop", "server")]
         self.assertEqual([(p["ip"], p["ip6"], p["enrolled"]) for p in pods], [(server4, server6, True)])
+        # ... and its BPF maps: connect6 knows the pod's own IPv6 address (sluice_enrolled6_v1).
+        enrolled = {e["netns_cookie"]: e for e in self.lab.ctl("node2", "bpf")["enrolled"]}
+        self.assertEqual(enrolled[pods[0]["netns_cookie"]]["pod_ip6"], server6)
 
     def test_a_dual_stack_service_is_balanced_on_its_ipv4_vip(self):
         lab = self.lab

@@ -4,7 +4,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/flags.h"
+#include "sluice/common/ip6.h"
 #include "tools/sluicectl/admin_client.h"
 #include "tools/sluicectl/check.h"
 #include "tools/sluicectl/install.h"
@@ -172,13 +175,32 @@ int cmdBpf(const Options& opts) {
   auto orig = BpfMap<sluice_pair_key, sluice_orig_dst>::openPinned(pin_dir + "/sluice_orig_dst_v1");
   auto pending = BpfMap<__u64, sluice_orig_dst>::openPinned(pin_dir + "/sluice_cookie_dst_v1");
   auto excluded = BpfMap<__u16, __u8>::openPinned(pin_dir + "/sluice_excluded_ports_v1");
+  // Absent under the pins of an agent from before IPv6 capture.
+  auto enrolled6 = BpfMap<__u64, sluice_enrolled6>::openPinned(pin_dir + "/sluice_enrolled6_v1");
+  auto pending6 = BpfMap<__u64, sluice_orig_dst6>::openPinned(pin_dir + "/sluice_cookie_dst6_v1");
+  auto orig6 =
+      BpfMap<sluice_pair_key6, sluice_orig_dst6>::openPinned(pin_dir + "/sluice_orig_dst6_v1");
+  auto endpoint6 = [](const __u32* ip6, __u16 port_net) {
+    in6_addr a{};
+    std::memcpy(&a, ip6, sizeof(a));
+    return fmt::format("[{}]:{}", formatIp6(a), ntohs(port_net));
+  };
 
   json out;
   out["pin_dir"] = pin_dir;
   out["enrolled"] = json::array();
-  for (const auto& [cookie, v] : enrolled->entries())
-    out["enrolled"].push_back(
-        {{"netns_cookie", cookie}, {"pod_ip", formatIp4(v.pod_ip4)}, {"flags", v.flags}});
+  for (const auto& [cookie, v] : enrolled->entries()) {
+    std::string ip6;
+    if (auto v6 = enrolled6 ? enrolled6->lookup(cookie) : std::nullopt) {
+      in6_addr a{};
+      std::memcpy(&a, v6->pod_ip6, sizeof(a));
+      ip6 = formatIp6(a);
+    }
+    out["enrolled"].push_back({{"netns_cookie", cookie},
+                               {"pod_ip", formatIp4(v.pod_ip4)},
+                               {"pod_ip6", ip6},
+                               {"flags", v.flags}});
+  }
   out["orig_dst"] = json::array();
   if (orig)
     for (const auto& [k, v] : orig->entries())
@@ -187,7 +209,14 @@ int cmdBpf(const Options& opts) {
            {"client", formatEndpoint(makeSockaddr(k.src_ip4, ntohs(k.src_port)))},
            {"listener", formatEndpoint(makeSockaddr(k.dst_ip4, ntohs(k.dst_port)))},
            {"original_dst", formatEndpoint(makeSockaddr(v.ip4, ntohs(v.port)))}});
-  out["pending_connects"] = pending ? pending->entries().size() : 0;
+  if (orig6)
+    for (const auto& [k, v] : orig6->entries())
+      out["orig_dst"].push_back({{"netns_cookie", k.netns_cookie},
+                                 {"client", endpoint6(k.src_ip6, k.src_port)},
+                                 {"listener", endpoint6(k.dst_ip6, k.dst_port)},
+                                 {"original_dst", endpoint6(v.ip6, v.port)}});
+  out["pending_connects"] =
+      (pending ? pending->entries().size() : 0) + (pending6 ? pending6->entries().size() : 0);
   out["excluded_ports"] = json::array();
   if (excluded)
     for (const auto& [port, v] : excluded->entries()) out["excluded_ports"].push_back(ntohs(port));
@@ -196,17 +225,19 @@ int cmdBpf(const Options& opts) {
     return 0;
   }
   std::printf("MAP sluice_enrolled_v1 (%zu entries)\n", out["enrolled"].size());
-  ctl::Table e({"NETNS-COOKIE", "POD-IP", "FLAGS"});
+  ctl::Table e({"NETNS-COOKIE", "POD-IP", "POD-IP6", "FLAGS"});
   for (const auto& r : out["enrolled"])
-    e.add({r["netns_cookie"].dump(), str(r, "pod_ip"), r["flags"].dump()});
+    e.add({r["netns_cookie"].dump(), str(r, "pod_ip"), str(r, "pod_ip6"), r["flags"].dump()});
   std::fputs(e.render().c_str(), stdout);
-  std::printf("\nMAP sluice_orig_dst_v1 (%zu entries awaiting accept)\n", out["orig_dst"].size());
+  std::printf("\nMAP sluice_orig_dst_v1 + sluice_orig_dst6_v1 (%zu entries awaiting accept)\n",
+              out["orig_dst"].size());
   ctl::Table o({"NETNS-COOKIE", "CLIENT", "LISTENER", "ORIGINAL-DST"});
   for (const auto& r : out["orig_dst"])
     o.add({r["netns_cookie"].dump(), str(r, "client"), str(r, "listener"), str(r, "original_dst")});
   std::fputs(o.render().c_str(), stdout);
-  std::printf("\nMAP sluice_cookie_dst_v1: %s connects awaiting establishment\n",
-              out["pending_connects"].dump().c_str());
+  std::printf(
+      "\nMAP sluice_cookie_dst_v1 + sluice_cookie_dst6_v1: %s connects awaiting establishment\n",
+      out["pending_connects"].dump().c_str());
   std::printf("MAP sluice_excluded_ports_v1: %s\n", out["excluded_ports"].dump().c_str());
   return 0;
 }
