@@ -1,4 +1,3 @@
-#include "agent/bpf/stat_names.h"
 #include "agent/telemetry/agent_metrics.h"
 
 #include <doctest/doctest.h>
@@ -12,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/bpf/stat_names.h"
 #include "agent/telemetry/node_health.h"
 #include "sluice/common/bpf_abi.h"
 #include "support/local_http.h"
