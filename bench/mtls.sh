@@ -114,8 +114,24 @@ wait_port() {  # client-pod ip port
 }
 
 declare -A R
+# CPU seconds (utime + stime, /proc/PID/stat) of the proxies of a column on
+# both nodes: the agents for sluice, the HAProxy pair for haproxy.
+proxy_pids() {  # key
+  case $1 in
+    sluice) cat "$LAB_DIR"/node{1,2}/agent.pid ;;
+    haproxy) cat "$work"/haproxy-node{1,2}.pid ;;
+  esac
+}
+cpu_seconds() {  # pid...
+  local t=0 s
+  for p in "$@"; do
+    s=$(sed 's/.*) //' "/proc/$p/stat")
+    t=$((t + $(awk '{print $12 + $13}' <<<"$s")))
+  done
+  echo "$t $(getconf CLK_TCK)" | awk '{printf "%.2f", $1 / $2}'
+}
 measure() {  # key client-pod ip iperf-port http-port
-  local key=$1 pod=$2 ip=$3 iport=$4 hport=$5
+  local key=$1 pod=$2 ip=$3 iport=$4 hport=$5 pids cpu0
   wait_port "$pod" "$ip" "$iport"
   wait_port "$pod" "$ip" "$hport"
   for streams in 1 8; do
@@ -123,8 +139,13 @@ measure() {  # key client-pod ip iperf-port http-port
       /usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
   done
   local out
+  pids=$(proxy_pids "$key")
+  [ -z "$pids" ] || cpu0=$(cpu_seconds $pids)
   out=$($LAB exec "$pod" -- wrk -t2 -c"$CONC" -d"${DUR}s" --latency "http://$ip:$hport/")
   R[$key,rps]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+  R[$key,cpu]=-
+  [ -z "$pids" ] || R[$key,cpu]=$(awk -v a="$cpu0" -v b="$(cpu_seconds $pids)" \
+    '/requests in/ {printf "%.3f", (b - a) * 1000 / $1}' <<<"$out")
   R[$key,p50]=$(awk '$1=="50%" {print $2}' <<<"$out")
   R[$key,p99]=$(awk '$1=="99%" {print $2}' <<<"$out")
   out=$($LAB exec "$pod" -- wrk -t2 -c"$CONC" -d"${DUR}s" -H "Connection: close" "http://$ip:$hport/")
@@ -164,7 +185,16 @@ row "HTTP requests/s (keep-alive)" "${R[plain,rps]}" "${R[sluice,rps]}" "${R[hap
 row "HTTP p50 latency (us)" "${R[plain,p50]}" "${R[sluice,p50]}" "${R[haproxy,p50]}"
 row "HTTP p99 latency (us)" "${R[plain,p99]}" "${R[sluice,p99]}" "${R[haproxy,p99]}"
 row "new connections/s" "${R[plain,cps]}" "${R[sluice,cps]}" "${R[haproxy,cps]}"
+row "proxy CPU s / 1000 requests" "${R[plain,cpu]}" "${R[sluice,cpu]}" "${R[haproxy,cpu]}"
+# The ceiling: what one core of this machine encrypts (AES-GCM, 16 KiB
+# blocks, one TLS record's worth), so the cross-node figure reads against it.
+for alg in aes-128-gcm aes-256-gcm; do
+  R[ceil,$alg]=$(openssl speed -mr -seconds 1 -bytes 16384 -evp $alg 2>/dev/null |
+    awk -F: '/^\+F:/ {printf "%.2f", $4 * 8 / 1e9}')
+done
 for n in 1 2; do
   row "RSS node$n (MiB)" "-" "${R[sluice,VmRSS$n]}" "${R[haproxy,VmRSS$n]}"
   row "  of which anonymous (MiB)" "-" "${R[sluice,RssAnon$n]}" "${R[haproxy,RssAnon$n]}"
 done
+echo "ceiling: one core encrypts ${R[ceil,aes-128-gcm]} Gbit/s with AES-128-GCM," \
+  "${R[ceil,aes-256-gcm]} Gbit/s with AES-256-GCM (openssl speed, 16 KiB blocks)"
