@@ -118,8 +118,8 @@ declare -A R
 # both nodes: the agents for sluice, the HAProxy pair for haproxy.
 proxy_pids() {  # key
   case $1 in
-    sluice) cat "$LAB_DIR"/node{1,2}/agent.pid ;;
-    haproxy) cat "$work"/haproxy-node{1,2}.pid ;;
+    sluice) for n in 1 2; do echo "$(cat "$LAB_DIR/node$n/agent.pid")"; done ;;
+    haproxy) for n in 1 2; do echo "$(cat "$work/haproxy-node$n.pid")"; done ;;
   esac
 }
 cpu_seconds() {  # pid...
