@@ -44,6 +44,11 @@ class Contexts {
   std::map<const WorkloadCredential*, Entry> cache_;
 };
 
+// The TLS 1.3 cipher suites in order of preference (OpenSSL syntax): the
+// cheapest AEAD first for a CPU with (or without) AES instructions.
+const char* cipherSuites(bool aes_hardware);
+bool aesHardware();  // this CPU has AES instructions (AES-NI, ARMv8 crypto)
+
 // The peer's SPIFFE ID after a verified handshake (URI SAN of its leaf).
 std::string peerIdentity(SSL* ssl);
 
