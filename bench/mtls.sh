@@ -7,7 +7,9 @@
 #                  requires a client certificate from the same trust anchor
 # Figures: iperf3 throughput (1 and 8 streams), HTTP requests/s and p50/p99 at
 # fixed concurrency (wrk -> nginx), new connections/s (wrk, Connection: close),
-# RSS per node (agent vs haproxy).
+# RSS per node (agent vs haproxy), the proxies' CPU seconds per GB (iperf3,
+# one stream) and per 1000 requests (wrk keep-alive), both nodes together,
+# and the AES-GCM rate of one core (the ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
@@ -134,12 +136,17 @@ measure() {  # key client-pod ip iperf-port http-port
   local key=$1 pod=$2 ip=$3 iport=$4 hport=$5 pids cpu0
   wait_port "$pod" "$ip" "$iport"
   wait_port "$pod" "$ip" "$hport"
+  pids=$(proxy_pids "$key")
   for streams in 1 8; do
+    [ -z "$pids" ] || cpu0=$(cpu_seconds $pids)
     R[$key,iperf$streams]=$($LAB exec "$pod" -- iperf3 -c "$ip" -p "$iport" -t "$DUR" -P $streams -J |
-      /usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+      /usr/bin/python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print("%.2f %d" % (e["bits_per_second"]/1e9, e["bytes"]))')
+    R[$key,gbcpu$streams]=-
+    [ -z "$pids" ] || R[$key,gbcpu$streams]=$(awk -v a="$cpu0" -v b="$(cpu_seconds $pids)" \
+      -v r="${R[$key,iperf$streams]}" 'BEGIN {split(r, f, " "); printf "%.2f", (b - a) * 1e9 / f[2]}')
+    R[$key,iperf$streams]=${R[$key,iperf$streams]% *}
   done
   local out
-  pids=$(proxy_pids "$key")
   [ -z "$pids" ] || cpu0=$(cpu_seconds $pids)
   out=$($LAB exec "$pod" -- wrk -t2 -c"$CONC" -d"${DUR}s" --latency "http://$ip:$hport/")
   R[$key,rps]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
@@ -181,6 +188,7 @@ row() { printf '%-32s %12s %12s %12s\n' "$@"; }
 row "figure" "no mesh" "sluice mTLS" "haproxy mTLS"
 row "iperf3 1 stream (Gbit/s)" "${R[plain,iperf1]}" "${R[sluice,iperf1]}" "${R[haproxy,iperf1]}"
 row "iperf3 8 streams (Gbit/s)" "${R[plain,iperf8]}" "${R[sluice,iperf8]}" "${R[haproxy,iperf8]}"
+row "proxy CPU s / GB, 1 stream" "${R[plain,gbcpu1]}" "${R[sluice,gbcpu1]}" "${R[haproxy,gbcpu1]}"
 row "HTTP requests/s (keep-alive)" "${R[plain,rps]}" "${R[sluice,rps]}" "${R[haproxy,rps]}"
 row "HTTP p50 latency (us)" "${R[plain,p50]}" "${R[sluice,p50]}" "${R[haproxy,p50]}"
 row "HTTP p99 latency (us)" "${R[plain,p99]}" "${R[sluice,p99]}" "${R[haproxy,p99]}"
