@@ -34,23 +34,35 @@ std::string sha256(const unsigned char* p, size_t n) {
   return out;
 }
 
-// An HBONE server made of plain nghttp2, on a thread, for one tunnel: it
-// advertises SETTINGS_MAX_FRAME_SIZE = Tunnel::kMaxFrameSize, answers the
+// An HBONE server made of plain nghttp2 on Sluice's server SSL_CTX, on a
+// thread, for one tunnel after the other (presenting creds[i] on the i-th):
+// it advertises SETTINGS_MAX_FRAME_SIZE = Tunnel::kMaxFrameSize, answers the
 // CONNECT with 200 and, after the client's END_STREAM, sends back
-// "<bytes> <sha256>" of what the stream carried. It notes the largest DATA
-// frame it received and the client's SETTINGS_MAX_FRAME_SIZE.
+// "<bytes> <sha256>" of what the stream carried. It notes per tunnel the
+// largest DATA frame, the client's SETTINGS_MAX_FRAME_SIZE, the cipher,
+// whether TLS resumed a session and the client's verified identity.
 class DigestServer {
  public:
+  struct Seen {
+    size_t largest_data_frame = 0;
+    uint32_t client_max_frame_size = 0;
+    std::string cipher, client;
+    bool resumed = false;
+  };
   DigestServer(int listener, tls::Contexts& contexts,
-               std::shared_ptr<const WorkloadCredential> cred)
-      : thread_([this, listener, &contexts, cred] { run(listener, contexts, cred); }) {}
+               std::vector<std::shared_ptr<const WorkloadCredential>> creds)
+      : seen(creds.size()), thread_([this, listener, &contexts, creds] {
+          for (; cur_ < seen.size(); ++cur_) run(listener, contexts, creds[cur_]);
+        }) {}
   ~DigestServer() { thread_.join(); }
-  size_t largest_data_frame = 0;
-  uint32_t client_max_frame_size = 0;
-  std::string cipher;
+  std::vector<Seen> seen;       // one per tunnel, filled in as they come
+  std::atomic<size_t> cur_{0};  // the tunnel being served (seen.size(): all done)
 
  private:
   void run(int listener, tls::Contexts& contexts, std::shared_ptr<const WorkloadCredential> cred) {
+    id_ = -1;
+    got_.clear();
+    done_ = false;
     pollfd p{listener, POLLIN, 0};
     if (::poll(&p, 1, 10000) <= 0) return;
     UniqueFd fd(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
@@ -60,7 +72,9 @@ class DigestServer {
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     Ssl ssl = tlsOn(contexts, cred, fd.get(), true);
     if (!ssl) return;
-    cipher = SSL_CIPHER_get_name(SSL_get_current_cipher(ssl.get()));
+    seen[cur_].cipher = SSL_CIPHER_get_name(SSL_get_current_cipher(ssl.get()));
+    seen[cur_].resumed = SSL_session_reused(ssl.get()) == 1;
+    seen[cur_].client = tls::peerIdentity(ssl.get());
     nghttp2_session_callbacks* cbs = nullptr;
     nghttp2_session_callbacks_new(&cbs);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, frameRecv);
@@ -77,10 +91,11 @@ class DigestServer {
   static int frameRecv(nghttp2_session* s, const nghttp2_frame* f, void* ud) {
     auto* self = static_cast<DigestServer*>(ud);
     if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK))
-      self->client_max_frame_size =
+      self->seen[self->cur_].client_max_frame_size =
           nghttp2_session_get_remote_settings(s, NGHTTP2_SETTINGS_MAX_FRAME_SIZE);
     if (f->hd.type == NGHTTP2_DATA)
-      self->largest_data_frame = std::max(self->largest_data_frame, f->hd.length);
+      self->seen[self->cur_].largest_data_frame =
+          std::max(self->seen[self->cur_].largest_data_frame, f->hd.length);
     if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
       self->id_ = f->hd.stream_id;
       nghttp2_nv st{reinterpret_cast<uint8_t*>(const_cast<char*>(":status")),
@@ -158,10 +173,12 @@ TEST_SUITE("hbone bulk") {
     CHECK(server_cipher == expected);
   }
 
-  TEST_CASE("DATA frames larger than 16 KiB once both ends say SETTINGS_MAX_FRAME_SIZE and arrive intact") {
+  TEST_CASE(
+      "DATA frames larger than 16 KiB once both ends say SETTINGS_MAX_FRAME_SIZE and arrive "
+      "intact") {
     Mesh m;
     m.server_paused = true;  // the DigestServer answers on pod B's 15008 instead
-    DigestServer peer(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB));
+    DigestServer peer(m.hbone_listener.get(), *m.tls, {m.creds.credential(kIdB)});
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), 8080));
     auto data = pattern(4 << 20, 7);
     std::vector<unsigned char> got;
@@ -173,10 +190,11 @@ TEST_SUITE("hbone bulk") {
     REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 20s));
     CHECK(std::string(got.begin(), got.end()) ==
           std::to_string(data.size()) + " " + sha256(data.data(), data.size()));
-    CHECK(peer.client_max_frame_size == hbone::Tunnel::kMaxFrameSize);
-    CHECK(peer.largest_data_frame > 16384);
-    CHECK(peer.largest_data_frame <= hbone::Tunnel::kMaxFrameSize);
-    CHECK(peer.cipher == firstSuite(tls::cipherSuites(tls::aesHardware())));
+    REQUIRE(peer.seen.size() == 1);
+    CHECK(peer.seen[0].client_max_frame_size == hbone::Tunnel::kMaxFrameSize);
+    CHECK(peer.seen[0].largest_data_frame > 16384);
+    CHECK(peer.seen[0].largest_data_frame <= hbone::Tunnel::kMaxFrameSize);
+    CHECK(peer.seen[0].cipher == firstSuite(tls::cipherSuites(tls::aesHardware())));
     m.client->shutdown();  // the DigestServer's thread ends with the tunnel
     m.pumpUntil([&] { return m.client->idle(); }, 5s);
   }
@@ -221,5 +239,44 @@ TEST_SUITE("hbone bulk") {
     });
     REQUIRE(m.pumpUntil([&] { return raw.done.load(); }, 10s));
     CHECK(server_max == hbone::Tunnel::kMaxFrameSize);
+  }
+
+  TEST_CASE("a new tunnel to a known peer resumes TLS and the peer's identity is still checked") {
+    Mesh m;
+    m.server_paused = true;  // the DigestServer answers on pod B's 15008 instead
+    auto other = m.ca.issue("spiffe://cluster.local/ns/b/sa/other");
+    DigestServer peer(m.hbone_listener.get(), *m.tls,
+                      {m.creds.credential(kIdB), m.creds.credential(kIdB), other});
+    const std::string text = "resume me";
+    const std::string digest =
+        std::to_string(text.size()) + " " +
+        sha256(reinterpret_cast<const unsigned char*>(text.data()), text.size());
+    auto exchange = [&] {
+      UniqueFd app = m.open(makeSockaddr(ip(kAddrB), 8080));
+      std::vector<unsigned char> got;
+      Worker w([&] {
+        sendAll(app.get(), reinterpret_cast<const unsigned char*>(text.data()), text.size());
+        ::shutdown(app.get(), SHUT_WR);
+        recvAll(app.get(), got);
+      });
+      REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+      m.client->removePod(m.pod_a->spec.uid);  // the tunnel closes; its ticket stays
+      REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 0; }, 5s));
+      return std::string(got.begin(), got.end());
+    };
+    CHECK(exchange() == digest);  // a full handshake; the server sends a ticket
+    CHECK(exchange() == digest);  // resumed
+    // The same address now presents another identity: the client offers its
+    // ticket, the peer cannot take it (other keys) and the full handshake
+    // shows an identity the client does not expect: refused.
+    CHECK(exchange().empty());
+    m.client->shutdown();
+    m.pumpUntil([&] { return m.client->idle(); }, 5s);
+    REQUIRE(m.pumpUntil([&] { return peer.cur_ == 3; }, 5s));
+    CHECK_FALSE(peer.seen[0].resumed);
+    CHECK(peer.seen[1].resumed);
+    CHECK(peer.seen[1].client == kIdA);  // the client's identity travels in the session
+    CHECK_FALSE(peer.seen[2].resumed);
+    CHECK(m.cs->count(Counter::kHandshakeFailures) == 1);
   }
 }

@@ -178,10 +178,13 @@ void Tunnel::startTls(std::shared_ptr<const WorkloadCredential> cred) {
   }
   BIO_set_data(bio, this);
   SSL_set_bio(ssl_.get(), bio, bio);  // one BIO both ways; the SSL owns it
-  if (server_)
+  if (server_) {
     SSL_set_accept_state(ssl_.get());
-  else
+  } else {
     SSL_set_connect_state(ssl_.get());  // no SNI: identities are checked by SPIFFE ID
+    // A peer reached before: resume (handshakeDone checks the identity all the same).
+    env_.tls.offerSession(ssl_.get(), cred_, expected_peer_ + " " + formatEndpoint(remote_));
+  }
   state_ = State::kHandshaking;
   progress();
 }

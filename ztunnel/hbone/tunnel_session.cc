@@ -211,8 +211,8 @@ void Tunnel::handshakeDone() {
     going_away_ = false;
     goAway();
   }
-  logger()->debug("tunnel {} {} {} ready: local {} peer {}", id_, side(), formatEndpoint(remote_),
-                  cred_->identity, peer);
+  logger()->debug("tunnel {} {} {} ready: local {} peer {}{}", id_, side(), formatEndpoint(remote_),
+                  cred_->identity, peer, SSL_session_reused(ssl_.get()) ? " (resumed)" : "");
   owner_.tunnelReady(*this);
 }
 
