@@ -439,6 +439,13 @@ void Tunnel::finishIfIdle() {
 void Tunnel::tick(Clock::time_point now, size_t queued) {
   if (closed()) return;
   const auto& cfg = env_.ctx.config;
+  // Nothing to send: the send buffers give back what a burst grew them to.
+  if (!send_.busy() && soff_ >= sbuf_.size() && cout_.empty() &&
+      sbuf_.capacity() + cout_.capacity() > kPlainBatch) {
+    std::string().swap(sbuf_);
+    std::string().swap(cout_);
+    soff_ = 0;
+  }
   if (close_on_flush_) {
     if (now > deadline_) {
       close_on_flush_ = false;  // the peer does not read: stop waiting
