@@ -124,14 +124,7 @@ proxy_pids() {  # key
     haproxy) for n in 1 2; do echo "$(cat "$work/haproxy-node$n.pid")"; done ;;
   esac
 }
-cpu_seconds() {  # pid...
-  local t=0 s
-  for p in "$@"; do
-    s=$(sed 's/.*) //' "/proc/$p/stat")
-    t=$((t + $(awk '{print $12 + $13}' <<<"$s")))
-  done
-  echo "$t $(getconf CLK_TCK)" | awk '{printf "%.2f", $1 / $2}'
-}
+. bench/proc_cpu.sh
 measure() {  # key client-pod ip iperf-port http-port
   local key=$1 pod=$2 ip=$3 iport=$4 hport=$5 pids cpu0
   wait_port "$pod" "$ip" "$iport"
