@@ -7,7 +7,9 @@
 #                  requires a client certificate from the same trust anchor
 # Figures: iperf3 throughput (1 and 8 streams), HTTP requests/s and p50/p99 at
 # fixed concurrency (wrk -> nginx), new connections/s (wrk, Connection: close),
-# RSS per node (agent vs haproxy).
+# RSS per node (agent vs haproxy), the proxies' CPU seconds per GB (iperf3,
+# one stream) and per 1000 requests (wrk keep-alive), both nodes together,
+# and the AES-GCM rate of one core (the ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
@@ -114,17 +116,36 @@ wait_port() {  # client-pod ip port
 }
 
 declare -A R
+# CPU seconds (utime + stime, /proc/PID/stat) of the proxies of a column on
+# both nodes: the agents for sluice, the HAProxy pair for haproxy.
+proxy_pids() {  # key
+  case $1 in
+    sluice) for n in 1 2; do echo "$(cat "$LAB_DIR/node$n/agent.pid")"; done ;;
+    haproxy) for n in 1 2; do echo "$(cat "$work/haproxy-node$n.pid")"; done ;;
+  esac
+}
+. bench/proc_cpu.sh
 measure() {  # key client-pod ip iperf-port http-port
-  local key=$1 pod=$2 ip=$3 iport=$4 hport=$5
+  local key=$1 pod=$2 ip=$3 iport=$4 hport=$5 pids cpu0
   wait_port "$pod" "$ip" "$iport"
   wait_port "$pod" "$ip" "$hport"
+  pids=$(proxy_pids "$key")
   for streams in 1 8; do
+    [ -z "$pids" ] || cpu0=$(cpu_seconds $pids)
     R[$key,iperf$streams]=$($LAB exec "$pod" -- iperf3 -c "$ip" -p "$iport" -t "$DUR" -P $streams -J |
-      /usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+      /usr/bin/python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print("%.2f %d" % (e["bits_per_second"]/1e9, e["bytes"]))')
+    R[$key,gbcpu$streams]=-
+    [ -z "$pids" ] || R[$key,gbcpu$streams]=$(awk -v a="$cpu0" -v b="$(cpu_seconds $pids)" \
+      -v r="${R[$key,iperf$streams]}" 'BEGIN {split(r, f, " "); printf "%.2f", (b - a) * 1e9 / f[2]}')
+    R[$key,iperf$streams]=${R[$key,iperf$streams]% *}
   done
   local out
+  [ -z "$pids" ] || cpu0=$(cpu_seconds $pids)
   out=$($LAB exec "$pod" -- wrk -t2 -c"$CONC" -d"${DUR}s" --latency "http://$ip:$hport/")
   R[$key,rps]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+  R[$key,cpu]=-
+  [ -z "$pids" ] || R[$key,cpu]=$(awk -v a="$cpu0" -v b="$(cpu_seconds $pids)" \
+    '/requests in/ {printf "%.3f", (b - a) * 1000 / $1}' <<<"$out")
   R[$key,p50]=$(awk '$1=="50%" {print $2}' <<<"$out")
   R[$key,p99]=$(awk '$1=="99%" {print $2}' <<<"$out")
   out=$($LAB exec "$pod" -- wrk -t2 -c"$CONC" -d"${DUR}s" -H "Connection: close" "http://$ip:$hport/")
@@ -160,11 +181,21 @@ row() { printf '%-32s %12s %12s %12s\n' "$@"; }
 row "figure" "no mesh" "sluice mTLS" "haproxy mTLS"
 row "iperf3 1 stream (Gbit/s)" "${R[plain,iperf1]}" "${R[sluice,iperf1]}" "${R[haproxy,iperf1]}"
 row "iperf3 8 streams (Gbit/s)" "${R[plain,iperf8]}" "${R[sluice,iperf8]}" "${R[haproxy,iperf8]}"
+row "proxy CPU s / GB, 1 stream" "${R[plain,gbcpu1]}" "${R[sluice,gbcpu1]}" "${R[haproxy,gbcpu1]}"
 row "HTTP requests/s (keep-alive)" "${R[plain,rps]}" "${R[sluice,rps]}" "${R[haproxy,rps]}"
 row "HTTP p50 latency (us)" "${R[plain,p50]}" "${R[sluice,p50]}" "${R[haproxy,p50]}"
 row "HTTP p99 latency (us)" "${R[plain,p99]}" "${R[sluice,p99]}" "${R[haproxy,p99]}"
 row "new connections/s" "${R[plain,cps]}" "${R[sluice,cps]}" "${R[haproxy,cps]}"
+row "proxy CPU s / 1000 requests" "${R[plain,cpu]}" "${R[sluice,cpu]}" "${R[haproxy,cpu]}"
+# The ceiling: what one core of this machine encrypts (AES-GCM, 16 KiB
+# blocks, one TLS record's worth), so the cross-node figure reads against it.
+for alg in aes-128-gcm aes-256-gcm; do
+  R[ceil,$alg]=$(openssl speed -mr -seconds 1 -bytes 16384 -evp $alg 2>/dev/null |
+    awk -F: '/^\+F:/ {printf "%.2f", $4 * 8 / 1e9}')
+done
 for n in 1 2; do
   row "RSS node$n (MiB)" "-" "${R[sluice,VmRSS$n]}" "${R[haproxy,VmRSS$n]}"
   row "  of which anonymous (MiB)" "-" "${R[sluice,RssAnon$n]}" "${R[haproxy,RssAnon$n]}"
 done
+echo "ceiling: one core encrypts ${R[ceil,aes-128-gcm]} Gbit/s with AES-128-GCM," \
+  "${R[ceil,aes-256-gcm]} Gbit/s with AES-256-GCM (openssl speed, 16 KiB blocks)"

@@ -56,6 +56,7 @@ wait_port() {  # ns ip port
 }
 
 declare -A R
+. bench/proc_cpu.sh  # agent CPU seconds per 1000 requests
 measure() {  # ns column
   local ns=$1 col=$2 ip
   ip=$($LAB pod ip $ns server)
@@ -69,8 +70,13 @@ measure() {  # ns column
   # Latency twice: with one connection (what the mesh adds to a request)
   # and at $CONC connections (saturated: wrk, nginx and the proxy share the
   # cores, so latency there is mostly queueing behind CPU).
+  local agent=""
+  [ "$col" = plain ] || agent=$(cat "${SLUICE_LAB_DIR:-/run/sluice-lab}/node1/agent.pid")
   for c in 1 "$CONC"; do
+    [ -z "$agent" ] || cpu0=$(cpu_seconds "$agent")
     out=$($LAB exec $ns/client -- wrk -t"$(( c < 2 ? 1 : 2 ))" -c"$c" -d"${DUR}s" --latency "http://$ip:8080/")
+    [ -z "$agent" ] || R[$col,cpu$c]=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$agent")" \
+      '/requests in/ {printf "%.3f", (b - a) * 1000 / $1}' <<<"$out")
     R[$col,rps$c]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
     R[$col,p50_$c]=$(awk '$1=="50%" {print $2}' <<<"$out")
     R[$col,p99_$c]=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -112,6 +118,8 @@ row "iperf3 1 stream (Gbit/s)" "${R[plain,iperf1]}" "${R[mesh,iperf1]}" "${R[soc
 row "iperf3 4 streams (Gbit/s)" "${R[plain,iperf4]}" "${R[mesh,iperf4]}" "${R[sockmap,iperf4]}"
 row "HTTP requests/s (wrk -c$CONC)" "${R[plain,rps$CONC]}" "${R[mesh,rps$CONC]}" "${R[sockmap,rps$CONC]}"
 row "HTTP requests/s (wrk -c1)" "${R[plain,rps1]}" "${R[mesh,rps1]}" "${R[sockmap,rps1]}"
+printf '%-34s %12s %12s %8s %12s\n' "agent CPU s / 1000 requests, -c$CONC" "-" "${R[mesh,cpu$CONC]}" "" \
+  "${R[sockmap,cpu$CONC]}"
 added() { printf '%+dus' $(($1 - $2)); }
 for c in 1 "$CONC"; do
   for q in p50 p99; do

@@ -7,6 +7,8 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -390,6 +392,46 @@ inline bool allDone(const std::vector<std::unique_ptr<Worker>>& ws) {
   for (auto& w : ws)
     if (!w->done) return false;
   return true;
+}
+
+// ------------------------------------------------------------ odd peers
+
+struct SslFree {
+  void operator()(SSL* s) const { SSL_free(s); }
+};
+using Ssl = std::unique_ptr<SSL, SslFree>;
+
+// A blocking TLS end on fd, presenting cred (server: accepting).
+inline Ssl tlsOn(tls::Contexts& contexts, const std::shared_ptr<const WorkloadCredential>& cred,
+                 int fd, bool server) {
+  auto ctx = contexts.get(cred, server);
+  if (!ctx) return nullptr;
+  Ssl ssl(SSL_new(*ctx));
+  SSL_set_fd(ssl.get(), fd);
+  if ((server ? SSL_accept(ssl.get()) : SSL_connect(ssl.get())) != 1) return nullptr;
+  return ssl;
+}
+
+struct SessionFree {
+  void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
+};
+
+// Drives an nghttp2 session over a blocking TLS connection: writes all it
+// wants to, then reads. Returns when the session is done or the peer closed.
+inline void runSession(nghttp2_session* s, SSL* ssl) {
+  uint8_t buf[16384];
+  for (;;) {
+    for (;;) {
+      const uint8_t* data = nullptr;
+      ssize_t n = nghttp2_session_mem_send(s, &data);
+      if (n <= 0) break;
+      if (SSL_write(ssl, data, static_cast<int>(n)) <= 0) return;
+    }
+    if (!nghttp2_session_want_read(s) && !nghttp2_session_want_write(s)) return;
+    int n = SSL_read(ssl, buf, sizeof(buf));
+    if (n <= 0) return;
+    if (nghttp2_session_mem_recv(s, buf, static_cast<size_t>(n)) < 0) return;
+  }
 }
 
 // One short exchange through the mesh: true when the echo came back whole.

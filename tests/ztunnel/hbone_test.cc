@@ -35,44 +35,6 @@ namespace {
 
 // ------------------------------------------------------------ odd peers
 
-struct SslFree {
-  void operator()(SSL* s) const { SSL_free(s); }
-};
-using Ssl = std::unique_ptr<SSL, SslFree>;
-
-// A blocking TLS end on fd, presenting cred (server: accepting).
-Ssl tlsOn(tls::Contexts& contexts, const std::shared_ptr<const WorkloadCredential>& cred, int fd,
-          bool server) {
-  auto ctx = contexts.get(cred, server);
-  if (!ctx) return nullptr;
-  Ssl ssl(SSL_new(*ctx));
-  SSL_set_fd(ssl.get(), fd);
-  if ((server ? SSL_accept(ssl.get()) : SSL_connect(ssl.get())) != 1) return nullptr;
-  return ssl;
-}
-
-struct SessionFree {
-  void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
-};
-
-// Drives an nghttp2 session over a blocking TLS connection: writes all it
-// wants to, then reads. Returns when the session is done or the peer closed.
-void runSession(nghttp2_session* s, SSL* ssl) {
-  uint8_t buf[16384];
-  for (;;) {
-    for (;;) {
-      const uint8_t* data = nullptr;
-      ssize_t n = nghttp2_session_mem_send(s, &data);
-      if (n <= 0) break;
-      if (SSL_write(ssl, data, static_cast<int>(n)) <= 0) return;
-    }
-    if (!nghttp2_session_want_read(s) && !nghttp2_session_want_write(s)) return;
-    int n = SSL_read(ssl, buf, sizeof(buf));
-    if (n <= 0) return;
-    if (nghttp2_session_mem_recv(s, buf, static_cast<size_t>(n)) < 0) return;
-  }
-}
-
 // An HTTP/2 client that sends one request and notes what comes back.
 struct RawClient {
   std::string status;

@@ -1,5 +1,6 @@
 #include "ztunnel/hbone/stream.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "sluice/common/addr.h"
@@ -241,6 +242,11 @@ void Stream::h2Closed(uint32_t error_code) {
 ssize_t Stream::h2Read(uint8_t* buf, size_t len, uint32_t* flags) {
   if (closing_) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   if (!established_) return NGHTTP2_ERR_DEFERRED;
+  size_t buffered = up_.available();
+  if (buffered >= Tunnel::kNoCopyMin) {  // the tunnel takes it from h2Pending()
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    return static_cast<ssize_t>(std::min(len, buffered));
+  }
   size_t n = up_.pull(reinterpret_cast<char*>(buf), len);
   if (n > 0) return static_cast<ssize_t>(n);
   if (up_.ended()) {

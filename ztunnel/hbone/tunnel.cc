@@ -23,7 +23,7 @@ constexpr size_t kCipherRecv = 64 * 1024;  // one socket read
 constexpr size_t kHandshakeRecv = 4 * 1024;
 constexpr size_t kMaxEarlyBytes = 64 * 1024;     // ciphertext held while waiting for a certificate
 constexpr size_t kCipherHighWater = 256 * 1024;  // stop producing frames above this
-constexpr size_t kCipherSendChunk = 256 * 1024;  // one socket write
+constexpr size_t kPlainBatch = 16 * 1024;        // small frames per SSL_write (one record)
 
 std::string sslError(SSL* ssl, int rc) {
   int err = SSL_get_error(ssl, rc);
@@ -37,6 +37,61 @@ std::string sslError(SSL* ssl, int rc) {
 }
 
 }  // namespace
+
+// The tunnel's BIO, both ways: TLS reads ciphertext from what was received
+// (early_, then the receive buffer itself) and appends what it writes to
+// cout_. A memory BIO would cost one more copy each way.
+struct BioGlue {
+  static Tunnel& of(BIO* b) { return *static_cast<Tunnel*>(BIO_get_data(b)); }
+  static int write(BIO* b, const char* data, size_t len, size_t* written) {
+    of(b).cout_.append(data, len);
+    *written = len;
+    return 1;
+  }
+  static int read(BIO* b, char* out, size_t len, size_t* got) {
+    Tunnel& t = of(b);
+    BIO_clear_retry_flags(b);
+    size_t n = 0;
+    if (t.early_off_ < t.early_.size()) {
+      n = std::min(len, t.early_.size() - t.early_off_);
+      std::memcpy(out, t.early_.data() + t.early_off_, n);
+      t.early_off_ += n;
+      if (t.early_off_ == t.early_.size()) {
+        std::string().swap(t.early_);
+        t.early_off_ = 0;
+      }
+    } else if (t.rin_len_ > 0) {
+      n = std::min(len, t.rin_len_);
+      std::memcpy(out, t.rin_, n);
+      t.rin_ += n;
+      t.rin_len_ -= n;
+    }
+    if (n == 0) {
+      BIO_set_retry_read(b);  // "want read", not EOF
+      return 0;
+    }
+    *got = n;
+    return 1;
+  }
+  static long ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+  static int create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+  }
+  static const BIO_METHOD* method() {
+    static BIO_METHOD* m = [] {
+      BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hbone tunnel");
+      if (bm) {
+        BIO_meth_set_write_ex(bm, write);
+        BIO_meth_set_read_ex(bm, read);
+        BIO_meth_set_ctrl(bm, ctrl);
+        BIO_meth_set_create(bm, create);
+      }
+      return bm;
+    }();
+    return m;
+  }
+};
 
 Tunnel::Tunnel(TunnelEnv& env, TunnelOwner& owner, bool server,
                std::shared_ptr<proxy::PodState> pod, const SockAddr& remote)
@@ -113,25 +168,23 @@ void Tunnel::startTls(std::shared_ptr<const WorkloadCredential> cred) {
     return;
   }
   ssl_.reset(SSL_new(*ctx));
-  BIO* rbio = BIO_new(BIO_s_mem());
-  BIO* wbio = BIO_new(BIO_s_mem());
-  if (!ssl_ || !rbio || !wbio) {
-    BIO_free(rbio);
-    BIO_free(wbio);
+  const BIO_METHOD* method = BioGlue::method();
+  BIO* bio = method ? BIO_new(method) : nullptr;
+  if (!ssl_ || !bio) {
+    BIO_free(bio);
     ssl_.reset();
     close("out_of_memory");
     return;
   }
-  BIO_set_mem_eof_return(rbio, -1);  // empty = "want read", not EOF
-  SSL_set_bio(ssl_.get(), rbio, wbio);
-  if (!early_.empty()) {
-    BIO_write(rbio, early_.data(), static_cast<int>(early_.size()));
-    std::string().swap(early_);
-  }
-  if (server_)
+  BIO_set_data(bio, this);
+  SSL_set_bio(ssl_.get(), bio, bio);  // one BIO both ways; the SSL owns it
+  if (server_) {
     SSL_set_accept_state(ssl_.get());
-  else
+  } else {
     SSL_set_connect_state(ssl_.get());  // no SNI: identities are checked by SPIFFE ID
+    // A peer reached before: resume (handshakeDone checks the identity all the same).
+    env_.tls.offerSession(ssl_.get(), cred_, expected_peer_ + " " + formatEndpoint(remote_));
+  }
   state_ = State::kHandshaking;
   progress();
 }
@@ -202,21 +255,27 @@ void Tunnel::step() {
       close("tls_error");
       return;
     }
-    BIO* wbio = SSL_get_wbio(ssl_.get());
-    while (BIO_ctrl_pending(wbio) < kCipherHighWater && nghttp2_session_want_write(h2_.get())) {
+    // Small frames gather in pout_ (one SSL_write for them); a large DATA
+    // frame is written from the stream's buffer by H2Glue::sendData.
+    while (cout_.size() < kCipherHighWater && nghttp2_session_want_write(h2_.get())) {
       const uint8_t* data = nullptr;
       ssize_t n = nghttp2_session_mem_send(h2_.get(), &data);
       if (n < 0) {
         logger()->warn("tunnel {}: HTTP/2 send error: {}", id_,
                        nghttp2_strerror(static_cast<int>(n)));
-        close("h2_send_error");
+        close(n == NGHTTP2_ERR_CALLBACK_FAILURE ? "tls_write_error" : "h2_send_error");
         return;
       }
       if (n == 0) break;
-      if (SSL_write(ssl_.get(), data, static_cast<int>(n)) <= 0) {
+      pout_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+      if (pout_.size() >= kPlainBatch && !writePlain()) {
         close("tls_write_error");
         return;
       }
+    }
+    if (!writePlain()) {
+      close("tls_write_error");
+      return;
     }
     if (state_ != State::kReady) return;
     if (!nghttp2_session_want_read(h2_.get()) && !nghttp2_session_want_write(h2_.get()) &&
@@ -234,8 +293,20 @@ void Tunnel::step() {
   armRecv();
 }
 
+bool Tunnel::writePlain() {
+  if (pout_.empty()) return true;
+  ERR_clear_error();
+  int rc = SSL_write(ssl_.get(), pout_.data(), static_cast<int>(pout_.size()));
+  pout_.clear();
+  return rc > 0;
+}
+
 void Tunnel::armRecv() {
   if (recv_.busy() || state_ == State::kConnecting || closed()) return;
+  if (rin_len_ > 0) {  // what TLS left of the last receive: rbuf_ is needed again
+    early_.append(reinterpret_cast<const char*>(rin_), rin_len_);
+    rin_len_ = 0;
+  }
   size_t want = state_ == State::kReady ? kCipherRecv : kHandshakeRecv;
   if (rbuf_size_ != want) {  // no receive in flight: the buffer is ours
     rbuf_.reset(new uint8_t[want]);
@@ -250,16 +321,11 @@ void Tunnel::flush() {
   if (soff_ >= sbuf_.size()) {
     sbuf_.clear();
     soff_ = 0;
-    BIO* wbio = SSL_get_wbio(ssl_.get());
-    size_t pending = BIO_ctrl_pending(wbio);
-    if (pending == 0) {
+    if (cout_.empty()) {
       if (close_on_flush_) close(reason_.empty() ? "closed" : reason_);
       return;
     }
-    sbuf_.resize(std::min(pending, kCipherSendChunk));
-    int n = BIO_read(wbio, sbuf_.data(), static_cast<int>(sbuf_.size()));
-    sbuf_.resize(n > 0 ? static_cast<size_t>(n) : 0);
-    if (sbuf_.empty()) return;
+    sbuf_.swap(cout_);  // TLS goes on writing into the other buffer
   }
   send_.send(env_.ctx.ring, fd_.get(), sbuf_.data() + soff_, sbuf_.size() - soff_);
 }
@@ -280,7 +346,8 @@ void Tunnel::onRecv(const io_uring_cqe& cqe) {
       finishIfIdle();
       return;
     }
-    BIO_write(SSL_get_rbio(ssl_.get()), rbuf_.get(), res);
+    rin_ = rbuf_.get();  // TLS reads it in place (the BIO)
+    rin_len_ = static_cast<size_t>(res);
   } else if (res == 0) {
     peer_eof_ = true;
     if (!ssl_) {
@@ -324,8 +391,7 @@ void Tunnel::close(const std::string& reason) {
   std::vector<StreamEnd*> open;
   for (auto& [id, s] : streams_) open.push_back(s);
   for (StreamEnd* s : open) s->tunnelLost(reason_);
-  bool flushing = close_on_flush_ && (send_.busy() || soff_ < sbuf_.size() ||
-                                      (ssl_ && BIO_ctrl_pending(SSL_get_wbio(ssl_.get())) > 0));
+  bool flushing = close_on_flush_ && (send_.busy() || soff_ < sbuf_.size() || !cout_.empty());
   if (flushing) return;  // flush() comes back here once the last bytes are out
   state_ = State::kClosed;
   auto attached = std::move(streams_);
@@ -373,6 +439,13 @@ void Tunnel::finishIfIdle() {
 void Tunnel::tick(Clock::time_point now, size_t queued) {
   if (closed()) return;
   const auto& cfg = env_.ctx.config;
+  // Nothing to send: the send buffers give back what a burst grew them to.
+  if (!send_.busy() && soff_ >= sbuf_.size() && cout_.empty() &&
+      sbuf_.capacity() + cout_.capacity() > kPlainBatch) {
+    std::string().swap(sbuf_);
+    std::string().swap(cout_);
+    soff_ = 0;
+  }
   if (close_on_flush_) {
     if (now > deadline_) {
       close_on_flush_ = false;  // the peer does not read: stop waiting

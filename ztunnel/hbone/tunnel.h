@@ -1,8 +1,15 @@
 // One HBONE tunnel: a TCP connection carrying HTTP/2 over mutual TLS 1.3,
 // driven by the worker's ring. Per tunnel:
 //
-//   socket <-ring recv/send-> ciphertext <-SSL (memory BIOs)-> plaintext
-//   <-nghttp2 (mem_recv / mem_send)-> streams (StreamEnd)
+//   socket <-ring recv/send-> ciphertext <-SSL (the tunnel's own BIO)->
+//   plaintext <-nghttp2 (mem_recv / mem_send)-> streams (StreamEnd)
+//
+// Bulk bytes are copied as little as the layers allow: TLS reads ciphertext
+// straight from the receive buffer and writes it straight into the send
+// buffer (no memory BIO in between), and a large DATA frame goes from the
+// stream's relay buffer into SSL_write without nghttp2 copying it
+// (NGHTTP2_DATA_FLAG_NO_COPY). Frames of up to kMaxFrameSize; the small
+// frames of one round are written with one SSL_write.
 //
 // The tunnel owns its socket, SSL and HTTP/2 session (freed by RAII when the
 // tunnel is) and its ring operations; it checks the peer's identity, keeps
@@ -46,8 +53,13 @@ class StreamEnd {
   virtual bool h2Data(const uint8_t* data, size_t len) = 0;
   virtual void h2End() = 0;                        // the peer's END_STREAM
   virtual void h2Closed(uint32_t error_code) = 0;  // nghttp2 and the tunnel forgot the stream
-  // DATA to send: bytes, 0 with NGHTTP2_DATA_FLAG_EOF, or NGHTTP2_ERR_DEFERRED.
+  // DATA to send: bytes, 0 with NGHTTP2_DATA_FLAG_EOF, or NGHTTP2_ERR_DEFERRED;
+  // or (at least kNoCopyMin bytes buffered) a length with
+  // NGHTTP2_DATA_FLAG_NO_COPY: the tunnel then takes that many bytes from
+  // h2Pending() and says h2Sent() once TLS has them.
   virtual ssize_t h2Read(uint8_t* buf, size_t len, uint32_t* flags) = 0;
+  virtual std::string_view h2Pending() = 0;
+  virtual void h2Sent(size_t n) = 0;
   // The tunnel is closing under the stream (reason: why): it must end.
   virtual void tunnelLost(const std::string& reason) = 0;
   // The tunnel is closed and forgot the stream.
@@ -88,6 +100,12 @@ struct TunnelEnv {
 
 class Tunnel {
  public:
+  // HTTP/2 DATA frames up to this size (SETTINGS_MAX_FRAME_SIZE, both
+  // ways; 16 KiB is the protocol's default).
+  static constexpr uint32_t kMaxFrameSize = 64 * 1024;
+  // DATA at least this large goes from the stream's buffer straight to TLS.
+  static constexpr size_t kNoCopyMin = 4096;
+
   // kAccepted: server side before TLS starts (no bytes yet, or no
   // certificate for the pod yet); nothing large is allocated until then.
   enum class State : uint8_t { kConnecting, kAccepted, kHandshaking, kReady, kClosed };
@@ -154,6 +172,7 @@ class Tunnel {
 
  private:
   friend struct H2Glue;
+  friend struct BioGlue;
   struct SslFree {
     void operator()(SSL* s) const { SSL_free(s); }
   };
@@ -165,6 +184,7 @@ class Tunnel {
   void handshakeDone();
   void closeAfterFlush(const std::string& reason);
   void flush();
+  bool writePlain();  // the frames gathered in pout_, through TLS; false: TLS failed
   void armRecv();
   void firstBytes();
   void finishIfIdle();
@@ -195,7 +215,12 @@ class Tunnel {
   bool had_stream_ = false;  // server: a CONNECT arrived (ends the handshake deadline)
   bool ping_outstanding_ = false;
   bool in_progress_ = false, again_ = false;
-  std::string early_;   // server: ciphertext received before TLS started
+  // Ciphertext TLS has not read yet: received before TLS started (server),
+  // or left over from a receive whose buffer is needed again.
+  std::string early_;
+  size_t early_off_ = 0;
+  const uint8_t* rin_ = nullptr;  // the receive TLS is reading (in rbuf_)
+  size_t rin_len_ = 0;
   std::string reason_;  // why it closed
   Clock::time_point created_, deadline_, last_rx_, idle_since_;
   Clock::time_point linger_until_{};  // goAway(): a drained tunnel stays until then
@@ -203,6 +228,8 @@ class Tunnel {
   size_t rbuf_size_ = 0;
   std::string sbuf_;  // ciphertext being sent; untouched while a send is in flight
   size_t soff_ = 0;
+  std::string cout_;                       // ciphertext TLS wrote since (sent once sbuf_ is)
+  std::string pout_;                       // small HTTP/2 frames for the next SSL_write
   std::map<int32_t, StreamEnd*> streams_;  // open HTTP/2 streams
   std::vector<int32_t> refused_;           // RST_STREAM(NO_ERROR) once the response is out
   uring::Connect<&Tunnel::onConnect> connect_{this};

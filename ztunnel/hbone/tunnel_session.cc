@@ -1,5 +1,7 @@
 // A tunnel's HTTP/2 side: the peer check that ends the handshake, the
 // nghttp2 session and its callbacks, and what streams ask of it.
+#include <openssl/err.h>
+
 #include <algorithm>
 
 #include "sluice/common/addr.h"
@@ -98,6 +100,28 @@ struct H2Glue {
                           nghttp2_data_source* source, void*) {
     return static_cast<StreamEnd*>(source->ptr)->h2Read(buf, length, flags);
   }
+  // A DATA frame h2Read said NO_COPY for: the frame header joins the small
+  // frames, the payload goes from the stream's buffer straight into TLS.
+  static int sendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd, size_t length,
+                      nghttp2_data_source* source, void* ud) {
+    Tunnel& t = of(ud);
+    auto* s = static_cast<StreamEnd*>(source->ptr);
+    std::string_view bytes = s->h2Pending();
+    if (frame->data.padlen > 0 || bytes.size() < length) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    t.pout_.append(reinterpret_cast<const char*>(framehd), 9);
+    if (!t.writePlain()) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    ERR_clear_error();
+    if (SSL_write(t.ssl_.get(), bytes.data(), static_cast<int>(length)) <= 0)
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    s->h2Sent(length);
+    return 0;
+  }
+  // DATA frames as large as the peer takes, up to kMaxFrameSize (nghttp2
+  // then applies flow control).
+  static ssize_t readLength(nghttp2_session*, uint8_t, int32_t, int32_t, int32_t,
+                            uint32_t remote_max_frame_size, void*) {
+    return std::min<ssize_t>(remote_max_frame_size, Tunnel::kMaxFrameSize);
+  }
 
   struct CallbacksFree {
     void operator()(nghttp2_session_callbacks* c) const { nghttp2_session_callbacks_del(c); }
@@ -112,6 +136,8 @@ struct H2Glue {
       nghttp2_session_callbacks_set_on_frame_send_callback(c, frameSend);
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, dataChunk);
       nghttp2_session_callbacks_set_on_stream_close_callback(c, streamClose);
+      nghttp2_session_callbacks_set_send_data_callback(c, sendData);
+      nghttp2_session_callbacks_set_data_source_read_length_callback(c, readLength);
       return std::unique_ptr<nghttp2_session_callbacks, CallbacksFree>(c);
     }();
     return cbs.get();
@@ -174,9 +200,10 @@ void Tunnel::handshakeDone() {
   nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg.hbone_max_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg.hbone_stream_window},
-      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, kMaxFrameSize},
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},  // a client's setting only
   };
-  nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, settings, server_ ? 2 : 3);
+  nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, settings, server_ ? 3 : 4);
   nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0,
                                         static_cast<int32_t>(cfg.hbone_connection_window));
   state_ = State::kReady;
@@ -184,8 +211,8 @@ void Tunnel::handshakeDone() {
     going_away_ = false;
     goAway();
   }
-  logger()->debug("tunnel {} {} {} ready: local {} peer {}", id_, side(), formatEndpoint(remote_),
-                  cred_->identity, peer);
+  logger()->debug("tunnel {} {} {} ready: local {} peer {}{}", id_, side(), formatEndpoint(remote_),
+                  cred_->identity, peer, SSL_session_reused(ssl_.get()) ? " (resumed)" : "");
   owner_.tunnelReady(*this);
 }
 

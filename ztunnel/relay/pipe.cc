@@ -63,12 +63,20 @@ size_t Pipe::pull(char* out, size_t n) {
   size_t k = std::min(n, len_ - off_);
   if (k == 0) return 0;
   std::memcpy(out, buf_.get() + off_, k);
-  off_ += k;
+  drop(k);
+  return k;
+}
+
+std::string_view Pipe::peek() const {
+  return len_ > off_ ? std::string_view(buf_.get() + off_, len_ - off_) : std::string_view();
+}
+
+void Pipe::drop(size_t n) {
+  off_ += std::min(n, len_ - off_);
   if (off_ == len_) {
     len_ = off_ = 0;
     pump();  // room again: read more
   }
-  return k;
 }
 
 // One step: write what is buffered, else propagate EOF, else read more. At

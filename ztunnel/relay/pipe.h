@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "ztunnel/uring/ops.h"
 
@@ -82,6 +83,10 @@ class Pipe {
   // Pulled sink: copies up to n bytes out. Returns 0 when nothing is there;
   // ended() then tells whether that is the end.
   size_t pull(char* out, size_t n);
+  // Pulled sink without a copy: the bytes buffered (contiguous; they stay
+  // put until dropped), then drop(n) once n of them are taken.
+  std::string_view peek() const;
+  void drop(size_t n);
   size_t available() const;
   bool ended() const { return eof_ && available() == 0; }  // source done, all taken
 
