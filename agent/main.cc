@@ -561,6 +561,8 @@ int runAgent(const Flags& flags) {
   };
   metric_sources.bpf_stats = [&] { return ld.stats(); };
   metric_sources.bpf_maps = [&] { return ld.mapFill(); };
+  metric_sources.sockmap_enabled = [&] { return ld.sockmap().active; };
+  metric_sources.sockmap_stats = [&] { return ld.sockmapStats(); };
   metric_sources.cert_expiry = [&] { return certs.expiries(); };
   metric_sources.http = [&](agent::telemetry::TextWriter& out) { http_metrics.write(out); };
   metric_sources.more = [&](agent::telemetry::TextWriter& out) {
