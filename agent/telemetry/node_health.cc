@@ -30,6 +30,12 @@ void writeSockmapMetrics(TextWriter& out, bool enabled, const std::vector<uint64
     out.family(name, MetricType::kCounter, bpf::kSockmapStats[i].help);
     out.sample(name, "", i < stats.size() ? stats[i] : uint64_t{0});
   }
+  for (size_t i = 0; i < bpf::kSpliceStats.size(); ++i) {
+    std::string name = std::string("sluice_bpf_splice_") + bpf::kSpliceStats[i].name + "_total";
+    out.family(name, MetricType::kCounter, bpf::kSpliceStats[i].help);
+    size_t at = bpf::kSockmapStats.size() + i;
+    out.sample(name, "", at < stats.size() ? stats[at] : uint64_t{0});
+  }
 }
 
 void writeControlPlane(TextWriter& out, const ControlPlaneState& state) {

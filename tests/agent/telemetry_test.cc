@@ -704,13 +704,17 @@ TEST_SUITE("telemetry") {
     CHECK(text.find("# TYPE sluice_bpf_connect_redirected_total counter\n") != std::string::npos);
   }
 
-  TEST_CASE("sockmap counters: every one as sluice_bpf_sockmap_<name>_total, and whether it runs") {
+  TEST_CASE(
+      "sockmap and splice counters: sluice_bpf_sockmap_/splice_<name>_total, and whether it runs") {
     TcpMetrics tcp({}, nullptr);
     AgentSources src;
     bool enabled = true;
     src.sockmap_enabled = [&] { return enabled; };
     src.sockmap_stats = [] {
-      std::vector<uint64_t> v(SLUICE_SOCKMAP_STAT_MAX);
+      constexpr size_t splice = SLUICE_SOCKMAP_STAT_MAX;  // kSockmapStats, then kSpliceStats
+      std::vector<uint64_t> v(splice + SLUICE_SPLICE_STAT_MAX);
+      v[splice + SLUICE_SPLICE_BYTES] = 77;
+      v[splice + SLUICE_SPLICE_SWITCHED] = 3;
       v[SLUICE_SOCKMAP_MSG_REDIRECTED] = 9;
       v[SLUICE_SOCKMAP_BYTES_REDIRECTED] = 123456789012;
       v[SLUICE_SOCKMAP_ADDED_OUT_APP] = 2;
@@ -728,6 +732,9 @@ TEST_SUITE("telemetry") {
     for (const auto& s : all)
       if (s.name.starts_with("sluice_bpf_sockmap_") && s.name.ends_with("_total")) ++counters;
     CHECK(counters == SLUICE_SOCKMAP_STAT_MAX);  // every counter of the table, each once
+    CHECK(value(all, "sluice_bpf_splice_bytes_total") == 77);
+    CHECK(value(all, "sluice_bpf_splice_switched_total") == 3);
+    CHECK(value(all, "sluice_bpf_splice_ends_total") == 0);
     CHECK(text.find("# TYPE sluice_bpf_sockmap_msg_redirected_total counter\n") !=
           std::string::npos);
     CHECK(text.find("# TYPE sluice_bpf_sockmap_enabled gauge\n") != std::string::npos);

@@ -2,6 +2,7 @@
 // BPF programs and user space share, with size checks.
 #pragma once
 
+#include <linux/bpf.h>  // struct bpf_spin_lock
 #include <linux/types.h>
 
 extern "C" {
@@ -11,3 +12,5 @@ extern "C" {
 static_assert(sizeof(sluice_enrolled) == 8);
 static_assert(sizeof(sluice_orig_dst) == 8);
 static_assert(sizeof(sluice_pair_key) == 24);
+static_assert(sizeof(sluice_splice) == 40);
+static_assert(sizeof(sluice_splice_sk) == 16);
