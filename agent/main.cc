@@ -24,6 +24,8 @@
 #include "agent/authz/policy_authorizer.h"
 #include "agent/bpf/loader.h"
 #include "agent/bpf/orig_dst_resolver.h"
+#include "agent/bpf/splice_control.h"
+#include "agent/bpf/stat_names.h"
 #include "agent/cni/server.h"
 #include "agent/discovery/client.h"
 #include "agent/discovery/mesh_directory.h"
@@ -334,6 +336,19 @@ int runAgent(const Flags& flags) {
   agent::authz::PolicyAuthorizer authorizer({.allow_node_probes = flags.allow_node_probes});
   agent::wiring::AuthzBridge authz_bridge(authorizer, flags.node_name, flags.trust_domain);
   hooks.authorizer = &authorizer;
+  // Same-node splice: with --sockmap=on (its maps are part of that object).
+  std::unique_ptr<agent::bpf::MapSpliceControl> splice;
+  std::string splice_detail = "off (--sockmap=off)";
+  if ((*loader)->sockmap().active) {
+    if (auto s = agent::bpf::MapSpliceControl::open(flags.pin_dir)) {
+      splice = std::move(*s);
+      splice_detail = "on: same-node connections not inspected are spliced app to app";
+    } else {
+      splice_detail = "off: " + s.error().describe() + "; same-node connections stay proxied";
+      logger->warn("splice {}", splice_detail);
+    }
+  }
+  hooks.splice = splice.get();
   auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
   if (!engine) {
     logger->critical("starting the proxy engine failed: {}", engine.error().describe());
@@ -476,6 +491,14 @@ int runAgent(const Flags& flags) {
     j["opaque_ports"] = {{"default", engine_config.opaque_ports},
                          {"declared", directory.opaqueJson()}};
     j["bpf"] = agent::wiring::bpfJson(ld, flags.pin_dir, cgroup);
+    auto& sp = j["bpf"]["sockmap"]["splice"];
+    sp["mode"] = splice ? "on" : "off";
+    sp["detail"] = splice_detail;
+    if (splice) {
+      auto st = splice->stats();
+      for (size_t i = 0; i < agent::bpf::kSpliceStats.size(); ++i)
+        sp["stats"][agent::bpf::kSpliceStats[i].name] = st[i];
+    }
     return j;
   };
   sources.connections = [&] { return agent::wiring::connectionsJson(eng); };
@@ -552,6 +575,13 @@ int runAgent(const Flags& flags) {
   };
   metric_sources.bpf_stats = [&] { return ld.stats(); };
   metric_sources.bpf_maps = [&] { return ld.mapFill(); };
+  metric_sources.sockmap_enabled = [&] { return ld.sockmap().active; };
+  metric_sources.sockmap_stats = [&] {
+    auto v = ld.sockmapStats();
+    auto st = splice ? splice->stats() : std::vector<uint64_t>(SLUICE_SPLICE_STAT_MAX);
+    v.insert(v.end(), st.begin(), st.end());  // kSockmapStats, then kSpliceStats
+    return v;
+  };
   metric_sources.cert_expiry = [&] { return certs.expiries(); };
   metric_sources.http = [&](agent::telemetry::TextWriter& out) { http_metrics.write(out); };
   metric_sources.more = [&](agent::telemetry::TextWriter& out) {

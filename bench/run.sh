@@ -93,6 +93,10 @@ if [ "$sockmap_mode" != on ]; then
   echo "bench: the agent runs with sockmap '$sockmap_mode' after --sockmap=on (see its log)" >&2; exit 1
 fi
 measure mesh sockmap
+# What the same-node splice took (iperf3 is spliced once detection finds no
+# HTTP; wrk's HTTP stays proxied on sockmap, its requests inspected).
+splice=$($LAB node exec node1 -- curl -sf http://127.0.0.1:15000/config_dump |
+  /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin)["bpf"]["sockmap"]["splice"]; print(s["mode"], " ".join(f"{k}={v}" for k, v in s.get("stats", {}).items()))')
 
 # Agent RSS, idle, with 50 enrolled pods (the two above + 48 more).
 for i in $(seq 1 48); do $LAB pod add mesh idle$i --node node1 --sa idle >/dev/null; done
@@ -128,3 +132,4 @@ for c in 1 "$CONC"; do
   done
 done
 printf '%-34s %12s %12s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$((rss_kib / 1024)) MiB (sockmap on)"
+echo "same-node splice (sockmap on column): $splice"

@@ -37,6 +37,45 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_sockmap_stats_v1 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_SPLICE);
+	__type(key, struct sluice_pair_key);
+	__type(value, struct sluice_splice);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_splice_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sluice_splice_sk);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_splice_sk_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_SPLICE);
+	__type(key, struct sluice_pair_key);
+	__type(value, struct sluice_splice_bytes);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_splice_bytes_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_SPLICE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_splice_stats_v1 SEC(".maps");
+
+static __always_inline void splice_count(__u32 stat, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&sluice_splice_stats_v1, &stat);
+	if (v)
+		*v += n;
+}
+
 static __always_inline void sockmap_count(__u32 stat, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&sluice_sockmap_stats_v1, &stat);
@@ -107,6 +146,72 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 	sockmap_count(end, 1);
+	/* An app's end may be spliced later: count its bytes from the first. */
+	if (end == SLUICE_SOCKMAP_ADDED_OUT_APP || end == SLUICE_SOCKMAP_ADDED_IN_APP) {
+		struct bpf_sock *sk = skops->sk;
+		/* One load, checked: clang would otherwise load the field
+		 * again for the call, unchecked for the verifier. */
+		asm volatile("" : "+r"(sk));
+		if (sk) {
+			struct sluice_splice_sk *st = bpf_sk_storage_get(
+				&sluice_splice_sk_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (st)
+				st->counted = 1;
+		}
+	}
+	return 1;
+}
+
+/* The splice of a counted app socket (struct sluice_splice). Returns 1 when
+ * this send was redirected straight to the peer app. The switch happens in
+ * the send that finds sent == forwarded: that send runs under X's socket
+ * lock, so X has nothing in flight, and the proxy has written on every byte
+ * X sent before; what X sends from now on lands behind them in Y's queue. */
+static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluice_pair_key *own,
+				       struct sk_msg_md *msg, __u32 size)
+{
+	if (st->state == SLUICE_SPLICE_ENDED)
+		return 0;
+	struct sluice_splice *e = bpf_map_lookup_elem(&sluice_splice_v1, own);
+	if (!e) {
+		if (st->state == SLUICE_SPLICE_ACTIVE) {
+			/* Torn down (policy, pod gone, agent restart): from now on
+			 * to the proxy's socket over TCP, reset by then. */
+			st->state = SLUICE_SPLICE_ENDED;
+			splice_count(SLUICE_SPLICE_ENDS, 1);
+		}
+		return 0;
+	}
+	struct sluice_pair_key peer;
+	__u64 forwarded;
+	__u32 armed;
+	bpf_spin_lock(&e->lock);
+	peer = e->peer;
+	forwarded = e->forwarded;
+	armed = e->armed;
+	bpf_spin_unlock(&e->lock);
+	if (st->state != SLUICE_SPLICE_ACTIVE && (!armed || forwarded != st->sent))
+		return 0;
+	if (bpf_msg_redirect_hash(msg, &sluice_sockhash_v1, &peer, BPF_F_INGRESS) != SK_PASS) {
+		/* The peer app's socket has closed: nothing to splice to. */
+		if (st->state == SLUICE_SPLICE_ACTIVE) {
+			st->state = SLUICE_SPLICE_ENDED;
+			splice_count(SLUICE_SPLICE_ENDS, 1);
+		}
+		return 0;
+	}
+	if (st->state != SLUICE_SPLICE_ACTIVE) {
+		st->state = SLUICE_SPLICE_ACTIVE;
+		struct sluice_splice_bytes zero = {};
+		bpf_map_update_elem(&sluice_splice_bytes_v1, own, &zero, BPF_NOEXIST);
+		splice_count(SLUICE_SPLICE_SWITCHED, 1);
+	}
+	struct sluice_splice_bytes *b = bpf_map_lookup_elem(&sluice_splice_bytes_v1, own);
+	if (b) {
+		__sync_fetch_and_add(&b->spliced, size);
+		__sync_fetch_and_add(&b->msgs, 1);
+	}
+	splice_count(SLUICE_SPLICE_BYTES, size);
 	return 1;
 }
 
@@ -121,6 +226,26 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 {
 	__u8 *path = 0;
 	struct bpf_sock *sk = msg->sk;
+	__u32 size = msg->size;
+	struct sluice_splice_sk *st = 0;
+	if (sk)
+		st = bpf_sk_storage_get(&sluice_splice_sk_v1, sk, 0, 0);
+	if (st && st->counted) {
+		struct sluice_pair_key own = {
+			.netns_cookie = bpf_get_netns_cookie(msg),
+			.src_ip4 = msg->local_ip4,
+			.dst_ip4 = msg->remote_ip4,
+			.src_port = bpf_htons((__u16)msg->local_port),
+			.dst_port = (__u16)(msg->remote_port >> 16),
+		};
+		int spliced = splice_send(st, &own, msg, size);
+		/* Under X's socket lock: no other send of X runs. */
+		st->sent += size;
+		if (spliced)
+			return SK_PASS;
+		if (st->state == SLUICE_SPLICE_ENDED)
+			return SK_PASS; /* TCP: the proxy's reset socket answers */
+	}
 	if (sk)
 		path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
 					  BPF_SK_STORAGE_GET_F_CREATE);
@@ -135,7 +260,6 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 		.src_port = (__u16)(msg->remote_port >> 16),
 		.dst_port = bpf_htons((__u16)msg->local_port),
 	};
-	__u32 size = msg->size;
 	if (bpf_msg_redirect_hash(msg, &sluice_sockhash_v1, &peer, BPF_F_INGRESS) == SK_PASS) {
 		*path = SLUICE_PATH_REDIRECT;
 		sockmap_count(SLUICE_SOCKMAP_MSG_REDIRECTED, 1);

@@ -53,4 +53,12 @@ inline constexpr std::array<StatInfo, SLUICE_SOCKMAP_STAT_MAX> kSockmapStats = {
     {"msg_tcp", "Sends of sockhash sockets left on loopback TCP (peer not in the sockhash)"},
 }};
 
+// sluice_splice_stats_v1 (enum sluice_splice_stat): the same-node splice, in
+// /config_dump "bpf" "sockmap" "splice" and sluice_bpf_splice_<name>_total.
+inline constexpr std::array<StatInfo, SLUICE_SPLICE_STAT_MAX> kSpliceStats = {{
+    {"switched", "Directions of same-node connections switched to straight app -> app"},
+    {"bytes", "Bytes sent straight from app to app (spliced)"},
+    {"ends", "Sends of a spliced app socket after its splice was torn down (to the proxy)"},
+}};
+
 }  // namespace sluice::agent::bpf

@@ -127,6 +127,10 @@ void AgentMetrics::render(std::string& into) {
   if (sources_.bpf_stats || sources_.bpf_maps)
     writeBpfMetrics(out, sources_.bpf_stats ? sources_.bpf_stats() : std::vector<uint64_t>{},
                     sources_.bpf_maps ? sources_.bpf_maps() : std::vector<bpf::MapFill>{});
+  if (sources_.sockmap_enabled || sources_.sockmap_stats)
+    writeSockmapMetrics(
+        out, sources_.sockmap_enabled && sources_.sockmap_enabled(),
+        sources_.sockmap_stats ? sources_.sockmap_stats() : std::vector<uint64_t>{});
   if (sources_.cert_expiry) writeCertificateExpiry(out, sources_.cert_expiry());
   if (sources_.engine_stats) writeEngineCounters(out, sources_.engine_stats());
   if (sources_.more) sources_.more(out);

@@ -28,6 +28,8 @@ struct AgentSources {
   std::function<ControlPlaneState()> controlplane;
   std::function<std::vector<uint64_t>()> bpf_stats;  // enum sluice_stat order
   std::function<std::vector<bpf::MapFill>()> bpf_maps;
+  std::function<bool()> sockmap_enabled;                 // --sockmap runs
+  std::function<std::vector<uint64_t>()> sockmap_stats;  // enum sluice_sockmap_stat order
   std::function<std::map<std::string, std::chrono::system_clock::time_point>()> cert_expiry;
   std::function<void(TextWriter&)> http;  // the istio_request* families (HttpMetrics)
   // More families written by another part (policy decisions: wiring/policy_metrics.h).

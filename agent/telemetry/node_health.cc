@@ -21,6 +21,23 @@ void writeBpfMetrics(TextWriter& out, const std::vector<uint64_t>& stats,
     out.sample("sluice_bpf_map_max_entries", renderLabels({{"map", m.name}}), m.max_entries);
 }
 
+void writeSockmapMetrics(TextWriter& out, bool enabled, const std::vector<uint64_t>& stats) {
+  out.family("sluice_bpf_sockmap_enabled", MetricType::kGauge,
+             "1 while same-node acceleration runs (--sockmap=on and the kernel took the programs)");
+  out.sample("sluice_bpf_sockmap_enabled", "", uint64_t{enabled ? 1u : 0u});
+  for (size_t i = 0; i < bpf::kSockmapStats.size(); ++i) {
+    std::string name = std::string("sluice_bpf_sockmap_") + bpf::kSockmapStats[i].name + "_total";
+    out.family(name, MetricType::kCounter, bpf::kSockmapStats[i].help);
+    out.sample(name, "", i < stats.size() ? stats[i] : uint64_t{0});
+  }
+  for (size_t i = 0; i < bpf::kSpliceStats.size(); ++i) {
+    std::string name = std::string("sluice_bpf_splice_") + bpf::kSpliceStats[i].name + "_total";
+    out.family(name, MetricType::kCounter, bpf::kSpliceStats[i].help);
+    size_t at = bpf::kSockmapStats.size() + i;
+    out.sample(name, "", at < stats.size() ? stats[at] : uint64_t{0});
+  }
+}
+
 void writeControlPlane(TextWriter& out, const ControlPlaneState& state) {
   out.family("sluice_controlplane_connected", MetricType::kGauge,
              "1 while the discovery stream to the control plane is up");

@@ -27,6 +27,13 @@ struct ControlPlaneState {
 void writeBpfMetrics(TextWriter& out, const std::vector<uint64_t>& stats,
                      const std::vector<bpf::MapFill>& maps);
 
+// Same-node acceleration (--sockmap): sluice_bpf_sockmap_enabled (1 while the
+// sockmap programs run) and sluice_bpf_sockmap_<stat>_total for every counter
+// of bpf::kSockmapStats, then sluice_bpf_splice_<stat>_total for every one of
+// bpf::kSpliceStats (`stats`: enum sluice_sockmap_stat order, then enum
+// sluice_splice_stat; missing values are 0: all zeros while it is off).
+void writeSockmapMetrics(TextWriter& out, bool enabled, const std::vector<uint64_t>& stats);
+
 // sluice_controlplane_{connected,synced,view_version}.
 void writeControlPlane(TextWriter& out, const ControlPlaneState& state);
 

@@ -150,4 +150,54 @@ enum sluice_sockmap_stat {
 	SLUICE_SOCKMAP_STAT_MAX = 8,
 };
 
+/* Same-node splice (issue 11, sockmap.bpf.c): for a meshed pair on one node
+ * the two apps' sockets X and Y are joined (X's sends ingress-redirected
+ * straight into Y) once the proxy, which relays X -> its socket -> its
+ * delivering socket -> Y until then, has written on every byte X sent.
+ * Written by three owners, never one field by two:
+ *  - sluice_splice_v1 (hash, key: X's sockhash key): the proxy arms and
+ *    updates it (BPF_F_LOCK: in place, under the lock), BPF only reads it;
+ *    deleting it ends the splice (X's next send goes to the proxy's socket,
+ *    which the proxy has reset by then).
+ *  - sluice_splice_sk_v1 (SK_STORAGE of X): BPF only (what X sent).
+ *  - sluice_splice_bytes_v1 (hash, key: X's key): created and counted by
+ *    BPF at the switch; the proxy reads it and deletes it once X is done. */
+struct sluice_splice {
+	struct bpf_spin_lock lock;
+	__u32 armed;                 /* 1: switch once sent == forwarded */
+	__u64 forwarded;             /* bytes of X the proxy has written on to Y's hop */
+	struct sluice_pair_key peer; /* Y's sockhash key (redirect target) */
+};
+
+/* X's own count, from its first send (sockops creates it when X enters the
+ * sockhash, so a socket of an earlier build, whose first bytes were never
+ * counted, is never spliced). */
+struct sluice_splice_sk {
+	__u64 sent;    /* bytes X sent, through the proxy or spliced */
+	__u32 counted; /* 1: counted from X's first byte */
+	__u32 state;   /* enum sluice_splice_state */
+};
+
+enum sluice_splice_state {
+	SLUICE_SPLICE_PROXIED = 0, /* through the proxy (armed or not) */
+	SLUICE_SPLICE_ACTIVE = 1,  /* straight to Y; never back */
+	SLUICE_SPLICE_ENDED = 2,   /* was active, the entry went: TCP to the proxy's socket */
+};
+
+struct sluice_splice_bytes {
+	__u64 spliced; /* bytes X sent straight to Y */
+	__u64 msgs;    /* sends of those */
+};
+
+/* sluice_splice_stats_v1: per-CPU array indexed by enum sluice_splice_stat
+ * (its own map: sluice_sockmap_stats_v1 cannot grow without a restarted agent
+ * refusing the pin, see sluice_stat). */
+enum sluice_splice_stat {
+	SLUICE_SPLICE_SWITCHED = 0, /* directions switched to straight app -> app */
+	SLUICE_SPLICE_BYTES = 1,    /* bytes sent straight app -> app */
+	SLUICE_SPLICE_ENDS = 2,     /* sends of a spliced socket whose entry had gone */
+	SLUICE_SPLICE_STAT_MAX = 3,
+};
+#define SLUICE_MAX_SPLICE 65536
+
 #endif /* SLUICE_ABI_H */

@@ -114,6 +114,49 @@ TEST_SUITE("telemetry") {
     CHECK(text.find("# TYPE sluice_bpf_connect_redirected_total counter\n") != std::string::npos);
   }
 
+  TEST_CASE(
+      "sockmap and splice counters: sluice_bpf_sockmap_/splice_<name>_total, and whether it runs") {
+    TcpMetrics tcp({}, nullptr);
+    AgentSources src;
+    bool enabled = true;
+    src.sockmap_enabled = [&] { return enabled; };
+    src.sockmap_stats = [] {
+      constexpr size_t splice = SLUICE_SOCKMAP_STAT_MAX;  // kSockmapStats, then kSpliceStats
+      std::vector<uint64_t> v(splice + SLUICE_SPLICE_STAT_MAX);
+      v[splice + SLUICE_SPLICE_BYTES] = 77;
+      v[splice + SLUICE_SPLICE_SWITCHED] = 3;
+      v[SLUICE_SOCKMAP_MSG_REDIRECTED] = 9;
+      v[SLUICE_SOCKMAP_BYTES_REDIRECTED] = 123456789012;
+      v[SLUICE_SOCKMAP_ADDED_OUT_APP] = 2;
+      return v;
+    };
+    AgentMetrics metrics(tcp, src);
+    std::string text = metrics.scrape();
+    auto all = parse(text);
+    CHECK(value(all, "sluice_bpf_sockmap_enabled") == 1);
+    CHECK(value(all, "sluice_bpf_sockmap_msg_redirected_total") == 9);
+    CHECK(value(all, "sluice_bpf_sockmap_bytes_redirected_total") == 123456789012ULL);
+    CHECK(value(all, "sluice_bpf_sockmap_added_outbound_app_total") == 2);
+    CHECK(value(all, "sluice_bpf_sockmap_msg_tcp_total") == 0);
+    size_t counters = 0;
+    for (const auto& s : all)
+      if (s.name.starts_with("sluice_bpf_sockmap_") && s.name.ends_with("_total")) ++counters;
+    CHECK(counters == SLUICE_SOCKMAP_STAT_MAX);  // every counter of the table, each once
+    CHECK(value(all, "sluice_bpf_splice_bytes_total") == 77);
+    CHECK(value(all, "sluice_bpf_splice_switched_total") == 3);
+    CHECK(value(all, "sluice_bpf_splice_ends_total") == 0);
+    CHECK(text.find("# TYPE sluice_bpf_sockmap_msg_redirected_total counter\n") !=
+          std::string::npos);
+    CHECK(text.find("# TYPE sluice_bpf_sockmap_enabled gauge\n") != std::string::npos);
+    // Off (or refused by the kernel): the gauge says so, the counters stay, at 0.
+    enabled = false;
+    src.sockmap_stats = [] { return std::vector<uint64_t>{}; };
+    AgentMetrics off(tcp, src);
+    auto none = parse(off.scrape());
+    CHECK(value(none, "sluice_bpf_sockmap_enabled") == 0);
+    CHECK(value(none, "sluice_bpf_sockmap_msg_redirected_total") == 0);
+  }
+
   TEST_CASE("promtool check metrics accepts a scrape (Debian's prometheus package)") {
     if (::access("/usr/bin/promtool", X_OK) != 0) {
       const char* ci = std::getenv("CI");
@@ -139,6 +182,8 @@ TEST_SUITE("telemetry") {
     src.bpf_maps = [] {
       return std::vector<agent::bpf::MapFill>{{"sluice_orig_dst_v1", 3, 65536}};
     };
+    src.sockmap_enabled = [] { return true; };
+    src.sockmap_stats = [] { return std::vector<uint64_t>{4, 5}; };
     src.cert_expiry = [] {
       return std::map<std::string, std::chrono::system_clock::time_point>{
           {kWeb, std::chrono::system_clock::now()}};

@@ -2,214 +2,14 @@
 // does not run sockops or sk_msg programs). "Bypassed TCP" is measured by
 // the netns's own TCP segment counter (Tcp OutSegs in /proc/net/snmp): a
 // redirected stream leaves it where the handshake put it.
-#include <arpa/inet.h>
-#include <bpf/bpf.h>
-#include <doctest/doctest.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <cerrno>
-#include <chrono>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <sstream>
-#include <thread>
-#include <vector>
 
-#include "agent/bpf/loader.h"
-#include "sluice/common/addr.h"
-#include "support/bpf_env.h"
-#include "support/scratch_netns.h"
+#include "bpf/sockmap_support.h"
 
 using namespace sluice;
 using namespace sluice::test;
 using sluice::agent::bpf::BpfMap;
 using sluice::agent::bpf::Loader;
-
-namespace {
-
-constexpr uint64_t kMiB = 1024 * 1024;
-
-// Tcp OutSegs of the netns: every TCP segment its sockets sent.
-uint64_t outSegs(int netns) {
-  uint64_t segs = 0;
-  auto r = runInNetns(netns, [&] {
-    std::ifstream snmp("/proc/thread-self/net/snmp");
-    std::string header, values;
-    while (std::getline(snmp, header) && std::getline(snmp, values)) {
-      if (header.rfind("Tcp:", 0) != 0) continue;
-      std::istringstream h(header), v(values);
-      std::string name, value;
-      while (h >> name && v >> value)
-        if (name == "OutSegs") segs = std::stoull(value);
-    }
-  });
-  REQUIRE(r.has_value());
-  REQUIRE(segs > 0);
-  return segs;
-}
-
-// A socket's sockhash key: its own end, then its peer.
-sluice_pair_key keyOf(int fd, uint64_t netns_cookie) {
-  auto local = localOf(fd);
-  auto peer = peerOf(fd);
-  return {netns_cookie,   local.sin_addr.s_addr, peer.sin_addr.s_addr,
-          local.sin_port, peer.sin_port,         0};
-}
-
-// A captured app socket's key: its getpeername() answers the original
-// destination (getpeername4), its real peer is the proxy's 127.0.0.1:15001.
-sluice_pair_key appKey(int fd, uint64_t netns_cookie) {
-  auto local = localOf(fd);
-  return {netns_cookie,   local.sin_addr.s_addr,       htonl(INADDR_LOOPBACK),
-          local.sin_port, htons(SLUICE_OUTBOUND_PORT), 0};
-}
-
-// A hung stream fails the test instead of hanging it (not a timing check).
-void guard(int fd) {
-  timeval tv{30, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-}
-
-uint64_t fnv(uint64_t h, const uint8_t* p, size_t n) {
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
-  return h;
-}
-constexpr uint64_t kFnvBasis = 0xcbf29ce484222325ULL;
-
-struct Transfer {
-  uint64_t sent = 0, received = 0;
-  uint64_t sent_sum = kFnvBasis, received_sum = kFnvBasis;
-  uint64_t partial_writes = 0;
-  uint64_t empty_reads = 0;  // readable by poll(), EAGAIN by recv()
-  bool eof = false;
-  int read_error = 0;
-};
-
-// Writes `bytes` of a pseudo-random pattern from `from` (non-blocking, in
-// sizes from 1 byte to 1 MiB + 7, so the kernel may take part of a write),
-// then shuts its write side; reads everything at `to` until EOF, pausing
-// 1 ms every `pause_every` bytes (a slow reader) when non-zero.
-Transfer transfer(int from, int to, uint64_t bytes, uint64_t pause_every = 0) {
-  Transfer t;
-  std::thread writer([&] {
-    int flags = fcntl(from, F_GETFL);
-    fcntl(from, F_SETFL, flags | O_NONBLOCK);
-    const size_t sizes[] = {1, 1000, 65536, kMiB + 7, 4096, 300000};
-    std::vector<uint8_t> buf(kMiB + 7);
-    uint64_t x = 88172645463325252ULL;
-    size_t which = 0;
-    while (t.sent < bytes) {
-      size_t want = std::min<uint64_t>(sizes[which++ % std::size(sizes)], bytes - t.sent);
-      for (size_t i = 0; i < want; ++i) {
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        buf[i] = static_cast<uint8_t>(x);
-      }
-      size_t off = 0;
-      while (off < want) {
-        ssize_t n = ::send(from, buf.data() + off, want - off, MSG_NOSIGNAL);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-          pollfd p{from, POLLOUT, 0};
-          ::poll(&p, 1, 30000);
-          continue;
-        }
-        if (n <= 0) return;
-        if (static_cast<size_t>(n) < want - off) ++t.partial_writes;
-        off += n;
-      }
-      t.sent_sum = fnv(t.sent_sum, buf.data(), want);
-      t.sent += want;
-    }
-    fcntl(from, F_SETFL, flags);
-    ::shutdown(from, SHUT_WR);
-  });
-  std::vector<uint8_t> buf(256 * 1024);
-  uint64_t since_pause = 0;
-  for (;;) {
-    // Wait for readiness, then read without blocking, as the proxy (io_uring)
-    // and event-driven apps do: on a sockhash socket a blocking recv() can
-    // return EAGAIN after a wakeup that brought no data (tcp_bpf_recvmsg
-    // waits once; docs/architecture.md).
-    pollfd p{to, POLLIN, 0};
-    ::poll(&p, 1, 30000);
-    ssize_t n = ::recv(to, buf.data(), buf.size(), MSG_DONTWAIT);
-    if (n == 0) {
-      t.eof = true;
-      break;
-    }
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) {
-        ++t.empty_reads;
-        if (t.empty_reads > 1000000) {
-          t.read_error = errno;
-          break;
-        }
-        continue;
-      }
-      t.read_error = errno;
-      break;
-    }
-    t.received_sum = fnv(t.received_sum, buf.data(), n);
-    t.received += n;
-    since_pause += n;
-    if (pause_every && since_pause >= pause_every) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      since_pause = 0;
-    }
-  }
-  writer.join();
-  return t;
-}
-
-void checkComplete(const Transfer& t, uint64_t bytes) {
-  CHECK(t.read_error == 0);
-  CHECK(t.eof);
-  CHECK(t.sent == bytes);
-  CHECK(t.received == bytes);
-  CHECK(t.received_sum == t.sent_sum);
-}
-
-// An enrolled pod netns with the proxy's 127.0.0.1:15001 listener.
-struct Pod {
-  ScratchNetns ns;
-  uint64_t cookie = 0;
-  UniqueFd proxy_listener;
-  explicit Pod(Loader& loader) {
-    ns.sh("ip addr add 10.77.0.5/32 dev lo && ip addr add 10.77.0.9/32 dev lo");
-    auto c = netnsCookie(ns.fd());
-    REQUIRE(c.has_value());
-    cookie = *c;
-    REQUIRE(
-        loader.enrolled().update(cookie, sluice_enrolled{*parseIp4("10.77.0.5"), 0}).has_value());
-    proxy_listener = listenIn(ns.fd(), "127.0.0.1", SLUICE_OUTBOUND_PORT, SLUICE_MARK_MINE);
-  }
-  // An app connection captured to the proxy: {app socket, proxy's accepted}.
-  std::pair<UniqueFd, UniqueFd> outbound() {
-    auto app = connectIn(ns.fd(), "10.77.0.9", 8080);
-    UniqueFd accepted(::accept(proxy_listener.get(), nullptr, nullptr));
-    REQUIRE(accepted);
-    guard(app.get());
-    guard(accepted.get());
-    return {std::move(app), std::move(accepted)};
-  }
-};
-
-BpfMap<sluice_pair_key, __u64> sockhash(const LoadedCapture& bpf) {
-  auto m = BpfMap<sluice_pair_key, __u64>::openPinned(bpf.pin + "/sluice_sockhash_v1");
-  REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().describe()));
-  return std::move(*m);
-}
-
-uint64_t sockhashEntries(const LoadedCapture& bpf) { return sockhash(bpf).entries().size(); }
-
-}  // namespace
 
 TEST_SUITE("sockmap.bpf") {
   TEST_CASE("an outbound app <-> proxy pair is redirected both ways, bypassing loopback TCP") {
@@ -299,6 +99,55 @@ TEST_SUITE("sockmap.bpf") {
     checkComplete(down, bytes);
     MESSAGE("partial writes: " << up.partial_writes << " up, " << down.partial_writes << " down");
     CHECK(bpf.loader->sockmapStats()[SLUICE_SOCKMAP_BYTES_REDIRECTED] == 2 * bytes);
+  }
+
+  TEST_CASE("1 GiB app -> proxy -> app through both redirected hops arrives intact") {
+    // A same-node connection: the client app's hop (app -> 127.0.0.1:15001)
+    // and the server app's (proxy's delivering socket -> app), with the
+    // proxy's relay between them; every send of the three writers is
+    // redirected.
+    LoadedCapture bpf(true);
+    Pod pod(*bpf.loader);
+    pod.ns.sh("sysctl -qw net.ipv4.tcp_fwmark_accept=1");
+    auto [client, accepted] = pod.outbound();
+    auto server_listener = listenIn(pod.ns.fd(), "10.77.0.5", 8080);
+    auto delivering = connectIn(pod.ns.fd(), "10.77.0.5", 8080, SLUICE_MARK_INBOUND_APP);
+    UniqueFd server(::accept(server_listener.get(), nullptr, nullptr));
+    REQUIRE(server);
+    guard(server.get());
+    guard(delivering.get());
+    REQUIRE(sockhashEntries(bpf) == 4);
+    const uint64_t bytes = 1024 * kMiB;
+    uint64_t relayed_up = 0, relayed_down = 0;
+    std::thread up([&] { relayed_up = relay(accepted.get(), delivering.get()).moved; });
+    std::thread down([&] { relayed_down = relay(delivering.get(), accepted.get()).moved; });
+    uint64_t segs_before = outSegs(pod.ns.fd());
+    auto start = std::chrono::steady_clock::now();
+    auto t = transfer(client.get(), server.get(), bytes);
+    auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    checkComplete(t, bytes);
+    // The answer's end: the server closes its side, the client sees EOF.
+    ::shutdown(server.get(), SHUT_WR);
+    char c;
+    ssize_t eof = -1;
+    for (int i = 0; i < 1000 && eof < 0; ++i) {  // readiness, then a read (see transfer())
+      pollfd p{client.get(), POLLIN, 0};
+      ::poll(&p, 1, 30000);
+      eof = ::recv(client.get(), &c, 1, MSG_DONTWAIT);
+    }
+    CHECK(eof == 0);
+    up.join();
+    down.join();
+    CHECK(relayed_up == bytes);
+    CHECK(relayed_down == 0);
+    MESSAGE("1 GiB in " << secs << " s, " << t.partial_writes << " partial writes");
+    CHECK(outSegs(pod.ns.fd()) - segs_before < 64);  // not over loopback TCP
+    CHECK(bpf.loader->sockmapStats()[SLUICE_SOCKMAP_BYTES_REDIRECTED] == 2 * bytes);
+    client.reset();
+    accepted.reset();
+    delivering.reset();
+    server.reset();
+    CHECK(sockhashEntries(bpf) == 0);
   }
 
   TEST_CASE("an inbound proxy -> app pair (SLUICE_MARK_INBOUND_APP) is redirected") {

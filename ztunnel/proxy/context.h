@@ -43,6 +43,7 @@ struct WorkerContext {
   // the worker calls its parts' fineTick() every ~10 ms until none waits.
   std::function<void()> want_fine_tick;
   MeshDirectory* directory = nullptr;  // null: no view (HTTP inspection uses the defaults)
+  SpliceControl* splice = nullptr;     // null: no same-node splice
 
   // Refusals by the authorization hook are logged at most once a second
   // per worker (each is counted and has its access log line).

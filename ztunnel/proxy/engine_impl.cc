@@ -72,9 +72,9 @@ Result<void> EngineImpl::start() {
   }
   unsigned n =
       config_.workers ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
-  shared_ = std::make_unique<EngineShared>(EngineShared{config_, records_, resolver_, sockets_,
-                                                        by_ip_, n, directory_, credentials_,
-                                                        tls_.get(), hooks_.authorizer});
+  shared_ = std::make_unique<EngineShared>(
+      EngineShared{config_, records_, resolver_, sockets_, by_ip_, n, directory_, credentials_,
+                   tls_.get(), hooks_.authorizer, hooks_.splice});
   for (unsigned i = 0; i < n; ++i) {
     auto w = std::make_unique<Worker>(*shared_, i);
     if (auto r = w->start(); !r) return r;

@@ -32,6 +32,10 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
       l7_ = std::make_unique<l7::Inspector>(*this, ctx_.config.http_detect_timeout);
       l7_->attach(up_, down_);
     }
+    // A same-node handoff: its two app sockets are joined once it is
+    // connected and HTTP inspection (if on) has found it is not HTTP
+    // (EngineHooks::splice).
+    if (ctx_.splice && target_) splice_ = Splice::kPending;
     connect_.start(ctx_.ring, upstream_.get(), dst, ctx_.config.connect_timeout);
   }
   // Continues a connection frozen by the predecessor agent.
@@ -46,6 +50,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   // Relaying (connected, not closing): it can be frozen.
   bool freezable() const { return !closing_ && up_.started() && down_.started(); }
   void freeze() {
+    endSplice();  // the successor relays what the apps send from now on
     closing_ = frozen_ = true;
     up_.freeze();
     down_.freeze();
@@ -103,6 +108,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
 
   void close(bool reset, CloseReason reason, std::string detail = {}) {
     if (closing_) return;
+    endSplice();  // before a reset: no app send goes straight to the other app after it
     closing_ = true;
     reason_ = reason;
     detail_ = std::move(detail);
@@ -145,6 +151,47 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     if (attempt_) attempt_->succeeded();
     up_.start(client_.get(), upstream_.get());
     down_.start(upstream_.get(), client_.get());
+    if (splice_ == Splice::kPending) armSplice();
+  }
+
+  // --- same-node splice (SpliceControl) ---
+  void armSplice() {
+    if (l7_ && l7_->detecting()) return;  // again after the next write
+    if (l7_ && l7_->observing()) {        // HTTP: the proxy sees every request
+      splice_ = Splice::kOff;
+      return;
+    }
+    auto armed = ctx_.splice->arm(client_.get(), upstream_.get(), up_sent_, down_sent_);
+    switch (armed.state) {
+      case SpliceControl::Arm::kArmed:
+        splice_ = Splice::kArmed;
+        spliced_ = std::move(armed.pair);
+        ctx_.counters().add(Counter::kSpliced);
+        return;
+      case SpliceControl::Arm::kNotYet:
+        if (++arm_attempts_ < kArmAttempts) return;  // again after the next write
+        [[fallthrough]];
+      case SpliceControl::Arm::kNever:
+        splice_ = Splice::kOff;
+        ctx_.counters().add(Counter::kSpliceFallbacks);
+        return;
+    }
+  }
+  // The bytes that went straight from app to app count as relayed.
+  void endSplice() {
+    if (splice_ != Splice::kArmed) return;
+    splice_ = Splice::kOff;
+    auto spliced = spliced_->end();
+    spliced_.reset();
+    if (spliced.up || spliced.down) ctx_.records.moved(*live_, spliced.up, spliced.down);
+  }
+  void pipeSent(relay::Pipe& p, size_t n) override {
+    bool up = &p == &up_;
+    uint64_t total = up ? (up_sent_ += n) : (down_sent_ += n);
+    if (splice_ == Splice::kArmed)
+      spliced_->forwarded(up, total);
+    else if (splice_ == Splice::kPending && !closing_)
+      armSplice();
   }
 
   // l7::RequestSink
@@ -176,6 +223,12 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   relay::Pipe up_, down_;              // client -> upstream, upstream -> client
   std::unique_ptr<l7::Inspector> l7_;  // HTTP inspection (taps both pipes); null: bytes only
   uring::Connect<&PlainConnection::onConnected> connect_{this};
+  enum class Splice : uint8_t { kOff, kPending, kArmed };
+  static constexpr unsigned kArmAttempts = 16;
+  Splice splice_ = Splice::kOff;
+  std::unique_ptr<SplicedPair> spliced_;  // with kArmed
+  unsigned arm_attempts_ = 0;
+  uint64_t up_sent_ = 0, down_sent_ = 0;  // written to the upstream / to the client
   bool closing_ = false;
   bool frozen_ = false;
   bool retried_ = false;

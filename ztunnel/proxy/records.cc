@@ -124,6 +124,9 @@ constexpr CounterInfo kCounters[] = {
     {"lb", "retries", "Service connects retried on another endpoint"},
     {"lb", "no_endpoint", "Service connections with no endpoint left"},
     {"lb", "ejections", "endpoints ejected after consecutive connect failures"},
+    {"proxy", "spliced", "same-node connections whose app sockets were joined (splice armed)"},
+    {"proxy", "splice_fallbacks",
+     "same-node connections that could not be spliced (a hop on loopback TCP): proxied"},
 };
 static_assert(std::size(kCounters) == static_cast<size_t>(Counter::kCount),
               "every Counter needs a row in kCounters");

@@ -51,8 +51,9 @@ struct Worker::Parts {
   Router router;
 
   Parts(const EngineShared& s, uring::Ring& ring, unsigned index, std::function<void()> fine)
-      : ctx{s.config,  ring,         s.records,         index,           s.workers,
-            s.sockets, s.authorizer, SLUICE_HBONE_PORT, std::move(fine), s.directory},
+      : ctx{s.config,        ring,        s.records,    index,
+            s.workers,       s.sockets,   s.authorizer, SLUICE_HBONE_PORT,
+            std::move(fine), s.directory, s.splice},
         client(s.tls ? std::make_unique<hbone::Client>(ctx, *s.credentials, *s.tls) : nullptr),
         server(s.tls ? std::make_unique<hbone::Server>(ctx, *s.credentials, *s.tls) : nullptr),
         router(ctx, s.local_pods, s.directory, plain, client.get()) {}

@@ -36,6 +36,7 @@ struct EngineShared {
   CredentialSource* credentials = nullptr;  // with tls: HBONE on
   tls::Contexts* tls = nullptr;
   InboundAuthorizer* authorizer = nullptr;
+  SpliceControl* splice = nullptr;
 };
 
 class Worker final : public Listener::Handler {

@@ -311,6 +311,8 @@ enum class Counter : uint8_t {
   kLbRetries,
   kLbNoEndpoint,
   kLbEjections,
+  kSpliced,
+  kSpliceFallbacks,
   kCount
 };
 // kGauge: a level that goes down too ("open now"); kCounter only grows.
@@ -407,9 +409,46 @@ class ConnectionObserver {
   virtual void closed(unsigned worker, const ConnectionRecord& record) = 0;
 };
 
+// Same-node splice (issue 11, --sockmap=on; the agent's bpf/splice.h): joins
+// the two app sockets of a same-node handoff so the proxy steps out of the
+// byte path. The proxy keeps relaying and tells, after every write, how many
+// bytes of each direction it has written on; the kernel switches a direction
+// when the app has sent exactly that many (nothing of it in flight). The
+// proxy's own sockets stay open and carry FIN and RST as before.
+// `accepted`: the proxy's socket of the client's hop (127.0.0.1:15001 in the
+// client pod); `delivering`: its socket to the server app. Thread-safe.
+class SplicedPair {
+ public:
+  virtual ~SplicedPair() = default;
+  // Bytes written on so far: up (client -> server) or down.
+  virtual void forwarded(bool up, uint64_t bytes) = 0;
+  // Ends the splice (both directions): a send of either app after it goes
+  // to the proxy's socket of its hop again. Returns the bytes each
+  // direction carried straight from app to app. Once.
+  struct Spliced {
+    uint64_t up = 0, down = 0;
+  };
+  virtual Spliced end() = 0;
+};
+class SpliceControl {
+ public:
+  virtual ~SpliceControl() = default;
+  // kNotYet: a hop is not ready (the server app's socket not in the sockhash
+  // yet): ask again after the next write. kNever: this connection cannot be
+  // spliced (a hop on loopback TCP, or the kernel refused): it stays proxied.
+  enum class Arm : uint8_t { kArmed, kNotYet, kNever };
+  struct Armed {
+    Arm state = Arm::kNever;
+    std::unique_ptr<SplicedPair> pair;  // with kArmed
+  };
+  // Arms both directions; up/down: the bytes written on so far.
+  virtual Armed arm(int accepted, int delivering, uint64_t up, uint64_t down) = 0;
+};
+
 struct EngineHooks {
   InboundAuthorizer* authorizer = nullptr;  // null: allow everything
   ConnectionObserver* observer = nullptr;
+  SpliceControl* splice = nullptr;  // null: no same-node splice
 };
 
 class Engine {

@@ -1,0 +1,290 @@
+// The same-node splice of bpf/sockmap.bpf.c (struct sluice_splice) with real
+// sockets: a client app C captured to the proxy's 127.0.0.1:15001 (PA), the
+// proxy's delivering socket PD to the server app S, the test's relay as the
+// proxy between PA and PD. The relay arms a direction and publishes how many
+// bytes it has written on after every write, as the proxy does; C's sk_msg
+// switches to straight C -> S when it finds that count equal to what C sent.
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <doctest/doctest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "bpf/sockmap_support.h"
+
+using namespace sluice;
+using namespace sluice::test;
+using sluice::agent::bpf::BpfMap;
+
+namespace {
+
+using SpliceMap = BpfMap<sluice_pair_key, sluice_splice>;
+using SplicedMap = BpfMap<sluice_pair_key, sluice_splice_bytes>;
+
+template <typename M>
+M pinned(const LoadedCapture& bpf, const char* name) {
+  auto m = M::openPinned(bpf.pin + "/" + name);
+  REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().describe()));
+  return std::move(*m);
+}
+
+uint64_t spliceStat(const LoadedCapture& bpf, uint32_t stat) {
+  auto fd = pinned<BpfMap<uint32_t, uint64_t>>(bpf, "sluice_splice_stats_v1");
+  int cpus = libbpf_num_possible_cpus();
+  std::vector<uint64_t> v(cpus);
+  REQUIRE(bpf_map_lookup_elem(fd.fd(), &stat, v.data()) == 0);
+  uint64_t sum = 0;
+  for (auto x : v) sum += x;
+  return sum;
+}
+
+// One same-node connection: C -> PA (outbound hop), PD -> S (inbound hop).
+struct Chain {
+  LoadedCapture bpf{true};
+  Pod pod{*bpf.loader};
+  UniqueFd client, accepted, delivering, server;
+  sluice_pair_key client_key{}, server_key{};
+  Chain() {
+    REQUIRE_MESSAGE(bpf.loader->sockmap().active, bpf.loader->sockmap().detail);
+    pod.ns.sh("sysctl -qw net.ipv4.tcp_fwmark_accept=1");
+    auto [c, a] = pod.outbound();
+    client = std::move(c);
+    accepted = std::move(a);
+    auto listener = listenIn(pod.ns.fd(), "10.77.0.5", 8080);
+    delivering = connectIn(pod.ns.fd(), "10.77.0.5", 8080, SLUICE_MARK_INBOUND_APP);
+    server = UniqueFd(::accept(listener.get(), nullptr, nullptr));
+    REQUIRE(server);
+    guard(server.get());
+    guard(delivering.get());
+    REQUIRE(sockhashEntries(bpf) == 4);
+    client_key = appKey(client.get(), pod.cookie);
+    server_key = keyOf(server.get(), pod.cookie);
+  }
+};
+
+// The proxy's relay for one direction with its splice: arms it (sender
+// `from_app` -> receiver `to_app`) once `arm_after` bytes have been written
+// on (0: before the relay starts), and publishes the count after every write
+// from then on. stop() ends it without passing an EOF on.
+struct SplicedRelay {
+  SpliceMap map;
+  std::atomic<bool> stopping{false};
+  Relayed result;
+  std::thread thread;
+  SplicedRelay(const LoadedCapture& bpf, int from, int to, sluice_pair_key from_app,
+               sluice_pair_key to_app, uint64_t arm_after)
+      : map(pinned<SpliceMap>(bpf, "sluice_splice_v1")) {
+    auto publish = [this, from_app, to_app, arm_after](uint64_t written) {
+      if (written < arm_after) return;
+      sluice_splice e{};
+      e.armed = 1;
+      e.forwarded = written;
+      e.peer = to_app;
+      CHECK(map.update(from_app, e, BPF_F_LOCK).has_value());
+    };
+    if (arm_after == 0) publish(0);
+    thread =
+        std::thread([this, from, to, publish] { result = relay(from, to, publish, &stopping); });
+  }
+  const Relayed& join() {
+    if (thread.joinable()) thread.join();
+    return result;
+  }
+  void stop() {
+    stopping = true;
+    join();
+  }
+  ~SplicedRelay() { stop(); }
+};
+
+uint64_t splicedBytes(const LoadedCapture& bpf, const sluice_pair_key& from_app) {
+  auto v = pinned<SplicedMap>(bpf, "sluice_splice_bytes_v1").lookup(from_app);
+  return v ? v->spliced : 0;
+}
+
+// One read after readiness (see transfer()): its result.
+ssize_t recvSome(int fd) {
+  char buf[64];
+  for (int empty = 0; empty < 100000; ++empty) {
+    pollfd p{fd, POLLIN, 0};
+    ::poll(&p, 1, 30000);
+    ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n >= 0 || (errno != EAGAIN && errno != EINTR)) return n;
+  }
+  return -1;
+}
+
+// Reads until EOF or an error; returns 0 on EOF, else the errno.
+int readToEnd(int fd) {
+  std::vector<uint8_t> buf(65536);
+  for (int empty = 0; empty < 100000;) {
+    pollfd p{fd, POLLIN, 0};
+    ::poll(&p, 1, 30000);
+    ssize_t n = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
+    if (n == 0) return 0;
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      ++empty;
+      continue;
+    }
+    if (n < 0) return errno;
+  }
+  return EAGAIN;
+}
+
+}  // namespace
+
+TEST_SUITE("sockmap.splice") {
+  TEST_CASE("the switch keeps the order: relayed bytes first, then spliced ones (checksum)") {
+    Chain ch;
+    const uint64_t bytes = 64 * kMiB;
+    SUBCASE("a writer that pauses (the relay catches up between its sends)") {
+      SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                      kMiB);
+      auto t = transfer(ch.client.get(), ch.server.get(), bytes, 0, 256 * 1024);
+      checkComplete(t, bytes);
+      up.join();
+      uint64_t spliced = splicedBytes(ch.bpf, ch.client_key);
+      MESSAGE("relayed " << up.join().moved << ", spliced " << spliced);
+      CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 1);
+      CHECK(up.join().moved >= kMiB);
+      CHECK(spliced > 0);
+      CHECK(up.join().moved + spliced == bytes);
+    }
+    SUBCASE("a writer that never pauses") {
+      SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                      kMiB);
+      auto t = transfer(ch.client.get(), ch.server.get(), bytes);
+      checkComplete(t, bytes);
+      up.join();
+      uint64_t spliced = splicedBytes(ch.bpf, ch.client_key);
+      MESSAGE("relayed " << up.join().moved << ", spliced " << spliced << " (switched "
+                         << spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) << ")");
+      CHECK(up.join().moved + spliced == bytes);
+    }
+  }
+
+  TEST_CASE("spliced both ways: half-close in either order, every byte before the EOF") {
+    Chain ch;
+    SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                    0);
+    SplicedRelay down(ch.bpf, ch.delivering.get(), ch.accepted.get(), ch.server_key, ch.client_key,
+                      0);
+    SUBCASE("the client closes its write side first") {
+      checkComplete(transfer(ch.client.get(), ch.server.get(), 3 * kMiB + 5, 0, 65536),
+                    3 * kMiB + 5);
+      checkComplete(transfer(ch.server.get(), ch.client.get(), 2 * kMiB + 1, 0, 65536),
+                    2 * kMiB + 1);
+    }
+    SUBCASE("the server closes its write side first") {
+      checkComplete(transfer(ch.server.get(), ch.client.get(), 3 * kMiB + 5, 0, 65536),
+                    3 * kMiB + 5);
+      checkComplete(transfer(ch.client.get(), ch.server.get(), 2 * kMiB + 1, 0, 65536),
+                    2 * kMiB + 1);
+    }
+    up.join();
+    down.join();
+    CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 2);
+    CHECK(up.join().moved + splicedBytes(ch.bpf, ch.client_key) + down.join().moved +
+              splicedBytes(ch.bpf, ch.server_key) ==
+          5 * kMiB + 6);
+  }
+
+  TEST_CASE("a reset from either app reaches the other through the proxy's sockets") {
+    Chain ch;
+    SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                    0);
+    SplicedRelay down(ch.bpf, ch.delivering.get(), ch.accepted.get(), ch.server_key, ch.client_key,
+                      0);
+    char c = 'x';
+    REQUIRE(::send(ch.client.get(), &c, 1, MSG_NOSIGNAL) == 1);
+    REQUIRE(::send(ch.server.get(), &c, 1, MSG_NOSIGNAL) == 1);
+    CHECK(recvSome(ch.server.get()) == 1);
+    CHECK(recvSome(ch.client.get()) == 1);
+    CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 2);
+    // The proxy sees the reset on its socket of that hop and resets the other.
+    auto resetFrom = [&](UniqueFd& closing, SplicedRelay& sees, SplicedRelay& other,
+                         UniqueFd& peer) {
+      linger l{1, 0};
+      REQUIRE(setsockopt(closing.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l)) == 0);
+      closing.reset();
+      CHECK(sees.join().error == ECONNRESET);
+      other.stop();
+      REQUIRE(setsockopt(ch.accepted.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l)) == 0);
+      REQUIRE(setsockopt(ch.delivering.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l)) == 0);
+      ch.accepted.reset();
+      ch.delivering.reset();
+      CHECK(readToEnd(peer.get()) == ECONNRESET);
+    };
+    SUBCASE("the client resets") { resetFrom(ch.client, up, down, ch.server); }
+    SUBCASE("the server resets") { resetFrom(ch.server, down, up, ch.client); }
+  }
+
+  TEST_CASE("a torn-down splice sends the app's next bytes to the proxy's reset socket") {
+    Chain ch;
+    SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                    0);
+    char c = 'x';
+    REQUIRE(::send(ch.client.get(), &c, 1, MSG_NOSIGNAL) == 1);
+    CHECK(recvSome(ch.server.get()) == 1);
+    REQUIRE(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 1);
+    // Policy denies the pair: the proxy ends the splice first. The app's next
+    // send goes to the proxy's socket of its hop again (behind every spliced
+    // byte, which S already holds).
+    up.stop();
+    REQUIRE(up.map.erase(ch.client_key));
+    c = 'y';
+    REQUIRE(::send(ch.client.get(), &c, 1, MSG_NOSIGNAL) == 1);
+    CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_ENDS) == 1);
+    char got = 0;
+    for (int i = 0; i < 100000 && got != 'y'; ++i) {
+      pollfd p{ch.accepted.get(), POLLIN, 0};
+      ::poll(&p, 1, 30000);
+      if (::recv(ch.accepted.get(), &got, 1, MSG_DONTWAIT) < 0 && errno != EAGAIN) break;
+    }
+    CHECK(got == 'y');
+    // Then it resets both of its sockets: each app learns.
+    linger l{1, 0};
+    REQUIRE(setsockopt(ch.accepted.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l)) == 0);
+    REQUIRE(setsockopt(ch.delivering.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l)) == 0);
+    ch.accepted.reset();
+    ch.delivering.reset();
+    CHECK(readToEnd(ch.client.get()) == ECONNRESET);
+    CHECK(readToEnd(ch.server.get()) == ECONNRESET);
+  }
+
+  TEST_CASE("a slow reader holds a spliced writer back (partial writes), nothing lost") {
+    Chain ch;
+    SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                    0);
+    const uint64_t bytes = 128 * kMiB;
+    auto t = transfer(ch.client.get(), ch.server.get(), bytes, 4 * kMiB, 0);
+    checkComplete(t, bytes);
+    up.join();
+    MESSAGE("partial writes: " << t.partial_writes);
+    CHECK(up.join().moved + splicedBytes(ch.bpf, ch.client_key) == bytes);
+    CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 1);
+  }
+
+  TEST_CASE("1 GiB through a spliced pair arrives intact") {
+    Chain ch;
+    SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                    0);
+    const uint64_t bytes = 1024 * kMiB;
+    auto start = std::chrono::steady_clock::now();
+    auto t = transfer(ch.client.get(), ch.server.get(), bytes);
+    auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    checkComplete(t, bytes);
+    up.join();
+    uint64_t spliced = splicedBytes(ch.bpf, ch.client_key);
+    MESSAGE("1 GiB in " << secs << " s; relayed " << up.join().moved << ", spliced " << spliced);
+    CHECK(up.join().moved + spliced == bytes);
+    CHECK(spliced > bytes / 2);
+  }
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/python3
+"""Issue 11 end to end with --sockmap=on, one node: same-node meshed
+connections (shop/client -> shop/server, local_handoff) whose four app <->
+proxy hop sockets sit in the sockhash. One to an opaque port (MySQL's 3306,
+Redis's 6379: never HTTP-inspected) is spliced: its two app sockets are
+joined and the proxy steps out of the byte path; one to an inspected port
+is spliced once HTTP detection has found no HTTP. Spliced pairs go through an agent upgrade (the successor
+relays them), an agent restart (reset, never stuck) and the deletion of the
+server pod (the client learns promptly). After each, no sockhash or splice
+entry outlives its socket, and the records count every byte."""
+import json
+import sys
+import time
+
+from labkit import LabTest, parse_metrics, run, start_app, wait_for
+
+MESH = "sluice.dev/mesh"
+SOCKHASH = "sluice_sockhash_v1"
+
+
+class SockmapLifecycleTest(LabTest):
+    NODES = 1
+    AGENT_ARGS = "--sockmap=on"
+
+    @classmethod
+    def setUpLab(cls):
+        lab = cls.lab
+        lab.lab("ns", "label", "shop", f"{MESH}=enabled")
+        cls.client_ip = lab.pod("shop", "client", sa="client")
+        cls.server_ip = lab.pod("shop", "server", sa="server")
+        for pod in ("shop/client", "shop/server"):
+            wait_for(f"{pod} enrolled", lambda pod=pod: lab.enrolled("node1", pod))
+        lab.server("shop/server", "stream", 8081)  # inspected: spliced once detection finds no HTTP
+        lab.server("shop/server", "stream", 3306)  # opaque: spliced
+        lab.server("shop/server", "echo", 6379)    # opaque: spliced
+
+    def metrics(self):
+        _, body = self.lab.scrape("node1")
+        return parse_metrics(body)
+
+    def sockhash_entries(self):
+        return [int(v) for n, labels, v in self.metrics()
+                if n == "sluice_bpf_map_entries" and labels.get("map") == SOCKHASH][0]
+
+    def counter(self, name):
+        return [v for n, _, v in self.metrics() if n == name][0]
+
+    def hold(self, seconds):
+        """A live echo connection from shop/client, one line every 0.2 s for `seconds`;
+        started once its four hop sockets are in the sockhash."""
+        before = self.sockhash_entries()
+        p = start_app(self.lab, "shop/client", "hold", self.server_ip, "6379", str(seconds))
+        wait_for("the connection's four hop sockets in the sockhash",
+                 lambda: self.sockhash_entries() == before + 4)
+        return p
+
+    @staticmethod
+    def ended(p):
+        out = p.stdout.read()
+        p.wait(timeout=60)
+        p.stdout.close()
+        p.stdin.close()
+        return p.returncode, out
+
+    def splice_entries(self):
+        path = f"{self.lab.pin_root}/node1/sluice_splice_v1"
+        return len(json.loads(run(["bpftool", "-j", "map", "dump", "pinned", path]).stdout))
+
+    def assert_sockhash_empty(self):
+        # Every hop socket has closed: none of them stays in the sockhash, no splice entry stays.
+        wait_for("an empty sockhash", lambda: self.sockhash_entries() == 0, timeout=10, interval=0.2)
+        self.assertEqual(self.splice_entries(), 0)
+
+    def transfer(self, port, up, down):
+        """A checksummed transfer up and down through one connection; its closed record."""
+        p = self.lab.client("shop/client", "transfer", self.server_ip, str(port), str(up), str(down))
+        self.assertIn("down_ok=True up_ok=True", p.stdout)
+        dst = f"{self.server_ip}:{port}"
+        rec = wait_for("the closed record", lambda: [
+            c for c in self.lab.connections("node1")
+            if c["destination"] == dst and c["direction"] == "outbound" and c["state"] == "closed"])[-1]
+        self.assertEqual(rec["path"], "local_handoff")
+        # The request line "UP DOWN\n" goes up with the bytes; a sha256 trailer comes down.
+        self.assertEqual(rec["bytes_sent"], up + len(f"{up} {down}\n"))
+        self.assertGreater(rec["bytes_received"], down)
+        return rec
+
+    def test_0_sockmap_and_splice_are_on(self):
+        sockmap = self.lab.config_dump("node1")["bpf"]["sockmap"]
+        self.assertEqual(sockmap["mode"], "on", sockmap)
+        self.assertEqual(sockmap["splice"]["mode"], "on", sockmap)
+        self.assertEqual(self.counter("sluice_bpf_sockmap_enabled"), 1)
+
+    def test_1_inspected_port_spliced_once_detection_finds_no_http(self):
+        # 8081 is inspected; the stream protocol's first line is not HTTP, so
+        # detection gives up and the connection is spliced after it.
+        before = self.counter("sluice_bpf_splice_switched_total")
+        self.transfer(8081, 24 << 20, 16 << 20)
+        self.assertGreaterEqual(self.counter("sluice_bpf_splice_switched_total") - before, 1)
+        self.assert_sockhash_empty()
+
+    def test_1_opaque_connection_is_spliced_and_counted(self):
+        before = {n: self.counter(n) for n in ("sluice_bpf_splice_switched_total", "sluice_bpf_splice_bytes_total",
+                                               "sluice_proxy_spliced_total")}
+        up, down = 64 << 20, 32 << 20
+        self.transfer(3306, up, down)
+        after = {n: self.counter(n) for n in before}
+        print(f"\n  spliced: {after['sluice_bpf_splice_bytes_total'] - before['sluice_bpf_splice_bytes_total']:.0f} "
+              f"of {up + down} bytes straight app to app", file=sys.stderr)
+        self.assertEqual(after["sluice_proxy_spliced_total"] - before["sluice_proxy_spliced_total"], 1)
+        self.assertGreaterEqual(after["sluice_bpf_splice_switched_total"] - before["sluice_bpf_splice_switched_total"], 1)
+        self.assertGreater(after["sluice_bpf_splice_bytes_total"] - before["sluice_bpf_splice_bytes_total"], up // 2)
+        self.assert_sockhash_empty()
+
+    def test_2_agent_upgrade_hands_over_a_live_pair(self):
+        p = self.hold(6)
+        time.sleep(1.0)  # a few exchanges before
+        self.lab.lab("agent", "upgrade", "node1")
+        rc, out = self.ended(p)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("ok n=", out)
+        self.assert_sockhash_empty()
+
+    def test_3_agent_restart_resets_a_live_pair(self):
+        p = self.hold(60)
+        time.sleep(0.5)
+        started = time.monotonic()
+        self.lab.lab("agent", "restart", "node1")
+        # The stopping agent resets its connections: the app learns at its next exchange
+        # (a reset or EOF), not after its 10 s socket timeout.
+        rc, out = self.ended(p)
+        print(f"\n  restart: the live pair ended {time.monotonic() - started:.2f}s after the stop began",
+              file=sys.stderr)
+        self.assertNotEqual(rc, 0, out)
+        self.assertNotIn("timed out", out)
+        self.assertTrue("broken after" in out or "ConnectionResetError" in out or "BrokenPipe" in out, out)
+        self.assert_sockhash_empty()
+        # The new agent carries new connections through the sockhash again.
+        p = self.lab.client("shop/client", "say", self.server_ip, "6379", "again")
+        self.assertEqual(p.stdout.strip(), "again")
+
+    def test_4_server_pod_deleted_mid_connection(self):
+        p = self.hold(60)
+        time.sleep(0.5)
+        started = time.monotonic()
+        self.lab.lab("pod", "del", "shop", "server")
+        rc, out = self.ended(p)
+        print(f"\n  pod deleted: the client's connection ended {time.monotonic() - started:.2f}s after "
+              f"the delete began", file=sys.stderr)
+        self.assertNotEqual(rc, 0, out)
+        self.assertNotIn("timed out", out)
+        self.assertTrue("broken after" in out or "ConnectionResetError" in out or "BrokenPipe" in out, out)
+        self.assert_sockhash_empty()
