@@ -48,17 +48,28 @@ sockaddr_in makeSockaddr(uint32_t ip_net, uint16_t port_host) {
   return sa;
 }
 
+namespace {
+
+// The port of "host:port": decimal, 0-65535, nothing else.
+std::optional<uint16_t> parsePort(std::string_view text) {
+  unsigned port = 0;
+  const char* b = text.data();
+  const char* e = text.data() + text.size();
+  auto [p, ec] = std::from_chars(b, e, port);
+  if (ec != std::errc() || p != e || b == e || port > 65535) return std::nullopt;
+  return static_cast<uint16_t>(port);
+}
+
+}  // namespace
+
 std::optional<sockaddr_in> parseEndpoint(const std::string& text) {
   auto colon = text.rfind(':');
   if (colon == std::string::npos) return std::nullopt;
   auto ip = parseIp4(text.substr(0, colon));
   if (!ip) return std::nullopt;
-  unsigned port = 0;
-  const char* b = text.data() + colon + 1;
-  const char* e = text.data() + text.size();
-  auto [p, ec] = std::from_chars(b, e, port);
-  if (ec != std::errc() || p != e || b == e || port > 65535) return std::nullopt;
-  return makeSockaddr(*ip, static_cast<uint16_t>(port));
+  auto port = parsePort(text.substr(colon + 1));
+  if (!port) return std::nullopt;
+  return makeSockaddr(*ip, *port);
 }
 
 // --- IpAddr ---
@@ -164,12 +175,9 @@ std::optional<SockAddr> SockAddr::parse(std::string_view text) {
     ip = IpAddr::v4(*a);
   }
   if (!ip) return std::nullopt;
-  unsigned port = 0;
-  const char* b = text.data() + colon + 1;
-  const char* e = text.data() + text.size();
-  auto [p, ec] = std::from_chars(b, e, port);
-  if (ec != std::errc() || p != e || b == e || port > 65535) return std::nullopt;
-  return SockAddr(*ip, static_cast<uint16_t>(port));
+  auto port = parsePort(text.substr(colon + 1));
+  if (!port) return std::nullopt;
+  return SockAddr(*ip, *port);
 }
 
 IpAddr SockAddr::ip() const {

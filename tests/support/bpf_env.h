@@ -66,18 +66,16 @@ inline UniqueFd connectIn(int netns, const char* ip, uint16_t port, uint32_t mar
   return std::move(*s);
 }
 
-inline sockaddr_in localOf(int fd) {
-  sockaddr_in sa{};
+// getsockname()/getpeername() of fd as a sockaddr_in or sockaddr_in6.
+template <class Sa>
+Sa socketName(int fd, int (*get)(int, sockaddr*, socklen_t*)) {
+  Sa sa{};
   socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  get(fd, reinterpret_cast<sockaddr*>(&sa), &len);
   return sa;
 }
-inline sockaddr_in peerOf(int fd) {
-  sockaddr_in sa{};
-  socklen_t len = sizeof(sa);
-  getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  return sa;
-}
+inline sockaddr_in localOf(int fd) { return socketName<sockaddr_in>(fd, getsockname); }
+inline sockaddr_in peerOf(int fd) { return socketName<sockaddr_in>(fd, getpeername); }
 
 // IPv6 twins of the helpers above; endpoints as "[addr]:port" text.
 inline sockaddr_in6 makeSockaddr6(const char* ip, uint16_t port) {
@@ -123,17 +121,7 @@ inline UniqueFd connect6In(int netns, const char* ip, uint16_t port, uint32_t ma
   REQUIRE_MESSAGE(err == 0, "connect to [" << ip << "]:" << port << " failed: " << strerror(err));
   return std::move(s);
 }
-inline sockaddr_in6 local6Of(int fd) {
-  sockaddr_in6 sa{};
-  socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  return sa;
-}
-inline sockaddr_in6 peer6Of(int fd) {
-  sockaddr_in6 sa{};
-  socklen_t len = sizeof(sa);
-  getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  return sa;
-}
+inline sockaddr_in6 local6Of(int fd) { return socketName<sockaddr_in6>(fd, getsockname); }
+inline sockaddr_in6 peer6Of(int fd) { return socketName<sockaddr_in6>(fd, getpeername); }
 
 }  // namespace sluice::test
