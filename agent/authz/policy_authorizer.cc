@@ -10,6 +10,17 @@
 
 namespace sluice::agent::authz {
 
+namespace {
+
+std::array<uint8_t, 16> ip6Bytes(const IpAddr& ip) {
+  in6_addr a = ip.v6addr();
+  std::array<uint8_t, 16> out;
+  std::memcpy(out.data(), a.s6_addr, 16);
+  return out;
+}
+
+}  // namespace
+
 const char* toString(DenyReason r) {
   switch (r) {
     case DenyReason::kNoPolicyView:
@@ -70,13 +81,10 @@ policy::Request PolicyAuthorizer::requestFor(const AuthzView::Entry& entry, cons
   policy::Request q;
   q.destination = entry.view();
   q.destination_ip = destination_ip.v4net();  // 0 for IPv6
+  if (destination_ip.isV6()) q.destination_ip6 = ip6Bytes(destination_ip);
   q.destination_port = destination_port;
   q.source_ip = source_ip.v4net();
-  if (source_ip.isV6()) {
-    in6_addr a = source_ip.v6addr();
-    q.source_ip6.emplace();
-    std::memcpy(q.source_ip6->data(), a.s6_addr, 16);
-  }
+  if (source_ip.isV6()) q.source_ip6 = ip6Bytes(source_ip);
   q.source_principal = source_principal;
   q.mutual_tls = mutual_tls;
   q.node_ip = options_.allow_node_probes ? entry.workload.probe_source : 0;

@@ -124,10 +124,12 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
                        " is not a workload of this node in the control plane's view "
                        "(sluicectl workloads lists them; ask the agent of the pod's node)")};
   // The destination of the source's family (an IPv6 client reaches the
-  // pod's IPv6 address).
-  IpAddr destination = source_ip.isV6() && !entry->workload.ip6.empty()
-                           ? entry->workload.ip6
-                           : IpAddr::v4(entry->workload.ip4);
+  // pod's IPv6 address; an identity reaches its IPv4 one, or on an
+  // IPv6-only pod its IPv6 one).
+  IpAddr destination =
+      (source_ip.isV6() || entry->workload.ip4 == 0) && !entry->workload.ip6.empty()
+          ? entry->workload.ip6
+          : IpAddr::v4(entry->workload.ip4);
   auto q = authorizer.requestFor(*entry, source_ip, principal, destination,
                                  static_cast<uint16_t>(port), !principal.empty());
   auto d = view->policies().evaluate(q);

@@ -59,6 +59,8 @@ struct Conn {
   bool source_v6 = false;  // the source is source_ip6, not source_ip
   Ip6 source_ip6{};
   uint32_t destination_ip = 0;
+  bool destination_v6 = false;  // the destination is destination_ip6, not destination_ip
+  Ip6 destination_ip6{};
   uint16_t port = 0;
 };
 
@@ -72,7 +74,8 @@ inline bool anyValue(const Test& t, const Conn& c) {
       return false;
     case Field::kDestinationIp:
       for (const auto& b : t.blocks)
-        if (b.contains(c.destination_ip)) return true;
+        if (c.destination_v6 ? b.contains6(c.destination_ip6) : b.contains(c.destination_ip))
+          return true;
       return false;
     // The identity fields compare with what the peer's certificate says;
     // plaintext has none, so a value never matches it and a not-form always

@@ -358,19 +358,23 @@ Decision PolicySet::evaluate(const Request& req) const {
   Decision d;
   Conn c;
   c.peer = parsePeerIdentity(req.source_principal);
-  c.source_ip = ntohl(req.source_ip);
-  if (req.source_ip6) {
+  // An IPv6 address as the tests see it: an IPv4-mapped one is IPv4.
+  auto family = [](const std::optional<Ip6>& a6, uint32_t ip_net, uint32_t& ip4, bool& v6,
+                   Ip6& ip6) {
     static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    const Ip6& a = *req.source_ip6;
+    ip4 = ntohl(ip_net);
+    if (!a6) return;
+    const Ip6& a = *a6;
     if (std::equal(a.begin(), a.begin() + 12, kMapped)) {
-      c.source_ip =
-          (uint32_t(a[12]) << 24) | (uint32_t(a[13]) << 16) | (uint32_t(a[14]) << 8) | a[15];
+      ip4 = (uint32_t(a[12]) << 24) | (uint32_t(a[13]) << 16) | (uint32_t(a[14]) << 8) | a[15];
     } else {
-      c.source_v6 = true;
-      c.source_ip6 = a;
+      v6 = true;
+      ip6 = a;
     }
-  }
-  c.destination_ip = ntohl(req.destination_ip);
+  };
+  family(req.source_ip6, req.source_ip, c.source_ip, c.source_v6, c.source_ip6);
+  family(req.destination_ip6, req.destination_ip, c.destination_ip, c.destination_v6,
+         c.destination_ip6);
   c.port = req.destination_port;
 
   if (options_.allow_node_probes && !c.peer.authenticated && req.node_ip != 0 &&

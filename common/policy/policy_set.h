@@ -49,6 +49,8 @@ struct Workload {
 struct Request {
   Workload destination;
   uint32_t destination_ip = 0;  // network order
+  // An IPv6 destination instead (destination_ip 0); IPv4-mapped ones count as IPv4.
+  std::optional<std::array<uint8_t, 16>> destination_ip6;
   uint16_t destination_port = 0;
   uint32_t source_ip = 0;  // network order
   // An IPv6 source instead (source_ip 0); IPv4-mapped ones count as IPv4.

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 #include <yaml-cpp/yaml.h>
 
+#include <array>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -95,6 +96,15 @@ struct Conn {
   const char* node = "10.0.0.1";
 };
 
+// An IPv6 address of a case ("fd00::1") as the Request carries it.
+inline std::array<uint8_t, 16> ip6(const char* text) {
+  auto a6 = parseIp6(text);
+  REQUIRE(a6.has_value());
+  std::array<uint8_t, 16> out;
+  std::memcpy(out.data(), a6->s6_addr, 16);
+  return out;
+}
+
 struct Evaluated {
   Decision decision;
   std::shared_ptr<const PolicySet> set;  // keeps the decision's views alive
@@ -105,16 +115,15 @@ inline Evaluated evaluate(std::shared_ptr<const PolicySet> set, const Conn& c) {
   for (const auto& [k, v] : c.labels) labels.push_back({k, v});
   Request r;
   r.destination = {c.ns, "web-0", labels, "spiffe://cluster.local/ns/prod/sa/web"};
-  r.destination_ip = ip(c.destination);
+  if (std::strchr(c.destination, ':'))  // an IPv6 destination
+    r.destination_ip6 = ip6(c.destination);
+  else
+    r.destination_ip = ip(c.destination);
   r.destination_port = c.port;
-  if (std::strchr(c.source, ':')) {  // an IPv6 source
-    auto a6 = parseIp6(c.source);
-    REQUIRE(a6.has_value());
-    r.source_ip6.emplace();
-    std::memcpy(r.source_ip6->data(), a6->s6_addr, 16);
-  } else {
+  if (std::strchr(c.source, ':'))  // an IPv6 source
+    r.source_ip6 = ip6(c.source);
+  else
     r.source_ip = ip(c.source);
-  }
   r.source_principal = c.principal;
   r.mutual_tls = *c.principal != 0;
   r.node_ip = ip(c.node);
@@ -165,6 +174,10 @@ inline Conn port(uint16_t p, Conn c = {}) {
 }
 inline Conn from_ip(const char* s, Conn c = {}) {
   c.source = s;
+  return c;
+}
+inline Conn to_ip(const char* s, Conn c = {}) {
+  c.destination = s;
   return c;
 }
 
