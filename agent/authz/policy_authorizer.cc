@@ -88,6 +88,8 @@ policy::Request PolicyAuthorizer::requestFor(const AuthzView::Entry& entry, cons
   q.source_principal = source_principal;
   q.mutual_tls = mutual_tls;
   q.node_ip = options_.allow_node_probes ? entry.workload.probe_source : 0;
+  if (options_.allow_node_probes && entry.workload.probe_source6.isV6())
+    q.node_ip6 = ip6Bytes(entry.workload.probe_source6);
   return q;
 }
 

@@ -43,6 +43,7 @@ struct LocalWorkload {
   // The address this node's own connections to the pod come from (kubelet
   // probes): what the node's routing picks towards the pod's IP. 0: unknown.
   uint32_t probe_source = 0;
+  IpAddr probe_source6;  // the same towards the pod's IPv6 address; empty: unknown
 };
 
 // What the authorizer decides by: the policy set and this node's workloads

@@ -1,28 +1,24 @@
 #include "agent/authz/probe_source.h"
 
-#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "sluice/common/unique_fd.h"
 
 namespace sluice::agent::authz {
 
-uint32_t ProbeSources::forPod(uint32_t pod_ip4) {
-  if (pod_ip4 == 0) return 0;
-  if (auto it = cache_.find(pod_ip4); it != cache_.end() && it->second != 0) return it->second;
-  uint32_t found = 0;
-  UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_addr.s_addr = pod_ip4;
-  to.sin_port = htons(9);  // any port: a UDP connect only picks the route
-  sockaddr_in local{};
+IpAddr ProbeSources::forPod(const IpAddr& pod_ip) {
+  if (pod_ip.empty()) return {};
+  if (auto it = cache_.find(pod_ip); it != cache_.end()) return it->second;
+  IpAddr found;
+  UniqueFd fd(::socket(pod_ip.isV6() ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  SockAddr to(pod_ip, 9);  // any port: a UDP connect only picks the route
+  sockaddr_storage local{};
   socklen_t len = sizeof(local);
-  if (fd && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0 &&
+  if (fd && ::connect(fd.get(), to.sa(), to.len()) == 0 &&
       ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &len) == 0)
-    found = local.sin_addr.s_addr;
+    found = SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&local), len).ip();
   // A failure is not cached: the route may appear with the pod's network.
-  if (found) cache_[pod_ip4] = found;
+  if (!found.empty()) cache_[pod_ip] = found;
   return found;
 }
 

@@ -44,7 +44,8 @@ class AuthzBridge {
         if (a && a->isV4() && l.ip4 == 0) l.ip4 = a->v4net();
         if (a && a->isV6() && l.ip6.empty()) l.ip6 = *a;
       }
-      l.probe_source = probes_.forPod(l.ip4);
+      if (l.ip4 != 0) l.probe_source = probes_.forPod(IpAddr::v4(l.ip4)).v4net();
+      l.probe_source6 = probes_.forPod(l.ip6);
       local.push_back(std::move(l));
     }
     {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "agent/authz/policy_authorizer.h"
+#include "agent/authz/probe_source.h"
 #include "sluice/common/addr.h"
 
 using namespace sluice;
@@ -17,6 +18,8 @@ namespace {
 
 constexpr const char* kPodIp = "10.244.1.5";
 constexpr const char* kProbeSource = "10.244.1.1";
+constexpr const char* kPodIp6 = "fd00:244:1::5";
+constexpr const char* kProbeSource6 = "fd00:244:1::1";
 
 uint32_t ip(const char* s) { return *parseIp4(s); }
 
@@ -29,6 +32,8 @@ LocalWorkload api() {
   w.labels = {{"app", "api"}};
   w.ip4 = ip(kPodIp);
   w.probe_source = ip(kProbeSource);
+  w.ip6 = *IpAddr::parse(kPodIp6);
+  w.probe_source6 = *IpAddr::parse(kProbeSource6);
   return w;
 }
 
@@ -64,13 +69,14 @@ struct Ask {
   std::string source = "10.244.2.7";
   uint16_t port = 8080;
   std::string pod = "prod/api-0";
+  std::string destination = kPodIp;
   InboundRequest req() const {
     InboundRequest r;
     r.path = principal.empty() ? Path::kInbound : Path::kHbone;
     r.pod_uid = "container-1";
     r.pod = pod;
-    r.source = makeSockaddr(ip(source.c_str()), 40000);
-    r.destination = makeSockaddr(ip(kPodIp), port);
+    r.source = SockAddr(*IpAddr::parse(source), 40000);
+    r.destination = SockAddr(*IpAddr::parse(destination), port);
     r.source_principal = principal;
     r.mutual_tls = !principal.empty();
     return r;
@@ -148,6 +154,17 @@ TEST_SUITE("policy authorizer") {
       probe.source = kProbeSource;
       CHECK((a.authorize(probe.req()).verdict == Verdict::kAllow) == probes);
       CHECK(denied(a, DenyReason::kStrictMtls) == (probes ? 1u : 2u));
+      // The same to the pod's IPv6 address: from the node's IPv6 address on
+      // the pod's link, a probe; from another IPv6 address, plaintext.
+      Ask probe6;
+      probe6.source = kProbeSource6;
+      probe6.destination = kPodIp6;
+      CHECK((a.authorize(probe6.req()).verdict == Verdict::kAllow) == probes);
+      Ask plain6;
+      plain6.source = "fd00:244:2::7";
+      plain6.destination = kPodIp6;
+      CHECK(a.authorize(plain6.req()).verdict == Verdict::kDeny);
+      CHECK(denied(a, DenyReason::kStrictMtls) == (probes ? 2u : 4u));
     }
   }
 
@@ -184,5 +201,13 @@ TEST_SUITE("policy authorizer") {
     auto deny_all = set({policyOf("deny-all", policy::Action::kDeny, {policy::Rule{}})});
     CHECK(a.update(deny_all, {api()}));
     CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kDeny);
+  }
+
+  TEST_CASE("probe sources: what the routing picks towards the pod, in the pod address's family") {
+    ProbeSources sources;
+    // Towards a loopback address the node's routing picks that address itself.
+    CHECK(sources.forPod(*IpAddr::parse("127.0.0.1")) == *IpAddr::parse("127.0.0.1"));
+    CHECK(sources.forPod(*IpAddr::parse("::1")) == *IpAddr::parse("::1"));
+    CHECK(sources.forPod(IpAddr{}).empty());
   }
 }

@@ -94,6 +94,7 @@ struct Conn {
   std::vector<std::pair<std::string, std::string>> labels = {{"app", "web"}, {"version", "v1"}};
   const char* destination = "10.0.2.7";
   const char* node = "10.0.0.1";
+  const char* node6 = "";  // the node's IPv6 address towards the pod; "": unknown
 };
 
 // An IPv6 address of a case ("fd00::1") as the Request carries it.
@@ -127,6 +128,7 @@ inline Evaluated evaluate(std::shared_ptr<const PolicySet> set, const Conn& c) {
   r.source_principal = c.principal;
   r.mutual_tls = *c.principal != 0;
   r.node_ip = ip(c.node);
+  if (*c.node6) r.node_ip6 = ip6(c.node6);
   return {set->evaluate(r), set};
 }
 

@@ -249,6 +249,31 @@ TEST_SUITE("policy") {
          false},
         {"an authenticated peer on the node address is not a probe", ap("prod", "nothing", "{}"),
          from_ip("10.0.0.1"), false, kNoAllow},
+        {"an IPv6 probe from the node's IPv6 address passes STRICT", strict,
+         [] {
+           Conn c = plain(from_ip("fd00:244:1::1", to_ip("fd00:244:1::5")));
+           c.node6 = "fd00:244:1::1";
+           return c;
+         }(),
+         true, kProbe},
+        {"IPv6 plaintext from another address is refused", strict,
+         [] {
+           Conn c = plain(from_ip("fd00:244:2::7", to_ip("fd00:244:1::5")));
+           c.node6 = "fd00:244:1::1";
+           return c;
+         }(),
+         false, kStrict, "sluice-system/default"},
+        {"an authenticated peer on the node's IPv6 address is not a probe",
+         ap("prod", "nothing", "{}"),
+         [] {
+           Conn c = from_ip("fd00:244:1::1", to_ip("fd00:244:1::5"));
+           c.node6 = "fd00:244:1::1";
+           return c;
+         }(),
+         false, kNoAllow},
+        {"unknown node IPv6 address: no allowance for an IPv6 probe", strict,
+         plain(from_ip("fd00:244:1::1", to_ip("fd00:244:1::5"))), false, kStrict,
+         "sluice-system/default"},
         {"unknown node address: no allowance", strict,
          [] {
            Conn c = plain(from_ip("10.0.0.1"));
