@@ -61,7 +61,8 @@ struct Request {
   std::string_view source_principal;
   bool mutual_tls = false;  // carried by an HBONE tunnel (logs; authentication is the principal)
   uint32_t node_ip = 0;     // this node's address, network order; 0: unknown (no probe allowance)
-  // Its IPv6 address towards the pod (probes to the pod's IPv6 address come from it); none: unknown.
+  // Its IPv6 address towards the pod (probes to the pod's IPv6 address come from it); none:
+  // unknown.
   std::optional<std::array<uint8_t, 16>> node_ip6;
 };
 
