@@ -10,8 +10,9 @@
  * listener, with one difference: an IPv6 SYN no listener takes (an agent or
  * engine without IPv6 listeners for the pod) is dropped, not passed, so it
  * cannot reach the app around the mesh (no mTLS, no policy): fail closed, and
- * counted (sluice_stats6_v1). Replies to the pod's own connections (SYN-ACK
- * and later) pass. */
+ * counted (sluice_stats6_v1). So is IPv6 TCP behind a fragment header or
+ * behind more extension headers than parse6() walks. Replies to the pod's
+ * own connections (SYN-ACK and later) pass. */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -53,11 +54,23 @@ struct sluice_ip6_tcp {
 };
 
 #define SLUICE_IP6_MAX_EXT_HEADERS 4
+/* parse6(): an IPv6 packet that may carry TCP this program cannot see. */
+#define SLUICE_IP6_HIDDEN 1
+
+static __always_inline int ip6_ext_header(__u8 next)
+{
+	return next == 0 /* hop-by-hop */ || next == 43 /* routing */ ||
+	       next == 60 /* destination options */ || next == 44 /* fragment */;
+}
 
 /* Parses an Ethernet/IPv6/TCP header, walking up to
  * SLUICE_IP6_MAX_EXT_HEADERS hop-by-hop, routing and destination-options
- * headers; negative when the packet is not one. A fragment header (or any
- * other) before TCP: not TCP here, left to the stack (as IPv4 fragments). */
+ * headers; negative when the packet is not one. SLUICE_IP6_HIDDEN when TCP
+ * may hide behind what is not walked: a fragment header before TCP (or
+ * before another extension header), or more extension headers than the walk
+ * takes. The stack reassembles and walks those, so such a SYN would reach
+ * the app around the mesh: the caller drops it. Other fragments (UDP,
+ * ICMPv6) are not TCP here and pass. */
 static __always_inline int parse6(struct __sk_buff *skb, struct sluice_ip6_tcp *out)
 {
 	struct ipv6hdr ip6;
@@ -70,15 +83,18 @@ static __always_inline int parse6(struct __sk_buff *skb, struct sluice_ip6_tcp *
 	off += sizeof(ip6);
 	__u8 next = ip6.nexthdr;
 	for (int i = 0; i < SLUICE_IP6_MAX_EXT_HEADERS; i++) {
-		if (next != 0 /* hop-by-hop */ && next != 43 /* routing */ &&
-		    next != 60 /* destination options */)
+		if (!ip6_ext_header(next))
 			break;
 		__u8 ext[2]; /* next header, length in 8-octet units past the first 8 */
 		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) != 0)
-			return -1;
+			return SLUICE_IP6_HIDDEN;
+		if (next == 44) /* fragment: what follows is the reassembled packet's */
+			return ext[0] == IPPROTO_TCP || ip6_ext_header(ext[0]) ? SLUICE_IP6_HIDDEN : -1;
 		next = ext[0];
 		off += ((__u32)ext[1] + 1) * 8;
 	}
+	if (ip6_ext_header(next))
+		return SLUICE_IP6_HIDDEN; /* more extension headers than the walk takes */
 	if (next != IPPROTO_TCP)
 		return -1;
 	if (bpf_skb_load_bytes(skb, off, &tcp, sizeof(tcp)) != 0)
@@ -156,8 +172,13 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 {
 	struct sluice_ip4_tcp p = {};
 	struct sluice_ip6_tcp p6 = {};
-	if (parse6(skb, &p6) == 0)
+	int parsed6 = parse6(skb, &p6);
+	if (parsed6 == 0)
 		return inbound6(skb, &p6);
+	if (parsed6 == SLUICE_IP6_HIDDEN) { /* fail closed: TCP the mesh cannot steer */
+		sluice_count6(SLUICE_STAT6_TC_HIDDEN_DROPPED);
+		return TC_ACT_SHOT;
+	}
 	if (parse(skb, &p) != 0 || !p.syn || p.ack || port_passes(p.dport))
 		goto pass;
 

@@ -38,6 +38,9 @@ inline constexpr std::array<StatInfo, kStat6Base + SLUICE_STAT6_MAX> kStats = {{
      "Inbound IPv6 SYNs to an enrolled pod dropped: no [pod-v6]:15006 listener (fail closed)"},
     {"ip6_tc_assign_failed_dropped",
      "Inbound IPv6 SYNs dropped: the kernel refused to assign them to the 15006 listener"},
+    {"ip6_tc_hidden_dropped",
+     "Inbound IPv6 TCP packets dropped: behind a fragment header or more than 4 extension "
+     "headers, which the mesh cannot steer (fail closed)"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

@@ -114,7 +114,8 @@ enum sluice_stat6 {
 	SLUICE_STAT6_TC_ASSIGNED = 1,        /* IPv6 SYN assigned to [pod-v6]:15006 */
 	SLUICE_STAT6_TC_NO_LISTENER = 2,     /* IPv6 SYN, no 15006 listener: dropped */
 	SLUICE_STAT6_TC_ASSIGN_FAILED = 3,   /* IPv6 SYN, bpf_sk_assign refused: dropped */
-	SLUICE_STAT6_MAX = 4,
+	SLUICE_STAT6_TC_HIDDEN_DROPPED = 4,  /* IPv6 TCP behind a fragment header or >4 ext headers */
+	SLUICE_STAT6_MAX = 5,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).

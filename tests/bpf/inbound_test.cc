@@ -9,6 +9,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <array>
+#include <cstddef>
 #include <cstring>
 #include <vector>
 
@@ -33,6 +36,10 @@ struct Packet {
   bool ack;
   uint8_t proto = IPPROTO_TCP;
   bool hop_by_hop = false;  // IPv6: an 8-byte hop-by-hop header before the L4 one
+  // IPv6: this many 8-byte destination-options headers, then a fragment
+  // header when fragment, before the L4 one.
+  int dest_opts = 0;
+  bool fragment = false;
 };
 
 // The headers are built as objects and copied in: past the 14-byte Ethernet
@@ -51,10 +58,23 @@ std::vector<uint8_t> build(const Packet& p) {
   ipv6hdr ip6{};
   ip6.version = 6;
   ip6.hop_limit = 64;
-  ip6.nexthdr = p.hop_by_hop ? 0 : p.proto;
-  // Hop-by-hop: next header, length 0 (8 bytes), a PadN option of 4 bytes.
-  const uint8_t hbh[8] = {p.proto, 0, 1, 4, 0, 0, 0, 0};
-  const size_t ext_len = p.hop_by_hop ? sizeof(hbh) : 0;
+  // The extension headers, each 8 bytes, chained: hop-by-hop and
+  // destination options carry a PadN option of 4 bytes (length 0: 8 bytes);
+  // a fragment header here is the first fragment (offset 0, more to come).
+  std::array<uint8_t, 8 * 8> ext{};
+  size_t ext_len = 0;
+  uint8_t* next = &ip6.nexthdr;  // the last header's next-header byte
+  auto chain = [&](uint8_t type, const std::array<uint8_t, 8>& h) {
+    REQUIRE(ext_len + h.size() <= ext.size());
+    *next = type;
+    next = &ext[ext_len];
+    std::copy(h.begin(), h.end(), ext.begin() + static_cast<ptrdiff_t>(ext_len));
+    ext_len += h.size();
+  };
+  if (p.hop_by_hop) chain(0, {0, 0, 1, 4, 0, 0, 0, 0});
+  for (int i = 0; i < p.dest_opts; ++i) chain(60, {0, 0, 1, 4, 0, 0, 0, 0});
+  if (p.fragment) chain(44, {0, 0, 0, 1 /* M */, 0, 0, 0, 7 /* id */});
+  *next = p.proto;
   ip6.payload_len = htons(static_cast<uint16_t>(ext_len + sizeof(tcphdr)));
   if (v6) {
     ip6.saddr = *parseIp6(p.src);
@@ -75,7 +95,7 @@ std::vector<uint8_t> build(const Packet& p) {
   std::memcpy(buf.data(), &eth, sizeof(eth));
   if (v6) {
     std::memcpy(buf.data() + sizeof(eth), &ip6, sizeof(ip6));
-    if (ext_len) std::memcpy(buf.data() + sizeof(eth) + sizeof(ip6), hbh, ext_len);
+    if (ext_len) std::memcpy(buf.data() + sizeof(eth) + sizeof(ip6), ext.data(), ext_len);
   } else {
     std::memcpy(buf.data() + sizeof(eth), &ip, sizeof(ip));
   }
@@ -155,6 +175,7 @@ TEST_SUITE("inbound.bpf") {
     // dropped (fail closed: it would bypass mTLS and policy) and counted;
     // the proxy's ports, excluded ports and everything but a SYN pass.
     constexpr size_t kNoListener6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_NO_LISTENER;
+    constexpr size_t kHidden6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_HIDDEN_DROPPED;
     struct Case6 {
       const char* name;
       Packet pkt;
@@ -194,6 +215,41 @@ TEST_SUITE("inbound.bpf") {
          {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_TCP, true},
          2,
          kNoListener6},
+        // TCP the program cannot see (the stack reassembles fragments and
+        // walks any number of extension headers): dropped, counted, never
+        // passed to the app around the mesh.
+        {"ipv6 tcp behind a fragment header is dropped",
+         {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_TCP, false, 0, true},
+         2,
+         kHidden6},
+        {"ipv6 tcp fragment to an excluded port is dropped too (its port is not known)",
+         {"fd00:77::9", "fd00:77::5", 9999, true, false, IPPROTO_TCP, false, 0, true},
+         2,
+         kHidden6},
+        {"ipv6 fragment header before another extension header is dropped",
+         {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_TCP, true, 0, true},
+         2,
+         kHidden6},
+        {"ipv6 syn behind 4 extension headers is walked (no listener: dropped as such)",
+         {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_TCP, true, 3},
+         2,
+         kNoListener6},
+        {"ipv6 tcp behind 5 extension headers is dropped",
+         {"fd00:77::9", "fd00:77::5", 8080, true, false, IPPROTO_TCP, true, 4},
+         2,
+         kHidden6},
+        {"ipv6 ack behind 5 extension headers is dropped too",
+         {"fd00:77::9", "fd00:77::5", 8080, false, true, IPPROTO_TCP, true, 4},
+         2,
+         kHidden6},
+        {"ipv6 udp behind a fragment header passes",
+         {"fd00:77::9", "fd00:77::5", 8080, false, false, IPPROTO_UDP, false, 0, true},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"ipv6 udp behind 5 extension headers is dropped (it might have been tcp)",
+         {"fd00:77::9", "fd00:77::5", 8080, false, false, IPPROTO_UDP, true, 4},
+         2,
+         kHidden6},
     };
     for (const auto& c : cases6) {
       CAPTURE(c.name);
