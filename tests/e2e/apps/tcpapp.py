@@ -382,7 +382,7 @@ def client_probe(host, port):
     out = {"local": None, "reply": "", "error": None}
     try:
         out["reply"] = read_reply(host, port, timeout=15,
-                                  on_connect=lambda c: out.update(local="%s:%d" % c.getsockname()))
+                                  on_connect=lambda c: out.update(local="%s:%d" % c.getsockname()[:2]))
     except OSError as e:
         out["error"] = type(e).__name__ if not e.strerror else e.strerror
     out["ms"] = round((time.monotonic() - start) * 1000, 1)
