@@ -37,8 +37,8 @@ constexpr const char* kUnknown = "unknown";
 // The 8 labels of one end, from `first`: workload, canonical service and
 // revision, namespace, principal, app, version, cluster. Istio's app/version
 // labels carry the canonical service and revision, not the raw pod labels.
-void fillPeer(std::vector<std::string>& v, size_t first, const WorkloadInfo* w,
-              const std::string& principal) {
+template <typename Values>
+void fillPeer(Values& v, size_t first, const WorkloadInfo* w, std::string_view principal) {
   if (w) {
     v[first + 0] = w->workload;
     v[first + 1] = w->canonical_service;
@@ -50,6 +50,10 @@ void fillPeer(std::vector<std::string>& v, size_t first, const WorkloadInfo* w,
   }
   v[first + 4] = principal;
 }
+
+// An open connection holds its series in `open`; eviction swaps an unheld
+// series' 0 for kDead, after which no hold succeeds.
+constexpr uint64_t kDead = uint64_t{1} << 63;
 
 }  // namespace
 
@@ -85,11 +89,17 @@ struct alignas(64) Cell {
 };
 
 struct TcpMetrics::Series {
-  Series(std::vector<std::string> v, std::string r, unsigned workers)
-      : values(std::move(v)),
-        rendered(std::move(r)),
+  Series(const LabelViews& v, unsigned workers)
+      : values(v.begin(), v.end()),
+        key(views(values)),
+        rendered(render(values)),
         cells(std::make_unique<Cell[]>(workers)),
         workers(workers) {}
+  static LabelViews views(const std::vector<std::string>& values) {
+    LabelViews v;
+    std::copy(values.begin(), values.end(), v.begin());
+    return v;
+  }
   static std::string render(const std::vector<std::string>& values) {
     std::vector<Label> labels;
     labels.reserve(values.size());
@@ -101,22 +111,37 @@ struct TcpMetrics::Series {
     for (unsigned i = 0; i < workers; ++i) sum += (cells[i].*field).load(std::memory_order_relaxed);
     return sum;
   }
+  // False when evicted (the series is gone from series_).
+  bool tryHold() { return (open.fetch_add(1, std::memory_order_acq_rel) & kDead) == 0; }
+  void release() { open.fetch_sub(1, std::memory_order_release); }
+  bool dead() const { return open.load(std::memory_order_acquire) & kDead; }
 
-  const std::vector<std::string> values;
-  const std::string rendered;  // {reporter="source",...}: also the series' key
+  const std::vector<std::string> values;  // never resized: `key` views them
+  const LabelViews key;
+  const std::string rendered;  // {reporter="source",...}, rendered once
   std::unique_ptr<Cell[]> cells;
   const unsigned workers;
-  std::atomic<uint32_t> open{0};        // connections holding this series (never evicted then)
+  std::atomic<uint64_t> open{0};        // holds (open connections); | kDead once evicted
   std::atomic<int64_t> last_active{0};  // ticks() of the last open or close
-  std::atomic<bool> evicted{false};     // gone from series_ (write() drops it from its list)
 };
 
 struct alignas(64) TcpMetrics::Worker {
   struct Conn {
     std::shared_ptr<Series> series[2];  // by reporter; null: not reported (or over the cap)
   };
-  std::unordered_map<uint64_t, Conn> conns;  // open connections of this worker, by record id
+  using Conns = std::unordered_map<uint64_t, Conn>;
+  Conns conns;                          // open connections of this worker, by record id
+  std::vector<Conns::node_type> spare;  // nodes of closed connections, reused by opened()
+  SeriesMap cache;                      // series this worker has held (some may be dead)
+  uint64_t evictions_seen = 0;          // evicted_ when `cache` was last swept
+  std::string service;                  // scratch: the destination_service FQDN
 };
+
+size_t TcpMetrics::ViewsHash::operator()(const LabelViews& v) const {
+  size_t h = 0;
+  for (auto s : v) h = (h ^ std::hash<std::string_view>{}(s)) * 0x100000001b3ULL;
+  return h;
+}
 
 TcpMetrics::TcpMetrics(TcpMetricsConfig config, const WorkloadIndex* workloads,
                        std::function<Clock::time_point()> now)
@@ -160,23 +185,24 @@ const std::vector<std::string_view>& TcpMetrics::labelNames() {
   return names;
 }
 
-std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
-                                                 Reporter reporter) const {
-  Peers peers(workloads_ ? workloads_->current() : nullptr, r, config_.cluster_id);
+TcpMetrics::LabelViews TcpMetrics::labelViews(const ConnectionRecord& r, Reporter reporter,
+                                              const Peers& peers, std::string& service) const {
   const WorkloadInfo* src = peers.source();
   const WorkloadInfo* dst = peers.destination();
   const WorkloadSnapshot* snap = peers.snapshot();
 
-  std::vector<std::string> v(kLabelCount);
+  LabelViews v{};
   v[kReporter] = reporter == Reporter::kSource ? "source" : "destination";
   fillPeer(v, kSourceWorkload, src, r.source_principal);
-  auto setService = [&](const std::string& ns, const std::string& name) {
-    v[kDestinationService] = name + "." + ns + ".svc." + config_.cluster_domain;
+  auto setService = [&](std::string_view ns, std::string_view name) {
+    service.assign(name).append(".").append(ns).append(".svc.").append(config_.cluster_domain);
+    v[kDestinationService] = service;
     v[kDestinationServiceNamespace] = ns;
     v[kDestinationServiceName] = name;
   };
-  if (auto slash = r.destination_service.find('/'); slash != std::string::npos) {
-    setService(r.destination_service.substr(0, slash), r.destination_service.substr(slash + 1));
+  std::string_view dest_service = r.destination_service;
+  if (auto slash = dest_service.find('/'); slash != std::string_view::npos) {
+    setService(dest_service.substr(0, slash), dest_service.substr(slash + 1));
   } else if (reporter == Reporter::kDestination && snap) {
     // The server side reached a pod address: the Service is a guess.
     if (auto ep = SockAddr::parse(r.destination))
@@ -192,9 +218,16 @@ std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
   return v;
 }
 
-std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(std::vector<std::string> values,
-                                                                   std::string rendered) {
-  if (auto it = series_.find(rendered); it != series_.end()) return it->second;
+std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
+                                                 Reporter reporter) const {
+  Peers peers(workloads_ ? workloads_->current() : nullptr, r, config_.cluster_id);
+  std::string service;
+  auto v = labelViews(r, reporter, peers, service);
+  return {v.begin(), v.end()};
+}
+
+std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(const LabelViews& key) {
+  if (auto it = series_.find(key); it != series_.end()) return it->second;
   if (series_.size() >= config_.max_series) {
     // At the cap: make room from idle series, at most once a second (a scan
     // of every series), before refusing.
@@ -208,9 +241,32 @@ std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(std::vector<s
       return nullptr;
     }
   }
-  auto s = std::make_shared<Series>(std::move(values), std::move(rendered), config_.workers);
-  series_.emplace(s->rendered, s);  // the key views the series' own text
+  auto s = std::make_shared<Series>(key, config_.workers);
+  series_.emplace(s->key, s);  // the key views the series' own values
   added_.push_back(s);
+  return s;
+}
+
+std::shared_ptr<TcpMetrics::Series> TcpMetrics::hold(Worker& w, const LabelViews& key) {
+  // After an eviction, drop the dead series this worker still caches.
+  if (uint64_t e = evicted_.load(std::memory_order_relaxed); e != w.evictions_seen) {
+    w.evictions_seen = e;
+    std::erase_if(w.cache, [](const auto& kv) { return kv.second->dead(); });
+  }
+  if (auto it = w.cache.find(key); it != w.cache.end()) {
+    if (it->second->tryHold()) return it->second;
+    w.cache.erase(it);  // evicted since: the shared map has it anew, or not
+  }
+  std::shared_ptr<Series> s;
+  {
+    std::lock_guard lk(mu_);
+    s = findOrCreateLocked(key);
+    if (!s) return nullptr;
+    // Under mu_, a series in series_ is alive: eviction (under mu_ too) sees the hold.
+    [[maybe_unused]] bool held = s->tryHold();
+    assert(held);
+  }
+  w.cache.emplace(s->key, s);
   return s;
 }
 
@@ -227,21 +283,30 @@ void TcpMetrics::opened(unsigned worker, const ConnectionRecord& record) {
     reporters[n++] = record.direction == ztunnel::Direction::kOutbound ? Reporter::kSource
                                                                        : Reporter::kDestination;
   }
+  Worker& w = *workers_[worker];
   Worker::Conn conn;
   int64_t now = ticks(now_());
+  Peers peers(workloads_ ? workloads_->current() : nullptr, record, config_.cluster_id);
   for (size_t i = 0; i < n; ++i) {
-    auto values = labelValues(record, reporters[i]);
-    std::string rendered = Series::render(values);
-    std::lock_guard lk(mu_);
-    auto s = findOrCreateLocked(std::move(values), std::move(rendered));
+    auto s = hold(w, labelViews(record, reporters[i], peers, w.service));
     if (!s) continue;
-    // Under mu_: eviction (also under mu_) sees the connection from here on.
-    s->open.fetch_add(1, std::memory_order_relaxed);
     s->last_active.store(now, std::memory_order_relaxed);
     s->cells[worker].opened.fetch_add(1, std::memory_order_relaxed);
     conn.series[i] = std::move(s);
   }
-  workers_[worker]->conns.insert_or_assign(record.id, std::move(conn));
+  if (auto it = w.conns.find(record.id); it != w.conns.end()) {
+    for (auto& s : it->second.series)
+      if (s) s->release();
+    it->second = std::move(conn);
+  } else if (!w.spare.empty()) {
+    auto node = std::move(w.spare.back());
+    w.spare.pop_back();
+    node.key() = record.id;
+    node.mapped() = std::move(conn);
+    w.conns.insert(std::move(node));
+  } else {
+    w.conns.emplace(record.id, std::move(conn));
+  }
 }
 
 void TcpMetrics::transferred(unsigned worker, const ConnectionRecord& record, uint64_t sent,
@@ -262,9 +327,9 @@ void TcpMetrics::transferred(unsigned worker, const ConnectionRecord& record, ui
 
 void TcpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
   if (worker >= workers_.size()) return;
-  auto& conns = workers_[worker]->conns;
-  auto it = conns.find(record.id);
-  if (it == conns.end()) return;
+  Worker& w = *workers_[worker];
+  auto it = w.conns.find(record.id);
+  if (it == w.conns.end()) return;
   const char* flags = responseFlags(record);
   bool failed = std::strcmp(flags, "-") != 0;
   int64_t now = ticks(now_());
@@ -275,34 +340,37 @@ void TcpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
     } else {
       // As ztunnel: opened (and bytes) under "-", the close and the failure
       // under the flags the connection ended with.
-      auto values = s->values;
-      values[kResponseFlags] = flags;
-      std::string rendered = Series::render(values);
-      std::lock_guard lk(mu_);
-      if (auto f = findOrCreateLocked(std::move(values), std::move(rendered))) {
+      auto key = s->key;
+      key[kResponseFlags] = flags;
+      if (auto f = hold(w, key)) {
         f->cells[worker].closed.fetch_add(1, std::memory_order_relaxed);
         f->cells[worker].failed.fetch_add(1, std::memory_order_relaxed);
         f->last_active.store(now, std::memory_order_relaxed);
+        f->release();
       }
     }
     s->last_active.store(now, std::memory_order_relaxed);
-    s->open.fetch_sub(1, std::memory_order_release);
+    s->release();
+    s.reset();
   }
-  conns.erase(it);
+  constexpr size_t kSpareNodes = 64;
+  if (w.spare.size() < kSpareNodes)
+    w.spare.push_back(w.conns.extract(it));
+  else
+    w.conns.erase(it);
 }
 
 void TcpMetrics::evictIdleLocked(Clock::time_point now) {
   int64_t horizon = ticks(now) - config_.idle.count();
   std::erase_if(series_, [&](const auto& kv) {
-    const Series& s = *kv.second;
-    bool idle = s.open.load(std::memory_order_acquire) == 0 &&
-                s.last_active.load(std::memory_order_relaxed) <= horizon;
-    if (idle) {
-      evicted_.fetch_add(1, std::memory_order_relaxed);
-      kv.second->evicted.store(true, std::memory_order_relaxed);
-      removed_ = true;
-    }
-    return idle;
+    Series& s = *kv.second;
+    if (s.last_active.load(std::memory_order_relaxed) > horizon) return false;
+    // Dead only if no connection holds it: a worker's later hold then fails.
+    uint64_t unheld = 0;
+    if (!s.open.compare_exchange_strong(unheld, kDead, std::memory_order_acq_rel)) return false;
+    evicted_.fetch_add(1, std::memory_order_relaxed);
+    removed_ = true;
+    return true;
   });
 }
 
@@ -338,9 +406,7 @@ void TcpMetrics::write(TextWriter& out) {
     auto middle = sorted_.insert(sorted_.end(), fresh.begin(), fresh.end());
     std::inplace_merge(sorted_.begin(), middle, sorted_.end(), byLabels);
   }
-  if (removed)
-    std::erase_if(sorted_,
-                  [](const auto& s) { return s->evicted.load(std::memory_order_relaxed); });
+  if (removed) std::erase_if(sorted_, [](const auto& s) { return s->dead(); });
   const auto& snap = sorted_;
   struct Family {
     const char* name;

@@ -3,11 +3,17 @@
 // istio_tcp_{sent,received}_bytes_total with Istio's labels
 // (docs/architecture.md, "Metrics").
 //
-// Data path: opened() finds or creates the connection's series (one, or two
-// for a same-node handoff, which is reported by both ends) under a mutex and
-// remembers them in the worker's own table of open connections;
-// transferred() then takes no lock and allocates nothing: it adds to the
-// worker's own cells of those series. A scrape sums the cells.
+// Data path: opened() finds the connection's series (one, or two for a
+// same-node handoff, which is reported by both ends) by its label values as
+// views of the record and the workload view (hashed, never escaped or
+// rendered), in the worker's own cache of series: no lock, no allocation in a
+// steady state. Only a label set the worker has not seen takes mu_ (the
+// shared map, where the series is created with its rendered label text).
+// The worker's table of open connections reuses its nodes. transferred()
+// adds to the worker's own cells of those series. A scrape sums the cells.
+// A series is held (`open`) while a connection counts into it; eviction
+// marks an unheld series dead in the same atomic, so a worker's cache hit
+// on an evicted series fails and goes back to the shared map.
 //
 // Scrape: write() takes mu_ only to evict idle series and collect the ones
 // created since the last scrape; the label-ordered list of series lives on
@@ -20,6 +26,7 @@
 // sluice_telemetry_series_dropped_total.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -46,6 +53,8 @@ struct TcpMetricsConfig {
 };
 
 enum class Reporter : uint8_t { kSource, kDestination };
+
+class Peers;
 
 // Istio's response_flags for how a connection ended: "-" (fine), "DENY",
 // "CONNECT", "TLS_FAILURE", "H2_HANDSHAKE_FAILURE".
@@ -83,9 +92,22 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
  private:
   struct Series;
   struct Worker;
-  // Under mu_: the series of `values` (`rendered`: their text), created if
-  // the cap allows; null when not.
-  std::shared_ptr<Series> findOrCreateLocked(std::vector<std::string> values, std::string rendered);
+  static constexpr size_t kLabels = 23;
+  // Label values in labelNames() order, viewing their owner's strings.
+  using LabelViews = std::array<std::string_view, kLabels>;
+  struct ViewsHash {
+    size_t operator()(const LabelViews& v) const;
+  };
+  using SeriesMap = std::unordered_map<LabelViews, std::shared_ptr<Series>, ViewsHash>;
+  // The values of `record` as `reporter` reports it, viewing `record`,
+  // `peers`' workloads and `service` (where the service FQDN is built).
+  LabelViews labelViews(const ztunnel::ConnectionRecord& record, Reporter reporter,
+                        const Peers& peers, std::string& service) const;
+  // The series of `key`, held (the caller releases it), created if the cap
+  // allows; null when not. Worker `w`'s thread.
+  std::shared_ptr<Series> hold(Worker& w, const LabelViews& key);
+  // Under mu_: the series of `key`, created if the cap allows; null when not.
+  std::shared_ptr<Series> findOrCreateLocked(const LabelViews& key);
   void evictIdleLocked(Clock::time_point now);
   int64_t ticks(Clock::time_point t) const;
 
@@ -96,8 +118,8 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
   std::vector<std::unique_ptr<Worker>> workers_;
 
   mutable std::mutex mu_;
-  // By rendered labels (a view of the series' own text).
-  std::unordered_map<std::string_view, std::shared_ptr<Series>> series_;
+  // By label values (views of the series' own values).
+  SeriesMap series_;
   std::vector<std::shared_ptr<Series>> added_;  // created since the last write()
   bool removed_ = false;                        // some series evicted since then
 

@@ -2,8 +2,10 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "telemetry_scrape.h"
@@ -325,5 +327,135 @@ TEST_SUITE("telemetry") {
     all = scrape(m);
     CHECK(value(all, "istio_tcp_connections_opened_total",
                 {{"destination_service_name", "other"}}) == 1);
+  }
+
+  // The sum of `name` over every series whose labels include `want`.
+  uint64_t sum(const std::vector<Sample>& all, const std::string& name,
+               const std::map<std::string, std::string>& want = {}) {
+    uint64_t total = 0;
+    for (const auto& s : find(all, name, want)) total += std::stoull(s.value);
+    return total;
+  }
+
+  // Worker `w`'s i-th connection: half on a label set all workers share, half
+  // on the worker's own; every 10th inbound, every 7th failing.
+  ConnectionRecord churn(unsigned w, uint64_t i) {
+    ConnectionRecord r = i % 10 == 0 ? inboundHbone(0) : outboundHbone(0);
+    r.id = (uint64_t{w} << 32) | i;
+    if (i % 10 != 0) r.destination_service = i % 2 ? "shop/db" : "shop/t" + std::to_string(w);
+    if (i % 7 == 0) r.reason = CloseReason::kConnectError;
+    return r;
+  }
+
+  TEST_CASE("workers opening and closing on shared and own series while scraping: exact counts") {
+    constexpr unsigned kWorkers = 4;
+    constexpr uint64_t kConns = 4000;
+    TcpMetrics m({.workers = kWorkers}, &meshIndex());
+    std::atomic<bool> done{false};
+    std::atomic<int> scrapes{0};
+    std::thread scraper([&] {
+      while (!done.load()) {
+        TextWriter w;
+        m.write(w);
+        scrapes.fetch_add(1);
+      }
+    });
+    std::vector<std::thread> workers;
+    std::vector<uint64_t> conns(kWorkers);  // by worker: at least kConns, and past scrapes
+    for (unsigned w = 0; w < kWorkers; ++w)
+      workers.emplace_back([&, w] {
+        uint64_t i = 0;
+        for (; i < kConns || scrapes.load() < 2; ++i) {
+          auto r = churn(w, i);
+          m.opened(w, r);
+          m.transferred(w, r, 1, 2);
+          m.closed(w, r);
+        }
+        conns[w] = i;
+      });
+    for (auto& t : workers) t.join();
+    done = true;
+    scraper.join();
+    uint64_t n = 0, failing = 0, shared = 0, own3 = 0;
+    for (unsigned w = 0; w < kWorkers; ++w)
+      for (uint64_t i = 0; i < conns[w]; ++i) {
+        ++n;
+        failing += i % 7 == 0;
+        shared += i % 2 == 1;  // odd i: the label set all workers share
+        own3 += w == 3 && i % 2 == 0 && i % 10 != 0;
+      }
+    auto all = scrape(m);
+    CHECK(sum(all, "istio_tcp_connections_opened_total") == n);
+    CHECK(sum(all, "istio_tcp_connections_closed_total") == n);
+    CHECK(sum(all, "istio_tcp_connections_failed_total") == failing);
+    CHECK(sum(all, "istio_tcp_received_bytes_total") == n);
+    CHECK(sum(all, "istio_tcp_sent_bytes_total") == 2 * n);
+    CHECK(sum(all, "istio_tcp_connections_opened_total", {{"destination_service_name", "db"}}) ==
+          shared);
+    CHECK(sum(all, "istio_tcp_connections_opened_total", {{"destination_service_name", "t3"}}) ==
+          own3);
+    // Label sets: shared and 4 own, by "-" and CONNECT; inbound, by "-" and CONNECT.
+    CHECK(m.seriesCount() == 2 * (1 + kWorkers) + 2);
+  }
+
+  TEST_CASE("series evicted under the workers' feet: a held series keeps every count") {
+    constexpr unsigned kWorkers = 3;
+    constexpr uint64_t kConns = 3000;
+    FakeClock clock;  // fixed: with idle 0 every unheld series is evictable at once
+    TcpMetrics m({.workers = kWorkers, .idle = std::chrono::milliseconds(0)}, &meshIndex(),
+                 clock.fn());
+    std::vector<ConnectionRecord> longLived;
+    for (unsigned w = 0; w < kWorkers; ++w) {
+      longLived.push_back(outboundHbone((uint64_t{w} << 32) | 0xffffffff));
+      m.opened(w, longLived.back());
+    }
+    std::atomic<bool> done{false};
+    std::thread scraper([&] {
+      while (!done.load()) {
+        m.evictIdle();
+        TextWriter w;
+        m.write(w);
+      }
+    });
+    std::vector<std::thread> workers;
+    std::vector<uint64_t> conns(kWorkers);  // by worker: at least kConns, and past evictions
+    for (unsigned w = 0; w < kWorkers; ++w)
+      workers.emplace_back([&, w] {
+        uint64_t i = 1;
+        for (; i <= kConns || m.seriesEvicted() < 10; ++i) {
+          auto r = churn(w, i);
+          m.opened(w, r);
+          m.closed(w, r);
+          m.transferred(w, longLived[w], 1, 3);
+        }
+        conns[w] = i - 1;
+      });
+    for (auto& t : workers) t.join();
+    done = true;
+    scraper.join();
+    // The series the long-lived connections hold was never evicted: exact.
+    uint64_t n = 0, shared = 0;
+    for (unsigned w = 0; w < kWorkers; ++w)
+      for (uint64_t i = 1; i <= conns[w]; ++i) {
+        ++n;
+        shared += i % 2 == 1 && i % 10 != 0;
+      }
+    auto all = scrape(m);
+    std::map<std::string, std::string> held = {
+        {"reporter", "source"}, {"destination_service_name", "db"}, {"response_flags", "-"}};
+    CHECK(value(all, "istio_tcp_connections_opened_total", held) == kWorkers + shared);
+    CHECK(value(all, "istio_tcp_received_bytes_total", held) == n);
+    CHECK(value(all, "istio_tcp_sent_bytes_total", held) == 3 * n);
+    // Nothing else holds a series: once the long-lived ones close, all go.
+    for (unsigned w = 0; w < kWorkers; ++w) {
+      longLived[w].reason = CloseReason::kEof;
+      m.closed(w, longLived[w]);
+    }
+    m.evictIdle();
+    CHECK(m.seriesCount() == 0);
+    // And a label set seen before comes back as a new series.
+    auto again = outboundHbone(1);
+    m.opened(1, again);
+    CHECK(value(scrape(m), "istio_tcp_connections_opened_total") == 1);
   }
 }

@@ -194,8 +194,11 @@ void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bo
     live.rec.retried = retried;
     r = view(live);
     open_.erase(live.rec.id);
-    closed_.push_back(r);
-    while (closed_.size() > kClosedHistory) closed_.pop_front();
+    if (closed_.size() < kClosedHistory)
+      closed_.push_back(r);
+    else
+      closed_[closed_next_] = r;
+    closed_next_ = (closed_next_ + 1) % kClosedHistory;
   }
   if (observer_) observer_->closed(live.worker, r);
   if (!access_log_) return;
@@ -211,7 +214,10 @@ void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bo
 
 std::vector<ConnectionRecord> Records::snapshot() const {
   std::lock_guard lk(mu_);
-  std::vector<ConnectionRecord> out(closed_.begin(), closed_.end());
+  std::vector<ConnectionRecord> out;
+  out.reserve(closed_.size() + open_.size());
+  size_t oldest = closed_.size() < kClosedHistory ? 0 : closed_next_;
+  for (size_t i = 0; i < closed_.size(); ++i) out.push_back(closed_[(oldest + i) % closed_.size()]);
   for (const auto& [id, live] : open_) out.push_back(view(*live));
   return out;
 }

@@ -8,7 +8,6 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -103,7 +102,10 @@ class Records {
   std::atomic<uint64_t> next_id_{0};
   mutable std::mutex mu_;
   std::map<uint64_t, std::shared_ptr<LiveRecord>> open_;
-  std::deque<ConnectionRecord> closed_;
+  // The last kClosedHistory closes, a ring (oldest at closed_next_ once
+  // full): a close overwrites a slot, reusing its strings' storage.
+  std::vector<ConnectionRecord> closed_;
+  size_t closed_next_ = 0;
 };
 
 // The question the authorizer was asked about this connection.
