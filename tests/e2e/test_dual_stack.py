@@ -8,6 +8,7 @@ ipBlocks on IPv6 sources.
 The capture, mTLS, Services and policy suites also run whole on a dual-stack lab
 (their *DualStackTest classes)."""
 import ipaddress
+import json
 import os
 import sys
 import tempfile
@@ -169,6 +170,34 @@ class DualStackTest(LabTest):
         finally:
             lab.lab("delete", path, check=False)
             wait_for("the policy gone from node2", lambda: not in_force())
+
+    def test_a_kubelet_probe_to_the_ipv6_address_passes_strict(self):
+        lab = self.lab
+        server6 = lab.ip("shop", "server", 6)
+        path = os.path.join(tempfile.mkdtemp(prefix="sluice-dual-"), "strict.yaml")
+        with open(path, "w") as f:
+            f.write("apiVersion: security.sluice.dev/v1\nkind: PeerAuthentication\n"
+                    "metadata: {name: strict6, namespace: shop}\nspec:\n  mtls: {mode: STRICT}\n")
+        lab.lab("apply", path)
+
+        def in_force():
+            return "shop/strict6" in {f"{p['namespace']}/{p['name']}"
+                                      for p in lab.ctl("node2", "policies")["peer_authentications"]}
+
+        def reply(out):
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        try:
+            wait_for("STRICT in force on node2", in_force)
+            # Plaintext from another pod to the IPv6 address: refused.
+            r = reply(lab.exec("legacy/client", sys.executable, APP, "probe", server6, "8086"))
+            self.assertEqual(r["reply"], "", f"legacy/client -> [{server6}]:8086 under STRICT: {r}")
+            # The kubelet's probe: plaintext from the node (its IPv6 address on the pod's link).
+            r = reply(lab.lab("node", "exec", "node2", "--", sys.executable, APP, "probe", server6, "8086"))
+            self.assertTrue(r["reply"].startswith("peer="), f"node2 -> [{server6}]:8086: {r}")
+        finally:
+            lab.lab("delete", path, check=False)
+            wait_for("STRICT gone from node2", lambda: not in_force())
 
     def test_discovery_carries_both_addresses(self):
         server4, server6 = self.server_ip, self.lab.ip("shop", "server", 6)
