@@ -19,47 +19,18 @@
 
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
+#include "mesh_cluster.h"
 #include "sluice/common/addr.h"
 
 using namespace sluice;
 using namespace sluice::agent::telemetry;
+using sluice::bench::cluster;
+using sluice::bench::record;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
 constexpr int kClients = 100, kServers = 10;
-
-std::string ip(int side, int i) { return fmt::format("10.{}.0.{}", 100 + side, i + 1); }
-
-std::shared_ptr<const WorkloadSnapshot> cluster() {
-  auto snap = std::make_shared<WorkloadSnapshot>();
-  auto add = [&](int side, int i, const std::string& deploy) {
-    std::string pod = deploy + "-7d9f8b6c5-x2x4z";
-    auto w = std::make_shared<const WorkloadInfo>(describeWorkload(
-        pod, "shop", deploy + "-7d9f8b6c5-", {"ReplicaSet", deploy + "-7d9f8b6c5"},
-        {{"pod-template-hash", "7d9f8b6c5"}, {"app", deploy}, {"version", "v1"}}, "Kubernetes"));
-    snap->by_pod["shop/" + pod] = w;
-    snap->by_ip[*IpAddr::parse(ip(side, i))] = w;
-  };
-  for (int i = 0; i < kClients; ++i) add(0, i, fmt::format("frontend-{:03}", i));
-  for (int i = 0; i < kServers; ++i) add(1, i, fmt::format("backend-{:03}", i));
-  return snap;
-}
-
-ztunnel::ConnectionRecord record(int client, int server) {
-  ztunnel::ConnectionRecord r;
-  r.direction = ztunnel::Direction::kOutbound;
-  r.path = ztunnel::Path::kHbone;
-  r.pod = fmt::format("shop/frontend-{:03}-7d9f8b6c5-x2x4z", client);
-  r.source = ip(0, client) + ":40000";
-  r.destination = ip(1, server) + ":8080";
-  r.destination_service = fmt::format("shop/backend-{:03}", server);
-  r.source_principal = fmt::format("spiffe://cluster.local/ns/shop/sa/frontend-{:03}", client);
-  r.destination_principal = fmt::format("spiffe://cluster.local/ns/shop/sa/backend-{:03}", server);
-  r.mutual_tls = true;
-  r.reason = ztunnel::CloseReason::kEof;
-  return r;
-}
 
 struct Result {
   double per_second, ns_per_conn;
@@ -69,7 +40,8 @@ Result run(const WorkloadIndex& index, unsigned workers, int label_sets, uint64_
   TcpMetrics tcp({.workers = workers}, &index);
   std::vector<std::vector<ztunnel::ConnectionRecord>> records(workers);
   for (unsigned w = 0; w < workers; ++w)
-    for (int i = 0; i < label_sets; ++i) records[w].push_back(record(i / kServers, i % kServers));
+    for (int i = 0; i < label_sets; ++i)
+      records[w].push_back(record(0, i / kServers, i % kServers));
   std::atomic<bool> done{false};
   std::thread scraper([&] {
     while (!done.load()) {
@@ -108,7 +80,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   WorkloadIndex index;
-  index.update(cluster());
+  index.update(cluster(kClients, kServers));
   std::printf("TcpMetrics per connection (opened + transferred + closed), %llu per worker\n",
               static_cast<unsigned long long>(conns));
   std::printf("%-34s %16s %16s\n", "", "connections/s", "ns/connection");

@@ -31,10 +31,13 @@
 #include "agent/telemetry/agent_metrics.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
+#include "mesh_cluster.h"
 #include "sluice/common/addr.h"
 
 using namespace sluice;
 using namespace sluice::agent::telemetry;
+using sluice::bench::cluster;
+using sluice::bench::record;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -97,41 +100,6 @@ Page get(uint16_t port, const char* path, bool count_lines) {
   return page;
 }
 
-std::string ip(int side, int i) {
-  return fmt::format("10.{}.{}.{}", 100 + side, i / 250, i % 250 + 1);
-}
-
-std::shared_ptr<const WorkloadSnapshot> cluster(int clients) {
-  auto snap = std::make_shared<WorkloadSnapshot>();
-  auto add = [&](int side, int i, const std::string& deploy) {
-    std::string pod = deploy + "-7d9f8b6c5-x2x4z";
-    auto w = std::make_shared<const WorkloadInfo>(describeWorkload(
-        pod, "shop", deploy + "-7d9f8b6c5-", {"ReplicaSet", deploy + "-7d9f8b6c5"},
-        {{"pod-template-hash", "7d9f8b6c5"}, {"app", deploy}, {"version", "v1"}}, "Kubernetes"));
-    snap->by_pod["shop/" + pod] = w;
-    snap->by_ip[*IpAddr::parse(ip(side, i))] = w;
-  };
-  for (int i = 0; i < clients; ++i) add(0, i, fmt::format("frontend-{:03}", i));
-  for (int i = 0; i < kPerSide; ++i) add(1, i, fmt::format("backend-{:03}", i));
-  return snap;
-}
-
-ztunnel::ConnectionRecord record(uint64_t id, int client, int server) {
-  ztunnel::ConnectionRecord r;
-  r.id = id;
-  r.direction = ztunnel::Direction::kOutbound;
-  r.path = ztunnel::Path::kHbone;
-  r.pod = fmt::format("shop/frontend-{:03}-7d9f8b6c5-x2x4z", client);
-  r.source = ip(0, client) + ":40000";
-  r.destination = ip(1, server) + ":8080";
-  r.destination_service = fmt::format("shop/backend-{:03}", server);
-  r.source_principal = fmt::format("spiffe://cluster.local/ns/shop/sa/frontend-{:03}", client);
-  r.destination_principal = fmt::format("spiffe://cluster.local/ns/shop/sa/backend-{:03}", server);
-  r.mutual_tls = true;
-  r.reason = ztunnel::CloseReason::kEof;
-  return r;
-}
-
 struct Figures {
   double p50, p99, max;
   size_t bytes, lines;
@@ -185,7 +153,7 @@ int main(int argc, char** argv) {
   }
   int clients = series / kPerSide;
   WorkloadIndex index;
-  index.update(cluster(clients));
+  index.update(cluster(clients, kPerSide));
   const unsigned workers = 2;
   TcpMetricsConfig config;
   config.workers = workers;
