@@ -182,11 +182,7 @@ TEST_SUITE("hbone bulk") {
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), 8080));
     auto data = pattern(4 << 20, 7);
     std::vector<unsigned char> got;
-    Worker w([&] {
-      sendAll(app.get(), data.data(), data.size());
-      ::shutdown(app.get(), SHUT_WR);
-      recvAll(app.get(), got);
-    });
+    Worker w([&] { sendThenDrain(app.get(), data.data(), data.size(), got); });
     REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 20s));
     CHECK(std::string(got.begin(), got.end()) ==
           std::to_string(data.size()) + " " + sha256(data.data(), data.size()));
@@ -205,11 +201,7 @@ TEST_SUITE("hbone bulk") {
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
     auto data = pattern(3 << 20, 11);
     std::vector<unsigned char> got;
-    Worker w([&] {
-      sendAll(app.get(), data.data(), data.size());
-      ::shutdown(app.get(), SHUT_WR);
-      recvAll(app.get(), got);
-    });
+    Worker w([&] { sendThenDrain(app.get(), data.data(), data.size(), got); });
     REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 20s));
     CHECK(got == data);  // both ways through Sluice's client and server, 64 KiB frames
     // What the server says, seen by a plain nghttp2 client.
@@ -254,11 +246,7 @@ TEST_SUITE("hbone bulk") {
     auto exchange = [&] {
       UniqueFd app = m.open(makeSockaddr(ip(kAddrB), 8080));
       std::vector<unsigned char> got;
-      Worker w([&] {
-        sendAll(app.get(), reinterpret_cast<const unsigned char*>(text.data()), text.size());
-        ::shutdown(app.get(), SHUT_WR);
-        recvAll(app.get(), got);
-      });
+      Worker w([&] { sendThenDrain(app.get(), text.data(), text.size(), got); });
       REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
       m.client->removePod(m.pod_a->spec.uid);  // the tunnel closes; its ticket stays
       REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kTunnelsActive) == 0; }, 5s));

@@ -388,6 +388,14 @@ struct Worker {
   ~Worker() { t.join(); }
 };
 
+// An app's side of one exchange: all of data, a half-close, then every
+// byte until EOF into got.
+inline void sendThenDrain(int fd, const void* data, size_t n, std::vector<unsigned char>& got) {
+  sendAll(fd, static_cast<const unsigned char*>(data), n);
+  ::shutdown(fd, SHUT_WR);
+  recvAll(fd, got);
+}
+
 inline bool allDone(const std::vector<std::unique_ptr<Worker>>& ws) {
   for (auto& w : ws)
     if (!w->done) return false;
@@ -438,11 +446,7 @@ inline void runSession(nghttp2_session* s, SSL* ssl) {
 inline bool roundTrip(Mesh& m, const sockaddr_in& dst, const std::string& text) {
   UniqueFd app = m.open(dst);
   std::vector<unsigned char> got;
-  Worker w([&] {
-    sendAll(app.get(), reinterpret_cast<const unsigned char*>(text.data()), text.size());
-    ::shutdown(app.get(), SHUT_WR);
-    recvAll(app.get(), got);
-  });
+  Worker w([&] { sendThenDrain(app.get(), text.data(), text.size(), got); });
   if (!m.pumpUntil([&] { return w.done.load(); }, 10s)) return false;
   return std::string(got.begin(), got.end()) == text;
 }

@@ -644,11 +644,7 @@ TEST_SUITE("hbone") {
     m.creds.set(kIdB, nullptr);
     UniqueFd app = m.open(dst);
     std::vector<unsigned char> got;
-    Worker w([&] {
-      sendAll(app.get(), reinterpret_cast<const unsigned char*>("late"), 4);
-      ::shutdown(app.get(), SHUT_WR);
-      recvAll(app.get(), got);
-    });
+    Worker w([&] { sendThenDrain(app.get(), "late", 4, got); });
     m.pumpFor(100ms);
     CHECK(m.cs->count(Counter::kCertificateWaits) == 1);
     CHECK(m.pod_a->connections == 1);  // a waiting connection counts against the limit
@@ -680,11 +676,7 @@ TEST_SUITE("hbone") {
     m.hbone_listener.reset();  // pod B's 15008 is not there yet
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
     std::vector<unsigned char> got;
-    Worker w([&] {
-      sendAll(app.get(), reinterpret_cast<const unsigned char*>("again"), 5);
-      ::shutdown(app.get(), SHUT_WR);
-      recvAll(app.get(), got);
-    });
+    Worker w([&] { sendThenDrain(app.get(), "again", 5, got); });
     REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kConnectRetries) >= 2; }, 5s));
     m.hbone_listener = listenOn(hbone.sin_addr.s_addr, ntohs(hbone.sin_port), true);
     REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
