@@ -416,3 +416,51 @@ class LabTest(unittest.TestCase):
         if cls.lab:
             cls.lab.down()
         cls.restore_agent_args()
+
+
+def sockmap_counters(lab, node):
+    """`node`'s agent's /config_dump bpf.sockmap counters: the sockhash's stats (added_*,
+    bytes_redirected, msg_tcp, ...) plus "moved", the bytes that went through the sockhash
+    rather than loopback TCP: redirected by sk_msg to the peer socket, or spliced app to app."""
+    sockmap = lab.config_dump(node)["bpf"]["sockmap"]
+    counters = dict(sockmap["stats"])
+    counters["moved"] = counters["bytes_redirected"] + sockmap["splice"]["stats"]["bytes"]
+    return counters
+
+
+# The sockhash's four hop ends on the node of the client pod (the app's socket to
+# 127.0.0.1:15001 and the proxy's accepted one) and on the node of the server pod (the
+# proxy's delivering socket and the app's accepted one).
+CLIENT_HOP = ("added_outbound_app", "added_outbound_proxy")
+SERVER_HOP = ("added_inbound_proxy", "added_inbound_app")
+
+
+class SockmapOn:
+    """Mixin for a LabTest suite run again with --sockmap=on (issue 11): list it first,
+    `class XSockmapTest(SockmapOn, XTest)`. Every agent of the lab runs with the flag (tools/lab
+    adds $SLUICE_AGENT_ARGS to each agent it starts, restarts or upgrades, on every node), so
+    every scenario of the suite runs again with its pod-local hops in the sockhash."""
+    AGENT_ARGS = "--sockmap=on"
+
+    def assert_sockmap_on(self):
+        """Every node's agent runs with the sockhash (no fallback to loopback TCP)."""
+        for i in range(1, self.NODES + 1):
+            sockmap = self.lab.config_dump(f"node{i}")["bpf"]["sockmap"]
+            self.assertEqual(sockmap["mode"], "on", (f"node{i}", sockmap))
+            self.assertFalse(sockmap["fallback"], (f"node{i}", sockmap))
+
+    @contextlib.contextmanager
+    def assert_sockmap_moves(self, moved, grew):
+        """Checks that what the block does moved at least moved[node] bytes through node's
+        sockhash and that each counter named in grew[node] (e.g. CLIENT_HOP) grew there. The
+        nodes are those named when the block starts; the figures are read when it ends (the
+        block may fill in what it learned, e.g. how many connections a node served)."""
+        nodes = sorted(set(moved) | set(grew))
+        before = {node: sockmap_counters(self.lab, node) for node in nodes}
+        yield
+        for node in nodes:
+            after = sockmap_counters(self.lab, node)
+            self.assertGreaterEqual(after["moved"] - before[node]["moved"], moved.get(node, 0),
+                                    (node, before[node], after))
+            for counter in grew.get(node, ()):
+                self.assertGreater(after[counter], before[node][counter], (node, counter))

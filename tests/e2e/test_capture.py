@@ -7,7 +7,7 @@ import subprocess
 import time
 import unittest
 
-from labkit import APP, CNI, LAB_DIR, LabTest, run, wait_for
+from labkit import APP, CLIENT_HOP, CNI, LAB_DIR, SERVER_HOP, LabTest, SockmapOn, run, wait_for
 
 MESH = "sluice.dev/mesh"
 
@@ -136,30 +136,20 @@ class CaptureTest(LabTest):
         self.assertTrue(lab.enrolled("node1", "shop/client"))
 
 
-class CaptureSockmapTest(CaptureTest):
+class CaptureSockmapTest(SockmapOn, CaptureTest):
     """Every capture scenario above again with --sockmap=on: the app <-> proxy
     hops in both pods go through the sockhash (issue 11)."""
-    AGENT_ARGS = "--sockmap=on"
 
     def test_sockmap_mode_is_on_and_carries_the_bytes(self):
-        before = self.lab.config_dump("node1")["bpf"]["sockmap"]
-        self.assertEqual(before["mode"], "on", before)
-        self.assertFalse(before["fallback"])
-        size = str(8 << 20)
-        p = self.lab.client("shop/client", "transfer", self.server_ip, "8081", size, size)
-        self.assertIn("down_ok=True up_ok=True", p.stdout)
-        sockmap = self.lab.config_dump("node1")["bpf"]["sockmap"]
-        after = sockmap["stats"]
+        self.assert_sockmap_on()
         # Four redirected streams carry 8 MiB each (client app <-> proxy, proxy <->
         # server app, both ways), or, spliced (this same-node stream is not HTTP),
         # the two apps' sockets carry them straight. A stream whose first write
         # raced its peer's handshake stays on TCP (msg_tcp), so not all are asserted.
-        def moved(s):
-            return s["stats"]["bytes_redirected"] + s["splice"]["stats"]["bytes"]
-        self.assertGreaterEqual(moved(sockmap) - moved(before), 8 << 20)
-        for end in ("added_outbound_app", "added_outbound_proxy", "added_inbound_proxy",
-                    "added_inbound_app"):
-            self.assertGreater(after[end], before["stats"][end], end)
+        size = 8 << 20
+        with self.assert_sockmap_moves({"node1": size}, {"node1": CLIENT_HOP + SERVER_HOP}):
+            p = self.lab.client("shop/client", "transfer", self.server_ip, "8081", str(size), str(size))
+            self.assertIn("down_ok=True up_ok=True", p.stdout)
 
 
 class CniErrorsTest(LabTest):

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from labkit import LabTest, metric_sum, parse_metrics, run, wait_for
+from labkit import CLIENT_HOP, SERVER_HOP, LabTest, SockmapOn, metric_sum, parse_metrics, run, wait_for
 
 MESH = "sluice.dev/mesh"
 
@@ -261,3 +261,23 @@ class ServicesDualStackTest(ServicesTest):
     """The same suite on a dual-stack lab (lab up --ip-family dual): pods have an IPv6
     address beside the IPv4 one the mesh carries, and nothing of this changes."""
     IP_FAMILY = "dual"
+
+
+class ServicesSockmapTest(SockmapOn, ServicesTest):
+    """Every Services scenario above again with --sockmap=on on both nodes (issue 11):
+    connections to the VIP go through the sockhash on the client's node (its app <->
+    proxy hop) and on each endpoint's node (proxy <-> app), handed off or over HBONE."""
+
+    def test_6_sockmap_mode_is_on_and_carries_the_bytes(self):
+        self.assert_sockmap_on()
+        n = 100
+        # A whoami reply ("peer=IP:PORT local=IP:PORT\n") is over 30 bytes. The endpoint
+        # writes it at once to its accepted socket and the client's proxy passes it on to
+        # the client app: by then both ends of each hop are in the sockhash, so node1 moves
+        # every reply and node2 every reply of its endpoints (known once the spread is done).
+        moved = {"node1": 30 * n}
+        with self.assert_sockmap_moves(moved, {"node1": CLIENT_HOP, "node2": SERVER_HOP}):
+            r = self.spread(n, conc=5)
+            self.assertEqual(r["failures"], [])
+            self.assertEqual(sum(r["by_server"].values()), n, r)
+            moved["node2"] = 30 * sum(c for ip, c in r["by_server"].items() if ip != self.ips["web1"])
