@@ -461,6 +461,6 @@ class SockmapOn:
         for node in nodes:
             after = sockmap_counters(self.lab, node)
             self.assertGreaterEqual(after["moved"] - before[node]["moved"], moved.get(node, 0),
-                                    (node, before[node], after))
+                                    (node, "bytes moved", before[node], after))
             for counter in grew.get(node, ()):
-                self.assertGreater(after[counter], before[node][counter], (node, counter))
+                self.assertGreater(after[counter], before[node][counter], (node, counter, before[node], after))
