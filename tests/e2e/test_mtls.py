@@ -295,7 +295,10 @@ class MtlsTest(LabTest):
 class MtlsSockmapTest(SockmapOn, MtlsTest):
     """Every mTLS scenario above again with --sockmap=on on both nodes (issue 11): the
     client pod's app <-> proxy hop on node1 and the server pod's proxy <-> app hop on
-    node2 go through the sockhash; the tunnel between the nodes is TCP and TLS as before."""
+    node2 go through the sockhash; the tunnel between the nodes is TCP and TLS as before.
+    Certificate rotation touches the tunnels, not the pod-local hops, and takes most of
+    MtlsTest's time (about 200 s of waiting for renewals): it runs in MtlsTest only."""
+    test_zz_rotation_keeps_old_and_new_connections_working = None
 
     def test_sockmap_mode_is_on_and_carries_the_bytes(self):
         self.assert_sockmap_on()
