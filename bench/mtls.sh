@@ -15,6 +15,8 @@
 # together) per GB (iperf3), per 1000 requests (wrk keep-alive) and per 1000
 # new connections, the AES-GCM rate of one core (the ceiling), and what the
 # sockmap counters moved during each figure of the sockmap-on column.
+# BENCH_IPERF_RATE=R caps each iperf3 stream at R bit/s (iperf3 -b, e.g. 2G):
+# the CPU per GB of the columns at one rate they all sustain.
 # BENCH_PERF_DIR=dir also records `perf record -g` of the agents for 3 s in the
 # middle of each Sluice figure (dir/<column>-<figure>.data).
 set -euo pipefail
@@ -219,7 +221,8 @@ measure() {  # key client-pod ip iperf-port http-port
     # test's control connection; another error is the figure ("fail", the
     # error printed under the table).
     for try in 1 2; do
-      figure "$key" "iperf$streams" $LAB exec "$pod" -- iperf3 -c "$ip" -p "$iport" -t "$DUR" -P $streams -J || true
+      figure "$key" "iperf$streams" $LAB exec "$pod" -- iperf3 -c "$ip" -p "$iport" -t "$DUR" -P $streams \
+        ${BENCH_IPERF_RATE:+-b "$BENCH_IPERF_RATE"} -J || true
       r=$(/usr/bin/python3 -c '
 import json, sys
 j = json.load(sys.stdin)
@@ -289,6 +292,7 @@ done
 
 echo
 echo "Sluice mTLS benchmark — pod on node1 -> pod on node2, $(nproc) cores, ${DUR}s per figure, wrk -c$CONC," \
+  "${BENCH_IPERF_RATE:+iperf3 -b $BENCH_IPERF_RATE per stream,}" \
   "load $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 echo "columns: no mesh | HAProxy mTLS pair | Sluice sockmap off | Sluice sockmap on;" \
   "x0 = ratio to no mesh, xH = ratio to HAProxy (for latency and CPU, lower is better)"
