@@ -27,7 +27,9 @@ LAB_DIR="${SLUICE_LAB_DIR:-/run/sluice-lab}"
 DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
 work=$(mktemp -d /tmp/sluice-bench-mtls.XXXXXX)
+sampler=""  # a running tcp_mem_peak, stopped by figure() or here
 cleanup() {
+  [ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true
   disown -a 2>/dev/null || true  # servers die with the lab; no job notices
   for f in "$work"/haproxy-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   $LAB down >/dev/null 2>&1 || true
@@ -182,7 +184,6 @@ figure() {  # key figure command...
   local key=$1 fig=$2 cpu0 perf_pid=""
   shift 2
   [ -z "$pids" ] || cpu0=$(cpu_seconds $pids)
-  local sampler=""
   if [ "$key" = sockmap ]; then
     sockmap_stats >"$work/sockmap-before"
     tcp_mem_peak "$work/tcp-mem" &
@@ -199,6 +200,7 @@ figure() {  # key figure command...
   if [ -n "$sampler" ]; then
     kill "$sampler"
     wait "$sampler" || true
+    sampler=""
     R[sm,$fig]="$(sockmap_delta "$work/sockmap-before") tcp_mem_peak_mib=$(cat "$work/tcp-mem")"
   fi
 }
