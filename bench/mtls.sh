@@ -293,8 +293,7 @@ for alg in aes-128-gcm aes-256-gcm; do
 done
 
 echo
-echo "Sluice mTLS benchmark — pod on node1 -> pod on node2, $(nproc) cores, ${DUR}s per figure, wrk -c$CONC," \
-  "${BENCH_IPERF_RATE:+iperf3 -b $BENCH_IPERF_RATE per stream,}" \
+echo "Sluice mTLS benchmark — pod on node1 -> pod on node2, $(nproc) cores, ${DUR}s per figure, wrk -c$CONC,${BENCH_IPERF_RATE:+ iperf3 -b $BENCH_IPERF_RATE per stream,}" \
   "load $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 echo "columns: no mesh | HAProxy mTLS pair | Sluice sockmap off | Sluice sockmap on;" \
   "x0 = ratio to no mesh, xH = ratio to HAProxy (for latency and CPU, lower is better)"
