@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Agent RSS, broken down by mapping (bench/rss.py), at the points that matter:
+#   node1 with 0 pods, idle
+#   node1 with 50 enrolled pods, idle (and the per-pod delta)
+#   node1 and node2 after a load (same node, then cross node over HBONE mTLS:
+#     iperf3 1 and 16 streams both directions, wrk -c32 keep-alive and
+#     Connection: close), once the agents' idle ticks ran
+#   node1 restarted with --sockmap=on, 50 pods, idle; then after the same-node load
+# Sockmap is off by default (the first three points); the last one is the
+# bench/run.sh figure. BENCH_SECONDS per load (default 3), RSS_SETTLE seconds
+# after each change before reading (default 7: the workers trim every 5 s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
+LAB="/usr/bin/python3 tools/lab"
+LAB_DIR="${SLUICE_LAB_DIR:-/run/sluice-lab}"
+DUR="${BENCH_SECONDS:-3}"
+SETTLE="${RSS_SETTLE:-7}"
+work=$(mktemp -d /tmp/sluice-bench-rss.XXXXXX)
+cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+snap() {  # node label
+  local pid
+  pid=$(cat "$LAB_DIR/$1/agent.pid")
+  echo
+  echo "== $1: $2"
+  /usr/bin/python3 bench/rss.py "$pid" --json "$work/$1-${2// /_}.json"
+}
+
+$LAB down >/dev/null 2>&1 || true
+$LAB up --nodes 2 >/dev/null
+$LAB ns label mesh sluice.dev/mesh=enabled
+sleep "$SETTLE"
+snap node1 "0 pods idle"
+$LAB pod add mesh client --node node1 --sa client >/dev/null
+$LAB pod add mesh local --node node1 --sa server >/dev/null
+$LAB pod add mesh remote --node node2 --sa server >/dev/null
+for i in $(seq 1 48); do $LAB pod add mesh idle$i --node node1 --sa idle >/dev/null; done
+enrolled=$($LAB node exec node1 -- "$SLUICE_BUILD_DIR/tools/sluicectl" -o json stats |
+  /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["enrolled_pods"])')
+sleep "$SETTLE"
+snap node1 "$enrolled pods idle"
+echo
+echo "== node1: per-pod delta ($enrolled pods - 0 pods) / $enrolled"
+/usr/bin/python3 bench/rss.py --diff "$work/node1-0_pods_idle.json" \
+  "$work/node1-${enrolled}_pods_idle.json" --per "$enrolled"
+
+cat > "$work/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+error_log /dev/null;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
+  uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 8080 reuseport; location / { return 200 "ok\n"; } }
+}
+NGINX
+for p in local remote; do
+  sed "s#^daemon off;#daemon off;\npid $work/nginx-$p.pid;#" "$work/nginx.conf" > "$work/nginx-$p.conf"
+  $LAB exec mesh/$p -- iperf3 -s -p 5201 >/dev/null 2>&1 &
+  $LAB exec mesh/$p -- nginx -c "$work/nginx-$p.conf" -p "$work" >/dev/null 2>&1 &
+done
+load() {  # server pods...
+  local ip
+  for p in "$@"; do
+    ip=$($LAB pod ip mesh "$p")
+    for port in 5201 8080; do
+      for _ in $(seq 100); do
+        $LAB exec mesh/client -- bash -c "exec 3<>/dev/tcp/$ip/$port" 2>/dev/null && break
+        sleep 0.1
+      done
+    done
+    for args in "-P 1" "-P 16" "-P 16 -R"; do
+      # shellcheck disable=SC2086
+      $LAB exec mesh/client -- iperf3 -c "$ip" -p 5201 -t "$DUR" $args >/dev/null
+    done
+    $LAB exec mesh/client -- wrk -t2 -c32 -d"${DUR}s" "http://$ip:8080/" >/dev/null
+    $LAB exec mesh/client -- wrk -t2 -c32 -d"${DUR}s" -H "Connection: close" "http://$ip:8080/" >/dev/null
+  done
+}
+load local remote
+sleep "$SETTLE"
+snap node1 "$enrolled pods after load"
+snap node2 "1 pod after load"
+
+SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart node1 >/dev/null
+sleep "$SETTLE"
+snap node1 "$enrolled pods idle sockmap on"
+load local
+sleep "$SETTLE"
+snap node1 "$enrolled pods after load sockmap on"
