@@ -391,7 +391,7 @@ TEST_SUITE("engine") {
       REQUIRE(c.has_value());
       REQUIRE(::connect(c->get(), addr.sa(), addr.len()) == 0);
       UniqueFd a(::accept4(l->get(), nullptr, nullptr, SOCK_CLOEXEC));
-      REQUIRE(a);
+      REQUIRE(a.get() >= 0);
       int got = -1;
       socklen_t len = sizeof(got);
       REQUIRE(getsockopt(a.get(), IPPROTO_TCP, TCP_NODELAY, &got, &len) == 0);

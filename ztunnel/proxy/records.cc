@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstddef>
 
 #include "sluice/common/log.h"
 #include "ztunnel/proxy/context.h"
@@ -236,7 +237,7 @@ std::vector<ConnectionRecord> Records::snapshot() const {
   for (size_t i = 0; i < closed_.size(); ++i) out.push_back(closed_[(oldest + i) % closed_.size()]);
   size_t first_open = out.size();
   for (const auto& live : open_) out.push_back(view(*live));
-  std::sort(out.begin() + static_cast<ptrdiff_t>(first_open), out.end(),
+  std::sort(out.begin() + static_cast<std::ptrdiff_t>(first_open), out.end(),
             [](const ConnectionRecord& a, const ConnectionRecord& b) { return a.id < b.id; });
   return out;
 }
