@@ -4,7 +4,10 @@
 # side by side in one run on the same lab:
 #   iperf3 throughput (1 and 4 streams), HTTP requests/s at fixed concurrency
 #   (wrk -> nginx, small response), p50/p99 latency with one connection and
-#   at that concurrency, agent RSS idle with 50 enrolled pods.
+#   at that concurrency, agent RSS idle with 50 enrolled pods. The
+#   one-connection figures are the median of BENCH_LATENCY_ROUNDS short runs
+#   (default 7 of 2 s) per column: one run is one sample of the machine's
+#   background load.
 # The "no mesh" pair lives in an unenrolled namespace on the same node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +15,8 @@ export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
 LAB="/usr/bin/python3 tools/lab"
 DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
+ROUNDS="${BENCH_LATENCY_ROUNDS:-7}"
+ROUND_SECONDS="${BENCH_LATENCY_SECONDS:-2}"
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -57,6 +62,28 @@ wait_port() {  # ns ip port
 
 declare -A R
 . bench/proc_cpu.sh  # agent CPU seconds per 1000 requests
+to_us() { /usr/bin/python3 -c "
+v='$1'
+m={'us':1,'ms':1000,'s':1000000}
+for u in ('us','ms','s'):
+    if v.endswith(u): print('%.0f' % (float(v[:-len(u)])*m[u])); break"; }
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1}
+  END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.0f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+# One connection, $ROUNDS rounds: the median p50, p99 and requests/s, and
+# the rounds' p50 range (R[col,p50_1_range]).
+latency1() {  # ns column ip
+  local ns=$1 col=$2 ip=$3 out p50=() p99=() rps=()
+  for _ in $(seq "$ROUNDS"); do
+    out=$($LAB exec $ns/client -- wrk -t1 -c1 -d"${ROUND_SECONDS}s" --latency "http://$ip:8080/")
+    p50+=("$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")")
+    p99+=("$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")")
+    rps+=("$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")")
+  done
+  R[$col,p50_1]="$(median "${p50[@]}")us"
+  R[$col,p99_1]="$(median "${p99[@]}")us"
+  R[$col,rps1]=$(median "${rps[@]}")
+  R[$col,p50_1_range]="$(printf '%s\n' "${p50[@]}" | sort -n | sed -n '1p;$p' | paste -sd-)"
+}
 measure() {  # ns column
   local ns=$1 col=$2 ip
   ip=$($LAB pod ip $ns server)
@@ -72,15 +99,15 @@ measure() {  # ns column
   # cores, so latency there is mostly queueing behind CPU).
   local agent=""
   [ "$col" = plain ] || agent=$(cat "${SLUICE_LAB_DIR:-/run/sluice-lab}/node1/agent.pid")
-  for c in 1 "$CONC"; do
-    [ -z "$agent" ] || cpu0=$(cpu_seconds "$agent")
-    out=$($LAB exec $ns/client -- wrk -t"$(( c < 2 ? 1 : 2 ))" -c"$c" -d"${DUR}s" --latency "http://$ip:8080/")
-    [ -z "$agent" ] || R[$col,cpu$c]=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$agent")" \
-      '/requests in/ {printf "%.3f", (b - a) * 1000 / $1}' <<<"$out")
-    R[$col,rps$c]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-    R[$col,p50_$c]=$(awk '$1=="50%" {print $2}' <<<"$out")
-    R[$col,p99_$c]=$(awk '$1=="99%" {print $2}' <<<"$out")
-  done
+  latency1 "$ns" "$col" "$ip"
+  local c=$CONC
+  [ -z "$agent" ] || cpu0=$(cpu_seconds "$agent")
+  out=$($LAB exec $ns/client -- wrk -t"$(( c < 2 ? 1 : 2 ))" -c"$c" -d"${DUR}s" --latency "http://$ip:8080/")
+  [ -z "$agent" ] || R[$col,cpu$c]=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$agent")" \
+    '/requests in/ {printf "%.3f", (b - a) * 1000 / $1}' <<<"$out")
+  R[$col,rps$c]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+  R[$col,p50_$c]=$(awk '$1=="50%" {print $2}' <<<"$out")
+  R[$col,p99_$c]=$(awk '$1=="99%" {print $2}' <<<"$out")
 }
 measure plain plain
 measure mesh mesh
@@ -106,11 +133,6 @@ rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status)
 enrolled=$($LAB node exec node1 -- "$SLUICE_BUILD_DIR/tools/sluicectl" -o json stats | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["enrolled_pods"])')
 
 pct() { /usr/bin/python3 -c "print('%.0f%%' % (100.0*float('$1')/float('$2')))"; }
-to_us() { /usr/bin/python3 -c "
-v='$1'
-m={'us':1,'ms':1000,'s':1000000}
-for u in ('us','ms','s'):
-    if v.endswith(u): print('%.0f' % (float(v[:-len(u)])*m[u])); break"; }
 echo
 echo "Sluice benchmark — pod -> pod on one node, $(nproc) cores, ${DUR}s per figure, load $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 echo "columns: no mesh | Sluice (sockmap off) | Sluice (sockmap on); ratios to no mesh"
@@ -121,15 +143,19 @@ printf '%-34s %12s %12s %8s %12s %8s\n' "figure" "no mesh" "sockmap off" "ratio"
 row "iperf3 1 stream (Gbit/s)" "${R[plain,iperf1]}" "${R[mesh,iperf1]}" "${R[sockmap,iperf1]}"
 row "iperf3 4 streams (Gbit/s)" "${R[plain,iperf4]}" "${R[mesh,iperf4]}" "${R[sockmap,iperf4]}"
 row "HTTP requests/s (wrk -c$CONC)" "${R[plain,rps$CONC]}" "${R[mesh,rps$CONC]}" "${R[sockmap,rps$CONC]}"
-row "HTTP requests/s (wrk -c1)" "${R[plain,rps1]}" "${R[mesh,rps1]}" "${R[sockmap,rps1]}"
+row "HTTP requests/s (wrk -c1, median)" "${R[plain,rps1]}" "${R[mesh,rps1]}" "${R[sockmap,rps1]}"
 printf '%-34s %12s %12s %8s %12s\n' "agent CPU s / 1000 requests, -c$CONC" "-" "${R[mesh,cpu$CONC]}" "" \
   "${R[sockmap,cpu$CONC]}"
 added() { printf '%+dus' $(($1 - $2)); }
 for c in 1 "$CONC"; do
   for q in p50 p99; do
     p=$(to_us ${R[plain,${q}_$c]}); m=$(to_us ${R[mesh,${q}_$c]}); s=$(to_us ${R[sockmap,${q}_$c]})
-    printf '%-34s %12s %12s %8s %12s %8s\n' "HTTP $q latency, -c$c (us)" "$p" "$m" "$(added $m $p)" "$s" "$(added $s $p)"
+    label="HTTP $q latency, -c$c (us)"
+    [ "$c" != 1 ] || label="HTTP $q latency, -c1, median (us)"
+    printf '%-34s %12s %12s %8s %12s %8s\n' "$label" "$p" "$m" "$(added $m $p)" "$s" "$(added $s $p)"
   done
 done
+printf '%-34s %12s %12s %8s %12s\n' "-c1 p50 range of the $ROUNDS rounds" "${R[plain,p50_1_range]}" \
+  "${R[mesh,p50_1_range]}" "" "${R[sockmap,p50_1_range]}"
 printf '%-34s %12s %12s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$((rss_kib / 1024)) MiB (sockmap on)"
 echo "same-node splice (sockmap on column): $splice"

@@ -19,10 +19,15 @@ Result<UniqueFd> openNetns(const std::string& path) {
   return UniqueFd(fd);
 }
 
-Result<UniqueFd> enterNetns(int netns_fd) {
+Result<UniqueFd> threadNetns() {
   int self = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
   if (self < 0) return failErrno("cannot open /proc/thread-self/ns/net");
-  UniqueFd original(self);
+  return UniqueFd(self);
+}
+
+Result<UniqueFd> enterNetns(int netns_fd) {
+  auto original = threadNetns();
+  if (!original) return original;
   if (::setns(netns_fd, CLONE_NEWNET) != 0)
     return failErrno("setns into pod network namespace failed");
   return original;
@@ -36,11 +41,18 @@ void leaveNetns(const UniqueFd& original) {
 }
 
 Result<UniqueFd> socketInNetns(int netns_fd, int domain, int type, int protocol) {
-  auto original = enterNetns(netns_fd);
-  if (!original) return tl::unexpected(original.error());
+  auto original = threadNetns();
+  if (!original) return original;
+  return socketInNetns(netns_fd, *original, domain, type, protocol);
+}
+
+Result<UniqueFd> socketInNetns(int netns_fd, const UniqueFd& home, int domain, int type,
+                               int protocol) {
+  if (::setns(netns_fd, CLONE_NEWNET) != 0)
+    return failErrno("setns into pod network namespace failed");
   int fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);
   int saved = errno;
-  leaveNetns(*original);
+  leaveNetns(home);
   if (fd < 0) {
     errno = saved;
     return failErrno("socket() inside pod network namespace failed");

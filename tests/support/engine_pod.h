@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -26,11 +27,17 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Maps every outbound connection to one configured destination.
+// Maps every outbound connection to one configured destination; remembers
+// the addresses it was last asked about.
 class FakeResolver final : public ztunnel::OrigDstResolver {
  public:
-  std::optional<sockaddr_in> originalDst(uint64_t, const sockaddr_in&,
-                                         const sockaddr_in&) override {
+  std::optional<sockaddr_in> originalDst(uint64_t, const sockaddr_in& peer,
+                                         const sockaddr_in& local) override {
+    {
+      std::lock_guard lk(mu);
+      asked_peer = peer;
+      asked_local = local;
+    }
     if (!dst) return std::nullopt;
     return *dst;
   }
@@ -40,6 +47,8 @@ class FakeResolver final : public ztunnel::OrigDstResolver {
   }
   std::optional<sockaddr_in> dst;
   std::optional<sockaddr_in6> dst6;
+  std::mutex mu;
+  std::optional<SockAddr> asked_peer, asked_local;
 };
 
 inline const char* const kPodIp6 = "fd00:77:3::5";

@@ -23,6 +23,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 #include "support/engine_pod.h"
+#include "ztunnel/inpod/inpod.h"
 
 using namespace sluice;
 using namespace std::chrono_literals;
@@ -356,6 +357,48 @@ TEST_SUITE("engine") {
     char x;
     CHECK(::recv(client.get(), &x, 1, 0) <= 0);
     CHECK(run.engine->stats()[ztunnel::Counter::kNoOriginalDst] == 1);
+  }
+
+  TEST_CASE("the resolver is asked with the app's address and 127.0.0.1:15001") {
+    // The local address is the listener's own (read once, not per
+    // connection); the peer is the app's socket as it sees itself.
+    Pod pod;
+    Running run(pod);
+    auto client = pod.connectProxy();
+    sockaddr_storage self{};
+    socklen_t len = sizeof(self);
+    REQUIRE(::getsockname(client.get(), reinterpret_cast<sockaddr*>(&self), &len) == 0);
+    char x;
+    CHECK(::recv(client.get(), &x, 1, 0) <= 0);  // no destination: closed
+    std::lock_guard lk(run.resolver.mu);
+    REQUIRE(run.resolver.asked_local.has_value());
+    CHECK(run.resolver.asked_local->str() == "127.0.0.1:15001");
+    REQUIRE(run.resolver.asked_peer.has_value());
+    CHECK(*run.resolver.asked_peer == SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&self), len));
+  }
+
+  TEST_CASE("a connection accepted on a proxy listener inherits its TCP_NODELAY") {
+    // The proxy sets TCP_NODELAY once per listener, not per accepted
+    // connection: Linux copies it to the connections the listener accepts.
+    Pod pod;
+    auto nodelay_of_accepted = [&](bool listener_nodelay) {
+      SockAddr addr(*IpAddr::parse("10.77.3.5"), listener_nodelay ? 15001 : 15002);
+      auto l = ztunnel::inpod::listenIn(pod.ns.fd(), addr, false);
+      REQUIRE(l.has_value());
+      int v = listener_nodelay ? 1 : 0;
+      REQUIRE(setsockopt(l->get(), IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)) == 0);
+      auto c = socketInNetns(pod.ns.fd(), AF_INET, SOCK_STREAM, 0);
+      REQUIRE(c.has_value());
+      REQUIRE(::connect(c->get(), addr.sa(), addr.len()) == 0);
+      UniqueFd a(::accept4(l->get(), nullptr, nullptr, SOCK_CLOEXEC));
+      REQUIRE(a.get() >= 0);
+      int got = -1;
+      socklen_t len = sizeof(got);
+      REQUIRE(getsockopt(a.get(), IPPROTO_TCP, TCP_NODELAY, &got, &len) == 0);
+      return got != 0;
+    };
+    CHECK(nodelay_of_accepted(true));
+    CHECK_FALSE(nodelay_of_accepted(false));  // the check can tell
   }
 
   TEST_CASE("the authorization hook refuses a same-node connection before the app sees it") {

@@ -63,3 +63,57 @@ TEST_CASE("before the history is full, every close is listed in order") {
     CHECK((all[i].reason == CloseReason::kReset));
   }
 }
+
+namespace {
+// Keeps what the records hand it at close.
+class Collect final : public ConnectionObserver {
+ public:
+  void opened(unsigned, const ConnectionRecord&) override {}
+  void transferred(unsigned, const ConnectionRecord&, uint64_t, uint64_t) override {}
+  void closed(unsigned, const ConnectionRecord& r) override { closed_records.push_back(r); }
+  std::vector<ConnectionRecord> closed_records;
+};
+}  // namespace
+
+TEST_CASE("open connections closed out of order: the rest listed by id, per worker, once") {
+  Collect observer;
+  Records records(false, &observer);
+  std::vector<std::shared_ptr<LiveRecord>> open;
+  for (int i = 0; i < 6; ++i) {
+    auto l = live("shop/p" + std::to_string(i));
+    l->worker = i % 2;
+    records.open(l);
+    open.push_back(l);
+  }
+  records.moved(*open[3], 100, 7);
+  // Close the middle, the last and the first: each close moves another
+  // record into the closed one's place.
+  for (int i : {3, 5, 0}) records.close(*open[i], CloseReason::kEof);
+  auto all = records.snapshot();
+  REQUIRE(all.size() == 6);
+  std::vector<std::string> open_pods;
+  for (size_t i = 3; i < all.size(); ++i) {
+    CHECK((all[i].state == ConnState::kOpen));
+    open_pods.push_back(all[i].pod);
+    if (i > 3) CHECK(all[i - 1].id < all[i].id);
+  }
+  CHECK(open_pods == std::vector<std::string>{"shop/p1", "shop/p2", "shop/p4"});
+  auto on1 = records.openOn(1);
+  REQUIRE(on1.size() == 1);
+  CHECK(on1[0] == open[1]);
+  CHECK(records.openOn(0).size() == 2);
+  // The observer got each final record: state, reason, bytes.
+  REQUIRE(observer.closed_records.size() == 3);
+  CHECK(observer.closed_records[0].pod == "shop/p3");
+  CHECK((observer.closed_records[0].state == ConnState::kClosed));
+  CHECK(observer.closed_records[0].bytes_sent == 100);
+  CHECK(observer.closed_records[0].bytes_received == 7);
+  CHECK(observer.closed_records[2].pod == "shop/p0");
+  // A second close of the same record changes nothing.
+  records.close(*open[3], CloseReason::kReset);
+  CHECK(observer.closed_records.size() == 3);
+  for (int i : {1, 2, 4}) records.close(*open[i], CloseReason::kEof);
+  CHECK(records.openOn(0).empty());
+  CHECK(records.openOn(1).empty());
+  CHECK(records.snapshot().size() == 6);
+}

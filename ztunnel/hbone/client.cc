@@ -55,6 +55,7 @@ struct Client::Impl final : StreamOwner {
   TunnelEnv env;
   Owned<Link> owned{ctx.ring};
   std::unordered_map<std::string, std::vector<Link*>> pool;
+  std::string key_scratch;  // pooled(): the key being looked up
   std::vector<CertWaiter> waiters;
   std::vector<Link*> redials;
   // Tunnels dialled and not ready yet, in all and per source pod.
@@ -111,21 +112,33 @@ struct Client::Impl final : StreamOwner {
   Link* pooled(const std::shared_ptr<proxy::PodState>& pod, const MeshWorkload& target,
                const SockAddr& dst, const std::shared_ptr<const WorkloadCredential>& cred,
                NoTunnel& why) {
-    std::string key = pod->spec.uid + '|' + target.identity + '|' + dst.ip().str();
+    // The pool key, built in a buffer kept for it (no allocation per
+    // connection once it has grown).
+    std::string& key = key_scratch;
+    key.clear();
+    key.append(pod->spec.uid).append(1, '|').append(target.identity).append(1, '|');
+    key += dst.ip().str();
     size_t pooled_now = 0;
     if (auto it = pool.find(key); it != pool.end()) {
       pooled_now = it->second.size();
-      // A copy: draining a tunnel takes it out of the pool.
-      std::vector<Link*> list = it->second;
-      for (Link* l : list) {
+      Link* found = nullptr;
+      // Renewed certificate: new streams go to a new tunnel; these are
+      // drained after the walk (draining takes a tunnel out of the pool).
+      std::vector<Link*> stale;
+      for (Link* l : it->second) {
         Tunnel& t = l->tunnel;
         if (t.draining() || t.closed()) continue;
-        if (t.credential() != cred) {  // renewed certificate: new streams go to a new tunnel
-          t.drain();
+        if (t.credential() != cred) {
+          stale.push_back(l);
           continue;
         }
-        if (t.streams() + l->waiting.size() < ctx.config.hbone_max_streams) return l;
+        if (t.streams() + l->waiting.size() < ctx.config.hbone_max_streams) {
+          found = l;
+          break;
+        }
       }
+      for (Link* l : stale) l->tunnel.drain();
+      if (found) return found;
     }
     if (!withinBounds(*pod, target, dst, pooled_now, why)) return nullptr;
 

@@ -446,6 +446,12 @@ void Tunnel::tick(Clock::time_point now, size_t queued) {
     std::string().swap(cout_);
     soff_ = 0;
   }
+  // Nothing received for a second either: TLS gives back its record
+  // buffers (allocated again for the next record; SSL_free_buffers keeps
+  // them while a record is half read or written).
+  if (ssl_ && !send_.busy() && soff_ >= sbuf_.size() && cout_.empty() &&
+      now - last_rx_ >= std::chrono::seconds(1))
+    SSL_free_buffers(ssl_.get());
   if (close_on_flush_) {
     if (now > deadline_) {
       close_on_flush_ = false;  // the peer does not read: stop waiting

@@ -201,11 +201,12 @@ Result<UniqueFd> listenIn(int netns_fd, const SockAddr& addr, bool transparent, 
   return s;
 }
 
-Result<UniqueFd> upstreamSocket(int netns_fd, uint32_t mark, int family, const IpAddr& bind) {
+Result<UniqueFd> upstreamSocket(int netns_fd, const UniqueFd& home, uint32_t mark, int family,
+                                const IpAddr& bind) {
   if (!bind.empty() && bind.family() != family)
     return fail(
         fmt::format("cannot bind an upstream socket of family {} to {}", family, bind.str()));
-  auto s = socketInNetns(netns_fd, family, SOCK_STREAM, 0);
+  auto s = socketInNetns(netns_fd, home, family, SOCK_STREAM, 0);
   if (!s) return s;
   int one = 1;
   if (setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)

@@ -28,7 +28,9 @@ Result<UniqueFd> listenIn(int netns_fd, const SockAddr& addr, bool transparent, 
 // An unconnected TCP socket of `family` inside the netns for an upstream
 // connection: mark, TCP_NODELAY; with `bind` (not empty, of `family`) bound
 // to that address with IP_TRANSPARENT / IPV6_TRANSPARENT (the client's
-// address on the inbound side).
-Result<UniqueFd> upstreamSocket(int netns_fd, uint32_t mark, int family, const IpAddr& bind);
+// address on the inbound side). The calling thread is in `home`'s netns
+// (socketInNetns).
+Result<UniqueFd> upstreamSocket(int netns_fd, const UniqueFd& home, uint32_t mark, int family,
+                                const IpAddr& bind);
 
 }  // namespace sluice::ztunnel::inpod

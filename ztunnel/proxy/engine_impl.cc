@@ -11,6 +11,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/log.h"
+#include "sluice/common/netns.h"
 #include "ztunnel/inpod/inpod.h"
 
 namespace sluice::ztunnel::proxy {
@@ -44,9 +45,16 @@ bool EngineImpl::wanted(const PodSpec& spec, ListenerKind kind) const {
   return isIpv6(kind) ? !spec.ip6.empty() : spec.ip4 != 0;
 }
 
+Result<void> NetnsSockets::init() {
+  auto home = threadNetns();
+  if (!home) return tl::unexpected(home.error());
+  home_ = std::move(*home);
+  return {};
+}
+
 Result<UniqueFd> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int family,
                                         const IpAddr& bind) {
-  return inpod::upstreamSocket(pod.netns.get(), mark, family, bind);
+  return inpod::upstreamSocket(pod.netns.get(), home_, mark, family, bind);
 }
 
 // ---------------------------------------------------------------- Engine
@@ -70,6 +78,7 @@ Result<void> EngineImpl::start() {
     if (!contexts) return fail("HBONE trust anchor: " + contexts.error().describe());
     tls_ = std::move(*contexts);
   }
+  if (auto r = sockets_.init(); !r) return r;
   unsigned n =
       config_.workers ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
   shared_ = std::make_unique<EngineShared>(

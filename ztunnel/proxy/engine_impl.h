@@ -20,8 +20,14 @@ namespace sluice::ztunnel::proxy {
 // Upstream sockets inside the pod's netns (inpod::upstreamSocket).
 class NetnsSockets final : public SocketFactory {
  public:
+  // Keeps the calling thread's netns open: the workers' home (they are
+  // started from this thread and never stay in another netns).
+  Result<void> init();
   Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, int family,
                             const IpAddr& bind) override;
+
+ private:
+  UniqueFd home_;
 };
 
 class EngineImpl final : public Engine {

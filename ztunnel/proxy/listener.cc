@@ -1,5 +1,7 @@
 #include "ztunnel/proxy/listener.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -50,7 +52,15 @@ ListenerKind roleOf(ListenerKind k) {
 
 Listener::Listener(WorkerContext& ctx, Handler& handler, UniqueFd fd, std::shared_ptr<PodState> pod,
                    ListenerKind kind)
-    : ctx_(ctx), handler_(handler), fd_(std::move(fd)), pod_(std::move(pod)), kind_(kind) {}
+    : ctx_(ctx), handler_(handler), fd_(std::move(fd)), pod_(std::move(pod)), kind_(kind) {
+  // inpod::listenIn sets it too; a listener handed over by an upgrade gets
+  // it here whatever its predecessor did.
+  int one = 1;
+  setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  local_len_ = sizeof(local_);
+  if (getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local_), &local_len_) != 0)
+    local_len_ = 0;  // family AF_UNSPEC: no original destination is found
+}
 
 void Listener::arm() {
   if (closing_ || accept_.busy()) return;

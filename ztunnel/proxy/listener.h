@@ -5,6 +5,8 @@
 // spinning on the backlog. Worker thread only.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -45,6 +47,8 @@ class Listener {
     ~Handler() = default;
   };
 
+  // Sets TCP_NODELAY on the socket (an accepted connection inherits it:
+  // no setsockopt per connection) and reads its address once.
   Listener(WorkerContext& ctx, Handler& handler, UniqueFd fd, std::shared_ptr<PodState> pod,
            ListenerKind kind);
   void arm();
@@ -63,6 +67,11 @@ class Listener {
 
   const std::shared_ptr<PodState>& pod() const { return pod_; }
   ListenerKind kind() const { return kind_; }
+  // The listener's own address: the local address of every connection it
+  // accepts, except on the transparent inbound listener (there the local
+  // address is the original destination: ask the accepted socket).
+  const sockaddr_storage& local() const { return local_; }
+  socklen_t localLen() const { return local_len_; }
 
  private:
   void onAccept(const io_uring_cqe& cqe);
@@ -71,6 +80,8 @@ class Listener {
   UniqueFd fd_;
   std::shared_ptr<PodState> pod_;
   ListenerKind kind_;
+  sockaddr_storage local_{};
+  socklen_t local_len_ = 0;
   bool closing_ = false;
   bool shared_ = false;  // stopAccepting(): the socket is the successor's now
   bool swept_ = false;   // stopAccepting(): the queue is being taken (acceptNoWait)

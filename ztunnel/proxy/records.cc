@@ -2,6 +2,9 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <cstddef>
+
 #include "sluice/common/log.h"
 #include "ztunnel/proxy/context.h"
 
@@ -176,7 +179,8 @@ void Records::open(const std::shared_ptr<LiveRecord>& live) {
     live->rec.start_unix_ms = now;
   {
     std::lock_guard lk(mu_);
-    open_[live->rec.id] = live;
+    live->slot = open_.size();
+    open_.push_back(live);
   }
   if (observer_) observer_->opened(live->worker, live->rec);
 }
@@ -185,15 +189,28 @@ void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bo
   if (live.closed) return;
   live.closed = true;
   live.owner = nullptr;
-  ConnectionRecord r;
+  // live.rec becomes the final record in place (no copy of it beyond the
+  // history slot, whose strings' storage is reused): from here on only
+  // read, by snapshotOf (under the mutex) and the observer below.
+  ConnectionRecord& r = live.rec;
   {
     std::lock_guard lk(mu_);
-    live.rec.state = ConnState::kClosed;
-    live.rec.reason = reason;
-    live.rec.reason_detail = std::move(detail);
-    live.rec.retried = retried;
-    r = view(live);
-    open_.erase(live.rec.id);
+    r.state = ConnState::kClosed;
+    r.reason = reason;
+    r.reason_detail = std::move(detail);
+    r.retried = retried;
+    r.bytes_sent = live.sent.load(std::memory_order_relaxed);
+    r.bytes_received = live.received.load(std::memory_order_relaxed);
+    r.duration_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - live.start)
+                        .count();
+    if (live.slot < open_.size()) {
+      auto& last = open_.back();
+      last->slot = live.slot;
+      open_[live.slot] = std::move(last);
+      open_.pop_back();
+      live.slot = SIZE_MAX;
+    }
     if (closed_.size() < kClosedHistory)
       closed_.push_back(r);
     else
@@ -218,14 +235,17 @@ std::vector<ConnectionRecord> Records::snapshot() const {
   out.reserve(closed_.size() + open_.size());
   size_t oldest = closed_.size() < kClosedHistory ? 0 : closed_next_;
   for (size_t i = 0; i < closed_.size(); ++i) out.push_back(closed_[(oldest + i) % closed_.size()]);
-  for (const auto& [id, live] : open_) out.push_back(view(*live));
+  size_t first_open = out.size();
+  for (const auto& live : open_) out.push_back(view(*live));
+  std::sort(out.begin() + static_cast<std::ptrdiff_t>(first_open), out.end(),
+            [](const ConnectionRecord& a, const ConnectionRecord& b) { return a.id < b.id; });
   return out;
 }
 
 std::vector<std::shared_ptr<LiveRecord>> Records::openInbound(unsigned worker) const {
   std::lock_guard lk(mu_);
   std::vector<std::shared_ptr<LiveRecord>> out;
-  for (const auto& [id, live] : open_)
+  for (const auto& live : open_)
     if (live->worker == worker && !live->dest_pod_uid.empty()) out.push_back(live);
   return out;
 }
@@ -233,7 +253,7 @@ std::vector<std::shared_ptr<LiveRecord>> Records::openInbound(unsigned worker) c
 std::vector<std::shared_ptr<LiveRecord>> Records::openOn(unsigned worker) const {
   std::lock_guard lk(mu_);
   std::vector<std::shared_ptr<LiveRecord>> out;
-  for (const auto& [id, live] : open_)
+  for (const auto& live : open_)
     if (live->worker == worker) out.push_back(live);
   return out;
 }

@@ -8,7 +8,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <map>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,6 +53,7 @@ struct LiveRecord {
   std::atomic<uint64_t> sent{0}, received{0};
   std::chrono::steady_clock::time_point start{};
   bool closed = false;
+  size_t slot = SIZE_MAX;  // its index in the open registry (Records, under its mutex)
 };
 
 class Records {
@@ -79,7 +80,8 @@ class Records {
   void request(const LiveRecord& live, const RequestRecord& r) {
     if (observer_ && !live.closed) observer_->request(live.worker, live.rec, r);
   }
-  // Closes it once: history, access log line, observer.
+  // Closes it once: history, access log line, observer (handed live.rec,
+  // final: its byte counts and duration filled in).
   void close(LiveRecord& live, CloseReason reason, std::string detail = {}, bool retried = false);
 
   std::vector<ConnectionRecord> snapshot() const;
@@ -101,7 +103,10 @@ class Records {
   Counters counters_;
   std::atomic<uint64_t> next_id_{0};
   mutable std::mutex mu_;
-  std::map<uint64_t, std::shared_ptr<LiveRecord>> open_;
+  // The open connections, unordered (LiveRecord::slot; a close moves the
+  // last one into its slot): its capacity is kept, so a steady state opens
+  // and closes without allocating. snapshot() sorts by id.
+  std::vector<std::shared_ptr<LiveRecord>> open_;
   // The last kClosedHistory closes, a ring (oldest at closed_next_ once
   // full): a close overwrites a slot, reusing its strings' storage.
   std::vector<ConnectionRecord> closed_;

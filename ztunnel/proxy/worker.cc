@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <malloc.h>
-#include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -294,25 +293,28 @@ void Worker::accepted(Listener& l, UniqueFd client) {
                        pod->spec.name_namespace, limit);
     return;
   }
-  sockaddr_storage peer_raw{}, local_raw{};
-  socklen_t peer_len = sizeof(peer_raw), local_len = sizeof(local_raw);
+  // One syscall per connection here: the peer's address. TCP_NODELAY
+  // comes from the listener; the local address is the listener's own
+  // except on the transparent inbound listener.
+  sockaddr_storage peer_raw{};
+  socklen_t peer_len = sizeof(peer_raw);
   getpeername(client.get(), reinterpret_cast<sockaddr*>(&peer_raw), &peer_len);
-  getsockname(client.get(), reinterpret_cast<sockaddr*>(&local_raw), &local_len);
   SockAddr peer = SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&peer_raw), peer_len);
-  SockAddr local = SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&local_raw), local_len);
   if (role == ListenerKind::kHbone) {
     parts_->server->accept(pod, std::move(client), peer);
     return;
   }
-  int one = 1;
-  setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (role == ListenerKind::kInbound) {
     // Inbound plaintext: tc bpf_sk_assign keeps the original destination as
     // the local address.
+    sockaddr_storage local_raw{};
+    socklen_t local_len = sizeof(local_raw);
+    getsockname(client.get(), reinterpret_cast<sockaddr*>(&local_raw), &local_len);
+    SockAddr local = SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&local_raw), local_len);
     parts_->router.inbound(pod, std::move(client), peer, local);
     return;
   }
-  auto orig = originalDst(shared_.resolver, *pod, peer_raw, local_raw);
+  auto orig = originalDst(shared_.resolver, *pod, peer_raw, l.local());
   if (!orig) {
     counters.add(Counter::kNoOriginalDst);
     logger()->debug("pod {}: no original destination for {}; closing", pod->spec.name_namespace,

@@ -18,9 +18,17 @@ Result<UniqueFd> openNetns(const std::string& path);
 // the same value bpf_get_netns_cookie() returns to BPF programs there.
 Result<uint64_t> netnsCookie(int netns_fd);
 
+// The calling thread's netns (/proc/thread-self/ns/net).
+Result<UniqueFd> threadNetns();
+
 // Creates a socket inside the given netns on the calling thread and returns to
 // the thread's original netns before returning (also on failure).
 Result<UniqueFd> socketInNetns(int netns_fd, int domain, int type, int protocol);
+// The same for a thread known to be in `home` (a threadNetns() kept open):
+// two syscalls fewer (setns, socket, setns instead of opening and closing
+// the thread's netns around them), for sockets made per connection.
+Result<UniqueFd> socketInNetns(int netns_fd, const UniqueFd& home, int domain, int type,
+                               int protocol);
 
 // Runs fn() with the calling thread inside netns_fd; restores the original.
 // fn must not block for long: the thread is in the pod's netns meanwhile.
