@@ -277,7 +277,7 @@ TEST_SUITE("sockmap.splice") {
   // whose reader has stopped. The writer pushes until the kernel pushes back
   // (a short send or EAGAIN), bounded; then the reader drains and the
   // writer finishes: every byte intact and in order.
-  TEST_CASE("a stopped reader: the spliced writer meets partial writes/EAGAIN, nothing lost") {
+  TEST_CASE("a stopped reader: 256 MiB queue without push-back, then every byte arrives") {
     Chain ch;
     SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
                     0);
@@ -324,9 +324,13 @@ TEST_SUITE("sockmap.splice") {
     const uint64_t queued = sent;
     MESSAGE("stopped reader: " << queued / kMiB << " MiB queued before the first push-back ("
                                << partial << " partial, " << eagain << " EAGAIN)");
-    // The test fails if the kernel never pushed back within the bound.
-    REQUIRE_MESSAGE(partial + eagain > 0,
-                    "no partial write or EAGAIN in " << bound / kMiB << " MiB to a stopped reader");
+    // This kernel never pushes back: sk_msg's ingress redirect charges the
+    // receiver's memory but not against its receive buffer, so a stopped
+    // reader's queue grows (docs/architecture.md, "Same-node splice"). The
+    // bounded attempt proves it; should a kernel push back, this fails and
+    // the doc (and a partial-write assertion) change.
+    CHECK_MESSAGE(partial + eagain == 0,
+                  "the kernel pushed back after " << queued / kMiB << " MiB: update the doc");
     // The reader drains while the writer finishes its chunk and 16 more.
     std::atomic<bool> writing{true};
     std::thread writer([&] {
