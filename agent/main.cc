@@ -503,6 +503,9 @@ int runAgent(const Flags& flags) {
     return j;
   };
   sources.connections = [&] { return agent::wiring::connectionsJson(eng); };
+  sources.reset_connections = [&](const agent::admin::Query& q) {
+    return agent::wiring::resetConnectionsJson(eng, q);
+  };
   // The trust anchors this agent verifies peers and the control plane with.
   nlohmann::json trust_anchors = nlohmann::json::array();
   if (auto anchors = x509::parseChain(*trust_anchor); anchors)
@@ -569,6 +572,7 @@ int runAgent(const Flags& flags) {
   }
   agent::telemetry::AgentSources metric_sources;
   metric_sources.version = SLUICE_VERSION;
+  metric_sources.before_scrape = [&] { eng.countSpliced(); };
   metric_sources.engine_stats = [&] { return eng.stats(); };
   metric_sources.pods_enrolled = [&] { return pods.enrolledCount(); };
   metric_sources.controlplane = [&] {

@@ -78,8 +78,12 @@ const char* reasonPhrase(int status) {
       return "OK";
     case 400:
       return "Bad Request";
+    case 403:
+      return "Forbidden";
     case 404:
       return "Not Found";
+    case 405:
+      return "Method Not Allowed";
     case 500:
       return "Internal Server Error";
     case 503:
@@ -187,10 +191,31 @@ void Server::endSession(Session* s) {
 
 // One libevent loop on the server's own thread: evhttp parses the requests
 // (bounded headers, no bodies, timeouts; malformed ones get 400, methods
-// other than GET/HEAD 405) and the handler builds each document on demand.
+// other than GET/HEAD, and POST where there are actions, 405) and the
+// handler builds each document on demand.
 void Server::handle(evhttp_request* req) {
   std::string path = evhttp_request_get_uri(req);
   path = path.substr(0, path.find('?'));
+  const bool post = evhttp_request_get_command(req) == EVHTTP_REQ_POST;
+  auto action = actions_.find(path);
+  if (post || action != actions_.end()) {
+    Response r;
+    if (action == actions_.end()) {
+      evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+      r = jsonResponse({{"error", "POST is for actions only; " + path + " is read by GET"}}, 405);
+    } else if (!post) {
+      evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+      r = jsonResponse({{"error", path + " changes state: POST only"}}, 405);
+    } else if (evhttp_find_header(evhttp_request_get_input_headers(req), "Origin")) {
+      // A browser sends Origin with every POST: a web page open on this
+      // node must not make the agent act.
+      r = jsonResponse({{"error", "refused: a request from a web page (Origin header)"}}, 403);
+    } else {
+      r = action->second(parseQuery(req));
+    }
+    reply(req, r.status, reasonPhrase(r.status), r.body, r.content_type.c_str());
+    return;
+  }
   if (auto st = stream_routes_.find(path); st != stream_routes_.end()) {
     startStream(req, st->second);
     return;
@@ -212,28 +237,36 @@ void Server::handle(evhttp_request* req) {
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sources sources) {
   StreamRoutes streams = std::move(sources.streams);
   QueryRoutes queries;
+  ActionRoutes actions;
+  if (sources.reset_connections)
+    actions["/connections/reset"] = [reset = sources.reset_connections](const Query& q) {
+      auto [status, doc] = reset(q);
+      return jsonResponse(doc, status);
+    };
   if (sources.authz_check)
     queries["/authz"] = [check = sources.authz_check](const Query& q) {
       auto [status, doc] = check(q);
       return jsonResponse(doc, status);
     };
   return create(address, "admin API", adminRoutes(std::move(sources)), std::move(streams),
-                std::move(queries));
+                std::move(queries), std::move(actions));
 }
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, std::string name,
                                                Routes routes, StreamRoutes streams,
-                                               QueryRoutes query_routes) {
+                                               QueryRoutes query_routes, ActionRoutes actions) {
   auto ep = parseEndpoint(address);
   if (!ep) return fail(fmt::format("invalid {} address '{}': expected IP:PORT", name, address));
   std::unique_ptr<Server> self(new Server());
   self->routes_ = std::move(routes);
   self->query_routes_ = std::move(query_routes);
   self->stream_routes_ = std::move(streams);
+  self->actions_ = std::move(actions);
   self->base_ = event_base_new();
   if (!self->base_) return fail(name + ": cannot create an event loop");
   self->http_ = evhttp_new(self->base_);
-  evhttp_set_allowed_methods(self->http_, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+  evhttp_set_allowed_methods(self->http_, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD |
+                                              (self->actions_.empty() ? 0 : EVHTTP_REQ_POST));
   evhttp_set_max_headers_size(self->http_, 16 * 1024);
   evhttp_set_max_body_size(self->http_, 0);
   evhttp_set_timeout(self->http_, 10);

@@ -1,9 +1,12 @@
 // Admin HTTP API of the agent (default 127.0.0.1:15000): /healthz, /ready,
 // /config_dump, /connections, /stats, /certs, /policies, /authz, and what the
-// agent adds (the live inspection: /live/stat, /live/tap). Read-only; served from its own
-// thread (libevent's evhttp), never from a data-plane thread. The same server
-// serves other read-only documents by path (Routes): the agent's metrics
-// endpoint (:15020) is a second instance.
+// agent adds (the live inspection: /live/stat, /live/tap). Read-only but for
+// the actions (ActionRoutes: POST /connections/reset), which take POST only
+// and refuse a request that carries an Origin header (a browser's page: no
+// web page can make the agent act). Served from its own thread (libevent's
+// evhttp), never from a data-plane thread. The same server serves other
+// read-only documents by path (Routes): the agent's metrics endpoint
+// (:15020) is a second instance.
 //
 // Streams (StreamRoutes): a response that goes on until its Stream says it is
 // done or the client goes away (chunked for HTTP/1.1 clients, until close for
@@ -47,6 +50,9 @@ using Routes = std::map<std::string, std::function<Response()>>;
 using Query = std::map<std::string, std::string>;
 // Exact path -> a document that reads the request's query parameters.
 using QueryRoutes = std::map<std::string, std::function<Response(const Query&)>>;
+// Exact path -> an action, by POST only, parameters in the query string (no
+// body). GET or HEAD of it: 405; with an Origin header: 403.
+using ActionRoutes = QueryRoutes;
 struct StreamStep {
   std::string data;   // the next bytes of the body, may be empty
   bool done = false;  // end the response after `data`
@@ -77,6 +83,8 @@ struct Sources {
   // /policies, and /authz?from=...&to=... (status and document). Optional.
   std::function<nlohmann::json()> policies;
   std::function<std::pair<int, nlohmann::json>(const Query&)> authz_check;
+  // POST /connections/reset?id=N or ?pod=ns/name (status and document). Optional.
+  std::function<std::pair<int, nlohmann::json>(const Query&)> reset_connections;
   // More documents and streams by path. Optional.
   Routes routes;
   StreamRoutes streams;
@@ -90,7 +98,8 @@ class Server {
   // ("metrics endpoint"). Unknown paths get 404.
   static Result<std::unique_ptr<Server>> create(const std::string& address, std::string name,
                                                 Routes routes, StreamRoutes streams = {},
-                                                QueryRoutes query_routes = {});
+                                                QueryRoutes query_routes = {},
+                                                ActionRoutes actions = {});
   ~Server();
   std::string address() const { return address_; }
   // Streams being served now.
@@ -111,6 +120,7 @@ class Server {
   std::string address_;
   Routes routes_;
   QueryRoutes query_routes_;
+  ActionRoutes actions_;
   StreamRoutes stream_routes_;
   std::map<Session*, std::unique_ptr<Session>> sessions_;  // the server's thread only
   std::atomic<size_t> stream_count_{0};

@@ -57,6 +57,13 @@ class MapSplicedPair final : public ztunnel::SplicedPair {
     if (auto b = maps_.bytes_.take(server_)) s.down = b->spliced;
     return s;
   }
+  Spliced counted() override {
+    Spliced s;
+    if (ended_) return s;
+    if (auto b = maps_.bytes_.lookup(client_)) s.up = b->spliced;
+    if (auto b = maps_.bytes_.lookup(server_)) s.down = b->spliced;
+    return s;
+  }
 
  private:
   MapSpliceControl& maps_;

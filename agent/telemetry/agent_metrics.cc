@@ -113,6 +113,7 @@ std::string AgentMetrics::scrape() {
 }
 
 void AgentMetrics::render(std::string& into) {
+  if (sources_.before_scrape) sources_.before_scrape();
   TextWriter out(into);
   tcp_.write(out);
   if (sources_.http) sources_.http(out);

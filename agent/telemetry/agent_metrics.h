@@ -23,6 +23,9 @@ namespace sluice::agent::telemetry {
 // Called on the metrics server's thread at each scrape; each may be empty.
 struct AgentSources {
   std::string version;
+  // Run first: brings counts that are not pushed live up to date (the
+  // engine's spliced pairs: Engine::countSpliced).
+  std::function<void()> before_scrape;
   std::function<ztunnel::EngineStats()> engine_stats;
   std::function<size_t()> pods_enrolled;
   std::function<ControlPlaneState()> controlplane;

@@ -1,5 +1,10 @@
 #include "agent/wiring/admin_json.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+
 #include "agent/bpf/stat_names.h"
 
 namespace sluice::agent::wiring {
@@ -26,6 +31,51 @@ nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
                    {"adopted", c.adopted}});
   }
   return {{"connections", out}};
+}
+
+Result<ResetTarget> parseResetTarget(const std::map<std::string, std::string>& query) {
+  for (const auto& [key, value] : query)
+    if (key != "id" && key != "pod")
+      return fail("unknown parameter '" + key + "': expected id=N or pod=NAMESPACE/NAME");
+  auto id = query.find("id");
+  auto pod = query.find("pod");
+  if ((id == query.end()) == (pod == query.end()))
+    return fail("expected exactly one of id=N (as /connections shows it) and pod=NAMESPACE/NAME");
+  ResetTarget t;
+  if (id != query.end()) {
+    const std::string& v = id->second;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), t.id);
+    if (v.empty() || ec != std::errc() || end != v.data() + v.size() || t.id == 0)
+      return fail("invalid connection id '" + v + "': expected a positive integer");
+    return t;
+  }
+  const std::string& v = pod->second;
+  auto slash = v.find('/');
+  bool printable =
+      std::all_of(v.begin(), v.end(), [](unsigned char c) { return c > 32 && c < 127; });
+  if (v.size() > 317 || !printable || slash == 0 || slash == std::string::npos ||
+      slash + 1 == v.size() || v.find('/', slash + 1) != std::string::npos)
+    return fail("invalid pod '" + v.substr(0, 64) + "': expected NAMESPACE/NAME");
+  t.pod = v;
+  return t;
+}
+
+std::pair<int, nlohmann::json> resetConnectionsJson(
+    ztunnel::Engine& engine, const std::map<std::string, std::string>& query) {
+  auto target = parseResetTarget(query);
+  if (!target) return {400, {{"error", target.error().message}}};
+  size_t n = engine.resetConnections(target->id, target->pod);
+  if (!target->pod.empty()) return {200, {{"reset", n}, {"pod", target->pod}}};
+  if (n > 0) return {200, {{"reset", n}, {"id", target->id}}};
+  for (const auto& c : engine.connections())
+    if (c.id == target->id)
+      return {
+          404,
+          {{"error", fmt::format("connection {} is already closed ({})", c.id, c.reasonText())}}};
+  return {404,
+          {{"error", fmt::format("no open connection with id {} (sluicectl connections lists "
+                                 "them)",
+                                 target->id)}}};
 }
 
 nlohmann::json statsJson(const ztunnel::EngineStats& engine, const std::vector<uint64_t>& b) {

@@ -1,16 +1,33 @@
 // The admin API's views of the proxy engine and the BPF loader, as JSON.
 #pragma once
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 
 #include "agent/bpf/loader.h"
+#include "sluice/common/result.h"
 #include "sluice/ztunnel/engine.h"
 
 namespace sluice::agent::wiring {
 
 // /connections: open connections and the most recent closed ones.
 nlohmann::json connectionsJson(const ztunnel::Engine& engine);
+
+// What POST /connections/reset asks for: one connection by id (as
+// /connections shows it) or every connection of a pod ("ns/name").
+struct ResetTarget {
+  uint64_t id = 0;
+  std::string pod;
+};
+// Exactly one of id=N (decimal, non-zero) and pod=ns/name; else the error
+// names what is wrong (answered 400).
+Result<ResetTarget> parseResetTarget(const std::map<std::string, std::string>& query);
+// POST /connections/reset: resets and answers {"reset": n, ...} (200), 400
+// for bad parameters, 404 for an id that is not open (closed, or unknown).
+std::pair<int, nlohmann::json> resetConnectionsJson(
+    ztunnel::Engine& engine, const std::map<std::string, std::string>& query);
 // /stats: every engine counter under its group and name (ztunnel::describe),
 // the BPF programs' counters under "bpf".
 nlohmann::json statsJson(const ztunnel::EngineStats& engine, const std::vector<uint64_t>& bpf);

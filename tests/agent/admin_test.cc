@@ -7,8 +7,13 @@
 
 #include <atomic>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "agent/admin/server.h"
+#ifdef SLUICE_HAVE_WIRING
+#include "agent/wiring/admin_json.h"
+#endif
 #include "support/local_http.h"
 
 using namespace sluice;
@@ -63,4 +68,117 @@ TEST_SUITE("admin") {
     CHECK(get(port, "/healthz").find("200 OK") != std::string::npos);
     CHECK_FALSE(agent::admin::Server::create("localhost:15000", src).has_value());
   }
+
+  TEST_CASE("actions: POST only, never from a web page, parameters checked by the action") {
+    agent::admin::Sources src;
+    src.config_dump = [] { return nlohmann::json::object(); };
+    src.connections = [] { return nlohmann::json{{"connections", nlohmann::json::array()}}; };
+    src.stats = [] { return nlohmann::json::object(); };
+    src.certs = [] { return nlohmann::json::object(); };
+    src.not_ready_reason = [] { return std::string(); };
+    std::atomic<int> calls{0};
+    std::string last_id;
+    src.reset_connections = [&](const agent::admin::Query& q) -> std::pair<int, nlohmann::json> {
+      ++calls;
+      auto it = q.find("id");
+      if (it == q.end()) return {400, {{"error", "expected id"}}};
+      last_id = it->second;
+      return {200, {{"reset", 1}, {"id", it->second}}};
+    };
+    int port = freePort();
+    auto server = agent::admin::Server::create("127.0.0.1:" + std::to_string(port), src);
+    REQUIRE(server.has_value());
+    auto post = [&](const std::string& path, const std::string& extra = "") {
+      return roundTrip(port, "POST " + path + " HTTP/1.1\r\nHost: x\r\n" + extra +
+                                 "Content-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+
+    auto r = post("/connections/reset?id=17");
+    CHECK(r.find("200 OK") != std::string::npos);
+    CHECK(r.find("\"reset\": 1") != std::string::npos);
+    CHECK(calls == 1);
+    CHECK(last_id == "17");
+    // The action's own answer to bad parameters.
+    r = post("/connections/reset");
+    CHECK(r.find("400") != std::string::npos);
+    CHECK(r.find("expected id") != std::string::npos);
+    CHECK(calls == 2);
+
+    // GET (a link, an <img>) and HEAD of an action: 405, the action not run.
+    r = get(port, "/connections/reset?id=17");
+    CHECK(r.find("405") != std::string::npos);
+    CHECK(r.find("Allow: POST") != std::string::npos);
+    CHECK(r.find("POST only") != std::string::npos);
+    CHECK(roundTrip(port,
+                    "HEAD /connections/reset?id=17 HTTP/1.1\r\nHost: x\r\nConnection: "
+                    "close\r\n\r\n")
+              .find("405") != std::string::npos);
+    // A browser's POST (a form on some web page) carries Origin: refused.
+    r = post("/connections/reset?id=17", "Origin: http://evil.example\r\n");
+    CHECK(r.find("403") != std::string::npos);
+    CHECK(r.find("Origin") != std::string::npos);
+    // A body: refused before any handler (bounded at 0 bytes).
+    r = roundTrip(port,
+                  "POST /connections/reset?id=17 HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                  "5\r\nConnection: close\r\n\r\nid=17");
+    CHECK(r.find("200 OK") == std::string::npos);
+    // POST to a document: 405; unknown methods still refused.
+    r = post("/stats");
+    CHECK(r.find("405") != std::string::npos);
+    CHECK(r.find("Allow: GET, HEAD") != std::string::npos);
+    CHECK(roundTrip(port,
+                    "DELETE /connections/reset?id=1 HTTP/1.1\r\nHost: x\r\nConnection: "
+                    "close\r\n\r\n")
+              .find("200 OK") == std::string::npos);
+    CHECK(calls == 2);
+    CHECK(get(port, "/healthz").find("200 OK") != std::string::npos);
+  }
+
+  TEST_CASE("a server without actions takes no POST") {
+    int port = freePort();
+    auto server = agent::admin::Server::create(
+        "127.0.0.1:" + std::to_string(port), "metrics endpoint",
+        agent::admin::Routes{{"/metrics", [] { return agent::admin::Response{}; }}});
+    REQUIRE(server.has_value());
+    auto r = roundTrip(port,
+                       "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                       "0\r\nConnection: close\r\n\r\n");
+    // evhttp refuses a method it does not allow (501 in libevent 2.1).
+    CHECK(r.rfind("HTTP/1.1 ", 0) == 0);
+    CHECK(r.find("200 OK") == std::string::npos);
+  }
+
+#ifdef SLUICE_HAVE_WIRING
+  TEST_CASE("reset parameters: exactly one of id and pod, each well formed") {
+    using agent::wiring::parseResetTarget;
+    auto id = parseResetTarget({{"id", "42"}});
+    REQUIRE(id.has_value());
+    CHECK(id->id == 42);
+    CHECK(id->pod.empty());
+    auto pod = parseResetTarget({{"pod", "default/web-1"}});
+    REQUIRE(pod.has_value());
+    CHECK(pod->id == 0);
+    CHECK(pod->pod == "default/web-1");
+    for (const auto& [q, says] : std::vector<std::pair<agent::admin::Query, std::string>>{
+             {{}, "exactly one"},
+             {{{"id", "1"}, {"pod", "a/b"}}, "exactly one"},
+             {{{"id", ""}}, "invalid connection id"},
+             {{{"id", "0"}}, "invalid connection id"},
+             {{{"id", "-1"}}, "invalid connection id"},
+             {{{"id", "1x"}}, "invalid connection id"},
+             {{{"id", "99999999999999999999999"}}, "invalid connection id"},
+             {{{"pod", "nslash"}}, "invalid pod"},
+             {{{"pod", "/b"}}, "invalid pod"},
+             {{{"pod", "a/"}}, "invalid pod"},
+             {{{"pod", "a/b/c"}}, "invalid pod"},
+             {{{"pod", "a/b c"}}, "invalid pod"},
+             {{{"pod", std::string(400, 'a') + "/b"}}, "invalid pod"},
+             {{{"id", "1"}, {"all", "1"}}, "unknown parameter 'all'"},
+         }) {
+      auto r = parseResetTarget(q);
+      REQUIRE_FALSE(r.has_value());
+      CHECK_MESSAGE(r.error().message.find(says) != std::string::npos, r.error().message);
+    }
+  }
+#endif
 }

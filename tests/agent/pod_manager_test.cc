@@ -40,6 +40,8 @@ class FakeEngine final : public ztunnel::Engine {
   }
   std::vector<ztunnel::ListenerInfo> listeners() const override { return {}; }
   std::vector<ztunnel::ConnectionRecord> connections() const override { return {}; }
+  void countSpliced() const override {}
+  size_t resetConnections(uint64_t, const std::string&) override { return 0; }
   ztunnel::EngineStats stats() const override { return {}; }
   void reauthorize() override {}
   std::vector<ztunnel::ListenerFd> exportListeners() override { return {}; }

@@ -203,6 +203,13 @@ def capture_hub(pcap_path):
 
 
 
+def read_line(p, timeout):
+    """The next line of a started process's stdout within `timeout` s ('' if none came)."""
+    import select
+    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    return p.stdout.readline() if ready else ""
+
+
 def start_app(lab, pod, *args):
     """tcpapp.py `args` in `pod` through `lab exec`, stdin/stdout piped, once it printed 'ready'
     (its first line); stopped with the lab (lab.procs) if the test does not stop it first."""
@@ -350,6 +357,11 @@ class Lab:
 
     def connections(self, node):
         return self.ctl(node, "connections")["connections"]
+
+    def ctl_run(self, node, *args):
+        """sluicectl `args` on `node` (table output): the finished process, whatever its exit."""
+        pin = os.path.join(self.pin_root, node)
+        return self.lab("node", "exec", node, "--", SLUICECTL, "--bpf-pin-dir", pin, *args, check=False)
 
     def scrape(self, node, path="/metrics"):
         """The node agent's metrics endpoint, fetched over the lab network from the hub (as a

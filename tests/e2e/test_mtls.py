@@ -15,7 +15,7 @@ import tempfile
 import time
 import unittest
 
-from labkit import BRIDGE, CLIENT_HOP, HUB_NETNS, LAB_DIR, SERVER_HOP, LabTest, SockmapOn, metric_sum, parse_metrics, promtool_check_metrics, run, tcp_payloads, wait_for, REPO
+from labkit import BRIDGE, CLIENT_HOP, HUB_NETNS, LAB_DIR, SERVER_HOP, LabTest, SockmapOn, metric_sum, parse_metrics, promtool_check_metrics, read_line, run, start_app, tcp_payloads, wait_for, REPO
 
 MESH = "sluice.dev/mesh"
 H2APP = os.path.join(REPO, "tests", "e2e", "apps", "h2connect.py")
@@ -162,6 +162,35 @@ class MtlsTest(LabTest):
         self.assertIn("down_ok=True up_ok=True", out)
         out = self.lab.client("shop/client", "many", self.server_ip, "8082", "500").stdout
         self.assertIn("completed=500 of 500", out)
+
+    def test_sluicectl_resets_a_cross_node_connection(self):
+        """`sluicectl connections reset ID` on the client's node resets an HBONE stream (not
+        spliced): both apps learn at once, the record says who reset it."""
+        watch = self.lab.server("shop/server", "watch", 8084)
+        p = start_app(self.lab, "shop/client", "hold", self.server_ip, "8084", "60")
+        dst = f"{self.server_ip}:8084"
+        rec = wait_for("the open record", lambda: [
+            c for c in self.lab.connections("node1")
+            if c["destination"] == dst and c["state"] == "open" and c["bytes_sent"] > 0])[0]
+        self.assertEqual(rec["path"], "hbone")
+        started = time.monotonic()
+        r = self.lab.ctl_run("node1", "connections", "reset", str(rec["id"]))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = p.stdout.read()
+        p.wait(timeout=60)
+        ended = read_line(watch, 10)
+        print(f"\n  sluicectl reset (hbone): the client's connection ended "
+              f"{time.monotonic() - started:.2f}s later; server: {ended.strip()!r}", file=sys.stderr)
+        self.assertNotEqual(p.returncode, 0, out)
+        self.assertNotIn("timed out", out)
+        self.assertRegex(ended, r"^end how=(reset|eof) n=[1-9]")
+        closed = wait_for("the closed record", lambda: [
+            c for c in self.lab.connections("node1") if c["id"] == rec["id"] and c["state"] == "closed"])[0]
+        self.assertEqual(closed["reason"], "reset: by an operator (admin API)")
+        # An id the agent never had: exit 1, a clear error.
+        unknown = self.lab.ctl_run("node1", "connections", "reset", "987654321")
+        self.assertEqual(unknown.returncode, 1)
+        self.assertIn("no open connection with id 987654321", unknown.stderr)
 
     def test_metrics_istio_tcp_labels_and_live_bytes_on_both_nodes(self):
         """Each agent serves Istio's TCP metrics on :15020 on the node's network: node1 reports

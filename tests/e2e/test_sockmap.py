@@ -6,13 +6,16 @@ Redis's 6379: never HTTP-inspected) is spliced: its two app sockets are
 joined and the proxy steps out of the byte path; one to an inspected port
 is spliced once HTTP detection has found no HTTP. Spliced pairs go through an agent upgrade (the successor
 relays them), an agent restart (reset, never stuck) and the deletion of the
-server pod (the client learns promptly). After each, no sockhash or splice
-entry outlives its socket, and the records count every byte."""
+server pod (the client learns promptly), and `sluicectl connections reset`
+(both apps see the reset at once). After each, no sockhash or splice entry
+outlives its socket, and the records count every byte. While a pair is
+spliced, its record and the TCP byte metrics include what BPF counted."""
 import json
+import subprocess
 import sys
 import time
 
-from labkit import LabTest, parse_metrics, run, start_app, wait_for
+from labkit import APP, LAB, LabTest, parse_metrics, read_line, run, start_app, wait_for
 
 MESH = "sluice.dev/mesh"
 SOCKHASH = "sluice_sockhash_v1"
@@ -33,6 +36,7 @@ class SockmapLifecycleTest(LabTest):
         lab.server("shop/server", "stream", 8081)  # inspected: spliced once detection finds no HTTP
         lab.server("shop/server", "stream", 3306)  # opaque: spliced
         lab.server("shop/server", "echo", 6379)    # opaque: spliced
+        cls.watch = lab.server("shop/server", "watch", 5432)  # opaque: spliced; says how each ended
 
     def metrics(self):
         _, body = self.lab.scrape("node1")
@@ -45,11 +49,11 @@ class SockmapLifecycleTest(LabTest):
     def counter(self, name):
         return [v for n, _, v in self.metrics() if n == name][0]
 
-    def hold(self, seconds):
+    def hold(self, seconds, port=6379):
         """A live echo connection from shop/client, one line every 0.2 s for `seconds`;
         started once its four hop sockets are in the sockhash."""
         before = self.sockhash_entries()
-        p = start_app(self.lab, "shop/client", "hold", self.server_ip, "6379", str(seconds))
+        p = start_app(self.lab, "shop/client", "hold", self.server_ip, str(port), str(seconds))
         wait_for("the connection's four hop sockets in the sockhash",
                  lambda: self.sockhash_entries() == before + 4)
         return p
@@ -62,9 +66,17 @@ class SockmapLifecycleTest(LabTest):
         p.stdin.close()
         return p.returncode, out
 
-    def splice_entries(self):
+    def splice_map(self):
         path = f"{self.lab.pin_root}/node1/sluice_splice_v1"
-        return len(json.loads(run(["bpftool", "-j", "map", "dump", "pinned", path]).stdout))
+        return json.loads(run(["bpftool", "-j", "map", "dump", "pinned", path]).stdout)
+
+    def splice_entries(self):
+        return len(self.splice_map())
+
+    def open_record(self, port):
+        dst = f"{self.server_ip}:{port}"
+        return [c for c in self.lab.connections("node1")
+                if c["destination"] == dst and c["direction"] == "outbound" and c["state"] == "open"]
 
     def assert_sockhash_empty(self):
         # Every hop socket has closed: none of them stays in the sockhash, no splice entry stays.
@@ -150,4 +162,76 @@ class SockmapLifecycleTest(LabTest):
         self.assertNotEqual(rc, 0, out)
         self.assertNotIn("timed out", out)
         self.assertTrue("broken after" in out or "ConnectionResetError" in out or "BrokenPipe" in out, out)
+        self.assert_sockhash_empty()
+
+    def test_1_sluicectl_resets_a_spliced_pair(self):
+        before = self.counter("sluice_proxy_spliced_total")
+        p = self.hold(60, port=5432)
+        wait_for("the pair spliced", lambda: self.splice_entries() == 2)
+        self.assertEqual(self.counter("sluice_proxy_spliced_total") - before, 1)
+        rec = wait_for("the open record", lambda: self.open_record(5432))[0]
+        started = time.monotonic()
+        r = self.lab.ctl_run("node1", "connections", "reset", str(rec["id"]))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), f"connection {rec['id']} reset")
+        # Both apps learn at once: the client at its next exchange (0.2 s), the server's read.
+        rc, out = self.ended(p)
+        ended = read_line(self.watch, 10)
+        print(f"\n  sluicectl reset: the client's connection ended {time.monotonic() - started:.2f}s later; "
+              f"server: {ended.strip()!r}", file=sys.stderr)
+        self.assertNotEqual(rc, 0, out)
+        self.assertNotIn("timed out", out)
+        self.assertTrue("broken after" in out or "ConnectionResetError" in out or "BrokenPipe" in out, out)
+        self.assertRegex(ended, r"^end how=(reset|eof) n=[1-9]")
+        self.assert_sockhash_empty()
+        closed = [c for c in self.lab.connections("node1") if c["id"] == rec["id"]][0]
+        self.assertEqual(closed["state"], "closed")
+        self.assertEqual(closed["reason"], "reset: by an operator (admin API)")
+        self.assertGreater(closed["bytes_sent"], 0)
+        # The same id again, and one never seen: a clear error, exit 1.
+        again = self.lab.ctl_run("node1", "connections", "reset", str(rec["id"]))
+        self.assertEqual(again.returncode, 1)
+        self.assertIn(f"connection {rec['id']} is already closed (reset: by an operator", again.stderr)
+        unknown = self.lab.ctl_run("node1", "connections", "reset", "987654321")
+        self.assertEqual(unknown.returncode, 1)
+        self.assertIn("no open connection with id 987654321", unknown.stderr)
+        bad = self.lab.ctl_run("node1", "connections", "reset", "x1")
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("invalid connection id 'x1'", bad.stderr)
+        # A browser-like GET of the action does nothing.
+        get = self.lab.lab("node", "exec", "node1", "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                           "http://127.0.0.1:15000/connections/reset?id=1", check=False)
+        self.assertEqual(get.stdout.strip(), "405")
+
+    def test_1_live_bytes_of_a_spliced_pair(self):
+        """While a long transfer runs spliced, its open record and the TCP byte metrics grow far
+        beyond what the proxy wrote before the switch (read at each query, not at the close)."""
+        def received_total():
+            return sum(v for n, _, v in self.metrics() if n == "istio_tcp_received_bytes_total")
+        metric_before = received_total()
+        up = 3 << 30  # long enough to sample while open
+        p = subprocess.Popen([sys.executable, LAB, "exec", "shop/client", "--", sys.executable, APP, "transfer",
+                              self.server_ip, "3306", str(up), "0"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=self.lab.env)
+        self.lab.procs.append(p)
+        try:
+            wait_for("the pair spliced", lambda: self.splice_entries() == 2, timeout=30)
+            # What the proxy wrote up (client -> server) before the switch: its splice entry.
+            forwarded = max(e["formatted"]["value"]["forwarded"] for e in self.splice_map())
+            samples = []
+            while len(samples) < 3:
+                time.sleep(0.5)
+                recs = self.open_record(3306)
+                if not recs:
+                    break
+                samples.append((recs[0]["bytes_sent"], received_total() - metric_before))
+            print(f"\n  live spliced bytes: proxy forwarded {forwarded} before the switch; open record "
+                  f"(sent, metric) samples {samples}", file=sys.stderr)
+            self.assertGreaterEqual(len(samples), 2, "the transfer ended before two samples")
+            self.assertGreater(samples[-1][0], samples[0][0])  # the record grows while open
+            self.assertGreater(samples[-1][0], forwarded + (64 << 20))
+            self.assertGreater(samples[-1][1], forwarded + (64 << 20))  # so do the metrics
+        finally:
+            out, _ = p.communicate(timeout=300)
+        self.assertIn("down_ok=True up_ok=True", out)
         self.assert_sockhash_empty()

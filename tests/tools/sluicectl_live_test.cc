@@ -2,7 +2,10 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <tuple>
+#include <vector>
 
+#include "tools/sluicectl/connections_args.h"
 #include "tools/sluicectl/live_format.h"
 
 using namespace sluice::ctl;
@@ -132,5 +135,41 @@ TEST_SUITE("sluicectl_live") {
     CHECK(j[0]["path"] == "/a");
     CHECK(j[0]["count"] == 4);
     CHECK(j[0]["successes"] == 3);
+  }
+}
+
+TEST_CASE("connections: no arguments lists; reset ID and reset --pod make the POST path") {
+  auto list = connectionsRequest({}, "");
+  CHECK(list.error.empty());
+  CHECK_FALSE(list.reset);
+  CHECK(list.path == "/connections");
+
+  auto one = connectionsRequest({"reset", "42"}, "");
+  CHECK(one.error.empty());
+  CHECK(one.reset);
+  CHECK(one.path == "/connections/reset?id=42");
+
+  auto pod = connectionsRequest({"reset"}, "default/client-7d9f");
+  CHECK(pod.error.empty());
+  CHECK(pod.path == "/connections/reset?pod=default/client-7d9f");
+
+  // Usage errors, each saying what is wrong.
+  for (const auto& [args, p, says] :
+       std::vector<std::tuple<std::vector<std::string>, std::string, std::string>>{
+           {{"reset"}, "", "needs a connection ID"},
+           {{"reset", "0"}, "", "invalid connection id '0'"},
+           {{"reset", "-3"}, "", "invalid connection id"},
+           {{"reset", "12abc"}, "", "invalid connection id"},
+           {{"reset", "123456789012345678901"}, "", "invalid connection id"},
+           {{"reset", "7"}, "a/b", "not both"},
+           {{"reset"}, "nopod", "invalid --pod 'nopod'"},
+           {{"reset"}, "a/b/c", "invalid --pod"},
+           {{"reset"}, "a/b&id=1", "invalid --pod"},
+           {{"kill", "7"}, "", "unknown connections action 'kill'"},
+           {{}, "a/b", "--pod is for"},
+       }) {
+    auto r = connectionsRequest(args, p);
+    CHECK_MESSAGE(r.error.find(says) != std::string::npos, r.error);
+    CHECK(r.path.empty() == !r.error.empty());
   }
 }

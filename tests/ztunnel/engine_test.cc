@@ -456,6 +456,47 @@ TEST_SUITE("engine") {
     CHECK(cs[0].bytes_received == 4);
   }
 
+  TEST_CASE("resetConnections: one by id (both apps see a reset), then a pod's, others untouched") {
+    Pod pod;
+    Running run(pod);
+    auto server = pod.listen(9010);
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9010);
+    auto a = pod.connectProxy();
+    UniqueFd a_app(::accept(server.get(), nullptr, nullptr));
+    auto b = pod.connectProxy();
+    UniqueFd b_app(::accept(server.get(), nullptr, nullptr));
+    REQUIRE(a_app.valid());
+    REQUIRE(b_app.valid());
+    char buf[8];
+    REQUIRE(::send(a.get(), "ping", 4, 0) == 4);
+    REQUIRE(::recv(a_app.get(), buf, sizeof(buf), 0) == 4);
+    REQUIRE(eventually([&] { return run.engine->stats()[ztunnel::Counter::kActive] == 2; }));
+    // The record of a's connection: the one that carried 4 bytes.
+    uint64_t a_id = 0, b_id = 0;
+    for (const auto& c : run.engine->connections()) (c.bytes_sent == 4 ? a_id : b_id) = c.id;
+    REQUIRE(a_id != 0);
+    REQUIRE(b_id != 0);
+    CHECK(run.engine->resetConnections(0, "") == 0);                // nothing selected
+    CHECK(run.engine->resetConnections(a_id + b_id + 7, "") == 0);  // no such id
+    CHECK(run.engine->resetConnections(a_id, "") == 1);
+    CHECK(::recv(a.get(), buf, sizeof(buf), 0) < 0);
+    CHECK(errno == ECONNRESET);
+    CHECK(::recv(a_app.get(), buf, sizeof(buf), 0) < 0);
+    CHECK(errno == ECONNRESET);
+    CHECK(run.engine->resetConnections(a_id, "") == 0);  // closed already
+    // b is untouched.
+    REQUIRE(::send(b.get(), "pong", 4, 0) == 4);
+    CHECK(::recv(b_app.get(), buf, sizeof(buf), 0) == 4);
+    for (const auto& c : run.engine->connections())
+      if (c.id == a_id) CHECK(c.reasonText() == "reset: by an operator (admin API)");
+    // By pod: every connection of it.
+    CHECK(run.engine->resetConnections(0, "other/pod") == 0);
+    CHECK(run.engine->resetConnections(0, pod.spec().name_namespace) == 1);
+    CHECK(::recv(b.get(), buf, sizeof(buf), 0) < 0);
+    CHECK(errno == ECONNRESET);
+    CHECK(eventually([&] { return run.engine->stats()[ztunnel::Counter::kActive] == 0; }));
+  }
+
   TEST_CASE("the connection observer sees opened, every byte, and the closed record") {
     Pod pod;
     CountingObserver obs;

@@ -20,7 +20,8 @@ namespace sluice::ctl {
 namespace {
 
 // Connected, request sent, a 5 s bound on sending (and, for `timed`, reading).
-Result<UniqueFd> request(const std::string& admin, const std::string& path, bool timed) {
+Result<UniqueFd> request(const std::string& admin, const std::string& path, bool timed,
+                         const char* method = "GET") {
   auto ep = parseEndpoint(admin);
   if (!ep) return fail("invalid --admin address '" + admin + "': expected IP:PORT");
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -31,7 +32,8 @@ Result<UniqueFd> request(const std::string& admin, const std::string& path, bool
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*ep), sizeof(*ep)) != 0)
     return failErrno("cannot reach the agent admin API at " + admin +
                      ": is sluice-agent running on this node? (--admin selects another address)");
-  std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + admin + "\r\n\r\n";
+  std::string req = std::string(method) + " " + path + " HTTP/1.0\r\nHost: " + admin +
+                    (std::strcmp(method, "POST") == 0 ? "\r\nContent-Length: 0" : "") + "\r\n\r\n";
   if (::write(fd.get(), req.data(), req.size()) != static_cast<ssize_t>(req.size()))
     return failErrno("sending to the admin API at " + admin + " failed");
   return fd;
@@ -50,8 +52,8 @@ std::string olderAgent(const std::string& admin, const std::string& path) {
 
 }  // namespace
 
-Result<AdminResponse> adminFetch(const std::string& admin, const std::string& path) {
-  auto fd = request(admin, path, /*timed=*/true);
+Result<AdminResponse> adminFetch(const std::string& admin, const std::string& path, bool post) {
+  auto fd = request(admin, path, /*timed=*/true, post ? "POST" : "GET");
   if (!fd) return tl::unexpected(fd.error());
   std::string resp;
   char buf[65536];

@@ -18,7 +18,9 @@ struct AdminResponse {
 
 // Fails when the API cannot be reached or does not answer HTTP; the message
 // says what to do (`sluicectl check` reports it instead of dying).
-Result<AdminResponse> adminFetch(const std::string& admin, const std::string& path);
+// `post`: an action (POST, no body).
+Result<AdminResponse> adminFetch(const std::string& admin, const std::string& path,
+                                 bool post = false);
 // adminFetch, then a 200 with a JSON body (else the error names the path).
 Result<nlohmann::json> adminJson(const std::string& admin, const std::string& path);
 // adminJson, or the command ends with its message.

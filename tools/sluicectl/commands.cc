@@ -17,6 +17,7 @@
 #include "sluice/common/ip6.h"
 #include "tools/sluicectl/admin_client.h"
 #include "tools/sluicectl/check.h"
+#include "tools/sluicectl/connections_args.h"
 #include "tools/sluicectl/install.h"
 #include "tools/sluicectl/table.h"
 
@@ -74,10 +75,37 @@ int cmdWorkloads(const Options& opts) {
   return 0;
 }
 
+// `connections reset`: POST /connections/reset; its answer, or its error (exit 1).
+int resetConnections(const Options& opts, const std::string& path) {
+  auto r = adminFetch(opts.admin, path, /*post=*/true);
+  if (!r) die(r.error().describe());
+  json j = json::parse(r->body, nullptr, false);
+  if (r->status != 200) {
+    std::string msg = !j.is_discarded() && j.contains("error") ? str(j, "error") : r->body;
+    if (r->status == 404 && (j.is_discarded() || !j.contains("error")))
+      msg = "the agent at " + opts.admin + " cannot reset connections: upgrade the agent";
+    die(msg);
+  }
+  if (opts.as_json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  uint64_t n = j.value("reset", 0ULL);
+  if (j.contains("pod"))
+    std::printf("reset %llu connection%s of pod %s\n", static_cast<unsigned long long>(n),
+                n == 1 ? "" : "s", str(j, "pod").c_str());
+  else
+    std::printf("connection %s reset\n", str(j, "id").c_str());
+  return 0;
+}
+
 int cmdConnections(const Options& opts) {
+  auto req = connectionsRequest(opts.args, opts.pod);
+  if (!req.error.empty()) die(req.error, 2);
+  if (req.reset) return resetConnections(opts, req.path);
   const std::string& admin = opts.admin;
   bool as_json = opts.as_json;
-  json j = adminGet(admin, "/connections");
+  json j = adminGet(admin, req.path);
   if (as_json) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
@@ -283,6 +311,11 @@ void declareInstall(FlagTable& flags, Options& opts) {
               FlagTable::into(&opts.ca_dir));
 }
 
+void declareConnections(FlagTable& flags, Options& opts) {
+  flags.value("--pod", "NS/NAME", "with reset: every open connection of this pod (either end)",
+              FlagTable::into(&opts.pod));
+}
+
 int cmdInstall(const Options& opts) {
   auto m = installManifests(opts.ca_dir);
   if (!m) die(m.error().describe(), 2);
@@ -301,7 +334,10 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"workloads", "workloads known to this node's agent, and which local pods are enrolled",
        cmdWorkloads},
-      {"connections", "proxied connections (open and recently closed)", cmdConnections},
+      {"connections",
+       "proxied connections (open and recently closed); 'reset ID' resets one, 'reset --pod "
+       "NS/NAME' all of a pod (both apps see a reset)",
+       cmdConnections, declareConnections, "[reset ID | reset --pod NAMESPACE/NAME] [flags]", 2},
       {"bpf", "Sluice's pinned BPF maps and links on this node, decoded", cmdBpf},
       {"stats", "proxy and BPF counters", cmdStats},
       {"certs", "workload certificates of this node: identity, serial, validity, renewal, state",

@@ -31,6 +31,8 @@ struct Options {
   std::string cni_bin_dir = "/opt/cni/bin";     // where sluice-cni is installed
   std::string kubeconfig;                       // --kubeconfig: also check the cluster
   std::string sluice_namespace = "sluice-system";
+  // `connections reset --pod`
+  std::string pod;
   // `install`
   std::string ca_dir;  // --ca-dir: embed this CA as the Secret sluice-ca
 };

@@ -184,6 +184,22 @@ void EngineImpl::reauthorize() {
   onEveryWorker([](Worker& w) { w.reauthorize(); });
 }
 
+size_t EngineImpl::resetConnections(uint64_t id, const std::string& pod) {
+  if (id == 0 && pod.empty()) return 0;
+  std::atomic<size_t> n{0};
+  onEveryWorker([&](Worker& w) { n += w.resetOpen(id, pod, "by an operator (admin API)"); });
+  return n.load();
+}
+
+void EngineImpl::countSpliced() const {
+  if (!hooks_.splice) return;
+  {
+    std::lock_guard lk(pods_mu_);
+    if (stopped_) return;
+  }
+  onEveryWorker([](Worker& w) { w.countSpliced(); });
+}
+
 std::vector<ListenerFd> EngineImpl::exportListeners() {
   std::mutex mu;
   std::vector<ListenerFd> out;
@@ -303,7 +319,7 @@ size_t EngineImpl::adoptConnections(std::vector<ConnectionFd> connections) {
   return taken;
 }
 
-void EngineImpl::onEveryWorker(const std::function<void(Worker&)>& fn) {
+void EngineImpl::onEveryWorker(const std::function<void(Worker&)>& fn) const {
   std::vector<std::future<void>> done;
   for (auto& w : workers_) {
     auto p = std::make_shared<std::promise<void>>();

@@ -40,7 +40,12 @@ class EngineImpl final : public Engine {
   Result<void> addPod(const PodSpec& pod) override;
   void removePod(const std::string& uid) override;
   std::vector<ListenerInfo> listeners() const override;
-  std::vector<ConnectionRecord> connections() const override { return records_.snapshot(); }
+  std::vector<ConnectionRecord> connections() const override {
+    countSpliced();
+    return records_.snapshot();
+  }
+  void countSpliced() const override;
+  size_t resetConnections(uint64_t id, const std::string& pod) override;
   EngineStats stats() const override { return records_.counters().snapshot(); }
   void reauthorize() override;
   std::vector<ListenerFd> exportListeners() override;
@@ -56,7 +61,7 @@ class EngineImpl final : public Engine {
   bool wanted(const PodSpec& spec, ListenerKind kind) const;
   void publishIndex();  // needs pods_mu_
   // Runs fn(worker) on every worker and waits (bounded) until all are done.
-  void onEveryWorker(const std::function<void(Worker&)>& fn);
+  void onEveryWorker(const std::function<void(Worker&)>& fn) const;
 
   EngineConfig config_;
   OrigDstResolver& resolver_;

@@ -177,13 +177,29 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
         return;
     }
   }
-  // The bytes that went straight from app to app count as relayed.
+  // The bytes that went straight from app to app count as relayed: those
+  // not counted yet (countSpliced) at the end.
   void endSplice() {
     if (splice_ != Splice::kArmed) return;
     splice_ = Splice::kOff;
-    auto spliced = spliced_->end();
+    addSpliced(spliced_->end());
     spliced_.reset();
-    if (spliced.up || spliced.down) ctx_.records.moved(*live_, spliced.up, spliced.down);
+  }
+
+ public:
+  // While spliced: what the pair carried so far into the record (a query
+  // or scrape, Engine::countSpliced).
+  void countSpliced() {
+    if (splice_ == Splice::kArmed) addSpliced(spliced_->counted());
+  }
+
+ private:
+  void addSpliced(const SplicedPair::Spliced& total) {
+    uint64_t up = total.up > spliced_up_ ? total.up - spliced_up_ : 0;
+    uint64_t down = total.down > spliced_down_ ? total.down - spliced_down_ : 0;
+    spliced_up_ += up;
+    spliced_down_ += down;
+    if (up || down) ctx_.records.moved(*live_, up, down);
   }
   void pipeSent(relay::Pipe& p, size_t n) override {
     bool up = &p == &up_;
@@ -228,7 +244,8 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   Splice splice_ = Splice::kOff;
   std::unique_ptr<SplicedPair> spliced_;  // with kArmed
   unsigned arm_attempts_ = 0;
-  uint64_t up_sent_ = 0, down_sent_ = 0;  // written to the upstream / to the client
+  uint64_t up_sent_ = 0, down_sent_ = 0;        // written to the upstream / to the client
+  uint64_t spliced_up_ = 0, spliced_down_ = 0;  // spliced bytes in the record so far
   bool closing_ = false;
   bool frozen_ = false;
   bool retried_ = false;
@@ -295,6 +312,10 @@ size_t PlainUpstream::freeze() {
 void PlainUpstream::removePod(const std::string& uid) {
   for (auto& [p, c] : conns_)
     if (c->involves(uid)) c->close(true, CloseReason::kPodRemoved);
+}
+
+void PlainUpstream::countSpliced() {
+  for (auto& [p, c] : conns_) c->countSpliced();
 }
 
 void PlainUpstream::shutdown() {

@@ -42,8 +42,10 @@ class PlainUpstream {
   size_t freezing() const { return freezing_; }  // frozen, not reaped yet
 
   void removePod(const std::string& uid);  // resets its connections (either end)
-  void shutdown();                         // resets everything
-  void reap();                             // frees closed connections the ring is done with
+  // Adds what each spliced pair carried since the last call to its record.
+  void countSpliced();
+  void shutdown();  // resets everything
+  void reap();      // frees closed connections the ring is done with
   bool idle() const { return conns_.empty(); }
 
  private:

@@ -212,6 +212,22 @@ void Worker::reauthorize() {
   reap();
 }
 
+size_t Worker::resetOpen(uint64_t id, const std::string& pod, const std::string& detail) {
+  size_t n = 0;
+  for (const auto& live : shared_.records.openOn(index_)) {
+    if (!live->owner || live->closed) continue;
+    bool match = id != 0 ? live->rec.id == id
+                         : !pod.empty() && (live->rec.pod == pod || live->dest_pod == pod);
+    if (!match) continue;
+    live->owner->abort(CloseReason::kReset, detail);
+    ++n;
+  }
+  reap();
+  return n;
+}
+
+void Worker::countSpliced() { parts_->plain.countSpliced(); }
+
 void Worker::exportListeners(std::vector<ListenerFd>& out) const {
   for (const auto& l : listeners_) {
     if (l->done()) continue;

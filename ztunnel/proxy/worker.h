@@ -52,6 +52,10 @@ class Worker final : public Listener::Handler {
   void addListener(UniqueFd fd, std::shared_ptr<PodState> pod, ListenerKind kind);
   void removePod(const std::string& uid);
   void reauthorize();  // resets open connections the authorizer now denies
+  // Resets the open connection `id` (non-zero) or those of `pod` (ns/name,
+  // either end); returns how many (Engine::resetConnections).
+  size_t resetOpen(uint64_t id, const std::string& pod, const std::string& detail);
+  void countSpliced();  // Engine::countSpliced
   // Upgrades (Engine::exportListeners, stopAccepting, drain).
   void exportListeners(std::vector<ListenerFd>& out) const;
   void stopAccepting();

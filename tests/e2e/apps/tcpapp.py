@@ -7,6 +7,8 @@ Servers:
                             pattern bytes; after the client's EOF send "sha256=<hex> n=<count>\\n"
   tcpapp.py echo PORT       asyncio line echo, for many concurrent connections
   tcpapp.py http PORT       tiny HTTP/1.1 keep-alive server answering "ok\\n" (benchmarks)
+  tcpapp.py watch PORT      line echo (a thread per connection) that prints how each connection
+                            ended: "end how=eof|reset|error:<name> n=<bytes read>" (flushed)
 Clients:
   tcpapp.py get HOST PORT [TIMEOUT]               print one whoami line (IPv4 or IPv6 HOST;
                                                   connect timeout TIMEOUT s, default 10)
@@ -152,6 +154,33 @@ def serve_echo(port):
         writer.close()
 
     serve_asyncio(port, handle)
+
+
+def handle_watch(c):
+    n, how = 0, "eof"
+    try:
+        f = c.makefile("rb")
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            n += len(line)
+            c.sendall(line)
+    except ConnectionResetError:
+        how = "reset"
+    except OSError as e:
+        how = f"error:{type(e).__name__}"
+    finally:
+        c.close()
+    print(f"end how={how} n={n}", flush=True)
+
+
+def serve_watch(port):
+    s = listen(port)
+    print("ready", flush=True)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=handle_watch, args=(c,), daemon=True).start()
 
 
 def serve_http(port):
@@ -463,6 +492,8 @@ def main():
         serve_stream(int(a[1]))
     elif cmd == "echo":
         serve_echo(int(a[1]))
+    elif cmd == "watch":
+        serve_watch(int(a[1]))
     elif cmd == "http":
         serve_http(int(a[1]))
     elif cmd == "get":

@@ -429,6 +429,9 @@ class SplicedPair {
     uint64_t up = 0, down = 0;
   };
   virtual Spliced end() = 0;
+  // The bytes each direction has carried straight from app to app so far
+  // (the splice stays): read at a query or scrape, never per byte.
+  virtual Spliced counted() = 0;
 };
 class SpliceControl {
  public:
@@ -466,8 +469,22 @@ class Engine {
 
   virtual std::vector<ListenerInfo> listeners() const = 0;
   // Open connections plus the most recently closed ones (bounded history).
+  // With same-node splice on, it first has every worker count what its
+  // spliced pairs carried so far (countSpliced).
   virtual std::vector<ConnectionRecord> connections() const = 0;
+  // Adds what open spliced pairs carried app to app since the last call to
+  // their records (live byte counts) and to the observer (metrics). Called
+  // by connections() and before a metrics scrape; returns once every worker
+  // has done so. No-op without same-node splice.
+  virtual void countSpliced() const = 0;
   virtual EngineStats stats() const = 0;
+  // Resets open connections at an operator's request (the admin API): the
+  // one with this id (id != 0), or every one whose pod (either end of a
+  // same-node handoff) is `pod` ("ns/name", non-empty). A spliced pair's
+  // splice ends first; both sockets are reset; the record closes as reset
+  // with the detail "by an operator (admin API)". Thread-safe; returns how
+  // many it reset, once every worker has done so.
+  virtual size_t resetConnections(uint64_t id, const std::string& pod) = 0;
   // Asks the authorizer again about every open inbound connection and
   // resets those it now denies (after a policy change). Thread-safe; returns
   // once every worker has done so.
