@@ -98,16 +98,21 @@ std::vector<uint8_t> build(const Packet& p) {
   tcp.syn = p.syn;
   tcp.ack = p.ack;
   tcp.window = htons(65535);
-  const size_t ip_len = v6 ? sizeof(ip6) + ext_len : sizeof(ip);
-  std::vector<uint8_t> buf(sizeof(eth) + ip_len + sizeof(tcp));
-  std::memcpy(buf.data(), &eth, sizeof(eth));
+  // Appended (not copied into a sized buffer: GCC's -Warray-bounds then
+  // misreads the inlined copies).
+  std::vector<uint8_t> buf;
+  auto append = [&buf](const void* from, size_t len) {
+    const auto* b = static_cast<const uint8_t*>(from);
+    buf.insert(buf.end(), b, b + len);
+  };
+  append(&eth, sizeof(eth));
   if (v6) {
-    std::memcpy(buf.data() + sizeof(eth), &ip6, sizeof(ip6));
-    if (ext_len) std::memcpy(buf.data() + sizeof(eth) + sizeof(ip6), ext.data(), ext_len);
+    append(&ip6, sizeof(ip6));
+    append(ext.data(), ext_len);
   } else {
-    std::memcpy(buf.data() + sizeof(eth), &ip, sizeof(ip));
+    append(&ip, sizeof(ip));
   }
-  std::memcpy(buf.data() + sizeof(eth) + ip_len, &tcp, sizeof(tcp));
+  append(&tcp, sizeof(tcp));
   return buf;
 }
 
