@@ -26,10 +26,10 @@
 #include "agent/bpf/loader.h"
 #include "agent/bpf/orig_dst_resolver.h"
 #include "agent/bpf/splice_control.h"
-#include "agent/bpf/stat_names.h"
 #include "agent/cni/server.h"
 #include "agent/discovery/client.h"
 #include "agent/discovery/mesh_directory.h"
+#include "agent/flags.h"
 #include "agent/identity/cert_manager.h"
 #include "agent/pods/pod_manager.h"
 #include "agent/telemetry/agent_metrics.h"
@@ -57,200 +57,8 @@ using namespace sluice;
 
 namespace {
 
-constexpr const char* kUsageHead = R"(Usage: sluice-agent [flags]
-       sluice-agent uninstall [--bpf-pin-dir DIR]
-
-The Sluice node agent: loads the capture BPF programs, enrolls the pods of
-this node that the control plane marks as meshed, and runs the node's shared
-proxy (ztunnel) with listeners inside each enrolled pod's network namespace.
-
-Flags:
-)";
-constexpr const char* kUsageTail = R"(
-`uninstall` removes everything pinned under --bpf-pin-dir; capture stops.
-)";
-
-struct Flags {
-  std::string node_name;
-  std::string controlplane;
-  std::string pin_dir = "/sys/fs/bpf/sluice";
-  std::string cni_socket = "/var/run/sluice/cni.sock";
-  std::string admin_addr = "127.0.0.1:15000";
-  std::string metrics_addr = "0.0.0.0:15020";
-  std::string state_dir = "/var/run/sluice/state";
-  std::string cgroup;
-  unsigned workers = 0;
-  std::vector<uint16_t> excluded_ports;
-  unsigned max_per_pod = 4096;
-  unsigned max_pending_handshakes = 1024;
-  unsigned max_outbound_handshakes = 1024;
-  unsigned max_tunnels_per_peer = 64;
-  unsigned cni_wait_ms = 3000;
-  std::string log_level = "info";
-  std::string ca_bundle;
-  std::string token_file;
-  std::string trust_domain = "cluster.local";
-  unsigned cert_ttl = 0;
-  unsigned drain_seconds = 25;
-  bool http_detection = true;
-  bool allow_node_probes = true;
-  bool sockmap = false;
-  bool uninstall = false;
-};
-
-[[noreturn]] void usageError(const std::string& msg) {
-  std::fprintf(stderr, "sluice-agent: %s\nRun 'sluice-agent --help' for usage.\n", msg.c_str());
-  std::exit(2);
-}
-
-// The one declaration of the agent's flags: --help and the parser.
-FlagTable flagTable(Flags& f) {
-  FlagTable t;
-  t.value("--node-name", "NAME", "this node's name as the control plane knows it (required)",
-          FlagTable::into(&f.node_name))
-      .value("--controlplane", "HOST:PORT", "control plane address (required; gRPC over TLS)",
-             FlagTable::into(&f.controlplane))
-      .value("--ca-bundle", "FILE",
-             "trust anchor(s) that the control plane's certificate chains to\n(required)",
-             FlagTable::into(&f.ca_bundle))
-      .value("--token-file", "FILE",
-             "token sent to the control plane, re-read on every use: the\n"
-             "node bootstrap token, or a projected service account token",
-             FlagTable::into(&f.token_file))
-      .value("--trust-domain", "NAME",
-             "SPIFFE trust domain of workload identities (default cluster.local)",
-             FlagTable::into(&f.trust_domain))
-      .value("--cert-ttl", "SECONDS",
-             "requested workload certificate lifetime, at least 60 (default:\n"
-             "the control plane's)",
-             [&f](const std::string& v) -> std::string {
-               if (auto err = FlagTable::number(&f.cert_ttl)(v); !err.empty()) return err;
-               if (f.cert_ttl != 0 && f.cert_ttl < 60) return "must be at least 60 seconds";
-               return "";
-             })
-      .value("--bpf-pin-dir", "DIR",
-             "where BPF maps and links are pinned (default /sys/fs/bpf/sluice)",
-             FlagTable::into(&f.pin_dir))
-      .value("--cni-socket", "PATH",
-             "unix socket for sluice-cni (default /var/run/sluice/cni.sock)",
-             FlagTable::into(&f.cni_socket))
-      .value("--admin-addr", "IP:PORT", "admin HTTP API (default 127.0.0.1:15000)",
-             [&f](const std::string& v) -> std::string {
-               if (!parseEndpoint(v)) return "must be IP:PORT, got '" + v + "'";
-               f.admin_addr = v;
-               return "";
-             })
-      .value("--metrics-addr", "IP:PORT",
-             "Prometheus metrics (/metrics, /stats/prometheus) on the node's\n"
-             "network; \"\" turns them off (default 0.0.0.0:15020)",
-             [&f](const std::string& v) -> std::string {
-               if (!v.empty() && !parseEndpoint(v))
-                 return "must be IP:PORT or \"\", got '" + v + "'";
-               f.metrics_addr = v;
-               return "";
-             })
-      .value("--state-dir", "DIR",
-             "pod table and last view kept across restarts (default\n/var/run/sluice/state)",
-             FlagTable::into(&f.state_dir))
-      .value("--drain-seconds", "SECONDS",
-             "after handing over to a successor (an upgrade), how long HBONE\n"
-             "tunnels and connections may run on before they are closed\n"
-             "(default 25; the DaemonSet keeps it below\n"
-             "terminationGracePeriodSeconds)",
-             FlagTable::number(&f.drain_seconds, 0, 3600))
-      .value("--cgroup", "DIR", "cgroup-v2 root to attach to (default: the cgroup2 mount)",
-             FlagTable::into(&f.cgroup))
-      .value("--workers", "N", "proxy worker threads, 0 = one per CPU (default 0)",
-             FlagTable::number(&f.workers, 0, 1024))
-      .value("--exclude-ports", "P1,P2", "destination ports never captured (default none)",
-             [&f](const std::string& v) -> std::string {
-               size_t start = 0;
-               while (true) {
-                 size_t comma = v.find(',', start);
-                 std::string p =
-                     v.substr(start, comma == std::string::npos ? comma : comma - start);
-                 unsigned port = 0;
-                 if (!FlagTable::number(&port, 1, 65535)(p).empty())
-                   return "invalid port '" + p + "' (ports are 1-65535, comma-separated)";
-                 f.excluded_ports.push_back(static_cast<uint16_t>(port));
-                 if (comma == std::string::npos) return "";
-                 start = comma + 1;
-               }
-             })
-      .value("--max-connections-per-pod", "N",
-             "open connections per pod beyond which new ones are refused\n(default 4096)",
-             FlagTable::number(&f.max_per_pod, 1))
-      .value("--max-pending-handshakes", "N",
-             "inbound HBONE tunnels without a CONNECT yet, per node (a pod\n"
-             "at most a quarter); beyond it the oldest is reset (default 1024)",
-             FlagTable::number(&f.max_pending_handshakes, 1))
-      .value("--max-outbound-handshakes", "N",
-             "outbound HBONE tunnels still in their handshake, per node (a\n"
-             "pod at most a quarter); a connection needing one more is reset\n"
-             "(default 1024)",
-             FlagTable::number(&f.max_outbound_handshakes, 1))
-      .value("--max-tunnels-per-peer", "N",
-             "pooled HBONE tunnels from one pod to one destination; when all\n"
-             "are full a new connection is reset (default 64)",
-             FlagTable::number(&f.max_tunnels_per_peer, 1))
-      .value("--cni-wait-ms", "MS",
-             "how long CNI ADD waits for the pod to appear in the control\n"
-             "plane's view (default 3000)",
-             FlagTable::number(&f.cni_wait_ms))
-      .toggle("--no-http-detection",
-              "relay every connection as bytes: no HTTP detection, no\n"
-              "istio_requests_total and request histograms",
-              [&f] { f.http_detection = false; })
-      .choice("--node-probes", {"allow", "policy"},
-              "plaintext from this node's own address to its pods (kubelet\n"
-              "probes): allow = always allowed, even under STRICT mTLS and\n"
-              "whatever AuthorizationPolicies say (as Istio ambient does);\n"
-              "policy = treated like any plaintext client (default allow)",
-              [&f](const std::string& v) { f.allow_node_probes = v == "allow"; })
-      .choice("--sockmap", {"on", "off"},
-              "same-node acceleration: the app <-> proxy hops inside a pod\n"
-              "skip loopback TCP (sockhash + sk_msg); a kernel that refuses\n"
-              "it falls back to off, logged and shown in /config_dump\n"
-              "(default off)",
-              [&f](const std::string& v) { f.sockmap = v == "on"; })
-      .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
-             [&f](const std::string& v) -> std::string {
-               for (const char* l : {"trace", "debug", "info", "warn", "error"})
-                 if (v == l) {
-                   f.log_level = v;
-                   return "";
-                 }
-               return "must be one of trace|debug|info|warn|error, got '" + v + "'";
-             });
-  return t;
-}
-
-Flags parseFlags(int argc, char** argv) {
-  Flags f;
-  int first = 1;
-  if (argc > 1 && std::string(argv[1]) == "uninstall") {
-    f.uninstall = true;
-    first = 2;
-  }
-  FlagTable table = flagTable(f);
-  auto help = table.parse(argc, argv, first);
-  if (!help) usageError(help.error().message);
-  if (*help) {
-    std::fputs(kUsageHead, stdout);
-    std::fputs(table.help().c_str(), stdout);
-    std::fputs(kUsageTail, stdout);
-    std::exit(0);
-  }
-  if (f.uninstall) return f;
-  if (f.node_name.empty()) usageError("--node-name is required");
-  if (f.controlplane.empty()) usageError("--controlplane is required");
-  if (f.ca_bundle.empty())
-    usageError("--ca-bundle is required: the control plane is only trusted through it");
-  return f;
-}
-
 // Bridges CNI requests to the pod manager.
-int runAgent(const Flags& flags) {
+int runAgent(const agent::Flags& flags) {
   auto logger = log::get("agent");
   blockTerminationSignals();  // before any thread starts: all inherit the mask
   // Two sockets per proxied connection per pod: the default soft limit of
@@ -491,15 +299,7 @@ int runAgent(const Flags& flags) {
     // HTTP inspection: the default opaque ports and what workloads declare.
     j["opaque_ports"] = {{"default", engine_config.opaque_ports},
                          {"declared", directory.opaqueJson()}};
-    j["bpf"] = agent::wiring::bpfJson(ld, flags.pin_dir, cgroup);
-    auto& sp = j["bpf"]["sockmap"]["splice"];
-    sp["mode"] = splice ? "on" : "off";
-    sp["detail"] = splice_detail;
-    if (splice) {
-      auto st = splice->stats();
-      for (size_t i = 0; i < agent::bpf::kSpliceStats.size(); ++i)
-        sp["stats"][agent::bpf::kSpliceStats[i].name] = st[i];
-    }
+    j["bpf"] = agent::wiring::bpfJson(ld, flags.pin_dir, cgroup, splice.get(), splice_detail);
     return j;
   };
   sources.connections = [&] { return agent::wiring::connectionsJson(eng); };
@@ -582,10 +382,7 @@ int runAgent(const Flags& flags) {
   metric_sources.bpf_maps = [&] { return ld.mapFill(); };
   metric_sources.sockmap_enabled = [&] { return ld.sockmap().active; };
   metric_sources.sockmap_stats = [&] {
-    auto v = ld.sockmapStats();
-    auto st = splice ? splice->stats() : std::vector<uint64_t>(SLUICE_SPLICE_STAT_MAX);
-    v.insert(v.end(), st.begin(), st.end());  // kSockmapStats, then kSpliceStats
-    return v;
+    return agent::wiring::sockmapMetricStats(ld, splice.get());
   };
   metric_sources.cert_expiry = [&] { return certs.expiries(); };
   metric_sources.http = [&](agent::telemetry::TextWriter& out) { http_metrics.write(out); };
@@ -678,7 +475,7 @@ int main(int argc, char** argv) {
   // load grew them to (malloc_trim releases no arena's top but the main one),
   // 4-6 MiB after a load (docs/performance.md, "Agent RSS").
   mallopt(M_ARENA_MAX, 1);
-  Flags flags = parseFlags(argc, argv);
+  agent::Flags flags = agent::parseFlags(argc, argv);
   log::setup(flags.log_level);
   if (flags.uninstall) {
     if (auto r = agent::bpf::Loader::removePinned(flags.pin_dir); !r) {

@@ -12,7 +12,11 @@
  * cannot reach the app around the mesh (no mTLS, no policy): fail closed, and
  * counted (sluice_stats6_v1). So is IPv6 TCP behind a fragment header or
  * behind more extension headers than parse6() walks. Replies to the pod's
- * own connections (SYN-ACK and later) pass. */
+ * own connections (SYN-ACK and later) pass.
+ *
+ * IPv4 TCP fragments (MF set or a non-zero offset) are dropped and counted
+ * (sluice_stats4_v1) whatever they carry: the stack would reassemble them and
+ * hand a SYN the program never saw whole to the app around the mesh. */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -23,7 +27,12 @@ struct sluice_ip4_tcp {
 	__u8 syn, ack;
 };
 
-/* Parses an Ethernet/IPv4/TCP header; negative when the packet is not one. */
+/* parse(): an IPv4 TCP fragment, whose reassembled packet this program
+ * cannot see. */
+#define SLUICE_IP4_FRAGMENT 1
+
+/* Parses an Ethernet/IPv4/TCP header; negative when the packet is not one,
+ * SLUICE_IP4_FRAGMENT when it is a fragment of one (the caller drops it). */
 static __always_inline int parse(struct __sk_buff *skb, struct sluice_ip4_tcp *out)
 {
 	struct iphdr ip;
@@ -34,8 +43,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct sluice_ip4_tcp *o
 		return -1;
 	if (ip.protocol != IPPROTO_TCP || ip.ihl < 5)
 		return -1;
-	if (ip.frag_off & bpf_htons(0x1fff | 0x2000)) /* fragments: leave to the stack */
-		return -1;
+	if (ip.frag_off & bpf_htons(0x1fff | 0x2000)) /* an offset, or more fragments */
+		return SLUICE_IP4_FRAGMENT;
 	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + ip.ihl * 4, &tcp, sizeof(tcp)) != 0)
 		return -1;
 	out->saddr = ip.saddr;
@@ -179,7 +188,12 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 		sluice_count6(SLUICE_STAT6_TC_HIDDEN_DROPPED);
 		return TC_ACT_SHOT;
 	}
-	if (parse(skb, &p) != 0 || !p.syn || p.ack || port_passes(p.dport))
+	int parsed = parse(skb, &p);
+	if (parsed == SLUICE_IP4_FRAGMENT) { /* fail closed: a SYN the mesh cannot steer */
+		sluice_count4(SLUICE_STAT4_TC_FRAG_DROPPED);
+		return TC_ACT_SHOT;
+	}
+	if (parsed != 0 || !p.syn || p.ack || port_passes(p.dport))
 		goto pass;
 
 	struct bpf_sock_tuple t = {};

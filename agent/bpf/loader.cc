@@ -158,6 +158,9 @@ Result<std::unique_ptr<Loader>> Loader::create(const LoaderConfig& config) {
   self->excluded_ = std::move(*excluded);
   self->stats_fd_ =
       UniqueFd(fcntl(bpf_map__fd(self->capture_->maps.sluice_stats_v1), F_DUPFD_CLOEXEC, 0));
+  // Created and pinned by libbpf when an earlier build's pins lack it.
+  self->stats4_fd_ =
+      UniqueFd(fcntl(bpf_map__fd(self->capture_->maps.sluice_stats4_v1), F_DUPFD_CLOEXEC, 0));
   if (auto r = self->adoptIp6Maps(); !r) return tl::unexpected(r.error());
 
   // The excluded-port set is configuration: replace it wholesale.
@@ -385,6 +388,8 @@ std::vector<uint64_t> Loader::stats() const {
   auto out = perCpuSums(stats_fd_.get(), SLUICE_STAT_MAX);
   auto six = perCpuSums(stats6_fd_.get(), SLUICE_STAT6_MAX);
   out.insert(out.end(), six.begin(), six.end());
+  auto four = perCpuSums(stats4_fd_.get(), SLUICE_STAT4_MAX);
+  out.insert(out.end(), four.begin(), four.end());
   return out;
 }
 

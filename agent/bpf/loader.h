@@ -113,7 +113,8 @@ class Loader {
   int tcProgramFd() const;
 
   // Sum of the per-CPU stats counters: enum sluice_stat order, then the
-  // IPv6 ones of sluice_stats6_v1 from index kStat6Base (enum sluice_stat6,
+  // IPv6 ones of sluice_stats6_v1 from index kStat6Base (enum sluice_stat6),
+  // then those of sluice_stats4_v1 from kStat4Base (enum sluice_stat4;
   // stat_names.h).
   std::vector<uint64_t> stats() const;
   // Fill level of every hash map (enrolled pods, pending and re-keyed
@@ -183,6 +184,7 @@ class Loader {
   OrigDst6Map orig_dst6_;
   UniqueFd stats_fd_;
   UniqueFd stats6_fd_;
+  UniqueFd stats4_fd_;
   UniqueFd sockmap_stats_fd_;
 };
 

@@ -1,7 +1,8 @@
 // The BPF programs' counters (sluice_stats_v1, indexed by enum sluice_stat,
-// then sluice_stats6_v1 from kStat6Base, indexed by enum sluice_stat6: the
-// order of Loader::stats()), named once for the admin API (/stats "bpf") and
-// the metrics endpoint (sluice_bpf_<name>_total).
+// then sluice_stats6_v1 from kStat6Base, indexed by enum sluice_stat6, then
+// sluice_stats4_v1 from kStat4Base, indexed by enum sluice_stat4: the order
+// of Loader::stats()), named once for the admin API (/stats "bpf") and the
+// metrics endpoint (sluice_bpf_<name>_total).
 #pragma once
 
 #include <array>
@@ -13,13 +14,15 @@ namespace sluice::agent::bpf {
 
 // Index of enum sluice_stat6's first counter in Loader::stats().
 inline constexpr size_t kStat6Base = SLUICE_STAT_MAX;
+// Index of enum sluice_stat4's first counter in Loader::stats().
+inline constexpr size_t kStat4Base = kStat6Base + SLUICE_STAT6_MAX;
 
 struct StatInfo {
   const char* name;
   const char* help;
 };
 
-inline constexpr std::array<StatInfo, kStat6Base + SLUICE_STAT6_MAX> kStats = {{
+inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
     {"connect_seen", "connect() calls seen in enrolled pods (cgroup/connect4 and connect6)"},
     {"connect_redirected",
      "Outbound connects captured: rewritten to the pod's 127.0.0.1:15001 or [::1]:15001"},
@@ -41,6 +44,10 @@ inline constexpr std::array<StatInfo, kStat6Base + SLUICE_STAT6_MAX> kStats = {{
     {"ip6_tc_hidden_dropped",
      "Inbound IPv6 TCP packets dropped: behind a fragment header or more than 4 extension "
      "headers, which the mesh cannot steer (fail closed)"},
+    // sluice_stats4_v1 (kStat4Base + enum sluice_stat4)
+    {"ip4_tc_frag_dropped",
+     "Inbound IPv4 TCP fragments to an enrolled pod dropped: reassembled, a SYN would reach the "
+     "app around the mesh (fail closed)"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

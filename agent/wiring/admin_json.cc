@@ -98,7 +98,8 @@ nlohmann::json listenersJson(const ztunnel::Engine& engine) {
 }
 
 nlohmann::json bpfJson(const bpf::Loader& loader, const std::string& pin_dir,
-                       const std::string& cgroup) {
+                       const std::string& cgroup, const bpf::MapSpliceControl* splice,
+                       const std::string& splice_detail) {
   nlohmann::json links = nlohmann::json::array();
   for (const auto& l : loader.links())
     links.push_back({{"program", l.program}, {"pin", l.pin}, {"link_id", l.link_id}});
@@ -112,7 +113,23 @@ nlohmann::json bpfJson(const bpf::Loader& loader, const std::string& pin_dir,
     for (size_t i = 0; i < bpf::kSockmapStats.size(); ++i)
       sockmap["stats"][bpf::kSockmapStats[i].name] = stats[i];
   }
+  auto& sp = sockmap["splice"];
+  sp["mode"] = splice ? "on" : "off";
+  sp["detail"] = splice_detail;
+  if (splice) {
+    auto st = splice->stats();
+    for (size_t i = 0; i < bpf::kSpliceStats.size(); ++i)
+      sp["stats"][bpf::kSpliceStats[i].name] = st[i];
+  }
   return {{"pin_dir", pin_dir}, {"cgroup", cgroup}, {"links", links}, {"sockmap", sockmap}};
+}
+
+std::vector<uint64_t> sockmapMetricStats(const bpf::Loader& loader,
+                                         const bpf::MapSpliceControl* splice) {
+  auto v = loader.sockmapStats();
+  auto st = splice ? splice->stats() : std::vector<uint64_t>(SLUICE_SPLICE_STAT_MAX);
+  v.insert(v.end(), st.begin(), st.end());  // kSockmapStats, then kSpliceStats
+  return v;
 }
 
 }  // namespace sluice::agent::wiring

@@ -118,6 +118,18 @@ enum sluice_stat6 {
 	SLUICE_STAT6_MAX = 5,
 };
 
+/* sluice_stats4_v1: per-CPU array of SLUICE_STATS4_SLOTS counters indexed by
+ * enum sluice_stat4: IPv4 counters that came after sluice_stats_v1 was pinned
+ * (it cannot grow, see above; sluice_stats6_v1 is the IPv6 ones'). An agent
+ * whose pin set lacks it (an upgrade from an earlier build) creates and pins
+ * it beside the maps it re-uses. The spare slots let later counters come
+ * without changing the pin. */
+#define SLUICE_STATS4_SLOTS 16
+enum sluice_stat4 {
+	SLUICE_STAT4_TC_FRAG_DROPPED = 0, /* IPv4 TCP fragment (MF or an offset) to an enrolled pod */
+	SLUICE_STAT4_MAX = 1,
+};
+
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).
  * sluice_sockhash_v1: BPF_MAP_TYPE_SOCKHASH keyed by struct sluice_pair_key
  * read from the socket itself: src = its own end, dst = its peer (both in

@@ -73,6 +73,21 @@ static __always_inline void sluice_count6(__u32 stat)
 		*v += 1;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_STATS4_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_stats4_v1 SEC(".maps");
+
+static __always_inline void sluice_count4(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&sluice_stats4_v1, &stat);
+	if (v)
+		*v += 1;
+}
+
 static __always_inline int sluice_port_excluded(__u16 port_net)
 {
 	return bpf_map_lookup_elem(&sluice_excluded_ports_v1, &port_net) != 0;

@@ -8,9 +8,11 @@
 #include <linux/tcp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <vector>
@@ -40,7 +42,12 @@ struct Packet {
   // header when fragment, before the L4 one.
   int dest_opts = 0;
   bool fragment = false;
+  // IPv4: the frag_off field, host order (kMoreFragments, kDontFragment,
+  // offset in 8-byte units).
+  uint16_t frag_off = 0;
 };
+constexpr uint16_t kMoreFragments = 0x2000;
+constexpr uint16_t kDontFragment = 0x4000;
 
 // The headers are built as objects and copied in: past the 14-byte Ethernet
 // header the IP header is not 4-byte aligned, so it cannot be written in place.
@@ -54,6 +61,7 @@ std::vector<uint8_t> build(const Packet& p) {
   ip.ihl = 5;
   ip.ttl = 64;
   ip.protocol = p.proto;
+  ip.frag_off = htons(p.frag_off);
   ip.tot_len = htons(sizeof(iphdr) + sizeof(tcphdr));
   ipv6hdr ip6{};
   ip6.version = 6;
@@ -90,16 +98,21 @@ std::vector<uint8_t> build(const Packet& p) {
   tcp.syn = p.syn;
   tcp.ack = p.ack;
   tcp.window = htons(65535);
-  const size_t ip_len = v6 ? sizeof(ip6) + ext_len : sizeof(ip);
-  std::vector<uint8_t> buf(sizeof(eth) + ip_len + sizeof(tcp));
-  std::memcpy(buf.data(), &eth, sizeof(eth));
+  // Appended (not copied into a sized buffer: GCC's -Warray-bounds then
+  // misreads the inlined copies).
+  std::vector<uint8_t> buf;
+  auto append = [&buf](const void* from, size_t len) {
+    const auto* b = static_cast<const uint8_t*>(from);
+    buf.insert(buf.end(), b, b + len);
+  };
+  append(&eth, sizeof(eth));
   if (v6) {
-    std::memcpy(buf.data() + sizeof(eth), &ip6, sizeof(ip6));
-    if (ext_len) std::memcpy(buf.data() + sizeof(eth) + sizeof(ip6), ext.data(), ext_len);
+    append(&ip6, sizeof(ip6));
+    append(ext.data(), ext_len);
   } else {
-    std::memcpy(buf.data() + sizeof(eth), &ip, sizeof(ip));
+    append(&ip, sizeof(ip));
   }
-  std::memcpy(buf.data() + sizeof(eth) + ip_len, &tcp, sizeof(tcp));
+  append(&tcp, sizeof(tcp));
   return buf;
 }
 
@@ -121,6 +134,85 @@ std::pair<int, std::vector<uint64_t>> run(Loader& loader, int netns, const Packe
   std::vector<uint64_t> delta(after.size());
   for (size_t i = 0; i < after.size(); ++i) delta[i] = after[i] - before[i];
   return {verdict, delta};
+}
+
+// The one's-complement sum of 16-bit big-endian words (RFC 1071), unfolded.
+uint32_t sum16(const uint8_t* data, size_t len, uint32_t sum = 0) {
+  for (size_t i = 0; i + 1 < len; i += 2) sum += (uint32_t{data[i]} << 8) | data[i + 1];
+  if (len % 2) sum += uint32_t{data[len - 1]} << 8;
+  return sum;
+}
+
+// A 40-byte TCP SYN header (an MSS option, then NOPs) from src:sport to
+// dst:dport (addresses in network order), its checksum set.
+std::vector<uint8_t> tcpSyn(uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport) {
+  tcphdr tcp{};
+  tcp.source = htons(sport);
+  tcp.dest = htons(dport);
+  tcp.seq = htonl(1000);
+  tcp.doff = 10;
+  tcp.syn = 1;
+  tcp.window = htons(65535);
+  std::vector<uint8_t> seg(40, 1 /* NOP */);
+  std::memcpy(seg.data(), &tcp, sizeof(tcp));
+  const uint8_t mss[4] = {2, 4, 0x05, 0xb4};  // MSS 1460
+  std::memcpy(seg.data() + sizeof(tcp), mss, sizeof(mss));
+  uint8_t pseudo[12] = {};
+  std::memcpy(pseudo, &src, 4);
+  std::memcpy(pseudo + 4, &dst, 4);
+  pseudo[9] = IPPROTO_TCP;
+  pseudo[11] = static_cast<uint8_t>(seg.size());
+  uint32_t sum = sum16(seg.data(), seg.size(), sum16(pseudo, sizeof(pseudo)));
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  uint16_t check = htons(static_cast<uint16_t>(~sum));
+  std::memcpy(seg.data() + offsetof(tcphdr, check), &check, sizeof(check));
+  return seg;
+}
+
+// Sends seg as IPv4 packets through a raw socket (the kernel fills in the
+// checksum and total length): whole when fragment_at is 0, else as two
+// fragments, the first with seg's first fragment_at bytes (a multiple of 8).
+void sendRaw(int raw, uint32_t src, uint32_t dst, const std::vector<uint8_t>& seg,
+             size_t fragment_at = 0) {
+  auto send = [&](size_t from, size_t len, bool more) {
+    iphdr ip{};
+    ip.version = 4;
+    ip.ihl = 5;
+    ip.ttl = 64;
+    ip.protocol = IPPROTO_TCP;
+    ip.id = htons(0x5151);
+    ip.frag_off = htons(static_cast<uint16_t>((more ? kMoreFragments : 0) | from / 8));
+    ip.saddr = src;
+    ip.daddr = dst;
+    std::vector<uint8_t> pkt(sizeof(ip) + len);
+    std::memcpy(pkt.data(), &ip, sizeof(ip));
+    std::memcpy(pkt.data() + sizeof(ip), seg.data() + from, len);
+    sockaddr_in to = makeSockaddr(dst, 0);
+    REQUIRE(::sendto(raw, pkt.data(), pkt.size(), 0, reinterpret_cast<sockaddr*>(&to),
+                     sizeof(to)) == static_cast<ssize_t>(pkt.size()));
+  };
+  if (fragment_at == 0) return send(0, seg.size(), false);
+  REQUIRE(fragment_at % 8 == 0);
+  send(0, fragment_at, true);
+  send(fragment_at, seg.size() - fragment_at, false);
+}
+
+// Reads what a raw IPPROTO_TCP socket holds; true when a SYN-ACK from port
+// `from` to port `to` is among it.
+bool synAckIn(int rx, uint16_t from, uint16_t to) {
+  bool seen = false;
+  uint8_t buf[1500];
+  ssize_t n;
+  while ((n = ::recv(rx, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+    iphdr ip{};
+    tcphdr tcp{};
+    if (static_cast<size_t>(n) < sizeof(ip)) continue;
+    std::memcpy(&ip, buf, sizeof(ip));
+    if (static_cast<size_t>(n) < ip.ihl * 4u + sizeof(tcp)) continue;
+    std::memcpy(&tcp, buf + ip.ihl * 4, sizeof(tcp));
+    if (tcp.syn && tcp.ack && ntohs(tcp.source) == from && ntohs(tcp.dest) == to) seen = true;
+  }
+  return seen;
 }
 
 }  // namespace
@@ -169,6 +261,67 @@ TEST_SUITE("inbound.bpf") {
       CHECK(verdict == 0 /*TC_ACT_OK*/);
       CHECK(delta[c.expect] == 1);
       CHECK(delta[SLUICE_STAT_TC_ASSIGNED] == 0);
+    }
+
+    // IPv4 TCP fragments: the stack would reassemble them and hand a SYN to
+    // the app around the mesh, so every one is dropped and counted (the
+    // program cannot see a non-first fragment's ports or flags, nor know that
+    // a first one is all of the TCP header). Other fragments pass.
+    constexpr size_t kFrag4 = agent::bpf::kStat4Base + SLUICE_STAT4_TC_FRAG_DROPPED;
+    struct Case4 {
+      const char* name;
+      Packet pkt;
+      int verdict;
+      size_t expect;  // the one counter that moves
+    };
+    const Case4 cases4[] = {
+        {"first fragment of a tcp syn is dropped and counted",
+         {"10.77.1.9", "10.77.1.5", 8080, true, false, IPPROTO_TCP, false, 0, false,
+          kMoreFragments},
+         2 /*SHOT*/,
+         kFrag4},
+        {"non-first (last) fragment of a tcp segment is dropped and counted",
+         {"10.77.1.9", "10.77.1.5", 8080, false, false, IPPROTO_TCP, false, 0, false, 3},
+         2,
+         kFrag4},
+        {"middle fragment of a tcp segment is dropped and counted",
+         {"10.77.1.9", "10.77.1.5", 8080, false, false, IPPROTO_TCP, false, 0, false,
+          kMoreFragments | 3},
+         2,
+         kFrag4},
+        {"first fragment of a tcp ack is dropped too",
+         {"10.77.1.9", "10.77.1.5", 8080, false, true, IPPROTO_TCP, false, 0, false,
+          kMoreFragments},
+         2,
+         kFrag4},
+        {"tcp fragment to an excluded port is dropped too (its port is not known)",
+         {"10.77.1.9", "10.77.1.5", 9999, true, false, IPPROTO_TCP, false, 0, false,
+          kMoreFragments},
+         2,
+         kFrag4},
+        {"an unfragmented syn with DF is unchanged (to the hbone port: passed)",
+         {"10.77.1.9", "10.77.1.5", 15008, true, false, IPPROTO_TCP, false, 0, false,
+          kDontFragment},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"an unfragmented ack is unchanged (passed)",
+         {"10.77.1.9", "10.77.1.5", 8080, false, true},
+         0,
+         SLUICE_STAT_TC_PASSED},
+        {"udp fragments pass",
+         {"10.77.1.9", "10.77.1.5", 8080, false, false, IPPROTO_UDP, false, 0, false,
+          kMoreFragments},
+         0,
+         SLUICE_STAT_TC_PASSED},
+    };
+    for (const auto& c : cases4) {
+      CAPTURE(c.name);
+      auto [verdict, delta] = run(loader, pod.fd(), c.pkt);
+      CHECK(verdict == c.verdict);
+      for (size_t i = 0; i < delta.size(); ++i) {
+        CAPTURE(i);
+        CHECK(delta[i] == (i == c.expect ? 1u : 0u));
+      }
     }
 
     // IPv6: a SYN to the pod that no [pod-v6]:15006 listener takes is
@@ -343,5 +496,66 @@ TEST_SUITE("inbound.bpf ipv6") {
       CHECK(a.valid());
       CHECK(stat(dropped6) == 0);
     }
+  }
+}
+
+TEST_SUITE("inbound.bpf ipv4 fragments") {
+  // An upgrade from a build before sluice_stats4_v1: the next loader creates
+  // and pins it beside the pins it re-uses, and the tc program counts in it.
+  TEST_CASE("a pin set without sluice_stats4_v1 (an earlier build's) gets it, counting") {
+    test::ScratchNetns pod;
+    test::LoadedCapture bpf;
+    const std::string stats4 = bpf.pin + "/sluice_stats4_v1";
+    REQUIRE(bpf.loader->enrolled().update(42, sluice_enrolled{1, 0}).has_value());
+    bpf.loader.reset();  // the agent exits; the pins stay
+    REQUIRE(::unlink(stats4.c_str()) == 0);
+    auto next = Loader::create({bpf.pin, test::cgroup2(), {}});
+    REQUIRE_MESSAGE(next.has_value(), (next ? "" : next.error().describe()));
+    bpf.loader = std::move(*next);
+    CHECK(bpf.loader->enrolled().lookup(42).has_value());  // the older pins re-used
+    CHECK(::access(stats4.c_str(), F_OK) == 0);
+    const size_t frag4 = agent::bpf::kStat4Base + SLUICE_STAT4_TC_FRAG_DROPPED;
+    auto [verdict, delta] = run(*bpf.loader, pod.fd(),
+                                {"10.77.1.9", "10.77.1.5", 8080, true, false, IPPROTO_TCP, false, 0,
+                                 false, kMoreFragments});
+    CHECK(verdict == 2);
+    CHECK(delta.size() == agent::bpf::kStats.size());
+    CHECK(delta[frag4] == 1);
+  }
+
+  // Real packets across a veth: a SYN sent as IPv4 fragments would be
+  // reassembled by the pod's stack and answered by the app around the mesh;
+  // the tc program drops the fragments, so the app never answers.
+  TEST_CASE("a fragmented IPv4 SYN never reaches the app; dropped and counted") {
+    test::ScratchNetns pod;
+    test::ScratchNetns peer;
+    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " + peer.path() +
+           " && ip link set eth0 up && ip addr add 10.78.0.5/24 dev eth0");
+    peer.sh("ip link set peer0 up && ip addr add 10.78.0.9/24 dev peer0");
+    test::LoadedCapture bpf;
+    auto attached = bpf.loader->attachTc(pod.fd(), "eth0");
+    REQUIRE_MESSAGE(attached.has_value(), (attached ? "" : attached.error().describe()));
+    auto app = test::listenIn(pod.fd(), "10.78.0.5", 8080);
+    auto raw = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_RAW);
+    REQUIRE(raw.has_value());
+    auto rx = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_TCP);
+    REQUIRE(rx.has_value());
+    const uint32_t src = *parseIp4("10.78.0.9");
+    const uint32_t dst = *parseIp4("10.78.0.5");
+    auto stat = [&](size_t i) { return bpf.loader->stats().at(i); };
+    const size_t frag4 = agent::bpf::kStat4Base + SLUICE_STAT4_TC_FRAG_DROPPED;
+
+    // The same SYN whole: no proxy listener here, so IPv4 passes to the app,
+    // which answers (what the fragmented one would get without the drop).
+    sendRaw(raw->get(), src, dst, tcpSyn(src, dst, 41001, 8080));
+    CHECK(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41001); }));
+    CHECK(stat(frag4) == 0);
+
+    // Fragmented: the first fragment holds 24 bytes of the TCP header.
+    sendRaw(raw->get(), src, dst, tcpSyn(src, dst, 41002, 8080), 24);
+    CHECK(testing::eventually([&] { return stat(frag4) == 2; }));
+    CHECK_FALSE(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41002); },
+                                    std::chrono::milliseconds(500)));
+    CHECK(stat(SLUICE_STAT_TC_NO_LISTENER) == 1);  // the whole SYN's only
   }
 }

@@ -12,7 +12,7 @@ import re
 import sys
 import time
 
-from labkit import LAB_DIR, LabTest, APP, wait_for
+from labkit import LAB_DIR, LabTest, APP, metric_sum, parse_metrics, wait_for
 
 MESH = "sluice.dev/mesh"
 CLOSED_PORT = 9  # nobody listens there
@@ -146,6 +146,24 @@ class HardeningTest(LabTest):
         # Five streams over a pooled tunnel: five connections, at most one new tunnel.
         self.assertEqual(after["proxy"]["accepted"] - before["proxy"]["accepted"], 5)
         self.assertLessEqual(after["hbone"]["tunnels_accepted"] - before["hbone"]["tunnels_accepted"], 1)
+
+    def test_syn_sent_as_ipv4_fragments_never_reaches_the_pod(self):
+        # Reassembled by the pod's stack, a fragmented SYN would reach the app
+        # around the proxy (no mTLS, no policy): the tc program drops the
+        # fragments. The same SYN whole is answered (by the proxy's 15006).
+        def frag_dropped():
+            _, body = self.lab.scrape("node1")
+            return metric_sum(parse_metrics(body), "sluice_bpf_ip4_tc_frag_dropped_total")
+
+        def fragsyn(fragment):
+            out = self.lab.client("legacy/tester", "fragsyn", self.local_ip, "8080", fragment).stdout
+            return json.loads(out.strip().splitlines()[-1])["syn_ack"]
+
+        before = frag_dropped()
+        self.assertTrue(fragsyn("0"), "the whole SYN was not answered: the test sends nothing")
+        self.assertEqual(frag_dropped(), before)
+        self.assertFalse(fragsyn("1"), "a SYN sent as IPv4 fragments reached the pod")
+        self.assertEqual(frag_dropped(), before + 2)
 
     def test_no_libbpf_warning_when_a_pod_is_enrolled_again(self):
         # The pod's clsact qdisc stays after unenrolling; enrolling again finds it.

@@ -38,6 +38,10 @@ Clients:
                                                   prints "ready opened=.. failed=.." and holds until killed
   tcpapp.py garbage HOST PORT N                   N connections, each sends a line of garbage and waits
                                                   for the close; prints "done closed=.."
+  tcpapp.py fragsyn HOST PORT 0|1                 one TCP SYN crafted on a raw socket (IPv4 HOST), whole
+                                                  (0) or as two IP fragments (1, the first with 24 bytes
+                                                  of the 40-byte TCP header); waits 2 s for the answer;
+                                                  prints JSON {"syn_ack": whether one came}
 """
 import asyncio
 import hashlib
@@ -480,6 +484,59 @@ def client_garbage(host, port, n):
     print(f"done closed={closed}")
 
 
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def client_fragsyn(host, port, fragment):
+    import random
+    import select
+    import struct
+    import time
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect((host, port))
+    src = probe.getsockname()[0]
+    probe.close()
+    saddr, daddr = socket.inet_aton(src), socket.inet_aton(host)
+    sport = random.randint(40000, 60000)
+    options = bytes([2, 4, 0x05, 0xB4]) + bytes([1]) * 16  # MSS 1460, NOPs: a 40-byte header
+    tcp = struct.pack("!HHIIBBHHH", sport, port, 1000, 0, 10 << 4, 0x02, 65535, 0, 0) + options
+    pseudo = saddr + daddr + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+    rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+    def send(payload, offset, more):
+        # The kernel fills in the total length and the header checksum.
+        flags = (0x2000 if more else 0) | (offset // 8)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0x5151, flags, 64, socket.IPPROTO_TCP, 0,
+                         saddr, daddr)
+        raw.sendto(ip + payload, (host, 0))
+
+    if fragment:
+        send(tcp[:24], 0, True)
+        send(tcp[24:], 24, False)
+    else:
+        send(tcp, 0, False)
+    deadline = time.monotonic() + 2
+    seen = False
+    while not seen and time.monotonic() < deadline:
+        if not select.select([rx], [], [], max(0, deadline - time.monotonic()))[0]:
+            break
+        pkt = rx.recv(1500)
+        ihl = (pkt[0] & 0x0F) * 4
+        if pkt[12:16] != daddr or len(pkt) < ihl + 14:
+            continue
+        from_port, to_port = struct.unpack("!HH", pkt[ihl:ihl + 4])
+        seen = from_port == port and to_port == sport and pkt[ihl + 13] & 0x12 == 0x12
+    print(json.dumps({"syn_ack": seen}))
+
+
 def main():
     a = sys.argv[1:]
     if not a or a[0] in ("-h", "--help"):
@@ -520,6 +577,8 @@ def main():
         client_flood(a[1], int(a[2]), int(a[3]))
     elif cmd == "garbage":
         client_garbage(a[1], int(a[2]), int(a[3]))
+    elif cmd == "fragsyn":
+        client_fragsyn(a[1], int(a[2]), a[3] == "1")
     else:
         sys.exit(f"tcpapp: unknown command {cmd}")
 

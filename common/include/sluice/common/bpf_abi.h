@@ -16,5 +16,6 @@ static_assert(sizeof(sluice_enrolled6) == 16);
 static_assert(sizeof(sluice_orig_dst6) == 20);
 static_assert(sizeof(sluice_pair_key6) == 48);
 static_assert(SLUICE_STAT6_MAX <= SLUICE_STATS6_SLOTS);
+static_assert(SLUICE_STAT4_MAX <= SLUICE_STATS4_SLOTS);
 static_assert(sizeof(sluice_splice) == 40);
 static_assert(sizeof(sluice_splice_sk) == 16);
