@@ -32,19 +32,8 @@ $LAB up --nodes 2 >/dev/null
 $LAB ns label mesh sluice.dev/mesh=enabled >/dev/null
 $LAB pod add mesh client --node node1 --sa client >/dev/null
 $LAB pod add mesh server --node node2 --sa server >/dev/null
-cat > "$work/nginx.conf" <<NGINX
-daemon off;
-pid $work/nginx.pid;
-worker_processes 1;
-error_log /dev/null;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
-  uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 8080 reuseport; location / { return 200 "ok\n"; } }
-}
-NGINX
+. bench/nginx.sh
+nginx_conf "$work/nginx.conf" "$work/nginx.pid" "$work"
 $LAB exec mesh/server -- nginx -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 &
 cat > "$work/client.py" <<'PY'
 import socket, sys

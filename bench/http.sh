@@ -16,19 +16,8 @@ work=$(mktemp -d /tmp/sluice-bench-http.XXXXXX)
 cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-cat > "$work/nginx.conf" <<NGINX
-daemon off;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log /dev/null;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
-  uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 8080 reuseport; location / { return 200 "ok\n"; } }
-}
-NGINX
+. bench/nginx.sh
+nginx_conf "$work/nginx.conf" "$work/nginx.pid" "$work"
 
 to_us() { /usr/bin/python3 -c "
 v='$1'

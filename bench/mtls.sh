@@ -47,20 +47,9 @@ for ns in mesh plain; do
 done
 
 # nginx + iperf3 servers in both server pods.
-cat > "$work/nginx.conf" <<NGINX
-daemon off;
-worker_processes 1;
-error_log /dev/null;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
-  uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 8080 reuseport; location / { return 200 "ok\n"; } }
-}
-NGINX
+. bench/nginx.sh
 for ns in mesh plain; do
-  sed "s#^daemon off;#daemon off;\npid $work/nginx-$ns.pid;#" "$work/nginx.conf" > "$work/nginx-$ns.conf"
+  nginx_conf "$work/nginx-$ns.conf" "$work/nginx-$ns.pid" "$work"
   $LAB exec $ns/server -- iperf3 -s -p 5201 >/dev/null 2>&1 &
   $LAB exec $ns/server -- nginx -c "$work/nginx-$ns.conf" -p "$work" >/dev/null 2>&1 &
 done

@@ -29,21 +29,9 @@ $LAB pod add mesh client --node node1 --sa client >/dev/null
 $LAB pod add mesh open --node node2 --sa server --label app=open >/dev/null
 $LAB pod add mesh guarded --node node2 --sa server --label app=guarded >/dev/null
 
-cat > "$work/nginx.conf" <<NGINX
-daemon off;
-worker_processes 1;
-error_log /dev/null;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_timeout 0;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
-  uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 8080 reuseport; location / { return 200 "ok\n"; } }
-}
-NGINX
+. bench/nginx.sh
 for pod in open guarded; do
-  sed "s#^daemon off;#daemon off;\npid $work/nginx-$pod.pid;#" "$work/nginx.conf" > "$work/nginx-$pod.conf"
+  nginx_conf "$work/nginx-$pod.conf" "$work/nginx-$pod.pid" "$work" "keepalive_timeout 0;"
   $LAB exec mesh/$pod -- nginx -c "$work/nginx-$pod.conf" -p "$work" >/dev/null 2>&1 &
 done
 

@@ -46,20 +46,9 @@ echo "== node1: per-pod delta ($enrolled pods - 0 pods) / $enrolled"
 /usr/bin/python3 bench/rss.py --diff "$work/node1-0_pods_idle.json" \
   "$work/node1-${enrolled}_pods_idle.json" --per "$enrolled"
 
-cat > "$work/nginx.conf" <<NGINX
-daemon off;
-worker_processes 1;
-error_log /dev/null;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
-  uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 8080 reuseport; location / { return 200 "ok\n"; } }
-}
-NGINX
+. bench/nginx.sh
 for p in local remote; do
-  sed "s#^daemon off;#daemon off;\npid $work/nginx-$p.pid;#" "$work/nginx.conf" > "$work/nginx-$p.conf"
+  nginx_conf "$work/nginx-$p.conf" "$work/nginx-$p.pid" "$work"
   $LAB exec mesh/$p -- iperf3 -s -p 5201 >/dev/null 2>&1 &
   $LAB exec mesh/$p -- nginx -c "$work/nginx-$p.conf" -p "$work" >/dev/null 2>&1 &
 done

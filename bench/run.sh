@@ -30,24 +30,11 @@ for ns in mesh plain; do
   $LAB pod add $ns client --node node1 --sa client >/dev/null
 done
 
-cat > "$work/nginx.conf" <<NGINX
-daemon off;
-worker_processes 1;
-pid $work/nginx-PORT.pid;
-error_log /dev/null;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
-  uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen PORT reuseport; location / { return 200 "ok\n"; } }
-}
-NGINX
+. bench/nginx.sh
 start_servers() {  # ns
   local ns=$1
   $LAB exec $ns/server -- iperf3 -s -p 5201 >/dev/null 2>&1 &
-  sed "s/PORT/8080/g" "$work/nginx.conf" > "$work/nginx-$ns.conf"
-  sed -i "s#nginx-8080.pid#nginx-$ns.pid#" "$work/nginx-$ns.conf"
+  nginx_conf "$work/nginx-$ns.conf" "$work/nginx-$ns.pid" "$work"
   $LAB exec $ns/server -- nginx -c "$work/nginx-$ns.conf" -p "$work" >/dev/null 2>&1 &
 }
 start_servers mesh
