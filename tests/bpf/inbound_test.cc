@@ -268,13 +268,25 @@ TEST_SUITE("inbound.bpf") {
     // program cannot see a non-first fragment's ports or flags, nor know that
     // a first one is all of the TCP header). Other fragments pass.
     constexpr size_t kFrag4 = agent::bpf::kStat4Base + SLUICE_STAT4_TC_FRAG_DROPPED;
-    struct Case4 {
+    // A packet, the verdict, and the one counter that moves (every other stays).
+    struct VCase {
       const char* name;
       Packet pkt;
       int verdict;
-      size_t expect;  // the one counter that moves
+      size_t expect;
     };
-    const Case4 cases4[] = {
+    const auto runCases = [&](const auto& cases) {
+      for (const VCase& c : cases) {
+        CAPTURE(c.name);
+        auto [verdict, delta] = run(loader, pod.fd(), c.pkt);
+        CHECK(verdict == c.verdict);
+        for (size_t i = 0; i < delta.size(); ++i) {
+          CAPTURE(i);
+          CHECK(delta[i] == (i == c.expect ? 1u : 0u));
+        }
+      }
+    };
+    const VCase cases4[] = {
         {"first fragment of a tcp syn is dropped and counted",
          {"10.77.1.9", "10.77.1.5", 8080, true, false, IPPROTO_TCP, false, 0, false,
           kMoreFragments},
@@ -314,28 +326,14 @@ TEST_SUITE("inbound.bpf") {
          0,
          SLUICE_STAT_TC_PASSED},
     };
-    for (const auto& c : cases4) {
-      CAPTURE(c.name);
-      auto [verdict, delta] = run(loader, pod.fd(), c.pkt);
-      CHECK(verdict == c.verdict);
-      for (size_t i = 0; i < delta.size(); ++i) {
-        CAPTURE(i);
-        CHECK(delta[i] == (i == c.expect ? 1u : 0u));
-      }
-    }
+    runCases(cases4);
 
     // IPv6: a SYN to the pod that no [pod-v6]:15006 listener takes is
     // dropped (fail closed: it would bypass mTLS and policy) and counted;
     // the proxy's ports, excluded ports and everything but a SYN pass.
     constexpr size_t kNoListener6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_NO_LISTENER;
     constexpr size_t kHidden6 = agent::bpf::kStat6Base + SLUICE_STAT6_TC_HIDDEN_DROPPED;
-    struct Case6 {
-      const char* name;
-      Packet pkt;
-      int verdict;
-      size_t expect;  // the one counter that moves
-    };
-    const Case6 cases6[] = {
+    const VCase cases6[] = {
         {"ipv6 syn without a listener is dropped and counted",
          {"fd00:77::9", "fd00:77::5", 8080, true, false},
          2 /*SHOT*/,
@@ -404,15 +402,7 @@ TEST_SUITE("inbound.bpf") {
          2,
          kHidden6},
     };
-    for (const auto& c : cases6) {
-      CAPTURE(c.name);
-      auto [verdict, delta] = run(loader, pod.fd(), c.pkt);
-      CHECK(verdict == c.verdict);
-      for (size_t i = 0; i < delta.size(); ++i) {
-        CAPTURE(i);
-        CHECK(delta[i] == (i == c.expect ? 1u : 0u));
-      }
-    }
+    runCases(cases6);
 
     // With the proxy's transparent listener present the SYN is steered to it.
     auto s = socketInNetns(pod.fd(), AF_INET, SOCK_STREAM, 0);
