@@ -23,6 +23,7 @@ check() {  # check BINARY [SUBCOMMAND]
 check "$build/agent/sluice-agent"
 check "$build/controlplane/sluice-controlplane"
 check "$build/tools/sluicectl"
+check "$build/tools/sluicectl" connections
 check "$build/tools/sluicectl" stat
 check "$build/tools/sluicectl" top
 check "$build/tools/sluicectl" tap

@@ -335,8 +335,8 @@ const std::vector<Command>& commands() {
       {"workloads", "workloads known to this node's agent, and which local pods are enrolled",
        cmdWorkloads},
       {"connections",
-       "proxied connections (open and recently closed); 'reset ID' resets one, 'reset --pod "
-       "NS/NAME' all of a pod (both apps see a reset)",
+       "proxied connections (open and recently closed); 'connections reset' resets one, or "
+       "all of a pod (both apps see a reset)",
        cmdConnections, declareConnections, "[reset ID | reset --pod NAMESPACE/NAME] [flags]", 2},
       {"bpf", "Sluice's pinned BPF maps and links on this node, decoded", cmdBpf},
       {"stats", "proxy and BPF counters", cmdStats},
