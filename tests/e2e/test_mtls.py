@@ -331,7 +331,7 @@ class MtlsSockmapTest(SockmapOn, MtlsTest):
 
     def test_sockmap_mode_is_on_and_carries_the_bytes(self):
         self.assert_sockmap_on()
-        self.lab.server("shop/server", "stream", 8084)
+        self.lab.server("shop/server", "stream", 8085)  # 8084: the reset test's watch server
         # Each node redirects at least the stream its proxy writes to the app (node1 the
         # download to the client, node2 the upload to the server): the proxy writes once
         # both hop ends are in the sockhash. The apps' own sends are redirected too unless
@@ -339,7 +339,7 @@ class MtlsSockmapTest(SockmapOn, MtlsTest):
         size = 4 << 20
         with self.assert_sockmap_moves({"node1": size, "node2": size},
                                        {"node1": CLIENT_HOP, "node2": SERVER_HOP}):
-            out = self.lab.client("shop/client", "transfer", self.server_ip, "8084", str(size),
+            out = self.lab.client("shop/client", "transfer", self.server_ip, "8085", str(size),
                                   str(size)).stdout
             self.assertIn("down_ok=True up_ok=True", out)
 
