@@ -8,7 +8,8 @@
  *    straight into its peer's receive queue (ingress redirect). The proxy
  *    still reads every byte from its socket; only the kernel path changes.
  * Only data is redirected: handshake, FIN and RST still travel over TCP, and
- * a socket leaves the sockhash when it closes. */
+ * a socket leaves the sockhash when it closes. A sender whose reader falls
+ * behind moves to TCP (SLUICE_SOCKMAP_QUEUE_LIMIT). */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -68,6 +69,38 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_splice_stats_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SLUICE_MAX_SPLICE);
+	__type(key, struct sluice_pair_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_hop_behind_v1 SEC(".maps");
+
+/* Bytes waiting in the redirect queue of the socket this send was just
+ * redirected to: bpf_msg_redirect_hash left it in the kernel's struct
+ * sk_msg (the context), and its psock counts what its reader has not taken
+ * yet (msg_tot_len). Read with probe reads: the target is held by the
+ * sockhash for this program's run, and a read that fails gives 0. */
+static __always_inline __u32 redirect_target_queued(struct sk_msg_md *md)
+{
+	struct sk_msg *msg = (void *)md;
+	struct sock *target = 0;
+	unsigned long user_data = 0;
+	__u32 queued = 0;
+	if (bpf_probe_read_kernel(&target, sizeof(target), &msg->sk_redir) || !target)
+		return 0;
+	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &target->sk_user_data))
+		return 0;
+	/* sk_user_data's low bits are flags; SK_USER_DATA_PSOCK (4): a psock. */
+	if (!(user_data & 4))
+		return 0;
+	struct sk_psock *psock = (void *)(user_data & ~7UL);
+	if (bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len))
+		return 0;
+	return queued;
+}
 
 static __always_inline void splice_count(__u32 stat, __u64 n)
 {
@@ -170,7 +203,7 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
 static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluice_pair_key *own,
 				       struct sk_msg_md *msg, __u32 size)
 {
-	if (st->state == SLUICE_SPLICE_ENDED)
+	if (st->state >= SLUICE_SPLICE_ENDED) /* ended, behind or refused */
 		return 0;
 	struct sluice_splice *e = bpf_map_lookup_elem(&sluice_splice_v1, own);
 	if (!e) {
@@ -190,8 +223,17 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 	forwarded = e->forwarded;
 	armed = e->armed;
 	bpf_spin_unlock(&e->lock);
-	if (st->state != SLUICE_SPLICE_ACTIVE && (!armed || forwarded != st->sent))
-		return 0;
+	if (st->state != SLUICE_SPLICE_ACTIVE) {
+		if (!armed || forwarded != st->sent)
+			return 0;
+		/* The proxy's hop to Y went to TCP: bytes of it may still wait
+		 * in Y's TCP queue, which Y reads after redirected ones. */
+		if (bpf_map_lookup_elem(&sluice_hop_behind_v1, &peer)) {
+			st->state = SLUICE_SPLICE_REFUSED;
+			sluice_count4(SLUICE_STAT4_SPLICE_REFUSED);
+			return 0;
+		}
+	}
 	if (bpf_msg_redirect_hash(msg, &sluice_sockhash_v1, &peer, BPF_F_INGRESS) != SK_PASS) {
 		/* The peer app's socket has closed: nothing to splice to. */
 		if (st->state == SLUICE_SPLICE_ACTIVE) {
@@ -212,6 +254,15 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 		__sync_fetch_and_add(&b->msgs, 1);
 	}
 	splice_count(SLUICE_SPLICE_BYTES, size);
+	if (redirect_target_queued(msg) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
+		/* Y fell behind: this send still goes to Y; from the next on, X
+		 * sends to the proxy's socket again (its own path, bounded as
+		 * any hop) and the proxy relays, its hop to Y bounded in turn.
+		 * The proxy has read all X sent before the switch, and Y reads
+		 * what is queued for it first: the order holds. */
+		st->state = SLUICE_SPLICE_BEHIND;
+		sluice_count4(SLUICE_STAT4_SPLICE_BEHIND);
+	}
 	return 1;
 }
 
@@ -249,7 +300,7 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 	if (sk)
 		path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
 					  BPF_SK_STORAGE_GET_F_CREATE);
-	if (!path || *path == SLUICE_PATH_TCP) {
+	if (!path || *path == SLUICE_PATH_TCP || *path == SLUICE_PATH_TCP_BEHIND) {
 		sockmap_count(SLUICE_SOCKMAP_MSG_TCP, 1);
 		return SK_PASS;
 	}
@@ -264,6 +315,14 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 		*path = SLUICE_PATH_REDIRECT;
 		sockmap_count(SLUICE_SOCKMAP_MSG_REDIRECTED, 1);
 		sockmap_count(SLUICE_SOCKMAP_BYTES_REDIRECTED, size);
+		if (redirect_target_queued(msg) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
+			/* The reader fell behind: this send still queues behind
+			 * the others, the next ones take TCP (read after them). */
+			*path = SLUICE_PATH_TCP_BEHIND;
+			__u8 one = 1;
+			bpf_map_update_elem(&sluice_hop_behind_v1, &peer, &one, BPF_ANY);
+			sluice_count4(SLUICE_STAT4_SOCKMAP_BEHIND);
+		}
 		return SK_PASS;
 	}
 	/* Not redirected: SK_PASS without a redirect target sends over TCP.

@@ -107,7 +107,9 @@ ztunnel::SpliceControl::Armed MapSpliceControl::arm(int accepted, int delivering
   // reader may hold TCP-queued bytes, which redirected ones would overtake.
   for (int fd : {accepted, delivering}) {
     uint8_t path = SLUICE_PATH_UNDECIDED;
-    if (bpf_map_lookup_elem(path_.get(), &fd, &path) == 0 && path == SLUICE_PATH_TCP) return out;
+    if (bpf_map_lookup_elem(path_.get(), &fd, &path) == 0 &&
+        (path == SLUICE_PATH_TCP || path == SLUICE_PATH_TCP_BEHIND))
+      return out;
   }
   sluice_pair_key client{}, server{};
   if (!appKeys(accepted, delivering, client, server)) return out;

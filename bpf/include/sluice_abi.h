@@ -119,7 +119,8 @@ enum sluice_stat6 {
 };
 
 /* sluice_stats4_v1: per-CPU array of SLUICE_STATS4_SLOTS counters indexed by
- * enum sluice_stat4: IPv4 counters that came after sluice_stats_v1 was pinned
+ * enum sluice_stat4: IPv4 counters (the sockmap programs are IPv4-only too)
+ * that came after sluice_stats_v1 was pinned
  * (it cannot grow, see above; sluice_stats6_v1 is the IPv6 ones'). An agent
  * whose pin set lacks it (an upgrade from an earlier build) creates and pins
  * it beside the maps it re-uses. The spare slots let later counters come
@@ -127,7 +128,10 @@ enum sluice_stat6 {
 #define SLUICE_STATS4_SLOTS 16
 enum sluice_stat4 {
 	SLUICE_STAT4_TC_FRAG_DROPPED = 0, /* IPv4 TCP fragment (MF or an offset) to an enrolled pod */
-	SLUICE_STAT4_MAX = 1,
+	SLUICE_STAT4_SOCKMAP_BEHIND = 1,  /* hop sockets moved to TCP: reader fell behind */
+	SLUICE_STAT4_SPLICE_BEHIND = 2,   /* spliced sockets handed back to the proxy: peer behind */
+	SLUICE_STAT4_SPLICE_REFUSED = 3,  /* splice switches refused: the target's hop went TCP */
+	SLUICE_STAT4_MAX = 4,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).
@@ -140,14 +144,34 @@ enum sluice_stat4 {
 #define SLUICE_MAX_SOCKHASH 65536
 
 /* sluice_sk_msg_path_v1 (SK_STORAGE, __u8): which path a sending socket's
- * bytes take, decided at its first send and kept for the socket's life, so a
- * byte stream never mixes the two (a reader takes redirected bytes before
- * TCP-queued ones). */
+ * bytes take, decided at its first send. A reader takes redirected bytes
+ * before TCP-queued ones, so a stream may go from redirect to TCP (its
+ * redirected bytes are all queued by then) but never from TCP to redirect. */
 enum sluice_msg_path {
 	SLUICE_PATH_UNDECIDED = 0,
 	SLUICE_PATH_REDIRECT = 1, /* peer was in the sockhash: ingress redirect */
 	SLUICE_PATH_TCP = 2,      /* peer was not (yet) in it: loopback TCP */
+	SLUICE_PATH_TCP_BEHIND = 3, /* was redirect; its reader fell behind: TCP for good */
 };
+
+/* Backpressure of redirected sends. An ingress redirect is charged to the
+ * receiving socket but not limited by its receive buffer, so a sender faster
+ * than its reader would queue until the node's tcp_mem runs out (and then
+ * every TCP socket of the node is short of memory). A send that finds more
+ * than this many bytes waiting in its target's redirect queue (the psock's
+ * msg_tot_len) is still redirected; the sender's later sends take loopback
+ * TCP, whose receive window pushes back (a spliced app socket goes back to
+ * sending to the proxy, SLUICE_SPLICE_BEHIND, and the proxy's hop to the
+ * slow app takes TCP in turn; the proxy's relay then pushes back). The
+ * bound is per socket: 4 MiB, about what TCP's autotuning grants one
+ * receiver (tcp_rmem max 6 MiB). */
+#define SLUICE_SOCKMAP_QUEUE_LIMIT (4u << 20)
+
+/* sluice_hop_behind_v1 (LRU hash, key: an app socket's sockhash key, value
+ * __u8 1): the proxy's hop socket sending to that app fell behind and went
+ * to TCP (SLUICE_PATH_TCP_BEHIND). The other app's send that would switch a
+ * splice to this app looks here first: its redirected bytes would overtake
+ * the TCP-queued ones, so that direction stays with the proxy. */
 
 /* sluice_sockmap_stats_v1: per-CPU array indexed by enum sluice_sockmap_stat
  * (its own map: sluice_stats_v1 cannot grow, see above). */
@@ -195,6 +219,8 @@ enum sluice_splice_state {
 	SLUICE_SPLICE_PROXIED = 0, /* through the proxy (armed or not) */
 	SLUICE_SPLICE_ACTIVE = 1,  /* straight to Y; never back */
 	SLUICE_SPLICE_ENDED = 2,   /* was active, the entry went: TCP to the proxy's socket */
+	SLUICE_SPLICE_BEHIND = 3,  /* was active, Y fell behind: to the proxy again, which relays */
+	SLUICE_SPLICE_REFUSED = 4, /* never switched (the proxy's hop to Y went TCP): proxied */
 };
 
 struct sluice_splice_bytes {

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "agent/bpf/loader.h"
+#include "agent/bpf/stat_names.h"
 #include "sluice/common/addr.h"
 #include "support/bpf_env.h"
 #include "support/scratch_netns.h"
@@ -255,6 +256,103 @@ inline Relayed relay(int from, int to, const std::function<void(uint64_t)>& writ
   ::shutdown(to, SHUT_WR);
   return r;
 }
+
+// A non-blocking writer with the smallest send buffer whose reader has
+// stopped: it writes 1 MiB chunks until the kernel pushes back (a short send
+// or EAGAIN) or `bound` bytes; then the reader drains while the writer
+// finishes its chunk and 16 more, and shuts its write side.
+struct StoppedReader {
+  uint64_t queued = 0;  // written before the first push-back
+  uint64_t partial = 0, eagain = 0;
+  uint64_t sent = 0, sent_sum = kFnvBasis;
+  uint64_t received = 0, received_sum = kFnvBasis;
+  int write_error = 0, read_error = 0;
+  bool writer_done = false;
+};
+inline StoppedReader stoppedReader(int from, int to, uint64_t bound) {
+  StoppedReader r;
+  int small = 1;  // the kernel rounds up to its minimum (SOCK_MIN_SNDBUF)
+  REQUIRE(setsockopt(from, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+  int flags = fcntl(from, F_GETFL);
+  REQUIRE(fcntl(from, F_SETFL, flags | O_NONBLOCK) == 0);
+  std::vector<uint8_t> buf(kMiB + 7);
+  uint64_t x = 88172645463325252ULL;
+  size_t pending = 0, off = 0;  // the current chunk and how much of it is written
+  auto refill = [&] {
+    for (auto& b : buf) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      b = static_cast<uint8_t>(x);
+    }
+    r.sent_sum = fnv(r.sent_sum, buf.data(), buf.size());
+    pending = buf.size();
+    off = 0;
+  };
+  // One step of the writer: false once the kernel pushed back.
+  auto step = [&]() -> bool {
+    if (off == pending) refill();
+    ssize_t n = ::send(from, buf.data() + off, pending - off, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN)
+        ++r.eagain;
+      else
+        r.write_error = errno;
+      return false;
+    }
+    if (static_cast<size_t>(n) < pending - off) ++r.partial;
+    off += n;
+    r.sent += n;
+    return off == pending;
+  };
+  while (r.sent < bound && step()) {
+  }
+  REQUIRE(r.write_error == 0);
+  r.queued = r.sent;
+  std::atomic<bool> writing{true};
+  std::thread writer([&] {
+    uint64_t chunks = 0;
+    while ((chunks < 16 || off < pending) && !r.write_error) {
+      if (off == pending) ++chunks;
+      if (!step()) {
+        pollfd p{from, POLLOUT, 0};
+        ::poll(&p, 1, 1000);
+      }
+    }
+    fcntl(from, F_SETFL, flags);
+    ::shutdown(from, SHUT_WR);
+    writing = false;
+  });
+  std::vector<uint8_t> in(256 * 1024);
+  for (int empty = 0; empty < 1000000;) {
+    pollfd p{to, POLLIN, 0};
+    ::poll(&p, 1, 30000);
+    ssize_t n = ::recv(to, in.data(), in.size(), MSG_DONTWAIT);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno != EAGAIN) {
+        r.read_error = errno;
+        break;
+      }
+      ++empty;
+      continue;
+    }
+    r.received_sum = fnv(r.received_sum, in.data(), n);
+    r.received += n;
+  }
+  writer.join();
+  r.writer_done = !writing.load();
+  return r;
+}
+
+// The counters of sluice_stats4_v1 (enum sluice_stat4).
+inline uint64_t stat4(const LoadedCapture& bpf, uint32_t stat) {
+  return bpf.loader->stats()[agent::bpf::kStat4Base + stat];
+}
+
+// What a stopped reader's writer may queue before the kernel pushes back:
+// the redirect queues of both hops (SLUICE_SOCKMAP_QUEUE_LIMIT and one send
+// each), the loopback TCP buffers after them (tcp_rmem/tcp_wmem maxima,
+// 6 + 4 MiB per hop) and the relay's buffer, with room to spare.
+inline constexpr uint64_t kPushBackWithin = 64 * kMiB;
 
 inline BpfMap<sluice_pair_key, __u64> sockhash(const LoadedCapture& bpf) {
   auto m = BpfMap<sluice_pair_key, __u64>::openPinned(bpf.pin + "/sluice_sockhash_v1");

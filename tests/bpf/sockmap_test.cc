@@ -98,7 +98,44 @@ TEST_SUITE("sockmap.bpf") {
     auto down = transfer(proxied.get(), app.get(), bytes, 4 * kMiB);
     checkComplete(down, bytes);
     MESSAGE("partial writes: " << up.partial_writes << " up, " << down.partial_writes << " down");
-    CHECK(bpf.loader->sockmapStats()[SLUICE_SOCKMAP_BYTES_REDIRECTED] == 2 * bytes);
+    // A reader that fell more than SLUICE_SOCKMAP_QUEUE_LIMIT behind moved
+    // its writer to TCP (in order: checked above); else every byte went
+    // straight across.
+    uint64_t redirected = bpf.loader->sockmapStats()[SLUICE_SOCKMAP_BYTES_REDIRECTED];
+    uint64_t behind = stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND);
+    MESSAGE((redirected / kMiB) << " MiB redirected, " << behind << " writers moved to TCP");
+    CHECK(behind <= 2);
+    CHECK(redirected <= 2 * bytes);
+    if (behind == 0) CHECK(redirected == 2 * bytes);
+  }
+
+  // Backpressure on a hop: the app writes, the proxy's socket is not read.
+  // The redirect alone would queue until the host's tcp_mem runs out; the
+  // bound moves the app to TCP once SLUICE_SOCKMAP_QUEUE_LIMIT waits, and
+  // TCP's window pushes back. Then the proxy reads: redirected bytes first,
+  // TCP ones after, every byte in order.
+  TEST_CASE("a stopped reader pushes the writer back within a bound, every byte arrives") {
+    LoadedCapture bpf(true);
+    Pod pod(*bpf.loader);
+    auto [app, proxied] = pod.outbound();
+    auto r = stoppedReader(app.get(), proxied.get(), 512 * kMiB);
+    MESSAGE("stopped reader: " << r.queued / kMiB << " MiB queued before the push-back ("
+                               << r.partial << " partial, " << r.eagain << " EAGAIN)");
+    CHECK(r.partial + r.eagain > 0);
+    CHECK(r.queued < kPushBackWithin);
+    CHECK(r.queued > SLUICE_SOCKMAP_QUEUE_LIMIT);  // redirected first: the check above can fail
+    CHECK(r.write_error == 0);
+    CHECK(r.read_error == 0);
+    CHECK(r.writer_done);
+    CHECK(r.received == r.sent);
+    CHECK(r.received_sum == r.sent_sum);
+    CHECK(stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == 1);
+    auto stats = bpf.loader->sockmapStats();
+    CHECK(stats[SLUICE_SOCKMAP_BYTES_REDIRECTED] > SLUICE_SOCKMAP_QUEUE_LIMIT);
+    CHECK(stats[SLUICE_SOCKMAP_BYTES_REDIRECTED] < r.sent);
+    // The other direction is its own: still redirected.
+    checkComplete(transfer(proxied.get(), app.get(), 2 * kMiB), 2 * kMiB);
+    CHECK(stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == 1);
   }
 
   TEST_CASE("1 GiB app -> proxy -> app through both redirected hops arrives intact") {

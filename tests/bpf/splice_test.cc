@@ -73,20 +73,21 @@ struct Chain {
 // The proxy's relay for one direction with its splice: arms it (sender
 // `from_app` -> receiver `to_app`) once `arm_after` bytes have been written
 // on (0: before the relay starts), and publishes the count after every write
-// from then on. stop() ends it without passing an EOF on.
+// from then on; `before`: bytes written on before this relay took over.
+// stop() ends it without passing an EOF on.
 struct SplicedRelay {
   SpliceMap map;
   std::atomic<bool> stopping{false};
   Relayed result;
   std::thread thread;
   SplicedRelay(const LoadedCapture& bpf, int from, int to, sluice_pair_key from_app,
-               sluice_pair_key to_app, uint64_t arm_after)
+               sluice_pair_key to_app, uint64_t arm_after, uint64_t before = 0)
       : map(pinned<SpliceMap>(bpf, "sluice_splice_v1")) {
-    auto publish = [this, from_app, to_app, arm_after](uint64_t written) {
+    auto publish = [this, from_app, to_app, arm_after, before](uint64_t written) {
       if (written < arm_after) return;
       sluice_splice e{};
       e.armed = 1;
-      e.forwarded = written;
+      e.forwarded = before + written;
       e.peer = to_app;
       CHECK(map.update(from_app, e, BPF_F_LOCK).has_value());
     };
@@ -110,16 +111,19 @@ uint64_t splicedBytes(const LoadedCapture& bpf, const sluice_pair_key& from_app)
   return v ? v->spliced : 0;
 }
 
-// One read after readiness (see transfer()): its result.
-ssize_t recvSome(int fd) {
-  char buf[64];
+// One read into `buf` after readiness (see transfer()): its result.
+ssize_t recvSome(int fd, std::vector<uint8_t>& buf) {
   for (int empty = 0; empty < 100000; ++empty) {
     pollfd p{fd, POLLIN, 0};
     ::poll(&p, 1, 30000);
-    ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    ssize_t n = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
     if (n >= 0 || (errno != EAGAIN && errno != EINTR)) return n;
   }
   return -1;
+}
+ssize_t recvSome(int fd) {
+  std::vector<uint8_t> buf(64);
+  return recvSome(fd, buf);
 }
 
 // Reads until EOF or an error; returns 0 on EOF, else the errno.
@@ -273,104 +277,107 @@ TEST_SUITE("sockmap.splice") {
     CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 1);
   }
 
-  // Partial writes: a non-blocking writer with the smallest send buffer
-  // whose reader has stopped. The writer pushes until the kernel pushes back
-  // (a short send or EAGAIN), bounded; then the reader drains and the
-  // writer finishes: every byte intact and in order.
-  TEST_CASE("a stopped reader: 256 MiB queue without push-back, then every byte arrives") {
+  // Backpressure: a non-blocking writer with the smallest send buffer whose
+  // reader has stopped. The ingress redirect alone never pushes back (it
+  // charges the reader's memory, not against its receive buffer); the
+  // sk_msg bound does: once more than SLUICE_SOCKMAP_QUEUE_LIMIT waits for
+  // the server, the client goes back to the proxy's socket, the relay's
+  // hop to the server moves to TCP, and TCP's windows push back. Then the
+  // reader drains and the writer finishes: every byte intact and in order.
+  TEST_CASE("a stopped reader pushes a spliced writer back within a bound, every byte arrives") {
     Chain ch;
     SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
                     0);
-    int small = 1;  // the kernel rounds up to its minimum (SOCK_MIN_SNDBUF)
-    REQUIRE(setsockopt(ch.client.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
-    int flags = fcntl(ch.client.get(), F_GETFL);
-    REQUIRE(fcntl(ch.client.get(), F_SETFL, flags | O_NONBLOCK) == 0);
-    std::vector<uint8_t> buf(kMiB + 7);
-    uint64_t x = 88172645463325252ULL, sent_sum = kFnvBasis, sent = 0;
-    uint64_t partial = 0, eagain = 0;
-    int write_error = 0;
-    size_t pending = 0, off = 0;  // the current chunk and how much of it is written
-    auto refill = [&] {
-      for (auto& b : buf) {
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        b = static_cast<uint8_t>(x);
-      }
-      sent_sum = fnv(sent_sum, buf.data(), buf.size());
-      pending = buf.size();
-      off = 0;
-    };
-    // One step of the writer: false once the kernel pushed back.
-    auto step = [&]() -> bool {
-      if (off == pending) refill();
-      ssize_t n = ::send(ch.client.get(), buf.data() + off, pending - off, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EAGAIN)
-          ++eagain;
-        else
-          write_error = errno;
-        return false;
-      }
-      if (static_cast<size_t>(n) < pending - off) ++partial;
-      off += n;
-      sent += n;
-      return off == pending;
-    };
-    // The reader stopped: write until pushed back, at most 256 MiB (kernel
-    // memory the host's other sockets share).
-    const uint64_t bound = 256 * kMiB;
-    while (sent < bound && step()) {
-    }
-    REQUIRE(write_error == 0);
-    const uint64_t queued = sent;
-    MESSAGE("stopped reader: " << queued / kMiB << " MiB queued before the first push-back ("
-                               << partial << " partial, " << eagain << " EAGAIN)");
-    // This kernel never pushes back: sk_msg's ingress redirect charges the
-    // receiver's memory but not against its receive buffer, so a stopped
-    // reader's queue grows (docs/architecture.md, "Same-node splice"). The
-    // bounded attempt proves it; should a kernel push back, this fails and
-    // the doc (and a partial-write assertion) change.
-    CHECK_MESSAGE(partial + eagain == 0,
-                  "the kernel pushed back after " << queued / kMiB << " MiB: update the doc");
-    // The reader drains while the writer finishes its chunk and 16 more.
-    std::atomic<bool> writing{true};
-    std::thread writer([&] {
-      uint64_t chunks = 0;
-      while ((chunks < 16 || off < pending) && !write_error) {
-        if (off == pending) ++chunks;
-        if (!step()) {
-          pollfd p{ch.client.get(), POLLOUT, 0};
-          ::poll(&p, 1, 1000);
-        }
-      }
-      fcntl(ch.client.get(), F_SETFL, flags);
-      ::shutdown(ch.client.get(), SHUT_WR);
-      writing = false;
-    });
-    uint64_t received = 0, received_sum = kFnvBasis;
-    std::vector<uint8_t> in(256 * 1024);
-    for (int empty = 0; empty < 1000000;) {
-      pollfd p{ch.server.get(), POLLIN, 0};
-      ::poll(&p, 1, 30000);
-      ssize_t n = ::recv(ch.server.get(), in.data(), in.size(), MSG_DONTWAIT);
-      if (n == 0) break;
-      if (n < 0) {
-        REQUIRE(errno == EAGAIN);
-        ++empty;
-        continue;
-      }
-      received_sum = fnv(received_sum, in.data(), n);
-      received += n;
-    }
-    writer.join();
-    CHECK(write_error == 0);
-    CHECK_FALSE(writing.load());
-    MESSAGE("after draining: " << partial << " partial writes, " << eagain << " EAGAIN; " << sent
-                               << " bytes");
-    CHECK(received == sent);
-    CHECK(received_sum == sent_sum);
+    auto r = stoppedReader(ch.client.get(), ch.server.get(), 512 * kMiB);
+    MESSAGE("stopped reader: " << r.queued / kMiB << " MiB queued before the push-back ("
+                               << r.partial << " partial, " << r.eagain << " EAGAIN); " << r.sent
+                               << " bytes in all");
+    CHECK(r.partial + r.eagain > 0);
+    CHECK(r.queued < kPushBackWithin);
+    CHECK(r.queued > SLUICE_SOCKMAP_QUEUE_LIMIT);  // spliced first: the check above can fail
+    CHECK(r.write_error == 0);
+    CHECK(r.read_error == 0);
+    CHECK(r.writer_done);
+    CHECK(r.received == r.sent);
+    CHECK(r.received_sum == r.sent_sum);
     up.join();
-    CHECK(up.join().moved + splicedBytes(ch.bpf, ch.client_key) == sent);
+    CHECK(up.join().moved + splicedBytes(ch.bpf, ch.client_key) == r.sent);
     CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 1);
+    CHECK(stat4(ch.bpf, SLUICE_STAT4_SPLICE_BEHIND) == 1);   // the client went back
+    CHECK(stat4(ch.bpf, SLUICE_STAT4_SOCKMAP_BEHIND) >= 1);  // the relay's hop to the server
+    CHECK(up.join().moved > 0);                              // relayed after the splice
+  }
+
+  // The proxy's hop to the server moved to TCP (the server fell behind)
+  // before the client's switch: bytes of it may wait in the server's TCP
+  // queue, which the server reads after redirected ones, so the switch is
+  // refused and the connection stays relayed, in order.
+  TEST_CASE("no splice to an app whose hop from the proxy moved to TCP; the order holds") {
+    Chain ch;
+    auto byteAt = [](uint64_t i) { return static_cast<uint8_t>((i * 2654435761ULL) >> 13); };
+    auto sendRange = [&](uint64_t from, uint64_t to) {
+      std::vector<uint8_t> buf(64 * 1024);
+      for (uint64_t i = from; i < to;) {
+        size_t n = std::min<uint64_t>(buf.size(), to - i);
+        for (size_t k = 0; k < n; ++k) buf[k] = byteAt(i + k);
+        for (size_t off = 0; off < n;) {
+          ssize_t w = ::send(ch.client.get(), buf.data() + off, n - off, MSG_NOSIGNAL);
+          if (w <= 0) {  // on the writer's thread: no REQUIRE
+            CHECK(w > 0);
+            return;
+          }
+          off += w;
+        }
+        i += n;
+      }
+    };
+    const uint64_t first = 6 * kMiB, second = 2 * kMiB;
+    std::thread w1([&] { sendRange(0, first); });
+    // The proxy relays while the server does not read, until its hop to
+    // the server has moved to TCP.
+    UniqueFd path_map(bpf_obj_get((ch.bpf.pin + "/sluice_sk_msg_path_v1").c_str()));
+    REQUIRE(path_map);
+    auto pathOf = [&](int fd) {
+      uint8_t path = SLUICE_PATH_UNDECIDED;
+      (void)bpf_map_lookup_elem(path_map.get(), &fd, &path);
+      return path;
+    };
+    uint64_t relayed = 0;
+    std::vector<uint8_t> buf(64 * 1024);
+    while (pathOf(ch.delivering.get()) != SLUICE_PATH_TCP_BEHIND && relayed < first) {
+      ssize_t n = recvSome(ch.accepted.get(), buf);
+      REQUIRE(n > 0);
+      REQUIRE(::send(ch.delivering.get(), buf.data(), n, MSG_NOSIGNAL) == n);  // redirected
+      relayed += n;
+    }
+    REQUIRE(pathOf(ch.delivering.get()) == SLUICE_PATH_TCP_BEHIND);
+    // The server reads from now on; the test's relay takes over, armed.
+    uint64_t received = 0, mismatched = 0;
+    std::thread reader([&] {
+      std::vector<uint8_t> in(256 * 1024);
+      for (ssize_t n; (n = recvSome(ch.server.get(), in)) > 0;) {
+        for (ssize_t k = 0; k < n; ++k) mismatched += in[k] != byteAt(received + k);
+        received += n;
+      }
+    });
+    SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key, 0,
+                    relayed);
+    w1.join();
+    // The relay has written on all the client sent: its next send would switch.
+    for (int i = 0; i < 3000; ++i) {
+      auto e = up.map.lookup(ch.client_key);
+      if (e && e->forwarded == first) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    sendRange(first, first + second);
+    ::shutdown(ch.client.get(), SHUT_WR);
+    reader.join();
+    CHECK(received == first + second);
+    CHECK(mismatched == 0);
+    CHECK(relayed + up.join().moved == first + second);
+    CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 0);
+    CHECK(stat4(ch.bpf, SLUICE_STAT4_SPLICE_REFUSED) == 1);
+    CHECK(splicedBytes(ch.bpf, ch.client_key) == 0);
   }
 
   TEST_CASE("1 GiB through a spliced pair arrives intact") {
