@@ -127,7 +127,8 @@ proxy_pids() {  # key
 }
 . bench/proc_cpu.sh
 config_dump() { $LAB node exec "node$1" -- curl -sf http://127.0.0.1:15000/config_dump; }
-# The sockmap counters of both agents (bpf.sockmap.stats), summed, as JSON.
+# The sockmap counters of both agents (bpf.sockmap.stats, and the bound's
+# bpf.sockmap_behind_tcp and bpf.splice_behind), summed, as JSON.
 sockmap_stats() {
   { config_dump 1; echo; config_dump 2; } | /usr/bin/python3 -c '
 import json, sys
@@ -137,6 +138,8 @@ while True:  # two documents, one after the other
     if i >= len(text): break
     j, i = json.JSONDecoder().raw_decode(text, i)
     for k, v in j["bpf"]["sockmap"].get("stats", {}).items(): t[k] = t.get(k, 0) + v
+    for k in ("sockmap_behind_tcp", "splice_behind"):  # the backpressure bound
+        t[k] = t.get(k, 0) + j["bpf"].get(k, 0)
 print(json.dumps(t))'
 }
 # What the counters moved since the file $1 (sockmap_stats before a figure).

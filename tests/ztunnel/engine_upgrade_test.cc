@@ -300,4 +300,27 @@ TEST_SUITE("engine upgrade") {
     CHECK(records[0].bytes_sent == 4 + sent);
     CHECK(records[0].bytes_received == 4 + 17);
   }
+
+  TEST_CASE("a stopped engine refuses handed-over connections and answers control calls") {
+    Pod pod;
+    auto running = std::make_unique<Running>(pod);
+    running->engine->stop();
+    // A frozen connection of an enrolled pod, as a predecessor hands it over:
+    // the stopped engine has no worker to take it.
+    int a[2], b[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0);
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, b) == 0);
+    UniqueFd peer_a(a[1]), peer_b(b[1]);
+    std::vector<ztunnel::ConnectionFd> handed(1);
+    handed[0].pod_uid = pod.spec().uid;
+    handed[0].client = UniqueFd(a[0]);
+    handed[0].upstream = UniqueFd(b[0]);
+    CHECK(running->engine->adoptConnections(std::move(handed)) == 0);
+    // The control plane's calls return (no worker to wait for).
+    CHECK(running->engine->resetConnections(1, "") == 0);
+    running->engine->reauthorize();
+    running->engine->countSpliced();
+    CHECK(running->engine->exportListeners().empty());
+    CHECK_FALSE(running->engine->addPod(pod.spec()).has_value());
+  }
 }

@@ -193,10 +193,6 @@ size_t EngineImpl::resetConnections(uint64_t id, const std::string& pod) {
 
 void EngineImpl::countSpliced() const {
   if (!hooks_.splice) return;
-  {
-    std::lock_guard lk(pods_mu_);
-    if (stopped_) return;
-  }
   onEveryWorker([](Worker& w) { w.countSpliced(); });
 }
 
@@ -292,6 +288,11 @@ std::vector<ConnectionFd> EngineImpl::exportConnections() {
 
 size_t EngineImpl::adoptConnections(std::vector<ConnectionFd> connections) {
   std::lock_guard lk(pods_mu_);
+  if (stopped_) {
+    logger()->warn("upgrade: closing {} handed-over connection(s): the proxy engine is stopped",
+                   connections.size());
+    return 0;
+  }
   size_t taken = 0, next = 0;
   for (auto& c : connections) {
     auto it = pods_.find(c.pod_uid);
@@ -320,6 +321,7 @@ size_t EngineImpl::adoptConnections(std::vector<ConnectionFd> connections) {
 }
 
 void EngineImpl::onEveryWorker(const std::function<void(Worker&)>& fn) const {
+  std::shared_lock lk(workers_mu_);
   std::vector<std::future<void>> done;
   for (auto& w : workers_) {
     auto p = std::make_shared<std::promise<void>>();
@@ -351,6 +353,7 @@ void EngineImpl::stop() {
     if (stopped_) return;
     stopped_ = true;
   }
+  std::unique_lock lk(workers_mu_);
   for (auto& w : workers_) w->stop();
   workers_.clear();
 }

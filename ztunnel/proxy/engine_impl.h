@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <vector>
 
 #include "sluice/ztunnel/engine.h"
@@ -60,7 +61,8 @@ class EngineImpl final : public Engine {
   bool hbone() const { return credentials_ != nullptr; }
   bool wanted(const PodSpec& spec, ListenerKind kind) const;
   void publishIndex();  // needs pods_mu_
-  // Runs fn(worker) on every worker and waits (bounded) until all are done.
+  // Runs fn(worker) on every worker and waits (bounded) until all are done;
+  // on a stopped engine (no workers) it returns at once.
   void onEveryWorker(const std::function<void(Worker&)>& fn) const;
 
   EngineConfig config_;
@@ -73,6 +75,10 @@ class EngineImpl final : public Engine {
   NetnsSockets sockets_;
   PodIndexRef by_ip_{std::make_shared<const PodIndex>()};
   std::unique_ptr<EngineShared> shared_;
+  // Shared by onEveryWorker, exclusive while stop() ends the workers: a
+  // call racing stop() finds either running workers or none. addPod and
+  // adoptConnections read workers_ under pods_mu_ after checking stopped_.
+  mutable std::shared_mutex workers_mu_;
   std::vector<std::unique_ptr<Worker>> workers_;
   mutable std::mutex pods_mu_;  // control plane side only
   std::map<std::string, std::shared_ptr<PodState>> pods_;
