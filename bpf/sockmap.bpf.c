@@ -11,6 +11,7 @@
  * a socket leaves the sockhash when it closes. A sender whose reader falls
  * behind moves to TCP (SLUICE_SOCKMAP_QUEUE_LIMIT). */
 #include "lib/common.h"
+#include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -89,6 +90,11 @@ static __always_inline __u32 redirect_target_queued(struct sk_msg_md *md)
 	struct sock *target = 0;
 	unsigned long user_data = 0;
 	__u32 queued = 0;
+	/* A kernel without the counter (it came with FIONREAD for sockmap:
+	 * 6.18.14, 6.12.75, 6.6.128, 6.19): no bound. The loader says so
+	 * (/config_dump bpf.sockmap.detail). */
+	if (!bpf_core_field_exists(((struct sk_psock *)0)->msg_tot_len))
+		return 0;
 	if (bpf_probe_read_kernel(&target, sizeof(target), &msg->sk_redir) || !target)
 		return 0;
 	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &target->sk_user_data))
@@ -319,8 +325,10 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 			/* The reader fell behind: this send still queues behind
 			 * the others, the next ones take TCP (read after them). */
 			*path = SLUICE_PATH_TCP_BEHIND;
-			__u8 one = 1;
-			bpf_map_update_elem(&sluice_hop_behind_v1, &peer, &one, BPF_ANY);
+			if (!st) { /* the proxy's hop to an app: no splice to it now */
+				__u8 one = 1;
+				bpf_map_update_elem(&sluice_hop_behind_v1, &peer, &one, BPF_ANY);
+			}
 			sluice_count4(SLUICE_STAT4_SOCKMAP_BEHIND);
 		}
 		return SK_PASS;

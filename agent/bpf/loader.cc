@@ -1,6 +1,7 @@
 #include "agent/bpf/loader.h"
 
 #include <arpa/inet.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -263,6 +264,28 @@ Result<AttachedLink> Loader::attachLink(int prog_fd, const char* program, bpf_at
   return link;
 }
 
+namespace {
+
+// Whether this kernel counts the bytes waiting in a psock's redirect queue
+// (struct sk_psock.msg_tot_len, with FIONREAD for sockmap: 6.18.14, 6.12.75,
+// 6.6.128, 6.19), which sluice_sk_msg's backpressure bound reads.
+bool psockCountsQueue() {
+  btf* vmlinux = btf__load_vmlinux_btf();
+  if (!vmlinux) return false;
+  bool found = false;
+  int id = btf__find_by_name_kind(vmlinux, "sk_psock", BTF_KIND_STRUCT);
+  if (id > 0) {
+    const btf_type* t = btf__type_by_id(vmlinux, id);
+    const btf_member* m = btf_members(t);
+    for (int i = 0; i < btf_vlen(t) && !found; ++i, ++m)
+      found = std::string_view(btf__name_by_offset(vmlinux, m->name_off)) == "msg_tot_len";
+  }
+  btf__free(vmlinux);
+  return found;
+}
+
+}  // namespace
+
 void Loader::configureSockmap(const bpf_object_open_opts* opts) {
   auto logger = log::get("bpf");
   const std::string pin = linkPin(config_.pin_dir, kSockmapSockops);
@@ -272,7 +295,17 @@ void Loader::configureSockmap(const bpf_object_open_opts* opts) {
       sockmap_state_.active = true;
       sockmap_state_.detail =
           "on: pod-local app <-> proxy hops are redirected between sockets (sockhash + sk_msg)";
-      logger->info("sockmap {}", sockmap_state_.detail);
+      if (psockCountsQueue()) {
+        sockmap_state_.detail +=
+            "; a sender whose reader is more than 4 MiB behind moves to loopback TCP";
+        logger->info("sockmap {}", sockmap_state_.detail);
+      } else {
+        sockmap_state_.detail +=
+            "; NO backpressure bound: this kernel's struct sk_psock has no msg_tot_len (6.18.14, "
+            "6.12.75, 6.6.128 and 6.19 have it), so a sender faster than its reader queues until "
+            "the host's tcp_mem runs out: use --sockmap=off on this kernel";
+        logger->warn("sockmap {}", sockmap_state_.detail);
+      }
       return;
     } else {
       sockmap_state_.detail = "off: --sockmap=on was asked but " + r.error().describe() +

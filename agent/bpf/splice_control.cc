@@ -52,6 +52,8 @@ class MapSplicedPair final : public ztunnel::SplicedPair {
     // Entries first: from here on neither app's send goes straight across.
     maps_.splice_.erase(client_);
     maps_.splice_.erase(server_);
+    maps_.hop_behind_.erase(client_);
+    maps_.hop_behind_.erase(server_);
     Spliced s;
     if (auto b = maps_.bytes_.take(client_)) s.up = b->spliced;
     if (auto b = maps_.bytes_.take(server_)) s.down = b->spliced;
@@ -80,7 +82,10 @@ Result<std::unique_ptr<MapSpliceControl>> MapSpliceControl::open(const std::stri
   if (!bytes) return tl::unexpected(bytes.error());
   auto sockhash = BpfMap<sluice_pair_key, uint64_t>::openPinned(pin_dir + "/sluice_sockhash_v1");
   if (!sockhash) return tl::unexpected(sockhash.error());
+  auto hop_behind = BpfMap<sluice_pair_key, uint8_t>::openPinned(pin_dir + "/sluice_hop_behind_v1");
+  if (!hop_behind) return tl::unexpected(hop_behind.error());
   c->splice_ = std::move(*splice);
+  c->hop_behind_ = std::move(*hop_behind);
   c->bytes_ = std::move(*bytes);
   c->sockhash_ = std::move(*sockhash);
   c->path_ = UniqueFd(bpf_obj_get((pin_dir + "/sluice_sk_msg_path_v1").c_str()));

@@ -38,6 +38,7 @@ class MapSpliceControl final : public ztunnel::SpliceControl {
   BpfMap<sluice_pair_key, sluice_splice> splice_;
   BpfMap<sluice_pair_key, sluice_splice_bytes> bytes_;
   BpfMap<sluice_pair_key, uint64_t> sockhash_;
+  BpfMap<sluice_pair_key, uint8_t> hop_behind_;  // entries of a pair go at its end
   UniqueFd path_;   // sluice_sk_msg_path_v1 (sk storage: looked up by socket fd)
   UniqueFd stats_;  // sluice_splice_stats_v1
 };

@@ -259,15 +259,15 @@ inline Relayed relay(int from, int to, const std::function<void(uint64_t)>& writ
 
 // A non-blocking writer with the smallest send buffer whose reader has
 // stopped: it writes 1 MiB chunks until the kernel pushes back (a short send
-// or EAGAIN) or `bound` bytes; then the reader drains while the writer
-// finishes its chunk and 16 more, and shuts its write side.
+// or EAGAIN) or `bound` bytes; then the reader drains while the writer finishes its chunk and 16
+// more, and shuts its write side.
 struct StoppedReader {
-  uint64_t queued = 0;  // written before the first push-back
-  uint64_t partial = 0, eagain = 0;
+  uint64_t queued = 0;               // written before the first push-back
+  uint64_t partial = 0, eagain = 0;  // of the first push-back
   uint64_t sent = 0, sent_sum = kFnvBasis;
   uint64_t received = 0, received_sum = kFnvBasis;
   int write_error = 0, read_error = 0;
-  bool writer_done = false;
+  bool writer_done = false;  // wrote all its chunks
 };
 inline StoppedReader stoppedReader(int from, int to, uint64_t bound) {
   StoppedReader r;
@@ -287,39 +287,39 @@ inline StoppedReader stoppedReader(int from, int to, uint64_t bound) {
     pending = buf.size();
     off = 0;
   };
-  // One step of the writer: false once the kernel pushed back.
-  auto step = [&]() -> bool {
+  // One step of the writer: false when the kernel pushed back (counted).
+  auto step = [&](uint64_t* partial, uint64_t* eagain) -> bool {
     if (off == pending) refill();
     ssize_t n = ::send(from, buf.data() + off, pending - off, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EAGAIN)
-        ++r.eagain;
+        ++*eagain;
       else
         r.write_error = errno;
       return false;
     }
-    if (static_cast<size_t>(n) < pending - off) ++r.partial;
     off += n;
     r.sent += n;
+    if (off < pending) ++*partial;
     return off == pending;
   };
-  while (r.sent < bound && step()) {
+  while (r.sent < bound && step(&r.partial, &r.eagain)) {
   }
   REQUIRE(r.write_error == 0);
   r.queued = r.sent;
-  std::atomic<bool> writing{true};
+  std::atomic<bool> reading{true};
   std::thread writer([&] {
-    uint64_t chunks = 0;
-    while ((chunks < 16 || off < pending) && !r.write_error) {
+    uint64_t chunks = 0, partial = 0, eagain = 0;
+    while ((chunks < 16 || off < pending) && !r.write_error && reading) {
       if (off == pending) ++chunks;
-      if (!step()) {
+      if (!step(&partial, &eagain)) {
         pollfd p{from, POLLOUT, 0};
         ::poll(&p, 1, 1000);
       }
     }
+    r.writer_done = chunks >= 16 && off == pending && !r.write_error;
     fcntl(from, F_SETFL, flags);
     ::shutdown(from, SHUT_WR);
-    writing = false;
   });
   std::vector<uint8_t> in(256 * 1024);
   for (int empty = 0; empty < 1000000;) {
@@ -338,8 +338,8 @@ inline StoppedReader stoppedReader(int from, int to, uint64_t bound) {
     r.received_sum = fnv(r.received_sum, in.data(), n);
     r.received += n;
   }
+  reading = false;  // a reader that gave up stops the writer too
   writer.join();
-  r.writer_done = !writing.load();
   return r;
 }
 

@@ -15,6 +15,10 @@ TEST_SUITE("sockmap.bpf") {
   TEST_CASE("an outbound app <-> proxy pair is redirected both ways, bypassing loopback TCP") {
     LoadedCapture bpf(true);
     REQUIRE_MESSAGE(bpf.loader->sockmap().active, bpf.loader->sockmap().detail);
+    // This kernel counts each psock's redirect queue: the backpressure bound is on.
+    CHECK_MESSAGE(bpf.loader->sockmap().detail.find("4 MiB behind moves to loopback TCP") !=
+                      std::string::npos,
+                  bpf.loader->sockmap().detail);
     Pod pod(*bpf.loader);
     auto [app, proxied] = pod.outbound();
     auto map = sockhash(bpf);
@@ -118,7 +122,7 @@ TEST_SUITE("sockmap.bpf") {
     LoadedCapture bpf(true);
     Pod pod(*bpf.loader);
     auto [app, proxied] = pod.outbound();
-    auto r = stoppedReader(app.get(), proxied.get(), 512 * kMiB);
+    auto r = stoppedReader(app.get(), proxied.get(), 2 * kPushBackWithin);
     MESSAGE("stopped reader: " << r.queued / kMiB << " MiB queued before the push-back ("
                                << r.partial << " partial, " << r.eagain << " EAGAIN)");
     CHECK(r.partial + r.eagain > 0);

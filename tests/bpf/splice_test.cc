@@ -288,7 +288,7 @@ TEST_SUITE("sockmap.splice") {
     Chain ch;
     SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
                     0);
-    auto r = stoppedReader(ch.client.get(), ch.server.get(), 512 * kMiB);
+    auto r = stoppedReader(ch.client.get(), ch.server.get(), 2 * kPushBackWithin);
     MESSAGE("stopped reader: " << r.queued / kMiB << " MiB queued before the push-back ("
                                << r.partial << " partial, " << r.eagain << " EAGAIN); " << r.sent
                                << " bytes in all");

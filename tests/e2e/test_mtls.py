@@ -12,10 +12,11 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
-from labkit import BRIDGE, CLIENT_HOP, HUB_NETNS, LAB_DIR, SERVER_HOP, LabTest, SockmapOn, metric_sum, parse_metrics, promtool_check_metrics, read_line, run, start_app, tcp_payloads, wait_for, REPO
+from labkit import BRIDGE, CLIENT_HOP, HUB_NETNS, LAB, LAB_DIR, SERVER_HOP, LabTest, SockmapOn, metric_sum, parse_metrics, promtool_check_metrics, read_line, run, start_app, tcp_payloads, wait_for, REPO
 
 MESH = "sluice.dev/mesh"
 H2APP = os.path.join(REPO, "tests", "e2e", "apps", "h2connect.py")
@@ -342,6 +343,51 @@ class MtlsSockmapTest(SockmapOn, MtlsTest):
             out = self.lab.client("shop/client", "transfer", self.server_ip, "8085", str(size),
                                   str(size)).stdout
             self.assertIn("down_ok=True up_ok=True", out)
+
+
+    def test_sockmap_bulk_sender_faster_than_the_tunnel_is_pushed_back(self):
+        """iperf3 from the client pod (node1) to the server pod (node2): the app writes
+        faster than its proxy encrypts, so its redirected hop's queue passes the 4 MiB bound,
+        the app's sends move to loopback TCP (sockmap_behind_tcp) and TCP's window pushes
+        back. Without the bound the queue grew to the host's tcp_mem pressure level (about
+        1.5 GB) and iperf3 failed with ENOMEM, every TCP socket of the host short of memory."""
+        self.assert_sockmap_on()
+        server = subprocess.Popen([sys.executable, LAB, "exec", "shop/server", "--", "iperf3", "-s", "-1", "-p", "5203"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.lab.env)
+        self.addCleanup(lambda: (server.kill(), server.wait()))
+        behind_before = self.lab.config_dump("node1")["bpf"]["sockmap_behind_tcp"]
+        peak = [0]
+        sampling = [True]
+
+        def sample():  # the host's TCP memory (pages, global across netns), every 0.1 s
+            while sampling[0]:
+                with open("/proc/net/sockstat") as f:
+                    for line in f:
+                        if line.startswith("TCP:"):
+                            fields = line.split()
+                            peak[0] = max(peak[0], int(fields[fields.index("mem") + 1]))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            out = None
+            for _ in range(50):  # the server listens shortly after it starts
+                out = self.lab.exec("shop/client", "iperf3", "-c", self.server_ip, "-p", "5203",
+                                    "-n", "2G", "-J", check=False, timeout=120)
+                if "unable to connect" not in out.stdout:
+                    break
+                time.sleep(0.2)
+        finally:
+            sampling[0] = False
+            sampler.join()
+        result = json.loads(out.stdout)
+        self.assertNotIn("error", result, result.get("error"))
+        self.assertEqual(out.returncode, 0)
+        self.assertGreaterEqual(result["end"]["sum_sent"]["bytes"], 2 << 30)
+        peak_mib = peak[0] * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+        self.assertLess(peak_mib, 512, "the host's TCP memory grew as if unbounded")
+        self.assertGreater(self.lab.config_dump("node1")["bpf"]["sockmap_behind_tcp"], behind_before)
 
 
 class MtlsDualStackTest(MtlsTest):
