@@ -127,19 +127,22 @@ proxy_pids() {  # key
 }
 . bench/proc_cpu.sh
 config_dump() { $LAB node exec "node$1" -- curl -sf http://127.0.0.1:15000/config_dump; }
-# The sockmap counters of both agents (bpf.sockmap.stats, and the bound's
-# bpf.sockmap_behind_tcp and bpf.splice_behind), summed, as JSON.
+stats() { $LAB node exec "node$1" -- curl -sf http://127.0.0.1:15000/stats; }
+# The sockmap counters of both agents (/config_dump bpf.sockmap.stats, and
+# the bound's /stats bpf.sockmap_behind_tcp and bpf.splice_behind), summed,
+# as JSON.
 sockmap_stats() {
-  { config_dump 1; echo; config_dump 2; } | /usr/bin/python3 -c '
+  { config_dump 1; echo; config_dump 2; echo; stats 1; echo; stats 2; } | /usr/bin/python3 -c '
 import json, sys
 t, text, i = {}, sys.stdin.read(), 0
 while True:  # two documents, one after the other
     while i < len(text) and text[i].isspace(): i += 1
     if i >= len(text): break
     j, i = json.JSONDecoder().raw_decode(text, i)
-    for k, v in j["bpf"]["sockmap"].get("stats", {}).items(): t[k] = t.get(k, 0) + v
-    for k in ("sockmap_behind_tcp", "splice_behind"):  # the backpressure bound
-        t[k] = t.get(k, 0) + j["bpf"].get(k, 0)
+    if "sockmap" in j["bpf"]:  # a /config_dump
+        for k, v in j["bpf"]["sockmap"].get("stats", {}).items(): t[k] = t.get(k, 0) + v
+    else:  # a /stats: the backpressure bound
+        for k in ("sockmap_behind_tcp", "splice_behind"): t[k] = t.get(k, 0) + j["bpf"].get(k, 0)
 print(json.dumps(t))'
 }
 # What the counters moved since the file $1 (sockmap_stats before a figure).

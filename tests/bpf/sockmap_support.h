@@ -343,16 +343,33 @@ inline StoppedReader stoppedReader(int from, int to, uint64_t bound) {
   return r;
 }
 
-// The counters of sluice_stats4_v1 (enum sluice_stat4).
-inline uint64_t stat4(const LoadedCapture& bpf, uint32_t stat) {
-  return bpf.loader->stats()[agent::bpf::kStat4Base + stat];
-}
-
 // What a stopped reader's writer may queue before the kernel pushes back:
 // the redirect queues of both hops (SLUICE_SOCKMAP_QUEUE_LIMIT and one send
 // each), the loopback TCP buffers after them (tcp_rmem/tcp_wmem maxima,
 // 6 + 4 MiB per hop) and the relay's buffer, with room to spare.
 inline constexpr uint64_t kPushBackWithin = 64 * kMiB;
+
+// What every stopped-reader case asserts: pushed back after more than the
+// bound (the first redirected bytes queue up to it) and within
+// kPushBackWithin, nothing failed, every byte arrived in order.
+inline void checkPushedBack(const StoppedReader& r) {
+  MESSAGE("stopped reader: " << r.queued / kMiB << " MiB queued before the push-back (" << r.partial
+                             << " partial, " << r.eagain << " EAGAIN); " << r.sent
+                             << " bytes in all");
+  CHECK(r.partial + r.eagain > 0);
+  CHECK(r.queued < kPushBackWithin);
+  CHECK(r.queued > SLUICE_SOCKMAP_QUEUE_LIMIT);  // redirected first: the check above can fail
+  CHECK(r.write_error == 0);
+  CHECK(r.read_error == 0);
+  CHECK(r.writer_done);
+  CHECK(r.received == r.sent);
+  CHECK(r.received_sum == r.sent_sum);
+}
+
+// The counters of sluice_stats4_v1 (enum sluice_stat4).
+inline uint64_t stat4(const LoadedCapture& bpf, uint32_t stat) {
+  return bpf.loader->stats()[agent::bpf::kStat4Base + stat];
+}
 
 inline BpfMap<sluice_pair_key, __u64> sockhash(const LoadedCapture& bpf) {
   auto m = BpfMap<sluice_pair_key, __u64>::openPinned(bpf.pin + "/sluice_sockhash_v1");

@@ -355,7 +355,7 @@ class MtlsSockmapTest(SockmapOn, MtlsTest):
         server = subprocess.Popen([sys.executable, LAB, "exec", "shop/server", "--", "iperf3", "-s", "-1", "-p", "5203"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.lab.env)
         self.addCleanup(lambda: (server.kill(), server.wait()))
-        behind_before = self.lab.config_dump("node1")["bpf"]["sockmap_behind_tcp"]
+        behind_before = self.lab.ctl("node1", "stats")["bpf"]["sockmap_behind_tcp"]
         peak = [0]
         sampling = [True]
 
@@ -387,7 +387,7 @@ class MtlsSockmapTest(SockmapOn, MtlsTest):
         self.assertGreaterEqual(result["end"]["sum_sent"]["bytes"], 2 << 30)
         peak_mib = peak[0] * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
         self.assertLess(peak_mib, 512, "the host's TCP memory grew as if unbounded")
-        self.assertGreater(self.lab.config_dump("node1")["bpf"]["sockmap_behind_tcp"], behind_before)
+        self.assertGreater(self.lab.ctl("node1", "stats")["bpf"]["sockmap_behind_tcp"], behind_before)
 
 
 class MtlsDualStackTest(MtlsTest):
