@@ -79,15 +79,26 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_hop_behind_v1 SEC(".maps");
 
-/* Bytes waiting in the redirect queue of the socket this send was just
- * redirected to: bpf_msg_redirect_hash left it in the kernel's struct
- * sk_msg (the context), and its psock counts what its reader has not taken
- * yet (msg_tot_len). Read with probe reads: the target is held by the
- * sockhash for this program's run, and a read that fails gives 0. */
-static __always_inline __u32 redirect_target_queued(struct sk_msg_md *md)
+/* The socket a hop socket's sends are redirected to, as found at its first
+ * redirect (a hop's peer never changes), to see later whether it caught up. */
+struct redir_target {
+	__u64 sk;     /* its struct sock, a plain number: read with probe reads only */
+	__u64 cookie; /* its socket cookie then: the same socket still, if equal */
+	__u64 splice_sk, splice_cookie; /* a spliced app's peer app, likewise */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct redir_target);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_redir_target_v1 SEC(".maps");
+
+/* Bytes waiting in `target`'s redirect queue (its psock's msg_tot_len); 0 when
+ * unknown. Probe reads: a read that fails gives 0. */
+static __always_inline __u32 queued_at(struct sock *target)
 {
-	struct sk_msg *msg = (void *)md;
-	struct sock *target = 0;
 	unsigned long user_data = 0;
 	__u32 queued = 0;
 	/* A kernel without the counter (it came with FIONREAD for sockmap:
@@ -95,9 +106,7 @@ static __always_inline __u32 redirect_target_queued(struct sk_msg_md *md)
 	 * (/config_dump bpf.sockmap.detail). */
 	if (!bpf_core_field_exists(((struct sk_psock *)0)->msg_tot_len))
 		return 0;
-	if (bpf_probe_read_kernel(&target, sizeof(target), &msg->sk_redir) || !target)
-		return 0;
-	if (bpf_probe_read_kernel(&user_data, sizeof(user_data), &target->sk_user_data))
+	if (!target || bpf_probe_read_kernel(&user_data, sizeof(user_data), &target->sk_user_data))
 		return 0;
 	/* sk_user_data's low bits are flags; SK_USER_DATA_PSOCK (4): a psock. */
 	if (!(user_data & 4))
@@ -106,6 +115,68 @@ static __always_inline __u32 redirect_target_queued(struct sk_msg_md *md)
 	if (bpf_probe_read_kernel(&queued, sizeof(queued), &psock->msg_tot_len))
 		return 0;
 	return queued;
+}
+
+/* The socket this send was just redirected to: bpf_msg_redirect_hash left it
+ * in the kernel's struct sk_msg (the context); held by the sockhash for this
+ * program's run. */
+static __always_inline struct sock *redirect_target(struct sk_msg_md *md)
+{
+	struct sk_msg *msg = (void *)md;
+	struct sock *target = 0;
+	if (bpf_probe_read_kernel(&target, sizeof(target), &msg->sk_redir))
+		return 0;
+	return target;
+}
+
+/* A sender on TCP_BEHIND may redirect again once nothing it sent over TCP can
+ * still be read after a redirected byte: all of it acknowledged by its reader
+ * (so in the reader's TCP queue), that queue read to the end, and the
+ * reader's redirect queue under half the bound. Runs under the sender's lock. */
+/* Whether the socket remembered as (sk, cookie) is still that socket. */
+static __always_inline int still_there(__u64 sk, __u64 cookie)
+{
+	struct sock *s = (void *)sk;
+	__u64 now = 0;
+	return sk && cookie &&
+	       bpf_probe_read_kernel(&now, sizeof(now), &s->__sk_common.skc_cookie) == 0 &&
+	       now == cookie;
+}
+
+/* Remembers the socket this send was just redirected to in (sk, cookie), once
+ * (sockops gave every hop socket its cookie). */
+static __always_inline void remember_target(struct sk_msg_md *msg, __u64 *sk, __u64 *cookie)
+{
+	struct sock *target = redirect_target(msg);
+	__u64 c = 0;
+	if (*sk || !target ||
+	    bpf_probe_read_kernel(&c, sizeof(c), &target->__sk_common.skc_cookie) || !c)
+		return;
+	*sk = (__u64)target;
+	*cookie = c;
+}
+
+static __always_inline int caught_up(struct bpf_sock *sk, struct redir_target *t)
+{
+	struct tcp_sock *own = bpf_skc_to_tcp_sock(sk);
+	if (!own || own->write_seq != own->snd_una)
+		return 0;
+	struct sock *reader = (void *)t->sk;
+	struct tcp_sock *rt = (void *)t->sk;
+	__u32 copied = 0, rcv_nxt = 0;
+	if (!still_there(t->sk, t->cookie))
+		return 0; /* gone: stay on TCP (reset by then) */
+	if (bpf_probe_read_kernel(&copied, sizeof(copied), &rt->copied_seq) ||
+	    bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt), &rt->rcv_nxt) || copied != rcv_nxt)
+		return 0;
+	return queued_at(reader) < SLUICE_SOCKMAP_QUEUE_LIMIT / 2;
+}
+
+/* Bytes waiting in the redirect queue of the socket this send was just
+ * redirected to. */
+static __always_inline __u32 redirect_target_queued(struct sk_msg_md *msg)
+{
+	return queued_at(redirect_target(msg));
 }
 
 static __always_inline void splice_count(__u32 stat, __u64 n)
@@ -185,6 +256,9 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 	sockmap_count(end, 1);
+	/* Its cookie now (the kernel makes one on first use): the sk_msg program
+	 * tells the socket it remembers from a later one by it. */
+	bpf_get_socket_cookie(skops);
 	/* An app's end may be spliced later: count its bytes from the first. */
 	if (end == SLUICE_SOCKMAP_ADDED_OUT_APP || end == SLUICE_SOCKMAP_ADDED_IN_APP) {
 		struct bpf_sock *sk = skops->sk;
@@ -207,9 +281,9 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
  * lock, so X has nothing in flight, and the proxy has written on every byte
  * X sent before; what X sends from now on lands behind them in Y's queue. */
 static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluice_pair_key *own,
-				       struct sk_msg_md *msg, __u32 size)
+				       struct sk_msg_md *msg, __u32 size, struct redir_target *t)
 {
-	if (st->state >= SLUICE_SPLICE_ENDED) /* ended, behind or refused */
+	if (st->state == SLUICE_SPLICE_ENDED)
 		return 0;
 	struct sluice_splice *e = bpf_map_lookup_elem(&sluice_splice_v1, own);
 	if (!e) {
@@ -229,14 +303,27 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 	forwarded = e->forwarded;
 	armed = e->armed;
 	bpf_spin_unlock(&e->lock);
+	/* Proxied, handed back (BEHIND) or refused: straight to Y once the
+	 * proxy has written on all X sent that did not go straight. */
+	struct sluice_splice_bytes *b = bpf_map_lookup_elem(&sluice_splice_bytes_v1, own);
+	__u64 spliced = b ? b->spliced : 0;
 	if (st->state != SLUICE_SPLICE_ACTIVE) {
-		if (!armed || forwarded != st->sent)
+		if (!armed || forwarded + spliced != st->sent)
 			return 0;
-		/* The proxy's hop to Y went to TCP: bytes of it may still wait
-		 * in Y's TCP queue, which Y reads after redirected ones. */
+		/* Handed back: again only once Y has read most of what waits
+		 * for it (else every send would go straight and hand back). */
+		if (st->state == SLUICE_SPLICE_BEHIND &&
+		    (!t || !still_there(t->splice_sk, t->splice_cookie) ||
+		     queued_at((struct sock *)t->splice_sk) >= SLUICE_SOCKMAP_QUEUE_LIMIT / 2))
+			return 0;
+		/* The proxy's hop to Y is on TCP: bytes of it may still wait in
+		 * Y's TCP queue, which Y reads after redirected ones. Again
+		 * once that hop has caught up and redirects (it deletes this). */
 		if (bpf_map_lookup_elem(&sluice_hop_behind_v1, &peer)) {
-			st->state = SLUICE_SPLICE_REFUSED;
-			sluice_count4(SLUICE_STAT4_SPLICE_REFUSED);
+			if (st->state != SLUICE_SPLICE_REFUSED) {
+				st->state = SLUICE_SPLICE_REFUSED;
+				sluice_count4(SLUICE_STAT4_SPLICE_REFUSED);
+			}
 			return 0;
 		}
 	}
@@ -250,16 +337,20 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 	}
 	if (st->state != SLUICE_SPLICE_ACTIVE) {
 		st->state = SLUICE_SPLICE_ACTIVE;
-		struct sluice_splice_bytes zero = {};
-		bpf_map_update_elem(&sluice_splice_bytes_v1, own, &zero, BPF_NOEXIST);
+		if (!b) {
+			struct sluice_splice_bytes zero = {};
+			bpf_map_update_elem(&sluice_splice_bytes_v1, own, &zero, BPF_NOEXIST);
+			b = bpf_map_lookup_elem(&sluice_splice_bytes_v1, own);
+		}
 		splice_count(SLUICE_SPLICE_SWITCHED, 1);
 	}
-	struct sluice_splice_bytes *b = bpf_map_lookup_elem(&sluice_splice_bytes_v1, own);
 	if (b) {
 		__sync_fetch_and_add(&b->spliced, size);
 		__sync_fetch_and_add(&b->msgs, 1);
 	}
 	splice_count(SLUICE_SPLICE_BYTES, size);
+	if (t)
+		remember_target(msg, &t->splice_sk, &t->splice_cookie);
 	if (redirect_target_queued(msg) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
 		/* Y fell behind: this send still goes to Y; from the next on, X
 		 * sends to the proxy's socket again (its own path, bounded as
@@ -285,8 +376,11 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 	struct bpf_sock *sk = msg->sk;
 	__u32 size = msg->size;
 	struct sluice_splice_sk *st = 0;
-	if (sk)
+	struct redir_target *t = 0;
+	if (sk) {
 		st = bpf_sk_storage_get(&sluice_splice_sk_v1, sk, 0, 0);
+		t = bpf_sk_storage_get(&sluice_redir_target_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	}
 	if (st && st->counted) {
 		struct sluice_pair_key own = {
 			.netns_cookie = bpf_get_netns_cookie(msg),
@@ -295,7 +389,7 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 			.src_port = bpf_htons((__u16)msg->local_port),
 			.dst_port = (__u16)(msg->remote_port >> 16),
 		};
-		int spliced = splice_send(st, &own, msg, size);
+		int spliced = splice_send(st, &own, msg, size, t);
 		/* Under X's socket lock: no other send of X runs. */
 		st->sent += size;
 		if (spliced)
@@ -306,7 +400,7 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 	if (sk)
 		path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
 					  BPF_SK_STORAGE_GET_F_CREATE);
-	if (!path || *path == SLUICE_PATH_TCP || *path == SLUICE_PATH_TCP_BEHIND) {
+	if (!path || *path == SLUICE_PATH_TCP) {
 		sockmap_count(SLUICE_SOCKMAP_MSG_TCP, 1);
 		return SK_PASS;
 	}
@@ -317,13 +411,27 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 		.src_port = (__u16)(msg->remote_port >> 16),
 		.dst_port = bpf_htons((__u16)msg->local_port),
 	};
+	if (*path == SLUICE_PATH_TCP_BEHIND) {
+		if (!sk || !t || !t->sk || !caught_up(sk, t)) {
+			sockmap_count(SLUICE_SOCKMAP_MSG_TCP, 1);
+			return SK_PASS;
+		}
+		/* Caught up: redirect again (below). */
+		*path = SLUICE_PATH_REDIRECT;
+		if (!st)
+			bpf_map_delete_elem(&sluice_hop_behind_v1, &peer);
+		sluice_count4(SLUICE_STAT4_SOCKMAP_CAUGHT_UP);
+	}
 	if (bpf_msg_redirect_hash(msg, &sluice_sockhash_v1, &peer, BPF_F_INGRESS) == SK_PASS) {
 		*path = SLUICE_PATH_REDIRECT;
 		sockmap_count(SLUICE_SOCKMAP_MSG_REDIRECTED, 1);
 		sockmap_count(SLUICE_SOCKMAP_BYTES_REDIRECTED, size);
+		if (t)
+			remember_target(msg, &t->sk, &t->cookie);
 		if (redirect_target_queued(msg) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
 			/* The reader fell behind: this send still queues behind
-			 * the others, the next ones take TCP (read after them). */
+			 * the others, the next ones take TCP (read after them)
+			 * until it has caught up (caught_up, above). */
 			*path = SLUICE_PATH_TCP_BEHIND;
 			if (!st) { /* the proxy's hop to an app: no splice to it now */
 				__u8 one = 1;

@@ -49,12 +49,15 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
      "Inbound IPv4 TCP fragments to an enrolled pod dropped: reassembled, a SYN would reach the "
      "app around the mesh (fail closed)"},
     {"sockmap_behind_tcp",
-     "Pod-local hop sockets (--sockmap=on) moved to loopback TCP for good: their reader had more "
+     "Pod-local hop sockets (--sockmap=on) moved to loopback TCP until their reader caught up: it "
+     "had more "
      "than 4 MiB of redirected bytes waiting (sockmap backpressure)"},
     {"splice_behind",
      "Spliced app sockets handed back to the proxy: the peer app had more than 4 MiB waiting"},
     {"splice_refused",
-     "Splice switches refused: the proxy's hop to the target app had moved to loopback TCP"},
+     "Splice switches put off: the proxy's hop to the target app was on loopback TCP"},
+    {"sockmap_caught_up",
+     "Pod-local hop sockets back from loopback TCP to redirecting: their reader caught up"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

@@ -131,7 +131,8 @@ enum sluice_stat4 {
 	SLUICE_STAT4_SOCKMAP_BEHIND = 1,  /* hop sockets moved to TCP: reader fell behind */
 	SLUICE_STAT4_SPLICE_BEHIND = 2,   /* spliced sockets handed back to the proxy: peer behind */
 	SLUICE_STAT4_SPLICE_REFUSED = 3,  /* splice switches refused: the target's hop went TCP */
-	SLUICE_STAT4_MAX = 4,
+	SLUICE_STAT4_SOCKMAP_CAUGHT_UP = 4, /* hop sockets back from TCP: their reader caught up */
+	SLUICE_STAT4_MAX = 5,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).
@@ -151,7 +152,7 @@ enum sluice_msg_path {
 	SLUICE_PATH_UNDECIDED = 0,
 	SLUICE_PATH_REDIRECT = 1, /* peer was in the sockhash: ingress redirect */
 	SLUICE_PATH_TCP = 2,      /* peer was not (yet) in it: loopback TCP */
-	SLUICE_PATH_TCP_BEHIND = 3, /* was redirect; its reader fell behind: TCP for good */
+	SLUICE_PATH_TCP_BEHIND = 3, /* was redirect; its reader fell behind: TCP until caught up */
 };
 
 /* Backpressure of redirected sends. An ingress redirect is charged to the
@@ -164,14 +165,21 @@ enum sluice_msg_path {
  * sending to the proxy, SLUICE_SPLICE_BEHIND, and the proxy's hop to the
  * slow app takes TCP in turn; the proxy's relay then pushes back). The
  * bound is per socket: 4 MiB, about what TCP's autotuning grants one
- * receiver (tcp_rmem max 6 MiB). */
+ * receiver (tcp_rmem max 6 MiB). A sender on TCP redirects again once its
+ * reader has caught up: every byte it sent over TCP acknowledged and read,
+ * and under half the bound waiting (sluice_redir_target_v1 remembers the
+ * reader); a spliced one switches again once the proxy has written on all
+ * it sent and the proxy's hop to the other app redirects. */
 #define SLUICE_SOCKMAP_QUEUE_LIMIT (4u << 20)
 
 /* sluice_hop_behind_v1 (LRU hash, key: an app socket's sockhash key, value
- * __u8 1): the proxy's hop socket sending to that app fell behind and went
- * to TCP (SLUICE_PATH_TCP_BEHIND). The other app's send that would switch a
- * splice to this app looks here first: its redirected bytes would overtake
- * the TCP-queued ones, so that direction stays with the proxy. */
+ * __u8 1): the proxy's hop socket sending to that app is on TCP
+ * (SLUICE_PATH_TCP_BEHIND; it deletes the entry when it redirects again, the
+ * agent at the pair's end). The other app's send that would switch a splice
+ * to this app looks here first: its redirected bytes would overtake the
+ * TCP-queued ones, so that direction stays with the proxy meanwhile.
+ * sluice_redir_target_v1 (SK_STORAGE of a hop socket, struct redir_target in
+ * sockmap.bpf.c): the socket its sends are redirected to and its cookie. */
 
 /* sluice_sockmap_stats_v1: per-CPU array indexed by enum sluice_sockmap_stat
  * (its own map: sluice_stats_v1 cannot grow, see above). */
@@ -220,7 +228,7 @@ enum sluice_splice_state {
 	SLUICE_SPLICE_ACTIVE = 1,  /* straight to Y; never back */
 	SLUICE_SPLICE_ENDED = 2,   /* was active, the entry went: TCP to the proxy's socket */
 	SLUICE_SPLICE_BEHIND = 3,  /* was active, Y fell behind: to the proxy again, which relays */
-	SLUICE_SPLICE_REFUSED = 4, /* never switched (the proxy's hop to Y went TCP): proxied */
+	SLUICE_SPLICE_REFUSED = 4, /* not switched: the proxy's hop to Y is on TCP (until it catches up) */
 };
 
 struct sluice_splice_bytes {
