@@ -84,7 +84,6 @@ struct {
 struct redir_target {
 	__u64 sk;     /* its struct sock, a plain number: read with probe reads only */
 	__u64 cookie; /* its socket cookie then: the same socket still, if equal */
-	__u64 splice_sk, splice_cookie; /* a spliced app's peer app, likewise */
 };
 
 struct {
@@ -281,7 +280,7 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
  * lock, so X has nothing in flight, and the proxy has written on every byte
  * X sent before; what X sends from now on lands behind them in Y's queue. */
 static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluice_pair_key *own,
-				       struct sk_msg_md *msg, __u32 size, struct redir_target *t)
+				       struct sk_msg_md *msg, __u32 size)
 {
 	if (st->state == SLUICE_SPLICE_ENDED)
 		return 0;
@@ -303,18 +302,12 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 	forwarded = e->forwarded;
 	armed = e->armed;
 	bpf_spin_unlock(&e->lock);
-	/* Proxied, handed back (BEHIND) or refused: straight to Y once the
-	 * proxy has written on all X sent that did not go straight. */
+	/* Proxied or refused: straight to Y once the proxy has written on
+	 * all X sent. */
 	struct sluice_splice_bytes *b = bpf_map_lookup_elem(&sluice_splice_bytes_v1, own);
 	__u64 spliced = b ? b->spliced : 0;
 	if (st->state != SLUICE_SPLICE_ACTIVE) {
 		if (!armed || forwarded + spliced != st->sent)
-			return 0;
-		/* Handed back: again only once Y has read most of what waits
-		 * for it (else every send would go straight and hand back). */
-		if (st->state == SLUICE_SPLICE_BEHIND &&
-		    (!t || !still_there(t->splice_sk, t->splice_cookie) ||
-		     queued_at((struct sock *)t->splice_sk) >= SLUICE_SOCKMAP_QUEUE_LIMIT / 2))
 			return 0;
 		/* The proxy's hop to Y is on TCP: bytes of it may still wait in
 		 * Y's TCP queue, which Y reads after redirected ones. Again
@@ -349,17 +342,6 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 		__sync_fetch_and_add(&b->msgs, 1);
 	}
 	splice_count(SLUICE_SPLICE_BYTES, size);
-	if (t)
-		remember_target(msg, &t->splice_sk, &t->splice_cookie);
-	if (redirect_target_queued(msg) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
-		/* Y fell behind: this send still goes to Y; from the next on, X
-		 * sends to the proxy's socket again (its own path, bounded as
-		 * any hop) and the proxy relays, its hop to Y bounded in turn.
-		 * The proxy has read all X sent before the switch, and Y reads
-		 * what is queued for it first: the order holds. */
-		st->state = SLUICE_SPLICE_BEHIND;
-		sluice_count4(SLUICE_STAT4_SPLICE_BEHIND);
-	}
 	return 1;
 }
 
@@ -389,7 +371,7 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 			.src_port = bpf_htons((__u16)msg->local_port),
 			.dst_port = (__u16)(msg->remote_port >> 16),
 		};
-		int spliced = splice_send(st, &own, msg, size, t);
+		int spliced = splice_send(st, &own, msg, size);
 		/* Under X's socket lock: no other send of X runs. */
 		st->sent += size;
 		if (spliced)

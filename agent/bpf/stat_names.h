@@ -52,8 +52,6 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
      "Pod-local hop sockets (--sockmap=on) moved to loopback TCP until their reader caught up: it "
      "had more "
      "than 4 MiB of redirected bytes waiting (sockmap backpressure)"},
-    {"splice_behind",
-     "Spliced app sockets handed back to the proxy: the peer app had more than 4 MiB waiting"},
     {"splice_refused",
      "Splice switches put off: the proxy's hop to the target app was on loopback TCP"},
     {"sockmap_caught_up",

@@ -129,10 +129,9 @@ enum sluice_stat6 {
 enum sluice_stat4 {
 	SLUICE_STAT4_TC_FRAG_DROPPED = 0, /* IPv4 TCP fragment (MF or an offset) to an enrolled pod */
 	SLUICE_STAT4_SOCKMAP_BEHIND = 1,  /* hop sockets moved to TCP: reader fell behind */
-	SLUICE_STAT4_SPLICE_BEHIND = 2,   /* spliced sockets handed back to the proxy: peer behind */
-	SLUICE_STAT4_SPLICE_REFUSED = 3,  /* splice switches refused: the target's hop went TCP */
-	SLUICE_STAT4_SOCKMAP_CAUGHT_UP = 4, /* hop sockets back from TCP: their reader caught up */
-	SLUICE_STAT4_MAX = 5,
+	SLUICE_STAT4_SPLICE_REFUSED = 2,  /* splice switches put off: the target's hop is on TCP */
+	SLUICE_STAT4_SOCKMAP_CAUGHT_UP = 3, /* hop sockets back from TCP: their reader caught up */
+	SLUICE_STAT4_MAX = 4,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).
@@ -161,15 +160,13 @@ enum sluice_msg_path {
  * every TCP socket of the node is short of memory). A send that finds more
  * than this many bytes waiting in its target's redirect queue (the psock's
  * msg_tot_len) is still redirected; the sender's later sends take loopback
- * TCP, whose receive window pushes back (a spliced app socket goes back to
- * sending to the proxy, SLUICE_SPLICE_BEHIND, and the proxy's hop to the
- * slow app takes TCP in turn; the proxy's relay then pushes back). The
- * bound is per socket: 4 MiB, about what TCP's autotuning grants one
- * receiver (tcp_rmem max 6 MiB). A sender on TCP redirects again once its
- * reader has caught up: every byte it sent over TCP acknowledged and read,
- * and under half the bound waiting (sluice_redir_target_v1 remembers the
- * reader); a spliced one switches again once the proxy has written on all
- * it sent and the proxy's hop to the other app redirects. */
+ * TCP, whose receive window pushes back. The bound is per socket: 4 MiB,
+ * about what TCP's autotuning grants one receiver (tcp_rmem max 6 MiB). A
+ * sender on TCP redirects again once its reader has caught up: every byte
+ * it sent over TCP acknowledged and read, and under half the bound waiting
+ * (sluice_redir_target_v1 remembers the reader). A spliced app -> app send
+ * is not bounded yet (handing it back to the proxy reset bidirectional bulk
+ * transfers in testing; docs/architecture.md). */
 #define SLUICE_SOCKMAP_QUEUE_LIMIT (4u << 20)
 
 /* sluice_hop_behind_v1 (LRU hash, key: an app socket's sockhash key, value
@@ -227,8 +224,7 @@ enum sluice_splice_state {
 	SLUICE_SPLICE_PROXIED = 0, /* through the proxy (armed or not) */
 	SLUICE_SPLICE_ACTIVE = 1,  /* straight to Y; never back */
 	SLUICE_SPLICE_ENDED = 2,   /* was active, the entry went: TCP to the proxy's socket */
-	SLUICE_SPLICE_BEHIND = 3,  /* was active, Y fell behind: to the proxy again, which relays */
-	SLUICE_SPLICE_REFUSED = 4, /* not switched: the proxy's hop to Y is on TCP (until it catches up) */
+	SLUICE_SPLICE_REFUSED = 3, /* not switched: the proxy's hop to Y is on TCP (until it catches up) */
 };
 
 struct sluice_splice_bytes {
