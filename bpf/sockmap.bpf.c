@@ -84,6 +84,7 @@ struct {
 struct redir_target {
 	__u64 sk;     /* its struct sock, a plain number: read with probe reads only */
 	__u64 cookie; /* its socket cookie then: the same socket still, if equal */
+	__u64 went_tcp; /* 1: it has sent over TCP (TCP_BEHIND) at least once */
 };
 
 struct {
@@ -128,10 +129,6 @@ static __always_inline struct sock *redirect_target(struct sk_msg_md *md)
 	return target;
 }
 
-/* A sender on TCP_BEHIND may redirect again once nothing it sent over TCP can
- * still be read after a redirected byte: all of it acknowledged by its reader
- * (so in the reader's TCP queue), that queue read to the end, and the
- * reader's redirect queue under half the bound. Runs under the sender's lock. */
 /* Whether the socket remembered as (sk, cookie) is still that socket. */
 static __always_inline int still_there(__u64 sk, __u64 cookie)
 {
@@ -155,6 +152,10 @@ static __always_inline void remember_target(struct sk_msg_md *msg, __u64 *sk, __
 	*cookie = c;
 }
 
+/* A sender on TCP_BEHIND may redirect again once nothing it sent over TCP can
+ * still be read after a redirected byte: all of it acknowledged by its reader
+ * (so in the reader's TCP queue), that queue read to the end, and the
+ * reader's redirect queue under half the bound. Runs under the sender's lock. */
 static __always_inline int caught_up(struct bpf_sock *sk, struct redir_target *t)
 {
 	struct tcp_sock *own = bpf_skc_to_tcp_sock(sk);
@@ -280,7 +281,7 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
  * lock, so X has nothing in flight, and the proxy has written on every byte
  * X sent before; what X sends from now on lands behind them in Y's queue. */
 static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluice_pair_key *own,
-				       struct sk_msg_md *msg, __u32 size)
+				       struct sk_msg_md *msg, __u32 size, int counted_all)
 {
 	if (st->state == SLUICE_SPLICE_ENDED)
 		return 0;
@@ -307,7 +308,7 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 	struct sluice_splice_bytes *b = bpf_map_lookup_elem(&sluice_splice_bytes_v1, own);
 	__u64 spliced = b ? b->spliced : 0;
 	if (st->state != SLUICE_SPLICE_ACTIVE) {
-		if (!armed || forwarded + spliced != st->sent)
+		if (!armed || forwarded + spliced != st->sent || !counted_all)
 			return 0;
 		/* The proxy's hop to Y is on TCP: bytes of it may still wait in
 		 * Y's TCP queue, which Y reads after redirected ones. Again
@@ -362,8 +363,16 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 	if (sk) {
 		st = bpf_sk_storage_get(&sluice_splice_sk_v1, sk, 0, 0);
 		t = bpf_sk_storage_get(&sluice_redir_target_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
+					  BPF_SK_STORAGE_GET_F_CREATE);
 	}
 	if (st && st->counted) {
+		/* A socket that ever sent over TCP may have had sends this program
+		 * never saw (after a TCP push that failed, tcp_bpf keeps the last
+		 * verdict for the next send without running it), so its `sent`
+		 * may be short: a switch on it could overtake bytes the proxy still
+		 * holds. Such a socket is never spliced. */
+		int counted_all = t && !t->went_tcp && path && *path != SLUICE_PATH_TCP;
 		struct sluice_pair_key own = {
 			.netns_cookie = bpf_get_netns_cookie(msg),
 			.src_ip4 = msg->local_ip4,
@@ -371,7 +380,7 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 			.src_port = bpf_htons((__u16)msg->local_port),
 			.dst_port = (__u16)(msg->remote_port >> 16),
 		};
-		int spliced = splice_send(st, &own, msg, size);
+		int spliced = splice_send(st, &own, msg, size, counted_all);
 		/* Under X's socket lock: no other send of X runs. */
 		st->sent += size;
 		if (spliced)
@@ -379,9 +388,6 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 		if (st->state == SLUICE_SPLICE_ENDED)
 			return SK_PASS; /* TCP: the proxy's reset socket answers */
 	}
-	if (sk)
-		path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
-					  BPF_SK_STORAGE_GET_F_CREATE);
 	if (!path || *path == SLUICE_PATH_TCP) {
 		sockmap_count(SLUICE_SOCKMAP_MSG_TCP, 1);
 		return SK_PASS;
@@ -415,6 +421,8 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 			 * the others, the next ones take TCP (read after them)
 			 * until it has caught up (caught_up, above). */
 			*path = SLUICE_PATH_TCP_BEHIND;
+			if (t)
+				t->went_tcp = 1;
 			if (!st) { /* the proxy's hop to an app: no splice to it now */
 				__u8 one = 1;
 				bpf_map_update_elem(&sluice_hop_behind_v1, &peer, &one, BPF_ANY);

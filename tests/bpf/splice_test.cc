@@ -384,6 +384,45 @@ TEST_SUITE("sockmap.splice") {
   // queue, which the server reads after redirected ones, so the switch is
   // refused while that hop is on TCP; once it has caught up and redirects
   // again, the client's next send switches. In order throughout.
+  // A client app that ever sent over TCP is never spliced: some of its sends
+  // may have gone without the program running (sockmap.bpf.c), so its count
+  // may be short.
+  TEST_CASE("an app whose hop fell behind (some sends over TCP) is never spliced") {
+    Chain ch;
+    // The proxy does not read yet: past the bound into its socket, the
+    // client moves to TCP.
+    std::vector<uint8_t> chunk(64 * 1024, 'x');
+    uint64_t sent = 0;
+    while (stat4(ch.bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == 0) {
+      ssize_t w = ::send(ch.client.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      REQUIRE_MESSAGE(w > 0, std::strerror(errno) << " after " << sent << " bytes");
+      sent += w;
+    }
+    // The proxy relays all, armed, and catches up; the client sends on.
+    SplicedRelay again(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                       0);
+    int end = -1;
+    std::thread reader([&] { end = readToEnd(ch.server.get()); });
+    for (int i = 0; i < 20; ++i) {
+      bool caught_up = eventually([&] {
+        auto e = again.map.lookup(ch.client_key);
+        return e && e->forwarded == sent;
+      });
+      CHECK(caught_up);  // (false once a send went straight to the server)
+      if (!caught_up) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      ssize_t w = ::send(ch.client.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+      if (w <= 0) break;
+      sent += w;
+    }
+    ::shutdown(ch.client.get(), SHUT_WR);
+    reader.join();
+    CHECK(end == 0);  // EOF, every byte relayed
+    CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 0);
+    CHECK(splicedBytes(ch.bpf, ch.client_key) == 0);
+    CHECK(again.join().moved == sent);
+  }
+
   TEST_CASE("no splice while the proxy's hop to the app is on TCP, then spliced; in order") {
     Chain ch;
     auto byteAt = [](uint64_t i) { return static_cast<uint8_t>((i * 2654435761ULL) >> 13); };
@@ -411,14 +450,18 @@ TEST_SUITE("sockmap.splice") {
     // The client's first bytes; the proxy relays them all while the server
     // does not read: past the bound its hop to the server moves to TCP.
     const uint64_t first = 4 * kMiB + 512 * 1024, ping = 64 * 1024, total = 8 * kMiB;
-    sendUpTo(first);
+    // (A piece at a time: the client's own hop never falls behind, which
+    // would keep it from ever being spliced.)
     uint64_t relayed = 0;
     std::vector<uint8_t> buf(64 * 1024);
     while (relayed < first) {
-      ssize_t n = recvSome(ch.accepted.get(), buf);
-      REQUIRE(n > 0);
-      REQUIRE(::send(ch.delivering.get(), buf.data(), n, MSG_NOSIGNAL) == n);
-      relayed += n;
+      sendUpTo(std::min<uint64_t>(first, sent + buf.size()));
+      while (relayed < sent) {
+        ssize_t n = recvSome(ch.accepted.get(), buf);
+        REQUIRE(n > 0);
+        REQUIRE(::send(ch.delivering.get(), buf.data(), n, MSG_NOSIGNAL) == n);
+        relayed += n;
+      }
     }
     REQUIRE(pathOf(ch.delivering.get()) == SLUICE_PATH_TCP_BEHIND);
     // Armed now, with all the client sent written on: the client's next
