@@ -129,27 +129,29 @@ static __always_inline struct sock *redirect_target(struct sk_msg_md *md)
 	return target;
 }
 
+/* A socket's cookie (sockops gave every hop socket one); 0 when unread. */
+static __always_inline __u64 cookie_of(struct sock *s)
+{
+	__u64 c = 0;
+	if (!s || bpf_probe_read_kernel(&c, sizeof(c), &s->__sk_common.skc_cookie))
+		return 0;
+	return c;
+}
+
 /* Whether the socket remembered as (sk, cookie) is still that socket. */
 static __always_inline int still_there(__u64 sk, __u64 cookie)
 {
-	struct sock *s = (void *)sk;
-	__u64 now = 0;
-	return sk && cookie &&
-	       bpf_probe_read_kernel(&now, sizeof(now), &s->__sk_common.skc_cookie) == 0 &&
-	       now == cookie;
+	return cookie && cookie_of((struct sock *)sk) == cookie;
 }
 
-/* Remembers the socket this send was just redirected to in (sk, cookie), once
- * (sockops gave every hop socket its cookie). */
-static __always_inline void remember_target(struct sk_msg_md *msg, __u64 *sk, __u64 *cookie)
+/* Remembers `target` (the socket this send was redirected to) in t, once. */
+static __always_inline void remember_target(struct redir_target *t, struct sock *target)
 {
-	struct sock *target = redirect_target(msg);
-	__u64 c = 0;
-	if (*sk || !target ||
-	    bpf_probe_read_kernel(&c, sizeof(c), &target->__sk_common.skc_cookie) || !c)
+	__u64 c = cookie_of(target);
+	if (t->sk || !c)
 		return;
-	*sk = (__u64)target;
-	*cookie = c;
+	t->sk = (__u64)target;
+	t->cookie = c;
 }
 
 /* A sender on TCP_BEHIND may redirect again once nothing it sent over TCP can
@@ -170,13 +172,6 @@ static __always_inline int caught_up(struct bpf_sock *sk, struct redir_target *t
 	    bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt), &rt->rcv_nxt) || copied != rcv_nxt)
 		return 0;
 	return queued_at(reader) < SLUICE_SOCKMAP_QUEUE_LIMIT / 2;
-}
-
-/* Bytes waiting in the redirect queue of the socket this send was just
- * redirected to. */
-static __always_inline __u32 redirect_target_queued(struct sk_msg_md *msg)
-{
-	return queued_at(redirect_target(msg));
 }
 
 static __always_inline void splice_count(__u32 stat, __u64 n)
@@ -360,19 +355,23 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 	__u32 size = msg->size;
 	struct sluice_splice_sk *st = 0;
 	struct redir_target *t = 0;
-	if (sk) {
+	if (sk)
 		st = bpf_sk_storage_get(&sluice_splice_sk_v1, sk, 0, 0);
-		t = bpf_sk_storage_get(&sluice_redir_target_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
-					  BPF_SK_STORAGE_GET_F_CREATE);
-	}
 	if (st && st->counted) {
 		/* A socket that ever sent over TCP may have had sends this program
 		 * never saw (after a TCP push that failed, tcp_bpf keeps the last
 		 * verdict for the next send without running it), so its `sent`
 		 * may be short: a switch on it could overtake bytes the proxy still
-		 * holds. Such a socket is never spliced. */
-		int counted_all = t && !t->went_tcp && path && *path != SLUICE_PATH_TCP;
+		 * holds. Such a socket is never spliced. (A spliced send, the hot
+		 * path, needs neither storage.) */
+		int counted_all = 1;
+		if (st->state != SLUICE_SPLICE_ACTIVE && sk) {
+			t = bpf_sk_storage_get(&sluice_redir_target_v1, sk, 0,
+					       BPF_SK_STORAGE_GET_F_CREATE);
+			path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
+						  BPF_SK_STORAGE_GET_F_CREATE);
+			counted_all = t && !t->went_tcp && path && *path != SLUICE_PATH_TCP;
+		}
 		struct sluice_pair_key own = {
 			.netns_cookie = bpf_get_netns_cookie(msg),
 			.src_ip4 = msg->local_ip4,
@@ -388,6 +387,11 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 		if (st->state == SLUICE_SPLICE_ENDED)
 			return SK_PASS; /* TCP: the proxy's reset socket answers */
 	}
+	if (sk && !t)
+		t = bpf_sk_storage_get(&sluice_redir_target_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (sk && !path)
+		path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
+					  BPF_SK_STORAGE_GET_F_CREATE);
 	if (!path || *path == SLUICE_PATH_TCP) {
 		sockmap_count(SLUICE_SOCKMAP_MSG_TCP, 1);
 		return SK_PASS;
@@ -414,9 +418,10 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 		*path = SLUICE_PATH_REDIRECT;
 		sockmap_count(SLUICE_SOCKMAP_MSG_REDIRECTED, 1);
 		sockmap_count(SLUICE_SOCKMAP_BYTES_REDIRECTED, size);
+		struct sock *target = redirect_target(msg);
 		if (t)
-			remember_target(msg, &t->sk, &t->cookie);
-		if (redirect_target_queued(msg) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
+			remember_target(t, target);
+		if (queued_at(target) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
 			/* The reader fell behind: this send still queues behind
 			 * the others, the next ones take TCP (read after them)
 			 * until it has caught up (caught_up, above). */

@@ -49,9 +49,8 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
      "Inbound IPv4 TCP fragments to an enrolled pod dropped: reassembled, a SYN would reach the "
      "app around the mesh (fail closed)"},
     {"sockmap_behind_tcp",
-     "Pod-local hop sockets (--sockmap=on) moved to loopback TCP until their reader caught up: it "
-     "had more "
-     "than 4 MiB of redirected bytes waiting (sockmap backpressure)"},
+     "Pod-local hop sockets (--sockmap=on) moved to loopback TCP until their reader caught up: "
+     "it had more than 4 MiB of redirected bytes waiting (sockmap backpressure)"},
     {"splice_refused",
      "Splice switches put off: the proxy's hop to the target app was on loopback TCP"},
     {"sockmap_caught_up",
