@@ -344,7 +344,6 @@ class MtlsSockmapTest(SockmapOn, MtlsTest):
                                   str(size)).stdout
             self.assertIn("down_ok=True up_ok=True", out)
 
-
     def test_sockmap_bulk_sender_faster_than_the_tunnel_is_pushed_back(self):
         """iperf3 from the client pod (node1) to the server pod (node2): the app writes
         faster than its proxy encrypts, so its redirected hop's queue passes the 4 MiB bound,
