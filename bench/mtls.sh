@@ -129,7 +129,8 @@ proxy_pids() {  # key
 config_dump() { $LAB node exec "node$1" -- curl -sf http://127.0.0.1:15000/config_dump; }
 stats() { $LAB node exec "node$1" -- curl -sf http://127.0.0.1:15000/stats; }
 # The sockmap counters of both agents (/config_dump bpf.sockmap.stats, and
-# the bound's /stats bpf.sockmap_behind_tcp and bpf.sockmap_caught_up), summed,
+# the bound's /stats bpf.sockmap_behind_tcp, bpf.sockmap_caught_up and
+# bpf.splice_behind), summed,
 # as JSON.
 sockmap_stats() {
   { config_dump 1; echo; config_dump 2; echo; stats 1; echo; stats 2; } | /usr/bin/python3 -c '
@@ -142,7 +143,7 @@ while True:  # two documents, one after the other
     if "sockmap" in j["bpf"]:  # a /config_dump
         for k, v in j["bpf"]["sockmap"].get("stats", {}).items(): t[k] = t.get(k, 0) + v
     else:  # a /stats: the backpressure bound
-        for k in ("sockmap_behind_tcp", "sockmap_caught_up"): t[k] = t.get(k, 0) + j["bpf"].get(k, 0)
+        for k in ("sockmap_behind_tcp", "sockmap_caught_up", "splice_behind"): t[k] = t.get(k, 0) + j["bpf"].get(k, 0)
 print(json.dumps(t))'
 }
 # What the counters moved since the file $1 (sockmap_stats before a figure).

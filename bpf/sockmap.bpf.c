@@ -95,6 +95,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_redir_target_v1 SEC(".maps");
 
+/* The peer app a spliced app socket was handed back from (its reader fell
+ * behind), to see later whether it caught up. */
+struct splice_peer {
+	__u64 sk;     /* its struct sock, a plain number: read with probe reads only */
+	__u64 cookie; /* its socket cookie then */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct splice_peer);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_splice_peer_v1 SEC(".maps");
+
 /* Bytes waiting in `target`'s redirect queue (its psock's msg_tot_len); 0 when
  * unknown. Probe reads: a read that fails gives 0. */
 static __always_inline __u32 queued_at(struct sock *target)
@@ -275,8 +290,9 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
  * the send that finds sent == forwarded: that send runs under X's socket
  * lock, so X has nothing in flight, and the proxy has written on every byte
  * X sent before; what X sends from now on lands behind them in Y's queue. */
-static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluice_pair_key *own,
-				       struct sk_msg_md *msg, __u32 size, int counted_all)
+static __always_inline int splice_send(struct bpf_sock *sk, struct sluice_splice_sk *st,
+				       struct sluice_pair_key *own, struct sk_msg_md *msg,
+				       __u32 size, int counted_all)
 {
 	if (st->state == SLUICE_SPLICE_ENDED)
 		return 0;
@@ -305,6 +321,14 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 	if (st->state != SLUICE_SPLICE_ACTIVE) {
 		if (!armed || forwarded + spliced != st->sent || !counted_all)
 			return 0;
+		/* Handed back: straight again only once Y has read most of what
+		 * waits for it (else every send would switch and hand back). */
+		if (st->state == SLUICE_SPLICE_BEHIND) {
+			struct splice_peer *y = bpf_sk_storage_get(&sluice_splice_peer_v1, sk, 0, 0);
+			if (!y || !still_there(y->sk, y->cookie) ||
+			    queued_at((struct sock *)y->sk) >= SLUICE_SOCKMAP_QUEUE_LIMIT / 2)
+				return 0;
+		}
 		/* The proxy's hop to Y is on TCP: bytes of it may still wait in
 		 * Y's TCP queue, which Y reads after redirected ones. Again
 		 * once that hop has caught up and redirects (it deletes this). */
@@ -338,6 +362,21 @@ static __always_inline int splice_send(struct sluice_splice_sk *st, struct sluic
 		__sync_fetch_and_add(&b->msgs, 1);
 	}
 	splice_count(SLUICE_SPLICE_BYTES, size);
+	struct sock *target = redirect_target(msg);
+	if (queued_at(target) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
+		/* Y fell behind: this send still queues for Y; from the next on
+		 * X sends to the proxy's socket again (its own hop, bounded as
+		 * any) and the proxy relays, its hop to Y bounded in turn. Y
+		 * reads what waits in its redirect queue first: the order holds. */
+		st->state = SLUICE_SPLICE_BEHIND;
+		sluice_count4(SLUICE_STAT4_SPLICE_BEHIND);
+		struct splice_peer *y = bpf_sk_storage_get(&sluice_splice_peer_v1, sk, 0,
+							   BPF_SK_STORAGE_GET_F_CREATE);
+		if (y) {
+			y->sk = (__u64)target;
+			y->cookie = cookie_of(target);
+		}
+	}
 	return 1;
 }
 
@@ -379,7 +418,7 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 			.src_port = bpf_htons((__u16)msg->local_port),
 			.dst_port = (__u16)(msg->remote_port >> 16),
 		};
-		int spliced = splice_send(st, &own, msg, size, counted_all);
+		int spliced = splice_send(sk, st, &own, msg, size, counted_all);
 		/* Under X's socket lock: no other send of X runs. */
 		st->sent += size;
 		if (spliced)

@@ -55,6 +55,8 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
      "Splice switches put off: the proxy's hop to the target app was on loopback TCP"},
     {"sockmap_caught_up",
      "Pod-local hop sockets back from loopback TCP to redirecting: their reader caught up"},
+    {"splice_behind",
+     "Spliced app sockets handed back to the proxy: the peer app had more than 4 MiB waiting"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

@@ -131,7 +131,8 @@ enum sluice_stat4 {
 	SLUICE_STAT4_SOCKMAP_BEHIND = 1,  /* hop sockets moved to TCP: reader fell behind */
 	SLUICE_STAT4_SPLICE_REFUSED = 2,  /* splice switches put off: the target's hop is on TCP */
 	SLUICE_STAT4_SOCKMAP_CAUGHT_UP = 3, /* hop sockets back from TCP: their reader caught up */
-	SLUICE_STAT4_MAX = 4,
+	SLUICE_STAT4_SPLICE_BEHIND = 4,   /* spliced sockets handed back to the proxy: peer behind */
+	SLUICE_STAT4_MAX = 5,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).
@@ -165,8 +166,11 @@ enum sluice_msg_path {
  * sender on TCP redirects again once its reader has caught up: every byte
  * it sent over TCP acknowledged and read, and under half the bound waiting
  * (sluice_redir_target_v1 remembers the reader). A spliced app -> app send
- * is not bounded yet (handing it back to the proxy reset bidirectional bulk
- * transfers in testing; docs/architecture.md). */
+ * that finds more than the bound waiting for the peer app is handed back:
+ * X's later sends go to the proxy's socket again (its own hop, bounded as
+ * any), the proxy relays, and its hop to the slow app is bounded in turn; X
+ * switches straight to Y again once the proxy has written on all it sent
+ * and under half the bound waits for Y (sluice_splice_peer_v1 remembers Y). */
 #define SLUICE_SOCKMAP_QUEUE_LIMIT (4u << 20)
 
 /* sluice_hop_behind_v1 (LRU hash, key: an app socket's sockhash key, value
@@ -176,7 +180,9 @@ enum sluice_msg_path {
  * to this app looks here first: its redirected bytes would overtake the
  * TCP-queued ones, so that direction stays with the proxy meanwhile.
  * sluice_redir_target_v1 (SK_STORAGE of a hop socket, struct redir_target in
- * sockmap.bpf.c): the socket its sends are redirected to and its cookie. */
+ * sockmap.bpf.c): the socket its sends are redirected to and its cookie.
+ * sluice_splice_peer_v1 (SK_STORAGE of a handed-back app socket, struct
+ * splice_peer in sockmap.bpf.c): the peer app it was spliced to. */
 
 /* sluice_sockmap_stats_v1: per-CPU array indexed by enum sluice_sockmap_stat
  * (its own map: sluice_stats_v1 cannot grow, see above). */
@@ -225,6 +231,7 @@ enum sluice_splice_state {
 	SLUICE_SPLICE_ACTIVE = 1,  /* straight to Y; never back */
 	SLUICE_SPLICE_ENDED = 2,   /* was active, the entry went: TCP to the proxy's socket */
 	SLUICE_SPLICE_REFUSED = 3, /* not switched: the proxy's hop to Y is on TCP (until it catches up) */
+	SLUICE_SPLICE_BEHIND = 4,  /* was active, Y fell behind: to the proxy again, which relays */
 };
 
 struct sluice_splice_bytes {

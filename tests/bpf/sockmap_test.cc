@@ -190,6 +190,68 @@ TEST_SUITE("sockmap.bpf") {
     CHECK(mismatched == 0);
   }
 
+  // The kernel behaviour behind docs/architecture.md's warning about plain
+  // blocking reads: tcp_bpf_recvmsg waits once, and a wakeup that brought no
+  // data ends a blocking recv() with EAGAIN. A writer the bound moved to TCP
+  // that blocks on its send buffer is woken when the reader drains, and the
+  // wakeup reaches a reader blocked on the same socket too. Event-driven
+  // apps (poll, then read) and Python sockets with a timeout retry it; a
+  // plain blocking reader beside a writer sees the error. Should a kernel
+  // loop instead, this fails and the doc changes.
+  TEST_CASE("a blocking reader beside a writer pushed back to TCP: recv() returns EAGAIN") {
+    LoadedCapture bpf(true);
+    Pod pod(*bpf.loader);
+    auto [app, proxied] = pod.outbound();
+    const uint64_t total = 16 * kMiB;  // past the bound, then over TCP until it blocks
+    std::atomic<uint64_t> eagain{0};
+    std::atomic<int> read_result{-2};
+    std::thread reader([&, fd = app.get()] {  // blocking (guard(): 30 s at most)
+      char c = 0;
+      for (;;) {
+        ssize_t n = ::recv(fd, &c, 1, 0);
+        if (n < 0 && errno == EAGAIN) {
+          ++eagain;
+          continue;  // what an app that knows would do
+        }
+        read_result = static_cast<int>(n);
+        return;
+      }
+    });
+    std::atomic<uint64_t> written{0};
+    std::thread writer([&, fd = app.get()] {  // blocking
+      std::vector<uint8_t> buf(kMiB, 0x5a);
+      while (written < total) {
+        ssize_t n = ::send(fd, buf.data(), buf.size(), MSG_NOSIGNAL);
+        if (n <= 0) return;
+        written += n;
+      }
+    });
+    // The proxy has stopped reading until the writer is on TCP and blocked.
+    for (int i = 0; i < 300 && stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK(written < total);  // blocked
+    uint64_t received = 0;
+    std::vector<uint8_t> in(64 * 1024);
+    while (received < total) {  // the proxy drains, in small steps
+      pollfd p{proxied.get(), POLLIN, 0};
+      REQUIRE(::poll(&p, 1, 30000) == 1);
+      ssize_t n = ::recv(proxied.get(), in.data(), in.size(), MSG_DONTWAIT);
+      if (n < 0 && errno == EAGAIN) continue;
+      REQUIRE(n > 0);
+      received += n;
+    }
+    writer.join();
+    CHECK(written == total);
+    REQUIRE(::send(proxied.get(), "x", 1, MSG_NOSIGNAL) == 1);  // the reader's byte
+    reader.join();
+    CHECK(read_result == 1);
+    MESSAGE("blocking recv() returned EAGAIN " << eagain.load() << " times");
+    CHECK_MESSAGE(eagain > 0,
+                  "a blocking recv() never returned EAGAIN: update docs/architecture.md");
+  }
+
   TEST_CASE("1 GiB app -> proxy -> app through both redirected hops arrives intact") {
     // A same-node connection: the client app's hop (app -> 127.0.0.1:15001)
     // and the server app's (proxy's delivering socket -> app), with the

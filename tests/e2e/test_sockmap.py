@@ -113,7 +113,7 @@ class SockmapLifecycleTest(LabTest):
 
     def test_1_opaque_connection_is_spliced_and_counted(self):
         before = {n: self.counter(n) for n in ("sluice_bpf_splice_switched_total", "sluice_bpf_splice_bytes_total",
-                                               "sluice_proxy_spliced_total")}
+                                               "sluice_proxy_spliced_total", "sluice_bpf_splice_behind_total")}
         up, down = 64 << 20, 32 << 20
         self.transfer(3306, up, down)
         after = {n: self.counter(n) for n in before}
@@ -121,7 +121,14 @@ class SockmapLifecycleTest(LabTest):
               f"of {up + down} bytes straight app to app", file=sys.stderr)
         self.assertEqual(after["sluice_proxy_spliced_total"] - before["sluice_proxy_spliced_total"], 1)
         self.assertGreaterEqual(after["sluice_bpf_splice_switched_total"] - before["sluice_bpf_splice_switched_total"], 1)
-        self.assertGreater(after["sluice_bpf_splice_bytes_total"] - before["sluice_bpf_splice_bytes_total"], up // 2)
+        spliced = after["sluice_bpf_splice_bytes_total"] - before["sluice_bpf_splice_bytes_total"]
+        # Straight app to app from the switch on, unless the server app fell more than 4 MiB
+        # behind (this reader hashes what it reads, and may be slower than the writer): then
+        # the client's later sends go back through the proxy (splice_behind), which relays.
+        if after["sluice_bpf_splice_behind_total"] > before["sluice_bpf_splice_behind_total"]:
+            self.assertGreater(spliced, 4 << 20)
+        else:
+            self.assertGreater(spliced, up // 2)
         self.assert_sockhash_empty()
 
     def test_2_agent_upgrade_hands_over_a_live_pair(self):

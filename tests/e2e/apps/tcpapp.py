@@ -96,6 +96,12 @@ def serve_whoami(port):
 
 def handle_stream(c):
     try:
+        # A timeout makes Python poll before each read and write. With
+        # --sockmap=on a plain blocking recv() can return EAGAIN after a wakeup
+        # that brought no data (tcp_bpf_recvmsg waits once; a write-space
+        # wakeup of the writer beside it is one, docs/architecture.md), and a
+        # makefile()'s read1() returns b"" for it, as for EOF.
+        c.settimeout(600)
         f = c.makefile("rb")
         header = f.readline().split()
         up, down = int(header[0]), int(header[1])
