@@ -169,6 +169,16 @@ static __always_inline void remember_target(struct redir_target *t, struct sock 
 	t->cookie = c;
 }
 
+/* Whether the reader `sk` (a plain number, probe reads) has read its TCP
+ * receive queue to the end: copied_seq == rcv_nxt. */
+static __always_inline int tcp_queue_read(__u64 sk)
+{
+	struct tcp_sock *tp = (void *)sk;
+	__u32 copied = 0, rcv_nxt = 0;
+	return !bpf_probe_read_kernel(&copied, sizeof(copied), &tp->copied_seq) &&
+	       !bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt), &tp->rcv_nxt) && copied == rcv_nxt;
+}
+
 /* A sender on TCP_BEHIND may redirect again once nothing it sent over TCP can
  * still be read after a redirected byte: all of it acknowledged by its reader
  * (so in the reader's TCP queue), that queue read to the end, and the
@@ -178,15 +188,9 @@ static __always_inline int caught_up(struct bpf_sock *sk, struct redir_target *t
 	struct tcp_sock *own = bpf_skc_to_tcp_sock(sk);
 	if (!own || own->write_seq != own->snd_una)
 		return 0;
-	struct sock *reader = (void *)t->sk;
-	struct tcp_sock *rt = (void *)t->sk;
-	__u32 copied = 0, rcv_nxt = 0;
 	if (!still_there(t->sk, t->cookie))
 		return 0; /* gone: stay on TCP (reset by then) */
-	if (bpf_probe_read_kernel(&copied, sizeof(copied), &rt->copied_seq) ||
-	    bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt), &rt->rcv_nxt) || copied != rcv_nxt)
-		return 0;
-	return queued_at(reader) < SLUICE_SOCKMAP_QUEUE_LIMIT / 2;
+	return tcp_queue_read(t->sk) && queued_at((struct sock *)t->sk) < SLUICE_SOCKMAP_QUEUE_LIMIT / 2;
 }
 
 static __always_inline void splice_count(__u32 stat, __u64 n)
@@ -294,7 +298,7 @@ static __always_inline int splice_send(struct bpf_sock *sk, struct sluice_splice
 				       struct sluice_pair_key *own, struct sk_msg_md *msg,
 				       __u32 size, int counted_all)
 {
-	if (st->state == SLUICE_SPLICE_ENDED)
+	if (!sk || st->state == SLUICE_SPLICE_ENDED)
 		return 0;
 	struct sluice_splice *e = bpf_map_lookup_elem(&sluice_splice_v1, own);
 	if (!e) {
@@ -322,18 +326,22 @@ static __always_inline int splice_send(struct bpf_sock *sk, struct sluice_splice
 		if (!armed || forwarded + spliced != st->sent || !counted_all)
 			return 0;
 		/* Handed back: straight again only once Y has read most of what
-		 * waits for it (else every send would switch and hand back). */
+		 * waits for it (else every send would switch and hand back) and
+		 * all of its TCP queue (the proxy's hop to Y went to TCP after
+		 * the hand-back: checked here too, not only by the LRU entry
+		 * below, which could have been evicted). */
 		if (st->state == SLUICE_SPLICE_BEHIND) {
 			struct splice_peer *y = bpf_sk_storage_get(&sluice_splice_peer_v1, sk, 0, 0);
-			if (!y || !still_there(y->sk, y->cookie) ||
+			if (!y || !still_there(y->sk, y->cookie) || !tcp_queue_read(y->sk) ||
 			    queued_at((struct sock *)y->sk) >= SLUICE_SOCKMAP_QUEUE_LIMIT / 2)
 				return 0;
 		}
 		/* The proxy's hop to Y is on TCP: bytes of it may still wait in
 		 * Y's TCP queue, which Y reads after redirected ones. Again
-		 * once that hop has caught up and redirects (it deletes this). */
+		 * once that hop has caught up and redirects (it deletes this).
+		 * A handed-back X stays BEHIND (its checks above still apply). */
 		if (bpf_map_lookup_elem(&sluice_hop_behind_v1, &peer)) {
-			if (st->state != SLUICE_SPLICE_REFUSED) {
+			if (st->state == SLUICE_SPLICE_PROXIED) {
 				st->state = SLUICE_SPLICE_REFUSED;
 				sluice_count4(SLUICE_STAT4_SPLICE_REFUSED);
 			}

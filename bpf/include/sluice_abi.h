@@ -147,7 +147,9 @@ enum sluice_stat4 {
 /* sluice_sk_msg_path_v1 (SK_STORAGE, __u8): which path a sending socket's
  * bytes take, decided at its first send. A reader takes redirected bytes
  * before TCP-queued ones, so a stream may go from redirect to TCP (its
- * redirected bytes are all queued by then) but never from TCP to redirect. */
+ * redirected bytes are all queued by then); from TCP back to redirect only
+ * once its reader has read every TCP byte (TCP_BEHIND, caught up), and a
+ * stream that started on TCP stays there. */
 enum sluice_msg_path {
 	SLUICE_PATH_UNDECIDED = 0,
 	SLUICE_PATH_REDIRECT = 1, /* peer was in the sockhash: ingress redirect */
@@ -228,7 +230,7 @@ struct sluice_splice_sk {
 
 enum sluice_splice_state {
 	SLUICE_SPLICE_PROXIED = 0, /* through the proxy (armed or not) */
-	SLUICE_SPLICE_ACTIVE = 1,  /* straight to Y; never back */
+	SLUICE_SPLICE_ACTIVE = 1,  /* straight to Y (until Y falls behind: BEHIND) */
 	SLUICE_SPLICE_ENDED = 2,   /* was active, the entry went: TCP to the proxy's socket */
 	SLUICE_SPLICE_REFUSED = 3, /* not switched: the proxy's hop to Y is on TCP (until it catches up) */
 	SLUICE_SPLICE_BEHIND = 4,  /* was active, Y fell behind: to the proxy again, which relays */

@@ -366,6 +366,37 @@ inline void checkPushedBack(const StoppedReader& r) {
   CHECK(r.received_sum == r.sent_sum);
 }
 
+// A stream of a known pattern (byte i is patternByte(i)) from `from` to
+// `to`, moved a step at a time: sendUpTo() writes, without blocking, what
+// the kernel takes now; readAll() reads what arrives until nothing more
+// comes for 100 ms, counting bytes out of order.
+inline uint8_t patternByte(uint64_t i) { return static_cast<uint8_t>((i * 2654435761ULL) >> 13); }
+struct PatternStream {
+  int from, to;
+  uint64_t sent = 0, received = 0, mismatched = 0;
+  void sendUpTo(uint64_t upto) {
+    std::vector<uint8_t> buf(64 * 1024);
+    while (sent < upto) {
+      size_t n = std::min<uint64_t>(buf.size(), upto - sent);
+      for (size_t k = 0; k < n; ++k) buf[k] = patternByte(sent + k);
+      ssize_t w = ::send(from, buf.data(), n, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w <= 0) break;
+      sent += w;
+    }
+  }
+  void readAll() {
+    std::vector<uint8_t> in(256 * 1024);
+    for (;;) {
+      pollfd p{to, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) return;
+      ssize_t n = ::recv(to, in.data(), in.size(), MSG_DONTWAIT);
+      if (n <= 0) return;
+      for (ssize_t k = 0; k < n; ++k) mismatched += in[k] != patternByte(received + k);
+      received += n;
+    }
+  }
+};
+
 // The counters of sluice_stats4_v1 (enum sluice_stat4).
 inline uint64_t stat4(const LoadedCapture& bpf, uint32_t stat) {
   return bpf.loader->stats()[agent::bpf::kStat4Base + stat];

@@ -142,52 +142,30 @@ TEST_SUITE("sockmap.bpf") {
     LoadedCapture bpf(true);
     Pod pod(*bpf.loader);
     auto [app, proxied] = pod.outbound();
-    auto byteAt = [](uint64_t i) { return static_cast<uint8_t>((i * 2654435761ULL) >> 13); };
-    uint64_t sent = 0, received = 0, mismatched = 0;
-    auto sendUpTo = [&](uint64_t to) {  // non-blocking: what the kernel takes now
-      std::vector<uint8_t> buf(64 * 1024);
-      while (sent < to) {
-        size_t n = std::min<uint64_t>(buf.size(), to - sent);
-        for (size_t k = 0; k < n; ++k) buf[k] = byteAt(sent + k);
-        ssize_t w = ::send(app.get(), buf.data(), n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w <= 0) break;
-        sent += w;
-      }
-    };
-    auto readAll = [&] {  // everything there is, until nothing more comes for 100 ms
-      std::vector<uint8_t> in(256 * 1024);
-      for (;;) {
-        pollfd p{proxied.get(), POLLIN, 0};
-        if (::poll(&p, 1, 100) <= 0) return;
-        ssize_t n = ::recv(proxied.get(), in.data(), in.size(), MSG_DONTWAIT);
-        if (n <= 0) return;
-        for (ssize_t k = 0; k < n; ++k) mismatched += in[k] != byteAt(received + k);
-        received += n;
-      }
-    };
-    sendUpTo(8 * kMiB);  // the proxy does not read: past the bound, then TCP
+    PatternStream st{app.get(), proxied.get()};
+    st.sendUpTo(8 * kMiB);  // the proxy does not read: past the bound, then TCP
     REQUIRE(stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == 1);
     uint64_t redirected = bpf.loader->sockmapStats()[SLUICE_SOCKMAP_BYTES_REDIRECTED];
-    CHECK(redirected < sent);
-    readAll();
-    REQUIRE(received == sent);
+    CHECK(redirected < st.sent);
+    st.readAll();
+    REQUIRE(st.received == st.sent);
     CHECK(stat4(bpf, SLUICE_STAT4_SOCKMAP_CAUGHT_UP) == 0);  // nothing sent since
     // A send finds it caught up and redirects again. (The first sends may
     // still take TCP: after a push that found the send buffer full, the
     // kernel keeps the last verdict for the next send without asking.)
     for (int i = 0; i < 8 && stat4(bpf, SLUICE_STAT4_SOCKMAP_CAUGHT_UP) == 0; ++i) {
-      sendUpTo(sent + 64 * 1024);
-      readAll();
+      st.sendUpTo(st.sent + 64 * 1024);
+      st.readAll();
     }
     CHECK(stat4(bpf, SLUICE_STAT4_SOCKMAP_CAUGHT_UP) == 1);
     redirected = bpf.loader->sockmapStats()[SLUICE_SOCKMAP_BYTES_REDIRECTED];
-    uint64_t before = sent;
-    sendUpTo(sent + kMiB);  // all of it redirected
+    uint64_t before = st.sent;
+    st.sendUpTo(st.sent + kMiB);  // all of it redirected
     CHECK(bpf.loader->sockmapStats()[SLUICE_SOCKMAP_BYTES_REDIRECTED] ==
-          redirected + (sent - before));
-    readAll();
-    CHECK(received == sent);
-    CHECK(mismatched == 0);
+          redirected + (st.sent - before));
+    st.readAll();
+    CHECK(st.received == st.sent);
+    CHECK(st.mismatched == 0);
   }
 
   // The kernel behaviour behind docs/architecture.md's warning about plain
@@ -202,10 +180,18 @@ TEST_SUITE("sockmap.bpf") {
     LoadedCapture bpf(true);
     Pod pod(*bpf.loader);
     auto [app, proxied] = pod.outbound();
+    // Small buffers, so the writer blocks whatever the host's tcp_wmem and
+    // tcp_rmem; no receive timeout, so an EAGAIN is never a timeout's.
+    int small = 1;  // rounded up to the kernel's minimum
+    REQUIRE(setsockopt(app.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    int rcvbuf = 256 * 1024;
+    REQUIRE(setsockopt(proxied.get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) == 0);
+    timeval none{0, 0};
+    REQUIRE(setsockopt(app.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none)) == 0);
     const uint64_t total = 16 * kMiB;  // past the bound, then over TCP until it blocks
-    std::atomic<uint64_t> eagain{0};
+    std::atomic<uint64_t> eagain{0}, written{0};
     std::atomic<int> read_result{-2};
-    std::thread reader([&, fd = app.get()] {  // blocking (guard(): 30 s at most)
+    std::thread reader([&, fd = app.get()] {  // blocking
       char c = 0;
       for (;;) {
         ssize_t n = ::recv(fd, &c, 1, 0);
@@ -217,7 +203,6 @@ TEST_SUITE("sockmap.bpf") {
         return;
       }
     });
-    std::atomic<uint64_t> written{0};
     std::thread writer([&, fd = app.get()] {  // blocking
       std::vector<uint8_t> buf(kMiB, 0x5a);
       while (written < total) {
@@ -226,6 +211,17 @@ TEST_SUITE("sockmap.bpf") {
         written += n;
       }
     });
+    // Whatever fails below: both threads end (a shutdown wakes them) and
+    // are joined before the sockets close.
+    struct Joined {
+      int fd;
+      std::thread &a, &b;
+      ~Joined() {
+        if (a.joinable() || b.joinable()) ::shutdown(fd, SHUT_RDWR);
+        if (a.joinable()) a.join();
+        if (b.joinable()) b.join();
+      }
+    } joined{app.get(), reader, writer};
     // The proxy has stopped reading until the writer is on TCP and blocked.
     for (int i = 0; i < 300 && stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == 0; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -300,6 +300,42 @@ TEST_SUITE("sockmap.splice") {
     CHECK(up.join().moved > 0);                              // relayed after the splice
   }
 
+  // A hand-back is not for good: once the server has read what waited for
+  // it (its redirect queue and the TCP queue of the proxy's hop, which went
+  // to TCP meanwhile) and the proxy has written on all the client sent
+  // through it, the client switches straight again. In order throughout.
+  TEST_CASE("a handed-back spliced writer switches straight again once its reader caught up") {
+    Chain ch;
+    SplicedRelay up(ch.bpf, ch.accepted.get(), ch.delivering.get(), ch.client_key, ch.server_key,
+                    0);
+    PatternStream st{ch.client.get(), ch.server.get()};
+    // Straight to the server, which does not read: past the bound the
+    // client goes back to the proxy (not so far that its own hop falls
+    // behind: such a socket is never spliced again).
+    st.sendUpTo(5 * kMiB);
+    REQUIRE(stat4(ch.bpf, SLUICE_STAT4_SPLICE_BEHIND) == 1);
+    CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 1);
+    CHECK(splicedBytes(ch.bpf, ch.client_key) < st.sent);
+    st.readAll();
+    REQUIRE(st.received == st.sent);
+    // The next sends go through the proxy until one finds everything
+    // written on and read, and the proxy's hop redirecting again.
+    for (int i = 0; i < 16 && spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) < 2; ++i) {
+      st.sendUpTo(st.sent + 64 * 1024);
+      st.readAll();
+    }
+    CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 2);
+    uint64_t spliced = splicedBytes(ch.bpf, ch.client_key), before = st.sent;
+    st.sendUpTo(st.sent + kMiB);  // straight again, all of it
+    CHECK(splicedBytes(ch.bpf, ch.client_key) == spliced + (st.sent - before));
+    st.readAll();
+    CHECK(st.received == st.sent);
+    CHECK(st.mismatched == 0);
+    up.stop();
+    CHECK(up.result.moved + splicedBytes(ch.bpf, ch.client_key) == st.sent);
+    CHECK(up.result.moved > 0);
+  }
+
   // The proxy's hop to the server moved to TCP (the server fell behind)
   // before the client's switch: bytes of it may wait in the server's TCP
   // queue, which the server reads after redirected ones, so the switch is
@@ -346,13 +382,12 @@ TEST_SUITE("sockmap.splice") {
 
   TEST_CASE("no splice while the proxy's hop to the app is on TCP, then spliced; in order") {
     Chain ch;
-    auto byteAt = [](uint64_t i) { return static_cast<uint8_t>((i * 2654435761ULL) >> 13); };
     uint64_t sent = 0;
     auto sendUpTo = [&](uint64_t to) {
       std::vector<uint8_t> buf(64 * 1024);
       while (sent < to) {
         size_t n = std::min<uint64_t>(buf.size(), to - sent);
-        for (size_t k = 0; k < n; ++k) buf[k] = byteAt(sent + k);
+        for (size_t k = 0; k < n; ++k) buf[k] = patternByte(sent + k);
         ssize_t w = ::send(ch.client.get(), buf.data(), n, MSG_NOSIGNAL);
         if (w <= 0) {  // no REQUIRE: the reader thread may run
           FAIL_CHECK("send: " << std::strerror(errno));
@@ -398,7 +433,7 @@ TEST_SUITE("sockmap.splice") {
     std::thread reader([&] {
       std::vector<uint8_t> in(256 * 1024);
       for (ssize_t n; (n = recvSome(ch.server.get(), in)) > 0;) {
-        for (ssize_t k = 0; k < n; ++k) mismatched += in[k] != byteAt(received + k);
+        for (ssize_t k = 0; k < n; ++k) mismatched += in[k] != patternByte(received + k);
         received += n;
       }
     });
