@@ -84,8 +84,15 @@ struct {
 struct redir_target {
 	__u64 sk;     /* its struct sock, a plain number: read with probe reads only */
 	__u64 cookie; /* its socket cookie then: the same socket still, if equal */
-	__u64 went_tcp; /* 1: it has sent over TCP (TCP_BEHIND) at least once */
+	__u32 flags;  /* REDIR_* (was a __u64 went_tcp: the same bit 0 on little endian) */
+	__u32 seq;    /* REDIR_SEQ: its write_seq when its TCP bytes were last counted */
 };
+
+/* It has sent over TCP (TCP_BEHIND) at least once. */
+#define REDIR_WENT_TCP 1
+/* An app socket whose TCP bytes are counted from its write_seq (from its
+ * handshake on): its splice `sent` is exact whatever took TCP. */
+#define REDIR_SEQ 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -284,6 +291,15 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
 				&sluice_splice_sk_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 			if (st)
 				st->counted = 1;
+			/* Its TCP bytes are counted from write_seq on: from the
+			 * first byte after the SYN (data queued before the
+			 * handshake ended is counted too). */
+			struct redir_target *t = bpf_sk_storage_get(
+				&sluice_redir_target_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (t) {
+				t->seq = skops->snd_una;
+				t->flags |= REDIR_SEQ;
+			}
 		}
 	}
 	return 1;
@@ -404,20 +420,35 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 	struct redir_target *t = 0;
 	if (sk)
 		st = bpf_sk_storage_get(&sluice_splice_sk_v1, sk, 0, 0);
+	struct sluice_splice_sk *by_seq = 0;
 	if (st && st->counted) {
-		/* A socket that ever sent over TCP may have had sends this program
-		 * never saw (after a TCP push that failed, tcp_bpf keeps the last
-		 * verdict for the next send without running it), so its `sent`
-		 * may be short: a switch on it could overtake bytes the proxy still
-		 * holds. Such a socket is never spliced. (A spliced send, the hot
-		 * path, needs neither storage.) */
+		/* Not every byte sent over TCP passes this program: after a TCP
+		 * push that failed, tcp_bpf keeps the last verdict for the next
+		 * send without running it. So a socket's TCP bytes are counted
+		 * from its write_seq (REDIR_SEQ, set at its handshake), its
+		 * redirected ones here; a socket without (its handshake was
+		 * before this program) counts every send here and is never
+		 * spliced once it sent over TCP: its `sent` may be short, and a
+		 * switch on it could overtake bytes the proxy still holds. (A
+		 * spliced send, the hot path, needs neither storage: while
+		 * spliced nothing goes over TCP.) */
 		int counted_all = 1;
 		if (st->state != SLUICE_SPLICE_ACTIVE && sk) {
 			t = bpf_sk_storage_get(&sluice_redir_target_v1, sk, 0,
 					       BPF_SK_STORAGE_GET_F_CREATE);
 			path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
 						  BPF_SK_STORAGE_GET_F_CREATE);
-			counted_all = t && !t->went_tcp && path && *path != SLUICE_PATH_TCP;
+			struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+			if (t && tp && (t->flags & REDIR_SEQ)) {
+				/* Under X's lock; a u32 difference: far less
+				 * than 4 GiB go over TCP between two runs. */
+				__u32 w = tp->write_seq;
+				st->sent += (__u32)(w - t->seq);
+				t->seq = w;
+				by_seq = st;
+			}
+			counted_all = by_seq || (t && !(t->flags & REDIR_WENT_TCP) && path &&
+						 *path != SLUICE_PATH_TCP);
 		}
 		struct sluice_pair_key own = {
 			.netns_cookie = bpf_get_netns_cookie(msg),
@@ -427,8 +458,10 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 			.dst_port = (__u16)(msg->remote_port >> 16),
 		};
 		int spliced = splice_send(sk, st, &own, msg, size, counted_all);
-		/* Under X's socket lock: no other send of X runs. */
-		st->sent += size;
+		/* Under X's socket lock: no other send of X runs. By write_seq,
+		 * this send is counted here only if redirected (below). */
+		if (spliced || !by_seq)
+			st->sent += size;
 		if (spliced)
 			return SK_PASS;
 		if (st->state == SLUICE_SPLICE_ENDED)
@@ -463,6 +496,8 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 	}
 	if (bpf_msg_redirect_hash(msg, &sluice_sockhash_v1, &peer, BPF_F_INGRESS) == SK_PASS) {
 		*path = SLUICE_PATH_REDIRECT;
+		if (by_seq)
+			by_seq->sent += size;
 		sockmap_count(SLUICE_SOCKMAP_MSG_REDIRECTED, 1);
 		sockmap_count(SLUICE_SOCKMAP_BYTES_REDIRECTED, size);
 		struct sock *target = redirect_target(msg);
@@ -474,7 +509,7 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 			 * until it has caught up (caught_up, above). */
 			*path = SLUICE_PATH_TCP_BEHIND;
 			if (t)
-				t->went_tcp = 1;
+				t->flags |= REDIR_WENT_TCP;
 			if (!st) { /* the proxy's hop to an app: no splice to it now */
 				__u8 one = 1;
 				bpf_map_update_elem(&sluice_hop_behind_v1, &peer, &one, BPF_ANY);
