@@ -223,7 +223,8 @@ struct sluice_splice {
  * sockhash, so a socket of an earlier build, whose first bytes were never
  * counted, is never spliced). */
 struct sluice_splice_sk {
-	__u64 sent;    /* bytes X sent, through the proxy or spliced */
+	__u64 sent;    /* bytes X sent, through the proxy or spliced (its TCP
+			* ones from its write_seq: sockmap.bpf.c) */
 	__u32 counted; /* 1: counted from X's first byte */
 	__u32 state;   /* enum sluice_splice_state */
 };
