@@ -4,7 +4,8 @@
 # side by side in one run on the same lab:
 #   iperf3 throughput (1 and 4 streams), HTTP requests/s at fixed concurrency
 #   (wrk -> nginx, small response), p50/p99 latency with one connection and
-#   at that concurrency, agent RSS idle with 50 enrolled pods. The
+#   at that concurrency, agent RSS idle with 50 enrolled pods (read
+#   RSS_SETTLE seconds, default 7, after the last pod came). The
 #   one-connection figures are the median of BENCH_LATENCY_ROUNDS short runs
 #   (default 7 of 2 s) per column: one run is one sample of the machine's
 #   background load.
@@ -113,8 +114,10 @@ splice=$($LAB node exec node1 -- curl -sf http://127.0.0.1:15000/config_dump |
   /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin)["bpf"]["sockmap"]["splice"]; print(s["mode"], " ".join(f"{k}={v}" for k, v in s.get("stats", {}).items()))')
 
 # Agent RSS, idle, with 50 enrolled pods (the two above + 48 more).
+# Read once the workers' idle ticks ran (each trims the heap every 5 s):
+# idle, not the tail of the load above.
 for i in $(seq 1 48); do $LAB pod add mesh idle$i --node node1 --sa idle >/dev/null; done
-sleep 1
+sleep "${RSS_SETTLE:-7}"
 agent_pid=$(cat "${SLUICE_LAB_DIR:-/run/sluice-lab}/node1/agent.pid")
 rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status)
 enrolled=$($LAB node exec node1 -- "$SLUICE_BUILD_DIR/tools/sluicectl" -o json stats | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["enrolled_pods"])')
@@ -144,5 +147,5 @@ for c in 1 "$CONC"; do
 done
 printf '%-34s %12s %12s %8s %12s\n' "-c1 p50 range of the $ROUNDS rounds" "${R[plain,p50_1_range]}" \
   "${R[mesh,p50_1_range]}" "" "${R[sockmap,p50_1_range]}"
-printf '%-34s %12s %12s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$((rss_kib / 1024)) MiB (sockmap on)"
+printf '%-34s %12s %12s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$(awk -v k="$rss_kib" 'BEGIN {printf "%.1f", k / 1024}') MiB (sockmap on)"
 echo "same-node splice (sockmap on column): $splice"
