@@ -438,8 +438,8 @@ int sluice_sk_msg(struct sk_msg_md *msg)
 					       BPF_SK_STORAGE_GET_F_CREATE);
 			path = bpf_sk_storage_get(&sluice_sk_msg_path_v1, sk, 0,
 						  BPF_SK_STORAGE_GET_F_CREATE);
-			struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-			if (t && tp && (t->flags & REDIR_SEQ)) {
+			struct tcp_sock *tp = t && (t->flags & REDIR_SEQ) ? bpf_skc_to_tcp_sock(sk) : 0;
+			if (t && tp) {
 				/* Under X's lock; a u32 difference: far less
 				 * than 4 GiB go over TCP between two runs. */
 				__u32 w = tp->write_seq;

@@ -233,6 +233,22 @@ Result<void> Loader::attachCgroupPrograms() {
   return {};
 }
 
+namespace {
+
+// Detaches the link pinned at `pin` before its pin goes. Unlinking a pin alone releases the link
+// only after an RCU grace period and a workqueue hop, so a connection made right after could still
+// meet its program; BPF_LINK_DETACH takes effect before it returns. Nothing pinned there: nothing
+// to do.
+void detachPinnedLink(const std::string& pin) {
+  UniqueFd link(bpf_obj_get(pin.c_str()));
+  if (link && bpf_link_detach(link.get()) != 0)
+    log::get("bpf")->warn(
+        "cannot detach the link pinned at {} ({}); it goes when its pin is released", pin,
+        std::strerror(errno));
+}
+
+}  // namespace
+
 Result<AttachedLink> Loader::attachLink(int prog_fd, const char* program, bpf_attach_type type) {
   AttachedLink link;
   link.program = program;
@@ -318,14 +334,7 @@ void Loader::configureSockmap(const bpf_object_open_opts* opts) {
   }
   // Off: no new socket enters the sockhash. Pairs redirected by an earlier
   // run keep their redirect until they close (the sockhash stays pinned).
-  // Unlinking the pin alone releases the link only after an RCU grace period
-  // and a workqueue hop, so a connection made right after could still be
-  // added: detach it first (BPF_LINK_DETACH takes effect before it returns).
-  if (UniqueFd link(bpf_obj_get(pin.c_str())); link) {
-    if (bpf_link_detach(link.get()) != 0)
-      logger->warn("sockmap off: cannot detach the sockops link {} of an earlier run: {}", pin,
-                   std::strerror(errno));
-  }
+  detachPinnedLink(pin);
   if (::unlink(pin.c_str()) == 0)
     logger->info("sockmap off: detached the sockops link {} of an earlier run", pin);
   std::erase_if(links_, [](const AttachedLink& l) { return l.program == kSockmapSockops; });
@@ -484,10 +493,7 @@ Result<void> Loader::removePinned(const std::string& pin_dir) {
   std::error_code ec;
   if (!std::filesystem::exists(pin_dir, ec)) return {};
   for (const auto& entry : std::filesystem::directory_iterator(pin_dir, ec)) {
-    // A link goes when it is detached, not an RCU grace period after its pin.
-    if (entry.path().filename().string().starts_with("link_")) {
-      if (UniqueFd link(bpf_obj_get(entry.path().c_str())); link) bpf_link_detach(link.get());
-    }
+    if (entry.path().filename().string().starts_with("link_")) detachPinnedLink(entry.path());
     if (::unlink(entry.path().c_str()) != 0)
       return failErrno(fmt::format("cannot remove pinned object {}", entry.path().string()));
   }
