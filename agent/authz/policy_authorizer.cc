@@ -1,11 +1,11 @@
 #include "agent/authz/policy_authorizer.h"
 
 #include <arpa/inet.h>
-#include <fmt/format.h>
 
 #include <cstring>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/fmt.h"
 #include "sluice/common/log.h"
 
 namespace sluice::agent::authz {

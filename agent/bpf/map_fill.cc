@@ -1,9 +1,10 @@
 #include "agent/bpf/map_fill.h"
 
 #include <bpf/bpf.h>
-#include <fmt/format.h>
 
 #include <vector>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::agent::bpf {
 

@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <fmt/format.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -23,6 +22,7 @@
 #include <memory>
 
 #include "agent/rpc/framing.h"
+#include "sluice/common/fmt.h"
 #include "sluice/common/x509.h"
 
 namespace sluice::agent::rpc {

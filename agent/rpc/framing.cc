@@ -1,10 +1,11 @@
 #include "agent/rpc/framing.h"
 
 #include <arpa/inet.h>
-#include <fmt/format.h>
 
 #include <cctype>
 #include <cstring>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::agent::rpc {
 

@@ -1,8 +1,8 @@
 #include "agent/telemetry/exposition.h"
 
-#include <fmt/format.h>
-
 #include <iterator>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::agent::telemetry {
 

@@ -1,11 +1,10 @@
 #include "agent/wiring/admin_json.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <charconv>
 
 #include "agent/bpf/stat_names.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::agent::wiring {
 

@@ -1,11 +1,10 @@
 #include "agent/wiring/policy_json.h"
 
-#include <fmt/format.h>
-
 #include <cstring>
 #include <optional>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/fmt.h"
 #include "sluice/common/ip6.h"
 #include "sluice/common/x509.h"
 

@@ -1,7 +1,5 @@
 #include "common/policy/parse.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <cctype>
 #include <initializer_list>
@@ -9,6 +7,7 @@
 #include <set>
 
 #include "common/policy/match.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::policy {
 

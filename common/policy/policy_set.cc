@@ -1,7 +1,6 @@
 #include "common/policy/policy_set.h"
 
 #include <arpa/inet.h>
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <functional>
@@ -9,6 +8,7 @@
 
 #include "common/policy/compiled.h"
 #include "common/policy/match.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::policy {
 

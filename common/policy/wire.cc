@@ -1,8 +1,8 @@
 #include "common/policy/wire.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::policy {
 namespace {

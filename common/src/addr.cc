@@ -1,11 +1,11 @@
 #include "sluice/common/addr.h"
 
 #include <arpa/inet.h>
-#include <fmt/format.h>
 
 #include <charconv>
 #include <cstring>
 
+#include "sluice/common/fmt.h"
 #include "sluice/common/ip6.h"
 
 namespace sluice {

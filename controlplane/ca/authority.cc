@@ -1,6 +1,5 @@
 #include "controlplane/ca/authority.h"
 
-#include <fmt/format.h>
 #include <openssl/bn.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
@@ -11,6 +10,7 @@
 #include <sstream>
 
 #include "sluice/common/files.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::ca {
 

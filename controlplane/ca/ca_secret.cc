@@ -1,10 +1,9 @@
 #include "controlplane/ca/ca_secret.h"
 
-#include <fmt/format.h>
-
 #include <nlohmann/json.hpp>
 
 #include "sluice/common/base64.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::ca {
 namespace {

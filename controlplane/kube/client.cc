@@ -1,7 +1,6 @@
 #include "controlplane/kube/client.h"
 
 #include <curl/curl.h>
-#include <fmt/format.h>
 #include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
 
@@ -12,6 +11,8 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::kube {
 

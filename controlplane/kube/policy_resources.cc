@@ -1,7 +1,6 @@
 #include "controlplane/kube/policy_resources.h"
 
-#include <fmt/format.h>
-
+#include "sluice/common/fmt.h"
 #include "sluice/common/log.h"
 
 namespace sluice::controlplane::kube {

@@ -1,9 +1,9 @@
 #include "controlplane/kube/policy_status.h"
 
-#include <fmt/format.h>
-
 #include <chrono>
 #include <ctime>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::kube {
 

@@ -1,13 +1,12 @@
 #include "controlplane/kube/source.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <random>
 
 #include "controlplane/kube/decode.h"
 #include "controlplane/kube/policy_resources.h"
 #include "controlplane/model/objects.h"
+#include "sluice/common/fmt.h"
 #include "sluice/common/log.h"
 
 namespace sluice::controlplane::kube {

@@ -1,8 +1,8 @@
 #include "controlplane/kube/token_review.h"
 
-#include <fmt/format.h>
-
 #include <nlohmann/json.hpp>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::kube {
 

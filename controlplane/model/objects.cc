@@ -1,10 +1,9 @@
 #include "controlplane/model/objects.h"
 
-#include <fmt/format.h>
-
 #include "controlplane/model/opaque_ports.h"
 #include "controlplane/model/policies.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/fmt.h"
 #include "sluice/common/log.h"
 
 namespace sluice::controlplane::model {

@@ -1,8 +1,8 @@
 #include "controlplane/model/opaque_ports.h"
 
-#include <fmt/format.h>
-
 #include <charconv>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::model {
 

@@ -1,8 +1,7 @@
 #include "controlplane/model/policies.h"
 
-#include <fmt/format.h>
-
 #include "common/policy/parse.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::model {
 

@@ -1,7 +1,5 @@
 #include "controlplane/model/store.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <random>
 #include <set>
@@ -9,6 +7,7 @@
 #include "common/policy/wire.h"
 #include "controlplane/model/policy_filter.h"
 #include "controlplane/model/proto_equal.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::model {
 

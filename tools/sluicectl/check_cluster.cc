@@ -1,12 +1,11 @@
 // `sluicectl check --kubeconfig`: Sluice across the cluster, from the
 // Kubernetes API: the agent DaemonSet on every node and the control-plane
 // Deployment. Uses the control plane's own client (controlplane/kube/).
-#include <fmt/format.h>
-
 #include <cstdlib>
 #include <map>
 #include <memory>
 
+#include "sluice/common/fmt.h"
 #include "tools/sluicectl/check.h"
 
 using nlohmann::json;

@@ -2,7 +2,6 @@
 // API, the pinned BPF state and the CNI configuration, as an operator would.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <fmt/format.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +11,7 @@
 #include "agent/bpf/map.h"
 #include "cni-plugin/installer.h"
 #include "sluice/common/bpf_abi.h"
+#include "sluice/common/fmt.h"
 #include "sluice/common/x509.h"
 #include "tools/sluicectl/admin_client.h"
 #include "tools/sluicectl/check.h"

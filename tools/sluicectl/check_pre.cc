@@ -1,7 +1,6 @@
 // `sluicectl check --pre`: can this node run Sluice? Every item is probed on
 // the running kernel, not inferred from a version number.
 #include <bpf/bpf.h>
-#include <fmt/format.h>
 #include <linux/magic.h>
 #include <sys/statfs.h>
 #include <sys/timex.h>
@@ -14,6 +13,7 @@
 
 #include "agent/bpf/loader.h"
 #include "cni-plugin/installer.h"
+#include "sluice/common/fmt.h"
 #include "tools/sluicectl/check.h"
 #include "ztunnel/uring/ring.h"
 

@@ -1,12 +1,11 @@
 #include "tools/sluicectl/install.h"
 
-#include <fmt/format.h>
-
 #include <fstream>
 #include <sstream>
 
 #include "sluice/common/base64.h"
 #include "sluice/common/files.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::ctl {
 namespace {

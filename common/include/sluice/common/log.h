@@ -7,6 +7,8 @@
 #include <memory>
 #include <string>
 
+#include "sluice/common/fmt.h"
+
 namespace sluice::log {
 
 // Installs the default pattern and level; json=true emits one JSON object per line.

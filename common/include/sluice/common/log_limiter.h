@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "sluice/common/fmt.h"
+
 namespace sluice::log {
 
 class Limiter {

@@ -2,13 +2,13 @@
 // tells the operator what happened and, where possible, what to do.
 #pragma once
 
-#include <fmt/format.h>
-
 #include <cerrno>
 #include <cstring>
 #include <string>
 #include <tl/expected.hpp>
 #include <utility>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice {
 
