@@ -6,7 +6,7 @@ PKGS=(
   build-essential cmake pkg-config ccache clang clang-14 libfuzzer-14-dev clang-format llvm bpftool libbpf-dev libelf-dev zlib1g-dev
   liburing-dev libssl-dev openssl libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler libspdlog-dev libfmt-dev doctest-dev libnghttp2-dev libhttp-parser-dev libexpected-dev
-  nlohmann-json3-dev libyaml-cpp-dev libevent-dev libcurl4-openssl-dev
+  nlohmann-json3-dev libyaml-cpp-dev libcurl4-openssl-dev
   iproute2 containernetworking-plugins util-linux procps psmisc python3
   socat iperf3 wrk curl nginx-light
   python3-h2 tcpdump haproxy

@@ -1,53 +1,24 @@
 #include "agent/admin/server.h"
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <array>
 #include <cerrno>
+#include <cstring>
+#include <vector>
 
+#include "agent/admin/http_connection.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
+#include "sluice/common/log_limiter.h"
 
 namespace sluice::agent::admin {
 
 namespace {
-
-void reply(evhttp_request* req, int status, const char* reason, const std::string& body,
-           const char* content_type) {
-  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type);
-  evbuffer* buf = evbuffer_new();
-  evbuffer_add(buf, body.data(), body.size());
-  evhttp_send_reply(req, status, reason, buf);
-  evbuffer_free(buf);
-}
-
-// A large body by reference: libevent sends from the string itself and lets
-// go of it (the cleanup) once it is written or the connection is gone.
-void reply(evhttp_request* req, int status, const char* reason,
-           std::shared_ptr<const std::string> body, const char* content_type) {
-  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type);
-  evbuffer* buf = evbuffer_new();
-  auto held = std::make_unique<std::shared_ptr<const std::string>>(std::move(body));
-  const std::string& text = **held;
-  if (evbuffer_add_reference(
-          buf, text.data(), text.size(),
-          [](const void*, size_t, void* arg) {
-            delete static_cast<std::shared_ptr<const std::string>*>(arg);
-          },
-          held.get()) == 0)
-    held.release();  // owned by the cleanup now
-  // libevent writes 16 KiB per send() by default: a 34 MB page would take
-  // ~2,000 trips through the loop. 1 MiB per send() (still non-blocking).
-  if (evhttp_connection* conn = evhttp_request_get_connection(req))
-    if (bufferevent* bev = evhttp_connection_get_bufferevent(conn))
-      bufferevent_set_max_single_write(bev, 1 << 20);
-  evhttp_send_reply(req, status, reason, buf);
-  evbuffer_free(buf);
-}
 
 Response jsonResponse(const nlohmann::json& j, int status = 200) {
   return {status, "application/json", j.dump(2) + "\n"};
@@ -72,166 +43,243 @@ Routes adminRoutes(Sources sources) {
   return r;
 }
 
-const char* reasonPhrase(int status) {
-  switch (status) {
-    case 200:
-      return "OK";
-    case 400:
-      return "Bad Request";
-    case 403:
-      return "Forbidden";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 500:
-      return "Internal Server Error";
-    case 503:
-      return "Service Unavailable";
+// A query string's parameters: percent-decoded, '+' a space, the last
+// value of a repeated name; a name without '=' has the empty value.
+std::string decode(std::string_view in) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      out += ' ';
+    } else if (in[i] == '%' && i + 2 < in.size() && hex(in[i + 1]) >= 0 && hex(in[i + 2]) >= 0) {
+      out += char(hex(in[i + 1]) * 16 + hex(in[i + 2]));
+      i += 2;
+    } else {
+      out += in[i];
+    }
   }
-  return "";
-}
-
-Query parseQuery(evhttp_request* req) {
-  Query out;
-  const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req);
-  const char* query = uri ? evhttp_uri_get_query(uri) : nullptr;
-  if (!query) return out;
-  evkeyvalq params{};  // evhttp_parse_query_str initialises it
-  if (evhttp_parse_query_str(query, &params) == 0)
-    for (evkeyval* kv = params.tqh_first; kv; kv = kv->next.tqe_next) out[kv->key] = kv->value;
-  evhttp_clear_headers(&params);
   return out;
 }
 
-constexpr timeval kStreamPoll{0, 100 * 1000};
+Query parseQuery(std::string_view target) {
+  Query out;
+  size_t q = target.find('?');
+  if (q == std::string_view::npos) return out;
+  std::string_view rest = target.substr(q + 1);
+  rest = rest.substr(0, rest.find('#'));
+  while (!rest.empty()) {
+    std::string_view pair = rest.substr(0, rest.find('&'));
+    rest.remove_prefix(std::min(rest.size(), pair.size() + 1));
+    if (pair.empty()) continue;
+    size_t eq = pair.find('=');
+    out[decode(pair.substr(0, eq))] =
+        eq == std::string_view::npos ? std::string() : decode(pair.substr(eq + 1));
+  }
+  return out;
+}
+
+constexpr auto kStreamPoll = std::chrono::milliseconds(100);
 constexpr size_t kStreamBacklog = 1 << 20;  // bytes sent but not yet taken by the client
+constexpr size_t kMaxClients = 256;
 
 }  // namespace
 
-// A streamed response in progress. `req` belongs to evhttp until the
-// connection fails (client gone, write timeout) while the reply is still
-// open: evhttp then detaches it from the connection and leaves it to us (the
-// close callback frees it and ends the session).
-struct Server::Session {
-  Server* server = nullptr;
-  evhttp_request* req = nullptr;
-  evhttp_connection* conn = nullptr;
-  event* timer = nullptr;
+// One client connection, and the stream it is being served, if any.
+struct Server::Client {
+  explicit Client(UniqueFd fd) : conn(std::move(fd)) {}
+  Connection conn;
   std::unique_ptr<Stream> stream;
-  ~Session() {
-    if (timer) event_free(timer);
-  }
+  uint32_t watched = 0;  // the epoll events registered
 };
 
-void Server::startStream(evhttp_request* req, const StreamOpener& open) {
-  auto stream = open(parseQuery(req));
-  if (!stream) {
-    int status = stream.error().code == EBUSY ? 503 : 400;
-    Response r = jsonResponse({{"error", stream.error().message}}, status);
-    reply(req, r.status, reasonPhrase(r.status), r.body, r.content_type.c_str());
-    return;
-  }
-  auto session = std::make_unique<Session>();
-  Session* s = session.get();
-  s->server = this;
-  s->req = req;
-  s->conn = evhttp_request_get_connection(req);
-  s->stream = std::move(*stream);
-  s->timer = event_new(
-      base_, -1, EV_PERSIST,
-      [](evutil_socket_t, short, void* arg) {
-        auto* s = static_cast<Session*>(arg);
-        s->server->pollStream(s);
-      },
-      s);
-  sessions_.emplace(s, std::move(session));
-  stream_count_.store(sessions_.size(), std::memory_order_relaxed);
-  // The client went away (or the write timeout hit): end the session. A
-  // request evhttp detached from the failed connection (its reply never
-  // ended) is ours to free; one still attached, evhttp frees with it.
-  evhttp_connection_set_closecb(
-      s->conn,
-      [](evhttp_connection*, void* arg) {
-        auto* s = static_cast<Session*>(arg);
-        if (s->req && !evhttp_request_get_connection(s->req)) evhttp_request_free(s->req);
-        s->req = nullptr;
-        s->server->endSession(s);
-      },
-      s);
-  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/x-ndjson");
-  evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-cache");
-  evhttp_send_reply_start(req, 200, "OK");
-  event_add(s->timer, &kStreamPoll);
-}
-
-void Server::pollStream(Session* s) {
-  // A client that does not read: stop producing (the stream's own queue drops).
-  if (bufferevent* bev = evhttp_connection_get_bufferevent(s->conn))
-    if (evbuffer_get_length(bufferevent_get_output(bev)) > kStreamBacklog) return;
-  StreamStep step = s->stream->poll();
-  if (!step.data.empty()) {
-    evbuffer* buf = evbuffer_new();
-    evbuffer_add(buf, step.data.data(), step.data.size());
-    evhttp_send_reply_chunk(s->req, buf);
-    evbuffer_free(buf);
-  }
-  if (step.done) {
-    evhttp_connection_set_closecb(s->conn, nullptr, nullptr);
-    evhttp_send_reply_end(s->req);
-    s->req = nullptr;
-    endSession(s);
-  }
-}
-
-void Server::endSession(Session* s) {
-  sessions_.erase(s);
-  stream_count_.store(sessions_.size(), std::memory_order_relaxed);
-}
-
-// One libevent loop on the server's own thread: evhttp parses the requests
-// (bounded headers, no bodies, timeouts; malformed ones get 400, methods
-// other than GET/HEAD, and POST where there are actions, 405) and the
-// handler builds each document on demand.
-void Server::handle(evhttp_request* req) {
-  std::string path = evhttp_request_get_uri(req);
-  path = path.substr(0, path.find('?'));
-  const bool post = evhttp_request_get_command(req) == EVHTTP_REQ_POST;
+// Requests are answered on the server's thread as they are parsed: a
+// document is built and queued; an action is run; a stream is opened and
+// then polled by tick() every 100 ms.
+void Server::handle(Client& c, const Request& req) {
+  Connection& conn = c.conn;
+  std::string path = req.target.substr(0, req.target.find('?'));
+  auto json = [&](const nlohmann::json& j, int status, std::string_view extra = {}) {
+    Response r = jsonResponse(j, status);
+    conn.respond(r.status, r.content_type, std::move(r.body), extra);
+  };
+  const bool read = req.method == HTTP_GET || req.method == HTTP_HEAD;
+  const bool post = req.method == HTTP_POST;
   auto action = actions_.find(path);
-  if (post || action != actions_.end()) {
-    Response r;
-    if (action == actions_.end()) {
-      evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-      r = jsonResponse({{"error", "POST is for actions only; " + path + " is read by GET"}}, 405);
-    } else if (!post) {
-      evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-      r = jsonResponse({{"error", path + " changes state: POST only"}}, 405);
-    } else if (evhttp_find_header(evhttp_request_get_input_headers(req), "Origin")) {
+  if (action != actions_.end()) {
+    if (!post)
+      json({{"error", path + " changes state: POST only"}}, 405, "Allow: POST\r\n");
+    else if (req.has_origin)
       // A browser sends Origin with every POST: a web page open on this
       // node must not make the agent act.
-      r = jsonResponse({{"error", "refused: a request from a web page (Origin header)"}}, 403);
-    } else {
-      r = action->second(parseQuery(req));
+      json({{"error", "refused: a request from a web page (Origin header)"}}, 403);
+    else {
+      Response r = action->second(parseQuery(req.target));
+      conn.respond(r.status, r.content_type, std::move(r.body));
     }
-    reply(req, r.status, reasonPhrase(r.status), r.body, r.content_type.c_str());
+    return;
+  }
+  if (!read) {
+    std::string why = post ? "POST is for actions only; " + path + " is read by GET"
+                           : fmt::format("method {} not served; {} is read by GET",
+                                         http_method_str(req.method), path);
+    json({{"error", why}}, 405, "Allow: GET, HEAD\r\n");
     return;
   }
   if (auto st = stream_routes_.find(path); st != stream_routes_.end()) {
-    startStream(req, st->second);
+    if (req.method == HTTP_HEAD) {
+      conn.respond(200, "application/x-ndjson", std::string());
+      return;
+    }
+    auto stream = st->second(parseQuery(req.target));
+    if (!stream) {
+      json({{"error", stream.error().message}}, stream.error().code == EBUSY ? 503 : 400);
+      return;
+    }
+    c.stream = std::move(*stream);
+    stream_count_.fetch_add(1, std::memory_order_relaxed);
+    conn.startStream("application/x-ndjson", "Cache-Control: no-cache\r\n");
     return;
   }
   Response r;
   if (auto q = query_routes_.find(path); q != query_routes_.end()) {
-    r = q->second(parseQuery(req));
+    r = q->second(parseQuery(req.target));
   } else {
     auto it = routes_.find(path);
     r = it == routes_.end() ? jsonResponse({{"error", "no such endpoint: " + path}}, 404)
                             : it->second();
   }
   if (r.shared_body)
-    reply(req, r.status, reasonPhrase(r.status), std::move(r.shared_body), r.content_type.c_str());
+    conn.respond(r.status, r.content_type, std::move(r.shared_body));
   else
-    reply(req, r.status, reasonPhrase(r.status), r.body, r.content_type.c_str());
+    conn.respond(r.status, r.content_type, std::move(r.body));
+}
+
+// Reads, answers what is complete, writes; then closes the client or
+// registers what it waits for.
+void Server::service(Client& c, bool readable) {
+  if (readable && !c.conn.readSome()) return close(c);
+  for (int round = 0; round < 2; ++round) {  // a write can make room for the next answer
+    while (auto req = c.conn.next()) handle(c, *req);
+    if (!c.conn.flush()) return close(c);
+  }
+  // A streamed answer's client has gone when it closes its end.
+  if (c.conn.done() || (c.stream && c.conn.eof())) return close(c);
+  watch(c);
+}
+
+void Server::watch(Client& c) {
+  uint32_t want = (c.conn.wantsRead() ? EPOLLIN : 0u) | (c.conn.pending() ? EPOLLOUT : 0u);
+  if (want == c.watched) return;
+  epoll_event ev{};
+  ev.events = want;
+  ev.data.fd = c.conn.fd();
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, c.conn.fd(), &ev);
+  c.watched = want;
+}
+
+void Server::close(Client& c) {
+  if (c.stream) stream_count_.fetch_sub(1, std::memory_order_relaxed);
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c.conn.fd(), nullptr);
+  clients_.erase(c.conn.fd());  // closes the socket
+}
+
+void Server::acceptAll() {
+  while (accepting_) {
+    UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: stop taking connections until the next tick
+        // rather than spin on a listener that stays readable.
+        SLUICE_LOG_LIMITED(limiter_, log::get("admin"), spdlog::level::warn,
+                           "{}: cannot accept a connection: {} (retrying)", name_,
+                           std::strerror(errno));
+        accepting_ = false;
+        ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, listen_fd_.get(), nullptr);
+      }
+      return;
+    }
+    if (clients_.size() >= kMaxClients) {
+      SLUICE_LOG_LIMITED(limiter_, log::get("admin"), spdlog::level::warn,
+                         "{}: {} connections open, refusing another", name_, kMaxClients);
+      continue;  // closed
+    }
+    int raw = fd.get();
+    auto client = std::make_unique<Client>(std::move(fd));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = raw;
+    if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, raw, &ev) != 0) continue;
+    client->watched = EPOLLIN;
+    clients_.emplace(raw, std::move(client));
+  }
+}
+
+// Every 100 ms: streams produce (unless their client has not taken 1 MiB
+// already sent: the stream's own queue drops meanwhile), idle and stuck
+// connections are dropped, a paused listener resumes.
+void Server::tick() {
+  auto now = Connection::Clock::now();
+  std::vector<Client*> all;
+  all.reserve(clients_.size());
+  for (auto& [fd, c] : clients_) all.push_back(c.get());
+  for (Client* c : all) {
+    if (c->conn.expired(now)) {
+      close(*c);
+      continue;
+    }
+    if (c->stream && c->conn.pending() <= kStreamBacklog) {
+      StreamStep step = c->stream->poll();
+      c->conn.streamData(std::move(step.data));
+      if (step.done) {
+        c->stream.reset();
+        stream_count_.fetch_sub(1, std::memory_order_relaxed);
+        c->conn.endStream();
+      }
+      service(*c, false);  // may close it
+    }
+  }
+  if (!accepting_) {
+    accepting_ = true;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = listen_fd_.get();
+    ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, listen_fd_.get(), &ev);
+  }
+}
+
+void Server::run() {
+  std::array<epoll_event, 64> events;
+  auto next_tick = Connection::Clock::now() + kStreamPoll;
+  while (true) {
+    int timeout = -1;
+    if (!clients_.empty() || !accepting_) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick -
+                                                                        Connection::Clock::now());
+      timeout = int(std::max<long>(0, left.count()));
+    }
+    int n = ::epoll_wait(epoll_fd_.get(), events.data(), int(events.size()), timeout);
+    for (int i = 0; i < n; ++i) {
+      int fd = events[size_t(i)].data.fd;
+      if (fd == stop_fd_.get()) return;
+      if (fd == listen_fd_.get()) {
+        acceptAll();
+        continue;
+      }
+      auto it = clients_.find(fd);
+      if (it != clients_.end())
+        service(*it->second, events[size_t(i)].events & (EPOLLIN | EPOLLHUP | EPOLLERR));
+    }
+    if (Connection::Clock::now() >= next_tick) {
+      tick();
+      next_tick = Connection::Clock::now() + kStreamPoll;
+    }
+  }
 }
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& address, Sources sources) {
@@ -262,32 +310,28 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, std::
   self->query_routes_ = std::move(query_routes);
   self->stream_routes_ = std::move(streams);
   self->actions_ = std::move(actions);
-  self->base_ = event_base_new();
-  if (!self->base_) return fail(name + ": cannot create an event loop");
-  self->http_ = evhttp_new(self->base_);
-  evhttp_set_allowed_methods(self->http_, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD |
-                                              (self->actions_.empty() ? 0 : EVHTTP_REQ_POST));
-  evhttp_set_max_headers_size(self->http_, 16 * 1024);
-  evhttp_set_max_body_size(self->http_, 0);
-  evhttp_set_timeout(self->http_, 10);
-  evhttp_set_gencb(
-      self->http_, [](evhttp_request* req, void* s) { static_cast<Server*>(s)->handle(req); },
-      self.get());
-  std::string host = formatIp4(ep->sin_addr.s_addr);
-  if (!evhttp_bind_socket_with_handle(self->http_, host.c_str(), ntohs(ep->sin_port)))
+  self->name_ = name;
+  self->listen_fd_ = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  int one = 1;
+  ::setsockopt(self->listen_fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(self->listen_fd_.get(), reinterpret_cast<const sockaddr*>(&*ep), sizeof(*ep)) != 0 ||
+      ::listen(self->listen_fd_.get(), 64) != 0)
     return failErrno(
         fmt::format("cannot listen on {} address {} (is another agent running?)", name, address));
+  self->epoll_fd_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
   self->stop_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  self->stop_event_ = event_new(
-      self->base_, self->stop_fd_.get(), EV_READ,
-      [](evutil_socket_t, short, void* base) {
-        event_base_loopbreak(static_cast<event_base*>(base));
-      },
-      self->base_);
-  event_add(self->stop_event_, nullptr);
+  if (!self->epoll_fd_ || !self->stop_fd_)
+    return failErrno(name + ": cannot create its event loop");
+  for (int fd : {self->listen_fd_.get(), self->stop_fd_.get()}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(self->epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+      return failErrno(name + ": cannot create its event loop");
+  }
   self->address_ = address;
   Server* s = self.get();
-  self->thread_ = std::jthread([s] { event_base_dispatch(s->base_); });
+  self->thread_ = std::jthread([s] { s->run(); });
   log::get("admin")->info("{} on http://{}", name, address);
   return self;
 }
@@ -298,14 +342,6 @@ Server::~Server() {
     [[maybe_unused]] auto n = ::write(stop_fd_.get(), &one, sizeof(one));
     thread_.join();
   }
-  // evhttp_free closes the streams' connections: their close callbacks must
-  // not find sessions that are gone.
-  for (auto& [s, session] : sessions_)
-    if (session->req) evhttp_connection_set_closecb(session->conn, nullptr, nullptr);
-  sessions_.clear();
-  if (stop_event_) event_free(stop_event_);
-  if (http_) evhttp_free(http_);
-  if (base_) event_base_free(base_);
 }
 
 }  // namespace sluice::agent::admin

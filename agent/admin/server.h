@@ -3,8 +3,9 @@
 // agent adds (the live inspection: /live/stat, /live/tap). Read-only but for
 // the actions (ActionRoutes: POST /connections/reset), which take POST only
 // and refuse a request that carries an Origin header (a browser's page: no
-// web page can make the agent act). Served from its own thread (libevent's
-// evhttp), never from a data-plane thread. The same server serves other
+// web page can make the agent act). Served from its own thread (an epoll loop
+// over agent/admin/http_connection.h), never from a data-plane thread. The
+// same server serves other
 // read-only documents by path (Routes): the agent's metrics endpoint
 // (:15020) is a second instance.
 //
@@ -23,15 +24,13 @@
 #include <string>
 #include <thread>
 
+#include "sluice/common/log_limiter.h"
 #include "sluice/common/result.h"
 #include "sluice/common/unique_fd.h"
 
-struct event;
-struct event_base;
-struct evhttp;
-struct evhttp_request;
-
 namespace sluice::agent::admin {
+
+struct Request;  // agent/admin/http_connection.h
 
 // A document built on demand for one GET (or HEAD) of a path.
 struct Response {
@@ -106,23 +105,28 @@ class Server {
   size_t streams() const { return stream_count_.load(std::memory_order_relaxed); }
 
  private:
-  struct Session;
+  struct Client;
   Server() = default;
-  void handle(evhttp_request* req);
-  void startStream(evhttp_request* req, const StreamOpener& open);
-  void pollStream(Session* s);
-  void endSession(Session* s);
-  event_base* base_ = nullptr;
-  evhttp* http_ = nullptr;
-  event* stop_event_ = nullptr;
+  void run();
+  void acceptAll();
+  void service(Client& c, bool readable);
+  void handle(Client& c, const Request& req);
+  void tick();
+  void close(Client& c);
+  void watch(Client& c);
+  UniqueFd listen_fd_;
+  UniqueFd epoll_fd_;
   UniqueFd stop_fd_;  // written to stop the loop
   std::jthread thread_;
+  std::string name_;
   std::string address_;
   Routes routes_;
   QueryRoutes query_routes_;
   ActionRoutes actions_;
   StreamRoutes stream_routes_;
-  std::map<Session*, std::unique_ptr<Session>> sessions_;  // the server's thread only
+  log::Limiter limiter_;                            // accept failures
+  bool accepting_ = true;                           // false for a tick after EMFILE
+  std::map<int, std::unique_ptr<Client>> clients_;  // by socket; the server's thread only
   std::atomic<size_t> stream_count_{0};
 };
 

@@ -3,7 +3,7 @@
 // agent's cap). The real parts, in one process: TcpMetrics (its series
 // created through the ConnectionObserver calls the engine makes: opened,
 // transferred, closed), AgentMetrics' page (plus the process_* and build
-// families) and the admin::Server (libevent) that serves :15020, here on
+// families) and the admin::Server that serves :15020, here on
 // 127.0.0.1; each scrape is a GET over a TCP socket, timed from connect to
 // the last byte, as Prometheus would see it. While scraping, a second thread
 // keeps opening and closing connections on the TcpMetrics (a worker's view):
