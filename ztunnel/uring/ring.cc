@@ -9,7 +9,7 @@ namespace {
 constexpr int kSubmitTries = 8;
 }
 
-Result<std::unique_ptr<Ring>> Ring::create(unsigned entries) {
+Result<std::unique_ptr<Ring>> Ring::create(unsigned entries, unsigned cq_entries) {
   std::unique_ptr<Ring> r(new Ring());
   io_uring_params p{};
   // SINGLE_ISSUER: only this worker thread submits, which lets the kernel skip
@@ -17,10 +17,11 @@ Result<std::unique_ptr<Ring>> Ring::create(unsigned entries) {
   //   the kernel to wait, not as interrupting task work, so a burst of
   //   completions cannot preempt the loop mid-batch (requires SINGLE_ISSUER).
   // SUBMIT_ALL: keep submitting the rest of a batch when one SQE fails early.
-  // CQSIZE: twice the SQ so multishot accept/recv bursts do not overflow.
+  // CQSIZE: a CQ larger than the SQ, so multishot accept/recv bursts do not
+  //   overflow.
   p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
             IORING_SETUP_CQSIZE;
-  p.cq_entries = entries * 2;
+  p.cq_entries = cq_entries ? cq_entries : entries * 2;
   int rc = io_uring_queue_init_params(entries, &r->ring_, &p);
   if (rc < 0) {
     errno = -rc;

@@ -28,7 +28,10 @@ class Operation {
 
 class Ring {
  public:
-  static Result<std::unique_ptr<Ring>> create(unsigned entries);
+  // `entries` SQEs (what one io_uring_enter submits at most: more in one
+  // batch are submitted early) and `cq_entries` CQEs (0: twice `entries`).
+  // Both rings are mapped whole into the process: memory it holds.
+  static Result<std::unique_ptr<Ring>> create(unsigned entries, unsigned cq_entries = 0);
   ~Ring();
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
