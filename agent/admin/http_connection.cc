@@ -1,5 +1,6 @@
 #include "agent/admin/http_connection.h"
 
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -7,7 +8,6 @@
 #include <cerrno>
 #include <climits>
 #include <nlohmann/json.hpp>
-#include <strings.h>
 
 #include "sluice/common/fmt.h"
 
@@ -15,8 +15,8 @@ namespace sluice::agent::admin {
 
 namespace {
 
-constexpr size_t kMaxInput = 64 * 1024;    // read, not yet parsed
-constexpr size_t kMaxPending = 1 << 20;    // answers queued, not yet taken by the client
+constexpr size_t kMaxInput = 64 * 1024;  // read, not yet parsed
+constexpr size_t kMaxPending = 1 << 20;  // answers queued, not yet taken by the client
 constexpr auto kIdle = std::chrono::seconds(10);
 constexpr auto kLinger = std::chrono::seconds(1);  // after our FIN, for the client's
 

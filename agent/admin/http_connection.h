@@ -56,8 +56,8 @@ class Connection {
   void respond(int status, std::string_view content_type, std::string body,
                std::string_view extra_headers = {});
   // The same without a copy of the body: held until written.
-  void respond(int status, std::string_view content_type,
-               std::shared_ptr<const std::string> body, std::string_view extra_headers = {});
+  void respond(int status, std::string_view content_type, std::shared_ptr<const std::string> body,
+               std::string_view extra_headers = {});
 
   // A streamed answer: the head now, the body in pieces (chunked for HTTP/1.1,
   // until close for 1.0), then the end. Input read meanwhile is discarded.
