@@ -5,7 +5,8 @@
 #   iperf3 throughput (1 and 4 streams), HTTP requests/s at fixed concurrency
 #   (wrk -> nginx, small response), p50/p99 latency with one connection and
 #   at that concurrency, agent RSS idle with 50 enrolled pods (read
-#   RSS_SETTLE seconds, default 7, after the last pod came). The
+#   RSS_SETTLE seconds, default 7, after the last pod came, then again on
+#   a fresh agent restarted with the default --sockmap=off). The
 #   one-connection figures are the median of BENCH_LATENCY_ROUNDS short runs
 #   (default 7 of 2 s) per column: one run is one sample of the machine's
 #   background load.
@@ -121,6 +122,13 @@ sleep "${RSS_SETTLE:-7}"
 agent_pid=$(cat "${SLUICE_LAB_DIR:-/run/sluice-lab}/node1/agent.pid")
 rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status)
 enrolled=$($LAB node exec node1 -- "$SLUICE_BUILD_DIR/tools/sluicectl" -o json stats | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["enrolled_pods"])')
+# And a fresh agent (restarted, default --sockmap=off) with the same 50 pods,
+# idle: the issue's figure, without what the load left (connection history,
+# metrics series).
+SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-}" $LAB agent restart node1 >/dev/null
+sleep "${RSS_SETTLE:-7}"
+fresh_pid=$(cat "${SLUICE_LAB_DIR:-/run/sluice-lab}/node1/agent.pid")
+fresh_kib=$(awk '/VmRSS/ {print $2}' /proc/$fresh_pid/status)
 
 pct() { /usr/bin/python3 -c "print('%.0f%%' % (100.0*float('$1')/float('$2')))"; }
 echo
@@ -147,5 +155,7 @@ for c in 1 "$CONC"; do
 done
 printf '%-34s %12s %12s %8s %12s\n' "-c1 p50 range of the $ROUNDS rounds" "${R[plain,p50_1_range]}" \
   "${R[mesh,p50_1_range]}" "" "${R[sockmap,p50_1_range]}"
-printf '%-34s %12s %12s\n' "agent RSS idle, $enrolled enrolled pods" "-" "$(awk -v k="$rss_kib" 'BEGIN {printf "%.1f", k / 1024}') MiB (sockmap on)"
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+printf '%-34s %12s %12s\n' "agent RSS idle, $enrolled pods, fresh" "-" "$(mib "$fresh_kib") MiB (sockmap off)"
+printf '%-34s %12s %12s\n' "agent RSS idle, after the load" "-" "$(mib "$rss_kib") MiB (sockmap on)"
 echo "same-node splice (sockmap on column): $splice"

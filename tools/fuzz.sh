@@ -19,7 +19,7 @@ if [ "${1:-}" = "--smoke" ]; then
   shift
 fi
 all=(fuzz_cni_config fuzz_cni_protocol fuzz_local_yaml fuzz_kube fuzz_policy fuzz_rpc_frames fuzz_l7
-  fuzz_hbone_raw fuzz_hbone_h2)
+  fuzz_admin_http fuzz_hbone_raw fuzz_hbone_h2)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
