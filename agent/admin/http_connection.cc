@@ -16,7 +16,6 @@ namespace sluice::agent::admin {
 namespace {
 
 constexpr size_t kMaxInput = 64 * 1024;  // read, not yet parsed
-constexpr size_t kMaxPending = 1 << 20;  // answers queued, not yet taken by the client
 constexpr auto kIdle = std::chrono::seconds(10);
 constexpr auto kLinger = std::chrono::seconds(1);  // after our FIN, for the client's
 
@@ -178,7 +177,9 @@ std::string Connection::head(int status, std::string_view content_type, size_t l
     h += fmt::format("Content-Length: {}\r\n", length);
   else if (!r.http10)
     h += "Transfer-Encoding: chunked\r\n";
-  if (!r.keep_alive || (open_ended && r.http10))
+  // A stream's connection closes at its end: what the client sent meanwhile
+  // was not read as requests.
+  if (!r.keep_alive || open_ended)
     h += "Connection: close\r\n";
   else if (r.http10)
     h += "Connection: keep-alive\r\n";
@@ -213,10 +214,12 @@ void Connection::startStream(std::string_view content_type, std::string_view ext
   if (!answering_) return;
   queue(head(200, content_type, 0, extra_headers, true));
   streaming_ = true;
+  close_after_ = true;  // once it ends
+  if (answering_->method == HTTP_HEAD) endStream();
 }
 
 void Connection::streamData(std::string data) {
-  if (!streaming_ || data.empty()) return;
+  if (!streaming_ || data.empty() || answering_->method == HTTP_HEAD) return;
   if (answering_->http10)
     queue(std::move(data));
   else
@@ -226,8 +229,7 @@ void Connection::streamData(std::string data) {
 void Connection::endStream() {
   if (!streaming_) return;
   streaming_ = false;
-  if (answering_->http10 || !answering_->keep_alive) close_after_ = true;
-  if (!answering_->http10) queue("0\r\n\r\n");
+  if (!answering_->http10 && answering_->method != HTTP_HEAD) queue("0\r\n\r\n");
   answering_.reset();
 }
 
@@ -270,7 +272,7 @@ bool Connection::flush() {
       out_.pop_front();
     }
   }
-  if (close_after_ && !shut_) {
+  if (close_after_ && !streaming_ && !shut_) {
     // All written: our FIN, then the client's (closing with its input
     // unread would reset the connection and could lose the answer).
     ::shutdown(fd_.get(), SHUT_WR);

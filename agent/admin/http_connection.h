@@ -36,6 +36,7 @@ class Connection {
  public:
   using Clock = std::chrono::steady_clock;
   static constexpr size_t kMaxHead = 16 * 1024;
+  static constexpr size_t kMaxPending = 1 << 20;  // answers queued, not yet taken
 
   explicit Connection(UniqueFd fd);
   Connection(const Connection&) = delete;
@@ -60,7 +61,8 @@ class Connection {
                std::string_view extra_headers = {});
 
   // A streamed answer: the head now, the body in pieces (chunked for HTTP/1.1,
-  // until close for 1.0), then the end. Input read meanwhile is discarded.
+  // until close for 1.0), then the end, and the connection closes. Input
+  // read meanwhile is discarded. A HEAD gets the head and the end at once.
   void startStream(std::string_view content_type, std::string_view extra_headers = {});
   void streamData(std::string data);
   void endStream();
@@ -69,6 +71,8 @@ class Connection {
   // Writes what is queued. False: the socket failed (the peer is gone).
   bool flush();
   size_t pending() const { return pending_; }
+  // Answering waits for the client to take what is queued (1 MiB).
+  bool blocked() const { return pending_ >= kMaxPending; }
   // Answered, written, and both sides have closed: the server closes it.
   bool done() const { return shut_ && eof_; }
   // The socket has unread input the server should read now (false while the

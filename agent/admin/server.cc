@@ -132,17 +132,16 @@ void Server::handle(Client& c, const Request& req) {
     return;
   }
   if (auto st = stream_routes_.find(path); st != stream_routes_.end()) {
-    if (req.method == HTTP_HEAD) {
-      conn.respond(200, "application/x-ndjson", std::string());
-      return;
-    }
+    // HEAD: the same checks and head as GET, the stream closed at once.
     auto stream = st->second(parseQuery(req.target));
     if (!stream) {
       json({{"error", stream.error().message}}, stream.error().code == EBUSY ? 503 : 400);
       return;
     }
-    c.stream = std::move(*stream);
-    stream_count_.fetch_add(1, std::memory_order_relaxed);
+    if (req.method != HTTP_HEAD) {
+      c.stream = std::move(*stream);
+      stream_count_.fetch_add(1, std::memory_order_relaxed);
+    }
     conn.startStream("application/x-ndjson", "Cache-Control: no-cache\r\n");
     return;
   }
@@ -164,9 +163,13 @@ void Server::handle(Client& c, const Request& req) {
 // registers what it waits for.
 void Server::service(Client& c, bool readable) {
   if (readable && !c.conn.readSome()) return close(c);
-  for (int round = 0; round < 2; ++round) {  // a write can make room for the next answer
+  while (true) {
     while (auto req = c.conn.next()) handle(c, *req);
+    const bool blocked = c.conn.blocked();
     if (!c.conn.flush()) return close(c);
+    // Answering stopped at the bound and the write took it all: answer on
+    // (nothing would wake this connection again otherwise).
+    if (!blocked || c.conn.pending() > 0) break;
   }
   // A streamed answer's client has gone when it closes its end.
   if (c.conn.done() || (c.stream && c.conn.eof())) return close(c);

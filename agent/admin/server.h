@@ -11,9 +11,9 @@
 //
 // Streams (StreamRoutes): a response that goes on until its Stream says it is
 // done or the client goes away (chunked for HTTP/1.1 clients, until close for
-// HTTP/1.0). The server polls each stream every 100 ms on its thread, and
-// stops polling while the client has not taken 1 MiB already sent, so a
-// client that stops reading costs bounded memory (and the stream drops).
+// HTTP/1.0; the connection closes at its end). The server polls each stream every 100 ms on its
+// thread, and stops polling while the client has not taken 1 MiB already sent, so a client that
+// stops reading costs bounded memory (and the stream drops).
 #pragma once
 
 #include <atomic>

@@ -14,6 +14,7 @@
 #ifdef SLUICE_HAVE_WIRING
 #include "agent/wiring/admin_json.h"
 #endif
+#include "support/eventually.h"
 #include "support/local_http.h"
 
 using namespace sluice;
@@ -22,8 +23,35 @@ namespace {
 
 using test::freePort;
 using test::roundTrip;
+using testing::eventually;
 
 std::string get(int port, const std::string& path) { return test::httpGet(port, path); }
+
+// One request on a fresh connection; what the server sent, and whether it
+// closed the connection (rather than 5 s passing without it).
+std::pair<std::string, bool> requestOnce(int port, const std::string& request) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == ssize_t(request.size()));
+  std::string out;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, size_t(n));
+  ::close(fd);
+  return {out, n == 0};
+}
+
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = 0; (at = s.find(what, at)) != std::string::npos; at += what.size()) ++n;
+  return n;
+}
 
 }  // namespace
 
@@ -143,6 +171,11 @@ TEST_SUITE("admin") {
                               [] {
                                 return agent::admin::Response{200, "text/plain", "aaa"};
                               }},
+                             {"/mid",
+                              [] {
+                                auto body = std::make_shared<const std::string>(3 << 19, 'm');
+                                return agent::admin::Response{200, "text/plain", "", body};
+                              }},
                              {"/big",
                               [] {
                                 auto body = std::make_shared<const std::string>(3 << 20, 'x');
@@ -154,11 +187,6 @@ TEST_SUITE("admin") {
                                          return agent::admin::Response{200, "text/plain", seen};
                                        }}});
     REQUIRE(server.has_value());
-    auto count = [](const std::string& s, const std::string& what) {
-      size_t n = 0;
-      for (size_t at = 0; (at = s.find(what, at)) != std::string::npos; at += what.size()) ++n;
-      return n;
-    };
     // Three requests in one write on one connection: three answers, in order.
     auto r = roundTrip(port,
                        "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -195,10 +223,65 @@ TEST_SUITE("admin") {
     ::close(fd);
     CHECK(got.find("Content-Length: 3145728") != std::string::npos);
     CHECK(got.size() - got.find("\r\n\r\n") - 4 == size_t(3 << 20));
+    // Pipelined answers larger than the 1 MiB the server queues per
+    // connection: every one arrives (the server answers on as the client
+    // takes them).
+    std::string pipelined;
+    for (int i = 0; i < 6; ++i) pipelined += "GET /mid HTTP/1.1\r\nHost: x\r\n\r\n";
+    auto [mids, closed] =
+        requestOnce(port, pipelined + "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    CHECK(count(mids, "Content-Length: 1572864") == 6);
+    CHECK(mids.size() > size_t(6 * (3 << 19)));
+    CHECK(mids.substr(mids.size() - 3) == "aaa");
+    CHECK(closed);  // at once, as the last request asked
     // A request with a body: 413, and the server goes on.
     r = roundTrip(port, "GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody");
     CHECK(r.find("413") != std::string::npos);
     CHECK(test::httpGet(port, "/a").find("aaa") != std::string::npos);
+  }
+
+  TEST_CASE("a stream: chunked to HTTP/1.1, the connection closed at its end; HEAD checks only") {
+    struct Countdown : agent::admin::Stream {
+      int left;
+      explicit Countdown(int n) : left(n) {}
+      agent::admin::StreamStep poll() override {
+        --left;
+        return {"line " + std::to_string(left) + "\n", left == 0};
+      }
+    };
+    std::atomic<int> opened{0};
+    int port = freePort();
+    auto server = agent::admin::Server::create(
+        "127.0.0.1:" + std::to_string(port), "test endpoint", agent::admin::Routes{},
+        agent::admin::StreamRoutes{
+            {"/s",
+             [&](const agent::admin::Query& q) -> Result<std::unique_ptr<agent::admin::Stream>> {
+               if (!q.count("n")) return fail("expected n");
+               ++opened;
+               return std::make_unique<Countdown>(std::stoi(q.at("n")));
+             }}});
+    REQUIRE(server.has_value());
+    // A request sent behind the stream's is not answered: the stream's end
+    // closes the connection (it says so in its head).
+    auto r = roundTrip(port,
+                       "GET /s?n=3 HTTP/1.1\r\nHost: x\r\n\r\nGET /s?n=1 HTTP/1.1\r\nHost: "
+                       "x\r\n\r\n");
+    CHECK(r.find("Transfer-Encoding: chunked") != std::string::npos);
+    CHECK(r.find("Connection: close") != std::string::npos);
+    CHECK(r.find("7\r\nline 2\n\r\n7\r\nline 1\n\r\n7\r\nline 0\n\r\n0\r\n\r\n") !=
+          std::string::npos);
+    CHECK(count(r, "HTTP/1.1 200") == 1);
+    CHECK(opened == 1);
+    CHECK(eventually([&] { return (*server)->streams() == 0; }));
+    // HEAD: the opener's checks and the head, no body, no stream left.
+    r = roundTrip(port, "HEAD /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    CHECK(r.rfind("HTTP/1.1 400", 0) == 0);
+    CHECK(r.find("expected n") == std::string::npos);  // a HEAD: no body
+    r = roundTrip(port, "HEAD /s?n=5 HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(r.rfind("HTTP/1.1 200", 0) == 0);
+    CHECK(r.find("line") == std::string::npos);
+    CHECK(r.find("0\r\n\r\n") == std::string::npos);
+    CHECK((*server)->streams() == 0);
   }
 
   TEST_CASE("a server without actions takes no POST") {

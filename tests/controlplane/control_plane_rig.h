@@ -128,5 +128,4 @@ inline controlplane::model::Objects podObjects(const std::string& name) {
   return o;
 }
 
-
 }  // namespace sluice::test
