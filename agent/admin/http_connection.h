@@ -4,10 +4,12 @@
 // reads when the socket is readable, takes each complete request, answers it,
 // and writes when the socket is writable.
 //
-// Bounds, so that a client cannot make the agent hold memory: a request's
-// head is at most 16 KiB (larger: 400 and close), requests carry no body
-// (one with a body: 413 and close), unparsed input stays below 64 KiB (the
-// server stops reading a connection whose answers the client does not take).
+// Bounds on what a client makes the agent hold: a request's head is at most
+// 16 KiB (larger: 400 and close), requests carry no body (one with a body:
+// 413 and close), unparsed input stays below 64 KiB, and answering pauses
+// while 1 MiB of answers is unsent (the server stops reading a connection
+// whose answers the client does not take). Per connection, that is: the
+// server caps their number.
 #pragma once
 
 #include <http_parser.h>
