@@ -27,26 +27,6 @@ using testing::eventually;
 
 std::string get(int port, const std::string& path) { return test::httpGet(port, path); }
 
-// One request on a fresh connection; what the server sent, and whether it
-// closed the connection (rather than 5 s passing without it).
-std::pair<std::string, bool> requestOnce(int port, const std::string& request) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == ssize_t(request.size()));
-  std::string out;
-  char buf[65536];
-  ssize_t n;
-  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, size_t(n));
-  ::close(fd);
-  return {out, n == 0};
-}
-
 size_t count(const std::string& s, const std::string& what) {
   size_t n = 0;
   for (size_t at = 0; (at = s.find(what, at)) != std::string::npos; at += what.size()) ++n;
@@ -206,21 +186,7 @@ TEST_SUITE("admin") {
     CHECK(r.find("flag=;n=2;path=/api/v1;who=a b;") != std::string::npos);
     // A client that half-closes after its request still gets the answer,
     // and a large body by reference arrives whole.
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-    std::string req = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
-    REQUIRE(::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == ssize_t(req.size()));
-    ::shutdown(fd, SHUT_WR);
-    timeval tv{5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    std::string got;
-    char buf[65536];
-    for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) got.append(buf, size_t(n));
-    ::close(fd);
+    std::string got = test::exchange(port, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n", true).bytes;
     CHECK(got.find("Content-Length: 3145728") != std::string::npos);
     CHECK(got.size() - got.find("\r\n\r\n") - 4 == size_t(3 << 20));
     // Pipelined answers larger than the 1 MiB the server queues per
@@ -229,7 +195,7 @@ TEST_SUITE("admin") {
     std::string pipelined;
     for (int i = 0; i < 6; ++i) pipelined += "GET /mid HTTP/1.1\r\nHost: x\r\n\r\n";
     auto [mids, closed] =
-        requestOnce(port, pipelined + "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        test::exchange(port, pipelined + "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     CHECK(count(mids, "Content-Length: 1572864") == 6);
     CHECK(mids.size() > size_t(6 * (3 << 19)));
     CHECK(mids.substr(mids.size() - 3) == "aaa");

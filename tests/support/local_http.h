@@ -26,9 +26,16 @@ inline int freePort() {
   return ntohs(a.sin_port);
 }
 
-// One request on a fresh connection to 127.0.0.1:port; everything the
-// server sent until it closed (5 s receive timeout).
-inline std::string roundTrip(int port, const std::string& request) {
+// What the server sent on one connection, and whether it closed it.
+struct Exchange {
+  std::string bytes;
+  bool closed = false;  // false: 5 s passed without the server closing
+};
+
+// One request on a fresh connection to 127.0.0.1:port (half_close: our end
+// shut after it); everything the server sent until it closed (5 s receive
+// timeout).
+inline Exchange exchange(int port, const std::string& request, bool half_close = false) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   sockaddr_in a{};
@@ -39,12 +46,18 @@ inline std::string roundTrip(int port, const std::string& request) {
   timeval tv{5, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   [[maybe_unused]] auto n = ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-  std::string out;
-  char buf[4096];
+  if (half_close) ::shutdown(fd, SHUT_WR);
+  Exchange out;
+  char buf[65536];
   ssize_t r;
-  while ((r = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(r));
+  while ((r = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.bytes.append(buf, static_cast<size_t>(r));
+  out.closed = r == 0;
   ::close(fd);
   return out;
+}
+
+inline std::string roundTrip(int port, const std::string& request) {
+  return exchange(port, request).bytes;
 }
 
 inline std::string httpGet(int port, const std::string& path) {
