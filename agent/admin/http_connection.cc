@@ -153,10 +153,6 @@ std::optional<Request> Connection::next() {
       refuse(400, fmt::format("malformed HTTP request: {}", http_errno_description(err)));
       return std::nullopt;
     }
-    if (parser_.upgrade && !ready_) {
-      refuse(400, "protocol upgrades are not served here");
-      return std::nullopt;
-    }
   }
   if (!ready_) {
     if (eof_) close_after_ = true;  // nothing more will come

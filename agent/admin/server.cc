@@ -84,6 +84,14 @@ Query parseQuery(std::string_view target) {
   return out;
 }
 
+// Registers (or changes, or removes) what epoll reports for fd.
+int epollSet(int epfd, int op, int fd, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  return ::epoll_ctl(epfd, op, fd, &ev);
+}
+
 constexpr auto kStreamPoll = std::chrono::milliseconds(100);
 constexpr size_t kStreamBacklog = 1 << 20;  // bytes sent but not yet taken by the client
 constexpr size_t kMaxClients = 256;
@@ -179,10 +187,7 @@ void Server::service(Client& c, bool readable) {
 void Server::watch(Client& c) {
   uint32_t want = (c.conn.wantsRead() ? EPOLLIN : 0u) | (c.conn.pending() ? EPOLLOUT : 0u);
   if (want == c.watched) return;
-  epoll_event ev{};
-  ev.events = want;
-  ev.data.fd = c.conn.fd();
-  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, c.conn.fd(), &ev);
+  epollSet(epoll_fd_.get(), EPOLL_CTL_MOD, c.conn.fd(), want);
   c.watched = want;
 }
 
@@ -214,10 +219,7 @@ void Server::acceptAll() {
     }
     int raw = fd.get();
     auto client = std::make_unique<Client>(std::move(fd));
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = raw;
-    if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, raw, &ev) != 0) continue;
+    if (epollSet(epoll_fd_.get(), EPOLL_CTL_ADD, raw, EPOLLIN) != 0) continue;
     client->watched = EPOLLIN;
     clients_.emplace(raw, std::move(client));
   }
@@ -249,10 +251,7 @@ void Server::tick() {
   }
   if (!accepting_) {
     accepting_ = true;
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = listen_fd_.get();
-    ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, listen_fd_.get(), &ev);
+    epollSet(epoll_fd_.get(), EPOLL_CTL_ADD, listen_fd_.get(), EPOLLIN);
   }
 }
 
@@ -325,13 +324,9 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& address, std::
   self->stop_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!self->epoll_fd_ || !self->stop_fd_)
     return failErrno(name + ": cannot create its event loop");
-  for (int fd : {self->listen_fd_.get(), self->stop_fd_.get()}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (::epoll_ctl(self->epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+  for (int fd : {self->listen_fd_.get(), self->stop_fd_.get()})
+    if (epollSet(self->epoll_fd_.get(), EPOLL_CTL_ADD, fd, EPOLLIN) != 0)
       return failErrno(name + ": cannot create its event loop");
-  }
   self->address_ = address;
   Server* s = self.get();
   self->thread_ = std::jthread([s] { s->run(); });
