@@ -328,7 +328,7 @@ TEST_SUITE("pipe") {
     // B reads again: everything arrives, intact, with A's EOF.
     p.B.reading = true;
     REQUIRE(runUntil(
-        *p.ring, [&] { return p.B.eof; }, [&] { p.step(); }, 30s));
+        *p.ring, [&] { return p.B.eof && p.rec.of(p.up).ended > 0; }, [&] { p.step(); }, 30s));
     CHECK(p.up.bytes() == kTotal);
     CHECK(p.B.received == kTotal);
     CHECK(p.B.mismatch == -1);
@@ -401,7 +401,7 @@ TEST_SUITE("pipe") {
 
     // The rest is pushed while sends are in flight, a chunk per round.
     REQUIRE(runUntil(
-        *ring, [&] { return B.eof; },
+        *ring, [&] { return B.eof && rec.of(pipe).ended > 0; },
         [&] {
           if (next < sizes.size()) {
             pushOne();
@@ -583,8 +583,10 @@ TEST_SUITE("pipe") {
     up2.resume(p.pa.get(), p.pb.get(), pending, p.up.sourceEnded(), p.up.sinkDone());
     down2.resume(p.pb.get(), p.pa.get(), p.down.pending(), p.down.sourceEnded(), p.down.sinkDone());
     p.B.reading = true;
+    // B's EOF can come before up2 hears its shutdown is done (the FIN leaves
+    // at once; the owner is told on the next run).
     REQUIRE(runUntil(
-        *p.ring, [&] { return p.B.eof; }, [&] { p.step(); }, 30s));
+        *p.ring, [&] { return p.B.eof && rec2.of(up2).ended > 0; }, [&] { p.step(); }, 30s));
     CHECK(p.A.error == 0);
     CHECK(p.B.error == 0);
     CHECK(p.B.received == kTotal);  // nothing lost, nothing twice

@@ -328,6 +328,59 @@ TEST_SUITE("op") {
     CHECK(d.calls == 5);
   }
 
+  struct Shutter {
+    void shut(const io_uring_cqe& cqe) {
+      calls++;
+      last_res = cqe.res;
+      busy_in_callback = op.busy();
+    }
+    Op<&Shutter::shut> op{this};
+    int calls = 0;
+    int last_res = 1;
+    bool busy_in_callback = true;
+  };
+
+  TEST_CASE("Op shutdown half-closes at once and reports the result on the next run") {
+    auto ring = makeRing(4);
+    sockaddr_in addr{};
+    Fd listener = boundSocket(addr, 4);
+    Fd client = tcpSocket();
+    REQUIRE(::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    Fd server(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(server.get() >= 0);
+
+    Shutter s;
+    s.op.shutdown(*ring, client.get(), SHUT_WR);
+    CHECK(s.op.busy());
+    CHECK(s.calls == 0);  // the owner hears of it from run(), never from inside the call
+    // The FIN is already on its way: the peer reads EOF before the ring runs
+    // (no io-wq thread in between).
+    char b;
+    pollfd p{server.get(), POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 1000) == 1);
+    CHECK(::recv(server.get(), &b, 1, MSG_DONTWAIT) == 0);
+    CHECK(*ring->run(1000) == 1);
+    CHECK(s.calls == 1);
+    CHECK(s.last_res == 0);
+    CHECK_FALSE(s.busy_in_callback);
+    // Still open for reading after SHUT_WR.
+    REQUIRE(::send(server.get(), "x", 1, MSG_NOSIGNAL) == 1);
+    CHECK(::recv(client.get(), &b, 1, 0) == 1);
+
+    // A failure arrives the same way, as -errno.
+    Fd unconnected = tcpSocket();
+    s.op.shutdown(*ring, unconnected.get(), SHUT_WR);
+    CHECK(*ring->run(1000) == 1);
+    CHECK(s.calls == 2);
+    CHECK_MESSAGE(s.last_res == -ENOTCONN, errName(s.last_res));
+
+    // The next request on the same Op is a plain one again (its own result).
+    s.op.soon(*ring);
+    CHECK(*ring->run(1000) == 1);
+    CHECK(s.calls == 3);
+    CHECK(s.last_res == 0);
+  }
+
   struct Acceptor {
     void accepted(const io_uring_cqe& cqe) {
       calls++;

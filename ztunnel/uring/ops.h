@@ -42,7 +42,16 @@ class Op<Method> final : public Operation {
   void send(Ring& r, int fd, const void* buf, size_t len) {
     io_uring_prep_send(start(r), fd, buf, len, MSG_NOSIGNAL);
   }
-  void shutdown(Ring& r, int fd, int how) { io_uring_prep_shutdown(start(r), fd, how); }
+  // shutdown(2) now, its result delivered on the next run() like any
+  // completion. Not IORING_OP_SHUTDOWN: the kernel always hands that to an
+  // io-wq thread (io_shutdown refuses the inline attempt), a thread wake-up
+  // and a context switch per half-closed connection, where a TCP shutdown
+  // only queues a FIN and never blocks.
+  void shutdown(Ring& r, int fd, int how) {
+    injected_ = ::shutdown(fd, how) == 0 ? 0 : -errno;
+    inject_ = true;
+    io_uring_prep_nop(start(r));
+  }
   void read(Ring& r, int fd, void* buf, unsigned len) {
     io_uring_prep_read(start(r), fd, buf, len, 0);
   }
@@ -62,6 +71,12 @@ class Op<Method> final : public Operation {
 
   void complete(const io_uring_cqe& cqe) override {
     busy_ = (cqe.flags & IORING_CQE_F_MORE) != 0;
+    if (inject_) {
+      inject_ = false;
+      io_uring_cqe done = cqe;
+      done.res = injected_;
+      return (owner_->*Method)(done);
+    }
     (owner_->*Method)(cqe);
   }
 
@@ -73,6 +88,8 @@ class Op<Method> final : public Operation {
   static constexpr uint16_t kAcceptDontWait = 1U << 1;  // IORING_ACCEPT_DONTWAIT (6.10)
   Owner* owner_;
   bool busy_ = false;
+  bool inject_ = false;  // the completion carries injected_ (a shutdown done at once)
+  int injected_ = 0;
 };
 
 // A TCP connect bounded by a deadline (connect linked to a link timeout).
