@@ -88,6 +88,11 @@ FlagTable flagTable(Flags& f) {
              FlagTable::into(&f.cgroup))
       .value("--workers", "N", "proxy worker threads, 0 = one per CPU (default 0)",
              FlagTable::number(&f.workers, 0, 1024))
+      .value("--busy-poll-us", "US",
+             "before a proxy worker sleeps waiting for traffic it polls this\n"
+             "long, so a quick answer does not pay a wake-up; polls that find\n"
+             "nothing are skipped, fewer and fewer (0 = never; default 50)",
+             FlagTable::number(&f.busy_poll_us, 0, 1000))
       .value("--exclude-ports", "P1,P2", "destination ports never captured (default none)",
              [&f](const std::string& v) -> std::string {
                size_t start = 0;

@@ -18,6 +18,7 @@ struct Flags {
   std::string state_dir = "/var/run/sluice/state";
   std::string cgroup;
   unsigned workers = 0;
+  unsigned busy_poll_us = 50;
   std::vector<uint16_t> excluded_ports;
   unsigned max_per_pod = 4096;
   unsigned max_pending_handshakes = 1024;

@@ -381,6 +381,54 @@ TEST_SUITE("op") {
     CHECK(s.last_res == 0);
   }
 
+  TEST_CASE("a busy poll sees a completion the peer causes without sleeping for it") {
+    auto ring = makeRing(4);
+    ring->setBusyPoll(3s);  // far longer than the peer takes: a miss would show
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    Fd a(sv[0]), b(sv[1]);
+    Shutter s;  // any Op: its completion is what we wait for
+    char buf[8];
+    s.op.recv(*ring, a.get(), buf, sizeof(buf));
+    std::jthread peer([&] {
+      std::this_thread::sleep_for(30ms);
+      (void)!::send(b.get(), "ping", 4, MSG_NOSIGNAL);
+    });
+    CHECK(*ring->run(5000) == 1);
+    CHECK(s.last_res == 4);
+    // The recv was queued, then the poll saw the kernel's task-work flag
+    // (no system call) and run() collected the completion at once.
+    CHECK(ring->busyPollHits() == 1);
+    CHECK(ring->busyPollMisses() == 0);
+  }
+
+  TEST_CASE("busy polls that find nothing are skipped, fewer and fewer, until one pays") {
+    auto ring = makeRing(4);
+    ring->setBusyPoll(1ms);
+    // Runs 1, 3, 6 and 11 poll (and miss); 2, 4-5 and 7-10 skip polling.
+    const uint64_t expected[] = {1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 4};
+    for (size_t i = 0; i < std::size(expected); ++i) {
+      CAPTURE(i);
+      CHECK(*ring->run(1) == 0);
+      CHECK(ring->busyPollMisses() == expected[i]);
+    }
+    CHECK(ring->busyPollHits() == 0);
+    // A poll that finds work restarts polling at every run.
+    Shutter s;
+    for (int i = 0; i < 8; ++i) CHECK(*ring->run(1) == 0);  // skipped: 8 of the next 8
+    CHECK(ring->busyPollMisses() == 4);
+    s.op.soon(*ring);  // a NOP completes during the poll's submit
+    CHECK(*ring->run(1000) == 1);
+    CHECK(ring->busyPollHits() == 1);
+    CHECK(*ring->run(1) == 0);  // polls again (and misses)
+    CHECK(ring->busyPollMisses() == 5);
+
+    ring->setBusyPoll(0us);  // off: never polls
+    for (int i = 0; i < 4; ++i) CHECK(*ring->run(1) == 0);
+    CHECK(ring->busyPollMisses() == 5);
+    CHECK(ring->busyPollHits() == 1);
+  }
+
   struct Acceptor {
     void accepted(const io_uring_cqe& cqe) {
       calls++;

@@ -130,6 +130,9 @@ constexpr CounterInfo kCounters[] = {
     {"proxy", "spliced", "same-node connections whose app sockets were joined (splice armed)"},
     {"proxy", "splice_fallbacks",
      "same-node connections that could not be spliced (a hop on loopback TCP): proxied"},
+    {"proxy", "busy_poll_hits", "busy polls that found work before the worker would have slept"},
+    {"proxy", "busy_poll_misses",
+     "busy polls that found nothing within --busy-poll-us (the worker then slept)"},
 };
 static_assert(std::size(kCounters) == static_cast<size_t>(Counter::kCount),
               "every Counter needs a row in kCounters");

@@ -78,6 +78,7 @@ Result<void> Worker::start() {
       return;
     }
     ring_ = std::move(*ring);
+    ring_->setBusyPoll(shared_.config.busy_poll);
     parts_ = std::make_unique<Parts>(shared_, *ring_, index_,
                                      [this] { fine_timer_.arm(*ring_, kFineTick); });
     wake_.read(*ring_, wake_fd_.get(), &wake_value_, sizeof(wake_value_));
@@ -171,6 +172,12 @@ void Worker::tick(std::chrono::steady_clock::time_point now) {
         index_, errors - ring_errors_seen_);
     ring_errors_seen_ = errors;
   }
+  auto add = [&](Counter c, uint64_t now_value, uint64_t& seen) {
+    parts_->ctx.counters().add(c, now_value - seen);
+    seen = now_value;
+  };
+  add(Counter::kBusyPollHits, ring_->busyPollHits(), poll_hits_seen_);
+  add(Counter::kBusyPollMisses, ring_->busyPollMisses(), poll_misses_seen_);
   // Connection buffers come and go in bursts; hand freed pages back so the
   // node's RSS follows the load instead of its peak.
   if (index_ == 0 && ++ticks_ % 5 == 0) malloc_trim(0);

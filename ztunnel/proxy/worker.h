@@ -101,6 +101,7 @@ class Worker final : public Listener::Handler {
   std::vector<Listener*> backing_off_;
   std::chrono::steady_clock::time_point last_tick_{};
   uint64_t ring_errors_seen_ = 0;
+  uint64_t poll_hits_seen_ = 0, poll_misses_seen_ = 0;  // the ring's, counted so far
   unsigned ticks_ = 0;
   log::Limiter ring_log_, limit_log_;
 };

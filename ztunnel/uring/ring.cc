@@ -1,5 +1,6 @@
 #include "ztunnel/uring/ring.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -7,7 +8,15 @@ namespace sluice::ztunnel::uring {
 
 namespace {
 constexpr int kSubmitTries = 8;
+
+inline void cpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
 }
+}  // namespace
 
 Result<std::unique_ptr<Ring>> Ring::create(unsigned entries, unsigned cq_entries) {
   std::unique_ptr<Ring> r(new Ring());
@@ -21,6 +30,9 @@ Result<std::unique_ptr<Ring>> Ring::create(unsigned entries, unsigned cq_entries
   //   overflow.
   p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
             IORING_SETUP_CQSIZE;
+  // TASKRUN_FLAG: the kernel flags queued task work in the SQ ring, which
+  //   the busy poll reads.
+  p.flags |= IORING_SETUP_TASKRUN_FLAG;
   p.cq_entries = cq_entries ? cq_entries : entries * 2;
   int rc = io_uring_queue_init_params(entries, &r->ring_, &p);
   if (rc < 0) {
@@ -129,13 +141,47 @@ void Ring::closeNow(UniqueFd& owned) {
   owned.reset();
 }
 
+// Work the next wait would find at once: completions, or (DEFER_TASKRUN)
+// task work the kernel queued for this thread, which TASKRUN_FLAG announces
+// in the SQ ring's flags: read from shared memory, no system call.
+bool Ring::ready() const {
+  return io_uring_cq_ready(&ring_) > 0 ||
+         (IO_URING_READ_ONCE(*ring_.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
+}
+
+void Ring::busyPoll() {
+  if (skip_polls_ > 0) {
+    --skip_polls_;
+    return;
+  }
+  // What is queued goes in now: the peer's answer to it is what we wait for.
+  if (io_uring_sq_ready(&ring_) > 0) (void)io_uring_submit(&ring_);
+  const auto deadline = std::chrono::steady_clock::now() + busy_poll_;
+  for (unsigned n = 1; !ready(); ++n) {
+    cpuRelax();
+    if (n % 64 == 0 && std::chrono::steady_clock::now() >= deadline) {
+      poll_misses_.fetch_add(1, std::memory_order_relaxed);
+      // Waits longer than the poll (an idle worker, a slow peer): skip the
+      // next 1, 2, 4 ... 64 polls, so polling costs little where it does
+      // not pay.
+      skip_polls_ = 1u << std::min(misses_in_row_++, 6u);
+      return;
+    }
+  }
+  poll_hits_.fetch_add(1, std::memory_order_relaxed);
+  misses_in_row_ = 0;
+}
+
 Result<unsigned> Ring::run(unsigned wait_ms) {
   __kernel_timespec ts{};
   ts.tv_sec = wait_ms / 1000;
   ts.tv_nsec = static_cast<long long>(wait_ms % 1000) * 1000000;
   io_uring_cqe* cqe = nullptr;
   // Completions already taken out must not wait for the timeout.
-  if (!backlog_.empty()) ts = {};
+  if (!backlog_.empty())
+    ts = {};
+  else if (busy_poll_.count() > 0)
+    busyPoll();
   int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
   Result<unsigned> outcome = 0u;
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {

@@ -11,6 +11,7 @@
 #include <liburing.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -55,19 +56,34 @@ class Ring {
   // ring's error (anything but a timeout or a signal).
   Result<unsigned> run(unsigned wait_ms);
 
+  // Before sleeping for a completion, run() first polls for up to `budget`
+  // (0: never): a request/response peer usually answers within tens of
+  // microseconds, and a sleeping thread pays a wake-up (a context switch, on
+  // a VM an idle vCPU's exit) each time. A poll that finds nothing makes
+  // the next ones skip (exponentially, up to 64 runs) until one pays again.
+  void setBusyPoll(std::chrono::microseconds budget) { busy_poll_ = budget; }
+  // Polls that found work (no sleep) and polls that ran out; any thread.
+  uint64_t busyPollHits() const { return poll_hits_.load(std::memory_order_relaxed); }
+  uint64_t busyPollMisses() const { return poll_misses_.load(std::memory_order_relaxed); }
+
   // Submissions refused by the kernel and turned into -EAGAIN completions.
   uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
 
  private:
   Ring() = default;
   bool makeRoom(unsigned n);  // n free entries; false when the kernel refuses
-  void stash();               // moves ready completions to backlog_ (not dispatched)
+  bool ready() const;         // the next wait would return at once
+  void busyPoll();
+  void stash();  // moves ready completions to backlog_ (not dispatched)
   io_uring ring_{};
   bool initialised_ = false;
   std::vector<io_uring_cqe> backlog_;  // taken out of the CQ, not dispatched yet
   std::vector<io_uring_cqe> batch_;    // being dispatched by run()
   io_uring_sqe scratch_[2]{};          // prepared and dropped when the kernel refuses
   std::atomic<uint64_t> errors_{0};
+  std::chrono::microseconds busy_poll_{0};
+  unsigned skip_polls_ = 0, misses_in_row_ = 0;
+  std::atomic<uint64_t> poll_hits_{0}, poll_misses_{0};
 };
 
 }  // namespace sluice::ztunnel::uring

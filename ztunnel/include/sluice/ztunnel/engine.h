@@ -32,6 +32,11 @@ struct EngineConfig {
   unsigned max_connections_per_pod = 4096;          // accepted beyond this are closed (counted)
   size_t buffer_bytes = 128 * 1024;  // per direction per connection, allocated while active
   bool access_log = true;            // one line per closed connection
+  // Before a worker sleeps for its next completion it polls this long (0:
+  // never), skipping polls while they find nothing (uring::Ring::setBusyPoll):
+  // a request/response peer answers within that time and the worker skips
+  // two sleep/wake cycles per request.
+  std::chrono::microseconds busy_poll{50};
 
   // HBONE (mutual TLS between nodes); active when createEngine gets a
   // CredentialSource and a MeshDirectory.
@@ -313,6 +318,8 @@ enum class Counter : uint8_t {
   kLbEjections,
   kSpliced,
   kSpliceFallbacks,
+  kBusyPollHits,
+  kBusyPollMisses,
   kCount
 };
 // kGauge: a level that goes down too ("open now"); kCounter only grows.
