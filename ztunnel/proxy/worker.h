@@ -22,6 +22,8 @@
 
 namespace sluice::ztunnel::proxy {
 
+class CpuWait;
+
 class SocketFactory;
 
 // What every worker shares, owned by the engine.
@@ -76,6 +78,7 @@ class Worker final : public Listener::Handler {
   void loop();
   void tick(std::chrono::steady_clock::time_point now);
   void fineTick();
+  void gateBusyPoll(std::chrono::steady_clock::time_point now);
   void onWake(const io_uring_cqe&);
   void drainCommands();
   void reap();
@@ -102,6 +105,8 @@ class Worker final : public Listener::Handler {
   std::chrono::steady_clock::time_point last_tick_{};
   uint64_t ring_errors_seen_ = 0;
   uint64_t poll_hits_seen_ = 0, poll_misses_seen_ = 0;  // the ring's, counted so far
+  std::unique_ptr<CpuWait> cpu_wait_;  // with busy polling: gates it (gateBusyPoll)
+  std::chrono::steady_clock::time_point last_poll_gate_{};
   unsigned ticks_ = 0;
   log::Limiter ring_log_, limit_log_;
 };
