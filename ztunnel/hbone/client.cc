@@ -105,7 +105,7 @@ struct Client::Impl final : StreamOwner {
   void streamFinished(Stream& s) override {
     if (Tunnel* t = s.tunnel()) std::erase(static_cast<Link&>(t->owner()).waiting, &s);
     s.setTunnel(nullptr);
-    owned.scheduleReap();
+    owned.scheduleReap(s);
   }
 
   // --- tunnels ---

@@ -28,9 +28,15 @@ class Owned {
     streams_.emplace(raw, std::move(s));
     return raw;
   }
-  // Something finished: free it (and whatever else is) on the next run.
+  // A tunnel finished: free it (and whatever else is) on the next run.
   void scheduleReap() {
     if (!reap_op_.busy()) reap_op_.soon(ring_);
+  }
+  // A stream finished: freed on the next run, found by key (a worker can
+  // hold thousands of streams; the reap must not walk them all per close).
+  void scheduleReap(Stream& s) {
+    finished_.push_back(&s);
+    scheduleReap();
   }
   // Visits each one; f may close (not free) what it visits.
   template <class F>
@@ -52,7 +58,9 @@ class Owned {
     return all;
   }
   void reap(const io_uring_cqe&) {
-    std::erase_if(streams_, [](auto& p) { return p.second->finished(); });
+    for (Stream* s : finished_) streams_.erase(s);
+    finished_.clear();
+    // Tunnels are few (pooled): walked.
     std::erase_if(links_, [](auto& p) {
       const Tunnel& t = p.second->tunnel;
       return t.closed() && !t.busy();
@@ -61,6 +69,7 @@ class Owned {
   uring::Ring& ring_;
   std::unordered_map<Link*, std::unique_ptr<Link>> links_;
   std::unordered_map<Stream*, std::unique_ptr<Stream>> streams_;
+  std::vector<Stream*> finished_;  // to free at the next reap
   uring::Op<&Owned::reap> reap_op_{this};
 };
 

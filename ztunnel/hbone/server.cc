@@ -92,7 +92,7 @@ struct Server::Impl final : StreamOwner {
     return s;
   }
 
-  void streamFinished(Stream&) override { owned.scheduleReap(); }
+  void streamFinished(Stream& s) override { owned.scheduleReap(s); }
 
   // A request arrived on one of this pod's tunnels: check, authorize, and
   // connect to the app.
