@@ -90,8 +90,9 @@ FlagTable flagTable(Flags& f) {
              FlagTable::number(&f.workers, 0, 1024))
       .value("--busy-poll-us", "US",
              "before a proxy worker sleeps waiting for traffic it polls this\n"
-             "long, so a quick answer does not pay a wake-up; polls that find\n"
-             "nothing are skipped, fewer and fewer (0 = never; default 50)",
+             "long, so a quick answer does not pay a wake-up; after polls\n"
+             "that find nothing it polls less and less often, and not at all\n"
+             "while it has to wait for a CPU (0 = never; default 50)",
              FlagTable::number(&f.busy_poll_us, 0, 1000))
       .value("--exclude-ports", "P1,P2", "destination ports never captured (default none)",
              [&f](const std::string& v) -> std::string {

@@ -9,7 +9,8 @@
 // 413 and close), unparsed input stays below 64 KiB, and answering pauses
 // while 1 MiB of answers is unsent (the server stops reading a connection
 // whose answers the client does not take). Per connection, that is: the
-// server caps their number.
+// server caps their number (256) and the answers queued on all of them
+// together (16 MiB: beyond it no connection takes a new request).
 #pragma once
 
 #include <http_parser.h>

@@ -95,6 +95,11 @@ int epollSet(int epfd, int op, int fd, uint32_t events) {
 constexpr auto kStreamPoll = std::chrono::milliseconds(100);
 constexpr size_t kStreamBacklog = 1 << 20;  // bytes sent but not yet taken by the client
 constexpr size_t kMaxClients = 256;
+// Answers queued on all connections together and not yet taken by their
+// clients. Beyond it no connection takes a new request (a client that does
+// not read holds at most its 1 MiB; 256 of them would otherwise hold 256
+// MiB), until clients take what is queued or time out.
+constexpr size_t kQueuedBudget = 16 << 20;
 
 }  // namespace
 
@@ -104,6 +109,8 @@ struct Server::Client {
   Connection conn;
   std::unique_ptr<Stream> stream;
   uint32_t watched = 0;  // the epoll events registered
+  size_t counted = 0;    // its queued bytes as counted in queued_
+  bool starved = false;  // a request may wait: the server was over its budget
 };
 
 // Requests are answered on the server's thread as they are parsed: a
@@ -172,9 +179,20 @@ void Server::handle(Client& c, const Request& req) {
 void Server::service(Client& c, bool readable) {
   if (readable && !c.conn.readSome()) return close(c);
   while (true) {
-    while (auto req = c.conn.next()) handle(c, *req);
+    c.starved = false;
+    while (true) {
+      if (queued_ >= kQueuedBudget) {
+        c.starved = true;  // tick() comes back to it
+        break;
+      }
+      auto req = c.conn.next();
+      if (!req) break;
+      handle(c, *req);
+      account(c);
+    }
     const bool blocked = c.conn.blocked();
     if (!c.conn.flush()) return close(c);
+    account(c);
     // Answering stopped at the bound and the write took it all: answer on
     // (nothing would wake this connection again otherwise).
     if (!blocked || c.conn.pending() > 0) break;
@@ -191,7 +209,15 @@ void Server::watch(Client& c) {
   c.watched = want;
 }
 
+void Server::account(Client& c) {
+  queued_ = queued_ - c.counted + c.conn.pending();
+  c.counted = c.conn.pending();
+  if (queued_ > queued_peak_.load(std::memory_order_relaxed))
+    queued_peak_.store(queued_, std::memory_order_relaxed);
+}
+
 void Server::close(Client& c) {
+  queued_ -= c.counted;
   if (c.stream) stream_count_.fetch_sub(1, std::memory_order_relaxed);
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c.conn.fd(), nullptr);
   clients_.erase(c.conn.fd());  // closes the socket
@@ -227,7 +253,8 @@ void Server::acceptAll() {
 
 // Every 100 ms: streams produce (unless their client has not taken 1 MiB
 // already sent: the stream's own queue drops meanwhile), idle and stuck
-// connections are dropped, a paused listener resumes.
+// connections are dropped, connections held back by the server's budget
+// are answered if it allows, a paused listener resumes.
 void Server::tick() {
   auto now = Connection::Clock::now();
   std::vector<Client*> all;
@@ -247,6 +274,8 @@ void Server::tick() {
         c->conn.endStream();
       }
       service(*c, false);  // may close it
+    } else if (c->starved && queued_ < kQueuedBudget) {
+      service(*c, false);
     }
   }
   if (!accepting_) {

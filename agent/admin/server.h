@@ -103,6 +103,10 @@ class Server {
   std::string address() const { return address_; }
   // Streams being served now.
   size_t streams() const { return stream_count_.load(std::memory_order_relaxed); }
+  // The most answer bytes ever queued on all connections together, not yet
+  // taken by their clients (bounded: 16 MiB, then no connection takes a new
+  // request until clients take theirs, plus the one answer that crossed it).
+  size_t queuedPeak() const { return queued_peak_.load(std::memory_order_relaxed); }
 
  private:
   struct Client;
@@ -114,6 +118,7 @@ class Server {
   void tick();
   void close(Client& c);
   void watch(Client& c);
+  void account(Client& c);  // its queued bytes into queued_
   UniqueFd listen_fd_;
   UniqueFd epoll_fd_;
   UniqueFd stop_fd_;  // written to stop the loop
@@ -128,6 +133,8 @@ class Server {
   bool accepting_ = true;                           // false for a tick after EMFILE
   std::map<int, std::unique_ptr<Client>> clients_;  // by socket; the server's thread only
   std::atomic<size_t> stream_count_{0};
+  size_t queued_ = 0;  // answer bytes queued on all connections (the server's thread)
+  std::atomic<size_t> queued_peak_{0};
 };
 
 }  // namespace sluice::agent::admin

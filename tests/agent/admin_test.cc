@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -248,6 +249,87 @@ TEST_SUITE("admin") {
     CHECK(r.find("line") == std::string::npos);
     CHECK(r.find("0\r\n\r\n") == std::string::npos);
     CHECK((*server)->streams() == 0);
+  }
+
+  TEST_CASE("clients that do not read hold at most the server's budget; all arrives once they do") {
+    static constexpr size_t kBody = 3 << 19;  // 1.5 MiB
+    constexpr int kClients = 48, kRequests = 3;
+    int port = freePort();
+    auto server = agent::admin::Server::create(
+        "127.0.0.1:" + std::to_string(port), "test endpoint",
+        agent::admin::Routes{{"/doc", [] {
+                                auto body = std::make_shared<const std::string>(kBody, 'd');
+                                return agent::admin::Response{200, "text/plain", "", body};
+                              }}});
+    REQUIRE(server.has_value());
+    const std::string request = "GET /doc HTTP/1.1\r\nHost: x\r\n\r\n";
+    auto connectClient = [&](int rcvbuf) {
+      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      REQUIRE(fd >= 0);
+      // A small window: the answers wait in the server, not in the kernel.
+      if (rcvbuf) ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(static_cast<uint16_t>(port));
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+      return fd;
+    };
+    // The size of one keep-alive answer, from a client that reads its head.
+    size_t answer = 0;
+    {
+      int fd = connectClient(0);
+      REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == ssize_t(request.size()));
+      std::string head;
+      char c;
+      while (head.find("\r\n\r\n") == std::string::npos && ::recv(fd, &c, 1, 0) == 1) head += c;
+      ::close(fd);
+      REQUIRE(head.find("Content-Length: " + std::to_string(kBody)) != std::string::npos);
+      REQUIRE(head.find("Connection: close") == std::string::npos);
+      answer = head.size() + kBody;
+    }
+
+    // 48 clients ask for 3 answers each (216 MiB) and read nothing: each
+    // would hold its 1 MiB and the answer that crossed it (2.5 MiB, 120 MiB
+    // in all) beyond what the kernel's buffers take.
+    std::vector<int> fds;
+    for (int i = 0; i < kClients; ++i) {
+      int fd = connectClient(16 * 1024);
+      std::string pipelined;
+      for (int r = 0; r < kRequests; ++r) pipelined += request;
+      REQUIRE(::send(fd, pipelined.data(), pipelined.size(), MSG_NOSIGNAL) ==
+              ssize_t(pipelined.size()));
+      fds.push_back(fd);
+    }
+    const size_t budget = 16 << 20;
+    CHECK(eventually([&] { return server.value()->queuedPeak() >= budget; }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // more ticks: still bounded
+    MESSAGE("peak queued: ", server.value()->queuedPeak(), " bytes");
+    CHECK(server.value()->queuedPeak() <= budget + answer);
+
+    // Every client now reads: each gets its three answers, whole.
+    std::vector<size_t> got(fds.size(), 0);
+    std::vector<char> buf(1 << 16);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    size_t complete = 0;
+    while (complete < fds.size() && std::chrono::steady_clock::now() < deadline) {
+      complete = 0;
+      for (size_t i = 0; i < fds.size(); ++i) {
+        if (got[i] >= kRequests * answer) {
+          ++complete;
+          continue;
+        }
+        ssize_t n = ::recv(fds[i], buf.data(), buf.size(), MSG_DONTWAIT);
+        if (n > 0) got[i] += size_t(n);
+      }
+    }
+    for (size_t i = 0; i < fds.size(); ++i) {
+      CAPTURE(i);
+      CHECK(got[i] == kRequests * answer);
+      ::close(fds[i]);
+    }
+    // And it serves on.
+    CHECK(test::httpGet(port, "/doc").size() > kBody);
   }
 
   TEST_CASE("a server without actions takes no POST") {

@@ -383,28 +383,43 @@ TEST_SUITE("op") {
     CHECK(s.last_res == 0);
   }
 
-  TEST_CASE("a busy poll sees a completion the peer causes without sleeping for it") {
-    auto ring = makeRing(4);
-    ring->setBusyPoll(3s);  // far longer than the peer takes: a miss would show
+  // A recv armed and submitted (run(0) never polls), and a peer that sends
+  // `after` from now: its completion is work that arrives during a poll.
+  struct Incoming {
+    explicit Incoming(Ring& ring) {
+      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+      a = Fd(sv[0]);
+      b = Fd(sv[1]);
+      s.op.recv(ring, a.get(), buf, sizeof(buf));
+      CHECK(*ring.run(0) == 0);
+    }
+    void sendAfter(std::chrono::milliseconds after) {
+      peer = std::jthread([this, after] {
+        std::this_thread::sleep_for(after);
+        (void)!::send(b.get(), "ping", 4, MSG_NOSIGNAL);
+      });
+    }
     int sv[2];
-    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
-    Fd a(sv[0]), b(sv[1]);
+    Fd a, b;
     Shutter s;  // any Op: its completion is what we wait for
     char buf[8];
-    s.op.recv(*ring, a.get(), buf, sizeof(buf));
-    std::jthread peer([&] {
-      std::this_thread::sleep_for(30ms);
-      (void)!::send(b.get(), "ping", 4, MSG_NOSIGNAL);
-    });
+    std::jthread peer;
+  };
+
+  TEST_CASE("a busy poll sees a completion the peer causes without sleeping for it") {
+    auto ring = makeRing(4);
+    Incoming in(*ring);
+    ring->setBusyPoll(3s);  // far longer than the peer takes: a miss would show
+    in.sendAfter(200ms);
     CHECK(*ring->run(5000) == 1);
-    CHECK(s.last_res == 4);
-    // The recv was queued, then the poll saw the kernel's task-work flag
-    // (no system call) and run() collected the completion at once.
+    CHECK(in.s.last_res == 4);
+    // The poll saw the kernel's task-work flag (shared memory, no system
+    // call) and run() collected the completion at once.
     CHECK(ring->busyPollHits() == 1);
     CHECK(ring->busyPollMisses() == 0);
   }
 
-  TEST_CASE("busy polls that find nothing are skipped, fewer and fewer, until one pays") {
+  TEST_CASE("busy polls that find nothing are skipped, fewer and fewer; one that pays halves it") {
     auto ring = makeRing(4);
     ring->setBusyPoll(1ms);
     // Runs 1, 3, 6 and 11 poll (and miss); 2, 4-5 and 7-10 skip polling.
@@ -415,27 +430,51 @@ TEST_SUITE("op") {
       CHECK(ring->busyPollMisses() == expected[i]);
     }
     CHECK(ring->busyPollHits() == 0);
-    // A poll that finds work restarts polling at every run.
-    Shutter s;
     for (int i = 0; i < 8; ++i) CHECK(*ring->run(1) == 0);  // skipped: 8 of the next 8
     CHECK(ring->busyPollMisses() == 4);
-    s.op.soon(*ring);  // a NOP completes during the poll's submit
-    CHECK(*ring->run(1000) == 1);
-    CHECK(ring->busyPollHits() == 1);
-    CHECK(*ring->run(1) == 0);  // polls again (and misses)
-    CHECK(ring->busyPollMisses() == 5);
+    {
+      Incoming in(*ring);
+      ring->setBusyPoll(3s);
+      in.sendAfter(200ms);
+      CHECK(*ring->run(5000) == 1);
+      CHECK(ring->busyPollHits() == 1);
+    }
+    // Four misses in a row, halved by the hit to two: the next miss skips 4.
+    ring->setBusyPoll(1ms);
+    const uint64_t after_hit[] = {5, 5, 5, 5, 5, 6};
+    for (size_t i = 0; i < std::size(after_hit); ++i) {
+      CAPTURE(i);
+      CHECK(*ring->run(1) == 0);
+      CHECK(ring->busyPollMisses() == after_hit[i]);
+    }
 
     ring->setBusyPoll(0us);  // off: never polls
-    for (int i = 0; i < 4; ++i) CHECK(*ring->run(1) == 0);
-    CHECK(ring->busyPollMisses() == 5);
+    for (int i = 0; i < 20; ++i) CHECK(*ring->run(1) == 0);
+    CHECK(ring->busyPollMisses() == 6);
     CHECK(ring->busyPollHits() == 1);
+  }
+
+  TEST_CASE("work already there when a poll starts is no poll: neither a hit nor a miss") {
+    auto ring = makeRing(4);
+    ring->setBusyPoll(1s);
+    Shutter s;
+    s.op.soon(*ring);  // a NOP: it completes during the poll's submit
+    CHECK(*ring->run(1000) == 1);
+    CHECK(ring->busyPollHits() == 0);
+    CHECK(ring->busyPollMisses() == 0);
+    CHECK(*ring->run(0) == 0);  // run(0) never polls (a 1 s poll would miss)
+    CHECK(ring->busyPollMisses() == 0);
   }
 
   TEST_CASE("CpuWait: a thread sharing its CPU with a busy one waits; a sleeping one hardly") {
     using sluice::ztunnel::proxy::CpuWait;
-    cpu_set_t one;
+    cpu_set_t allowed, one;
+    REQUIRE(::sched_getaffinity(0, sizeof(allowed), &allowed) == 0);
+    int cpu = 0;
+    while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &allowed)) ++cpu;
+    REQUIRE(cpu < CPU_SETSIZE);
     CPU_ZERO(&one);
-    CPU_SET(0, &one);
+    CPU_SET(cpu, &one);  // the first CPU this process may use
     double idle = -2, contended = -2;
     bool pinned = false, available = false;
     std::atomic<bool> stop{false};
@@ -463,9 +502,8 @@ TEST_SUITE("op") {
     REQUIRE(available);
     MESSAGE("waited: sleeping ", idle, ", sharing one CPU with a busy thread ", contended);
     CHECK(idle >= 0);
-    CHECK(idle < 0.2);
+    CHECK(idle < 0.5);        // asleep: it waits only when woken
     CHECK(contended > 0.25);  // two runnable threads on one CPU: about half each
-    CHECK(contended <= 1.0);
   }
 
   struct Acceptor {

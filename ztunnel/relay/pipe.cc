@@ -185,8 +185,9 @@ void Pipe::onSend(const io_uring_cqe& cqe) {
   pump();
 }
 
-void Pipe::onShutdown(const io_uring_cqe& cqe) {
-  if (frozen_ && cancelled(cqe.res)) return settle();  // not shut down: the successor does it
+void Pipe::onShutdown(const io_uring_cqe&) {
+  // shutdown(2) was called when the request was made (uring::Op::shutdown):
+  // done, even for a frozen pipe, whose successor then does not do it again.
   shut_done_ = true;
   if (stopped_) return settle();
   owner_.pipeEnded(*this);

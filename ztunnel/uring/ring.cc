@@ -156,6 +156,9 @@ void Ring::busyPoll() {
   }
   // What is queued goes in now: the peer's answer to it is what we wait for.
   if (io_uring_sq_ready(&ring_) > 0) (void)io_uring_submit(&ring_);
+  // Work already there (a send completed during the submit) is no poll: it
+  // neither counts nor resets the backoff.
+  if (ready()) return;
   const auto deadline = std::chrono::steady_clock::now() + busy_poll_;
   for (unsigned n = 1; !ready(); ++n) {
     cpuRelax();
@@ -164,12 +167,13 @@ void Ring::busyPoll() {
       // Waits longer than the poll (an idle worker, a slow peer): skip the
       // next 1, 2, 4 ... 64 polls, so polling costs little where it does
       // not pay.
-      skip_polls_ = 1u << std::min(misses_in_row_++, 6u);
+      skip_polls_ = 1u << misses_in_row_;
+      misses_in_row_ = std::min(misses_in_row_ + 1, 6u);
       return;
     }
   }
   poll_hits_.fetch_add(1, std::memory_order_relaxed);
-  misses_in_row_ = 0;
+  misses_in_row_ /= 2;  // a peer answering sometimes in time, sometimes not, keeps some backoff
 }
 
 Result<unsigned> Ring::run(unsigned wait_ms) {
@@ -180,7 +184,7 @@ Result<unsigned> Ring::run(unsigned wait_ms) {
   // Completions already taken out must not wait for the timeout.
   if (!backlog_.empty())
     ts = {};
-  else if (busy_poll_.count() > 0)
+  else if (busy_poll_.count() > 0 && wait_ms > 0)
     busyPoll();
   int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
   Result<unsigned> outcome = 0u;

@@ -60,9 +60,11 @@ class Ring {
   // (0: never): a request/response peer usually answers within tens of
   // microseconds, and a sleeping thread pays a wake-up (a context switch, on
   // a VM an idle vCPU's exit) each time. A poll that finds nothing makes
-  // the next ones skip (exponentially, up to 64 runs) until one pays again.
+  // the next ones skip (1, 2, 4 ... 64 runs; a poll that pays halves the
+  // step). Work already there after the submit is no poll; run(0) never polls.
   void setBusyPoll(std::chrono::microseconds budget) { busy_poll_ = budget; }
-  // Polls that found work (no sleep) and polls that ran out; any thread.
+  // Polls that saw work arrive while polling (no sleep) and polls that ran
+  // out; any thread.
   uint64_t busyPollHits() const { return poll_hits_.load(std::memory_order_relaxed); }
   uint64_t busyPollMisses() const { return poll_misses_.load(std::memory_order_relaxed); }
 

@@ -33,10 +33,11 @@ struct EngineConfig {
   size_t buffer_bytes = 128 * 1024;  // per direction per connection, allocated while active
   bool access_log = true;            // one line per closed connection
   // Before a worker sleeps for its next completion it polls this long (0:
-  // never), skipping polls while they find nothing (uring::Ring::setBusyPoll):
-  // a request/response peer answers within that time and the worker skips
-  // two sleep/wake cycles per request.
-  std::chrono::microseconds busy_poll{50};
+  // never), skipping polls while they find nothing (uring::Ring::setBusyPoll)
+  // and only while the worker hardly waits for a CPU (proxy/cpu_wait.h): a
+  // request/response peer answers within that time and the worker skips
+  // two sleep/wake cycles per request. The agent sets 50 (--busy-poll-us).
+  std::chrono::microseconds busy_poll{0};
 
   // HBONE (mutual TLS between nodes); active when createEngine gets a
   // CredentialSource and a MeshDirectory.
