@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -20,7 +19,6 @@
 #include <vector>
 
 #include "sluice/common/unique_fd.h"
-#include "ztunnel/proxy/cpu_wait.h"
 #include "ztunnel/uring/ops.h"
 
 using namespace sluice::ztunnel::uring;
@@ -464,46 +462,6 @@ TEST_SUITE("op") {
     CHECK(ring->busyPollMisses() == 0);
     CHECK(*ring->run(0) == 0);  // run(0) never polls (a 1 s poll would miss)
     CHECK(ring->busyPollMisses() == 0);
-  }
-
-  TEST_CASE("CpuWait: a thread sharing its CPU with a busy one waits; a sleeping one hardly") {
-    using sluice::ztunnel::proxy::CpuWait;
-    cpu_set_t allowed, one;
-    REQUIRE(::sched_getaffinity(0, sizeof(allowed), &allowed) == 0);
-    int cpu = 0;
-    while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &allowed)) ++cpu;
-    REQUIRE(cpu < CPU_SETSIZE);
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);  // the first CPU this process may use
-    double idle = -2, contended = -2;
-    bool pinned = false, available = false;
-    std::atomic<bool> stop{false};
-    // (No REQUIRE on these threads: a failure there would not unwind the test.)
-    std::jthread watched([&] {
-      pinned = ::sched_setaffinity(0, sizeof(one), &one) == 0;
-      CpuWait w;
-      available = w.available();
-      if (!pinned || !available) return;
-      std::this_thread::sleep_for(100ms);
-      idle = w.sample();
-      std::jthread hog([&] {
-        if (::sched_setaffinity(0, sizeof(one), &one) != 0) return;
-        while (!stop.load(std::memory_order_relaxed)) {
-        }
-      });
-      const auto until = Clock::now() + 300ms;
-      while (Clock::now() < until) {
-      }
-      contended = w.sample();
-      stop = true;
-    });
-    watched.join();
-    REQUIRE(pinned);
-    REQUIRE(available);
-    MESSAGE("waited: sleeping ", idle, ", sharing one CPU with a busy thread ", contended);
-    CHECK(idle >= 0);
-    CHECK(idle < 0.5);        // asleep: it waits only when woken
-    CHECK(contended > 0.25);  // two runnable threads on one CPU: about half each
   }
 
   struct Acceptor {

@@ -92,6 +92,7 @@ Result<void> Worker::start() {
             "the worker cannot tell whether the CPUs are contended (kernel without "
             "CONFIG_SCHED_INFO?); --busy-poll-us=0 silences this",
             index_);
+      if (!cpu_wait_->available()) cpu_wait_.reset();  // never gated on: the ring stays at 0
     }
     parts_ = std::make_unique<Parts>(shared_, *ring_, index_,
                                      [this] { fine_timer_.arm(*ring_, kFineTick); });
@@ -179,18 +180,18 @@ void Worker::tick(std::chrono::steady_clock::time_point now) {
   if (parts_->client) parts_->client->tick(now);
   if (parts_->server) parts_->server->tick(now);
   parts_->router.tick(now);
-  if (uint64_t errors = ring_->errors(); errors != ring_errors_seen_) {
-    parts_->ctx.counters().add(Counter::kRingErrors, errors - ring_errors_seen_);
-    logger()->error(
-        "worker {}: the kernel refused {} io_uring submissions (they failed with "
-        "EAGAIN); is the node out of memory?",
-        index_, errors - ring_errors_seen_);
-    ring_errors_seen_ = errors;
-  }
+  // The ring's own counts, added to the engine's counters as they grew.
   auto add = [&](Counter c, uint64_t now_value, uint64_t& seen) {
     parts_->ctx.counters().add(c, now_value - seen);
     seen = now_value;
   };
+  if (uint64_t errors = ring_->errors(); errors != ring_errors_seen_) {
+    logger()->error(
+        "worker {}: the kernel refused {} io_uring submissions (they failed with "
+        "EAGAIN); is the node out of memory?",
+        index_, errors - ring_errors_seen_);
+    add(Counter::kRingErrors, errors, ring_errors_seen_);
+  }
   add(Counter::kBusyPollHits, ring_->busyPollHits(), poll_hits_seen_);
   add(Counter::kBusyPollMisses, ring_->busyPollMisses(), poll_misses_seen_);
   // Connection buffers come and go in bursts; hand freed pages back so the
