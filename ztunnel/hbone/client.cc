@@ -96,7 +96,7 @@ struct Client::Impl final : StreamOwner {
     s->setAttempt(std::move(attempt));
     s->openRecord(std::move(live));
     if (l->tunnel.ready()) {
-      if (s->submit()) l->tunnel.progress();
+      if (s->submit()) l->tunnel.progressSoon();
     } else {
       l->waiting.push_back(s);
     }

@@ -204,6 +204,19 @@ void Tunnel::progress() {
   in_progress_ = false;
 }
 
+void Tunnel::progressSoon() {
+  if (in_progress_) {
+    again_ = true;
+    return;
+  }
+  if (!soon_.busy() && !closed()) soon_.soon(env_.ctx.ring);
+}
+
+void Tunnel::onSoon(const io_uring_cqe&) {
+  progress();  // nothing when closed meanwhile
+  finishIfIdle();
+}
+
 void Tunnel::step() {
   if (closed()) return;
   if (close_on_flush_ && state_ != State::kReady) {

@@ -147,6 +147,10 @@ class Tunnel {
   void abortNow(const std::string& reason);
   // Runs TLS and HTTP/2 as far as the bytes at hand allow, then writes.
   void progress();
+  // progress() once the ring's current round of completions is dispatched:
+  // what the streams produced in one round goes out in one SSL_write and
+  // one send, not a TLS record and a send each.
+  void progressSoon();
   // About once a second: deadlines, idle close, keepalive. queued: streams
   // waiting for this tunnel that it does not know yet.
   void tick(Clock::time_point now, size_t queued);
@@ -166,7 +170,7 @@ class Tunnel {
   bool flushingClose() const { return close_on_flush_; }  // closes once written
   size_t streams() const { return streams_.size(); }
   Clock::time_point created() const { return created_; }
-  bool busy() const { return recv_.busy() || send_.busy() || connect_.busy(); }
+  bool busy() const { return recv_.busy() || send_.busy() || connect_.busy() || soon_.busy(); }
   TunnelOwner& owner() { return owner_; }
   const char* side() const { return server_ ? "from" : "to"; }
 
@@ -191,6 +195,7 @@ class Tunnel {
   void onConnect(int res);
   void onRecv(const io_uring_cqe& cqe);
   void onSend(const io_uring_cqe& cqe);
+  void onSoon(const io_uring_cqe& cqe);
   StreamEnd* streamOf(int32_t id) const;
 
   TunnelEnv& env_;
@@ -235,6 +240,7 @@ class Tunnel {
   uring::Connect<&Tunnel::onConnect> connect_{this};
   uring::Op<&Tunnel::onRecv> recv_{this};
   uring::Op<&Tunnel::onSend> send_{this};
+  uring::Op<&Tunnel::onSoon> soon_{this};
 };
 
 }  // namespace sluice::ztunnel::hbone

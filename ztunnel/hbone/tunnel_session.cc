@@ -242,19 +242,19 @@ void Tunnel::respond(int32_t id, int status, bool refuse) {
   nghttp2_data_provider prd = H2Glue::provider(*s);
   if (refuse) refused_.push_back(id);
   nghttp2_submit_response(h2_.get(), id, nva, 1, refuse ? nullptr : &prd);
-  progress();
+  progressSoon();
 }
 
 void Tunnel::resume(int32_t id) {
   if (!h2_ || closed()) return;
   nghttp2_session_resume_data(h2_.get(), id);
-  progress();
+  progressSoon();
 }
 
 void Tunnel::consume(int32_t id, size_t n) {
   if (!h2_ || closed()) return;
   nghttp2_session_consume(h2_.get(), id, n);
-  progress();
+  progressSoon();
 }
 
 void Tunnel::reset(int32_t id, uint32_t error_code) {

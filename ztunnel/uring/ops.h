@@ -42,15 +42,16 @@ class Op<Method> final : public Operation {
   void send(Ring& r, int fd, const void* buf, size_t len) {
     io_uring_prep_send(start(r), fd, buf, len, MSG_NOSIGNAL);
   }
-  // shutdown(2) now, its result delivered on the next run() like any
-  // completion. Not IORING_OP_SHUTDOWN: the kernel always hands that to an
+  // shutdown(2) now, its result delivered at the end of the ring's round
+  // like any completion (Ring::defer). Not IORING_OP_SHUTDOWN: the kernel always hands that to an
   // io-wq thread (io_shutdown refuses the inline attempt), a thread wake-up
   // and a context switch per half-closed connection, where a TCP shutdown
   // only queues a FIN and never blocks.
   void shutdown(Ring& r, int fd, int how) {
     injected_ = ::shutdown(fd, how) == 0 ? 0 : -errno;
     inject_ = true;
-    io_uring_prep_nop(start(r));
+    busy_ = true;
+    r.defer(this);
   }
   void read(Ring& r, int fd, void* buf, unsigned len) {
     io_uring_prep_read(start(r), fd, buf, len, 0);
@@ -66,8 +67,12 @@ class Op<Method> final : public Operation {
     io_uring_prep_accept(s, fd, nullptr, nullptr, SOCK_CLOEXEC);
     s->ioprio |= kAcceptDontWait;
   }
-  // Completes on the next run(): work deferred out of the current completion.
-  void soon(Ring& r) { io_uring_prep_nop(start(r)); }
+  // Completes once the ring's current round of completions is dispatched
+  // (Ring::defer): work deferred out of the current completion.
+  void soon(Ring& r) {
+    busy_ = true;
+    r.defer(this);
+  }
 
   void complete(const io_uring_cqe& cqe) override {
     busy_ = (cqe.flags & IORING_CQE_F_MORE) != 0;

@@ -8,6 +8,7 @@ namespace sluice::ztunnel::uring {
 
 namespace {
 constexpr int kSubmitTries = 8;
+constexpr int kDeferRounds = 4;  // of deferred work per run()
 
 inline void cpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -181,8 +182,8 @@ Result<unsigned> Ring::run(unsigned wait_ms) {
   ts.tv_sec = wait_ms / 1000;
   ts.tv_nsec = static_cast<long long>(wait_ms % 1000) * 1000000;
   io_uring_cqe* cqe = nullptr;
-  // Completions already taken out must not wait for the timeout.
-  if (!backlog_.empty())
+  // Completions already taken out, or deferred work, must not wait.
+  if (!backlog_.empty() || !deferred_.empty())
     ts = {};
   else if (busy_poll_.count() > 0 && wait_ms > 0)
     busyPoll();
@@ -200,8 +201,21 @@ Result<unsigned> Ring::run(unsigned wait_ms) {
   batch_.swap(backlog_);  // both keep their capacity: no allocation per run
   for (const io_uring_cqe& c : batch_)
     if (auto* op = reinterpret_cast<Operation*>(c.user_data)) op->complete(c);
+  auto done = static_cast<unsigned>(batch_.size());
+  // Deferred work may defer more; a few rounds here, the rest on the next
+  // run() (which then does not wait): a cycle cannot hold the thread.
+  for (int round = 0; round < kDeferRounds && !deferred_.empty(); ++round) {
+    due_.clear();
+    due_.swap(deferred_);
+    for (Operation* op : due_) {
+      io_uring_cqe c{};
+      c.user_data = reinterpret_cast<uint64_t>(op);
+      op->complete(c);
+    }
+    done += static_cast<unsigned>(due_.size());
+  }
   if (!outcome) return outcome;
-  return static_cast<unsigned>(batch_.size());
+  return done;
 }
 
 }  // namespace sluice::ztunnel::uring

@@ -55,6 +55,11 @@ class Ring {
   // completes every available one. Returns the number completed, or the
   // ring's error (anything but a timeout or a signal).
   Result<unsigned> run(unsigned wait_ms);
+  // Completes op (res 0) once run() has dispatched the completions at hand:
+  // work deferred out of a completion to the end of the round, with no
+  // request to the kernel. Called outside run(), the next run() does not
+  // wait and completes it at its end.
+  void defer(Operation* op) { deferred_.push_back(op); }
 
   // Before sleeping for a completion, run() first polls for up to `budget`
   // (0: never): a request/response peer usually answers within tens of
@@ -81,6 +86,8 @@ class Ring {
   bool initialised_ = false;
   std::vector<io_uring_cqe> backlog_;  // taken out of the CQ, not dispatched yet
   std::vector<io_uring_cqe> batch_;    // being dispatched by run()
+  std::vector<Operation*> deferred_;   // defer(): completed at the end of run()
+  std::vector<Operation*> due_;        // deferred_ being completed
   io_uring_sqe scratch_[2]{};          // prepared and dropped when the kernel refuses
   std::atomic<uint64_t> errors_{0};
   std::chrono::microseconds busy_poll_{0};
