@@ -161,6 +161,9 @@ int64_t nowUnixMs() {
 }
 }  // namespace
 
+Records::Records(bool access_log, ConnectionObserver* observer)
+    : access_log_(access_log ? log::get("access") : nullptr), observer_(observer) {}
+
 ConnectionRecord Records::view(const LiveRecord& live) {
   ConnectionRecord r = live.rec;
   r.bytes_sent = live.sent.load(std::memory_order_relaxed);
@@ -222,7 +225,7 @@ void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bo
   }
   if (observer_) observer_->closed(live.worker, r);
   if (!access_log_) return;
-  log::get("access")->info(
+  access_log_->info(
       "{} pod={} src={} dst={} service={} path={} src_principal={} dst_principal={} mutual_tls={} "
       "sent={} received={} duration_ms={} reason={}{}",
       toString(r.direction), r.pod, r.source, r.destination,

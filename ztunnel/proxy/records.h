@@ -16,6 +16,10 @@
 
 #include "sluice/ztunnel/engine.h"
 
+namespace spdlog {
+class logger;
+}
+
 namespace sluice::ztunnel::proxy {
 
 class Counters {
@@ -59,8 +63,7 @@ struct LiveRecord {
 class Records {
  public:
   static constexpr size_t kClosedHistory = 1024;
-  Records(bool access_log, ConnectionObserver* observer)
-      : access_log_(access_log), observer_(observer) {}
+  Records(bool access_log, ConnectionObserver* observer);
 
   Counters& counters() { return counters_; }
   const Counters& counters() const { return counters_; }
@@ -98,7 +101,7 @@ class Records {
 
  private:
   static ConnectionRecord view(const LiveRecord& live);
-  bool access_log_;
+  std::shared_ptr<spdlog::logger> access_log_;  // null: no access log
   ConnectionObserver* observer_;
   Counters counters_;
   std::atomic<uint64_t> next_id_{0};

@@ -98,7 +98,9 @@ Result<void> Worker::start() {
                                      [this] { fine_timer_.arm(*ring_, kFineTick); });
     wake_.read(*ring_, wake_fd_.get(), &wake_value_, sizeof(wake_value_));
     ready.set_value({});
+    log::batchThisThread();  // an access-log line per connection: one write per round
     loop();
+    log::flushThread();
   });
   auto r = ready_future.get();
   if (!r && thread_.joinable()) thread_.join();
@@ -155,6 +157,7 @@ void Worker::loop() {
     auto now = std::chrono::steady_clock::now();
     if (cpu_wait_ && now - last_poll_gate_ >= kPollGatePeriod) gateBusyPoll(now);
     if (now - last_tick_ >= std::chrono::seconds(1)) tick(now);
+    log::flushThread();  // what this round logged, before the next wait
   }
   // Orderly teardown: wake every pending operation, let them complete (the
   // kernel must not write into buffers we free), then drop everything.
@@ -168,6 +171,7 @@ void Worker::loop() {
   while ((!idle() || !listeners_.empty()) && std::chrono::steady_clock::now() < deadline) {
     (void)ring_->run(50);
     reap();
+    log::flushThread();
   }
   drainCommands();
   parts_.reset();
