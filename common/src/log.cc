@@ -56,7 +56,9 @@ class StderrSink final : public spdlog::sinks::base_sink<std::mutex> {
       return;
     }
     t_buffer.lines.append(line.data(), line.size());
-    if (t_buffer.lines.size() >= kBatchLimit) t_buffer.flush();
+    // A warning or an error goes out at once (with what came before it): it
+    // may be the last thing the thread says.
+    if (msg.level >= spdlog::level::warn || t_buffer.lines.size() >= kBatchLimit) t_buffer.flush();
   }
   void flush_() override {}
 };

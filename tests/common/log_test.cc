@@ -16,7 +16,7 @@ class CapturedStderr {
  public:
   CapturedStderr() {
     REQUIRE(::pipe2(fds_, O_CLOEXEC) == 0);
-    REQUIRE(::fcntl(fds_[0], F_SETFL, O_NONBLOCK) == 0);  // read() takes what is there
+    REQUIRE(::fcntl(fds_[0], F_SETFL, O_NONBLOCK) == 0);            // read() takes what is there
     REQUIRE(::fcntl(fds_[1], F_SETPIPE_SZ, 1 << 20) >= (1 << 20));  // a whole test's lines
     saved_ = ::dup(STDERR_FILENO);
     REQUIRE(saved_ >= 0);
@@ -62,10 +62,11 @@ TEST_CASE("a thread that does not batch writes each line at once") {
   CHECK(out.find("[logtest-plain]") != std::string::npos);
 }
 
-TEST_CASE("a batching thread's lines wait for its flush, then arrive whole and in order") {
+TEST_CASE(
+    "a batching thread's lines wait for its flush or a warning, then arrive whole and in order") {
   CapturedStderr err;
   auto logger = sluice::log::get("logtest-batch");
-  std::string seen_before_flush, seen_after_flush;
+  std::string seen_before_flush, seen_after_flush, seen_warning;
   std::thread t([&] {
     sluice::log::batchThisThread();
     for (int i = 0; i < 100; ++i) logger->info("connection {} closed", i);
@@ -73,6 +74,9 @@ TEST_CASE("a batching thread's lines wait for its flush, then arrive whole and i
     sluice::log::flushThread();
     seen_after_flush = err.read();
     logger->info("after the flush");
+    logger->warn("a warning");  // at once, with the line before it
+    seen_warning = err.read();
+    logger->info("last words");
   });
   t.join();
   CHECK(seen_before_flush.empty());
@@ -84,8 +88,11 @@ TEST_CASE("a batching thread's lines wait for its flush, then arrive whole and i
     CHECK(at >= last);
     last = at;
   }
-  // Logged after the last flush: written when the thread ended.
-  CHECK(count(err.read(), "after the flush\n") == 1);
+  CHECK(count(seen_warning, "after the flush\n") == 1);
+  CHECK(count(seen_warning, "a warning\n") == 1);
+  CHECK(seen_warning.find("after the flush") < seen_warning.find("a warning"));
+  // Logged after the last write: written when the thread ended.
+  CHECK(count(err.read(), "last words\n") == 1);
 }
 
 TEST_CASE("a batching thread writes once 64 KiB have gathered, without a flush") {

@@ -20,11 +20,10 @@ void setup(const std::string& level, bool json = false);
 std::shared_ptr<spdlog::logger> get(const std::string& component);
 
 // From now on the lines this thread logs gather in its buffer and go out
-// with one write(2) at flushThread() (or once 64 KiB have gathered, or when
-// the thread ends). For a loop that logs a line per connection (the access
-// log) and calls flushThread() before it sleeps: lines are whole and in
-// order, and appear once the loop's round ends rather than one system call
-// each.
+// with one write(2) at flushThread() (or with a warning or an error, once
+// 64 KiB have gathered, or when the thread ends). For a loop that logs a line per connection (the
+// access log) and calls flushThread() before it sleeps: lines are whole and in order, and appear
+// once the loop's round ends rather than one system call each.
 void batchThisThread();
 void flushThread();
 
