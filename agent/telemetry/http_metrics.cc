@@ -1,6 +1,10 @@
 #include "agent/telemetry/http_metrics.h"
 
 #include <algorithm>
+#include <cassert>
+
+#include "agent/telemetry/hold_count.h"
+#include "agent/telemetry/peers.h"
 
 namespace sluice::agent::telemetry {
 
@@ -35,9 +39,33 @@ size_t bucketOf(double v) {
   return std::lower_bound(kEnvoyBuckets.begin(), kEnvoyBuckets.end(), v) - kEnvoyBuckets.begin();
 }
 
+size_t HttpMetrics::KeyHash::operator()(const Key& k) const {
+  return TcpMetrics::ViewsHash{}(k.labels) ^ (k.outcome * 0x9e3779b97f4a7c15ULL);
+}
+
 struct HttpMetrics::Series {
-  Series(std::string r, unsigned workers)
-      : rendered(std::move(r)), cells(std::make_unique<Cell[]>(workers)), workers(workers) {}
+  Series(const Key& k, const RequestRecord& r, unsigned workers)
+      : values(k.labels.begin(), k.labels.end()),
+        key{views(values), k.outcome},
+        rendered(render(values, r)),
+        cells(std::make_unique<Cell[]>(workers)),
+        workers(workers) {}
+  static TcpMetrics::LabelViews views(const std::vector<std::string>& values) {
+    TcpMetrics::LabelViews v;
+    std::copy(values.begin(), values.end(), v.begin());
+    return v;
+  }
+  static std::string render(const std::vector<std::string>& values, const RequestRecord& r) {
+    std::vector<Label> labels;
+    labels.reserve(values.size() + 2);
+    const auto& names = TcpMetrics::labelNames();
+    for (size_t i = 0; i < values.size(); ++i) labels.emplace_back(names[i], values[i]);
+    std::string code = std::to_string(r.status);  // Label views its value: keep them here
+    std::string grpc = r.grpc_status >= 0 ? std::to_string(r.grpc_status) : "";
+    labels.emplace_back("response_code", code);
+    labels.emplace_back("grpc_response_status", grpc);
+    return renderLabels(labels);
+  }
   void sum(std::atomic<uint64_t> (Cell::*field)[kBuckets], uint64_t out[kBuckets]) const {
     for (unsigned w = 0; w < workers; ++w)
       for (size_t b = 0; b < kBuckets; ++b)
@@ -48,10 +76,12 @@ struct HttpMetrics::Series {
     for (unsigned w = 0; w < workers; ++w) s += (cells[w].*field).load(std::memory_order_relaxed);
     return s;
   }
-  const std::string rendered;  // also its key
+  const std::vector<std::string> values;  // never resized: `key` views them
+  const Key key;
+  const std::string rendered;  // {reporter="source",...,grpc_response_status=""}, rendered once
   std::unique_ptr<Cell[]> cells;
   const unsigned workers;
-  std::atomic<uint32_t> cached{0};      // connections holding it (never evicted then)
+  HoldCount held;                       // the open connections counting into it
   std::atomic<int64_t> last_active{0};  // ticks() of the last request
 };
 
@@ -59,11 +89,14 @@ struct alignas(64) HttpMetrics::Worker {
   struct Conn {
     struct Entry {
       uint64_t key;
-      std::shared_ptr<Series> series[2];  // by reporter; null: not reported (or over the cap)
+      std::shared_ptr<Series> series[2];  // by reporter, held; null: not reported (or over the cap)
     };
     std::vector<Entry> outcomes;  // a handful: 200, 503, ...
   };
   std::unordered_map<uint64_t, Conn> conns;  // by connection id
+  SeriesMap cache;                           // series this worker has held (some may be dead)
+  uint64_t evictions_seen = 0;               // evicted_ when `cache` was last swept
+  std::string service;                       // scratch: the destination_service FQDN
 };
 
 HttpMetrics::HttpMetrics(HttpMetricsConfig config, const TcpMetrics& labels,
@@ -79,37 +112,46 @@ int64_t HttpMetrics::ticks(Clock::time_point t) const {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t - epoch_).count();
 }
 
-std::shared_ptr<HttpMetrics::Series> HttpMetrics::seriesFor(const ConnectionRecord& c,
-                                                            Reporter reporter,
-                                                            const RequestRecord& r) {
-  auto values = labels_.labelValues(c, reporter);
-  values[kRequestProtocolLabel] = r.protocol == AppProtocol::kGrpc ? "grpc" : "http";
-  std::vector<Label> labels;
-  const auto& names = TcpMetrics::labelNames();
-  for (size_t i = 0; i < values.size(); ++i) labels.emplace_back(names[i], values[i]);
-  std::string code = std::to_string(r.status);
-  std::string grpc = r.grpc_status >= 0 ? std::to_string(r.grpc_status) : "";
-  labels.emplace_back("response_code", code);
-  labels.emplace_back("grpc_response_status", grpc);
-  std::string rendered = renderLabels(labels);
-
-  std::lock_guard lk(mu_);
-  if (auto it = series_.find(rendered); it != series_.end()) return it->second;
-  if (series_.size() >= config_.max_series) {
-    evictIdleLocked(now_());
-    if (series_.size() >= config_.max_series) {
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      return nullptr;
-    }
+std::shared_ptr<HttpMetrics::Series> HttpMetrics::hold(Worker& w, const ConnectionRecord& c,
+                                                       Reporter reporter, const RequestRecord& r,
+                                                       const Peers& peers) {
+  Key key{labels_.labelViews(c, reporter, peers, w.service), outcomeKey(r)};
+  key.labels[kRequestProtocolLabel] = r.protocol == AppProtocol::kGrpc ? "grpc" : "http";
+  // After an eviction, drop the dead series this worker still caches.
+  if (uint64_t e = evicted_.load(std::memory_order_relaxed); e != w.evictions_seen) {
+    w.evictions_seen = e;
+    std::erase_if(w.cache, [](const auto& kv) { return kv.second->held.dead(); });
   }
-  auto s = std::make_shared<Series>(std::move(rendered), config_.workers);
-  series_.emplace(s->rendered, s);
+  if (auto it = w.cache.find(key); it != w.cache.end()) {
+    if (it->second->held.tryHold()) return it->second;
+    w.cache.erase(it);  // evicted since: the shared map has it anew, or not
+  }
+  std::shared_ptr<Series> s;
+  {
+    std::lock_guard lk(mu_);
+    if (auto it = series_.find(key); it != series_.end()) {
+      s = it->second;
+    } else {
+      if (series_.size() >= config_.max_series) evictIdleLocked(now_());
+      if (series_.size() >= config_.max_series) {
+        dropped_.fetch_add(1, std::memory_order_relaxed);
+        return nullptr;
+      }
+      s = std::make_shared<Series>(key, r, config_.workers);
+      series_.emplace(s->key, s);  // the key views the series' own values
+    }
+    // Under mu_, a series in series_ is alive: eviction (under mu_ too) sees the hold.
+    [[maybe_unused]] bool held = s->held.tryHold();
+    assert(held);
+  }
+  w.cache.emplace(s->key, s);
   return s;
 }
 
 void HttpMetrics::request(unsigned worker, const ConnectionRecord& c, const RequestRecord& r) {
   if (worker >= workers_.size()) return;
-  auto& conn = workers_[worker]->conns[c.id];
+  Worker& w = *workers_[worker];
+  auto& conn = w.conns[c.id];
   uint64_t key = outcomeKey(r);
   auto it = std::find_if(conn.outcomes.begin(), conn.outcomes.end(),
                          [&](const auto& e) { return e.key == key; });
@@ -117,10 +159,9 @@ void HttpMetrics::request(unsigned worker, const ConnectionRecord& c, const Requ
     Worker::Conn::Entry e{key, {}};
     bool handoff = c.path == ztunnel::Path::kLocalHandoff;
     bool outbound = c.direction == ztunnel::Direction::kOutbound;
-    if (handoff || outbound) e.series[0] = seriesFor(c, Reporter::kSource, r);
-    if (handoff || !outbound) e.series[1] = seriesFor(c, Reporter::kDestination, r);
-    for (auto& s : e.series)
-      if (s) s->cached.fetch_add(1, std::memory_order_relaxed);
+    Peers peers = labels_.peersOf(c);
+    if (handoff || outbound) e.series[0] = hold(w, c, Reporter::kSource, r, peers);
+    if (handoff || !outbound) e.series[1] = hold(w, c, Reporter::kDestination, r, peers);
     conn.outcomes.push_back(std::move(e));
     it = conn.outcomes.end() - 1;
   }
@@ -146,15 +187,18 @@ void HttpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
   if (it == conns.end()) return;
   for (auto& e : it->second.outcomes)
     for (auto& s : e.series)
-      if (s) s->cached.fetch_sub(1, std::memory_order_release);
+      if (s) s->held.release();
   conns.erase(it);
 }
 
 void HttpMetrics::evictIdleLocked(Clock::time_point now) {
   int64_t horizon = ticks(now) - config_.idle.count();
   std::erase_if(series_, [&](const auto& kv) {
-    return kv.second->cached.load(std::memory_order_acquire) == 0 &&
-           kv.second->last_active.load(std::memory_order_relaxed) <= horizon;
+    if (kv.second->last_active.load(std::memory_order_relaxed) > horizon) return false;
+    // Dead only if no connection holds it: a worker's later hold then fails.
+    if (!kv.second->held.tryEvict()) return false;
+    evicted_.fetch_add(1, std::memory_order_relaxed);
+    return true;
   });
 }
 

@@ -7,9 +7,13 @@
 // connection, destination for an inbound one, both for a same-node handoff.
 //
 // Data path: a connection's series are found once per (protocol, status,
-// grpc status) under a mutex and cached in the worker's own table; the
-// next request with the same outcome takes no lock and allocates nothing
-// (it adds to the worker's cells). closed() drops the cache entry.
+// grpc status) and kept with the connection; the next request with the same
+// outcome only adds to the worker's cells. The first one looks the series up
+// as TcpMetrics does: by its label values as views of the record and the
+// workload view (hashed, never rendered) in the worker's own cache, without
+// a lock or an allocation; only a label set the worker has not seen takes
+// mu_ (the shared map, where the series is created with its rendered label
+// text). A connection holds its series (HoldCount) until closed().
 // Cardinality as TcpMetrics: idle series are evicted, a cap drops new ones.
 #pragma once
 
@@ -67,8 +71,21 @@ class HttpMetrics final : public ztunnel::ConnectionObserver {
  private:
   struct Series;
   struct Worker;
-  std::shared_ptr<Series> seriesFor(const ztunnel::ConnectionRecord& c, Reporter reporter,
-                                    const ztunnel::RequestRecord& r);
+  // A series' labels: the TCP ones (request_protocol "http" or "grpc"), and
+  // the outcome (protocol, response code, grpc status) for the other two.
+  struct Key {
+    TcpMetrics::LabelViews labels;
+    uint64_t outcome;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const;
+  };
+  using SeriesMap = std::unordered_map<Key, std::shared_ptr<Series>, KeyHash>;
+  // The series of `c` as `reporter` reports `r`, held (closed() releases
+  // it), created if the cap allows; null when not. Worker `w`'s thread.
+  std::shared_ptr<Series> hold(Worker& w, const ztunnel::ConnectionRecord& c, Reporter reporter,
+                               const ztunnel::RequestRecord& r, const Peers& peers);
   void evictIdleLocked(Clock::time_point now);
   int64_t ticks(Clock::time_point t) const;
 
@@ -78,8 +95,8 @@ class HttpMetrics final : public ztunnel::ConnectionObserver {
   Clock::time_point epoch_;
   std::vector<std::unique_ptr<Worker>> workers_;
   mutable std::mutex mu_;
-  std::unordered_map<std::string_view, std::shared_ptr<Series>> series_;  // by rendered labels
-  std::atomic<uint64_t> dropped_{0};
+  SeriesMap series_;  // by label values (views of the series' own values)
+  std::atomic<uint64_t> dropped_{0}, evicted_{0};
 };
 
 // Both observers of the agent, called in order (the engine takes one).

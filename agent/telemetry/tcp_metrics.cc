@@ -6,6 +6,7 @@
 #include <cassert>
 #include <cstring>
 
+#include "agent/telemetry/hold_count.h"
 #include "agent/telemetry/peers.h"
 #include "sluice/common/addr.h"
 
@@ -50,10 +51,6 @@ void fillPeer(Values& v, size_t first, const WorkloadInfo* w, std::string_view p
   }
   v[first + 4] = principal;
 }
-
-// An open connection holds its series in `open`; eviction swaps an unheld
-// series' 0 for kDead, after which no hold succeeds.
-constexpr uint64_t kDead = uint64_t{1} << 63;
 
 }  // namespace
 
@@ -111,17 +108,13 @@ struct TcpMetrics::Series {
     for (unsigned i = 0; i < workers; ++i) sum += (cells[i].*field).load(std::memory_order_relaxed);
     return sum;
   }
-  // False when evicted (the series is gone from series_).
-  bool tryHold() { return (open.fetch_add(1, std::memory_order_acq_rel) & kDead) == 0; }
-  void release() { open.fetch_sub(1, std::memory_order_release); }
-  bool dead() const { return open.load(std::memory_order_acquire) & kDead; }
 
   const std::vector<std::string> values;  // never resized: `key` views them
   const LabelViews key;
   const std::string rendered;  // {reporter="source",...}, rendered once
   std::unique_ptr<Cell[]> cells;
   const unsigned workers;
-  std::atomic<uint64_t> open{0};        // holds (open connections); | kDead once evicted
+  HoldCount open;                       // the open connections counting into it
   std::atomic<int64_t> last_active{0};  // ticks() of the last open or close
 };
 
@@ -218,9 +211,13 @@ TcpMetrics::LabelViews TcpMetrics::labelViews(const ConnectionRecord& r, Reporte
   return v;
 }
 
+Peers TcpMetrics::peersOf(const ConnectionRecord& r) const {
+  return Peers(workloads_ ? workloads_->current() : nullptr, r, config_.cluster_id);
+}
+
 std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
                                                  Reporter reporter) const {
-  Peers peers(workloads_ ? workloads_->current() : nullptr, r, config_.cluster_id);
+  Peers peers = peersOf(r);
   std::string service;
   auto v = labelViews(r, reporter, peers, service);
   return {v.begin(), v.end()};
@@ -251,10 +248,10 @@ std::shared_ptr<TcpMetrics::Series> TcpMetrics::hold(Worker& w, const LabelViews
   // After an eviction, drop the dead series this worker still caches.
   if (uint64_t e = evicted_.load(std::memory_order_relaxed); e != w.evictions_seen) {
     w.evictions_seen = e;
-    std::erase_if(w.cache, [](const auto& kv) { return kv.second->dead(); });
+    std::erase_if(w.cache, [](const auto& kv) { return kv.second->open.dead(); });
   }
   if (auto it = w.cache.find(key); it != w.cache.end()) {
-    if (it->second->tryHold()) return it->second;
+    if (it->second->open.tryHold()) return it->second;
     w.cache.erase(it);  // evicted since: the shared map has it anew, or not
   }
   std::shared_ptr<Series> s;
@@ -263,7 +260,7 @@ std::shared_ptr<TcpMetrics::Series> TcpMetrics::hold(Worker& w, const LabelViews
     s = findOrCreateLocked(key);
     if (!s) return nullptr;
     // Under mu_, a series in series_ is alive: eviction (under mu_ too) sees the hold.
-    [[maybe_unused]] bool held = s->tryHold();
+    [[maybe_unused]] bool held = s->open.tryHold();
     assert(held);
   }
   w.cache.emplace(s->key, s);
@@ -286,7 +283,7 @@ void TcpMetrics::opened(unsigned worker, const ConnectionRecord& record) {
   Worker& w = *workers_[worker];
   Worker::Conn conn;
   int64_t now = ticks(now_());
-  Peers peers(workloads_ ? workloads_->current() : nullptr, record, config_.cluster_id);
+  Peers peers = peersOf(record);
   for (size_t i = 0; i < n; ++i) {
     auto s = hold(w, labelViews(record, reporters[i], peers, w.service));
     if (!s) continue;
@@ -296,7 +293,7 @@ void TcpMetrics::opened(unsigned worker, const ConnectionRecord& record) {
   }
   if (auto it = w.conns.find(record.id); it != w.conns.end()) {
     for (auto& s : it->second.series)
-      if (s) s->release();
+      if (s) s->open.release();
     it->second = std::move(conn);
   } else if (!w.spare.empty()) {
     auto node = std::move(w.spare.back());
@@ -346,11 +343,11 @@ void TcpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
         f->cells[worker].closed.fetch_add(1, std::memory_order_relaxed);
         f->cells[worker].failed.fetch_add(1, std::memory_order_relaxed);
         f->last_active.store(now, std::memory_order_relaxed);
-        f->release();
+        f->open.release();
       }
     }
     s->last_active.store(now, std::memory_order_relaxed);
-    s->release();
+    s->open.release();
     s.reset();
   }
   constexpr size_t kSpareNodes = 64;
@@ -366,8 +363,7 @@ void TcpMetrics::evictIdleLocked(Clock::time_point now) {
     Series& s = *kv.second;
     if (s.last_active.load(std::memory_order_relaxed) > horizon) return false;
     // Dead only if no connection holds it: a worker's later hold then fails.
-    uint64_t unheld = 0;
-    if (!s.open.compare_exchange_strong(unheld, kDead, std::memory_order_acq_rel)) return false;
+    if (!s.open.tryEvict()) return false;
     evicted_.fetch_add(1, std::memory_order_relaxed);
     removed_ = true;
     return true;
@@ -406,7 +402,7 @@ void TcpMetrics::write(TextWriter& out) {
     auto middle = sorted_.insert(sorted_.end(), fresh.begin(), fresh.end());
     std::inplace_merge(sorted_.begin(), middle, sorted_.end(), byLabels);
   }
-  if (removed) std::erase_if(sorted_, [](const auto& s) { return s->dead(); });
+  if (removed) std::erase_if(sorted_, [](const auto& s) { return s->open.dead(); });
   const auto& snap = sorted_;
   struct Family {
     const char* name;

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "agent/telemetry/exposition.h"
+#include "agent/telemetry/peers.h"
 #include "agent/telemetry/workloads.h"
 #include "sluice/ztunnel/engine.h"
 
@@ -53,8 +54,6 @@ struct TcpMetricsConfig {
 };
 
 enum class Reporter : uint8_t { kSource, kDestination };
-
-class Peers;
 
 // Istio's response_flags for how a connection ended: "-" (fine), "DENY",
 // "CONNECT", "TLS_FAILURE", "H2_HANDSHAKE_FAILURE".
@@ -85,6 +84,19 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
   std::vector<std::string> labelValues(const ztunnel::ConnectionRecord& record,
                                        Reporter reporter) const;
 
+  static constexpr size_t kLabels = 23;
+  // Label values in labelNames() order, viewing their owner's strings.
+  using LabelViews = std::array<std::string_view, kLabels>;
+  struct ViewsHash {
+    size_t operator()(const LabelViews& v) const;
+  };
+  // The workloads at both ends of `record` (views of them are valid while it lives).
+  Peers peersOf(const ztunnel::ConnectionRecord& record) const;
+  // labelValues() without a copy: views of `record`, `peers`' workloads and
+  // `service` (a scratch string, where the service FQDN is built).
+  LabelViews labelViews(const ztunnel::ConnectionRecord& record, Reporter reporter,
+                        const Peers& peers, std::string& service) const;
+
   size_t seriesCount() const;
   uint64_t seriesDropped() const { return dropped_.load(std::memory_order_relaxed); }
   uint64_t seriesEvicted() const { return evicted_.load(std::memory_order_relaxed); }
@@ -92,17 +104,7 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
  private:
   struct Series;
   struct Worker;
-  static constexpr size_t kLabels = 23;
-  // Label values in labelNames() order, viewing their owner's strings.
-  using LabelViews = std::array<std::string_view, kLabels>;
-  struct ViewsHash {
-    size_t operator()(const LabelViews& v) const;
-  };
   using SeriesMap = std::unordered_map<LabelViews, std::shared_ptr<Series>, ViewsHash>;
-  // The values of `record` as `reporter` reports it, viewing `record`,
-  // `peers`' workloads and `service` (where the service FQDN is built).
-  LabelViews labelViews(const ztunnel::ConnectionRecord& record, Reporter reporter,
-                        const Peers& peers, std::string& service) const;
   // The series of `key`, held (the caller releases it), created if the cap
   // allows; null when not. Worker `w`'s thread.
   std::shared_ptr<Series> hold(Worker& w, const LabelViews& key);

@@ -2,7 +2,9 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "telemetry_scrape.h"
@@ -135,6 +137,81 @@ TEST_SUITE("telemetry/http") {
     scrapeHttp(m);
     CHECK(m.seriesCount() == 2);
     m.closed(0, h);
+    scrapeHttp(m);
+    CHECK(m.seriesCount() == 0);
+  }
+
+  TEST_CASE(
+      "a series evicted while a worker caches it: the next connection counts into a new one") {
+    FakeClock clock;
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics m({.workers = 1, .idle = std::chrono::minutes(10)}, tcp, clock.fn());
+    auto first = outboundHbone(1);
+    m.request(0, first, httpRequest(200, 10));
+    m.closed(0, first);
+    clock.t += std::chrono::minutes(11);
+    scrapeHttp(m);  // evicts it; the worker's cache still points at it
+    CHECK(m.seriesCount() == 0);
+    auto second = outboundHbone(2);  // the same label set
+    m.request(0, second, httpRequest(200, 10));
+    m.request(0, second, httpRequest(200, 10));
+    CHECK(m.seriesCount() == 1);
+    CHECK(value(scrapeHttp(m), "istio_requests_total", {{"response_code", "200"}}) == 2);
+    // Another outcome and the same one on a third connection: found again,
+    // one series each.
+    auto third = outboundHbone(3);
+    m.request(0, third, httpRequest(200, 10));
+    m.request(0, third, httpRequest(503, 10));
+    auto all = scrapeHttp(m);
+    CHECK(value(all, "istio_requests_total", {{"response_code", "200"}}) == 3);
+    CHECK(value(all, "istio_requests_total", {{"response_code", "503"}}) == 1);
+    CHECK(m.seriesCount() == 2);
+  }
+
+  TEST_CASE("HTTP series evicted under the workers' feet: a held series keeps every count") {
+    constexpr unsigned kWorkers = 3;
+    constexpr uint64_t kConns = 3000;
+    FakeClock clock;  // fixed: with idle 0 every unheld series is evictable at once
+    TcpMetrics tcp({.workers = kWorkers}, &meshIndex());
+    HttpMetrics m({.workers = kWorkers, .idle = std::chrono::milliseconds(0)}, tcp, clock.fn());
+    std::vector<ConnectionRecord> long_lived;
+    for (unsigned w = 0; w < kWorkers; ++w) {
+      long_lived.push_back(outboundHbone((uint64_t{w} << 32) | 0xffffffff));
+      m.request(w, long_lived.back(), httpRequest(200, 10));
+    }
+    std::atomic<bool> done{false};
+    std::atomic<uint64_t> scrapes{0};
+    std::thread scraper([&] {
+      while (!done.load()) {
+        scrapeHttp(m);  // evicts every unheld series
+        scrapes++;
+      }
+    });
+    std::vector<std::thread> workers;
+    std::vector<uint64_t> iterations(kWorkers), db_ok(kWorkers);
+    for (unsigned w = 0; w < kWorkers; ++w)
+      workers.emplace_back([&, w] {
+        uint64_t i = 1;
+        for (; i <= kConns || scrapes.load() < 20; ++i) {
+          ConnectionRecord r = outboundHbone((uint64_t{w} << 32) | i);
+          r.destination_service = i % 2 ? "shop/db" : "shop/t" + std::to_string(w);
+          m.request(w, r, httpRequest(i % 3 ? 200 : 503, 10));
+          m.closed(w, r);
+          db_ok[w] += i % 2 == 1 && i % 3 != 0;
+          m.request(w, long_lived[w], httpRequest(200, 10));
+        }
+        iterations[w] = i - 1;
+      });
+    for (auto& t : workers) t.join();
+    done = true;
+    scraper.join();
+    // The long-lived connections' series (which the churn's "db" connections
+    // answered 200 share) was held throughout: every count is there.
+    uint64_t want = 0;
+    for (unsigned w = 0; w < kWorkers; ++w) want += 1 + iterations[w] + db_ok[w];
+    CHECK(value(scrapeHttp(m), "istio_requests_total",
+                {{"destination_service_name", "db"}, {"response_code", "200"}}) == want);
+    for (unsigned w = 0; w < kWorkers; ++w) m.closed(w, long_lived[w]);
     scrapeHttp(m);
     CHECK(m.seriesCount() == 0);
   }
