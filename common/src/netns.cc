@@ -48,16 +48,33 @@ Result<UniqueFd> socketInNetns(int netns_fd, int domain, int type, int protocol)
 
 Result<UniqueFd> socketInNetns(int netns_fd, const UniqueFd& home, int domain, int type,
                                int protocol) {
+  std::vector<UniqueFd> one;
+  if (auto r = socketsInNetns(netns_fd, home, domain, type, protocol, 1, one); !r)
+    return tl::unexpected(r.error());
+  return std::move(one.front());
+}
+
+Result<void> socketsInNetns(int netns_fd, const UniqueFd& home, int domain, int type, int protocol,
+                            size_t n, std::vector<UniqueFd>& out) {
   if (::setns(netns_fd, CLONE_NEWNET) != 0)
     return failErrno("setns into pod network namespace failed");
-  int fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);
-  int saved = errno;
+  size_t first = out.size();
+  int saved = 0;
+  for (size_t i = 0; i < n; ++i) {
+    int fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);
+    if (fd < 0) {
+      saved = errno;
+      break;
+    }
+    out.emplace_back(fd);
+  }
   leaveNetns(home);
-  if (fd < 0) {
+  if (out.size() - first < n) {
+    out.erase(out.begin() + static_cast<std::ptrdiff_t>(first), out.end());
     errno = saved;
     return failErrno("socket() inside pod network namespace failed");
   }
-  return UniqueFd(fd);
+  return {};
 }
 
 Result<uint64_t> netnsCookie(int netns_fd) {

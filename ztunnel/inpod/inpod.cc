@@ -201,27 +201,24 @@ Result<UniqueFd> listenIn(int netns_fd, const SockAddr& addr, bool transparent, 
   return s;
 }
 
-Result<UniqueFd> upstreamSocket(int netns_fd, const UniqueFd& home, uint32_t mark, int family,
-                                const IpAddr& bind) {
+Result<void> prepareUpstream(const UniqueFd& s, uint32_t mark, int family, const IpAddr& bind) {
   if (!bind.empty() && bind.family() != family)
     return fail(
         fmt::format("cannot bind an upstream socket of family {} to {}", family, bind.str()));
-  auto s = socketInNetns(netns_fd, home, family, SOCK_STREAM, 0);
-  if (!s) return s;
   int one = 1;
-  if (setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+  if (setsockopt(s.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
     return failErrno("SO_MARK failed");
-  setsockopt(s->get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (!bind.empty()) {
     bool v6 = family == AF_INET6;
-    if (setsockopt(s->get(), v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one,
+    if (setsockopt(s.get(), v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one,
                    sizeof(one)) != 0)
       return failErrno(v6 ? "IPV6_TRANSPARENT failed" : "IP_TRANSPARENT failed");
     SockAddr sa(bind, 0);
-    if (::bind(s->get(), sa.sa(), sa.len()) != 0)
+    if (::bind(s.get(), sa.sa(), sa.len()) != 0)
       return failErrno("binding the upstream socket to the client address failed");
   }
-  return s;
+  return {};
 }
 
 }  // namespace sluice::ztunnel::inpod

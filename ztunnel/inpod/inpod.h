@@ -25,12 +25,10 @@ Result<void> prepareNetns(int netns_fd, bool ipv6 = false);
 // connections the kernel completes before the proxy accepts them.
 Result<UniqueFd> listenIn(int netns_fd, const SockAddr& addr, bool transparent, int backlog = 4096);
 
-// An unconnected TCP socket of `family` inside the netns for an upstream
-// connection: mark, TCP_NODELAY; with `bind` (not empty, of `family`) bound
-// to that address with IP_TRANSPARENT / IPV6_TRANSPARENT (the client's
-// address on the inbound side). The calling thread is in `home`'s netns
-// (socketInNetns).
-Result<UniqueFd> upstreamSocket(int netns_fd, const UniqueFd& home, uint32_t mark, int family,
-                                const IpAddr& bind);
+// Prepares `s`, an unconnected TCP socket of `family` made inside a pod's
+// netns (socketInNetns), for an upstream connection: mark, TCP_NODELAY; with
+// `bind` (not empty, of `family`) bound to that address with IP_TRANSPARENT
+// / IPV6_TRANSPARENT (the client's address on the inbound side).
+Result<void> prepareUpstream(const UniqueFd& s, uint32_t mark, int family, const IpAddr& bind);
 
 }  // namespace sluice::ztunnel::inpod

@@ -54,7 +54,14 @@ Result<void> NetnsSockets::init() {
 
 Result<UniqueFd> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int family,
                                         const IpAddr& bind) {
-  return inpod::upstreamSocket(pod.netns.get(), home_, mark, family, bind);
+  auto s = pod.stash.take(
+      family, SocketStash::Clock::now(), [&](int fam, size_t n, std::vector<UniqueFd>& out) {
+        return socketsInNetns(pod.netns.get(), home_, fam, SOCK_STREAM, 0, n, out);
+      });
+  if (!s) return s;
+  if (auto ready = inpod::prepareUpstream(*s, mark, family, bind); !ready)
+    return tl::unexpected(ready.error());
+  return s;
 }
 
 // ---------------------------------------------------------------- Engine
@@ -174,6 +181,7 @@ void EngineImpl::removePod(const std::string& uid) {
     publishIndex();
   }
   pod->removed = true;
+  pod->stash.clear();  // its sockets would hold the netns
   // Wait until every worker has dropped the listeners: afterwards nothing
   // accepts for this pod any more.
   onEveryWorker([&uid](Worker& w) { w.removePod(uid); });

@@ -9,6 +9,7 @@
 
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
+#include "ztunnel/proxy/socket_stash.h"
 
 namespace sluice::ztunnel::proxy {
 
@@ -17,6 +18,9 @@ struct PodState {
   UniqueFd netns;
   std::atomic<unsigned> connections{0};  // open + waiting, against max_connections_per_pod
   std::atomic<bool> removed{false};
+  // Upstream sockets made in netns ahead of need (NetnsSockets); cleared
+  // when the pod is removed. mutable: taking one changes no pod state.
+  mutable SocketStash stash;
 };
 
 // Enrolled pods of this node by each of their addresses (IPv4, IPv6):

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "sluice/common/result.h"
 #include "sluice/common/unique_fd.h"
@@ -29,6 +30,9 @@ Result<UniqueFd> socketInNetns(int netns_fd, int domain, int type, int protocol)
 // the thread's netns around them), for sockets made per connection.
 Result<UniqueFd> socketInNetns(int netns_fd, const UniqueFd& home, int domain, int type,
                                int protocol);
+// `n` of them with one entry into the netns, appended to `out` (all or none).
+Result<void> socketsInNetns(int netns_fd, const UniqueFd& home, int domain, int type, int protocol,
+                            size_t n, std::vector<UniqueFd>& out);
 
 // Runs fn() with the calling thread inside netns_fd; restores the original.
 // fn must not block for long: the thread is in the pod's netns meanwhile.
