@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <unordered_map>
 
 namespace sluice::agent::telemetry {
 
@@ -25,6 +27,33 @@ class HoldCount {
  private:
   static constexpr uint64_t kDead = uint64_t{1} << 63;
   std::atomic<uint64_t> n_{0};
+};
+
+// The series a worker has held, by key (views of each series' own values,
+// `Series::key`), found without a lock. A series evicted since fails its
+// hold there; after evictions the dead entries are swept.
+template <class Key, class Series, class Hash>
+class SeriesCache {
+ public:
+  // The series of `key`, held (Series::held); null when not cached or
+  // evicted since (the caller asks the shared map). `evictions`: the
+  // owner's eviction count now.
+  std::shared_ptr<Series> hold(const Key& key, uint64_t evictions) {
+    if (evictions != evictions_seen_) {
+      evictions_seen_ = evictions;
+      std::erase_if(map_, [](const auto& kv) { return kv.second->held.dead(); });
+    }
+    if (auto it = map_.find(key); it != map_.end()) {
+      if (it->second->held.tryHold()) return it->second;
+      map_.erase(it);  // evicted since: the shared map has it anew, or not
+    }
+    return nullptr;
+  }
+  void add(const std::shared_ptr<Series>& s) { map_.emplace(s->key, s); }
+
+ private:
+  std::unordered_map<Key, std::shared_ptr<Series>, Hash> map_;
+  uint64_t evictions_seen_ = 0;
 };
 
 }  // namespace sluice::agent::telemetry

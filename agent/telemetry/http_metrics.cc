@@ -94,8 +94,7 @@ struct alignas(64) HttpMetrics::Worker {
     std::vector<Entry> outcomes;  // a handful: 200, 503, ...
   };
   std::unordered_map<uint64_t, Conn> conns;  // by connection id
-  SeriesMap cache;                           // series this worker has held (some may be dead)
-  uint64_t evictions_seen = 0;               // evicted_ when `cache` was last swept
+  SeriesCache<Key, Series, KeyHash> cache;   // series this worker has held
   std::string service;                       // scratch: the destination_service FQDN
 };
 
@@ -117,15 +116,7 @@ std::shared_ptr<HttpMetrics::Series> HttpMetrics::hold(Worker& w, const Connecti
                                                        const Peers& peers) {
   Key key{labels_.labelViews(c, reporter, peers, w.service), outcomeKey(r)};
   key.labels[kRequestProtocolLabel] = r.protocol == AppProtocol::kGrpc ? "grpc" : "http";
-  // After an eviction, drop the dead series this worker still caches.
-  if (uint64_t e = evicted_.load(std::memory_order_relaxed); e != w.evictions_seen) {
-    w.evictions_seen = e;
-    std::erase_if(w.cache, [](const auto& kv) { return kv.second->held.dead(); });
-  }
-  if (auto it = w.cache.find(key); it != w.cache.end()) {
-    if (it->second->held.tryHold()) return it->second;
-    w.cache.erase(it);  // evicted since: the shared map has it anew, or not
-  }
+  if (auto s = w.cache.hold(key, evicted_.load(std::memory_order_relaxed))) return s;
   std::shared_ptr<Series> s;
   {
     std::lock_guard lk(mu_);
@@ -144,7 +135,7 @@ std::shared_ptr<HttpMetrics::Series> HttpMetrics::hold(Worker& w, const Connecti
     [[maybe_unused]] bool held = s->held.tryHold();
     assert(held);
   }
-  w.cache.emplace(s->key, s);
+  w.cache.add(s);
   return s;
 }
 

@@ -114,7 +114,7 @@ struct TcpMetrics::Series {
   const std::string rendered;  // {reporter="source",...}, rendered once
   std::unique_ptr<Cell[]> cells;
   const unsigned workers;
-  HoldCount open;                       // the open connections counting into it
+  HoldCount held;                       // the open connections counting into it
   std::atomic<int64_t> last_active{0};  // ticks() of the last open or close
 };
 
@@ -125,9 +125,8 @@ struct alignas(64) TcpMetrics::Worker {
   using Conns = std::unordered_map<uint64_t, Conn>;
   Conns conns;                          // open connections of this worker, by record id
   std::vector<Conns::node_type> spare;  // nodes of closed connections, reused by opened()
-  SeriesMap cache;                      // series this worker has held (some may be dead)
-  uint64_t evictions_seen = 0;          // evicted_ when `cache` was last swept
-  std::string service;                  // scratch: the destination_service FQDN
+  SeriesCache<LabelViews, Series, ViewsHash> cache;  // series this worker has held
+  std::string service;                               // scratch: the destination_service FQDN
 };
 
 size_t TcpMetrics::ViewsHash::operator()(const LabelViews& v) const {
@@ -245,25 +244,17 @@ std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(const LabelVi
 }
 
 std::shared_ptr<TcpMetrics::Series> TcpMetrics::hold(Worker& w, const LabelViews& key) {
-  // After an eviction, drop the dead series this worker still caches.
-  if (uint64_t e = evicted_.load(std::memory_order_relaxed); e != w.evictions_seen) {
-    w.evictions_seen = e;
-    std::erase_if(w.cache, [](const auto& kv) { return kv.second->open.dead(); });
-  }
-  if (auto it = w.cache.find(key); it != w.cache.end()) {
-    if (it->second->open.tryHold()) return it->second;
-    w.cache.erase(it);  // evicted since: the shared map has it anew, or not
-  }
+  if (auto s = w.cache.hold(key, evicted_.load(std::memory_order_relaxed))) return s;
   std::shared_ptr<Series> s;
   {
     std::lock_guard lk(mu_);
     s = findOrCreateLocked(key);
     if (!s) return nullptr;
     // Under mu_, a series in series_ is alive: eviction (under mu_ too) sees the hold.
-    [[maybe_unused]] bool held = s->open.tryHold();
+    [[maybe_unused]] bool held = s->held.tryHold();
     assert(held);
   }
-  w.cache.emplace(s->key, s);
+  w.cache.add(s);
   return s;
 }
 
@@ -293,7 +284,7 @@ void TcpMetrics::opened(unsigned worker, const ConnectionRecord& record) {
   }
   if (auto it = w.conns.find(record.id); it != w.conns.end()) {
     for (auto& s : it->second.series)
-      if (s) s->open.release();
+      if (s) s->held.release();
     it->second = std::move(conn);
   } else if (!w.spare.empty()) {
     auto node = std::move(w.spare.back());
@@ -343,11 +334,11 @@ void TcpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
         f->cells[worker].closed.fetch_add(1, std::memory_order_relaxed);
         f->cells[worker].failed.fetch_add(1, std::memory_order_relaxed);
         f->last_active.store(now, std::memory_order_relaxed);
-        f->open.release();
+        f->held.release();
       }
     }
     s->last_active.store(now, std::memory_order_relaxed);
-    s->open.release();
+    s->held.release();
     s.reset();
   }
   constexpr size_t kSpareNodes = 64;
@@ -363,7 +354,7 @@ void TcpMetrics::evictIdleLocked(Clock::time_point now) {
     Series& s = *kv.second;
     if (s.last_active.load(std::memory_order_relaxed) > horizon) return false;
     // Dead only if no connection holds it: a worker's later hold then fails.
-    if (!s.open.tryEvict()) return false;
+    if (!s.held.tryEvict()) return false;
     evicted_.fetch_add(1, std::memory_order_relaxed);
     removed_ = true;
     return true;
@@ -402,7 +393,7 @@ void TcpMetrics::write(TextWriter& out) {
     auto middle = sorted_.insert(sorted_.end(), fresh.begin(), fresh.end());
     std::inplace_merge(sorted_.begin(), middle, sorted_.end(), byLabels);
   }
-  if (removed) std::erase_if(sorted_, [](const auto& s) { return s->open.dead(); });
+  if (removed) std::erase_if(sorted_, [](const auto& s) { return s->held.dead(); });
   const auto& snap = sorted_;
   struct Family {
     const char* name;
