@@ -69,8 +69,7 @@ Result<void> socketsInNetns(int netns_fd, const UniqueFd& home, int domain, int 
     out.emplace_back(fd);
   }
   leaveNetns(home);
-  if (out.size() - first < n) {
-    out.erase(out.begin() + static_cast<std::ptrdiff_t>(first), out.end());
+  if (out.size() == first) {  // fewer than n (out of descriptors) is fine, none is not
     errno = saved;
     return failErrno("socket() inside pod network namespace failed");
   }

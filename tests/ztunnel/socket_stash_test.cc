@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <vector>
 
 using namespace sluice;
@@ -22,12 +23,13 @@ struct Maker {
   std::vector<int> families;
   std::vector<int> made;  // every descriptor made, to check what was closed
   bool fail = false;
+  size_t cap = 64;  // makes at most this many per call (descriptors running out)
   SocketStash::Make fn() {
     return [this](int family, size_t n, std::vector<UniqueFd>& out) -> Result<void> {
       batches.push_back(n);
       families.push_back(family);
       if (fail) return fail_("no sockets today");
-      for (size_t i = 0; i < n; ++i) {
+      for (size_t i = 0; i < std::min(n, cap); ++i) {
         out.emplace_back(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
         REQUIRE(out.back().get() >= 0);
         made.push_back(out.back().get());
@@ -128,4 +130,21 @@ TEST_CASE("a failure to make sockets is the caller's error and keeps nothing") {
   CHECK(stash.stashed() == 0);
   m.fail = false;
   CHECK(stash.take(AF_INET, SocketStash::Clock::now(), m.fn()).has_value());
+}
+
+TEST_CASE("fewer sockets than the batch asked for are handed out as made") {
+  SocketStash stash;
+  Maker m;
+  m.cap = 2;
+  auto t = SocketStash::Clock::now();
+  std::vector<UniqueFd> taken;
+  for (int i = 0; i < 6; ++i) {
+    auto s = stash.take(AF_INET, t + i * 1ms, m.fn());
+    REQUIRE(s.has_value());
+    taken.push_back(std::move(*s));
+  }
+  // Asked 1, 2, 4 (2 made), then 8 (2 made: one handed out, one kept).
+  CHECK(m.batches == std::vector<size_t>{1, 2, 4, 8});
+  CHECK(m.made.size() == 7);
+  CHECK(stash.stashed() == 1);
 }

@@ -13,10 +13,7 @@ Result<UniqueFd> SocketStash::take(int family, Clock::time_point now, const Make
   if (f.fds.empty()) {
     bool burst = f.refilled != Clock::time_point{} && now - f.refilled <= kBurst;
     f.batch = burst ? std::min(f.batch * 2, kMaxBatch) : 1;
-    if (auto made = make(family, f.batch, f.fds); !made) {
-      f.fds.clear();
-      return tl::unexpected(made.error());
-    }
+    if (auto made = make(family, f.batch, f.fds); !made) return tl::unexpected(made.error());
     f.refilled = now;
     if (f.fds.empty()) return fail("no socket was made");
   }

@@ -25,7 +25,8 @@ class SocketStash {
   static constexpr std::chrono::milliseconds kBurst{50};
   static constexpr std::chrono::seconds kStale{1};
   static constexpr size_t kMaxBatch = 8;
-  // Appends `n` new sockets of `family` to `out`; all or an error.
+  // Appends up to `n` new sockets of `family` to `out` (at least one), or
+  // fails and appends none.
   using Make = std::function<Result<void>(int family, size_t n, std::vector<UniqueFd>& out)>;
 
   // A socket of `family` (AF_INET, AF_INET6), from the stash or made now.

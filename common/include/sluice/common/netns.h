@@ -30,7 +30,9 @@ Result<UniqueFd> socketInNetns(int netns_fd, int domain, int type, int protocol)
 // the thread's netns around them), for sockets made per connection.
 Result<UniqueFd> socketInNetns(int netns_fd, const UniqueFd& home, int domain, int type,
                                int protocol);
-// `n` of them with one entry into the netns, appended to `out` (all or none).
+// Up to `n` of them with one entry into the netns, appended to `out`: fewer
+// when socket() fails after the first (no descriptors left), an error when
+// none could be made.
 Result<void> socketsInNetns(int netns_fd, const UniqueFd& home, int domain, int type, int protocol,
                             size_t n, std::vector<UniqueFd>& out);
 
