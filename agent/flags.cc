@@ -86,7 +86,9 @@ FlagTable flagTable(Flags& f) {
              FlagTable::number(&f.drain_seconds, 0, 3600))
       .value("--cgroup", "DIR", "cgroup-v2 root to attach to (default: the cgroup2 mount)",
              FlagTable::into(&f.cgroup))
-      .value("--workers", "N", "proxy worker threads, 0 = one per CPU (default 0)",
+      .value("--workers", "N",
+             "proxy worker threads (default 0 = half the CPUs the agent may\n"
+             "run on, at least one: the rest are the apps')",
              FlagTable::number(&f.workers, 0, 1024))
       .value("--busy-poll-us", "US",
              "before a proxy worker sleeps waiting for traffic it polls this\n"

@@ -111,8 +111,7 @@ int runAgent(const agent::Flags& flags) {
   agent::bpf::MapOrigDstResolver resolver((*loader)->origDst(), (*loader)->origDst6());
   ztunnel::EngineConfig engine_config;
   // Fixed here: the metrics keep a shard per worker.
-  engine_config.workers =
-      flags.workers ? flags.workers : std::max(1u, std::thread::hardware_concurrency());
+  engine_config.workers = flags.workers ? flags.workers : ztunnel::defaultWorkers();
   engine_config.busy_poll = std::chrono::microseconds(flags.busy_poll_us);
   engine_config.max_connections_per_pod = flags.max_per_pod;
   engine_config.hbone_max_pending_handshakes = flags.max_pending_handshakes;

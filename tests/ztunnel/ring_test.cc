@@ -413,6 +413,61 @@ TEST_SUITE("op") {
     CHECK(s.last_res == 0);
   }
 
+  // A loopback TCP pair: recv completions carry IORING_CQE_F_SOCK_NONEMPTY.
+  struct TcpPair {
+    TcpPair() {
+      sockaddr_in addr{};
+      Fd listener = boundSocket(addr, 1);
+      client = tcpSocket();
+      REQUIRE(::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+      server = Fd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      REQUIRE(server.get() >= 0);
+    }
+    void send(const char* text) {
+      REQUIRE(::send(client.get(), text, strlen(text), MSG_NOSIGNAL) ==
+              static_cast<ssize_t>(strlen(text)));
+    }
+    Fd client, server;
+  };
+
+  TEST_CASE("recv after a recv that emptied the socket (polled first) still gets what comes") {
+    auto ring = makeRing(4);
+    TcpPair p;
+    Shutter r;
+    char buf[4];
+    auto recvOnce = [&] {
+      int before = r.calls;
+      r.op.recv(*ring, p.server.get(), buf, sizeof(buf));
+      REQUIRE(runUntil(*ring, [&] { return r.calls > before; }));
+      return std::string(buf, r.last_res > 0 ? r.last_res : 0);
+    };
+    // Six bytes through a 4-byte buffer: the first recv leaves two behind
+    // (the next one is a plain recv), the second empties the socket.
+    p.send("abcdef");
+    REQUIRE(runUntil(*ring, [&] {
+      pollfd pf{p.server.get(), POLLIN, 0};
+      return ::poll(&pf, 1, 0) == 1;
+    }));
+    CHECK(recvOnce() == "abcd");
+    CHECK(recvOnce() == "ef");
+    // Emptied: this one is polled before it is read, and data that comes
+    // later completes it.
+    std::jthread later([&] {
+      std::this_thread::sleep_for(20ms);
+      p.send("gh");
+    });
+    CHECK(recvOnce() == "gh");
+    later.join();
+    // Data already there when a polled-first recv is submitted completes it.
+    p.send("ij");
+    std::this_thread::sleep_for(10ms);
+    CHECK(recvOnce() == "ij");
+    // And the end of the stream completes one with 0.
+    ::shutdown(p.client.get(), SHUT_WR);
+    CHECK(recvOnce().empty());
+    CHECK(r.last_res == 0);
+  }
+
   // A recv armed and submitted (run(0) never polls), and a peer that sends
   // `after` from now: its completion is work that arrives during a poll.
   struct Incoming {

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -86,8 +87,7 @@ Result<void> EngineImpl::start() {
     tls_ = std::move(*contexts);
   }
   if (auto r = sockets_.init(); !r) return r;
-  unsigned n =
-      config_.workers ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
+  unsigned n = config_.workers ? config_.workers : defaultWorkers();
   shared_ = std::make_unique<EngineShared>(
       EngineShared{config_, records_, resolver_, sockets_, by_ip_, n, directory_, credentials_,
                    tls_.get(), hooks_.authorizer, hooks_.splice});
@@ -369,6 +369,15 @@ void EngineImpl::stop() {
 }  // namespace sluice::ztunnel::proxy
 
 namespace sluice::ztunnel {
+
+unsigned defaultWorkers() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  int cpus = ::sched_getaffinity(0, sizeof(allowed), &allowed) == 0
+                 ? CPU_COUNT(&allowed)
+                 : static_cast<int>(std::thread::hardware_concurrency());
+  return static_cast<unsigned>(std::max(1, cpus / 2));
+}
 
 Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver,
                                              CredentialSource* credentials,

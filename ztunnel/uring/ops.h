@@ -36,8 +36,14 @@ class Op<Method> final : public Operation {
   Op& operator=(const Op&) = delete;
 
   bool busy() const { return busy_; }
+  // A socket the last recv left empty (the peer answers later, if at all)
+  // is polled before it is read: the read the kernel would first try at
+  // submission finds nothing and only costs a socket lock.
   void recv(Ring& r, int fd, void* buf, size_t len) {
-    io_uring_prep_recv(start(r), fd, buf, len, 0);
+    io_uring_sqe* s = start(r);
+    io_uring_prep_recv(s, fd, buf, len, 0);
+    if (drained_) s->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    recv_ = true;
   }
   void send(Ring& r, int fd, const void* buf, size_t len) {
     io_uring_prep_send(start(r), fd, buf, len, MSG_NOSIGNAL);
@@ -76,6 +82,7 @@ class Op<Method> final : public Operation {
 
   void complete(const io_uring_cqe& cqe) override {
     busy_ = (cqe.flags & IORING_CQE_F_MORE) != 0;
+    if (recv_) drained_ = cqe.res > 0 && (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) == 0;
     if (inject_) {
       inject_ = false;
       io_uring_cqe done = cqe;
@@ -88,12 +95,15 @@ class Op<Method> final : public Operation {
  private:
   io_uring_sqe* start(Ring& r) {
     busy_ = true;
+    recv_ = false;
     return r.sqe(this);
   }
   static constexpr uint16_t kAcceptDontWait = 1U << 1;  // IORING_ACCEPT_DONTWAIT (6.10)
   Owner* owner_;
   bool busy_ = false;
-  bool inject_ = false;  // the completion carries injected_ (a shutdown done at once)
+  bool recv_ = false;     // the request in flight is a recv
+  bool drained_ = false;  // the last recv left the socket empty
+  bool inject_ = false;   // the completion carries injected_ (a shutdown done at once)
   int injected_ = 0;
 };
 

@@ -1,7 +1,7 @@
 // The ztunnel engine: the node's shared io_uring proxy. The agent hosts it
 // in-process; its tests drive it directly (there is no standalone binary).
 //
-// Threads: one worker per core (EngineConfig::workers), each with its own
+// Threads: EngineConfig::workers (default: half the CPUs), each with its own
 // io_uring ring and its own connections; moving bytes takes no lock, but
 // opening and closing a connection takes the connection registry's mutex
 // (for connections()). addPod / removePod / snapshots are called from
@@ -27,7 +27,7 @@
 namespace sluice::ztunnel {
 
 struct EngineConfig {
-  unsigned workers = 0;                             // 0 = one per online CPU
+  unsigned workers = 0;                             // 0 = defaultWorkers()
   std::chrono::milliseconds connect_timeout{5000};  // upstream connect deadline
   unsigned max_connections_per_pod = 4096;          // accepted beyond this are closed (counted)
   size_t buffer_bytes = 128 * 1024;  // per direction per connection, allocated while active
@@ -533,6 +533,14 @@ class Engine {
   // Stops all workers; idempotent; also done by the destructor.
   virtual void stop() = 0;
 };
+
+// The worker count when none is given: half the CPUs this process may run
+// on (its affinity mask, so a cpuset limit counts), at least one. The node's
+// apps share those CPUs with the proxy, and a worker that has to wait for a
+// CPU wakes up for fewer completions at a time: on two cores loaded by the
+// apps, one worker moved a new connection for 23% less agent CPU than two
+// (docs/performance.md, "workers").
+unsigned defaultWorkers();
 
 // A directory turns on Service load balancing; credentials + directory turn
 // on HBONE: remote meshed destinations go through mTLS tunnels, and each pod
