@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <functional>
+#include <utility>
 
 #include "sluice/common/addr.h"
 #include "ztunnel/uring/ring.h"
@@ -82,7 +83,8 @@ class Op<Method> final : public Operation {
 
   void complete(const io_uring_cqe& cqe) override {
     busy_ = (cqe.flags & IORING_CQE_F_MORE) != 0;
-    if (recv_) drained_ = cqe.res > 0 && (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) == 0;
+    if (std::exchange(recv_, false))
+      drained_ = cqe.res > 0 && (cqe.flags & IORING_CQE_F_SOCK_NONEMPTY) == 0;
     if (inject_) {
       inject_ = false;
       io_uring_cqe done = cqe;
@@ -95,7 +97,6 @@ class Op<Method> final : public Operation {
  private:
   io_uring_sqe* start(Ring& r) {
     busy_ = true;
-    recv_ = false;
     return r.sqe(this);
   }
   static constexpr uint16_t kAcceptDontWait = 1U << 1;  // IORING_ACCEPT_DONTWAIT (6.10)
