@@ -74,8 +74,8 @@ void reuse(int fd) {
 // Upstream sockets bound to the pod's own address (what its netns would give).
 class Sockets final : public proxy::SocketFactory {
  public:
-  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, int family,
-                            const IpAddr& bind) override {
+  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, int family, const IpAddr& bind,
+                            uring::SocketSetup*) override {
     UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return failErrno("socket");
     reuse(fd.get());

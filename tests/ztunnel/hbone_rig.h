@@ -115,8 +115,8 @@ inline void setBuffers(int fd, int bytes) {
 class TestSockets final : public proxy::SocketFactory {
  public:
   int buffer_bytes = 0;  // SO_SNDBUF/SO_RCVBUF when set
-  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, int family,
-                            const IpAddr& bind) override {
+  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, int family, const IpAddr& bind,
+                            uring::SocketSetup*) override {
     UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return failErrno("socket");
     if (buffer_bytes) setBuffers(fd.get(), buffer_bytes);

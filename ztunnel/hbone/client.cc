@@ -143,7 +143,7 @@ struct Client::Impl final : StreamOwner {
     if (!withinBounds(*pod, target, dst, pooled_now, why)) return nullptr;
 
     Link* l = owned.add(std::make_unique<Link>(*this, pod, SockAddr(dst.ip(), ctx.hbone_port)));
-    auto sock = ctx.sockets.upstream(*pod, SLUICE_MARK_MINE, dst.family(), {});
+    auto sock = ctx.sockets.upstream(*pod, SLUICE_MARK_MINE, dst.family(), {}, nullptr);
     if (!sock) {
       SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
                          "pod {}: cannot create a tunnel socket: {}", pod->spec.name_namespace,
@@ -283,8 +283,8 @@ struct Client::Impl final : StreamOwner {
       l.tunnel.close("connect_error");
       return;
     }
-    auto sock =
-        ctx.sockets.upstream(*l.tunnel.pod(), SLUICE_MARK_MINE, l.tunnel.remote().family(), {});
+    auto sock = ctx.sockets.upstream(*l.tunnel.pod(), SLUICE_MARK_MINE, l.tunnel.remote().family(),
+                                     {}, nullptr);
     if (!sock) {
       l.tunnel.close("socket_error");
       return;

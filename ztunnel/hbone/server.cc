@@ -156,8 +156,9 @@ struct Server::Impl final : StreamOwner {
     }
     // The app sees the client's address: the tunnel comes from the source
     // pod's IP (its socket lives in the source pod's netns), which TCP vouches for.
-    auto sock =
-        ctx.sockets.upstream(pod, SLUICE_MARK_INBOUND_APP, target->family(), t.remote().ip());
+    proxy::Upstream up;
+    auto sock = ctx.sockets.upstream(pod, SLUICE_MARK_INBOUND_APP, target->family(),
+                                     t.remote().ip(), &up.setup);
     if (!sock) {
       SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
                          "pod {}: cannot create an upstream socket: {}", pod.spec.name_namespace,
@@ -166,7 +167,8 @@ struct Server::Impl final : StreamOwner {
       return;
     }
     live->owner = &s;  // the authorization hook may reset it later
-    s.connectApp(std::move(*sock), *target);
+    up.fd = std::move(*sock);
+    s.connectApp(std::move(up), *target);
   }
 
   // --- pending handshakes ---

@@ -107,10 +107,10 @@ void Stream::fail(CloseReason reason, std::string detail) {
 
 // ------------------------------------------------------------ server
 
-void Stream::connectApp(UniqueFd sock, const SockAddr& dst) {
-  app_ = std::move(sock);
+void Stream::connectApp(proxy::Upstream sock, const SockAddr& dst) {
+  app_ = std::move(sock.fd);
   dst_ = dst;
-  connect_.start(ctx_.ring, app_.get(), dst_, ctx_.config.connect_timeout);
+  connect_.start(ctx_.ring, app_.get(), dst_, ctx_.config.connect_timeout, sock.setup);
 }
 
 void Stream::onConnected(int res) {
@@ -125,7 +125,7 @@ void Stream::onConnected(int res) {
   if (res < 0) {
     ctx_.counters().add(Counter::kConnectFailures);
     bool timeout = res == -ETIMEDOUT;
-    std::string detail = timeout ? "" : std::strerror(-res);
+    std::string detail = connect_.describe(res);
     logger()->info("pod {}: app {} not reachable: {}", pod_->spec.name_namespace,
                    formatEndpoint(dst_), timeout ? "connect_timeout" : detail);
     refuse(503, timeout ? CloseReason::kConnectTimeout : CloseReason::kConnectError,
@@ -175,6 +175,11 @@ void Stream::maybeFinish() {
   ctx_.counters().add(Counter::kClosed);
   pod_->connections--;
   if (live_) ctx_.records.close(*live_, reason_, detail_, retried_);
+  // The app's socket closes with the ring's next submission.
+  if (server_)
+    ctx_.ring.close(std::move(app_));
+  else if (attempt_)
+    ctx_.ring.close(std::move(attempt_->client));
   owner_.streamFinished(*this);
 }
 
@@ -292,6 +297,13 @@ void Stream::pipeSent(relay::Pipe& p, size_t n) {
 
 void Stream::pipeEnded(relay::Pipe&) {
   if (!closing_ && !h2_open_ && up_done_) close(false, CloseReason::kEof);
+}
+
+// The tunnel -> app EOF after the app's own EOF went out as END_STREAM:
+// both directions are over, the stream closes (h2Closed or pipeEnded) and
+// with it the app's socket, which sends the FIN.
+bool Stream::pipeSinkClosesNext(const relay::Pipe& p) const {
+  return &p == &down_ && up_.sourceEnded() && up_done_ && !closing_;
 }
 
 void Stream::pipeFailed(relay::Pipe&, int err, bool sending) {

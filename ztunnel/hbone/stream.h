@@ -71,7 +71,7 @@ class Stream final : public StreamEnd,
     h2_open_ = true;
   }
   // Connects to the app (sock made in the pod's netns), then answers 200.
-  void connectApp(UniqueFd sock, const SockAddr& dst);
+  void connectApp(proxy::Upstream sock, const SockAddr& dst);
   // Answers `status` without a body, then RST_STREAM(NO_ERROR); closes.
   void refuse(int status, CloseReason reason, std::string detail = {});
   std::string method, authority, forwarded;  // the request
@@ -107,6 +107,7 @@ class Stream final : public StreamEnd,
   void pipeEnded(relay::Pipe& p) override;
   void pipeFailed(relay::Pipe& p, int err, bool sending) override;
   void pipeIdle(relay::Pipe& p) override;
+  bool pipeSinkClosesNext(const relay::Pipe& p) const override;
 
   // l7::RequestSink
   void l7Request(const RequestRecord& r) override;

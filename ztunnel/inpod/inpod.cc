@@ -202,9 +202,6 @@ Result<UniqueFd> listenIn(int netns_fd, const SockAddr& addr, bool transparent, 
 }
 
 Result<void> prepareUpstream(const UniqueFd& s, uint32_t mark, int family, const IpAddr& bind) {
-  if (!bind.empty() && bind.family() != family)
-    return fail(
-        fmt::format("cannot bind an upstream socket of family {} to {}", family, bind.str()));
   int one = 1;
   if (setsockopt(s.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
     return failErrno("SO_MARK failed");

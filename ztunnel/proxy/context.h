@@ -13,6 +13,7 @@
 #include "sluice/ztunnel/engine.h"
 #include "ztunnel/proxy/pod.h"
 #include "ztunnel/proxy/records.h"
+#include "ztunnel/uring/ops.h"
 #include "ztunnel/uring/ring.h"
 
 namespace sluice::ztunnel::proxy {
@@ -23,11 +24,19 @@ class SocketFactory {
  public:
   // An unconnected TCP socket of `family` (AF_INET, AF_INET6) in pod's
   // netns carrying `mark`; bound to `bind` (transparent) unless empty.
+  // With `deferred`, the factory may leave the marking and binding to the
+  // connect (deferred->pending: uring::Connect queues them ahead of it).
   virtual Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, int family,
-                                    const IpAddr& bind) = 0;
+                                    const IpAddr& bind, uring::SocketSetup* deferred) = 0;
 
  protected:
   ~SocketFactory() = default;
+};
+
+// An unconnected upstream socket and what its connect does first.
+struct Upstream {
+  UniqueFd fd;
+  uring::SocketSetup setup;
 };
 
 struct WorkerContext {

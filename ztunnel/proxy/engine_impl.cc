@@ -54,12 +54,19 @@ Result<void> NetnsSockets::init() {
 }
 
 Result<UniqueFd> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int family,
-                                        const IpAddr& bind) {
+                                        const IpAddr& bind, uring::SocketSetup* deferred) {
+  if (!bind.empty() && bind.family() != family)
+    return fail(
+        fmt::format("cannot bind an upstream socket of family {} to {}", family, bind.str()));
   auto s = pod.stash.take(
       family, SocketStash::Clock::now(), [&](int fam, size_t n, std::vector<UniqueFd>& out) {
         return socketsInNetns(pod.netns.get(), home_, fam, SOCK_STREAM, 0, n, out);
       });
   if (!s) return s;
+  if (deferred && uring::socketSetupSupported()) {
+    *deferred = {true, mark, bind.empty() ? SockAddr() : SockAddr(bind, 0)};
+    return s;
+  }
   if (auto ready = inpod::prepareUpstream(*s, mark, family, bind); !ready)
     return tl::unexpected(ready.error());
   return s;

@@ -26,7 +26,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
         up_(ctx_.ring, *this, ctx_.config.buffer_bytes),
         down_(ctx_.ring, *this, ctx_.config.buffer_bytes) {}
 
-  void start(const SockAddr& dst) {
+  void start(const SockAddr& dst, const uring::SocketSetup& setup) {
     live_->owner = this;
     if (l7::shouldInspect(ctx_.config, ctx_.directory, dst)) {
       l7_ = std::make_unique<l7::Inspector>(*this, ctx_.config.http_detect_timeout);
@@ -36,7 +36,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     // connected and HTTP inspection (if on) has found it is not HTTP
     // (EngineHooks::splice).
     if (ctx_.splice && target_) splice_ = Splice::kPending;
-    connect_.start(ctx_.ring, upstream_.get(), dst, ctx_.config.connect_timeout);
+    connect_.start(ctx_.ring, upstream_.get(), dst, ctx_.config.connect_timeout, setup);
   }
   // Continues a connection frozen by the predecessor agent.
   void resume(ConnectionFd& c) {
@@ -94,12 +94,15 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   bool involves(const std::string& uid) const {
     return pod_->spec.uid == uid || (target_ && target_->spec.uid == uid);
   }
-  // The ring is done with it: count it closed and write its record.
+  // The ring is done with it: count it closed, write its record and close
+  // its sockets with the ring's next submission (none if thaw() took them).
   void finish() {
     ctx_.counters().sub(Counter::kActive);
     ctx_.counters().add(Counter::kClosed);
     pod_->connections--;
     ctx_.records.close(*live_, reason_, std::move(detail_), retried_);
+    ctx_.ring.close(std::move(client_));
+    ctx_.ring.close(std::move(upstream_));
   }
 
   void abort(CloseReason reason, std::string detail = {}) override {
@@ -137,7 +140,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
       ctx_.counters().add(Counter::kConnectFailures);
       CloseReason why =
           res == -ETIMEDOUT ? CloseReason::kConnectTimeout : CloseReason::kConnectError;
-      std::string detail = res == -ETIMEDOUT ? "" : std::strerror(-res);
+      std::string detail = connect_.describe(res);
       // A Service connection moves to another endpoint; the app never
       // notices (nothing was read from it yet).
       if (attempt_ && attempt_->isService()) {
@@ -223,6 +226,12 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   void pipeEnded(relay::Pipe&) override {
     if (up_.sinkDone() && down_.sinkDone()) close(false, CloseReason::kEof);
   }
+  // The last EOF: the other pipe read its source (this sink's socket) to
+  // the end and has shut its own sink down; close() follows.
+  bool pipeSinkClosesNext(const relay::Pipe& p) const override {
+    const relay::Pipe& other = &p == &up_ ? down_ : up_;
+    return other.sourceEnded() && other.sinkDone() && !closing_;
+  }
   void pipeFailed(relay::Pipe&, int err, bool sending) override {
     if (err == -ECONNRESET || (sending && err == -EPIPE))
       close(true, CloseReason::kReset);
@@ -257,18 +266,18 @@ PlainUpstream::PlainUpstream(WorkerContext& ctx) : ctx_(ctx) {}
 PlainUpstream::~PlainUpstream() = default;
 
 void PlainUpstream::open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodState> pod,
-                         std::shared_ptr<PodState> target, UniqueFd client, UniqueFd upstream,
+                         std::shared_ptr<PodState> target, UniqueFd client, Upstream upstream,
                          const SockAddr& dst, std::unique_ptr<Attempt> attempt) {
   live->worker = ctx_.worker;
   ctx_.records.open(live);
   pod->connections++;
   ctx_.counters().add(Counter::kActive);
-  auto c =
-      std::make_unique<PlainConnection>(*this, std::move(live), std::move(pod), std::move(target),
-                                        std::move(client), std::move(upstream), std::move(attempt));
+  auto c = std::make_unique<PlainConnection>(*this, std::move(live), std::move(pod),
+                                             std::move(target), std::move(client),
+                                             std::move(upstream.fd), std::move(attempt));
   PlainConnection* raw = c.get();
   conns_.emplace(raw, std::move(c));
-  raw->start(dst);
+  raw->start(dst, upstream.setup);
 }
 
 void PlainUpstream::adopt(ConnectionFd c, std::shared_ptr<PodState> pod,

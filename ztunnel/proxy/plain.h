@@ -29,7 +29,7 @@ class PlainUpstream {
   // `pod` is the listener's pod; `target` the destination pod of a handoff.
   // An outbound connection carries its attempt (a Service may retry).
   void open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodState> pod,
-            std::shared_ptr<PodState> target, UniqueFd client, UniqueFd upstream,
+            std::shared_ptr<PodState> target, UniqueFd client, Upstream upstream,
             const SockAddr& dst, std::unique_ptr<Attempt> attempt);
 
   // An upgrade: continues a connection frozen by the predecessor (`pod`,

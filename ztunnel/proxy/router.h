@@ -55,7 +55,7 @@ class Router final : public AttemptSink {
   bool deny(const std::shared_ptr<LiveRecord>& live);
   // A socket of `family` in `in`'s netns, bound to `bind` unless empty; a
   // failure is counted and logged (rate-limited).
-  std::optional<UniqueFd> upstreamSocket(const PodState& in, uint32_t mark, int family,
+  std::optional<Upstream> upstreamSocket(const PodState& in, uint32_t mark, int family,
                                          const IpAddr& bind);
   std::shared_ptr<LiveRecord> record(Direction d, Path p, const PodState& pod,
                                      const SockAddr& source, const SockAddr& dst);

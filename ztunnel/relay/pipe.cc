@@ -102,7 +102,10 @@ void Pipe::pump() {
       }
     }
     if (eof_) {
-      shut_.shutdown(ring_, dst_, SHUT_WR);
+      if (owner_.pipeSinkClosesNext(*this))
+        shut_.soon(ring_);
+      else
+        shut_.shutdown(ring_, dst_, SHUT_WR);
       return;
     }
   }
@@ -186,8 +189,9 @@ void Pipe::onSend(const io_uring_cqe& cqe) {
 }
 
 void Pipe::onShutdown(const io_uring_cqe&) {
-  // shutdown(2) was called when the request was made (uring::Op::shutdown):
-  // done, even for a frozen pipe, whose successor then does not do it again.
+  // shutdown(2) was called when the request was made (uring::Op::shutdown),
+  // or skipped for the owner's close (pipeSinkClosesNext): done, even for a
+  // frozen pipe, whose successor then does not do it again.
   shut_done_ = true;
   if (stopped_) return settle();
   owner_.pipeEnded(*this);

@@ -44,6 +44,11 @@ class PipeOwner {
   virtual void pipeEnded(Pipe& p) = 0;            // EOF reached the sink (shutdown done)
   virtual void pipeFailed(Pipe& p, int err, bool sending) = 0;  // -errno of recv or send
   virtual void pipeIdle(Pipe&) {}  // stopped, and its last request just completed
+  // Whether the owner closes the sink's socket right after this pipe's EOF
+  // reaches it (the socket's other direction is over): then that close
+  // sends the FIN, and the pipe skips shutdown(2) (a system call per
+  // connection) and reports pipeEnded at once.
+  virtual bool pipeSinkClosesNext(const Pipe&) const { return false; }
 
  protected:
   ~PipeOwner() = default;

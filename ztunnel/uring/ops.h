@@ -6,11 +6,15 @@
 
 #include <linux/time_types.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <functional>
+#include <string>
 #include <utility>
 
 #include "sluice/common/addr.h"
@@ -108,10 +112,32 @@ class Op<Method> final : public Operation {
   int injected_ = 0;
 };
 
-// A TCP connect bounded by a deadline (connect linked to a link timeout).
-// Calls (owner->*Done)(res) once both requests are back: res is 0,
-// -ETIMEDOUT when the deadline passed, -ECANCELED when cancelled, or the
-// connect's -errno.
+// What a fresh upstream socket needs before its connect: SO_MARK and
+// TCP_NODELAY, and for a transparent one IP(V6)_TRANSPARENT and a bind to
+// `bind` (port 0). Connect::start queues it ahead of the connect, linked,
+// in the same submission instead of a system call each (kernel 6.11+:
+// socketSetupSupported()). `pending` false: done already.
+struct SocketSetup {
+  bool pending = false;
+  uint32_t mark = 0;
+  SockAddr bind;  // empty: not transparent
+};
+
+// Whether this kernel's io_uring has what SocketSetup needs
+// (IORING_OP_URING_CMD setsockopt and IORING_OP_BIND); probed once.
+bool socketSetupSupported();
+
+// Fill one submission entry (kernel 6.7+ / 6.11+ layouts; liburing 2.3
+// has no helpers for them).
+void prepSetsockopt(io_uring_sqe* s, int fd, int level, int name, const int* value);
+void prepBind(io_uring_sqe* s, int fd, const SockAddr& addr);
+
+// A TCP connect bounded by a deadline (connect linked to a link timeout),
+// after the socket's SocketSetup when that is pending (linked ahead: a
+// failed step fails the connect). Calls (owner->*Done)(res) once every
+// request is back: res is 0, -ETIMEDOUT when the deadline passed,
+// -ECANCELED when cancelled, a failed setup step's -errno (failedStep()
+// names it), or the connect's -errno.
 template <auto Done>
 class Connect;
 template <class Owner, void (Owner::*Done)(int)>
@@ -122,44 +148,96 @@ class Connect<Done> final {
   Connect& operator=(const Connect&) = delete;
 
   bool busy() const { return pending_ > 0; }
-  void start(Ring& r, int fd, const SockAddr& dst, std::chrono::milliseconds deadline) {
+  void start(Ring& r, int fd, const SockAddr& dst, std::chrono::milliseconds deadline,
+             const SocketSetup& setup = {}) {
     addr_ = dst;
     timeout_ = toTimespec(deadline);
-    io_uring_sqe* s[2];
-    Operation* ops[2] = {&connect_, &timer_};
-    r.sqes(s, ops, 2);
-    io_uring_prep_connect(s[0], fd, addr_.sa(), addr_.len());
-    s[0]->flags |= IOSQE_IO_LINK;  // the next entry bounds this one
-    io_uring_prep_link_timeout(s[1], &timeout_, 0);
-    pending_ = 2;
     connect_res_ = 0;
     expired_ = false;
+    failed_step_ = nullptr;
+    setup_res_ = 0;
+    unsigned steps = 0;
+    if (setup.pending) {
+      mark_ = setup.mark;
+      bind_ = setup.bind;
+      steps = bind_.empty() ? 2 : 4;
+    }
+    io_uring_sqe* s[kSteps + 2];
+    Operation* ops[kSteps + 2];
+    for (unsigned i = 0; i < steps; ++i) ops[i] = &steps_[i];
+    ops[steps] = &connect_;
+    ops[steps + 1] = &timer_;
+    r.sqes(s, ops, steps + 2);
+    if (steps > 0) {
+      prepSetsockopt(s[0], fd, SOL_SOCKET, SO_MARK, reinterpret_cast<const int*>(&mark_));
+      prepSetsockopt(s[1], fd, IPPROTO_TCP, TCP_NODELAY, &one_);
+    }
+    if (steps > 2) {
+      bool v6 = bind_.isV6();
+      prepSetsockopt(s[2], fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT,
+                     &one_);
+      prepBind(s[3], fd, bind_);
+    }
+    for (unsigned i = 0; i < steps; ++i) s[i]->flags |= IOSQE_IO_LINK;
+    io_uring_prep_connect(s[steps], fd, addr_.sa(), addr_.len());
+    s[steps]->flags |= IOSQE_IO_LINK;  // the next entry bounds this one
+    io_uring_prep_link_timeout(s[steps + 1], &timeout_, 0);
+    pending_ = static_cast<int>(steps) + 2;
+  }
+  // The setup step that failed the last start ("SO_MARK", "bind" ...), or null.
+  const char* failedStep() const { return failed_step_; }
+  // The outcome `res` for a record or a log line: empty for a timeout.
+  std::string describe(int res) const {
+    if (res == -ETIMEDOUT) return {};
+    if (failed_step_) return std::string(failed_step_) + " failed: " + std::strerror(-res);
+    return std::strerror(-res);
   }
 
  private:
+  static constexpr unsigned kSteps = 4;
+  static constexpr int kConnect = -1, kTimer = -2;  // Part::which; >= 0: a setup step
   struct Part final : Operation {
+    Part(Connect* c_, int w) : c(c_), which(w) {}
     Connect* c;
-    bool timer;
-    Part(Connect* c_, bool t) : c(c_), timer(t) {}
-    void complete(const io_uring_cqe& cqe) override { c->part(timer, cqe.res); }
+    int which;
+    void complete(const io_uring_cqe& cqe) override { c->part(which, cqe.res); }
   };
-  void part(bool timer, int res) {
-    if (timer)
+  static const char* stepName(int which, bool v6) {
+    static constexpr const char* kNames[] = {"SO_MARK", "TCP_NODELAY", "IP_TRANSPARENT", "bind"};
+    return which == 2 && v6 ? "IPV6_TRANSPARENT" : kNames[which];
+  }
+  void part(int which, int res) {
+    if (which == kTimer) {
       expired_ = res == -ETIME;
-    else
+    } else if (which == kConnect) {
       connect_res_ = res;
+    } else if (res < 0 && res != -ECANCELED && !failed_step_) {
+      failed_step_ = stepName(which, bind_.isV6());
+      setup_res_ = res;
+    }
     if (--pending_ > 0) return;
     int out = connect_res_;
-    if (out == -ECANCELED && expired_) out = -ETIMEDOUT;
+    if (out == -ECANCELED && failed_step_)
+      out = setup_res_;  // the chain broke before the connect
+    else if (out == -ECANCELED && expired_)
+      out = -ETIMEDOUT;
+    if (out != setup_res_) failed_step_ = nullptr;
     (owner_->*Done)(out);
   }
   Owner* owner_;
-  Part connect_{this, false}, timer_{this, true};
-  SockAddr addr_;                // read by the kernel until the connect completes
-  __kernel_timespec timeout_{};  // likewise
+  Part connect_{this, kConnect}, timer_{this, kTimer};
+  std::array<Part, kSteps> steps_{{{this, 0}, {this, 1}, {this, 2}, {this, 3}}};
+  // Read by the kernel until the requests complete:
+  SockAddr addr_;
+  __kernel_timespec timeout_{};
+  uint32_t mark_ = 0;
+  SockAddr bind_;
+  const int one_ = 1;
   int pending_ = 0;
   int connect_res_ = 0;
+  int setup_res_ = 0;
   bool expired_ = false;
+  const char* failed_step_ = nullptr;
 };
 
 // A one-shot timer that calls its owner back. The owner outlives it (a

@@ -47,7 +47,14 @@ Result<std::unique_ptr<Ring>> Ring::create(unsigned entries, unsigned cq_entries
 }
 
 Ring::~Ring() {
-  if (initialised_) io_uring_queue_exit(&ring_);
+  if (!initialised_) return;
+  // Closes queued and not taken by the kernel yet: done here. Nothing else
+  // queued is submitted (its owner may be gone).
+  for (unsigned i = io_uring_smp_load_acquire(ring_.sq.khead); i != ring_.sq.sqe_tail; ++i) {
+    const io_uring_sqe& s = ring_.sq.sqes[i & ring_.sq.ring_mask];
+    if (s.opcode == IORING_OP_CLOSE) ::close(s.fd);
+  }
+  io_uring_queue_exit(&ring_);
 }
 
 void Ring::stash() {
@@ -109,6 +116,15 @@ void Ring::sqes(io_uring_sqe** out, Operation* const* ops, unsigned n) {
 void Ring::cancelFd(int fd) {
   if (fd < 0) return;
   io_uring_prep_cancel_fd(sqe(nullptr), fd, IORING_ASYNC_CANCEL_ALL);
+}
+
+void Ring::close(UniqueFd fd) {
+  if (!fd) return;
+  if (!makeRoom(1)) return;  // fd's destructor closes it now
+  io_uring_sqe* s = io_uring_get_sqe(&ring_);
+  io_uring_prep_close(s, fd.release());
+  io_uring_sqe_set_data(s, nullptr);
+  s->flags |= IOSQE_CQE_SKIP_SUCCESS;  // a failure (never expected) is a null completion
 }
 
 void Ring::closeNow(UniqueFd& owned) {

@@ -51,6 +51,11 @@ class Ring {
   // forced closes under a flood, where waiting a ring round trip per
   // descriptor lets the flood outrun the bound.
   void closeNow(UniqueFd& fd);
+  // Closes fd with the ring's next submission (IORING_OP_CLOSE): no
+  // close(2) of its own. For a descriptor no request is in flight on; it
+  // stays open (its number taken) until then. One the ring never submits
+  // (it is destroyed first) is closed by the destructor.
+  void close(UniqueFd fd);
   // Submits and waits for at least one completion (or the timeout), then
   // completes every available one. Returns the number completed, or the
   // ring's error (anything but a timeout or a signal).

@@ -1,0 +1,177 @@
+// The ring's socket chores that replace a system call per connection: an
+// upstream socket's setup (mark, TCP_NODELAY, transparent bind) linked ahead
+// of its connect, and closes queued with the next submission. Root: SO_MARK
+// and IP_TRANSPARENT need CAP_NET_ADMIN. Kernel 6.11+ for the setup.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <memory>
+#include <utility>
+
+#include "sluice/common/unique_fd.h"
+#include "ztunnel/uring/ops.h"
+#include "ztunnel/uring/ring.h"
+
+using namespace sluice;
+using namespace sluice::ztunnel::uring;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<Ring> makeRing() {
+  auto r = Ring::create(8);
+  REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+  return std::move(*r);
+}
+
+UniqueFd tcpSocket(int family = AF_INET) {
+  UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(fd);
+  return fd;
+}
+
+// A loopback listener on a free port.
+UniqueFd listener(SockAddr& at) {
+  UniqueFd fd = tcpSocket();
+  SockAddr any(IpAddr::v4(htonl(INADDR_LOOPBACK)), 0);
+  REQUIRE(::bind(fd.get(), any.sa(), any.len()) == 0);
+  REQUIRE(::listen(fd.get(), 8) == 0);
+  sockaddr_storage raw{};
+  socklen_t len = sizeof(raw);
+  REQUIRE(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&raw), &len) == 0);
+  at = SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&raw), len);
+  return fd;
+}
+
+bool readable(int fd, int ms) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, ms) == 1;
+}
+
+std::pair<UniqueFd, UniqueFd> socketPair() {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  return {UniqueFd(sv[0]), UniqueFd(sv[1])};
+}
+
+// The peer closed: fd reads its end within a second.
+bool endSeen(int fd) {
+  char c;
+  return readable(fd, 1000) && ::read(fd, &c, 1) == 0;
+}
+
+struct Dialer {
+  int result = 1;
+  int calls = 0;
+  void done(int res) {
+    result = res;
+    ++calls;
+  }
+  Connect<&Dialer::done> connect{this};
+};
+
+void runUntilDone(Ring& ring, const Dialer& d) {
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (d.calls == 0 && std::chrono::steady_clock::now() < deadline) REQUIRE(ring.run(10));
+  REQUIRE(d.calls == 1);
+}
+
+int intOption(int fd, int level, int name) {
+  int v = -1;
+  socklen_t len = sizeof(v);
+  REQUIRE(::getsockopt(fd, level, name, &v, &len) == 0);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("this kernel sets sockets up through the ring (the engine falls back to syscalls if not)") {
+  REQUIRE_MESSAGE(socketSetupSupported(),
+                  "io_uring here lacks IORING_OP_BIND / socket setsockopt (kernel 6.11+)");
+}
+
+TEST_CASE("a pending setup marks, sets TCP_NODELAY and binds transparently before the connect") {
+  auto ring = makeRing();
+  SockAddr at;
+  UniqueFd l = listener(at);
+  UniqueFd s = tcpSocket();
+  // 127.0.0.9 is local anyway; the transparent bind is what a pod's
+  // inbound delivery does with the client's (non-local) address.
+  SocketSetup setup{true, 0x5a5a, SockAddr(IpAddr::v4(htonl(0x7f000009)), 0)};
+  Dialer d;
+  d.connect.start(*ring, s.get(), at, 2000ms, setup);
+  runUntilDone(*ring, d);
+  CHECK(d.result == 0);
+  CHECK(d.connect.failedStep() == nullptr);
+  CHECK(intOption(s.get(), SOL_SOCKET, SO_MARK) == 0x5a5a);
+  CHECK(intOption(s.get(), IPPROTO_TCP, TCP_NODELAY) == 1);
+  CHECK(intOption(s.get(), SOL_IP, IP_TRANSPARENT) == 1);
+  sockaddr_in peer{};
+  socklen_t len = sizeof(peer);
+  UniqueFd accepted(::accept(l.get(), reinterpret_cast<sockaddr*>(&peer), &len));
+  REQUIRE(accepted);
+  CHECK(ntohl(peer.sin_addr.s_addr) == 0x7f000009);  // the listener sees the bound address
+
+  SUBCASE("without a bind address: mark and TCP_NODELAY only") {
+    UniqueFd plain = tcpSocket();
+    Dialer d2;
+    d2.connect.start(*ring, plain.get(), at, 2000ms, SocketSetup{true, 7, {}});
+    runUntilDone(*ring, d2);
+    CHECK(d2.result == 0);
+    CHECK(intOption(plain.get(), SOL_SOCKET, SO_MARK) == 7);
+    CHECK(intOption(plain.get(), IPPROTO_TCP, TCP_NODELAY) == 1);
+    CHECK(intOption(plain.get(), SOL_IP, IP_TRANSPARENT) == 0);
+  }
+}
+
+TEST_CASE("a failed setup step fails the connect with its error and names it, and no SYN is sent") {
+  auto ring = makeRing();
+  SockAddr at;
+  UniqueFd l = listener(at);
+  UniqueFd s = tcpSocket();  // IPv4: IPV6_TRANSPARENT on it is refused
+  IpAddr v6 = IpAddr::v6(in6addr_loopback);
+  Dialer d;
+  d.connect.start(*ring, s.get(), at, 2000ms, SocketSetup{true, 1, SockAddr(v6, 0)});
+  runUntilDone(*ring, d);
+  CHECK(d.result < 0);
+  CHECK(d.result != -ECANCELED);
+  REQUIRE(d.connect.failedStep() != nullptr);
+  CHECK(std::string(d.connect.failedStep()) == "IPV6_TRANSPARENT");
+  CHECK(d.connect.describe(d.result).rfind("IPV6_TRANSPARENT failed: ", 0) == 0);
+  CHECK_FALSE(readable(l.get(), 100));  // nothing to accept
+
+  SUBCASE("the next start of the same Connect reports afresh") {
+    UniqueFd fresh = tcpSocket();
+    d.calls = 0;
+    d.connect.start(*ring, fresh.get(), at, 2000ms, SocketSetup{true, 1, {}});
+    runUntilDone(*ring, d);
+    CHECK(d.result == 0);
+    CHECK(d.connect.failedStep() == nullptr);
+  }
+}
+
+TEST_CASE("close through the ring: the peer sees the end after the next submission") {
+  auto [mine, peer] = socketPair();
+  auto ring = makeRing();
+  ring->close(std::move(mine));
+  CHECK_FALSE(mine);
+  CHECK_FALSE(readable(peer.get(), 0));  // queued, not submitted yet
+  REQUIRE(ring->run(0));
+  CHECK(endSeen(peer.get()));
+
+  SUBCASE("a close the ring never submitted is done by its destructor") {
+    auto [a, b] = socketPair();
+    auto other = makeRing();
+    other->close(std::move(a));
+    other.reset();
+    CHECK(endSeen(b.get()));
+  }
+}
