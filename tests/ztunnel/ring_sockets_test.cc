@@ -93,7 +93,8 @@ int intOption(int fd, int level, int name) {
 
 }  // namespace
 
-TEST_CASE("this kernel sets sockets up through the ring (the engine falls back to syscalls if not)") {
+TEST_CASE(
+    "this kernel sets sockets up through the ring (the engine falls back to syscalls if not)") {
   REQUIRE_MESSAGE(socketSetupSupported(),
                   "io_uring here lacks IORING_OP_BIND / socket setsockopt (kernel 6.11+)");
 }

@@ -7,14 +7,15 @@ namespace sluice::ztunnel::uring {
 
 namespace {
 // Not in Debian 12's kernel headers (6.1): the kernel's own values.
-constexpr uint8_t kOpBind = 56;                // IORING_OP_BIND (6.11)
-constexpr uint32_t kSocketSetsockopt = 3;      // SOCKET_URING_OP_SETSOCKOPT (6.7)
+constexpr uint8_t kOpBind = 56;            // IORING_OP_BIND (6.11)
+constexpr uint32_t kSocketSetsockopt = 3;  // SOCKET_URING_OP_SETSOCKOPT (6.7)
 
 bool probe() {
   io_uring_probe* p = io_uring_get_probe();
   if (!p) return false;
   // BIND came after the socket commands: a kernel with it has both.
-  bool ok = io_uring_opcode_supported(p, kOpBind) && io_uring_opcode_supported(p, IORING_OP_URING_CMD);
+  bool ok =
+      io_uring_opcode_supported(p, kOpBind) && io_uring_opcode_supported(p, IORING_OP_URING_CMD);
   io_uring_free_probe(p);
   return ok;
 }
