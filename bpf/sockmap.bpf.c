@@ -387,7 +387,7 @@ static __always_inline int splice_send(struct bpf_sock *sk, struct sluice_splice
 	}
 	splice_count(SLUICE_SPLICE_BYTES, size);
 	struct sock *target = redirect_target(msg);
-	if (queued_at(target) > SLUICE_SOCKMAP_QUEUE_LIMIT) {
+	if (queued_at(target) > SLUICE_SPLICE_QUEUE_LIMIT) {
 		/* Y fell behind: this send still queues for Y; from the next on
 		 * X sends to the proxy's socket again (its own hop, bounded as
 		 * any) and the proxy relays, its hop to Y bounded in turn. Y

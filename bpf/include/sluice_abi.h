@@ -168,12 +168,19 @@ enum sluice_msg_path {
  * sender on TCP redirects again once its reader has caught up: every byte
  * it sent over TCP acknowledged and read, and under half the bound waiting
  * (sluice_redir_target_v1 remembers the reader). A spliced app -> app send
- * that finds more than the bound waiting for the peer app is handed back:
+ * that finds more than SLUICE_SPLICE_QUEUE_LIMIT waiting for the peer app is handed back:
  * X's later sends go to the proxy's socket again (its own hop, bounded as
  * any), the proxy relays, and its hop to the slow app is bounded in turn; X
  * switches straight to Y again once the proxy has written on all it sent
  * and under half the bound waits for Y (sluice_splice_peer_v1 remembers Y). */
 #define SLUICE_SOCKMAP_QUEUE_LIMIT (4u << 20)
+/* A spliced pair's bound is larger: a hand-back puts the proxy, the slowest
+ * part of the path, back in it, and a sender that never pauses is not seen
+ * caught up again while it runs (docs/performance.md, stop 31). 16 MiB is
+ * what one plain TCP connection may hold in its buffers (tcp_rmem max
+ * 6 MiB + tcp_wmem max 4 MiB, both ends) with room for a reader that is
+ * descheduled a few milliseconds. */
+#define SLUICE_SPLICE_QUEUE_LIMIT (16u << 20)
 
 /* sluice_hop_behind_v1 (LRU hash, key: an app socket's sockhash key, value
  * __u8 1): the proxy's hop socket sending to that app is on TCP

@@ -345,8 +345,9 @@ inline StoppedReader stoppedReader(int from, int to, uint64_t bound) {
 
 // What a stopped reader's writer may queue before the kernel pushes back:
 // the redirect queues of both hops (SLUICE_SOCKMAP_QUEUE_LIMIT and one send
-// each), the loopback TCP buffers after them (tcp_rmem/tcp_wmem maxima,
-// 6 + 4 MiB per hop) and the relay's buffer, with room to spare.
+// each; a spliced pair first fills SLUICE_SPLICE_QUEUE_LIMIT), the loopback
+// TCP buffers after them (tcp_rmem/tcp_wmem maxima, 6 + 4 MiB per hop) and
+// the relay's buffer, with room to spare.
 inline constexpr uint64_t kPushBackWithin = 64 * kMiB;
 
 // What every stopped-reader case asserts: pushed back after more than the

@@ -311,7 +311,7 @@ TEST_SUITE("sockmap.splice") {
     PatternStream st{ch.client.get(), ch.server.get()};
     // Straight to the server, which does not read: past the bound the
     // client goes back to the proxy.
-    st.sendUpTo(5 * kMiB);
+    st.sendUpTo(SLUICE_SPLICE_QUEUE_LIMIT + kMiB);
     REQUIRE(stat4(ch.bpf, SLUICE_STAT4_SPLICE_BEHIND) == 1);
     CHECK(spliceStat(ch.bpf, SLUICE_SPLICE_SWITCHED) == 1);
     CHECK(splicedBytes(ch.bpf, ch.client_key) < st.sent);
