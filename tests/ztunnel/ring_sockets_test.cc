@@ -159,6 +159,22 @@ TEST_CASE("a failed setup step fails the connect with its error and names it, an
   }
 }
 
+TEST_CASE("a chain the ring refuses fails with EAGAIN, blamed on no setup step") {
+  auto r = Ring::create(4);  // 4 setup steps + connect + timeout never fit
+  REQUIRE(r.has_value());
+  auto ring = std::move(*r);
+  SockAddr at;
+  UniqueFd l = listener(at);
+  UniqueFd s = tcpSocket();
+  Dialer d;
+  d.connect.start(*ring, s.get(), at, 2000ms,
+                  SocketSetup{true, 1, SockAddr(IpAddr::v4(htonl(0x7f000009)), 0)});
+  runUntilDone(*ring, d);
+  CHECK(d.result == -EAGAIN);
+  CHECK(d.connect.failedStep() == nullptr);
+  CHECK(ring->errors() == 6);
+}
+
 TEST_CASE("close through the ring: the peer sees the end after the next submission") {
   auto [mine, peer] = socketPair();
   auto ring = makeRing();

@@ -219,9 +219,9 @@ class Connect<Done> final {
     int out = connect_res_;
     if (out == -ECANCELED && failed_step_)
       out = setup_res_;  // the chain broke before the connect
-    else if (out == -ECANCELED && expired_)
-      out = -ETIMEDOUT;
-    if (out != setup_res_) failed_step_ = nullptr;
+    else
+      failed_step_ = nullptr;  // the connect's own outcome (a refused ring fails every entry)
+    if (out == -ECANCELED && expired_) out = -ETIMEDOUT;
     (owner_->*Done)(out);
   }
   Owner* owner_;
