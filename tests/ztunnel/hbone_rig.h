@@ -442,6 +442,141 @@ inline void runSession(nghttp2_session* s, SSL* ssl) {
   }
 }
 
+// An HBONE server made of plain nghttp2: answers every CONNECT with 200 and
+// echoes its bytes; the first connection sends GOAWAY(NO_ERROR, last stream
+// = the Nth) once N streams are open (0: never), and goes on serving them.
+// hold_200: a CONNECT is answered only once its first DATA came (a client
+// that waits for the 200 before it sends never gets one).
+class RawServer {
+ public:
+  RawServer(int listener, tls::Contexts& contexts, std::shared_ptr<const WorkloadCredential> cred,
+            int goaway_after, bool hold_200 = false)
+      : listener_(listener),
+        tls_(contexts),
+        cred_(std::move(cred)),
+        goaway_after_(goaway_after),
+        hold_200_(hold_200) {
+    thread_ = std::thread([this] { acceptLoop(); });
+  }
+  ~RawServer() {
+    stop_ = true;
+    thread_.join();
+    for (auto& t : conns_) t.join();
+  }
+  std::atomic<int> connections{0}, streams{0};
+  std::atomic<int> answered_after_data{0};  // hold_200: 200s sent once DATA came
+  std::atomic<bool> goaway_sent{false};
+
+ private:
+  struct Echo {
+    std::string buf;
+    bool eof = false;
+    bool answered = false;
+  };
+  struct Conn {
+    RawServer* server = nullptr;
+    bool first = false;
+    nghttp2_session* s = nullptr;
+    std::map<int32_t, Echo> echo;
+    int seen = 0;
+  };
+
+  void acceptLoop() {
+    while (!stop_) {
+      pollfd p{listener_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      bool first = connections++ == 0;
+      conns_.emplace_back([this, fd, first] {
+        setTimeouts(fd, 10s);
+        if (Ssl ssl = tlsOn(tls_, cred_, fd, true)) serve(ssl.get(), first);
+        ::close(fd);
+      });
+    }
+  }
+
+  static ssize_t read(nghttp2_session*, int32_t id, uint8_t* buf, size_t len, uint32_t* flags,
+                      nghttp2_data_source* src, void*) {
+    Echo& e = static_cast<Conn*>(src->ptr)->echo[id];
+    if (!e.buf.empty()) {
+      size_t n = std::min(len, e.buf.size());
+      memcpy(buf, e.buf.data(), n);
+      e.buf.erase(0, n);
+      return static_cast<ssize_t>(n);
+    }
+    if (e.eof) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return 0;
+    }
+    return NGHTTP2_ERR_DEFERRED;
+  }
+
+  static void answer(nghttp2_session* s, Conn* c, int32_t id) {
+    c->echo[id].answered = true;
+    std::string code = "200";
+    nghttp2_nv st{reinterpret_cast<uint8_t*>(const_cast<char*>(":status")),
+                  reinterpret_cast<uint8_t*>(code.data()), 7, 3, NGHTTP2_NV_FLAG_NONE};
+    nghttp2_data_provider prd{};
+    prd.source.ptr = c;
+    prd.read_callback = read;
+    nghttp2_submit_response(s, id, &st, 1, &prd);
+  }
+
+  void serve(SSL* ssl, bool first) {
+    Conn c;
+    c.server = this;
+    c.first = first;
+    nghttp2_session_callbacks* cbs = nullptr;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(
+        cbs, [](nghttp2_session* s, const nghttp2_frame* f, void* ud) {
+          auto* c = static_cast<Conn*>(ud);
+          int32_t id = f->hd.stream_id;
+          if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            c->server->streams++;
+            if (!c->server->hold_200_) answer(s, c, id);
+            if (c->first && ++c->seen == c->server->goaway_after_) {
+              nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR, nullptr, 0);
+              c->server->goaway_sent = true;
+            }
+          }
+          if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) &&
+              (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            c->echo[id].eof = true;
+            nghttp2_session_resume_data(s, id);
+          }
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+        cbs,
+        [](nghttp2_session* s, uint8_t, int32_t id, const uint8_t* data, size_t len, void* ud) {
+          auto* c = static_cast<Conn*>(ud);
+          c->echo[id].buf.append(reinterpret_cast<const char*>(data), len);
+          if (!c->echo[id].answered) {
+            c->server->answered_after_data++;
+            answer(s, c, id);
+          }
+          nghttp2_session_resume_data(s, id);
+          return 0;
+        });
+    nghttp2_session_server_new(&c.s, cbs, &c);
+    nghttp2_session_callbacks_del(cbs);
+    std::unique_ptr<nghttp2_session, SessionFree> owned(c.s);
+    nghttp2_submit_settings(c.s, NGHTTP2_FLAG_NONE, nullptr, 0);
+    runSession(c.s, ssl);
+  }
+
+  int listener_;
+  tls::Contexts& tls_;
+  std::shared_ptr<const WorkloadCredential> cred_;
+  int goaway_after_;
+  bool hold_200_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::vector<std::thread> conns_;
+};
+
 // One short exchange through the mesh: true when the echo came back whole.
 inline bool roundTrip(Mesh& m, const sockaddr_in& dst, const std::string& text) {
   UniqueFd app = m.open(dst);

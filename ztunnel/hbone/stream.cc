@@ -68,6 +68,11 @@ void Stream::start() {
   }
   up_.start(appFd(), -1);
   down_.start(-1, appFd());
+  if (!early_.empty()) {
+    down_.push(early_.data(), early_.size());
+    std::string().swap(early_);
+  }
+  if (down_eof_) down_.pushEnd();
 }
 
 // ------------------------------------------------------------ client
@@ -85,8 +90,10 @@ bool Stream::submit() {
   id_ = id;
   h2_open_ = true;
   // A Service connection reads nothing from the app before the 200, so a
-  // refused attempt can move to another endpoint with nothing lost. (Bytes
-  // read earlier wait for the 200 anyway: h2Read defers until then.)
+  // refused attempt can move to another endpoint with nothing lost. Any
+  // other sends the app's first bytes right behind its CONNECT, without
+  // waiting a round trip for the 200: the server holds them until its app
+  // is connected, and drops them if it refuses.
   if (!isService()) start();
   return true;
 }
@@ -159,6 +166,7 @@ void Stream::close(bool reset, CloseReason reason, std::string detail, bool retr
   }
   up_.stop();
   down_.stop();
+  giveBack(unconsumed_);   // what the app will not get now
   if (l7_) l7_->finish();  // requests without a response are reported now
   int fd = appFd();
   if (fd >= 0) {
@@ -220,17 +228,22 @@ void Stream::h2Headers() {
 
 bool Stream::h2Data(const uint8_t* data, size_t len) {
   if (closing_) return false;
-  down_.push(reinterpret_cast<const char*>(data), len);
+  unconsumed_ += len;
+  if (!started_)
+    early_.append(reinterpret_cast<const char*>(data), len);
+  else
+    down_.push(reinterpret_cast<const char*>(data), len);
   return true;
 }
 
 void Stream::h2End() {
   if (closing_) return;
   down_eof_ = true;
-  down_.pushEnd();
+  if (started_) down_.pushEnd();  // else when they start
 }
 
 void Stream::h2Closed(uint32_t error_code) {
+  giveBack(unconsumed_);  // bytes still on their way to the app keep flowing
   h2_open_ = false;
   tunnel_ = nullptr;
   if (closing_)
@@ -246,7 +259,7 @@ void Stream::h2Closed(uint32_t error_code) {
 
 ssize_t Stream::h2Read(uint8_t* buf, size_t len, uint32_t* flags) {
   if (closing_) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-  if (!established_) return NGHTTP2_ERR_DEFERRED;
+  if (!started_) return NGHTTP2_ERR_DEFERRED;  // a Service connection before its 200
   size_t buffered = up_.available();
   if (buffered >= Tunnel::kNoCopyMin) {  // the tunnel takes it from h2Pending()
     *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
@@ -292,7 +305,14 @@ void Stream::pipeReadable(relay::Pipe&) {
 }
 
 void Stream::pipeSent(relay::Pipe& p, size_t n) {
-  if (&p == &down_ && attached()) tunnel_->consume(id_, n);
+  if (&p == &down_) giveBack(n);
+}
+
+void Stream::giveBack(size_t n) {
+  n = std::min(n, unconsumed_);
+  if (n == 0 || !tunnel_) return;
+  unconsumed_ -= n;
+  tunnel_->consume(id_, n);
 }
 
 void Stream::pipeEnded(relay::Pipe&) {

@@ -118,6 +118,8 @@ class Stream final : public StreamEnd,
   void onConnected(int res);
   void maybeFinish();
   bool attached() const { return tunnel_ && h2_open_; }
+  // Opens the tunnel's window for up to n of the bytes taken from it.
+  void giveBack(size_t n);
 
   proxy::WorkerContext& ctx_;
   StreamOwner& owner_;
@@ -132,6 +134,16 @@ class Stream final : public StreamEnd,
   bool up_done_ = false;      // our END_STREAM went out
   bool rst_sent_ = false;     // RST_STREAM submitted
   bool closing_ = false, finished_ = false;
+  // DATA taken from the tunnel whose window is not open again yet: given
+  // back as the app takes it, and all of it once nghttp2 forgets the stream
+  // or the stream closes (nghttp2 never gives a closed stream's bytes back
+  // to the connection: without this, bytes still on their way to the app,
+  // or dropped, would shrink the tunnel's window for good).
+  size_t unconsumed_ = 0;
+  // DATA that came before the pipes run (server: before the app is
+  // connected, from a client that sends with its CONNECT): pushed, after
+  // the inspector is attached, when they start. At most the stream window.
+  std::string early_;
   std::shared_ptr<proxy::LiveRecord> live_;
   CloseReason reason_ = CloseReason::kNone;
   std::string detail_;

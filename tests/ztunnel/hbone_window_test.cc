@@ -1,0 +1,107 @@
+// HBONE stream starts and ends on the rig of hbone_rig.h: a client sends
+// the app's first bytes behind its CONNECT, and every byte a stream took
+// from a tunnel opens the tunnel's window again, however the stream ends.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include "ztunnel/hbone_rig.h"
+
+using namespace hbone_rig;
+
+namespace {
+
+// Small windows: a tunnel that loses track of a few streams' bytes stalls.
+void smallWindows(EngineConfig& c) {
+  c.hbone_stream_window = 256 * 1024;
+  c.hbone_connection_window = 1024 * 1024;
+}
+
+}  // namespace
+
+TEST_SUITE("hbone stream windows") {
+  TEST_CASE("a client sends the app's first bytes before the 200 comes") {
+    Mesh m;
+    m.server.reset();  // plain nghttp2 that answers a CONNECT only once its DATA came
+    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0, true);
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), 8080));
+    std::vector<unsigned char> got;
+    Worker w([&] { sendThenDrain(app.get(), "hello", 5, got); });
+    REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "hello");
+    CHECK(raw.answered_after_data == 1);
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK(why(out[0].reason) == "eof");
+  }
+
+  TEST_CASE("bytes that reach the app after their stream closed open the tunnel's window") {
+    // The server app ends its side first and reads late: the client's bytes
+    // and END_STREAM arrive, the stream closes in HTTP/2 with most of them
+    // still on their way to the app, which gets them afterwards. Ten such
+    // streams move 10 × 256 KiB through a 1 MiB tunnel window.
+    Mesh m(smallWindows);
+    m.ss->sockets.buffer_bytes = 16 * 1024;
+    constexpr size_t kBytes = 256 * 1024;
+    std::atomic<int> intact{0};
+    App late(ip(kAddrB), [&](int fd) {
+      ::shutdown(fd, SHUT_WR);
+      std::this_thread::sleep_for(150ms);
+      std::vector<unsigned char> got;
+      if (recvAll(fd, got) && got == pattern(kBytes, 5)) intact++;
+    });
+    constexpr int kStreams = 10;
+    for (int i = 0; i < kStreams; ++i) {
+      UniqueFd app = m.open(makeSockaddr(ip(kAddrB), late.port));
+      std::vector<unsigned char> back;
+      auto data = pattern(kBytes, 5);
+      Worker w([&] { sendThenDrain(app.get(), data.data(), data.size(), back); });
+      REQUIRE_MESSAGE(m.pumpUntil([&] { return w.done.load() && intact == i + 1; }, 10s), "stream ",
+                      i, " did not complete");
+      CHECK(back.empty());
+    }
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == kStreams; }, 5s));
+    for (auto& r : m.closed(*m.ss)) {
+      CHECK(why(r.reason) == "eof");
+      CHECK(r.bytes_sent == kBytes);
+    }
+  }
+
+  TEST_CASE("the first bytes of a stream whose app is not reachable open the tunnel's window") {
+    // Each stream's bytes come with its CONNECT and wait for the app's
+    // connect, which is refused (503): they are dropped, and their window
+    // comes back, so the tunnel still carries a stream after five of them.
+    Mesh m(smallWindows);
+    UniqueFd closed_port = listenOn(ip(kAddrB));
+    sockaddr_in nobody = localOf(closed_port.get());
+    closed_port.reset();  // nothing listens there now: connection refused
+    for (int i = 0; i < 5; ++i) {
+      UniqueFd app = m.open(nobody);
+      auto data = pattern(256 * 1024, 9);
+      std::vector<unsigned char> back;
+      Worker w([&] { sendThenDrain(app.get(), data.data(), data.size(), back); });
+      REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+      CHECK(back.empty());
+    }
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 5; }, 5s));
+    auto in = m.closed(*m.ss);
+    REQUIRE(in.size() == 5);
+    for (auto& r : in) CHECK(why(r.reason) == "connect_error");
+    App echo(ip(kAddrB), App::echo);
+    auto big = pattern(2 * 1024 * 1024, 4);
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    std::vector<unsigned char> got;
+    Worker w([&] {
+      std::thread tx([&] {
+        sendAll(app.get(), big.data(), big.size());
+        ::shutdown(app.get(), SHUT_WR);
+      });
+      recvAll(app.get(), got);
+      tx.join();
+    });
+    REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+    CHECK(got == big);
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+  }
+}
