@@ -74,14 +74,14 @@ void reuse(int fd) {
 // Upstream sockets bound to the pod's own address (what its netns would give).
 class Sockets final : public proxy::SocketFactory {
  public:
-  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, int family, const IpAddr& bind,
-                            uring::SocketSetup*) override {
+  Result<proxy::Upstream> upstream(const proxy::PodState& pod, uint32_t, int family,
+                                   const IpAddr& bind, bool) override {
     UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return failErrno("socket");
     reuse(fd.get());
     SockAddr b(bind.empty() ? IpAddr::v4(pod.spec.ip4) : bind, 0);
     if (::bind(fd.get(), b.sa(), b.len()) != 0) return failErrno("bind");
-    return fd;
+    return proxy::Upstream{std::move(fd), {}};
   }
 };
 

@@ -115,8 +115,8 @@ inline void setBuffers(int fd, int bytes) {
 class TestSockets final : public proxy::SocketFactory {
  public:
   int buffer_bytes = 0;  // SO_SNDBUF/SO_RCVBUF when set
-  Result<UniqueFd> upstream(const proxy::PodState& pod, uint32_t, int family, const IpAddr& bind,
-                            uring::SocketSetup*) override {
+  Result<proxy::Upstream> upstream(const proxy::PodState& pod, uint32_t, int family,
+                                   const IpAddr& bind, bool) override {
     UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) return failErrno("socket");
     if (buffer_bytes) setBuffers(fd.get(), buffer_bytes);
@@ -127,7 +127,7 @@ class TestSockets final : public proxy::SocketFactory {
                                     : IpAddr::v4(pod.spec.ip4),
                0);
     if (::bind(fd.get(), b.sa(), b.len()) != 0) return failErrno("bind");
-    return fd;
+    return proxy::Upstream{std::move(fd), {}};
   }
 };
 

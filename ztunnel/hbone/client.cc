@@ -143,7 +143,7 @@ struct Client::Impl final : StreamOwner {
     if (!withinBounds(*pod, target, dst, pooled_now, why)) return nullptr;
 
     Link* l = owned.add(std::make_unique<Link>(*this, pod, SockAddr(dst.ip(), ctx.hbone_port)));
-    auto sock = ctx.sockets.upstream(*pod, SLUICE_MARK_MINE, dst.family(), {}, nullptr);
+    auto sock = ctx.sockets.upstream(*pod, SLUICE_MARK_MINE, dst.family(), {}, false);
     if (!sock) {
       SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
                          "pod {}: cannot create a tunnel socket: {}", pod->spec.name_namespace,
@@ -156,7 +156,7 @@ struct Client::Impl final : StreamOwner {
     l->handshaking = true;
     ++handshakes;
     ++pod_handshakes[pod.get()];
-    l->tunnel.dial(std::move(*sock), cred, target.identity);
+    l->tunnel.dial(std::move(sock->fd), cred, target.identity);
     return l;
   }
 
@@ -284,12 +284,12 @@ struct Client::Impl final : StreamOwner {
       return;
     }
     auto sock = ctx.sockets.upstream(*l.tunnel.pod(), SLUICE_MARK_MINE, l.tunnel.remote().family(),
-                                     {}, nullptr);
+                                     {}, false);
     if (!sock) {
       l.tunnel.close("socket_error");
       return;
     }
-    l.tunnel.redial(std::move(*sock));
+    l.tunnel.redial(std::move(sock->fd));
   }
 
   void dropWaiter(CertWaiter& w) {

@@ -156,9 +156,8 @@ struct Server::Impl final : StreamOwner {
     }
     // The app sees the client's address: the tunnel comes from the source
     // pod's IP (its socket lives in the source pod's netns), which TCP vouches for.
-    proxy::Upstream up;
-    auto sock = ctx.sockets.upstream(pod, SLUICE_MARK_INBOUND_APP, target->family(),
-                                     t.remote().ip(), &up.setup);
+    auto sock =
+        ctx.sockets.upstream(pod, SLUICE_MARK_INBOUND_APP, target->family(), t.remote().ip(), true);
     if (!sock) {
       SLUICE_LOG_LIMITED(connect_log, logger(), spdlog::level::err,
                          "pod {}: cannot create an upstream socket: {}", pod.spec.name_namespace,
@@ -167,8 +166,7 @@ struct Server::Impl final : StreamOwner {
       return;
     }
     live->owner = &s;  // the authorization hook may reset it later
-    up.fd = std::move(*sock);
-    s.connectApp(std::move(up), *target);
+    s.connectApp(std::move(*sock), *target);
   }
 
   // --- pending handshakes ---

@@ -18,25 +18,25 @@
 
 namespace sluice::ztunnel::proxy {
 
+// An unconnected upstream socket and what its connect does first.
+struct Upstream {
+  UniqueFd fd;
+  uring::SocketSetup setup;  // setup.pending: uring::Connect queues it ahead of the connect
+};
+
 // Sockets for upstream connections, made inside a pod's netns (the engine's
 // is inpod::upstreamSocket); tests without root make plain ones.
 class SocketFactory {
  public:
   // An unconnected TCP socket of `family` (AF_INET, AF_INET6) in pod's
   // netns carrying `mark`; bound to `bind` (transparent) unless empty.
-  // With `deferred`, the factory may leave the marking and binding to the
-  // connect (deferred->pending: uring::Connect queues them ahead of it).
-  virtual Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, int family,
-                                    const IpAddr& bind, uring::SocketSetup* deferred) = 0;
+  // may_defer: the factory may leave the marking and binding to the
+  // connect (a pending setup); else the socket is ready as returned.
+  virtual Result<Upstream> upstream(const PodState& pod, uint32_t mark, int family,
+                                    const IpAddr& bind, bool may_defer) = 0;
 
  protected:
   ~SocketFactory() = default;
-};
-
-// An unconnected upstream socket and what its connect does first.
-struct Upstream {
-  UniqueFd fd;
-  uring::SocketSetup setup;
 };
 
 struct WorkerContext {

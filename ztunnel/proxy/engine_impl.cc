@@ -53,8 +53,8 @@ Result<void> NetnsSockets::init() {
   return {};
 }
 
-Result<UniqueFd> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int family,
-                                        const IpAddr& bind, uring::SocketSetup* deferred) {
+Result<Upstream> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int family,
+                                        const IpAddr& bind, bool may_defer) {
   if (!bind.empty() && bind.family() != family)
     return fail(
         fmt::format("cannot bind an upstream socket of family {} to {}", family, bind.str()));
@@ -62,14 +62,12 @@ Result<UniqueFd> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int 
       family, SocketStash::Clock::now(), [&](int fam, size_t n, std::vector<UniqueFd>& out) {
         return socketsInNetns(pod.netns.get(), home_, fam, SOCK_STREAM, 0, n, out);
       });
-  if (!s) return s;
-  if (deferred && uring::socketSetupSupported()) {
-    *deferred = {true, mark, bind.empty() ? SockAddr() : SockAddr(bind, 0)};
-    return s;
-  }
+  if (!s) return tl::unexpected(s.error());
+  if (may_defer && uring::socketSetupSupported())
+    return Upstream{std::move(*s), {true, mark, bind.empty() ? SockAddr() : SockAddr(bind, 0)}};
   if (auto ready = inpod::prepareUpstream(*s, mark, family, bind); !ready)
     return tl::unexpected(ready.error());
-  return s;
+  return Upstream{std::move(*s), {}};
 }
 
 // ---------------------------------------------------------------- Engine

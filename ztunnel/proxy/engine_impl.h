@@ -24,8 +24,8 @@ class NetnsSockets final : public SocketFactory {
   // Keeps the calling thread's netns open: the workers' home (they are
   // started from this thread and never stay in another netns).
   Result<void> init();
-  Result<UniqueFd> upstream(const PodState& pod, uint32_t mark, int family, const IpAddr& bind,
-                            uring::SocketSetup* deferred) override;
+  Result<Upstream> upstream(const PodState& pod, uint32_t mark, int family, const IpAddr& bind,
+                            bool may_defer) override;
 
  private:
   UniqueFd home_;

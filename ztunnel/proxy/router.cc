@@ -61,12 +61,8 @@ bool Router::deny(const std::shared_ptr<LiveRecord>& live) {
 
 std::optional<Upstream> Router::upstreamSocket(const PodState& in, uint32_t mark, int family,
                                                const IpAddr& bind) {
-  Upstream up;
-  auto sock = ctx_.sockets.upstream(in, mark, family, bind, &up.setup);
-  if (sock) {
-    up.fd = std::move(*sock);
-    return up;
-  }
+  auto sock = ctx_.sockets.upstream(in, mark, family, bind, true);
+  if (sock) return std::move(*sock);
   ctx_.counters().add(Counter::kConnectFailures);
   SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,
                      "pod {}: cannot create an upstream socket: {}", in.spec.name_namespace,

@@ -158,7 +158,7 @@ class Connect<Done> final {
     setup_res_ = 0;
     unsigned steps = 0;
     if (setup.pending) {
-      mark_ = setup.mark;
+      mark_ = static_cast<int>(setup.mark);  // SO_MARK reads the u32's bits as an int
       bind_ = setup.bind;
       steps = bind_.empty() ? 2 : 4;
     }
@@ -169,7 +169,7 @@ class Connect<Done> final {
     ops[steps + 1] = &timer_;
     r.sqes(s, ops, steps + 2);
     if (steps > 0) {
-      prepSetsockopt(s[0], fd, SOL_SOCKET, SO_MARK, reinterpret_cast<const int*>(&mark_));
+      prepSetsockopt(s[0], fd, SOL_SOCKET, SO_MARK, &mark_);
       prepSetsockopt(s[1], fd, IPPROTO_TCP, TCP_NODELAY, &one_);
     }
     if (steps > 2) {
@@ -230,7 +230,7 @@ class Connect<Done> final {
   // Read by the kernel until the requests complete:
   SockAddr addr_;
   __kernel_timespec timeout_{};
-  uint32_t mark_ = 0;
+  int mark_ = 0;
   SockAddr bind_;
   const int one_ = 1;
   int pending_ = 0;
