@@ -170,6 +170,7 @@ struct Recorder final : relay::PipeOwner {
   std::map<const Pipe*, Events> events;
   int callbacks = 0;
   std::vector<const Pipe*> ended_order;
+  bool closes_next = false;  // pipeSinkClosesNext's answer
 
   Events& of(const Pipe& p) { return events[&p]; }
   void pipeMoved(Pipe& p, size_t n) override {
@@ -195,6 +196,7 @@ struct Recorder final : relay::PipeOwner {
     of(p).err = err;
     of(p).sending = sending;
   }
+  bool pipeSinkClosesNext(const Pipe&) const override { return closes_next; }
 };
 
 // "-111 ECONNREFUSED": a result as the failure message shows it.
@@ -433,6 +435,37 @@ TEST_SUITE("pipe") {
     CHECK(pipe.bytes() == total);
     CHECK(rec.of(pipe).moved == total);
     CHECK_FALSE(pipe.busy());
+  }
+
+  TEST_CASE("an owner that closes the sink next: the EOF skips shutdown(2) and the close ends it") {
+    for (bool closes_next : {false, true}) {
+      CAPTURE(closes_next);
+      auto ring = makeRing();
+      Recorder rec;
+      rec.closes_next = closes_next;
+      auto [b, pb] = tcpPair();
+      Pipe pipe(*ring, rec, 4096);
+      pipe.start(-1, pb.get());
+      Peer B{.fd = b.get(), .in_seed = kUpSeed};
+      std::vector<char> chunk(3000);
+      fillPattern(chunk.data(), chunk.size(), 0, kUpSeed);
+      pipe.push(chunk.data(), chunk.size());
+      pipe.pushEnd();
+      REQUIRE(runUntil(
+          *ring, [&] { return rec.of(pipe).ended == 1; }, [&] { B.step(); }));
+      CHECK(pipe.sinkDone());
+      CHECK_FALSE(pipe.busy());
+      runFor(*ring, 50ms, [&] { B.step(); });
+      CHECK(B.received == chunk.size());
+      CHECK(B.mismatch == -1);
+      // Without the skip the peer has its FIN now; with it, the socket is
+      // still open both ways until the owner closes it.
+      CHECK(B.eof == !closes_next);
+      pb.reset();
+      REQUIRE(runUntil(
+          *ring, [&] { return B.eof; }, [&] { B.step(); }));
+      CHECK(B.error == 0);
+    }
   }
 
   TEST_CASE("socket source to pulled sink re-reads only after a full pull") {
