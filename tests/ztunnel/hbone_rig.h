@@ -353,6 +353,15 @@ struct Mesh {
   // to dst (through the HBONE client); returns the app's end of it.
   UniqueFd open(const sockaddr_in& dst, const char* identity = kIdB,
                 std::shared_ptr<proxy::PodState> from = nullptr) {
+    auto [app, attempt] = connection(dst, from);
+    client->open(std::move(attempt), MeshWorkload{identity, "b/server", "node-b"});
+    return app;
+  }
+
+  // An app connection of pod A (or `from`) to dst, not on its way yet: the
+  // app's end and the attempt holding the proxy's end.
+  std::pair<UniqueFd, std::unique_ptr<proxy::Attempt>> connection(
+      const sockaddr_in& dst, std::shared_ptr<proxy::PodState> from = nullptr) {
     UniqueFd app = connectTo(localOf(app_listener.get()), ip(kAddrA));
     setTimeouts(app.get(), 20s);
     sockaddr_in peer{};
@@ -360,10 +369,8 @@ struct Mesh {
     UniqueFd proxy_end(
         ::accept4(app_listener.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC));
     REQUIRE(proxy_end);
-    auto attempt =
-        std::make_unique<proxy::Attempt>(from ? from : pod_a, std::move(proxy_end), peer, dst);
-    client->open(std::move(attempt), MeshWorkload{identity, "b/server", "node-b"});
-    return app;
+    return {std::move(app),
+            std::make_unique<proxy::Attempt>(from ? from : pod_a, std::move(proxy_end), peer, dst)};
   }
 
   std::vector<ConnectionRecord> closed(Side& s) {
@@ -445,17 +452,19 @@ inline void runSession(nghttp2_session* s, SSL* ssl) {
 // An HBONE server made of plain nghttp2: answers every CONNECT with 200 and
 // echoes its bytes; the first connection sends GOAWAY(NO_ERROR, last stream
 // = the Nth) once N streams are open (0: never), and goes on serving them.
-// hold_200: a CONNECT is answered only once its first DATA came (a client
-// that waits for the 200 before it sends never gets one).
+// kAnswerAfterData: a CONNECT is answered only once its first DATA came (a
+// client that waits for the 200 before it sends never gets one);
+// kDropAtData: no answer, and the first DATA drops the whole connection.
 class RawServer {
  public:
+  enum class Mode { kAnswer, kAnswerAfterData, kDropAtData };
   RawServer(int listener, tls::Contexts& contexts, std::shared_ptr<const WorkloadCredential> cred,
-            int goaway_after, bool hold_200 = false)
+            int goaway_after, Mode mode = Mode::kAnswer)
       : listener_(listener),
         tls_(contexts),
         cred_(std::move(cred)),
         goaway_after_(goaway_after),
-        hold_200_(hold_200) {
+        mode_(mode) {
     thread_ = std::thread([this] { acceptLoop(); });
   }
   ~RawServer() {
@@ -464,7 +473,8 @@ class RawServer {
     for (auto& t : conns_) t.join();
   }
   std::atomic<int> connections{0}, streams{0};
-  std::atomic<int> answered_after_data{0};  // hold_200: 200s sent once DATA came
+  std::atomic<int> answered_after_data{0};  // kAnswerAfterData: 200s sent once DATA came
+  std::atomic<int> dropped{0};              // kDropAtData: connections dropped
   std::atomic<bool> goaway_sent{false};
 
  private:
@@ -535,7 +545,7 @@ class RawServer {
           int32_t id = f->hd.stream_id;
           if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
             c->server->streams++;
-            if (!c->server->hold_200_) answer(s, c, id);
+            if (c->server->mode_ == Mode::kAnswer) answer(s, c, id);
             if (c->first && ++c->seen == c->server->goaway_after_) {
               nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR, nullptr, 0);
               c->server->goaway_sent = true;
@@ -552,6 +562,10 @@ class RawServer {
         cbs,
         [](nghttp2_session* s, uint8_t, int32_t id, const uint8_t* data, size_t len, void* ud) {
           auto* c = static_cast<Conn*>(ud);
+          if (c->server->mode_ == Mode::kDropAtData) {
+            c->server->dropped++;
+            return static_cast<int>(NGHTTP2_ERR_CALLBACK_FAILURE);  // the session ends
+          }
           c->echo[id].buf.append(reinterpret_cast<const char*>(data), len);
           if (!c->echo[id].answered) {
             c->server->answered_after_data++;
@@ -571,10 +585,26 @@ class RawServer {
   tls::Contexts& tls_;
   std::shared_ptr<const WorkloadCredential> cred_;
   int goaway_after_;
-  bool hold_200_;
+  Mode mode_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
   std::vector<std::thread> conns_;
+};
+
+// The router's side of Service attempts: notes outcomes, keeps retried ones.
+class TestSink final : public proxy::AttemptSink {
+ public:
+  std::vector<bool> results;
+  int released = 0;
+  std::vector<std::string> whys;
+  std::unique_ptr<proxy::Attempt> retried;
+  void attemptResult(proxy::Attempt&, bool ok) override { results.push_back(ok); }
+  void attemptReleased(proxy::Attempt&) override { released++; }
+  bool attemptRetry(std::unique_ptr<proxy::Attempt>& a, std::string_view why) override {
+    whys.emplace_back(why);
+    retried = std::move(a);
+    return true;
+  }
 };
 
 // One short exchange through the mesh: true when the echo came back whole.

@@ -79,22 +79,6 @@ struct RawClient {
   }
 };
 
-// The router's side of Service attempts: notes outcomes, keeps retried ones.
-class TestSink final : public proxy::AttemptSink {
- public:
-  std::vector<bool> results;
-  int released = 0;
-  std::vector<std::string> whys;
-  std::unique_ptr<proxy::Attempt> retried;
-  void attemptResult(proxy::Attempt&, bool ok) override { results.push_back(ok); }
-  void attemptReleased(proxy::Attempt&) override { released++; }
-  bool attemptRetry(std::unique_ptr<proxy::Attempt>& a, std::string_view why) override {
-    whys.emplace_back(why);
-    retried = std::move(a);
-    return true;
-  }
-};
-
 }  // namespace
 
 TEST_SUITE("hbone") {
@@ -476,16 +460,11 @@ TEST_SUITE("hbone") {
     svc->endpoints = {makeSockaddr(ip("127.0.0.6"), 8080), makeSockaddr(ip(kAddrB), 15006),
                       makeSockaddr(ip(kAddrB), echo.port)};
     sockaddr_in vip = makeSockaddr(ip("10.96.0.10"), 80);
-    UniqueFd app = connectTo(localOf(m.app_listener.get()), ip(kAddrA));
-    setTimeouts(app.get(), 20s);
-    sockaddr_in peer{};
-    socklen_t len = sizeof(peer);
-    UniqueFd proxy_end(
-        ::accept4(m.app_listener.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC));
-    auto attempt = std::make_unique<proxy::Attempt>(m.pod_a, std::move(proxy_end), peer, vip);
+    auto [app, attempt] = m.connection(vip);
     attempt->setService(&sink, svc, vip);
     MeshWorkload target{kIdB, "b/server", "node-b"};
-    // The app sends first; nothing may be read from it before a 200.
+    // The app sends first: a copy goes with each CONNECT (the 401 drops
+    // it), and nothing may be read from the app's socket before a 200.
     REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>("hello"), 5));
     ::shutdown(app.get(), SHUT_WR);
     for (size_t i = 0; i < 2; ++i) {  // nothing listens on 127.0.0.6; 15006 is refused (401)

@@ -1,6 +1,8 @@
 // HBONE stream starts and ends on the rig of hbone_rig.h: a client sends
-// the app's first bytes behind its CONNECT, and every byte a stream took
-// from a tunnel opens the tunnel's window again, however the stream ends.
+// the app's first bytes behind its CONNECT (a Service connection a copy,
+// retried elsewhere only while no server can have passed them on), and
+// every byte a stream took from a tunnel opens the tunnel's window again,
+// however the stream ends.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -16,13 +18,24 @@ void smallWindows(EngineConfig& c) {
   c.hbone_connection_window = 1024 * 1024;
 }
 
+std::shared_ptr<ServiceTarget> service(std::vector<sockaddr_in> endpoints) {
+  auto svc = std::make_shared<ServiceTarget>();
+  svc->name = "b/echo";
+  for (auto& e : endpoints) svc->endpoints.push_back(e);
+  return svc;
+}
+
+const MeshWorkload kTarget{kIdB, "b/server", "node-b"};
+const sockaddr_in kVip = makeSockaddr(ip("10.96.0.10"), 80);
+
 }  // namespace
 
 TEST_SUITE("hbone stream windows") {
   TEST_CASE("a client sends the app's first bytes before the 200 comes") {
     Mesh m;
     m.server.reset();  // plain nghttp2 that answers a CONNECT only once its DATA came
-    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0, true);
+    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0,
+                  RawServer::Mode::kAnswerAfterData);
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), 8080));
     std::vector<unsigned char> got;
     Worker w([&] { sendThenDrain(app.get(), "hello", 5, got); });
@@ -33,6 +46,60 @@ TEST_SUITE("hbone stream windows") {
     auto out = m.closed(*m.cs);
     REQUIRE(out.size() == 1);
     CHECK(why(out[0].reason) == "eof");
+  }
+
+  TEST_CASE("a Service connection sends a copy of its first bytes before the 200, each byte once") {
+    Mesh m;
+    m.server.reset();
+    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0,
+                  RawServer::Mode::kAnswerAfterData);
+    TestSink sink;
+    auto svc = service({makeSockaddr(ip(kAddrB), 8080)});
+    auto [app, attempt] = m.connection(kVip);
+    attempt->setService(&sink, svc, kVip);
+    REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>("GET / "), 6));
+    attempt->pick(svc->endpoints[0]);
+    m.client->open(std::move(attempt), kTarget);
+    std::vector<unsigned char> got;
+    Worker w([&] { sendThenDrain(app.get(), "HTTP/1.1", 8, got); });
+    REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "GET / HTTP/1.1");  // echoed: nothing twice
+    CHECK(raw.answered_after_data == 1);
+    CHECK(sink.results == std::vector<bool>{true});
+    CHECK(sink.whys.empty());
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK(why(out[0].reason) == "eof");
+    CHECK(out[0].bytes_sent == 14);
+  }
+
+  TEST_CASE("a Service connection whose first bytes went out is not retried when its tunnel dies") {
+    // The server may have passed them on to its app before the tunnel
+    // broke: another endpoint must not get them a second time.
+    Mesh m;
+    m.server.reset();
+    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0,
+                  RawServer::Mode::kDropAtData);
+    TestSink sink;
+    auto svc = service({makeSockaddr(ip(kAddrB), 8080), makeSockaddr(ip(kAddrB), 8081)});
+    auto [app, attempt] = m.connection(kVip);
+    attempt->setService(&sink, svc, kVip);
+    REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>("POST /once"), 10));
+    attempt->pick(svc->endpoints[0]);
+    m.client->open(std::move(attempt), kTarget);
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(got.empty());
+    CHECK(raw.dropped == 1);
+    CHECK(sink.retried == nullptr);
+    CHECK(sink.whys.empty());
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK_FALSE(out[0].retried);
+    CHECK(why(out[0].reason) == "tunnel_closed");
   }
 
   TEST_CASE("bytes that reach the app after their stream closed open the tunnel's window") {

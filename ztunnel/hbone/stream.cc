@@ -1,5 +1,7 @@
 #include "ztunnel/hbone/stream.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -79,6 +81,7 @@ void Stream::start() {
 
 bool Stream::submit() {
   if (!tunnel_ || closing_) return false;
+  if (isService()) peekFirstBytes();
   std::string authority = formatEndpoint(attempt_->dst);
   std::string forwarded = "for=\"" + live_->rec.source + "\"";
   int32_t id = tunnel_->request(*this, authority, forwarded);
@@ -89,18 +92,29 @@ bool Stream::submit() {
   }
   id_ = id;
   h2_open_ = true;
-  // A Service connection reads nothing from the app before the 200, so a
-  // refused attempt can move to another endpoint with nothing lost. Any
-  // other sends the app's first bytes right behind its CONNECT, without
-  // waiting a round trip for the 200: the server holds them until its app
-  // is connected, and drops them if it refuses.
+  // The app's first bytes go right behind the CONNECT, without waiting a
+  // round trip for the 200: the server holds them until its app is
+  // connected, and drops them if it refuses. A Service connection reads
+  // nothing from the app before the 200 (a copy of what was there went
+  // out: peekFirstBytes), so a refused attempt moves to another endpoint
+  // with every byte still in the app's socket.
   if (!isService()) start();
   return true;
 }
 
+void Stream::peekFirstBytes() {
+  char buf[kPeekMax];
+  ssize_t n = ::recv(appFd(), buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+  if (n <= 0) return;  // nothing yet (or an error the pipe will see)
+  peeked_.assign(buf, static_cast<size_t>(n));
+  peeked_skip_ = peeked_.size();
+}
+
 void Stream::fail(CloseReason reason, std::string detail) {
   if (closing_) return;
-  if (isService() && !established_ && !started_ && live_ &&
+  // Not once the app's first bytes went out, unless the server said it
+  // took none of them: another endpoint would get them a second time.
+  if (isService() && !established_ && !started_ && !peeked_out_ && live_ &&
       live_->sent.load(std::memory_order_relaxed) == 0 && !busy()) {
     std::string why = toString(reason);
     if (!detail.empty()) why += ": " + detail;
@@ -221,6 +235,7 @@ void Stream::h2Headers() {
   }
   logger()->warn("tunnel {}: {} refused CONNECT {} with status {}", tunnel_->id(),
                  tunnel_->peerIdentity(), live_ ? live_->rec.destination : "?", status);
+  peeked_out_ = false;  // a refusal: the server's app got nothing
   rst_sent_ = true;
   tunnel_->reset(id_, NGHTTP2_CANCEL);
   fail(CloseReason::kRefused, status);
@@ -248,9 +263,11 @@ void Stream::h2Closed(uint32_t error_code) {
   tunnel_ = nullptr;
   if (closing_)
     maybeFinish();
-  else if (error_code != NGHTTP2_NO_ERROR)
+  else if (error_code != NGHTTP2_NO_ERROR) {
+    // REFUSED_STREAM (a GOAWAY's unprocessed streams too): nothing was done with it.
+    if (error_code == NGHTTP2_REFUSED_STREAM) peeked_out_ = false;
     fail(CloseReason::kStreamReset, nghttp2_http2_strerror(error_code));
-  else if (!down_eof_ || !up_done_)
+  } else if (!down_eof_ || !up_done_)
     fail(CloseReason::kStreamClosedEarly);
   else if (down_.sinkDone())
     close(false, CloseReason::kEof);
@@ -259,7 +276,20 @@ void Stream::h2Closed(uint32_t error_code) {
 
 ssize_t Stream::h2Read(uint8_t* buf, size_t len, uint32_t* flags) {
   if (closing_) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  if (peeked_sent_ < peeked_.size()) {  // a Service connection's first bytes
+    size_t n = std::min(len, peeked_.size() - peeked_sent_);
+    std::memcpy(buf, peeked_.data() + peeked_sent_, n);
+    peeked_sent_ += n;
+    peeked_out_ = true;
+    return static_cast<ssize_t>(n);
+  }
   if (!started_) return NGHTTP2_ERR_DEFERRED;  // a Service connection before its 200
+  if (peeked_skip_ > 0) {  // read again by up_ (and seen by the inspector): sent already
+    size_t k = std::min(peeked_skip_, up_.available());
+    peeked_skip_ -= k;
+    up_.drop(k);
+    if (peeked_skip_ > 0) return NGHTTP2_ERR_DEFERRED;  // pipeReadable says when there is more
+  }
   size_t buffered = up_.available();
   if (buffered >= Tunnel::kNoCopyMin) {  // the tunnel takes it from h2Pending()
     *flags |= NGHTTP2_DATA_FLAG_NO_COPY;

@@ -120,6 +120,10 @@ class Stream final : public StreamEnd,
   bool attached() const { return tunnel_ && h2_open_; }
   // Opens the tunnel's window for up to n of the bytes taken from it.
   void giveBack(size_t n);
+  // Client, Service: copies what the app has sent so far (up to kPeekMax)
+  // without taking it from the socket.
+  void peekFirstBytes();
+  static constexpr size_t kPeekMax = 16 * 1024;
 
   proxy::WorkerContext& ctx_;
   StreamOwner& owner_;
@@ -144,6 +148,16 @@ class Stream final : public StreamEnd,
   // connected, from a client that sends with its CONNECT): pushed, after
   // the inspector is attached, when they start. At most the stream window.
   std::string early_;
+  // Client, Service: the app's first bytes, copied at the CONNECT and sent
+  // before the 200 while they stay in the socket (a retry finds them
+  // there). Once the pipes run, up_ reads them again: the first
+  // peeked_skip_ bytes it reads are dropped, not sent twice.
+  std::string peeked_;
+  size_t peeked_sent_ = 0;
+  size_t peeked_skip_ = 0;
+  // Some of them went out and the server has not said it took none (a
+  // refusal, REFUSED_STREAM): the attempt is not retried elsewhere.
+  bool peeked_out_ = false;
   std::shared_ptr<proxy::LiveRecord> live_;
   CloseReason reason_ = CloseReason::kNone;
   std::string detail_;
