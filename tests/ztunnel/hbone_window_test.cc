@@ -25,41 +25,59 @@ std::shared_ptr<ServiceTarget> service(std::vector<sockaddr_in> endpoints) {
   return svc;
 }
 
-const MeshWorkload kTarget{kIdB, "b/server", "node-b"};
-const sockaddr_in kVip = makeSockaddr(ip("10.96.0.10"), 80);
+// A connection of pod A to a Service VIP whose app sent `first` before the
+// connection went on its way, to the Service's first endpoint: the app's end.
+UniqueFd openService(Mesh& m, TestSink& sink, const std::shared_ptr<ServiceTarget>& svc,
+                     std::string_view first) {
+  const sockaddr_in vip = makeSockaddr(ip("10.96.0.10"), 80);
+  auto [app, attempt] = m.connection(vip);
+  attempt->setService(&sink, svc, vip);
+  REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>(first.data()), first.size()));
+  attempt->pick(svc->endpoints[0]);
+  m.client->open(std::move(attempt), MeshWorkload{kIdB, "b/server", "node-b"});
+  return std::move(app);
+}
+
+// The rig's client against plain nghttp2 on pod B's 15008 (RawServer).
+struct RawMesh {
+  explicit RawMesh(RawServer::Mode mode)
+      : raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0, mode) {
+    m.server.reset();
+  }
+  Mesh m;
+  RawServer raw;
+};
+
+// The one record the client side closed.
+ConnectionRecord closedOnce(Mesh& m) {
+  REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+  auto out = m.closed(*m.cs);
+  REQUIRE(out.size() == 1);
+  return out[0];
+}
 
 }  // namespace
 
 TEST_SUITE("hbone stream windows") {
   TEST_CASE("a client sends the app's first bytes before the 200 comes") {
-    Mesh m;
-    m.server.reset();  // plain nghttp2 that answers a CONNECT only once its DATA came
-    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0,
-                  RawServer::Mode::kAnswerAfterData);
+    RawMesh rig(RawServer::Mode::kAnswerAfterData);
+    Mesh& m = rig.m;
+    RawServer& raw = rig.raw;
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), 8080));
     std::vector<unsigned char> got;
     Worker w([&] { sendThenDrain(app.get(), "hello", 5, got); });
     REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
     CHECK(std::string(got.begin(), got.end()) == "hello");
     CHECK(raw.answered_after_data == 1);
-    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
-    auto out = m.closed(*m.cs);
-    REQUIRE(out.size() == 1);
-    CHECK(why(out[0].reason) == "eof");
+    CHECK(why(closedOnce(m).reason) == "eof");
   }
 
   TEST_CASE("a Service connection sends a copy of its first bytes before the 200, each byte once") {
-    Mesh m;
-    m.server.reset();
-    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0,
-                  RawServer::Mode::kAnswerAfterData);
+    RawMesh rig(RawServer::Mode::kAnswerAfterData);
+    Mesh& m = rig.m;
+    RawServer& raw = rig.raw;
     TestSink sink;
-    auto svc = service({makeSockaddr(ip(kAddrB), 8080)});
-    auto [app, attempt] = m.connection(kVip);
-    attempt->setService(&sink, svc, kVip);
-    REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>("GET / "), 6));
-    attempt->pick(svc->endpoints[0]);
-    m.client->open(std::move(attempt), kTarget);
+    UniqueFd app = openService(m, sink, service({makeSockaddr(ip(kAddrB), 8080)}), "GET / ");
     std::vector<unsigned char> got;
     Worker w([&] { sendThenDrain(app.get(), "HTTP/1.1", 8, got); });
     REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
@@ -67,27 +85,21 @@ TEST_SUITE("hbone stream windows") {
     CHECK(raw.answered_after_data == 1);
     CHECK(sink.results == std::vector<bool>{true});
     CHECK(sink.whys.empty());
-    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
-    auto out = m.closed(*m.cs);
-    REQUIRE(out.size() == 1);
-    CHECK(why(out[0].reason) == "eof");
-    CHECK(out[0].bytes_sent == 14);
+    auto r = closedOnce(m);
+    CHECK(why(r.reason) == "eof");
+    CHECK(r.bytes_sent == 14);
   }
 
   TEST_CASE("a Service connection whose first bytes went out is not retried when its tunnel dies") {
     // The server may have passed them on to its app before the tunnel
     // broke: another endpoint must not get them a second time.
-    Mesh m;
-    m.server.reset();
-    RawServer raw(m.hbone_listener.get(), *m.tls, m.creds.credential(kIdB), 0,
-                  RawServer::Mode::kDropAtData);
+    RawMesh rig(RawServer::Mode::kDropAtData);
+    Mesh& m = rig.m;
+    RawServer& raw = rig.raw;
     TestSink sink;
-    auto svc = service({makeSockaddr(ip(kAddrB), 8080), makeSockaddr(ip(kAddrB), 8081)});
-    auto [app, attempt] = m.connection(kVip);
-    attempt->setService(&sink, svc, kVip);
-    REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>("POST /once"), 10));
-    attempt->pick(svc->endpoints[0]);
-    m.client->open(std::move(attempt), kTarget);
+    UniqueFd app = openService(
+        m, sink, service({makeSockaddr(ip(kAddrB), 8080), makeSockaddr(ip(kAddrB), 8081)}),
+        "POST /once");
     std::vector<unsigned char> got;
     Worker reader([&] { recvAll(app.get(), got); });
     REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
@@ -95,11 +107,9 @@ TEST_SUITE("hbone stream windows") {
     CHECK(raw.dropped == 1);
     CHECK(sink.retried == nullptr);
     CHECK(sink.whys.empty());
-    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
-    auto out = m.closed(*m.cs);
-    REQUIRE(out.size() == 1);
-    CHECK_FALSE(out[0].retried);
-    CHECK(why(out[0].reason) == "tunnel_closed");
+    auto r = closedOnce(m);
+    CHECK_FALSE(r.retried);
+    CHECK(why(r.reason) == "tunnel_closed");
   }
 
   TEST_CASE("bytes that reach the app after their stream closed open the tunnel's window") {
