@@ -145,6 +145,57 @@ TEST_SUITE("hbone stream windows") {
     }
   }
 
+  TEST_CASE("what forgotten streams still hold for apps that do not read counts in the window") {
+    // Eight streams of 400 KiB each through a 1 MiB tunnel window, one
+    // after the other, to apps that end their side first and read nothing
+    // for a while: a stream is forgotten by HTTP/2 once its bytes and end
+    // are in, but what its app has not taken still holds the tunnel's
+    // window, so the server takes about 1 MiB, not 3.2 MiB (giving the
+    // window back when HTTP/2 forgets a stream would let all of it in).
+    // Then the apps read and everything arrives.
+    Mesh m([](EngineConfig& c) {
+      c.hbone_stream_window = 1024 * 1024;
+      c.hbone_connection_window = 1024 * 1024;
+    });
+    m.ss->sockets.buffer_bytes = 16 * 1024;
+    constexpr size_t kBytes = 400 * 1024;
+    constexpr int kStreams = 8;
+    std::atomic<bool> read_now{false};
+    std::atomic<int> intact{0};
+    App late(ip(kAddrB), [&](int fd) {
+      setBuffers(fd, 16 * 1024);
+      ::shutdown(fd, SHUT_WR);
+      auto give_up = Clock::now() + 20s;
+      while (!read_now && Clock::now() < give_up) std::this_thread::sleep_for(5ms);
+      std::vector<unsigned char> got;
+      if (recvAll(fd, got) && got == pattern(kBytes, 6)) intact++;
+    });
+    auto data = pattern(kBytes, 6);
+    std::vector<std::unique_ptr<Worker>> apps;
+    std::vector<UniqueFd> fds;
+    for (int i = 0; i < kStreams; ++i) {  // one after the other
+      fds.push_back(m.open(makeSockaddr(ip(kAddrB), late.port)));
+      int fd = fds.back().get();
+      apps.push_back(std::make_unique<Worker>([fd, &data] {
+        std::vector<unsigned char> back;
+        sendThenDrain(fd, data.data(), data.size(), back);
+      }));
+      m.pumpFor(200ms);
+    }
+    auto pushed = [&] {
+      uint64_t n = 0;
+      for (auto& r : m.ss->records.snapshot()) n += r.bytes_sent;
+      return n;
+    };
+    MESSAGE("taken from the tunnel while the apps do not read: ", pushed());
+    CHECK(pushed() > 2 * kBytes);
+    CHECK(pushed() < 2 * 1024 * 1024);
+    read_now = true;
+    REQUIRE(m.pumpUntil([&] { return allDone(apps) && intact == kStreams; }, 20s));
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == kStreams; }, 5s));
+  }
+
   TEST_CASE("the first bytes of a stream whose app is not reachable open the tunnel's window") {
     // Each stream's bytes come with its CONNECT and wait for the app's
     // connect, which is refused (503): they are dropped, and their window

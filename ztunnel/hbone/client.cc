@@ -102,6 +102,8 @@ struct Client::Impl final : StreamOwner {
     }
   }
 
+  Tunnel* findTunnel(uint64_t id) override { return owned.tunnel(id); }
+
   void streamFinished(Stream& s) override {
     if (Tunnel* t = s.tunnel()) std::erase(static_cast<Link&>(t->owner()).waiting, &s);
     s.setTunnel(nullptr);

@@ -48,6 +48,13 @@ class Owned {
     for (Stream* s : snapshot(streams_)) f(*s);
   }
   bool idle() const { return links_.empty() && streams_.empty() && !reap_op_.busy(); }
+  // The tunnel with this id (Tunnel::id()), or null: a walk of this side's
+  // tunnels, for the rare stream that delivers after nghttp2 forgot it.
+  Tunnel* tunnel(uint64_t id) {
+    for (auto& [raw, link] : links_)
+      if (link->tunnel.id() == id) return &link->tunnel;
+    return nullptr;
+  }
 
  private:
   template <class Map>

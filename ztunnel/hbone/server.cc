@@ -93,6 +93,7 @@ struct Server::Impl final : StreamOwner {
   }
 
   void streamFinished(Stream& s) override { owned.scheduleReap(s); }
+  Tunnel* findTunnel(uint64_t id) override { return owned.tunnel(id); }
 
   // A request arrived on one of this pod's tunnels: check, authorize, and
   // connect to the app.

@@ -258,7 +258,7 @@ void Stream::h2End() {
 }
 
 void Stream::h2Closed(uint32_t error_code) {
-  giveBack(unconsumed_);  // bytes still on their way to the app keep flowing
+  if (tunnel_) forgotten_by_ = tunnel_->id();  // the window of what is still to go
   h2_open_ = false;
   tunnel_ = nullptr;
   if (closing_)
@@ -340,9 +340,12 @@ void Stream::pipeSent(relay::Pipe& p, size_t n) {
 
 void Stream::giveBack(size_t n) {
   n = std::min(n, unconsumed_);
-  if (n == 0 || !tunnel_) return;
+  if (n == 0) return;
   unconsumed_ -= n;
-  tunnel_->consume(id_, n);
+  if (tunnel_)
+    tunnel_->consume(id_, n);
+  else if (Tunnel* t = forgotten_by_ ? owner_.findTunnel(forgotten_by_) : nullptr)
+    t->consumeConnection(n);
 }
 
 void Stream::pipeEnded(relay::Pipe&) {

@@ -30,6 +30,8 @@ class StreamOwner {
   virtual void streamRequest(Stream&) {}  // server: the request headers are complete
   // Closed, nothing in flight, off its tunnel: free it (not from inside).
   virtual void streamFinished(Stream&) = 0;
+  // One of this side's tunnels by Tunnel::id(); null once it is gone.
+  virtual Tunnel* findTunnel(uint64_t id) = 0;
 
  protected:
   ~StreamOwner() = default;
@@ -139,11 +141,13 @@ class Stream final : public StreamEnd,
   bool rst_sent_ = false;     // RST_STREAM submitted
   bool closing_ = false, finished_ = false;
   // DATA taken from the tunnel whose window is not open again yet: given
-  // back as the app takes it, and all of it once nghttp2 forgets the stream
-  // or the stream closes (nghttp2 never gives a closed stream's bytes back
-  // to the connection: without this, bytes still on their way to the app,
-  // or dropped, would shrink the tunnel's window for good).
+  // back as the app takes it, also after nghttp2 forgot the stream (to the
+  // connection: the tunnel is found again by id, `forgotten_by_`), and all
+  // of it when the stream closes. nghttp2 never gives a forgotten stream's
+  // bytes back to the connection: without this, bytes still on their way
+  // to the app, or dropped, would shrink the tunnel's window for good.
   size_t unconsumed_ = 0;
+  uint64_t forgotten_by_ = 0;  // the tunnel's id once nghttp2 forgot the stream
   // DATA that came before the pipes run (server: before the app is
   // connected, from a client that sends with its CONNECT): pushed, after
   // the inspector is attached, when they start. At most the stream window.
