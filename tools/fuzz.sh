@@ -62,7 +62,15 @@ for t in "${targets[@]}"; do
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
   if [ $rc -ne 0 ]; then
     failed+=("$t")
-    grep -E 'ERROR|SUMMARY|runtime error|Test unit written|==[0-9]+==' "$log" | head -20
+    # The report (a sanitizer's stack, or a target's own message before its
+    # abort) without libFuzzer's progress lines, and the input itself: CI
+    # keeps neither the log nor the artifact.
+    grep -vE '^#[0-9]+[[:space:]]|^INFO:|^MS: ' "$log" | tail -60
+    for f in "$artifacts"crash-* "$artifacts"timeout-* "$artifacts"leak-* "$artifacts"oom-*; do
+      [ -f "$f" ] || continue
+      echo "fuzz: input $(basename "$f") ($(stat -c %s "$f") bytes), base64 (first 8 KiB):"
+      head -c 8192 "$f" | base64 -w 100
+    done
     echo "fuzz: FAIL $t (exit $rc, ${runs:-?} runs; log: $log, input: $artifacts)"
   else
     echo "fuzz: ok   $t (${seconds}s, ${runs:-?} runs, ${cov:-cov ?})"
