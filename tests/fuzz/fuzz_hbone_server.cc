@@ -6,17 +6,23 @@
 //   fuzz_hbone_h2 (SLUICE_FUZZ_HBONE_TLS): a real mutual-TLS handshake with a
 //     client holding pod A's certificate first; the input is then the
 //     decrypted HTTP/2 byte stream (preface, SETTINGS, HEADERS with a CONNECT
-//     authority, DATA...). CONNECTs go to an echo-less listener on 127.0.0.3.
-// The peer then half-closes; the input is done when the server holds nothing
-// for the connection any more. A connection still held after 10 s is a hang,
-// a socket still open after it a leak.
+//     authority, DATA...). A CONNECT to 127.0.0.3:9 reaches an echo app in
+//     pod B (the seeds' authority); other ports there are refused.
+// The peer then half-closes and the app closes its connections; the input is
+// done when the server holds nothing for the connection any more. A
+// connection still held after 10 s is a hang, a socket still open after it a
+// leak.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -30,6 +36,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
@@ -65,6 +72,24 @@ class Credentials final : public CredentialSource {
   }
 };
 
+// A network namespace of its own (root only): its loopback, 127.0.0.3:9
+// included, is this run's alone, so targets and -jobs run side by side.
+void privateNetwork() {
+  if (::unshare(CLONE_NEWNET) != 0) {
+    std::fprintf(stderr,
+                 "fuzz_hbone: no network namespace of its own (%s): on the host's loopback, "
+                 "two runs at once collide on 127.0.0.3:9\n",
+                 std::strerror(errno));
+    return;
+  }
+  UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0) die("SIOCGIFFLAGS lo");
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+  if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) die("SIOCSIFFLAGS lo up");
+}
+
 // Thousands of connections a second between the same two addresses: ports
 // in TIME_WAIT must not run the ephemeral range dry.
 void reuse(int fd) {
@@ -86,14 +111,45 @@ class Sockets final : public proxy::SocketFactory {
   }
 };
 
-UniqueFd listenOn(uint32_t addr) {
+UniqueFd listenOn(uint32_t addr, uint16_t port = 0) {
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a = makeSockaddr(addr, 0);
+  reuse(fd.get());
+  sockaddr_in a = makeSockaddr(addr, port);
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
-      ::listen(fd.get(), 64) != 0)
+      ::listen(fd.get(), 64) != 0) {
+    std::fprintf(stderr, "fuzz_hbone: listen on 127.0.0.3:%u: %s\n", port, std::strerror(errno));
     die("listen");
+  }
   return fd;
 }
+
+// The app in pod B: accepts, echoes what fits in its send buffer (the rest
+// is dropped), closes on EOF or an error, and closes everything when told.
+class EchoApp {
+ public:
+  explicit EchoApp(UniqueFd listener) : listener_(std::move(listener)) {
+    ::fcntl(listener_.get(), F_SETFL, O_NONBLOCK);
+  }
+
+  void step() {
+    while (UniqueFd c{::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)})
+      conns_.push_back(std::move(c));
+    char buf[16384];
+    std::erase_if(conns_, [&buf](const UniqueFd& c) {
+      for (;;) {
+        ssize_t n = ::recv(c.get(), buf, sizeof(buf), 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN)) return true;
+        if (n < 0) return false;
+        (void)!::send(c.get(), buf, static_cast<size_t>(n), MSG_NOSIGNAL);
+      }
+    });
+  }
+  void closeAll() { conns_.clear(); }
+
+ private:
+  UniqueFd listener_;
+  std::vector<UniqueFd> conns_;
+};
 
 sockaddr_in localOf(int fd) {
   sockaddr_in a{};
@@ -113,13 +169,17 @@ struct Rig {
   std::unique_ptr<proxy::WorkerContext> ctx;
   std::unique_ptr<hbone::Server> server;
   std::shared_ptr<proxy::PodState> pod_b = std::make_shared<proxy::PodState>();
-  UniqueFd listener;  // pod B's 15008 stand-in
-  UniqueFd app;       // an app port in pod B that never accepts
+  UniqueFd listener;             // pod B's 15008 stand-in
+  std::unique_ptr<EchoApp> app;  // 127.0.0.3:9
   SSL_CTX* client_tls = nullptr;
 
   Rig() {
     signal(SIGPIPE, SIG_IGN);
-    log::setup("error");  // a warning per refused tunnel would be most of the run's time
+    privateNetwork();  // before any socket and the ring (its io-wq threads inherit it)
+    // A warning per refused tunnel would be most of the run's time;
+    // FUZZ_LOG=debug shows the tunnels of one input when looking into it.
+    const char* level = std::getenv("FUZZ_LOG");
+    log::setup(level ? level : "error");
     cfg.trust_anchor_pem = ca.pem();
     cfg.connect_timeout = 200ms;
     cfg.access_log = false;
@@ -131,7 +191,7 @@ struct Rig {
     if (!r) die("Ring::create");
     ring = std::move(*r);
     listener = listenOn(*parseIp4("127.0.0.3"));
-    app = listenOn(*parseIp4("127.0.0.3"));
+    app = std::make_unique<EchoApp>(listenOn(*parseIp4("127.0.0.3"), 9));
     ctx = std::make_unique<proxy::WorkerContext>(
         proxy::WorkerContext{.config = cfg,
                              .ring = *ring,
@@ -168,6 +228,7 @@ struct Rig {
 
   void step() {
     auto now = Clock::now();
+    app->step();
     (void)ring->run(0);
     server->tick(now);
     server->fineTick(now);
@@ -254,17 +315,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   SSL_set_fd(ssl, peer.get());
   ::fcntl(peer.get(), F_SETFL, O_NONBLOCK);
   bool up = false;
+  int e = SSL_ERROR_NONE;
   while (Clock::now() < deadline) {
     int rc = SSL_connect(ssl);
     if (rc == 1) {
       up = true;
       break;
     }
-    int e = SSL_get_error(ssl, rc);
+    e = SSL_get_error(ssl, rc);
     if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) break;
     r.step();
   }
-  if (!up) die("the TLS handshake with the server did not complete");
+  if (!up) {
+    char why[256] = "";
+    ERR_error_string_n(ERR_get_error(), why, sizeof(why));
+    std::fprintf(stderr, "fuzz_hbone: SSL_connect: SSL_get_error %d, errno %s, %s\n", e,
+                 std::strerror(errno), why);
+    die("the TLS handshake with the server did not complete");
+  }
   size_t off = 0;
   while (off < size && Clock::now() < deadline) {
     int n = SSL_write(ssl, data + off, static_cast<int>(std::min<size_t>(size - off, 16384)));
@@ -274,6 +342,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     int e = SSL_get_error(ssl, n);
     if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) break;  // the server closed
+    char buf[16384];
+    while (SSL_read(ssl, buf, sizeof(buf)) > 0) {
+    }
+    r.step();
+  }
+  // A few rounds for the streams to reach the app and its echo to come back
+  // before the peer closes: its close ends every stream still open.
+  for (int i = 0; i < 32; ++i) {
     char buf[16384];
     while (SSL_read(ssl, buf, sizeof(buf)) > 0) {
     }
@@ -304,6 +380,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     r.step();
   }
   peer.reset();
+  r.app->closeAll();     // what it had not read to its end yet
   (void)r.ring->run(0);  // submits the closes the last step queued
   checkSockets();
   return 0;
