@@ -342,10 +342,9 @@ void Stream::giveBack(size_t n) {
   n = std::min(n, unconsumed_);
   if (n == 0) return;
   unconsumed_ -= n;
-  if (tunnel_)
-    tunnel_->consume(id_, n);
-  else if (Tunnel* t = forgotten_by_ ? owner_.findTunnel(forgotten_by_) : nullptr)
-    t->consumeConnection(n);
+  // For a stream nghttp2 forgot, consume() opens the connection's window only.
+  Tunnel* t = tunnel_ ? tunnel_ : forgotten_by_ ? owner_.findTunnel(forgotten_by_) : nullptr;
+  if (t) t->consume(id_, n);
 }
 
 void Stream::pipeEnded(relay::Pipe&) {

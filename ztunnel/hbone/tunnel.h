@@ -128,9 +128,10 @@ class Tunnel {
   int32_t request(StreamEnd& s, const std::string& authority, const std::string& forwarded);
   // Server: the response; refuse: no body, then RST_STREAM(NO_ERROR) after it.
   void respond(int32_t id, int status, bool refuse);
-  void resume(int32_t id);             // the stream has DATA to send again
-  void consume(int32_t id, size_t n);  // n bytes of it were delivered: open the window
-  void consumeConnection(size_t n);    // the same for a stream nghttp2 forgot
+  void resume(int32_t id);  // the stream has DATA to send again
+  // n bytes of it were delivered: open the window (the connection's only,
+  // once nghttp2 forgot the stream)
+  void consume(int32_t id, size_t n);
   void reset(int32_t id, uint32_t error_code);
   // A protocol violation: GOAWAY(code) now, then close once it is written.
   void terminate(uint32_t error_code, const std::string& reason);

@@ -257,12 +257,6 @@ void Tunnel::consume(int32_t id, size_t n) {
   progressSoon();
 }
 
-void Tunnel::consumeConnection(size_t n) {
-  if (!h2_ || closed()) return;
-  nghttp2_session_consume_connection(h2_.get(), n);
-  progressSoon();
-}
-
 void Tunnel::reset(int32_t id, uint32_t error_code) {
   if (!h2_ || closed()) return;
   nghttp2_submit_rst_stream(h2_.get(), NGHTTP2_FLAG_NONE, id, error_code);
