@@ -31,6 +31,7 @@ demo: deps build
 bench: deps build
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/run.sh
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/mtls.sh
+	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/cpu_cross.sh
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/snapshot.sh
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/policy.sh
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) bash bench/http.sh

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The whole machine's CPU per unit of work across nodes: pod on node1 ->
+# pod on node2, no mesh against Sluice with --sockmap=off and --sockmap=on.
+# On this lab both "nodes" share the machine's cores, and every figure of
+# bench/mtls.sh saturates them, so a figure's ratio to no mesh is about the
+# inverse ratio of the CPU the whole machine spends per unit (busy time from
+# /proc/stat: user + nice + system + irq + softirq + steal). This prints that
+# CPU per GB (iperf3, one stream), per 1000 keep-alive requests and per 1000
+# new connections (wrk -c32, Connection: close; nginx), split into the two
+# agents (/proc/<pid>/stat) and the rest (apps, the kernel's work charged
+# to them, everything else on the machine).
+#   BENCH_ROUNDS (default 2) rounds of BENCH_SECONDS (default 5) per figure;
+#   the no-mesh pair and the sockmap-off pair alternate, then both agents are
+#   restarted with --sockmap=on and that pair runs BENCH_ROUNDS times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
+LAB="/usr/bin/python3 tools/lab"
+LAB_DIR="${SLUICE_LAB_DIR:-/run/sluice-lab}"
+DUR="${BENCH_SECONDS:-5}"
+ROUNDS="${BENCH_ROUNDS:-2}"
+work=$(mktemp -d /tmp/sluice-bench-cpu.XXXXXX)
+cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+$LAB down >/dev/null 2>&1 || true
+$LAB up --nodes 2 >/dev/null
+$LAB ns label mesh sluice.dev/mesh=enabled
+$LAB ns label plain team=bench
+. bench/nginx.sh
+for ns in mesh plain; do
+  $LAB pod add $ns client --node node1 --sa client >/dev/null
+  $LAB pod add $ns server --node node2 --sa server >/dev/null
+  # Connection: close at no-mesh rates would run the client out of ports.
+  $LAB exec $ns/client -- sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
+  $LAB exec $ns/server -- iperf3 -s -p 5201 >/dev/null 2>&1 &
+  nginx_conf "$work/nginx-$ns.conf" "$work/nginx-$ns.pid" "$work"
+  $LAB exec $ns/server -- nginx -c "$work/nginx-$ns.conf" -p "$work" >/dev/null 2>&1 &
+done
+wait_port() {  # ns port
+  local ip; ip=$($LAB pod ip "$1" server)
+  for _ in $(seq 100); do
+    $LAB exec "$1/client" -- bash -c "exec 3<>/dev/tcp/$ip/$2" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "bench: server $ip:$2 in $1 did not come up" >&2; exit 1
+}
+for ns in mesh plain; do wait_port $ns 5201; wait_port $ns 8080; done
+
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+agents() {
+  local s=0 p
+  for n in node1 node2; do
+    p=$(cat "$LAB_DIR/$n/agent.pid")
+    s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo $s
+}
+hz=$(getconf CLK_TCK)
+# figure ns column: one line "<column> <figure> <rate> <unit> <machine> <agents>"
+measure() {
+  local fig=$1 ns=$2 col=$3 ip b0 a0 b1 a1 n
+  ip=$($LAB pod ip "$ns" server)
+  case $fig in
+    rps | cps)
+      local hdr=()
+      [ "$fig" = rps ] || hdr=(-H "Connection: close")
+      $LAB exec "$ns/client" -- wrk -t2 -c32 -d1s "${hdr[@]}" "http://$ip:8080/" >/dev/null ;;
+  esac
+  b0=$(busy); a0=$(agents)
+  case $fig in
+    gb) n=$($LAB exec "$ns/client" -- iperf3 -c "$ip" -p 5201 -t "$DUR" -J |
+      /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bytes"])') ;;
+    *) n=$($LAB exec "$ns/client" -- wrk -t2 -c32 -d"${DUR}s" "${hdr[@]}" "http://$ip:8080/" |
+      awk '/requests in/ {print $1}') ;;
+  esac
+  b1=$(busy); a1=$(agents)
+  awk -v n="$n" -v c=$((b1 - b0)) -v a=$((a1 - a0)) -v hz="$hz" -v d="$DUR" -v col="$col" -v fig="$fig" 'BEGIN {
+    per = (fig == "gb") ? n / 1e9 : n / 1000
+    rate = (fig == "gb") ? sprintf("%.2f Gbit/s", n * 8 / 1e9 / d) : sprintf("%.0f /s", n / d)
+    printf "%-12s %-4s %14s   machine %6.3f   agents %6.3f   rest %6.3f\n", col, fig, rate,
+      c / hz / per, a / hz / per, (c - a) / hz / per }'
+}
+echo "Whole-machine CPU seconds per unit, pod on node1 -> pod on node2, $(nproc) cores, ${DUR}s per figure"
+echo "units: gb = per GB (iperf3 1 stream), rps = per 1000 keep-alive requests, cps = per 1000 new connections (wrk -c32)"
+for fig in gb rps cps; do
+  for _ in $(seq "$ROUNDS"); do
+    measure $fig plain "no mesh"
+    measure $fig mesh "sockmap off"
+  done
+done
+for n in node1 node2; do SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart $n >/dev/null; done
+for n in node1 node2; do
+  mode=$($LAB node exec $n -- curl -sf http://127.0.0.1:15000/config_dump |
+    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["bpf"]["sockmap"]["mode"])')
+  [ "$mode" = on ] || { echo "bench: $n runs with sockmap '$mode' after --sockmap=on" >&2; exit 1; }
+done
+wait_port mesh 5201; wait_port mesh 8080
+for fig in gb rps cps; do
+  for _ in $(seq "$ROUNDS"); do measure $fig mesh "sockmap on"; done
+done
