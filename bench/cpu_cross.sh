@@ -28,6 +28,7 @@ $LAB up --nodes 2 >/dev/null
 $LAB ns label mesh sluice.dev/mesh=enabled
 $LAB ns label plain team=bench
 . bench/nginx.sh
+. bench/proc_cpu.sh  # cpu_seconds
 for ns in mesh plain; do
   $LAB pod add $ns client --node node1 --sa client >/dev/null
   $LAB pod add $ns server --node node2 --sa server >/dev/null
@@ -37,25 +38,16 @@ for ns in mesh plain; do
   nginx_conf "$work/nginx-$ns.conf" "$work/nginx-$ns.pid" "$work"
   $LAB exec $ns/server -- nginx -c "$work/nginx-$ns.conf" -p "$work" >/dev/null 2>&1 &
 done
-wait_port() {  # ns port
+. bench/wait_port.sh
+servers_up() {  # ns
   local ip; ip=$($LAB pod ip "$1" server)
-  for _ in $(seq 100); do
-    $LAB exec "$1/client" -- bash -c "exec 3<>/dev/tcp/$ip/$2" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench: server $ip:$2 in $1 did not come up" >&2; exit 1
+  wait_port "$1/client" "$ip" 5201
+  wait_port "$1/client" "$ip" 8080
 }
-for ns in mesh plain; do wait_port $ns 5201; wait_port $ns 8080; done
+for ns in mesh plain; do servers_up $ns; done
 
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-agents() {
-  local s=0 p
-  for n in node1 node2; do
-    p=$(cat "$LAB_DIR/$n/agent.pid")
-    s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo $s
-}
+agents() { cpu_seconds "$(cat "$LAB_DIR/node1/agent.pid")" "$(cat "$LAB_DIR/node2/agent.pid")"; }
 hz=$(getconf CLK_TCK)
 # figure ns column: one line "<column> <figure> <rate> <unit> <machine> <agents>"
 measure() {
@@ -75,11 +67,11 @@ measure() {
       awk '/requests in/ {print $1}') ;;
   esac
   b1=$(busy); a1=$(agents)
-  awk -v n="$n" -v c=$((b1 - b0)) -v a=$((a1 - a0)) -v hz="$hz" -v d="$DUR" -v col="$col" -v fig="$fig" 'BEGIN {
+  awk -v n="$n" -v c=$((b1 - b0)) -v a0="$a0" -v a1="$a1" -v hz="$hz" -v d="$DUR" -v col="$col" -v fig="$fig" 'BEGIN {
     per = (fig == "gb") ? n / 1e9 : n / 1000
     rate = (fig == "gb") ? sprintf("%.2f Gbit/s", n * 8 / 1e9 / d) : sprintf("%.0f /s", n / d)
     printf "%-12s %-4s %14s   machine %6.3f   agents %6.3f   rest %6.3f\n", col, fig, rate,
-      c / hz / per, a / hz / per, (c - a) / hz / per }'
+      c / hz / per, (a1 - a0) / per, (c / hz - (a1 - a0)) / per }'
 }
 echo "Whole-machine CPU seconds per unit, pod on node1 -> pod on node2, $(nproc) cores, ${DUR}s per figure"
 echo "units: gb = per GB (iperf3 1 stream), rps = per 1000 keep-alive requests, cps = per 1000 new connections (wrk -c32)"
@@ -95,7 +87,7 @@ for n in node1 node2; do
     /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["bpf"]["sockmap"]["mode"])')
   [ "$mode" = on ] || { echo "bench: $n runs with sockmap '$mode' after --sockmap=on" >&2; exit 1; }
 done
-wait_port mesh 5201; wait_port mesh 8080
+servers_up mesh
 for fig in gb rps cps; do
   for _ in $(seq "$ROUNDS"); do measure $fig mesh "sockmap on"; done
 done

@@ -106,14 +106,7 @@ for n in node1 node2; do
   $LAB node exec $n -- haproxy -D -f "$work/haproxy-$n.cfg" -p "$work/haproxy-$n.pid"
 done
 
-wait_port() {  # client-pod ip port
-  for _ in $(seq 100); do
-    $LAB exec "$1" -- bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench: $2:$3 not reachable from $1" >&2
-  exit 1
-}
+. bench/wait_port.sh
 
 declare -A R
 # CPU seconds (utime + stime, /proc/PID/stat) of the proxies of a column on

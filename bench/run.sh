@@ -41,13 +41,7 @@ start_servers() {  # ns
 }
 start_servers mesh
 start_servers plain
-wait_port() {  # ns ip port
-  for _ in $(seq 100); do
-    $LAB exec "$1/client" -- bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench: server $2:$3 in $1 did not come up" >&2; exit 1
-}
+. bench/wait_port.sh
 
 declare -A R
 . bench/proc_cpu.sh  # agent CPU seconds per 1000 requests
@@ -76,8 +70,8 @@ latency1() {  # ns column ip
 measure() {  # ns column
   local ns=$1 col=$2 ip
   ip=$($LAB pod ip $ns server)
-  wait_port $ns "$ip" 5201
-  wait_port $ns "$ip" 8080
+  wait_port $ns/client "$ip" 5201
+  wait_port $ns/client "$ip" 8080
   for streams in 1 4; do
     gbps=$($LAB exec $ns/client -- iperf3 -c "$ip" -p 5201 -t "$DUR" -P $streams -J |
       /usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
