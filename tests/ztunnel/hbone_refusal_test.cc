@@ -1,0 +1,390 @@
+// HBONE in-process, without root: what a tunnel refuses (authorization, a
+// wrong port or identity, a bad preface, a request that is not CONNECT),
+// a Service attempt moving on after a refusal, and the waits and bounds
+// (certificates, refused dials, pending handshakes, the connection limit).
+// The rig is hbone_rig.h; odd peers are plain OpenSSL + nghttp2 on threads.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "sluice/common/addr.h"
+#include "sluice/common/x509.h"
+#include "support/test_ca.h"
+#include "ztunnel/hbone/client.h"
+#include "ztunnel/hbone/server.h"
+#include "ztunnel/hbone_rig.h"
+
+using namespace hbone_rig;
+
+namespace {
+
+// ------------------------------------------------------------ odd peers
+
+// An HTTP/2 client that sends one request and notes what comes back.
+struct RawClient {
+  std::string status;
+  bool goaway = false;
+  uint32_t goaway_error = 0;
+
+  void run(SSL* ssl, const char* method, const std::string& authority) {
+    nghttp2_session_callbacks* cbs = nullptr;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(
+        cbs, [](nghttp2_session*, const nghttp2_frame* f, void* ud) {
+          auto* self = static_cast<RawClient*>(ud);
+          if (f->hd.type == NGHTTP2_GOAWAY) {
+            self->goaway = true;
+            self->goaway_error = f->goaway.error_code;
+          }
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_header_callback(
+        cbs, [](nghttp2_session*, const nghttp2_frame*, const uint8_t* name, size_t namelen,
+                const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
+          if (std::string_view(reinterpret_cast<const char*>(name), namelen) == ":status")
+            static_cast<RawClient*>(ud)->status.assign(reinterpret_cast<const char*>(value),
+                                                       valuelen);
+          return 0;
+        });
+    nghttp2_session* raw = nullptr;
+    nghttp2_session_client_new(&raw, cbs, this);
+    nghttp2_session_callbacks_del(cbs);
+    std::unique_ptr<nghttp2_session, SessionFree> s(raw);
+    nghttp2_submit_settings(raw, NGHTTP2_FLAG_NONE, nullptr, 0);
+    auto nv = [](const char* n, const std::string& v) {
+      return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n)),
+                        reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), strlen(n),
+                        v.size(), NGHTTP2_NV_FLAG_NONE};
+    };
+    std::string m = method, scheme = "https", path = "/";
+    nghttp2_nv hdrs[] = {nv(":method", m), nv(":scheme", scheme), nv(":path", path),
+                         nv(":authority", authority)};
+    nghttp2_submit_request(raw, nullptr, hdrs, 4, nullptr, nullptr);
+    runSession(raw, ssl);
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("hbone") {
+  TEST_CASE("an authorization deny answers 401 and the app is never connected") {
+    Mesh m;
+    m.authorizer.verdict = Verdict::kDeny;
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(got.empty());
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(echo.accepted == 0);
+    CHECK(m.ss->count(Counter::kDenied) == 1);
+    CHECK(m.authorizer.calls == 1);
+    CHECK(m.authorizer.pod_uid == "uid-b");
+    CHECK(m.authorizer.source_principal == kIdA);
+    CHECK(m.authorizer.source.ip().v4net() == ip(kAddrA));
+    CHECK(m.authorizer.destination.port() == echo.port);
+    auto in = m.closed(*m.ss);
+    REQUIRE(in.size() == 1);
+    CHECK(why(in[0].reason) == "denied");
+    CHECK(in[0].reason_detail == "test says no");
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK(why(out[0].reason) == "refused");
+    CHECK(out[0].reason_detail == "401");
+    // The tunnel survives a refused stream and carries the next one.
+    m.authorizer.verdict = Verdict::kAllow;
+    UniqueFd app2 = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    Worker ok([&] {
+      sendAll(app2.get(), reinterpret_cast<const unsigned char*>("ping"), 4);
+      ::shutdown(app2.get(), SHUT_WR);
+      got.clear();
+      recvAll(app2.get(), got);
+    });
+    REQUIRE(m.pumpUntil([&] { return ok.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "ping");
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+  }
+
+  TEST_CASE("a CONNECT to a port that is not the pod's is refused with 401") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    // The pod's IP but a proxy port; then another address entirely.
+    for (auto dst :
+         {makeSockaddr(ip(kAddrB), 15006), makeSockaddr(ip(kAddrB), m.cs->ctx->hbone_port)}) {
+      UniqueFd app = m.open(dst);
+      std::vector<unsigned char> got;
+      Worker reader([&] { recvAll(app.get(), got); });
+      REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+      CHECK(got.empty());
+    }
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 2; }, 5s));
+    CHECK(m.ss->count(Counter::kRefused) == 2);
+    CHECK(m.authorizer.calls == 0);  // refused before the hook is asked
+    for (auto& r : m.closed(*m.cs)) {
+      CHECK(why(r.reason) == "refused");
+      CHECK(r.reason_detail == "401");
+    }
+    for (auto& r : m.closed(*m.ss)) CHECK(why(r.reason) == "refused_not_this_pod");
+    CHECK(echo.accepted == 0);
+  }
+
+  TEST_CASE("a server presenting another identity than expected is refused") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd app =
+        m.open(makeSockaddr(ip(kAddrB), echo.port), "spiffe://cluster.local/ns/b/sa/other");
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(got.empty());
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(m.cs->count(Counter::kHandshakeFailures) == 1);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 0);
+    auto out = m.closed(*m.cs);
+    REQUIRE(out.size() == 1);
+    CHECK(why(out[0].reason) == "no_tunnel");
+    CHECK(out[0].reason_detail == "peer_refused");
+    CHECK(echo.accepted == 0);
+  }
+
+  TEST_CASE("bad preface that is not TLS is a handshake failure and closes the tunnel") {
+    Mesh m;
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    std::string junk = "GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+    REQUIRE(sendAll(raw.get(), reinterpret_cast<const unsigned char*>(junk.data()), junk.size()));
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(raw.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(m.ss->count(Counter::kHandshakeFailures) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(m.ss->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.ss->count(Counter::kAccepted) == 0);
+    CHECK(m.authorizer.calls == 0);
+  }
+
+  TEST_CASE("bad preface after TLS is a bad request and closes the tunnel") {
+    Mesh m;
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    std::atomic<bool> handshake{false};
+    Worker peer([&] {
+      Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
+      if (!ssl) return;
+      handshake = true;
+      std::string junk = "this is not the HTTP/2 client preface\r\n\r\n";
+      SSL_write(ssl.get(), junk.data(), static_cast<int>(junk.size()));
+      char buf[4096];
+      while (SSL_read(ssl.get(), buf, sizeof(buf)) > 0) {
+      }
+    });
+    REQUIRE(m.pumpUntil([&] { return peer.done.load(); }, 10s));
+    CHECK(handshake);
+    CHECK(m.ss->count(Counter::kBadRequests) == 1);
+    CHECK(m.ss->count(Counter::kHandshakeFailures) == 0);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+  }
+
+  TEST_CASE("a request that is not CONNECT is a bad request with GOAWAY and closes the tunnel") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+    setTimeouts(raw.get(), 10s);
+    RawClient h2;
+    bool handshake = false;
+    Worker peer([&] {
+      Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
+      if (!ssl) return;
+      handshake = true;
+      h2.run(ssl.get(), "GET", formatEndpoint(makeSockaddr(ip(kAddrB), echo.port)));
+    });
+    REQUIRE(m.pumpUntil([&] { return peer.done.load(); }, 10s));
+    CHECK(handshake);
+    CHECK(h2.goaway);
+    CHECK(h2.goaway_error == NGHTTP2_PROTOCOL_ERROR);
+    CHECK(h2.status.empty());
+    CHECK(m.ss->count(Counter::kBadRequests) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+    auto in = m.closed(*m.ss);
+    REQUIRE(in.size() == 1);
+    CHECK(why(in[0].reason) == "bad_request");
+    CHECK(m.authorizer.calls == 0);
+    CHECK(echo.accepted == 0);
+  }
+
+  TEST_CASE(
+      "a Service attempt refused by 15008 or by the CONNECT moves on without the app noticing") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    TestSink sink;
+    auto svc = std::make_shared<ServiceTarget>();
+    svc->name = "b/echo";
+    svc->endpoints = {makeSockaddr(ip("127.0.0.6"), 8080), makeSockaddr(ip(kAddrB), 15006),
+                      makeSockaddr(ip(kAddrB), echo.port)};
+    sockaddr_in vip = makeSockaddr(ip("10.96.0.10"), 80);
+    auto [app, attempt] = m.connection(vip);
+    attempt->setService(&sink, svc, vip);
+    MeshWorkload target{kIdB, "b/server", "node-b"};
+    // The app sends first: a copy goes with each CONNECT (the 401 drops
+    // it), and nothing may be read from the app's socket before a 200.
+    REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>("hello"), 5));
+    ::shutdown(app.get(), SHUT_WR);
+    for (size_t i = 0; i < 2; ++i) {  // nothing listens on 127.0.0.6; 15006 is refused (401)
+      attempt->pick(svc->endpoints[i]);
+      m.client->open(std::move(attempt), target);
+      REQUIRE(m.pumpUntil([&] { return sink.retried != nullptr; }, 5s));
+      attempt = std::move(sink.retried);
+    }
+    attempt->pick(svc->endpoints[2]);
+    m.client->open(std::move(attempt), target);
+    std::vector<unsigned char> got;
+    Worker reader([&] { recvAll(app.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "hello");
+    REQUIRE(sink.whys.size() == 2);
+    CHECK(sink.whys[0] == "connect_error: 15008 refused");
+    CHECK(sink.whys[1] == "refused: 401");
+    CHECK(sink.results == std::vector<bool>{false, false, true});
+    CHECK(m.cs->count(Counter::kConnectRetries) == 0);  // a Service does not wait for a redial
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 3; }, 5s));
+    // every endpoint's slot was given back (the last when its stream was freed)
+    CHECK(m.pumpUntil([&] { return sink.released == 3; }, 5s));
+    int retried = 0;
+    for (auto& r : m.closed(*m.cs)) {
+      CHECK(r.destination_service == "b/echo");
+      if (r.retried)
+        retried++;
+      else
+        CHECK(why(r.reason) == "eof");
+    }
+    CHECK(retried == 2);
+  }
+
+  TEST_CASE("connections wait for a certificate on both sides and give up after certificate_wait") {
+    Mesh m([](EngineConfig& c) { c.certificate_wait = 300ms; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    auto cred_a = m.creds.credential(kIdA), cred_b = m.creds.credential(kIdB);
+    m.creds.set(kIdA, nullptr);
+    m.creds.set(kIdB, nullptr);
+    UniqueFd app = m.open(dst);
+    std::vector<unsigned char> got;
+    Worker w([&] { sendThenDrain(app.get(), "late", 4, got); });
+    m.pumpFor(100ms);
+    CHECK(m.cs->count(Counter::kCertificateWaits) == 1);
+    CHECK(m.pod_a->connections == 1);  // a waiting connection counts against the limit
+    m.creds.set(kIdA, cred_a);         // the client's comes; the server's pod still has none
+    REQUIRE(m.pumpUntil([&] { return m.ss->count(Counter::kCertificateWaits) == 1; }, 5s));
+    m.creds.set(kIdB, cred_b);
+    REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "late");
+    // No certificate at all: reset after certificate_wait.
+    m.creds.set(kIdA, nullptr);
+    UniqueFd app2 = m.open(dst);
+    bool orderly = true;
+    auto t0 = Clock::now();
+    Worker r([&] {
+      std::vector<unsigned char> none;
+      orderly = recvAll(app2.get(), none);
+    });
+    REQUIRE(m.pumpUntil([&] { return r.done.load(); }, 5s));
+    CHECK(Clock::now() - t0 >= 250ms);
+    CHECK_FALSE(orderly);
+    CHECK(m.cs->count(Counter::kNoCertificate) == 1);
+    CHECK(m.pod_a->connections == 0);
+  }
+
+  TEST_CASE("a refused 15008 is redialled within hbone_refused_retry") {
+    Mesh m([](EngineConfig& c) { c.hbone_refused_retry = 2000ms; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in hbone = localOf(m.hbone_listener.get());
+    m.hbone_listener.reset();  // pod B's 15008 is not there yet
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    std::vector<unsigned char> got;
+    Worker w([&] { sendThenDrain(app.get(), "again", 5, got); });
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kConnectRetries) >= 2; }, 5s));
+    m.hbone_listener = listenOn(hbone.sin_addr.s_addr, ntohs(hbone.sin_port), true);
+    REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+    CHECK(std::string(got.begin(), got.end()) == "again");
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.cs->count(Counter::kConnectFailures) == 0);
+  }
+
+  TEST_CASE("pending handshakes are bounded per pod and time out") {
+    Mesh m([](EngineConfig& c) {
+      c.hbone_max_pending_handshakes_per_pod = 2;
+      c.hbone_handshake_timeout = 300ms;
+    });
+    std::vector<UniqueFd> idle;
+    for (int i = 0; i < 3; ++i) {
+      idle.push_back(connectTo(localOf(m.hbone_listener.get()), ip(kAddrA)));
+      REQUIRE(
+          m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsOpened) == unsigned(i + 1); }, 5s));
+    }
+    CHECK(m.ss->count(Counter::kPendingEvicted) == 1);
+    CHECK(m.ss->count(Counter::kTunnelsActive) == 2);
+    int err = 0;  // the oldest was reset
+    CHECK(m.pumpUntil(
+        [&] {
+          char c;
+          ssize_t k = ::recv(idle[0].get(), &c, 1, MSG_DONTWAIT);
+          err = k < 0 ? errno : 0;
+          return k == 0 || (k < 0 && err != EAGAIN);
+        },
+        2s));
+    CHECK(err == ECONNRESET);
+    REQUIRE(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 3s));
+    CHECK(m.ss->count(Counter::kHboneTimeouts) == 2);
+  }
+
+  TEST_CASE("the connection limit answers 503 and an abort by the authorizer resets the stream") {
+    Mesh m([](EngineConfig& c) { c.max_connections_per_pod = 2; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    UniqueFd first = m.open(dst);
+    REQUIRE(m.pumpUntil([&] { return echo.accepted == 1; }, 5s));
+    UniqueFd second = m.open(dst);  // its own stream makes two: at the limit
+    std::vector<unsigned char> got;
+    Worker r([&] { recvAll(second.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return r.done.load(); }, 5s));
+    CHECK(m.ss->count(Counter::kLimitRejected) == 1);
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(m.closed(*m.cs)[0].reason_detail == "503");
+    // Later the policy says no to the open one (Engine::reauthorize).
+    auto open = m.ss->records.openInbound(0);
+    REQUIRE(open.size() == 1);
+    REQUIRE(open[0]->owner != nullptr);
+    open[0]->owner->abort(CloseReason::kDenied);
+    bool orderly = true;
+    Worker r2([&] { orderly = recvAll(first.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return r2.done.load(); }, 5s));
+    CHECK_FALSE(orderly);
+    REQUIRE(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 2; }, 5s));
+    bool denied = false;
+    for (auto& rec : m.closed(*m.ss))
+      if (why(rec.reason) == "denied") denied = true;
+    CHECK(denied);
+    CHECK(m.cs->count(Counter::kTunnelsActive) == 1);  // the tunnel carries on
+  }
+}
