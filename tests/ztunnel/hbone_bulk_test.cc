@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "ztunnel/hbone/tunnel.h"
+#include "ztunnel/hbone_peers.h"
 #include "ztunnel/hbone_rig.h"
 #include "ztunnel/tls/tls.h"
 

@@ -30,59 +30,10 @@
 #include "support/test_ca.h"
 #include "ztunnel/hbone/client.h"
 #include "ztunnel/hbone/server.h"
+#include "ztunnel/hbone_peers.h"
 #include "ztunnel/hbone_rig.h"
 
 using namespace hbone_rig;
-
-namespace {
-
-// ------------------------------------------------------------ odd peers
-
-// An HTTP/2 client that sends one request and notes what comes back.
-struct RawClient {
-  std::string status;
-  bool goaway = false;
-  uint32_t goaway_error = 0;
-
-  void run(SSL* ssl, const char* method, const std::string& authority) {
-    nghttp2_session_callbacks* cbs = nullptr;
-    nghttp2_session_callbacks_new(&cbs);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(
-        cbs, [](nghttp2_session*, const nghttp2_frame* f, void* ud) {
-          auto* self = static_cast<RawClient*>(ud);
-          if (f->hd.type == NGHTTP2_GOAWAY) {
-            self->goaway = true;
-            self->goaway_error = f->goaway.error_code;
-          }
-          return 0;
-        });
-    nghttp2_session_callbacks_set_on_header_callback(
-        cbs, [](nghttp2_session*, const nghttp2_frame*, const uint8_t* name, size_t namelen,
-                const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
-          if (std::string_view(reinterpret_cast<const char*>(name), namelen) == ":status")
-            static_cast<RawClient*>(ud)->status.assign(reinterpret_cast<const char*>(value),
-                                                       valuelen);
-          return 0;
-        });
-    nghttp2_session* raw = nullptr;
-    nghttp2_session_client_new(&raw, cbs, this);
-    nghttp2_session_callbacks_del(cbs);
-    std::unique_ptr<nghttp2_session, SessionFree> s(raw);
-    nghttp2_submit_settings(raw, NGHTTP2_FLAG_NONE, nullptr, 0);
-    auto nv = [](const char* n, const std::string& v) {
-      return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n)),
-                        reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), strlen(n),
-                        v.size(), NGHTTP2_NV_FLAG_NONE};
-    };
-    std::string m = method, scheme = "https", path = "/";
-    nghttp2_nv hdrs[] = {nv(":method", m), nv(":scheme", scheme), nv(":path", path),
-                         nv(":authority", authority)};
-    nghttp2_submit_request(raw, nullptr, hdrs, 4, nullptr, nullptr);
-    runSession(raw, ssl);
-  }
-};
-
-}  // namespace
 
 TEST_SUITE("hbone") {
   TEST_CASE("an authorization deny answers 401 and the app is never connected") {

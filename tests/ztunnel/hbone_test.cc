@@ -28,6 +28,7 @@
 #include "support/test_ca.h"
 #include "ztunnel/hbone/client.h"
 #include "ztunnel/hbone/server.h"
+#include "ztunnel/hbone_peers.h"
 #include "ztunnel/hbone_rig.h"
 
 using namespace hbone_rig;

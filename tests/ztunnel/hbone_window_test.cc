@@ -6,6 +6,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "ztunnel/hbone_peers.h"
 #include "ztunnel/hbone_rig.h"
 
 using namespace hbone_rig;
