@@ -12,23 +12,13 @@
 # server-side agent (node2). Root, perf with tracepoints and uprobes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="/usr/bin/python3 tools/lab"
-LAB_DIR="${SLUICE_LAB_DIR:-/run/sluice-lab}"
+. bench/lab_env.sh conn
 N="${CONN_COUNT:-2000}"
 LIBC=$(ldd "$SLUICE_BUILD_DIR/agent/sluice-agent" | awk '/libc\.so/ {print $3}')
-work=$(mktemp -d /tmp/sluice-bench-conn.XXXXXX)
 probe_added=0
-cleanup() {
-  disown -a 2>/dev/null || true
-  [ "$probe_added" = 0 ] || perf probe -q -d probe_libc:malloc 2>/dev/null || true
-  $LAB down >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_cleanup() { [ "$probe_added" = 0 ] || perf probe -q -d probe_libc:malloc 2>/dev/null; }
 
-$LAB down >/dev/null 2>&1 || true
-$LAB up --nodes 2 >/dev/null
+lab_up 2
 $LAB ns label mesh sluice.dev/mesh=enabled >/dev/null
 $LAB pod add mesh client --node node1 --sa client >/dev/null
 $LAB pod add mesh server --node node2 --sa server >/dev/null

@@ -14,17 +14,11 @@
 #   restarted with --sockmap=on and that pair runs BENCH_ROUNDS times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="/usr/bin/python3 tools/lab"
-LAB_DIR="${SLUICE_LAB_DIR:-/run/sluice-lab}"
+. bench/lab_env.sh cpu
 DUR="${BENCH_SECONDS:-5}"
 ROUNDS="${BENCH_ROUNDS:-2}"
-work=$(mktemp -d /tmp/sluice-bench-cpu.XXXXXX)
-cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
 
-$LAB down >/dev/null 2>&1 || true
-$LAB up --nodes 2 >/dev/null
+lab_up 2
 $LAB ns label mesh sluice.dev/mesh=enabled
 $LAB ns label plain team=bench
 . bench/nginx.sh

@@ -7,16 +7,13 @@
 # Targets: requests/s within 5%, p50 within +10 us.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="/usr/bin/python3 tools/lab"
+. bench/lab_env.sh http
 DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
 ROUNDS="${BENCH_ROUNDS:-2}"
-work=$(mktemp -d /tmp/sluice-bench-http.XXXXXX)
-cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 . bench/nginx.sh
+. bench/wait_port.sh
 nginx_conf "$work/nginx.conf" "$work/nginx.pid" "$work"
 
 to_us() { /usr/bin/python3 -c "
@@ -28,18 +25,14 @@ for u in ('us','ms','s'):
 declare -A R
 measure() {  # mode (on|off)
   local mode=$1
-  $LAB down >/dev/null 2>&1 || true
   if [ "$mode" = off ]; then export SLUICE_AGENT_ARGS="--no-http-detection"; else unset SLUICE_AGENT_ARGS; fi
-  $LAB up --nodes 1 >/dev/null
+  lab_up 1
   $LAB ns label mesh sluice.dev/mesh=enabled
   $LAB pod add mesh server --node node1 --sa server >/dev/null
   $LAB pod add mesh client --node node1 --sa client >/dev/null
   $LAB exec mesh/server -- nginx -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 &
   local ip; ip=$($LAB pod ip mesh server)
-  for _ in $(seq 100); do
-    $LAB exec mesh/client -- bash -c "exec 3<>/dev/tcp/$ip/8080" 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_port mesh/client "$ip" 8080
   for c in 1 "$CONC"; do
     out=$($LAB exec mesh/client -- wrk -t"$(( c < 2 ? 1 : 2 ))" -c"$c" -d"${DUR}s" --latency "http://$ip:8080/")
     local rps p50

@@ -21,24 +21,16 @@
 # middle of each Sluice figure (dir/<column>-<figure>.data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="/usr/bin/python3 tools/lab"
-LAB_DIR="${SLUICE_LAB_DIR:-/run/sluice-lab}"
+. bench/lab_env.sh mtls
 DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
-work=$(mktemp -d /tmp/sluice-bench-mtls.XXXXXX)
 sampler=""  # a running tcp_mem_peak, stopped by figure() or here
-cleanup() {
+bench_cleanup() {
   [ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true
-  disown -a 2>/dev/null || true  # servers die with the lab; no job notices
   for f in "$work"/haproxy-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
-  $LAB down >/dev/null 2>&1 || true
-  rm -rf "$work"
 }
-trap cleanup EXIT
 
-$LAB down >/dev/null 2>&1 || true
-$LAB up --nodes 2 >/dev/null
+lab_up 2
 $LAB ns label mesh sluice.dev/mesh=enabled
 $LAB ns label plain team=bench
 for ns in mesh plain; do

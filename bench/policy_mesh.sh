@@ -12,18 +12,13 @@
 # of what the decisions cost. BENCH_ROUNDS (default 8), BENCH_SECONDS (4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="/usr/bin/python3 tools/lab"
+. bench/lab_env.sh policy
 DUR="${BENCH_SECONDS:-4}"
 CONC="${BENCH_CONCURRENCY:-32}"
 ROUNDS="${BENCH_ROUNDS:-8}"
 CTL="$SLUICE_BUILD_DIR/tools/sluicectl"
-work=$(mktemp -d /tmp/sluice-bench-policy.XXXXXX)
-cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
 
-$LAB down >/dev/null 2>&1 || true
-$LAB up --nodes 2 >/dev/null
+lab_up 2
 $LAB ns label mesh sluice.dev/mesh=enabled
 $LAB pod add mesh client --node node1 --sa client >/dev/null
 $LAB pod add mesh open --node node2 --sa server --label app=open >/dev/null

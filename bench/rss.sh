@@ -11,14 +11,9 @@
 # after each change before reading (default 7: the workers trim every 5 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="/usr/bin/python3 tools/lab"
-LAB_DIR="${SLUICE_LAB_DIR:-/run/sluice-lab}"
+. bench/lab_env.sh rss
 DUR="${BENCH_SECONDS:-3}"
 SETTLE="${RSS_SETTLE:-7}"
-work=$(mktemp -d /tmp/sluice-bench-rss.XXXXXX)
-cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 snap() {  # node label
   local pid
@@ -28,8 +23,7 @@ snap() {  # node label
   /usr/bin/python3 bench/rss.py "$pid" --json "$work/$1-${2// /_}.json"
 }
 
-$LAB down >/dev/null 2>&1 || true
-$LAB up --nodes 2 >/dev/null
+lab_up 2
 $LAB ns label mesh sluice.dev/mesh=enabled
 sleep "$SETTLE"
 snap node1 "0 pods idle"
@@ -47,6 +41,7 @@ echo "== node1: per-pod delta ($enrolled pods - 0 pods) / $enrolled"
   "$work/node1-${enrolled}_pods_idle.json" --per "$enrolled"
 
 . bench/nginx.sh
+. bench/wait_port.sh
 for p in local remote; do
   nginx_conf "$work/nginx-$p.conf" "$work/nginx-$p.pid" "$work"
   $LAB exec mesh/$p -- iperf3 -s -p 5201 >/dev/null 2>&1 &
@@ -56,12 +51,7 @@ load() {  # server pods...
   local ip
   for p in "$@"; do
     ip=$($LAB pod ip mesh "$p")
-    for port in 5201 8080; do
-      for _ in $(seq 100); do
-        $LAB exec mesh/client -- bash -c "exec 3<>/dev/tcp/$ip/$port" 2>/dev/null && break
-        sleep 0.1
-      done
-    done
+    for port in 5201 8080; do wait_port mesh/client "$ip" "$port"; done
     for args in "-P 1" "-P 16" "-P 16 -R"; do
       # shellcheck disable=SC2086
       $LAB exec mesh/client -- iperf3 -c "$ip" -p 5201 -t "$DUR" $args >/dev/null

@@ -13,18 +13,13 @@
 # The "no mesh" pair lives in an unenrolled namespace on the same node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export SLUICE_BUILD_DIR="${SLUICE_BUILD_DIR:-$PWD/build}"
-LAB="/usr/bin/python3 tools/lab"
+. bench/lab_env.sh run
 DUR="${BENCH_SECONDS:-5}"
 CONC="${BENCH_CONCURRENCY:-32}"
 ROUNDS="${BENCH_LATENCY_ROUNDS:-7}"
 ROUND_SECONDS="${BENCH_LATENCY_SECONDS:-2}"
-work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
-cleanup() { disown -a 2>/dev/null || true; $LAB down >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
 
-$LAB down >/dev/null 2>&1 || true
-$LAB up --nodes 1 >/dev/null
+lab_up 1
 $LAB ns label mesh sluice.dev/mesh=enabled
 $LAB ns label plain team=bench
 for ns in mesh plain; do
