@@ -43,7 +43,8 @@ for ns in mesh plain; do servers_up $ns; done
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 agents() { cpu_seconds "$(cat "$LAB_DIR/node1/agent.pid")" "$(cat "$LAB_DIR/node2/agent.pid")"; }
 hz=$(getconf CLK_TCK)
-# figure ns column: one line "<column> <figure> <rate> <unit> <machine> <agents>"
+# figure ns column: one line: column, figure, rate, then CPU s per unit of
+# the machine, the two agents and the rest
 measure() {
   local fig=$1 ns=$2 col=$3 ip b0 a0 b1 a1 n
   ip=$($LAB pod ip "$ns" server)
@@ -75,12 +76,7 @@ for fig in gb rps cps; do
     measure $fig mesh "sockmap off"
   done
 done
-for n in node1 node2; do SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart $n >/dev/null; done
-for n in node1 node2; do
-  mode=$($LAB node exec $n -- curl -sf http://127.0.0.1:15000/config_dump |
-    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["bpf"]["sockmap"]["mode"])')
-  [ "$mode" = on ] || { echo "bench: $n runs with sockmap '$mode' after --sockmap=on" >&2; exit 1; }
-done
+sockmap_on node1 node2
 servers_up mesh
 for fig in gb rps cps; do
   for _ in $(seq "$ROUNDS"); do measure $fig mesh "sockmap on"; done

@@ -19,3 +19,17 @@ lab_up() {  # nodes [lab up flags...]
   $LAB down >/dev/null 2>&1 || true
   $LAB up --nodes "$@" >/dev/null
 }
+# Restarts the agents of the given nodes with --sockmap=on (beside
+# $SLUICE_AGENT_ARGS) and stops the bench when one does not run with it.
+sockmap_on() {  # node...
+  local n mode
+  for n in "$@"; do
+    SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart "$n" >/dev/null
+    mode=$($LAB node exec "$n" -- curl -sf http://127.0.0.1:15000/config_dump |
+      /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin)["bpf"]["sockmap"]; print(s["mode"], s.get("detail", ""))')
+    if [ "${mode%% *}" != on ]; then
+      echo "bench: the $n agent runs with sockmap '$mode' after --sockmap=on (see $LAB_DIR/$n/agent.log)" >&2
+      exit 1
+    fi
+  done
+}

@@ -255,14 +255,7 @@ measure_rss sluice haproxy
 # The same pods and servers with the pod-local hops on sockmap (app <-> proxy
 # in the client pod, proxy <-> app in the server pod; the HBONE hop between
 # the nodes stays TCP + TLS): both agents restarted with --sockmap=on.
-for n in 1 2; do
-  SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart node$n >/dev/null
-  mode=$(config_dump $n | /usr/bin/python3 -c 'import json,sys; s=json.load(sys.stdin)["bpf"]["sockmap"]; print(s["mode"], s.get("detail", ""))')
-  if [ "${mode%% *}" != on ]; then
-    echo "bench: the node$n agent runs with sockmap '$mode' after --sockmap=on (see $LAB_DIR/node$n/agent.log)" >&2
-    exit 1
-  fi
-done
+sockmap_on node1 node2
 measure sockmap mesh/client "$($LAB pod ip mesh server)" 5201 8080
 measure_rss sockmap
 

@@ -91,12 +91,7 @@ measure plain plain
 measure mesh mesh
 # The same mesh pair with the pod-local hops on sockmap: the agent restarted
 # with --sockmap=on (capture continues across the restart).
-SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart node1 >/dev/null
-sockmap_mode=$($LAB node exec node1 -- curl -sf http://127.0.0.1:15000/config_dump |
-  /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["bpf"]["sockmap"]["mode"])')
-if [ "$sockmap_mode" != on ]; then
-  echo "bench: the agent runs with sockmap '$sockmap_mode' after --sockmap=on (see its log)" >&2; exit 1
-fi
+sockmap_on node1
 measure mesh sockmap
 # What the same-node splice took (iperf3 is spliced once detection finds no
 # HTTP; wrk's HTTP stays proxied on sockmap, its requests inspected).
