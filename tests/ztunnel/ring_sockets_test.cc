@@ -1,7 +1,9 @@
 // The ring's socket chores that replace a system call per connection: an
 // upstream socket's setup (mark, TCP_NODELAY, transparent bind) linked ahead
 // of its connect, and closes queued with the next submission. Root: SO_MARK
-// and IP_TRANSPARENT need CAP_NET_ADMIN. Kernel 6.11+ for the setup.
+// and IP_TRANSPARENT need CAP_NET_ADMIN. Kernel 6.11+ for the setup. And a
+// ring waiting for traffic is not I/O pressure (root: a cgroup of its own;
+// kernel 6.15+).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
@@ -9,11 +11,16 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
+#include <fstream>
 #include <memory>
+#include <sstream>
+#include <string>
 #include <utility>
 
 #include "sluice/common/unique_fd.h"
@@ -91,7 +98,89 @@ int intOption(int fd, int level, int name) {
   return v;
 }
 
+// This process in a cgroup of its own for the test's life (moved back and
+// the cgroup removed after, even on failure), to read its I/O pressure.
+class OwnCgroup {
+ public:
+  OwnCgroup() {
+    std::ifstream mounts("/proc/self/mounts");
+    for (std::string dev, dir, type, rest;
+         mounts >> dev >> dir >> type && std::getline(mounts, rest);)
+      if (type == "cgroup2") mount_ = dir;
+    REQUIRE_MESSAGE(!mount_.empty(), "no cgroup2 mount");
+    std::ifstream self("/proc/self/cgroup");
+    for (std::string line; std::getline(self, line);)
+      if (line.rfind("0::", 0) == 0) original_ = line.substr(3);
+    dir_ = mount_ + "/sluice-test-iowait-" + std::to_string(::getpid());
+    REQUIRE_MESSAGE(::mkdir(dir_.c_str(), 0755) == 0, "cannot create " << dir_);
+    REQUIRE(join(dir_));
+  }
+  ~OwnCgroup() {
+    (void)join(mount_ + original_);
+    ::rmdir(dir_.c_str());
+  }
+  OwnCgroup(const OwnCgroup&) = delete;
+  OwnCgroup& operator=(const OwnCgroup&) = delete;
+
+  // Microseconds all of the cgroup's tasks stalled on I/O ("full" total).
+  uint64_t ioStalledUs() const {
+    std::ifstream f(dir_ + "/io.pressure");
+    REQUIRE_MESSAGE(f.good(), "no " << dir_ << "/io.pressure (kernel without PSI?)");
+    for (std::string line; std::getline(f, line);)
+      if (auto at = line.find("total="); line.rfind("full", 0) == 0 && at != std::string::npos)
+        return std::stoull(line.substr(at + 6));
+    FAIL("io.pressure has no full line");
+    return 0;
+  }
+
+ private:
+  static bool join(const std::string& dir) {
+    std::ofstream procs(dir + "/cgroup.procs");
+    procs << ::getpid() << std::flush;
+    return procs.good();
+  }
+  std::string mount_, original_, dir_;
+};
+
 }  // namespace
+
+TEST_CASE("this kernel lets a ring wait without counting as I/O wait (older ones: it is counted)") {
+  REQUIRE_MESSAGE(makeRing()->waitsWithoutIowait(),
+                  "io_uring here lacks IORING_FEAT_NO_IOWAIT (kernel 6.15+)");
+}
+
+TEST_CASE("a ring waiting for traffic is no I/O pressure; a plain liburing wait is") {
+  OwnCgroup cg;
+  auto [mine, peer] = socketPair();
+  char buf[16];  // outlives both rings: their receives are cancelled at exit
+  SUBCASE("liburing's own wait, with a receive in flight, counts as stalled on I/O") {
+    io_uring plain{};
+    REQUIRE(io_uring_queue_init(4, &plain, 0) == 0);
+    io_uring_prep_recv(io_uring_get_sqe(&plain), mine.get(), buf, sizeof(buf), 0);
+    const uint64_t before = cg.ioStalledUs();
+    __kernel_timespec ts{0, 400'000'000};
+    io_uring_cqe* cqe = nullptr;
+    (void)io_uring_submit_and_wait_timeout(&plain, &cqe, 1, &ts, nullptr);
+    const uint64_t stalled = cg.ioStalledUs() - before;
+    CHECK(io_uring_cq_ready(&plain) == 0);  // it waited the whole timeout
+    io_uring_queue_exit(&plain);
+    CHECK(stalled >= 300'000);  // the measure works: most of the 400 ms
+  }
+  SUBCASE("Ring::run does not") {
+    auto ring = makeRing();
+    io_uring_prep_recv(ring->sqe(nullptr), mine.get(), buf, sizeof(buf), 0);
+    const uint64_t before = cg.ioStalledUs();
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 4; ++i) REQUIRE(ring->run(100));
+    CHECK(std::chrono::steady_clock::now() - start >= 350ms);  // it did wait
+    CHECK(cg.ioStalledUs() - before < 20'000);
+    // And a completion still ends the wait.
+    REQUIRE(::write(peer.get(), "x", 1) == 1);
+    const auto sent = std::chrono::steady_clock::now();
+    REQUIRE(ring->run(2000));
+    CHECK(std::chrono::steady_clock::now() - sent < 1s);
+  }
+}
 
 TEST_CASE(
     "this kernel sets sockets up through the ring (the engine falls back to syscalls if not)") {

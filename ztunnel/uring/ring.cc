@@ -1,7 +1,11 @@
 #include "ztunnel/uring/ring.h"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 
 namespace sluice::ztunnel::uring {
@@ -9,6 +13,11 @@ namespace sluice::ztunnel::uring {
 namespace {
 constexpr int kSubmitTries = 8;
 constexpr int kDeferRounds = 4;  // of deferred work per run()
+
+// Kernel 6.15 UAPI, newer than Debian 12's headers: a wait that does not mark
+// the thread as waiting for I/O, and the feature bit that announces it.
+constexpr unsigned kEnterNoIowait = 1U << 7;  // IORING_ENTER_NO_IOWAIT
+constexpr unsigned kFeatNoIowait = 1U << 17;  // IORING_FEAT_NO_IOWAIT
 
 inline void cpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -43,6 +52,7 @@ Result<std::unique_ptr<Ring>> Ring::create(unsigned entries, unsigned cq_entries
         "kernel.io_uring_disabled?)");
   }
   r->initialised_ = true;
+  r->no_iowait_ = (p.features & kFeatNoIowait) != 0 && (p.features & IORING_FEAT_EXT_ARG) != 0;
   return r;
 }
 
@@ -193,17 +203,47 @@ void Ring::busyPoll() {
   misses_in_row_ /= 2;  // a peer answering sometimes in time, sometimes not, keeps some backoff
 }
 
+// io_uring_submit_and_wait_timeout(ring, 1, ts), with IORING_ENTER_NO_IOWAIT
+// where the kernel has it. By default a thread that waits in io_uring_enter
+// while requests are in flight is marked as waiting for I/O: a worker
+// waiting for network traffic would show as iowait on its CPU and as a full
+// I/O stall in its cgroup's io.pressure (PSI) all the time it is idle, which
+// is not what it does (liburing 2.3 cannot pass the flag: the enter is ours).
+int Ring::submitAndWait(__kernel_timespec* ts) {
+  if (!no_iowait_) {
+    io_uring_cqe* cqe = nullptr;
+    return io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, ts, nullptr);
+  }
+  // The SQ tail published, as liburing's flush does (no SQPOLL here).
+  io_uring_sq& sq = ring_.sq;
+  if (sq.sqe_head != sq.sqe_tail) {
+    sq.sqe_head = sq.sqe_tail;
+    io_uring_smp_store_release(sq.ktail, sq.sqe_tail);
+  }
+  const unsigned submit = sq.sqe_tail - io_uring_smp_load_acquire(sq.khead);
+  // A completion at hand: no wait, and no system call unless to submit (as
+  // liburing; task work the kernel queued runs with the next enter).
+  const unsigned wait_nr = io_uring_cq_ready(&ring_) > 0 ? 0 : 1;
+  if (submit == 0 && wait_nr == 0) return 0;
+  io_uring_getevents_arg arg{};
+  arg.sigmask_sz = _NSIG / 8;
+  arg.ts = reinterpret_cast<uint64_t>(ts);
+  long rc =
+      ::syscall(__NR_io_uring_enter, ring_.ring_fd, submit, wait_nr,
+                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | kEnterNoIowait, &arg, sizeof(arg));
+  return rc < 0 ? -errno : static_cast<int>(rc);
+}
+
 Result<unsigned> Ring::run(unsigned wait_ms) {
   __kernel_timespec ts{};
   ts.tv_sec = wait_ms / 1000;
   ts.tv_nsec = static_cast<long long>(wait_ms % 1000) * 1000000;
-  io_uring_cqe* cqe = nullptr;
   // Completions already taken out, or deferred work, must not wait.
   if (!backlog_.empty() || !deferred_.empty())
     ts = {};
   else if (busy_poll_.count() > 0 && wait_ms > 0)
     busyPoll();
-  int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+  int rc = submitAndWait(&ts);
   Result<unsigned> outcome = 0u;
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
     errors_.fetch_add(1, std::memory_order_relaxed);

@@ -78,6 +78,11 @@ class Ring {
   uint64_t busyPollHits() const { return poll_hits_.load(std::memory_order_relaxed); }
   uint64_t busyPollMisses() const { return poll_misses_.load(std::memory_order_relaxed); }
 
+  // The ring waits without marking its thread as waiting for I/O (kernel
+  // 6.15+, IORING_ENTER_NO_IOWAIT): an idle worker is no iowait, no I/O
+  // pressure. Older kernels: it waits as liburing does, and is counted.
+  bool waitsWithoutIowait() const { return no_iowait_; }
+
   // Submissions refused by the kernel and turned into -EAGAIN completions.
   uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
 
@@ -86,9 +91,11 @@ class Ring {
   bool makeRoom(unsigned n);  // n free entries; false when the kernel refuses
   bool ready() const;         // the next wait would return at once
   void busyPoll();
-  void stash();  // moves ready completions to backlog_ (not dispatched)
+  int submitAndWait(__kernel_timespec* ts);  // -errno, as liburing's calls
+  void stash();                              // moves ready completions to backlog_ (not dispatched)
   io_uring ring_{};
   bool initialised_ = false;
+  bool no_iowait_ = false;             // waitsWithoutIowait()
   std::vector<io_uring_cqe> backlog_;  // taken out of the CQ, not dispatched yet
   std::vector<io_uring_cqe> batch_;    // being dispatched by run()
   std::vector<Operation*> deferred_;   // defer(): completed at the end of run()
