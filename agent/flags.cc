@@ -147,15 +147,7 @@ FlagTable flagTable(Flags& f) {
               "it falls back to off, logged and shown in /config_dump\n"
               "(default off)",
               [&f](const std::string& v) { f.sockmap = v == "on"; })
-      .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
-             [&f](const std::string& v) -> std::string {
-               for (const char* l : {"trace", "debug", "info", "warn", "error"})
-                 if (v == l) {
-                   f.log_level = v;
-                   return "";
-                 }
-               return "must be one of trace|debug|info|warn|error, got '" + v + "'";
-             });
+      .logLevel(&f.log_level);
   return t;
 }
 

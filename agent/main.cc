@@ -164,6 +164,10 @@ int runAgent(const agent::Flags& flags) {
     return 1;
   }
   authz_bridge.setEngine(engine->get());
+  if (ztunnel::idleWaitCountsAsIowait())
+    logger->info(
+        "this kernel (before 6.15) counts proxy workers waiting for traffic as I/O wait: "
+        "the node's iowait and the agent's io.pressure overstate its I/O");
 
   // An agent already running with this state dir (an upgrade): take over
   // its listeners before enrolling anything, so every pod keeps the same
@@ -300,6 +304,9 @@ int runAgent(const agent::Flags& flags) {
     j["opaque_ports"] = {{"default", engine_config.opaque_ports},
                          {"declared", directory.opaqueJson()}};
     j["bpf"] = agent::wiring::bpfJson(ld, flags.pin_dir, cgroup, splice.get(), splice_detail);
+    j["proxy"] = {{"workers", engine_config.workers},
+                  {"busy_poll_us", flags.busy_poll_us},
+                  {"idle_wait_counts_as_iowait", ztunnel::idleWaitCountsAsIowait()}};
     return j;
   };
   sources.connections = [&] { return agent::wiring::connectionsJson(eng); };

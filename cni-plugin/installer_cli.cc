@@ -92,8 +92,7 @@ FlagTable installerFlags(Subcommand cmd, InstallerOptions& o) {
              "after removing, wait for SIGTERM/SIGINT (for a DaemonSet that\n"
              "un-chains every node: sluicectl uninstall)",
              [&o] { o.wait_after_uninstall = true; });
-  t.value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
-          nonEmpty("--log-level", FlagTable::into(&o.log_level)));
+  t.logLevel(&o.log_level);
   return t;
 }
 

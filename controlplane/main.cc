@@ -100,8 +100,7 @@ int main(int argc, char** argv) {
       .value("--cert-ttl", "SECONDS",
              "default workload certificate lifetime (default 86400, minimum 60)",
              FlagTable::number(&ttl_seconds, 60, 10u * 365 * 86400))
-      .value("--log-level", "LEVEL", "trace|debug|info|warn|error (default info)",
-             FlagTable::into(&level));
+      .logLevel(&level);
   auto help = flags.parse(argc, argv, 1);
   if (!help) usageError(help.error().message);
   if (*help) {

@@ -46,6 +46,11 @@ FlagTable& FlagTable::positional(Apply apply) {
   return *this;
 }
 
+FlagTable& FlagTable::logLevel(std::string* out) {
+  return choice("--log-level", {"trace", "debug", "info", "warn", "error"},
+                "what to log (default info)", [out](const std::string& w) { *out = w; });
+}
+
 FlagTable::Apply FlagTable::into(std::string* out) {
   return [out](const std::string& v) {
     *out = v;

@@ -12,6 +12,7 @@
 #include <memory>
 #include <sstream>
 
+#include "sluice/common/files.h"
 #include "sluice/common/fmt.h"
 
 namespace sluice::controlplane::kube {
@@ -123,9 +124,11 @@ Result<Config> Config::inCluster(const std::string& dir) {
 }
 
 Result<Config> Config::fromKubeconfig(const std::string& path) {
+  auto text = readFile(path);
+  if (!text) return fail(fmt::format("--kubeconfig: {}", text.error().describe()));
   YAML::Node doc;
   try {
-    doc = YAML::LoadFile(path);
+    doc = YAML::Load(*text);
   } catch (const YAML::Exception& e) {
     return fail(fmt::format("kubeconfig {}: {}", path, e.what()));
   }

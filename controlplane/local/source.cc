@@ -138,8 +138,13 @@ Result<ParsedFile> parseFile(const std::string& text) {
 
 Result<std::unique_ptr<DirectorySource>> DirectorySource::create(const std::string& dir,
                                                                  model::Store& store) {
+  // Never created here: a mistyped path would serve an empty mesh.
   std::error_code ec;
-  fs::create_directories(dir, ec);
+  if (!fs::exists(dir, ec))
+    return fail(fmt::format(
+        "--local-config {}: no such directory (create it first; an empty directory is an "
+        "empty mesh)",
+        dir));
   if (!fs::is_directory(dir, ec))
     return fail(fmt::format("--local-config {} is not a directory", dir));
   std::unique_ptr<DirectorySource> self(new DirectorySource(dir, store));

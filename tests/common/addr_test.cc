@@ -284,4 +284,16 @@ TEST_SUITE("flag table") {
     CHECK(mode == "safe");  // a refused value changes nothing
     CHECK_FALSE(probes);
   }
+
+  TEST_CASE("--log-level, as every binary declares it, refuses an unknown level") {
+    std::string level = "info";
+    sluice::FlagTable t;
+    t.logLevel(&level);
+    CHECK(parseError(t, {"--log-level", "x"}) ==
+          "--log-level must be 'trace', 'debug', 'info', 'warn' or 'error', got 'x'");
+    CHECK(level == "info");
+    Argv ok({"prog", "--log-level=debug"});
+    REQUIRE(t.parse(ok.argc(), ok.argv()).has_value());
+    CHECK(level == "debug");
+  }
 }

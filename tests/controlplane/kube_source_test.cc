@@ -152,6 +152,9 @@ TEST_SUITE("controlplane/kubernetes") {
     REQUIRE_FALSE(bad.has_value());
     CHECK(bad.error().describe().find("current-context 'nope' not found") != std::string::npos);
     CHECK_FALSE(kube::Config::fromKubeconfig(api.dir() + "/missing").has_value());
+    auto dir = kube::Config::fromKubeconfig(api.dir());  // an error, not an exception
+    REQUIRE_FALSE(dir.has_value());
+    CHECK(dir.error().describe().find("is a directory") != std::string::npos);
   }
 
   TEST_CASE("list then watch: paging, events, bookmarks, resume, endpoints from slices") {

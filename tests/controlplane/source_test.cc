@@ -87,6 +87,16 @@ TEST_SUITE("local.source") {
     CHECK(v["uid-plain"].owner_name().empty());
   }
 
+  TEST_CASE("a --local-config directory that does not exist is an error, not created") {
+    TempDir dir;
+    const std::string missing = dir.path.string() + "/no/such";
+    model::Store store;
+    auto src = local::DirectorySource::create(missing, store);
+    REQUIRE_FALSE(src.has_value());
+    CHECK(src.error().describe().find("no such directory") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir.path / "no"));
+  }
+
   TEST_CASE("invalid documents are rejected with a reason") {
     struct Case {
       std::string text;

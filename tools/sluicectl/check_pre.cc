@@ -99,7 +99,13 @@ Outcome ioUring() {
   if (disabled == 1)
     return Outcome::warn("kernel.io_uring_disabled = 1: only privileged processes may use it",
                          "the agent runs privileged, so it works; set 0 to be safe");
-  return Outcome::ok("SINGLE_ISSUER, DEFER_TASKRUN");
+  if (!(*ring)->waitsWithoutIowait())
+    return Outcome::warn(
+        "no IORING_ENTER_NO_IOWAIT (kernel before 6.15): proxy workers waiting for traffic "
+        "count as I/O wait",
+        "Sluice works; the node's iowait and the agent's io.pressure will overstate its I/O, so "
+        "keep the agent out of alerts on them (kernel 6.15+ removes this)");
+  return Outcome::ok("SINGLE_ISSUER, DEFER_TASKRUN, NO_IOWAIT");
 }
 
 Outcome cniChainable(const NodePaths& paths) {

@@ -142,7 +142,9 @@ struct Server::Impl final : StreamOwner {
       s.refuse(401, CloseReason::kNotThisPod);
       return;
     }
-    if (pod.connections.load() >= ctx.config.max_connections_per_pod) {
+    // This stream counts already (Stream's constructor): the others are
+    // connections - 1.
+    if (pod.connections.load() > ctx.config.max_connections_per_pod) {
       ctx.counters().add(Counter::kLimitRejected);
       SLUICE_LOG_LIMITED(limit_log, logger(), spdlog::level::warn,
                          "pod {}: connection limit {} reached; refusing CONNECT from {}",

@@ -384,6 +384,14 @@ unsigned defaultWorkers() {
   return static_cast<unsigned>(std::max(1, cpus / 2));
 }
 
+bool idleWaitCountsAsIowait() {
+  static const bool counted = [] {
+    auto ring = uring::Ring::create(2);
+    return !ring || !(*ring)->waitsWithoutIowait();
+  }();
+  return counted;
+}
+
 Result<std::unique_ptr<Engine>> createEngine(const EngineConfig& config, OrigDstResolver& resolver,
                                              CredentialSource* credentials,
                                              MeshDirectory* directory, EngineHooks hooks) {

@@ -29,6 +29,8 @@ class FlagTable {
                     std::function<void(const std::string& word)> apply);
   // "--name": takes no value.
   FlagTable& toggle(std::string name, std::string help, std::function<void()> apply);
+  // "--log-level trace|debug|info|warn|error" into *out (every binary's).
+  FlagTable& logLevel(std::string* out);
   // A one-letter spelling ("-o") of the flag declared last.
   FlagTable& alias(std::string short_name);
   // Arguments that are not flags (a COMMAND) go to `apply` in order, its

@@ -542,6 +542,12 @@ class Engine {
 // (docs/performance.md, "workers").
 unsigned defaultWorkers();
 
+// Whether a worker waiting for traffic is counted as waiting for I/O on this
+// kernel: true before 6.15 (no IORING_ENTER_NO_IOWAIT), where an idle agent
+// shows as iowait on its CPUs and as a full stall in its cgroup's
+// io.pressure although it waits for the network. Probed once.
+bool idleWaitCountsAsIowait();
+
 // A directory turns on Service load balancing; credentials + directory turn
 // on HBONE: remote meshed destinations go through mTLS tunnels, and each pod
 // gets a 15008 listener.
