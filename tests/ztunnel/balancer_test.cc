@@ -97,6 +97,16 @@ TEST_SUITE("ztunnel/balancer") {
     CHECK(str(*last) == "10.0.0.2");
     tried.push_back(*last);
     CHECK_FALSE(b.pick(svc, tried, now).has_value());
+    // Failures while ejected (every endpoint down: it is still tried) neither
+    // eject it again nor extend it; after its time, eject_after failures
+    // eject it again, for twice as long.
+    for (int i = 0; i < 10; ++i) CHECK_FALSE(b.result(ep("10.0.0.2"), false, 0us, now + 1s));
+    CHECK_FALSE(b.ejected(ep("10.0.0.2"), now + 6s));
+    CHECK_FALSE(b.result(ep("10.0.0.2"), false, 0us, now + 6s));
+    CHECK_FALSE(b.result(ep("10.0.0.2"), false, 0us, now + 6s));
+    CHECK(b.result(ep("10.0.0.2"), false, 0us, now + 6s));
+    CHECK(b.ejected(ep("10.0.0.2"), now + 15s));
+    CHECK_FALSE(b.ejected(ep("10.0.0.2"), now + 17s));
     // A success resets the failure count.
     b.result(ep("10.0.0.1"), false, 0us, now);
     b.result(ep("10.0.0.1"), false, 0us, now);

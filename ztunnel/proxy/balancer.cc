@@ -56,6 +56,10 @@ bool Balancer::result(const SockAddr& ep, bool ok, std::chrono::microseconds lat
     st.ejections = 0;
     return false;
   }
+  // Tried while ejected (every endpoint is): the ejection stands as it is,
+  // not re-counted or extended by each failure of the connections that
+  // still come to it.
+  if (st.ejected_until > now) return false;
   if (++st.failures < config_.eject_after) return false;
   st.failures = 0;
   auto base = config_.eject_for * (1u << std::min(st.ejections, 4u));

@@ -41,7 +41,9 @@ class Balancer {
                                Clock::time_point now);
   void closed(const SockAddr& ep);
   // The outcome of a connect attempt. Returns true when this failure ejected
-  // the endpoint.
+  // the endpoint; a failure while it is ejected changes nothing (it comes
+  // back when its time is over and is ejected again, for longer, after
+  // eject_after more failures).
   bool result(const SockAddr& ep, bool ok, std::chrono::microseconds latency,
               Clock::time_point now);
   // Forgets endpoints idle for a minute (removed from the view long ago).

@@ -184,8 +184,9 @@ void Router::attemptResult(Attempt& a, bool ok) {
   auto latency = std::chrono::duration_cast<std::chrono::microseconds>(now - a.attemptStart());
   if (balancer_.result(a.dst, ok, latency, now)) {
     ctx_.counters().add(Counter::kLbEjections);
-    logger()->warn("service {}: endpoint {} ejected after {} consecutive connect failures",
-                   a.serviceName(), formatEndpoint(a.dst), ctx_.config.lb_eject_after);
+    SLUICE_LOG_LIMITED(eject_log_, logger(), spdlog::level::warn,
+                       "service {}: endpoint {} ejected after {} consecutive connect failures",
+                       a.serviceName(), formatEndpoint(a.dst), ctx_.config.lb_eject_after);
   }
 }
 
