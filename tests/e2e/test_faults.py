@@ -29,7 +29,7 @@ import sys
 import time
 import unittest
 
-from labkit import LAB_DIR, PIN_ROOT, LabTest, LoadLoop, pid_of, run, wait_for
+from labkit import APP, LAB, LAB_DIR, PIN_ROOT, LabTest, LoadLoop, pid_of, run, wait_for
 
 MESH = "sluice.dev/mesh"
 TD = "spiffe://cluster.local/ns/shop/sa"
@@ -69,6 +69,36 @@ class AgentKillTest(LabTest):
         wait_for("certificate of db", lambda: lab.cert("node1", f"{TD}/db")["state"] == "valid")
         lab.server("shop/server", "echo", 8082)
         lab.server("shop/local", "echo", 8083)
+        lab.server("shop/server", "stream", 8084)
+        lab.server("shop/local", "stream", 8085)
+
+    def test_kill_9_cuts_a_transfer_with_a_reset_not_an_end(self):
+        """An app receiving through a killed agent learns that its stream was cut (RST: the
+        agent's sockets are born with linger 0), rather than reading an end of stream and
+        taking what it got for all of it. Across nodes and on one node, for the download."""
+        lab = self.lab
+        for ip, port in ((self.server_ip, 8084), (self.local_ip, 8085)):
+            with self.subTest(port=port):
+                down = 20_000_000_000  # far more than moves before the kill
+                p = subprocess.Popen([sys.executable, LAB, "exec", "shop/client", "--", sys.executable, APP,
+                                      "transfer", ip, str(port), "0", str(down)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=lab.env)
+                try:
+                    wait_for("the transfer through node1's agent",
+                             lambda: any(c["destination"] == f"{ip}:{port}" and c["state"] == "open"
+                                         for c in lab.ctl("node1", "connections")["connections"]))
+                    time.sleep(0.5)
+                    pid = pid_of("node1")
+                    os.kill(pid, signal.SIGKILL)
+                    wait_gone(pid)
+                    out, _ = p.communicate(timeout=60)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                lab.lab("agent", "start", "node1")
+                self.assertNotEqual(p.returncode, 0, out)
+                self.assertIn("ConnectionResetError", out, "the app read an end of stream, not a reset")
 
     def snapshot(self):
         """What an agent's kill could leave behind: pins, map entries, pod listeners, agents."""

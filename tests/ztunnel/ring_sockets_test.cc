@@ -264,6 +264,32 @@ TEST_CASE("a chain the ring refuses fails with EAGAIN, blamed on no setup step")
   CHECK(ring->errors() == 6);
 }
 
+TEST_CASE("an orderly close through the ring turns linger 0 off first: FIN, else RST") {
+  SockAddr at;
+  UniqueFd l = listener(at);
+  auto ring = makeRing();
+  for (bool orderly : {true, false}) {
+    CAPTURE(orderly);
+    UniqueFd peer = tcpSocket();
+    REQUIRE(::connect(peer.get(), at.sa(), at.len()) == 0);
+    UniqueFd mine(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(mine);
+    linger zero{1, 0};  // as an app's connection is born (proxy::Listener)
+    REQUIRE(::setsockopt(mine.get(), SOL_SOCKET, SO_LINGER, &zero, sizeof(zero)) == 0);
+    ring->close(std::move(mine), orderly);
+    REQUIRE(ring->run(0));
+    REQUIRE(readable(peer.get(), 1000));
+    char c;
+    ssize_t n = ::recv(peer.get(), &c, 1, 0);
+    if (orderly) {
+      CHECK(n == 0);  // the end of the stream
+    } else {
+      CHECK(n < 0);
+      CHECK(errno == ECONNRESET);
+    }
+  }
+}
+
 TEST_CASE("close through the ring: the peer sees the end after the next submission") {
   auto [mine, peer] = socketPair();
   auto ring = makeRing();

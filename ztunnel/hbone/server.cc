@@ -168,7 +168,8 @@ struct Server::Impl final : StreamOwner {
       s.refuse(503, CloseReason::kSocketError, sock.error().describe());
       return;
     }
-    live->owner = &s;  // the authorization hook may reset it later
+    proxy::setLinger0(sock->fd.get());  // as an accepted one (proxy::Listener)
+    live->owner = &s;                   // the authorization hook may reset it later
     s.connectApp(std::move(*sock), *target);
   }
 

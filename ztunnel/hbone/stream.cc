@@ -183,6 +183,7 @@ void Stream::close(bool reset, CloseReason reason, std::string detail, bool retr
   giveBack(unconsumed_);   // what the app will not get now
   if (l7_) l7_->finish();  // requests without a response are reported now
   int fd = appFd();
+  reset_ = reset;
   if (fd >= 0) {
     if (reset) proxy::setLinger0(fd);
     if (busy()) ctx_.ring.cancelFd(fd);
@@ -199,9 +200,9 @@ void Stream::maybeFinish() {
   if (live_) ctx_.records.close(*live_, reason_, detail_, retried_);
   // The app's socket closes with the ring's next submission.
   if (server_)
-    ctx_.ring.close(std::move(app_));
+    ctx_.ring.close(std::move(app_), !reset_);
   else if (attempt_)
-    ctx_.ring.close(std::move(attempt_->client));
+    ctx_.ring.close(std::move(attempt_->client), !reset_);
   owner_.streamFinished(*this);
 }
 

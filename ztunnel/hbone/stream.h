@@ -139,6 +139,7 @@ class Stream final : public StreamEnd,
   bool down_eof_ = false;     // the peer's END_STREAM
   bool up_done_ = false;      // our END_STREAM went out
   bool rst_sent_ = false;     // RST_STREAM submitted
+  bool reset_ = false;        // the app's socket closes with RST, else orderly
   bool closing_ = false, finished_ = false;
   // DATA taken from the tunnel whose window is not open again yet: given
   // back as the app takes it, also after nghttp2 forgot the stream (to the

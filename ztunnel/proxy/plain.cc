@@ -66,6 +66,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   // error, and the connection is reset instead.
   std::optional<ConnectionFd> thaw() {
     if (int err = up_.frozenError() ? up_.frozenError() : down_.frozenError(); err) {
+      reset_ = true;
       setLinger0(client_.get());
       setLinger0(upstream_.get());
       reason_ = CloseReason::kReset;
@@ -101,8 +102,8 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     ctx_.counters().add(Counter::kClosed);
     pod_->connections--;
     ctx_.records.close(*live_, reason_, std::move(detail_), retried_);
-    ctx_.ring.close(std::move(client_));
-    ctx_.ring.close(std::move(upstream_));
+    ctx_.ring.close(std::move(client_), !reset_);
+    ctx_.ring.close(std::move(upstream_), !reset_);
   }
 
   void abort(CloseReason reason, std::string detail = {}) override {
@@ -121,6 +122,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     if (reset) {
       // RST rather than FIN: the peer learns of the reset. (Not shutdown():
       // that would send a FIN ahead of the RST.)
+      reset_ = true;
       setLinger0(client_.get());
       setLinger0(upstream_.get());
     }
@@ -256,6 +258,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   uint64_t up_sent_ = 0, down_sent_ = 0;        // written to the upstream / to the client
   uint64_t spliced_up_ = 0, spliced_down_ = 0;  // spliced bytes in the record so far
   bool closing_ = false;
+  bool reset_ = false;  // closes with RST (linger 0 kept), else orderly
   bool frozen_ = false;
   bool retried_ = false;
   CloseReason reason_ = CloseReason::kNone;

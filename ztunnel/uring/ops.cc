@@ -27,6 +27,10 @@ bool socketSetupSupported() {
 }
 
 void prepSetsockopt(io_uring_sqe* s, int fd, int level, int name, const int* value) {
+  prepSetsockopt(s, fd, level, name, value, sizeof(int));
+}
+
+void prepSetsockopt(io_uring_sqe* s, int fd, int level, int name, const void* value, unsigned len) {
   io_uring_prep_rw(IORING_OP_URING_CMD, s, fd, nullptr, 0, 0);
   s->cmd_op = kSocketSetsockopt;
   // The kernel's sqe->level and sqe->optname share the word of sqe->addr
@@ -35,7 +39,7 @@ void prepSetsockopt(io_uring_sqe* s, int fd, int level, int name, const int* val
   const uint32_t level_name[2] = {static_cast<uint32_t>(level), static_cast<uint32_t>(name)};
   std::memcpy(reinterpret_cast<char*>(s) + offsetof(io_uring_sqe, addr), level_name,
               sizeof(level_name));
-  s->file_index = sizeof(int);
+  s->file_index = len;
   s->addr3 = reinterpret_cast<uint64_t>(value);
 }
 

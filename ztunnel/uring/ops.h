@@ -130,6 +130,7 @@ bool socketSetupSupported();
 // Fill one submission entry (kernel 6.7+ / 6.11+ layouts; liburing 2.3
 // has no helpers for them).
 void prepSetsockopt(io_uring_sqe* s, int fd, int level, int name, const int* value);
+void prepSetsockopt(io_uring_sqe* s, int fd, int level, int name, const void* value, unsigned len);
 void prepBind(io_uring_sqe* s, int fd, const SockAddr& addr);
 
 // A TCP connect bounded by a deadline (connect linked to a link timeout),

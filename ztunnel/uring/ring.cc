@@ -1,5 +1,6 @@
 #include "ztunnel/uring/ring.h"
 
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -7,6 +8,8 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+
+#include "ztunnel/uring/ops.h"
 
 namespace sluice::ztunnel::uring {
 
@@ -128,9 +131,23 @@ void Ring::cancelFd(int fd) {
   io_uring_prep_cancel_fd(sqe(nullptr), fd, IORING_ASYNC_CANCEL_ALL);
 }
 
-void Ring::close(UniqueFd fd) {
+void Ring::close(UniqueFd fd, bool orderly) {
   if (!fd) return;
-  if (!makeRoom(1)) return;  // fd's destructor closes it now
+  static constexpr linger kNoLinger{0, 0};  // read by the kernel when submitted
+  const bool by_ring = orderly && socketSetupSupported();
+  if (orderly && !by_ring)
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &kNoLinger, sizeof(kNoLinger));
+  if (!makeRoom(by_ring ? 2 : 1)) {
+    if (by_ring) ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &kNoLinger, sizeof(kNoLinger));
+    return;  // fd's destructor closes it now
+  }
+  if (by_ring) {
+    io_uring_sqe* l = io_uring_get_sqe(&ring_);
+    prepSetsockopt(l, fd.get(), SOL_SOCKET, SO_LINGER, &kNoLinger, sizeof(kNoLinger));
+    io_uring_sqe_set_data(l, nullptr);
+    // Hard link: the close follows even if the option failed (not a socket).
+    l->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+  }
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
   io_uring_prep_close(s, fd.release());
   io_uring_sqe_set_data(s, nullptr);

@@ -54,8 +54,12 @@ class Ring {
   // Closes fd with the ring's next submission (IORING_OP_CLOSE): no
   // close(2) of its own. For a descriptor no request is in flight on; it
   // stays open (its number taken) until then. One the ring never submits
-  // (it is destroyed first) is closed by the destructor.
-  void close(UniqueFd fd);
+  // (it is destroyed first) is closed by the destructor. `orderly`: a
+  // connection's socket that ends well, whose SO_LINGER {1, 0} (set at its
+  // birth, so that a killed agent's sockets reset their peers instead of
+  // ending them as if complete) is turned off first, linked ahead of the
+  // close in the same submission: the close sends a FIN.
+  void close(UniqueFd fd, bool orderly = false);
   // Submits and waits for at least one completion (or the timeout), then
   // completes every available one. Returns the number completed, or the
   // ring's error (anything but a timeout or a signal).
