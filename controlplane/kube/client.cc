@@ -125,7 +125,7 @@ Result<Config> Config::inCluster(const std::string& dir) {
 
 Result<Config> Config::fromKubeconfig(const std::string& path) {
   auto text = readFile(path);
-  if (!text) return fail(fmt::format("--kubeconfig: {}", text.error().describe()));
+  if (!text) return fail(fmt::format("kubeconfig {}: {}", path, text.error().describe()));
   YAML::Node doc;
   try {
     doc = YAML::Load(*text);
