@@ -69,6 +69,21 @@ int runAgent(const agent::Flags& flags) {
     setrlimit(RLIMIT_NOFILE, &nofile);
   }
 
+  // Files first: a bad path stops the agent before it touches the kernel.
+  auto trust_anchor = readFile(flags.ca_bundle);
+  if (!trust_anchor) {
+    logger->critical("--ca-bundle: {}", trust_anchor.error().describe());
+    return 1;
+  }
+  // Read on every use: a projected service account token is rotated in place.
+  BearerToken token;
+  if (!flags.token_file.empty()) {
+    if (auto t = readFile(flags.token_file); !t) {
+      logger->critical("--token-file: {}", t.error().describe());
+      return 1;
+    }
+    token.file = flags.token_file;
+  }
   std::string cgroup = flags.cgroup;
   if (cgroup.empty()) {
     auto found = agent::bpf::Loader::findCgroup2();
@@ -88,20 +103,6 @@ int runAgent(const agent::Flags& flags) {
     logger->info("{} attached to {} (link {}{})", l.program, cgroup, l.link_id,
                  l.reused ? ", re-adopted" : "");
 
-  auto trust_anchor = readFile(flags.ca_bundle);
-  if (!trust_anchor) {
-    logger->critical("--ca-bundle: {}", trust_anchor.error().describe());
-    return 1;
-  }
-  // Read on every use: a projected service account token is rotated in place.
-  BearerToken token;
-  if (!flags.token_file.empty()) {
-    if (auto t = readFile(flags.token_file); !t) {
-      logger->critical("--token-file: {}", t.error().describe());
-      return 1;
-    }
-    token.file = flags.token_file;
-  }
   agent::identity::GrpcSigner signer(flags.controlplane, *trust_anchor, token);
   agent::identity::CertManagerConfig cert_config;
   cert_config.ttl = std::chrono::seconds(flags.cert_ttl);

@@ -118,7 +118,8 @@ std::string installerUsage(Subcommand cmd) {
   config (the first *.conflist/*.conf/*.json in the conf dir; a single .conf
   or .json becomes a .conflist). Keeps running and restores the entry when
   the primary CNI rewrites its file (inotify, and every N ms, default 5000);
-  on SIGTERM/SIGINT removes the entry and the binary and exits 0.
+  on SIGTERM/SIGINT exits 0 and leaves both in place (--uninstall-on-exit
+  removes them then; `sluice-cni uninstall` does it on its own).
 Flags:
 )" + flags;
   return R"(sluice-cni uninstall --cni-bin-dir DIR --cni-conf-dir DIR [flags]

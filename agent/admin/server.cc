@@ -139,6 +139,12 @@ void Server::handle(Client& c, const Request& req) {
     }
     return;
   }
+  const bool known =
+      routes_.count(path) > 0 || query_routes_.count(path) > 0 || stream_routes_.count(path) > 0;
+  if (!known) {
+    json({{"error", "no such endpoint: " + path}}, 404);
+    return;
+  }
   if (!read) {
     std::string why = post ? "POST is for actions only; " + path + " is read by GET"
                            : fmt::format("method {} not served; {} is read by GET",

@@ -64,7 +64,17 @@ std::pair<int, nlohmann::json> resetConnectionsJson(
   auto target = parseResetTarget(query);
   if (!target) return {400, {{"error", target.error().message}}};
   size_t n = engine.resetConnections(target->id, target->pod);
-  if (!target->pod.empty()) return {200, {{"reset", n}, {"pod", target->pod}}};
+  if (!target->pod.empty()) {
+    // None reset: a pod this node does not proxy is a mistake to say so.
+    bool known = n > 0;
+    for (const auto& l : engine.listeners()) known = known || l.pod == target->pod;
+    if (!known)
+      return {404,
+              {{"error", fmt::format("no enrolled pod {} on this node (sluicectl workloads lists "
+                                     "them)",
+                                     target->pod)}}};
+    return {200, {{"reset", n}, {"pod", target->pod}}};
+  }
   if (n > 0) return {200, {{"reset", n}, {"id", target->id}}};
   for (const auto& c : engine.connections())
     if (c.id == target->id)

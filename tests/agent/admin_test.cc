@@ -344,6 +344,11 @@ TEST_SUITE("admin") {
     // A POST where there are no actions: refused, saying what is allowed.
     CHECK(r.rfind("HTTP/1.1 405", 0) == 0);
     CHECK(r.find("Allow: GET, HEAD") != std::string::npos);
+    // The admin API's action is no endpoint of this one, for any method.
+    r = roundTrip(port,
+                  "POST /connections/reset?id=1 HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                  "0\r\nConnection: close\r\n\r\n");
+    CHECK(r.rfind("HTTP/1.1 404", 0) == 0);
   }
 
 #ifdef SLUICE_HAVE_WIRING

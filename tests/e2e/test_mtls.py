@@ -192,6 +192,10 @@ class MtlsTest(LabTest):
         unknown = self.lab.ctl_run("node1", "connections", "reset", "987654321")
         self.assertEqual(unknown.returncode, 1)
         self.assertIn("no open connection with id 987654321", unknown.stderr)
+        # A pod this node does not have (a typo): exit 1, not "reset 0 connections".
+        typo = self.lab.ctl_run("node1", "connections", "reset", "--pod", "shop/no-such-pod")
+        self.assertEqual(typo.returncode, 1, typo.stdout)
+        self.assertIn("no enrolled pod shop/no-such-pod on this node", typo.stderr)
 
     def test_metrics_istio_tcp_labels_and_live_bytes_on_both_nodes(self):
         """Each agent serves Istio's TCP metrics on :15020 on the node's network: node1 reports

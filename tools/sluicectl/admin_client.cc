@@ -22,14 +22,15 @@ namespace {
 // Connected, request sent, a 5 s bound on sending (and, for `timed`, reading).
 Result<UniqueFd> request(const std::string& admin, const std::string& path, bool timed,
                          const char* method = "GET") {
-  auto ep = parseEndpoint(admin);
-  if (!ep) return fail("invalid --admin address '" + admin + "': expected IP:PORT");
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  auto ep = SockAddr::parse(admin);
+  if (!ep || ep->port() == 0)
+    return fail("invalid --admin address '" + admin + "': expected IP:PORT or [IPv6]:PORT");
+  UniqueFd fd(::socket(ep->family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return failErrno("cannot create a socket");
   timeval tv{5, 0};
   setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   if (timed) setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*ep), sizeof(*ep)) != 0)
+  if (::connect(fd.get(), ep->sa(), ep->len()) != 0)
     return failErrno("cannot reach the agent admin API at " + admin +
                      ": is sluice-agent running on this node? (--admin selects another address)");
   std::string req = std::string(method) + " " + path + " HTTP/1.0\r\nHost: " + admin +
