@@ -126,6 +126,14 @@ int main(int argc, char** argv) {
       std::fputs(usage().c_str(), stdout);
       return 0;
     }
+    if (argc > 1) {
+      // A person at a shell, not a runtime (which passes no arguments).
+      std::fprintf(stderr,
+                   "sluice-cni: unknown command '%s': the commands are install and uninstall "
+                   "(sluice-cni --help)\n",
+                   argv[1]);
+      return 2;
+    }
     std::fputs(usage().c_str(), stderr);
     return emitError(
         "1.0.0",

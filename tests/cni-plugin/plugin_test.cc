@@ -115,6 +115,19 @@ TEST_SUITE("plugin") {
     CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);
     CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);
   }
+  TEST_CASE("run by hand with an unknown command: says so, not a CNI error object") {
+    std::string cmd = "env -i " SLUICE_CNI_BINARY " bogus 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    int status = pclose(p);
+    CHECK(WEXITSTATUS(status) == 2);
+    CHECK(out.find("unknown command 'bogus'") != std::string::npos);
+    CHECK(out.find("\"code\"") == std::string::npos);
+  }
+
   TEST_CASE("malformed stdin is a CNI error object - the agent is never called") {
     FakeHandler h;
     auto server = agent::cni::Server::create(sock, h);
