@@ -57,11 +57,13 @@ Listener::Listener(WorkerContext& ctx, Handler& handler, UniqueFd fd, std::share
   // it here whatever its predecessor did.
   int one = 1;
   setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  // An app's connection (not a tunnel) is born with SO_LINGER {1, 0},
-  // inherited from here at accept: if the agent dies, the kernel's close of
-  // its sockets resets the apps rather than ending their streams as if
-  // complete. An orderly end turns it off first (Ring::close).
-  if (roleOf(kind_) != ListenerKind::kHbone) setLinger0(fd_.get());
+  // No linger on the listener itself: it is shared with another agent
+  // version during an upgrade or a rollback, whose accepted sockets would
+  // inherit it (and an older agent never turns it off). An earlier build
+  // of this one set it here: cleared. Each accepted app connection gets it
+  // instead (Worker::accepted).
+  linger none{0, 0};
+  setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &none, sizeof(none));
   local_len_ = sizeof(local_);
   if (getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local_), &local_len_) != 0)
     local_len_ = 0;  // family AF_UNSPEC: no original destination is found

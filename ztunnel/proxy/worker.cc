@@ -348,6 +348,11 @@ void Worker::accepted(Listener& l, UniqueFd client) {
                        pod->spec.name_namespace, limit);
     return;
   }
+  // An app's connection (not a tunnel) is born with SO_LINGER {1, 0}: if
+  // the agent dies, the kernel's close of its sockets resets the apps rather
+  // than ending their streams as if complete. An orderly end turns it off
+  // first (Ring::close).
+  if (role != ListenerKind::kHbone) setLinger0(client.get());
   // One syscall per connection here: the peer's address. TCP_NODELAY
   // comes from the listener; the local address is the listener's own
   // except on the transparent inbound listener.

@@ -15,7 +15,8 @@ namespace sluice::ztunnel::uring {
 
 namespace {
 constexpr int kSubmitTries = 8;
-constexpr int kDeferRounds = 4;  // of deferred work per run()
+constexpr int kDeferRounds = 4;    // of deferred work per run()
+constexpr linger kNoLinger{0, 0};  // an orderly close's; read by the kernel when submitted
 
 // Kernel 6.15 UAPI, newer than Debian 12's headers: a wait that does not mark
 // the thread as waiting for I/O, and the feature bit that announces it.
@@ -65,6 +66,10 @@ Ring::~Ring() {
   // queued is submitted (its owner may be gone).
   for (unsigned i = io_uring_smp_load_acquire(ring_.sq.khead); i != ring_.sq.sqe_tail; ++i) {
     const io_uring_sqe& s = ring_.sq.sqes[i & ring_.sq.ring_mask];
+    // An orderly close's linger-off entry (hard-linked ahead of it: only
+    // close() queues those) is done here too, so the close stays a FIN.
+    if (s.opcode == IORING_OP_URING_CMD && (s.flags & IOSQE_IO_HARDLINK))
+      ::setsockopt(s.fd, SOL_SOCKET, SO_LINGER, &kNoLinger, sizeof(kNoLinger));
     if (s.opcode == IORING_OP_CLOSE) ::close(s.fd);
   }
   io_uring_queue_exit(&ring_);
@@ -133,7 +138,6 @@ void Ring::cancelFd(int fd) {
 
 void Ring::close(UniqueFd fd, bool orderly) {
   if (!fd) return;
-  static constexpr linger kNoLinger{0, 0};  // read by the kernel when submitted
   const bool by_ring = orderly && socketSetupSupported();
   if (orderly && !by_ring)
     ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &kNoLinger, sizeof(kNoLinger));
