@@ -170,9 +170,7 @@ void Server::handle(Client& c, const Request& req) {
   if (auto q = query_routes_.find(path); q != query_routes_.end()) {
     r = q->second(parseQuery(req.target));
   } else {
-    auto it = routes_.find(path);
-    r = it == routes_.end() ? jsonResponse({{"error", "no such endpoint: " + path}}, 404)
-                            : it->second();
+    r = routes_.at(path)();  // known (above)
   }
   if (r.shared_body)
     conn.respond(r.status, r.content_type, std::move(r.shared_body));

@@ -274,7 +274,7 @@ TEST_CASE("an orderly close through the ring turns linger 0 off first: FIN, else
     REQUIRE(::connect(peer.get(), at.sa(), at.len()) == 0);
     UniqueFd mine(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
     REQUIRE(mine);
-    linger zero{1, 0};  // as an app's connection is born (proxy::Listener)
+    linger zero{1, 0};  // as an app's connection is born (proxy::Worker::accepted)
     REQUIRE(::setsockopt(mine.get(), SOL_SOCKET, SO_LINGER, &zero, sizeof(zero)) == 0);
     ring->close(std::move(mine), orderly);
     REQUIRE(ring->run(0));

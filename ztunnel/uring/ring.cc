@@ -138,14 +138,12 @@ void Ring::cancelFd(int fd) {
 
 void Ring::close(UniqueFd fd, bool orderly) {
   if (!fd) return;
-  const bool by_ring = orderly && socketSetupSupported();
-  if (orderly && !by_ring)
+  // Linger off in the same submission as the close, or else by a system call.
+  const bool linked = orderly && socketSetupSupported() && makeRoom(2);
+  if (orderly && !linked)
     ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &kNoLinger, sizeof(kNoLinger));
-  if (!makeRoom(by_ring ? 2 : 1)) {
-    if (by_ring) ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &kNoLinger, sizeof(kNoLinger));
-    return;  // fd's destructor closes it now
-  }
-  if (by_ring) {
+  if (!linked && !makeRoom(1)) return;  // fd's destructor closes it now
+  if (linked) {
     io_uring_sqe* l = io_uring_get_sqe(&ring_);
     prepSetsockopt(l, fd.get(), SOL_SOCKET, SO_LINGER, &kNoLinger, sizeof(kNoLinger));
     io_uring_sqe_set_data(l, nullptr);
