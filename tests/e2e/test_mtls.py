@@ -197,6 +197,25 @@ class MtlsTest(LabTest):
         self.assertEqual(typo.returncode, 1, typo.stdout)
         self.assertIn("no enrolled pod shop/no-such-pod on this node", typo.stderr)
 
+    def test_a_reset_reaches_a_peer_that_neither_reads_nor_writes(self):
+        """One app floods the other, which stops reading, until nothing moves; then the
+        sender resets. The proxies hold bytes the receiver does not take and post no receive
+        on the sender's socket: they still find the reset within seconds (each worker's tick
+        watches a stalled source) and pass it on. Client to server, and server to client."""
+        srv = self.lab.server("shop/server", "stall", 8086)
+        for server_role in ("sink", "flood"):
+            with self.subTest(server=server_role):
+                out = self.lab.client("shop/client", "stall", self.server_ip, "8086", server_role,
+                                      timeout=90).stdout
+                server_says = read_line(srv, 40)
+                sender, receiver = (out, server_says) if server_role == "sink" else (server_says, out)
+                print(f"\n  stalled, then reset ({server_role} server): sender {sender.strip()!r}, "
+                      f"receiver {receiver.strip()!r}", file=sys.stderr)
+                self.assertRegex(sender, r"^reset sent n=[1-9]")
+                self.assertRegex(receiver, r"^end how=reset n=\d+ s=\d")
+                waited = float(receiver.split("s=")[1])
+                self.assertLess(waited, 15, receiver)
+
     def test_metrics_istio_tcp_labels_and_live_bytes_on_both_nodes(self):
         """Each agent serves Istio's TCP metrics on :15020 on the node's network: node1 reports
         the client's side (reporter=source), node2 the server's (reporter=destination), both as

@@ -229,6 +229,69 @@ TEST_SUITE("engine") {
     CHECK(eventually([&] { return run.engine->stats()[ztunnel::Counter::kActive] == 0; }));
   }
 
+  TEST_CASE("a reset by one app reaches the other while neither reads nor writes") {
+    // The proxy holds bytes the receiver does not take, so it posts no
+    // receive on the sender's socket; its tick (about once a second)
+    // watches that socket, and the sender's reset still gets through.
+    for (bool client_resets : {true, false}) {
+      CAPTURE(client_resets);
+      Pod pod;
+      ztunnel::EngineConfig cfg;
+      cfg.buffer_bytes = 16 * 1024;
+      Running run(pod, cfg);
+      auto server = pod.listen(9001);
+      run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9001);
+      auto client = pod.connectProxy();
+      UniqueFd accepted(::accept(server.get(), nullptr, nullptr));
+      REQUIRE(accepted.get() >= 0);
+      int sender = client_resets ? client.get() : accepted.get();
+      int receiver = client_resets ? accepted.get() : client.get();
+      int small = 16 * 1024;
+      REQUIRE(::setsockopt(receiver, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)) == 0);
+      // The sender writes until nothing has gone for 300 ms: the receiver's
+      // buffer, the proxy's socket buffers and its pipe are full.
+      std::vector<unsigned char> chunk(64 * 1024, 0x5a);
+      size_t total = 0;
+      auto moved = std::chrono::steady_clock::now();
+      while (std::chrono::steady_clock::now() - moved < 300ms) {
+        ssize_t w = ::send(sender, chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+          total += static_cast<size_t>(w);
+          moved = std::chrono::steady_clock::now();
+        } else {
+          std::this_thread::sleep_for(10ms);
+        }
+      }
+      MESSAGE("stalled after ", total, " bytes");
+      REQUIRE(total > 0);
+      linger lg{1, 0};
+      REQUIRE(::setsockopt(sender, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+      if (client_resets)
+        client.reset();
+      else
+        accepted.reset();
+      // The receiver learns of the reset without reading (a read would make
+      // room, and the proxy's next receive would find the reset anyway)...
+      pollfd pf{receiver, 0, 0};  // POLLERR and POLLHUP only
+      CHECK(::poll(&pf, 1, 6000) == 1);
+      CHECK((pf.revents & POLLERR) != 0);
+      // ...then reads what reached it, and the reset, not an end.
+      timeval tv{2, 0};
+      REQUIRE(::setsockopt(receiver, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0);
+      unsigned char buf[1 << 16];
+      ssize_t n;
+      while ((n = ::recv(receiver, buf, sizeof(buf), 0)) > 0) {
+      }
+      int err = n < 0 ? errno : 0;
+      CHECK_MESSAGE(err == ECONNRESET, "recv ended with ", n, " errno ", std::strerror(err));
+      CHECK(eventually([&] {
+        auto cs = run.engine->connections();
+        return run.engine->stats()[ztunnel::Counter::kActive] == 0 && !cs.empty() &&
+               cs.back().reason == ztunnel::CloseReason::kReset;
+      }));
+    }
+  }
+
   TEST_CASE("a connect to an unresponsive destination times out and the client is reset") {
     Pod pod;
     ztunnel::EngineConfig cfg;

@@ -163,6 +163,80 @@ TEST_SUITE("hbone") {
     CHECK((got == data));
   }
 
+  TEST_CASE("a reset by one app reaches the other while neither reads nor writes") {
+    // The sender's bytes fill the stream window and the socket buffers; the
+    // stream then posts no receive on the sender's socket, and its tick
+    // watches it: the reset still becomes an RST_STREAM and the other app's
+    // reset.
+    for (bool client_resets : {true, false}) {
+      CAPTURE(client_resets);
+      Mesh m([](EngineConfig& c) {
+        c.hbone_stream_window = 64 * 1024;
+        c.buffer_bytes = 16 * 1024;
+      });
+      m.ss->sockets.buffer_bytes = 32 * 1024;
+      // Sends without blocking until nothing went for 300 ms; calls `more`
+      // between tries (the rig's ring, or a sleep).
+      auto flood = [](int fd, const std::function<void()>& more) {
+        std::vector<unsigned char> chunk(16 * 1024, 0x5a);
+        size_t total = 0;
+        auto moved = Clock::now();
+        while (Clock::now() - moved < 300ms) {
+          ssize_t k = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+          if (k > 0) {
+            total += static_cast<size_t>(k);
+            moved = Clock::now();
+          } else {
+            more();
+          }
+        }
+        return total;
+      };
+      // The receiver: learns of the reset without reading (a read would
+      // make room and the stream's next receive would find the reset
+      // anyway), then reads what reached it and the reset.
+      struct Seen {
+        std::atomic<int> revents{-1};
+        std::atomic<bool> orderly{true};
+        std::atomic<bool> done{false};
+      } seen;
+      auto receive = [&seen](int fd) {
+        pollfd pf{fd, 0, 0};
+        seen.revents = ::poll(&pf, 1, 10000) == 1 ? pf.revents : 0;
+        std::vector<unsigned char> got;
+        seen.orderly = recvAll(fd, got);
+        seen.done = true;
+      };
+      std::atomic<size_t> sent{0};
+      App server(ip(kAddrB), [&](int fd) {
+        setBuffers(fd, 32 * 1024);
+        if (client_resets) return receive(fd);
+        sent = flood(fd, [] { std::this_thread::sleep_for(5ms); });
+        linger lg{1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));  // the App's close resets
+      });
+      UniqueFd app = m.open(makeSockaddr(ip(kAddrB), server.port));
+      setBuffers(app.get(), 32 * 1024);
+      REQUIRE(m.pumpUntil([&] { return server.accepted == 1; }, 5s));
+      if (client_resets) {
+        sent = flood(app.get(), [&] { m.step(); });
+        linger lg{1, 0};
+        REQUIRE(setsockopt(app.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+        app.reset();
+        REQUIRE(m.pumpUntil([&] { return seen.done.load(); }, 15s));
+      } else {
+        Worker client([&] { receive(app.get()); });
+        REQUIRE(m.pumpUntil([&] { return seen.done.load(); }, 15s));
+      }
+      MESSAGE("stalled after ", sent.load(), " bytes");
+      CHECK(sent > 0);
+      CHECK((seen.revents & POLLERR) != 0);
+      CHECK_FALSE(seen.orderly);
+      CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+      CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    }
+  }
+
   TEST_CASE("keepalive PINGs keep a quiet tunnel and a silent peer is closed within 2x keepalive") {
     Mesh m([](EngineConfig& c) { c.hbone_keepalive = 200ms; });
     App echo(ip(kAddrB), App::echo);

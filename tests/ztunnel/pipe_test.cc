@@ -232,6 +232,22 @@ struct Proxy {
     A.step();
     B.step();
   }
+  // Runs (stepping the peers) until `up` has read nothing new for `still`;
+  // false if that never happens within the budget.
+  bool runUntilStalled(std::chrono::milliseconds still) {
+    uint64_t last = 0;
+    auto changed = Clock::now();
+    return runUntil(
+        *ring,
+        [&] {
+          if (up.bytes() != last) {
+            last = up.bytes();
+            changed = Clock::now();
+          }
+          return last > 0 && Clock::now() - changed >= still;
+        },
+        [&] { step(); });
+  }
   // The proxy's fds outlive the pipes' requests.
   void drain() {
     ring->cancelFd(pa.get());
@@ -306,18 +322,7 @@ TEST_SUITE("pipe") {
     p.start();
 
     // Run until the pipe has read nothing new for 300 ms.
-    uint64_t last = 0;
-    auto changed = Clock::now();
-    REQUIRE(runUntil(
-        *p.ring,
-        [&] {
-          if (p.up.bytes() != last) {
-            last = p.up.bytes();
-            changed = Clock::now();
-          }
-          return last > 0 && Clock::now() - changed >= 300ms;
-        },
-        [&] { p.step(); }));
+    REQUIRE(p.runUntilStalled(300ms));
     const uint64_t stalled = p.up.bytes();
     MESSAGE("stalled after ", stalled, " bytes (bound ", bound, ")");
     CHECK(stalled >= kBuffer);
@@ -362,6 +367,53 @@ TEST_SUITE("pipe") {
     CHECK(up.sent == 0);
     CHECK(down.failed == 1);
     CHECK(up.failed == 1);
+    p.drain();
+  }
+
+  TEST_CASE("a stalled pipe watches its source: a reset is noticed though the sink never reads") {
+    Proxy p(16 * 1024);
+    setInt(p.pb.get(), SOL_SOCKET, SO_SNDBUF, 16 * 1024);
+    setInt(p.b.get(), SOL_SOCKET, SO_RCVBUF, 16 * 1024);
+    p.A.send_limit = 4ull << 20;
+    p.B.reading = false;
+    p.start();
+    // A moves bytes until the pipe holds a buffer B does not take: no
+    // receive is posted on A's socket then.
+    REQUIRE(p.runUntilStalled(200ms));
+    p.up.watchIfStalled();  // bytes wait
+    CHECK_FALSE(p.up.watching());
+
+    SUBCASE("nothing taken until the next call: it watches, and A's reset reaches the owner") {
+      // A pipe that is only idle (nothing waiting) does not watch.
+      p.down.watchIfStalled();
+      p.down.watchIfStalled();
+      CHECK_FALSE(p.down.watching());
+      p.up.watchIfStalled();
+      CHECK(p.up.watching());
+      // A resets. Without the watch nothing would complete: B never reads.
+      linger lg{1, 0};
+      REQUIRE(::setsockopt(p.a.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+      p.a.reset();
+      REQUIRE(runUntil(
+          *p.ring, [&] { return p.rec.of(p.up).failed > 0; }, {}, 5s));
+      const auto& up = p.rec.of(p.up);
+      CHECK_MESSAGE(up.err == -ECONNRESET, "got ", errName(up.err));
+      CHECK_FALSE(up.sending);
+    }
+    SUBCASE("the sink takes bytes before the next call: it does not watch") {
+      char buf[64 * 1024];
+      size_t took = 0;
+      for (ssize_t k; (k = ::recv(p.b.get(), buf, sizeof(buf), MSG_DONTWAIT)) > 0;)
+        took += static_cast<size_t>(k);
+      REQUIRE(took > 0);
+      const uint64_t sent = p.rec.of(p.up).sent;
+      REQUIRE(runUntil(
+          *p.ring, [&] { return p.rec.of(p.up).sent > sent; }, [&] { p.A.step(); }));
+      p.up.watchIfStalled();
+      CHECK_FALSE(p.up.watching());
+    }
+    p.up.stop();
+    p.down.stop();
     p.drain();
   }
 

@@ -270,6 +270,7 @@ bool Server::idle() const {
 
 void Server::tick(Clock::time_point now) {
   impl_->owned.eachLink([&](Impl::Link& l) { l.tunnel.tick(now, 0); });
+  impl_->owned.eachStream([](Stream& s) { s.watchIfStalled(); });
 }
 
 bool Server::fineTick(Clock::time_point) {

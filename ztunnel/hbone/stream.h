@@ -84,6 +84,12 @@ class Stream final : public StreamEnd,
     close(true, reason, std::move(detail));
   }
 
+  // About once a second: the app -> tunnel pipe, stalled by the tunnel,
+  // watches the app's socket for a reset (relay::Pipe::watchIfStalled).
+  void watchIfStalled() {
+    if (!closing_) up_.watchIfStalled();
+  }
+
   Tunnel* tunnel() const { return tunnel_; }
   const std::shared_ptr<proxy::PodState>& pod() const { return pod_; }
   bool closing() const { return closing_; }

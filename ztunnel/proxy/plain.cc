@@ -91,6 +91,11 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     return c;
   }
   bool closing() const { return closing_; }
+  void watchIfStalled() {
+    if (closing_) return;
+    up_.watchIfStalled();
+    down_.watchIfStalled();
+  }
   bool busy() const { return connect_.busy() || up_.busy() || down_.busy(); }
   bool involves(const std::string& uid) const {
     return pod_->spec.uid == uid || (target_ && target_->spec.uid == uid);
@@ -328,6 +333,10 @@ void PlainUpstream::removePod(const std::string& uid) {
 
 void PlainUpstream::countSpliced() {
   for (auto& [p, c] : conns_) c->countSpliced();
+}
+
+void PlainUpstream::tick() {
+  for (auto& [p, c] : conns_) c->watchIfStalled();
 }
 
 void PlainUpstream::shutdown() {

@@ -184,6 +184,7 @@ void Worker::tick(std::chrono::steady_clock::time_point now) {
   if (parts_->client) parts_->client->tick(now);
   if (parts_->server) parts_->server->tick(now);
   parts_->router.tick(now);
+  parts_->plain.tick();
   // The ring's own counts, added to the engine's counters as they grew.
   auto add = [&](Counter c, uint64_t now_value, uint64_t& seen) {
     parts_->ctx.counters().add(c, now_value - seen);

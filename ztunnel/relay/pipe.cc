@@ -1,5 +1,8 @@
 #include "ztunnel/relay/pipe.h"
 
+#include <poll.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -72,7 +75,9 @@ std::string_view Pipe::peek() const {
 }
 
 void Pipe::drop(size_t n) {
-  off_ += std::min(n, len_ - off_);
+  n = std::min(n, len_ - off_);
+  off_ += n;
+  taken_ += n;
   if (off_ == len_) {
     len_ = off_ = 0;
     pump();  // room again: read more
@@ -113,6 +118,30 @@ void Pipe::pump() {
     if (!buf_) buf_.reset(new char[cap_]);
     recv_.recv(ring_, src_, buf_.get(), cap_);
   }
+}
+
+void Pipe::watchIfStalled() {
+  bool waiting = started_ && !stopped_ && src_ >= 0 && !eof_ && len_ > off_ && !recv_.busy();
+  bool stalled = waiting && waited_at_check_ && taken_ == taken_at_check_;
+  waited_at_check_ = waiting;
+  taken_at_check_ = taken_;
+  if (stalled && !watch_.busy() && !source_hup_) watch_.pollError(ring_, src_);
+}
+
+void Pipe::onWatch(const io_uring_cqe& cqe) {
+  if (stopped_) return settle();
+  if (cqe.res < 0) return;  // cancelled: the owner is closing
+  if (cqe.res & POLLERR) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (::getsockopt(src_, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) err = ECONNRESET;
+    owner_.pipeFailed(*this, -err, false);
+    return;
+  }
+  // Hung up without an error: both directions of the source are shut
+  // (its FIN, and ours), an orderly end the receive will find once the
+  // sink takes the bytes.
+  source_hup_ = true;
 }
 
 void Pipe::tapEnd() {
@@ -178,6 +207,7 @@ void Pipe::onSend(const io_uring_cqe& cqe) {
     return;
   }
   auto n = static_cast<size_t>(cqe.res);
+  taken_ += n;
   if (src_ >= 0) {
     off_ += n;
     if (off_ >= len_) len_ = off_ = 0;

@@ -82,6 +82,17 @@ class Pipe {
   // it, unless `sink_done` says that happened already).
   void resume(int source_fd, int sink_fd, std::string pending, bool eof, bool sink_done);
 
+  // About once a second (the owner's tick). While bytes wait for the sink,
+  // no receive is posted on the source (backpressure), so nothing would
+  // notice its peer resetting: a client that gives up on a server which
+  // neither reads nor writes would leave the connection open for good.
+  // A pipe whose bytes waited at the previous call and whose sink has
+  // taken none since watches its source for an error (one poll, kept until
+  // the connection ends); a reset reaches the owner as pipeFailed(-errno,
+  // sending false).
+  void watchIfStalled();
+  bool watching() const { return watch_.busy(); }
+
   // Pushed source: bytes to write (copied) and the end of them.
   void push(const char* data, size_t n);
   void pushEnd();
@@ -97,7 +108,7 @@ class Pipe {
 
   bool started() const { return started_; }
   bool sinkDone() const { return shut_done_; }  // socket sink: EOF propagated
-  bool busy() const { return recv_.busy() || send_.busy() || shut_.busy(); }
+  bool busy() const { return recv_.busy() || send_.busy() || shut_.busy() || watch_.busy(); }
   uint64_t bytes() const { return bytes_; }  // read from the source so far
 
  private:
@@ -105,6 +116,7 @@ class Pipe {
   void onRecv(const io_uring_cqe& cqe);
   void onSend(const io_uring_cqe& cqe);
   void onShutdown(const io_uring_cqe& cqe);
+  void onWatch(const io_uring_cqe& cqe);
   void tapEnd();
   void settle();  // stopped: tells the owner once nothing is in flight
 
@@ -116,6 +128,11 @@ class Pipe {
   int frozen_error_ = 0;
   bool eof_ = false, shut_done_ = false;
   uint64_t bytes_ = 0;
+  uint64_t taken_ = 0;  // bytes the sink took from the buffer (sent or dropped)
+  // watchIfStalled: whether bytes waited, and taken_, at the last call; the
+  // source hung up (the poll would complete again at once: not re-armed).
+  bool waited_at_check_ = false, source_hup_ = false;
+  uint64_t taken_at_check_ = 0;
   Tap* tap_ = nullptr;
   // Socket source: one buffer, read into when empty, drained by the sink.
   std::unique_ptr<char[]> buf_;
@@ -126,6 +143,7 @@ class Pipe {
   uring::Op<&Pipe::onRecv> recv_{this};
   uring::Op<&Pipe::onSend> send_{this};
   uring::Op<&Pipe::onShutdown> shut_{this};
+  uring::Op<&Pipe::onWatch> watch_{this};  // an error poll on a stalled source
 };
 
 }  // namespace sluice::ztunnel::relay

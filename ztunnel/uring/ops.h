@@ -7,6 +7,7 @@
 #include <linux/time_types.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -67,6 +68,10 @@ class Op<Method> final : public Operation {
   void read(Ring& r, int fd, void* buf, unsigned len) {
     io_uring_prep_read(start(r), fd, buf, len, 0);
   }
+  // Completes when the socket has an error (a reset) or is hung up, not
+  // when it is readable or writable: the kernel always adds POLLERR and
+  // POLLHUP to what it is asked for, so asking for POLLERR asks for those.
+  void pollError(Ring& r, int fd) { io_uring_prep_poll_add(start(r), fd, POLLERR); }
   // Keeps accepting until an error or a cancellation (SOCK_CLOEXEC sockets).
   void acceptMultishot(Ring& r, int fd) {
     io_uring_prep_multishot_accept(start(r), fd, nullptr, nullptr, SOCK_CLOEXEC);

@@ -9,6 +9,9 @@ Servers:
   tcpapp.py http PORT       tiny HTTP/1.1 keep-alive server answering "ok\\n" (benchmarks)
   tcpapp.py watch PORT      line echo (a thread per connection) that prints how each connection
                             ended: "end how=eof|reset|error:<name> n=<bytes read>" (flushed)
+  tcpapp.py stall PORT      a peer that stops: each connection's first line picks a role. "sink":
+                            never read; "flood": send until nothing goes for 1 s, then reset
+                            (linger 0). Prints how each ended, as `stall` the client (flushed)
 Clients:
   tcpapp.py get HOST PORT [TIMEOUT]               print one whoami line (IPv4 or IPv6 HOST;
                                                   connect timeout TIMEOUT s, default 10)
@@ -38,6 +41,13 @@ Clients:
                                                   prints "ready opened=.. failed=.." and holds until killed
   tcpapp.py garbage HOST PORT N                   N connections, each sends a line of garbage and waits
                                                   for the close; prints "done closed=.."
+  tcpapp.py stall HOST PORT sink|flood            against a `stall` server, in the role's opposite: the
+                                                  server sinks, the client floods until nothing goes
+                                                  for 1 s and resets: prints "reset sent n=<bytes>";
+                                                  or the server floods and resets while the client
+                                                  neither reads nor writes: prints how it learnt,
+                                                  "end how=reset|eof|timeout|error:<name> n=<bytes>
+                                                  s=<seconds it waited>"
   tcpapp.py fragsyn HOST PORT 0|1                 one TCP SYN crafted on a raw socket (IPv4 HOST), whole
                                                   (0) or as two IP fragments (1, the first with 24 bytes
                                                   of the 40-byte TCP header); waits 2 s for the answer;
@@ -48,9 +58,12 @@ import hashlib
 import json
 import os
 import resource
+import select
 import socket
+import struct
 import sys
 import threading
+import time
 
 BLOCK = 1 << 20
 _BASE = bytes((i * 131 + 7) & 0xFF for i in range(BLOCK)) * 2
@@ -129,12 +142,17 @@ def handle_stream(c):
         c.close()
 
 
-def serve_stream(port):
+def serve_threads(port, handle):
+    """Accepts forever, each connection handled on its own thread."""
     s = listen(port)
     print("ready", flush=True)
     while True:
         c, _ = s.accept()
-        threading.Thread(target=handle_stream, args=(c,), daemon=True).start()
+        threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+
+def serve_stream(port):
+    serve_threads(port, handle_stream)
 
 
 def serve_asyncio(port, handle):
@@ -186,11 +204,72 @@ def handle_watch(c):
 
 
 def serve_watch(port):
-    s = listen(port)
-    print("ready", flush=True)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=handle_watch, args=(c,), daemon=True).start()
+    serve_threads(port, handle_watch)
+
+
+def stall_flood(c):
+    """Sends until nothing has gone for 1 s, then resets; returns the bytes sent."""
+    c.setblocking(False)
+    chunk, sent, moved = b"\x5a" * 65536, 0, time.monotonic()
+    while time.monotonic() - moved < 1.0:
+        try:
+            sent += c.send(chunk)
+            moved = time.monotonic()
+        except BlockingIOError:
+            select.select([], [c], [], 0.05)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    return sent
+
+
+def stall_sink(c, since):
+    """Neither reads nor writes until the connection has an error or hangs up (a read
+    would make room, and the proxy would then find the reset by reading), then reads what
+    reached it; says how it ended."""
+    p = select.poll()
+    p.register(c, 0)  # POLLERR and POLLHUP only
+    how = "timeout" if not p.poll(30_000) else None
+    took, n = time.monotonic() - since, 0
+    c.settimeout(5)
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                how = how or "eof"
+                break
+            n += len(d)
+    except ConnectionResetError:
+        how = how or "reset"
+    except OSError as e:
+        how = how or f"error:{type(e).__name__}"
+    c.close()
+    return f"end how={how} n={n} s={took:.1f}"
+
+
+def handle_stall(c):
+    role = b""
+    while not role.endswith(b"\n"):
+        d = c.recv(1)
+        if not d:
+            return
+        role += d
+    if role.strip() == b"flood":
+        print(f"reset sent n={stall_flood(c)}", flush=True)
+    else:
+        print(stall_sink(c, time.monotonic()), flush=True)
+
+
+def serve_stall(port):
+    serve_threads(port, handle_stall)
+
+
+def client_stall(host, port, server_role):
+    c = socket.create_connection((host, port), timeout=10)
+    c.sendall(server_role.encode() + b"\n")
+    if server_role == "sink":
+        print(f"reset sent n={stall_flood(c)}", flush=True)
+    else:
+        print(stall_sink(c, time.monotonic()), flush=True)
 
 
 def serve_http(port):
@@ -559,6 +638,10 @@ def main():
         serve_watch(int(a[1]))
     elif cmd == "http":
         serve_http(int(a[1]))
+    elif cmd == "stall" and len(a) == 2:
+        serve_stall(int(a[1]))
+    elif cmd == "stall":
+        client_stall(a[1], int(a[2]), a[3])
     elif cmd == "get":
         client_get(a[1], int(a[2]), float(a[3]) if len(a) > 3 else 10)
     elif cmd == "transfer":
