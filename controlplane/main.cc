@@ -16,6 +16,7 @@
 #include "controlplane/local/source.h"
 #include "controlplane/model/store.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/files.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/log.h"
 
@@ -24,6 +25,7 @@ using namespace sluice;
 namespace {
 constexpr const char* kUsageHead =
     R"(Usage: sluice-controlplane (--local-config DIR | --kubernetes | --kubeconfig FILE) [flags]
+       sluice-controlplane --validate FILE
 
 Serves Discovery.Watch and Certificates.Sign (gRPC over TLS) to the node
 agents from a source of truth: a directory of YAML (local mode) or the
@@ -37,17 +39,34 @@ Flags:
                msg.c_str());
   std::exit(2);
 }
+// --validate FILE: the local source's verdict on one file, a line each.
+int validate(const std::string& path) {
+  auto text = readFile(path);
+  if (!text) {
+    std::fprintf(stderr, "sluice-controlplane: %s\n", text.error().describe().c_str());
+    return 1;
+  }
+  auto check = controlplane::local::checkFile(*text);
+  for (const auto& line : check.lines) std::printf("%s\n", line.c_str());
+  return check.ok ? 0 : 1;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string local_dir, listen = "127.0.0.1:15010", level = "info", trust_domain = "cluster.local";
   std::string anchor_path, ca_cert_path, ca_key_path, ca_dir, tokens_path;
-  std::string kubeconfig, agent_sa, serving_dns, ca_secret, anchor_configmap;
+  std::string kubeconfig, agent_sa, serving_dns, ca_secret, anchor_configmap, validate_path;
   bool in_cluster = false, watch_istio = false;
   long cert_ttl = 86400;
   unsigned ttl_seconds = 86400;
   FlagTable flags;
   flags
+      .value("--validate", "FILE",
+             "check FILE's AuthorizationPolicy and PeerAuthentication objects as\n"
+             "--local-config would load them, print a line per object (valid,\n"
+             "warning or rejected, with the field) and exit: 0 when none is\n"
+             "rejected, 1 otherwise; nothing is served",
+             FlagTable::into(&validate_path))
       .value("--local-config", "DIR",
              "directory of Kubernetes-shaped YAML (Namespace, Pod, Service,\n"
              "EndpointSlice, AuthorizationPolicy, PeerAuthentication), re-read\n"
@@ -108,6 +127,7 @@ int main(int argc, char** argv) {
     std::fputs(flags.help().c_str(), stdout);
     return 0;
   }
+  if (!validate_path.empty()) return validate(validate_path);
   cert_ttl = ttl_seconds;
   int sources_given = !local_dir.empty() + in_cluster + !kubeconfig.empty();
   if (sources_given != 1)

@@ -102,6 +102,29 @@ Result<model::Objects> parseYaml(const std::string& text) {
   return std::move(parsed->objects);
 }
 
+FileCheck checkFile(const std::string& text) {
+  FileCheck out;
+  auto parsed = parseFile(text);
+  if (!parsed) {
+    out.ok = false;
+    out.lines.push_back("rejected: " + parsed.error().describe());
+    return out;
+  }
+  auto found = [&](const char* kind, const auto& p) {
+    out.lines.push_back(fmt::format("valid {} {}/{}", kind, p.ns, p.name));
+    for (const auto& w : p.warnings)
+      out.lines.push_back(fmt::format("warning {} {}/{}: {}", kind, p.ns, p.name, w));
+  };
+  for (const auto& p : parsed->objects.authorization_policies) found("AuthorizationPolicy", p);
+  for (const auto& p : parsed->objects.peer_authentications) found("PeerAuthentication", p);
+  for (const auto& [key, why] : parsed->rejected_policies) {
+    out.ok = false;
+    out.lines.push_back(key.empty() ? "rejected: " + why
+                                    : fmt::format("rejected {}: {}", key, why));
+  }
+  return out;
+}
+
 Result<ParsedFile> parseFile(const std::string& text) {
   ParsedFile out;
   model::Objects& objs = out.objects;

@@ -32,6 +32,19 @@ Result<ParsedFile> parseFile(const std::string& text);
 // parseFile, failing on a malformed policy as well.
 Result<model::Objects> parseYaml(const std::string& text);
 
+// What the control plane would make of one file's policies, without loading
+// it (sluice-controlplane --validate FILE; `lab apply` reports with it). One
+// line per finding, in the file's order of kinds:
+//   "valid KIND NS/NAME"
+//   "warning KIND NS/NAME: WHAT" (accepted; a field has no effect, say)
+//   "rejected KIND NS/NAME: WHY" (the document names no object: "rejected: WHY")
+//   "rejected: WHY" (the whole file: not YAML, a bad non-policy object)
+struct FileCheck {
+  bool ok = true;  // nothing rejected
+  std::vector<std::string> lines;
+};
+FileCheck checkFile(const std::string& text);
+
 class DirectorySource {
  public:
   // Loads the directory once (synchronously) and then watches it.

@@ -201,6 +201,33 @@ TEST_SUITE("policy.local") {
     CHECK(store.policies().authorization_size() == 0);
   }
 
+  TEST_CASE("checkFile (--validate) names each object: valid, warning, rejected with its field") {
+    std::string bad = authz("shop", "bad", "app: web");
+    bad.replace(bad.find("action: ALLOW"), 13, "action: MAYBE");
+    std::string warned = authz("shop", "warned", "app: web");
+    warned.replace(warned.find("action: ALLOW"), 13, "action: DENY");
+    warned += "    to:\n    - operation:\n        methods: [\"GET\"]\n";
+    auto check =
+        local::checkFile(warned + "---\n" + bad + "---\n" + peer("shop", "mtls", "STRICT"));
+    CHECK_FALSE(check.ok);
+    REQUIRE(check.lines.size() == 4);
+    CHECK(check.lines[0] == "valid AuthorizationPolicy shop/warned");
+    CHECK(check.lines[1].starts_with("warning AuthorizationPolicy shop/warned: "));
+    CHECK(check.lines[1].find("methods") != std::string::npos);
+    CHECK(check.lines[2] == "valid PeerAuthentication shop/mtls");
+    CHECK(check.lines[3].starts_with("rejected AuthorizationPolicy shop/bad: document 2"));
+    CHECK(check.lines[3].find("MAYBE") != std::string::npos);
+
+    auto good = local::checkFile(authz("shop", "good", "app: web"));
+    CHECK(good.ok);
+    CHECK(good.lines == std::vector<std::string>{"valid AuthorizationPolicy shop/good"});
+
+    auto junk = local::checkFile("kind: [AuthorizationPolicy\n");
+    CHECK_FALSE(junk.ok);
+    REQUIRE(junk.lines.size() == 1);
+    CHECK(junk.lines[0].starts_with("rejected: YAML syntax error"));
+  }
+
   TEST_CASE("a kind of the same name in another API group is ignored") {
     auto o = parse(
         "apiVersion: example.com/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: "

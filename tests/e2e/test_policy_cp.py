@@ -3,9 +3,9 @@ of zero-trust policy): `lab apply FILE` puts AuthorizationPolicy and
 PeerAuthentication objects into local mode's config directory, the control
 plane validates them and sends each node exactly the policies that select one
 of its workloads; a second apply of a changed file replaces, `lab delete FILE`
-removes exactly what apply added; a malformed policy is rejected with a log
-line naming the file, object and field while its last good version stays in
-force; non-policy files are refused by the lab. Asserted on what the control
+removes exactly what apply added; a malformed policy is rejected (`lab apply`
+exits 1 naming the object and field, and so does a control plane log line)
+while its last good version stays in force; non-policy files are refused by the lab. Asserted on what the control
 plane sends each node, as its log reports it."""
 import os
 import re
@@ -111,7 +111,13 @@ class PolicyControlPlaneTest(LabTest):
         self.wait_sent("node1", ["AuthorizationPolicy shop/guarded"])
         bad = authz("guarded", "web").replace(
             'principals: ["cluster.local/ns/shop/sa/client"]', 'ipBlocks: ["10.0.0.0/33"]')
-        self.lab.lab("apply", self.file("mal.yaml", bad))
+        p = self.lab.lab("apply", self.file("mal.yaml", bad), check=False)
+        # lab apply says so at once, as kubectl would for an object the API server refused.
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertNotIn("applied", p.stdout)
+        self.assertIn("AuthorizationPolicy shop/guarded rejected by the control plane", p.stderr)
+        self.assertIn("ipBlocks", p.stderr)
+        self.assertIn("last good version (if any) stays in force", p.stderr)
         line = wait_for("the rejection in the control plane's log", lambda: next(
             (l for l in self.cp_log().splitlines() if "rejected a policy" in l), None))
         self.assertIn("policy-authorizationpolicy-shop-guarded.yaml", line)
@@ -123,7 +129,10 @@ class PolicyControlPlaneTest(LabTest):
         # Warnings (an HTTP field in a DENY rule) are logged once per version.
         warned = authz("guarded", "web").replace("action: ALLOW", "action: DENY") + \
             "    to:\n    - operation:\n        methods: [\"GET\"]\n"
-        self.lab.lab("apply", self.file("mal.yaml", warned))
+        p = self.lab.lab("apply", self.file("mal.yaml", warned))
+        self.assertIn("AuthorizationPolicy shop/guarded applied", p.stdout)
+        self.assertIn("Warning: AuthorizationPolicy shop/guarded: ", p.stderr)
+        self.assertIn("methods", p.stderr)
         wait_for("the warning", lambda: "AuthorizationPolicy shop/guarded in" in self.cp_log())
         self.lab.lab("delete", good)
         self.wait_sent("node1", [])
