@@ -37,6 +37,7 @@ class SockmapLifecycleTest(LabTest):
         lab.server("shop/server", "stream", 3306)  # opaque: spliced
         lab.server("shop/server", "echo", 6379)    # opaque: spliced
         cls.watch = lab.server("shop/server", "watch", 5432)  # opaque: spliced; says how each ended
+        cls.stall = lab.server("shop/server", "stall", 11211)  # opaque: spliced; a peer that stops
 
     def metrics(self):
         _, body = self.lab.scrape("node1")
@@ -129,6 +130,24 @@ class SockmapLifecycleTest(LabTest):
             self.assertGreater(spliced, 4 << 20)
         else:
             self.assertGreater(spliced, up // 2)
+        self.assert_sockhash_empty()
+
+    def test_1_a_reset_reaches_a_spliced_peer_that_stopped_reading(self):
+        """A spliced pair whose receiver stops reading: the sender's bytes fill what the
+        splice may hold, fall back through the proxy (splice_behind) and stall there; the
+        sender then resets, and the receiver, which neither reads nor writes, still learns of
+        it within seconds. Client to server, and server to client."""
+        for server_role in ("sink", "flood"):
+            with self.subTest(server=server_role):
+                out = self.lab.client("shop/client", "stall", self.server_ip, "11211", server_role,
+                                      timeout=90).stdout
+                server_says = read_line(self.stall, 40)
+                sender, receiver = (out, server_says) if server_role == "sink" else (server_says, out)
+                print(f"\n  spliced, stalled, then reset ({server_role} server): sender {sender.strip()!r}, "
+                      f"receiver {receiver.strip()!r}", file=sys.stderr)
+                self.assertRegex(sender, r"^reset sent n=[1-9]")
+                self.assertRegex(receiver, r"^end how=reset n=\d+ s=\d")
+                self.assertLess(float(receiver.split("s=")[1]), 15, receiver)
         self.assert_sockhash_empty()
 
     def test_2_agent_upgrade_hands_over_a_live_pair(self):
