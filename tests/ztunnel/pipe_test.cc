@@ -417,6 +417,42 @@ TEST_SUITE("pipe") {
     p.drain();
   }
 
+  TEST_CASE("a stalled pipe whose source half-closed and then resets: the next calls find it") {
+    // A's bytes all reach the proxy's socket (its buffer holds them), so
+    // A's FIN arrives behind them while the pipe waits for B.
+    Proxy p(16 * 1024);
+    setInt(p.pb.get(), SOL_SOCKET, SO_SNDBUF, 16 * 1024);
+    setInt(p.b.get(), SOL_SOCKET, SO_RCVBUF, 16 * 1024);
+    setInt(p.pa.get(), SOL_SOCKET, SO_RCVBUF, 1 << 20);
+    p.A.send_limit = 256 * 1024;
+    p.A.shut_when_done = true;
+    p.B.reading = false;
+    p.start();
+    REQUIRE(p.runUntilStalled(200ms));
+    REQUIRE(p.A.shut);
+    p.up.watchIfStalled();
+    p.up.watchIfStalled();  // armed: completes at once with the FIN (POLLRDHUP)
+    REQUIRE(runUntil(
+        *p.ring, [&] { return !p.up.watching(); }, {}, 5s));
+    p.up.watchIfStalled();  // reads the socket's error: none
+    CHECK_FALSE(p.up.watching());
+    CHECK(runFor(*p.ring, 20ms) == 0);
+    linger lg{1, 0};
+    REQUIRE(::setsockopt(p.a.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+    p.a.reset();
+    CHECK(runFor(*p.ring, 50ms) == 0);  // nothing is armed: only the next call finds it
+    CHECK(p.rec.of(p.up).failed == 0);
+    p.up.watchIfStalled();
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.rec.of(p.up).failed > 0; }, {}, 5s));
+    const auto& up = p.rec.of(p.up);
+    CHECK_MESSAGE(up.err == -ECONNRESET, "got ", errName(up.err));  // EPIPE in CLOSE_WAIT
+    CHECK_FALSE(up.sending);
+    p.up.stop();
+    p.down.stop();
+    p.drain();
+  }
+
   TEST_CASE("pushed source to socket delivers every chunk in order then EOF") {
     auto ring = makeRing();
     Recorder rec;

@@ -120,28 +120,53 @@ void Pipe::pump() {
   }
 }
 
+namespace {
+// A source socket's pending error (-errno, and cleared), or 0. A reset
+// after the peer's FIN (the socket in CLOSE_WAIT) is recorded as EPIPE:
+// for a source that is the peer's reset all the same.
+int takeSocketError(int fd) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return 0;
+  return err == EPIPE ? -ECONNRESET : -err;
+}
+}  // namespace
+
 void Pipe::watchIfStalled() {
   bool waiting = started_ && !stopped_ && src_ >= 0 && !eof_ && len_ > off_ && !recv_.busy();
   bool stalled = waiting && waited_at_check_ && taken_ == taken_at_check_;
   waited_at_check_ = waiting;
   taken_at_check_ = taken_;
-  if (stalled && !watch_.busy() && !source_hup_) watch_.pollError(ring_, src_);
+  if (!stalled || watch_.busy()) return;
+  if (!source_fin_) return watch_.pollError(ring_, src_);
+  // The source's FIN is in, behind the bytes waiting: a poll would complete
+  // again at once, so its error is read here instead (a reset after a
+  // half-close), and reported from the ring like any failure.
+  if (int err = takeSocketError(src_)) {
+    later_error_ = err;
+    watch_.soon(ring_);
+  }
 }
 
 void Pipe::onWatch(const io_uring_cqe& cqe) {
-  if (stopped_) return settle();
-  if (cqe.res < 0) return;  // cancelled: the owner is closing
-  if (cqe.res & POLLERR) {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (::getsockopt(src_, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) err = ECONNRESET;
-    owner_.pipeFailed(*this, -err, false);
-    return;
+  if (frozen_) {
+    // An error that came as the freeze began: the successor would take
+    // the connection as clean.
+    if (!frozen_error_ && cqe.res > 0 && (cqe.res & POLLERR)) frozen_error_ = takeSocketError(src_);
+    if (!frozen_error_ && cqe.res == 0) frozen_error_ = later_error_;
+    return settle();
   }
-  // Hung up without an error: both directions of the source are shut
-  // (its FIN, and ours), an orderly end the receive will find once the
-  // sink takes the bytes.
-  source_hup_ = true;
+  if (stopped_) return settle();
+  if (cqe.res == 0 && later_error_) return owner_.pipeFailed(*this, later_error_, false);
+  if (cqe.res < 0) return;  // not armed (a full ring): the next tick tries again
+  if (cqe.res & POLLERR) {
+    if (int err = takeSocketError(src_)) return owner_.pipeFailed(*this, err, false);
+  }
+  // The poll also completes on POLLRDHUP (io_uring always asks for it: the
+  // source's FIN) and POLLHUP (both directions shut), and on POLLERR from
+  // an error queue without a socket error: states that stay, so it is not
+  // armed again; the next ticks read the socket's error instead.
+  source_fin_ = true;
 }
 
 void Pipe::tapEnd() {

@@ -88,8 +88,9 @@ class Pipe {
   // neither reads nor writes would leave the connection open for good.
   // A pipe whose bytes waited at the previous call and whose sink has
   // taken none since watches its source for an error (one poll, kept until
-  // the connection ends); a reset reaches the owner as pipeFailed(-errno,
-  // sending false).
+  // the connection ends; once the source's FIN is in, a read of its error
+  // at each call); a reset reaches the owner as pipeFailed(-errno, sending
+  // false) from a ring completion.
   void watchIfStalled();
   bool watching() const { return watch_.busy(); }
 
@@ -130,9 +131,12 @@ class Pipe {
   uint64_t bytes_ = 0;
   uint64_t taken_ = 0;  // bytes the sink took from the buffer (sent or dropped)
   // watchIfStalled: whether bytes waited, and taken_, at the last call; the
-  // source hung up (the poll would complete again at once: not re-armed).
-  bool waited_at_check_ = false, source_hup_ = false;
+  // source's FIN (or hang-up) is in: a poll would complete again at once,
+  // so the socket's error is read at each call instead, and one found is
+  // reported through a deferred completion (later_error_, -errno).
+  bool waited_at_check_ = false, source_fin_ = false;
   uint64_t taken_at_check_ = 0;
+  int later_error_ = 0;
   Tap* tap_ = nullptr;
   // Socket source: one buffer, read into when empty, drained by the sink.
   std::unique_ptr<char[]> buf_;
