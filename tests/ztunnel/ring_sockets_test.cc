@@ -195,7 +195,8 @@ TEST_CASE("a pending setup marks, sets TCP_NODELAY and binds transparently befor
   UniqueFd s = tcpSocket();
   // 127.0.0.9 is local anyway; the transparent bind is what a pod's
   // inbound delivery does with the client's (non-local) address.
-  SocketSetup setup{true, 0x5a5a, SockAddr(IpAddr::v4(htonl(0x7f000009)), 0)};
+  // And linger 0: a socket to an app (proxy::appSocketLinger0).
+  SocketSetup setup{true, 0x5a5a, SockAddr(IpAddr::v4(htonl(0x7f000009)), 0), true};
   Dialer d;
   d.connect.start(*ring, s.get(), at, 2000ms, setup);
   runUntilDone(*ring, d);
@@ -204,13 +205,18 @@ TEST_CASE("a pending setup marks, sets TCP_NODELAY and binds transparently befor
   CHECK(intOption(s.get(), SOL_SOCKET, SO_MARK) == 0x5a5a);
   CHECK(intOption(s.get(), IPPROTO_TCP, TCP_NODELAY) == 1);
   CHECK(intOption(s.get(), SOL_IP, IP_TRANSPARENT) == 1);
+  linger lg{};
+  socklen_t lg_len = sizeof(lg);
+  REQUIRE(::getsockopt(s.get(), SOL_SOCKET, SO_LINGER, &lg, &lg_len) == 0);
+  CHECK(lg.l_onoff == 1);
+  CHECK(lg.l_linger == 0);
   sockaddr_in peer{};
   socklen_t len = sizeof(peer);
   UniqueFd accepted(::accept(l.get(), reinterpret_cast<sockaddr*>(&peer), &len));
   REQUIRE(accepted);
   CHECK(ntohl(peer.sin_addr.s_addr) == 0x7f000009);  // the listener sees the bound address
 
-  SUBCASE("without a bind address: mark and TCP_NODELAY only") {
+  SUBCASE("without a bind address nor linger: mark and TCP_NODELAY only") {
     UniqueFd plain = tcpSocket();
     Dialer d2;
     d2.connect.start(*ring, plain.get(), at, 2000ms, SocketSetup{true, 7, {}});
@@ -219,6 +225,16 @@ TEST_CASE("a pending setup marks, sets TCP_NODELAY and binds transparently befor
     CHECK(intOption(plain.get(), SOL_SOCKET, SO_MARK) == 7);
     CHECK(intOption(plain.get(), IPPROTO_TCP, TCP_NODELAY) == 1);
     CHECK(intOption(plain.get(), SOL_IP, IP_TRANSPARENT) == 0);
+    CHECK(intOption(plain.get(), SOL_SOCKET, SO_LINGER) == 0);  // l_onoff
+  }
+  SUBCASE("linger without a bind address: the step follows TCP_NODELAY") {
+    UniqueFd app = tcpSocket();
+    Dialer d3;
+    d3.connect.start(*ring, app.get(), at, 2000ms, SocketSetup{true, 7, {}, true});
+    runUntilDone(*ring, d3);
+    CHECK(d3.result == 0);
+    CHECK(d3.connect.failedStep() == nullptr);
+    CHECK(intOption(app.get(), SOL_SOCKET, SO_LINGER) == 1);  // l_onoff
   }
 }
 

@@ -168,8 +168,8 @@ struct Server::Impl final : StreamOwner {
       s.refuse(503, CloseReason::kSocketError, sock.error().describe());
       return;
     }
-    proxy::setLinger0(sock->fd.get());  // as an accepted one (proxy::Worker::accepted)
-    live->owner = &s;                   // the authorization hook may reset it later
+    proxy::appSocketLinger0(*sock);
+    live->owner = &s;  // the authorization hook may reset it later
     s.connectApp(std::move(*sock), *target);
   }
 

@@ -69,5 +69,10 @@ struct WorkerContext {
 
 // close() then sends RST: the peer learns of a reset, not an orderly end.
 void setLinger0(int fd);
+// An upstream socket to an app is born with linger 0, as an accepted one
+// (Worker::accepted): in its connect's ring chain when its setup is
+// pending there (no system call, and the socket is the connection's from
+// then on), else now.
+void appSocketLinger0(Upstream& sock);
 
 }  // namespace sluice::ztunnel::proxy

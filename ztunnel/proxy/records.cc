@@ -147,6 +147,13 @@ void setLinger0(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
+void appSocketLinger0(Upstream& sock) {
+  if (sock.setup.pending)
+    sock.setup.linger0 = true;
+  else
+    setLinger0(sock.fd.get());
+}
+
 EngineStats Counters::snapshot() const {
   EngineStats s;
   for (size_t i = 0; i < s.values.size(); ++i) s.values[i] = v_[i].load(std::memory_order_relaxed);

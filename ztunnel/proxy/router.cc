@@ -62,7 +62,7 @@ bool Router::deny(const std::shared_ptr<LiveRecord>& live) {
 std::optional<Upstream> Router::upstreamSocket(const PodState& in, uint32_t mark, int family,
                                                const IpAddr& bind) {
   auto sock = ctx_.sockets.upstream(in, mark, family, bind, true);
-  if (sock) setLinger0(sock->fd.get());  // as an accepted one (Worker::accepted)
+  if (sock) appSocketLinger0(*sock);
   if (sock) return std::move(*sock);
   ctx_.counters().add(Counter::kConnectFailures);
   SLUICE_LOG_LIMITED(socket_log_, logger(), spdlog::level::err,

@@ -119,13 +119,16 @@ class Op<Method> final : public Operation {
 
 // What a fresh upstream socket needs before its connect: SO_MARK and
 // TCP_NODELAY, and for a transparent one IP(V6)_TRANSPARENT and a bind to
-// `bind` (port 0). Connect::start queues it ahead of the connect, linked,
-// in the same submission instead of a system call each (kernel 6.11+:
+// `bind` (port 0); for a socket to an app, SO_LINGER {1, 0} (`linger0`: a
+// killed agent's sockets reset the apps; an orderly close turns it off).
+// Connect::start queues it ahead of the connect, linked, in the same
+// submission instead of a system call each (kernel 6.11+:
 // socketSetupSupported()). `pending` false: done already.
 struct SocketSetup {
   bool pending = false;
   uint32_t mark = 0;
   SockAddr bind;  // empty: not transparent
+  bool linger0 = false;
 };
 
 // Whether this kernel's io_uring has what SocketSetup needs
@@ -166,7 +169,13 @@ class Connect<Done> final {
     if (setup.pending) {
       mark_ = static_cast<int>(setup.mark);  // SO_MARK reads the u32's bits as an int
       bind_ = setup.bind;
-      steps = bind_.empty() ? 2 : 4;
+      kinds_[steps++] = kMark;
+      kinds_[steps++] = kNoDelay;
+      if (!bind_.empty()) {
+        kinds_[steps++] = kTransparent;
+        kinds_[steps++] = kBind;
+      }
+      if (setup.linger0) kinds_[steps++] = kLinger;
     }
     io_uring_sqe* s[kSteps + 2];
     Operation* ops[kSteps + 2];
@@ -174,17 +183,28 @@ class Connect<Done> final {
     ops[steps] = &connect_;
     ops[steps + 1] = &timer_;
     r.sqes(s, ops, steps + 2);
-    if (steps > 0) {
-      prepSetsockopt(s[0], fd, SOL_SOCKET, SO_MARK, &mark_);
-      prepSetsockopt(s[1], fd, IPPROTO_TCP, TCP_NODELAY, &one_);
+    const bool v6 = bind_.isV6();
+    for (unsigned i = 0; i < steps; ++i) {
+      switch (kinds_[i]) {
+        case kMark:
+          prepSetsockopt(s[i], fd, SOL_SOCKET, SO_MARK, &mark_);
+          break;
+        case kNoDelay:
+          prepSetsockopt(s[i], fd, IPPROTO_TCP, TCP_NODELAY, &one_);
+          break;
+        case kTransparent:
+          prepSetsockopt(s[i], fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT,
+                         &one_);
+          break;
+        case kBind:
+          prepBind(s[i], fd, bind_);
+          break;
+        case kLinger:
+          prepSetsockopt(s[i], fd, SOL_SOCKET, SO_LINGER, &linger0_, sizeof(linger0_));
+          break;
+      }
+      s[i]->flags |= IOSQE_IO_LINK;
     }
-    if (steps > 2) {
-      bool v6 = bind_.isV6();
-      prepSetsockopt(s[2], fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT,
-                     &one_);
-      prepBind(s[3], fd, bind_);
-    }
-    for (unsigned i = 0; i < steps; ++i) s[i]->flags |= IOSQE_IO_LINK;
     io_uring_prep_connect(s[steps], fd, addr_.sa(), addr_.len());
     s[steps]->flags |= IOSQE_IO_LINK;  // the next entry bounds this one
     io_uring_prep_link_timeout(s[steps + 1], &timeout_, 0);
@@ -200,17 +220,20 @@ class Connect<Done> final {
   }
 
  private:
-  static constexpr unsigned kSteps = 4;
+  static constexpr unsigned kSteps = 5;
   static constexpr int kConnect = -1, kTimer = -2;  // Part::which; >= 0: a setup step
+  enum Kind : uint8_t { kMark, kNoDelay, kTransparent, kBind, kLinger };
   struct Part final : Operation {
     Part(Connect* c_, int w) : c(c_), which(w) {}
     Connect* c;
     int which;
     void complete(const io_uring_cqe& cqe) override { c->part(which, cqe.res); }
   };
-  static const char* stepName(int which, bool v6) {
-    static constexpr const char* kNames[] = {"SO_MARK", "TCP_NODELAY", "IP_TRANSPARENT", "bind"};
-    return which == 2 && v6 ? "IPV6_TRANSPARENT" : kNames[which];
+  const char* stepName(int which) const {
+    static constexpr const char* kNames[] = {"SO_MARK", "TCP_NODELAY", "IP_TRANSPARENT", "bind",
+                                             "SO_LINGER"};
+    Kind k = kinds_[static_cast<unsigned>(which)];
+    return k == kTransparent && bind_.isV6() ? "IPV6_TRANSPARENT" : kNames[k];
   }
   void part(int which, int res) {
     if (which == kTimer) {
@@ -218,7 +241,7 @@ class Connect<Done> final {
     } else if (which == kConnect) {
       connect_res_ = res;
     } else if (res < 0 && res != -ECANCELED && !failed_step_) {
-      failed_step_ = stepName(which, bind_.isV6());
+      failed_step_ = stepName(which);
       setup_res_ = res;
     }
     if (--pending_ > 0) return;
@@ -232,13 +255,15 @@ class Connect<Done> final {
   }
   Owner* owner_;
   Part connect_{this, kConnect}, timer_{this, kTimer};
-  std::array<Part, kSteps> steps_{{{this, 0}, {this, 1}, {this, 2}, {this, 3}}};
+  std::array<Part, kSteps> steps_{{{this, 0}, {this, 1}, {this, 2}, {this, 3}, {this, 4}}};
+  std::array<Kind, kSteps> kinds_{};  // what each step of the last start is
   // Read by the kernel until the requests complete:
   SockAddr addr_;
   __kernel_timespec timeout_{};
   int mark_ = 0;
   SockAddr bind_;
   const int one_ = 1;
+  const linger linger0_{1, 0};
   int pending_ = 0;
   int connect_res_ = 0;
   int setup_res_ = 0;
