@@ -27,10 +27,12 @@ void bump(std::atomic<uint64_t>& a, uint64_t n) {
   a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
-// What distinguishes the series of one connection from each other.
+// What distinguishes the series of one connection from each other: what
+// the labels show of a request. request_protocol is "http" for HTTP/1.1 and
+// HTTP/2 alike (Istio), so those two share a series; gRPC has its own.
 uint64_t outcomeKey(const RequestRecord& r) {
-  return (uint64_t(r.protocol) << 48) | (uint64_t(uint32_t(r.status) & 0xffff) << 32) |
-         uint32_t(r.grpc_status);
+  uint64_t grpc = r.protocol == AppProtocol::kGrpc;
+  return (grpc << 48) | (uint64_t(uint32_t(r.status) & 0xffff) << 32) | uint32_t(r.grpc_status);
 }
 
 }  // namespace

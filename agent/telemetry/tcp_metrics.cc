@@ -59,7 +59,9 @@ const char* responseFlags(const ConnectionRecord& r) {
     case CloseReason::kDenied:
       return "DENY";
     case CloseReason::kRefused:  // the destination's node answered the CONNECT with this status
-      return r.reason_detail == "403" ? "DENY" : "CONNECT";
+      // 401: its authorization refused this client (ztunnel's status, and
+      // DENY on both reporters); 403 likewise.
+      return r.reason_detail == "401" || r.reason_detail == "403" ? "DENY" : "CONNECT";
     case CloseReason::kNoTunnel:  // detail: why the tunnel closed before carrying the stream
       if (r.reason_detail.starts_with("tls_") || r.reason_detail == "peer_refused")
         return "TLS_FAILURE";

@@ -106,6 +106,23 @@ TEST_SUITE("telemetry/http") {
     CHECK(value(all, "istio_response_bytes_sum", src200) == 15);
   }
 
+  TEST_CASE("HTTP/1.1 and HTTP/2 requests with the same labels count in one series") {
+    // request_protocol is "http" for both: two series would print the same
+    // label set twice, and Prometheus keeps only one of them.
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics m({.workers = 2}, tcp);
+    auto h2 = httpRequest(200, 100);
+    h2.protocol = ztunnel::AppProtocol::kHttp2;
+    for (int i = 0; i < 4; ++i) m.request(0, outboundHbone(1), httpRequest(200, 100));
+    for (int i = 0; i < 5; ++i) m.request(1, outboundHbone(2), h2);
+    auto all = scrapeHttp(m);
+    auto s = find(all, "istio_requests_total", {{"reporter", "source"}, {"response_code", "200"}});
+    REQUIRE(s.size() == 1);
+    CHECK(s[0].value == "9");
+    CHECK(s[0].labels["request_protocol"] == "http");
+    CHECK(find(all, "istio_request_duration_milliseconds_count").size() == 1);
+  }
+
   TEST_CASE("gRPC: request_protocol grpc and grpc_response_status") {
     TcpMetrics tcp({}, &meshIndex());
     HttpMetrics m({}, tcp);

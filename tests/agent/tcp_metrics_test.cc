@@ -213,6 +213,8 @@ TEST_SUITE("telemetry") {
 
     ConnectionRecord r;
     r.reason = CloseReason::kRefused;
+    r.reason_detail = "401";  // what a denying destination answers (hbone::Server)
+    CHECK(std::string(responseFlags(r)) == "DENY");
     r.reason_detail = "403";
     CHECK(std::string(responseFlags(r)) == "DENY");
     r.reason_detail = "503";

@@ -29,7 +29,7 @@ import sys
 import time
 import unittest
 
-from labkit import APP, LAB, LAB_DIR, PIN_ROOT, LabTest, LoadLoop, pid_of, run, wait_for
+from labkit import APP, LAB, LAB_DIR, PIN_ROOT, LabTest, LoadLoop, pid_of, read_line, run, start_app, wait_for
 
 MESH = "sluice.dev/mesh"
 TD = "spiffe://cluster.local/ns/shop/sa"
@@ -71,6 +71,8 @@ class AgentKillTest(LabTest):
         lab.server("shop/local", "echo", 8083)
         lab.server("shop/server", "stream", 8084)
         lab.server("shop/local", "stream", 8085)
+        cls.watch_remote = lab.server("shop/server", "watch", 8086)  # say how each connection ended
+        cls.watch_local = lab.server("shop/local", "watch", 8087)
 
     def test_kill_9_cuts_a_transfer_with_a_reset_not_an_end(self):
         """An app receiving through a killed agent learns that its stream was cut (RST: the
@@ -99,6 +101,32 @@ class AgentKillTest(LabTest):
                 lab.lab("agent", "start", "node1")
                 self.assertNotEqual(p.returncode, 0, out)
                 self.assertIn("ConnectionResetError", out, "the app read an end of stream, not a reset")
+
+    def test_kill_9_resets_the_server_apps_too(self):
+        """The server app's end of a connection, on the socket the agent opened to it, is reset
+        too when that agent is killed (its linger 0 is set in the connect's ring chain): on one
+        node (node1's agent opened it for the handoff) and across nodes (node2's agent opened it
+        for the HBONE stream)."""
+        lab = self.lab
+        for node, ip, port, watch in (("node1", self.local_ip, 8087, self.watch_local),
+                                      ("node2", self.server_ip, 8086, self.watch_remote)):
+            with self.subTest(node=node):
+                p = start_app(lab, "shop/client", "hold", ip, str(port), "60")
+                try:
+                    wait_for(f"the connection through {node}'s agent",
+                             lambda: any(c["destination"] == f"{ip}:{port}" and c["state"] == "open"
+                                         for c in lab.ctl(node, "connections")["connections"]))
+                    time.sleep(0.5)  # a few round trips
+                    pid = pid_of(node)
+                    os.kill(pid, signal.SIGKILL)
+                    wait_gone(pid)
+                    ended = read_line(watch, 20)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                    lab.lab("agent", "start", node)
+                self.assertRegex(ended, r"^end how=reset n=[1-9]", "the server app read an end, not a reset")
 
     def snapshot(self):
         """What an agent's kill could leave behind: pins, map entries, pod listeners, agents."""

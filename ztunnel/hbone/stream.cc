@@ -234,11 +234,17 @@ void Stream::h2Headers() {
     tunnel_->resume(id_);
     return;
   }
-  logger()->warn("tunnel {}: {} refused CONNECT {} with status {}", tunnel_->id(),
-                 tunnel_->peerIdentity(), live_ ? live_->rec.destination : "?", status);
+  SLUICE_LOG_LIMITED(ctx_.refused_log, logger(), spdlog::level::warn,
+                     "tunnel {}: {} refused CONNECT {} with status {}", tunnel_->id(),
+                     tunnel_->peerIdentity(), live_ ? live_->rec.destination : "?", status);
   peeked_out_ = false;  // a refusal: the server's app got nothing
   rst_sent_ = true;
   tunnel_->reset(id_, NGHTTP2_CANCEL);
+  // 401/403: the destination answered, and its authorization refused this
+  // client. The endpoint is healthy: a Service attempt may still move on,
+  // but the refusal counts for no ejection (an unauthorized client must
+  // not eject endpoints from its node's authorized ones).
+  if (attempt_ && (status == "401" || status == "403")) attempt_->succeeded();
   fail(CloseReason::kRefused, status);
 }
 

@@ -57,6 +57,8 @@ struct WorkerContext {
   // Refusals by the authorization hook are logged at most once a second
   // per worker (each is counted and has its access log line).
   log::Limiter denied_log{};
+  // CONNECTs the destination refused: at most once a second per worker too.
+  log::Limiter refused_log{};
 
   Counters& counters() { return records.counters(); }
   // The one place the authorization hook is asked (15006, 15008 CONNECT,

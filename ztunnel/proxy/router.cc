@@ -196,15 +196,17 @@ void Router::attemptReleased(Attempt& a) { balancer_.closed(a.dst); }
 bool Router::attemptRetry(std::unique_ptr<Attempt>& a, std::string_view why) {
   if (stopping_ || a->tried().size() >= std::max(1u, ctx_.config.lb_max_attempts) ||
       a->tried().size() >= a->service()->endpoints.size()) {
-    logger()->warn("service {}: connect to {} failed ({}); no attempts left", a->serviceName(),
-                   formatEndpoint(a->dst), why);
+    SLUICE_LOG_LIMITED(no_attempts_log_, logger(), spdlog::level::warn,
+                       "service {}: connect to {} failed ({}); no attempts left", a->serviceName(),
+                       formatEndpoint(a->dst), why);
     return false;
   }
   balancer_.closed(a->dst);
   a->unpick();
   ctx_.counters().add(Counter::kLbRetries);
-  logger()->info("service {}: connect to {} failed ({}); retrying on another endpoint",
-                 a->serviceName(), formatEndpoint(a->dst), why);
+  SLUICE_LOG_LIMITED(retry_log_, logger(), spdlog::level::info,
+                     "service {}: connect to {} failed ({}); retrying on another endpoint",
+                     a->serviceName(), formatEndpoint(a->dst), why);
   // Not from inside the failing connection's completion: on the next one.
   deferred_.push_back(std::move(a));
   if (!soon_.busy()) soon_.soon(ctx_.ring);
