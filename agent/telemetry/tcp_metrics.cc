@@ -59,9 +59,8 @@ const char* responseFlags(const ConnectionRecord& r) {
     case CloseReason::kDenied:
       return "DENY";
     case CloseReason::kRefused:  // the destination's node answered the CONNECT with this status
-      // 401: its authorization refused this client (ztunnel's status, and
-      // DENY on both reporters); 403 likewise.
-      return r.reason_detail == "401" || r.reason_detail == "403" ? "DENY" : "CONNECT";
+      // Its authorization refused this client: DENY on both reporters.
+      return ztunnel::refusedByPolicy(r.reason_detail) ? "DENY" : "CONNECT";
     case CloseReason::kNoTunnel:  // detail: why the tunnel closed before carrying the stream
       if (r.reason_detail.starts_with("tls_") || r.reason_detail == "peer_refused")
         return "TLS_FAILURE";

@@ -244,7 +244,7 @@ void Stream::h2Headers() {
   // client. The endpoint is healthy: a Service attempt may still move on,
   // but the refusal counts for no ejection (an unauthorized client must
   // not eject endpoints from its node's authorized ones).
-  if (attempt_ && (status == "401" || status == "403")) attempt_->succeeded();
+  if (attempt_ && refusedByPolicy(status)) attempt_->succeeded();
   fail(CloseReason::kRefused, status);
 }
 

@@ -68,9 +68,10 @@ class Op<Method> final : public Operation {
   void read(Ring& r, int fd, void* buf, unsigned len) {
     io_uring_prep_read(start(r), fd, buf, len, 0);
   }
-  // Completes when the socket has an error (a reset) or is hung up, not
-  // when it is readable or writable: the kernel always adds POLLERR and
-  // POLLHUP to what it is asked for, so asking for POLLERR asks for those.
+  // Completes when the socket has an error (a reset), is hung up or has
+  // the peer's FIN, not when it is readable or writable: io_uring always
+  // adds POLLERR, POLLHUP and POLLRDHUP to what it is asked for, so asking
+  // for POLLERR asks for those.
   void pollError(Ring& r, int fd) { io_uring_prep_poll_add(start(r), fd, POLLERR); }
   // Keeps accepting until an error or a cancellation (SOCK_CLOEXEC sockets).
   void acceptMultishot(Ring& r, int fd) {
@@ -200,7 +201,7 @@ class Connect<Done> final {
           prepBind(s[i], fd, bind_);
           break;
         case kLinger:
-          prepSetsockopt(s[i], fd, SOL_SOCKET, SO_LINGER, &linger0_, sizeof(linger0_));
+          prepSetsockopt(s[i], fd, SOL_SOCKET, SO_LINGER, &kLingerZero, sizeof(kLingerZero));
           break;
       }
       s[i]->flags |= IOSQE_IO_LINK;
@@ -223,6 +224,7 @@ class Connect<Done> final {
   static constexpr unsigned kSteps = 5;
   static constexpr int kConnect = -1, kTimer = -2;  // Part::which; >= 0: a setup step
   enum Kind : uint8_t { kMark, kNoDelay, kTransparent, kBind, kLinger };
+  static constexpr linger kLingerZero{1, 0};  // SocketSetup::linger0's value
   struct Part final : Operation {
     Part(Connect* c_, int w) : c(c_), which(w) {}
     Connect* c;
@@ -263,7 +265,6 @@ class Connect<Done> final {
   int mark_ = 0;
   SockAddr bind_;
   const int one_ = 1;
-  const linger linger0_{1, 0};
   int pending_ = 0;
   int connect_res_ = 0;
   int setup_res_ = 0;

@@ -240,6 +240,9 @@ const char* toString(Direction d);
 const char* toString(Path p);
 const char* toString(ConnState s);
 const char* toString(CloseReason r);
+// Whether a CONNECT refusal's status (kRefused's detail) is the
+// destination's authorization refusing the client: 401 (ztunnel's), 403.
+inline bool refusedByPolicy(std::string_view status) { return status == "401" || status == "403"; }
 
 // One proxied app connection (a plaintext relay or one HBONE stream): what
 // connections(), the access log, the admin API and the observer all see.
