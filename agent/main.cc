@@ -338,10 +338,12 @@ int runAgent(const agent::Flags& flags) {
     return j;
   };
   sources.policies = [&] {
-    return agent::wiring::policiesJson(authorizer, authz_bridge.rejected().error);
+    return agent::wiring::policiesJson(authorizer, pods.enrolledPods(),
+                                       authz_bridge.rejected().error);
   };
   sources.authz_check = [&](const std::map<std::string, std::string>& query) {
-    return agent::wiring::authzCheckJson(authorizer, flags.trust_domain, query);
+    return agent::wiring::authzCheckJson(authorizer, pods.enrolledPods(), flags.trust_domain,
+                                         query);
   };
   // A successor is taking over (an upgrade): not ready, so that its pod,
   // probed on this agent's admin port until the handover, is not either.

@@ -385,4 +385,12 @@ std::set<std::string> PodManager::enrolledIdentities() const {
   return out;
 }
 
+std::set<std::string> PodManager::enrolledPods() const {
+  std::lock_guard lk(mu_);
+  std::set<std::string> out;
+  for (const auto& [id, p] : pods_)
+    if (p.enrolled) out.insert(p.ref.ns + "/" + p.ref.name);
+  return out;
+}
+
 }  // namespace sluice::agent::pods

@@ -100,6 +100,9 @@ class PodManager {
   size_t enrolledCount() const;
   // The SPIFFE URIs of the enrolled pods whose service account is known.
   std::set<std::string> enrolledIdentities() const;
+  // "NAMESPACE/NAME" of each enrolled pod: the pods whose traffic the proxy
+  // sees, and so the only ones its policies are enforced for.
+  std::set<std::string> enrolledPods() const;
 
  private:
   Decision decide(const PodRef& ref) const;               // needs mu_

@@ -36,7 +36,8 @@ json error(const std::string& msg) { return {{"error", msg}}; }
 
 }  // namespace
 
-json policiesJson(const authz::PolicyAuthorizer& authorizer, const std::string& rejected) {
+json policiesJson(const authz::PolicyAuthorizer& authorizer, const MeshedPods& meshed,
+                  const std::string& rejected) {
   json out = {{"authorization_policies", json::array()},
               {"peer_authentications", json::array()},
               {"rejected_update", rejected.empty() ? json(nullptr) : json(rejected)}};
@@ -47,45 +48,57 @@ json policiesJson(const authz::PolicyAuthorizer& authorizer, const std::string& 
   }
   const auto& set = view->policies();
   const std::string& root = set.options().root_namespace;
-  std::map<const policy::AuthorizationPolicy*, std::vector<std::string>> applies;
-  json peer_workloads = json::object();
+  // Per policy: the local workloads it selects, meshed or not.
+  struct Selected {
+    json meshed = json::array(), unmeshed = json::array();
+    void add(const std::string& name, bool is_meshed) {
+      (is_meshed ? meshed : unmeshed).push_back(name);
+    }
+  };
+  std::map<const policy::AuthorizationPolicy*, Selected> applies;
+  std::map<std::string, Selected> peer_workloads;
   for (const auto& [name, e] : view->workloads()) {
-    for (const auto* p : set.applicable(e.view())) applies[p].push_back(name);
+    bool is_meshed = meshed.count(name) > 0;
+    for (const auto* p : set.applicable(e.view())) applies[p].add(name, is_meshed);
     policy::PolicyRef from;
     set.mtlsMode(e.view(), 0, &from);
-    if (!from.empty()) peer_workloads[fmt::format("{}/{}", from.ns, from.name)].push_back(name);
+    if (!from.empty())
+      peer_workloads[fmt::format("{}/{}", from.ns, from.name)].add(name, is_meshed);
   }
+  const Selected none;
   for (const auto& p : set.authorizationPolicies()) {
     auto it = applies.find(&p);
-    out["authorization_policies"].push_back(
-        {{"namespace", p.ns},
-         {"name", p.name},
-         {"action", policy::toString(p.action)},
-         {"scope", scopeOf(p.ns, p.selector, root)},
-         {"rules", p.rules.size()},
-         {"dry_run", p.dry_run},
-         {"warnings", p.warnings},
-         {"workloads", it == applies.end() ? json::array() : json(it->second)}});
+    const Selected& selected = it == applies.end() ? none : it->second;
+    out["authorization_policies"].push_back({{"namespace", p.ns},
+                                             {"name", p.name},
+                                             {"action", policy::toString(p.action)},
+                                             {"scope", scopeOf(p.ns, p.selector, root)},
+                                             {"rules", p.rules.size()},
+                                             {"dry_run", p.dry_run},
+                                             {"warnings", p.warnings},
+                                             {"workloads", selected.meshed},
+                                             {"unmeshed_workloads", selected.unmeshed}});
   }
   for (const auto& p : set.peerAuthentications()) {
     json ports = json::object();
     for (const auto& [port, mode] : p.port_level)
       ports[std::to_string(port)] = policy::toString(mode);
-    auto key = p.ns + "/" + p.name;
-    out["peer_authentications"].push_back(
-        {{"namespace", p.ns},
-         {"name", p.name},
-         {"mode", policy::toString(p.mode)},
-         {"port_level", ports},
-         {"scope", scopeOf(p.ns, p.selector, root)},
-         {"warnings", p.warnings},
-         {"workloads", peer_workloads.contains(key) ? peer_workloads[key] : json::array()}});
+    auto it = peer_workloads.find(p.ns + "/" + p.name);
+    const Selected& selected = it == peer_workloads.end() ? none : it->second;
+    out["peer_authentications"].push_back({{"namespace", p.ns},
+                                           {"name", p.name},
+                                           {"mode", policy::toString(p.mode)},
+                                           {"port_level", ports},
+                                           {"scope", scopeOf(p.ns, p.selector, root)},
+                                           {"warnings", p.warnings},
+                                           {"workloads", selected.meshed},
+                                           {"unmeshed_workloads", selected.unmeshed}});
   }
   return out;
 }
 
 std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
-                                    const std::string& trust_domain,
+                                    const MeshedPods& meshed, const std::string& trust_domain,
                                     const std::map<std::string, std::string>& query) {
   auto from_it = query.find("from");
   auto to_it = query.find("to");
@@ -135,17 +148,36 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   json audits = json::array();
   for (size_t i = 0; i < d.audit_count && i < policy::Decision::kMaxAudits; ++i)
     audits.push_back(refJson(d.audits[i]));
-  return {200,
-          {{"from", from},
-           {"to", to},
-           {"source_principal", principal.empty() ? json(nullptr) : json(principal)},
-           {"source_ip", source_ip.empty() ? json(nullptr) : json(source_ip.str())},
-           {"destination", SockAddr(destination, static_cast<uint16_t>(port)).str()},
-           {"decision", d.allow ? "ALLOW" : "DENY"},
-           {"reason", policy::toString(d.reason)},
-           {"policy", refJson(d.policy)},
-           {"audits", audits},
-           {"explanation", authz::PolicyAuthorizer::explain(d)}}};
+  json decision = {{"decision", d.allow ? "ALLOW" : "DENY"},
+                   {"reason", policy::toString(d.reason)},
+                   {"policy", refJson(d.policy)},
+                   {"audits", audits},
+                   {"explanation", authz::PolicyAuthorizer::explain(d)}};
+  json out = {{"from", from},
+              {"to", to},
+              {"source_principal", principal.empty() ? json(nullptr) : json(principal)},
+              {"source_ip", source_ip.empty() ? json(nullptr) : json(source_ip.str())},
+              {"destination", SockAddr(destination, static_cast<uint16_t>(port)).str()},
+              {"meshed", meshed.count(ns + "/" + pod) > 0},
+              {"if_meshed", nullptr}};
+  if (out["meshed"]) {
+    out.update(decision);
+  } else {
+    // The proxy never sees this pod's traffic: whatever the policies say,
+    // nothing refuses a connection to it.
+    out.update({{"decision", "ALLOW"},
+                {"reason", "not meshed"},
+                {"policy", nullptr},
+                {"audits", json::array()},
+                {"explanation",
+                 "pod " + ns + "/" + pod +
+                     " is not meshed (its namespace is not labelled sluice.dev/mesh=enabled, "
+                     "it opted out, or it started without sluice-cni): no policy is enforced "
+                     "for it; if it were meshed: " +
+                     (d.allow ? "allow: " : "deny: ") + authz::PolicyAuthorizer::explain(d)}});
+    out["if_meshed"] = std::move(decision);
+  }
+  return {200, out};
 }
 
 }  // namespace sluice::agent::wiring

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -13,13 +14,24 @@
 
 namespace sluice::agent::wiring {
 
-// `rejected`: the error of the last policy set that did not compile (empty: none).
-nlohmann::json policiesJson(const authz::PolicyAuthorizer& authorizer, const std::string& rejected);
+// "NAMESPACE/NAME" of this node's enrolled pods: a policy is enforced only
+// for those (the proxy never sees an unmeshed pod's traffic).
+using MeshedPods = std::set<std::string>;
+
+// `rejected`: the error of the last policy set that did not compile (empty:
+// none). Each policy names the meshed local workloads it applies to
+// (`workloads`) and, apart, the unmeshed ones it selects but is not enforced
+// for (`unmeshed_workloads`).
+nlohmann::json policiesJson(const authz::PolicyAuthorizer& authorizer, const MeshedPods& meshed,
+                            const std::string& rejected);
 
 // from: "NS/SA" (an authenticated peer of that service account) or "IP"
 // (plaintext from that address); to: "NS/POD:PORT", a workload of this node.
-// 400 with {"error"} when a parameter is missing or malformed.
+// 400 with {"error"} when a parameter is missing or malformed. A pod that
+// is not meshed is ALLOW, reason "not meshed" (nothing is enforced for it),
+// with what the policies would decide under `if_meshed`.
 std::pair<int, nlohmann::json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
+                                              const MeshedPods& meshed,
                                               const std::string& trust_domain,
                                               const std::map<std::string, std::string>& query);
 

@@ -1,6 +1,7 @@
 """`sluicectl check` on a lab node: healthy, then each thing broken in turn
 (CNI unchained, control plane stopped, agent stopped, a pinned link gone, a
-certificate expired) and the right ✘ with its hint, then healthy again."""
+certificate expired, a meshed pod the agent never enrolled) and the right ✘
+with its hint, then healthy again."""
 import json
 import os
 import time
@@ -151,6 +152,34 @@ class CheckTest(LabTest):
                               "make it reachable")
         finally:
             self.lab.lab("controlplane", "start")
+        self.waitHealthy()
+
+    def test_8_a_meshed_pod_the_agent_never_enrolled_is_an_error_with_its_hint(self):
+        # As for a pod started before sluice-cni was chained, or while the
+        # agent was away with failOpen: no CNI ADD ever reached this agent.
+        # The agent is made to forget shop/late's ADD (its state file).
+        self.lab.pod("shop", "late", sa="web")
+        wait_for("shop/late enrolled", lambda: self.lab.enrolled("node1", "shop/late"))
+        state = os.path.join(LAB_DIR, "node1", "state", "pods.json")
+        self.lab.lab("agent", "stop", "node1")
+        try:
+            with open(state) as f:
+                saved = json.load(f)
+            saved["pods"] = [p for p in saved["pods"] if p["name"] != "late"]
+            with open(state, "w") as f:
+                json.dump(saved, f)
+        finally:
+            self.lab.lab("agent", "start", "node1")
+        try:
+            wait_for("the agent's view", lambda: self.check()[1][
+                "the agent's view is live"]["result"] == "ok", timeout=30)
+            results = self.assertFailed("every pod of a meshed namespace on this node is enrolled",
+                                        "shop/late (no CNI ADD reached the agent",
+                                        "delete each pod so that it is re-created")
+            self.assertNotIn("shop/web", results[
+                "every pod of a meshed namespace on this node is enrolled"]["detail"])
+        finally:
+            self.lab.lab("pod", "del", "shop", "late")
         self.waitHealthy()
 
 

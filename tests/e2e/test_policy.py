@@ -159,6 +159,29 @@ class PolicyTest(LabTest):
         self.assertEqual(pols["allow-web"]["workloads"], ["shop/server"])
         self.assertEqual(pols["allow-web"]["scope"], "workload (app=server)")
 
+    def test_an_unmeshed_pod_is_reported_as_not_enforced(self):
+        # A namespace-wide ALLOW in `legacy`, whose pods are not meshed: the
+        # proxy never sees their traffic, so nothing is refused, and the CLI
+        # says so instead of judging them as if the policy applied.
+        self.apply("allow-none-legacy.yaml", authz("allow-none", "ALLOW", FROM_WEB, selector=None, ns="legacy"),
+                   {"legacy/allow-none"})
+        pols = {p["name"]: p for p in self.lab.ctl("node2", "policies")["authorization_policies"]}
+        self.assertEqual((pols["allow-none"]["workloads"], pols["allow-none"]["unmeshed_workloads"]),
+                         ([], ["legacy/plain2"]))
+        table = self.lab.ctl_run("node2", "policies").stdout
+        self.assertIn("legacy/plain2 (not meshed)", table)
+        check = self.lab.ctl("node2", "authz", "check", "--from", "evil/bad", "--to", "legacy/plain2:8080")
+        self.assertEqual((check["decision"], check["reason"], check["meshed"]), ("ALLOW", "not meshed", False))
+        self.assertEqual((check["if_meshed"]["decision"], check["if_meshed"]["reason"]), ("DENY", "no ALLOW matched"))
+        self.assertIn("is not meshed", check["explanation"])
+        # What it says is what happens: a client the policy names nowhere gets through.
+        self.lab.server("legacy/plain2", "whoami", 8080)
+        r = self.lab.client("evil/bad2", "probe", self.lab.ip("legacy", "plain2"), "8080")
+        self.assertTrue(json.loads(r.stdout.strip().splitlines()[-1])["reply"].startswith("peer="), r.stdout)
+        # A meshed pod is judged by the policies, as before.
+        check = self.lab.ctl("node2", "authz", "check", "--from", "evil/bad", "--to", "shop/server:8080")
+        self.assertEqual((check["meshed"], check["if_meshed"]), (True, None))
+
     def test_deny_by_namespace(self):
         self.apply("deny-evil.yaml", authz("deny-evil", "DENY", FROM_EVIL), {"shop/deny-evil"})
         since = int(time.time() * 1000)

@@ -269,6 +269,44 @@ Outcome podsCaptured(AgentState& s) {
   return Outcome::ok(fmt::format("{} pods", pods));
 }
 
+// A pod the control plane says is meshed, running on this node (it has an
+// address, so its sandbox is up), that the agent did not enroll: its traffic
+// bypasses the mesh and meshed clients cannot reach it.
+Outcome podsMeshed(AgentState& s) {
+  if (!s.load()) return s.notChecked();
+  const std::string node = s.dump.value("node", "");
+  std::vector<std::string> problems;
+  int meshed = 0;
+  for (const auto& w : s.dump["workloads"]) {
+    if (w.value("node", "") != node || !w.value("enrolled", false) || w["ips"].empty()) continue;
+    ++meshed;
+    const std::string uid = w.value("uid", ""), ns = w.value("namespace", ""),
+                      name = w.value("name", "");
+    const json* pod = nullptr;
+    for (const auto& p : s.dump["pods"])
+      if ((!uid.empty() && p.value("uid", "") == uid) ||
+          (p.value("namespace", "") == ns && p.value("name", "") == name))
+        pod = &p;
+    if (!pod)
+      problems.push_back(ns + "/" + name +
+                         " (no CNI ADD reached the agent: it started before sluice-cni was "
+                         "chained, or while the agent was unreachable with failOpen)");
+    else if (!pod->value("enrolled", false))
+      problems.push_back(ns + "/" + name + " (enrolling it failed: " +
+                         (pod->value("error", "").empty() ? std::string("see the agent's log")
+                                                          : pod->value("error", "")) +
+                         ")");
+  }
+  if (!problems.empty())
+    return Outcome::failed(
+        fmt::format("pods of meshed namespaces running WITHOUT the mesh: {}",
+                    fmt::join(problems, "; ")),
+        "their traffic is neither encrypted nor authorized, and meshed clients' connections to "
+        "them are reset: delete each pod so that it is re-created through sluice-cni (kubectl "
+        "delete pod -n NAMESPACE NAME)");
+  return Outcome::ok(fmt::format("{} pods", meshed));
+}
+
 Outcome cniChained(const NodePaths& paths) {
   cni::InstallerOptions options;
   options.conf_dir = paths.cni_conf_dir;
@@ -316,6 +354,8 @@ std::vector<Check> installChecks(const NodePaths& paths) {
        [s] { return trustAnchor(*s); }},
       {"data plane", "BPF programs are pinned and attached", [s] { return bpfLinks(*s); }},
       {"data plane", "every enrolled pod is in the capture map", [s] { return podsCaptured(*s); }},
+      {"data plane", "every pod of a meshed namespace on this node is enrolled",
+       [s] { return podsMeshed(*s); }},
       {"cni", "sluice-cni is chained in the CNI configuration",
        [paths] { return cniChained(paths); }},
       {"cni", "the sluice-cni binary is installed", [paths] { return cniBinary(paths); }},

@@ -21,6 +21,16 @@ std::string joined(const json& list) {
   return out.empty() ? "<none>" : out;
 }
 
+// The meshed workloads a policy is enforced for, then the unmeshed ones it
+// selects but cannot be (agents before unmeshed_workloads: none).
+std::string workloadsText(const json& p) {
+  json all = p["workloads"];
+  if (p.contains("unmeshed_workloads"))
+    for (const auto& v : p["unmeshed_workloads"])
+      all.push_back(v.get<std::string>() + " (not meshed)");
+  return joined(all);
+}
+
 }  // namespace
 
 int cmdPolicies(const Options& opts) {
@@ -33,11 +43,11 @@ int cmdPolicies(const Options& opts) {
   for (const auto& p : j["authorization_policies"]) {
     std::string action = str(p, "action");
     if (p.value("dry_run", false)) action += " (dry-run)";
-    t.add({str(p, "namespace"), str(p, "name"), action, str(p, "scope"), joined(p["workloads"])});
+    t.add({str(p, "namespace"), str(p, "name"), action, str(p, "scope"), workloadsText(p)});
   }
   for (const auto& p : j["peer_authentications"])
     t.add({str(p, "namespace"), str(p, "name"), "mTLS " + str(p, "mode"), str(p, "scope"),
-           joined(p["workloads"])});
+           workloadsText(p)});
   std::fputs(t.render().c_str(), stdout);
   if (j.contains("note")) std::printf("note: %s\n", str(j, "note").c_str());
   if (j.contains("rejected_update") && j["rejected_update"].is_string())
@@ -64,6 +74,8 @@ int cmdAuthz(const Options& opts) {
          str(j, "reason"), j["policy"].is_string() ? str(j, "policy") : "-"});
   std::fputs(t.render().c_str(), stdout);
   if (!j["audits"].empty()) std::printf("audited by: %s\n", joined(j["audits"]).c_str());
+  if (j.contains("if_meshed") && j["if_meshed"].is_object())
+    std::printf("note: %s\n", str(j, "explanation").c_str());
   return 0;
 }
 
