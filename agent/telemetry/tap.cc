@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "agent/telemetry/peers.h"
+#include "sluice/common/fmt.h"
 
 namespace sluice::agent::telemetry {
 
@@ -169,6 +170,46 @@ bool TapFilter::matches(const TapEvent& e) const {
   return from.matches(e.source, "") && to.matches(e.destination, e.service);
 }
 
+namespace {
+
+// `r` (in namespace `ns` when set) against the view: what names it, or why
+// nothing does.
+Result<void> findInView(const TapResource& r, const std::string& ns, const char* flag,
+                        const WorkloadSnapshot& view) {
+  auto in_ns = [&](const std::string& n) { return ns.empty() || n == ns; };
+  const char* what = "";
+  const char* lists = "sluicectl workloads";
+  switch (r.kind) {
+    case TapResource::Kind::kAny:
+      return {};
+    case TapResource::Kind::kService:
+      for (const auto& [ip, services] : view.services_by_endpoint)
+        for (const auto& s : services)
+          if (s.name == r.name && in_ns(s.namespace_)) return {};
+      what = "Service with endpoints";
+      lists = "sluicectl services";
+      break;
+    case TapResource::Kind::kWorkload:
+    case TapResource::Kind::kPod:
+    case TapResource::Kind::kNamespace:
+      for (const auto& [key, w] : view.by_pod) {
+        const std::string& name = r.kind == TapResource::Kind::kWorkload ? w->workload
+                                  : r.kind == TapResource::Kind::kPod    ? w->pod
+                                                                         : w->namespace_;
+        if (name == r.name && in_ns(w->namespace_)) return {};
+      }
+      what = r.kind == TapResource::Kind::kWorkload ? "workload"
+             : r.kind == TapResource::Kind::kPod    ? "pod"
+                                                    : "namespace with pods";
+      break;
+  }
+  return fail(fmt::format("--{}: no {} '{}'{} in the control plane's view ({} lists them)", flag,
+                          what, r.name, ns.empty() ? "" : " in namespace " + ns, lists),
+              ENOENT);
+}
+
+}  // namespace
+
 TapSubscription::~TapSubscription() { hub_.unsubscribe(sub_.get()); }
 
 size_t TapSubscription::drain(std::vector<TapEvent>& out, size_t max) {
@@ -202,6 +243,12 @@ TapHub::TapHub(TapConfig config, const WorkloadIndex* workloads)
 TapHub::~TapHub() { assert(active_.load() == 0 && "tap sessions must end before their hub"); }
 
 Result<std::unique_ptr<TapSubscription>> TapHub::subscribe(TapFilter filter) {
+  if (workloads_) {
+    auto view = workloads_->current();
+    for (auto [r, flag] : {std::pair{&filter.from, "from"}, std::pair{&filter.to, "to"}})
+      if (auto found = findInView(*r, filter.namespace_, flag, *view); !found)
+        return tl::unexpected(found.error());
+  }
   std::lock_guard lk(mu_);
   auto current = list_.load();
   if (current->size() >= config_.max_subscribers)

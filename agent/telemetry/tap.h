@@ -106,7 +106,9 @@ class TapHub final : public ztunnel::ConnectionObserver {
                const ztunnel::RequestRecord& request) override;
   void closed(unsigned, const ztunnel::ConnectionRecord&) override {}
 
-  // Fails when max_subscribers sessions are open. The hub must outlive it.
+  // Fails when max_subscribers sessions are open, and (ENOENT) when the
+  // filter's --from or --to names a resource the view does not hold: such a
+  // session would wait for ever without a word. The hub must outlive it.
   Result<std::unique_ptr<TapSubscription>> subscribe(TapFilter filter);
   size_t subscribers() const { return active_.load(std::memory_order_relaxed); }
 

@@ -53,6 +53,21 @@ bool plainNonString(const YAML::Node& n) {
   return digits;
 }
 
+// A Kubernetes object name the API server accepts: an RFC 1123 label
+// (lower-case letters, digits, '-'; alphanumeric at both ends), or with
+// `dots` a subdomain of such labels.
+bool dnsName(const std::string& v, size_t max, bool dots) {
+  if (v.empty() || v.size() > max) return false;
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  for (size_t i = 0; i < v.size(); ++i) {
+    char c = v[i];
+    bool edge = i == 0 || i + 1 == v.size() || (dots && (v[i - 1] == '.' || v[i + 1] == '.'));
+    if (alnum(c)) continue;
+    if (edge || (c != '-' && !(dots && c == '.'))) return false;
+  }
+  return true;
+}
+
 size_t editDistance(std::string a, std::string b) {
   for (auto& c : a) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   for (auto& c : b) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -106,9 +121,14 @@ class Parser {
   // A mapping whose keys are all in `allowed`.
   Result<void> mapping(const YAML::Node& n, const std::string& path, Fields allowed) const {
     if (!n.IsMap()) return err(path, "must be a mapping");
+    std::vector<std::string_view> seen;
     for (const auto& kv : n) {
       if (!kv.first.IsScalar()) return err(path, "keys must be strings");
       const std::string& key = kv.first.Scalar();
+      // yaml-cpp keeps both and reads the first; kubectl refuses the object.
+      if (std::find(seen.begin(), seen.end(), key) != seen.end())
+        return err(path, fmt::format("field \"{}\" appears twice: keep one", key));
+      seen.push_back(key);
       if (std::any_of(allowed.begin(), allowed.end(), [&](const char* f) { return key == f; }))
         continue;
       std::string msg = fmt::format("unknown field \"{}\"", key);
@@ -178,10 +198,20 @@ class Parser {
                                      : string(meta["name"], "metadata.name");
     if (!name) return tl::unexpected(name.error());
     if (name->empty()) return err("metadata.name", "is required");
+    if (!dnsName(*name, 253, true))
+      return err("metadata.name",
+                 fmt::format("\"{}\" is not a valid name: lower-case letters, digits, '-' and "
+                             "'.', starting and ending with a letter or digit (at most 253)",
+                             *name));
     auto ns = absent(meta["namespace"]) ? Result<std::string>(std::string())
                                         : string(meta["namespace"], "metadata.namespace");
     if (!ns) return tl::unexpected(ns.error());
     if (ns->empty()) return err("metadata.namespace", "is required");
+    if (!dnsName(*ns, 63, false))
+      return err("metadata.namespace",
+                 fmt::format("\"{}\" is not a valid namespace: lower-case letters, digits and "
+                             "'-', starting and ending with a letter or digit (at most 63)",
+                             *ns));
     if (scalar(meta["creationTimestamp"])) created_ = meta["creationTimestamp"].Scalar();
     const YAML::Node ann = meta["annotations"];
     if (!absent(ann) && ann.IsMap() && scalar(ann["istio.io/dry-run"])) {

@@ -76,6 +76,19 @@ TEST_SUITE("policy") {
         {pa("prod", "m", "{selector: {matchLabels: {app: web}}, portLevelMtls: {}}"),
          {"PeerAuthentication prod/m", "at least one port"}},
         {pa("prod", "m", "{mtls: STRICT}"), {"PeerAuthentication prod/m", "spec.mtls", "mapping"}},
+        // Duplicate keys: YAML would silently read the first.
+        {ap("prod", "d", "{action: ALLOW, action: DENY, rules: [{}]}"),
+         {"AuthorizationPolicy prod/d", "spec", "field \"action\" appears twice"}},
+        {rule("d", from(R"({principals: ["a"], principals: ["b"]})")),
+         {"prod/d", "spec.rules[0].from[0].source", "\"principals\" appears twice"}},
+        // Names the API server would refuse.
+        {ap("prod", "Allow_Web", "{}"),
+         {"AuthorizationPolicy prod/Allow_Web", "metadata.name", "not a valid name"}},
+        {ap("prod", "web-", "{}"), {"metadata.name", "not a valid name"}},
+        {ap("prod", "a..b", "{}"), {"metadata.name", "not a valid name"}},
+        {ap("Prod", "web", "{}"), {"metadata.namespace", "\"Prod\" is not a valid namespace"}},
+        {ap("prod.x", "web", "{}"), {"metadata.namespace", "not a valid namespace"}},
+        {pa(std::string(64, 'n'), "m", "{}"), {"metadata.namespace", "at most 63"}},
     };
     for (const auto& c : cases) {
       INFO("yaml: ", c.yaml);
@@ -86,6 +99,15 @@ TEST_SUITE("policy") {
         CHECK(loaded.error().message.find(e) != std::string::npos);
       }
     }
+  }
+
+  TEST_CASE("valid names: subdomains for objects, labels for namespaces") {
+    for (const char* name : {"a", "allow-web", "allow.web.v2", "0abc", "x-1.y-2"}) {
+      INFO(name);
+      CHECK(load(ap("prod-1", name, "{}")).has_value());
+    }
+    CHECK(load(ap(std::string(63, 'n'), std::string(253, 'a'), "{}")).has_value());
+    CHECK_FALSE(load(ap("prod", std::string(254, 'a'), "{}")).has_value());
   }
 
   TEST_CASE("warnings on accepted objects say what Sluice enforces instead") {

@@ -43,6 +43,10 @@ WorkloadIndex& index() {
                                                 "10.244.2.9",
                                                 {{"statefulset.kubernetes.io/pod-name", "db-0"}},
                                                 {"StatefulSet", "db"}}}));
+    // The Service shop/db, with db-0 as its endpoint.
+    auto snap = std::make_shared<WorkloadSnapshot>(*idx.current());
+    snap->services_by_endpoint[*IpAddr::parse("10.244.2.9")] = {{"shop", "db", {5432}}};
+    idx.update(std::move(snap));
     return true;
   }();
   (void)once;
@@ -190,6 +194,41 @@ TEST_SUITE("tap") {
           drainAll(**sub).size() == (c.shown ? 1u : 0u),
           (c.query.empty() ? "{}" : c.query.begin()->first + "=" + c.query.begin()->second));
     }
+  }
+
+  TEST_CASE("a resource the view does not hold is refused, not waited for") {
+    TapHub hub({.workers = 1}, &index());
+    struct Case {
+      std::map<std::string, std::string> query;
+      const char* error;  // empty: accepted
+    };
+    const Case cases[] = {
+        {{{"to", "svc/db"}}, ""},
+        {{{"to", "svc/db"}, {"namespace", "shop"}}, ""},
+        {{{"to", "svc/nosuch"}}, "--to: no Service with endpoints 'nosuch'"},
+        {{{"to", "svc/db"}, {"namespace", "other"}}, "'db' in namespace other"},
+        {{{"from", "deploy/web"}}, ""},
+        {{{"from", "deploy/web-5d4f"}}, "--from: no workload 'web-5d4f'"},
+        {{{"from", "pod/web-5d4f-aaaaa"}}, ""},
+        {{{"from", "pod/web"}}, "no pod 'web'"},
+        {{{"to", "ns/shop"}}, ""},
+        {{{"to", "ns/other"}}, "no namespace with pods 'other'"},
+        {{{"to", "sts/db"}, {"from", "nosuch"}}, "--from: no workload 'nosuch'"},
+        {{{"namespace", "other"}}, ""},  // a namespace alone filters, names nothing
+    };
+    for (const auto& c : cases) {
+      auto sub = hub.subscribe(filter(c.query));
+      INFO(c.query.begin()->first, "=", c.query.begin()->second);
+      if (*c.error == 0) {
+        CHECK(sub.has_value());
+      } else {
+        REQUIRE_FALSE(sub.has_value());
+        CHECK(sub.error().code == ENOENT);
+        CHECK(sub.error().message.find(c.error) != std::string::npos);
+        CHECK(sub.error().message.find("lists them") != std::string::npos);
+      }
+    }
+    CHECK(hub.subscribers() == 0);
   }
 
   TEST_CASE("a line names both ends and carries no other header value") {

@@ -149,6 +149,12 @@ class LiveTest(LabTest):
                             "--to", "cronjob/x"], capture_output=True, text=True)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("deploy/NAME", p.stderr)
+        # A resource nothing is named: refused at once, not waited on for ever.
+        p = subprocess.run([sys.executable, LAB, "node", "exec", "node1", "--", SLUICECTL, "tap",
+                            "--to", "svc/nosuch"], capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("no Service with endpoints 'nosuch'", p.stderr)
+        self.assertIn("sluicectl services lists them", p.stderr)
         p = subprocess.run([SLUICECTL, "--admin", "127.0.0.1:1", "stat"], capture_output=True,
                            text=True)
         self.assertNotEqual(p.returncode, 0)

@@ -69,6 +69,11 @@ class ServicesTest(LabTest):
         self.assertEqual(r["failures"], [])
         counts = r["by_server"]
         self.assertEqual(sorted(counts), sorted(self.ips.values()), counts)
+        # The table shows each endpoint with its target port, as `kubectl get endpoints` does.
+        table = self.lab.ctl_run("node1", "services").stdout
+        row = next(line for line in table.splitlines() if line.startswith("shop ") and " web " in line)
+        self.assertEqual(sorted(row.split()[-1].split(",")), sorted(f"{ip}:8080" for ip in self.ips.values()),
+                         table)
         for ip, n in counts.items():
             # P2C over load x latency: the same-node endpoint is faster and gets more
             # (more still with --sockmap=on: 140 seen once), but no endpoint starves

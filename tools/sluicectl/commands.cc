@@ -164,7 +164,16 @@ int cmdServices(const Options& opts) {
     for (const auto& p : s["ports"])
       ports += (ports.empty() ? "" : ",") + std::to_string(p.value("port", 0)) +
                (str(p, "name").empty() ? "" : "/" + str(p, "name"));
-    for (const auto& e : s["endpoints"]) eps += (eps.empty() ? "" : ",") + str(e, "ip");
+    // As `kubectl get endpoints` shows them: each address with each of its
+    // target ports.
+    for (const auto& e : s["endpoints"]) {
+      const std::string ip = str(e, "ip");
+      const std::string host = ip.find(':') != std::string::npos ? "[" + ip + "]" : ip;
+      if (!e.contains("ports") || e["ports"].empty()) eps += (eps.empty() ? "" : ",") + ip;
+      if (e.contains("ports"))
+        for (const auto& [name, port] : e["ports"].items())
+          eps += (eps.empty() ? "" : ",") + host + ":" + port.dump();
+    }
     t.add({str(s, "namespace"), str(s, "name"), vips, ports, eps.empty() ? "<none>" : eps});
   }
   std::fputs(t.render().c_str(), stdout);
