@@ -153,14 +153,15 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
                    {"policy", refJson(d.policy)},
                    {"audits", audits},
                    {"explanation", authz::PolicyAuthorizer::explain(d)}};
+  const bool is_meshed = meshed.count(ns + "/" + pod) > 0;
   json out = {{"from", from},
               {"to", to},
               {"source_principal", principal.empty() ? json(nullptr) : json(principal)},
               {"source_ip", source_ip.empty() ? json(nullptr) : json(source_ip.str())},
               {"destination", SockAddr(destination, static_cast<uint16_t>(port)).str()},
-              {"meshed", meshed.count(ns + "/" + pod) > 0},
+              {"meshed", is_meshed},
               {"if_meshed", nullptr}};
-  if (out["meshed"]) {
+  if (is_meshed) {
     out.update(decision);
   } else {
     // The proxy never sees this pod's traffic: whatever the policies say,

@@ -136,6 +136,10 @@ Result<void> parsePod(const json& doc, const json& meta, Pod& pod, const std::st
   if (spec) {
     TRY_ASSIGN(node, str(*spec, "nodeName", false, ctx + " spec"));
     pod.node = node;
+    if (auto it = spec->find("hostNetwork"); it != spec->end() && !it->is_null()) {
+      if (!it->is_boolean()) return fail(ctx + ": spec.hostNetwork must be true or false");
+      pod.host_network = it->get<bool>();
+    }
     TRY_ASSIGN(sa, str(*spec, "serviceAccountName", false, ctx + " spec"));
     if (!sa.empty()) pod.service_account = sa;
     TRY_ASSIGN(containers, list(*spec, "containers", ctx + " spec"));

@@ -27,6 +27,7 @@ uint64_t randomEpoch() {
 Store::Store(EndpointsMode mode) : mode_(mode), epoch_(randomEpoch()) {}
 
 bool Store::enrolled(const Pod& pod, const Namespace* ns) {
+  if (pod.host_network) return false;
   auto opt_out = pod.labels.find(kMeshLabel);
   if (opt_out != pod.labels.end() && opt_out->second == "disabled") return false;
   if (!ns) return false;
@@ -85,7 +86,8 @@ void Store::recompute() {
       w.set_namespace_(p.ns);
       w.set_service_account(p.service_account);
       w.set_node(p.node);
-      for (const auto& ip : p.ips) w.add_ips(ip);
+      if (!p.host_network)
+        for (const auto& ip : p.ips) w.add_ips(ip);
       for (const auto& [k, v] : p.labels) (*w.mutable_labels())[k] = v;
       w.set_owner_kind(p.owner_kind);
       w.set_owner_name(p.owner_name);

@@ -52,6 +52,11 @@ struct Pod {
   // unless the phase says otherwise); false while terminating.
   bool ready = true;
   std::map<std::string, uint32_t> named_ports;  // containers[].ports[] by name
+  // spec.hostNetwork: the pod runs in its node's network namespace. It is
+  // never enrolled (its traffic cannot be told from the node's), and its
+  // address names the node, not the pod: the view gives it none (it stays
+  // an endpoint of the Services that select it).
+  bool host_network = false;
 };
 
 struct ServicePort {

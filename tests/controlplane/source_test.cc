@@ -62,6 +62,43 @@ TEST_SUITE("local.source") {
     CHECK_FALSE(v["uid-db"].enrolled());  // the pod opted out
   }
 
+  TEST_CASE("a hostNetwork pod is never enrolled, has no address of its own, stays an endpoint") {
+    auto objs = local::parseYaml(std::string(kShop) + R"(---
+kind: Service
+apiVersion: v1
+metadata: {name: exporter, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: exporter}
+  ports: [{port: 9100}]
+---
+kind: Pod
+metadata: {name: exporter-x, namespace: shop, uid: uid-x, labels: {app: exporter}}
+spec: {nodeName: node1, hostNetwork: true}
+status: {podIP: 10.99.0.11}
+)");
+    REQUIRE_MESSAGE(objs.has_value(), (objs ? "" : objs.error().describe()));
+    model::Store store;
+    REQUIRE(store.setSource("f", *objs).has_value());
+    auto v = view(store);
+    REQUIRE(v.count("uid-x"));
+    // In a meshed namespace, but it shares its node's network namespace:
+    // nothing could tell its traffic from the node's.
+    CHECK_FALSE(v["uid-x"].enrolled());
+    CHECK(v["uid-x"].ips_size() == 0);  // 10.99.0.11 is the node's
+    auto snap = store.snapshot();
+    REQUIRE(snap.services.size() == 1);
+    REQUIRE(snap.services[0].endpoints_size() == 1);
+    CHECK(snap.services[0].endpoints(0).ip() == "10.99.0.11");
+
+    auto bad = local::parseYaml(std::string(kShop) +
+                                "---\nkind: Pod\nmetadata: {name: p, namespace: shop}\n"
+                                "spec: {hostNetwork: \"yes\"}\n");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().describe().find("spec.hostNetwork must be true or false") !=
+          std::string::npos);
+  }
+
   TEST_CASE("the pod's controller from metadata.ownerReferences travels in the Workload") {
     auto owned = [](const std::string& name, const std::string& refs) {
       return "kind: Pod\nmetadata:\n  name: " + name + "\n  namespace: shop\n  uid: uid-" + name +
