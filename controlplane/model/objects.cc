@@ -176,6 +176,9 @@ Result<void> parsePod(const json& doc, const json& meta, Pod& pod, const std::st
     }
     TRY_ASSIGN(phase, str(*status, "phase", false, ctx + " status"));
     if (phase == "Pending" || phase == "Succeeded" || phase == "Failed") pod.ready = false;
+    // A finished pod (a Job's) keeps status.podIP, but its sandbox is gone
+    // and the address may already be another pod's: it names nothing.
+    if (phase == "Succeeded" || phase == "Failed") pod.ips.clear();
     TRY_ASSIGN(conditions, list(*status, "conditions", ctx + " status"));
     if (conditions) {
       bool ready_true = false;

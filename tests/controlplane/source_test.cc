@@ -99,6 +99,21 @@ status: {podIP: 10.99.0.11}
           std::string::npos);
   }
 
+  TEST_CASE("a finished pod's address, free for another pod, is not its own any more") {
+    std::string finished = pod("job-x", "10.244.1.7") + "  phase: Succeeded\n";
+    std::string failed = pod("job-y", "10.244.1.8") + "  phase: Failed\n";
+    auto objs = local::parseYaml(std::string(kShop) + "---\n" + finished + "---\n" + failed +
+                                 "---\n" + pod("web", "10.244.1.7"));
+    REQUIRE_MESSAGE(objs.has_value(), (objs ? "" : objs.error().describe()));
+    model::Store store;
+    REQUIRE(store.setSource("f", *objs).has_value());
+    auto v = view(store);
+    CHECK(v["uid-job-x"].ips_size() == 0);
+    CHECK(v["uid-job-y"].ips_size() == 0);
+    REQUIRE(v["uid-web"].ips_size() == 1);  // the running pod that has the address now
+    CHECK(v["uid-web"].ips(0) == "10.244.1.7");
+  }
+
   TEST_CASE("the pod's controller from metadata.ownerReferences travels in the Workload") {
     auto owned = [](const std::string& name, const std::string& refs) {
       return "kind: Pod\nmetadata:\n  name: " + name + "\n  namespace: shop\n  uid: uid-" + name +
