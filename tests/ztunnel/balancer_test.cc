@@ -73,6 +73,31 @@ TEST_SUITE("ztunnel/balancer") {
     CHECK(first == 0);  // any pair containing it picks the other one
   }
 
+  TEST_CASE("one slow connect keeps an endpoint out only until its average has decayed") {
+    // Connections one at a time (none open at a pick): an endpoint whose
+    // first connect was slow (its tunnel's handshake) loses every choice,
+    // so only the decay of its average brings it back.
+    Balancer b({}, 7);
+    auto svc = three();
+    auto t0 = Balancer::Clock::now();
+    for (int i = 0; i < 5; ++i) b.result(ep("10.0.0.2"), true, 5ms, t0);  // 4.2 ms
+    std::map<std::string, int> first_second, later;
+    for (int i = 0; i < 6000; ++i) {  // one every 10 ms for a minute
+      auto now = t0 + i * 10ms;
+      auto e = b.pick(svc, {}, now);
+      REQUIRE(e.has_value());
+      b.result(*e, true, 300us, now);
+      b.closed(*e);
+      (i < 100 ? first_second : later)[str(*e)]++;
+    }
+    CHECK(first_second["10.0.0.2"] < 5);  // still avoided while the sample is fresh
+    // 4.2 ms halves every 5 s: under the 1 ms floor after ~10 s; from then
+    // on it shares the load as an equal.
+    CHECK(later["10.0.0.2"] > 5900 / 5);
+    CHECK(later["10.0.0.1"] > 5900 / 5);
+    CHECK(later["10.0.0.3"] > 5900 / 5);
+  }
+
   TEST_CASE("consecutive failures eject for a while - tried endpoints are skipped") {
     Balancer::Config cfg;
     cfg.eject_after = 3;

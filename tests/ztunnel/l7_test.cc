@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ztunnel/l7/detect.h"
+#include "ztunnel/l7/http1.h"
 #include "ztunnel/l7/inspect_policy.h"
 #include "ztunnel/l7/inspector.h"
 
@@ -43,6 +44,8 @@ bool feed(l7::Inspector& in, std::string_view s, bool client, size_t step = 0) {
   }
   return true;
 }
+
+size_t http1MaxPipelined() { return l7::Http1Observer::kMaxPipelined; }
 
 const std::string kTlsClientHello = std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11);
 
@@ -148,6 +151,26 @@ TEST_SUITE("l7/http1") {
     CHECK(sink.seen[1].response_bytes == 0);
     CHECK(sink.seen[2].path == "/3");
     CHECK(sink.seen[2].status == 500);
+  }
+
+  TEST_CASE("beyond 64 pipelined requests: the 64 held are counted as answered, then it ends") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    std::string requests, responses;
+    for (int i = 0; i < 100; ++i) {
+      requests += "GET /" + std::to_string(i) + " HTTP/1.1\r\nHost: h\r\n\r\n";
+      responses += "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    }
+    CHECK(feed(in, requests, true));  // still observing: 64 answers to come
+    CHECK(feed(in, "GET /late HTTP/1.1\r\nHost: h\r\n\r\n", true));  // not read
+    // The answers, in pieces: the first 64 are counted, then observing ends.
+    CHECK_FALSE(feed(in, responses, false, 500));
+    REQUIRE(sink.seen.size() == http1MaxPipelined());
+    CHECK(sink.seen.front().path == "/0");
+    CHECK(sink.seen.back().path == "/63");
+    for (const auto& s : sink.seen) CHECK(s.status == 200);
+    in.finish();  // nothing left to report
+    CHECK(sink.seen.size() == http1MaxPipelined());
   }
 
   TEST_CASE("chunked bodies both ways, and 100 Continue") {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -165,14 +166,16 @@ int cmdServices(const Options& opts) {
       ports += (ports.empty() ? "" : ",") + std::to_string(p.value("port", 0)) +
                (str(p, "name").empty() ? "" : "/" + str(p, "name"));
     // As `kubectl get endpoints` shows them: each address with each of its
-    // target ports.
+    // target ports, once (several Service ports may forward to one).
     for (const auto& e : s["endpoints"]) {
       const std::string ip = str(e, "ip");
       const std::string host = ip.find(':') != std::string::npos ? "[" + ip + "]" : ip;
-      if (!e.contains("ports") || e["ports"].empty()) eps += (eps.empty() ? "" : ",") + ip;
+      std::set<uint64_t> targets;
       if (e.contains("ports"))
-        for (const auto& [name, port] : e["ports"].items())
-          eps += (eps.empty() ? "" : ",") + host + ":" + port.dump();
+        for (const auto& [name, port] : e["ports"].items()) targets.insert(port.get<uint64_t>());
+      if (targets.empty()) eps += (eps.empty() ? "" : ",") + ip;
+      for (uint64_t port : targets)
+        eps += (eps.empty() ? "" : ",") + host + ":" + std::to_string(port);
     }
     t.add({str(s, "namespace"), str(s, "name"), vips, ports, eps.empty() ? "<none>" : eps});
   }

@@ -81,7 +81,13 @@ void Stream::start() {
 
 bool Stream::submit() {
   if (!tunnel_ || closing_) return false;
-  if (isService()) peekFirstBytes();
+  if (isService()) {
+    peekFirstBytes();
+    // The endpoint's connect latency is CONNECT to answer: a tunnel's
+    // handshake, paid once per node, is not the endpoint's (one such sample
+    // would keep it out of the balancer's choices for a while).
+    attempt_->restartClock();
+  }
   std::string authority = formatEndpoint(attempt_->dst);
   std::string forwarded = "for=\"" + live_->rec.source + "\"";
   int32_t id = tunnel_->request(*this, authority, forwarded);

@@ -13,7 +13,10 @@ Http1Observer::Http1Observer(RequestSink& sink) : sink_(sink) {
 
 int Http1Observer::onRequestBegin(http_parser* p) {
   Http1Observer& o = self(p);
-  if (o.pending_.size() >= kMaxPipelined) return -1;
+  if (o.pending_.size() >= kMaxPipelined) {
+    o.requests_stopped_ = true;
+    return -1;
+  }
   o.pending_.emplace_back().begin();
   o.field_.clear();
   o.in_host_ = false;
@@ -124,9 +127,10 @@ const http_parser_settings& Http1Observer::responseSettings() {
 
 bool Http1Observer::client(std::string_view bytes) {
   if (upgraded_) return false;
-  if (req_.upgrade) return true;  // waiting for the answer to an Upgrade request
+  if (req_.upgrade) return true;       // waiting for the answer to an Upgrade request
+  if (requests_stopped_) return true;  // the held requests' answers still count
   size_t n = http_parser_execute(&req_, &requestSettings(), bytes.data(), bytes.size());
-  if (HTTP_PARSER_ERRNO(&req_) != HPE_OK) return false;
+  if (HTTP_PARSER_ERRNO(&req_) != HPE_OK) return requests_stopped_;
   // An Upgrade request (WebSocket) stops the parser at the end of its
   // headers; its answer decides (101: another protocol from then on).
   return req_.upgrade ? !pending_.empty() : n == bytes.size();
@@ -144,6 +148,8 @@ bool Http1Observer::server(std::string_view bytes) {
   // The answer to an Upgrade request was not 101: the request parser stopped
   // at its headers and cannot go on.
   if (req_.upgrade && pending_.empty()) return false;
+  // Every request read was answered; the ones not read cannot be matched.
+  if (requests_stopped_ && pending_.empty()) return false;
   return true;
 }
 

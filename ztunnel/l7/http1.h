@@ -16,7 +16,8 @@ namespace sluice::ztunnel::l7 {
 
 class Http1Observer final : public ProtocolObserver {
  public:
-  // Requests sent and not yet answered beyond this: the observer gives up.
+  // Requests sent and not yet answered beyond this: the observer reads no
+  // more requests, counts those it holds as their answers come, then ends.
   static constexpr size_t kMaxPipelined = 64;
 
   explicit Http1Observer(RequestSink& sink);
@@ -46,7 +47,8 @@ class Http1Observer final : public ProtocolObserver {
   std::string field_;             // the request header name being read
   bool in_host_ = false;
   bool last_was_value_ = false;
-  bool upgraded_ = false;  // a 101 went by: what follows is another protocol
+  bool upgraded_ = false;          // a 101 went by: what follows is another protocol
+  bool requests_stopped_ = false;  // kMaxPipelined were waiting: no more requests read
 };
 
 }  // namespace sluice::ztunnel::l7

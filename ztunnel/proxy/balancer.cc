@@ -1,15 +1,22 @@
 #include "ztunnel/proxy/balancer.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace sluice::ztunnel::proxy {
 
-double Balancer::score(const SockAddr& ep) const {
+double Balancer::latency(const State& st, Clock::time_point now) const {
+  if (st.ewma_us <= 0 || now <= st.sampled_at) return st.ewma_us;
+  std::chrono::duration<double> since = now - st.sampled_at;
+  std::chrono::duration<double> half_life = config_.half_life;
+  return st.ewma_us * std::exp2(-since / half_life);
+}
+
+double Balancer::score(const SockAddr& ep, Clock::time_point now) const {
   double floor = static_cast<double>(config_.latency_floor.count());
   auto it = states_.find(ep);
   if (it == states_.end()) return floor;
-  double latency = std::max(it->second.ewma_us, floor);
-  return latency * (it->second.open + 1);
+  return std::max(latency(it->second, now), floor) * (it->second.open + 1);
 }
 
 std::optional<SockAddr> Balancer::pick(const ServiceTarget& svc, const std::vector<SockAddr>& tried,
@@ -27,7 +34,7 @@ std::optional<SockAddr> Balancer::pick(const ServiceTarget& svc, const std::vect
     std::uniform_int_distribution<size_t> d(0, pool.size() - 1);
     size_t i = d(rng_), j = d(rng_);
     while (j == i) j = d(rng_);
-    double si = score(*pool[i]), sj = score(*pool[j]);
+    double si = score(*pool[i], now), sj = score(*pool[j], now);
     if (si == sj)
       chosen = (rng_() & 1) ? pool[i] : pool[j];
     else
@@ -50,8 +57,12 @@ bool Balancer::result(const SockAddr& ep, bool ok, std::chrono::microseconds lat
   st.last_used = now;
   if (ok) {
     double sample = static_cast<double>(latency.count());
-    st.ewma_us =
-        st.ewma_us < 0 ? sample : config_.alpha * sample + (1 - config_.alpha) * st.ewma_us;
+    // Before its first sample an endpoint counts as at the floor, so one
+    // sample weighs as much as later ones.
+    double prior = st.ewma_us < 0 ? static_cast<double>(config_.latency_floor.count())
+                                  : this->latency(st, now);
+    st.ewma_us = config_.alpha * sample + (1 - config_.alpha) * prior;
+    st.sampled_at = now;
     st.failures = 0;
     st.ejections = 0;
     return false;

@@ -6,6 +6,13 @@
 // Latencies below `latency_floor` count as equal: a same-node endpoint
 // (tens of microseconds) must not starve remote ones (hundreds) when both
 // are healthy; a slow endpoint (milliseconds) is avoided.
+//
+// An endpoint's latency average decays towards zero while no new sample
+// comes (halving every `half_life`, as Linkerd's peak EWMA decays): one
+// slow connect (a tunnel's first handshake, an agent restart) would
+// otherwise keep an endpoint that loses every choice out of rotation for
+// as long as the others are idle, since only a pick brings a new sample.
+// For the same reason an endpoint's first sample is averaged with the floor.
 #pragma once
 
 #include <netinet/in.h>
@@ -30,6 +37,7 @@ class Balancer {
     std::chrono::milliseconds max_eject_for{60000};
     std::chrono::microseconds latency_floor{1000};
     double alpha = 0.3;  // EWMA weight of the newest sample
+    std::chrono::milliseconds half_life{5000};
   };
 
   Balancer(Config config, uint64_t seed) : config_(config), rng_(seed) {}
@@ -60,9 +68,11 @@ class Balancer {
     unsigned open = 0;
     unsigned failures = 0;  // consecutive
     unsigned ejections = 0;
-    Clock::time_point ejected_until{}, last_used{};
+    Clock::time_point ejected_until{}, last_used{}, sampled_at{};
   };
-  double score(const SockAddr& ep) const;
+  // The latency average as of `now`, decayed since its last sample.
+  double latency(const State& st, Clock::time_point now) const;
+  double score(const SockAddr& ep, Clock::time_point now) const;
 
   Config config_;
   std::mt19937_64 rng_;
