@@ -190,9 +190,30 @@ class CniErrorsTest(LabTest):
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("agent", (p.stdout + p.stderr).lower())
             netns = run(["ip", "netns", "list"]).stdout
-            self.assertNotIn(f"{lab.prefix}-p-shop-orphan", netns)
+            self.assertNotIn(f"{lab.prefix}-p-shop_orphan", netns)
         finally:
             lab.lab("agent", "start", "node1")
+
+    def test_names_that_join_alike_stay_apart_and_bad_names_are_refused(self):
+        # shop-a/x and shop/a-x: a name built by joining with "-" is the same.
+        lab = self.lab
+        for ns in ("shop-a", "shop"):
+            lab.lab("ns", "label", ns, "sluice.dev/mesh=enabled")
+        ips = {key: lab.pod(*key.split("/"), sa="s") for key in ("shop-a/x", "shop/a-x")}
+        self.assertNotEqual(ips["shop-a/x"], ips["shop/a-x"])
+        wait_for("both enrolled", lambda: all(lab.enrolled("node1", k) for k in ips))
+        pods = self.lab.pods_of("node1")
+        for key, ip in ips.items():
+            self.assertEqual(pods[key]["ip"], ip, pods[key])
+        for key in ips:
+            lab.lab("pod", "del", *key.split("/"))
+        for args in (["pod", "add", "shop", "Web_1", "--node", "node1", "--sa", "s"],
+                     ["pod", "add", "shop", "web", "--node", "node1", "--sa", "s-"],
+                     ["ns", "label", "Shop", "sluice.dev/mesh=enabled"],
+                     ["svc", "add", "shop", "a.b", "--selector", "app=x", "--port", "80"]):
+            p = lab.lab(*args, check=False)
+            self.assertNotEqual(p.returncode, 0, args)
+            self.assertIn("is not a valid Kubernetes name", p.stderr, args)
 
 
 def netns_of(prefix):

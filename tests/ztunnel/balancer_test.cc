@@ -80,7 +80,7 @@ TEST_SUITE("ztunnel/balancer") {
     Balancer b({}, 7);
     auto svc = three();
     auto t0 = Balancer::Clock::now();
-    for (int i = 0; i < 5; ++i) b.result(ep("10.0.0.2"), true, 5ms, t0);  // 4.2 ms
+    for (int i = 0; i < 5; ++i) b.result(ep("10.0.0.2"), true, 25ms, t0);  // 21.6 ms
     std::map<std::string, int> first_second, later;
     for (int i = 0; i < 6000; ++i) {  // one every 10 ms for a minute
       auto now = t0 + i * 10ms;
@@ -91,8 +91,8 @@ TEST_SUITE("ztunnel/balancer") {
       (i < 100 ? first_second : later)[str(*e)]++;
     }
     CHECK(first_second["10.0.0.2"] < 5);  // still avoided while the sample is fresh
-    // 4.2 ms halves every 5 s: under the 1 ms floor after ~10 s; from then
-    // on it shares the load as an equal.
+    // 21.6 ms halves every 5 s: under the 5 ms floor after ~11 s; from
+    // then on it shares the load as an equal.
     CHECK(later["10.0.0.2"] > 5900 / 5);
     CHECK(later["10.0.0.1"] > 5900 / 5);
     CHECK(later["10.0.0.3"] > 5900 / 5);

@@ -4,8 +4,9 @@
 // here takes a lock; each worker balances its own share of connections.
 //
 // Latencies below `latency_floor` count as equal: a same-node endpoint
-// (tens of microseconds) must not starve remote ones (hundreds) when both
-// are healthy; a slow endpoint (milliseconds) is avoided.
+// (tens of microseconds) must not starve remote ones (hundreds, and a few
+// milliseconds now and then on a busy node) when all are healthy; a slow
+// endpoint (tens of milliseconds) is avoided.
 //
 // An endpoint's latency average decays towards zero while no new sample
 // comes (halving every `half_life`, as Linkerd's peak EWMA decays): one
@@ -35,7 +36,7 @@ class Balancer {
     unsigned eject_after = 3;
     std::chrono::milliseconds eject_for{5000};
     std::chrono::milliseconds max_eject_for{60000};
-    std::chrono::microseconds latency_floor{1000};
+    std::chrono::microseconds latency_floor{5000};
     double alpha = 0.3;  // EWMA weight of the newest sample
     std::chrono::milliseconds half_life{5000};
   };
