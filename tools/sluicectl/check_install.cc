@@ -278,7 +278,9 @@ Outcome podsMeshed(AgentState& s) {
   std::vector<std::string> problems;
   int meshed = 0;
   for (const auto& w : s.dump["workloads"]) {
-    if (w.value("node", "") != node || !w.value("enrolled", false) || w["ips"].empty()) continue;
+    if (w.value("node", "") != node || !w.value("enrolled", false) ||
+        w.value("ips", json::array()).empty())
+      continue;
     ++meshed;
     const std::string uid = w.value("uid", ""), ns = w.value("namespace", ""),
                       name = w.value("name", "");
