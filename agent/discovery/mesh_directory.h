@@ -59,10 +59,12 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     }
     auto services = std::make_shared<ServiceIndex>();
     auto headless = std::make_shared<HeadlessIndex>();
+    auto by_endpoint = std::make_shared<HeadlessIndex>();
     for (const auto& [key, svc] : view.services) {
       for (const auto& port : svc.ports()) declare(*ports, key, svc, port);
+      indexEndpoints(key, svc, *by_endpoint);
       if (svc.headless()) {
-        indexHeadless(key, svc, *headless);
+        indexEndpoints(key, svc, *headless);
         continue;
       }
       for (const auto& port : svc.ports()) {
@@ -88,6 +90,7 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     ports_.store(std::move(ports), std::memory_order_release);
     services_.store(std::move(services), std::memory_order_release);
     headless_.store(std::move(headless), std::memory_order_release);
+    by_endpoint_.store(std::move(by_endpoint), std::memory_order_release);
     has_view_.store(true, std::memory_order_release);
   }
 
@@ -100,11 +103,11 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
   }
 
   std::optional<std::string> headlessService(const IpAddr& ip, uint16_t port) override {
-    auto index = headless_.load(std::memory_order_acquire);
-    auto it = index->find(serviceKey(ip, port));
-    if (it == index->end()) it = index->find(serviceKey(ip, 0));  // a Service without ports
-    if (it == index->end()) return std::nullopt;
-    return it->second;
+    return findEndpoint(*headless_.load(std::memory_order_acquire), ip, port);
+  }
+
+  std::optional<std::string> endpointService(const IpAddr& ip, uint16_t port) override {
+    return findEndpoint(*by_endpoint_.load(std::memory_order_acquire), ip, port);
   }
 
   std::optional<bool> opaquePort(const IpAddr& ip, uint16_t port) override {
@@ -194,11 +197,19 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
     return SockAddr(ip, ntohs(port_net));
   }
 
+  static std::optional<std::string> findEndpoint(const HeadlessIndex& index, const IpAddr& ip,
+                                                 uint16_t port_net) {
+    auto it = index.find(serviceKey(ip, port_net));
+    if (it == index.end()) it = index.find(serviceKey(ip, 0));  // a Service without ports
+    if (it == index.end()) return std::nullopt;
+    return it->second;
+  }
+
   // Every TCP target port of every ready endpoint. An endpoint of two
-  // headless Services on the same port belongs to the first by name (the
-  // view's services are ordered), so the answer does not flap.
-  static void indexHeadless(const std::string& key, const api::v1::Service& svc,
-                            HeadlessIndex& out) {
+  // Services on the same port belongs to the first by name (the view's
+  // services are ordered), so the answer does not flap.
+  static void indexEndpoints(const std::string& key, const api::v1::Service& svc,
+                             HeadlessIndex& out) {
     for (const auto& ep : svc.endpoints()) {
       auto ip = IpAddr::parse(ep.ip());
       if (!ip) continue;
@@ -218,6 +229,9 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
   std::atomic<std::shared_ptr<const ServiceIndex>> services_{
       std::make_shared<const ServiceIndex>()};
   std::atomic<std::shared_ptr<const HeadlessIndex>> headless_{
+      std::make_shared<const HeadlessIndex>()};
+  // Every Service's endpoints, for the Service an inbound connection is under.
+  std::atomic<std::shared_ptr<const HeadlessIndex>> by_endpoint_{
       std::make_shared<const HeadlessIndex>()};
 };
 

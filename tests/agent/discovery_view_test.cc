@@ -135,10 +135,21 @@ TEST_SUITE("mesh directory") {
     CHECK(dir.serviceCount() == 1);
     // Without ports, any port of the endpoint.
     CHECK(dir.headlessService(ip("10.244.3.9"), htons(9000)) == "shop/peers");
+    // An inbound connection's Service, headless or not, by endpoint and
+    // target port; the first by name when two share them.
+    CHECK(dir.endpointService(ip("10.244.1.7"), htons(8080)) == "shop/web");
+    CHECK(dir.endpointService(ip("10.244.1.7"), htons(5433)) == "shop/db");
+    CHECK(dir.endpointService(ip("10.244.3.9"), htons(1)) == "shop/peers");
+    CHECK_FALSE(dir.endpointService(ip("10.244.1.7"), htons(80)).has_value());
+    v.services["shop/another"] =
+        service("shop", "another", false, {{"", 81}}, {{"10.244.1.7", 8080}});
+    dir.update(v);
+    CHECK(dir.endpointService(ip("10.244.1.7"), htons(8080)) == "shop/another");
     // Gone from the view: gone from the directory.
     v.services.erase("shop/db");
     dir.update(v);
     CHECK_FALSE(dir.headlessService(ip("10.244.1.7"), htons(5433)).has_value());
+    CHECK_FALSE(dir.endpointService(ip("10.244.1.7"), htons(5433)).has_value());
   }
 
   TEST_CASE("a dual-stack Service balances each VIP over the endpoints of its family") {

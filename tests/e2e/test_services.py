@@ -96,6 +96,12 @@ class ServicesTest(LabTest):
         paths = {c["destination"].rsplit(":", 1)[0]: c["path"] for c in conns}
         self.assertEqual(paths.get(self.ips["web1"]), "local_handoff")
         self.assertEqual(paths.get(self.ips["web2"]), "hbone")
+        # The destination, told only a pod address, records the Service as
+        # its metrics label it (the first Service with that endpoint and port).
+        inbound = [c for c in self.lab.connections("node2")
+                   if c["direction"] == "inbound" and c["reason"] == "eof"]
+        self.assertTrue(inbound)
+        self.assertEqual({c["destination_service"] for c in inbound}, {"shop/web"}, inbound[:3])
         self.assertGreater(self.lb_stats()["picks"], 1000 - 1)
 
     def test_2_dead_endpoint_is_retried_transparently(self):

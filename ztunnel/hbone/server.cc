@@ -113,6 +113,7 @@ struct Server::Impl final : StreamOwner {
     r.pod = pod.spec.name_namespace;
     r.source = formatEndpoint(source);
     r.destination = s.authority;
+    if (target) r.destination_service = ctx.inboundService(*target);
     r.source_principal = t.peerIdentity();
     r.destination_principal = pod.spec.identity;
     r.mutual_tls = true;

@@ -67,6 +67,12 @@ struct WorkerContext {
   // close record); nullopt: allowed (no authorizer allows everything). What
   // a deny does to the connection (reset, 401, abort) stays with the caller.
   std::optional<std::string> denied(const LiveRecord& live);
+  // An inbound connection to pod address `dst`: the Service it is recorded
+  // under (MeshDirectory::endpointService), or "".
+  std::string inboundService(const SockAddr& dst) const {
+    if (!directory) return {};
+    return directory->endpointService(dst.ip(), dst.portNet()).value_or(std::string());
+  }
 };
 
 // close() then sends RST: the peer learns of a reset, not an orderly end.

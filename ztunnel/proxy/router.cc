@@ -166,6 +166,7 @@ void Router::inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, cons
     return;
   }
   auto live = record(Direction::kInbound, Path::kInbound, *pod, peer, dst);
+  live->rec.destination_service = ctx_.inboundService(dst);
   live->rec.destination_principal = pod->spec.identity;
   live->dest_pod_uid = pod->spec.uid;
   live->dest_pod = pod->spec.name_namespace;

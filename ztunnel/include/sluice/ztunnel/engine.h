@@ -147,6 +147,15 @@ class MeshDirectory {
     (void)port;
     return std::nullopt;
   }
+  // The Service an inbound connection to pod address ip:port (network-order
+  // port) is recorded under: the destination is told a pod address, not
+  // what the client dialled, so this is Istio ztunnel's guess (the first
+  // Service by namespace/name with ip:port among its ready endpoints).
+  virtual std::optional<std::string> endpointService(const IpAddr& ip, uint16_t port) {
+    (void)ip;
+    (void)port;
+    return std::nullopt;
+  }
   // What the destination ip:port (host-order port)
   // declares about HTTP inspection: true = opaque, relayed as bytes only (the
   // sluice.dev/opaque-ports annotation of the pod or of a Service in front of
