@@ -342,8 +342,12 @@ int runAgent(const agent::Flags& flags) {
                                        authz_bridge.rejected().error);
   };
   sources.authz_check = [&](const std::map<std::string, std::string>& query) {
-    return agent::wiring::authzCheckJson(authorizer, pods.enrolledPods(), flags.trust_domain,
-                                         query);
+    auto identity_of = [&](const IpAddr& ip) -> std::optional<std::string> {
+      if (auto w = directory.meshed(ip)) return w->identity;
+      return std::nullopt;
+    };
+    return agent::wiring::authzCheckJson(authorizer, pods.enrolledPods(), identity_of,
+                                         flags.trust_domain, query);
   };
   // A successor is taking over (an upgrade): not ready, so that its pod,
   // probed on this agent's admin port until the handover, is not either.

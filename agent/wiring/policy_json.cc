@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <optional>
+#include <set>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/fmt.h"
@@ -57,13 +58,21 @@ json policiesJson(const authz::PolicyAuthorizer& authorizer, const MeshedPods& m
   };
   std::map<const policy::AuthorizationPolicy*, Selected> applies;
   std::map<std::string, Selected> peer_workloads;
+  // A PeerAuthentication may decide only some ports (portLevelMtls): each
+  // workload is asked about every port one of them names, besides the rest.
+  std::set<uint16_t> ports = {0};
+  for (const auto& pa : set.peerAuthentications())
+    for (const auto& [port, mode] : pa.port_level) ports.insert(port);
   for (const auto& [name, e] : view->workloads()) {
     bool is_meshed = meshed.count(name) > 0;
     for (const auto* p : set.applicable(e.view())) applies[p].add(name, is_meshed);
-    policy::PolicyRef from;
-    set.mtlsMode(e.view(), 0, &from);
-    if (!from.empty())
-      peer_workloads[fmt::format("{}/{}", from.ns, from.name)].add(name, is_meshed);
+    std::set<std::string> deciding;
+    for (uint16_t port : ports) {
+      policy::PolicyRef from;
+      set.mtlsMode(e.view(), port, &from);
+      if (!from.empty()) deciding.insert(fmt::format("{}/{}", from.ns, from.name));
+    }
+    for (const auto& pa : deciding) peer_workloads[pa].add(name, is_meshed);
   }
   const Selected none;
   for (const auto& p : set.authorizationPolicies()) {
@@ -98,7 +107,8 @@ json policiesJson(const authz::PolicyAuthorizer& authorizer, const MeshedPods& m
 }
 
 std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
-                                    const MeshedPods& meshed, const std::string& trust_domain,
+                                    const MeshedPods& meshed, const IdentityOf& identity_of,
+                                    const std::string& trust_domain,
                                     const std::map<std::string, std::string>& query) {
   auto from_it = query.find("from");
   auto to_it = query.find("to");
@@ -111,6 +121,9 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   IpAddr source_ip;
   if (auto ip = IpAddr::parse(from)) {
     source_ip = *ip;
+    // A meshed pod's connections come over mutual TLS with its identity.
+    if (identity_of)
+      if (auto id = identity_of(*ip)) principal = *id;
   } else if (auto slash = from.find('/'); slash != std::string::npos && slash > 0 &&
                                           slash + 1 < from.size() &&
                                           from.find('/', slash + 1) == std::string::npos) {
@@ -145,6 +158,8 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   auto q = authorizer.requestFor(*entry, source_ip, principal, destination,
                                  static_cast<uint16_t>(port), !principal.empty());
   auto d = view->policies().evaluate(q);
+  policy::PolicyRef mtls_from;
+  auto mtls = view->policies().mtlsMode(entry->view(), static_cast<uint16_t>(port), &mtls_from);
   json audits = json::array();
   for (size_t i = 0; i < d.audit_count && i < policy::Decision::kMaxAudits; ++i)
     audits.push_back(refJson(d.audits[i]));
@@ -160,6 +175,8 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
               {"source_ip", source_ip.empty() ? json(nullptr) : json(source_ip.str())},
               {"destination", SockAddr(destination, static_cast<uint16_t>(port)).str()},
               {"meshed", is_meshed},
+              // The port's mutual TLS mode, and the PeerAuthentication that set it.
+              {"mtls", {{"mode", policy::toString(mtls)}, {"policy", refJson(mtls_from)}}},
               {"if_meshed", nullptr}};
   if (is_meshed) {
     out.update(decision);

@@ -4,13 +4,16 @@
 // `sluicectl authz check`).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
 
 #include "agent/authz/policy_authorizer.h"
+#include "sluice/common/addr.h"
 
 namespace sluice::agent::wiring {
 
@@ -29,9 +32,13 @@ nlohmann::json policiesJson(const authz::PolicyAuthorizer& authorizer, const Mes
 // (plaintext from that address); to: "NS/POD:PORT", a workload of this node.
 // 400 with {"error"} when a parameter is missing or malformed. A pod that
 // is not meshed is ALLOW, reason "not meshed" (nothing is enforced for it),
-// with what the policies would decide under `if_meshed`.
+// with what the policies would decide under `if_meshed`. An IP that
+// `identity_of` names (a meshed pod's, mesh-wide) is judged as that pod's
+// connections arrive: with its identity, over mutual TLS, from that IP.
+using IdentityOf = std::function<std::optional<std::string>(const IpAddr&)>;
 std::pair<int, nlohmann::json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
                                               const MeshedPods& meshed,
+                                              const IdentityOf& identity_of,
                                               const std::string& trust_domain,
                                               const std::map<std::string, std::string>& query);
 

@@ -132,6 +132,29 @@ class LiveTest(LabTest):
                                "json", "stat", "pod", "-n", "shop"], capture_output=True, text=True)
         self.assertEqual([r["name"] for r in json.loads(none.stdout)["rows"]], ["client"])
 
+    def test_2b_tap_by_service_on_the_destination_node(self):
+        # The destination is told a pod address; its records name the Service
+        # (the first with that endpoint and port), so --to svc/ finds the
+        # requests that came across nodes too.
+        lab = self.lab
+        lab.pod("shop", "api2", node="node2", sa="api", labels=["app=api2"])
+        wait_for("shop/api2 enrolled", lambda: lab.enrolled("node2", "shop/api2"))
+        lab.spawn("shop/api2", SYS_PY, APP, "server", "8080")
+        vip = lab.lab("svc", "add", "shop", "api2", "--selector", "app=api2", "--port", "80:8080").stdout.strip()
+        wait_for("the Service in node1's view", lambda: any(
+            s["name"] == "api2" and s["endpoints"] for s in lab.ctl("node1", "services")["services"]))
+        tap = self.background_ctl("node2", "tap", "--count", "2", "--to", "svc/api2", "-o", "json")
+        wait_for("the tap session to end", lambda: self.lab.exec(
+            "shop/client", SYS_PY, APP, "client", vip, "80", "1", "1", "0") and tap.poll() is not None,
+            timeout=60)
+        out, err = tap.communicate(timeout=10)
+        self.assertEqual(tap.returncode, 0, err)
+        events = [json.loads(l) for l in out.splitlines() if l.strip() and "dropped" not in l]
+        self.assertEqual(len(events), 2, out)
+        for e in events:
+            self.assertEqual((e["direction"], e["service"]), ("inbound", "shop/api2"), e)
+            self.assertEqual(e["source"]["pod"], "client")
+
     def test_3_top_ranks_routes(self):
         top = self.background_ctl("node1", "top", "--once", "--interval", "3", "-o", "json")
         out = self.drive_until_exit(top, 3, 1)

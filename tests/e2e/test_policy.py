@@ -219,6 +219,35 @@ class PolicyTest(LabTest):
         m = self.metrics("node2")
         self.assertGreaterEqual(metric_sum(m, "sluice_policy_denied_total", reason="strict_mtls"), 2)
 
+    def test_a_port_level_mode_is_reported_where_it_decides(self):
+        # The namespace STRICT; a workload policy that only opens 8081 to plaintext.
+        text = ("apiVersion: security.sluice.dev/v1\nkind: PeerAuthentication\n"
+                "metadata: {name: strict, namespace: shop}\nspec:\n  mtls: {mode: STRICT}\n---\n"
+                "apiVersion: security.sluice.dev/v1\nkind: PeerAuthentication\n"
+                "metadata: {name: open-8081, namespace: shop}\nspec:\n"
+                "  selector: {matchLabels: {app: server}}\n"
+                "  portLevelMtls: {\"8081\": {mode: PERMISSIVE}}\n")
+        self.apply("port-level.yaml", text, {"shop/strict", "shop/open-8081"})
+        for client in PLAIN:
+            self.assert_refused(client, 8080)
+            self.assert_reaches(client, 8081)
+        pas = {p["name"]: p for p in self.lab.ctl("node2", "policies")["peer_authentications"]}
+        self.assertEqual(pas["open-8081"]["workloads"], ["shop/server"])
+        self.assertIn("shop/server", pas["strict"]["workloads"])
+        plain_ip = self.lab.ip("legacy", "plain1")
+        check = self.lab.ctl("node2", "authz", "check", "--from", plain_ip, "--to", "shop/server:8081")
+        self.assertEqual((check["decision"], check["mtls"]), ("ALLOW", {"mode": "PERMISSIVE", "policy": "shop/open-8081"}))
+        check = self.lab.ctl("node2", "authz", "check", "--from", plain_ip, "--to", "shop/server:8080")
+        self.assertEqual((check["decision"], check["reason"], check["mtls"]),
+                         ("DENY", "STRICT mTLS", {"mode": "STRICT", "policy": "shop/strict"}))
+        # A meshed pod's address is judged as its connections arrive: over
+        # mutual TLS, with its identity (STRICT lets it through).
+        web_ip = self.lab.ip("shop", "web1")
+        check = self.lab.ctl("node2", "authz", "check", "--from", web_ip, "--to", "shop/server:8080")
+        self.assertEqual((check["decision"], check["source_principal"]),
+                         ("ALLOW", f"spiffe://{TD}/ns/shop/sa/web"))
+        self.assert_reaches("shop/web1", 8080)
+
     def test_audit_allows_and_counts(self):
         before = metric_sum(self.metrics("node2"), "sluice_policy_audit_matches_total")
         self.apply("audit.yaml", authz("audit-evil", "AUDIT", FROM_EVIL), {"shop/audit-evil"})

@@ -74,6 +74,16 @@ int cmdAuthz(const Options& opts) {
          str(j, "reason"), j["policy"].is_string() ? str(j, "policy") : "-"});
   std::fputs(t.render().c_str(), stdout);
   if (!j["audits"].empty()) std::printf("audited by: %s\n", joined(j["audits"]).c_str());
+  if (j["source_ip"].is_string() && j["source_principal"].is_string())
+    std::printf(
+        "note: %s is a meshed pod's address: judged as its connections arrive, over "
+        "mutual TLS as %s\n",
+        str(j, "source_ip").c_str(), str(j, "source_principal").c_str());
+  if (j.contains("mtls") && j["mtls"].is_object())
+    std::printf("mTLS on this port: %s%s\n", str(j["mtls"], "mode").c_str(),
+                j["mtls"]["policy"].is_string()
+                    ? (" (PeerAuthentication " + str(j["mtls"], "policy") + ")").c_str()
+                    : " (no PeerAuthentication decides it)");
   if (j.contains("if_meshed") && j["if_meshed"].is_object())
     std::printf("note: %s\n", str(j, "explanation").c_str());
   return 0;
