@@ -103,11 +103,13 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
   }
 
   std::optional<std::string> headlessService(const IpAddr& ip, uint16_t port) override {
-    return findEndpoint(*headless_.load(std::memory_order_acquire), ip, port);
+    return findEndpoint(*headless_.load(std::memory_order_acquire), ip, port, true);
   }
 
+  // By target port only, as the metrics' guess (a Service without ports
+  // forwards nothing to guess by).
   std::optional<std::string> endpointService(const IpAddr& ip, uint16_t port) override {
-    return findEndpoint(*by_endpoint_.load(std::memory_order_acquire), ip, port);
+    return findEndpoint(*by_endpoint_.load(std::memory_order_acquire), ip, port, false);
   }
 
   std::optional<bool> opaquePort(const IpAddr& ip, uint16_t port) override {
@@ -198,9 +200,9 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
   }
 
   static std::optional<std::string> findEndpoint(const HeadlessIndex& index, const IpAddr& ip,
-                                                 uint16_t port_net) {
+                                                 uint16_t port_net, bool any_port) {
     auto it = index.find(serviceKey(ip, port_net));
-    if (it == index.end()) it = index.find(serviceKey(ip, 0));  // a Service without ports
+    if (it == index.end() && any_port) it = index.find(serviceKey(ip, 0));  // no ports
     if (it == index.end()) return std::nullopt;
     return it->second;
   }

@@ -145,6 +145,10 @@ Result<TapFilter> TapFilter::fromQuery(const std::map<std::string, std::string>&
     } else if (key == "from" || key == "to") {
       auto r = TapResource::parse(value);
       if (!r) return fail("--" + key + ": " + r.error().message);
+      if (key == "from" && r->kind == TapResource::Kind::kService)
+        return fail("--from " + value +
+                    ": a request comes from a workload, never a Service (--to svc/NAME "
+                    "filters what was sent to a Service)");
       (key == "from" ? f.from : f.to) = *r;
     } else if (key == "method") {
       f.method = value;
@@ -172,11 +176,9 @@ bool TapFilter::matches(const TapEvent& e) const {
 
 namespace {
 
-// `r` (in namespace `ns` when set) against the view: what names it, or why
-// nothing does.
-Result<void> findInView(const TapResource& r, const std::string& ns, const char* flag,
-                        const WorkloadSnapshot& view) {
-  auto in_ns = [&](const std::string& n) { return ns.empty() || n == ns; };
+// `r` against the view, in any namespace (--namespace filters either end of
+// a request, not the resource): what names it, or why nothing does.
+Result<void> findInView(const TapResource& r, const char* flag, const WorkloadSnapshot& view) {
   const char* what = "";
   const char* lists = "sluicectl workloads";
   switch (r.kind) {
@@ -185,7 +187,7 @@ Result<void> findInView(const TapResource& r, const std::string& ns, const char*
     case TapResource::Kind::kService:
       for (const auto& [ip, services] : view.services_by_endpoint)
         for (const auto& s : services)
-          if (s.name == r.name && in_ns(s.namespace_)) return {};
+          if (s.name == r.name) return {};
       what = "Service with endpoints";
       lists = "sluicectl services";
       break;
@@ -196,15 +198,15 @@ Result<void> findInView(const TapResource& r, const std::string& ns, const char*
         const std::string& name = r.kind == TapResource::Kind::kWorkload ? w->workload
                                   : r.kind == TapResource::Kind::kPod    ? w->pod
                                                                          : w->namespace_;
-        if (name == r.name && in_ns(w->namespace_)) return {};
+        if (name == r.name) return {};
       }
       what = r.kind == TapResource::Kind::kWorkload ? "workload"
              : r.kind == TapResource::Kind::kPod    ? "pod"
                                                     : "namespace with pods";
       break;
   }
-  return fail(fmt::format("--{}: no {} '{}'{} in the control plane's view ({} lists them)", flag,
-                          what, r.name, ns.empty() ? "" : " in namespace " + ns, lists),
+  return fail(fmt::format("--{}: no {} '{}' in the control plane's view ({} lists them)", flag,
+                          what, r.name, lists),
               ENOENT);
 }
 
@@ -243,11 +245,10 @@ TapHub::TapHub(TapConfig config, const WorkloadIndex* workloads)
 TapHub::~TapHub() { assert(active_.load() == 0 && "tap sessions must end before their hub"); }
 
 Result<std::unique_ptr<TapSubscription>> TapHub::subscribe(TapFilter filter) {
-  if (workloads_) {
-    auto view = workloads_->current();
+  // Without a view yet (the agent is starting) nothing can be checked.
+  if (auto view = workloads_ ? workloads_->current() : nullptr; view && !view->by_pod.empty()) {
     for (auto [r, flag] : {std::pair{&filter.from, "from"}, std::pair{&filter.to, "to"}})
-      if (auto found = findInView(*r, filter.namespace_, flag, *view); !found)
-        return tl::unexpected(found.error());
+      if (auto found = findInView(*r, flag, *view); !found) return tl::unexpected(found.error());
   }
   std::lock_guard lk(mu_);
   auto current = list_.load();

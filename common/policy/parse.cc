@@ -118,17 +118,23 @@ class Parser {
                              : fmt::format("{}: {}: {}", who, path, msg));
   }
 
+  // yaml-cpp keeps both of a key written twice and reads the first;
+  // kubectl refuses the object.
+  Result<void> uniqueKeys(const YAML::Node& n, const std::string& path) const {
+    std::set<std::string> seen;
+    for (const auto& kv : n)
+      if (kv.first.IsScalar() && !seen.insert(kv.first.Scalar()).second)
+        return err(path, fmt::format("field \"{}\" appears twice: keep one", kv.first.Scalar()));
+    return {};
+  }
+
   // A mapping whose keys are all in `allowed`.
   Result<void> mapping(const YAML::Node& n, const std::string& path, Fields allowed) const {
     if (!n.IsMap()) return err(path, "must be a mapping");
-    std::vector<std::string_view> seen;
+    if (auto ok = uniqueKeys(n, path); !ok) return ok;
     for (const auto& kv : n) {
       if (!kv.first.IsScalar()) return err(path, "keys must be strings");
       const std::string& key = kv.first.Scalar();
-      // yaml-cpp keeps both and reads the first; kubectl refuses the object.
-      if (std::find(seen.begin(), seen.end(), key) != seen.end())
-        return err(path, fmt::format("field \"{}\" appears twice: keep one", key));
-      seen.push_back(key);
       if (std::any_of(allowed.begin(), allowed.end(), [&](const char* f) { return key == f; }))
         continue;
       std::string msg = fmt::format("unknown field \"{}\"", key);
@@ -194,6 +200,7 @@ class Parser {
     if (auto ok = mapping(obj, "", {"apiVersion", "kind", "metadata", "spec", "status"}); !ok)
       return ok;
     if (absent(meta) || !meta.IsMap()) return err("metadata", "must be a mapping");
+    if (auto ok = uniqueKeys(meta, "metadata"); !ok) return ok;
     auto name = absent(meta["name"]) ? Result<std::string>(std::string())
                                      : string(meta["name"], "metadata.name");
     if (!name) return tl::unexpected(name.error());
@@ -237,6 +244,8 @@ class Parser {
     const YAML::Node ml = sel["matchLabels"];
     if (!absent(ml)) {
       if (!ml.IsMap()) return err("spec.selector.matchLabels", "must be a mapping of label: value");
+      if (auto ok = uniqueKeys(ml, "spec.selector.matchLabels"); !ok)
+        return tl::unexpected(ok.error());
       for (const auto& kv : ml) {
         std::string key = kv.first.Scalar();
         std::string p = "spec.selector.matchLabels." + key;

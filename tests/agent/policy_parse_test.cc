@@ -81,6 +81,11 @@ TEST_SUITE("policy") {
          {"AuthorizationPolicy prod/d", "spec", "field \"action\" appears twice"}},
         {rule("d", from(R"({principals: ["a"], principals: ["b"]})")),
          {"prod/d", "spec.rules[0].from[0].source", "\"principals\" appears twice"}},
+        {ap("prod", "d", "{selector: {matchLabels: {app: web, app: api}}}"),
+         {"prod/d", "spec.selector.matchLabels", "\"app\" appears twice"}},
+        {"apiVersion: security.sluice.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, "
+         "namespace: prod, name: b}\nspec: {}\n",
+         {"metadata", "\"name\" appears twice"}},
         // Names the API server would refuse.
         {ap("prod", "Allow_Web", "{}"),
          {"AuthorizationPolicy prod/Allow_Web", "metadata.name", "not a valid name"}},

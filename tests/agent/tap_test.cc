@@ -161,6 +161,9 @@ TEST_SUITE("tap") {
     CHECK(TapFilter::fromQuery({{"color", "red"}}).error().message.find("unknown tap parameter") !=
           std::string::npos);
     CHECK(TapFilter::fromQuery({{"to", "x/y"}}).error().message.find("--to") != std::string::npos);
+    // A client is never a Service: such a session could only wait for ever.
+    CHECK(TapFilter::fromQuery({{"from", "svc/db"}}).error().message.find("never a Service") !=
+          std::string::npos);
 
     TapHub hub({.workers = 1}, &index());
     struct Case {
@@ -176,7 +179,6 @@ TEST_SUITE("tap") {
         {{{"to", "web"}}, false},
         {{{"from", "deploy/web"}}, true},
         {{{"from", "pod/web-5d4f-aaaaa"}}, true},
-        {{{"from", "svc/db"}}, false},  // the client is no Service
         {{{"to", "svc/db"}}, true},
         {{{"to", "ns/shop"}}, true},
         {{{"method", "get"}}, true},
@@ -206,7 +208,9 @@ TEST_SUITE("tap") {
         {{{"to", "svc/db"}}, ""},
         {{{"to", "svc/db"}, {"namespace", "shop"}}, ""},
         {{{"to", "svc/nosuch"}}, "--to: no Service with endpoints 'nosuch'"},
-        {{{"to", "svc/db"}, {"namespace", "other"}}, "'db' in namespace other"},
+        // --namespace filters either end of a request, not the resource.
+        {{{"to", "svc/db"}, {"namespace", "other"}}, ""},
+        {{{"from", "deploy/web"}, {"namespace", "elsewhere"}}, ""},
         {{{"from", "deploy/web"}}, ""},
         {{{"from", "deploy/web-5d4f"}}, "--from: no workload 'web-5d4f'"},
         {{{"from", "pod/web-5d4f-aaaaa"}}, ""},
@@ -229,6 +233,10 @@ TEST_SUITE("tap") {
       }
     }
     CHECK(hub.subscribers() == 0);
+    // Before the agent has a view, nothing can be checked: the session waits.
+    WorkloadIndex empty;
+    TapHub starting({.workers = 1}, &empty);
+    CHECK(starting.subscribe(filter({{"to", "svc/nosuch"}})).has_value());
   }
 
   TEST_CASE("a line names both ends and carries no other header value") {

@@ -141,8 +141,9 @@ class LiveTest(LabTest):
         wait_for("shop/api2 enrolled", lambda: lab.enrolled("node2", "shop/api2"))
         lab.spawn("shop/api2", SYS_PY, APP, "server", "8080")
         vip = lab.lab("svc", "add", "shop", "api2", "--selector", "app=api2", "--port", "80:8080").stdout.strip()
-        wait_for("the Service in node1's view", lambda: any(
-            s["name"] == "api2" and s["endpoints"] for s in lab.ctl("node1", "services")["services"]))
+        for node in ("node1", "node2"):  # the client's to balance, the server's to record
+            wait_for(f"the Service in {node}'s view", lambda node=node: any(
+                s["name"] == "api2" and s["endpoints"] for s in lab.ctl(node, "services")["services"]))
         tap = self.background_ctl("node2", "tap", "--count", "2", "--to", "svc/api2", "-o", "json")
         wait_for("the tap session to end", lambda: self.lab.exec(
             "shop/client", SYS_PY, APP, "client", vip, "80", "1", "1", "0") and tap.poll() is not None,

@@ -34,8 +34,9 @@ class ServicesTest(LabTest):
             cls.apps[name] = lab.server(f"shop/{name}", "whoami", 8080)
         cls.vip = lab.lab("svc", "add", "shop", "web", "--selector", "app=web",
                           "--port", "80:8080").stdout.strip()
-        wait_for("the service's three endpoints on node1",
-                 lambda: sorted(cls.endpoints("node1")) == sorted(cls.ips.values()))
+        for node in ("node1", "node2"):  # node2 records its inbound connections under the Service
+            wait_for(f"the service's three endpoints on {node}",
+                     lambda node=node: sorted(cls.endpoints(node)) == sorted(cls.ips.values()))
         # Certificates are fetched ahead; the first cross-node connections need them.
         wait_for("certificates", lambda: all(
             c["state"] == "valid" for n in ("node1", "node2")

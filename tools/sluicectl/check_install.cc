@@ -284,11 +284,16 @@ Outcome podsMeshed(AgentState& s) {
     ++meshed;
     const std::string uid = w.value("uid", ""), ns = w.value("namespace", ""),
                       name = w.value("name", "");
+    // The agent's entries for this pod: by uid, or by name where the runtime
+    // gave no uid (as the agent matches them); an enrolled one if any (an
+    // old sandbox's entry may linger beside it).
     const json* pod = nullptr;
-    for (const auto& p : s.dump["pods"])
-      if ((!uid.empty() && p.value("uid", "") == uid) ||
-          (p.value("namespace", "") == ns && p.value("name", "") == name))
-        pod = &p;
+    for (const auto& p : s.dump["pods"]) {
+      const std::string p_uid = p.value("uid", "");
+      bool same = p_uid.empty() ? p.value("namespace", "") == ns && p.value("name", "") == name
+                                : p_uid == uid;
+      if (same && (!pod || p.value("enrolled", false))) pod = &p;
+    }
     if (!pod)
       problems.push_back(ns + "/" + name +
                          " (no CNI ADD reached the agent: it started before sluice-cni was "

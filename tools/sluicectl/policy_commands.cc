@@ -76,8 +76,8 @@ int cmdAuthz(const Options& opts) {
   if (!j["audits"].empty()) std::printf("audited by: %s\n", joined(j["audits"]).c_str());
   if (j["source_ip"].is_string() && j["source_principal"].is_string())
     std::printf(
-        "note: %s is a meshed pod's address: judged as its connections arrive, over "
-        "mutual TLS as %s\n",
+        "note: %s is a meshed pod's address: judged as its connections arrive once its "
+        "node's agent has enrolled it, over mutual TLS as %s\n",
         str(j, "source_ip").c_str(), str(j, "source_principal").c_str());
   if (j.contains("mtls") && j["mtls"].is_object())
     std::printf("mTLS on this port: %s%s\n", str(j["mtls"], "mode").c_str(),
