@@ -190,23 +190,27 @@ class CniErrorsTest(LabTest):
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("agent", (p.stdout + p.stderr).lower())
             netns = run(["ip", "netns", "list"]).stdout
-            self.assertNotIn(f"{lab.prefix}-p-shop_orphan", netns)
+            self.assertNotIn(f"{lab.prefix}-p-shop-orphan", netns)
         finally:
             lab.lab("agent", "start", "node1")
 
-    def test_names_that_join_alike_stay_apart_and_bad_names_are_refused(self):
-        # shop-a/x and shop/a-x: a name built by joining with "-" is the same.
+    def test_names_that_join_alike_are_refused_before_anything_is_made(self):
+        # shop-a/x and shop/a-x: the lab names netns and files NAMESPACE-NAME.
         lab = self.lab
         for ns in ("shop-a", "shop"):
             lab.lab("ns", "label", ns, "sluice.dev/mesh=enabled")
-        ips = {key: lab.pod(*key.split("/"), sa="s") for key in ("shop-a/x", "shop/a-x")}
-        self.assertNotEqual(ips["shop-a/x"], ips["shop/a-x"])
-        wait_for("both enrolled", lambda: all(lab.enrolled("node1", k) for k in ips))
+        ip = lab.pod("shop-a", "x", sa="s")
+        wait_for("shop-a/x enrolled", lambda: lab.enrolled("node1", "shop-a/x"))
+        p = lab.lab("pod", "add", "shop", "a-x", "--node", "node1", "--sa", "s", check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("would share the lab's name shop-a-x", p.stderr)
+        # The running pod is whole: still enrolled, its object and address unchanged.
+        time.sleep(1)
         pods = self.lab.pods_of("node1")
-        for key, ip in ips.items():
-            self.assertEqual(pods[key]["ip"], ip, pods[key])
-        for key in ips:
-            lab.lab("pod", "del", *key.split("/"))
+        self.assertTrue(pods["shop-a/x"]["enrolled"])
+        self.assertEqual(pods["shop-a/x"]["ip"], ip)
+        self.assertNotIn("shop/a-x", pods)
+        lab.lab("pod", "del", "shop-a", "x")
         for args in (["pod", "add", "shop", "Web_1", "--node", "node1", "--sa", "s"],
                      ["pod", "add", "shop", "web", "--node", "node1", "--sa", "s-"],
                      ["ns", "label", "Shop", "sluice.dev/mesh=enabled"],
