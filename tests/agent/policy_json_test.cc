@@ -51,8 +51,8 @@ struct Fixture {
     open.port_level = {{6000, policy::MtlsMode::kPermissive}};
     auto set = policy::PolicySet::build({allow}, {strict, open});
     REQUIRE(set.has_value());
-    authorizer.update(*set, {workload("db-0", "10.244.1.5", "db"),
-                             workload("legacy-0", "10.244.1.6", "legacy")});
+    authorizer.update(
+        *set, {workload("db-0", "10.244.1.5", "db"), workload("legacy-0", "10.244.1.6", "legacy")});
   }
   json check(const std::string& from, const std::string& to,
              const wiring::IdentityOf& identity_of = {}) {
