@@ -51,7 +51,7 @@ soak: deps build
 	@SLUICE_BUILD_DIR=$(abspath $(BUILD)) SOAK_SECONDS=$(SOAK_SECONDS) /usr/bin/python3 tests/e2e/soak.py
 
 format:
-	@git ls-files '*.cc' '*.h' | grep -v '^bpf/' | xargs clang-format -i
+	@git ls-files --cached --others --exclude-standard '*.cc' '*.h' | grep -v '^bpf/' | xargs clang-format -i
 
 format-check:
 	@bash tools/format-check.sh

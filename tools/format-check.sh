@@ -8,7 +8,7 @@ bad=()
 while IFS= read -r f; do
   [ -f "$f" ] || continue
   clang-format --dry-run --Werror "$f" >/dev/null 2>&1 || bad+=("$f")
-done < <(git ls-files '*.cc' '*.h' | grep -v '^bpf/')
+done < <(git ls-files --cached --others --exclude-standard '*.cc' '*.h' | grep -v '^bpf/')
 if [ ${#bad[@]} -gt 0 ]; then
   echo "format-check: ${#bad[@]} file(s) differ from .clang-format (run 'make format'):"
   printf '  %s\n' "${bad[@]}"
