@@ -185,9 +185,8 @@ Result<void> findInView(const TapResource& r, const char* flag, const WorkloadSn
     case TapResource::Kind::kAny:
       return {};
     case TapResource::Kind::kService:
-      for (const auto& [ip, services] : view.services_by_endpoint)
-        for (const auto& s : services)
-          if (s.name == r.name) return {};
+      for (const auto& s : view.services)
+        if (s.name == r.name) return {};
       what = "Service with endpoints";
       lists = "sluicectl services";
       break;
@@ -292,7 +291,7 @@ TapEvent TapHub::describe(const ztunnel::ConnectionRecord& c,
   e.request_bytes = r.request_bytes;
   e.response_bytes = r.response_bytes;
   e.mutual_tls = c.mutual_tls;
-  e.service = c.destination_service;
+  e.service = c.destination_service.empty() ? c.inbound_service : c.destination_service;
   fillEnd(e.source, c.source, peers.source(), c.source_principal);
   fillEnd(e.destination, c.destination, peers.destination(), c.destination_principal);
   return e;

@@ -182,25 +182,24 @@ TcpMetrics::LabelViews TcpMetrics::labelViews(const ConnectionRecord& r, Reporte
                                               const Peers& peers, std::string& service) const {
   const WorkloadInfo* src = peers.source();
   const WorkloadInfo* dst = peers.destination();
-  const WorkloadSnapshot* snap = peers.snapshot();
 
   LabelViews v{};
   v[kReporter] = reporter == Reporter::kSource ? "source" : "destination";
   fillPeer(v, kSourceWorkload, src, r.source_principal);
-  auto setService = [&](std::string_view ns, std::string_view name) {
-    service.assign(name).append(".").append(ns).append(".svc.").append(config_.cluster_domain);
-    v[kDestinationService] = service;
-    v[kDestinationServiceNamespace] = ns;
-    v[kDestinationServiceName] = name;
-  };
-  std::string_view dest_service = r.destination_service;
+  // A same-node handoff dialled by address: its destination names the
+  // Service the engine guessed (an inbound record's destination_service is
+  // that guess already).
+  std::string_view dest_service =
+      r.destination_service.empty() && reporter == Reporter::kDestination ? r.inbound_service
+                                                                          : r.destination_service;
   if (auto slash = dest_service.find('/'); slash != std::string_view::npos) {
-    setService(dest_service.substr(0, slash), dest_service.substr(slash + 1));
-  } else if (reporter == Reporter::kDestination && snap) {
-    // The server side reached a pod address: the Service is a guess.
-    if (auto ep = SockAddr::parse(r.destination))
-      if (const auto* svc = guessInboundService(*snap, ep->ip(), ep->port()))
-        setService(svc->namespace_, svc->name);
+    // <name>.<namespace>.svc.<domain>; the name and namespace labels view it.
+    std::string_view ns = dest_service.substr(0, slash), name = dest_service.substr(slash + 1);
+    service.assign(name).append(".").append(ns).append(".svc.").append(config_.cluster_domain);
+    std::string_view fqdn = service;
+    v[kDestinationService] = fqdn;
+    v[kDestinationServiceName] = fqdn.substr(0, name.size());
+    v[kDestinationServiceNamespace] = fqdn.substr(name.size() + 1, ns.size());
   }
   fillPeer(v, kDestinationWorkload, dst, r.destination_principal);
   v[kRequestProtocol] = "tcp";

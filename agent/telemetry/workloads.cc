@@ -84,14 +84,4 @@ WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_,
   return w;
 }
 
-const ServiceRef* guessInboundService(const WorkloadSnapshot& snap, const IpAddr& ip,
-                                      uint16_t port) {
-  auto it = snap.services_by_endpoint.find(ip);
-  if (it == snap.services_by_endpoint.end()) return nullptr;
-  for (const auto& svc : it->second)
-    if (std::find(svc.target_ports.begin(), svc.target_ports.end(), port) != svc.target_ports.end())
-      return &svc;
-  return nullptr;
-}
-
 }  // namespace sluice::agent::telemetry

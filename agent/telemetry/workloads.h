@@ -60,29 +60,20 @@ WorkloadInfo describeWorkload(std::string_view pod, std::string_view namespace_,
                               std::string_view generate_name, const Owner& owner,
                               const PodLabels& labels, std::string cluster);
 
-// A Service with a pod among its endpoints, and the ports it forwards to on
-// that pod.
+// A Service with at least one endpoint.
 struct ServiceRef {
   std::string namespace_;
   std::string name;
-  std::vector<uint16_t> target_ports;  // host order
 };
 
 // Workloads by pod IP (either family) and by "namespace/pod"; the Services
-// that have a pod IP among their endpoints, ordered by namespace/name.
+// with endpoints, ordered by namespace/name. (Which Service an inbound
+// connection reached is the engine's MeshDirectory::endpointService.)
 struct WorkloadSnapshot {
   std::unordered_map<IpAddr, std::shared_ptr<const WorkloadInfo>> by_ip;
   std::unordered_map<std::string, std::shared_ptr<const WorkloadInfo>> by_pod;
-  std::unordered_map<IpAddr, std::vector<ServiceRef>> services_by_endpoint;
+  std::vector<ServiceRef> services;
 };
-
-// The destination reporter's destination_service, guessed as ztunnel does
-// (guess_inbound_service): the server side is told a pod address, not the
-// Service the client dialled, so it takes the first Service with the pod
-// among its endpoints that forwards to the port the connection reached.
-// Null when none does.
-const ServiceRef* guessInboundService(const WorkloadSnapshot& snap, const IpAddr& ip,
-                                      uint16_t port);
 
 class WorkloadIndex {
  public:

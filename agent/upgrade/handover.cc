@@ -138,6 +138,7 @@ Result<void> sendConnection(int sock, const ztunnel::ConnectionFd& c) {
                    {"source", r.source},
                    {"destination", r.destination},
                    {"destination_service", r.destination_service},
+                   {"inbound_service", r.inbound_service},
                    {"source_principal", r.source_principal},
                    {"destination_principal", r.destination_principal},
                    {"bytes_sent", r.bytes_sent},
@@ -182,6 +183,8 @@ Result<ztunnel::ConnectionFd> recvConnection(int sock, std::chrono::milliseconds
     r.source = h.at("source").get<std::string>();
     r.destination = h.at("destination").get<std::string>();
     r.destination_service = h.at("destination_service").get<std::string>();
+    // (an agent before this field hands over none)
+    r.inbound_service = h.value("inbound_service", std::string());
     r.source_principal = h.at("source_principal").get<std::string>();
     r.destination_principal = h.at("destination_principal").get<std::string>();
     r.bytes_sent = h.at("bytes_sent").get<uint64_t>();

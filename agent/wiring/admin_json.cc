@@ -11,23 +11,24 @@ namespace sluice::agent::wiring {
 nlohmann::json connectionsJson(const ztunnel::Engine& engine) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& c : engine.connections()) {
-    out.push_back({{"id", c.id},
-                   {"direction", ztunnel::toString(c.direction)},
-                   {"pod", c.pod},
-                   {"source", c.source},
-                   {"destination", c.destination},
-                   {"destination_service", c.destination_service},
-                   {"path", ztunnel::toString(c.path)},
-                   {"source_principal", c.source_principal},
-                   {"destination_principal", c.destination_principal},
-                   {"mutual_tls", c.mutual_tls},
-                   {"bytes_sent", c.bytes_sent},
-                   {"bytes_received", c.bytes_received},
-                   {"start_unix_ms", c.start_unix_ms},
-                   {"duration_ms", c.duration_ms},
-                   {"state", ztunnel::toString(c.state)},
-                   {"reason", c.reasonText()},
-                   {"adopted", c.adopted}});
+    auto& j = out.emplace_back(nlohmann::json{{"id", c.id},
+                                              {"direction", ztunnel::toString(c.direction)},
+                                              {"pod", c.pod},
+                                              {"source", c.source},
+                                              {"destination", c.destination},
+                                              {"destination_service", c.destination_service},
+                                              {"path", ztunnel::toString(c.path)},
+                                              {"source_principal", c.source_principal},
+                                              {"destination_principal", c.destination_principal},
+                                              {"mutual_tls", c.mutual_tls},
+                                              {"bytes_sent", c.bytes_sent},
+                                              {"bytes_received", c.bytes_received},
+                                              {"start_unix_ms", c.start_unix_ms},
+                                              {"duration_ms", c.duration_ms},
+                                              {"state", ztunnel::toString(c.state)},
+                                              {"reason", c.reasonText()},
+                                              {"adopted", c.adopted}});
+    if (!c.inbound_service.empty()) j["inbound_service"] = c.inbound_service;
   }
   return {{"connections", out}};
 }

@@ -25,17 +25,9 @@ inline std::shared_ptr<const telemetry::WorkloadSnapshot> workloadSnapshot(
     for (const auto& ip : w.ips())
       if (auto a = IpAddr::parse(ip)) snap->by_ip[*a] = info;
   }
-  // view.services is ordered by namespace/name: so is each endpoint's list.
-  for (const auto& [key, svc] : view.services) {
-    for (const auto& ep : svc.endpoints()) {
-      auto a = IpAddr::parse(ep.ip());
-      if (!a) continue;
-      telemetry::ServiceRef ref{svc.namespace_(), svc.name(), {}};
-      for (const auto& [port_name, target] : ep.ports())
-        if (target > 0 && target <= 65535) ref.target_ports.push_back(uint16_t(target));
-      snap->services_by_endpoint[*a].push_back(std::move(ref));
-    }
-  }
+  // view.services is ordered by namespace/name: so is snap->services.
+  for (const auto& [key, svc] : view.services)
+    if (svc.endpoints_size() > 0) snap->services.push_back({svc.namespace_(), svc.name()});
   return snap;
 }
 

@@ -1,8 +1,11 @@
 // Which policies a node receives: those whose scope selects at least one
-// workload on the node. The scope of a policy in the root namespace
-// (sluice-system) without a selector is the whole mesh; without a selector,
-// its namespace; with one, the workloads of its namespace whose labels hold
-// every matchLabels pair. Both kinds are filtered the same way.
+// workload on the node, as the agent's PolicySet scopes them. The scope of a
+// policy in the root namespace (sluice-system) without a selector is the
+// whole mesh; without a selector, its namespace; with one, the workloads of
+// its namespace whose labels hold every matchLabels pair, except for an
+// AuthorizationPolicy in the root namespace, whose selector picks workloads
+// of every namespace (Istio). (A PeerAuthentication in the root namespace
+// with a selector is ignored by the agents, as by ambient Istio.)
 #pragma once
 
 #include <map>
@@ -12,7 +15,9 @@
 
 namespace sluice::controlplane::model {
 
-bool scopeSelects(const std::string& policy_ns,
+enum class PolicyKind { kAuthorization, kPeerAuthentication };
+
+bool scopeSelects(PolicyKind kind, const std::string& policy_ns,
                   const google::protobuf::Map<std::string, std::string>& selector,
                   const sluice::api::v1::Workload& w);
 

@@ -45,7 +45,7 @@ WorkloadIndex& index() {
                                                 {"StatefulSet", "db"}}}));
     // The Service shop/db, with db-0 as its endpoint.
     auto snap = std::make_shared<WorkloadSnapshot>(*idx.current());
-    snap->services_by_endpoint[*IpAddr::parse("10.244.2.9")] = {{"shop", "db", {5432}}};
+    snap->services = {{"shop", "db"}};
     idx.update(std::move(snap));
     return true;
   }();

@@ -85,28 +85,24 @@ TEST_SUITE("telemetry") {
     CHECK(find(all, "istio_tcp_connections_opened_total", {{"reporter", "source"}}).empty());
   }
 
-  TEST_CASE("the destination reporter guesses the Service from the pod's target port") {
-    auto snap = std::make_shared<WorkloadSnapshot>(*meshIndex().current());
-    // Ordered by namespace/name, as the bridge builds it: the first that
-    // forwards to the port wins.
-    snap->services_by_endpoint[ip("10.244.2.7")] = {{"shop", "db-admin", {9187}},
-                                                    {"shop", "db-primary", {5432, 9187}},
-                                                    {"shop", "db-replicas", {5432}}};
-    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 5432)->name == "db-primary");
-    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 9187)->name == "db-admin");
-    CHECK(guessInboundService(*snap, ip("10.244.2.7"), 80) == nullptr);
-    CHECK(guessInboundService(*snap, ip("10.244.2.8"), 5432) == nullptr);
-
-    WorkloadIndex idx;
-    idx.update(snap);
-    TcpMetrics m({}, &idx);
-    m.opened(0, inboundHbone(1));
-    ConnectionRecord other_port = inboundHbone(2);
-    other_port.destination = "10.244.2.7:6000";
-    m.opened(0, other_port);
+  TEST_CASE("each reporter names the Service its record carries for it") {
+    // The guess itself is the engine's (MeshDirectory::endpointService,
+    // tested with the discovery view), made when the record opens.
+    TcpMetrics m({}, &meshIndex());
+    ConnectionRecord inbound = inboundHbone(1);
+    inbound.destination_service = "shop/db-primary";
+    m.opened(0, inbound);
+    m.opened(0, inboundHbone(2));                 // no Service forwards to where it arrived
     ConnectionRecord via_vip = outboundHbone(3);  // the source side knows what was dialled
     via_vip.destination_service = "shop/db";
     m.opened(0, via_vip);
+    // A same-node handoff dialled by address: one record, both reporters;
+    // only the destination names the Service its endpoint is of.
+    ConnectionRecord handoff = outboundHbone(4);
+    handoff.path = Path::kLocalHandoff;
+    handoff.mutual_tls = false;
+    handoff.inbound_service = "shop/db-replicas";
+    m.opened(0, handoff);
     auto all = scrape(m);
     CHECK(value(all, "istio_tcp_connections_opened_total",
                 {{"reporter", "destination"},
@@ -120,6 +116,16 @@ TEST_SUITE("telemetry") {
                  {"destination_service_name", "unknown"}}) == 1);
     CHECK(value(all, "istio_tcp_connections_opened_total",
                 {{"reporter", "source"}, {"destination_service_name", "db"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "destination"},
+                 {"destination_service", "db-replicas.shop.svc.cluster.local"},
+                 {"destination_service_namespace", "shop"},
+                 {"destination_service_name", "db-replicas"},
+                 {"connection_security_policy", "unknown"}}) == 1);
+    CHECK(value(all, "istio_tcp_connections_opened_total",
+                {{"reporter", "source"},
+                 {"destination_service", "unknown"},
+                 {"connection_security_policy", "unknown"}}) == 1);
   }
 
   TEST_CASE("a same-node handoff is reported by both ends; a pod absent from the view is named") {

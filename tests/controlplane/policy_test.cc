@@ -142,16 +142,19 @@ TEST_SUITE("policy.filter") {
       return store.policies();
     }();
     REQUIRE(all.authorization_size() == 7);
-    // A root-namespace policy with a selector selects in the root namespace only (Istio).
+    // An AuthorizationPolicy in the root namespace with a selector selects in
+    // every namespace (Istio: "the selector will additionally match with pods
+    // in all namespaces"), as the agents enforce it.
     CHECK(names(model::policiesForNode("node1", ws, all)) ==
-          "A:shop/ns-wide A:shop/web-only A:sluice-system/mesh-wide P:shop/strict ");
+          "A:shop/ns-wide A:shop/web-only A:sluice-system/mesh-wide A:sluice-system/root-selector "
+          "P:shop/strict ");
     CHECK(names(model::policiesForNode("node2", ws, all)) ==
           "A:bank/vault A:sluice-system/mesh-wide P:bank/strict ");
     CHECK(names(model::policiesForNode("node3", ws, all)).empty());
     ws["a"] = workload("shop", "node1", {{"app", "web"}, {"tier", "front"}});
     CHECK(names(model::policiesForNode("node1", ws, all)) ==
           "A:shop/ns-wide A:shop/two-labels A:shop/web-only A:sluice-system/mesh-wide "
-          "P:shop/strict ");
+          "A:sluice-system/root-selector P:shop/strict ");
   }
 }
 

@@ -105,6 +105,31 @@ class ServicesTest(LabTest):
         self.assertEqual({c["destination_service"] for c in inbound}, {"shop/web"}, inbound[:3])
         self.assertGreater(self.lb_stats()["picks"], 1000 - 1)
 
+    def test_1b_a_handoff_to_a_pod_address_is_named_by_its_destination(self):
+        """A same-node client dialling web1's own address reached the Service's
+        endpoint: the destination reporter names shop/web (ztunnel's guess, by
+        endpoint and target port); the source reporter, which dialled no
+        Service, does not (test_1's connections through the VIP are under
+        shop/web on both)."""
+        lab = self.lab
+        out = lab.client("shop/client", "get", self.ips["web1"], "8080").stdout
+        self.assertIn(f"local={self.ips['web1']}:8080", out)
+        want = dict(source_workload="client", destination_workload="web1")
+
+        def opened(reporter, **labels):
+            samples = parse_metrics(lab.scrape("node1")[1])
+            return metric_sum(samples, "istio_tcp_connections_opened_total", reporter=reporter, **want, **labels)
+        wait_for("the destination reporter's series under shop/web",
+                 lambda: opened("destination", destination_service="web.shop.svc.cluster.local",
+                                destination_service_name="web", destination_service_namespace="shop") >= 1)
+        self.assertGreaterEqual(opened("source", destination_service="unknown"), 1)
+        # The record carries it too, for `connections`, the access log and `tap --to svc/web`.
+        rec = wait_for("the handoff's record", lambda: [
+            c for c in lab.connections("node1")
+            if c["destination"] == f"{self.ips['web1']}:8080" and c["path"] == "local_handoff"
+            and c["reason"] == "eof" and not c["destination_service"]])
+        self.assertEqual(rec[-1].get("inbound_service"), "shop/web", rec[-1])
+
     def test_2_dead_endpoint_is_retried_transparently(self):
         # The app behind one remote endpoint dies; the pod stays in the view.
         before = self.lb_stats()

@@ -241,13 +241,58 @@ TEST_SUITE("l7/http1") {
     CHECK(sink.seen.empty());
   }
 
-  TEST_CASE("garbage after a good request gives up without reporting nonsense") {
+  TEST_CASE("garbage answering a good request gives up, the request reported without a response") {
     Sink sink;
     l7::Inspector in(sink, 10s);
     CHECK(feed(in, "GET / HTTP/1.1\r\nHost: h\r\n\r\n", true));
     CHECK_FALSE(feed(in, "\x01\x02\x03 not a response", false));
     CHECK_FALSE(in.observing());
+    REQUIRE(sink.seen.size() == 1);
+    CHECK(sink.seen[0].path == "/");
+    CHECK(sink.seen[0].status == 0);
+    in.finish();
+    CHECK(sink.seen.size() == 1);
+  }
+
+  TEST_CASE("a response cut short by the server's end is reported with the status it had") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    CHECK(feed(in, "GET /big HTTP/1.1\r\nHost: h\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n",
+               true));
+    CHECK(feed(in, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789", false));
     CHECK(sink.seen.empty());
+    in.serverEnd();
+    CHECK_FALSE(in.observing());
+    REQUIRE(sink.seen.size() == 2);
+    CHECK(sink.seen[0].path == "/big");
+    CHECK(sink.seen[0].status == 200);
+    CHECK(sink.seen[0].response_bytes == 10);
+    CHECK(sink.seen[1].path == "/next");
+    CHECK(sink.seen[1].status == 0);
+  }
+
+  TEST_CASE("204, 304 and 1xx have no body, whatever their Content-Length says") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    std::string requests;
+    for (const char* p : {"/304", "/204", "/201", "/404", "/500"})
+      requests += std::string("GET ") + p + " HTTP/1.1\r\nHost: h\r\n\r\n";
+    CHECK(feed(in, requests, true));
+    CHECK(feed(in,
+               "HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n"
+               "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"
+               "HTTP/1.1 100 Continue\r\nContent-Length: 3\r\n\r\n"
+               "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+               "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+               "HTTP/1.1 500 Oops\r\nContent-Length: 1\r\n\r\n!",
+               false));
+    REQUIRE(sink.seen.size() == 5);
+    std::vector<int> codes;
+    for (const auto& r : sink.seen) codes.push_back(r.status);
+    CHECK(codes == std::vector<int>{304, 204, 201, 404, 500});
+    CHECK(sink.seen[0].response_bytes == 0);
+    CHECK(sink.seen[2].response_bytes == 2);
+    CHECK(in.observing());
   }
 }
 

@@ -80,8 +80,11 @@ int Http1Observer::onResponseHeaders(http_parser* p) {
     o.upgraded_ = true;
     return 0;
   }
-  // 1 skips the body: a HEAD response, and 1xx / 204 / 304 have none.
-  return e.head ? 1 : 0;
+  // 1 skips the body: a HEAD response, and 1xx / 204 / 304 have none,
+  // whatever their headers say (a 304 may carry the Content-Length of the
+  // representation it stands for: RFC 9110 §8.6, RFC 9112 §6.3).
+  int s = p->status_code;
+  return e.head || s < 200 || s == 204 || s == 304 ? 1 : 0;
 }
 
 int Http1Observer::onResponseBody(http_parser* p, const char*, size_t n) {
@@ -159,7 +162,10 @@ bool Http1Observer::serverEnd() {
 }
 
 void Http1Observer::finish() {
-  for (auto& e : pending_) e.report(sink_);  // status 0 unless its headers came
+  // Status 0 unless its headers came; a request whose own headers never
+  // ended was not made.
+  for (auto& e : pending_)
+    if (e.sent) e.report(sink_);
   pending_.clear();
 }
 

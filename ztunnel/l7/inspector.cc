@@ -92,7 +92,7 @@ bool Inspector::clientBytes(std::string_view bytes) {
 
 bool Inspector::serverBytes(std::string_view bytes) {
   if (state_ == State::kObserving) {
-    if (!observer_->server(bytes)) stop();
+    if (!observer_->server(bytes)) finish();
     return state_ != State::kDone;
   }
   if (state_ == State::kDone) return false;
@@ -108,7 +108,7 @@ bool Inspector::serverBytes(std::string_view bytes) {
 }
 
 void Inspector::serverEnd() {
-  if (state_ == State::kObserving && !observer_->serverEnd()) stop();
+  if (state_ == State::kObserving && !observer_->serverEnd()) finish();
 }
 
 bool Inspector::tapped(const relay::Pipe& p, const char* data, size_t n) {

@@ -41,7 +41,10 @@ class Inspector final : public relay::Tap {
   bool detecting() const { return state_ == State::kDetecting; }
   bool observing() const { return state_ == State::kObserving; }
 
-  // What the taps call, also for tests. False: no more interest.
+  // What the taps call, also for tests. False: no more interest. The
+  // server's side no longer followed (its bytes are not HTTP, or it ended
+  // mid-response): what was asked is reported as it stands, as by finish().
+  // The client's: observation ends, and what waits is not reported.
   bool clientBytes(std::string_view bytes);
   bool serverBytes(std::string_view bytes);
   void serverEnd();

@@ -123,6 +123,7 @@ void Router::route(std::unique_ptr<Attempt> a) {
     }
     auto live = record(Direction::kOutbound, Path::kLocalHandoff, pod, a->peer, dst);
     live->rec.destination_service = a->serviceName();
+    if (live->rec.destination_service.empty()) live->rec.inbound_service = ctx_.inboundService(dst);
     live->rec.source_principal = pod.spec.identity;
     live->rec.destination_principal = target->spec.identity;
     live->dest_pod_uid = target->spec.uid;

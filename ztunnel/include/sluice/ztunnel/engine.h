@@ -259,10 +259,14 @@ struct ConnectionRecord {
   uint64_t id = 0;
   Direction direction = Direction::kOutbound;
   Path path = Path::kPassthrough;
-  std::string pod;                    // ns/name of the enrolled pod that owns the listener
-  std::string source;                 // ip:port of the client ("[v6]:port" for IPv6)
-  std::string destination;            // ip:port (for a Service: the chosen endpoint)
-  std::string destination_service;    // ns/name: a Service VIP, or an endpoint of a headless one
+  std::string pod;                  // ns/name of the enrolled pod that owns the listener
+  std::string source;               // ip:port of the client ("[v6]:port" for IPv6)
+  std::string destination;          // ip:port (for a Service: the chosen endpoint)
+  std::string destination_service;  // ns/name: a Service VIP, or an endpoint of a headless one
+  // A same-node handoff dialled by address: the Service its destination
+  // names it under (its endpoint and target port, MeshDirectory::
+  // endpointService), as an inbound record's destination_service. "" otherwise.
+  std::string inbound_service;
   std::string source_principal;       // SPIFFE ID of the client workload, when known
   std::string destination_principal;  // SPIFFE ID of the destination workload, when meshed
   bool mutual_tls = false;            // carried over an mTLS (HBONE) tunnel
