@@ -342,11 +342,13 @@ int runAgent(const agent::Flags& flags) {
                                        authz_bridge.rejected().error);
   };
   sources.authz_check = [&](const std::map<std::string, std::string>& query) {
-    auto identity_of = [&](const IpAddr& ip) -> std::optional<std::string> {
+    agent::wiring::SourceLookup lookup;
+    lookup.identity_of = [&](const IpAddr& ip) -> std::optional<std::string> {
       if (auto w = directory.meshed(ip)) return w->identity;
       return std::nullopt;
     };
-    return agent::wiring::authzCheckJson(authorizer, pods.enrolledPods(), identity_of,
+    lookup.pods_of = [&](const std::string& identity) { return directory.withIdentity(identity); };
+    return agent::wiring::authzCheckJson(authorizer, pods.enrolledPods(), lookup,
                                          flags.trust_domain, query);
   };
   // A successor is taking over (an upgrade): not ready, so that its pod,

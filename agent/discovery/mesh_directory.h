@@ -127,6 +127,15 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
 
   size_t serviceCount() const { return services_.load(std::memory_order_acquire)->size(); }
 
+  // The addresses of the meshed workloads with `identity`, each with its
+  // ns/name (a scan: for the admin API, not the data path).
+  std::vector<std::pair<IpAddr, std::string>> withIdentity(const std::string& identity) const {
+    std::vector<std::pair<IpAddr, std::string>> out;
+    for (const auto& [ip, w] : *index_.load(std::memory_order_acquire))
+      if (w.identity == identity) out.emplace_back(ip, w.name);
+    return out;
+  }
+
   std::optional<ztunnel::MeshWorkload> meshed(const IpAddr& ip) override {
     auto index = index_.load(std::memory_order_acquire);
     auto it = index->find(ip);

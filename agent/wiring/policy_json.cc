@@ -1,5 +1,6 @@
 #include "agent/wiring/policy_json.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <set>
@@ -107,7 +108,7 @@ json policiesJson(const authz::PolicyAuthorizer& authorizer, const MeshedPods& m
 }
 
 std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
-                                    const MeshedPods& meshed, const IdentityOf& identity_of,
+                                    const MeshedPods& meshed, const SourceLookup& sources,
                                     const std::string& trust_domain,
                                     const std::map<std::string, std::string>& query) {
   auto from_it = query.find("from");
@@ -119,15 +120,17 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
 
   std::string principal;
   IpAddr source_ip;
+  bool from_identity = false;
   if (auto ip = IpAddr::parse(from)) {
     source_ip = *ip;
     // A meshed pod's connections come over mutual TLS with its identity.
-    if (identity_of)
-      if (auto id = identity_of(*ip)) principal = *id;
+    if (sources.identity_of)
+      if (auto id = sources.identity_of(*ip)) principal = *id;
   } else if (auto slash = from.find('/'); slash != std::string::npos && slash > 0 &&
                                           slash + 1 < from.size() &&
                                           from.find('/', slash + 1) == std::string::npos) {
     principal = x509::workloadUri(trust_domain, from.substr(0, slash), from.substr(slash + 1));
+    from_identity = true;
   } else {
     return {400,
             error("from '" + from + "' is neither NAMESPACE/SERVICEACCOUNT nor an IP address")};
@@ -151,13 +154,47 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   // The destination of the source's family (an IPv6 client reaches the
   // pod's IPv6 address; an identity reaches its IPv4 one, or on an
   // IPv6-only pod its IPv6 one).
-  IpAddr destination =
-      (source_ip.isV6() || entry->workload.ip4 == 0) && !entry->workload.ip6.empty()
-          ? entry->workload.ip6
-          : IpAddr::v4(entry->workload.ip4);
-  auto q = authorizer.requestFor(*entry, source_ip, principal, destination,
-                                 static_cast<uint16_t>(port), !principal.empty());
-  auto d = view->policies().evaluate(q);
+  auto destinationFor = [&](const IpAddr& src) {
+    return (src.isV6() || entry->workload.ip4 == 0) && !entry->workload.ip6.empty()
+               ? entry->workload.ip6
+               : IpAddr::v4(entry->workload.ip4);
+  };
+  auto judge = [&](const IpAddr& src) {
+    auto q = authorizer.requestFor(*entry, src, principal, destinationFor(src),
+                                   static_cast<uint16_t>(port), !principal.empty());
+    return view->policies().evaluate(q);
+  };
+  IpAddr destination = destinationFor(source_ip);
+  auto d = judge(source_ip);
+  // NS/SA: from each of its pods' addresses, as their connections arrive.
+  json by_source = nullptr;
+  std::string mixed;  // "ALLOW from IP (POD), DENY from ..." when they differ
+  if (from_identity && sources.pods_of) {
+    auto pods = sources.pods_of(principal);
+    std::sort(pods.begin(), pods.end(),
+              [](const auto& a, const auto& b) { return a.second < b.second; });
+    if (!pods.empty()) {
+      by_source = json::array();
+      size_t allowed = 0;
+      for (size_t i = 0; i < pods.size(); ++i) {
+        auto pd = judge(pods[i].first);
+        if (i == 0) {
+          d = pd;
+          destination = destinationFor(pods[i].first);
+        }
+        allowed += pd.allow;
+        by_source.push_back({{"source_ip", pods[i].first.str()},
+                             {"pod", pods[i].second},
+                             {"decision", pd.allow ? "ALLOW" : "DENY"},
+                             {"reason", policy::toString(pd.reason)},
+                             {"policy", refJson(pd.policy)}});
+      }
+      if (allowed != 0 && allowed != pods.size())
+        for (const auto& b : by_source)
+          mixed += (mixed.empty() ? "" : ", ") + b["decision"].get<std::string>() + " from " +
+                   b["source_ip"].get<std::string>() + " (" + b["pod"].get<std::string>() + ")";
+    }
+  }
   policy::PolicyRef mtls_from;
   auto mtls = view->policies().mtlsMode(entry->view(), static_cast<uint16_t>(port), &mtls_from);
   json audits = json::array();
@@ -168,6 +205,13 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
                    {"policy", refJson(d.policy)},
                    {"audits", audits},
                    {"explanation", authz::PolicyAuthorizer::explain(d)}};
+  if (!mixed.empty())
+    decision = {{"decision", "DEPENDS"},
+                {"reason", "source address"},
+                {"policy", nullptr},
+                {"audits", json::array()},
+                {"explanation", "the policies decide by source address: " + mixed +
+                                    " (sluicectl authz check --from IP asks about one)"}};
   const bool is_meshed = meshed.count(ns + "/" + pod) > 0;
   json out = {{"from", from},
               {"to", to},
@@ -177,12 +221,15 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
               {"meshed", is_meshed},
               // The port's mutual TLS mode, and the PeerAuthentication that set it.
               {"mtls", {{"mode", policy::toString(mtls)}, {"policy", refJson(mtls_from)}}},
+              {"by_source", by_source},
               {"if_meshed", nullptr}};
   if (is_meshed) {
     out.update(decision);
   } else {
     // The proxy never sees this pod's traffic: whatever the policies say,
     // nothing refuses a connection to it.
+    std::string would = decision["decision"].get<std::string>();
+    std::transform(would.begin(), would.end(), would.begin(), ::tolower);
     out.update({{"decision", "ALLOW"},
                 {"reason", "not meshed"},
                 {"policy", nullptr},
@@ -192,7 +239,7 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
                      " is not meshed (its namespace is not labelled sluice.dev/mesh=enabled, "
                      "it opted out, or it started without sluice-cni): no policy is enforced "
                      "for it; if it were meshed: " +
-                     (d.allow ? "allow: " : "deny: ") + authz::PolicyAuthorizer::explain(d)}});
+                     would + ": " + decision["explanation"].get<std::string>()}});
     out["if_meshed"] = std::move(decision);
   }
   return {200, out};

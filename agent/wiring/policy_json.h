@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "agent/authz/policy_authorizer.h"
 #include "sluice/common/addr.h"
@@ -28,17 +29,27 @@ using MeshedPods = std::set<std::string>;
 nlohmann::json policiesJson(const authz::PolicyAuthorizer& authorizer, const MeshedPods& meshed,
                             const std::string& rejected);
 
+// The mesh's meshed pods (the control plane's view, every node), as authz
+// check asks about a source. Either may be unset (none known).
+struct SourceLookup {
+  // A meshed pod's identity (SPIFFE URI) by its address.
+  std::function<std::optional<std::string>(const IpAddr&)> identity_of;
+  // The addresses of the meshed pods with an identity, each with its "NS/NAME".
+  std::function<std::vector<std::pair<IpAddr, std::string>>(const std::string&)> pods_of;
+};
+
 // from: "NS/SA" (an authenticated peer of that service account) or "IP"
 // (plaintext from that address); to: "NS/POD:PORT", a workload of this node.
 // 400 with {"error"} when a parameter is missing or malformed. A pod that
 // is not meshed is ALLOW, reason "not meshed" (nothing is enforced for it),
 // with what the policies would decide under `if_meshed`. An IP that
-// `identity_of` names (a meshed pod's, mesh-wide) is judged as that pod's
-// connections arrive: with its identity, over mutual TLS, from that IP.
-using IdentityOf = std::function<std::optional<std::string>(const IpAddr&)>;
+// `identity_of` names is judged as that pod's connections arrive: with its
+// identity, over mutual TLS, from that IP. NS/SA is judged from each
+// address `pods_of` gives (`by_source`), as its pods' connections arrive:
+// when the policies decide by source address and those differ, the decision
+// is "DEPENDS" (reason "source address"); with no pod known, from no address.
 std::pair<int, nlohmann::json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
-                                              const MeshedPods& meshed,
-                                              const IdentityOf& identity_of,
+                                              const MeshedPods& meshed, const SourceLookup& sources,
                                               const std::string& trust_domain,
                                               const std::map<std::string, std::string>& query);
 

@@ -55,8 +55,8 @@ struct Fixture {
         *set, {workload("db-0", "10.244.1.5", "db"), workload("legacy-0", "10.244.1.6", "legacy")});
   }
   json check(const std::string& from, const std::string& to,
-             const wiring::IdentityOf& identity_of = {}) {
-    auto [status, j] = wiring::authzCheckJson(authorizer, meshed, identity_of, "cluster.local",
+             const wiring::SourceLookup& sources = {}) {
+    auto [status, j] = wiring::authzCheckJson(authorizer, meshed, sources, "cluster.local",
                                               {{"from", from}, {"to", to}});
     REQUIRE(status == 200);
     return j;
@@ -97,11 +97,12 @@ TEST_SUITE("policy json") {
     CHECK(j["reason"] == "no ALLOW matched");
 
     // A meshed pod's address: judged with its identity, over mutual TLS.
-    auto identity_of = [](const IpAddr& ip) -> std::optional<std::string> {
+    wiring::SourceLookup sources;
+    sources.identity_of = [](const IpAddr& ip) -> std::optional<std::string> {
       if (ip.str() == "10.244.2.7") return "spiffe://cluster.local/ns/prod/sa/web";
       return std::nullopt;
     };
-    j = f.check("10.244.2.7", "prod/db-0:8080", identity_of);
+    j = f.check("10.244.2.7", "prod/db-0:8080", sources);
     CHECK(j["decision"] == "ALLOW");
     CHECK(j["source_principal"] == "spiffe://cluster.local/ns/prod/sa/web");
     CHECK(j["source_ip"] == "10.244.2.7");
@@ -113,6 +114,56 @@ TEST_SUITE("policy json") {
     CHECK(j["reason"] == "not meshed");
     CHECK(j["if_meshed"]["decision"] == "DENY");
     CHECK(j["explanation"].get<std::string>().find("is not meshed") != std::string::npos);
+  }
+
+  TEST_CASE("/authz --from NS/SA: judged from each of its pods' addresses") {
+    // DENY from outside 10.244.2.0/24, and prod/sa/web has a pod on each side.
+    authz::PolicyAuthorizer authorizer{{}};
+    policy::AuthorizationPolicy deny;
+    deny.ns = "prod";
+    deny.name = "deny-outside";
+    deny.action = policy::Action::kDeny;
+    policy::Rule rule;
+    policy::Source source;
+    source.not_ip_blocks = {"10.244.2.0/24"};
+    rule.from.push_back(source);
+    deny.rules.push_back(rule);
+    auto set = policy::PolicySet::build({deny}, {});
+    REQUIRE(set.has_value());
+    authorizer.update(*set, {workload("db-0", "10.244.1.5", "db")});
+    wiring::SourceLookup sources;
+    std::vector<std::pair<IpAddr, std::string>> web = {
+        {*IpAddr::parse("10.244.2.3"), "prod/web-2"}, {*IpAddr::parse("10.244.1.9"), "prod/web-1"}};
+    sources.pods_of = [&](const std::string& id) {
+      CHECK(id == "spiffe://cluster.local/ns/prod/sa/web");
+      return web;
+    };
+    auto check = [&](const char* from) {
+      auto [status, j] = wiring::authzCheckJson(authorizer, {"prod/db-0"}, sources, "cluster.local",
+                                                {{"from", from}, {"to", "prod/db-0:8080"}});
+      REQUIRE(status == 200);
+      return j;
+    };
+    json j = check("prod/web");
+    CHECK(j["decision"] == "DEPENDS");
+    CHECK(j["reason"] == "source address");
+    CHECK(j["explanation"].get<std::string>().find(
+              "DENY from 10.244.1.9 (prod/web-1), ALLOW from 10.244.2.3 (prod/web-2)") !=
+          std::string::npos);
+    REQUIRE(j["by_source"].size() == 2);
+    CHECK(j["by_source"][0]["decision"] == "DENY");
+    CHECK(j["by_source"][0]["policy"] == "prod/deny-outside");
+    CHECK(j["by_source"][1]["decision"] == "ALLOW");
+    // The same answer from every pod: that answer.
+    web.pop_back();
+    j = check("prod/web");
+    CHECK(j["decision"] == "ALLOW");
+    CHECK(j["by_source"].size() == 1);
+    // No pod of it known: judged from no address (notIpBlocks then matches).
+    web.clear();
+    j = check("prod/web");
+    CHECK(j["decision"] == "DENY");
+    CHECK(j["by_source"].is_null());
   }
 
   TEST_CASE("/authz: malformed parameters are a 400 with the reason") {

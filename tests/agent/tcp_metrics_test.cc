@@ -100,6 +100,7 @@ TEST_SUITE("telemetry") {
     // only the destination names the Service its endpoint is of.
     ConnectionRecord handoff = outboundHbone(4);
     handoff.path = Path::kLocalHandoff;
+    handoff.destination_service.clear();  // dialled by address
     handoff.mutual_tls = false;
     handoff.inbound_service = "shop/db-replicas";
     m.opened(0, handoff);

@@ -65,7 +65,7 @@ class DashboardsTest(unittest.TestCase):
                 text = exprs[name]
                 self.assertIn("istio_requests_total", text)
                 self.assertIn("response_code", text)
-                self.assertIn('response_code!~"5.."', text)  # success rate
+                self.assertIn('response_code!~"0|5.."', text)  # success rate
                 for q in ("0.5", "0.95", "0.99"):
                     self.assertIn(f"histogram_quantile({q}, sum by (le", text)
                 self.assertIn("istio_request_duration_milliseconds_bucket", text)

@@ -103,6 +103,24 @@ class HttpTest(LabTest):
         self.assertGreaterEqual(metric_sum(s, "istio_response_bytes_sum", reporter="source",
                                            response_code="503"), 6 * len("unavailable\n"))
 
+    def test_unusual_endings_are_counted_on_both_reporters(self):
+        """A 304 with a Content-Length (RFC 9110 allows it) has no body, and what follows it on
+        the connection is counted; a response cut short keeps its status; a request the server
+        resets without an answer is status 0 at both ends (the destination's too)."""
+        codes = ("0", "200", "304", "503")
+        before = {(node, rep, c): self.requests(node, rep, c) for node, rep in REPORTERS for c in codes}
+        runs = (("/notmod", "/ok", "/fail"), ("/cut",), ("/reset",))
+        for paths in runs:
+            out = self.lab.exec("shop/client", SYS_PY, APP, "raw", self.server_ip, "8080", *paths).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            self.assertEqual(r["error"], "ConnectionResetError" if paths == ("/reset",) else None, (paths, r))
+        want = {"0": 1, "200": 2, "304": 1, "503": 1}
+        for node, rep in REPORTERS:
+            for c in codes:
+                n = before[(node, rep, c)] + want[c]
+                wait_for(f"{rep} requests {c} on {node} == {n}",
+                         lambda node=node, rep=rep, c=c, n=n: self.requests(node, rep, c) == n)
+
     def test_h2c_prior_knowledge(self):
         reqs, _ = self.before()
         seen = self.client("h2client", self.server_ip, "8081", "5", "3")

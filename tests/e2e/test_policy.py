@@ -196,6 +196,27 @@ class PolicyTest(LabTest):
         m1 = metric_sum(self.metrics("node2"), "sluice_policy_denied_total", reason="deny_matched")
         self.assertEqual(m1 - m0, 2)
 
+    def test_a_root_namespace_selector_applies_in_every_namespace(self):
+        """An AuthorizationPolicy in sluice-system with a selector selects in every namespace
+        (Istio), though no pod of sluice-system exists; `authz check --from shop/web` judges
+        each web pod from its own address, and the answers differ."""
+        web1 = self.lab.ip("shop", "web1")
+        rules = f'  - from:\n    - source: {{ipBlocks: ["{web1}/32"]}}\n'
+        self.apply("root-deny.yaml", authz("root-deny", "DENY", rules, ns="sluice-system"),
+                   {"sluice-system/root-deny"})
+        self.assert_refused("shop/web1")
+        self.assert_reaches("shop/web2")
+        check = self.lab.ctl("node2", "authz", "check", "--from", "shop/web", "--to", "shop/server:8080")
+        self.assertEqual((check["decision"], check["reason"]), ("DEPENDS", "source address"), check)
+        by_ip = {b["source_ip"]: b for b in check["by_source"]}
+        self.assertEqual((by_ip[web1]["pod"], by_ip[web1]["decision"], by_ip[web1]["policy"]),
+                         ("shop/web1", "DENY", "sluice-system/root-deny"), check)
+        web2 = self.lab.ip("shop", "web2")
+        self.assertEqual((by_ip[web2]["pod"], by_ip[web2]["decision"]), ("shop/web2", "ALLOW"), check)
+        table = self.lab.ctl_run("node2", "authz", "check", "--from", "shop/web", "--to", "shop/server:8080").stdout
+        self.assertIn("DEPENDS", table)
+        self.assertIn(f"DENY from {web1} (shop/web1)", table)
+
     def test_port_rules(self):
         rules = FROM_WEB + '    to:\n    - operation: {ports: ["8080"]}\n'
         self.apply("web-8080.yaml", authz("web-8080", "ALLOW", rules), {"shop/web-8080"})

@@ -251,8 +251,20 @@ class RecordingAuthorizer final : public InboundAuthorizer {
   }
 };
 
+// What a side's records tell an observer: the HTTP exchanges, by status.
+struct RequestLog final : ConnectionObserver {
+  std::vector<int> statuses;
+  void opened(unsigned, const ConnectionRecord&) override {}
+  void transferred(unsigned, const ConnectionRecord&, uint64_t, uint64_t) override {}
+  void request(unsigned, const ConnectionRecord&, const RequestRecord& r) override {
+    statuses.push_back(r.status);
+  }
+  void closed(unsigned, const ConnectionRecord&) override {}
+};
+
 struct Side {
-  explicit Side(const EngineConfig& cfg, InboundAuthorizer* authorizer = nullptr) {
+  explicit Side(const EngineConfig& cfg, InboundAuthorizer* authorizer = nullptr)
+      : records(false, &requests) {
     auto r = uring::Ring::create(512);
     REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
     ring = std::move(*r);
@@ -267,7 +279,8 @@ struct Side {
                                                                       .want_fine_tick = {}});
   }
   uint64_t count(Counter c) { return records.counters().get(c); }
-  proxy::Records records{false, nullptr};
+  RequestLog requests;
+  proxy::Records records;
   TestSockets sockets;
   std::unique_ptr<uring::Ring> ring;
   std::unique_ptr<proxy::WorkerContext> ctx;

@@ -237,6 +237,31 @@ TEST_SUITE("hbone") {
     }
   }
 
+  TEST_CASE("an HTTP request the server app resets is reported at both ends, with status 0") {
+    Mesh m;
+    App server(ip(kAddrB), [](int fd) {
+      std::string got;
+      char buf[4096];
+      while (got.find("\r\n\r\n") == std::string::npos) {
+        ssize_t k = ::recv(fd, buf, sizeof(buf), 0);
+        if (k <= 0) return;
+        got.append(buf, static_cast<size_t>(k));
+      }
+      linger lg{1, 0};
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));  // the App's close resets
+    });
+    UniqueFd app = m.open(makeSockaddr(ip(kAddrB), server.port));
+    const std::string request = "GET /reset HTTP/1.1\r\nHost: b\r\n\r\n";
+    REQUIRE(
+        sendAll(app.get(), reinterpret_cast<const unsigned char*>(request.data()), request.size()));
+    REQUIRE(m.pumpUntil([&] { return server.accepted == 1; }, 5s));
+    CHECK(m.pumpUntil(
+        [&] { return m.ss->count(Counter::kClosed) == 1 && m.cs->count(Counter::kClosed) == 1; },
+        10s));
+    CHECK(m.cs->requests.statuses == std::vector<int>{0});
+    CHECK(m.ss->requests.statuses == std::vector<int>{0});
+  }
+
   TEST_CASE("keepalive PINGs keep a quiet tunnel and a silent peer is closed within 2x keepalive") {
     Mesh m([](EngineConfig& c) { c.hbone_keepalive = 200ms; });
     App echo(ip(kAddrB), App::echo);

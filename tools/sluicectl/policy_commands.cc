@@ -73,6 +73,16 @@ int cmdAuthz(const Options& opts) {
   t.add({str(j, "from"), str(j, "to") + " (" + str(j, "destination") + ")", str(j, "decision"),
          str(j, "reason"), j["policy"].is_string() ? str(j, "policy") : "-"});
   std::fputs(t.render().c_str(), stdout);
+  if (j.contains("by_source") && j["by_source"].is_array()) {
+    // NS/SA: judged from each of its pods' addresses.
+    std::printf("from each pod of %s:\n", str(j, "from").c_str());
+    Table pods({"  POD", "SOURCE", "DECISION", "REASON", "POLICY"});
+    for (const auto& b : j["by_source"])
+      pods.add({"  " + str(b, "pod"), str(b, "source_ip"), str(b, "decision"), str(b, "reason"),
+                b["policy"].is_string() ? str(b, "policy") : "-"});
+    std::fputs(pods.render().c_str(), stdout);
+  }
+  if (j["decision"] == "DEPENDS") std::printf("note: %s\n", str(j, "explanation").c_str());
   if (!j["audits"].empty()) std::printf("audited by: %s\n", joined(j["audits"]).c_str());
   if (j["source_ip"].is_string() && j["source_principal"].is_string())
     std::printf(

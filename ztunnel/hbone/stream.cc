@@ -180,14 +180,17 @@ void Stream::close(bool reset, CloseReason reason, std::string detail, bool retr
   reason_ = reason;
   detail_ = std::move(detail);
   retried_ = retried;
+  // Requests without a response are reported now, while the record is
+  // open: the reset below can finish the stream (and close its record)
+  // at once.
+  if (l7_) l7_->finish();
   if (reset && attached() && !rst_sent_) {
     rst_sent_ = true;
     tunnel_->reset(id_, NGHTTP2_CONNECT_ERROR);
   }
   up_.stop();
   down_.stop();
-  giveBack(unconsumed_);   // what the app will not get now
-  if (l7_) l7_->finish();  // requests without a response are reported now
+  giveBack(unconsumed_);  // what the app will not get now
   int fd = appFd();
   reset_ = reset;
   if (fd >= 0) {

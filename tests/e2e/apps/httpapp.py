@@ -3,11 +3,18 @@
 
   httpapp.py server PORT
       HTTP/1.1 with keep-alive: /fail answers 503, anything else 200, each
-      with a small body; prints "ready".
+      with a small body; /notmod a 304 whose Content-Length (50) is not its
+      body's; /cut a 200 promising 1000 bytes, 10 sent, then the connection
+      closed; /reset reads the request and resets the connection; prints
+      "ready".
   httpapp.py client HOST PORT CONNECTIONS OK FAIL
       CONNECTIONS keep-alive connections, each sending OK requests for /ok
       and FAIL for /fail (POST with a body); prints JSON: status counts and the
       bytes this client wrote and read.
+  httpapp.py raw HOST PORT PATH...
+      one connection, a GET for each PATH written at once (pipelined), then
+      everything read to the server's end; prints JSON: the bytes read and the
+      error that ended it (null at a clean end).
   httpapp.py h2server PORT
       HTTP/2 prior knowledge (h2c) with the `h2` package (python3-h2); same
       answers; speaks first (its SETTINGS on accept); prints "ready".
@@ -17,6 +24,7 @@ Raw sockets (HTTP/1) so that the bytes counted are the bytes exchanged.
 """
 import json
 import socket
+import struct
 import sys
 import threading
 
@@ -57,10 +65,35 @@ def serve_conn(conn):
                 return
             head, _, buf = msg
             path = head.split(b" ")[1].decode()
+            if path == "/reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            if path == "/cut":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 10)
+                return
+            if path == "/notmod":
+                conn.sendall(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n")
+                continue
             status, body = answer(path)
             reason = b"OK" if status == 200 else b"Service Unavailable"
             conn.sendall(b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s"
                          % (status, reason, len(body), body))
+
+
+def raw(host, port, paths):
+    received, error = 0, None
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: server:%d\r\n\r\n" % (p.encode(), port) for p in paths))
+        s.shutdown(socket.SHUT_WR)
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                received += len(chunk)
+        except OSError as e:
+            error = type(e).__name__
+    print(json.dumps({"received": received, "error": error}))
 
 
 def listen_forever(port, handler):
@@ -168,6 +201,8 @@ if __name__ == "__main__":
         listen_forever(int(args[0]), serve_conn)
     elif mode == "client":
         client(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))
+    elif mode == "raw":
+        raw(args[0], int(args[1]), args[2:])
     elif mode == "h2server":
         h2server(int(args[0]))
     elif mode == "h2client":
