@@ -1,10 +1,13 @@
 #include "agent/pods/pod_manager.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
@@ -84,11 +87,26 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
   if (ref.container_id.empty()) return fail("CNI_CONTAINERID is empty");
   if (frozen_) return fail("the sluice agent is handing over to its successor (an upgrade); retry");
   auto existing = pods_.find(ref.container_id);
-  if (existing == pods_.end()) {
+  if (existing != pods_.end()) {
+    // A runtime's retry names the same pod again; another pod under this
+    // container is an error, not a silent no-op.
+    const PodRef& had = existing->second.ref;
+    if (had.ns != ref.ns || had.name != ref.name || had.uid != ref.uid ||
+        had.netns_path != ref.netns_path)
+      return fail(fmt::format(
+          "container {} is already added as pod {} (netns {}); this ADD names pod {} (netns {}): "
+          "a container's ADD must name the same pod each time (its DEL first, for another)",
+          ref.container_id, podName(had), had.netns_path, podName(ref), ref.netns_path));
+  } else {
     auto netns = openNetns(ref.netns_path);
     if (!netns) return tl::unexpected(netns.error());
     auto cookie = netnsCookie(netns->get());
     if (!cookie) return tl::unexpected(cookie.error());
+    for (const auto& [id, other] : pods_)
+      if (other.netns_cookie == *cookie)
+        return fail(fmt::format(
+            "netns {} is already pod {}'s (container {}): one network namespace is one pod",
+            ref.netns_path, podName(other.ref), id));
     LocalPod pod;
     pod.ref = ref;
     pod.netns = std::move(*netns);
@@ -266,19 +284,32 @@ void PodManager::persist() const {
       return;
     }
   }
-  if (std::rename(tmp.c_str(), state_file_.c_str()) != 0)
+  // On disk before it replaces the old file: a crash or power loss leaves
+  // one whole file or the other, never a truncated one.
+  if (UniqueFd fd(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC)); !fd || ::fsync(fd.get()) != 0)
+    logger()->warn("cannot sync {}: {}", tmp, std::strerror(errno));
+  if (std::rename(tmp.c_str(), state_file_.c_str()) != 0) {
     logger()->error("cannot rename {} to {}: {}", tmp, state_file_, std::strerror(errno));
+    return;
+  }
+  auto dir = std::filesystem::path(state_file_).parent_path();
+  if (UniqueFd d(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)); d)
+    ::fsync(d.get());
 }
 
 void PodManager::restore() {
   std::lock_guard lk(mu_);
+  // The netns cookies of the state file's pods that are gone: theirs only
+  // leave the enrolled map.
+  std::set<uint64_t> gone;
   std::ifstream in(state_file_);
   if (in) {
     nlohmann::json state = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
     if (state.is_discarded() || !state.contains("pods") || !state["pods"].is_array()) {
       logger()->error(
-          "agent state file {} is unreadable; starting with no pods (CNI CHECK/ADD will "
-          "repopulate)",
+          "agent state file {} is unreadable: the pods it held are not re-adopted; their "
+          "capture stays in place, so their connections are refused rather than sent in "
+          "plaintext until each pod is deleted and re-created (sluicectl check names them)",
           state_file_);
     } else {
       for (const auto& j : state["pods"]) {
@@ -300,12 +331,14 @@ void PodManager::restore() {
           if (!netns) {
             logger()->info("pod {} is gone ({}); dropping it", podName(ref),
                            netns.error().describe());
+            gone.insert(saved_cookie);
             continue;
           }
           auto cookie = netnsCookie(netns->get());
           if (!cookie || *cookie != saved_cookie) {
             logger()->info("pod {}: netns {} is not the one enrolled before; dropping it",
                            podName(ref), ref.netns_path);
+            gone.insert(saved_cookie);
             continue;
           }
           LocalPod pod;
@@ -330,13 +363,23 @@ void PodManager::restore() {
       }
     }
   }
-  // Cookies of pods we no longer have would redirect into nothing: drop them.
+  // A cookie of a pod that is gone redirects into nothing: dropped. One the
+  // state file does not name is a pod this agent cannot find again (its
+  // state was lost): kept, so that its connections are refused (no listener
+  // behind the capture) instead of leaving the mesh in plaintext.
   for (const auto& [cookie, value] : loader_.enrolled().entries()) {
     bool ours = false;
     for (const auto& [id, pod] : pods_) ours = ours || (pod.enrolled && pod.netns_cookie == cookie);
-    if (!ours) {
+    if (ours) continue;
+    if (gone.count(cookie)) {
       loader_.unenroll(cookie);
       logger()->info("removed stale netns cookie {} from the enrolled map", cookie);
+    } else {
+      logger()->error(
+          "netns cookie {} is enrolled but no pod in {} has it: kept, so that pod's connections "
+          "are refused, not sent in plaintext; delete and re-create the pod to mesh it again "
+          "(sluicectl check names the pods this agent does not know)",
+          cookie, state_file_);
     }
   }
   persist();

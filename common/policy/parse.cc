@@ -8,6 +8,7 @@
 
 #include "common/policy/match.h"
 #include "sluice/common/fmt.h"
+#include "sluice/common/k8s_names.h"
 
 namespace sluice::policy {
 
@@ -51,21 +52,6 @@ bool plainNonString(const YAML::Node& n) {
     }
   }
   return digits;
-}
-
-// A Kubernetes object name the API server accepts: an RFC 1123 label
-// (lower-case letters, digits, '-'; alphanumeric at both ends), or with
-// `dots` a subdomain of such labels.
-bool dnsName(const std::string& v, size_t max, bool dots) {
-  if (v.empty() || v.size() > max) return false;
-  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
-  for (size_t i = 0; i < v.size(); ++i) {
-    char c = v[i];
-    bool edge = i == 0 || i + 1 == v.size() || (dots && (v[i - 1] == '.' || v[i + 1] == '.'));
-    if (alnum(c)) continue;
-    if (edge || (c != '-' && !(dots && c == '.'))) return false;
-  }
-  return true;
 }
 
 size_t editDistance(std::string a, std::string b) {
@@ -205,7 +191,7 @@ class Parser {
                                      : string(meta["name"], "metadata.name");
     if (!name) return tl::unexpected(name.error());
     if (name->empty()) return err("metadata.name", "is required");
-    if (!dnsName(*name, 253, true))
+    if (!isDnsName(*name, 253, true))
       return err("metadata.name",
                  fmt::format("\"{}\" is not a valid name: lower-case letters, digits, '-' and "
                              "'.', starting and ending with a letter or digit (at most 253)",
@@ -214,7 +200,7 @@ class Parser {
                                         : string(meta["namespace"], "metadata.namespace");
     if (!ns) return tl::unexpected(ns.error());
     if (ns->empty()) return err("metadata.namespace", "is required");
-    if (!dnsName(*ns, 63, false))
+    if (!isDnsName(*ns, 63, false))
       return err("metadata.namespace",
                  fmt::format("\"{}\" is not a valid namespace: lower-case letters, digits and "
                              "'-', starting and ending with a letter or digit (at most 63)",

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sluice/common/k8s_names.h"
+
 namespace sluice::cni {
 
 using nlohmann::json;
@@ -68,6 +70,14 @@ Result<CniRequest> decodeRequest(const std::string& line) {
     return fail(fmt::format("unknown command '{}'", r.command));
   if (r.container_id.empty()) return fail("container_id is empty");
   if (r.command == "ADD" && r.netns.empty()) return fail("ADD without a netns");
+  // The names a pod is known by (logs, records, policies): as the API server
+  // would accept them.
+  if (r.command == "ADD" && !r.pod_namespace.empty() && !isDnsName(r.pod_namespace, 63, false))
+    return fail(fmt::format("pod_namespace '{}' is not a Kubernetes namespace name",
+                            r.pod_namespace.substr(0, 80)));
+  if (r.command == "ADD" && !r.pod_name.empty() && !isDnsName(r.pod_name, 253, true))
+    return fail(
+        fmt::format("pod_name '{}' is not a Kubernetes pod name", r.pod_name.substr(0, 80)));
   if (j->contains("ips")) {
     if (!(*j)["ips"].is_array()) return fail("field 'ips' must be an array of strings");
     for (const auto& ip : (*j)["ips"]) {

@@ -247,6 +247,27 @@ TEST_SUITE("pod_manager") {
     CHECK_FALSE(f.engine.has("ctr-0"));
   }
 
+  TEST_CASE("a repeated ADD is idempotent; one naming another pod or netns is refused") {
+    Fixture f;
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+    pm.onWorkloads(Fixture::view(true), 1);
+    REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+    CHECK(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));  // a runtime's retry
+    pods::PodRef other = f.ref();
+    other.name = "ghost";
+    auto r = pm.add(other, std::chrono::milliseconds(50));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("already added as pod shop/web") != std::string::npos);
+    pods::PodRef twin = f.ref();
+    twin.container_id = "ctr-2";
+    twin.name = "twin";
+    r = pm.add(twin, std::chrono::milliseconds(50));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("one network namespace is one pod") != std::string::npos);
+    CHECK(pm.dump()["pods"].size() == 1);
+    CHECK(pm.enrolledCount() == 1);
+  }
+
   TEST_CASE("an enrollment failure fails ADD and leaves no capture behind") {
     Fixture f;
     pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
@@ -258,8 +279,8 @@ TEST_SUITE("pod_manager") {
   }
 
   TEST_CASE(
-      "restart: a new manager re-adopts enrolled pods from the state file and drops stale "
-      "cookies") {
+      "restart: a new manager re-adopts enrolled pods from the state file, drops the cookies "
+      "of pods gone, and keeps those it cannot account for") {
     Fixture f;
     {
       pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
@@ -267,13 +288,49 @@ TEST_SUITE("pod_manager") {
       REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
     }
     f.engine.pods.clear();  // the old process and its listeners are gone
-    REQUIRE(f.loader->enrolled().update(424242, sluice_enrolled{1, 0}).has_value());  // stale
+    // A pod of the state file whose netns is gone (424242), and a cookie no
+    // pod of it has (515151: its state was lost).
+    {
+      std::ifstream in(f.state + "/pods.json");
+      auto state = nlohmann::json::parse(in);
+      auto gone = state["pods"][0];
+      gone["container_id"] = "ctr-gone";
+      gone["netns"] = "/run/netns/sluice-test-no-such-netns";
+      gone["netns_cookie"] = 424242;
+      state["pods"].push_back(gone);
+      std::ofstream(f.state + "/pods.json") << state.dump();
+    }
+    REQUIRE(f.loader->enrolled().update(424242, sluice_enrolled{1, 0}).has_value());
+    REQUIRE(f.loader->enrolled().update(515151, sluice_enrolled{1, 0}).has_value());
     pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     again.restore();
     CHECK(f.engine.has("ctr-1"));
     CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
     CHECK_FALSE(f.loader->enrolled().lookup(424242).has_value());
+    CHECK(f.loader->enrolled().lookup(515151).has_value());  // fail closed
     CHECK(again.enrolledCount() == 1);
+    f.loader->unenroll(515151);
+  }
+
+  TEST_CASE("restart with an unreadable state file: enrolled pods stay captured (fail closed)") {
+    Fixture f;
+    {
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+      pm.onWorkloads(Fixture::view(true), 1);
+      REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+    }
+    f.engine.forget();
+    std::ofstream(f.state + "/pods.json") << "{\"version\": 1, \"pods\": [ {\"container_id\": ";
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+    again.restore();
+    CHECK(again.enrolledCount() == 0);
+    CHECK_FALSE(f.engine.has("ctr-1"));
+    // Still captured: its connections meet no listener (refused), never plaintext.
+    CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
+    // The rewritten state file is whole again.
+    std::ifstream in(f.state + "/pods.json");
+    CHECK_FALSE(nlohmann::json::parse(in, nullptr, false).is_discarded());
+    f.loader->unenroll(f.cookie);
   }
 
   TEST_CASE("restart: the pod keeps its service account - the engine gets its real identity") {

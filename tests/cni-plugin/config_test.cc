@@ -95,14 +95,25 @@ TEST_SUITE("cni_protocol") {
     REQUIRE(back.has_value());
     CHECK(back->pod_uid == "u1");
     CHECK(back->ips == r.ips);
-    for (const char* bad :
-         {"", "null", "{}", R"({"command":"ADD"})", R"({"command":"NUKE","container_id":"c"})",
-          R"({"command":"ADD","container_id":"c"})", R"({"command":"DEL","container_id":5})",
-          R"({"command":"DEL","container_id":"c","ips":"x"})",
-          R"({"command":"DEL","container_id":"c","ips":[1]})"}) {
+    for (
+        const char* bad :
+        {"", "null", "{}", R"({"command":"ADD"})", R"({"command":"NUKE","container_id":"c"})",
+         R"({"command":"ADD","container_id":"c"})", R"({"command":"DEL","container_id":5})",
+         R"({"command":"DEL","container_id":"c","ips":"x"})",
+         R"({"command":"DEL","container_id":"c","ips":[1]})",
+         // Names the API server would refuse.
+         R"({"command":"ADD","container_id":"c","netns":"/n","pod_namespace":"shop","pod_name":"../.."})",
+         R"({"command":"ADD","container_id":"c","netns":"/n","pod_namespace":"Shop","pod_name":"web"})"}) {
       CAPTURE(bad);
       CHECK_FALSE(decodeRequest(bad).has_value());
     }
+    // The longest pod name is accepted; one longer is not.
+    r.pod_name = std::string(253, 'a');
+    CHECK(decodeRequest(encode(r)).has_value());
+    r.pod_name += "a";
+    auto refused = decodeRequest(encode(r));
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().describe().find("is not a Kubernetes pod name") != std::string::npos);
     CHECK_FALSE(decodeReply("{}").has_value());
     CHECK(decodeReply(encode(CniReply{true, true, "", ""}))->enrolled);
   }

@@ -174,7 +174,7 @@ class CheckTest(LabTest):
             wait_for("the agent's view", lambda: self.check()[1][
                 "the agent's view is live"]["result"] == "ok", timeout=30)
             results = self.assertFailed("every pod of a meshed namespace on this node is enrolled",
-                                        "shop/late (no CNI ADD reached the agent",
+                                        "shop/late (the agent does not know it: no CNI ADD reached the agent",
                                         "delete each pod so that it is re-created")
             self.assertNotIn("shop/web", results[
                 "every pod of a meshed namespace on this node is enrolled"]["detail"])

@@ -296,8 +296,9 @@ Outcome podsMeshed(AgentState& s) {
     }
     if (!pod)
       problems.push_back(ns + "/" + name +
-                         " (no CNI ADD reached the agent: it started before sluice-cni was "
-                         "chained, or while the agent was unreachable with failOpen)");
+                         " (the agent does not know it: no CNI ADD reached the agent, as for a pod "
+                         "started before sluice-cni was chained or while the agent was "
+                         "unreachable with failOpen, or the agent lost its state file)");
     else if (!pod->value("enrolled", false))
       problems.push_back(ns + "/" + name + " (enrolling it failed: " +
                          (pod->value("error", "").empty() ? std::string("see the agent's log")
