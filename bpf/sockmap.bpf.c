@@ -245,10 +245,30 @@ static __always_inline int talks_ipv4(struct bpf_sock_ops *skops)
 	       skops->remote_ip6[1] == 0 && skops->remote_ip6[2] == bpf_htonl(0x0000ffff);
 }
 
+/* A proxy hop socket closes: the entry its falling behind left for the app
+ * it sends to (keyed by that app's socket) goes with it. A pair the agent
+ * spliced has its entries erased at its end; this is every other pair's. */
+static __always_inline void forget_hop_behind(struct bpf_sock_ops *skops)
+{
+	struct sluice_pair_key app = {
+		.netns_cookie = bpf_get_netns_cookie(skops),
+		.src_ip4 = skops->remote_ip4,
+		.dst_ip4 = skops->local_ip4,
+		.src_port = (__u16)(skops->remote_port >> 16),
+		.dst_port = bpf_htons((__u16)skops->local_port),
+	};
+	bpf_map_delete_elem(&sluice_hop_behind_v1, &app);
+}
+
 SEC("sockops")
 int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
 {
 	int active;
+	if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+		if (skops->args[1] == BPF_TCP_CLOSE && talks_ipv4(skops))
+			forget_hop_behind(skops);
+		return 1;
+	}
 	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		active = 1;
 	else if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
@@ -280,6 +300,10 @@ int sluice_sockmap_sockops(struct bpf_sock_ops *skops)
 	/* Its cookie now (the kernel makes one on first use): the sk_msg program
 	 * tells the socket it remembers from a later one by it. */
 	bpf_get_socket_cookie(skops);
+	/* A proxy's end hears of its close (forget_hop_behind). */
+	if (end == SLUICE_SOCKMAP_ADDED_OUT_PROXY || end == SLUICE_SOCKMAP_ADDED_IN_PROXY)
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						 BPF_SOCK_OPS_STATE_CB_FLAG);
 	/* An app's end may be spliced later: count its bytes from the first. */
 	if (end == SLUICE_SOCKMAP_ADDED_OUT_APP || end == SLUICE_SOCKMAP_ADDED_IN_APP) {
 		struct bpf_sock *sk = skops->sk;

@@ -73,6 +73,8 @@ const char* responseFlags(const ConnectionRecord& r) {
     case CloseReason::kBadRequest:
     case CloseReason::kConnectionLimit:
       return "CONNECT";
+    case CloseReason::kNoCertificate:  // this node had no identity to present (ztunnel's flag)
+      return "IDENTITY_ERROR";
     default:
       return "-";
   }

@@ -56,7 +56,7 @@ struct TcpMetricsConfig {
 enum class Reporter : uint8_t { kSource, kDestination };
 
 // Istio's response_flags for how a connection ended: "-" (fine), "DENY",
-// "CONNECT", "TLS_FAILURE", "H2_HANDSHAKE_FAILURE".
+// "CONNECT", "TLS_FAILURE", "H2_HANDSHAKE_FAILURE", "IDENTITY_ERROR" (no certificate).
 const char* responseFlags(const ztunnel::ConnectionRecord& record);
 
 class TcpMetrics final : public ztunnel::ConnectionObserver {

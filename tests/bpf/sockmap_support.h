@@ -411,4 +411,10 @@ inline BpfMap<sluice_pair_key, __u64> sockhash(const LoadedCapture& bpf) {
 
 inline uint64_t sockhashEntries(const LoadedCapture& bpf) { return sockhash(bpf).entries().size(); }
 
+inline uint64_t hopBehindEntries(const LoadedCapture& bpf) {
+  auto m = BpfMap<sluice_pair_key, uint8_t>::openPinned(bpf.pin + "/sluice_hop_behind_v1");
+  REQUIRE_MESSAGE(m.has_value(), (m ? "" : m.error().describe()));
+  return m->entries().size();
+}
+
 }  // namespace sluice::test

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "bpf/sockmap_support.h"
+#include "support/eventually.h"
 
 using namespace sluice;
 using namespace sluice::test;
@@ -132,6 +133,22 @@ TEST_SUITE("sockmap.bpf") {
     // The other direction is its own: still redirected.
     checkComplete(transfer(proxied.get(), app.get(), 2 * kMiB), 2 * kMiB);
     CHECK(stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == behind);
+  }
+
+  // The proxy's hop to an app that stopped reading falls behind (an entry
+  // in sluice_hop_behind_v1 for that app); a connection that ends there,
+  // never spliced, takes its entry with it.
+  TEST_CASE("a proxy hop that closes while behind leaves nothing in sluice_hop_behind_v1") {
+    LoadedCapture bpf(true);
+    Pod pod(*bpf.loader);
+    {
+      auto [app, proxied] = pod.outbound();
+      PatternStream st{proxied.get(), app.get()};
+      st.sendUpTo(8 * kMiB);  // the app does not read: past the bound, then TCP
+      REQUIRE(stat4(bpf, SLUICE_STAT4_SOCKMAP_BEHIND) == 1);
+      CHECK(hopBehindEntries(bpf) == 1);
+    }  // both ends close (the app with bytes unread: a reset)
+    CHECK(sluice::testing::eventually([&] { return hopBehindEntries(bpf) == 0; }));
   }
 
   // A writer moved to TCP goes back to redirecting once its reader has

@@ -266,6 +266,14 @@ TEST_SUITE("hbone") {
     CHECK_FALSE(orderly);
     CHECK(m.cs->count(Counter::kNoCertificate) == 1);
     CHECK(m.pod_a->connections == 0);
+    // It has its record (connections, the access log), as every connection.
+    auto closed = m.closed(*m.cs);
+    REQUIRE_FALSE(closed.empty());
+    const auto& rec = closed.back();
+    CHECK(std::string(toString(rec.reason)) == "no_certificate");
+    CHECK(rec.reasonText() == std::string("no_certificate: ") + kIdA + " after 300 ms");
+    CHECK(rec.destination == formatEndpoint(dst));
+    CHECK(rec.source_principal == kIdA);
   }
 
   TEST_CASE("a refused 15008 is redialled within hbone_refused_retry") {

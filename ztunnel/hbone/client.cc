@@ -74,25 +74,13 @@ struct Client::Impl final : StreamOwner {
     Link* l = pooled(pod, target, attempt->dst, cred, why);
     if (!l) {
       if (why == NoTunnel::kNoSocket) ctx.counters().add(Counter::kConnectFailures);
-      if (proxy::Attempt::retry(attempt, why == NoTunnel::kNoSocket ? "no tunnel" : "tunnel bound"))
-        return;
-      proxy::setLinger0(attempt->client.get());
+      const char* detail = why == NoTunnel::kNoSocket ? "no tunnel" : "tunnel bound";
+      if (proxy::Attempt::retry(attempt, detail)) return;
+      refuse(*attempt, target, CloseReason::kNoTunnel, detail);
       return;
     }
     Stream* s = owned.add(std::make_unique<Stream>(ctx, *this, &l->tunnel, pod, false));
-    auto live = std::make_shared<proxy::LiveRecord>();
-    ConnectionRecord& r = live->rec;
-    r.direction = Direction::kOutbound;
-    r.path = Path::kHbone;
-    r.pod = pod->spec.name_namespace;
-    r.source = formatEndpoint(attempt->peer);
-    r.destination = formatEndpoint(attempt->dst);
-    r.destination_service = attempt->serviceName();
-    r.source_principal = pod->spec.identity;
-    r.destination_principal = target.identity;
-    r.mutual_tls = true;
-    live->source = attempt->peer;
-    live->destination = attempt->dst;
+    auto live = recordOf(*attempt, target);
     s->setAttempt(std::move(attempt));
     s->openRecord(std::move(live));
     if (l->tunnel.ready()) {
@@ -294,9 +282,39 @@ struct Client::Impl final : StreamOwner {
     l.tunnel.redial(std::move(sock->fd));
   }
 
-  void dropWaiter(CertWaiter& w) {
+  // The record of an app connection to `target` through a tunnel.
+  static std::shared_ptr<proxy::LiveRecord> recordOf(const proxy::Attempt& a,
+                                                     const MeshWorkload& target) {
+    auto live = std::make_shared<proxy::LiveRecord>();
+    ConnectionRecord& r = live->rec;
+    r.direction = Direction::kOutbound;
+    r.path = Path::kHbone;
+    r.pod = a.pod->spec.name_namespace;
+    r.source = formatEndpoint(a.peer);
+    r.destination = formatEndpoint(a.dst);
+    r.destination_service = a.serviceName();
+    r.source_principal = a.pod->spec.identity;
+    r.destination_principal = target.identity;
+    r.mutual_tls = true;
+    live->source = a.peer;
+    live->destination = a.dst;
+    return live;
+  }
+
+  // An app connection that never reached a stream: reset, with its record
+  // (connections, the access log, the metrics' failed connections).
+  void refuse(proxy::Attempt& a, const MeshWorkload& target, CloseReason reason,
+              std::string detail) {
+    auto live = recordOf(a, target);
+    live->worker = ctx.worker;
+    ctx.records.open(live);
+    ctx.records.close(*live, reason, std::move(detail));
+    proxy::setLinger0(a.client.get());
+  }
+
+  void dropWaiter(CertWaiter& w, CloseReason reason, std::string detail = {}) {
     w.attempt->pod->connections--;
-    proxy::setLinger0(w.attempt->client.get());
+    refuse(*w.attempt, w.target, reason, std::move(detail));
   }
 };
 
@@ -325,7 +343,7 @@ void Client::removePod(const std::string& uid) {
   Impl& m = *impl_;
   std::erase_if(m.waiters, [&](Impl::CertWaiter& w) {
     if (w.attempt->pod->spec.uid != uid) return false;
-    m.dropWaiter(w);
+    m.dropWaiter(w, CloseReason::kPodRemoved);
     return true;
   });
   m.owned.eachLink([&](Impl::Link& l) {
@@ -337,7 +355,7 @@ void Client::shutdown() {
   Impl& m = *impl_;
   auto waiters = std::move(m.waiters);
   m.waiters.clear();
-  for (auto& w : waiters) m.dropWaiter(w);
+  for (auto& w : waiters) m.dropWaiter(w, CloseReason::kProxyShutdown);
   m.owned.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
   m.owned.eachStream([](Stream& s) { s.close(true, CloseReason::kProxyShutdown); });
 }
@@ -380,15 +398,19 @@ bool Client::fineTick(Clock::time_point now) {
         m.waiters.push_back(std::move(w));
         continue;
       }
-      if (!pod->removed) {
-        m.ctx.counters().add(Counter::kNoCertificate);
-        SLUICE_LOG_LIMITED(m.cert_log, logger(), spdlog::level::warn,
-                           "pod {}: no certificate for {} after {} ms; resetting a connection to "
-                           "{} (is the control plane's CA reachable? see 'sluicectl certs')",
-                           pod->spec.name_namespace, pod->spec.identity,
-                           m.ctx.config.certificate_wait.count(), formatEndpoint(w.attempt->dst));
+      if (pod->removed) {
+        m.dropWaiter(w, CloseReason::kPodRemoved);
+        continue;
       }
-      m.dropWaiter(w);
+      m.ctx.counters().add(Counter::kNoCertificate);
+      SLUICE_LOG_LIMITED(m.cert_log, logger(), spdlog::level::warn,
+                         "pod {}: no certificate for {} after {} ms; resetting a connection to "
+                         "{} (is the control plane's CA reachable? see 'sluicectl certs')",
+                         pod->spec.name_namespace, pod->spec.identity,
+                         m.ctx.config.certificate_wait.count(), formatEndpoint(w.attempt->dst));
+      m.dropWaiter(
+          w, CloseReason::kNoCertificate,
+          fmt::format("{} after {} ms", pod->spec.identity, m.ctx.config.certificate_wait.count()));
     }
   }
   if (!m.redials.empty()) {

@@ -84,6 +84,8 @@ const char* toString(CloseReason r) {
       return "proxy_shutdown";
     case CloseReason::kHandedOver:
       return "handed_over";
+    case CloseReason::kNoCertificate:
+      return "no_certificate";
   }
   return "?";
 }

@@ -243,7 +243,8 @@ enum class CloseReason : uint8_t {
   kDenied,             // refused by the authorization hook
   kPodRemoved,
   kProxyShutdown,
-  kHandedOver,  // an upgrade: the successor agent relays it from now on (not an error)
+  kHandedOver,     // an upgrade: the successor agent relays it from now on (not an error)
+  kNoCertificate,  // the client pod's certificate did not come in time (an outbound HBONE)
 };
 const char* toString(Direction d);
 const char* toString(Path p);
