@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -204,7 +205,7 @@ void PodManager::reconcile(LocalPod& pod) {
       pod.last_error = r.error().describe();
       logger()->error("enrolling pod {} failed: {}", podName(pod.ref), pod.last_error);
     }
-  } else if (!want && pod.enrolled) {
+  } else if (!want && (pod.enrolled || pod.held_capture)) {
     unenroll(pod);
     persist();
   }
@@ -227,6 +228,7 @@ Result<void> PodManager::enroll(LocalPod& pod) {
     return r;
   }
   pod.enrolled = true;
+  pod.held_capture = false;
   pod.last_error.clear();
   persist();
   logger()->info("pod {} enrolled (ip {}{}{}, netns cookie {})", podName(pod.ref),
@@ -261,7 +263,14 @@ void PodManager::reregister(LocalPod& pod) {
 }
 
 void PodManager::unenroll(LocalPod& pod) {
-  if (!pod.enrolled) return;
+  if (!pod.enrolled) {
+    if (pod.held_capture) {
+      loader_.unenroll(pod.netns_cookie);
+      pod.held_capture = false;
+      logger()->info("pod {}: its held capture released", podName(pod.ref));
+    }
+    return;
+  }
   loader_.unenroll(pod.netns_cookie);
   loader_.detachTc(pod.netns.get(), pod.ref.ifname);
   engine_.removePod(pod.ref.container_id);
@@ -331,7 +340,8 @@ void PodManager::restore() {
           if (!netns) {
             logger()->info("pod {} is gone ({}); dropping it", podName(ref),
                            netns.error().describe());
-            gone.insert(saved_cookie);
+            // Only a namespace that is no more frees its capture.
+            if (netns.error().code == ENOENT) gone.insert(saved_cookie);
             continue;
           }
           auto cookie = netnsCookie(netns->get());
@@ -371,7 +381,16 @@ void PodManager::restore() {
     bool ours = false;
     for (const auto& [id, pod] : pods_) ours = ours || (pod.enrolled && pod.netns_cookie == cookie);
     if (ours) continue;
-    if (gone.count(cookie)) {
+    LocalPod* held = nullptr;
+    for (auto& [id, pod] : pods_)
+      if (pod.netns_cookie == cookie) held = &pod;
+    if (held) {
+      held->held_capture = true;
+      logger()->error(
+          "pod {} was enrolled and is not now: its capture is kept, so its connections are "
+          "refused rather than sent in plaintext, until it is enrolled again or leaves the mesh",
+          podName(held->ref));
+    } else if (gone.count(cookie)) {
       loader_.unenroll(cookie);
       logger()->info("removed stale netns cookie {} from the enrolled map", cookie);
     } else {
@@ -391,6 +410,7 @@ nlohmann::json PodManager::dump() const {
   for (const auto& [id, p] : pods_) {
     nlohmann::json j = podJson(p);
     j["error"] = p.last_error;
+    j["held_capture"] = p.held_capture;
     pods.push_back(std::move(j));
   }
   nlohmann::json workloads = nlohmann::json::array();

@@ -55,6 +55,11 @@ struct LocalPod {
   // pod is fixed there, so a different service_account needs a re-register.
   std::string engine_service_account;
   std::string last_error;  // why enrollment failed, for config_dump
+  // Not enrolled, yet its netns cookie stayed in the enrolled map (restore:
+  // it was enrolled before and could not be re-adopted): its connections
+  // are refused until it is enrolled again, or released when it leaves the
+  // mesh or is deleted.
+  bool held_capture = false;
 };
 
 // Decision taken for a pod: known to the control plane, and enrolled or not.

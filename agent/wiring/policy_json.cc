@@ -4,6 +4,7 @@
 #include <cstring>
 #include <optional>
 #include <set>
+#include <tuple>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/fmt.h"
@@ -171,8 +172,11 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   std::string mixed;  // "ALLOW from IP (POD), DENY from ..." when they differ
   if (from_identity && sources.pods_of) {
     auto pods = sources.pods_of(principal);
+    // By pod, each pod's IPv4 address first: the answer shown on top is the
+    // first pod's, from the address its connections usually come from.
+    auto order = [](const auto& p) { return std::tuple(p.second, p.first.isV6(), p.first.str()); };
     std::sort(pods.begin(), pods.end(),
-              [](const auto& a, const auto& b) { return a.second < b.second; });
+              [&](const auto& a, const auto& b) { return order(a) < order(b); });
     if (!pods.empty()) {
       by_source = json::array();
       size_t allowed = 0;

@@ -312,6 +312,26 @@ TEST_SUITE("pod_manager") {
     f.loader->unenroll(515151);
   }
 
+  TEST_CASE("restart: a pod that cannot be re-adopted stays captured until it leaves the mesh") {
+    Fixture f;
+    {
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+      pm.onWorkloads(Fixture::view(true), 1);
+      REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+    }
+    f.engine.forget();
+    f.engine.fail_next = true;  // the re-adoption's listeners are refused
+    pods::PodManager again(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+    again.restore();
+    CHECK(again.enrolledCount() == 0);
+    CHECK(f.loader->enrolled().lookup(f.cookie).has_value());  // refused, not plaintext
+    CHECK(again.dump()["pods"][0]["held_capture"] == true);
+    // The namespace leaves the mesh: the capture goes.
+    again.onWorkloads(Fixture::view(false), 1);
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+    CHECK(again.dump()["pods"][0]["held_capture"] == false);
+  }
+
   TEST_CASE("restart with an unreadable state file: enrolled pods stay captured (fail closed)") {
     Fixture f;
     {

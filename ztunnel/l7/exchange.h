@@ -77,8 +77,10 @@ class ProtocolObserver {
   virtual bool server(std::string_view bytes) = 0;
   virtual bool serverEnd() { return true; }  // the server's EOF (ends a body read to EOF)
   // The connection ended: exchanges still open are reported without a
-  // response (status 0).
-  virtual void finish() = 0;
+  // response (status 0). `answered_only` (the server's bytes could not be
+  // followed, maybe by a limit of ours): only those whose response headers
+  // came are reported, with them; the others are dropped, not failed.
+  virtual void finish(bool answered_only = false) = 0;
 };
 
 }  // namespace sluice::ztunnel::l7

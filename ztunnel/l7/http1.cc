@@ -161,11 +161,11 @@ bool Http1Observer::serverEnd() {
   return HTTP_PARSER_ERRNO(&resp_) == HPE_OK;
 }
 
-void Http1Observer::finish() {
+void Http1Observer::finish(bool answered_only) {
   // Status 0 unless its headers came; a request whose own headers never
   // ended was not made.
   for (auto& e : pending_)
-    if (e.sent) e.report(sink_);
+    if (e.sent && (!answered_only || e.status != 0)) e.report(sink_);
   pending_.clear();
 }
 

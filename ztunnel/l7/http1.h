@@ -24,7 +24,7 @@ class Http1Observer final : public ProtocolObserver {
   bool client(std::string_view bytes) override;
   bool server(std::string_view bytes) override;
   bool serverEnd() override;
-  void finish() override;
+  void finish(bool answered_only = false) override;
 
  private:
   static int onRequestBegin(http_parser* p);

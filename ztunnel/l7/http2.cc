@@ -191,8 +191,9 @@ bool Http2Observer::feed(nghttp2_session* s, std::string_view bytes) {
 bool Http2Observer::client(std::string_view bytes) { return feed(req_.get(), bytes); }
 bool Http2Observer::server(std::string_view bytes) { return feed(resp_.get(), bytes); }
 
-void Http2Observer::finish() {
-  for (auto& [id, e] : streams_) e.report(sink_);
+void Http2Observer::finish(bool answered_only) {
+  for (auto& [id, e] : streams_)
+    if (!answered_only || e.status != 0) e.report(sink_);
   streams_.clear();
 }
 

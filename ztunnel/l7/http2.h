@@ -27,7 +27,7 @@ class Http2Observer final : public ProtocolObserver {
   ~Http2Observer() override;
   bool client(std::string_view bytes) override;
   bool server(std::string_view bytes) override;
-  void finish() override;
+  void finish(bool answered_only = false) override;
 
  private:
   struct SessionDeleter {

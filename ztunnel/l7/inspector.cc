@@ -92,7 +92,12 @@ bool Inspector::clientBytes(std::string_view bytes) {
 
 bool Inspector::serverBytes(std::string_view bytes) {
   if (state_ == State::kObserving) {
-    if (!observer_->server(bytes)) finish();
+    if (!observer_->server(bytes)) {
+      // Not followed any further (not HTTP, or past a limit of ours, such
+      // as http_parser's 80 KiB of headers): what was answered counts.
+      observer_->finish(/*answered_only=*/true);
+      stop();
+    }
     return state_ != State::kDone;
   }
   if (state_ == State::kDone) return false;

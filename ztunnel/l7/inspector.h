@@ -42,9 +42,11 @@ class Inspector final : public relay::Tap {
   bool observing() const { return state_ == State::kObserving; }
 
   // What the taps call, also for tests. False: no more interest. The
-  // server's side no longer followed (its bytes are not HTTP, or it ended
-  // mid-response): what was asked is reported as it stands, as by finish().
-  // The client's: observation ends, and what waits is not reported.
+  // server's bytes no longer followed (not HTTP, or past a limit of ours):
+  // the requests whose response headers came are reported with them, the
+  // others dropped. The server's end mid-response: all are reported as
+  // they stand, as by finish(). The client's bytes no longer followed:
+  // observation ends, and what waits is not reported.
   bool clientBytes(std::string_view bytes);
   bool serverBytes(std::string_view bytes);
   void serverEnd();
