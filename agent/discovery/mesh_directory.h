@@ -80,10 +80,16 @@ class MeshDirectory final : public ztunnel::MeshDirectory {
             target = std::make_shared<ztunnel::ServiceTarget>(ztunnel::ServiceTarget{key, {}});
           target->endpoints.emplace_back(*ip, static_cast<uint16_t>(p->second));
         }
+        // A VIP without a ready endpoint of its family is still the
+        // Service's: a connection to it is refused (no endpoint), never
+        // passed through to the VIP outside the mesh.
         for (const auto& vip : svc.vips())
-          if (auto a = IpAddr::parse(vip); a && by_family[a->isV6()])
-            (*services)[serviceKey(*a, htons(static_cast<uint16_t>(port.port())))] =
-                by_family[a->isV6()];
+          if (auto a = IpAddr::parse(vip)) {
+            auto& target = by_family[a->isV6()];
+            if (!target)
+              target = std::make_shared<ztunnel::ServiceTarget>(ztunnel::ServiceTarget{key, {}});
+            (*services)[serviceKey(*a, htons(static_cast<uint16_t>(port.port())))] = target;
+          }
       }
     }
     index_.store(std::move(next), std::memory_order_release);

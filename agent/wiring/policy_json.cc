@@ -169,6 +169,7 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   auto d = judge(source_ip);
   // NS/SA: from each of its pods' addresses, as their connections arrive.
   json by_source = nullptr;
+  json note = nullptr;
   std::string mixed;  // "ALLOW from IP (POD), DENY from ..." when they differ
   if (from_identity && sources.pods_of) {
     auto pods = sources.pods_of(principal);
@@ -197,6 +198,10 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
         for (const auto& b : by_source)
           mixed += (mixed.empty() ? "" : ", ") + b["decision"].get<std::string>() + " from " +
                    b["source_ip"].get<std::string>() + " (" + b["pod"].get<std::string>() + ")";
+    } else {
+      note = "no meshed pod of " + from +
+             " in this node's view: judged from no source address (ipBlocks and source.ip "
+             "rules match as for an address they do not name); ask with --from IP for one";
     }
   }
   policy::PolicyRef mtls_from;
@@ -226,6 +231,7 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
               // The port's mutual TLS mode, and the PeerAuthentication that set it.
               {"mtls", {{"mode", policy::toString(mtls)}, {"policy", refJson(mtls_from)}}},
               {"by_source", by_source},
+              {"note", note},
               {"if_meshed", nullptr}};
   if (is_meshed) {
     out.update(decision);

@@ -204,5 +204,14 @@ TEST_SUITE("mesh directory") {
     CHECK(dir.meshed(ip("10.244.2.8")).has_value());
     CHECK(dir.meshed(ip("::ffff:10.244.2.8")).has_value());
     CHECK_FALSE(dir.meshed(ip("fd00:244:2::9")).has_value());
+    // No ready endpoint of a VIP's family: still the Service (a connection
+    // to it is refused as having no endpoint, not passed through).
+    v.services["shop/web"].mutable_endpoints()->DeleteSubrange(0, 1);  // 10.244.1.7
+    dir.update(v);
+    v4 = dir.service(ip("10.96.0.10"), htons(80));
+    REQUIRE(v4 != nullptr);
+    CHECK(v4->name == "shop/web");
+    CHECK(v4->endpoints.empty());
+    CHECK(endpoints(dir.service(ip("fd00:96::a"), htons(80))).size() == 2);
   }
 }

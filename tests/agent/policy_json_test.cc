@@ -164,6 +164,7 @@ TEST_SUITE("policy json") {
     j = check("prod/web");
     CHECK(j["decision"] == "DENY");
     CHECK(j["by_source"].is_null());
+    CHECK(j["note"].get<std::string>().find("no meshed pod of prod/web") != std::string::npos);
   }
 
   TEST_CASE("/authz: malformed parameters are a 400 with the reason") {

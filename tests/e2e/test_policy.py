@@ -216,6 +216,11 @@ class PolicyTest(LabTest):
         table = self.lab.ctl_run("node2", "authz", "check", "--from", "shop/web", "--to", "shop/server:8080").stdout
         self.assertIn("DEPENDS", table)
         self.assertIn(f"DENY from {web1} (shop/web1)", table)
+        # A malformed question is the user's error: exit 2, the agent's reason alone.
+        bad = self.lab.ctl_run("node2", "authz", "check", "--from", "bad", "--to", "shop/server:8080")
+        self.assertEqual(bad.returncode, 2, bad.stderr)
+        self.assertIn("is neither NAMESPACE/SERVICEACCOUNT nor an IP address", bad.stderr)
+        self.assertNotIn("{", bad.stderr)
 
     def test_port_rules(self):
         rules = FROM_WEB + '    to:\n    - operation: {ports: ["8080"]}\n'

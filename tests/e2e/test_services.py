@@ -174,6 +174,23 @@ class ServicesTest(LabTest):
         self.assertNotIn(gone, r["by_server"])
         self.assertEqual(sorted(r["by_server"]), sorted(self.ips.values()))
 
+    def test_3b_a_service_without_endpoints_refuses(self):
+        """A VIP with no ready endpoint is still the Service's: the connection is refused
+        and counted (lb.no_endpoint) under it, never passed through to the VIP."""
+        vip = self.lab.lab("svc", "add", "shop", "nobody", "--selector", "app=none",
+                           "--port", "8080").stdout.strip()
+        try:
+            wait_for("shop/nobody on node1", lambda: any(
+                s["name"] == "nobody" for s in self.lab.ctl("node1", "services")["services"]))
+            before = self.lb_stats()["no_endpoint"]
+            p = self.lab.client("shop/client", "get", vip, "8080", "3", check=False)
+            self.assertNotEqual(p.returncode, 0, p.stdout)
+            self.assertEqual(self.lb_stats()["no_endpoint"], before + 1)
+            self.assertEqual([c for c in self.lab.connections("node1")
+                              if c["destination"].startswith(f"{vip}:") and c["path"] == "passthrough"], [])
+        finally:
+            self.lab.lab("svc", "del", "shop", "nobody")
+
     def test_4_control_plane_down_for_30s(self):
         lab = self.lab
         lab.server("shop/web2", "echo", 8082)

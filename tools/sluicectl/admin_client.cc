@@ -68,26 +68,49 @@ Result<AdminResponse> adminFetch(const std::string& admin, const std::string& pa
   return AdminResponse{status, resp.substr(body + 4)};
 }
 
-Result<json> adminJson(const std::string& admin, const std::string& path) {
-  auto r = adminFetch(admin, path);
-  if (!r) return tl::unexpected(r.error());
-  if (r->status == 404) return fail(olderAgent(admin, path));
-  if (r->status != 200)
-    return fail("admin API " + path + " answered " + std::to_string(r->status) + ": " + r->body);
-  auto j = json::parse(r->body, nullptr, false);
+namespace {
+
+// The agent's refusal of `path`: its {"error"} text when it sent one.
+std::string refusal(const std::string& path, int status, const std::string& body) {
+  json err = json::parse(body, nullptr, false);
+  std::string msg =
+      !err.is_discarded() && err.is_object() && err.contains("error") && err["error"].is_string()
+          ? err["error"].get<std::string>()
+          : body;
+  return "the agent refused " + path + " (" + std::to_string(status) + "): " + msg;
+}
+
+Result<json> jsonOf(const std::string& admin, const std::string& path, const AdminResponse& r) {
+  if (r.status == 404) return fail(olderAgent(admin, path));
+  if (r.status != 200) return fail(refusal(path, r.status, r.body));
+  auto j = json::parse(r.body, nullptr, false);
   if (j.is_discarded()) return fail("admin API " + path + " returned invalid JSON");
   return j;
 }
 
+// Exit status 2: what the user typed is wrong (an --admin that is no
+// address, a request the agent refused as malformed); 1: anything else.
+int exitFor(const Error& e) { return e.message.find("invalid --admin") == 0 ? 2 : 1; }
+
+}  // namespace
+
+Result<json> adminJson(const std::string& admin, const std::string& path) {
+  auto r = adminFetch(admin, path);
+  if (!r) return tl::unexpected(r.error());
+  return jsonOf(admin, path, *r);
+}
+
 json adminGet(const std::string& admin, const std::string& path) {
-  auto j = adminJson(admin, path);
-  if (!j) die(j.error().describe());
+  auto r = adminFetch(admin, path);
+  if (!r) die(r.error().describe(), exitFor(r.error()));
+  auto j = jsonOf(admin, path, *r);
+  if (!j) die(j.error().describe(), r->status == 400 ? 2 : 1);
   return *j;
 }
 
 AdminStream::AdminStream(const std::string& admin, const std::string& path) {
   auto fd = request(admin, path, /*timed=*/false);
-  if (!fd) die(fd.error().describe(), fd.error().message.find("invalid --admin") == 0 ? 2 : 1);
+  if (!fd) die(fd.error().describe(), exitFor(fd.error()));
   fd_ = std::move(*fd);
   size_t end;
   while ((end = buffer_.find("\r\n\r\n")) == std::string::npos)
@@ -99,10 +122,7 @@ AdminStream::AdminStream(const std::string& admin, const std::string& path) {
   while (fill(5000)) {
   }
   if (status == 404) die(olderAgent(admin, path));
-  json err = json::parse(buffer_, nullptr, false);
-  std::string msg =
-      !err.is_discarded() && err.contains("error") ? err["error"].get<std::string>() : buffer_;
-  die("the agent refused " + path + " (" + std::to_string(status) + "): " + msg);
+  die(refusal(path, status, buffer_), status == 400 ? 2 : 1);
 }
 
 bool AdminStream::fill(int timeout_ms) {

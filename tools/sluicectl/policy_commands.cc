@@ -83,6 +83,8 @@ int cmdAuthz(const Options& opts) {
     std::fputs(pods.render().c_str(), stdout);
   }
   if (j["decision"] == "DEPENDS") std::printf("note: %s\n", str(j, "explanation").c_str());
+  if (j.contains("note") && j["note"].is_string())
+    std::printf("note: %s\n", str(j, "note").c_str());
   if (!j["audits"].empty()) std::printf("audited by: %s\n", joined(j["audits"]).c_str());
   if (j["source_ip"].is_string() && j["source_principal"].is_string())
     std::printf(

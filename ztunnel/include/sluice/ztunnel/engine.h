@@ -129,7 +129,7 @@ struct MeshWorkload {
 // target port, of the VIP's family), from the control plane's latest view.
 struct ServiceTarget {
   std::string name;                 // namespace/name
-  std::vector<SockAddr> endpoints;  // never empty
+  std::vector<SockAddr> endpoints;  // empty: none ready (a connection is reset)
 };
 
 // The control plane's view, by IP. Thread-safe and non-blocking.
