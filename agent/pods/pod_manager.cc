@@ -378,12 +378,12 @@ void PodManager::restore() {
   // state was lost): kept, so that its connections are refused (no listener
   // behind the capture) instead of leaving the mesh in plaintext.
   for (const auto& [cookie, value] : loader_.enrolled().entries()) {
-    bool ours = false;
-    for (const auto& [id, pod] : pods_) ours = ours || (pod.enrolled && pod.netns_cookie == cookie);
-    if (ours) continue;
+    // The pod with this cookie, an enrolled one first (only an older state
+    // file can name two pods on one netns: ADD refuses that now).
     LocalPod* held = nullptr;
     for (auto& [id, pod] : pods_)
-      if (pod.netns_cookie == cookie) held = &pod;
+      if (pod.netns_cookie == cookie && (!held || pod.enrolled)) held = &pod;
+    if (held && held->enrolled) continue;
     if (held) {
       held->held_capture = true;
       logger()->error(

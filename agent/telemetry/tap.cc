@@ -291,7 +291,7 @@ TapEvent TapHub::describe(const ztunnel::ConnectionRecord& c,
   e.request_bytes = r.request_bytes;
   e.response_bytes = r.response_bytes;
   e.mutual_tls = c.mutual_tls;
-  e.service = c.destination_service.empty() ? c.inbound_service : c.destination_service;
+  e.service = c.service();
   fillEnd(e.source, c.source, peers.source(), c.source_principal);
   fillEnd(e.destination, c.destination, peers.destination(), c.destination_principal);
   return e;

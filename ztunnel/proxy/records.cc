@@ -238,10 +238,8 @@ void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bo
       "{} pod={} src={} dst={} service={} path={} src_principal={} dst_principal={} mutual_tls={} "
       "sent={} received={} duration_ms={} reason={}{}",
       toString(r.direction), r.pod, r.source, r.destination,
-      !r.destination_service.empty() ? r.destination_service
-      : !r.inbound_service.empty()   ? r.inbound_service
-                                     : "-",
-      toString(r.path), r.source_principal.empty() ? "-" : r.source_principal,
+      r.service().empty() ? "-" : r.service(), toString(r.path),
+      r.source_principal.empty() ? "-" : r.source_principal,
       r.destination_principal.empty() ? "-" : r.destination_principal, r.mutual_tls, r.bytes_sent,
       r.bytes_received, r.duration_ms, r.reasonText(), r.adopted ? " adopted=true" : "");
 }

@@ -282,6 +282,11 @@ struct ConnectionRecord {
   bool adopted = false;       // handed over by the previous agent (an upgrade): relayed as bytes
   // "connect_error: Connection refused (retried)"
   std::string reasonText() const;
+  // The Service the connection is under: the one dialled, else the one its
+  // handed-off destination is named under; "" for neither.
+  const std::string& service() const {
+    return destination_service.empty() ? inbound_service : destination_service;
+  }
 };
 
 // A plaintext connection frozen for an upgrade (Engine::exportConnections):
