@@ -188,11 +188,16 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
           destination = destinationFor(pods[i].first);
         }
         allowed += pd.allow;
-        by_source.push_back({{"source_ip", pods[i].first.str()},
-                             {"pod", pods[i].second},
-                             {"decision", pd.allow ? "ALLOW" : "DENY"},
-                             {"reason", policy::toString(pd.reason)},
-                             {"policy", refJson(pd.policy)}});
+        by_source.push_back(
+            {{"source_ip", pods[i].first.str()},
+             {"pod", pods[i].second},
+             // Of the source's family: an IPv6 row is judged
+             // against the pod's IPv6 address.
+             {"destination",
+              SockAddr(destinationFor(pods[i].first), static_cast<uint16_t>(port)).str()},
+             {"decision", pd.allow ? "ALLOW" : "DENY"},
+             {"reason", policy::toString(pd.reason)},
+             {"policy", refJson(pd.policy)}});
       }
       if (allowed != 0 && allowed != pods.size())
         for (const auto& b : by_source)

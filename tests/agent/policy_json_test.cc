@@ -153,7 +153,23 @@ TEST_SUITE("policy json") {
     REQUIRE(j["by_source"].size() == 2);
     CHECK(j["by_source"][0]["decision"] == "DENY");
     CHECK(j["by_source"][0]["policy"] == "prod/deny-outside");
+    CHECK(j["by_source"][0]["destination"] == "10.244.1.5:8080");
     CHECK(j["by_source"][1]["decision"] == "ALLOW");
+    // Dual stack: a row of the pod's IPv6 address is judged against the
+    // destination's IPv6 address, and names it.
+    auto db = workload("db-0", "10.244.1.5", "db");
+    db.ip6 = *IpAddr::parse("fd00::1:5");
+    authorizer.update(*set, {db});
+    web.emplace_back(*IpAddr::parse("fd00::2:3"), "prod/web-2");
+    j = check("prod/web");
+    REQUIRE(j["by_source"].size() == 3);
+    CHECK(j["destination"] == "10.244.1.5:8080");
+    CHECK(j["by_source"][1]["source_ip"] == "10.244.2.3");
+    CHECK(j["by_source"][1]["destination"] == "10.244.1.5:8080");
+    CHECK(j["by_source"][2]["source_ip"] == "fd00::2:3");
+    CHECK(j["by_source"][2]["destination"] == "[fd00::1:5]:8080");
+    CHECK(j["by_source"][2]["decision"] == "DENY");  // outside 10.244.2.0/24
+    web.pop_back();
     // The same answer from every pod: that answer.
     web.pop_back();
     j = check("prod/web");
