@@ -16,6 +16,7 @@ using ztunnel::RequestRecord;
 
 constexpr size_t kBuckets = kEnvoyBuckets.size() + 1;  // + Inf
 constexpr size_t kRequestProtocolLabel = 20;           // in TcpMetrics::labelNames()
+constexpr size_t kResponseFlagsLabel = 21;
 
 // One worker's counts for a series (only that worker writes it).
 struct alignas(64) Cell {
@@ -118,6 +119,9 @@ std::shared_ptr<HttpMetrics::Series> HttpMetrics::hold(Worker& w, const Connecti
                                                        const Peers& peers) {
   Key key{labels_.labelViews(c, reporter, peers, w.service), outcomeKey(r)};
   key.labels[kRequestProtocolLabel] = r.protocol == AppProtocol::kGrpc ? "grpc" : "http";
+  // No response: the connection's failure, if it failed (a denied CONNECT:
+  // DENY, as its TCP series).
+  if (r.status == 0) key.labels[kResponseFlagsLabel] = responseFlags(c);
   if (auto s = w.cache.hold(key, evicted_.load(std::memory_order_relaxed))) return s;
   std::shared_ptr<Series> s;
   {

@@ -106,6 +106,25 @@ TEST_SUITE("telemetry/http") {
     CHECK(value(all, "istio_response_bytes_sum", src200) == 15);
   }
 
+  TEST_CASE("a request without a response carries how its connection failed") {
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics m({.workers = 1}, tcp);
+    auto denied = outboundHbone(1);
+    denied.reason = ztunnel::CloseReason::kRefused;  // the destination answered the CONNECT 403
+    denied.reason_detail = "403";
+    m.request(0, denied, httpRequest(0, 900));
+    auto fine = outboundHbone(2);  // closed without a failure: no flag
+    m.request(0, fine, httpRequest(0, 900));
+    m.request(0, denied, httpRequest(200, 900));  // a response: never a flag
+    auto all = scrapeHttp(m);
+    CHECK(value(all, "istio_requests_total",
+                {{"response_code", "0"}, {"response_flags", "DENY"}}) == 1);
+    CHECK(value(all, "istio_requests_total", {{"response_code", "0"}, {"response_flags", "-"}}) ==
+          1);
+    CHECK(value(all, "istio_requests_total",
+                {{"response_code", "200"}, {"response_flags", "-"}}) == 1);
+  }
+
   TEST_CASE("HTTP/1.1 and HTTP/2 requests with the same labels count in one series") {
     // request_protocol is "http" for both: two series would print the same
     // label set twice, and Prometheus keeps only one of them.

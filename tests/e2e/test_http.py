@@ -16,6 +16,8 @@ port directly). Opaque ones count TCP bytes and no requests.
 """
 import json
 import os
+import shutil
+import tempfile
 import unittest
 
 from labkit import LabTest, metric_sum, parse_metrics, wait_for, REPO
@@ -120,6 +122,34 @@ class HttpTest(LabTest):
                 n = before[(node, rep, c)] + want[c]
                 wait_for(f"{rep} requests {c} on {node} == {n}",
                          lambda node=node, rep=rep, c=c, n=n: self.requests(node, rep, c) == n)
+
+    def test_a_denied_request_has_no_response_and_response_flags_deny(self):
+        """A request that rode with a CONNECT the destination refused (an AuthorizationPolicy
+        DENY on its port) is counted at the source as response_code 0 with the connection's
+        flag, DENY, as its TCP series; the destination counts no request."""
+        self.lab.spawn("shop/server", SYS_PY, APP, "server", "8082")
+        tmp = tempfile.mkdtemp(prefix="sluice-http-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        deny = os.path.join(tmp, "deny-8082.yaml")
+        with open(deny, "w") as f:
+            f.write("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                    "metadata: {name: deny-8082, namespace: shop}\n"
+                    "spec:\n  action: DENY\n  rules:\n  - to: [{operation: {ports: [\"8082\"]}}]\n")
+        denied = lambda: metric_sum(self.samples("node1"), "istio_requests_total", reporter="source",
+                                    response_code="0", response_flags="DENY")
+        at_server = lambda: metric_sum(self.samples("node2"), "istio_requests_total",
+                                       reporter="destination", response_code="0")
+        before, server_before = denied(), at_server()
+        self.lab.lab("apply", deny)
+        try:
+            wait_for("deny-8082 in force on node2", lambda: any(
+                p["name"] == "deny-8082" for p in self.lab.ctl("node2", "policies")["authorization_policies"]))
+            out = self.lab.exec("shop/client", SYS_PY, APP, "raw", self.server_ip, "8082", "/ok").stdout
+            self.assertEqual(json.loads(out.strip().splitlines()[-1])["received"], 0, out)
+            wait_for(f"a denied request on node1 ({before + 1})", lambda: denied() == before + 1)
+            self.assertEqual(at_server(), server_before)
+        finally:
+            self.lab.lab("delete", deny)
 
     def test_h2c_prior_knowledge(self):
         reqs, _ = self.before()

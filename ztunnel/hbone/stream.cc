@@ -182,8 +182,11 @@ void Stream::close(bool reset, CloseReason reason, std::string detail, bool retr
   retried_ = retried;
   // Requests without a response are reported now, while the record is
   // open: the reset below can finish the stream (and close its record)
-  // at once.
-  if (l7_) l7_->finish();
+  // at once. They carry how the stream ends.
+  if (l7_) {
+    if (live_) ctx_.records.ending(*live_, reason_, detail_);
+    l7_->finish();
+  }
   if (reset && attached() && !rst_sent_) {
     rst_sent_ = true;
     tunnel_->reset(id_, NGHTTP2_CONNECT_ERROR);

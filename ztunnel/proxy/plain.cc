@@ -123,7 +123,10 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     detail_ = std::move(detail);
     up_.stop();
     down_.stop();
-    if (l7_) l7_->finish();  // requests without a response are reported now
+    if (l7_) {  // requests without a response are reported now, with how it ends
+      ctx_.records.ending(*live_, reason_, detail_);
+      l7_->finish();
+    }
     if (reset) {
       // RST rather than FIN: the peer learns of the reset. (Not shutdown():
       // that would send a FIN ahead of the RST.)

@@ -83,6 +83,13 @@ class Records {
   void request(const LiveRecord& live, const RequestRecord& r) {
     if (observer_ && !live.closed) observer_->request(live.worker, live.rec, r);
   }
+  // How it is about to end (worker thread), before close(): requests the
+  // inspector reports in between (those without a response) see it.
+  void ending(LiveRecord& live, CloseReason reason, const std::string& detail) {
+    std::lock_guard lk(mu_);
+    live.rec.reason = reason;
+    live.rec.reason_detail = detail;
+  }
   // Closes it once: history, access log line, observer (handed live.rec,
   // final: its byte counts and duration filled in).
   void close(LiveRecord& live, CloseReason reason, std::string detail = {}, bool retried = false);
