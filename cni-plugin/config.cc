@@ -4,6 +4,7 @@
 
 #include "sluice/common/addr.h"
 #include "sluice/common/ip6.h"
+#include "sluice/common/json_text.h"
 
 namespace sluice::cni {
 
@@ -104,13 +105,14 @@ tl::expected<Environment, PluginError> parseEnvironment(
   e.container_id = get("CNI_CONTAINERID");
   e.netns = get("CNI_NETNS");
   e.ifname = get("CNI_IFNAME");
-  if (e.command.empty()) return err(kInvalidConfig, "CNI_COMMAND is not set");
+  if (e.command.empty()) return err(kInvalidEnvironment, "CNI_COMMAND is not set");
   if (e.command != "ADD" && e.command != "DEL" && e.command != "CHECK" && e.command != "VERSION")
-    return err(kInvalidConfig, fmt::format("unknown CNI_COMMAND '{}'", e.command));
+    return err(kInvalidEnvironment, fmt::format("unknown CNI_COMMAND '{}'", e.command));
   if (e.command != "VERSION") {
-    if (e.container_id.empty()) return err(kInvalidConfig, "CNI_CONTAINERID is not set");
-    if (e.ifname.empty()) return err(kInvalidConfig, "CNI_IFNAME is not set");
-    if (e.command != "DEL" && e.netns.empty()) return err(kInvalidConfig, "CNI_NETNS is not set");
+    if (e.container_id.empty()) return err(kInvalidEnvironment, "CNI_CONTAINERID is not set");
+    if (e.ifname.empty()) return err(kInvalidEnvironment, "CNI_IFNAME is not set");
+    if (e.command != "DEL" && e.netns.empty())
+      return err(kInvalidEnvironment, "CNI_NETNS is not set");
   }
   std::string args = get("CNI_ARGS");
   size_t start = 0;
@@ -120,7 +122,8 @@ tl::expected<Environment, PluginError> parseEnvironment(
         args.substr(start, semi == std::string::npos ? std::string::npos : semi - start);
     if (!kv.empty()) {
       auto eq = kv.find('=');
-      if (eq == std::string::npos) return err(kInvalidConfig, "CNI_ARGS entry without '='", kv);
+      if (eq == std::string::npos)
+        return err(kInvalidEnvironment, "CNI_ARGS entry without '='", kv);
       e.args[kv.substr(0, eq)] = kv.substr(eq + 1);
     }
     if (semi == std::string::npos) break;
@@ -134,7 +137,7 @@ std::string errorJson(const std::string& cni_version, const PluginError& e) {
          {"code", e.code},
          {"msg", e.msg}};
   if (!e.details.empty()) j["details"] = e.details;
-  return j.dump() + "\n";
+  return jsonText(j) + "\n";
 }
 
 }  // namespace sluice::cni

@@ -14,6 +14,7 @@ namespace sluice::cni {
 // CNI error codes (spec section "Error"), the ones this plugin uses.
 enum ErrorCode : int {
   kIncompatibleVersion = 1,
+  kInvalidEnvironment = 4,  // a CNI_* variable missing or malformed (the message names it)
   kDecodingFailure = 6,
   kInvalidConfig = 7,
   kTryAgainLater = 11,

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cni-plugin/config.h"
+#include "sluice/common/json_text.h"
 #include "sluice/common/log.h"
 #include "sluice/common/unique_fd.h"
 
@@ -130,7 +131,7 @@ Result<void> writeAtomic(const fs::path& target, const std::string& content, mod
   return fsyncDir(target.parent_path());
 }
 
-std::string render(const ordered_json& j) { return j.dump(2) + "\n"; }
+std::string render(const ordered_json& j) { return jsonText(j, 2) + "\n"; }
 
 bool isOurs(const ordered_json& plugin) {
   return plugin.is_object() && plugin.contains("type") && plugin["type"] == kPluginType;

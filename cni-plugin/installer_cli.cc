@@ -12,6 +12,7 @@
 #include "cni-plugin/config.h"
 #include "cni-plugin/installer.h"
 #include "sluice/common/flags.h"
+#include "sluice/common/json_text.h"
 #include "sluice/common/log.h"
 #include "sluice/common/unique_fd.h"
 
@@ -60,10 +61,10 @@ FlagTable installerFlags(Subcommand cmd, InstallerOptions& o) {
                             if (it.key() != "type") entry[it.key()] = it.value();
                           // The same checks the plugin makes at every pod
                           // creation, now instead of then.
-                          nlohmann::json probe = nlohmann::json::parse(entry.dump());
+                          nlohmann::json probe = nlohmann::json::parse(jsonText(entry));
                           probe["cniVersion"] = "1.0.0";
                           probe["name"] = "probe";
-                          if (auto c = parseConfig(probe.dump()); !c)
+                          if (auto c = parseConfig(jsonText(probe)); !c)
                             return "--plugin-config: " + c.error().msg;
                           o.plugin_entry = std::move(entry);
                           return "";

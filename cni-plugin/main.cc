@@ -17,6 +17,7 @@
 #include "cni-plugin/config.h"
 #include "cni-plugin/installer.h"
 #include "sluice/common/cni_protocol.h"
+#include "sluice/common/json_text.h"
 #include "sluice/common/unique_fd.h"
 
 extern char** environ;
@@ -81,7 +82,7 @@ int notAPod(const PluginConfig& cfg, const std::string& cmd, const CniRequest& r
         cni_args);
     logLine(&cfg, msg);
     std::fprintf(stderr, "sluice-cni: %s\n", msg.c_str());
-    std::printf("%s\n", cfg.prev_result.dump().c_str());
+    std::printf("%s\n", jsonText(cfg.prev_result).c_str());
   }
   return 0;  // DEL and CHECK: nothing of it is in the mesh
 }
@@ -144,7 +145,7 @@ int main(int argc, char** argv) {
   if (environment->command == "VERSION") {
     std::printf(
         "%s\n",
-        json{{"cniVersion", "1.0.0"}, {"supportedVersions", kSupportedVersions}}.dump().c_str());
+        jsonText(json{{"cniVersion", "1.0.0"}, {"supportedVersions", kSupportedVersions}}).c_str());
     return 0;
   }
   std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
@@ -193,7 +194,7 @@ int main(int argc, char** argv) {
     if (cmd == "DEL") return 0;  // the runtime must always be able to clean up
     if (cmd == "ADD" && cfg->fail_open) {
       logLine(&*cfg, "ADD " + pod + ": failOpen is set; the pod starts WITHOUT the mesh");
-      std::printf("%s\n", cfg->prev_result.dump().c_str());
+      std::printf("%s\n", jsonText(cfg->prev_result).c_str());
       return 0;
     }
     return emitError(cfg->cni_version, {kTryAgainLater, msg, ""});
@@ -205,6 +206,6 @@ int main(int argc, char** argv) {
                      {kInternal, "sluice agent: " + reply->error, reply->details});
   }
   logLine(&*cfg, cmd + " " + pod + (reply->enrolled ? ": enrolled" : ": ok (not enrolled)"));
-  if (cmd == "ADD") std::printf("%s\n", cfg->prev_result.dump().c_str());
+  if (cmd == "ADD") std::printf("%s\n", jsonText(cfg->prev_result).c_str());
   return 0;
 }

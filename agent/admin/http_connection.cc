@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sluice/common/fmt.h"
+#include "sluice/common/json_text.h"
 
 namespace sluice::agent::admin {
 
@@ -232,7 +233,7 @@ void Connection::endStream() {
 void Connection::refuse(int status, std::string_view why) {
   // The request could not be read: answer as HTTP/1.1, then close.
   answering_ = Request{};
-  respond(status, "application/json", nlohmann::json{{"error", why}}.dump() + "\n");
+  respond(status, "application/json", jsonText(nlohmann::json{{"error", why}}) + "\n");
   close_after_ = true;
   in_.clear();
 }

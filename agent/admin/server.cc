@@ -13,6 +13,7 @@
 
 #include "agent/admin/http_connection.h"
 #include "sluice/common/addr.h"
+#include "sluice/common/json_text.h"
 #include "sluice/common/log.h"
 #include "sluice/common/log_limiter.h"
 
@@ -21,7 +22,7 @@ namespace sluice::agent::admin {
 namespace {
 
 Response jsonResponse(const nlohmann::json& j, int status = 200) {
-  return {status, "application/json", j.dump(2) + "\n"};
+  return {status, "application/json", jsonText(j, 2) + "\n"};
 }
 
 Routes adminRoutes(Sources sources) {
@@ -191,7 +192,18 @@ void Server::service(Client& c, bool readable) {
       }
       auto req = c.conn.next();
       if (!req) break;
-      handle(c, *req);
+      try {
+        handle(c, *req);
+      } catch (const std::exception& e) {
+        // A defect of ours answering a request must not end the agent: the
+        // client gets a 500, every other client and the data path go on.
+        SLUICE_LOG_LIMITED(limiter_, log::get("admin"), spdlog::level::err,
+                           "{}: answering {} failed: {}", name_, req->target.substr(0, 200),
+                           e.what());
+        c.conn.respond(
+            500, "application/json",
+            jsonText(nlohmann::json{{"error", std::string("internal error: ") + e.what()}}) + "\n");
+      }
       account(c);
     }
     const bool blocked = c.conn.blocked();

@@ -26,6 +26,8 @@
 
 namespace sluice::agent::bpf {
 
+constexpr long kBpfFsMagic = 0xcafe4a11;  // statfs f_type of bpffs
+
 namespace {
 
 // Set around calls whose EEXIST is expected (the clsact qdisc of a pod that
@@ -254,6 +256,24 @@ Result<AttachedLink> Loader::attachLink(int prog_fd, const char* program, bpf_at
   link.program = program;
   link.pin = linkPin(config_.pin_dir, link.program);
   UniqueFd fd(bpf_obj_get(link.pin.c_str()));
+  UniqueFd elsewhere;  // a pinned link on another cgroup: detached once ours is attached
+  if (fd) {
+    bpf_link_info info{};
+    uint32_t len = sizeof(info);
+    struct stat cg {};
+    if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0 && info.type == BPF_LINK_TYPE_CGROUP &&
+        ::fstat(cgroup_fd_.get(), &cg) == 0 &&
+        info.cgroup.cgroup_id != static_cast<uint64_t>(cg.st_ino)) {
+      // --cgroup changed since the link was pinned: it must move, or the
+      // pods outside the old cgroup would go uncaptured while every report
+      // names the new one.
+      log::get("bpf")->warn(
+          "pinned link {} is attached to another cgroup (id {}), not {} (id {}): moving it",
+          link.pin, info.cgroup.cgroup_id, config_.cgroup_path, cg.st_ino);
+      elsewhere = std::move(fd);
+      ::unlink(link.pin.c_str());
+    }
+  }
   if (fd) {
     // Swap the running program under the existing link: no window without capture.
     if (bpf_link_update(fd.get(), prog_fd, nullptr) == 0) {
@@ -273,6 +293,9 @@ Result<AttachedLink> Loader::attachLink(int prog_fd, const char* program, bpf_at
     if (bpf_obj_pin(fd.get(), link.pin.c_str()) != 0)
       return failErrno(fmt::format("pinning link {} failed", link.pin));
   }
+  if (elsewhere && bpf_link_detach(elsewhere.get()) != 0)
+    log::get("bpf")->warn("cannot detach {}'s earlier link ({}); it goes when the agent exits",
+                          link.program, std::strerror(errno));
   bpf_link_info info{};
   uint32_t len = sizeof(info);
   if (bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0) link.link_id = info.id;
@@ -464,7 +487,6 @@ std::vector<MapFill> Loader::mapFill() const {
 }
 
 Result<void> Loader::ensureBpffs(const std::string& pin_dir) {
-  constexpr long kBpfFsMagic = 0xcafe4a11;
   const std::string root = "/sys/fs/bpf";
   if (pin_dir.rfind(root + "/", 0) != 0) return {};  // custom location: the operator's mount
   struct statfs st {};
@@ -492,11 +514,31 @@ Result<std::string> Loader::findCgroup2() {
 Result<void> Loader::removePinned(const std::string& pin_dir) {
   std::error_code ec;
   if (!std::filesystem::exists(pin_dir, ec)) return {};
+  // Only our own pins, only on bpffs: a mistyped --bpf-pin-dir must never
+  // empty an ordinary directory.
+  struct statfs st {};
+  if (::statfs(pin_dir.c_str(), &st) != 0) return failErrno("cannot inspect " + pin_dir);
+  if (st.f_type != kBpfFsMagic)
+    return fail(fmt::format(
+        "{} is not on the BPF filesystem (bpffs): nothing removed; --bpf-pin-dir names the "
+        "directory the agent pinned its BPF objects in (default /sys/fs/bpf/sluice)",
+        pin_dir));
+  std::string foreign;
   for (const auto& entry : std::filesystem::directory_iterator(pin_dir, ec)) {
-    if (entry.path().filename().string().starts_with("link_")) detachPinnedLink(entry.path());
+    std::string name = entry.path().filename().string();
+    bool link = name.starts_with("link_");
+    if (!link && !name.starts_with("sluice_")) {
+      foreign += (foreign.empty() ? "" : ", ") + name;
+      continue;
+    }
+    if (link) detachPinnedLink(entry.path());
     if (::unlink(entry.path().c_str()) != 0)
       return failErrno(fmt::format("cannot remove pinned object {}", entry.path().string()));
   }
+  if (!foreign.empty())
+    return fail(fmt::format(
+        "removed Sluice's pins under {}; left what is not Sluice's ({}), and the directory",
+        pin_dir, foreign));
   if (::rmdir(pin_dir.c_str()) != 0 && errno != ENOENT)
     return failErrno(fmt::format("cannot remove pin directory {}", pin_dir));
   return {};

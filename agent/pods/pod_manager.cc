@@ -11,6 +11,7 @@
 #include <set>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/json_text.h"
 #include "sluice/common/log.h"
 #include "sluice/common/netns.h"
 #include "sluice/common/x509.h"
@@ -286,7 +287,7 @@ void PodManager::persist() const {
   std::string tmp = state_file_ + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << nlohmann::json{{"version", 1}, {"pods", pods}}.dump(2) << "\n";
+    out << jsonText(nlohmann::json{{"version", 1}, {"pods", pods}}, 2) << "\n";
     if (!out) {
       logger()->error("cannot write agent state {}: pods would not be re-adopted after a restart",
                       tmp);

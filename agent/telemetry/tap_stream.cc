@@ -2,6 +2,8 @@
 
 #include <charconv>
 
+#include "sluice/common/json_text.h"
+
 namespace sluice::agent::telemetry {
 
 namespace {
@@ -22,13 +24,13 @@ class TapStream final : public admin::Stream {
     events_.clear();
     sub_->drain(events_, want);
     for (const auto& e : events_) {
-      step.data += toJson(e).dump();
+      step.data += jsonText(toJson(e));
       step.data.push_back('\n');
     }
     sent_ += events_.size();
     if (uint64_t dropped = sub_->dropped(); dropped != reported_drops_) {
       reported_drops_ = dropped;
-      step.data += nlohmann::json{{"dropped", dropped}}.dump();
+      step.data += jsonText(nlohmann::json{{"dropped", dropped}});
       step.data.push_back('\n');
     }
     step.done = max_ && sent_ >= max_;

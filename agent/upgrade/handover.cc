@@ -10,6 +10,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "sluice/common/json_text.h"
 #include "sluice/common/log.h"
 
 namespace sluice::agent::upgrade {
@@ -151,7 +152,7 @@ Result<void> sendConnection(int sock, const ztunnel::ConnectionFd& c) {
                    {"to_upstream", c.to_upstream.size()},
                    {"to_client", c.to_client.size()},
                    {"chunks", chunks}};
-  if (auto ok = sendMessage(sock, m.dump(), {c.client.get(), c.upstream.get()}); !ok) return ok;
+  if (auto ok = sendMessage(sock, jsonText(m), {c.client.get(), c.upstream.get()}); !ok) return ok;
   for (size_t i = 0; i < chunks; ++i)
     if (auto ok = sendMessage(sock, bytes.substr(i * kChunkBytes, kChunkBytes)); !ok) return ok;
   return {};
@@ -274,7 +275,7 @@ void HandoverServer::serve(UniqueFd peer) {
         uid ? fmt::format("uid {} may not take over (only uid {})", *uid, allowed_uid_)
             : uid.error().describe();
     logger()->warn("refused a handover: {}", why);
-    (void)sendMessage(peer.get(), nlohmann::json{{"op", "refused"}, {"error", why}}.dump());
+    (void)sendMessage(peer.get(), jsonText(nlohmann::json{{"op", "refused"}, {"error", why}}));
     // Closing with its hello unread would reset the connection before the
     // peer reads why.
     (void)recvMessage(peer.get(), std::chrono::seconds(1));
@@ -290,15 +291,14 @@ void HandoverServer::serve(UniqueFd peer) {
     std::string why = fmt::format("protocol version {} (this agent speaks {})",
                                   j->value("version", 0), kProtocolVersion);
     logger()->warn("refused a handover: {}", why);
-    (void)sendMessage(peer.get(), nlohmann::json{{"op", "refused"}, {"error", why}}.dump());
+    (void)sendMessage(peer.get(), jsonText(nlohmann::json{{"op", "refused"}, {"error", why}}));
     return;
   }
   logger()->info("a successor agent is taking over: freezing the pod set");
   auto listeners = handler_.freeze();
   if (!listeners) {
-    (void)sendMessage(
-        peer.get(),
-        nlohmann::json{{"op", "refused"}, {"error", listeners.error().describe()}}.dump());
+    (void)sendMessage(peer.get(), jsonText(nlohmann::json{
+                                      {"op", "refused"}, {"error", listeners.error().describe()}}));
     handler_.thaw(listeners.error().describe());
     return;
   }
@@ -316,7 +316,8 @@ void HandoverServer::serve(UniqueFd peer) {
       fds.push_back(l.fd.get());
     }
     nlohmann::json m{{"op", "listeners"}, {"items", items}, {"more", sent < listeners->size()}};
-    if (auto r = sendMessage(peer.get(), m.dump(), fds); !r) return fail_with(r.error().describe());
+    if (auto r = sendMessage(peer.get(), jsonText(m), fds); !r)
+      return fail_with(r.error().describe());
   } while (sent < listeners->size());
   listeners->clear();  // the successor holds them now
   auto adopted = recvMessage(peer.get(), kAdoptTimeout);
@@ -329,7 +330,7 @@ void HandoverServer::serve(UniqueFd peer) {
   if (j->value("connections", false)) released["connections"] = connections.size();
   // The agent drains from now on; its destructor waits for this thread.
   handed_over_ = true;
-  (void)sendMessage(peer.get(), released.dump());
+  (void)sendMessage(peer.get(), jsonText(released));
   size_t moved = 0;
   for (const auto& c : connections) {
     if (auto r = sendConnection(peer.get(), c); !r) {
@@ -367,9 +368,8 @@ Result<std::unique_ptr<HandoverClient>> HandoverClient::connect(const std::strin
   std::unique_ptr<HandoverClient> self(new HandoverClient(std::move(fd), timeout));
   int sock = self->fd_.get();
   if (auto r = sendMessage(
-          sock,
-          nlohmann::json{{"op", "hello"}, {"version", kProtocolVersion}, {"connections", true}}
-              .dump());
+          sock, jsonText(nlohmann::json{
+                    {"op", "hello"}, {"version", kProtocolVersion}, {"connections", true}}));
       !r) {
     // Refused at once: the reason is still queued for us.
     auto m = recvMessage(sock, std::chrono::milliseconds(100));
@@ -398,7 +398,7 @@ Result<std::unique_ptr<HandoverClient>> HandoverClient::connect(const std::strin
 }
 
 Result<void> HandoverClient::release() {
-  if (auto r = sendMessage(fd_.get(), nlohmann::json{{"op", "adopted"}}.dump()); !r) return r;
+  if (auto r = sendMessage(fd_.get(), jsonText(nlohmann::json{{"op", "adopted"}})); !r) return r;
   auto m = recvMessage(fd_.get(), timeout_);
   if (!m) return tl::unexpected(m.error());
   auto j = parse(*m, "released");

@@ -13,6 +13,7 @@
 #include "agent/telemetry/tap.h"
 #include "agent/telemetry/tap_stream.h"
 #include "agent/telemetry/workloads.h"
+#include "sluice/common/json_text.h"
 
 namespace sluice::agent::wiring {
 
@@ -43,7 +44,7 @@ inline void addLiveInspection(admin::Sources& sources, telemetry::LiveStats& liv
   sources.routes["/live/stat"] = [&live, &pods, &index, cluster_id] {
     auto local = localPods(pods.dump(), *index.current(), cluster_id);
     return admin::Response{200, "application/json",
-                           telemetry::statJson(live.snapshot(), local).dump(2) + "\n"};
+                           jsonText(telemetry::statJson(live.snapshot(), local), 2) + "\n"};
   };
   sources.streams["/live/tap"] = telemetry::tapStreamOpener(tap);
 }

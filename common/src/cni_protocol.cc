@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sluice/common/json_text.h"
 #include "sluice/common/k8s_names.h"
 
 namespace sluice::cni {
@@ -9,21 +10,20 @@ namespace sluice::cni {
 using nlohmann::json;
 
 std::string encode(const CniRequest& r) {
-  return json{{"command", r.command},
-              {"container_id", r.container_id},
-              {"netns", r.netns},
-              {"ifname", r.ifname},
-              {"pod_namespace", r.pod_namespace},
-              {"pod_name", r.pod_name},
-              {"pod_uid", r.pod_uid},
-              {"ips", r.ips}}
-             .dump() +
+  return jsonText(json{{"command", r.command},
+                       {"container_id", r.container_id},
+                       {"netns", r.netns},
+                       {"ifname", r.ifname},
+                       {"pod_namespace", r.pod_namespace},
+                       {"pod_name", r.pod_name},
+                       {"pod_uid", r.pod_uid},
+                       {"ips", r.ips}}) +
          "\n";
 }
 
 std::string encode(const CniReply& r) {
-  return json{{"ok", r.ok}, {"enrolled", r.enrolled}, {"error", r.error}, {"details", r.details}}
-             .dump() +
+  return jsonText(json{
+             {"ok", r.ok}, {"enrolled", r.enrolled}, {"error", r.error}, {"details", r.details}}) +
          "\n";
 }
 

@@ -4,6 +4,7 @@
 
 #include "sluice/common/base64.h"
 #include "sluice/common/fmt.h"
+#include "sluice/common/json_text.h"
 
 namespace sluice::controlplane::ca {
 namespace {
@@ -97,7 +98,7 @@ Result<StoredCa> loadOrCreateCa(const kube::Client& client, const ObjectRef& sec
                 {{kAnchorKey, base64Encode(generated->trust_anchor_pem)},
                  {kCertKey, base64Encode(generated->ca_cert_pem)},
                  {kKeyKey, base64Encode(generated->ca_key_pem)}}}};
-  auto r = client.post(secretPath(secret), body.dump());
+  auto r = client.post(secretPath(secret), jsonText(body));
   if (!r) return tl::unexpected(r.error());
   if (r->status == 201 || r->status == 200) return StoredCa{std::move(*generated), true};
   if (r->status == 409) {
@@ -127,13 +128,13 @@ Result<bool> publishTrustAnchor(const kube::Client& client, const ObjectRef& con
                  {"kind", "ConfigMap"},
                  {"metadata", metadata(configmap)},
                  {"data", {{kAnchorKey, anchor_pem}}}};
-    r = client.post(configMapPath(configmap), body.dump());
+    r = client.post(configMapPath(configmap), jsonText(body));
   } else {
     json body = std::move(**existing);
     const json data = body.value("data", json::object());
     if (data.contains(kAnchorKey) && data[kAnchorKey] == anchor_pem) return false;
     body["data"][kAnchorKey] = anchor_pem;  // metadata.resourceVersion guards a concurrent writer
-    r = client.put(configMapPath(configmap) + "/" + configmap.name, body.dump());
+    r = client.put(configMapPath(configmap) + "/" + configmap.name, jsonText(body));
   }
   if (!r) return tl::unexpected(r.error());
   if (r->status != 200 && r->status != 201)

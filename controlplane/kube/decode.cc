@@ -4,6 +4,7 @@
 
 #include "controlplane/model/objects.h"
 #include "controlplane/model/policies.h"
+#include "sluice/common/json_text.h"
 
 namespace sluice::controlplane::kube {
 
@@ -72,7 +73,7 @@ Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& ki
   if (type == "ERROR") {
     auto code = object.find("code");
     out.error_code = code != object.end() && code->is_number_integer() ? code->get<int>() : 0;
-    out.error = object.dump().substr(0, 200);
+    out.error = jsonText(object).substr(0, 200);
     return out;
   }
   out.resource_version = metadataField(object, "resourceVersion");

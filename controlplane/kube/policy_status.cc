@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include "sluice/common/fmt.h"
+#include "sluice/common/json_text.h"
 
 namespace sluice::controlplane::kube {
 
@@ -91,7 +92,7 @@ std::optional<StatusWrite> acceptedStatus(const json& object, const std::string&
   if (generation > 0) condition["observedGeneration"] = generation;
   kept.push_back(std::move(condition));
   // A merge patch replaces a list whole: the other conditions go back in.
-  w.patch = json{{"status", {{"conditions", std::move(kept)}}}}.dump();
+  w.patch = jsonText(json{{"status", {{"conditions", std::move(kept)}}}});
   w.summary = fmt::format("Accepted={} ({}): {}", status, reason, message);
   return w;
 }

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sluice/common/fmt.h"
+#include "sluice/common/json_text.h"
 
 namespace sluice::controlplane::kube {
 
@@ -17,7 +18,7 @@ Result<std::string> TokenReviewer::nodeOf(const std::string& token) {
   nlohmann::json review = {{"apiVersion", "authentication.k8s.io/v1"},
                            {"kind", "TokenReview"},
                            {"spec", {{"token", token}, {"audiences", {audience_}}}}};
-  auto resp = client_.post("/apis/authentication.k8s.io/v1/tokenreviews", review.dump(), 10000);
+  auto resp = client_.post("/apis/authentication.k8s.io/v1/tokenreviews", jsonText(review), 10000);
   if (!resp) return fail("TokenReview: " + resp.error().describe());
   if (resp->status != 201 && resp->status != 200)
     return fail(

@@ -2,6 +2,7 @@
 
 #include "common/policy/parse.h"
 #include "sluice/common/fmt.h"
+#include "sluice/common/json_text.h"
 
 namespace sluice::controlplane::model {
 
@@ -44,7 +45,7 @@ Result<void> addPolicy(const YAML::Node& doc, Objects& into) {
 Result<void> addPolicy(const nlohmann::json& doc, Objects& into) {
   YAML::Node node;
   try {
-    node = YAML::Load(doc.dump());
+    node = YAML::Load(jsonText(doc));
   } catch (const YAML::Exception& e) {  // cannot happen for valid JSON; never throw anyway
     return fail(fmt::format("policy object: {}", e.what()));
   }

@@ -69,6 +69,12 @@ TEST_SUITE("admin") {
     CHECK(roundTrip(port, "DELETE /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
               .find("200 OK") == std::string::npos);
     CHECK(get(port, "/config_dump").find("\"workloads\"") != std::string::npos);
+    // A path that is not UTF-8 is echoed in the 404 with U+FFFD (JSON text
+    // cannot hold the byte; it once threw and ended the agent).
+    r = roundTrip(port, "GET /\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    CHECK(r.find("404") != std::string::npos);
+    CHECK(r.find("no such endpoint: /\xef\xbf\xbd") != std::string::npos);
+    CHECK(get(port, "/healthz").find("200 OK") != std::string::npos);
 
     // The port is taken: a clear error, the first server unharmed.
     auto second = agent::admin::Server::create("127.0.0.1:" + std::to_string(port), src);
@@ -330,6 +336,19 @@ TEST_SUITE("admin") {
     }
     // And it serves on.
     CHECK(test::httpGet(port, "/doc").size() > kBody);
+  }
+
+  TEST_CASE("a request whose answer throws gets a 500; the server goes on") {
+    agent::admin::Routes routes;
+    routes["/boom"] = []() -> agent::admin::Response { throw std::runtime_error("a defect"); };
+    routes["/fine"] = [] { return agent::admin::Response{200, "text/plain", "fine\n"}; };
+    int port = freePort();
+    auto server = agent::admin::Server::create("127.0.0.1:" + std::to_string(port), "test", routes);
+    REQUIRE(server.has_value());
+    auto r = get(port, "/boom");
+    CHECK(r.find("500") != std::string::npos);
+    CHECK(r.find("internal error: a defect") != std::string::npos);
+    CHECK(get(port, "/fine").find("fine") != std::string::npos);
   }
 
   TEST_CASE("a server without actions takes no POST") {

@@ -121,8 +121,8 @@ TEST_SUITE("telemetry/http") {
                 {{"response_code", "0"}, {"response_flags", "DENY"}}) == 1);
     CHECK(value(all, "istio_requests_total", {{"response_code", "0"}, {"response_flags", "-"}}) ==
           1);
-    CHECK(value(all, "istio_requests_total",
-                {{"response_code", "200"}, {"response_flags", "-"}}) == 1);
+    CHECK(value(all, "istio_requests_total", {{"response_code", "200"}, {"response_flags", "-"}}) ==
+          1);
   }
 
   TEST_CASE("HTTP/1.1 and HTTP/2 requests with the same labels count in one series") {

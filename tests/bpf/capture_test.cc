@@ -1,5 +1,6 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -7,9 +8,11 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include "agent/bpf/loader.h"
@@ -301,6 +304,67 @@ TEST_SUITE("capture.bpf") {
     }
     std::filesystem::remove(plain);
     (void)Loader::removePinned(pin);
+  }
+
+  TEST_CASE("a pinned link on another cgroup moves to the one asked for (--cgroup changed)") {
+    std::string child = cgroup2() + "/sluice-test-cg-" + std::to_string(::getpid());
+    std::filesystem::create_directories(child);
+    std::string pin = pinDir();
+    {
+      auto first = Loader::create({pin, child, {}});
+      REQUIRE_MESSAGE(first.has_value(), (first ? "" : first.error().describe()));
+    }  // the agent exits; its links stay, pinned, on `child`
+    auto second = Loader::create({pin, cgroup2(), {}});
+    REQUIRE_MESSAGE(second.has_value(), (second ? "" : second.error().describe()));
+    struct stat root {};
+    REQUIRE(::stat(cgroup2().c_str(), &root) == 0);
+    REQUIRE_FALSE((*second)->links().empty());
+    for (const auto& link : (*second)->links()) {
+      CAPTURE(link.program);
+      CHECK_FALSE(link.reused);
+      UniqueFd fd(bpf_link_get_fd_by_id(link.link_id));
+      REQUIRE(fd);
+      bpf_link_info info{};
+      uint32_t len = sizeof(info);
+      REQUIRE(bpf_obj_get_info_by_fd(fd.get(), &info, &len) == 0);
+      CHECK(info.cgroup.cgroup_id == static_cast<uint64_t>(root.st_ino));
+    }
+    // Nothing of ours is left on the old cgroup.
+    UniqueFd cg(::open(child.c_str(), O_RDONLY | O_DIRECTORY));
+    uint32_t count = 0;
+    REQUIRE(bpf_prog_query(cg.get(), BPF_CGROUP_INET4_CONNECT, 0, nullptr, nullptr, &count) == 0);
+    CHECK(count == 0);
+    second->reset();
+    (void)Loader::removePinned(pin);
+    ::rmdir(child.c_str());
+  }
+
+  TEST_CASE("removing pins: only on bpffs, and only Sluice's") {
+    // A mistyped --bpf-pin-dir: refused, nothing removed.
+    std::string plain = "/tmp/sluice-test-not-bpffs-" + std::to_string(::getpid());
+    std::filesystem::create_directories(plain);
+    std::ofstream(plain + "/sluice_enrolled_v1") << "an operator's file\n";
+    auto r = Loader::removePinned(plain);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("is not on the BPF filesystem") != std::string::npos);
+    CHECK(std::filesystem::exists(plain + "/sluice_enrolled_v1"));
+    std::filesystem::remove_all(plain);
+    // On bpffs, what is not ours stays, and so does the directory.
+    std::string pin = pinDir();
+    {
+      auto loaded = Loader::create({pin, cgroup2(), {}});
+      REQUIRE_MESSAGE(loaded.has_value(), (loaded ? "" : loaded.error().describe()));
+    }
+    REQUIRE(::mkdir((pin + "/other").c_str(), 0700) == 0);
+    r = Loader::removePinned(pin);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("left what is not Sluice's (other)") != std::string::npos);
+    CHECK(std::filesystem::exists(pin + "/other"));
+    CHECK_FALSE(std::filesystem::exists(pin + "/sluice_enrolled_v1"));
+    CHECK_FALSE(std::filesystem::exists(agent::bpf::linkPin(pin, "sluice_connect4")));
+    ::rmdir((pin + "/other").c_str());
+    CHECK(Loader::removePinned(pin).has_value());
+    CHECK_FALSE(std::filesystem::exists(pin));
   }
 
   TEST_CASE("a second loader re-adopts pinned maps and links in place") {

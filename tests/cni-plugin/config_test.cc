@@ -74,7 +74,11 @@ TEST_SUITE("config") {
     REQUIRE(e.has_value());
     CHECK(e->args["K8S_POD_NAMESPACE"] == "shop");
     CHECK(e->args["K8S_POD_UID"] == "u");
-    CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "ADD"}}).has_value());
+    // A missing or malformed CNI_* variable is the spec's code 4.
+    auto missing = parseEnvironment({{"CNI_COMMAND", "ADD"}});
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code == kInvalidEnvironment);
+    CHECK(missing.error().msg.find("CNI_CONTAINERID") != std::string::npos);
     CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "EXPLODE"}}).has_value());
     CHECK_FALSE(parseEnvironment({{"CNI_COMMAND", "ADD"},
                                   {"CNI_CONTAINERID", "c"},
@@ -114,6 +118,12 @@ TEST_SUITE("cni_protocol") {
     auto refused = decodeRequest(encode(r));
     REQUIRE_FALSE(refused.has_value());
     CHECK(refused.error().describe().find("is not a Kubernetes pod name") != std::string::npos);
+    // Bytes that are not UTF-8 (CNI_ARGS hold any): encoded as U+FFFD, never
+    // a throw; the agent then refuses the name.
+    r.pod_name = "web\xff";
+    std::string text = encode(r);
+    CHECK(text.find("web\xef\xbf\xbd") != std::string::npos);
+    CHECK_FALSE(decodeRequest(text).has_value());
     CHECK_FALSE(decodeReply("{}").has_value());
     CHECK(decodeReply(encode(CniReply{true, true, "", ""}))->enrolled);
   }

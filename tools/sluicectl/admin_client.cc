@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "sluice/common/addr.h"
+#include "sluice/common/json_text.h"
 #include "tools/sluicectl/commands.h"
 
 using nlohmann::json;
@@ -171,7 +172,7 @@ std::string str(const json& j, const char* key) {
   const auto& v = j[key];
   if (v.is_string()) return v.get<std::string>();
   if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  return v.dump();
+  return jsonText(v);
 }
 
 }  // namespace sluice::ctl

@@ -16,6 +16,7 @@
 #include "sluice/common/bpf_abi.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/ip6.h"
+#include "sluice/common/json_text.h"
 #include "tools/sluicectl/admin_client.h"
 #include "tools/sluicectl/check.h"
 #include "tools/sluicectl/connections_args.h"
@@ -51,8 +52,9 @@ int cmdWorkloads(const Options& opts) {
   bool as_json = opts.as_json;
   json dump = adminGet(admin, "/config_dump");
   if (as_json) {
-    std::printf("%s\n",
-                json{{"workloads", dump["workloads"]}, {"pods", dump["pods"]}}.dump(2).c_str());
+    std::printf(
+        "%s\n",
+        jsonText(json{{"workloads", dump["workloads"]}, {"pods", dump["pods"]}}, 2).c_str());
     return 0;
   }
   // Local pods carry enrollment state and netns cookies; remote ones come from the view.
@@ -88,7 +90,7 @@ int resetConnections(const Options& opts, const std::string& path) {
     die(msg);
   }
   if (opts.as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", jsonText(j, 2).c_str());
     return 0;
   }
   uint64_t n = j.value("reset", 0ULL);
@@ -108,7 +110,7 @@ int cmdConnections(const Options& opts) {
   bool as_json = opts.as_json;
   json j = adminGet(admin, req.path);
   if (as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", jsonText(j, 2).c_str());
     return 0;
   }
   ctl::Table t({"ID", "DIRECTION", "POD", "SOURCE", "DESTINATION", "PATH", "SENT", "RECEIVED",
@@ -135,7 +137,7 @@ int cmdCerts(const Options& opts) {
   bool as_json = opts.as_json;
   json j = adminGet(admin, "/certs");
   if (as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", jsonText(j, 2).c_str());
     return 0;
   }
   ctl::Table t({"IDENTITY", "SERIAL", "NOT-BEFORE", "NOT-AFTER", "RENEWS-IN", "STATE"});
@@ -154,7 +156,7 @@ int cmdServices(const Options& opts) {
   bool as_json = opts.as_json;
   json services = adminGet(admin, "/config_dump")["services"];
   if (as_json) {
-    std::printf("%s\n", json{{"services", services}}.dump(2).c_str());
+    std::printf("%s\n", jsonText(json{{"services", services}}, 2).c_str());
     return 0;
   }
   ctl::Table t({"NAMESPACE", "NAME", "VIPS", "PORTS", "ENDPOINTS"});
@@ -188,17 +190,17 @@ int cmdStats(const Options& opts) {
   bool as_json = opts.as_json;
   json j = adminGet(admin, "/stats");
   if (as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", jsonText(j, 2).c_str());
     return 0;
   }
   ctl::Table t({"COUNTER", "VALUE"});
   // Groups of counters as the agent sends them (its table defines them once).
   for (const auto& [group, counters] : j.items()) {
     if (!counters.is_object()) {
-      t.add({group, counters.dump()});
+      t.add({group, jsonText(counters)});
       continue;
     }
-    for (const auto& [k, v] : counters.items()) t.add({group + "." + k, v.dump()});
+    for (const auto& [k, v] : counters.items()) t.add({group + "." + k, jsonText(v)});
   }
   std::fputs(t.render().c_str(), stdout);
   return 0;
@@ -261,24 +263,25 @@ int cmdBpf(const Options& opts) {
   if (excluded)
     for (const auto& [port, v] : excluded->entries()) out["excluded_ports"].push_back(ntohs(port));
   if (as_json) {
-    std::printf("%s\n", out.dump(2).c_str());
+    std::printf("%s\n", jsonText(out, 2).c_str());
     return 0;
   }
   std::printf("MAP sluice_enrolled_v1 (%zu entries)\n", out["enrolled"].size());
   ctl::Table e({"NETNS-COOKIE", "POD-IP", "POD-IP6", "FLAGS"});
   for (const auto& r : out["enrolled"])
-    e.add({r["netns_cookie"].dump(), str(r, "pod_ip"), str(r, "pod_ip6"), r["flags"].dump()});
+    e.add({jsonText(r["netns_cookie"]), str(r, "pod_ip"), str(r, "pod_ip6"), jsonText(r["flags"])});
   std::fputs(e.render().c_str(), stdout);
   std::printf("\nMAP sluice_orig_dst_v1 + sluice_orig_dst6_v1 (%zu entries awaiting accept)\n",
               out["orig_dst"].size());
   ctl::Table o({"NETNS-COOKIE", "CLIENT", "LISTENER", "ORIGINAL-DST"});
   for (const auto& r : out["orig_dst"])
-    o.add({r["netns_cookie"].dump(), str(r, "client"), str(r, "listener"), str(r, "original_dst")});
+    o.add({jsonText(r["netns_cookie"]), str(r, "client"), str(r, "listener"),
+           str(r, "original_dst")});
   std::fputs(o.render().c_str(), stdout);
   std::printf(
       "\nMAP sluice_cookie_dst_v1 + sluice_cookie_dst6_v1: %s connects awaiting establishment\n",
-      out["pending_connects"].dump().c_str());
-  std::printf("MAP sluice_excluded_ports_v1: %s\n", out["excluded_ports"].dump().c_str());
+      jsonText(out["pending_connects"]).c_str());
+  std::printf("MAP sluice_excluded_ports_v1: %s\n", jsonText(out["excluded_ports"]).c_str());
   return 0;
 }
 
@@ -292,7 +295,7 @@ int cmdCheck(const Options& opts) {
     }
   auto results = check::runAll(checks);
   if (opts.as_json)
-    std::printf("%s\n", check::toJson(results).dump(2).c_str());
+    std::printf("%s\n", jsonText(check::toJson(results), 2).c_str());
   else
     std::fputs(check::render(results).c_str(), stdout);
   return check::exitStatus(results);

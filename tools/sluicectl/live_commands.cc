@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "sluice/common/json_text.h"
 #include "tools/sluicectl/admin_client.h"
 #include "tools/sluicectl/commands.h"
 #include "tools/sluicectl/live_format.h"
@@ -59,7 +60,7 @@ bool reportDrops(const json& j) {
   std::fprintf(stderr,
                "sluicectl: %s requests not shown so far: the tap fell behind (narrow it with "
                "--to, --method or --path)\n",
-               j["dropped"].dump().c_str());
+               jsonText(j["dropped"]).c_str());
   return true;
 }
 
@@ -99,11 +100,11 @@ int cmdStat(const Options& o) {
       if (o.namespace_.empty() ||
           (kind == "ns" ? r.value("name", "") : r.value("namespace", "")) == o.namespace_)
         rows.push_back(r);
-    std::printf("%s\n", json{{"window_seconds", stat["window_seconds"]},
-                             {"covered_seconds", stat["covered_seconds"]},
-                             {"kind", kind},
-                             {"rows", rows}}
-                            .dump(2)
+    std::printf("%s\n", jsonText(json{{"window_seconds", stat["window_seconds"]},
+                                      {"covered_seconds", stat["covered_seconds"]},
+                                      {"kind", kind},
+                                      {"rows", rows}},
+                                 2)
                             .c_str());
     return 0;
   }
@@ -146,7 +147,7 @@ int cmdTop(const Options& o) {
   auto next_print = Clock::now() + std::chrono::seconds(o.interval);
   auto print = [&] {
     if (o.as_json) {
-      std::printf("%s\n", top.toJson(kTopRows).dump(2).c_str());
+      std::printf("%s\n", jsonText(top.toJson(kTopRows), 2).c_str());
     } else {
       if (tty) std::fputs("\033[H\033[2J", stdout);  // redraw in place
       std::fputs(top.render(kTopRows).render().c_str(), stdout);

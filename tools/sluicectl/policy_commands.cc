@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "sluice/common/json_text.h"
 #include "tools/sluicectl/admin_client.h"
 #include "tools/sluicectl/commands.h"
 #include "tools/sluicectl/table.h"
@@ -36,7 +37,7 @@ std::string workloadsText(const json& p) {
 int cmdPolicies(const Options& opts) {
   json j = adminGet(opts.admin, "/policies");
   if (opts.as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", jsonText(j, 2).c_str());
     return 0;
   }
   Table t({"NAMESPACE", "NAME", "ACTION", "SCOPE", "WORKLOADS"});
@@ -66,7 +67,7 @@ int cmdAuthz(const Options& opts) {
   json j =
       adminGet(opts.admin, "/authz?from=" + urlEncode(opts.from) + "&to=" + urlEncode(opts.to));
   if (opts.as_json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", jsonText(j, 2).c_str());
     return 0;
   }
   Table t({"FROM", "TO", "DECISION", "REASON", "POLICY"});
