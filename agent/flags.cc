@@ -35,7 +35,12 @@ FlagTable flagTable(Flags& f) {
   t.value("--node-name", "NAME", "this node's name as the control plane knows it (required)",
           FlagTable::into(&f.node_name))
       .value("--controlplane", "HOST:PORT", "control plane address (required; gRPC over TLS)",
-             FlagTable::into(&f.controlplane))
+             [&f](const std::string& v) -> std::string {
+               if (!splitHostPort(v))
+                 return "must be HOST:PORT ([IPv6]:PORT), port 1-65535, got '" + v + "'";
+               f.controlplane = v;
+               return "";
+             })
       .value("--ca-bundle", "FILE",
              "trust anchor(s) that the control plane's certificate chains to\n(required)",
              FlagTable::into(&f.ca_bundle))

@@ -295,6 +295,9 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::SslServerCredentials(tls), &port);
+  // Not gRPC's default SO_REUSEPORT: a second control plane on the same
+  // address would split the agents between two views and two CAs.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // Keepalive PINGs every 20 s on every connection, also while a Watch is
   // idle: agents presume the control plane gone after 60 s of silence
   // (agent/discovery/client.h) and the server drops agents that vanished.

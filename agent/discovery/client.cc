@@ -175,6 +175,7 @@ void Client::run() {
   std::mt19937_64 rng(std::random_device{}());
   auto backoff = config_.initial_backoff;
   bool was_connected = false;
+  std::string last_warned;  // the last failure logged at warn
   while (!stopping_) {
     call.metadata.clear();
     if (!config_.token.empty())
@@ -231,11 +232,19 @@ void Client::run() {
       std::lock_guard lk(mu_);
       disconnected_since_ = std::chrono::system_clock::now();
     }
-    if (connected_)
+    if (connected_) {
       logger->warn("control plane at {} unreachable ({}); keeping the last view (version {})",
                    config_.target, err, version_.load());
-    else
+      last_warned = err;
+    } else if (err != last_warned) {
+      // Said once per reason, also before the first connection (a wrong
+      // address, a CA that does not match, a refused token).
+      logger->warn("cannot reach the control plane at {}: {} (retrying with backoff)",
+                   config_.target, err);
+      last_warned = err;
+    } else {
       logger->debug("control plane at {} still unreachable: {}", config_.target, err);
+    }
     connected_ = false;
     setError(err);
     // Equal jitter: a uniform wait in the upper half of the backoff window.

@@ -22,6 +22,7 @@
 #include <memory>
 
 #include "agent/rpc/framing.h"
+#include "sluice/common/addr.h"
 #include "sluice/common/fmt.h"
 #include "sluice/common/x509.h"
 
@@ -41,12 +42,11 @@ using SessionPtr = std::unique_ptr<nghttp2_session, Deleter<nghttp2_session, ngh
 
 // "host:port" or "[v6]:port".
 bool splitTarget(const std::string& target, std::string& host, std::string& port) {
-  auto colon = target.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == target.size()) return false;
-  host = target.substr(0, colon);
-  port = target.substr(colon + 1);
-  if (host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return !host.empty();
+  auto hp = splitHostPort(target);
+  if (!hp) return false;
+  host = hp->host;
+  port = std::to_string(hp->port);
+  return true;
 }
 
 bool isIpLiteral(const std::string& host) {

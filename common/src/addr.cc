@@ -72,6 +72,21 @@ std::optional<sockaddr_in> parseEndpoint(const std::string& text) {
   return makeSockaddr(*ip, *port);
 }
 
+std::optional<HostPort> splitHostPort(const std::string& text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) return std::nullopt;
+  std::string host = text.substr(0, colon);
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') return std::nullopt;
+    host = host.substr(1, host.size() - 2);
+  } else if (host.find(':') != std::string::npos) {
+    return std::nullopt;  // an IPv6 address needs its brackets
+  }
+  auto port = parsePort(text.substr(colon + 1));
+  if (!port || *port == 0) return std::nullopt;
+  return HostPort{std::move(host), *port};
+}
+
 // --- IpAddr ---
 
 IpAddr IpAddr::v4(uint32_t ip_net) {

@@ -49,6 +49,7 @@ Result<ListPage> decodeListPage(std::string_view body, const std::string& kind,
     if (!added) {
       page.skipped.push_back(added.error().describe());
       page.invalid_keys.push_back(model::objectKey(item));
+      model::addStandIn(item, added.error().describe(), page.stand_ins[model::objectKey(item)]);
       continue;
     }
     page.objects[model::objectKey(item)] = std::move(one);
@@ -83,7 +84,10 @@ Result<WatchEvent> decodeWatchEvent(std::string_view line, const std::string& ki
   out.key = model::objectKey(object);
   if (type != "DELETED") {
     auto added = model::addObject(object, out.objects, kind + " watch");
-    if (!added) out.invalid = added.error().describe();
+    if (!added) {
+      out.invalid = added.error().describe();
+      model::addStandIn(object, out.invalid, out.stand_in);
+    }
     out.status_write = policyStatus(kind, object, added, out.objects);
   }
   return out;

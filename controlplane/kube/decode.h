@@ -20,9 +20,12 @@ struct ListPage {
   std::map<std::string, model::Objects> objects;  // by model::objectKey, one object each
   std::vector<std::string> skipped;               // why an item was skipped, one line each
   std::vector<std::string> invalid_keys;          // the keys of the skipped items that have one
-  std::vector<StatusWrite> status_writes;         // policies whose Accepted condition is stale
-  std::string resource_version;                   // the list's, "" if none
-  std::string continue_token;                     // "" on the last page
+  // A skipped policy's fail-closed stand-in, by key, for when it has no last
+  // good version (common/policy/stand_in.h).
+  std::map<std::string, model::Objects> stand_ins;
+  std::vector<StatusWrite> status_writes;  // policies whose Accepted condition is stale
+  std::string resource_version;            // the list's, "" if none
+  std::string continue_token;              // "" on the last page
 };
 
 // A page of GET <collection>?limit=N; `kind` and `api_version` are the
@@ -39,6 +42,7 @@ struct WatchEvent {
   std::string key;               // ADDED / MODIFIED / DELETED: model::objectKey of the object
   model::Objects objects;        // ADDED / MODIFIED: the object in the model
   std::string invalid;           // ADDED / MODIFIED: why the object is not usable ("" if it is)
+  model::Objects stand_in;       // invalid policy: what enforces it without a last good version
   std::optional<StatusWrite> status_write;  // ADDED / MODIFIED policy: its Accepted condition
 };
 

@@ -261,10 +261,14 @@ bool Source::list(Resource& r) {
     for (const auto& why : page->skipped) logger()->warn("skipping a {}: {}", r.kind, why);
     for (auto& [key, one] : page->objects) fresh[key] = std::move(one);
     {
-      // An object that became invalid keeps its last good version, as in a watch.
+      // An object that became invalid keeps its last good version, as in a
+      // watch; without one, a policy's fail-closed stand-in enforces it.
       std::lock_guard lk(mu_);
       for (const auto& key : page->invalid_keys)
-        if (auto old = r.objects.find(key); old != r.objects.end()) fresh[key] = old->second;
+        if (auto old = r.objects.find(key); old != r.objects.end())
+          fresh[key] = old->second;
+        else if (auto s = page->stand_ins.find(key); s != page->stand_ins.end())
+          fresh[key] = std::move(s->second);
     }
     if (r.write_status)
       for (const auto& w : page->status_writes) writeStatus(client_, r.path, w);
@@ -367,9 +371,18 @@ bool Source::apply(Resource& r, WatchEvent& ev) {
   } else {
     if (!ev.invalid.empty()) {
       r.status.malformed++;
-      logger()->warn("{} watch: skipped an invalid object (its last good version stays): {}",
-                     r.kind, ev.invalid);
+      const bool stand_in =
+          r.objects.count(ev.key) == 0 && (!ev.stand_in.authorization_policies.empty() ||
+                                           !ev.stand_in.peer_authentications.empty());
+      logger()->warn("{} watch: skipped an invalid object ({}): {}", r.kind,
+                     stand_in ? "no good version: enforced failing closed until it is fixed"
+                              : "its last good version, if any, stays",
+                     ev.invalid);
       if (!rv.empty()) r.status.resource_version = rv;
+      if (!stand_in) return true;
+      r.objects[ev.key] = std::move(ev.stand_in);
+      r.status.events++;
+      markDirty();
       return true;
     }
     r.objects[ev.key] = std::move(ev.objects);

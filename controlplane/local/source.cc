@@ -145,9 +145,11 @@ Result<ParsedFile> parseFile(const std::string& text) {
     if (doc.Mark().line >= 0) ctx += fmt::format(" (line {})", doc.Mark().line + 1);
     if (doc["kind"] && !doc["kind"].IsScalar()) return fail(ctx + ": 'kind' must be a string");
     if (model::isPolicy(doc)) {
-      if (auto ok = model::addPolicy(doc, objs); !ok)
+      if (auto ok = model::addPolicy(doc, objs); !ok) {
         out.rejected_policies.emplace_back(model::policyKey(doc),
                                            fmt::format("{}: {}", ctx, ok.error().describe()));
+        model::addStandIn(doc, ok.error().describe(), out.stand_ins);
+      }
       continue;
     }
     size_t pods_before = objs.pods.size();
@@ -262,26 +264,42 @@ void DirectorySource::apply(const std::string& file, ParsedFile parsed) {
                 [&](const auto& kv) { return kv.first.starts_with(file + " "); });
   model::Objects& objs = parsed.objects;
   const model::Objects& last = applied_policies_[file];
+  std::set<std::string> stood_in;  // policyKey of each stand-in in force
   for (const auto& [key, why] : parsed.rejected_policies) {
-    bool kept = false;
-    if (key.starts_with("AuthorizationPolicy ")) {
-      if (const auto* p = findPolicy(last.authorization_policies, key)) {
-        objs.authorization_policies.push_back(*p);
-        kept = true;
+    // Its last good version, else its fail-closed stand-in (stand_in.h).
+    const char* kept = nullptr;
+    auto keep = [&](const auto& last_good, const auto& stand_ins, auto& into) {
+      if (const auto* p = findPolicy(last_good, key)) {
+        into.push_back(*p);
+        kept = "its last good version stays in force";
+      } else if (const auto* s = findPolicy(stand_ins, key)) {
+        into.push_back(*s);
+        stood_in.insert(key);  // never a "last good version" itself
+        kept =
+            "it had no good version: it is enforced failing closed until it is fixed (the "
+            "policy's warning in sluicectl policies says how)";
       }
-    } else if (const auto* p = findPolicy(last.peer_authentications, key)) {
-      objs.peer_authentications.push_back(*p);
-      kept = true;
-    }
+    };
+    if (key.starts_with("AuthorizationPolicy "))
+      keep(last.authorization_policies, parsed.stand_ins.authorization_policies,
+           objs.authorization_policies);
+    else
+      keep(last.peer_authentications, parsed.stand_ins.peer_authentications,
+           objs.peer_authentications);
     rejected_policies_[file + " " + key] = why;
     logger()->warn("rejected a policy in {}: {}; {}", path, why,
-                   kept ? "its last good version stays in force"
-                        : "it had no good version, so nothing of it is enforced; fix the field "
-                          "and save the file again");
+                   kept ? kept
+                        : "it had no good version and decides for no workload (AUDIT, dry-run or "
+                          "targetRef), so nothing of it is enforced; fix the field and save the "
+                          "file again");
   }
   model::Objects policies;
-  policies.authorization_policies = objs.authorization_policies;
-  policies.peer_authentications = objs.peer_authentications;
+  auto good = [&](const char* kind, const auto& all, auto& into) {
+    for (const auto& p : all)
+      if (!stood_in.count(fmt::format("{} {}/{}", kind, p.ns, p.name))) into.push_back(p);
+  };
+  good("AuthorizationPolicy", objs.authorization_policies, policies.authorization_policies);
+  good("PeerAuthentication", objs.peer_authentications, policies.peer_authentications);
   Result<void> applied = store_.setSource(file, std::move(objs));
   if (!applied) {
     rejected_[file] = applied.error().describe();

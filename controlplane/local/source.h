@@ -25,6 +25,8 @@ struct ParsedFile {
   // Policies that did not parse: policyKey ("AuthorizationPolicy ns/name";
   // "" when the document names none) and the parser's message.
   std::vector<std::pair<std::string, std::string>> rejected_policies;
+  // Their fail-closed stand-ins, for those without a last good version.
+  model::Objects stand_ins;
 };
 // Parses one file's text; fails (errors name the document and field) on
 // anything but a malformed policy.

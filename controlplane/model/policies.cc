@@ -1,6 +1,7 @@
 #include "controlplane/model/policies.h"
 
 #include "common/policy/parse.h"
+#include "common/policy/stand_in.h"
 #include "sluice/common/fmt.h"
 #include "sluice/common/json_text.h"
 
@@ -51,6 +52,23 @@ Result<void> addPolicy(const nlohmann::json& doc, Objects& into) {
   }
   if (!isPolicy(node)) return {};  // same kind name, another group: not ours, ignored
   return addPolicy(node, into);
+}
+
+void addStandIn(const YAML::Node& doc, const std::string& why, Objects& into) {
+  if (policy::isAuthorizationPolicy(doc)) {
+    if (auto p = policy::standInAuthorizationPolicy(doc, why))
+      into.authorization_policies.push_back(std::move(*p));
+  } else if (policy::isPeerAuthentication(doc)) {
+    if (auto p = policy::standInPeerAuthentication(doc, why))
+      into.peer_authentications.push_back(std::move(*p));
+  }
+}
+
+void addStandIn(const nlohmann::json& doc, const std::string& why, Objects& into) {
+  try {
+    addStandIn(YAML::Load(jsonText(doc)), why, into);
+  } catch (const YAML::Exception&) {  // cannot happen for valid JSON; never throw anyway
+  }
 }
 
 }  // namespace sluice::controlplane::model

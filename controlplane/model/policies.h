@@ -30,4 +30,10 @@ Result<void> addPolicy(const YAML::Node& doc, Objects& into);
 // another API group is ignored, as other kinds are.
 Result<void> addPolicy(const nlohmann::json& doc, Objects& into);
 
+// A refused policy with no good version to keep: its fail-closed stand-in
+// (common/policy/stand_in.h), appended to `into`; none for a document that
+// has none (AUDIT, dry-run, targetRef, no readable name and namespace).
+void addStandIn(const YAML::Node& doc, const std::string& why, Objects& into);
+void addStandIn(const nlohmann::json& doc, const std::string& why, Objects& into);
+
 }  // namespace sluice::controlplane::model

@@ -152,6 +152,30 @@ TEST_SUITE("controlplane/kubernetes/policies") {
     REQUIRE(eventually([&] { return w.store.policies().authorization_size() == 1; }));
   }
 
+  TEST_CASE("a policy invalid when the control plane starts, or born invalid, fails closed") {
+    // An ALLOW edited into a bad CIDR before the control plane (re)started:
+    // no last good version is known, so it allows nothing (not everything).
+    FakeApiServer api;
+    api.call("upsert", {{"resource", "authorizationpolicies"},
+                        {"object", authz("allow", json::array({"10.0.0.0/33"}), kSluice)}});
+    Watching w(api, false);
+    REQUIRE(eventually([&] { return w.store.policies().authorization_size() == 1; }));
+    auto p = w.store.policies().authorization(0);
+    CHECK(p.name() == "allow");
+    CHECK(p.action() == "ALLOW");
+    CHECK(p.rules_size() == 0);
+    CHECK(p.selector().at("app") == "web");
+    // One born invalid on the watch: STRICT for its namespace.
+    api.call("upsert",
+             {{"resource", "peerauthentications"}, {"object", peer("strict", "STRIKT", kSluice)}});
+    REQUIRE(eventually([&] { return w.store.policies().peer_size() == 1; }));
+    CHECK(w.store.policies().peer(0).mode() == "STRICT");
+    // Fixed: the policy as written.
+    api.call("upsert", {{"resource", "authorizationpolicies"},
+                        {"object", authz("allow", json::array({"10.0.0.0/8"}), kSluice)}});
+    REQUIRE(eventually([&] { return firstBlock(w.store, "allow") == "10.0.0.0/8"; }));
+  }
+
   TEST_CASE("a CRD that is not installed counts as no policies - the rest of the cluster syncs") {
     FakeApiServer api;
     api.call("unserve", {{"resource", "peerauthentications"}});

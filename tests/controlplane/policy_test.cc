@@ -186,12 +186,22 @@ TEST_SUITE("policy.local") {
     CHECK(rejected.count("p.yaml AuthorizationPolicy shop/fresh") == 1);
     CHECK((*src)->rejected().empty());  // the file itself applied
     auto now = store.policies();
-    REQUIRE(now.authorization_size() == 2);
+    REQUIRE(now.authorization_size() == 3);
     CHECK(now.authorization(0).name() == "changing");
     REQUIRE(now.authorization(0).rules_size() == 1);
     CHECK(now.authorization(0).rules(0).from(0).principals(0) == "spiffe-less/ns/shop/sa/web");
-    CHECK(now.authorization(1).name() == "good");
-    CHECK(now.authorization(1).selector().at("app") == "api");
+    // `fresh` never had a good version: its action cannot be read, so it
+    // fails closed as a DENY of everything in its namespace.
+    CHECK(now.authorization(1).name() == "fresh");
+    CHECK(now.authorization(1).action() == "DENY");
+    REQUIRE(now.authorization(1).rules_size() == 1);
+    CHECK(now.authorization(1).rules(0).from_size() == 0);
+    CHECK(now.authorization(1).selector().empty());
+    REQUIRE(now.authorization(1).warnings_size() == 1);
+    CHECK(now.authorization(1).warnings(0).find("enforced as a DENY of everything") !=
+          std::string::npos);
+    CHECK(now.authorization(2).name() == "good");
+    CHECK(now.authorization(2).selector().at("app") == "api");
 
     // Fixed: it applies; the file taken away: its policies go.
     dir.write("p.yaml", authz("shop", "changing", "app: web", "x/ns/shop/sa/api"));
@@ -202,6 +212,51 @@ TEST_SUITE("policy.local") {
     fs::remove(dir.path / "p.yaml");
     (*src)->rescan();
     CHECK(store.policies().authorization_size() == 0);
+  }
+
+  TEST_CASE("a control plane that starts with a policy invalid enforces it failing closed") {
+    // Each was good once; the control plane restarts after each was edited
+    // into a refused form: no last good version is known any more.
+    TempDir dir;
+    model::Store store;
+    std::string allow = authz("shop", "allow-web", "app: web");
+    allow.replace(allow.find("principals"), 10, "principal");  // unknown field
+    std::string deny = authz("shop", "deny-evil", "app: web");
+    deny.replace(deny.find("action: ALLOW"), 13, "action: DENY");
+    deny.replace(deny.find("principals: [\"spiffe-less/ns/shop/sa/web\"]"), std::string::npos,
+                 "ipBlocks: [\"10.0.0.0/33\"]\n");
+    std::string audit = authz("shop", "audit", "");
+    audit.replace(audit.find("action: ALLOW"), 13, "action: AUDIT");
+    audit.replace(audit.find("principals"), 10, "principal");
+    std::string strict = peer("shop", "strict", "STRIKT");
+    dir.write("p.yaml", allow + "---\n" + deny + "---\n" + audit + "---\n" + strict);
+    auto src = local::DirectorySource::create(dir.path.string(), store);
+    REQUIRE(src.has_value());
+    CHECK((*src)->rejectedPolicies().size() == 4);
+    auto now = store.policies();
+    REQUIRE(now.authorization_size() == 2);  // the AUDIT decides nothing: no stand-in
+    CHECK(now.authorization(0).name() == "allow-web");
+    CHECK(now.authorization(0).action() == "ALLOW");
+    CHECK(now.authorization(0).rules_size() == 0);  // allows nothing
+    CHECK(now.authorization(0).selector().at("app") == "web");
+    CHECK(now.authorization(1).name() == "deny-evil");
+    CHECK(now.authorization(1).action() == "DENY");
+    REQUIRE(now.authorization(1).rules_size() == 1);  // one empty rule: everything
+    CHECK(now.authorization(1).selector().at("app") == "web");
+    REQUIRE(now.peer_size() == 1);
+    CHECK(now.peer(0).mode() == "STRICT");
+    CHECK(now.peer(0).warnings(0).find("enforced as STRICT for every workload of namespace shop") !=
+          std::string::npos);
+    // A stand-in is never a "last good version": fixed, the fix applies;
+    // broken again, the stand-in is back.
+    dir.write("p.yaml", authz("shop", "allow-web", "app: web"));
+    (*src)->rescan();
+    REQUIRE(store.policies().authorization_size() == 1);
+    CHECK(store.policies().authorization(0).rules_size() == 1);
+    dir.write("p.yaml", allow);
+    (*src)->rescan();
+    REQUIRE(store.policies().authorization_size() == 1);
+    CHECK(store.policies().authorization(0).rules_size() == 1);  // the last good version now
   }
 
   TEST_CASE("checkFile (--validate) names each object: valid, warning, rejected with its field") {

@@ -119,7 +119,8 @@ class PolicyControlPlaneTest(LabTest):
         self.assertIn("ipBlocks", p.stderr)
         self.assertIn("last good version (if any) stays in force", p.stderr)
         line = wait_for("the rejection in the control plane's log", lambda: next(
-            (l for l in self.cp_log().splitlines() if "rejected a policy" in l), None))
+            (l for l in self.cp_log().splitlines()
+             if "rejected a policy" in l and "shop/guarded" in l), None))
         self.assertIn("policy-authorizationpolicy-shop-guarded.yaml", line)
         self.assertIn("AuthorizationPolicy shop/guarded", line)
         self.assertIn("ipBlocks", line)
@@ -139,6 +140,29 @@ class PolicyControlPlaneTest(LabTest):
         warnings = [l for l in self.cp_log().splitlines() if "AuthorizationPolicy shop/guarded in" in l]
         self.assertEqual(len(warnings), 1, warnings)
         self.assertIn("methods", warnings[0])
+
+    def test_a_refused_policy_without_a_good_version_fails_closed_after_a_restart(self):
+        """The last good version lives in the control plane's memory: after a restart a policy
+        edited into a refused form has none. It must not vanish (an ALLOW gone is everything
+        allowed): it stands in as an ALLOW that allows nothing, with a warning saying why."""
+        path = self.file("restart.yaml", authz("only-client", "web"))
+        self.lab.lab("apply", path)
+        self.wait_sent("node1", ["AuthorizationPolicy shop/only-client"])
+        bad = authz("only-client", "web").replace("principals:", "principal:")
+        self.assertEqual(self.lab.lab("apply", self.file("restart.yaml", bad), check=False).returncode, 1)
+        try:
+            self.lab.lab("controlplane", "restart")
+            def stand_in():
+                for p in self.lab.ctl("node1", "policies")["authorization_policies"]:
+                    if p["name"] == "only-client" and any("no good version" in w for w in p["warnings"]):
+                        return p
+                return None
+            p = wait_for("the stand-in on node1", stand_in, timeout=30)
+            self.assertEqual((p["action"], p["rules"]), ("ALLOW", 0))
+            self.assertIn("enforced as an ALLOW that allows nothing", " ".join(p["warnings"]))
+        finally:
+            self.lab.lab("delete", path, check=False)
+        self.wait_sent("node1", [])
 
     def test_non_policy_and_non_yaml_files_are_refused(self):
         pod = self.file("pod.yaml", authz("fine") + "---\napiVersion: v1\nkind: Pod\nmetadata:\n"

@@ -1,0 +1,43 @@
+#!/bin/bash
+# Operator mistakes that must be refused at once, with what to do:
+#  - a second control plane on an address one already serves (gRPC's default
+#    SO_REUSEPORT would let both listen and split the agents between them);
+#  - an agent --controlplane that is no HOST:PORT (it used to start and retry
+#    the address silently).
+# Usage: refusals_test.sh BUILD_DIR
+set -u
+BUILD=$1
+CP=$BUILD/controlplane/sluice-controlplane
+AGENT=$BUILD/agent/sluice-agent
+TMP=$(mktemp -d /tmp/sluice-refusals-XXXXXX)
+FIRST=
+cleanup() {
+  [ -n "$FIRST" ] && kill "$FIRST" 2>/dev/null && wait "$FIRST" 2>/dev/null
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$TMP/one" "$TMP/two"
+"$CP" --local-config "$TMP/one" --listen "127.0.0.1:$PORT" >"$TMP/one.log" 2>&1 &
+FIRST=$!
+for _ in $(seq 100); do
+  grep -q "serving discovery" "$TMP/one.log" && break
+  sleep 0.1
+done
+grep -q "serving discovery" "$TMP/one.log" || fail "the first control plane did not start: $(cat "$TMP/one.log")"
+timeout 20 "$CP" --local-config "$TMP/two" --listen "127.0.0.1:$PORT" >"$TMP/two.log" 2>&1
+rc=$?
+[ "$rc" = 1 ] || fail "a second control plane on 127.0.0.1:$PORT exited $rc, want 1: $(cat "$TMP/two.log")"
+grep -q "cannot listen on 127.0.0.1:$PORT" "$TMP/two.log" || fail "no reason given: $(cat "$TMP/two.log")"
+kill -0 "$FIRST" || fail "the first control plane died"
+echo "ok: a second control plane on the same address is refused"
+
+for bad in nope 127.0.0.1 127.0.0.1:0 127.0.0.1:99999 ::1:15010 ":15010"; do
+  out=$("$AGENT" --node-name n --controlplane "$bad" --ca-bundle /nonexistent 2>&1)
+  rc=$?
+  [ "$rc" = 2 ] || fail "--controlplane '$bad' exited $rc, want 2: $out"
+  echo "$out" | grep -q "must be HOST:PORT" || fail "--controlplane '$bad': $out"
+done
+echo "ok: a malformed --controlplane is a usage error"
