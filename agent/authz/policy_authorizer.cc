@@ -114,7 +114,7 @@ ztunnel::Authorization PolicyAuthorizer::authorize(const ztunnel::InboundRequest
   auto d =
       view->policies().evaluate(requestFor(*entry, r.source.ip(), r.source_principal,
                                            r.destination.ip(), r.destination.port(), r.mutual_tls));
-  if (d.audit_count > 0) {
+  if (d.audit_count > 0 && !r.recheck) {
     audit_matches_.fetch_add(1, std::memory_order_relaxed);
     // The operator asked for these lines by writing an AUDIT policy.
     std::string audits;

@@ -174,6 +174,13 @@ TEST_SUITE("policy authorizer") {
     CHECK(a.authorize(Ask{kWeb}.req()).verdict == Verdict::kAllow);
     CHECK(a.authorize(Ask{}.req()).verdict == Verdict::kAllow);
     CHECK(a.stats().audit_matches == 2);
+    // An open connection asked again after a policy change: audited once,
+    // when it opened.
+    Ask web{kWeb};  // req() views its strings
+    InboundRequest again = web.req();
+    again.recheck = true;
+    CHECK(a.authorize(again).verdict == Verdict::kAllow);
+    CHECK(a.stats().audit_matches == 2);
   }
 
   TEST_CASE("port rules") {

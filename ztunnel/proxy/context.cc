@@ -4,9 +4,11 @@
 
 namespace sluice::ztunnel::proxy {
 
-std::optional<std::string> WorkerContext::denied(const LiveRecord& live) {
+std::optional<std::string> WorkerContext::denied(const LiveRecord& live, bool recheck) {
   if (!authorizer) return std::nullopt;
-  Authorization a = authorizer->authorize(inboundRequestOf(live));
+  InboundRequest request = inboundRequestOf(live);
+  request.recheck = recheck;
+  Authorization a = authorizer->authorize(request);
   if (a.verdict == Verdict::kAllow) return std::nullopt;
   if (a.why.empty()) a.why = "refused by the authorization hook";
   counters().add(Counter::kDenied);

@@ -66,7 +66,7 @@ struct WorkerContext {
   // deny counts proxy.denied, logs (rate limited) and returns why (for the
   // close record); nullopt: allowed (no authorizer allows everything). What
   // a deny does to the connection (reset, 401, abort) stays with the caller.
-  std::optional<std::string> denied(const LiveRecord& live);
+  std::optional<std::string> denied(const LiveRecord& live, bool recheck = false);
   // An inbound connection to pod address `dst`: the Service it is recorded
   // under (MeshDirectory::endpointService), or "".
   std::string inboundService(const SockAddr& dst) const {

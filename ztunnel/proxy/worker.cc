@@ -245,7 +245,7 @@ void Worker::removePod(const std::string& uid) {
 void Worker::reauthorize() {
   for (const auto& live : shared_.records.openInbound(index_)) {
     if (!live->owner || live->closed) continue;
-    auto why = parts_->ctx.denied(*live);
+    auto why = parts_->ctx.denied(*live, /*recheck=*/true);
     if (!why) continue;
     live->owner->abort(CloseReason::kDenied, std::move(*why));
   }

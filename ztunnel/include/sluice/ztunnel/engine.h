@@ -374,6 +374,9 @@ struct InboundRequest {
   SockAddr destination;               // the pod's IP and the app's port
   std::string_view source_principal;  // verified SPIFFE ID; empty: not authenticated
   bool mutual_tls = false;
+  // An open connection asked again (reauthorize): its decision was logged
+  // and audited when it opened, so only a deny is news.
+  bool recheck = false;
 };
 enum class Verdict : uint8_t { kAllow, kDeny };
 
