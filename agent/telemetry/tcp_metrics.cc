@@ -72,6 +72,7 @@ const char* responseFlags(const ConnectionRecord& r) {
     case CloseReason::kNotThisPod:
     case CloseReason::kBadRequest:
     case CloseReason::kConnectionLimit:
+    case CloseReason::kNoEndpoint:  // ztunnel: "no healthy upstream"
       return "CONNECT";
     case CloseReason::kNoCertificate:  // this node had no identity to present (ztunnel's flag)
       return "IDENTITY_ERROR";

@@ -186,8 +186,15 @@ class ServicesTest(LabTest):
             p = self.lab.client("shop/client", "get", vip, "8080", "3", check=False)
             self.assertNotEqual(p.returncode, 0, p.stdout)
             self.assertEqual(self.lb_stats()["no_endpoint"], before + 1)
-            self.assertEqual([c for c in self.lab.connections("node1")
-                              if c["destination"].startswith(f"{vip}:") and c["path"] == "passthrough"], [])
+            # One record, under the Service, on no path: nothing left the pod.
+            records = [c for c in self.lab.connections("node1") if c["destination"].startswith(f"{vip}:")]
+            self.assertEqual([(c["path"], c["reason"], c["destination_service"], c["bytes_sent"])
+                              for c in records],
+                             [("none", "no_endpoint: no ready endpoint", "shop/nobody", 0)], records)
+            failed = metric_sum(parse_metrics(self.lab.scrape("node1")[1]),
+                                "istio_tcp_connections_failed_total", reporter="source",
+                                response_flags="CONNECT", destination_service_name="nobody")
+            self.assertEqual(failed, 1)
         finally:
             self.lab.lab("svc", "del", "shop", "nobody")
 

@@ -36,6 +36,8 @@ const char* toString(Path p) {
       return "hbone";
     case Path::kInbound:
       return "inbound";
+    case Path::kNone:
+      return "none";
   }
   return "?";
 }
@@ -86,6 +88,8 @@ const char* toString(CloseReason r) {
       return "handed_over";
     case CloseReason::kNoCertificate:
       return "no_certificate";
+    case CloseReason::kNoEndpoint:
+      return "no_endpoint";
   }
   return "?";
 }

@@ -99,6 +99,15 @@ void Router::route(std::unique_ptr<Attempt> a) {
       logger()->warn("pod {}: no endpoint of service {} left for {} (tried {}); resetting",
                      pod.spec.name_namespace, a->serviceName(), formatEndpoint(a->vip()),
                      a->tried().size());
+      // Its record and access-log line: the connection the app made ends here.
+      auto live = record(Direction::kOutbound, Path::kNone, pod, a->peer, a->vip());
+      live->rec.destination_service = a->serviceName();
+      live->rec.source_principal = pod.spec.identity;
+      ctx_.records.open(live);
+      ctx_.records.close(*live, CloseReason::kNoEndpoint,
+                         a->tried().empty()
+                             ? "no ready endpoint"
+                             : fmt::format("no endpoint left after {} tried", a->tried().size()));
       return reset();
     }
     ctx_.counters().add(Counter::kLbPicks);

@@ -221,7 +221,8 @@ enum class Direction : uint8_t { kOutbound, kInbound };
 // passthrough: to the network; local_handoff: meshed pod on this node, one
 // hop; hbone: mTLS tunnel to/from another node; inbound: plaintext from
 // outside the mesh into an enrolled pod.
-enum class Path : uint8_t { kPassthrough, kLocalHandoff, kHbone, kInbound };
+// kNone: refused before a path was chosen (a Service with no endpoint left).
+enum class Path : uint8_t { kPassthrough, kLocalHandoff, kHbone, kInbound, kNone };
 enum class ConnState : uint8_t { kOpen, kClosed };
 enum class CloseReason : uint8_t {
   kNone,            // still open
@@ -245,6 +246,7 @@ enum class CloseReason : uint8_t {
   kProxyShutdown,
   kHandedOver,     // an upgrade: the successor agent relays it from now on (not an error)
   kNoCertificate,  // the client pod's certificate did not come in time (an outbound HBONE)
+  kNoEndpoint,     // a Service with no ready endpoint (left) to connect to (detail: which)
 };
 const char* toString(Direction d);
 const char* toString(Path p);
