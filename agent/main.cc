@@ -459,11 +459,15 @@ int runAgent(const agent::Flags& flags) {
   if (handed_over()) {
     // Handed over: the successor accepts everything new. What runs here
     // ends by itself, or at the drain deadline (a SIGTERM meanwhile waits).
-    discovery->reset();
+    // Views still come, so a policy change closes what it now denies among
+    // the connections drained here (HBONE streams); the successor owns the
+    // state dir.
+    (*discovery)->stopPersisting();
     if (sig) logger->info("received {} during the handover; draining before exiting", *sig);
     logger->info("handed over to the successor; draining for up to {} s", flags.drain_seconds);
     size_t closed = eng.drain(std::chrono::seconds(flags.drain_seconds));
     logger->info("drained ({} connection(s) closed at the deadline); exiting", closed);
+    discovery->reset();  // before the engine stops: a view reauthorizes through it
     handover->reset();
     (*engine)->stop();
     return 0;

@@ -256,18 +256,25 @@ void Client::run() {
   }
 }
 
+void Client::stopPersisting() {
+  std::lock_guard lk(mu_);
+  persist_off_ = true;
+  persist_wake_.notify_all();
+}
+
 void Client::persistLoop() {
   auto logger = log::get("discovery");
   std::unique_lock lk(mu_);
   std::chrono::steady_clock::time_point last_write{};
   bool written = false;
   while (true) {
-    persist_wake_.wait(lk, [&] { return persist_stop_ || view_dirty_; });
-    if (!view_dirty_) return;
+    persist_wake_.wait(lk, [&] { return persist_stop_ || persist_off_ || view_dirty_; });
+    if (persist_off_ || !view_dirty_) return;
     // At most one write per interval: the changes of a burst go out together.
     if (written)
       persist_wake_.wait_until(lk, last_write + config_.persist_interval,
-                               [&] { return persist_stop_; });
+                               [&] { return persist_stop_ || persist_off_; });
+    if (persist_off_) return;
     view_dirty_ = false;
     lk.unlock();
     sluice::api::v1::WatchResponse snapshot;

@@ -102,6 +102,10 @@ class Client {
   // When the stream to the control plane was last lost (connected() false);
   // epoch when it never was.
   std::chrono::system_clock::time_point disconnectedSince() const;
+  // From now on the view is no longer written to view_file (an upgrade: the
+  // successor owns the state dir; this agent keeps following views only to
+  // enforce policy on what it drains).
+  void stopPersisting();
 
  private:
   Client(ClientConfig config, Listener& listener)
@@ -126,6 +130,7 @@ class Client {
   std::condition_variable persist_wake_;
   bool view_dirty_ = false;    // view_ changed since the persister last wrote it
   bool persist_stop_ = false;  // set once the client thread has ended
+  bool persist_off_ = false;   // stopPersisting(): nothing more is written
   rpc::Canceller cancel_;
   std::string last_error_;
   std::chrono::system_clock::time_point disconnected_since_{};

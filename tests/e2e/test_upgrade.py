@@ -18,10 +18,11 @@ in turn) and an upgrade of the client's node behave the same.
 """
 import json
 import os
+import subprocess
 import sys
 import time
 
-from labkit import LAB_DIR, LabTest, start_app, wait_for
+from labkit import LAB, LAB_DIR, LabTest, start_app, wait_for
 
 MESH = "sluice.dev/mesh"
 TD = "spiffe://cluster.local/ns/shop/sa"
@@ -124,6 +125,45 @@ class UpgradeTest(LabTest):
 
     def test_3_client_node_upgrade(self):
         self.upgrade_under_load("node1")
+
+    def test_4_a_policy_change_reaches_what_the_old_agent_drains(self):
+        """An HBONE stream stays with the old agent until it ends or the drain deadline: a DENY
+        applied meanwhile closes it there (the old agent still follows the control plane's
+        views), not the deadline."""
+        log = os.path.join(LAB_DIR, "node2", "agent.log")
+        log_start = os.path.getsize(log)
+        held = self.start("shop/client", "hold", self.server_ip, "8082", str(DRAIN * 6))
+        upgrade = subprocess.Popen([sys.executable, LAB, "agent", "upgrade", "node2"], env=self.lab.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deny = os.path.join(LAB_DIR, "deny-web-8082.yaml")
+        try:
+            def handed_over():
+                with open(log, errors="replace") as f:
+                    f.seek(log_start)
+                    return "handed over to the successor" in f.read()
+            wait_for("the old agent handing over", handed_over, timeout=30)
+            with open(deny, "w") as f:
+                f.write("apiVersion: security.sluice.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n"
+                        "  name: deny-web-8082\n  namespace: shop\nspec:\n  action: DENY\n  rules:\n"
+                        "  - from:\n    - source:\n        principals: [\"cluster.local/ns/shop/sa/web\"]\n"
+                        "    to:\n    - operation:\n        ports: [\"8082\"]\n")
+            self.lab.lab("apply", deny)
+            code, out = self.finish(held, timeout=DRAIN * 6 + 30)
+            self.assertNotEqual(code, 0, f"the denied connection outlived the policy: {out}")
+            self.assertEqual(upgrade.wait(timeout=DRAIN * 4 + 60), 0, upgrade.stdout.read())
+            with open(log, errors="replace") as f:
+                f.seek(log_start)
+                lines = [l for l in f if "[access]" in l and f"dst={self.server_ip}:8082" in l
+                         and "path=hbone" in l]
+            self.assertTrue(any("reason=denied" in l for l in lines), lines)
+            self.assertFalse(any("drain deadline" in l for l in lines), lines)
+        finally:
+            if upgrade.poll() is None:
+                upgrade.wait(timeout=DRAIN * 4 + 60)
+            upgrade.stdout.close()
+            self.lab.lab("delete", deny, check=False)
+            if os.path.exists(deny):
+                os.remove(deny)
 
 
 if __name__ == "__main__":
