@@ -198,6 +198,10 @@ int runAgent(const agent::Flags& flags) {
   // A message from the control plane also says its CA is reachable again:
   // identities waiting out a retry backoff (an agent started while it was
   // down) are requested at once rather than when the backoff ends.
+  // The workloads the mesh does not enrol (they connect in plaintext), for
+  // `authz check --from NS/SA`.
+  std::atomic<std::shared_ptr<const std::vector<agent::discovery::Workload>>> unmeshed_workloads{
+      std::make_shared<const std::vector<agent::discovery::Workload>>()};
   agent::wiring::DiscoveryBridge discovery_bridge(
       pods, directory,
       [&] {
@@ -207,6 +211,10 @@ int runAgent(const agent::Flags& flags) {
       [&](const agent::discovery::View& view) {
         authz_bridge.onView(view);
         workload_index.update(agent::wiring::workloadSnapshot(view, metrics_config.cluster_id));
+        auto unmeshed = std::make_shared<std::vector<agent::discovery::Workload>>();
+        for (const auto& [uid, w] : view.workloads)
+          if (!w.enrolled()) unmeshed->push_back(w);
+        unmeshed_workloads.store(std::move(unmeshed));
       });
 
   // The last good view first, then the pods: a re-adopted pod's first
@@ -348,6 +356,14 @@ int runAgent(const agent::Flags& flags) {
       return std::nullopt;
     };
     lookup.pods_of = [&](const std::string& identity) { return directory.withIdentity(identity); };
+    lookup.unmeshed_of = [&](const std::string& ns, const std::string& sa) {
+      std::vector<std::pair<IpAddr, std::string>> out;
+      for (const auto& w : *unmeshed_workloads.load())
+        if (w.namespace_() == ns && w.service_account() == sa)
+          for (const auto& ip : w.ips())
+            if (auto a = IpAddr::parse(ip)) out.emplace_back(*a, ns + "/" + w.name());
+      return out;
+    };
     return agent::wiring::authzCheckJson(authorizer, pods.enrolledPods(), lookup,
                                          flags.trust_domain, query);
   };

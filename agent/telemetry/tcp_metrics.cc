@@ -282,7 +282,8 @@ void TcpMetrics::opened(unsigned worker, const ConnectionRecord& record) {
     auto s = hold(w, labelViews(record, reporters[i], peers, w.service));
     if (!s) continue;
     s->last_active.store(now, std::memory_order_relaxed);
-    s->cells[worker].opened.fetch_add(1, std::memory_order_relaxed);
+    // An upgrade's adopted connection was counted opened by the predecessor.
+    if (!record.adopted) s->cells[worker].opened.fetch_add(1, std::memory_order_relaxed);
     conn.series[i] = std::move(s);
   }
   if (auto it = w.conns.find(record.id); it != w.conns.end()) {
@@ -323,10 +324,13 @@ void TcpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
   if (it == w.conns.end()) return;
   const char* flags = responseFlags(record);
   bool failed = std::strcmp(flags, "-") != 0;
+  // Handed over in an upgrade: still open, and the successor counts its close.
+  const bool counted = record.reason != CloseReason::kHandedOver;
   int64_t now = ticks(now_());
   for (auto& s : it->second.series) {
     if (!s) continue;
-    if (!failed) {
+    if (!counted) {
+    } else if (!failed) {
       s->cells[worker].closed.fetch_add(1, std::memory_order_relaxed);
     } else {
       // As ztunnel: opened (and bytes) under "-", the close and the failure

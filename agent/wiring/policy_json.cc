@@ -160,9 +160,12 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
                ? entry->workload.ip6
                : IpAddr::v4(entry->workload.ip4);
   };
-  auto judge = [&](const IpAddr& src) {
-    auto q = authorizer.requestFor(*entry, src, principal, destinationFor(src),
-                                   static_cast<uint16_t>(port), !principal.empty());
+  // As its connections arrive: a meshed source with `principal` over mTLS,
+  // an unmeshed one in plaintext (no principal).
+  auto judge = [&](const IpAddr& src, bool meshed_source = true) {
+    const std::string& who = meshed_source ? principal : std::string();
+    auto q = authorizer.requestFor(*entry, src, who, destinationFor(src),
+                                   static_cast<uint16_t>(port), !who.empty());
     return view->policies().evaluate(q);
   };
   IpAddr destination = destinationFor(source_ip);
@@ -172,29 +175,41 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
   json note = nullptr;
   std::string mixed;  // "ALLOW from IP (POD), DENY from ..." when they differ
   if (from_identity && sources.pods_of) {
-    auto pods = sources.pods_of(principal);
+    // Each pod: address, NS/NAME, meshed.
+    std::vector<std::tuple<IpAddr, std::string, bool>> pods;
+    for (auto& [ip, name] : sources.pods_of(principal)) pods.emplace_back(ip, name, true);
+    if (sources.unmeshed_of) {
+      auto slash = from.find('/');
+      for (auto& [ip, name] : sources.unmeshed_of(from.substr(0, slash), from.substr(slash + 1)))
+        pods.emplace_back(ip, name, false);
+    }
     // By pod, each pod's IPv4 address first: the answer shown on top is the
     // first pod's, from the address its connections usually come from.
-    auto order = [](const auto& p) { return std::tuple(p.second, p.first.isV6(), p.first.str()); };
+    auto order = [](const auto& p) {
+      return std::tuple(std::get<1>(p), std::get<0>(p).isV6(), std::get<0>(p).str());
+    };
     std::sort(pods.begin(), pods.end(),
               [&](const auto& a, const auto& b) { return order(a) < order(b); });
     if (!pods.empty()) {
       by_source = json::array();
       size_t allowed = 0;
       for (size_t i = 0; i < pods.size(); ++i) {
-        auto pd = judge(pods[i].first);
+        const auto& [ip, name, meshed_source] = pods[i];
+        auto pd = judge(ip, meshed_source);
         if (i == 0) {
           d = pd;
-          destination = destinationFor(pods[i].first);
+          destination = destinationFor(ip);
         }
         allowed += pd.allow;
         by_source.push_back(
-            {{"source_ip", pods[i].first.str()},
-             {"pod", pods[i].second},
+            {{"source_ip", ip.str()},
+             {"pod", name},
+             // Not meshed: it connects in plaintext, as no principal and no
+             // namespace.
+             {"meshed", meshed_source},
              // Of the source's family: an IPv6 row is judged
              // against the pod's IPv6 address.
-             {"destination",
-              SockAddr(destinationFor(pods[i].first), static_cast<uint16_t>(port)).str()},
+             {"destination", SockAddr(destinationFor(ip), static_cast<uint16_t>(port)).str()},
              {"decision", pd.allow ? "ALLOW" : "DENY"},
              {"reason", policy::toString(pd.reason)},
              {"policy", refJson(pd.policy)}});
@@ -203,6 +218,10 @@ std::pair<int, json> authzCheckJson(const authz::PolicyAuthorizer& authorizer,
         for (const auto& b : by_source)
           mixed += (mixed.empty() ? "" : ", ") + b["decision"].get<std::string>() + " from " +
                    b["source_ip"].get<std::string>() + " (" + b["pod"].get<std::string>() + ")";
+      if (std::none_of(pods.begin(), pods.end(), [](const auto& p) { return std::get<2>(p); }))
+        note = "no pod of " + from +
+               " is meshed: its connections arrive in plaintext, judged as such (no principal, "
+               "no namespace)";
     } else {
       note = "no meshed pod of " + from +
              " in this node's view: judged from no source address (ipBlocks and source.ip "

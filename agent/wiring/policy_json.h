@@ -36,6 +36,11 @@ struct SourceLookup {
   std::function<std::optional<std::string>(const IpAddr&)> identity_of;
   // The addresses of the meshed pods with an identity, each with its "NS/NAME".
   std::function<std::vector<std::pair<IpAddr, std::string>>(const std::string&)> pods_of;
+  // The addresses of the pods of service account NS/SA that are not meshed
+  // (their connections arrive in plaintext), each with its "NS/NAME".
+  std::function<std::vector<std::pair<IpAddr, std::string>>(const std::string& ns,
+                                                            const std::string& sa)>
+      unmeshed_of;
 };
 
 // from: "NS/SA" (an authenticated peer of that service account) or "IP"

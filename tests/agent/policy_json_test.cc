@@ -183,6 +183,55 @@ TEST_SUITE("policy json") {
     CHECK(j["note"].get<std::string>().find("no meshed pod of prod/web") != std::string::npos);
   }
 
+  TEST_CASE("/authz --from NS/SA: its pods that are not meshed are judged as plaintext") {
+    // DENY from namespace legacy: only an mTLS peer has a namespace, so the
+    // unmeshed pods of legacy/default get through.
+    authz::PolicyAuthorizer authorizer{{}};
+    policy::AuthorizationPolicy deny;
+    deny.ns = "prod";
+    deny.name = "deny-legacy";
+    deny.action = policy::Action::kDeny;
+    policy::Rule rule;
+    policy::Source source;
+    source.namespaces = {"legacy"};
+    rule.from.push_back(source);
+    deny.rules.push_back(rule);
+    auto set = policy::PolicySet::build({deny}, {});
+    REQUIRE(set.has_value());
+    authorizer.update(*set, {workload("db-0", "10.244.1.5", "db")});
+    std::vector<std::pair<IpAddr, std::string>> meshed,
+        plain = {{*IpAddr::parse("10.244.2.9"), "legacy/plain-1"}};
+    wiring::SourceLookup sources;
+    sources.pods_of = [&](const std::string&) { return meshed; };
+    sources.unmeshed_of = [&](const std::string& ns, const std::string& sa) {
+      CHECK(ns == "legacy");
+      CHECK(sa == "default");
+      return plain;
+    };
+    auto check = [&] {
+      auto [status, j] =
+          wiring::authzCheckJson(authorizer, {"prod/db-0"}, sources, "cluster.local",
+                                 {{"from", "legacy/default"}, {"to", "prod/db-0:8080"}});
+      REQUIRE(status == 200);
+      return j;
+    };
+    json j = check();
+    CHECK(j["decision"] == "ALLOW");
+    REQUIRE(j["by_source"].size() == 1);
+    CHECK(j["by_source"][0]["meshed"] == false);
+    CHECK(j["note"].get<std::string>().find("no pod of legacy/default is meshed") !=
+          std::string::npos);
+    // One pod of it meshed as well: that one is denied, so it depends.
+    meshed.emplace_back(*IpAddr::parse("10.244.2.3"), "legacy/mesh-1");
+    j = check();
+    CHECK(j["decision"] == "DEPENDS");
+    REQUIRE(j["by_source"].size() == 2);
+    CHECK(j["by_source"][0]["pod"] == "legacy/mesh-1");
+    CHECK(j["by_source"][0]["decision"] == "DENY");
+    CHECK(j["by_source"][1]["decision"] == "ALLOW");
+    CHECK(j["note"].is_null());
+  }
+
   TEST_CASE("/authz: malformed parameters are a 400 with the reason") {
     Fixture f;
     auto [status, j] = wiring::authzCheckJson(f.authorizer, f.meshed, {}, "cluster.local",

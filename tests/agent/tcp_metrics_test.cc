@@ -238,6 +238,29 @@ TEST_SUITE("telemetry") {
     }
   }
 
+  TEST_CASE("a connection handed over in an upgrade is opened once and closed once in all") {
+    // The old agent opens it and hands it over (no close); the new one
+    // adopts it (no open) and closes it. Summed over both processes' series
+    // (Prometheus' increase across the restart), one open and one close.
+    TcpMetrics old_agent({}, &meshIndex()), new_agent({}, &meshIndex());
+    auto r = inboundHbone(1);
+    old_agent.opened(0, r);
+    r.reason = CloseReason::kHandedOver;
+    old_agent.closed(0, r);
+    auto adopted = inboundHbone(1);
+    adopted.adopted = true;
+    new_agent.opened(0, adopted);
+    adopted.reason = CloseReason::kEof;
+    new_agent.closed(0, adopted);
+    auto count = [](TcpMetrics& m, const char* name) {
+      return value(scrape(m), name, {{"reporter", "destination"}});
+    };
+    CHECK(count(old_agent, "istio_tcp_connections_opened_total") == 1);
+    CHECK(count(old_agent, "istio_tcp_connections_closed_total") == 0);
+    CHECK(count(new_agent, "istio_tcp_connections_opened_total") == 0);
+    CHECK(count(new_agent, "istio_tcp_connections_closed_total") == 1);
+  }
+
   TEST_CASE("idle series are dropped after the idle time, never while a connection is open") {
     FakeClock clock;
     TcpMetrics m({.workers = 1, .idle = std::chrono::minutes(10)}, &meshIndex(), clock.fn());

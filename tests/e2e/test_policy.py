@@ -195,6 +195,14 @@ class PolicyTest(LabTest):
             self.assertEqual(r["reason"], "denied: DENY matched by policy shop/deny-evil", r)
         m1 = metric_sum(self.metrics("node2"), "sluice_policy_denied_total", reason="deny_matched")
         self.assertEqual(m1 - m0, 2)
+        # `authz check` agrees: legacy/default's pods are not meshed, so they arrive in
+        # plaintext, which `namespaces` never matches.
+        check = self.lab.ctl("node2", "authz", "check", "--from", "legacy/default", "--to", "shop/server:8080")
+        self.assertEqual(check["decision"], "ALLOW", check)
+        self.assertEqual(sorted((b["pod"], b["meshed"], b["decision"]) for b in check["by_source"]),
+                         [("legacy/plain1", False, "ALLOW"), ("legacy/plain2", False, "ALLOW")], check)
+        check = self.lab.ctl("node2", "authz", "check", "--from", "evil/bad", "--to", "shop/server:8080")
+        self.assertEqual(check["decision"], "DENY", check)
 
     def test_a_root_namespace_selector_applies_in_every_namespace(self):
         """An AuthorizationPolicy in sluice-system with a selector selects in every namespace

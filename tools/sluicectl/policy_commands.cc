@@ -79,8 +79,8 @@ int cmdAuthz(const Options& opts) {
     std::printf("from each pod of %s:\n", str(j, "from").c_str());
     Table pods({"  POD", "SOURCE", "DESTINATION", "DECISION", "REASON", "POLICY"});
     for (const auto& b : j["by_source"])
-      pods.add({"  " + str(b, "pod"), str(b, "source_ip"), str(b, "destination"),
-                str(b, "decision"), str(b, "reason"),
+      pods.add({"  " + str(b, "pod") + (b.value("meshed", true) ? "" : " (not meshed)"),
+                str(b, "source_ip"), str(b, "destination"), str(b, "decision"), str(b, "reason"),
                 b["policy"].is_string() ? str(b, "policy") : "-"});
     std::fputs(pods.render().c_str(), stdout);
   }
