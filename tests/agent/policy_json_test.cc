@@ -25,6 +25,20 @@ authz::LocalWorkload workload(const char* name, const char* ip, const char* app)
   return w;
 }
 
+// prod/NAME: DENY from `source`, in a compiled set.
+std::shared_ptr<const policy::PolicySet> denyFrom(const char* name, const policy::Source& source) {
+  policy::AuthorizationPolicy deny;
+  deny.ns = "prod";
+  deny.name = name;
+  deny.action = policy::Action::kDeny;
+  policy::Rule rule;
+  rule.from.push_back(source);
+  deny.rules.push_back(rule);
+  auto set = policy::PolicySet::build({deny}, {});
+  REQUIRE(set.has_value());
+  return *set;
+}
+
 // prod/db-0 (meshed) and prod/legacy-0 (not): a namespace ALLOW from prod/sa/web,
 // the namespace STRICT, and a workload policy that opens db's 6000 to plaintext.
 struct Fixture {
@@ -118,19 +132,11 @@ TEST_SUITE("policy json") {
 
   TEST_CASE("/authz --from NS/SA: judged from each of its pods' addresses") {
     // DENY from outside 10.244.2.0/24, and prod/sa/web has a pod on each side.
-    authz::PolicyAuthorizer authorizer{{}};
-    policy::AuthorizationPolicy deny;
-    deny.ns = "prod";
-    deny.name = "deny-outside";
-    deny.action = policy::Action::kDeny;
-    policy::Rule rule;
     policy::Source source;
     source.not_ip_blocks = {"10.244.2.0/24"};
-    rule.from.push_back(source);
-    deny.rules.push_back(rule);
-    auto set = policy::PolicySet::build({deny}, {});
-    REQUIRE(set.has_value());
-    authorizer.update(*set, {workload("db-0", "10.244.1.5", "db")});
+    auto set = denyFrom("deny-outside", source);
+    authz::PolicyAuthorizer authorizer{{}};
+    authorizer.update(set, {workload("db-0", "10.244.1.5", "db")});
     wiring::SourceLookup sources;
     std::vector<std::pair<IpAddr, std::string>> web = {
         {*IpAddr::parse("10.244.2.3"), "prod/web-2"}, {*IpAddr::parse("10.244.1.9"), "prod/web-1"}};
@@ -159,7 +165,7 @@ TEST_SUITE("policy json") {
     // destination's IPv6 address, and names it.
     auto db = workload("db-0", "10.244.1.5", "db");
     db.ip6 = *IpAddr::parse("fd00::1:5");
-    authorizer.update(*set, {db});
+    authorizer.update(set, {db});
     web.emplace_back(*IpAddr::parse("fd00::2:3"), "prod/web-2");
     j = check("prod/web");
     REQUIRE(j["by_source"].size() == 3);
@@ -186,19 +192,10 @@ TEST_SUITE("policy json") {
   TEST_CASE("/authz --from NS/SA: its pods that are not meshed are judged as plaintext") {
     // DENY from namespace legacy: only an mTLS peer has a namespace, so the
     // unmeshed pods of legacy/default get through.
-    authz::PolicyAuthorizer authorizer{{}};
-    policy::AuthorizationPolicy deny;
-    deny.ns = "prod";
-    deny.name = "deny-legacy";
-    deny.action = policy::Action::kDeny;
-    policy::Rule rule;
     policy::Source source;
     source.namespaces = {"legacy"};
-    rule.from.push_back(source);
-    deny.rules.push_back(rule);
-    auto set = policy::PolicySet::build({deny}, {});
-    REQUIRE(set.has_value());
-    authorizer.update(*set, {workload("db-0", "10.244.1.5", "db")});
+    authz::PolicyAuthorizer authorizer{{}};
+    authorizer.update(denyFrom("deny-legacy", source), {workload("db-0", "10.244.1.5", "db")});
     std::vector<std::pair<IpAddr, std::string>> meshed,
         plain = {{*IpAddr::parse("10.244.2.9"), "legacy/plain-1"}};
     wiring::SourceLookup sources;
