@@ -51,6 +51,7 @@
 #include "sluice/common/files.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/log.h"
+#include "sluice/common/x509.h"
 #include "sluice/ztunnel/engine.h"
 
 using namespace sluice;
@@ -73,6 +74,13 @@ int runAgent(const agent::Flags& flags) {
   auto trust_anchor = readFile(flags.ca_bundle);
   if (!trust_anchor) {
     logger->critical("--ca-bundle: {}", trust_anchor.error().describe());
+    return 1;
+  }
+  if (auto anchors = x509::parseChain(*trust_anchor); !anchors) {
+    logger->critical(
+        "--ca-bundle {}: {}; it must hold the control plane's trust anchor, PEM certificate(s) "
+        "(root-cert.pem of its CA)",
+        flags.ca_bundle, anchors.error().describe());
     return 1;
   }
   // Read on every use: a projected service account token is rotated in place.

@@ -179,6 +179,20 @@ int main(int argc, char** argv) {
     }
     kube_source = std::move(*source);
   }
+  // Before any CA is made or stored: a bad token file changes nothing.
+  std::map<std::string, std::string> tokens;
+  if (!tokens_path.empty()) {
+    auto t = controlplane::ca::loadBootstrapTokens(tokens_path);
+    if (!t) {
+      logger->critical("{}", t.error().describe());
+      return 1;
+    }
+    tokens = std::move(*t);
+  } else if (agent_sa.empty()) {
+    logger->warn(
+        "no --bootstrap-tokens and no --agent-service-account: no node can obtain workload "
+        "certificates");
+  }
   bool files = !anchor_path.empty() || !ca_cert_path.empty() || !ca_key_path.empty();
   if (files && (anchor_path.empty() || ca_cert_path.empty() || ca_key_path.empty()))
     usageError("--trust-anchor, --ca-cert and --ca-key go together");
@@ -245,19 +259,6 @@ int main(int argc, char** argv) {
     }
     logger->info("trust anchor {} in ConfigMap {}", *published ? "published" : "already",
                  ref->text());
-  }
-  std::map<std::string, std::string> tokens;
-  if (!tokens_path.empty()) {
-    auto t = controlplane::ca::loadBootstrapTokens(tokens_path);
-    if (!t) {
-      logger->critical("{}", t.error().describe());
-      return 1;
-    }
-    tokens = std::move(*t);
-  } else if (agent_sa.empty()) {
-    logger->warn(
-        "no --bootstrap-tokens and no --agent-service-account: no node can obtain workload "
-        "certificates");
   }
   auto ep = parseEndpoint(listen);
   std::vector<std::string> ips = {"127.0.0.1"};

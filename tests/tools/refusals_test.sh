@@ -3,7 +3,11 @@
 #  - a second control plane on an address one already serves (gRPC's default
 #    SO_REUSEPORT would let both listen and split the agents between them);
 #  - an agent --controlplane that is no HOST:PORT (it used to start and retry
-#    the address silently).
+#    the address silently);
+#  - files that cannot serve, found before anything is made: a --ca-bundle
+#    without a PEM certificate (the agent used to pin and attach its BPF
+#    programs first), a missing --bootstrap-tokens (the control plane used to
+#    generate and keep a development CA first).
 # Usage: refusals_test.sh BUILD_DIR
 set -u
 BUILD=$1
@@ -41,3 +45,20 @@ for bad in nope 127.0.0.1 127.0.0.1:0 127.0.0.1:99999 ::1:15010 ":15010"; do
   echo "$out" | grep -q "must be HOST:PORT" || fail "--controlplane '$bad': $out"
 done
 echo "ok: a malformed --controlplane is a usage error"
+
+PIN=/sys/fs/bpf/sluice-refusals-$$
+echo "not a certificate" >"$TMP/hostname"
+out=$("$AGENT" --node-name n --controlplane 127.0.0.1:1 --ca-bundle "$TMP/hostname" --bpf-pin-dir "$PIN" 2>&1)
+rc=$?
+if [ -e "$PIN" ]; then
+  "$AGENT" uninstall --bpf-pin-dir "$PIN" >/dev/null 2>&1
+  fail "a --ca-bundle without a certificate left BPF state in $PIN: $out"
+fi
+[ "$rc" = 1 ] || fail "a --ca-bundle without a certificate exited $rc, want 1: $out"
+echo "$out" | grep -q "no PEM certificate found" || fail "--ca-bundle: $out"
+mkdir -p "$TMP/three"
+out=$("$CP" --local-config "$TMP/three" --listen 127.0.0.1:1 --bootstrap-tokens "$TMP/none" 2>&1)
+rc=$?
+[ "$rc" = 1 ] || fail "a missing --bootstrap-tokens exited $rc, want 1: $out"
+[ ! -e "$TMP/three-ca" ] || fail "a missing --bootstrap-tokens left a development CA in $TMP/three-ca"
+echo "ok: unusable files are refused before anything is made"
