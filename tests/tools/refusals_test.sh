@@ -7,12 +7,14 @@
 #  - files that cannot serve, found before anything is made: a --ca-bundle
 #    without a PEM certificate (the agent used to pin and attach its BPF
 #    programs first), a missing --bootstrap-tokens (the control plane used to
-#    generate and keep a development CA first).
+#    generate and keep a development CA first);
+#  - sluicectl arguments it can judge alone: exit 2 without asking any agent.
 # Usage: refusals_test.sh BUILD_DIR
 set -u
 BUILD=$1
 CP=$BUILD/controlplane/sluice-controlplane
 AGENT=$BUILD/agent/sluice-agent
+CTL=$BUILD/tools/sluicectl
 TMP=$(mktemp -d /tmp/sluice-refusals-XXXXXX)
 FIRST=
 cleanup() {
@@ -62,3 +64,14 @@ rc=$?
 [ "$rc" = 1 ] || fail "a missing --bootstrap-tokens exited $rc, want 1: $out"
 [ ! -e "$TMP/three-ca" ] || fail "a missing --bootstrap-tokens left a development CA in $TMP/three-ca"
 echo "ok: unusable files are refused before anything is made"
+
+# No agent listens on this address: a usage error must come first.
+ADMIN=127.0.0.1:1
+for args in "-o json install" "-o json uninstall" "authz check --from a/b --to nope" \
+            "authz check --from a/b --to a/:80" "authz check --from a/b --to a/b:"; do
+  out=$("$CTL" --admin $ADMIN $args 2>&1)
+  rc=$?
+  [ "$rc" = 2 ] || fail "sluicectl $args exited $rc, want 2: $out"
+  echo "$out" | grep -q "cannot reach" && fail "sluicectl $args asked the agent: $out"
+done
+echo "ok: sluicectl refuses what it can judge alone"

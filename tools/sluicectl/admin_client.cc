@@ -49,7 +49,9 @@ int statusOf(const std::string& head) {
 
 std::string olderAgent(const std::string& admin, const std::string& path) {
   return "the agent at " + admin + " has no " + path +
-         ": it is older than this sluicectl (upgrade the agent)";
+         ": it is older than this sluicectl (upgrade the agent), or the address is not its admin "
+         "API (--admin; the admin API listens on 127.0.0.1:15000 by default, metrics on "
+         ":15020)";
 }
 
 }  // namespace
@@ -61,6 +63,9 @@ Result<AdminResponse> adminFetch(const std::string& admin, const std::string& pa
   char buf[65536];
   ssize_t n;
   while ((n = ::read(fd->get(), buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    return fail("the agent at " + admin + " did not answer " + path +
+                " within 5 s (is it overloaded or stuck? its log says more)");
   if (n < 0) return failErrno("reading from the admin API at " + admin + " failed");
   auto body = resp.find("\r\n\r\n");
   int status = statusOf(resp);

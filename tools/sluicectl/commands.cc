@@ -332,13 +332,17 @@ void declareConnections(FlagTable& flags, Options& opts) {
 }
 
 int cmdInstall(const Options& opts) {
+  if (opts.as_json)
+    die("install prints YAML manifests for kubectl apply; -o json does not apply", 2);
   auto m = installManifests(opts.ca_dir);
   if (!m) die(m.error().describe(), 2);
   std::fputs(m->c_str(), stdout);
   return 0;
 }
 
-int cmdUninstall(const Options&) {
+int cmdUninstall(const Options& opts) {
+  if (opts.as_json)
+    die("uninstall prints YAML manifests for kubectl delete; -o json does not apply", 2);
   std::fputs(uninstallManifests().c_str(), stdout);
   return 0;
 }

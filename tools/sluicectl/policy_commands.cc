@@ -64,6 +64,11 @@ int cmdAuthz(const Options& opts) {
     die("usage: sluicectl authz check --from NS/SA|IP --to NS/POD:PORT", 2);
   if (opts.from.empty() || opts.to.empty())
     die("authz check needs --from NS/SA|IP and --to NS/POD:PORT", 2);
+  // The shape here, before asking the agent (which checks names and port).
+  auto slash = opts.to.find('/'), colon = opts.to.rfind(':');
+  if (slash == std::string::npos || slash == 0 || colon == std::string::npos || colon < slash + 2 ||
+      colon + 1 == opts.to.size())
+    die("--to '" + opts.to + "' is not NS/POD:PORT", 2);
   json j =
       adminGet(opts.admin, "/authz?from=" + urlEncode(opts.from) + "&to=" + urlEncode(opts.to));
   if (opts.as_json) {
