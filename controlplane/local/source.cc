@@ -265,7 +265,9 @@ void DirectorySource::apply(const std::string& file, ParsedFile parsed) {
   model::Objects& objs = parsed.objects;
   const model::Objects& last = applied_policies_[file];
   std::set<std::string> stood_in;  // policyKey of each stand-in in force
-  for (const auto& [key, why] : parsed.rejected_policies) {
+  for (const auto& rejected : parsed.rejected_policies) {
+    const std::string& key = rejected.first;  // a plain reference: lambdas capture it
+    const std::string& why = rejected.second;
     // Its last good version, else its fail-closed stand-in (stand_in.h).
     const char* kept = nullptr;
     auto keep = [&](const auto& last_good, const auto& stand_ins, auto& into) {
