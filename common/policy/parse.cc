@@ -206,11 +206,7 @@ class Parser {
                              "'-', starting and ending with a letter or digit (at most 63)",
                              *ns));
     if (scalar(meta["creationTimestamp"])) created_ = meta["creationTimestamp"].Scalar();
-    const YAML::Node ann = meta["annotations"];
-    if (!absent(ann) && ann.IsMap() && scalar(ann["istio.io/dry-run"])) {
-      std::string v = ann["istio.io/dry-run"].Scalar();
-      dry_run_ = v == "true" || v == "True" || v == "TRUE" || v == "1" || v == "t" || v == "T";
-    }
+    dry_run_ = dryRunRequested(meta);
     return {};
   }
 
@@ -684,6 +680,14 @@ bool isKind(const YAML::Node& obj, const char* kind) {
 }
 
 }  // namespace
+
+bool dryRunRequested(const YAML::Node& meta) {
+  if (!meta.IsDefined() || !meta.IsMap()) return false;
+  const YAML::Node ann = meta["annotations"];
+  if (absent(ann) || !ann.IsMap() || !scalar(ann["istio.io/dry-run"])) return false;
+  const std::string& v = ann["istio.io/dry-run"].Scalar();
+  return v == "true" || v == "True" || v == "TRUE" || v == "1" || v == "t" || v == "T";
+}
 
 bool isAuthorizationPolicy(const YAML::Node& obj) { return isKind(obj, "AuthorizationPolicy"); }
 bool isPeerAuthentication(const YAML::Node& obj) { return isKind(obj, "PeerAuthentication"); }

@@ -27,6 +27,9 @@ namespace sluice::policy {
 bool isAuthorizationPolicy(const YAML::Node& object);
 bool isPeerAuthentication(const YAML::Node& object);
 
+// metadata.annotations["istio.io/dry-run"] says true (as Go's strconv.ParseBool).
+bool dryRunRequested(const YAML::Node& metadata);
+
 Result<AuthorizationPolicy> parseAuthorizationPolicy(const YAML::Node& object);
 Result<PeerAuthentication> parsePeerAuthentication(const YAML::Node& object);
 

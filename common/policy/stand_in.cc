@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/policy/parse.h"
 #include "sluice/common/fmt.h"
 #include "sluice/common/k8s_names.h"
 
@@ -53,9 +54,7 @@ std::optional<AuthorizationPolicy> standInAuthorizationPolicy(const YAML::Node& 
   AuthorizationPolicy p;
   bool whole_namespace = false;
   if (!readScope(object, p, whole_namespace)) return std::nullopt;
-  const YAML::Node meta = object["metadata"];
-  const YAML::Node ann = meta["annotations"];
-  if (ann.IsDefined() && ann.IsMap() && scalar(ann["istio.io/dry-run"])) return std::nullopt;
+  if (dryRunRequested(object["metadata"])) return std::nullopt;
   const YAML::Node spec = object["spec"];
   if (spec.IsDefined() && spec.IsMap() &&
       (spec["targetRef"].IsDefined() || spec["targetRefs"].IsDefined()))
