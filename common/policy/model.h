@@ -19,8 +19,12 @@
 
 namespace sluice::policy {
 
-// Policies here apply to every namespace (Istio's root namespace, istio-system).
+// Policies here apply to every namespace (as in Istio's root namespace).
 inline constexpr const char* kRootNamespace = "sluice-system";
+// Istio's default root namespace: a security.istio.io policy there is read
+// into kRootNamespace (policy::scopeNamespace), so a mesh-wide policy moved
+// from Istio stays mesh-wide.
+inline constexpr const char* kIstioRootNamespace = "istio-system";
 
 // matchLabels, sorted by key. Empty: no selector.
 using LabelMap = std::vector<std::pair<std::string, std::string>>;

@@ -205,6 +205,12 @@ class Parser {
                  fmt::format("\"{}\" is not a valid namespace: lower-case letters, digits and "
                              "'-', starting and ending with a letter or digit (at most 63)",
                              *ns));
+    ns_ = scopeNamespace(obj, *ns);
+    if (ns_ != *ns)
+      moved_ = fmt::format(
+          "read from Istio's root namespace {} as Sluice's root namespace {} (mesh-wide scope, as "
+          "in Istio)",
+          *ns, ns_);
     if (scalar(meta["creationTimestamp"])) created_ = meta["creationTimestamp"].Scalar();
     dry_run_ = dryRunRequested(meta);
     return {};
@@ -499,6 +505,7 @@ class Parser {
     if (auto ok = metadata(obj); !ok) return tl::unexpected(ok.error());
     AuthorizationPolicy ap;
     ap.ns = ns_;
+    if (!moved_.empty()) ap.warnings.push_back(moved_);
     ap.name = name_;
     ap.created = created_;
     ap.dry_run = dry_run_;
@@ -626,6 +633,7 @@ class Parser {
     if (auto ok = metadata(obj); !ok) return tl::unexpected(ok.error());
     PeerAuthentication pa;
     pa.ns = ns_;
+    if (!moved_.empty()) pa.warnings.push_back(moved_);
     pa.name = name_;
     pa.created = created_;
     YAML::Node spec = obj["spec"];
@@ -668,6 +676,7 @@ class Parser {
  private:
   const char* kind_;
   std::string ns_, name_, created_;
+  std::string moved_;  // why ns_ is not metadata.namespace
   bool dry_run_ = false;
 };
 
@@ -680,6 +689,13 @@ bool isKind(const YAML::Node& obj, const char* kind) {
 }
 
 }  // namespace
+
+std::string scopeNamespace(const YAML::Node& object, const std::string& ns) {
+  const YAML::Node api = object.IsMap() ? object["apiVersion"] : YAML::Node();
+  if (ns == kIstioRootNamespace && scalar(api) && api.Scalar().starts_with("security.istio.io/"))
+    return kRootNamespace;
+  return ns;
+}
 
 bool dryRunRequested(const YAML::Node& meta) {
   if (!meta.IsDefined() || !meta.IsMap()) return false;

@@ -30,6 +30,11 @@ bool isPeerAuthentication(const YAML::Node& object);
 // metadata.annotations["istio.io/dry-run"] says true (as Go's strconv.ParseBool).
 bool dryRunRequested(const YAML::Node& metadata);
 
+// The namespace a policy object's scope is judged in: its own, except a
+// security.istio.io object in Istio's root namespace, which is Sluice's
+// root namespace (mesh-wide, as in Istio).
+std::string scopeNamespace(const YAML::Node& object, const std::string& ns);
+
 Result<AuthorizationPolicy> parseAuthorizationPolicy(const YAML::Node& object);
 Result<PeerAuthentication> parsePeerAuthentication(const YAML::Node& object);
 

@@ -23,6 +23,7 @@ bool readScope(const YAML::Node& object, Policy& p, bool& whole_namespace) {
   p.name = meta["name"].Scalar();
   p.ns = meta["namespace"].Scalar();
   if (p.name.empty() || !isDnsName(p.ns, 63, false)) return false;
+  p.ns = scopeNamespace(object, p.ns);
   if (scalar(meta["creationTimestamp"])) p.created = meta["creationTimestamp"].Scalar();
   whole_namespace = false;
   const YAML::Node spec = object["spec"];

@@ -72,6 +72,13 @@ grpc::Status CertificateService::Sign(grpc::ServerContext* ctx,
     logger->warn("node {}: {}", *node, why);
     return {grpc::StatusCode::INVALID_ARGUMENT, why};
   }
+  // Before the first whole view every pod would look absent: not a refusal.
+  if (!store_.ready()) {
+    logger->info("node {}: {} must wait: the initial view of the cluster is not read yet", *node,
+                 csr->uri);
+    return {grpc::StatusCode::UNAVAILABLE,
+            "the control plane has not read the cluster yet: try again shortly"};
+  }
   if (!store_.runsOn(*node, id->ns, id->sa)) {
     std::string why = fmt::format("node {} runs no pod with service account {}/{}: refusing {}",
                                   *node, id->ns, id->sa, csr->uri);

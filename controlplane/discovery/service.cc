@@ -48,6 +48,15 @@ grpc::Status Service::Watch(grpc::ServerContext* ctx, const sluice::api::v1::Wat
   const uint64_t epoch = store_.epoch();
   logger->info("agent of node {} connected from {} (resume version {} of epoch {:x}; this is {:x})",
                node, ctx->peer(), req->resume_version(), req->resume_epoch(), epoch);
+  // Not a partial view: an empty one would take every workload, Service
+  // and policy from the agent. It keeps its last view meanwhile.
+  if (!store_.ready()) {
+    logger->info("agent of node {} waits for the initial view of the cluster", node);
+    while (!store_.waitReady(std::chrono::milliseconds(500)))
+      if (ctx->IsCancelled() || stopping_)
+        return {grpc::StatusCode::UNAVAILABLE,
+                "the control plane has not read the cluster yet (see its log)"};
+  }
   // The node's policies go out whole, in the first message of a stream and
   // whenever they differ from what this stream sent last.
   std::string sent_policies;

@@ -31,6 +31,12 @@ void append(model::Objects& into, const model::Objects& one) {
                                    one.peer_authentications.end());
 }
 
+std::string article(std::string_view word) {
+  return !word.empty() && std::string_view("AEIOU").find(word.front()) != std::string_view::npos
+             ? "an "
+             : "a ";
+}
+
 std::string statusMessage(const std::string& body) {
   auto j = json::parse(body, nullptr, false);
   if (j.is_object() && j.contains("message") && j["message"].is_string())
@@ -42,10 +48,12 @@ std::string statusMessage(const std::string& body) {
 
 struct Source::Resource {
   std::string kind;
-  std::string path;                               // collection path
-  std::string api_version;                        // custom resources: for items without one
-  bool optional = false;                          // a CRD: 404 (not installed) counts as empty
-  bool write_status = false;                      // write the Accepted condition (policies)
+  std::string plural;         // for the log: "Pods", "AuthorizationPolicies (security.istio.io/v1)"
+  std::string label;          // "a Pod", "an AuthorizationPolicy (security.istio.io/v1)"
+  std::string path;           // collection path
+  std::string api_version;    // custom resources: for items without one
+  bool optional = false;      // a CRD: 404 (not installed) counts as empty
+  bool write_status = false;  // write the Accepted condition (policies)
   std::map<std::string, model::Objects> objects;  // by objectKey, one object each
   Status status;
   bool listed = false;
@@ -60,12 +68,19 @@ Source::Source(Client client, model::Store& store, SourceOptions options)
         std::pair{"EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"}}) {
     auto r = std::make_unique<Resource>();
     r->kind = kind;
+    r->plural = std::string(kind) + "s";
+    r->label = article(kind) + kind;
     r->path = path;
     resources_.push_back(std::move(r));
   }
   for (const auto& p : policyResources(options.watch_istio_policies)) {
     auto r = std::make_unique<Resource>();
     r->kind = p.kind;
+    std::string group = fmt::format(" ({})", p.api_version);
+    r->plural =
+        (r->kind.ends_with('y') ? r->kind.substr(0, r->kind.size() - 1) + "ies" : r->kind + "s") +
+        group;
+    r->label = article(r->kind) + r->kind + group;
     r->path = p.path;
     r->api_version = p.api_version;
     r->optional = true;
@@ -78,6 +93,8 @@ Result<std::unique_ptr<Source>> Source::create(Client client, model::Store& stor
                                                SourceOptions options) {
   if (client.config().server.empty()) return fail("no Kubernetes API server address");
   std::unique_ptr<Source> self(new Source(std::move(client), store, options));
+  // Agents get no view and no certificate before the first whole list.
+  store.expect(kSourceName);
   Source* s = self.get();
   for (auto& r : self->resources_) {
     Resource* res = r.get();
@@ -208,7 +225,7 @@ bool Source::list(Resource& r) {
     auto resp = client_.get(path, options_.request_timeout.count());
     if (!resp) {
       setError(r, resp.error().describe());
-      logger()->warn("listing {}s: {}", r.kind, resp.error().describe());
+      logger()->warn("listing {}: {}", r.plural, resp.error().describe());
       return false;
     }
     if (resp->status == 410 && !cont.empty()) {
@@ -218,18 +235,18 @@ bool Source::list(Resource& r) {
       }
       if (++restarts > kMaxRestarts) {
         std::string e = fmt::format(
-            "listing {}s: the API server expired the list's continue token {} times in a row "
+            "listing {}: the API server expired the list's continue token {} times in a row "
             "(HTTP 410 Gone: it compacted the list's revision before all pages were read); "
-            "the last complete list of {}s stays in use; retrying",
-            r.kind, restarts, r.kind);
+            "the last complete list of {} stays in use; retrying",
+            r.plural, restarts, r.plural);
         setError(r, e);
         logger()->warn("{}", e);
         return false;
       }
       logger()->info(
-          "listing {}s: the continue token expired after {} {}s (HTTP 410 Gone); starting the "
+          "listing {}: the continue token expired after {} {} (HTTP 410 Gone); starting the "
           "list over from the first page",
-          r.kind, fresh.size(), r.kind);
+          r.plural, fresh.size(), r.plural);
       fresh.clear();
       cont.clear();
       rv.clear();
@@ -240,25 +257,25 @@ bool Source::list(Resource& r) {
       std::lock_guard lk(mu_);
       if (!r.listed || !r.objects.empty())
         logger()->warn(
-            "{} is not served (HTTP 404): no {}s until its CRD is installed "
+            "{} is not served (HTTP 404): no {} until its CRD is installed "
             "(kubectl apply -k deploy/)",
-            r.path, r.kind);
+            r.path, r.plural);
       r.objects.clear();
       r.listed = true;
       markDirty();
       return false;
     }
     if (resp->status != 200) {
-      httpError(r, "listing " + r.kind + "s", *resp);
+      httpError(r, "listing " + r.plural, *resp);
       return false;
     }
     auto page = decodeListPage(resp->body, r.kind, r.api_version);
     if (!page) {
-      setError(r, "listing " + r.kind + "s: " + page.error().describe());
-      logger()->warn("listing {}s: {}", r.kind, page.error().describe());
+      setError(r, "listing " + r.plural + ": " + page.error().describe());
+      logger()->warn("listing {}: {}", r.plural, page.error().describe());
       return false;
     }
-    for (const auto& why : page->skipped) logger()->warn("skipping a {}: {}", r.kind, why);
+    for (const auto& why : page->skipped) logger()->warn("skipping {}: {}", r.label, why);
     for (auto& [key, one] : page->objects) fresh[key] = std::move(one);
     {
       // An object that became invalid keeps its last good version, as in a
@@ -283,7 +300,7 @@ bool Source::list(Resource& r) {
   r.status.last_error.clear();
   r.listed = true;
   markDirty();
-  logger()->info("listed {} {}s (resourceVersion {}{})", r.objects.size(), r.kind, rv,
+  logger()->info("listed {} {} (resourceVersion {}{})", r.objects.size(), r.plural, rv,
                  restarts ? fmt::format(", started over {} time{} after an expired continue token",
                                         restarts, restarts == 1 ? "" : "s")
                           : std::string());

@@ -262,7 +262,9 @@ Result<void> parseSlice(const json& doc, const json& meta,
   auto svc = labels.find("kubernetes.io/service-name");
   if (svc != labels.end()) es.service = svc->second;
   TRY_ASSIGN(type, str(doc, "addressType", false, ctx));
-  if (!type.empty() && type != "IPv4") return {};  // IPv6 / FQDN slices are not proxied yet
+  // FQDN slices name no address to balance over (deprecated in Kubernetes).
+  if (!type.empty() && type != "IPv4" && type != "IPv6") return {};
+  const bool v6 = type == "IPv6";
   TRY_ASSIGN(ports, list(doc, "ports", ctx));
   if (ports)
     for (const auto& p : *ports) {
@@ -284,15 +286,28 @@ Result<void> parseSlice(const json& doc, const json& meta,
         if (!a.is_string()) return fail(ectx + ": addresses must be strings");
         auto ok = checkIp(a.get<std::string>(), ectx);
         if (!ok) return ok;
+        if (auto ip = IpAddr::parse(a.get<std::string>());
+            !type.empty() && (!ip || ip->isV6() != v6))
+          return fail(ectx + ": address " + a.get<std::string>() + " is not of addressType " +
+                      type);
         ep.addresses.push_back(a.get<std::string>());
       }
       TRY_ASSIGN(conditions, obj(e, "conditions", ectx));
       if (conditions) {
-        auto r = conditions->find("ready");
-        if (r != conditions->end() && !r->is_null()) {
-          if (!r->is_boolean()) return fail(ectx + ": conditions.ready must be a boolean");
-          ep.ready = r->get<bool>();
-        }
+        // Unset (or null) keeps the API's default.
+        auto flag = [&](const char* name, bool& into) -> Result<bool> {
+          auto r = conditions->find(name);
+          if (r == conditions->end() || r->is_null()) return false;
+          if (!r->is_boolean()) return fail(ectx + ": conditions." + name + " must be a boolean");
+          into = r->get<bool>();
+          return true;
+        };
+        TRY_ASSIGN(has_ready, flag("ready", ep.ready));
+        TRY_ASSIGN(has_serving, flag("serving", ep.serving));
+        if (!has_serving) ep.serving = ep.ready;
+        TRY_ASSIGN(has_terminating, flag("terminating", ep.terminating));
+        (void)has_ready;
+        (void)has_terminating;
       }
       TRY_ASSIGN(target, obj(e, "targetRef", ectx));
       if (target) {

@@ -64,7 +64,24 @@ Result<void> Store::setSource(const std::string& source, Objects objects) {
   }
   sources_[source] = std::move(objects);
   recompute();
+  if (pending_.erase(source)) changed_.notify_all();
   return {};
+}
+
+void Store::expect(const std::string& source) {
+  std::lock_guard lk(mu_);
+  if (!sources_.count(source)) pending_.insert(source);
+}
+
+bool Store::ready() const {
+  std::lock_guard lk(mu_);
+  return pending_.empty();
+}
+
+bool Store::waitReady(std::chrono::milliseconds timeout) {
+  std::unique_lock lk(mu_);
+  changed_.wait_for(lk, timeout, [&] { return stopped_ || pending_.empty(); });
+  return pending_.empty();
 }
 
 void Store::removeSource(const std::string& source) {
@@ -175,14 +192,25 @@ std::map<std::string, ServiceView> Store::computeServices() const {
       }
       auto own = slices.find(key);
       if (own != slices.end()) {
+        // The ready endpoints; with none, the serving terminating ones (as
+        // kube-proxy: connections still reach a Service during a rollout
+        // of all of its pods). An address in two slices (the API allows it
+        // while the controller moves it) is one endpoint, its ports merged.
+        bool any_ready = false;
+        for (const EndpointSlice* es : own->second)
+          for (const auto& e : es->endpoints) any_ready = any_ready || e.ready;
+        std::map<std::string, int> at;  // address -> index in v.endpoints
         for (const EndpointSlice* es : own->second)
           for (const auto& e : es->endpoints) {
-            if (!e.ready) continue;
+            if (any_ready ? !e.ready : !(e.serving && e.terminating)) continue;
             for (const auto& addr : e.addresses) {
-              auto* ep = v.add_endpoints();
-              ep->set_ip(addr);
-              ep->set_workload_uid(e.target_uid);
-              for (const auto& [name, port] : es->ports) (*ep->mutable_ports())[name] = port;
+              auto [it, added] = at.emplace(addr, v.endpoints_size());
+              auto* ep = added ? v.add_endpoints() : v.mutable_endpoints(it->second);
+              if (added) {
+                ep->set_ip(addr);
+                ep->set_workload_uid(e.target_uid);
+              }
+              for (const auto& [name, port] : es->ports) ep->mutable_ports()->insert({name, port});
             }
           }
       } else if (mode_ == EndpointsMode::kSlicesOrSelector && svc.has_selector &&

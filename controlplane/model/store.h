@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,11 @@ struct EndpointSlice {
   struct Endpoint {
     std::vector<std::string> addresses;
     bool ready = true;  // conditions.ready; unset means ready (API semantics)
+    // conditions.serving (unset: as ready) and conditions.terminating (unset:
+    // false): a Service with no ready endpoint falls back to the serving,
+    // terminating ones, as kube-proxy does (KEP-1669).
+    bool serving = true;
+    bool terminating = false;
     std::string target_uid;
   };
   std::string ns;
@@ -135,6 +141,13 @@ class Store {
   // object collides with one from another source (same pod uid / namespace).
   Result<void> setSource(const std::string& source, Objects objects);
   void removeSource(const std::string& source);
+  // A source that will supply objects: until each expected one has applied
+  // once, the store is not ready (its view would be partial: an empty one
+  // would take every workload, Service and policy from the agents).
+  void expect(const std::string& source);
+  bool ready() const;
+  // Blocks until ready, stop() or the timeout; returns ready().
+  bool waitReady(std::chrono::milliseconds timeout);
 
   uint64_t version() const;
   // Random and non-zero, fixed for the life of this Store: versions of two
@@ -171,6 +184,7 @@ class Store {
   std::condition_variable changed_;
   bool stopped_ = false;
   std::map<std::string, Objects> sources_;
+  std::set<std::string> pending_;  // expected sources that have not applied yet
   std::map<std::string, Workload> workloads_;
   std::map<std::string, ServiceView> services_;  // by "namespace/name"
   sluice::api::v1::PolicySet policies_;

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "agent/identity/cert_manager.h"
 #include "control_plane_rig.h"
 
 using namespace sluice;
@@ -67,6 +68,38 @@ TEST_SUITE("discovery") {
     cp = std::make_unique<ControlPlane>(*store, port);
     CHECK(rec.waitUntil([](Recorder& r) { return !r.view["uid-web"].enrolled(); }));
     CHECK((*client)->connected());
+  }
+
+  TEST_CASE(
+      "before an expected source applied once (Kubernetes: its first whole list) an agent gets "
+      "no view and no certificate - not an empty view") {
+    controlplane::model::Store store;
+    store.expect("kubernetes");
+    CHECK_FALSE(store.ready());
+    int port = 0;
+    ControlPlane cp(store, port);
+    Recorder rec;
+    auto client = agent::discovery::Client::create(clientConfig(port), rec);
+    REQUIRE(client.has_value());
+    // An empty snapshot would take every workload, Service and policy from
+    // the agent: it gets nothing, and keeps what it had.
+    CHECK_FALSE(rec.waitUntil([](Recorder& r) { return r.calls > 0; }, 1500ms));
+    CHECK_FALSE((*client)->synced());
+    agent::identity::GrpcSigner signer("127.0.0.1:" + std::to_string(port),
+                                       testCa().trustAnchorPem(), kNode1Token);
+    auto key = x509::generateP256();
+    auto csr = *x509::makeCsr(key->get(), "spiffe://cluster.local/ns/shop/sa/default");
+    auto early = signer.sign(csr, 120s);
+    REQUIRE_FALSE(early.has_value());  // not "runs no pod": the view is not read yet
+    CHECK(early.error().describe().find("has not read the cluster yet") != std::string::npos);
+    // Another source does not make the store whole.
+    REQUIRE(store.setSource("other", {}).has_value());
+    CHECK_FALSE(store.ready());
+    REQUIRE(store.setSource("kubernetes", podObjects("web")).has_value());
+    CHECK(store.ready());
+    CHECK(rec.waitUntil([](Recorder& r) { return r.view.count("uid-web") == 1; }));
+    CHECK((*client)->synced());
+    CHECK(signer.sign(csr, 120s).has_value());
   }
 
   TEST_CASE("an agent already at the current version gets an up-to-date message - not a snapshot") {

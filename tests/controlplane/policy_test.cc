@@ -286,6 +286,37 @@ TEST_SUITE("policy.local") {
     CHECK(junk.lines[0].starts_with("rejected: YAML syntax error"));
   }
 
+  TEST_CASE("Istio's root namespace: a security.istio.io policy in istio-system is mesh-wide") {
+    std::string istio_pa = peer("istio-system", "default", "STRICT");  // security.istio.io/v1
+    std::string istio_ap = authz("istio-system", "deny-evil", "");
+    istio_ap.replace(istio_ap.find("security.sluice.dev/v1"), 22, "security.istio.io/v1");
+    // Sluice's own group there is an ordinary namespace's policy.
+    std::string own = authz("istio-system", "own", "");
+    auto o = parse(istio_pa + "---\n" + istio_ap + "---\n" + own);
+    REQUIRE(o.peer_authentications.size() == 1);
+    CHECK(o.peer_authentications[0].ns == "sluice-system");
+    CHECK(o.peer_authentications[0].name == "default");
+    REQUIRE(o.peer_authentications[0].warnings.size() == 1);
+    CHECK(o.peer_authentications[0].warnings[0].find("Istio's root namespace istio-system") !=
+          std::string::npos);
+    REQUIRE(o.authorization_policies.size() == 2);
+    CHECK(o.authorization_policies[0].ns == "sluice-system");
+    CHECK(o.authorization_policies[1].ns == "istio-system");
+    std::map<std::string, api::v1::Workload> ws;
+    ws["a"] = workload("shop", "node1", {{"app", "web"}});
+    model::Store store;
+    REQUIRE(store.setSource("f", std::move(o)).has_value());
+    CHECK(names(model::policiesForNode("node1", ws, store.policies())) ==
+          "A:sluice-system/deny-evil P:sluice-system/default ");
+    // --validate says where it went.
+    auto check = local::checkFile(istio_pa);
+    CHECK(check.ok);
+    REQUIRE(check.lines.size() == 2);
+    CHECK(check.lines[0] == "valid PeerAuthentication sluice-system/default");
+    CHECK(check.lines[1].find("read from Istio's root namespace istio-system") !=
+          std::string::npos);
+  }
+
   TEST_CASE("a kind of the same name in another API group is ignored") {
     auto o = parse(
         "apiVersion: example.com/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: "

@@ -307,6 +307,94 @@ endpoints:
     CHECK(gone->removed_services == std::vector<std::string>{"shop/web"});
   }
 
+  TEST_CASE(
+      "EndpointSlices as the API serves them: IPv6 slices, an address in two slices, and the "
+      "serving terminating endpoints when none is ready") {
+    auto objs = local::parseYaml(R"(kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIPs: [10.96.0.20, "fd00:96::20"]
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+kind: EndpointSlice
+metadata: {name: web-v4a, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.244.1.1]
+  targetRef: {kind: Pod, uid: p1}
+---
+kind: EndpointSlice
+metadata: {name: web-v4b, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.244.1.1]
+  targetRef: {kind: Pod, uid: p1}
+- addresses: [10.244.1.9]
+---
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: ["fd00:244:1::1"]
+  targetRef: {kind: Pod, uid: p1}
+---
+kind: Service
+metadata: {name: old, namespace: shop}
+spec:
+  clusterIP: 10.96.0.21
+  ports: [{name: http, port: 80}]
+---
+kind: EndpointSlice
+metadata: {name: old-1, namespace: shop, labels: {kubernetes.io/service-name: old}}
+addressType: IPv4
+ports: [{name: http, port: 80}]
+endpoints:
+- addresses: [10.244.1.7]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.244.1.8]
+  conditions: {ready: false, serving: false, terminating: true}
+- addresses: [10.244.1.6]
+  conditions: {ready: false}
+)");
+    REQUIRE_MESSAGE(objs.has_value(), (objs ? "" : objs.error().describe()));
+    model::Store store(model::EndpointsMode::kSlicesOnly);
+    REQUIRE(store.setSource("k", *objs).has_value());
+    std::map<std::string, std::vector<std::string>> eps;
+    for (const auto& svc : store.snapshot().services)
+      for (const auto& e : svc.endpoints()) eps[svc.name()].push_back(e.ip());
+    // One endpoint per address (10.244.1.1 is in two slices), IPv6 included.
+    CHECK(eps["web"] == std::vector<std::string>{"10.244.1.1", "10.244.1.9", "fd00:244:1::1"});
+    // No ready endpoint: the serving terminating one, as kube-proxy.
+    CHECK(eps["old"] == std::vector<std::string>{"10.244.1.7"});
+    // A ready one appears: it alone.
+    auto more = local::parseYaml(R"(kind: EndpointSlice
+metadata: {name: old-2, namespace: shop, labels: {kubernetes.io/service-name: old}}
+addressType: IPv4
+ports: [{name: http, port: 80}]
+endpoints:
+- addresses: [10.244.1.5]
+)");
+    REQUIRE(more.has_value());
+    REQUIRE(store.setSource("k2", *more).has_value());
+    for (const auto& svc : store.snapshot().services)
+      if (svc.name() == "old") {
+        REQUIRE(svc.endpoints_size() == 1);
+        CHECK(svc.endpoints(0).ip() == "10.244.1.5");
+      }
+    // An address of the other family is refused with the field.
+    auto bad = local::parseYaml(R"(kind: EndpointSlice
+metadata: {name: w, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+endpoints:
+- addresses: [10.244.1.1]
+)");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().describe().find("is not of addressType IPv6") != std::string::npos);
+  }
+
   TEST_CASE("a headless Service has no VIP, is marked headless and names its endpoints") {
     auto objs = local::parseYaml(std::string(kShop) + R"(---
 kind: Service
