@@ -198,6 +198,57 @@ class ServicesTest(LabTest):
         finally:
             self.lab.lab("svc", "del", "shop", "nobody")
 
+    def test_3c_an_endpoint_refusing_by_policy_is_the_answer_on_both_nodes(self):
+        """A Service whose endpoints differ in policy: a connection that lands on
+        the denying one is refused, from a client on the endpoints' node (the
+        handoff resets) and from one across nodes (the CONNECT's 401) alike; the
+        401 is the answer, not a failed connect to move on from."""
+        lab = self.lab
+        ips = {"g-open": lab.pod("shop", "g-open", node="node2", sa="web", labels=["app=guarded"]),
+               "g-shut": lab.pod("shop", "g-shut", node="node2", sa="web",
+                                 labels=["app=guarded", "gate=shut"])}
+        tmp = tempfile.mkdtemp(prefix="sluice-svc-policy-")
+        policy = os.path.join(tmp, "deny.yaml")
+        with open(policy, "w") as f:
+            f.write("apiVersion: security.sluice.dev/v1\nkind: AuthorizationPolicy\n"
+                    "metadata: {name: shut, namespace: shop}\n"
+                    "spec:\n  selector:\n    matchLabels: {gate: shut}\n  action: DENY\n"
+                    "  rules:\n  - from:\n    - source: {namespaces: [shop]}\n")
+        vip, servers = None, []
+        try:
+            for name in ips:
+                wait_for(f"{name} enrolled", lambda name=name: lab.enrolled("node2", f"shop/{name}"))
+                servers.append(lab.server(f"shop/{name}", "whoami", 8080))
+            vip = lab.lab("svc", "add", "shop", "guarded", "--selector", "app=guarded",
+                          "--port", "80:8080").stdout.strip()
+            lab.lab("apply", policy)
+            wait_for("shop/shut in force on node2", lambda: any(
+                p["name"] == "shut" for p in lab.ctl("node2", "policies")["authorization_policies"]))
+            for node, client in (("node1", "shop/client"), ("node2", "shop/web2")):
+                wait_for(f"shop/guarded's two endpoints on {node}", lambda node=node: sorted(
+                    e["ip"] for s in lab.ctl(node, "services")["services"] if s["name"] == "guarded"
+                    for e in s["endpoints"]) == sorted(ips.values()))
+                r = json.loads(lab.client(client, "spread", vip, "80", "40", "4", timeout=300).stdout)
+                self.assertEqual(list(r["by_server"]), [ips["g-open"]], (node, r))
+                self.assertGreater(len(r["failures"]), 0, (node, r))
+                self.assertEqual(len(r["failures"]) + r["by_server"][ips["g-open"]], 40, (node, r))
+            # Across nodes each refusal is one record, refused with 401, and
+            # no attempt at the denying endpoint was retried elsewhere.
+            to_shut = [c for c in lab.connections("node1")
+                       if c["destination"].rsplit(":", 1)[0].strip("[]") == ips["g-shut"]]
+            self.assertTrue(to_shut)
+            self.assertEqual({c["reason"] for c in to_shut}, {"refused: 401"}, to_shut[:3])
+        finally:
+            lab.lab("delete", policy, check=False)
+            for p in servers:
+                p.kill()
+                p.wait()
+            if vip:
+                lab.lab("svc", "del", "shop", "guarded", check=False)
+            for name in ips:
+                lab.lab("pod", "del", "shop", name, check=False)
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def test_4_control_plane_down_for_30s(self):
         lab = self.lab
         lab.server("shop/web2", "echo", 8082)

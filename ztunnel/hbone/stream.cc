@@ -253,10 +253,15 @@ void Stream::h2Headers() {
   rst_sent_ = true;
   tunnel_->reset(id_, NGHTTP2_CANCEL);
   // 401/403: the destination answered, and its authorization refused this
-  // client. The endpoint is healthy: a Service attempt may still move on,
-  // but the refusal counts for no ejection (an unauthorized client must
-  // not eject endpoints from its node's authorized ones).
-  if (attempt_ && refusedByPolicy(status)) attempt_->succeeded();
+  // client. That is the connection's answer, as a deny on the same node is
+  // (reset, no other endpoint tried): the endpoint is healthy, so the
+  // refusal counts for no ejection either (an unauthorized client must not
+  // eject endpoints from its node's authorized ones).
+  if (refusedByPolicy(status)) {
+    if (attempt_) attempt_->succeeded();
+    close(true, CloseReason::kRefused, status);
+    return;
+  }
   fail(CloseReason::kRefused, status);
 }
 
