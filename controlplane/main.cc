@@ -48,6 +48,11 @@ int validate(const std::string& path) {
   }
   auto check = controlplane::local::checkFile(*text);
   for (const auto& line : check.lines) std::printf("%s\n", line.c_str());
+  if (check.lines.empty())  // silence would read as "all valid"
+    std::fprintf(stderr,
+                 "sluice-controlplane: %s holds no AuthorizationPolicy or PeerAuthentication: "
+                 "nothing to check\n",
+                 path.c_str());
   return check.ok ? 0 : 1;
 }
 }  // namespace

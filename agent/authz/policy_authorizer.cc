@@ -95,6 +95,9 @@ policy::Request PolicyAuthorizer::requestFor(const AuthzView::Entry& entry, cons
 
 std::string PolicyAuthorizer::explain(const policy::Decision& d) {
   std::string out = policy::toString(d.reason);
+  // "no policy" also answers when policies exist and none decided.
+  if (d.reason == policy::Reason::kNoPolicy)
+    out += " decides: no ALLOW policy applies to the workload, and no DENY matched";
   if (!d.policy.empty()) out += fmt::format(" by policy {}/{}", d.policy.ns, d.policy.name);
   return out;
 }

@@ -8,7 +8,9 @@
 #    without a PEM certificate (the agent used to pin and attach its BPF
 #    programs first), a missing --bootstrap-tokens (the control plane used to
 #    generate and keep a development CA first);
-#  - sluicectl arguments it can judge alone: exit 2 without asking any agent.
+#  - sluicectl arguments it can judge alone: exit 2 without asking any agent;
+#  - `sluice-controlplane --validate` of a file with no policy in it says so
+#    (it printed nothing, which reads as "all valid").
 # Usage: refusals_test.sh BUILD_DIR
 set -u
 BUILD=$1
@@ -75,3 +77,14 @@ for args in "-o json install" "-o json uninstall" "authz check --from a/b --to n
   echo "$out" | grep -q "cannot reach" && fail "sluicectl $args asked the agent: $out"
 done
 echo "ok: sluicectl refuses what it can judge alone"
+
+printf '# nothing here yet\n' >"$TMP/empty.yaml"
+printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n' >"$TMP/ns.yaml"
+for f in empty.yaml ns.yaml; do
+  out=$("$CP" --validate "$TMP/$f" 2>&1)
+  rc=$?
+  [ "$rc" = 0 ] || fail "--validate $f exited $rc, want 0: $out"
+  echo "$out" | grep -q "holds no AuthorizationPolicy or PeerAuthentication: nothing to check" ||
+    fail "--validate $f: '$out'"
+done
+echo "ok: --validate of a file without policies says so"
