@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
 
 #include "controlplane/kube/decode.h"
 #include "controlplane/kube/policy_resources.h"
@@ -55,6 +56,8 @@ struct Source::Resource {
   bool optional = false;      // a CRD: 404 (not installed) counts as empty
   bool write_status = false;  // write the Accepted condition (policies)
   std::map<std::string, model::Objects> objects;  // by objectKey, one object each
+  std::set<std::string> stand_ins;                // keys whose object is a fail-closed stand-in
+  std::map<std::string, std::string> invalid;     // key -> why its newest version was refused
   Status status;
   bool listed = false;
   std::chrono::milliseconds retry_after{0};  // the server's Retry-After; the run thread only
@@ -217,6 +220,7 @@ bool Source::list(Resource& r) {
   // previous one stays served.
   constexpr int kMaxRestarts = 3;
   std::map<std::string, model::Objects> fresh;
+  std::set<std::string> fresh_stand_ins, fresh_invalid;
   std::string cont, rv;
   int restarts = 0;
   while (true) {
@@ -248,6 +252,8 @@ bool Source::list(Resource& r) {
           "list over from the first page",
           r.plural, fresh.size(), r.plural);
       fresh.clear();
+      fresh_stand_ins.clear();
+      fresh_invalid.clear();
       cont.clear();
       rv.clear();
       continue;
@@ -281,11 +287,15 @@ bool Source::list(Resource& r) {
       // An object that became invalid keeps its last good version, as in a
       // watch; without one, a policy's fail-closed stand-in enforces it.
       std::lock_guard lk(mu_);
+      for (const auto& key : page->invalid_keys) fresh_invalid.insert(key);
       for (const auto& key : page->invalid_keys)
-        if (auto old = r.objects.find(key); old != r.objects.end())
+        if (auto old = r.objects.find(key); old != r.objects.end()) {
           fresh[key] = old->second;
-        else if (auto s = page->stand_ins.find(key); s != page->stand_ins.end())
+          if (r.stand_ins.count(key)) fresh_stand_ins.insert(key);
+        } else if (auto s = page->stand_ins.find(key); s != page->stand_ins.end()) {
           fresh[key] = std::move(s->second);
+          fresh_stand_ins.insert(key);
+        }
     }
     if (r.write_status)
       for (const auto& w : page->status_writes) writeStatus(client_, r.path, w);
@@ -295,6 +305,8 @@ bool Source::list(Resource& r) {
   }
   std::lock_guard lk(mu_);
   r.objects = std::move(fresh);
+  r.stand_ins = std::move(fresh_stand_ins);
+  std::erase_if(r.invalid, [&](const auto& kv) { return !fresh_invalid.count(kv.first); });
   r.status.resource_version = rv;
   r.status.lists++;
   r.status.last_error.clear();
@@ -385,24 +397,35 @@ bool Source::apply(Resource& r, WatchEvent& ev) {
   }
   if (ev.type == "DELETED") {
     r.objects.erase(ev.key);
+    r.stand_ins.erase(ev.key);
+    r.invalid.erase(ev.key);
   } else {
     if (!ev.invalid.empty()) {
       r.status.malformed++;
-      const bool stand_in =
-          r.objects.count(ev.key) == 0 && (!ev.stand_in.authorization_policies.empty() ||
+      const bool good_kept = r.objects.count(ev.key) != 0 && r.stand_ins.count(ev.key) == 0;
+      const bool stand_in = !good_kept && (!ev.stand_in.authorization_policies.empty() ||
                                            !ev.stand_in.peer_authentications.empty());
-      logger()->warn("{} watch: skipped an invalid object ({}): {}", r.kind,
-                     stand_in ? "no good version: enforced failing closed until it is fixed"
-                              : "its last good version, if any, stays",
-                     ev.invalid);
+      // The same refusal again (the MODIFIED event of our own status write,
+      // a relabel) is not news.
+      auto& last = r.invalid[ev.key];
+      logger()->log(last == ev.invalid ? spdlog::level::debug : spdlog::level::warn,
+                    "{} watch: skipped an invalid object ({}): {}", r.kind,
+                    good_kept  ? "its last good version stays in force"
+                    : stand_in ? "no good version: enforced failing closed until it is fixed"
+                               : "no good version: nothing of it is in force",
+                    ev.invalid);
+      last = ev.invalid;
       if (!rv.empty()) r.status.resource_version = rv;
       if (!stand_in) return true;
       r.objects[ev.key] = std::move(ev.stand_in);
+      r.stand_ins.insert(ev.key);
       r.status.events++;
       markDirty();
       return true;
     }
     r.objects[ev.key] = std::move(ev.objects);
+    r.stand_ins.erase(ev.key);
+    r.invalid.erase(ev.key);
   }
   if (!rv.empty()) r.status.resource_version = rv;
   r.status.events++;

@@ -170,6 +170,14 @@ TEST_SUITE("controlplane/kubernetes/policies") {
              {{"resource", "peerauthentications"}, {"object", peer("strict", "STRIKT", kSluice)}});
     REQUIRE(eventually([&] { return w.store.policies().peer_size() == 1; }));
     CHECK(w.store.policies().peer(0).mode() == "STRICT");
+    // Edited, still invalid, onto other workloads: the stand-in follows the
+    // selector that reads now (a stand-in is no good version to keep).
+    auto moved = authz("allow", json::array({"10.0.0.0/33"}), kSluice);
+    moved["spec"]["selector"]["matchLabels"]["app"] = "api";
+    api.call("upsert", {{"resource", "authorizationpolicies"}, {"object", moved}});
+    REQUIRE(eventually(
+        [&] { return w.store.policies().authorization(0).selector().at("app") == "api"; }));
+    CHECK(w.store.policies().authorization(0).rules_size() == 0);
     // Fixed: the policy as written.
     api.call("upsert", {{"resource", "authorizationpolicies"},
                         {"object", authz("allow", json::array({"10.0.0.0/8"}), kSluice)}});
