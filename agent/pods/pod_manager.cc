@@ -134,15 +134,27 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
   return it->second.enrolled;
 }
 
-void PodManager::remove(const std::string& container_id, const std::string& uid) {
+void PodManager::remove(const std::string& container_id, const std::string& uid,
+                        const std::string& netns_path) {
   std::lock_guard lk(mu_);
   if (frozen_) return;  // the CNI server is off; the successor's restore() drops a gone pod
   auto it = pods_.find(container_id);
-  if (it == pods_.end() && !uid.empty()) {
+  if (it == pods_.end()) {
+    // Only a record that has no container id of its own (a hand-edited or
+    // foreign state file: ADD always records one) may be matched otherwise,
+    // and then by its uid and its netns both. Never by the uid alone: a
+    // runtime repeats the DEL of a sandbox after its pod's replacement sandbox
+    // (same uid, another container) was added, and that one must stay.
     for (auto p = pods_.begin(); p != pods_.end(); ++p)
-      if (p->second.ref.uid == uid) it = p;
+      if (p->first.empty() && !uid.empty() && p->second.ref.uid == uid && !netns_path.empty() &&
+          p->second.ref.netns_path == netns_path)
+        it = p;
   }
-  if (it == pods_.end()) return;
+  if (it == pods_.end()) {
+    logger()->info("DEL of container {} (pod uid {}), which this agent does not know: done",
+                   container_id, uid.empty() ? "unset" : uid);
+    return;
+  }
   unenroll(it->second);
   logger()->info("pod {} removed (container {})", podName(it->second.ref), it->first);
   pods_.erase(it);

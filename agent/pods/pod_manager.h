@@ -77,8 +77,12 @@ class PodManager {
   // CNI ADD. Waits up to `wait` for the control plane to know the pod, then
   // enrolls it if its workload is enrolled. Returns whether it is enrolled.
   Result<bool> add(const PodRef& ref, std::chrono::milliseconds wait);
-  // CNI DEL: unenrolls and forgets the pod; unknown container: no-op.
-  void remove(const std::string& container_id, const std::string& uid);
+  // CNI DEL: unenrolls and forgets the pod of container_id; an unknown
+  // container is a no-op. Another container's pod is never removed, even
+  // with the same uid (a pod's replacement sandbox); uid and netns_path only
+  // find a record kept without a container id.
+  void remove(const std::string& container_id, const std::string& uid,
+              const std::string& netns_path);
   // CNI CHECK: the pod is known and its enrollment matches the desired state.
   Result<void> check(const std::string& container_id, const std::string& uid);
 

@@ -40,7 +40,7 @@ class CniBridge final : public cni::Handler {
       else
         reply.error = r.error().describe();
     } else if (req.command == "DEL") {
-      pods_.remove(req.container_id, req.pod_uid);
+      pods_.remove(req.container_id, req.pod_uid, req.netns);
       reply.ok = true;
     } else if (req.command == "CHECK") {
       auto r = pods_.check(req.container_id, req.pod_uid);

@@ -135,11 +135,11 @@ TEST_SUITE("pod_manager") {
     });
     CHECK(rc == 0);
 
-    pm.remove("ctr-1", "uid-1");
+    pm.remove("ctr-1", "uid-1", f.pod.path());
     CHECK(pm.enrolledIdentities().empty());
     CHECK_FALSE(f.engine.has("ctr-1"));
     CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
-    pm.remove("ctr-1", "uid-1");  // DEL twice is fine
+    pm.remove("ctr-1", "uid-1", f.pod.path());  // DEL twice is fine
     CHECK_FALSE(pm.check("ctr-1", "uid-1").has_value());
   }
 
@@ -174,7 +174,7 @@ TEST_SUITE("pod_manager") {
     auto refused = pm.add(other, std::chrono::milliseconds(10));
     REQUIRE_FALSE(refused.has_value());
     CHECK(refused.error().describe().find("handing over") != std::string::npos);
-    pm.remove("ctr-1", "uid-1");  // the successor owns the pod now
+    pm.remove("ctr-1", "uid-1", f.pod.path());  // the successor owns the pod now
     CHECK(f.engine.has("ctr-1"));
     pm.thaw();  // the handover did not finish: the latest view applies
     CHECK_FALSE(f.engine.has("ctr-1"));
@@ -221,7 +221,7 @@ TEST_SUITE("pod_manager") {
     again.restore();
     CHECK(again.dump()["pods"][0]["ip6"] == "fd00:244:1::5");
     CHECK(own6() == "fd00:244:1::5");
-    again.remove("ctr-1", "uid-1");
+    again.remove("ctr-1", "uid-1", f.pod.path());
     CHECK(own6() == "none");
     again.onWorkloads(Fixture::view(true), 2);
 
@@ -233,7 +233,7 @@ TEST_SUITE("pod_manager") {
     REQUIRE(r.value_or(false));
     CHECK(f.engine.has("ctr-6"));
     CHECK(own6() == "fd00:244:1::5");
-    again.remove("ctr-6", "uid-1");
+    again.remove("ctr-6", "uid-1", f.pod.path());
     CHECK_FALSE(f.engine.has("ctr-6"));
     CHECK(own6() == "none");
     // Without any address there is nothing to mesh: refused, nothing left behind.
@@ -266,6 +266,68 @@ TEST_SUITE("pod_manager") {
     CHECK(r.error().describe().find("one network namespace is one pod") != std::string::npos);
     CHECK(pm.dump()["pods"].size() == 1);
     CHECK(pm.enrolledCount() == 1);
+  }
+
+  TEST_CASE(
+      "a repeated DEL of a replaced sandbox leaves the pod's new sandbox (same uid) enrolled") {
+    Fixture f;
+    test::ScratchNetns replacement;
+    replacement.sh(
+        "ip link add eth0 type veth peer name peer0 && ip link set eth0 up && ip link set peer0 "
+        "up && ip addr add 10.77.2.6/24 dev eth0");
+    uint64_t replacement_cookie = *netnsCookie(replacement.fd());
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+    pm.onWorkloads(Fixture::view(true), 1);
+    REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+    pm.remove("ctr-1", "uid-1", f.pod.path());
+    // The pod's sandbox is re-created: same pod uid, another container and netns.
+    pods::PodRef again = f.ref();
+    again.container_id = "ctr-1b";
+    again.netns_path = replacement.path();
+    again.ip4 = *parseIp4("10.77.2.6");
+    REQUIRE(pm.add(again, std::chrono::milliseconds(50)).value_or(false));
+    // The runtime repeats the first sandbox's DEL (with and without its netns).
+    pm.remove("ctr-1", "uid-1", f.pod.path());
+    pm.remove("ctr-1", "uid-1", "");
+    CHECK(f.engine.has("ctr-1b"));
+    CHECK(f.loader->enrolled().lookup(replacement_cookie).has_value());
+    CHECK(pm.enrolledCount() == 1);
+    CHECK(pm.check("ctr-1b", "uid-1").has_value());
+    pm.remove("ctr-1b", "uid-1", replacement.path());
+    CHECK_FALSE(f.engine.has("ctr-1b"));
+    CHECK_FALSE(f.loader->enrolled().lookup(replacement_cookie).has_value());
+  }
+
+  TEST_CASE(
+      "a record kept without a container id is removed by its uid and netns both - never by the "
+      "uid alone") {
+    Fixture f;
+    {
+      pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+      pm.onWorkloads(Fixture::view(true), 1);
+      REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+    }
+    nlohmann::json state;
+    {
+      std::ifstream in(f.state + "/pods.json");
+      state = nlohmann::json::parse(in);
+    }
+    state["pods"][0]["container_id"] = "";  // a hand-edited or foreign state file
+    {
+      std::ofstream out(f.state + "/pods.json", std::ios::trunc);
+      out << state.dump();
+    }
+    f.engine.forget();
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+    pm.restore();
+    REQUIRE(pm.enrolledCount() == 1);
+    pm.remove("ctr-other", "uid-1", "/run/netns/sluice-test-another-netns");
+    pm.remove("ctr-other", "uid-1", "");
+    CHECK(pm.enrolledCount() == 1);
+    CHECK(f.loader->enrolled().lookup(f.cookie).has_value());
+    pm.remove("ctr-other", "uid-1", f.pod.path());
+    CHECK(pm.enrolledCount() == 0);
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
   }
 
   TEST_CASE("an enrollment failure fails ADD and leaves no capture behind") {
