@@ -99,6 +99,22 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
           "container {} is already added as pod {} (netns {}); this ADD names pod {} (netns {}): "
           "a container's ADD must name the same pod each time (its DEL first, for another)",
           ref.container_id, podName(had), had.netns_path, podName(ref), ref.netns_path));
+    if (had.ip4 != ref.ip4 || had.ip6 != ref.ip6) {
+      // The retry carries the primary plugin's result again, which is the
+      // one that counts: capture and listeners follow the pod's addresses,
+      // so an enrolled pod is enrolled again under the new ones.
+      LocalPod& pod = existing->second;
+      logger()->info(
+          "pod {} (container {}): a repeated ADD changes its addresses from {}{}{} to "
+          "{}{}{}",
+          podName(ref), ref.container_id, formatIp4(had.ip4), had.ip6.empty() ? "" : ", ", had.ip6,
+          formatIp4(ref.ip4), ref.ip6.empty() ? "" : ", ", ref.ip6);
+      if (pod.enrolled) unenroll(pod);
+      pod.ref.ip4 = ref.ip4;
+      pod.ref.ip6 = ref.ip6;
+      warnSharedAddress(pod);
+      persist();  // reconcile() below enrolls it again
+    }
   } else {
     auto netns = openNetns(ref.netns_path);
     if (!netns) return tl::unexpected(netns.error());
@@ -113,7 +129,8 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
     pod.ref = ref;
     pod.netns = std::move(*netns);
     pod.netns_cookie = *cookie;
-    pods_.emplace(ref.container_id, std::move(pod));
+    auto added = pods_.emplace(ref.container_id, std::move(pod)).first;
+    warnSharedAddress(added->second);
     persist();
     logger()->info("pod {} added (container {}, ip {}{}{}, netns cookie {})", podName(ref),
                    ref.container_id, formatIp4(ref.ip4), ref.ip6.empty() ? "" : ", ip6 ", ref.ip6,
@@ -132,6 +149,25 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
     logger()->warn("pod {} is not known to the control plane yet; it runs unenrolled until it is",
                    podName(ref));
   return it->second.enrolled;
+}
+
+// Two local pods with one address: the older one's DEL never reached this
+// agent (its sandbox is gone, its record is not), and traffic for the
+// address may go to the wrong pod until that record is removed.
+void PodManager::warnSharedAddress(const LocalPod& pod) const {
+  for (const auto& [id, other] : pods_) {
+    if (&other == &pod) continue;
+    bool same4 = pod.ref.ip4 != 0 && other.ref.ip4 == pod.ref.ip4;
+    bool same6 = !pod.ref.ip6.empty() && other.ref.ip6 == pod.ref.ip6;
+    if (!same4 && !same6) continue;
+    logger()->warn(
+        "pod {} (container {}) has address {}, which pod {} (container {}, netns {}) of this "
+        "agent still holds: that pod's CNI DEL never reached the agent, or both are live. If {} "
+        "is gone, delete its record by running its DEL again (or restart the agent, which drops "
+        "pods whose netns is gone)",
+        podName(pod.ref), pod.ref.container_id, same4 ? formatIp4(pod.ref.ip4) : pod.ref.ip6,
+        podName(other.ref), id, other.ref.netns_path, podName(other.ref));
+  }
 }
 
 void PodManager::remove(const std::string& container_id, const std::string& uid,

@@ -122,6 +122,7 @@ class PodManager {
   void setServiceAccount(LocalPod& pod, std::string sa);  // needs mu_
   void persist() const;                                   // needs mu_
   const Workload* findWorkload(const PodRef& ref) const;  // needs mu_
+  void warnSharedAddress(const LocalPod& pod) const;      // needs mu_
 
   bpf::Loader& loader_;
   ztunnel::Engine& engine_;

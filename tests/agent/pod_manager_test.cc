@@ -330,6 +330,33 @@ TEST_SUITE("pod_manager") {
     CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
   }
 
+  TEST_CASE("a repeated ADD with other addresses: the pod is enrolled under the new ones") {
+    Fixture f;
+    pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
+    pm.onWorkloads(Fixture::view(true), 1);
+    REQUIRE(pm.add(f.ref(), std::chrono::milliseconds(50)).value_or(false));
+    pods::PodRef moved = f.ref();
+    moved.ip4 = *parseIp4("10.77.2.7");
+    moved.ip6 = "fd00:244:1::7";
+    REQUIRE(pm.add(moved, std::chrono::milliseconds(50)).value_or(false));
+    auto dump = pm.dump();
+    REQUIRE(dump["pods"].size() == 1);
+    CHECK(dump["pods"][0]["ip"] == "10.77.2.7");
+    CHECK(dump["pods"][0]["ip6"] == "fd00:244:1::7");
+    CHECK(dump["pods"][0]["enrolled"] == true);
+    auto e = f.loader->enrolled().lookup(f.cookie);
+    REQUIRE(e.has_value());
+    CHECK(formatIp4(e->pod_ip4) == "10.77.2.7");
+    CHECK(f.engine.has("ctr-1"));
+    // Kept for a restart too.
+    {
+      std::ifstream in(f.state + "/pods.json");
+      CHECK(nlohmann::json::parse(in)["pods"][0]["ip"] == "10.77.2.7");
+    }
+    pm.remove("ctr-1", "uid-1", f.pod.path());
+    CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
+  }
+
   TEST_CASE("an enrollment failure fails ADD and leaves no capture behind") {
     Fixture f;
     pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
