@@ -14,6 +14,7 @@ namespace sluice::cni {
 // CNI error codes (spec section "Error"), the ones this plugin uses.
 enum ErrorCode : int {
   kIncompatibleVersion = 1,
+  kUnknownContainer = 3,    // CHECK of a container the agent does not know
   kInvalidEnvironment = 4,  // a CNI_* variable missing or malformed (the message names it)
   kDecodingFailure = 6,
   kInvalidConfig = 7,

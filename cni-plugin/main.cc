@@ -41,6 +41,8 @@ environment and the network configuration on stdin. Configuration fields:
 A container whose CNI_ARGS has no K8S_POD_NAMESPACE or K8S_POD_NAME (not a pod
 of a Kubernetes runtime: podman passes only K8S_POD_NAME) is passed through
 without the mesh; a line on stderr (the runtime's log) and in logFile says so.
+An agent that is up but busy or not answering gets CNI code 11 (the runtime
+retries), on ADD whatever failOpen says, and on DEL too.
 
 As the node's installer (the CNI container of the sluice-agent DaemonSet):
 
@@ -149,13 +151,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  const std::string& cmd = environment->command;
   auto cfg = parseConfig(input);
   if (!cfg) {
     // DEL must let a runtime clean up even with a config we cannot read.
-    if (environment->command == "DEL" && cfg.error().code != kDecodingFailure) return 0;
+    if (cmd == "DEL" && cfg.error().code != kDecodingFailure) return 0;
     return emitError("1.0.0", cfg.error());
   }
-  const std::string& cmd = environment->command;
   if (cmd == "ADD" && !cfg->has_prev_result)
     return emitError(cfg->cni_version, {kInvalidConfig,
                                         "sluice-cni is a chained plugin: ADD needs a prevResult "
@@ -186,24 +188,44 @@ int main(int argc, char** argv) {
 
   auto reply = callAgent(*cfg, req);
   if (!reply) {
-    std::string msg = fmt::format(
-        "the sluice agent at {} is unreachable ({}); check that sluice-agent is running on "
-        "this node",
-        cfg->agent_socket, reply.error());
-    logLine(&*cfg, cmd + " " + pod + ": " + msg);
-    if (cmd == "DEL") return 0;  // the runtime must always be able to clean up
-    if (cmd == "ADD" && cfg->fail_open) {
-      logLine(&*cfg, "ADD " + pod + ": failOpen is set; the pod starts WITHOUT the mesh");
-      std::printf("%s\n", jsonText(cfg->prev_result).c_str());
-      return 0;
+    const AgentError& e = reply.error();
+    if (e.kind == AgentFailure::kUnreachable) {
+      std::string msg = fmt::format(
+          "the sluice agent at {} is unreachable ({}); check that sluice-agent is running on "
+          "this node",
+          cfg->agent_socket, e.message);
+      logLine(&*cfg, cmd + " " + pod + ": " + msg);
+      // The runtime must always be able to clean up; an agent that starts
+      // later drops the pods whose netns is gone (PodManager::restore).
+      if (cmd == "DEL") return 0;
+      if (cmd == "ADD" && cfg->fail_open) {
+        logLine(&*cfg, "ADD " + pod + ": failOpen is set; the pod starts WITHOUT the mesh");
+        std::printf("%s\n", jsonText(cfg->prev_result).c_str());
+        return 0;
+      }
+      return emitError(cfg->cni_version, {kTryAgainLater, msg, ""});
     }
+    // The agent is up: a pod never starts past it (failOpen or not), and a
+    // DEL is retried rather than lost.
+    std::string msg =
+        e.kind == AgentFailure::kBusy
+            ? fmt::format("the sluice agent at {} is busy ({}); the runtime retries",
+                          cfg->agent_socket, e.message)
+            : fmt::format(
+                  "the sluice agent at {} did not answer ({}); the runtime retries. If this "
+                  "repeats, check sluice-agent's log on this node",
+                  cfg->agent_socket, e.message);
+    logLine(&*cfg, cmd + " " + pod + ": " + msg);
     return emitError(cfg->cni_version, {kTryAgainLater, msg, ""});
   }
   if (!reply->ok) {
     logLine(&*cfg, cmd + " " + pod + ": agent refused: " + reply->error);
+    if (reply->code == kReplyTryAgainLater)  // busy: DEL too, or it would be lost
+      return emitError(cfg->cni_version,
+                       {kTryAgainLater, "sluice agent: " + reply->error, reply->details});
     if (cmd == "DEL") return 0;
-    return emitError(cfg->cni_version,
-                     {kInternal, "sluice agent: " + reply->error, reply->details});
+    int code = reply->code == kReplyUnknownContainer ? kUnknownContainer : kInternal;
+    return emitError(cfg->cni_version, {code, "sluice agent: " + reply->error, reply->details});
   }
   logLine(&*cfg, cmd + " " + pod + (reply->enrolled ? ": enrolled" : ": ok (not enrolled)"));
   if (cmd == "ADD") std::printf("%s\n", jsonText(cfg->prev_result).c_str());

@@ -25,6 +25,30 @@ void writeAll(int fd, const std::string& data) {
     off += static_cast<size_t>(n);
   }
 }
+
+// Too many requests in flight: the client is told to retry (CNI code 11),
+// on the loop thread, so it never waits. What the client already sent is
+// read first, without waiting for more: closing a unix socket with unread
+// data resets the client's side, and a client whose request is still being
+// sent gets EPIPE — a busy agent must never look like an absent one, which
+// a plugin with failOpen would let pods start unmeshed past.
+void answerBusy(int fd) {
+  char buf[4096];
+  size_t drained = 0;
+  while (drained <= sluice::cni::kMaxMessageBytes) {
+    ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n <= 0) break;
+    drained += static_cast<size_t>(n);
+  }
+  CniReply busy{false, false,
+                fmt::format("busy: {} CNI requests are in flight; retry (the container "
+                            "runtime retries this request by itself)",
+                            Server::kMaxInFlight),
+                ""};
+  busy.code = sluice::cni::kReplyTryAgainLater;
+  writeAll(fd, sluice::cni::encode(busy));
+  ::shutdown(fd, SHUT_WR);
+}
 }  // namespace
 
 Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, Handler& handler) {
@@ -83,9 +107,7 @@ void Server::loop() {
     UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!conn) continue;
     if (in_flight_.load() >= kMaxInFlight) {
-      writeAll(conn.get(),
-               sluice::cni::encode(CniReply{
-                   false, false, "sluice agent is overloaded with CNI requests; retry", ""}));
+      answerBusy(conn.get());
       continue;
     }
     in_flight_.fetch_add(1);

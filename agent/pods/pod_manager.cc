@@ -197,6 +197,11 @@ void PodManager::remove(const std::string& container_id, const std::string& uid,
   persist();
 }
 
+bool PodManager::knows(const std::string& container_id) const {
+  std::lock_guard lk(mu_);
+  return pods_.count(container_id) != 0;
+}
+
 Result<void> PodManager::check(const std::string& container_id, const std::string& uid) {
   std::lock_guard lk(mu_);
   auto it = pods_.find(container_id);

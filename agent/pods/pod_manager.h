@@ -83,6 +83,9 @@ class PodManager {
   // find a record kept without a container id.
   void remove(const std::string& container_id, const std::string& uid,
               const std::string& netns_path);
+  // Whether container_id is one of this node's pods (CNI CHECK tells an
+  // unknown container from a wrong one).
+  bool knows(const std::string& container_id) const;
   // CNI CHECK: the pod is known and its enrollment matches the desired state.
   Result<void> check(const std::string& container_id, const std::string& uid);
 

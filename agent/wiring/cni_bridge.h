@@ -46,6 +46,7 @@ class CniBridge final : public cni::Handler {
       auto r = pods_.check(req.container_id, req.pod_uid);
       reply.ok = r.has_value();
       if (!r) reply.error = r.error().describe();
+      if (!r && !pods_.knows(req.container_id)) reply.code = sluice::cni::kReplyUnknownContainer;
     } else {
       reply.ok = false;
       reply.error = "unknown command " + req.command;

@@ -22,9 +22,9 @@ std::string encode(const CniRequest& r) {
 }
 
 std::string encode(const CniReply& r) {
-  return jsonText(json{
-             {"ok", r.ok}, {"enrolled", r.enrolled}, {"error", r.error}, {"details", r.details}}) +
-         "\n";
+  json j{{"ok", r.ok}, {"enrolled", r.enrolled}, {"error", r.error}, {"details", r.details}};
+  if (r.code != 0) j["code"] = r.code;
+  return jsonText(j) + "\n";
 }
 
 namespace {
@@ -98,6 +98,7 @@ Result<CniReply> decodeReply(const std::string& line) {
     r.enrolled = (*j)["enrolled"].get<bool>();
   if (auto e = str(*j, "error", false)) r.error = *e;
   if (auto d = str(*j, "details", false)) r.details = *d;
+  if (j->contains("code") && (*j)["code"].is_number_integer()) r.code = (*j)["code"].get<int>();
   return r;
 }
 

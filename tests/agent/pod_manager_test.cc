@@ -122,6 +122,7 @@ TEST_SUITE("pod_manager") {
     REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
     CHECK(*r);
     CHECK(f.engine.has("ctr-1"));
+    CHECK(pm.knows("ctr-1"));
     // Its identity, in the manager's trust domain.
     CHECK(pm.enrolledIdentities() == std::set<std::string>{"spiffe://mesh.example/ns/shop/sa/web"});
     auto e = f.loader->enrolled().lookup(f.cookie);
@@ -141,6 +142,7 @@ TEST_SUITE("pod_manager") {
     CHECK_FALSE(f.loader->enrolled().lookup(f.cookie).has_value());
     pm.remove("ctr-1", "uid-1", f.pod.path());  // DEL twice is fine
     CHECK_FALSE(pm.check("ctr-1", "uid-1").has_value());
+    CHECK_FALSE(pm.knows("ctr-1"));  // CNI code 3 for its CHECK (CniBridge)
   }
 
   TEST_CASE("label flips enroll and unenroll a running pod") {

@@ -126,5 +126,9 @@ TEST_SUITE("cni_protocol") {
     CHECK_FALSE(decodeRequest(text).has_value());
     CHECK_FALSE(decodeReply("{}").has_value());
     CHECK(decodeReply(encode(CniReply{true, true, "", ""}))->enrolled);
+    // The CNI code of a refusal; absent (an older agent) is 0.
+    CHECK(decodeReply(encode(CniReply{false, false, "busy", "", kReplyTryAgainLater}))->code == 11);
+    CHECK(decodeReply(R"({"ok":false,"error":"x"})")->code == 0);
+    CHECK(encode(CniReply{true, true, "", ""}).find("code") == std::string::npos);
   }
 }

@@ -1,17 +1,26 @@
 // Runs the real sluice-cni binary against the real agent-side Server with a
 // fake Handler, as a container runtime would.
 #include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "agent/cni/server.h"
+#include "cni-plugin/agent_client.h"
+#include "sluice/common/unique_fd.h"
 
 using namespace sluice;
 using nlohmann::json;
@@ -66,12 +75,50 @@ class FakeHandler : public agent::cni::Handler {
     last = r;
     calls++;
     if (refuse) return {false, false, "pod refused by policy", ""};
+    if (unknown)
+      return {false, false, "the sluice agent does not know container " + r.container_id, "",
+              cni::kReplyUnknownContainer};
     return {true, true, "", ""};
   }
   agent::cni::CniRequest last;
   std::atomic<int> calls{0};
   bool refuse = false;
+  bool unknown = false;
 };
+
+// Holds every request until release(): fills the server's in-flight slots.
+class BlockingHandler : public agent::cni::Handler {
+ public:
+  agent::cni::CniReply handle(const agent::cni::CniRequest&) override {
+    std::unique_lock lk(mu);
+    ++held;
+    changed.notify_all();
+    changed.wait(lk, [&] { return released; });
+    return {true, false, "", ""};
+  }
+  void release() {
+    std::lock_guard lk(mu);
+    released = true;
+    changed.notify_all();
+  }
+  bool waitHeld(int n) {
+    std::unique_lock lk(mu);
+    return changed.wait_for(lk, std::chrono::seconds(10), [&] { return held >= n; });
+  }
+  std::mutex mu;
+  std::condition_variable changed;
+  int held = 0;
+  bool released = false;
+};
+
+sluice::UniqueFd connectTo(const std::string& path) {
+  sluice::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size());
+  REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  return fd;
+}
 
 }  // namespace
 
@@ -200,6 +247,81 @@ TEST_SUITE("plugin") {
     CHECK(WEXITSTATUS(r.status) == 0);
     CHECK(json::parse(r.out)["supportedVersions"] ==
           json::array({"0.3.0", "0.3.1", "0.4.0", "1.0.0"}));
+  }
+
+  TEST_CASE("CHECK of a container the agent does not know is CNI code 3") {
+    FakeHandler h;
+    h.unknown = true;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    auto r = runPlugin("CHECK", conf(sock));
+    CHECK(WEXITSTATUS(r.status) != 0);
+    CHECK(json::parse(r.out)["code"] == 3);
+    h.unknown = false;
+    h.refuse = true;  // any other refusal stays 999
+    CHECK(json::parse(runPlugin("CHECK", conf(sock)).out)["code"] == 999);
+  }
+
+  TEST_CASE(
+      "a busy agent (every in-flight slot taken) is CNI code 11 on ADD, failOpen or not, and on "
+      "DEL - never 'unreachable'") {
+    BlockingHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    struct Release {  // before the server waits its requests out, whatever fails
+      BlockingHandler& h;
+      ~Release() { h.release(); }
+    } release{h};
+    std::vector<sluice::UniqueFd> held;
+    for (int i = 0; i < agent::cni::Server::kMaxInFlight; ++i) {
+      held.push_back(connectTo(sock));
+      std::string req = cni::encode(
+          cni::CniRequest{"DEL", "held-" + std::to_string(i), "", "eth0", "", "", "", {}});
+      REQUIRE(::send(held.back().get(), req.data(), req.size(), MSG_NOSIGNAL) ==
+              static_cast<ssize_t>(req.size()));
+    }
+    REQUIRE(h.waitHeld(agent::cni::Server::kMaxInFlight));
+    for (bool fail_open : {false, true}) {
+      CAPTURE(fail_open);
+      auto add = runPlugin("ADD", conf(sock, fail_open));
+      CHECK(WEXITSTATUS(add.status) != 0);
+      auto err = json::parse(add.out);
+      CHECK(err["code"] == 11);
+      CHECK(err["msg"].get<std::string>().find("busy") != std::string::npos);
+    }
+    auto del = runPlugin("DEL", conf(sock));
+    CHECK(WEXITSTATUS(del.status) != 0);  // the runtime retries it
+    CHECK(json::parse(del.out)["code"] == 11);
+  }
+
+  TEST_CASE("an agent that answers without reading the request is heard: no EPIPE 'unreachable'") {
+    // A busy agent answers and closes without reading; a request still
+    // being sent then fails with EPIPE. A request larger than the socket
+    // buffer makes that certain.
+    std::filesystem::remove(sock);
+    sluice::UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, sock.c_str(), sock.size());
+    REQUIRE(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    REQUIRE(::listen(listener.get(), 4) == 0);
+    std::thread agent([&] {
+      sluice::UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      cni::CniReply busy{false, false, "busy", "", cni::kReplyTryAgainLater};
+      std::string text = cni::encode(busy);
+      (void)!::send(conn.get(), text.data(), text.size(), MSG_NOSIGNAL);
+    });
+    cni::PluginConfig cfg;
+    cfg.agent_socket = sock;
+    cfg.timeout_ms = 3000;
+    cni::CniRequest req{"DEL", "ctr1", "", "eth0", "shop", "web", "u1", {}};
+    req.ips.assign(100000, "10.244.1.9");  // ~1.3 MB
+    auto reply = cni::callAgent(cfg, req);
+    agent.join();
+    REQUIRE_MESSAGE(reply.has_value(), (reply ? "" : reply.error().message));
+    CHECK_FALSE(reply->ok);
+    CHECK(reply->code == cni::kReplyTryAgainLater);
+    std::filesystem::remove(sock);
   }
   TEST_CASE("garbage on the agent socket gets an error reply and the server keeps serving") {
     FakeHandler h;

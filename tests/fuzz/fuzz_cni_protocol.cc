@@ -18,7 +18,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   if (auto reply = decodeReply(line)) {
     auto again = decodeReply(encode(*reply));
-    if (!again || again->ok != reply->ok || again->error != reply->error) std::abort();
+    if (!again || again->ok != reply->ok || again->error != reply->error ||
+        again->code != reply->code)
+      std::abort();
   }
   return 0;
 }

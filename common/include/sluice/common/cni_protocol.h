@@ -22,11 +22,19 @@ struct CniRequest {
   std::vector<std::string> ips;  // the pod's addresses from prevResult, both families (text)
 };
 
+// The CNI error codes an agent names in a refusal (spec 1.0.0, "Error").
+inline constexpr int kReplyUnknownContainer = 3;  // CHECK of a container it does not know
+inline constexpr int kReplyTryAgainLater = 11;    // busy (too many requests): retry
+
 struct CniReply {
   bool ok = false;
   bool enrolled = false;
   std::string error;
   std::string details;
+  // When !ok: the CNI error code the plugin answers with; 0 lets it choose
+  // (an agent from before this field never sends it, and a plugin from
+  // before it ignores it).
+  int code = 0;
 };
 
 std::string encode(const CniRequest& r);
