@@ -94,6 +94,29 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
   return c;
 }
 
+PluginConfig lenientConfig(const std::string& text) {
+  PluginConfig c;
+  c.cni_version = "1.0.0";
+  json j = text.size() > kMaxConfigBytes ? json()
+                                         : json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return c;
+  auto str = [&](const char* key) {
+    return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
+  };
+  if (std::string v = str("cniVersion");
+      std::find(kSupportedVersions.begin(), kSupportedVersions.end(), v) !=
+      kSupportedVersions.end())
+    c.cni_version = v;
+  c.name = str("name");
+  if (std::string v = str("agentSocket"); !v.empty()) c.agent_socket = v;
+  c.log_file = str("logFile");
+  if (j.contains("timeoutMs") && j["timeoutMs"].is_number_integer()) {
+    long t = j["timeoutMs"].get<long>();
+    if (t >= 100 && t <= 60000) c.timeout_ms = static_cast<int>(t);
+  }
+  return c;
+}
+
 tl::expected<Environment, PluginError> parseEnvironment(
     const std::map<std::string, std::string>& env) {
   Environment e;

@@ -53,6 +53,10 @@ struct Environment {
 };
 
 tl::expected<PluginConfig, PluginError> parseConfig(const std::string& stdin_text);
+// For DEL, which must reach the agent whatever the configuration: every field
+// that is usable, the default for every other one (a cniVersion sluice-cni
+// does not speak becomes "1.0.0"). Never fails.
+PluginConfig lenientConfig(const std::string& stdin_text);
 tl::expected<Environment, PluginError> parseEnvironment(
     const std::map<std::string, std::string>& env);
 // The IPv4 addresses of a 0.4.0 or 1.0.0 result's "ips" (prefix length stripped).

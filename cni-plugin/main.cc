@@ -42,7 +42,8 @@ A container whose CNI_ARGS has no K8S_POD_NAMESPACE or K8S_POD_NAME (not a pod
 of a Kubernetes runtime: podman passes only K8S_POD_NAME) is passed through
 without the mesh; a line on stderr (the runtime's log) and in logFile says so.
 An agent that is up but busy or not answering gets CNI code 11 (the runtime
-retries), on ADD whatever failOpen says, and on DEL too.
+retries), on ADD whatever failOpen says, and on DEL too; DEL always tells the
+agent the container, also with a configuration it cannot fully use.
 
 As the node's installer (the CNI container of the sluice-agent DaemonSet):
 
@@ -63,6 +64,12 @@ void logLine(const PluginConfig* cfg, const std::string& msg) {
   out << ts << " sluice-cni " << msg << "\n";
 }
 
+// A line in the runtime's log (stderr) and in logFile.
+void warnLine(const PluginConfig& cfg, const std::string& msg) {
+  logLine(&cfg, msg);
+  std::fprintf(stderr, "sluice-cni: %s\n", msg.c_str());
+}
+
 int emitError(const std::string& version, const PluginError& e) {
   std::fputs(errorJson(version, e).c_str(), stdout);
   return 1;
@@ -70,23 +77,24 @@ int emitError(const std::string& version, const PluginError& e) {
 
 // A runtime that is not a kubelet's (podman's CNI backend passes only K8S_POD_NAME)
 // runs a container that is no Kubernetes pod: it has no namespace, so no service
-// account, identity or policy. It is left out of the mesh, visibly: the agent is not
-// told (it would keep a pod it can never enroll), ADD passes prevResult through, and
-// a line says so in the runtime's log (stderr) and in logFile.
+// account, identity or policy. It is left out of the mesh, visibly: ADD does not
+// tell the agent (it would keep a pod it can never enroll), passes prevResult
+// through, and a line says so in the runtime's log (stderr) and in logFile. (Its
+// DEL still goes to the agent, as every DEL does: CNI_ARGS may have been lost since
+// the ADD, and the agent ignores a container it does not know.)
 int notAPod(const PluginConfig& cfg, const std::string& cmd, const CniRequest& req,
             const std::string& cni_args) {
   if (cmd == "ADD") {
-    std::string msg = fmt::format(
-        "ADD container {}: CNI_ARGS has no {} (CNI_ARGS {}): not a pod sandbox of a "
-        "Kubernetes runtime (podman passes only K8S_POD_NAME), so it runs WITHOUT the mesh. "
-        "Sluice meshes the pods a kubelet's runtime (containerd, CRI-O) starts",
-        req.container_id, req.pod_namespace.empty() ? "K8S_POD_NAMESPACE" : "K8S_POD_NAME",
-        cni_args);
-    logLine(&cfg, msg);
-    std::fprintf(stderr, "sluice-cni: %s\n", msg.c_str());
+    warnLine(cfg, fmt::format(
+                      "ADD container {}: CNI_ARGS has no {} (CNI_ARGS {}): not a pod sandbox of a "
+                      "Kubernetes runtime (podman passes only K8S_POD_NAME), so it runs WITHOUT "
+                      "the mesh. Sluice meshes the pods a kubelet's runtime (containerd, CRI-O) "
+                      "starts",
+                      req.container_id,
+                      req.pod_namespace.empty() ? "K8S_POD_NAMESPACE" : "K8S_POD_NAME", cni_args));
     std::printf("%s\n", jsonText(cfg.prev_result).c_str());
   }
-  return 0;  // DEL and CHECK: nothing of it is in the mesh
+  return 0;  // CHECK: nothing of it is in the mesh
 }
 
 // "sluice-cni install|uninstall ...": the installer; returns nullopt otherwise.
@@ -154,9 +162,19 @@ int main(int argc, char** argv) {
   const std::string& cmd = environment->command;
   auto cfg = parseConfig(input);
   if (!cfg) {
-    // DEL must let a runtime clean up even with a config we cannot read.
-    if (cmd == "DEL" && cfg.error().code != kDecodingFailure) return 0;
-    return emitError("1.0.0", cfg.error());
+    if (cmd != "DEL") return emitError("1.0.0", cfg.error());
+    // DEL must reach the agent whatever the configuration (else the pod
+    // stays enrolled with a dead netns, and the next pod given its address
+    // is black-holed): what is usable of it, defaults for the rest.
+    PluginConfig lenient = lenientConfig(input);
+    warnLine(lenient,
+             fmt::format("DEL container {}: the network configuration is not usable ({}{}{}); "
+                         "telling the agent at {} anyway. Fix the sluice-cni entry of the "
+                         "node's CNI conflist (sluice-cni install writes a valid one)",
+                         environment->container_id, cfg.error().msg,
+                         cfg.error().details.empty() ? "" : ": ", cfg.error().details,
+                         lenient.agent_socket));
+    cfg = std::move(lenient);
   }
   if (cmd == "ADD" && !cfg->has_prev_result)
     return emitError(cfg->cni_version, {kInvalidConfig,
@@ -180,11 +198,13 @@ int main(int argc, char** argv) {
   req.pod_name = environment->args["K8S_POD_NAME"];
   req.pod_uid = environment->args["K8S_POD_UID"];
   req.ips = cfg->ips;
-  if (req.pod_namespace.empty() || req.pod_name.empty())
-    return notAPod(*cfg, cmd, req, env["CNI_ARGS"]);
+  bool is_pod = !req.pod_namespace.empty() && !req.pod_name.empty();
+  if (!is_pod && cmd != "DEL") return notAPod(*cfg, cmd, req, env["CNI_ARGS"]);
   // The log names the pod as its runtime passed it: every CNI_ARGS key, unfiltered.
-  std::string pod = fmt::format("{}/{} (container {}; CNI_ARGS {})", req.pod_namespace,
-                                req.pod_name, req.container_id, env["CNI_ARGS"]);
+  std::string pod = is_pod ? fmt::format("{}/{} (container {}; CNI_ARGS {})", req.pod_namespace,
+                                         req.pod_name, req.container_id, env["CNI_ARGS"])
+                           : fmt::format("container {} (no pod in CNI_ARGS {})", req.container_id,
+                                         env["CNI_ARGS"]);
 
   auto reply = callAgent(*cfg, req);
   if (!reply) {

@@ -29,6 +29,19 @@ TEST_SUITE("config") {
     CHECK(c->agent_socket == "/var/run/sluice/cni.sock");
     CHECK_FALSE(c->fail_open);
   }
+  TEST_CASE("DEL's lenient reading keeps what is usable and defaults the rest") {
+    auto c = lenientConfig(R"({"cniVersion":"1.1.0","agentSocket":"/run/a.sock",
+      "timeoutMs":"5000","logFile":"/tmp/l","failOpen":"yes"})");
+    CHECK(c.cni_version == "1.0.0");
+    CHECK(c.agent_socket == "/run/a.sock");
+    CHECK(c.timeout_ms == 5000);
+    CHECK(c.log_file == "/tmp/l");
+    auto d = lenientConfig(R"({"cniVersion":"0.4.0","agentSocket":7,"timeoutMs":250})");
+    CHECK(d.cni_version == "0.4.0");
+    CHECK(d.agent_socket == "/var/run/sluice/cni.sock");
+    CHECK(d.timeout_ms == 250);
+    CHECK(lenientConfig("not json").agent_socket == "/var/run/sluice/cni.sock");
+  }
   TEST_CASE("malformed configs are refused with the right CNI code") {
     struct Case {
       const char* text;

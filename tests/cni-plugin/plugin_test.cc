@@ -120,6 +120,13 @@ sluice::UniqueFd connectTo(const std::string& path) {
   return fd;
 }
 
+std::vector<std::string> logLines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
 }  // namespace
 
 TEST_SUITE("plugin") {
@@ -214,7 +221,7 @@ TEST_SUITE("plugin") {
   }
   TEST_CASE(
       "no K8S_POD_NAMESPACE (podman's CNI backend): ADD passes through unmeshed, says so, and "
-      "never tells the agent") {
+      "never tells the agent - its DEL does") {
     FakeHandler h;
     auto server = agent::cni::Server::create(sock, h);
     REQUIRE(server.has_value());
@@ -228,18 +235,29 @@ TEST_SUITE("plugin") {
     CHECK(WEXITSTATUS(r.status) == 0);
     CHECK(json::parse(r.out) == c["prevResult"]);
     CHECK(WEXITSTATUS(runPlugin("CHECK", c.dump(), podman).status) == 0);
-    CHECK(WEXITSTATUS(runPlugin("DEL", c.dump(), podman).status) == 0);
     CHECK(h.calls == 0);  // no pod the agent would keep and could never enroll
-    std::ifstream in(log);
-    std::string line;
-    REQUIRE(std::getline(in, line));
-    CHECK(line.find("ADD container ctr1: CNI_ARGS has no K8S_POD_NAMESPACE") != std::string::npos);
-    CHECK(line.find("WITHOUT the mesh") != std::string::npos);
-    CHECK_FALSE(std::getline(in, line));  // one line: the ADD (DEL and CHECK have nothing to say)
+    {
+      auto lines = logLines(log);
+      REQUIRE(lines.size() == 1);  // the ADD (CHECK has nothing to say)
+      CHECK(lines[0].find("ADD container ctr1: CNI_ARGS has no K8S_POD_NAMESPACE") !=
+            std::string::npos);
+      CHECK(lines[0].find("WITHOUT the mesh") != std::string::npos);
+    }
     // A namespace without a name is not a pod either.
     auto no_name = runPlugin("ADD", c.dump(), "CNI_ARGS='K8S_POD_NAMESPACE=shop' 2>/dev/null");
     CHECK(WEXITSTATUS(no_name.status) == 0);
     CHECK(h.calls == 0);
+    // DEL tells the agent the container all the same (it ignores one it does
+    // not know): CNI_ARGS is no proof that the ADD was not a pod's.
+    for (std::string args : {podman, std::string("CNI_ARGS= 2>/dev/null"),
+                             std::string("CNI_ARGS='IgnoreUnknown=1' 2>/dev/null")}) {
+      CAPTURE(args);
+      int before = h.calls;
+      CHECK(WEXITSTATUS(runPlugin("DEL", c.dump(), args).status) == 0);
+      CHECK(h.calls == before + 1);
+      CHECK(h.last.command == "DEL");
+      CHECK(h.last.container_id == "ctr1");
+    }
     std::filesystem::remove(log);
   }
   TEST_CASE("VERSION") {
@@ -260,6 +278,42 @@ TEST_SUITE("plugin") {
     h.unknown = false;
     h.refuse = true;  // any other refusal stays 999
     CHECK(json::parse(runPlugin("CHECK", conf(sock)).out)["code"] == 999);
+  }
+
+  TEST_CASE("DEL with a configuration it cannot fully use still tells the agent, and logs why") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    std::string log = "/tmp/sluice-cni-test-log-" + std::to_string(getpid());
+    std::filesystem::remove(log);
+    auto base = json::parse(conf(sock));
+    base["logFile"] = log;
+    std::vector<json> bad;
+    bad.push_back(base);
+    bad.back()["cniVersion"] = "1.1.0";
+    bad.push_back(base);
+    bad.back()["timeoutMs"] = "5000";
+    bad.push_back(base);
+    bad.back()["failOpen"] = "yes";
+    bad.push_back(base);
+    bad.back()["prevResult"]["ips"] = json::array({{{"address", "300.1.1.1/24"}}});
+    for (const auto& c : bad) {
+      CAPTURE(c.dump());
+      int before = h.calls;
+      auto r = runPlugin("DEL", c.dump(), "2>/dev/null");
+      CHECK(WEXITSTATUS(r.status) == 0);
+      CHECK(h.calls == before + 1);
+      CHECK(h.last.command == "DEL");
+      CHECK(h.last.container_id == "ctr1");
+    }
+    auto lines = logLines(log);
+    REQUIRE(lines.size() == 2 * bad.size());  // what was wrong, then the DEL
+    CHECK(lines[0].find("unsupported cniVersion '1.1.0'") != std::string::npos);
+    CHECK(lines[0].find("telling the agent at " + sock) != std::string::npos);
+    CHECK(lines[2].find("'timeoutMs' must be an integer") != std::string::npos);
+    // ADD is as strict as ever.
+    CHECK(json::parse(runPlugin("ADD", bad[1].dump()).out)["code"] == 7);
+    std::filesystem::remove(log);
   }
 
   TEST_CASE(
