@@ -17,14 +17,33 @@ tl::unexpected<PluginError> err(int code, std::string msg, std::string details =
 constexpr size_t kMaxConfigBytes = 1 << 20;
 }  // namespace
 
-tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result) {
+tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result,
+                                                              const std::string& ifname) {
   std::vector<std::string> ips;
   if (!result.is_object()) return err(kDecodingFailure, "prevResult is not an object");
   if (!result.contains("ips")) return ips;
   if (!result["ips"].is_array()) return err(kDecodingFailure, "prevResult.ips is not an array");
+  // Per entry of "interfaces": whether it is the pod's interface.
+  std::vector<bool> pod_interface;
+  bool any_sandbox = false;
+  if (result.contains("interfaces") && result["interfaces"].is_array()) {
+    for (const auto& i : result["interfaces"]) {
+      bool in_sandbox = i.is_object() && i.contains("sandbox") && i["sandbox"].is_string() &&
+                        !i["sandbox"].get<std::string>().empty();
+      any_sandbox = any_sandbox || in_sandbox;
+      bool named =
+          ifname.empty() || (i.is_object() && i.contains("name") && i["name"].is_string() &&
+                             i["name"].get<std::string>() == ifname);
+      pod_interface.push_back(in_sandbox && named);
+    }
+  }
   for (const auto& ip : result["ips"]) {
     if (!ip.is_object() || !ip.contains("address") || !ip["address"].is_string())
       return err(kDecodingFailure, "prevResult.ips[] entry without a string 'address'");
+    if (any_sandbox && ip.contains("interface") && ip["interface"].is_number_unsigned() &&
+        ip["interface"].get<size_t>() < pod_interface.size() &&
+        !pod_interface[ip["interface"].get<size_t>()])
+      continue;  // a host-side interface's, or another sandbox interface's
     std::string addr = ip["address"].get<std::string>();
     std::string bare = addr.substr(0, addr.find('/'));
     // Both families go to the agent, which meshes both (IPv6 in canonical
@@ -42,7 +61,8 @@ tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result
   return ips;
 }
 
-tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
+tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text,
+                                                    const std::string& ifname) {
   if (text.size() > kMaxConfigBytes)
     return err(kDecodingFailure, "network configuration larger than 1 MiB");
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -87,7 +107,7 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text) {
   if (j.contains("prevResult")) {
     c.has_prev_result = true;
     c.prev_result = j["prevResult"];
-    auto ips = resultIps(c.prev_result);
+    auto ips = resultIps(c.prev_result, ifname);
     if (!ips) return tl::unexpected(ips.error());
     c.ips = *ips;
   }

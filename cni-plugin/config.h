@@ -41,7 +41,7 @@ struct PluginConfig {
   std::string log_file;
   bool has_prev_result = false;
   nlohmann::json prev_result;    // exactly as received
-  std::vector<std::string> ips;  // IPv4 addresses from prevResult, prefix stripped
+  std::vector<std::string> ips;  // the pod's addresses from prevResult (resultIps)
 };
 
 struct Environment {
@@ -52,15 +52,24 @@ struct Environment {
   std::map<std::string, std::string> args;  // CNI_ARGS, split on ';' and '='
 };
 
-tl::expected<PluginConfig, PluginError> parseConfig(const std::string& stdin_text);
+// ifname (CNI_IFNAME) picks the pod's addresses from prevResult (resultIps).
+tl::expected<PluginConfig, PluginError> parseConfig(const std::string& stdin_text,
+                                                    const std::string& ifname = "");
 // For DEL, which must reach the agent whatever the configuration: every field
 // that is usable, the default for every other one (a cniVersion sluice-cni
 // does not speak becomes "1.0.0"). Never fails.
 PluginConfig lenientConfig(const std::string& stdin_text);
 tl::expected<Environment, PluginError> parseEnvironment(
     const std::map<std::string, std::string>& env);
-// The IPv4 addresses of a 0.4.0 or 1.0.0 result's "ips" (prefix length stripped).
-tl::expected<std::vector<std::string>, PluginError> resultIps(const nlohmann::json& result);
+// The pod's addresses in a 0.3.x/0.4.0/1.0.0 result's "ips", both families
+// (prefix length stripped, IPv6 canonical). An address whose "interface"
+// names an entry of "interfaces" is the pod's only when that interface is in
+// the sandbox (has "sandbox") and, with a non-empty ifname, is named ifname:
+// a primary plugin also lists its host-side interfaces (a bridge's gateway
+// address). An address without "interface", or a result that marks no
+// interface as in the sandbox at all, counts as the pod's.
+tl::expected<std::vector<std::string>, PluginError> resultIps(const nlohmann::json& result,
+                                                              const std::string& ifname = "");
 std::string errorJson(const std::string& cni_version, const PluginError& e);
 
 }  // namespace sluice::cni

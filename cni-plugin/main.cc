@@ -160,7 +160,7 @@ int main(int argc, char** argv) {
   }
   std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
   const std::string& cmd = environment->command;
-  auto cfg = parseConfig(input);
+  auto cfg = parseConfig(input, environment->ifname);
   if (!cfg) {
     if (cmd != "DEL") return emitError("1.0.0", cfg.error());
     // DEL must reach the agent whatever the configuration (else the pod

@@ -29,6 +29,29 @@ TEST_SUITE("config") {
     CHECK(c->agent_socket == "/var/run/sluice/cni.sock");
     CHECK_FALSE(c->fail_open);
   }
+  TEST_CASE("the pod's addresses: those of the sandbox interface CNI_IFNAME") {
+    // bridge: the bridge's gateway address first, on a host-side interface.
+    auto host_first = nlohmann::json::parse(R"({"cniVersion":"1.0.0","interfaces":[
+      {"name":"cni0"},{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/p"},
+      {"name":"net1","sandbox":"/var/run/netns/p"}],
+      "ips":[{"address":"10.244.1.1/24","interface":0},{"address":"10.244.1.77/24","interface":2},
+             {"address":"192.168.9.9/24","interface":3},{"address":"fd00::77/64"}]})");
+    CHECK(resultIps(host_first, "eth0").value() ==
+          std::vector<std::string>{"10.244.1.77", "fd00::77"});
+    CHECK(resultIps(host_first, "net1").value() ==
+          std::vector<std::string>{"192.168.9.9", "fd00::77"});
+    // Without CNI_IFNAME: every sandbox interface's.
+    CHECK(resultIps(host_first).value() ==
+          std::vector<std::string>{"10.244.1.77", "192.168.9.9", "fd00::77"});
+    // A result that marks no interface as in the sandbox: every address, as before.
+    auto unmarked = nlohmann::json::parse(
+        R"({"interfaces":[{"name":"cali1"}],"ips":[{"address":"10.0.0.5/32","interface":0}]})");
+    CHECK(resultIps(unmarked, "eth0").value() == std::vector<std::string>{"10.0.0.5"});
+    auto c =
+        parseConfig(R"({"cniVersion":"1.0.0","prevResult":)" + host_first.dump() + "}", "eth0");
+    REQUIRE(c.has_value());
+    CHECK(c->ips == std::vector<std::string>{"10.244.1.77", "fd00::77"});
+  }
   TEST_CASE("DEL's lenient reading keeps what is usable and defaults the rest") {
     auto c = lenientConfig(R"({"cniVersion":"1.1.0","agentSocket":"/run/a.sock",
       "timeoutMs":"5000","logFile":"/tmp/l","failOpen":"yes"})");

@@ -267,6 +267,27 @@ TEST_SUITE("plugin") {
           json::array({"0.3.0", "0.3.1", "0.4.0", "1.0.0"}));
   }
 
+  TEST_CASE("only the addresses of the sandbox interface CNI_IFNAME go to the agent") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    auto c = json::parse(conf(sock));
+    // bridge's result: the bridge (with its gateway address), the host-side
+    // veth, then the pod's eth0 in the sandbox; a second sandbox interface
+    // (net1, another network's); an address naming no interface.
+    c["prevResult"]["interfaces"] = {{{"name", "cni0"}},
+                                     {{"name", "veth1234"}},
+                                     {{"name", "eth0"}, {"sandbox", "/var/run/netns/x"}},
+                                     {{"name", "net1"}, {"sandbox", "/var/run/netns/x"}}};
+    c["prevResult"]["ips"] = {{{"address", "10.244.1.1/24"}, {"interface", 0}},
+                              {{"address", "10.244.1.77/24"}, {"interface", 2}},
+                              {{"address", "192.168.5.5/24"}, {"interface", 3}},
+                              {{"address", "fd00:244::77/64"}}};
+    auto r = runPlugin("ADD", c.dump());
+    CHECK(WEXITSTATUS(r.status) == 0);
+    CHECK(h.last.ips == std::vector<std::string>{"10.244.1.77", "fd00:244::77"});
+  }
+
   TEST_CASE("CHECK of a container the agent does not know is CNI code 3") {
     FakeHandler h;
     h.unknown = true;
