@@ -1,7 +1,9 @@
 // sluice-cni: CNI 1.0.0 chained plugin. Tells the Sluice node agent about pod
-// ADD/DEL/CHECK over its unix socket and passes prevResult through unchanged.
+// ADD/DEL/CHECK over its unix socket and passes prevResult through (under the
+// configuration's cniVersion).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -55,19 +57,57 @@ std::string usage() {
          installerUsage(Subcommand::kUninstall);
 }
 
+// What a runtime passes (CNI_ARGS, container ids) is anyone's text: control
+// characters are escaped, so that one log line stays one line and no value
+// can forge another.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (c == '\\')
+      out += "\\\\";
+    else if (c < 0x20 || c == 0x7f)
+      out += fmt::format("\\x{:02x}", c);
+    else
+      out += static_cast<char>(c);
+  }
+  return out;
+}
+
 void logLine(const PluginConfig* cfg, const std::string& msg) {
   if (!cfg || cfg->log_file.empty()) return;
   std::ofstream out(cfg->log_file, std::ios::app);
   std::time_t now = std::time(nullptr);
   char ts[32];
   std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  out << ts << " sluice-cni " << msg << "\n";
+  out << ts << " sluice-cni " << printable(msg) << "\n";
 }
 
 // A line in the runtime's log (stderr) and in logFile.
 void warnLine(const PluginConfig& cfg, const std::string& msg) {
   logLine(&cfg, msg);
-  std::fprintf(stderr, "sluice-cni: %s\n", msg.c_str());
+  std::fprintf(stderr, "sluice-cni: %s\n", printable(msg).c_str());
+}
+
+// ADD's result: prevResult, under the cniVersion of this call's configuration
+// (spec: a result has the version the plugin was called with; the runtime
+// hands prevResult over already converted to it).
+void printAddResult(const PluginConfig& cfg) {
+  json result = cfg.prev_result;
+  if (result.is_object()) result["cniVersion"] = cfg.cni_version;
+  std::printf("%s\n", jsonText(result).c_str());
+}
+
+// VERSION: the cniVersion asked for on stdin when sluice-cni speaks it.
+void printVersion(const std::string& input) {
+  std::string version = "1.0.0";
+  json j = json::parse(input, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object() && j.contains("cniVersion") && j["cniVersion"].is_string() &&
+      std::find(kSupportedVersions.begin(), kSupportedVersions.end(),
+                j["cniVersion"].get<std::string>()) != kSupportedVersions.end())
+    version = j["cniVersion"].get<std::string>();
+  std::printf(
+      "%s\n",
+      jsonText(json{{"cniVersion", version}, {"supportedVersions", kSupportedVersions}}).c_str());
 }
 
 int emitError(const std::string& version, const PluginError& e) {
@@ -92,7 +132,7 @@ int notAPod(const PluginConfig& cfg, const std::string& cmd, const CniRequest& r
                       "starts",
                       req.container_id,
                       req.pod_namespace.empty() ? "K8S_POD_NAMESPACE" : "K8S_POD_NAME", cni_args));
-    std::printf("%s\n", jsonText(cfg.prev_result).c_str());
+    printAddResult(cfg);
   }
   return 0;  // CHECK: nothing of it is in the mesh
 }
@@ -152,13 +192,11 @@ int main(int argc, char** argv) {
   }
   auto environment = parseEnvironment(env);
   if (!environment) return emitError("1.0.0", environment.error());
+  std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
   if (environment->command == "VERSION") {
-    std::printf(
-        "%s\n",
-        jsonText(json{{"cniVersion", "1.0.0"}, {"supportedVersions", kSupportedVersions}}).c_str());
+    printVersion(input);
     return 0;
   }
-  std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
   const std::string& cmd = environment->command;
   auto cfg = parseConfig(input, environment->ifname);
   if (!cfg) {
@@ -200,7 +238,8 @@ int main(int argc, char** argv) {
   req.ips = cfg->ips;
   bool is_pod = !req.pod_namespace.empty() && !req.pod_name.empty();
   if (!is_pod && cmd != "DEL") return notAPod(*cfg, cmd, req, env["CNI_ARGS"]);
-  // The log names the pod as its runtime passed it: every CNI_ARGS key, unfiltered.
+  // The log names the pod as its runtime passed it: every CNI_ARGS key
+  // (logLine escapes control characters).
   std::string pod = is_pod ? fmt::format("{}/{} (container {}; CNI_ARGS {})", req.pod_namespace,
                                          req.pod_name, req.container_id, env["CNI_ARGS"])
                            : fmt::format("container {} (no pod in CNI_ARGS {})", req.container_id,
@@ -220,7 +259,7 @@ int main(int argc, char** argv) {
       if (cmd == "DEL") return 0;
       if (cmd == "ADD" && cfg->fail_open) {
         logLine(&*cfg, "ADD " + pod + ": failOpen is set; the pod starts WITHOUT the mesh");
-        std::printf("%s\n", jsonText(cfg->prev_result).c_str());
+        printAddResult(*cfg);
         return 0;
       }
       return emitError(cfg->cni_version, {kTryAgainLater, msg, ""});
@@ -248,6 +287,6 @@ int main(int argc, char** argv) {
     return emitError(cfg->cni_version, {code, "sluice agent: " + reply->error, reply->details});
   }
   logLine(&*cfg, cmd + " " + pod + (reply->enrolled ? ": enrolled" : ": ok (not enrolled)"));
-  if (cmd == "ADD") std::printf("%s\n", jsonText(cfg->prev_result).c_str());
+  if (cmd == "ADD") printAddResult(*cfg);
   return 0;
 }

@@ -260,11 +260,42 @@ TEST_SUITE("plugin") {
     }
     std::filesystem::remove(log);
   }
-  TEST_CASE("VERSION") {
+  TEST_CASE("VERSION answers the cniVersion it was asked with, when it speaks it") {
     auto r = runPlugin("VERSION", "");
     CHECK(WEXITSTATUS(r.status) == 0);
     CHECK(json::parse(r.out)["supportedVersions"] ==
           json::array({"0.3.0", "0.3.1", "0.4.0", "1.0.0"}));
+    CHECK(json::parse(r.out)["cniVersion"] == "1.0.0");
+    for (std::string v : {"0.3.0", "0.3.1", "0.4.0", "1.0.0"}) {
+      auto asked = runPlugin("VERSION", json{{"cniVersion", v}}.dump());
+      CHECK(WEXITSTATUS(asked.status) == 0);
+      CHECK(json::parse(asked.out)["cniVersion"] == v);
+    }
+    auto unknown = runPlugin("VERSION", R"({"cniVersion":"0.2.0"})");
+    CHECK(json::parse(unknown.out)["cniVersion"] == "1.0.0");
+  }
+
+  TEST_CASE("the ADD result has the configuration's cniVersion, not prevResult's") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    auto c = json::parse(conf(sock));
+    c["prevResult"].erase("cniVersion");  // as some primary plugins leave it
+    auto r = runPlugin("ADD", c.dump());
+    REQUIRE(WEXITSTATUS(r.status) == 0);
+    auto result = json::parse(r.out);
+    CHECK(result["cniVersion"] == "1.0.0");
+    result.erase("cniVersion");
+    CHECK(result == c["prevResult"]);  // otherwise unchanged
+    c["cniVersion"] = "0.4.0";
+    c["prevResult"]["cniVersion"] = "1.0.0";
+    CHECK(json::parse(runPlugin("ADD", c.dump()).out)["cniVersion"] == "0.4.0");
+    // Passed through unmeshed (failOpen, not a pod): the same.
+    std::filesystem::remove(sock);
+    c["failOpen"] = true;
+    CHECK(json::parse(runPlugin("ADD", c.dump()).out)["cniVersion"] == "0.4.0");
+    CHECK(json::parse(runPlugin("ADD", c.dump(), "CNI_ARGS='K8S_POD_NAME=web' 2>/dev/null")
+                          .out)["cniVersion"] == "0.4.0");
   }
 
   TEST_CASE("only the addresses of the sandbox interface CNI_IFNAME go to the agent") {
@@ -299,6 +330,26 @@ TEST_SUITE("plugin") {
     h.unknown = false;
     h.refuse = true;  // any other refusal stays 999
     CHECK(json::parse(runPlugin("CHECK", conf(sock)).out)["code"] == 999);
+  }
+
+  TEST_CASE("CNI_ARGS is logged with its control characters escaped: no forged log line") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    std::string log = "/tmp/sluice-cni-test-log-" + std::to_string(getpid());
+    std::filesystem::remove(log);
+    auto c = json::parse(conf(sock));
+    c["logFile"] = log;
+    // A newline inside the single quotes: one CNI_ARGS value with two lines.
+    std::string forged =
+        "CNI_ARGS='K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;X=1\n2026-01-01T00:00:00Z sluice-cni "
+        "ADD kube-system/forged: enrolled'";
+    auto r = runPlugin("ADD", c.dump(), forged);
+    CHECK(WEXITSTATUS(r.status) == 0);
+    auto lines = logLines(log);
+    REQUIRE(lines.size() == 1);
+    CHECK(lines[0].find("X=1\\x0a2026-01-01T00:00:00Z") != std::string::npos);
+    std::filesystem::remove(log);
   }
 
   TEST_CASE("DEL with a configuration it cannot fully use still tells the agent, and logs why") {
