@@ -87,7 +87,8 @@ Decision PodManager::decide(const PodRef& ref) const {
 Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) {
   std::unique_lock lk(mu_);
   if (ref.container_id.empty()) return fail("CNI_CONTAINERID is empty");
-  if (frozen_) return fail("the sluice agent is handing over to its successor (an upgrade); retry");
+  if (frozen_)
+    return fail("the sluice agent is handing over to its successor (an upgrade); retry", EAGAIN);
   auto existing = pods_.find(ref.container_id);
   if (existing != pods_.end()) {
     // A runtime's retry names the same pod again; another pod under this
@@ -141,7 +142,8 @@ Result<bool> PodManager::add(const PodRef& ref, std::chrono::milliseconds wait) 
   workloads_changed_.wait_for(lk, wait, [&] { return findWorkload(ref) != nullptr; });
   auto it = pods_.find(ref.container_id);
   if (it == pods_.end()) return fail("pod was deleted while it was being added");
-  if (frozen_) return fail("the sluice agent is handing over to its successor (an upgrade); retry");
+  if (frozen_)
+    return fail("the sluice agent is handing over to its successor (an upgrade); retry", EAGAIN);
   reconcile(it->second);
   if (!it->second.last_error.empty())
     return fail("enrolling the pod failed: " + it->second.last_error);

@@ -2,6 +2,7 @@
 // to know the pod), DEL unenrolls, CHECK compares.
 #pragma once
 
+#include <cerrno>
 #include <chrono>
 #include <functional>
 
@@ -39,6 +40,8 @@ class CniBridge final : public cni::Handler {
         reply.enrolled = *r;
       else
         reply.error = r.error().describe();
+      // An upgrade's handover: the runtime retries, and the successor answers.
+      if (!r && r.error().code == EAGAIN) reply.code = sluice::cni::kReplyTryAgainLater;
     } else if (req.command == "DEL") {
       pods_.remove(req.container_id, req.pod_uid, req.netns);
       reply.ok = true;

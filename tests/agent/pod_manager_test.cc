@@ -9,6 +9,7 @@
 #include <mutex>
 #include <set>
 
+#include "agent/wiring/cni_bridge.h"
 #include "sluice/common/addr.h"
 #include "sluice/common/ip6.h"
 #include "support/bpf_env.h"
@@ -176,6 +177,20 @@ TEST_SUITE("pod_manager") {
     auto refused = pm.add(other, std::chrono::milliseconds(10));
     REQUIRE_FALSE(refused.has_value());
     CHECK(refused.error().describe().find("handing over") != std::string::npos);
+    CHECK(refused.error().code == EAGAIN);
+    // What the plugin is told: CNI code 11, the runtime retries (the
+    // successor answers), not an internal error.
+    wiring::CniBridge bridge(pm, std::chrono::milliseconds(10), [] {});
+    sluice::cni::CniRequest req;
+    req.command = "ADD";
+    req.container_id = "ctr-2";
+    req.pod_uid = "uid-1";
+    req.pod_namespace = other.ns;
+    req.pod_name = other.name;
+    req.netns = other.netns_path;
+    auto reply = bridge.handle(req);
+    CHECK_FALSE(reply.ok);
+    CHECK(reply.code == sluice::cni::kReplyTryAgainLater);
     pm.remove("ctr-1", "uid-1", f.pod.path());  // the successor owns the pod now
     CHECK(f.engine.has("ctr-1"));
     pm.thaw();  // the handover did not finish: the latest view applies
