@@ -17,7 +17,10 @@
  *    expect the iptables-REDIRECT interface.
  *  - cgroup/getpeername4, cgroup/getpeername6: the client's getpeername()
  *    returns the original destination, not 127.0.0.1:15001 or [::1]:15001, from a record
- *    kept in the client socket's own storage (freed with the socket). */
+ *    kept in the client socket's own storage (freed with the socket).
+ *  - cgroup/getsockname4, cgroup/getsockname6: the same client's
+ *    getsockname() names its pod address, not 127.0.0.1 or ::1 (the port
+ *    stays its end of the loopback hop). */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -494,5 +497,50 @@ int sluice_getpeername6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
 	ctx->user_ip6[3] = d->ip4;
 	ctx->user_port = d->port;
+	return 1;
+}
+
+/* A captured client's own address is its pod's, as without the mesh (the
+ * port is its end of the hop to the proxy: the server sees the proxy's). */
+SEC("cgroup/getsockname4")
+int sluice_getsockname4(struct bpf_sock_addr *ctx)
+{
+	if (!redirected_to(ctx))
+		return 1;
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct sluice_enrolled *e = bpf_map_lookup_elem(&sluice_enrolled_v1, &netns);
+	if (e && e->pod_ip4)
+		ctx->user_ip4 = e->pod_ip4;
+	return 1;
+}
+
+/* A real IPv6 connection names the pod's IPv6 address; an IPv4-mapped one
+ * the pod's IPv4 address in that form (::ffff:a.b.c.d). */
+SEC("cgroup/getsockname6")
+int sluice_getsockname6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || ctx->type != SOCK_STREAM)
+		return 1;
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	if (bpf_sk_storage_get(&sluice_sk_orig_dst6_v1, sk, 0, 0)) {
+		struct sluice_enrolled6 *e6 = bpf_map_lookup_elem(&sluice_enrolled6_v1, &netns);
+		if (!e6)
+			return 1;
+		ctx->user_ip6[0] = e6->pod_ip6[0];
+		ctx->user_ip6[1] = e6->pod_ip6[1];
+		ctx->user_ip6[2] = e6->pod_ip6[2];
+		ctx->user_ip6[3] = e6->pod_ip6[3];
+		return 1;
+	}
+	if (!redirected_to(ctx))
+		return 1;
+	struct sluice_enrolled *e = bpf_map_lookup_elem(&sluice_enrolled_v1, &netns);
+	if (!e || !e->pod_ip4)
+		return 1;
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+	ctx->user_ip6[3] = e->pod_ip4;
 	return 1;
 }

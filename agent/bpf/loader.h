@@ -67,6 +67,8 @@ inline constexpr CgroupProgram kCgroupPrograms[] = {
     {"sluice_getsockopt", BPF_CGROUP_GETSOCKOPT},
     {"sluice_getpeername4", BPF_CGROUP_INET4_GETPEERNAME},
     {"sluice_getpeername6", BPF_CGROUP_INET6_GETPEERNAME},
+    {"sluice_getsockname4", BPF_CGROUP_INET4_GETSOCKNAME},
+    {"sluice_getsockname6", BPF_CGROUP_INET6_GETSOCKNAME},
 };
 inline std::string linkPin(const std::string& pin_dir, const std::string& program) {
   return pin_dir + "/link_" + program;

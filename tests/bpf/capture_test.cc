@@ -154,6 +154,23 @@ TEST_SUITE("capture.bpf") {
         CAPTURE(c.name);
         auto client = connectFamily(c);
         CHECK(peerText(client.get()) == c.peer);
+        // getsockname4/6: a captured client names its pod address (its
+        // own form of it), as without the mesh; others are left alone.
+        sockaddr_storage ss{};
+        socklen_t len = sizeof(ss);
+        REQUIRE(getsockname(client.get(), reinterpret_cast<sockaddr*>(&ss), &len) == 0);
+        char ip[INET6_ADDRSTRLEN] = {};
+        if (ss.ss_family == AF_INET)
+          inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, ip, sizeof(ip));
+        else
+          inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, ip, sizeof(ip));
+        std::string name = c.name;
+        if (name == "captured IPv4")
+          CHECK(std::string(ip) == "10.77.0.5");
+        else if (name == "captured v4-mapped IPv6")
+          CHECK(std::string(ip) == "::ffff:10.77.0.5");
+        else if (name.starts_with("loopback"))
+          CHECK(std::string(ip).find("127.0.0.1") != std::string::npos);
       }
     }
 
@@ -161,9 +178,10 @@ TEST_SUITE("capture.bpf") {
       auto client = connectIn(pod.fd(), "10.77.0.9", 8080);
       UniqueFd a(::accept(proxy.get(), nullptr, nullptr));
       REQUIRE(a);
-      auto local = localOf(client.get());
-      CHECK(formatEndpoint(local).rfind("127.0.0.1:", 0) == 0);
-      CHECK(formatEndpoint(peerOf(a.get())) == formatEndpoint(local));
+      auto local = localOf(client.get());  // the pod address, the hop's port
+      CHECK(formatEndpoint(local) == "10.77.0.5:" + std::to_string(ntohs(local.sin_port)));
+      CHECK(formatEndpoint(peerOf(a.get())) ==
+            "127.0.0.1:" + std::to_string(ntohs(local.sin_port)));
     }
     SUBCASE("a socket that reconnects after a failed captured attempt is not lied about") {
       proxy.reset();  // nothing listens on 15001: the captured attempt is refused
@@ -464,7 +482,9 @@ TEST_SUITE("capture.bpf ipv6") {
             (c.captured ? 1 : 0));
       CHECK(pod.stat(SLUICE_STAT_CONNECT_SKIPPED) - skipped == (c.captured ? 0 : 1));
       if (!c.captured) continue;
-      CHECK(formatEndpoint6(local6Of(client.get())).rfind("[::1]:", 0) == 0);
+      // getsockname6: the pod's IPv6 address (the real end is [::1]:PORT).
+      auto self = local6Of(client.get());
+      CHECK(formatEndpoint6(self) == fmt::format("[fd00:77::5]:{}", ntohs(self.sin6_port)));
       // IP6T_SO_ORIGINAL_DST on the accepted socket (cgroup/getsockopt).
       sockaddr_in6 orig{};
       socklen_t len = sizeof(orig);
@@ -507,7 +527,8 @@ TEST_SUITE("capture.bpf ipv6") {
       auto server = listenIn(pod.ns.fd(), "10.77.0.9", 8080);
       auto client = connect6In(pod.ns.fd(), "::ffff:10.77.0.9", 8080);
       CHECK(formatEndpoint6(peer6Of(client.get())) == "[::ffff:10.77.0.9]:8080");
-      CHECK(formatEndpoint6(local6Of(client.get())).rfind("[::ffff:127.0.0.1]:", 0) == 0);
+      // getsockname6: the pod's IPv4 address in the client's v4-mapped form.
+      CHECK(formatEndpoint6(local6Of(client.get())).rfind("[::ffff:10.77.0.5]:", 0) == 0);
       CHECK(pod.entries("sluice_orig_dst_v1") == 1);
       CHECK(pod.entries("sluice_orig_dst6_v1") == 0);
       CHECK_FALSE(pod.accepted().valid());  // not on [::1]:15001
@@ -534,8 +555,10 @@ TEST_SUITE("capture.bpf ipv6") {
       CHECK(formatEndpoint6(peer6Of(client.get())) == "[fd00:77::9]:8080");
       auto a = pod.accepted(true);
       REQUIRE(a.valid());
-      // The proxy's accepted socket sees the client's real address.
-      CHECK(formatEndpoint6(peer6Of(a.get())) == formatEndpoint6(local6Of(client.get())));
+      // The proxy's accepted socket sees the client's real address, the
+      // loopback end whose port the client's getsockname() keeps.
+      CHECK(formatEndpoint6(peer6Of(a.get())) ==
+            fmt::format("[::1]:{}", ntohs(local6Of(client.get()).sin6_port)));
     }
     SUBCASE("a socket that reconnects after a failed captured attempt is not lied about") {
       pod.proxy.reset();  // nothing listens on [::1]:15001: the captured attempt is refused

@@ -65,10 +65,12 @@ inline sluice_pair_key keyOf(int fd, uint64_t netns_cookie) {
 }
 
 // A captured app socket's key: its getpeername() answers the original
-// destination (getpeername4), its real peer is the proxy's 127.0.0.1:15001.
+// destination (getpeername4) and its getsockname() its pod address
+// (getsockname4); its real ends are 127.0.0.1:PORT and the proxy's
+// 127.0.0.1:15001 (getsockname keeps the port).
 inline sluice_pair_key appKey(int fd, uint64_t netns_cookie) {
   auto local = localOf(fd);
-  return {netns_cookie,   local.sin_addr.s_addr,       htonl(INADDR_LOOPBACK),
+  return {netns_cookie,   htonl(INADDR_LOOPBACK),      htonl(INADDR_LOOPBACK),
           local.sin_port, htons(SLUICE_OUTBOUND_PORT), 0};
 }
 
