@@ -65,6 +65,9 @@ class CaptureTest(LabTest):
             out = json.loads(self.lab.client("shop/client", "peername", dst, str(port),
                                              family).stdout)
             self.assertEqual(out["peername"], expect, (dst, family))
+            # Its own address is its pod's (getsockname4/6), not the loopback hop's.
+            self.assertEqual(out["sockname"], ("::ffff:" if family == "6" else "") + self.client_ip,
+                             (dst, family))
             # It really went through the proxy: the server saw the client pod, on 8080.
             self.assertIn(f"peer={self.client_ip}:", out["reply"])
             self.assertIn(f"local={self.server_ip}:8080", out["reply"])
@@ -72,6 +75,7 @@ class CaptureTest(LabTest):
         out = json.loads(self.lab.client("legacy/client", "peername", self.legacy_srv_ip,
                                          "8080").stdout)
         self.assertEqual(out["peername"], f"{self.legacy_srv_ip}:8080")
+        self.assertNotIn(out["sockname"], ("127.0.0.1", "::1"))
 
     def test_unenrolled_client_to_enrolled_server_is_captured_inbound(self):
         out = self.lab.client("legacy/client", "get", self.server_ip, "8080").stdout

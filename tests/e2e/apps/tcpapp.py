@@ -31,7 +31,8 @@ Clients:
                                                   "conns": [[start, end, ok 1|0, error], ...] (every one)}
   tcpapp.py peername HOST PORT [4|6]              one whoami connection (6: an AF_INET6 socket to
                                                   ::ffff:HOST); prints JSON {"peername": what the
-                                                  client's getpeername() says as "IP:PORT", "reply"}
+                                                  client's getpeername() says as "IP:PORT",
+                                                  "sockname": its getsockname() IP, "reply"}
   tcpapp.py probe HOST PORT                       one connection, read until EOF or error; prints JSON
                                                   {"local", "reply", "error", "ms"}
   tcpapp.py churn HOST PORT SECONDS [CONC]        new whoami connections back to back (CONC at a time)
@@ -314,6 +315,7 @@ def client_peername(host, port, family):
     else:
         c = socket.create_connection((host, port), timeout=60)
     peer = c.getpeername()
+    own = c.getsockname()
     data = b""
     while True:
         d = c.recv(4096)
@@ -321,7 +323,8 @@ def client_peername(host, port, family):
             break
         data += d
     c.close()
-    print(json.dumps({"peername": f"{peer[0]}:{peer[1]}", "reply": data.decode(errors="replace")}))
+    print(json.dumps({"peername": f"{peer[0]}:{peer[1]}", "sockname": own[0],
+                      "reply": data.decode(errors="replace")}))
 
 
 def client_transfer(host, port, up, down):
