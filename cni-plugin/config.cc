@@ -17,6 +17,11 @@ tl::unexpected<PluginError> err(int code, std::string msg, std::string details =
 constexpr size_t kMaxConfigBytes = 1 << 20;
 }  // namespace
 
+bool supportedVersion(const std::string& version) {
+  return std::find(kSupportedVersions.begin(), kSupportedVersions.end(), version) !=
+         kSupportedVersions.end();
+}
+
 tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result,
                                                               const std::string& ifname) {
   std::vector<std::string> ips;
@@ -87,8 +92,7 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text,
   if (auto e = str("name", c.name, false)) return tl::unexpected(*e);
   if (auto e = str("agentSocket", c.agent_socket, false)) return tl::unexpected(*e);
   if (auto e = str("logFile", c.log_file, false)) return tl::unexpected(*e);
-  if (std::find(kSupportedVersions.begin(), kSupportedVersions.end(), c.cni_version) ==
-      kSupportedVersions.end())
+  if (!supportedVersion(c.cni_version))
     return err(kIncompatibleVersion, fmt::format("unsupported cniVersion '{}'", c.cni_version),
                fmt::format("sluice-cni supports {}", fmt::join(kSupportedVersions, ", ")));
   if (j.contains("failOpen")) {
@@ -99,8 +103,9 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text,
     if (!j["timeoutMs"].is_number_integer())
       return err(kInvalidConfig, "'timeoutMs' must be an integer");
     long t = j["timeoutMs"].get<long>();
-    if (t < 100 || t > 60000)
-      return err(kInvalidConfig, "'timeoutMs' must be between 100 and 60000");
+    if (t < kMinTimeoutMs || t > kMaxTimeoutMs)
+      return err(kInvalidConfig, fmt::format("'timeoutMs' must be between {} and {}", kMinTimeoutMs,
+                                             kMaxTimeoutMs));
     c.timeout_ms = static_cast<int>(t);
   }
   if (c.agent_socket.empty()) return err(kInvalidConfig, "'agentSocket' is empty");
@@ -123,16 +128,13 @@ PluginConfig lenientConfig(const std::string& text) {
   auto str = [&](const char* key) {
     return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
   };
-  if (std::string v = str("cniVersion");
-      std::find(kSupportedVersions.begin(), kSupportedVersions.end(), v) !=
-      kSupportedVersions.end())
-    c.cni_version = v;
+  if (std::string v = str("cniVersion"); supportedVersion(v)) c.cni_version = v;
   c.name = str("name");
   if (std::string v = str("agentSocket"); !v.empty()) c.agent_socket = v;
   c.log_file = str("logFile");
   if (j.contains("timeoutMs") && j["timeoutMs"].is_number_integer()) {
     long t = j["timeoutMs"].get<long>();
-    if (t >= 100 && t <= 60000) c.timeout_ms = static_cast<int>(t);
+    if (t >= kMinTimeoutMs && t <= kMaxTimeoutMs) c.timeout_ms = static_cast<int>(t);
   }
   return c;
 }

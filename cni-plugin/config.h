@@ -24,6 +24,11 @@ enum ErrorCode : int {
 
 // 0.3.x results have the same shape as 0.4.0 ones; CHECK does not exist before 0.4.0.
 inline const std::vector<std::string> kSupportedVersions = {"0.3.0", "0.3.1", "0.4.0", "1.0.0"};
+// Whether sluice-cni speaks `version` (one of kSupportedVersions).
+bool supportedVersion(const std::string& version);
+// timeoutMs: its bounds (the configuration's; DEL's lenient reading keeps
+// the default outside them).
+inline constexpr long kMinTimeoutMs = 100, kMaxTimeoutMs = 60000;
 inline bool versionHasCheck(const std::string& v) { return v != "0.3.0" && v != "0.3.1"; }
 
 struct PluginError {

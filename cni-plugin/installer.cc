@@ -291,8 +291,7 @@ Result<ChainPlan> Installer::plan() const {
                     "plugin and needs a primary CNI before it",
                     primary.string()));
   std::string version = cniVersionOf(list);
-  if (std::find(kSupportedVersions.begin(), kSupportedVersions.end(), version) ==
-      kSupportedVersions.end()) {
+  if (!supportedVersion(version)) {
     st.state = ChainState::kUnsupportedVersion;
     st.detail = fmt::format(
         "{} declares cniVersion '{}' but sluice-cni speaks {}; it is left untouched and pods on "

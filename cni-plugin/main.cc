@@ -3,7 +3,6 @@
 // configuration's cniVersion).
 #include <unistd.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -102,8 +101,7 @@ void printVersion(const std::string& input) {
   std::string version = "1.0.0";
   json j = json::parse(input, nullptr, /*allow_exceptions=*/false);
   if (j.is_object() && j.contains("cniVersion") && j["cniVersion"].is_string() &&
-      std::find(kSupportedVersions.begin(), kSupportedVersions.end(),
-                j["cniVersion"].get<std::string>()) != kSupportedVersions.end())
+      supportedVersion(j["cniVersion"].get<std::string>()))
     version = j["cniVersion"].get<std::string>();
   std::printf(
       "%s\n",
