@@ -60,6 +60,7 @@ struct Source::Resource {
   std::map<std::string, std::string> invalid;     // key -> why its newest version was refused
   Status status;
   bool listed = false;
+  bool unserved = false;  // the last list got 404 (an optional resource's CRD is not installed)
   std::chrono::milliseconds retry_after{0};  // the server's Retry-After; the run thread only
 };
 
@@ -199,7 +200,6 @@ void Source::run(Resource& r) {
     if (!watch(r, got_any)) {
       std::lock_guard lk(mu_);
       r.status.resource_version.clear();  // relist
-      r.status.expired++;
       continue;
     }
     if (stopping_) return;
@@ -259,14 +259,21 @@ bool Source::list(Resource& r) {
       continue;
     }
     if (resp->status == 404 && r.optional) {
-      // The CRD is not installed: no such objects. Checked again after a backoff.
+      // The CRD is not installed (or was removed, which deletes its
+      // objects): no such objects. Checked again after a backoff.
       std::lock_guard lk(mu_);
-      if (!r.listed || !r.objects.empty())
+      if (!r.unserved)
         logger()->warn(
             "{} is not served (HTTP 404): no {} until its CRD is installed "
-            "(kubectl apply -k deploy/)",
-            r.path, r.plural);
+            "(kubectl apply -k deploy/){}",
+            r.path, r.plural,
+            r.objects.empty()
+                ? std::string()
+                : fmt::format("; the {} held until now are dropped", r.objects.size()));
+      r.unserved = true;
       r.objects.clear();
+      r.stand_ins.clear();
+      r.invalid.clear();
       r.listed = true;
       markDirty();
       return false;
@@ -311,6 +318,8 @@ bool Source::list(Resource& r) {
   r.status.lists++;
   r.status.last_error.clear();
   r.listed = true;
+  if (r.unserved && r.optional) logger()->info("{} is served again (its CRD is installed)", r.path);
+  r.unserved = false;
   markDirty();
   logger()->info("listed {} {} (resourceVersion {}{})", r.objects.size(), r.plural, rv,
                  restarts ? fmt::format(", started over {} time{} after an expired continue token",
@@ -360,6 +369,10 @@ bool Source::watch(Resource& r, bool& got_any) {
   // later (or no answer at all), it hangs.
   long timeout_ms = options_.watch_timeout_seconds * 1000L + options_.watch_grace.count();
   auto resp = client_.stream(path, on_line, stopping_, timeout_ms);
+  if (expired || (resp && resp->status == 410)) {
+    std::lock_guard lk(mu_);
+    r.status.expired++;
+  }
   if (expired) return false;
   if (!resp) {
     setError(r, resp.error().describe());
@@ -373,6 +386,12 @@ bool Source::watch(Resource& r, bool& got_any) {
   }
   if (resp->status == 410) {
     logger()->info("{} watch: resourceVersion {} expired (HTTP 410); relisting", r.kind, rv);
+    return false;
+  }
+  if (resp->status == 404 && r.optional) {
+    // Its CRD was removed since the list: the list says so, and keeps
+    // looking for it after a backoff (a watch of it would 404 forever).
+    logger()->info("{} watch: {} is no longer served (HTTP 404); relisting", r.kind, r.path);
     return false;
   }
   if (resp->status != 200) {

@@ -21,7 +21,8 @@ that carry a continue token with 410 Gone, reason Expired, as an API server
 does once the list's revision is compacted away (the Status carries the
 "inconsistent" remainder token in metadata.continue, like the real one);
 /_control/token changes the accepted token; /_control/unserve {"resource"}
-answers 404 for a resource (its CRD is not installed).
+removes a resource's CRD as the API server does (its objects are deleted, a DELETED
+event each, its open watches end, and it answers 404); /_control/serve installs it again.
 Slow and failing servers: /_control/fail {"status", "count", "resource" (default: every
 listed/watched one), "retry_after"} answers the next `count` list or watch requests with
 that status (a Status body, and Retry-After: <retry_after> when given), as an overloaded
@@ -329,7 +330,13 @@ class Handler(BaseHTTPRequestHandler):
             elif what == "review":
                 st.reviews[body["token"]] = body
             elif what == "unserve":
-                st.unserved.add(body["resource"])
+                # Removing a CRD deletes its objects (a DELETED event each),
+                # ends the open watches of it, then the resource answers 404.
+                res = body["resource"]
+                for k in list(st.objects[res]):
+                    ns, _, name = k.partition("/")
+                    st.delete(res, ns, name)  # cv is an RLock
+                st.unserved.add(res)
             elif what == "serve":
                 st.unserved.discard(body["resource"])
             elif what == "put-object":
@@ -545,6 +552,11 @@ class Handler(BaseHTTPRequestHandler):
                     sent = rv
                 if cut:
                     raise ConnectionAbortedError
+                with st.cv:
+                    gone = resource in st.unserved and \
+                        not [e for e in st.history if e[0] > sent and e[1] == resource]
+                if gone:
+                    break
                 if bookmarks and time.time() - last_bookmark >= st.bookmark_interval:
                     last_bookmark = time.time()
                     sent = max(sent, rv_now)

@@ -202,6 +202,42 @@ TEST_SUITE("controlplane/kubernetes/policies") {
     CHECK(eventually([&] { return w.store.policies().peer_size() == 1; }));
   }
 
+  TEST_CASE(
+      "a CRD removed at runtime: its objects go, the source relists - back when reinstalled") {
+    FakeApiServer api;
+    api.call("upsert",
+             {{"resource", "namespaces"}, {"object", {{"metadata", {{"name", "shop"}}}}}});
+    api.call("upsert",
+             {{"resource", "peerauthentications"}, {"object", peer("strict", "STRICT", kSluice)}});
+    Watching w(api, false);
+    REQUIRE(eventually([&] { return w.store.policies().peer_size() == 1; }));
+    REQUIRE(eventually([&] { return w.source->status("PeerAuthentication").watches > 0; }));
+    // Removed: the API server deletes the objects, ends the watch, answers 404.
+    api.call("unserve", {{"resource", "peerauthentications"}});
+    REQUIRE(eventually([&] { return w.store.policies().peer_size() == 0; }));
+    const auto lists = w.source->status("PeerAuthentication").lists;
+    api.call("clear-requests", json::object());
+    std::this_thread::sleep_for(600ms);  // several backoffs (at most 200 ms here)
+    // It looks for the resource with lists, not with watches that 404 forever.
+    int watches = 0, gets = 0;
+    for (const auto& r : api.requests())
+      if (r.find("/peerauthentications") != std::string::npos) {
+        gets++;
+        if (r.find("watch=1") != std::string::npos) watches++;
+      }
+    CHECK(gets >= 2);
+    CHECK(watches == 0);
+    CHECK(w.source->status("PeerAuthentication").lists == lists);  // no list succeeded
+    CHECK(w.source->status("PeerAuthentication").expired == 0);    // a 404 is no 410
+    // Installed again with an object: read within a backoff.
+    api.call("serve", {{"resource", "peerauthentications"}});
+    api.call("upsert", {{"resource", "peerauthentications"},
+                        {"object", peer("permissive", "PERMISSIVE", kSluice)}});
+    REQUIRE(eventually([&] { return w.store.policies().peer_size() == 1; }));
+    CHECK(w.store.policies().peer(0).mode() == "PERMISSIVE");
+    CHECK(w.source->status("PeerAuthentication").last_error.empty());
+  }
+
   TEST_CASE("Istio's group only with --watch-istio-policies - read, status never written") {
     FakeApiServer api;
     api.call("upsert", {{"resource", "istio-authorizationpolicies"},
