@@ -167,9 +167,13 @@ tl::expected<Environment, PluginError> parseEnvironment(
         args.substr(start, semi == std::string::npos ? std::string::npos : semi - start);
     if (!kv.empty()) {
       auto eq = kv.find('=');
-      if (eq == std::string::npos)
-        return err(kInvalidEnvironment, "CNI_ARGS entry without '='", kv);
-      e.args[kv.substr(0, eq)] = kv.substr(eq + 1);
+      if (eq == std::string::npos) {
+        if (e.command != "DEL") return err(kInvalidEnvironment, "CNI_ARGS entry without '='", kv);
+        e.args_error += (e.args_error.empty() ? "CNI_ARGS entries without '=' skipped: " : ", ") +
+                        std::string("'") + kv + "'";
+      } else {
+        e.args[kv.substr(0, eq)] = kv.substr(eq + 1);
+      }
     }
     if (semi == std::string::npos) break;
     start = semi + 1;

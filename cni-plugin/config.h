@@ -55,6 +55,9 @@ struct Environment {
   std::string netns;                        // CNI_NETNS
   std::string ifname;                       // CNI_IFNAME
   std::map<std::string, std::string> args;  // CNI_ARGS, split on ';' and '='
+  // DEL only: what was wrong with CNI_ARGS (its unusable entries are
+  // skipped; a DEL must still reach the agent). Any other command fails.
+  std::string args_error;
 };
 
 // ifname (CNI_IFNAME) picks the pod's addresses from prevResult (resultIps).

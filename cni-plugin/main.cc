@@ -243,6 +243,10 @@ int main(int argc, char** argv) {
                            : fmt::format("container {} (no pod in CNI_ARGS {})", req.container_id,
                                          env["CNI_ARGS"]);
 
+  if (!environment->args_error.empty())
+    warnLine(*cfg, fmt::format("DEL {}: {}; telling the agent anyway (the container id is enough)",
+                               pod, environment->args_error));
+
   auto reply = callAgent(*cfg, req);
   if (!reply) {
     const AgentError& e = reply.error();

@@ -125,6 +125,14 @@ TEST_SUITE("config") {
     CHECK(
         parseEnvironment({{"CNI_COMMAND", "DEL"}, {"CNI_CONTAINERID", "c"}, {"CNI_IFNAME", "eth0"}})
             .has_value());
+    // A DEL must reach the agent: a malformed entry is skipped and reported.
+    auto del = parseEnvironment({{"CNI_COMMAND", "DEL"},
+                                 {"CNI_CONTAINERID", "c"},
+                                 {"CNI_IFNAME", "eth0"},
+                                 {"CNI_ARGS", "K8S_POD_NAMESPACE=shop;novalue;K8S_POD_NAME=web"}});
+    REQUIRE(del.has_value());
+    CHECK(del->args["K8S_POD_NAME"] == "web");
+    CHECK(del->args_error.find("'novalue'") != std::string::npos);
   }
 }
 

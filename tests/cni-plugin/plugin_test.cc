@@ -388,6 +388,31 @@ TEST_SUITE("plugin") {
     std::filesystem::remove(log);
   }
 
+  TEST_CASE("DEL with a malformed CNI_ARGS entry still tells the agent; ADD refuses it (code 4)") {
+    FakeHandler h;
+    auto server = agent::cni::Server::create(sock, h);
+    REQUIRE(server.has_value());
+    std::string log = "/tmp/sluice-cni-test-log-" + std::to_string(getpid());
+    std::filesystem::remove(log);
+    auto c = json::parse(conf(sock));
+    c["logFile"] = log;
+    const std::string args = "CNI_ARGS='K8S_POD_NAMESPACE=shop;stray;K8S_POD_NAME=web'";
+    auto r = runPlugin("DEL", c.dump(), args + " 2>/dev/null");
+    CHECK(WEXITSTATUS(r.status) == 0);
+    REQUIRE(h.calls == 1);
+    CHECK(h.last.command == "DEL");
+    CHECK(h.last.container_id == "ctr1");
+    CHECK(h.last.pod_name == "web");
+    auto lines = logLines(log);
+    REQUIRE(!lines.empty());
+    CHECK(lines[0].find("'stray'") != std::string::npos);
+    CHECK(lines[0].find("telling the agent anyway") != std::string::npos);
+    auto add = runPlugin("ADD", c.dump(), args);
+    CHECK(json::parse(add.out)["code"] == 4);
+    CHECK(h.calls == 1);
+    std::filesystem::remove(log);
+  }
+
   TEST_CASE(
       "a busy agent (every in-flight slot taken) is CNI code 11 on ADD, failOpen or not, and on "
       "DEL - never 'unreachable'") {
