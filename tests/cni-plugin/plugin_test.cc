@@ -127,6 +127,23 @@ std::vector<std::string> logLines(const std::string& path) {
   return lines;
 }
 
+// An agent (a FakeHandler) on `sock`, and a configuration for it that logs
+// to a file of its own, removed again at the end.
+struct LoggingAgent {
+  explicit LoggingAgent(const std::string& sock)
+      : server(agent::cni::Server::create(sock, h)), config(json::parse(conf(sock))) {
+    REQUIRE(server.has_value());
+    std::filesystem::remove(log);
+    config["logFile"] = log;
+  }
+  ~LoggingAgent() { std::filesystem::remove(log); }
+  std::vector<std::string> lines() const { return logLines(log); }
+  FakeHandler h;
+  sluice::Result<std::unique_ptr<agent::cni::Server>> server;
+  const std::string log = "/tmp/sluice-cni-test-log-" + std::to_string(getpid());
+  json config;
+};
+
 }  // namespace
 
 TEST_SUITE("plugin") {
@@ -333,33 +350,22 @@ TEST_SUITE("plugin") {
   }
 
   TEST_CASE("CNI_ARGS is logged with its control characters escaped: no forged log line") {
-    FakeHandler h;
-    auto server = agent::cni::Server::create(sock, h);
-    REQUIRE(server.has_value());
-    std::string log = "/tmp/sluice-cni-test-log-" + std::to_string(getpid());
-    std::filesystem::remove(log);
-    auto c = json::parse(conf(sock));
-    c["logFile"] = log;
+    LoggingAgent a(sock);
     // A newline inside the single quotes: one CNI_ARGS value with two lines.
     std::string forged =
         "CNI_ARGS='K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;X=1\n2026-01-01T00:00:00Z sluice-cni "
         "ADD kube-system/forged: enrolled'";
-    auto r = runPlugin("ADD", c.dump(), forged);
+    auto r = runPlugin("ADD", a.config.dump(), forged);
     CHECK(WEXITSTATUS(r.status) == 0);
-    auto lines = logLines(log);
+    auto lines = a.lines();
     REQUIRE(lines.size() == 1);
     CHECK(lines[0].find("X=1\\x0a2026-01-01T00:00:00Z") != std::string::npos);
-    std::filesystem::remove(log);
   }
 
   TEST_CASE("DEL with a configuration it cannot fully use still tells the agent, and logs why") {
-    FakeHandler h;
-    auto server = agent::cni::Server::create(sock, h);
-    REQUIRE(server.has_value());
-    std::string log = "/tmp/sluice-cni-test-log-" + std::to_string(getpid());
-    std::filesystem::remove(log);
-    auto base = json::parse(conf(sock));
-    base["logFile"] = log;
+    LoggingAgent a(sock);
+    FakeHandler& h = a.h;
+    const json& base = a.config;
     std::vector<json> bad;
     bad.push_back(base);
     bad.back()["cniVersion"] = "1.1.0";
@@ -378,24 +384,19 @@ TEST_SUITE("plugin") {
       CHECK(h.last.command == "DEL");
       CHECK(h.last.container_id == "ctr1");
     }
-    auto lines = logLines(log);
+    auto lines = a.lines();
     REQUIRE(lines.size() == 2 * bad.size());  // what was wrong, then the DEL
     CHECK(lines[0].find("unsupported cniVersion '1.1.0'") != std::string::npos);
     CHECK(lines[0].find("telling the agent at " + sock) != std::string::npos);
     CHECK(lines[2].find("'timeoutMs' must be an integer") != std::string::npos);
     // ADD is as strict as ever.
     CHECK(json::parse(runPlugin("ADD", bad[1].dump()).out)["code"] == 7);
-    std::filesystem::remove(log);
   }
 
   TEST_CASE("DEL with a malformed CNI_ARGS entry still tells the agent; ADD refuses it (code 4)") {
-    FakeHandler h;
-    auto server = agent::cni::Server::create(sock, h);
-    REQUIRE(server.has_value());
-    std::string log = "/tmp/sluice-cni-test-log-" + std::to_string(getpid());
-    std::filesystem::remove(log);
-    auto c = json::parse(conf(sock));
-    c["logFile"] = log;
+    LoggingAgent a(sock);
+    FakeHandler& h = a.h;
+    const json& c = a.config;
     const std::string args = "CNI_ARGS='K8S_POD_NAMESPACE=shop;stray;K8S_POD_NAME=web'";
     auto r = runPlugin("DEL", c.dump(), args + " 2>/dev/null");
     CHECK(WEXITSTATUS(r.status) == 0);
@@ -403,14 +404,13 @@ TEST_SUITE("plugin") {
     CHECK(h.last.command == "DEL");
     CHECK(h.last.container_id == "ctr1");
     CHECK(h.last.pod_name == "web");
-    auto lines = logLines(log);
+    auto lines = a.lines();
     REQUIRE(!lines.empty());
     CHECK(lines[0].find("'stray'") != std::string::npos);
     CHECK(lines[0].find("telling the agent anyway") != std::string::npos);
     auto add = runPlugin("ADD", c.dump(), args);
     CHECK(json::parse(add.out)["code"] == 4);
     CHECK(h.calls == 1);
-    std::filesystem::remove(log);
   }
 
   TEST_CASE(
