@@ -41,6 +41,8 @@ TEST_SUITE("hbone") {
     m.authorizer.verdict = Verdict::kDeny;
     App echo(ip(kAddrB), App::echo);
     UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+    // Its first bytes go out behind the CONNECT, before the answer.
+    REQUIRE(sendAll(app.get(), reinterpret_cast<const unsigned char*>("hello"), 5));
     std::vector<unsigned char> got;
     Worker reader([&] { recvAll(app.get(), got); });
     REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
@@ -62,6 +64,12 @@ TEST_SUITE("hbone") {
     REQUIRE(out.size() == 1);
     CHECK(why(out[0].reason) == "refused");
     CHECK(out[0].reason_detail == "401");
+    // The destination took none of them: not counted as sent, in the
+    // record or the metrics (the destination counts none either).
+    CHECK(out[0].bytes_sent == 0);
+    CHECK(m.cs->observed.sent == 0);
+    CHECK(m.cs->observed.opened_n == 1);
+    CHECK(m.ss->observed.received == 0);
     // The tunnel survives a refused stream and carries the next one.
     m.authorizer.verdict = Verdict::kAllow;
     UniqueFd app2 = m.open(makeSockaddr(ip(kAddrB), echo.port));
@@ -74,6 +82,7 @@ TEST_SUITE("hbone") {
     REQUIRE(m.pumpUntil([&] { return ok.done.load(); }, 10s));
     CHECK(std::string(got.begin(), got.end()) == "ping");
     CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.pumpUntil([&] { return m.cs->observed.sent == 4; }, 5s));
   }
 
   TEST_CASE("a CONNECT to a port that is not the pod's is refused with 401") {
@@ -236,6 +245,11 @@ TEST_SUITE("hbone") {
       }
     }
     CHECK(retried == 1);
+    // The metrics see one connection (the app made one), failed with the
+    // 401, under the endpoint that answered: the retried attempt is not one.
+    CHECK(m.cs->observed.opened_n == 1);
+    CHECK(m.cs->observed.closed_n == 1);
+    CHECK(m.cs->observed.sent == 0);
   }
 
   TEST_CASE("connections wait for a certificate on both sides and give up after certificate_wait") {

@@ -252,19 +252,25 @@ class RecordingAuthorizer final : public InboundAuthorizer {
 };
 
 // What a side's records tell an observer: the HTTP exchanges, by status.
-struct RequestLog final : ConnectionObserver {
-  std::vector<int> statuses;
-  void opened(unsigned, const ConnectionRecord&) override {}
-  void transferred(unsigned, const ConnectionRecord&, uint64_t, uint64_t) override {}
+// What a side's observer (the metrics) is told.
+struct ObserverLog final : ConnectionObserver {
+  std::vector<int> statuses;  // of the requests
+  int opened_n = 0, closed_n = 0;
+  uint64_t sent = 0, received = 0;
+  void opened(unsigned, const ConnectionRecord&) override { opened_n++; }
+  void transferred(unsigned, const ConnectionRecord&, uint64_t s, uint64_t r) override {
+    sent += s;
+    received += r;
+  }
   void request(unsigned, const ConnectionRecord&, const RequestRecord& r) override {
     statuses.push_back(r.status);
   }
-  void closed(unsigned, const ConnectionRecord&) override {}
+  void closed(unsigned, const ConnectionRecord&) override { closed_n++; }
 };
 
 struct Side {
   explicit Side(const EngineConfig& cfg, InboundAuthorizer* authorizer = nullptr)
-      : records(false, &requests) {
+      : records(false, &observed) {
     auto r = uring::Ring::create(512);
     REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
     ring = std::move(*r);
@@ -279,7 +285,7 @@ struct Side {
                                                                       .want_fine_tick = {}});
   }
   uint64_t count(Counter c) { return records.counters().get(c); }
-  RequestLog requests;
+  ObserverLog observed;
   proxy::Records records;
   TestSockets sockets;
   std::unique_ptr<uring::Ring> ring;

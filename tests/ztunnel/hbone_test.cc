@@ -258,8 +258,8 @@ TEST_SUITE("hbone") {
     CHECK(m.pumpUntil(
         [&] { return m.ss->count(Counter::kClosed) == 1 && m.cs->count(Counter::kClosed) == 1; },
         10s));
-    CHECK(m.cs->requests.statuses == std::vector<int>{0});
-    CHECK(m.ss->requests.statuses == std::vector<int>{0});
+    CHECK(m.cs->observed.statuses == std::vector<int>{0});
+    CHECK(m.ss->observed.statuses == std::vector<int>{0});
   }
 
   TEST_CASE("keepalive PINGs keep a quiet tunnel and a silent peer is closed within 2x keepalive") {

@@ -117,3 +117,56 @@ TEST_CASE("open connections closed out of order: the rest listed by id, per work
   CHECK(records.openOn(1).empty());
   CHECK(records.snapshot().size() == 6);
 }
+
+namespace {
+// Counts the events, in order.
+class Events final : public ConnectionObserver {
+ public:
+  void opened(unsigned, const ConnectionRecord&) override { log += "o"; }
+  void transferred(unsigned, const ConnectionRecord&, uint64_t, uint64_t) override { log += "t"; }
+  void request(unsigned, const ConnectionRecord&, const RequestRecord&) override { log += "r"; }
+  void closed(unsigned, const ConnectionRecord&) override { log += "c"; }
+  std::string log;
+};
+}  // namespace
+
+TEST_CASE("a Service attempt that may move on: announced once it connects, moves or ends") {
+  Events seen;
+  Records records(false, &seen);
+  auto attempt = [&] {
+    auto l = live("shop/client");
+    l->may_retry = true;
+    records.open(l);
+    return l;
+  };
+  // Retried: the observer never hears of it (the app's connection goes on
+  // elsewhere); connections() and the history still list it.
+  auto retried = attempt();
+  CHECK(seen.log.empty());
+  records.close(*retried, CloseReason::kConnectError, "Connection refused", true);
+  CHECK(seen.log.empty());
+  CHECK(records.snapshot().back().retried);
+  // Connected: opened then, once.
+  auto connected = attempt();
+  records.confirm(*connected);
+  records.confirm(*connected);
+  records.moved(*connected, 5, 0);
+  records.request(*connected, RequestRecord{});
+  records.close(*connected, CloseReason::kEof);
+  CHECK(seen.log == "otrc");
+  // Failed with no endpoint left (not retried): opened and closed at its end.
+  seen.log.clear();
+  auto failed = attempt();
+  records.close(*failed, CloseReason::kConnectError, "Connection refused");
+  CHECK(seen.log == "oc");
+  // A first byte moved announces it too.
+  seen.log.clear();
+  auto moving = attempt();
+  records.moved(*moving, 0, 3);
+  CHECK(seen.log == "ot");
+  // Any other connection: at open, as before.
+  seen.log.clear();
+  auto plain = live("shop/client");
+  records.open(plain);
+  CHECK(seen.log == "o");
+}

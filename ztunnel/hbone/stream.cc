@@ -44,6 +44,7 @@ void Stream::openRecord(std::shared_ptr<proxy::LiveRecord> live) {
   // A client stream may be reset from the start (a drain deadline); a
   // server one once the authorization hook allowed it (server.cc).
   if (!server_) live_->owner = this;
+  live_->may_retry = isService();
   ctx_.records.open(live_);
 }
 
@@ -242,6 +243,11 @@ void Stream::h2Headers() {
   if (status == "200") {
     established_ = true;
     if (attempt_) attempt_->succeeded();
+    if (live_) {
+      ctx_.records.confirm(*live_);
+      if (unanswered_sent_) ctx_.records.moved(*live_, unanswered_sent_, 0);
+      unanswered_sent_ = 0;
+    }
     start();
     tunnel_->resume(id_);
     return;
@@ -351,6 +357,10 @@ void Stream::pipeMoved(relay::Pipe& p, size_t n) {
   if (!live_) return;
   // client -> destination is "sent", whichever side we are
   bool to_destination = (&p == &up_) != server_;
+  if (!server_ && !established_ && to_destination) {
+    unanswered_sent_ += n;
+    return;
+  }
   ctx_.records.moved(*live_, to_destination ? n : 0, to_destination ? 0 : n);
 }
 

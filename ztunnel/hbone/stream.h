@@ -169,6 +169,10 @@ class Stream final : public StreamEnd,
   // Some of them went out and the server has not said it took none (a
   // refusal, REFUSED_STREAM): the attempt is not retried elsewhere.
   bool peeked_out_ = false;
+  // Client: the app's bytes that went out behind the CONNECT before its
+  // answer. Counted (record, metrics) at the 200; a refused CONNECT
+  // delivered none of them, so they never are.
+  uint64_t unanswered_sent_ = 0;
   std::shared_ptr<proxy::LiveRecord> live_;
   CloseReason reason_ = CloseReason::kNone;
   std::string detail_;

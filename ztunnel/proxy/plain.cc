@@ -162,6 +162,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
       return;
     }
     if (attempt_) attempt_->succeeded();
+    ctx_.records.confirm(*live_);
     up_.start(client_.get(), upstream_.get());
     down_.start(upstream_.get(), client_.get());
     if (splice_ == Splice::kPending) armSplice();
@@ -280,6 +281,7 @@ void PlainUpstream::open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodSt
                          std::shared_ptr<PodState> target, UniqueFd client, Upstream upstream,
                          const SockAddr& dst, std::unique_ptr<Attempt> attempt) {
   live->worker = ctx_.worker;
+  live->may_retry = attempt && attempt->isService();
   ctx_.records.open(live);
   pod->connections++;
   ctx_.counters().add(Counter::kActive);

@@ -201,7 +201,7 @@ void Records::open(const std::shared_ptr<LiveRecord>& live) {
     live->slot = open_.size();
     open_.push_back(live);
   }
-  if (observer_) observer_->opened(live->worker, live->rec);
+  if (!live->may_retry) announce(*live);
 }
 
 void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bool retried) {
@@ -236,7 +236,9 @@ void Records::close(LiveRecord& live, CloseReason reason, std::string detail, bo
       closed_[closed_next_] = r;
     closed_next_ = (closed_next_ + 1) % kClosedHistory;
   }
-  if (observer_) observer_->closed(live.worker, r);
+  // A retried attempt was never announced: its connection goes on elsewhere.
+  if (!retried) announce(live);
+  if (observer_ && live.announced) observer_->closed(live.worker, r);
   if (!access_log_) return;
   access_log_->info(
       "{} pod={} src={} dst={} service={} path={} src_principal={} dst_principal={} mutual_tls={} "

@@ -57,6 +57,12 @@ struct LiveRecord {
   std::atomic<uint64_t> sent{0}, received{0};
   std::chrono::steady_clock::time_point start{};
   bool closed = false;
+  // A Service connection's attempt, which may yet move to another endpoint:
+  // the observer hears of it once it connected (Records::confirm), moved a
+  // byte or ended for good; a retried attempt never (the app made one
+  // connection, counted under the endpoint that took it). Worker thread.
+  bool may_retry = false;
+  bool announced = false;
   size_t slot = SIZE_MAX;  // its index in the open registry (Records, under its mutex)
 };
 
@@ -73,15 +79,20 @@ class Records {
   // and state) as open, and tells the observer. An adopted record keeps its
   // start (the predecessor's).
   void open(const std::shared_ptr<LiveRecord>& live);
+  // A may_retry attempt reached its endpoint: the observer hears of it.
+  void confirm(LiveRecord& live) { announce(live); }
   // Bytes moved (worker thread): client -> destination and back.
   void moved(LiveRecord& live, uint64_t sent, uint64_t received) {
     if (sent) live.sent.fetch_add(sent, std::memory_order_relaxed);
     if (received) live.received.fetch_add(received, std::memory_order_relaxed);
+    announce(live);
     if (observer_) observer_->transferred(live.worker, live.rec, sent, received);
   }
   // One HTTP exchange seen on the connection (worker thread): to the observer.
-  void request(const LiveRecord& live, const RequestRecord& r) {
-    if (observer_ && !live.closed) observer_->request(live.worker, live.rec, r);
+  void request(LiveRecord& live, const RequestRecord& r) {
+    if (live.closed) return;
+    announce(live);
+    if (observer_) observer_->request(live.worker, live.rec, r);
   }
   // How it is about to end (worker thread), before close(): requests the
   // inspector reports in between (those without a response) see it.
@@ -108,6 +119,11 @@ class Records {
 
  private:
   static ConnectionRecord view(const LiveRecord& live);
+  void announce(LiveRecord& live) {
+    if (live.announced) return;
+    live.announced = true;
+    if (observer_) observer_->opened(live.worker, live.rec);
+  }
   std::shared_ptr<spdlog::logger> access_log_;  // null: no access log
   ConnectionObserver* observer_;
   Counters counters_;
