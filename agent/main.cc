@@ -192,6 +192,9 @@ int runAgent(const agent::Flags& flags) {
         handover_path, predecessor.error().describe());
     return 1;
   }
+  // What an agent that is gone left in the splice maps; a running
+  // predecessor's pairs are live (its freeze counts their bytes).
+  if (splice && !*predecessor) splice->removeStale();
   if (*predecessor) {
     auto listeners = (*predecessor)->takeListeners();
     logger->info("taking over from the running agent: {} listener(s) handed over",

@@ -204,22 +204,28 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 	if (tuple_owned(skb, &t, sizeof(t.ipv4)))
 		goto pass;
 
+	/* No listener (no agent runs, or it is restarting) or no assignment:
+	 * dropped, fail closed (the app would get it without mTLS or policy);
+	 * the client's SYN retransmits find the next agent's listener. */
 	t.ipv4.dport = bpf_htons(SLUICE_INBOUND_PORT);
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk) {
 		sluice_count(SLUICE_STAT_TC_NO_LISTENER);
-		goto pass;
+		return TC_ACT_SHOT;
 	}
 	if (sk->state != BPF_TCP_LISTEN) {
 		bpf_sk_release(sk);
-		goto pass;
+		sluice_count(SLUICE_STAT_TC_NO_LISTENER);
+		return TC_ACT_SHOT;
 	}
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
-	if (err == 0) {
-		sluice_count(SLUICE_STAT_TC_ASSIGNED);
-		return TC_ACT_OK;
+	if (err != 0) {
+		sluice_count4(SLUICE_STAT4_TC_ASSIGN_FAILED);
+		return TC_ACT_SHOT;
 	}
+	sluice_count(SLUICE_STAT_TC_ASSIGNED);
+	return TC_ACT_OK;
 pass:
 	sluice_count(SLUICE_STAT_TC_PASSED);
 	return TC_ACT_OK;

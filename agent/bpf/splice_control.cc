@@ -92,12 +92,17 @@ Result<std::unique_ptr<MapSpliceControl>> MapSpliceControl::open(const std::stri
   if (!c->path_) return failErrno("cannot open pinned BPF map sluice_sk_msg_path_v1");
   c->stats_ = UniqueFd(bpf_obj_get((pin_dir + "/sluice_splice_stats_v1").c_str()));
   if (!c->stats_) return failErrno("cannot open pinned BPF map sluice_splice_stats_v1");
+  return c;
+}
+
+size_t MapSpliceControl::removeStale() {
   size_t stale = 0;
-  for (const auto& [k, v] : c->splice_.entries()) stale += c->splice_.erase(k);
-  for (const auto& [k, v] : c->bytes_.entries()) c->bytes_.erase(k);
+  for (const auto& [k, v] : splice_.entries()) stale += splice_.erase(k);
+  for (const auto& [k, v] : bytes_.entries()) bytes_.erase(k);
+  for (const auto& [k, v] : hop_behind_.entries()) hop_behind_.erase(k);
   if (stale)
     log::get("bpf")->info("splice: removed {} entries of an earlier agent's connections", stale);
-  return c;
+  return stale;
 }
 
 bool MapSpliceControl::appKeys(int accepted, int delivering, sluice_pair_key& client,

@@ -18,10 +18,15 @@ namespace sluice::agent::bpf {
 
 class MapSpliceControl final : public ztunnel::SpliceControl {
  public:
-  // Opens the pinned maps; deletes every splice entry left behind (an agent
-  // killed with live spliced pairs: their proxy sockets are gone, so their
-  // apps' next sends go to them and meet a reset).
+  // Opens the pinned maps.
   static Result<std::unique_ptr<MapSpliceControl>> open(const std::string& pin_dir);
+  // Deletes every splice, spliced-bytes and hop-behind entry left behind by
+  // an agent that is gone (killed with live spliced pairs: their proxy
+  // sockets are gone, so their apps' next sends go to them and meet a
+  // reset). Never while a predecessor runs (an upgrade): its pairs are live,
+  // and its freeze takes their spliced bytes into their records. Returns how
+  // many splice entries there were.
+  size_t removeStale();
   Armed arm(int accepted, int delivering, uint64_t up, uint64_t down) override;
   // Sum of the per-CPU splice counters (enum sluice_splice_stat order).
   std::vector<uint64_t> stats() const;

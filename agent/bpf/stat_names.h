@@ -31,7 +31,9 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
     {"sockops_rekeyed", "Captured connections re-keyed by 4-tuple for the proxy (sockops)"},
     {"getsockopt_answered", "SO_ORIGINAL_DST answers given by the cgroup/getsockopt program"},
     {"tc_assigned", "Inbound connections steered to the pod's 15006 listener (tc ingress)"},
-    {"tc_no_listener", "Inbound IPv4 SYNs to an enrolled pod without a 15006 listener (passed)"},
+    {"tc_no_listener",
+     "Inbound IPv4 SYNs to an enrolled pod dropped: no 15006 listener (fail closed: no agent "
+     "runs, or it is restarting)"},
     {"tc_passed", "Packets the tc ingress program left alone"},
     // sluice_stats6_v1 (kStat6Base + enum sluice_stat6)
     {"ip6_connect_redirected",
@@ -57,6 +59,8 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
      "Pod-local hop sockets back from loopback TCP to redirecting: their reader caught up"},
     {"splice_behind",
      "Spliced app sockets handed back to the proxy: the peer app had more than 4 MiB waiting"},
+    {"ip4_tc_assign_failed_dropped",
+     "Inbound IPv4 SYNs dropped: the kernel refused to assign them to the 15006 listener"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

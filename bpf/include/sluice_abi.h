@@ -98,7 +98,7 @@ enum sluice_stat {
 	SLUICE_STAT_SOCKOPS_REKEYED = 3,    /* cookie record re-keyed by 4-tuple */
 	SLUICE_STAT_GETSOCKOPT_ANSWERED = 4,/* SO_ORIGINAL_DST answered */
 	SLUICE_STAT_TC_ASSIGNED = 5,        /* inbound SYN assigned to 15006 */
-	SLUICE_STAT_TC_NO_LISTENER = 6,     /* enrolled pod without a 15006 listener */
+	SLUICE_STAT_TC_NO_LISTENER = 6,     /* IPv4 SYN, no 15006 listener: dropped */
 	SLUICE_STAT_TC_PASSED = 7,          /* packets left alone */
 	SLUICE_STAT_MAX = 8,
 };
@@ -132,7 +132,8 @@ enum sluice_stat4 {
 	SLUICE_STAT4_SPLICE_REFUSED = 2,  /* splice switches put off: the target's hop is on TCP */
 	SLUICE_STAT4_SOCKMAP_CAUGHT_UP = 3, /* hop sockets back from TCP: their reader caught up */
 	SLUICE_STAT4_SPLICE_BEHIND = 4,   /* spliced sockets handed back to the proxy: peer behind */
-	SLUICE_STAT4_MAX = 5,
+	SLUICE_STAT4_TC_ASSIGN_FAILED = 5, /* IPv4 SYN, bpf_sk_assign refused: dropped */
+	SLUICE_STAT4_MAX = 6,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).

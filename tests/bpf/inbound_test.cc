@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "agent/bpf/loader.h"
@@ -238,6 +239,7 @@ TEST_SUITE("inbound.bpf") {
       const char* name;
       Packet pkt;
       sluice_stat expect;
+      int verdict = 0;  // TC_ACT_OK
     };
     const Case cases[] = {
         {"udp passes",
@@ -251,14 +253,15 @@ TEST_SUITE("inbound.bpf") {
         {"syn to excluded port passes",
          {"10.77.1.9", "10.77.1.5", 9999, true, false},
          SLUICE_STAT_TC_PASSED},
-        {"syn without a 15006 listener is counted",
+        {"syn without a 15006 listener is dropped (fail closed) and counted",
          {"10.77.1.9", "10.77.1.5", 8080, true, false},
-         SLUICE_STAT_TC_NO_LISTENER},
+         SLUICE_STAT_TC_NO_LISTENER,
+         2 /*TC_ACT_SHOT*/},
     };
     for (const auto& c : cases) {
       CAPTURE(c.name);
       auto [verdict, delta] = run(loader, pod.fd(), c.pkt);
-      CHECK(verdict == 0 /*TC_ACT_OK*/);
+      CHECK(verdict == c.verdict);
       CHECK(delta[c.expect] == 1);
       CHECK(delta[SLUICE_STAT_TC_ASSIGNED] == 0);
     }
@@ -413,12 +416,15 @@ TEST_SUITE("inbound.bpf") {
     REQUIRE(::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
     REQUIRE(::listen(s->get(), 16) == 0);
     auto [verdict, delta] = run(loader, pod.fd(), {"10.77.1.9", "10.77.1.5", 8080, true, false});
-    CHECK(verdict == 0);
     // BPF_PROG_TEST_RUN does not run at tc ingress, so bpf_sk_assign refuses
-    // (-EOPNOTSUPP) and the packet passes; the listener lookup itself must
-    // have succeeded (no NO_LISTENER). Real assignment is covered end to end.
+    // (-EOPNOTSUPP) and the SYN is dropped, never passed to the app; the
+    // listener lookup itself must have succeeded (no NO_LISTENER). Real
+    // assignment: "inbound.bpf ipv4" below.
+    const size_t failed4 = agent::bpf::kStat4Base + SLUICE_STAT4_TC_ASSIGN_FAILED;
     CHECK(delta[SLUICE_STAT_TC_NO_LISTENER] == 0);
-    CHECK(delta[SLUICE_STAT_TC_ASSIGNED] + delta[SLUICE_STAT_TC_PASSED] == 1);
+    CHECK(delta[SLUICE_STAT_TC_PASSED] == 0);
+    CHECK(delta[SLUICE_STAT_TC_ASSIGNED] + delta[failed4] == 1);
+    CHECK(verdict == (delta[SLUICE_STAT_TC_ASSIGNED] ? 0 : 2));
 
     // IPv6: [pod-v6]:15006 (IPV6_TRANSPARENT) is found; outside tc ingress
     // bpf_sk_assign refuses, and an IPv6 SYN that cannot be assigned is
@@ -489,6 +495,60 @@ TEST_SUITE("inbound.bpf ipv6") {
   }
 }
 
+TEST_SUITE("inbound.bpf ipv4") {
+  // Real sockets across a veth, as "inbound.bpf ipv6" above.
+  struct Wired {
+    Wired() {
+      pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " +
+             peer.path() + " && ip link set eth0 up && ip addr add 10.79.0.5/24 dev eth0");
+      peer.sh("ip link set peer0 up && ip addr add 10.79.0.9/24 dev peer0");
+    }
+    void attach(test::LoadedCapture& bpf) {
+      auto attached = bpf.loader->attachTc(pod.fd(), "eth0");
+      REQUIRE_MESSAGE(attached.has_value(), (attached ? "" : attached.error().describe()));
+    }
+    test::ScratchNetns pod, peer;
+  };
+  UniqueFd nonBlocking(UniqueFd fd) {
+    int flags = fcntl(fd.get(), F_GETFL);
+    REQUIRE(fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) == 0);
+    return fd;
+  }
+  // A connect from the peer that does not wait.
+  UniqueFd startConnect(Wired & w) {
+    auto s = socketInNetns(w.peer.fd(), AF_INET, SOCK_STREAM, 0);
+    REQUIRE(s.has_value());
+    UniqueFd fd = nonBlocking(std::move(*s));
+    auto sa = makeSockaddr(*parseIp4("10.79.0.5"), 8080);
+    int rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+    REQUIRE((rc == 0 || errno == EINPROGRESS));
+    return fd;
+  }
+
+  TEST_CASE("no 15006 listener (no agent runs): an IPv4 SYN is dropped, never the app's") {
+    Wired w;
+    test::LoadedCapture bpf;
+    w.attach(bpf);
+    auto app = nonBlocking(test::listenIn(w.pod.fd(), "10.79.0.5", 8080));
+    auto client = startConnect(w);
+    CHECK(testing::eventually(
+        [&] { return bpf.loader->stats().at(SLUICE_STAT_TC_NO_LISTENER) >= 1; }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK(::accept(app.get(), nullptr, nullptr) < 0);
+    // The agent's listener comes back: the SYN's retransmission is its.
+    auto proxy = nonBlocking(test::listenIn(w.pod.fd(), "10.79.0.5", SLUICE_INBOUND_PORT, 0, true));
+    UniqueFd a;
+    CHECK(testing::eventually(
+        [&] {
+          a = UniqueFd(::accept(proxy.get(), nullptr, nullptr));
+          return a.valid();
+        },
+        std::chrono::seconds(5)));
+    CHECK(ntohs(test::localOf(a.get()).sin_port) == 8080);
+    CHECK(::accept(app.get(), nullptr, nullptr) < 0);
+  }
+}
+
 TEST_SUITE("inbound.bpf ipv4 fragments") {
   // An upgrade from a build before sluice_stats4_v1: the next loader creates
   // and pins it beside the pins it re-uses, and the tc program counts in it.
@@ -535,8 +595,9 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
     auto stat = [&](size_t i) { return bpf.loader->stats().at(i); };
     const size_t frag4 = agent::bpf::kStat4Base + SLUICE_STAT4_TC_FRAG_DROPPED;
 
-    // The same SYN whole: no proxy listener here, so IPv4 passes to the app,
-    // which answers (what the fragmented one would get without the drop).
+    // The same SYN whole: assigned to the proxy's listener, which answers
+    // (what the fragmented one would get without the drop).
+    auto proxy = test::listenIn(pod.fd(), "10.78.0.5", SLUICE_INBOUND_PORT, 0, true);
     sendRaw(raw->get(), src, dst, tcpSyn(src, dst, 41001, 8080));
     CHECK(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41001); }));
     CHECK(stat(frag4) == 0);
@@ -546,6 +607,6 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
     CHECK(testing::eventually([&] { return stat(frag4) == 2; }));
     CHECK_FALSE(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41002); },
                                     std::chrono::milliseconds(500)));
-    CHECK(stat(SLUICE_STAT_TC_NO_LISTENER) == 1);  // the whole SYN's only
+    CHECK(stat(SLUICE_STAT_TC_ASSIGNED) == 1);  // the whole SYN's only
   }
 }

@@ -158,6 +158,16 @@ class SockmapLifecycleTest(LabTest):
         self.assertEqual(rc, 0, out)
         self.assertIn("ok n=", out)
         self.assert_sockhash_empty()
+        # The new agent's record counts every byte, those spliced before the
+        # upgrade included (the new agent leaves the old one's splice maps to it).
+        n = int(out.split("ok n=")[1].split()[0])
+        sent = sum(len(f"hold {k}\n") for k in range(n))
+        dst = f"{self.server_ip}:6379"
+        rec = wait_for("the adopted connection's closed record", lambda: [
+            c for c in self.lab.connections("node1")
+            if c["destination"] == dst and c["direction"] == "outbound" and c["state"] == "closed"
+            and c.get("adopted")])[-1]
+        self.assertEqual((rec["bytes_sent"], rec["bytes_received"]), (sent, sent), rec)
 
     def test_3_agent_restart_resets_a_live_pair(self):
         p = self.hold(60)

@@ -43,11 +43,14 @@ struct LoadedCapture {
   }
 };
 
-inline UniqueFd listenIn(int netns, const char* ip, uint16_t port, uint32_t mark = 0) {
+// transparent: IP_TRANSPARENT, as the proxy's 15006 listener.
+inline UniqueFd listenIn(int netns, const char* ip, uint16_t port, uint32_t mark = 0,
+                         bool transparent = false) {
   auto s = socketInNetns(netns, AF_INET, SOCK_STREAM, 0);
   REQUIRE(s.has_value());
   int one = 1;
   setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (transparent) REQUIRE(setsockopt(s->get(), SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) == 0);
   if (mark) REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0);
   auto sa = makeSockaddr(*parseIp4(ip), port);
   REQUIRE(::bind(s->get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
