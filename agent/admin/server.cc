@@ -96,6 +96,10 @@ int epollSet(int epfd, int op, int fd, uint32_t events) {
 constexpr auto kStreamPoll = std::chrono::milliseconds(100);
 constexpr size_t kStreamBacklog = 1 << 20;  // bytes sent but not yet taken by the client
 constexpr size_t kMaxClients = 256;
+// From one address: a scraper or an operator needs a few; a pod that opens
+// hundreds and trickles their requests must not take them all (the metrics
+// port listens where every pod reaches it).
+constexpr size_t kMaxPerSource = 32;
 // Answers queued on all connections together and not yet taken by their
 // clients. Beyond it no connection takes a new request (a client that does
 // not read holds at most its 1 MiB; 256 of them would otherwise hold 256
@@ -106,8 +110,9 @@ constexpr size_t kQueuedBudget = 16 << 20;
 
 // One client connection, and the stream it is being served, if any.
 struct Server::Client {
-  explicit Client(UniqueFd fd) : conn(std::move(fd)) {}
+  Client(UniqueFd fd, std::string from) : conn(std::move(fd)), source(std::move(from)) {}
   Connection conn;
+  std::string source;  // the peer's address (per_source_)
   std::unique_ptr<Stream> stream;
   uint32_t watched = 0;  // the epoll events registered
   size_t counted = 0;    // its queued bytes as counted in queued_
@@ -236,12 +241,17 @@ void Server::close(Client& c) {
   queued_ -= c.counted;
   if (c.stream) stream_count_.fetch_sub(1, std::memory_order_relaxed);
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c.conn.fd(), nullptr);
+  if (auto it = per_source_.find(c.source); it != per_source_.end() && --it->second == 0)
+    per_source_.erase(it);
   clients_.erase(c.conn.fd());  // closes the socket
 }
 
 void Server::acceptAll() {
   while (accepting_) {
-    UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof(peer);
+    UniqueFd fd(::accept4(listen_fd_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len,
+                          SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         // Out of descriptors: stop taking connections until the next tick
@@ -259,9 +269,25 @@ void Server::acceptAll() {
                          "{}: {} connections open, refusing another", name_, kMaxClients);
       continue;  // closed
     }
+    std::string source = "local";  // a unix socket: not limited
+    if (peer.ss_family == AF_INET)
+      source = SockAddr(*reinterpret_cast<const sockaddr_in*>(&peer)).ip().str();
+    else if (peer.ss_family == AF_INET6)
+      source = SockAddr(*reinterpret_cast<const sockaddr_in6*>(&peer)).ip().str();
+    size_t& from_source = per_source_[source];
+    if (from_source >= kMaxPerSource && source != "local") {
+      SLUICE_LOG_LIMITED(limiter_, log::get("admin"), spdlog::level::warn,
+                         "{}: {} connections open from {}, refusing another from it", name_,
+                         kMaxPerSource, source);
+      continue;  // closed
+    }
     int raw = fd.get();
-    auto client = std::make_unique<Client>(std::move(fd));
-    if (epollSet(epoll_fd_.get(), EPOLL_CTL_ADD, raw, EPOLLIN) != 0) continue;
+    auto client = std::make_unique<Client>(std::move(fd), source);
+    if (epollSet(epoll_fd_.get(), EPOLL_CTL_ADD, raw, EPOLLIN) != 0) {
+      if (from_source == 0) per_source_.erase(source);
+      continue;
+    }
+    from_source++;
     client->watched = EPOLLIN;
     clients_.emplace(raw, std::move(client));
   }

@@ -132,6 +132,7 @@ class Server {
   log::Limiter limiter_;                            // accept failures
   bool accepting_ = true;                           // false for a tick after EMFILE
   std::map<int, std::unique_ptr<Client>> clients_;  // by socket; the server's thread only
+  std::map<std::string, size_t> per_source_;        // open clients by source address
   std::atomic<size_t> stream_count_{0};
   size_t queued_ = 0;  // answer bytes queued on all connections (the server's thread)
   std::atomic<size_t> queued_peak_{0};

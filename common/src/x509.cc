@@ -188,6 +188,29 @@ std::optional<std::string> uriSan(X509* cert) {
   return std::nullopt;
 }
 
+Result<std::string> svidId(X509* cert) {
+  GENERAL_NAMES* names =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  std::unique_ptr<GENERAL_NAMES, decltype(&GENERAL_NAMES_free)> guard(names, GENERAL_NAMES_free);
+  std::optional<std::string> uri;
+  int uris = 0;
+  for (int i = 0; names && i < sk_GENERAL_NAME_num(names); ++i) {
+    GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
+    if (n->type != GEN_URI) continue;
+    if (++uris > 1) continue;
+    const ASN1_IA5STRING* u = n->d.uniformResourceIdentifier;
+    uri.emplace(reinterpret_cast<const char*>(ASN1_STRING_get0_data(u)), ASN1_STRING_length(u));
+  }
+  if (uris == 0) return fail("the certificate carries no SPIFFE ID (no URI SAN)");
+  if (uris > 1)
+    return fail("the certificate carries " + std::to_string(uris) +
+                " URI SANs (an X.509-SVID has exactly one)");
+  if (X509_get_extension_flags(cert) & EXFLAG_CA)  // basicConstraints CA:TRUE, whatever keyUsage
+    return fail("the certificate of " + *uri +
+                " is a CA certificate (an X.509-SVID leaf has basicConstraints CA:FALSE)");
+  return *uri;
+}
+
 std::string serialHex(X509* cert) {
   BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
   char* hex = BN_bn2hex(bn);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "agent/admin/server.h"
+#include "sluice/common/unique_fd.h"
 #ifdef SLUICE_HAVE_WIRING
 #include "agent/wiring/admin_json.h"
 #endif
@@ -276,6 +277,10 @@ TEST_SUITE("admin") {
       if (rcvbuf) ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
       sockaddr_in a{};
       a.sin_family = AF_INET;
+      // From 127.0.1.1, .2 ...: 16 clients each, within the per-address bound.
+      static uint32_t clients = 0;
+      a.sin_addr.s_addr = htonl(0x7f000100 + 1 + clients++ / 16);
+      REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
       a.sin_port = htons(static_cast<uint16_t>(port));
       a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
       REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
@@ -336,6 +341,57 @@ TEST_SUITE("admin") {
     }
     // And it serves on.
     CHECK(test::httpGet(port, "/doc").size() > kBody);
+  }
+
+  TEST_CASE("one address holds at most 32 connections; other addresses are still served") {
+    agent::admin::Sources src;
+    src.stats = [] { return nlohmann::json{{"active", 1}}; };
+    int port = freePort();
+    auto server = agent::admin::Server::create("127.0.0.1:" + std::to_string(port), src);
+    REQUIRE(server.has_value());
+    auto open = [&](const char* from) {
+      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      REQUIRE(fd >= 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      inet_pton(AF_INET, from, &a.sin_addr);
+      REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+      a.sin_port = htons(static_cast<uint16_t>(port));
+      inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+      REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+      timeval tv{5, 0};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      return UniqueFd(fd);
+    };
+    auto ask = [](int fd) {
+      const std::string req = "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+      [[maybe_unused]] auto n = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+      std::string got;
+      char buf[4096];
+      ssize_t r;
+      while ((r = ::recv(fd, buf, sizeof(buf), 0)) > 0) got.append(buf, static_cast<size_t>(r));
+      return got;
+    };
+    // A pod trickling 32 requests that never end.
+    std::vector<UniqueFd> held;
+    for (int i = 0; i < 32; ++i) {
+      held.push_back(open("127.0.0.9"));
+      ::send(held.back().get(), "GET /", 5, MSG_NOSIGNAL);
+    }
+    // Its 33rd is closed unanswered.
+    REQUIRE(eventually([&] {
+      auto extra = open("127.0.0.9");
+      return ask(extra.get()).empty();
+    }));
+    // A scraper elsewhere is served.
+    auto scraper = open("127.0.0.1");
+    CHECK(ask(scraper.get()).find("200 OK") != std::string::npos);
+    // One of the 32 goes: the address may open another.
+    held.pop_back();
+    CHECK(eventually([&] {
+      auto again = open("127.0.0.9");
+      return ask(again.get()).find("200 OK") != std::string::npos;
+    }));
   }
 
   TEST_CASE("a request whose answer throws gets a 500; the server goes on") {

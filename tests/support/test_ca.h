@@ -14,6 +14,12 @@
 
 namespace sluice::test {
 
+// What a malformed leaf gets wrong (an X.509-SVID has neither).
+struct LeafFlaws {
+  bool ca = false;         // basicConstraints CA:TRUE
+  std::string second_uri;  // a second URI SAN
+};
+
 class TestCa {
  public:
   explicit TestCa(const char* name = "test CA", long validity_seconds = 86400)
@@ -39,7 +45,8 @@ class TestCa {
   const std::string& pem() const { return pem_; }
 
   // A workload certificate for `uri` (leaf then this CA) and its key.
-  std::shared_ptr<const ztunnel::WorkloadCredential> issue(const std::string& uri) {
+  std::shared_ptr<const ztunnel::WorkloadCredential> issue(const std::string& uri,
+                                                           const LeafFlaws& flaws = {}) {
     auto k = std::move(*x509::generateP256());
     x509::Cert c(X509_new());
     X509_set_version(c.get(), 2);
@@ -49,7 +56,8 @@ class TestCa {
     X509_gmtime_adj(X509_getm_notAfter(c.get()), days_);
     X509_set_pubkey(c.get(), k.get());
     std::string san = "critical,URI:" + uri;
-    ext(c.get(), NID_basic_constraints, "critical,CA:FALSE");
+    if (!flaws.second_uri.empty()) san += ",URI:" + flaws.second_uri;
+    ext(c.get(), NID_basic_constraints, flaws.ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
     ext(c.get(), NID_key_usage, "critical,digitalSignature");
     ext(c.get(), NID_ext_key_usage, "serverAuth,clientAuth");
     ext(c.get(), NID_subject_alt_name, san.c_str());

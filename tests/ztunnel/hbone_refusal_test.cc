@@ -108,6 +108,38 @@ TEST_SUITE("hbone") {
     CHECK(echo.accepted == 0);
   }
 
+  TEST_CASE("a client certificate that is no X.509-SVID is refused: a CA, two URI SANs") {
+    for (bool ca : {true, false}) {
+      CAPTURE(ca);
+      Mesh m;
+      test::LeafFlaws flaws;
+      if (ca)
+        flaws.ca = true;
+      else
+        flaws.second_uri = "spiffe://cluster.local/ns/kube-system/sa/admin";
+      // The leaf's own check: what the server's log line says.
+      auto bad = m.ca.issue(kIdA, flaws);
+      auto chain = x509::parseChain(bad->chain_pem);
+      REQUIRE(chain.has_value());
+      auto id = x509::svidId((*chain)[0].get());
+      REQUIRE_FALSE(id.has_value());
+      CHECK(id.error().describe().find(ca ? "CA certificate" : "2 URI SANs") != std::string::npos);
+      CHECK(x509::svidId(x509::parseChain(m.ca.issue(kIdA)->chain_pem)->at(0).get()).value() ==
+            kIdA);
+      // Through a real handshake: the server refuses the tunnel.
+      m.creds.set(kIdA, bad);
+      App echo(ip(kAddrB), App::echo);
+      UniqueFd app = m.open(makeSockaddr(ip(kAddrB), echo.port));
+      std::vector<unsigned char> got;
+      Worker reader([&] { recvAll(app.get(), got); });
+      REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
+      CHECK(got.empty());
+      CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kHandshakeFailures) == 1; }, 5s));
+      CHECK(echo.accepted == 0);
+      CHECK(m.authorizer.calls == 0);
+    }
+  }
+
   TEST_CASE("a server presenting another identity than expected is refused") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);

@@ -161,18 +161,22 @@ void Tunnel::handshakeDone() {
   const unsigned char* alpn = nullptr;
   unsigned alpn_len = 0;
   SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_len);
-  std::string peer = tls::peerIdentity(ssl_.get());
+  std::string why_none;
+  std::string peer = tls::peerIdentity(ssl_.get(), &why_none);
   const auto& cfg = env_.ctx.config;
   std::string problem;
   if (std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != "h2") {
     problem = "ALPN h2 was not negotiated";
   } else if (peer.empty()) {
-    problem = "the peer certificate carries no SPIFFE ID";
+    problem = why_none.empty() ? "the peer certificate carries no SPIFFE ID" : why_none;
   } else if (!server_ && peer != expected_peer_) {
     problem = "the peer is " + peer + ", expected " + expected_peer_;
   } else if (server_) {
     auto id = x509::SpiffeId::parse(peer);
-    if (!id || id->trust_domain != cfg.trust_domain)
+    if (!id)
+      problem = "client identity " + peer +
+                " is not a SPIFFE workload ID (spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT)";
+    else if (id->trust_domain != cfg.trust_domain)
       problem = "client identity " + peer + " is not in trust domain " + cfg.trust_domain;
   }
   if (!problem.empty()) {

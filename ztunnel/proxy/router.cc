@@ -96,9 +96,10 @@ void Router::route(std::unique_ptr<Attempt> a) {
     auto ep = balancer_.pick(*a->service(), a->tried(), std::chrono::steady_clock::now());
     if (!ep) {
       ctx_.counters().add(Counter::kLbNoEndpoint);
-      logger()->warn("pod {}: no endpoint of service {} left for {} (tried {}); resetting",
-                     pod.spec.name_namespace, a->serviceName(), formatEndpoint(a->vip()),
-                     a->tried().size());
+      SLUICE_LOG_LIMITED(no_endpoint_log_, logger(), spdlog::level::warn,
+                         "pod {}: no endpoint of service {} left for {} (tried {}); resetting",
+                         pod.spec.name_namespace, a->serviceName(), formatEndpoint(a->vip()),
+                         a->tried().size());
       // Its record and access-log line: the connection the app made ends here.
       auto live = record(Direction::kOutbound, Path::kNone, pod, a->peer, a->vip());
       live->rec.destination_service = a->serviceName();

@@ -185,10 +185,12 @@ Result<SSL_CTX*> Contexts::get(const std::shared_ptr<const WorkloadCredential>& 
   return slot.get();
 }
 
-std::string peerIdentity(SSL* ssl) {
+std::string peerIdentity(SSL* ssl, std::string* why) {
   X509* peer = SSL_get0_peer_certificate(ssl);
   if (!peer || SSL_get_verify_result(ssl) != X509_V_OK) return {};
-  return x509::uriSan(peer).value_or("");
+  auto id = x509::svidId(peer);
+  if (!id && why) *why = id.error().describe();
+  return id.value_or("");
 }
 
 }  // namespace sluice::ztunnel::tls

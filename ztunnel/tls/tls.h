@@ -70,7 +70,9 @@ class Contexts {
 const char* cipherSuites(bool aes_hardware);
 bool aesHardware();  // this CPU has AES instructions (AES-NI, ARMv8 crypto)
 
-// The peer's SPIFFE ID after a verified handshake (URI SAN of its leaf).
-std::string peerIdentity(SSL* ssl);
+// The peer's SPIFFE ID after a verified handshake (the one URI SAN of its
+// leaf, x509::svidId). "" for none; `why` (when given) then says what was
+// wrong with the certificate (no URI SAN, several, a CA certificate).
+std::string peerIdentity(SSL* ssl, std::string* why = nullptr);
 
 }  // namespace sluice::ztunnel::tls

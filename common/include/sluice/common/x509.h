@@ -61,6 +61,9 @@ Result<std::vector<Cert>> parseChain(const std::string& pem);
 std::string certPem(X509* cert);
 
 std::optional<std::string> uriSan(X509* cert);
+// The SPIFFE ID of a peer's X.509-SVID leaf: its one URI SAN. Refused (with
+// the reason) when it has none or several, or when it is a CA certificate.
+Result<std::string> svidId(X509* cert);
 std::string serialHex(X509* cert);
 std::chrono::system_clock::time_point notBefore(X509* cert);
 std::chrono::system_clock::time_point notAfter(X509* cert);
