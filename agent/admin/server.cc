@@ -94,6 +94,10 @@ int epollSet(int epfd, int op, int fd, uint32_t events) {
 }
 
 constexpr auto kStreamPoll = std::chrono::milliseconds(100);
+// While a stream runs: its source's queue (a tap session's: 256 requests per
+// worker) is emptied 50 times a second, so it keeps up with about 12,800
+// requests/s per worker before it drops.
+constexpr auto kStreamPollActive = std::chrono::milliseconds(20);
 constexpr size_t kStreamBacklog = 1 << 20;  // bytes sent but not yet taken by the client
 constexpr size_t kMaxClients = 256;
 // From one address: a scraper or an operator needs a few; a pod that opens
@@ -121,7 +125,7 @@ struct Server::Client {
 
 // Requests are answered on the server's thread as they are parsed: a
 // document is built and queued; an action is run; a stream is opened and
-// then polled by tick() every 100 ms.
+// then polled by tick() every 20 ms (100 ms without a stream).
 void Server::handle(Client& c, const Request& req) {
   Connection& conn = c.conn;
   std::string path = req.target.substr(0, req.target.find('?'));
@@ -350,7 +354,8 @@ void Server::run() {
     }
     if (Connection::Clock::now() >= next_tick) {
       tick();
-      next_tick = Connection::Clock::now() + kStreamPoll;
+      next_tick = Connection::Clock::now() +
+                  (stream_count_.load(std::memory_order_relaxed) ? kStreamPollActive : kStreamPoll);
     }
   }
 }

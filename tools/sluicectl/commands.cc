@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -194,14 +195,17 @@ int cmdStats(const Options& opts) {
     return 0;
   }
   ctl::Table t({"COUNTER", "VALUE"});
-  // Groups of counters as the agent sends them (its table defines them once).
-  for (const auto& [group, counters] : j.items()) {
-    if (!counters.is_object()) {
-      t.add({group, jsonText(counters)});
-      continue;
+  // Groups of counters as the agent sends them (its table defines them
+  // once), nested ones by their dotted path: policy.denied.no_policy_match.
+  std::function<void(const std::string&, const json&)> add = [&](const std::string& name,
+                                                                 const json& v) {
+    if (!v.is_object()) {
+      t.add({name, jsonText(v)});
+      return;
     }
-    for (const auto& [k, v] : counters.items()) t.add({group + "." + k, jsonText(v)});
-  }
+    for (const auto& [k, sub] : v.items()) add(name.empty() ? k : name + "." + k, sub);
+  };
+  add("", j);
   std::fputs(t.render().c_str(), stdout);
   return 0;
 }
