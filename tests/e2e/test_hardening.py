@@ -100,6 +100,26 @@ class HardeningTest(LabTest):
         lines = len(re.findall(r"pending HBONE handshake", agent_log("node2")))
         self.assertLess(lines, 100, f"{lines} log lines for {evicted} evictions: not rate-limited")
 
+    def test_one_flooding_source_holds_at_most_half_of_a_pods_connections(self):
+        # An unmeshed pod holds idle connections to a meshed one: past half the pod's
+        # connection limit (4096) its next ones are refused, and every other peer of
+        # the pod still gets in (before, the flood took all 4096 places).
+        lab = self.lab
+        before = self.stats("node2")["proxy"]["limit_rejected"]
+        flood = lab.spawn("legacy/tester", sys.executable, APP, "flood", self.server_ip, "8080", "2300")
+        try:
+            wait_for("the connections past the flooder's share refused",
+                     lambda: self.stats("node2")["proxy"]["limit_rejected"] - before >= 200,
+                     timeout=60)
+            r = self.probe("shop/client", self.server_ip, 8080)
+            self.assertIsNone(r["error"], r)
+            self.assertTrue(r["reply"].startswith("peer="), r)
+            self.assertIn("holds 2048 inbound connections, half its connection limit 4096",
+                          agent_log("node2"))
+        finally:
+            flood.kill()
+            flood.wait()
+
     def test_garbage_flood_is_counted_and_logged_rate_limited(self):
         before = self.stats("node2")["hbone"]["handshake_failures"]
         lines_before = len(re.findall(r"TLS handshake failed", agent_log("node2")))

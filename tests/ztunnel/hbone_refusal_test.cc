@@ -369,6 +369,31 @@ TEST_SUITE("hbone") {
     CHECK(m.ss->count(Counter::kHboneTimeouts) == 2);
   }
 
+  TEST_CASE("one source holds at most half of a pod's connection limit; its next CONNECT is 503") {
+    Mesh m([](EngineConfig& c) { c.max_connections_per_pod = 4; });
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    UniqueFd first = m.open(dst), second = m.open(dst);
+    REQUIRE(m.pumpUntil([&] { return echo.accepted == 2; }, 5s));
+    CHECK(proxy::SourceShare::held(*m.pod_b, IpAddr::v4(ip(kAddrA))) == 2);
+    UniqueFd third = m.open(dst);  // 3 of 4 open: the pod's limit is not reached, A's half is
+    std::vector<unsigned char> got;
+    Worker r([&] { recvAll(third.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return r.done.load(); }, 5s));
+    CHECK(got.empty());
+    CHECK(m.ss->count(Counter::kLimitRejected) == 1);
+    REQUIRE(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(m.closed(*m.cs)[0].reason_detail == "503");
+    CHECK(echo.accepted == 2);
+    // One of A's ends: its place is free again.
+    ::shutdown(first.get(), SHUT_RDWR);
+    first.reset();
+    REQUIRE(m.pumpUntil(
+        [&] { return proxy::SourceShare::held(*m.pod_b, IpAddr::v4(ip(kAddrA))) == 1; }, 5s));
+    UniqueFd fourth = m.open(dst);
+    CHECK(m.pumpUntil([&] { return echo.accepted == 3; }, 5s));
+  }
+
   TEST_CASE("the connection limit answers 503 and an abort by the authorizer resets the stream") {
     Mesh m([](EngineConfig& c) { c.max_connections_per_pod = 1; });
     App echo(ip(kAddrB), App::echo);

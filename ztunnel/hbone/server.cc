@@ -73,7 +73,7 @@ struct Server::Impl final : StreamOwner {
   Owned<Link> owned{ctx.ring};
   std::list<Link*> pending;       // tunnels without a CONNECT yet, oldest first
   std::vector<Link*> cert_links;  // tunnels waiting for their pod's certificate
-  log::Limiter bad_request_log, refused_log, limit_log, pending_log, connect_log;
+  log::Limiter bad_request_log, refused_log, limit_log, pending_log, connect_log, share_log;
 
   std::shared_ptr<const WorkloadCredential> credentialFor(Link& l) {
     auto cred = creds.credential(l.tunnel.pod()->spec.identity);
@@ -154,6 +154,19 @@ struct Server::Impl final : StreamOwner {
       s.refuse(503, CloseReason::kConnectionLimit);
       return;
     }
+    const unsigned share_of = proxy::sourceShare(ctx.config.max_connections_per_pod);
+    auto share = proxy::SourceShare::take(t.pod(), source.ip(), share_of);
+    if (!share) {
+      ctx.counters().add(Counter::kLimitRejected);
+      SLUICE_LOG_LIMITED(share_log, logger(), spdlog::level::warn,
+                         "pod {}: {} ({}) holds {} inbound connections, half its connection "
+                         "limit {}; refusing another CONNECT from it",
+                         pod.spec.name_namespace, source.ip().str(), t.peerIdentity(), share_of,
+                         ctx.config.max_connections_per_pod);
+      s.refuse(503, CloseReason::kConnectionLimit);
+      return;
+    }
+    s.holdShare(std::move(share));
     if (auto why = ctx.denied(*live)) {
       s.refuse(401, CloseReason::kDenied, std::move(*why));
       return;

@@ -210,6 +210,7 @@ void Stream::maybeFinish() {
   ctx_.counters().sub(Counter::kActive);
   ctx_.counters().add(Counter::kClosed);
   pod_->connections--;
+  share_ = {};
   if (live_) ctx_.records.close(*live_, reason_, detail_, retried_);
   // The app's socket closes with the ring's next submission.
   if (server_)

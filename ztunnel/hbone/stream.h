@@ -51,6 +51,9 @@ class Stream final : public StreamEnd,
 
   // Registers the record (filled in by the caller) as open.
   void openRecord(std::shared_ptr<proxy::LiveRecord> live);
+  // Server: its source's place among the pod's inbound connections, held
+  // until the stream finishes.
+  void holdShare(proxy::SourceShare share) { share_ = std::move(share); }
   proxy::LiveRecord* record() { return live_.get(); }
 
   // --- client ---
@@ -173,6 +176,7 @@ class Stream final : public StreamEnd,
   // answer. Counted (record, metrics) at the 200; a refused CONNECT
   // delivered none of them, so they never are.
   uint64_t unanswered_sent_ = 0;
+  proxy::SourceShare share_;
   std::shared_ptr<proxy::LiveRecord> live_;
   CloseReason reason_ = CloseReason::kNone;
   std::string detail_;

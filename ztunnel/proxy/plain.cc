@@ -14,7 +14,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
  public:
   PlainConnection(PlainUpstream& set, std::shared_ptr<LiveRecord> live,
                   std::shared_ptr<PodState> pod, std::shared_ptr<PodState> target, UniqueFd client,
-                  UniqueFd upstream, std::unique_ptr<Attempt> attempt)
+                  UniqueFd upstream, std::unique_ptr<Attempt> attempt, SourceShare share = {})
       : set_(set),
         ctx_(set.ctx_),
         live_(std::move(live)),
@@ -23,6 +23,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
         client_(std::move(client)),
         upstream_(std::move(upstream)),
         attempt_(std::move(attempt)),
+        share_(std::move(share)),
         up_(ctx_.ring, *this, ctx_.config.buffer_bytes),
         down_(ctx_.ring, *this, ctx_.config.buffer_bytes) {}
 
@@ -106,6 +107,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     ctx_.counters().sub(Counter::kActive);
     ctx_.counters().add(Counter::kClosed);
     pod_->connections--;
+    share_ = {};
     ctx_.records.close(*live_, reason_, std::move(detail_), retried_);
     ctx_.ring.close(std::move(client_), !reset_);
     ctx_.ring.close(std::move(upstream_), !reset_);
@@ -256,6 +258,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
   std::shared_ptr<PodState> pod_, target_;
   UniqueFd client_, upstream_;
   std::unique_ptr<Attempt> attempt_;   // released (balancer slot) when freed
+  SourceShare share_;                  // inbound: its source's place, given back at finish()
   relay::Pipe up_, down_;              // client -> upstream, upstream -> client
   std::unique_ptr<l7::Inspector> l7_;  // HTTP inspection (taps both pipes); null: bytes only
   uring::Connect<&PlainConnection::onConnected> connect_{this};
@@ -279,15 +282,15 @@ PlainUpstream::~PlainUpstream() = default;
 
 void PlainUpstream::open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodState> pod,
                          std::shared_ptr<PodState> target, UniqueFd client, Upstream upstream,
-                         const SockAddr& dst, std::unique_ptr<Attempt> attempt) {
+                         const SockAddr& dst, std::unique_ptr<Attempt> attempt, SourceShare share) {
   live->worker = ctx_.worker;
   live->may_retry = attempt && attempt->isService();
   ctx_.records.open(live);
   pod->connections++;
   ctx_.counters().add(Counter::kActive);
-  auto c = std::make_unique<PlainConnection>(*this, std::move(live), std::move(pod),
-                                             std::move(target), std::move(client),
-                                             std::move(upstream.fd), std::move(attempt));
+  auto c = std::make_unique<PlainConnection>(
+      *this, std::move(live), std::move(pod), std::move(target), std::move(client),
+      std::move(upstream.fd), std::move(attempt), std::move(share));
   PlainConnection* raw = c.get();
   conns_.emplace(raw, std::move(c));
   raw->start(dst, upstream.setup);

@@ -30,7 +30,7 @@ class PlainUpstream {
   // An outbound connection carries its attempt (a Service may retry).
   void open(std::shared_ptr<LiveRecord> live, std::shared_ptr<PodState> pod,
             std::shared_ptr<PodState> target, UniqueFd client, Upstream upstream,
-            const SockAddr& dst, std::unique_ptr<Attempt> attempt);
+            const SockAddr& dst, std::unique_ptr<Attempt> attempt, SourceShare share = {});
 
   // An upgrade: continues a connection frozen by the predecessor (`pod`,
   // `target` are this engine's; the record is filled in from it).

@@ -176,6 +176,17 @@ void Router::inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, cons
                        pod->spec.name_namespace, formatEndpoint(peer), formatEndpoint(dst));
     return;
   }
+  const unsigned limit = ctx_.config.max_connections_per_pod;
+  auto share = SourceShare::take(pod, peer.ip(), sourceShare(limit));
+  if (!share) {
+    ctx_.counters().add(Counter::kLimitRejected);
+    setLinger0(client.get());
+    SLUICE_LOG_LIMITED(share_log_, logger(), spdlog::level::warn,
+                       "pod {}: {} holds {} inbound connections, half its connection limit {}; "
+                       "refusing another from it (its other peers are still taken)",
+                       pod->spec.name_namespace, peer.ip().str(), sourceShare(limit), limit);
+    return;
+  }
   auto live = record(Direction::kInbound, Path::kInbound, *pod, peer, dst);
   live->rec.destination_service = ctx_.inboundService(dst);
   live->rec.destination_principal = pod->spec.identity;
@@ -187,7 +198,8 @@ void Router::inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, cons
   }
   auto upstream = upstreamSocket(*pod, SLUICE_MARK_INBOUND_APP, dst.family(), peer.ip());
   if (!upstream) return;
-  plain_.open(std::move(live), pod, nullptr, std::move(client), std::move(*upstream), dst, nullptr);
+  plain_.open(std::move(live), pod, nullptr, std::move(client), std::move(*upstream), dst, nullptr,
+              std::move(share));
 }
 
 // --- AttemptSink ---

@@ -70,7 +70,7 @@ class Router final : public AttemptSink {
   std::vector<std::unique_ptr<Attempt>> deferred_;  // retries, routed on the next completion
   uring::Op<&Router::runDeferred> soon_{this};
   log::Limiter refused_log_, socket_log_, no_view_log_, eject_log_, retry_log_, no_attempts_log_,
-      no_endpoint_log_;
+      no_endpoint_log_, share_log_;
 };
 
 }  // namespace sluice::ztunnel::proxy
