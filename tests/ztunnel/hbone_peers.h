@@ -196,13 +196,71 @@ class RawServer {
   std::vector<std::thread> conns_;
 };
 
-// An HTTP/2 client that sends one request and notes what comes back.
+// A hand-written peer of pod A on B's 15008: TLS with A's certificate,
+// then `talk` with the session in its own thread, the mesh pumped until it
+// is done (within `limit`). False: no handshake, or not done in time.
+inline bool rawPeer(Mesh& m, const std::function<void(SSL*)>& talk,
+                    std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
+  setTimeouts(raw.get(), std::chrono::seconds(10));
+  std::atomic<bool> handshake{false};
+  Worker peer([&] {
+    Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
+    if (!ssl) return;
+    handshake = true;
+    talk(ssl.get());
+  });
+  return m.pumpUntil([&] { return peer.done.load(); }, limit) && handshake;
+}
+
+// An HTTP/2 client that sends requests and notes what comes back.
 struct RawClient {
   std::string status;
   bool goaway = false;
   uint32_t goaway_error = 0;
 
+  // One request.
   void run(SSL* ssl, const char* method, const std::string& authority) {
+    auto s = session();
+    std::string m = method, scheme = "https", path = "/";
+    nghttp2_nv hdrs[] = {nv(":method", m), nv(":scheme", scheme), nv(":path", path),
+                         nv(":authority", authority)};
+    nghttp2_submit_request(s.get(), nullptr, hdrs, 4, nullptr, nullptr);
+    runSession(s.get(), ssl);
+  }
+
+  // HTTP/2 rapid reset (CVE-2023-44487): CONNECTs each cancelled at once,
+  // `batches` times 50, then reads until the server is done with it.
+  void rapidReset(SSL* ssl, const std::string& authority, int batches) {
+    auto s = session();
+    std::string m = "CONNECT";
+    nghttp2_nv hdrs[] = {nv(":method", m), nv(":authority", authority)};
+    auto flush = [&] {
+      const uint8_t* data = nullptr;
+      for (ssize_t n; (n = nghttp2_session_mem_send(s.get(), &data)) > 0;)
+        if (SSL_write(ssl, data, static_cast<int>(n)) <= 0) return false;
+      return true;
+    };
+    for (int b = 0; b < batches; ++b) {
+      std::vector<int32_t> ids;
+      for (int i = 0; i < 50; ++i)
+        ids.push_back(nghttp2_submit_request(s.get(), nullptr, hdrs, 2, nullptr, nullptr));
+      if (!flush()) return;
+      for (int32_t id : ids)
+        nghttp2_submit_rst_stream(s.get(), NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+      if (!flush()) return;
+    }
+    runSession(s.get(), ssl);
+  }
+
+ private:
+  static nghttp2_nv nv(const char* n, const std::string& v) {
+    return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n)),
+                      reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), strlen(n), v.size(),
+                      NGHTTP2_NV_FLAG_NONE};
+  }
+  // A client session whose callbacks note GOAWAY and :status; SETTINGS queued.
+  std::unique_ptr<nghttp2_session, SessionFree> session() {
     nghttp2_session_callbacks* cbs = nullptr;
     nghttp2_session_callbacks_new(&cbs);
     nghttp2_session_callbacks_set_on_frame_recv_callback(
@@ -227,16 +285,7 @@ struct RawClient {
     nghttp2_session_callbacks_del(cbs);
     std::unique_ptr<nghttp2_session, SessionFree> s(raw);
     nghttp2_submit_settings(raw, NGHTTP2_FLAG_NONE, nullptr, 0);
-    auto nv = [](const char* n, const std::string& v) {
-      return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n)),
-                        reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), strlen(n),
-                        v.size(), NGHTTP2_NV_FLAG_NONE};
-    };
-    std::string m = method, scheme = "https", path = "/";
-    nghttp2_nv hdrs[] = {nv(":method", m), nv(":scheme", scheme), nv(":path", path),
-                         nv(":authority", authority)};
-    nghttp2_submit_request(raw, nullptr, hdrs, 4, nullptr, nullptr);
-    runSession(raw, ssl);
+    return s;
   }
 };
 

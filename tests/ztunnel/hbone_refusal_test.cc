@@ -177,21 +177,13 @@ TEST_SUITE("hbone") {
 
   TEST_CASE("bad preface after TLS is a bad request and closes the tunnel") {
     Mesh m;
-    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
-    setTimeouts(raw.get(), 10s);
-    std::atomic<bool> handshake{false};
-    Worker peer([&] {
-      Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
-      if (!ssl) return;
-      handshake = true;
+    REQUIRE(rawPeer(m, [](SSL* ssl) {
       std::string junk = "this is not the HTTP/2 client preface\r\n\r\n";
-      SSL_write(ssl.get(), junk.data(), static_cast<int>(junk.size()));
+      SSL_write(ssl, junk.data(), static_cast<int>(junk.size()));
       char buf[4096];
-      while (SSL_read(ssl.get(), buf, sizeof(buf)) > 0) {
+      while (SSL_read(ssl, buf, sizeof(buf)) > 0) {
       }
-    });
-    REQUIRE(m.pumpUntil([&] { return peer.done.load(); }, 10s));
-    CHECK(handshake);
+    }));
     CHECK(m.ss->count(Counter::kBadRequests) == 1);
     CHECK(m.ss->count(Counter::kHandshakeFailures) == 0);
     CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
@@ -200,18 +192,10 @@ TEST_SUITE("hbone") {
   TEST_CASE("a request that is not CONNECT is a bad request with GOAWAY and closes the tunnel") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
-    UniqueFd raw = connectTo(localOf(m.hbone_listener.get()), ip(kAddrA));
-    setTimeouts(raw.get(), 10s);
     RawClient h2;
-    bool handshake = false;
-    Worker peer([&] {
-      Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), raw.get(), false);
-      if (!ssl) return;
-      handshake = true;
-      h2.run(ssl.get(), "GET", formatEndpoint(makeSockaddr(ip(kAddrB), echo.port)));
-    });
-    REQUIRE(m.pumpUntil([&] { return peer.done.load(); }, 10s));
-    CHECK(handshake);
+    REQUIRE(rawPeer(m, [&](SSL* ssl) {
+      h2.run(ssl, "GET", formatEndpoint(makeSockaddr(ip(kAddrB), echo.port)));
+    }));
     CHECK(h2.goaway);
     CHECK(h2.goaway_error == NGHTTP2_PROTOCOL_ERROR);
     CHECK(h2.status.empty());
@@ -223,6 +207,22 @@ TEST_SUITE("hbone") {
     CHECK(why(in[0].reason) == "bad_request");
     CHECK(m.authorizer.calls == 0);
     CHECK(echo.accepted == 0);
+  }
+
+  TEST_CASE("HTTP/2 rapid reset: nghttp2 ends the tunnel, and the agent counts and says so") {
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    RawClient h2;
+    REQUIRE(rawPeer(
+        m,
+        [&](SSL* ssl) {
+          h2.rapidReset(ssl, formatEndpoint(makeSockaddr(ip(kAddrB), echo.port)), 40);
+        },
+        30s));
+    CHECK(h2.goaway);
+    CHECK(h2.goaway_error != NGHTTP2_NO_ERROR);
+    CHECK(m.ss->count(Counter::kBadRequests) == 1);
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kTunnelsActive) == 0; }, 5s));
   }
 
   TEST_CASE(

@@ -70,6 +70,21 @@ struct H2Glue {
   // then closed with RST_STREAM(NO_ERROR) (RFC 9113 8.1) — after the
   // HEADERS went out, or nghttp2 would drop them.
   static int frameSend(nghttp2_session* session, const nghttp2_frame* f, void* ud) {
+    // An error GOAWAY we did not ask for (Tunnel::terminate names a reason)
+    // is nghttp2's own, ending a peer that broke its limits (HTTP/2 rapid
+    // reset: streams reset faster than it allows; a flood of frames it must
+    // answer; a protocol error).
+    if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR &&
+        of(ud).reason_.empty()) {
+      Tunnel& t = of(ud);
+      t.env_.ctx.counters().add(Counter::kBadRequests);
+      SLUICE_LOG_LIMITED(t.env_.ctx.goaway_log, logger(), spdlog::level::warn,
+                         "tunnel {} {} {} ({}): HTTP/2 ended it with GOAWAY {}: the peer broke "
+                         "its limits (e.g. streams reset faster than allowed: rapid reset)",
+                         t.id_, t.side(), formatEndpoint(t.remote_), t.peer_identity_,
+                         nghttp2_http2_strerror(f->goaway.error_code));
+      return 0;
+    }
     if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
     auto& refused = of(ud).refused_;
     auto it = std::find(refused.begin(), refused.end(), f->hd.stream_id);

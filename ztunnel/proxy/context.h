@@ -59,6 +59,8 @@ struct WorkerContext {
   log::Limiter denied_log{};
   // CONNECTs the destination refused: at most once a second per worker too.
   log::Limiter refused_log{};
+  // HBONE tunnels nghttp2 ended with an error GOAWAY of its own (a flood).
+  log::Limiter goaway_log{};
 
   Counters& counters() { return records.counters(); }
   // The one place the authorization hook is asked (15006, 15008 CONNECT,

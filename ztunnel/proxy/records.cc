@@ -123,7 +123,9 @@ constexpr CounterInfo kCounters[] = {
     {"hbone", "tunnels_active", "tunnels open now", CounterKind::kGauge},
     {"hbone", "handshake_failures", "TLS refused: bad or absent certificate, wrong peer"},
     {"hbone", "timeouts", "handshake or first CONNECT not within the deadline"},
-    {"hbone", "bad_requests", "HTTP/2 protocol errors and requests that are not CONNECT"},
+    {"hbone", "bad_requests",
+     "HTTP/2 protocol errors, floods nghttp2 ended (rapid reset) and requests that are not "
+     "CONNECT"},
     {"hbone", "refused", "CONNECTs refused: not an address of the destination pod"},
     {"hbone", "outbound_handshake_refused",
      "connections reset: a new tunnel would exceed the outbound handshake bound"},
