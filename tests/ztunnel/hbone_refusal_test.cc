@@ -88,17 +88,18 @@ TEST_SUITE("hbone") {
   TEST_CASE("a CONNECT to a port that is not the pod's is refused with 401") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
-    // The pod's IP but a proxy port; then another address entirely.
+    // The pod's IP but a proxy port, or port 0.
     for (auto dst :
-         {makeSockaddr(ip(kAddrB), 15006), makeSockaddr(ip(kAddrB), m.cs->ctx->hbone_port)}) {
+         {makeSockaddr(ip(kAddrB), 15006), makeSockaddr(ip(kAddrB), m.cs->ctx->hbone_port),
+          makeSockaddr(ip(kAddrB), 0)}) {
       UniqueFd app = m.open(dst);
       std::vector<unsigned char> got;
       Worker reader([&] { recvAll(app.get(), got); });
       REQUIRE(m.pumpUntil([&] { return reader.done.load(); }, 10s));
       CHECK(got.empty());
     }
-    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 2; }, 5s));
-    CHECK(m.ss->count(Counter::kRefused) == 2);
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 3; }, 5s));
+    CHECK(m.ss->count(Counter::kRefused) == 3);
     CHECK(m.authorizer.calls == 0);  // refused before the hook is asked
     for (auto& r : m.closed(*m.cs)) {
       CHECK(why(r.reason) == "refused");

@@ -133,7 +133,7 @@ struct Server::Impl final : StreamOwner {
       return;
     }
     uint16_t port = target ? target->port() : 0;
-    if (!target || !ownAddress(pod.spec, target->ip()) || port == SLUICE_HBONE_PORT ||
+    if (!target || !ownAddress(pod.spec, target->ip()) || port == 0 || port == SLUICE_HBONE_PORT ||
         port == ctx.hbone_port || port == SLUICE_INBOUND_PORT || port == SLUICE_OUTBOUND_PORT) {
       ctx.counters().add(Counter::kRefused);
       SLUICE_LOG_LIMITED(refused_log, logger(), spdlog::level::warn,
