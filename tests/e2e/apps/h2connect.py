@@ -114,7 +114,11 @@ def bad(host, port, kind, cert=None, key=None, ca=None):
     result = {"kind": kind}
     try:
         if kind == "random":
-            raw.sendall(os.urandom(4096))
+            # Garbage that cannot start a TLS record: with a random first
+            # byte, 0x16 (a handshake record header with a long length) or
+            # an SSLv2-style header makes the server wait for the rest, and
+            # the connection ends at the 10 s handshake deadline instead.
+            raw.sendall(b"\x00" + os.urandom(4095))
             result["closed_after"] = wait_closed(raw)
             return result
         if kind == "stall":
