@@ -273,11 +273,8 @@ void Server::acceptAll() {
                          "{}: {} connections open, refusing another", name_, kMaxClients);
       continue;  // closed
     }
-    std::string source = "local";  // a unix socket: not limited
-    if (peer.ss_family == AF_INET)
-      source = SockAddr(*reinterpret_cast<const sockaddr_in*>(&peer)).ip().str();
-    else if (peer.ss_family == AF_INET6)
-      source = SockAddr(*reinterpret_cast<const sockaddr_in6*>(&peer)).ip().str();
+    IpAddr from = SockAddr::fromRaw(reinterpret_cast<const sockaddr*>(&peer), peer_len).ip();
+    std::string source = from.empty() ? "local" : from.str();  // a unix socket: not limited
     size_t& from_source = per_source_[source];
     if (from_source >= kMaxPerSource && source != "local") {
       SLUICE_LOG_LIMITED(limiter_, log::get("admin"), spdlog::level::warn,

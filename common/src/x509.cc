@@ -172,43 +172,41 @@ std::string certPem(X509* cert) {
   return drain(bio.get());
 }
 
-std::optional<std::string> uriSan(X509* cert) {
+namespace {
+// Every URI SAN of `cert`, in order.
+std::vector<std::string> uriSans(X509* cert) {
   GENERAL_NAMES* names =
       static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
-  if (!names) return std::nullopt;
+  std::vector<std::string> out;
+  if (!names) return out;
   std::unique_ptr<GENERAL_NAMES, decltype(&GENERAL_NAMES_free)> guard(names, GENERAL_NAMES_free);
   for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
     GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
-    if (n->type == GEN_URI) {
-      const ASN1_IA5STRING* s = n->d.uniformResourceIdentifier;
-      return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
-                         ASN1_STRING_length(s));
-    }
+    if (n->type != GEN_URI) continue;
+    const ASN1_IA5STRING* u = n->d.uniformResourceIdentifier;
+    out.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(u)),
+                     ASN1_STRING_length(u));
   }
-  return std::nullopt;
+  return out;
+}
+}  // namespace
+
+std::optional<std::string> uriSan(X509* cert) {
+  auto uris = uriSans(cert);
+  if (uris.empty()) return std::nullopt;
+  return uris.front();
 }
 
 Result<std::string> svidId(X509* cert) {
-  GENERAL_NAMES* names =
-      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
-  std::unique_ptr<GENERAL_NAMES, decltype(&GENERAL_NAMES_free)> guard(names, GENERAL_NAMES_free);
-  std::optional<std::string> uri;
-  int uris = 0;
-  for (int i = 0; names && i < sk_GENERAL_NAME_num(names); ++i) {
-    GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
-    if (n->type != GEN_URI) continue;
-    if (++uris > 1) continue;
-    const ASN1_IA5STRING* u = n->d.uniformResourceIdentifier;
-    uri.emplace(reinterpret_cast<const char*>(ASN1_STRING_get0_data(u)), ASN1_STRING_length(u));
-  }
-  if (uris == 0) return fail("the certificate carries no SPIFFE ID (no URI SAN)");
-  if (uris > 1)
-    return fail("the certificate carries " + std::to_string(uris) +
+  auto uris = uriSans(cert);
+  if (uris.empty()) return fail("the certificate carries no SPIFFE ID (no URI SAN)");
+  if (uris.size() > 1)
+    return fail("the certificate carries " + std::to_string(uris.size()) +
                 " URI SANs (an X.509-SVID has exactly one)");
   if (X509_get_extension_flags(cert) & EXFLAG_CA)  // basicConstraints CA:TRUE, whatever keyUsage
-    return fail("the certificate of " + *uri +
+    return fail("the certificate of " + uris.front() +
                 " is a CA certificate (an X.509-SVID leaf has basicConstraints CA:FALSE)");
-  return *uri;
+  return uris.front();
 }
 
 std::string serialHex(X509* cert) {

@@ -318,7 +318,7 @@ bool Source::list(Resource& r) {
   r.status.lists++;
   r.status.last_error.clear();
   r.listed = true;
-  if (r.unserved && r.optional) logger()->info("{} is served again (its CRD is installed)", r.path);
+  if (r.unserved) logger()->info("{} is served again (its CRD is installed)", r.path);
   r.unserved = false;
   markDirty();
   logger()->info("listed {} {} (resourceVersion {}{})", r.objects.size(), r.plural, rv,
