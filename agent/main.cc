@@ -23,6 +23,7 @@
 
 #include "agent/admin/server.h"
 #include "agent/authz/policy_authorizer.h"
+#include "agent/bpf/inbound_steering.h"
 #include "agent/bpf/loader.h"
 #include "agent/bpf/orig_dst_resolver.h"
 #include "agent/bpf/splice_control.h"
@@ -167,6 +168,10 @@ int runAgent(const agent::Flags& flags) {
     }
   }
   hooks.splice = splice.get();
+  // A SYN tc cannot steer (on a TIME_WAIT tuple) meets the pod's 15006
+  // listener through the sk_lookup program's map.
+  agent::bpf::MapInboundSteering steering((*loader)->inboundListenersFd());
+  hooks.steering = &steering;
   auto engine = ztunnel::createEngine(engine_config, resolver, &certs, &directory, hooks);
   if (!engine) {
     logger->critical("starting the proxy engine failed: {}", engine.error().describe());

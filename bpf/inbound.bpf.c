@@ -16,10 +16,58 @@
  *
  * IPv4 TCP fragments (MF set or a non-zero offset) are dropped and counted
  * (sluice_stats4_v1) whatever they carry: the stack would reassemble them and
- * hand a SYN the program never saw whole to the app around the mesh. */
+ * hand a SYN the program never saw whole to the app around the mesh.
+ *
+ * A SYN on the tuple of a connection in TIME_WAIT (the app's end of a proxied
+ * connection it closed first, or the proxy's end towards a client, whose
+ * tuple the client may reuse within the minute) is owned, so it passes: the
+ * kernel would drop it as a duplicate if it were assigned. The TIME_WAIT
+ * socket takes it and the stack looks for a listener, which would be the
+ * app's: around the mesh. So tc notes that SYN's tuple (sluice_tw_syn, this
+ * CPU's slot: the stack runs on the same CPU, within the same softirq,
+ * right after tc) and sluice_sk_lookup (sk_lookup, attached to each enrolled
+ * pod netns) gives exactly that lookup the proxy's <pod-ip>:15006 listener
+ * (sluice_inbound_listeners); with none (no agent runs) it is dropped, fail
+ * closed. Every other lookup passes untouched (the proxy's own connections
+ * to the app, which arrive over loopback and never meet tc, above all). */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 2 * SLUICE_MAX_ENROLLED);
+	__type(key, struct sluice_addr_key);
+	__type(value, __u64);
+} sluice_inbound_listeners SEC(".maps");
+
+/* The last SYN on a TIME_WAIT tuple tc passed on this CPU. */
+struct sluice_tw_syn {
+	__u64 at_ns; /* 0: none */
+	__u32 family;
+	__u32 remote[4], local[4]; /* network order; IPv4 in [0] */
+	__u16 remote_port, local_port; /* network order */
+	__u32 pad;
+};
+/* How long the slot stays good: the stack's lookup follows tc at once. */
+#define SLUICE_TW_SYN_WINDOW_NS 1000000
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sluice_tw_syn);
+} sluice_tw_syn SEC(".maps");
+
+/* This CPU's slot, cleared, for the SYN about to pass; null if none. */
+static __always_inline struct sluice_tw_syn *tw_slot(void)
+{
+	__u32 zero = 0;
+	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn, &zero);
+	if (w)
+		__builtin_memset(w, 0, sizeof(*w));
+	return w;
+}
 
 struct sluice_ip4_tcp {
 	__u32 saddr, daddr; /* network order */
@@ -126,17 +174,18 @@ static __always_inline int port_passes(__u16 dport)
 	       sluice_port_excluded(dport);
 }
 
-/* 1 when an established or request socket already owns the SYN's own tuple
- * (a retransmitted SYN of a connection already assigned): the stack finds it
- * by itself. */
-static __always_inline int tuple_owned(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 len)
+/* The state of the socket that owns the SYN's own tuple, or -1 (none, or
+ * only a listener). An established or request socket (a retransmitted SYN
+ * of a connection already assigned) the stack finds by itself; a TIME_WAIT
+ * one the caller notes for sluice_sk_lookup. */
+static __always_inline int tuple_owner(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 len)
 {
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return 0;
-	int listening = sk->state == BPF_TCP_LISTEN;
+		return -1;
+	int state = sk->state;
 	bpf_sk_release(sk);
-	return !listening;
+	return state == BPF_TCP_LISTEN ? -1 : state;
 }
 
 /* IPv6 SYN to an enrolled pod: assigned to [dst]:15006, or dropped. */
@@ -149,7 +198,17 @@ static __always_inline int inbound6(struct __sk_buff *skb, struct sluice_ip6_tcp
 	__builtin_memcpy(t.ipv6.daddr, p->daddr, sizeof(t.ipv6.daddr));
 	t.ipv6.sport = p->sport;
 	t.ipv6.dport = p->dport;
-	if (tuple_owned(skb, &t, sizeof(t.ipv6)))
+	int owner = tuple_owner(skb, &t, sizeof(t.ipv6));
+	struct sluice_tw_syn *w;
+	if (owner == BPF_TCP_TIME_WAIT && (w = tw_slot())) {
+		w->family = AF_INET6;
+		__builtin_memcpy(w->remote, p->saddr, sizeof(w->remote));
+		__builtin_memcpy(w->local, p->daddr, sizeof(w->local));
+		w->remote_port = p->sport;
+		w->local_port = p->dport;
+		w->at_ns = bpf_ktime_get_ns();
+	}
+	if (owner >= 0)
 		goto pass;
 	t.ipv6.dport = bpf_htons(SLUICE_INBOUND_PORT);
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
@@ -201,7 +260,17 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 	t.ipv4.daddr = p.daddr;
 	t.ipv4.sport = p.sport;
 	t.ipv4.dport = p.dport;
-	if (tuple_owned(skb, &t, sizeof(t.ipv4)))
+	int owner = tuple_owner(skb, &t, sizeof(t.ipv4));
+	struct sluice_tw_syn *w;
+	if (owner == BPF_TCP_TIME_WAIT && (w = tw_slot())) {
+		w->family = AF_INET;
+		w->remote[0] = p.saddr;
+		w->local[0] = p.daddr;
+		w->remote_port = p.sport;
+		w->local_port = p.dport;
+		w->at_ns = bpf_ktime_get_ns();
+	}
+	if (owner >= 0)
 		goto pass;
 
 	/* No listener (no agent runs, or it is restarting) or no assignment:
@@ -229,4 +298,87 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 pass:
 	sluice_count(SLUICE_STAT_TC_PASSED);
 	return TC_ACT_OK;
+}
+
+static __always_inline void lookup_count(__u32 family, __u32 stat4, __u32 stat6)
+{
+	if (family == AF_INET6)
+		sluice_count6(stat6);
+	else
+		sluice_count4(stat4);
+}
+
+/* The lookup's tuple in the slot's layout. Every field is read, at its
+ * constant offset, before any branch: the verifier refuses a context pointer
+ * with an offset added, which clang makes of reads it can merge. */
+static __always_inline void lookup_tuple(struct bpf_sk_lookup *ctx, struct sluice_tw_syn *t)
+{
+	__u32 family = ctx->family, rip4 = ctx->remote_ip4, lip4 = ctx->local_ip4;
+	__u32 r0 = ctx->remote_ip6[0], r1 = ctx->remote_ip6[1], r2 = ctx->remote_ip6[2],
+	      r3 = ctx->remote_ip6[3];
+	__u32 l0 = ctx->local_ip6[0], l1 = ctx->local_ip6[1], l2 = ctx->local_ip6[2],
+	      l3 = ctx->local_ip6[3];
+	asm volatile("" : "+r"(family), "+r"(rip4), "+r"(lip4), "+r"(r0), "+r"(r1));
+	asm volatile("" : "+r"(r2), "+r"(r3), "+r"(l0), "+r"(l1), "+r"(l2), "+r"(l3));
+	t->family = family;
+	t->remote_port = ctx->remote_port;
+	t->local_port = bpf_htons((__u16)ctx->local_port);
+	if (family == AF_INET) {
+		t->remote[0] = rip4;
+		t->local[0] = lip4;
+		return;
+	}
+	t->remote[0] = r0;
+	t->remote[1] = r1;
+	t->remote[2] = r2;
+	t->remote[3] = r3;
+	t->local[0] = l0;
+	t->local[1] = l1;
+	t->local[2] = l2;
+	t->local[3] = l3;
+}
+
+/* 1 when this lookup is the one for the SYN tc noted last on this CPU. */
+static __always_inline int is_noted_tw_syn(const struct sluice_tw_syn *t, const struct sluice_tw_syn *w)
+{
+	if (w->at_ns == 0 || bpf_ktime_get_ns() - w->at_ns > SLUICE_TW_SYN_WINDOW_NS)
+		return 0;
+	return t->family == w->family && t->remote_port == w->remote_port &&
+	       t->local_port == w->local_port && t->remote[0] == w->remote[0] &&
+	       t->remote[1] == w->remote[1] && t->remote[2] == w->remote[2] &&
+	       t->remote[3] == w->remote[3] && t->local[0] == w->local[0] &&
+	       t->local[1] == w->local[1] && t->local[2] == w->local[2] && t->local[3] == w->local[3];
+}
+
+SEC("sk_lookup")
+int sluice_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	__u32 zero = 0;
+	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn, &zero);
+	if (!w || w->at_ns == 0)
+		return SK_PASS;
+	struct sluice_tw_syn t = {};
+	lookup_tuple(ctx, &t);
+	if (!is_noted_tw_syn(&t, w))
+		return SK_PASS;
+	w->at_ns = 0;
+	struct sluice_addr_key key = {};
+	key.family = ctx->family;
+	for (int i = 0; i < 4; i++)
+		key.addr[i] = w->local[i];
+	struct bpf_sock *sk = bpf_map_lookup_elem(&sluice_inbound_listeners, &key);
+	if (!sk) {
+		lookup_count(key.family, SLUICE_STAT4_LOOKUP_DROPPED, SLUICE_STAT6_LOOKUP_DROPPED);
+		return SK_DROP;
+	}
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err != 0) {
+		lookup_count(key.family, SLUICE_STAT4_LOOKUP_DROPPED, SLUICE_STAT6_LOOKUP_DROPPED);
+		return SK_DROP;
+	}
+	lookup_count(key.family, SLUICE_STAT4_LOOKUP_STEERED, SLUICE_STAT6_LOOKUP_STEERED);
+	return SK_PASS;
 }

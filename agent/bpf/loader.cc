@@ -215,6 +215,7 @@ Result<void> Loader::enroll(uint64_t netns_cookie, const sluice_enrolled& value,
 void Loader::unenroll(uint64_t netns_cookie) {
   enrolled_.erase(netns_cookie);
   enrolled6_.erase(netns_cookie);
+  releaseLookup(netns_cookie);
 }
 
 Result<void> Loader::attachCgroupPrograms() {
@@ -397,7 +398,7 @@ void Loader::SockmapDestroy::operator()(sluice_sockmap* skel) const {
   sluice_sockmap__destroy(skel);
 }
 
-Result<void> Loader::attachTc(int netns_fd, const std::string& ifname) {
+Result<void> Loader::attachInbound(int netns_fd, const std::string& ifname) {
   Result<void> result;
   auto entered = runInNetns(netns_fd, [&] {
     unsigned ifindex = if_nametoindex(ifname.c_str());
@@ -425,10 +426,31 @@ Result<void> Loader::attachTc(int netns_fd, const std::string& ifname) {
     }
   });
   if (!entered) return entered;
-  return result;
+  if (!result) return result;
+  return attachLookup(netns_fd);
 }
 
-void Loader::detachTc(int netns_fd, const std::string& ifname) {
+Result<void> Loader::attachLookup(int netns_fd) {
+  auto cookie = netnsCookie(netns_fd);
+  if (!cookie) return tl::unexpected(cookie.error());
+  const std::string pin = lookupPin(*cookie);
+  const int prog = bpf_program__fd(inbound_->progs.sluice_sk_lookup);
+  // A pod enrolled by an earlier run: swap the program under its link, so
+  // the netns is never without one.
+  if (UniqueFd link(bpf_obj_get(pin.c_str())); link) {
+    if (bpf_link_update(link.get(), prog, nullptr) == 0) return {};
+    log::get("bpf")->warn("pinned link {} cannot be updated ({}); re-attaching", pin,
+                          std::strerror(errno));
+    ::unlink(pin.c_str());
+  }
+  UniqueFd link(bpf_link_create(prog, netns_fd, BPF_SK_LOOKUP, nullptr));
+  if (!link) return failErrno("attaching the sk_lookup program to the pod netns failed");
+  if (bpf_obj_pin(link.get(), pin.c_str()) != 0)
+    return failErrno(fmt::format("pinning link {} failed", pin));
+  return {};
+}
+
+void Loader::detachInbound(int netns_fd, const std::string& ifname) {
   (void)runInNetns(netns_fd, [&] {
     unsigned ifindex = if_nametoindex(ifname.c_str());
     if (ifindex == 0) return;
@@ -437,6 +459,21 @@ void Loader::detachTc(int netns_fd, const std::string& ifname) {
     LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
     bpf_tc_detach(&hook, &opts);
   });
+  if (auto cookie = netnsCookie(netns_fd)) releaseLookup(*cookie);
+}
+
+std::string Loader::lookupPin(uint64_t netns_cookie) const {
+  return fmt::format("{}/link_lookup_{}", config_.pin_dir, netns_cookie);
+}
+
+void Loader::releaseLookup(uint64_t netns_cookie) {
+  const std::string pin = lookupPin(netns_cookie);
+  detachPinnedLink(pin);
+  ::unlink(pin.c_str());
+}
+
+int Loader::inboundListenersFd() const {
+  return bpf_map__fd(inbound_->maps.sluice_inbound_listeners);
 }
 
 int Loader::tcProgramFd() const { return bpf_program__fd(inbound_->progs.sluice_tc_inbound); }

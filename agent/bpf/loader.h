@@ -96,7 +96,7 @@ class Loader {
   // Enrolls a pod netns: its IPv6 address (canonical text, empty when it has
   // none) into sluice_enrolled6_v1 first, then `value` into
   // sluice_enrolled_v1, so connect6 never sees the pod without its own
-  // address. unenroll() removes both.
+  // address. unenroll() removes both, and the netns's sk_lookup link.
   Result<void> enroll(uint64_t netns_cookie, const sluice_enrolled& value, const std::string& ip6);
   void unenroll(uint64_t netns_cookie);
   const std::vector<AttachedLink>& links() const { return links_; }
@@ -105,11 +105,19 @@ class Loader {
   // zeros while sockmap is off.
   std::vector<uint64_t> sockmapStats() const;
 
-  // Attaches the tc ingress program to ifname inside the given netns
-  // (creating the clsact qdisc; replacing an older Sluice filter).
-  Result<void> attachTc(int netns_fd, const std::string& ifname);
-  // Removes Sluice's tc filter from ifname; missing netns/interface is fine.
-  void detachTc(int netns_fd, const std::string& ifname);
+  // Attaches the inbound programs of an enrolled pod: the tc ingress
+  // program to ifname inside the given netns (creating the clsact qdisc;
+  // replacing an older Sluice filter) and the sk_lookup program to the netns
+  // (a link pinned as lookupPin(), whose program an existing pin swaps).
+  Result<void> attachInbound(int netns_fd, const std::string& ifname);
+  // Removes Sluice's tc filter from ifname and the netns's sk_lookup link;
+  // missing netns/interface is fine.
+  void detachInbound(int netns_fd, const std::string& ifname);
+  // Where the sk_lookup link of the netns with this cookie is pinned.
+  std::string lookupPin(uint64_t netns_cookie) const;
+  // fd of sluice_inbound_listeners (the SOCKHASH of the proxy's 15006
+  // listeners, keyed by the pod address): ListenerSteering fills it.
+  int inboundListenersFd() const;
 
   // fd of the tc ingress program (for BPF_PROG_TEST_RUN in tests).
   int tcProgramFd() const;
@@ -149,6 +157,8 @@ class Loader {
   Result<void> attachCgroupPrograms();
   // Adopts the IPv6 twins of the capture maps and sluice_stats6_v1.
   Result<void> adoptIp6Maps();
+  Result<void> attachLookup(int netns_fd);
+  void releaseLookup(uint64_t netns_cookie);  // detaches and unpins its link
   // Attaches prog_fd at the cgroup through the link pinned for `program`,
   // swapping the program of an existing pinned link in place.
   Result<AttachedLink> attachLink(int prog_fd, const char* program, bpf_attach_type type);

@@ -46,6 +46,12 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
     {"ip6_tc_hidden_dropped",
      "Inbound IPv6 TCP packets dropped: behind a fragment header or more than 4 extension "
      "headers, which the mesh cannot steer (fail closed)"},
+    {"ip6_lookup_steered",
+     "Inbound IPv6 SYNs on the tuple of a connection in TIME_WAIT steered to [pod-v6]:15006 "
+     "(sk_lookup), not to the app's listener"},
+    {"ip6_lookup_dropped",
+     "Inbound IPv6 SYNs on the tuple of a connection in TIME_WAIT dropped: no [pod-v6]:15006 "
+     "listener (fail closed: no agent runs)"},
     // sluice_stats4_v1 (kStat4Base + enum sluice_stat4)
     {"ip4_tc_frag_dropped",
      "Inbound IPv4 TCP fragments to an enrolled pod dropped: reassembled, a SYN would reach the "
@@ -61,6 +67,12 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
      "Spliced app sockets handed back to the proxy: the peer app had more than 4 MiB waiting"},
     {"ip4_tc_assign_failed_dropped",
      "Inbound IPv4 SYNs dropped: the kernel refused to assign them to the 15006 listener"},
+    {"ip4_lookup_steered",
+     "Inbound IPv4 SYNs on the tuple of a connection in TIME_WAIT steered to <pod-ip>:15006 "
+     "(sk_lookup), not to the app's listener"},
+    {"ip4_lookup_dropped",
+     "Inbound IPv4 SYNs on the tuple of a connection in TIME_WAIT dropped: no <pod-ip>:15006 "
+     "listener (fail closed: no agent runs)"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

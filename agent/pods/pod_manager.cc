@@ -273,13 +273,13 @@ Result<void> PodManager::enroll(LocalPod& pod) {
   ztunnel::PodSpec spec = engineSpec(pod);
   if (auto r = engine_.addPod(spec); !r) return r;
   pod.engine_service_account = pod.service_account;
-  if (auto r = loader_.attachTc(pod.netns.get(), pod.ref.ifname); !r) {
+  if (auto r = loader_.attachInbound(pod.netns.get(), pod.ref.ifname); !r) {
     engine_.removePod(spec.uid);
     return r;
   }
   sluice_enrolled value{pod.ref.ip4, 0};
   if (auto r = loader_.enroll(pod.netns_cookie, value, pod.ref.ip6); !r) {
-    loader_.detachTc(pod.netns.get(), pod.ref.ifname);
+    loader_.detachInbound(pod.netns.get(), pod.ref.ifname);
     engine_.removePod(spec.uid);
     return r;
   }
@@ -310,7 +310,7 @@ void PodManager::reregister(LocalPod& pod) {
     pod.last_error = r.error().describe();
     logger()->error("registering pod {} again failed: {}", podName(pod.ref), pod.last_error);
     loader_.unenroll(pod.netns_cookie);
-    loader_.detachTc(pod.netns.get(), pod.ref.ifname);
+    loader_.detachInbound(pod.netns.get(), pod.ref.ifname);
     pod.enrolled = false;
     persist();
     return;
@@ -328,7 +328,7 @@ void PodManager::unenroll(LocalPod& pod) {
     return;
   }
   loader_.unenroll(pod.netns_cookie);
-  loader_.detachTc(pod.netns.get(), pod.ref.ifname);
+  loader_.detachInbound(pod.netns.get(), pod.ref.ifname);
   engine_.removePod(pod.ref.container_id);
   pod.enrolled = false;
   logger()->info("pod {} unenrolled", podName(pod.ref));

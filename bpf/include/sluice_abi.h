@@ -85,6 +85,15 @@ struct sluice_pair_key6 {
 	__u32 pad;        /* zero */
 };
 
+/* Key of sluice_inbound_listeners (inbound.bpf.c: a SOCKHASH, one per agent
+ * run, of the proxy's <pod-ip>:15006 listeners for sluice_sk_lookup, which
+ * steers a SYN on the tuple of a connection in TIME_WAIT; the kernel drops an
+ * entry when its socket closes): a pod address. */
+struct sluice_addr_key {
+	__u32 family;  /* AF_INET or AF_INET6 */
+	__u32 addr[4]; /* network order; IPv4 in addr[0], the rest zero */
+};
+
 /* sluice_excluded_ports_v1: key = port (__u16, network order), value = __u8 1.
  * Destination ports never redirected by connect4/6 nor captured by tc. */
 
@@ -115,7 +124,9 @@ enum sluice_stat6 {
 	SLUICE_STAT6_TC_NO_LISTENER = 2,     /* IPv6 SYN, no 15006 listener: dropped */
 	SLUICE_STAT6_TC_ASSIGN_FAILED = 3,   /* IPv6 SYN, bpf_sk_assign refused: dropped */
 	SLUICE_STAT6_TC_HIDDEN_DROPPED = 4,  /* IPv6 TCP behind a fragment header or >4 ext headers */
-	SLUICE_STAT6_MAX = 5,
+	SLUICE_STAT6_LOOKUP_STEERED = 5,     /* a TIME_WAIT tuple's SYN to [pod-v6]:15006 (sk_lookup) */
+	SLUICE_STAT6_LOOKUP_DROPPED = 6,     /* the same, no [pod-v6]:15006 listener: dropped */
+	SLUICE_STAT6_MAX = 7,
 };
 
 /* sluice_stats4_v1: per-CPU array of SLUICE_STATS4_SLOTS counters indexed by
@@ -133,7 +144,9 @@ enum sluice_stat4 {
 	SLUICE_STAT4_SOCKMAP_CAUGHT_UP = 3, /* hop sockets back from TCP: their reader caught up */
 	SLUICE_STAT4_SPLICE_BEHIND = 4,   /* spliced sockets handed back to the proxy: peer behind */
 	SLUICE_STAT4_TC_ASSIGN_FAILED = 5, /* IPv4 SYN, bpf_sk_assign refused: dropped */
-	SLUICE_STAT4_MAX = 6,
+	SLUICE_STAT4_LOOKUP_STEERED = 6,   /* a TIME_WAIT tuple's SYN to <pod-ip>:15006 (sk_lookup) */
+	SLUICE_STAT4_LOOKUP_DROPPED = 7,   /* the same, no <pod-ip>:15006 listener: dropped */
+	SLUICE_STAT4_MAX = 8,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).

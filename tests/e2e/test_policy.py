@@ -254,6 +254,36 @@ class PolicyTest(LabTest):
         m = self.metrics("node2")
         self.assertGreaterEqual(metric_sum(m, "sluice_policy_denied_total", reason="strict_mtls"), 2)
 
+    def test_strict_holds_for_a_client_port_still_in_time_wait(self):
+        # whoami closes first, so the proxy's end towards the client waits in TIME_WAIT
+        # (under the client's own address and port) in the server's netns. A client that
+        # comes back from that port within the minute is taken by that TIME_WAIT socket
+        # (tc leaves an owned tuple to the stack); the listener it then gets must be the
+        # proxy's, which decides with the policy in force now, and never the app's.
+        clients = ((PLAIN[1], 41234), (PLAIN[0], 41235))  # same node (15006), cross-node
+        for client, sport in clients:
+            r = self.probe_from(client, sport)
+            self.assertTrue(r["reply"].startswith("peer="), f"{client} before STRICT: {r}")
+        before = metric_sum(self.metrics("node2"), "sluice_bpf_ip4_lookup_steered_total")
+        strict = ("apiVersion: security.sluice.dev/v1\nkind: PeerAuthentication\n"
+                  "metadata: {name: strict, namespace: shop}\nspec:\n  mtls: {mode: STRICT}\n")
+        self.apply("strict.yaml", strict, {"shop/strict"})
+        for client, sport in clients:
+            r = self.probe_from(client, sport)
+            self.assertEqual(r["reply"], "", f"{client} from port {sport} under STRICT: {r}")
+            self.assertEqual(r["local"].rsplit(":", 1)[1], str(sport), r)
+        after = metric_sum(self.metrics("node2"), "sluice_bpf_ip4_lookup_steered_total")
+        self.assertGreaterEqual(after - before, len(clients))
+        since = int(time.time() * 1000) - 60_000
+        refused = {c["source"] for c in self.denied_records(since)}
+        for client, sport in clients:
+            ip = self.lab.ip(*client.split("/"))
+            self.assertIn(f"{ip}:{sport}", refused)
+
+    def probe_from(self, client, sport, port=8080):
+        out = self.lab.client(client, "probe", self.server_ip, str(port), str(sport))
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     def test_a_port_level_mode_is_reported_where_it_decides(self):
         # The namespace STRICT; a workload policy that only opens 8081 to plaintext.
         text = ("apiVersion: security.sluice.dev/v1\nkind: PeerAuthentication\n"

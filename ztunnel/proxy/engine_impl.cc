@@ -153,6 +153,15 @@ Result<void> EngineImpl::addPod(const PodSpec& spec) {
       fds.emplace_back(std::move(*l), kind);
     }
   }
+  if (hooks_.steering) {
+    for (const auto& [sock, kind] : fds) {
+      if (roleOf(kind) != ListenerKind::kInbound) continue;
+      SockAddr addr = listenAddress(spec, kind);
+      if (auto r = hooks_.steering->inboundListener(addr, sock.get()); !r)
+        return fail(fmt::format("{} listener {} in pod {}: {}", toString(kind), addr.str(),
+                                spec.name_namespace, r.error().describe()));
+    }
+  }
   // The n-th listener of each kind goes to worker n (mod workers).
   std::map<ListenerKind, size_t> next;
   for (auto& [sock, kind] : fds) {

@@ -33,7 +33,8 @@ Clients:
                                                   ::ffff:HOST); prints JSON {"peername": what the
                                                   client's getpeername() says as "IP:PORT",
                                                   "sockname": its getsockname() IP, "reply"}
-  tcpapp.py probe HOST PORT                       one connection, read until EOF or error; prints JSON
+  tcpapp.py probe HOST PORT [SPORT]               one connection (from local port SPORT, SO_REUSEADDR),
+                                                  read until EOF or error; prints JSON
                                                   {"local", "reply", "error", "ms"}
   tcpapp.py churn HOST PORT SECONDS [CONC]        new whoami connections back to back (CONC at a time)
                                                   for SECONDS; prints "ready" at once, then JSON
@@ -289,9 +290,26 @@ def serve_http(port):
     serve_asyncio(port, handle)
 
 
-def read_reply(host, port, timeout=10, on_connect=None):
+def connect_from(host, port, sport, timeout):
+    """A connection from local port `sport` (SO_REUSEADDR), or any port when None."""
+    if sport is None:
+        return socket.create_connection((host, port), timeout=timeout)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    c = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c.bind(("", sport))
+        c.settimeout(timeout)
+        c.connect((host, port))
+    except OSError:
+        c.close()
+        raise
+    return c
+
+
+def read_reply(host, port, timeout=10, on_connect=None, sport=None):
     """Connects, reads until the server closes, returns the text."""
-    with socket.create_connection((host, port), timeout=timeout) as c:
+    with connect_from(host, port, sport, timeout) as c:
         if on_connect:
             on_connect(c)
         data = b""
@@ -496,13 +514,13 @@ def client_spread(host, port, n, conc):
     print(json.dumps({"by_server": by_server, "failures": failures}))
 
 
-def client_probe(host, port):
+def client_probe(host, port, sport=None):
     import json
     import time
     start = time.monotonic()
     out = {"local": None, "reply": "", "error": None}
     try:
-        out["reply"] = read_reply(host, port, timeout=15,
+        out["reply"] = read_reply(host, port, timeout=15, sport=sport,
                                   on_connect=lambda c: out.update(local="%s:%d" % c.getsockname()[:2]))
     except OSError as e:
         out["error"] = type(e).__name__ if not e.strerror else e.strerror
@@ -662,7 +680,7 @@ def main():
     elif cmd == "peername":
         client_peername(a[1], int(a[2]), a[3] if len(a) > 3 else "4")
     elif cmd == "probe":
-        client_probe(a[1], int(a[2]))
+        client_probe(a[1], int(a[2]), int(a[3]) if len(a) > 3 else None)
     elif cmd == "churn":
         client_churn(a[1], int(a[2]), float(a[3]), int(a[4]) if len(a) > 4 else 1)
     elif cmd == "flood":

@@ -483,10 +483,22 @@ class SpliceControl {
   virtual Armed arm(int accepted, int delivering, uint64_t up, uint64_t down) = 0;
 };
 
+// Inbound connections the tc program cannot steer (a SYN that reuses the
+// tuple of a connection in TIME_WAIT) are steered by the kernel's listener
+// lookup (the agent's sk_lookup program), to the listener named here.
+class InboundSteering {
+ public:
+  virtual ~InboundSteering() = default;
+  // fd listens for the pod at addr (<ip>:15006 or [<ip6>]:15006), created or
+  // handed over by an upgrade; a failure fails the pod's addPod.
+  virtual Result<void> inboundListener(const SockAddr& addr, int fd) = 0;
+};
+
 struct EngineHooks {
   InboundAuthorizer* authorizer = nullptr;  // null: allow everything
   ConnectionObserver* observer = nullptr;
-  SpliceControl* splice = nullptr;  // null: no same-node splice
+  SpliceControl* splice = nullptr;      // null: no same-node splice
+  InboundSteering* steering = nullptr;  // null: tc steers alone
 };
 
 class Engine {
