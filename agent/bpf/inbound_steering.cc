@@ -1,9 +1,10 @@
 #include "agent/bpf/inbound_steering.h"
 
 #include <bpf/bpf.h>
-#include <fmt/format.h>
 
 #include <cstring>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::agent::bpf {
 

@@ -462,10 +462,6 @@ void Loader::detachInbound(int netns_fd, const std::string& ifname) {
   if (auto cookie = netnsCookie(netns_fd)) releaseLookup(*cookie);
 }
 
-std::string Loader::lookupPin(uint64_t netns_cookie) const {
-  return fmt::format("{}/link_lookup_{}", config_.pin_dir, netns_cookie);
-}
-
 void Loader::releaseLookup(uint64_t netns_cookie) {
   const std::string pin = lookupPin(netns_cookie);
   detachPinnedLink(pin);

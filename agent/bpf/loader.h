@@ -73,6 +73,10 @@ inline constexpr CgroupProgram kCgroupPrograms[] = {
 inline std::string linkPin(const std::string& pin_dir, const std::string& program) {
   return pin_dir + "/link_" + program;
 }
+// The sk_lookup program's link of an enrolled pod's netns (Loader::attachInbound).
+inline std::string lookupLinkPin(const std::string& pin_dir, uint64_t netns_cookie) {
+  return linkPin(pin_dir, "lookup_" + std::to_string(netns_cookie));
+}
 
 struct AttachedLink {
   std::string program;  // sluice_connect4 ...
@@ -114,7 +118,9 @@ class Loader {
   // missing netns/interface is fine.
   void detachInbound(int netns_fd, const std::string& ifname);
   // Where the sk_lookup link of the netns with this cookie is pinned.
-  std::string lookupPin(uint64_t netns_cookie) const;
+  std::string lookupPin(uint64_t netns_cookie) const {
+    return lookupLinkPin(config_.pin_dir, netns_cookie);
+  }
   // fd of sluice_inbound_listeners (the SOCKHASH of the proxy's 15006
   // listeners, keyed by the pod address): ListenerSteering fills it.
   int inboundListenersFd() const;

@@ -128,6 +128,11 @@ class CheckTest(LabTest):
             link = os.path.join(PIN_DIR, "link_" + program)
             self.assertTrue(os.path.exists(link), os.listdir(PIN_DIR))
             os.unlink(link)
+        # Each enrolled pod's netns has its sk_lookup link (shop/web's among them).
+        lookups = [f for f in os.listdir(PIN_DIR) if f.startswith("link_lookup_")]
+        self.assertTrue(lookups, os.listdir(PIN_DIR))
+        for f in lookups:
+            os.unlink(os.path.join(PIN_DIR, f))
         try:
             results = self.assertFailed("BPF programs are pinned and attached", "is missing",
                                         "restart sluice-agent")
@@ -135,6 +140,11 @@ class CheckTest(LabTest):
             self.assertIn("sluice_connect4: pinned link", detail)
             self.assertIn("sluice_getpeername6: pinned link", detail)
             self.assertNotIn("sluice_getpeername4", detail)
+            captured = results["every enrolled pod is in the capture map"]
+            self.assertEqual(captured["result"], "error", captured)
+            self.assertIn("without their sk_lookup link", captured["detail"])
+            self.assertIn("shop/web", captured["detail"])
+            self.assertIn("TIME_WAIT", captured["hint"])
         finally:
             self.lab.lab("agent", "restart", "node1")
         self.waitHealthy()

@@ -259,11 +259,16 @@ class PolicyTest(LabTest):
         # (under the client's own address and port) in the server's netns. A client that
         # comes back from that port within the minute is taken by that TIME_WAIT socket
         # (tc leaves an owned tuple to the stack); the listener it then gets must be the
-        # proxy's, which decides with the policy in force now, and never the app's.
+        # proxy's, which decides with the policy in force now, and never the app's. Across
+        # an agent restart too.
         clients = ((PLAIN[1], 41234), (PLAIN[0], 41235))  # same node (15006), cross-node
         for client, sport in clients:
             r = self.probe_from(client, sport)
             self.assertTrue(r["reply"].startswith("peer="), f"{client} before STRICT: {r}")
+        # The TIME_WAIT sockets are the kernel's: they outlive the agent that made them. The
+        # next agent's programs and listeners must steer their tuples too.
+        self.lab.lab("agent", "restart", "node2")
+        wait_for("shop/server enrolled again", lambda: self.lab.enrolled("node2", "shop/server"))
         before = metric_sum(self.metrics("node2"), "sluice_bpf_ip4_lookup_steered_total")
         strict = ("apiVersion: security.sluice.dev/v1\nkind: PeerAuthentication\n"
                   "metadata: {name: strict, namespace: shop}\nspec:\n  mtls: {mode: STRICT}\n")

@@ -10,10 +10,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -103,11 +105,12 @@ struct Successor {
   std::unique_ptr<ztunnel::Engine> engine;
   // Adopts what `from` exports, then enrolls the pod (as a restarted agent's
   // restore() does).
-  Successor(Pod& pod, ztunnel::Engine& from, const sockaddr_in& dst) {
+  Successor(Pod& pod, ztunnel::Engine& from, const sockaddr_in& dst,
+            ztunnel::EngineHooks hooks = {}) {
     resolver.dst = dst;
     ztunnel::EngineConfig cfg;
     cfg.workers = 2;
-    auto e = ztunnel::createEngine(cfg, resolver);
+    auto e = ztunnel::createEngine(cfg, resolver, nullptr, nullptr, hooks);
     REQUIRE(e.has_value());
     engine = std::move(*e);
     auto exported = from.exportListeners();
@@ -139,6 +142,23 @@ class Closed final : public ztunnel::ConnectionObserver {
   std::vector<ztunnel::ConnectionRecord> records;
 };
 
+// What the engine registers for inbound steering: each listener's address
+// and socket (its inode), or a refusal when `refuse` is set.
+class Steering final : public ztunnel::InboundSteering {
+ public:
+  Result<void> inboundListener(const SockAddr& addr, int fd) override {
+    if (refuse) return fail("the steering map is full");
+    struct stat st {};
+    REQUIRE(::fstat(fd, &st) == 0);
+    std::lock_guard lk(mu);
+    seen.emplace(addr.str(), st.st_ino);
+    return {};
+  }
+  bool refuse = false;
+  std::mutex mu;
+  std::set<std::pair<std::string, ino_t>> seen;
+};
+
 // The byte at offset i of the stream the test sends.
 char patternAt(uint64_t i) { return static_cast<char>(i % 251); }
 
@@ -156,6 +176,50 @@ std::string recvSome(int fd, size_t n) {
 }  // namespace
 
 TEST_SUITE("engine upgrade") {
+  TEST_CASE("inbound listeners are registered for steering; a successor registers the same ones") {
+    Pod pod(true);
+    Steering first, second;
+    Running old(pod, {}, ztunnel::EngineHooks{.steering = &first});
+    // One IPv4 and one IPv6 inbound listener per worker, nothing else.
+    REQUIRE(first.seen.size() == 4);
+    size_t v4 = 0;
+    for (const auto& [addr, ino] : first.seen) {
+      CHECK((addr == "10.77.3.5:15006" || addr == std::string("[") + kPodIp6 + "]:15006"));
+      v4 += addr == "10.77.3.5:15006";
+    }
+    CHECK(v4 == 2);
+    auto exported = old.engine->exportListeners();
+    ztunnel::EngineConfig cfg;
+    cfg.workers = 2;
+    auto r = ztunnel::createEngine(cfg, old.resolver, nullptr, nullptr,
+                                   ztunnel::EngineHooks{.steering = &second});
+    REQUIRE(r.has_value());
+    auto successor = std::move(*r);
+    successor->adoptListeners(std::move(exported));
+    REQUIRE(successor->addPod(pod.spec()).has_value());
+    CHECK(second.seen == first.seen);  // the very same sockets
+    successor->stop();
+    old.engine->stop();
+  }
+
+  TEST_CASE("a listener the steering refuses fails the pod's addPod, leaving nothing behind") {
+    Pod pod;
+    Steering refusing;
+    refusing.refuse = true;
+    FakeResolver resolver;
+    ztunnel::EngineConfig cfg;
+    cfg.workers = 2;
+    auto e = ztunnel::createEngine(cfg, resolver, nullptr, nullptr,
+                                   ztunnel::EngineHooks{.steering = &refusing});
+    REQUIRE(e.has_value());
+    auto r = (*e)->addPod(pod.spec());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().describe().find("the steering map is full") != std::string::npos);
+    CHECK((*e)->listeners().empty());
+    checkListening(pod, SLUICE_INBOUND_PORT, 0);
+    (*e)->stop();
+  }
+
   TEST_CASE("two handovers in a row under load: the same sockets, not one connection fails") {
     Pod pod;
     const auto dst = makeSockaddr(*parseIp4("10.77.3.5"), 9000);

@@ -243,6 +243,18 @@ Outcome bpfLinks(AgentState& s) {
       fmt::format("{} links under {}", std::size(agent::bpf::kCgroupPrograms), pin_dir));
 }
 
+// The pod netns's sk_lookup link is pinned there and attached.
+bool lookupAttached(const std::string& pin) {
+  int fd = bpf_obj_get(pin.c_str());
+  if (fd < 0) return false;
+  bpf_link_info info{};
+  uint32_t len = sizeof(info);
+  int rc = bpf_obj_get_info_by_fd(fd, &info, &len);
+  ::close(fd);
+  return rc == 0 && info.prog_id != 0 && info.type == BPF_LINK_TYPE_NETNS &&
+         info.netns.netns_ino != 0;
+}
+
 Outcome podsCaptured(AgentState& s) {
   if (!s.load()) return s.notChecked();
   const std::string pin_dir = s.dump["bpf"].value("pin_dir", "");
@@ -253,19 +265,29 @@ Outcome podsCaptured(AgentState& s) {
                            "restart sluice-agent on this node: it re-creates its pinned maps");
   std::set<uint64_t> cookies;
   for (const auto& [cookie, v] : enrolled->entries()) cookies.insert(cookie);
-  std::vector<std::string> missing;
+  std::vector<std::string> missing, unsteered;
   int pods = 0;
   for (const auto& p : s.dump["pods"]) {
     if (!p.value("enrolled", false)) continue;
     ++pods;
-    if (!cookies.count(p.value("netns_cookie", 0ULL)))
-      missing.push_back(p.value("namespace", "") + "/" + p.value("name", ""));
+    const uint64_t cookie = p.value("netns_cookie", 0ULL);
+    const std::string name = p.value("namespace", "") + "/" + p.value("name", "");
+    if (!cookies.count(cookie)) missing.push_back(name);
+    if (!lookupAttached(agent::bpf::lookupLinkPin(pin_dir, cookie))) unsteered.push_back(name);
   }
   if (!missing.empty())
     return Outcome::failed(
         fmt::format("enrolled but not in the capture map: {}", fmt::join(missing, ", ")),
         "their traffic bypasses the mesh: restart sluice-agent (it reconciles the map) or "
         "delete the pods so that they are re-created");
+  if (!unsteered.empty())
+    return Outcome::failed(
+        fmt::format("enrolled without their sk_lookup link ({}): {}",
+                    agent::bpf::linkPin(pin_dir, "lookup_<netns cookie>"),
+                    fmt::join(unsteered, ", ")),
+        "a client reusing a port whose earlier connection waits in TIME_WAIT there reaches the "
+        "app around the proxy: restart sluice-agent (it attaches the link again on enrolling "
+        "its pods)");
   return Outcome::ok(fmt::format("{} pods", pods));
 }
 
