@@ -299,6 +299,7 @@ void Server::acceptAll() {
 // connections are dropped, connections held back by the server's budget
 // are answered if it allows, a paused listener resumes.
 void Server::tick() {
+  limiter_.flush();
   auto now = Connection::Clock::now();
   std::vector<Client*> all;
   all.reserve(clients_.size());

@@ -130,6 +130,10 @@ TEST_SUITE("bearer_token") {
   }
 }
 
+#include <spdlog/sinks/ostream_sink.h>
+
+#include <sstream>
+
 #include "sluice/common/log_limiter.h"
 
 TEST_SUITE("log limiter") {
@@ -148,6 +152,35 @@ TEST_SUITE("log limiter") {
     auto later = limiter.admit(t0 + 10s);
     REQUIRE(later.has_value());
     CHECK(*later == 1);
+  }
+
+  TEST_CASE("a burst that no later line follows is counted by flush(), once") {
+    using namespace std::chrono_literals;
+    std::ostringstream out;
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+    auto logger = std::make_shared<spdlog::logger>("limiter-test", sink);
+    logger->set_pattern("%l %v");
+    sluice::log::Limiter limiter(1000ms);
+    auto t0 = sluice::log::Limiter::Clock::time_point{} + 1h;
+    CHECK(limiter.flush(t0) == 0);  // nothing written yet
+    for (int i = 0; i < 5; ++i) {
+      if (limiter.admit(t0 + std::chrono::milliseconds(i))) {
+        logger->warn("refused a peer");
+        limiter.wrote(logger, spdlog::level::warn, "refused a peer");
+      }
+    }
+    CHECK(limiter.flush(t0 + 500ms) == 0);  // within the interval: the next line may carry it
+    CHECK(limiter.flush(t0 + 1001ms) == 4);
+    CHECK(limiter.flush(t0 + 5s) == 0);  // said once
+    CHECK(out.str() ==
+          "warning refused a peer\nwarning 4 more line(s) like this one suppressed: refused a "
+          "peer\n");
+    // The count starts again: a line right after the flush is suppressed
+    // (the flush is a line), and the next admitted one carries it.
+    CHECK_FALSE(limiter.admit(t0 + 1002ms));
+    auto next = limiter.admit(t0 + 2100ms);
+    REQUIRE(next.has_value());
+    CHECK(*next == 1);
   }
 }
 

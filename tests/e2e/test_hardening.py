@@ -123,6 +123,7 @@ class HardeningTest(LabTest):
     def test_garbage_flood_is_counted_and_logged_rate_limited(self):
         before = self.stats("node2")["hbone"]["handshake_failures"]
         lines_before = len(re.findall(r"TLS handshake failed", agent_log("node2")))
+        log_start = len(agent_log("node2").splitlines())
         start = time.monotonic()
         out = self.lab.client("legacy/tester", "garbage", self.server_ip, "15008", "800").stdout
         elapsed = time.monotonic() - start
@@ -134,6 +135,19 @@ class HardeningTest(LabTest):
         # At most one line per second per worker, plus the first of each.
         self.assertLessEqual(lines, 2 * (elapsed + 2), f"{lines} lines for {failures} refusals")
         self.assertGreaterEqual(lines, 1)
+
+        # And the log tells how many there were: the lines, the counts of those they stand
+        # for, and, once the burst is over, a line with the count no later line carried.
+        def told():
+            n = 0
+            for line in agent_log("node2").splitlines()[log_start:]:
+                if "TLS handshake failed" not in line:
+                    continue
+                more = re.search(r"(\d+) more line\(s\) like this one suppressed", line)
+                similar = re.search(r"\((\d+) similar lines suppressed\)$", line)
+                n += int(more.group(1)) if more else 1 + (int(similar.group(1)) if similar else 0)
+            return n
+        wait_for("the log to count every refusal", lambda: told() == failures, timeout=10)
 
     def test_direct_connection_to_the_inbound_port_is_refused_counted_and_logged(self):
         before = self.stats("node2")["proxy"]["direct_refused"]

@@ -371,6 +371,9 @@ bool Client::idle() const {
 
 void Client::tick(Clock::time_point now) {
   Impl& m = *impl_;
+  log::flushAll({&m.cert_log, &m.connect_log, &m.bound_log, &m.env.peer_log, &m.env.handshake_log,
+                 &m.env.timeout_log},
+                now);
   m.owned.eachLink([&](Impl::Link& l) {
     Tunnel& t = l.tunnel;
     if (t.ready() && !t.draining() && !t.flushingClose() &&

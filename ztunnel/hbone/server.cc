@@ -283,8 +283,12 @@ bool Server::idle() const {
 }
 
 void Server::tick(Clock::time_point now) {
-  impl_->owned.eachLink([&](Impl::Link& l) { l.tunnel.tick(now, 0); });
-  impl_->owned.eachStream([](Stream& s) { s.watchIfStalled(); });
+  Impl& m = *impl_;
+  m.owned.eachLink([&](Impl::Link& l) { l.tunnel.tick(now, 0); });
+  m.owned.eachStream([](Stream& s) { s.watchIfStalled(); });
+  log::flushAll({&m.bad_request_log, &m.refused_log, &m.limit_log, &m.pending_log, &m.connect_log,
+                 &m.share_log, &m.env.peer_log, &m.env.handshake_log, &m.env.timeout_log},
+                now);
 }
 
 bool Server::fineTick(Clock::time_point) {

@@ -63,6 +63,8 @@ class Listener {
   // that. close() after it leaves the socket alone.
   void stopAccepting();
   int fd() const { return fd_.get(); }
+  // From the worker's tick: the count of accept failures logged too seldom.
+  void flushLog(Clock::time_point now) { log_.flush(now); }
   bool done() const { return closing_ && !accept_.busy(); }
 
   const std::shared_ptr<PodState>& pod() const { return pod_; }

@@ -39,7 +39,12 @@ class Router final : public AttemptSink {
   void inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, const SockAddr& peer,
                const SockAddr& dst);
 
-  void tick(std::chrono::steady_clock::time_point now) { balancer_.prune(now); }
+  void tick(std::chrono::steady_clock::time_point now) {
+    balancer_.prune(now);
+    log::flushAll({&refused_log_, &socket_log_, &no_view_log_, &eject_log_, &retry_log_,
+                   &no_attempts_log_, &no_endpoint_log_, &share_log_},
+                  now);
+  }
   void shutdown();  // refuses what comes next, drops queued retries
   bool idle() const { return deferred_.empty() && !soon_.busy(); }
 

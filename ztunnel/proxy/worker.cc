@@ -185,6 +185,9 @@ void Worker::tick(std::chrono::steady_clock::time_point now) {
   if (parts_->server) parts_->server->tick(now);
   parts_->router.tick(now);
   parts_->plain.tick();
+  auto& ctx = parts_->ctx;
+  log::flushAll({&ctx.denied_log, &ctx.refused_log, &ctx.goaway_log, &ring_log_, &limit_log_}, now);
+  for (auto& l : listeners_) l->flushLog(now);
   // The ring's own counts, added to the engine's counters as they grew.
   auto add = [&](Counter c, uint64_t now_value, uint64_t& seen) {
     parts_->ctx.counters().add(c, now_value - seen);
