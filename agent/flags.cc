@@ -119,6 +119,12 @@ FlagTable flagTable(Flags& f) {
       .value("--max-connections-per-pod", "N",
              "open connections per pod beyond which new ones are refused\n(default 4096)",
              FlagTable::number(&f.max_per_pod, 1))
+      .value("--descriptor-reserve", "N",
+             "descriptors kept free under the agent's RLIMIT_NOFILE (at most\n"
+             "a quarter of it): connections and CONNECTs beyond are refused,\n"
+             "so a flood across pods leaves the agent room for tunnels and\n"
+             "its CNI and admin servers (default 4096)",
+             FlagTable::number(&f.descriptor_reserve, 0))
       .value("--max-pending-handshakes", "N",
              "inbound HBONE tunnels without a CONNECT yet, per node (a pod\n"
              "at most a quarter); beyond it the oldest is reset (default 1024)",

@@ -21,6 +21,7 @@ struct Flags {
   unsigned busy_poll_us = 50;
   std::vector<uint16_t> excluded_ports;
   unsigned max_per_pod = 4096;
+  unsigned descriptor_reserve = 4096;
   unsigned max_pending_handshakes = 1024;
   unsigned max_outbound_handshakes = 1024;
   unsigned max_tunnels_per_peer = 64;

@@ -124,6 +124,7 @@ int runAgent(const agent::Flags& flags) {
   engine_config.workers = flags.workers ? flags.workers : ztunnel::defaultWorkers();
   engine_config.busy_poll = std::chrono::microseconds(flags.busy_poll_us);
   engine_config.max_connections_per_pod = flags.max_per_pod;
+  engine_config.descriptor_reserve = flags.descriptor_reserve;
   engine_config.hbone_max_pending_handshakes = flags.max_pending_handshakes;
   engine_config.hbone_max_pending_handshakes_per_pod =
       std::max(1u, flags.max_pending_handshakes / 4);

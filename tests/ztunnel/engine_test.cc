@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -326,6 +327,54 @@ TEST_SUITE("engine") {
     CHECK(::recv(c.get(), &x, 1, 0) <= 0);  // closed by the proxy
     CHECK(run.engine->stats()[ztunnel::Counter::kLimitRejected] == 1);
     CHECK(run.engine->stats()[ztunnel::Counter::kActive] == 2);
+  }
+
+  TEST_CASE("connections within the descriptor reserve are refused and counted; room comes back") {
+    // A soft RLIMIT_NOFILE just above what the process holds now, while the
+    // engine starts (its workers read the limit once): little is left above
+    // the reserve, and the connections below take it.
+    rlimit saved{};
+    REQUIRE(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+    const int lowest_free = [] {
+      UniqueFd probe(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+      return probe.get();
+    }();
+    rlimit low = saved;
+    low.rlim_cur = static_cast<rlim_t>(lowest_free) + 160;
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    Pod pod;
+    ztunnel::EngineConfig cfg;
+    cfg.descriptor_reserve = 40;
+    std::optional<Running> run;
+    run.emplace(pod, cfg);
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+    auto server = pod.listen(9004);
+    run->resolver.dst = makeSockaddr(*parseIp4("10.77.3.5"), 9004);
+    auto stats = [&] { return run->engine->stats(); };
+    // Each connection takes a client, an accepted and an upstream socket,
+    // and the server's: well before 100 of them, the reserve is reached.
+    std::vector<UniqueFd> held;
+    for (int i = 0; i < 100 && stats()[ztunnel::Counter::kLimitRejected] == 0; ++i) {
+      held.push_back(pod.connectProxy());
+      (void)eventually([&] {
+        return stats()[ztunnel::Counter::kActive] + stats()[ztunnel::Counter::kLimitRejected] ==
+               held.size();
+      });
+    }
+    REQUIRE(stats()[ztunnel::Counter::kLimitRejected] >= 1);
+    char x;
+    CHECK(::recv(held.back().get(), &x, 1, 0) <= 0);  // reset by the proxy
+    // What was served still is; once the connections are gone there is room again.
+    const auto served = stats()[ztunnel::Counter::kActive];
+    CHECK(served >= 10);
+    held.clear();
+    server.reset();  // its queued connections are reset: they end at once
+    REQUIRE(eventually([&] { return stats()[ztunnel::Counter::kActive] == 0; }));
+    server = pod.listen(9004);
+    const auto rejected = stats()[ztunnel::Counter::kLimitRejected];
+    auto again = pod.connectProxy();
+    CHECK(eventually([&] { return stats()[ztunnel::Counter::kActive] == 1; }));
+    CHECK(stats()[ztunnel::Counter::kLimitRejected] == rejected);
   }
 
   TEST_CASE("clients that connect and vanish do not disturb a running transfer") {

@@ -182,6 +182,10 @@ struct Server::Impl final : StreamOwner {
       s.refuse(503, CloseReason::kSocketError, sock.error().describe());
       return;
     }
+    if (ctx.withinDescriptorReserve(sock->fd.get(), pod.spec.name_namespace, "a CONNECT")) {
+      s.refuse(503, CloseReason::kConnectionLimit, "descriptor reserve");
+      return;
+    }
     proxy::appSocketLinger0(*sock);
     live->owner = &s;  // the authorization hook may reset it later
     s.connectApp(std::move(*sock), *target);

@@ -39,6 +39,12 @@ class SocketFactory {
   ~SocketFactory() = default;
 };
 
+// The lowest descriptor number a new connection may have: RLIMIT_NOFILE less
+// config.descriptor_reserve (at most a quarter of the limit). The kernel
+// gives the lowest free number, so a socket at or above it means at most
+// the reserve is left.
+int descriptorCeiling(unsigned reserve);
+
 struct WorkerContext {
   const EngineConfig& config;
   uring::Ring& ring;
@@ -61,8 +67,15 @@ struct WorkerContext {
   log::Limiter refused_log{};
   // HBONE tunnels nghttp2 ended with an error GOAWAY of its own (a flood).
   log::Limiter goaway_log{};
+  // Read once, when the worker starts (the agent raises its limit first).
+  int descriptor_ceiling = descriptorCeiling(config.descriptor_reserve);
+  log::Limiter descriptor_log{};
 
   Counters& counters() { return records.counters(); }
+  // Whether socket `fd` (just accepted or made) is within the descriptor
+  // reserve; if so counts proxy.limit_rejected and logs (rate limited) that
+  // `what` of pod `pod` is refused. The caller refuses it.
+  bool withinDescriptorReserve(int fd, const std::string& pod, const char* what);
   // The one place the authorization hook is asked (15006, 15008 CONNECT,
   // same-node handoff, reauthorize): about `live`'s inboundRequestOf. On a
   // deny counts proxy.denied, logs (rate limited) and returns why (for the

@@ -107,7 +107,9 @@ constexpr CounterInfo kCounters[] = {
     {"proxy", "active", "app connections open now", CounterKind::kGauge},
     {"proxy", "closed", "app connections closed"},
     {"proxy", "connect_failures", "upstream connects that failed or timed out"},
-    {"proxy", "limit_rejected", "connections refused by the per-pod connection limit"},
+    {"proxy", "limit_rejected",
+     "connections refused by a connection limit: the pod's, a source's share of it, or the agent's "
+     "descriptor reserve"},
     {"proxy", "no_original_dst", "outbound connections without an original destination"},
     {"proxy", "direct_refused", "connections addressed to a proxy port itself"},
     {"proxy", "accept_errors", "accepts that failed (descriptor exhaustion: backed off)"},

@@ -343,6 +343,12 @@ void Worker::accepted(Listener& l, UniqueFd client) {
   counters.add(role == ListenerKind::kHbone ? Counter::kTunnelsAccepted : Counter::kAccepted);
   const auto& pod = l.pod();
   if (pod->removed) return;
+  if (parts_->ctx.withinDescriptorReserve(
+          client.get(), pod->spec.name_namespace,
+          role == ListenerKind::kHbone ? "an HBONE tunnel" : "a connection")) {
+    if (role != ListenerKind::kHbone) setLinger0(client.get());
+    return;
+  }
   const unsigned limit = shared_.config.max_connections_per_pod;
   if (role != ListenerKind::kHbone && pod->connections.load() >= limit) {
     counters.add(Counter::kLimitRejected);

@@ -30,6 +30,12 @@ struct EngineConfig {
   unsigned workers = 0;                             // 0 = defaultWorkers()
   std::chrono::milliseconds connect_timeout{5000};  // upstream connect deadline
   unsigned max_connections_per_pod = 4096;          // accepted beyond this are closed (counted)
+  // Descriptors kept free under the process's RLIMIT_NOFILE (at most a
+  // quarter of it): a connection accepted (15001, 15006, 15008) or a CONNECT
+  // whose socket falls within them is refused, so that a flood across pods
+  // leaves the agent descriptors for tunnels, upstream sockets, listeners
+  // and its CNI and admin servers.
+  unsigned descriptor_reserve = 4096;
   size_t buffer_bytes = 128 * 1024;  // per direction per connection, allocated while active
   bool access_log = true;            // one line per closed connection
   // Before a worker sleeps for its next completion it polls this long (0:
