@@ -1,9 +1,11 @@
 // Loads, attaches and pins Sluice's BPF programs; owns every bpf_object.
 //
 // Pinned state under --bpf-pin-dir survives the agent: the maps (enrolled
-// pods, redirect records, stats) and the cgroup links. On start the loader
-// reuses pinned maps and atomically swaps pinned links to the freshly loaded
-// programs, so capture never stops across an agent restart.
+// pods, redirect records, stats), the cgroup links and each enrolled pod
+// netns's sk_lookup link. On start the loader reuses pinned maps and
+// atomically swaps pinned links to the freshly loaded programs (a pod's
+// sk_lookup link as the pod is enrolled again), so capture never stops
+// across an agent restart.
 #pragma once
 
 #include <linux/bpf.h>
