@@ -338,10 +338,11 @@ static __always_inline void lookup_tuple(struct bpf_sk_lookup *ctx, struct sluic
 	t->local[3] = l3;
 }
 
-/* 1 when this lookup is the one for the SYN tc noted last on this CPU. */
+/* 1 when this lookup is the one for the SYN tc noted last on this CPU (a
+ * slot with a note: at_ns set). */
 static __always_inline int is_noted_tw_syn(const struct sluice_tw_syn *t, const struct sluice_tw_syn *w)
 {
-	if (w->at_ns == 0 || bpf_ktime_get_ns() - w->at_ns > SLUICE_TW_SYN_WINDOW_NS)
+	if (bpf_ktime_get_ns() - w->at_ns > SLUICE_TW_SYN_WINDOW_NS)
 		return 0;
 	return t->family == w->family && t->remote_port == w->remote_port &&
 	       t->local_port == w->local_port && t->remote[0] == w->remote[0] &&
@@ -365,7 +366,7 @@ int sluice_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	w->at_ns = 0;
 	struct sluice_addr_key key = {};
-	key.family = ctx->family;
+	key.family = t.family;
 	for (int i = 0; i < 4; i++)
 		key.addr[i] = w->local[i];
 	struct bpf_sock *sk = bpf_map_lookup_elem(&sluice_inbound_listeners, &key);

@@ -124,7 +124,7 @@ class Loader {
     return lookupLinkPin(config_.pin_dir, netns_cookie);
   }
   // fd of sluice_inbound_listeners (the SOCKHASH of the proxy's 15006
-  // listeners, keyed by the pod address): ListenerSteering fills it.
+  // listeners, keyed by the pod address): MapInboundSteering fills it.
   int inboundListenersFd() const;
 
   // fd of the tc ingress program (for BPF_PROG_TEST_RUN in tests).

@@ -34,6 +34,9 @@ struct LoadedCapture {
   std::string pin = pinDir();
   explicit LoadedCapture(bool sockmap = false) {
     auto l = agent::bpf::Loader::create({pin, cgroup2(), {9999}, sockmap});
+    // A load that fails half-way (a program the verifier refuses) has pinned
+    // maps already; the destructor does not run when the constructor fails.
+    if (!l) (void)agent::bpf::Loader::removePinned(pin);
     REQUIRE_MESSAGE(l.has_value(), (l ? "" : l.error().describe()));
     loader = std::move(*l);
   }

@@ -22,10 +22,11 @@ bool WorkerContext::withinDescriptorReserve(int fd, const std::string& pod, cons
   if (fd < descriptor_ceiling) return false;
   counters().add(Counter::kLimitRejected);
   SLUICE_LOG_LIMITED(descriptor_log, log::get("ztunnel"), spdlog::level::warn,
-                     "the agent holds more than {} descriptors, within {} of its RLIMIT_NOFILE: "
-                     "refusing {} of pod {} (see which pods hold connections with `sluicectl "
-                     "top`; raise the agent's RLIMIT_NOFILE if this is legitimate load)",
-                     fd, config.descriptor_reserve, what, pod);
+                     "the agent holds more than {} descriptors, the reserve below its "
+                     "RLIMIT_NOFILE begins at {} (--descriptor-reserve): refusing {} of pod {} "
+                     "(see which pods hold connections with `sluicectl top`; raise the agent's "
+                     "RLIMIT_NOFILE if this is legitimate load)",
+                     fd, descriptor_ceiling, what, pod);
   return true;
 }
 

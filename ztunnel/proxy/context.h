@@ -39,8 +39,8 @@ class SocketFactory {
   ~SocketFactory() = default;
 };
 
-// The lowest descriptor number a new connection may have: RLIMIT_NOFILE less
-// config.descriptor_reserve (at most a quarter of the limit). The kernel
+// The first descriptor number at which a new connection is refused:
+// RLIMIT_NOFILE less `reserve` (at most a quarter of the limit). The kernel
 // gives the lowest free number, so a socket at or above it means at most
 // the reserve is left.
 int descriptorCeiling(unsigned reserve);

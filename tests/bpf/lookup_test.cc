@@ -1,0 +1,178 @@
+// The sk_lookup program of bpf/inbound.bpf.c (sluice_sk_lookup) with the tc
+// program that notes its SYNs: a new SYN on the tuple of a connection in
+// TIME_WAIT in the pod goes to the proxy's 15006 listener. Real sockets
+// across a veth, a real TIME_WAIT.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "agent/bpf/inbound_steering.h"
+#include "agent/bpf/loader.h"
+#include "agent/bpf/stat_names.h"
+#include "sluice/common/addr.h"
+#include "sluice/common/netns.h"
+#include "support/bpf_env.h"
+#include "support/eventually.h"
+#include "support/scratch_netns.h"
+
+using namespace sluice;
+
+TEST_SUITE("inbound.bpf time-wait") {
+  // A connection to the app that the app closed first leaves the app's end
+  // in TIME_WAIT under the client's tuple (through the mesh: the client's
+  // address and the proxy's source port; or the proxy's end towards a
+  // client, under the client's own tuple). A new SYN on that tuple is owned,
+  // so tc passes it; the TIME_WAIT socket takes it and the stack looks for a
+  // listener. Without the sk_lookup program that is the app's: the
+  // connection would reach the app around the proxy (no policy, no mTLS).
+  constexpr uint16_t kClientPort = 40123;
+
+  // A client socket in the peer bound to from (kClientPort), connecting to
+  // to:8080 without waiting.
+  UniqueFd clientFromPort(test::ScratchNetns & peer, const char* from = "10.80.0.9",
+                          const char* to = "10.80.0.5") {
+    SockAddr local(*IpAddr::parse(from), kClientPort), remote(*IpAddr::parse(to), 8080);
+    auto s = socketInNetns(peer.fd(), local.family(), SOCK_STREAM, 0);
+    REQUIRE(s.has_value());
+    int one = 1;
+    REQUIRE(setsockopt(s->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0);
+    REQUIRE(::bind(s->get(), local.sa(), local.len()) == 0);
+    int flags = fcntl(s->get(), F_GETFL);
+    REQUIRE(fcntl(s->get(), F_SETFL, flags | O_NONBLOCK) == 0);
+    int rc = ::connect(s->get(), remote.sa(), remote.len());
+    REQUIRE((rc == 0 || errno == EINPROGRESS));
+    return std::move(*s);
+  }
+
+  UniqueFd acceptWithin(int listener, std::chrono::milliseconds within) {
+    UniqueFd a;
+    (void)testing::eventually(
+        [&] {
+          a = UniqueFd(::accept(listener, nullptr, nullptr));
+          return a.valid();
+        },
+        within);
+    return a;
+  }
+
+  bool timeWaitOn8080(test::ScratchNetns & pod) {
+    int rc = -1;
+    (void)runInNetns(pod.fd(), [&] {
+      rc = test::ScratchNetns::run("ss -Htan state time-wait '( sport = :8080 )' | grep -q .");
+    });
+    return rc == 0;
+  }
+
+  // An earlier connection from `from` (kClientPort) to the app (listening on
+  // `to`:8080, non-blocking), which the app closes first: its end waits in
+  // TIME_WAIT under the client's tuple.
+  void leaveTimeWait(test::ScratchNetns & pod, test::ScratchNetns & peer, int app, const char* from,
+                     const char* to) {
+    int flags = fcntl(app, F_GETFL);
+    REQUIRE(fcntl(app, F_SETFL, flags | O_NONBLOCK) == 0);
+    auto client = clientFromPort(peer, from, to);
+    UniqueFd served = acceptWithin(app, std::chrono::seconds(2));
+    REQUIRE(served.valid());
+    served.reset();
+    char b;
+    CHECK(testing::eventually([&] { return ::recv(client.get(), &b, 1, 0) == 0; }));
+    client.reset();
+    REQUIRE(testing::eventually([&] { return timeWaitOn8080(pod); }));
+  }
+
+  // The pod's eth0 (pod_ip) and the peer's peer0 (peer_ip) on one veth
+  // (prefix: the subnet's length), an app listening on pod_ip:8080, and an
+  // earlier connection of the peer's in TIME_WAIT (leaveTimeWait). The app.
+  UniqueFd appInTimeWait(test::ScratchNetns & pod, test::ScratchNetns & peer, const char* pod_ip,
+                         const char* peer_ip, int prefix) {
+    const bool v6 = std::string(pod_ip).find(':') != std::string::npos;
+    const std::string add = v6 ? "ip -6 addr add " : "ip addr add ";
+    const std::string nodad = v6 ? " nodad" : "";
+    const std::string len = "/" + std::to_string(prefix);
+    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " + peer.path() +
+           " && ip link set eth0 up && " + add + pod_ip + len + " dev eth0" + nodad);
+    peer.sh("ip link set peer0 up && " + add + peer_ip + len + " dev peer0" + nodad);
+    UniqueFd app =
+        v6 ? test::listen6In(pod.fd(), pod_ip, 8080) : test::listenIn(pod.fd(), pod_ip, 8080);
+    leaveTimeWait(pod, peer, app.get(), peer_ip, pod_ip);
+    return app;
+  }
+
+  TEST_CASE("a SYN on a TIME_WAIT tuple goes to the proxy's 15006 listener, never the app") {
+    test::ScratchNetns pod, peer;
+    auto app = appInTimeWait(pod, peer, "10.80.0.5", "10.80.0.9", 24);
+
+    // Enrolled as the agent does it: tc and the sk_lookup link, then the cookie.
+    test::LoadedCapture bpf;
+    auto cookie = netnsCookie(pod.fd());
+    REQUIRE(cookie.has_value());
+    REQUIRE(bpf.loader->attachInbound(pod.fd(), "eth0").has_value());
+    REQUIRE(
+        bpf.loader->enroll(*cookie, sluice_enrolled{*parseIp4("10.80.0.5"), 0}, "").has_value());
+    CHECK(std::filesystem::exists(bpf.loader->lookupPin(*cookie)));
+    auto stat = [&](uint32_t s4) { return bpf.loader->stats().at(agent::bpf::kStat4Base + s4); };
+
+    SUBCASE("the proxy takes it, with the original destination as its local end") {
+      auto proxy = test::listenIn(pod.fd(), "10.80.0.5", SLUICE_INBOUND_PORT, 0, true);
+      agent::bpf::MapInboundSteering steering(bpf.loader->inboundListenersFd());
+      REQUIRE(
+          steering.inboundListener(*SockAddr::parse("10.80.0.5:15006"), proxy.get()).has_value());
+      auto client = clientFromPort(peer);
+      UniqueFd a = acceptWithin(proxy.get(), std::chrono::seconds(3));
+      REQUIRE(a.valid());
+      CHECK(ntohs(test::localOf(a.get()).sin_port) == 8080);
+      CHECK(ntohs(test::peerOf(a.get()).sin_port) == kClientPort);
+      CHECK(::accept(app.get(), nullptr, nullptr) < 0);  // the app never saw it
+      CHECK(stat(SLUICE_STAT4_LOOKUP_STEERED) == 1);
+      CHECK_FALSE(timeWaitOn8080(pod));  // the kernel let the TIME_WAIT go
+    }
+    SUBCASE("the pod's own connections to its address stay the app's (the proxy delivers so)") {
+      auto proxy = test::listenIn(pod.fd(), "10.80.0.5", SLUICE_INBOUND_PORT, 0, true);
+      agent::bpf::MapInboundSteering steering(bpf.loader->inboundListenersFd());
+      REQUIRE(
+          steering.inboundListener(*SockAddr::parse("10.80.0.5:15006"), proxy.get()).has_value());
+      auto local = test::connectIn(pod.fd(), "10.80.0.5", 8080);
+      CHECK(acceptWithin(app.get(), std::chrono::seconds(2)).valid());
+      CHECK(stat(SLUICE_STAT4_LOOKUP_STEERED) == 0);
+      CHECK(timeWaitOn8080(pod));  // a fresh tuple: the TIME_WAIT is untouched
+    }
+    SUBCASE("no listener (no agent runs): dropped, never the app's") {
+      auto client = clientFromPort(peer);
+      CHECK(testing::eventually([&] { return stat(SLUICE_STAT4_LOOKUP_DROPPED) >= 1; }));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a SYN retransmission
+      CHECK(::accept(app.get(), nullptr, nullptr) < 0);
+    }
+    SUBCASE("unenrolled: the link is gone, and the tuple's SYN is the app's again") {
+      bpf.loader->detachInbound(pod.fd(), "eth0");
+      bpf.loader->unenroll(*cookie);
+      CHECK_FALSE(std::filesystem::exists(bpf.loader->lookupPin(*cookie)));
+      auto client = clientFromPort(peer);
+      CHECK(acceptWithin(app.get(), std::chrono::seconds(3)).valid());
+    }
+  }
+
+  TEST_CASE("IPv6: a SYN on a TIME_WAIT tuple goes to [pod-v6]:15006, never the app") {
+    test::ScratchNetns pod, peer;
+    auto app = appInTimeWait(pod, peer, "fd00:80::5", "fd00:80::9", 64);
+    test::LoadedCapture bpf;
+    REQUIRE(bpf.loader->attachInbound(pod.fd(), "eth0").has_value());
+    auto proxy = test::listen6In(pod.fd(), "fd00:80::5", SLUICE_INBOUND_PORT, 0, true);
+    agent::bpf::MapInboundSteering steering(bpf.loader->inboundListenersFd());
+    REQUIRE(
+        steering.inboundListener(*SockAddr::parse("[fd00:80::5]:15006"), proxy.get()).has_value());
+    auto client = clientFromPort(peer, "fd00:80::9", "fd00:80::5");
+    UniqueFd a = acceptWithin(proxy.get(), std::chrono::seconds(3));
+    REQUIRE(a.valid());
+    CHECK(test::formatEndpoint6(test::local6Of(a.get())) == "[fd00:80::5]:8080");
+    CHECK(ntohs(test::peer6Of(a.get()).sin6_port) == kClientPort);
+    CHECK(::accept(app.get(), nullptr, nullptr) < 0);
+    const size_t steered6 = agent::bpf::kStat6Base + SLUICE_STAT6_LOOKUP_STEERED;
+    CHECK(bpf.loader->stats().at(steered6) == 1);
+  }
+}
