@@ -39,6 +39,7 @@
 #include "agent/telemetry/tap.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "agent/telemetry/workloads.h"
+#include "agent/upgrade/observations.h"
 #include "agent/wiring/admin_json.h"
 #include "agent/wiring/authz_bridge.h"
 #include "agent/wiring/cni_bridge.h"
@@ -137,20 +138,26 @@ int runAgent(const agent::Flags& flags) {
   engine_config.http_detection = flags.http_detection;
   // Outlives the engine: the workers report to it until they stop.
   agent::telemetry::WorkloadIndex workload_index;
+  // The observers' worker slots: one per engine worker, and one more for
+  // what a predecessor's drain forwards (upgrade/observations.h).
+  const unsigned observer_slots = engine_config.workers + 1;
   agent::telemetry::TcpMetricsConfig metrics_config;
-  metrics_config.workers = engine_config.workers;
+  metrics_config.workers = observer_slots;
   agent::telemetry::TcpMetrics tcp_metrics(metrics_config, &workload_index);
   agent::telemetry::HttpMetricsConfig http_metrics_config;
-  http_metrics_config.workers = engine_config.workers;
+  http_metrics_config.workers = observer_slots;
   agent::telemetry::HttpMetrics http_metrics(http_metrics_config, tcp_metrics);
   // Live inspection (sluicectl stat / top / tap): the last minute per pod, and tap sessions.
   agent::telemetry::LiveStats live_stats(
-      {.workers = engine_config.workers, .cluster_id = metrics_config.cluster_id}, &workload_index);
+      {.workers = observer_slots, .cluster_id = metrics_config.cluster_id}, &workload_index);
   agent::telemetry::TapHub tap_hub(
-      {.workers = engine_config.workers, .cluster_id = metrics_config.cluster_id}, &workload_index);
+      {.workers = observer_slots, .cluster_id = metrics_config.cluster_id}, &workload_index);
   agent::telemetry::ObserverFanout observers({&tcp_metrics, &http_metrics, &live_stats, &tap_hub});
+  // After a handover to a successor, what this agent still drains is
+  // counted by the successor (its metrics port serves from then on).
+  agent::upgrade::ObservationForwarder forwarding(observers);
   ztunnel::EngineHooks hooks;
-  hooks.observer = &observers;
+  hooks.observer = &forwarding;
   // Every inbound connection is decided by the policies in the view; until
   // the view holds a pod's workload, connections to it are refused.
   agent::authz::PolicyAuthorizer authorizer({.allow_node_probes = flags.allow_node_probes});
@@ -262,6 +269,7 @@ int runAgent(const agent::Flags& flags) {
   }
   pods.restore();
   sync_identities();
+  std::unique_ptr<agent::upgrade::ObservationReceiver> predecessor_drain;
   if (*predecessor) {
     (*engine)->adoptListeners({});  // sockets of pods that were not restored
     // New connections may land here from now on: the pods' certificates
@@ -282,6 +290,9 @@ int runAgent(const agent::Flags& flags) {
           "the previous agent stopped accepting; this one serves every pod and relays {} "
           "plaintext connection(s) it handed over",
           adopted);
+    // What it still drains (HBONE streams) is counted here, in the last
+    // slot, and forwarded on if this agent hands over in turn meanwhile.
+    predecessor_drain = (*predecessor)->receiveObservations(forwarding, engine_config.workers);
     predecessor->reset();
   }
 
@@ -475,10 +486,15 @@ int runAgent(const agent::Flags& flags) {
                 },
             .release =
                 [&] {
-                  std::lock_guard lk(parts_mu);
-                  metrics_server.reset();
-                  admin->reset();
-                }});
+                  {
+                    std::lock_guard lk(parts_mu);
+                    metrics_server.reset();
+                    admin->reset();
+                  }
+                  // No scrape here from now on: the successor counts.
+                  forwarding.hold();
+                },
+            .observations = [&](UniqueFd sock) { forwarding.forward(std::move(sock)); }});
   auto handover = agent::upgrade::HandoverServer::create(handover_path, upgrade_bridge);
   if (!handover) logger->error("no upgrades without a restart: {}", handover.error().describe());
 
@@ -503,6 +519,7 @@ int runAgent(const agent::Flags& flags) {
     discovery->reset();  // before the engine stops: a view reauthorizes through it
     handover->reset();
     (*engine)->stop();
+    forwarding.finish();  // the last of the drain, then "drained"
     return 0;
   }
   logger->info(

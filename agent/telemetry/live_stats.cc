@@ -139,7 +139,8 @@ void LiveStats::attach(Worker& w, const ztunnel::ConnectionRecord& record, int64
   for (size_t i = 0; i < n; ++i) {
     Traffic& t = conn.ends[i].entry->side[conn.ends[i].side];
     t.open += 1;
-    t.at(slot).tcp_opened += 1;
+    // An upgrade's adopted connection was counted opened by the predecessor.
+    if (!record.adopted) t.at(slot).tcp_opened += 1;
     conn.ends[i].entry->last_slot = slot;
   }
   w.conns.insert_or_assign(record.id, conn);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "agent/upgrade/observations.h"
 #include "sluice/common/json_text.h"
 #include "sluice/common/log.h"
 
@@ -46,10 +47,6 @@ Result<nlohmann::json> parse(const Message& m, const char* want) {
 
 // Raw bytes per message after a connection's header (within kMaxMessageBytes).
 constexpr size_t kChunkBytes = 60 * 1024;
-
-// Direction and Path on the wire: their values (both ends are builds of
-// this code; a value out of range is refused).
-constexpr int kDirections = 2, kPaths = 4;
 
 }  // namespace
 
@@ -133,18 +130,6 @@ Result<void> sendConnection(int sock, const ztunnel::ConnectionFd& c) {
                    {"target_uid", c.target_uid},
                    {"dest_pod_uid", c.dest_pod_uid},
                    {"dest_pod", c.dest_pod},
-                   {"direction", static_cast<int>(r.direction)},
-                   {"path", static_cast<int>(r.path)},
-                   {"pod", r.pod},
-                   {"source", r.source},
-                   {"destination", r.destination},
-                   {"destination_service", r.destination_service},
-                   {"inbound_service", r.inbound_service},
-                   {"source_principal", r.source_principal},
-                   {"destination_principal", r.destination_principal},
-                   {"bytes_sent", r.bytes_sent},
-                   {"bytes_received", r.bytes_received},
-                   {"start_unix_ms", r.start_unix_ms},
                    {"client_eof", c.client_eof},
                    {"upstream_eof", c.upstream_eof},
                    {"upstream_shut", c.upstream_shut},
@@ -152,6 +137,7 @@ Result<void> sendConnection(int sock, const ztunnel::ConnectionFd& c) {
                    {"to_upstream", c.to_upstream.size()},
                    {"to_client", c.to_client.size()},
                    {"chunks", chunks}};
+  writeRecord(r, m);
   if (auto ok = sendMessage(sock, jsonText(m), {c.client.get(), c.upstream.get()}); !ok) return ok;
   for (size_t i = 0; i < chunks; ++i)
     if (auto ok = sendMessage(sock, bytes.substr(i * kChunkBytes, kChunkBytes)); !ok) return ok;
@@ -167,30 +153,23 @@ Result<ztunnel::ConnectionFd> recvConnection(int sock, std::chrono::milliseconds
   ztunnel::ConnectionFd c;
   c.client = std::move(m->fds[0]);
   c.upstream = std::move(m->fds[1]);
+  auto rec = readRecord(*j);
+  if (!rec)
+    return fail(fmt::format("malformed handed-over connection: {}", rec.error().describe()));
+  if (rec->path == ztunnel::Path::kNone) return fail("a handed-over connection has no path");
+  c.record = std::move(*rec);
+  // The successor's record continues it: its own id, open.
+  c.record.id = 0;
+  c.record.state = ztunnel::ConnState::kOpen;
+  c.record.reason = ztunnel::CloseReason::kNone;
+  c.record.reason_detail.clear();
   size_t to_upstream = 0, to_client = 0, chunks = 0;
   try {
     const auto& h = *j;
-    int dir = h.at("direction").get<int>(), path = h.at("path").get<int>();
-    if (dir < 0 || dir >= kDirections || path < 0 || path >= kPaths)
-      return fail("a handed-over connection has an unknown direction or path");
-    auto& r = c.record;
-    r.direction = static_cast<ztunnel::Direction>(dir);
-    r.path = static_cast<ztunnel::Path>(path);
     c.pod_uid = h.at("pod_uid").get<std::string>();
     c.target_uid = h.at("target_uid").get<std::string>();
     c.dest_pod_uid = h.at("dest_pod_uid").get<std::string>();
     c.dest_pod = h.at("dest_pod").get<std::string>();
-    r.pod = h.at("pod").get<std::string>();
-    r.source = h.at("source").get<std::string>();
-    r.destination = h.at("destination").get<std::string>();
-    r.destination_service = h.at("destination_service").get<std::string>();
-    // (an agent before this field hands over none)
-    r.inbound_service = h.value("inbound_service", std::string());
-    r.source_principal = h.at("source_principal").get<std::string>();
-    r.destination_principal = h.at("destination_principal").get<std::string>();
-    r.bytes_sent = h.at("bytes_sent").get<uint64_t>();
-    r.bytes_received = h.at("bytes_received").get<uint64_t>();
-    r.start_unix_ms = h.at("start_unix_ms").get<int64_t>();
     c.client_eof = h.at("client_eof").get<bool>();
     c.upstream_eof = h.at("upstream_eof").get<bool>();
     c.upstream_shut = h.at("upstream_shut").get<bool>();
@@ -328,6 +307,8 @@ void HandoverServer::serve(UniqueFd peer) {
   if (j->value("connections", false)) connections = handler_.exportConnections();
   nlohmann::json released{{"op", "released"}};
   if (j->value("connections", false)) released["connections"] = connections.size();
+  const bool observations = j->value("observations", false);
+  if (observations) released["observations"] = true;
   // The agent drains from now on; its destructor waits for this thread.
   handed_over_ = true;
   (void)sendMessage(peer.get(), jsonText(released));
@@ -341,6 +322,7 @@ void HandoverServer::serve(UniqueFd peer) {
     ++moved;
   }
   connections.clear();  // the successor holds them now (or they are lost)
+  handler_.observationsTo(observations ? std::move(peer) : UniqueFd());
   logger()->info(
       "handed over {} listener(s) and {} plaintext connection(s) to the successor; this agent no "
       "longer accepts",
@@ -367,9 +349,10 @@ Result<std::unique_ptr<HandoverClient>> HandoverClient::connect(const std::strin
                             path, *uid, allowed_uid));
   std::unique_ptr<HandoverClient> self(new HandoverClient(std::move(fd), timeout));
   int sock = self->fd_.get();
-  if (auto r = sendMessage(
-          sock, jsonText(nlohmann::json{
-                    {"op", "hello"}, {"version", kProtocolVersion}, {"connections", true}}));
+  if (auto r = sendMessage(sock, jsonText(nlohmann::json{{"op", "hello"},
+                                                         {"version", kProtocolVersion},
+                                                         {"connections", true},
+                                                         {"observations", true}}));
       !r) {
     // Refused at once: the reason is still queued for us.
     auto m = recvMessage(sock, std::chrono::milliseconds(100));
@@ -403,6 +386,7 @@ Result<void> HandoverClient::release() {
   if (!m) return tl::unexpected(m.error());
   auto j = parse(*m, "released");
   if (!j) return tl::unexpected(j.error());
+  observations_ = j->value("observations", false);
   auto n = j->value("connections", size_t{0});
   for (size_t i = 0; i < n; ++i) {
     auto c = recvConnection(fd_.get(), timeout_);
@@ -412,6 +396,12 @@ Result<void> HandoverClient::release() {
     connections_.push_back(std::move(*c));
   }
   return {};
+}
+
+std::unique_ptr<ObservationReceiver> HandoverClient::receiveObservations(
+    ztunnel::ConnectionObserver& observer, unsigned slot) {
+  if (!observations_ || !fd_) return nullptr;
+  return std::make_unique<ObservationReceiver>(std::move(fd_), observer, slot);
 }
 
 }  // namespace sluice::agent::upgrade

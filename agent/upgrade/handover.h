@@ -14,10 +14,14 @@
 //               "to_upstream":BYTES,"to_client":BYTES,"chunks":K} + the client
 //               and upstream sockets, then K messages of raw bytes (the
 //               buffered bytes, to_upstream's first)
+//   old -> new  observations of what the old agent drains, until
+//               {"op":"drained"} (upgrade/observations.h)
 //
 // "connections" in the hello asks for the frozen plaintext connections
 // (an agent without it, or one answering without "connections", hands
-// over listeners only).
+// over listeners only); "observations" asks for what the old agent's
+// connections do while it drains ("released" says "observations":true
+// when they follow).
 //
 // Between "hello" and "released" the old agent's pod set is frozen (the
 // handler's freeze()); a successor that goes away before "adopted" thaws it.
@@ -38,6 +42,8 @@
 
 namespace sluice::agent::upgrade {
 
+class ObservationReceiver;
+
 constexpr int kProtocolVersion = 1;
 
 // The running agent's side: one thread, one successor at a time.
@@ -56,6 +62,10 @@ class HandoverServer {
     // After release(), if the successor takes them: the plaintext
     // connections to hand over (frozen; their records closed here).
     virtual std::vector<ztunnel::ConnectionFd> exportConnections() { return {}; }
+    // After the connections: the socket to send the drain's observations
+    // to (ObservationForwarder::forward), or none when the successor did
+    // not ask for them.
+    virtual void observationsTo(UniqueFd sock) { (void)sock; }
 
    protected:
     ~Handler() = default;
@@ -101,6 +111,11 @@ class HandoverClient {
   // stopped accepting and handed over its plaintext connections.
   Result<void> release();
   std::vector<ztunnel::ConnectionFd> takeConnections() { return std::move(connections_); }
+  // After release(): what the old agent's connections do while it drains,
+  // replayed into `observer` as worker `slot` (the handover connection
+  // moves to it). Null when the old agent does not send them.
+  std::unique_ptr<ObservationReceiver> receiveObservations(ztunnel::ConnectionObserver& observer,
+                                                           unsigned slot);
 
  private:
   explicit HandoverClient(UniqueFd fd, std::chrono::milliseconds timeout)
@@ -109,6 +124,7 @@ class HandoverClient {
   std::chrono::milliseconds timeout_;
   std::vector<ztunnel::ListenerFd> listeners_;
   std::vector<ztunnel::ConnectionFd> connections_;
+  bool observations_ = false;
 };
 
 // One frozen connection as messages (its header, then its buffered bytes),

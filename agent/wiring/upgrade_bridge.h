@@ -20,6 +20,8 @@ class UpgradeBridge final : public upgrade::HandoverServer::Handler {
     std::function<void()> freeze;   // no enrolment changes: CNI server and control plane client off
     std::function<void()> thaw;     // both on again
     std::function<void()> release;  // after the engine stopped accepting: admin and metrics off
+    // Where the drain's observations go (none: the successor did not ask).
+    std::function<void(UniqueFd)> observations;
   };
   UpgradeBridge(ztunnel::Engine& engine, Hooks hooks) : engine_(engine), hooks_(std::move(hooks)) {}
 
@@ -33,6 +35,9 @@ class UpgradeBridge final : public upgrade::HandoverServer::Handler {
   }
   std::vector<ztunnel::ConnectionFd> exportConnections() override {
     return engine_.exportConnections();
+  }
+  void observationsTo(UniqueFd sock) override {
+    if (hooks_.observations) hooks_.observations(std::move(sock));
   }
   void thaw(const std::string& why) override {
     log::get("upgrade")->warn("the handover did not finish ({}); carrying on", why);

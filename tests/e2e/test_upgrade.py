@@ -14,7 +14,9 @@ same-node connection (plaintext handoff) is handed over to the new agent
 exchanging data — every round trip's numbered line echoed byte for byte —
 through the upgrade and past the drain deadline, and the old agent logs it
 as handed_over. A second upgrade of the same node (the successor hands over
-in turn) and an upgrade of the client's node behave the same.
+in turn) and an upgrade of the client's node behave the same. What the old
+agent drains is counted by the new one's metrics (the old one's port is
+gone): the bytes while the stream is open, then its close, never its open.
 """
 import json
 import os
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from labkit import LAB, LAB_DIR, LabTest, start_app, wait_for
+from labkit import LAB, LAB_DIR, LabTest, metric_sum, parse_metrics, read_line, start_app, wait_for
 
 MESH = "sluice.dev/mesh"
 TD = "spiffe://cluster.local/ns/shop/sa"
@@ -116,6 +118,26 @@ class UpgradeTest(LabTest):
             adopted = [l for l in lines if "adopted=true" in l and f"dst={self.server_ip}:8082" in l]
             self.assertTrue(adopted, "the new agent did not log the end of the adopted connection")
 
+    def handing_over(self, node, log_start):
+        """`lab agent upgrade NODE` in the background, returned once the old agent has handed
+        over (its log after `log_start` says so): it drains from then on, and the `lab` process
+        ends when the old agent has exited."""
+        log = os.path.join(LAB_DIR, node, "agent.log")
+        upgrade = subprocess.Popen([sys.executable, LAB, "agent", "upgrade", node], env=self.lab.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        def handed_over():
+            with open(log, errors="replace") as f:
+                f.seek(log_start)
+                return "handed over to the successor" in f.read()
+        try:
+            wait_for("the old agent handing over", handed_over, timeout=30)
+        except BaseException:
+            upgrade.wait(timeout=DRAIN * 4 + 60)
+            upgrade.stdout.close()
+            raise
+        return upgrade
+
     def test_1_server_node_upgrade(self):
         self.upgrade_under_load("node2")
 
@@ -133,15 +155,9 @@ class UpgradeTest(LabTest):
         log = os.path.join(LAB_DIR, "node2", "agent.log")
         log_start = os.path.getsize(log)
         held = self.start("shop/client", "hold", self.server_ip, "8082", str(DRAIN * 6))
-        upgrade = subprocess.Popen([sys.executable, LAB, "agent", "upgrade", "node2"], env=self.lab.env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        upgrade = self.handing_over("node2", log_start)
         deny = os.path.join(LAB_DIR, "deny-web-8082.yaml")
         try:
-            def handed_over():
-                with open(log, errors="replace") as f:
-                    f.seek(log_start)
-                    return "handed over to the successor" in f.read()
-            wait_for("the old agent handing over", handed_over, timeout=30)
             with open(deny, "w") as f:
                 f.write("apiVersion: security.sluice.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n"
                         "  name: deny-web-8082\n  namespace: shop\nspec:\n  action: DENY\n  rules:\n"
@@ -164,6 +180,57 @@ class UpgradeTest(LabTest):
             self.lab.lab("delete", deny, check=False)
             if os.path.exists(deny):
                 os.remove(deny)
+
+    def test_5_the_new_agent_counts_what_the_old_one_drains(self):
+        """An HBONE stream drained by the old agent after the handover: its bytes from then on
+        are in the new agent's scrape while it is still open, its close once it ends, and its
+        open is not counted again (the old agent counted it). Nothing else reaches the server
+        meanwhile, so the new agent's series hold this stream alone."""
+        log = os.path.join(LAB_DIR, "node2", "agent.log")
+        log_start = os.path.getsize(log)
+        p = self.start("shop/client", "pace", self.server_ip, "8082")
+
+        def exchange(n):
+            p.stdin.write(f"{n}\n")
+            p.stdin.flush()
+            self.assertEqual(read_line(p, 10).strip(), f"echoed {n + 1}")
+
+        exchange(999)  # 1,000 bytes each way before the upgrade: the old agent's to count
+        upgrade = self.handing_over("node2", log_start)
+        series = dict(reporter="destination", source_workload="client", destination_workload="server",
+                      response_flags="-")
+
+        def counted(name):
+            return metric_sum(parse_metrics(self.lab.scrape("node2")[1]), f"istio_tcp_{name}", **series)
+
+        try:
+            exchange(49_999)  # 50,000 bytes each way while the old agent drains the stream
+            # Scraped from the new agent while the stream is still open.
+            wait_for("the drained stream's bytes in the new agent's scrape",
+                     lambda: counted("received_bytes_total") == 50_000 and counted("sent_bytes_total") == 50_000,
+                     timeout=10)
+            self.assertEqual(counted("connections_opened_total"), 0)
+            self.assertEqual(counted("connections_closed_total"), 0)
+            p.stdin.close()
+            self.assertEqual(read_line(p, 10).strip(), "closed")
+            # The old agent's drain ends with the stream: the upgrade completes.
+            self.assertEqual(upgrade.wait(timeout=DRAIN * 4 + 60), 0, upgrade.stdout.read())
+            self.assertEqual(counted("connections_closed_total"), 1)
+            self.assertEqual(counted("connections_opened_total"), 0)
+            self.assertEqual(counted("received_bytes_total"), 50_000)
+            self.assertEqual(counted("sent_bytes_total"), 50_000)
+            with open(log, errors="replace") as f:
+                f.seek(log_start)
+                lines = f.readlines()
+            drained = [l for l in lines if "[access]" in l and f"dst={self.server_ip}:8082" in l and "path=hbone" in l]
+            self.assertTrue(any("sent=51000" in l for l in drained), drained)
+            self.assertTrue(any("the previous agent's drain is over" in l for l in lines))
+        finally:
+            if upgrade.poll() is None:
+                upgrade.wait(timeout=DRAIN * 4 + 60)
+            upgrade.stdout.close()
+            p.wait(timeout=10)
+            p.stdout.close()
 
 
 if __name__ == "__main__":

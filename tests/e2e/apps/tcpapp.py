@@ -22,6 +22,10 @@ Clients:
                                                   {"by_server": {ip: count}, "failures": [...]}
   tcpapp.py hold HOST PORT SECONDS                one echo connection, a round trip every 0.2 s for
                                                   SECONDS; prints "ready" once connected, "ok n=.."
+  tcpapp.py pace HOST PORT                        one echo connection; prints "ready", then for each
+                                                  number N read from stdin sends a line of N bytes (and
+                                                  its newline), checks the echo, prints "echoed N+1";
+                                                  closes at stdin's end and prints "closed"
   tcpapp.py loop HOST PORT CONC TEXT [PAUSE_MS]   CONC threads each opening NEW echo connections, one
                                                   after another with PAUSE_MS (default 5) in between
                                                   (one line "TEXT <n>", reply checked) until stdin
@@ -432,6 +436,22 @@ def client_hold(host, port, seconds):
     print(f"ok n={n}", flush=True)
 
 
+def client_pace(host, port):
+    c = socket.create_connection((host, port), timeout=10)
+    f = c.makefile("rb")
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        msg = b"p" * n + b"\n"
+        c.sendall(msg)
+        if f.readline() != msg:
+            print(f"broken at {n}", flush=True)
+            sys.exit(1)
+        print(f"echoed {n + 1}", flush=True)
+    c.close()
+    print("closed", flush=True)
+
+
 def client_loop(host, port, conc, text, pause_ms=5):
     import collections
     import json
@@ -677,6 +697,8 @@ def main():
         client_loop(a[1], int(a[2]), int(a[3]), a[4], float(a[5]) if len(a) > 5 else 5)
     elif cmd == "hold":
         client_hold(a[1], int(a[2]), float(a[3]))
+    elif cmd == "pace":
+        client_pace(a[1], int(a[2]))
     elif cmd == "peername":
         client_peername(a[1], int(a[2]), a[3] if len(a) > 3 else "4")
     elif cmd == "probe":
