@@ -486,13 +486,11 @@ int runAgent(const agent::Flags& flags) {
                 },
             .release =
                 [&] {
-                  {
-                    std::lock_guard lk(parts_mu);
-                    metrics_server.reset();
-                    admin->reset();
-                  }
+                  std::lock_guard lk(parts_mu);
+                  metrics_server.reset();
                   // No scrape here from now on: the successor counts.
                   forwarding.hold();
+                  admin->reset();
                 },
             .observations = [&](UniqueFd sock) { forwarding.forward(std::move(sock)); }});
   auto handover = agent::upgrade::HandoverServer::create(handover_path, upgrade_bridge);
@@ -514,7 +512,15 @@ int runAgent(const agent::Flags& flags) {
     (*discovery)->stopPersisting();
     if (sig) logger->info("received {} during the handover; draining before exiting", *sig);
     logger->info("handed over to the successor; draining for up to {} s", flags.drain_seconds);
+    const auto drain_end =
+        std::chrono::steady_clock::now() + std::chrono::seconds(flags.drain_seconds);
     size_t closed = eng.drain(std::chrono::seconds(flags.drain_seconds));
+    // What this agent still received of its own predecessor's drain goes on
+    // to the successor until that drain ends too (or this one's deadline).
+    while (predecessor_drain && !predecessor_drain->done() &&
+           std::chrono::steady_clock::now() < drain_end)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    predecessor_drain.reset();  // what is left of it closes through the forwarder
     logger->info("drained ({} connection(s) closed at the deadline); exiting", closed);
     discovery->reset();  // before the engine stops: a view reauthorizes through it
     handover->reset();

@@ -29,7 +29,8 @@
 namespace sluice::agent::telemetry {
 
 struct LiveStatsConfig {
-  unsigned workers = 1;  // the engine's worker count
+  unsigned workers =
+      1;  // observer slots: the engine's workers (+1 in the agent: an upgrade's replay)
   std::chrono::milliseconds slot{6000};
   unsigned slots = 10;  // window = slot x slots
   size_t max_pods = 4096;

@@ -46,7 +46,8 @@
 namespace sluice::agent::telemetry {
 
 struct TcpMetricsConfig {
-  unsigned workers = 1;  // the engine's worker count: observer calls carry an index below it
+  unsigned workers =
+      1;  // observer slots (the engine's workers, +1 in the agent: an upgrade's replay)
   size_t max_series = 10000;
   std::chrono::milliseconds idle = std::chrono::minutes(10);
   std::string cluster_id = "Kubernetes";         // *_cluster of known workloads (Istio's default)

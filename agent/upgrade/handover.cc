@@ -40,7 +40,8 @@ Result<nlohmann::json> parse(const Message& m, const char* want) {
     return fail("malformed handover message");
   std::string op = j["op"].get<std::string>();
   if (op == "refused")
-    return fail("the running agent refused the handover: " + j.value("error", std::string("?")));
+    return fail("the running agent refused the handover: " +
+                messageField(j, "error", std::string("?")));
   if (op != want) return fail(fmt::format("expected '{}' in the handover, got '{}'", want, op));
   return j;
 }
@@ -266,9 +267,10 @@ void HandoverServer::serve(UniqueFd peer) {
     logger()->warn("handover: {}", j.error().describe());
     return;
   }
-  if (j->value("version", 0) != kProtocolVersion) {
-    std::string why = fmt::format("protocol version {} (this agent speaks {})",
-                                  j->value("version", 0), kProtocolVersion);
+  const int version = messageField(*j, "version", 0);
+  if (version != kProtocolVersion) {
+    std::string why =
+        fmt::format("protocol version {} (this agent speaks {})", version, kProtocolVersion);
     logger()->warn("refused a handover: {}", why);
     (void)sendMessage(peer.get(), jsonText(nlohmann::json{{"op", "refused"}, {"error", why}}));
     return;
@@ -304,10 +306,11 @@ void HandoverServer::serve(UniqueFd peer) {
   if (!a) return fail_with(a.error().describe());
   handler_.release();
   std::vector<ztunnel::ConnectionFd> connections;
-  if (j->value("connections", false)) connections = handler_.exportConnections();
+  const bool with_connections = messageField(*j, "connections", false);
+  if (with_connections) connections = handler_.exportConnections();
   nlohmann::json released{{"op", "released"}};
-  if (j->value("connections", false)) released["connections"] = connections.size();
-  const bool observations = j->value("observations", false);
+  if (with_connections) released["connections"] = connections.size();
+  const bool observations = messageField(*j, "observations", false);
   if (observations) released["observations"] = true;
   // The agent drains from now on; its destructor waits for this thread.
   handed_over_ = true;
@@ -375,7 +378,7 @@ Result<std::unique_ptr<HandoverClient>> HandoverClient::connect(const std::strin
       self->listeners_.push_back({items[i]["pod"].get<std::string>(),
                                   items[i]["kind"].get<std::string>(), std::move(m->fds[i])});
     }
-    if (!j->value("more", false)) break;
+    if (!messageField(*j, "more", false)) break;
   }
   return self;
 }
@@ -386,8 +389,7 @@ Result<void> HandoverClient::release() {
   if (!m) return tl::unexpected(m.error());
   auto j = parse(*m, "released");
   if (!j) return tl::unexpected(j.error());
-  observations_ = j->value("observations", false);
-  auto n = j->value("connections", size_t{0});
+  auto n = messageField(*j, "connections", size_t{0});
   for (size_t i = 0; i < n; ++i) {
     auto c = recvConnection(fd_.get(), timeout_);
     if (!c)
@@ -395,6 +397,8 @@ Result<void> HandoverClient::release() {
           fmt::format("connection {} of {} in the handover: {}", i + 1, n, c.error().describe()));
     connections_.push_back(std::move(*c));
   }
+  // Only after every connection: a socket left part-way is out of step.
+  observations_ = messageField(*j, "observations", false);
   return {};
 }
 

@@ -32,6 +32,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -146,5 +147,18 @@ Result<Message> recvMessage(int sock, std::chrono::milliseconds timeout);
 constexpr size_t kMaxFdsPerMessage = 64;
 // The uid of the process at the other end of a unix socket.
 Result<uid_t> peerUid(int sock);
+// A field of a message, or `otherwise` when it is missing or of another
+// type (never throws: a message is input from another process).
+template <typename T>
+T messageField(const nlohmann::json& j, const char* key, T otherwise) {
+  if (!j.is_object()) return otherwise;
+  auto it = j.find(key);
+  if (it == j.end()) return otherwise;
+  try {
+    return it->template get<T>();
+  } catch (const nlohmann::json::exception&) {
+    return otherwise;
+  }
+}
 
 }  // namespace sluice::agent::upgrade

@@ -140,6 +140,9 @@ void ObservationForwarder::keep(const ConnectionRecord& record, Update&& update)
   if (!keeping_.load(std::memory_order_acquire)) return;
   std::lock_guard lk(mu_);
   if (!keeping_.load(std::memory_order_relaxed)) return;
+  // Handed over with nothing kept of it: the successor relays it on and
+  // counts it from the handed-over record.
+  if (record.reason == CloseReason::kHandedOver && !pending_.contains(record.id)) return;
   auto [it, fresh] = pending_.try_emplace(record.id);
   if (fresh) it->second.record = record;
   update(it->second);
@@ -285,7 +288,7 @@ ObservationReceiver::~ObservationReceiver() {
 }
 
 void ObservationReceiver::run() {
-  const char* why = "the previous agent went away before its drain ended";
+  std::string why = "the previous agent went away before its drain ended";
   while (!stop_.load()) {
     pollfd p{sock_.get(), POLLIN, 0};
     int ready = ::poll(&p, 1, static_cast<int>(kPoll.count()));
@@ -296,10 +299,10 @@ void ObservationReceiver::run() {
       break;
     }
     auto j = nlohmann::json::parse(m->text, nullptr, /*allow_exceptions=*/false);
-    std::string op = j.is_object() ? j.value("op", std::string()) : std::string();
+    std::string op = messageField(j, "op", std::string());
     if (op == "drained") {
-      why = nullptr;
-      if (auto dropped = j.value("dropped", uint64_t{0}))
+      why = "the previous agent's drain ended without their close";
+      if (auto dropped = messageField(j, "dropped", uint64_t{0}))
         logger()->warn("{} HTTP request(s) of the previous agent's drain were not counted",
                        dropped);
       logger()->info("the previous agent's drain is over: its connections are counted here");
@@ -308,6 +311,7 @@ void ObservationReceiver::run() {
     if (op != "observed" || !j.contains("events") || !j["events"].is_array() ||
         !apply(j["events"])) {
       logger()->warn("malformed message from the previous agent's drain: not counting the rest");
+      why = "a malformed message from the previous agent's drain";
       break;
     }
   }
@@ -378,15 +382,14 @@ bool ObservationReceiver::apply(const nlohmann::json& events) {
   return true;
 }
 
-void ObservationReceiver::closeAll(const char* why) {
+void ObservationReceiver::closeAll(const std::string& why) {
   if (known_.empty()) return;
-  if (why)
-    logger()->warn("{}: {} of its connection(s) counted closed here (proxy_shutdown)", why,
-                   known_.size());
+  logger()->warn("{}: {} of its connection(s) counted closed here (proxy_shutdown)", why,
+                 known_.size());
   for (auto& [id, k] : known_) {
     k.record.state = ztunnel::ConnState::kClosed;
     k.record.reason = CloseReason::kProxyShutdown;
-    k.record.reason_detail = why ? why : "the previous agent's drain ended without its close";
+    k.record.reason_detail = why;
     observer_.closed(slot_, k.record);
   }
   known_.clear();

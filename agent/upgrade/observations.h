@@ -125,6 +125,7 @@ class ObservationReceiver {
   ObservationReceiver(const ObservationReceiver&) = delete;
   ObservationReceiver& operator=(const ObservationReceiver&) = delete;
 
+  // The predecessor's drain is over (or its socket ended): nothing more comes.
   bool done() const { return done_.load(); }
 
  private:
@@ -134,7 +135,7 @@ class ObservationReceiver {
   void run();
   // One message's events; false: malformed (the rest is not trusted).
   bool apply(const nlohmann::json& events);
-  void closeAll(const char* why);
+  void closeAll(const std::string& why);
 
   UniqueFd sock_;
   ztunnel::ConnectionObserver& observer_;

@@ -195,7 +195,9 @@ TEST_SUITE("upgrade observations") {
          {std::string("not json"),
           std::string(R"({"op":"observed","events":[{"record":{"direction":9}}]})"),
           std::string(R"({"op":"observed","events":[{"what":1}]})"),
-          std::string(R"({"op":"observed","events":{}})"), std::string(R"({"op":"listeners"})")}) {
+          std::string(R"({"op":"observed","events":{}})"), std::string(R"({"op":"listeners"})"),
+          std::string(R"({"op":1})"), std::string(R"([1,2])"),
+          std::string(R"({"op":"drained","dropped":"x"})")}) {
       CAPTURE(garbage);
       Recorder successor;
       Pair pair;
@@ -208,6 +210,70 @@ TEST_SUITE("upgrade observations") {
       CHECK(lines[1] == "moved 0 A 1/2");
       CHECK(lines[2].starts_with("closed 0 A proxy_shutdown"));
     }
+  }
+
+  TEST_CASE("a successor that hands over in turn forwards what it still receives, ids apart") {
+    Recorder a_local, b_local, c;
+    Pair ab, bc;
+    ObservationForwarder a(a_local), b(b_local);
+    a.hold();
+    a.forward(std::move(ab.old_end));
+    // B replays A's drain through its own forwarder (as the agent does).
+    auto b_receives = std::make_unique<ObservationReceiver>(std::move(ab.new_end), b, 1);
+    a.transferred(0, hbone(1, "shop/api"), 5, 5);
+    CHECK(eventually([&] { return b_local.has("moved 1 A 5/5"); }, 2s));
+    // B hands over to C; A's connection 1 and B's own connection 1 meet there.
+    b.hold();
+    b.forward(std::move(bc.old_end));
+    ObservationReceiver c_receives(std::move(bc.new_end), c, 1);
+    a.transferred(0, hbone(1, "shop/api"), 7, 0);
+    b.transferred(0, hbone(1, "shop/web"), 3, 0);
+    CHECK(eventually([&] { return c.lines().size() >= 4; }, 3s));
+    auto lines = c.lines();
+    CHECK(std::count_if(lines.begin(), lines.end(),
+                        [](const std::string& l) { return l.starts_with("opened 1"); }) == 2);
+    CHECK((c.has("moved 1 A 7/0") || c.has("moved 1 B 7/0")));
+    CHECK((c.has("moved 1 A 3/0") || c.has("moved 1 B 3/0")));
+    auto done = hbone(1, "shop/api");
+    done.reason = CloseReason::kEof;
+    a.closed(0, done);
+    a.finish();
+    CHECK(eventually([&] { return b_receives->done(); }, 2s));
+    b_receives.reset();
+    b.finish();
+    CHECK(eventually([&] { return c_receives.done(); }, 2s));
+    lines = c.lines();
+    // A's connection closed in order; B's own one, left open by B's end, closed as such.
+    CHECK(std::count_if(lines.begin(), lines.end(), [](const std::string& l) {
+            return l.starts_with("closed 1") && l.find(" eof ") != std::string::npos;
+          }) == 1);
+    CHECK(std::count_if(lines.begin(), lines.end(), [](const std::string& l) {
+            return l.starts_with("closed 1") && l.find("proxy_shutdown") != std::string::npos;
+          }) == 1);
+  }
+
+  TEST_CASE("many connections at once go in several messages, a handed-over one not at all") {
+    Recorder local, successor;
+    Pair pair;
+    ObservationForwarder fwd(local);
+    fwd.hold();
+    constexpr uint64_t kConns = 400;  // ~250 KiB of events: several 48 KiB messages
+    for (uint64_t i = 1; i <= kConns; ++i) fwd.transferred(0, hbone(i, "shop/api"), i, 1);
+    auto handed = hbone(kConns + 1, "shop/api");
+    handed.reason = CloseReason::kHandedOver;
+    fwd.closed(0, handed);  // nothing kept of it: the successor continues it
+    fwd.forward(std::move(pair.old_end));
+    ObservationReceiver receiver(std::move(pair.new_end), successor, 0);
+    fwd.finish();
+    CHECK(eventually([&] { return receiver.done(); }, 5s));
+    auto lines = successor.lines();
+    uint64_t moved = 0;
+    for (const auto& l : lines)
+      if (l.starts_with("moved")) ++moved;
+    CHECK(moved == kConns);
+    CHECK(std::none_of(lines.begin(), lines.end(), [](const std::string& l) {
+      return l.find("handed_over") != std::string::npos;
+    }));
   }
 
   TEST_CASE("a successor that does not ask: nothing is kept") {

@@ -186,6 +186,10 @@ class UpgradeTest(LabTest):
         are in the new agent's scrape while it is still open, its close once it ends, and its
         open is not counted again (the old agent counted it). Nothing else reaches the server
         meanwhile, so the new agent's series hold this stream alone."""
+        # test_4's DENY is deleted: once node2 has dropped it, connections go through again.
+        wait_for("client -> server:8082 allowed again",
+                 lambda: "again" in self.lab.client("shop/client", "say", self.server_ip, "8082", "again",
+                                                    check=False).stdout, timeout=30)
         log = os.path.join(LAB_DIR, "node2", "agent.log")
         log_start = os.path.getsize(log)
         p = self.start("shop/client", "pace", self.server_ip, "8082")
@@ -215,16 +219,21 @@ class UpgradeTest(LabTest):
             self.assertEqual(read_line(p, 10).strip(), "closed")
             # The old agent's drain ends with the stream: the upgrade completes.
             self.assertEqual(upgrade.wait(timeout=DRAIN * 4 + 60), 0, upgrade.stdout.read())
-            self.assertEqual(counted("connections_closed_total"), 1)
+            # (the new agent applies the last message of the drain on its own thread)
+            wait_for("the drained stream's close in the new agent's scrape",
+                     lambda: counted("connections_closed_total") == 1, timeout=10)
             self.assertEqual(counted("connections_opened_total"), 0)
             self.assertEqual(counted("received_bytes_total"), 50_000)
             self.assertEqual(counted("sent_bytes_total"), 50_000)
-            with open(log, errors="replace") as f:
-                f.seek(log_start)
-                lines = f.readlines()
-            drained = [l for l in lines if "[access]" in l and f"dst={self.server_ip}:8082" in l and "path=hbone" in l]
+            def log_lines():
+                with open(log, errors="replace") as f:
+                    f.seek(log_start)
+                    return f.readlines()
+            drained = [l for l in log_lines() if "[access]" in l and f"dst={self.server_ip}:8082" in l
+                       and "path=hbone" in l]
             self.assertTrue(any("sent=51000" in l for l in drained), drained)
-            self.assertTrue(any("the previous agent's drain is over" in l for l in lines))
+            wait_for("the new agent logging the end of the old one's drain",
+                     lambda: any("the previous agent's drain is over" in l for l in log_lines()), timeout=10)
         finally:
             if upgrade.poll() is None:
                 upgrade.wait(timeout=DRAIN * 4 + 60)
