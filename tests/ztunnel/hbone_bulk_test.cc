@@ -40,12 +40,14 @@ std::string sha256(const unsigned char* p, size_t n) {
 // it advertises SETTINGS_MAX_FRAME_SIZE = Tunnel::kMaxFrameSize, answers the
 // CONNECT with 200 and, after the client's END_STREAM, sends back
 // "<bytes> <sha256>" of what the stream carried. It notes per tunnel the
-// largest DATA frame, the client's SETTINGS_MAX_FRAME_SIZE, the cipher,
+// largest DATA frame, the TLS records it read, the client's SETTINGS_MAX_FRAME_SIZE, the cipher,
 // whether TLS resumed a session and the client's verified identity.
 class DigestServer {
  public:
   struct Seen {
     size_t largest_data_frame = 0;
+    size_t records = 0;  // TLS records of application data read (one SSL_read each)
+    uint64_t record_bytes = 0;
     uint32_t client_max_frame_size = 0;
     std::string cipher, client;
     bool resumed = false;
@@ -84,10 +86,16 @@ class DigestServer {
     nghttp2_session_server_new(&s, cbs, this);
     nghttp2_session_callbacks_del(cbs);
     std::unique_ptr<nghttp2_session, SessionFree> owned(s);
+    // Sluice's own windows (EngineConfig), so that flow control does not cut the frames.
     nghttp2_settings_entry settings[] = {
-        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, hbone::Tunnel::kMaxFrameSize}};
-    nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, settings, 1);
-    runSession(s, ssl.get());
+        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, hbone::Tunnel::kMaxFrameSize},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20}};
+    nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, settings, 2);
+    nghttp2_session_set_local_window_size(s, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+    runSession(s, ssl.get(), [&](size_t n) {
+      seen[cur_].records++;
+      seen[cur_].record_bytes += n;
+    });
   }
   static int frameRecv(nghttp2_session* s, const nghttp2_frame* f, void* ud) {
     auto* self = static_cast<DigestServer*>(ud);
@@ -174,6 +182,27 @@ TEST_SUITE("hbone bulk") {
     CHECK(server_cipher == expected);
   }
 
+  TEST_CASE("a DATA frame with its 9-byte header fills whole TLS records where it can") {
+    struct Case {
+      uint32_t most;
+      size_t frame;
+    } cases[] = {
+        {65536, 65527},     // kMaxFrameSize: four records
+        {1u << 20, 65527},  // never above kMaxFrameSize
+        {16384, 16375},     // a peer at the protocol's default: one record
+        {20000, 16375},     // a window between one and two records
+        {32768, 32759},     // two
+        {16375, 16375},     // exactly one
+        {16374, 16374},     // less than one record's worth: as it is
+        {8, 8},
+        {1, 1},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.most);
+      CHECK(hbone::Tunnel::frameLength(c.most) == c.frame);
+    }
+  }
+
   TEST_CASE(
       "DATA frames larger than 16 KiB once both ends say SETTINGS_MAX_FRAME_SIZE and arrive "
       "intact") {
@@ -191,6 +220,12 @@ TEST_SUITE("hbone bulk") {
     CHECK(peer.seen[0].client_max_frame_size == hbone::Tunnel::kMaxFrameSize);
     CHECK(peer.seen[0].largest_data_frame > 16384);
     CHECK(peer.seen[0].largest_data_frame <= hbone::Tunnel::kMaxFrameSize);
+    // Each frame's header goes in one record with its payload, and frames
+    // fill whole records: no record carries a lone header (that was one
+    // record in five).
+    CHECK(peer.seen[0].largest_data_frame ==
+          hbone::Tunnel::frameLength(hbone::Tunnel::kMaxFrameSize));
+    CHECK(peer.seen[0].records * 16384 <= peer.seen[0].record_bytes * 21 / 20 + 16 * 16384);
     CHECK(peer.seen[0].cipher == firstSuite(tls::cipherSuites(tls::aesHardware())));
     m.client->shutdown();  // the DigestServer's thread ends with the tunnel
     m.pumpUntil([&] { return m.client->idle(); }, 5s);

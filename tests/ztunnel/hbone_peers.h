@@ -7,6 +7,7 @@
 #include <openssl/ssl.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -38,7 +39,10 @@ struct SessionFree {
 
 // Drives an nghttp2 session over a blocking TLS connection: writes all it
 // wants to, then reads. Returns when the session is done or the peer closed.
-inline void runSession(nghttp2_session* s, SSL* ssl) {
+// `on_record`: the size of each SSL_read (one TLS record each: the buffer
+// holds a record's largest plaintext).
+inline void runSession(nghttp2_session* s, SSL* ssl,
+                       const std::function<void(size_t)>& on_record = {}) {
   uint8_t buf[16384];
   for (;;) {
     for (;;) {
@@ -50,6 +54,7 @@ inline void runSession(nghttp2_session* s, SSL* ssl) {
     if (!nghttp2_session_want_read(s) && !nghttp2_session_want_write(s)) return;
     int n = SSL_read(ssl, buf, sizeof(buf));
     if (n <= 0) return;
+    if (on_record) on_record(static_cast<size_t>(n));
     if (nghttp2_session_mem_recv(s, buf, static_cast<size_t>(n)) < 0) return;
   }
 }

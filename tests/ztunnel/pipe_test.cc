@@ -587,8 +587,16 @@ TEST_SUITE("pipe") {
       got.insert(got.end(), tmp.begin(), tmp.begin() + static_cast<long>(k));
       return k;
     };
+    // Room for a frame header before the bytes (roomBefore): the kRoom
+    // bytes in front of the buffer, later bytes already taken. Writing
+    // there changes none of the bytes still to come (checked below).
+    REQUIRE(pipe.roomBefore(9) == pipe.peek().data() - 9);
+    CHECK(pipe.roomBefore(Pipe::kRoom + 1) == nullptr);
+    std::memset(pipe.roomBefore(Pipe::kRoom), 'h', Pipe::kRoom);
     // A partial pull leaves the rest and still does not read.
     CHECK(pullSome(100) == 100);
+    REQUIRE(pipe.roomBefore(9) == pipe.peek().data() - 9);
+    std::memset(pipe.roomBefore(Pipe::kRoom), 'h', Pipe::kRoom);
     CHECK(pipe.available() == kBuffer - 100);
     CHECK_FALSE(pipe.busy());
     CHECK(runFor(*ring, 30ms) == 0);
@@ -596,6 +604,7 @@ TEST_SUITE("pipe") {
     // Pulling more than is there takes exactly what is there, then reads.
     CHECK(pullSome(kBuffer) == kBuffer - 100);
     CHECK(pipe.available() == 0);
+    CHECK(pipe.roomBefore(9) == nullptr);  // nothing buffered
     CHECK(pipe.busy());
     CHECK_FALSE(pipe.ended());  // empty, but not the end
 

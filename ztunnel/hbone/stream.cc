@@ -13,6 +13,14 @@ namespace sluice::ztunnel::hbone {
 
 namespace {
 auto logger() { return log::get("hbone"); }
+
+// The app -> tunnel buffer: whole DATA frames of the size a Sluice peer
+// takes, so that a full buffer goes out as frames that fill whole TLS
+// records (Tunnel::frameLength), none with a few bytes left over.
+size_t upBuffer(size_t bytes) {
+  size_t frame = Tunnel::frameLength(Tunnel::kMaxFrameSize);
+  return bytes >= frame ? bytes / frame * frame : bytes;
+}
 }  // namespace
 
 Stream::Stream(proxy::WorkerContext& ctx, StreamOwner& owner, Tunnel* tunnel,
@@ -22,7 +30,7 @@ Stream::Stream(proxy::WorkerContext& ctx, StreamOwner& owner, Tunnel* tunnel,
       tunnel_(tunnel),
       pod_(std::move(pod)),
       server_(server),
-      up_(ctx.ring, *this, ctx.config.buffer_bytes),
+      up_(ctx.ring, *this, upBuffer(ctx.config.buffer_bytes)),
       down_(ctx.ring, *this, ctx.config.buffer_bytes) {
   pod_->connections++;
   ctx_.counters().add(Counter::kActive);

@@ -107,6 +107,7 @@ class Stream final : public StreamEnd,
   void h2Closed(uint32_t error_code) override;
   ssize_t h2Read(uint8_t* buf, size_t len, uint32_t* flags) override;
   std::string_view h2Pending() override { return up_.peek(); }
+  char* h2Room(size_t n) override { return up_.roomBefore(n); }
   void h2Sent(size_t n) override { up_.drop(n); }
   void tunnelLost(const std::string& reason) override;
   void tunnelDetached() override;

@@ -212,6 +212,13 @@ void Tunnel::progressSoon() {
   if (!soon_.busy() && !closed()) soon_.soon(env_.ctx.ring);
 }
 
+size_t Tunnel::frameLength(uint32_t most) {
+  constexpr size_t kHeader = 9;
+  size_t n = std::min<size_t>(most, kMaxFrameSize);
+  size_t records = (n + kHeader) / kRecordSize;
+  return records > 0 ? records * kRecordSize - kHeader : n;
+}
+
 void Tunnel::onSoon(const io_uring_cqe&) {
   progress();  // nothing when closed meanwhile
   finishIfIdle();

@@ -59,6 +59,10 @@ class StreamEnd {
   // h2Pending() and says h2Sent() once TLS has them.
   virtual ssize_t h2Read(uint8_t* buf, size_t len, uint32_t* flags) = 0;
   virtual std::string_view h2Pending() = 0;
+  // n bytes just before h2Pending()'s that the tunnel may write (the DATA
+  // frame's header, so that it goes with its payload in one TLS record),
+  // or null.
+  virtual char* h2Room(size_t n) = 0;
   virtual void h2Sent(size_t n) = 0;
   // The tunnel is closing under the stream (reason: why): it must end.
   virtual void tunnelLost(const std::string& reason) = 0;
@@ -103,6 +107,14 @@ class Tunnel {
   // HTTP/2 DATA frames up to this size (SETTINGS_MAX_FRAME_SIZE, both
   // ways; 16 KiB is the protocol's default).
   static constexpr uint32_t kMaxFrameSize = 64 * 1024;
+  // A TLS record's most plaintext: a DATA frame's payload is sized so that
+  // with its 9-byte header it fills whole records.
+  static constexpr uint32_t kRecordSize = 16 * 1024;
+  // The DATA payload to offer when at most `most` may go (the peer's
+  // largest frame, the flow-control windows): at most kMaxFrameSize, and,
+  // where that leaves one, a length whose frame (its 9-byte header
+  // included) fills whole TLS records.
+  static size_t frameLength(uint32_t most);
   // DATA at least this large goes from the stream's buffer straight to TLS.
   static constexpr size_t kNoCopyMin = 4096;
 

@@ -115,27 +115,41 @@ struct H2Glue {
                           nghttp2_data_source* source, void*) {
     return static_cast<StreamEnd*>(source->ptr)->h2Read(buf, length, flags);
   }
-  // A DATA frame h2Read said NO_COPY for: the frame header joins the small
-  // frames, the payload goes from the stream's buffer straight into TLS.
+  // A DATA frame h2Read said NO_COPY for: the payload goes from the
+  // stream's buffer straight into TLS, with the frame header written just
+  // in front of it (h2Room), so that one SSL_write makes whole records
+  // (readLength); frames already queued go first. Without that room, the
+  // header joins the queued frames.
   static int sendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd, size_t length,
                       nghttp2_data_source* source, void* ud) {
     Tunnel& t = of(ud);
     auto* s = static_cast<StreamEnd*>(source->ptr);
     std::string_view bytes = s->h2Pending();
     if (frame->data.padlen > 0 || bytes.size() < length) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    t.pout_.append(reinterpret_cast<const char*>(framehd), 9);
+    constexpr size_t kHeader = 9;
+    const char* out = bytes.data();
+    size_t n = length;
+    if (char* room = s->h2Room(kHeader)) {
+      std::memcpy(room, framehd, kHeader);
+      out = room;
+      n += kHeader;
+    } else {
+      t.pout_.append(reinterpret_cast<const char*>(framehd), kHeader);
+    }
     if (!t.writePlain()) return NGHTTP2_ERR_CALLBACK_FAILURE;
     ERR_clear_error();
-    if (SSL_write(t.ssl_.get(), bytes.data(), static_cast<int>(length)) <= 0)
-      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (SSL_write(t.ssl_.get(), out, static_cast<int>(n)) <= 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
     s->h2Sent(length);
     return 0;
   }
-  // DATA frames as large as the peer takes, up to kMaxFrameSize (nghttp2
-  // then applies flow control).
-  static ssize_t readLength(nghttp2_session*, uint8_t, int32_t, int32_t, int32_t,
-                            uint32_t remote_max_frame_size, void*) {
-    return std::min<ssize_t>(remote_max_frame_size, Tunnel::kMaxFrameSize);
+  // DATA frames as large as the peer and the flow-control windows take, up
+  // to kMaxFrameSize, trimmed so that header and payload fill whole TLS
+  // records.
+  static ssize_t readLength(nghttp2_session*, uint8_t, int32_t, int32_t session_window,
+                            int32_t stream_window, uint32_t remote_max_frame_size, void*) {
+    int32_t window = std::min(session_window, stream_window);
+    return static_cast<ssize_t>(Tunnel::frameLength(
+        std::min<uint32_t>(remote_max_frame_size, static_cast<uint32_t>(std::max(window, 1)))));
   }
 
   struct CallbacksFree {

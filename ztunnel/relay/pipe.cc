@@ -27,14 +27,14 @@ void Pipe::start(int source_fd, int sink_fd) {
 
 std::string Pipe::pending() const {
   if (src_ < 0 || !buf_ || len_ <= off_) return {};
-  return std::string(buf_.get() + off_, len_ - off_);
+  return std::string(data() + off_, len_ - off_);
 }
 
 void Pipe::resume(int source_fd, int sink_fd, std::string pending, bool eof, bool sink_done) {
   cap_ = std::max(cap_, pending.size());
   if (!pending.empty()) {
-    buf_.reset(new char[cap_]);
-    std::memcpy(buf_.get(), pending.data(), pending.size());
+    buf_.reset(new char[kRoom + cap_]);
+    std::memcpy(data(), pending.data(), pending.size());
     len_ = pending.size();
     off_ = 0;
   }
@@ -65,13 +65,18 @@ void Pipe::pushEnd() {
 size_t Pipe::pull(char* out, size_t n) {
   size_t k = std::min(n, len_ - off_);
   if (k == 0) return 0;
-  std::memcpy(out, buf_.get() + off_, k);
+  std::memcpy(out, data() + off_, k);
   drop(k);
   return k;
 }
 
 std::string_view Pipe::peek() const {
-  return len_ > off_ ? std::string_view(buf_.get() + off_, len_ - off_) : std::string_view();
+  return len_ > off_ ? std::string_view(data() + off_, len_ - off_) : std::string_view();
+}
+
+char* Pipe::roomBefore(size_t n) {
+  // Before the first byte: kRoom bytes allocated for this, else bytes taken.
+  return n <= kRoom && len_ > off_ ? data() + off_ - n : nullptr;
 }
 
 void Pipe::drop(size_t n) {
@@ -92,7 +97,7 @@ void Pipe::pump() {
   if (dst_ >= 0) {  // socket sink
     if (send_.busy() || shut_.busy() || shut_done_) return;
     if (src_ >= 0 && len_ > off_) {
-      send_.send(ring_, dst_, buf_.get() + off_, len_ - off_);
+      send_.send(ring_, dst_, data() + off_, len_ - off_);
       return;
     }
     if (src_ < 0) {
@@ -115,8 +120,8 @@ void Pipe::pump() {
     }
   }
   if (src_ >= 0 && !recv_.busy() && !eof_ && len_ == off_) {
-    if (!buf_) buf_.reset(new char[cap_]);
-    recv_.recv(ring_, src_, buf_.get(), cap_);
+    if (!buf_) buf_.reset(new char[kRoom + cap_]);
+    recv_.recv(ring_, src_, data(), cap_);
   }
 }
 
@@ -199,7 +204,7 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
     len_ = static_cast<size_t>(cqe.res);
     off_ = 0;
     bytes_ += len_;
-    if (tap_ && !tap_->tapped(*this, buf_.get(), len_)) tap_ = nullptr;
+    if (tap_ && !tap_->tapped(*this, data(), len_)) tap_ = nullptr;
     owner_.pipeMoved(*this, len_);
   } else if (cqe.res == 0) {
     tapEnd();

@@ -104,6 +104,12 @@ class Pipe {
   // put until dropped), then drop(n) once n of them are taken.
   std::string_view peek() const;
   void drop(size_t n);
+  // Pulled sink: the n bytes (n <= kRoom) just before peek()'s, which the
+  // pipe no longer needs: the owner may write there (an HTTP/2 frame header
+  // in front of its payload, sent with it in one TLS record). Null when
+  // nothing is buffered. Valid until the next drop().
+  static constexpr size_t kRoom = 16;
+  char* roomBefore(size_t n);
   size_t available() const;
   bool ended() const { return eof_ && available() == 0; }  // source done, all taken
 
@@ -139,7 +145,8 @@ class Pipe {
   int later_error_ = 0;
   Tap* tap_ = nullptr;
   // Socket source: one buffer, read into when empty, drained by the sink.
-  std::unique_ptr<char[]> buf_;
+  std::unique_ptr<char[]> buf_;  // kRoom bytes, then the cap_ bytes of the buffer
+  char* data() const { return buf_.get() + kRoom; }
   size_t len_ = 0, off_ = 0;
   // Pushed source: queued while a send of `sending_` is in flight.
   std::string queue_, sending_;
