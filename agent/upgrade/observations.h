@@ -70,7 +70,7 @@ class ObservationForwarder final : public ztunnel::ConnectionObserver {
   // the successor did not ask; stop keeping.
   void forward(UniqueFd sock);
   // The drain is over: what is left, then "drained", and the socket closes.
-  // Bounded by the socket's send timeout. Idempotent.
+  // Each send waits at most 5 s for a successor that does not read. Idempotent.
   void finish();
 
   void opened(unsigned worker, const ztunnel::ConnectionRecord& record) override;
