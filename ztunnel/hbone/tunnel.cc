@@ -213,10 +213,9 @@ void Tunnel::progressSoon() {
 }
 
 size_t Tunnel::frameLength(uint32_t most) {
-  constexpr size_t kHeader = 9;
   size_t n = std::min<size_t>(most, kMaxFrameSize);
-  size_t records = (n + kHeader) / kRecordSize;
-  return records > 0 ? records * kRecordSize - kHeader : n;
+  size_t records = (n + kFrameHeader) / kRecordSize;
+  return records > 0 ? records * kRecordSize - kFrameHeader : n;
 }
 
 void Tunnel::onSoon(const io_uring_cqe&) {

@@ -110,6 +110,7 @@ class Tunnel {
   // A TLS record's most plaintext: a DATA frame's payload is sized so that
   // with its 9-byte header it fills whole records.
   static constexpr uint32_t kRecordSize = 16 * 1024;
+  static constexpr size_t kFrameHeader = 9;  // an HTTP/2 frame's header
   // The DATA payload to offer when at most `most` may go (the peer's
   // largest frame, the flow-control windows): at most kMaxFrameSize, and,
   // where that leaves one, a length whose frame (its 9-byte header

@@ -126,7 +126,7 @@ struct H2Glue {
     auto* s = static_cast<StreamEnd*>(source->ptr);
     std::string_view bytes = s->h2Pending();
     if (frame->data.padlen > 0 || bytes.size() < length) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    constexpr size_t kHeader = 9;
+    constexpr size_t kHeader = Tunnel::kFrameHeader;
     const char* out = bytes.data();
     size_t n = length;
     if (char* room = s->h2Room(kHeader)) {
