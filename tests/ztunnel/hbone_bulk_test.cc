@@ -6,6 +6,8 @@
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 
+#include <atomic>
+#include <cstring>
 #include <string>
 #include <thread>
 
@@ -231,6 +233,48 @@ TEST_SUITE("hbone bulk") {
     m.pumpUntil([&] { return m.client->idle(); }, 5s);
   }
 
+  TEST_CASE("the DATA of one receive reaches the app in one send, not one per TLS record") {
+    // A raw HBONE client opens a stream, then sends 8 DATA frames of 2000
+    // bytes, each in a TLS record of its own, corked into one TCP segment:
+    // the server reads them in one receive. The app counts the segments
+    // that brought it data (TCP_INFO; on loopback one send below the MSS
+    // is one segment): one send, where a send per record, or one for the
+    // first record and one for the rest, makes more.
+    Mesh m;
+    constexpr size_t kFrames = 8;  // of 2000 bytes
+    std::atomic<uint32_t> data_segs{0};
+    std::atomic<bool> app_done{false};
+    App app(ip(kAddrB), [&](int fd) {
+      std::vector<unsigned char> buf(kFrames * 2000);
+      size_t got = 0;
+      while (got < buf.size()) {
+        ssize_t k = ::recv(fd, buf.data() + got, buf.size() - got, 0);
+        if (k <= 0) break;
+        got += static_cast<size_t>(k);
+      }
+      // glibc's tcp_info ends before the kernel's later fields.
+      struct {
+        tcp_info base;
+        uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+        uint32_t segs_out, segs_in, notsent_bytes, min_rtt, data_segs_in;
+      } ti{};
+      static_assert(sizeof(tcp_info) % 8 == 0, "the kernel's next field is 64-bit aligned");
+      socklen_t len = sizeof(ti);
+      if (got == buf.size() && ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+          len == sizeof(ti))
+        data_segs = ti.data_segs_in;
+      app_done = true;
+    });
+    RawClient h2;
+    REQUIRE(rawPeer(m, [&](SSL* ssl) {
+      h2.corkedData(ssl, formatEndpoint(makeSockaddr(ip(kAddrB), app.port)), kFrames, 2000,
+                    [&] { return app_done.load(); });
+    }));
+    CHECK(h2.status == "200");
+    REQUIRE(app_done);
+    CHECK(data_segs.load() == 1u);
+  }
+
   TEST_CASE("the HBONE server advertises SETTINGS_MAX_FRAME_SIZE and carries large frames intact") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
@@ -247,23 +291,18 @@ TEST_SUITE("hbone bulk") {
     Worker raw([&] {
       Ssl ssl = tlsOn(*m.tls, m.creds.credential(kIdA), fd.get(), false);
       if (!ssl) return;
-      nghttp2_session_callbacks* cbs = nullptr;
-      nghttp2_session_callbacks_new(&cbs);
-      nghttp2_session_callbacks_set_on_frame_recv_callback(
-          cbs, [](nghttp2_session* s, const nghttp2_frame* f, void* ud) {
+      auto s = clientSession(
+          &server_max,
+          [](nghttp2_session* s, const nghttp2_frame* f, void* ud) {
             if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK)) {
               *static_cast<uint32_t*>(ud) =
                   nghttp2_session_get_remote_settings(s, NGHTTP2_SETTINGS_MAX_FRAME_SIZE);
               nghttp2_session_terminate_session(s, NGHTTP2_NO_ERROR);
             }
             return 0;
-          });
-      nghttp2_session* s = nullptr;
-      nghttp2_session_client_new(&s, cbs, &server_max);
-      nghttp2_session_callbacks_del(cbs);
-      std::unique_ptr<nghttp2_session, SessionFree> owned(s);
-      nghttp2_submit_settings(s, NGHTTP2_FLAG_NONE, nullptr, 0);
-      runSession(s, ssl.get());
+          },
+          nullptr);
+      runSession(s.get(), ssl.get());
     });
     REQUIRE(m.pumpUntil([&] { return raw.done.load(); }, 10s));
     CHECK(server_max == hbone::Tunnel::kMaxFrameSize);

@@ -6,7 +6,10 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -218,6 +221,22 @@ inline bool rawPeer(Mesh& m, const std::function<void(SSL*)>& talk,
   return m.pumpUntil([&] { return peer.done.load(); }, limit) && handshake;
 }
 
+// A client session with these callbacks (either may be null) and `ud` as
+// their user data, its SETTINGS queued.
+inline std::unique_ptr<nghttp2_session, SessionFree> clientSession(
+    void* ud, nghttp2_on_frame_recv_callback on_frame, nghttp2_on_header_callback on_header) {
+  nghttp2_session_callbacks* cbs = nullptr;
+  nghttp2_session_callbacks_new(&cbs);
+  if (on_frame) nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame);
+  if (on_header) nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+  nghttp2_session* raw = nullptr;
+  nghttp2_session_client_new(&raw, cbs, ud);
+  nghttp2_session_callbacks_del(cbs);
+  std::unique_ptr<nghttp2_session, SessionFree> s(raw);
+  nghttp2_submit_settings(raw, NGHTTP2_FLAG_NONE, nullptr, 0);
+  return s;
+}
+
 // An HTTP/2 client that sends requests and notes what comes back.
 struct RawClient {
   std::string status;
@@ -258,7 +277,58 @@ struct RawClient {
     runSession(s.get(), ssl);
   }
 
+  // A CONNECT; once its 200 is in, `frames` DATA frames of `frame_bytes`
+  // ('d'), each in a TLS record of its own, corked into one TCP segment
+  // (the server reads them in one receive). Then waits (at most 5 s) for
+  // `done`.
+  void corkedData(SSL* ssl, const std::string& authority, size_t frames, size_t frame_bytes,
+                  const std::function<bool()>& done) {
+    auto s = session();
+    std::string m = "CONNECT";
+    nghttp2_nv hdrs[] = {nv(":method", m), nv(":authority", authority)};
+    left_ = frames;
+    frame_bytes_ = frame_bytes;
+    nghttp2_data_provider prd{};
+    prd.source.ptr = this;
+    prd.read_callback = [](nghttp2_session*, int32_t, uint8_t* buf, size_t len, uint32_t*,
+                           nghttp2_data_source* source, void*) -> ssize_t {
+      auto* self = static_cast<RawClient*>(source->ptr);
+      if (self->status != "200" || self->left_ == 0) return NGHTTP2_ERR_DEFERRED;
+      self->left_--;
+      size_t n = std::min(len, self->frame_bytes_);
+      std::memset(buf, 'd', n);
+      return static_cast<ssize_t>(n);
+    };
+    int32_t id = nghttp2_submit_request(s.get(), nullptr, hdrs, 2, &prd, nullptr);
+    auto flush = [&] {
+      const uint8_t* data = nullptr;
+      for (ssize_t n; (n = nghttp2_session_mem_send(s.get(), &data)) > 0;)
+        if (SSL_write(ssl, data, static_cast<int>(n)) <= 0) return false;
+      return true;
+    };
+    uint8_t buf[16384];
+    if (!flush()) return;
+    while (status.empty()) {
+      int n = SSL_read(ssl, buf, sizeof(buf));
+      if (n <= 0 || nghttp2_session_mem_recv(s.get(), buf, static_cast<size_t>(n)) < 0) return;
+      if (!flush()) return;
+    }
+    if (status != "200") return;
+    int fd = SSL_get_fd(ssl), on = 1, off = 0;
+    setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
+    for (size_t i = 0; i < frames; ++i) {  // one frame per mem_send, one record per frame
+      nghttp2_session_resume_data(s.get(), id);
+      const uint8_t* data = nullptr;
+      ssize_t n = nghttp2_session_mem_send(s.get(), &data);
+      if (n <= 0 || SSL_write(ssl, data, static_cast<int>(n)) <= 0) return;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off));
+    for (int i = 0; i < 500 && !done(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+
  private:
+  size_t left_ = 0, frame_bytes_ = 0;  // corkedData's frames
   static nghttp2_nv nv(const char* n, const std::string& v) {
     return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n)),
                       reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), strlen(n), v.size(),
@@ -266,31 +336,23 @@ struct RawClient {
   }
   // A client session whose callbacks note GOAWAY and :status; SETTINGS queued.
   std::unique_ptr<nghttp2_session, SessionFree> session() {
-    nghttp2_session_callbacks* cbs = nullptr;
-    nghttp2_session_callbacks_new(&cbs);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(
-        cbs, [](nghttp2_session*, const nghttp2_frame* f, void* ud) {
+    return clientSession(
+        this,
+        [](nghttp2_session*, const nghttp2_frame* f, void* ud) {
           auto* self = static_cast<RawClient*>(ud);
           if (f->hd.type == NGHTTP2_GOAWAY) {
             self->goaway = true;
             self->goaway_error = f->goaway.error_code;
           }
           return 0;
-        });
-    nghttp2_session_callbacks_set_on_header_callback(
-        cbs, [](nghttp2_session*, const nghttp2_frame*, const uint8_t* name, size_t namelen,
-                const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
+        },
+        [](nghttp2_session*, const nghttp2_frame*, const uint8_t* name, size_t namelen,
+           const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
           if (std::string_view(reinterpret_cast<const char*>(name), namelen) == ":status")
             static_cast<RawClient*>(ud)->status.assign(reinterpret_cast<const char*>(value),
                                                        valuelen);
           return 0;
         });
-    nghttp2_session* raw = nullptr;
-    nghttp2_session_client_new(&raw, cbs, this);
-    nghttp2_session_callbacks_del(cbs);
-    std::unique_ptr<nghttp2_session, SessionFree> s(raw);
-    nghttp2_submit_settings(raw, NGHTTP2_FLAG_NONE, nullptr, 0);
-    return s;
   }
 };
 

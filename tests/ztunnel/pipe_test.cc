@@ -633,6 +633,77 @@ TEST_SUITE("pipe") {
     CHECK(pipe.bytes() == kTotal);
   }
 
+  TEST_CASE("a socket source's buffer doubles after reads that fill it, up to its bound") {
+    // A pulled sink: each read waits for a full pull, so every read finds
+    // the sender's bytes already queued (a read fills the buffer exactly
+    // when at least that much waits).
+    auto ring = makeRing();
+    Recorder rec;
+    auto [a, pa] = tcpPair();
+    Pipe pipe(*ring, rec, 4096, 16384);
+    pipe.start(pa.get(), -1);
+    CHECK(pipe.capacity() == 4096);
+    // 3 bytes only: the first read does not fill the buffer, nothing grows.
+    REQUIRE(::send(a.get(), "abc", 3, 0) == 3);
+    REQUIRE(runUntil(*ring, [&] { return rec.of(pipe).readable == 1; }));
+    std::vector<char> got(3);
+    CHECK(pipe.pull(got.data(), got.size()) == 3);
+    CHECK(pipe.capacity() == 4096);
+
+    constexpr uint64_t kTotal = 200000;
+    Peer A{.fd = a.get(), .out_seed = kUpSeed, .send_limit = kTotal};
+    uint64_t pulled = 0;
+    std::vector<size_t> reads;  // the size of each read, in order
+    std::vector<char> data;
+    REQUIRE(runUntil(
+        *ring,
+        [&] {
+          if (pipe.available() > 0) {
+            reads.push_back(pipe.available());
+            data.resize(pipe.available());
+            size_t k = pipe.pull(data.data(), data.size());
+            CHECK(firstMismatch(data.data(), k, pulled, kUpSeed) == -1);
+            pulled += k;
+          }
+          return pulled == kTotal;
+        },
+        [&] { A.step(); }));
+    // Full reads: 4 KiB, 8 KiB, then 16 KiB each (the bound); never larger.
+    REQUIRE(reads.size() >= 3);
+    CHECK(reads[0] == 4096);
+    CHECK(reads[1] == 8192);
+    CHECK(reads[2] == 16384);
+    CHECK(*std::max_element(reads.begin(), reads.end()) == 16384);
+    CHECK(pipe.capacity() == 16384);
+  }
+
+  TEST_CASE("pushed with send false: the bytes wait for flush(), then go out in one send") {
+    auto ring = makeRing();
+    Recorder rec;
+    auto [b, pb] = tcpPair();
+    Pipe pipe(*ring, rec, 4096);
+    pipe.start(-1, pb.get());
+    Peer B{.fd = b.get(), .in_seed = kUpSeed};
+    std::vector<char> chunk(3000);
+    uint64_t pushed = 0;
+    for (int i = 0; i < 4; ++i) {
+      fillPattern(chunk.data(), chunk.size(), pushed, kUpSeed);
+      pipe.push(chunk.data(), chunk.size(), false);
+      pushed += chunk.size();
+    }
+    CHECK(rec.of(pipe).moved == pushed);  // counted as they come
+    CHECK_FALSE(pipe.busy());             // but not sent
+    CHECK(runFor(*ring, 30ms, [&] { B.step(); }) == 0);
+    CHECK(B.received == 0);
+    pipe.flush();
+    CHECK(pipe.busy());
+    REQUIRE(runUntil(
+        *ring, [&] { return B.received == pushed; }, [&] { B.step(); }));
+    CHECK(B.mismatch == -1);
+    CHECK(rec.of(pipe).sent == pushed);
+    CHECK(pipe.available() == 0);
+  }
+
   TEST_CASE("after stop() no owner callback happens while completions still arrive") {
     Proxy p(16 * 1024);
     // A third pipe, pulled, with a full buffer when stopped.

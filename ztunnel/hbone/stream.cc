@@ -30,7 +30,8 @@ Stream::Stream(proxy::WorkerContext& ctx, StreamOwner& owner, Tunnel* tunnel,
       tunnel_(tunnel),
       pod_(std::move(pod)),
       server_(server),
-      up_(ctx.ring, *this, upBuffer(ctx.config.buffer_bytes)),
+      up_(ctx.ring, *this, upBuffer(ctx.config.buffer_bytes),
+          upBuffer(ctx.config.buffer_max_bytes)),
       down_(ctx.ring, *this, ctx.config.buffer_bytes) {
   pod_->connections++;
   ctx_.counters().add(Counter::kActive);
@@ -286,8 +287,12 @@ bool Stream::h2Data(const uint8_t* data, size_t len) {
   if (!started_)
     early_.append(reinterpret_cast<const char*>(data), len);
   else
-    down_.push(reinterpret_cast<const char*>(data), len);
+    down_.push(reinterpret_cast<const char*>(data), len, false);
   return true;
+}
+
+void Stream::h2DataDone() {
+  if (started_) down_.flush();  // a stopped pipe sends nothing
 }
 
 void Stream::h2End() {

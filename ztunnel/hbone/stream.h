@@ -103,6 +103,7 @@ class Stream final : public StreamEnd,
   void h2Header(std::string_view name, std::string_view value) override;
   void h2Headers() override;
   bool h2Data(const uint8_t* data, size_t len) override;
+  void h2DataDone() override;
   void h2End() override;
   void h2Closed(uint32_t error_code) override;
   ssize_t h2Read(uint8_t* buf, size_t len, uint32_t* flags) override;

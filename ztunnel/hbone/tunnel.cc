@@ -16,7 +16,11 @@ namespace {
 
 auto logger() { return log::get("hbone"); }
 
-constexpr size_t kCipherRecv = 64 * 1024;  // one socket read
+// One socket read once TLS is up: kCipherRecv, doubled after each read
+// that fills it, up to kCipherRecvMax (a bulk stream's records come in
+// fewer reads, and their DATA goes to the app in fewer sends).
+constexpr size_t kCipherRecv = 64 * 1024;
+constexpr size_t kCipherRecvMax = 256 * 1024;
 // One socket read before the handshake is done: a ClientHello or a
 // certificate chain fits in a few reads, and a flood of idle or stalled
 // handshakes costs little memory each.
@@ -261,9 +265,10 @@ void Tunnel::step() {
           close("h2_protocol_error");
           return;
         }
-        if (state_ != State::kReady) return;
+        if (state_ != State::kReady) return passDelivered();
         continue;
       }
+      passDelivered();
       int err = SSL_get_error(ssl_.get(), n);
       if (err == SSL_ERROR_WANT_READ) break;
       if (err == SSL_ERROR_ZERO_RETURN) {
@@ -326,7 +331,11 @@ void Tunnel::armRecv() {
     early_.append(reinterpret_cast<const char*>(rin_), rin_len_);
     rin_len_ = 0;
   }
-  size_t want = state_ == State::kReady ? kCipherRecv : kHandshakeRecv;
+  size_t want = kHandshakeRecv;
+  if (state_ == State::kReady)
+    want = recv_full_ ? std::min(std::max(2 * rbuf_size_, kCipherRecv), kCipherRecvMax)
+                      : std::max(rbuf_size_, kCipherRecv);
+  recv_full_ = false;
   if (rbuf_size_ != want) {  // no receive in flight: the buffer is ours
     rbuf_.reset(new uint8_t[want]);
     rbuf_size_ = want;
@@ -367,6 +376,7 @@ void Tunnel::onRecv(const io_uring_cqe& cqe) {
     }
     rin_ = rbuf_.get();  // TLS reads it in place (the BIO)
     rin_len_ = static_cast<size_t>(res);
+    recv_full_ = rin_len_ == rbuf_size_;
   } else if (res == 0) {
     peer_eof_ = true;
     if (!ssl_) {

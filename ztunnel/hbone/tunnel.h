@@ -50,7 +50,10 @@ class StreamEnd {
   virtual void h2Header(std::string_view name, std::string_view value) = 0;
   virtual void h2Headers() = 0;  // the request (server) or response (client) is complete
   // A DATA chunk; false: not taken (the tunnel gives the window back).
+  // The chunks of one receive come one after another (a TLS record each);
+  // h2DataDone() follows the last of them: pass them on together.
   virtual bool h2Data(const uint8_t* data, size_t len) = 0;
+  virtual void h2DataDone() = 0;
   virtual void h2End() = 0;                        // the peer's END_STREAM
   virtual void h2Closed(uint32_t error_code) = 0;  // nghttp2 and the tunnel forgot the stream
   // DATA to send: bytes, 0 with NGHTTP2_DATA_FLAG_EOF, or NGHTTP2_ERR_DEFERRED;
@@ -246,12 +249,16 @@ class Tunnel {
   Clock::time_point linger_until_{};  // goAway(): a drained tunnel stays until then
   std::unique_ptr<uint8_t[]> rbuf_;   // small until the handshake is done
   size_t rbuf_size_ = 0;
-  std::string sbuf_;  // ciphertext being sent; untouched while a send is in flight
+  bool recv_full_ = false;  // the last read filled rbuf_: a larger one next
+  std::string sbuf_;        // ciphertext being sent; untouched while a send is in flight
   size_t soff_ = 0;
   std::string cout_;                       // ciphertext TLS wrote since (sent once sbuf_ is)
   std::string pout_;                       // small HTTP/2 frames for the next SSL_write
   std::map<int32_t, StreamEnd*> streams_;  // open HTTP/2 streams
-  std::vector<int32_t> refused_;           // RST_STREAM(NO_ERROR) once the response is out
+  // Streams that took DATA in this round of SSL_read (h2DataDone after it).
+  std::vector<int32_t> delivered_;
+  void passDelivered();
+  std::vector<int32_t> refused_;  // RST_STREAM(NO_ERROR) once the response is out
   uring::Connect<&Tunnel::onConnect> connect_{this};
   uring::Op<&Tunnel::onRecv> recv_{this};
   uring::Op<&Tunnel::onSend> send_{this};

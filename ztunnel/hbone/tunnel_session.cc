@@ -97,7 +97,11 @@ struct H2Glue {
                        size_t len, void* ud) {
     StreamEnd* s = of(ud).streamOf(id);
     // Nobody takes it: give the window back so the tunnel does not stall.
-    if (!s || !s->h2Data(data, len)) nghttp2_session_consume(session, id, len);
+    Tunnel& t = of(ud);
+    if (!s || !s->h2Data(data, len))
+      nghttp2_session_consume(session, id, len);
+    else if (t.delivered_.empty() || t.delivered_.back() != id)
+      t.delivered_.push_back(id);
     return 0;
   }
   static int streamClose(nghttp2_session*, int32_t id, uint32_t error_code, void* ud) {
@@ -178,6 +182,18 @@ struct H2Glue {
     return prd;
   }
 };
+
+void Tunnel::passDelivered() {
+  // A stream may have closed meanwhile (its END_STREAM already sent the
+  // rest) or taken DATA twice (ids listed again after another stream's).
+  // h2DataDone only starts a send: nothing calls back into the tunnel, and
+  // the list keeps its memory for the next round.
+  std::sort(delivered_.begin(), delivered_.end());
+  delivered_.erase(std::unique(delivered_.begin(), delivered_.end()), delivered_.end());
+  for (int32_t id : delivered_)
+    if (StreamEnd* s = streamOf(id)) s->h2DataDone();
+  delivered_.clear();
+}
 
 StreamEnd* Tunnel::streamOf(int32_t id) const {
   return h2_ ? static_cast<StreamEnd*>(nghttp2_session_get_stream_user_data(h2_.get(), id))

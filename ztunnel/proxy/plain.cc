@@ -24,8 +24,8 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
         upstream_(std::move(upstream)),
         attempt_(std::move(attempt)),
         share_(std::move(share)),
-        up_(ctx_.ring, *this, ctx_.config.buffer_bytes),
-        down_(ctx_.ring, *this, ctx_.config.buffer_bytes) {}
+        up_(ctx_.ring, *this, ctx_.config.buffer_bytes, ctx_.config.buffer_max_bytes),
+        down_(ctx_.ring, *this, ctx_.config.buffer_bytes, ctx_.config.buffer_max_bytes) {}
 
   void start(const SockAddr& dst, const uring::SocketSetup& setup) {
     live_->owner = this;

@@ -15,8 +15,11 @@ namespace {
 bool cancelled(int res) { return res == -ECANCELED || res == -EINTR; }
 }  // namespace
 
-Pipe::Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes)
-    : ring_(ring), owner_(owner), cap_(std::max<size_t>(buffer_bytes, 1024)) {}
+Pipe::Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes, size_t grow_to_bytes)
+    : ring_(ring),
+      owner_(owner),
+      cap_(std::max<size_t>(buffer_bytes, 1024)),
+      grow_to_(std::max(cap_, grow_to_bytes)) {}
 
 void Pipe::start(int source_fd, int sink_fd) {
   src_ = source_fd;
@@ -47,13 +50,13 @@ size_t Pipe::available() const {
   return src_ >= 0 ? len_ - off_ : (sending_.size() - sending_off_) + queue_.size();
 }
 
-void Pipe::push(const char* data, size_t n) {
+void Pipe::push(const char* data, size_t n, bool send) {
   if (eof_) return;
   if (tap_ && !tap_->tapped(*this, data, n)) tap_ = nullptr;
   queue_.append(data, n);
   bytes_ += n;
   owner_.pipeMoved(*this, n);
-  pump();
+  if (send) pump();
 }
 
 void Pipe::pushEnd() {
@@ -120,6 +123,11 @@ void Pipe::pump() {
     }
   }
   if (src_ >= 0 && !recv_.busy() && !eof_ && len_ == off_) {
+    if (grow_) {  // empty, nothing in flight: the buffer is ours to replace
+      grow_ = false;
+      cap_ = std::min(2 * cap_, grow_to_);
+      buf_.reset();
+    }
     if (!buf_) buf_.reset(new char[kRoom + cap_]);
     recv_.recv(ring_, src_, data(), cap_);
   }
@@ -204,6 +212,7 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
     len_ = static_cast<size_t>(cqe.res);
     off_ = 0;
     bytes_ += len_;
+    grow_ = len_ == cap_ && cap_ < grow_to_;
     if (tap_ && !tap_->tapped(*this, data(), len_)) tap_ = nullptr;
     owner_.pipeMoved(*this, len_);
   } else if (cqe.res == 0) {

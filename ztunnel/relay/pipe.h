@@ -57,7 +57,12 @@ class PipeOwner {
 class Pipe {
  public:
   // source_fd < 0: the owner pushes; sink_fd < 0: the owner pulls.
-  Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes);
+  // A socket source reads into a buffer of buffer_bytes; each read that
+  // fills it doubles it for the next one, up to grow_to_bytes: a bulk
+  // transfer moves in fewer, larger reads and sends (fewer system calls
+  // and wake-ups per byte), while a request/response connection, whose
+  // reads never fill it, keeps the small one.
+  Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes, size_t grow_to_bytes = 0);
   Pipe(const Pipe&) = delete;
   Pipe& operator=(const Pipe&) = delete;
 
@@ -94,8 +99,11 @@ class Pipe {
   void watchIfStalled();
   bool watching() const { return watch_.busy(); }
 
-  // Pushed source: bytes to write (copied) and the end of them.
-  void push(const char* data, size_t n);
+  // Pushed source: bytes to write (copied) and the end of them. `send`
+  // false: more bytes follow at once, so they wait for flush() (or the
+  // next push or pushEnd) and go out in one send with them.
+  void push(const char* data, size_t n, bool send = true);
+  void flush() { pump(); }
   void pushEnd();
   // Pulled sink: copies up to n bytes out. Returns 0 when nothing is there;
   // ended() then tells whether that is the end.
@@ -113,6 +121,7 @@ class Pipe {
   size_t available() const;
   bool ended() const { return eof_ && available() == 0; }  // source done, all taken
 
+  size_t capacity() const { return cap_; }  // the socket source's buffer now
   bool started() const { return started_; }
   bool sinkDone() const { return shut_done_; }  // socket sink: EOF propagated
   bool busy() const { return recv_.busy() || send_.busy() || shut_.busy() || watch_.busy(); }
@@ -130,6 +139,8 @@ class Pipe {
   uring::Ring& ring_;
   PipeOwner& owner_;
   size_t cap_;
+  size_t grow_to_;     // cap_ may double up to this
+  bool grow_ = false;  // the last read filled the buffer: double it once it is empty
   int src_ = -1, dst_ = -1;
   bool started_ = false, stopped_ = false, frozen_ = false;
   int frozen_error_ = 0;

@@ -37,7 +37,10 @@ struct EngineConfig {
   // and its CNI and admin servers.
   unsigned descriptor_reserve = 4096;
   size_t buffer_bytes = 128 * 1024;  // per direction per connection, allocated while active
-  bool access_log = true;            // one line per closed connection
+  // A direction whose reads fill its buffer (a bulk transfer) doubles it, up
+  // to this: fewer, larger reads and sends per byte (relay::Pipe).
+  size_t buffer_max_bytes = 256 * 1024;
+  bool access_log = true;  // one line per closed connection
   // Before a worker sleeps for its next completion it polls this long (0:
   // never), skipping polls while they find nothing (uring::Ring::setBusyPoll)
   // and only while the worker hardly waits for a CPU (proxy/cpu_wait.h): a
