@@ -17,6 +17,7 @@
 # sockmap counters moved during each figure of the sockmap-on column.
 # BENCH_IPERF_RATE=R caps each iperf3 stream at R bit/s (iperf3 -b, e.g. 2G):
 # the CPU per GB of the columns at one rate they all sustain.
+# BENCH_ROUNDS=N measures every column N times in turn and prints medians.
 # BENCH_PERF_DIR=dir also records `perf record -g` of the agents for 3 s in the
 # middle of each Sluice figure (dir/<column>-<figure>.data).
 set -euo pipefail
@@ -247,17 +248,56 @@ measure_rss() {  # key...
   done
 }
 
+# BENCH_ROUNDS=N: the columns are measured N times in turn (no mesh, Sluice,
+# HAProxy; then no mesh and Sluice with sockmap on), and each figure is the
+# median of its rounds: on a VM whose speed drifts, a ratio then compares
+# figures taken close together. The rounds are printed under the table.
+FIGS="iperf1 iperf8 gbcpu1 gbcpu8 rps p50 p99 cpu cps cpucps"
+keep_round() {  # key: appends this round's figures to their lists
+  local f
+  for f in $FIGS; do R[$1,$f,all]="${R[$1,$f,all]:-} ${R[$1,$f]}"; done
+}
+# The median of the numbers in a list ("fail" and "-" left out; none: the
+# last entry as it is).
+median() {
+  /usr/bin/python3 -c '
+import re, sys
+v = sys.argv[1].split()
+nums = [x for x in v if re.fullmatch(r"\d+(\.\d+)?", x)]
+if not nums:
+    print(v[-1] if v else "-")
+else:
+    d = len(nums[0].split(".")[1]) if "." in nums[0] else 0  # as the figures are written
+    n, k = sorted(map(float, nums)), len(nums)
+    print(f"{(n[k // 2] if k % 2 else (n[k // 2 - 1] + n[k // 2]) / 2):.{d}f}")' "$1"
+}
+ROUNDS="${BENCH_ROUNDS:-1}"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-measure plain plain/client "$plain_server" 5201 8080
-measure sluice mesh/client "$($LAB pod ip mesh server)" 5201 8080
-measure haproxy plain/client "$node1_gw" 15201 18080
+for _ in $(seq "$ROUNDS"); do
+  measure plain plain/client "$plain_server" 5201 8080
+  keep_round plain
+  measure sluice mesh/client "$($LAB pod ip mesh server)" 5201 8080
+  keep_round sluice
+  measure haproxy plain/client "$node1_gw" 15201 18080
+  keep_round haproxy
+done
 measure_rss sluice haproxy
 # The same pods and servers with the pod-local hops on sockmap (app <-> proxy
 # in the client pod, proxy <-> app in the server pod; the HBONE hop between
 # the nodes stays TCP + TLS): both agents restarted with --sockmap=on.
 sockmap_on node1 node2
-measure sockmap mesh/client "$($LAB pod ip mesh server)" 5201 8080
+for round in $(seq "$ROUNDS"); do
+  if [ "$round" -gt 1 ]; then
+    measure plain plain/client "$plain_server" 5201 8080
+    keep_round plain
+  fi
+  measure sockmap mesh/client "$($LAB pod ip mesh server)" 5201 8080
+  keep_round sockmap
+done
 measure_rss sockmap
+for key in plain sluice haproxy sockmap; do
+  for f in $FIGS; do R[$key,$f]=$(median "${R[$key,$f,all]}"); done
+done
 
 # The ceiling: what one core of this machine encrypts (AES-GCM, 16 KiB
 # blocks, one TLS record's worth), so the cross-node figure reads against it.
@@ -266,8 +306,10 @@ for alg in aes-128-gcm aes-256-gcm; do
     awk -F: '/^\+F:/ {printf "%.2f", $4 * 8 / 1e9}')
 done
 
+rounds_note=""
+[ "$ROUNDS" -eq 1 ] || rounds_note=", median of $ROUNDS rounds"
 echo
-echo "Sluice mTLS benchmark — pod on node1 -> pod on node2, $(nproc) cores, ${DUR}s per figure, wrk -c$CONC,${BENCH_IPERF_RATE:+ iperf3 -b $BENCH_IPERF_RATE per stream,}" \
+echo "Sluice mTLS benchmark — pod on node1 -> pod on node2, $(nproc) cores, ${DUR}s per figure$rounds_note, wrk -c$CONC,${BENCH_IPERF_RATE:+ iperf3 -b $BENCH_IPERF_RATE per stream,}" \
   "load $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 echo "columns: no mesh | HAProxy mTLS pair | Sluice sockmap off | Sluice sockmap on;" \
   "x0 = ratio to no mesh, xH = ratio to HAProxy (for latency and CPU, lower is better)"
@@ -297,9 +339,15 @@ for n in 1 2; do
 done
 echo "ceiling: one core encrypts ${R[ceil,aes-128-gcm]} Gbit/s with AES-128-GCM," \
   "${R[ceil,aes-256-gcm]} Gbit/s with AES-256-GCM (openssl speed, 16 KiB blocks)"
-echo "sockmap counters during each figure of the sockmap-on column (both agents; bytes_redirected"
+echo "sockmap counters during each figure of the sockmap-on column (its last round; both agents; bytes_redirected"
 echo "counts the pod-local hops, app -> proxy in the client pod and proxy -> app in the server pod):"
 for f in iperf1 iperf8 rps cps; do printf '  %-7s %s\n' "$f" "${R[sm,$f]}"; done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "each figure is the median of $ROUNDS rounds (no mesh: $((2 * ROUNDS - 1))); the rounds, in order:"
+  for f in iperf1 iperf8 rps cps; do
+    for key in plain haproxy sluice sockmap; do printf '  %-7s %-8s%s\n' "$f" "$key" "${R[$key,$f,all]}"; done
+  done
+fi
 for k in sluice sockmap; do
   for f in iperf1 iperf8; do
     [ -z "${R[err,$k,$f]:-}" ] || echo "$k $f failed: iperf3: ${R[err,$k,$f]}"
