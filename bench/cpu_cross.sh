@@ -12,6 +12,11 @@
 #   BENCH_ROUNDS (default 2) rounds of BENCH_SECONDS (default 5) per figure;
 #   the no-mesh pair and the sockmap-off pair alternate, then both agents are
 #   restarted with --sockmap=on and that pair runs BENCH_ROUNDS times.
+#   BENCH_AB="BUILD_A BUILD_B" (two build directories) compares two builds
+#   instead: in each round, no mesh, then both agents restarted with A's
+#   binary, then with B's, for each of BENCH_FIGS (default "gb"); the
+#   agents' other flags come from SLUICE_AGENT_ARGS as in the lab (e.g.
+#   --sockmap=on). What a change buys, read against the rounds' spread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lab_env.sh cpu
@@ -70,6 +75,27 @@ measure() {
 }
 echo "Whole-machine CPU seconds per unit, pod on node1 -> pod on node2, $(nproc) cores, ${DUR}s per figure"
 echo "units: gb = per GB (iperf3 1 stream), rps = per 1000 keep-alive requests, cps = per 1000 new connections (wrk -c32)"
+if [ -n "${BENCH_AB:-}" ]; then
+  read -r build_a build_b <<<"$BENCH_AB"
+  for b in "$build_a" "$build_b"; do
+    [ -x "$b/agent/sluice-agent" ] || { echo "cpu_cross: no agent binary at $b/agent/sluice-agent (BENCH_AB wants two build directories)" >&2; exit 2; }
+  done
+  echo "A = $build_a, B = $build_b; agents restarted with each before its figure"
+  use() {  # build dir
+    for n in node1 node2; do SLUICE_BUILD_DIR=$1 $LAB agent restart $n >/dev/null; done
+    servers_up mesh
+  }
+  for _ in $(seq "$ROUNDS"); do
+    for fig in ${BENCH_FIGS:-gb}; do
+      measure "$fig" plain "no mesh"
+      use "$build_a"
+      measure "$fig" mesh "A"
+      use "$build_b"
+      measure "$fig" mesh "B"
+    done
+  done
+  exit 0
+fi
 for fig in gb rps cps; do
   for _ in $(seq "$ROUNDS"); do
     measure $fig plain "no mesh"

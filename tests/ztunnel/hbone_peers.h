@@ -4,7 +4,9 @@
 #pragma once
 
 #include <nghttp2/nghttp2.h>
+#include <openssl/bio.h>
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -278,9 +280,9 @@ struct RawClient {
   }
 
   // A CONNECT; once its 200 is in, `frames` DATA frames of `frame_bytes`
-  // ('d'), each in a TLS record of its own, corked into one TCP segment
-  // (the server reads them in one receive). Then waits (at most 5 s) for
-  // `done`.
+  // ('d'), each in a TLS record of its own, all written in one send (one
+  // TCP segment below the MSS: the server reads them in one receive). Then
+  // waits (at most 5 s) for `done`.
   void corkedData(SSL* ssl, const std::string& authority, size_t frames, size_t frame_bytes,
                   const std::function<bool()>& done) {
     auto s = session();
@@ -314,15 +316,24 @@ struct RawClient {
       if (!flush()) return;
     }
     if (status != "200") return;
-    int fd = SSL_get_fd(ssl), on = 1, off = 0;
-    setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
-    for (size_t i = 0; i < frames; ++i) {  // one frame per mem_send, one record per frame
+    // The records go to a memory BIO, then to the socket in one send.
+    int fd = SSL_get_fd(ssl);
+    BIO* sock = SSL_get_wbio(ssl);
+    BIO* mem = BIO_new(BIO_s_mem());
+    if (!mem || BIO_up_ref(sock) != 1) return;
+    SSL_set0_wbio(ssl, mem);  // drops one reference of sock (ours keeps it)
+    bool written = true;
+    for (size_t i = 0; i < frames && written; ++i) {  // one frame per mem_send, a record each
       nghttp2_session_resume_data(s.get(), id);
       const uint8_t* data = nullptr;
       ssize_t n = nghttp2_session_mem_send(s.get(), &data);
-      if (n <= 0 || SSL_write(ssl, data, static_cast<int>(n)) <= 0) return;
+      written = n > 0 && SSL_write(ssl, data, static_cast<int>(n)) > 0;
     }
-    setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off));
+    char* records = nullptr;
+    long len = BIO_get_mem_data(mem, &records);
+    written = written && ::send(fd, records, static_cast<size_t>(len), 0) == len;
+    SSL_set0_wbio(ssl, sock);  // ours goes back to the SSL; mem is freed
+    if (!written) return;
     for (int i = 0; i < 500 && !done(); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

@@ -163,6 +163,7 @@ struct Peer {
 struct Recorder final : relay::PipeOwner {
   struct Events {
     uint64_t moved = 0, sent = 0;
+    int sends = 0;  // pipeSent calls: sends completed
     int readable = 0, ended = 0, failed = 0;
     int err = 0;
     bool sending = false;
@@ -184,6 +185,7 @@ struct Recorder final : relay::PipeOwner {
   void pipeSent(Pipe& p, size_t n) override {
     callbacks++;
     of(p).sent += n;
+    of(p).sends++;
   }
   void pipeEnded(Pipe& p) override {
     callbacks++;
@@ -677,6 +679,26 @@ TEST_SUITE("pipe") {
     CHECK(pipe.capacity() == 16384);
   }
 
+  TEST_CASE("the next receive buffer's size: doubled after a full read, up to the bound") {
+    struct Case {
+      size_t size, got, next;
+    } cases[] = {
+        {4096, 4096, 8192},     // full: doubled
+        {8192, 8192, 16384},    //
+        {16384, 16384, 16384},  // full at the bound: stays
+        {12288, 12288, 16384},  // full, doubling passes the bound: the bound
+        {32768, 32768, 32768},  // above the bound already (a resumed pipe): stays
+        {16384, 16383, 16384},  // one byte short: unchanged
+        {16384, 3, 16384},      // a small read does not shrink it
+        {4096, 0, 4096},        // EOF
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.size);
+      CAPTURE(c.got);
+      CHECK(relay::nextBufferSize(c.size, c.got, 16384) == c.next);
+    }
+  }
+
   TEST_CASE("pushed with send false: the bytes wait for flush(), then go out in one send") {
     auto ring = makeRing();
     Recorder rec;
@@ -701,6 +723,7 @@ TEST_SUITE("pipe") {
         *ring, [&] { return B.received == pushed; }, [&] { B.step(); }));
     CHECK(B.mismatch == -1);
     CHECK(rec.of(pipe).sent == pushed);
+    CHECK(rec.of(pipe).sends == 1);
     CHECK(pipe.available() == 0);
   }
 

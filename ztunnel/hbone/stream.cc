@@ -21,6 +21,12 @@ size_t upBuffer(size_t bytes) {
   size_t frame = Tunnel::frameLength(Tunnel::kMaxFrameSize);
   return bytes >= frame ? bytes / frame * frame : bytes;
 }
+// What it may grow to (relay::Pipe doubles it, up to this): whole frames
+// too, so only when it starts at whole frames (a smaller one stays).
+size_t upBufferMax(size_t bytes, size_t most) {
+  size_t start = upBuffer(bytes);
+  return start % Tunnel::frameLength(Tunnel::kMaxFrameSize) == 0 ? upBuffer(most) : start;
+}
 }  // namespace
 
 Stream::Stream(proxy::WorkerContext& ctx, StreamOwner& owner, Tunnel* tunnel,
@@ -31,7 +37,7 @@ Stream::Stream(proxy::WorkerContext& ctx, StreamOwner& owner, Tunnel* tunnel,
       pod_(std::move(pod)),
       server_(server),
       up_(ctx.ring, *this, upBuffer(ctx.config.buffer_bytes),
-          upBuffer(ctx.config.buffer_max_bytes)),
+          upBufferMax(ctx.config.buffer_bytes, ctx.config.buffer_max_bytes)),
       down_(ctx.ring, *this, ctx.config.buffer_bytes) {
   pod_->connections++;
   ctx_.counters().add(Counter::kActive);

@@ -9,6 +9,7 @@
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
 #include "sluice/common/x509.h"
+#include "ztunnel/relay/pipe.h"
 
 namespace sluice::ztunnel::hbone {
 
@@ -17,8 +18,11 @@ namespace {
 auto logger() { return log::get("hbone"); }
 
 // One socket read once TLS is up: kCipherRecv, doubled after each read
-// that fills it, up to kCipherRecvMax (a bulk stream's records come in
-// fewer reads, and their DATA goes to the app in fewer sends).
+// that fills it, up to kCipherRecvMax (relay::nextBufferSize: a bulk
+// stream's records come in fewer reads, and their DATA goes to the app in
+// fewer sends), and back to kCipherRecv for the first read after a second
+// without one (tick): an idle pooled tunnel holds 64 KiB again once its
+// next bytes (a keepalive PING at the latest) came.
 constexpr size_t kCipherRecv = 64 * 1024;
 constexpr size_t kCipherRecvMax = 256 * 1024;
 // One socket read before the handshake is done: a ClientHello or a
@@ -259,6 +263,7 @@ void Tunnel::step() {
       if (n > 0) {
         ssize_t rv = nghttp2_session_mem_recv(h2_.get(), env_.plain.data(), static_cast<size_t>(n));
         if (rv < 0) {
+          delivered_.clear();  // the streams are reset with the tunnel
           env_.ctx.counters().add(Counter::kBadRequests);
           logger()->warn("tunnel {} {} {}: HTTP/2 error: {}", id_, side(), formatEndpoint(remote_),
                          nghttp2_strerror(static_cast<int>(rv)));
@@ -333,9 +338,10 @@ void Tunnel::armRecv() {
   }
   size_t want = kHandshakeRecv;
   if (state_ == State::kReady)
-    want = recv_full_ ? std::min(std::max(2 * rbuf_size_, kCipherRecv), kCipherRecvMax)
-                      : std::max(rbuf_size_, kCipherRecv);
-  recv_full_ = false;
+    want = rbuf_size_ < kCipherRecv || recv_idle_
+               ? kCipherRecv
+               : relay::nextBufferSize(rbuf_size_, last_recv_, kCipherRecvMax);
+  recv_idle_ = false;
   if (rbuf_size_ != want) {  // no receive in flight: the buffer is ours
     rbuf_.reset(new uint8_t[want]);
     rbuf_size_ = want;
@@ -376,7 +382,7 @@ void Tunnel::onRecv(const io_uring_cqe& cqe) {
     }
     rin_ = rbuf_.get();  // TLS reads it in place (the BIO)
     rin_len_ = static_cast<size_t>(res);
-    recv_full_ = rin_len_ == rbuf_size_;
+    last_recv_ = rin_len_;
   } else if (res == 0) {
     peer_eof_ = true;
     if (!ssl_) {
@@ -481,6 +487,7 @@ void Tunnel::tick(Clock::time_point now, size_t queued) {
   if (ssl_ && !send_.busy() && soff_ >= sbuf_.size() && cout_.empty() &&
       now - last_rx_ >= std::chrono::seconds(1))
     SSL_free_buffers(ssl_.get());
+  if (now - last_rx_ >= std::chrono::seconds(1)) recv_idle_ = true;  // the next read: 64 KiB
   if (close_on_flush_) {
     if (now > deadline_) {
       close_on_flush_ = false;  // the peer does not read: stop waiting

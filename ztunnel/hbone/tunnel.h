@@ -249,7 +249,8 @@ class Tunnel {
   Clock::time_point linger_until_{};  // goAway(): a drained tunnel stays until then
   std::unique_ptr<uint8_t[]> rbuf_;   // small until the handshake is done
   size_t rbuf_size_ = 0;
-  bool recv_full_ = false;  // the last read filled rbuf_: a larger one next
+  size_t last_recv_ = 0;    // bytes of the last read: the next one's size
+  bool recv_idle_ = false;  // nothing read for a second: the next read is small again
   std::string sbuf_;        // ciphertext being sent; untouched while a send is in flight
   size_t soff_ = 0;
   std::string cout_;                       // ciphertext TLS wrote since (sent once sbuf_ is)

@@ -19,7 +19,8 @@ Pipe::Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes, size_t grow
     : ring_(ring),
       owner_(owner),
       cap_(std::max<size_t>(buffer_bytes, 1024)),
-      grow_to_(std::max(cap_, grow_to_bytes)) {}
+      grow_to_(std::max(cap_, grow_to_bytes)),
+      next_cap_(cap_) {}
 
 void Pipe::start(int source_fd, int sink_fd) {
   src_ = source_fd;
@@ -123,9 +124,8 @@ void Pipe::pump() {
     }
   }
   if (src_ >= 0 && !recv_.busy() && !eof_ && len_ == off_) {
-    if (grow_) {  // empty, nothing in flight: the buffer is ours to replace
-      grow_ = false;
-      cap_ = std::min(2 * cap_, grow_to_);
+    if (next_cap_ != cap_) {  // empty, nothing in flight: the buffer is ours to replace
+      cap_ = next_cap_;
       buf_.reset();
     }
     if (!buf_) buf_.reset(new char[kRoom + cap_]);
@@ -212,7 +212,7 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
     len_ = static_cast<size_t>(cqe.res);
     off_ = 0;
     bytes_ += len_;
-    grow_ = len_ == cap_ && cap_ < grow_to_;
+    next_cap_ = nextBufferSize(cap_, len_, grow_to_);
     if (tap_ && !tap_->tapped(*this, data(), len_)) tap_ = nullptr;
     owner_.pipeMoved(*this, len_);
   } else if (cqe.res == 0) {

@@ -22,6 +22,15 @@ namespace sluice::ztunnel::relay {
 
 class Pipe;
 
+// The size of a receive buffer for the next receive, after one that
+// brought `got` bytes into `size`: doubled (up to `most`) when it filled
+// the buffer, else unchanged. (A partial read says nothing of the bulk
+// being over: a receive takes what has arrived so far.)
+constexpr size_t nextBufferSize(size_t size, size_t got, size_t most) {
+  if (got < size) return size;
+  return size * 2 < most ? size * 2 : (most > size ? most : size);
+}
+
 // Sees the bytes a pipe moves as they arrive, before they are passed on
 // (HTTP inspection). It can neither change nor hold them. Returning false
 // ends the tapping: the pipe stops calling. Worker thread only.
@@ -58,10 +67,11 @@ class Pipe {
  public:
   // source_fd < 0: the owner pushes; sink_fd < 0: the owner pulls.
   // A socket source reads into a buffer of buffer_bytes; each read that
-  // fills it doubles it for the next one, up to grow_to_bytes: a bulk
-  // transfer moves in fewer, larger reads and sends (fewer system calls
-  // and wake-ups per byte), while a request/response connection, whose
-  // reads never fill it, keeps the small one.
+  // fills it doubles it for the next one, up to grow_to_bytes
+  // (nextBufferSize): a bulk transfer moves in fewer, larger reads and
+  // sends (fewer system calls and wake-ups per byte), while a
+  // request/response connection, whose reads never fill it, keeps the
+  // small one. A grown buffer is kept until the source's EOF.
   Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes, size_t grow_to_bytes = 0);
   Pipe(const Pipe&) = delete;
   Pipe& operator=(const Pipe&) = delete;
@@ -139,8 +149,8 @@ class Pipe {
   uring::Ring& ring_;
   PipeOwner& owner_;
   size_t cap_;
-  size_t grow_to_;     // cap_ may double up to this
-  bool grow_ = false;  // the last read filled the buffer: double it once it is empty
+  size_t grow_to_;   // cap_ may double up to this (nextBufferSize)
+  size_t next_cap_;  // for the next read, once the buffer is empty
   int src_ = -1, dst_ = -1;
   bool started_ = false, stopped_ = false, frozen_ = false;
   int frozen_error_ = 0;

@@ -36,9 +36,11 @@ struct EngineConfig {
   // leaves the agent descriptors for tunnels, upstream sockets, listeners
   // and its CNI and admin servers.
   unsigned descriptor_reserve = 4096;
-  size_t buffer_bytes = 128 * 1024;  // per direction per connection, allocated while active
-  // A direction whose reads fill its buffer (a bulk transfer) doubles it, up
-  // to this: fewer, larger reads and sends per byte (relay::Pipe).
+  // Per direction per connection, allocated while active: the size it
+  // starts at. A direction whose reads fill its buffer (a bulk transfer)
+  // doubles it, up to buffer_max_bytes (fewer, larger reads and sends per
+  // byte; relay::nextBufferSize), until the connection ends.
+  size_t buffer_bytes = 128 * 1024;
   size_t buffer_max_bytes = 256 * 1024;
   bool access_log = true;  // one line per closed connection
   // Before a worker sleeps for its next completion it polls this long (0:
