@@ -208,6 +208,7 @@ class Tunnel {
   void flush();
   bool writePlain();  // the frames gathered in pout_, through TLS; false: TLS failed
   void armRecv();
+  void passDelivered();  // h2DataDone to the streams in delivered_
   void firstBytes();
   void finishIfIdle();
   void onConnect(int res);
@@ -258,7 +259,6 @@ class Tunnel {
   std::map<int32_t, StreamEnd*> streams_;  // open HTTP/2 streams
   // Streams that took DATA in this round of SSL_read (h2DataDone after it).
   std::vector<int32_t> delivered_;
-  void passDelivered();
   std::vector<int32_t> refused_;  // RST_STREAM(NO_ERROR) once the response is out
   uring::Connect<&Tunnel::onConnect> connect_{this};
   uring::Op<&Tunnel::onRecv> recv_{this};

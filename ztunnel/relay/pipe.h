@@ -10,6 +10,7 @@
 // (app -> tunnel) and a pushed->socket pipe (tunnel -> app).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,8 +28,7 @@ class Pipe;
 // the buffer, else unchanged. (A partial read says nothing of the bulk
 // being over: a receive takes what has arrived so far.)
 constexpr size_t nextBufferSize(size_t size, size_t got, size_t most) {
-  if (got < size) return size;
-  return size * 2 < most ? size * 2 : (most > size ? most : size);
+  return got < size ? size : std::max(size, std::min(2 * size, most));
 }
 
 // Sees the bytes a pipe moves as they arrive, before they are passed on
