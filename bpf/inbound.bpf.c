@@ -23,13 +23,24 @@
  * tuple the client may reuse within the minute) is owned, so it passes: the
  * kernel would drop it as a duplicate if it were assigned. The TIME_WAIT
  * socket takes it and the stack looks for a listener, which would be the
- * app's: around the mesh. So tc notes that SYN's tuple (sluice_tw_syn, this
- * CPU's slot: the stack runs on the same CPU, within the same softirq,
- * right after tc) and sluice_sk_lookup (sk_lookup, attached to each enrolled
+ * app's: around the mesh. So tc notes that SYN's tuple (sluice_steer_notes,
+ * this CPU's: the stack looks its socket up on the same CPU, within the
+ * same softirq, soon after tc) and sluice_sk_lookup (sk_lookup, attached to each enrolled
  * pod netns) gives exactly that lookup the proxy's <pod-ip>:15006 listener
  * (sluice_inbound_listeners); with none (no agent runs) it is dropped, fail
- * closed. Every other lookup passes untouched (the proxy's own connections
- * to the app, which arrive over loopback and never meet tc, above all). */
+ * closed.
+ *
+ * The same goes for the ACK that completes a SYN cookie: a 15006 listener
+ * whose SYN queue overflows (a SYN flood) answers with cookies and keeps no
+ * state, so the client's ACK finds no socket of its own and the stack looks
+ * for a listener, the app's, which has sent no cookie and resets it. So tc
+ * notes every ACK to a steered port (most of them find their socket, and
+ * sk_lookup never runs for them), and sluice_sk_lookup gives the lookup of a
+ * noted ACK the 15006 listener, which checks the cookie and accepts, or
+ * resets a stray ACK as the app's listener would have. With no listener it
+ * passes untouched (the app's listener resets it: it never sent a cookie).
+ * Every other lookup passes untouched (the proxy's own connections to the
+ * app, which arrive over loopback and never meet tc, above all). */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -41,38 +52,78 @@ struct {
 	__type(value, __u64);
 } sluice_inbound_listeners SEC(".maps");
 
-/* The last SYN on a TIME_WAIT tuple tc passed on this CPU. */
-struct sluice_tw_syn {
-	__u64 at_ns; /* 0: none */
+/* What sluice_sk_lookup may steer: a kind of note, and its row in
+ * struct sluice_steer_notes. */
+enum sluice_steer_kind {
+	SLUICE_STEER_TW_SYN = 0, /* a SYN on a TIME_WAIT tuple: 15006, or dropped */
+	SLUICE_STEER_ACK = 1,    /* an ACK (a SYN cookie's?): 15006, or untouched */
+	SLUICE_STEER_KINDS = 2,
+};
+
+/* A packet tc passed that sluice_sk_lookup may steer. */
+struct sluice_steer_note {
+	__u64 at_ns; /* 0: none, or used */
 	__u32 family;
 	__u32 remote[4], local[4]; /* network order; IPv4 in [0] */
 	__u16 remote_port, local_port; /* network order */
-	__u32 pad;
 };
-/* How long the slot stays good: the stack's lookup follows tc at once. */
-#define SLUICE_TW_SYN_WINDOW_NS 1000000
+/* How long a note stays good: the stack's lookup follows tc at once. The
+ * clock is the coarse one (a tick's resolution; a third of the cost of a
+ * packet's run with the fine one). */
+#define SLUICE_STEER_NOTE_WINDOW_NS 10000000
+/* Notes kept per kind: the stack may run tc on a list of packets (GRO's,
+ * up to 8 by default) before it looks up their sockets. Each kind has its
+ * own, so ACKs (nearly every packet) never push out a TIME_WAIT SYN's note. */
+#define SLUICE_STEER_NOTES 8
+
+/* This CPU's notes (the stack runs on the same CPU, within the same softirq,
+ * right after tc). */
+struct sluice_steer_notes {
+	struct sluice_steer_note note[SLUICE_STEER_KINDS][SLUICE_STEER_NOTES];
+	__u32 next[SLUICE_STEER_KINDS];
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct sluice_tw_syn);
-} sluice_tw_syn SEC(".maps");
+	__type(value, struct sluice_steer_notes);
+} sluice_steer_notes SEC(".maps");
 
-/* This CPU's slot, cleared, for the SYN about to pass; null if none. */
-static __always_inline struct sluice_tw_syn *tw_slot(void)
+/* Notes a packet's tuple (addresses of the family's length) among this CPU's
+ * notes of its kind, in place of the oldest. */
+static __always_inline void steer_note(__u32 kind, __u32 family, const __u32 *saddr,
+				       const __u32 *daddr, __u16 sport, __u16 dport)
 {
 	__u32 zero = 0;
-	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn, &zero);
-	if (w)
-		__builtin_memset(w, 0, sizeof(*w));
-	return w;
+	struct sluice_steer_notes *n = bpf_map_lookup_elem(&sluice_steer_notes, &zero);
+	if (!n || kind >= SLUICE_STEER_KINDS)
+		return;
+	__u32 i = n->next[kind]++ % SLUICE_STEER_NOTES;
+	struct sluice_steer_note *w = &n->note[kind][i];
+	w->family = family;
+	w->remote_port = sport;
+	w->local_port = dport;
+	w->remote[0] = saddr[0];
+	w->local[0] = daddr[0];
+	if (family == AF_INET6) {
+		for (int j = 1; j < 4; j++) {
+			w->remote[j] = saddr[j];
+			w->local[j] = daddr[j];
+		}
+	} else {
+		for (int j = 1; j < 4; j++) {
+			w->remote[j] = 0;
+			w->local[j] = 0;
+		}
+	}
+	w->at_ns = bpf_ktime_get_coarse_ns();
 }
 
 struct sluice_ip4_tcp {
 	__u32 saddr, daddr; /* network order */
 	__u16 sport, dport; /* network order */
-	__u8 syn, ack;
+	__u8 syn, ack, rst;
 };
 
 /* parse(): an IPv4 TCP fragment, whose reassembled packet this program
@@ -101,13 +152,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct sluice_ip4_tcp *o
 	out->dport = tcp.dest;
 	out->syn = tcp.syn;
 	out->ack = tcp.ack;
+	out->rst = tcp.rst;
 	return 0;
 }
 
 struct sluice_ip6_tcp {
 	__u32 saddr[4], daddr[4]; /* network order */
 	__u16 sport, dport;       /* network order */
-	__u8 syn, ack;
+	__u8 syn, ack, rst;
 };
 
 #define SLUICE_IP6_MAX_EXT_HEADERS 4
@@ -162,6 +214,7 @@ static __always_inline int parse6(struct __sk_buff *skb, struct sluice_ip6_tcp *
 	out->dport = tcp.dest;
 	out->syn = tcp.syn;
 	out->ack = tcp.ack;
+	out->rst = tcp.rst;
 	return 0;
 }
 
@@ -188,10 +241,24 @@ static __always_inline int tuple_owner(struct __sk_buff *skb, struct bpf_sock_tu
 	return state == BPF_TCP_LISTEN ? -1 : state;
 }
 
+/* 1 when a segment is one whose lookup sluice_sk_lookup may steer: an ACK
+ * (neither SYN nor RST) to a steered port, noted here. */
+static __always_inline int noted_ack(__u8 syn, __u8 ack, __u8 rst, __u32 family, const __u32 *saddr,
+				     const __u32 *daddr, __u16 sport, __u16 dport)
+{
+	if (syn || !ack || rst)
+		return 0;
+	steer_note(SLUICE_STEER_ACK, family, saddr, daddr, sport, dport);
+	return 1;
+}
+
 /* IPv6 SYN to an enrolled pod: assigned to [dst]:15006, or dropped. */
 static __always_inline int inbound6(struct __sk_buff *skb, struct sluice_ip6_tcp *p)
 {
-	if (!p->syn || p->ack || port_passes(p->dport))
+	if (port_passes(p->dport) ||
+	    noted_ack(p->syn, p->ack, p->rst, AF_INET6, p->saddr, p->daddr, p->sport, p->dport))
+		goto pass;
+	if (!p->syn || p->ack)
 		goto pass;
 	struct bpf_sock_tuple t = {};
 	__builtin_memcpy(t.ipv6.saddr, p->saddr, sizeof(t.ipv6.saddr));
@@ -199,15 +266,8 @@ static __always_inline int inbound6(struct __sk_buff *skb, struct sluice_ip6_tcp
 	t.ipv6.sport = p->sport;
 	t.ipv6.dport = p->dport;
 	int owner = tuple_owner(skb, &t, sizeof(t.ipv6));
-	struct sluice_tw_syn *w;
-	if (owner == BPF_TCP_TIME_WAIT && (w = tw_slot())) {
-		w->family = AF_INET6;
-		__builtin_memcpy(w->remote, p->saddr, sizeof(w->remote));
-		__builtin_memcpy(w->local, p->daddr, sizeof(w->local));
-		w->remote_port = p->sport;
-		w->local_port = p->dport;
-		w->at_ns = bpf_ktime_get_ns();
-	}
+	if (owner == BPF_TCP_TIME_WAIT)
+		steer_note(SLUICE_STEER_TW_SYN, AF_INET6, p->saddr, p->daddr, p->sport, p->dport);
 	if (owner >= 0)
 		goto pass;
 	t.ipv6.dport = bpf_htons(SLUICE_INBOUND_PORT);
@@ -252,7 +312,10 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 		sluice_count4(SLUICE_STAT4_TC_FRAG_DROPPED);
 		return TC_ACT_SHOT;
 	}
-	if (parsed != 0 || !p.syn || p.ack || port_passes(p.dport))
+	if (parsed != 0 || port_passes(p.dport) ||
+	    noted_ack(p.syn, p.ack, p.rst, AF_INET, &p.saddr, &p.daddr, p.sport, p.dport))
+		goto pass;
+	if (!p.syn || p.ack)
 		goto pass;
 
 	struct bpf_sock_tuple t = {};
@@ -261,15 +324,8 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 	t.ipv4.sport = p.sport;
 	t.ipv4.dport = p.dport;
 	int owner = tuple_owner(skb, &t, sizeof(t.ipv4));
-	struct sluice_tw_syn *w;
-	if (owner == BPF_TCP_TIME_WAIT && (w = tw_slot())) {
-		w->family = AF_INET;
-		w->remote[0] = p.saddr;
-		w->local[0] = p.daddr;
-		w->remote_port = p.sport;
-		w->local_port = p.dport;
-		w->at_ns = bpf_ktime_get_ns();
-	}
+	if (owner == BPF_TCP_TIME_WAIT)
+		steer_note(SLUICE_STEER_TW_SYN, AF_INET, &p.saddr, &p.daddr, p.sport, p.dport);
 	if (owner >= 0)
 		goto pass;
 
@@ -311,7 +367,7 @@ static __always_inline void lookup_count(__u32 family, __u32 stat4, __u32 stat6)
 /* The lookup's tuple in the slot's layout. Every field is read, at its
  * constant offset, before any branch: the verifier refuses a context pointer
  * with an offset added, which clang makes of reads it can merge. */
-static __always_inline void lookup_tuple(struct bpf_sk_lookup *ctx, struct sluice_tw_syn *t)
+static __always_inline void lookup_tuple(struct bpf_sk_lookup *ctx, struct sluice_steer_note *t)
 {
 	__u32 family = ctx->family, rip4 = ctx->remote_ip4, lip4 = ctx->local_ip4;
 	__u32 r0 = ctx->remote_ip6[0], r1 = ctx->remote_ip6[1], r2 = ctx->remote_ip6[2],
@@ -338,11 +394,11 @@ static __always_inline void lookup_tuple(struct bpf_sk_lookup *ctx, struct sluic
 	t->local[3] = l3;
 }
 
-/* 1 when this lookup is the one for the SYN tc noted last on this CPU (a
- * slot with a note: at_ns set). */
-static __always_inline int is_noted_tw_syn(const struct sluice_tw_syn *t, const struct sluice_tw_syn *w)
+/* 1 when this lookup is the one for note w: a note (at_ns set), recent. */
+static __always_inline int is_noted(const struct sluice_steer_note *t,
+				    const struct sluice_steer_note *w, __u64 now)
 {
-	if (bpf_ktime_get_ns() - w->at_ns > SLUICE_TW_SYN_WINDOW_NS)
+	if (w->at_ns == 0 || now - w->at_ns > SLUICE_STEER_NOTE_WINDOW_NS)
 		return 0;
 	return t->family == w->family && t->remote_port == w->remote_port &&
 	       t->local_port == w->local_port && t->remote[0] == w->remote[0] &&
@@ -351,35 +407,62 @@ static __always_inline int is_noted_tw_syn(const struct sluice_tw_syn *t, const 
 	       t->local[1] == w->local[1] && t->local[2] == w->local[2] && t->local[3] == w->local[3];
 }
 
+/* The kind of the note this lookup's tuple has on this CPU (used up), or -1.
+ * A TIME_WAIT SYN's first. */
+static __always_inline int noted_kind(struct sluice_steer_notes *n,
+				      const struct sluice_steer_note *t)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+	for (int k = 0; k < SLUICE_STEER_KINDS; k++) {
+		for (int i = 0; i < SLUICE_STEER_NOTES; i++) {
+			struct sluice_steer_note *w = &n->note[k][i];
+			if (is_noted(t, w, now)) {
+				w->at_ns = 0;
+				return k;
+			}
+		}
+	}
+	return -1;
+}
+
 SEC("sk_lookup")
 int sluice_sk_lookup(struct bpf_sk_lookup *ctx)
 {
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	__u32 zero = 0;
-	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn, &zero);
-	if (!w || w->at_ns == 0)
+	struct sluice_steer_notes *n = bpf_map_lookup_elem(&sluice_steer_notes, &zero);
+	if (!n)
 		return SK_PASS;
-	struct sluice_tw_syn t = {};
+	struct sluice_steer_note t = {};
 	lookup_tuple(ctx, &t);
-	if (!is_noted_tw_syn(&t, w))
+	int kind = noted_kind(n, &t);
+	if (kind < 0)
 		return SK_PASS;
-	w->at_ns = 0;
+	const int ack = kind == SLUICE_STEER_ACK;
 	struct sluice_addr_key key = {};
 	key.family = t.family;
 	for (int i = 0; i < 4; i++)
-		key.addr[i] = w->local[i];
+		key.addr[i] = t.local[i];
 	struct bpf_sock *sk = bpf_map_lookup_elem(&sluice_inbound_listeners, &key);
 	if (!sk) {
+		if (ack) /* the app's listener sent no cookie: it resets the ACK */
+			return SK_PASS;
 		lookup_count(key.family, SLUICE_STAT4_LOOKUP_DROPPED, SLUICE_STAT6_LOOKUP_DROPPED);
 		return SK_DROP;
 	}
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	if (err != 0) {
+		if (ack)
+			return SK_PASS;
 		lookup_count(key.family, SLUICE_STAT4_LOOKUP_DROPPED, SLUICE_STAT6_LOOKUP_DROPPED);
 		return SK_DROP;
 	}
-	lookup_count(key.family, SLUICE_STAT4_LOOKUP_STEERED, SLUICE_STAT6_LOOKUP_STEERED);
+	if (ack)
+		lookup_count(key.family, SLUICE_STAT4_LOOKUP_ACK_STEERED,
+			     SLUICE_STAT6_LOOKUP_ACK_STEERED);
+	else
+		lookup_count(key.family, SLUICE_STAT4_LOOKUP_STEERED, SLUICE_STAT6_LOOKUP_STEERED);
 	return SK_PASS;
 }

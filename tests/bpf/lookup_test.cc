@@ -1,7 +1,8 @@
 // The sk_lookup program of bpf/inbound.bpf.c (sluice_sk_lookup) with the tc
-// program that notes its SYNs: a new SYN on the tuple of a connection in
-// TIME_WAIT in the pod goes to the proxy's 15006 listener. Real sockets
-// across a veth, a real TIME_WAIT.
+// program that notes the packets it may steer: a new SYN on the tuple of a
+// connection in TIME_WAIT in the pod, and the ACK of a SYN cookie, go to the
+// proxy's 15006 listener. Real sockets across a veth, a real TIME_WAIT, real
+// SYN cookies.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -23,7 +24,7 @@
 
 using namespace sluice;
 
-TEST_SUITE("inbound.bpf time-wait") {
+TEST_SUITE("inbound.bpf lookup") {
   // A connection to the app that the app closed first leaves the app's end
   // in TIME_WAIT under the client's tuple (through the mesh: the client's
   // address and the proxy's source port; or the proxy's end towards a
@@ -87,10 +88,9 @@ TEST_SUITE("inbound.bpf time-wait") {
   }
 
   // The pod's eth0 (pod_ip) and the peer's peer0 (peer_ip) on one veth
-  // (prefix: the subnet's length), an app listening on pod_ip:8080, and an
-  // earlier connection of the peer's in TIME_WAIT (leaveTimeWait). The app.
-  UniqueFd appInTimeWait(test::ScratchNetns & pod, test::ScratchNetns & peer, const char* pod_ip,
-                         const char* peer_ip, int prefix) {
+  // (prefix: the subnet's length), and an app listening on pod_ip:8080. The app.
+  UniqueFd wiredApp(test::ScratchNetns & pod, test::ScratchNetns & peer, const char* pod_ip,
+                    const char* peer_ip, int prefix) {
     const bool v6 = std::string(pod_ip).find(':') != std::string::npos;
     const std::string add = v6 ? "ip -6 addr add " : "ip addr add ";
     const std::string nodad = v6 ? " nodad" : "";
@@ -98,24 +98,36 @@ TEST_SUITE("inbound.bpf time-wait") {
     pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " + peer.path() +
            " && ip link set eth0 up && " + add + pod_ip + len + " dev eth0" + nodad);
     peer.sh("ip link set peer0 up && " + add + peer_ip + len + " dev peer0" + nodad);
-    UniqueFd app =
-        v6 ? test::listen6In(pod.fd(), pod_ip, 8080) : test::listenIn(pod.fd(), pod_ip, 8080);
+    return v6 ? test::listen6In(pod.fd(), pod_ip, 8080) : test::listenIn(pod.fd(), pod_ip, 8080);
+  }
+
+  // wiredApp, with an earlier connection of the peer's in TIME_WAIT
+  // (leaveTimeWait). The app.
+  UniqueFd appInTimeWait(test::ScratchNetns & pod, test::ScratchNetns & peer, const char* pod_ip,
+                         const char* peer_ip, int prefix) {
+    UniqueFd app = wiredApp(pod, peer, pod_ip, peer_ip, prefix);
     leaveTimeWait(pod, peer, app.get(), peer_ip, pod_ip);
     return app;
+  }
+
+  // The pod enrolled as the agent does it: tc and the sk_lookup link, then
+  // the cookie. Its netns cookie.
+  uint64_t enroll(test::LoadedCapture & bpf, test::ScratchNetns & pod) {
+    auto cookie = netnsCookie(pod.fd());
+    REQUIRE(cookie.has_value());
+    REQUIRE(bpf.loader->attachInbound(pod.fd(), "eth0").has_value());
+    REQUIRE(
+        bpf.loader->enroll(*cookie, sluice_enrolled{*parseIp4("10.80.0.5"), 0}, "").has_value());
+    return *cookie;
   }
 
   TEST_CASE("a SYN on a TIME_WAIT tuple goes to the proxy's 15006 listener, never the app") {
     test::ScratchNetns pod, peer;
     auto app = appInTimeWait(pod, peer, "10.80.0.5", "10.80.0.9", 24);
 
-    // Enrolled as the agent does it: tc and the sk_lookup link, then the cookie.
     test::LoadedCapture bpf;
-    auto cookie = netnsCookie(pod.fd());
-    REQUIRE(cookie.has_value());
-    REQUIRE(bpf.loader->attachInbound(pod.fd(), "eth0").has_value());
-    REQUIRE(
-        bpf.loader->enroll(*cookie, sluice_enrolled{*parseIp4("10.80.0.5"), 0}, "").has_value());
-    CHECK(std::filesystem::exists(bpf.loader->lookupPin(*cookie)));
+    auto cookie = enroll(bpf, pod);
+    CHECK(std::filesystem::exists(bpf.loader->lookupPin(cookie)));
     auto stat = [&](uint32_t s4) { return bpf.loader->stats().at(agent::bpf::kStat4Base + s4); };
 
     SUBCASE("the proxy takes it, with the original destination as its local end") {
@@ -150,8 +162,8 @@ TEST_SUITE("inbound.bpf time-wait") {
     }
     SUBCASE("unenrolled: the link is gone, and the tuple's SYN is the app's again") {
       bpf.loader->detachInbound(pod.fd(), "eth0");
-      bpf.loader->unenroll(*cookie);
-      CHECK_FALSE(std::filesystem::exists(bpf.loader->lookupPin(*cookie)));
+      bpf.loader->unenroll(cookie);
+      CHECK_FALSE(std::filesystem::exists(bpf.loader->lookupPin(cookie)));
       auto client = clientFromPort(peer);
       CHECK(acceptWithin(app.get(), std::chrono::seconds(3)).valid());
     }
@@ -174,5 +186,82 @@ TEST_SUITE("inbound.bpf time-wait") {
     CHECK(::accept(app.get(), nullptr, nullptr) < 0);
     const size_t steered6 = agent::bpf::kStat6Base + SLUICE_STAT6_LOOKUP_STEERED;
     CHECK(bpf.loader->stats().at(steered6) == 1);
+  }
+
+  // SYN cookies (tcp_syncookies=2: every SYN is answered with one, as a 15006
+  // listener whose SYN queue a flood filled does). A cookie leaves no socket
+  // behind, so the client's ACK finds none and the stack looks for a
+  // listener: without sluice_sk_lookup the app's, which sent no cookie and
+  // resets it, so no client of the pod got through while the flood lasted.
+  // The client's end, connected (the handshake done), its first byte sent.
+  UniqueFd cookieClient(test::ScratchNetns & peer, const char* to) {
+    SockAddr remote(*SockAddr::parse(to));
+    auto s = socketInNetns(peer.fd(), remote.family(), SOCK_STREAM, 0);
+    REQUIRE(s.has_value());
+    REQUIRE(::connect(s->get(), remote.sa(), remote.len()) == 0);
+    REQUIRE(::send(s->get(), "x", 1, MSG_NOSIGNAL) == 1);
+    return std::move(*s);
+  }
+
+  uint64_t cookiesSent(test::ScratchNetns & pod) {
+    uint64_t n = 0;
+    (void)runInNetns(pod.fd(), [&] {
+      FILE* f = ::popen("nstat -asz TcpExtSyncookiesSent | awk '/SyncookiesSent/ {print $2}'", "r");
+      if (f == nullptr) return;
+      if (::fscanf(f, "%lu", &n) != 1) n = 0;
+      ::pclose(f);
+    });
+    return n;
+  }
+
+  // One family: the pod at pod_ip (its app on :8080), the peer at peer_ip.
+  void cookieReachesProxy(const char* pod_ip, const char* peer_ip, int prefix, const char* app_at,
+                          const char* proxy_at, size_t ack_stat) {
+    test::ScratchNetns pod, peer;
+    auto app = wiredApp(pod, peer, pod_ip, peer_ip, prefix);
+    REQUIRE(fcntl(app.get(), F_SETFL, fcntl(app.get(), F_GETFL) | O_NONBLOCK) == 0);
+    pod.sh("sysctl -qw net.ipv4.tcp_syncookies=2");
+    test::LoadedCapture bpf;
+    (void)enroll(bpf, pod);
+    const bool v6 = std::string(pod_ip).find(':') != std::string::npos;
+    auto proxy = v6 ? test::listen6In(pod.fd(), pod_ip, SLUICE_INBOUND_PORT, 0, true)
+                    : test::listenIn(pod.fd(), pod_ip, SLUICE_INBOUND_PORT, 0, true);
+    agent::bpf::MapInboundSteering steering(bpf.loader->inboundListenersFd());
+    REQUIRE(steering.inboundListener(*SockAddr::parse(proxy_at), proxy.get()).has_value());
+    const uint64_t sent_before = cookiesSent(pod);
+
+    auto client = cookieClient(peer, app_at);
+    UniqueFd a = acceptWithin(proxy.get(), std::chrono::seconds(3));
+    REQUIRE_MESSAGE(a.valid(), "the proxy never took the connection its SYN cookie answered");
+    CHECK(cookiesSent(pod) > sent_before);  // it was a cookie's handshake
+    sockaddr_storage name{};
+    socklen_t name_len = sizeof(name);
+    REQUIRE(::getsockname(a.get(), reinterpret_cast<sockaddr*>(&name), &name_len) == 0);
+    CHECK(SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&name), name_len).str() ==
+          app_at);  // the original destination
+    char b = 0;
+    CHECK(::recv(a.get(), &b, 1, 0) == 1);
+    CHECK(b == 'x');
+    CHECK(::send(a.get(), "y", 1, MSG_NOSIGNAL) == 1);
+    CHECK(::recv(client.get(), &b, 1, 0) == 1);
+    CHECK(b == 'y');
+    CHECK(::accept(app.get(), nullptr, nullptr) < 0);  // the app never saw it
+    CHECK(bpf.loader->stats().at(ack_stat) >= 1);
+
+    // The pod's own connections to its address (the proxy delivers so) stay
+    // the app's, cookies or not: they never meet tc.
+    auto own =
+        v6 ? test::connect6In(pod.fd(), pod_ip, 8080) : test::connectIn(pod.fd(), pod_ip, 8080);
+    CHECK(acceptWithin(app.get(), std::chrono::seconds(2)).valid());
+  }
+
+  TEST_CASE("a SYN cookie's ACK reaches the proxy's 15006 listener, not the app's") {
+    cookieReachesProxy("10.80.0.5", "10.80.0.9", 24, "10.80.0.5:8080", "10.80.0.5:15006",
+                       agent::bpf::kStat4Base + SLUICE_STAT4_LOOKUP_ACK_STEERED);
+  }
+
+  TEST_CASE("IPv6: a SYN cookie's ACK reaches [pod-v6]:15006, not the app's listener") {
+    cookieReachesProxy("fd00:80::5", "fd00:80::9", 64, "[fd00:80::5]:8080", "[fd00:80::5]:15006",
+                       agent::bpf::kStat6Base + SLUICE_STAT6_LOOKUP_ACK_STEERED);
   }
 }

@@ -285,6 +285,39 @@ class PolicyTest(LabTest):
             ip = self.lab.ip(*client.split("/"))
             self.assertIn(f"{ip}:{sport}", refused)
 
+    def test_syn_cookie_connections_meet_the_proxy_and_its_policy(self):
+        # A SYN flood fills the 15006 listener's SYN queue and the kernel answers with
+        # SYN cookies, which leave no socket: the client's ACK then looks for a listener
+        # on the app's port, which would be the app's (it sent no cookie: it resets the
+        # connection, and no plaintext client gets in while the flood lasts). The ACK
+        # must reach the proxy's 15006 listener, and the proxy's policy decides.
+        # tcp_syncookies=2 in the server's netns answers every SYN with a cookie.
+        def acks_steered():
+            return metric_sum(self.metrics("node2"), "sluice_bpf_ip4_lookup_ack_steered_total")
+
+        def cookies_sent():
+            out = self.lab.exec("shop/server", "nstat", "-asz", "TcpExtSyncookiesSent").stdout
+            return int(out.split("TcpExtSyncookiesSent")[1].split()[0])
+
+        self.lab.exec("shop/server", "sysctl", "-qw", "net.ipv4.tcp_syncookies=2")
+        try:
+            before, sent = acks_steered(), cookies_sent()
+            for client in PLAIN + MESHED["web"]:  # 15006 and HBONE, cross-node and same node
+                self.assert_reaches(client)
+            self.assertGreaterEqual(cookies_sent() - sent, 2, "no SYN cookie was sent: the test tests nothing")
+            self.assertGreaterEqual(acks_steered() - before, len(PLAIN))
+            strict = ("apiVersion: security.sluice.dev/v1\nkind: PeerAuthentication\n"
+                      "metadata: {name: strict, namespace: shop}\nspec:\n  mtls: {mode: STRICT}\n")
+            self.apply("strict.yaml", strict, {"shop/strict"})
+            for client in PLAIN:
+                self.assert_refused(client)
+            for client in MESHED["web"]:
+                self.assert_reaches(client)
+            m = self.metrics("node2")
+            self.assertGreaterEqual(metric_sum(m, "sluice_policy_denied_total", reason="strict_mtls"), 2)
+        finally:
+            self.lab.exec("shop/server", "sysctl", "-qw", "net.ipv4.tcp_syncookies=1")
+
     def probe_from(self, client, sport, port=8080):
         out = self.lab.client(client, "probe", self.server_ip, str(port), str(sport))
         return json.loads(out.stdout.strip().splitlines()[-1])
