@@ -1,6 +1,7 @@
 """End to end: HTTP golden metrics at the node (no sidecar, no waypoint).
 
-node1: shop/client (sa web, meshed); node2: shop/server (sa api, meshed).
+node1: shop/client (sa web, meshed), shop/near (sa api, meshed), legacy/plain
+(not meshed); node2: shop/server (sa api, meshed).
 The server answers a known mix of 200 and 503 (tests/e2e/apps/httpapp.py);
 both agents must count exactly what the client saw: reporter=source on node1
 (the outbound side of the HBONE stream), reporter=destination on node2 (the
@@ -51,6 +52,9 @@ class HttpTest(LabTest):
         for port in (9090, 9091, 9092, 6379):
             lab.spawn("shop/decl", SYS_PY, APP, "server", str(port))
         wait_for("shop/decl enrolled", lambda: lab.enrolled("node2", "shop/decl"))
+        cls.near_ip = lab.pod("shop", "near", node="node1", sa="api")
+        lab.pod("legacy", "plain", node="node1", sa="default")
+        wait_for("shop/near enrolled", lambda: lab.enrolled("node1", "shop/near"))
         # node1's view holds the three Services with their endpoint.
         def declared():
             dump = lab.config_dump("node1")
@@ -150,6 +154,35 @@ class HttpTest(LabTest):
             self.assertEqual(at_server(), server_before)
         finally:
             self.lab.lab("delete", deny)
+
+    def test_a_request_whose_app_connect_fails_is_counted_on_every_path(self):
+        """Nothing listens on the port: the agent that connects to the app fails and resets the
+        client. The request the client sent already (it wrote once its connect returned) is
+        counted at each reporter of its path, response_code 0 with the connection's flag,
+        CONNECT: HBONE (source on node1, destination on node2), the same-node handoff (both
+        on node1), plaintext to 15006 (destination on node2)."""
+        closed = "8099"
+        cases = (  # client, destination, the (node, reporter) that count it
+            ("shop/client", self.server_ip, "server", (("node1", "source"), ("node2", "destination"))),
+            ("shop/client", self.near_ip, "near", (("node1", "source"), ("node1", "destination"))),
+            ("legacy/plain", self.server_ip, "server", (("node2", "destination"),)),
+        )
+
+        def failed(node, reporter, src, dst):
+            return metric_sum(self.samples(node), "istio_requests_total", reporter=reporter,
+                              source_workload=src, destination_workload=dst, response_code="0",
+                              response_flags="CONNECT")
+
+        for client, ip, dst, where in cases:
+            with self.subTest(client=client, destination=dst):
+                src = client.split("/")[1]
+                before = {w: failed(*w, src, dst) for w in where}
+                out = self.lab.exec(client, SYS_PY, APP, "raw", ip, closed, "/ok").stdout
+                self.assertEqual(json.loads(out.strip().splitlines()[-1])["received"], 0, out)
+                for node, reporter in where:
+                    wait_for(f"{reporter} on {node} counts {client}'s request to {dst}:{closed}",
+                             lambda node=node, reporter=reporter: failed(node, reporter, src, dst)
+                             == before[(node, reporter)] + 1)
 
     def test_h2c_prior_knowledge(self):
         reqs, _ = self.before()

@@ -125,10 +125,7 @@ bool Stream::submit() {
 }
 
 void Stream::peekFirstBytes() {
-  char buf[kPeekMax];
-  ssize_t n = ::recv(appFd(), buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
-  if (n <= 0) return;  // nothing yet (or an error the pipe will see)
-  peeked_.assign(buf, static_cast<size_t>(n));
+  peeked_ = proxy::peekPending(appFd());  // empty: nothing yet (or an error the pipe will see)
   peeked_skip_ = peeked_.size();
 }
 
@@ -171,6 +168,12 @@ void Stream::onConnected(int res) {
     std::string detail = connect_.describe(res);
     logger()->info("pod {}: app {} not reachable: {}", pod_->spec.name_namespace,
                    formatEndpoint(dst_), timeout ? "connect_timeout" : detail);
+    // The request that rode with the CONNECT is counted, answered by
+    // nothing and flagged as the stream ends, as the source counts it.
+    if (live_ && !early_.empty() && l7::shouldInspect(ctx_.config, ctx_.directory, dst_)) {
+      l7_ = std::make_unique<l7::Inspector>(*this, ctx_.config.http_detect_timeout);
+      l7_->clientBytes(early_);
+    }
     refuse(503, timeout ? CloseReason::kConnectTimeout : CloseReason::kConnectError,
            std::move(detail));
     return;

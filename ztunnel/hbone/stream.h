@@ -133,10 +133,9 @@ class Stream final : public StreamEnd,
   bool attached() const { return tunnel_ && h2_open_; }
   // Opens the tunnel's window for up to n of the bytes taken from it.
   void giveBack(size_t n);
-  // Client, Service: copies what the app has sent so far (up to kPeekMax)
-  // without taking it from the socket.
+  // Client, Service: copies what the app has sent so far (up to
+  // proxy::kPeekMax) without taking it from the socket.
   void peekFirstBytes();
-  static constexpr size_t kPeekMax = 16 * 1024;
 
   proxy::WorkerContext& ctx_;
   StreamOwner& owner_;

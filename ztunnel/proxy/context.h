@@ -92,6 +92,10 @@ struct WorkerContext {
 
 // close() then sends RST: the peer learns of a reset, not an orderly end.
 void setLinger0(int fd);
+// What the app has sent on fd so far (up to kPeekMax bytes), left in the
+// socket; empty when nothing is there yet (or on an error).
+inline constexpr size_t kPeekMax = 16 * 1024;
+std::string peekPending(int fd);
 // An upstream socket to an app is born with linger 0, as an accepted one
 // (Worker::accepted): in its connect's ring chain when its setup is
 // pending there (no system call, and the socket is the connection's from

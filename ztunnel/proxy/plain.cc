@@ -160,6 +160,7 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
         retried_ = Attempt::retry(attempt_, res == -ETIMEDOUT ? "connect timeout" : detail);
         if (!retried_) client_ = std::move(attempt_->client);
       }
+      if (!retried_) inspectUndelivered();
       close(true, why, std::move(detail));
       return;
     }
@@ -168,6 +169,16 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     up_.start(client_.get(), upstream_.get());
     down_.start(upstream_.get(), client_.get());
     if (splice_ == Splice::kPending) armSplice();
+  }
+
+  // The connect failed: the request the client has sent already (it wrote
+  // once its connect to the proxy returned) is counted, answered by
+  // nothing and flagged as the connection ends, as on the HBONE path. Only
+  // looked at: the reset follows.
+  void inspectUndelivered() {
+    if (!l7_ || !client_.valid()) return;
+    std::string sent = peekPending(client_.get());
+    if (!sent.empty()) l7_->clientBytes(sent);
   }
 
   // --- same-node splice (SpliceControl) ---

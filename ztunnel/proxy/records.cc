@@ -157,6 +157,12 @@ void setLinger0(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
+std::string peekPending(int fd) {
+  char buf[kPeekMax];
+  ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
 void appSocketLinger0(Upstream& sock) {
   if (sock.setup.pending)
     sock.setup.linger0 = true;
