@@ -23,24 +23,20 @@
  * tuple the client may reuse within the minute) is owned, so it passes: the
  * kernel would drop it as a duplicate if it were assigned. The TIME_WAIT
  * socket takes it and the stack looks for a listener, which would be the
- * app's: around the mesh. So tc notes that SYN's tuple (sluice_steer_notes,
- * this CPU's: the stack looks its socket up on the same CPU, within the
- * same softirq, soon after tc) and sluice_sk_lookup (sk_lookup, attached to each enrolled
+ * app's: around the mesh. So tc notes that SYN's tuple (sluice_tw_syn, this
+ * CPU's slot: the stack runs on the same CPU, within the same softirq,
+ * right after tc) and sluice_sk_lookup (sk_lookup, attached to each enrolled
  * pod netns) gives exactly that lookup the proxy's <pod-ip>:15006 listener
  * (sluice_inbound_listeners); with none (no agent runs) it is dropped, fail
- * closed.
+ * closed. Every other lookup passes untouched (the proxy's own connections
+ * to the app, which arrive over loopback and never meet tc, above all).
  *
- * The same goes for the ACK that completes a SYN cookie: a 15006 listener
- * whose SYN queue overflows (a SYN flood) answers with cookies and keeps no
- * state, so the client's ACK finds no socket of its own and the stack looks
- * for a listener, the app's, which has sent no cookie and resets it. So tc
- * notes every ACK to a steered port (most of them find their socket, and
- * sk_lookup never runs for them), and sluice_sk_lookup gives the lookup of a
- * noted ACK the 15006 listener, which checks the cookie and accepts, or
- * resets a stray ACK as the app's listener would have. With no listener it
- * passes untouched (the app's listener resets it: it never sent a cookie).
- * Every other lookup passes untouched (the proxy's own connections to the
- * app, which arrive over loopback and never meet tc, above all). */
+ * An ACK that no socket owns, to a steered port, may complete a SYN cookie:
+ * a 15006 listener whose SYN queue a flood filled answers SYNs with cookies
+ * and keeps no state, so the stack would give the client's ACK the app's
+ * listener, which sent no cookie and resets it. tc checks the cookie against
+ * the 15006 listener (bpf_tcp_check_syncookie) and assigns a valid one's ACK
+ * to it, which accepts the connection; anything else passes untouched. */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -52,78 +48,40 @@ struct {
 	__type(value, __u64);
 } sluice_inbound_listeners SEC(".maps");
 
-/* What sluice_sk_lookup may steer: a kind of note, and its row in
- * struct sluice_steer_notes. */
-enum sluice_steer_kind {
-	SLUICE_STEER_TW_SYN = 0, /* a SYN on a TIME_WAIT tuple: 15006, or dropped */
-	SLUICE_STEER_ACK = 1,    /* an ACK (a SYN cookie's?): 15006, or untouched */
-	SLUICE_STEER_KINDS = 2,
-};
-
-/* A packet tc passed that sluice_sk_lookup may steer. */
-struct sluice_steer_note {
-	__u64 at_ns; /* 0: none, or used */
+/* The last SYN on a TIME_WAIT tuple tc passed on this CPU. */
+struct sluice_tw_syn {
+	__u64 at_ns; /* 0: none */
 	__u32 family;
 	__u32 remote[4], local[4]; /* network order; IPv4 in [0] */
 	__u16 remote_port, local_port; /* network order */
+	__u32 pad;
 };
-/* How long a note stays good: the stack's lookup follows tc at once. The
- * clock is the coarse one (a tick's resolution; a third of the cost of a
- * packet's run with the fine one). */
-#define SLUICE_STEER_NOTE_WINDOW_NS 10000000
-/* Notes kept per kind: the stack may run tc on a list of packets (GRO's,
- * up to 8 by default) before it looks up their sockets. Each kind has its
- * own, so ACKs (nearly every packet) never push out a TIME_WAIT SYN's note. */
-#define SLUICE_STEER_NOTES 8
-
-/* This CPU's notes (the stack runs on the same CPU, within the same softirq,
- * right after tc). */
-struct sluice_steer_notes {
-	struct sluice_steer_note note[SLUICE_STEER_KINDS][SLUICE_STEER_NOTES];
-	__u32 next[SLUICE_STEER_KINDS];
-};
+/* How long the slot stays good: the stack's lookup follows tc at once. */
+#define SLUICE_TW_SYN_WINDOW_NS 1000000
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct sluice_steer_notes);
-} sluice_steer_notes SEC(".maps");
+	__type(value, struct sluice_tw_syn);
+} sluice_tw_syn SEC(".maps");
 
-/* Notes a packet's tuple (addresses of the family's length) among this CPU's
- * notes of its kind, in place of the oldest. */
-static __always_inline void steer_note(__u32 kind, __u32 family, const __u32 *saddr,
-				       const __u32 *daddr, __u16 sport, __u16 dport)
+/* This CPU's slot, cleared, for the SYN about to pass; null if none. */
+static __always_inline struct sluice_tw_syn *tw_slot(void)
 {
 	__u32 zero = 0;
-	struct sluice_steer_notes *n = bpf_map_lookup_elem(&sluice_steer_notes, &zero);
-	if (!n || kind >= SLUICE_STEER_KINDS)
-		return;
-	__u32 i = n->next[kind]++ % SLUICE_STEER_NOTES;
-	struct sluice_steer_note *w = &n->note[kind][i];
-	w->family = family;
-	w->remote_port = sport;
-	w->local_port = dport;
-	w->remote[0] = saddr[0];
-	w->local[0] = daddr[0];
-	if (family == AF_INET6) {
-		for (int j = 1; j < 4; j++) {
-			w->remote[j] = saddr[j];
-			w->local[j] = daddr[j];
-		}
-	} else {
-		for (int j = 1; j < 4; j++) {
-			w->remote[j] = 0;
-			w->local[j] = 0;
-		}
-	}
-	w->at_ns = bpf_ktime_get_coarse_ns();
+	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn, &zero);
+	if (w)
+		__builtin_memset(w, 0, sizeof(*w));
+	return w;
 }
 
 struct sluice_ip4_tcp {
 	__u32 saddr, daddr; /* network order */
 	__u16 sport, dport; /* network order */
 	__u8 syn, ack, rst;
+	struct iphdr iph; /* as received (without options): a SYN cookie's check */
+	struct tcphdr th;
 };
 
 /* parse(): an IPv4 TCP fragment, whose reassembled packet this program
@@ -153,6 +111,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct sluice_ip4_tcp *o
 	out->syn = tcp.syn;
 	out->ack = tcp.ack;
 	out->rst = tcp.rst;
+	out->iph = ip;
+	out->th = tcp;
 	return 0;
 }
 
@@ -160,6 +120,8 @@ struct sluice_ip6_tcp {
 	__u32 saddr[4], daddr[4]; /* network order */
 	__u16 sport, dport;       /* network order */
 	__u8 syn, ack, rst;
+	struct ipv6hdr iph; /* as received (the fixed header): a SYN cookie's check */
+	struct tcphdr th;
 };
 
 #define SLUICE_IP6_MAX_EXT_HEADERS 4
@@ -215,6 +177,8 @@ static __always_inline int parse6(struct __sk_buff *skb, struct sluice_ip6_tcp *
 	out->syn = tcp.syn;
 	out->ack = tcp.ack;
 	out->rst = tcp.rst;
+	out->iph = ip6;
+	out->th = tcp;
 	return 0;
 }
 
@@ -241,33 +205,54 @@ static __always_inline int tuple_owner(struct __sk_buff *skb, struct bpf_sock_tu
 	return state == BPF_TCP_LISTEN ? -1 : state;
 }
 
-/* 1 when a segment is one whose lookup sluice_sk_lookup may steer: an ACK
- * (neither SYN nor RST) to a steered port, noted here. */
-static __always_inline int noted_ack(__u8 syn, __u8 ack, __u8 rst, __u32 family, const __u32 *saddr,
-				     const __u32 *daddr, __u16 sport, __u16 dport)
+/* An ACK (neither SYN nor RST) to a steered port whose tuple no socket owns
+ * (none, or only the app's listener) and that carries a valid SYN cookie of
+ * the pod's 15006 listener (t: the ACK's tuple, its destination port at
+ * *dport; iph: its IP header): assigned to that listener, which creates the
+ * connection. 1 when it was. Every other ACK costs one socket lookup here. */
+static __always_inline int cookie_ack(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 tlen,
+				      __u16 *dport, void *iph, __u32 iph_len, struct tcphdr *th)
 {
-	if (syn || !ack || rst)
+	if (tuple_owner(skb, t, tlen) >= 0)
 		return 0;
-	steer_note(SLUICE_STEER_ACK, family, saddr, daddr, sport, dport);
-	return 1;
+	*dport = bpf_htons(SLUICE_INBOUND_PORT);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, tlen, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int assigned = sk->state == BPF_TCP_LISTEN &&
+		       bpf_tcp_check_syncookie(sk, iph, iph_len, th, sizeof(*th)) == 0 &&
+		       bpf_sk_assign(skb, sk, 0) == 0;
+	bpf_sk_release(sk);
+	return assigned;
 }
 
 /* IPv6 SYN to an enrolled pod: assigned to [dst]:15006, or dropped. */
 static __always_inline int inbound6(struct __sk_buff *skb, struct sluice_ip6_tcp *p)
 {
-	if (port_passes(p->dport) ||
-	    noted_ack(p->syn, p->ack, p->rst, AF_INET6, p->saddr, p->daddr, p->sport, p->dport))
-		goto pass;
-	if (!p->syn || p->ack)
+	if ((p->syn && p->ack) || (!p->syn && (!p->ack || p->rst)) || port_passes(p->dport))
 		goto pass;
 	struct bpf_sock_tuple t = {};
 	__builtin_memcpy(t.ipv6.saddr, p->saddr, sizeof(t.ipv6.saddr));
 	__builtin_memcpy(t.ipv6.daddr, p->daddr, sizeof(t.ipv6.daddr));
 	t.ipv6.sport = p->sport;
 	t.ipv6.dport = p->dport;
+	if (!p->syn) {
+		if (cookie_ack(skb, &t, sizeof(t.ipv6), &t.ipv6.dport, &p->iph, sizeof(p->iph), &p->th)) {
+			sluice_count6(SLUICE_STAT6_TC_COOKIE_ASSIGNED);
+			return TC_ACT_OK;
+		}
+		goto pass;
+	}
 	int owner = tuple_owner(skb, &t, sizeof(t.ipv6));
-	if (owner == BPF_TCP_TIME_WAIT)
-		steer_note(SLUICE_STEER_TW_SYN, AF_INET6, p->saddr, p->daddr, p->sport, p->dport);
+	struct sluice_tw_syn *w;
+	if (owner == BPF_TCP_TIME_WAIT && (w = tw_slot())) {
+		w->family = AF_INET6;
+		__builtin_memcpy(w->remote, p->saddr, sizeof(w->remote));
+		__builtin_memcpy(w->local, p->daddr, sizeof(w->local));
+		w->remote_port = p->sport;
+		w->local_port = p->dport;
+		w->at_ns = bpf_ktime_get_ns();
+	}
 	if (owner >= 0)
 		goto pass;
 	t.ipv6.dport = bpf_htons(SLUICE_INBOUND_PORT);
@@ -312,10 +297,7 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 		sluice_count4(SLUICE_STAT4_TC_FRAG_DROPPED);
 		return TC_ACT_SHOT;
 	}
-	if (parsed != 0 || port_passes(p.dport) ||
-	    noted_ack(p.syn, p.ack, p.rst, AF_INET, &p.saddr, &p.daddr, p.sport, p.dport))
-		goto pass;
-	if (!p.syn || p.ack)
+	if (parsed != 0 || (p.syn && p.ack) || (!p.syn && (!p.ack || p.rst)) || port_passes(p.dport))
 		goto pass;
 
 	struct bpf_sock_tuple t = {};
@@ -323,9 +305,23 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 	t.ipv4.daddr = p.daddr;
 	t.ipv4.sport = p.sport;
 	t.ipv4.dport = p.dport;
+	if (!p.syn) {
+		if (cookie_ack(skb, &t, sizeof(t.ipv4), &t.ipv4.dport, &p.iph, sizeof(p.iph), &p.th)) {
+			sluice_count4(SLUICE_STAT4_TC_COOKIE_ASSIGNED);
+			return TC_ACT_OK;
+		}
+		goto pass;
+	}
 	int owner = tuple_owner(skb, &t, sizeof(t.ipv4));
-	if (owner == BPF_TCP_TIME_WAIT)
-		steer_note(SLUICE_STEER_TW_SYN, AF_INET, &p.saddr, &p.daddr, p.sport, p.dport);
+	struct sluice_tw_syn *w;
+	if (owner == BPF_TCP_TIME_WAIT && (w = tw_slot())) {
+		w->family = AF_INET;
+		w->remote[0] = p.saddr;
+		w->local[0] = p.daddr;
+		w->remote_port = p.sport;
+		w->local_port = p.dport;
+		w->at_ns = bpf_ktime_get_ns();
+	}
 	if (owner >= 0)
 		goto pass;
 
@@ -367,7 +363,7 @@ static __always_inline void lookup_count(__u32 family, __u32 stat4, __u32 stat6)
 /* The lookup's tuple in the slot's layout. Every field is read, at its
  * constant offset, before any branch: the verifier refuses a context pointer
  * with an offset added, which clang makes of reads it can merge. */
-static __always_inline void lookup_tuple(struct bpf_sk_lookup *ctx, struct sluice_steer_note *t)
+static __always_inline void lookup_tuple(struct bpf_sk_lookup *ctx, struct sluice_tw_syn *t)
 {
 	__u32 family = ctx->family, rip4 = ctx->remote_ip4, lip4 = ctx->local_ip4;
 	__u32 r0 = ctx->remote_ip6[0], r1 = ctx->remote_ip6[1], r2 = ctx->remote_ip6[2],
@@ -394,11 +390,11 @@ static __always_inline void lookup_tuple(struct bpf_sk_lookup *ctx, struct sluic
 	t->local[3] = l3;
 }
 
-/* 1 when this lookup is the one for note w: a note (at_ns set), recent. */
-static __always_inline int is_noted(const struct sluice_steer_note *t,
-				    const struct sluice_steer_note *w, __u64 now)
+/* 1 when this lookup is the one for the SYN tc noted last on this CPU (a
+ * slot with a note: at_ns set). */
+static __always_inline int is_noted_tw_syn(const struct sluice_tw_syn *t, const struct sluice_tw_syn *w)
 {
-	if (w->at_ns == 0 || now - w->at_ns > SLUICE_STEER_NOTE_WINDOW_NS)
+	if (bpf_ktime_get_ns() - w->at_ns > SLUICE_TW_SYN_WINDOW_NS)
 		return 0;
 	return t->family == w->family && t->remote_port == w->remote_port &&
 	       t->local_port == w->local_port && t->remote[0] == w->remote[0] &&
@@ -407,62 +403,35 @@ static __always_inline int is_noted(const struct sluice_steer_note *t,
 	       t->local[1] == w->local[1] && t->local[2] == w->local[2] && t->local[3] == w->local[3];
 }
 
-/* The kind of the note this lookup's tuple has on this CPU (used up), or -1.
- * A TIME_WAIT SYN's first. */
-static __always_inline int noted_kind(struct sluice_steer_notes *n,
-				      const struct sluice_steer_note *t)
-{
-	__u64 now = bpf_ktime_get_coarse_ns();
-	for (int k = 0; k < SLUICE_STEER_KINDS; k++) {
-		for (int i = 0; i < SLUICE_STEER_NOTES; i++) {
-			struct sluice_steer_note *w = &n->note[k][i];
-			if (is_noted(t, w, now)) {
-				w->at_ns = 0;
-				return k;
-			}
-		}
-	}
-	return -1;
-}
-
 SEC("sk_lookup")
 int sluice_sk_lookup(struct bpf_sk_lookup *ctx)
 {
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	__u32 zero = 0;
-	struct sluice_steer_notes *n = bpf_map_lookup_elem(&sluice_steer_notes, &zero);
-	if (!n)
+	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn, &zero);
+	if (!w || w->at_ns == 0)
 		return SK_PASS;
-	struct sluice_steer_note t = {};
+	struct sluice_tw_syn t = {};
 	lookup_tuple(ctx, &t);
-	int kind = noted_kind(n, &t);
-	if (kind < 0)
+	if (!is_noted_tw_syn(&t, w))
 		return SK_PASS;
-	const int ack = kind == SLUICE_STEER_ACK;
+	w->at_ns = 0;
 	struct sluice_addr_key key = {};
 	key.family = t.family;
 	for (int i = 0; i < 4; i++)
-		key.addr[i] = t.local[i];
+		key.addr[i] = w->local[i];
 	struct bpf_sock *sk = bpf_map_lookup_elem(&sluice_inbound_listeners, &key);
 	if (!sk) {
-		if (ack) /* the app's listener sent no cookie: it resets the ACK */
-			return SK_PASS;
 		lookup_count(key.family, SLUICE_STAT4_LOOKUP_DROPPED, SLUICE_STAT6_LOOKUP_DROPPED);
 		return SK_DROP;
 	}
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	if (err != 0) {
-		if (ack)
-			return SK_PASS;
 		lookup_count(key.family, SLUICE_STAT4_LOOKUP_DROPPED, SLUICE_STAT6_LOOKUP_DROPPED);
 		return SK_DROP;
 	}
-	if (ack)
-		lookup_count(key.family, SLUICE_STAT4_LOOKUP_ACK_STEERED,
-			     SLUICE_STAT6_LOOKUP_ACK_STEERED);
-	else
-		lookup_count(key.family, SLUICE_STAT4_LOOKUP_STEERED, SLUICE_STAT6_LOOKUP_STEERED);
+	lookup_count(key.family, SLUICE_STAT4_LOOKUP_STEERED, SLUICE_STAT6_LOOKUP_STEERED);
 	return SK_PASS;
 }

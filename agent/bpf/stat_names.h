@@ -52,9 +52,9 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
     {"ip6_lookup_dropped",
      "Inbound IPv6 SYNs on the tuple of a connection in TIME_WAIT dropped: no [pod-v6]:15006 "
      "listener (fail closed: no agent runs)"},
-    {"ip6_lookup_ack_steered",
-     "Inbound IPv6 ACKs that no socket owns steered to [pod-v6]:15006 (sk_lookup): the ACKs "
-     "of its SYN cookies (a SYN flood), which it accepts, and stray ones, which it resets"},
+    {"ip6_tc_cookie_assigned",
+     "Inbound IPv6 ACKs that complete a SYN cookie of [pod-v6]:15006 (its SYN queue was full: a "
+     "SYN flood) assigned to it, not to the app's listener, which would reset them"},
     // sluice_stats4_v1 (kStat4Base + enum sluice_stat4)
     {"ip4_tc_frag_dropped",
      "Inbound IPv4 TCP fragments to an enrolled pod dropped: reassembled, a SYN would reach the "
@@ -76,9 +76,9 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
     {"ip4_lookup_dropped",
      "Inbound IPv4 SYNs on the tuple of a connection in TIME_WAIT dropped: no <pod-ip>:15006 "
      "listener (fail closed: no agent runs)"},
-    {"ip4_lookup_ack_steered",
-     "Inbound IPv4 ACKs that no socket owns steered to <pod-ip>:15006 (sk_lookup): the ACKs "
-     "of its SYN cookies (a SYN flood), which it accepts, and stray ones, which it resets"},
+    {"ip4_tc_cookie_assigned",
+     "Inbound IPv4 ACKs that complete a SYN cookie of <pod-ip>:15006 (its SYN queue was full: a "
+     "SYN flood) assigned to it, not to the app's listener, which would reset them"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

@@ -126,7 +126,7 @@ enum sluice_stat6 {
 	SLUICE_STAT6_TC_HIDDEN_DROPPED = 4,  /* IPv6 TCP behind a fragment header or >4 ext headers */
 	SLUICE_STAT6_LOOKUP_STEERED = 5,     /* a TIME_WAIT tuple's SYN to [pod-v6]:15006 (sk_lookup) */
 	SLUICE_STAT6_LOOKUP_DROPPED = 6,     /* the same, no [pod-v6]:15006 listener: dropped */
-	SLUICE_STAT6_LOOKUP_ACK_STEERED = 7, /* an ACK without a socket (a SYN cookie's) to [pod-v6]:15006 */
+	SLUICE_STAT6_TC_COOKIE_ASSIGNED = 7, /* an ACK with a valid SYN cookie of [pod-v6]:15006 assigned to it */
 	SLUICE_STAT6_MAX = 8,
 };
 
@@ -147,7 +147,7 @@ enum sluice_stat4 {
 	SLUICE_STAT4_TC_ASSIGN_FAILED = 5, /* IPv4 SYN, bpf_sk_assign refused: dropped */
 	SLUICE_STAT4_LOOKUP_STEERED = 6,   /* a TIME_WAIT tuple's SYN to <pod-ip>:15006 (sk_lookup) */
 	SLUICE_STAT4_LOOKUP_DROPPED = 7,   /* the same, no <pod-ip>:15006 listener: dropped */
-	SLUICE_STAT4_LOOKUP_ACK_STEERED = 8, /* an ACK without a socket (a SYN cookie's) to <pod-ip>:15006 */
+	SLUICE_STAT4_TC_COOKIE_ASSIGNED = 8, /* an ACK with a valid SYN cookie of <pod-ip>:15006 assigned to it */
 	SLUICE_STAT4_MAX = 9,
 };
 

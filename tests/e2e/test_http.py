@@ -157,11 +157,13 @@ class HttpTest(LabTest):
 
     def test_a_request_whose_app_connect_fails_is_counted_on_every_path(self):
         """Nothing listens on the port: the agent that connects to the app fails and resets the
-        client. The request the client sent already (it wrote once its connect returned) is
-        counted at each reporter of its path, response_code 0 with the connection's flag,
+        client. The request the client had sent by then (it writes once its connect returned)
+        is counted at each reporter of its path, response_code 0 with the connection's flag,
         CONNECT: HBONE (source on node1, destination on node2), the same-node handoff (both
-        on node1), plaintext to 15006 (destination on node2)."""
-        closed = "8099"
+        on node1), plaintext to 15006 (destination on node2). A refused local connect can fail
+        before the request has arrived (then there is nothing to count), so each path gets a
+        few tries and must count at least one of them, and never more than were sent."""
+        closed, tries = "8099", 3
         cases = (  # client, destination, the (node, reporter) that count it
             ("shop/client", self.server_ip, "server", (("node1", "source"), ("node2", "destination"))),
             ("shop/client", self.near_ip, "near", (("node1", "source"), ("node1", "destination"))),
@@ -177,12 +179,14 @@ class HttpTest(LabTest):
             with self.subTest(client=client, destination=dst):
                 src = client.split("/")[1]
                 before = {w: failed(*w, src, dst) for w in where}
-                out = self.lab.exec(client, SYS_PY, APP, "raw", ip, closed, "/ok").stdout
-                self.assertEqual(json.loads(out.strip().splitlines()[-1])["received"], 0, out)
+                for _ in range(tries):
+                    out = self.lab.exec(client, SYS_PY, APP, "raw", ip, closed, "/ok").stdout
+                    self.assertEqual(json.loads(out.strip().splitlines()[-1])["received"], 0, out)
                 for node, reporter in where:
-                    wait_for(f"{reporter} on {node} counts {client}'s request to {dst}:{closed}",
-                             lambda node=node, reporter=reporter: failed(node, reporter, src, dst)
-                             == before[(node, reporter)] + 1)
+                    wait_for(f"{reporter} on {node} counts {client}'s requests to {dst}:{closed}",
+                             lambda node=node, reporter=reporter:
+                             failed(node, reporter, src, dst) > before[(node, reporter)])
+                    self.assertLessEqual(failed(node, reporter, src, dst) - before[(node, reporter)], tries)
 
     def test_h2c_prior_knowledge(self):
         reqs, _ = self.before()

@@ -168,8 +168,9 @@ void Stream::onConnected(int res) {
     std::string detail = connect_.describe(res);
     logger()->info("pod {}: app {} not reachable: {}", pod_->spec.name_namespace,
                    formatEndpoint(dst_), timeout ? "connect_timeout" : detail);
-    // The request that rode with the CONNECT is counted, answered by
-    // nothing and flagged as the stream ends, as the source counts it.
+    // The request that came with the CONNECT is counted, answered by
+    // nothing and flagged as the stream ends (the source counts what its
+    // own pipe read; DATA still on its way is not seen).
     if (live_ && !early_.empty() && l7::shouldInspect(ctx_.config, ctx_.directory, dst_)) {
       l7_ = std::make_unique<l7::Inspector>(*this, ctx_.config.http_detect_timeout);
       l7_->clientBytes(early_);
