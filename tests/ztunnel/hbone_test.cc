@@ -262,6 +262,31 @@ TEST_SUITE("hbone") {
     CHECK(m.ss->observed.statuses == std::vector<int>{0});
   }
 
+  TEST_CASE("an HTTP request to a port nobody listens on is reported at both ends, with status 0") {
+    Mesh m;
+    uint16_t closed_port = 0;
+    {
+      UniqueFd probe = listenOn(ip(kAddrB));
+      closed_port = ntohs(localOf(probe.get()).sin_port);
+    }  // closed: a connect to it is refused
+    // The request is in the app's socket before the stream opens: it goes
+    // out right behind the CONNECT, and the server's connect fails after.
+    auto [app, attempt] = m.connection(makeSockaddr(ip(kAddrB), closed_port));
+    const std::string request = "GET /nobody HTTP/1.1\r\nHost: b\r\n\r\n";
+    REQUIRE(
+        sendAll(app.get(), reinterpret_cast<const unsigned char*>(request.data()), request.size()));
+    m.client->open(std::move(attempt), MeshWorkload{kIdB, "b/server", "node-b"});
+    CHECK(m.pumpUntil(
+        [&] { return m.ss->count(Counter::kClosed) == 1 && m.cs->count(Counter::kClosed) == 1; },
+        10s));
+    CHECK(m.ss->count(Counter::kConnectFailures) == 1);
+    CHECK(m.cs->observed.statuses == std::vector<int>{0});
+    CHECK(m.ss->observed.statuses == std::vector<int>{0});  // it came with the CONNECT
+    auto closed = m.closed(*m.ss);
+    REQUIRE(closed.size() == 1);
+    CHECK(why(closed[0].reason) == "connect_error");
+  }
+
   TEST_CASE("keepalive PINGs keep a quiet tunnel and a silent peer is closed within 2x keepalive") {
     Mesh m([](EngineConfig& c) { c.hbone_keepalive = 200ms; });
     App echo(ip(kAddrB), App::echo);
