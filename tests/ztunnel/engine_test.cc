@@ -106,10 +106,16 @@ class CountingObserver final : public ztunnel::ConnectionObserver {
     std::lock_guard lk(mu);
     closed_records.push_back(r);
   }
+  void request(unsigned, const ztunnel::ConnectionRecord& c,
+               const ztunnel::RequestRecord& r) override {
+    std::lock_guard lk(mu);
+    requests.emplace_back(r.status, c.reason);
+  }
   std::atomic<int> opened_n{0};
   std::atomic<uint64_t> sent_n{0}, received_n{0};
   std::mutex mu;
   std::vector<ztunnel::ConnectionRecord> closed_records;
+  std::vector<std::pair<int, ztunnel::CloseReason>> requests;  // status, the record's reason then
 };
 
 }  // namespace
@@ -310,6 +316,32 @@ TEST_SUITE("engine") {
       return !cs.empty() && cs.back().reason == ztunnel::CloseReason::kConnectTimeout;
     }));
     CHECK(run.engine->stats()[ztunnel::Counter::kConnectFailures] == 1);
+  }
+
+  TEST_CASE("a request sent to a destination that never answers is reported with status 0") {
+    // The connect fails long after the request came: the proxy looks at what
+    // the client sent before it resets it, and counts the request answered by
+    // nothing, with how the connection ended.
+    Pod pod;
+    CountingObserver obs;
+    ztunnel::EngineConfig cfg;
+    cfg.connect_timeout = 300ms;
+    Running run(pod, cfg, {nullptr, &obs});
+    run.resolver.dst = makeSockaddr(*parseIp4("10.77.3.99"), 80);  // on-link, nobody answers ARP
+    auto client = pod.connectProxy();
+    const std::string request = "GET /lost HTTP/1.1\r\nHost: x\r\n\r\n";
+    REQUIRE(sendAll(client.get(), reinterpret_cast<const unsigned char*>(request.data()),
+                    request.size()));
+    char b;
+    CHECK(::recv(client.get(), &b, 1, 0) <= 0);  // reset once the connect timed out
+    REQUIRE(eventually([&] {
+      std::lock_guard lk(obs.mu);
+      return obs.closed_records.size() == 1;
+    }));
+    std::lock_guard lk(obs.mu);
+    REQUIRE(obs.requests.size() == 1);
+    CHECK(obs.requests[0].first == 0);
+    CHECK(std::string(ztunnel::toString(obs.requests[0].second)) == "connect_timeout");
   }
 
   TEST_CASE("the per-pod connection limit refuses extra connections and serves the others") {
