@@ -34,9 +34,10 @@
  * An ACK that no socket owns, to a steered port, may complete a SYN cookie:
  * a 15006 listener whose SYN queue a flood filled answers SYNs with cookies
  * and keeps no state, so the stack would give the client's ACK the app's
- * listener, which sent no cookie and resets it. tc checks the cookie against
- * the 15006 listener (bpf_tcp_check_syncookie) and assigns a valid one's ACK
- * to it, which accepts the connection; anything else passes untouched. */
+ * listener, which sent no cookie and resets it. tc checks the cookie (first
+ * against the kernel's secret alone, then against the 15006 listener) and
+ * assigns a valid one's ACK to it, which accepts the connection; anything
+ * else passes untouched. */
 #include "lib/common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -209,7 +210,9 @@ static __always_inline int tuple_owner(struct __sk_buff *skb, struct bpf_sock_tu
  * (none, or only the app's listener) and that carries a valid SYN cookie of
  * the pod's 15006 listener (t: the ACK's tuple, its destination port at
  * *dport; iph: its IP header): assigned to that listener, which creates the
- * connection. 1 when it was. Every other ACK costs one socket lookup here. */
+ * connection. 1 when it was. Called only for an ACK whose cookie the
+ * kernel's secret signs (bpf_tcp_raw_check_syncookie_*: no socket touched),
+ * so that every other ACK costs one hash here, not two socket lookups. */
 static __always_inline int cookie_ack(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 tlen,
 				      __u16 *dport, void *iph, __u32 iph_len, struct tcphdr *th)
 {
@@ -237,7 +240,8 @@ static __always_inline int inbound6(struct __sk_buff *skb, struct sluice_ip6_tcp
 	t.ipv6.sport = p->sport;
 	t.ipv6.dport = p->dport;
 	if (!p->syn) {
-		if (cookie_ack(skb, &t, sizeof(t.ipv6), &t.ipv6.dport, &p->iph, sizeof(p->iph), &p->th)) {
+		if (bpf_tcp_raw_check_syncookie_ipv6(&p->iph, &p->th) == 0 &&
+		    cookie_ack(skb, &t, sizeof(t.ipv6), &t.ipv6.dport, &p->iph, sizeof(p->iph), &p->th)) {
 			sluice_count6(SLUICE_STAT6_TC_COOKIE_ASSIGNED);
 			return TC_ACT_OK;
 		}
@@ -306,7 +310,8 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 	t.ipv4.sport = p.sport;
 	t.ipv4.dport = p.dport;
 	if (!p.syn) {
-		if (cookie_ack(skb, &t, sizeof(t.ipv4), &t.ipv4.dport, &p.iph, sizeof(p.iph), &p.th)) {
+		if (bpf_tcp_raw_check_syncookie_ipv4(&p.iph, &p.th) == 0 &&
+		    cookie_ack(skb, &t, sizeof(t.ipv4), &t.ipv4.dport, &p.iph, sizeof(p.iph), &p.th)) {
 			sluice_count4(SLUICE_STAT4_TC_COOKIE_ASSIGNED);
 			return TC_ACT_OK;
 		}

@@ -222,7 +222,7 @@ TEST_SUITE("inbound.bpf lookup") {
     test::ScratchNetns pod, peer;
     auto app = wiredApp(pod, peer, pod_ip, peer_ip, prefix);
     REQUIRE(fcntl(app.get(), F_SETFL, fcntl(app.get(), F_GETFL) | O_NONBLOCK) == 0);
-    pod.sh("sysctl -qw net.ipv4.tcp_syncookies=2");
+    pod.sh("sysctl -qw net.ipv4.tcp_syncookies=0");  // first a handshake without one
     test::LoadedCapture bpf;
     (void)enroll(bpf, pod);
     const bool v6 = std::string(pod_ip).find(':') != std::string::npos;
@@ -230,6 +230,14 @@ TEST_SUITE("inbound.bpf lookup") {
                     : test::listenIn(pod.fd(), pod_ip, SLUICE_INBOUND_PORT, 0, true);
     agent::bpf::MapInboundSteering steering(bpf.loader->inboundListenersFd());
     REQUIRE(steering.inboundListener(*SockAddr::parse(proxy_at), proxy.get()).has_value());
+    {
+      // Its ACK carries no cookie (and finds its request socket): the stack's,
+      // never assigned by tc.
+      auto plain = cookieClient(peer, app_at);
+      CHECK(acceptWithin(proxy.get(), std::chrono::seconds(3)).valid());
+      CHECK(bpf.loader->stats().at(cookie_stat) == 0);
+    }
+    pod.sh("sysctl -qw net.ipv4.tcp_syncookies=2");
     const uint64_t sent_before = cookiesSent(pod);
 
     auto client = cookieClient(peer, app_at);
@@ -248,7 +256,10 @@ TEST_SUITE("inbound.bpf lookup") {
     CHECK(::recv(client.get(), &b, 1, 0) == 1);
     CHECK(b == 'y');
     CHECK(::accept(app.get(), nullptr, nullptr) < 0);  // the app never saw it
-    CHECK(bpf.loader->stats().at(cookie_stat) == 1);   // the one ACK that had no socket
+    // The ACK that completed the cookie; the first data segment carries the
+    // same cookie, and is assigned too when tc sees it before the stack has
+    // made the connection (a deferred softirq): the kernel drops that copy.
+    CHECK(bpf.loader->stats().at(cookie_stat) >= 1);
 
     // The pod's own connections to its address (the proxy delivers so) stay
     // the app's, cookies or not: they never meet tc.
