@@ -229,7 +229,8 @@ static __always_inline int cookie_ack(struct __sk_buff *skb, struct bpf_sock_tup
 	return assigned;
 }
 
-/* IPv6 SYN to an enrolled pod: assigned to [dst]:15006, or dropped. */
+/* IPv6 TCP to an enrolled pod: a SYN assigned to [dst]:15006, or dropped; a
+ * SYN cookie's ACK assigned there (cookie_ack). */
 static __always_inline int inbound6(struct __sk_buff *skb, struct sluice_ip6_tcp *p)
 {
 	if ((p->syn && p->ack) || (!p->syn && (!p->ack || p->rst)) || port_passes(p->dport))
