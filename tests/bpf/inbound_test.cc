@@ -609,4 +609,53 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
                                     std::chrono::milliseconds(500)));
     CHECK(stat(SLUICE_STAT_TC_ASSIGNED) == 1);  // the whole SYN's only
   }
+
+  // A SYN flood from addresses that never answer fills the 15006 listener's
+  // SYN queue (its backlog: 16), and the kernel answers the SYNs after it
+  // with cookies, which leave no socket. A client's ACK then finds none, and
+  // the stack would give it the app's listener, which sent no cookie and
+  // resets it: tc checks the cookie and assigns the ACK to the listener.
+  TEST_CASE("under a SYN flood a client still reaches the proxy, through a SYN cookie") {
+    test::ScratchNetns pod;
+    test::ScratchNetns peer;
+    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " + peer.path() +
+           " && ip link set eth0 up && ip addr add 10.78.0.5/24 dev eth0");
+    peer.sh("ip link set peer0 up && ip addr add 10.78.0.9/24 dev peer0");
+    test::LoadedCapture bpf;
+    auto attached = bpf.loader->attachInbound(pod.fd(), "eth0");
+    REQUIRE_MESSAGE(attached.has_value(), (attached ? "" : attached.error().describe()));
+    auto app = test::listenIn(pod.fd(), "10.78.0.5", 8080);
+    REQUIRE(fcntl(app.get(), F_SETFL, fcntl(app.get(), F_GETFL) | O_NONBLOCK) == 0);
+    auto proxy = test::listenIn(pod.fd(), "10.78.0.5", SLUICE_INBOUND_PORT, 0, true);
+    auto raw = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_RAW);
+    REQUIRE(raw.has_value());
+    const uint32_t dst = *parseIp4("10.78.0.5");
+    // 10.78.0.100-163: on the link, never answering ARP: the SYN-ACKs go
+    // nowhere and the half-open connections stay queued.
+    for (uint32_t i = 0; i < 64; ++i) {
+      const uint32_t src = htonl(ntohl(*parseIp4("10.78.0.100")) + i);
+      sendRaw(raw->get(), src, dst, tcpSyn(src, dst, static_cast<uint16_t>(42000 + i), 8080));
+    }
+    const size_t cookies = agent::bpf::kStat4Base + SLUICE_STAT4_TC_COOKIE_ASSIGNED;
+    CHECK(bpf.loader->stats().at(cookies) == 0);
+
+    auto client = socketInNetns(peer.fd(), AF_INET, SOCK_STREAM, 0);
+    REQUIRE(client.has_value());
+    auto to = makeSockaddr(dst, 8080);
+    REQUIRE_MESSAGE(::connect(client->get(), reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0,
+                    "connect: " << std::string(strerror(errno)));
+    REQUIRE(::send(client->get(), "x", 1, MSG_NOSIGNAL) == 1);
+    UniqueFd a;
+    CHECK(testing::eventually([&] {
+      a = UniqueFd(::accept4(proxy.get(), nullptr, nullptr, SOCK_NONBLOCK));
+      return a.valid();
+    }));
+    REQUIRE(a.valid());
+    CHECK(ntohs(test::localOf(a.get()).sin_port) == 8080);  // the original destination
+    CHECK(bpf.loader->stats().at(cookies) >= 1);            // it came in through a cookie
+    char b = 0;
+    CHECK(testing::eventually([&] { return ::recv(a.get(), &b, 1, 0) == 1; }));
+    CHECK(b == 'x');
+    CHECK(::accept(app.get(), nullptr, nullptr) < 0);  // the app never saw it
+  }
 }
