@@ -216,6 +216,26 @@ bool synAckIn(int rx, uint16_t from, uint16_t to) {
   return seen;
 }
 
+// A pod (eth0, 10.78.0.5/24) and a peer (peer0, 10.78.0.9/24) on one veth,
+// the tc program on the pod's eth0, an app listening on 10.78.0.5:8080 and a
+// raw socket in the peer to send crafted IPv4 packets with (sendRaw).
+struct VethPod {
+  test::ScratchNetns pod, peer;
+  test::LoadedCapture bpf;
+  UniqueFd app, raw;
+  VethPod() {
+    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " + peer.path() +
+           " && ip link set eth0 up && ip addr add 10.78.0.5/24 dev eth0");
+    peer.sh("ip link set peer0 up && ip addr add 10.78.0.9/24 dev peer0");
+    auto attached = bpf.loader->attachInbound(pod.fd(), "eth0");
+    REQUIRE_MESSAGE(attached.has_value(), (attached ? "" : attached.error().describe()));
+    app = test::listenIn(pod.fd(), "10.78.0.5", 8080);
+    auto r = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_RAW);
+    REQUIRE(r.has_value());
+    raw = std::move(*r);
+  }
+};
+
 }  // namespace
 
 TEST_SUITE("inbound.bpf") {
@@ -577,17 +597,8 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
   // reassembled by the pod's stack and answered by the app around the mesh;
   // the tc program drops the fragments, so the app never answers.
   TEST_CASE("a fragmented IPv4 SYN never reaches the app; dropped and counted") {
-    test::ScratchNetns pod;
-    test::ScratchNetns peer;
-    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " + peer.path() +
-           " && ip link set eth0 up && ip addr add 10.78.0.5/24 dev eth0");
-    peer.sh("ip link set peer0 up && ip addr add 10.78.0.9/24 dev peer0");
-    test::LoadedCapture bpf;
-    auto attached = bpf.loader->attachInbound(pod.fd(), "eth0");
-    REQUIRE_MESSAGE(attached.has_value(), (attached ? "" : attached.error().describe()));
-    auto app = test::listenIn(pod.fd(), "10.78.0.5", 8080);
-    auto raw = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_RAW);
-    REQUIRE(raw.has_value());
+    VethPod v;
+    auto& [pod, peer, bpf, app, raw] = v;
     auto rx = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_TCP);
     REQUIRE(rx.has_value());
     const uint32_t src = *parseIp4("10.78.0.9");
@@ -598,12 +609,12 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
     // The same SYN whole: assigned to the proxy's listener, which answers
     // (what the fragmented one would get without the drop).
     auto proxy = test::listenIn(pod.fd(), "10.78.0.5", SLUICE_INBOUND_PORT, 0, true);
-    sendRaw(raw->get(), src, dst, tcpSyn(src, dst, 41001, 8080));
+    sendRaw(raw.get(), src, dst, tcpSyn(src, dst, 41001, 8080));
     CHECK(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41001); }));
     CHECK(stat(frag4) == 0);
 
     // Fragmented: the first fragment holds 24 bytes of the TCP header.
-    sendRaw(raw->get(), src, dst, tcpSyn(src, dst, 41002, 8080), 24);
+    sendRaw(raw.get(), src, dst, tcpSyn(src, dst, 41002, 8080), 24);
     CHECK(testing::eventually([&] { return stat(frag4) == 2; }));
     CHECK_FALSE(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41002); },
                                     std::chrono::milliseconds(500)));
@@ -616,25 +627,16 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
   // the stack would give it the app's listener, which sent no cookie and
   // resets it: tc checks the cookie and assigns the ACK to the listener.
   TEST_CASE("under a SYN flood a client still reaches the proxy, through a SYN cookie") {
-    test::ScratchNetns pod;
-    test::ScratchNetns peer;
-    pod.sh("ip link add eth0 type veth peer name peer0 && ip link set peer0 netns " + peer.path() +
-           " && ip link set eth0 up && ip addr add 10.78.0.5/24 dev eth0");
-    peer.sh("ip link set peer0 up && ip addr add 10.78.0.9/24 dev peer0");
-    test::LoadedCapture bpf;
-    auto attached = bpf.loader->attachInbound(pod.fd(), "eth0");
-    REQUIRE_MESSAGE(attached.has_value(), (attached ? "" : attached.error().describe()));
-    auto app = test::listenIn(pod.fd(), "10.78.0.5", 8080);
+    VethPod v;
+    auto& [pod, peer, bpf, app, raw] = v;
     REQUIRE(fcntl(app.get(), F_SETFL, fcntl(app.get(), F_GETFL) | O_NONBLOCK) == 0);
     auto proxy = test::listenIn(pod.fd(), "10.78.0.5", SLUICE_INBOUND_PORT, 0, true);
-    auto raw = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_RAW);
-    REQUIRE(raw.has_value());
     const uint32_t dst = *parseIp4("10.78.0.5");
     // 10.78.0.100-163: on the link, never answering ARP: the SYN-ACKs go
     // nowhere and the half-open connections stay queued.
     for (uint32_t i = 0; i < 64; ++i) {
       const uint32_t src = htonl(ntohl(*parseIp4("10.78.0.100")) + i);
-      sendRaw(raw->get(), src, dst, tcpSyn(src, dst, static_cast<uint16_t>(42000 + i), 8080));
+      sendRaw(raw.get(), src, dst, tcpSyn(src, dst, static_cast<uint16_t>(42000 + i), 8080));
     }
     const size_t cookies = agent::bpf::kStat4Base + SLUICE_STAT4_TC_COOKIE_ASSIGNED;
     CHECK(bpf.loader->stats().at(cookies) == 0);
