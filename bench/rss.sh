@@ -40,27 +40,9 @@ echo "== node1: per-pod delta ($enrolled pods - 0 pods) / $enrolled"
 /usr/bin/python3 bench/rss.py --diff "$work/node1-0_pods_idle.json" \
   "$work/node1-${enrolled}_pods_idle.json" --per "$enrolled"
 
-. bench/nginx.sh
-. bench/wait_port.sh
-for p in local remote; do
-  nginx_conf "$work/nginx-$p.conf" "$work/nginx-$p.pid" "$work"
-  $LAB exec mesh/$p -- iperf3 -s -p 5201 >/dev/null 2>&1 &
-  $LAB exec mesh/$p -- nginx -c "$work/nginx-$p.conf" -p "$work" >/dev/null 2>&1 &
-done
-load() {  # server pods...
-  local ip
-  for p in "$@"; do
-    ip=$($LAB pod ip mesh "$p")
-    for port in 5201 8080; do wait_port mesh/client "$ip" "$port"; done
-    for args in "-P 1" "-P 16" "-P 16 -R"; do
-      # shellcheck disable=SC2086
-      $LAB exec mesh/client -- iperf3 -c "$ip" -p 5201 -t "$DUR" $args >/dev/null
-    done
-    $LAB exec mesh/client -- wrk -t2 -c32 -d"${DUR}s" "http://$ip:8080/" >/dev/null
-    $LAB exec mesh/client -- wrk -t2 -c32 -d"${DUR}s" -H "Connection: close" "http://$ip:8080/" >/dev/null
-  done
-}
-load local remote
+. bench/mesh_load.sh
+mesh_servers local remote
+mesh_load "$DUR" local remote
 sleep "$SETTLE"
 snap node1 "$enrolled pods after load"
 snap node2 "1 pod after load"
@@ -68,6 +50,6 @@ snap node2 "1 pod after load"
 SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart node1 >/dev/null
 sleep "$SETTLE"
 snap node1 "$enrolled pods idle sockmap on"
-load local
+mesh_load "$DUR" local
 sleep "$SETTLE"
 snap node1 "$enrolled pods after load sockmap on"

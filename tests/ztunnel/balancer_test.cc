@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <map>
 
 using namespace sluice::ztunnel;
@@ -71,6 +72,18 @@ TEST_SUITE("ztunnel/balancer") {
       c.closed(*e);
     }
     CHECK(first == 0);  // any pair containing it picks the other one
+  }
+
+  TEST_CASE("an average decays by halves: 2^-x without libm, as exact as std::exp2") {
+    CHECK(halvings(0) == 1.0);
+    CHECK(halvings(-3) == 1.0);
+    CHECK(halvings(std::nan("")) == 1.0);
+    CHECK(halvings(1) == 0.5);
+    CHECK(halvings(10) == std::ldexp(1.0, -10));
+    CHECK(halvings(5000) == 0.0);
+    CHECK(halvings(1022) == 0.0);
+    for (double x : {1e-9, 0.001, 0.25, 0.5, 0.999999, 1.5, 2.2, 7.75, 33.3, 100.01, 1021.5})
+      CHECK(halvings(x) == doctest::Approx(std::exp2(-x)).epsilon(1e-12));
   }
 
   TEST_CASE("one slow connect keeps an endpoint out only until its average has decayed") {

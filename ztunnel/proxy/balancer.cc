@@ -1,15 +1,34 @@
 #include "ztunnel/proxy/balancer.h"
 
 #include <algorithm>
-#include <cmath>
+#include <bit>
+#include <cstdint>
 
 namespace sluice::ztunnel::proxy {
+
+// Whole halvings go to the exponent (a power of two built from its bits:
+// std::ldexp would bind to libm's copy); the
+// fraction's 2^-f = e^(-f ln 2), f in [0, 1), from a Taylor series whose
+// 15th term is below 1e-12 of the first.
+double halvings(double x) {
+  if (!(x > 0)) return 1.0;
+  if (x >= 1022) return 0.0;  // below the smallest normal double
+  double whole = static_cast<double>(static_cast<long>(x));
+  double t = -(x - whole) * 0.69314718055994530942;
+  double term = 1.0, sum = 1.0;
+  for (int k = 1; k < 15; ++k) {
+    term *= t / k;
+    sum += term;
+  }
+  auto power = std::bit_cast<double>(static_cast<uint64_t>(1023 - static_cast<int>(whole)) << 52);
+  return sum * power;
+}
 
 double Balancer::latency(const State& st, Clock::time_point now) const {
   if (st.ewma_us <= 0 || now <= st.sampled_at) return st.ewma_us;
   std::chrono::duration<double> since = now - st.sampled_at;
   std::chrono::duration<double> half_life = config_.half_life;
-  return st.ewma_us * std::exp2(-since / half_life);
+  return st.ewma_us * halvings(since / half_life);
 }
 
 double Balancer::score(const SockAddr& ep, Clock::time_point now) const {
