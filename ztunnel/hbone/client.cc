@@ -381,7 +381,7 @@ void Client::tick(Clock::time_point now) {
       t.drain();  // the certificate was renewed
     t.tick(now, l.waiting.size());
   });
-  m.owned.eachStream([](Stream& s) { s.watchIfStalled(); });
+  m.owned.eachStream([](Stream& s) { s.tick(); });
 }
 
 bool Client::fineTick(Clock::time_point now) {

@@ -289,7 +289,7 @@ bool Server::idle() const {
 void Server::tick(Clock::time_point now) {
   Impl& m = *impl_;
   m.owned.eachLink([&](Impl::Link& l) { l.tunnel.tick(now, 0); });
-  m.owned.eachStream([](Stream& s) { s.watchIfStalled(); });
+  m.owned.eachStream([](Stream& s) { s.tick(); });
   log::flushAll({&m.bad_request_log, &m.refused_log, &m.limit_log, &m.pending_log, &m.connect_log,
                  &m.share_log, &m.env.peer_log, &m.env.handshake_log, &m.env.timeout_log},
                 now);

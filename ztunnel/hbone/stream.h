@@ -87,10 +87,11 @@ class Stream final : public StreamEnd,
     close(true, reason, std::move(detail));
   }
 
-  // About once a second: the app -> tunnel pipe, stalled by the tunnel,
-  // watches the app's socket for a reset (relay::Pipe::watchIfStalled).
-  void watchIfStalled() {
-    if (!closing_) up_.watchIfStalled();
+  // About once a second: the app -> tunnel pipe's tick (relay::Pipe::tick):
+  // stalled by the tunnel, it watches the app's socket for a reset; idle, it
+  // gives its buffer back.
+  void tick() {
+    if (!closing_) up_.tick();
   }
 
   Tunnel* tunnel() const { return tunnel_; }

@@ -92,10 +92,10 @@ class PlainConnection final : public relay::PipeOwner, public Abortable, public 
     return c;
   }
   bool closing() const { return closing_; }
-  void watchIfStalled() {
+  void tick() {
     if (closing_) return;
-    up_.watchIfStalled();
-    down_.watchIfStalled();
+    up_.tick();
+    down_.tick();
   }
   bool busy() const { return connect_.busy() || up_.busy() || down_.busy(); }
   bool involves(const std::string& uid) const {
@@ -355,7 +355,7 @@ void PlainUpstream::countSpliced() {
 }
 
 void PlainUpstream::tick() {
-  for (auto& [p, c] : conns_) c->watchIfStalled();
+  for (auto& [p, c] : conns_) c->tick();
 }
 
 void PlainUpstream::shutdown() {

@@ -44,7 +44,7 @@ class PlainUpstream {
   void removePod(const std::string& uid);  // resets its connections (either end)
   // Adds what each spliced pair carried since the last call to its record.
   void countSpliced();
-  void tick();      // about once a second: a stalled pipe watches its source (Pipe::watchIfStalled)
+  void tick();      // about once a second: each pipe's tick (Pipe::tick)
   void shutdown();  // resets everything
   void reap();      // frees closed connections the ring is done with
   bool idle() const { return conns_.empty(); }

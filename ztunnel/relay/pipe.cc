@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 namespace sluice::ztunnel::relay {
 
@@ -18,7 +19,8 @@ bool cancelled(int res) { return res == -ECANCELED || res == -EINTR; }
 Pipe::Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes, size_t grow_to_bytes)
     : ring_(ring),
       owner_(owner),
-      cap_(std::max<size_t>(buffer_bytes, 1024)),
+      first_cap_(std::max<size_t>(buffer_bytes, 1024)),
+      cap_(first_cap_),
       grow_to_(std::max(cap_, grow_to_bytes)),
       next_cap_(cap_) {}
 
@@ -123,7 +125,7 @@ void Pipe::pump() {
       return;
     }
   }
-  if (src_ >= 0 && !recv_.busy() && !eof_ && len_ == off_) {
+  if (src_ >= 0 && !recv_.busy() && !park_.busy() && !eof_ && len_ == off_) {
     if (next_cap_ != cap_) {  // empty, nothing in flight: the buffer is ours to replace
       cap_ = next_cap_;
       buf_.reset();
@@ -145,7 +147,17 @@ int takeSocketError(int fd) {
 }
 }  // namespace
 
-void Pipe::watchIfStalled() {
+void Pipe::tick() {
+  // An idle source: the receive in flight is cancelled, and its completion
+  // (onRecv) parks the pipe. Asked again at each idle tick until it is, in
+  // case the cancel could not be submitted.
+  bool idle = started_ && !stopped_ && src_ >= 0 && !eof_ && len_ == off_ && recv_.busy() &&
+              bytes_ == bytes_at_tick_;
+  bytes_at_tick_ = bytes_;
+  if (idle) {
+    parking_ = true;
+    ring_.cancel(&recv_);
+  }
   bool waiting = started_ && !stopped_ && src_ >= 0 && !eof_ && len_ > off_ && !recv_.busy();
   bool stalled = waiting && waited_at_check_ && taken_ == taken_at_check_;
   waited_at_check_ = waiting;
@@ -159,6 +171,14 @@ void Pipe::watchIfStalled() {
     later_error_ = err;
     watch_.soon(ring_);
   }
+}
+
+void Pipe::onPark(const io_uring_cqe& cqe) {
+  if (frozen_ || stopped_) return settle();
+  // Readable, ended or failed (the receive tells which), or the poll was
+  // refused (a full ring): either way a receive goes out again.
+  (void)cqe;
+  pump();
 }
 
 void Pipe::onWatch(const io_uring_cqe& cqe) {
@@ -208,6 +228,12 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
     return settle();
   }
   if (stopped_) return settle();
+  if (std::exchange(parking_, false) && cancelled(cqe.res)) {
+    // Idle: no buffer until the source has something for us.
+    buf_.reset();
+    cap_ = next_cap_ = first_cap_;
+    return park_.pollIn(ring_, src_);
+  }
   if (cqe.res > 0) {
     len_ = static_cast<size_t>(cqe.res);
     off_ = 0;

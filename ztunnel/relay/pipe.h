@@ -71,7 +71,7 @@ class Pipe {
   // (nextBufferSize): a bulk transfer moves in fewer, larger reads and
   // sends (fewer system calls and wake-ups per byte), while a
   // request/response connection, whose reads never fill it, keeps the
-  // small one. A grown buffer is kept until the source's EOF.
+  // small one. A source idle for a tick gives its buffer back (tick()).
   Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes, size_t grow_to_bytes = 0);
   Pipe(const Pipe&) = delete;
   Pipe& operator=(const Pipe&) = delete;
@@ -97,16 +97,23 @@ class Pipe {
   // it, unless `sink_done` says that happened already).
   void resume(int source_fd, int sink_fd, std::string pending, bool eof, bool sink_done);
 
-  // About once a second (the owner's tick). While bytes wait for the sink,
-  // no receive is posted on the source (backpressure), so nothing would
-  // notice its peer resetting: a client that gives up on a server which
-  // neither reads nor writes would leave the connection open for good.
-  // A pipe whose bytes waited at the previous call and whose sink has
-  // taken none since watches its source for an error (one poll, kept until
-  // the connection ends; once the source's FIN is in, a read of its error
-  // at each call); a reset reaches the owner as pipeFailed(-errno, sending
-  // false) from a ring completion.
-  void watchIfStalled();
+  // About once a second (the owner's tick):
+  // - While bytes wait for the sink, no receive is posted on the source
+  //   (backpressure), so nothing would notice its peer resetting: a client
+  //   that gives up on a server which neither reads nor writes would leave
+  //   the connection open for good. A pipe whose bytes waited at the
+  //   previous call and whose sink has taken none since watches its source
+  //   for an error (one poll, kept until the connection ends; once the
+  //   source's FIN is in, a read of its error at each call); a reset reaches
+  //   the owner as pipeFailed(-errno, sending false) from a ring completion.
+  // - A socket source that brought no byte since the previous call, with
+  //   nothing buffered, is idle: its receive is cancelled, its buffer freed
+  //   and a poll waits for the source instead; the next bytes (or its EOF
+  //   or error) post a receive into a new buffer of the first size. An idle
+  //   connection holds no relay buffer, whatever size a bulk moment grew it
+  //   to, and the bytes move as before: a receive that completes before its
+  //   cancel keeps its bytes.
+  void tick();
   bool watching() const { return watch_.busy(); }
 
   // Pushed source: bytes to write (copied) and the end of them. `send`
@@ -134,7 +141,12 @@ class Pipe {
   size_t capacity() const { return cap_; }  // the socket source's buffer now
   bool started() const { return started_; }
   bool sinkDone() const { return shut_done_; }  // socket sink: EOF propagated
-  bool busy() const { return recv_.busy() || send_.busy() || shut_.busy() || watch_.busy(); }
+  bool busy() const {
+    return recv_.busy() || send_.busy() || shut_.busy() || watch_.busy() || park_.busy();
+  }
+  // The receive buffer's bytes this pipe holds now (0: none, an idle or
+  // ended source).
+  size_t bufferBytes() const { return buf_ ? cap_ : 0; }
   uint64_t bytes() const { return bytes_; }  // read from the source so far
 
  private:
@@ -143,11 +155,13 @@ class Pipe {
   void onSend(const io_uring_cqe& cqe);
   void onShutdown(const io_uring_cqe& cqe);
   void onWatch(const io_uring_cqe& cqe);
+  void onPark(const io_uring_cqe& cqe);
   void tapEnd();
   void settle();  // stopped: tells the owner once nothing is in flight
 
   uring::Ring& ring_;
   PipeOwner& owner_;
+  size_t first_cap_;  // the buffer's size at first, and after an idle spell
   size_t cap_;
   size_t grow_to_;   // cap_ may double up to this (nextBufferSize)
   size_t next_cap_;  // for the next read, once the buffer is empty
@@ -157,13 +171,17 @@ class Pipe {
   bool eof_ = false, shut_done_ = false;
   uint64_t bytes_ = 0;
   uint64_t taken_ = 0;  // bytes the sink took from the buffer (sent or dropped)
-  // watchIfStalled: whether bytes waited, and taken_, at the last call; the
+  // tick(): whether bytes waited, and taken_, at the last call; the
   // source's FIN (or hang-up) is in: a poll would complete again at once,
   // so the socket's error is read at each call instead, and one found is
   // reported through a deferred completion (later_error_, -errno).
   bool waited_at_check_ = false, source_fin_ = false;
   uint64_t taken_at_check_ = 0;
   int later_error_ = 0;
+  // tick(): bytes_ at the last call; the receive's cancel is in flight
+  // (an idle source, parking: its buffer goes once the cancel completes).
+  uint64_t bytes_at_tick_ = 0;
+  bool parking_ = false;
   Tap* tap_ = nullptr;
   // Socket source: one buffer, read into when empty, drained by the sink.
   std::unique_ptr<char[]> buf_;  // kRoom bytes, then the cap_ bytes of the buffer
@@ -176,6 +194,7 @@ class Pipe {
   uring::Op<&Pipe::onSend> send_{this};
   uring::Op<&Pipe::onShutdown> shut_{this};
   uring::Op<&Pipe::onWatch> watch_{this};  // an error poll on a stalled source
+  uring::Op<&Pipe::onPark> park_{this};    // a poll on an idle source, no buffer
 };
 
 }  // namespace sluice::ztunnel::relay

@@ -73,6 +73,9 @@ class Op<Method> final : public Operation {
   // adds POLLERR, POLLHUP and POLLRDHUP to what it is asked for, so asking
   // for POLLERR asks for those.
   void pollError(Ring& r, int fd) { io_uring_prep_poll_add(start(r), fd, POLLERR); }
+  // Completes when the socket is readable (or has an error, is hung up or
+  // has the peer's FIN, as above).
+  void pollIn(Ring& r, int fd) { io_uring_prep_poll_add(start(r), fd, POLLIN); }
   // Keeps accepting until an error or a cancellation (SOCK_CLOEXEC sockets).
   void acceptMultishot(Ring& r, int fd) {
     io_uring_prep_multishot_accept(start(r), fd, nullptr, nullptr, SOCK_CLOEXEC);

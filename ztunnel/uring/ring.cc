@@ -136,6 +136,10 @@ void Ring::cancelFd(int fd) {
   io_uring_prep_cancel_fd(sqe(nullptr), fd, IORING_ASYNC_CANCEL_ALL);
 }
 
+void Ring::cancel(Operation* op) {
+  io_uring_prep_cancel64(sqe(nullptr), reinterpret_cast<uint64_t>(op), 0);
+}
+
 void Ring::close(UniqueFd fd, bool orderly) {
   if (!fd) return;
   // Linger off in the same submission as the close, or else by a system call.

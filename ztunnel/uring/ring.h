@@ -45,6 +45,9 @@ class Ring {
   void sqes(io_uring_sqe** out, Operation* const* ops, unsigned n);
   // Cancels every request on fd; their completions say -ECANCELED.
   void cancelFd(int fd);
+  // Cancels op's request in flight: its completion says -ECANCELED (or
+  // -EINTR), or brings its result if it completed first.
+  void cancel(Operation* op);
   // Closes fd at once, safely although requests on it may be in flight:
   // submits what is queued, cancels every request on fd synchronously (their
   // completions still come, -ECANCELED) and closes the descriptor. For
