@@ -74,7 +74,8 @@ def growth_per_hour(samples):
 
 
 class Soak:
-    def __init__(self, lab, seconds, log=print, per_hour=True, warmup=None, max_growth=None):
+    def __init__(self, lab, seconds, log=print, per_hour=True, warmup=None, max_growth=None,
+                 max_rss_growth_mib=None):
         self.lab = lab
         # make soak: growth per hour extrapolated. The 2-minute test: growth within
         # its window (a minute and a half cannot resolve 1%/h from sampling noise).
@@ -85,6 +86,9 @@ class Soak:
         self.churn = env_number("SOAK_CHURN", 10)
         self.warmup = warmup or env_number("SOAK_WARMUP", min(600, max(30, seconds / 4)))
         self.max_growth = (max_growth or env_number("SOAK_MAX_GROWTH", 1)) / 100
+        # The 2-minute test: the RSS bound in MiB within the window instead of a share
+        # of the RSS (which depends on how little memory the idle connections hold).
+        self.max_rss_growth = max_rss_growth_mib * 2**20 if max_rss_growth_mib else None
         self.samples = {n: [] for n in NODES}  # (t since start, rss, fds)
 
     def setup(self):
@@ -191,11 +195,21 @@ class Soak:
             unit = "%/h" if self.per_hour else f"% in {last[0] - first[0]:.0f} s"
             rss_g = growth_per_hour([(t, r) for t, r, _ in after]) * scale
             fds_g = growth_per_hour([(t, f) for t, _, f in after]) * scale
-            good = rss_g <= self.max_growth and fds_g <= self.max_growth
+            rss_text = f"{rss_g * 100:+.2f}{unit}"
+            bound = f"{self.max_growth * 100:g}{unit}"
+            if self.max_rss_growth:
+                rss_mean = sum(r for _, r, _ in after) / len(after)
+                rss_bytes = rss_g * rss_mean
+                rss_good = rss_bytes <= self.max_rss_growth
+                rss_text = f"{rss_bytes / 2**20:+.2f} MiB in {last[0] - first[0]:.0f} s"
+                bound = f"rss {self.max_rss_growth / 2**20:g} MiB, fds {bound}"
+            else:
+                rss_good = rss_g <= self.max_growth
+            good = rss_good and fds_g <= self.max_growth
             ok = ok and good
             lines.append(f"{node}: after warm-up rss {first[1] / 2**20:.1f} -> {last[1] / 2**20:.1f} MiB "
-                         f"({rss_g * 100:+.2f}{unit}), fds {first[2]} -> {last[2]} ({fds_g * 100:+.2f}{unit}); "
-                         f"{'flat' if good else 'GROWING'} (bound {self.max_growth * 100:g}{unit})")
+                         f"({rss_text}), fds {first[2]} -> {last[2]} ({fds_g * 100:+.2f}{unit}); "
+                         f"{'flat' if good else 'GROWING'} (bound {bound})")
         return lines, ok
 
 
@@ -211,8 +225,8 @@ def soak(lab, seconds, log=print, **kw):
 
 
 class SoakTest(LabTest):
-    """The 2-minute version: the same load; RSS and descriptors may grow at most 3% within
-    the minute after the warm-up (not per hour: too short to resolve that)."""
+    """The 2-minute version: the same load; within the minute after the warm-up (not per
+    hour: too short to resolve that) RSS may grow at most 4 MiB and descriptors 3%."""
     NODES = 2
 
     @classmethod
@@ -221,12 +235,15 @@ class SoakTest(LabTest):
         cls.lab = Lab(cls.NODES)  # soak() brings it up (with its agent flags)
 
     def test_soak(self):
-        # The agents' RSS settles within about three minutes of the load (10-minute
-        # runs: flat from then on); in the second minute it still grows about 1.2%.
-        # A per-connection leak (4,800 churned connections a run) or any descriptor
-        # leak exceeds 3% in that minute.
+        # The agents' RSS settles within about five minutes of the load (10-minute
+        # runs: flat from then on, 63-64 MiB with 10,000 connections); in the second
+        # minute it still grows up to 2.5 MiB while the heap settles (idle
+        # connections free their relay buffers and take new ones as they wake).
+        # A leak of 2 KiB per
+        # churned connection (2,400 in that minute) exceeds 4 MiB, and any
+        # descriptor leak exceeds 3%.
         lines, ok = soak(self.lab, 120, log=lambda s: print(s, flush=True), per_hour=False, warmup=60,
-                         max_growth=3)
+                         max_growth=3, max_rss_growth_mib=4)
         self.assertTrue(ok, "\n".join(lines))
 
 
