@@ -479,6 +479,32 @@ TEST_SUITE("pipe") {
     p.drain();
   }
 
+  TEST_CASE("a receive is cancelled only after a whole tick in flight, not the one just posted") {
+    Proxy p(4096);
+    p.start();  // a new connection: its first receive, no byte yet
+    p.up.tick();
+    runFor(*p.ring, 20ms);
+    CHECK(p.up.bufferBytes() == 4096);
+    // A byte comes and goes: the receive in flight at the next tick is a new one.
+    p.A.send_limit = 1;
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.B.received == 1; }, [&] { p.step(); }));
+    REQUIRE(runUntil(*p.ring, [&] { return p.up.busy(); }));
+    p.up.tick();
+    runFor(*p.ring, 20ms);
+    CHECK(p.up.bufferBytes() == 4096);
+    // The same receive still in flight at the tick after: idle, parked.
+    p.up.tick();
+    REQUIRE(runUntil(*p.ring, [&] { return p.up.bufferBytes() == 0; }));
+    p.A.send_limit = 2;
+    REQUIRE(runUntil(
+        *p.ring, [&] { return p.B.received == 2; }, [&] { p.step(); }));
+    CHECK(p.B.mismatch == -1);
+    p.up.stop();
+    p.down.stop();
+    p.drain();
+  }
+
   TEST_CASE("ticks at any moment of a transfer lose, repeat and reorder nothing") {
     // Every step ticks both pipes: whenever a tick finds no new byte since
     // the last one, it cancels a receive, maybe one the kernel is

@@ -132,6 +132,7 @@ void Pipe::pump() {
     }
     if (!buf_) buf_.reset(new char[kRoom + cap_]);
     recv_.recv(ring_, src_, data(), cap_);
+    ++recvs_;
   }
 }
 
@@ -151,9 +152,12 @@ void Pipe::tick() {
   // An idle source: the receive in flight is cancelled, and its completion
   // (onRecv) parks the pipe. Asked again at each idle tick until it is, in
   // case the cancel could not be submitted.
+  // The same receive in flight at the previous call: a whole tick, not a
+  // new connection's first receive or one just posted after a slow send.
   bool idle = started_ && !stopped_ && src_ >= 0 && !eof_ && len_ == off_ && recv_.busy() &&
-              bytes_ == bytes_at_tick_;
-  bytes_at_tick_ = bytes_;
+              recv_at_tick_ && recvs_ == recvs_at_tick_;
+  recv_at_tick_ = recv_.busy();
+  recvs_at_tick_ = recvs_;
   if (idle) {
     parking_ = true;
     ring_.cancel(&recv_);

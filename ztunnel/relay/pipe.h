@@ -106,8 +106,9 @@ class Pipe {
   //   for an error (one poll, kept until the connection ends; once the
   //   source's FIN is in, a read of its error at each call); a reset reaches
   //   the owner as pipeFailed(-errno, sending false) from a ring completion.
-  // - A socket source that brought no byte since the previous call, with
-  //   nothing buffered, is idle: its receive is cancelled, its buffer freed
+  // - A socket source whose receive has been in flight since the previous
+  //   call (the same one: a whole tick without a byte), with nothing
+  //   buffered, is idle: its receive is cancelled, its buffer freed
   //   and a poll waits for the source instead; the next bytes (or its EOF
   //   or error) post a receive into a new buffer of the first size. An idle
   //   connection holds no relay buffer, whatever size a bulk moment grew it
@@ -178,9 +179,11 @@ class Pipe {
   bool waited_at_check_ = false, source_fin_ = false;
   uint64_t taken_at_check_ = 0;
   int later_error_ = 0;
-  // tick(): bytes_ at the last call; the receive's cancel is in flight
-  // (an idle source, parking: its buffer goes once the cancel completes).
-  uint64_t bytes_at_tick_ = 0;
+  // tick(): receives posted so far, and at the last call: their number and
+  // whether one was in flight; the receive's cancel is in flight (an idle
+  // source, parking: its buffer goes once the cancel completes).
+  uint64_t recvs_ = 0, recvs_at_tick_ = 0;
+  bool recv_at_tick_ = false;
   bool parking_ = false;
   Tap* tap_ = nullptr;
   // Socket source: one buffer, read into when empty, drained by the sink.
