@@ -149,14 +149,13 @@ int takeSocketError(int fd) {
 }  // namespace
 
 void Pipe::tick() {
-  // An idle source: the receive in flight is cancelled, and its completion
-  // (onRecv) parks the pipe. Asked again at each idle tick until it is, in
-  // case the cancel could not be submitted.
-  // The same receive in flight at the previous call: a whole tick, not a
-  // new connection's first receive or one just posted after a slow send.
+  // An idle source: the receive in flight is the one posted before the
+  // previous call (none posted since), so it waited a whole tick; not a new
+  // connection's first receive or one just posted after a slow send. It is
+  // cancelled, and its completion (onRecv) parks the pipe. Asked again at
+  // each idle tick until it is, in case the cancel could not be submitted.
   bool idle = started_ && !stopped_ && src_ >= 0 && !eof_ && len_ == off_ && recv_.busy() &&
-              recv_at_tick_ && recvs_ == recvs_at_tick_;
-  recv_at_tick_ = recv_.busy();
+              recvs_ == recvs_at_tick_;
   recvs_at_tick_ = recvs_;
   if (idle) {
     parking_ = true;

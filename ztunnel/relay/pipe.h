@@ -179,11 +179,10 @@ class Pipe {
   bool waited_at_check_ = false, source_fin_ = false;
   uint64_t taken_at_check_ = 0;
   int later_error_ = 0;
-  // tick(): receives posted so far, and at the last call: their number and
-  // whether one was in flight; the receive's cancel is in flight (an idle
-  // source, parking: its buffer goes once the cancel completes).
+  // tick(): receives posted so far, and their number at the last call; the
+  // receive's cancel is in flight (an idle source, parking: its buffer goes
+  // once the cancel completes).
   uint64_t recvs_ = 0, recvs_at_tick_ = 0;
-  bool recv_at_tick_ = false;
   bool parking_ = false;
   Tap* tap_ = nullptr;
   // Socket source: one buffer, read into when empty, drained by the sink.
