@@ -87,7 +87,7 @@ $LAB node exec node1 -- "$build/tools/sluicectl" stats >/dev/null
 sleep 7
 snap node1 "$work/load1.json"
 snap node2 "$work/load2.json"
-SLUICE_AGENT_ARGS="${SLUICE_AGENT_ARGS:-} --sockmap=on" $LAB agent restart node1 >/dev/null
+sockmap_on node1
 mesh_load 2 local
 sleep 7
 snap node1 "$work/sockmap1.json"
