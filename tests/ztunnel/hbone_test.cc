@@ -397,6 +397,118 @@ TEST_SUITE("hbone") {
                       5s));
   }
 
+  TEST_CASE("an idle tunnel holds no receive buffer, and its streams carry bytes again") {
+    // The rig ticks at every step, so a tunnel whose receive waited two
+    // ticks parks within milliseconds: its receive is cancelled and its
+    // buffer freed; a poll brings a fresh one when bytes come.
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);
+    auto parked = [&] {
+      return m.client->receiveBufferBytes() == 0 && m.server->receiveBufferBytes() == 0;
+    };
+    UniqueFd app = m.open(dst);
+    REQUIRE(m.pumpUntil([&] { return echo.accepted == 1; }, 5s));
+    REQUIRE(m.pumpUntil(parked, 5s));
+    // A parked tunnel at both ends: one stream's bytes go both ways, then
+    // both park again, and again, with the same stream and tunnel.
+    for (int round = 0; round < 3; ++round) {
+      std::string text = "round " + std::to_string(round) + std::string(100000, 'x');
+      std::string got(text.size(), '\0');
+      Worker w([&] {
+        sendAll(app.get(), reinterpret_cast<const unsigned char*>(text.data()), text.size());
+        size_t n = 0;
+        while (n < got.size()) {
+          ssize_t k = ::recv(app.get(), got.data() + n, got.size() - n, 0);
+          if (k <= 0) break;
+          n += static_cast<size_t>(k);
+        }
+      });
+      REQUIRE(m.pumpUntil([&] { return w.done.load(); }, 10s));
+      CHECK(got == text);
+      CHECK(m.pumpUntil(parked, 5s));
+    }
+    CHECK(m.cs->count(Counter::kTunnelsOpened) == 1);
+    CHECK(m.cs->count(Counter::kActive) == 1);
+    // The app's end while both ends are parked: the server's app sees it.
+    ::shutdown(app.get(), SHUT_WR);
+    std::vector<unsigned char> rest;
+    Worker drain([&] { recvAll(app.get(), rest); });
+    REQUIRE(m.pumpUntil([&] { return drain.done.load(); }, 5s));
+    CHECK(rest.empty());
+    CHECK(m.pumpUntil([&] { return m.cs->count(Counter::kClosed) == 1; }, 5s));
+    CHECK(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+  }
+
+  TEST_CASE("a CONNECT with END_STREAM: the app gets its FIN and the stream ends cleanly") {
+    // A client with nothing to send may end its half with the request.
+    Mesh m;
+    App echo(ip(kAddrB), App::echo);
+    std::string authority = formatEndpoint(makeSockaddr(ip(kAddrB), echo.port));
+    struct Seen {
+      std::string status;
+      bool ended = false;
+    } seen;
+    REQUIRE(rawPeer(m, [&](SSL* ssl) {
+      auto s = clientSession(
+          &seen,
+          [](nghttp2_session*, const nghttp2_frame* f, void* ud) {
+            if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+                (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+              static_cast<Seen*>(ud)->ended = true;
+            return 0;
+          },
+          [](nghttp2_session*, const nghttp2_frame*, const uint8_t* name, size_t namelen,
+             const uint8_t* value, size_t valuelen, uint8_t, void* ud) {
+            if (std::string_view(reinterpret_cast<const char*>(name), namelen) == ":status")
+              static_cast<Seen*>(ud)->status.assign(reinterpret_cast<const char*>(value), valuelen);
+            return 0;
+          });
+      std::string method = "CONNECT";
+      nghttp2_nv hdrs[] = {
+          {(uint8_t*)":method", (uint8_t*)method.data(), 7, method.size(), NGHTTP2_NV_FLAG_NONE},
+          {(uint8_t*)":authority", (uint8_t*)authority.data(), 10, authority.size(),
+           NGHTTP2_NV_FLAG_NONE}};
+      nghttp2_submit_request(s.get(), nullptr, hdrs, 2, nullptr, nullptr);  // END_STREAM
+      uint8_t buf[16384];
+      while (!seen.ended) {
+        const uint8_t* data = nullptr;
+        for (ssize_t n; (n = nghttp2_session_mem_send(s.get(), &data)) > 0;)
+          if (SSL_write(ssl, data, static_cast<int>(n)) <= 0) return;
+        int n = SSL_read(ssl, buf, sizeof(buf));
+        if (n <= 0 || nghttp2_session_mem_recv(s.get(), buf, static_cast<size_t>(n)) < 0) return;
+      }
+    }));
+    CHECK(seen.status == "200");
+    CHECK(seen.ended);  // the echo app saw the FIN and ended its half
+    REQUIRE(m.pumpUntil([&] { return m.ss->count(Counter::kClosed) == 1; }, 5s));
+    auto in = m.closed(*m.ss);
+    REQUIRE(in.size() == 1);
+    CHECK(why(in[0].reason) == "eof");
+  }
+
+  TEST_CASE("an abort resets the apps at both ends of an idle stream") {
+    Mesh m;
+    std::atomic<int> server_end{0};  // 1: FIN, -1: reset
+    App app(ip(kAddrB), [&](int fd) {
+      std::vector<unsigned char> got;
+      server_end = recvAll(fd, got) ? 1 : -1;
+    });
+    UniqueFd client = m.open(makeSockaddr(ip(kAddrB), app.port));
+    REQUIRE(m.pumpUntil([&] { return app.accepted == 1; }, 5s));
+    m.pumpFor(50ms);  // both ends idle
+    auto open = m.ss->records.openInbound(0);
+    REQUIRE(open.size() == 1);
+    REQUIRE(open[0]->owner != nullptr);
+    open[0]->owner->abort(CloseReason::kDenied);
+    std::vector<unsigned char> got;
+    bool orderly = true;
+    Worker r([&] { orderly = recvAll(client.get(), got); });
+    REQUIRE(m.pumpUntil([&] { return r.done.load() && server_end != 0; }, 5s));
+    CHECK_FALSE(orderly);
+    CHECK(server_end == -1);
+  }
+
   TEST_CASE("an idle pooled tunnel is closed and a renewed certificate drains the old tunnel") {
     Mesh m([](EngineConfig& c) { c.hbone_idle_timeout = 300ms; });
     App echo(ip(kAddrB), App::echo);

@@ -364,6 +364,8 @@ void Client::goAway() {
   impl_->owned.eachLink([](Impl::Link& l) { l.tunnel.goAway(); });
 }
 
+size_t Client::receiveBufferBytes() const { return impl_->owned.receiveBufferBytes(); }
+
 bool Client::idle() const {
   const Impl& m = *impl_;
   return m.owned.idle() && m.waiters.empty();

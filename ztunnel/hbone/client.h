@@ -35,6 +35,7 @@ class Client {
   void shutdown();                         // resets everything (engine stop)
   void goAway();                           // every tunnel: Tunnel::goAway (an upgrade)
   bool idle() const;                       // nothing left that the ring may complete
+  size_t receiveBufferBytes() const;       // held by its tunnels (0 when all are idle)
   void tick(Clock::time_point now);        // about once a second: deadlines, keepalive, idle
   bool fineTick(Clock::time_point now);    // certificates and redials; true: call again soon
 

@@ -48,6 +48,11 @@ class Owned {
     for (Stream* s : snapshot(streams_)) f(*s);
   }
   bool idle() const { return links_.empty() && streams_.empty() && !reap_op_.busy(); }
+  size_t receiveBufferBytes() const {  // what the tunnels' receive buffers hold
+    size_t n = 0;
+    for (const auto& [raw, link] : links_) n += link->tunnel.receiveBufferBytes();
+    return n;
+  }
   // The tunnel with this id (Tunnel::id()), or null: a walk of this side's
   // tunnels, for the rare stream that delivers after nghttp2 forgot it.
   Tunnel* tunnel(uint64_t id) {

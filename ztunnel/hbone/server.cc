@@ -281,6 +281,8 @@ void Server::goAway() {
   impl_->owned.eachLink([](Impl::Link& l) { l.tunnel.goAway(); });
 }
 
+size_t Server::receiveBufferBytes() const { return impl_->owned.receiveBufferBytes(); }
+
 bool Server::idle() const {
   const Impl& m = *impl_;
   return m.owned.idle();

@@ -38,6 +38,7 @@ class Server {
   void shutdown();
   void goAway();  // every tunnel: Tunnel::goAway (an upgrade)
   bool idle() const;
+  size_t receiveBufferBytes() const;  // held by its tunnels (0 when all are idle)
   void tick(Clock::time_point now);
   bool fineTick(Clock::time_point now);  // tunnels waiting for their pod's certificate
 

@@ -207,6 +207,11 @@ void Stream::close(bool reset, CloseReason reason, std::string detail, bool retr
     if (live_) ctx_.records.ending(*live_, reason_, detail_);
     l7_->finish();
   }
+  // How the app's socket ends is settled first: the RST_STREAM below can
+  // finish the stream (and close that socket) before it returns.
+  int fd = appFd();
+  reset_ = reset;
+  if (reset && fd >= 0) proxy::setLinger0(fd);
   if (reset && attached() && !rst_sent_) {
     rst_sent_ = true;
     tunnel_->reset(id_, NGHTTP2_CONNECT_ERROR);
@@ -214,12 +219,7 @@ void Stream::close(bool reset, CloseReason reason, std::string detail, bool retr
   up_.stop();
   down_.stop();
   giveBack(unconsumed_);  // what the app will not get now
-  int fd = appFd();
-  reset_ = reset;
-  if (fd >= 0) {
-    if (reset) proxy::setLinger0(fd);
-    if (busy()) ctx_.ring.cancelFd(fd);
-  }
+  if (fd >= 0 && busy()) ctx_.ring.cancelFd(fd);
   maybeFinish();
 }
 

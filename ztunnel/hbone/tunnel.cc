@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/log.h"
@@ -21,8 +22,9 @@ auto logger() { return log::get("hbone"); }
 // that fills it, up to kCipherRecvMax (relay::nextBufferSize: a bulk
 // stream's records come in fewer reads, and their DATA goes to the app in
 // fewer sends), and back to kCipherRecv for the first read after a second
-// without one (tick): an idle pooled tunnel holds 64 KiB again once its
-// next bytes (a keepalive PING at the latest) came.
+// without one. A receive in flight for a whole tick is cancelled and its
+// buffer freed (tick): an idle tunnel holds no receive buffer, only a poll,
+// until its next bytes (a keepalive PING at the latest).
 constexpr size_t kCipherRecv = 64 * 1024;
 constexpr size_t kCipherRecvMax = 256 * 1024;
 // One socket read before the handshake is done: a ClientHello or a
@@ -331,7 +333,7 @@ bool Tunnel::writePlain() {
 }
 
 void Tunnel::armRecv() {
-  if (recv_.busy() || state_ == State::kConnecting || closed()) return;
+  if (recv_.busy() || park_.busy() || state_ == State::kConnecting || closed()) return;
   if (rin_len_ > 0) {  // what TLS left of the last receive: rbuf_ is needed again
     early_.append(reinterpret_cast<const char*>(rin_), rin_len_);
     rin_len_ = 0;
@@ -347,6 +349,7 @@ void Tunnel::armRecv() {
     rbuf_size_ = want;
   }
   recv_.recv(env_.ctx.ring, fd_.get(), rbuf_.get(), rbuf_size_);
+  ++recvs_;
 }
 
 // Writes what TLS produced; one send in flight, its buffer untouched until done.
@@ -368,6 +371,13 @@ void Tunnel::onRecv(const io_uring_cqe& cqe) {
   int res = cqe.res;
   if (closed()) {
     finishIfIdle();
+    return;
+  }
+  if (std::exchange(parking_, false) && uring::Ring::cancelled(res)) {
+    // Idle: no buffer until the socket has something for us.
+    rbuf_.reset();
+    rbuf_size_ = 0;
+    park_.pollIn(env_.ctx.ring, fd_.get());
     return;
   }
   if (res > 0) {
@@ -397,6 +407,14 @@ void Tunnel::onRecv(const io_uring_cqe& cqe) {
   }
   progress();
   finishIfIdle();
+}
+
+void Tunnel::onPark(const io_uring_cqe& cqe) {
+  // Readable, ended or failed (the receive tells which), or the poll was
+  // refused (a full ring): either way a receive goes out again.
+  (void)cqe;
+  if (closed()) return finishIfIdle();
+  armRecv();
 }
 
 void Tunnel::onSend(const io_uring_cqe& cqe) {
@@ -488,6 +506,16 @@ void Tunnel::tick(Clock::time_point now, size_t queued) {
       now - last_rx_ >= std::chrono::seconds(1))
     SSL_free_buffers(ssl_.get());
   if (now - last_rx_ >= std::chrono::seconds(1)) recv_idle_ = true;  // the next read: 64 KiB
+  // A receive in flight since the last tick, with everything received
+  // read by TLS: idle. Its cancel's completion (onRecv) parks the tunnel.
+  // Asked again at each idle tick until it is, in case the cancel could
+  // not be submitted.
+  bool idle = ready() && recv_.busy() && recvs_ == recvs_at_tick_ && early_off_ >= early_.size();
+  recvs_at_tick_ = recvs_;
+  if (idle) {
+    parking_ = true;
+    env_.ctx.ring.cancel(&recv_);
+  }
   if (close_on_flush_) {
     if (now > deadline_) {
       close_on_flush_ = false;  // the peer does not read: stop waiting

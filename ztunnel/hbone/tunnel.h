@@ -188,7 +188,10 @@ class Tunnel {
   bool flushingClose() const { return close_on_flush_; }  // closes once written
   size_t streams() const { return streams_.size(); }
   Clock::time_point created() const { return created_; }
-  bool busy() const { return recv_.busy() || send_.busy() || connect_.busy() || soon_.busy(); }
+  bool busy() const {
+    return recv_.busy() || send_.busy() || connect_.busy() || soon_.busy() || park_.busy();
+  }
+  size_t receiveBufferBytes() const { return rbuf_size_; }  // 0 while parked
   TunnelOwner& owner() { return owner_; }
   const char* side() const { return server_ ? "from" : "to"; }
 
@@ -215,6 +218,7 @@ class Tunnel {
   void onRecv(const io_uring_cqe& cqe);
   void onSend(const io_uring_cqe& cqe);
   void onSoon(const io_uring_cqe& cqe);
+  void onPark(const io_uring_cqe& cqe);
   StreamEnd* streamOf(int32_t id) const;
 
   TunnelEnv& env_;
@@ -252,7 +256,12 @@ class Tunnel {
   size_t rbuf_size_ = 0;
   size_t last_recv_ = 0;    // bytes of the last read: the next one's size
   bool recv_idle_ = false;  // nothing read for a second: the next read is small again
-  std::string sbuf_;        // ciphertext being sent; untouched while a send is in flight
+  // tick(): receives posted so far, and their number at the last call. A
+  // receive in flight for a whole tick is cancelled (parking_), and its
+  // cancelled completion frees rbuf_ and polls the socket (park_) instead.
+  uint64_t recvs_ = 0, recvs_at_tick_ = 0;
+  bool parking_ = false;
+  std::string sbuf_;  // ciphertext being sent; untouched while a send is in flight
   size_t soff_ = 0;
   std::string cout_;                       // ciphertext TLS wrote since (sent once sbuf_ is)
   std::string pout_;                       // small HTTP/2 frames for the next SSL_write
@@ -264,6 +273,7 @@ class Tunnel {
   uring::Op<&Tunnel::onRecv> recv_{this};
   uring::Op<&Tunnel::onSend> send_{this};
   uring::Op<&Tunnel::onSoon> soon_{this};
+  uring::Op<&Tunnel::onPark> park_{this};  // an idle tunnel: a poll, no buffer
 };
 
 }  // namespace sluice::ztunnel::hbone

@@ -55,10 +55,10 @@ struct H2Glue {
     StreamEnd* s = t.streamOf(f->hd.stream_id);
     if (!s) return 0;
     if (f->hd.type == NGHTTP2_HEADERS) {
-      if (t.server_ && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
-        s->h2Headers();
-        return 0;
-      }
+      // A CONNECT may carry END_STREAM (a client with nothing to send):
+      // its end goes to the stream after the request (h2End remembers it
+      // until the app's connection is up).
+      if (t.server_ && f->headers.cat == NGHTTP2_HCAT_REQUEST) s->h2Headers();
       if (!t.server_ && f->headers.cat == NGHTTP2_HCAT_RESPONSE) s->h2Headers();
     }
     if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&

@@ -10,12 +10,6 @@
 
 namespace sluice::ztunnel::relay {
 
-namespace {
-// A request the cancel stopped before it moved a byte: -ECANCELED, or
-// -EINTR when it was already blocked in an io-wq worker.
-bool cancelled(int res) { return res == -ECANCELED || res == -EINTR; }
-}  // namespace
-
 Pipe::Pipe(uring::Ring& ring, PipeOwner& owner, size_t buffer_bytes, size_t grow_to_bytes)
     : ring_(ring),
       owner_(owner),
@@ -225,13 +219,13 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
       owner_.pipeMoved(*this, len_);
     } else if (cqe.res == 0) {
       eof_ = true;
-    } else if (!cancelled(cqe.res) && !frozen_error_) {
+    } else if (!uring::Ring::cancelled(cqe.res) && !frozen_error_) {
       frozen_error_ = cqe.res;
     }
     return settle();
   }
   if (stopped_) return settle();
-  if (std::exchange(parking_, false) && cancelled(cqe.res)) {
+  if (std::exchange(parking_, false) && uring::Ring::cancelled(cqe.res)) {
     // Idle: no buffer until the source has something for us.
     buf_.reset();
     cap_ = next_cap_ = first_cap_;
@@ -264,7 +258,7 @@ void Pipe::onSend(const io_uring_cqe& cqe) {
     if (cqe.res > 0) {
       off_ += static_cast<size_t>(cqe.res);
       if (off_ >= len_) len_ = off_ = 0;
-    } else if (!cancelled(cqe.res) && !frozen_error_) {
+    } else if (!uring::Ring::cancelled(cqe.res) && !frozen_error_) {
       frozen_error_ = cqe.res == 0 ? -EPIPE : cqe.res;
     }
     return settle();

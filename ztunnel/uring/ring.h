@@ -11,6 +11,7 @@
 #include <liburing.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -48,6 +49,9 @@ class Ring {
   // Cancels op's request in flight: its completion says -ECANCELED (or
   // -EINTR), or brings its result if it completed first.
   void cancel(Operation* op);
+  // Whether a completion is a request the cancel stopped before it moved a
+  // byte: -ECANCELED, or -EINTR when it was already blocked in an io-wq worker.
+  static bool cancelled(int res) { return res == -ECANCELED || res == -EINTR; }
   // Closes fd at once, safely although requests on it may be in flight:
   // submits what is queued, cancels every request on fd synchronously (their
   // completions still come, -ECANCELED) and closes the descriptor. For
