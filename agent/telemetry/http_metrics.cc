@@ -94,7 +94,7 @@ struct alignas(64) HttpMetrics::Worker {
       uint64_t key;
       std::shared_ptr<Series> series[2];  // by reporter, held; null: not reported (or over the cap)
     };
-    std::vector<Entry> outcomes;  // a handful: 200, 503, ...
+    std::vector<Entry> outcomes;  // a handful: 200, 503, ... (kMaxOutcomesPerConnection)
   };
   std::unordered_map<uint64_t, Conn> conns;  // by connection id
   SeriesCache<Key, Series, KeyHash> cache;   // series this worker has held
@@ -129,7 +129,15 @@ std::shared_ptr<HttpMetrics::Series> HttpMetrics::hold(Worker& w, const Connecti
     if (auto it = series_.find(key); it != series_.end()) {
       s = it->second;
     } else {
-      if (series_.size() >= config_.max_series) evictIdleLocked(now_());
+      if (series_.size() >= config_.max_series) {
+        // At the cap: make room from idle series, at most once a second (a
+        // scan of every series), before refusing.
+        auto now = now_();
+        if (now - last_cap_eviction_ >= std::chrono::seconds(1)) {
+          last_cap_eviction_ = now;
+          evictIdleLocked(now);
+        }
+      }
       if (series_.size() >= config_.max_series) {
         dropped_.fetch_add(1, std::memory_order_relaxed);
         return nullptr;
@@ -153,6 +161,12 @@ void HttpMetrics::request(unsigned worker, const ConnectionRecord& c, const Requ
   auto it = std::find_if(conn.outcomes.begin(), conn.outcomes.end(),
                          [&](const auto& e) { return e.key == key; });
   if (it == conn.outcomes.end()) {
+    if (conn.outcomes.size() >= kMaxOutcomesPerConnection) {
+      // A peer answering each request differently: counted as dropped, not
+      // kept (each outcome would hold series and lengthen this search).
+      dropped_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
     Worker::Conn::Entry e{key, {}};
     bool handoff = c.path == ztunnel::Path::kLocalHandoff;
     bool outbound = c.direction == ztunnel::Direction::kOutbound;

@@ -67,6 +67,9 @@ class HttpMetrics final : public ztunnel::ConnectionObserver {
   void write(TextWriter& out);  // any thread; drops idle series first
   size_t seriesCount() const;
   uint64_t seriesDropped() const { return dropped_.load(std::memory_order_relaxed); }
+  // Distinct (protocol, status, grpc status) outcomes one connection counts
+  // into; the requests of any further ones are dropped (seriesDropped()).
+  static constexpr size_t kMaxOutcomesPerConnection = 16;
 
  private:
   struct Series;
@@ -97,6 +100,7 @@ class HttpMetrics final : public ztunnel::ConnectionObserver {
   mutable std::mutex mu_;
   SeriesMap series_;  // by label values (views of the series' own values)
   std::atomic<uint64_t> dropped_{0}, evicted_{0};
+  Clock::time_point last_cap_eviction_{};  // under mu_
 };
 
 // Both observers of the agent, called in order (the engine takes one).

@@ -156,6 +156,27 @@ TEST_SUITE("telemetry/http") {
     CHECK(s[0].labels["grpc_response_status"] == "14");
   }
 
+  TEST_CASE("one connection's distinct outcomes are bounded; the requests beyond are dropped") {
+    // A server answering each request with another status (or a flood of
+    // grpc-status values) must not grow the connection's list of series
+    // without bound: past kMaxOutcomesPerConnection, requests are dropped.
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics m({}, tcp);
+    auto c = outboundHbone(1);
+    const int kMax = static_cast<int>(HttpMetrics::kMaxOutcomesPerConnection);
+    for (int i = 0; i < kMax + 10; ++i) m.request(0, c, httpRequest(200 + i, 10));
+    CHECK(m.seriesCount() == HttpMetrics::kMaxOutcomesPerConnection);
+    CHECK(m.seriesDropped() == 10);
+    // The outcomes it holds go on counting.
+    m.request(0, c, httpRequest(200, 10));
+    auto all = scrapeHttp(m);
+    CHECK(value(all, "istio_requests_total", {{"response_code", "200"}}) == 2);
+    CHECK(find(all, "istio_requests_total").size() == HttpMetrics::kMaxOutcomesPerConnection);
+    // Another connection has its own budget.
+    m.request(0, outboundHbone(2), httpRequest(299, 10));
+    CHECK(value(scrapeHttp(m), "istio_requests_total", {{"response_code", "299"}}) == 1);
+  }
+
   TEST_CASE("a same-node handoff reports both ends; closed connections let series go idle") {
     FakeClock clock;
     TcpMetrics tcp({}, &meshIndex());

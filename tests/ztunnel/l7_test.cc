@@ -11,6 +11,7 @@
 
 #include "ztunnel/l7/detect.h"
 #include "ztunnel/l7/http1.h"
+#include "ztunnel/l7/http2.h"
 #include "ztunnel/l7/inspect_policy.h"
 #include "ztunnel/l7/inspector.h"
 
@@ -401,7 +402,7 @@ namespace {
 struct Peer {
   nghttp2_session* s = nullptr;
   std::string out;
-  explicit Peer(bool server) {
+  explicit Peer(bool server, const nghttp2_option* opt = nullptr) {
     nghttp2_session_callbacks* cb;
     nghttp2_session_callbacks_new(&cb);
     nghttp2_session_callbacks_set_send_callback(
@@ -410,9 +411,9 @@ struct Peer {
           return static_cast<ssize_t>(n);
         });
     if (server)
-      nghttp2_session_server_new(&s, cb, this);
+      nghttp2_session_server_new2(&s, cb, this, opt);
     else
-      nghttp2_session_client_new(&s, cb, this);
+      nghttp2_session_client_new2(&s, cb, this, opt);
     nghttp2_session_callbacks_del(cb);
     nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100},
                                    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
@@ -543,6 +544,77 @@ TEST_SUITE("l7/http2") {
     CHECK(feed(in, client.take(), true));
     REQUIRE(sink.seen.size() == 1);
     CHECK(sink.seen[0].status == 0);
+  }
+
+  TEST_CASE(
+      "a peer's HPACK table is bounded at 64 KiB: beyond, the observer stops, not the bytes") {
+    // The server announces a header table and the client's encoder may use
+    // up to 1 MiB of it: the observer's decoder would keep whatever the
+    // client indexes. Mirrored, the table is at most 64 KiB: a client's
+    // table size update above that is a compression error for the
+    // observer, which gives up (the connection's bytes still pass).
+    for (uint32_t table : {64u * 1024, 1u << 30}) {
+      CAPTURE(table);
+      Sink sink;
+      l7::Inspector in(sink, 10s);
+      nghttp2_option* opt = nullptr;
+      nghttp2_option_new(&opt);
+      nghttp2_option_set_max_deflate_dynamic_table_size(opt, 1 << 20);
+      Peer client(false, opt), server(true);
+      nghttp2_option_del(opt);
+      nghttp2_settings_entry iv{NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, table};
+      nghttp2_submit_settings(server.s, NGHTTP2_FLAG_NONE, &iv, 1);
+      std::string c = client.take();  // preface + SETTINGS
+      CHECK(feed(in, c, true));
+      server.recv(c);
+      std::string s = server.take();  // SETTINGS (with the table) + ACK
+      CHECK(feed(in, s, false));
+      client.recv(s);
+      std::string ack = client.take();  // the client's ACK: the table may grow
+      CHECK(feed(in, ack, true));
+      server.recv(ack);
+      nghttp2_nv req[] = {nv(":method", "GET"), nv(":scheme", "http"), nv(":path", "/"),
+                          nv(":authority", "a"), nv("x-fill", "0123456789")};
+      int32_t id = nghttp2_submit_request(client.s, nullptr, req, 5, nullptr, nullptr);
+      c = client.take();
+      if (table > l7::Http2Observer::kMaxHeaderTable) {
+        CHECK_FALSE(feed(in, c, true));
+        CHECK_FALSE(in.observing());
+        continue;
+      }
+      CHECK(feed(in, c, true));
+      server.recv(c);
+      nghttp2_nv resp[] = {nv(":status", "204")};
+      nghttp2_submit_response(server.s, id, resp, 1, nullptr);
+      CHECK(feed(in, server.take(), false));
+      REQUIRE(sink.seen.size() == 1);
+      CHECK(sink.seen[0].status == 204);
+    }
+  }
+
+  TEST_CASE("statuses no peer may send: HTTP outside 100-599 is none, gRPC beyond 16 is UNKNOWN") {
+    Sink sink;
+    l7::Inspector in(sink, 10s);
+    Peer client(false), server(true);
+    nghttp2_nv req[] = {nv(":method", "POST"), nv(":scheme", "http"), nv(":path", "/p.S/M"),
+                        nv(":authority", "g"), nv("content-type", "application/grpc")};
+    std::vector<int32_t> ids;
+    for (int i = 0; i < 2; ++i)
+      ids.push_back(nghttp2_submit_request(client.s, nullptr, req, 5, nullptr, nullptr));
+    std::string c = client.take();
+    CHECK(feed(in, c, true));
+    server.recv(c);
+    nghttp2_nv bad_status[] = {nv(":status", "999999")};
+    nghttp2_submit_response(server.s, ids[0], bad_status, 1, nullptr);
+    nghttp2_nv head[] = {nv(":status", "200")};
+    nghttp2_submit_headers(server.s, NGHTTP2_FLAG_NONE, ids[1], nullptr, head, 1, nullptr);
+    nghttp2_nv trailers[] = {nv("grpc-status", "123456")};
+    nghttp2_submit_trailer(server.s, ids[1], trailers, 1);
+    CHECK(feed(in, server.take(), false));
+    REQUIRE(sink.seen.size() == 2);
+    CHECK(sink.seen[0].status == 0);
+    CHECK(sink.seen[1].status == 200);
+    CHECK(sink.seen[1].grpc_status == 2);
   }
 
   TEST_CASE("garbage after the preface gives up") {

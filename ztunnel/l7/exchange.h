@@ -55,8 +55,11 @@ struct Exchange {
     r.authority = authority;
     std::string_view p = path;
     r.path = p.substr(0, p.find('?'));
-    r.status = status;
-    r.grpc_status = grpc_status;
+    // What no HTTP or gRPC peer may answer is not taken as said: a status
+    // outside 100-599 is no response (0), and a gRPC status beyond the
+    // spec's 0-16 is UNKNOWN (2), as gRPC's own clients read it.
+    r.status = status >= 100 && status <= 599 ? status : 0;
+    r.grpc_status = grpc_status > 16 ? 2 : grpc_status;
     r.request_bytes = request_bytes;
     r.response_bytes = response_bytes;
     r.start_unix_ms = start_unix_ms;

@@ -1,5 +1,6 @@
 #include "ztunnel/l7/http2.h"
 
+#include <algorithm>
 #include <vector>
 
 namespace sluice::ztunnel::l7 {
@@ -164,6 +165,11 @@ bool Http2Observer::mirrorSettings(nghttp2_session* to, const nghttp2_settings& 
         id > NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE)
       continue;
     iv.push_back(s.iv[i]);
+    // The HPACK table a peer announces is what the other peer may fill in
+    // our decoder: bounded here. A peer that uses more is a compression
+    // error for the observer alone (it stops; the bytes still pass).
+    if (id == NGHTTP2_SETTINGS_HEADER_TABLE_SIZE)
+      iv.back().value = std::min(iv.back().value, kMaxHeaderTable);
   }
   return nghttp2_submit_settings(to, NGHTTP2_FLAG_NONE, iv.data(), iv.size()) == 0 && drain(to);
 }

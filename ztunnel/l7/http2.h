@@ -22,6 +22,9 @@ class Http2Observer final : public ProtocolObserver {
  public:
   // Streams open at once beyond this: the observer gives up.
   static constexpr size_t kMaxStreams = 1024;
+  // The largest HPACK dynamic table either peer may make the observer keep
+  // (SETTINGS_HEADER_TABLE_SIZE as mirrored; the default is 4 KiB).
+  static constexpr uint32_t kMaxHeaderTable = 64 * 1024;
 
   explicit Http2Observer(RequestSink& sink);
   ~Http2Observer() override;
