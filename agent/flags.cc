@@ -6,6 +6,7 @@
 
 #include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
+#include "sluice/common/x509.h"
 
 namespace sluice::agent {
 
@@ -50,7 +51,11 @@ FlagTable flagTable(Flags& f) {
              FlagTable::into(&f.token_file))
       .value("--trust-domain", "NAME",
              "SPIFFE trust domain of workload identities (default cluster.local)",
-             FlagTable::into(&f.trust_domain))
+             [&f](const std::string& v) -> std::string {
+               if (!x509::validTrustDomain(v)) return "'" + v + "': " + x509::kTrustDomainRule;
+               f.trust_domain = v;
+               return "";
+             })
       .value("--cert-ttl", "SECONDS",
              "requested workload certificate lifetime, at least 60 (default:\n"
              "the control plane's)",
@@ -67,7 +72,8 @@ FlagTable flagTable(Flags& f) {
              FlagTable::into(&f.cni_socket))
       .value("--admin-addr", "IP:PORT", "admin HTTP API (default 127.0.0.1:15000)",
              [&f](const std::string& v) -> std::string {
-               if (!parseEndpoint(v)) return "must be IP:PORT, got '" + v + "'";
+               if (auto ep = parseEndpoint(v); !ep || ep->sin_port == 0)
+                 return "must be IP:PORT with a port from 1 to 65535, got '" + v + "'";
                f.admin_addr = v;
                return "";
              })
@@ -75,8 +81,9 @@ FlagTable flagTable(Flags& f) {
              "Prometheus metrics (/metrics, /stats/prometheus) on the node's\n"
              "network; \"\" turns them off (default 0.0.0.0:15020)",
              [&f](const std::string& v) -> std::string {
-               if (!v.empty() && !parseEndpoint(v))
-                 return "must be IP:PORT or \"\", got '" + v + "'";
+               auto ep = parseEndpoint(v);
+               if (!v.empty() && (!ep || ep->sin_port == 0))
+                 return "must be IP:PORT (a port from 1 to 65535) or \"\", got '" + v + "'";
                f.metrics_addr = v;
                return "";
              })

@@ -1,10 +1,12 @@
 #include "cni-plugin/config.h"
 
 #include <algorithm>
+#include <set>
 
 #include "sluice/common/addr.h"
 #include "sluice/common/ip6.h"
 #include "sluice/common/json_text.h"
+#include "sluice/common/suggest.h"
 
 namespace sluice::cni {
 
@@ -45,10 +47,18 @@ tl::expected<std::vector<std::string>, PluginError> resultIps(const json& result
   for (const auto& ip : result["ips"]) {
     if (!ip.is_object() || !ip.contains("address") || !ip["address"].is_string())
       return err(kDecodingFailure, "prevResult.ips[] entry without a string 'address'");
-    if (any_sandbox && ip.contains("interface") && ip["interface"].is_number_unsigned() &&
-        ip["interface"].get<size_t>() < pod_interface.size() &&
-        !pod_interface[ip["interface"].get<size_t>()])
-      continue;  // a host-side interface's, or another sandbox interface's
+    if (ip.contains("interface")) {
+      // An index into "interfaces": one that points nowhere is a broken
+      // result, not the pod's address.
+      const json& i = ip["interface"];
+      if (!i.is_number_unsigned() ||
+          (result.contains("interfaces") && i.get<size_t>() >= pod_interface.size()))
+        return err(kDecodingFailure,
+                   "prevResult.ips[] 'interface' is not an index into prevResult.interfaces",
+                   i.dump());
+      if (any_sandbox && !pod_interface[i.get<size_t>()])
+        continue;  // a host-side interface's, or another sandbox interface's
+    }
     std::string addr = ip["address"].get<std::string>();
     std::string bare = addr.substr(0, addr.find('/'));
     // Both families go to the agent, which meshes both (IPv6 in canonical
@@ -70,11 +80,32 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text,
                                                     const std::string& ifname) {
   if (text.size() > kMaxConfigBytes)
     return err(kDecodingFailure, "network configuration larger than 1 MiB");
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  // A key given twice at the top level ("failOpen":true,"failOpen":false)
+  // is refused, not read as its last value.
+  std::string twice;
+  std::set<std::string> top;
+  json j = json::parse(
+      text,
+      [&](int depth, json::parse_event_t event, json& parsed) {
+        if (event == json::parse_event_t::key && depth == 1 && twice.empty() &&
+            !top.insert(parsed.get<std::string>()).second)
+          twice = parsed.get<std::string>();
+        return true;
+      },
+      /*allow_exceptions=*/false);
   if (j.is_discarded())
     return err(kDecodingFailure, "network configuration on stdin is not valid JSON");
   if (!j.is_object())
     return err(kDecodingFailure, "network configuration on stdin is not a JSON object");
+  if (!twice.empty())
+    return err(kInvalidConfig, fmt::format("field '{}' appears twice: keep one", twice));
+  // Keys the runtime or other plugins add are left alone; a near miss of
+  // one of ours ("failopen") is a typo that would silently change what
+  // happens when the agent is away.
+  for (const auto& [key, value] : j.items())
+    if (const char* ours = closestWord(key, {"agentSocket", "failOpen", "timeoutMs", "logFile"});
+        ours && key != ours)
+      return err(kInvalidConfig, fmt::format("unknown field '{}' (did you mean '{}'?)", key, ours));
   PluginConfig c;
   auto str = [&](const char* key, std::string& out, bool required) -> std::optional<PluginError> {
     if (!j.contains(key)) {

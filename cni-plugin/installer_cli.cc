@@ -56,6 +56,13 @@ FlagTable installerFlags(Subcommand cmd, InstallerOptions& o) {
                                    "'{\"failOpen\":false}'";
                           if (j.contains("type") && j["type"] != kPluginType)
                             return "--plugin-config: 'type' can only be \"sluice-cni\"";
+                          for (auto it = j.begin(); it != j.end(); ++it)
+                            if (it.key() != "type" && it.key() != "agentSocket" &&
+                                it.key() != "failOpen" && it.key() != "timeoutMs" &&
+                                it.key() != "logFile")
+                              return "--plugin-config: unknown field '" + it.key() +
+                                     "': the fields are agentSocket, failOpen, timeoutMs "
+                                     "and logFile (sluice-cni --help)";
                           ordered_json entry = {{"type", kPluginType}};
                           for (auto it = j.begin(); it != j.end(); ++it)
                             if (it.key() != "type") entry[it.key()] = it.value();

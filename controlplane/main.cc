@@ -19,6 +19,7 @@
 #include "sluice/common/files.h"
 #include "sluice/common/flags.h"
 #include "sluice/common/log.h"
+#include "sluice/common/x509.h"
 
 using namespace sluice;
 
@@ -98,7 +99,11 @@ int main(int argc, char** argv) {
       .value("--listen", "IP:PORT", "gRPC address (default 127.0.0.1:15010)",
              FlagTable::into(&listen))
       .value("--trust-domain", "NAME", "SPIFFE trust domain (default cluster.local)",
-             FlagTable::into(&trust_domain))
+             [&trust_domain](const std::string& v) -> std::string {
+               if (!x509::validTrustDomain(v)) return "'" + v + "': " + x509::kTrustDomainRule;
+               trust_domain = v;
+               return "";
+             })
       .value("--trust-anchor", "PEM",
              "trust anchor(s); with --ca-cert and --ca-key: the issuing CA",
              FlagTable::into(&anchor_path))
@@ -143,7 +148,25 @@ int main(int argc, char** argv) {
     usageError("--agent-service-account needs the Kubernetes API (--kubernetes or --kubeconfig)");
   if (watch_istio && !in_cluster && kubeconfig.empty())
     usageError("--watch-istio-policies needs the Kubernetes API (--kubernetes or --kubeconfig)");
-  if (!parseEndpoint(listen)) usageError("--listen must be IP:PORT, got '" + listen + "'");
+  if (auto ep = parseEndpoint(listen); !ep || ep->sin_port == 0)
+    usageError("--listen must be IP:PORT with a port from 1 to 65535, got '" + listen + "'");
+  // Every check of the flags alone, before the source is read or built.
+  bool files = !anchor_path.empty() || !ca_cert_path.empty() || !ca_key_path.empty();
+  if (files && (anchor_path.empty() || ca_cert_path.empty() || ca_key_path.empty()))
+    usageError("--trust-anchor, --ca-cert and --ca-key go together");
+  if ((!ca_secret.empty() || !anchor_configmap.empty()) && !local_dir.empty())
+    usageError(
+        "--ca-secret and --trust-anchor-configmap need the Kubernetes API (--kubernetes "
+        "or --kubeconfig)");
+  if (!ca_secret.empty() && (files || !ca_dir.empty()))
+    usageError("give the CA one way: --ca-secret, the three PEM files, or --ca-dir");
+  if (!ca_secret.empty())
+    if (auto ref = controlplane::ca::parseObjectRef(ca_secret, "--ca-secret"); !ref)
+      usageError(ref.error().message);
+  if (ca_secret.empty() && !files && ca_dir.empty() && local_dir.empty())
+    usageError(
+        "with the Kubernetes source, give the CA (--ca-secret, or --trust-anchor, --ca-cert, "
+        "--ca-key) or --ca-dir for a development CA");
   log::setup(level);
   auto logger = log::get("controlplane");
 
@@ -198,15 +221,6 @@ int main(int argc, char** argv) {
         "no --bootstrap-tokens and no --agent-service-account: no node can obtain workload "
         "certificates");
   }
-  bool files = !anchor_path.empty() || !ca_cert_path.empty() || !ca_key_path.empty();
-  if (files && (anchor_path.empty() || ca_cert_path.empty() || ca_key_path.empty()))
-    usageError("--trust-anchor, --ca-cert and --ca-key go together");
-  if ((!ca_secret.empty() || !anchor_configmap.empty()) && !kube_client)
-    usageError(
-        "--ca-secret and --trust-anchor-configmap need the Kubernetes API (--kubernetes "
-        "or --kubeconfig)");
-  if (!ca_secret.empty() && (files || !ca_dir.empty()))
-    usageError("give the CA one way: --ca-secret, the three PEM files, or --ca-dir");
   Result<std::unique_ptr<controlplane::ca::Authority>> authority = fail("unset");
   if (!ca_secret.empty()) {
     auto ref = controlplane::ca::parseObjectRef(ca_secret, "--ca-secret");
@@ -230,11 +244,6 @@ int main(int argc, char** argv) {
     authority = controlplane::ca::Authority::fromFiles(anchor_path, ca_cert_path, ca_key_path,
                                                        trust_domain);
   } else {
-    if (ca_dir.empty() && local_dir.empty())
-      usageError(
-          "with the Kubernetes source, give the CA (--ca-secret, or --trust-anchor, --ca-cert, "
-          "--ca-key) or "
-          "--ca-dir for a development CA");
     if (ca_dir.empty()) {
       std::string base = local_dir;
       while (base.size() > 1 && base.back() == '/') base.pop_back();

@@ -9,6 +9,7 @@
 #include "common/policy/match.h"
 #include "sluice/common/fmt.h"
 #include "sluice/common/k8s_names.h"
+#include "sluice/common/suggest.h"
 
 namespace sluice::policy {
 
@@ -52,20 +53,6 @@ bool plainNonString(const YAML::Node& n) {
     }
   }
   return digits;
-}
-
-size_t editDistance(std::string a, std::string b) {
-  for (auto& c : a) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (auto& c : b) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
 }
 
 std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
@@ -124,11 +111,7 @@ class Parser {
       if (std::any_of(allowed.begin(), allowed.end(), [&](const char* f) { return key == f; }))
         continue;
       std::string msg = fmt::format("unknown field \"{}\"", key);
-      const char* best = nullptr;
-      size_t best_d = 3;
-      for (const char* f : allowed)
-        if (size_t d = editDistance(key, f); d < best_d) best = f, best_d = d;
-      if (best) {
+      if (const char* best = closestWord(key, allowed)) {
         msg += fmt::format(" (did you mean \"{}\"?)", best);
       } else if (auto it = misplaced().find(key); it != misplaced().end()) {
         msg += fmt::format(" (it belongs at {})", it->second);

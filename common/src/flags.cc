@@ -140,6 +140,16 @@ Result<bool> FlagTable::parse(int argc, char** argv, int start) const {
     } else if (inline_value) {
       given.push_back({&*flag, arg.substr(is_long ? split + 1 : split)});
     } else if (i + 1 < argc) {
+      // A value that is itself one of our flags is a value left out: the
+      // flag after it would be taken as that value, and its own value
+      // as a stray argument ("--name=--x" still gives such a value).
+      std::string next = argv[i + 1];
+      std::string next_flag = next.substr(0, next.rfind("--", 0) == 0 ? next.find('=') : 2);
+      if (next.size() > 1 && next[0] == '-' &&
+          std::any_of(flags_.begin(), flags_.end(), [&](const Flag& f) {
+            return f.name == next_flag || (!f.short_name.empty() && f.short_name == next);
+          }))
+        return fail("flag " + arg + " needs a value (" + next + " is a flag)");
       given.push_back({&*flag, argv[++i]});
     } else {
       return fail("flag " + arg + " needs a value");

@@ -63,6 +63,8 @@ std::string opensslError() {
   return out.empty() ? "unknown OpenSSL error" : out;
 }
 
+bool validTrustDomain(const std::string& trust_domain) { return validLabel(trust_domain); }
+
 std::optional<SpiffeId> SpiffeId::parse(const std::string& uri) {
   const std::string scheme = "spiffe://";
   if (uri.rfind(scheme, 0) != 0) return std::nullopt;

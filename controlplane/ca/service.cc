@@ -12,6 +12,7 @@ Result<std::map<std::string, std::string>> loadBootstrapTokens(const std::string
   std::ifstream in(path);
   if (!in) return failErrno("cannot read bootstrap tokens " + path);
   std::map<std::string, std::string> out;
+  std::map<std::string, int> node_line, token_line;  // where each was first given
   std::string line;
   int n = 0;
   while (std::getline(in, line)) {
@@ -29,6 +30,18 @@ Result<std::map<std::string, std::string>> loadBootstrapTokens(const std::string
     if (node.empty() || token.size() < 16)
       return fail(
           fmt::format("{} line {}: empty node or a token shorter than 16 characters", path, n));
+    // A node twice would keep one token silently; a token twice would
+    // authenticate one node as the other.
+    if (auto [it, fresh] = node_line.emplace(node, n); !fresh)
+      return fail(
+          fmt::format("{} line {}: node {} already has a token (line {}): give each node "
+                      "one line",
+                      path, n, node, it->second));
+    if (auto [it, fresh] = token_line.emplace(token, n); !fresh)
+      return fail(
+          fmt::format("{} line {}: the token of line {} again: each node needs its own "
+                      "token",
+                      path, n, it->second));
     out[node] = token;
   }
   return out;

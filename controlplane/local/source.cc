@@ -18,6 +18,7 @@
 #include "controlplane/model/policies.h"
 #include "controlplane/model/proto_equal.h"
 #include "sluice/common/log.h"
+#include "sluice/common/suggest.h"
 
 namespace sluice::controlplane::local {
 
@@ -144,6 +145,32 @@ Result<ParsedFile> parseFile(const std::string& text) {
     if (!doc.IsMap()) return fail(ctx + ": not a mapping");
     if (doc.Mark().line >= 0) ctx += fmt::format(" (line {})", doc.Mark().line + 1);
     if (doc["kind"] && !doc["kind"].IsScalar()) return fail(ctx + ": 'kind' must be a string");
+    const std::string kind = doc["kind"] ? doc["kind"].Scalar() : "";
+    if (!model::knownKind(kind)) {
+      // Other kinds are not ours and are left alone, but a near miss of
+      // one is a typo that would drop the object unseen.
+      const char* near = closestWord(kind, {"AuthorizationPolicy", "PeerAuthentication"});
+      for (const char* k : {"Namespace", "Pod", "Service", "EndpointSlice"})
+        if (!near && editDistance(kind, k) == 0) near = k;  // case aside
+      if (near)
+        return fail(fmt::format("{}: kind \"{}\" is not one Sluice reads (did you mean \"{}\"?)",
+                                ctx, kind, near));
+    } else if (model::isPolicyKind(kind) && !model::isPolicy(doc)) {
+      // A policy kind of another API group is someone else's and left
+      // alone; a near miss of ours (or none) is a typo that would leave the
+      // policy out of force without a word.
+      const YAML::Node api = doc["apiVersion"];
+      std::string version = api && api.IsScalar() ? api.Scalar() : "";
+      std::string group = version.substr(0, version.find('/'));
+      if (group.empty() || closestWord(group, {"security.sluice.dev", "security.istio.io"})) {
+        out.rejected_policies.emplace_back(
+            model::policyKey(doc),
+            fmt::format("{}: apiVersion \"{}\" is not one Sluice reads {} from: use "
+                        "security.sluice.dev/v1 (or security.istio.io/v1, v1beta1)",
+                        ctx, version, kind));
+        continue;
+      }
+    }
     if (model::isPolicy(doc)) {
       if (auto ok = model::addPolicy(doc, objs); !ok) {
         out.rejected_policies.emplace_back(model::policyKey(doc),

@@ -90,6 +90,14 @@ TEST_SUITE("config") {
          kDecodingFailure},
         {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":"fd00:zz::5/64"}]}})",
          kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"interfaces":[{"name":"eth0","sandbox":"/n"}],)"
+         R"("ips":[{"address":"10.1.1.5/24","interface":-1}]}})",
+         kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"interfaces":[{"name":"eth0","sandbox":"/n"}],)"
+         R"("ips":[{"address":"10.1.1.5/24","interface":1}]}})",
+         kDecodingFailure},
+        {R"({"cniVersion":"1.0.0","prevResult":{"ips":[{"address":"10.1.1.5/24","interface":"0"}]}})",
+         kDecodingFailure},
     };
     for (const auto& c : cases) {
       CAPTURE(c.text);
@@ -99,6 +107,29 @@ TEST_SUITE("config") {
       CHECK_FALSE(r.error().msg.empty());
     }
     CHECK_FALSE(parseConfig(std::string(2 << 20, ' ')).has_value());
+  }
+  TEST_CASE("a near miss of one of our fields is refused, naming it; other fields are left alone") {
+    for (const char* text :
+         {R"({"cniVersion":"1.0.0","failopen":true})", R"({"cniVersion":"1.0.0","timeoutms":100})",
+          R"({"cniVersion":"1.0.0","agentSockt":"/s"})",
+          R"({"cniVersion":"1.0.0","logfile":"/l"})"}) {
+      CAPTURE(text);
+      auto r = parseConfig(text);
+      REQUIRE_FALSE(r.has_value());
+      CHECK(r.error().code == kInvalidConfig);
+      CHECK(r.error().msg.find("did you mean") != std::string::npos);
+    }
+    auto twice = parseConfig(R"({"cniVersion":"1.0.0","failOpen":true,"failOpen":false})");
+    REQUIRE_FALSE(twice.has_value());
+    CHECK(twice.error().msg == "field 'failOpen' appears twice: keep one");
+    CHECK(parseConfig(  // the same key in two nested objects is no repeat
+              R"({"cniVersion":"1.0.0","prevResult":{"interfaces":[{"name":"a"},{"name":"b"}]}})")
+              .has_value());
+    auto r = parseConfig(R"({"cniVersion":"1.0.0","failopen":true})");
+    CHECK(r.error().msg == "unknown field 'failopen' (did you mean 'failOpen'?)");
+    auto ok = parseConfig(
+        R"({"cniVersion":"1.0.0","type":"sluice-cni","runtimeConfig":{},"capabilities":{},"x":1})");
+    CHECK(ok.has_value());
   }
   TEST_CASE("environment and CNI_ARGS") {
     auto e = parseEnvironment(

@@ -478,6 +478,10 @@ TEST_SUITE("installer") {
                             "--plugin-config", R"({"failOpen":"yes"})"});
     REQUIRE_FALSE(bad_field.has_value());
     CHECK(bad_field.error().describe().find("failOpen") != std::string::npos);
+    auto unknown = parse({"install", "--cni-bin-dir", "/b", "--cni-conf-dir", "/c",
+                          "--plugin-config", R"({"failOpen":true,"retries":3})"});
+    REQUIRE_FALSE(unknown.has_value());
+    CHECK(unknown.error().describe().find("unknown field 'retries'") != std::string::npos);
     CHECK_FALSE(
         parse({"install", "--cni-bin-dir", "/b", "--cni-conf-dir", "/c", "--plugin-config", "[1]"})
             .has_value());

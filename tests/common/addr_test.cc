@@ -284,6 +284,13 @@ TEST_SUITE("flag table") {
     CHECK(error({"--nope=1"}) == "unknown flag --nope");
     CHECK(error({"--verbose=yes"}) == "flag --verbose takes no value");
     CHECK(error({"a", "b"}) == "unexpected argument 'b'");
+    // A value left out: the next flag is not taken as it.
+    CHECK(error({"--dir", "--verbose"}) == "flag --dir needs a value (--verbose is a flag)");
+    CHECK(error({"--dir", "--output=json"}) ==
+          "flag --dir needs a value (--output=json is a flag)");
+    CHECK(error({"--output", "-o"}) == "flag --output needs a value (-o is a flag)");
+    CHECK(error({"--dir", "-"}) == "<accepted>");        // stdin, say
+    CHECK(error({"--dir", "--other"}) == "<accepted>");  // not a flag of ours: a value
     // An applier's message that names the flag is kept as it is.
     CHECK(error({"--dir="}) == "flag --dir needs a non-empty value");
 

@@ -4,8 +4,10 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "controlplane/ca/authority.h"
+#include "controlplane/ca/service.h"
 
 using namespace sluice;
 using namespace std::chrono_literals;
@@ -134,6 +136,30 @@ TEST_SUITE("ca") {
 }
 
 TEST_SUITE("spiffe") {
+  TEST_CASE("bootstrap tokens: one line per node, a token per node, refusals name the lines") {
+    Dir d;
+    fs::create_directories(d.path);
+    auto load = [&](const std::string& text) {
+      std::string file = (d.path / "tokens").string();
+      std::ofstream(file) << text;
+      return controlplane::ca::loadBootstrapTokens(file);
+    };
+    auto ok = load("# node: token\nnode1: aaaaaaaaaaaaaaaa\nnode2: \"bbbbbbbbbbbbbbbb\"\n");
+    REQUIRE(ok.has_value());
+    CHECK(ok->at("node1") == "aaaaaaaaaaaaaaaa");
+    CHECK(ok->at("node2") == "bbbbbbbbbbbbbbbb");
+    auto node_twice =
+        load("node1: aaaaaaaaaaaaaaaa\nnode2: bbbbbbbbbbbbbbbb\nnode1: cccccccccccccccc\n");
+    REQUIRE_FALSE(node_twice.has_value());
+    CHECK(node_twice.error().describe().find("line 3: node node1 already has a token (line 1)") !=
+          std::string::npos);
+    auto token_twice = load("node1: aaaaaaaaaaaaaaaa\nnode2: aaaaaaaaaaaaaaaa\n");
+    REQUIRE_FALSE(token_twice.has_value());
+    CHECK(token_twice.error().describe().find("line 2: the token of line 1 again") !=
+          std::string::npos);
+    CHECK_FALSE(load("node1: short\n").has_value());
+  }
+
   TEST_CASE("SPIFFE IDs parse only in the ns/sa form") {
     auto id = x509::SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web");
     REQUIRE(id.has_value());

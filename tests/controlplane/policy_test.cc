@@ -326,6 +326,35 @@ TEST_SUITE("policy.local") {
     CHECK(o.peer_authentications.size() == 1);
   }
 
+  TEST_CASE("a near miss of our API groups or policy kinds is refused, naming what it meant") {
+    // A typo in the group would leave a DENY out of force without a word.
+    std::string typo = authz("shop", "deny-all", "");
+    typo.replace(typo.find("security.sluice.dev/v1"), 22, "security.istoi.io/v1");
+    auto check = local::checkFile(typo + "---\n" + peer("shop", "mtls", "STRICT"));
+    CHECK_FALSE(check.ok);
+    REQUIRE(check.lines.size() == 2);
+    CHECK(check.lines[0] == "valid PeerAuthentication shop/mtls");
+    CHECK(check.lines[1].starts_with("rejected AuthorizationPolicy shop/deny-all: document 1"));
+    CHECK(check.lines[1].find("security.istoi.io/v1") != std::string::npos);
+    CHECK(check.lines[1].find("use security.sluice.dev/v1") != std::string::npos);
+    std::string none = authz("shop", "deny-all", "");
+    none.replace(none.find("apiVersion: security.sluice.dev/v1\n"), 35, "");
+    CHECK_FALSE(local::checkFile(none).ok);
+    // A kind spelled wrong, or in the wrong case: the file is refused.
+    std::string kind = authz("shop", "deny-all", "");
+    kind.replace(kind.find("AuthorizationPolicy"), 19, "AuthorisationPolicy");
+    auto k = local::checkFile(kind);
+    CHECK_FALSE(k.ok);
+    REQUIRE(k.lines.size() == 1);
+    CHECK(k.lines[0].find("did you mean \"AuthorizationPolicy\"") != std::string::npos);
+    auto pod = local::checkFile("apiVersion: v1\nkind: pod\nmetadata: {name: a}\n");
+    CHECK_FALSE(pod.ok);
+    REQUIRE(pod.lines.size() == 1);
+    CHECK(pod.lines[0].find("did you mean \"Pod\"") != std::string::npos);
+    // Kinds that are not near ours stay someone else's.
+    CHECK(local::checkFile("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\n").ok);
+  }
+
   TEST_CASE("the same policy in two files - the second file is refused whole") {
     model::Store store;
     REQUIRE(store.setSource("a.yaml", parse(peer("shop", "mtls", "STRICT"))).has_value());

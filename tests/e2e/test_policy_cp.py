@@ -127,6 +127,18 @@ class PolicyControlPlaneTest(LabTest):
         self.assertIn("last good version stays in force", line)
         self.assertEqual(self.sent("node1"), ["AuthorizationPolicy shop/guarded"])
 
+        # A key written twice is refused, and what the lab drops into the config directory
+        # is the document as written: read back by PyYAML (the last key wins) it would be a
+        # valid ALLOW the control plane never checked.
+        twice = authz("guarded", "web").replace("  action: ALLOW\n", "  action: DENY\n  action: ALLOW\n")
+        p = self.lab.lab("apply", self.file("mal.yaml", twice), check=False)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("AuthorizationPolicy shop/guarded rejected by the control plane", p.stderr)
+        self.assertIn("action", p.stderr)
+        with open(os.path.join(LAB_DIR, "config", "policy-authorizationpolicy-shop-guarded.yaml")) as f:
+            self.assertIn("  action: DENY\n  action: ALLOW\n", f.read())
+        self.assertEqual(self.sent("node1"), ["AuthorizationPolicy shop/guarded"])
+
         # Warnings (an HTTP field in a DENY rule) are logged once per version.
         warned = authz("guarded", "web").replace("action: ALLOW", "action: DENY") + \
             "    to:\n    - operation:\n        methods: [\"GET\"]\n"

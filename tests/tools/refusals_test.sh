@@ -78,6 +78,51 @@ for args in "-o json install" "-o json uninstall" "authz check --from a/b --to n
 done
 echo "ok: sluicectl refuses what it can judge alone"
 
+for flag in --admin-addr --metrics-addr; do
+  out=$("$AGENT" --node-name n --controlplane 127.0.0.1:1 $flag 127.0.0.1:0 2>&1)
+  rc=$?
+  [ "$rc" = 2 ] || fail "$flag 127.0.0.1:0 exited $rc, want 2: $out"
+  echo "$out" | grep -q "port from 1 to 65535" || fail "$flag 127.0.0.1:0: $out"
+done
+out=$(timeout 20 "$CP" --local-config "$TMP/one" --listen 127.0.0.1:0 2>&1)
+rc=$?
+[ "$rc" = 2 ] || fail "--listen 127.0.0.1:0 exited $rc, want 2: $out"
+echo "$out" | grep -q "port from 1 to 65535" || fail "--listen 127.0.0.1:0: $out"
+out=$("$CTL" --admin foo check 2>&1)
+rc=$?
+[ "$rc" = 2 ] || fail "sluicectl --admin foo check exited $rc, want 2: $out"
+echo "$out" | grep -q "must be IP:PORT" || fail "sluicectl --admin foo: $out"
+for td in "" "a/b" "two words"; do
+  out=$("$AGENT" --node-name n --controlplane 127.0.0.1:1 --trust-domain "$td" 2>&1)
+  rc=$?
+  [ "$rc" = 2 ] || fail "agent --trust-domain '$td' exited $rc, want 2: $out"
+  echo "$out" | grep -q "a trust domain is" || fail "agent --trust-domain '$td': $out"
+  out=$(timeout 20 "$CP" --local-config "$TMP/one" --listen 127.0.0.1:1 --trust-domain "$td" 2>&1)
+  rc=$?
+  [ "$rc" = 2 ] || fail "control plane --trust-domain '$td' exited $rc, want 2: $out"
+done
+echo "ok: listen addresses need a port, --admin an address, --trust-domain a name"
+
+# Flags that do not go together are refused before any source is read: no
+# KUBERNETES_SERVICE_HOST here, which the Kubernetes source would fail on first.
+out=$(env -u KUBERNETES_SERVICE_HOST timeout 20 "$CP" --kubernetes --trust-anchor "$TMP/a.pem" 2>&1)
+rc=$?
+[ "$rc" = 2 ] || fail "--kubernetes --trust-anchor alone exited $rc, want 2: $out"
+echo "$out" | grep -q "go together" || fail "--kubernetes --trust-anchor alone: $out"
+out=$(env -u KUBERNETES_SERVICE_HOST timeout 20 "$CP" --kubernetes 2>&1)
+rc=$?
+[ "$rc" = 2 ] || fail "--kubernetes without a CA exited $rc, want 2: $out"
+echo "$out" | grep -q "give the CA" || fail "--kubernetes without a CA: $out"
+echo "ok: flag combinations are judged before the source"
+
+printf 'node1: aaaaaaaaaaaaaaaa\nnode2: aaaaaaaaaaaaaaaa\n' >"$TMP/tokens"
+mkdir -p "$TMP/four"
+out=$(timeout 20 "$CP" --local-config "$TMP/four" --listen 127.0.0.1:1 --bootstrap-tokens "$TMP/tokens" 2>&1)
+rc=$?
+[ "$rc" = 1 ] || fail "a token given to two nodes exited $rc, want 1: $out"
+echo "$out" | grep -q "line 2: the token of line 1 again" || fail "a token given twice: $out"
+echo "ok: a bootstrap token given to two nodes is refused"
+
 printf '# nothing here yet\n' >"$TMP/empty.yaml"
 printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n' >"$TMP/ns.yaml"
 for f in empty.yaml ns.yaml; do

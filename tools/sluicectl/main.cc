@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "sluice/common/addr.h"
 #include "sluice/common/flags.h"
 #include "tools/sluicectl/commands.h"
 
@@ -46,7 +47,12 @@ int main(int argc, char** argv) {
   FlagTable flags;
   flags
       .value("--admin", "IP:PORT", "agent admin API (default 127.0.0.1:15000, or $SLUICE_ADMIN)",
-             FlagTable::into(&options.admin))
+             [&options](const std::string& v) -> std::string {
+               if (auto ep = SockAddr::parse(v); !ep || ep->port() == 0)
+                 return "must be IP:PORT or [IPv6]:PORT, got '" + v + "'";
+               options.admin = v;
+               return "";
+             })
       .value("--bpf-pin-dir", "DIR",
              "pinned BPF state for `bpf` (default /sys/fs/bpf/sluice, or\n"
              "$SLUICE_BPF_PIN_DIR)",

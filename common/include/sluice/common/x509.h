@@ -32,6 +32,12 @@ inline std::string workloadUri(const std::string& trust_domain, const std::strin
   return "spiffe://" + trust_domain + "/ns/" + ns + "/sa/" + service_account;
 }
 
+// What a trust domain may be (the identities SpiffeId::parse reads back):
+// 1 to 253 letters, digits, '-', '.' and '_'.
+bool validTrustDomain(const std::string& trust_domain);
+inline constexpr const char* kTrustDomainRule =
+    "a trust domain is 1 to 253 letters, digits, '-', '.' and '_', e.g. cluster.local";
+
 struct SpiffeId {
   std::string trust_domain;
   std::string ns;
