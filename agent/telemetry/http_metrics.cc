@@ -160,25 +160,30 @@ void HttpMetrics::request(unsigned worker, const ConnectionRecord& c, const Requ
   uint64_t key = outcomeKey(r);
   auto it = std::find_if(conn.outcomes.begin(), conn.outcomes.end(),
                          [&](const auto& e) { return e.key == key; });
-  if (it == conn.outcomes.end()) {
-    if (conn.outcomes.size() >= kMaxOutcomesPerConnection) {
-      // A peer answering each request differently: counted as dropped, not
-      // kept (each outcome would hold series and lengthen this search).
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
+  // An outcome beyond the connection's kMaxOutcomesPerConnection, or one
+  // whose series the cap refused: held for this request alone (a peer that
+  // answers each request differently neither grows the list nor loses
+  // counts; a refused series is asked for again next time).
+  Worker::Conn::Entry single;
+  const Worker::Conn::Entry* entry = it == conn.outcomes.end() ? nullptr : &*it;
+  if (!entry) {
     Worker::Conn::Entry e{key, {}};
     bool handoff = c.path == ztunnel::Path::kLocalHandoff;
     bool outbound = c.direction == ztunnel::Direction::kOutbound;
     Peers peers = labels_.peersOf(c);
     if (handoff || outbound) e.series[0] = hold(w, c, Reporter::kSource, r, peers);
     if (handoff || !outbound) e.series[1] = hold(w, c, Reporter::kDestination, r, peers);
-    conn.outcomes.push_back(std::move(e));
-    it = conn.outcomes.end() - 1;
+    if ((e.series[0] || e.series[1]) && conn.outcomes.size() < kMaxOutcomesPerConnection) {
+      conn.outcomes.push_back(std::move(e));
+      entry = &conn.outcomes.back();
+    } else {
+      single = std::move(e);
+      entry = &single;
+    }
   }
   int64_t now = ticks(now_());
   double ms = static_cast<double>(r.duration_us) / 1000.0;
-  for (const auto& s : it->series) {
+  for (const auto& s : entry->series) {
     if (!s) continue;
     Cell& cell = s->cells[worker];
     bump(cell.duration[bucketOf(ms)], 1);
@@ -189,6 +194,8 @@ void HttpMetrics::request(unsigned worker, const ConnectionRecord& c, const Requ
     bump(cell.response_sum, r.response_bytes);
     s->last_active.store(now, std::memory_order_relaxed);
   }
+  for (const auto& s : single.series)
+    if (s) s->held.release();
 }
 
 void HttpMetrics::closed(unsigned worker, const ConnectionRecord& record) {

@@ -67,8 +67,8 @@ class HttpMetrics final : public ztunnel::ConnectionObserver {
   void write(TextWriter& out);  // any thread; drops idle series first
   size_t seriesCount() const;
   uint64_t seriesDropped() const { return dropped_.load(std::memory_order_relaxed); }
-  // Distinct (protocol, status, grpc status) outcomes one connection counts
-  // into; the requests of any further ones are dropped (seriesDropped()).
+  // Distinct (protocol, status, grpc status) outcomes whose series one
+  // connection keeps; a further one's series is found for each request.
   static constexpr size_t kMaxOutcomesPerConnection = 16;
 
  private:

@@ -163,11 +163,12 @@ Result<ParsedFile> parseFile(const std::string& text) {
       std::string version = api && api.IsScalar() ? api.Scalar() : "";
       std::string group = version.substr(0, version.find('/'));
       if (group.empty() || closestWord(group, {"security.sluice.dev", "security.istio.io"})) {
-        out.rejected_policies.emplace_back(
-            model::policyKey(doc),
-            fmt::format("{}: apiVersion \"{}\" is not one Sluice reads {} from: use "
-                        "security.sluice.dev/v1 (or security.istio.io/v1, v1beta1)",
-                        ctx, version, kind));
+        std::string why = fmt::format(
+            "apiVersion \"{}\" is not one Sluice reads {} from: use security.sluice.dev/v1 (or "
+            "security.istio.io/v1, v1beta1)",
+            version, kind);
+        out.rejected_policies.emplace_back(model::policyKey(doc), fmt::format("{}: {}", ctx, why));
+        model::addStandIn(doc, why, out.stand_ins);  // fails closed, as any refused policy
         continue;
       }
     }

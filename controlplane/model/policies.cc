@@ -55,10 +55,14 @@ Result<void> addPolicy(const nlohmann::json& doc, Objects& into) {
 }
 
 void addStandIn(const YAML::Node& doc, const std::string& why, Objects& into) {
-  if (policy::isAuthorizationPolicy(doc)) {
+  // By kind alone: a policy refused for its apiVersion (a typo in our
+  // group) fails closed as one refused for a field does.
+  const YAML::Node kind = doc.IsMap() ? doc["kind"] : YAML::Node();
+  std::string k = kind.IsDefined() && kind.IsScalar() ? kind.Scalar() : "";
+  if (k == "AuthorizationPolicy") {
     if (auto p = policy::standInAuthorizationPolicy(doc, why))
       into.authorization_policies.push_back(std::move(*p));
-  } else if (policy::isPeerAuthentication(doc)) {
+  } else if (k == "PeerAuthentication") {
     if (auto p = policy::standInPeerAuthentication(doc, why))
       into.peer_authentications.push_back(std::move(*p));
   }

@@ -156,25 +156,47 @@ TEST_SUITE("telemetry/http") {
     CHECK(s[0].labels["grpc_response_status"] == "14");
   }
 
-  TEST_CASE("one connection's distinct outcomes are bounded; the requests beyond are dropped") {
-    // A server answering each request with another status (or a flood of
-    // grpc-status values) must not grow the connection's list of series
-    // without bound: past kMaxOutcomesPerConnection, requests are dropped.
+  TEST_CASE(
+      "a connection keeps 16 outcomes' series - requests with more are counted all the same") {
+    // A long-lived connection meets many statuses over its life: its list of
+    // series stays short (a search per request), and nothing goes uncounted.
+    FakeClock clock;
     TcpMetrics tcp({}, &meshIndex());
-    HttpMetrics m({}, tcp);
+    HttpMetrics m({.workers = 1, .idle = std::chrono::minutes(10)}, tcp, clock.fn());
     auto c = outboundHbone(1);
     const int kMax = static_cast<int>(HttpMetrics::kMaxOutcomesPerConnection);
     for (int i = 0; i < kMax + 10; ++i) m.request(0, c, httpRequest(200 + i, 10));
-    CHECK(m.seriesCount() == HttpMetrics::kMaxOutcomesPerConnection);
-    CHECK(m.seriesDropped() == 10);
-    // The outcomes it holds go on counting.
     m.request(0, c, httpRequest(200, 10));
+    m.request(0, c, httpRequest(200 + kMax + 5, 10));  // beyond the kept ones, again
     auto all = scrapeHttp(m);
+    CHECK(find(all, "istio_requests_total").size() == static_cast<size_t>(kMax + 10));
     CHECK(value(all, "istio_requests_total", {{"response_code", "200"}}) == 2);
-    CHECK(find(all, "istio_requests_total").size() == HttpMetrics::kMaxOutcomesPerConnection);
-    // Another connection has its own budget.
-    m.request(0, outboundHbone(2), httpRequest(299, 10));
-    CHECK(value(scrapeHttp(m), "istio_requests_total", {{"response_code", "299"}}) == 1);
+    CHECK(value(all, "istio_requests_total", {{"response_code", std::to_string(200 + kMax + 5)}}) ==
+          2);
+    CHECK(m.seriesDropped() == 0);
+    // The connection holds only the kept ones: the others go idle while it is open.
+    clock.t += std::chrono::minutes(11);
+    scrapeHttp(m);
+    CHECK(m.seriesCount() == HttpMetrics::kMaxOutcomesPerConnection);
+    m.closed(0, c);
+    scrapeHttp(m);
+    CHECK(m.seriesCount() == 0);
+  }
+
+  TEST_CASE("a series the cap refused is asked for again, once room is made") {
+    FakeClock clock;
+    TcpMetrics tcp({}, &meshIndex());
+    HttpMetrics m({.workers = 1, .max_series = 1, .idle = std::chrono::minutes(10)}, tcp,
+                  clock.fn());
+    auto first = outboundHbone(1), second = outboundHbone(2);
+    m.request(0, first, httpRequest(200, 10));
+    m.request(0, second, httpRequest(503, 10));  // at the cap: dropped
+    CHECK(m.seriesDropped() == 1);
+    m.closed(0, first);
+    clock.t += std::chrono::minutes(11);  // the 200 series idle and unheld
+    m.request(0, second, httpRequest(503, 10));
+    CHECK(m.seriesDropped() == 1);
+    CHECK(value(scrapeHttp(m), "istio_requests_total", {{"response_code", "503"}}) == 1);
   }
 
   TEST_CASE("a same-node handoff reports both ends; closed connections let series go idle") {

@@ -229,12 +229,20 @@ TEST_SUITE("policy.local") {
     audit.replace(audit.find("action: ALLOW"), 13, "action: AUDIT");
     audit.replace(audit.find("principals"), 10, "principal");
     std::string strict = peer("shop", "strict", "STRIKT");
-    dir.write("p.yaml", allow + "---\n" + deny + "---\n" + audit + "---\n" + strict);
+    // A typo in the group: refused for its apiVersion, and failing closed too.
+    std::string group = authz("shop", "typo-group", "app: db");
+    group.replace(group.find("security.sluice.dev/v1"), 22, "security.sluice.dve/v1");
+    dir.write("p.yaml",
+              allow + "---\n" + deny + "---\n" + audit + "---\n" + strict + "---\n" + group);
     auto src = local::DirectorySource::create(dir.path.string(), store);
     REQUIRE(src.has_value());
-    CHECK((*src)->rejectedPolicies().size() == 4);
+    CHECK((*src)->rejectedPolicies().size() == 5);
     auto now = store.policies();
-    REQUIRE(now.authorization_size() == 2);  // the AUDIT decides nothing: no stand-in
+    REQUIRE(now.authorization_size() == 3);  // the AUDIT decides nothing: no stand-in
+    CHECK(now.authorization(2).name() == "typo-group");
+    CHECK(now.authorization(2).action() == "ALLOW");
+    CHECK(now.authorization(2).rules_size() == 0);  // allows nothing
+    CHECK(now.authorization(2).selector().at("app") == "db");
     CHECK(now.authorization(0).name() == "allow-web");
     CHECK(now.authorization(0).action() == "ALLOW");
     CHECK(now.authorization(0).rules_size() == 0);  // allows nothing
