@@ -31,6 +31,12 @@ constexpr const char* kUsageTail = R"(
 }
 
 // The one declaration of the agent's flags: --help and the parser.
+FlagTable& pinDirFlag(FlagTable& t, Flags& f) {
+  return t.value("--bpf-pin-dir", "DIR",
+                 "where BPF maps and links are pinned (default /sys/fs/bpf/sluice)",
+                 FlagTable::into(&f.pin_dir));
+}
+
 FlagTable flagTable(Flags& f) {
   FlagTable t;
   t.value("--node-name", "NAME", "this node's name as the control plane knows it (required)",
@@ -63,10 +69,8 @@ FlagTable flagTable(Flags& f) {
                if (auto err = FlagTable::number(&f.cert_ttl)(v); !err.empty()) return err;
                if (f.cert_ttl != 0 && f.cert_ttl < 60) return "must be at least 60 seconds";
                return "";
-             })
-      .value("--bpf-pin-dir", "DIR",
-             "where BPF maps and links are pinned (default /sys/fs/bpf/sluice)",
-             FlagTable::into(&f.pin_dir))
+             });
+  pinDirFlag(t, f)
       .value("--cni-socket", "PATH",
              "unix socket for sluice-cni (default /var/run/sluice/cni.sock)",
              FlagTable::into(&f.cni_socket))
@@ -178,7 +182,11 @@ Flags parseFlags(int argc, char** argv) {
     f.uninstall = true;
     first = 2;
   }
-  FlagTable table = flagTable(f);
+  FlagTable table;
+  if (f.uninstall)  // it removes pins: any other flag is a mistake, not ignored
+    pinDirFlag(table, f);
+  else
+    table = flagTable(f);
   auto help = table.parse(argc, argv, first);
   if (!help) usageError(help.error().message);
   if (*help) {

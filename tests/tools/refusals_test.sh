@@ -76,6 +76,10 @@ for args in "-o json install" "-o json uninstall" "authz check --from a/b --to n
   [ "$rc" = 2 ] || fail "sluicectl $args exited $rc, want 2: $out"
   echo "$out" | grep -q "cannot reach" && fail "sluicectl $args asked the agent: $out"
 done
+out=$("$CTL" --admin $ADMIN check --pre --kubeconfig "$TMP/none" 2>&1)
+rc=$?
+[ "$rc" = 2 ] || fail "sluicectl check --pre --kubeconfig exited $rc, want 2: $out"
+echo "$out" | grep -q "without --pre" || fail "sluicectl check --pre --kubeconfig: $out"
 echo "ok: sluicectl refuses what it can judge alone"
 
 for flag in --admin-addr --metrics-addr; do
@@ -101,6 +105,10 @@ for td in "" "a/b" "two words"; do
   rc=$?
   [ "$rc" = 2 ] || fail "control plane --trust-domain '$td' exited $rc, want 2: $out"
 done
+out=$("$AGENT" uninstall --bpf-pin-dir /sys/fs/bpf/sluice-refusals-none --node-name n 2>&1)
+rc=$?
+[ "$rc" = 2 ] || fail "uninstall with a daemon flag exited $rc, want 2: $out"
+echo "$out" | grep -q "unknown flag --node-name" || fail "uninstall --node-name: $out"
 echo "ok: listen addresses need a port, --admin an address, --trust-domain a name"
 
 # Flags that do not go together are refused before any source is read: no

@@ -290,6 +290,10 @@ int cmdBpf(const Options& opts) {
 }
 
 int cmdCheck(const Options& opts) {
+  if (opts.pre && (!opts.kubeconfig.empty() || opts.sluice_namespace != "sluice-system"))
+    die("--pre checks this node before Sluice is installed; --kubeconfig and "
+        "--sluice-namespace check an installed cluster: run them without --pre",
+        2);
   const check::NodePaths paths{opts.admin, opts.pin_dir, opts.cni_conf_dir, opts.cni_bin_dir};
   auto checks = opts.pre ? check::preInstallChecks(paths) : check::installChecks(paths);
   if (!opts.pre)
