@@ -290,6 +290,14 @@ int sluice_tc_inbound(struct __sk_buff *skb)
 {
 	struct sluice_ip4_tcp p = {};
 	struct sluice_ip6_tcp p6 = {};
+	/* The stack takes one VLAN tag off before tc. One still here (a second
+	 * tag, or 802.1ad) hides the packet from this program, and with VLAN ID 0
+	 * the stack strips it after tc and delivers what it carries: a SYN would
+	 * reach the app around the mesh. Pods carry no VLANs: fail closed. */
+	if (skb->protocol == bpf_htons(ETH_P_8021Q) || skb->protocol == bpf_htons(ETH_P_8021AD)) {
+		sluice_count4(SLUICE_STAT4_TC_VLAN_DROPPED);
+		return TC_ACT_SHOT;
+	}
 	int parsed6 = parse6(skb, &p6);
 	if (parsed6 == 0)
 		return inbound6(skb, &p6);

@@ -5,7 +5,10 @@
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <net/if_arp.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -405,6 +408,23 @@ Result<void> Loader::attachInbound(int netns_fd, const std::string& ifname) {
     if (ifindex == 0) {
       result =
           failErrno(fmt::format("interface {} not found in the pod network namespace", ifname));
+      return;
+    }
+    // The program reads an Ethernet header first: on an interface without
+    // one (an L3 device) it would misread every packet and let SYNs pass to
+    // the app around the mesh. Refused, not attached.
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
+    UniqueFd probe(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!probe || ::ioctl(probe.get(), SIOCGIFHWADDR, &ifr) != 0) {
+      result = failErrno(fmt::format("reading the link type of {} failed", ifname));
+      return;
+    }
+    if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER) {
+      result = fail(fmt::format(
+          "interface {} is not an Ethernet device (link type {}): Sluice steers inbound "
+          "connections on Ethernet pod interfaces (veth) only; use a CNI that gives pods one",
+          ifname, ifr.ifr_hwaddr.sa_family));
       return;
     }
     LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex),

@@ -79,6 +79,10 @@ inline constexpr std::array<StatInfo, kStat4Base + SLUICE_STAT4_MAX> kStats = {{
     {"ip4_tc_cookie_assigned",
      "Inbound IPv4 ACKs that complete a SYN cookie of <pod-ip>:15006 (its SYN queue was full: a "
      "SYN flood) assigned to it, not to the app's listener, which would reset them"},
+    {"tc_vlan_dropped",
+     "Inbound frames to an enrolled pod dropped still VLAN-tagged (a second tag, or 802.1ad): "
+     "the stack may strip a VLAN 0 tag after tc and deliver TCP the mesh never saw (fail "
+     "closed)"},
 }};
 
 // sluice_sockmap_stats_v1 (enum sluice_sockmap_stat), in /config_dump "bpf"

@@ -148,7 +148,8 @@ enum sluice_stat4 {
 	SLUICE_STAT4_LOOKUP_STEERED = 6,   /* a TIME_WAIT tuple's SYN to <pod-ip>:15006 (sk_lookup) */
 	SLUICE_STAT4_LOOKUP_DROPPED = 7,   /* the same, no <pod-ip>:15006 listener: dropped */
 	SLUICE_STAT4_TC_COOKIE_ASSIGNED = 8, /* an ACK with a valid SYN cookie of <pod-ip>:15006 assigned to it */
-	SLUICE_STAT4_MAX = 9,
+	SLUICE_STAT4_TC_VLAN_DROPPED = 9,  /* a frame still VLAN-tagged at tc (a second tag, or 802.1ad) */
+	SLUICE_STAT4_MAX = 10,
 };
 
 /* Same-node acceleration (sockmap.bpf.c, loaded with --sockmap=on).

@@ -21,6 +21,8 @@
 #define TC_ACT_SHOT 2
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100  /* VLAN */
+#define ETH_P_8021AD 0x88A8 /* 802.1ad (QinQ) */
 #define BPF_F_CURRENT_NETNS (-1)
 
 /* Maps shared by several programs are declared once per object with

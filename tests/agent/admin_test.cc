@@ -214,7 +214,7 @@ TEST_SUITE("admin") {
     CHECK(test::httpGet(port, "/a").find("aaa") != std::string::npos);
   }
 
-  TEST_CASE("a stream: chunked to HTTP/1.1, the connection closed at its end; HEAD checks only") {
+  TEST_CASE("a stream: chunked to HTTP/1.1, the connection closed at its end - HEAD checks only") {
     struct Countdown : agent::admin::Stream {
       int left;
       explicit Countdown(int n) : left(n) {}
@@ -258,7 +258,8 @@ TEST_SUITE("admin") {
     CHECK((*server)->streams() == 0);
   }
 
-  TEST_CASE("clients that do not read hold at most the server's budget; all arrives once they do") {
+  TEST_CASE(
+      "clients that do not read hold at most the server's budget - all arrives once they do") {
     static constexpr size_t kBody = 3 << 19;  // 1.5 MiB
     constexpr int kClients = 48, kRequests = 3;
     int port = freePort();
@@ -343,7 +344,7 @@ TEST_SUITE("admin") {
     CHECK(test::httpGet(port, "/doc").size() > kBody);
   }
 
-  TEST_CASE("one address holds at most 32 connections; other addresses are still served") {
+  TEST_CASE("one address holds at most 32 connections - other addresses are still served") {
     agent::admin::Sources src;
     src.stats = [] { return nlohmann::json{{"active", 1}}; };
     int port = freePort();
@@ -394,7 +395,7 @@ TEST_SUITE("admin") {
     }));
   }
 
-  TEST_CASE("a request whose answer throws gets a 500; the server goes on") {
+  TEST_CASE("a request whose answer throws gets a 500 - the server goes on") {
     agent::admin::Routes routes;
     routes["/boom"] = []() -> agent::admin::Response { throw std::runtime_error("a defect"); };
     routes["/fine"] = [] { return agent::admin::Response{200, "text/plain", "fine\n"}; };

@@ -199,7 +199,7 @@ TEST_SUITE("telemetry/http") {
     CHECK(value(scrapeHttp(m), "istio_requests_total", {{"response_code", "503"}}) == 1);
   }
 
-  TEST_CASE("a same-node handoff reports both ends; closed connections let series go idle") {
+  TEST_CASE("a same-node handoff reports both ends - closed connections let series go idle") {
     FakeClock clock;
     TcpMetrics tcp({}, &meshIndex());
     HttpMetrics m({.workers = 1, .max_series = 2, .idle = std::chrono::minutes(10)}, tcp,

@@ -125,7 +125,7 @@ TEST_SUITE("latency_histogram") {
 }
 
 TEST_SUITE("live_stats") {
-  TEST_CASE("success is not 5xx and gRPC status 0; no response is a failure") {
+  TEST_CASE("success is not 5xx and gRPC status 0 - no response is a failure") {
     CHECK(requestSucceeded(req(200, 1)));
     CHECK(requestSucceeded(req(404, 1)));
     CHECK_FALSE(requestSucceeded(req(503, 1)));
@@ -160,7 +160,7 @@ TEST_SUITE("live_stats") {
     CHECK(web->outbound.requests == 0);
   }
 
-  TEST_CASE("slots leave the window one by one; an idle pod without connections is dropped") {
+  TEST_CASE("slots leave the window one by one - an idle pod without connections is dropped") {
     FakeClock clock;
     LiveStats live({.workers = 1}, &index(), clock.fn());
     clock.advance(std::chrono::seconds(301));  // long after start: a full window
@@ -258,7 +258,7 @@ TEST_SUITE("live_stats") {
 }
 
 TEST_SUITE("stat_table") {
-  TEST_CASE("rows per workload, pod and namespace; MESHED counts this node's pods") {
+  TEST_CASE("rows per workload, pod and namespace - MESHED counts this node's pods") {
     FakeClock clock;
     LiveStats live({.workers = 1}, &index(), clock.fn());
     live.opened(0, inbound(1, "shop/web-5d4f-aaaaa", "10.244.1.5:8080"));

@@ -264,7 +264,7 @@ TEST_SUITE("pod_manager") {
     CHECK_FALSE(f.engine.has("ctr-0"));
   }
 
-  TEST_CASE("a repeated ADD is idempotent; one naming another pod or netns is refused") {
+  TEST_CASE("a repeated ADD is idempotent - one naming another pod or netns is refused") {
     Fixture f;
     pods::PodManager pm(*f.loader, f.engine, f.state + "/pods.json", "cluster.local");
     pm.onWorkloads(Fixture::view(true), 1);

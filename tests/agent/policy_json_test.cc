@@ -80,7 +80,7 @@ struct Fixture {
 }  // namespace
 
 TEST_SUITE("policy json") {
-  TEST_CASE("/policies: meshed and unmeshed workloads apart; port-level modes where they decide") {
+  TEST_CASE("/policies: meshed and unmeshed workloads apart - port-level modes where they decide") {
     Fixture f;
     json j = wiring::policiesJson(f.authorizer, f.meshed, "");
     REQUIRE(j["authorization_policies"].size() == 1);

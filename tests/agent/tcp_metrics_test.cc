@@ -56,7 +56,7 @@ TEST_SUITE("telemetry") {
     CHECK(names.back() == "connection_security_policy");
   }
 
-  TEST_CASE("inbound: reporter destination; plaintext is unknown security, unknown principal") {
+  TEST_CASE("inbound: reporter destination - plaintext is unknown security, unknown principal") {
     TcpMetrics m({}, &meshIndex());
     m.opened(0, inboundHbone(1));
     ConnectionRecord plain = inboundHbone(2);
@@ -129,7 +129,7 @@ TEST_SUITE("telemetry") {
                  {"connection_security_policy", "unknown"}}) == 1);
   }
 
-  TEST_CASE("a same-node handoff is reported by both ends; a pod absent from the view is named") {
+  TEST_CASE("a same-node handoff is reported by both ends - a pod absent from the view is named") {
     TcpMetrics m({.workers = 2}, nullptr);  // no view at all
     ConnectionRecord r;
     r.id = 7;
@@ -158,7 +158,7 @@ TEST_SUITE("telemetry") {
     }
   }
 
-  TEST_CASE("bytes advance while the connection is open; request bytes are 'received'") {
+  TEST_CASE("bytes advance while the connection is open - request bytes are 'received'") {
     TcpMetrics m({.workers = 2}, &meshIndex());
     auto r = outboundHbone(1);
     m.opened(1, r);
@@ -181,7 +181,7 @@ TEST_SUITE("telemetry") {
     m.closed(5, outboundHbone(99));
   }
 
-  TEST_CASE("one series per label set; workers merge at scrape time") {
+  TEST_CASE("one series per label set - workers merge at scrape time") {
     TcpMetrics m({.workers = 3}, &meshIndex());
     for (unsigned w = 0; w < 3; ++w) {
       auto r = outboundHbone(10 + w);
@@ -328,7 +328,7 @@ TEST_SUITE("telemetry") {
     CHECK(lines[1].find("destination_service_name=\"c\"") != std::string::npos);
   }
 
-  TEST_CASE("the series cap: new label sets are dropped and counted; idle ones make room") {
+  TEST_CASE("the series cap: new label sets are dropped and counted - idle ones make room") {
     FakeClock clock;
     TcpMetrics m({.workers = 1, .max_series = 2, .idle = std::chrono::minutes(10)}, &meshIndex(),
                  clock.fn());

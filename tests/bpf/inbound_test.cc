@@ -3,10 +3,13 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
+#include <net/if.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -596,7 +599,7 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
   // Real packets across a veth: a SYN sent as IPv4 fragments would be
   // reassembled by the pod's stack and answered by the app around the mesh;
   // the tc program drops the fragments, so the app never answers.
-  TEST_CASE("a fragmented IPv4 SYN never reaches the app; dropped and counted") {
+  TEST_CASE("a fragmented IPv4 SYN never reaches the app - dropped and counted") {
     VethPod v;
     auto& [pod, peer, bpf, app, raw] = v;
     auto rx = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_TCP);
@@ -619,6 +622,84 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
     CHECK_FALSE(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41002); },
                                     std::chrono::milliseconds(500)));
     CHECK(stat(SLUICE_STAT_TC_ASSIGNED) == 1);  // the whole SYN's only
+  }
+
+  TEST_CASE("an interface without Ethernet headers is refused, not steered blind") {
+    VethPod v;
+    auto& [pod, peer, bpf, app, raw] = v;
+    auto lo = bpf.loader->attachInbound(pod.fd(), "lo");
+    REQUIRE_FALSE(lo.has_value());
+    CHECK(lo.error().describe().find("interface lo is not an Ethernet device") !=
+          std::string::npos);
+    CHECK(bpf.loader->attachInbound(pod.fd(), "eth0").has_value());  // again: still fine
+  }
+
+  // A second VLAN tag: the stack takes the first off before tc, so tc sees a
+  // VLAN frame, not IPv4; after tc it strips the VLAN 0 tag too and hands
+  // the SYN to TCP. Sent as an Ethernet frame from a packet socket on the
+  // peer's end (as a pod with CAP_NET_RAW on the same bridge could).
+  TEST_CASE("a SYN behind two VLAN 0 tags never reaches the app - dropped and counted") {
+    VethPod v;
+    auto& [pod, peer, bpf, app, raw] = v;
+    pod.sh("ip link set eth0 address 02:00:00:00:00:05");
+    auto rx = socketInNetns(peer.fd(), AF_INET, SOCK_RAW, IPPROTO_TCP);
+    REQUIRE(rx.has_value());
+    auto l2 = socketInNetns(peer.fd(), AF_PACKET, SOCK_RAW, 0);
+    REQUIRE(l2.has_value());
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, "peer0", IFNAMSIZ - 1);
+    REQUIRE(::ioctl(l2->get(), SIOCGIFINDEX, &ifr) == 0);
+    sockaddr_ll to{};
+    to.sll_family = AF_PACKET;
+    to.sll_ifindex = ifr.ifr_ifindex;
+    to.sll_halen = ETH_ALEN;
+    const uint32_t src = *parseIp4("10.78.0.9");
+    const uint32_t dst = *parseIp4("10.78.0.5");
+    auto stat = [&](size_t i) { return bpf.loader->stats().at(i); };
+    const size_t vlan = agent::bpf::kStat4Base + SLUICE_STAT4_TC_VLAN_DROPPED;
+    // dst 02:..:05, src 02:..:09, then the tags (TCI 0: VLAN 0) before IPv4.
+    auto frame = [&](uint16_t sport, int tags) {
+      std::vector<uint8_t> f = {2, 0, 0, 0, 0, 5, 2, 0, 0, 0, 0, 9};
+      for (int i = 0; i < tags; ++i) f.insert(f.end(), {0x81, 0x00, 0x00, 0x00});
+      f.insert(f.end(), {0x08, 0x00});
+      auto seg = tcpSyn(src, dst, sport, 8080);
+      iphdr ip{};
+      ip.version = 4;
+      ip.ihl = 5;
+      ip.ttl = 64;
+      ip.protocol = IPPROTO_TCP;
+      ip.tot_len = htons(static_cast<uint16_t>(sizeof(ip) + seg.size()));
+      ip.saddr = src;
+      ip.daddr = dst;
+      uint32_t sum = 0;
+      uint16_t words[sizeof(ip) / 2];
+      std::memcpy(words, &ip, sizeof(ip));
+      for (uint16_t w : words) sum += w;
+      while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+      ip.check = static_cast<uint16_t>(~sum);
+      const auto* b = reinterpret_cast<const uint8_t*>(&ip);
+      f.insert(f.end(), b, b + sizeof(ip));
+      f.insert(f.end(), seg.begin(), seg.end());
+      return f;
+    };
+    auto send = [&](const std::vector<uint8_t>& f) {
+      std::memcpy(to.sll_addr, f.data(), ETH_ALEN);
+      REQUIRE(::sendto(l2->get(), f.data(), f.size(), 0, reinterpret_cast<const sockaddr*>(&to),
+                       sizeof(to)) == static_cast<ssize_t>(f.size()));
+    };
+
+    // One VLAN 0 tag, which the stack takes off before tc: steered to the
+    // proxy's listener, which answers (the frame is well made).
+    auto proxy = test::listenIn(pod.fd(), "10.78.0.5", SLUICE_INBOUND_PORT, 0, true);
+    send(frame(41101, 1));
+    CHECK(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41101); }));
+    CHECK(stat(SLUICE_STAT_TC_ASSIGNED) == 1);
+    // Two: dropped at tc, never answered by the app (or the proxy).
+    send(frame(41102, 2));
+    CHECK(testing::eventually([&] { return stat(vlan) == 1; }));
+    CHECK_FALSE(testing::eventually([&] { return synAckIn(rx->get(), 8080, 41102); },
+                                    std::chrono::milliseconds(500)));
+    CHECK(stat(SLUICE_STAT_TC_ASSIGNED) == 1);
   }
 
   // A SYN flood from addresses that never answer fills the 15006 listener's

@@ -382,7 +382,7 @@ TEST_SUITE("sockmap.splice") {
     CHECK(relay.result.moved + splicedBytes(ch.bpf, ch.client_key) == st.sent);
   }
 
-  TEST_CASE("no splice while the proxy's hop to the app is on TCP, then spliced; in order") {
+  TEST_CASE("no splice while the proxy's hop to the app is on TCP, then spliced - in order") {
     Chain ch;
     uint64_t sent = 0;
     auto sendUpTo = [&](uint64_t to) {

@@ -108,7 +108,8 @@ TEST_SUITE("config") {
     }
     CHECK_FALSE(parseConfig(std::string(2 << 20, ' ')).has_value());
   }
-  TEST_CASE("a near miss of one of our fields is refused, naming it; other fields are left alone") {
+  TEST_CASE(
+      "a near miss of one of our fields is refused, naming it - other fields are left alone") {
     for (const char* text :
          {R"({"cniVersion":"1.0.0","failopen":true})", R"({"cniVersion":"1.0.0","timeoutms":100})",
           R"({"cniVersion":"1.0.0","agentSockt":"/s"})",

@@ -393,7 +393,7 @@ TEST_SUITE("plugin") {
     CHECK(json::parse(runPlugin("ADD", bad[1].dump()).out)["code"] == 7);
   }
 
-  TEST_CASE("DEL with a malformed CNI_ARGS entry still tells the agent; ADD refuses it (code 4)") {
+  TEST_CASE("DEL with a malformed CNI_ARGS entry still tells the agent - ADD refuses it (code 4)") {
     LoggingAgent a(sock);
     FakeHandler& h = a.h;
     const json& c = a.config;

@@ -22,7 +22,7 @@ TEST_SUITE("addr") {
     CHECK_FALSE(sluice::parseEndpoint("10.244.1.5:8o").has_value());
     CHECK_FALSE(sluice::parseEndpoint(":80").has_value());
   }
-  TEST_CASE("IPv6 addresses parse to their canonical text; malformed ones are refused") {
+  TEST_CASE("IPv6 addresses parse to their canonical text - malformed ones are refused") {
     auto a = sluice::parseIp6("fd00:0244:0001:0000::0005");
     REQUIRE(a.has_value());
     CHECK(sluice::formatIp6(*a) == "fd00:244:1::5");
@@ -37,7 +37,7 @@ TEST_SUITE("addr") {
 TEST_SUITE("IpAddr and SockAddr") {
   using sluice::IpAddr;
   using sluice::SockAddr;
-  TEST_CASE("both families parse, format and compare; IPv4-mapped is IPv4") {
+  TEST_CASE("both families parse, format and compare - IPv4-mapped is IPv4") {
     auto v4 = IpAddr::parse("10.244.1.5");
     auto v6 = IpAddr::parse("fd00:0244:0001::0005");
     REQUIRE(v4.has_value());

@@ -138,7 +138,7 @@ TEST_SUITE("sluicectl_live") {
   }
 }
 
-TEST_CASE("connections: no arguments lists; reset ID and reset --pod make the POST path") {
+TEST_CASE("connections: no arguments lists - reset ID and reset --pod make the POST path") {
   auto list = connectionsRequest({}, "");
   CHECK(list.error.empty());
   CHECK_FALSE(list.reset);

@@ -13,7 +13,7 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 TEST_SUITE("cpu wait") {
-  TEST_CASE("CpuWait: a thread sharing its CPU with a busy one waits; a sleeping one hardly") {
+  TEST_CASE("CpuWait: a thread sharing its CPU with a busy one waits - a sleeping one hardly") {
     cpu_set_t allowed, one;
     REQUIRE(::sched_getaffinity(0, sizeof(allowed), &allowed) == 0);
     int cpu = 0;

@@ -361,7 +361,7 @@ TEST_SUITE("engine") {
     CHECK(run.engine->stats()[ztunnel::Counter::kActive] == 2);
   }
 
-  TEST_CASE("connections within the descriptor reserve are refused and counted; room comes back") {
+  TEST_CASE("connections within the descriptor reserve are refused and counted - room comes back") {
     // A soft RLIMIT_NOFILE just above what the process holds now, while the
     // engine starts (its workers read the limit once): little is left above
     // the reserve, and the connections below take it.

@@ -176,7 +176,7 @@ std::string recvSome(int fd, size_t n) {
 }  // namespace
 
 TEST_SUITE("engine upgrade") {
-  TEST_CASE("inbound listeners are registered for steering; a successor registers the same ones") {
+  TEST_CASE("inbound listeners are registered for steering - a successor registers the same ones") {
     Pod pod(true);
     Steering first, second;
     Running old(pod, {}, ztunnel::EngineHooks{.steering = &first});

@@ -46,7 +46,7 @@ bool wasReset(Mesh& m, int fd) {
 }  // namespace
 
 TEST_SUITE("hbone limits") {
-  TEST_CASE("outbound handshakes are bounded per pod and per node; other pods go on") {
+  TEST_CASE("outbound handshakes are bounded per pod and per node - other pods go on") {
     Mesh m([](EngineConfig& c) {
       c.hbone_max_outbound_handshakes = 2;
       c.hbone_max_outbound_handshakes_per_pod = 1;
@@ -84,7 +84,7 @@ TEST_SUITE("hbone limits") {
     CHECK(m.cs->count(Counter::kConnectFailures) == 0);
   }
 
-  TEST_CASE("pooled tunnels per pod and destination are bounded; other pods go on") {
+  TEST_CASE("pooled tunnels per pod and destination are bounded - other pods go on") {
     Mesh m([](EngineConfig& c) {
       c.hbone_max_streams = 1;  // a tunnel per connection
       c.hbone_max_tunnels_per_peer = 2;

@@ -227,7 +227,7 @@ TEST_SUITE("hbone") {
   }
 
   TEST_CASE(
-      "a Service attempt refused by 15008 moves on; one refused by the destination's "
+      "a Service attempt refused by 15008 moves on - one refused by the destination's "
       "authorization (401) is the connection's answer") {
     Mesh m;
     App echo(ip(kAddrB), App::echo);
@@ -370,7 +370,7 @@ TEST_SUITE("hbone") {
     CHECK(m.ss->count(Counter::kHboneTimeouts) == 2);
   }
 
-  TEST_CASE("one source holds at most half of a pod's connection limit; its next CONNECT is 503") {
+  TEST_CASE("one source holds at most half of a pod's connection limit - its next CONNECT is 503") {
     Mesh m([](EngineConfig& c) { c.max_connections_per_pod = 4; });
     App echo(ip(kAddrB), App::echo);
     sockaddr_in dst = makeSockaddr(ip(kAddrB), echo.port);

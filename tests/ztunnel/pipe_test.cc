@@ -420,7 +420,7 @@ TEST_SUITE("pipe") {
     p.drain();
   }
 
-  TEST_CASE("an idle source gives its buffer back; the next bytes come into a new one") {
+  TEST_CASE("an idle source gives its buffer back - the next bytes come into a new one") {
     Proxy p(4096, 16384);
     p.A.send_limit = 200000;
     p.start();

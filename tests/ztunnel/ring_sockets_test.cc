@@ -149,7 +149,7 @@ TEST_CASE("this kernel lets a ring wait without counting as I/O wait (older ones
                   "io_uring here lacks IORING_FEAT_NO_IOWAIT (kernel 6.15+)");
 }
 
-TEST_CASE("a ring waiting for traffic is no I/O pressure; a plain liburing wait is") {
+TEST_CASE("a ring waiting for traffic is no I/O pressure - a plain liburing wait is") {
   OwnCgroup cg;
   auto [mine, peer] = socketPair();
   char buf[16];  // outlives both rings: their receives are cancelled at exit

@@ -301,7 +301,7 @@ TEST_SUITE("op") {
     bool busy_in_callback = true;
   };
 
-  TEST_CASE("Op soon completes at the end of run() without waiting; busy() holds until then") {
+  TEST_CASE("Op soon completes at the end of run() without waiting - busy() holds until then") {
     auto ring = makeRing(4);
     Deferred d;
     d.ring = ring.get();
@@ -502,7 +502,7 @@ TEST_SUITE("op") {
     CHECK(ring->busyPollMisses() == 0);
   }
 
-  TEST_CASE("busy polls that find nothing are skipped, fewer and fewer; one that pays halves it") {
+  TEST_CASE("busy polls that find nothing are skipped, fewer and fewer - one that pays halves it") {
     auto ring = makeRing(4);
     ring->setBusyPoll(1ms);
     // Runs 1, 3, 6 and 11 poll (and miss); 2, 4-5 and 7-10 skip polling.

@@ -57,7 +57,7 @@ int familyOf(const UniqueFd& s) {
 
 }  // namespace
 
-TEST_CASE("a burst doubles the batch up to 8; a pause brings it back to 1") {
+TEST_CASE("a burst doubles the batch up to 8 - a pause brings it back to 1") {
   SocketStash stash;
   Maker m;
   auto t = SocketStash::Clock::now();
@@ -97,7 +97,7 @@ TEST_CASE("sockets left over for more than a second are closed, never handed out
   CHECK(stash.stashed() == 0);
 }
 
-TEST_CASE("families are stashed apart; clear() closes what is stashed") {
+TEST_CASE("families are stashed apart - clear() closes what is stashed") {
   SocketStash stash;
   Maker m;
   auto t = SocketStash::Clock::now();
