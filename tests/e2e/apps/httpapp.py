@@ -81,18 +81,22 @@ def serve_conn(conn):
 
 
 def raw(host, port, paths):
+    """The requests in one write, a half-close, then what comes back: {"received", "error"}.
+    A reset at any point is the error (it can come before the requests went out: a proxy
+    whose connect to the app failed at once resets the connection it just accepted)."""
     received, error = 0, None
-    with socket.create_connection((host, port), timeout=10) as s:
-        s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: server:%d\r\n\r\n" % (p.encode(), port) for p in paths))
-        s.shutdown(socket.SHUT_WR)
-        try:
+    try:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: server:%d\r\n\r\n" % (p.encode(), port)
+                               for p in paths))
+            s.shutdown(socket.SHUT_WR)
             while True:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 received += len(chunk)
-        except OSError as e:
-            error = type(e).__name__
+    except OSError as e:
+        error = type(e).__name__
     print(json.dumps({"received": received, "error": error}))
 
 
