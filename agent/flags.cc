@@ -76,7 +76,7 @@ FlagTable flagTable(Flags& f) {
              FlagTable::into(&f.cni_socket))
       .value("--admin-addr", "IP:PORT", "admin HTTP API (default 127.0.0.1:15000)",
              [&f](const std::string& v) -> std::string {
-               if (auto ep = parseEndpoint(v); !ep || ep->sin_port == 0)
+               if (!parseListenEndpoint(v))
                  return "must be IP:PORT with a port from 1 to 65535, got '" + v + "'";
                f.admin_addr = v;
                return "";
@@ -85,8 +85,7 @@ FlagTable flagTable(Flags& f) {
              "Prometheus metrics (/metrics, /stats/prometheus) on the node's\n"
              "network; \"\" turns them off (default 0.0.0.0:15020)",
              [&f](const std::string& v) -> std::string {
-               auto ep = parseEndpoint(v);
-               if (!v.empty() && (!ep || ep->sin_port == 0))
+               if (!v.empty() && !parseListenEndpoint(v))
                  return "must be IP:PORT (a port from 1 to 65535) or \"\", got '" + v + "'";
                f.metrics_addr = v;
                return "";

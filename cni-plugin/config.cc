@@ -103,8 +103,7 @@ tl::expected<PluginConfig, PluginError> parseConfig(const std::string& text,
   // one of ours ("failopen") is a typo that would silently change what
   // happens when the agent is away.
   for (const auto& [key, value] : j.items())
-    if (const char* ours = closestWord(key, {"agentSocket", "failOpen", "timeoutMs", "logFile"});
-        ours && key != ours)
+    if (const char* ours = closestWord(key, kPluginFields); ours && key != ours)
       return err(kInvalidConfig, fmt::format("unknown field '{}' (did you mean '{}'?)", key, ours));
   PluginConfig c;
   auto str = [&](const char* key, std::string& out, bool required) -> std::optional<PluginError> {

@@ -2,6 +2,7 @@
 // on stdin (with prevResult when chained) and the CNI_* environment.
 #pragma once
 
+#include <array>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -21,6 +22,10 @@ enum ErrorCode : int {
   kTryAgainLater = 11,
   kInternal = 999,  // plugin-specific codes are 100+; 999 = agent refused
 };
+
+// The fields of the chained entry that are sluice-cni's own (besides "type").
+inline constexpr std::array<const char*, 4> kPluginFields = {"agentSocket", "failOpen", "timeoutMs",
+                                                             "logFile"};
 
 // 0.3.x results have the same shape as 0.4.0 ones; CHECK does not exist before 0.4.0.
 inline const std::vector<std::string> kSupportedVersions = {"0.3.0", "0.3.1", "0.4.0", "1.0.0"};

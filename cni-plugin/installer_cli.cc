@@ -7,6 +7,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "cni-plugin/config.h"
@@ -57,9 +58,9 @@ FlagTable installerFlags(Subcommand cmd, InstallerOptions& o) {
                           if (j.contains("type") && j["type"] != kPluginType)
                             return "--plugin-config: 'type' can only be \"sluice-cni\"";
                           for (auto it = j.begin(); it != j.end(); ++it)
-                            if (it.key() != "type" && it.key() != "agentSocket" &&
-                                it.key() != "failOpen" && it.key() != "timeoutMs" &&
-                                it.key() != "logFile")
+                            if (it.key() != "type" &&
+                                std::find(kPluginFields.begin(), kPluginFields.end(), it.key()) ==
+                                    kPluginFields.end())
                               return "--plugin-config: unknown field '" + it.key() +
                                      "': the fields are agentSocket, failOpen, timeoutMs "
                                      "and logFile (sluice-cni --help)";

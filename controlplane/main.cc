@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
     usageError("--agent-service-account needs the Kubernetes API (--kubernetes or --kubeconfig)");
   if (watch_istio && !in_cluster && kubeconfig.empty())
     usageError("--watch-istio-policies needs the Kubernetes API (--kubernetes or --kubeconfig)");
-  if (auto ep = parseEndpoint(listen); !ep || ep->sin_port == 0)
+  if (!parseListenEndpoint(listen))
     usageError("--listen must be IP:PORT with a port from 1 to 65535, got '" + listen + "'");
   // Every check of the flags alone, before the source is read or built.
   bool files = !anchor_path.empty() || !ca_cert_path.empty() || !ca_key_path.empty();

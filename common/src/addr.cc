@@ -72,6 +72,12 @@ std::optional<sockaddr_in> parseEndpoint(const std::string& text) {
   return makeSockaddr(*ip, *port);
 }
 
+std::optional<sockaddr_in> parseListenEndpoint(const std::string& text) {
+  auto ep = parseEndpoint(text);
+  if (!ep || ep->sin_port == 0) return std::nullopt;
+  return ep;
+}
+
 std::optional<HostPort> splitHostPort(const std::string& text) {
   auto colon = text.rfind(':');
   if (colon == std::string::npos || colon == 0) return std::nullopt;

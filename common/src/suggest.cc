@@ -22,7 +22,7 @@ size_t editDistance(std::string_view a, std::string_view b) {
   return prev[b.size()];
 }
 
-const char* closestWord(std::string_view word, std::initializer_list<const char*> candidates,
+const char* closestWord(std::string_view word, std::span<const char* const> candidates,
                         size_t max_distance) {
   const char* best = nullptr;
   size_t best_d = max_distance + 1;

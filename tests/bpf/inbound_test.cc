@@ -147,6 +147,12 @@ uint32_t sum16(const uint8_t* data, size_t len, uint32_t sum = 0) {
   return sum;
 }
 
+// The Internet checksum of an unfolded sum16(), in network order.
+uint16_t checksum(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return htons(static_cast<uint16_t>(~sum));
+}
+
 // A 40-byte TCP SYN header (an MSS option, then NOPs) from src:sport to
 // dst:dport (addresses in network order), its checksum set.
 std::vector<uint8_t> tcpSyn(uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport) {
@@ -166,9 +172,7 @@ std::vector<uint8_t> tcpSyn(uint32_t src, uint32_t dst, uint16_t sport, uint16_t
   std::memcpy(pseudo + 4, &dst, 4);
   pseudo[9] = IPPROTO_TCP;
   pseudo[11] = static_cast<uint8_t>(seg.size());
-  uint32_t sum = sum16(seg.data(), seg.size(), sum16(pseudo, sizeof(pseudo)));
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  uint16_t check = htons(static_cast<uint16_t>(~sum));
+  uint16_t check = checksum(sum16(seg.data(), seg.size(), sum16(pseudo, sizeof(pseudo))));
   std::memcpy(seg.data() + offsetof(tcphdr, check), &check, sizeof(check));
   return seg;
 }
@@ -671,13 +675,8 @@ TEST_SUITE("inbound.bpf ipv4 fragments") {
       ip.tot_len = htons(static_cast<uint16_t>(sizeof(ip) + seg.size()));
       ip.saddr = src;
       ip.daddr = dst;
-      uint32_t sum = 0;
-      uint16_t words[sizeof(ip) / 2];
-      std::memcpy(words, &ip, sizeof(ip));
-      for (uint16_t w : words) sum += w;
-      while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-      ip.check = static_cast<uint16_t>(~sum);
       const auto* b = reinterpret_cast<const uint8_t*>(&ip);
+      ip.check = checksum(sum16(b, sizeof(ip)));
       f.insert(f.end(), b, b + sizeof(ip));
       f.insert(f.end(), seg.begin(), seg.end());
       return f;

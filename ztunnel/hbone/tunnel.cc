@@ -349,7 +349,7 @@ void Tunnel::armRecv() {
     rbuf_size_ = want;
   }
   recv_.recv(env_.ctx.ring, fd_.get(), rbuf_.get(), rbuf_size_);
-  ++recvs_;
+  idle_.posted();
 }
 
 // Writes what TLS produced; one send in flight, its buffer untouched until done.
@@ -373,7 +373,7 @@ void Tunnel::onRecv(const io_uring_cqe& cqe) {
     finishIfIdle();
     return;
   }
-  if (std::exchange(parking_, false) && uring::Ring::cancelled(res)) {
+  if (idle_.parked(res)) {
     // Idle: no buffer until the socket has something for us.
     rbuf_.reset();
     rbuf_size_ = 0;
@@ -506,16 +506,10 @@ void Tunnel::tick(Clock::time_point now, size_t queued) {
       now - last_rx_ >= std::chrono::seconds(1))
     SSL_free_buffers(ssl_.get());
   if (now - last_rx_ >= std::chrono::seconds(1)) recv_idle_ = true;  // the next read: 64 KiB
-  // A receive in flight since the last tick, with everything received
-  // read by TLS: idle. Its cancel's completion (onRecv) parks the tunnel.
-  // Asked again at each idle tick until it is, in case the cancel could
-  // not be submitted.
-  bool idle = ready() && recv_.busy() && recvs_ == recvs_at_tick_ && early_off_ >= early_.size();
-  recvs_at_tick_ = recvs_;
-  if (idle) {
-    parking_ = true;
+  // Idle (everything received read by TLS, the receive waited a whole
+  // tick): its cancel's completion (onRecv) parks the tunnel.
+  if (idle_.idleAtTick(ready() && recv_.busy() && early_off_ >= early_.size()))
     env_.ctx.ring.cancel(&recv_);
-  }
   if (close_on_flush_) {
     if (now > deadline_) {
       close_on_flush_ = false;  // the peer does not read: stop waiting

@@ -34,6 +34,7 @@
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
 #include "ztunnel/proxy/context.h"
+#include "ztunnel/relay/pipe.h"
 #include "ztunnel/tls/tls.h"
 #include "ztunnel/uring/ops.h"
 
@@ -256,11 +257,9 @@ class Tunnel {
   size_t rbuf_size_ = 0;
   size_t last_recv_ = 0;    // bytes of the last read: the next one's size
   bool recv_idle_ = false;  // nothing read for a second: the next read is small again
-  // tick(): receives posted so far, and their number at the last call. A
-  // receive in flight for a whole tick is cancelled (parking_), and its
+  // tick(): a receive in flight for a whole tick is cancelled, and its
   // cancelled completion frees rbuf_ and polls the socket (park_) instead.
-  uint64_t recvs_ = 0, recvs_at_tick_ = 0;
-  bool parking_ = false;
+  relay::IdleReceive idle_;
   std::string sbuf_;  // ciphertext being sent; untouched while a send is in flight
   size_t soff_ = 0;
   std::string cout_;                       // ciphertext TLS wrote since (sent once sbuf_ is)

@@ -126,7 +126,7 @@ void Pipe::pump() {
     }
     if (!buf_) buf_.reset(new char[kRoom + cap_]);
     recv_.recv(ring_, src_, data(), cap_);
-    ++recvs_;
+    idle_.posted();
   }
 }
 
@@ -143,18 +143,10 @@ int takeSocketError(int fd) {
 }  // namespace
 
 void Pipe::tick() {
-  // An idle source: the receive in flight is the one posted before the
-  // previous call (none posted since), so it waited a whole tick; not a new
-  // connection's first receive or one just posted after a slow send. It is
-  // cancelled, and its completion (onRecv) parks the pipe. Asked again at
-  // each idle tick until it is, in case the cancel could not be submitted.
-  bool idle = started_ && !stopped_ && src_ >= 0 && !eof_ && len_ == off_ && recv_.busy() &&
-              recvs_ == recvs_at_tick_;
-  recvs_at_tick_ = recvs_;
-  if (idle) {
-    parking_ = true;
+  // An idle source: its receive is cancelled, and its completion (onRecv)
+  // parks the pipe.
+  if (idle_.idleAtTick(started_ && !stopped_ && src_ >= 0 && !eof_ && len_ == off_ && recv_.busy()))
     ring_.cancel(&recv_);
-  }
   bool waiting = started_ && !stopped_ && src_ >= 0 && !eof_ && len_ > off_ && !recv_.busy();
   bool stalled = waiting && waited_at_check_ && taken_ == taken_at_check_;
   waited_at_check_ = waiting;
@@ -225,7 +217,7 @@ void Pipe::onRecv(const io_uring_cqe& cqe) {
     return settle();
   }
   if (stopped_) return settle();
-  if (std::exchange(parking_, false) && uring::Ring::cancelled(cqe.res)) {
+  if (idle_.parked(cqe.res)) {
     // Idle: no buffer until the source has something for us.
     buf_.reset();
     cap_ = next_cap_ = first_cap_;

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "ztunnel/uring/ops.h"
 
@@ -30,6 +31,34 @@ class Pipe;
 constexpr size_t nextBufferSize(size_t size, size_t got, size_t most) {
   return got < size ? size : std::max(size, std::min(2 * size, most));
 }
+
+// Whether a receive has waited a whole tick with nothing coming (an idle
+// source, whose buffer can go), for an owner that keeps one receive in
+// flight and ticks about once a second: it cancels that receive
+// (Ring::cancel) when idleAtTick() says so, and frees its buffer and polls
+// instead when the completion is the cancel's (parked()). relay::Pipe and
+// hbone::Tunnel.
+class IdleReceive {
+ public:
+  void posted() { ++recvs_; }  // a receive went out
+  // At a tick: true when `receiving` (a receive in flight, nothing held)
+  // and it is the one posted before the previous tick (none since), so not
+  // a fresh connection's first receive or one just posted. Asked again at
+  // each idle tick until the cancel's completion comes.
+  bool idleAtTick(bool receiving) {
+    bool idle = receiving && recvs_ == recvs_at_tick_;
+    recvs_at_tick_ = recvs_;
+    parking_ = parking_ || idle;
+    return idle;
+  }
+  // At the receive's completion: true when it is the cancel's (park now);
+  // one that brought bytes first ends the parking.
+  bool parked(int res) { return std::exchange(parking_, false) && uring::Ring::cancelled(res); }
+
+ private:
+  uint64_t recvs_ = 0, recvs_at_tick_ = 0;
+  bool parking_ = false;
+};
 
 // Sees the bytes a pipe moves as they arrive, before they are passed on
 // (HTTP inspection). It can neither change nor hold them. Returning false
@@ -179,11 +208,7 @@ class Pipe {
   bool waited_at_check_ = false, source_fin_ = false;
   uint64_t taken_at_check_ = 0;
   int later_error_ = 0;
-  // tick(): receives posted so far, and their number at the last call; the
-  // receive's cancel is in flight (an idle source, parking: its buffer goes
-  // once the cancel completes).
-  uint64_t recvs_ = 0, recvs_at_tick_ = 0;
-  bool parking_ = false;
+  IdleReceive idle_;  // tick(): an idle source's receive cancelled, its buffer freed
   Tap* tap_ = nullptr;
   // Socket source: one buffer, read into when empty, drained by the sink.
   std::unique_ptr<char[]> buf_;  // kRoom bytes, then the cap_ bytes of the buffer

@@ -27,6 +27,9 @@ std::string formatEndpoint(const sockaddr_in& sa);
 sockaddr_in makeSockaddr(uint32_t ip_net, uint16_t port_host);
 // "10.0.0.1:80" -> sockaddr_in (port required).
 std::optional<sockaddr_in> parseEndpoint(const std::string& text);
+// An address to listen on: parseEndpoint with a port 1-65535 (port 0 would
+// listen where nobody knows to connect).
+std::optional<sockaddr_in> parseListenEndpoint(const std::string& text);
 // "HOST:PORT" or "[V6]:PORT" -> host (without brackets) and port 1-65535.
 struct HostPort {
   std::string host;
