@@ -4,6 +4,7 @@ byte-stream correctness, concurrency, half-close, agent restart, CNI errors."""
 import json
 import os
 import subprocess
+import sys
 import time
 import unittest
 
@@ -84,6 +85,26 @@ class CaptureTest(LabTest):
                                                       if c["source"].startswith(self.legacy_ip + ":")])
         self.assertEqual(inbound[-1]["pod"], "shop/server")
         self.assertEqual(inbound[-1]["path"], "inbound")
+
+    def test_a_plaintext_client_port_is_never_the_source_of_another_connection_to_the_app(self):
+        # The proxy's accepted socket for legacy:P has the tuple (server:8082, legacy:P). A
+        # connection it makes to the app bound to legacy:P would have that tuple too: its SYN
+        # would meet the proxy's socket, and the connect would hang until its timeout. The server
+        # pod's port range is narrowed to 20000-20009, whose odd ports the kernel offers first to
+        # a bind, after five clients took them from their side.
+        lab = self.lab
+        sport = "net.ipv4.ip_local_port_range"
+        saved = lab.exec("shop/server", "sysctl", "-n", sport).stdout.split()
+        holds = [lab.spawn("legacy/client", sys.executable, APP, "hold", self.server_ip, "8082", "6",
+                           str(p)) for p in (20001, 20003, 20005, 20007, 20009)]
+        lab.exec("shop/server", "sysctl", "-qw", f"{sport}=20000 20009")
+        self.addCleanup(lab.exec, "shop/server", "sysctl", "-qw", f"{sport}={saved[0]} {saved[1]}")
+        for i in range(3):
+            out = lab.client("legacy/client", "say", self.server_ip, "8082", f"hi{i}", timeout=30)
+            self.assertEqual(out.stdout.strip(), f"hi{i}")
+        for p in holds:
+            self.assertIn("ok n=", p.stdout.read())
+            self.assertEqual(p.wait(timeout=15), 0)
 
     def test_unenrolled_pod_goes_direct(self):
         before = [c for c in self.lab.connections("node1") if c["pod"].startswith("legacy/")]

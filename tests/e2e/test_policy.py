@@ -276,6 +276,7 @@ class PolicyTest(LabTest):
         for client, sport in clients:
             r = self.probe_from(client, sport)
             self.assertEqual(r["reply"], "", f"{client} from port {sport} under STRICT: {r}")
+            self.assertIsNotNone(r["local"], f"{client} from port {sport} did not connect: {r}")
             self.assertEqual(r["local"].rsplit(":", 1)[1], str(sport), r)
         after = metric_sum(self.metrics("node2"), "sluice_bpf_ip4_lookup_steered_total")
         self.assertGreaterEqual(after - before, len(clients))

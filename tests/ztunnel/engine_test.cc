@@ -25,6 +25,8 @@
 #include "sluice/common/bpf_abi.h"
 #include "support/engine_pod.h"
 #include "ztunnel/inpod/inpod.h"
+#include "ztunnel/proxy/engine_impl.h"
+#include "ztunnel/proxy/pod.h"
 
 using namespace sluice;
 using namespace std::chrono_literals;
@@ -741,5 +743,58 @@ TEST_SUITE("engine") {
                  c.reason == ztunnel::CloseReason::kEof && c.bytes_received == 3;
       return false;
     }));
+  }
+
+  // The proxy's accepted plaintext socket for client C:p has the tuple
+  // (pod:80, C:p). An upstream to pod:80 bound to C at port p would give the
+  // app's end that same tuple, and its SYN would meet the proxy's socket.
+  // The kernel's bind to port 0 offers ports of the other parity than the
+  // range's start first: with 20000-20009, the odd ones.
+  TEST_CASE(
+      "an upstream bound to a client's address skips the ports of its plaintext connections") {
+    Pod pod;
+    pod.ns.sh("sysctl -qw net.ipv4.ip_local_port_range='20000 20009'");
+    auto state = std::make_shared<ztunnel::proxy::PodState>();
+    state->spec = pod.spec();
+    state->netns = UniqueFd(::dup(pod.ns.fd()));
+    ztunnel::proxy::NetnsSockets sockets;
+    REQUIRE(sockets.init());
+    const IpAddr client = *IpAddr::parse("10.77.3.9");
+    auto bound = [&](const ztunnel::proxy::Upstream& u) {
+      sockaddr_in a{};
+      socklen_t len = sizeof(a);
+      REQUIRE(::getsockname(u.fd.get(), reinterpret_cast<sockaddr*>(&a), &len) == 0);
+      CHECK(a.sin_addr.s_addr == *parseIp4("10.77.3.9"));
+      return ntohs(a.sin_port);
+    };
+    std::vector<ztunnel::proxy::SourceShare> plain;
+    for (uint16_t port = 20001; port <= 20009; port += 2)
+      plain.push_back(ztunnel::proxy::SourceShare::take(state, client, 100, port));
+    std::vector<ztunnel::proxy::Upstream> held;
+    for (int i = 0; i < 5; ++i) {
+      auto u = sockets.upstream(*state, SLUICE_MARK_INBOUND_APP, AF_INET, client, i % 2 == 0);
+      REQUIRE_MESSAGE(u.has_value(), (u ? "" : u.error().describe()));
+      CHECK_FALSE(u->setup.pending);  // bound here, to see the port, even where it may defer
+      const uint16_t port = bound(*u);
+      CHECK_MESSAGE(port % 2 == 0, port);
+      held.push_back(std::move(*u));
+    }
+    // Every port of the range is bound or a client's: refused, nothing taken.
+    auto none = sockets.upstream(*state, SLUICE_MARK_INBOUND_APP, AF_INET, client, true);
+    REQUIRE_FALSE(none.has_value());
+    CHECK(none.error().describe().find("Address already in use") != std::string::npos);
+    // Another client's ports are no business of this one's sockets.
+    const IpAddr other = *IpAddr::parse("10.77.3.10");
+    held.clear();
+    auto u = sockets.upstream(*state, SLUICE_MARK_INBOUND_APP, AF_INET, other, false);
+    REQUIRE(u.has_value());
+    // Those connections gone, the port is the kernel's pick again (at the
+    // connect where the ring can bind).
+    plain.clear();
+    CHECK(state->plain_client_count.load() == 0);
+    CHECK(state->plain_clients.empty());
+    auto later = sockets.upstream(*state, SLUICE_MARK_INBOUND_APP, AF_INET, client, true);
+    REQUIRE(later.has_value());
+    CHECK(later->setup.pending == ztunnel::uring::socketSetupSupported());
   }
 }

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -58,16 +59,50 @@ Result<Upstream> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int 
   if (!bind.empty() && bind.family() != family)
     return fail(
         fmt::format("cannot bind an upstream socket of family {} to {}", family, bind.str()));
-  auto s = pod.stash.take(
-      family, SocketStash::Clock::now(), [&](int fam, size_t n, std::vector<UniqueFd>& out) {
-        return socketsInNetns(pod.netns.get(), home_, fam, SOCK_STREAM, 0, n, out);
-      });
+  if (!bind.empty() && pod.plain_client_count.load(std::memory_order_acquire) > 0)
+    return clearOfClients(pod, mark, family, bind);
+  auto s = take(pod, family);
   if (!s) return tl::unexpected(s.error());
   if (may_defer && uring::socketSetupSupported())
     return Upstream{std::move(*s), {true, mark, bind.empty() ? SockAddr() : SockAddr(bind, 0)}};
   if (auto ready = inpod::prepareUpstream(*s, mark, family, bind); !ready)
     return tl::unexpected(ready.error());
   return Upstream{std::move(*s), {}};
+}
+
+Result<UniqueFd> NetnsSockets::take(const PodState& pod, int family) {
+  return pod.stash.take(
+      family, SocketStash::Clock::now(), [&](int fam, size_t n, std::vector<UniqueFd>& out) {
+        return socketsInNetns(pod.netns.get(), home_, fam, SOCK_STREAM, 0, n, out);
+      });
+}
+
+// The kernel picks the port of a bind to `bind` (port 0) among those no
+// socket of the netns has bound, and the proxy's accepted plaintext sockets
+// are bound to the pod's address: a client's own port is on offer. Each
+// port it offers is checked; a refused socket stays bound until a port is
+// found, so the kernel offers another each time.
+Result<Upstream> NetnsSockets::clearOfClients(const PodState& pod, uint32_t mark, int family,
+                                              const IpAddr& bind) {
+  constexpr unsigned kTries = 16;
+  std::vector<UniqueFd> refused;
+  for (unsigned i = 0; i < kTries; ++i) {
+    auto s = take(pod, family);
+    if (!s) return tl::unexpected(s.error());
+    if (auto ready = inpod::prepareUpstream(*s, mark, family, bind); !ready)
+      return tl::unexpected(ready.error());
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (::getsockname(s->get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+      return failErrno("getsockname of a bound upstream socket failed");
+    auto local = SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&ss), len);
+    if (!pod.plainClient(local)) return Upstream{std::move(*s), {}};
+    refused.push_back(std::move(*s));
+  }
+  return fail(fmt::format(
+      "no source port for a connection from {}: the {} ports the kernel offered are each held by "
+      "a plaintext connection of that client to the pod",
+      bind.str(), kTries));
 }
 
 // ---------------------------------------------------------------- Engine

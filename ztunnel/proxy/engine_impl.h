@@ -28,6 +28,11 @@ class NetnsSockets final : public SocketFactory {
                             bool may_defer) override;
 
  private:
+  Result<UniqueFd> take(const PodState& pod, int family);
+  // A socket bound to `bind` at a port no plaintext inbound connection of
+  // the pod from `bind` holds (PodState::plain_clients), ready.
+  Result<Upstream> clearOfClients(const PodState& pod, uint32_t mark, int family,
+                                  const IpAddr& bind);
   UniqueFd home_;
 };
 

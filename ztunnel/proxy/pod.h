@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "sluice/common/addr.h"
 #include "sluice/common/unique_fd.h"
 #include "sluice/ztunnel/engine.h"
 #include "ztunnel/proxy/socket_stash.h"
@@ -27,17 +28,34 @@ struct PodState {
   // Inbound connections (15006, HBONE streams) by source address
   // (SourceShare): one source holds at most half of max_connections_per_pod,
   // so a flood from one client cannot take every other peer's place.
-  std::mutex sources_mu;
+  // mutable: NetnsSockets reads plain_clients through a const pod.
+  mutable std::mutex sources_mu;
   std::unordered_map<IpAddr, unsigned> inbound_by_source;
+  // Plaintext inbound connections (15006) by client address and port. An
+  // upstream socket bound to a client's address must not take the port of
+  // one of them: the app's end would have the very tuple of the proxy's
+  // accepted socket, which takes its SYN (NetnsSockets::upstream).
+  std::unordered_map<SockAddr, unsigned> plain_clients;
+  std::atomic<unsigned> plain_client_count{0};  // sum of plain_clients: 0 skips the lock
+
+  // Whether a plaintext inbound connection from `client` (address and port) is open.
+  bool plainClient(const SockAddr& client) const {
+    if (plain_client_count.load(std::memory_order_acquire) == 0) return false;
+    std::lock_guard lk(sources_mu);
+    return plain_clients.count(client) != 0;
+  }
 };
 
 // One inbound connection's place among its source's (PodState::
-// inbound_by_source), given back when it is destroyed. Any worker.
+// inbound_by_source), and for a plaintext one its client port (PodState::
+// plain_clients), given back when it is destroyed. Any worker.
 class SourceShare {
  public:
   SourceShare() = default;
   // Empty (false) when `source` holds `share` places of the pod already.
-  static SourceShare take(std::shared_ptr<PodState> pod, const IpAddr& source, unsigned share) {
+  // client_port: a plaintext (15006) connection's, else 0 (HBONE streams).
+  static SourceShare take(std::shared_ptr<PodState> pod, const IpAddr& source, unsigned share,
+                          uint16_t client_port = 0) {
     {
       std::lock_guard lk(pod->sources_mu);
       unsigned& held = pod->inbound_by_source[source];
@@ -46,19 +64,25 @@ class SourceShare {
         return {};
       }
       ++held;
+      if (client_port) {
+        ++pod->plain_clients[SockAddr(source, client_port)];
+        pod->plain_client_count.fetch_add(1, std::memory_order_release);
+      }
     }
     SourceShare s;
     s.pod_ = std::move(pod);
     s.source_ = source;
+    s.port_ = client_port;
     return s;
   }
   SourceShare(SourceShare&& o) noexcept
-      : pod_(std::exchange(o.pod_, nullptr)), source_(o.source_) {}
+      : pod_(std::exchange(o.pod_, nullptr)), source_(o.source_), port_(o.port_) {}
   SourceShare& operator=(SourceShare&& o) noexcept {
     if (this != &o) {
       release();
       pod_ = std::exchange(o.pod_, nullptr);
       source_ = o.source_;
+      port_ = o.port_;
     }
     return *this;
   }
@@ -80,10 +104,17 @@ class SourceShare {
     if (auto it = pod_->inbound_by_source.find(source_);
         it != pod_->inbound_by_source.end() && --it->second == 0)
       pod_->inbound_by_source.erase(it);
+    if (port_) {
+      if (auto it = pod_->plain_clients.find(SockAddr(source_, port_));
+          it != pod_->plain_clients.end() && --it->second == 0)
+        pod_->plain_clients.erase(it);
+      pod_->plain_client_count.fetch_sub(1, std::memory_order_release);
+    }
     pod_ = nullptr;
   }
   std::shared_ptr<PodState> pod_;
   IpAddr source_;
+  uint16_t port_ = 0;
 };
 
 // The places one source may hold: half of the pod's limit.

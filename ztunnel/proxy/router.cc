@@ -177,7 +177,7 @@ void Router::inbound(const std::shared_ptr<PodState>& pod, UniqueFd client, cons
     return;
   }
   const unsigned limit = ctx_.config.max_connections_per_pod;
-  auto share = SourceShare::take(pod, peer.ip(), sourceShare(limit));
+  auto share = SourceShare::take(pod, peer.ip(), sourceShare(limit), peer.port());
   if (!share) {
     ctx_.counters().add(Counter::kLimitRejected);
     setLinger0(client.get());

@@ -20,8 +20,9 @@ Clients:
   tcpapp.py say HOST PORT TEXT                    send one line to an echo server, print the answer
   tcpapp.py spread HOST PORT N CONC               N whoami connections, CONC at a time; prints JSON
                                                   {"by_server": {ip: count}, "failures": [...]}
-  tcpapp.py hold HOST PORT SECONDS                one echo connection, a round trip every 0.2 s for
-                                                  SECONDS; prints "ready" once connected, "ok n=.."
+  tcpapp.py hold HOST PORT SECONDS [SPORT]        one echo connection (from local port SPORT), a round
+                                                  trip every 0.2 s for SECONDS; prints "ready" once
+                                                  connected, "ok n=.."
   tcpapp.py pace HOST PORT                        one echo connection; prints "ready", then for each
                                                   number N read from stdin sends a line of N bytes (and
                                                   its newline), checks the echo, prints "echoed N+1";
@@ -418,9 +419,9 @@ def client_say(host, port, text):
         sys.stdout.write(f.readline().decode())
 
 
-def client_hold(host, port, seconds):
+def client_hold(host, port, seconds, sport=None):
     import time
-    c = socket.create_connection((host, port), timeout=10)
+    c = connect_from(host, port, sport, 10)
     f = c.makefile("rb")
     print("ready", flush=True)
     n, end = 0, time.monotonic() + seconds
@@ -696,7 +697,7 @@ def main():
     elif cmd == "loop":
         client_loop(a[1], int(a[2]), int(a[3]), a[4], float(a[5]) if len(a) > 5 else 5)
     elif cmd == "hold":
-        client_hold(a[1], int(a[2]), float(a[3]))
+        client_hold(a[1], int(a[2]), float(a[3]), int(a[4]) if len(a) > 4 else None)
     elif cmd == "pace":
         client_pace(a[1], int(a[2]))
     elif cmd == "peername":
