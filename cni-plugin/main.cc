@@ -45,6 +45,7 @@ without the mesh; a line on stderr (the runtime's log) and in logFile says so.
 An agent that is up but busy or not answering gets CNI code 11 (the runtime
 retries), on ADD whatever failOpen says, and on DEL too; DEL always tells the
 agent the container, also with a configuration it cannot fully use.
+`sluice-cni --version` names the CNI protocol versions it speaks.
 
 As the node's installer (the CNI container of the sluice-agent DaemonSet):
 
@@ -170,9 +171,13 @@ int main(int argc, char** argv) {
     if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   if (!env.count("CNI_COMMAND")) {
-    if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
-                     std::string(argv[1]) == "--version")) {
+    if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
       std::fputs(usage().c_str(), stdout);
+      return 0;
+    }
+    if (argc > 1 && std::string(argv[1]) == "--version") {  // as the reference plugins answer it
+      std::printf("CNI sluice-cni plugin\nCNI protocol versions supported: %s\n",
+                  fmt::format("{}", fmt::join(kSupportedVersions, ", ")).c_str());
       return 0;
     }
     if (argc > 1) {

@@ -186,17 +186,28 @@ TEST_SUITE("plugin") {
     CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);
     CHECK(WEXITSTATUS(runPlugin("DEL", conf(sock)).status) == 0);
   }
-  TEST_CASE("run by hand with an unknown command: says so, not a CNI error object") {
-    std::string cmd = "env -i " SLUICE_CNI_BINARY " bogus 2>&1";
+  // By hand (no CNI_COMMAND): what the command line `args` prints, and its exit status.
+  std::pair<std::string, int> byHand(const std::string& args) {
+    std::string cmd = "env -i " SLUICE_CNI_BINARY " " + args + " 2>&1";
     FILE* p = popen(cmd.c_str(), "r");
     std::string out;
     char buf[4096];
     size_t n;
     while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
     int status = pclose(p);
-    CHECK(WEXITSTATUS(status) == 2);
+    return {out, WEXITSTATUS(status)};
+  }
+  TEST_CASE("run by hand with an unknown command: says so, not a CNI error object") {
+    auto [out, status] = byHand("bogus");
+    CHECK(status == 2);
     CHECK(out.find("unknown command 'bogus'") != std::string::npos);
     CHECK(out.find("\"code\"") == std::string::npos);
+  }
+  TEST_CASE("--version names the CNI protocol versions it speaks, as the reference plugins do") {
+    auto [out, status] = byHand("--version");
+    CHECK(status == 0);
+    CHECK(out ==
+          "CNI sluice-cni plugin\nCNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0\n");
   }
 
   TEST_CASE("malformed stdin is a CNI error object - the agent is never called") {
