@@ -276,8 +276,13 @@ class PolicyTest(LabTest):
         for client, sport in clients:
             r = self.probe_from(client, sport)
             self.assertEqual(r["reply"], "", f"{client} from port {sport} under STRICT: {r}")
-            self.assertIsNotNone(r["local"], f"{client} from port {sport} did not connect: {r}")
-            self.assertEqual(r["local"].rsplit(":", 1)[1], str(sport), r)
+            if r["local"] is None:
+                # The proxy accepts and resets at once: on a loaded machine the reset is in
+                # before connect() returns, which then reports it (the records below name
+                # the port). A refused SYN would be "Connection refused".
+                self.assertEqual(r["error"], "Connection reset by peer", f"{client} from port {sport}: {r}")
+            else:
+                self.assertEqual(r["local"].rsplit(":", 1)[1], str(sport), r)
         after = metric_sum(self.metrics("node2"), "sluice_bpf_ip4_lookup_steered_total")
         self.assertGreaterEqual(after - before, len(clients))
         since = int(time.time() * 1000) - 60_000
