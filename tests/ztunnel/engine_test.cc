@@ -783,16 +783,19 @@ TEST_SUITE("engine") {
     auto none = sockets.upstream(*state, SLUICE_MARK_INBOUND_APP, AF_INET, client, true);
     REQUIRE_FALSE(none.has_value());
     CHECK(none.error().describe().find("Address already in use") != std::string::npos);
-    // Another client's ports are no business of this one's sockets.
+    // Another client's ports are no business of this one's sockets: the
+    // ring binds them at the connect, as before.
     const IpAddr other = *IpAddr::parse("10.77.3.10");
     held.clear();
-    auto u = sockets.upstream(*state, SLUICE_MARK_INBOUND_APP, AF_INET, other, false);
+    auto u = sockets.upstream(*state, SLUICE_MARK_INBOUND_APP, AF_INET, other, true);
     REQUIRE(u.has_value());
+    CHECK(u->setup.pending == ztunnel::uring::socketSetupSupported());
     // Those connections gone, the port is the kernel's pick again (at the
     // connect where the ring can bind).
     plain.clear();
     CHECK(state->plain_client_count.load() == 0);
     CHECK(state->plain_clients.empty());
+    CHECK(state->plain_sources.empty());
     auto later = sockets.upstream(*state, SLUICE_MARK_INBOUND_APP, AF_INET, client, true);
     REQUIRE(later.has_value());
     CHECK(later->setup.pending == ztunnel::uring::socketSetupSupported());

@@ -59,8 +59,7 @@ Result<Upstream> NetnsSockets::upstream(const PodState& pod, uint32_t mark, int 
   if (!bind.empty() && bind.family() != family)
     return fail(
         fmt::format("cannot bind an upstream socket of family {} to {}", family, bind.str()));
-  if (!bind.empty() && pod.plain_client_count.load(std::memory_order_acquire) > 0)
-    return clearOfClients(pod, mark, family, bind);
+  if (!bind.empty() && pod.plainSource(bind)) return clearOfClients(pod, mark, family, bind);
   auto s = take(pod, family);
   if (!s) return tl::unexpected(s.error());
   if (may_defer && uring::socketSetupSupported())

@@ -36,13 +36,20 @@ struct PodState {
   // one of them: the app's end would have the very tuple of the proxy's
   // accepted socket, which takes its SYN (NetnsSockets::upstream).
   std::unordered_map<SockAddr, unsigned> plain_clients;
-  std::atomic<unsigned> plain_client_count{0};  // sum of plain_clients: 0 skips the lock
+  std::unordered_map<IpAddr, unsigned> plain_sources;  // the same by address alone
+  std::atomic<unsigned> plain_client_count{0};         // sum of plain_clients: 0 skips the lock
 
   // Whether a plaintext inbound connection from `client` (address and port) is open.
   bool plainClient(const SockAddr& client) const {
     if (plain_client_count.load(std::memory_order_acquire) == 0) return false;
     std::lock_guard lk(sources_mu);
     return plain_clients.count(client) != 0;
+  }
+  // Whether one from `source` is open, whatever its port.
+  bool plainSource(const IpAddr& source) const {
+    if (plain_client_count.load(std::memory_order_acquire) == 0) return false;
+    std::lock_guard lk(sources_mu);
+    return plain_sources.count(source) != 0;
   }
 };
 
@@ -66,6 +73,7 @@ class SourceShare {
       ++held;
       if (client_port) {
         ++pod->plain_clients[SockAddr(source, client_port)];
+        ++pod->plain_sources[source];
         pod->plain_client_count.fetch_add(1, std::memory_order_release);
       }
     }
@@ -108,6 +116,9 @@ class SourceShare {
       if (auto it = pod_->plain_clients.find(SockAddr(source_, port_));
           it != pod_->plain_clients.end() && --it->second == 0)
         pod_->plain_clients.erase(it);
+      if (auto it = pod_->plain_sources.find(source_);
+          it != pod_->plain_sources.end() && --it->second == 0)
+        pod_->plain_sources.erase(it);
       pod_->plain_client_count.fetch_sub(1, std::memory_order_release);
     }
     pod_ = nullptr;
