@@ -109,19 +109,18 @@ class SourceShare {
   void release() {
     if (!pod_) return;
     std::lock_guard lk(pod_->sources_mu);
-    if (auto it = pod_->inbound_by_source.find(source_);
-        it != pod_->inbound_by_source.end() && --it->second == 0)
-      pod_->inbound_by_source.erase(it);
+    dropOne(pod_->inbound_by_source, source_);
     if (port_) {
-      if (auto it = pod_->plain_clients.find(SockAddr(source_, port_));
-          it != pod_->plain_clients.end() && --it->second == 0)
-        pod_->plain_clients.erase(it);
-      if (auto it = pod_->plain_sources.find(source_);
-          it != pod_->plain_sources.end() && --it->second == 0)
-        pod_->plain_sources.erase(it);
+      dropOne(pod_->plain_clients, SockAddr(source_, port_));
+      dropOne(pod_->plain_sources, source_);
       pod_->plain_client_count.fetch_sub(1, std::memory_order_release);
     }
     pod_ = nullptr;
+  }
+  // One count less for `key`; the entry goes at zero.
+  template <class Map, class Key>
+  static void dropOne(Map& counts, const Key& key) {
+    if (auto it = counts.find(key); it != counts.end() && --it->second == 0) counts.erase(it);
   }
   std::shared_ptr<PodState> pod_;
   IpAddr source_;
