@@ -23,7 +23,7 @@
  * tuple the client may reuse within the minute) is owned, so it passes: the
  * kernel would drop it as a duplicate if it were assigned. The TIME_WAIT
  * socket takes it and the stack looks for a listener, which would be the
- * app's: around the mesh. So tc notes that SYN's tuple (sluice_tw_syn, this
+ * app's: around the mesh. So tc notes that SYN's tuple (sluice_tw_syn_v1, this
  * CPU's slot: the stack runs on the same CPU, within the same softirq,
  * right after tc) and sluice_sk_lookup (sk_lookup, attached to each enrolled
  * pod netns) gives exactly that lookup the proxy's <pod-ip>:15006 listener
@@ -60,18 +60,23 @@ struct sluice_tw_syn {
 /* How long the slot stays good: the stack's lookup follows tc at once. */
 #define SLUICE_TW_SYN_WINDOW_NS 1000000
 
+/* Pinned, so that every loaded copy of this object shares the slot: a
+ * restarted agent attaches its tc program to each pod before it swaps the
+ * program under the pod's sk_lookup link, and for that moment a SYN the new
+ * tc notes must still be found by the old sk_lookup program. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct sluice_tw_syn);
-} sluice_tw_syn SEC(".maps");
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_tw_syn_v1 SEC(".maps");
 
 /* This CPU's slot, cleared, for the SYN about to pass; null if none. */
 static __always_inline struct sluice_tw_syn *tw_slot(void)
 {
 	__u32 zero = 0;
-	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn, &zero);
+	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn_v1, &zero);
 	if (w)
 		__builtin_memset(w, 0, sizeof(*w));
 	return w;
@@ -423,7 +428,7 @@ int sluice_sk_lookup(struct bpf_sk_lookup *ctx)
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	__u32 zero = 0;
-	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn, &zero);
+	struct sluice_tw_syn *w = bpf_map_lookup_elem(&sluice_tw_syn_v1, &zero);
 	if (!w || w->at_ns == 0)
 		return SK_PASS;
 	struct sluice_tw_syn t = {};

@@ -4,6 +4,7 @@
 // program's own steering of what the stack's lookup would give the app's
 // listener: the ACK of a SYN cookie. Real sockets across a veth, a real
 // TIME_WAIT, real SYN cookies.
+#include <bpf/bpf.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -168,6 +169,43 @@ TEST_SUITE("inbound.bpf lookup") {
       auto client = clientFromPort(peer);
       CHECK(acceptWithin(app.get(), std::chrono::seconds(3)).valid());
     }
+  }
+
+  // An agent restart: the new agent attaches its tc program to the pod,
+  // then swaps the program under the pod's sk_lookup link. Between the two,
+  // the new tc notes the SYN and the old sk_lookup program looks it up: both
+  // must use one slot (the pinned sluice_tw_syn_v1), or the SYN passes to
+  // the app around the proxy.
+  TEST_CASE("a restart: the new tc program beside the old sk_lookup program still steers") {
+    test::ScratchNetns pod, peer;
+    auto app = appInTimeWait(pod, peer, "10.80.0.5", "10.80.0.9", 24);
+    test::LoadedCapture old_agent;
+    auto cookie = enroll(old_agent, pod);
+    // The old program under the link, to put back after the new agent's swap.
+    UniqueFd link(bpf_obj_get(old_agent.loader->lookupPin(cookie).c_str()));
+    REQUIRE(link.valid());
+    bpf_link_info info{};
+    __u32 info_len = sizeof(info);
+    REQUIRE(bpf_obj_get_info_by_fd(link.get(), &info, &info_len) == 0);
+    UniqueFd old_lookup(bpf_prog_get_fd_by_id(info.prog_id));
+    REQUIRE(old_lookup.valid());
+    auto proxy = test::listenIn(pod.fd(), "10.80.0.5", SLUICE_INBOUND_PORT, 0, true);
+    REQUIRE(fcntl(proxy.get(), F_SETFL, fcntl(proxy.get(), F_GETFL) | O_NONBLOCK) == 0);
+    agent::bpf::MapInboundSteering old_steering(old_agent.loader->inboundListenersFd());
+    REQUIRE(
+        old_steering.inboundListener(*SockAddr::parse("10.80.0.5:15006"), proxy.get()).has_value());
+
+    auto new_agent = agent::bpf::Loader::create({old_agent.pin, test::cgroup2(), {9999}, false});
+    REQUIRE_MESSAGE(new_agent.has_value(), (new_agent ? "" : new_agent.error().describe()));
+    REQUIRE((*new_agent)->attachInbound(pod.fd(), "eth0").has_value());
+    // The moment between the new agent's tc attach and its link swap.
+    REQUIRE(bpf_link_update(link.get(), old_lookup.get(), nullptr) == 0);
+
+    auto client = clientFromPort(peer);
+    UniqueFd a = acceptWithin(proxy.get(), std::chrono::seconds(3));
+    CHECK_MESSAGE(a.valid(), "the proxy never took the SYN on the TIME_WAIT tuple");
+    CHECK(::accept(app.get(), nullptr, nullptr) < 0);  // the app never saw it
+    new_agent->reset();
   }
 
   TEST_CASE("IPv6: a SYN on a TIME_WAIT tuple goes to [pod-v6]:15006, never the app") {
