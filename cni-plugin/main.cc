@@ -176,8 +176,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (argc > 1 && std::string(argv[1]) == "--version") {  // as the reference plugins answer it
-      std::printf("CNI sluice-cni plugin\nCNI protocol versions supported: %s\n",
-                  fmt::format("{}", fmt::join(kSupportedVersions, ", ")).c_str());
+      fmt::print("CNI sluice-cni plugin\nCNI protocol versions supported: {}\n",
+                 fmt::join(kSupportedVersions, ", "));
       return 0;
     }
     if (argc > 1) {

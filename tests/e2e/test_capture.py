@@ -93,13 +93,13 @@ class CaptureTest(LabTest):
         # pod's port range is narrowed to 20000-20009, whose odd ports the kernel offers first to
         # a bind, after five clients took them from their side.
         lab = self.lab
-        sport = "net.ipv4.ip_local_port_range"
-        saved = lab.exec("shop/server", "sysctl", "-n", sport).stdout.split()
+        port_range = "net.ipv4.ip_local_port_range"
+        saved = lab.exec("shop/server", "sysctl", "-n", port_range).stdout.split()
         holds = [lab.spawn("legacy/client", sys.executable, APP, "hold", self.server_ip, "8082", "120",
                            str(p)) for p in (20001, 20003, 20005, 20007, 20009)]
         self.addCleanup(lambda: [stop_process(p) for p in holds])
-        lab.exec("shop/server", "sysctl", "-qw", f"{sport}=20000 20009")
-        self.addCleanup(lab.exec, "shop/server", "sysctl", "-qw", f"{sport}={saved[0]} {saved[1]}")
+        lab.exec("shop/server", "sysctl", "-qw", f"{port_range}=20000 20009")
+        self.addCleanup(lab.exec, "shop/server", "sysctl", "-qw", f"{port_range}={saved[0]} {saved[1]}")
         for i in range(3):
             out = lab.client("legacy/client", "say", self.server_ip, "8082", f"hi{i}", timeout=30)
             self.assertEqual(out.stdout.strip(), f"hi{i}")
