@@ -17,6 +17,13 @@ reach renewal: the old certificate keeps serving (same serial, connections succe
 `sluicectl certs` says "retrying" with the error, `/ready` and the log say it; once the
 CA is back the renewal lands.
 
+PartitionTest — node2 cut off from the other node and the control plane for a few seconds
+(`lab node link node2 down`, then up) under cross-node load: a held connection with a
+round trip every 0.2 s comes through whole (TCP retransmits over the tunnel, as without
+a mesh; the tunnel's keepalive gives up only after 60 s of silence), every new
+connection started 2 s after the link is back succeeds, with mutual TLS, and node2's own
+same-node load loses nothing while it is cut off from the control plane.
+
 IpReuseTest — a server pod is deleted while node1 holds a pooled HBONE tunnel to it; a
 pod with another service account gets its IP: connections reach the new pod with its
 own identity checked (records on both nodes name the new principal), never the old one.
@@ -321,6 +328,64 @@ class CaAwayAtRenewalTest(LabTest):
         self.assertGreater(new["not_after_unix"], old["not_after_unix"])
         wait_for("/ready without the note", lambda: lab.lab("node", "exec", "node1", "--", "curl", "-sf",
                                                             "http://127.0.0.1:15000/ready").stdout == "ready\n")
+
+
+class PartitionTest(LabTest):
+    NODES = 2
+    CUT = 4.0  # seconds: well inside the held connection's 10-s read timeout once TCP retransmits
+
+    @classmethod
+    def setUpLab(cls):
+        lab = cls.lab
+        cls.server_ip = lab.meshed_pair()
+        lab.pod("shop", "near", node="node2", sa="web")  # the server's node: cut off with it
+        wait_for("shop/near enrolled", lambda: lab.enrolled("node2", "shop/near"))
+        wait_for("certificate of web on node2", lambda: lab.cert("node2", f"{TD}/web")["state"] == "valid")
+        lab.server("shop/server", "echo", 8082)
+
+    def test_a_short_partition_keeps_connections_and_new_ones_recover(self):
+        lab = self.lab
+        dst = f"{self.server_ip}:8082"
+        hold = start_app(lab, "shop/client", "hold", self.server_ip, "8082", str(self.CUT + 8))
+        load = LoadLoop(lab, "shop/client", self.server_ip, 8082, conc=2, text="CUT", pause_ms=20)
+        near = LoadLoop(lab, "shop/near", self.server_ip, 8082, conc=1, text="NEAR", pause_ms=20)
+        try:
+            time.sleep(1.0)
+            lab.lab("node", "link", "node2", "down")
+            cut = time.time()
+            status = lab.lab("status").stdout.splitlines()
+            self.assertIn("link DOWN", next(line for line in status if line.startswith("node2 ")), status)
+            time.sleep(self.CUT)
+        finally:
+            lab.lab("node", "link", "node2", "up")
+        healed = time.time()
+        try:
+            time.sleep(RECOVERY + 3.0)
+        finally:
+            load.stop()
+            near.stop()
+        out = hold.stdout.read()
+        hold.wait(timeout=30)
+        during_ok, during_failed = load.window(cut + 0.5, healed)
+        after_ok, after_failed = load.window(healed + RECOVERY, healed + RECOVERY + 3.0)
+        say(f"cut {healed - cut:.1f}s: {during_ok} new connections succeeded and {during_failed} failed while cut; "
+            f"from {RECOVERY}s after the heal {after_ok} succeeded, {after_failed} failed; held: {out.strip()}")
+        self.assertEqual(hold.returncode, 0, f"the held connection broke: {out}")
+        self.assertIn("ok n=", out)
+        self.assertGreater(during_failed, 0, "nothing failed while node2 was cut off: was it cut?")
+        self.assertGreater(after_ok, 0)
+        # On the cut-off node, away from the control plane and node1, its own traffic goes on.
+        near_ok, near_failed = near.window(0, healed + RECOVERY + 3.0)
+        say(f"node2's own load: {near_ok} succeeded, {near_failed} failed")
+        self.assertGreater(near.window(cut, healed)[0], 0)
+        self.assertEqual(near_failed, 0, near.failures[:5])
+        self.assertEqual(after_failed, 0, [c for c in load.conns if c[0] >= healed + RECOVERY and not c[2]][:5])
+        # The new connections are meshed as before: mutual TLS, both identities.
+        recs = wait_for("records after the heal", lambda: records_since(lab, "node1", "outbound", dst,
+                                                                          healed + RECOVERY))
+        for r in recs[:20]:
+            self.assertEqual((r["source_principal"], r["destination_principal"]), (f"{TD}/web", f"{TD}/api"), r)
+            self.assertTrue(r["mutual_tls"], r)
 
 
 class IpReuseTest(LabTest):
