@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
@@ -54,6 +55,52 @@ class SeriesCache {
  private:
   std::unordered_map<Key, std::shared_ptr<Series>, Hash> map_;
   uint64_t evictions_seen_ = 0;
+};
+
+// A registry's cap on its series and their idle eviction, one for TcpMetrics
+// and HttpMetrics alike. A series has `held` (HoldCount) and `last_active`
+// (std::atomic<int64_t>, in the owner's ticks). Called under the owner's
+// mutex; the counters are read without it.
+class SeriesCap {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit SeriesCap(size_t max_series) : max_(max_series) {}
+
+  // Whether one more series fits beside `map`'s. At the cap it first makes
+  // room from idle series with `evict(now)`, at most once a second (a scan of
+  // every series); a refusal is counted (dropped()).
+  template <class Map, class Now, class Evict>
+  bool admit(const Map& map, Now&& now_fn, Evict&& evict) {
+    if (map.size() < max_) return true;
+    auto now = now_fn();
+    if (now - last_eviction_ >= std::chrono::seconds(1)) {
+      last_eviction_ = now;
+      evict(now);
+    }
+    if (map.size() < max_) return true;
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+
+  // Erases from `map` the series last active at or before `horizon` that no
+  // connection holds (a worker's later hold of one fails); how many.
+  template <class Map>
+  size_t evictIdle(Map& map, int64_t horizon) {
+    size_t n = std::erase_if(map, [&](const auto& kv) {
+      return kv.second->last_active.load(std::memory_order_relaxed) <= horizon &&
+             kv.second->held.tryEvict();
+    });
+    evicted_.fetch_add(n, std::memory_order_relaxed);
+    return n;
+  }
+
+  uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  uint64_t evicted() const { return evicted_.load(std::memory_order_relaxed); }
+
+ private:
+  size_t max_;
+  Clock::time_point last_eviction_{};
+  std::atomic<uint64_t> dropped_{0}, evicted_{0};
 };
 
 }  // namespace sluice::agent::telemetry

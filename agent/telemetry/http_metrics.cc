@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cassert>
 
-#include "agent/telemetry/hold_count.h"
 #include "agent/telemetry/peers.h"
 
 namespace sluice::agent::telemetry {
@@ -103,7 +102,11 @@ struct alignas(64) HttpMetrics::Worker {
 
 HttpMetrics::HttpMetrics(HttpMetricsConfig config, const TcpMetrics& labels,
                          std::function<Clock::time_point()> now)
-    : config_(config), labels_(labels), now_(std::move(now)), epoch_(now_()) {
+    : config_(config),
+      labels_(labels),
+      now_(std::move(now)),
+      epoch_(now_()),
+      cap_(config_.max_series) {
   config_.workers = std::max(1u, config_.workers);
   for (unsigned i = 0; i < config_.workers; ++i) workers_.push_back(std::make_unique<Worker>());
 }
@@ -122,26 +125,15 @@ std::shared_ptr<HttpMetrics::Series> HttpMetrics::hold(Worker& w, const Connecti
   // No response: the connection's failure, if it failed (a denied CONNECT:
   // DENY, as its TCP series).
   if (r.status == 0) key.labels[kResponseFlagsLabel] = responseFlags(c);
-  if (auto s = w.cache.hold(key, evicted_.load(std::memory_order_relaxed))) return s;
+  if (auto s = w.cache.hold(key, cap_.evicted())) return s;
   std::shared_ptr<Series> s;
   {
     std::lock_guard lk(mu_);
     if (auto it = series_.find(key); it != series_.end()) {
       s = it->second;
     } else {
-      if (series_.size() >= config_.max_series) {
-        // At the cap: make room from idle series, at most once a second (a
-        // scan of every series), before refusing.
-        auto now = now_();
-        if (now - last_cap_eviction_ >= std::chrono::seconds(1)) {
-          last_cap_eviction_ = now;
-          evictIdleLocked(now);
-        }
-      }
-      if (series_.size() >= config_.max_series) {
-        dropped_.fetch_add(1, std::memory_order_relaxed);
+      if (!cap_.admit(series_, now_, [this](Clock::time_point now) { evictIdleLocked(now); }))
         return nullptr;
-      }
       s = std::make_shared<Series>(key, r, config_.workers);
       series_.emplace(s->key, s);  // the key views the series' own values
     }
@@ -210,14 +202,7 @@ void HttpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
 }
 
 void HttpMetrics::evictIdleLocked(Clock::time_point now) {
-  int64_t horizon = ticks(now) - config_.idle.count();
-  std::erase_if(series_, [&](const auto& kv) {
-    if (kv.second->last_active.load(std::memory_order_relaxed) > horizon) return false;
-    // Dead only if no connection holds it: a worker's later hold then fails.
-    if (!kv.second->held.tryEvict()) return false;
-    evicted_.fetch_add(1, std::memory_order_relaxed);
-    return true;
-  });
+  cap_.evictIdle(series_, ticks(now) - config_.idle.count());
 }
 
 size_t HttpMetrics::seriesCount() const {

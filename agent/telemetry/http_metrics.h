@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "agent/telemetry/exposition.h"
+#include "agent/telemetry/hold_count.h"
 #include "agent/telemetry/tcp_metrics.h"
 #include "sluice/ztunnel/engine.h"
 
@@ -66,7 +67,7 @@ class HttpMetrics final : public ztunnel::ConnectionObserver {
 
   void write(TextWriter& out);  // any thread; drops idle series first
   size_t seriesCount() const;
-  uint64_t seriesDropped() const { return dropped_.load(std::memory_order_relaxed); }
+  uint64_t seriesDropped() const { return cap_.dropped(); }
   // Distinct (protocol, status, grpc status) outcomes whose series one
   // connection keeps; a further one's series is found for each request.
   static constexpr size_t kMaxOutcomesPerConnection = 16;
@@ -99,8 +100,7 @@ class HttpMetrics final : public ztunnel::ConnectionObserver {
   std::vector<std::unique_ptr<Worker>> workers_;
   mutable std::mutex mu_;
   SeriesMap series_;  // by label values (views of the series' own values)
-  std::atomic<uint64_t> dropped_{0}, evicted_{0};
-  Clock::time_point last_cap_eviction_{};  // under mu_
+  SeriesCap cap_;     // under mu_ (its counters without)
 };
 
 // Both observers of the agent, called in order (the engine takes one).

@@ -6,7 +6,6 @@
 #include <cassert>
 #include <cstring>
 
-#include "agent/telemetry/hold_count.h"
 #include "agent/telemetry/peers.h"
 #include "sluice/common/addr.h"
 
@@ -141,7 +140,11 @@ size_t TcpMetrics::ViewsHash::operator()(const LabelViews& v) const {
 
 TcpMetrics::TcpMetrics(TcpMetricsConfig config, const WorkloadIndex* workloads,
                        std::function<Clock::time_point()> now)
-    : config_(std::move(config)), workloads_(workloads), now_(std::move(now)), epoch_(now_()) {
+    : config_(std::move(config)),
+      workloads_(workloads),
+      now_(std::move(now)),
+      epoch_(now_()),
+      cap_(config_.max_series) {
   config_.workers = std::max(1u, config_.workers);
   for (unsigned i = 0; i < config_.workers; ++i) workers_.push_back(std::make_unique<Worker>());
 }
@@ -227,19 +230,8 @@ std::vector<std::string> TcpMetrics::labelValues(const ConnectionRecord& r,
 
 std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(const LabelViews& key) {
   if (auto it = series_.find(key); it != series_.end()) return it->second;
-  if (series_.size() >= config_.max_series) {
-    // At the cap: make room from idle series, at most once a second (a scan
-    // of every series), before refusing.
-    auto now = now_();
-    if (now - last_cap_eviction_ >= std::chrono::seconds(1)) {
-      last_cap_eviction_ = now;
-      evictIdleLocked(now);
-    }
-    if (series_.size() >= config_.max_series) {
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      return nullptr;
-    }
-  }
+  if (!cap_.admit(series_, now_, [this](Clock::time_point now) { evictIdleLocked(now); }))
+    return nullptr;
   auto s = std::make_shared<Series>(key, config_.workers);
   series_.emplace(s->key, s);  // the key views the series' own values
   added_.push_back(s);
@@ -247,7 +239,7 @@ std::shared_ptr<TcpMetrics::Series> TcpMetrics::findOrCreateLocked(const LabelVi
 }
 
 std::shared_ptr<TcpMetrics::Series> TcpMetrics::hold(Worker& w, const LabelViews& key) {
-  if (auto s = w.cache.hold(key, evicted_.load(std::memory_order_relaxed))) return s;
+  if (auto s = w.cache.hold(key, cap_.evicted())) return s;
   std::shared_ptr<Series> s;
   {
     std::lock_guard lk(mu_);
@@ -356,16 +348,7 @@ void TcpMetrics::closed(unsigned worker, const ConnectionRecord& record) {
 }
 
 void TcpMetrics::evictIdleLocked(Clock::time_point now) {
-  int64_t horizon = ticks(now) - config_.idle.count();
-  std::erase_if(series_, [&](const auto& kv) {
-    Series& s = *kv.second;
-    if (s.last_active.load(std::memory_order_relaxed) > horizon) return false;
-    // Dead only if no connection holds it: a worker's later hold then fails.
-    if (!s.held.tryEvict()) return false;
-    evicted_.fetch_add(1, std::memory_order_relaxed);
-    removed_ = true;
-    return true;
-  });
+  if (cap_.evictIdle(series_, ticks(now) - config_.idle.count()) > 0) removed_ = true;
 }
 
 void TcpMetrics::evictIdle() {

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "agent/telemetry/exposition.h"
+#include "agent/telemetry/hold_count.h"
 #include "agent/telemetry/peers.h"
 #include "agent/telemetry/workloads.h"
 #include "sluice/ztunnel/engine.h"
@@ -99,8 +100,8 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
                         const Peers& peers, std::string& service) const;
 
   size_t seriesCount() const;
-  uint64_t seriesDropped() const { return dropped_.load(std::memory_order_relaxed); }
-  uint64_t seriesEvicted() const { return evicted_.load(std::memory_order_relaxed); }
+  uint64_t seriesDropped() const { return cap_.dropped(); }
+  uint64_t seriesEvicted() const { return cap_.evicted(); }
 
  private:
   struct Series;
@@ -131,9 +132,8 @@ class TcpMetrics final : public ztunnel::ConnectionObserver {
   // 10,000 label strings nor holds mu_ (which opened() needs) while it renders.
   std::mutex render_mu_;
   std::vector<std::shared_ptr<Series>> sorted_;
-  Clock::time_point last_cap_eviction_{};
   Clock::time_point last_scrape_eviction_{};
-  std::atomic<uint64_t> dropped_{0}, evicted_{0};
+  SeriesCap cap_;  // under mu_ (its counters without)
 };
 
 }  // namespace sluice::agent::telemetry
