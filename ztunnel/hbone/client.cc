@@ -346,9 +346,7 @@ void Client::removePod(const std::string& uid) {
     m.dropWaiter(w, CloseReason::kPodRemoved);
     return true;
   });
-  m.owned.eachLink([&](Impl::Link& l) {
-    if (l.tunnel.pod()->spec.uid == uid) l.tunnel.close("pod_removed");
-  });
+  m.owned.closePod(uid);
 }
 
 void Client::shutdown() {
@@ -356,13 +354,10 @@ void Client::shutdown() {
   auto waiters = std::move(m.waiters);
   m.waiters.clear();
   for (auto& w : waiters) m.dropWaiter(w, CloseReason::kProxyShutdown);
-  m.owned.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
-  m.owned.eachStream([](Stream& s) { s.close(true, CloseReason::kProxyShutdown); });
+  m.owned.closeAll();
 }
 
-void Client::goAway() {
-  impl_->owned.eachLink([](Impl::Link& l) { l.tunnel.goAway(); });
-}
+void Client::goAway() { impl_->owned.goAway(); }
 
 size_t Client::receiveBufferBytes() const { return impl_->owned.receiveBufferBytes(); }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -46,6 +47,21 @@ class Owned {
   template <class F>
   void eachStream(F f) {
     for (Stream* s : snapshot(streams_)) f(*s);
+  }
+  // The tunnels of the pod with this uid close ("pod_removed").
+  void closePod(const std::string& uid) {
+    eachLink([&](Link& l) {
+      if (l.tunnel.pod()->spec.uid == uid) l.tunnel.close("pod_removed");
+    });
+  }
+  // Every tunnel and stream closes: the proxy shuts down.
+  void closeAll() {
+    eachLink([](Link& l) { l.tunnel.close("proxy_shutdown"); });
+    eachStream([](Stream& s) { s.close(true, CloseReason::kProxyShutdown); });
+  }
+  // Every tunnel sends GOAWAY (an upgrade's successor took over).
+  void goAway() {
+    eachLink([](Link& l) { l.tunnel.goAway(); });
   }
   bool idle() const { return links_.empty() && streams_.empty() && !reap_op_.busy(); }
   size_t receiveBufferBytes() const {  // what the tunnels' receive buffers hold

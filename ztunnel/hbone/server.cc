@@ -265,21 +265,11 @@ bool Server::evictOldestPending(const char* why) {
   return false;
 }
 
-void Server::removePod(const std::string& uid) {
-  impl_->owned.eachLink([&](Impl::Link& l) {
-    if (l.tunnel.pod()->spec.uid == uid) l.tunnel.close("pod_removed");
-  });
-}
+void Server::removePod(const std::string& uid) { impl_->owned.closePod(uid); }
 
-void Server::shutdown() {
-  Impl& m = *impl_;
-  m.owned.eachLink([](Impl::Link& l) { l.tunnel.close("proxy_shutdown"); });
-  m.owned.eachStream([](Stream& s) { s.close(true, CloseReason::kProxyShutdown); });
-}
+void Server::shutdown() { impl_->owned.closeAll(); }
 
-void Server::goAway() {
-  impl_->owned.eachLink([](Impl::Link& l) { l.tunnel.goAway(); });
-}
+void Server::goAway() { impl_->owned.goAway(); }
 
 size_t Server::receiveBufferBytes() const { return impl_->owned.receiveBufferBytes(); }
 
