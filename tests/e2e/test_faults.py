@@ -17,12 +17,14 @@ reach renewal: the old certificate keeps serving (same serial, connections succe
 `sluicectl certs` says "retrying" with the error, `/ready` and the log say it; once the
 CA is back the renewal lands.
 
-PartitionTest — node2 cut off from the other node and the control plane for a few seconds
+PartitionTest — node2 cut off from the other nodes and the control plane for a few seconds
 (`lab node link node2 down`, then up) under cross-node load: a held connection with a
 round trip every 0.2 s comes through whole (TCP retransmits over the tunnel, as without
 a mesh; the tunnel's keepalive gives up only after 60 s of silence), every new
-connection started 2 s after the link is back succeeds, with mutual TLS, and node2's own
-same-node load loses nothing while it is cut off from the control plane.
+connection started 2 s after the link is back succeeds, with mutual TLS, node2's own
+same-node load loses nothing while it is cut off from the control plane, and a Service
+with endpoints on node2 and node3 goes on answering from node3 (a few connections fail:
+those whose client gives up before the balancer has retried them on node3).
 
 IpReuseTest — a server pod is deleted while node1 holds a pooled HBONE tunnel to it; a
 pod with another service account gets its IP: connections reach the new pod with its
@@ -331,7 +333,7 @@ class CaAwayAtRenewalTest(LabTest):
 
 
 class PartitionTest(LabTest):
-    NODES = 2
+    NODES = 3
     CUT = 4.0  # seconds: well inside the held connection's 10-s read timeout once TCP retransmits
 
     @classmethod
@@ -342,6 +344,13 @@ class PartitionTest(LabTest):
         wait_for("shop/near enrolled", lambda: lab.enrolled("node2", "shop/near"))
         wait_for("certificate of web on node2", lambda: lab.cert("node2", f"{TD}/web")["state"] == "valid")
         lab.server("shop/server", "echo", 8082)
+        # A Service with an endpoint on node2 (cut off) and one on node3.
+        for node, name in (("node2", "b2"), ("node3", "b3")):
+            lab.pod("shop", name, node=node, sa="api", labels=["app=echo"])
+            wait_for(f"shop/{name} enrolled", lambda node=node, name=name: lab.enrolled(node, f"shop/{name}"))
+            lab.server(f"shop/{name}", "echo", 8090)
+        wait_for("certificate of api on node3", lambda: lab.cert("node3", f"{TD}/api")["state"] == "valid")
+        cls.vip = lab.lab("svc", "add", "shop", "echo", "--selector", "app=echo", "--port", "8090").stdout.strip()
 
     def test_a_short_partition_keeps_connections_and_new_ones_recover(self):
         lab = self.lab
@@ -349,6 +358,7 @@ class PartitionTest(LabTest):
         hold = start_app(lab, "shop/client", "hold", self.server_ip, "8082", str(self.CUT + 8))
         load = LoadLoop(lab, "shop/client", self.server_ip, 8082, conc=2, text="CUT", pause_ms=20)
         near = LoadLoop(lab, "shop/near", self.server_ip, 8082, conc=1, text="NEAR", pause_ms=20)
+        svc = LoadLoop(lab, "shop/client", self.vip, 8090, conc=2, text="SVC", pause_ms=20)
         try:
             time.sleep(1.0)
             lab.lab("node", "link", "node2", "down")
@@ -364,6 +374,7 @@ class PartitionTest(LabTest):
         finally:
             load.stop()
             near.stop()
+            svc.stop()
         out = hold.stdout.read()
         hold.wait(timeout=30)
         during_ok, during_failed = load.window(cut + 0.5, healed)
@@ -379,6 +390,14 @@ class PartitionTest(LabTest):
         say(f"node2's own load: {near_ok} succeeded, {near_failed} failed")
         self.assertGreater(near.window(cut, healed)[0], 0)
         self.assertEqual(near_failed, 0, near.failures[:5])
+        svc_ok, svc_failed = svc.window(cut, healed)
+        say(f"the Service (endpoints on node2 and node3) while cut: {svc_ok} succeeded, {svc_failed} failed: "
+            f"{[c for c in svc.conns if c[0] >= cut - 2 and not c[2]][:6]}")
+        # The balancer goes around the endpoint it cannot reach: a connection that meets
+        # node2 is retried on node3 once its tunnel fails, and only those whose client gives
+        # up first (2 s, the load's timeout) fail: a couple per load thread, not half of all.
+        self.assertGreater(svc_ok, 30)
+        self.assertLessEqual(svc_failed, 6)
         self.assertEqual(after_failed, 0, [c for c in load.conns if c[0] >= healed + RECOVERY and not c[2]][:5])
         # The new connections are meshed as before: mutual TLS, both identities.
         recs = wait_for("records after the heal", lambda: records_since(lab, "node1", "outbound", dst,
