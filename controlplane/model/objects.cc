@@ -251,6 +251,16 @@ Result<void> parseService(const json& doc, const json& meta, Service& svc, const
   if (svc.ports.size() > 1)
     for (const auto& p : svc.ports)
       if (p.name.empty()) return fail(ctx + ": every port needs a name when there are several");
+  // As the API server checks them: no port (with its protocol) nor name twice.
+  for (size_t i = 0; i < svc.ports.size(); ++i)
+    for (size_t j = 0; j < i; ++j) {
+      const auto &a = svc.ports[i], &b = svc.ports[j];
+      if (a.port == b.port && a.protocol == b.protocol)
+        return fail(fmt::format("{}: spec.ports has port {}/{} twice; give each entry its own port",
+                                ctx, a.port, a.protocol));
+      if (a.name == b.name)
+        return fail(fmt::format("{}: spec.ports has the name '{}' twice", ctx, a.name));
+    }
   return {};
 }
 

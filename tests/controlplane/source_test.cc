@@ -171,6 +171,15 @@ status: {podIP: 10.99.0.11}
          "ownerReferences"},
         {"kind: Pod\nmetadata: {name: a, namespace: x, ownerReferences: [{controller: true}]}\n",
          "'kind' is required"},
+        // A Service's ports, as the API server checks them.
+        {"kind: Service\nmetadata: {name: s, namespace: x}\nspec:\n  ports: [{name: a, port: 80}, "
+         "{name: b, port: 80, targetPort: 9000}]\n",
+         "port 80/TCP twice"},
+        {"kind: Service\nmetadata: {name: s, namespace: x}\nspec:\n  ports: [{name: a, port: 80}, "
+         "{name: a, port: 81}]\n",
+         "the name 'a' twice"},
+        {"kind: Service\nmetadata: {name: s, namespace: x}\nspec:\n  ports: [{name: a, port: 0}]\n",
+         "port number"},
     };
     for (const auto& c : cases) {
       CAPTURE(c.text);

@@ -244,6 +244,18 @@ class CniErrorsTest(LabTest):
             p = lab.lab(*args, check=False)
             self.assertNotEqual(p.returncode, 0, args)
             self.assertIn("is not a valid Kubernetes name", p.stderr, args)
+        # Service ports the API server would refuse: out of range, or the same port twice.
+        for ports, says in ((["0:8080"], "must be from 1 to 65535, got 0"),
+                            (["65536:8080"], "must be from 1 to 65535, got 65536"),
+                            (["80:0"], "the target port must be from 1 to 65535"),
+                            (["80:8080", "80:9000"], "port 80 is given twice")):
+            args = ["svc", "add", "shop", "badports", "--selector", "app=x"]
+            for port in ports:
+                args += ["--port", port]
+            p = lab.lab(*args, check=False)
+            self.assertEqual(p.returncode, 1, args)
+            self.assertIn(says, p.stderr, args)
+            self.assertFalse(os.path.exists(os.path.join(LAB_DIR, "config", "svc-shop-badports.yaml")), args)
 
 
 def netns_of(prefix):

@@ -89,7 +89,7 @@ class PolicyControlPlaneTest(LabTest):
         self.lab.lab("apply", first)
         self.wait_sent("node1", [])
         self.wait_sent("node2", ["AuthorizationPolicy shop/allow-web"])
-        self.assertEqual(self.config_files(), ["policy-authorizationpolicy-shop-allow-web.yaml"])
+        self.assertEqual(self.config_files(), ["policy-authorizationpolicy-shop.allow-web.yaml"])
 
         # Another file's objects stay when the first one is deleted.
         other = self.file("other.yaml", STRICT)
@@ -117,11 +117,12 @@ class PolicyControlPlaneTest(LabTest):
         self.assertNotIn("applied", p.stdout)
         self.assertIn("AuthorizationPolicy shop/guarded rejected by the control plane", p.stderr)
         self.assertIn("ipBlocks", p.stderr)
-        self.assertIn("last good version (if any) stays in force", p.stderr)
+        self.assertIn("its last good version stays in force", p.stderr)
+        self.assertNotIn("failing closed", p.stderr)
         line = wait_for("the rejection in the control plane's log", lambda: next(
             (l for l in self.cp_log().splitlines()
              if "rejected a policy" in l and "shop/guarded" in l), None))
-        self.assertIn("policy-authorizationpolicy-shop-guarded.yaml", line)
+        self.assertIn("policy-authorizationpolicy-shop.guarded.yaml", line)
         self.assertIn("AuthorizationPolicy shop/guarded", line)
         self.assertIn("ipBlocks", line)
         self.assertIn("last good version stays in force", line)
@@ -135,7 +136,7 @@ class PolicyControlPlaneTest(LabTest):
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
         self.assertIn("AuthorizationPolicy shop/guarded rejected by the control plane", p.stderr)
         self.assertIn("action", p.stderr)
-        with open(os.path.join(LAB_DIR, "config", "policy-authorizationpolicy-shop-guarded.yaml")) as f:
+        with open(os.path.join(LAB_DIR, "config", "policy-authorizationpolicy-shop.guarded.yaml")) as f:
             self.assertIn("  action: DENY\n  action: ALLOW\n", f.read())
         self.assertEqual(self.sent("node1"), ["AuthorizationPolicy shop/guarded"])
 
@@ -164,6 +165,10 @@ class PolicyControlPlaneTest(LabTest):
         self.assertEqual(self.lab.lab("apply", self.file("restart.yaml", bad), check=False).returncode, 1)
         try:
             self.lab.lab("controlplane", "restart")
+            # Applied again, `lab apply` knows the new control plane has no good version of it.
+            p = self.lab.lab("apply", self.file("restart.yaml", bad), check=False)
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            self.assertIn("it has no good version, so it is enforced failing closed now", p.stderr)
             def stand_in():
                 for p in self.lab.ctl("node1", "policies")["authorization_policies"]:
                     if p["name"] == "only-client" and any("no good version" in w for w in p["warnings"]):
@@ -175,6 +180,50 @@ class PolicyControlPlaneTest(LabTest):
         finally:
             self.lab.lab("delete", path, check=False)
         self.wait_sent("node1", [])
+
+    def test_a_new_policy_born_invalid_fails_closed_and_lab_apply_says_so(self):
+        """A policy that was never accepted has no good version: its stand-in is in force at
+        once (a typo must not leave a workload open), and `lab apply` says so, and how out."""
+        typo = authz("born-bad", "db").replace("  selector:", "  selectr:")
+        path = self.file("born.yaml", typo)
+        p = self.lab.lab("apply", path, check=False)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("AuthorizationPolicy shop/born-bad rejected by the control plane", p.stderr)
+        self.assertIn("selectr", p.stderr)
+        self.assertIn("it has no good version, so it is enforced failing closed now", p.stderr)
+        self.assertIn(f"lab delete {path}", p.stderr)
+        self.assertNotIn("last good version stays", p.stderr)
+        def stand_in():
+            for pol in self.lab.ctl("node2", "policies")["authorization_policies"]:
+                if pol["name"] == "born-bad" and any("no good version" in w for w in pol["warnings"]):
+                    return pol
+            return None
+        pol = wait_for("the stand-in on node2", stand_in, timeout=30)
+        self.assertEqual((pol["action"], pol["rules"]), ("ALLOW", 0))
+        self.lab.lab("delete", path)
+        self.wait_sent("node2", [])
+
+    def test_names_the_api_server_takes_are_applied_and_deleted(self):
+        """The longest policy name (253 characters) in a long namespace, and two objects whose
+        namespace and name join to the same with '-' (shop-a/x and shop/a-x): each is its own
+        object in the config directory."""
+        long_name = ".".join(["a" * 63] * 4)[:253].rstrip(".")
+        ns = "shop-" + "n" * 58  # 63 characters
+        text = authz(long_name, "web").replace("namespace: shop", f"namespace: {ns}")
+        path = self.file("long.yaml", text)
+        p = self.lab.lab("apply", path)
+        self.assertIn(f"AuthorizationPolicy {ns}/{long_name} applied", p.stdout)
+        self.assertEqual(len(self.config_files()), 1)
+        self.lab.lab("delete", path)
+        self.assertEqual(self.config_files(), [])
+        twins = self.file("twins.yaml", authz("x").replace("namespace: shop", "namespace: shop-a") + "---\n" +
+                          authz("a-x"))
+        p = self.lab.lab("apply", twins)
+        self.assertIn("AuthorizationPolicy shop-a/x applied", p.stdout)
+        self.assertIn("AuthorizationPolicy shop/a-x applied", p.stdout)
+        self.assertEqual(len(self.config_files()), 2)
+        self.lab.lab("delete", twins)
+        self.assertEqual(self.config_files(), [])
 
     def test_non_policy_and_non_yaml_files_are_refused(self):
         pod = self.file("pod.yaml", authz("fine") + "---\napiVersion: v1\nkind: Pod\nmetadata:\n"
