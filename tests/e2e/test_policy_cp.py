@@ -71,6 +71,15 @@ class PolicyControlPlaneTest(LabTest):
     def wait_sent(self, node, want):
         wait_for(f"node {node} to be sent {want}", lambda: self.sent(node) == sorted(want))
 
+    def wait_stand_in(self, node, name):
+        """The fail-closed stand-in of AuthorizationPolicy `name` as `node` enforces it."""
+        def stand_in():
+            for pol in self.lab.ctl(node, "policies")["authorization_policies"]:
+                if pol["name"] == name and any("no good version" in w for w in pol["warnings"]):
+                    return pol
+            return None
+        return wait_for(f"the stand-in of {name} on {node}", stand_in, timeout=30)
+
     def config_files(self):
         return sorted(f for f in os.listdir(os.path.join(LAB_DIR, "config")) if f.startswith("policy-"))
 
@@ -169,12 +178,7 @@ class PolicyControlPlaneTest(LabTest):
             p = self.lab.lab("apply", self.file("restart.yaml", bad), check=False)
             self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
             self.assertIn("it has no good version, so it is enforced failing closed now", p.stderr)
-            def stand_in():
-                for p in self.lab.ctl("node1", "policies")["authorization_policies"]:
-                    if p["name"] == "only-client" and any("no good version" in w for w in p["warnings"]):
-                        return p
-                return None
-            p = wait_for("the stand-in on node1", stand_in, timeout=30)
+            p = self.wait_stand_in("node1", "only-client")
             self.assertEqual((p["action"], p["rules"]), ("ALLOW", 0))
             self.assertIn("enforced as an ALLOW that allows nothing", " ".join(p["warnings"]))
         finally:
@@ -193,12 +197,7 @@ class PolicyControlPlaneTest(LabTest):
         self.assertIn("it has no good version, so it is enforced failing closed now", p.stderr)
         self.assertIn(f"lab delete {path}", p.stderr)
         self.assertNotIn("last good version stays", p.stderr)
-        def stand_in():
-            for pol in self.lab.ctl("node2", "policies")["authorization_policies"]:
-                if pol["name"] == "born-bad" and any("no good version" in w for w in pol["warnings"]):
-                    return pol
-            return None
-        pol = wait_for("the stand-in on node2", stand_in, timeout=30)
+        pol = self.wait_stand_in("node2", "born-bad")
         self.assertEqual((pol["action"], pol["rules"]), ("ALLOW", 0))
         self.lab.lab("delete", path)
         self.wait_sent("node2", [])
