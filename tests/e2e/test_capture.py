@@ -8,7 +8,8 @@ import sys
 import time
 import unittest
 
-from labkit import APP, CLIENT_HOP, CNI, LAB_DIR, SERVER_HOP, LabTest, SockmapOn, run, stop_process, wait_for
+from labkit import (APP, CLIENT_HOP, CNI, LAB_DIR, SERVER_HOP, LabTest, SockmapOn, run, start_app, stop_process,
+                    wait_for)
 
 MESH = "sluice.dev/mesh"
 
@@ -31,6 +32,7 @@ class CaptureTest(LabTest):
         lab.server("shop/server", "stream", 8081)
         lab.server("shop/server", "echo", 8082)
         lab.server("legacy/server", "whoami", 8080)
+        lab.server("legacy/server", "echo", 8082)
         cls.vip = lab.lab("svc", "add", "shop", "server", "--selector", "app=server",
                           "--port", "80:8080").stdout.strip()
 
@@ -124,10 +126,20 @@ class CaptureTest(LabTest):
             wait_for("captured legacy connection", lambda: [
                 c for c in lab.connections("node1")
                 if c["pod"] == "legacy/client" and c["destination"] == f"{self.legacy_srv_ip}:8080"])
-            # A pod can opt out of an enrolled namespace.
+            # A connection held through the mesh when the label goes.
+            held = start_app(lab, "legacy/client", "hold", self.legacy_srv_ip, "8082", "30")
+            wait_for("the held connection's record", lambda: [
+                c for c in lab.connections("node1")
+                if c["pod"] == "legacy/client" and c["destination"] == f"{self.legacy_srv_ip}:8082"
+                and c["state"] == "open"])
         finally:
             lab.lab("ns", "label", "legacy", f"{MESH}-")
         wait_for("legacy/client unenrolled", lambda: not lab.enrolled("node1", "legacy/client"))
+        # Out of the mesh, the proxy no longer serves it: the held connection is reset at once
+        # (README: no proxy goes on serving a pod the mesh no longer covers).
+        out, _ = held.communicate(timeout=15)
+        self.assertNotEqual(held.returncode, 0, out)
+        self.assertTrue("ConnectionResetError" in out or "BrokenPipeError" in out, out)  # a reset, not an end
         n = len([c for c in lab.connections("node1") if c["pod"] == "legacy/client"])
         lab.client("legacy/client", "get", self.legacy_srv_ip, "8080")
         self.assertEqual(n, len([c for c in lab.connections("node1") if c["pod"] == "legacy/client"]))
