@@ -158,9 +158,11 @@ FlagTable flagTable(Flags& f) {
               [&f] { f.http_detection = false; })
       .choice("--node-probes", {"allow", "policy"},
               "plaintext from this node's own address to its pods (kubelet\n"
-              "probes): allow = always allowed, even under STRICT mTLS and\n"
-              "whatever AuthorizationPolicies say (as Istio ambient does);\n"
-              "policy = treated like any plaintext client (default allow)",
+              "probes): allow = allowed, even under STRICT mTLS and whatever\n"
+              "AuthorizationPolicies say, if this node opened it (a socket of\n"
+              "its own has the tuple; a NodePort connection it forwarded does\n"
+              "not), as Istio ambient does; policy = treated like any plaintext\n"
+              "client (default allow)",
               [&f](const std::string& v) { f.allow_node_probes = v == "allow"; })
       .choice("--sockmap", {"on", "off"},
               "same-node acceleration: the app <-> proxy hops inside a pod\n"

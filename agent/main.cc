@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "agent/admin/server.h"
+#include "agent/authz/node_sockets.h"
 #include "agent/authz/policy_authorizer.h"
 #include "agent/bpf/inbound_steering.h"
 #include "agent/bpf/loader.h"
@@ -160,7 +161,23 @@ int runAgent(const agent::Flags& flags) {
   hooks.observer = &forwarding;
   // Every inbound connection is decided by the policies in the view; until
   // the view holds a pod's workload, connections to it are refused.
-  agent::authz::PolicyAuthorizer authorizer({.allow_node_probes = flags.allow_node_probes});
+  // Plaintext from the node's address is a kubelet probe only if a socket of
+  // the node's own has its tuple (a NodePort's, forwarded, is not).
+  std::unique_ptr<agent::authz::NodeSockets> node_sockets;
+  if (flags.allow_node_probes) {
+    auto opened = agent::authz::NodeSockets::open();
+    if (!opened) {
+      logger->critical("--node-probes allow: {}", opened.error().describe());
+      return 1;
+    }
+    node_sockets = std::move(*opened);
+  }
+  agent::authz::PolicyAuthorizer authorizer(
+      {.allow_node_probes = flags.allow_node_probes,
+       .node_opened = [ns = node_sockets.get()](const SockAddr& node_side,
+                                                const SockAddr& pod_side) {
+         return ns && ns->has(node_side, pod_side);
+       }});
   agent::wiring::AuthzBridge authz_bridge(authorizer, flags.node_name, flags.trust_domain);
   hooks.authorizer = &authorizer;
   // Same-node splice: with --sockmap=on (its maps are part of that object).

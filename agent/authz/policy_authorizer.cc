@@ -114,9 +114,17 @@ ztunnel::Authorization PolicyAuthorizer::authorize(const ztunnel::InboundRequest
   if (!entry)
     return deny(DenyReason::kNoPolicyView,
                 "no policy view: the control plane has not sent this pod's workload yet");
-  auto d =
-      view->policies().evaluate(requestFor(*entry, r.source.ip(), r.source_principal,
-                                           r.destination.ip(), r.destination.port(), r.mutual_tls));
+  auto q = requestFor(*entry, r.source.ip(), r.source_principal, r.destination.ip(),
+                      r.destination.port(), r.mutual_tls);
+  // From the node's address: a probe only if the node itself opened it.
+  const IpAddr& src = r.source.ip();
+  bool node_address = (src.isV4() && q.node_ip != 0 && src.v4net() == q.node_ip) ||
+                      (src.isV6() && q.node_ip6 && src == entry->workload.probe_source6);
+  if (node_address && options_.node_opened && !options_.node_opened(r.source, r.destination)) {
+    q.node_ip = 0;
+    q.node_ip6.reset();
+  }
+  auto d = view->policies().evaluate(q);
   if (d.audit_count > 0 && !r.recheck) {
     audit_matches_.fetch_add(1, std::memory_order_relaxed);
     // The operator asked for these lines by writing an AUDIT policy.

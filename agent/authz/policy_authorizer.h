@@ -94,6 +94,12 @@ class PolicyAuthorizer final : public ztunnel::InboundAuthorizer {
     // even under STRICT and whatever AuthorizationPolicies say (as Istio
     // ambient does); off: probes are ordinary plaintext.
     bool allow_node_probes = true;
+    // Whether the node itself opened the connection from `node_side` to
+    // `pod_side` (NodeSockets::has): only then is plaintext from the node's
+    // address a probe; a connection the node forwarded with its address as
+    // the source (a NodePort's, masqueraded) is ordinary plaintext. Unset:
+    // every connection from the node's address is taken for a probe.
+    std::function<bool(const SockAddr& node_side, const SockAddr& pod_side)> node_opened;
   };
   explicit PolicyAuthorizer(Options options);
 

@@ -1,9 +1,12 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <string>
 #include <vector>
 
+#include "agent/authz/node_sockets.h"
 #include "agent/authz/policy_authorizer.h"
 #include "agent/authz/probe_source.h"
 #include "sluice/common/addr.h"
@@ -144,7 +147,7 @@ TEST_SUITE("policy authorizer") {
     strict.mode = policy::MtlsMode::kStrict;
     for (bool probes : {true, false}) {
       CAPTURE(probes);
-      PolicyAuthorizer a({.allow_node_probes = probes});
+      PolicyAuthorizer a({.allow_node_probes = probes, .node_opened = {}});
       a.update(set({}, {strict}), {api()});
       auto plain = a.authorize(Ask{}.req());
       CHECK(plain.verdict == Verdict::kDeny);
@@ -166,6 +169,77 @@ TEST_SUITE("policy authorizer") {
       CHECK(a.authorize(plain6.req()).verdict == Verdict::kDeny);
       CHECK(denied(a, DenyReason::kStrictMtls) == (probes ? 2u : 4u));
     }
+  }
+
+  TEST_CASE(
+      "from the node's address, a probe only if the node opened it: a forwarded NodePort "
+      "connection is plaintext") {
+    policy::PeerAuthentication strict;
+    strict.ns = "prod";
+    strict.name = "strict";
+    strict.mode = policy::MtlsMode::kStrict;
+    // The node's own sockets: one probe connection, from port 40000 to the pod's 8080.
+    std::vector<std::pair<std::string, std::string>> asked;
+    PolicyAuthorizer a({.allow_node_probes = true,
+                        .node_opened = [&](const SockAddr& node_side, const SockAddr& pod_side) {
+                          asked.emplace_back(formatEndpoint(node_side), formatEndpoint(pod_side));
+                          return node_side.port() == 40000 && pod_side.port() == 8080;
+                        }});
+    a.update(set({}, {strict}), {api()});
+    Ask probe;
+    probe.source = kProbeSource;
+    CHECK(a.authorize(probe.req()).verdict == Verdict::kAllow);
+    REQUIRE(asked.size() == 1);
+    CHECK(asked[0] ==
+          std::pair<std::string, std::string>{"10.244.1.1:40000", std::string(kPodIp) + ":8080"});
+    // The same source address on another port of the pod: no socket of the node's has
+    // that tuple (kube-proxy forwarded it, masqueraded to the node's address).
+    Ask forwarded = probe;
+    forwarded.port = 9090;
+    auto r = a.authorize(forwarded.req());
+    CHECK(r.verdict == Verdict::kDeny);
+    CHECK(r.why == "STRICT mTLS by policy prod/strict");
+    // Another source is never looked up.
+    CHECK(a.authorize(Ask{}.req()).verdict == Verdict::kDeny);
+    CHECK(asked.size() == 2);
+  }
+
+  TEST_CASE("NodeSockets finds this namespace's TCP connections by their tuple, and no other") {
+    auto opened = NodeSockets::open();
+    REQUIRE_MESSAGE(opened.has_value(), (opened ? "" : opened.error().describe()));
+    NodeSockets& ns = **opened;
+    auto local = [](int fd) {
+      sockaddr_storage a{};
+      socklen_t len = sizeof(a);
+      REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+      return SockAddr::fromRaw(reinterpret_cast<sockaddr*>(&a), len);
+    };
+    UniqueFd server(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SockAddr any(*IpAddr::parse("127.0.0.1"), 0);
+    REQUIRE(::bind(server.get(), any.sa(), any.len()) == 0);
+    REQUIRE(::listen(server.get(), 4) == 0);
+    SockAddr at = local(server.get());
+    REQUIRE(::connect(client.get(), at.sa(), at.len()) == 0);
+    UniqueFd accepted(::accept4(server.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(accepted);
+    SockAddr from = local(client.get());
+    CHECK(ns.has(from, at));  // the client's socket
+    CHECK(ns.has(at, from));  // the accepted one
+    SockAddr other(from.ip(), static_cast<uint16_t>(from.port() == 65535 ? 1 : from.port() + 1));
+    CHECK_FALSE(ns.has(other, at));  // a tuple nobody here has
+    CHECK_FALSE(ns.has(SockAddr(*IpAddr::parse("10.1.2.3"), from.port()), at));
+    // IPv6 too.
+    UniqueFd server6(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    UniqueFd client6(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SockAddr any6(*IpAddr::parse("::1"), 0);
+    REQUIRE(::bind(server6.get(), any6.sa(), any6.len()) == 0);
+    REQUIRE(::listen(server6.get(), 4) == 0);
+    SockAddr at6 = local(server6.get());
+    REQUIRE(::connect(client6.get(), at6.sa(), at6.len()) == 0);
+    SockAddr from6 = local(client6.get());
+    CHECK(ns.has(from6, at6));
+    CHECK_FALSE(ns.has(SockAddr(from6.ip(), static_cast<uint16_t>(from6.port() ^ 1)), at6));
   }
 
   TEST_CASE("AUDIT allows and counts") {

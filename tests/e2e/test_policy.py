@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from labkit import LAB_DIR, APP, LAB, LabTest, metric_sum, parse_metrics, wait_for
+from labkit import HUB_NETNS, LAB_DIR, APP, LAB, LabTest, metric_sum, parse_metrics, wait_for
 
 MESH = "sluice.dev/mesh"
 TD = "cluster.local"
@@ -253,6 +253,44 @@ class PolicyTest(LabTest):
         self.assertTrue(json.loads(out.stdout)["reply"].startswith("peer="), out.stdout)
         m = self.metrics("node2")
         self.assertGreaterEqual(metric_sum(m, "sluice_policy_denied_total", reason="strict_mtls"), 2)
+
+    def test_strict_refuses_a_nodeport_connection_masqueraded_to_the_nodes_address(self):
+        """kube-proxy forwards a NodePort connection to a local endpoint with the node's own
+        address as its source (MASQUERADE): the address kubelet probes come from. It is not a
+        probe: no socket of the node's has its tuple. Emulated in node2's netns with iptables
+        (DNAT 10.99.0.12:30080 to the server, then MASQUERADE), reached from the hub."""
+        node_ip, node_port = "10.99.0.12", "30080"
+        rules = [["PREROUTING", "-p", "tcp", "-d", node_ip, "--dport", node_port, "-j", "DNAT",
+                  "--to-destination", f"{self.server_ip}:8080"],
+                 ["POSTROUTING", "-p", "tcp", "-d", self.server_ip, "--dport", "8080", "-m", "conntrack",
+                  "--ctstate", "DNAT", "-j", "MASQUERADE"]]
+
+        def via_node_port():
+            out = subprocess.run(["ip", "netns", "exec", HUB_NETNS, sys.executable, APP, "probe", node_ip,
+                                  node_port], capture_output=True, text=True, timeout=60)
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        for rule in rules:
+            self.lab.lab("node", "exec", "node2", "--", "iptables", "-t", "nat", "-A", *rule)
+        try:
+            # Without a policy it reaches the server, from the node's address.
+            r = via_node_port()
+            self.assertTrue(r["reply"].startswith("peer=10.244.2.1:"), r)
+            strict = ("apiVersion: security.sluice.dev/v1\nkind: PeerAuthentication\n"
+                      "metadata: {name: strict, namespace: shop}\nspec:\n  mtls: {mode: STRICT}\n")
+            self.apply("strict.yaml", strict, {"shop/strict"})
+            since = time.time() * 1000
+            r = via_node_port()
+            self.assertEqual(r["reply"], "", f"a NodePort connection passed STRICT as a probe: {r}")
+            rec = wait_for("the refusal's record", lambda: self.denied_records(since))[-1]
+            self.assertIn("STRICT", rec["reason"], rec)
+            self.assertTrue(rec["source"].startswith("10.244.2.1:"), rec)
+            # A probe from the node itself still passes.
+            out = self.lab.lab("node", "exec", "node2", "--", sys.executable, APP, "probe", self.server_ip, "8080")
+            self.assertTrue(json.loads(out.stdout)["reply"].startswith("peer=10.244.2.1:"), out.stdout)
+        finally:
+            for rule in rules:
+                self.lab.lab("node", "exec", "node2", "--", "iptables", "-t", "nat", "-D", *rule, check=False)
 
     def test_strict_holds_for_a_client_port_still_in_time_wait(self):
         # whoami closes first, so the proxy's end towards the client waits in TIME_WAIT
