@@ -1,6 +1,5 @@
 #include "agent/authz/node_sockets.h"
 
-#include <fmt/format.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
@@ -10,6 +9,8 @@
 
 #include <cerrno>
 #include <cstring>
+
+#include "sluice/common/fmt.h"
 
 namespace sluice::agent::authz {
 
