@@ -189,6 +189,7 @@ class Parser {
                              "'-', starting and ending with a letter or digit (at most 63)",
                              *ns));
     ns_ = scopeNamespace(obj, *ns);
+    written_ns_ = *ns;
     if (ns_ != *ns)
       moved_ = fmt::format(
           "read from Istio's root namespace {} as Sluice's root namespace {} (mesh-wide scope, as "
@@ -336,6 +337,12 @@ class Parser {
       return tl::unexpected(ok.error());
     if (auto ok = accountValues(s.not_service_accounts, path + ".notServiceAccounts"); !ok)
       return tl::unexpected(ok.error());
+    // A bare name is a service account of the policy's own namespace (istiod): the one it
+    // was written in, also when that is Istio's root namespace read as Sluice's.
+    if (ns_ != written_ns_)
+      for (auto* list : {&s.service_accounts, &s.not_service_accounts})
+        for (auto& v : *list)
+          if (v.find('/') == std::string::npos) v = written_ns_ + "/" + v;
     principalWarnings(s.principals, path + ".principals", warnings);
     principalWarnings(s.not_principals, path + ".notPrincipals", warnings);
     return s;
@@ -659,7 +666,8 @@ class Parser {
  private:
   const char* kind_;
   std::string ns_, name_, created_;
-  std::string moved_;  // why ns_ is not metadata.namespace
+  std::string moved_;       // why ns_ is not metadata.namespace
+  std::string written_ns_;  // metadata.namespace
   bool dry_run_ = false;
 };
 

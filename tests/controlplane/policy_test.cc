@@ -325,6 +325,31 @@ TEST_SUITE("policy.local") {
           std::string::npos);
   }
 
+  TEST_CASE(
+      "a bare service account in an istio-system policy is istio-system's, as istiod reads it, "
+      "after the move to Sluice's root namespace") {
+    auto o = parse(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-gw, "
+        "namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n"
+        "        serviceAccounts: [istio-ingressgateway, other/sa]\n        notServiceAccounts: "
+        "[x]\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: local, "
+        "namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n"
+        "        serviceAccounts: [web]\n");
+    REQUIRE(o.authorization_policies.size() == 2);
+    const auto& moved = o.authorization_policies[0];
+    CHECK(moved.ns == "sluice-system");
+    REQUIRE(moved.rules.size() == 1);
+    REQUIRE(moved.rules[0].from.size() == 1);
+    CHECK(moved.rules[0].from[0].service_accounts ==
+          std::vector<std::string>{"istio-system/istio-ingressgateway", "other/sa"});
+    CHECK(moved.rules[0].from[0].not_service_accounts ==
+          std::vector<std::string>{"istio-system/x"});
+    // In its own namespace a bare name stays as written (resolved there when evaluated).
+    CHECK(o.authorization_policies[1].rules[0].from[0].service_accounts ==
+          std::vector<std::string>{"web"});
+  }
+
   TEST_CASE("a kind of the same name in another API group is ignored") {
     auto o = parse(
         "apiVersion: example.com/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: "
