@@ -117,10 +117,7 @@ ztunnel::Authorization PolicyAuthorizer::authorize(const ztunnel::InboundRequest
   auto q = requestFor(*entry, r.source.ip(), r.source_principal, r.destination.ip(),
                       r.destination.port(), r.mutual_tls);
   // From the node's address: a probe only if the node itself opened it.
-  const IpAddr& src = r.source.ip();
-  bool node_address = (src.isV4() && q.node_ip != 0 && src.v4net() == q.node_ip) ||
-                      (src.isV6() && q.node_ip6 && src == entry->workload.probe_source6);
-  if (node_address && options_.node_opened && !options_.node_opened(r.source, r.destination)) {
+  if (q.fromNode() && options_.node_opened && !options_.node_opened(r.source, r.destination)) {
     q.node_ip = 0;
     q.node_ip6.reset();
   }

@@ -377,9 +377,7 @@ Decision PolicySet::evaluate(const Request& req) const {
          c.destination_ip6);
   c.port = req.destination_port;
 
-  bool from_node = (req.node_ip != 0 && req.source_ip == req.node_ip) ||
-                   (req.node_ip6 && req.source_ip6 && *req.node_ip6 == *req.source_ip6);
-  if (options_.allow_node_probes && !c.peer.authenticated && from_node) {
+  if (options_.allow_node_probes && !c.peer.authenticated && req.fromNode()) {
     d.allow = true;
     d.reason = Reason::kNodeProbe;
     return d;

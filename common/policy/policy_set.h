@@ -64,6 +64,12 @@ struct Request {
   // Its IPv6 address towards the pod (probes to the pod's IPv6 address come from it); none:
   // unknown.
   std::optional<std::array<uint8_t, 16>> node_ip6;
+
+  // Whether the source is this node's address (node_ip or node_ip6).
+  bool fromNode() const {
+    return (node_ip != 0 && source_ip == node_ip) ||
+           (node_ip6 && source_ip6 && *node_ip6 == *source_ip6);
+  }
 };
 
 struct PolicyRef {
